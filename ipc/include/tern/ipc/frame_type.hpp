@@ -1,0 +1,27 @@
+// Frame types of the node-to-node transport (and, later, the job-to-agent channel).
+//
+// Wire: [u32 length, big-endian][u16 type, big-endian][payload of `length` bytes].
+// `length` counts the payload only. Control payloads are JSON objects (see docs/wire.md);
+// numbers here are part of the wire format: never renumber, only append.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace tern::ipc {
+
+enum class FrameType : std::uint16_t {
+  // Handshake (see peer_handshake.hpp).
+  kHello = 1,         // {"node","node_id","address","api_address","nonce"}
+  kAuthProof = 2,     // {"proof"}: HMAC-SHA256 over both nonces and both ids, hex
+  kAuthAccepted = 3,  // {}
+  kAuthRefused = 4,   // {"reason"}
+  // Cluster control.
+  kHeartbeat = 10,    // {"load":{...}, "members":[...]} (balancer/membership, balancer/load)
+  kApiRequest = 11,   // [u32 json length][json {"id","method","target","uid","gid","pid"}][body]
+  kApiResponse = 12,  // [u32 json length][json {"id","status","headers":{...}}][body]
+};
+
+std::string_view FrameTypeName(FrameType type);
+
+}  // namespace tern::ipc
