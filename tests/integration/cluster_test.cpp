@@ -1,0 +1,604 @@
+// Integration tests on a real 3-node local cluster.
+//
+// The suite brings up its own cluster with `deploy/tern-cluster up 3 --force` under the name
+// "ternit" (TERN_CLUSTER_NAME), with the binaries of this build tree (TERN_BIN_DIR), and takes it
+// down at the end (set TERN_IT_KEEP_CLUSTER=1 to leave it up for a look). Every check goes
+// through the real `tern` CLI, either inside a node (`tern-cluster exec nodeK tern ...`, which
+// uses the node's default socket) or from the host with `--node-socket`.
+//
+// The tests run in declaration order and share the cluster; the last one stops node3's agent.
+// On a failure the tails of the agents' logs are printed.
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "harness.hpp"
+
+namespace tern::it {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+const std::string kSourceDir = TERN_SOURCE_DIR;
+const std::string kBinDir = TERN_BUILD_BIN_DIR;
+const std::string kClusterName = "ternit";
+const std::string kClusterBase = "/var/lib/" + kClusterName + "-cluster";
+const std::vector<std::string> kNodes = {"node1", "node2", "node3"};
+const std::string kTestUser = "ternuser";
+
+std::string Script() { return kSourceDir + "/deploy/tern-cluster"; }
+std::string NodeDir(const std::string& node) { return kClusterBase + "/" + node; }
+std::string Socket(const std::string& node) { return NodeDir(node) + "/run/ternd.sock"; }
+std::string AgentLog(const std::string& node) { return NodeDir(node) + "/ternd.log"; }
+std::string RogueDir() { return NodeDir("node3") + "/rogue"; }
+
+std::string Tail(const std::string& text, size_t lines) {
+  auto all = Lines(text);
+  const size_t from = all.size() > lines ? all.size() - lines : 0;
+  std::string out;
+  for (size_t i = from; i < all.size(); ++i) out += "    " + all[i] + "\n";
+  return out;
+}
+
+// `tern ARGS` inside NODE (default socket = that node's agent).
+Result Tern(const std::string& node, std::vector<std::string> args,
+            std::chrono::milliseconds timeout = 30s) {
+  std::vector<std::string> argv = {Script(), "exec", node, "tern"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCmd(argv, timeout);
+}
+
+std::optional<json> ParseJson(const std::string& text) {
+  try {
+    return json::parse(text);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The list inside {"jobs":[...]} / {"nodes":[...]}, or a bare array.
+json ListOf(const json& doc, const char* key) {
+  if (doc.is_array()) return doc;
+  if (doc.is_object() && doc.contains(key) && doc[key].is_array()) return doc[key];
+  return json::array();
+}
+
+std::optional<json> NodesSeenBy(const std::string& node) {
+  auto r = Tern(node, {"nodes", "-o", "json"});
+  if (r.exit_code != 0) return std::nullopt;
+  auto doc = ParseJson(r.out);
+  if (!doc) return std::nullopt;
+  return ListOf(*doc, "nodes");
+}
+
+std::string NodeState(const json& nodes, const std::string& name) {
+  for (const auto& n : nodes) {
+    if (n.value("name", "") == name) return n.value("state", "");
+  }
+  return "";
+}
+
+std::optional<json> JobsSeenBy(const std::string& node, bool all = true) {
+  std::vector<std::string> args = {"ps"};
+  if (all) args.push_back("-a");
+  args.insert(args.end(), {"-o", "json"});
+  auto r = Tern(node, args);
+  if (r.exit_code != 0) return std::nullopt;
+  auto doc = ParseJson(r.out);
+  if (!doc) return std::nullopt;
+  return ListOf(*doc, "jobs");
+}
+
+std::optional<json> FindJob(const json& jobs, const std::string& id) {
+  for (const auto& j : jobs) {
+    if (j.value("id", "") == id) return j;
+  }
+  return std::nullopt;
+}
+
+std::optional<json> Status(const std::string& node, const std::string& id) {
+  auto r = Tern(node, {"status", id, "-o", "json"});
+  if (r.exit_code != 0) return std::nullopt;
+  return ParseJson(r.out);
+}
+
+bool IsJobId(const std::string& s) {
+  static const std::regex re(R"(^[A-Za-z0-9_-]+\.[0-9]+$)");
+  return std::regex_match(s, re);
+}
+
+// `tern submit -q [--node N] -- CMD` from FROM; returns the job id ("" after a gtest failure).
+std::string Submit(const std::string& from, const std::vector<std::string>& cmd,
+                   const std::string& on_node = "") {
+  std::vector<std::string> args = {"submit", "-q"};
+  if (!on_node.empty()) args.insert(args.end(), {"--node", on_node});
+  args.push_back("--");
+  args.insert(args.end(), cmd.begin(), cmd.end());
+  auto r = Tern(from, args);
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "submit failed: " << r.Describe();
+    return "";
+  }
+  const std::string id = Trim(r.out);
+  if (!IsJobId(id)) {
+    ADD_FAILURE() << "submit -q did not print just a job id: " << r.Describe();
+    return "";
+  }
+  return id;
+}
+
+// Waits until the job (as seen from VIA) is in STATE; returns its last status.
+std::optional<json> WaitState(const std::string& via, const std::string& id, const std::string& state,
+                              std::chrono::milliseconds timeout = 30s) {
+  std::optional<json> last;
+  WaitFor([&] {
+    last = Status(via, id);
+    return last && last->value("state", "") == state;
+  }, timeout);
+  return last;
+}
+
+std::string Describe(const std::optional<json>& j) { return j ? j->dump() : std::string("(no answer)"); }
+
+// Bytes of the job's stdout as served by the API through `tern logs`.
+std::optional<std::string> JobLogs(const std::string& via, const std::string& id, bool err = false) {
+  std::vector<std::string> args = {"logs"};
+  if (err) args.push_back("--stderr");
+  args.push_back(id);
+  auto r = Tern(via, args);
+  if (r.exit_code != 0) return std::nullopt;
+  return r.out;
+}
+
+// Host pids of the children of PID.
+std::vector<pid_t> ChildrenOf(pid_t pid) {
+  std::vector<pid_t> out;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    const std::string stat = ReadFile(entry.path() / "stat");
+    const auto close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos) continue;
+    int ppid = 0;
+    char state = 0;
+    if (sscanf(stat.c_str() + close_paren + 1, " %c %d", &state, &ppid) == 2 && ppid == pid) {
+      out.push_back(std::stoi(name));
+    }
+  }
+  return out;
+}
+
+uid_t UidOfProcess(pid_t pid) {
+  struct stat st {};
+  if (stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0) return static_cast<uid_t>(-1);
+  return st.st_uid;
+}
+
+std::string CommOf(pid_t pid) { return Trim(ReadFile("/proc/" + std::to_string(pid) + "/comm")); }
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static inline std::string skip_reason_;
+  static inline std::string cluster_error_;
+  static inline pid_t rogue_pid_ = 0;
+
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) {
+      skip_reason_ = "the integration tests need root (network and mount namespaces); run them as root";
+      return;
+    }
+    for (const char* binary : {"ternd", "tern"}) {
+      if (access((kBinDir + "/" + binary).c_str(), X_OK) != 0) {
+        cluster_error_ = kBinDir + "/" + binary + " is missing: build the project first";
+        return;
+      }
+    }
+    setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
+    setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
+    if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
+    auto r = RunCmd({Script(), "up", "3", "--force"}, 180s);
+    if (r.exit_code != 0) {
+      cluster_error_ = "`tern-cluster up 3` failed: " + r.Describe();
+      for (const auto& node : kNodes) {
+        cluster_error_ += "\n  log of " + node + ":\n" +
+                          Tail(ReadFile(kClusterBase + "/failed-logs/" + node + ".log"), 40);
+      }
+    }
+  }
+
+  static void TearDownTestSuite() {
+    if (rogue_pid_ > 0) StopAndReap(rogue_pid_, SIGKILL, 5s);
+    if (!skip_reason_.empty()) return;
+    if (getenv("TERN_IT_KEEP_CLUSTER") != nullptr) {
+      std::cerr << "TERN_IT_KEEP_CLUSTER: cluster '" << kClusterName
+                << "' left up; TERN_CLUSTER_NAME=" << kClusterName << " " << Script() << " down\n";
+      return;
+    }
+    auto r = RunCmd({Script(), "down"}, 120s);
+    if (r.exit_code != 0) std::cerr << "tern-cluster down failed: " << r.Describe() << "\n";
+  }
+
+  void SetUp() override {
+    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+    if (!cluster_error_.empty()) FAIL() << cluster_error_;
+  }
+
+  void TearDown() override {
+    if (!HasFailure() || !cluster_error_.empty()) return;
+    std::string text = "\n==== agent logs after the failure ====\n";
+    for (const auto& node : kNodes) {
+      text += "---- " + AgentLog(node) + " (last 60 lines)\n" + Tail(ReadFile(AgentLog(node)), 60);
+    }
+    if (fs::exists(RogueDir() + "/ternd.log")) {
+      text += "---- " + RogueDir() + "/ternd.log (last 30 lines)\n" + Tail(ReadFile(RogueDir() + "/ternd.log"), 30);
+    }
+    std::cerr << text;
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+
+TEST_F(ClusterTest, NodesShowsThreeAliveNodes) {
+  for (const auto& node : kNodes) {
+    auto nodes = NodesSeenBy(node);
+    ASSERT_TRUE(nodes) << "`tern nodes -o json` in " << node << " failed or printed no JSON: "
+                       << Tern(node, {"nodes", "-o", "json"}).Describe();
+    EXPECT_EQ(nodes->size(), 3u) << node << " sees: " << nodes->dump();
+    for (const auto& name : kNodes) {
+      EXPECT_EQ(NodeState(*nodes, name), "alive") << node << " sees: " << nodes->dump();
+    }
+    int selves = 0;
+    for (const auto& n : *nodes) {
+      if (n.value("self", false)) {
+        ++selves;
+        EXPECT_EQ(n.value("name", ""), node);
+      }
+    }
+    EXPECT_EQ(selves, 1) << nodes->dump();
+  }
+  auto human = Tern("node1", {"nodes"});
+  EXPECT_EQ(human.exit_code, 0) << human.Describe();
+  for (const auto& name : kNodes) EXPECT_NE(human.out.find(name), std::string::npos) << human.Describe();
+}
+
+TEST_F(ClusterTest, SubmitOnEveryNodeAndListFromAnother) {
+  std::vector<std::string> ids;
+  for (const auto& node : kNodes) {
+    const auto id = Submit("node1", {"sleep", "300"}, node);
+    ASSERT_FALSE(id.empty());
+    EXPECT_EQ(id.rfind("node1.", 0), 0u) << "a job's id starts with its home node: " << id;
+    ids.push_back(id);
+  }
+  std::optional<json> jobs;
+  const bool listed = WaitFor([&] {
+    jobs = JobsSeenBy("node2", /*all=*/false);
+    if (!jobs) return false;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto job = FindJob(*jobs, ids[i]);
+      if (!job || job->value("state", "") != "running") return false;
+    }
+    return true;
+  }, 20s);
+  ASSERT_TRUE(listed) << "node2's `tern ps -o json` does not list all three running: " << Describe(jobs);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto job = FindJob(*jobs, ids[i]);
+    ASSERT_TRUE(job);
+    EXPECT_EQ(job->value("node", ""), kNodes[i]) << job->dump();
+    EXPECT_EQ(job->value("home_node", ""), "node1") << job->dump();
+    EXPECT_EQ(job->value("user", ""), "root") << job->dump();
+    EXPECT_EQ(job->value("uid", -1), 0) << job->dump();
+    EXPECT_GT(job->value("pid", 0), 0) << job->dump();
+    EXPECT_EQ((*job)["argv"], json::array({"sleep", "300"})) << job->dump();
+  }
+  // the human table works too
+  auto table = Tern("node3", {"ps"});
+  EXPECT_EQ(table.exit_code, 0) << table.Describe();
+  for (const auto& id : ids) EXPECT_NE(table.out.find(id), std::string::npos) << table.Describe();
+
+  std::vector<std::string> cancel = {"cancel"};
+  cancel.insert(cancel.end(), ids.begin(), ids.end());
+  auto r = Tern("node1", cancel);
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+}
+
+TEST_F(ClusterTest, LogsOfAJobOnAnotherNode) {
+  const auto id = Submit("node1", {"sh", "-c", "echo tern-out-marker; echo tern-err-marker >&2"});
+  ASSERT_FALSE(id.empty());
+  auto st = WaitState("node3", id, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << "job never exited: " << Describe(st);
+  EXPECT_EQ(st->value("node", ""), "node1");
+  EXPECT_EQ((*st)["exit_code"], 0) << st->dump();
+
+  auto out = JobLogs("node3", id);
+  ASSERT_TRUE(out) << Tern("node3", {"logs", id}).Describe();
+  EXPECT_EQ(*out, "tern-out-marker\n");
+  auto err = JobLogs("node3", id, /*err=*/true);
+  ASSERT_TRUE(err) << Tern("node3", {"logs", "--stderr", id}).Describe();
+  EXPECT_EQ(*err, "tern-err-marker\n");
+}
+
+TEST_F(ClusterTest, LogsFollowEndsWhenTheJobEnds) {
+  const auto id = Submit("node1", {"sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done"}, "node2");
+  ASSERT_FALSE(id.empty());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = Tern("node3", {"logs", "-f", id}, 60s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(r.timed_out) << "`tern logs -f` did not end after the job ended: " << r.Describe();
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_EQ(r.out, "line1\nline2\nline3\nline4\nline5\n") << r.Describe();
+  EXPECT_LT(took, 30s);
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->value("state", ""), "exited") << st->dump();
+}
+
+TEST_F(ClusterTest, CancelMarksTheJobCancelled) {
+  const auto id = Submit("node1", {"sleep", "300"}, "node3");
+  ASSERT_FALSE(id.empty());
+  auto st = WaitState("node2", id, "running");
+  ASSERT_TRUE(st && st->value("state", "") == "running") << Describe(st);
+  auto r = Tern("node2", {"cancel", id});
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  st = WaitState("node1", id, "cancelled", 20s);
+  ASSERT_TRUE(st && st->value("state", "") == "cancelled") << Describe(st);
+  EXPECT_FALSE(st->value("ended_at", json()).is_null()) << st->dump();
+
+  // cancelling it again is a wrong-state error
+  r = Tern("node1", {"cancel", id});
+  EXPECT_EQ(r.exit_code, 1) << r.Describe();
+}
+
+TEST_F(ClusterTest, UnknownJobExitsOneWithOneLineOnStderr) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"status", "node1.999999"}, {"logs", "node2.999999"}, {"cancel", "node3.999999"}}) {
+    auto r = Tern("node2", args);
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_EQ(Lines(r.err).size(), 1u) << "want exactly one line on stderr: " << r.Describe();
+    EXPECT_TRUE(Trim(r.out).empty()) << r.Describe();
+  }
+}
+
+TEST_F(ClusterTest, BadUsageExitsTwo) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"no-such-command"}, {"submit"}, {"ps", "--no-such-flag"}, {"logs"}, {"ps", "-o", "yaml"}}) {
+    auto r = Tern("node1", args);
+    EXPECT_EQ(r.exit_code, 2) << r.Describe();
+    EXPECT_FALSE(Trim(r.err).empty()) << "usage errors say why on stderr: " << r.Describe();
+  }
+}
+
+TEST_F(ClusterTest, JobSurvivesItsAgentBeingKilledAndRestarted) {
+  const auto id = Submit("node1", {"sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"}, "node2");
+  ASSERT_FALSE(id.empty());
+  std::optional<std::string> out;
+  ASSERT_TRUE(WaitFor([&] {
+    out = JobLogs("node1", id);
+    return out && Lines(*out).size() >= 5;
+  }, 20s)) << "the counter job's output never reached 5 lines: " << (out ? *out : "(no answer)");
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st) << Tern("node1", {"status", id, "-o", "json"}).Describe();
+  ASSERT_EQ(st->value("state", ""), "running") << st->dump();
+  const pid_t pid = st->value("pid", 0);
+  ASSERT_GT(pid, 0) << st->dump();
+  ASSERT_TRUE(ProcessAlive(pid)) << "the job's pid " << pid << " is not a live process on this host";
+
+  // kill -9 the agent: the job keeps running and writing while no agent is there
+  auto r = RunCmd({Script(), "stop-agent", "node2", "--signal", "KILL"}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string host_stdout = NodeDir("node2") + "/state/jobs/" + id + "/stdout";
+  const auto size_before = fs::exists(host_stdout) ? fs::file_size(host_stdout) : 0;
+  if (fs::exists(host_stdout)) {
+    EXPECT_TRUE(WaitFor([&] { return fs::file_size(host_stdout) > size_before + 20; }, 5s, 100ms))
+        << "the job's stdout stopped growing while its agent was down";
+  }
+  EXPECT_TRUE(ProcessAlive(pid)) << "killing ternd killed its job (pid " << pid << ")";
+
+  r = RunCmd({Script(), "start-agent", "node2"}, 90s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  st.reset();
+  EXPECT_TRUE(WaitFor([&] {
+    st = Status("node1", id);
+    return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
+  }, 30s)) << "after the restart the job is not listed running with its pid " << pid << ": " << Describe(st);
+  std::optional<json> jobs;
+  EXPECT_TRUE(WaitFor([&] {
+    jobs = JobsSeenBy("node3", false);
+    auto job = jobs ? FindJob(*jobs, id) : std::nullopt;
+    return job && job->value("state", "") == "running" && job->value("pid", 0) == pid;
+  }, 30s)) << "node3's `tern ps` does not list the job running again: " << Describe(jobs);
+
+  const size_t lines_then = out ? Lines(*out).size() : 0;
+  std::optional<std::string> later;
+  EXPECT_TRUE(WaitFor([&] {
+    later = JobLogs("node3", id);
+    return later && Lines(*later).size() > lines_then + 10;
+  }, 20s)) << "the job's output did not keep growing: had " << lines_then << " lines, now "
+           << (later ? std::to_string(Lines(*later).size()) : "(no answer)");
+  if (later) {
+    // a counter without gaps: every line is the previous + 1
+    auto lines = Lines(*later);
+    for (size_t i = 0; i < lines.size(); ++i) {
+      ASSERT_EQ(lines[i], std::to_string(i)) << "the counter's output has a gap or a restart at line " << i;
+    }
+  }
+
+  // a graceful restart (TERM) keeps the job too
+  r = RunCmd({Script(), "restart-agent", "node2"}, 90s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_TRUE(WaitFor([&] {
+    st = Status("node2", id);
+    return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
+  }, 30s)) << Describe(st);
+
+  r = Tern("node1", {"cancel", id});
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  st = WaitState("node1", id, "cancelled", 20s);
+  EXPECT_TRUE(st && st->value("state", "") == "cancelled") << Describe(st);
+}
+
+TEST_F(ClusterTest, JobRunsAsTheUserWhoSubmittedIt) {
+  if (getpwnam(kTestUser.c_str()) == nullptr) {
+    auto r = RunCmd({"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", kTestUser});
+    ASSERT_EQ(r.exit_code, 0) << "cannot create the test user: " << r.Describe();
+  }
+  const passwd* pw = getpwnam(kTestUser.c_str());
+  ASSERT_NE(pw, nullptr);
+  const uid_t uid = pw->pw_uid;
+
+  // a copy of `tern` the test user can surely execute (the build tree may be in /root)
+  char dir_template[] = "/tmp/tern-it-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::string tern = dir + "/tern";
+  fs::copy_file(kBinDir + "/tern", tern);
+  chmod(dir.c_str(), 0755);
+  chmod(tern.c_str(), 0755);
+  auto as_user = [&](const std::string& node, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"runuser", "-u", kTestUser, "--", tern, "--node-socket", Socket(node)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCmd(argv);
+  };
+
+  auto r = as_user("node1", {"submit", "-q", "--", "id", "-u"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string id = Trim(r.out);
+  ASSERT_TRUE(IsJobId(id)) << r.Describe();
+  auto st = WaitState("node2", id, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << Describe(st);
+  EXPECT_EQ(st->value("user", ""), kTestUser) << st->dump();
+  EXPECT_EQ(st->value("uid", -1), static_cast<int>(uid)) << st->dump();
+  auto out = JobLogs("node2", id);
+  ASSERT_TRUE(out);
+  EXPECT_EQ(Trim(*out), std::to_string(uid)) << "the job did not run as " << kTestUser;
+
+  // a running job of that user: the command's process belongs to the user
+  r = as_user("node1", {"submit", "-q", "--node", "node2", "--", "sleep", "300"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string sleeper = Trim(r.out);
+  st = WaitState("node1", sleeper, "running");
+  ASSERT_TRUE(st && st->value("state", "") == "running") << Describe(st);
+  EXPECT_EQ(st->value("user", ""), kTestUser) << st->dump();
+  const pid_t init_pid = st->value("pid", 0);
+  ASSERT_GT(init_pid, 0);
+  std::vector<pid_t> children;
+  WaitFor([&] {
+    children = ChildrenOf(init_pid);
+    return !children.empty();
+  }, 5s, 50ms);
+  ASSERT_FALSE(children.empty()) << "the job's init (pid " << init_pid << ") has no child";
+  bool found_sleep = false;
+  for (pid_t child : children) {
+    if (CommOf(child) == "sleep") {
+      found_sleep = true;
+      EXPECT_EQ(UidOfProcess(child), uid) << "the job's command runs as uid " << UidOfProcess(child);
+    }
+  }
+  EXPECT_TRUE(found_sleep) << "no `sleep` among the children of the job's init " << init_pid;
+  auto ps = RunCmd({"ps", "-o", "user=", "-p", std::to_string(children.front())});
+  EXPECT_EQ(Trim(ps.out), kTestUser) << ps.Describe();
+
+  // the user may not ask for another user, and may cancel their own job
+  r = as_user("node1", {"submit", "--user", "root", "--", "id"});
+  EXPECT_EQ(r.exit_code, 1) << "a non-root user got a job as root: " << r.Describe();
+  EXPECT_EQ(Lines(r.err).size(), 1u) << r.Describe();
+  r = as_user("node3", {"cancel", sleeper});
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  st = WaitState("node1", sleeper, "cancelled", 20s);
+  EXPECT_TRUE(st && st->value("state", "") == "cancelled") << Describe(st);
+
+  fs::remove_all(dir);
+}
+
+TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
+  const std::string dir = RogueDir();
+  fs::create_directories(dir + "/state");
+  fs::create_directories(dir + "/run");
+  const std::string config = dir + "/ternd.toml";
+  {
+    std::ofstream out(config);
+    out << "[node]\nname = \"rogue\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \"" << dir
+        << "/run\"\n\n[api]\nunix_socket = \"" << dir << "/run/ternd.sock\"\nlisten = \"0.0.0.0:7172\"\n\n"
+        << "[cluster]\nlisten = \"0.0.0.0:7171\"\nadvertise = \"10.77.0.3:7171\"\n"
+        << "seeds = [\"10.77.0.1:7071\"]\nsecret = \"not-the-cluster-secret-0123456789\"\n\n"
+        << "[log]\nlevel = \"debug\"\n";
+  }
+  const std::string node1_log = AgentLog("node1");
+  const auto node1_log_start = ReadFile(node1_log).size();
+  rogue_pid_ = Spawn({Script(), "exec", "node3", kBinDir + "/ternd", "--config", config}, dir + "/ternd.log");
+  ASSERT_GT(rogue_pid_, 0);
+
+  std::string refused_line;
+  const bool refused = WaitFor([&] {
+    const std::string text = ReadFile(node1_log);
+    if (text.size() <= node1_log_start) return false;
+    for (const auto& line : Lines(text.substr(node1_log_start))) {
+      std::string lower = line;
+      std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+      if (lower.find("refused") != std::string::npos &&
+          (lower.find("rogue") != std::string::npos || lower.find("10.77.0.3") != std::string::npos)) {
+        refused_line = line;
+        return true;
+      }
+    }
+    return false;
+  }, 30s, 250ms);
+  EXPECT_TRUE(refused) << "node1's log has no 'refused' line about the agent with the wrong secret "
+                          "(rogue at 10.77.0.3:7171); rogue's log:\n"
+                       << Tail(ReadFile(dir + "/ternd.log"), 30);
+
+  // over a few seconds of the rogue retrying, no agent lists it
+  const auto until = std::chrono::steady_clock::now() + 4s;
+  while (std::chrono::steady_clock::now() < until) {
+    for (const auto& node : kNodes) {
+      auto nodes = NodesSeenBy(node);
+      ASSERT_TRUE(nodes) << node << ": " << Tern(node, {"nodes", "-o", "json"}).Describe();
+      EXPECT_EQ(NodeState(*nodes, "rogue"), "") << node << " lists the rogue agent: " << nodes->dump();
+      EXPECT_EQ(nodes->size(), 3u) << node << ": " << nodes->dump();
+    }
+  }
+  StopAndReap(rogue_pid_, SIGTERM, 10s);
+  rogue_pid_ = 0;
+}
+
+// Last: it stops node3's agent for good.
+TEST_F(ClusterTest, StoppedAgentBecomesSuspectThenDead) {
+  auto r = RunCmd({Script(), "stop-agent", "node3"}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  std::vector<std::string> seen;  // node3's states as node1 saw them, without repeats
+  const bool dead = WaitFor([&] {
+    auto nodes = NodesSeenBy("node1");
+    if (!nodes) return false;
+    const auto state = NodeState(*nodes, "node3");
+    if (seen.empty() || seen.back() != state) seen.push_back(state);
+    return state == "dead";
+  }, 45s, 250ms);
+  std::string trace;
+  for (const auto& s : seen) trace += (trace.empty() ? "" : " -> ") + (s.empty() ? "(absent)" : s);
+  ASSERT_TRUE(dead) << "node1 never saw node3 dead; states seen: " << trace;
+  EXPECT_NE(std::find(seen.begin(), seen.end(), "suspect"), seen.end())
+      << "node1 never saw node3 suspect before dead; states seen: " << trace;
+  // node1 and node2 still see each other
+  auto nodes = NodesSeenBy("node2");
+  ASSERT_TRUE(nodes);
+  EXPECT_EQ(NodeState(*nodes, "node1"), "alive") << nodes->dump();
+}
+
+}  // namespace
+}  // namespace tern::it

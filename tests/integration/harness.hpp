@@ -1,0 +1,45 @@
+// Small process and polling helpers for the integration tests.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace tern::it {
+
+struct Result {
+  int exit_code = -1;  // -1: killed by timeout or by a signal
+  std::string out;
+  std::string err;
+  bool timed_out = false;
+  // "argv[0] ... -> exit N; stdout: ...; stderr: ..." for failure messages
+  std::string Describe() const;
+  std::string command;
+};
+
+// Runs argv (PATH is searched), with stdin /dev/null, capturing stdout and stderr; kills the
+// process group after `timeout`.
+Result RunCmd(const std::vector<std::string>& argv,
+           std::chrono::milliseconds timeout = std::chrono::seconds(30),
+           const std::map<std::string, std::string>& extra_env = {});
+
+// Starts argv in its own session in the background, stdin /dev/null, stdout+stderr appended to
+// log_path. Returns the pid (the caller reaps it with Reap or it is reaped at exit).
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path);
+// Sends sig to pid and waits up to timeout for it to end; true if it ended.
+bool StopAndReap(pid_t pid, int sig, std::chrono::milliseconds timeout);
+
+// Polls pred every `every` until it returns true or `timeout` passes; returns its last answer.
+bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+             std::chrono::milliseconds every = std::chrono::milliseconds(200));
+
+std::string ReadFile(const std::string& path);
+std::string Trim(const std::string& s);
+std::vector<std::string> Lines(const std::string& s);
+bool ProcessAlive(pid_t pid);
+
+}  // namespace tern::it
