@@ -1,0 +1,52 @@
+// AgentApi: the /v1 API of docs/api.md, answered from this agent's state and, for anything
+// that lives on another node, by forwarding the call to that node's agent.
+//
+// Contract:
+//  - Handle() answers every call exactly once through `done`, possibly later (after peers
+//    answered). Unknown paths answer 404, wrong methods 405, bad input 400 with one line.
+//  - Job ids may be unique prefixes; a call that names a job resolves it cluster-wide
+//    (exact id first, then prefix; 0 matches → 404, several → 409) and runs where the job is.
+//  - A forwarded call (call.forwarded) is answered from local state only: one hop, no loops.
+//  - Writes need an identified caller (Unix socket or a peer relaying one); a job runs as its
+//    caller, and only uid 0 may name another user.
+//
+// Thread-safety: not thread-safe; everything runs on the agent's io_context thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "tern/agent/api_call.hpp"
+
+namespace tern::jobs {
+class JobSupervisor;
+}
+
+namespace tern::agent {
+
+class Cluster;
+
+class AgentApi {
+ public:
+  AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, std::string version);
+
+  void Handle(ApiCall call, ApiDone done);
+
+ private:
+  struct JobMatch;
+
+  void Info(const ApiCall& call, ApiDone done);
+  void ListJobs(const ApiCall& call, ApiDone done);
+  void SubmitJob(const ApiCall& call, ApiDone done);
+  void ListNodes(const ApiCall& call, ApiDone done);
+  // GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel, GET /v1/jobs/{id}/logs.
+  void JobCall(ApiCall call, const std::string& id, const std::string& action, ApiDone done);
+  void LocalJobCall(const ApiCall& call, const std::string& id, const std::string& action,
+                    ApiDone done);
+
+  jobs::JobSupervisor& supervisor_;
+  Cluster& cluster_;
+  std::string version_;
+};
+
+}  // namespace tern::agent

@@ -1,0 +1,56 @@
+// AgentConfig: ternd's settings, read from a TOML file (docs/config.md is the reference).
+//
+// Contract: LoadConfig() either returns a complete config (every default filled in, the
+// cluster secret read from `secret_file` when `secret` is empty) or one Error line naming the
+// file, the key and what is wrong. A missing file is an error unless `allow_missing` is set.
+//
+// Thread-safety: plain data; LoadConfig is reentrant.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <tern/expected.hpp>
+
+namespace tern::agent {
+
+struct AgentConfig {
+  // [node]
+  std::string node_name;  // default: host name
+  std::string state_dir = "/var/lib/tern";
+  std::string run_dir = "/run/tern";
+  // [api]
+  std::string api_unix_socket = "/run/tern/ternd.sock";
+  std::string api_listen = "0.0.0.0:7070";
+  // [cluster]
+  std::string cluster_listen = "0.0.0.0:7071";
+  std::string cluster_advertise;  // default: first non-loopback IPv4 + listen port
+  std::vector<std::string> seeds;
+  std::string secret;
+  std::string secret_file = "/etc/tern/secret";
+  std::chrono::milliseconds heartbeat{1000};
+  std::chrono::milliseconds suspect_after{3000};
+  std::chrono::milliseconds dead_after{10000};
+  // [jobs]
+  std::chrono::milliseconds cancel_grace{5000};
+  std::string init_path;  // default: tern-init beside ternd
+  // [criu]
+  std::string criu_path;
+  // [log]
+  std::string log_level = "info";
+  std::string log_file;
+  // Where the config came from, for messages.
+  std::string source = "(defaults)";
+};
+
+Expected<AgentConfig> LoadConfig(const std::string& path, bool allow_missing);
+
+// Parses a TOML document; `origin` names it in error messages.
+Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::string& origin);
+
+// Fills the defaults that depend on the machine (host name, advertise address, init path,
+// secret from secret_file). Separate from parsing so that tests can parse without a machine.
+Expected<void> ResolveMachineDefaults(AgentConfig& config, const std::string& ternd_path);
+
+}  // namespace tern::agent

@@ -1,0 +1,131 @@
+#include "tern/agent/agent.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <tern/http/server.hpp>
+#include <tern/jobs/job_supervisor.hpp>
+
+#include "tern/agent/agent_api.hpp"
+#include "tern/agent/cluster.hpp"
+
+namespace tern::agent {
+
+Agent::Agent(boost::asio::io_context& io, AgentConfig config, std::string version)
+    : io_(io), config_(std::move(config)), version_(std::move(version)), sample_timer_(io) {}
+
+Agent::~Agent() { Stop(); }
+
+Expected<void> Agent::Start() {
+  auto identity = LoadOrCreateNodeIdentity(config_.state_dir, config_.node_name);
+  if (!identity) return Unexpected<Error>{identity.error()};
+  identity_ = *identity;
+  // The state dir must be traversable so that jobs (running as their users) reach their
+  // directories; the jobs dir holds per-job dirs owned by each job's user.
+  chmod(config_.state_dir.c_str(), 0755);
+  std::error_code ignored;
+  std::filesystem::create_directories(config_.run_dir, ignored);
+  chmod(config_.run_dir.c_str(), 0755);
+
+  if (!std::filesystem::exists(config_.init_path)) {
+    return Fail("tern-init not found at " + config_.init_path + " (set [jobs] init_path)");
+  }
+  jobs::SupervisorOptions job_options;
+  job_options.state_dir = config_.state_dir;
+  job_options.node_name = identity_.name;
+  job_options.init_path = config_.init_path;
+  job_options.cancel_grace = config_.cancel_grace;
+  supervisor_ = std::make_unique<jobs::JobSupervisor>(io_, job_options, [](const jobs::JobRecord& job) {
+    spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
+  });
+  supervisor_->Adopt();
+
+  cluster_ = std::make_unique<Cluster>(io_, config_, identity_);
+  api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, version_);
+  cluster_->SetRequestHandler([this](ApiCall call, ApiDone done) {
+    api_->Handle(std::move(call), std::move(done));
+  });
+  cluster_->SetLoadProvider([this] { return LocalLoad(); });
+  last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
+  for (const auto& problem : last_host_load_.problems) spdlog::warn("load sampling: {}", problem);
+  if (auto started = cluster_->Start(); !started) return started;
+
+  http_ = std::make_unique<http::HttpServer>(
+      io_, [this](const http::Request& request, const http::Caller& caller,
+                  http::Responder responder) {
+        ApiCall call;
+        call.method = std::string(request.method_string());
+        call.target = std::string(request.target());
+        call.body = request.body();
+        if (caller.transport == http::Caller::Transport::kUnix) {
+          call.caller.uid = caller.uid;
+          call.caller.gid = caller.gid;
+          call.caller.pid = caller.pid;
+          call.caller.identified = true;
+          call.caller.via = "unix";
+        } else {
+          call.caller.via = "tcp " + caller.remote;
+        }
+        api_->Handle(std::move(call), [responder](ApiResult result) mutable {
+          http::Response response{static_cast<boost::beast::http::status>(result.status), 11};
+          response.set(boost::beast::http::field::content_type, result.content_type);
+          for (const auto& [name, value] : result.headers) response.set(name, value);
+          response.body() = std::move(result.body);
+          response.prepare_payload();
+          responder.Send(std::move(response));
+        });
+      });
+  if (auto listening = http_->ListenUnix(config_.api_unix_socket, 0666); !listening) {
+    return listening;
+  }
+  if (!config_.api_listen.empty()) {
+    if (auto listening = http_->ListenTcp(config_.api_listen); !listening) return listening;
+  }
+  spdlog::info("ternd {} node {} ({}): API on {} and {}, {} job(s) adopted", version_,
+               identity_.name, NodeIdHex(identity_.id), config_.api_unix_socket,
+               config_.api_listen.empty() ? "(no TCP)" : config_.api_listen,
+               supervisor_->RunningCount());
+  ScheduleSample();
+  return {};
+}
+
+void Agent::Stop() {
+  sample_timer_.cancel();
+  if (http_) http_->Stop();
+  if (cluster_) cluster_->Stop();
+}
+
+void Agent::ScheduleSample() {
+  sample_timer_.expires_after(std::chrono::seconds(1));
+  sample_timer_.async_wait([this](const boost::system::error_code& error) {
+    if (error) return;
+    last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
+    supervisor_->SampleUsage();
+    ScheduleSample();
+  });
+}
+
+balancer::LoadVector Agent::LocalLoad() {
+  balancer::LoadVector load;
+  load.sampled_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+  load.load1 = last_host_load_.load1;
+  load.runnable = last_host_load_.runnable;
+  load.cpus = last_host_load_.cpus;
+  load.cpu_mhz = last_host_load_.cpu_mhz;
+  load.mem_total_bytes = last_host_load_.mem_total_bytes;
+  load.mem_free_bytes = last_host_load_.mem_free_bytes;
+  load.jobs_running = static_cast<int>(supervisor_->RunningCount());
+  for (const auto& job : supervisor_->List()) {
+    if (job.state != jobs::JobState::kRunning) continue;
+    balancer::JobLoad job_load;
+    job_load.job_id = job.id;
+    job_load.rss_bytes = job.rss_bytes;
+    load.jobs.push_back(job_load);
+  }
+  return load;
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,374 @@
+#include "tern/agent/agent_api.hpp"
+
+#include <pwd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <tern/jobs/job_supervisor.hpp>
+
+#include "tern/agent/cluster.hpp"
+#include "tern/agent/node_identity.hpp"
+#include "tern/agent/target.hpp"
+
+namespace tern::agent {
+namespace {
+
+using nlohmann::json;
+constexpr std::uint64_t kDefaultLogLimit = 1 << 20;
+constexpr std::uint64_t kMaxLogLimit = 8 << 20;
+
+json NodeToJson(const NodeView& node) {
+  json out = {{"name", node.name},
+              {"id", NodeIdHex(node.id)},
+              {"address", node.address},
+              {"api_address", node.api_address},
+              {"state", node.state},
+              {"self", node.self},
+              {"last_seen_ms", node.last_seen_ms},
+              {"load", 0.0},
+              {"cpus", 0},
+              {"mem_total_bytes", 0},
+              {"mem_free_bytes", 0},
+              {"jobs", 0}};
+  if (node.load) {
+    out["load"] = node.load->load1;
+    out["cpus"] = node.load->cpus;
+    out["mem_total_bytes"] = node.load->mem_total_bytes;
+    out["mem_free_bytes"] = node.load->mem_free_bytes;
+    out["jobs"] = node.load->jobs_running;
+  }
+  return out;
+}
+
+json LocalJobsJson(const jobs::JobSupervisor& supervisor) {
+  json list = json::array();
+  const auto now = std::chrono::system_clock::now();
+  for (const auto& record : supervisor.List()) list.push_back(jobs::ToJson(record, now));
+  return list;
+}
+
+bool IsFinal(const std::string& state) { return state != "running"; }
+
+// The job id a user typed, and every job the cluster knows: the match or a clear refusal.
+Expected<json> MatchJob(const std::string& wanted, const json& jobs) {
+  std::vector<const json*> prefix_matches;
+  for (const auto& job : jobs) {
+    const std::string id = job.value("id", "");
+    if (id == wanted) return job;
+    if (id.rfind(wanted, 0) == 0) prefix_matches.push_back(&job);
+  }
+  if (prefix_matches.empty()) return Fail("no job '" + wanted + "'");
+  if (prefix_matches.size() > 1) {
+    std::string names;
+    for (size_t i = 0; i < prefix_matches.size() && i < 5; ++i) {
+      names += (i ? ", " : "") + prefix_matches[i]->value("id", "");
+    }
+    if (prefix_matches.size() > 5) names += ", ...";
+    return Fail("job id '" + wanted + "' is ambiguous: it matches " + names);
+  }
+  return *prefix_matches.front();
+}
+
+bool MayWrite(const ApiCall& call, ApiDone& done) {
+  if (call.caller.identified) return true;
+  done(ErrorResult(403, "this API endpoint is read-only; use the agent's Unix socket"));
+  return false;
+}
+
+}  // namespace
+
+AgentApi::AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, std::string version)
+    : supervisor_(supervisor), cluster_(cluster), version_(std::move(version)) {}
+
+void AgentApi::Handle(ApiCall call, ApiDone done) {
+  const Target target = ParseTarget(call.target);
+  const auto& parts = target.segments;
+  const std::string& method = call.method;
+  auto wrong_method = [&](const char* allowed) {
+    done(ErrorResult(405, method + " is not allowed on " + target.path + " (use " + allowed +
+                              ")"));
+  };
+  try {
+    if (parts.size() < 2 || parts[0] != "v1") {
+      done(ErrorResult(404, "no such API path: " + target.path));
+    } else if (parts.size() == 2 && parts[1] == "info") {
+      method == "GET" ? Info(call, done) : wrong_method("GET");
+    } else if (parts.size() == 2 && parts[1] == "nodes") {
+      method == "GET" ? ListNodes(call, done) : wrong_method("GET");
+    } else if (parts.size() == 2 && parts[1] == "jobs") {
+      if (method == "GET") {
+        ListJobs(call, done);
+      } else if (method == "POST") {
+        SubmitJob(call, done);
+      } else {
+        wrong_method("GET, POST");
+      }
+    } else if (parts.size() == 3 && parts[1] == "jobs") {
+      method == "GET" ? JobCall(std::move(call), parts[2], "", done) : wrong_method("GET");
+    } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "cancel") {
+      method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done)
+                       : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "logs") {
+      method == "GET" ? JobCall(std::move(call), parts[2], "logs", done) : wrong_method("GET");
+    } else {
+      done(ErrorResult(404, "no such API path: " + target.path));
+    }
+  } catch (const std::exception& error) {
+    done(ErrorResult(500, std::string("internal error: ") + error.what()));
+  }
+}
+
+void AgentApi::Info(const ApiCall&, ApiDone done) {
+  json info = {{"node", cluster_.self().name},
+               {"node_id", NodeIdHex(cluster_.self().id)},
+               {"version", version_},
+               {"jobs_running", supervisor_.RunningCount()}};
+  done(JsonResult(200, info.dump()));
+}
+
+void AgentApi::ListNodes(const ApiCall&, ApiDone done) {
+  json nodes = json::array();
+  for (const auto& node : cluster_.Nodes()) nodes.push_back(NodeToJson(node));
+  done(JsonResult(200, json{{"nodes", nodes}}.dump()));
+}
+
+void AgentApi::ListJobs(const ApiCall& call, ApiDone done) {
+  const Target target = ParseTarget(call.target);
+  json local = LocalJobsJson(supervisor_);
+  if (call.forwarded || target.query.count("local") != 0) {
+    done(JsonResult(200, json{{"jobs", local}}.dump()));
+    return;
+  }
+  ApiCall peer_call;
+  peer_call.method = "GET";
+  peer_call.target = "/v1/jobs?local=1";
+  peer_call.caller = call.caller;
+  cluster_.CallAllPeers(peer_call, [local = std::move(local), done](auto answers) mutable {
+    std::map<std::string, json> by_id;
+    for (auto& job : local) by_id[job.value("id", "")] = job;
+    json unreachable = json::array();
+    for (auto& [node, result] : answers) {
+      json body = json::parse(result.body, nullptr, false);
+      if (result.status != 200 || !body.is_object() || !body.contains("jobs")) {
+        unreachable.push_back(node);
+        continue;
+      }
+      for (auto& job : body["jobs"]) {
+        const std::string id = job.value("id", "");
+        // While a job moves both sides may list it; the running copy is the true one.
+        auto existing = by_id.find(id);
+        if (existing == by_id.end() || job.value("state", "") == "running") by_id[id] = job;
+      }
+    }
+    json jobs = json::array();
+    for (auto& [id, job] : by_id) jobs.push_back(std::move(job));
+    done(JsonResult(200, json{{"jobs", jobs}, {"unreachable", unreachable}}.dump()));
+  });
+}
+
+void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
+  if (!MayWrite(call, done)) return;
+  json body = json::parse(call.body, nullptr, false);
+  if (!body.is_object()) {
+    done(ErrorResult(400, "the request body must be a JSON object"));
+    return;
+  }
+  const json argv = body.value("argv", json::array());
+  if (!argv.is_array() || argv.empty() ||
+      !std::all_of(argv.begin(), argv.end(), [](const json& a) { return a.is_string(); })) {
+    done(ErrorResult(400, "argv must be a non-empty array of strings (the command to run)"));
+    return;
+  }
+  const std::string node = body.value("node", "");
+  if (!node.empty() && node != cluster_.self().name) {
+    if (call.forwarded) {
+      done(ErrorResult(400, "this agent is " + cluster_.self().name + ", not " + node));
+      return;
+    }
+    auto node_id = cluster_.AliveNodeByName(node);
+    if (!node_id) {
+      done(ErrorResult(404, "node '" + node + "' is not an alive member of the cluster " +
+                                "(see `tern nodes`)"));
+      return;
+    }
+    cluster_.Call(*node_id, call, done);
+    return;
+  }
+
+  jobs::SubmitRequest request;
+  request.argv = argv.get<std::vector<std::string>>();
+  request.name = body.value("name", "");
+  if (body.contains("env")) {
+    if (!body["env"].is_object()) {
+      done(ErrorResult(400, "env must be an object of strings"));
+      return;
+    }
+    for (const auto& [key, value] : body["env"].items()) {
+      if (!value.is_string()) {
+        done(ErrorResult(400, "env value of " + key + " must be a string"));
+        return;
+      }
+      request.env[key] = value.get<std::string>();
+    }
+  }
+  const std::string user = body.value("user", "");
+  passwd entry{};
+  passwd* found = nullptr;
+  std::string buffer(16384, '\0');
+  if (!user.empty()) {
+    if (call.caller.uid != 0) {
+      done(ErrorResult(403, "only root may run a job as another user (--user)"));
+      return;
+    }
+    getpwnam_r(user.c_str(), &entry, buffer.data(), buffer.size(), &found);
+    if (found == nullptr) {
+      done(ErrorResult(400, "no user '" + user + "' on node " + cluster_.self().name));
+      return;
+    }
+    request.uid = found->pw_uid;
+    request.gid = found->pw_gid;
+    request.user = found->pw_name;
+  } else {
+    request.uid = call.caller.uid;
+    request.gid = call.caller.gid;
+    getpwuid_r(request.uid, &entry, buffer.data(), buffer.size(), &found);
+    request.user = found != nullptr ? found->pw_name : std::to_string(request.uid);
+  }
+  auto record = supervisor_.Submit(request);
+  if (!record) {
+    done(ErrorResult(500, record.error().message));
+    return;
+  }
+  done(JsonResult(201, jobs::ToJson(*record, std::chrono::system_clock::now()).dump()));
+}
+
+void AgentApi::JobCall(ApiCall call, const std::string& id, const std::string& action,
+                       ApiDone done) {
+  if (supervisor_.Get(id) || call.forwarded) {
+    LocalJobCall(call, id, action, done);
+    return;
+  }
+  ApiCall list_call;
+  list_call.method = "GET";
+  list_call.target = "/v1/jobs";
+  list_call.caller = call.caller;
+  ListJobs(list_call, [this, call = std::move(call), id, action, done](ApiResult listing) {
+    json body = json::parse(listing.body, nullptr, false);
+    if (listing.status != 200 || !body.is_object()) {
+      done(listing);
+      return;
+    }
+    auto match = MatchJob(id, body["jobs"]);
+    if (!match) {
+      std::string message = match.error().message;
+      if (!body["unreachable"].empty()) {
+        message += " (not reachable now: " + body["unreachable"].dump() + ")";
+      }
+      const bool ambiguous = message.find("ambiguous") != std::string::npos;
+      done(ErrorResult(ambiguous ? 409 : 404, message));
+      return;
+    }
+    const std::string full_id = match->value("id", "");
+    const std::string node = match->value("node", "");
+    if (node == cluster_.self().name) {
+      LocalJobCall(call, full_id, action, done);
+      return;
+    }
+    auto node_id = cluster_.AliveNodeByName(node);
+    if (!node_id) {
+      done(ErrorResult(503, "job " + full_id + " is on node " + node + ", which is unreachable"));
+      return;
+    }
+    ApiCall remote = call;
+    Target target = ParseTarget(call.target);
+    remote.target = "/v1/jobs/" + full_id + (action.empty() ? "" : "/" + action) +
+                    (target.raw_query.empty() ? "" : "?" + target.raw_query);
+    cluster_.Call(*node_id, remote, done);
+  });
+}
+
+void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const std::string& action,
+                            ApiDone done) {
+  auto record = supervisor_.Get(id);
+  if (!record) {
+    done(ErrorResult(404, "no job '" + id + "' on node " + cluster_.self().name));
+    return;
+  }
+  const auto now = std::chrono::system_clock::now();
+  if (action.empty()) {
+    done(JsonResult(200, jobs::ToJson(*record, now).dump()));
+    return;
+  }
+  const bool owner_or_root =
+      call.caller.identified && (call.caller.uid == 0 || call.caller.uid == record->uid);
+  if (action == "cancel") {
+    if (!MayWrite(call, done)) return;
+    if (!owner_or_root) {
+      done(ErrorResult(403, "job " + id + " belongs to " + record->user +
+                                "; only its user or root may cancel it"));
+      return;
+    }
+    auto cancelled = supervisor_.Cancel(id);
+    if (!cancelled) {
+      done(ErrorResult(409, cancelled.error().message));
+      return;
+    }
+    done(JsonResult(200, jobs::ToJson(*cancelled, now).dump()));
+    return;
+  }
+  // logs
+  if (!owner_or_root) {
+    done(ErrorResult(403, "the logs of job " + id + " are readable by " + record->user +
+                              " and root only (use the Unix socket)"));
+    return;
+  }
+  const Target target = ParseTarget(call.target);
+  const std::string stream = target.Get("stream", "stdout");
+  if (stream != "stdout" && stream != "stderr") {
+    done(ErrorResult(400, "stream must be stdout or stderr"));
+    return;
+  }
+  std::uint64_t offset = 0;
+  std::uint64_t limit = kDefaultLogLimit;
+  try {
+    offset = std::stoull(target.Get("offset", "0"));
+    limit = std::min<std::uint64_t>(std::stoull(target.Get("limit", "1048576")), kMaxLogLimit);
+  } catch (const std::exception&) {
+    done(ErrorResult(400, "offset and limit must be whole numbers"));
+    return;
+  }
+  // The state is read before the bytes, so "final state and nothing more" is never premature.
+  const std::string state = jobs::ToString(record->state);
+  const std::string path = record->dir + "/" + stream;
+  std::ifstream file(path, std::ios::binary);
+  std::string data;
+  if (file) {
+    file.seekg(0, std::ios::end);
+    const auto size = static_cast<std::uint64_t>(file.tellg());
+    if (offset < size) {
+      data.resize(std::min(limit, size - offset));
+      file.seekg(static_cast<std::streamoff>(offset));
+      file.read(data.data(), static_cast<std::streamsize>(data.size()));
+      data.resize(static_cast<size_t>(file.gcount()));
+    }
+  } else if (errno != ENOENT) {
+    done(ErrorResult(500, "cannot read " + path + ": " + std::strerror(errno)));
+    return;
+  }
+  ApiResult result;
+  result.status = 200;
+  result.content_type = "application/octet-stream";
+  result.headers.emplace_back("X-Tern-Next-Offset", std::to_string(offset + data.size()));
+  result.headers.emplace_back("X-Tern-Job-State", state);
+  result.body = std::move(data);
+  (void)IsFinal;
+  done(std::move(result));
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,207 @@
+#include "tern/agent/config.hpp"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+namespace tern::agent {
+namespace {
+
+std::string Trim(std::string text) {
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return "";
+  const auto last = text.find_last_not_of(" \t\r\n");
+  return text.substr(first, last - first + 1);
+}
+
+class TableReader {
+ public:
+  TableReader(const toml::table& root, std::string origin)
+      : root_(root), origin_(std::move(origin)) {}
+
+  void String(const char* section, const char* key, std::string& out) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    if (auto value = node->value<std::string>()) {
+      out = *value;
+    } else {
+      Complain(section, key, "must be a string");
+    }
+  }
+
+  void Millis(const char* section, const char* key, std::chrono::milliseconds& out) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    auto value = node->value<int64_t>();
+    if (!value || *value <= 0) {
+      Complain(section, key, "must be a positive whole number of milliseconds");
+      return;
+    }
+    out = std::chrono::milliseconds(*value);
+  }
+
+  void StringList(const char* section, const char* key, std::vector<std::string>& out) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    const toml::array* array = node->as_array();
+    if (array == nullptr) {
+      Complain(section, key, "must be an array of strings");
+      return;
+    }
+    out.clear();
+    for (const auto& element : *array) {
+      auto value = element.value<std::string>();
+      if (!value) {
+        Complain(section, key, "must be an array of strings");
+        return;
+      }
+      out.push_back(*value);
+    }
+  }
+
+  const std::string& problem() const { return problem_; }
+
+ private:
+  const toml::node* Find(const char* section, const char* key) const {
+    const toml::table* table = root_[section].as_table();
+    if (table == nullptr) return nullptr;
+    return table->get(key);
+  }
+
+  void Complain(const char* section, const char* key, const char* what) {
+    if (problem_.empty()) {
+      problem_ = origin_ + ": [" + section + "] " + key + " " + what;
+    }
+  }
+
+  const toml::table& root_;
+  std::string origin_;
+  std::string problem_;
+};
+
+std::string FirstNonLoopbackIpv4() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* entry = list; entry != nullptr; entry = entry->ifa_next) {
+    if (entry->ifa_addr == nullptr || entry->ifa_addr->sa_family != AF_INET) continue;
+    if ((entry->ifa_flags & IFF_LOOPBACK) != 0 || (entry->ifa_flags & IFF_UP) == 0) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    const auto* address = reinterpret_cast<const sockaddr_in*>(entry->ifa_addr);
+    inet_ntop(AF_INET, &address->sin_addr, text, sizeof text);
+    found = text;
+    break;
+  }
+  freeifaddrs(list);
+  return found;
+}
+
+std::string PortOf(const std::string& host_port) {
+  const auto colon = host_port.rfind(':');
+  return colon == std::string::npos ? "" : host_port.substr(colon + 1);
+}
+
+}  // namespace
+
+Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, origin);
+  } catch (const toml::parse_error& error) {
+    std::ostringstream message;
+    message << origin << ":" << error.source().begin.line << ": " << error.description();
+    return Fail(message.str());
+  }
+  AgentConfig config;
+  config.source = origin;
+  TableReader reader(root, origin);
+  reader.String("node", "name", config.node_name);
+  reader.String("node", "state_dir", config.state_dir);
+  reader.String("node", "run_dir", config.run_dir);
+  reader.String("api", "unix_socket", config.api_unix_socket);
+  reader.String("api", "listen", config.api_listen);
+  reader.String("cluster", "listen", config.cluster_listen);
+  reader.String("cluster", "advertise", config.cluster_advertise);
+  reader.StringList("cluster", "seeds", config.seeds);
+  reader.String("cluster", "secret", config.secret);
+  reader.String("cluster", "secret_file", config.secret_file);
+  reader.Millis("cluster", "heartbeat_ms", config.heartbeat);
+  reader.Millis("cluster", "suspect_after_ms", config.suspect_after);
+  reader.Millis("cluster", "dead_after_ms", config.dead_after);
+  reader.Millis("jobs", "cancel_grace_ms", config.cancel_grace);
+  reader.String("jobs", "init_path", config.init_path);
+  reader.String("criu", "path", config.criu_path);
+  reader.String("log", "level", config.log_level);
+  reader.String("log", "file", config.log_file);
+  if (!reader.problem().empty()) return Fail(reader.problem());
+  if (config.dead_after <= config.suspect_after) {
+    return Fail(origin + ": [cluster] dead_after_ms must be larger than suspect_after_ms");
+  }
+  if (config.cluster_listen.empty() || PortOf(config.cluster_listen).empty()) {
+    return Fail(origin + ": [cluster] listen must be host:port");
+  }
+  return config;
+}
+
+Expected<AgentConfig> LoadConfig(const std::string& path, bool allow_missing) {
+  std::ifstream file(path);
+  if (!file) {
+    if (allow_missing && !std::filesystem::exists(path)) {
+      AgentConfig defaults;
+      defaults.source = "(defaults; " + path + " does not exist)";
+      return defaults;
+    }
+    return Fail("cannot read config " + path + ": " + std::strerror(errno));
+  }
+  std::stringstream text;
+  text << file.rdbuf();
+  return ParseConfig(text.str(), path);
+}
+
+Expected<void> ResolveMachineDefaults(AgentConfig& config, const std::string& ternd_path) {
+  if (config.node_name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    config.node_name = host;
+  }
+  for (char c : config.node_name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) {
+      return Fail("node name '" + config.node_name +
+                  "' may hold only letters, digits, '-' and '_' (set [node] name)");
+    }
+  }
+  if (config.cluster_advertise.empty()) {
+    const std::string address = FirstNonLoopbackIpv4();
+    config.cluster_advertise =
+        (address.empty() ? "127.0.0.1" : address) + ":" + PortOf(config.cluster_listen);
+  }
+  if (config.init_path.empty()) {
+    const auto beside = std::filesystem::path(ternd_path).parent_path() / "tern-init";
+    config.init_path = beside.string();
+  }
+  if (config.secret.empty() && !config.secret_file.empty()) {
+    std::ifstream file(config.secret_file);
+    if (file) {
+      std::stringstream text;
+      text << file.rdbuf();
+      config.secret = Trim(text.str());
+    }
+  }
+  if (config.secret.empty()) {
+    return Fail("no cluster secret: set [cluster] secret, or put one in " + config.secret_file +
+                " (e.g. `head -c 32 /dev/urandom | base64 > " + config.secret_file +
+                "; chmod 600 " + config.secret_file + "`) — the same on every node");
+  }
+  return {};
+}
+
+}  // namespace tern::agent

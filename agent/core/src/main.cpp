@@ -1,0 +1,76 @@
+// ternd: the tern agent. One runs on every node.
+#include <sys/prctl.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <csignal>
+#include <iostream>
+#include <spdlog/spdlog.h>
+
+#include "tern/agent/agent.hpp"
+#include "tern/agent/config.hpp"
+#include "tern/agent/logging.hpp"
+
+#ifndef TERN_VERSION
+#define TERN_VERSION "0.0.0"
+#endif
+
+int main(int argc, char** argv) {
+  CLI::App app{"ternd — the tern agent: runs jobs, gossips load, serves the tern API"};
+  std::string config_path = "/etc/tern/ternd.toml";
+  std::string log_level;
+  bool show_version = false;
+  app.add_option("-c,--config", config_path, "TOML config file (docs/config.md)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn or error (overrides config)");
+  app.add_flag("--version", show_version, "print the version and exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int code = app.exit(error);
+    return code == 0 ? 0 : 2;
+  }
+  if (show_version) {
+    std::cout << "ternd " << TERN_VERSION << "\n";
+    return 0;
+  }
+
+  const bool default_path = !app.count("--config");
+  auto config = tern::agent::LoadConfig(config_path, default_path);
+  if (!config) {
+    std::cerr << "ternd: " << config.error().message << "\n";
+    return 1;
+  }
+  if (!log_level.empty()) config->log_level = log_level;
+  if (auto resolved = tern::agent::ResolveMachineDefaults(*config, "/proc/self/exe"); !resolved) {
+    std::cerr << "ternd: " << resolved.error().message << "\n";
+    return 1;
+  }
+  if (auto logging = tern::agent::SetUpLogging(config->log_level, config->log_file); !logging) {
+    std::cerr << "ternd: " << logging.error().message << "\n";
+    return 1;
+  }
+
+  // Jobs whose launcher exits, and jobs restored by CRIU, are re-parented to us: we reap them.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  boost::asio::io_context io;
+  tern::agent::Agent agent(io, *config, TERN_VERSION);
+  if (auto started = agent.Start(); !started) {
+    spdlog::critical("cannot start: {}", started.error().message);
+    std::cerr << "ternd: " << started.error().message << "\n";
+    return 1;
+  }
+  boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+  stop_signals.async_wait([&](const boost::system::error_code& error, int signal_number) {
+    if (error) return;
+    spdlog::info("signal {}: stopping (jobs keep running and are re-adopted on restart)",
+                 signal_number);
+    agent.Stop();
+    io.stop();
+  });
+  io.run();
+  spdlog::info("ternd stopped");
+  return 0;
+}

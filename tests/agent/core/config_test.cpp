@@ -1,0 +1,95 @@
+#include <gtest/gtest.h>
+
+#include "tern/agent/config.hpp"
+
+namespace tern::agent {
+namespace {
+
+TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
+  auto config = ParseConfig("", "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->state_dir, "/var/lib/tern");
+  EXPECT_EQ(config->api_unix_socket, "/run/tern/ternd.sock");
+  EXPECT_EQ(config->api_listen, "0.0.0.0:7070");
+  EXPECT_EQ(config->cluster_listen, "0.0.0.0:7071");
+  EXPECT_EQ(config->heartbeat.count(), 1000);
+  EXPECT_EQ(config->suspect_after.count(), 3000);
+  EXPECT_EQ(config->dead_after.count(), 10000);
+  EXPECT_EQ(config->cancel_grace.count(), 5000);
+}
+
+TEST(ConfigTest, ReadsEverySection) {
+  auto config = ParseConfig(R"(
+[node]
+name = "node7"
+state_dir = "/tmp/s"
+[api]
+unix_socket = "/tmp/s.sock"
+listen = ""
+[cluster]
+listen = "0.0.0.0:9000"
+advertise = "10.0.0.7:9000"
+seeds = ["10.0.0.1:9000", "10.0.0.2:9000"]
+secret = "s3cret"
+heartbeat_ms = 250
+suspect_after_ms = 1000
+dead_after_ms = 2000
+[jobs]
+cancel_grace_ms = 100
+[log]
+level = "debug"
+)",
+                            "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->node_name, "node7");
+  EXPECT_EQ(config->api_listen, "");
+  EXPECT_EQ(config->seeds.size(), 2u);
+  EXPECT_EQ(config->secret, "s3cret");
+  EXPECT_EQ(config->heartbeat.count(), 250);
+  EXPECT_EQ(config->cancel_grace.count(), 100);
+  EXPECT_EQ(config->log_level, "debug");
+}
+
+TEST(ConfigTest, WrongTypeNamesFileSectionAndKey) {
+  auto config = ParseConfig("[cluster]\nheartbeat_ms = \"fast\"\n", "/etc/tern/ternd.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("/etc/tern/ternd.toml"), std::string::npos);
+  EXPECT_NE(config.error().message.find("heartbeat_ms"), std::string::npos);
+}
+
+TEST(ConfigTest, SyntaxErrorNamesTheLine) {
+  auto config = ParseConfig("[node]\nname = \n", "x.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("x.toml:2"), std::string::npos) << config.error().message;
+}
+
+TEST(ConfigTest, DeadMustComeAfterSuspect) {
+  auto config = ParseConfig("[cluster]\nsuspect_after_ms = 5000\ndead_after_ms = 4000\n", "x");
+  EXPECT_FALSE(config);
+}
+
+TEST(ConfigTest, MissingSecretIsAnErrorWithTheFix) {
+  auto config = ParseConfig("[node]\nname=\"n1\"\n[cluster]\nsecret_file=\"/nonexistent/s\"\n", "x");
+  ASSERT_TRUE(config);
+  auto resolved = ResolveMachineDefaults(*config, "/usr/bin/ternd");
+  ASSERT_FALSE(resolved);
+  EXPECT_NE(resolved.error().message.find("/nonexistent/s"), std::string::npos);
+}
+
+TEST(ConfigTest, BadNodeNameRefused) {
+  auto config = ParseConfig("[node]\nname=\"a b\"\n[cluster]\nsecret=\"x\"\n", "x");
+  ASSERT_TRUE(config);
+  EXPECT_FALSE(ResolveMachineDefaults(*config, "/usr/bin/ternd"));
+}
+
+TEST(ConfigTest, MachineDefaultsFillAdvertiseAndInit) {
+  auto config = ParseConfig("[cluster]\nsecret=\"x\"\n", "x");
+  ASSERT_TRUE(config);
+  ASSERT_TRUE(ResolveMachineDefaults(*config, "/opt/tern/bin/ternd"));
+  EXPECT_FALSE(config->node_name.empty());
+  EXPECT_EQ(config->init_path, "/opt/tern/bin/tern-init");
+  EXPECT_NE(config->cluster_advertise.find(":7071"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tern::agent
