@@ -1,0 +1,65 @@
+// JobRecord: everything an agent knows about one job, and its two JSON forms — the public
+// Job object of docs/api.md (ToJson) and the persistent form kept in the state dir, which adds
+// what only the agent needs (PersistentJson / FromPersistentJson).
+//
+// Thread-safety: plain values; the functions are pure.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <tern/expected.hpp>
+
+namespace tern::jobs {
+
+using Clock = std::chrono::system_clock;
+using TimePoint = Clock::time_point;
+
+enum class JobState { kRunning, kExited, kKilled, kCancelled, kFailed, kLost };
+std::string ToString(JobState state);
+std::optional<JobState> ParseJobState(std::string_view text);
+inline bool IsFinal(JobState state) { return state != JobState::kRunning; }
+
+struct JobRecord {
+  std::string id;    // "<home node>.<serial>"
+  std::string name;  // --name, default basename of argv[0]
+  std::string user;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string node;       // where it runs now
+  std::string home_node;  // where it was submitted
+  JobState state = JobState::kRunning;
+  std::vector<std::string> argv;
+  pid_t pid = 0;  // host pid of the job's tern-init; 0 when not running
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  TimePoint submitted_at{};
+  std::optional<TimePoint> started_at;
+  std::optional<TimePoint> ended_at;
+  double cpu_seconds = 0;
+  std::uint64_t rss_bytes = 0;
+  std::string dir;
+  std::string error;
+  // Internal: the init's start time in clock ticks (/proc/PID/stat field 22), so that a reused
+  // pid is never mistaken for the job.
+  std::uint64_t pid_start_ticks = 0;
+  std::map<std::string, std::string> env;
+  bool cancel_requested = false;
+};
+
+std::string FormatTime(TimePoint time);  // RFC 3339 UTC, e.g. 2026-11-24T12:00:00Z
+std::optional<TimePoint> ParseTime(const std::string& text);
+
+nlohmann::json ToJson(const JobRecord& job, TimePoint now);
+nlohmann::json PersistentJson(const JobRecord& job);
+Expected<JobRecord> FromPersistentJson(const nlohmann::json& json);
+
+}  // namespace tern::jobs

@@ -1,0 +1,97 @@
+// JobSupervisor: the jobs of this node — starts them, watches them end, cancels them, keeps
+// their records in the state dir, and re-adopts them after an agent restart.
+//
+// Contract:
+//  - Submit() gives the job the next id "<node>.<serial>", starts it (LaunchJob) and persists
+//    the record before returning it. A job that cannot start is still recorded, as `failed`
+//    with `error` set, and returned: it is never silently dropped.
+//  - A job's end is noticed through a pidfd (works for processes that are not our children,
+//    i.e. after a restart); its status comes from the status.json tern-init wrote, else from
+//    the init's wait status, else the job is `lost`. A cancelled job ends `cancelled`.
+//  - Cancel() sends SIGTERM to the job's init (which forwards it to every process of the
+//    job) and SIGKILL after the grace period; signals go through the pidfd, so a reused pid
+//    is never hit.
+//  - Adopt() (once, at start) re-watches every recorded running job whose init still exists
+//    with the same start time, and finishes the records of the others.
+//  - Destroying the supervisor leaves jobs running.
+//  - on_change is called after every state change, once the record is persisted.
+//
+// Thread-safety: not thread-safe; every method and callback runs on the io_context's thread.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tern/jobs/job_record.hpp"
+#include "tern/jobs/job_store.hpp"
+
+namespace tern::jobs {
+
+struct SupervisorOptions {
+  std::string state_dir;
+  std::string node_name;
+  std::string init_path;
+  std::chrono::milliseconds cancel_grace{5000};
+};
+
+struct SubmitRequest {
+  std::vector<std::string> argv;
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string user;
+  std::map<std::string, std::string> env;
+};
+
+class JobSupervisor {
+ public:
+  using ChangeCallback = std::function<void(const JobRecord&)>;
+
+  JobSupervisor(boost::asio::io_context& io, SupervisorOptions options, ChangeCallback on_change);
+  ~JobSupervisor();
+  JobSupervisor(const JobSupervisor&) = delete;
+  JobSupervisor& operator=(const JobSupervisor&) = delete;
+
+  // Loads the state dir and re-adopts running jobs. Returns problems worth logging.
+  std::vector<std::string> Adopt();
+  Expected<JobRecord> Submit(const SubmitRequest& request);
+  Expected<JobRecord> Cancel(const std::string& id);
+  std::optional<JobRecord> Get(const std::string& id) const;
+  std::vector<JobRecord> List() const;
+  std::size_t RunningCount() const;
+  // Refreshes cpu_seconds and rss_bytes of running jobs from /proc.
+  void SampleUsage();
+
+ private:
+  struct Watched {
+    JobRecord record;
+    std::unique_ptr<boost::asio::posix::stream_descriptor> pidfd;
+    std::unique_ptr<boost::asio::steady_timer> kill_timer;
+  };
+
+  bool Watch(Watched& job);
+  void OnExit(const std::string& id);
+  void Finish(Watched& job, std::optional<int> wait_status);
+  void Persist(const JobRecord& record);
+  void ReapChildren();
+  void ArmChildSignal();
+
+  boost::asio::io_context& io_;
+  SupervisorOptions options_;
+  ChangeCallback on_change_;
+  JobStore store_;
+  std::map<std::string, Watched> jobs_;
+  std::map<pid_t, int> reaped_;  // wait statuses of children reaped before their pidfd fired
+  boost::asio::signal_set child_signal_;
+};
+
+}  // namespace tern::jobs

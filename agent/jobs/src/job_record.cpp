@@ -1,0 +1,143 @@
+#include "tern/jobs/job_record.hpp"
+
+#include <ctime>
+
+namespace tern::jobs {
+namespace {
+
+using nlohmann::json;
+
+json TimeOrNull(const std::optional<TimePoint>& time) {
+  return time ? json(FormatTime(*time)) : json(nullptr);
+}
+
+template <typename T>
+json OrNull(const std::optional<T>& value) {
+  return value ? json(*value) : json(nullptr);
+}
+
+std::optional<TimePoint> TimeField(const json& object, const char* key) {
+  if (!object.contains(key) || !object[key].is_string()) return std::nullopt;
+  return ParseTime(object[key].get<std::string>());
+}
+
+std::optional<int> IntField(const json& object, const char* key) {
+  if (!object.contains(key) || !object[key].is_number_integer()) return std::nullopt;
+  return object[key].get<int>();
+}
+
+}  // namespace
+
+std::string ToString(JobState state) {
+  switch (state) {
+    case JobState::kRunning:
+      return "running";
+    case JobState::kExited:
+      return "exited";
+    case JobState::kKilled:
+      return "killed";
+    case JobState::kCancelled:
+      return "cancelled";
+    case JobState::kFailed:
+      return "failed";
+    case JobState::kLost:
+      return "lost";
+  }
+  return "unknown";
+}
+
+std::optional<JobState> ParseJobState(std::string_view text) {
+  for (JobState state : {JobState::kRunning, JobState::kExited, JobState::kKilled,
+                         JobState::kCancelled, JobState::kFailed, JobState::kLost}) {
+    if (ToString(state) == text) return state;
+  }
+  return std::nullopt;
+}
+
+std::string FormatTime(TimePoint time) {
+  const std::time_t seconds = Clock::to_time_t(time);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+std::optional<TimePoint> ParseTime(const std::string& text) {
+  std::tm utc{};
+  const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &utc);
+  if (end == nullptr) return std::nullopt;
+  return Clock::from_time_t(timegm(&utc));
+}
+
+json ToJson(const JobRecord& job, TimePoint now) {
+  const TimePoint since = job.started_at.value_or(job.submitted_at);
+  const TimePoint until = job.ended_at.value_or(now);
+  const double age = std::chrono::duration<double>(now - since).count();
+  (void)until;
+  return json{{"id", job.id},
+              {"name", job.name},
+              {"user", job.user},
+              {"uid", job.uid},
+              {"gid", job.gid},
+              {"node", job.node},
+              {"home_node", job.home_node},
+              {"state", ToString(job.state)},
+              {"argv", job.argv},
+              {"pid", job.state == JobState::kRunning ? job.pid : 0},
+              {"exit_code", OrNull(job.exit_code)},
+              {"signal", OrNull(job.signal)},
+              {"submitted_at", FormatTime(job.submitted_at)},
+              {"started_at", TimeOrNull(job.started_at)},
+              {"ended_at", TimeOrNull(job.ended_at)},
+              {"age_seconds", age < 0 ? 0.0 : age},
+              {"cpu_seconds", job.cpu_seconds},
+              {"rss_bytes", job.rss_bytes},
+              {"dir", job.dir},
+              {"error", job.error}};
+}
+
+json PersistentJson(const JobRecord& job) {
+  json out = ToJson(job, job.submitted_at);
+  out.erase("age_seconds");
+  out["pid"] = job.pid;
+  out["pid_start_ticks"] = job.pid_start_ticks;
+  out["env"] = job.env;
+  out["cancel_requested"] = job.cancel_requested;
+  return out;
+}
+
+Expected<JobRecord> FromPersistentJson(const json& in) {
+  try {
+    JobRecord job;
+    job.id = in.at("id").get<std::string>();
+    job.name = in.value("name", "");
+    job.user = in.value("user", "");
+    job.uid = in.at("uid").get<uid_t>();
+    job.gid = in.at("gid").get<gid_t>();
+    job.node = in.value("node", "");
+    job.home_node = in.value("home_node", "");
+    auto state = ParseJobState(in.at("state").get<std::string>());
+    if (!state) return Fail("job " + job.id + ": unknown state " + in.at("state").dump());
+    job.state = *state;
+    job.argv = in.value("argv", std::vector<std::string>{});
+    job.pid = in.value("pid", 0);
+    job.exit_code = IntField(in, "exit_code");
+    job.signal = IntField(in, "signal");
+    job.submitted_at = TimeField(in, "submitted_at").value_or(TimePoint{});
+    job.started_at = TimeField(in, "started_at");
+    job.ended_at = TimeField(in, "ended_at");
+    job.cpu_seconds = in.value("cpu_seconds", 0.0);
+    job.rss_bytes = in.value("rss_bytes", std::uint64_t{0});
+    job.dir = in.value("dir", "");
+    job.error = in.value("error", "");
+    job.pid_start_ticks = in.value("pid_start_ticks", std::uint64_t{0});
+    job.env = in.value("env", std::map<std::string, std::string>{});
+    job.cancel_requested = in.value("cancel_requested", false);
+    return job;
+  } catch (const json::exception& error) {
+    return Fail(std::string("malformed job record: ") + error.what());
+  }
+}
+
+}  // namespace tern::jobs

@@ -1,0 +1,89 @@
+#include "tern/jobs/job_store.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "tern/jobs/unique_fd.hpp"
+
+namespace tern::jobs {
+namespace fs = std::filesystem;
+
+Expected<void> WriteFileAtomically(const std::string& path, const std::string& content) {
+  const std::string temporary = path + ".tmp";
+  UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Fail("cannot write " + temporary + ": " + std::strerror(errno));
+  size_t written = 0;
+  while (written < content.size()) {
+    const ssize_t n = ::write(fd.get(), content.data() + written, content.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Fail("cannot write " + temporary + ": " + std::strerror(errno));
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) return Fail("cannot sync " + temporary + ": " + std::strerror(errno));
+  fd.Reset();
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    return Fail("cannot rename " + temporary + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+JobStore::JobStore(std::string state_dir) : state_dir_(std::move(state_dir)) {}
+
+std::string JobStore::JobDir(const std::string& id) const { return state_dir_ + "/jobs/" + id; }
+
+Expected<std::uint64_t> JobStore::NextSerial() {
+  const std::string path = state_dir_ + "/job_serial";
+  std::uint64_t next = 1;
+  if (std::ifstream file(path); file) file >> next;
+  // Never behind an existing job directory, even if job_serial was lost.
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(state_dir_ + "/jobs", error)) {
+    const std::string name = entry.path().filename().string();
+    const auto dot = name.rfind('.');
+    if (dot == std::string::npos) continue;
+    try {
+      next = std::max<std::uint64_t>(next, std::stoull(name.substr(dot + 1)) + 1);
+    } catch (const std::exception&) {
+    }
+  }
+  if (auto saved = WriteFileAtomically(path, std::to_string(next + 1) + "\n"); !saved) {
+    return Unexpected<Error>{saved.error()};
+  }
+  return next;
+}
+
+Expected<void> JobStore::Save(const JobRecord& job) {
+  std::error_code error;
+  fs::create_directories(JobDir(job.id), error);
+  if (error) return Fail("cannot create " + JobDir(job.id) + ": " + error.message());
+  return WriteFileAtomically(JobDir(job.id) + "/job.json", PersistentJson(job).dump(2) + "\n");
+}
+
+std::vector<JobRecord> JobStore::LoadAll(std::vector<std::string>* problems) const {
+  std::vector<JobRecord> jobs;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(state_dir_ + "/jobs", error)) {
+    const std::string path = entry.path().string() + "/job.json";
+    std::ifstream file(path);
+    if (!file) continue;
+    std::stringstream text;
+    text << file.rdbuf();
+    auto json = nlohmann::json::parse(text.str(), nullptr, false);
+    auto job = json.is_discarded() ? Expected<JobRecord>(Fail("not JSON"))
+                                   : FromPersistentJson(json);
+    if (!job) {
+      if (problems) problems->push_back(path + ": " + job.error().message);
+      continue;
+    }
+    jobs.push_back(std::move(*job));
+  }
+  return jobs;
+}
+
+}  // namespace tern::jobs

@@ -1,0 +1,319 @@
+#include "tern/jobs/job_supervisor.hpp"
+
+#include <dirent.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "tern/jobs/job_launcher.hpp"
+
+namespace tern::jobs {
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+bool PidfdSignal(int pidfd, int sig) {
+  return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0;
+}
+
+std::string BaseName(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string NamespaceOf(pid_t pid) {
+  char target[64] = {};
+  const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
+  const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+  return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
+}
+
+struct ProcessUsage {
+  double cpu_seconds = 0;
+  std::uint64_t rss_bytes = 0;
+};
+
+// utime+stime (and, for the init, cutime+cstime of its reaped descendants) and RSS of one pid.
+ProcessUsage UsageOf(pid_t pid, bool include_children) {
+  ProcessUsage usage;
+  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  static const std::uint64_t page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  if (!std::getline(stat, text)) return usage;
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return usage;
+  std::istringstream rest(text.substr(close + 2));
+  std::string field;
+  double cpu = 0;
+  for (int index = 3; index <= 17 && (rest >> field); ++index) {
+    if (index == 14 || index == 15 || (include_children && (index == 16 || index == 17))) {
+      cpu += std::stod(field);
+    }
+  }
+  usage.cpu_seconds = cpu / ticks;
+  std::ifstream statm("/proc/" + std::to_string(pid) + "/statm");
+  std::uint64_t size = 0, resident = 0;
+  if (statm >> size >> resident) usage.rss_bytes = resident * page;
+  return usage;
+}
+
+}  // namespace
+
+JobSupervisor::JobSupervisor(boost::asio::io_context& io, SupervisorOptions options,
+                             ChangeCallback on_change)
+    : io_(io),
+      options_(std::move(options)),
+      on_change_(std::move(on_change)),
+      store_(options_.state_dir),
+      child_signal_(io, SIGCHLD) {
+  std::error_code ignored;
+  std::filesystem::create_directories(options_.state_dir + "/jobs", ignored);
+  ::chmod((options_.state_dir + "/jobs").c_str(), 0755);
+  ArmChildSignal();
+}
+
+JobSupervisor::~JobSupervisor() {
+  boost::system::error_code ignored;
+  child_signal_.cancel(ignored);
+  for (auto& [id, job] : jobs_) {
+    if (job.kill_timer) job.kill_timer->cancel();
+    if (job.pidfd) job.pidfd->cancel(ignored);
+  }
+}
+
+void JobSupervisor::ArmChildSignal() {
+  child_signal_.async_wait([this](const boost::system::error_code& error, int) {
+    if (error) return;
+    ReapChildren();
+    ArmChildSignal();
+  });
+}
+
+// Reaps every exited child: job inits (their status is kept for OnExit) and the orphans of
+// ended jobs that the kernel hands to us as the subreaper.
+void JobSupervisor::ReapChildren() {
+  int status = 0;
+  pid_t pid;
+  while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+    for (const auto& [id, job] : jobs_) {
+      if (job.record.pid == pid && job.record.state == JobState::kRunning) {
+        reaped_[pid] = status;
+        break;
+      }
+    }
+  }
+}
+
+std::vector<std::string> JobSupervisor::Adopt() {
+  std::vector<std::string> problems;
+  for (auto& record : store_.LoadAll(&problems)) {
+    const std::string id = record.id;
+    Watched& job = jobs_[id];
+    job.record = std::move(record);
+    if (job.record.state != JobState::kRunning) continue;
+    const bool same_process = job.record.pid > 0 && job.record.pid_start_ticks != 0 &&
+                              ProcessStartTicks(job.record.pid) == job.record.pid_start_ticks;
+    if (same_process && Watch(job)) {
+      spdlog::info("re-adopted job {} (pid {})", id, job.record.pid);
+      continue;
+    }
+    Finish(job, std::nullopt);
+  }
+  return problems;
+}
+
+bool JobSupervisor::Watch(Watched& job) {
+  const int fd = PidfdOpen(job.record.pid);
+  if (fd < 0) return false;
+  job.pidfd = std::make_unique<boost::asio::posix::stream_descriptor>(io_, fd);
+  job.pidfd->async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                        [this, id = job.record.id](const boost::system::error_code& error) {
+                          if (!error) OnExit(id);
+                        });
+  return true;
+}
+
+Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
+  if (request.argv.empty()) return Fail("no command to run");
+  auto serial = store_.NextSerial();
+  if (!serial) return Unexpected<Error>{serial.error()};
+  JobRecord record;
+  record.id = options_.node_name + "." + std::to_string(*serial);
+  record.name = request.name.empty() ? BaseName(request.argv.front()) : request.name;
+  record.user = request.user;
+  record.uid = request.uid;
+  record.gid = request.gid;
+  record.node = record.home_node = options_.node_name;
+  record.argv = request.argv;
+  record.env = request.env;
+  record.submitted_at = Clock::now();
+  record.dir = store_.JobDir(record.id);
+
+  LaunchSpec spec{request.argv, request.uid, request.gid, request.user, request.env,
+                  record.dir,   options_.init_path, record.id, options_.node_name};
+  auto launched = LaunchJob(spec);
+  if (!launched) {
+    record.state = JobState::kFailed;
+    record.error = launched.error().message;
+    record.ended_at = Clock::now();
+    spdlog::warn("job {} failed to start: {}", record.id, record.error);
+  } else {
+    record.state = JobState::kRunning;
+    record.pid = launched->pid;
+    record.pid_start_ticks = launched->start_ticks;
+    record.started_at = Clock::now();
+  }
+  Watched& job = jobs_[record.id];
+  job.record = record;
+  if (auto saved = store_.Save(record); !saved) {
+    spdlog::error("cannot persist job {}: {}", record.id, saved.error().message);
+  }
+  if (record.state == JobState::kRunning && !Watch(job)) {
+    // The init ended before we could watch it: finish at once.
+    Finish(job, std::nullopt);
+  }
+  if (on_change_) on_change_(job.record);
+  return job.record;
+}
+
+Expected<JobRecord> JobSupervisor::Cancel(const std::string& id) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end()) return Fail("no job '" + id + "' on node " + options_.node_name);
+  Watched& job = found->second;
+  if (job.record.state != JobState::kRunning) {
+    return Fail("job " + id + " has already ended (" + ToString(job.record.state) + ")");
+  }
+  if (job.record.cancel_requested) return job.record;
+  job.record.cancel_requested = true;
+  Persist(job.record);
+  if (job.pidfd) PidfdSignal(job.pidfd->native_handle(), SIGTERM);
+  job.kill_timer = std::make_unique<boost::asio::steady_timer>(io_, options_.cancel_grace);
+  job.kill_timer->async_wait([this, id](const boost::system::error_code& error) {
+    if (error) return;
+    auto again = jobs_.find(id);
+    if (again == jobs_.end() || again->second.record.state != JobState::kRunning) return;
+    if (again->second.pidfd) {
+      spdlog::info("job {} ignored SIGTERM for the grace period: SIGKILL", id);
+      PidfdSignal(again->second.pidfd->native_handle(), SIGKILL);
+    }
+  });
+  return job.record;
+}
+
+void JobSupervisor::OnExit(const std::string& id) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end() || found->second.record.state != JobState::kRunning) return;
+  Watched& job = found->second;
+  std::optional<int> wait_status;
+  int status = 0;
+  if (::waitpid(job.record.pid, &status, WNOHANG) == job.record.pid) {
+    wait_status = status;
+  } else if (auto reaped = reaped_.find(job.record.pid); reaped != reaped_.end()) {
+    wait_status = reaped->second;
+    reaped_.erase(reaped);
+  }
+  Finish(job, wait_status);
+}
+
+void JobSupervisor::Finish(Watched& job, std::optional<int> wait_status) {
+  JobRecord& record = job.record;
+  std::ifstream file(record.dir + "/status.json");
+  std::stringstream text;
+  text << file.rdbuf();
+  auto status = nlohmann::json::parse(text.str(), nullptr, false);
+  record.exit_code.reset();
+  record.signal.reset();
+  if (status.is_object() && (status.contains("exit_code") || status.contains("signal"))) {
+    if (status.contains("exit_code")) record.exit_code = status["exit_code"].get<int>();
+    if (status.contains("signal")) record.signal = status["signal"].get<int>();
+    record.ended_at = ParseTime(status.value("ended_at", "")).value_or(Clock::now());
+  } else if (wait_status && WIFSIGNALED(*wait_status)) {
+    // The init itself was killed (SIGKILL after the grace period, or from outside).
+    record.signal = WTERMSIG(*wait_status);
+    record.ended_at = Clock::now();
+  } else if (wait_status && WIFEXITED(*wait_status)) {
+    record.exit_code = WEXITSTATUS(*wait_status);
+    record.ended_at = Clock::now();
+  }
+  if (record.cancel_requested) {
+    record.state = JobState::kCancelled;
+  } else if (record.exit_code) {
+    record.state = JobState::kExited;
+  } else if (record.signal) {
+    record.state = JobState::kKilled;
+  } else {
+    record.state = JobState::kLost;
+    record.error = "the job's process ended while no agent watched it and left no status";
+  }
+  if (!record.ended_at) record.ended_at = Clock::now();
+  if (job.kill_timer) job.kill_timer->cancel();
+  job.pidfd.reset();
+  Persist(record);
+  if (on_change_) on_change_(record);
+}
+
+void JobSupervisor::Persist(const JobRecord& record) {
+  if (auto saved = store_.Save(record); !saved) {
+    spdlog::error("cannot persist job {}: {}", record.id, saved.error().message);
+  }
+}
+
+std::optional<JobRecord> JobSupervisor::Get(const std::string& id) const {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end()) return std::nullopt;
+  return found->second.record;
+}
+
+std::vector<JobRecord> JobSupervisor::List() const {
+  std::vector<JobRecord> all;
+  all.reserve(jobs_.size());
+  for (const auto& [id, job] : jobs_) all.push_back(job.record);
+  return all;
+}
+
+std::size_t JobSupervisor::RunningCount() const {
+  std::size_t running = 0;
+  for (const auto& [id, job] : jobs_) running += job.record.state == JobState::kRunning;
+  return running;
+}
+
+void JobSupervisor::SampleUsage() {
+  std::map<std::string, Watched*> by_namespace;
+  for (auto& [id, job] : jobs_) {
+    if (job.record.state != JobState::kRunning) continue;
+    const std::string ns = NamespaceOf(job.record.pid);
+    if (!ns.empty()) by_namespace[ns] = &job;
+  }
+  if (by_namespace.empty()) return;
+  std::map<Watched*, ProcessUsage> totals;
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) return;
+  while (dirent* entry = ::readdir(proc.get())) {
+    char* end = nullptr;
+    const long pid = std::strtol(entry->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0) continue;
+    auto owner = by_namespace.find(NamespaceOf(static_cast<pid_t>(pid)));
+    if (owner == by_namespace.end()) continue;
+    const bool is_init = owner->second->record.pid == pid;
+    const ProcessUsage usage = UsageOf(static_cast<pid_t>(pid), is_init);
+    totals[owner->second].cpu_seconds += usage.cpu_seconds;
+    totals[owner->second].rss_bytes += usage.rss_bytes;
+  }
+  for (auto& [job, usage] : totals) {
+    job->record.cpu_seconds = usage.cpu_seconds;
+    job->record.rss_bytes = usage.rss_bytes;
+  }
+}
+
+}  // namespace tern::jobs
