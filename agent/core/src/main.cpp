@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <spdlog/spdlog.h>
 
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!log_level.empty()) config->log_level = log_level;
-  if (auto resolved = tern::agent::ResolveMachineDefaults(*config, "/proc/self/exe"); !resolved) {
+  if (auto resolved = tern::agent::ResolveMachineDefaults(*config, std::filesystem::read_symlink("/proc/self/exe").string()); !resolved) {
     std::cerr << "ternd: " << resolved.error().message << "\n";
     return 1;
   }

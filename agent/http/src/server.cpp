@@ -94,11 +94,11 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
             request_.keep_alive());
       return;
     }
-    auto weak = this->weak_from_this();
-    auto executor = stream_.get_executor();
-    Responder responder([weak, executor](Response response) {
-      asio::post(executor, [weak, response = std::move(response)]() mutable {
-        if (auto self = weak.lock()) self->Write(std::move(response), self->request_.keep_alive());
+    // The responder keeps the session alive until the answer is written.
+    auto self = this->shared_from_this();
+    Responder responder([self](Response response) {
+      asio::post(self->stream_.get_executor(), [self, response = std::move(response)]() mutable {
+        self->Write(std::move(response), self->request_.keep_alive());
       });
     });
     handler_(request_, caller_, std::move(responder));
