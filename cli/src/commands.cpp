@@ -1,0 +1,290 @@
+#include "tern/cli/commands.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "tern/cli/format.hpp"
+
+#ifndef TERN_VERSION
+#define TERN_VERSION "0.0.0"
+#endif
+
+namespace tern::cli {
+namespace {
+
+using nlohmann::json;
+
+// One API call; on failure prints the one-line reason and yields nullopt.
+std::optional<HttpReply> Call(Context& context, const std::string& method,
+                              const std::string& target, const std::string& body = "") {
+  auto reply = context.client.Request(method, target, body);
+  if (!reply) {
+    context.err << "tern: " << reply.error().message << "\n";
+    return std::nullopt;
+  }
+  if (!reply->ok()) {
+    context.err << "tern: " << reply->ErrorMessage() << "\n";
+    return std::nullopt;
+  }
+  return *reply;
+}
+
+std::optional<json> CallJson(Context& context, const std::string& method,
+                             const std::string& target, const std::string& body = "") {
+  auto reply = Call(context, method, target, body);
+  if (!reply) return std::nullopt;
+  json parsed = json::parse(reply->body, nullptr, false);
+  if (parsed.is_discarded()) {
+    context.err << "tern: the agent sent something that is not JSON\n";
+    return std::nullopt;
+  }
+  return parsed;
+}
+
+std::string Str(const json& object, const char* key) {
+  if (!object.contains(key) || object[key].is_null()) return "";
+  if (object[key].is_string()) return object[key].get<std::string>();
+  return object[key].dump();
+}
+
+double Num(const json& object, const char* key) {
+  return object.contains(key) && object[key].is_number() ? object[key].get<double>() : 0.0;
+}
+
+void WarnUnreachable(Context& context, const json& body) {
+  if (body.contains("unreachable") && body["unreachable"].is_array() &&
+      !body["unreachable"].empty()) {
+    std::string names;
+    for (const auto& node : body["unreachable"]) names += (names.empty() ? "" : ", ") + Str(json{{"n", node}}, "n");
+    context.err << "tern: warning: no answer from " << names << "; their jobs are not listed\n";
+  }
+}
+
+std::string CommandLine(const json& argv) {
+  std::string line;
+  for (const auto& arg : argv) {
+    const std::string text = arg.get<std::string>();
+    const bool plain = !text.empty() && text.find_first_of(" \t\"'$\\") == std::string::npos;
+    line += (line.empty() ? "" : " ") + (plain ? text : json(text).dump());
+  }
+  return line;
+}
+
+}  // namespace
+
+std::string EncodePathSegment(const std::string& text) {
+  static const char* digits = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '.' || c == '-' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += {'%', digits[c >> 4], digits[c & 15]};
+    }
+  }
+  return out;
+}
+
+Expected<std::string> SubmitBody(const SubmitOptions& options,
+                                 const std::map<std::string, std::string>& environment) {
+  json env = json::object();
+  for (const auto& [key, value] : environment) env[key] = value;
+  for (const auto& pair : options.env) {
+    const auto equals = pair.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      return Fail("--env wants NAME=VALUE, got '" + pair + "'");
+    }
+    env[pair.substr(0, equals)] = pair.substr(equals + 1);
+  }
+  env.erase("TERN_SOCKET");
+  json body = {{"argv", options.argv}, {"env", env}};
+  if (!options.node.empty()) body["node"] = options.node;
+  if (!options.name.empty()) body["name"] = options.name;
+  if (!options.user.empty()) body["user"] = options.user;
+  return body.dump();
+}
+
+int Submit(Context& context, const SubmitOptions& options) {
+  std::map<std::string, std::string> environment;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    const std::string text = *entry;
+    const auto equals = text.find('=');
+    if (equals != std::string::npos) environment[text.substr(0, equals)] = text.substr(equals + 1);
+  }
+  auto body = SubmitBody(options, environment);
+  if (!body) {
+    context.err << "tern: " << body.error().message << "\n";
+    return 2;
+  }
+  auto job = CallJson(context, "POST", "/v1/jobs", *body);
+  if (!job) return 1;
+  if (Str(*job, "state") == "failed") {
+    context.err << "tern: job " << Str(*job, "id") << " could not start: " << Str(*job, "error")
+                << "\n";
+    return 1;
+  }
+  if (options.quiet) {
+    context.out << Str(*job, "id") << "\n";
+  } else {
+    context.out << "submitted " << Str(*job, "id") << " (" << Str(*job, "name") << ") on "
+                << Str(*job, "node") << "\n";
+  }
+  return 0;
+}
+
+int Ps(Context& context, bool all, Output output) {
+  auto body = CallJson(context, "GET", "/v1/jobs");
+  if (!body) return 1;
+  WarnUnreachable(context, *body);
+  json shown = json::array();
+  for (const auto& job : (*body)["jobs"]) {
+    if (all || Str(job, "state") == "running") shown.push_back(job);
+  }
+  if (output == Output::kJson) {
+    context.out << shown.dump(2) << "\n";
+    return 0;
+  }
+  Table table({"ID", "NAME", "USER", "NODE", "STATE", "CPU", "RSS", "AGE"});
+  for (const auto& job : shown) {
+    std::string state = Str(job, "state");
+    if (state == "exited") state += "(" + Str(job, "exit_code") + ")";
+    if (state == "killed") state += "(" + Str(job, "signal") + ")";
+    table.Add({Str(job, "id"), Str(job, "name"), Str(job, "user"), Str(job, "node"), state,
+               HumanCpu(Num(job, "cpu_seconds")),
+               HumanBytes(static_cast<std::uint64_t>(Num(job, "rss_bytes"))),
+               HumanAge(Num(job, "age_seconds"))});
+  }
+  context.out << table.Render();
+  return 0;
+}
+
+int Status(Context& context, const std::string& id, Output output) {
+  auto job = CallJson(context, "GET", "/v1/jobs/" + EncodePathSegment(id));
+  if (!job) return 1;
+  if (output == Output::kJson) {
+    context.out << job->dump(2) << "\n";
+    return 0;
+  }
+  Table table({"id:", Str(*job, "id")});
+  auto row = [&](const char* label, const std::string& value) {
+    if (!value.empty()) table.Add({label, value});
+  };
+  row("name:", Str(*job, "name"));
+  row("user:", Str(*job, "user") + " (uid " + Str(*job, "uid") + ", gid " + Str(*job, "gid") + ")");
+  row("node:", Str(*job, "node"));
+  row("home node:", Str(*job, "home_node"));
+  row("state:", Str(*job, "state"));
+  row("exit code:", Str(*job, "exit_code"));
+  row("signal:", Str(*job, "signal"));
+  row("command:", CommandLine((*job)["argv"]));
+  row("pid:", Str(*job, "state") == "running" ? Str(*job, "pid") : "");
+  row("submitted:", Str(*job, "submitted_at"));
+  row("started:", Str(*job, "started_at"));
+  row("ended:", Str(*job, "ended_at"));
+  row("cpu:", HumanCpu(Num(*job, "cpu_seconds")));
+  row("rss:", HumanBytes(static_cast<std::uint64_t>(Num(*job, "rss_bytes"))));
+  row("age:", HumanAge(Num(*job, "age_seconds")));
+  row("dir:", Str(*job, "dir"));
+  row("error:", Str(*job, "error"));
+  context.out << table.Render();
+  return 0;
+}
+
+int Logs(Context& context, const std::string& id, bool follow, const std::string& stream) {
+  std::uint64_t offset = 0;
+  std::ostream& sink = stream == "stderr" ? context.err : context.out;
+  while (true) {
+    auto reply = Call(context, "GET",
+                      "/v1/jobs/" + EncodePathSegment(id) + "/logs?stream=" + stream +
+                          "&offset=" + std::to_string(offset));
+    if (!reply) return 1;
+    sink << reply->body;
+    sink.flush();
+    try {
+      offset = std::stoull(reply->Header("x-tern-next-offset"));
+    } catch (const std::exception&) {
+      context.err << "tern: the agent's log answer has no next offset\n";
+      return 1;
+    }
+    const std::string state = reply->Header("x-tern-job-state");
+    if (!follow) return 0;
+    if (state != "running" && reply->body.empty()) return 0;
+    if (reply->body.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+int Cancel(Context& context, const std::vector<std::string>& ids) {
+  int status = 0;
+  for (const auto& id : ids) {
+    auto job = CallJson(context, "POST", "/v1/jobs/" + EncodePathSegment(id) + "/cancel");
+    if (!job) {
+      status = 1;
+      continue;
+    }
+    context.out << "cancelled " << Str(*job, "id") << "\n";
+  }
+  return status;
+}
+
+int Nodes(Context& context, Output output) {
+  auto body = CallJson(context, "GET", "/v1/nodes");
+  if (!body) return 1;
+  if (output == Output::kJson) {
+    context.out << (*body)["nodes"].dump(2) << "\n";
+    return 0;
+  }
+  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "MEMORY", "JOBS"});
+  for (const auto& node : (*body)["nodes"]) {
+    char load[16];
+    std::snprintf(load, sizeof load, "%.2f", Num(node, "load"));
+    const std::string memory =
+        HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_free_bytes"))) + "/" +
+        HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_total_bytes")));
+    const bool self = node.value("self", false);
+    table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), Str(node, "state"),
+               load, memory, Str(node, "jobs")});
+  }
+  context.out << table.Render();
+  return 0;
+}
+
+int Version(Context& context) {
+  context.out << "tern " << TERN_VERSION << "\n";
+  auto reply = context.client.Request("GET", "/v1/info");
+  if (reply && reply->ok()) {
+    json info = json::parse(reply->body, nullptr, false);
+    if (info.is_object()) {
+      context.out << "ternd " << Str(info, "version") << " on node " << Str(info, "node") << "\n";
+    }
+  }
+  return 0;
+}
+
+int Watch(Context& context, double interval_seconds, bool json_output,
+          const std::function<int(Context&)>& render) {
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  const auto interval = std::chrono::milliseconds(static_cast<long>(interval_seconds * 1000));
+  while (true) {
+    std::ostringstream frame;
+    Context snapshot{context.client, frame, context.err};
+    render(snapshot);
+    std::string text = frame.str();
+    if (terminal) {
+      context.out << "\033[H\033[2J" << text;
+    } else if (json_output) {
+      json parsed = json::parse(text, nullptr, false);
+      context.out << (parsed.is_discarded() ? text : parsed.dump() + "\n");
+    } else {
+      context.out << text << "\n";
+    }
+    context.out.flush();
+    std::this_thread::sleep_for(interval);
+  }
+}
+
+}  // namespace tern::cli

@@ -1,0 +1,128 @@
+// tern: the command line of tern. A client of the local agent's API (docs/api.md).
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "tern/cli/commands.hpp"
+#include "tern/cli/doctor.hpp"
+
+namespace {
+
+using tern::cli::Output;
+
+struct ListingFlags {
+  std::string output = "table";
+  bool watch = false;
+  double interval = 2.0;
+};
+
+void AddListingFlags(CLI::App* command, ListingFlags& flags) {
+  command->add_option("-o,--output", flags.output, "table or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  command->add_flag("-w,--watch", flags.watch, "redraw every --interval seconds until interrupted");
+  command->add_option("--interval", flags.interval, "seconds between --watch redraws")
+      ->check(CLI::PositiveNumber);
+}
+
+int RunListing(tern::cli::Context& context, const ListingFlags& flags,
+               const std::function<int(tern::cli::Context&, Output)>& render) {
+  const Output output = flags.output == "json" ? Output::kJson : Output::kTable;
+  if (!flags.watch) return render(context, output);
+  return tern::cli::Watch(context, flags.interval, output == Output::kJson,
+                          [&](tern::cli::Context& snapshot) { return render(snapshot, output); });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tern — run, watch and move jobs on a tern cluster"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  std::string socket_flag;
+  app.add_option("--node-socket", socket_flag,
+                 "the agent's Unix socket (default: $TERN_SOCKET or /run/tern/ternd.sock)");
+
+  tern::cli::SubmitOptions submit;
+  auto* submit_cmd = app.add_subcommand("submit", "run a command as a job (tern submit -- CMD ARGS)");
+  submit_cmd->add_option("--node", submit.node, "node to run on (default: this one)");
+  submit_cmd->add_option("--name", submit.name, "job name (default: the command's name)");
+  submit_cmd->add_option("--user", submit.user, "run as this user (root only)");
+  submit_cmd->add_option("-e,--env", submit.env, "set NAME=VALUE in the job's environment");
+  submit_cmd->add_flag("-q,--quiet", submit.quiet, "print only the job id");
+  submit_cmd->add_option("command", submit.argv, "the command and its arguments")->required();
+  submit_cmd->positionals_at_end();
+
+  bool ps_all = false;
+  ListingFlags ps_flags;
+  auto* ps_cmd = app.add_subcommand("ps", "list running jobs across the cluster");
+  ps_cmd->add_flag("-a,--all", ps_all, "include jobs that have ended");
+  AddListingFlags(ps_cmd, ps_flags);
+
+  std::string status_id;
+  ListingFlags status_flags;
+  auto* status_cmd = app.add_subcommand("status", "show one job");
+  status_cmd->add_option("job", status_id, "job id (a unique prefix is enough)")->required();
+  AddListingFlags(status_cmd, status_flags);
+
+  std::string logs_id;
+  bool logs_follow = false;
+  bool logs_stderr = false;
+  auto* logs_cmd = app.add_subcommand("logs", "print a job's output, from any node");
+  logs_cmd->add_option("job", logs_id, "job id (a unique prefix is enough)")->required();
+  logs_cmd->add_flag("-f,--follow", logs_follow, "keep printing until the job ends");
+  logs_cmd->add_flag("--stderr", logs_stderr, "the job's stderr instead of its stdout");
+
+  std::vector<std::string> cancel_ids;
+  auto* cancel_cmd = app.add_subcommand("cancel", "stop jobs (TERM, then KILL after a grace period)");
+  cancel_cmd->add_option("job", cancel_ids, "job ids")->required();
+
+  ListingFlags nodes_flags;
+  auto* nodes_cmd = app.add_subcommand("nodes", "list the cluster's nodes");
+  AddListingFlags(nodes_cmd, nodes_flags);
+
+  bool doctor_json = false;  // set from -o below
+  auto* doctor_cmd = app.add_subcommand("doctor", "check what tern needs on this machine");
+  std::string doctor_output = "table";
+  doctor_cmd->add_option("-o,--output", doctor_output, "table or json")
+      ->check(CLI::IsMember({"table", "json"}));
+
+  auto* version_cmd = app.add_subcommand("version", "print the versions of tern and the agent");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& help) {
+    return app.exit(help);
+  } catch (const CLI::CallForAllHelp& help) {
+    return app.exit(help);
+  } catch (const CLI::ParseError& error) {
+    if (argc == 1) {
+      std::cerr << app.help();
+      return 2;
+    }
+    app.exit(error);
+    return 2;
+  }
+
+  tern::cli::Context context{tern::cli::AgentClient(tern::cli::ResolveSocketPath(socket_flag)),
+                             std::cout, std::cerr};
+  if (*submit_cmd) return tern::cli::Submit(context, submit);
+  if (*ps_cmd) {
+    return RunListing(context, ps_flags,
+                      [&](tern::cli::Context& c, Output o) { return tern::cli::Ps(c, ps_all, o); });
+  }
+  if (*status_cmd) {
+    return RunListing(context, status_flags, [&](tern::cli::Context& c, Output o) {
+      return tern::cli::Status(c, status_id, o);
+    });
+  }
+  if (*logs_cmd) {
+    return tern::cli::Logs(context, logs_id, logs_follow, logs_stderr ? "stderr" : "stdout");
+  }
+  if (*cancel_cmd) return tern::cli::Cancel(context, cancel_ids);
+  if (*nodes_cmd) return RunListing(context, nodes_flags, tern::cli::Nodes);
+  if (*doctor_cmd) {
+    doctor_json = doctor_output == "json";
+    return tern::cli::PrintDoctor(tern::cli::RunDoctor(context.client), doctor_json, std::cout);
+  }
+  if (*version_cmd) return tern::cli::Version(context);
+  return 2;
+}
