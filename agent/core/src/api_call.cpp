@@ -113,7 +113,8 @@ Expected<std::pair<std::uint64_t, ApiResult>> DecodeApiResponse(const std::strin
     ApiResult result;
     result.status = header.at("status").get<unsigned>();
     result.content_type = header.value("content_type", std::string("application/json"));
-    for (const auto& [key, value] : header.value("headers", json::object()).items()) {
+    const json headers = header.value("headers", json::object());
+    for (const auto& [key, value] : headers.items()) {
       result.headers.emplace_back(key, value.get<std::string>());
     }
     result.body = std::move(body);
