@@ -197,7 +197,8 @@ int Status(Context& context, const std::string& id, Output output) {
 
 int Logs(Context& context, const std::string& id, bool follow, const std::string& stream) {
   std::uint64_t offset = 0;
-  std::ostream& sink = stream == "stderr" ? context.err : context.out;
+  // Both streams go to our stdout, as with `kubectl logs`: the user picked the stream.
+  std::ostream& sink = context.out;
   while (true) {
     auto reply = Call(context, "GET",
                       "/v1/jobs/" + EncodePathSegment(id) + "/logs?stream=" + stream +

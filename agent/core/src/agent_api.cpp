@@ -197,11 +197,25 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
                                 "(see `tern nodes`)"));
       return;
     }
-    cluster_.Call(*node_id, call, done);
+    // This node is the job's home: it names the job, wherever the job runs.
+    auto id = supervisor_.AllocateJobId();
+    if (!id) {
+      done(ErrorResult(500, id.error().message));
+      return;
+    }
+    ApiCall remote = call;
+    body["id"] = *id;
+    body["home_node"] = cluster_.self().name;
+    remote.body = body.dump();
+    cluster_.Call(*node_id, remote, done);
     return;
   }
 
   jobs::SubmitRequest request;
+  if (call.forwarded) {  // only a home node may name a job
+    request.id = body.value("id", "");
+    request.home_node = body.value("home_node", "");
+  }
   request.argv = argv.get<std::vector<std::string>>();
   request.name = body.value("name", "");
   if (body.contains("env")) {

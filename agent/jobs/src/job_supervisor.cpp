@@ -146,15 +146,21 @@ bool JobSupervisor::Watch(Watched& job) {
 
 Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   if (request.argv.empty()) return Fail("no command to run");
-  auto serial = store_.NextSerial();
-  if (!serial) return Unexpected<Error>{serial.error()};
   JobRecord record;
-  record.id = options_.node_name + "." + std::to_string(*serial);
+  if (request.id.empty()) {
+    auto id = AllocateJobId();
+    if (!id) return Unexpected<Error>{id.error()};
+    record.id = *id;
+  } else {
+    if (jobs_.count(request.id) != 0) return Fail("job " + request.id + " exists already");
+    record.id = request.id;
+  }
   record.name = request.name.empty() ? BaseName(request.argv.front()) : request.name;
   record.user = request.user;
   record.uid = request.uid;
   record.gid = request.gid;
-  record.node = record.home_node = options_.node_name;
+  record.node = options_.node_name;
+  record.home_node = request.home_node.empty() ? options_.node_name : request.home_node;
   record.argv = request.argv;
   record.env = request.env;
   record.submitted_at = Clock::now();
@@ -185,6 +191,12 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   }
   if (on_change_) on_change_(job.record);
   return job.record;
+}
+
+Expected<std::string> JobSupervisor::AllocateJobId() {
+  auto serial = store_.NextSerial();
+  if (!serial) return Unexpected<Error>{serial.error()};
+  return options_.node_name + "." + std::to_string(*serial);
 }
 
 Expected<JobRecord> JobSupervisor::Cancel(const std::string& id) {

@@ -2,7 +2,7 @@
 // their records in the state dir, and re-adopts them after an agent restart.
 //
 // Contract:
-//  - Submit() gives the job the next id "<node>.<serial>", starts it (LaunchJob) and persists
+//  - Submit() gives the job the next id "<node>.<serial>" (unless its home node chose one), starts it (LaunchJob) and persists
 //    the record before returning it. A job that cannot start is still recorded, as `failed`
 //    with `error` set, and returned: it is never silently dropped.
 //  - A job's end is noticed through a pidfd (works for processes that are not our children,
@@ -44,6 +44,9 @@ struct SupervisorOptions {
 };
 
 struct SubmitRequest {
+  // Set when the job was submitted on another node (its home node), which chose the id.
+  std::string id;
+  std::string home_node;
   std::vector<std::string> argv;
   std::string name;
   uid_t uid = 0;
@@ -64,6 +67,8 @@ class JobSupervisor {
   // Loads the state dir and re-adopts running jobs. Returns problems worth logging.
   std::vector<std::string> Adopt();
   Expected<JobRecord> Submit(const SubmitRequest& request);
+  // Reserves the next id of a job homed here, for a job that will run on another node.
+  Expected<std::string> AllocateJobId();
   Expected<JobRecord> Cancel(const std::string& id);
   std::optional<JobRecord> Get(const std::string& id) const;
   std::vector<JobRecord> List() const;
