@@ -1,0 +1,28 @@
+// A flat archive of the regular files below a directory — how a job's checkpoint images and
+// its job directory travel to the destination inside one message.
+//
+// Format: repeated [u32 path length][path][u64 size][u32 mode][bytes], big-endian, paths
+// relative to the directory. Unpacking refuses absolute paths and "..": an archive can only
+// write below its destination.
+//
+// Thread-safety: pure functions over the file system; reentrant.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+
+#include <tern/expected.hpp>
+
+namespace tern::migrate {
+
+// Packs every regular file below `dir` (recursively) whose relative path is not in `skip`.
+Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::string>& skip,
+                                    std::uint64_t max_bytes);
+// Writes the archive's files below `dir`, owned by uid:gid (unless uid is -1). Returns the
+// number of bytes written.
+Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::string& dir,
+                                        uid_t uid = static_cast<uid_t>(-1),
+                                        gid_t gid = static_cast<gid_t>(-1));
+
+}  // namespace tern::migrate

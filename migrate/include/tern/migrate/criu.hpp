@@ -1,0 +1,68 @@
+// The CRIU driver: finds criu, and dumps and restores a job's process tree.
+//
+// A job is the tree under its tern-init, PID 1 of its own PID namespace; it is dumped by the
+// host pid of that init. CRIU runs in the agent's own network and mount namespaces, which are
+// the node's (PLATFORM.md: CRIU must share them with the job). Each run logs verbosely into the
+// image directory; a failure is reported with the log's last error lines.
+//
+// Thread-safety: all functions block and are thread-safe; call them off the io_context thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tern/expected.hpp>
+
+namespace tern::migrate {
+
+// $TERN_CRIU, the configured path, /opt/tern/criu/bin/criu, then criu on PATH; "" if none.
+std::string FindCriu(const std::string& configured = "");
+
+struct CriuCheck {
+  std::string path;
+  std::string version;  // "4.2.1"
+  bool works = false;   // `criu check` says "Looks good"
+  bool dirty_tracking = false;  // iterative pre-dump possible
+  std::string problem;  // why not, one line
+};
+CriuCheck CheckCriu(const std::string& criu);
+
+struct PageServerTarget {
+  std::string address;
+  std::uint16_t port = 0;
+};
+
+struct DumpOptions {
+  pid_t pid = 0;        // host pid of the job's init
+  std::string images;   // directory for the images (created)
+  bool leave_stopped = true;  // two-phase: the source copy stays frozen until commit or abort
+  std::optional<PageServerTarget> page_server;  // pre-copy: pages stream to the destination
+  std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+};
+
+struct RestoreOptions {
+  std::string images;
+  std::string pidfile;
+  bool leave_stopped = true;  // resumed only on commit
+  std::chrono::milliseconds timeout{std::chrono::seconds(300)};
+};
+
+Expected<void> Dump(const std::string& criu, const DumpOptions& options);
+// Returns the host pid of the restored init.
+Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
+
+// Destination side of pre-copy: `criu page-server` writing the pages into `images`.
+std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
+                                           const PageServerTarget& listen);
+
+// Every pid of the PID namespace whose init is `init_pid` (init included), from /proc.
+std::vector<pid_t> NamespacePids(pid_t init_pid);
+// SIGCONT to every process of the job: resumes a tree left stopped by dump or restore.
+void ResumeTree(pid_t init_pid);
+
+}  // namespace tern::migrate

@@ -1,0 +1,148 @@
+#include "tern/migrate/criu.hpp"
+
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <sstream>
+
+#include "tern/migrate/subprocess.hpp"
+
+namespace tern::migrate {
+namespace {
+
+// The last lines of a CRIU log that say what went wrong.
+std::string LogErrors(const std::string& log_path, const std::string& fallback) {
+  std::ifstream log(log_path);
+  std::string line;
+  std::vector<std::string> errors;
+  while (std::getline(log, line)) {
+    if (line.find("Error") != std::string::npos || line.find("error") != std::string::npos) {
+      errors.push_back(line);
+    }
+  }
+  if (errors.empty()) return fallback;
+  std::string text;
+  const size_t first = errors.size() > 3 ? errors.size() - 3 : 0;
+  for (size_t i = first; i < errors.size(); ++i) text += (text.empty() ? "" : " | ") + errors[i];
+  return text;
+}
+
+std::string NamespaceOf(pid_t pid) {
+  char target[64] = {};
+  const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
+  const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+  return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
+}
+
+}  // namespace
+
+std::string FindCriu(const std::string& configured) {
+  if (const char* env = std::getenv("TERN_CRIU"); env != nullptr && *env != '\0') return env;
+  if (!configured.empty()) return configured;
+  if (::access("/opt/tern/criu/bin/criu", X_OK) == 0) return "/opt/tern/criu/bin/criu";
+  for (const char* dir : {"/usr/local/sbin", "/usr/sbin", "/usr/local/bin", "/usr/bin", "/sbin"}) {
+    const std::string path = std::string(dir) + "/criu";
+    if (::access(path.c_str(), X_OK) == 0) return path;
+  }
+  return "";
+}
+
+CriuCheck CheckCriu(const std::string& criu) {
+  CriuCheck check;
+  check.path = criu;
+  if (criu.empty()) {
+    check.problem = "criu not found (deploy/install-deps installs CRIU 4.2 into /opt/tern/criu)";
+    return check;
+  }
+  SubprocessOptions quick;
+  quick.timeout = std::chrono::seconds(20);
+  auto version = RunSubprocess({criu, "--version"}, quick);
+  std::smatch match;
+  if (version && std::regex_search(version->output, match, std::regex(R"(Version:\s*([\d.]+))"))) {
+    check.version = match[1];
+  }
+  auto verdict = RunSubprocess({criu, "check"}, quick);
+  check.works = verdict && verdict->output.find("Looks good") != std::string::npos;
+  if (!check.works) {
+    check.problem = "`criu check` fails" +
+                    (verdict ? ": " + verdict->output.substr(0, verdict->output.find('\n')) : "");
+  }
+  auto dirty = RunSubprocess({criu, "check", "--feature", "mem_dirty_track"}, quick);
+  check.dirty_tracking = dirty && dirty->exit_code == 0;
+  return check;
+}
+
+Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
+  std::error_code error;
+  std::filesystem::create_directories(options.images, error);
+  if (error) return Fail("cannot create " + options.images + ": " + error.message());
+  const std::string log = options.images + "/dump.log";
+  std::vector<std::string> argv = {criu,  "dump", "-t", std::to_string(options.pid), "-D",
+                                   options.images, "-o", log, "-v4"};
+  if (options.leave_stopped) argv.push_back("--leave-stopped");
+  if (options.page_server) {
+    argv.insert(argv.end(), {"--page-server", "--address", options.page_server->address, "--port",
+                             std::to_string(options.page_server->port)});
+  }
+  SubprocessOptions run;
+  run.timeout = options.timeout;
+  auto result = RunSubprocess(argv, run);
+  if (!result) return Unexpected<Error>{result.error()};
+  if (result->timed_out) return Fail("criu dump timed out");
+  if (result->exit_code != 0) {
+    return Fail("criu dump failed: " + LogErrors(log, result->output));
+  }
+  return {};
+}
+
+Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) {
+  const std::string log = options.images + "/restore.log";
+  std::vector<std::string> argv = {criu, "restore", "-D", options.images, "-o", log, "-v4",
+                                   "-d", "--pidfile", options.pidfile};
+  if (options.leave_stopped) argv.push_back("--leave-stopped");
+  SubprocessOptions run;
+  run.timeout = options.timeout;
+  auto result = RunSubprocess(argv, run);
+  if (!result) return Unexpected<Error>{result.error()};
+  if (result->timed_out) return Fail("criu restore timed out");
+  if (result->exit_code != 0) {
+    return Fail("criu restore failed: " + LogErrors(log, result->output));
+  }
+  std::ifstream pidfile(options.pidfile);
+  pid_t pid = 0;
+  if (!(pidfile >> pid) || pid <= 0) return Fail("criu restore left no pid in " + options.pidfile);
+  return pid;
+}
+
+std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
+                                           const PageServerTarget& listen) {
+  return {criu,        "page-server", "-D", images, "--address", listen.address, "--port",
+          std::to_string(listen.port), "-o", images + "/page-server.log", "-v4"};
+}
+
+std::vector<pid_t> NamespacePids(pid_t init_pid) {
+  std::vector<pid_t> pids;
+  const std::string ns = NamespaceOf(init_pid);
+  if (ns.empty()) return pids;
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) return pids;
+  while (dirent* entry = ::readdir(proc.get())) {
+    char* end = nullptr;
+    const long pid = std::strtol(entry->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0) continue;
+    if (NamespaceOf(static_cast<pid_t>(pid)) == ns) pids.push_back(static_cast<pid_t>(pid));
+  }
+  return pids;
+}
+
+void ResumeTree(pid_t init_pid) {
+  for (pid_t pid : NamespacePids(init_pid)) ::kill(pid, SIGCONT);
+}
+
+}  // namespace tern::migrate
