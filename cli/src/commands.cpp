@@ -191,6 +191,18 @@ int Status(Context& context, const std::string& id, Output output) {
   row("age:", HumanAge(Num(*job, "age_seconds")));
   row("dir:", Str(*job, "dir"));
   row("error:", Str(*job, "error"));
+  if (job->contains("migrations") && (*job)["migrations"].is_array() &&
+      !(*job)["migrations"].empty()) {
+    const json& last = (*job)["migrations"].back();
+    char text[160];
+    std::snprintf(text, sizeof text, "%zu, last %s -> %s (%s), dump %.0f ms, %s",
+                  (*job)["migrations"].size(), Str(last, "from").c_str(), Str(last, "to").c_str(),
+                  Str(last, "mode").c_str(), Num(last, "dump_ms"),
+                  HumanBytes(static_cast<std::uint64_t>(Num(last, "pages_bytes") +
+                                                        Num(last, "images_bytes")))
+                      .c_str());
+    row("migrations:", text);
+  }
   context.out << table.Render();
   return 0;
 }
@@ -251,6 +263,50 @@ int Nodes(Context& context, Output output) {
                load, memory, Str(node, "jobs")});
   }
   context.out << table.Render();
+  return 0;
+}
+
+int Migrate(Context& context, const std::string& id, const std::string& node,
+            const std::string& mode, bool dry_run, Output output) {
+  json request = {{"node", node}, {"mode", mode}, {"dry_run", dry_run}};
+  auto reply = context.client.Request("POST", "/v1/jobs/" + EncodePathSegment(id) + "/migrate",
+                                      request.dump());
+  if (!reply) {
+    context.err << "tern: " << reply.error().message << "\n";
+    return 1;
+  }
+  json body = json::parse(reply->body, nullptr, false);
+  if (output == Output::kJson) {
+    context.out << (body.is_discarded() ? json(reply->body) : body).dump(2) << "\n";
+    return reply->ok() ? 0 : 1;
+  }
+  auto print_checks = [&] {
+    if (!body.is_object() || !body.contains("checks")) return;
+    for (const auto& check : body["checks"]) {
+      if (!check.contains("check")) continue;
+      context.out << (check.value("ok", false) ? "  ok    " : "  FAIL  ") << Str(check, "check")
+                  << ": " << Str(check, "detail") << "\n";
+    }
+  };
+  if (!reply->ok()) {
+    print_checks();
+    context.err << "tern: " << reply->ErrorMessage() << "\n";
+    return 1;
+  }
+  if (dry_run) {
+    print_checks();
+    context.out << Str(body, "verdict") << "\n";
+    return 0;
+  }
+  const json& stats = body["migration"];
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "moved %s %s -> %s (%s): freeze %.0f ms, total %.0f ms, %s moved\n",
+                Str(body["job"], "id").c_str(), Str(stats, "from").c_str(),
+                Str(stats, "to").c_str(), Str(stats, "mode").c_str(), Num(stats, "freeze_ms"),
+                Num(stats, "total_ms"),
+                HumanBytes(static_cast<std::uint64_t>(Num(stats, "bytes"))).c_str());
+  context.out << line;
   return 0;
 }
 

@@ -79,6 +79,18 @@ int main(int argc, char** argv) {
   auto* nodes_cmd = app.add_subcommand("nodes", "list the cluster's nodes");
   AddListingFlags(nodes_cmd, nodes_flags);
 
+  std::string migrate_id, migrate_node, migrate_mode = "precopy";
+  bool migrate_dry_run = false;
+  std::string migrate_output = "table";
+  auto* migrate_cmd = app.add_subcommand("migrate", "move a running job to another node");
+  migrate_cmd->add_option("job", migrate_id, "job id (a unique prefix is enough)")->required();
+  migrate_cmd->add_option("node", migrate_node, "destination node")->required();
+  migrate_cmd->add_option("--mode", migrate_mode, "precopy or postcopy")
+      ->check(CLI::IsMember({"precopy", "postcopy"}));
+  migrate_cmd->add_flag("--dry-run", migrate_dry_run, "only say whether the job can move");
+  migrate_cmd->add_option("-o,--output", migrate_output, "table or json")
+      ->check(CLI::IsMember({"table", "json"}));
+
   bool doctor_json = false;  // set from -o below
   auto* doctor_cmd = app.add_subcommand("doctor", "check what tern needs on this machine");
   std::string doctor_output = "table";
@@ -118,6 +130,10 @@ int main(int argc, char** argv) {
     return tern::cli::Logs(context, logs_id, logs_follow, logs_stderr ? "stderr" : "stdout");
   }
   if (*cancel_cmd) return tern::cli::Cancel(context, cancel_ids);
+  if (*migrate_cmd) {
+    return tern::cli::Migrate(context, migrate_id, migrate_node, migrate_mode, migrate_dry_run,
+                              migrate_output == "json" ? Output::kJson : Output::kTable);
+  }
   if (*nodes_cmd) return RunListing(context, nodes_flags, tern::cli::Nodes);
   if (*doctor_cmd) {
     doctor_json = doctor_output == "json";

@@ -9,6 +9,7 @@
 
 #include "tern/agent/agent_api.hpp"
 #include "tern/agent/cluster.hpp"
+#include "tern/agent/migration_driver.hpp"
 
 namespace tern::agent {
 
@@ -42,7 +43,8 @@ Expected<void> Agent::Start() {
   supervisor_->Adopt();
 
   cluster_ = std::make_unique<Cluster>(io_, config_, identity_);
-  api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, version_);
+  migrations_ = std::make_unique<MigrationDriver>(io_, config_, *supervisor_, *cluster_);
+  api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   cluster_->SetRequestHandler([this](ApiCall call, ApiDone done) {
     api_->Handle(std::move(call), std::move(done));
   });

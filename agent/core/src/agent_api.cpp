@@ -13,6 +13,7 @@
 #include <tern/jobs/job_supervisor.hpp>
 
 #include "tern/agent/cluster.hpp"
+#include "tern/agent/migration_driver.hpp"
 #include "tern/agent/node_identity.hpp"
 #include "tern/agent/target.hpp"
 
@@ -83,8 +84,12 @@ bool MayWrite(const ApiCall& call, ApiDone& done) {
 
 }  // namespace
 
-AgentApi::AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, std::string version)
-    : supervisor_(supervisor), cluster_(cluster), version_(std::move(version)) {}
+AgentApi::AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, MigrationDriver& migrations,
+                   std::string version)
+    : supervisor_(supervisor),
+      cluster_(cluster),
+      migrations_(migrations),
+      version_(std::move(version)) {}
 
 void AgentApi::Handle(ApiCall call, ApiDone done) {
   const Target target = ParseTarget(call.target);
@@ -114,6 +119,11 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "cancel") {
       method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done)
                        : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "migrate") {
+      method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done)
+                       : wrong_method("POST");
+    } else if (parts.size() >= 3 && parts[1] == "migrations") {
+      migrations_.Handle(call, parts, done);
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "logs") {
       method == "GET" ? JobCall(std::move(call), parts[2], "logs", done) : wrong_method("GET");
     } else {
@@ -321,6 +331,16 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
   }
   const bool owner_or_root =
       call.caller.identified && (call.caller.uid == 0 || call.caller.uid == record->uid);
+  if (action == "migrate") {
+    if (!MayWrite(call, done)) return;
+    if (!owner_or_root) {
+      done(ErrorResult(403, "job " + id + " belongs to " + record->user +
+                                "; only its user or root may move it"));
+      return;
+    }
+    migrations_.Migrate(call, *record, done);
+    return;
+  }
   if (action == "cancel") {
     if (!MayWrite(call, done)) return;
     if (!owner_or_root) {

@@ -94,7 +94,8 @@ json ToJson(const JobRecord& job, TimePoint now) {
               {"cpu_seconds", job.cpu_seconds},
               {"rss_bytes", job.rss_bytes},
               {"dir", job.dir},
-              {"error", job.error}};
+              {"error", job.error},
+              {"migrations", job.migrations}};
 }
 
 json PersistentJson(const JobRecord& job) {
@@ -104,6 +105,7 @@ json PersistentJson(const JobRecord& job) {
   out["pid_start_ticks"] = job.pid_start_ticks;
   out["env"] = job.env;
   out["cancel_requested"] = job.cancel_requested;
+  out["migrating_id"] = job.migrating_id;
   return out;
 }
 
@@ -134,6 +136,10 @@ Expected<JobRecord> FromPersistentJson(const json& in) {
     job.pid_start_ticks = in.value("pid_start_ticks", std::uint64_t{0});
     job.env = in.value("env", std::map<std::string, std::string>{});
     job.cancel_requested = in.value("cancel_requested", false);
+    job.migrating_id = in.value("migrating_id", "");
+    if (in.contains("migrations") && in["migrations"].is_array()) {
+      for (const auto& entry : in["migrations"]) job.migrations.push_back(entry);
+    }
     return job;
   } catch (const json::exception& error) {
     return Fail(std::string("malformed job record: ") + error.what());

@@ -16,6 +16,8 @@
 #include <sstream>
 
 #include "tern/jobs/job_launcher.hpp"
+#include <tern/migrate/criu.hpp>
+#include <tern/migrate/subprocess.hpp>
 
 namespace tern::jobs {
 namespace {
@@ -103,12 +105,31 @@ void JobSupervisor::ArmChildSignal() {
 // Reaps every exited child: job inits (their status is kept for OnExit) and the orphans of
 // ended jobs that the kernel hands to us as the subreaper.
 void JobSupervisor::ReapChildren() {
-  int status = 0;
-  pid_t pid;
-  while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+  // Only zombies nobody else waits for: CRIU runs and other managed children are left to
+  // their owners (see tern/migrate/subprocess.hpp).
+  std::lock_guard lock(migrate::ChildRegistryMutex());
+  const pid_t self = ::getpid();
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) return;
+  while (dirent* entry = ::readdir(proc.get())) {
+    char* end = nullptr;
+    const long pid = std::strtol(entry->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0 || migrate::IsManagedChild(static_cast<pid_t>(pid))) continue;
+    std::ifstream stat("/proc/" + std::string(entry->d_name) + "/stat");
+    std::string text;
+    if (!std::getline(stat, text)) continue;
+    const auto close = text.rfind(')');
+    if (close == std::string::npos || close + 4 >= text.size()) continue;
+    std::istringstream rest(text.substr(close + 2));
+    char state = 0;
+    long parent = 0;
+    rest >> state >> parent;
+    if (state != 'Z' || parent != self) continue;
+    int status = 0;
+    if (::waitpid(static_cast<pid_t>(pid), &status, WNOHANG) != pid) continue;
     for (const auto& [id, job] : jobs_) {
       if (job.record.pid == pid && job.record.state == JobState::kRunning) {
-        reaped_[pid] = status;
+        reaped_[static_cast<pid_t>(pid)] = status;
         break;
       }
     }
@@ -126,6 +147,15 @@ std::vector<std::string> JobSupervisor::Adopt() {
                               ProcessStartTicks(job.record.pid) == job.record.pid_start_ticks;
     if (same_process && Watch(job)) {
       spdlog::info("re-adopted job {} (pid {})", id, job.record.pid);
+      if (!job.record.migrating_id.empty()) {
+        // The agent stopped while the job was frozen for a migration that never committed:
+        // the job stays here and runs again.
+        spdlog::warn("job {} was frozen by unfinished migration {}: resuming it here", id,
+                     job.record.migrating_id);
+        migrate::ResumeTree(job.record.pid);
+        job.record.migrating_id.clear();
+        Persist(job.record);
+      }
       continue;
     }
     Finish(job, std::nullopt);
@@ -279,6 +309,43 @@ void JobSupervisor::Persist(const JobRecord& record) {
   if (auto saved = store_.Save(record); !saved) {
     spdlog::error("cannot persist job {}: {}", record.id, saved.error().message);
   }
+}
+
+void JobSupervisor::MarkMigrating(const std::string& id, const std::string& migration_id) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end()) return;
+  found->second.record.migrating_id = migration_id;
+  Persist(found->second.record);
+}
+
+Expected<JobRecord> JobSupervisor::Release(const std::string& id) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end()) return Fail("no job '" + id + "' on node " + options_.node_name);
+  JobRecord record = found->second.record;
+  if (found->second.kill_timer) found->second.kill_timer->cancel();
+  jobs_.erase(found);
+  std::error_code ignored;
+  std::filesystem::remove_all(record.dir, ignored);
+  return record;
+}
+
+Expected<JobRecord> JobSupervisor::AdoptMigrated(JobRecord record, pid_t pid) {
+  if (jobs_.count(record.id) != 0 && jobs_[record.id].record.state == JobState::kRunning) {
+    return Fail("job " + record.id + " already runs on " + options_.node_name);
+  }
+  record.node = options_.node_name;
+  record.pid = pid;
+  record.pid_start_ticks = ProcessStartTicks(pid);
+  record.state = JobState::kRunning;
+  record.migrating_id.clear();
+  record.dir = store_.JobDir(record.id);
+  Watched& job = jobs_[record.id];
+  job.record = std::move(record);
+  job.kill_timer.reset();
+  Persist(job.record);
+  if (!Watch(job)) Finish(job, std::nullopt);
+  if (on_change_) on_change_(job.record);
+  return job.record;
 }
 
 std::optional<JobRecord> JobSupervisor::Get(const std::string& id) const {

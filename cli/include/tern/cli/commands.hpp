@@ -42,6 +42,8 @@ int Status(Context& context, const std::string& id, Output output);
 int Logs(Context& context, const std::string& id, bool follow, const std::string& stream);
 int Cancel(Context& context, const std::vector<std::string>& ids);
 int Nodes(Context& context, Output output);
+int Migrate(Context& context, const std::string& id, const std::string& node,
+            const std::string& mode, bool dry_run, Output output);
 int Version(Context& context);
 
 // Runs `render` every `interval_seconds` until interrupted: on a terminal it clears and redraws

@@ -30,6 +30,7 @@ namespace tern::agent {
 
 class AgentApi;
 class Cluster;
+class MigrationDriver;
 
 class Agent {
  public:
@@ -51,6 +52,7 @@ class Agent {
   HostLoad last_host_load_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
+  std::unique_ptr<MigrationDriver> migrations_;
   std::unique_ptr<AgentApi> api_;
   std::unique_ptr<http::HttpServer> http_;
   boost::asio::steady_timer sample_timer_;

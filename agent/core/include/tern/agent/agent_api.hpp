@@ -25,10 +25,12 @@ class JobSupervisor;
 namespace tern::agent {
 
 class Cluster;
+class MigrationDriver;
 
 class AgentApi {
  public:
-  AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, std::string version);
+  AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, MigrationDriver& migrations,
+           std::string version);
 
   void Handle(ApiCall call, ApiDone done);
 
@@ -46,6 +48,7 @@ class AgentApi {
 
   jobs::JobSupervisor& supervisor_;
   Cluster& cluster_;
+  MigrationDriver& migrations_;
   std::string version_;
 };
 

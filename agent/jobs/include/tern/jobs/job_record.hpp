@@ -53,6 +53,11 @@ struct JobRecord {
   std::uint64_t pid_start_ticks = 0;
   std::map<std::string, std::string> env;
   bool cancel_requested = false;
+  // Every completed migration's record (mode, phases, freeze, bytes), oldest first.
+  std::vector<nlohmann::json> migrations;
+  // Set on the source from the moment the job is frozen for a migration until it is resumed
+  // there (abort) or handed over (commit): an agent restarted in between resumes the job.
+  std::string migrating_id;
 };
 
 std::string FormatTime(TimePoint time);  // RFC 3339 UTC, e.g. 2026-11-24T12:00:00Z

@@ -70,6 +70,13 @@ class JobSupervisor {
   // Reserves the next id of a job homed here, for a job that will run on another node.
   Expected<std::string> AllocateJobId();
   Expected<JobRecord> Cancel(const std::string& id);
+  // Migration. MarkMigrating persists that the job is frozen for migration `migration_id`
+  // (empty: no longer). Release forgets a job that moved away (its frozen copy is about to be
+  // killed): no state change is reported and its directory is removed. AdoptMigrated takes
+  // over a job restored here, running as `pid`.
+  void MarkMigrating(const std::string& id, const std::string& migration_id);
+  Expected<JobRecord> Release(const std::string& id);
+  Expected<JobRecord> AdoptMigrated(JobRecord record, pid_t pid);
   std::optional<JobRecord> Get(const std::string& id) const;
   std::vector<JobRecord> List() const;
   std::size_t RunningCount() const;

@@ -1,0 +1,83 @@
+// MigrationDriver: live migration of this node's jobs, and the receiving end of migrations
+// from other nodes. It performs the actions of tern::migrate::SourceMigration (the protocol's
+// state machine) and feeds it their outcomes; CRIU runs on worker threads, never on the
+// agent's io_context thread.
+//
+// Source:      POST /v1/jobs/{id}/migrate   {"node", "mode", "dry_run"}
+// Destination: POST /v1/migrations/prepare, /v1/migrations/{mid}/restore, .../commit,
+//              .../abort (sent by the source agent over the peer link; refused otherwise)
+// Either:      GET  /v1/migrations/{mid}   the outcome the source recorded, so that a
+//              destination that lost the commit can still decide.
+//
+// Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
+// image on the source's disk); only the small metadata images and the job directory travel in
+// the restore message. The destination restores the job stopped; the source then records the
+// commit, kills its frozen copy and tells the destination to resume (two-phase: never two
+// copies, never none). Any failure before that resumes the job on the source.
+//
+// Thread-safety: not thread-safe; all entry points on the io_context thread.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "tern/agent/api_call.hpp"
+#include "tern/agent/config.hpp"
+
+namespace tern::jobs {
+class JobSupervisor;
+struct JobRecord;
+}  // namespace tern::jobs
+
+namespace tern::agent {
+
+class Cluster;
+
+class MigrationDriver {
+ public:
+  MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,
+                  jobs::JobSupervisor& supervisor, Cluster& cluster);
+  ~MigrationDriver();
+
+  void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done);
+  // Dispatches /v1/migrations/... calls.
+  void Handle(const ApiCall& call, const std::vector<std::string>& segments, ApiDone done);
+
+ private:
+  struct Outgoing;
+  struct Incoming;
+
+  void Prepare(const ApiCall& call, ApiDone done);
+  void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
+  void Commit(const std::string& mid, const ApiCall& call, ApiDone done);
+  void Abort(const std::string& mid, ApiDone done);
+  void Outcome(const std::string& mid, ApiDone done);
+  void CheckUndecided();
+
+  // Source steps.
+  void Step(const std::shared_ptr<Outgoing>& migration, int event);
+  void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
+  void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
+  void RecordOutcome(const std::string& mid, const std::string& outcome);
+  std::string MigrationDir(const std::string& mid) const;
+
+  template <typename Work, typename Then>
+  void OffThread(Work work, Then then);
+
+  boost::asio::io_context& io_;
+  const AgentConfig& config_;
+  jobs::JobSupervisor& supervisor_;
+  Cluster& cluster_;
+  boost::asio::thread_pool workers_{2};
+  std::map<std::string, std::shared_ptr<Outgoing>> outgoing_;
+  std::map<std::string, std::shared_ptr<Incoming>> incoming_;
+  std::unique_ptr<boost::asio::steady_timer> undecided_timer_;
+  std::uint16_t next_port_ = 0;
+};
+
+}  // namespace tern::agent

@@ -1,0 +1,769 @@
+#include "tern/agent/migration_driver.hpp"
+
+#include <signal.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+#include <spdlog/spdlog.h>
+#include <sstream>
+#include <tern/jobs/job_supervisor.hpp>
+#include <tern/migrate/archive.hpp>
+#include <tern/migrate/criu.hpp>
+#include <tern/migrate/migration.hpp>
+#include <tern/migrate/preflight.hpp>
+#include <tern/migrate/subprocess.hpp>
+
+#include "tern/agent/cluster.hpp"
+
+namespace tern::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using migrate::MigrationAction;
+using migrate::MigrationEvent;
+constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
+
+double MillisSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+std::string HostOf(const std::string& host_port) {
+  return host_port.substr(0, host_port.rfind(':'));
+}
+
+std::uint64_t PagesBytes(const std::string& dir) {
+  std::uint64_t total = 0;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(dir, error)) {
+    if (entry.path().filename().string().rfind("pages-", 0) == 0) total += entry.file_size(error);
+  }
+  return total;
+}
+
+// True once something listens on TCP `port` in this network namespace.
+bool Listening(std::uint16_t port) {
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  char wanted[8];
+  std::snprintf(wanted, sizeof wanted, ":%04X", port);
+  while (std::getline(tcp, line)) {
+    std::istringstream fields(line);
+    std::string slot, local, remote, state;
+    fields >> slot >> local >> remote >> state;
+    if (state == "0A" && local.size() >= 5 && local.substr(local.size() - 5) == wanted) return true;
+  }
+  return false;
+}
+
+std::string Join(const std::vector<std::string>& lines) {
+  std::string text;
+  for (const auto& line : lines) text += (text.empty() ? "" : "; ") + line;
+  return text;
+}
+
+std::uint64_t MemAvailable() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+struct MigrationDriver::Outgoing {
+  std::string id;
+  jobs::JobRecord job;
+  std::string destination;
+  std::uint64_t destination_id = 0;
+  std::string mode = "precopy";
+  bool dry_run = false;
+  ApiCaller caller;
+  ApiDone done;
+  migrate::SourceMigration machine;
+  std::string criu;
+  migrate::PageServerTarget page_server;
+  json checks = json::array();
+  std::string error;
+  unsigned error_status = 409;
+  Clock::time_point started = Clock::now();
+  Clock::time_point freeze_start{};
+  double preflight_ms = 0, prepare_ms = 0, dump_ms = 0, transfer_ms = 0, restore_ms = 0,
+         commit_ms = 0;
+  std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
+  json moved_job;
+};
+
+struct MigrationDriver::Incoming {
+  std::string id;
+  jobs::JobRecord job;
+  std::string source;
+  std::uint64_t source_id = 0;
+  std::string images;
+  migrate::BackgroundProcess page_server;
+  pid_t restored_pid = 0;
+  Clock::time_point restored_at{};
+  bool busy = false;
+};
+
+MigrationDriver::MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,
+                                 jobs::JobSupervisor& supervisor, Cluster& cluster)
+    : io_(io), config_(config), supervisor_(supervisor), cluster_(cluster) {
+  undecided_timer_ = std::make_unique<boost::asio::steady_timer>(io_);
+  CheckUndecided();
+}
+
+MigrationDriver::~MigrationDriver() {
+  undecided_timer_->cancel();
+  workers_.join();
+}
+
+template <typename Work, typename Then>
+void MigrationDriver::OffThread(Work work, Then then) {
+  boost::asio::post(workers_, [this, work = std::move(work), then = std::move(then)]() mutable {
+    auto result = work();
+    boost::asio::post(io_, [then = std::move(then), result = std::move(result)]() mutable {
+      then(std::move(result));
+    });
+  });
+}
+
+std::string MigrationDriver::MigrationDir(const std::string& mid) const {
+  return config_.state_dir + "/migrations/" + mid;
+}
+
+void MigrationDriver::RecordOutcome(const std::string& mid, const std::string& outcome) {
+  std::error_code ignored;
+  fs::create_directories(MigrationDir(mid), ignored);
+  std::ofstream(MigrationDir(mid) + "/outcome") << outcome << "\n";
+}
+
+// ---------------------------------------------------------------- source
+
+void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done) {
+  json body = json::parse(call.body.empty() ? "{}" : call.body, nullptr, false);
+  if (!body.is_object()) {
+    done(ErrorResult(400, "the request body must be a JSON object"));
+    return;
+  }
+  auto migration = std::make_shared<Outgoing>();
+  migration->job = job;
+  migration->destination = body.value("node", "");
+  migration->mode = body.value("mode", "precopy");
+  migration->dry_run = body.value("dry_run", false);
+  migration->caller = call.caller;
+  migration->done = std::move(done);
+  if (migration->mode != "precopy") {
+    migration->done(ErrorResult(400, "mode must be precopy (post-copy is not available yet)"));
+    return;
+  }
+  if (job.state != jobs::JobState::kRunning) {
+    migration->done(ErrorResult(409, "job " + job.id + " is not running (" +
+                                         jobs::ToString(job.state) + ")"));
+    return;
+  }
+  if (!job.migrating_id.empty()) {
+    migration->done(ErrorResult(409, "job " + job.id + " is already moving"));
+    return;
+  }
+  if (migration->destination.empty() || migration->destination == cluster_.self().name) {
+    migration->done(ErrorResult(400, "name another node to move job " + job.id + " to"));
+    return;
+  }
+  auto destination = cluster_.AliveNodeByName(migration->destination);
+  if (!destination) {
+    migration->done(ErrorResult(404, "node '" + migration->destination +
+                                         "' is not an alive member of the cluster"));
+    return;
+  }
+  migration->destination_id = *destination;
+  std::random_device entropy;
+  char suffix[9];
+  std::snprintf(suffix, sizeof suffix, "%08x", entropy());
+  migration->id = job.id + "-" + suffix;
+  outgoing_[migration->id] = migration;
+  spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id,
+               cluster_.self().name, migration->destination, migration->mode,
+               migration->dry_run ? ", dry run" : "");
+
+  const std::string criu_config = config_.criu_path;
+  OffThread(
+      [job, criu_config] {
+        auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
+        return std::make_pair(criu, migrate::ScanJob(job.pid, job.dir));
+      },
+      [this, migration](std::pair<migrate::CriuCheck, migrate::JobScan> result) {
+        auto& [criu, scan] = result;
+        migration->preflight_ms = MillisSince(migration->started);
+        migration->criu = criu.path;
+        std::vector<std::string> blockers = scan.blockers;
+        if (!criu.works) blockers.push_back("on " + cluster_.self().name + ": " + criu.problem);
+        migration->checks.push_back(
+            {{"check", "criu on " + cluster_.self().name},
+             {"ok", criu.works},
+             {"detail", criu.works ? "criu " + criu.version : criu.problem}});
+        migration->checks.push_back(
+            {{"check", "iterative pre-dump"},
+             {"ok", true},
+             {"detail", criu.dirty_tracking
+                            ? "available"
+                            : "this kernel does not track dirty memory: one dump, pages "
+                              "streamed to the destination"}});
+        migration->checks.push_back({{"check", "resources the job holds"},
+                                     {"ok", scan.blockers.empty()},
+                                     {"detail", scan.blockers.empty()
+                                                    ? std::to_string(scan.processes) +
+                                                          " process(es), nothing that "
+                                                          "cannot follow"
+                                                    : Join(scan.blockers)}});
+        migration->job.rss_bytes = scan.rss_bytes;
+        json outside = json::array();
+        for (const auto& file : scan.outside) {
+          outside.push_back({{"path", file.path}, {"size", file.size}, {"mtime", file.mtime}});
+        }
+        migration->checks.push_back({{"check", "files outside the job directory"},
+                                     {"ok", true},
+                                     {"detail", std::to_string(scan.outside.size()) +
+                                                    " to compare at the destination"}});
+        if (!blockers.empty()) {
+          migration->error = "job " + migration->job.id + " cannot move: " + Join(blockers);
+          Step(migration, static_cast<int>(MigrationEvent::kPreflightRefused));
+          return;
+        }
+        migration->checks.push_back({{"outside", outside}});
+        Step(migration, static_cast<int>(MigrationEvent::kPreflightPassed));
+      });
+}
+
+void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event) {
+  auto actions = migration->machine.On(static_cast<MigrationEvent>(event));
+  for (MigrationAction action : actions) {
+    switch (action) {
+      case MigrationAction::kPrepareDestination: {
+        json outside = migration->checks.back().value("outside", json::array());
+        migration->checks.erase(migration->checks.end() - 1);
+        ApiCall call;
+        call.method = "POST";
+        call.target = "/v1/migrations/prepare";
+        call.caller = migration->caller;
+        call.body = json{{"id", migration->id},
+                         {"job", jobs::PersistentJson(migration->job)},
+                         {"mode", migration->mode},
+                         {"dry_run", migration->dry_run},
+                         {"rss_bytes", migration->job.rss_bytes},
+                         {"outside", outside}}
+                        .dump();
+        const auto start = Clock::now();
+        cluster_.Call(
+            migration->destination_id, call,
+            [this, migration, start](ApiResult result) {
+              migration->prepare_ms = MillisSince(start);
+              json answer = json::parse(result.body, nullptr, false);
+              if (answer.is_object() && answer.contains("checks")) {
+                for (const auto& check : answer["checks"]) migration->checks.push_back(check);
+              }
+              if (result.status != 200) {
+                migration->error = ErrorMessageOf(result);
+                migration->error_status = result.status == 409 ? 409 : 502;
+                Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
+                return;
+              }
+              if (migration->dry_run) {
+                Finish(migration, 200, "");
+                return;
+              }
+              migration->page_server.address = answer["page_server"].value("address", "");
+              migration->page_server.port = answer["page_server"].value("port", 0);
+              Step(migration, static_cast<int>(MigrationEvent::kDestinationReady));
+            },
+            std::chrono::seconds(30));
+        break;
+      }
+      case MigrationAction::kDump: {
+        supervisor_.MarkMigrating(migration->job.id, migration->id);
+        migration->freeze_start = Clock::now();
+        migrate::DumpOptions options;
+        options.pid = migration->job.pid;
+        options.images = MigrationDir(migration->id) + "/images";
+        options.page_server = migration->page_server;
+        const std::string criu = migration->criu;
+        OffThread([criu, options] { return migrate::Dump(criu, options); },
+                  [this, migration](Expected<void> dumped) {
+                    migration->dump_ms = MillisSince(migration->freeze_start);
+                    if (!dumped) {
+                      migration->error = dumped.error().message;
+                      migration->error_status = 500;
+                      Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
+                      return;
+                    }
+                    Step(migration, static_cast<int>(MigrationEvent::kDumped));
+                  });
+        break;
+      }
+      case MigrationAction::kSendImages: {
+        const std::string images = MigrationDir(migration->id) + "/images";
+        const std::string job_dir = migration->job.dir;
+        const auto start = Clock::now();
+        OffThread(
+            [images, job_dir]() -> Expected<std::pair<std::string, std::string>> {
+              auto packed_images = migrate::PackDirectory(images, {"dump.log"}, kMaxCarriedBytes);
+              if (!packed_images) return Unexpected<Error>{packed_images.error()};
+              auto packed_dir = migrate::PackDirectory(job_dir, {}, kMaxCarriedBytes);
+              if (!packed_dir) return Unexpected<Error>{packed_dir.error()};
+              return std::make_pair(std::move(*packed_images), std::move(*packed_dir));
+            },
+            [this, migration, start](Expected<std::pair<std::string, std::string>> packed) {
+              if (!packed) {
+                migration->error = packed.error().message;
+                migration->error_status = 500;
+                Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
+                return;
+              }
+              migration->images_bytes = packed->first.size();
+              migration->jobdir_bytes = packed->second.size();
+              std::string body(8, '\0');
+              const std::uint64_t length = packed->first.size();
+              for (int i = 0; i < 8; ++i) body[i] = static_cast<char>(length >> (56 - 8 * i));
+              body += packed->first;
+              body += packed->second;
+              ApiCall call;
+              call.method = "POST";
+              call.target = "/v1/migrations/" + migration->id + "/restore";
+              call.caller = migration->caller;
+              call.body = std::move(body);
+              cluster_.Call(
+                  migration->destination_id, call,
+                  [this, migration, start](ApiResult result) {
+                    migration->transfer_ms = MillisSince(start);
+                    json answer = json::parse(result.body, nullptr, false);
+                    if (result.status != 200 || !answer.is_object()) {
+                      migration->error = ErrorMessageOf(result);
+                      migration->error_status = 502;
+                      Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
+                      return;
+                    }
+                    migration->restore_ms = answer.value("restore_ms", 0.0);
+                    migration->pages_bytes = answer.value("pages_bytes", std::uint64_t{0});
+                    Step(migration, static_cast<int>(MigrationEvent::kRestored));
+                  },
+                  std::chrono::seconds(120));
+            });
+        break;
+      }
+      case MigrationAction::kKillSource: {
+        // The commit point: recorded first, so that a restarted agent never resumes this copy.
+        RecordOutcome(migration->id, "committed");
+        if (auto released = supervisor_.Release(migration->job.id); !released) {
+          spdlog::error("migration {}: {}", migration->id, released.error().message);
+        }
+        ::kill(migration->job.pid, SIGKILL);
+        break;
+      }
+      case MigrationAction::kSendCommit:
+        SendCommit(migration, 0);
+        break;
+      case MigrationAction::kResumeSource:
+        migrate::ResumeTree(migration->job.pid);
+        supervisor_.MarkMigrating(migration->job.id, "");
+        spdlog::warn("migration {}: job {} resumed on {}", migration->id, migration->job.id,
+                     cluster_.self().name);
+        break;
+      case MigrationAction::kAbortDestination: {
+        RecordOutcome(migration->id, "aborted");
+        ApiCall call;
+        call.method = "POST";
+        call.target = "/v1/migrations/" + migration->id + "/abort";
+        call.caller = migration->caller;
+        cluster_.Call(migration->destination_id, call, [](ApiResult) {});
+        break;
+      }
+      case MigrationAction::kReportSuccess:
+        Finish(migration, 200, "");
+        break;
+      case MigrationAction::kReportFailure:
+        Finish(migration, migration->error_status, migration->error);
+        break;
+    }
+  }
+}
+
+void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt) {
+  const auto start = Clock::now();
+  json stats = {{"id", migration->id},
+                {"mode", migration->mode},
+                {"from", cluster_.self().name},
+                {"to", migration->destination},
+                {"dump_ms", migration->dump_ms},
+                {"transfer_ms", migration->transfer_ms},
+                {"restore_ms", migration->restore_ms},
+                {"images_bytes", migration->images_bytes},
+                {"jobdir_bytes", migration->jobdir_bytes},
+                {"pages_bytes", migration->pages_bytes},
+                {"freeze_start_ms_ago", MillisSince(migration->freeze_start)}};
+  ApiCall call;
+  call.method = "POST";
+  call.target = "/v1/migrations/" + migration->id + "/commit";
+  call.caller = migration->caller;
+  call.body = stats.dump();
+  cluster_.Call(migration->destination_id, call,
+                [this, migration, attempt, start](ApiResult result) {
+                  migration->commit_ms = MillisSince(start);
+                  if (result.status == 200) {
+                    migration->moved_job = json::parse(result.body, nullptr, false);
+                    Step(migration, static_cast<int>(MigrationEvent::kCommitted));
+                    return;
+                  }
+                  if (attempt >= 10) {
+                    Finish(migration, 502,
+                           "job " + migration->job.id + " was handed to " +
+                               migration->destination + ", which has not confirmed resuming it: " +
+                               ErrorMessageOf(result) + " (it resumes the job when it learns the "
+                               "outcome)");
+                    return;
+                  }
+                  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::seconds(1));
+                  timer->async_wait([this, migration, attempt, timer](const auto& error) {
+                    if (!error) SendCommit(migration, attempt + 1);
+                  });
+                });
+}
+
+void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigned status,
+                             std::string error) {
+  outgoing_.erase(migration->id);
+  std::error_code ignored;
+  fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
+  const double total_ms = MillisSince(migration->started);
+  if (status != 200) {
+    spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", migration->id,
+                 migration->job.id, total_ms, error);
+    json body = {{"error", error}, {"checks", migration->checks}};
+    migration->done(JsonResult(status, body.dump()));
+    return;
+  }
+  if (migration->dry_run) {
+    json body = {{"verdict", "job " + migration->job.id + " can move to " +
+                                 migration->destination},
+                 {"can_move", true},
+                 {"checks", migration->checks}};
+    migration->done(JsonResult(200, body.dump()));
+    return;
+  }
+  json stats = {{"id", migration->id},
+                {"mode", migration->mode},
+                {"from", cluster_.self().name},
+                {"to", migration->destination},
+                {"freeze_ms", migration->dump_ms + migration->transfer_ms + migration->commit_ms},
+                {"total_ms", total_ms},
+                {"phases_ms",
+                 {{"preflight", migration->preflight_ms},
+                  {"prepare", migration->prepare_ms},
+                  {"dump", migration->dump_ms},
+                  {"transfer_and_restore", migration->transfer_ms},
+                  {"restore", migration->restore_ms},
+                  {"commit", migration->commit_ms}}},
+                {"bytes", migration->pages_bytes + migration->images_bytes + migration->jobdir_bytes},
+                {"pages_bytes", migration->pages_bytes},
+                {"images_bytes", migration->images_bytes},
+                {"jobdir_bytes", migration->jobdir_bytes},
+                {"pages", migration->pages_bytes / 4096}};
+  spdlog::info("migration {}: job {} now runs on {} (freeze {:.0f} ms, total {:.0f} ms, {} bytes)",
+               migration->id, migration->job.id, migration->destination,
+               stats["freeze_ms"].get<double>(), total_ms, stats["bytes"].get<std::uint64_t>());
+  migration->done(JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
+}
+
+// ---------------------------------------------------------------- destination
+
+void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>& segments,
+                             ApiDone done) {
+  // segments: v1 migrations [prepare | MID [restore|commit|abort]]
+  if (segments.size() == 3 && call.method == "GET") {
+    Outcome(segments[2], done);
+    return;
+  }
+  if (!call.forwarded) {
+    done(ErrorResult(403, "migration steps are sent by agents, not users; use "
+                          "POST /v1/jobs/{id}/migrate (tern migrate)"));
+    return;
+  }
+  if (segments.size() == 3 && segments[2] == "prepare" && call.method == "POST") {
+    Prepare(call, done);
+  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "restore") {
+    Restore(segments[2], call, done);
+  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "commit") {
+    Commit(segments[2], call, done);
+  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "abort") {
+    Abort(segments[2], done);
+  } else {
+    done(ErrorResult(404, "no such migration call: " + call.target));
+  }
+}
+
+void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
+  json body = json::parse(call.body, nullptr, false);
+  if (!body.is_object() || !body.contains("job")) {
+    done(ErrorResult(400, "malformed prepare request"));
+    return;
+  }
+  auto job = jobs::FromPersistentJson(body["job"]);
+  if (!job) {
+    done(ErrorResult(400, job.error().message));
+    return;
+  }
+  auto incoming = std::make_shared<Incoming>();
+  incoming->id = body.value("id", "");
+  incoming->job = *job;
+  incoming->source = call.caller.via;
+  const bool dry_run = body.value("dry_run", false);
+  std::vector<migrate::OutsideFile> outside;
+  for (const auto& file : body.value("outside", json::array())) {
+    outside.push_back({file.value("path", ""), file.value("size", std::uint64_t{0}),
+                       file.value("mtime", std::int64_t{0})});
+  }
+  const std::uint64_t rss = body.value("rss_bytes", std::uint64_t{0});
+  const std::string node = cluster_.self().name;
+  const std::string criu_config = config_.criu_path;
+  OffThread(
+      [criu_config, outside, node] {
+        return std::make_pair(migrate::CheckCriu(migrate::FindCriu(criu_config)),
+                              migrate::CompareFiles(outside, node));
+      },
+      [this, incoming, dry_run, rss, node,
+       done](std::pair<migrate::CriuCheck, std::vector<std::string>> result) {
+        auto& [criu, file_problems] = result;
+        json checks = json::array();
+        std::vector<std::string> problems = file_problems;
+        checks.push_back({{"check", "criu on " + node},
+                          {"ok", criu.works},
+                          {"detail", criu.works ? "criu " + criu.version : criu.problem}});
+        if (!criu.works) problems.push_back("on " + node + ": " + criu.problem);
+        checks.push_back({{"check", "files outside the job directory on " + node},
+                          {"ok", file_problems.empty()},
+                          {"detail", file_problems.empty() ? "present and alike"
+                                                           : Join(file_problems)}});
+        const std::uint64_t available = MemAvailable();
+        const bool memory_ok = available > rss + (64ull << 20);
+        checks.push_back({{"check", "memory on " + node},
+                          {"ok", memory_ok},
+                          {"detail", std::to_string(available >> 20) + " MiB free, the job uses " +
+                                         std::to_string(rss >> 20) + " MiB"}});
+        if (!memory_ok) problems.push_back(node + " has too little free memory for the job");
+        auto existing = supervisor_.Get(incoming->job.id);
+        if (existing && existing->state == jobs::JobState::kRunning) {
+          problems.push_back("job " + incoming->job.id + " already runs on " + node);
+        }
+        if (!problems.empty()) {
+          done(JsonResult(409, json{{"error", "job " + incoming->job.id + " cannot move to " +
+                                                  node + ": " + Join(problems)},
+                                    {"checks", checks}}
+                                   .dump()));
+          return;
+        }
+        if (dry_run) {
+          done(JsonResult(200, json{{"checks", checks}}.dump()));
+          return;
+        }
+        incoming->images = MigrationDir(incoming->id) + "/images";
+        std::error_code ignored;
+        fs::remove_all(incoming->images, ignored);
+        fs::create_directories(incoming->images, ignored);
+        migrate::PageServerTarget listen{HostOf(config_.cluster_advertise),
+                                         static_cast<std::uint16_t>(7200 + (next_port_++ % 100))};
+        auto server = migrate::BackgroundProcess::Start(
+            migrate::PageServerCommand(criu.path, incoming->images, listen),
+            MigrationDir(incoming->id) + "/page-server.out");
+        if (!server) {
+          done(ErrorResult(500, "cannot start the CRIU page server: " + server.error().message));
+          return;
+        }
+        incoming->page_server = std::move(*server);
+        const auto deadline = Clock::now() + std::chrono::seconds(5);
+        while (!Listening(listen.port) && Clock::now() < deadline && incoming->page_server.Running()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        if (!Listening(listen.port)) {
+          done(ErrorResult(500, "the CRIU page server on " + node + " did not start (see " +
+                                    incoming->images + "/page-server.log)"));
+          return;
+        }
+        incoming_[incoming->id] = incoming;
+        done(JsonResult(200, json{{"checks", checks},
+                                  {"page_server",
+                                   {{"address", listen.address}, {"port", listen.port}}}}
+                                 .dump()));
+      });
+}
+
+void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDone done) {
+  auto found = incoming_.find(mid);
+  if (found == incoming_.end()) {
+    done(ErrorResult(404, "no migration " + mid + " is being received here"));
+    return;
+  }
+  auto incoming = found->second;
+  if (call.body.size() < 8) {
+    done(ErrorResult(400, "malformed restore request"));
+    return;
+  }
+  std::uint64_t length = 0;
+  for (int i = 0; i < 8; ++i) length = length << 8 | static_cast<unsigned char>(call.body[i]);
+  if (length > call.body.size() - 8) {
+    done(ErrorResult(400, "malformed restore request"));
+    return;
+  }
+  std::string images_archive = call.body.substr(8, length);
+  std::string dir_archive = call.body.substr(8 + length);
+  incoming->busy = true;
+  const std::string job_dir = config_.state_dir + "/jobs/" + incoming->job.id;
+  const std::string criu = migrate::FindCriu(config_.criu_path);
+  OffThread(
+      [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
+       job_dir, criu]() -> Expected<std::pair<pid_t, double>> {
+        incoming->page_server.Finish(std::chrono::seconds(30));
+        auto images = migrate::UnpackDirectory(images_archive, incoming->images);
+        if (!images) return Unexpected<Error>{images.error()};
+        std::error_code error;
+        fs::create_directories(job_dir, error);
+        ::chown(job_dir.c_str(), incoming->job.uid, incoming->job.gid);
+        ::chmod(job_dir.c_str(), 0750);
+        auto files = migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid,
+                                              incoming->job.gid);
+        if (!files) return Unexpected<Error>{files.error()};
+        const auto start = Clock::now();
+        migrate::RestoreOptions options;
+        options.images = incoming->images;
+        options.pidfile = incoming->images + "/restored.pid";
+        auto pid = migrate::Restore(criu, options);
+        if (!pid) return Unexpected<Error>{pid.error()};
+        return std::make_pair(*pid, MillisSince(start));
+      },
+      [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
+        incoming->busy = false;
+        if (!restored) {
+          done(ErrorResult(500, "restore on " + cluster_.self().name + " failed: " +
+                                    restored.error().message));
+          return;
+        }
+        incoming->restored_pid = restored->first;
+        incoming->restored_at = Clock::now();
+        done(JsonResult(200, json{{"pid", restored->first},
+                                  {"restore_ms", restored->second},
+                                  {"pages_bytes", PagesBytes(incoming->images)}}
+                                 .dump()));
+      });
+}
+
+void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDone done) {
+  auto found = incoming_.find(mid);
+  if (found == incoming_.end() || found->second->restored_pid == 0) {
+    // Already committed (a repeated commit) or never restored here.
+    auto job = supervisor_.Get(mid.substr(0, mid.rfind('-')));
+    if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name) {
+      done(JsonResult(200, jobs::ToJson(*job, std::chrono::system_clock::now()).dump()));
+      return;
+    }
+    done(ErrorResult(404, "no restored copy of migration " + mid + " here"));
+    return;
+  }
+  auto incoming = found->second;
+  incoming_.erase(found);
+  migrate::ResumeTree(incoming->restored_pid);
+  json stats = json::parse(call.body, nullptr, false);
+  jobs::JobRecord record = incoming->job;
+  if (stats.is_object()) {
+    stats["resumed_at"] = jobs::FormatTime(std::chrono::system_clock::now());
+    record.migrations.push_back(stats);
+  }
+  auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
+  std::error_code ignored;
+  fs::remove_all(incoming->images, ignored);
+  if (!adopted) {
+    done(ErrorResult(500, adopted.error().message));
+    return;
+  }
+  spdlog::info("migration {}: job {} resumed here (pid {})", mid, adopted->id, adopted->pid);
+  done(JsonResult(200, jobs::ToJson(*adopted, std::chrono::system_clock::now()).dump()));
+}
+
+void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
+  auto found = incoming_.find(mid);
+  if (found == incoming_.end()) {
+    done(JsonResult(200, "{}"));
+    return;
+  }
+  auto incoming = found->second;
+  incoming_.erase(found);
+  if (incoming->restored_pid > 0) ::kill(incoming->restored_pid, SIGKILL);
+  const std::string job_dir = config_.state_dir + "/jobs/" + incoming->job.id;
+  const bool runs_here = supervisor_.Get(incoming->job.id).has_value();
+  OffThread(
+      [incoming, job_dir, runs_here] {
+        incoming->page_server.Finish(std::chrono::milliseconds(0));
+        std::error_code ignored;
+        fs::remove_all(incoming->images, ignored);
+        if (!runs_here) fs::remove_all(job_dir, ignored);
+        return 0;
+      },
+      [mid, done](int) {
+        spdlog::info("migration {} aborted: the job stays on its source", mid);
+        done(JsonResult(200, "{}"));
+      });
+}
+
+void MigrationDriver::Outcome(const std::string& mid, ApiDone done) {
+  std::ifstream file(MigrationDir(mid) + "/outcome");
+  std::string outcome;
+  file >> outcome;
+  done(JsonResult(200, json{{"id", mid}, {"outcome", outcome.empty() ? "unknown" : outcome}}
+                           .dump()));
+}
+
+// A destination holding a restored, stopped copy that heard no commit asks the source what it
+// decided: committed → resume here; aborted → discard; no answer → keep waiting (deciding
+// alone could leave two copies or none).
+void MigrationDriver::CheckUndecided() {
+  undecided_timer_->expires_after(std::chrono::seconds(5));
+  undecided_timer_->async_wait([this](const boost::system::error_code& error) {
+    if (error) return;
+    for (const auto& [mid, incoming] : incoming_) {
+      if (incoming->restored_pid == 0 || incoming->busy ||
+          Clock::now() - incoming->restored_at < std::chrono::seconds(20)) {
+        continue;
+      }
+      auto source = cluster_.AliveNodeByName(incoming->job.node);
+      if (!source) continue;
+      ApiCall call;
+      call.method = "GET";
+      call.target = "/v1/migrations/" + mid;
+      call.caller.uid = 0;
+      call.caller.identified = true;
+      cluster_.Call(*source, call, [this, mid = mid](ApiResult result) {
+        json answer = json::parse(result.body, nullptr, false);
+        if (result.status != 200 || !answer.is_object()) return;
+        const std::string outcome = answer.value("outcome", "");
+        ApiCall local;
+        local.method = "POST";
+        local.forwarded = true;
+        if (outcome == "committed") {
+          Commit(mid, local, [](ApiResult) {});
+        } else if (outcome == "aborted" || outcome == "unknown") {
+          Abort(mid, [](ApiResult) {});
+        }
+      });
+    }
+    CheckUndecided();
+  });
+}
+
+}  // namespace tern::agent
