@@ -2,26 +2,6 @@
 
 namespace tern::ipc {
 
-std::string_view FrameTypeName(FrameType type) {
-  switch (type) {
-    case FrameType::kHello:
-      return "Hello";
-    case FrameType::kAuthProof:
-      return "AuthProof";
-    case FrameType::kAuthAccepted:
-      return "AuthAccepted";
-    case FrameType::kAuthRefused:
-      return "AuthRefused";
-    case FrameType::kHeartbeat:
-      return "Heartbeat";
-    case FrameType::kApiRequest:
-      return "ApiRequest";
-    case FrameType::kApiResponse:
-      return "ApiResponse";
-  }
-  return "Unknown";
-}
-
 void AppendFrame(std::string& out, FrameType type, std::string_view payload) {
   const auto length = static_cast<std::uint32_t>(payload.size());
   const auto code = static_cast<std::uint16_t>(type);
@@ -41,7 +21,7 @@ std::string EncodeFrame(FrameType type, std::string_view payload) {
 }
 
 Expected<void> FrameDecoder::Feed(std::string_view bytes) {
-  if (broken_) return Fail("frame stream already malformed");
+  if (broken_) return Fail(broken_reason_);
   buffer_.append(bytes);
   std::size_t offset = 0;
   while (buffer_.size() - offset >= kFrameHeaderSize) {
@@ -52,8 +32,13 @@ Expected<void> FrameDecoder::Feed(std::string_view bytes) {
     const auto type = static_cast<FrameType>(byte(4) << 8 | byte(5));
     if (length > max_payload_) {
       broken_ = true;
-      return Fail("malformed frame: declared length " + std::to_string(length) +
-                  " exceeds the limit of " + std::to_string(max_payload_) + " bytes");
+      broken_reason_ = "malformed frame: " + std::string(FrameTypeName(type)) + " (type " +
+                       std::to_string(static_cast<unsigned>(type)) + ") declares " +
+                       std::to_string(length) + " payload bytes, over the limit of " +
+                       std::to_string(max_payload_);
+      buffer_.clear();
+      buffer_.shrink_to_fit();
+      return Fail(broken_reason_);
     }
     if (buffer_.size() - offset < kFrameHeaderSize + length) break;
     ready_.push_back(Frame{type, buffer_.substr(offset + kFrameHeaderSize, length)});

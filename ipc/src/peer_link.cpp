@@ -1,130 +1,235 @@
 #include "tern/ipc/peer_link.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
-#include <spdlog/spdlog.h>
 
 namespace tern::ipc {
 
 namespace asio = boost::asio;
-constexpr auto kHandshakeDeadline = std::chrono::seconds(5);
+using Tcp = asio::ip::tcp;
 
-PeerLink::PeerLink(asio::ip::tcp::socket socket, PeerIdentity self, std::string secret,
-                   bool initiated_by_us, Callbacks callbacks)
-    : socket_(std::move(socket)),
-      handshake_timer_(socket_.get_executor()),
-      handshake_(std::move(self), std::move(secret)),
-      initiated_by_us_(initiated_by_us),
-      callbacks_(std::move(callbacks)) {
+namespace {
+
+constexpr auto kCloseLinger = std::chrono::seconds(1);
+
+std::string RemoteOf(const Tcp::socket& socket) {
   boost::system::error_code error;
-  const auto endpoint = socket_.remote_endpoint(error);
-  remote_ = error ? "?" : endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+  const auto endpoint = socket.remote_endpoint(error);
+  if (error) return "?";
+  const auto address = endpoint.address();
+  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" +
+         std::to_string(endpoint.port());
 }
+
+}  // namespace
+
+std::string_view CloseKindName(PeerLink::CloseKind kind) {
+  switch (kind) {
+    case PeerLink::CloseKind::kClosed:
+      return "closed";
+    case PeerLink::CloseKind::kRefusedByUs:
+      return "refused by us";
+    case PeerLink::CloseKind::kRefusedByPeer:
+      return "refused by peer";
+  }
+  return "unknown";
+}
+
+PeerLink::PeerLink(Tcp::socket socket, Options options, Callbacks callbacks)
+    : executor_(socket.get_executor()),
+      socket_(std::move(socket)),
+      timer_(executor_),
+      options_(std::move(options)),
+      callbacks_(std::move(callbacks)),
+      handshake_(options_.self, options_.secret),
+      decoder_(options_.max_payload),
+      remote_(RemoteOf(socket_)) {}
 
 void PeerLink::Start() {
   boost::system::error_code ignored;
-  socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
-  handshake_timer_.expires_after(kHandshakeDeadline);
-  handshake_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
-    if (!error && !self->established_) self->CloseNow("handshake timed out", true);
+  socket_.set_option(Tcp::no_delay(true), ignored);
+  timer_.expires_after(options_.handshake_timeout);
+  timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+    if (error || self->state_ != State::kHandshaking) return;
+    self->CloseNow("handshake timed out after " +
+                       std::to_string(self->options_.handshake_timeout.count()) + " ms in state " +
+                       std::string(HandshakeStateName(self->handshake_.state())),
+                   CloseKind::kRefusedByUs, /*flush=*/false);
   });
-  for (const auto& frame : handshake_.Start().send) Enqueue(frame);
-  ReadMore();
+  for (const Frame& frame : handshake_.Start().send) Enqueue(frame.type, frame.payload);
+  DoRead();
 }
 
 void PeerLink::Send(FrameType type, std::string payload) {
-  asio::post(socket_.get_executor(),
-             [self = shared_from_this(), type, payload = std::move(payload)]() {
-               if (self->closed_) return;
-               self->Enqueue(Frame{type, payload});
-             });
-}
-
-void PeerLink::Close(const std::string& reason) {
-  asio::post(socket_.get_executor(),
-             [self = shared_from_this(), reason] { self->CloseNow(reason, false); });
-}
-
-void PeerLink::Enqueue(const Frame& frame) {
-  if (queued_.size() + writing_.size() + frame.payload.size() > kMaxQueuedBytes) {
-    CloseNow("send queue full (" + std::to_string(kMaxQueuedBytes) + " bytes): peer too slow",
-             false);
-    return;
-  }
-  AppendFrame(queued_, frame.type, frame.payload);
-  WriteMore();
-}
-
-void PeerLink::WriteMore() {
-  if (closed_ || !writing_.empty() || queued_.empty()) return;
-  writing_.swap(queued_);
-  asio::async_write(socket_, asio::buffer(writing_),
-                    [self = shared_from_this()](const boost::system::error_code& error,
-                                                std::size_t) {
-                      self->writing_.clear();
-                      if (error) {
-                        self->CloseNow("write failed: " + error.message(), false);
-                        return;
-                      }
-                      self->WriteMore();
-                    });
-}
-
-void PeerLink::ReadMore() {
-  socket_.async_read_some(asio::buffer(read_buffer_),
-                          [self = shared_from_this()](const boost::system::error_code& error,
-                                                      std::size_t size) {
-                            if (self->closed_) return;
-                            if (error) {
-                              self->CloseNow(error == asio::error::eof ? "connection closed by peer"
-                                                                      : error.message(),
-                                             !self->established_);
-                              return;
-                            }
-                            self->OnBytes(size);
-                          });
-}
-
-void PeerLink::OnBytes(std::size_t size) {
-  if (auto fed = decoder_.Feed(std::string_view(read_buffer_.data(), size)); !fed) {
-    spdlog::warn("closing link to {}: {}", remote_, fed.error().message);
-    CloseNow(fed.error().message, !established_);
-    return;
-  }
-  while (auto frame = decoder_.Next()) {
-    if (closed_) return;
-    if (established_) {
-      if (callbacks_.on_frame) callbacks_.on_frame(shared_from_this(), std::move(*frame));
-      continue;
-    }
-    HandshakeStep step = handshake_.OnFrame(*frame);
-    for (const auto& reply : step.send) Enqueue(reply);
-    if (step.refused) {
-      CloseNow(step.reason, true);
+  asio::post(executor_, [self = shared_from_this(), type, payload = std::move(payload)] {
+    if (self->state_ == State::kClosed) return;
+    if (payload.size() > self->options_.max_payload) {
+      const std::string reason = "cannot send a " + std::string(FrameTypeName(type)) +
+                                 " frame of " + std::to_string(payload.size()) +
+                                 " bytes: over the frame limit of " +
+                                 std::to_string(self->options_.max_payload);
+      spdlog::warn("closing link to {}: {}", self->remote_, reason);
+      self->CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
       return;
     }
-    if (step.established) {
-      established_ = true;
-      handshake_timer_.cancel();
-      if (callbacks_.on_established) callbacks_.on_established(shared_from_this());
+    if (self->state_ == State::kHandshaking) {
+      if (self->held_.size() + self->queued_.size() + payload.size() >
+          self->options_.max_queued_bytes) {
+        self->CloseNow("send queue full while authenticating", CloseKind::kClosed, false);
+        return;
+      }
+      AppendFrame(self->held_, type, payload);
+      return;
     }
-  }
-  ReadMore();
+    self->Enqueue(type, payload);
+  });
 }
 
-void PeerLink::CloseNow(const std::string& reason, bool refused) {
-  if (closed_) return;
-  closed_ = true;
-  handshake_timer_.cancel();
-  // Flush what is queued (an AuthRefused, say) best effort before closing.
-  if (writing_.empty() && !queued_.empty() && queued_.size() < 4096) {
-    boost::system::error_code ignored;
-    asio::write(socket_, asio::buffer(queued_), ignored);
+void PeerLink::Close(std::string reason) {
+  asio::post(executor_, [self = shared_from_this(), reason = std::move(reason)] {
+    self->CloseNow(reason, CloseKind::kClosed, /*flush=*/true);
+  });
+}
+
+void PeerLink::Enqueue(FrameType type, std::string_view payload) {
+  if (state_ == State::kClosed) return;
+  const std::size_t size = kFrameHeaderSize + payload.size();
+  if (queued_.size() + writing_.size() + size > options_.max_queued_bytes) {
+    const std::string reason = "send queue full (" + std::to_string(options_.max_queued_bytes) +
+                               " bytes unsent): the peer reads too slowly";
+    spdlog::warn("closing link to {} ({}): {}", peer().name, remote_, reason);
+    CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
+    return;
   }
+  AppendFrame(queued_, type, payload);
+  DoWrite();
+}
+
+void PeerLink::DoWrite() {
+  if (write_in_flight_ || queued_.empty()) return;
+  // Everything queued so far goes out in this one write; what arrives meanwhile, in the next.
+  writing_.swap(queued_);
+  queued_.clear();
+  write_in_flight_ = true;
+  asio::async_write(socket_, asio::buffer(writing_),
+                    [self = shared_from_this()](const boost::system::error_code& error,
+                                                std::size_t) { self->OnWrite(error); });
+}
+
+void PeerLink::OnWrite(const boost::system::error_code& error) {
+  write_in_flight_ = false;
+  writing_.clear();
+  if (error) {
+    if (lingering_) return FinishClose();
+    CloseNow("write failed: " + error.message(), CloseKind::kClosed, /*flush=*/false);
+    return;
+  }
+  DoWrite();
+  if (lingering_ && !write_in_flight_) FinishClose();
+}
+
+void PeerLink::DoRead() {
+  socket_.async_read_some(
+      asio::buffer(read_buffer_),
+      [self = shared_from_this()](const boost::system::error_code& error, std::size_t size) {
+        self->OnRead(error, size);
+      });
+}
+
+void PeerLink::OnRead(const boost::system::error_code& error, std::size_t size) {
+  if (state_ == State::kClosed) return;
+  if (error) {
+    std::string reason = error == asio::error::eof ? "connection closed by the peer"
+                                                   : "read failed: " + error.message();
+    if (state_ == State::kHandshaking) reason += " during the handshake";
+    CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
+    return;
+  }
+  const auto fed = decoder_.Feed(std::string_view(read_buffer_.data(), size));
+  // Frames completed before a malformed header are still handled, then the link closes.
+  while (auto frame = decoder_.Next()) {
+    if (state_ == State::kHandshaking) {
+      OnHandshakeFrame(*frame);
+    } else if (state_ == State::kEstablished && callbacks_.on_frame) {
+      callbacks_.on_frame(*this, std::move(*frame));
+    }
+    if (state_ == State::kClosed) return;
+  }
+  if (!fed) {
+    spdlog::warn("closing link to {} ({}): {}", peer().name.empty() ? "?" : peer().name, remote_,
+                 fed.error().message);
+    CloseNow(fed.error().message,
+             state_ == State::kHandshaking ? CloseKind::kRefusedByUs : CloseKind::kClosed,
+             /*flush=*/false);
+    return;
+  }
+  DoRead();
+}
+
+void PeerLink::OnHandshakeFrame(const Frame& frame) {
+  PeerHandshake::Actions actions = handshake_.OnFrame(frame);
+  for (const Frame& reply : actions.send) Enqueue(reply.type, reply.payload);
+  if (state_ == State::kClosed) return;
+  switch (actions.outcome) {
+    case PeerHandshake::Outcome::kPending:
+      return;
+    case PeerHandshake::Outcome::kRefused:
+      CloseNow(actions.reason,
+               actions.refused_by_peer ? CloseKind::kRefusedByPeer : CloseKind::kRefusedByUs,
+               /*flush=*/!actions.refused_by_peer);
+      return;
+    case PeerHandshake::Outcome::kEstablished:
+      state_ = State::kEstablished;
+      timer_.cancel();
+      if (!held_.empty()) {
+        // Frames sent while authenticating: they follow our AuthAccepted, in order.
+        std::string held;
+        held.swap(held_);
+        if (queued_.size() + writing_.size() + held.size() > options_.max_queued_bytes) {
+          CloseNow("send queue full", CloseKind::kClosed, false);
+          return;
+        }
+        queued_.append(held);
+      }
+      if (callbacks_.on_established) callbacks_.on_established(*this, actions.peer);
+      if (state_ == State::kEstablished) DoWrite();
+      return;
+  }
+}
+
+void PeerLink::CloseNow(const std::string& reason, CloseKind kind, bool flush) {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  timer_.cancel();
+  held_.clear();
   boost::system::error_code ignored;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  if (flush && (write_in_flight_ || !queued_.empty())) {
+    // Let the last frames (an AuthRefused, say) reach the peer, for at most kCloseLinger.
+    lingering_ = true;
+    socket_.shutdown(Tcp::socket::shutdown_receive, ignored);
+    DoWrite();
+    timer_.expires_after(kCloseLinger);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (!error) self->FinishClose();
+    });
+  } else {
+    FinishClose();
+  }
+  // The last callback: move them out so that what they captured is released with them.
+  Callbacks callbacks = std::move(callbacks_);
+  callbacks_ = {};
+  if (callbacks.on_closed) callbacks.on_closed(*this, reason, kind);
+}
+
+void PeerLink::FinishClose() {
+  lingering_ = false;
+  queued_.clear();
+  timer_.cancel();
+  boost::system::error_code ignored;
+  socket_.shutdown(Tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
-  if (callbacks_.on_closed) callbacks_.on_closed(shared_from_this(), reason, refused);
 }
 
 }  // namespace tern::ipc

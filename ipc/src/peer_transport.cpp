@@ -2,253 +2,498 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <map>
+#include <mutex>
+#include <set>
+#include <tern/ipc/peer_link.hpp>
+#include <utility>
+
 namespace tern::ipc {
 
 namespace asio = boost::asio;
 using Tcp = asio::ip::tcp;
-constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
+using std::chrono::milliseconds;
 
 namespace {
 
-Expected<Tcp::endpoint> ParseEndpoint(const std::string& host_port) {
-  const auto colon = host_port.rfind(':');
-  if (colon == std::string::npos) return Fail("address must be host:port: " + host_port);
-  boost::system::error_code error;
-  const auto address = asio::ip::make_address(host_port.substr(0, colon), error);
-  if (error) return Fail("bad address " + host_port + ": " + error.message());
-  try {
-    return Tcp::endpoint(address, static_cast<std::uint16_t>(std::stoul(host_port.substr(colon + 1))));
-  } catch (const std::exception&) {
-    return Fail("bad port in " + host_port);
+constexpr milliseconds kFirstBackoff{1000};
+constexpr milliseconds kMaxBackoff{5000};
+constexpr milliseconds kConnectTimeout{5000};
+constexpr milliseconds kAcceptErrorPause{100};
+
+struct HostPort {
+  std::string host;
+  std::string port;
+};
+
+Expected<HostPort> SplitHostPort(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) {
+    return Fail("address must be host:port, got \"" + text + "\"");
   }
+  std::string host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return HostPort{host, text.substr(colon + 1)};
 }
+
+std::string NameOr(const PeerIdentity& peer) { return peer.name.empty() ? "?" : peer.name; }
 
 }  // namespace
 
-PeerTransport::PeerTransport(asio::io_context& io, Options options)
-    : io_(io), options_(std::move(options)), acceptor_(io) {}
+// All state lives here, owned by shared_ptr so that pending handlers keep it alive after the
+// PeerTransport is gone. Everything runs on strand_ (one io_context thread, per the contract);
+// links_ is also read by Send()/Peers() from other threads, under links_mutex_.
+class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::Core> {
+ public:
+  Core(asio::io_context& io, Options options, PeerTransport* owner)
+      : strand_(asio::make_strand(io)),
+        options_(std::move(options)),
+        owner_(owner),
+        acceptor_(strand_),
+        accept_pause_(strand_) {}
 
-PeerTransport::~PeerTransport() { Stop(); }
+  Expected<void> Start();
+  void Stop();
+  void ConnectTo(const std::string& address);
+  void Forget(const std::string& address);
+  bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  std::vector<PeerIdentity> Peers() const;
+  std::uint16_t listen_port() const { return listen_port_; }
+  const asio::strand<asio::io_context::executor_type>& strand() const { return strand_; }
 
-Expected<void> PeerTransport::Start() {
-  auto endpoint = ParseEndpoint(options_.listen);
-  if (!endpoint) return Unexpected<Error>{endpoint.error()};
+ private:
+  // One address we want a link to.
+  struct Dialer {
+    explicit Dialer(const asio::strand<asio::io_context::executor_type>& strand) : timer(strand) {}
+    asio::steady_timer timer;  // the next attempt
+    milliseconds backoff = kFirstBackoff;
+    bool attempt_running = false;  // resolving, connecting or authenticating
+    std::uint64_t node_id = 0;     // the node there, once a link through it was established
+  };
+  // A link that is established (`active` is the one kept for its node).
+  struct Node {
+    std::shared_ptr<PeerLink> active;
+    PeerIdentity identity;
+  };
+
+  void DoAccept();
+  void OnAccept(const boost::system::error_code& error, Tcp::socket socket);
+  void Dial(const std::string& address);
+  void OnDialFailed(const std::string& address, const std::string& why);
+  void ScheduleDial(const std::string& address);
+  void Adopt(Tcp::socket socket, const std::string& dialled_address);
+  void OnEstablished(const std::shared_ptr<PeerLink>& link, const PeerIdentity& peer);
+  void OnLinkFrame(PeerLink& link, Frame frame);
+  void OnClosed(const std::shared_ptr<PeerLink>& link, const std::string& reason,
+                PeerLink::CloseKind kind);
+  void RedialNode(std::uint64_t node_id);
+  bool AnotherLinkAuthenticating(std::uint64_t node_id) const;
+  // Both sides rank the links between them the same way; the smaller key is kept.
+  static std::pair<std::uint64_t, std::string> LinkKey(const PeerLink& link, std::uint64_t self);
+
+  asio::strand<asio::io_context::executor_type> strand_;
+  const Options options_;
+  PeerTransport* owner_;  // null after Stop(): no more callbacks
+  Tcp::acceptor acceptor_;
+  asio::steady_timer accept_pause_;
+  std::atomic<std::uint16_t> listen_port_{0};
+  bool started_ = false;
+  bool stopped_ = false;
+  std::map<std::string, std::unique_ptr<Dialer>> dialers_;
+  // Links still authenticating, with the address they were dialled at ("" if accepted).
+  std::map<std::shared_ptr<PeerLink>, std::string> pending_;
+  // Kept links whose node stays up because another link to it is authenticating.
+  std::map<std::uint64_t, std::string> down_deferred_;
+  std::map<std::shared_ptr<PeerLink>, std::string> dialled_at_;  // established, from a dialer
+  mutable std::mutex links_mutex_;  // guards nodes_ (Send and Peers come from any thread)
+  std::map<std::uint64_t, Node> nodes_;
+};
+
+Expected<void> PeerTransport::Core::Start() {
+  if (started_) return Fail("the peer transport is already started");
+  auto split = SplitHostPort(options_.listen);
+  if (!split) return Unexpected<Error>{split.error()};
   boost::system::error_code error;
-  acceptor_.open(endpoint->protocol(), error);
+  const auto address = asio::ip::make_address(split->host, error);
+  if (error) return Fail("cannot listen for peers on " + options_.listen + ": not an IP address");
+  unsigned long port = 0;
+  try {
+    port = std::stoul(split->port);
+  } catch (const std::exception&) {
+    port = 65536;
+  }
+  if (port > 65535) return Fail("cannot listen for peers on " + options_.listen + ": bad port");
+  const Tcp::endpoint endpoint(address, static_cast<std::uint16_t>(port));
+  acceptor_.open(endpoint.protocol(), error);
   if (!error) acceptor_.set_option(asio::socket_base::reuse_address(true), error);
-  if (!error) acceptor_.bind(*endpoint, error);
+  if (!error) acceptor_.bind(endpoint, error);
   if (!error) acceptor_.listen(asio::socket_base::max_listen_connections, error);
-  if (error) return Fail("cannot listen for peers on " + options_.listen + ": " + error.message());
-  Accept();
+  if (error) {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+    return Fail("cannot listen for peers on " + options_.listen + ": " + error.message());
+  }
+  listen_port_ = acceptor_.local_endpoint(error).port();
+  started_ = true;
+  asio::post(strand_, [self = shared_from_this()] { self->DoAccept(); });
   return {};
 }
 
-std::uint16_t PeerTransport::ListenPort() const {
-  boost::system::error_code error;
-  return acceptor_.local_endpoint(error).port();
-}
-
-void PeerTransport::Stop() {
+void PeerTransport::Core::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  owner_ = nullptr;
   boost::system::error_code ignored;
   acceptor_.close(ignored);
-  for (auto& [address, dialer] : dialers_) {
-    if (dialer.timer) dialer.timer->cancel();
-  }
-  std::vector<std::shared_ptr<PeerLink>> all(pending_.begin(), pending_.end());
+  accept_pause_.cancel();
+  for (auto& [address, dialer] : dialers_) dialer->timer.cancel();
+  dialers_.clear();
+  std::vector<std::shared_ptr<PeerLink>> links;
+  for (auto& [link, address] : pending_) links.push_back(link);
+  pending_.clear();
+  dialled_at_.clear();
+  down_deferred_.clear();
   {
     std::lock_guard lock(links_mutex_);
-    for (auto& [id, link] : links_) all.push_back(link);
-    links_.clear();
+    for (auto& [id, node] : nodes_) links.push_back(node.active);
+    nodes_.clear();
   }
-  pending_.clear();
-  for (auto& link : all) link->Close("agent stopping");
+  for (auto& link : links) link->Close("agent stopping");
 }
 
-void PeerTransport::Accept() {
-  acceptor_.async_accept([this](const boost::system::error_code& error, Tcp::socket socket) {
-    if (stopped_ || error == asio::error::operation_aborted) return;
-    if (!error) Adopt(std::move(socket), false, "");
-    Accept();
+void PeerTransport::Core::DoAccept() {
+  if (stopped_) return;
+  acceptor_.async_accept(strand_, [self = shared_from_this()](
+                                      const boost::system::error_code& error, Tcp::socket socket) {
+    self->OnAccept(error, std::move(socket));
   });
 }
 
-void PeerTransport::ConnectTo(const std::string& address) {
+void PeerTransport::Core::OnAccept(const boost::system::error_code& error, Tcp::socket socket) {
+  if (stopped_ || error == asio::error::operation_aborted) return;
+  if (error) {
+    // Out of descriptors, say: pause briefly rather than spin.
+    spdlog::warn("accepting a peer connection failed: {}", error.message());
+    accept_pause_.expires_after(kAcceptErrorPause);
+    accept_pause_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
+      if (!e) self->DoAccept();
+    });
+    return;
+  }
+  Adopt(std::move(socket), "");
+  DoAccept();
+}
+
+void PeerTransport::Core::ConnectTo(const std::string& address) {
   if (stopped_ || address.empty() || address == options_.advertise) return;
-  auto [it, inserted] = dialers_.try_emplace(address);
-  if (!inserted) return;  // already wanted: its dial loop runs
-  it->second.timer = std::make_unique<asio::steady_timer>(io_);
+  if (dialers_.count(address) != 0) return;  // already wanted: its dial loop runs
+  auto& dialer = dialers_[address] = std::make_unique<Dialer>(strand_);
+  {
+    // A node already linked (it dialled us) at that advertised address needs no dial now.
+    std::lock_guard lock(links_mutex_);
+    for (const auto& [id, node] : nodes_) {
+      if (node.identity.address == address) dialer->node_id = id;
+    }
+  }
   Dial(address);
 }
 
-void PeerTransport::Forget(const std::string& address) {
+void PeerTransport::Core::Forget(const std::string& address) {
   auto found = dialers_.find(address);
   if (found == dialers_.end()) return;
-  found->second.timer->cancel();
+  found->second->timer.cancel();
   dialers_.erase(found);
+  for (auto& [link, dialled] : pending_) {
+    if (dialled == address) dialled.clear();
+  }
+  for (auto& [link, dialled] : dialled_at_) {
+    if (dialled == address) dialled.clear();
+  }
 }
 
-void PeerTransport::ScheduleDial(const std::string& address, std::chrono::milliseconds delay) {
+void PeerTransport::Core::ScheduleDial(const std::string& address) {
   auto found = dialers_.find(address);
   if (found == dialers_.end() || stopped_) return;
-  found->second.timer->expires_after(delay);
-  found->second.timer->async_wait([this, address](const boost::system::error_code& error) {
-    if (!error) Dial(address);
-  });
+  Dialer& dialer = *found->second;
+  dialer.timer.expires_after(dialer.backoff);
+  dialer.backoff = std::min(dialer.backoff * 2, kMaxBackoff);
+  dialer.timer.async_wait(
+      [self = shared_from_this(), address](const boost::system::error_code& error) {
+        if (!error) self->Dial(address);
+      });
 }
 
-void PeerTransport::Dial(const std::string& address) {
+void PeerTransport::Core::Dial(const std::string& address) {
   auto found = dialers_.find(address);
   if (found == dialers_.end() || stopped_) return;
-  Dialer& dialer = found->second;
-  if (dialer.in_progress || (dialer.node_id != 0 && HasLinkTo(dialer.node_id))) return;
-  auto endpoint = ParseEndpoint(address);
-  if (!endpoint) {
-    spdlog::error("cannot dial peer {}: {}", address, endpoint.error().message);
+  Dialer& dialer = *found->second;
+  if (dialer.attempt_running) return;
+  if (dialer.node_id != 0) {
+    std::lock_guard lock(links_mutex_);
+    if (nodes_.count(dialer.node_id) != 0) return;  // linked; redialled when that link drops
+  }
+  auto split = SplitHostPort(address);
+  if (!split) {
+    spdlog::error("cannot dial peer: {}", split.error().message);
     return;
   }
-  dialer.in_progress = true;
-  auto socket = std::make_shared<Tcp::socket>(io_);
-  socket->async_connect(*endpoint, [this, socket, address](const boost::system::error_code& error) {
-    auto found = dialers_.find(address);
-    if (stopped_ || found == dialers_.end()) return;
-    Dialer& dialer = found->second;
-    if (error) {
-      dialer.in_progress = false;
-      spdlog::debug("dial {} failed: {}; again in {} ms", address, error.message(),
-                    dialer.backoff.count());
-      ScheduleDial(address, dialer.backoff);
-      dialer.backoff = std::min(dialer.backoff * 2, kMaxBackoff);
-      return;
-    }
-    Adopt(std::move(*socket), true, address);
+  dialer.attempt_running = true;
+  // One attempt: resolve, connect (under a deadline), then hand the socket to a PeerLink.
+  struct Attempt {
+    explicit Attempt(const asio::strand<asio::io_context::executor_type>& strand)
+        : resolver(strand), socket(strand), deadline(strand) {}
+    Tcp::resolver resolver;
+    Tcp::socket socket;
+    asio::steady_timer deadline;
+  };
+  auto attempt = std::make_shared<Attempt>(strand_);
+  attempt->deadline.expires_after(kConnectTimeout);
+  attempt->deadline.async_wait([attempt](const boost::system::error_code& error) {
+    if (error) return;
+    boost::system::error_code ignored;
+    attempt->resolver.cancel();
+    attempt->socket.close(ignored);
   });
+  attempt->resolver.async_resolve(
+      split->host, split->port,
+      [self = shared_from_this(), attempt, address](const boost::system::error_code& error,
+                                                    const Tcp::resolver::results_type& results) {
+        if (self->stopped_) return;
+        if (error) {
+          attempt->deadline.cancel();
+          return self->OnDialFailed(address, "cannot resolve: " + error.message());
+        }
+        asio::async_connect(
+            attempt->socket, results,
+            [self, attempt, address](const boost::system::error_code& error, const Tcp::endpoint&) {
+              attempt->deadline.cancel();
+              if (self->stopped_) return;
+              if (error) return self->OnDialFailed(address, error.message());
+              self->Adopt(std::move(attempt->socket), address);
+            });
+      });
 }
 
-void PeerTransport::Adopt(Tcp::socket socket, bool initiated, const std::string& address) {
-  PeerIdentity self{options_.node_name, options_.node_id, options_.advertise, options_.api_address};
+void PeerTransport::Core::OnDialFailed(const std::string& address, const std::string& why) {
+  auto found = dialers_.find(address);
+  if (found == dialers_.end()) return;
+  found->second->attempt_running = false;
+  spdlog::debug("dialling peer {} failed: {}; again in {} ms", address, why,
+                found->second->backoff.count());
+  ScheduleDial(address);
+}
+
+void PeerTransport::Core::Adopt(Tcp::socket socket, const std::string& dialled_address) {
+  PeerLink::Options link_options;
+  link_options.self = {options_.node_name, options_.node_id, options_.advertise,
+                       options_.api_address};
+  link_options.secret = options_.secret;
+  link_options.initiated_by_us = !dialled_address.empty();
+  std::weak_ptr<Core> weak = shared_from_this();
   PeerLink::Callbacks callbacks;
-  callbacks.on_established = [this](const std::shared_ptr<PeerLink>& link) { OnEstablished(link); };
-  callbacks.on_frame = [this](const std::shared_ptr<PeerLink>& link, Frame frame) {
-    if (!link->established()) return;
-    {
-      std::lock_guard lock(links_mutex_);
-      auto found = links_.find(link->peer().node_id);
-      if (found == links_.end() || found->second != link) return;  // superseded link
-    }
-    if (on_frame) on_frame(link->peer().node_id, frame);
+  callbacks.on_established = [weak](PeerLink& link, const PeerIdentity& peer) {
+    if (auto self = weak.lock()) self->OnEstablished(link.shared_from_this(), peer);
   };
-  callbacks.on_closed = [this](const std::shared_ptr<PeerLink>& link, const std::string& reason,
-                               bool refused) { OnClosed(link, reason, refused); };
-  auto link = std::make_shared<PeerLink>(std::move(socket), self, options_.secret, initiated,
-                                         std::move(callbacks));
-  link->dialled_address = address;
-  pending_.insert(link);
+  callbacks.on_frame = [weak](PeerLink& link, Frame frame) {
+    if (auto self = weak.lock()) self->OnLinkFrame(link, std::move(frame));
+  };
+  callbacks.on_closed = [weak](PeerLink& link, const std::string& reason,
+                               PeerLink::CloseKind kind) {
+    if (auto self = weak.lock()) self->OnClosed(link.shared_from_this(), reason, kind);
+  };
+  auto link =
+      std::make_shared<PeerLink>(std::move(socket), std::move(link_options), std::move(callbacks));
+  pending_[link] = dialled_address;
   link->Start();
 }
 
-void PeerTransport::OnEstablished(const std::shared_ptr<PeerLink>& link) {
-  pending_.erase(link);
-  const PeerIdentity& peer = link->peer();
-  if (!link->dialled_address.empty()) {
-    auto dialer = dialers_.find(link->dialled_address);
-    if (dialer != dialers_.end()) {
-      dialer->second.in_progress = false;
-      dialer->second.backoff = std::chrono::milliseconds(1000);
-      dialer->second.node_id = peer.node_id;
+std::pair<std::uint64_t, std::string> PeerTransport::Core::LinkKey(const PeerLink& link,
+                                                                   std::uint64_t self) {
+  if (link.initiated_by_us()) return {self, link.nonce()};
+  return {link.peer().node_id, link.peer_nonce()};
+}
+
+void PeerTransport::Core::OnEstablished(const std::shared_ptr<PeerLink>& link,
+                                        const PeerIdentity& peer) {
+  if (stopped_) return;
+  auto pending = pending_.find(link);
+  const std::string dialled = pending == pending_.end() ? "" : pending->second;
+  if (pending != pending_.end()) pending_.erase(pending);
+  if (!dialled.empty()) {
+    dialled_at_[link] = dialled;
+    if (auto dialer = dialers_.find(dialled); dialer != dialers_.end()) {
+      dialer->second->attempt_running = false;
+      dialer->second->backoff = kFirstBackoff;
+      dialer->second->node_id = peer.node_id;
     }
   }
   std::shared_ptr<PeerLink> loser;
-  bool replaced_existing = false;
+  bool is_new_node = false;
   {
     std::lock_guard lock(links_mutex_);
-    auto existing = links_.find(peer.node_id);
-    if (existing == links_.end()) {
-      links_[peer.node_id] = link;
+    auto [node, inserted] = nodes_.try_emplace(peer.node_id);
+    if (inserted) {
+      node->second.active = link;
+      node->second.identity = peer;
+      is_new_node = down_deferred_.erase(peer.node_id) == 0;
+    } else if (LinkKey(*link, options_.node_id) < LinkKey(*node->second.active, options_.node_id)) {
+      loser = std::exchange(node->second.active, link);
+      node->second.identity = peer;
     } else {
-      // Two links to one node: keep the one dialled by the smaller node id; both sides agree.
-      const std::uint64_t keeper = std::min(options_.node_id, peer.node_id);
-      const bool new_wins = (link->initiated_by_us() ? options_.node_id : peer.node_id) == keeper;
-      const bool old_wins =
-          (existing->second->initiated_by_us() ? options_.node_id : peer.node_id) == keeper;
-      if (new_wins && !old_wins) {
-        loser = existing->second;
-        existing->second = link;
-        replaced_existing = true;
-      } else {
-        loser = link;
-      }
+      loser = link;
     }
   }
   if (loser) {
+    spdlog::debug("two links to peer {}: closing the one from {}", peer.name, loser->remote());
+    dialled_at_.erase(loser);
     loser->Close("duplicate link to " + peer.name);
-    if (replaced_existing) return;  // already reported up through the old link
     return;
   }
-  if (on_peer_up) on_peer_up(peer);
+  if (is_new_node && owner_ && owner_->on_peer_up) owner_->on_peer_up(peer);
 }
 
-void PeerTransport::OnClosed(const std::shared_ptr<PeerLink>& link, const std::string& reason,
-                             bool refused) {
-  pending_.erase(link);
-  if (stopped_) return;
-  const PeerIdentity& peer = link->peer();
-  if (refused) {
-    spdlog::warn("refused peer {} from {}: {}", peer.name.empty() ? "?" : peer.name,
-                 link->remote(), reason);
-    if (on_refused) on_refused(link->remote(), reason);
+void PeerTransport::Core::OnLinkFrame(PeerLink& link, Frame frame) {
+  if (stopped_ || !owner_ || !owner_->on_frame) return;
+  // Frames from a duplicate that is being dropped still count: the node is up and the peer may
+  // have sent them before it learnt which link is kept.
+  owner_->on_frame(link.peer().node_id, frame);
+}
+
+bool PeerTransport::Core::AnotherLinkAuthenticating(std::uint64_t node_id) const {
+  for (const auto& [link, dialled] : pending_) {
+    if (link->peer().node_id == node_id) return true;  // its Hello named that node
   }
+  return false;
+}
+
+void PeerTransport::Core::OnClosed(const std::shared_ptr<PeerLink>& link, const std::string& reason,
+                                   PeerLink::CloseKind kind) {
+  if (stopped_) return;
+  const PeerIdentity peer = link->peer();
+  std::string dialled;
+  bool was_established = false;
+  if (auto pending = pending_.find(link); pending != pending_.end()) {
+    dialled = pending->second;
+    pending_.erase(pending);
+  } else if (auto found = dialled_at_.find(link); found != dialled_at_.end()) {
+    dialled = found->second;
+    dialled_at_.erase(found);
+    was_established = true;
+  } else {
+    was_established = true;
+  }
+
+  if (kind == PeerLink::CloseKind::kRefusedByUs) {
+    spdlog::warn("refused peer {} from {}: {}", NameOr(peer), link->remote(), reason);
+  } else if (kind == PeerLink::CloseKind::kRefusedByPeer) {
+    spdlog::warn("peer {} at {} refused us: {}", NameOr(peer), link->remote(), reason);
+  }
+  if (kind != PeerLink::CloseKind::kClosed && owner_ && owner_->on_refused) {
+    owner_->on_refused(link->remote(), reason);
+  }
+
+  if (!was_established) {
+    if (auto dialer = dialers_.find(dialled); !dialled.empty() && dialer != dialers_.end()) {
+      dialer->second->attempt_running = false;
+      ScheduleDial(dialled);
+    }
+    // A kept link closed earlier while this one was authenticating: now the node is down.
+    if (peer.node_id != 0 && !AnotherLinkAuthenticating(peer.node_id)) {
+      if (auto deferred = down_deferred_.find(peer.node_id); deferred != down_deferred_.end()) {
+        const std::string down_reason = deferred->second;
+        down_deferred_.erase(deferred);
+        RedialNode(peer.node_id);
+        if (owner_ && owner_->on_peer_down) owner_->on_peer_down(peer.node_id, down_reason);
+      }
+    }
+    return;
+  }
+
   bool was_active = false;
-  if (link->established()) {
+  {
     std::lock_guard lock(links_mutex_);
-    auto found = links_.find(peer.node_id);
-    if (found != links_.end() && found->second == link) {
-      links_.erase(found);
+    auto node = nodes_.find(peer.node_id);
+    if (node != nodes_.end() && node->second.active == link) {
+      nodes_.erase(node);
       was_active = true;
     }
   }
-  if (!link->dialled_address.empty()) {
-    auto dialer = dialers_.find(link->dialled_address);
-    if (dialer != dialers_.end()) {
-      dialer->second.in_progress = false;
-      if (!link->established()) {
-        ScheduleDial(link->dialled_address, dialer->second.backoff);
-        dialer->second.backoff = std::min(dialer->second.backoff * 2, kMaxBackoff);
-      }
-    }
+  if (!was_active) return;  // a duplicate we or the peer dropped: the node is still up
+  if (AnotherLinkAuthenticating(peer.node_id)) {
+    spdlog::debug("link to peer {} closed ({}); another is authenticating", peer.name, reason);
+    down_deferred_[peer.node_id] = reason;
+    return;
   }
-  if (was_active) {
-    if (on_peer_down) on_peer_down(peer.node_id, reason);
-    // Redial every address that led to this node.
-    for (auto& [address, dialer] : dialers_) {
-      if (dialer.node_id == peer.node_id) ScheduleDial(address, std::chrono::milliseconds(1000));
-    }
+  RedialNode(peer.node_id);
+  if (owner_ && owner_->on_peer_down) owner_->on_peer_down(peer.node_id, reason);
+}
+
+void PeerTransport::Core::RedialNode(std::uint64_t node_id) {
+  for (auto& [address, dialer] : dialers_) {
+    if (dialer->node_id == node_id && !dialer->attempt_running) ScheduleDial(address);
   }
 }
 
-bool PeerTransport::HasLinkTo(std::uint64_t node_id) const {
-  std::lock_guard lock(links_mutex_);
-  return links_.count(node_id) != 0;
-}
-
-bool PeerTransport::Send(std::uint64_t node_id, FrameType type, std::string payload) {
+bool PeerTransport::Core::Send(std::uint64_t node_id, FrameType type, std::string payload) {
+  if (payload.size() > kDefaultMaxPayload) {
+    spdlog::error("not sending a {} frame of {} bytes to {}: over the frame limit of {}",
+                  FrameTypeName(type), payload.size(), NodeIdToHex(node_id), kDefaultMaxPayload);
+    return false;
+  }
   std::shared_ptr<PeerLink> link;
   {
     std::lock_guard lock(links_mutex_);
-    auto found = links_.find(node_id);
-    if (found == links_.end()) return false;
-    link = found->second;
+    auto found = nodes_.find(node_id);
+    if (found == nodes_.end()) return false;
+    link = found->second.active;
   }
   link->Send(type, std::move(payload));
   return true;
 }
 
-std::vector<PeerIdentity> PeerTransport::Peers() const {
+std::vector<PeerIdentity> PeerTransport::Core::Peers() const {
   std::lock_guard lock(links_mutex_);
   std::vector<PeerIdentity> peers;
-  for (const auto& [id, link] : links_) peers.push_back(link->peer());
+  peers.reserve(nodes_.size());
+  for (const auto& [id, node] : nodes_) peers.push_back(node.identity);
   return peers;
 }
+
+PeerTransport::PeerTransport(asio::io_context& io, Options options)
+    : core_(std::make_shared<Core>(io, std::move(options), this)) {}
+
+PeerTransport::~PeerTransport() { Stop(); }
+
+Expected<void> PeerTransport::Start() { return core_->Start(); }
+
+void PeerTransport::ConnectTo(std::string host_port) {
+  asio::post(core_->strand(),
+             [core = core_, host_port = std::move(host_port)] { core->ConnectTo(host_port); });
+}
+
+void PeerTransport::Forget(std::string host_port) {
+  asio::post(core_->strand(),
+             [core = core_, host_port = std::move(host_port)] { core->Forget(host_port); });
+}
+
+bool PeerTransport::Send(std::uint64_t node_id, FrameType type, std::string payload) {
+  return core_->Send(node_id, type, std::move(payload));
+}
+
+std::vector<PeerIdentity> PeerTransport::Peers() const { return core_->Peers(); }
+
+std::uint16_t PeerTransport::ListenPort() const { return core_->listen_port(); }
+
+void PeerTransport::Stop() { core_->Stop(); }
 
 }  // namespace tern::ipc

@@ -1,16 +1,30 @@
 #include <gtest/gtest.h>
 
-#include "tern/ipc/frame.hpp"
+#include <tern/ipc/frame.hpp>
 
 namespace tern::ipc {
 namespace {
 
-TEST(FrameTest, RoundTripInOneFeed) {
+TEST(FrameTest, RoundTrip) {
+  FrameDecoder decoder;
+  const std::string payload("\0bin\xff", 5);
+  ASSERT_TRUE(decoder.Feed(EncodeFrame(FrameType::kApiRequest, payload)));
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame);
+  EXPECT_EQ(frame->type, FrameType::kApiRequest);
+  EXPECT_EQ(frame->payload, payload);
+  EXPECT_FALSE(decoder.Next());
+  EXPECT_EQ(decoder.buffered(), 0u);
+}
+
+TEST(FrameTest, SeveralFramesInOneFeed) {
   FrameDecoder decoder;
   std::string wire = EncodeFrame(FrameType::kHeartbeat, "hello");
   AppendFrame(wire, FrameType::kApiRequest, std::string("\0bin\xff", 5));
   AppendFrame(wire, FrameType::kApiResponse, "");
-  ASSERT_TRUE(decoder.Feed(wire));
+  AppendFrame(wire, FrameType::kHeartbeat, "tail");
+  // Feed everything but the last byte: three frames are complete, the fourth is not.
+  ASSERT_TRUE(decoder.Feed(std::string_view(wire).substr(0, wire.size() - 1)));
   auto first = decoder.Next();
   ASSERT_TRUE(first);
   EXPECT_EQ(first->type, FrameType::kHeartbeat);
@@ -23,35 +37,75 @@ TEST(FrameTest, RoundTripInOneFeed) {
   EXPECT_EQ(third->type, FrameType::kApiResponse);
   EXPECT_TRUE(third->payload.empty());
   EXPECT_FALSE(decoder.Next());
+  ASSERT_TRUE(decoder.Feed(std::string_view(wire).substr(wire.size() - 1)));
+  auto fourth = decoder.Next();
+  ASSERT_TRUE(fourth);
+  EXPECT_EQ(fourth->payload, "tail");
 }
 
 TEST(FrameTest, ByteByByteFeeding) {
   FrameDecoder decoder;
-  const std::string wire = EncodeFrame(FrameType::kHello, std::string(1000, 'x'));
-  for (size_t i = 0; i < wire.size(); ++i) {
-    ASSERT_TRUE(decoder.Feed(wire.substr(i, 1)));
-    if (i + 1 < wire.size()) {
-      EXPECT_FALSE(decoder.Next());
-    }
+  std::string wire = EncodeFrame(FrameType::kHello, std::string(1000, 'x'));
+  AppendFrame(wire, FrameType::kHeartbeat, "second");
+  std::vector<Frame> frames;
+  for (char byte : wire) {
+    ASSERT_TRUE(decoder.Feed(std::string_view(&byte, 1)));
+    while (auto frame = decoder.Next()) frames.push_back(std::move(*frame));
   }
-  auto frame = decoder.Next();
-  ASSERT_TRUE(frame);
-  EXPECT_EQ(frame->payload.size(), 1000u);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[0].type, FrameType::kHello);
+  EXPECT_EQ(frames[0].payload, std::string(1000, 'x'));
+  EXPECT_EQ(frames[1].payload, "second");
 }
 
 TEST(FrameTest, HeaderIsBigEndianLengthThenType) {
   const std::string wire = EncodeFrame(FrameType::kApiRequest, "abc");
   ASSERT_EQ(wire.size(), kFrameHeaderSize + 3);
   EXPECT_EQ(wire.substr(0, 6), std::string("\0\0\0\x03\0\x0b", 6));
+  const std::string big = EncodeFrame(FrameType::kHeartbeat, std::string(0x010203, 'z'));
+  EXPECT_EQ(big.substr(0, 6), std::string("\0\x01\x02\x03\0\x0a", 6));
 }
 
-TEST(FrameTest, OversizeLengthIsMalformedAndNeverAllocated) {
+TEST(FrameTest, UnknownTypeIsDeliveredNotAnError) {
+  FrameDecoder decoder;
+  ASSERT_TRUE(decoder.Feed(EncodeFrame(static_cast<FrameType>(0xBEEF), "x")));
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame);
+  EXPECT_EQ(static_cast<std::uint16_t>(frame->type), 0xBEEF);
+  EXPECT_EQ(FrameTypeName(frame->type), "Unknown");
+  EXPECT_EQ(FrameTypeName(FrameType::kAuthProof), "AuthProof");
+}
+
+TEST(FrameTest, PayloadAtTheLimitIsAccepted) {
+  FrameDecoder decoder(8);
+  ASSERT_TRUE(decoder.Feed(EncodeFrame(FrameType::kHeartbeat, "12345678")));
+  ASSERT_TRUE(decoder.Next());
+}
+
+TEST(FrameTest, OversizeLengthIsMalformedAndNeverBuffered) {
   FrameDecoder decoder(1024);
+  ASSERT_TRUE(decoder.Feed(EncodeFrame(FrameType::kHeartbeat, "ok")));
   const std::string header("\x7f\xff\xff\xff\0\x01", 6);
   auto fed = decoder.Feed(header);
   ASSERT_FALSE(fed);
-  EXPECT_NE(fed.error().message.find("exceeds the limit"), std::string::npos);
-  EXPECT_FALSE(decoder.Feed("more"));  // stays broken
+  EXPECT_NE(fed.error().message.find("malformed frame"), std::string::npos) << fed.error().message;
+  EXPECT_NE(fed.error().message.find("over the limit of 1024"), std::string::npos);
+  EXPECT_EQ(decoder.buffered(), 0u);
+  auto again = decoder.Feed("more");  // stays broken, with the same reason
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().message, fed.error().message);
+  // Frames completed before the bad header are still handed out.
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame);
+  EXPECT_EQ(frame->payload, "ok");
+}
+
+TEST(FrameTest, LimitCanBeRaised) {
+  FrameDecoder decoder(4);
+  decoder.set_max_payload(100);
+  ASSERT_TRUE(decoder.Feed(EncodeFrame(FrameType::kHeartbeat, std::string(100, 'a'))));
+  EXPECT_TRUE(decoder.Next());
+  EXPECT_EQ(decoder.max_payload(), 100u);
 }
 
 }  // namespace

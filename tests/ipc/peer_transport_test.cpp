@@ -1,3 +1,5 @@
+#include "tern/ipc/peer_transport.hpp"
+
 #include <gtest/gtest.h>
 
 #include <boost/asio/io_context.hpp>
@@ -6,8 +8,6 @@
 #include <future>
 #include <mutex>
 #include <thread>
-
-#include "tern/ipc/peer_transport.hpp"
 
 namespace tern::ipc {
 namespace {

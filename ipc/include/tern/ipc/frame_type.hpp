@@ -22,6 +22,8 @@ enum class FrameType : std::uint16_t {
   kApiResponse = 12,  // [u32 json length][json {"id","status","headers":{...}}][body]
 };
 
+// A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number
+// this build does not know (an unknown type is not an error: newer peers may send it).
 std::string_view FrameTypeName(FrameType type);
 
 }  // namespace tern::ipc

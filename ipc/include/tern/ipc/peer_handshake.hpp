@@ -1,57 +1,80 @@
-// PeerHandshake: mutual authentication of two agents that share a cluster secret, as a
-// sans-I/O state machine (events: the peer's frames; actions: frames to send and an outcome).
+// PeerHandshake: mutual authentication of two agents that share a cluster secret, as a sans-I/O
+// state machine. Events are the peer's frames (OnFrame); actions are frames to send and, at the
+// end, one outcome: established (with the peer's identity) or refused (with a reason).
 //
-//   kAwaitHello ──Hello──► kAwaitProof ──AuthProof ok──► kAwaitAccepted ──AuthAccepted──► kEstablished
-//        │                      │ proof wrong: send AuthRefused                │
-//        └──────────────────────┴──── AuthRefused / malformed / unexpected ────┴────► kRefused
+//   Start(): send Hello
+//   kAwaitHello ──Hello ok: send AuthProof──► kAwaitProof
+//   kAwaitProof ──AuthProof verifies: send AuthAccepted──► kAwaitAccepted
+//   kAwaitAccepted ──AuthAccepted──► kEstablished            (outcome kEstablished)
+//   any wait state ──bad proof / malformed / unexpected frame: send AuthRefused──► kRefused
+//   any wait state ──AuthRefused from the peer──► kRefused   (refused_by_peer = true)
 //
-// Both sides send Hello {node, node_id, address, api_address, nonce}, then AuthProof =
-// HMAC-SHA256(secret, "tern-auth-v1|" + sender_id + "|" + receiver_id + "|" + sender_nonce +
-// "|" + receiver_nonce), checked in constant time. The secret never crosses the wire; a replayed
-// proof fails because the receiver's nonce is fresh. A peer claiming our own node id is refused.
+// Hello is {"node","node_id" (16 hex digits),"address","api_address","nonce" (32 random bytes
+// as 64 hex digits)}. AuthProof is {"proof": hex HMAC-SHA256(secret, "tern-auth-v1|" + sender_id
+// + "|" + receiver_id + "|" + sender_nonce + "|" + receiver_nonce)}, ids as 16 lowercase hex
+// digits. The peer's proof is compared in constant time (CRYPTO_memcmp). The secret never
+// crosses the wire; a replayed proof fails because our nonce is fresh. A peer that claims our
+// own node id, or sends a malformed or oversized payload, is refused.
 //
 // Thread-safety: not thread-safe; one PeerLink drives one instance.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <tern/ipc/frame.hpp>
 #include <vector>
 
-#include "tern/ipc/frame.hpp"
-
 namespace tern::ipc {
+
+// Handshake frames are small JSON objects; anything larger is refused unparsed.
+inline constexpr std::size_t kMaxHandshakePayload = 4096;
 
 struct PeerIdentity {
   std::string name;
   std::uint64_t node_id = 0;
-  std::string address;      // peer transport host:port it advertises
-  std::string api_address;  // its TCP API
-};
-
-struct HandshakeStep {
-  std::vector<Frame> send;
-  bool established = false;
-  bool refused = false;
-  std::string reason;  // why refused
+  std::string address;      // host:port of its peer listener, as it advertises it
+  std::string api_address;  // host:port of its TCP API
 };
 
 class PeerHandshake {
  public:
   enum class State { kAwaitHello, kAwaitProof, kAwaitAccepted, kEstablished, kRefused };
+  enum class Outcome { kPending, kEstablished, kRefused };
 
-  // `nonce` is injectable for tests; empty means 32 fresh random bytes.
-  PeerHandshake(PeerIdentity self, std::string secret, std::string nonce = "");
+  // What the driver must do after an event: send `send` in order, then act on `outcome`.
+  struct Actions {
+    std::vector<Frame> send;
+    Outcome outcome = Outcome::kPending;
+    PeerIdentity peer;             // kEstablished: who the peer is
+    std::string reason;            // kRefused: one line for the operator
+    bool refused_by_peer = false;  // kRefused: the peer refused us (we did not refuse it)
+  };
 
-  HandshakeStep Start();
-  HandshakeStep OnFrame(const Frame& frame);
+  // `nonce_hex` is injectable for tests (64 hex digits); empty means 32 fresh random bytes.
+  PeerHandshake(PeerIdentity self, std::string secret, std::string nonce_hex = "");
+
+  // The first event: yields our Hello. Call once, before OnFrame.
+  Actions Start();
+  // One frame from the peer. After kEstablished or kRefused every frame is refused (without
+  // sending anything): the handshake is over and its driver should not feed it any more.
+  Actions OnFrame(const Frame& frame);
 
   State state() const { return state_; }
+  // The peer's identity, as far as its Hello told us (empty before it).
   const PeerIdentity& peer() const { return peer_; }
+  const std::string& nonce() const { return nonce_; }
+  const std::string& peer_nonce() const { return peer_nonce_; }
 
  private:
-  HandshakeStep Refuse(std::string reason, bool tell_peer);
-  std::string Proof(std::uint64_t sender, std::uint64_t receiver, const std::string& sender_nonce,
-                    const std::string& receiver_nonce) const;
+  Actions OnHello(const Frame& frame);
+  Actions OnProof(const Frame& frame);
+  Actions OnAccepted(const Frame& frame);
+  Actions Refuse(std::string reason);
+  std::string Proof(std::uint64_t sender, std::uint64_t receiver, std::string_view sender_nonce,
+                    std::string_view receiver_nonce) const;
 
   PeerIdentity self_;
   std::string secret_;
@@ -59,8 +82,14 @@ class PeerHandshake {
   PeerIdentity peer_;
   std::string peer_nonce_;
   State state_ = State::kAwaitHello;
+  bool started_ = false;
 };
 
+std::string_view HandshakeStateName(PeerHandshake::State state);
+
+// 16 lowercase hex digits, as node ids travel on the wire and in the API.
 std::string NodeIdToHex(std::uint64_t id);
+// Exactly 16 hex digits (either case); nullopt otherwise.
+std::optional<std::uint64_t> ParseNodeIdHex(std::string_view text);
 
 }  // namespace tern::ipc

@@ -1,74 +1,117 @@
-// PeerLink: one authenticated TCP connection to another agent.
+// PeerLink: one authenticated TCP connection to another agent (the Asio driver of one
+// PeerHandshake and one FrameDecoder).
 //
-// It sets TCP_NODELAY, runs the PeerHandshake (5 s deadline), and then delivers frames in
-// order. Send() may be called from any thread: frames are queued, and everything queued while
-// a write is in flight goes out in the next single write (batching). The queue is bounded
-// (64 MiB): overflowing it closes the link with that reason — nothing is dropped silently.
-// A malformed frame, a failed handshake, or a socket error closes the link; the owner hears
-// of it once, through on_closed, with the reason.
+// Lifecycle: construct with a connected socket, Start(). The link sets TCP_NODELAY, sends our
+// Hello and runs the handshake under a deadline (5 s by default). Once established it reports
+// on_established(peer) and then delivers every frame, in order, to on_frame. Frames handed to
+// Send() before that are held and go out right after the handshake.
 //
-// Thread-safety: Send() and Close() from any thread; all callbacks and everything else run on
-// the io_context's thread (the agent runs its io_context on one thread).
+// Writes are batched: frames queued while a write is in flight are coalesced into the next
+// single async_write. The outgoing queue is bounded (64 MiB by default): overflowing it closes
+// the link with that reason, logged — a frame is never dropped silently.
+//
+// Closing: a socket error, EOF, a malformed frame (length over the limit), a failed handshake
+// or Close() closes the link. on_closed(reason, kind) is then called exactly once, and no
+// callback after it. A refusal we decide is sent to the peer (AuthRefused) before the socket
+// closes, best effort within a short linger. Close() is idempotent.
+//
+// Thread-safety: Send() and Close() may be called from any thread: they post to the link's
+// executor. Everything else (Start, the accessors) and every callback runs on that executor,
+// which must be a strand or an io_context run by one thread. PeerTransport gives all its links
+// one strand shared with its own state. A PeerLink is always owned by a std::shared_ptr; its
+// pending operations keep it alive until they complete.
 #pragma once
 
-#include <boost/asio/io_context.hpp>
+#include <array>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
-
-#include "tern/ipc/frame.hpp"
-#include "tern/ipc/peer_handshake.hpp"
+#include <tern/ipc/frame.hpp>
+#include <tern/ipc/peer_handshake.hpp>
 
 namespace tern::ipc {
 
 class PeerLink : public std::enable_shared_from_this<PeerLink> {
  public:
-  struct Callbacks {
-    std::function<void(const std::shared_ptr<PeerLink>&)> on_established;
-    std::function<void(const std::shared_ptr<PeerLink>&, Frame)> on_frame;
-    // `refused`: the handshake failed (bad secret, protocol violation), as opposed to a
-    // connection that broke.
-    std::function<void(const std::shared_ptr<PeerLink>&, const std::string& reason, bool refused)>
-        on_closed;
+  enum class State { kHandshaking, kEstablished, kClosed };
+  // Why a link closed, as far as the owner cares.
+  enum class CloseKind {
+    kClosed,         // an established link ended, or the connection broke during the handshake
+    kRefusedByUs,    // our handshake refused the peer (bad secret, malformed, timeout, ...)
+    kRefusedByPeer,  // the peer sent AuthRefused
   };
 
-  static constexpr std::size_t kMaxQueuedBytes = 64 * 1024 * 1024;
+  struct Options {
+    PeerIdentity self;
+    std::string secret;
+    bool initiated_by_us = false;
+    std::chrono::milliseconds handshake_timeout{5000};
+    std::size_t max_queued_bytes = 64 * 1024 * 1024;
+    std::size_t max_payload = kDefaultMaxPayload;
+  };
 
-  PeerLink(boost::asio::ip::tcp::socket socket, PeerIdentity self, std::string secret,
-           bool initiated_by_us, Callbacks callbacks);
+  struct Callbacks {
+    std::function<void(PeerLink&, const PeerIdentity&)> on_established;
+    std::function<void(PeerLink&, Frame)> on_frame;
+    std::function<void(PeerLink&, const std::string& reason, CloseKind kind)> on_closed;
+  };
 
+  PeerLink(boost::asio::ip::tcp::socket socket, Options options, Callbacks callbacks);
+  PeerLink(const PeerLink&) = delete;
+  PeerLink& operator=(const PeerLink&) = delete;
+
+  // Starts the handshake and the read loop. Call once, on the link's executor.
   void Start();
+  // Queues one frame (any thread). Closes the link if the queue would exceed its bound or the
+  // payload exceeds max_payload.
   void Send(FrameType type, std::string payload);
-  void Close(const std::string& reason);
+  // Closes the link (any thread); on_closed reports `reason` unless it was already closed.
+  void Close(std::string reason);
 
-  bool established() const { return established_; }
-  bool initiated_by_us() const { return initiated_by_us_; }
+  // On the link's executor only:
+  State state() const { return state_; }
+  bool established() const { return state_ == State::kEstablished; }
+  bool initiated_by_us() const { return options_.initiated_by_us; }
+  // The peer's identity as its Hello told it (complete once established).
   const PeerIdentity& peer() const { return handshake_.peer(); }
+  // Nonces of this session: together with who dialled, they name the link on both sides.
+  const std::string& nonce() const { return handshake_.nonce(); }
+  const std::string& peer_nonce() const { return handshake_.peer_nonce(); }
+  // "ip:port" of the other end, fixed at construction.
   const std::string& remote() const { return remote_; }
-  // Set by the transport for links it dialled: the address it dialled.
-  std::string dialled_address;
+  const boost::asio::ip::tcp::socket::executor_type& executor() { return executor_; }
 
  private:
-  void ReadMore();
-  void OnBytes(std::size_t size);
-  void Enqueue(const Frame& frame);
-  void WriteMore();
-  void CloseNow(const std::string& reason, bool refused);
+  void DoRead();
+  void OnRead(const boost::system::error_code& error, std::size_t size);
+  void OnHandshakeFrame(const Frame& frame);
+  void Enqueue(FrameType type, std::string_view payload);
+  void DoWrite();
+  void OnWrite(const boost::system::error_code& error);
+  void CloseNow(const std::string& reason, CloseKind kind, bool flush);
+  void FinishClose();
 
+  boost::asio::ip::tcp::socket::executor_type executor_;
   boost::asio::ip::tcp::socket socket_;
-  boost::asio::steady_timer handshake_timer_;
-  PeerHandshake handshake_;
-  bool initiated_by_us_;
+  boost::asio::steady_timer timer_;  // handshake deadline, then the close linger
+  Options options_;
   Callbacks callbacks_;
-  std::string remote_;
+  PeerHandshake handshake_;
   FrameDecoder decoder_;
+  std::string remote_;
+  State state_ = State::kHandshaking;
   std::array<char, 64 * 1024> read_buffer_{};
-  std::string queued_;
-  std::string writing_;
-  bool established_ = false;
-  bool closed_ = false;
+  std::string held_;     // application frames sent before the handshake ended
+  std::string queued_;   // encoded frames waiting for the next write
+  std::string writing_;  // the buffer of the write in flight
+  bool write_in_flight_ = false;
+  bool lingering_ = false;  // closed; flushing the last frames before closing the socket
 };
+
+std::string_view CloseKindName(PeerLink::CloseKind kind);
 
 }  // namespace tern::ipc

@@ -1,33 +1,42 @@
 // PeerTransport: this agent's links to every other agent — one persistent, authenticated TCP
-// connection per pair (DESIGN.md "Wire formats").
+// connection per node pair (DESIGN.md "Wire formats"), built from PeerLinks.
 //
 // Contract:
-//  - Start() listens; ConnectTo(address) dials it and keeps redialling (1 s, doubling to 5 s)
-//    until a link to that node exists, and again whenever that link is lost, until Forget().
-//  - When both agents dial each other at once, the link dialled by the smaller node id is
-//    kept; the other closes quietly (no on_peer_down).
-//  - on_peer_up / on_peer_down / on_frame concern the one kept link of each node. A refused
-//    handshake is logged as "refused peer NAME from ADDR: REASON" and reported to on_refused.
-//  - Send() returns false when there is no link to that node.
+//  - Start() listens on Options::listen. ConnectTo("host:port") dials that address (host may be
+//    a name or an IP; "[v6]:port" works) and keeps redialling with backoff (1 s, doubling, at
+//    most 5 s) until a link to the node there is established, and again whenever that link is
+//    lost, until Forget(host_port). Forget stops redialling; it does not close a live link.
+//  - Exactly one link per node pair. When two links to one node get established (both agents
+//    dialled at once), both sides keep the same one: the link dialled by the smaller node id
+//    (ties: the smaller dialler's nonce). The other is closed without on_peer_down. If the kept
+//    link of a node closes while another link to the same node is still authenticating, the
+//    node stays up until that handshake ends: a dropped duplicate never shows as down then up.
+//  - on_peer_up(peer) once when a node gets its first link; on_peer_down(node_id, reason) once
+//    when its last link is gone; on_frame(node_id, frame) for each frame from it, in order.
+//  - Every refused handshake is logged (spdlog::warn "refused peer NAME from ADDR: REASON" on
+//    the side that refuses, "peer NAME at ADDR refused us: REASON" on the other) and reported
+//    to on_refused(remote "ip:port", reason). Redialling continues (the secret may be fixed).
+//  - Send() queues one frame on the node's link; it returns false when there is no link to
+//    that node, or when the payload exceeds the frame limit (16 MiB; logged). A frame handed
+//    to a link that then breaks is lost with it: callers that need delivery acknowledge it.
 //
-// Thread-safety: Send() from any thread; everything else, and every callback, on the
-// io_context's thread (run by one thread).
+// Threading: the agent runs one io_context thread for all networking. Send() and Peers() may
+// be called from any thread; ConnectTo() and Forget() too (they post to the transport's
+// strand). Start(), Stop() and the destructor must run on the io_context thread or while it is
+// not running. Every callback is invoked on the io_context thread, inside the transport's
+// strand, which all its links share. Callbacks may call any method, including Stop(). After
+// Stop() (and so after destruction) no callback is invoked. Assign the callbacks before Start.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <set>
 #include <string>
-#include <vector>
-
 #include <tern/expected.hpp>
-#include "tern/ipc/peer_link.hpp"
+#include <tern/ipc/frame.hpp>
+#include <tern/ipc/peer_handshake.hpp>
+#include <vector>
 
 namespace tern::ipc {
 
@@ -37,51 +46,36 @@ class PeerTransport {
     std::string node_name;
     std::uint64_t node_id = 0;
     std::string secret;
-    std::string listen;     // "0.0.0.0:7071"
-    std::string advertise;  // "10.0.0.1:7071"
-    std::string api_address;
+    std::string listen;       // "0.0.0.0:7071"; port 0 picks an ephemeral port (ListenPort())
+    std::string advertise;    // "10.0.0.1:7071": how other agents reach our listener
+    std::string api_address;  // "10.0.0.1:7070": our TCP API, told to peers in Hello
   };
 
-  std::function<void(const PeerIdentity&)> on_peer_up;
+  std::function<void(const PeerIdentity& peer)> on_peer_up;
   std::function<void(std::uint64_t node_id, const std::string& reason)> on_peer_down;
-  std::function<void(std::uint64_t node_id, const Frame&)> on_frame;
+  std::function<void(std::uint64_t node_id, const Frame& frame)> on_frame;
   std::function<void(const std::string& remote, const std::string& reason)> on_refused;
 
   PeerTransport(boost::asio::io_context& io, Options options);
-  ~PeerTransport();
+  ~PeerTransport();  // Stop()
+  PeerTransport(const PeerTransport&) = delete;
+  PeerTransport& operator=(const PeerTransport&) = delete;
 
+  // Binds and listens; fails with a readable message (bad address, port in use).
   Expected<void> Start();
-  void ConnectTo(const std::string& address);
-  void Forget(const std::string& address);
+  void ConnectTo(std::string host_port);
+  void Forget(std::string host_port);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  // The nodes with a link now.
   std::vector<PeerIdentity> Peers() const;
+  // The port actually listened on (after Start), e.g. when Options::listen asked for port 0.
   std::uint16_t ListenPort() const;
+  // Closes the listener and every link, stops redialling. Idempotent.
   void Stop();
 
  private:
-  struct Dialer {
-    std::unique_ptr<boost::asio::steady_timer> timer;
-    std::chrono::milliseconds backoff{1000};
-    bool in_progress = false;
-    std::uint64_t node_id = 0;  // learned once a link through it was established
-  };
-
-  void Accept();
-  void Dial(const std::string& address);
-  void ScheduleDial(const std::string& address, std::chrono::milliseconds delay);
-  void Adopt(boost::asio::ip::tcp::socket socket, bool initiated, const std::string& address);
-  void OnEstablished(const std::shared_ptr<PeerLink>& link);
-  void OnClosed(const std::shared_ptr<PeerLink>& link, const std::string& reason, bool refused);
-  bool HasLinkTo(std::uint64_t node_id) const;
-
-  boost::asio::io_context& io_;
-  Options options_;
-  boost::asio::ip::tcp::acceptor acceptor_;
-  std::map<std::string, Dialer> dialers_;
-  std::set<std::shared_ptr<PeerLink>> pending_;  // handshaking
-  mutable std::mutex links_mutex_;               // guards links_ for Send() from other threads
-  std::map<std::uint64_t, std::shared_ptr<PeerLink>> links_;
-  bool stopped_ = false;
+  class Core;
+  std::shared_ptr<Core> core_;
 };
 
 }  // namespace tern::ipc

@@ -1,0 +1,25 @@
+#include "tern/ipc/frame_type.hpp"
+
+namespace tern::ipc {
+
+std::string_view FrameTypeName(FrameType type) {
+  switch (type) {
+    case FrameType::kHello:
+      return "Hello";
+    case FrameType::kAuthProof:
+      return "AuthProof";
+    case FrameType::kAuthAccepted:
+      return "AuthAccepted";
+    case FrameType::kAuthRefused:
+      return "AuthRefused";
+    case FrameType::kHeartbeat:
+      return "Heartbeat";
+    case FrameType::kApiRequest:
+      return "ApiRequest";
+    case FrameType::kApiResponse:
+      return "ApiResponse";
+  }
+  return "Unknown";
+}
+
+}  // namespace tern::ipc
