@@ -68,6 +68,16 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
   void Forget(const std::string& address);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
   std::vector<PeerIdentity> Peers() const;
+  Stats stats() const {
+    Stats stats;
+    stats.links_authenticating = pending_.size();
+    for (const auto& [address, dialer] : dialers_) {
+      if (dialer->attempt_running || dialer->scheduled) ++stats.dials_pending;
+    }
+    std::lock_guard lock(links_mutex_);
+    stats.links_established = nodes_.size();
+    return stats;
+  }
   std::uint16_t listen_port() const { return listen_port_; }
   const asio::strand<asio::io_context::executor_type>& strand() const { return strand_; }
 
@@ -78,6 +88,7 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
     asio::steady_timer timer;  // the next attempt
     milliseconds backoff = kFirstBackoff;
     bool attempt_running = false;  // resolving, connecting or authenticating
+    bool scheduled = false;        // the timer will start the next attempt
     std::uint64_t node_id = 0;     // the node there, once a link through it was established
   };
   // A link that is established (`active` is the one kept for its node).
@@ -227,9 +238,14 @@ void PeerTransport::Core::ScheduleDial(const std::string& address) {
   Dialer& dialer = *found->second;
   dialer.timer.expires_after(dialer.backoff);
   dialer.backoff = std::min(dialer.backoff * 2, kMaxBackoff);
+  dialer.scheduled = true;
   dialer.timer.async_wait(
       [self = shared_from_this(), address](const boost::system::error_code& error) {
-        if (!error) self->Dial(address);
+        if (error) return;
+        if (auto found = self->dialers_.find(address); found != self->dialers_.end()) {
+          found->second->scheduled = false;
+        }
+        self->Dial(address);
       });
 }
 
@@ -405,7 +421,18 @@ void PeerTransport::Core::OnClosed(const std::shared_ptr<PeerLink>& link, const 
   if (!was_established) {
     if (auto dialer = dialers_.find(dialled); !dialled.empty() && dialer != dialers_.end()) {
       dialer->second->attempt_running = false;
-      ScheduleDial(dialled);
+      bool linked = false;
+      if (peer.node_id != 0) {
+        // Its Hello named a node we are linked to (the peer dropped this duplicate while we
+        // were still authenticating it): nothing to redial until that link drops.
+        std::lock_guard lock(links_mutex_);
+        linked = nodes_.count(peer.node_id) != 0;
+      }
+      if (linked) {
+        dialer->second->node_id = peer.node_id;
+      } else {
+        ScheduleDial(dialled);
+      }
     }
     // A kept link closed earlier while this one was authenticating: now the node is down.
     if (peer.node_id != 0 && !AnotherLinkAuthenticating(peer.node_id)) {
@@ -493,6 +520,8 @@ bool PeerTransport::Send(std::uint64_t node_id, FrameType type, std::string payl
 std::vector<PeerIdentity> PeerTransport::Peers() const { return core_->Peers(); }
 
 std::uint16_t PeerTransport::ListenPort() const { return core_->listen_port(); }
+
+PeerTransport::Stats PeerTransport::GetStats() const { return core_->stats(); }
 
 void PeerTransport::Stop() { core_->Stop(); }
 

@@ -70,6 +70,13 @@ class PeerTransport {
   std::vector<PeerIdentity> Peers() const;
   // The port actually listened on (after Start), e.g. when Options::listen asked for port 0.
   std::uint16_t ListenPort() const;
+  struct Stats {
+    std::size_t links_established = 0;     // kept links: one per node
+    std::size_t links_authenticating = 0;  // accepted or dialled, handshake not finished
+    std::size_t dials_pending = 0;         // wanted addresses connecting or waiting to redial
+  };
+  // A snapshot, for tests and metrics. Call on the io_context thread.
+  Stats GetStats() const;
   // Closes the listener and every link, stops redialling. Idempotent.
   void Stop();
 
