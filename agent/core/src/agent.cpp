@@ -34,6 +34,7 @@ Expected<void> Agent::Start() {
   }
   jobs::SupervisorOptions job_options;
   job_options.state_dir = config_.state_dir;
+  job_options.jobs_dir = config_.jobs_dir;
   job_options.node_name = identity_.name;
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;

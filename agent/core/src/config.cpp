@@ -138,6 +138,7 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.Millis("cluster", "suspect_after_ms", config.suspect_after);
   reader.Millis("cluster", "dead_after_ms", config.dead_after);
   reader.Millis("jobs", "cancel_grace_ms", config.cancel_grace);
+  reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);
   reader.String("criu", "path", config.criu_path);
   reader.String("log", "level", config.log_level);
@@ -184,6 +185,7 @@ Expected<void> ResolveMachineDefaults(AgentConfig& config, const std::string& te
     config.cluster_advertise =
         (address.empty() ? "127.0.0.1" : address) + ":" + PortOf(config.cluster_listen);
   }
+  if (config.jobs_dir.empty()) config.jobs_dir = config.state_dir + "/jobs";
   if (config.init_path.empty()) {
     const auto beside = std::filesystem::path(ternd_path).parent_path() / "tern-init";
     config.init_path = beside.string();

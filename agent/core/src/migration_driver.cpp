@@ -1,6 +1,7 @@
 #include "tern/agent/migration_driver.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -102,6 +103,7 @@ struct MigrationDriver::Outgoing {
          commit_ms = 0;
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
+  bool shared_dir = false;  // the destination sees the very same job directory
 };
 
 struct MigrationDriver::Incoming {
@@ -114,13 +116,48 @@ struct MigrationDriver::Incoming {
   pid_t restored_pid = 0;
   Clock::time_point restored_at{};
   bool busy = false;
+  bool shared_dir = false;
 };
 
 MigrationDriver::MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,
                                  jobs::JobSupervisor& supervisor, Cluster& cluster)
     : io_(io), config_(config), supervisor_(supervisor), cluster_(cluster) {
   undecided_timer_ = std::make_unique<boost::asio::steady_timer>(io_);
+  LoadUnfinished();
   CheckUndecided();
+}
+
+void MigrationDriver::LoadUnfinished() {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(config_.state_dir + "/migrations", error)) {
+    const std::string mid = entry.path().filename().string();
+    std::ifstream file(entry.path() / "incoming.json");
+    if (!file || fs::exists(entry.path() / "outcome")) continue;
+    std::stringstream text;
+    text << file.rdbuf();
+    json saved = json::parse(text.str(), nullptr, false);
+    if (!saved.is_object() || !saved.contains("job")) continue;
+    auto job = jobs::FromPersistentJson(saved["job"]);
+    if (!job) continue;
+    auto incoming = std::make_shared<Incoming>();
+    incoming->id = mid;
+    incoming->job = *job;
+    incoming->images = (entry.path() / "images").string();
+    incoming->shared_dir = saved.value("shared_dir", false);
+    std::ifstream pidfile(incoming->images + "/restored.pid");
+    pid_t pid = 0;
+    if (pidfile >> pid && pid > 0 && ::kill(pid, 0) == 0) incoming->restored_pid = pid;
+    if (incoming->restored_pid == 0) {
+      // Nothing was restored here: nothing to decide.
+      fs::remove_all(entry.path(), error);
+      continue;
+    }
+    incoming->restored_at = Clock::now() - std::chrono::seconds(60);
+    incoming_[mid] = incoming;
+    spdlog::warn("migration {}: found a restored, stopped copy of job {} (pid {}); asking {} "
+                 "whether the move committed",
+                 mid, incoming->job.id, pid, incoming->job.node);
+  }
 }
 
 MigrationDriver::~MigrationDriver() {
@@ -256,8 +293,12 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         call.method = "POST";
         call.target = "/v1/migrations/prepare";
         call.caller = migration->caller;
+        struct stat dir_info {};
+        ::stat(migration->job.dir.c_str(), &dir_info);
         call.body = json{{"id", migration->id},
                          {"job", jobs::PersistentJson(migration->job)},
+                         {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
+                         {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
                          {"mode", migration->mode},
                          {"dry_run", migration->dry_run},
                          {"rss_bytes", migration->job.rss_bytes},
@@ -282,6 +323,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
                 Finish(migration, 200, "");
                 return;
               }
+              migration->shared_dir = answer.value("shared_dir", false);
               migration->page_server.address = answer["page_server"].value("address", "");
               migration->page_server.port = answer["page_server"].value("port", 0);
               Step(migration, static_cast<int>(MigrationEvent::kDestinationReady));
@@ -313,12 +355,18 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
       case MigrationAction::kSendImages: {
         const std::string images = MigrationDir(migration->id) + "/images";
         const std::string job_dir = migration->job.dir;
+        const bool shared = migration->shared_dir;
         const auto start = Clock::now();
         OffThread(
-            [images, job_dir]() -> Expected<std::pair<std::string, std::string>> {
+            [images, job_dir, shared]() -> Expected<std::pair<std::string, std::string>> {
               auto packed_images = migrate::PackDirectory(images, {"dump.log"}, kMaxCarriedBytes);
               if (!packed_images) return Unexpected<Error>{packed_images.error()};
-              auto packed_dir = migrate::PackDirectory(job_dir, {}, kMaxCarriedBytes);
+              // On a shared file system the job directory is already where the job goes.
+              if (shared) return std::make_pair(std::move(*packed_images), std::string());
+              // The destination writes its own record of the job; the source's would name a
+              // process that is not the destination's.
+              auto packed_dir = migrate::PackDirectory(job_dir, {"job.json", "job.json.tmp"},
+                                                       kMaxCarriedBytes);
               if (!packed_dir) return Unexpected<Error>{packed_dir.error()};
               return std::make_pair(std::move(*packed_images), std::move(*packed_dir));
             },
@@ -363,7 +411,8 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
       case MigrationAction::kKillSource: {
         // The commit point: recorded first, so that a restarted agent never resumes this copy.
         RecordOutcome(migration->id, "committed");
-        if (auto released = supervisor_.Release(migration->job.id); !released) {
+        if (auto released = supervisor_.Release(migration->job.id, !migration->shared_dir);
+            !released) {
           spdlog::error("migration {}: {}", migration->id, released.error().message);
         }
         ::kill(migration->job.pid, SIGKILL);
@@ -532,6 +581,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                        file.value("mtime", std::int64_t{0})});
   }
   const std::uint64_t rss = body.value("rss_bytes", std::uint64_t{0});
+  struct stat dir_info {};
+  incoming->shared_dir =
+      ::stat(incoming->job.dir.c_str(), &dir_info) == 0 &&
+      static_cast<std::uint64_t>(dir_info.st_dev) == body.value("dir_device", std::uint64_t{0}) &&
+      static_cast<std::uint64_t>(dir_info.st_ino) == body.value("dir_inode", std::uint64_t{0});
   const std::string node = cluster_.self().name;
   const std::string criu_config = config_.criu_path;
   OffThread(
@@ -554,6 +608,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                                                            : Join(file_problems)}});
         const std::uint64_t available = MemAvailable();
         const bool memory_ok = available > rss + (64ull << 20);
+        checks.push_back({{"check", "job directory"},
+                          {"ok", true},
+                          {"detail", incoming->shared_dir
+                                         ? node + " shares it: nothing to copy"
+                                         : "copied to " + node + " with the job"}});
         checks.push_back({{"check", "memory on " + node},
                           {"ok", memory_ok},
                           {"detail", std::to_string(available >> 20) + " MiB free, the job uses " +
@@ -598,7 +657,14 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
           return;
         }
         incoming_[incoming->id] = incoming;
+        // Kept on disk so that an agent restarted mid-migration still finds the copy it may
+        // have restored, and asks the source what became of it.
+        std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
+            << json{{"job", jobs::PersistentJson(incoming->job)},
+                    {"shared_dir", incoming->shared_dir}}
+                   .dump();
         done(JsonResult(200, json{{"checks", checks},
+                                  {"shared_dir", incoming->shared_dir},
                                   {"page_server",
                                    {{"address", listen.address}, {"port", listen.port}}}}
                                  .dump()));
@@ -625,7 +691,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   std::string images_archive = call.body.substr(8, length);
   std::string dir_archive = call.body.substr(8 + length);
   incoming->busy = true;
-  const std::string job_dir = config_.state_dir + "/jobs/" + incoming->job.id;
+  const std::string job_dir = incoming->job.dir;
   const std::string criu = migrate::FindCriu(config_.criu_path);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
@@ -633,13 +699,17 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         incoming->page_server.Finish(std::chrono::seconds(30));
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
-        std::error_code error;
-        fs::create_directories(job_dir, error);
-        ::chown(job_dir.c_str(), incoming->job.uid, incoming->job.gid);
-        ::chmod(job_dir.c_str(), 0750);
-        auto files = migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid,
-                                              incoming->job.gid);
-        if (!files) return Unexpected<Error>{files.error()};
+        if (!incoming->shared_dir) {
+          std::error_code error;
+          fs::create_directories(job_dir, error);
+          if (::chown(job_dir.c_str(), incoming->job.uid, incoming->job.gid) != 0 ||
+              ::chmod(job_dir.c_str(), 0750) != 0) {
+            return Fail("cannot prepare " + job_dir);
+          }
+          auto files = migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid,
+                                                incoming->job.gid);
+          if (!files) return Unexpected<Error>{files.error()};
+        }
         const auto start = Clock::now();
         migrate::RestoreOptions options;
         options.images = incoming->images;
@@ -687,7 +757,7 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   }
   auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
   std::error_code ignored;
-  fs::remove_all(incoming->images, ignored);
+  fs::remove_all(MigrationDir(mid), ignored);
   if (!adopted) {
     done(ErrorResult(500, adopted.error().message));
     return;
@@ -705,13 +775,13 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   auto incoming = found->second;
   incoming_.erase(found);
   if (incoming->restored_pid > 0) ::kill(incoming->restored_pid, SIGKILL);
-  const std::string job_dir = config_.state_dir + "/jobs/" + incoming->job.id;
-  const bool runs_here = supervisor_.Get(incoming->job.id).has_value();
+  const std::string job_dir = incoming->job.dir;
+  const bool runs_here = supervisor_.Get(incoming->job.id).has_value() || incoming->shared_dir;
   OffThread(
       [incoming, job_dir, runs_here] {
         incoming->page_server.Finish(std::chrono::milliseconds(0));
         std::error_code ignored;
-        fs::remove_all(incoming->images, ignored);
+        fs::remove_all(fs::path(incoming->images).parent_path(), ignored);
         if (!runs_here) fs::remove_all(job_dir, ignored);
         return 0;
       },

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "tern/jobs/unique_fd.hpp"
 
@@ -33,20 +34,29 @@ Expected<void> WriteFileAtomically(const std::string& path, const std::string& c
   return {};
 }
 
-JobStore::JobStore(std::string state_dir) : state_dir_(std::move(state_dir)) {}
+JobStore::JobStore(std::string state_dir, std::string jobs_dir, std::string node_name)
+    : state_dir_(std::move(state_dir)),
+      jobs_dir_(std::move(jobs_dir)),
+      node_name_(std::move(node_name)) {}
 
-std::string JobStore::JobDir(const std::string& id) const { return state_dir_ + "/jobs/" + id; }
+std::string JobStore::JobDir(const std::string& id) const { return jobs_dir_ + "/" + id; }
 
 Expected<std::uint64_t> JobStore::NextSerial() {
   const std::string path = state_dir_ + "/job_serial";
   std::uint64_t next = 1;
   if (std::ifstream file(path); file) file >> next;
-  // Never behind an existing job directory, even if job_serial was lost.
+  // Never behind an existing record or job directory of ours, even if job_serial was lost.
   std::error_code error;
-  for (const auto& entry : fs::directory_iterator(state_dir_ + "/jobs", error)) {
-    const std::string name = entry.path().filename().string();
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(jobs_dir_, error)) {
+    names.push_back(entry.path().filename().string());
+  }
+  for (const auto& entry : fs::directory_iterator(state_dir_ + "/records", error)) {
+    names.push_back(entry.path().stem().string());
+  }
+  for (const std::string& name : names) {
     const auto dot = name.rfind('.');
-    if (dot == std::string::npos) continue;
+    if (dot == std::string::npos || name.substr(0, dot) != node_name_) continue;
     try {
       next = std::max<std::uint64_t>(next, std::stoull(name.substr(dot + 1)) + 1);
     } catch (const std::exception&) {
@@ -60,16 +70,18 @@ Expected<std::uint64_t> JobStore::NextSerial() {
 
 Expected<void> JobStore::Save(const JobRecord& job) {
   std::error_code error;
-  fs::create_directories(JobDir(job.id), error);
-  if (error) return Fail("cannot create " + JobDir(job.id) + ": " + error.message());
-  return WriteFileAtomically(JobDir(job.id) + "/job.json", PersistentJson(job).dump(2) + "\n");
+  fs::create_directories(state_dir_ + "/records", error);
+  if (error) return Fail("cannot create " + state_dir_ + "/records: " + error.message());
+  return WriteFileAtomically(state_dir_ + "/records/" + job.id + ".json",
+                             PersistentJson(job).dump(2) + "\n");
 }
 
 std::vector<JobRecord> JobStore::LoadAll(std::vector<std::string>* problems) const {
   std::vector<JobRecord> jobs;
   std::error_code error;
-  for (const auto& entry : fs::directory_iterator(state_dir_ + "/jobs", error)) {
-    const std::string path = entry.path().string() + "/job.json";
+  for (const auto& entry : fs::directory_iterator(state_dir_ + "/records", error)) {
+    if (entry.path().extension() != ".json") continue;
+    const std::string path = entry.path().string();
     std::ifstream file(path);
     if (!file) continue;
     std::stringstream text;

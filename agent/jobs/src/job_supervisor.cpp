@@ -72,16 +72,30 @@ ProcessUsage UsageOf(pid_t pid, bool include_children) {
 
 }  // namespace
 
+namespace {
+
+std::string ReadOutcome(const std::string& state_dir, const std::string& migration_id) {
+  std::ifstream file(state_dir + "/migrations/" + migration_id + "/outcome");
+  std::string outcome;
+  file >> outcome;
+  return outcome;
+}
+
+}  // namespace
+
 JobSupervisor::JobSupervisor(boost::asio::io_context& io, SupervisorOptions options,
                              ChangeCallback on_change)
     : io_(io),
       options_(std::move(options)),
       on_change_(std::move(on_change)),
-      store_(options_.state_dir),
+      store_(options_.state_dir,
+             options_.jobs_dir.empty() ? options_.state_dir + "/jobs" : options_.jobs_dir,
+             options_.node_name),
       child_signal_(io, SIGCHLD) {
   std::error_code ignored;
-  std::filesystem::create_directories(options_.state_dir + "/jobs", ignored);
-  ::chmod((options_.state_dir + "/jobs").c_str(), 0755);
+  if (options_.jobs_dir.empty()) options_.jobs_dir = options_.state_dir + "/jobs";
+  std::filesystem::create_directories(options_.jobs_dir, ignored);
+  ::chmod(options_.jobs_dir.c_str(), 0755);
   ArmChildSignal();
 }
 
@@ -147,6 +161,18 @@ std::vector<std::string> JobSupervisor::Adopt() {
                               ProcessStartTicks(job.record.pid) == job.record.pid_start_ticks;
     if (same_process && Watch(job)) {
       spdlog::info("re-adopted job {} (pid {})", id, job.record.pid);
+      if (!job.record.migrating_id.empty() &&
+          ReadOutcome(options_.state_dir, job.record.migrating_id) == "committed") {
+        // Past the commit point of a migration: the job belongs to the destination now, and
+        // this frozen copy must never run again.
+        spdlog::warn("job {} moved away by migration {}: discarding its frozen copy here", id,
+                     job.record.migrating_id);
+        ::kill(job.record.pid, SIGKILL);
+        jobs_.erase(id);
+        std::error_code ignored;
+        std::filesystem::remove(options_.state_dir + "/records/" + id + ".json", ignored);
+        continue;
+      }
       if (!job.record.migrating_id.empty()) {
         // The agent stopped while the job was frozen for a migration that never committed:
         // the job stays here and runs again.
@@ -318,14 +344,15 @@ void JobSupervisor::MarkMigrating(const std::string& id, const std::string& migr
   Persist(found->second.record);
 }
 
-Expected<JobRecord> JobSupervisor::Release(const std::string& id) {
+Expected<JobRecord> JobSupervisor::Release(const std::string& id, bool remove_dir) {
   auto found = jobs_.find(id);
   if (found == jobs_.end()) return Fail("no job '" + id + "' on node " + options_.node_name);
   JobRecord record = found->second.record;
   if (found->second.kill_timer) found->second.kill_timer->cancel();
   jobs_.erase(found);
   std::error_code ignored;
-  std::filesystem::remove_all(record.dir, ignored);
+  std::filesystem::remove(options_.state_dir + "/records/" + id + ".json", ignored);
+  if (remove_dir) std::filesystem::remove_all(record.dir, ignored);
   return record;
 }
 
@@ -338,7 +365,6 @@ Expected<JobRecord> JobSupervisor::AdoptMigrated(JobRecord record, pid_t pid) {
   record.pid_start_ticks = ProcessStartTicks(pid);
   record.state = JobState::kRunning;
   record.migrating_id.clear();
-  record.dir = store_.JobDir(record.id);
   Watched& job = jobs_[record.id];
   job.record = std::move(record);
   job.kill_timer.reset();

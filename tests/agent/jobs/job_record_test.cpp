@@ -53,11 +53,11 @@ TEST(JobStoreTest, SerialsAreNeverReused) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir / "jobs");
   {
-    JobStore store(dir.string());
+    JobStore store(dir.string(), (dir / "jobs").string(), "n");
     EXPECT_EQ(*store.NextSerial(), 1u);
     EXPECT_EQ(*store.NextSerial(), 2u);
   }
-  JobStore again(dir.string());
+  JobStore again(dir.string(), (dir / "jobs").string(), "n");
   EXPECT_EQ(*again.NextSerial(), 3u);
   // Even with the counter lost, an existing job directory is never handed out again.
   std::filesystem::remove(dir / "job_serial");

@@ -38,7 +38,7 @@ class SupervisorTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
   std::unique_ptr<JobSupervisor> MakeSupervisor(std::chrono::milliseconds grace = 300ms) {
-    SupervisorOptions options{dir_.string(), "testnode", TERN_INIT_PATH, grace};
+    SupervisorOptions options{dir_.string(), "", "testnode", TERN_INIT_PATH, grace};
     return std::make_unique<JobSupervisor>(io_, options, [this](const JobRecord& job) {
       last_[job.id] = job;
     });
@@ -187,7 +187,7 @@ TEST_F(SupervisorTest, ANewSupervisorAdoptsARunningJob) {
 }
 
 TEST_F(SupervisorTest, FailedLaunchIsRecordedNotLost) {
-  SupervisorOptions options{dir_.string(), "testnode", "/nonexistent/tern-init", 300ms};
+  SupervisorOptions options{dir_.string(), "", "testnode", "/nonexistent/tern-init", 300ms};
   JobSupervisor supervisor(io_, options, nullptr);
   auto job = supervisor.Submit(Request({"true"}));
   ASSERT_TRUE(job);

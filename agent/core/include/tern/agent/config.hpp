@@ -33,6 +33,7 @@ struct AgentConfig {
   std::chrono::milliseconds suspect_after{3000};
   std::chrono::milliseconds dead_after{10000};
   // [jobs]
+  std::string jobs_dir;  // default: <state_dir>/jobs; may be a file system the nodes share
   std::chrono::milliseconds cancel_grace{5000};
   std::string init_path;  // default: tern-init beside ternd
   // [criu]

@@ -58,6 +58,7 @@ class MigrationDriver {
   void Abort(const std::string& mid, ApiDone done);
   void Outcome(const std::string& mid, ApiDone done);
   void CheckUndecided();
+  void LoadUnfinished();
 
   // Source steps.
   void Step(const std::shared_ptr<Outgoing>& migration, int event);

@@ -1,6 +1,7 @@
 // JobStore: the jobs of one agent in its state dir, so that a restarted agent forgets nothing.
 //
-// Layout: <state_dir>/jobs/<id>/job.json (the record), next to the job's own files; and
+// Layout: <state_dir>/records/<id>.json (the record); <jobs_dir>/<id>/ (the job's own directory:
+// cwd, stdout, stderr — it may sit on a file system the nodes share); and
 // <state_dir>/job_serial, the next job number, which is never handed out twice — not even
 // across restarts or after the job directories are deleted.
 //
@@ -21,7 +22,7 @@ namespace tern::jobs {
 
 class JobStore {
  public:
-  explicit JobStore(std::string state_dir);
+  JobStore(std::string state_dir, std::string jobs_dir, std::string node_name);
 
   std::string JobDir(const std::string& id) const;
   Expected<std::uint64_t> NextSerial();
@@ -30,6 +31,8 @@ class JobStore {
 
  private:
   std::string state_dir_;
+  std::string jobs_dir_;
+  std::string node_name_;
 };
 
 // Writes `content` to `path` atomically (temporary file, fsync, rename).

@@ -38,6 +38,7 @@ namespace tern::jobs {
 
 struct SupervisorOptions {
   std::string state_dir;
+  std::string jobs_dir;  // empty: <state_dir>/jobs
   std::string node_name;
   std::string init_path;
   std::chrono::milliseconds cancel_grace{5000};
@@ -72,14 +73,16 @@ class JobSupervisor {
   Expected<JobRecord> Cancel(const std::string& id);
   // Migration. MarkMigrating persists that the job is frozen for migration `migration_id`
   // (empty: no longer). Release forgets a job that moved away (its frozen copy is about to be
-  // killed): no state change is reported and its directory is removed. AdoptMigrated takes
+  // killed): no state change is reported; its directory is removed unless it is shared with
+  // the destination. AdoptMigrated takes
   // over a job restored here, running as `pid`.
   void MarkMigrating(const std::string& id, const std::string& migration_id);
-  Expected<JobRecord> Release(const std::string& id);
+  Expected<JobRecord> Release(const std::string& id, bool remove_dir);
   Expected<JobRecord> AdoptMigrated(JobRecord record, pid_t pid);
   std::optional<JobRecord> Get(const std::string& id) const;
   std::vector<JobRecord> List() const;
   std::size_t RunningCount() const;
+  const std::string& jobs_dir() const { return options_.jobs_dir; }
   // Refreshes cpu_seconds and rss_bytes of running jobs from /proc.
   void SampleUsage();
 
