@@ -106,6 +106,7 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   std::vector<std::string> argv = {criu, "restore", "-D", options.images, "-o", log, "-v4",
                                    "-d", "--pidfile", options.pidfile};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
+  if (options.lazy_pages) argv.push_back("--lazy-pages");
   SubprocessOptions run;
   run.timeout = options.timeout;
   auto result = RunSubprocess(argv, run);
@@ -118,6 +119,37 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   pid_t pid = 0;
   if (!(pidfile >> pid) || pid <= 0) return Fail("criu restore left no pid in " + options.pidfile);
   return pid;
+}
+
+std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
+                                         const std::string& images, const PageServerTarget& serve) {
+  return {criu,          "dump",        "-t",     std::to_string(pid),
+          "-D",          images,        "-o",     images + "/dump.log",
+          "-v4",         "--leave-stopped", "--lazy-pages", "--address",
+          serve.address, "--port",      std::to_string(serve.port), "--status-fd",
+          "9"};
+}
+
+std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
+                                          const PageServerTarget& source) {
+  return {criu,      "lazy-pages",   "--page-server", "--address", source.address,
+          "--port",  std::to_string(source.port), "-D",  images,     "-o",
+          images + "/lazy-pages.log", "-v4"};
+}
+
+Expected<void> EnsurePipeMaxSize() {
+  constexpr long kNeeded = 4194304;
+  long current = 0;
+  std::ifstream("/proc/sys/fs/pipe-max-size") >> current;
+  if (current >= kNeeded) return {};
+  std::ofstream file("/proc/sys/fs/pipe-max-size");
+  file << kNeeded;
+  file.close();
+  if (!file) {
+    return Fail("post-copy needs fs.pipe-max-size >= 4194304 (now " + std::to_string(current) +
+                "): run `sysctl -w fs.pipe-max-size=4194304`");
+  }
+  return {};
 }
 
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,

@@ -115,11 +115,12 @@ Expected<SubprocessResult> RunSubprocess(const std::vector<std::string>& argv,
   return result;
 }
 
-Expected<BackgroundProcess> BackgroundProcess::Start(const std::vector<std::string>& argv,
-                                                     const std::string& log_path) {
+Expected<BackgroundProcess> BackgroundProcess::Start(
+    const std::vector<std::string>& argv, const std::string& log_path,
+    const std::vector<std::pair<int, int>>& inherit_fds) {
   const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log < 0) return Fail("cannot open " + log_path + ": " + std::strerror(errno));
-  auto pid = Spawn(argv, log, {});
+  auto pid = Spawn(argv, log, inherit_fds);
   ::close(log);
   if (!pid) return Unexpected<Error>{pid.error()};
   return BackgroundProcess(*pid);

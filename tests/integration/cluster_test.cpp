@@ -632,12 +632,18 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
   double longest_freeze_ms = 0;
   const std::vector<std::string> route = {"node2", "node1", "node3", "node1", "node2",
                                           "node3", "node2", "node1", "node3", "node1"};
-  for (const auto& to : route) {
-    auto m = Migrate("node2", id, to);
+  std::vector<std::pair<std::string, std::string>> moves;  // (mode, destination)
+  for (const char* mode : {"precopy", "postcopy"}) {
+    for (const auto& to : route) moves.emplace_back(mode, to);
+  }
+  for (const auto& [mode, to] : moves) {
+    SCOPED_TRACE(mode + " to " + to);
+    auto m = Migrate("node2", id, to, mode);
     ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
     ASSERT_TRUE(m.body && m.body->contains("migration")) << m.result.Describe();
     const json& stats = (*m.body)["migration"];
     EXPECT_EQ(stats.value("to", ""), to);
+    EXPECT_EQ(stats.value("mode", ""), mode);
     longest_freeze_ms = std::max(longest_freeze_ms, stats.value("freeze_ms", 0.0));
     EXPECT_GT(stats.value("bytes", 0), 0);
     std::this_thread::sleep_for(100ms);
@@ -646,7 +652,7 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
   ASSERT_TRUE(st) << "status after the migrations";
   EXPECT_EQ(st->value("node", ""), "node1");
   EXPECT_EQ(st->value("state", ""), "running");
-  EXPECT_EQ((*st)["migrations"].size(), route.size());
+  EXPECT_EQ((*st)["migrations"].size(), moves.size());
   std::this_thread::sleep_for(200ms);
   auto out = JobLogs("node2", id);
   ASSERT_TRUE(out);
@@ -664,7 +670,7 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
     previous = number;
     previous_time = when;
   }
-  std::cerr << "10 pre-copy migrations: longest reported freeze " << longest_freeze_ms
+  std::cerr << "10 pre-copy and 10 post-copy migrations: longest reported freeze " << longest_freeze_ms
             << " ms, longest gap in the job's own output " << longest_gap_ms << " ms\n";
   // The job's own pause must be covered by the freeze the agents measured (plus its 10 ms tick
   // and scheduling slack).

@@ -1,6 +1,9 @@
 #include "tern/agent/migration_driver.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <boost/asio/post.hpp>
@@ -104,6 +107,9 @@ struct MigrationDriver::Outgoing {
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
   bool shared_dir = false;  // the destination sees the very same job directory
+  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
+  migrate::PageServerTarget lazy_serve;
+  std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
 };
 
 struct MigrationDriver::Incoming {
@@ -117,7 +123,20 @@ struct MigrationDriver::Incoming {
   Clock::time_point restored_at{};
   bool busy = false;
   bool shared_dir = false;
+  std::string mode = "precopy";
+  migrate::PageServerTarget lazy_source;
+  std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
 };
+
+namespace {
+
+// Lets a post-copy helper finish its transfer in the background, then reaps it.
+void LetFinish(std::shared_ptr<migrate::BackgroundProcess> process) {
+  if (!process) return;
+  std::thread([process] { process->Finish(std::chrono::minutes(30)); }).detach();
+}
+
+}  // namespace
 
 MigrationDriver::MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,
                                  jobs::JobSupervisor& supervisor, Cluster& cluster)
@@ -200,8 +219,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   migration->dry_run = body.value("dry_run", false);
   migration->caller = call.caller;
   migration->done = std::move(done);
-  if (migration->mode != "precopy") {
-    migration->done(ErrorResult(400, "mode must be precopy (post-copy is not available yet)"));
+  if (migration->mode != "precopy" && migration->mode != "postcopy") {
+    migration->done(ErrorResult(400, "mode must be precopy or postcopy"));
     return;
   }
   if (job.state != jobs::JobState::kRunning) {
@@ -295,7 +314,14 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         call.caller = migration->caller;
         struct stat dir_info {};
         ::stat(migration->job.dir.c_str(), &dir_info);
+        if (migration->mode == "postcopy") {
+          migration->lazy_serve = {HostOf(config_.cluster_advertise),
+                                   static_cast<std::uint16_t>(7300 + (next_port_++ % 100))};
+        }
         call.body = json{{"id", migration->id},
+                         {"lazy_source",
+                          {{"address", migration->lazy_serve.address},
+                           {"port", migration->lazy_serve.port}}},
                          {"job", jobs::PersistentJson(migration->job)},
                          {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
                          {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
@@ -324,8 +350,10 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
                 return;
               }
               migration->shared_dir = answer.value("shared_dir", false);
-              migration->page_server.address = answer["page_server"].value("address", "");
-              migration->page_server.port = answer["page_server"].value("port", 0);
+              if (answer.contains("page_server")) {
+                migration->page_server.address = answer["page_server"].value("address", "");
+                migration->page_server.port = answer["page_server"].value("port", 0);
+              }
               Step(migration, static_cast<int>(MigrationEvent::kDestinationReady));
             },
             std::chrono::seconds(30));
@@ -334,6 +362,10 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
       case MigrationAction::kDump: {
         supervisor_.MarkMigrating(migration->job.id, migration->id);
         migration->freeze_start = Clock::now();
+        if (migration->mode == "postcopy") {
+          StartLazyDump(migration);
+          break;
+        }
         migrate::DumpOptions options;
         options.pid = migration->job.pid;
         options.images = MigrationDir(migration->id) + "/images";
@@ -416,12 +448,14 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
           spdlog::error("migration {}: {}", migration->id, released.error().message);
         }
         ::kill(migration->job.pid, SIGKILL);
+        LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
         break;
       }
       case MigrationAction::kSendCommit:
         SendCommit(migration, 0);
         break;
       case MigrationAction::kResumeSource:
+        if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
         migrate::ResumeTree(migration->job.pid);
         supervisor_.MarkMigrating(migration->job.id, "");
         spdlog::warn("migration {}: job {} resumed on {}", migration->id, migration->job.id,
@@ -444,6 +478,63 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         break;
     }
   }
+}
+
+void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) {
+  auto fail = [this, migration](const std::string& message) {
+    migration->dump_ms = MillisSince(migration->freeze_start);
+    migration->error = message;
+    migration->error_status = 500;
+    Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
+  };
+  if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
+    fail(pipes.error().message);
+    return;
+  }
+  const std::string images = MigrationDir(migration->id) + "/images";
+  std::error_code ignored;
+  fs::create_directories(images, ignored);
+  int status_pipe[2];
+  if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
+    fail("cannot create a pipe for criu's status");
+    return;
+  }
+  auto dump = migrate::BackgroundProcess::Start(
+      migrate::LazyDumpCommand(migration->criu, migration->job.pid, images, migration->lazy_serve),
+      MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
+  ::close(status_pipe[1]);
+  if (!dump) {
+    ::close(status_pipe[0]);
+    fail("cannot start criu dump: " + dump.error().message);
+    return;
+  }
+  migration->lazy_dump = std::make_shared<migrate::BackgroundProcess>(std::move(*dump));
+  const int status_fd = status_pipe[0];
+  OffThread(
+      [status_fd] {
+        // One byte: the images are complete. End of file: criu ended without finishing.
+        pollfd ready{status_fd, POLLIN, 0};
+        char byte = 0;
+        const bool done = ::poll(&ready, 1, 120000) == 1 && ::read(status_fd, &byte, 1) == 1;
+        ::close(status_fd);
+        return done;
+      },
+      [this, migration, images, fail](bool done) {
+        if (!done) {
+          std::ifstream log(images + "/dump.log");
+          std::string line, last_error = "criu dump --lazy-pages ended without finishing";
+          while (std::getline(log, line)) {
+            if (line.find("Error") != std::string::npos &&
+                line.find("RLIMIT_NOFILE") == std::string::npos) {
+              last_error = "criu dump failed: " + line;
+            }
+          }
+          fail(last_error);
+          return;
+        }
+        migration->dump_ms = MillisSince(migration->freeze_start);
+        Step(migration, static_cast<int>(MigrationEvent::kDumped));
+      });
 }
 
 void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt) {
@@ -574,6 +665,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   incoming->id = body.value("id", "");
   incoming->job = *job;
   incoming->source = call.caller.via;
+  incoming->mode = body.value("mode", "precopy");
+  if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
+    incoming->lazy_source.address = body["lazy_source"].value("address", "");
+    incoming->lazy_source.port = body["lazy_source"].value("port", 0);
+  }
   const bool dry_run = body.value("dry_run", false);
   std::vector<migrate::OutsideFile> outside;
   for (const auto& file : body.value("outside", json::array())) {
@@ -637,6 +733,20 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         std::error_code ignored;
         fs::remove_all(incoming->images, ignored);
         fs::create_directories(incoming->images, ignored);
+        if (incoming->mode == "postcopy") {
+          if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
+            done(ErrorResult(409, "on " + node + ": " + pipes.error().message));
+            return;
+          }
+          incoming_[incoming->id] = incoming;
+          std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
+              << json{{"job", jobs::PersistentJson(incoming->job)},
+                      {"shared_dir", incoming->shared_dir}}
+                     .dump();
+          done(JsonResult(200, json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}
+                                   .dump()));
+          return;
+        }
         migrate::PageServerTarget listen{HostOf(config_.cluster_advertise),
                                          static_cast<std::uint16_t>(7200 + (next_port_++ % 100))};
         auto server = migrate::BackgroundProcess::Start(
@@ -699,6 +809,23 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         incoming->page_server.Finish(std::chrono::seconds(30));
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
+        const bool lazy = incoming->mode == "postcopy";
+        if (lazy) {
+          auto daemon = migrate::BackgroundProcess::Start(
+              migrate::LazyPagesCommand(criu, incoming->images, incoming->lazy_source),
+              incoming->images + "/../lazy-pages.out");
+          if (!daemon) return Unexpected<Error>{daemon.error()};
+          incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
+          const auto deadline = Clock::now() + std::chrono::seconds(10);
+          while (!fs::exists(incoming->images + "/lazy-pages.socket") &&
+                 Clock::now() < deadline && incoming->lazy_daemon->Running()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          }
+          if (!fs::exists(incoming->images + "/lazy-pages.socket")) {
+            return Fail("the CRIU lazy-pages daemon did not start (see " + incoming->images +
+                        "/lazy-pages.log)");
+          }
+        }
         if (!incoming->shared_dir) {
           std::error_code error;
           fs::create_directories(job_dir, error);
@@ -714,6 +841,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         migrate::RestoreOptions options;
         options.images = incoming->images;
         options.pidfile = incoming->images + "/restored.pid";
+        options.lazy_pages = lazy;
         auto pid = migrate::Restore(criu, options);
         if (!pid) return Unexpected<Error>{pid.error()};
         return std::make_pair(*pid, MillisSince(start));
@@ -757,7 +885,18 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   }
   auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
   std::error_code ignored;
-  fs::remove_all(MigrationDir(mid), ignored);
+  if (incoming->lazy_daemon) {
+    // It still pulls the job's memory from the source; it removes nothing, we clean up later.
+    auto daemon = incoming->lazy_daemon;
+    const std::string dir = MigrationDir(mid);
+    std::thread([daemon, dir] {
+      daemon->Finish(std::chrono::minutes(30));
+      std::error_code ignored_inner;
+      fs::remove_all(dir, ignored_inner);
+    }).detach();
+  } else {
+    fs::remove_all(MigrationDir(mid), ignored);
+  }
   if (!adopted) {
     done(ErrorResult(500, adopted.error().message));
     return;
@@ -780,6 +919,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   OffThread(
       [incoming, job_dir, runs_here] {
         incoming->page_server.Finish(std::chrono::milliseconds(0));
+        if (incoming->lazy_daemon) incoming->lazy_daemon->Finish(std::chrono::milliseconds(0));
         std::error_code ignored;
         fs::remove_all(fs::path(incoming->images).parent_path(), ignored);
         if (!runs_here) fs::remove_all(job_dir, ignored);

@@ -48,6 +48,7 @@ struct DumpOptions {
 struct RestoreOptions {
   std::string images;
   std::string pidfile;
+  bool lazy_pages = false;  // post-copy: memory arrives through the lazy-pages daemon
   bool leave_stopped = true;  // resumed only on commit
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
@@ -55,6 +56,17 @@ struct RestoreOptions {
 Expected<void> Dump(const std::string& criu, const DumpOptions& options);
 // Returns the host pid of the restored init.
 Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
+
+// Source side of post-copy: `criu dump --lazy-pages` that writes the metadata, leaves the tree
+// stopped, writes one byte to fd 9 when the images are complete, and then serves the job's
+// memory on `serve` until the destination has pulled all of it.
+std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
+                                         const std::string& images, const PageServerTarget& serve);
+// Destination side of post-copy: the daemon that fetches pages from the source on demand.
+std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
+                                          const PageServerTarget& source);
+// Post-copy needs pipes of 4 MiB (PLATFORM.md); raises fs.pipe-max-size when it is lower.
+Expected<void> EnsurePipeMaxSize();
 
 // Destination side of pre-copy: `criu page-server` writing the pages into `images`.
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,

@@ -43,7 +43,8 @@ class BackgroundProcess {
  public:
   BackgroundProcess() = default;
   static Expected<BackgroundProcess> Start(const std::vector<std::string>& argv,
-                                           const std::string& log_path);
+                                           const std::string& log_path,
+                                           const std::vector<std::pair<int, int>>& inherit_fds = {});
   BackgroundProcess(BackgroundProcess&& other) noexcept;
   BackgroundProcess& operator=(BackgroundProcess&& other) noexcept;
   ~BackgroundProcess();

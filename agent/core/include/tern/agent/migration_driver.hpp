@@ -63,6 +63,7 @@ class MigrationDriver {
   // Source steps.
   void Step(const std::shared_ptr<Outgoing>& migration, int event);
   void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
+  void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
   void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
   void RecordOutcome(const std::string& mid, const std::string& outcome);
   std::string MigrationDir(const std::string& mid) const;
