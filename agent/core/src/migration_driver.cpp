@@ -738,11 +738,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
             done(ErrorResult(409, "on " + node + ": " + pipes.error().message));
             return;
           }
-          incoming_[incoming->id] = incoming;
-          std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
-              << json{{"job", jobs::PersistentJson(incoming->job)},
-                      {"shared_dir", incoming->shared_dir}}
-                     .dump();
+          Accept(incoming);
           done(JsonResult(200, json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}
                                    .dump()));
           return;
@@ -766,19 +762,22 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                                     incoming->images + "/page-server.log)"));
           return;
         }
-        incoming_[incoming->id] = incoming;
-        // Kept on disk so that an agent restarted mid-migration still finds the copy it may
-        // have restored, and asks the source what became of it.
-        std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
-            << json{{"job", jobs::PersistentJson(incoming->job)},
-                    {"shared_dir", incoming->shared_dir}}
-                   .dump();
+        Accept(incoming);
         done(JsonResult(200, json{{"checks", checks},
                                   {"shared_dir", incoming->shared_dir},
                                   {"page_server",
                                    {{"address", listen.address}, {"port", listen.port}}}}
                                  .dump()));
       });
+}
+
+void MigrationDriver::Accept(const std::shared_ptr<Incoming>& incoming) {
+  incoming_[incoming->id] = incoming;
+  // Kept on disk so that an agent restarted mid-migration still finds the copy it may have
+  // restored, and asks the source what became of it (LoadUnfinished).
+  std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
+      << json{{"job", jobs::PersistentJson(incoming->job)}, {"shared_dir", incoming->shared_dir}}
+             .dump();
 }
 
 void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDone done) {

@@ -33,12 +33,6 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-std::string NamespaceOf(pid_t pid) {
-  char target[64] = {};
-  const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
-  const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-  return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
-}
 
 struct ProcessUsage {
   double cpu_seconds = 0;
@@ -394,30 +388,16 @@ std::size_t JobSupervisor::RunningCount() const {
 }
 
 void JobSupervisor::SampleUsage() {
-  std::map<std::string, Watched*> by_namespace;
   for (auto& [id, job] : jobs_) {
     if (job.record.state != JobState::kRunning) continue;
-    const std::string ns = NamespaceOf(job.record.pid);
-    if (!ns.empty()) by_namespace[ns] = &job;
-  }
-  if (by_namespace.empty()) return;
-  std::map<Watched*, ProcessUsage> totals;
-  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
-  if (!proc) return;
-  while (dirent* entry = ::readdir(proc.get())) {
-    char* end = nullptr;
-    const long pid = std::strtol(entry->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0) continue;
-    auto owner = by_namespace.find(NamespaceOf(static_cast<pid_t>(pid)));
-    if (owner == by_namespace.end()) continue;
-    const bool is_init = owner->second->record.pid == pid;
-    const ProcessUsage usage = UsageOf(static_cast<pid_t>(pid), is_init);
-    totals[owner->second].cpu_seconds += usage.cpu_seconds;
-    totals[owner->second].rss_bytes += usage.rss_bytes;
-  }
-  for (auto& [job, usage] : totals) {
-    job->record.cpu_seconds = usage.cpu_seconds;
-    job->record.rss_bytes = usage.rss_bytes;
+    ProcessUsage total;
+    for (pid_t pid : migrate::NamespacePids(job.record.pid)) {
+      const ProcessUsage usage = UsageOf(pid, pid == job.record.pid);
+      total.cpu_seconds += usage.cpu_seconds;
+      total.rss_bytes += usage.rss_bytes;
+    }
+    job.record.cpu_seconds = total.cpu_seconds;
+    job.record.rss_bytes = total.rss_bytes;
   }
 }
 

@@ -53,6 +53,7 @@ class MigrationDriver {
   struct Incoming;
 
   void Prepare(const ApiCall& call, ApiDone done);
+  void Accept(const std::shared_ptr<Incoming>& incoming);
   void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
   void Commit(const std::string& mid, const ApiCall& call, ApiDone done);
   void Abort(const std::string& mid, ApiDone done);
