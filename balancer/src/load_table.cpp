@@ -15,9 +15,8 @@ std::vector<LoadVector> LoadTable::GossipWindow(std::size_t n, Millis) const {
   std::vector<const Entry*> order;
   order.reserve(entries_.size());
   for (const auto& [id, entry] : entries_) order.push_back(&entry);
-  std::stable_sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
-    return a->refreshed > b->refreshed;
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [](const Entry* a, const Entry* b) { return a->refreshed > b->refreshed; });
   std::vector<LoadVector> window;
   for (std::size_t i = 0; i < order.size() && i < n; ++i) window.push_back(order[i]->vector);
   return window;

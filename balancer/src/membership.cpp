@@ -16,7 +16,7 @@ std::string_view ToString(MemberState state) {
 
 MembershipView::MembershipView(MembershipOptions options) : options_(std::move(options)) {
   Member self;
-  self.info = {options_.self.node_id, options_.self.name, options_.self.address,
+  self.info = {options_.self.node_id,     options_.self.name,  options_.self.address,
                options_.self.api_address, MemberState::kAlive, Millis{0}};
   self.linked = true;
   members_.emplace(options_.self.node_id, std::move(self));
@@ -24,7 +24,8 @@ MembershipView::MembershipView(MembershipOptions options) : options_(std::move(o
 
 void MembershipView::SetState(Member& member, MemberState to, Actions& actions) {
   if (member.info.state == to) return;
-  actions.push_back(StateChangedAction{member.info.node_id, member.info.name, member.info.state, to});
+  actions.push_back(
+      StateChangedAction{member.info.node_id, member.info.name, member.info.state, to});
   member.info.state = to;
 }
 

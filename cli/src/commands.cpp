@@ -34,8 +34,8 @@ std::optional<HttpReply> Call(Context& context, const std::string& method,
   return *reply;
 }
 
-std::optional<json> CallJson(Context& context, const std::string& method,
-                             const std::string& target, const std::string& body = "") {
+std::optional<json> CallJson(Context& context, const std::string& method, const std::string& target,
+                             const std::string& body = "") {
   auto reply = Call(context, method, target, body);
   if (!reply) return std::nullopt;
   json parsed = json::parse(reply->body, nullptr, false);
@@ -60,7 +60,8 @@ void WarnUnreachable(Context& context, const json& body) {
   if (body.contains("unreachable") && body["unreachable"].is_array() &&
       !body["unreachable"].empty()) {
     std::string names;
-    for (const auto& node : body["unreachable"]) names += (names.empty() ? "" : ", ") + Str(json{{"n", node}}, "n");
+    for (const auto& node : body["unreachable"])
+      names += (names.empty() ? "" : ", ") + Str(json{{"n", node}}, "n");
     context.err << "tern: warning: no answer from " << names << "; their jobs are not listed\n";
   }
 }
@@ -195,12 +196,12 @@ int Status(Context& context, const std::string& id, Output output) {
       !(*job)["migrations"].empty()) {
     const json& last = (*job)["migrations"].back();
     char text[160];
-    std::snprintf(text, sizeof text, "%zu, last %s -> %s (%s), dump %.0f ms, %s",
-                  (*job)["migrations"].size(), Str(last, "from").c_str(), Str(last, "to").c_str(),
-                  Str(last, "mode").c_str(), Num(last, "dump_ms"),
-                  HumanBytes(static_cast<std::uint64_t>(Num(last, "pages_bytes") +
-                                                        Num(last, "images_bytes")))
-                      .c_str());
+    std::snprintf(
+        text, sizeof text, "%zu, last %s -> %s (%s), dump %.0f ms, %s", (*job)["migrations"].size(),
+        Str(last, "from").c_str(), Str(last, "to").c_str(), Str(last, "mode").c_str(),
+        Num(last, "dump_ms"),
+        HumanBytes(static_cast<std::uint64_t>(Num(last, "pages_bytes") + Num(last, "images_bytes")))
+            .c_str());
     row("migrations:", text);
   }
   context.out << table.Render();
@@ -255,9 +256,9 @@ int Nodes(Context& context, Output output) {
   for (const auto& node : (*body)["nodes"]) {
     char load[16];
     std::snprintf(load, sizeof load, "%.2f", Num(node, "load"));
-    const std::string memory =
-        HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_free_bytes"))) + "/" +
-        HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_total_bytes")));
+    const std::string memory = HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_free_bytes"))) +
+                               "/" +
+                               HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_total_bytes")));
     const bool self = node.value("self", false);
     table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), Str(node, "state"),
                load, memory, Str(node, "jobs")});
@@ -300,12 +301,11 @@ int Migrate(Context& context, const std::string& id, const std::string& node,
   }
   const json& stats = body["migration"];
   char line[256];
-  std::snprintf(line, sizeof line,
-                "moved %s %s -> %s (%s): freeze %.0f ms, total %.0f ms, %s moved\n",
-                Str(body["job"], "id").c_str(), Str(stats, "from").c_str(),
-                Str(stats, "to").c_str(), Str(stats, "mode").c_str(), Num(stats, "freeze_ms"),
-                Num(stats, "total_ms"),
-                HumanBytes(static_cast<std::uint64_t>(Num(stats, "bytes"))).c_str());
+  std::snprintf(
+      line, sizeof line, "moved %s %s -> %s (%s): freeze %.0f ms, total %.0f ms, %s moved\n",
+      Str(body["job"], "id").c_str(), Str(stats, "from").c_str(), Str(stats, "to").c_str(),
+      Str(stats, "mode").c_str(), Num(stats, "freeze_ms"), Num(stats, "total_ms"),
+      HumanBytes(static_cast<std::uint64_t>(Num(stats, "bytes"))).c_str());
   context.out << line;
   return 0;
 }

@@ -37,7 +37,8 @@ CommandResult Run(const std::string& command) {
   if (!pipe) return result;
   char buffer[4096];
   size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe.get())) > 0) result.output.append(buffer, n);
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe.get())) > 0)
+    result.output.append(buffer, n);
   const int status = ::pclose(pipe.release());
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
@@ -88,16 +89,17 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
   const std::string install_fix =
       "deploy/install-deps installs a private CRIU 4.2 into /opt/tern/criu (or set TERN_CRIU)";
   if (criu.empty()) {
-    checks.push_back({"criu", "fail", "no criu found ($TERN_CRIU, /opt/tern/criu/bin/criu, PATH)",
-                      install_fix});
+    checks.push_back(
+        {"criu", "fail", "no criu found ($TERN_CRIU, /opt/tern/criu/bin/criu, PATH)", install_fix});
   } else {
     auto version_output = Run(Quote(criu) + " --version");
     auto [major, minor] = ParseCriuVersion(version_output.output);
     const bool new_enough = major > 4 || (major == 4 && minor >= 2);
-    checks.push_back({"criu version", new_enough ? "ok" : "fail",
-                      criu + ": " + std::to_string(major) + "." + std::to_string(minor),
-                      new_enough ? "" : "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16; " +
-                                            install_fix});
+    checks.push_back(
+        {"criu version", new_enough ? "ok" : "fail",
+         criu + ": " + std::to_string(major) + "." + std::to_string(minor),
+         new_enough ? ""
+                    : "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16; " + install_fix});
     auto check = Run(Quote(criu) + " check");
     const bool good = check.output.find("Looks good") != std::string::npos;
     std::string detail = good ? "criu check: Looks good" : FirstLineWith(check.output, "Error");
@@ -105,7 +107,8 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
     if (!good) {
       fix = check.output.find("vDSO") != std::string::npos
                 ? "Debian 12's criu 3.17 fails on kernels >= 6.13 (\"Unexpected rt vDSO area "
-                  "bounds\"): " + install_fix
+                  "bounds\"): " +
+                      install_fix
                 : install_fix + "; run `" + criu + " check` as root for details";
     }
     checks.push_back({"criu check", good ? "ok" : "fail", detail, fix});
@@ -134,10 +137,10 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
   const long pidfd = ::syscall(SYS_pidfd_open, ::getpid(), 0);
   const int pidfd_errno = errno;
   if (pidfd >= 0) ::close(static_cast<int>(pidfd));
-  checks.push_back({"pidfd", pidfd >= 0 ? "ok" : "fail",
-                    pidfd >= 0 ? "pidfd_open works" : std::string("pidfd_open: ") +
-                                                          std::strerror(pidfd_errno),
-                    pidfd >= 0 ? "" : "tern needs Linux >= 5.3"});
+  checks.push_back(
+      {"pidfd", pidfd >= 0 ? "ok" : "fail",
+       pidfd >= 0 ? "pidfd_open works" : std::string("pidfd_open: ") + std::strerror(pidfd_errno),
+       pidfd >= 0 ? "" : "tern needs Linux >= 5.3"});
 
   namespace fs = std::filesystem;
   std::string cgroup_detail;
@@ -153,14 +156,16 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
     cgroup_detail = "no cpu cgroup controller found";
     cgroup_status = "warn";
   }
-  checks.push_back({"cgroups", cgroup_status, cgroup_detail,
-                    cgroup_status == "ok" ? "" : "CPU caps for local-cluster nodes are unavailable"});
+  checks.push_back(
+      {"cgroups", cgroup_status, cgroup_detail,
+       cgroup_status == "ok" ? "" : "CPU caps for local-cluster nodes are unavailable"});
 
   auto ip = Run("ip netns list");
   checks.push_back({"network namespaces", ip.exit_code == 0 ? "ok" : "warn",
                     ip.exit_code == 0 ? "ip netns works" : FirstLineWith(ip.output, ""),
-                    ip.exit_code == 0 ? "" : "install iproute2 (deploy/install-deps); the local "
-                                             "cluster needs it"});
+                    ip.exit_code == 0 ? ""
+                                      : "install iproute2 (deploy/install-deps); the local "
+                                        "cluster needs it"});
 
   auto info = client.Request("GET", "/v1/info");
   if (!info) {

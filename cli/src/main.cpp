@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
                  "the agent's Unix socket (default: $TERN_SOCKET or /run/tern/ternd.sock)");
 
   tern::cli::SubmitOptions submit;
-  auto* submit_cmd = app.add_subcommand("submit", "run a command as a job (tern submit -- CMD ARGS)");
+  auto* submit_cmd =
+      app.add_subcommand("submit", "run a command as a job (tern submit -- CMD ARGS)");
   submit_cmd->add_option("--node", submit.node, "node to run on (default: this one)");
   submit_cmd->add_option("--name", submit.name, "job name (default: the command's name)");
   submit_cmd->add_option("--user", submit.user, "run as this user (root only)");
@@ -72,7 +73,8 @@ int main(int argc, char** argv) {
   logs_cmd->add_flag("--stderr", logs_stderr, "the job's stderr instead of its stdout");
 
   std::vector<std::string> cancel_ids;
-  auto* cancel_cmd = app.add_subcommand("cancel", "stop jobs (TERM, then KILL after a grace period)");
+  auto* cancel_cmd =
+      app.add_subcommand("cancel", "stop jobs (TERM, then KILL after a grace period)");
   cancel_cmd->add_option("job", cancel_ids, "job ids")->required();
 
   ListingFlags nodes_flags;

@@ -83,8 +83,8 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   std::filesystem::create_directories(options.images, error);
   if (error) return Fail("cannot create " + options.images + ": " + error.message());
   const std::string log = options.images + "/dump.log";
-  std::vector<std::string> argv = {criu,  "dump", "-t", std::to_string(options.pid), "-D",
-                                   options.images, "-o", log, "-v4"};
+  std::vector<std::string> argv = {
+      criu, "dump", "-t", std::to_string(options.pid), "-D", options.images, "-o", log, "-v4"};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
   if (options.page_server) {
     argv.insert(argv.end(), {"--page-server", "--address", options.page_server->address, "--port",
@@ -103,8 +103,8 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
 
 Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) {
   const std::string log = options.images + "/restore.log";
-  std::vector<std::string> argv = {criu, "restore", "-D", options.images, "-o", log, "-v4",
-                                   "-d", "--pidfile", options.pidfile};
+  std::vector<std::string> argv = {criu, "restore", "-D", options.images, "-o",
+                                   log,  "-v4",     "-d", "--pidfile",    options.pidfile};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
   if (options.lazy_pages) argv.push_back("--lazy-pages");
   SubprocessOptions run;
@@ -123,18 +123,39 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve) {
-  return {criu,          "dump",        "-t",     std::to_string(pid),
-          "-D",          images,        "-o",     images + "/dump.log",
-          "-v4",         "--leave-stopped", "--lazy-pages", "--address",
-          serve.address, "--port",      std::to_string(serve.port), "--status-fd",
+  return {criu,
+          "dump",
+          "-t",
+          std::to_string(pid),
+          "-D",
+          images,
+          "-o",
+          images + "/dump.log",
+          "-v4",
+          "--leave-stopped",
+          "--lazy-pages",
+          "--address",
+          serve.address,
+          "--port",
+          std::to_string(serve.port),
+          "--status-fd",
           "9"};
 }
 
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
                                           const PageServerTarget& source) {
-  return {criu,      "lazy-pages",   "--page-server", "--address", source.address,
-          "--port",  std::to_string(source.port), "-D",  images,     "-o",
-          images + "/lazy-pages.log", "-v4"};
+  return {criu,
+          "lazy-pages",
+          "--page-server",
+          "--address",
+          source.address,
+          "--port",
+          std::to_string(source.port),
+          "-D",
+          images,
+          "-o",
+          images + "/lazy-pages.log",
+          "-v4"};
 }
 
 Expected<void> EnsurePipeMaxSize() {
@@ -154,8 +175,12 @@ Expected<void> EnsurePipeMaxSize() {
 
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
                                            const PageServerTarget& listen) {
-  return {criu,        "page-server", "-D", images, "--address", listen.address, "--port",
-          std::to_string(listen.port), "-o", images + "/page-server.log", "-v4"};
+  return {criu,        "page-server",
+          "-D",        images,
+          "--address", listen.address,
+          "--port",    std::to_string(listen.port),
+          "-o",        images + "/page-server.log",
+          "-v4"};
 }
 
 std::vector<pid_t> NamespacePids(pid_t init_pid) {

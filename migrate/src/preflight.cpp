@@ -41,7 +41,8 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir) {
     std::uint64_t size = 0, resident = 0;
     if (statm >> size >> resident) scan.rss_bytes += resident * static_cast<std::uint64_t>(page);
     std::error_code error;
-    for (const auto& entry : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
+    for (const auto& entry :
+         fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
       std::error_code link_error;
       const std::string target = fs::read_symlink(entry.path(), link_error).string();
       if (link_error) continue;

@@ -1,9 +1,9 @@
+#include "tern/balancer/load_table.hpp"
+
 #include <gtest/gtest.h>
 
 #include <random>
 #include <set>
-
-#include "tern/balancer/load_table.hpp"
 
 namespace tern::balancer {
 namespace {

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "tern/balancer/membership.hpp"
+
+#include <gtest/gtest.h>
 
 namespace tern::balancer {
 namespace {

@@ -27,11 +27,13 @@ Run Tern(const std::string& args) {
   std::string out;
   std::array<char, 4096> buffer{};
   size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0) out.append(buffer.data(), n);
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe.get())) > 0)
+    out.append(buffer.data(), n);
   const int status = ::pclose(pipe.release());
   std::string err;
   if (FILE* file = std::fopen(err_file.c_str(), "r")) {
-    while ((n = std::fread(buffer.data(), 1, buffer.size(), file)) > 0) err.append(buffer.data(), n);
+    while ((n = std::fread(buffer.data(), 1, buffer.size(), file)) > 0)
+      err.append(buffer.data(), n);
     std::fclose(file);
   }
   std::remove(err_file.c_str());

@@ -8,25 +8,24 @@
 //
 // The tests run in declaration order and share the cluster; the last one stops node3's agent.
 // On a failure the tails of the agents' logs are printed.
+#include <gtest/gtest.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "harness.hpp"
 
@@ -146,20 +145,25 @@ std::string Submit(const std::string& from, const std::vector<std::string>& cmd,
 }
 
 // Waits until the job (as seen from VIA) is in STATE; returns its last status.
-std::optional<json> WaitState(const std::string& via, const std::string& id, const std::string& state,
-                              std::chrono::milliseconds timeout = 30s) {
+std::optional<json> WaitState(const std::string& via, const std::string& id,
+                              const std::string& state, std::chrono::milliseconds timeout = 30s) {
   std::optional<json> last;
-  WaitFor([&] {
-    last = Status(via, id);
-    return last && last->value("state", "") == state;
-  }, timeout);
+  WaitFor(
+      [&] {
+        last = Status(via, id);
+        return last && last->value("state", "") == state;
+      },
+      timeout);
   return last;
 }
 
-std::string Describe(const std::optional<json>& j) { return j ? j->dump() : std::string("(no answer)"); }
+std::string Describe(const std::optional<json>& j) {
+  return j ? j->dump() : std::string("(no answer)");
+}
 
 // Bytes of the job's stdout as served by the API through `tern logs`.
-std::optional<std::string> JobLogs(const std::string& via, const std::string& id, bool err = false) {
+std::optional<std::string> JobLogs(const std::string& via, const std::string& id,
+                                   bool err = false) {
   std::vector<std::string> args = {"logs"};
   if (err) args.push_back("--stderr");
   args.push_back(id);
@@ -202,7 +206,8 @@ class ClusterTest : public ::testing::Test {
 
   static void SetUpTestSuite() {
     if (geteuid() != 0) {
-      skip_reason_ = "the integration tests need root (network and mount namespaces); run them as root";
+      skip_reason_ =
+          "the integration tests need root (network and mount namespaces); run them as root";
       return;
     }
     for (const char* binary : {"ternd", "tern"}) {
@@ -249,7 +254,8 @@ class ClusterTest : public ::testing::Test {
       text += "---- " + AgentLog(node) + " (last 60 lines)\n" + Tail(ReadFile(AgentLog(node)), 60);
     }
     if (fs::exists(RogueDir() + "/ternd.log")) {
-      text += "---- " + RogueDir() + "/ternd.log (last 30 lines)\n" + Tail(ReadFile(RogueDir() + "/ternd.log"), 30);
+      text += "---- " + RogueDir() + "/ternd.log (last 30 lines)\n" +
+              Tail(ReadFile(RogueDir() + "/ternd.log"), 30);
     }
     std::cerr << text;
   }
@@ -277,7 +283,8 @@ TEST_F(ClusterTest, NodesShowsThreeAliveNodes) {
   }
   auto human = Tern("node1", {"nodes"});
   EXPECT_EQ(human.exit_code, 0) << human.Describe();
-  for (const auto& name : kNodes) EXPECT_NE(human.out.find(name), std::string::npos) << human.Describe();
+  for (const auto& name : kNodes)
+    EXPECT_NE(human.out.find(name), std::string::npos) << human.Describe();
 }
 
 TEST_F(ClusterTest, SubmitOnEveryNodeAndListFromAnother) {
@@ -289,16 +296,19 @@ TEST_F(ClusterTest, SubmitOnEveryNodeAndListFromAnother) {
     ids.push_back(id);
   }
   std::optional<json> jobs;
-  const bool listed = WaitFor([&] {
-    jobs = JobsSeenBy("node2", /*all=*/false);
-    if (!jobs) return false;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      auto job = FindJob(*jobs, ids[i]);
-      if (!job || job->value("state", "") != "running") return false;
-    }
-    return true;
-  }, 20s);
-  ASSERT_TRUE(listed) << "node2's `tern ps -o json` does not list all three running: " << Describe(jobs);
+  const bool listed = WaitFor(
+      [&] {
+        jobs = JobsSeenBy("node2", /*all=*/false);
+        if (!jobs) return false;
+        for (size_t i = 0; i < ids.size(); ++i) {
+          auto job = FindJob(*jobs, ids[i]);
+          if (!job || job->value("state", "") != "running") return false;
+        }
+        return true;
+      },
+      20s);
+  ASSERT_TRUE(listed) << "node2's `tern ps -o json` does not list all three running: "
+                      << Describe(jobs);
   for (size_t i = 0; i < ids.size(); ++i) {
     auto job = FindJob(*jobs, ids[i]);
     ASSERT_TRUE(job);
@@ -337,7 +347,8 @@ TEST_F(ClusterTest, LogsOfAJobOnAnotherNode) {
 }
 
 TEST_F(ClusterTest, LogsFollowEndsWhenTheJobEnds) {
-  const auto id = Submit("node1", {"sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done"}, "node2");
+  const auto id =
+      Submit("node1", {"sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done"}, "node2");
   ASSERT_FALSE(id.empty());
   const auto t0 = std::chrono::steady_clock::now();
   auto r = Tern("node3", {"logs", "-f", id}, 60s);
@@ -378,8 +389,11 @@ TEST_F(ClusterTest, UnknownJobExitsOneWithOneLineOnStderr) {
 }
 
 TEST_F(ClusterTest, BadUsageExitsTwo) {
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"no-such-command"}, {"submit"}, {"ps", "--no-such-flag"}, {"logs"}, {"ps", "-o", "yaml"}}) {
+  for (const auto& args : std::vector<std::vector<std::string>>{{"no-such-command"},
+                                                                {"submit"},
+                                                                {"ps", "--no-such-flag"},
+                                                                {"logs"},
+                                                                {"ps", "-o", "yaml"}}) {
     auto r = Tern("node1", args);
     EXPECT_EQ(r.exit_code, 2) << r.Describe();
     EXPECT_FALSE(Trim(r.err).empty()) << "usage errors say why on stderr: " << r.Describe();
@@ -387,19 +401,24 @@ TEST_F(ClusterTest, BadUsageExitsTwo) {
 }
 
 TEST_F(ClusterTest, JobSurvivesItsAgentBeingKilledAndRestarted) {
-  const auto id = Submit("node1", {"sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"}, "node2");
+  const auto id = Submit(
+      "node1", {"sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done"}, "node2");
   ASSERT_FALSE(id.empty());
   std::optional<std::string> out;
-  ASSERT_TRUE(WaitFor([&] {
-    out = JobLogs("node1", id);
-    return out && Lines(*out).size() >= 5;
-  }, 20s)) << "the counter job's output never reached 5 lines: " << (out ? *out : "(no answer)");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        out = JobLogs("node1", id);
+        return out && Lines(*out).size() >= 5;
+      },
+      20s))
+      << "the counter job's output never reached 5 lines: " << (out ? *out : "(no answer)");
   auto st = Status("node1", id);
   ASSERT_TRUE(st) << Tern("node1", {"status", id, "-o", "json"}).Describe();
   ASSERT_EQ(st->value("state", ""), "running") << st->dump();
   const pid_t pid = st->value("pid", 0);
   ASSERT_GT(pid, 0) << st->dump();
-  ASSERT_TRUE(ProcessAlive(pid)) << "the job's pid " << pid << " is not a live process on this host";
+  ASSERT_TRUE(ProcessAlive(pid)) << "the job's pid " << pid
+                                 << " is not a live process on this host";
 
   // kill -9 the agent: the job keeps running and writing while no agent is there
   auto r = RunCmd({Script(), "stop-agent", "node2", "--signal", "KILL"}, 60s);
@@ -415,39 +434,53 @@ TEST_F(ClusterTest, JobSurvivesItsAgentBeingKilledAndRestarted) {
   r = RunCmd({Script(), "start-agent", "node2"}, 90s);
   ASSERT_EQ(r.exit_code, 0) << r.Describe();
   st.reset();
-  EXPECT_TRUE(WaitFor([&] {
-    st = Status("node1", id);
-    return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
-  }, 30s)) << "after the restart the job is not listed running with its pid " << pid << ": " << Describe(st);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        st = Status("node1", id);
+        return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
+      },
+      30s))
+      << "after the restart the job is not listed running with its pid " << pid << ": "
+      << Describe(st);
   std::optional<json> jobs;
-  EXPECT_TRUE(WaitFor([&] {
-    jobs = JobsSeenBy("node3", false);
-    auto job = jobs ? FindJob(*jobs, id) : std::nullopt;
-    return job && job->value("state", "") == "running" && job->value("pid", 0) == pid;
-  }, 30s)) << "node3's `tern ps` does not list the job running again: " << Describe(jobs);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        jobs = JobsSeenBy("node3", false);
+        auto job = jobs ? FindJob(*jobs, id) : std::nullopt;
+        return job && job->value("state", "") == "running" && job->value("pid", 0) == pid;
+      },
+      30s))
+      << "node3's `tern ps` does not list the job running again: " << Describe(jobs);
 
   const size_t lines_then = out ? Lines(*out).size() : 0;
   std::optional<std::string> later;
-  EXPECT_TRUE(WaitFor([&] {
-    later = JobLogs("node3", id);
-    return later && Lines(*later).size() > lines_then + 10;
-  }, 20s)) << "the job's output did not keep growing: had " << lines_then << " lines, now "
-           << (later ? std::to_string(Lines(*later).size()) : "(no answer)");
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        later = JobLogs("node3", id);
+        return later && Lines(*later).size() > lines_then + 10;
+      },
+      20s))
+      << "the job's output did not keep growing: had " << lines_then << " lines, now "
+      << (later ? std::to_string(Lines(*later).size()) : "(no answer)");
   if (later) {
     // a counter without gaps: every line is the previous + 1
     auto lines = Lines(*later);
     for (size_t i = 0; i < lines.size(); ++i) {
-      ASSERT_EQ(lines[i], std::to_string(i)) << "the counter's output has a gap or a restart at line " << i;
+      ASSERT_EQ(lines[i], std::to_string(i))
+          << "the counter's output has a gap or a restart at line " << i;
     }
   }
 
   // a graceful restart (TERM) keeps the job too
   r = RunCmd({Script(), "restart-agent", "node2"}, 90s);
   ASSERT_EQ(r.exit_code, 0) << r.Describe();
-  EXPECT_TRUE(WaitFor([&] {
-    st = Status("node2", id);
-    return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
-  }, 30s)) << Describe(st);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        st = Status("node2", id);
+        return st && st->value("state", "") == "running" && st->value("pid", 0) == pid;
+      },
+      30s))
+      << Describe(st);
 
   r = Tern("node1", {"cancel", id});
   EXPECT_EQ(r.exit_code, 0) << r.Describe();
@@ -457,7 +490,8 @@ TEST_F(ClusterTest, JobSurvivesItsAgentBeingKilledAndRestarted) {
 
 TEST_F(ClusterTest, JobRunsAsTheUserWhoSubmittedIt) {
   if (getpwnam(kTestUser.c_str()) == nullptr) {
-    auto r = RunCmd({"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", kTestUser});
+    auto r = RunCmd(
+        {"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", kTestUser});
     ASSERT_EQ(r.exit_code, 0) << "cannot create the test user: " << r.Describe();
   }
   const passwd* pw = getpwnam(kTestUser.c_str());
@@ -473,7 +507,8 @@ TEST_F(ClusterTest, JobRunsAsTheUserWhoSubmittedIt) {
   chmod(dir.c_str(), 0755);
   chmod(tern.c_str(), 0755);
   auto as_user = [&](const std::string& node, std::vector<std::string> args) {
-    std::vector<std::string> argv = {"runuser", "-u", kTestUser, "--", tern, "--node-socket", Socket(node)};
+    std::vector<std::string> argv = {"runuser",       "-u",        kTestUser, "--", tern,
+                                     "--node-socket", Socket(node)};
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCmd(argv);
   };
@@ -500,16 +535,19 @@ TEST_F(ClusterTest, JobRunsAsTheUserWhoSubmittedIt) {
   const pid_t init_pid = st->value("pid", 0);
   ASSERT_GT(init_pid, 0);
   std::vector<pid_t> children;
-  WaitFor([&] {
-    children = ChildrenOf(init_pid);
-    return !children.empty();
-  }, 5s, 50ms);
+  WaitFor(
+      [&] {
+        children = ChildrenOf(init_pid);
+        return !children.empty();
+      },
+      5s, 50ms);
   ASSERT_FALSE(children.empty()) << "the job's init (pid " << init_pid << ") has no child";
   bool found_sleep = false;
   for (pid_t child : children) {
     if (CommOf(child) == "sleep") {
       found_sleep = true;
-      EXPECT_EQ(UidOfProcess(child), uid) << "the job's command runs as uid " << UidOfProcess(child);
+      EXPECT_EQ(UidOfProcess(child), uid)
+          << "the job's command runs as uid " << UidOfProcess(child);
     }
   }
   EXPECT_TRUE(found_sleep) << "no `sleep` among the children of the job's init " << init_pid;
@@ -536,31 +574,36 @@ TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
   {
     std::ofstream out(config);
     out << "[node]\nname = \"rogue\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \"" << dir
-        << "/run\"\n\n[api]\nunix_socket = \"" << dir << "/run/ternd.sock\"\nlisten = \"0.0.0.0:7172\"\n\n"
+        << "/run\"\n\n[api]\nunix_socket = \"" << dir
+        << "/run/ternd.sock\"\nlisten = \"0.0.0.0:7172\"\n\n"
         << "[cluster]\nlisten = \"0.0.0.0:7171\"\nadvertise = \"10.77.0.3:7171\"\n"
         << "seeds = [\"10.77.0.1:7071\"]\nsecret = \"not-the-cluster-secret-0123456789\"\n\n"
         << "[log]\nlevel = \"debug\"\n";
   }
   const std::string node1_log = AgentLog("node1");
   const auto node1_log_start = ReadFile(node1_log).size();
-  rogue_pid_ = Spawn({Script(), "exec", "node3", kBinDir + "/ternd", "--config", config}, dir + "/ternd.log");
+  rogue_pid_ = Spawn({Script(), "exec", "node3", kBinDir + "/ternd", "--config", config},
+                     dir + "/ternd.log");
   ASSERT_GT(rogue_pid_, 0);
 
   std::string refused_line;
-  const bool refused = WaitFor([&] {
-    const std::string text = ReadFile(node1_log);
-    if (text.size() <= node1_log_start) return false;
-    for (const auto& line : Lines(text.substr(node1_log_start))) {
-      std::string lower = line;
-      std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-      if (lower.find("refused") != std::string::npos &&
-          (lower.find("rogue") != std::string::npos || lower.find("10.77.0.3") != std::string::npos)) {
-        refused_line = line;
-        return true;
-      }
-    }
-    return false;
-  }, 30s, 250ms);
+  const bool refused = WaitFor(
+      [&] {
+        const std::string text = ReadFile(node1_log);
+        if (text.size() <= node1_log_start) return false;
+        for (const auto& line : Lines(text.substr(node1_log_start))) {
+          std::string lower = line;
+          std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+          if (lower.find("refused") != std::string::npos &&
+              (lower.find("rogue") != std::string::npos ||
+               lower.find("10.77.0.3") != std::string::npos)) {
+            refused_line = line;
+            return true;
+          }
+        }
+        return false;
+      },
+      30s, 250ms);
   EXPECT_TRUE(refused) << "node1's log has no 'refused' line about the agent with the wrong secret "
                           "(rogue at 10.77.0.3:7171); rogue's log:\n"
                        << Tail(ReadFile(dir + "/ternd.log"), 30);
@@ -571,7 +614,8 @@ TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
     for (const auto& node : kNodes) {
       auto nodes = NodesSeenBy(node);
       ASSERT_TRUE(nodes) << node << ": " << Tern(node, {"nodes", "-o", "json"}).Describe();
-      EXPECT_EQ(NodeState(*nodes, "rogue"), "") << node << " lists the rogue agent: " << nodes->dump();
+      EXPECT_EQ(NodeState(*nodes, "rogue"), "")
+          << node << " lists the rogue agent: " << nodes->dump();
       EXPECT_EQ(nodes->size(), 3u) << node << ": " << nodes->dump();
     }
   }
@@ -670,8 +714,9 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
     previous = number;
     previous_time = when;
   }
-  std::cerr << "10 pre-copy and 10 post-copy migrations: longest reported freeze " << longest_freeze_ms
-            << " ms, longest gap in the job's own output " << longest_gap_ms << " ms\n";
+  std::cerr << "10 pre-copy and 10 post-copy migrations: longest reported freeze "
+            << longest_freeze_ms << " ms, longest gap in the job's own output " << longest_gap_ms
+            << " ms\n";
   // The job's own pause must be covered by the freeze the agents measured (plus its 10 ms tick
   // and scheduling slack).
   EXPECT_LE(longest_gap_ms, longest_freeze_ms + 100);
@@ -681,11 +726,9 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
 TEST_F(ClusterTest, PreflightRefusesAFileThatDiffersOnTheDestinationAndTheJobKeepsRunning) {
   // /var/lib/tern is private to each node: node2 has no such file.
   const std::string name = "preflight-" + std::to_string(getpid()) + ".txt";
-  {
-    std::ofstream(NodeDir("node1") + "/state/" + name) << "only on node1\n";
-  }
-  const auto id = Submit("node1", {"sh", "-c", "exec 3</var/lib/tern/" + name +
-                                                   "; while :; do sleep 0.1; done"});
+  { std::ofstream(NodeDir("node1") + "/state/" + name) << "only on node1\n"; }
+  const auto id = Submit(
+      "node1", {"sh", "-c", "exec 3</var/lib/tern/" + name + "; while :; do sleep 0.1; done"});
   ASSERT_FALSE(id.empty());
   ASSERT_TRUE(WaitState("node1", id, "running"));
   std::this_thread::sleep_for(200ms);
@@ -775,10 +818,13 @@ TEST_F(ClusterTest, DestinationAgentKilledDuringAMigrationLeavesExactlyOneJob) {
     ASSERT_TRUE(WaitFor([&] { return ProcessesWith(marker) == 1; }, 40s))
         << ProcessesWith(marker) << " copies of the job run";
     std::optional<json> st;
-    ASSERT_TRUE(WaitFor([&] {
-      st = Status("node1", id);
-      return st && st->value("state", "") == "running";
-    }, 40s)) << Describe(st);
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          st = Status("node1", id);
+          return st && st->value("state", "") == "running";
+        },
+        40s))
+        << Describe(st);
     std::this_thread::sleep_for(300ms);
     EXPECT_EQ(ProcessesWith(marker), 1);
   }
@@ -790,13 +836,15 @@ TEST_F(ClusterTest, StoppedAgentBecomesSuspectThenDead) {
   auto r = RunCmd({Script(), "stop-agent", "node3"}, 60s);
   ASSERT_EQ(r.exit_code, 0) << r.Describe();
   std::vector<std::string> seen;  // node3's states as node1 saw them, without repeats
-  const bool dead = WaitFor([&] {
-    auto nodes = NodesSeenBy("node1");
-    if (!nodes) return false;
-    const auto state = NodeState(*nodes, "node3");
-    if (seen.empty() || seen.back() != state) seen.push_back(state);
-    return state == "dead";
-  }, 45s, 250ms);
+  const bool dead = WaitFor(
+      [&] {
+        auto nodes = NodesSeenBy("node1");
+        if (!nodes) return false;
+        const auto state = NodeState(*nodes, "node3");
+        if (seen.empty() || seen.back() != state) seen.push_back(state);
+        return state == "dead";
+      },
+      45s, 250ms);
   std::string trace;
   for (const auto& s : seen) trace += (trace.empty() ? "" : " -> ") + (s.empty() ? "(absent)" : s);
   ASSERT_TRUE(dead) << "node1 never saw node3 dead; states seen: " << trace;

@@ -49,12 +49,13 @@ std::string Result::Describe() const {
   } else {
     os << "exit " << exit_code;
   }
-  os << "\n  stdout: " << (out.empty() ? "(empty)" : out) << "\n  stderr: " << (err.empty() ? "(empty)" : err);
+  os << "\n  stdout: " << (out.empty() ? "(empty)" : out)
+     << "\n  stderr: " << (err.empty() ? "(empty)" : err);
   return os.str();
 }
 
 Result RunCmd(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
-           const std::map<std::string, std::string>& extra_env) {
+              const std::map<std::string, std::string>& extra_env) {
   Result result;
   result.command = Join(argv);
   int out_pipe[2];
@@ -87,7 +88,8 @@ Result RunCmd(const std::vector<std::string>& argv, std::chrono::milliseconds ti
   int open_fds = 2;
   char buf[65536];
   while (open_fds > 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       result.timed_out = true;
       kill(-pid, SIGKILL);

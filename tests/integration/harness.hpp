@@ -24,8 +24,8 @@ struct Result {
 // Runs argv (PATH is searched), with stdin /dev/null, capturing stdout and stderr; kills the
 // process group after `timeout`.
 Result RunCmd(const std::vector<std::string>& argv,
-           std::chrono::milliseconds timeout = std::chrono::seconds(30),
-           const std::map<std::string, std::string>& extra_env = {});
+              std::chrono::milliseconds timeout = std::chrono::seconds(30),
+              const std::map<std::string, std::string>& extra_env = {});
 
 // Starts argv in its own session in the background, stdin /dev/null, stdout+stderr appended to
 // log_path. Returns the pid (the caller reaps it with Reap or it is reaped at exit).

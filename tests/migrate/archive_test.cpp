@@ -1,11 +1,11 @@
+#include "tern/migrate/archive.hpp"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include "tern/migrate/archive.hpp"
 
 namespace tern::migrate {
 namespace {
@@ -42,12 +42,13 @@ TEST(ArchiveTest, RefusesPathsOutsideTheDestinationAndTruncation) {
     std::string out;
     for (int shift = 24; shift >= 0; shift -= 8) out.push_back(char(path.size() >> shift));
     out += path;
-    out += std::string(7, '\0') + '\1';   // size 1
+    out += std::string(7, '\0') + '\1';    // size 1
     out += std::string(3, '\0') + '\x44';  // mode
     out += "x";
     return out;
   };
-  const std::string dir = fs::temp_directory_path() / ("tern-archive-bad-" + std::to_string(getpid()));
+  const std::string dir =
+      fs::temp_directory_path() / ("tern-archive-bad-" + std::to_string(getpid()));
   EXPECT_FALSE(UnpackDirectory(entry("../escape"), dir));
   EXPECT_FALSE(UnpackDirectory(entry("/etc/passwd-tern"), dir));
   EXPECT_FALSE(UnpackDirectory(entry("ok").substr(0, 9), dir));

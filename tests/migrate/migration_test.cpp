@@ -1,10 +1,10 @@
 // The migration protocol's state machine: every failure at every phase leaves exactly one
 // copy of the job that may run — never two, never none.
+#include "tern/migrate/migration.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
-
-#include "tern/migrate/migration.hpp"
 
 namespace tern::migrate {
 namespace {

@@ -1,11 +1,11 @@
+#include "tern/migrate/preflight.hpp"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "tern/migrate/preflight.hpp"
 
 namespace tern::migrate {
 namespace {

@@ -38,25 +38,25 @@ Expected<void> Agent::Start() {
   job_options.node_name = identity_.name;
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;
-  supervisor_ = std::make_unique<jobs::JobSupervisor>(io_, job_options, [](const jobs::JobRecord& job) {
-    spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
-  });
+  supervisor_ =
+      std::make_unique<jobs::JobSupervisor>(io_, job_options, [](const jobs::JobRecord& job) {
+        spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
+      });
   supervisor_->Adopt();
 
   cluster_ = std::make_unique<Cluster>(io_, config_, identity_);
   migrations_ = std::make_unique<MigrationDriver>(io_, config_, *supervisor_, *cluster_);
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
-  cluster_->SetRequestHandler([this](ApiCall call, ApiDone done) {
-    api_->Handle(std::move(call), std::move(done));
-  });
+  cluster_->SetRequestHandler(
+      [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
   last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
   for (const auto& problem : last_host_load_.problems) spdlog::warn("load sampling: {}", problem);
   if (auto started = cluster_->Start(); !started) return started;
 
   http_ = std::make_unique<http::HttpServer>(
-      io_, [this](const http::Request& request, const http::Caller& caller,
-                  http::Responder responder) {
+      io_,
+      [this](const http::Request& request, const http::Caller& caller, http::Responder responder) {
         ApiCall call;
         call.method = std::string(request.method_string());
         call.target = std::string(request.target());

@@ -96,8 +96,7 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
   const auto& parts = target.segments;
   const std::string& method = call.method;
   auto wrong_method = [&](const char* allowed) {
-    done(ErrorResult(405, method + " is not allowed on " + target.path + " (use " + allowed +
-                              ")"));
+    done(ErrorResult(405, method + " is not allowed on " + target.path + " (use " + allowed + ")"));
   };
   try {
     if (parts.size() < 2 || parts[0] != "v1") {
@@ -117,11 +116,9 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
     } else if (parts.size() == 3 && parts[1] == "jobs") {
       method == "GET" ? JobCall(std::move(call), parts[2], "", done) : wrong_method("GET");
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "cancel") {
-      method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done)
-                       : wrong_method("POST");
+      method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "migrate") {
-      method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done)
-                       : wrong_method("POST");
+      method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done) : wrong_method("POST");
     } else if (parts.size() >= 3 && parts[1] == "migrations") {
       migrations_.Handle(call, parts, done);
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "logs") {

@@ -23,8 +23,9 @@ std::string Frame(const json& header, const std::string& body) {
 
 Expected<std::pair<json, std::string>> Unframe(const std::string& payload) {
   if (payload.size() < 4) return Fail("api frame shorter than its length prefix");
-  const auto byte = [&](size_t i) { return static_cast<std::uint32_t>(
-                                        static_cast<unsigned char>(payload[i])); };
+  const auto byte = [&](size_t i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(payload[i]));
+  };
   const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
   if (length > payload.size() - 4) return Fail("api frame header length exceeds the frame");
   json header = json::parse(payload.substr(4, length), nullptr, false);

@@ -1,7 +1,8 @@
 #include "tern/agent/cluster.hpp"
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
 #include <tern/ipc/frame_type.hpp>
 #include <tern/ipc/peer_transport.hpp>
 
@@ -20,13 +21,12 @@ Cluster::Cluster(boost::asio::io_context& io, const AgentConfig& config, NodeIde
     : io_(io),
       config_(config),
       self_(std::move(self)),
-      membership_(balancer::MembershipOptions{
-          .self = {.node_id = self_.id,
-                   .name = self_.name,
-                   .address = config.cluster_advertise,
-                   .api_address = config.api_listen},
-          .suspect_after = config.suspect_after,
-          .dead_after = config.dead_after}),
+      membership_(balancer::MembershipOptions{.self = {.node_id = self_.id,
+                                                       .name = self_.name,
+                                                       .address = config.cluster_advertise,
+                                                       .api_address = config.api_listen},
+                                              .suspect_after = config.suspect_after,
+                                              .dead_after = config.dead_after}),
       heartbeat_timer_(io) {}
 
 Cluster::~Cluster() { Stop(); }
@@ -210,8 +210,8 @@ void Cluster::FailPendingCalls(std::uint64_t node_id, const std::string& reason)
 void Cluster::Call(std::uint64_t node_id, ApiCall call, ApiDone done,
                    std::chrono::milliseconds timeout) {
   const std::uint64_t request_id = next_request_id_++;
-  if (!transport_ || !transport_->Send(node_id, ipc::FrameType::kApiRequest,
-                                       EncodeApiRequest(request_id, call))) {
+  if (!transport_ ||
+      !transport_->Send(node_id, ipc::FrameType::kApiRequest, EncodeApiRequest(request_id, call))) {
     done(ErrorResult(503, "node " + NameOf(node_id) + " is unreachable (no link to its agent)"));
     return;
   }
@@ -227,8 +227,7 @@ void Cluster::Call(std::uint64_t node_id, ApiCall call, ApiDone done,
 }
 
 void Cluster::CallAllPeers(
-    const ApiCall& call,
-    std::function<void(std::vector<std::pair<std::string, ApiResult>>)> done) {
+    const ApiCall& call, std::function<void(std::vector<std::pair<std::string, ApiResult>>)> done) {
   std::vector<std::uint64_t> targets;
   for (const auto& member : membership_.Members()) {
     if (member.node_id == self_.id || member.state == balancer::MemberState::kDead) continue;

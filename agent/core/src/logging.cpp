@@ -12,8 +12,8 @@ Expected<void> SetUpLogging(const std::string& level, const std::string& file) {
     return Fail("unknown log level '" + level + "' (trace, debug, info, warn, error)");
   }
   try {
-    auto logger = file.empty() ? spdlog::stderr_logger_mt("ternd")
-                               : spdlog::basic_logger_mt("ternd", file);
+    auto logger =
+        file.empty() ? spdlog::stderr_logger_mt("ternd") : spdlog::basic_logger_mt("ternd", file);
     spdlog::set_default_logger(logger);
   } catch (const spdlog::spdlog_ex& error) {
     return Fail("cannot open log " + file + ": " + error.what());

@@ -1,4 +1,5 @@
 // ternd: the tern agent. One runs on every node.
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
 #include <CLI/CLI.hpp>
@@ -7,7 +8,6 @@
 #include <csignal>
 #include <filesystem>
 #include <iostream>
-#include <spdlog/spdlog.h>
 
 #include "tern/agent/agent.hpp"
 #include "tern/agent/config.hpp"
@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!log_level.empty()) config->log_level = log_level;
-  if (auto resolved = tern::agent::ResolveMachineDefaults(*config, std::filesystem::read_symlink("/proc/self/exe").string()); !resolved) {
+  if (auto resolved = tern::agent::ResolveMachineDefaults(
+          *config, std::filesystem::read_symlink("/proc/self/exe").string());
+      !resolved) {
     std::cerr << "ternd: " << resolved.error().message << "\n";
     return 1;
   }

@@ -3,8 +3,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <unistd.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -12,8 +13,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <thread>
-#include <spdlog/spdlog.h>
 #include <sstream>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tern/migrate/archive.hpp>
@@ -21,6 +20,7 @@
 #include <tern/migrate/migration.hpp>
 #include <tern/migrate/preflight.hpp>
 #include <tern/migrate/subprocess.hpp>
+#include <thread>
 
 #include "tern/agent/cluster.hpp"
 
@@ -173,9 +173,10 @@ void MigrationDriver::LoadUnfinished() {
     }
     incoming->restored_at = Clock::now() - std::chrono::seconds(60);
     incoming_[mid] = incoming;
-    spdlog::warn("migration {}: found a restored, stopped copy of job {} (pid {}); asking {} "
-                 "whether the move committed",
-                 mid, incoming->job.id, pid, incoming->job.node);
+    spdlog::warn(
+        "migration {}: found a restored, stopped copy of job {} (pid {}); asking {} "
+        "whether the move committed",
+        mid, incoming->job.id, pid, incoming->job.node);
   }
 }
 
@@ -224,8 +225,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
     return;
   }
   if (job.state != jobs::JobState::kRunning) {
-    migration->done(ErrorResult(409, "job " + job.id + " is not running (" +
-                                         jobs::ToString(job.state) + ")"));
+    migration->done(
+        ErrorResult(409, "job " + job.id + " is not running (" + jobs::ToString(job.state) + ")"));
     return;
   }
   if (!job.migrating_id.empty()) {
@@ -238,8 +239,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   }
   auto destination = cluster_.AliveNodeByName(migration->destination);
   if (!destination) {
-    migration->done(ErrorResult(404, "node '" + migration->destination +
-                                         "' is not an alive member of the cluster"));
+    migration->done(ErrorResult(
+        404, "node '" + migration->destination + "' is not an alive member of the cluster"));
     return;
   }
   migration->destination_id = *destination;
@@ -248,9 +249,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   std::snprintf(suffix, sizeof suffix, "%08x", entropy());
   migration->id = job.id + "-" + suffix;
   outgoing_[migration->id] = migration;
-  spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id,
-               cluster_.self().name, migration->destination, migration->mode,
-               migration->dry_run ? ", dry run" : "");
+  spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id, cluster_.self().name,
+               migration->destination, migration->mode, migration->dry_run ? ", dry run" : "");
 
   const std::string criu_config = config_.criu_path;
   OffThread(
@@ -275,22 +275,22 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
                             ? "available"
                             : "this kernel does not track dirty memory: one dump, pages "
                               "streamed to the destination"}});
-        migration->checks.push_back({{"check", "resources the job holds"},
-                                     {"ok", scan.blockers.empty()},
-                                     {"detail", scan.blockers.empty()
-                                                    ? std::to_string(scan.processes) +
-                                                          " process(es), nothing that "
-                                                          "cannot follow"
-                                                    : Join(scan.blockers)}});
+        migration->checks.push_back(
+            {{"check", "resources the job holds"},
+             {"ok", scan.blockers.empty()},
+             {"detail", scan.blockers.empty()
+                            ? std::to_string(scan.processes) + " process(es), nothing that "
+                                                               "cannot follow"
+                            : Join(scan.blockers)}});
         migration->job.rss_bytes = scan.rss_bytes;
         json outside = json::array();
         for (const auto& file : scan.outside) {
           outside.push_back({{"path", file.path}, {"size", file.size}, {"mtime", file.mtime}});
         }
-        migration->checks.push_back({{"check", "files outside the job directory"},
-                                     {"ok", true},
-                                     {"detail", std::to_string(scan.outside.size()) +
-                                                    " to compare at the destination"}});
+        migration->checks.push_back(
+            {{"check", "files outside the job directory"},
+             {"ok", true},
+             {"detail", std::to_string(scan.outside.size()) + " to compare at the destination"}});
         if (!blockers.empty()) {
           migration->error = "job " + migration->job.id + " cannot move: " + Join(blockers);
           Step(migration, static_cast<int>(MigrationEvent::kPreflightRefused));
@@ -318,18 +318,18 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
           migration->lazy_serve = {HostOf(config_.cluster_advertise),
                                    static_cast<std::uint16_t>(7300 + (next_port_++ % 100))};
         }
-        call.body = json{{"id", migration->id},
-                         {"lazy_source",
-                          {{"address", migration->lazy_serve.address},
-                           {"port", migration->lazy_serve.port}}},
-                         {"job", jobs::PersistentJson(migration->job)},
-                         {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
-                         {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
-                         {"mode", migration->mode},
-                         {"dry_run", migration->dry_run},
-                         {"rss_bytes", migration->job.rss_bytes},
-                         {"outside", outside}}
-                        .dump();
+        call.body = json{
+            {"id", migration->id},
+            {"lazy_source",
+             {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
+            {"job", jobs::PersistentJson(migration->job)},
+            {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
+            {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
+            {"mode", migration->mode},
+            {"dry_run", migration->dry_run},
+            {"rss_bytes", migration->job.rss_bytes},
+            {"outside",
+             outside}}.dump();
         const auto start = Clock::now();
         cluster_.Call(
             migration->destination_id, call,
@@ -397,8 +397,8 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
               if (shared) return std::make_pair(std::move(*packed_images), std::string());
               // The destination writes its own record of the job; the source's would name a
               // process that is not the destination's.
-              auto packed_dir = migrate::PackDirectory(job_dir, {"job.json", "job.json.tmp"},
-                                                       kMaxCarriedBytes);
+              auto packed_dir =
+                  migrate::PackDirectory(job_dir, {"job.json", "job.json.tmp"}, kMaxCarriedBytes);
               if (!packed_dir) return Unexpected<Error>{packed_dir.error()};
               return std::make_pair(std::move(*packed_images), std::move(*packed_dir));
             },
@@ -555,27 +555,27 @@ void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int
   call.target = "/v1/migrations/" + migration->id + "/commit";
   call.caller = migration->caller;
   call.body = stats.dump();
-  cluster_.Call(migration->destination_id, call,
-                [this, migration, attempt, start](ApiResult result) {
-                  migration->commit_ms = MillisSince(start);
-                  if (result.status == 200) {
-                    migration->moved_job = json::parse(result.body, nullptr, false);
-                    Step(migration, static_cast<int>(MigrationEvent::kCommitted));
-                    return;
-                  }
-                  if (attempt >= 10) {
-                    Finish(migration, 502,
-                           "job " + migration->job.id + " was handed to " +
-                               migration->destination + ", which has not confirmed resuming it: " +
-                               ErrorMessageOf(result) + " (it resumes the job when it learns the "
-                               "outcome)");
-                    return;
-                  }
-                  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::seconds(1));
-                  timer->async_wait([this, migration, attempt, timer](const auto& error) {
-                    if (!error) SendCommit(migration, attempt + 1);
-                  });
-                });
+  cluster_.Call(
+      migration->destination_id, call, [this, migration, attempt, start](ApiResult result) {
+        migration->commit_ms = MillisSince(start);
+        if (result.status == 200) {
+          migration->moved_job = json::parse(result.body, nullptr, false);
+          Step(migration, static_cast<int>(MigrationEvent::kCommitted));
+          return;
+        }
+        if (attempt >= 10) {
+          Finish(migration, 502,
+                 "job " + migration->job.id + " was handed to " + migration->destination +
+                     ", which has not confirmed resuming it: " + ErrorMessageOf(result) +
+                     " (it resumes the job when it learns the "
+                     "outcome)");
+          return;
+        }
+        auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::seconds(1));
+        timer->async_wait([this, migration, attempt, timer](const auto& error) {
+          if (!error) SendCommit(migration, attempt + 1);
+        });
+      });
 }
 
 void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigned status,
@@ -592,35 +592,36 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
     return;
   }
   if (migration->dry_run) {
-    json body = {{"verdict", "job " + migration->job.id + " can move to " +
-                                 migration->destination},
+    json body = {{"verdict", "job " + migration->job.id + " can move to " + migration->destination},
                  {"can_move", true},
                  {"checks", migration->checks}};
     migration->done(JsonResult(200, body.dump()));
     return;
   }
-  json stats = {{"id", migration->id},
-                {"mode", migration->mode},
-                {"from", cluster_.self().name},
-                {"to", migration->destination},
-                {"freeze_ms", migration->dump_ms + migration->transfer_ms + migration->commit_ms},
-                {"total_ms", total_ms},
-                {"phases_ms",
-                 {{"preflight", migration->preflight_ms},
-                  {"prepare", migration->prepare_ms},
-                  {"dump", migration->dump_ms},
-                  {"transfer_and_restore", migration->transfer_ms},
-                  {"restore", migration->restore_ms},
-                  {"commit", migration->commit_ms}}},
-                {"bytes", migration->pages_bytes + migration->images_bytes + migration->jobdir_bytes},
-                {"pages_bytes", migration->pages_bytes},
-                {"images_bytes", migration->images_bytes},
-                {"jobdir_bytes", migration->jobdir_bytes},
-                {"pages", migration->pages_bytes / 4096}};
+  json stats = {
+      {"id", migration->id},
+      {"mode", migration->mode},
+      {"from", cluster_.self().name},
+      {"to", migration->destination},
+      {"freeze_ms", migration->dump_ms + migration->transfer_ms + migration->commit_ms},
+      {"total_ms", total_ms},
+      {"phases_ms",
+       {{"preflight", migration->preflight_ms},
+        {"prepare", migration->prepare_ms},
+        {"dump", migration->dump_ms},
+        {"transfer_and_restore", migration->transfer_ms},
+        {"restore", migration->restore_ms},
+        {"commit", migration->commit_ms}}},
+      {"bytes", migration->pages_bytes + migration->images_bytes + migration->jobdir_bytes},
+      {"pages_bytes", migration->pages_bytes},
+      {"images_bytes", migration->images_bytes},
+      {"jobdir_bytes", migration->jobdir_bytes},
+      {"pages", migration->pages_bytes / 4096}};
   spdlog::info("migration {}: job {} now runs on {} (freeze {:.0f} ms, total {:.0f} ms, {} bytes)",
                migration->id, migration->job.id, migration->destination,
                stats["freeze_ms"].get<double>(), total_ms, stats["bytes"].get<std::uint64_t>());
-  migration->done(JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
+  migration->done(
+      JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
 }
 
 // ---------------------------------------------------------------- destination
@@ -633,8 +634,9 @@ void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>
     return;
   }
   if (!call.forwarded) {
-    done(ErrorResult(403, "migration steps are sent by agents, not users; use "
-                          "POST /v1/jobs/{id}/migrate (tern migrate)"));
+    done(ErrorResult(403,
+                     "migration steps are sent by agents, not users; use "
+                     "POST /v1/jobs/{id}/migrate (tern migrate)"));
     return;
   }
   if (segments.size() == 3 && segments[2] == "prepare" && call.method == "POST") {
@@ -698,17 +700,17 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                           {"ok", criu.works},
                           {"detail", criu.works ? "criu " + criu.version : criu.problem}});
         if (!criu.works) problems.push_back("on " + node + ": " + criu.problem);
-        checks.push_back({{"check", "files outside the job directory on " + node},
-                          {"ok", file_problems.empty()},
-                          {"detail", file_problems.empty() ? "present and alike"
-                                                           : Join(file_problems)}});
+        checks.push_back(
+            {{"check", "files outside the job directory on " + node},
+             {"ok", file_problems.empty()},
+             {"detail", file_problems.empty() ? "present and alike" : Join(file_problems)}});
         const std::uint64_t available = MemAvailable();
         const bool memory_ok = available > rss + (64ull << 20);
-        checks.push_back({{"check", "job directory"},
-                          {"ok", true},
-                          {"detail", incoming->shared_dir
-                                         ? node + " shares it: nothing to copy"
-                                         : "copied to " + node + " with the job"}});
+        checks.push_back(
+            {{"check", "job directory"},
+             {"ok", true},
+             {"detail", incoming->shared_dir ? node + " shares it: nothing to copy"
+                                             : "copied to " + node + " with the job"}});
         checks.push_back({{"check", "memory on " + node},
                           {"ok", memory_ok},
                           {"detail", std::to_string(available >> 20) + " MiB free, the job uses " +
@@ -739,8 +741,8 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
             return;
           }
           Accept(incoming);
-          done(JsonResult(200, json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}
-                                   .dump()));
+          done(JsonResult(200,
+                          json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}.dump()));
           return;
         }
         migrate::PageServerTarget listen{HostOf(config_.cluster_advertise),
@@ -754,7 +756,8 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         }
         incoming->page_server = std::move(*server);
         const auto deadline = Clock::now() + std::chrono::seconds(5);
-        while (!Listening(listen.port) && Clock::now() < deadline && incoming->page_server.Running()) {
+        while (!Listening(listen.port) && Clock::now() < deadline &&
+               incoming->page_server.Running()) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
         if (!Listening(listen.port)) {
@@ -763,11 +766,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
           return;
         }
         Accept(incoming);
-        done(JsonResult(200, json{{"checks", checks},
-                                  {"shared_dir", incoming->shared_dir},
-                                  {"page_server",
-                                   {{"address", listen.address}, {"port", listen.port}}}}
-                                 .dump()));
+        done(JsonResult(200,
+                        json{{"checks", checks},
+                             {"shared_dir", incoming->shared_dir},
+                             {"page_server", {{"address", listen.address}, {"port", listen.port}}}}
+                            .dump()));
       });
 }
 
@@ -775,9 +778,9 @@ void MigrationDriver::Accept(const std::shared_ptr<Incoming>& incoming) {
   incoming_[incoming->id] = incoming;
   // Kept on disk so that an agent restarted mid-migration still finds the copy it may have
   // restored, and asks the source what became of it (LoadUnfinished).
-  std::ofstream(MigrationDir(incoming->id) + "/incoming.json")
-      << json{{"job", jobs::PersistentJson(incoming->job)}, {"shared_dir", incoming->shared_dir}}
-             .dump();
+  std::ofstream(MigrationDir(incoming->id) + "/incoming.json") << json{
+      {"job", jobs::PersistentJson(incoming->job)},
+      {"shared_dir", incoming->shared_dir}}.dump();
 }
 
 void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDone done) {
@@ -816,8 +819,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
           const auto deadline = Clock::now() + std::chrono::seconds(10);
-          while (!fs::exists(incoming->images + "/lazy-pages.socket") &&
-                 Clock::now() < deadline && incoming->lazy_daemon->Running()) {
+          while (!fs::exists(incoming->images + "/lazy-pages.socket") && Clock::now() < deadline &&
+                 incoming->lazy_daemon->Running()) {
             std::this_thread::sleep_for(std::chrono::milliseconds(2));
           }
           if (!fs::exists(incoming->images + "/lazy-pages.socket")) {
@@ -832,8 +835,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
               ::chmod(job_dir.c_str(), 0750) != 0) {
             return Fail("cannot prepare " + job_dir);
           }
-          auto files = migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid,
-                                                incoming->job.gid);
+          auto files =
+              migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid, incoming->job.gid);
           if (!files) return Unexpected<Error>{files.error()};
         }
         const auto start = Clock::now();
@@ -848,8 +851,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
       [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
         incoming->busy = false;
         if (!restored) {
-          done(ErrorResult(500, "restore on " + cluster_.self().name + " failed: " +
-                                    restored.error().message));
+          done(ErrorResult(
+              500, "restore on " + cluster_.self().name + " failed: " + restored.error().message));
           return;
         }
         incoming->restored_pid = restored->first;
@@ -934,8 +937,8 @@ void MigrationDriver::Outcome(const std::string& mid, ApiDone done) {
   std::ifstream file(MigrationDir(mid) + "/outcome");
   std::string outcome;
   file >> outcome;
-  done(JsonResult(200, json{{"id", mid}, {"outcome", outcome.empty() ? "unknown" : outcome}}
-                           .dump()));
+  done(JsonResult(200,
+                  json{{"id", mid}, {"outcome", outcome.empty() ? "unknown" : outcome}}.dump()));
 }
 
 // A destination holding a restored, stopped copy that heard no commit asks the source what it

@@ -1,5 +1,6 @@
 #include "tern/http/server.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -12,7 +13,6 @@
 #include <filesystem>
 #include <list>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 namespace tern::http {
 namespace {
@@ -54,7 +54,9 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
   using Stream = beast::basic_stream<Protocol, asio::any_io_executor>;
 
   Session(typename Protocol::socket socket, const Handler& handler, bool read_only)
-      : caller_(CallerOf(socket)), stream_(std::move(socket)), handler_(handler),
+      : caller_(CallerOf(socket)),
+        stream_(std::move(socket)),
+        handler_(handler),
         read_only_(read_only) {}
 
   void Start() { DoRead(); }
@@ -88,8 +90,8 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     request_ = parser_->release();
     stream_.expires_never();
     const auto method = request_.method();
-    if (caller_.transport == Caller::Transport::kTcp && read_only_ &&
-        method != bhttp::verb::get && method != bhttp::verb::head) {
+    if (caller_.transport == Caller::Transport::kTcp && read_only_ && method != bhttp::verb::get &&
+        method != bhttp::verb::head) {
       Write(ErrorResponse(403, "the TCP API is read-only; use the Unix socket"),
             request_.keep_alive());
       return;
@@ -112,15 +114,15 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     response_.keep_alive(keep_alive);
     response_.prepare_payload();
     stream_.expires_after(kIdleTimeout);
-    bhttp::async_write(stream_, response_,
-                       [self = this->shared_from_this(), keep_alive](beast::error_code error,
-                                                                     std::size_t) {
-                         if (error || !keep_alive) {
-                           self->Close();
-                           return;
-                         }
-                         self->DoRead();
-                       });
+    bhttp::async_write(
+        stream_, response_,
+        [self = this->shared_from_this(), keep_alive](beast::error_code error, std::size_t) {
+          if (error || !keep_alive) {
+            self->Close();
+            return;
+          }
+          self->DoRead();
+        });
   }
 
   void Close() {
@@ -160,16 +162,16 @@ class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
   }
 
   void Accept() {
-    acceptor_.async_accept(asio::make_strand(io_), [self = this->shared_from_this()](
-                                                       beast::error_code error,
-                                                       typename Protocol::socket socket) {
-      if (error == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
-      if (!error) {
-        std::make_shared<Session<Protocol>>(std::move(socket), self->handler_, self->read_only_)
-            ->Start();
-      }
-      self->Accept();
-    });
+    acceptor_.async_accept(
+        asio::make_strand(io_), [self = this->shared_from_this()](
+                                    beast::error_code error, typename Protocol::socket socket) {
+          if (error == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
+          if (!error) {
+            std::make_shared<Session<Protocol>>(std::move(socket), self->handler_, self->read_only_)
+                ->Start();
+          }
+          self->Accept();
+        });
   }
 
   void Close() {

@@ -87,8 +87,8 @@ std::vector<JobRecord> JobStore::LoadAll(std::vector<std::string>* problems) con
     std::stringstream text;
     text << file.rdbuf();
     auto json = nlohmann::json::parse(text.str(), nullptr, false);
-    auto job = json.is_discarded() ? Expected<JobRecord>(Fail("not JSON"))
-                                   : FromPersistentJson(json);
+    auto job =
+        json.is_discarded() ? Expected<JobRecord>(Fail("not JSON")) : FromPersistentJson(json);
     if (!job) {
       if (problems) problems->push_back(path + ": " + job.error().message);
       continue;

@@ -14,10 +14,10 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include "tern/jobs/job_launcher.hpp"
 #include <tern/migrate/criu.hpp>
 #include <tern/migrate/subprocess.hpp>
+
+#include "tern/jobs/job_launcher.hpp"
 
 namespace tern::jobs {
 namespace {
@@ -32,7 +32,6 @@ std::string BaseName(const std::string& path) {
   const auto slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
-
 
 struct ProcessUsage {
   double cpu_seconds = 0;
@@ -216,8 +215,8 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   record.submitted_at = Clock::now();
   record.dir = store_.JobDir(record.id);
 
-  LaunchSpec spec{request.argv, request.uid, request.gid, request.user, request.env,
-                  record.dir,   options_.init_path, record.id, options_.node_name};
+  LaunchSpec spec{request.argv, request.uid,        request.gid, request.user,      request.env,
+                  record.dir,   options_.init_path, record.id,   options_.node_name};
   auto launched = LaunchJob(spec);
   if (!launched) {
     record.state = JobState::kFailed;

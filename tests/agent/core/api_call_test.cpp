@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "tern/agent/api_call.hpp"
+
+#include <gtest/gtest.h>
 
 namespace tern::agent {
 namespace {

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "tern/agent/config.hpp"
+
+#include <gtest/gtest.h>
 
 namespace tern::agent {
 namespace {
@@ -69,7 +69,8 @@ TEST(ConfigTest, DeadMustComeAfterSuspect) {
 }
 
 TEST(ConfigTest, MissingSecretIsAnErrorWithTheFix) {
-  auto config = ParseConfig("[node]\nname=\"n1\"\n[cluster]\nsecret_file=\"/nonexistent/s\"\n", "x");
+  auto config =
+      ParseConfig("[node]\nname=\"n1\"\n[cluster]\nsecret_file=\"/nonexistent/s\"\n", "x");
   ASSERT_TRUE(config);
   auto resolved = ResolveMachineDefaults(*config, "/usr/bin/ternd");
   ASSERT_FALSE(resolved);

@@ -1,3 +1,5 @@
+#include "tern/http/server.hpp"
+
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -10,8 +12,6 @@
 #include <boost/beast/http.hpp>
 #include <filesystem>
 #include <thread>
-
-#include "tern/http/server.hpp"
 
 namespace tern::http {
 namespace {
@@ -26,21 +26,21 @@ class ServerFixture : public ::testing::Test {
     path_ = (std::filesystem::temp_directory_path() /
              ("tern-http-" + std::to_string(getpid()) + ".sock"))
                 .string();
-    server_ = std::make_unique<HttpServer>(io_, [this](const Request& request,
-                                                       const Caller& caller, Responder respond) {
-      if (request.target() == "/later") {
-        std::thread([respond] {
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
-          respond.Send(TextResponse(200, "late", "text/plain"));
-        }).detach();
-        return;
-      }
-      const std::string body = std::string(request.method_string()) + " " +
-                               std::string(request.target()) + " uid=" +
-                               std::to_string(caller.uid) + " pid=" + std::to_string(caller.pid) +
-                               " len=" + std::to_string(request.body().size());
-      respond.Send(TextResponse(200, body, "text/plain"));
-    });
+    server_ = std::make_unique<HttpServer>(
+        io_, [this](const Request& request, const Caller& caller, Responder respond) {
+          if (request.target() == "/later") {
+            std::thread([respond] {
+              std::this_thread::sleep_for(std::chrono::milliseconds(50));
+              respond.Send(TextResponse(200, "late", "text/plain"));
+            }).detach();
+            return;
+          }
+          const std::string body =
+              std::string(request.method_string()) + " " + std::string(request.target()) +
+              " uid=" + std::to_string(caller.uid) + " pid=" + std::to_string(caller.pid) +
+              " len=" + std::to_string(request.body().size());
+          respond.Send(TextResponse(200, body, "text/plain"));
+        });
     auto unix_ok = server_->ListenUnix(path_);
     ASSERT_TRUE(unix_ok) << unix_ok.error().message;
     auto tcp_ok = server_->ListenTcp("127.0.0.1:0");

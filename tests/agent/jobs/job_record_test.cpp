@@ -17,10 +17,10 @@ TEST(JobRecordTest, PublicJsonHasTheDocumentedFields) {
   job.started_at = job.submitted_at;
   job.ended_at = ParseTime("2026-11-24T12:00:05Z");
   auto json = ToJson(job, *job.ended_at);
-  for (const char* field :
-       {"id", "name", "user", "uid", "gid", "node", "home_node", "state", "argv", "pid",
-        "exit_code", "signal", "submitted_at", "started_at", "ended_at", "age_seconds",
-        "cpu_seconds", "rss_bytes", "dir", "error"}) {
+  for (const char* field : {"id",          "name",        "user",         "uid",        "gid",
+                            "node",        "home_node",   "state",        "argv",       "pid",
+                            "exit_code",   "signal",      "submitted_at", "started_at", "ended_at",
+                            "age_seconds", "cpu_seconds", "rss_bytes",    "dir",        "error"}) {
     EXPECT_TRUE(json.contains(field)) << field;
   }
   EXPECT_EQ(json["state"], "exited");
@@ -44,12 +44,13 @@ TEST(JobRecordTest, PersistentFormRoundTrips) {
   EXPECT_EQ(back->env.at("A"), "b");
   EXPECT_EQ(back->argv, job.argv);
   EXPECT_EQ(back->uid, 1000u);
-  EXPECT_FALSE(FromPersistentJson(nlohmann::json{{"id", "x"}, {"state", "weird"}, {"uid", 0},
-                                                 {"gid", 0}}));
+  EXPECT_FALSE(
+      FromPersistentJson(nlohmann::json{{"id", "x"}, {"state", "weird"}, {"uid", 0}, {"gid", 0}}));
 }
 
 TEST(JobStoreTest, SerialsAreNeverReused) {
-  const auto dir = std::filesystem::temp_directory_path() / ("tern-store-" + std::to_string(getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("tern-store-" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir / "jobs");
   {

@@ -1,4 +1,6 @@
 // Real jobs: tern-init in a new PID namespace, user switch, pidfd exit watch. Needs root.
+#include "tern/jobs/job_supervisor.hpp"
+
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -8,8 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include "tern/jobs/job_supervisor.hpp"
 
 namespace tern::jobs {
 namespace {
@@ -39,9 +39,8 @@ class SupervisorTest : public ::testing::Test {
 
   std::unique_ptr<JobSupervisor> MakeSupervisor(std::chrono::milliseconds grace = 300ms) {
     SupervisorOptions options{dir_.string(), "", "testnode", TERN_INIT_PATH, grace};
-    return std::make_unique<JobSupervisor>(io_, options, [this](const JobRecord& job) {
-      last_[job.id] = job;
-    });
+    return std::make_unique<JobSupervisor>(io_, options,
+                                           [this](const JobRecord& job) { last_[job.id] = job; });
   }
 
   // Runs the io_context until `id` reaches a final state or the deadline passes.
@@ -113,7 +112,7 @@ TEST_F(SupervisorTest, JobRunsAsTheRequestedUser) {
   ASSERT_TRUE(ended);
   EXPECT_EQ(ended->exit_code, 0);
   EXPECT_EQ(ReadFile(job->dir + "/stdout"), std::to_string(nobody->pw_uid) + "\n");
-  struct stat info{};
+  struct stat info {};
   ASSERT_EQ(::stat((job->dir + "/stdout").c_str(), &info), 0);
   EXPECT_EQ(info.st_uid, nobody->pw_uid);
 }

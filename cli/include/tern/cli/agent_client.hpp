@@ -9,7 +9,6 @@
 
 #include <map>
 #include <string>
-
 #include <tern/expected.hpp>
 
 namespace tern::cli {

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <set>
 #include <string>
-
 #include <tern/expected.hpp>
 
 namespace tern::migrate {

@@ -14,9 +14,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <vector>
-
 #include <tern/expected.hpp>
+#include <vector>
 
 namespace tern::migrate {
 
@@ -25,10 +24,10 @@ std::string FindCriu(const std::string& configured = "");
 
 struct CriuCheck {
   std::string path;
-  std::string version;  // "4.2.1"
-  bool works = false;   // `criu check` says "Looks good"
+  std::string version;          // "4.2.1"
+  bool works = false;           // `criu check` says "Looks good"
   bool dirty_tracking = false;  // iterative pre-dump possible
-  std::string problem;  // why not, one line
+  std::string problem;          // why not, one line
 };
 CriuCheck CheckCriu(const std::string& criu);
 
@@ -38,8 +37,8 @@ struct PageServerTarget {
 };
 
 struct DumpOptions {
-  pid_t pid = 0;        // host pid of the job's init
-  std::string images;   // directory for the images (created)
+  pid_t pid = 0;              // host pid of the job's init
+  std::string images;         // directory for the images (created)
   bool leave_stopped = true;  // two-phase: the source copy stays frozen until commit or abort
   std::optional<PageServerTarget> page_server;  // pre-copy: pages stream to the destination
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
@@ -48,7 +47,7 @@ struct DumpOptions {
 struct RestoreOptions {
   std::string images;
   std::string pidfile;
-  bool lazy_pages = false;  // post-copy: memory arrives through the lazy-pages daemon
+  bool lazy_pages = false;    // post-copy: memory arrives through the lazy-pages daemon
   bool leave_stopped = true;  // resumed only on commit
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };

@@ -2,10 +2,13 @@
 // (Chromium's mojo/core/ports shape). The agent's MigrationDriver performs the actions — CRIU
 // runs, messages to the destination agent — and feeds their outcomes back as events.
 //
-//   kPreflight ─ok─► kPreparing ─ready─► kDumping ─dumped─► kTransferring ─restored─► kCommitting ─committed─► kDone
-//        │ refused        │ failed           │ failed            │ failed/lost               │ lost: keep telling
-//        ▼                ▼                  ▼                   ▼                           ▼ (the destination decides
-//     kRefused         kAborted ◄──────── kAborted ◄────────── kAborted (source resumed)      to resume on commit)
+//   kPreflight ─ok─► kPreparing ─ready─► kDumping ─dumped─► kTransferring ─restored─► kCommitting
+//   ─committed─► kDone
+//        │ refused        │ failed           │ failed            │ failed/lost               │
+//        lost: keep telling ▼                ▼                  ▼                   ▼ ▼ (the
+//        destination decides
+//     kRefused         kAborted ◄──────── kAborted ◄────────── kAborted (source resumed)      to
+//     resume on commit)
 //
 // Invariant "never two, never zero": until the source kills its frozen copy (the commit point,
 // entered on kRestored) only the source copy may run, and every failure resumes it there; from

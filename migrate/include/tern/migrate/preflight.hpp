@@ -23,8 +23,8 @@ struct OutsideFile {
 };
 
 struct JobScan {
-  std::vector<std::string> blockers;   // reasons the job cannot move
-  std::vector<OutsideFile> outside;    // files open outside the job directory
+  std::vector<std::string> blockers;  // reasons the job cannot move
+  std::vector<OutsideFile> outside;   // files open outside the job directory
   std::uint64_t rss_bytes = 0;
   int processes = 0;
 };

@@ -15,10 +15,9 @@
 #include <chrono>
 #include <mutex>
 #include <string>
+#include <tern/expected.hpp>
 #include <utility>
 #include <vector>
-
-#include <tern/expected.hpp>
 
 namespace tern::migrate {
 
@@ -42,9 +41,9 @@ Expected<SubprocessResult> RunSubprocess(const std::vector<std::string>& argv,
 class BackgroundProcess {
  public:
   BackgroundProcess() = default;
-  static Expected<BackgroundProcess> Start(const std::vector<std::string>& argv,
-                                           const std::string& log_path,
-                                           const std::vector<std::pair<int, int>>& inherit_fds = {});
+  static Expected<BackgroundProcess> Start(
+      const std::vector<std::string>& argv, const std::string& log_path,
+      const std::vector<std::pair<int, int>>& inherit_fds = {});
   BackgroundProcess(BackgroundProcess&& other) noexcept;
   BackgroundProcess& operator=(BackgroundProcess&& other) noexcept;
   ~BackgroundProcess();

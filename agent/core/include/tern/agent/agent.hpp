@@ -13,11 +13,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <string>
+#include <tern/balancer/load_vector.hpp>
 
 #include "tern/agent/config.hpp"
 #include "tern/agent/host_load.hpp"
 #include "tern/agent/node_identity.hpp"
-#include <tern/balancer/load_vector.hpp>
 
 namespace tern::jobs {
 class JobSupervisor;

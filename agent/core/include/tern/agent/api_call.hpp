@@ -14,10 +14,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <tern/expected.hpp>
 #include <utility>
 #include <vector>
-
-#include <tern/expected.hpp>
 
 namespace tern::agent {
 

@@ -20,14 +20,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tern/balancer/load_table.hpp>
+#include <tern/balancer/membership.hpp>
 #include <vector>
 
 #include "tern/agent/api_call.hpp"
 #include "tern/agent/config.hpp"
 #include "tern/agent/host_load.hpp"
 #include "tern/agent/node_identity.hpp"
-#include <tern/balancer/load_table.hpp>
-#include <tern/balancer/membership.hpp>
 
 namespace tern::ipc {
 class PeerTransport;

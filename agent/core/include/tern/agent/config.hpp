@@ -9,9 +9,8 @@
 
 #include <chrono>
 #include <string>
-#include <vector>
-
 #include <tern/expected.hpp>
+#include <vector>
 
 namespace tern::agent {
 

@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <tern/balancer/load_vector.hpp>
 #include <tern/balancer/membership.hpp>
-
 #include <tern/expected.hpp>
 
 namespace tern::agent {

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <string>
-
 #include <tern/expected.hpp>
 
 namespace tern::agent {

@@ -7,7 +7,6 @@
 
 #include <cstdint>
 #include <string>
-
 #include <tern/expected.hpp>
 
 namespace tern::agent {

@@ -20,8 +20,8 @@
 #include <functional>
 #include <memory>
 #include <string>
-
 #include <tern/expected.hpp>
+
 #include "tern/http/responder.hpp"
 #include "tern/http/types.hpp"
 

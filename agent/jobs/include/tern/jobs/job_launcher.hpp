@@ -18,9 +18,8 @@
 #include <cstdint>
 #include <map>
 #include <string>
-#include <vector>
-
 #include <tern/expected.hpp>
+#include <vector>
 
 namespace tern::jobs {
 

@@ -14,9 +14,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
-
 #include <tern/expected.hpp>
+#include <vector>
 
 namespace tern::jobs {
 

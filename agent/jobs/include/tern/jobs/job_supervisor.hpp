@@ -2,7 +2,8 @@
 // their records in the state dir, and re-adopts them after an agent restart.
 //
 // Contract:
-//  - Submit() gives the job the next id "<node>.<serial>" (unless its home node chose one), starts it (LaunchJob) and persists
+//  - Submit() gives the job the next id "<node>.<serial>" (unless its home node chose one), starts
+//  it (LaunchJob) and persists
 //    the record before returning it. A job that cannot start is still recorded, as `failed`
 //    with `error` set, and returned: it is never silently dropped.
 //  - A job's end is noticed through a pidfd (works for processes that are not our children,
