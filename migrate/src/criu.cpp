@@ -121,6 +121,43 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   return pid;
 }
 
+Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& scratch_dir) {
+  std::error_code error;
+  std::filesystem::create_directories(scratch_dir, error);
+  SubprocessOptions quick;
+  quick.timeout = std::chrono::seconds(20);
+  auto result = RunSubprocess({criu, "cpuinfo", "dump", "-D", scratch_dir}, quick);
+  if (!result || result->exit_code != 0) {
+    return Fail("criu cpuinfo dump failed" + (result ? ": " + result->output : ""));
+  }
+  std::ifstream file(scratch_dir + "/cpuinfo.img", std::ios::binary);
+  std::stringstream bytes;
+  bytes << file.rdbuf();
+  return bytes.str();
+}
+
+Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_dir,
+                            const std::string& cpuinfo) {
+  std::error_code error;
+  std::filesystem::create_directories(scratch_dir, error);
+  {
+    std::ofstream file(scratch_dir + "/cpuinfo.img", std::ios::binary | std::ios::trunc);
+    file << cpuinfo;
+  }
+  SubprocessOptions quick;
+  quick.timeout = std::chrono::seconds(20);
+  auto result = RunSubprocess({criu, "cpuinfo", "check", "-D", scratch_dir}, quick);
+  if (!result) return Unexpected<Error>{result.error()};
+  if (result->exit_code != 0) {
+    std::string reason = result->output;
+    while (!reason.empty() && reason.back() == '\n') reason.pop_back();
+    const auto last = reason.rfind('\n');
+    return Fail("this CPU cannot run what the source's CPU ran: " +
+                (last == std::string::npos ? reason : reason.substr(last + 1)));
+  }
+  return {};
+}
+
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve) {
   return {criu,

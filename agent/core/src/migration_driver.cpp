@@ -9,6 +9,7 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,7 @@
 #include <tern/migrate/preflight.hpp>
 #include <tern/migrate/subprocess.hpp>
 #include <thread>
+#include <tuple>
 
 #include "tern/agent/cluster.hpp"
 
@@ -33,6 +35,27 @@ using Clock = std::chrono::steady_clock;
 using migrate::MigrationAction;
 using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
+
+std::string ToHex(const std::string& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
+std::string FromHex(const std::string& hex) {
+  std::string out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    const int high = std::isxdigit(static_cast<unsigned char>(hex[i]))
+                         ? std::stoi(hex.substr(i, 2), nullptr, 16)
+                         : 0;
+    out.push_back(static_cast<char>(high));
+  }
+  return out;
+}
 
 double MillisSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -106,6 +129,7 @@ struct MigrationDriver::Outgoing {
          commit_ms = 0;
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
+  std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
   bool shared_dir = false;  // the destination sees the very same job directory
   // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
   migrate::PageServerTarget lazy_serve;
@@ -254,12 +278,18 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
 
   const std::string criu_config = config_.criu_path;
   OffThread(
-      [job, criu_config] {
+      [job, criu_config, scratch = MigrationDir(migration->id) + "/cpuinfo"] {
         auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
-        return std::make_pair(criu, migrate::ScanJob(job.pid, job.dir));
+        std::string cpuinfo;
+        if (criu.works) {
+          auto dumped = migrate::DumpCpuinfo(criu.path, scratch);
+          if (dumped) cpuinfo = std::move(*dumped);
+        }
+        return std::make_tuple(criu, migrate::ScanJob(job.pid, job.dir), cpuinfo);
       },
-      [this, migration](std::pair<migrate::CriuCheck, migrate::JobScan> result) {
-        auto& [criu, scan] = result;
+      [this, migration](std::tuple<migrate::CriuCheck, migrate::JobScan, std::string> result) {
+        auto& [criu, scan, cpuinfo] = result;
+        migration->cpuinfo = std::move(cpuinfo);
         migration->preflight_ms = MillisSince(migration->started);
         migration->criu = criu.path;
         std::vector<std::string> blockers = scan.blockers;
@@ -323,6 +353,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
             {"lazy_source",
              {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
             {"job", jobs::PersistentJson(migration->job)},
+            {"cpuinfo_hex", ToHex(migration->cpuinfo)},
             {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
             {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
             {"mode", migration->mode},
@@ -686,16 +717,28 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
       static_cast<std::uint64_t>(dir_info.st_ino) == body.value("dir_inode", std::uint64_t{0});
   const std::string node = cluster_.self().name;
   const std::string criu_config = config_.criu_path;
+  const std::string cpuinfo = FromHex(body.value("cpuinfo_hex", ""));
   OffThread(
-      [criu_config, outside, node] {
-        return std::make_pair(migrate::CheckCriu(migrate::FindCriu(criu_config)),
-                              migrate::CompareFiles(outside, node));
+      [criu_config, outside, node, cpuinfo, scratch = MigrationDir(incoming->id) + "/cpuinfo"] {
+        auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
+        std::string cpu_problem;
+        if (cpuinfo.empty()) {
+          cpu_problem = "the source sent no CPU description";
+        } else if (criu.works) {
+          auto checked = migrate::CheckCpuinfo(criu.path, scratch, cpuinfo);
+          if (!checked) cpu_problem = checked.error().message;
+        }
+        return std::make_tuple(criu, migrate::CompareFiles(outside, node), cpu_problem);
       },
       [this, incoming, dry_run, rss, node,
-       done](std::pair<migrate::CriuCheck, std::vector<std::string>> result) {
-        auto& [criu, file_problems] = result;
+       done](std::tuple<migrate::CriuCheck, std::vector<std::string>, std::string> result) {
+        auto& [criu, file_problems, cpu_problem] = result;
         json checks = json::array();
         std::vector<std::string> problems = file_problems;
+        checks.push_back({{"check", "CPU compatibility (criu cpuinfo) on " + node},
+                          {"ok", cpu_problem.empty()},
+                          {"detail", cpu_problem.empty() ? "compatible" : cpu_problem}});
+        if (!cpu_problem.empty()) problems.push_back("on " + node + ": " + cpu_problem);
         checks.push_back({{"check", "criu on " + node},
                           {"ok", criu.works},
                           {"detail", criu.works ? "criu " + criu.version : criu.problem}});

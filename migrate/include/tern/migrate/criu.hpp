@@ -71,6 +71,12 @@ Expected<void> EnsurePipeMaxSize();
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
                                            const PageServerTarget& listen);
 
+// CPU compatibility (`criu cpuinfo`): the source's CPU description as bytes, and whether this
+// machine can run a job dumped there (an empty Error-free result means yes).
+Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& scratch_dir);
+Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_dir,
+                            const std::string& cpuinfo);
+
 // Every pid of the PID namespace whose init is `init_pid` (init included), from /proc.
 std::vector<pid_t> NamespacePids(pid_t init_pid);
 // SIGCONT to every process of the job: resumes a tree left stopped by dump or restore.
