@@ -796,23 +796,25 @@ TEST_F(ClusterTest, MultiThreadedProgramWritingSqliteMovesAndKeepsItsDatabase) {
   EXPECT_GT(std::stoi(lines[1]), 40) << "the job barely ran";
 }
 
-TEST_F(ClusterTest, DestinationAgentKilledDuringAMigrationLeavesExactlyOneJob) {
-  const std::string marker = "tern-one-copy-" + std::to_string(getpid());
-  const auto id = Submit("node1", {"python3", "-c", std::string(kCounterScript), marker});
-  ASSERT_FALSE(id.empty());
-  ASSERT_TRUE(WaitState("node1", id, "running"));
+// Kills one side's agent `delay` into a move of the job, restarts it, and checks that exactly
+// one copy of the job runs and that the cluster lists it running.
+void KillAgentDuringMigrations(const std::string& id, const std::string& marker, bool source,
+                               const std::string& mode) {
   for (int delay_ms : {0, 60, 150, 300}) {
-    SCOPED_TRACE("destination agent killed " + std::to_string(delay_ms) + " ms into the move");
+    SCOPED_TRACE(std::string(source ? "source" : "destination") + " agent killed " +
+                 std::to_string(delay_ms) + " ms into a " + mode + " move");
     auto where = Status("node1", id);
     ASSERT_TRUE(where);
     const std::string from = where->value("node", "");
     const std::string to = from == "node2" ? "node3" : "node2";
-    std::thread migrate([&] { Migrate("node1", id, to); });
+    const std::string victim = source ? from : to;
+    const std::string via = victim == "node1" ? "node3" : "node1";
+    std::thread migrate([&] { Migrate(via, id, to, mode); });
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-    auto killed = RunCmd({Script(), "stop-agent", to, "--signal", "KILL"}, 60s);
+    auto killed = RunCmd({Script(), "stop-agent", victim, "--signal", "KILL"}, 60s);
     migrate.join();
     ASSERT_EQ(killed.exit_code, 0) << killed.Describe();
-    auto started = RunCmd({Script(), "start-agent", to}, 120s);
+    auto started = RunCmd({Script(), "start-agent", victim}, 120s);
     ASSERT_EQ(started.exit_code, 0) << started.Describe();
     // Whatever the phase, the job runs exactly once, and the cluster agrees where.
     ASSERT_TRUE(WaitFor([&] { return ProcessesWith(marker) == 1; }, 40s))
@@ -820,7 +822,7 @@ TEST_F(ClusterTest, DestinationAgentKilledDuringAMigrationLeavesExactlyOneJob) {
     std::optional<json> st;
     ASSERT_TRUE(WaitFor(
         [&] {
-          st = Status("node1", id);
+          st = Status(via, id);
           return st && st->value("state", "") == "running";
         },
         40s))
@@ -828,7 +830,20 @@ TEST_F(ClusterTest, DestinationAgentKilledDuringAMigrationLeavesExactlyOneJob) {
     std::this_thread::sleep_for(300ms);
     EXPECT_EQ(ProcessesWith(marker), 1);
   }
-  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+}
+
+TEST_F(ClusterTest, AgentKilledDuringAMigrationLeavesExactlyOneJob) {
+  const std::string marker = "tern-one-copy-" + std::to_string(getpid());
+  const auto id = Submit("node1", {"python3", "-c", std::string(kCounterScript), marker});
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  KillAgentDuringMigrations(id, marker, /*source=*/false, "precopy");
+  KillAgentDuringMigrations(id, marker, /*source=*/true, "precopy");
+  KillAgentDuringMigrations(id, marker, /*source=*/false, "postcopy");
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(Tern(st->value("node", "") == "node1" ? "node2" : "node1", {"cancel", id}).exit_code,
+            0);
 }
 
 // Last: it stops node3's agent for good.
