@@ -22,6 +22,8 @@ std::string LogErrors(const std::string& log_path, const std::string& fallback) 
   std::string line;
   std::vector<std::string> errors;
   while (std::getline(log, line)) {
+    // RLIMIT_NOFILE: harmless without CAP_SYS_RESOURCE (PLATFORM.md), printed on every run.
+    if (line.find("RLIMIT_NOFILE") != std::string::npos) continue;
     if (line.find("Error") != std::string::npos || line.find("error") != std::string::npos) {
       errors.push_back(line);
     }

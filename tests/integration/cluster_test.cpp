@@ -832,6 +832,60 @@ void KillAgentDuringMigrations(const std::string& id, const std::string& marker,
   }
 }
 
+TEST_F(ClusterTest, LinkCutDuringAMigrationLeavesExactlyOneJob) {
+  const std::string marker = "tern-link-cut-" + std::to_string(getpid());
+  // 200 MiB of dirty memory, so that a pre-copy dump streams long enough to be cut mid-way.
+  const std::string script = std::string("x = bytearray(200 << 20)\n"
+                                         "for j in range(0, len(x), 4096): x[j] = 1\n") +
+                             kCounterScript;
+  const auto id = Submit("node1", {"python3", "-c", script, marker});
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  std::this_thread::sleep_for(1500ms);  // let it touch its memory
+  // Cut during preparation, during the pre-copy dump, during the post-copy restore.
+  for (const auto& [mode, delay_ms] : std::vector<std::pair<std::string, int>>{
+           {"precopy", 30}, {"precopy", 500}, {"precopy", 800}, {"postcopy", 450}}) {
+    SCOPED_TRACE("link cut " + std::to_string(delay_ms) + " ms into a " + mode + " move");
+    auto where = Status("node1", id);
+    ASSERT_TRUE(where);
+    const std::string from = where->value("node", "");
+    const std::string to = from == "node2" ? "node3" : "node2";
+    const std::string veth = kClusterName + "-v" + to.substr(4);  // the host side of `to`'s link
+    Migration result;
+    const auto start = std::chrono::steady_clock::now();
+    std::thread migrate([&] { result = Migrate(from, id, to, mode); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    ASSERT_EQ(RunCmd({"ip", "link", "set", veth, "down"}).exit_code, 0);
+    migrate.join();
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_LT(took, 30s) << "the move hung on the cut link: " << result.result.Describe();
+    ASSERT_EQ(RunCmd({"ip", "link", "set", veth, "up"}).exit_code, 0);
+    ASSERT_TRUE(WaitFor([&] { return ProcessesWith(marker) == 1; }, 60s))
+        << ProcessesWith(marker) << " copies of the job run; migrate said "
+        << result.result.Describe();
+    std::optional<json> st;
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          st = Status("node1", id);
+          return st && st->value("state", "") == "running";
+        },
+        60s))
+        << Describe(st);
+    // Back to a healthy mesh before the next round.
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          auto nodes = NodesSeenBy(from);
+          return nodes && NodeState(*nodes, to) == "alive";
+        },
+        60s));
+    std::this_thread::sleep_for(500ms);
+    EXPECT_EQ(ProcessesWith(marker), 1);
+  }
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+}
+
 TEST_F(ClusterTest, AgentKilledDuringAMigrationLeavesExactlyOneJob) {
   const std::string marker = "tern-one-copy-" + std::to_string(getpid());
   const auto id = Submit("node1", {"python3", "-c", std::string(kCounterScript), marker});

@@ -50,6 +50,9 @@ Expected<void> Agent::Start() {
   cluster_->SetRequestHandler(
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
+  cluster_->SetNodeStateListener([this](std::uint64_t node_id, balancer::MemberState state) {
+    migrations_->OnNodeState(node_id, state == balancer::MemberState::kAlive);
+  });
   last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
   for (const auto& problem : last_host_load_.problems) spdlog::warn("load sampling: {}", problem);
   if (auto started = cluster_->Start(); !started) return started;

@@ -128,6 +128,10 @@ void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
     } else if (const auto* change = std::get_if<balancer::StateChangedAction>(&action)) {
       spdlog::info("node {} is now {} (was {})", change->name, balancer::ToString(change->to),
                    balancer::ToString(change->from));
+      if (change->to == balancer::MemberState::kDead) {
+        FailPendingCalls(change->node_id, "node " + change->name + " is dead (no heartbeat)");
+      }
+      if (node_listener_) node_listener_(change->node_id, change->to);
     }
   }
 }
@@ -209,6 +213,16 @@ void Cluster::FailPendingCalls(std::uint64_t node_id, const std::string& reason)
 
 void Cluster::Call(std::uint64_t node_id, ApiCall call, ApiDone done,
                    std::chrono::milliseconds timeout) {
+  // A node that stopped answering heartbeats gets no new calls: they would only wait out
+  // their timeout on a link that may be cut without either side noticing.
+  for (const auto& member : membership_.Members()) {
+    if (member.node_id == node_id && member.state != balancer::MemberState::kAlive) {
+      done(ErrorResult(503, "node " + member.name + " is " +
+                                std::string(balancer::ToString(member.state)) +
+                                " (no recent heartbeat)"));
+      return;
+    }
+  }
   const std::uint64_t request_id = next_request_id_++;
   if (!transport_ ||
       !transport_->Send(node_id, ipc::FrameType::kApiRequest, EncodeApiRequest(request_id, call))) {

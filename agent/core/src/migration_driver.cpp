@@ -35,6 +35,7 @@ using Clock = std::chrono::steady_clock;
 using migrate::MigrationAction;
 using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
+constexpr int kLockRetries = 5;
 
 std::string ToHex(const std::string& bytes) {
   static const char* digits = "0123456789abcdef";
@@ -130,6 +131,7 @@ struct MigrationDriver::Outgoing {
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
   std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
+  int lock_retries = 0;  // post-copy dumps retried because the job held a file lock
   bool shared_dir = false;  // the destination sees the very same job directory
   // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
   migrate::PageServerTarget lazy_serve;
@@ -402,17 +404,29 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         options.images = MigrationDir(migration->id) + "/images";
         options.page_server = migration->page_server;
         const std::string criu = migration->criu;
-        OffThread([criu, options] { return migrate::Dump(criu, options); },
-                  [this, migration](Expected<void> dumped) {
-                    migration->dump_ms = MillisSince(migration->freeze_start);
-                    if (!dumped) {
-                      migration->error = dumped.error().message;
-                      migration->error_status = 500;
-                      Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
-                      return;
-                    }
-                    Step(migration, static_cast<int>(MigrationEvent::kDumped));
-                  });
+        OffThread(
+            [criu, options]() -> Expected<void> {
+              // A job caught holding a file lock (SQLite inside a transaction, say) cannot be
+              // dumped; CRIU thaws it, and a moment later the lock is usually free again.
+              for (int attempt = 1;; ++attempt) {
+                auto dumped = migrate::Dump(criu, options);
+                if (dumped || attempt == kLockRetries ||
+                    dumped.error().message.find("file locks") == std::string::npos) {
+                  return dumped;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(30));
+              }
+            },
+            [this, migration](Expected<void> dumped) {
+              migration->dump_ms = MillisSince(migration->freeze_start);
+              if (!dumped) {
+                migration->error = dumped.error().message;
+                migration->error_status = 500;
+                Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
+                return;
+              }
+              Step(migration, static_cast<int>(MigrationEvent::kDumped));
+            });
         break;
       }
       case MigrationAction::kSendImages: {
@@ -511,6 +525,40 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
   }
 }
 
+void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
+  if (alive) return;
+  // Aborting finishes migrations, which removes them from outgoing_: walk a copy.
+  std::vector<std::shared_ptr<Outgoing>> affected;
+  for (const auto& [mid, migration] : outgoing_) affected.push_back(migration);
+  for (const auto& migration : affected) {
+    const std::string& mid = migration->id;
+    if (migration->destination_id != node_id) continue;
+    const auto phase = migration->machine.phase();
+    if (phase != migrate::MigrationPhase::kPreparing &&
+        phase != migrate::MigrationPhase::kDumping &&
+        phase != migrate::MigrationPhase::kTransferring) {
+      continue;
+    }
+    spdlog::warn("migration {}: {} stopped answering during the {} phase: aborting", mid,
+                 migration->destination, migrate::ToString(phase));
+    const std::string reason = "node " + migration->destination + " stopped answering";
+    if (phase == migrate::MigrationPhase::kDumping && migration->mode == "precopy") {
+      // CRIU is streaming pages to the destination over a link that may be cut: destroying
+      // that connection makes the dump fail cleanly (CRIU cures and thaws the job itself),
+      // which the dump step then turns into an abort.
+      const auto target = migration->page_server;
+      OffThread(
+          [target] {
+            return migrate::RunSubprocess(
+                {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
+          },
+          [](Expected<migrate::SubprocessResult>) {});
+      continue;
+    }
+    cluster_.FailPendingCalls(node_id, reason);
+  }
+}
+
 void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) {
   auto fail = [this, migration](const std::string& message) {
     migration->dump_ms = MillisSince(migration->freeze_start);
@@ -559,6 +607,17 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
                 line.find("RLIMIT_NOFILE") == std::string::npos) {
               last_error = "criu dump failed: " + line;
             }
+          }
+          if (last_error.find("file locks") != std::string::npos &&
+              ++migration->lock_retries < kLockRetries) {
+            // See the pre-copy dump: try again once the job has released its lock.
+            migration->lazy_dump.reset();
+            auto timer =
+                std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(30));
+            timer->async_wait([this, migration, timer](const boost::system::error_code&) {
+              StartLazyDump(migration);
+            });
+            return;
           }
           fail(last_error);
           return;
@@ -991,7 +1050,9 @@ void MigrationDriver::CheckUndecided() {
   undecided_timer_->expires_after(std::chrono::seconds(5));
   undecided_timer_->async_wait([this](const boost::system::error_code& error) {
     if (error) return;
-    for (const auto& [mid, incoming] : incoming_) {
+    std::vector<std::pair<std::string, std::shared_ptr<Incoming>>> undecided(incoming_.begin(),
+                                                                             incoming_.end());
+    for (const auto& [mid, incoming] : undecided) {
       if (incoming->restored_pid == 0 || incoming->busy ||
           Clock::now() - incoming->restored_at < std::chrono::seconds(20)) {
         continue;

@@ -58,6 +58,11 @@ class Cluster {
 
   void SetRequestHandler(RequestHandler handler) { request_handler_ = std::move(handler); }
   void SetLoadProvider(LoadProvider provider) { load_provider_ = std::move(provider); }
+  // Told of every membership change (a node turning suspect or dead, or alive again).
+  using NodeStateListener = std::function<void(std::uint64_t node_id, balancer::MemberState)>;
+  void SetNodeStateListener(NodeStateListener listener) { node_listener_ = std::move(listener); }
+  // Answers every call still waiting on `node_id` with 503 and `reason`.
+  void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
 
   Expected<void> Start();
   void Stop();
@@ -87,7 +92,6 @@ class Cluster {
   void OnFrame(std::uint64_t node_id, std::uint16_t type, const std::string& payload);
   void OnApiRequest(std::uint64_t node_id, const std::string& payload);
   void OnApiResponse(const std::string& payload);
-  void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
   void Complete(std::uint64_t request_id, ApiResult result);
   std::chrono::milliseconds Now() const;
 
@@ -100,6 +104,7 @@ class Cluster {
   boost::asio::steady_timer heartbeat_timer_;
   RequestHandler request_handler_;
   LoadProvider load_provider_;
+  NodeStateListener node_listener_;
   std::uint64_t load_seq_ = 0;
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, PendingCall> pending_;

@@ -45,6 +45,9 @@ class MigrationDriver {
   ~MigrationDriver();
 
   void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done);
+  // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
+  // point are aborted now, so that the job is not left frozen until TCP gives up.
+  void OnNodeState(std::uint64_t node_id, bool alive);
   // Dispatches /v1/migrations/... calls.
   void Handle(const ApiCall& call, const std::vector<std::string>& segments, ApiDone done);
 
