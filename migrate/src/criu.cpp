@@ -7,13 +7,18 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <sstream>
 
 #include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
+
+CriuCheck CheckCriuUncached(const std::string& criu);
+
 namespace {
 
 // The last lines of a CRIU log that say what went wrong.
@@ -56,6 +61,27 @@ std::string FindCriu(const std::string& configured) {
 }
 
 CriuCheck CheckCriu(const std::string& criu) {
+  // `criu check` takes ~70 ms and its verdict changes only with the machine: remember a good
+  // one for a minute (a failing one is asked again every time, so a fix shows at once).
+  static std::mutex mutex;
+  static std::map<std::string, std::pair<std::chrono::steady_clock::time_point, CriuCheck>> cache;
+  {
+    std::lock_guard lock(mutex);
+    auto found = cache.find(criu);
+    if (found != cache.end() &&
+        std::chrono::steady_clock::now() - found->second.first < std::chrono::minutes(1)) {
+      return found->second.second;
+    }
+  }
+  CriuCheck check = CheckCriuUncached(criu);
+  if (check.works) {
+    std::lock_guard lock(mutex);
+    cache[criu] = {std::chrono::steady_clock::now(), check};
+  }
+  return check;
+}
+
+CriuCheck CheckCriuUncached(const std::string& criu) {
   CriuCheck check;
   check.path = criu;
   if (criu.empty()) {
