@@ -2,6 +2,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
@@ -25,6 +26,45 @@ std::string HttpReply::ErrorMessage() const {
     return json["error"].get<std::string>();
   }
   return "the agent answered HTTP " + std::to_string(status);
+}
+
+Expected<void> AgentClient::Stream(
+    const std::string& target, const std::function<bool(const std::string& line)>& on_line) const {
+  asio::io_context io;
+  asio::local::stream_protocol::socket socket(io);
+  boost::system::error_code error;
+  socket.connect(asio::local::stream_protocol::endpoint(socket_path_), error);
+  if (error) {
+    return Fail("cannot reach the agent at " + socket_path_ + ": " + error.message() +
+                " (is ternd running? try 'tern doctor')");
+  }
+  const std::string request = "GET " + target + " HTTP/1.1\r\nHost: ternd\r\n\r\n";
+  asio::write(socket, asio::buffer(request), error);
+  if (error) return Fail("cannot send to the agent: " + error.message());
+  std::string pending;
+  bool in_body = false;
+  char buffer[4096];
+  while (true) {
+    const std::size_t n = socket.read_some(asio::buffer(buffer), error);
+    if (error) break;
+    pending.append(buffer, n);
+    if (!in_body) {
+      const auto end = pending.find("\r\n\r\n");
+      if (end == std::string::npos) continue;
+      if (pending.rfind("HTTP/1.1 200", 0) != 0) {
+        return Fail("the agent refused the event stream: " + pending.substr(0, pending.find('\r')));
+      }
+      pending.erase(0, end + 4);
+      in_body = true;
+    }
+    std::size_t newline;
+    while ((newline = pending.find('\n')) != std::string::npos) {
+      const std::string line = pending.substr(0, newline);
+      pending.erase(0, newline + 1);
+      if (!on_line(line)) return {};
+    }
+  }
+  return Fail("the agent closed the event stream");
 }
 
 std::string ResolveSocketPath(const std::string& flag) {

@@ -310,6 +310,43 @@ int Migrate(Context& context, const std::string& id, const std::string& node,
   return 0;
 }
 
+int Events(Context& context, Output output) {
+  auto streamed = context.client.Stream("/v1/events", [&](const std::string& line) {
+    if (line.rfind("data: ", 0) != 0) return true;
+    const std::string data = line.substr(6);
+    if (output == Output::kJson) {
+      context.out << data << "\n";
+    } else {
+      json event = json::parse(data, nullptr, false);
+      if (event.is_discarded()) return true;
+      std::string what;
+      const std::string type = Str(event, "type");
+      if (type == "job") {
+        what = Str(event, "id") + " " + Str(event, "state") + " on " + Str(event, "node");
+      } else if (type == "migration") {
+        what = Str(event, "job") + " " + Str(event, "event") + " -> " + Str(event, "to");
+        if (event.contains("freeze_ms")) {
+          char text[64];
+          std::snprintf(text, sizeof text, " (freeze %.0f ms)", Num(event, "freeze_ms"));
+          what += text;
+        }
+        if (event.contains("error")) what += ": " + Str(event, "error");
+      } else if (type == "node") {
+        what = Str(event, "name") + " is " + Str(event, "state");
+      }
+      context.out << Str(event, "time") << "  " << Str(event, "node") << "  " << type << "  "
+                  << what << "\n";
+    }
+    context.out.flush();
+    return true;
+  });
+  if (!streamed) {
+    context.err << "tern: " << streamed.error().message << "\n";
+    return 1;
+  }
+  return 0;
+}
+
 int Version(Context& context) {
   context.out << "tern " << TERN_VERSION << "\n";
   auto reply = context.client.Request("GET", "/v1/info");

@@ -99,6 +99,12 @@ int main(int argc, char** argv) {
   doctor_cmd->add_option("-o,--output", doctor_output, "table or json")
       ->check(CLI::IsMember({"table", "json"}));
 
+  std::string events_output = "table";
+  auto* events_cmd =
+      app.add_subcommand("events", "follow this node's events: jobs, migrations, nodes");
+  events_cmd->add_option("-o,--output", events_output, "table or json (one event per line)")
+      ->check(CLI::IsMember({"table", "json"}));
+
   auto* version_cmd = app.add_subcommand("version", "print the versions of tern and the agent");
 
   try {
@@ -142,5 +148,8 @@ int main(int argc, char** argv) {
     return tern::cli::PrintDoctor(tern::cli::RunDoctor(context.client), doctor_json, std::cout);
   }
   if (*version_cmd) return tern::cli::Version(context);
+  if (*events_cmd) {
+    return tern::cli::Events(context, events_output == "json" ? Output::kJson : Output::kTable);
+  }
   return 2;
 }

@@ -723,6 +723,49 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
   EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
 }
 
+TEST_F(ClusterTest, MigrationsAndJobChangesAreEmittedAsEvents) {
+  // Follow node1's event stream while a job starts there, moves away and is cancelled.
+  const std::string log = "/tmp/tern-it-events-" + std::to_string(getpid()) + ".jsonl";
+  const pid_t follower =
+      Spawn({Script(), "exec", "node1", "tern", "events", "-o", "json"}, log);
+  ASSERT_GT(follower, 0);
+  std::this_thread::sleep_for(500ms);
+  const auto id = Submit("node1", {"sleep", "600"});
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  auto m = Migrate("node1", id, "node2");
+  ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+  bool started = false, moved = false, running = false;
+  WaitFor(
+      [&] {
+        for (const auto& line : Lines(ReadFile(log))) {
+          auto event = ParseJson(line);
+          if (!event) continue;
+          const std::string type = event->value("type", "");
+          if (type == "job" && event->value("id", "") == id &&
+              event->value("state", "") == "running") {
+            running = true;
+          }
+          if (type == "migration" && event->value("job", "") == id) {
+            started |= event->value("event", "") == "started";
+            if (event->value("event", "") == "moved") {
+              moved = true;
+              EXPECT_GT(event->value("freeze_ms", 0.0), 0.0) << line;
+              EXPECT_EQ(event->value("to", ""), "node2") << line;
+            }
+          }
+        }
+        return started && moved && running;
+      },
+      15s);
+  StopAndReap(follower, SIGTERM, 5s);
+  EXPECT_TRUE(running) << "no job event for " << id << " in " << ReadFile(log);
+  EXPECT_TRUE(started) << "no migration-started event in " << ReadFile(log);
+  EXPECT_TRUE(moved) << "no migration-moved event in " << ReadFile(log);
+  fs::remove(log);
+}
+
 TEST_F(ClusterTest, PreflightRefusesAFileThatDiffersOnTheDestinationAndTheJobKeepsRunning) {
   // /var/lib/tern is private to each node: node2 has no such file.
   const std::string name = "preflight-" + std::to_string(getpid()) + ".txt";

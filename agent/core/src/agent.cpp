@@ -9,6 +9,7 @@
 
 #include "tern/agent/agent_api.hpp"
 #include "tern/agent/cluster.hpp"
+#include "tern/agent/event_bus.hpp"
 #include "tern/agent/migration_driver.hpp"
 
 namespace tern::agent {
@@ -38,20 +39,27 @@ Expected<void> Agent::Start() {
   job_options.node_name = identity_.name;
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;
+  events_ = std::make_unique<EventBus>(identity_.name);
   supervisor_ =
-      std::make_unique<jobs::JobSupervisor>(io_, job_options, [](const jobs::JobRecord& job) {
+      std::make_unique<jobs::JobSupervisor>(io_, job_options, [this](const jobs::JobRecord& job) {
         spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
+        events_->Publish("job", jobs::ToJson(job, std::chrono::system_clock::now()));
       });
   supervisor_->Adopt();
 
   cluster_ = std::make_unique<Cluster>(io_, config_, identity_);
   migrations_ = std::make_unique<MigrationDriver>(io_, config_, *supervisor_, *cluster_);
+  migrations_->SetPublisher([this](const std::string& type, nlohmann::json fields) {
+    events_->Publish(type, std::move(fields));
+  });
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   cluster_->SetRequestHandler(
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
   cluster_->SetNodeStateListener([this](std::uint64_t node_id, balancer::MemberState state) {
     migrations_->OnNodeState(node_id, state == balancer::MemberState::kAlive);
+    events_->Publish("node", {{"name", cluster_->NameOf(node_id)},
+                              {"state", std::string(balancer::ToString(state))}});
   });
   last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
   for (const auto& problem : last_host_load_.problems) spdlog::warn("load sampling: {}", problem);
@@ -60,6 +68,11 @@ Expected<void> Agent::Start() {
   http_ = std::make_unique<http::HttpServer>(
       io_,
       [this](const http::Request& request, const http::Caller& caller, http::Responder responder) {
+        if (request.method() == boost::beast::http::verb::get &&
+            request.target().substr(0, 10) == "/v1/events") {
+          events_->Subscribe(responder.StartEventStream());
+          return;
+        }
         ApiCall call;
         call.method = std::string(request.method_string());
         call.target = std::string(request.target());

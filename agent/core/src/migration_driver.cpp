@@ -131,7 +131,7 @@ struct MigrationDriver::Outgoing {
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
   std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
-  int lock_retries = 0;  // post-copy dumps retried because the job held a file lock
+  int lock_retries = 0;     // post-copy dumps retried because the job held a file lock
   bool shared_dir = false;  // the destination sees the very same job directory
   // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
   migrate::PageServerTarget lazy_serve;
@@ -275,6 +275,14 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   std::snprintf(suffix, sizeof suffix, "%08x", entropy());
   migration->id = job.id + "-" + suffix;
   outgoing_[migration->id] = migration;
+  if (publish_ && !migration->dry_run) {
+    publish_("migration", {{"event", "started"},
+                           {"id", migration->id},
+                           {"job", job.id},
+                           {"from", cluster_.self().name},
+                           {"to", migration->destination},
+                           {"mode", migration->mode}});
+  }
   spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id, cluster_.self().name,
                migration->destination, migration->mode, migration->dry_run ? ", dry run" : "");
 
@@ -677,6 +685,13 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
   if (status != 200) {
     spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", migration->id,
                  migration->job.id, total_ms, error);
+    if (publish_ && !migration->dry_run) {
+      publish_("migration", {{"event", "failed"},
+                             {"id", migration->id},
+                             {"job", migration->job.id},
+                             {"to", migration->destination},
+                             {"error", error}});
+    }
     json body = {{"error", error}, {"checks", migration->checks}};
     migration->done(JsonResult(status, body.dump()));
     return;
@@ -712,6 +727,11 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
                stats["freeze_ms"].get<double>(), total_ms, stats["bytes"].get<std::uint64_t>());
   migration->done(
       JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
+  if (publish_) {
+    stats["event"] = "moved";
+    stats["job"] = migration->job.id;
+    publish_("migration", stats);
+  }
 }
 
 // ---------------------------------------------------------------- destination

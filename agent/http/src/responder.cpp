@@ -6,7 +6,13 @@
 
 namespace tern::http {
 
-Responder::Responder(Deliver deliver) : state_(std::make_shared<State>(std::move(deliver))) {}
+Responder::Responder(Deliver deliver, OpenStream open_stream)
+    : state_(std::make_shared<State>(std::move(deliver), std::move(open_stream))) {}
+
+std::shared_ptr<EventStream> Responder::StartEventStream() const {
+  if (!state_->open_stream || state_->sent.exchange(true)) return nullptr;
+  return state_->open_stream();
+}
 
 void Responder::Send(Response response) const {
   if (state_->sent.exchange(true)) {

@@ -4,10 +4,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <filesystem>
@@ -98,11 +100,18 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     }
     // The responder keeps the session alive until the answer is written.
     auto self = this->shared_from_this();
-    Responder responder([self](Response response) {
-      asio::post(self->stream_.get_executor(), [self, response = std::move(response)]() mutable {
-        self->Write(std::move(response), self->request_.keep_alive());
-      });
-    });
+    Responder responder(
+        [self](Response response) {
+          asio::post(self->stream_.get_executor(),
+                     [self, response = std::move(response)]() mutable {
+                       self->Write(std::move(response), self->request_.keep_alive());
+                     });
+        },
+        [self]() -> std::shared_ptr<EventStream> {
+          auto events = std::make_shared<SessionEvents>(self);
+          asio::post(self->stream_.get_executor(), [self] { self->BeginEvents(); });
+          return events;
+        });
     handler_(request_, caller_, std::move(responder));
   }
 
@@ -125,6 +134,64 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
         });
   }
 
+  // Server-sent events: the session writes raw "event:/data:" blocks after a header and stays
+  // open until the client leaves (seen by a read that completes) or the stream is dropped.
+  class SessionEvents : public EventStream {
+   public:
+    explicit SessionEvents(std::shared_ptr<Session> session) : session_(std::move(session)) {}
+    ~SessionEvents() override {
+      auto session = session_;
+      asio::post(session->stream_.get_executor(), [session] { session->Close(); });
+    }
+    bool Send(std::string_view event, std::string_view data) override {
+      if (!session_->events_open_) return false;
+      std::string block = "event: " + std::string(event) + "\ndata: " + std::string(data) + "\n\n";
+      auto session = session_;
+      asio::post(session->stream_.get_executor(),
+                 [session, block = std::move(block)] { session->QueueEvent(block); });
+      return true;
+    }
+    bool IsOpen() const override { return session_->events_open_; }
+
+   private:
+    std::shared_ptr<Session> session_;
+  };
+
+  void BeginEvents() {
+    events_open_ = true;
+    stream_.expires_never();
+    QueueEvent(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        "Connection: close\r\n\r\n");
+    // Nothing more is expected from the client: a read that completes means it has gone.
+    stream_.async_read_some(buffer_.prepare(512),
+                            [self = this->shared_from_this()](beast::error_code, std::size_t) {
+                              self->events_open_ = false;
+                              self->Close();
+                            });
+  }
+
+  void QueueEvent(const std::string& block) {
+    if (!events_open_) return;
+    event_queue_ += block;
+    if (event_writing_.empty()) WriteEvents();
+  }
+
+  void WriteEvents() {
+    if (event_queue_.empty() || !events_open_) return;
+    event_writing_.swap(event_queue_);
+    asio::async_write(stream_, asio::buffer(event_writing_),
+                      [self = this->shared_from_this()](beast::error_code error, std::size_t) {
+                        self->event_writing_.clear();
+                        if (error) {
+                          self->events_open_ = false;
+                          self->Close();
+                          return;
+                        }
+                        self->WriteEvents();
+                      });
+  }
+
   void Close() {
     beast::error_code ignored;
     stream_.socket().shutdown(Protocol::socket::shutdown_both, ignored);
@@ -139,6 +206,9 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   Request request_;
   Response response_;
+  std::atomic<bool> events_open_{false};
+  std::string event_queue_;
+  std::string event_writing_;
 };
 
 template <typename Protocol>

@@ -7,6 +7,7 @@
 // Thread-safety: one instance per thread.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <tern/expected.hpp>
@@ -30,6 +31,10 @@ class AgentClient {
 
   Expected<HttpReply> Request(const std::string& method, const std::string& target,
                               const std::string& body = "") const;
+  // GETs `target` and hands each line of the body to `on_line` as it arrives (server-sent
+  // events) until it returns false or the agent closes the stream.
+  Expected<void> Stream(const std::string& target,
+                        const std::function<bool(const std::string& line)>& on_line) const;
   const std::string& socket_path() const { return socket_path_; }
 
  private:

@@ -45,6 +45,8 @@ int Nodes(Context& context, Output output);
 int Migrate(Context& context, const std::string& id, const std::string& node,
             const std::string& mode, bool dry_run, Output output);
 int Version(Context& context);
+// Follows the agent's event stream (jobs, migrations, nodes) until interrupted.
+int Events(Context& context, Output output);
 
 // Runs `render` every `interval_seconds` until interrupted: on a terminal it clears and redraws
 // like watch(1); otherwise it prints each snapshot followed by a blank line (or, for JSON, one

@@ -30,6 +30,7 @@ namespace tern::agent {
 
 class AgentApi;
 class Cluster;
+class EventBus;
 class MigrationDriver;
 
 class Agent {
@@ -50,6 +51,7 @@ class Agent {
   NodeIdentity identity_;
   HostLoadSampler sampler_;
   HostLoad last_host_load_;
+  std::unique_ptr<EventBus> events_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<MigrationDriver> migrations_;

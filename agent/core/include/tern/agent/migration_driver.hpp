@@ -22,8 +22,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "tern/agent/api_call.hpp"
@@ -45,6 +47,9 @@ class MigrationDriver {
   ~MigrationDriver();
 
   void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done);
+  // Where migration events go ("migration" events: started, moved, failed).
+  using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
+  void SetPublisher(Publisher publisher) { publish_ = std::move(publisher); }
   // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
   // point are aborted now, so that the job is not left frozen until TCP gives up.
   void OnNodeState(std::uint64_t node_id, bool alive);
@@ -84,6 +89,7 @@ class MigrationDriver {
   std::map<std::string, std::shared_ptr<Incoming>> incoming_;
   std::unique_ptr<boost::asio::steady_timer> undecided_timer_;
   std::uint16_t next_port_ = 0;
+  Publisher publish_;
 };
 
 }  // namespace tern::agent

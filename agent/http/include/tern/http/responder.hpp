@@ -9,23 +9,39 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "tern/http/types.hpp"
 
 namespace tern::http {
 
+// A server-sent-events stream (text/event-stream) kept open on a connection. Send() queues one
+// event and returns false once the client has gone; the connection closes when the last
+// reference to the stream is dropped or the client leaves.
+class EventStream {
+ public:
+  virtual ~EventStream() = default;
+  virtual bool Send(std::string_view event, std::string_view data) = 0;
+  virtual bool IsOpen() const = 0;
+};
+
 class Responder {
  public:
   using Deliver = std::function<void(Response)>;
+  using OpenStream = std::function<std::shared_ptr<EventStream>()>;
 
-  explicit Responder(Deliver deliver);
+  explicit Responder(Deliver deliver, OpenStream open_stream = nullptr);
   void Send(Response response) const;
+  // Answers with an event stream instead of one response (nullptr if the transport cannot).
+  std::shared_ptr<EventStream> StartEventStream() const;
 
  private:
   struct State {
-    explicit State(Deliver deliver) : deliver(std::move(deliver)) {}
+    State(Deliver deliver, OpenStream open_stream)
+        : deliver(std::move(deliver)), open_stream(std::move(open_stream)) {}
     ~State();
     Deliver deliver;
+    OpenStream open_stream;
     std::atomic<bool> sent{false};
   };
   std::shared_ptr<State> state_;
