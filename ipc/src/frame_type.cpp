@@ -18,6 +18,12 @@ std::string_view FrameTypeName(FrameType type) {
       return "ApiRequest";
     case FrameType::kApiResponse:
       return "ApiResponse";
+    case FrameType::kIpcRequest:
+      return "IpcRequest";
+    case FrameType::kIpcReply:
+      return "IpcReply";
+    case FrameType::kIpcRemote:
+      return "IpcRemote";
   }
   return "Unknown";
 }

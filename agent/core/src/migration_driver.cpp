@@ -58,6 +58,12 @@ std::string FromHex(const std::string& hex) {
   return out;
 }
 
+// Dump failures that a second try a moment later usually does not meet.
+bool IsTransientDumpError(const std::string& message) {
+  return message.find("file locks") != std::string::npos ||
+         message.find("No such process") != std::string::npos;
+}
+
 double MillisSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -414,12 +420,13 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         const std::string criu = migration->criu;
         OffThread(
             [criu, options]() -> Expected<void> {
-              // A job caught holding a file lock (SQLite inside a transaction, say) cannot be
-              // dumped; CRIU thaws it, and a moment later the lock is usually free again.
+              // A job caught holding a file lock (SQLite inside a transaction, say), or with a
+              // thread that ends while CRIU seizes it, cannot be dumped; CRIU thaws it, and a
+              // moment later the dump usually succeeds.
               for (int attempt = 1;; ++attempt) {
                 auto dumped = migrate::Dump(criu, options);
                 if (dumped || attempt == kLockRetries ||
-                    dumped.error().message.find("file locks") == std::string::npos) {
+                    !IsTransientDumpError(dumped.error().message)) {
                   return dumped;
                 }
                 std::this_thread::sleep_for(std::chrono::milliseconds(30));
@@ -616,8 +623,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
               last_error = "criu dump failed: " + line;
             }
           }
-          if (last_error.find("file locks") != std::string::npos &&
-              ++migration->lock_retries < kLockRetries) {
+          if (IsTransientDumpError(last_error) && ++migration->lock_retries < kLockRetries) {
             // See the pre-copy dump: try again once the job has released its lock.
             migration->lazy_dump.reset();
             auto timer =

@@ -20,6 +20,12 @@ enum class FrameType : std::uint16_t {
   kHeartbeat = 10,    // {"load":{...}, "members":[...]} (balancer/membership, balancer/load)
   kApiRequest = 11,   // [u32 json length][json {"id","method","target","uid","gid","pid"}][body]
   kApiResponse = 12,  // [u32 json length][json {"id","status","headers":{...}}][body]
+  // Job-to-agent IPC channel (job_wire.hpp).
+  kIpcRequest = 20,  // [u32 request id][u16 op][body]
+  kIpcReply = 21,    // [u32 request id][u16 status][body]
+  // Agent-to-agent IPC (ipc/port_router.hpp): an operation on an object homed at the
+  // receiver, or its result.
+  kIpcRemote = 30,
 };
 
 // A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number

@@ -1,0 +1,204 @@
+// The job-to-agent IPC channel's codec (docs/ipc.md "The job's channel"): the ops a job may ask,
+// their status codes, and the typed message body that travels in sends and receives.
+//
+// Frames: IpcRequest (20) = [u32 request id][u16 op][body], IpcReply (21) = [u32 request id]
+// [u16 status][body or, when status != kOk, a u32-length message string]. Integers are
+// big-endian; "bytes" are [u32 length][data]. Op numbers and status numbers are wire format:
+// never renumber, only append.
+//
+// Thread-safety: plain values and pure functions; WireWriter/WireReader are single-owner.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tern/expected.hpp>
+#include <vector>
+
+namespace tern::ipc {
+
+enum class JobOp : std::uint16_t {
+  kPortAllocate = 1,         // {u32 queue_limit (0: default)} -> {u32 name}
+  kMakeSend = 2,             // {u32 receive name} -> {u32 send name}
+  kDeallocate = 3,           // {u32 name} -> {}: one ref of a send right, or the whole right
+  kRightInfo = 4,            // {u32 name} -> {u8 RightType, u32 refs, u64 port home, u64 serial}
+  kSend = 5,                 // SendRequest -> {}
+  kReceive = 6,              // {u32 receive name, u32 timeout_ms} -> Message
+  kRequestNotification = 7,  // {u32 name, u8 NotificationKind, u32 notify name} -> {}
+  kNameRegister = 8,         // {string, u32 name} -> {}
+  kNameLookup = 9,           // {string} -> {u32 send name}
+  kNameUnregister = 10,      // {string} -> {}
+  kLinkCreate = 11,          // {} -> {u32 end, u32 end}
+  kLinkSend = 12,            // {u32 end, Message body} -> {u32 op handle}
+  kLinkReceive = 13,         // {u32 end, 0: any end the job holds} -> {u32 op handle}
+  kOpWait = 14,              // {u32 handle, u32 timeout_ms} -> OpResult
+  kOpPoll = 15,              // {u32 handle} -> {u8 done, OpResult if done}
+  kOpCancel = 16,            // {u32 handle} -> {} | kAlreadyMatched
+  kRegionCreate = 17,        // {u64 size} -> {u32 name}
+  kRegionMap = 18,           // {u32 name} -> {u64 size} + the memfd as SCM_RIGHTS
+  kPortStatus = 19,          // {u32 receive name} -> {u32 queued, u32 limit, u32 send refs}
+};
+
+enum class JobStatus : std::uint16_t {
+  kOk = 0,
+  kInvalidName = 1,     // no such name in the caller's table, or the wrong kind of right
+  kDeadName = 2,        // the port died
+  kQueueFull = 3,       // full queue, policy fail (or notify: a send-possible will follow)
+  kTimedOut = 4,        // wait for room / receive / op wait ran out
+  kAlreadyMatched = 5,  // cancel of a link operation that has been matched
+  kLinkBroken = 6,      // the other end is gone
+  kNotFound = 7,        // name lookup: no such name
+  kBadRequest = 8,      // malformed body, unknown op, bad argument
+  kUnavailable = 9,     // the port's home node cannot be reached
+  kTooLarge = 10,       // message over the limit
+  kCancelled = 11,      // the operation was cancelled
+  kExists = 12,         // name register: the name is taken
+};
+
+std::string_view JobStatusName(JobStatus status);
+
+enum class RightType : std::uint8_t {
+  kNone = 0,
+  kReceive = 1,
+  kSend = 2,
+  kSendOnce = 3,
+  kDeadName = 4,
+  kLinkEnd = 5,
+  kRegion = 6,
+};
+
+// How a right named in a message leaves the sender (Mach's dispositions).
+enum class Disposition : std::uint8_t {
+  kNone = 0,
+  kMoveReceive = 1,
+  kMoveSend = 2,
+  kCopySend = 3,
+  kMakeSend = 4,
+  kMoveSendOnce = 5,
+  kMakeSendOnce = 6,
+  kMoveLinkEnd = 7,
+  kCopyRegion = 8,
+  kMoveRegion = 9,
+};
+
+enum class FullPolicy : std::uint8_t { kFail = 0, kWait = 1, kNotify = 2 };
+
+enum class NotificationKind : std::uint8_t { kDeadName = 1, kNoSenders = 2, kPortDestroyed = 3 };
+
+// Message ids of notifications the agent sends (docs/ipc.md "Notifications").
+constexpr std::uint32_t kDeadNameNotification = 0x7e000001;
+constexpr std::uint32_t kNoSendersNotification = 0x7e000002;
+constexpr std::uint32_t kPortDestroyedNotification = 0x7e000003;
+constexpr std::uint32_t kSendPossibleNotification = 0x7e000004;
+
+constexpr std::uint32_t kWaitForever = 0xffffffff;
+constexpr std::uint32_t kDefaultQueueLimit = 64;
+constexpr std::size_t kMaxMessageBytes = 256u << 20;  // 256 MiB in one message
+
+enum class ItemKind : std::uint8_t {
+  kBytes = 1,
+  kPort = 2,
+  kOutOfLine = 3,
+  kLinkEnd = 4,
+  kRegion = 5
+};
+
+// One typed item of a message body. In a job's send: `name` + `disposition` for rights. In
+// what a job receives: `name` is the receiver's name for the right, `disposition` tells what
+// arrived (kMoveReceive: a receive right; kMoveSend: a send right; kMoveSendOnce; ...).
+// Out-of-line data shares its buffer: copying an Item does not copy the bytes.
+struct Item {
+  ItemKind kind = ItemKind::kBytes;
+  std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine
+  std::uint32_t name = 0;
+  Disposition disposition = Disposition::kNone;
+
+  static Item Bytes(std::string bytes);
+  static Item OutOfLine(std::string bytes);
+  static Item Port(std::uint32_t name, Disposition disposition);
+  std::string_view bytes() const { return data ? std::string_view(*data) : std::string_view(); }
+};
+
+struct Message {
+  std::uint32_t destination = 0;  // send: the dest name; receive: the receive right's name
+  Disposition destination_disposition = Disposition::kCopySend;
+  std::uint32_t reply = 0;  // 0: none; receive: the receiver's name of the reply right
+  Disposition reply_disposition = Disposition::kNone;
+  std::uint32_t id = 0;
+  std::vector<Item> items;
+
+  std::size_t ByteSize() const;  // sum of the data of its items
+};
+
+struct SendRequest {
+  Message message;
+  FullPolicy policy = FullPolicy::kFail;
+  std::uint32_t timeout_ms = 0;   // kWait
+  std::uint32_t notify_port = 0;  // kNotify: a name of a port to notify (any right to it)
+};
+
+// Result of a link operation: a completed receive carries the message (destination = the
+// end it arrived on); a completed send carries nothing.
+struct OpResult {
+  bool is_receive = false;
+  std::uint32_t end = 0;
+  Message message;
+};
+
+// Big-endian writer and bounds-checked reader for bodies.
+class WireWriter {
+ public:
+  void U8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
+  void U16(std::uint16_t v);
+  void U32(std::uint32_t v);
+  void U64(std::uint64_t v);
+  void Bytes(std::string_view v);
+  void WriteMessage(const Message& message);
+  void WriteOpResult(const OpResult& result);
+  std::string& out() { return out_; }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+// Every read fails (returns nullopt / false) past the end; `ok()` tells whether any did.
+class WireReader {
+ public:
+  explicit WireReader(std::string_view in) : in_(in) {}
+  std::optional<std::uint8_t> U8();
+  std::optional<std::uint16_t> U16();
+  std::optional<std::uint32_t> U32();
+  std::optional<std::uint64_t> U64();
+  std::optional<std::string> Bytes();
+  std::optional<Message> ReadMessage();
+  std::optional<OpResult> ReadOpResult();
+  bool AtEnd() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+// Request and reply frames' payloads.
+struct JobRequest {
+  std::uint32_t id = 0;
+  JobOp op{};
+  std::string body;
+};
+struct JobReply {
+  std::uint32_t id = 0;
+  JobStatus status = JobStatus::kOk;
+  std::string body;  // on error: the message text
+};
+
+std::string EncodeJobRequest(std::uint32_t id, JobOp op, std::string_view body);
+Expected<JobRequest> DecodeJobRequest(std::string_view payload);
+std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view body);
+Expected<JobReply> DecodeJobReply(std::string_view payload);
+
+std::string EncodeSendRequest(const SendRequest& request);
+std::optional<SendRequest> DecodeSendRequest(std::string_view body);
+
+}  // namespace tern::ipc

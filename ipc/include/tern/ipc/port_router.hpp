@@ -1,0 +1,103 @@
+// PortRouter: one agent's share of tern IPC (docs/ipc.md), as a sans-I/O state machine.
+//
+// It holds the capability tables of the jobs on this node (the "job side") and the ports,
+// links and regions homed on this node (the "home side"). Every operation on an object runs at
+// the object's home; a job's request for an object homed elsewhere becomes a frame to that
+// node, and the result comes back as another. Events go in (a job's request, a frame from a
+// node, a timer, a job or node gone); actions come out (a reply to a job, a frame to a node, a
+// timer to set), to be carried out by the caller in order. The same class runs in unit tests
+// (several routers wired to each other in memory) and in ternd (IpcService drives it).
+//
+// Guarantees the router keeps: a job can use only names in its own table (anything else is
+// kInvalidName and nothing moves); exactly one receive right per port; a full queue never drops
+// a message silently (fail, wait or notify, as the sender chose); FIFO per port; rights moved in
+// a message leave the sender only once the message is accepted; every right a dying job held
+// is released (ports die, send rights drop, link ends break) and the peers notified.
+//
+// Thread-safety: none; one thread (the agent's io_context) drives it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <tern/ipc/job_wire.hpp>
+#include <vector>
+
+namespace tern::ipc {
+
+struct ObjectId {
+  std::uint64_t home = 0;
+  std::uint64_t serial = 0;
+  auto operator<=>(const ObjectId&) const = default;
+  bool valid() const { return serial != 0; }
+};
+
+// Region memory lives outside the router (memfds in the agent, strings in tests).
+class RegionStore {
+ public:
+  virtual ~RegionStore() = default;
+  virtual bool Create(ObjectId id, std::uint64_t size) = 0;
+  virtual std::optional<std::string> Read(ObjectId id) = 0;
+  virtual bool Write(ObjectId id, std::string_view bytes) = 0;
+  virtual void Destroy(ObjectId id) = 0;
+};
+
+class PortRouter {
+ public:
+  struct JobReplyAction {
+    std::string job;
+    std::string payload;                // an IpcReply payload
+    std::optional<ObjectId> region_fd;  // pass this region's fd with it (region_map)
+  };
+  struct NodeFrameAction {
+    std::uint64_t node = 0;
+    std::string payload;  // an IpcRemote payload
+  };
+  struct TimerAction {
+    std::uint64_t id = 0;
+    std::chrono::milliseconds after{0};
+  };
+  struct Actions {
+    std::vector<JobReplyAction> replies;
+    std::vector<NodeFrameAction> frames;
+    std::vector<TimerAction> timers;
+    bool empty() const { return replies.empty() && frames.empty() && timers.empty(); }
+  };
+
+  PortRouter(std::uint64_t node_id, RegionStore& regions);
+  ~PortRouter();
+  PortRouter(const PortRouter&) = delete;
+  PortRouter& operator=(const PortRouter&) = delete;
+
+  // A job's channel opened / the job ended (exit, cancel, moved away): all its rights go.
+  void JobAttached(const std::string& job);
+  void JobGone(const std::string& job);
+  // One IpcRequest payload from a job's channel. A malformed one gets a kBadRequest reply
+  // when it has a request id, else it is returned as an error (the caller closes the channel).
+  Expected<void> JobRequest(const std::string& job, std::string_view payload);
+  // One IpcRemote payload from a peer. A malformed one is an error: close that link.
+  Expected<void> NodeFrame(std::uint64_t from, std::string_view payload);
+  void NodeUp(std::uint64_t node);
+  void NodeDown(std::uint64_t node);  // operations waiting on it fail with kUnavailable
+  void Timer(std::uint64_t id);
+
+  // What to do now; clears the list.
+  Actions TakeActions();
+
+  // Introspection for the agent (pre-flight, status) and tests.
+  bool JobHoldsRights(const std::string& job) const;
+  std::size_t RightCount(const std::string& job) const;
+  // Jobs on this node that hold a right to a region `job` also holds.
+  std::set<std::string> JobsSharingRegions(const std::string& job) const;
+  std::size_t PortCount() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace tern::ipc

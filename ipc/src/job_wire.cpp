@@ -1,0 +1,260 @@
+#include <tern/ipc/job_wire.hpp>
+
+namespace tern::ipc {
+
+std::string_view JobStatusName(JobStatus status) {
+  switch (status) {
+    case JobStatus::kOk:
+      return "ok";
+    case JobStatus::kInvalidName:
+      return "invalid_name";
+    case JobStatus::kDeadName:
+      return "dead_name";
+    case JobStatus::kQueueFull:
+      return "queue_full";
+    case JobStatus::kTimedOut:
+      return "timed_out";
+    case JobStatus::kAlreadyMatched:
+      return "already_matched";
+    case JobStatus::kLinkBroken:
+      return "link_broken";
+    case JobStatus::kNotFound:
+      return "not_found";
+    case JobStatus::kBadRequest:
+      return "bad_request";
+    case JobStatus::kUnavailable:
+      return "unavailable";
+    case JobStatus::kTooLarge:
+      return "too_large";
+    case JobStatus::kCancelled:
+      return "cancelled";
+    case JobStatus::kExists:
+      return "exists";
+  }
+  return "unknown";
+}
+
+Item Item::Bytes(std::string bytes) {
+  Item item;
+  item.kind = ItemKind::kBytes;
+  item.data = std::make_shared<const std::string>(std::move(bytes));
+  return item;
+}
+
+Item Item::OutOfLine(std::string bytes) {
+  Item item;
+  item.kind = ItemKind::kOutOfLine;
+  item.data = std::make_shared<const std::string>(std::move(bytes));
+  return item;
+}
+
+Item Item::Port(std::uint32_t name, Disposition disposition) {
+  Item item;
+  item.kind = disposition == Disposition::kMoveLinkEnd ? ItemKind::kLinkEnd
+              : (disposition == Disposition::kCopyRegion || disposition == Disposition::kMoveRegion)
+                  ? ItemKind::kRegion
+                  : ItemKind::kPort;
+  item.name = name;
+  item.disposition = disposition;
+  return item;
+}
+
+std::size_t Message::ByteSize() const {
+  std::size_t size = 0;
+  for (const Item& item : items) size += item.bytes().size();
+  return size;
+}
+
+void WireWriter::U16(std::uint16_t v) {
+  U8(static_cast<std::uint8_t>(v >> 8));
+  U8(static_cast<std::uint8_t>(v));
+}
+void WireWriter::U32(std::uint32_t v) {
+  U16(static_cast<std::uint16_t>(v >> 16));
+  U16(static_cast<std::uint16_t>(v));
+}
+void WireWriter::U64(std::uint64_t v) {
+  U32(static_cast<std::uint32_t>(v >> 32));
+  U32(static_cast<std::uint32_t>(v));
+}
+void WireWriter::Bytes(std::string_view v) {
+  U32(static_cast<std::uint32_t>(v.size()));
+  out_.append(v);
+}
+
+void WireWriter::WriteMessage(const Message& message) {
+  U32(message.destination);
+  U8(static_cast<std::uint8_t>(message.destination_disposition));
+  U32(message.reply);
+  U8(static_cast<std::uint8_t>(message.reply_disposition));
+  U32(message.id);
+  U32(static_cast<std::uint32_t>(message.items.size()));
+  for (const Item& item : message.items) {
+    U8(static_cast<std::uint8_t>(item.kind));
+    if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
+      Bytes(item.bytes());
+    } else {
+      U32(item.name);
+      U8(static_cast<std::uint8_t>(item.disposition));
+    }
+  }
+}
+
+void WireWriter::WriteOpResult(const OpResult& result) {
+  U8(result.is_receive ? 1 : 0);
+  U32(result.end);
+  if (result.is_receive) WriteMessage(result.message);
+}
+
+std::optional<std::uint8_t> WireReader::U8() {
+  if (in_.empty()) return std::nullopt;
+  const auto v = static_cast<std::uint8_t>(in_.front());
+  in_.remove_prefix(1);
+  return v;
+}
+std::optional<std::uint16_t> WireReader::U16() {
+  auto hi = U8();
+  auto lo = U8();
+  if (!hi || !lo) return std::nullopt;
+  return static_cast<std::uint16_t>((*hi << 8) | *lo);
+}
+std::optional<std::uint32_t> WireReader::U32() {
+  auto hi = U16();
+  auto lo = U16();
+  if (!hi || !lo) return std::nullopt;
+  return (static_cast<std::uint32_t>(*hi) << 16) | *lo;
+}
+std::optional<std::uint64_t> WireReader::U64() {
+  auto hi = U32();
+  auto lo = U32();
+  if (!hi || !lo) return std::nullopt;
+  return (static_cast<std::uint64_t>(*hi) << 32) | *lo;
+}
+std::optional<std::string> WireReader::Bytes() {
+  auto size = U32();
+  if (!size || *size > in_.size()) {
+    in_ = {};
+    return std::nullopt;
+  }
+  std::string v(in_.substr(0, *size));
+  in_.remove_prefix(*size);
+  return v;
+}
+
+std::optional<Message> WireReader::ReadMessage() {
+  Message message;
+  auto destination = U32();
+  auto destination_disposition = U8();
+  auto reply = U32();
+  auto reply_disposition = U8();
+  auto id = U32();
+  auto count = U32();
+  if (!count || *count > (1u << 20)) return std::nullopt;
+  message.destination = *destination;
+  message.destination_disposition = static_cast<Disposition>(*destination_disposition);
+  message.reply = *reply;
+  message.reply_disposition = static_cast<Disposition>(*reply_disposition);
+  message.id = *id;
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto kind = U8();
+    if (!kind || *kind < 1 || *kind > 5) return std::nullopt;
+    Item item;
+    item.kind = static_cast<ItemKind>(*kind);
+    if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
+      auto bytes = Bytes();
+      if (!bytes) return std::nullopt;
+      item.data = std::make_shared<const std::string>(std::move(*bytes));
+    } else {
+      auto name = U32();
+      auto disposition = U8();
+      if (!disposition) return std::nullopt;
+      item.name = *name;
+      item.disposition = static_cast<Disposition>(*disposition);
+    }
+    message.items.push_back(std::move(item));
+  }
+  return message;
+}
+
+std::optional<OpResult> WireReader::ReadOpResult() {
+  OpResult result;
+  auto is_receive = U8();
+  auto end = U32();
+  if (!end) return std::nullopt;
+  result.is_receive = *is_receive != 0;
+  result.end = *end;
+  if (result.is_receive) {
+    auto message = ReadMessage();
+    if (!message) return std::nullopt;
+    result.message = std::move(*message);
+  }
+  return result;
+}
+
+std::string EncodeJobRequest(std::uint32_t id, JobOp op, std::string_view body) {
+  WireWriter writer;
+  writer.U32(id);
+  writer.U16(static_cast<std::uint16_t>(op));
+  writer.out().append(body);
+  return writer.Take();
+}
+
+Expected<JobRequest> DecodeJobRequest(std::string_view payload) {
+  WireReader reader(payload);
+  auto id = reader.U32();
+  auto op = reader.U16();
+  if (!op) return Fail("IPC request shorter than its header");
+  return JobRequest{*id, static_cast<JobOp>(*op), std::string(payload.substr(6))};
+}
+
+std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view body) {
+  WireWriter writer;
+  writer.U32(id);
+  writer.U16(static_cast<std::uint16_t>(status));
+  if (status == JobStatus::kOk) {
+    writer.out().append(body);
+  } else {
+    writer.Bytes(body);
+  }
+  return writer.Take();
+}
+
+Expected<JobReply> DecodeJobReply(std::string_view payload) {
+  WireReader reader(payload);
+  auto id = reader.U32();
+  auto status = reader.U16();
+  if (!status) return Fail("IPC reply shorter than its header");
+  JobReply reply{*id, static_cast<JobStatus>(*status), std::string(payload.substr(6))};
+  if (reply.status != JobStatus::kOk) {
+    WireReader text(reply.body);
+    auto message = text.Bytes();
+    reply.body = message ? *message : std::string(JobStatusName(reply.status));
+  }
+  return reply;
+}
+
+std::string EncodeSendRequest(const SendRequest& request) {
+  WireWriter writer;
+  writer.WriteMessage(request.message);
+  writer.U8(static_cast<std::uint8_t>(request.policy));
+  writer.U32(request.timeout_ms);
+  writer.U32(request.notify_port);
+  return writer.Take();
+}
+
+std::optional<SendRequest> DecodeSendRequest(std::string_view body) {
+  WireReader reader(body);
+  SendRequest request;
+  auto message = reader.ReadMessage();
+  auto policy = reader.U8();
+  auto timeout = reader.U32();
+  auto notify = reader.U32();
+  if (!message || !notify || *policy > 2) return std::nullopt;
+  request.message = std::move(*message);
+  request.policy = static_cast<FullPolicy>(*policy);
+  request.timeout_ms = *timeout;
+  request.notify_port = *notify;
+  return request;
+}
+
+}  // namespace tern::ipc

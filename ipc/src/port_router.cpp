@@ -1,0 +1,1808 @@
+#include <deque>
+#include <functional>
+#include <tern/ipc/port_router.hpp>
+
+#include "port_router_wire.hpp"
+
+namespace tern::ipc {
+
+using router::Envelope;
+using router::Remote;
+using router::TransitItem;
+using router::TransitMessage;
+using router::TransitRight;
+
+namespace {
+
+struct Holder {
+  std::uint64_t node = 0;  // 0: in transit inside a message
+  std::string job;
+  bool operator==(const Holder&) const = default;
+};
+
+struct Waiter {  // a receive waiting at a port's home
+  std::uint64_t node = 0;
+  std::string job;
+  std::uint64_t ticket = 0;
+  std::uint64_t timer = 0;
+};
+
+struct BlockedSender {  // a send with policy wait, at the port's home
+  Envelope envelope;
+  std::uint64_t timer = 0;
+};
+
+struct DeadNameRequest {
+  ObjectId notify;
+  std::uint32_t name = 0;
+};
+
+struct Port {
+  Holder holder;
+  std::uint32_t limit = kDefaultQueueLimit;
+  std::deque<TransitMessage> queue;
+  std::deque<Waiter> waiters;
+  std::deque<BlockedSender> blocked;
+  std::vector<std::pair<ObjectId, std::uint32_t>> space_notify;  // notify port, name
+  std::int64_t send_refs = 0;
+  std::vector<DeadNameRequest> dead_name;
+  std::optional<std::pair<ObjectId, std::uint32_t>> no_senders;
+  std::optional<ObjectId> port_destroyed;
+};
+
+struct LinkOp {
+  std::uint64_t node = 0;
+  std::string job;
+  std::uint32_t handle = 0;
+  std::optional<TransitMessage> message;  // a send's
+};
+
+struct Link {
+  ObjectId ends[2];
+  Holder holder[2];
+  bool released[2] = {false, false};
+  std::deque<LinkOp> sends[2];
+  std::deque<LinkOp> receives[2];
+  bool broken = false;
+};
+
+struct Region {
+  std::uint64_t size = 0;
+  std::int64_t refs = 0;
+};
+
+struct Entry {
+  RightType type = RightType::kNone;
+  ObjectId id;
+  std::uint32_t refs = 1;
+};
+
+struct OpState {  // a link operation, on the job's side
+  bool is_receive = false;
+  std::uint32_t end_name = 0;         // 0: any
+  std::vector<ObjectId> posted_ends;  // where it is posted
+  bool done = false;
+  JobStatus status = JobStatus::kOk;
+  OpResult result;
+  std::optional<std::uint32_t> waiting_request;
+  std::uint64_t wait_timer = 0;
+};
+
+struct JobState {
+  std::map<std::uint32_t, Entry> names;
+  std::map<std::pair<RightType, ObjectId>, std::uint32_t> merged;  // send and region names
+  std::uint32_t next_name = 1;
+  std::map<std::uint32_t, OpState> ops;
+  std::uint32_t next_op = 1;
+  std::map<std::uint32_t, std::deque<OpResult>> early;  // matched "any" receives not yet taken
+  struct PendingSend {
+    std::uint32_t request = 0;
+    Envelope envelope;
+    int outstanding = 0;
+    bool failed = false;
+    JobStatus status = JobStatus::kOk;
+    std::string error;
+    std::vector<std::function<void()>> on_success;
+    std::vector<std::function<void()>> on_failure;
+  };
+  std::deque<std::shared_ptr<PendingSend>> sends;
+};
+
+enum class TicketKind {
+  kSend,
+  kPreOp,
+  kReceive,
+  kMakeSend,
+  kStatus,
+  kNotify,
+  kLinkCancel,
+  kNameRegister,
+  kNameLookupDelta,
+  kNameQuery,
+  kRegionFetch,
+};
+
+struct Delivery;  // a received message being made ready for its job
+
+struct Ticket {
+  TicketKind kind;
+  std::uint64_t node = 0;  // where the operation went (to fail it if that node goes down)
+  std::string job;
+  std::uint32_t request = 0;
+  std::uint32_t name = 0;  // kMakeSend: the receive name; kReceive: the receive name
+  ObjectId object;
+  std::string text;
+  std::shared_ptr<JobState::PendingSend> send;
+  std::shared_ptr<Delivery> delivery;
+  std::shared_ptr<int> remaining;  // kNameQuery: answers still due; kLinkCancel: cancels due
+  std::shared_ptr<bool> matched;   // kLinkCancel of an "any" op
+  std::uint32_t handle = 0;
+};
+
+struct Delivery {
+  std::string job;
+  std::uint32_t request = 0;
+  std::uint32_t receive_name = 0;
+  TransitMessage message;
+  int outstanding = 0;
+  std::map<std::size_t, ObjectId> copied;  // item index -> local copy of a remote region
+};
+
+enum class TimerKind { kWaiter, kBlockedSender, kOpWait };
+struct TimerInfo {
+  TimerKind kind;
+  ObjectId object;
+  std::uint64_t ticket = 0;
+  std::string job;
+  std::uint32_t handle = 0;
+};
+
+std::string U32Bytes(std::uint32_t v) {
+  WireWriter w;
+  w.U32(v);
+  return w.Take();
+}
+
+}  // namespace
+
+struct PortRouter::State {
+  std::uint64_t self;
+  RegionStore& store;
+  std::uint64_t next_serial = 1;
+  std::uint64_t next_ticket = 1;
+  std::uint64_t next_timer = 1;
+  std::map<std::uint64_t, Port> ports;                   // by serial: homed here
+  std::map<std::uint64_t, std::shared_ptr<Link>> links;  // by end serial
+  std::map<std::uint64_t, Region> regions;
+  std::map<std::string, JobState> jobs;
+  std::map<std::uint64_t, Ticket> tickets;
+  std::map<std::uint64_t, TimerInfo> timers;
+  std::map<std::string, std::pair<ObjectId, std::string>> names;  // name -> port, registrant
+  std::set<std::uint64_t> peers;
+  std::deque<Envelope> local;
+  Actions actions;
+
+  State(std::uint64_t node, RegionStore& regions_store) : self(node), store(regions_store) {}
+
+  // ---- plumbing -------------------------------------------------------------------------
+  void Post(std::uint64_t node, Envelope e) {
+    e.origin = e.origin ? e.origin : self;
+    if (node == self) {
+      local.push_back(std::move(e));
+    } else {
+      actions.frames.push_back({node, router::EncodeEnvelope(e)});
+    }
+  }
+  void Respond(const Envelope& request, Envelope result) {
+    result.ticket = request.ticket;
+    result.origin = self;
+    result.job = request.job;
+    if (request.origin == self) {
+      local.push_back(std::move(result));
+    } else {
+      actions.frames.push_back({request.origin, router::EncodeEnvelope(result)});
+    }
+  }
+  void Drain() {
+    while (!local.empty()) {
+      Envelope e = std::move(local.front());
+      local.pop_front();
+      Dispatch(e, self);
+    }
+  }
+  void Reply(const std::string& job, std::uint32_t request, JobStatus status,
+             std::string_view body = {}) {
+    if (!jobs.contains(job)) return;
+    actions.replies.push_back({job, EncodeJobReply(request, status, body), std::nullopt});
+  }
+  void Error(const std::string& job, std::uint32_t request, JobStatus status, std::string message) {
+    Reply(job, request, status, message);
+  }
+  std::uint64_t NewTicket(Ticket ticket) {
+    const std::uint64_t id = next_ticket++;
+    tickets.emplace(id, std::move(ticket));
+    return id;
+  }
+  std::uint64_t NewTimer(TimerInfo info, std::uint32_t ms) {
+    const std::uint64_t id = next_timer++;
+    timers.emplace(id, std::move(info));
+    actions.timers.push_back({id, std::chrono::milliseconds(ms)});
+    return id;
+  }
+  ObjectId NewObject() { return ObjectId{self, next_serial++}; }
+
+  // ---- capability tables ----------------------------------------------------------------
+  Entry* Find(JobState& job, std::uint32_t name) {
+    auto it = job.names.find(name);
+    return it == job.names.end() ? nullptr : &it->second;
+  }
+  std::uint32_t Insert(JobState& job, RightType type, ObjectId id, std::uint32_t refs = 1) {
+    if (type == RightType::kSend || type == RightType::kRegion) {
+      auto merged = job.merged.find({type, id});
+      if (merged != job.merged.end()) {
+        job.names[merged->second].refs += refs;
+        return merged->second;
+      }
+    }
+    const std::uint32_t name = job.next_name++;
+    job.names[name] = Entry{type, id, refs};
+    if (type == RightType::kSend || type == RightType::kRegion) job.merged[{type, id}] = name;
+    return name;
+  }
+  // Drops `refs` references of a name (all of a non-counted right); no home bookkeeping.
+  void Drop(JobState& job, std::uint32_t name, std::uint32_t refs = 1) {
+    auto it = job.names.find(name);
+    if (it == job.names.end()) return;
+    Entry& entry = it->second;
+    if ((entry.type == RightType::kSend || entry.type == RightType::kRegion) && entry.refs > refs) {
+      entry.refs -= refs;
+      return;
+    }
+    job.merged.erase({entry.type, entry.id});
+    job.names.erase(it);
+  }
+  // Releases a right a job no longer holds, at its home.
+  void ReleaseRight(RightType type, ObjectId id, std::uint32_t refs, const std::string& job) {
+    switch (type) {
+      case RightType::kSend:
+        Post(id.home, Envelope{.kind = Remote::kRefDelta,
+                               .job = job,
+                               .object = id,
+                               .delta = -static_cast<std::int64_t>(refs)});
+        break;
+      case RightType::kRegion:
+        Post(id.home, Envelope{.kind = Remote::kRefDelta,
+                               .job = job,
+                               .object = id,
+                               .a = 1,
+                               .delta = -static_cast<std::int64_t>(refs)});
+        break;
+      case RightType::kReceive:
+        Post(id.home, Envelope{.kind = Remote::kDestroyPort, .job = job, .object = id});
+        break;
+      case RightType::kLinkEnd:
+        Post(id.home, Envelope{.kind = Remote::kBreakLinkEnd, .job = job, .object = id});
+        break;
+      default:
+        break;
+    }
+  }
+  void ReleaseTransit(const TransitMessage& message) {
+    if (message.reply.type != RightType::kNone)
+      ReleaseRight(message.reply.type, message.reply.id, 1, "");
+    for (const TransitItem& item : message.items) {
+      if (item.right.type != RightType::kNone) ReleaseRight(item.right.type, item.right.id, 1, "");
+    }
+  }
+
+  // ---- job requests ---------------------------------------------------------------------
+  void HandleJob(const std::string& job_name, JobState& job, const ipc::JobRequest& request) {
+    WireReader in(request.body);
+    const auto bad = [&](std::string why) {
+      Error(job_name, request.id, JobStatus::kBadRequest, std::move(why));
+    };
+    const auto invalid = [&](std::uint32_t name, std::string_view what) {
+      Error(job_name, request.id, JobStatus::kInvalidName,
+            "name " + std::to_string(name) + " is not " + std::string(what) + " of this job");
+    };
+    switch (request.op) {
+      case JobOp::kPortAllocate: {
+        auto limit = in.U32();
+        if (!limit) return bad("port_allocate: missing queue limit");
+        const ObjectId id = NewObject();
+        Port& port = ports[id.serial];
+        port.holder = Holder{self, job_name};
+        port.limit = *limit == 0 ? kDefaultQueueLimit : *limit;
+        WireWriter out;
+        out.U32(Insert(job, RightType::kReceive, id));
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kMakeSend: {
+        auto name = in.U32();
+        if (!name) return bad("make_send: missing name");
+        Entry* entry = Find(job, *name);
+        if (!entry || entry->type != RightType::kReceive) return invalid(*name, "a receive right");
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kMakeSend,
+                                                      .node = entry->id.home,
+                                                      .job = job_name,
+                                                      .request = request.id,
+                                                      .object = entry->id});
+        Post(entry->id.home, Envelope{.kind = Remote::kRefDelta,
+                                      .ticket = ticket,
+                                      .job = job_name,
+                                      .object = entry->id,
+                                      .delta = 1});
+        return;
+      }
+      case JobOp::kDeallocate: {
+        auto name = in.U32();
+        if (!name) return bad("deallocate: missing name");
+        Entry* entry = Find(job, *name);
+        if (!entry) return invalid(*name, "a right");
+        const Entry copy = *entry;
+        Drop(job, *name);
+        ReleaseRight(copy.type, copy.id, 1, job_name);
+        return Reply(job_name, request.id, JobStatus::kOk);
+      }
+      case JobOp::kRightInfo: {
+        auto name = in.U32();
+        if (!name) return bad("right_info: missing name");
+        Entry* entry = Find(job, *name);
+        if (!entry) return invalid(*name, "a right");
+        WireWriter out;
+        out.U8(static_cast<std::uint8_t>(entry->type));
+        out.U32(entry->refs);
+        out.U64(entry->id.home);
+        out.U64(entry->id.serial);
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kPortStatus: {
+        auto name = in.U32();
+        if (!name) return bad("port_status: missing name");
+        Entry* entry = Find(job, *name);
+        if (!entry || entry->type != RightType::kReceive) return invalid(*name, "a receive right");
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kStatus,
+                                                      .node = entry->id.home,
+                                                      .job = job_name,
+                                                      .request = request.id});
+        Post(entry->id.home, Envelope{.kind = Remote::kPortStatus,
+                                      .ticket = ticket,
+                                      .job = job_name,
+                                      .object = entry->id});
+        return;
+      }
+      case JobOp::kSend: {
+        auto send = DecodeSendRequest(request.body);
+        if (!send) return bad("send: malformed message");
+        return StartSend(job_name, job, request.id, std::move(*send));
+      }
+      case JobOp::kReceive: {
+        auto name = in.U32();
+        auto timeout = in.U32();
+        if (!timeout) return bad("receive: missing name or timeout");
+        Entry* entry = Find(job, *name);
+        if (!entry) return invalid(*name, "a receive right");
+        if (entry->type == RightType::kDeadName) {
+          return Error(job_name, request.id, JobStatus::kDeadName, "the port is dead");
+        }
+        if (entry->type != RightType::kReceive) return invalid(*name, "a receive right");
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kReceive,
+                                                      .node = entry->id.home,
+                                                      .job = job_name,
+                                                      .request = request.id,
+                                                      .name = *name});
+        Post(entry->id.home, Envelope{.kind = Remote::kReceiveWait,
+                                      .ticket = ticket,
+                                      .job = job_name,
+                                      .object = entry->id,
+                                      .a = *timeout});
+        return;
+      }
+      case JobOp::kRequestNotification: {
+        auto name = in.U32();
+        auto kind = in.U8();
+        auto notify = in.U32();
+        if (!notify || *kind < 1 || *kind > 3) return bad("request_notification: bad arguments");
+        Entry* entry = Find(job, *name);
+        Entry* target = Find(job, *notify);
+        if (!target || target->type == RightType::kDeadName ||
+            target->type == RightType::kLinkEnd || target->type == RightType::kRegion) {
+          return invalid(*notify, "a right to a live port");
+        }
+        const auto want = static_cast<NotificationKind>(*kind);
+        const RightType needed =
+            want == NotificationKind::kDeadName ? RightType::kSend : RightType::kReceive;
+        if (!entry) return invalid(*name, "a right");
+        if (want == NotificationKind::kDeadName && entry->type == RightType::kDeadName) {
+          // Already dead: tell at once, as Mach does.
+          PostNotification(target->id, kDeadNameNotification, U32Bytes(*name));
+          return Reply(job_name, request.id, JobStatus::kOk);
+        }
+        if (entry->type != needed &&
+            !(needed == RightType::kSend && entry->type == RightType::kSendOnce)) {
+          return invalid(*name, needed == RightType::kSend ? "a send right" : "a receive right");
+        }
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNotify,
+                                                      .node = entry->id.home,
+                                                      .job = job_name,
+                                                      .request = request.id});
+        Post(entry->id.home, Envelope{.kind = Remote::kNotifyRequest,
+                                      .ticket = ticket,
+                                      .job = job_name,
+                                      .object = entry->id,
+                                      .object2 = target->id,
+                                      .a = *kind,
+                                      .c = *name});
+        return;
+      }
+      case JobOp::kNameRegister: {
+        auto text = in.Bytes();
+        auto name = in.U32();
+        if (!name || text->empty()) return bad("name_register: needs a name and a right");
+        Entry* entry = Find(job, *name);
+        if (!entry || (entry->type != RightType::kSend && entry->type != RightType::kReceive)) {
+          return invalid(*name, "a send or receive right");
+        }
+        if (names.contains(*text)) {
+          return Error(job_name, request.id, JobStatus::kExists,
+                       "the name \"" + *text + "\" is registered already");
+        }
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameRegister,
+                                                      .node = entry->id.home,
+                                                      .job = job_name,
+                                                      .request = request.id,
+                                                      .object = entry->id,
+                                                      .text = *text});
+        Post(entry->id.home, Envelope{.kind = Remote::kRefDelta,
+                                      .ticket = ticket,
+                                      .job = job_name,
+                                      .object = entry->id,
+                                      .delta = 1});
+        return;
+      }
+      case JobOp::kNameUnregister: {
+        auto text = in.Bytes();
+        if (!text) return bad("name_unregister: needs a name");
+        auto it = names.find(*text);
+        if (it == names.end() || it->second.second != job_name) {
+          return Error(job_name, request.id, JobStatus::kNotFound,
+                       "this job has not registered \"" + *text + "\"");
+        }
+        ReleaseRight(RightType::kSend, it->second.first, 1, job_name);
+        names.erase(it);
+        return Reply(job_name, request.id, JobStatus::kOk);
+      }
+      case JobOp::kNameLookup: {
+        auto text = in.Bytes();
+        if (!text) return bad("name_lookup: needs a name");
+        auto it = names.find(*text);
+        if (it != names.end()) return LookupFound(job_name, request.id, *text, it->second.first);
+        if (peers.empty()) {
+          return Error(job_name, request.id, JobStatus::kNotFound,
+                       "no port is registered as \"" + *text + "\"");
+        }
+        auto remaining = std::make_shared<int>(static_cast<int>(peers.size()));
+        for (std::uint64_t peer : peers) {
+          const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameQuery,
+                                                        .node = peer,
+                                                        .job = job_name,
+                                                        .request = request.id,
+                                                        .text = *text,
+                                                        .remaining = remaining});
+          Post(peer,
+               Envelope{
+                   .kind = Remote::kNameQuery, .ticket = ticket, .job = job_name, .text = *text});
+        }
+        return;
+      }
+      case JobOp::kLinkCreate: {
+        auto link = std::make_shared<Link>();
+        link->ends[0] = NewObject();
+        link->ends[1] = NewObject();
+        link->holder[0] = link->holder[1] = Holder{self, job_name};
+        links[link->ends[0].serial] = link;
+        links[link->ends[1].serial] = link;
+        WireWriter out;
+        out.U32(Insert(job, RightType::kLinkEnd, link->ends[0]));
+        out.U32(Insert(job, RightType::kLinkEnd, link->ends[1]));
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kLinkSend: {
+        auto name = in.U32();
+        auto message = in.ReadMessage();
+        if (!message) return bad("link_send: malformed message");
+        Entry* entry = Find(job, *name);
+        if (!entry || entry->type != RightType::kLinkEnd) return invalid(*name, "a link end");
+        TransitMessage transit;
+        transit.id = message->id;
+        for (const Item& item : message->items) {
+          if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
+            return bad("link messages carry data; send rights in port messages");
+          }
+          transit.items.push_back(TransitItem{item.kind, item.data, {}});
+        }
+        const std::uint32_t handle = job.next_op++;
+        job.ops[handle] =
+            OpState{.is_receive = false, .end_name = *name, .posted_ends = {entry->id}};
+        Post(entry->id.home, Envelope{.kind = Remote::kLinkPost,
+                                      .job = job_name,
+                                      .object = entry->id,
+                                      .a = 0,
+                                      .b = handle,
+                                      .message = std::move(transit)});
+        WireWriter out;
+        out.U32(handle);
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kLinkReceive: {
+        auto name = in.U32();
+        if (!name) return bad("link_receive: missing end");
+        std::vector<std::pair<std::uint32_t, ObjectId>> ends;
+        if (*name == 0) {
+          for (const auto& [n, entry] : job.names) {
+            if (entry.type == RightType::kLinkEnd) ends.emplace_back(n, entry.id);
+          }
+          if (ends.empty()) return bad("link_receive on any link: this job holds no link end");
+        } else {
+          Entry* entry = Find(job, *name);
+          if (!entry || entry->type != RightType::kLinkEnd) return invalid(*name, "a link end");
+          ends.emplace_back(*name, entry->id);
+        }
+        const std::uint32_t handle = job.next_op++;
+        OpState& op = job.ops[handle];
+        op.is_receive = true;
+        op.end_name = *name;
+        // A message matched by an earlier "any" receive that was not taken then.
+        for (const auto& [n, id] : ends) {
+          auto early = job.early.find(n);
+          if (early != job.early.end() && !early->second.empty()) {
+            op.done = true;
+            op.result = std::move(early->second.front());
+            early->second.pop_front();
+            break;
+          }
+        }
+        if (!op.done) {
+          for (const auto& [n, id] : ends) {
+            op.posted_ends.push_back(id);
+            Post(
+                id.home,
+                Envelope{
+                    .kind = Remote::kLinkPost, .job = job_name, .object = id, .a = 1, .b = handle});
+          }
+        }
+        WireWriter out;
+        out.U32(handle);
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kOpWait:
+      case JobOp::kOpPoll: {
+        auto handle = in.U32();
+        std::optional<std::uint32_t> timeout = kWaitForever;
+        if (request.op == JobOp::kOpWait) timeout = in.U32();
+        if (!handle || !timeout) return bad("wait/poll: missing handle");
+        auto it = job.ops.find(*handle);
+        if (it == job.ops.end()) return invalid(*handle, "an operation");
+        OpState& op = it->second;
+        if (op.done)
+          return FinishOp(job_name, job, *handle, request.id, request.op == JobOp::kOpPoll);
+        if (request.op == JobOp::kOpPoll) {
+          WireWriter out;
+          out.U8(0);
+          return Reply(job_name, request.id, JobStatus::kOk, out.out());
+        }
+        if (op.waiting_request) return bad("another thread waits on this operation");
+        if (*timeout == 0) {
+          return Error(job_name, request.id, JobStatus::kTimedOut, "the operation is not done");
+        }
+        op.waiting_request = request.id;
+        if (*timeout != kWaitForever) {
+          op.wait_timer = NewTimer(
+              TimerInfo{.kind = TimerKind::kOpWait, .job = job_name, .handle = *handle}, *timeout);
+        }
+        return;
+      }
+      case JobOp::kOpCancel: {
+        auto handle = in.U32();
+        if (!handle) return bad("cancel: missing handle");
+        auto it = job.ops.find(*handle);
+        if (it == job.ops.end()) return invalid(*handle, "an operation");
+        if (it->second.done) {
+          return Error(job_name, request.id, JobStatus::kAlreadyMatched,
+                       "the operation has been matched already");
+        }
+        auto remaining = std::make_shared<int>(static_cast<int>(it->second.posted_ends.size()));
+        auto matched = std::make_shared<bool>(false);
+        for (ObjectId end : it->second.posted_ends) {
+          const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kLinkCancel,
+                                                        .node = end.home,
+                                                        .job = job_name,
+                                                        .request = request.id,
+                                                        .remaining = remaining,
+                                                        .matched = matched,
+                                                        .handle = *handle});
+          Post(end.home, Envelope{.kind = Remote::kLinkCancel,
+                                  .ticket = ticket,
+                                  .job = job_name,
+                                  .object = end,
+                                  .b = *handle});
+        }
+        return;
+      }
+      case JobOp::kRegionCreate: {
+        auto size = in.U64();
+        if (!size || *size == 0 || *size > (std::uint64_t{64} << 30)) {
+          return bad("region_create: size must be 1 byte to 64 GiB");
+        }
+        const ObjectId id = NewObject();
+        if (!store.Create(id, *size)) {
+          return Error(job_name, request.id, JobStatus::kUnavailable,
+                       "cannot create a region of " + std::to_string(*size) + " bytes");
+        }
+        regions[id.serial] = Region{*size, 1};
+        WireWriter out;
+        out.U32(Insert(job, RightType::kRegion, id));
+        return Reply(job_name, request.id, JobStatus::kOk, out.out());
+      }
+      case JobOp::kRegionMap: {
+        auto name = in.U32();
+        if (!name) return bad("region_map: missing name");
+        Entry* entry = Find(job, *name);
+        if (!entry || entry->type != RightType::kRegion) return invalid(*name, "a region");
+        auto region = regions.find(entry->id.serial);
+        if (entry->id.home != self || region == regions.end()) {
+          return Error(job_name, request.id, JobStatus::kUnavailable, "the region is gone");
+        }
+        WireWriter out;
+        out.U64(region->second.size);
+        actions.replies.push_back(
+            {job_name, EncodeJobReply(request.id, JobStatus::kOk, out.out()), entry->id});
+        return;
+      }
+    }
+    bad("unknown op " + std::to_string(static_cast<int>(request.op)));
+  }
+
+  void LookupFound(const std::string& job, std::uint32_t request, const std::string& text,
+                   ObjectId port) {
+    const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameLookupDelta,
+                                                  .node = port.home,
+                                                  .job = job,
+                                                  .request = request,
+                                                  .object = port,
+                                                  .text = text});
+    Post(port.home,
+         Envelope{
+             .kind = Remote::kRefDelta, .ticket = ticket, .job = job, .object = port, .delta = 1});
+  }
+
+  // A right named in a message: checks it and builds its transit form plus the bookkeeping.
+  JobStatus CarryRight(const std::string& job_name, JobState& job, std::uint32_t name,
+                       Disposition disposition, JobState::PendingSend& send,
+                       std::map<std::uint32_t, std::uint32_t>& moved, TransitRight& out,
+                       std::string& error) {
+    Entry* entry = Find(job, name);
+    if (!entry) {
+      error = "name " + std::to_string(name) + " is not a right of this job";
+      return JobStatus::kInvalidName;
+    }
+    if (entry->type == RightType::kDeadName) {
+      error = "name " + std::to_string(name) + " is a dead name";
+      return JobStatus::kDeadName;
+    }
+    const ObjectId id = entry->id;
+    const auto wrong = [&](std::string_view what) {
+      error = "name " + std::to_string(name) + " is not " + std::string(what);
+      return JobStatus::kInvalidName;
+    };
+    const auto needs_once = [&]() {
+      // A right that moves whole may appear only once in a message.
+      return ++moved[name] == 1;
+    };
+    switch (disposition) {
+      case Disposition::kMoveReceive:
+        if (entry->type != RightType::kReceive) return wrong("a receive right");
+        if (!needs_once()) return wrong("movable twice");
+        out = {RightType::kReceive, id};
+        ++send.outstanding;
+        PreOp(job_name, send, id.home,
+              Envelope{.kind = Remote::kSetHolder, .job = job_name, .object = id, .a = 1});
+        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+        send.on_failure.push_back([this, job_name, id] {
+          Post(id.home, Envelope{.kind = Remote::kSetHolder, .job = job_name, .object = id});
+        });
+        return JobStatus::kOk;
+      case Disposition::kMoveSend:
+        if (entry->type != RightType::kSend) return wrong("a send right");
+        if (++moved[name] > entry->refs) return wrong("holding that many send references");
+        out = {RightType::kSend, id};
+        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+        return JobStatus::kOk;
+      case Disposition::kCopySend:
+      case Disposition::kMakeSend:
+        if (disposition == Disposition::kCopySend && entry->type != RightType::kSend) {
+          return wrong("a send right");
+        }
+        if (disposition == Disposition::kMakeSend && entry->type != RightType::kReceive) {
+          return wrong("a receive right");
+        }
+        out = {RightType::kSend, id};
+        ++send.outstanding;
+        PreOp(job_name, send, id.home,
+              Envelope{.kind = Remote::kRefDelta, .job = job_name, .object = id, .delta = 1});
+        send.on_failure.push_back([this, id] {
+          Post(id.home, Envelope{.kind = Remote::kRefDelta, .object = id, .delta = -1});
+        });
+        return JobStatus::kOk;
+      case Disposition::kMoveSendOnce:
+        if (entry->type != RightType::kSendOnce) return wrong("a send-once right");
+        if (!needs_once()) return wrong("movable twice");
+        out = {RightType::kSendOnce, id};
+        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+        return JobStatus::kOk;
+      case Disposition::kMakeSendOnce:
+        if (entry->type != RightType::kReceive) return wrong("a receive right");
+        out = {RightType::kSendOnce, id};
+        return JobStatus::kOk;
+      case Disposition::kMoveLinkEnd:
+        if (entry->type != RightType::kLinkEnd) return wrong("a link end");
+        if (!needs_once()) return wrong("movable twice");
+        out = {RightType::kLinkEnd, id};
+        ++send.outstanding;
+        PreOp(job_name, send, id.home,
+              Envelope{.kind = Remote::kSetLinkHolder, .job = job_name, .object = id, .a = 1});
+        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+        send.on_failure.push_back([this, job_name, id] {
+          Post(id.home, Envelope{.kind = Remote::kSetLinkHolder, .job = job_name, .object = id});
+        });
+        return JobStatus::kOk;
+      case Disposition::kCopyRegion:
+      case Disposition::kMoveRegion:
+        if (entry->type != RightType::kRegion) return wrong("a region");
+        out = {RightType::kRegion, id};
+        if (disposition == Disposition::kMoveRegion) {
+          if (++moved[name] > entry->refs) return wrong("holding that many region references");
+          send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+        } else {
+          ++send.outstanding;
+          PreOp(job_name, send, id.home,
+                Envelope{
+                    .kind = Remote::kRefDelta, .job = job_name, .object = id, .a = 1, .delta = 1});
+          send.on_failure.push_back([this, id] {
+            Post(id.home, Envelope{.kind = Remote::kRefDelta, .object = id, .a = 1, .delta = -1});
+          });
+        }
+        return JobStatus::kOk;
+      default:
+        error = "bad disposition " + std::to_string(static_cast<int>(disposition));
+        return JobStatus::kBadRequest;
+    }
+  }
+
+  void DropIfHeld(const std::string& job_name, std::uint32_t name) {
+    auto job = jobs.find(job_name);
+    if (job != jobs.end()) Drop(job->second, name);
+  }
+
+  // Sent at once; the send it belongs to goes on when every pre-op has answered.
+  std::vector<std::pair<std::uint64_t, Envelope>> deferred_preops;
+  void PreOp(const std::string& job, JobState::PendingSend& send, std::uint64_t node, Envelope e) {
+    (void)send;
+    e.job = job;
+    deferred_preops.emplace_back(node, std::move(e));
+  }
+
+  void StartSend(const std::string& job_name, JobState& job, std::uint32_t request,
+                 SendRequest send_request) {
+    auto send = std::make_shared<JobState::PendingSend>();
+    send->request = request;
+    deferred_preops.clear();
+    std::map<std::uint32_t, std::uint32_t> moved;
+    const Message& message = send_request.message;
+    if (message.ByteSize() > kMaxMessageBytes) {
+      return Error(job_name, request, JobStatus::kTooLarge, "message over 256 MiB");
+    }
+    TransitMessage transit;
+    transit.id = message.id;
+    std::string error;
+    // The destination.
+    Entry* dest = Find(job, message.destination);
+    if (!dest) {
+      return Error(job_name, request, JobStatus::kInvalidName,
+                   "name " + std::to_string(message.destination) + " is not a right of this job");
+    }
+    if (dest->type == RightType::kDeadName) {
+      return Error(job_name, request, JobStatus::kDeadName, "the destination port is dead");
+    }
+    const std::uint32_t dest_name = message.destination;
+    if (dest->type == RightType::kSend) {
+      if (message.destination_disposition == Disposition::kMoveSend) {
+        send->on_success.push_back([this, job_name, dest_name, id = dest->id] {
+          DropIfHeld(job_name, dest_name);
+          Post(id.home, Envelope{.kind = Remote::kRefDelta, .object = id, .delta = -1});
+        });
+      } else if (message.destination_disposition != Disposition::kCopySend) {
+        return Error(job_name, request, JobStatus::kBadRequest,
+                     "a send right is used as copy-send or move-send");
+      }
+    } else if (dest->type == RightType::kSendOnce) {
+      send->on_success.push_back([this, job_name, dest_name] { DropIfHeld(job_name, dest_name); });
+    } else if (dest->type != RightType::kReceive) {
+      return Error(job_name, request, JobStatus::kInvalidName,
+                   "name " + std::to_string(dest_name) + " is not a right to send on");
+    }
+    transit.destination = dest->id;
+    const ObjectId dest_id = dest->id;
+    if (message.reply != 0) {
+      const JobStatus status = CarryRight(job_name, job, message.reply, message.reply_disposition,
+                                          *send, moved, transit.reply, error);
+      if (status != JobStatus::kOk) return Error(job_name, request, status, error);
+    }
+    for (const Item& item : message.items) {
+      TransitItem out{item.kind, item.data, {}};
+      if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
+        const JobStatus status =
+            CarryRight(job_name, job, item.name, item.disposition, *send, moved, out.right, error);
+        if (status != JobStatus::kOk) return Error(job_name, request, status, error);
+      }
+      transit.items.push_back(std::move(out));
+    }
+    ObjectId notify;
+    if (send_request.policy == FullPolicy::kNotify) {
+      Entry* target = Find(job, send_request.notify_port);
+      if (!target || (target->type != RightType::kReceive && target->type != RightType::kSend)) {
+        return Error(job_name, request, JobStatus::kInvalidName,
+                     "the notify port is not a port right of this job");
+      }
+      notify = target->id;
+    }
+    send->envelope = Envelope{.kind = Remote::kEnqueue,
+                              .job = job_name,
+                              .object = dest_id,
+                              .object2 = notify,
+                              .a = static_cast<std::uint32_t>(send_request.policy),
+                              .b = send_request.timeout_ms,
+                              .c = dest_name,
+                              .message = std::move(transit)};
+    auto preops = std::move(deferred_preops);
+    deferred_preops.clear();
+    for (auto& [node, e] : preops) {
+      e.ticket = NewTicket(
+          Ticket{.kind = TicketKind::kPreOp, .node = node, .job = job_name, .send = send});
+      Post(node, std::move(e));
+    }
+    job.sends.push_back(send);
+    PumpSends(job_name, job);
+  }
+
+  // Sends leave in the order the job made them: one waiting for its pre-ops holds the rest.
+  void PumpSends(const std::string& job_name, JobState& job) {
+    while (!job.sends.empty() && job.sends.front()->outstanding == 0) {
+      auto send = job.sends.front();
+      job.sends.pop_front();
+      if (send->failed) {
+        for (auto& undo : send->on_failure) undo();
+        Error(job_name, send->request, send->status, send->error);
+        continue;
+      }
+      Envelope e = send->envelope;
+      e.ticket = NewTicket(Ticket{.kind = TicketKind::kSend,
+                                  .node = e.object.home,
+                                  .job = job_name,
+                                  .request = send->request,
+                                  .send = send});
+      Post(e.object.home, std::move(e));
+    }
+  }
+
+  void PostNotification(ObjectId port, std::uint32_t id, std::string bytes,
+                        std::optional<TransitRight> right = std::nullopt) {
+    TransitMessage m;
+    m.destination = port;
+    m.id = id;
+    if (!bytes.empty()) {
+      m.items.push_back(
+          TransitItem{ItemKind::kBytes, std::make_shared<const std::string>(std::move(bytes)), {}});
+    }
+    if (right) m.items.push_back(TransitItem{ItemKind::kPort, nullptr, *right});
+    Post(port.home, Envelope{.kind = Remote::kEnqueue,
+                             .object = port,
+                             .a = 0,
+                             .c = 0,
+                             .delta = 1 /* notification: beyond the limit */,
+                             .message = std::move(m)});
+  }
+
+  // ---- home side: ports -----------------------------------------------------------------
+  void HomeEnqueue(const Envelope& e) {
+    auto it = ports.find(e.object.serial);
+    const bool notification = e.delta == 1;
+    if (it == ports.end()) {
+      // A job's send keeps its rights (its sender undoes); a notification's are released.
+      if (e.message && !e.ticket) ReleaseTransit(*e.message);
+      if (e.ticket)
+        Respond(e, Envelope{.kind = Remote::kEnqueueResult,
+                            .status = JobStatus::kDeadName,
+                            .text = "the destination port is dead"});
+      return;
+    }
+    Port& port = it->second;
+    const bool room = port.blocked.empty() && port.queue.size() < port.limit;
+    if (room || notification) {
+      Accept(port, std::move(*const_cast<Envelope&>(e).message));
+      if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
+      return;
+    }
+    const auto policy = static_cast<FullPolicy>(e.a);
+    if (policy == FullPolicy::kWait && e.b > 0) {
+      BlockedSender blocked{e, 0};
+      if (e.b != kWaitForever) {
+        blocked.timer = NewTimer(
+            TimerInfo{.kind = TimerKind::kBlockedSender, .object = e.object, .ticket = e.ticket},
+            e.b);
+      }
+      port.blocked.push_back(std::move(blocked));
+      return;
+    }
+    if (policy == FullPolicy::kNotify) port.space_notify.emplace_back(e.object2, e.c);
+    Respond(
+        e, Envelope{
+               .kind = Remote::kEnqueueResult,
+               .status = policy == FullPolicy::kWait ? JobStatus::kTimedOut : JobStatus::kQueueFull,
+               .text = "the port's queue is full (" + std::to_string(port.limit) + " messages)"});
+  }
+
+  void Accept(Port& port, TransitMessage message) {
+    if (!port.waiters.empty() && port.queue.empty()) {
+      Waiter waiter = std::move(port.waiters.front());
+      port.waiters.pop_front();
+      CancelTimer(waiter.timer);
+      DeliverTo(waiter, std::move(message));
+      return;
+    }
+    port.queue.push_back(std::move(message));
+  }
+
+  void DeliverTo(const Waiter& waiter, TransitMessage message) {
+    Envelope result{.kind = Remote::kReceiveResult, .message = std::move(message)};
+    result.ticket = waiter.ticket;
+    result.origin = self;
+    result.job = waiter.job;
+    if (waiter.node == self) {
+      local.push_back(std::move(result));
+    } else {
+      actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
+    }
+  }
+
+  void CancelTimer(std::uint64_t timer) {
+    if (timer) timers.erase(timer);
+  }
+
+  // Room freed in a queue: let blocked senders in, then tell those who asked.
+  void RoomFreed(Port& port) {
+    while (!port.blocked.empty() && port.queue.size() < port.limit) {
+      BlockedSender blocked = std::move(port.blocked.front());
+      port.blocked.pop_front();
+      CancelTimer(blocked.timer);
+      Accept(port, std::move(*blocked.envelope.message));
+      Respond(blocked.envelope, Envelope{.kind = Remote::kEnqueueResult});
+    }
+    if (port.queue.size() < port.limit && !port.space_notify.empty()) {
+      auto targets = std::move(port.space_notify);
+      port.space_notify.clear();
+      for (const auto& [notify, name] : targets) {
+        PostNotification(notify, kSendPossibleNotification, U32Bytes(name));
+      }
+    }
+  }
+
+  void HomeReceiveWait(const Envelope& e) {
+    auto it = ports.find(e.object.serial);
+    if (it == ports.end()) {
+      return Respond(e, Envelope{.kind = Remote::kReceiveResult,
+                                 .status = JobStatus::kDeadName,
+                                 .text = "the port is dead"});
+    }
+    Port& port = it->second;
+    if (port.holder != Holder{e.origin, e.job}) {
+      return Respond(e, Envelope{.kind = Remote::kReceiveResult,
+                                 .status = JobStatus::kInvalidName,
+                                 .text = "this job does not hold the port's receive right"});
+    }
+    if (!port.queue.empty()) {
+      TransitMessage message = std::move(port.queue.front());
+      port.queue.pop_front();
+      Respond(e, Envelope{.kind = Remote::kReceiveResult, .message = std::move(message)});
+      RoomFreed(port);
+      return;
+    }
+    if (e.a == 0) {
+      return Respond(e, Envelope{.kind = Remote::kReceiveResult,
+                                 .status = JobStatus::kTimedOut,
+                                 .text = "no message"});
+    }
+    Waiter waiter{e.origin, e.job, e.ticket, 0};
+    if (e.a != kWaitForever) {
+      waiter.timer = NewTimer(
+          TimerInfo{.kind = TimerKind::kWaiter, .object = e.object, .ticket = e.ticket}, e.a);
+    }
+    port.waiters.push_back(std::move(waiter));
+  }
+
+  void HomeRefDelta(const Envelope& e) {
+    if (e.a == 1) {
+      auto it = regions.find(e.object.serial);
+      if (it == regions.end()) {
+        if (e.ticket)
+          Respond(e, Envelope{.kind = Remote::kRefDeltaResult,
+                              .status = JobStatus::kDeadName,
+                              .text = "the region is gone"});
+        return;
+      }
+      it->second.refs += e.delta;
+      if (it->second.refs <= 0) {
+        store.Destroy(e.object);
+        regions.erase(it);
+      }
+      if (e.ticket) Respond(e, Envelope{.kind = Remote::kRefDeltaResult});
+      return;
+    }
+    auto it = ports.find(e.object.serial);
+    if (it == ports.end()) {
+      if (e.ticket)
+        Respond(e, Envelope{.kind = Remote::kRefDeltaResult,
+                            .status = JobStatus::kDeadName,
+                            .text = "the port is dead"});
+      return;
+    }
+    Port& port = it->second;
+    const std::int64_t before = port.send_refs;
+    port.send_refs = std::max<std::int64_t>(0, port.send_refs + e.delta);
+    if (before > 0 && port.send_refs == 0 && port.no_senders) {
+      auto [notify, name] = *port.no_senders;
+      port.no_senders.reset();
+      PostNotification(notify, kNoSendersNotification, U32Bytes(name));
+    }
+    if (e.ticket) Respond(e, Envelope{.kind = Remote::kRefDeltaResult});
+  }
+
+  void HomeDestroyPort(const Envelope& e) {
+    auto it = ports.find(e.object.serial);
+    if (it == ports.end()) return;
+    Port& port = it->second;
+    if (!e.job.empty() && port.holder != Holder{e.origin, e.job}) return;
+    if (port.port_destroyed) {
+      const ObjectId notify = *port.port_destroyed;
+      port.port_destroyed.reset();
+      port.holder = Holder{};
+      FailWaiters(port, JobStatus::kInvalidName, "the receive right moved");
+      PostNotification(notify, kPortDestroyedNotification, {},
+                       TransitRight{RightType::kReceive, e.object});
+      return;
+    }
+    Port dead = std::move(port);
+    ports.erase(it);
+    FailWaiters(dead, JobStatus::kDeadName, "the port died");
+    for (BlockedSender& blocked : dead.blocked) {
+      CancelTimer(blocked.timer);
+      Respond(blocked.envelope, Envelope{.kind = Remote::kEnqueueResult,
+                                         .status = JobStatus::kDeadName,
+                                         .text = "the destination port died"});
+    }
+    for (TransitMessage& message : dead.queue) ReleaseTransit(message);
+    for (const DeadNameRequest& request : dead.dead_name) {
+      PostNotification(request.notify, kDeadNameNotification, U32Bytes(request.name));
+    }
+    for (auto name = names.begin(); name != names.end();) {
+      name = name->second.first == e.object ? names.erase(name) : std::next(name);
+    }
+  }
+
+  void FailWaiters(Port& port, JobStatus status, const std::string& why) {
+    for (Waiter& waiter : port.waiters) {
+      CancelTimer(waiter.timer);
+      Envelope result{.kind = Remote::kReceiveResult, .status = status, .text = why};
+      result.ticket = waiter.ticket;
+      result.origin = self;
+      result.job = waiter.job;
+      if (waiter.node == self) {
+        local.push_back(std::move(result));
+      } else {
+        actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
+      }
+    }
+    port.waiters.clear();
+  }
+
+  void HomeNotifyRequest(const Envelope& e) {
+    auto it = ports.find(e.object.serial);
+    const auto kind = static_cast<NotificationKind>(e.a);
+    if (it == ports.end()) {
+      if (kind == NotificationKind::kDeadName) {
+        PostNotification(e.object2, kDeadNameNotification, U32Bytes(e.c));
+        return Respond(e, Envelope{.kind = Remote::kNotifyResult});
+      }
+      return Respond(e, Envelope{.kind = Remote::kNotifyResult,
+                                 .status = JobStatus::kDeadName,
+                                 .text = "the port is dead"});
+    }
+    Port& port = it->second;
+    switch (kind) {
+      case NotificationKind::kDeadName:
+        port.dead_name.push_back({e.object2, e.c});
+        break;
+      case NotificationKind::kNoSenders:
+        port.no_senders = std::make_pair(e.object2, e.c);
+        break;
+      case NotificationKind::kPortDestroyed:
+        port.port_destroyed = e.object2;
+        break;
+    }
+    Respond(e, Envelope{.kind = Remote::kNotifyResult});
+  }
+
+  // ---- home side: links -----------------------------------------------------------------
+  void Complete(const LinkOp& op, ObjectId end, JobStatus status,
+                std::optional<TransitMessage> message) {
+    Envelope result{.kind = Remote::kLinkCompleted,
+                    .object = end,
+                    .b = op.handle,
+                    .status = status,
+                    .message = std::move(message)};
+    result.origin = self;
+    result.job = op.job;
+    if (op.node == self) {
+      local.push_back(std::move(result));
+    } else {
+      actions.frames.push_back({op.node, router::EncodeEnvelope(result)});
+    }
+  }
+
+  void HomeLinkPost(const Envelope& e) {
+    auto it = links.find(e.object.serial);
+    LinkOp op{e.origin, e.job, e.b, e.message};
+    if (it == links.end() || it->second->broken) {
+      return Complete(op, e.object, JobStatus::kLinkBroken, std::nullopt);
+    }
+    Link& link = *it->second;
+    const int i = link.ends[0] == e.object ? 0 : 1;
+    const int j = 1 - i;
+    if (e.a == 0) {  // send on end i
+      if (!link.receives[j].empty()) {
+        LinkOp receive = std::move(link.receives[j].front());
+        link.receives[j].pop_front();
+        Complete(op, e.object, JobStatus::kOk, std::nullopt);
+        Complete(receive, link.ends[j], JobStatus::kOk, std::move(op.message));
+        return;
+      }
+      link.sends[i].push_back(std::move(op));
+    } else {
+      if (!link.sends[j].empty()) {
+        LinkOp send = std::move(link.sends[j].front());
+        link.sends[j].pop_front();
+        Complete(send, link.ends[j], JobStatus::kOk, std::nullopt);
+        Complete(op, e.object, JobStatus::kOk, std::move(send.message));
+        return;
+      }
+      link.receives[i].push_back(std::move(op));
+    }
+  }
+
+  void HomeLinkCancel(const Envelope& e) {
+    auto it = links.find(e.object.serial);
+    JobStatus status = JobStatus::kAlreadyMatched;
+    if (it != links.end()) {
+      Link& link = *it->second;
+      const int i = link.ends[0] == e.object ? 0 : 1;
+      for (auto* list : {&link.sends[i], &link.receives[i]}) {
+        for (auto op = list->begin(); op != list->end(); ++op) {
+          if (op->node == e.origin && op->job == e.job && op->handle == e.b) {
+            list->erase(op);
+            status = JobStatus::kOk;
+            break;
+          }
+        }
+        if (status == JobStatus::kOk) break;
+      }
+    }
+    Respond(e, Envelope{.kind = Remote::kLinkCancelResult, .status = status});
+  }
+
+  void HomeBreakLinkEnd(const Envelope& e) {
+    auto it = links.find(e.object.serial);
+    if (it == links.end()) return;
+    auto link = it->second;
+    const int i = link->ends[0] == e.object ? 0 : 1;
+    link->released[i] = true;
+    if (!link->broken) {
+      link->broken = true;
+      for (int k = 0; k < 2; ++k) {
+        for (const LinkOp& op : link->sends[k]) {
+          Complete(op, link->ends[k], JobStatus::kLinkBroken, std::nullopt);
+        }
+        for (const LinkOp& op : link->receives[k]) {
+          Complete(op, link->ends[k], JobStatus::kLinkBroken, std::nullopt);
+        }
+        link->sends[k].clear();
+        link->receives[k].clear();
+      }
+    }
+    if (link->released[0] && link->released[1]) {
+      links.erase(link->ends[0].serial);
+      links.erase(link->ends[1].serial);
+    }
+  }
+
+  // ---- results on the job side ----------------------------------------------------------
+  void HandleResult(const Envelope& e, std::uint64_t from) {
+    if (e.kind == Remote::kLinkCompleted) return LinkCompleted(e);
+    auto it = tickets.find(e.ticket);
+    if (it == tickets.end()) {
+      // Its job is gone, or the node was given up on: release what the result carries.
+      if (e.message) ReleaseTransit(*e.message);
+      return;
+    }
+    Ticket ticket = std::move(it->second);
+    tickets.erase(it);
+    (void)from;
+    auto job_it = jobs.find(ticket.job);
+    const bool job_alive = job_it != jobs.end();
+    switch (ticket.kind) {
+      case TicketKind::kPreOp: {
+        auto& send = *ticket.send;
+        --send.outstanding;
+        if (e.status != JobStatus::kOk && !send.failed) {
+          send.failed = true;
+          send.status = e.status;
+          send.error = e.text;
+        }
+        if (job_alive) PumpSends(ticket.job, job_it->second);
+        return;
+      }
+      case TicketKind::kSend: {
+        if (e.status == JobStatus::kOk) {
+          for (auto& apply : ticket.send->on_success) apply();
+          Reply(ticket.job, ticket.request, JobStatus::kOk);
+        } else {
+          for (auto& undo : ticket.send->on_failure) undo();
+          if (e.status == JobStatus::kDeadName && job_alive) {
+            MarkDead(job_it->second, ticket.send->envelope.object);
+          }
+          Error(ticket.job, ticket.request, e.status, e.text);
+        }
+        return;
+      }
+      case TicketKind::kReceive: {
+        if (e.status != JobStatus::kOk || !e.message) {
+          return Error(ticket.job, ticket.request, e.status, e.text);
+        }
+        if (!job_alive) return ReleaseTransit(*e.message);
+        auto delivery = std::make_shared<Delivery>();
+        delivery->job = ticket.job;
+        delivery->request = ticket.request;
+        delivery->receive_name = ticket.name;
+        delivery->message = std::move(*const_cast<Envelope&>(e).message);
+        return StartDelivery(delivery);
+      }
+      case TicketKind::kMakeSend: {
+        if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+        if (!job_alive) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
+        WireWriter out;
+        out.U32(Insert(job_it->second, RightType::kSend, ticket.object));
+        return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+      }
+      case TicketKind::kStatus: {
+        if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+        WireWriter out;
+        out.U32(e.a);
+        out.U32(e.b);
+        out.U32(e.c);
+        return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+      }
+      case TicketKind::kNotify:
+        if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+        return Reply(ticket.job, ticket.request, JobStatus::kOk);
+      case TicketKind::kLinkCancel: {
+        if (e.status == JobStatus::kAlreadyMatched) *ticket.matched = true;
+        if (--*ticket.remaining > 0) return;
+        if (!job_alive) return;
+        auto op = job_it->second.ops.find(ticket.handle);
+        if (*ticket.matched || op == job_it->second.ops.end()) {
+          return Error(ticket.job, ticket.request, JobStatus::kAlreadyMatched,
+                       "the operation has been matched already");
+        }
+        if (op->second.waiting_request) {
+          CancelTimer(op->second.wait_timer);
+          Error(ticket.job, *op->second.waiting_request, JobStatus::kCancelled,
+                "the operation was cancelled");
+        }
+        job_it->second.ops.erase(op);
+        return Reply(ticket.job, ticket.request, JobStatus::kOk);
+      }
+      case TicketKind::kNameRegister: {
+        if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+        if (!job_alive || names.contains(ticket.text)) {
+          ReleaseRight(RightType::kSend, ticket.object, 1, "");
+          if (job_alive) {
+            Error(ticket.job, ticket.request, JobStatus::kExists,
+                  "the name \"" + ticket.text + "\" is registered already");
+          }
+          return;
+        }
+        names[ticket.text] = {ticket.object, ticket.job};
+        return Reply(ticket.job, ticket.request, JobStatus::kOk);
+      }
+      case TicketKind::kNameLookupDelta: {
+        if (e.status != JobStatus::kOk) {
+          auto stale = names.find(ticket.text);
+          if (stale != names.end() && stale->second.first == ticket.object) names.erase(stale);
+          return Error(ticket.job, ticket.request, JobStatus::kNotFound,
+                       "no port is registered as \"" + ticket.text + "\"");
+        }
+        if (!job_alive) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
+        WireWriter out;
+        out.U32(Insert(job_it->second, RightType::kSend, ticket.object));
+        return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+      }
+      case TicketKind::kNameQuery: {
+        if (*ticket.remaining <= 0) return;  // answered already
+        if (e.status == JobStatus::kOk && e.object.valid()) {
+          *ticket.remaining = 0;
+          return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
+        }
+        if (--*ticket.remaining == 0) {
+          Error(ticket.job, ticket.request, JobStatus::kNotFound,
+                "no port is registered as \"" + ticket.text + "\" on any node");
+        }
+        return;
+      }
+      case TicketKind::kRegionFetch: {
+        auto& delivery = *ticket.delivery;
+        if (e.status == JobStatus::kOk) {
+          const ObjectId copy = NewObject();
+          if (store.Create(copy, e.text.size()) && store.Write(copy, e.text)) {
+            regions[copy.serial] = Region{e.text.size(), 1};
+            delivery.copied[ticket.handle] = copy;
+          }
+        }
+        ReleaseRight(RightType::kRegion, ticket.object, 1, "");
+        if (--delivery.outstanding == 0) FinishDelivery(ticket.delivery);
+        return;
+      }
+    }
+  }
+
+  void MarkDead(JobState& job, ObjectId port) {
+    auto merged = job.merged.find({RightType::kSend, port});
+    if (merged == job.merged.end()) return;
+    const std::uint32_t name = merged->second;
+    job.merged.erase(merged);
+    job.names[name].type = RightType::kDeadName;
+  }
+
+  void StartDelivery(const std::shared_ptr<Delivery>& delivery) {
+    for (std::size_t i = 0; i < delivery->message.items.size(); ++i) {
+      const TransitRight& right = delivery->message.items[i].right;
+      if (right.type == RightType::kRegion && right.id.home != self) {
+        ++delivery->outstanding;
+        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kRegionFetch,
+                                                      .node = right.id.home,
+                                                      .job = delivery->job,
+                                                      .object = right.id,
+                                                      .delivery = delivery,
+                                                      .handle = static_cast<std::uint32_t>(i)});
+        Post(right.id.home,
+             Envelope{.kind = Remote::kRegionFetch, .ticket = ticket, .object = right.id});
+      }
+    }
+    if (delivery->outstanding == 0) FinishDelivery(delivery);
+  }
+
+  // Puts the rights of a received message into the receiver's table and answers its receive.
+  void FinishDelivery(const std::shared_ptr<Delivery>& delivery) {
+    auto job_it = jobs.find(delivery->job);
+    TransitMessage& transit = delivery->message;
+    if (job_it == jobs.end()) {
+      for (auto& [index, copy] : delivery->copied) {
+        transit.items[index].right.id = copy;
+      }
+      return ReleaseTransit(transit);
+    }
+    JobState& job = job_it->second;
+    Message message;
+    message.destination = delivery->receive_name;
+    message.id = transit.id;
+    const auto take = [&](const TransitRight& right) -> std::pair<std::uint32_t, Disposition> {
+      switch (right.type) {
+        case RightType::kReceive:
+          Post(right.id.home,
+               Envelope{.kind = Remote::kSetHolder, .job = delivery->job, .object = right.id});
+          return {Insert(job, RightType::kReceive, right.id), Disposition::kMoveReceive};
+        case RightType::kSend:
+          return {Insert(job, RightType::kSend, right.id), Disposition::kMoveSend};
+        case RightType::kSendOnce:
+          return {Insert(job, RightType::kSendOnce, right.id), Disposition::kMoveSendOnce};
+        case RightType::kLinkEnd:
+          Post(right.id.home,
+               Envelope{.kind = Remote::kSetLinkHolder, .job = delivery->job, .object = right.id});
+          return {Insert(job, RightType::kLinkEnd, right.id), Disposition::kMoveLinkEnd};
+        case RightType::kRegion:
+          return {Insert(job, RightType::kRegion, right.id), Disposition::kMoveRegion};
+        default:
+          return {0, Disposition::kNone};
+      }
+    };
+    if (transit.reply.type != RightType::kNone) {
+      std::tie(message.reply, message.reply_disposition) = take(transit.reply);
+    }
+    for (std::size_t i = 0; i < transit.items.size(); ++i) {
+      TransitItem& item = transit.items[i];
+      if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
+        Item out;
+        out.kind = item.kind;
+        out.data = item.data;
+        message.items.push_back(std::move(out));
+        continue;
+      }
+      if (item.right.type == RightType::kRegion && item.right.id.home != self) {
+        auto copy = delivery->copied.find(i);
+        if (copy == delivery->copied.end()) continue;  // the copy failed: the item is dropped
+        item.right.id = copy->second;
+      }
+      auto [name, disposition] = take(item.right);
+      Item out;
+      out.kind = item.kind;
+      out.name = name;
+      out.disposition = disposition;
+      message.items.push_back(std::move(out));
+    }
+    WireWriter out;
+    out.WriteMessage(message);
+    Reply(delivery->job, delivery->request, JobStatus::kOk, out.out());
+  }
+
+  void LinkCompleted(const Envelope& e) {
+    auto job_it = jobs.find(e.job);
+    if (job_it == jobs.end()) {
+      if (e.message) ReleaseTransit(*e.message);
+      return;
+    }
+    JobState& job = job_it->second;
+    OpResult result;
+    result.end = 0;
+    for (const auto& [name, entry] : job.names) {
+      if (entry.type == RightType::kLinkEnd && entry.id == e.object) result.end = name;
+    }
+    if (e.message) {
+      result.is_receive = true;
+      result.message.destination = result.end;
+      result.message.id = e.message->id;
+      for (const TransitItem& item : e.message->items) {
+        Item out;
+        out.kind = item.kind;
+        out.data = item.data;
+        result.message.items.push_back(std::move(out));
+      }
+    }
+    auto op_it = job.ops.find(e.b);
+    if (op_it == job.ops.end() || op_it->second.done) {
+      // A second match of an "any" receive (or a cancelled op's late match): kept for the
+      // next receive on that end, never lost.
+      if (e.message && e.status == JobStatus::kOk)
+        job.early[result.end].push_back(std::move(result));
+      return;
+    }
+    OpState& op = op_it->second;
+    if (op.is_receive && e.status == JobStatus::kLinkBroken && op.posted_ends.size() > 1) {
+      // One link of an "any" receive broke; the others may still deliver.
+      std::erase(op.posted_ends, e.object);
+      return;
+    }
+    op.done = true;
+    op.status = e.status;
+    op.result = std::move(result);
+    if (op.is_receive && op.posted_ends.size() > 1) {
+      for (ObjectId end : op.posted_ends) {
+        if (end == e.object) continue;
+        // Withdraw the other posts; one that matched meanwhile lands in `early`.
+        Post(end.home,
+             Envelope{.kind = Remote::kLinkCancel, .job = e.job, .object = end, .b = e.b});
+      }
+    }
+    if (op.waiting_request) {
+      CancelTimer(op.wait_timer);
+      FinishOp(e.job, job, e.b, *op.waiting_request, false);
+    }
+  }
+
+  void FinishOp(const std::string& job_name, JobState& job, std::uint32_t handle,
+                std::uint32_t request, bool poll) {
+    auto it = job.ops.find(handle);
+    if (it == job.ops.end()) return;
+    OpState op = std::move(it->second);
+    job.ops.erase(it);
+    if (op.status != JobStatus::kOk) {
+      return Error(job_name, request, op.status,
+                   op.status == JobStatus::kLinkBroken ? "the link is broken" : "failed");
+    }
+    WireWriter out;
+    if (poll) out.U8(1);
+    out.WriteOpResult(op.result);
+    Reply(job_name, request, JobStatus::kOk, out.out());
+  }
+
+  // ---- dispatch -------------------------------------------------------------------------
+  void Dispatch(const Envelope& e, std::uint64_t from) {
+    switch (e.kind) {
+      case Remote::kEnqueue:
+        return HomeEnqueue(e);
+      case Remote::kReceiveWait:
+        return HomeReceiveWait(e);
+      case Remote::kRefDelta:
+        return HomeRefDelta(e);
+      case Remote::kSetHolder: {
+        auto it = ports.find(e.object.serial);
+        if (it == ports.end()) return;
+        it->second.holder = e.a == 1 ? Holder{} : Holder{e.origin, e.job};
+        if (e.ticket) Respond(e, Envelope{.kind = Remote::kRefDeltaResult});
+        return;
+      }
+      case Remote::kDestroyPort:
+        return HomeDestroyPort(e);
+      case Remote::kNotifyRequest:
+        return HomeNotifyRequest(e);
+      case Remote::kPortStatus: {
+        auto it = ports.find(e.object.serial);
+        if (it == ports.end()) {
+          return Respond(e, Envelope{.kind = Remote::kPortStatusResult,
+                                     .status = JobStatus::kDeadName,
+                                     .text = "the port is dead"});
+        }
+        return Respond(e, Envelope{.kind = Remote::kPortStatusResult,
+                                   .a = static_cast<std::uint32_t>(it->second.queue.size()),
+                                   .b = it->second.limit,
+                                   .c = static_cast<std::uint32_t>(it->second.send_refs)});
+      }
+      case Remote::kLinkPost:
+        return HomeLinkPost(e);
+      case Remote::kLinkCancel:
+        if (e.ticket == 0) {
+          // An "any" receive withdrawing its other posts: nothing to answer.
+          auto it = links.find(e.object.serial);
+          if (it == links.end()) return;
+          Link& link = *it->second;
+          const int i = link.ends[0] == e.object ? 0 : 1;
+          std::erase_if(link.receives[i], [&](const LinkOp& op) {
+            return op.node == e.origin && op.job == e.job && op.handle == e.b;
+          });
+          return;
+        }
+        return HomeLinkCancel(e);
+      case Remote::kSetLinkHolder: {
+        auto it = links.find(e.object.serial);
+        if (it == links.end()) return;
+        const int i = it->second->ends[0] == e.object ? 0 : 1;
+        it->second->holder[i] = e.a == 1 ? Holder{} : Holder{e.origin, e.job};
+        if (e.ticket) Respond(e, Envelope{.kind = Remote::kRefDeltaResult});
+        return;
+      }
+      case Remote::kBreakLinkEnd:
+        return HomeBreakLinkEnd(e);
+      case Remote::kRegionFetch: {
+        auto bytes = regions.contains(e.object.serial) ? store.Read(e.object) : std::nullopt;
+        if (!bytes) {
+          return Respond(e, Envelope{.kind = Remote::kRegionFetchResult,
+                                     .status = JobStatus::kDeadName,
+                                     .text = "region gone"});
+        }
+        return Respond(e, Envelope{.kind = Remote::kRegionFetchResult, .text = std::move(*bytes)});
+      }
+      case Remote::kNameQuery: {
+        auto it = names.find(e.text);
+        if (it == names.end()) {
+          return Respond(
+              e, Envelope{.kind = Remote::kNameQueryResult, .status = JobStatus::kNotFound});
+        }
+        return Respond(e, Envelope{.kind = Remote::kNameQueryResult, .object = it->second.first});
+      }
+      default:
+        return HandleResult(e, from);
+    }
+  }
+
+  void FailTicketsTo(std::uint64_t node) {
+    std::vector<std::uint64_t> dead;
+    for (const auto& [id, ticket] : tickets) {
+      if (ticket.node == node) dead.push_back(id);
+    }
+    for (std::uint64_t id : dead) {
+      Envelope failure{.kind = Remote::kEnqueueResult,
+                       .ticket = id,
+                       .origin = node,
+                       .status = JobStatus::kUnavailable,
+                       .text = "node " + std::to_string(node) + " cannot be reached"};
+      const Ticket& ticket = tickets.at(id);
+      switch (ticket.kind) {
+        case TicketKind::kReceive:
+          failure.kind = Remote::kReceiveResult;
+          break;
+        case TicketKind::kNameQuery:
+          failure.kind = Remote::kNameQueryResult;
+          break;
+        case TicketKind::kLinkCancel:
+          failure.kind = Remote::kLinkCancelResult;
+          break;
+        case TicketKind::kRegionFetch:
+          failure.kind = Remote::kRegionFetchResult;
+          break;
+        case TicketKind::kStatus:
+          failure.kind = Remote::kPortStatusResult;
+          break;
+        case TicketKind::kNotify:
+          failure.kind = Remote::kNotifyResult;
+          break;
+        default:
+          failure.kind = Remote::kRefDeltaResult;
+          break;
+      }
+      if (ticket.kind == TicketKind::kSend) failure.kind = Remote::kEnqueueResult;
+      HandleResult(failure, node);
+    }
+  }
+};
+
+PortRouter::PortRouter(std::uint64_t node_id, RegionStore& regions)
+    : state_(std::make_unique<State>(node_id, regions)) {}
+PortRouter::~PortRouter() = default;
+
+void PortRouter::JobAttached(const std::string& job) { state_->jobs.try_emplace(job); }
+
+void PortRouter::JobGone(const std::string& job) {
+  auto it = state_->jobs.find(job);
+  if (it == state_->jobs.end()) return;
+  JobState gone = std::move(it->second);
+  state_->jobs.erase(it);
+  for (const auto& [name, entry] : gone.names) {
+    state_->ReleaseRight(entry.type, entry.id, entry.refs, job);
+  }
+  for (const auto& [handle, op] : gone.ops) {
+    if (op.done) continue;
+    for (ObjectId end : op.posted_ends) {
+      state_->Post(end.home,
+                   Envelope{.kind = Remote::kLinkCancel, .job = job, .object = end, .b = handle});
+    }
+  }
+  for (auto name = state_->names.begin(); name != state_->names.end();) {
+    if (name->second.second == job) {
+      state_->ReleaseRight(RightType::kSend, name->second.first, 1, job);
+      name = state_->names.erase(name);
+    } else {
+      ++name;
+    }
+  }
+  state_->Drain();
+}
+
+Expected<void> PortRouter::JobRequest(const std::string& job, std::string_view payload) {
+  auto request = DecodeJobRequest(payload);
+  if (!request) return Unexpected<Error>{request.error()};
+  auto it = state_->jobs.find(job);
+  if (it == state_->jobs.end()) return Fail("job " + job + " has no IPC channel here");
+  state_->HandleJob(job, it->second, *request);
+  state_->Drain();
+  return {};
+}
+
+Expected<void> PortRouter::NodeFrame(std::uint64_t from, std::string_view payload) {
+  auto envelope = router::DecodeEnvelope(payload);
+  if (!envelope) return Fail("malformed IPC frame from node " + std::to_string(from));
+  envelope->origin = from;  // a peer speaks only for itself
+  state_->Dispatch(*envelope, from);
+  state_->Drain();
+  return {};
+}
+
+void PortRouter::NodeUp(std::uint64_t node) { state_->peers.insert(node); }
+
+void PortRouter::NodeDown(std::uint64_t node) {
+  state_->peers.erase(node);
+  state_->FailTicketsTo(node);
+  for (auto& [serial, port] : state_->ports) {
+    std::erase_if(port.waiters, [&](const Waiter& w) { return w.node == node; });
+  }
+  state_->Drain();
+}
+
+void PortRouter::Timer(std::uint64_t id) {
+  auto it = state_->timers.find(id);
+  if (it == state_->timers.end()) return;
+  TimerInfo info = std::move(it->second);
+  state_->timers.erase(it);
+  switch (info.kind) {
+    case TimerKind::kWaiter: {
+      auto port = state_->ports.find(info.object.serial);
+      if (port == state_->ports.end()) break;
+      auto& waiters = port->second.waiters;
+      for (auto w = waiters.begin(); w != waiters.end(); ++w) {
+        if (w->ticket == info.ticket && w->timer == id) {
+          Waiter waiter = std::move(*w);
+          waiters.erase(w);
+          Envelope result{.kind = Remote::kReceiveResult,
+                          .status = JobStatus::kTimedOut,
+                          .text = "no message within the timeout"};
+          result.ticket = waiter.ticket;
+          result.origin = state_->self;
+          result.job = waiter.job;
+          if (waiter.node == state_->self) {
+            state_->local.push_back(std::move(result));
+          } else {
+            state_->actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
+          }
+          break;
+        }
+      }
+      break;
+    }
+    case TimerKind::kBlockedSender: {
+      auto port = state_->ports.find(info.object.serial);
+      if (port == state_->ports.end()) break;
+      auto& blocked = port->second.blocked;
+      for (auto b = blocked.begin(); b != blocked.end(); ++b) {
+        if (b->timer == id) {
+          Envelope request = std::move(b->envelope);
+          blocked.erase(b);
+          state_->Respond(request, Envelope{.kind = Remote::kEnqueueResult,
+                                            .status = JobStatus::kTimedOut,
+                                            .text = "the port's queue stayed full"});
+          break;
+        }
+      }
+      break;
+    }
+    case TimerKind::kOpWait: {
+      auto job = state_->jobs.find(info.job);
+      if (job == state_->jobs.end()) break;
+      auto op = job->second.ops.find(info.handle);
+      if (op == job->second.ops.end() || !op->second.waiting_request) break;
+      const std::uint32_t request = *op->second.waiting_request;
+      op->second.waiting_request.reset();
+      op->second.wait_timer = 0;
+      state_->Error(info.job, request, JobStatus::kTimedOut, "the operation is not done");
+      break;
+    }
+  }
+  state_->Drain();
+}
+
+PortRouter::Actions PortRouter::TakeActions() {
+  Actions out = std::move(state_->actions);
+  state_->actions = Actions{};
+  return out;
+}
+
+bool PortRouter::JobHoldsRights(const std::string& job) const { return RightCount(job) > 0; }
+
+std::size_t PortRouter::RightCount(const std::string& job) const {
+  auto it = state_->jobs.find(job);
+  return it == state_->jobs.end() ? 0 : it->second.names.size();
+}
+
+std::set<std::string> PortRouter::JobsSharingRegions(const std::string& job) const {
+  std::set<std::string> sharing;
+  auto it = state_->jobs.find(job);
+  if (it == state_->jobs.end()) return sharing;
+  for (const auto& [name, entry] : it->second.names) {
+    if (entry.type != RightType::kRegion) continue;
+    for (const auto& [other, state] : state_->jobs) {
+      if (other != job && state.merged.contains({RightType::kRegion, entry.id})) {
+        sharing.insert(other);
+      }
+    }
+  }
+  return sharing;
+}
+
+std::size_t PortRouter::PortCount() const { return state_->ports.size(); }
+
+}  // namespace tern::ipc

@@ -1,0 +1,551 @@
+// PortRouter without I/O: several routers wired to each other in memory, jobs as names.
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <map>
+#include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/port_router.hpp>
+
+namespace tern::ipc {
+namespace {
+
+class MemoryRegions : public RegionStore {
+ public:
+  bool Create(ObjectId id, std::uint64_t size) override {
+    bytes[id] = std::string(size, '\0');
+    return true;
+  }
+  std::optional<std::string> Read(ObjectId id) override {
+    auto it = bytes.find(id);
+    if (it == bytes.end()) return std::nullopt;
+    return it->second;
+  }
+  bool Write(ObjectId id, std::string_view data) override {
+    bytes[id] = std::string(data);
+    return true;
+  }
+  void Destroy(ObjectId id) override { bytes.erase(id); }
+  std::map<ObjectId, std::string> bytes;
+};
+
+// Routers for nodes 1..n, links between all of them; frames delivered in order.
+class Net {
+ public:
+  explicit Net(int n) {
+    for (int i = 1; i <= n; ++i) {
+      stores[i] = std::make_unique<MemoryRegions>();
+      routers[i] = std::make_unique<PortRouter>(i, *stores[i]);
+    }
+    for (auto& [a, router] : routers) {
+      for (auto& [b, other] : routers) {
+        if (a != b) router->NodeUp(b);
+      }
+    }
+  }
+  void Attach(std::uint64_t node, const std::string& job) {
+    routers[node]->JobAttached(job);
+    job_node[job] = node;
+  }
+  void Gone(const std::string& job) {
+    routers[job_node[job]]->JobGone(job);
+    Pump();
+  }
+  std::uint32_t Ask(const std::string& job, JobOp op, const std::string& body) {
+    const std::uint32_t id = next_request++;
+    auto ok = routers[job_node[job]]->JobRequest(job, EncodeJobRequest(id, op, body));
+    EXPECT_TRUE(ok) << (ok ? "" : ok.error().message);
+    Pump();
+    return id;
+  }
+  std::optional<JobReply> Answer(const std::string& job, std::uint32_t id) {
+    auto& list = replies[job];
+    for (auto it = list.begin(); it != list.end(); ++it) {
+      if (it->id == id) {
+        JobReply reply = *it;
+        list.erase(it);
+        return reply;
+      }
+    }
+    return std::nullopt;
+  }
+  // Asks and expects an immediate answer.
+  JobReply Call(const std::string& job, JobOp op, const std::string& body) {
+    const std::uint32_t id = Ask(job, op, body);
+    auto reply = Answer(job, id);
+    EXPECT_TRUE(reply) << "no reply to op " << static_cast<int>(op);
+    return reply ? *reply : JobReply{id, JobStatus::kBadRequest, "no reply"};
+  }
+  void Pump() {
+    for (bool busy = true; busy;) {
+      busy = false;
+      for (auto& [node, router] : routers) {
+        auto actions = router->TakeActions();
+        if (actions.empty()) continue;
+        busy = true;
+        for (auto& reply : actions.replies) {
+          auto decoded = DecodeJobReply(reply.payload);
+          ASSERT_TRUE(decoded);
+          replies[reply.job].push_back(*decoded);
+          if (reply.region_fd) region_fds[reply.job].push_back(*reply.region_fd);
+        }
+        for (auto& timer : actions.timers) timers.emplace_back(node, timer.id);
+        for (auto& frame : actions.frames) {
+          if (cut.contains({node, frame.node}) || cut.contains({frame.node, node})) continue;
+          auto ok = routers[frame.node]->NodeFrame(node, frame.payload);
+          ASSERT_TRUE(ok) << ok.error().message;
+        }
+      }
+    }
+  }
+  void FireTimers() {
+    auto due = std::move(timers);
+    timers.clear();
+    for (auto [node, id] : due) routers[node]->Timer(id);
+    Pump();
+  }
+
+  std::map<std::uint64_t, std::unique_ptr<MemoryRegions>> stores;
+  std::map<std::uint64_t, std::unique_ptr<PortRouter>> routers;
+  std::map<std::string, std::uint64_t> job_node;
+  std::map<std::string, std::deque<JobReply>> replies;
+  std::map<std::string, std::vector<ObjectId>> region_fds;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> timers;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> cut;
+  std::uint32_t next_request = 1;
+};
+
+std::string U32(std::uint32_t v) {
+  WireWriter w;
+  w.U32(v);
+  return w.Take();
+}
+
+std::uint32_t ReadU32(const std::string& body, std::size_t at = 0) {
+  WireReader r(std::string_view(body).substr(at));
+  return *r.U32();
+}
+
+std::string Body(std::initializer_list<std::uint32_t> values) {
+  WireWriter w;
+  for (auto v : values) w.U32(v);
+  return w.Take();
+}
+
+std::string SendBody(std::uint32_t dest, std::string bytes, std::vector<Item> rights = {},
+                     FullPolicy policy = FullPolicy::kFail, std::uint32_t timeout = 0,
+                     std::uint32_t notify = 0, std::uint32_t reply = 0,
+                     Disposition reply_disposition = Disposition::kNone) {
+  SendRequest request;
+  request.message.destination = dest;
+  request.message.id = 7;
+  request.message.reply = reply;
+  request.message.reply_disposition = reply_disposition;
+  request.message.items.push_back(Item::Bytes(std::move(bytes)));
+  for (auto& right : rights) request.message.items.push_back(right);
+  request.policy = policy;
+  request.timeout_ms = timeout;
+  request.notify_port = notify;
+  return EncodeSendRequest(request);
+}
+
+Message ReadMessage(const JobReply& reply) {
+  WireReader r(reply.body);
+  auto message = r.ReadMessage();
+  EXPECT_TRUE(message);
+  return message ? *message : Message{};
+}
+
+std::uint32_t Allocate(Net& net, const std::string& job, std::uint32_t limit = 0) {
+  auto reply = net.Call(job, JobOp::kPortAllocate, U32(limit));
+  EXPECT_EQ(reply.status, JobStatus::kOk) << reply.body;
+  return ReadU32(reply.body);
+}
+
+std::uint32_t MakeSend(Net& net, const std::string& job, std::uint32_t receive) {
+  auto reply = net.Call(job, JobOp::kMakeSend, U32(receive));
+  EXPECT_EQ(reply.status, JobStatus::kOk) << reply.body;
+  return ReadU32(reply.body);
+}
+
+std::string Register(Net& net, const std::string& job, const std::string& name,
+                     std::uint32_t right) {
+  WireWriter w;
+  w.Bytes(name);
+  w.U32(right);
+  return net.Call(job, JobOp::kNameRegister, w.Take()).body;
+}
+
+JobReply Lookup(Net& net, const std::string& job, const std::string& name) {
+  WireWriter w;
+  w.Bytes(name);
+  return net.Call(job, JobOp::kNameLookup, w.Take());
+}
+
+JobReply Receive(Net& net, const std::string& job, std::uint32_t port, std::uint32_t timeout = 0) {
+  return net.Call(job, JobOp::kReceive, Body({port, timeout}));
+}
+
+TEST(PortRouter, MessagesArriveInOrderOnOneNode) {
+  Net net(1);
+  net.Attach(1, "a");
+  net.Attach(1, "b");
+  const auto port = Allocate(net, "a");
+  const auto send = MakeSend(net, "a", port);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(net.Call("a", JobOp::kSend, SendBody(send, "m" + std::to_string(i))).status,
+              JobStatus::kOk);
+  }
+  for (int i = 0; i < 5; ++i) {
+    auto reply = Receive(net, "a", port);
+    ASSERT_EQ(reply.status, JobStatus::kOk) << reply.body;
+    auto message = ReadMessage(reply);
+    EXPECT_EQ(message.items.at(0).bytes(), "m" + std::to_string(i));
+    EXPECT_EQ(message.destination, port);
+    EXPECT_EQ(message.id, 7u);
+  }
+  EXPECT_EQ(Receive(net, "a", port).status, JobStatus::kTimedOut);
+}
+
+TEST(PortRouter, ANameTheJobWasNeverGivenIsRefusedAndNothingMoves) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "intruder");
+  const auto port = Allocate(net, "server");
+  // The intruder guesses names: its table is empty, so every one is refused.
+  for (std::uint32_t guess : {1u, 2u, port, 99u}) {
+    auto reply = net.Call("intruder", JobOp::kSend, SendBody(guess, "x"));
+    EXPECT_EQ(reply.status, JobStatus::kInvalidName);
+  }
+  auto status = net.Call("server", JobOp::kPortStatus, U32(port));
+  ASSERT_EQ(status.status, JobStatus::kOk);
+  EXPECT_EQ(ReadU32(status.body), 0u) << "a refused send must queue nothing";
+  // Nor may it receive on the server's port or make send rights from it.
+  EXPECT_EQ(Receive(net, "intruder", port).status, JobStatus::kInvalidName);
+  EXPECT_EQ(net.Call("intruder", JobOp::kMakeSend, U32(port)).status, JobStatus::kInvalidName);
+}
+
+TEST(PortRouter, NamesAreFoundFromAnotherNodeAndMessagesCrossNodes) {
+  Net net(3);
+  net.Attach(1, "server");
+  net.Attach(3, "client");
+  const auto port = Allocate(net, "server");
+  const auto send = MakeSend(net, "server", port);
+  EXPECT_EQ(Register(net, "server", "echo", send), "");
+  auto found = Lookup(net, "client", "echo");
+  ASSERT_EQ(found.status, JobStatus::kOk) << found.body;
+  const auto client_send = ReadU32(found.body);
+  EXPECT_EQ(Lookup(net, "client", "nope").status, JobStatus::kNotFound);
+  // A pending receive is completed by the cross-node send.
+  const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+  EXPECT_FALSE(net.Answer("server", waiting));
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(client_send, "hello")).status,
+            JobStatus::kOk);
+  auto got = net.Answer("server", waiting);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(ReadMessage(*got).items.at(0).bytes(), "hello");
+}
+
+TEST(PortRouter, SendOnceReplyRightWorksOnceAcrossNodes) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  const auto reply_port = Allocate(net, "client");
+  ASSERT_EQ(net.Call("client", JobOp::kSend,
+                     SendBody(svc, "req", {}, FullPolicy::kFail, 0, 0, reply_port,
+                              Disposition::kMakeSendOnce))
+                .status,
+            JobStatus::kOk);
+  auto request = ReadMessage(Receive(net, "server", port));
+  ASSERT_NE(request.reply, 0u);
+  EXPECT_EQ(request.reply_disposition, Disposition::kMoveSendOnce);
+  SendRequest answer;
+  answer.message.destination = request.reply;
+  answer.message.destination_disposition = Disposition::kMoveSendOnce;
+  answer.message.items.push_back(Item::Bytes("resp"));
+  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "resp");
+  // The send-once right is spent.
+  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status,
+            JobStatus::kInvalidName);
+}
+
+TEST(PortRouter, AReceiveRightMovesToAJobOnAnotherNode) {
+  Net net(2);
+  net.Attach(1, "a");
+  net.Attach(2, "b");
+  const auto inbox_b = Allocate(net, "b");
+  Register(net, "b", "b", MakeSend(net, "b", inbox_b));
+  const auto to_b = ReadU32(Lookup(net, "a", "b").body);
+  const auto moving = Allocate(net, "a");
+  const auto moving_send = MakeSend(net, "a", moving);
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_b, "take it", {Item::Port(moving, Disposition::kMoveReceive)}))
+                .status,
+            JobStatus::kOk);
+  // a no longer holds it.
+  EXPECT_EQ(Receive(net, "a", moving).status, JobStatus::kInvalidName);
+  auto carried = ReadMessage(Receive(net, "b", inbox_b));
+  ASSERT_EQ(carried.items.size(), 2u);
+  EXPECT_EQ(carried.items[1].disposition, Disposition::kMoveReceive);
+  const auto b_moving = carried.items[1].name;
+  // Messages sent by a (still holding a send right) now reach b.
+  EXPECT_EQ(net.Call("a", JobOp::kSend, SendBody(moving_send, "after")).status, JobStatus::kOk);
+  auto after = Receive(net, "b", b_moving);
+  ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
+  EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+}
+
+TEST(PortRouter, AFullQueueFailsWaitsOrNotifiesAsTheSenderChose) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server", 2);
+  Register(net, "server", "q", MakeSend(net, "server", port));
+  const auto q = ReadU32(Lookup(net, "client", "q").body);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(q, "1")).status, JobStatus::kOk);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(q, "2")).status, JobStatus::kOk);
+  // fail
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(q, "x")).status, JobStatus::kQueueFull);
+  // wait with a timeout that runs out
+  const auto timed = net.Ask("client", JobOp::kSend, SendBody(q, "t", {}, FullPolicy::kWait, 50));
+  EXPECT_FALSE(net.Answer("client", timed));
+  net.FireTimers();
+  auto timed_out = net.Answer("client", timed);
+  ASSERT_TRUE(timed_out);
+  EXPECT_EQ(timed_out->status, JobStatus::kTimedOut);
+  // wait that succeeds when the receiver makes room
+  const auto waits =
+      net.Ask("client", JobOp::kSend, SendBody(q, "3", {}, FullPolicy::kWait, kWaitForever));
+  EXPECT_FALSE(net.Answer("client", waits));
+  // notify
+  const auto notify_port = Allocate(net, "client");
+  EXPECT_EQ(
+      net.Call("client", JobOp::kSend, SendBody(q, "n", {}, FullPolicy::kNotify, 0, notify_port))
+          .status,
+      JobStatus::kQueueFull);
+  EXPECT_EQ(Receive(net, "client", notify_port).status, JobStatus::kTimedOut);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "1");
+  auto waited = net.Answer("client", waits);
+  ASSERT_TRUE(waited);
+  EXPECT_EQ(waited->status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "2");
+  auto possible = Receive(net, "client", notify_port);
+  ASSERT_EQ(possible.status, JobStatus::kOk);
+  auto note = ReadMessage(possible);
+  EXPECT_EQ(note.id, kSendPossibleNotification);
+  EXPECT_EQ(ReadU32(std::string(note.items.at(0).bytes())), q);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "3");
+  EXPECT_EQ(Receive(net, "server", port).status, JobStatus::kTimedOut) << "nothing else queued";
+}
+
+TEST(PortRouter, AJobThatEndsKillsItsPortsAndHoldersLearnIt) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "s", MakeSend(net, "server", port));
+  const auto s = ReadU32(Lookup(net, "client", "s").body);
+  const auto notify = Allocate(net, "client");
+  WireWriter w;
+  w.U32(s);
+  w.U8(static_cast<std::uint8_t>(NotificationKind::kDeadName));
+  w.U32(notify);
+  ASSERT_EQ(net.Call("client", JobOp::kRequestNotification, w.Take()).status, JobStatus::kOk);
+  net.Gone("server");
+  auto dead = Receive(net, "client", notify);
+  ASSERT_EQ(dead.status, JobStatus::kOk);
+  auto note = ReadMessage(dead);
+  EXPECT_EQ(note.id, kDeadNameNotification);
+  EXPECT_EQ(ReadU32(std::string(note.items.at(0).bytes())), s);
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(s, "x")).status, JobStatus::kDeadName);
+  EXPECT_EQ(Lookup(net, "client", "s").status, JobStatus::kNotFound) << "names die with the job";
+}
+
+TEST(PortRouter, TheReceiverLearnsWhenTheLastSendRightIsGone) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  const auto notify = Allocate(net, "server");
+  const auto own = MakeSend(net, "server", port);
+  WireWriter w;
+  w.U32(port);
+  w.U8(static_cast<std::uint8_t>(NotificationKind::kNoSenders));
+  w.U32(notify);
+  ASSERT_EQ(net.Call("server", JobOp::kRequestNotification, w.Take()).status, JobStatus::kOk);
+  Register(net, "server", "s", own);
+  const auto s = ReadU32(Lookup(net, "client", "s").body);
+  ASSERT_EQ(net.Call("server", JobOp::kDeallocate, U32(own)).status, JobStatus::kOk);
+  WireWriter u;
+  u.Bytes("s");
+  ASSERT_EQ(net.Call("server", JobOp::kNameUnregister, u.Take()).status, JobStatus::kOk);
+  EXPECT_EQ(Receive(net, "server", notify).status, JobStatus::kTimedOut)
+      << "client still holds one";
+  net.Gone("client");
+  auto none = Receive(net, "server", notify);
+  ASSERT_EQ(none.status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(none).id, kNoSendersNotification);
+  (void)s;
+}
+
+TEST(PortRouter, PortDestroyedHandsTheReceiveRightToTheNotifyPort) {
+  Net net(1);
+  net.Attach(1, "worker");
+  net.Attach(1, "backup");
+  const auto port = Allocate(net, "worker");
+  const auto keep = Allocate(net, "backup");
+  Register(net, "backup", "backup", MakeSend(net, "backup", keep));
+  const auto to_backup = ReadU32(Lookup(net, "worker", "backup").body);
+  WireWriter w;
+  w.U32(port);
+  w.U8(static_cast<std::uint8_t>(NotificationKind::kPortDestroyed));
+  w.U32(to_backup);
+  ASSERT_EQ(net.Call("worker", JobOp::kRequestNotification, w.Take()).status, JobStatus::kOk);
+  const auto sender = MakeSend(net, "worker", port);
+  Register(net, "worker", "work", sender);
+  net.Attach(1, "client");
+  const auto work = ReadU32(Lookup(net, "client", "work").body);
+  net.Gone("worker");
+  auto note = Receive(net, "backup", keep);
+  ASSERT_EQ(note.status, JobStatus::kOk);
+  auto message = ReadMessage(note);
+  EXPECT_EQ(message.id, kPortDestroyedNotification);
+  ASSERT_EQ(message.items.size(), 1u);
+  EXPECT_EQ(message.items[0].disposition, Disposition::kMoveReceive);
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(work, "still here")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "backup", message.items[0].name)).items.at(0).bytes(),
+            "still here");
+}
+
+std::string LinkSendBody(std::uint32_t end, std::string bytes) {
+  WireWriter w;
+  w.U32(end);
+  Message m;
+  m.items.push_back(Item::Bytes(std::move(bytes)));
+  w.WriteMessage(m);
+  return w.Take();
+}
+
+TEST(PortRouter, LinkOperationsMatchAndCancelFailsOnceMatched) {
+  Net net(2);
+  net.Attach(1, "a");
+  net.Attach(2, "b");
+  auto created = net.Call("a", JobOp::kLinkCreate, "");
+  ASSERT_EQ(created.status, JobStatus::kOk);
+  const auto end_a = ReadU32(created.body);
+  const auto end_b = ReadU32(created.body, 4);
+  // Hand end_b to b in a port message.
+  const auto inbox = Allocate(net, "b");
+  Register(net, "b", "inbox", MakeSend(net, "b", inbox));
+  const auto to_b = ReadU32(Lookup(net, "a", "inbox").body);
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_b, "link", {Item::Port(end_b, Disposition::kMoveLinkEnd)}))
+                .status,
+            JobStatus::kOk);
+  EXPECT_EQ(net.Call("a", JobOp::kLinkSend, LinkSendBody(end_b, "x")).status,
+            JobStatus::kInvalidName)
+      << "a gave that end away";
+  auto handed = ReadMessage(Receive(net, "b", inbox));
+  const auto b_end = handed.items.at(1).name;
+  // A send posted, then cancelled before any receive: cancel succeeds.
+  const auto send1 = ReadU32(net.Call("a", JobOp::kLinkSend, LinkSendBody(end_a, "one")).body);
+  EXPECT_EQ(net.Call("a", JobOp::kOpCancel, U32(send1)).status, JobStatus::kOk);
+  // A send posted, matched by a receive: cancel fails.
+  const auto send2 = ReadU32(net.Call("a", JobOp::kLinkSend, LinkSendBody(end_a, "two")).body);
+  auto poll = net.Call("a", JobOp::kOpPoll, U32(send2));
+  EXPECT_EQ(poll.body, std::string(1, '\0')) << "not matched yet";
+  const auto receive = ReadU32(net.Call("b", JobOp::kLinkReceive, U32(0)).body);  // any link
+  EXPECT_EQ(net.Call("a", JobOp::kOpCancel, U32(send2)).status, JobStatus::kAlreadyMatched);
+  auto got = net.Call("b", JobOp::kOpWait, Body({receive, 1000}));
+  ASSERT_EQ(got.status, JobStatus::kOk) << got.body;
+  WireReader r(got.body);
+  auto result = r.ReadOpResult();
+  ASSERT_TRUE(result);
+  EXPECT_TRUE(result->is_receive);
+  EXPECT_EQ(result->end, b_end);
+  EXPECT_EQ(result->message.items.at(0).bytes(), "two");
+  EXPECT_EQ(net.Call("a", JobOp::kOpWait, Body({send2, 0})).status, JobStatus::kOk);
+  // A receive waiting on a link whose other end dies fails.
+  const auto pending = ReadU32(net.Call("b", JobOp::kLinkReceive, U32(b_end)).body);
+  const auto waiting = net.Ask("b", JobOp::kOpWait, Body({pending, kWaitForever}));
+  net.Gone("a");
+  auto broken = net.Answer("b", waiting);
+  ASSERT_TRUE(broken);
+  EXPECT_EQ(broken->status, JobStatus::kLinkBroken);
+}
+
+TEST(PortRouter, RegionsAreSharedOnANodeAndCopiedToAnother) {
+  Net net(2);
+  net.Attach(1, "a");
+  net.Attach(1, "b");
+  net.Attach(2, "c");
+  WireWriter size;
+  size.U64(4096);
+  const auto region = ReadU32(net.Call("a", JobOp::kRegionCreate, size.Take()).body);
+  ASSERT_EQ(net.stores[1]->bytes.size(), 1u);
+  net.stores[1]->bytes.begin()->second = "shared!";
+  const auto inbox_b = Allocate(net, "b");
+  Register(net, "b", "b", MakeSend(net, "b", inbox_b));
+  const auto inbox_c = Allocate(net, "c");
+  Register(net, "c", "c", MakeSend(net, "c", inbox_c));
+  const auto to_b = ReadU32(Lookup(net, "a", "b").body);
+  const auto to_c = ReadU32(Lookup(net, "a", "c").body);
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_b, "r", {Item::Port(region, Disposition::kCopyRegion)}))
+                .status,
+            JobStatus::kOk);
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_c, "r", {Item::Port(region, Disposition::kCopyRegion)}))
+                .status,
+            JobStatus::kOk);
+  auto at_b = ReadMessage(Receive(net, "b", inbox_b));
+  auto at_c = ReadMessage(Receive(net, "c", inbox_c));
+  EXPECT_EQ(net.routers[1]->JobsSharingRegions("a"), std::set<std::string>{"b"});
+  EXPECT_TRUE(net.routers[2]->JobsSharingRegions("c").empty());
+  ASSERT_EQ(net.stores[2]->bytes.size(), 1u) << "the other node holds a copy";
+  EXPECT_EQ(net.stores[2]->bytes.begin()->second, "shared!");
+  auto map = net.Call("c", JobOp::kRegionMap, U32(at_c.items.at(1).name));
+  ASSERT_EQ(map.status, JobStatus::kOk);
+  ASSERT_EQ(net.region_fds["c"].size(), 1u);
+  EXPECT_EQ(net.region_fds["c"][0].home, 2u);
+  (void)at_b;
+  // The region lives until its last holder lets go.
+  net.Gone("a");
+  EXPECT_EQ(net.stores[1]->bytes.size(), 1u);
+  net.Gone("b");
+  EXPECT_EQ(net.stores[1]->bytes.size(), 0u);
+}
+
+TEST(PortRouter, AnUnreachableHomeFailsTheOperationInsteadOfHangingIt) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "s", MakeSend(net, "server", port));
+  const auto s = ReadU32(Lookup(net, "client", "s").body);
+  net.cut.insert({1, 2});
+  const auto sent = net.Ask("client", JobOp::kSend, SendBody(s, "lost?"));
+  EXPECT_FALSE(net.Answer("client", sent));
+  net.routers[2]->NodeDown(1);
+  net.Pump();
+  auto failed = net.Answer("client", sent);
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(failed->status, JobStatus::kUnavailable);
+}
+
+TEST(PortRouter, MalformedInputIsAnErrorNotACrash) {
+  Net net(1);
+  net.Attach(1, "a");
+  EXPECT_FALSE(net.routers[1]->NodeFrame(2, "garbage"));
+  EXPECT_FALSE(net.routers[1]->JobRequest("a", "x"));
+  auto reply = net.Call("a", JobOp::kSend, "truncated");
+  EXPECT_EQ(reply.status, JobStatus::kBadRequest);
+  reply = net.Call("a", static_cast<JobOp>(999), "");
+  EXPECT_EQ(reply.status, JobStatus::kBadRequest);
+}
+
+}  // namespace
+}  // namespace tern::ipc
