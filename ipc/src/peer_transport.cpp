@@ -67,6 +67,16 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
   void ConnectTo(const std::string& address);
   void Forget(const std::string& address);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  void Disconnect(std::uint64_t node_id, const std::string& reason) {
+    std::shared_ptr<PeerLink> link;
+    {
+      std::lock_guard lock(links_mutex_);
+      auto found = nodes_.find(node_id);
+      if (found == nodes_.end()) return;
+      link = found->second.active;
+    }
+    if (link) link->Close(reason);
+  }
   std::vector<PeerIdentity> Peers() const;
   Stats stats() const {
     Stats stats;
@@ -469,6 +479,10 @@ void PeerTransport::Core::RedialNode(std::uint64_t node_id) {
   for (auto& [address, dialer] : dialers_) {
     if (dialer->node_id == node_id && !dialer->attempt_running) ScheduleDial(address);
   }
+}
+
+void PeerTransport::Disconnect(std::uint64_t node_id, std::string reason) {
+  core_->Disconnect(node_id, reason);
 }
 
 bool PeerTransport::Core::Send(std::uint64_t node_id, FrameType type, std::string payload) {

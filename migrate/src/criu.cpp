@@ -118,6 +118,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
     argv.insert(argv.end(), {"--page-server", "--address", options.page_server->address, "--port",
                              std::to_string(options.page_server->port)});
   }
+  for (const auto& resource : options.external) argv.insert(argv.end(), {"--external", resource});
   SubprocessOptions run;
   run.timeout = options.timeout;
   auto result = RunSubprocess(argv, run);
@@ -137,6 +138,12 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   if (options.lazy_pages) argv.push_back("--lazy-pages");
   SubprocessOptions run;
   run.timeout = options.timeout;
+  if (!options.channel_socket.empty() && options.channel_fd >= 0) {
+    constexpr int kChannelFdInCriu = 3;
+    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(kChannelFdInCriu) +
+                                                 "]:" + options.channel_socket});
+    run.inherit_fds.emplace_back(kChannelFdInCriu, options.channel_fd);
+  }
   auto result = RunSubprocess(argv, run);
   if (!result) return Unexpected<Error>{result.error()};
   if (result->timed_out) return Fail("criu restore timed out");
@@ -187,24 +194,27 @@ Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_
 }
 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
-                                         const std::string& images, const PageServerTarget& serve) {
-  return {criu,
-          "dump",
-          "-t",
-          std::to_string(pid),
-          "-D",
-          images,
-          "-o",
-          images + "/dump.log",
-          "-v4",
-          "--leave-stopped",
-          "--lazy-pages",
-          "--address",
-          serve.address,
-          "--port",
-          std::to_string(serve.port),
-          "--status-fd",
-          "9"};
+                                         const std::string& images, const PageServerTarget& serve,
+                                         const std::vector<std::string>& external) {
+  std::vector<std::string> argv = {criu,
+                                   "dump",
+                                   "-t",
+                                   std::to_string(pid),
+                                   "-D",
+                                   images,
+                                   "-o",
+                                   images + "/dump.log",
+                                   "-v4",
+                                   "--leave-stopped",
+                                   "--lazy-pages",
+                                   "--address",
+                                   serve.address,
+                                   "--port",
+                                   std::to_string(serve.port),
+                                   "--status-fd",
+                                   "9"};
+  for (const auto& resource : external) argv.insert(argv.end(), {"--external", resource});
+  return argv;
 }
 
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,

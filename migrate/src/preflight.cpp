@@ -31,8 +31,23 @@ OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_
   return OpenFileKind::kFine;
 }
 
+std::string JobChannelSocket(pid_t init_pid) {
+  std::error_code error;
+  const std::string target =
+      fs::read_symlink("/proc/" + std::to_string(init_pid) + "/fd/3", error).string();
+  return !error && target.rfind("socket:[", 0) == 0 ? target : std::string();
+}
+
+std::string ExternalUnixSocket(const std::string& channel) {
+  const auto open = channel.find('[');
+  const auto close = channel.find(']');
+  if (open == std::string::npos || close == std::string::npos) return "";
+  return "unix[" + channel.substr(open + 1, close - open - 1) + "]";
+}
+
 JobScan ScanJob(pid_t init_pid, const std::string& job_dir) {
   JobScan scan;
+  scan.channel = JobChannelSocket(init_pid);
   std::set<std::string> seen;
   const long page = sysconf(_SC_PAGESIZE);
   for (pid_t pid : NamespacePids(init_pid)) {
@@ -48,6 +63,7 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir) {
       if (link_error) continue;
       const std::string where =
           "fd " + entry.path().filename().string() + " of pid " + std::to_string(pid);
+      if (!scan.channel.empty() && target == scan.channel) continue;
       switch (ClassifyOpenFile(target, job_dir)) {
         case OpenFileKind::kTerminal:
           scan.blockers.push_back(where + " is a terminal (" + target +

@@ -10,6 +10,7 @@
 #include "tern/agent/agent_api.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/event_bus.hpp"
+#include "tern/agent/ipc_service.hpp"
 #include "tern/agent/migration_driver.hpp"
 
 namespace tern::agent {
@@ -40,8 +41,16 @@ Expected<void> Agent::Start() {
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;
   events_ = std::make_unique<EventBus>(identity_.name);
+  // Cluster comes later; IPC frames find it through this pointer once it exists.
+  ipc_ = std::make_unique<IpcService>(
+      io_, identity_.id, [this](std::uint64_t node, std::string payload) {
+        return cluster_ && cluster_->SendIpc(node, std::move(payload));
+      });
+  job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =
       std::make_unique<jobs::JobSupervisor>(io_, job_options, [this](const jobs::JobRecord& job) {
+        // A job that ended gives up its IPC rights at once (peers get their notifications).
+        if (job.state != jobs::JobState::kRunning) ipc_->CloseChannel(job.id);
         spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
         events_->Publish("job", jobs::ToJson(job, std::chrono::system_clock::now()));
       });
@@ -52,10 +61,38 @@ Expected<void> Agent::Start() {
   migrations_->SetPublisher([this](const std::string& type, nlohmann::json fields) {
     events_->Publish(type, std::move(fields));
   });
+  migrations_->SetIpcHooks(
+      {.blocker = [this](const std::string& job) -> std::string {
+         const auto sharing = ipc_->JobsSharingRegions(job);
+         if (!sharing.empty()) {
+           std::string others;
+           for (const auto& other : sharing) others += (others.empty() ? "" : ", ") + other;
+           return "the job shares a memory region with " + others +
+                  " on this node (jobs that share a region move together or not at all)";
+         }
+         if (const auto rights = ipc_->RightCount(job); rights > 0) {
+           return "the job holds " + std::to_string(rights) +
+                  " IPC right(s), and moving IPC rights with a job is not supported yet";
+         }
+         return "";
+       },
+       .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
+       .close = [this](const std::string& job) { ipc_->CloseChannel(job); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   cluster_->SetRequestHandler(
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
+  cluster_->SetIpcHandlers(
+      [this](std::uint64_t node, const std::string& payload) {
+        return ipc_->OnNodeFrame(node, payload);
+      },
+      [this](std::uint64_t node, bool up) {
+        if (up) {
+          ipc_->NodeUp(node);
+        } else {
+          ipc_->NodeDown(node);
+        }
+      });
   cluster_->SetNodeStateListener([this](std::uint64_t node_id, balancer::MemberState state) {
     migrations_->OnNodeState(node_id, state == balancer::MemberState::kAlive);
     events_->Publish("node", {{"name", cluster_->NameOf(node_id)},
@@ -113,6 +150,7 @@ void Agent::Stop() {
   sample_timer_.cancel();
   if (http_) http_->Stop();
   if (cluster_) cluster_->Stop();
+  if (ipc_) ipc_->Stop();
 }
 
 void Agent::ScheduleSample() {

@@ -52,10 +52,12 @@ Expected<void> Cluster::Start() {
                                 .address = peer.address,
                                 .api_address = peer.api_address},
                                Now()));
+    if (link_listener_) link_listener_(peer.node_id, true);
   };
   transport_->on_peer_down = [this](std::uint64_t node_id, const std::string& reason) {
     spdlog::warn("peer {} disconnected: {}", NameOf(node_id), reason);
     FailPendingCalls(node_id, "the link to " + NameOf(node_id) + " went down: " + reason);
+    if (link_listener_) link_listener_(node_id, false);
     Apply(membership_.OnPeerDown(node_id, Now()));
   };
   transport_->on_frame = [this](std::uint64_t node_id, const ipc::Frame& frame) {
@@ -136,6 +138,10 @@ void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
   }
 }
 
+bool Cluster::SendIpc(std::uint64_t node_id, std::string payload) {
+  return transport_->Send(node_id, ipc::FrameType::kIpcRemote, std::move(payload));
+}
+
 void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::string& payload) {
   switch (static_cast<ipc::FrameType>(type)) {
     case ipc::FrameType::kHeartbeat: {
@@ -162,6 +168,14 @@ void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::stri
       return;
     case ipc::FrameType::kApiResponse:
       OnApiResponse(payload);
+      return;
+    case ipc::FrameType::kIpcRemote:
+      if (ipc_frames_) {
+        if (auto handled = ipc_frames_(node_id, payload); !handled) {
+          spdlog::warn("closing the link to {}: {}", NameOf(node_id), handled.error().message);
+          transport_->Disconnect(node_id, handled.error().message);
+        }
+      }
       return;
     default:
       spdlog::warn("ignoring frame type {} from {}", type, NameOf(node_id));

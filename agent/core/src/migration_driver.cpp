@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 #include <tern/jobs/job_supervisor.hpp>
+#include <tern/jobs/unique_fd.hpp>
 #include <tern/migrate/archive.hpp>
 #include <tern/migrate/criu.hpp>
 #include <tern/migrate/migration.hpp>
@@ -56,6 +57,19 @@ std::string FromHex(const std::string& hex) {
     out.push_back(static_cast<char>(high));
   }
   return out;
+}
+
+// The job's channel socket as dumped, kept next to the images for the destination's restore.
+void WriteChannelNote(const std::string& images, const std::string& channel) {
+  std::error_code ignored;
+  fs::create_directories(images, ignored);
+  std::ofstream(images + "/tern-channel") << channel;
+}
+
+std::string ReadChannelNote(const std::string& images) {
+  std::string channel;
+  std::ifstream(images + "/tern-channel") >> channel;
+  return channel;
 }
 
 // Dump failures that a second try a moment later usually does not meet.
@@ -116,6 +130,7 @@ std::uint64_t MemAvailable() {
 }  // namespace
 
 struct MigrationDriver::Outgoing {
+  std::string channel;  // the job's IPC channel socket ("socket:[INODE]"), "" if none
   std::string id;
   jobs::JobRecord job;
   std::string destination;
@@ -309,6 +324,12 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
         migration->preflight_ms = MillisSince(migration->started);
         migration->criu = criu.path;
         std::vector<std::string> blockers = scan.blockers;
+        migration->channel = scan.channel;
+        if (ipc_.blocker) {
+          if (auto reason = ipc_.blocker(migration->job.id); !reason.empty()) {
+            blockers.push_back(reason);
+          }
+        }
         if (!criu.works) blockers.push_back("on " + cluster_.self().name + ": " + criu.problem);
         migration->checks.push_back(
             {{"check", "criu on " + cluster_.self().name},
@@ -417,6 +438,10 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         options.pid = migration->job.pid;
         options.images = MigrationDir(migration->id) + "/images";
         options.page_server = migration->page_server;
+        if (!migration->channel.empty()) {
+          options.external = {migrate::ExternalUnixSocket(migration->channel)};
+          WriteChannelNote(options.images, migration->channel);
+        }
         const std::string criu = migration->criu;
         OffThread(
             [criu, options]() -> Expected<void> {
@@ -508,6 +533,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
           spdlog::error("migration {}: {}", migration->id, released.error().message);
         }
         ::kill(migration->job.pid, SIGKILL);
+        if (ipc_.close) ipc_.close(migration->job.id);
         LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
         break;
       }
@@ -586,6 +612,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     return;
   }
   const std::string images = MigrationDir(migration->id) + "/images";
+  if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
   std::error_code ignored;
   fs::create_directories(images, ignored);
   int status_pipe[2];
@@ -594,7 +621,11 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     return;
   }
   auto dump = migrate::BackgroundProcess::Start(
-      migrate::LazyDumpCommand(migration->criu, migration->job.pid, images, migration->lazy_serve),
+      migrate::LazyDumpCommand(
+          migration->criu, migration->job.pid, images, migration->lazy_serve,
+          migration->channel.empty()
+              ? std::vector<std::string>{}
+              : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)}),
       MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
   ::close(status_pipe[1]);
   if (!dump) {
@@ -933,9 +964,11 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   incoming->busy = true;
   const std::string job_dir = incoming->job.dir;
   const std::string criu = migrate::FindCriu(config_.criu_path);
+  // A fresh channel to this agent takes the place of the one the job had at the source.
+  auto channel_end = std::make_shared<jobs::UniqueFd>(ipc_.open ? ipc_.open(incoming->job.id) : -1);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       job_dir, criu]() -> Expected<std::pair<pid_t, double>> {
+       job_dir, criu, channel_end]() -> Expected<std::pair<pid_t, double>> {
         incoming->page_server.Finish(std::chrono::seconds(30));
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
@@ -972,13 +1005,17 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         options.images = incoming->images;
         options.pidfile = incoming->images + "/restored.pid";
         options.lazy_pages = lazy;
+        options.channel_socket = ReadChannelNote(incoming->images);
+        options.channel_fd = channel_end->get();
         auto pid = migrate::Restore(criu, options);
+        channel_end->Reset();
         if (!pid) return Unexpected<Error>{pid.error()};
         return std::make_pair(*pid, MillisSince(start));
       },
       [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
         incoming->busy = false;
         if (!restored) {
+          if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
           done(ErrorResult(
               500, "restore on " + cluster_.self().name + " failed: " + restored.error().message));
           return;
@@ -1044,6 +1081,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   auto incoming = found->second;
   incoming_.erase(found);
   if (incoming->restored_pid > 0) ::kill(incoming->restored_pid, SIGKILL);
+  if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
   const std::string job_dir = incoming->job.dir;
   const bool runs_here = supervisor_.Get(incoming->job.id).has_value() || incoming->shared_dir;
   OffThread(

@@ -53,7 +53,7 @@ struct ChildFailure {
 
 // Everything the child needs, prepared before clone so that the child allocates nothing.
 struct ChildPlan {
-  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1;
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1, ipc_fd = -1;
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;
@@ -71,7 +71,8 @@ struct ChildPlan {
 }
 
 int ChildMain(void* arg) {
-  const ChildPlan& plan = *static_cast<const ChildPlan*>(arg);
+  // The child has its own copy of the plan (no CLONE_VM), so it may rearrange fds in it.
+  ChildPlan& plan = *static_cast<ChildPlan*>(arg);
   // Restore default dispositions and an empty mask: the agent's are not the job's.
   sigset_t empty;
   sigemptyset(&empty);
@@ -81,8 +82,24 @@ int ChildMain(void* arg) {
   if (dup2(plan.stdin_fd, 0) < 0 || dup2(plan.stdout_fd, 1) < 0 || dup2(plan.stderr_fd, 2) < 0) {
     ChildFail(plan, Stage::kFds);
   }
+  int first_free = 3;
+  if (plan.ipc_fd >= 0) {
+    // The channel becomes fd 3; the report pipe moves out of its way first.
+    if (plan.report_fd == jobs::kJobIpcFd) {
+      plan.report_fd = fcntl(plan.report_fd, F_DUPFD_CLOEXEC, jobs::kJobIpcFd + 1);
+      if (plan.report_fd < 0) _exit(127);
+    }
+    if (plan.ipc_fd == jobs::kJobIpcFd) {
+      if (fcntl(plan.ipc_fd, F_SETFD, 0) != 0) ChildFail(plan, Stage::kFds);
+    } else if (dup2(plan.ipc_fd, jobs::kJobIpcFd) < 0) {
+      ChildFail(plan, Stage::kFds);
+    }
+    first_free = jobs::kJobIpcFd + 1;
+  }
   // Close every other fd but the report pipe (close-on-exec: it closes when tern-init starts).
-  if (plan.report_fd > 3) syscall(SYS_close_range, 3u, plan.report_fd - 1u, 0u);
+  if (plan.report_fd > first_free) {
+    syscall(SYS_close_range, static_cast<unsigned>(first_free), plan.report_fd - 1u, 0u);
+  }
   syscall(SYS_close_range, plan.report_fd + 1u, ~0u, 0u);
   if (setgroups(plan.groups.size(), plan.groups.data()) != 0) ChildFail(plan, Stage::kGroups);
   if (setresgid(plan.gid, plan.gid, plan.gid) != 0) ChildFail(plan, Stage::kGid);
@@ -196,6 +213,7 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   plan.stdout_fd = out->get();
   plan.stderr_fd = err->get();
   plan.report_fd = report_write.get();
+  plan.ipc_fd = spec.ipc_fd;
 
   std::vector<char> stack(256 * 1024);
   const pid_t pid = ::clone(ChildMain, stack.data() + stack.size(), CLONE_NEWPID | SIGCHLD, &plan);

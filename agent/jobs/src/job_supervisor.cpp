@@ -18,6 +18,7 @@
 #include <tern/migrate/subprocess.hpp>
 
 #include "tern/jobs/job_launcher.hpp"
+#include "tern/jobs/unique_fd.hpp"
 
 namespace tern::jobs {
 namespace {
@@ -217,7 +218,13 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
 
   LaunchSpec spec{request.argv, request.uid,        request.gid, request.user,      request.env,
                   record.dir,   options_.init_path, record.id,   options_.node_name};
+  UniqueFd ipc_end(options_.open_ipc_channel ? options_.open_ipc_channel(record.id) : -1);
+  if (ipc_end.valid()) {
+    spec.ipc_fd = ipc_end.get();
+    spec.env["TERN_IPC_FD"] = std::to_string(kJobIpcFd);
+  }
   auto launched = LaunchJob(spec);
+  ipc_end.Reset();
   if (!launched) {
     record.state = JobState::kFailed;
     record.error = launched.error().message;

@@ -66,6 +66,9 @@ class PeerTransport {
   void ConnectTo(std::string host_port);
   void Forget(std::string host_port);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  // Closes the node's link with a logged reason (a peer that broke the protocol); redialling
+  // then brings up a fresh one.
+  void Disconnect(std::uint64_t node_id, std::string reason);
   // The nodes with a link now.
   std::vector<PeerIdentity> Peers() const;
   // The port actually listened on (after Start), e.g. when Options::listen asked for port 0.

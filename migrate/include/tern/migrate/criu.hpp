@@ -41,6 +41,7 @@ struct DumpOptions {
   std::string images;         // directory for the images (created)
   bool leave_stopped = true;  // two-phase: the source copy stays frozen until commit or abort
   std::optional<PageServerTarget> page_server;  // pre-copy: pages stream to the destination
+  std::vector<std::string> external;            // --external, e.g. "unix[INODE]"
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
 
@@ -48,6 +49,10 @@ struct RestoreOptions {
   std::string images;
   std::string pidfile;
   bool lazy_pages = false;    // post-copy: memory arrives through the lazy-pages daemon
+  // The job's IPC channel: its socket as dumped ("socket:[INODE]") and the new agent's fd to
+  // put in its place (PLATFORM.md "A job's channel to its agent").
+  std::string channel_socket;
+  int channel_fd = -1;
   bool leave_stopped = true;  // resumed only on commit
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
@@ -60,7 +65,8 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
 // stopped, writes one byte to fd 9 when the images are complete, and then serves the job's
 // memory on `serve` until the destination has pulled all of it.
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
-                                         const std::string& images, const PageServerTarget& serve);
+                                         const std::string& images, const PageServerTarget& serve,
+                                         const std::vector<std::string>& external = {});
 // Destination side of post-copy: the daemon that fetches pages from the source on demand.
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
                                           const PageServerTarget& source);

@@ -27,6 +27,7 @@ struct JobScan {
   std::vector<OutsideFile> outside;   // files open outside the job directory
   std::uint64_t rss_bytes = 0;
   int processes = 0;
+  std::string channel;  // "socket:[INODE]": the job's IPC channel to its agent (not a blocker)
 };
 
 enum class OpenFileKind { kFine, kInsideJob, kOutsideJob, kTerminal, kSocket, kDevice };
@@ -35,6 +36,12 @@ enum class OpenFileKind { kFine, kInsideJob, kOutsideJob, kTerminal, kSocket, kD
 OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_dir);
 
 JobScan ScanJob(pid_t init_pid, const std::string& job_dir);
+
+// The job's IPC channel as /proc shows it ("socket:[INODE]"), from fd 3 of its init; "" if none.
+// It is dumped as an external socket and re-attached to the new agent at restore.
+std::string JobChannelSocket(pid_t init_pid);
+// "unix[INODE]" for criu dump --external, from "socket:[INODE]".
+std::string ExternalUnixSocket(const std::string& channel);
 
 // At the destination: the files the job holds outside its directory must be there and alike.
 std::vector<std::string> CompareFiles(const std::vector<OutsideFile>& files,

@@ -31,6 +31,7 @@ namespace tern::agent {
 class AgentApi;
 class Cluster;
 class EventBus;
+class IpcService;
 class MigrationDriver;
 
 class Agent {
@@ -52,6 +53,7 @@ class Agent {
   HostLoadSampler sampler_;
   HostLoad last_host_load_;
   std::unique_ptr<EventBus> events_;
+  std::unique_ptr<IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<MigrationDriver> migrations_;

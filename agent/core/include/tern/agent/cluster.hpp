@@ -61,6 +61,15 @@ class Cluster {
   // Told of every membership change (a node turning suspect or dead, or alive again).
   using NodeStateListener = std::function<void(std::uint64_t node_id, balancer::MemberState)>;
   void SetNodeStateListener(NodeStateListener listener) { node_listener_ = std::move(listener); }
+  // IPC frames (FrameType::kIpcRemote) from peers go to `handler`; an error it returns closes
+  // that peer's link with the error as the logged reason. Links up and down are reported too.
+  using IpcFrameHandler = std::function<Expected<void>(std::uint64_t node_id, const std::string&)>;
+  using LinkListener = std::function<void(std::uint64_t node_id, bool up)>;
+  void SetIpcHandlers(IpcFrameHandler frames, LinkListener links) {
+    ipc_frames_ = std::move(frames);
+    link_listener_ = std::move(links);
+  }
+  bool SendIpc(std::uint64_t node_id, std::string payload);
   // Answers every call still waiting on `node_id` with 503 and `reason`.
   void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
 
@@ -105,6 +114,8 @@ class Cluster {
   RequestHandler request_handler_;
   LoadProvider load_provider_;
   NodeStateListener node_listener_;
+  IpcFrameHandler ipc_frames_;
+  LinkListener link_listener_;
   std::uint64_t load_seq_ = 0;
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, PendingCall> pending_;

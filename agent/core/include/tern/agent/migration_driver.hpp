@@ -50,6 +50,15 @@ class MigrationDriver {
   // Where migration events go ("migration" events: started, moved, failed).
   using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
   void SetPublisher(Publisher publisher) { publish_ = std::move(publisher); }
+  // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
+  // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
+  // arrive.
+  struct IpcHooks {
+    std::function<std::string(const std::string& job)> blocker;
+    std::function<int(const std::string& job)> open;
+    std::function<void(const std::string& job)> close;
+  };
+  void SetIpcHooks(IpcHooks hooks) { ipc_ = std::move(hooks); }
   // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
   // point are aborted now, so that the job is not left frozen until TCP gives up.
   void OnNodeState(std::uint64_t node_id, bool alive);
@@ -90,6 +99,7 @@ class MigrationDriver {
   std::unique_ptr<boost::asio::steady_timer> undecided_timer_;
   std::uint16_t next_port_ = 0;
   Publisher publish_;
+  IpcHooks ipc_;
 };
 
 }  // namespace tern::agent

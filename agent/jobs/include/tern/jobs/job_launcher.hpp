@@ -1,7 +1,8 @@
 // LaunchJob: starts a job the way tern runs every job — as the child of tern-init, which is
 // PID 1 of a new PID namespace (so the whole tree can be checkpointed and restored elsewhere
 // without PID clashes), in its own session, as the given user with that user's groups, with
-// cwd, stdout and stderr in the job directory, stdin from /dev/null and no other inherited fd.
+// cwd, stdout and stderr in the job directory, stdin from /dev/null, its IPC channel as fd 3
+// (when given) and no other inherited fd.
 //
 // Contract: on success the returned pid is tern-init's host pid and a child of the caller.
 // Failures before the job runs — the directory, the files, switching user, starting tern-init —
@@ -33,7 +34,11 @@ struct LaunchSpec {
   std::string init_path;  // tern-init
   std::string job_id;
   std::string node;
+  int ipc_fd = -1;  // the job's end of its IPC channel: becomes fd 3 (TERN_IPC_FD) in the job
 };
+
+// The job's IPC channel is always this fd number (docs/ipc.md "The job's channel").
+constexpr int kJobIpcFd = 3;
 
 struct LaunchedJob {
   pid_t pid = 0;

@@ -43,6 +43,9 @@ struct SupervisorOptions {
   std::string node_name;
   std::string init_path;
   std::chrono::milliseconds cancel_grace{5000};
+  // Opens a job's IPC channel before it starts; returns the job's end (closed here after the
+  // launch), or -1 when there is none. Empty: jobs get no channel.
+  std::function<int(const std::string& job_id)> open_ipc_channel;
 };
 
 struct SubmitRequest {

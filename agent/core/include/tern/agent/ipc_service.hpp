@@ -1,0 +1,51 @@
+// IpcService: drives this agent's PortRouter (ipc/port_router.hpp) with real I/O — each job's
+// IPC channel (a Unix stream socket pair; the job's end is its fd 3, TERN_IPC_FD), the IPC
+// frames to and from other agents (FrameType::kIpcRemote over the cluster's authenticated
+// links), the router's timers, and region memory as memfds passed with SCM_RIGHTS.
+//
+// Contract: OpenChannel before a job starts; CloseChannel when it ends or leaves this node (its
+// rights are released and peers notified). A job that breaks the channel protocol (a frame
+// that is not an IPC request, an oversized frame) has its channel closed, with a logged
+// reason; a malformed frame from a peer is logged and reported (the caller closes the link).
+// Rights do not survive an agent restart: a re-adopted job's channel reads end-of-file.
+//
+// Thread-safety: everything runs on the agent's io_context thread.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tern/expected.hpp>
+
+namespace tern::agent {
+
+class IpcService {
+ public:
+  using NodeSender = std::function<bool(std::uint64_t node, std::string payload)>;
+
+  IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node);
+  ~IpcService();
+  IpcService(const IpcService&) = delete;
+  IpcService& operator=(const IpcService&) = delete;
+
+  // A fresh channel for `job`; returns the job's end (the caller owns and closes it), or -1.
+  int OpenChannel(const std::string& job);
+  void CloseChannel(const std::string& job);
+  Expected<void> OnNodeFrame(std::uint64_t from, const std::string& payload);
+  void NodeUp(std::uint64_t node);
+  void NodeDown(std::uint64_t node);
+
+  std::size_t RightCount(const std::string& job) const;
+  std::set<std::string> JobsSharingRegions(const std::string& job) const;
+  void Stop();
+
+ private:
+  class Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tern::agent

@@ -1,0 +1,292 @@
+#include "tern/agent/ipc_service.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <tern/ipc/frame.hpp>
+#include <tern/ipc/port_router.hpp>
+#include <tern/jobs/unique_fd.hpp>
+
+namespace tern::agent {
+namespace {
+
+using jobs::UniqueFd;
+
+// Region memory: one memfd per region, kept while the router holds the region.
+class MemfdRegions : public ipc::RegionStore {
+ public:
+  bool Create(ipc::ObjectId id, std::uint64_t size) override {
+    UniqueFd fd(::memfd_create("tern-region", MFD_CLOEXEC));
+    if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return false;
+    fds_[id] = std::move(fd);
+    return true;
+  }
+  std::optional<std::string> Read(ipc::ObjectId id) override {
+    auto it = fds_.find(id);
+    if (it == fds_.end()) return std::nullopt;
+    const off_t size = ::lseek(it->second.get(), 0, SEEK_END);
+    if (size < 0) return std::nullopt;
+    std::string bytes(static_cast<std::size_t>(size), '\0');
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t got = ::pread(it->second.get(), bytes.data() + done, bytes.size() - done,
+                                  static_cast<off_t>(done));
+      if (got <= 0) return std::nullopt;
+      done += static_cast<std::size_t>(got);
+    }
+    return bytes;
+  }
+  bool Write(ipc::ObjectId id, std::string_view bytes) override {
+    auto it = fds_.find(id);
+    if (it == fds_.end() || ::ftruncate(it->second.get(), static_cast<off_t>(bytes.size())) != 0) {
+      return false;
+    }
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t put = ::pwrite(it->second.get(), bytes.data() + done, bytes.size() - done,
+                                   static_cast<off_t>(done));
+      if (put <= 0) return false;
+      done += static_cast<std::size_t>(put);
+    }
+    return true;
+  }
+  void Destroy(ipc::ObjectId id) override { fds_.erase(id); }
+  int Fd(ipc::ObjectId id) const {
+    auto it = fds_.find(id);
+    return it == fds_.end() ? -1 : it->second.get();
+  }
+
+ private:
+  std::map<ipc::ObjectId, UniqueFd> fds_;
+};
+
+}  // namespace
+
+class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
+ public:
+  Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
+      : io_(io), router_(node_id, regions_), send_(std::move(send)) {}
+
+  struct Channel {
+    explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
+    boost::asio::posix::stream_descriptor socket;
+    ipc::FrameDecoder decoder{ipc::kDefaultMaxPayload};
+    struct Chunk {
+      std::string bytes;
+      int fd = -1;  // sent with the chunk's first byte
+      std::size_t offset = 0;
+    };
+    std::deque<Chunk> out;
+    bool writing = false;
+    bool closed = false;
+  };
+
+  int Open(const std::string& job) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0) {
+      spdlog::error("cannot create an IPC channel for job {}: {}", job, std::strerror(errno));
+      return -1;
+    }
+    // The job's end blocks (libtern expects it to).
+    const int flags = ::fcntl(fds[1], F_GETFL);
+    ::fcntl(fds[1], F_SETFL, flags & ~O_NONBLOCK);
+    Close(job);
+    auto channel = std::make_shared<Channel>(io_, fds[0]);
+    channels_[job] = channel;
+    router_.JobAttached(job);
+    Read(job, channel);
+    return fds[1];
+  }
+
+  void Close(const std::string& job) {
+    auto it = channels_.find(job);
+    if (it == channels_.end()) return;
+    auto channel = it->second;
+    channels_.erase(it);
+    channel->closed = true;
+    boost::system::error_code ignored;
+    channel->socket.close(ignored);
+    router_.JobGone(job);
+    Run();
+  }
+
+  void Read(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    channel->socket.async_wait(
+        boost::asio::posix::descriptor_base::wait_read,
+        [self = shared_from_this(), job, channel](const boost::system::error_code& error) {
+          if (error || channel->closed) return;
+          self->OnReadable(job, channel);
+        });
+  }
+
+  void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    char buffer[65536];
+    for (;;) {
+      const ssize_t got = ::recv(channel->socket.native_handle(), buffer, sizeof buffer, 0);
+      if (got > 0) {
+        if (auto fed = channel->decoder.Feed(std::string_view(buffer, got)); !fed) {
+          spdlog::warn("job {}: closing its IPC channel: {}", job, fed.error().message);
+          return Close(job);
+        }
+        if (static_cast<std::size_t>(got) < sizeof buffer) break;
+        continue;
+      }
+      if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (got < 0 && errno == EINTR) continue;
+      // End of file: the job closed its channel (or ended); its rights go when it ends.
+      spdlog::debug("job {}: IPC channel closed by the job", job);
+      return Close(job);
+    }
+    while (auto frame = channel->decoder.Next()) {
+      if (frame->type != ipc::FrameType::kIpcRequest) {
+        spdlog::warn("job {}: closing its IPC channel: frame type {} is not an IPC request", job,
+                     static_cast<int>(frame->type));
+        return Close(job);
+      }
+      if (auto handled = router_.JobRequest(job, frame->payload); !handled) {
+        spdlog::warn("job {}: closing its IPC channel: {}", job, handled.error().message);
+        return Close(job);
+      }
+    }
+    Run();
+    if (!channel->closed) Read(job, channel);
+  }
+
+  // Carries out what the router asked for.
+  void Run() {
+    auto actions = router_.TakeActions();
+    for (auto& reply : actions.replies) {
+      auto it = channels_.find(reply.job);
+      if (it == channels_.end()) continue;
+      Channel::Chunk chunk;
+      chunk.bytes = ipc::EncodeFrame(ipc::FrameType::kIpcReply, reply.payload);
+      if (reply.region_fd) chunk.fd = regions_.Fd(*reply.region_fd);
+      // Consecutive plain replies share one write.
+      auto& out = it->second->out;
+      if (chunk.fd < 0 && !out.empty() && out.back().fd < 0 && out.back().offset == 0 &&
+          out.back().bytes.size() < 65536) {
+        out.back().bytes += chunk.bytes;
+      } else {
+        out.push_back(std::move(chunk));
+      }
+      Flush(reply.job, it->second);
+    }
+    for (auto& frame : actions.frames) {
+      if (!send_(frame.node, std::move(frame.payload))) {
+        // No link: the router learns it from NodeDown; nothing else to do here.
+        spdlog::debug("IPC frame to node {:016x} dropped: no link", frame.node);
+      }
+    }
+    for (const auto& timer : actions.timers) {
+      auto t = std::make_shared<boost::asio::steady_timer>(io_, timer.after);
+      t->async_wait(
+          [self = shared_from_this(), t, id = timer.id](const boost::system::error_code& error) {
+            if (error || self->stopped_) return;
+            self->router_.Timer(id);
+            self->Run();
+          });
+    }
+  }
+
+  void Flush(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    if (channel->writing || channel->closed) return;
+    const int fd = channel->socket.native_handle();
+    while (!channel->out.empty()) {
+      auto& chunk = channel->out.front();
+      ssize_t put;
+      if (chunk.fd >= 0 && chunk.offset == 0) {
+        iovec iov{chunk.bytes.data(), chunk.bytes.size()};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr message{};
+        message.msg_iov = &iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control;
+        message.msg_controllen = sizeof control;
+        cmsghdr* header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(header), &chunk.fd, sizeof(int));
+        put = ::sendmsg(fd, &message, MSG_NOSIGNAL);
+      } else {
+        put = ::send(fd, chunk.bytes.data() + chunk.offset, chunk.bytes.size() - chunk.offset,
+                     MSG_NOSIGNAL);
+      }
+      if (put < 0 && errno == EINTR) continue;
+      if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        channel->writing = true;
+        channel->socket.async_wait(
+            boost::asio::posix::descriptor_base::wait_write,
+            [self = shared_from_this(), job, channel](const boost::system::error_code& error) {
+              channel->writing = false;
+              if (error || channel->closed) return;
+              self->Flush(job, channel);
+            });
+        return;
+      }
+      if (put < 0) {
+        spdlog::debug("job {}: IPC channel write failed: {}", job, std::strerror(errno));
+        return Close(job);
+      }
+      chunk.offset += static_cast<std::size_t>(put);
+      if (chunk.offset == chunk.bytes.size()) channel->out.pop_front();
+    }
+  }
+
+  boost::asio::io_context& io_;
+  MemfdRegions regions_;
+  ipc::PortRouter router_;
+  NodeSender send_;
+  std::map<std::string, std::shared_ptr<Channel>> channels_;
+  bool stopped_ = false;
+};
+
+IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
+    : impl_(std::make_shared<Impl>(io, node_id, std::move(send))) {}
+
+IpcService::~IpcService() { Stop(); }
+
+int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
+
+void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
+
+Expected<void> IpcService::OnNodeFrame(std::uint64_t from, const std::string& payload) {
+  auto handled = impl_->router_.NodeFrame(from, payload);
+  impl_->Run();
+  return handled;
+}
+
+void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
+
+void IpcService::NodeDown(std::uint64_t node) {
+  impl_->router_.NodeDown(node);
+  impl_->Run();
+}
+
+std::size_t IpcService::RightCount(const std::string& job) const {
+  return impl_->router_.RightCount(job);
+}
+
+std::set<std::string> IpcService::JobsSharingRegions(const std::string& job) const {
+  return impl_->router_.JobsSharingRegions(job);
+}
+
+void IpcService::Stop() {
+  if (!impl_ || impl_->stopped_) return;
+  impl_->stopped_ = true;
+  for (auto& [job, channel] : impl_->channels_) {
+    channel->closed = true;
+    boost::system::error_code ignored;
+    channel->socket.close(ignored);
+  }
+  impl_->channels_.clear();
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,182 @@
+// tern-bench-ipc-tern: the tern path of bench/ipc, two tern jobs talking through libtern.
+//
+//   tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S]
+//       [--count N] [--warmup W] [--queue Q] [--label L]
+//
+// Both ends run as jobs (`tern submit --node nodeK -- tern-bench-ipc-tern ...`); the server
+// serves exactly one run with the same OP, --size, --count and --warmup as its client, and the
+// client prints one JSON line on stdout (read with `tern logs`).
+//
+//   server: port_allocate (stream: queue limit --queue, default 1000, like ZeroMQ's high-water
+//     mark), name_register(NAME), then
+//       pingpong: an RpcServer (one thread, implicit acknowledgements) whose handler echoes the
+//         request: each round trip is one receive and one reply on the send-once reply right;
+//       stream: receive() the --warmup and --count data messages; after each batch the client
+//         sends an end marker carrying a make-send-once reply right, answered at once.
+//   client: name_lookup(NAME) (retried until the server has registered it), then
+//       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
+//       stream: send() with FullPolicy::kWait (nothing is dropped; a full queue blocks the
+//         sender), then the end marker and a receive() of its answer on a port of its own: the
+//         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,
+//         larger ones one out-of-line item (the agents share its buffer instead of copying).
+// Exit status: 0 done, 1 failed, 3 tern IPC is not available here (the reason on stderr).
+#include <atomic>
+#include <string>
+#include <string_view>
+#include <tern/ipc.hpp>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common.hpp"
+
+namespace tern::bench {
+namespace {
+
+constexpr std::string_view kUsage =
+    "tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S] [--count N] "
+    "[--warmup W] [--queue Q] [--label L]";
+constexpr std::uint32_t kDataId = 1;
+constexpr std::uint32_t kEndId = 2;
+constexpr std::size_t kInlineLimit = 64 * 1024;
+constexpr auto kStepTimeout = std::chrono::seconds(60);
+
+template <typename T>
+T Check(IpcResult<T> result, const char* what) {
+  if (!result) {
+    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
+    std::fprintf(stderr, "tern-bench-ipc-tern: %s: %s\n", what, result.error().ToString().c_str());
+    std::exit(status);
+  }
+  return std::move(result).value();
+}
+
+void Check(IpcResult<void> result, const char* what) {
+  if (!result) {
+    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
+    std::fprintf(stderr, "tern-bench-ipc-tern: %s: %s\n", what, result.error().ToString().c_str());
+    std::exit(status);
+  }
+}
+
+void PingPongServer(const Channel& channel, std::uint32_t port) {
+  std::atomic<bool> bye = false;
+  RpcServerOptions server_options;
+  server_options.threads = 1;
+  server_options.ack = RpcAck::kImplicit;
+  RpcServer server(
+      channel, port,
+      [&bye](const RpcRequest& request) {
+        if (request.bytes() == "bye") bye = true;
+        return std::vector<Item>{Item::Bytes(std::string(request.bytes()))};
+      },
+      server_options);
+  const auto deadline = Clock::now() + std::chrono::minutes(10);
+  while (!bye && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // Give the reply to "bye" time to leave before the job's rights go away with it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  server.stop();
+  if (!bye) Die("no \"bye\" from the client within 10 minutes");
+  if (!server.last_error().empty()) {
+    std::fprintf(stderr, "tern-bench-ipc-tern: server: %s\n", server.last_error().c_str());
+  }
+}
+
+void StreamServer(const Channel& channel, const Options& options, std::uint32_t port) {
+  for (const std::uint64_t n : {options.warmup, options.count}) {
+    std::uint64_t received = 0;
+    while (true) {
+      Message message = Check(channel.receive(port, kStepTimeout), "receive");
+      if (message.id == kDataId) {
+        if (FirstBytes(message).size() != options.size) Die("a message of the wrong size arrived");
+        ++received;
+        continue;
+      }
+      if (message.id != kEndId || message.reply == 0) continue;
+      if (received != n) {
+        Die("end marker after " + std::to_string(received) + " of " + std::to_string(n) +
+            " messages");
+      }
+      Message answer = BytesMessage(message.reply, "k");
+      answer.destination_disposition = Disposition::kMoveSendOnce;
+      Check(channel.send(answer), "send the confirmation");
+      break;
+    }
+  }
+}
+
+int Server(const Options& options) {
+  const Channel channel;
+  const std::uint32_t port =
+      Check(channel.port_allocate(options.op == "stream" ? options.queue : 0), "port_allocate");
+  Check(channel.name_register(options.name, port), "name_register");
+  if (options.op == "pingpong") {
+    PingPongServer(channel, port);
+  } else {
+    StreamServer(channel, options, port);
+  }
+  std::printf("{\"role\":\"server\",\"op\":\"%s\",\"done\":true}\n", options.op.c_str());
+  return 0;
+}
+
+std::uint32_t Lookup(const Channel& channel, const std::string& name) {
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (true) {
+    auto port = channel.name_lookup(name);
+    if (port || port.status() != JobStatus::kNotFound || Clock::now() > deadline) {
+      return Check(std::move(port), "name_lookup");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+int Client(const Options& options) {
+  const Channel channel;
+  const std::uint32_t port = Lookup(channel, options.name);
+  const std::string payload(options.size, 'x');
+  if (options.op == "pingpong") {
+    std::vector<double> samples;
+    samples.reserve(options.count);
+    for (std::uint64_t i = 0; i < options.warmup + options.count; ++i) {
+      const auto start = Clock::now();
+      const std::string reply = Check(channel.call(port, payload), "call");
+      if (reply.size() != options.size) Die("a reply of the wrong size arrived");
+      if (i >= options.warmup) samples.push_back(Micros(Clock::now() - start));
+    }
+    CallOptions bye_options;
+    bye_options.timeout = std::chrono::seconds(5);
+    (void)channel.call(port, "bye", bye_options);
+    ReportPingPong(options, "tern", std::move(samples));
+    return 0;
+  }
+  const std::uint32_t confirmations = Check(channel.port_allocate(), "port_allocate");
+  const Message data = options.size <= kInlineLimit
+                           ? MessageBuilder(port).id(kDataId).bytes(payload).build()
+                           : MessageBuilder(port).id(kDataId).out_of_line(payload).build();
+  const Message end = MessageBuilder(port).id(kEndId).reply(confirmations).build();
+  Clock::duration elapsed{};
+  for (const std::uint64_t n : {options.warmup, options.count}) {
+    const auto start = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i)
+      Check(channel.send(data, FullPolicy::kWait, kForever), "send");
+    Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");
+    Check(channel.receive(confirmations, kStepTimeout), "receive the confirmation");
+    elapsed = Clock::now() - start;
+  }
+  ReportStream(options, "tern", elapsed);
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  const Options options = ParseOptions(argc, argv, kUsage);
+  if (options.mode == "server") return Server(options);
+  if (options.mode == "client") return Client(options);
+  Die("unknown mode " + options.mode + "; usage: " + std::string(kUsage));
+}
+
+}  // namespace
+}  // namespace tern::bench
+
+int main(int argc, char** argv) { return tern::bench::Main(argc, argv); }

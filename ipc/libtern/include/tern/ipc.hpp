@@ -1,0 +1,307 @@
+// libtern: the job side of tern IPC (docs/ipc.md). A job talks to its agent over one Unix
+// stream socket whose fd number is in the environment variable TERN_IPC_FD; every operation
+// below is one request on that channel and one reply from the agent.
+//
+// Contract:
+//  - Every operation returns IpcResult<T>: a value, or an IpcError carrying the agent's
+//    JobStatus (e.g. kQueueFull, kTimedOut, kAlreadyMatched) and a one-line message.
+//  - Outside tern (TERN_IPC_FD unset, not a number, or not an open socket) and after the agent
+//    closes the channel, every call fails with JobStatus::kUnavailable and a message saying so
+//    ("not running under tern: TERN_IPC_FD is not set"); nothing crashes or aborts.
+//  - Timeouts are sent to the agent, which enforces them; kForever waits without limit.
+//  - Names (std::uint32_t) are the job's local names of rights; the agent checks each one.
+//
+// Example:
+//   tern::Channel channel;  // the process's channel, from TERN_IPC_FD
+//   auto port = channel.port_allocate();
+//   if (!port) { std::cerr << port.error().ToString() << "\n"; return 1; }
+//   channel.name_register("echo", *port);
+//   auto message = channel.receive(*port, std::chrono::seconds(5));
+//
+// Thread-safety: a Channel is a cheap handle (copies share one connection) and is safe to use
+// from any number of threads at once: each request is written as one frame under a mutex and
+// the replies, which may come out of order, are handed to the thread that asked. RpcServer
+// methods are thread-safe. Region and MessageBuilder are single-owner values.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tern/ipc/job_wire.hpp>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace tern {
+
+using ipc::Disposition;
+using ipc::FullPolicy;
+using ipc::Item;
+using ipc::ItemKind;
+using ipc::JobStatus;
+using ipc::Message;
+using ipc::NotificationKind;
+using ipc::OpResult;
+using ipc::RightType;
+
+// A failed operation: the agent's status, or kUnavailable for a missing/closed channel.
+struct IpcError {
+  JobStatus status = JobStatus::kUnavailable;
+  std::string message;
+
+  // "queue_full: <message>".
+  std::string ToString() const;
+};
+
+// A value or an IpcError, in the shape of tern::Expected (which cannot carry a status).
+template <typename T>
+class [[nodiscard]] IpcResult {
+ public:
+  IpcResult(T value) : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT implicit
+  IpcResult(IpcError error) : state_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
+
+  bool has_value() const { return state_.index() == 0; }
+  explicit operator bool() const { return has_value(); }
+  T& value() & { return std::get<0>(state_); }
+  const T& value() const& { return std::get<0>(state_); }
+  T&& value() && { return std::get<0>(std::move(state_)); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  const IpcError& error() const { return std::get<1>(state_); }
+  // kOk on success, else the error's status.
+  JobStatus status() const { return has_value() ? JobStatus::kOk : error().status; }
+
+ private:
+  std::variant<T, IpcError> state_;
+};
+
+template <>
+class [[nodiscard]] IpcResult<void> {
+ public:
+  IpcResult() = default;
+  IpcResult(IpcError error) : error_(std::move(error)), ok_(false) {}  // NOLINT implicit
+
+  bool has_value() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const IpcError& error() const { return error_; }
+  JobStatus status() const { return ok_ ? JobStatus::kOk : error_.status; }
+
+ private:
+  IpcError error_;
+  bool ok_ = true;
+};
+
+// Timeouts are whole milliseconds; anything of 2^32-1 ms or more means "no limit".
+using Timeout = std::chrono::milliseconds;
+inline constexpr Timeout kForever = Timeout::max();
+
+struct RightInfo {
+  RightType type = RightType::kNone;
+  std::uint32_t refs = 0;
+  std::uint64_t port_home = 0;  // the node id of the object's home
+  std::uint64_t serial = 0;
+};
+
+struct PortStatus {
+  std::uint32_t queued = 0;
+  std::uint32_t limit = 0;
+  std::uint32_t send_refs = 0;
+};
+
+struct LinkEnds {
+  std::uint32_t first = 0;
+  std::uint32_t second = 0;
+};
+
+// A handle of a pending link operation (link_send / link_receive); wait, poll or cancel it.
+using OpHandle = std::uint32_t;
+
+// A shared-memory region mapped MAP_SHARED into this process; unmapped on destruction. Two jobs
+// on one node mapping the same region see the same pages. Move-only.
+class Region {
+ public:
+  Region() = default;
+  Region(void* data, std::size_t size) : data_(data), size_(size) {}
+  Region(Region&& other) noexcept { *this = std::move(other); }
+  Region& operator=(Region&& other) noexcept;
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  ~Region();
+
+  void* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  std::string_view view() const { return {static_cast<const char*>(data_), size_}; }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// Builds a Message fluently:
+//   channel.send(MessageBuilder(port).id(7).bytes("hello").reply(reply_port).build());
+class MessageBuilder {
+ public:
+  explicit MessageBuilder(std::uint32_t destination,
+                          Disposition disposition = Disposition::kCopySend);
+  MessageBuilder& id(std::uint32_t id);
+  // The reply right; by default a send-once right made from a receive right.
+  MessageBuilder& reply(std::uint32_t name, Disposition disposition = Disposition::kMakeSendOnce);
+  MessageBuilder& bytes(std::string data);
+  MessageBuilder& out_of_line(std::string data);
+  MessageBuilder& port(std::uint32_t name, Disposition disposition);
+  MessageBuilder& link_end(std::uint32_t end);  // moves the end
+  MessageBuilder& region(std::uint32_t name, bool move = false);
+  MessageBuilder& item(Item item);
+  Message build() { return std::move(message_); }
+
+ private:
+  Message message_;
+};
+
+// A message to `destination` (a send right, copied) with one bytes item.
+Message BytesMessage(std::uint32_t destination, std::string data, std::uint32_t id = 0);
+// The data of the message's first bytes or out-of-line item; empty if it has none.
+std::string_view FirstBytes(const Message& message);
+// The u32 name carried by a dead-name / no-senders / send-possible notification.
+std::optional<std::uint32_t> NotificationName(const Message& message);
+
+// Per-call options of Channel::call.
+struct CallOptions {
+  Timeout timeout = kForever;  // per attempt: how long to wait for the reply
+  // Attempts: after a timed-out attempt the same request (same client, same sequence) is sent
+  // again; the server answers a repeat from its kept reply and never runs it twice.
+  int attempts = 1;
+};
+
+class Channel {
+ public:
+  // The process's channel (TERN_IPC_FD, opened on first use). All default Channels share it.
+  Channel();
+  // A channel over `fd`, which it takes ownership of (tests; jobs given an fd otherwise).
+  static Channel FromFd(int fd);
+  // Replaces the process's channel for later default-constructed Channels and the C API.
+  static void SetDefault(const Channel& channel);
+
+  // Whether the channel exists and has not been closed (a failing call tells why).
+  bool connected() const;
+
+  // Ports and rights.
+  IpcResult<std::uint32_t> port_allocate(std::uint32_t queue_limit = 0) const;  // 0: default 64
+  IpcResult<std::uint32_t> make_send(std::uint32_t receive_name) const;
+  IpcResult<void> deallocate(std::uint32_t name) const;
+  IpcResult<RightInfo> right_info(std::uint32_t name) const;
+  IpcResult<PortStatus> port_status(std::uint32_t receive_name) const;
+  IpcResult<void> request_notification(std::uint32_t name, NotificationKind kind,
+                                       std::uint32_t notify_port) const;
+
+  // Messages. `timeout` applies to FullPolicy::kWait; `notify_port` to kNotify.
+  IpcResult<void> send(const Message& message, FullPolicy policy = FullPolicy::kFail,
+                       Timeout timeout = Timeout(0), std::uint32_t notify_port = 0) const;
+  // The next message on a receive right. `destination` of the result is `port`; `reply` is this
+  // job's name of the reply right (0: none).
+  IpcResult<Message> receive(std::uint32_t port, Timeout timeout = kForever) const;
+
+  // Names.
+  IpcResult<void> name_register(std::string_view name, std::uint32_t right) const;
+  IpcResult<std::uint32_t> name_lookup(std::string_view name) const;  // a new send right
+  IpcResult<void> name_unregister(std::string_view name) const;
+
+  // Links: operations return at once with a handle.
+  IpcResult<LinkEnds> link_create() const;
+  // `message.destination` is ignored; the message goes to the peer of `end`.
+  IpcResult<OpHandle> link_send(std::uint32_t end, const Message& message) const;
+  IpcResult<OpHandle> link_receive(std::uint32_t end = 0) const;  // 0: any end the job holds
+  IpcResult<OpResult> wait(OpHandle handle, Timeout timeout = kForever) const;
+  IpcResult<std::optional<OpResult>> poll(OpHandle handle) const;  // nullopt: not done yet
+  IpcResult<void> cancel(OpHandle handle) const;                   // kAlreadyMatched once matched
+
+  // Regions.
+  IpcResult<std::uint32_t> region_create(std::uint64_t size) const;
+  IpcResult<Region> region_map(std::uint32_t name) const;
+
+  // RPC (docs/ipc.md "RPC message format"): sends `items` to `port` with a send-once reply
+  // right to this thread's cached reply port and waits for the matching reply, whose items
+  // (without the RPC header) it returns. Acknowledges the reply if the server asks for it.
+  IpcResult<Message> call(std::uint32_t port, std::vector<Item> items,
+                          CallOptions options = {}) const;
+  // The same with one bytes item each way.
+  IpcResult<std::string> call(std::uint32_t port, std::string_view request,
+                              CallOptions options = {}) const;
+
+  // Unique per connection (keys per-thread RPC state).
+  std::uint64_t id() const;
+
+  class Impl;
+
+ private:
+  explicit Channel(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+// RPC server ------------------------------------------------------------------------------
+
+struct RpcRequest {
+  std::uint64_t client = 0;
+  std::uint64_t sequence = 0;
+  Message message;  // the request, its items without the RPC header
+  std::string_view bytes() const { return FirstBytes(message); }
+};
+
+// Returns the reply's items. Rights moved in a reply are sent once: a repeat of the request is
+// answered from the kept items, so keep replies to bytes when requests may be retried.
+using RpcHandler = std::function<std::vector<Item>(const RpcRequest& request)>;
+
+enum class RpcAck {
+  kExplicit,  // the client acknowledges each reply at once; the kept reply is freed then
+  kImplicit,  // the client's next request acknowledges its previous reply (Amoeba)
+};
+
+struct RpcServerOptions {
+  int threads = 1;  // 1: one request at a time; N: up to N handler calls at once
+  RpcAck ack = RpcAck::kExplicit;
+  // How often idle threads look at the stop flag (a receive's timeout).
+  Timeout stop_poll = Timeout(100);
+};
+
+// Serves `port` (a receive right) with `threads` threads, each receiving and calling
+// `handler`. Keeps each client's last reply until acknowledged and answers a repeated
+// (client, sequence) from it without calling the handler again; a repeat that arrives while
+// the original is still running is dropped (the original's reply goes to the same port).
+// stop() (and the destructor) joins the threads; it returns within about stop_poll plus the
+// longest running handler call (so never call it from a handler). Idle threads each ask the
+// agent for a receive every stop_poll. Non-RPC messages on the port are dropped.
+class RpcServer {
+ public:
+  RpcServer(Channel channel, std::uint32_t port, RpcHandler handler, RpcServerOptions options = {});
+  ~RpcServer();
+  RpcServer(const RpcServer&) = delete;
+  RpcServer& operator=(const RpcServer&) = delete;
+
+  void stop();
+  // Replies kept for clients that have not acknowledged them.
+  std::size_t kept_replies() const;
+  // Handler calls made so far.
+  std::uint64_t handled() const;
+  // The last error a serving thread hit (empty if none); serving goes on after errors.
+  std::string last_error() const;
+
+  class State;
+
+ private:
+  std::shared_ptr<State> state_;
+  std::mutex stop_mu_;
+  std::vector<std::jthread> threads_;
+};
+
+}  // namespace tern

@@ -1,0 +1,232 @@
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "channel_impl.hpp"
+
+namespace tern {
+
+namespace libtern {
+
+IpcError Unavailable(std::string message) { return IpcError{JobStatus::kUnavailable, message}; }
+
+std::uint32_t TimeoutMs(Timeout timeout) {
+  if (timeout.count() <= 0) return 0;
+  if (timeout.count() >= static_cast<Timeout::rep>(ipc::kWaitForever)) return ipc::kWaitForever;
+  return static_cast<std::uint32_t>(timeout.count());
+}
+
+}  // namespace libtern
+
+namespace {
+
+using libtern::UniqueFd;
+
+std::atomic<std::uint64_t> next_channel_id{1};
+
+// A job's frames may carry a whole message (kMaxMessageBytes) plus its framing.
+constexpr std::size_t kMaxFramePayload = ipc::kMaxMessageBytes + (1u << 20);
+constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::size_t kMaxFdsPerRead = 8;
+
+std::shared_ptr<Channel::Impl> ImplFromEnvironment() {
+  const char* value = std::getenv("TERN_IPC_FD");
+  if (value == nullptr || *value == '\0') {
+    return std::make_shared<Channel::Impl>("not running under tern: TERN_IPC_FD is not set");
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long fd = std::strtol(value, &end, 10);
+  if (errno != 0 || *end != '\0' || fd < 0 || fd > std::numeric_limits<int>::max()) {
+    return std::make_shared<Channel::Impl>(std::string("not running under tern: TERN_IPC_FD=\"") +
+                                           value + "\" is not a file descriptor number");
+  }
+  struct stat info {};
+  if (::fstat(static_cast<int>(fd), &info) != 0 || !S_ISSOCK(info.st_mode)) {
+    return std::make_shared<Channel::Impl>(std::string("not running under tern: TERN_IPC_FD=") +
+                                           value + " is not an open socket");
+  }
+  return std::make_shared<Channel::Impl>(UniqueFd(static_cast<int>(fd)));
+}
+
+std::mutex default_mu;
+std::shared_ptr<Channel::Impl>& DefaultImpl() {
+  static std::shared_ptr<Channel::Impl> impl;
+  return impl;
+}
+
+}  // namespace
+
+std::string IpcError::ToString() const {
+  return std::string(ipc::JobStatusName(status)) + ": " + message;
+}
+
+Channel::Impl::Impl(UniqueFd fd)
+    : id_(next_channel_id.fetch_add(1)), fd_(std::move(fd)), decoder_(kMaxFramePayload) {}
+
+Channel::Impl::Impl(std::string reason)
+    : id_(next_channel_id.fetch_add(1)), closed_reason_(std::move(reason)) {}
+
+Channel::Impl::~Impl() = default;
+
+bool Channel::Impl::connected() {
+  std::lock_guard lock(mu_);
+  return closed_reason_.empty();
+}
+
+IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::string_view body) {
+  std::unique_lock lock(mu_);
+  if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
+  std::uint32_t request = next_request_++;
+  while (request == 0 || slots_.contains(request)) request = next_request_++;
+  // Filed before the write: the reply may be read by another thread before this one waits.
+  slots_[request].op = op;
+  lock.unlock();
+
+  const std::string frame =
+      ipc::EncodeFrame(ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
+  auto written = WriteFrame(frame);
+
+  lock.lock();
+  if (!written) {
+    slots_.erase(request);
+    CloseLocked(written.error().message);
+    return written.error();
+  }
+  for (;;) {
+    auto it = slots_.find(request);
+    if (it->second.done) {
+      Slot slot = std::move(it->second);
+      slots_.erase(it);
+      if (slot.status != JobStatus::kOk) return IpcError{slot.status, std::move(slot.reply.body)};
+      return std::move(slot.reply);
+    }
+    if (!closed_reason_.empty()) {
+      slots_.erase(it);
+      return libtern::Unavailable(closed_reason_);
+    }
+    if (reader_active_) {
+      cv_.wait(lock);
+      continue;
+    }
+    reader_active_ = true;
+    ReadAndDispatch(lock);
+    reader_active_ = false;
+    // Someone else may be waiting for a reply that has not come yet: let one of them read.
+    cv_.notify_all();
+  }
+}
+
+IpcResult<void> Channel::Impl::WriteFrame(std::string_view frame) {
+  std::lock_guard lock(write_mu_);
+  while (!frame.empty()) {
+    // MSG_NOSIGNAL: a closed channel is an error to report, not a SIGPIPE to die of.
+    const ssize_t n = ::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return libtern::Unavailable(std::string("IPC channel write failed: ") + std::strerror(errno));
+    }
+    frame.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
+  lock.unlock();
+  std::array<char, kReadChunk> buffer;
+  alignas(struct cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * kMaxFdsPerRead)> control;
+  ssize_t n = 0;
+  int read_errno = 0;
+  std::vector<UniqueFd> fds;
+  for (;;) {
+    iovec iov{buffer.data(), buffer.size()};
+    msghdr header{};
+    header.msg_iov = &iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.data();
+    header.msg_controllen = control.size();
+    n = ::recvmsg(fd_.get(), &header, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    read_errno = n < 0 ? errno : 0;
+    if (n >= 0) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+          int received = -1;
+          std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+          fds.emplace_back(received);
+        }
+      }
+    }
+    break;
+  }
+  lock.lock();
+  for (UniqueFd& fd : fds) fds_.push_back(std::move(fd));
+  if (n == 0) return CloseLocked("the agent closed the IPC channel");
+  if (n < 0) {
+    return CloseLocked(std::string("IPC channel read failed: ") + std::strerror(read_errno));
+  }
+  if (auto fed = decoder_.Feed(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
+      !fed) {
+    return CloseLocked("IPC channel broken: " + fed.error().message);
+  }
+  while (auto frame = decoder_.Next()) Dispatch(std::move(*frame));
+  cv_.notify_all();
+}
+
+void Channel::Impl::Dispatch(ipc::Frame frame) {
+  if (frame.type != ipc::FrameType::kIpcReply) return;  // nothing else is meant for a job
+  auto reply = ipc::DecodeJobReply(frame.payload);
+  if (!reply) return CloseLocked("IPC channel broken: " + reply.error().message);
+  auto it = slots_.find(reply->id);
+  UniqueFd fd;
+  if (reply->status == JobStatus::kOk && it != slots_.end() &&
+      it->second.op == ipc::JobOp::kRegionMap && !fds_.empty()) {
+    fd = std::move(fds_.front());
+    fds_.pop_front();
+  }
+  if (it == slots_.end() || it->second.done) return;
+  it->second.done = true;
+  it->second.status = reply->status;
+  it->second.reply.body = std::move(reply->body);
+  it->second.reply.fd = std::move(fd);
+}
+
+void Channel::Impl::CloseLocked(std::string reason) {
+  if (closed_reason_.empty()) closed_reason_ = std::move(reason);
+  cv_.notify_all();
+}
+
+// Channel handle --------------------------------------------------------------------------
+
+Channel::Channel() {
+  std::lock_guard lock(default_mu);
+  auto& impl = DefaultImpl();
+  if (!impl) impl = ImplFromEnvironment();
+  impl_ = impl;
+}
+
+Channel Channel::FromFd(int fd) {
+  if (fd < 0) {
+    return Channel(std::make_shared<Impl>("not running under tern: no IPC channel fd given"));
+  }
+  return Channel(std::make_shared<Impl>(UniqueFd(fd)));
+}
+
+void Channel::SetDefault(const Channel& channel) {
+  std::lock_guard lock(default_mu);
+  DefaultImpl() = channel.impl_;
+}
+
+bool Channel::connected() const { return impl_->connected(); }
+std::uint64_t Channel::id() const { return impl_->id(); }
+
+}  // namespace tern

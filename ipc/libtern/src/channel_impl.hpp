@@ -1,0 +1,80 @@
+// The connection behind tern::Channel: writes request frames and hands each reply to the
+// thread that asked (docs/ipc.md "The job's channel").
+//
+// Readers take turns (leader/follower): a thread waiting for its reply becomes the reader if
+// nobody is reading, reads what arrives, files every reply under its request id, wakes the
+// waiters and gives up the role once its own reply is in, so that the reply of a thread never
+// waits for that thread to read it. fds arriving with SCM_RIGHTS are queued in arrival order
+// and given to the ok replies of region_map requests in that order: the agent attaches each
+// one to the first byte of its reply frame, so an fd always arrives before its frame is whole.
+//
+// Thread-safety: all methods may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <tern/ipc.hpp>
+#include <tern/ipc/frame.hpp>
+#include <unordered_map>
+
+#include "unique_fd.hpp"
+
+namespace tern {
+
+class Channel::Impl {
+ public:
+  struct Reply {
+    std::string body;
+    libtern::UniqueFd fd;  // region_map only
+  };
+
+  // A connection over `fd` (owned).
+  explicit Impl(libtern::UniqueFd fd);
+  // A channel that fails every call with `reason`.
+  explicit Impl(std::string reason);
+  ~Impl();
+
+  // Sends one request and waits for its reply. A non-ok status becomes the IpcError.
+  IpcResult<Reply> Request(ipc::JobOp op, std::string_view body);
+
+  bool connected();
+  std::uint64_t id() const { return id_; }
+
+ private:
+  struct Slot {
+    ipc::JobOp op{};
+    bool done = false;
+    JobStatus status = JobStatus::kOk;
+    Reply reply;
+  };
+
+  IpcResult<void> WriteFrame(std::string_view frame);
+  // Reads once from the socket (mutex not held) and files what arrived (mutex held).
+  void ReadAndDispatch(std::unique_lock<std::mutex>& lock);
+  void Dispatch(ipc::Frame frame);       // mu_ held
+  void CloseLocked(std::string reason);  // mu_ held
+
+  const std::uint64_t id_;
+  libtern::UniqueFd fd_;
+  std::mutex write_mu_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string closed_reason_;  // non-empty: every call fails with it
+  bool reader_active_ = false;
+  std::uint32_t next_request_ = 1;
+  std::unordered_map<std::uint32_t, Slot> slots_;
+  std::deque<libtern::UniqueFd> fds_;  // received, not yet given to a reply
+  ipc::FrameDecoder decoder_;          // used by the reader only
+};
+
+namespace libtern {
+IpcError Unavailable(std::string message);
+std::uint32_t TimeoutMs(Timeout timeout);
+}  // namespace libtern
+
+}  // namespace tern

@@ -1,0 +1,227 @@
+// The IPC operations of tern::Channel: encode the body, send the request, decode the reply.
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "channel_impl.hpp"
+
+namespace tern {
+
+namespace {
+
+using ipc::JobOp;
+using ipc::WireReader;
+using ipc::WireWriter;
+
+IpcError Malformed(JobOp op) {
+  return IpcError{JobStatus::kBadRequest, "malformed reply from the agent to op " +
+                                              std::to_string(static_cast<unsigned>(op))};
+}
+
+// Decodes a reply that is exactly one u32 name.
+IpcResult<std::uint32_t> NameReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto name = reader.U32();
+  if (!name) return Malformed(op);
+  return *name;
+}
+
+IpcResult<void> EmptyReply(IpcResult<Channel::Impl::Reply> reply) {
+  if (!reply) return reply.error();
+  return {};
+}
+
+std::string NameBody(std::uint32_t name) {
+  WireWriter writer;
+  writer.U32(name);
+  return writer.Take();
+}
+
+std::string StringBody(std::string_view text) {
+  WireWriter writer;
+  writer.Bytes(text);
+  return writer.Take();
+}
+
+}  // namespace
+
+IpcResult<std::uint32_t> Channel::port_allocate(std::uint32_t queue_limit) const {
+  return NameReply(impl_->Request(JobOp::kPortAllocate, NameBody(queue_limit)),
+                   JobOp::kPortAllocate);
+}
+
+IpcResult<std::uint32_t> Channel::make_send(std::uint32_t receive_name) const {
+  return NameReply(impl_->Request(JobOp::kMakeSend, NameBody(receive_name)), JobOp::kMakeSend);
+}
+
+IpcResult<void> Channel::deallocate(std::uint32_t name) const {
+  return EmptyReply(impl_->Request(JobOp::kDeallocate, NameBody(name)));
+}
+
+IpcResult<RightInfo> Channel::right_info(std::uint32_t name) const {
+  auto reply = impl_->Request(JobOp::kRightInfo, NameBody(name));
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto type = reader.U8();
+  auto refs = reader.U32();
+  auto home = reader.U64();
+  auto serial = reader.U64();
+  if (!serial) return Malformed(JobOp::kRightInfo);
+  return RightInfo{static_cast<RightType>(*type), *refs, *home, *serial};
+}
+
+IpcResult<PortStatus> Channel::port_status(std::uint32_t receive_name) const {
+  auto reply = impl_->Request(JobOp::kPortStatus, NameBody(receive_name));
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto queued = reader.U32();
+  auto limit = reader.U32();
+  auto send_refs = reader.U32();
+  if (!send_refs) return Malformed(JobOp::kPortStatus);
+  return PortStatus{*queued, *limit, *send_refs};
+}
+
+IpcResult<void> Channel::request_notification(std::uint32_t name, NotificationKind kind,
+                                              std::uint32_t notify_port) const {
+  WireWriter writer;
+  writer.U32(name);
+  writer.U8(static_cast<std::uint8_t>(kind));
+  writer.U32(notify_port);
+  return EmptyReply(impl_->Request(JobOp::kRequestNotification, writer.Take()));
+}
+
+IpcResult<void> Channel::send(const Message& message, FullPolicy policy, Timeout timeout,
+                              std::uint32_t notify_port) const {
+  ipc::SendRequest request;
+  request.message = message;  // items share their data: no bytes are copied
+  request.policy = policy;
+  request.timeout_ms = libtern::TimeoutMs(timeout);
+  request.notify_port = notify_port;
+  return EmptyReply(impl_->Request(JobOp::kSend, ipc::EncodeSendRequest(request)));
+}
+
+IpcResult<Message> Channel::receive(std::uint32_t port, Timeout timeout) const {
+  WireWriter writer;
+  writer.U32(port);
+  writer.U32(libtern::TimeoutMs(timeout));
+  auto reply = impl_->Request(JobOp::kReceive, writer.Take());
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto message = reader.ReadMessage();
+  if (!message) return Malformed(JobOp::kReceive);
+  return std::move(*message);
+}
+
+IpcResult<void> Channel::name_register(std::string_view name, std::uint32_t right) const {
+  WireWriter writer;
+  writer.Bytes(name);
+  writer.U32(right);
+  return EmptyReply(impl_->Request(JobOp::kNameRegister, writer.Take()));
+}
+
+IpcResult<std::uint32_t> Channel::name_lookup(std::string_view name) const {
+  return NameReply(impl_->Request(JobOp::kNameLookup, StringBody(name)), JobOp::kNameLookup);
+}
+
+IpcResult<void> Channel::name_unregister(std::string_view name) const {
+  return EmptyReply(impl_->Request(JobOp::kNameUnregister, StringBody(name)));
+}
+
+IpcResult<LinkEnds> Channel::link_create() const {
+  auto reply = impl_->Request(JobOp::kLinkCreate, {});
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto first = reader.U32();
+  auto second = reader.U32();
+  if (!second) return Malformed(JobOp::kLinkCreate);
+  return LinkEnds{*first, *second};
+}
+
+IpcResult<OpHandle> Channel::link_send(std::uint32_t end, const Message& message) const {
+  WireWriter writer;
+  writer.U32(end);
+  writer.WriteMessage(message);
+  return NameReply(impl_->Request(JobOp::kLinkSend, writer.Take()), JobOp::kLinkSend);
+}
+
+IpcResult<OpHandle> Channel::link_receive(std::uint32_t end) const {
+  return NameReply(impl_->Request(JobOp::kLinkReceive, NameBody(end)), JobOp::kLinkReceive);
+}
+
+IpcResult<OpResult> Channel::wait(OpHandle handle, Timeout timeout) const {
+  WireWriter writer;
+  writer.U32(handle);
+  writer.U32(libtern::TimeoutMs(timeout));
+  auto reply = impl_->Request(JobOp::kOpWait, writer.Take());
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto result = reader.ReadOpResult();
+  if (!result) return Malformed(JobOp::kOpWait);
+  return std::move(*result);
+}
+
+IpcResult<std::optional<OpResult>> Channel::poll(OpHandle handle) const {
+  auto reply = impl_->Request(JobOp::kOpPoll, NameBody(handle));
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto done = reader.U8();
+  if (!done) return Malformed(JobOp::kOpPoll);
+  if (*done == 0) return std::optional<OpResult>();
+  auto result = reader.ReadOpResult();
+  if (!result) return Malformed(JobOp::kOpPoll);
+  return std::optional<OpResult>(std::move(*result));
+}
+
+IpcResult<void> Channel::cancel(OpHandle handle) const {
+  return EmptyReply(impl_->Request(JobOp::kOpCancel, NameBody(handle)));
+}
+
+IpcResult<std::uint32_t> Channel::region_create(std::uint64_t size) const {
+  WireWriter writer;
+  writer.U64(size);
+  return NameReply(impl_->Request(JobOp::kRegionCreate, writer.Take()), JobOp::kRegionCreate);
+}
+
+IpcResult<Region> Channel::region_map(std::uint32_t name) const {
+  auto reply = impl_->Request(JobOp::kRegionMap, NameBody(name));
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto size = reader.U64();
+  if (!size) return Malformed(JobOp::kRegionMap);
+  if (!reply->fd.valid()) {
+    return IpcError{JobStatus::kBadRequest, "the agent's region_map reply carried no fd"};
+  }
+  if (*size == 0) return Region();
+  // Touching pages past the end of the file would SIGBUS the job: check before mapping.
+  struct stat info {};
+  if (::fstat(reply->fd.get(), &info) != 0 || static_cast<std::uint64_t>(info.st_size) < *size) {
+    return IpcError{JobStatus::kBadRequest, "the region's memfd is smaller than its size"};
+  }
+  void* data = ::mmap(nullptr, *size, PROT_READ | PROT_WRITE, MAP_SHARED, reply->fd.get(), 0);
+  if (data == MAP_FAILED) {
+    return IpcError{JobStatus::kTooLarge,
+                    std::string("mmap of the region failed: ") + std::strerror(errno)};
+  }
+  // The mapping keeps the memfd alive; the fd itself closes with the reply.
+  return Region(data, static_cast<std::size_t>(*size));
+}
+
+// Region ------------------------------------------------------------------------------------
+
+Region& Region::operator=(Region&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+Region::~Region() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+}  // namespace tern

@@ -1,0 +1,39 @@
+// The RPC message format of libtern (docs/ipc.md "RPC message format"): the header that every
+// request, reply and acknowledgement carries as its first item.
+//
+//   item 0, bytes, 18 bytes: [u8 version = 1][u8 flags][u64 client id][u64 sequence]  (BE)
+//
+// Message ids tell the three kinds apart. The caller's items follow the header.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <tern/ipc.hpp>
+
+namespace tern::libtern {
+
+inline constexpr std::uint32_t kRpcRequestId = 0x7e010001;
+inline constexpr std::uint32_t kRpcReplyId = 0x7e010002;
+inline constexpr std::uint32_t kRpcAckId = 0x7e010003;
+
+inline constexpr std::uint8_t kRpcVersion = 1;
+inline constexpr std::size_t kRpcHeaderSize = 18;
+
+// Reply flags.
+inline constexpr std::uint8_t kRpcAckWanted = 1;      // send an ack now (ack=explicit)
+inline constexpr std::uint8_t kRpcHandlerFailed = 2;  // item 1: the failure's text
+
+struct RpcHeader {
+  std::uint8_t flags = 0;
+  std::uint64_t client = 0;
+  std::uint64_t sequence = 0;
+};
+
+Item EncodeRpcHeader(const RpcHeader& header);
+// The header of an RPC message (request, reply or ack); nullopt if it has none.
+std::optional<RpcHeader> DecodeRpcHeader(const Message& message);
+bool IsRpcMessage(const Message& message);
+
+}  // namespace tern::libtern

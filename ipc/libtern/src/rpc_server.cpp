@@ -1,0 +1,196 @@
+// RpcServer: the server half of libtern's RPC (docs/ipc.md "RPC (libtern)").
+#include <exception>
+#include <mutex>
+#include <unordered_map>
+
+#include "rpc_format.hpp"
+
+namespace tern {
+
+namespace {
+using libtern::RpcHeader;
+}  // namespace
+
+class RpcServer::State {
+ public:
+  State(Channel channel, std::uint32_t port, RpcHandler handler, RpcServerOptions options)
+      : channel_(std::move(channel)),
+        port_(port),
+        handler_(std::move(handler)),
+        options_(options) {}
+
+  void Serve(const std::stop_token& stop);
+  std::size_t kept_replies() const;
+  std::uint64_t handled() const { return handled_.load(); }
+  std::string last_error() const {
+    std::lock_guard lock(mu_);
+    return last_error_;
+  }
+
+ private:
+  // The last request of one client: running (done == false) or answered and kept.
+  struct Kept {
+    std::uint64_t sequence = 0;
+    bool done = false;
+    std::uint8_t flags = 0;
+    std::vector<Item> items;
+  };
+
+  void Handle(Message message, const RpcHeader& header);
+  void Reply(std::uint32_t reply_right, const RpcHeader& header, std::vector<Item> items);
+  void Drop(std::uint32_t reply_right);
+  void NoteError(std::string text);
+
+  const Channel channel_;
+  const std::uint32_t port_;
+  const RpcHandler handler_;
+  const RpcServerOptions options_;
+  std::atomic<std::uint64_t> handled_{0};
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::uint64_t, Kept> kept_;  // by client id
+  std::string last_error_;
+};
+
+void RpcServer::State::Serve(const std::stop_token& stop) {
+  while (!stop.stop_requested()) {
+    auto message = channel_.receive(port_, options_.stop_poll);
+    if (!message) {
+      if (message.status() == JobStatus::kTimedOut) continue;
+      NoteError(message.error().ToString());
+      // The port or the channel is gone: nothing more will arrive.
+      if (message.status() == JobStatus::kUnavailable ||
+          message.status() == JobStatus::kInvalidName || message.status() == JobStatus::kDeadName) {
+        return;
+      }
+      continue;
+    }
+    auto header = libtern::DecodeRpcHeader(*message);
+    if (!header) {
+      Drop(message->reply);
+      continue;
+    }
+    if (message->id == libtern::kRpcAckId) {
+      std::lock_guard lock(mu_);
+      auto it = kept_.find(header->client);
+      if (it != kept_.end() && it->second.done && it->second.sequence == header->sequence) {
+        kept_.erase(it);
+      }
+      continue;
+    }
+    if (message->id != libtern::kRpcRequestId) {
+      Drop(message->reply);
+      continue;
+    }
+    Handle(std::move(*message), *header);
+  }
+}
+
+void RpcServer::State::Handle(Message message, const RpcHeader& header) {
+  const std::uint32_t reply_right = message.reply;
+  {
+    std::unique_lock lock(mu_);
+    auto it = kept_.find(header.client);
+    if (it != kept_.end() && it->second.sequence >= header.sequence) {
+      if (it->second.sequence == header.sequence && it->second.done) {
+        // A repeat of an answered request: the kept reply, not a second execution.
+        RpcHeader reply_header{it->second.flags, header.client, header.sequence};
+        std::vector<Item> items = it->second.items;  // items share their data
+        lock.unlock();
+        Reply(reply_right, reply_header, std::move(items));
+        return;
+      }
+      // A repeat of a request still running (its reply goes to the same reply port), or an
+      // older request than one already seen: neither gets an answer.
+      lock.unlock();
+      Drop(reply_right);
+      return;
+    }
+    // A newer request acknowledges the client's previous reply.
+    Kept& entry = kept_[header.client];
+    entry = Kept{header.sequence, false, 0, {}};
+  }
+
+  RpcRequest request;
+  request.client = header.client;
+  request.sequence = header.sequence;
+  request.message = std::move(message);
+  request.message.items.erase(request.message.items.begin());
+  std::uint8_t flags = options_.ack == RpcAck::kExplicit ? libtern::kRpcAckWanted : 0;
+  std::vector<Item> items;
+  handled_.fetch_add(1);
+  try {
+    items = handler_(request);
+  } catch (const std::exception& error) {
+    flags |= libtern::kRpcHandlerFailed;
+    items = {Item::Bytes(error.what())};
+  }
+
+  {
+    std::lock_guard lock(mu_);
+    auto it = kept_.find(header.client);
+    // The client may have moved on (a newer request) while this one ran: keep only the newest.
+    if (it != kept_.end() && it->second.sequence == header.sequence) {
+      it->second.done = true;
+      it->second.flags = flags;
+      it->second.items = items;
+    }
+  }
+  Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
+}
+
+void RpcServer::State::Reply(std::uint32_t reply_right, const RpcHeader& header,
+                             std::vector<Item> items) {
+  if (reply_right == 0) return;
+  Message reply;
+  reply.destination = reply_right;
+  reply.destination_disposition = Disposition::kMoveSendOnce;
+  reply.id = libtern::kRpcReplyId;
+  reply.items.reserve(items.size() + 1);
+  reply.items.push_back(libtern::EncodeRpcHeader(header));
+  for (Item& item : items) reply.items.push_back(std::move(item));
+  // The reply port belongs to one client thread waiting for exactly this: never block on it.
+  if (auto sent = channel_.send(reply, FullPolicy::kFail); !sent) {
+    NoteError("reply to client " + std::to_string(header.client) + ": " + sent.error().ToString());
+  }
+}
+
+void RpcServer::State::Drop(std::uint32_t reply_right) {
+  if (reply_right != 0) (void)channel_.deallocate(reply_right);
+}
+
+void RpcServer::State::NoteError(std::string text) {
+  std::lock_guard lock(mu_);
+  last_error_ = std::move(text);
+}
+
+std::size_t RpcServer::State::kept_replies() const {
+  std::lock_guard lock(mu_);
+  std::size_t count = 0;
+  for (const auto& [client, entry] : kept_) count += entry.done ? 1 : 0;
+  return count;
+}
+
+RpcServer::RpcServer(Channel channel, std::uint32_t port, RpcHandler handler,
+                     RpcServerOptions options)
+    : state_(std::make_shared<State>(std::move(channel), port, std::move(handler), options)) {
+  const int threads = options.threads < 1 ? 1 : options.threads;
+  threads_.reserve(static_cast<std::size_t>(threads));
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([state = state_](const std::stop_token& stop) { state->Serve(stop); });
+  }
+}
+
+RpcServer::~RpcServer() { stop(); }
+
+void RpcServer::stop() {
+  std::lock_guard lock(stop_mu_);
+  for (auto& thread : threads_) thread.request_stop();
+  threads_.clear();  // joins
+}
+
+std::size_t RpcServer::kept_replies() const { return state_->kept_replies(); }
+std::uint64_t RpcServer::handled() const { return state_->handled(); }
+std::string RpcServer::last_error() const { return state_->last_error(); }
+
+}  // namespace tern

@@ -1,0 +1,319 @@
+#include "fake_agent.hpp"
+
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <stdexcept>
+#include <tern/ipc/frame.hpp>
+
+namespace tern::testing {
+
+using ipc::JobOp;
+using ipc::JobStatus;
+using ipc::WireReader;
+using ipc::WireWriter;
+
+namespace {
+
+FakeAgent::Answer Ok(std::string body = {}) { return {JobStatus::kOk, std::move(body)}; }
+FakeAgent::Answer Err(JobStatus status, std::string text) { return {status, std::move(text)}; }
+std::string U32Body(std::uint32_t v) {
+  WireWriter writer;
+  writer.U32(v);
+  return writer.Take();
+}
+
+}  // namespace
+
+FakeAgent::FakeAgent() {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    throw std::runtime_error("socketpair failed");
+  }
+  agent_fd_ = fds[0];
+  job_fd_ = fds[1];
+  thread_ = std::thread([this] { Serve(); });
+}
+
+FakeAgent::~FakeAgent() {
+  stop_ = true;
+  thread_.join();
+  if (agent_fd_ >= 0) ::close(agent_fd_);
+  if (job_fd_ >= 0) ::close(job_fd_);
+  for (auto& [id, fd] : regions_) ::close(fd);
+}
+
+int FakeAgent::TakeJobFd() { return std::exchange(job_fd_, -1); }
+
+void FakeAgent::set_script(Script script) {
+  std::lock_guard lock(mu_);
+  script_ = std::move(script);
+}
+
+void FakeAgent::set_drop(Drop drop) {
+  std::lock_guard lock(mu_);
+  drop_ = std::move(drop);
+}
+
+void FakeAgent::Close() {
+  std::lock_guard lock(write_mu_);
+  ::shutdown(agent_fd_, SHUT_RDWR);
+}
+
+int FakeAgent::sent_with_id(std::uint32_t id) {
+  std::lock_guard lock(mu_);
+  return sent_ids_[id];
+}
+
+void FakeAgent::Reply(std::uint32_t request_id, const Answer& answer) { Send(request_id, answer); }
+
+void FakeAgent::Send(std::uint32_t request_id, const Answer& answer) {
+  const std::string frame = ipc::EncodeFrame(
+      ipc::FrameType::kIpcReply, ipc::EncodeJobReply(request_id, answer.status, answer.body));
+  std::lock_guard lock(write_mu_);
+  std::size_t offset = 0;
+  while (offset < frame.size()) {
+    iovec iov{const_cast<char*>(frame.data() + offset), frame.size() - offset};
+    msghdr header{};
+    header.msg_iov = &iov;
+    header.msg_iovlen = 1;
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
+    if (offset == 0 && answer.fd >= 0) {  // the fd rides on the frame's first byte
+      header.msg_control = control.data();
+      header.msg_controllen = control.size();
+      cmsghdr* c = CMSG_FIRSTHDR(&header);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(c), &answer.fd, sizeof(int));
+    }
+    const ssize_t n = ::sendmsg(agent_fd_, &header, MSG_NOSIGNAL);
+    if (n <= 0) return;  // closed: the job is gone
+    offset += static_cast<std::size_t>(n);
+  }
+}
+
+void FakeAgent::Serve() {
+  ipc::FrameDecoder decoder(ipc::kMaxMessageBytes);
+  std::array<char, 65536> buffer;
+  while (!stop_) {
+    pollfd p{agent_fd_, POLLIN, 0};
+    const int ready = ::poll(&p, 1, 5);
+    if (ready > 0) {
+      const ssize_t n = ::read(agent_fd_, buffer.data(), buffer.size());
+      if (n <= 0) return;
+      if (!decoder.Feed(std::string_view(buffer.data(), static_cast<std::size_t>(n)))) return;
+      while (auto frame = decoder.Next()) {
+        if (frame->type != ipc::FrameType::kIpcRequest) continue;
+        auto request = ipc::DecodeJobRequest(frame->payload);
+        if (request) Handle(*request);
+      }
+    }
+    std::lock_guard lock(mu_);
+    Expire();
+  }
+}
+
+void FakeAgent::Handle(const ipc::JobRequest& request) {
+  Script script;
+  {
+    std::lock_guard lock(mu_);
+    script = script_;
+  }
+  if (script) {
+    if (auto answer = script(request)) {
+      if (!answer->hold) Send(request.id, *answer);
+      return;
+    }
+  }
+  std::optional<Answer> answer;
+  {
+    std::lock_guard lock(mu_);
+    answer = Model(request);
+  }
+  if (answer) Send(request.id, *answer);
+}
+
+std::uint32_t FakeAgent::NewName(Right right) {
+  const std::uint32_t name = next_name_++;
+  names_[name] = right;
+  return name;
+}
+
+std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request) {
+  WireReader reader(request.body);
+  auto port_of = [&](std::uint32_t name, bool receive) -> std::optional<std::uint64_t> {
+    auto it = names_.find(name);
+    if (it == names_.end()) return std::nullopt;
+    if (receive && it->second.kind != Right::kReceive) return std::nullopt;
+    if (it->second.kind == Right::kRegion) return std::nullopt;
+    return it->second.object;
+  };
+  switch (request.op) {
+    case JobOp::kPortAllocate: {
+      auto limit = reader.U32();
+      const std::uint64_t id = next_object_++;
+      ports_[id].limit = limit && *limit ? *limit : ipc::kDefaultQueueLimit;
+      return Ok(U32Body(NewName({Right::kReceive, id})));
+    }
+    case JobOp::kMakeSend: {
+      auto port = port_of(reader.U32().value_or(0), true);
+      if (!port) return Err(JobStatus::kInvalidName, "not a receive right");
+      for (auto& [name, right] : names_) {
+        if (right.kind == Right::kSend && right.object == *port) return Ok(U32Body(name));
+      }
+      return Ok(U32Body(NewName({Right::kSend, *port})));
+    }
+    case JobOp::kDeallocate: {
+      if (names_.erase(reader.U32().value_or(0)) == 0) {
+        return Err(JobStatus::kInvalidName, "no such name");
+      }
+      return Ok();
+    }
+    case JobOp::kPortStatus: {
+      auto port = port_of(reader.U32().value_or(0), true);
+      if (!port) return Err(JobStatus::kInvalidName, "not a receive right");
+      WireWriter writer;
+      writer.U32(static_cast<std::uint32_t>(ports_[*port].queue.size()));
+      writer.U32(ports_[*port].limit);
+      writer.U32(0);
+      return Ok(writer.Take());
+    }
+    case JobOp::kSend: {
+      auto send = ipc::DecodeSendRequest(request.body);
+      if (!send) return Err(JobStatus::kBadRequest, "malformed send");
+      const JobStatus status = Enqueue(*send);
+      if (status != JobStatus::kOk) return Err(status, "send refused");
+      return Ok();
+    }
+    case JobOp::kReceive: {
+      auto name = reader.U32();
+      auto timeout = reader.U32();
+      auto port = port_of(name.value_or(0), true);
+      if (!port || !timeout) return Err(JobStatus::kInvalidName, "not a receive right");
+      const auto deadline =
+          *timeout == ipc::kWaitForever
+              ? std::chrono::steady_clock::time_point::max()
+              : std::chrono::steady_clock::now() + std::chrono::milliseconds(*timeout);
+      receivers_.push_back({request.id, *port, deadline});
+      Deliver(*port);
+      return std::nullopt;
+    }
+    case JobOp::kNameRegister: {
+      auto text = reader.Bytes();
+      auto port = port_of(reader.U32().value_or(0), false);
+      if (!text || !port) return Err(JobStatus::kInvalidName, "bad register");
+      if (!registry_.emplace(*text, *port).second) return Err(JobStatus::kExists, "taken");
+      return Ok();
+    }
+    case JobOp::kNameLookup: {
+      auto text = reader.Bytes();
+      auto it = registry_.find(text.value_or(""));
+      if (it == registry_.end()) return Err(JobStatus::kNotFound, "no such name");
+      return Ok(U32Body(NewName({Right::kSend, it->second})));
+    }
+    case JobOp::kRegionCreate: {
+      auto size = reader.U64();
+      const int fd = ::memfd_create("fake-region", MFD_CLOEXEC);
+      if (!size || fd < 0 || ::ftruncate(fd, static_cast<off_t>(*size)) != 0) {
+        return Err(JobStatus::kBadRequest, "region_create failed");
+      }
+      const std::uint64_t id = next_object_++;
+      regions_[id] = fd;
+      return Ok(U32Body(NewName({Right::kRegion, id})));
+    }
+    case JobOp::kRegionMap: {
+      auto it = names_.find(reader.U32().value_or(0));
+      if (it == names_.end() || it->second.kind != Right::kRegion) {
+        return Err(JobStatus::kInvalidName, "not a region");
+      }
+      const int fd = regions_[it->second.object];
+      struct stat info {};
+      ::fstat(fd, &info);
+      WireWriter writer;
+      writer.U64(static_cast<std::uint64_t>(info.st_size));
+      Answer answer = Ok(writer.Take());
+      answer.fd = fd;
+      return answer;
+    }
+    default:
+      return Err(JobStatus::kBadRequest, "the fake agent does not model this op");
+  }
+}
+
+JobStatus FakeAgent::Enqueue(const ipc::SendRequest& request) {
+  ipc::Message message = request.message;
+  auto dest = names_.find(message.destination);
+  if (dest == names_.end() || dest->second.kind == Right::kRegion) return JobStatus::kInvalidName;
+  const std::uint64_t port_id = dest->second.object;
+  if (!ports_.contains(port_id)) return JobStatus::kDeadName;
+  Port& port = ports_[port_id];
+  if (port.queue.size() >= port.limit) {
+    return request.policy == ipc::FullPolicy::kWait ? JobStatus::kTimedOut : JobStatus::kQueueFull;
+  }
+  if (message.destination_disposition == ipc::Disposition::kMoveSendOnce) {
+    names_.erase(dest);
+  }
+  // The receiver is this same job: it gets a new name for the reply right.
+  if (message.reply != 0) {
+    auto reply = names_.find(message.reply);
+    if (reply == names_.end()) return JobStatus::kInvalidName;
+    const std::uint64_t reply_port = reply->second.object;
+    switch (message.reply_disposition) {
+      case ipc::Disposition::kMakeSendOnce:
+        message.reply = NewName({Right::kSendOnce, reply_port});
+        break;
+      case ipc::Disposition::kMakeSend:
+      case ipc::Disposition::kCopySend:
+        message.reply = NewName({Right::kSend, reply_port});
+        break;
+      default:
+        break;
+    }
+  }
+  message.destination = 0;  // set to the receive name on delivery
+  ++sent_ids_[message.id];
+  if (drop_ && drop_(message)) return JobStatus::kOk;
+  port.queue.push_back(std::move(message));
+  Deliver(port_id);
+  return JobStatus::kOk;
+}
+
+void FakeAgent::Deliver(std::uint64_t port_id) {
+  Port& port = ports_[port_id];
+  while (!port.queue.empty()) {
+    auto it = std::find_if(receivers_.begin(), receivers_.end(),
+                           [&](const Receiver& r) { return r.port == port_id; });
+    if (it == receivers_.end()) return;
+    ipc::Message message = std::move(port.queue.front());
+    port.queue.pop_front();
+    for (auto& [name, right] : names_) {
+      if (right.kind == Right::kReceive && right.object == port_id) message.destination = name;
+    }
+    WireWriter writer;
+    writer.WriteMessage(message);
+    const std::uint32_t request = it->request;
+    receivers_.erase(it);
+    Send(request, Ok(writer.Take()));
+  }
+}
+
+void FakeAgent::Expire() {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = receivers_.begin(); it != receivers_.end();) {
+    if (it->deadline <= now) {
+      Send(it->request, Err(JobStatus::kTimedOut, "receive timed out"));
+      it = receivers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace tern::testing

@@ -1,0 +1,105 @@
+// A scripted stand-in for the agent's side of a job's IPC channel, for libtern's tests.
+//
+// It holds one end of a socketpair (the other is job_fd(), for Channel::FromFd) and serves
+// the channel from its own thread with a tiny model of one job's rights: ports with bounded
+// FIFO queues, receive / send / send-once names, receives that wait with a timeout, names and
+// memfd regions. Tests steer it with hooks: `script` may answer (or hold) any request before
+// the model does, and `drop` may lose any message a send would queue.
+//
+// Limits: one job only; a send to a full queue with FullPolicy::kWait fails with kTimedOut at
+// once; link operations exist only through `script`.
+//
+// Thread-safety: hooks and counters may be set and read from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tern/ipc/job_wire.hpp>
+#include <thread>
+#include <vector>
+
+namespace tern::testing {
+
+class FakeAgent {
+ public:
+  struct Answer {
+    ipc::JobStatus status = ipc::JobStatus::kOk;
+    std::string body;   // the reply body, or the error text
+    int fd = -1;        // passed with SCM_RIGHTS (not owned)
+    bool hold = false;  // no reply now: the test answers later with Reply()
+  };
+  // Returns an answer to send now, or nullopt to let the model handle the request.
+  using Script = std::function<std::optional<Answer>(const ipc::JobRequest&)>;
+  // Returns true to lose the message instead of queueing it (the send still succeeds).
+  using Drop = std::function<bool(const ipc::Message&)>;
+
+  FakeAgent();
+  ~FakeAgent();
+  FakeAgent(const FakeAgent&) = delete;
+  FakeAgent& operator=(const FakeAgent&) = delete;
+
+  // The job's end; the caller takes ownership (once).
+  int TakeJobFd();
+
+  void set_script(Script script);
+  void set_drop(Drop drop);
+  // Answers a request the script held.
+  void Reply(std::uint32_t request_id, const Answer& answer);
+  // Closes the agent's end: the job sees the channel closed.
+  void Close();
+
+  // Messages sent so far with this message id (e.g. RPC acks).
+  int sent_with_id(std::uint32_t id);
+
+ private:
+  struct Right {
+    enum Kind { kReceive, kSend, kSendOnce, kRegion } kind;
+    std::uint64_t object = 0;
+  };
+  struct Port {
+    std::deque<ipc::Message> queue;
+    std::uint32_t limit = ipc::kDefaultQueueLimit;
+  };
+  struct Receiver {
+    std::uint32_t request = 0;
+    std::uint64_t port = 0;
+    std::chrono::steady_clock::time_point deadline;
+  };
+
+  void Serve();
+  void Handle(const ipc::JobRequest& request);
+  // The model's answer (mu_ held); nullopt: a receive now waiting.
+  std::optional<Answer> Model(const ipc::JobRequest& request);
+  // Queues a sent message (mu_ held); the status to answer the send with.
+  ipc::JobStatus Enqueue(const ipc::SendRequest& request);
+  void Deliver(std::uint64_t port);  // mu_ held
+  void Expire();                     // mu_ held
+  std::uint32_t NewName(Right right);
+  void Send(std::uint32_t request_id, const Answer& answer);
+
+  int agent_fd_ = -1;
+  int job_fd_ = -1;
+  std::mutex mu_;        // the model and hooks
+  std::mutex write_mu_;  // one frame per write
+  Script script_;
+  Drop drop_;
+  std::map<std::uint32_t, Right> names_;
+  std::map<std::uint64_t, Port> ports_;
+  std::map<std::uint64_t, int> regions_;  // memfds
+  std::map<std::string, std::uint64_t> registry_;
+  std::deque<Receiver> receivers_;
+  std::map<std::uint32_t, int> sent_ids_;
+  std::uint32_t next_name_ = 100;
+  std::uint64_t next_object_ = 1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace tern::testing
