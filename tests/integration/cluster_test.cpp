@@ -726,8 +726,7 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
 TEST_F(ClusterTest, MigrationsAndJobChangesAreEmittedAsEvents) {
   // Follow node1's event stream while a job starts there, moves away and is cancelled.
   const std::string log = "/tmp/tern-it-events-" + std::to_string(getpid()) + ".jsonl";
-  const pid_t follower =
-      Spawn({Script(), "exec", "node1", "tern", "events", "-o", "json"}, log);
+  const pid_t follower = Spawn({Script(), "exec", "node1", "tern", "events", "-o", "json"}, log);
   ASSERT_GT(follower, 0);
   std::this_thread::sleep_for(500ms);
   const auto id = Submit("node1", {"sleep", "600"});
@@ -878,8 +877,9 @@ void KillAgentDuringMigrations(const std::string& id, const std::string& marker,
 TEST_F(ClusterTest, LinkCutDuringAMigrationLeavesExactlyOneJob) {
   const std::string marker = "tern-link-cut-" + std::to_string(getpid());
   // 200 MiB of dirty memory, so that a pre-copy dump streams long enough to be cut mid-way.
-  const std::string script = std::string("x = bytearray(200 << 20)\n"
-                                         "for j in range(0, len(x), 4096): x[j] = 1\n") +
+  const std::string script = std::string(
+                                 "x = bytearray(200 << 20)\n"
+                                 "for j in range(0, len(x), 4096): x[j] = 1\n") +
                              kCounterScript;
   const auto id = Submit("node1", {"python3", "-c", script, marker});
   ASSERT_FALSE(id.empty());
@@ -966,6 +966,121 @@ TEST_F(ClusterTest, StoppedAgentBecomesSuspectThenDead) {
   auto nodes = NodesSeenBy("node2");
   ASSERT_TRUE(nodes);
   EXPECT_EQ(NodeState(*nodes, "node1"), "alive") << nodes->dump();
+}
+
+// ---- IPC (docs/ipc.md): jobs on different nodes talking through their agents -------------
+
+namespace {
+
+// Runs to the end and returns its stdout, checking that it exited 0.
+std::string FinishedOutput(const std::string& id, std::chrono::milliseconds timeout = 60s) {
+  auto status = WaitState("node1", id, "exited", timeout);
+  EXPECT_TRUE(status && status->value("exit_code", -1) == 0)
+      << id << ": " << Describe(status) << "\nstdout: " << JobLogs("node1", id).value_or("")
+      << "\nstderr: " << JobLogs("node1", id, true).value_or("");
+  return JobLogs("node1", id).value_or("");
+}
+
+}  // namespace
+
+TEST_F(ClusterTest, IpcExamplesRunAcrossNodes) {
+  const std::string bin = kBinDir + "/";
+  const auto server =
+      Submit("node1", {bin + "tern-example-pingpong", "server", "--name", "itpp"}, "node2");
+  const auto client =
+      Submit("node1", {bin + "tern-example-pingpong", "client", "--name", "itpp", "--count", "200"},
+             "node3");
+  EXPECT_NE(FinishedOutput(client).find("median round trip"), std::string::npos);
+  FinishedOutput(server);
+
+  const auto rpc = Submit("node1",
+                          {bin + "tern-example-rpc-server", "--name", "itsum", "--threads", "4",
+                           "--ack", "explicit", "--requests", "200"},
+                          "node2");
+  const auto c1 = Submit(
+      "node1",
+      {bin + "tern-example-rpc-client", "--name", "itsum", "--threads", "2", "--calls", "50"},
+      "node1");
+  const auto c2 = Submit(
+      "node1",
+      {bin + "tern-example-rpc-client", "--name", "itsum", "--threads", "2", "--calls", "50"},
+      "node3");
+  EXPECT_NE(FinishedOutput(c1).find("100 calls ok, 0 failed"), std::string::npos);
+  EXPECT_NE(FinishedOutput(c2).find("100 calls ok, 0 failed"), std::string::npos);
+  EXPECT_NE(FinishedOutput(rpc).find("0 replies still kept"), std::string::npos);
+
+  const auto semaphore = Submit(
+      "node1", {bin + "tern-example-semaphore", "--slots", "3", "--workers", "6", "--rounds", "3"},
+      "node2");
+  EXPECT_NE(FinishedOutput(semaphore).find("at most 3 holders"), std::string::npos);
+
+  const auto b =
+      Submit("node1", {bin + "tern-example-link-handoff", "b", "--name", "itho"}, "node3");
+  const auto a = Submit(
+      "node1", {bin + "tern-example-link-handoff", "a", "--name", "itho", "--count", "5"}, "node2");
+  EXPECT_NE(FinishedOutput(a).find("5 exchanges on the link"), std::string::npos);
+  FinishedOutput(b);
+}
+
+TEST_F(ClusterTest, IpcAJobCannotUseANameItWasNeverGiven) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto owner = Submit("node1", {probe, "owner", "itown"}, "node2");
+  const auto forger = Submit("node1", {probe, "forger", "itown"}, "node3");
+  EXPECT_NE(FinishedOutput(forger).find("refused 64 of 64"), std::string::npos);
+  EXPECT_NE(FinishedOutput(owner).find("first=legit queued_after=0"), std::string::npos)
+      << "a forged send must never reach the port";
+}
+
+TEST_F(ClusterTest, IpcFullQueueFailsWaitsOrNotifies) {
+  const auto id = Submit("node1", {kBinDir + "/tern-ipc-probe", "queue"}, "node2");
+  const auto out = FinishedOutput(id);
+  EXPECT_NE(out.find("fail: queue_full"), std::string::npos) << out;
+  EXPECT_NE(out.find("wait 200ms: timed_out"), std::string::npos) << out;
+  EXPECT_NE(out.find("notify: queue_full"), std::string::npos) << out;
+  EXPECT_NE(out.find("wait 10s: ok"), std::string::npos) << out;
+  EXPECT_NE(out.find("send-possible: yes"), std::string::npos) << out;
+}
+
+TEST_F(ClusterTest, IpcCancellingAJobNotifiesHoldersOfItsPorts) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto holder = Submit("node1", {probe, "owner", "itheld"}, "node2");
+  const auto watcher = Submit("node1", {probe, "watcher", "itheld"}, "node3");
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node1", watcher).value_or("").find("watching") != std::string::npos; },
+      30s));
+  EXPECT_EQ(Tern("node1", {"cancel", holder}).exit_code, 0);
+  EXPECT_NE(FinishedOutput(watcher).find("dead-name for our name, send after: dead_name"),
+            std::string::npos);
+}
+
+TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
+  const auto id = Submit("node1", {kBinDir + "/tern-ipc-probe", "linkcancel"}, "node3");
+  EXPECT_NE(FinishedOutput(id).find("cancel before match: ok; received \"two\"; cancel after "
+                                    "match: already_matched"),
+            std::string::npos);
+}
+
+TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {
+  const std::string bin = kBinDir + "/";
+  // The job moves before it uses IPC: its channel is re-attached to node2's agent.
+  const auto server = Submit(
+      "node1", {"sh", "-c", "sleep 2; exec " + bin + "tern-example-pingpong server --name itmv"},
+      "node1");
+  ASSERT_TRUE(WaitState("node1", server, "running"));
+  auto moved = Tern("node1", {"migrate", server, "node2"});
+  ASSERT_EQ(moved.exit_code, 0) << moved.Describe();
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node1", server).value_or("").find("serving") != std::string::npos; },
+      30s));
+  // Now it holds rights, which do not move yet: the pre-flight says so and the job stays.
+  auto refused = Tern("node1", {"migrate", server, "node3"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("IPC right"), std::string::npos) << refused.Describe();
+  const auto client =
+      Submit("node1", {bin + "tern-example-pingpong", "client", "--name", "itmv", "--count", "50"},
+             "node3");
+  FinishedOutput(client);
+  FinishedOutput(server);
 }
 
 }  // namespace

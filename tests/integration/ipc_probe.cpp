@@ -1,0 +1,150 @@
+// tern-ipc-probe: a job that exercises one IPC semantic and prints what it saw; run by the
+// integration tests on the local cluster. Exit 0: behaved as docs/ipc.md says; 1: did not.
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <tern/ipc.hpp>
+#include <thread>
+
+using namespace std::chrono_literals;
+using tern::Channel;
+using tern::ipc::JobStatus;
+
+namespace {
+
+int Fail(const std::string& what) {
+  std::printf("FAIL %s\n", what.c_str());
+  return 1;
+}
+
+std::uint32_t LookupRetrying(const Channel& channel, const std::string& name) {
+  for (int i = 0; i < 300; ++i) {
+    auto found = channel.name_lookup(name);
+    if (found) return *found;
+    std::this_thread::sleep_for(100ms);
+  }
+  return 0;
+}
+
+// Owns a port under NAME; prints the first message it gets and how many were queued.
+int Owner(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate();
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  if (!send || !channel.name_register(name, *send)) return Fail("owner setup");
+  std::printf("owner ready\n");
+  std::fflush(stdout);
+  auto first = channel.receive(*port, 60s);
+  if (!first) return Fail("owner receive: " + first.error().ToString());
+  auto status = channel.port_status(*port);
+  std::printf("first=%s queued_after=%u\n", std::string(tern::FirstBytes(*first)).c_str(),
+              status ? status->queued : 999u);
+  return 0;
+}
+
+// Guesses names it was never given, then sends once through a name it looked up.
+int Forger(const Channel& channel, const std::string& name) {
+  int refused = 0;
+  for (std::uint32_t guess = 1; guess <= 64; ++guess) {
+    auto sent = channel.send(tern::BytesMessage(guess, "forged"));
+    if (sent.status() == JobStatus::kInvalidName) ++refused;
+  }
+  std::printf("refused %d of 64 forged names\n", refused);
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  if (!channel.send(tern::BytesMessage(to, "legit"))) return Fail("legit send");
+  return refused == 64 ? 0 : 1;
+}
+
+// A full queue: fail, wait (timing out, then succeeding), notify.
+int Queue(const Channel& channel) {
+  auto port = channel.port_allocate(2);
+  auto send = channel.make_send(*port);
+  auto notify = channel.port_allocate();
+  if (!port || !send || !notify) return Fail("setup");
+  for (int i = 0; i < 2; ++i) {
+    if (!channel.send(tern::BytesMessage(*send, "fill"))) return Fail("fill");
+  }
+  auto fail = channel.send(tern::BytesMessage(*send, "x"), tern::ipc::FullPolicy::kFail);
+  std::printf("fail: %s\n", std::string(tern::ipc::JobStatusName(fail.status())).c_str());
+  auto timed = channel.send(tern::BytesMessage(*send, "x"), tern::ipc::FullPolicy::kWait, 200ms);
+  std::printf("wait 200ms: %s\n", std::string(tern::ipc::JobStatusName(timed.status())).c_str());
+  auto later =
+      channel.send(tern::BytesMessage(*send, "x"), tern::ipc::FullPolicy::kNotify, 0ms, *notify);
+  std::printf("notify: %s\n", std::string(tern::ipc::JobStatusName(later.status())).c_str());
+  std::thread drain([&] {
+    std::this_thread::sleep_for(300ms);
+    // The first slot that frees goes to the waiting sender; the second is room to notify.
+    (void)channel.receive(*port, 1s);
+    (void)channel.receive(*port, 1s);
+  });
+  auto waited =
+      channel.send(tern::BytesMessage(*send, "waited"), tern::ipc::FullPolicy::kWait, 10s);
+  drain.join();
+  std::printf("wait 10s: %s\n", std::string(tern::ipc::JobStatusName(waited.status())).c_str());
+  auto possible = channel.receive(*notify, 5s);
+  const bool notified = possible && possible->id == tern::ipc::kSendPossibleNotification;
+  std::printf("send-possible: %s\n", notified ? "yes" : "no");
+  return fail.status() == JobStatus::kQueueFull && timed.status() == JobStatus::kTimedOut &&
+                 later.status() == JobStatus::kQueueFull && waited && notified
+             ? 0
+             : 1;
+}
+
+// Holds a send right to NAME with a dead-name request; reports when the port dies.
+int Watcher(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  auto notify = channel.port_allocate();
+  if (to == 0 || !notify) return Fail("setup");
+  if (!channel.request_notification(to, tern::ipc::NotificationKind::kDeadName, *notify)) {
+    return Fail("request_notification");
+  }
+  std::printf("watching\n");
+  std::fflush(stdout);
+  auto note = channel.receive(*notify, 60s);
+  if (!note || note->id != tern::ipc::kDeadNameNotification) return Fail("no dead-name notice");
+  auto dead = tern::NotificationName(*note);
+  auto sent = channel.send(tern::BytesMessage(to, "after death"));
+  std::printf("dead-name %s, send after: %s\n", dead && *dead == to ? "for our name" : "other",
+              std::string(tern::ipc::JobStatusName(sent.status())).c_str());
+  return dead && *dead == to && sent.status() == JobStatus::kDeadName ? 0 : 1;
+}
+
+// Cancel succeeds before a match and fails after one.
+int LinkCancel(const Channel& channel) {
+  auto ends = channel.link_create();
+  if (!ends) return Fail("link_create");
+  auto first = channel.link_send(ends->first, tern::BytesMessage(0, "one"));
+  auto cancelled = channel.cancel(*first);
+  auto second = channel.link_send(ends->first, tern::BytesMessage(0, "two"));
+  auto receive = channel.link_receive(ends->second);
+  auto got = channel.wait(*receive, 5s);
+  auto late = channel.cancel(*second);
+  std::printf("cancel before match: %s; received \"%s\"; cancel after match: %s\n",
+              std::string(tern::ipc::JobStatusName(cancelled.status())).c_str(),
+              got ? std::string(tern::FirstBytes(got->message)).c_str() : "-",
+              std::string(tern::ipc::JobStatusName(late.status())).c_str());
+  return cancelled && got && tern::FirstBytes(got->message) == "two" &&
+                 late.status() == JobStatus::kAlreadyMatched
+             ? 0
+             : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: tern-ipc-probe owner|forger|queue|watcher|linkcancel [NAME]\n");
+    return 2;
+  }
+  const std::string mode = argv[1];
+  const std::string name = argc > 2 ? argv[2] : "probe";
+  Channel channel;
+  int code = 2;
+  if (mode == "owner") code = Owner(channel, name);
+  if (mode == "forger") code = Forger(channel, name);
+  if (mode == "queue") code = Queue(channel);
+  if (mode == "watcher") code = Watcher(channel, name);
+  if (mode == "linkcancel") code = LinkCancel(channel);
+  std::fflush(stdout);
+  return code;
+}
