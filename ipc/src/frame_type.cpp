@@ -24,6 +24,8 @@ std::string_view FrameTypeName(FrameType type) {
       return "IpcReply";
     case FrameType::kIpcRemote:
       return "IpcRemote";
+    case FrameType::kIpcBlast:
+      return "IpcBlast";
   }
   return "Unknown";
 }

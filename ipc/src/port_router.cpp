@@ -103,6 +103,7 @@ struct JobState {
     JobStatus status = JobStatus::kOk;
     std::string error;
     std::vector<std::function<void()>> on_success;
+    std::optional<std::pair<std::uint32_t, std::uint32_t>> then_receive;  // name, timeout
     std::vector<std::function<void()>> on_failure;
   };
   std::deque<std::shared_ptr<PendingSend>> sends;
@@ -137,6 +138,7 @@ struct Ticket {
   std::shared_ptr<int> remaining;  // kNameQuery: answers still due; kLinkCancel: cancels due
   std::shared_ptr<bool> matched;   // kLinkCancel of an "any" op
   std::uint32_t handle = 0;
+  bool many = false;  // kReceive for a receive_many: the reply carries a count
 };
 
 struct Delivery {
@@ -146,6 +148,7 @@ struct Delivery {
   TransitMessage message;
   int outstanding = 0;
   std::map<std::size_t, ObjectId> copied;  // item index -> local copy of a remote region
+  bool many = false;
 };
 
 enum class TimerKind { kWaiter, kBlockedSender, kOpWait };
@@ -376,27 +379,55 @@ struct PortRouter::State {
         if (!send) return bad("send: malformed message");
         return StartSend(job_name, job, request.id, std::move(*send));
       }
+      case JobOp::kSendReceive: {
+        auto name = in.U32();
+        auto timeout = in.U32();
+        auto send =
+            timeout ? DecodeSendRequest(std::string_view(request.body).substr(8)) : std::nullopt;
+        if (!send) return bad("send_receive: malformed request");
+        Entry* entry = Find(job, *name);
+        if (!entry || entry->type != RightType::kReceive) return invalid(*name, "a receive right");
+        return StartSend(job_name, job, request.id, std::move(*send),
+                         std::make_pair(*name, *timeout));
+      }
       case JobOp::kReceive: {
         auto name = in.U32();
         auto timeout = in.U32();
         if (!timeout) return bad("receive: missing name or timeout");
+        return StartReceive(job_name, job, request.id, *name, *timeout);
+      }
+      case JobOp::kReceiveMany: {
+        auto name = in.U32();
+        auto timeout = in.U32();
+        auto max = in.U32();
+        if (!max || *max == 0) return bad("receive_many: needs a name, a timeout and a maximum");
         Entry* entry = Find(job, *name);
-        if (!entry) return invalid(*name, "a receive right");
-        if (entry->type == RightType::kDeadName) {
-          return Error(job_name, request.id, JobStatus::kDeadName, "the port is dead");
+        if (entry && entry->type == RightType::kReceive && entry->id.home == self) {
+          auto port = ports.find(entry->id.serial);
+          if (port != ports.end() && port->second.holder == Holder{self, job_name} &&
+              !port->second.queue.empty()) {
+            // Everything queued here, in one reply; messages with a remote region (which
+            // needs copying first) end the batch.
+            WireWriter messages;
+            std::uint32_t count = 0;
+            auto& queue = port->second.queue;
+            while (count < *max && !queue.empty() && (count == 0 || !NeedsFetch(queue.front()))) {
+              if (NeedsFetch(queue.front())) break;
+              TransitMessage transit = std::move(queue.front());
+              queue.pop_front();
+              messages.WriteMessage(Convert(job, job_name, transit, *name, {}));
+              ++count;
+            }
+            if (count > 0) {
+              RoomFreed(port->second);
+              WireWriter out;
+              out.U32(count);
+              out.out() += messages.out();
+              return Reply(job_name, request.id, JobStatus::kOk, out.out());
+            }
+          }
         }
-        if (entry->type != RightType::kReceive) return invalid(*name, "a receive right");
-        const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kReceive,
-                                                      .node = entry->id.home,
-                                                      .job = job_name,
-                                                      .request = request.id,
-                                                      .name = *name});
-        Post(entry->id.home, Envelope{.kind = Remote::kReceiveWait,
-                                      .ticket = ticket,
-                                      .job = job_name,
-                                      .object = entry->id,
-                                      .a = *timeout});
-        return;
+        return StartReceive(job_name, job, request.id, *name, *timeout, /*many=*/true);
       }
       case JobOp::kRequestNotification: {
         auto name = in.U32();
@@ -663,6 +694,29 @@ struct PortRouter::State {
     bad("unknown op " + std::to_string(static_cast<int>(request.op)));
   }
 
+  void StartReceive(const std::string& job_name, JobState& job, std::uint32_t request,
+                    std::uint32_t name, std::uint32_t timeout, bool many = false) {
+    Entry* entry = Find(job, name);
+    if (entry && entry->type == RightType::kDeadName) {
+      return Error(job_name, request, JobStatus::kDeadName, "the port is dead");
+    }
+    if (!entry || entry->type != RightType::kReceive) {
+      return Error(job_name, request, JobStatus::kInvalidName,
+                   "name " + std::to_string(name) + " is not a receive right of this job");
+    }
+    const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kReceive,
+                                                  .node = entry->id.home,
+                                                  .job = job_name,
+                                                  .request = request,
+                                                  .name = name,
+                                                  .many = many});
+    Post(entry->id.home, Envelope{.kind = Remote::kReceiveWait,
+                                  .ticket = ticket,
+                                  .job = job_name,
+                                  .object = entry->id,
+                                  .a = timeout});
+  }
+
   void LookupFound(const std::string& job, std::uint32_t request, const std::string& text,
                    ObjectId port) {
     const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameLookupDelta,
@@ -793,9 +847,11 @@ struct PortRouter::State {
   }
 
   void StartSend(const std::string& job_name, JobState& job, std::uint32_t request,
-                 SendRequest send_request) {
+                 SendRequest send_request,
+                 std::optional<std::pair<std::uint32_t, std::uint32_t>> then_receive = {}) {
     auto send = std::make_shared<JobState::PendingSend>();
     send->request = request;
+    send->then_receive = then_receive;
     deferred_preops.clear();
     std::map<std::uint32_t, std::uint32_t> moved;
     const Message& message = send_request.message;
@@ -1263,6 +1319,11 @@ struct PortRouter::State {
       case TicketKind::kSend: {
         if (e.status == JobStatus::kOk) {
           for (auto& apply : ticket.send->on_success) apply();
+          if (ticket.send->then_receive && job_alive) {
+            return StartReceive(ticket.job, job_it->second, ticket.request,
+                                ticket.send->then_receive->first,
+                                ticket.send->then_receive->second);
+          }
           Reply(ticket.job, ticket.request, JobStatus::kOk);
         } else {
           for (auto& undo : ticket.send->on_failure) undo();
@@ -1282,6 +1343,7 @@ struct PortRouter::State {
         delivery->job = ticket.job;
         delivery->request = ticket.request;
         delivery->receive_name = ticket.name;
+        delivery->many = ticket.many;
         delivery->message = std::move(*const_cast<Envelope&>(e).message);
         return StartDelivery(delivery);
       }
@@ -1409,15 +1471,32 @@ struct PortRouter::State {
       }
       return ReleaseTransit(transit);
     }
-    JobState& job = job_it->second;
+    Message message =
+        Convert(job_it->second, delivery->job, transit, delivery->receive_name, delivery->copied);
+    WireWriter out;
+    if (delivery->many) out.U32(1);
+    out.WriteMessage(message);
+    Reply(delivery->job, delivery->request, JobStatus::kOk, out.out());
+  }
+
+  bool NeedsFetch(const TransitMessage& message) const {
+    for (const TransitItem& item : message.items) {
+      if (item.right.type == RightType::kRegion && item.right.id.home != self) return true;
+    }
+    return false;
+  }
+
+  // Puts the rights of a received message into the receiver's table: the job's view of it.
+  Message Convert(JobState& job, const std::string& job_name, TransitMessage& transit,
+                  std::uint32_t receive_name, const std::map<std::size_t, ObjectId>& copied) {
     Message message;
-    message.destination = delivery->receive_name;
+    message.destination = receive_name;
     message.id = transit.id;
     const auto take = [&](const TransitRight& right) -> std::pair<std::uint32_t, Disposition> {
       switch (right.type) {
         case RightType::kReceive:
           Post(right.id.home,
-               Envelope{.kind = Remote::kSetHolder, .job = delivery->job, .object = right.id});
+               Envelope{.kind = Remote::kSetHolder, .job = job_name, .object = right.id});
           return {Insert(job, RightType::kReceive, right.id), Disposition::kMoveReceive};
         case RightType::kSend:
           return {Insert(job, RightType::kSend, right.id), Disposition::kMoveSend};
@@ -1425,7 +1504,7 @@ struct PortRouter::State {
           return {Insert(job, RightType::kSendOnce, right.id), Disposition::kMoveSendOnce};
         case RightType::kLinkEnd:
           Post(right.id.home,
-               Envelope{.kind = Remote::kSetLinkHolder, .job = delivery->job, .object = right.id});
+               Envelope{.kind = Remote::kSetLinkHolder, .job = job_name, .object = right.id});
           return {Insert(job, RightType::kLinkEnd, right.id), Disposition::kMoveLinkEnd};
         case RightType::kRegion:
           return {Insert(job, RightType::kRegion, right.id), Disposition::kMoveRegion};
@@ -1446,8 +1525,8 @@ struct PortRouter::State {
         continue;
       }
       if (item.right.type == RightType::kRegion && item.right.id.home != self) {
-        auto copy = delivery->copied.find(i);
-        if (copy == delivery->copied.end()) continue;  // the copy failed: the item is dropped
+        auto copy = copied.find(i);
+        if (copy == copied.end()) continue;  // the copy failed: the item is dropped
         item.right.id = copy->second;
       }
       auto [name, disposition] = take(item.right);
@@ -1457,9 +1536,7 @@ struct PortRouter::State {
       out.disposition = disposition;
       message.items.push_back(std::move(out));
     }
-    WireWriter out;
-    out.WriteMessage(message);
-    Reply(delivery->job, delivery->request, JobStatus::kOk, out.out());
+    return message;
   }
 
   void LinkCompleted(const Envelope& e) {

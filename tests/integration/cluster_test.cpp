@@ -966,6 +966,9 @@ TEST_F(ClusterTest, StoppedAgentBecomesSuspectThenDead) {
   auto nodes = NodesSeenBy("node2");
   ASSERT_TRUE(nodes);
   EXPECT_EQ(NodeState(*nodes, "node1"), "alive") << nodes->dump();
+  // Back for the tests that follow (start-agent waits for the full mesh).
+  auto started = RunCmd({Script(), "start-agent", "node3"}, 60s);
+  ASSERT_EQ(started.exit_code, 0) << started.Describe();
 }
 
 // ---- IPC (docs/ipc.md): jobs on different nodes talking through their agents -------------
@@ -1083,5 +1086,46 @@ TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {
   FinishedOutput(server);
 }
 
+TEST_F(ClusterTest, IpcRegionsShareOnANodeAndAreCopiedToAnother) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto peer = Submit("node1", {probe, "region-peer", "itreg1"}, "node2");
+  const auto owner = Submit("node1", {probe, "region-shared", "itreg1"}, "node2");
+  EXPECT_NE(FinishedOutput(peer).find("peer sees: hello from A"), std::string::npos);
+  EXPECT_NE(FinishedOutput(owner).find("owner sees: hello from B"), std::string::npos)
+      << "two jobs on one node map the same pages";
+  const auto far_peer = Submit("node1", {probe, "region-peer", "itreg2"}, "node3");
+  const auto far_owner = Submit("node1", {probe, "region-copied", "itreg2"}, "node2");
+  EXPECT_NE(FinishedOutput(far_peer).find("peer sees: hello from A"), std::string::npos)
+      << "the other node gets a copy of the contents";
+  EXPECT_NE(FinishedOutput(far_owner).find("owner sees: hello from A"), std::string::npos)
+      << "a copy on another node is not shared";
+}
+
+TEST_F(ClusterTest, IpcLargeOutOfLineDataCrossesNodes) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto server = Submit("node1", {probe, "ool-server", "itool"}, "node3");
+  const auto client = Submit("node1", {probe, "ool-client", "itool"}, "node1");
+  EXPECT_NE(FinishedOutput(client).find("20971520 bytes out of line: ok"), std::string::npos);
+  EXPECT_NE(FinishedOutput(server).find("got 20971520 bytes out of line, intact"),
+            std::string::npos);
+}
+
+TEST_F(ClusterTest, IpcAReceiveRightMovesToAJobOnAnotherNode) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto peer = Submit("node1", {probe, "move-receive-peer", "itmr"}, "node3");
+  const auto giver = Submit("node1", {probe, "move-receive", "itmr"}, "node2");
+  EXPECT_NE(FinishedOutput(giver).find("given-away port: invalid_name"), std::string::npos);
+  EXPECT_NE(FinishedOutput(peer).find("got \"through the moved port\""), std::string::npos);
+}
+
+TEST_F(ClusterTest, IpcTheReceiverLearnsWhenTheLastSenderIsGone) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto server = Submit("node1", {probe, "nosenders-server", "itns"}, "node2");
+  const auto client = Submit("node1", {probe, "nosenders-client", "itns"}, "node3");
+  FinishedOutput(client);
+  const auto out = FinishedOutput(server);
+  EXPECT_NE(out.find("while the client lives: timed_out"), std::string::npos) << out;
+  EXPECT_NE(out.find("no-senders: yes"), std::string::npos) << out;
+}
 }  // namespace
 }  // namespace tern::it

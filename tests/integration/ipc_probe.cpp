@@ -129,11 +129,153 @@ int LinkCancel(const Channel& channel) {
              : 1;
 }
 
+// Registers an inbox under NAME and returns its receive name (0 on failure).
+std::uint32_t Inbox(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate();
+  if (!port) return 0;
+  auto send = channel.make_send(*port);
+  if (!send || !channel.name_register(name, *send)) return 0;
+  (void)channel.deallocate(*send);  // the name service keeps its own send right
+  std::printf("inbox %s ready\n", name.c_str());
+  std::fflush(stdout);
+  return *port;
+}
+
+// Creates a region, writes to it, sends it to NAME's inbox and watches for the peer's write.
+int RegionOwner(const Channel& channel, const std::string& name, bool expect_shared) {
+  auto region = channel.region_create(4096);
+  if (!region) return Fail("region_create: " + region.error().ToString());
+  auto mapped = channel.region_map(*region);
+  if (!mapped) return Fail("region_map: " + mapped.error().ToString());
+  std::snprintf(static_cast<char*>(mapped->data()), 64, "hello from A");
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  if (!channel.send(tern::MessageBuilder(to).bytes("region").region(*region).build())) {
+    return Fail("send region");
+  }
+  bool changed = false;
+  for (int i = 0; i < (expect_shared ? 50 : 20) && !changed; ++i) {
+    std::this_thread::sleep_for(100ms);
+    changed = std::string(static_cast<const char*>(mapped->data())) == "hello from B";
+  }
+  std::printf("owner sees: %s\n", static_cast<const char*>(mapped->data()));
+  return changed == expect_shared ? 0 : 1;
+}
+
+int RegionPeer(const Channel& channel, const std::string& name) {
+  const auto inbox = Inbox(channel, name);
+  if (inbox == 0) return Fail("inbox");
+  auto message = channel.receive(inbox, 60s);
+  if (!message || message->items.size() < 2) return Fail("no region arrived");
+  auto mapped = channel.region_map(message->items[1].name);
+  if (!mapped) return Fail("region_map: " + mapped.error().ToString());
+  std::printf("peer sees: %s\n", static_cast<const char*>(mapped->data()));
+  std::snprintf(static_cast<char*>(mapped->data()), 64, "hello from B");
+  std::fflush(stdout);
+  std::this_thread::sleep_for(4s);  // keep the mapping while the owner looks
+  return 0;
+}
+
+std::string Pattern(std::size_t size) {
+  std::string data(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<char>('a' + (i * 7 + i / 4096) % 26);
+  return data;
+}
+
+// Out-of-line data larger than one frame between nodes (a blast).
+int OolClient(const Channel& channel, const std::string& name, std::size_t size) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  auto sent = channel.send(tern::MessageBuilder(to).out_of_line(Pattern(size)).build(),
+                           tern::ipc::FullPolicy::kWait, 30s);
+  std::printf("sent %zu bytes out of line: %s\n", size,
+              std::string(tern::ipc::JobStatusName(sent.status())).c_str());
+  return sent ? 0 : 1;
+}
+
+int OolServer(const Channel& channel, const std::string& name, std::size_t size) {
+  const auto inbox = Inbox(channel, name);
+  if (inbox == 0) return Fail("inbox");
+  auto message = channel.receive(inbox, 60s);
+  if (!message) return Fail("receive: " + message.error().ToString());
+  const bool ok = message->items.size() == 1 &&
+                  message->items[0].kind == tern::ipc::ItemKind::kOutOfLine &&
+                  message->items[0].bytes() == Pattern(size);
+  std::printf("got %zu bytes out of line, %s\n", tern::FirstBytes(*message).size(),
+              ok ? "intact" : "DAMAGED");
+  return ok ? 0 : 1;
+}
+
+// A receive right sent to a job on another node; messages then reach that job.
+int MoveReceive(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate();
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  const auto to = LookupRetrying(channel, name);
+  if (!send || to == 0) return Fail("setup");
+  if (!channel.send(tern::MessageBuilder(to)
+                        .bytes("take this port")
+                        .port(*port, tern::ipc::Disposition::kMoveReceive)
+                        .build())) {
+    return Fail("send receive right");
+  }
+  auto mine = channel.receive(*port, 0ms);
+  if (!channel.send(tern::BytesMessage(*send, "through the moved port"))) return Fail("send");
+  std::printf("receive on the given-away port: %s\n",
+              std::string(tern::ipc::JobStatusName(mine.status())).c_str());
+  return mine.status() == JobStatus::kInvalidName ? 0 : 1;
+}
+
+int MoveReceivePeer(const Channel& channel, const std::string& name) {
+  const auto inbox = Inbox(channel, name);
+  if (inbox == 0) return Fail("inbox");
+  auto message = channel.receive(inbox, 60s);
+  if (!message || message->items.size() < 2 ||
+      message->items[1].disposition != tern::ipc::Disposition::kMoveReceive) {
+    return Fail("no receive right arrived");
+  }
+  auto through = channel.receive(message->items[1].name, 30s);
+  if (!through) return Fail("receive on the moved port: " + through.error().ToString());
+  std::printf("got \"%s\" on the port it was given\n",
+              std::string(tern::FirstBytes(*through)).c_str());
+  return 0;
+}
+
+// The receiver learns when the last send right (held by a job on another node) is gone.
+int NoSendersServer(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate();
+  auto notify = channel.port_allocate();
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  if (!send || !notify) return Fail("setup");
+  if (!channel.request_notification(*port, tern::ipc::NotificationKind::kNoSenders, *notify) ||
+      !channel.name_register(name, *send) || !channel.deallocate(*send)) {
+    return Fail("register");
+  }
+  auto hello = channel.receive(*port, 60s);  // the client holds its right now
+  if (!hello) return Fail("no client");
+  (void)channel.name_unregister(name);
+  auto early = channel.receive(*notify, 0ms);
+  std::printf("while the client lives: %s\n",
+              std::string(tern::ipc::JobStatusName(early.status())).c_str());
+  std::fflush(stdout);
+  auto note = channel.receive(*notify, 60s);
+  const bool got = note && note->id == tern::ipc::kNoSendersNotification;
+  std::printf("no-senders: %s\n", got ? "yes" : "no");
+  return got && early.status() == JobStatus::kTimedOut ? 0 : 1;
+}
+
+int NoSendersClient(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0 || !channel.send(tern::BytesMessage(to, "hello"))) return Fail("hello");
+  std::this_thread::sleep_for(1s);
+  std::printf("client leaves\n");
+  return 0;  // exiting releases the send right
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: tern-ipc-probe owner|forger|queue|watcher|linkcancel [NAME]\n");
+    std::fprintf(stderr, "usage: tern-ipc-probe MODE [NAME] (see the source for the modes)\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -145,6 +287,15 @@ int main(int argc, char** argv) {
   if (mode == "queue") code = Queue(channel);
   if (mode == "watcher") code = Watcher(channel, name);
   if (mode == "linkcancel") code = LinkCancel(channel);
+  if (mode == "region-shared") code = RegionOwner(channel, name, true);
+  if (mode == "region-copied") code = RegionOwner(channel, name, false);
+  if (mode == "region-peer") code = RegionPeer(channel, name);
+  if (mode == "ool-client") code = OolClient(channel, name, 20u << 20);
+  if (mode == "ool-server") code = OolServer(channel, name, 20u << 20);
+  if (mode == "move-receive") code = MoveReceive(channel, name);
+  if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
+  if (mode == "nosenders-server") code = NoSendersServer(channel, name);
+  if (mode == "nosenders-client") code = NoSendersClient(channel, name);
   std::fflush(stdout);
   return code;
 }

@@ -536,6 +536,54 @@ TEST(PortRouter, AnUnreachableHomeFailsTheOperationInsteadOfHangingIt) {
   EXPECT_EQ(failed->status, JobStatus::kUnavailable);
 }
 
+TEST(PortRouter, SendReceiveIsOneRoundTripAndReceiveManyTakesTheQueue) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  const auto reply_port = Allocate(net, "client");
+  WireWriter call;
+  call.U32(reply_port);
+  call.U32(kWaitForever);
+  call.out() += SendBody(svc, "question", {}, FullPolicy::kFail, 0, 0, reply_port,
+                         Disposition::kMakeSendOnce);
+  const auto asked = net.Ask("client", JobOp::kSendReceive, call.Take());
+  EXPECT_FALSE(net.Answer("client", asked)) << "waits for the reply";
+  auto request = ReadMessage(Receive(net, "server", port));
+  SendRequest answer;
+  answer.message.destination = request.reply;
+  answer.message.destination_disposition = Disposition::kMoveSendOnce;
+  answer.message.items.push_back(Item::Bytes("answer"));
+  ASSERT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status, JobStatus::kOk);
+  auto reply = net.Answer("client", asked);
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(ReadMessage(*reply).items.at(0).bytes(), "answer");
+
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, std::to_string(i))).status,
+              JobStatus::kOk);
+  }
+  auto many = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 3}));
+  ASSERT_EQ(many.status, JobStatus::kOk) << many.body;
+  WireReader r(many.body);
+  ASSERT_EQ(*r.U32(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(r.ReadMessage()->items.at(0).bytes(), std::to_string(i));
+  auto rest = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 10}));
+  WireReader r2(rest.body);
+  EXPECT_EQ(*r2.U32(), 2u);
+  // Nothing queued: it waits for one.
+  const auto waiting = net.Ask("server", JobOp::kReceiveMany, Body({port, kWaitForever, 10}));
+  EXPECT_FALSE(net.Answer("server", waiting));
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "late")).status, JobStatus::kOk);
+  auto late = net.Answer("server", waiting);
+  ASSERT_TRUE(late);
+  WireReader r3(late->body);
+  EXPECT_EQ(*r3.U32(), 1u);
+  EXPECT_EQ(r3.ReadMessage()->items.at(0).bytes(), "late");
+}
+
 TEST(PortRouter, MalformedInputIsAnErrorNotACrash) {
   Net net(1);
   net.Attach(1, "a");

@@ -43,8 +43,8 @@ Expected<void> Agent::Start() {
   events_ = std::make_unique<EventBus>(identity_.name);
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
-      io_, identity_.id, [this](std::uint64_t node, std::string payload) {
-        return cluster_ && cluster_->SendIpc(node, std::move(payload));
+      io_, identity_.id, [this](std::uint64_t node, ipc::FrameType type, std::string payload) {
+        return cluster_ && cluster_->SendIpc(node, type, std::move(payload));
       });
   job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =
@@ -83,8 +83,8 @@ Expected<void> Agent::Start() {
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
   cluster_->SetIpcHandlers(
-      [this](std::uint64_t node, const std::string& payload) {
-        return ipc_->OnNodeFrame(node, payload);
+      [this](std::uint64_t node, ipc::FrameType type, const std::string& payload) {
+        return ipc_->OnNodeFrame(node, type, payload);
       },
       [this](std::uint64_t node, bool up) {
         if (up) {

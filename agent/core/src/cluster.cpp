@@ -138,8 +138,8 @@ void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
   }
 }
 
-bool Cluster::SendIpc(std::uint64_t node_id, std::string payload) {
-  return transport_->Send(node_id, ipc::FrameType::kIpcRemote, std::move(payload));
+bool Cluster::SendIpc(std::uint64_t node_id, ipc::FrameType type, std::string payload) {
+  return transport_->Send(node_id, type, std::move(payload));
 }
 
 void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::string& payload) {
@@ -170,8 +170,10 @@ void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::stri
       OnApiResponse(payload);
       return;
     case ipc::FrameType::kIpcRemote:
+    case ipc::FrameType::kIpcBlast:
       if (ipc_frames_) {
-        if (auto handled = ipc_frames_(node_id, payload); !handled) {
+        if (auto handled = ipc_frames_(node_id, static_cast<ipc::FrameType>(type), payload);
+            !handled) {
           spdlog::warn("closing the link to {}: {}", NameOf(node_id), handled.error().message);
           transport_->Disconnect(node_id, handled.error().message);
         }

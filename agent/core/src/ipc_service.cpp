@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/jobs/unique_fd.hpp>
 
@@ -77,7 +78,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   struct Channel {
     explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
     boost::asio::posix::stream_descriptor socket;
-    ipc::FrameDecoder decoder{ipc::kDefaultMaxPayload};
+    // A job may send one message of up to kMaxMessageBytes.
+    ipc::FrameDecoder decoder{ipc::kMaxMessageBytes + (1u << 20)};
     struct Chunk {
       std::string bytes;
       int fd = -1;  // sent with the chunk's first byte
@@ -179,7 +181,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       Flush(reply.job, it->second);
     }
     for (auto& frame : actions.frames) {
-      if (!send_(frame.node, std::move(frame.payload))) {
+      if (!SendToNode(frame.node, std::move(frame.payload))) {
         // No link: the router learns it from NodeDown; nothing else to do here.
         spdlog::debug("IPC frame to node {:016x} dropped: no link", frame.node);
       }
@@ -193,6 +195,45 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
             self->Run();
           });
     }
+  }
+
+  // A payload over one frame goes as a blast of chunks, in order on the one link.
+  bool SendToNode(std::uint64_t node, std::string payload) {
+    if (payload.size() <= kBlastChunk) {
+      return send_(node, ipc::FrameType::kIpcRemote, std::move(payload));
+    }
+    const std::uint64_t blast = next_blast_++;
+    const auto count = static_cast<std::uint32_t>((payload.size() + kBlastChunk - 1) / kBlastChunk);
+    for (std::uint32_t index = 0; index < count; ++index) {
+      ipc::WireWriter chunk;
+      chunk.U64(blast);
+      chunk.U32(index);
+      chunk.U32(count);
+      chunk.out().append(std::string_view(payload).substr(index * kBlastChunk, kBlastChunk));
+      if (!send_(node, ipc::FrameType::kIpcBlast, chunk.Take())) return false;
+    }
+    return true;
+  }
+
+  Expected<void> OnBlast(std::uint64_t from, std::string_view chunk) {
+    ipc::WireReader reader(chunk);
+    auto blast = reader.U64();
+    auto index = reader.U32();
+    auto count = reader.U32();
+    if (!count || *count == 0 || *index >= *count ||
+        *count > ipc::kMaxMessageBytes / kBlastChunk + 2) {
+      return Fail("malformed IPC blast chunk");
+    }
+    auto& assembly = blasts_[{from, *blast}];
+    if (*index != assembly.next) {
+      blasts_.erase({from, *blast});
+      return Fail("IPC blast chunk out of order");
+    }
+    assembly.bytes.append(chunk.substr(16));
+    if (++assembly.next < *count) return {};
+    std::string payload = std::move(assembly.bytes);
+    blasts_.erase({from, *blast});
+    return router_.NodeFrame(from, payload);
   }
 
   void Flush(const std::string& job, const std::shared_ptr<Channel>& channel) {
@@ -245,6 +286,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   ipc::PortRouter router_;
   NodeSender send_;
   std::map<std::string, std::shared_ptr<Channel>> channels_;
+  static constexpr std::size_t kBlastChunk = 4u << 20;
+  std::uint64_t next_blast_ = 1;
+  struct Assembly {
+    std::uint32_t next = 0;
+    std::string bytes;
+  };
+  std::map<std::pair<std::uint64_t, std::uint64_t>, Assembly> blasts_;
   bool stopped_ = false;
 };
 
@@ -257,8 +305,10 @@ int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
 
 void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
 
-Expected<void> IpcService::OnNodeFrame(std::uint64_t from, const std::string& payload) {
-  auto handled = impl_->router_.NodeFrame(from, payload);
+Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
+                                       const std::string& payload) {
+  auto handled = type == ipc::FrameType::kIpcBlast ? impl_->OnBlast(from, payload)
+                                                   : impl_->router_.NodeFrame(from, payload);
   impl_->Run();
   return handled;
 }
@@ -266,6 +316,7 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, const std::string& pa
 void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
 
 void IpcService::NodeDown(std::uint64_t node) {
+  std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
   impl_->router_.NodeDown(node);
   impl_->Run();
 }

@@ -124,6 +124,65 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::strin
   }
 }
 
+std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
+    ipc::JobOp op, const std::vector<std::string>& bodies) {
+  std::vector<IpcResult<Reply>> results;
+  std::vector<std::uint32_t> requests;
+  std::string frames;
+  std::unique_lock lock(mu_);
+  if (!closed_reason_.empty()) {
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+      results.emplace_back(libtern::Unavailable(closed_reason_));
+    }
+    return results;
+  }
+  for (const std::string& body : bodies) {
+    std::uint32_t request = next_request_++;
+    while (request == 0 || slots_.contains(request)) request = next_request_++;
+    slots_[request].op = op;
+    requests.push_back(request);
+    ipc::AppendFrame(frames, ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
+  }
+  lock.unlock();
+  auto written = WriteFrame(frames);
+  lock.lock();
+  if (!written) {
+    for (std::uint32_t request : requests) slots_.erase(request);
+    CloseLocked(written.error().message);
+    for (std::size_t i = 0; i < bodies.size(); ++i) results.emplace_back(written.error());
+    return results;
+  }
+  for (std::uint32_t request : requests) {
+    for (;;) {
+      auto it = slots_.find(request);
+      if (it->second.done) {
+        Slot slot = std::move(it->second);
+        slots_.erase(it);
+        if (slot.status != JobStatus::kOk) {
+          results.emplace_back(IpcError{slot.status, std::move(slot.reply.body)});
+        } else {
+          results.emplace_back(std::move(slot.reply));
+        }
+        break;
+      }
+      if (!closed_reason_.empty()) {
+        slots_.erase(it);
+        results.emplace_back(libtern::Unavailable(closed_reason_));
+        break;
+      }
+      if (reader_active_) {
+        cv_.wait(lock);
+        continue;
+      }
+      reader_active_ = true;
+      ReadAndDispatch(lock);
+      reader_active_ = false;
+      cv_.notify_all();
+    }
+  }
+  return results;
+}
+
 IpcResult<void> Channel::Impl::WriteFrame(std::string_view frame) {
   std::lock_guard lock(write_mu_);
   while (!frame.empty()) {

@@ -20,6 +20,7 @@
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
 #include <unordered_map>
+#include <vector>
 
 #include "unique_fd.hpp"
 
@@ -40,6 +41,8 @@ class Channel::Impl {
 
   // Sends one request and waits for its reply. A non-ok status becomes the IpcError.
   IpcResult<Reply> Request(ipc::JobOp op, std::string_view body);
+  // Sends several requests in one write and waits for all their replies (in request order).
+  std::vector<IpcResult<Reply>> RequestMany(ipc::JobOp op, const std::vector<std::string>& bodies);
 
   bool connected();
   std::uint64_t id() const { return id_; }

@@ -115,6 +115,72 @@ IpcResult<Message> Channel::receive(std::uint32_t port, Timeout timeout) const {
   return std::move(*message);
 }
 
+IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPolicy policy,
+                                   Timeout timeout, std::size_t* accepted) const {
+  std::vector<std::string> bodies;
+  bodies.reserve(messages.size());
+  for (const Message& message : messages) {
+    ipc::SendRequest request;
+    request.message = message;
+    request.policy = policy;
+    request.timeout_ms = libtern::TimeoutMs(timeout);
+    bodies.push_back(ipc::EncodeSendRequest(request));
+  }
+  auto results = impl_->RequestMany(JobOp::kSend, bodies);
+  std::size_t ok = 0;
+  std::optional<IpcError> first_error;
+  for (auto& result : results) {
+    if (result) {
+      ++ok;
+    } else if (!first_error) {
+      first_error = result.error();
+    }
+  }
+  if (accepted) *accepted = ok;
+  if (first_error) return *first_error;
+  return {};
+}
+
+IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::uint32_t max,
+                                                      Timeout timeout) const {
+  WireWriter writer;
+  writer.U32(port);
+  writer.U32(libtern::TimeoutMs(timeout));
+  writer.U32(max == 0 ? 1 : max);
+  auto reply = impl_->Request(JobOp::kReceiveMany, writer.Take());
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto count = reader.U32();
+  if (!count) return Malformed(JobOp::kReceiveMany);
+  std::vector<Message> messages;
+  messages.reserve(*count);
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto message = reader.ReadMessage();
+    if (!message) return Malformed(JobOp::kReceiveMany);
+    messages.push_back(std::move(*message));
+  }
+  return messages;
+}
+
+IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t port,
+                                         Timeout receive_timeout, FullPolicy policy,
+                                         Timeout send_timeout) const {
+  ipc::SendRequest request;
+  request.message = message;
+  request.policy = policy;
+  request.timeout_ms = libtern::TimeoutMs(send_timeout);
+  WireWriter writer;
+  writer.U32(port);
+  writer.U32(libtern::TimeoutMs(receive_timeout));
+  writer.out().append(ipc::EncodeSendRequest(request));
+  auto reply = impl_->Request(JobOp::kSendReceive, writer.Take());
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto received = reader.ReadMessage();
+  if (!received) return Malformed(JobOp::kSendReceive);
+  return std::move(*received);
+}
+
 IpcResult<void> Channel::name_register(std::string_view name, std::uint32_t right) const {
   WireWriter writer;
   writer.Bytes(name);

@@ -84,17 +84,20 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
   const int attempts = options.attempts < 1 ? 1 : options.attempts;
   for (int attempt = 0; attempt < attempts; ++attempt) {
     const auto deadline = std::chrono::steady_clock::now() + options.timeout;
-    if (auto sent = send(request, FullPolicy::kWait, options.timeout); !sent) {
-      if (sent.status() == JobStatus::kTimedOut) continue;
-      return sent.error();
-    }
+    bool first = true;
     for (;;) {
       Timeout left = kForever;
       if (!IsForever(options.timeout)) {
         left = std::chrono::duration_cast<Timeout>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) break;
       }
-      auto reply = receive(state.reply_port, left);
+      // The request and the wait for its reply in one round trip to the agent; later waits
+      // (after a stale reply) receive only.
+      auto reply =
+          first ? send_receive(request, state.reply_port, left, FullPolicy::kWait, options.timeout)
+                : receive(state.reply_port, left);
+      if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
+      first = false;
       if (!reply) {
         if (reply.status() == JobStatus::kTimedOut) break;
         return reply.error();

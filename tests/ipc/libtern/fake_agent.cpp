@@ -192,11 +192,18 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
       if (status != JobStatus::kOk) return Err(status, "send refused");
       return Ok();
     }
+    case JobOp::kSendReceive:
     case JobOp::kReceive: {
       auto name = reader.U32();
       auto timeout = reader.U32();
       auto port = port_of(name.value_or(0), true);
       if (!port || !timeout) return Err(JobStatus::kInvalidName, "not a receive right");
+      if (request.op == JobOp::kSendReceive) {
+        auto send = ipc::DecodeSendRequest(std::string_view(request.body).substr(8));
+        if (!send) return Err(JobStatus::kBadRequest, "malformed send");
+        const JobStatus status = Enqueue(*send);
+        if (status != JobStatus::kOk) return Err(status, "send refused");
+      }
       const auto deadline =
           *timeout == ipc::kWaitForever
               ? std::chrono::steady_clock::time_point::max()

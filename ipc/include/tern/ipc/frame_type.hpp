@@ -26,6 +26,9 @@ enum class FrameType : std::uint16_t {
   // Agent-to-agent IPC (ipc/port_router.hpp): an operation on an object homed at the
   // receiver, or its result.
   kIpcRemote = 30,
+  // One chunk of an IpcRemote payload too large for one frame (out-of-line data), sent as a
+  // blast: [u64 blast id][u32 index][u32 count][bytes]; no per-chunk acknowledgement.
+  kIpcBlast = 31,
 };
 
 // A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number

@@ -39,6 +39,12 @@ enum class JobOp : std::uint16_t {
   kRegionCreate = 17,        // {u64 size} -> {u32 name}
   kRegionMap = 18,           // {u32 name} -> {u64 size} + the memfd as SCM_RIGHTS
   kPortStatus = 19,          // {u32 receive name} -> {u32 queued, u32 limit, u32 send refs}
+  // Mach's combined send and receive: {u32 receive name, u32 timeout_ms, SendRequest} ->
+  // Message. The receive starts once the send is accepted; one round trip for an RPC call.
+  kSendReceive = 20,
+  // {u32 receive name, u32 timeout_ms, u32 max} -> {u32 count, Message x count}: what is queued
+  // (at least one message, waiting for it), up to max, in one reply.
+  kReceiveMany = 21,
 };
 
 enum class JobStatus : std::uint16_t {

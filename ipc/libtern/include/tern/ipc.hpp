@@ -211,6 +211,22 @@ class Channel {
   // The next message on a receive right. `destination` of the result is `port`; `reply` is this
   // job's name of the reply right (0: none).
   IpcResult<Message> receive(std::uint32_t port, Timeout timeout = kForever) const;
+  // Sends the messages in order with one write to the agent and waits for all the answers:
+  // a stream of small messages without a round trip each. Ok when every one was accepted;
+  // otherwise the first error, and `accepted` (if given) counts those that were.
+  IpcResult<void> send_many(const std::vector<Message>& messages,
+                            FullPolicy policy = FullPolicy::kFail, Timeout timeout = Timeout(0),
+                            std::size_t* accepted = nullptr) const;
+  // Everything queued on `port` up to `max` messages in one round trip, waiting up to
+  // `timeout` for the first.
+  IpcResult<std::vector<Message>> receive_many(std::uint32_t port, std::uint32_t max,
+                                               Timeout timeout = kForever) const;
+  // Sends `message`, then receives on `port` (Mach's combined send and receive): one round
+  // trip to the agent. A send that fails returns its error and receives nothing.
+  IpcResult<Message> send_receive(const Message& message, std::uint32_t port,
+                                  Timeout receive_timeout = kForever,
+                                  FullPolicy policy = FullPolicy::kFail,
+                                  Timeout send_timeout = Timeout(0)) const;
 
   // Names.
   IpcResult<void> name_register(std::string_view name, std::uint32_t right) const;

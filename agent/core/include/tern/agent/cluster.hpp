@@ -22,6 +22,7 @@
 #include <string>
 #include <tern/balancer/load_table.hpp>
 #include <tern/balancer/membership.hpp>
+#include <tern/ipc/frame_type.hpp>
 #include <vector>
 
 #include "tern/agent/api_call.hpp"
@@ -63,13 +64,14 @@ class Cluster {
   void SetNodeStateListener(NodeStateListener listener) { node_listener_ = std::move(listener); }
   // IPC frames (FrameType::kIpcRemote) from peers go to `handler`; an error it returns closes
   // that peer's link with the error as the logged reason. Links up and down are reported too.
-  using IpcFrameHandler = std::function<Expected<void>(std::uint64_t node_id, const std::string&)>;
+  using IpcFrameHandler = std::function<Expected<void>(std::uint64_t node_id, ipc::FrameType,
+                                                      const std::string&)>;
   using LinkListener = std::function<void(std::uint64_t node_id, bool up)>;
   void SetIpcHandlers(IpcFrameHandler frames, LinkListener links) {
     ipc_frames_ = std::move(frames);
     link_listener_ = std::move(links);
   }
-  bool SendIpc(std::uint64_t node_id, std::string payload);
+  bool SendIpc(std::uint64_t node_id, ipc::FrameType type, std::string payload);
   // Answers every call still waiting on `node_id` with 503 and `reason`.
   void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
 

@@ -20,12 +20,14 @@
 #include <set>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/ipc/frame_type.hpp>
 
 namespace tern::agent {
 
 class IpcService {
  public:
-  using NodeSender = std::function<bool(std::uint64_t node, std::string payload)>;
+  using NodeSender =
+      std::function<bool(std::uint64_t node, ipc::FrameType type, std::string payload)>;
 
   IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node);
   ~IpcService();
@@ -35,7 +37,8 @@ class IpcService {
   // A fresh channel for `job`; returns the job's end (the caller owns and closes it), or -1.
   int OpenChannel(const std::string& job);
   void CloseChannel(const std::string& job);
-  Expected<void> OnNodeFrame(std::uint64_t from, const std::string& payload);
+  // An IpcRemote frame, or one chunk of a blast (a payload over one frame's limit).
+  Expected<void> OnNodeFrame(std::uint64_t from, ipc::FrameType type, const std::string& payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);
 
