@@ -78,6 +78,12 @@ bool IsTransientDumpError(const std::string& message) {
          message.find("No such process") != std::string::npos;
 }
 
+// CRIU failures of one attempt that say nothing about the job (the next attempt usually works).
+bool IsTransientCriuError(const std::string& message) {
+  return IsTransientDumpError(message) || message.find("page server") != std::string::npos ||
+         message.find("page-xfer") != std::string::npos;
+}
+
 double MillisSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -130,6 +136,8 @@ std::uint64_t MemAvailable() {
 }  // namespace
 
 struct MigrationDriver::Outgoing {
+  ApiCall call;  // as asked, for a second attempt
+  int attempt = 1;
   std::string channel;  // the job's IPC channel socket ("socket:[INODE]"), "" if none
   std::string id;
   jobs::JobRecord job;
@@ -254,7 +262,8 @@ void MigrationDriver::RecordOutcome(const std::string& mid, const std::string& o
 
 // ---------------------------------------------------------------- source
 
-void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done) {
+void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done,
+                              int attempt) {
   json body = json::parse(call.body.empty() ? "{}" : call.body, nullptr, false);
   if (!body.is_object()) {
     done(ErrorResult(400, "the request body must be a JSON object"));
@@ -267,6 +276,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   migration->dry_run = body.value("dry_run", false);
   migration->caller = call.caller;
   migration->done = std::move(done);
+  migration->call = call;
+  migration->attempt = attempt;
   if (migration->mode != "precopy" && migration->mode != "postcopy") {
     migration->done(ErrorResult(400, "mode must be precopy or postcopy"));
     return;
@@ -719,6 +730,17 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
+  if (status != 200 && !migration->dry_run && migration->attempt == 1 &&
+      IsTransientCriuError(error)) {
+    auto job = supervisor_.Get(migration->job.id);
+    if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name &&
+        job->migrating_id.empty()) {
+      spdlog::warn("migration {} of job {} failed ({}); trying once more", migration->id,
+                   migration->job.id, error);
+      Migrate(migration->call, *job, std::move(migration->done), 2);
+      return;
+    }
+  }
   if (status != 200) {
     spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", migration->id,
                  migration->job.id, total_ms, error);

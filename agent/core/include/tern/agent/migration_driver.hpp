@@ -46,7 +46,10 @@ class MigrationDriver {
                   jobs::JobSupervisor& supervisor, Cluster& cluster);
   ~MigrationDriver();
 
-  void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done);
+  // A move that fails before the commit point on a CRIU hiccup (a thread vanishing mid-dump,
+  // the page server dropping its session) is tried once more; the job runs at the source in
+  // between.
+  void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done, int attempt = 1);
   // Where migration events go ("migration" events: started, moved, failed).
   using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
   void SetPublisher(Publisher publisher) { publish_ = std::move(publisher); }
