@@ -1011,6 +1011,17 @@ TEST_F(ClusterTest, IpcExamplesRunAcrossNodes) {
   EXPECT_NE(FinishedOutput(c1).find("100 calls ok, 0 failed"), std::string::npos);
   EXPECT_NE(FinishedOutput(c2).find("100 calls ok, 0 failed"), std::string::npos);
   EXPECT_NE(FinishedOutput(rpc).find("0 replies still kept"), std::string::npos);
+  // One request at a time, acknowledged implicitly: the last reply stays kept.
+  const auto serial = Submit("node1",
+                             {bin + "tern-example-rpc-server", "--name", "itone", "--threads", "1",
+                              "--ack", "implicit", "--requests", "20"},
+                             "node3");
+  const auto lone = Submit(
+      "node1",
+      {bin + "tern-example-rpc-client", "--name", "itone", "--threads", "1", "--calls", "20"},
+      "node2");
+  EXPECT_NE(FinishedOutput(lone).find("20 calls ok, 0 failed"), std::string::npos);
+  EXPECT_NE(FinishedOutput(serial).find("1 replies still kept"), std::string::npos);
 
   const auto semaphore = Submit(
       "node1", {bin + "tern-example-semaphore", "--slots", "3", "--workers", "6", "--rounds", "3"},
@@ -1058,9 +1069,12 @@ TEST_F(ClusterTest, IpcCancellingAJobNotifiesHoldersOfItsPorts) {
 
 TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
   const auto id = Submit("node1", {kBinDir + "/tern-ipc-probe", "linkcancel"}, "node3");
-  EXPECT_NE(FinishedOutput(id).find("cancel before match: ok; received \"two\"; cancel after "
-                                    "match: already_matched"),
-            std::string::npos);
+  const auto out = FinishedOutput(id);
+  EXPECT_NE(out.find("cancel before match: ok; received \"two\"; cancel after match: "
+                     "already_matched"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("receive on any link: 2 of 2"), std::string::npos) << out;
 }
 
 TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {

@@ -251,6 +251,25 @@ TEST(PeerTransportTest, StoppedPeerIsReportedDownAndRedialledAfterRestart) {
   ASSERT_TRUE(again.WaitFor([&] { return again.frames.size() == 1; }));
 }
 
+TEST(PeerTransportTest, DisconnectClosesTheLinkWithItsReasonAndTheDialerComesBack) {
+  Agent a(1, "s");
+  Agent b(2, "s");
+  b.ConnectTo(a.Address());
+  ASSERT_TRUE(a.WaitFor([&] { return a.ups.size() == 1; }));
+  ASSERT_TRUE(b.WaitFor([&] { return b.ups.size() == 1; }));
+  // a closes the link of a peer that broke the protocol (say, a malformed IPC frame).
+  a.OnIo([&] {
+    a.transport_->Disconnect(2, "malformed IPC frame from node 2");
+    return 0;
+  });
+  ASSERT_TRUE(a.WaitFor([&] { return a.downs.size() == 1; }));
+  a.Locked([&] { EXPECT_EQ(a.downs[0].second, "malformed IPC frame from node 2"); });
+  // b still wants a: it dials again and a fresh link comes up.
+  ASSERT_TRUE(a.WaitFor([&] { return a.ups.size() == 2; }));
+  ASSERT_TRUE(b.Send(1, "after"));
+  ASSERT_TRUE(a.WaitFor([&] { return a.frames.size() == 1; }));
+}
+
 TEST(PeerTransportTest, ForgottenAddressIsNotRedialled) {
   Agent b(2, "s");
   auto a = std::make_unique<Agent>(1, "s");
