@@ -66,12 +66,13 @@ std::size_t Message::ByteSize() const {
 }
 
 void WireWriter::U16(std::uint16_t v) {
-  U8(static_cast<std::uint8_t>(v >> 8));
-  U8(static_cast<std::uint8_t>(v));
+  const char bytes[2] = {static_cast<char>(v >> 8), static_cast<char>(v)};
+  out_.append(bytes, 2);
 }
 void WireWriter::U32(std::uint32_t v) {
-  U16(static_cast<std::uint16_t>(v >> 16));
-  U16(static_cast<std::uint16_t>(v));
+  const char bytes[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                         static_cast<char>(v >> 8), static_cast<char>(v)};
+  out_.append(bytes, 4);
 }
 void WireWriter::U64(std::uint64_t v) {
   U32(static_cast<std::uint32_t>(v >> 32));
@@ -112,23 +113,44 @@ std::optional<std::uint8_t> WireReader::U8() {
   in_.remove_prefix(1);
   return v;
 }
+namespace {
+// Big-endian value of the first N bytes of `in` (the caller checked the length).
+template <typename T, std::size_t N>
+T BigEndian(std::string_view in) {
+  T value = 0;
+  for (std::size_t i = 0; i < N; ++i) {
+    value = static_cast<T>((value << 8) | static_cast<unsigned char>(in[i]));
+  }
+  return value;
+}
+}  // namespace
+
 std::optional<std::uint16_t> WireReader::U16() {
-  auto hi = U8();
-  auto lo = U8();
-  if (!hi || !lo) return std::nullopt;
-  return static_cast<std::uint16_t>((*hi << 8) | *lo);
+  if (in_.size() < 2) {
+    in_ = {};
+    return std::nullopt;
+  }
+  const auto v = BigEndian<std::uint16_t, 2>(in_);
+  in_.remove_prefix(2);
+  return v;
 }
 std::optional<std::uint32_t> WireReader::U32() {
-  auto hi = U16();
-  auto lo = U16();
-  if (!hi || !lo) return std::nullopt;
-  return (static_cast<std::uint32_t>(*hi) << 16) | *lo;
+  if (in_.size() < 4) {
+    in_ = {};
+    return std::nullopt;
+  }
+  const auto v = BigEndian<std::uint32_t, 4>(in_);
+  in_.remove_prefix(4);
+  return v;
 }
 std::optional<std::uint64_t> WireReader::U64() {
-  auto hi = U32();
-  auto lo = U32();
-  if (!hi || !lo) return std::nullopt;
-  return (static_cast<std::uint64_t>(*hi) << 32) | *lo;
+  if (in_.size() < 8) {
+    in_ = {};
+    return std::nullopt;
+  }
+  const auto v = BigEndian<std::uint64_t, 8>(in_);
+  in_.remove_prefix(8);
+  return v;
 }
 std::optional<std::string> WireReader::Bytes() {
   auto size = U32();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cerrno>
 #include <cstring>
@@ -164,13 +165,15 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Carries out what the router asked for.
   void Run() {
     auto actions = router_.TakeActions();
+    // Queue every reply first, then write once per channel: a batch of requests gets its
+    // answers in one write, not one each.
+    std::map<std::string, std::shared_ptr<Channel>> to_flush;
     for (auto& reply : actions.replies) {
       auto it = channels_.find(reply.job);
       if (it == channels_.end()) continue;
       Channel::Chunk chunk;
       chunk.bytes = ipc::EncodeFrame(ipc::FrameType::kIpcReply, reply.payload);
       if (reply.region_fd) chunk.fd = regions_.Fd(*reply.region_fd);
-      // Consecutive plain replies share one write.
       auto& out = it->second->out;
       if (chunk.fd < 0 && !out.empty() && out.back().fd < 0 && out.back().offset == 0 &&
           out.back().bytes.size() < 65536) {
@@ -178,8 +181,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       } else {
         out.push_back(std::move(chunk));
       }
-      Flush(reply.job, it->second);
+      to_flush.emplace(reply.job, it->second);
     }
+    for (auto& [job, channel] : to_flush) Flush(job, channel);
     for (auto& frame : actions.frames) {
       if (!SendToNode(frame.node, std::move(frame.payload))) {
         // No link: the router learns it from NodeDown; nothing else to do here.
@@ -234,6 +238,15 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     std::string payload = std::move(assembly.bytes);
     blasts_.erase({from, *blast});
     return router_.NodeFrame(from, payload);
+  }
+
+  void ScheduleRun() {
+    if (run_scheduled_) return;
+    run_scheduled_ = true;
+    boost::asio::post(io_, [self = shared_from_this()] {
+      self->run_scheduled_ = false;
+      if (!self->stopped_) self->Run();
+    });
   }
 
   void Flush(const std::string& job, const std::shared_ptr<Channel>& channel) {
@@ -294,6 +307,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   };
   std::map<std::pair<std::uint64_t, std::uint64_t>, Assembly> blasts_;
   bool stopped_ = false;
+  bool run_scheduled_ = false;
 };
 
 IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
@@ -309,7 +323,9 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
                                        const std::string& payload) {
   auto handled = type == ipc::FrameType::kIpcBlast ? impl_->OnBlast(from, payload)
                                                    : impl_->router_.NodeFrame(from, payload);
-  impl_->Run();
+  // Frames come in bursts (a link reads many at once): act once per burst, so that the
+  // answers to a burst leave in one write to each job.
+  impl_->ScheduleRun();
   return handled;
 }
 

@@ -1,6 +1,6 @@
 // ternd: the tern agent. One runs on every node.
-#include <spdlog/spdlog.h>
 #include <malloc.h>
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
 #include <CLI/CLI.hpp>
