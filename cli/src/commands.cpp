@@ -191,6 +191,9 @@ int Status(Context& context, const std::string& id, Output output) {
   row("rss:", HumanBytes(static_cast<std::uint64_t>(Num(*job, "rss_bytes"))));
   row("age:", HumanAge(Num(*job, "age_seconds")));
   row("dir:", Str(*job, "dir"));
+  if (job->contains("ipc_rights") && Num(*job, "ipc_rights") > 0) {
+    row("ipc rights:", Str(*job, "ipc_rights"));
+  }
   row("error:", Str(*job, "error"));
   if (job->contains("migrations") && (*job)["migrations"].is_array() &&
       !(*job)["migrations"].empty()) {

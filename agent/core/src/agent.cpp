@@ -79,6 +79,7 @@ Expected<void> Agent::Start() {
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
        .close = [this](const std::string& job) { ipc_->CloseChannel(job); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
+  api_->SetIpcRightCount([this](const std::string& job) { return ipc_->RightCount(job); });
   cluster_->SetRequestHandler(
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });

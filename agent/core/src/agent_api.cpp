@@ -323,7 +323,11 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
   }
   const auto now = std::chrono::system_clock::now();
   if (action.empty()) {
-    done(JsonResult(200, jobs::ToJson(*record, now).dump()));
+    json status = jobs::ToJson(*record, now);
+    if (ipc_rights_ && record->state == jobs::JobState::kRunning) {
+      status["ipc_rights"] = ipc_rights_(record->id);
+    }
+    done(JsonResult(200, status.dump()));
     return;
   }
   const bool owner_or_root =

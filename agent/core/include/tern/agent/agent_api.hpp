@@ -13,6 +13,7 @@
 // Thread-safety: not thread-safe; everything runs on the agent's io_context thread.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,10 @@ class AgentApi {
            std::string version);
 
   void Handle(ApiCall call, ApiDone done);
+  // How many IPC rights a job on this node holds (shown as "ipc_rights" in its status).
+  void SetIpcRightCount(std::function<std::size_t(const std::string& job)> count) {
+    ipc_rights_ = std::move(count);
+  }
 
  private:
   struct JobMatch;
@@ -50,6 +55,7 @@ class AgentApi {
   Cluster& cluster_;
   MigrationDriver& migrations_;
   std::string version_;
+  std::function<std::size_t(const std::string&)> ipc_rights_;
 };
 
 }  // namespace tern::agent
