@@ -200,10 +200,15 @@ struct PortRouter::State {
     result.ticket = request.ticket;
     result.origin = self;
     result.job = request.job;
-    if (request.origin == self) {
+    SendResult(request.origin, std::move(result));
+  }
+
+  // A result for an operation that `node` asked for (local ones go through the same queue).
+  void SendResult(std::uint64_t node, Envelope result) {
+    if (node == self) {
       local.push_back(std::move(result));
     } else {
-      actions.frames.push_back({request.origin, router::EncodeEnvelope(result)});
+      actions.frames.push_back({node, router::EncodeEnvelope(result)});
     }
   }
   void Drain() {
@@ -753,19 +758,24 @@ struct PortRouter::State {
       // A right that moves whole may appear only once in a message.
       return ++moved[name] == 1;
     };
+    // A right with one holder (receive right, link end) moves: its home marks it in transit
+    // before the message leaves, and gives it back to the sender if the send fails.
+    const auto move_held = [&](RightType type, Remote set_holder) {
+      if (!needs_once()) return wrong("movable twice");
+      out = {type, id};
+      ++send.outstanding;
+      PreOp(job_name, send, id.home,
+            Envelope{.kind = set_holder, .job = job_name, .object = id, .a = 1});
+      send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
+      send.on_failure.push_back([this, job_name, id, set_holder] {
+        Post(id.home, Envelope{.kind = set_holder, .job = job_name, .object = id});
+      });
+      return JobStatus::kOk;
+    };
     switch (disposition) {
       case Disposition::kMoveReceive:
         if (entry->type != RightType::kReceive) return wrong("a receive right");
-        if (!needs_once()) return wrong("movable twice");
-        out = {RightType::kReceive, id};
-        ++send.outstanding;
-        PreOp(job_name, send, id.home,
-              Envelope{.kind = Remote::kSetHolder, .job = job_name, .object = id, .a = 1});
-        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
-        send.on_failure.push_back([this, job_name, id] {
-          Post(id.home, Envelope{.kind = Remote::kSetHolder, .job = job_name, .object = id});
-        });
-        return JobStatus::kOk;
+        return move_held(RightType::kReceive, Remote::kSetHolder);
       case Disposition::kMoveSend:
         if (entry->type != RightType::kSend) return wrong("a send right");
         if (++moved[name] > entry->refs) return wrong("holding that many send references");
@@ -800,16 +810,7 @@ struct PortRouter::State {
         return JobStatus::kOk;
       case Disposition::kMoveLinkEnd:
         if (entry->type != RightType::kLinkEnd) return wrong("a link end");
-        if (!needs_once()) return wrong("movable twice");
-        out = {RightType::kLinkEnd, id};
-        ++send.outstanding;
-        PreOp(job_name, send, id.home,
-              Envelope{.kind = Remote::kSetLinkHolder, .job = job_name, .object = id, .a = 1});
-        send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
-        send.on_failure.push_back([this, job_name, id] {
-          Post(id.home, Envelope{.kind = Remote::kSetLinkHolder, .job = job_name, .object = id});
-        });
-        return JobStatus::kOk;
+        return move_held(RightType::kLinkEnd, Remote::kSetLinkHolder);
       case Disposition::kCopyRegion:
       case Disposition::kMoveRegion:
         if (entry->type != RightType::kRegion) return wrong("a region");
@@ -1024,11 +1025,7 @@ struct PortRouter::State {
     result.ticket = waiter.ticket;
     result.origin = self;
     result.job = waiter.job;
-    if (waiter.node == self) {
-      local.push_back(std::move(result));
-    } else {
-      actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
-    }
+    SendResult(waiter.node, std::move(result));
   }
 
   void CancelTimer(std::uint64_t timer) {
@@ -1162,11 +1159,7 @@ struct PortRouter::State {
       result.ticket = waiter.ticket;
       result.origin = self;
       result.job = waiter.job;
-      if (waiter.node == self) {
-        local.push_back(std::move(result));
-      } else {
-        actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
-      }
+      SendResult(waiter.node, std::move(result));
     }
     port.waiters.clear();
   }
@@ -1208,11 +1201,7 @@ struct PortRouter::State {
                     .message = std::move(message)};
     result.origin = self;
     result.job = op.job;
-    if (op.node == self) {
-      local.push_back(std::move(result));
-    } else {
-      actions.frames.push_back({op.node, router::EncodeEnvelope(result)});
-    }
+    SendResult(op.node, std::move(result));
   }
 
   void HomeLinkPost(const Envelope& e) {
@@ -1811,11 +1800,7 @@ void PortRouter::Timer(std::uint64_t id) {
           result.ticket = waiter.ticket;
           result.origin = state_->self;
           result.job = waiter.job;
-          if (waiter.node == state_->self) {
-            state_->local.push_back(std::move(result));
-          } else {
-            state_->actions.frames.push_back({waiter.node, router::EncodeEnvelope(result)});
-          }
+          state_->SendResult(waiter.node, std::move(result));
           break;
         }
       }

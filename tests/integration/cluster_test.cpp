@@ -1089,6 +1089,9 @@ TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {
   ASSERT_TRUE(WaitFor(
       [&] { return JobLogs("node1", server).value_or("").find("serving") != std::string::npos; },
       30s));
+  auto status = Status("node1", server);
+  ASSERT_TRUE(status);
+  EXPECT_GE(status->value("ipc_rights", 0), 1) << status->dump();
   // Now it holds rights, which do not move yet: the pre-flight says so and the job stays.
   auto refused = Tern("node1", {"migrate", server, "node3"});
   EXPECT_EQ(refused.exit_code, 1);

@@ -27,7 +27,7 @@ std::uint32_t TimeoutMs(Timeout timeout) {
 
 namespace {
 
-using libtern::UniqueFd;
+using tern::UniqueFd;
 
 std::atomic<std::uint64_t> next_channel_id{1};
 

@@ -19,10 +19,9 @@
 #include <string_view>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/unique_fd.hpp>
 #include <unordered_map>
 #include <vector>
-
-#include "unique_fd.hpp"
 
 namespace tern {
 
@@ -30,11 +29,11 @@ class Channel::Impl {
  public:
   struct Reply {
     std::string body;
-    libtern::UniqueFd fd;  // region_map only
+    UniqueFd fd;  // region_map only
   };
 
   // A connection over `fd` (owned).
-  explicit Impl(libtern::UniqueFd fd);
+  explicit Impl(UniqueFd fd);
   // A channel that fails every call with `reason`.
   explicit Impl(std::string reason);
   ~Impl();
@@ -62,7 +61,7 @@ class Channel::Impl {
   void CloseLocked(std::string reason);  // mu_ held
 
   const std::uint64_t id_;
-  libtern::UniqueFd fd_;
+  UniqueFd fd_;
   std::mutex write_mu_;
 
   std::mutex mu_;
@@ -71,8 +70,8 @@ class Channel::Impl {
   bool reader_active_ = false;
   std::uint32_t next_request_ = 1;
   std::unordered_map<std::uint32_t, Slot> slots_;
-  std::deque<libtern::UniqueFd> fds_;  // received, not yet given to a reply
-  ipc::FrameDecoder decoder_;          // used by the reader only
+  std::deque<UniqueFd> fds_;   // received, not yet given to a reply
+  ipc::FrameDecoder decoder_;  // used by the reader only
 };
 
 namespace libtern {

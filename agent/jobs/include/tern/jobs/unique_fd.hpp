@@ -1,37 +1,9 @@
-// UniqueFd: sole owner of a file descriptor; closes it when destroyed.
-//
-// Thread-safety: like any value; do not share one instance between threads.
+// tern::jobs::UniqueFd is tern::UniqueFd (ipc/include/tern/unique_fd.hpp), one RAII fd type
+// for the agent and libtern alike.
 #pragma once
 
-#include <unistd.h>
-
-#include <utility>
+#include <tern/unique_fd.hpp>
 
 namespace tern::jobs {
-
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) Reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { Reset(); }
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  int Release() { return std::exchange(fd_, -1); }
-  void Reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
-
+using tern::UniqueFd;
 }  // namespace tern::jobs

@@ -1,13 +1,13 @@
-// An owned file descriptor, closed on destruction. Move-only.
+// UniqueFd: sole owner of a file descriptor; closes it when destroyed.
 //
-// Thread-safety: a plain value; one owner at a time.
+// Thread-safety: like any value; do not share one instance between threads.
 #pragma once
 
 #include <unistd.h>
 
 #include <utility>
 
-namespace tern::libtern {
+namespace tern {
 
 class UniqueFd {
  public:
@@ -15,17 +15,17 @@ class UniqueFd {
   explicit UniqueFd(int fd) : fd_(fd) {}
   UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
   UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) reset(std::exchange(other.fd_, -1));
+    if (this != &other) Reset(std::exchange(other.fd_, -1));
     return *this;
   }
   UniqueFd(const UniqueFd&) = delete;
   UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { reset(); }
+  ~UniqueFd() { Reset(); }
 
   int get() const { return fd_; }
   bool valid() const { return fd_ >= 0; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) {
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset(int fd = -1) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
   }
@@ -34,4 +34,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace tern::libtern
+}  // namespace tern
