@@ -183,7 +183,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       }
       to_flush.emplace(reply.job, it->second);
     }
-    for (auto& [job, channel] : to_flush) Flush(job, channel);
+    for (auto& [job, channel] : to_flush) {
+      Flush(job, channel);
+      // A job that asks and never reads its answers would make the agent hold them forever.
+      std::size_t pending = 0;
+      for (const auto& chunk : channel->out) pending += chunk.bytes.size() - chunk.offset;
+      if (pending > kMaxUnreadReplyBytes) {
+        spdlog::warn("job {}: closing its IPC channel: {} bytes of answers it does not read", job,
+                     pending);
+        Close(job);
+      }
+    }
     for (auto& frame : actions.frames) {
       if (!SendToNode(frame.node, std::move(frame.payload))) {
         // No link: the router learns it from NodeDown; nothing else to do here.
@@ -300,6 +310,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   NodeSender send_;
   std::map<std::string, std::shared_ptr<Channel>> channels_;
   static constexpr std::size_t kBlastChunk = 4u << 20;
+  static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
   std::uint64_t next_blast_ = 1;
   struct Assembly {
     std::uint32_t next = 0;

@@ -262,6 +262,17 @@ void MigrationDriver::RecordOutcome(const std::string& mid, const std::string& o
 
 // ---------------------------------------------------------------- source
 
+std::uint16_t MigrationDriver::FreePort(std::uint16_t base) {
+  if (next_port_ == 0) next_port_ = std::random_device{}() | 1;
+  // A port something already listens on (a page server left by a killed agent, say) would take
+  // our pages: skip it.
+  for (int tries = 0; tries < 100; ++tries) {
+    const auto port = static_cast<std::uint16_t>(base + (next_port_++ % 100));
+    if (!Listening(port)) return port;
+  }
+  return static_cast<std::uint16_t>(base + (next_port_++ % 100));
+}
+
 void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done,
                               int attempt) {
   json body = json::parse(call.body.empty() ? "{}" : call.body, nullptr, false);
@@ -393,8 +404,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         struct stat dir_info {};
         ::stat(migration->job.dir.c_str(), &dir_info);
         if (migration->mode == "postcopy") {
-          migration->lazy_serve = {HostOf(config_.cluster_advertise),
-                                   static_cast<std::uint16_t>(7300 + (next_port_++ % 100))};
+          migration->lazy_serve = {HostOf(config_.cluster_advertise), FreePort(7300)};
         }
         call.body = json{
             {"id", migration->id},
@@ -926,8 +936,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                           json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}.dump()));
           return;
         }
-        migrate::PageServerTarget listen{HostOf(config_.cluster_advertise),
-                                         static_cast<std::uint16_t>(7200 + (next_port_++ % 100))};
+        migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
         auto server = migrate::BackgroundProcess::Start(
             migrate::PageServerCommand(criu.path, incoming->images, listen),
             MigrationDir(incoming->id) + "/page-server.out");

@@ -100,7 +100,10 @@ class MigrationDriver {
   std::map<std::string, std::shared_ptr<Outgoing>> outgoing_;
   std::map<std::string, std::shared_ptr<Incoming>> incoming_;
   std::unique_ptr<boost::asio::steady_timer> undecided_timer_;
-  std::uint16_t next_port_ = 0;
+  // Where the next search for a free CRIU port starts: random per agent, so that a restarted
+  // agent does not walk into a port a helper of its predecessor still listens on.
+  std::uint32_t next_port_ = 0;
+  std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
   IpcHooks ipc_;
 };
