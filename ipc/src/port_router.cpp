@@ -104,6 +104,9 @@ struct JobState {
     std::string error;
     std::vector<std::function<void()>> on_success;
     std::optional<std::pair<std::uint32_t, std::uint32_t>> then_receive;  // name, timeout
+    // Bookkeeping at other homes that must be acknowledged before the message leaves (a send
+    // right's +1, a receive right marked in transit), by node.
+    std::vector<std::pair<std::uint64_t, Envelope>> preops;
     std::vector<std::function<void()>> on_failure;
   };
   std::deque<std::shared_ptr<PendingSend>> sends;
@@ -406,31 +409,8 @@ struct PortRouter::State {
         auto timeout = in.U32();
         auto max = in.U32();
         if (!max || *max == 0) return bad("receive_many: needs a name, a timeout and a maximum");
-        Entry* entry = Find(job, *name);
-        if (entry && entry->type == RightType::kReceive && entry->id.home == self) {
-          auto port = ports.find(entry->id.serial);
-          if (port != ports.end() && port->second.holder == Holder{self, job_name} &&
-              !port->second.queue.empty()) {
-            // Everything queued here, in one reply; messages with a remote region (which
-            // needs copying first) end the batch.
-            WireWriter messages;
-            std::uint32_t count = 0;
-            auto& queue = port->second.queue;
-            while (count < *max && !queue.empty() && (count == 0 || !NeedsFetch(queue.front()))) {
-              if (NeedsFetch(queue.front())) break;
-              TransitMessage transit = std::move(queue.front());
-              queue.pop_front();
-              messages.WriteMessage(Convert(job, job_name, transit, *name, {}));
-              ++count;
-            }
-            if (count > 0) {
-              RoomFreed(port->second);
-              WireWriter out;
-              out.U32(count);
-              out.out() += messages.out();
-              return Reply(job_name, request.id, JobStatus::kOk, out.out());
-            }
-          }
+        if (auto batch = TakeQueuedHere(job_name, job, *name, *max)) {
+          return Reply(job_name, request.id, JobStatus::kOk, *batch);
         }
         return StartReceive(job_name, job, request.id, *name, *timeout, /*many=*/true);
       }
@@ -699,6 +679,33 @@ struct PortRouter::State {
     bad("unknown op " + std::to_string(static_cast<int>(request.op)));
   }
 
+  // receive_many's short cut: when the port is homed here and messages wait, they go to the
+  // job in one reply ([u32 count][messages]) without a trip through the home's envelopes. A
+  // message with a remote region (copied first) ends the batch. Nothing queued: nullopt.
+  std::optional<std::string> TakeQueuedHere(const std::string& job_name, JobState& job,
+                                            std::uint32_t name, std::uint32_t max) {
+    Entry* entry = Find(job, name);
+    if (!entry || entry->type != RightType::kReceive || entry->id.home != self) return {};
+    auto port = ports.find(entry->id.serial);
+    if (port == ports.end() || port->second.holder != Holder{self, job_name}) return {};
+    auto& queue = port->second.queue;
+    WireWriter out;
+    out.U32(0);  // the count, filled in below
+    std::uint32_t count = 0;
+    while (count < max && !queue.empty() && !NeedsFetch(queue.front())) {
+      TransitMessage transit = std::move(queue.front());
+      queue.pop_front();
+      out.WriteMessage(Convert(job, job_name, transit, name, {}));
+      ++count;
+    }
+    if (count == 0) return {};
+    RoomFreed(port->second);
+    WireWriter header;
+    header.U32(count);
+    out.out().replace(0, 4, header.out());
+    return out.Take();
+  }
+
   void StartReceive(const std::string& job_name, JobState& job, std::uint32_t request,
                     std::uint32_t name, std::uint32_t timeout, bool many = false) {
     Entry* entry = Find(job, name);
@@ -763,9 +770,8 @@ struct PortRouter::State {
     const auto move_held = [&](RightType type, Remote set_holder) {
       if (!needs_once()) return wrong("movable twice");
       out = {type, id};
-      ++send.outstanding;
-      PreOp(job_name, send, id.home,
-            Envelope{.kind = set_holder, .job = job_name, .object = id, .a = 1});
+      send.preops.emplace_back(id.home,
+                               Envelope{.kind = set_holder, .job = job_name, .object = id, .a = 1});
       send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
       send.on_failure.push_back([this, job_name, id, set_holder] {
         Post(id.home, Envelope{.kind = set_holder, .job = job_name, .object = id});
@@ -791,9 +797,9 @@ struct PortRouter::State {
           return wrong("a receive right");
         }
         out = {RightType::kSend, id};
-        ++send.outstanding;
-        PreOp(job_name, send, id.home,
-              Envelope{.kind = Remote::kRefDelta, .job = job_name, .object = id, .delta = 1});
+        send.preops.emplace_back(
+            id.home,
+            Envelope{.kind = Remote::kRefDelta, .job = job_name, .object = id, .delta = 1});
         send.on_failure.push_back([this, id] {
           Post(id.home, Envelope{.kind = Remote::kRefDelta, .object = id, .delta = -1});
         });
@@ -819,10 +825,10 @@ struct PortRouter::State {
           if (++moved[name] > entry->refs) return wrong("holding that many region references");
           send.on_success.push_back([this, job_name, name] { DropIfHeld(job_name, name); });
         } else {
-          ++send.outstanding;
-          PreOp(job_name, send, id.home,
-                Envelope{
-                    .kind = Remote::kRefDelta, .job = job_name, .object = id, .a = 1, .delta = 1});
+          send.preops.emplace_back(
+              id.home,
+              Envelope{
+                  .kind = Remote::kRefDelta, .job = job_name, .object = id, .a = 1, .delta = 1});
           send.on_failure.push_back([this, id] {
             Post(id.home, Envelope{.kind = Remote::kRefDelta, .object = id, .a = 1, .delta = -1});
           });
@@ -839,21 +845,12 @@ struct PortRouter::State {
     if (job != jobs.end()) Drop(job->second, name);
   }
 
-  // Sent at once; the send it belongs to goes on when every pre-op has answered.
-  std::vector<std::pair<std::uint64_t, Envelope>> deferred_preops;
-  void PreOp(const std::string& job, JobState::PendingSend& send, std::uint64_t node, Envelope e) {
-    (void)send;
-    e.job = job;
-    deferred_preops.emplace_back(node, std::move(e));
-  }
-
   void StartSend(const std::string& job_name, JobState& job, std::uint32_t request,
                  SendRequest send_request,
                  std::optional<std::pair<std::uint32_t, std::uint32_t>> then_receive = {}) {
     auto send = std::make_shared<JobState::PendingSend>();
     send->request = request;
     send->then_receive = then_receive;
-    deferred_preops.clear();
     std::map<std::uint32_t, std::uint32_t> moved;
     const Message& message = send_request.message;
     if (message.ByteSize() > kMaxMessageBytes) {
@@ -921,9 +918,9 @@ struct PortRouter::State {
                               .b = send_request.timeout_ms,
                               .c = dest_name,
                               .message = std::move(transit)};
-    auto preops = std::move(deferred_preops);
-    deferred_preops.clear();
-    for (auto& [node, e] : preops) {
+    // The pre-ops leave at once; the send goes on when every one has answered.
+    send->outstanding = static_cast<int>(send->preops.size());
+    for (auto& [node, e] : send->preops) {
       e.ticket = NewTicket(
           Ticket{.kind = TicketKind::kPreOp, .node = node, .job = job_name, .send = send});
       Post(node, std::move(e));
@@ -971,7 +968,7 @@ struct PortRouter::State {
   }
 
   // ---- home side: ports -----------------------------------------------------------------
-  void HomeEnqueue(const Envelope& e) {
+  void HomeEnqueue(Envelope& e) {
     auto it = ports.find(e.object.serial);
     const bool notification = e.delta == 1;
     if (it == ports.end()) {
@@ -986,7 +983,7 @@ struct PortRouter::State {
     Port& port = it->second;
     const bool room = port.blocked.empty() && port.queue.size() < port.limit;
     if (room || notification) {
-      Accept(port, std::move(*const_cast<Envelope&>(e).message));
+      Accept(port, std::move(*e.message));
       if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
       return;
     }
@@ -1014,14 +1011,15 @@ struct PortRouter::State {
       Waiter waiter = std::move(port.waiters.front());
       port.waiters.pop_front();
       CancelTimer(waiter.timer);
-      DeliverTo(waiter, std::move(message));
+      AnswerWaiter(waiter, Envelope{.message = std::move(message)});
       return;
     }
     port.queue.push_back(std::move(message));
   }
 
-  void DeliverTo(const Waiter& waiter, TransitMessage message) {
-    Envelope result{.kind = Remote::kReceiveResult, .message = std::move(message)};
+  // Ends a waiting receive: with a message, or with why there is none.
+  void AnswerWaiter(const Waiter& waiter, Envelope result) {
+    result.kind = Remote::kReceiveResult;
     result.ticket = waiter.ticket;
     result.origin = self;
     result.job = waiter.job;
@@ -1155,11 +1153,7 @@ struct PortRouter::State {
   void FailWaiters(Port& port, JobStatus status, const std::string& why) {
     for (Waiter& waiter : port.waiters) {
       CancelTimer(waiter.timer);
-      Envelope result{.kind = Remote::kReceiveResult, .status = status, .text = why};
-      result.ticket = waiter.ticket;
-      result.origin = self;
-      result.job = waiter.job;
-      SendResult(waiter.node, std::move(result));
+      AnswerWaiter(waiter, Envelope{.status = status, .text = why});
     }
     port.waiters.clear();
   }
@@ -1280,7 +1274,7 @@ struct PortRouter::State {
   }
 
   // ---- results on the job side ----------------------------------------------------------
-  void HandleResult(const Envelope& e, std::uint64_t from) {
+  void HandleResult(Envelope& e, std::uint64_t from) {
     if (e.kind == Remote::kLinkCompleted) return LinkCompleted(e);
     auto it = tickets.find(e.ticket);
     if (it == tickets.end()) {
@@ -1333,7 +1327,7 @@ struct PortRouter::State {
         delivery->request = ticket.request;
         delivery->receive_name = ticket.name;
         delivery->many = ticket.many;
-        delivery->message = std::move(*const_cast<Envelope&>(e).message);
+        delivery->message = std::move(*e.message);
         return StartDelivery(delivery);
       }
       case TicketKind::kMakeSend: {
@@ -1599,7 +1593,7 @@ struct PortRouter::State {
   }
 
   // ---- dispatch -------------------------------------------------------------------------
-  void Dispatch(const Envelope& e, std::uint64_t from) {
+  void Dispatch(Envelope& e, std::uint64_t from) {
     switch (e.kind) {
       case Remote::kEnqueue:
         return HomeEnqueue(e);
@@ -1683,36 +1677,12 @@ struct PortRouter::State {
       if (ticket.node == node) dead.push_back(id);
     }
     for (std::uint64_t id : dead) {
+      // HandleResult goes by the ticket's kind; any result kind but kLinkCompleted will do.
       Envelope failure{.kind = Remote::kEnqueueResult,
                        .ticket = id,
                        .origin = node,
                        .status = JobStatus::kUnavailable,
                        .text = "node " + std::to_string(node) + " cannot be reached"};
-      const Ticket& ticket = tickets.at(id);
-      switch (ticket.kind) {
-        case TicketKind::kReceive:
-          failure.kind = Remote::kReceiveResult;
-          break;
-        case TicketKind::kNameQuery:
-          failure.kind = Remote::kNameQueryResult;
-          break;
-        case TicketKind::kLinkCancel:
-          failure.kind = Remote::kLinkCancelResult;
-          break;
-        case TicketKind::kRegionFetch:
-          failure.kind = Remote::kRegionFetchResult;
-          break;
-        case TicketKind::kStatus:
-          failure.kind = Remote::kPortStatusResult;
-          break;
-        case TicketKind::kNotify:
-          failure.kind = Remote::kNotifyResult;
-          break;
-        default:
-          failure.kind = Remote::kRefDeltaResult;
-          break;
-      }
-      if (ticket.kind == TicketKind::kSend) failure.kind = Remote::kEnqueueResult;
       HandleResult(failure, node);
     }
   }
@@ -1794,13 +1764,8 @@ void PortRouter::Timer(std::uint64_t id) {
         if (w->ticket == info.ticket && w->timer == id) {
           Waiter waiter = std::move(*w);
           waiters.erase(w);
-          Envelope result{.kind = Remote::kReceiveResult,
-                          .status = JobStatus::kTimedOut,
-                          .text = "no message within the timeout"};
-          result.ticket = waiter.ticket;
-          result.origin = state_->self;
-          result.job = waiter.job;
-          state_->SendResult(waiter.node, std::move(result));
+          state_->AnswerWaiter(waiter, Envelope{.status = JobStatus::kTimedOut,
+                                                .text = "no message within the timeout"});
           break;
         }
       }

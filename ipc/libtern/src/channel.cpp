@@ -84,10 +84,8 @@ bool Channel::Impl::connected() {
 IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::string_view body) {
   std::unique_lock lock(mu_);
   if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
-  std::uint32_t request = next_request_++;
-  while (request == 0 || slots_.contains(request)) request = next_request_++;
   // Filed before the write: the reply may be read by another thread before this one waits.
-  slots_[request].op = op;
+  const std::uint32_t request = FileSlot(op);
   lock.unlock();
 
   const std::string frame =
@@ -100,6 +98,18 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::strin
     CloseLocked(written.error().message);
     return written.error();
   }
+  return AwaitReply(lock, request);
+}
+
+std::uint32_t Channel::Impl::FileSlot(ipc::JobOp op) {
+  std::uint32_t request = next_request_++;
+  while (request == 0 || slots_.contains(request)) request = next_request_++;
+  slots_[request].op = op;
+  return request;
+}
+
+IpcResult<Channel::Impl::Reply> Channel::Impl::AwaitReply(std::unique_lock<std::mutex>& lock,
+                                                          std::uint32_t request) {
   for (;;) {
     auto it = slots_.find(request);
     if (it->second.done) {
@@ -137,9 +147,7 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
     return results;
   }
   for (const std::string& body : bodies) {
-    std::uint32_t request = next_request_++;
-    while (request == 0 || slots_.contains(request)) request = next_request_++;
-    slots_[request].op = op;
+    const std::uint32_t request = FileSlot(op);
     requests.push_back(request);
     ipc::AppendFrame(frames, ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
   }
@@ -152,34 +160,7 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
     for (std::size_t i = 0; i < bodies.size(); ++i) results.emplace_back(written.error());
     return results;
   }
-  for (std::uint32_t request : requests) {
-    for (;;) {
-      auto it = slots_.find(request);
-      if (it->second.done) {
-        Slot slot = std::move(it->second);
-        slots_.erase(it);
-        if (slot.status != JobStatus::kOk) {
-          results.emplace_back(IpcError{slot.status, std::move(slot.reply.body)});
-        } else {
-          results.emplace_back(std::move(slot.reply));
-        }
-        break;
-      }
-      if (!closed_reason_.empty()) {
-        slots_.erase(it);
-        results.emplace_back(libtern::Unavailable(closed_reason_));
-        break;
-      }
-      if (reader_active_) {
-        cv_.wait(lock);
-        continue;
-      }
-      reader_active_ = true;
-      ReadAndDispatch(lock);
-      reader_active_ = false;
-      cv_.notify_all();
-    }
-  }
+  for (std::uint32_t request : requests) results.push_back(AwaitReply(lock, request));
   return results;
 }
 

@@ -55,6 +55,11 @@ class Channel::Impl {
   };
 
   IpcResult<void> WriteFrame(std::string_view frame);
+  // A fresh request id with an empty slot for its reply (mu_ held).
+  std::uint32_t FileSlot(ipc::JobOp op);
+  // Waits (mu_ held through `lock`) until the reply to `request` is in, reading in turn with
+  // the other waiting threads; removes its slot.
+  IpcResult<Reply> AwaitReply(std::unique_lock<std::mutex>& lock, std::uint32_t request);
   // Reads once from the socket (mutex not held) and files what arrived (mutex held).
   void ReadAndDispatch(std::unique_lock<std::mutex>& lock);
   void Dispatch(ipc::Frame frame);       // mu_ held
