@@ -28,6 +28,7 @@ enum class Remote : std::uint8_t {
   kBreakLinkEnd = 11,   // object=end
   kRegionFetch = 12,    // object=region -> kRegionFetchResult text=bytes
   kNameQuery = 13,      // text=name -> kNameQueryResult object
+  kJobMoved = 14,       // job: it lives on the sending node now (holders, waiters, link ops)
   // Results, sent back to the asking node.
   kEnqueueResult = 64,
   kReceiveResult = 65,

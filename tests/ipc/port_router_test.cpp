@@ -97,6 +97,18 @@ class Net {
       }
     }
   }
+  // The job leaves `from` and lives on `to` from now on, as a migration does it.
+  void Move(const std::string& job, std::uint64_t to) {
+    const std::uint64_t from = job_node[job];
+    auto exported = routers[from]->ExportJob(job, to);
+    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+    routers[from]->JobGone(job);  // the source's copy ends: must release nothing
+    routers[to]->JobAttached(job);
+    auto imported = routers[to]->ImportJob(job, exported.state);
+    ASSERT_TRUE(imported) << imported.error().message;
+    job_node[job] = to;
+    Pump();
+  }
   void FireTimers() {
     auto due = std::move(timers);
     timers.clear();
@@ -593,6 +605,99 @@ TEST(PortRouter, MalformedInputIsAnErrorNotACrash) {
   EXPECT_EQ(reply.status, JobStatus::kBadRequest);
   reply = net.Call("a", static_cast<JobOp>(999), "");
   EXPECT_EQ(reply.status, JobStatus::kBadRequest);
+}
+
+}  // namespace
+}  // namespace tern::ipc
+
+namespace tern::ipc {
+namespace {
+
+TEST(PortRouter, AJobMovesWithItsRightsItsWaitingReceiveAndItsName) {
+  Net net(3);
+  net.Attach(1, "server");
+  net.Attach(3, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  // Queued before the move, and a receive waiting while it moves.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "before")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "before");
+  const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+  EXPECT_FALSE(net.Answer("server", waiting));
+  const auto rights_before = net.routers[1]->RightCount("server");
+
+  net.Move("server", 2);
+  EXPECT_EQ(net.routers[1]->RightCount("server"), 0u);
+  EXPECT_EQ(net.routers[2]->RightCount("server"), rights_before);
+  EXPECT_EQ(net.routers[1]->PortCount(), 1u) << "the port stays homed where it was made";
+
+  // The waiting receive is answered on the new node, under the same request id.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "during")).status, JobStatus::kOk);
+  auto got = net.Answer("server", waiting);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(ReadMessage(*got).items.at(0).bytes(), "during");
+  // The same names work there, and the name service finds it.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "after")).status, JobStatus::kOk);
+  auto after = Receive(net, "server", port);
+  ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
+  EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+  EXPECT_EQ(Lookup(net, "client", "svc").status, JobStatus::kOk);
+
+  // Moving back to the port's home, then ending: the port dies and its senders learn it.
+  net.Move("server", 1);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "home")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "home");
+  net.Gone("server");
+  EXPECT_EQ(net.routers[1]->PortCount(), 0u);
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "x")).status, JobStatus::kDeadName);
+}
+
+TEST(PortRouter, ALinkEndAndItsPendingOperationMoveWithTheJob) {
+  Net net(2);
+  net.Attach(1, "a");
+  auto created = net.Call("a", JobOp::kLinkCreate, "");
+  ASSERT_EQ(created.status, JobStatus::kOk);
+  const auto end0 = ReadU32(created.body);
+  const auto end1 = ReadU32(created.body, 4);
+  // A receive posted on end 0 and a thread waiting on it, then the job moves.
+  const auto handle = ReadU32(net.Call("a", JobOp::kLinkReceive, U32(end0)).body);
+  const auto wait = net.Ask("a", JobOp::kOpWait, Body({handle, kWaitForever}));
+  EXPECT_FALSE(net.Answer("a", wait));
+  net.Move("a", 2);
+  const auto sent =
+      ReadU32(net.Call("a", JobOp::kLinkSend, LinkSendBody(end1, "over the link")).body);
+  auto done = net.Answer("a", wait);
+  ASSERT_TRUE(done);
+  ASSERT_EQ(done->status, JobStatus::kOk) << done->body;
+  WireReader r(done->body);
+  auto result = r.ReadOpResult();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->end, end0);
+  EXPECT_EQ(result->message.items.at(0).bytes(), "over the link");
+  EXPECT_EQ(net.Call("a", JobOp::kOpWait, Body({sent, 0})).status, JobStatus::kOk);
+}
+
+TEST(PortRouter, AJobWithASendInFlightIsBusyAndARegionHolderCannotMove) {
+  Net net(2);
+  net.Attach(1, "a");
+  net.Attach(2, "b");
+  const auto port = Allocate(net, "b");
+  Register(net, "b", "b", MakeSend(net, "b", port));
+  const auto to_b = ReadU32(Lookup(net, "a", "b").body);
+  net.cut.insert({1, 2});  // the send cannot be answered yet
+  net.Ask("a", JobOp::kSend, SendBody(to_b, "stuck"));
+  EXPECT_EQ(net.routers[1]->ExportJob("a", 2).outcome, PortRouter::ExportOutcome::kBusy);
+  EXPECT_EQ(net.routers[1]->RightCount("a"), 1u) << "a busy export changes nothing";
+
+  net.Attach(2, "r");
+  WireWriter size;
+  size.U64(4096);
+  ASSERT_EQ(net.Call("r", JobOp::kRegionCreate, size.Take()).status, JobStatus::kOk);
+  auto refused = net.routers[2]->ExportJob("r", 1);
+  EXPECT_EQ(refused.outcome, PortRouter::ExportOutcome::kRefused);
+  EXPECT_NE(refused.state.find("region"), std::string::npos) << refused.state;
+  EXPECT_FALSE(net.routers[2]->ImportJob("x", "garbage"));
 }
 
 }  // namespace

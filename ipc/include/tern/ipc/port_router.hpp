@@ -88,6 +88,25 @@ class PortRouter {
   // What to do now; clears the list.
   Actions TakeActions();
 
+  // Moving a job to another node (docs/ipc.md "Moving a job"). ExportJob takes the job's
+  // capability table, its link operations, its waiting receives and the names it registered
+  // out of this router and returns them as bytes for ImportJob on `to`; from then on this
+  // router forwards every answer meant for the job to `to`. Nothing is released: the rights
+  // travel. Answers kBusy while the job has operations in flight that cannot travel (a send
+  // not yet accepted, a lookup, a cancel): the caller tries again shortly. Fails for a job
+  // that cannot move (it holds a memory region, whose pages live on this node).
+  enum class ExportOutcome { kExported, kBusy, kRefused };
+  struct Export {
+    ExportOutcome outcome = ExportOutcome::kRefused;
+    std::string state;  // kExported: for ImportJob; else why not
+  };
+  Export ExportJob(const std::string& job, std::uint64_t to);
+  // Installs an exported job (attached already or not) and tells every node that it lives
+  // here now. A malformed state is an error and changes nothing.
+  Expected<void> ImportJob(const std::string& job, std::string_view state);
+  // Why `job` cannot move with its rights, or "" if it can.
+  std::string MoveBlocker(const std::string& job) const;
+
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;
   std::size_t RightCount(const std::string& job) const;
