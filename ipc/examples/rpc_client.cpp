@@ -1,14 +1,17 @@
 // tern-example-rpc-client: calls tern-example-rpc-server from several threads.
 //
 //   tern-example-rpc-client [--name rpc] [--calls 100] [--threads 1] [--timeout-ms 5000]
+//                           [--pause-ms 0]
 //
 // Each thread makes --calls calls with a few random numbers and checks the sum that comes
-// back; prints calls per second and the median call time. Exits 1 on any wrong or failed call.
+// back, pausing --pause-ms between calls (a steady trickle, e.g. while the server moves);
+// prints calls per second and the median call time. Exits 1 on any wrong or failed call.
 #include <atomic>
 #include <chrono>
 #include <iostream>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "example_util.hpp"
 
@@ -18,12 +21,13 @@ int main(int argc, char** argv) {
   if (args.help() || !args.bad().empty() || !args.mode().empty()) {
     if (!args.bad().empty()) std::cerr << args.bad() << "\n";
     std::cerr << "usage: tern-example-rpc-client [--name rpc] [--calls 100] [--threads 1] "
-                 "[--timeout-ms 5000]\n";
+                 "[--timeout-ms 5000] [--pause-ms 0]\n";
     return args.help() ? 0 : 2;
   }
   const std::string name = args.Get("name", "rpc");
   const long calls = args.Int("calls", 100);
   const long threads = args.Int("threads", 1);
+  const auto pause = std::chrono::milliseconds(args.Int("pause-ms", 0));
   CallOptions options;
   options.timeout = Timeout(args.Int("timeout-ms", 5000));
   options.attempts = 3;
@@ -45,6 +49,7 @@ int main(int argc, char** argv) {
         std::mt19937 random(static_cast<unsigned>(t) + 1);
         std::vector<double> mine;
         for (long i = 0; i < calls; ++i) {
+          if (i > 0 && pause.count() > 0) std::this_thread::sleep_for(pause);
           long long expected = 0;
           std::string request;
           for (int k = 0; k < 4; ++k) {

@@ -1,7 +1,11 @@
 #include "tern/migrate/criu.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -38,6 +42,70 @@ std::string LogErrors(const std::string& log_path, const std::string& fallback) 
   const size_t first = errors.size() > 3 ? errors.size() - 3 : 0;
   for (size_t i = first; i < errors.size(); ++i) text += (text.empty() ? "" : " | ") + errors[i];
   return text;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream bytes;
+  bytes << file.rdbuf();
+  return bytes.str();
+}
+
+// CRIU's kernel probe ("kerndat") and its cache. Every criu run first asks the kernel what it
+// supports — it makes a veth pair in a fresh network namespace, runs iptables, parses the vDSO,
+// forks ptrace probes — which takes 70-100 ms here, inside the job's freeze, unless
+// /run/criu.kdat holds the answers. CRIU writes that file only when /run is a tmpfs (so that a
+// reboot drops it); on these machines /run is not one (PLATFORM.md), and CRIU reads the file
+// wherever it lives. So we let `criu check` probe once in a private mount namespace with a
+// tmpfs on /run, and install the file it writes there as /run/criu.kdat, stamped with what it
+// depends on (boot, kernel, CRIU): any change makes us probe again.
+constexpr const char* kKerndatCache = "/run/criu.kdat";
+constexpr const char* kKerndatStamp = "/run/criu.kdat.tern-stamp";
+
+std::string KerndatStamp(const std::string& criu, const std::string& version) {
+  std::string boot = ReadFile("/proc/sys/kernel/random/boot_id");
+  while (!boot.empty() && boot.back() == '\n') boot.pop_back();
+  return "boot " + boot + "\ncriu " + criu + " " + version + "\n";
+}
+
+bool OnTmpfs(const char* path) {
+  struct statfs info {};
+  return ::statfs(path, &info) == 0 && info.f_type == TMPFS_MAGIC;
+}
+
+void PrimeKerndatCache(const std::string& criu, const std::string& version) {
+  // A tmpfs /run: CRIU keeps its own cache there, and it is right for this boot.
+  if (OnTmpfs("/run")) return;
+  const std::string stamp = KerndatStamp(criu, version);
+  struct stat cache {};
+  if (::stat(kKerndatCache, &cache) == 0 && cache.st_size > 0 && ReadFile(kKerndatStamp) == stamp) {
+    return;
+  }
+  // Whatever is there is from another boot or another CRIU: it goes before anything reads it.
+  ::unlink(kKerndatStamp);
+  ::unlink(kKerndatCache);
+  std::string temporary = std::string(kKerndatCache) + ".tern-XXXXXX";
+  const int fd = ::mkstemp(temporary.data());
+  if (fd < 0) return;
+  SubprocessOptions quick;
+  quick.timeout = std::chrono::seconds(20);
+  quick.inherit_fds.emplace_back(3, fd);
+  // The tmpfs hides the real /run from `criu check` only; fd 3 is the file in the real one.
+  auto probed = RunSubprocess(
+      {"unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+       "mount -t tmpfs -o size=1m,mode=0755 tern-kdat /run && \"$0\" check >/dev/null 2>&1 && "
+       "cat /run/criu.kdat >&3",
+       criu},
+      quick);
+  struct stat written {};
+  const bool ok = probed && probed->exit_code == 0 && ::fstat(fd, &written) == 0 &&
+                  written.st_size > 0 && ::fchmod(fd, 0600) == 0 && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(temporary.c_str(), kKerndatCache) != 0) {
+    ::unlink(temporary.c_str());
+    return;
+  }
+  std::ofstream(kKerndatStamp, std::ios::trunc) << stamp;
 }
 
 std::string NamespaceOf(pid_t pid) {
@@ -95,6 +163,8 @@ CriuCheck CheckCriuUncached(const std::string& criu) {
   if (version && std::regex_search(version->output, match, std::regex(R"(Version:\s*([\d.]+))"))) {
     check.version = match[1];
   }
+  // Before `criu check`, so that it, too, finds the cache.
+  PrimeKerndatCache(criu, check.version);
   auto verdict = RunSubprocess({criu, "check"}, quick);
   check.works = verdict && verdict->output.find("Looks good") != std::string::npos;
   if (!check.works) {

@@ -12,6 +12,8 @@ std::string_view ToString(MigrationPhase phase) {
       return "dumping";
     case MigrationPhase::kTransferring:
       return "transferring";
+    case MigrationPhase::kHandingOff:
+      return "handing_off";
     case MigrationPhase::kCommitting:
       return "committing";
     case MigrationPhase::kDone:
@@ -35,6 +37,7 @@ RunnableCopy SourceMigration::runnable() const {
       return RunnableCopy::kSource;
     case MigrationPhase::kDumping:
     case MigrationPhase::kTransferring:
+    case MigrationPhase::kHandingOff:
       return RunnableCopy::kNone;
     case MigrationPhase::kCommitting:
     case MigrationPhase::kDone:
@@ -83,10 +86,17 @@ std::vector<MigrationAction> SourceMigration::On(MigrationEvent event) {
       break;
     case MigrationPhase::kTransferring:
       if (event == E::kRestored) {
+        phase_ = MigrationPhase::kHandingOff;
+        return {A::kHandOff};
+      }
+      if (event == E::kDestinationFailed) return Abort(true);
+      break;
+    case MigrationPhase::kHandingOff:
+      if (event == E::kHandedOff) {
         phase_ = MigrationPhase::kCommitting;
         return {A::kKillSource, A::kSendCommit};
       }
-      if (event == E::kDestinationFailed) return Abort(true);
+      if (event == E::kHandOffFailed || event == E::kDestinationFailed) return Abort(true);
       break;
     case MigrationPhase::kCommitting:
       if (event == E::kCommitted) {

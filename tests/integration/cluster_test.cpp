@@ -1077,7 +1077,7 @@ TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
   EXPECT_NE(out.find("receive on any link: 2 of 2"), std::string::npos) << out;
 }
 
-TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {
+TEST_F(ClusterTest, IpcChannelFollowsAMovedJobBeforeItUsesIpc) {
   const std::string bin = kBinDir + "/";
   // The job moves before it uses IPC: its channel is re-attached to node2's agent.
   const auto server = Submit(
@@ -1092,15 +1092,85 @@ TEST_F(ClusterTest, IpcChannelFollowsAMovedJobAndRightsHoldersAreRefused) {
   auto status = Status("node1", server);
   ASSERT_TRUE(status);
   EXPECT_GE(status->value("ipc_rights", 0), 1) << status->dump();
-  // Now it holds rights, which do not move yet: the pre-flight says so and the job stays.
-  auto refused = Tern("node1", {"migrate", server, "node3"});
-  EXPECT_EQ(refused.exit_code, 1);
-  EXPECT_NE(refused.err.find("IPC right"), std::string::npos) << refused.Describe();
   const auto client =
       Submit("node1", {bin + "tern-example-pingpong", "client", "--name", "itmv", "--count", "50"},
              "node3");
   FinishedOutput(client);
   FinishedOutput(server);
+}
+
+// DESIGN.md "Stay reachable": a job's ports, its waiting receives and its registered name move
+// with it; callers on every node keep getting every answer exactly once.
+TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
+  const std::string bin = kBinDir + "/";
+  constexpr int kCallsEach = 200;
+  const auto server = Submit("node1",
+                             {bin + "tern-example-rpc-server", "--name", "itmove", "--threads", "2",
+                              "--ack", "explicit", "--requests", std::to_string(3 * kCallsEach)},
+                             "node1");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", server).value_or("").find("rpc server:") != std::string::npos;
+      },
+      30s));
+  const auto client_args = [&](const std::string& threads) {
+    return std::vector<std::string>{
+        bin + "tern-example-rpc-client", "--name",     "itmove", "--threads",    threads, "--calls",
+        std::to_string(kCallsEach),      "--pause-ms", "25",     "--timeout-ms", "10000"};
+  };
+  const auto far = Submit("node1", client_args("2"), "node3");
+  const auto near = Submit("node1", client_args("1"), "node2");
+  // Calls are flowing: the server holds its port, its name's send right and reply rights.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto status = Status("node1", server);
+        return status && status->value("ipc_rights", 0) >= 2;
+      },
+      30s));
+
+  auto first = Tern("node1", {"migrate", server, "node2"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  auto second = Tern("node1", {"migrate", server, "node3", "--mode", "postcopy"});
+  ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  // A client blocked in a call moves too, and gets its answer on the new node.
+  auto client_moved = Tern("node1", {"migrate", near, "node1"});
+  ASSERT_EQ(client_moved.exit_code, 0) << client_moved.Describe();
+
+  auto status = Status("node1", server);
+  ASSERT_TRUE(status);
+  EXPECT_EQ(status->value("node", ""), "node3");
+  EXPECT_GE(status->value("ipc_rights", 0), 1) << status->dump();
+  const auto far_out = FinishedOutput(far);
+  EXPECT_NE(far_out.find(std::to_string(2 * kCallsEach) + " calls ok, 0 failed"), std::string::npos)
+      << far_out;
+  const auto near_out = FinishedOutput(near);
+  EXPECT_NE(near_out.find(std::to_string(kCallsEach) + " calls ok, 0 failed"), std::string::npos)
+      << near_out;
+  // Every request reached the handler exactly once (a retried call is answered from the
+  // reply cache), and every reply was acknowledged.
+  const auto server_out = FinishedOutput(server);
+  EXPECT_NE(server_out.find("handled " + std::to_string(3 * kCallsEach) +
+                            " requests, 0 replies still kept"),
+            std::string::npos)
+      << server_out;
+}
+
+TEST_F(ClusterTest, IpcAJobHoldingARegionIsRefusedByThePreflight) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto peer = Submit("node1", {probe, "region-peer", "itregmv"}, "node2");
+  const auto owner = Submit("node1", {probe, "region-shared", "itregmv"}, "node2");
+  // The peer maps the region and keeps it for a few seconds.
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node1", peer).value_or("").find("peer sees") != std::string::npos; },
+      30s));
+  auto refused = Tern("node1", {"migrate", "--dry-run", peer, "node3"});
+  EXPECT_EQ(refused.exit_code, 1) << refused.Describe();
+  EXPECT_NE(refused.err.find("region"), std::string::npos) << refused.Describe();
+  auto still = Status("node1", peer);
+  ASSERT_TRUE(still);
+  EXPECT_EQ(still->value("node", ""), "node2");
+  FinishedOutput(peer);
+  FinishedOutput(owner);
 }
 
 TEST_F(ClusterTest, IpcRegionsShareOnANodeAndAreCopiedToAnother) {

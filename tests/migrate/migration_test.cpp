@@ -23,7 +23,8 @@ SourceMigration At(MigrationPhase phase) {
       {MigrationPhase::kPreparing, E::kPreflightPassed},
       {MigrationPhase::kDumping, E::kDestinationReady},
       {MigrationPhase::kTransferring, E::kDumped},
-      {MigrationPhase::kCommitting, E::kRestored},
+      {MigrationPhase::kHandingOff, E::kRestored},
+      {MigrationPhase::kCommitting, E::kHandedOff},
       {MigrationPhase::kDone, E::kCommitted}};
   for (const auto& [reached, event] : path) {
     if (machine.phase() == phase) break;
@@ -41,7 +42,9 @@ TEST(SourceMigrationTest, HappyPathActionsInOrder) {
   EXPECT_EQ(machine.runnable(), RunnableCopy::kNone) << "frozen while it is dumped";
   EXPECT_EQ(machine.On(E::kDumped), std::vector<A>{A::kSendImages});
   EXPECT_EQ(machine.runnable(), RunnableCopy::kNone);
-  EXPECT_EQ(machine.On(E::kRestored), (std::vector<A>{A::kKillSource, A::kSendCommit}));
+  EXPECT_EQ(machine.On(E::kRestored), std::vector<A>{A::kHandOff});
+  EXPECT_EQ(machine.runnable(), RunnableCopy::kNone) << "neither runs while IPC state moves";
+  EXPECT_EQ(machine.On(E::kHandedOff), (std::vector<A>{A::kKillSource, A::kSendCommit}));
   EXPECT_EQ(machine.runnable(), RunnableCopy::kDestination);
   EXPECT_EQ(machine.On(E::kCommitted), std::vector<A>{A::kReportSuccess});
   EXPECT_TRUE(machine.finished());
@@ -64,7 +67,9 @@ TEST(SourceMigrationTest, EveryFailureBeforeTheCommitPointResumesTheSource) {
   for (const Case& c : {Case{MigrationPhase::kPreparing, E::kDestinationFailed, false},
                         Case{MigrationPhase::kDumping, E::kDumpFailed, true},
                         Case{MigrationPhase::kDumping, E::kDestinationFailed, true},
-                        Case{MigrationPhase::kTransferring, E::kDestinationFailed, true}}) {
+                        Case{MigrationPhase::kTransferring, E::kDestinationFailed, true},
+                        Case{MigrationPhase::kHandingOff, E::kHandOffFailed, true},
+                        Case{MigrationPhase::kHandingOff, E::kDestinationFailed, true}}) {
     SCOPED_TRACE(std::string(ToString(c.phase)));
     SourceMigration machine = At(c.phase);
     auto actions = machine.On(c.failure);
@@ -93,8 +98,9 @@ TEST(SourceMigrationTest, NeverTwoCopiesInAnyPhase) {
   // exactly when the destination becomes the runnable copy, and resume only before it.
   for (MigrationPhase phase :
        {MigrationPhase::kPreflight, MigrationPhase::kPreparing, MigrationPhase::kDumping,
-        MigrationPhase::kTransferring, MigrationPhase::kCommitting, MigrationPhase::kDone}) {
-    for (int e = 0; e <= static_cast<int>(E::kCommitUnacknowledged); ++e) {
+        MigrationPhase::kTransferring, MigrationPhase::kHandingOff, MigrationPhase::kCommitting,
+        MigrationPhase::kDone}) {
+    for (int e = 0; e <= static_cast<int>(E::kHandOffFailed); ++e) {
       SourceMigration machine = At(phase);
       const RunnableCopy before = machine.runnable();
       auto actions = machine.On(static_cast<E>(e));

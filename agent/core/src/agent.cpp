@@ -70,14 +70,22 @@ Expected<void> Agent::Start() {
            return "the job shares a memory region with " + others +
                   " on this node (jobs that share a region move together or not at all)";
          }
-         if (const auto rights = ipc_->RightCount(job); rights > 0) {
-           return "the job holds " + std::to_string(rights) +
-                  " IPC right(s), and moving IPC rights with a job is not supported yet";
-         }
-         return "";
+         return ipc_->MoveBlocker(job);
        },
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
-       .close = [this](const std::string& job) { ipc_->CloseChannel(job); }});
+       .close = [this](const std::string& job) { ipc_->CloseChannel(job); },
+       .hand_off =
+           [this](const std::string& job, std::uint64_t to, int init_pid) {
+             auto handed = ipc_->HandOff(job, to, init_pid);
+             using Outcome = MigrationDriver::HandOff::Outcome;
+             const Outcome outcome =
+                 handed.outcome == IpcService::HandOffOutcome::kDone   ? Outcome::kDone
+                 : handed.outcome == IpcService::HandOffOutcome::kBusy ? Outcome::kBusy
+                                                                       : Outcome::kRefused;
+             return MigrationDriver::HandOff{outcome, std::move(handed.state)};
+           },
+       .take_over = [this](const std::string& job,
+                           std::string_view state) { return ipc_->TakeOver(job, state); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   api_->SetIpcRightCount([this](const std::string& job) { return ipc_->RightCount(job); });
   cluster_->SetRequestHandler(

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -14,6 +15,7 @@
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
+#include <tern/jobs/job_launcher.hpp>
 #include <tern/jobs/unique_fd.hpp>
 
 namespace tern::agent {
@@ -130,13 +132,22 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    if (!Consume(job, channel)) return;
+    Run();
+    if (!channel->closed) Read(job, channel);
+  }
+
+  // Reads what the job wrote and hands every complete request to the router; false when the
+  // channel was closed (end of file, or a broken protocol).
+  bool Consume(const std::string& job, const std::shared_ptr<Channel>& channel) {
     char buffer[65536];
     for (;;) {
       const ssize_t got = ::recv(channel->socket.native_handle(), buffer, sizeof buffer, 0);
       if (got > 0) {
         if (auto fed = channel->decoder.Feed(std::string_view(buffer, got)); !fed) {
           spdlog::warn("job {}: closing its IPC channel: {}", job, fed.error().message);
-          return Close(job);
+          Close(job);
+          return false;
         }
         if (static_cast<std::size_t>(got) < sizeof buffer) break;
         continue;
@@ -145,21 +156,116 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       if (got < 0 && errno == EINTR) continue;
       // End of file: the job closed its channel (or ended); its rights go when it ends.
       spdlog::debug("job {}: IPC channel closed by the job", job);
-      return Close(job);
+      Close(job);
+      return false;
     }
     while (auto frame = channel->decoder.Next()) {
       if (frame->type != ipc::FrameType::kIpcRequest) {
         spdlog::warn("job {}: closing its IPC channel: frame type {} is not an IPC request", job,
                      static_cast<int>(frame->type));
-        return Close(job);
+        Close(job);
+        return false;
       }
       if (auto handled = router_.JobRequest(job, frame->payload); !handled) {
         spdlog::warn("job {}: closing its IPC channel: {}", job, handled.error().message);
-        return Close(job);
+        Close(job);
+        return false;
       }
     }
+    return true;
+  }
+
+  HandOffResult HandOff(const std::string& job, std::uint64_t to_node, int init_pid) {
+    auto it = channels_.find(job);
+    if (it == channels_.end()) return {HandOffOutcome::kDone, ""};
+    auto channel = it->second;
+    // The job is frozen: what it wrote is all there is. Requests complete enough to run, run.
+    if (!Consume(job, channel)) return {HandOffOutcome::kDone, ""};
     Run();
-    if (!channel->closed) Read(job, channel);
+    if (channel->closed) return {HandOffOutcome::kDone, ""};
+    // The job's end of the channel, through its frozen init (pidfd_getfd): what waits there
+    // unread travels with the job. Taken before the rights leave, so that a failure here
+    // changes nothing.
+    auto job_end = JobEnd(init_pid);
+    if (!job_end) return {HandOffOutcome::kRefused, job_end.error().message};
+    auto exported = router_.ExportJob(job, to_node);
+    Run();  // frames the export asked for, and nothing for the job any more
+    if (exported.outcome == ipc::PortRouter::ExportOutcome::kBusy) {
+      return {HandOffOutcome::kBusy, exported.state};
+    }
+    if (exported.outcome == ipc::PortRouter::ExportOutcome::kRefused) {
+      return {HandOffOutcome::kRefused, exported.state};
+    }
+    // What the job has not read: first what waits in its socket, then what we did not write.
+    std::string to_job = TakeUnread(job_end->get());
+    for (const auto& chunk : channel->out) to_job.append(chunk.bytes, chunk.offset);
+    channel->out.clear();
+    const std::string from_job = channel->decoder.TakeBuffered();
+    spdlog::info(
+        "job {}: IPC state handed off: {} bytes of rights, {} bytes of answers it has not read, "
+        "{} bytes of a request it was writing",
+        job, exported.state.size(), to_job.size(), from_job.size());
+    ipc::WireWriter out;
+    out.Bytes(exported.state);
+    out.Bytes(to_job);
+    out.Bytes(from_job);
+    Close(job);  // the router holds nothing of the job now: nothing is released
+    return {HandOffOutcome::kDone, out.Take()};
+  }
+
+  // A copy of the job's end of its channel, fd 3 of its init.
+  static Expected<UniqueFd> JobEnd(int init_pid) {
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, init_pid, 0)));
+    if (!pidfd.valid()) {
+      return Fail(std::string("cannot reach the job's IPC channel: pidfd_open: ") +
+                  std::strerror(errno));
+    }
+    UniqueFd end(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), jobs::kJobIpcFd, 0)));
+    if (!end.valid()) {
+      return Fail(std::string("cannot reach the job's IPC channel: pidfd_getfd: ") +
+                  std::strerror(errno));
+    }
+    return end;
+  }
+
+  // Everything queued in the job's end that it has not read yet (it is frozen: nothing more
+  // arrives but what we write, and we write nothing now).
+  static std::string TakeUnread(int job_end) {
+    std::string bytes;
+    char buffer[65536];
+    for (;;) {
+      const ssize_t got = ::recv(job_end, buffer, sizeof buffer, MSG_DONTWAIT);
+      if (got > 0) {
+        bytes.append(buffer, static_cast<std::size_t>(got));
+        continue;
+      }
+      if (got < 0 && errno == EINTR) continue;
+      return bytes;  // EAGAIN: all taken
+    }
+  }
+
+  Expected<void> TakeOver(const std::string& job, std::string_view state) {
+    if (state.empty()) return {};
+    ipc::WireReader in(state);
+    auto rights = in.Bytes();
+    auto to_job = in.Bytes();
+    auto from_job = in.Bytes();
+    if (!from_job || !in.AtEnd()) return Fail("malformed IPC hand-off for job " + job);
+    auto it = channels_.find(job);
+    if (it == channels_.end()) return Fail("job " + job + " has no IPC channel here");
+    auto channel = it->second;
+    if (auto imported = router_.ImportJob(job, *rights); !imported) return imported;
+    if (!from_job->empty()) {
+      if (auto fed = channel->decoder.Feed(*from_job); !fed) return fed;
+    }
+    if (!to_job->empty()) {
+      Channel::Chunk chunk;
+      chunk.bytes = std::move(*to_job);
+      channel->out.push_front(std::move(chunk));
+    }
+    Run();
+    Flush(job, channel);
+    return {};
   }
 
   // Carries out what the router asked for.
@@ -320,6 +426,19 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   bool stopped_ = false;
   bool run_scheduled_ = false;
 };
+
+IpcService::HandOffResult IpcService::HandOff(const std::string& job, std::uint64_t to_node,
+                                              int init_pid) {
+  return impl_->HandOff(job, to_node, init_pid);
+}
+
+Expected<void> IpcService::TakeOver(const std::string& job, std::string_view state) {
+  return impl_->TakeOver(job, state);
+}
+
+std::string IpcService::MoveBlocker(const std::string& job) const {
+  return impl_->router_.MoveBlocker(job);
+}
 
 IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
     : impl_(std::make_shared<Impl>(io, node_id, std::move(send))) {}

@@ -33,6 +33,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+// How long a frozen job's IPC operations (a send not yet accepted, a lookup) may take to
+// settle before the move gives up and the job resumes where it was.
+constexpr std::chrono::milliseconds kIpcHandOffPatience{3000};
 using migrate::MigrationAction;
 using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
@@ -57,6 +60,23 @@ std::string FromHex(const std::string& hex) {
     out.push_back(static_cast<char>(high));
   }
   return out;
+}
+
+// The commit call's body: [u32 length][the move's stats as JSON][the job's IPC state]. A body
+// that is JSON alone (an older source) carries no IPC state.
+std::string EncodeCommitBody(const std::string& stats, const std::string& ipc_state) {
+  std::string body(4, '\0');
+  const auto length = static_cast<std::uint32_t>(stats.size());
+  for (int i = 0; i < 4; ++i) body[i] = static_cast<char>((length >> (24 - 8 * i)) & 0xff);
+  return body + stats + ipc_state;
+}
+
+std::pair<std::string, std::string> DecodeCommitBody(const std::string& body) {
+  if (body.size() < 4 || body.front() == '{') return {body, ""};
+  std::uint32_t length = 0;
+  for (int i = 0; i < 4; ++i) length = (length << 8) | static_cast<unsigned char>(body[i]);
+  if (length > body.size() - 4) return {"", ""};
+  return {body.substr(4, length), body.substr(4 + length)};
 }
 
 // The job's channel socket as dumped, kept next to the images for the destination's restore.
@@ -138,7 +158,8 @@ std::uint64_t MemAvailable() {
 struct MigrationDriver::Outgoing {
   ApiCall call;  // as asked, for a second attempt
   int attempt = 1;
-  std::string channel;  // the job's IPC channel socket ("socket:[INODE]"), "" if none
+  std::string channel;    // the job's IPC channel socket ("socket:[INODE]"), "" if none
+  std::string ipc_state;  // the job's IPC rights and channel bytes, handed to the destination
   std::string id;
   jobs::JobRecord job;
   std::string destination;
@@ -546,6 +567,9 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
             });
         break;
       }
+      case MigrationAction::kHandOff:
+        HandOffIpc(migration, Clock::now() + kIpcHandOffPatience);
+        break;
       case MigrationAction::kKillSource: {
         // The commit point: recorded first, so that a restarted agent never resumes this copy.
         RecordOutcome(migration->id, "committed");
@@ -587,6 +611,41 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
   }
 }
 
+void MigrationDriver::HandOffIpc(const std::shared_ptr<Outgoing>& migration,
+                                 Clock::time_point deadline) {
+  if (migration->machine.phase() != migrate::MigrationPhase::kHandingOff) return;  // aborted
+  if (!ipc_.hand_off) {
+    Step(migration, static_cast<int>(MigrationEvent::kHandedOff));
+    return;
+  }
+  auto handed = ipc_.hand_off(migration->job.id, migration->destination_id, migration->job.pid);
+  switch (handed.outcome) {
+    case HandOff::Outcome::kDone:
+      migration->ipc_state = std::move(handed.state);
+      Step(migration, static_cast<int>(MigrationEvent::kHandedOff));
+      return;
+    case HandOff::Outcome::kRefused:
+      migration->error = "the job's IPC rights cannot move: " + handed.state;
+      migration->error_status = 409;
+      Step(migration, static_cast<int>(MigrationEvent::kHandOffFailed));
+      return;
+    case HandOff::Outcome::kBusy:
+      break;
+  }
+  if (Clock::now() >= deadline) {
+    migration->error = "the job's IPC operations did not settle within " +
+                       std::to_string(kIpcHandOffPatience.count()) + " ms (" + handed.state +
+                       "); it keeps running on " + cluster_.self().name;
+    migration->error_status = 409;
+    Step(migration, static_cast<int>(MigrationEvent::kHandOffFailed));
+    return;
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(2));
+  timer->async_wait([this, migration, deadline, timer](const auto& error) {
+    if (!error) HandOffIpc(migration, deadline);
+  });
+}
+
 void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
   if (alive) return;
   // Aborting finishes migrations, which removes them from outgoing_: walk a copy.
@@ -598,7 +657,8 @@ void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
     const auto phase = migration->machine.phase();
     if (phase != migrate::MigrationPhase::kPreparing &&
         phase != migrate::MigrationPhase::kDumping &&
-        phase != migrate::MigrationPhase::kTransferring) {
+        phase != migrate::MigrationPhase::kTransferring &&
+        phase != migrate::MigrationPhase::kHandingOff) {
       continue;
     }
     spdlog::warn("migration {}: {} stopped answering during the {} phase: aborting", mid,
@@ -615,6 +675,13 @@ void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
                 {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
           },
           [](Expected<migrate::SubprocessResult>) {});
+      continue;
+    }
+    if (phase == migrate::MigrationPhase::kHandingOff) {
+      // No call is pending then: the hand-off waits on the job's own operations.
+      migration->error = reason;
+      migration->error_status = 502;
+      Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
       continue;
     }
     cluster_.FailPendingCalls(node_id, reason);
@@ -710,7 +777,7 @@ void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int
   call.method = "POST";
   call.target = "/v1/migrations/" + migration->id + "/commit";
   call.caller = migration->caller;
-  call.body = stats.dump();
+  call.body = EncodeCommitBody(stats.dump(), migration->ipc_state);
   cluster_.Call(
       migration->destination_id, call, [this, migration, attempt, start](ApiResult result) {
         migration->commit_ms = MillisSince(start);
@@ -1073,9 +1140,17 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     return;
   }
   auto incoming = found->second;
+  auto [stats_text, ipc_state] = DecodeCommitBody(call.body);
+  if (!ipc_state.empty() && ipc_.take_over) {
+    // Its rights, and the answers it has not read, are in place before it runs again.
+    if (auto taken = ipc_.take_over(incoming->job.id, ipc_state); !taken) {
+      spdlog::error("migration {}: job {} resumes without its IPC rights: {}", mid,
+                    incoming->job.id, taken.error().message);
+    }
+  }
   incoming_.erase(found);
   migrate::ResumeTree(incoming->restored_pid);
-  json stats = json::parse(call.body, nullptr, false);
+  json stats = json::parse(stats_text, nullptr, false);
   jobs::JobRecord record = incoming->job;
   if (stats.is_object()) {
     stats["resumed_at"] = jobs::FormatTime(std::chrono::system_clock::now());

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <tern/expected.hpp>
 #include <tern/ipc/frame_type.hpp>
+#include <utility>
 
 namespace tern::ipc {
 
@@ -54,6 +55,8 @@ class FrameDecoder {
   void set_max_payload(std::size_t max_payload) { max_payload_ = max_payload; }
   // Bytes buffered that do not yet form a complete frame.
   std::size_t buffered() const { return buffer_.size(); }
+  // Takes those bytes out (a channel handed to another reader continues from them).
+  std::string TakeBuffered() { return std::exchange(buffer_, {}); }
 
  private:
   std::size_t max_payload_;

@@ -2,13 +2,12 @@
 // (Chromium's mojo/core/ports shape). The agent's MigrationDriver performs the actions — CRIU
 // runs, messages to the destination agent — and feeds their outcomes back as events.
 //
-//   kPreflight ─ok─► kPreparing ─ready─► kDumping ─dumped─► kTransferring ─restored─► kCommitting
-//   ─committed─► kDone
-//        │ refused        │ failed           │ failed            │ failed/lost               │
-//        lost: keep telling ▼                ▼                  ▼                   ▼ ▼ (the
-//        destination decides
-//     kRefused         kAborted ◄──────── kAborted ◄────────── kAborted (source resumed)      to
-//     resume on commit)
+//   kPreflight ─ok─► kPreparing ─ready─► kDumping ─dumped─► kTransferring ─restored─►
+//   kHandingOff ─handed off─► kCommitting ─committed─► kDone
+//
+//   Refused at pre-flight: kRefused. Any failure before kCommitting (destination lost, dump or
+//   restore failed, the job's IPC state could not be handed off): kAborted, the source copy
+//   resumed. A failure in kCommitting: keep telling the destination, which resumes on commit.
 //
 // Invariant "never two, never zero": until the source kills its frozen copy (the commit point,
 // entered on kRestored) only the source copy may run, and every failure resumes it there; from
@@ -30,6 +29,7 @@ enum class MigrationPhase {
   kPreparing,
   kDumping,
   kTransferring,
+  kHandingOff,  // the job's IPC rights and channel bytes are taken out of the source agent
   kCommitting,
   kDone,
   kRefused,
@@ -47,12 +47,15 @@ enum class MigrationEvent {
   kRestored,  // the destination holds a stopped copy
   kCommitted,
   kCommitUnacknowledged,  // link lost after the commit point: retry; the destination resumes
+  kHandedOff,             // the job's IPC state is out of the source agent, ready to travel
+  kHandOffFailed,         // its IPC operations did not settle, or it holds what cannot move
 };
 
 enum class MigrationAction {
   kPrepareDestination,
   kDump,
   kSendImages,
+  kHandOff,     // take the job's IPC state out of the source agent (retried while busy)
   kKillSource,  // the commit point
   kSendCommit,
   kResumeSource,

@@ -7,6 +7,8 @@
 // rights are released and peers notified). A job that breaks the channel protocol (a frame
 // that is not an IPC request, an oversized frame) has its channel closed, with a logged
 // reason; a malformed frame from a peer is logged and reported (the caller closes the link).
+// A moving job's rights travel with it: HandOff on the source takes them (and the channel's
+// bytes in flight) out, TakeOver on the destination puts them in place before the job resumes.
 // Rights do not survive an agent restart: a re-adopted job's channel reads end-of-file.
 //
 // Thread-safety: everything runs on the agent's io_context thread.
@@ -41,6 +43,21 @@ class IpcService {
   Expected<void> OnNodeFrame(std::uint64_t from, ipc::FrameType type, const std::string& payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);
+
+  // Source side of a migration, with the job frozen (`init_pid` is its init, which holds the
+  // channel's other end): reads what the job wrote, takes its rights out of the router, and
+  // takes the answers it has not read yet. kBusy: operations still in flight, try again soon
+  // (nothing changed); kRefused: it holds what cannot move (`state` says why).
+  enum class HandOffOutcome { kDone, kBusy, kRefused };
+  struct HandOffResult {
+    HandOffOutcome outcome = HandOffOutcome::kRefused;
+    std::string state;  // kDone: bytes for TakeOver; else why not
+  };
+  HandOffResult HandOff(const std::string& job, std::uint64_t to_node, int init_pid);
+  // Destination side, after OpenChannel and before the job resumes.
+  Expected<void> TakeOver(const std::string& job, std::string_view state);
+  // Why the job cannot move with its IPC rights, or "".
+  std::string MoveBlocker(const std::string& job) const;
 
   std::size_t RightCount(const std::string& job) const;
   std::set<std::string> JobsSharingRegions(const std::string& job) const;

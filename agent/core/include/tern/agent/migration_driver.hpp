@@ -55,11 +55,18 @@ class MigrationDriver {
   void SetPublisher(Publisher publisher) { publish_ = std::move(publisher); }
   // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
-  // arrive.
+  // arrive. hand_off takes a frozen job's rights out of this agent for `to` (IpcService::
+  // HandOff); take_over puts them in place at the destination before the job resumes.
+  struct HandOff {
+    enum class Outcome { kDone, kBusy, kRefused } outcome = Outcome::kDone;
+    std::string state;  // kDone: for take_over; else why not
+  };
   struct IpcHooks {
     std::function<std::string(const std::string& job)> blocker;
     std::function<int(const std::string& job)> open;
     std::function<void(const std::string& job)> close;
+    std::function<HandOff(const std::string& job, std::uint64_t to, int init_pid)> hand_off;
+    std::function<Expected<void>(const std::string& job, std::string_view state)> take_over;
   };
   void SetIpcHooks(IpcHooks hooks) { ipc_ = std::move(hooks); }
   // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
@@ -73,6 +80,9 @@ class MigrationDriver {
   struct Incoming;
 
   void Prepare(const ApiCall& call, ApiDone done);
+  // Retries the IPC hand-off while the job's operations settle, up to `deadline`.
+  void HandOffIpc(const std::shared_ptr<Outgoing>& migration,
+                  std::chrono::steady_clock::time_point deadline);
   void Accept(const std::shared_ptr<Incoming>& incoming);
   void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
   void Commit(const std::string& mid, const ApiCall& call, ApiDone done);
