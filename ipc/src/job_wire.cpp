@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <tern/ipc/job_wire.hpp>
 
 namespace tern::ipc {
@@ -177,6 +178,7 @@ std::optional<Message> WireReader::ReadMessage() {
   message.reply = *reply;
   message.reply_disposition = static_cast<Disposition>(*reply_disposition);
   message.id = *id;
+  message.items.reserve(std::min<std::size_t>(*count, in_.size() / 5 + 1));
   for (std::uint32_t i = 0; i < *count; ++i) {
     auto kind = U8();
     if (!kind || *kind < 1 || *kind > 5) return std::nullopt;

@@ -110,6 +110,7 @@ struct JobState {
     // right's +1, a receive right marked in transit), by node.
     std::vector<std::pair<std::uint64_t, Envelope>> preops;
     std::vector<std::function<void()>> on_failure;
+    bool batch = false;  // a kSendBatch train: answered with the count accepted
   };
   std::deque<std::shared_ptr<PendingSend>> sends;
 };
@@ -404,6 +405,8 @@ struct PortRouter::State {
         if (!send) return bad("send: malformed message");
         return StartSend(job_name, job, request.id, std::move(*send));
       }
+      case JobOp::kSendBatch:
+        return StartBatch(job_name, job, request.id, request.body);
       case JobOp::kSendReceive: {
         auto name = in.U32();
         auto timeout = in.U32();
@@ -713,7 +716,9 @@ struct PortRouter::State {
     while (count < max && !queue.empty() && !NeedsFetch(queue.front())) {
       TransitMessage transit = std::move(queue.front());
       queue.pop_front();
-      out.WriteMessage(Convert(job, job_name, transit, name, {}));
+      if (!WriteDataOnly(out, transit, name)) {
+        out.WriteMessage(Convert(job, job_name, transit, name, {}));
+      }
       ++count;
     }
     if (count == 0) return {};
@@ -722,6 +727,27 @@ struct PortRouter::State {
     header.U32(count);
     out.out().replace(0, 4, header.out());
     return out.Take();
+  }
+
+  // A message with no rights in it, written as the job sees it without building a Message
+  // (the common case of a stream). False, and nothing written, for one that carries rights.
+  static bool WriteDataOnly(WireWriter& out, const TransitMessage& transit,
+                            std::uint32_t receive_name) {
+    if (transit.reply.type != RightType::kNone) return false;
+    for (const TransitItem& item : transit.items) {
+      if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return false;
+    }
+    out.U32(receive_name);
+    out.U8(static_cast<std::uint8_t>(Disposition::kCopySend));
+    out.U32(0);
+    out.U8(static_cast<std::uint8_t>(Disposition::kNone));
+    out.U32(transit.id);
+    out.U32(static_cast<std::uint32_t>(transit.items.size()));
+    for (const TransitItem& item : transit.items) {
+      out.U8(static_cast<std::uint8_t>(item.kind));
+      out.Bytes(item.data ? std::string_view(*item.data) : std::string_view());
+    }
+    return true;
   }
 
   void StartReceive(const std::string& job_name, JobState& job, std::uint32_t request,
@@ -947,6 +973,85 @@ struct PortRouter::State {
     PumpSends(job_name, job);
   }
 
+  // send_many's fast path: a train of data-only messages to one port, one envelope to its
+  // home and one answer (how many were accepted). Nothing to carry, so no pre-ops.
+  void StartBatch(const std::string& job_name, JobState& job, std::uint32_t request,
+                  std::string_view body) {
+    WireReader in(body);
+    auto policy = in.U8();
+    auto timeout = in.U32();
+    auto notify_name = in.U32();
+    auto count = in.U32();
+    if (!count || *count == 0 || *policy > static_cast<std::uint8_t>(FullPolicy::kNotify)) {
+      return Error(job_name, request, JobStatus::kBadRequest,
+                   "send_batch: needs a policy, a timeout, a notify name and messages");
+    }
+    auto send = std::make_shared<JobState::PendingSend>();
+    send->request = request;
+    send->batch = true;
+    std::vector<TransitMessage> batch;
+    batch.reserve(*count);
+    std::uint32_t destination = 0;
+    std::size_t bytes = 0;
+    for (std::uint32_t i = 0; i < *count; ++i) {
+      auto message = in.ReadMessage();
+      if (!message) {
+        return Error(job_name, request, JobStatus::kBadRequest, "send_batch: malformed message");
+      }
+      if (i == 0) destination = message->destination;
+      if (message->destination != destination || message->reply != 0 ||
+          message->destination_disposition != Disposition::kCopySend) {
+        return Error(job_name, request, JobStatus::kBadRequest,
+                     "send_batch: every message goes to one port (copy-send), without a reply "
+                     "right");
+      }
+      TransitMessage transit;
+      transit.id = message->id;
+      transit.items.reserve(message->items.size());
+      for (Item& item : message->items) {
+        if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
+          return Error(job_name, request, JobStatus::kBadRequest,
+                       "send_batch: messages carry data only; send rights with send");
+        }
+        bytes += item.data ? item.data->size() : 0;
+        transit.items.push_back(TransitItem{item.kind, std::move(item.data), {}});
+      }
+      batch.push_back(std::move(transit));
+    }
+    if (!in.AtEnd() || bytes > kMaxMessageBytes) {
+      return Error(job_name, request, JobStatus::kBadRequest,
+                   "send_batch: trailing bytes, or over 256 MiB in one train");
+    }
+    Entry* dest = Find(job, destination);
+    if (!dest || (dest->type != RightType::kSend && dest->type != RightType::kReceive)) {
+      if (dest && dest->type == RightType::kDeadName) {
+        return Error(job_name, request, JobStatus::kDeadName, "the destination port is dead");
+      }
+      return Error(job_name, request, JobStatus::kInvalidName,
+                   "name " + std::to_string(destination) + " is not a send right of this job");
+    }
+    ObjectId notify;
+    if (static_cast<FullPolicy>(*policy) == FullPolicy::kNotify) {
+      Entry* target = Find(job, *notify_name);
+      if (!target || (target->type != RightType::kReceive && target->type != RightType::kSend)) {
+        return Error(job_name, request, JobStatus::kInvalidName,
+                     "the notify port is not a port right of this job");
+      }
+      notify = target->id;
+    }
+    for (TransitMessage& transit : batch) transit.destination = dest->id;
+    send->envelope = Envelope{.kind = Remote::kEnqueueBatch,
+                              .job = job_name,
+                              .object = dest->id,
+                              .object2 = notify,
+                              .a = *policy,
+                              .b = *timeout,
+                              .c = *notify_name,
+                              .batch = std::move(batch)};
+    job.sends.push_back(send);
+    PumpSends(job_name, job);
+  }
+
   // Sends leave in the order the job made them: one waiting for its pre-ops holds the rest.
   void PumpSends(const std::string& job_name, JobState& job) {
     while (!job.sends.empty() && job.sends.front()->outstanding == 0) {
@@ -957,7 +1062,8 @@ struct PortRouter::State {
         Error(job_name, send->request, send->status, send->error);
         continue;
       }
-      Envelope e = send->envelope;
+      // A plain send keeps its envelope (undo needs nothing of it); a batch's is large: moved.
+      Envelope e = send->batch ? std::move(send->envelope) : send->envelope;
       e.ticket = NewTicket(Ticket{.kind = TicketKind::kSend,
                                   .node = e.object.home,
                                   .job = job_name,
@@ -1024,6 +1130,54 @@ struct PortRouter::State {
                .text = "the port's queue is full (" + std::to_string(port.limit) + " messages)"});
   }
 
+  // The answer to a send or a batch that ends now: a batch says how many it got in.
+  void EnqueueResult(const Envelope& request, JobStatus status = JobStatus::kOk,
+                     std::string text = {}) {
+    Respond(request, Envelope{.kind = Remote::kEnqueueResult,
+                              .a = request.kind == Remote::kEnqueueBatch
+                                       ? static_cast<std::uint32_t>(request.delta)
+                                       : 0,
+                              .status = status,
+                              .text = std::move(text)});
+  }
+
+  // Takes messages of a batch while there is room; the accepted count lives in `delta`.
+  // True when the whole batch is in.
+  bool TakeFromBatch(Port& port, Envelope& e) {
+    std::size_t taken = 0;
+    while (taken < e.batch.size() && port.queue.size() < port.limit) {
+      Accept(port, std::move(e.batch[taken]));
+      ++taken;
+    }
+    e.batch.erase(e.batch.begin(), e.batch.begin() + static_cast<std::ptrdiff_t>(taken));
+    e.delta += static_cast<std::int64_t>(taken);
+    return e.batch.empty();
+  }
+
+  void HomeEnqueueBatch(Envelope& e) {
+    auto it = ports.find(e.object.serial);
+    if (it == ports.end())
+      return EnqueueResult(e, JobStatus::kDeadName, "the destination port is dead");
+    Port& port = it->second;
+    e.delta = 0;
+    if (port.blocked.empty() && TakeFromBatch(port, e)) return EnqueueResult(e);
+    const auto policy = static_cast<FullPolicy>(e.a);
+    if (policy == FullPolicy::kWait && e.b > 0) {
+      BlockedSender blocked{std::move(e), 0};
+      if (blocked.envelope.b != kWaitForever) {
+        blocked.timer = NewTimer(TimerInfo{.kind = TimerKind::kBlockedSender,
+                                           .object = blocked.envelope.object,
+                                           .ticket = blocked.envelope.ticket},
+                                 blocked.envelope.b);
+      }
+      port.blocked.push_back(std::move(blocked));
+      return;
+    }
+    if (policy == FullPolicy::kNotify) port.space_notify.emplace_back(e.object2, e.c);
+    EnqueueResult(e, policy == FullPolicy::kWait ? JobStatus::kTimedOut : JobStatus::kQueueFull,
+                  "the port's queue is full (" + std::to_string(port.limit) + " messages)");
+  }
+
   void Accept(Port& port, TransitMessage message) {
     if (!port.waiters.empty() && port.queue.empty()) {
       Waiter waiter = std::move(port.waiters.front());
@@ -1051,11 +1205,16 @@ struct PortRouter::State {
   // Room freed in a queue: let blocked senders in, then tell those who asked.
   void RoomFreed(Port& port) {
     while (!port.blocked.empty() && port.queue.size() < port.limit) {
-      BlockedSender blocked = std::move(port.blocked.front());
+      BlockedSender& front = port.blocked.front();
+      if (front.envelope.kind == Remote::kEnqueueBatch) {
+        if (!TakeFromBatch(port, front.envelope)) break;  // the queue is full again
+      } else {
+        Accept(port, std::move(*front.envelope.message));
+      }
+      BlockedSender blocked = std::move(front);
       port.blocked.pop_front();
       CancelTimer(blocked.timer);
-      Accept(port, std::move(*blocked.envelope.message));
-      Respond(blocked.envelope, Envelope{.kind = Remote::kEnqueueResult});
+      EnqueueResult(blocked.envelope);
     }
     if (port.queue.size() < port.limit && !port.space_notify.empty()) {
       auto targets = std::move(port.space_notify);
@@ -1155,9 +1314,7 @@ struct PortRouter::State {
     FailWaiters(dead, JobStatus::kDeadName, "the port died");
     for (BlockedSender& blocked : dead.blocked) {
       CancelTimer(blocked.timer);
-      Respond(blocked.envelope, Envelope{.kind = Remote::kEnqueueResult,
-                                         .status = JobStatus::kDeadName,
-                                         .text = "the destination port died"});
+      EnqueueResult(blocked.envelope, JobStatus::kDeadName, "the destination port died");
     }
     for (TransitMessage& message : dead.queue) ReleaseTransit(message);
     for (const DeadNameRequest& request : dead.dead_name) {
@@ -1330,6 +1487,16 @@ struct PortRouter::State {
         return;
       }
       case TicketKind::kSend: {
+        if (ticket.send->batch) {
+          if (e.status == JobStatus::kDeadName && job_alive) {
+            MarkDead(job_it->second, ticket.send->envelope.object);
+          }
+          WireWriter out;
+          out.U32(e.a);
+          out.U16(static_cast<std::uint16_t>(e.status));
+          out.Bytes(e.text);
+          return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+        }
         if (e.status == JobStatus::kOk) {
           for (auto& apply : ticket.send->on_success) apply();
           if (ticket.send->then_receive && job_alive) {
@@ -1627,6 +1794,8 @@ struct PortRouter::State {
     switch (e.kind) {
       case Remote::kEnqueue:
         return HomeEnqueue(e);
+      case Remote::kEnqueueBatch:
+        return HomeEnqueueBatch(e);
       case Remote::kReceiveWait:
         return HomeReceiveWait(e);
       case Remote::kRefDelta:
@@ -1837,9 +2006,7 @@ void PortRouter::Timer(std::uint64_t id) {
         if (b->timer == id) {
           Envelope request = std::move(b->envelope);
           blocked.erase(b);
-          state_->Respond(request, Envelope{.kind = Remote::kEnqueueResult,
-                                            .status = JobStatus::kTimedOut,
-                                            .text = "the port's queue stayed full"});
+          state_->EnqueueResult(request, JobStatus::kTimedOut, "the port's queue stayed full");
           break;
         }
       }

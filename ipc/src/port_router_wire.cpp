@@ -27,6 +27,51 @@ std::optional<TransitRight> ReadRight(WireReader& r) {
   return TransitRight{static_cast<RightType>(*type), *id};
 }
 
+void WriteTransit(WireWriter& w, const TransitMessage& m) {
+  WriteId(w, m.destination);
+  WriteRight(w, m.reply);
+  w.U32(m.id);
+  w.U32(static_cast<std::uint32_t>(m.items.size()));
+  for (const TransitItem& item : m.items) {
+    w.U8(static_cast<std::uint8_t>(item.kind));
+    if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
+      w.Bytes(item.data ? std::string_view(*item.data) : std::string_view());
+    } else {
+      WriteRight(w, item.right);
+    }
+  }
+}
+
+std::optional<TransitMessage> ReadTransit(WireReader& r) {
+  TransitMessage m;
+  auto destination = ReadId(r);
+  auto reply = ReadRight(r);
+  auto id = r.U32();
+  auto count = r.U32();
+  if (!destination || !reply || !count || *count > (1u << 20)) return std::nullopt;
+  m.destination = *destination;
+  m.reply = *reply;
+  m.id = *id;
+  m.items.reserve(*count);
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto item_kind = r.U8();
+    if (!item_kind || *item_kind < 1 || *item_kind > 5) return std::nullopt;
+    TransitItem item;
+    item.kind = static_cast<ItemKind>(*item_kind);
+    if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
+      auto bytes = r.Bytes();
+      if (!bytes) return std::nullopt;
+      item.data = std::make_shared<const std::string>(std::move(*bytes));
+    } else {
+      auto right = ReadRight(r);
+      if (!right) return std::nullopt;
+      item.right = *right;
+    }
+    m.items.push_back(std::move(item));
+  }
+  return m;
+}
+
 }  // namespace
 
 std::string EncodeEnvelope(const Envelope& e) {
@@ -43,21 +88,12 @@ std::string EncodeEnvelope(const Envelope& e) {
   w.U64(static_cast<std::uint64_t>(e.delta));
   w.U16(static_cast<std::uint16_t>(e.status));
   w.Bytes(e.text);
-  w.U8(e.message ? 1 : 0);
-  if (e.message) {
-    const TransitMessage& m = *e.message;
-    WriteId(w, m.destination);
-    WriteRight(w, m.reply);
-    w.U32(m.id);
-    w.U32(static_cast<std::uint32_t>(m.items.size()));
-    for (const TransitItem& item : m.items) {
-      w.U8(static_cast<std::uint8_t>(item.kind));
-      if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-        w.Bytes(item.data ? std::string_view(*item.data) : std::string_view());
-      } else {
-        WriteRight(w, item.right);
-      }
-    }
+  // 0: no message, 1: one message, 2: a batch.
+  w.U8(e.message ? 1 : (e.batch.empty() ? 0 : 2));
+  if (e.message) WriteTransit(w, *e.message);
+  if (!e.message && !e.batch.empty()) {
+    w.U32(static_cast<std::uint32_t>(e.batch.size()));
+    for (const TransitMessage& m : e.batch) WriteTransit(w, m);
   }
   return w.Take();
 }
@@ -91,33 +127,21 @@ std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
   e.delta = static_cast<std::int64_t>(*delta);
   e.status = static_cast<JobStatus>(*status);
   e.text = std::move(*text);
-  if (*has_message) {
-    TransitMessage m;
-    auto destination = ReadId(r);
-    auto reply = ReadRight(r);
-    auto id = r.U32();
+  if (*has_message == 1) {
+    auto m = ReadTransit(r);
+    if (!m) return std::nullopt;
+    e.message = std::move(*m);
+  } else if (*has_message == 2) {
     auto count = r.U32();
-    if (!destination || !reply || !count || *count > (1u << 20)) return std::nullopt;
-    m.destination = *destination;
-    m.reply = *reply;
-    m.id = *id;
+    if (!count || *count == 0 || *count > (1u << 24)) return std::nullopt;
+    e.batch.reserve(*count);
     for (std::uint32_t i = 0; i < *count; ++i) {
-      auto item_kind = r.U8();
-      if (!item_kind || *item_kind < 1 || *item_kind > 5) return std::nullopt;
-      TransitItem item;
-      item.kind = static_cast<ItemKind>(*item_kind);
-      if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-        auto bytes = r.Bytes();
-        if (!bytes) return std::nullopt;
-        item.data = std::make_shared<const std::string>(std::move(*bytes));
-      } else {
-        auto right = ReadRight(r);
-        if (!right) return std::nullopt;
-        item.right = *right;
-      }
-      m.items.push_back(std::move(item));
+      auto m = ReadTransit(r);
+      if (!m) return std::nullopt;
+      e.batch.push_back(std::move(*m));
     }
-    e.message = std::move(m);
+  } else if (*has_message != 0) {
+    return std::nullopt;
   }
   if (!r.AtEnd()) return std::nullopt;
   return e;

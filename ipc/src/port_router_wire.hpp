@@ -29,6 +29,7 @@ enum class Remote : std::uint8_t {
   kRegionFetch = 12,    // object=region -> kRegionFetchResult text=bytes
   kNameQuery = 13,      // text=name -> kNameQueryResult object
   kJobMoved = 14,       // job: it lives on the sending node now (holders, waiters, link ops)
+  kEnqueueBatch = 15,   // batch, a/b/c/object2 as kEnqueue -> kEnqueueResult a=accepted
   // Results, sent back to the asking node.
   kEnqueueResult = 64,
   kReceiveResult = 65,
@@ -71,6 +72,7 @@ struct Envelope {
   JobStatus status = JobStatus::kOk;
   std::string text;
   std::optional<TransitMessage> message;
+  std::vector<TransitMessage> batch;  // kEnqueueBatch: data-only messages to `object`, in order
 };
 
 std::string EncodeEnvelope(const Envelope& envelope);

@@ -266,6 +266,8 @@ TEST(PeerTransportTest, DisconnectClosesTheLinkWithItsReasonAndTheDialerComesBac
   a.Locked([&] { EXPECT_EQ(a.downs[0].second, "malformed IPC frame from node 2"); });
   // b still wants a: it dials again and a fresh link comes up.
   ASSERT_TRUE(a.WaitFor([&] { return a.ups.size() == 2; }));
+  // Each side learns of the new link on its own; b may send once it has.
+  ASSERT_TRUE(b.WaitFor([&] { return b.ups.size() == 2; }));
   ASSERT_TRUE(b.Send(1, "after"));
   ASSERT_TRUE(a.WaitFor([&] { return a.frames.size() == 1; }));
 }

@@ -702,3 +702,97 @@ TEST(PortRouter, AJobWithASendInFlightIsBusyAndARegionHolderCannotMove) {
 
 }  // namespace
 }  // namespace tern::ipc
+
+namespace tern::ipc {
+namespace {
+
+std::string Train(std::uint32_t dest, int count, FullPolicy policy, std::uint32_t timeout = 0,
+                  std::uint32_t first = 0) {
+  WireWriter w;
+  w.U8(static_cast<std::uint8_t>(policy));
+  w.U32(timeout);
+  w.U32(0);
+  w.U32(static_cast<std::uint32_t>(count));
+  for (int i = 0; i < count; ++i) {
+    Message m;
+    m.destination = dest;
+    m.items.push_back(Item::Bytes("t" + std::to_string(first + i)));
+    w.WriteMessage(m);
+  }
+  return w.Take();
+}
+
+struct TrainAnswer {
+  std::uint32_t accepted = 0;
+  JobStatus status = JobStatus::kOk;
+};
+
+TrainAnswer ReadTrainAnswer(const JobReply& reply) {
+  EXPECT_EQ(reply.status, JobStatus::kOk) << reply.body;
+  WireReader r(reply.body);
+  auto accepted = r.U32();
+  auto status = r.U16();
+  return {accepted.value_or(0), static_cast<JobStatus>(status.value_or(0))};
+}
+
+TEST(PortRouter, ATrainOfMessagesIsOneRequestAndStopsAtAFullQueue) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server", /*limit=*/5);
+  Register(net, "server", "trains", MakeSend(net, "server", port));
+  const auto to = ReadU32(Lookup(net, "client", "trains").body);
+
+  // Fail: the first 5 go in, in order; the 6th is refused and ends the train.
+  auto answer =
+      ReadTrainAnswer(net.Call("client", JobOp::kSendBatch, Train(to, 8, FullPolicy::kFail)));
+  EXPECT_EQ(answer.accepted, 5u);
+  EXPECT_EQ(answer.status, JobStatus::kQueueFull);
+  auto batch = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 100}));
+  ASSERT_EQ(batch.status, JobStatus::kOk);
+  WireReader r(batch.body);
+  ASSERT_EQ(*r.U32(), 5u);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_EQ(r.ReadMessage()->items.at(0).bytes(), "t" + std::to_string(i));
+
+  // Wait: 12 into a queue of 5; the rest goes in as the receiver takes, and one answer says 12.
+  const auto waiting =
+      net.Ask("client", JobOp::kSendBatch, Train(to, 12, FullPolicy::kWait, kWaitForever, 100));
+  EXPECT_FALSE(net.Answer("client", waiting)) << "blocked on the full queue";
+  std::vector<std::string> got;
+  while (got.size() < 12) {
+    auto more = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 3}));
+    ASSERT_EQ(more.status, JobStatus::kOk) << more.body;
+    WireReader m(more.body);
+    const auto count = *m.U32();
+    for (std::uint32_t i = 0; i < count; ++i)
+      got.emplace_back(m.ReadMessage()->items.at(0).bytes());
+  }
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(got[i], "t" + std::to_string(100 + i)) << "in order";
+  auto done = net.Answer("client", waiting);
+  ASSERT_TRUE(done);
+  EXPECT_EQ(ReadTrainAnswer(*done).accepted, 12u);
+  EXPECT_EQ(ReadTrainAnswer(*done).status, JobStatus::kOk);
+
+  // A train with a reply right, or to two ports, is refused whole.
+  WireWriter bad;
+  bad.U8(0);
+  bad.U32(0);
+  bad.U32(0);
+  bad.U32(1);
+  Message m;
+  m.destination = to;
+  m.reply = port;
+  m.reply_disposition = Disposition::kMakeSendOnce;
+  bad.WriteMessage(m);
+  EXPECT_EQ(net.Call("client", JobOp::kSendBatch, bad.Take()).status, JobStatus::kBadRequest);
+  // To a dead port: nothing accepted, dead_name.
+  net.Gone("server");
+  auto dead =
+      ReadTrainAnswer(net.Call("client", JobOp::kSendBatch, Train(to, 3, FullPolicy::kFail)));
+  EXPECT_EQ(dead.accepted, 0u);
+  EXPECT_EQ(dead.status, JobStatus::kDeadName);
+}
+
+}  // namespace
+}  // namespace tern::ipc

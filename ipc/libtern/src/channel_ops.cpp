@@ -115,8 +115,33 @@ IpcResult<Message> Channel::receive(std::uint32_t port, Timeout timeout) const {
   return std::move(*message);
 }
 
+namespace {
+
+// A send_many can go as trains (JobOp::kSendBatch) when every message is data to one port.
+bool FitsTrains(const std::vector<Message>& messages) {
+  if (messages.size() < 2) return false;
+  for (const Message& message : messages) {
+    if (message.destination != messages.front().destination || message.reply != 0 ||
+        message.destination_disposition != Disposition::kCopySend) {
+      return false;
+    }
+    for (const Item& item : message.items) {
+      if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return false;
+    }
+  }
+  return true;
+}
+
+constexpr std::size_t kTrainMessages = 8192;
+constexpr std::size_t kTrainBytes = 1u << 20;
+
+}  // namespace
+
 IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPolicy policy,
                                    Timeout timeout, std::size_t* accepted) const {
+  if (accepted) *accepted = 0;
+  if (messages.empty()) return {};
+  if (FitsTrains(messages)) return SendTrains(messages, policy, timeout, accepted);
   std::vector<std::string> bodies;
   bodies.reserve(messages.size());
   for (const Message& message : messages) {
@@ -134,6 +159,65 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
       ++ok;
     } else if (!first_error) {
       first_error = result.error();
+    }
+  }
+  if (accepted) *accepted = ok;
+  if (first_error) return *first_error;
+  return {};
+}
+
+// Trains of up to kTrainMessages messages / kTrainBytes bytes, one request each. Waiting
+// senders pipeline every train in one write; with kFail or kNotify the trains go one at a time
+// and the first refusal ends the call, so that nothing after a refused message is sent.
+IpcResult<void> Channel::SendTrains(const std::vector<Message>& messages, FullPolicy policy,
+                                    Timeout timeout, std::size_t* accepted) const {
+  std::vector<std::string> trains;
+  for (std::size_t first = 0; first < messages.size();) {
+    WireWriter train;
+    train.U8(static_cast<std::uint8_t>(policy));
+    train.U32(libtern::TimeoutMs(timeout));
+    train.U32(0);
+    train.U32(0);  // the count, filled in below
+    std::size_t count = 0, bytes = 0;
+    while (first + count < messages.size() && count < kTrainMessages && bytes < kTrainBytes) {
+      const Message& message = messages[first + count];
+      train.WriteMessage(message);
+      bytes += message.ByteSize() + 16;
+      ++count;
+    }
+    std::string body = train.Take();
+    for (int i = 0; i < 4; ++i) {
+      body[9 + i] = static_cast<char>((count >> (24 - 8 * i)) & 0xff);
+    }
+    trains.push_back(std::move(body));
+    first += count;
+  }
+  std::size_t ok = 0;
+  const auto tally = [&](IpcResult<Impl::Reply>& result) -> std::optional<IpcError> {
+    if (!result) return result.error();
+    WireReader reader(result->body);
+    auto taken = reader.U32();
+    auto status = reader.U16();
+    auto text = reader.Bytes();
+    if (!text) return Malformed(JobOp::kSendBatch);
+    ok += *taken;
+    if (static_cast<JobStatus>(*status) != JobStatus::kOk) {
+      return IpcError{static_cast<JobStatus>(*status), *text};
+    }
+    return std::nullopt;
+  };
+  std::optional<IpcError> first_error;
+  if (policy == FullPolicy::kWait) {
+    auto results = impl_->RequestMany(JobOp::kSendBatch, trains);
+    for (auto& result : results) {
+      auto error = tally(result);
+      if (error && !first_error) first_error = std::move(error);
+    }
+  } else {
+    for (const std::string& train : trains) {
+      auto result = impl_->Request(JobOp::kSendBatch, train);
+      first_error = tally(result);
+      if (first_error) break;
     }
   }
   if (accepted) *accepted = ok;

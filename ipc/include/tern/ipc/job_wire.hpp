@@ -45,6 +45,12 @@ enum class JobOp : std::uint16_t {
   // {u32 receive name, u32 timeout_ms, u32 max} -> {u32 count, Message x count}: what is queued
   // (at least one message, waiting for it), up to max, in one reply.
   kReceiveMany = 21,
+  // A train of messages to one port, in one request (the fast path of send_many):
+  // {u8 FullPolicy, u32 timeout_ms, u32 notify name, u32 count, Message x count} ->
+  // {u32 accepted, u16 JobStatus of the first refused (kOk if none), string why}. Every message
+  // has the same destination (a send right, copy-send, or a receive right) and carries data
+  // only: no reply right, no rights in items. They go in order; the first refused stops the rest.
+  kSendBatch = 22,
 };
 
 enum class JobStatus : std::uint16_t {

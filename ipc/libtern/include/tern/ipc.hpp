@@ -213,7 +213,9 @@ class Channel {
   IpcResult<Message> receive(std::uint32_t port, Timeout timeout = kForever) const;
   // Sends the messages in order with one write to the agent and waits for all the answers:
   // a stream of small messages without a round trip each. Ok when every one was accepted;
-  // otherwise the first error, and `accepted` (if given) counts those that were.
+  // otherwise the first error, and `accepted` (if given) counts those that were. Messages that
+  // all carry data to one port go as trains (one request and one answer per train, the fast
+  // path); with kFail or kNotify the first refused message then ends the call.
   IpcResult<void> send_many(const std::vector<Message>& messages,
                             FullPolicy policy = FullPolicy::kFail, Timeout timeout = Timeout(0),
                             std::size_t* accepted = nullptr) const;
@@ -262,6 +264,8 @@ class Channel {
 
  private:
   explicit Channel(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  IpcResult<void> SendTrains(const std::vector<Message>& messages, FullPolicy policy,
+                             Timeout timeout, std::size_t* accepted) const;
   std::shared_ptr<Impl> impl_;
 };
 
