@@ -1128,6 +1128,10 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
       },
       30s));
 
+  auto verdict = Tern("node1", {"migrate", "--dry-run", server, "node2"});
+  EXPECT_EQ(verdict.exit_code, 0) << verdict.Describe();
+  EXPECT_NE(verdict.out.find("right(s) move with the job"), std::string::npos)
+      << verdict.Describe();
   auto first = Tern("node1", {"migrate", server, "node2"});
   ASSERT_EQ(first.exit_code, 0) << first.Describe();
   auto second = Tern("node1", {"migrate", server, "node3", "--mode", "postcopy"});

@@ -72,6 +72,7 @@ Expected<void> Agent::Start() {
          }
          return ipc_->MoveBlocker(job);
        },
+       .rights = [this](const std::string& job) { return ipc_->RightCount(job); },
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
        .close = [this](const std::string& job) { ipc_->CloseChannel(job); },
        .hand_off =

@@ -369,9 +369,16 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
         std::vector<std::string> blockers = scan.blockers;
         migration->channel = scan.channel;
         if (ipc_.blocker) {
-          if (auto reason = ipc_.blocker(migration->job.id); !reason.empty()) {
-            blockers.push_back(reason);
-          }
+          const std::string reason = ipc_.blocker(migration->job.id);
+          if (!reason.empty()) blockers.push_back(reason);
+          const std::size_t rights = ipc_.rights ? ipc_.rights(migration->job.id) : 0;
+          migration->checks.push_back(
+              {{"check", "IPC rights"},
+               {"ok", reason.empty()},
+               {"detail", !reason.empty() ? reason
+                          : rights == 0
+                              ? "none held; the job's channel is re-attached at the destination"
+                              : std::to_string(rights) + " right(s) move with the job"}});
         }
         if (!criu.works) blockers.push_back("on " + cluster_.self().name + ": " + criu.problem);
         migration->checks.push_back(

@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -192,8 +193,19 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
     header.msg_iovlen = 1;
     header.msg_control = control.data();
     header.msg_controllen = control.size();
-    n = ::recvmsg(fd_.get(), &header, MSG_CMSG_CLOEXEC);
+    n = ::recvmsg(fd_.get(), &header, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Wait in poll, not in recvmsg: a recvmsg sleeper is also woken each time the agent
+      // reads our requests (the socket's write-space wake-up), a poll for POLLIN is not.
+      pollfd wait{fd_.get(), POLLIN, 0};
+      if (::poll(&wait, 1, -1) < 0 && errno != EINTR) {
+        n = -1;
+        read_errno = errno;
+        break;
+      }
+      continue;
+    }
     read_errno = n < 0 ? errno : 0;
     if (n >= 0) {
       for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {

@@ -1,6 +1,7 @@
 // RpcServer: the server half of libtern's RPC (docs/ipc.md "RPC (libtern)").
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "rpc_format.hpp"
@@ -36,8 +37,10 @@ class RpcServer::State {
     std::vector<Item> items;
   };
 
-  void Handle(Message message, const RpcHeader& header);
-  void Reply(std::uint32_t reply_right, const RpcHeader& header, std::vector<Item> items);
+  // The reply to send, if any; Serve sends it together with its next receive.
+  std::optional<Message> Handle(Message message, const RpcHeader& header);
+  static std::optional<Message> Reply(std::uint32_t reply_right, const RpcHeader& header,
+                                      std::vector<Item> items);
   void Drop(std::uint32_t reply_right);
   void NoteError(std::string text);
 
@@ -53,8 +56,24 @@ class RpcServer::State {
 };
 
 void RpcServer::State::Serve(const std::stop_token& stop) {
+  std::optional<Message> reply;
   while (!stop.stop_requested()) {
-    auto message = channel_.receive(port_, options_.stop_poll);
+    // A reply leaves with the next receive (Mach's send-and-receive, as MIG servers do): one
+    // round trip to the agent per request served instead of two.
+    IpcResult<Message> message = IpcError{};
+    if (reply) {
+      // The reply port belongs to one client thread waiting for exactly this: never block on it.
+      message = channel_.send_receive(*reply, port_, options_.stop_poll, FullPolicy::kFail);
+      if (!message && message.status() != JobStatus::kTimedOut &&
+          message.status() != JobStatus::kUnavailable) {
+        // The reply was refused (the client is gone): say so, then receive on.
+        NoteError("reply to a client: " + message.error().ToString());
+        message = channel_.receive(port_, options_.stop_poll);
+      }
+      reply.reset();
+    } else {
+      message = channel_.receive(port_, options_.stop_poll);
+    }
     if (!message) {
       if (message.status() == JobStatus::kTimedOut) continue;
       NoteError(message.error().ToString());
@@ -82,11 +101,12 @@ void RpcServer::State::Serve(const std::stop_token& stop) {
       Drop(message->reply);
       continue;
     }
-    Handle(std::move(*message), *header);
+    reply = Handle(std::move(*message), *header);
   }
+  if (reply) (void)channel_.send(*reply, FullPolicy::kFail);
 }
 
-void RpcServer::State::Handle(Message message, const RpcHeader& header) {
+std::optional<Message> RpcServer::State::Handle(Message message, const RpcHeader& header) {
   const std::uint32_t reply_right = message.reply;
   {
     std::unique_lock lock(mu_);
@@ -97,14 +117,13 @@ void RpcServer::State::Handle(Message message, const RpcHeader& header) {
         RpcHeader reply_header{it->second.flags, header.client, header.sequence};
         std::vector<Item> items = it->second.items;  // items share their data
         lock.unlock();
-        Reply(reply_right, reply_header, std::move(items));
-        return;
+        return Reply(reply_right, reply_header, std::move(items));
       }
       // A repeat of a request still running (its reply goes to the same reply port), or an
       // older request than one already seen: neither gets an answer.
       lock.unlock();
       Drop(reply_right);
-      return;
+      return std::nullopt;
     }
     // A newer request acknowledges the client's previous reply.
     Kept& entry = kept_[header.client];
@@ -136,12 +155,12 @@ void RpcServer::State::Handle(Message message, const RpcHeader& header) {
       it->second.items = items;
     }
   }
-  Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
+  return Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
 }
 
-void RpcServer::State::Reply(std::uint32_t reply_right, const RpcHeader& header,
-                             std::vector<Item> items) {
-  if (reply_right == 0) return;
+std::optional<Message> RpcServer::State::Reply(std::uint32_t reply_right, const RpcHeader& header,
+                                               std::vector<Item> items) {
+  if (reply_right == 0) return std::nullopt;
   Message reply;
   reply.destination = reply_right;
   reply.destination_disposition = Disposition::kMoveSendOnce;
@@ -149,10 +168,7 @@ void RpcServer::State::Reply(std::uint32_t reply_right, const RpcHeader& header,
   reply.items.reserve(items.size() + 1);
   reply.items.push_back(libtern::EncodeRpcHeader(header));
   for (Item& item : items) reply.items.push_back(std::move(item));
-  // The reply port belongs to one client thread waiting for exactly this: never block on it.
-  if (auto sent = channel_.send(reply, FullPolicy::kFail); !sent) {
-    NoteError("reply to client " + std::to_string(header.client) + ": " + sent.error().ToString());
-  }
+  return reply;
 }
 
 void RpcServer::State::Drop(std::uint32_t reply_right) {
