@@ -1,4 +1,6 @@
 // RpcServer: the server half of libtern's RPC (docs/ipc.md "RPC (libtern)").
+#include <algorithm>
+#include <chrono>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -35,7 +37,11 @@ class RpcServer::State {
     bool done = false;
     std::uint8_t flags = 0;
     std::vector<Item> items;
+    std::chrono::steady_clock::time_point answered{};
   };
+  // Drops kept replies older than keep_replies_for; at most once a second (or once per
+  // keep_replies_for, if shorter). Needs mu_.
+  void ExpireLocked();
 
   // The reply to send, if any; Serve sends it together with its next receive.
   std::optional<Message> Handle(Message message, const RpcHeader& header);
@@ -52,6 +58,7 @@ class RpcServer::State {
 
   mutable std::mutex mu_;
   std::unordered_map<std::uint64_t, Kept> kept_;  // by client id
+  std::chrono::steady_clock::time_point last_sweep_{};
   std::string last_error_;
 };
 
@@ -153,7 +160,9 @@ std::optional<Message> RpcServer::State::Handle(Message message, const RpcHeader
       it->second.done = true;
       it->second.flags = flags;
       it->second.items = items;
+      it->second.answered = std::chrono::steady_clock::now();
     }
+    ExpireLocked();
   }
   return Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
 }
@@ -169,6 +178,17 @@ std::optional<Message> RpcServer::State::Reply(std::uint32_t reply_right, const 
   reply.items.push_back(libtern::EncodeRpcHeader(header));
   for (Item& item : items) reply.items.push_back(std::move(item));
   return reply;
+}
+
+void RpcServer::State::ExpireLocked() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_sweep_ < std::min<Timeout>(std::chrono::seconds(1), options_.keep_replies_for)) {
+    return;
+  }
+  last_sweep_ = now;
+  std::erase_if(kept_, [&](const auto& entry) {
+    return entry.second.done && now - entry.second.answered >= options_.keep_replies_for;
+  });
 }
 
 void RpcServer::State::Drop(std::uint32_t reply_right) {

@@ -95,6 +95,20 @@ TEST_F(RpcFixture, ImplicitAckKeepsTheReplyUntilTheNextRequest) {
   EXPECT_EQ(server.kept_replies(), 2u);
 }
 
+TEST_F(RpcFixture, AKeptReplyNobodyAcknowledgesExpires) {
+  RpcServer server(channel, port, Echo,
+                   {.threads = 1, .ack = RpcAck::kImplicit, .keep_replies_for = Timeout(50)});
+  ASSERT_TRUE(channel.call(send_right, "gone after this", {.timeout = Timeout(2000)}));
+  EXPECT_EQ(server.kept_replies(), 1u) << "kept for a repeat until acknowledged";
+  std::this_thread::sleep_for(std::chrono::milliseconds(120));
+  // Another client's request: the first client's old reply is dropped, the new one kept.
+  auto other = std::async(std::launch::async, [&] {
+    return channel.call(send_right, "other", {.timeout = Timeout(2000)});
+  });
+  ASSERT_TRUE(other.get());
+  EXPECT_EQ(server.kept_replies(), 1u);
+}
+
 TEST_F(RpcFixture, RepeatedRequestIsAnsweredFromTheKeptReply) {
   // Lose the first reply: the client times out and sends the same (client, sequence) again.
   std::atomic<int> replies_dropped{0};

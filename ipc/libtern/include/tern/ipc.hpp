@@ -292,6 +292,9 @@ struct RpcServerOptions {
   RpcAck ack = RpcAck::kExplicit;
   // How often idle threads look at the stop flag (a receive's timeout).
   Timeout stop_poll = Timeout(100);
+  // A kept reply nobody acknowledged is dropped after this long (a client that went away);
+  // a retry of its request after that runs the handler again.
+  Timeout keep_replies_for = Timeout(60'000);
 };
 
 // Serves `port` (a receive right) with `threads` threads, each receiving and calling
