@@ -874,6 +874,23 @@ void KillAgentDuringMigrations(const std::string& id, const std::string& marker,
   }
 }
 
+// After an agent restart the job's IPC channel has no agent end; the job must still move
+// (CRIU once waited forever for the missing peer when the socket was handed over).
+TEST_F(ClusterTest, AJobReadoptedAfterAnAgentRestartStillMoves) {
+  const auto id = Submit("node1", {"sleep", "1000"}, "node3");
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  ASSERT_EQ(RunCmd({Script(), "stop-agent", "node3", "--signal", "KILL"}, 60s).exit_code, 0);
+  ASSERT_EQ(RunCmd({Script(), "start-agent", "node3"}, 120s).exit_code, 0);
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  auto moved = Tern("node1", {"migrate", id, "node2"});
+  ASSERT_EQ(moved.exit_code, 0) << moved.Describe();
+  auto status = Status("node1", id);
+  ASSERT_TRUE(status);
+  EXPECT_EQ(status->value("node", ""), "node2");
+  EXPECT_EQ(status->value("state", ""), "running");
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+}
+
 TEST_F(ClusterTest, LinkCutDuringAMigrationLeavesExactlyOneJob) {
   const std::string marker = "tern-link-cut-" + std::to_string(getpid());
   // 200 MiB of dirty memory, so that a pre-copy dump streams long enough to be cut mid-way.

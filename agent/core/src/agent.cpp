@@ -73,6 +73,7 @@ Expected<void> Agent::Start() {
          return ipc_->MoveBlocker(job);
        },
        .rights = [this](const std::string& job) { return ipc_->RightCount(job); },
+       .channel = [this](const std::string& job) { return ipc_->ChannelSocket(job); },
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
        .close = [this](const std::string& job) { ipc_->CloseChannel(job); },
        .hand_off =

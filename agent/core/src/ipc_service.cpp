@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -91,6 +92,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     std::deque<Chunk> out;
     bool writing = false;
     bool closed = false;
+    std::string job_end;  // "socket:[INODE]" of the job's end
   };
 
   int Open(const std::string& job) {
@@ -104,6 +106,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     ::fcntl(fds[1], F_SETFL, flags & ~O_NONBLOCK);
     Close(job);
     auto channel = std::make_shared<Channel>(io_, fds[0]);
+    struct stat job_end {};
+    if (::fstat(fds[1], &job_end) == 0) {
+      channel->job_end = "socket:[" + std::to_string(job_end.st_ino) + "]";
+    }
     channels_[job] = channel;
     router_.JobAttached(job);
     Read(job, channel);
@@ -434,6 +440,11 @@ IpcService::HandOffResult IpcService::HandOff(const std::string& job, std::uint6
 
 Expected<void> IpcService::TakeOver(const std::string& job, std::string_view state) {
   return impl_->TakeOver(job, state);
+}
+
+std::string IpcService::ChannelSocket(const std::string& job) const {
+  auto it = impl_->channels_.find(job);
+  return it == impl_->channels_.end() ? "" : it->second->job_end;
 }
 
 std::string IpcService::MoveBlocker(const std::string& job) const {

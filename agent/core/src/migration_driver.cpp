@@ -197,7 +197,8 @@ struct MigrationDriver::Incoming {
   migrate::BackgroundProcess page_server;
   pid_t restored_pid = 0;
   Clock::time_point restored_at{};
-  bool busy = false;
+  bool busy = false;             // a restore runs (off the io thread) on these files
+  bool abort_requested = false;  // an abort came while busy: carried out when the restore ends
   bool shared_dir = false;
   std::string mode = "precopy";
   migrate::PageServerTarget lazy_source;
@@ -367,7 +368,18 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
         migration->preflight_ms = MillisSince(migration->started);
         migration->criu = criu.path;
         std::vector<std::string> blockers = scan.blockers;
-        migration->channel = scan.channel;
+        // The job's fd 3 is re-attached at the destination only while it is the channel this
+        // agent holds the other end of. One orphaned by an agent restart (its peer gone) is
+        // left to CRIU, which restores it as it is: handing it over with --inherit-fd would
+        // make CRIU wait for a peer that no longer exists.
+        migration->channel =
+            ipc_.channel && ipc_.channel(migration->job.id) == scan.channel ? scan.channel : "";
+        if (!scan.channel.empty() && migration->channel.empty()) {
+          spdlog::info(
+              "migration {}: job {}'s IPC channel has no agent end (the agent restarted); "
+              "it moves as it is",
+              migration->id, migration->job.id);
+        }
         if (ipc_.blocker) {
           const std::string reason = ipc_.blocker(migration->job.id);
           if (!reason.empty()) blockers.push_back(reason);
@@ -579,6 +591,14 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         break;
       case MigrationAction::kKillSource: {
         // The commit point: recorded first, so that a restarted agent never resumes this copy.
+        // The job's IPC state is kept beside it for a destination that learns the outcome by
+        // asking (GET .../ipc-state), not from the commit call.
+        if (!migration->ipc_state.empty()) {
+          std::error_code ignored;
+          fs::create_directories(MigrationDir(migration->id), ignored);
+          std::ofstream(MigrationDir(migration->id) + "/ipc-state", std::ios::binary)
+              << migration->ipc_state;
+        }
         RecordOutcome(migration->id, "committed");
         if (auto released = supervisor_.Release(migration->job.id, !migration->shared_dir);
             !released) {
@@ -900,6 +920,10 @@ void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>
     Commit(segments[2], call, done);
   } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "abort") {
     Abort(segments[2], done);
+  } else if (segments.size() == 4 && call.method == "GET" && segments[3] == "ipc-state") {
+    std::ifstream file(MigrationDir(segments[2]) + "/ipc-state", std::ios::binary);
+    done(ApiResult{200, "application/octet-stream",
+                   std::string(std::istreambuf_iterator<char>(file), {})});
   } else {
     done(ErrorResult(404, "no such migration call: " + call.target));
   }
@@ -1071,9 +1095,10 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   const std::string criu = migrate::FindCriu(config_.criu_path);
   // A fresh channel to this agent takes the place of the one the job had at the source.
   auto channel_end = std::make_shared<jobs::UniqueFd>(ipc_.open ? ipc_.open(incoming->job.id) : -1);
+  auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       job_dir, criu, channel_end]() -> Expected<std::pair<pid_t, double>> {
+       job_dir, criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
         incoming->page_server.Finish(std::chrono::seconds(30));
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
@@ -1111,14 +1136,25 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         options.pidfile = incoming->images + "/restored.pid";
         options.lazy_pages = lazy;
         options.channel_socket = ReadChannelNote(incoming->images);
+        *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
         auto pid = migrate::Restore(criu, options);
         channel_end->Reset();
         if (!pid) return Unexpected<Error>{pid.error()};
         return std::make_pair(*pid, MillisSince(start));
       },
-      [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
+      [this, incoming, done, with_channel](Expected<std::pair<pid_t, double>> restored) {
         incoming->busy = false;
+        // A job whose channel had no agent end keeps its orphaned socket: the fresh channel
+        // made for it here has no job end to talk to.
+        if (!*with_channel && ipc_.close) ipc_.close(incoming->job.id);
+        if (incoming->abort_requested) {
+          // The source gave up while CRIU was restoring: the copy it made must not live.
+          if (restored) incoming->restored_pid = restored->first;
+          Abort(incoming->id, [](ApiResult) {});
+          done(ErrorResult(409, "migration " + incoming->id + " was aborted during the restore"));
+          return;
+        }
         if (!restored) {
           if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
           done(ErrorResult(
@@ -1159,7 +1195,7 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   migrate::ResumeTree(incoming->restored_pid);
   json stats = json::parse(stats_text, nullptr, false);
   jobs::JobRecord record = incoming->job;
-  if (stats.is_object()) {
+  if (stats.is_object() && !stats.empty()) {
     stats["resumed_at"] = jobs::FormatTime(std::chrono::system_clock::now());
     record.migrations.push_back(stats);
   }
@@ -1192,6 +1228,14 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     return;
   }
   auto incoming = found->second;
+  if (incoming->busy) {
+    // CRIU is restoring from these files now: removing them under it could leave a
+    // half-restored tree behind. The restore's end carries the abort out.
+    incoming->abort_requested = true;
+    spdlog::info("migration {}: abort noted; done when the running restore ends", mid);
+    done(JsonResult(200, "{}"));
+    return;
+  }
   incoming_.erase(found);
   if (incoming->restored_pid > 0) ::kill(incoming->restored_pid, SIGKILL);
   if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
@@ -1249,7 +1293,23 @@ void MigrationDriver::CheckUndecided() {
         local.method = "POST";
         local.forwarded = true;
         if (outcome == "committed") {
-          Commit(mid, local, [](ApiResult) {});
+          // The job's IPC rights travelled in the commit call we missed: fetch them first.
+          ApiCall fetch;
+          fetch.method = "GET";
+          fetch.target = "/v1/migrations/" + mid + "/ipc-state";
+          fetch.caller.uid = 0;
+          fetch.caller.identified = true;
+          auto source =
+              cluster_.AliveNodeByName(incoming_.contains(mid) ? incoming_.at(mid)->job.node : "");
+          if (!source) return;
+          cluster_.Call(*source, fetch, [this, mid, local](ApiResult state) mutable {
+            if (state.status != 200) {
+              spdlog::warn("migration {}: the source kept no IPC state: {}", mid, state.body);
+            } else {
+              local.body = EncodeCommitBody("{}", state.body);
+            }
+            Commit(mid, local, [](ApiResult) {});
+          });
         } else if (outcome == "aborted" || outcome == "unknown") {
           Abort(mid, [](ApiResult) {});
         }

@@ -64,8 +64,8 @@ class Cluster {
   void SetNodeStateListener(NodeStateListener listener) { node_listener_ = std::move(listener); }
   // IPC frames (FrameType::kIpcRemote) from peers go to `handler`; an error it returns closes
   // that peer's link with the error as the logged reason. Links up and down are reported too.
-  using IpcFrameHandler = std::function<Expected<void>(std::uint64_t node_id, ipc::FrameType,
-                                                      const std::string&)>;
+  using IpcFrameHandler =
+      std::function<Expected<void>(std::uint64_t node_id, ipc::FrameType, const std::string&)>;
   using LinkListener = std::function<void(std::uint64_t node_id, bool up)>;
   void SetIpcHandlers(IpcFrameHandler frames, LinkListener links) {
     ipc_frames_ = std::move(frames);

@@ -56,6 +56,9 @@ class IpcService {
   HandOffResult HandOff(const std::string& job, std::uint64_t to_node, int init_pid);
   // Destination side, after OpenChannel and before the job resumes.
   Expected<void> TakeOver(const std::string& job, std::string_view state);
+  // The job's end of the channel this agent made for it, as /proc shows it
+  // ("socket:[INODE]"), or "" when it has none (a job re-adopted after a restart).
+  std::string ChannelSocket(const std::string& job) const;
   // Why the job cannot move with its IPC rights, or "".
   std::string MoveBlocker(const std::string& job) const;
 

@@ -64,6 +64,8 @@ class MigrationDriver {
   struct IpcHooks {
     std::function<std::string(const std::string& job)> blocker;
     std::function<std::size_t(const std::string& job)> rights;
+    // The job end of the channel this agent holds for the job ("socket:[INODE]"), or "".
+    std::function<std::string(const std::string& job)> channel;
     std::function<int(const std::string& job)> open;
     std::function<void(const std::string& job)> close;
     std::function<HandOff(const std::string& job, std::uint64_t to, int init_pid)> hand_off;
