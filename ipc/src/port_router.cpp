@@ -2066,21 +2066,8 @@ std::size_t PortRouter::PortCount() const { return state_->ports.size(); }
 //   [u32 n] n x [u32 end][u32 m] m x [op result]                 "any" matches not yet taken
 //   [u32 n] n x [u64 ticket][u64 node][u32 request][u32 name][u8 many]    waiting receives
 //   [u32 n] n x [bytes name][u64 home][u64 serial]                        registered names
-namespace {
-
-void WriteId(WireWriter& out, ObjectId id) {
-  out.U64(id.home);
-  out.U64(id.serial);
-}
-
-std::optional<ObjectId> ReadId(WireReader& in) {
-  auto home = in.U64();
-  auto serial = in.U64();
-  if (!serial) return std::nullopt;
-  return ObjectId{*home, *serial};
-}
-
-}  // namespace
+using router::ReadId;
+using router::WriteId;
 
 std::string PortRouter::MoveBlocker(const std::string& job) const {
   auto it = state_->jobs.find(job);

@@ -1,7 +1,6 @@
 #include "port_router_wire.hpp"
 
 namespace tern::ipc::router {
-namespace {
 
 void WriteId(WireWriter& w, ObjectId id) {
   w.U64(id.home);
@@ -14,6 +13,8 @@ std::optional<ObjectId> ReadId(WireReader& r) {
   if (!serial) return std::nullopt;
   return ObjectId{*home, *serial};
 }
+
+namespace {
 
 void WriteRight(WireWriter& w, const TransitRight& right) {
   w.U8(static_cast<std::uint8_t>(right.type));

@@ -75,6 +75,10 @@ struct Envelope {
   std::vector<TransitMessage> batch;  // kEnqueueBatch: data-only messages to `object`, in order
 };
 
+// An object id as two big-endian u64 (home, serial); shared with the job hand-off state.
+void WriteId(WireWriter& w, ObjectId id);
+std::optional<ObjectId> ReadId(WireReader& r);
+
 std::string EncodeEnvelope(const Envelope& envelope);
 std::optional<Envelope> DecodeEnvelope(std::string_view payload);
 
