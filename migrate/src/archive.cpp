@@ -1,15 +1,18 @@
 #include "tern/migrate/archive.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <tern/unique_fd.hpp>
+#include <vector>
 
 namespace tern::migrate {
 namespace fs = std::filesystem;
+using tern::UniqueFd;
 namespace {
 
 void PutU32(std::string& out, std::uint32_t value) {
@@ -25,34 +28,89 @@ bool GetUint(const std::string& in, size_t& offset, int bytes, std::uint64_t& va
   return true;
 }
 
+// Appends what fd holds (`expected` bytes, unless it changes meanwhile) to out, stopping once
+// out is longer than `cap`; false on a read error.
+bool AppendAll(int fd, std::string& out, std::uint64_t expected, std::uint64_t cap) {
+  const size_t start = out.size();
+  out.resize(start + expected);
+  size_t have = 0;
+  while (start + have <= cap) {
+    if (have == out.size() - start) out.resize(out.size() + 65536);  // it grew meanwhile
+    const ssize_t n = ::read(fd, out.data() + start + have, out.size() - start - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) break;
+    have += static_cast<size_t>(n);
+  }
+  out.resize(start + have);
+  return true;
+}
+
+bool WriteAll(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
 }  // namespace
 
 Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::string>& skip,
                                     std::uint64_t max_bytes) {
-  std::string out;
+  // Checkpoint images are megabytes and sit in the job's freeze: read each file once, straight
+  // into the archive.
+  struct Entry {
+    std::string path, relative;
+    std::uint64_t size;
+  };
+  std::vector<Entry> entries;
+  std::uint64_t total = 0;
   std::error_code error;
+  std::string prefix = fs::path(dir).string();
+  if (!prefix.empty() && prefix.back() != '/') prefix += '/';
   for (const auto& entry : fs::recursive_directory_iterator(dir, error)) {
     if (!entry.is_regular_file()) continue;
-    const std::string relative = fs::relative(entry.path(), dir).string();
+    std::string path = entry.path().string();
+    std::string relative = path.compare(0, prefix.size(), prefix) == 0
+                               ? path.substr(prefix.size())
+                               : fs::relative(entry.path(), dir).string();
     if (skip.count(relative) != 0) continue;
-    std::ifstream file(entry.path(), std::ios::binary);
-    if (!file) return Fail("cannot read " + entry.path().string());
-    std::stringstream data;
-    data << file.rdbuf();
-    const std::string bytes = data.str();
-    if (out.size() + bytes.size() > max_bytes) {
+    std::error_code size_error;
+    const std::uint64_t size = entry.file_size(size_error);
+    total += (size_error ? 0 : size) + relative.size() + 16;
+    entries.push_back({std::move(path), std::move(relative), size_error ? 0 : size});
+  }
+  if (error) return Fail("cannot list " + dir + ": " + error.message());
+  std::string out;
+  out.reserve(std::min<std::uint64_t>(total, max_bytes) + 4096);
+  for (const auto& entry : entries) {
+    const UniqueFd fd(::open(entry.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return Fail("cannot read " + entry.path);
+    struct stat info {};
+    ::fstat(fd.get(), &info);
+    if (out.size() + static_cast<std::uint64_t>(info.st_size) > max_bytes) {
       return Fail(dir + " holds more than " + std::to_string(max_bytes >> 20) +
                   " MiB to carry with the job");
     }
-    struct stat info {};
-    ::stat(entry.path().c_str(), &info);
-    PutU32(out, static_cast<std::uint32_t>(relative.size()));
-    out += relative;
-    PutU64(out, bytes.size());
+    PutU32(out, static_cast<std::uint32_t>(entry.relative.size()));
+    out += entry.relative;
+    const size_t size_at = out.size();
+    PutU64(out, 0);
     PutU32(out, info.st_mode & 07777);
-    out += bytes;
+    const size_t data_at = out.size();
+    if (!AppendAll(fd.get(), out, static_cast<std::uint64_t>(info.st_size), max_bytes))
+      return Fail("cannot read " + entry.path);
+    const std::uint64_t size = out.size() - data_at;
+    if (out.size() > max_bytes) {
+      return Fail(dir + " holds more than " + std::to_string(max_bytes >> 20) +
+                  " MiB to carry with the job");
+    }
+    for (int i = 0; i < 8; ++i) out[size_at + i] = static_cast<char>(size >> (56 - 8 * i));
   }
-  if (error) return Fail("cannot list " + dir + ": " + error.message());
   return out;
 }
 
@@ -60,6 +118,7 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
                                         uid_t uid, gid_t gid) {
   size_t offset = 0;
   std::uint64_t written = 0;
+  std::string made;  // the last directory known to exist
   while (offset < archive.size()) {
     std::uint64_t path_length = 0, size = 0, mode = 0;
     if (!GetUint(archive, offset, 4, path_length) || archive.size() - offset < path_length) {
@@ -77,17 +136,18 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
       return Fail("archive holds an unsafe path: " + relative);
     }
     const fs::path target = fs::path(dir) / path;
-    std::error_code error;
-    fs::create_directories(target.parent_path(), error);
-    {
-      std::ofstream file(target, std::ios::binary | std::ios::trunc);
-      file.write(archive.data() + offset, static_cast<std::streamsize>(size));
-      if (!file) return Fail("cannot write " + target.string());
+    if (target.parent_path().string() != made) {
+      std::error_code error;
+      fs::create_directories(target.parent_path(), error);
+      made = target.parent_path().string();
     }
-    ::chmod(target.c_str(), static_cast<mode_t>(mode));
-    if (uid != static_cast<uid_t>(-1)) {
-      if (::chown(target.c_str(), uid, gid) != 0) return Fail("cannot chown " + target.string());
-    }
+    const UniqueFd fd(::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid()) return Fail("cannot write " + target.string());
+    const bool ok = WriteAll(fd.get(), archive.data() + offset, static_cast<size_t>(size)) &&
+                    ::fchmod(fd.get(), static_cast<mode_t>(mode)) == 0;
+    const bool owned = uid == static_cast<uid_t>(-1) || ::fchown(fd.get(), uid, gid) == 0;
+    if (!ok) return Fail("cannot write " + target.string());
+    if (!owned) return Fail("cannot chown " + target.string());
     offset += size;
     written += size;
   }
