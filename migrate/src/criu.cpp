@@ -3,12 +3,20 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -16,10 +24,13 @@
 #include <mutex>
 #include <regex>
 #include <sstream>
+#include <tern/unique_fd.hpp>
+#include <thread>
 
 #include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
+using tern::UniqueFd;
 
 CriuCheck CheckCriuUncached(const std::string& criu);
 
@@ -108,6 +119,33 @@ void PrimeKerndatCache(const std::string& criu, const std::string& version) {
   std::ofstream(kKerndatStamp, std::ios::trunc) << stamp;
 }
 
+// A TCP connection to the destination's page server, for `criu dump --ps-socket`.
+Expected<UniqueFd> ConnectPageServer(const PageServerTarget& target) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const std::string port = std::to_string(target.port);
+  const std::string where = "the page server at " + target.address + ":" + port;
+  if (::getaddrinfo(target.address.c_str(), port.c_str(), &hints, &found) != 0 || !found) {
+    return Fail("cannot resolve " + where);
+  }
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> list(found, ::freeaddrinfo);
+  std::string problem = "no address";
+  for (addrinfo* address = found; address != nullptr; address = address->ai_next) {
+    UniqueFd fd(::socket(address->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP));
+    if (!fd.valid()) continue;
+    timeval limit{10, 0};  // connect() honours the send timeout
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    if (::connect(fd.get(), address->ai_addr, address->ai_addrlen) == 0) {
+      timeval none{0, 0};
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none);
+      return fd;
+    }
+    problem = std::strerror(errno);
+  }
+  return Fail("cannot connect to " + where + ": " + problem);
+}
+
 std::string NamespaceOf(pid_t pid) {
   char target[64] = {};
   const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
@@ -184,14 +222,49 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   std::vector<std::string> argv = {
       criu, "dump", "-t", std::to_string(options.pid), "-D", options.images, "-o", log, "-v4"};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
-  if (options.page_server) {
-    argv.insert(argv.end(), {"--page-server", "--address", options.page_server->address, "--port",
-                             std::to_string(options.page_server->port)});
-  }
-  for (const auto& resource : options.external) argv.insert(argv.end(), {"--external", resource});
   SubprocessOptions run;
   run.timeout = options.timeout;
+  // Pre-copy: CRIU corks its page-server socket when it connects, and CRIU 4.x no longer pushes
+  // its last message (the "close" that the page server must answer) out of the cork: the dump
+  // then waits for the kernel's 200 ms cork timer, inside the job's freeze, on every move. So we
+  // connect the socket ourselves, hand it to CRIU (--ps-socket) and lift the cork as soon as
+  // CRIU has set it (it sets it once, when it starts using the socket).
+  UniqueFd page_socket;
+  if (options.page_server) {
+    auto connected = ConnectPageServer(*options.page_server);
+    if (!connected) return Unexpected<Error>{connected.error()};
+    page_socket = std::move(*connected);
+    constexpr int kPageSocketInCriu = 3;
+    argv.insert(argv.end(), {"--page-server", "--ps-socket", std::to_string(kPageSocketInCriu)});
+    run.inherit_fds.emplace_back(kPageSocketInCriu, page_socket.get());
+  }
+  for (const auto& resource : options.external) argv.insert(argv.end(), {"--external", resource});
+  std::atomic<bool> finished{false};
+  std::jthread uncork;
+  if (page_socket.valid()) {
+    // Only this thread touches page_socket until it is joined.
+    uncork = std::jthread([&page_socket, &finished] {
+      while (!finished.load()) {
+        int corked = 0;
+        socklen_t length = sizeof corked;
+        if (::getsockopt(page_socket.get(), IPPROTO_TCP, TCP_CORK, &corked, &length) == 0 &&
+            corked) {
+          const int off = 0, on = 1;
+          ::setsockopt(page_socket.get(), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+          ::setsockopt(page_socket.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+          // CRIU holds its own copy; ours must go, for the page server waits for the end of
+          // the stream before it ends.
+          page_socket.Reset();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
   auto result = RunSubprocess(argv, run);
+  finished = true;
+  if (uncork.joinable()) uncork.join();
+  page_socket.Reset();
   if (!result) return Unexpected<Error>{result.error()};
   if (result->timed_out) return Fail("criu dump timed out");
   if (result->exit_code != 0) {

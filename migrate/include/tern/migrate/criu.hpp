@@ -40,15 +40,16 @@ struct DumpOptions {
   pid_t pid = 0;              // host pid of the job's init
   std::string images;         // directory for the images (created)
   bool leave_stopped = true;  // two-phase: the source copy stays frozen until commit or abort
-  std::optional<PageServerTarget> page_server;  // pre-copy: pages stream to the destination
-  std::vector<std::string> external;            // --external, e.g. "unix[INODE]"
+  // Pre-copy: pages stream to the destination's page server over a connection made here.
+  std::optional<PageServerTarget> page_server;
+  std::vector<std::string> external;  // --external, e.g. "unix[INODE]"
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
 
 struct RestoreOptions {
   std::string images;
   std::string pidfile;
-  bool lazy_pages = false;    // post-copy: memory arrives through the lazy-pages daemon
+  bool lazy_pages = false;  // post-copy: memory arrives through the lazy-pages daemon
   // The job's IPC channel: its socket as dumped ("socket:[INODE]") and the new agent's fd to
   // put in its place (PLATFORM.md "A job's channel to its agent").
   std::string channel_socket;
