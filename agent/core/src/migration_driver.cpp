@@ -1200,7 +1200,6 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     record.migrations.push_back(stats);
   }
   auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
-  std::error_code ignored;
   if (incoming->lazy_daemon) {
     // It still pulls the job's memory from the source; it removes nothing, we clean up later.
     auto daemon = incoming->lazy_daemon;
@@ -1211,7 +1210,14 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
       fs::remove_all(dir, ignored_inner);
     }).detach();
   } else {
-    fs::remove_all(MigrationDir(mid), ignored);
+    // A GiB of images takes a while to remove: not on the io thread.
+    OffThread(
+        [dir = MigrationDir(mid)] {
+          std::error_code ignored_inner;
+          fs::remove_all(dir, ignored_inner);
+          return 0;
+        },
+        [](int) {});
   }
   if (!adopted) {
     done(ErrorResult(500, adopted.error().message));
