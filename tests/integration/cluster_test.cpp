@@ -1133,7 +1133,7 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
   const auto client_args = [&](const std::string& threads) {
     return std::vector<std::string>{
         bin + "tern-example-rpc-client", "--name",     "itmove", "--threads",    threads, "--calls",
-        std::to_string(kCallsEach),      "--pause-ms", "25",     "--timeout-ms", "10000"};
+        std::to_string(kCallsEach),      "--pause-ms", "30",     "--timeout-ms", "10000"};
   };
   const auto far = Submit("node1", client_args("2"), "node3");
   const auto near = Submit("node1", client_args("1"), "node2");
@@ -1149,13 +1149,14 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
   EXPECT_EQ(verdict.exit_code, 0) << verdict.Describe();
   EXPECT_NE(verdict.out.find("right(s) move with the job"), std::string::npos)
       << verdict.Describe();
+  // A client blocked in a call moves (first: it must still be calling), and gets its answer
+  // on the new node.
+  auto client_moved = Tern("node1", {"migrate", near, "node1"});
+  ASSERT_EQ(client_moved.exit_code, 0) << client_moved.Describe();
   auto first = Tern("node1", {"migrate", server, "node2"});
   ASSERT_EQ(first.exit_code, 0) << first.Describe();
   auto second = Tern("node1", {"migrate", server, "node3", "--mode", "postcopy"});
   ASSERT_EQ(second.exit_code, 0) << second.Describe();
-  // A client blocked in a call moves too, and gets its answer on the new node.
-  auto client_moved = Tern("node1", {"migrate", near, "node1"});
-  ASSERT_EQ(client_moved.exit_code, 0) << client_moved.Describe();
 
   auto status = Status("node1", server);
   ASSERT_TRUE(status);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cctype>
@@ -197,8 +198,10 @@ struct MigrationDriver::Incoming {
   migrate::BackgroundProcess page_server;
   pid_t restored_pid = 0;
   Clock::time_point restored_at{};
-  bool busy = false;             // a restore runs (off the io thread) on these files
-  bool abort_requested = false;  // an abort came while busy: carried out when the restore ends
+  bool busy = false;  // a restore runs (off the io thread) on these files
+  // An abort came while busy: the restore stops before CRIU runs if it can, and the abort is
+  // carried out when it ends. Set on the io thread, read by the restore's worker.
+  std::atomic<bool> abort_requested{false};
   bool shared_dir = false;
   std::string mode = "precopy";
   migrate::PageServerTarget lazy_source;
@@ -675,6 +678,17 @@ void MigrationDriver::HandOffIpc(const std::shared_ptr<Outgoing>& migration,
 
 void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
   if (alive) return;
+  // A restore for a source that stopped answering: the source cannot have committed (we have
+  // not said "restored"), so the copy is dropped before CRIU makes it, instead of after a
+  // 30 s wait for the cut page-server stream and a later question to the source.
+  const std::string gone = cluster_.NameOf(node_id);
+  for (const auto& [mid, incoming] : incoming_) {
+    if (incoming->busy && incoming->restored_pid == 0 && incoming->source == gone) {
+      spdlog::warn("migration {}: source {} stopped answering during the restore: dropping it", mid,
+                   gone);
+      incoming->abort_requested = true;
+    }
+  }
   // Aborting finishes migrations, which removes them from outgoing_: walk a copy.
   std::vector<std::shared_ptr<Outgoing>> affected;
   for (const auto& [mid, migration] : outgoing_) affected.push_back(migration);
@@ -1099,7 +1113,15 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
        job_dir, criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
-        incoming->page_server.Finish(std::chrono::seconds(30));
+        // The page server ends when the dump's stream does; an abort (the source gave up, the
+        // link may be cut) need not wait for it.
+        const auto streamed_by = Clock::now() + std::chrono::seconds(30);
+        while (incoming->page_server.Running() && !incoming->abort_requested &&
+               Clock::now() < streamed_by) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        incoming->page_server.Finish(std::chrono::milliseconds(0));
+        if (incoming->abort_requested) return Fail("aborted by the source");
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
         const bool lazy = incoming->mode == "postcopy";
@@ -1138,6 +1160,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         options.channel_socket = ReadChannelNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
+        if (incoming->abort_requested) return Fail("aborted by the source");
         auto pid = migrate::Restore(criu, options);
         channel_end->Reset();
         if (!pid) return Unexpected<Error>{pid.error()};
