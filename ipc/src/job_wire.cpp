@@ -108,51 +108,10 @@ void WireWriter::WriteOpResult(const OpResult& result) {
   if (result.is_receive) WriteMessage(result.message);
 }
 
-std::optional<std::uint8_t> WireReader::U8() {
-  if (in_.empty()) return std::nullopt;
-  const auto v = static_cast<std::uint8_t>(in_.front());
-  in_.remove_prefix(1);
-  return v;
-}
-namespace {
-// Big-endian value of the first N bytes of `in` (the caller checked the length).
-template <typename T, std::size_t N>
-T BigEndian(std::string_view in) {
-  T value = 0;
-  for (std::size_t i = 0; i < N; ++i) {
-    value = static_cast<T>((value << 8) | static_cast<unsigned char>(in[i]));
-  }
-  return value;
-}
-}  // namespace
-
-std::optional<std::uint16_t> WireReader::U16() {
-  if (in_.size() < 2) {
-    in_ = {};
-    return std::nullopt;
-  }
-  const auto v = BigEndian<std::uint16_t, 2>(in_);
-  in_.remove_prefix(2);
-  return v;
-}
-std::optional<std::uint32_t> WireReader::U32() {
-  if (in_.size() < 4) {
-    in_ = {};
-    return std::nullopt;
-  }
-  const auto v = BigEndian<std::uint32_t, 4>(in_);
-  in_.remove_prefix(4);
-  return v;
-}
-std::optional<std::uint64_t> WireReader::U64() {
-  if (in_.size() < 8) {
-    in_ = {};
-    return std::nullopt;
-  }
-  const auto v = BigEndian<std::uint64_t, 8>(in_);
-  in_.remove_prefix(8);
-  return v;
-}
+std::optional<std::uint8_t> WireReader::U8() { return Take<std::uint8_t>(); }
+std::optional<std::uint16_t> WireReader::U16() { return Take<std::uint16_t>(); }
+std::optional<std::uint32_t> WireReader::U32() { return Take<std::uint32_t>(); }
+std::optional<std::uint64_t> WireReader::U64() { return Take<std::uint64_t>(); }
 std::optional<std::string> WireReader::Bytes() {
   auto size = U32();
   if (!size || *size > in_.size()) {

@@ -549,14 +549,8 @@ struct PortRouter::State {
         if (!message) return bad("link_send: malformed message");
         Entry* entry = Find(job, *name);
         if (!entry || entry->type != RightType::kLinkEnd) return invalid(*name, "a link end");
-        TransitMessage transit;
-        transit.id = message->id;
-        for (const Item& item : message->items) {
-          if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
-            return bad("link messages carry data; send rights in port messages");
-          }
-          transit.items.push_back(TransitItem{item.kind, item.data, {}});
-        }
+        auto transit = DataOnly(std::move(*message));
+        if (!transit) return bad("link messages carry data; send rights in port messages");
         const std::uint32_t handle = job.next_op++;
         job.ops[handle] =
             OpState{.is_receive = false, .end_name = *name, .posted_ends = {entry->id}};
@@ -565,7 +559,7 @@ struct PortRouter::State {
                                       .object = entry->id,
                                       .a = 0,
                                       .b = handle,
-                                      .message = std::move(transit)});
+                                      .message = std::move(*transit)});
         WireWriter out;
         out.U32(handle);
         return Reply(job_name, request.id, JobStatus::kOk, out.out());
@@ -727,6 +721,19 @@ struct PortRouter::State {
     header.U32(count);
     out.out().replace(0, 4, header.out());
     return out.Take();
+  }
+
+  // A job's message that carries data only (bytes, out-of-line), as it travels; nullopt if an
+  // item is a right. The reverse of WriteDataOnly.
+  static std::optional<TransitMessage> DataOnly(Message message) {
+    TransitMessage transit;
+    transit.id = message.id;
+    transit.items.reserve(message.items.size());
+    for (Item& item : message.items) {
+      if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return std::nullopt;
+      transit.items.push_back(TransitItem{item.kind, std::move(item.data), {}});
+    }
+    return transit;
   }
 
   // A message with no rights in it, written as the job sees it without building a Message
@@ -1005,18 +1012,13 @@ struct PortRouter::State {
                      "send_batch: every message goes to one port (copy-send), without a reply "
                      "right");
       }
-      TransitMessage transit;
-      transit.id = message->id;
-      transit.items.reserve(message->items.size());
-      for (Item& item : message->items) {
-        if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
-          return Error(job_name, request, JobStatus::kBadRequest,
-                       "send_batch: messages carry data only; send rights with send");
-        }
-        bytes += item.data ? item.data->size() : 0;
-        transit.items.push_back(TransitItem{item.kind, std::move(item.data), {}});
+      bytes += message->ByteSize();
+      auto transit = DataOnly(std::move(*message));
+      if (!transit) {
+        return Error(job_name, request, JobStatus::kBadRequest,
+                     "send_batch: messages carry data only; send rights with send");
       }
-      batch.push_back(std::move(transit));
+      batch.push_back(std::move(*transit));
     }
     if (!in.AtEnd() || bytes > kMaxMessageBytes) {
       return Error(job_name, request, JobStatus::kBadRequest,

@@ -76,16 +76,8 @@ Expected<void> Agent::Start() {
        .channel = [this](const std::string& job) { return ipc_->ChannelSocket(job); },
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
        .close = [this](const std::string& job) { ipc_->CloseChannel(job); },
-       .hand_off =
-           [this](const std::string& job, std::uint64_t to, int init_pid) {
-             auto handed = ipc_->HandOff(job, to, init_pid);
-             using Outcome = MigrationDriver::HandOff::Outcome;
-             const Outcome outcome =
-                 handed.outcome == IpcService::HandOffOutcome::kDone   ? Outcome::kDone
-                 : handed.outcome == IpcService::HandOffOutcome::kBusy ? Outcome::kBusy
-                                                                       : Outcome::kRefused;
-             return MigrationDriver::HandOff{outcome, std::move(handed.state)};
-           },
+       .hand_off = [this](const std::string& job, std::uint64_t to,
+                          int init_pid) { return ipc_->HandOff(job, to, init_pid); },
        .take_over = [this](const std::string& job,
                            std::string_view state) { return ipc_->TakeOver(job, state); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);

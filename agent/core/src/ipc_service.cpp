@@ -181,27 +181,22 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     return true;
   }
 
-  HandOffResult HandOff(const std::string& job, std::uint64_t to_node, int init_pid) {
+  ipc::PortRouter::Export HandOff(const std::string& job, std::uint64_t to_node, int init_pid) {
     auto it = channels_.find(job);
-    if (it == channels_.end()) return {HandOffOutcome::kDone, ""};
+    if (it == channels_.end()) return {ipc::PortRouter::ExportOutcome::kExported, ""};
     auto channel = it->second;
     // The job is frozen: what it wrote is all there is. Requests complete enough to run, run.
-    if (!Consume(job, channel)) return {HandOffOutcome::kDone, ""};
+    if (!Consume(job, channel)) return {ipc::PortRouter::ExportOutcome::kExported, ""};
     Run();
-    if (channel->closed) return {HandOffOutcome::kDone, ""};
+    if (channel->closed) return {ipc::PortRouter::ExportOutcome::kExported, ""};
     // The job's end of the channel, through its frozen init (pidfd_getfd): what waits there
     // unread travels with the job. Taken before the rights leave, so that a failure here
     // changes nothing.
     auto job_end = JobEnd(init_pid);
-    if (!job_end) return {HandOffOutcome::kRefused, job_end.error().message};
+    if (!job_end) return {ipc::PortRouter::ExportOutcome::kRefused, job_end.error().message};
     auto exported = router_.ExportJob(job, to_node);
     Run();  // frames the export asked for, and nothing for the job any more
-    if (exported.outcome == ipc::PortRouter::ExportOutcome::kBusy) {
-      return {HandOffOutcome::kBusy, exported.state};
-    }
-    if (exported.outcome == ipc::PortRouter::ExportOutcome::kRefused) {
-      return {HandOffOutcome::kRefused, exported.state};
-    }
+    if (exported.outcome != ipc::PortRouter::ExportOutcome::kExported) return exported;
     // What the job has not read: first what waits in its socket, then what we did not write.
     std::string to_job = TakeUnread(job_end->get());
     for (const auto& chunk : channel->out) to_job.append(chunk.bytes, chunk.offset);
@@ -216,7 +211,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     out.Bytes(to_job);
     out.Bytes(from_job);
     Close(job);  // the router holds nothing of the job now: nothing is released
-    return {HandOffOutcome::kDone, out.Take()};
+    return {ipc::PortRouter::ExportOutcome::kExported, out.Take()};
   }
 
   // A copy of the job's end of its channel, fd 3 of its init.
@@ -433,8 +428,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   bool run_scheduled_ = false;
 };
 
-IpcService::HandOffResult IpcService::HandOff(const std::string& job, std::uint64_t to_node,
-                                              int init_pid) {
+ipc::PortRouter::Export IpcService::HandOff(const std::string& job, std::uint64_t to_node,
+                                            int init_pid) {
   return impl_->HandOff(job, to_node, init_pid);
 }
 

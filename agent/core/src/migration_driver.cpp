@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <tern/ipc/job_wire.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tern/jobs/unique_fd.hpp>
 #include <tern/migrate/archive.hpp>
@@ -66,18 +67,18 @@ std::string FromHex(const std::string& hex) {
 // The commit call's body: [u32 length][the move's stats as JSON][the job's IPC state]. A body
 // that is JSON alone (an older source) carries no IPC state.
 std::string EncodeCommitBody(const std::string& stats, const std::string& ipc_state) {
-  std::string body(4, '\0');
-  const auto length = static_cast<std::uint32_t>(stats.size());
-  for (int i = 0; i < 4; ++i) body[i] = static_cast<char>((length >> (24 - 8 * i)) & 0xff);
-  return body + stats + ipc_state;
+  ipc::WireWriter body;
+  body.Bytes(stats);
+  body.out() += ipc_state;
+  return body.Take();
 }
 
 std::pair<std::string, std::string> DecodeCommitBody(const std::string& body) {
-  if (body.size() < 4 || body.front() == '{') return {body, ""};
-  std::uint32_t length = 0;
-  for (int i = 0; i < 4; ++i) length = (length << 8) | static_cast<unsigned char>(body[i]);
-  if (length > body.size() - 4) return {"", ""};
-  return {body.substr(4, length), body.substr(4 + length)};
+  if (body.empty() || body.front() == '{') return {body, ""};
+  ipc::WireReader reader(body);
+  auto stats = reader.Bytes();
+  if (!stats) return {"", ""};
+  return {*stats, body.substr(4 + stats->size())};
 }
 
 // The job's channel socket as dumped, kept next to the images for the destination's restore.
@@ -650,16 +651,16 @@ void MigrationDriver::HandOffIpc(const std::shared_ptr<Outgoing>& migration,
   }
   auto handed = ipc_.hand_off(migration->job.id, migration->destination_id, migration->job.pid);
   switch (handed.outcome) {
-    case HandOff::Outcome::kDone:
+    case ipc::PortRouter::ExportOutcome::kExported:
       migration->ipc_state = std::move(handed.state);
       Step(migration, static_cast<int>(MigrationEvent::kHandedOff));
       return;
-    case HandOff::Outcome::kRefused:
+    case ipc::PortRouter::ExportOutcome::kRefused:
       migration->error = "the job's IPC rights cannot move: " + handed.state;
       migration->error_status = 409;
       Step(migration, static_cast<int>(MigrationEvent::kHandOffFailed));
       return;
-    case HandOff::Outcome::kBusy:
+    case ipc::PortRouter::ExportOutcome::kBusy:
       break;
   }
   if (Clock::now() >= deadline) {
@@ -1314,7 +1315,7 @@ void MigrationDriver::CheckUndecided() {
       call.target = "/v1/migrations/" + mid;
       call.caller.uid = 0;
       call.caller.identified = true;
-      cluster_.Call(*source, call, [this, mid = mid](ApiResult result) {
+      cluster_.Call(*source, call, [this, mid = mid, source = *source](ApiResult result) {
         json answer = json::parse(result.body, nullptr, false);
         if (result.status != 200 || !answer.is_object()) return;
         const std::string outcome = answer.value("outcome", "");
@@ -1328,10 +1329,7 @@ void MigrationDriver::CheckUndecided() {
           fetch.target = "/v1/migrations/" + mid + "/ipc-state";
           fetch.caller.uid = 0;
           fetch.caller.identified = true;
-          auto source =
-              cluster_.AliveNodeByName(incoming_.contains(mid) ? incoming_.at(mid)->job.node : "");
-          if (!source) return;
-          cluster_.Call(*source, fetch, [this, mid, local](ApiResult state) mutable {
+          cluster_.Call(source, fetch, [this, mid, local](ApiResult state) mutable {
             if (state.status != 200) {
               spdlog::warn("migration {}: the source kept no IPC state: {}", mid, state.body);
             } else {

@@ -173,23 +173,21 @@ IpcResult<void> Channel::SendTrains(const std::vector<Message>& messages, FullPo
                                     Timeout timeout, std::size_t* accepted) const {
   std::vector<std::string> trains;
   for (std::size_t first = 0; first < messages.size();) {
-    WireWriter train;
-    train.U8(static_cast<std::uint8_t>(policy));
-    train.U32(libtern::TimeoutMs(timeout));
-    train.U32(0);
-    train.U32(0);  // the count, filled in below
+    WireWriter encoded;
     std::size_t count = 0, bytes = 0;
     while (first + count < messages.size() && count < kTrainMessages && bytes < kTrainBytes) {
       const Message& message = messages[first + count];
-      train.WriteMessage(message);
+      encoded.WriteMessage(message);
       bytes += message.ByteSize() + 16;
       ++count;
     }
-    std::string body = train.Take();
-    for (int i = 0; i < 4; ++i) {
-      body[9 + i] = static_cast<char>((count >> (24 - 8 * i)) & 0xff);
-    }
-    trains.push_back(std::move(body));
+    WireWriter train;
+    train.U8(static_cast<std::uint8_t>(policy));
+    train.U32(libtern::TimeoutMs(timeout));
+    train.U32(0);  // no notify port: send_many has none
+    train.U32(static_cast<std::uint32_t>(count));
+    train.out() += encoded.out();
+    trains.push_back(train.Take());
     first += count;
   }
   std::size_t ok = 0;

@@ -190,6 +190,20 @@ class WireReader {
   bool AtEnd() const { return in_.empty(); }
 
  private:
+  // A big-endian T off the front; past the end, nullopt and nothing left to read.
+  template <typename T>
+  std::optional<T> Take() {
+    if (in_.size() < sizeof(T)) {
+      in_ = {};
+      return std::nullopt;
+    }
+    T value = 0;
+    for (std::size_t i = 0; i < sizeof(T); ++i) {
+      value = static_cast<T>((value << 8) | static_cast<unsigned char>(in_[i]));
+    }
+    in_.remove_prefix(sizeof(T));
+    return value;
+  }
   std::string_view in_;
 };
 

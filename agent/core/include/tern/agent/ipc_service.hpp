@@ -23,6 +23,7 @@
 #include <string>
 #include <tern/expected.hpp>
 #include <tern/ipc/frame_type.hpp>
+#include <tern/ipc/port_router.hpp>
 
 namespace tern::agent {
 
@@ -47,13 +48,9 @@ class IpcService {
   // Source side of a migration, with the job frozen (`init_pid` is its init, which holds the
   // channel's other end): reads what the job wrote, takes its rights out of the router, and
   // takes the answers it has not read yet. kBusy: operations still in flight, try again soon
-  // (nothing changed); kRefused: it holds what cannot move (`state` says why).
-  enum class HandOffOutcome { kDone, kBusy, kRefused };
-  struct HandOffResult {
-    HandOffOutcome outcome = HandOffOutcome::kRefused;
-    std::string state;  // kDone: bytes for TakeOver; else why not
-  };
-  HandOffResult HandOff(const std::string& job, std::uint64_t to_node, int init_pid);
+  // (nothing changed); kRefused: it holds what cannot move (`state` says why). kExported:
+  // `state` is the bytes for TakeOver.
+  ipc::PortRouter::Export HandOff(const std::string& job, std::uint64_t to_node, int init_pid);
   // Destination side, after OpenChannel and before the job resumes.
   Expected<void> TakeOver(const std::string& job, std::string_view state);
   // The job's end of the channel this agent made for it, as /proc shows it

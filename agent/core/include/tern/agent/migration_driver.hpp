@@ -27,6 +27,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tern/ipc/port_router.hpp>
 
 #include "tern/agent/api_call.hpp"
 #include "tern/agent/config.hpp"
@@ -57,10 +58,6 @@ class MigrationDriver {
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
   // arrive. hand_off takes a frozen job's rights out of this agent for `to` (IpcService::
   // HandOff); take_over puts them in place at the destination before the job resumes.
-  struct HandOff {
-    enum class Outcome { kDone, kBusy, kRefused } outcome = Outcome::kDone;
-    std::string state;  // kDone: for take_over; else why not
-  };
   struct IpcHooks {
     std::function<std::string(const std::string& job)> blocker;
     std::function<std::size_t(const std::string& job)> rights;
@@ -68,7 +65,8 @@ class MigrationDriver {
     std::function<std::string(const std::string& job)> channel;
     std::function<int(const std::string& job)> open;
     std::function<void(const std::string& job)> close;
-    std::function<HandOff(const std::string& job, std::uint64_t to, int init_pid)> hand_off;
+    std::function<ipc::PortRouter::Export(const std::string& job, std::uint64_t to, int init_pid)>
+        hand_off;
     std::function<Expected<void>(const std::string& job, std::string_view state)> take_over;
   };
   void SetIpcHooks(IpcHooks hooks) { ipc_ = std::move(hooks); }
