@@ -11,13 +11,14 @@
 //     mark), name_register(NAME), then
 //       pingpong: an RpcServer (one thread, implicit acknowledgements) whose handler echoes the
 //         request: each round trip is one receive and one reply on the send-once reply right;
-//       stream: receive_many() the --warmup and --count data messages; after each batch the client
-//         sends an end marker carrying a make-send-once reply right, answered at once.
+//       stream: a PortReader (receive_many batches read in place) takes the --warmup and --count
+//         data messages; after each batch the client sends an end marker carrying a
+//         make-send-once reply right, answered at once.
 //   client: name_lookup(NAME) (retried until the server has registered it), then
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
-//       stream: send_many() batches with FullPolicy::kWait (nothing is dropped; a full queue blocks
-//       the
-//         sender), then the end marker and a receive() of its answer on a port of its own: the
+//       stream: a PortWriter (trains of messages, up to 4 on their way at once; a full queue
+//         holds the sender back, nothing is dropped), flushed,
+//         then the end marker and a receive() of its answer on a port of its own: the
 //         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,
 //         larger ones one out-of-line item (the agents share its buffer instead of copying).
 // Exit status: 0 done, 1 failed, 3 tern IPC is not available here (the reason on stderr).
@@ -87,30 +88,27 @@ void PingPongServer(const Channel& channel, std::uint32_t port) {
 }
 
 void StreamServer(const Channel& channel, const Options& options, std::uint32_t port) {
+  // Everything queued in one round trip to the agent, read in place.
+  PortReader reader(channel, port);
+  MessageView message;
   for (const std::uint64_t n : {options.warmup, options.count}) {
     std::uint64_t received = 0;
-    bool ended = false;
-    while (!ended) {
-      // Everything queued in one round trip to the agent.
-      auto batch = Check(channel.receive_many(port, 512, kStepTimeout), "receive_many");
-      for (Message& message : batch) {
-        if (message.id == kDataId) {
-          if (FirstBytes(message).size() != options.size)
-            Die("a message of the wrong size arrived");
-          ++received;
-          continue;
-        }
-        if (message.id != kEndId || message.reply == 0) continue;
-        if (received != n) {
-          Die("end marker after " + std::to_string(received) + " of " + std::to_string(n) +
-              " messages");
-        }
-        Message answer = BytesMessage(message.reply, "k");
-        answer.destination_disposition = Disposition::kMoveSendOnce;
-        Check(channel.send(answer), "send the confirmation");
-        ended = true;
-        break;
+    for (;;) {
+      Check(reader.next(message, kStepTimeout), "receive");
+      if (message.id == kDataId) {
+        if (message.bytes().size() != options.size) Die("a message of the wrong size arrived");
+        ++received;
+        continue;
       }
+      if (message.id != kEndId || message.reply == 0) continue;
+      if (received != n) {
+        Die("end marker after " + std::to_string(received) + " of " + std::to_string(n) +
+            " messages");
+      }
+      Message answer = BytesMessage(message.reply, "k");
+      answer.destination_disposition = Disposition::kMoveSendOnce;
+      Check(channel.send(answer), "send the confirmation");
+      break;
     }
   }
 }
@@ -167,19 +165,11 @@ int Client(const Options& options) {
   Clock::duration elapsed{};
   for (const std::uint64_t n : {options.warmup, options.count}) {
     const auto start = Clock::now();
-    // Batches of sends in one write each (send_many); about 1 MiB of data per batch.
-    const std::uint64_t batch =
-        std::max<std::uint64_t>(1, std::min<std::uint64_t>(256, (1u << 20) / options.size));
-    const std::vector<Message> full(batch, data);
-    for (std::uint64_t i = 0; i < n; i += batch) {
-      const std::uint64_t now = std::min(batch, n - i);
-      if (now == batch) {
-        Check(channel.send_many(full, FullPolicy::kWait, kForever), "send_many");
-      } else {
-        Check(channel.send_many(std::vector<Message>(now, data), FullPolicy::kWait, kForever),
-              "send_many");
-      }
-    }
+    // A PortWriter: trains of messages, several on their way at once (nothing dropped: a full
+    // queue holds the stream back).
+    PortWriter writer(channel, port);
+    for (std::uint64_t i = 0; i < n; ++i) Check(writer.write(data), "write");
+    Check(writer.flush(), "flush");
     Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");
     Check(channel.receive(confirmations, kStepTimeout), "receive the confirmation");
     elapsed = Clock::now() - start;

@@ -66,19 +66,6 @@ std::size_t Message::ByteSize() const {
   return size;
 }
 
-void WireWriter::U16(std::uint16_t v) {
-  const char bytes[2] = {static_cast<char>(v >> 8), static_cast<char>(v)};
-  out_.append(bytes, 2);
-}
-void WireWriter::U32(std::uint32_t v) {
-  const char bytes[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16),
-                         static_cast<char>(v >> 8), static_cast<char>(v)};
-  out_.append(bytes, 4);
-}
-void WireWriter::U64(std::uint64_t v) {
-  U32(static_cast<std::uint32_t>(v >> 32));
-  U32(static_cast<std::uint32_t>(v));
-}
 void WireWriter::Bytes(std::string_view v) {
   U32(static_cast<std::uint32_t>(v.size()));
   out_.append(v);
@@ -108,17 +95,19 @@ void WireWriter::WriteOpResult(const OpResult& result) {
   if (result.is_receive) WriteMessage(result.message);
 }
 
-std::optional<std::uint8_t> WireReader::U8() { return Take<std::uint8_t>(); }
-std::optional<std::uint16_t> WireReader::U16() { return Take<std::uint16_t>(); }
-std::optional<std::uint32_t> WireReader::U32() { return Take<std::uint32_t>(); }
-std::optional<std::uint64_t> WireReader::U64() { return Take<std::uint64_t>(); }
 std::optional<std::string> WireReader::Bytes() {
+  auto view = BytesView();
+  if (!view) return std::nullopt;
+  return std::string(*view);
+}
+
+std::optional<std::string_view> WireReader::BytesView() {
   auto size = U32();
   if (!size || *size > in_.size()) {
     in_ = {};
     return std::nullopt;
   }
-  std::string v(in_.substr(0, *size));
+  std::string_view v = in_.substr(0, *size);
   in_.remove_prefix(*size);
   return v;
 }

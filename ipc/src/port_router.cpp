@@ -2,6 +2,7 @@
 #include <functional>
 #include <random>
 #include <tern/ipc/port_router.hpp>
+#include <variant>
 
 #include "port_router_wire.hpp"
 
@@ -9,6 +10,7 @@ namespace tern::ipc {
 
 using router::Envelope;
 using router::Remote;
+using router::TrainRun;
 using router::TransitItem;
 using router::TransitMessage;
 using router::TransitRight;
@@ -38,10 +40,14 @@ struct DeadNameRequest {
   std::uint32_t name = 0;
 };
 
+// A queued message, or a run of data-only messages of one train (taken a few at a time).
+using Queued = std::variant<TransitMessage, TrainRun>;
+
 struct Port {
   Holder holder;
   std::uint32_t limit = kDefaultQueueLimit;
-  std::deque<TransitMessage> queue;
+  std::deque<Queued> queue;
+  std::uint32_t queued = 0;  // messages in `queue` (a run counts each of its messages)
   std::deque<Waiter> waiters;
   std::deque<BlockedSender> blocked;
   std::vector<std::pair<ObjectId, std::uint32_t>> space_notify;  // notify port, name
@@ -325,7 +331,7 @@ struct PortRouter::State {
   }
 
   // ---- job requests ---------------------------------------------------------------------
-  void HandleJob(const std::string& job_name, JobState& job, const ipc::JobRequest& request) {
+  void HandleJob(const std::string& job_name, JobState& job, ipc::JobRequest& request) {
     WireReader in(request.body);
     const auto bad = [&](std::string why) {
       Error(job_name, request.id, JobStatus::kBadRequest, std::move(why));
@@ -406,7 +412,7 @@ struct PortRouter::State {
         return StartSend(job_name, job, request.id, std::move(*send));
       }
       case JobOp::kSendBatch:
-        return StartBatch(job_name, job, request.id, request.body);
+        return StartBatch(job_name, job, request.id, std::move(request.body));
       case JobOp::kSendReceive: {
         auto name = in.U32();
         auto timeout = in.U32();
@@ -707,12 +713,22 @@ struct PortRouter::State {
     WireWriter out;
     out.U32(0);  // the count, filled in below
     std::uint32_t count = 0;
-    while (count < max && !queue.empty() && !NeedsFetch(queue.front())) {
-      TransitMessage transit = std::move(queue.front());
-      queue.pop_front();
-      if (!WriteDataOnly(out, transit, name)) {
-        out.WriteMessage(Convert(job, job_name, transit, name, {}));
+    while (count < max && !queue.empty()) {
+      if (auto* run = std::get_if<TrainRun>(&queue.front())) {
+        const std::uint32_t n = std::min(max - count, run->count);
+        router::WriteRun(out, *run, n, name);
+        count += n;
+        port->second.queued -= n;
+        if (run->empty()) queue.pop_front();
+        continue;
       }
+      auto& message = std::get<TransitMessage>(queue.front());
+      if (NeedsFetch(message)) break;
+      if (!WriteDataOnly(out, message, name)) {
+        out.WriteMessage(Convert(job, job_name, message, name, {}));
+      }
+      queue.pop_front();
+      --port->second.queued;
       ++count;
     }
     if (count == 0) return {};
@@ -731,7 +747,7 @@ struct PortRouter::State {
     transit.items.reserve(message.items.size());
     for (Item& item : message.items) {
       if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return std::nullopt;
-      transit.items.push_back(TransitItem{item.kind, std::move(item.data), {}});
+      transit.items.push_back(TransitItem::Data(item.kind, std::move(item.data)));
     }
     return transit;
   }
@@ -752,7 +768,7 @@ struct PortRouter::State {
     out.U32(static_cast<std::uint32_t>(transit.items.size()));
     for (const TransitItem& item : transit.items) {
       out.U8(static_cast<std::uint8_t>(item.kind));
-      out.Bytes(item.data ? std::string_view(*item.data) : std::string_view());
+      out.Bytes(item.bytes);
     }
     return true;
   }
@@ -944,7 +960,7 @@ struct PortRouter::State {
       if (status != JobStatus::kOk) return Error(job_name, request, status, error);
     }
     for (const Item& item : message.items) {
-      TransitItem out{item.kind, item.data, {}};
+      TransitItem out = TransitItem::Data(item.kind, item.data);
       if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
         const JobStatus status =
             CarryRight(job_name, job, item.name, item.disposition, *send, moved, out.right, error);
@@ -983,8 +999,10 @@ struct PortRouter::State {
   // send_many's fast path: a train of data-only messages to one port, one envelope to its
   // home and one answer (how many were accepted). Nothing to carry, so no pre-ops.
   void StartBatch(const std::string& job_name, JobState& job, std::uint32_t request,
-                  std::string_view body) {
-    WireReader in(body);
+                  std::string body) {
+    // The messages' data stay in the request's buffer: one allocation per train.
+    const auto owner = std::make_shared<const std::string>(std::move(body));
+    WireReader in(*owner);
     auto policy = in.U8();
     auto timeout = in.U32();
     auto notify_name = in.U32();
@@ -996,34 +1014,15 @@ struct PortRouter::State {
     auto send = std::make_shared<JobState::PendingSend>();
     send->request = request;
     send->batch = true;
-    std::vector<TransitMessage> batch;
-    batch.reserve(*count);
-    std::uint32_t destination = 0;
-    std::size_t bytes = 0;
-    for (std::uint32_t i = 0; i < *count; ++i) {
-      auto message = in.ReadMessage();
-      if (!message) {
-        return Error(job_name, request, JobStatus::kBadRequest, "send_batch: malformed message");
-      }
-      if (i == 0) destination = message->destination;
-      if (message->destination != destination || message->reply != 0 ||
-          message->destination_disposition != Disposition::kCopySend) {
-        return Error(job_name, request, JobStatus::kBadRequest,
-                     "send_batch: every message goes to one port (copy-send), without a reply "
-                     "right");
-      }
-      bytes += message->ByteSize();
-      auto transit = DataOnly(std::move(*message));
-      if (!transit) {
-        return Error(job_name, request, JobStatus::kBadRequest,
-                     "send_batch: messages carry data only; send rights with send");
-      }
-      batch.push_back(std::move(*transit));
-    }
-    if (!in.AtEnd() || bytes > kMaxMessageBytes) {
+    std::string why;
+    const std::string_view messages = std::string_view(*owner).substr(13);
+    auto check = router::CheckTrain(messages, *count, why);
+    if (!check) return Error(job_name, request, JobStatus::kBadRequest, "send_batch: " + why);
+    if (check->data_bytes > kMaxMessageBytes) {
       return Error(job_name, request, JobStatus::kBadRequest,
-                   "send_batch: trailing bytes, or over 256 MiB in one train");
+                   "send_batch: over 256 MiB in one train");
     }
+    const std::uint32_t destination = check->destination;
     Entry* dest = Find(job, destination);
     if (!dest || (dest->type != RightType::kSend && dest->type != RightType::kReceive)) {
       if (dest && dest->type == RightType::kDeadName) {
@@ -1041,7 +1040,6 @@ struct PortRouter::State {
       }
       notify = target->id;
     }
-    for (TransitMessage& transit : batch) transit.destination = dest->id;
     send->envelope = Envelope{.kind = Remote::kEnqueueBatch,
                               .job = job_name,
                               .object = dest->id,
@@ -1049,7 +1047,7 @@ struct PortRouter::State {
                               .a = *policy,
                               .b = *timeout,
                               .c = *notify_name,
-                              .batch = std::move(batch)};
+                              .batch = TrainRun{owner, messages, *count}};
     job.sends.push_back(send);
     PumpSends(job_name, job);
   }
@@ -1081,10 +1079,10 @@ struct PortRouter::State {
     m.destination = port;
     m.id = id;
     if (!bytes.empty()) {
-      m.items.push_back(
-          TransitItem{ItemKind::kBytes, std::make_shared<const std::string>(std::move(bytes)), {}});
+      m.items.push_back(TransitItem::Data(ItemKind::kBytes,
+                                          std::make_shared<const std::string>(std::move(bytes))));
     }
-    if (right) m.items.push_back(TransitItem{ItemKind::kPort, nullptr, *right});
+    if (right) m.items.push_back(TransitItem{ItemKind::kPort, nullptr, {}, *right});
     Post(port.home, Envelope{.kind = Remote::kEnqueue,
                              .object = port,
                              .a = 0,
@@ -1107,7 +1105,7 @@ struct PortRouter::State {
       return;
     }
     Port& port = it->second;
-    const bool room = port.blocked.empty() && port.queue.size() < port.limit;
+    const bool room = port.blocked.empty() && port.queued < port.limit;
     if (room || notification) {
       Accept(port, std::move(*e.message));
       if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
@@ -1143,16 +1141,22 @@ struct PortRouter::State {
                               .text = std::move(text)});
   }
 
-  // Takes messages of a batch while there is room; the accepted count lives in `delta`.
-  // True when the whole batch is in.
+  // Moves what fits of a train into the queue (a waiting receiver gets its message first).
+  // `e.delta` counts the messages taken so far. True when the whole train is in.
   bool TakeFromBatch(Port& port, Envelope& e) {
-    std::size_t taken = 0;
-    while (taken < e.batch.size() && port.queue.size() < port.limit) {
-      Accept(port, std::move(e.batch[taken]));
-      ++taken;
+    while (!e.batch.empty() && port.queued < port.limit) {
+      if (!port.waiters.empty() && port.queued == 0) {
+        TransitMessage message = router::PopMessage(e.batch);
+        message.destination = e.object;
+        Accept(port, std::move(message));
+        ++e.delta;
+        continue;
+      }
+      const std::uint32_t n = std::min(port.limit - port.queued, e.batch.count);
+      port.queue.emplace_back(router::TakeFront(e.batch, n));
+      port.queued += n;
+      e.delta += n;
     }
-    e.batch.erase(e.batch.begin(), e.batch.begin() + static_cast<std::ptrdiff_t>(taken));
-    e.delta += static_cast<std::int64_t>(taken);
     return e.batch.empty();
   }
 
@@ -1180,15 +1184,30 @@ struct PortRouter::State {
                   "the port's queue is full (" + std::to_string(port.limit) + " messages)");
   }
 
-  void Accept(Port& port, TransitMessage message) {
-    if (!port.waiters.empty() && port.queue.empty()) {
+  // The first queued message, taken out of the queue (`port_id` names the port in it).
+  TransitMessage PopQueued(Port& port, ObjectId port_id) {
+    --port.queued;
+    if (auto* run = std::get_if<TrainRun>(&port.queue.front())) {
+      TransitMessage message = router::PopMessage(*run);
+      message.destination = port_id;
+      if (run->empty()) port.queue.pop_front();
+      return message;
+    }
+    TransitMessage message = std::move(std::get<TransitMessage>(port.queue.front()));
+    port.queue.pop_front();
+    return message;
+  }
+
+  void Accept(Port& port, TransitMessage&& message) {
+    if (!port.waiters.empty() && port.queued == 0) {
       Waiter waiter = std::move(port.waiters.front());
       port.waiters.pop_front();
       CancelTimer(waiter.timer);
       AnswerWaiter(waiter, Envelope{.message = std::move(message)});
       return;
     }
-    port.queue.push_back(std::move(message));
+    port.queue.emplace_back(std::move(message));
+    ++port.queued;
   }
 
   // Ends a waiting receive: with a message, or with why there is none.
@@ -1206,7 +1225,7 @@ struct PortRouter::State {
 
   // Room freed in a queue: let blocked senders in, then tell those who asked.
   void RoomFreed(Port& port) {
-    while (!port.blocked.empty() && port.queue.size() < port.limit) {
+    while (!port.blocked.empty() && port.queued < port.limit) {
       BlockedSender& front = port.blocked.front();
       if (front.envelope.kind == Remote::kEnqueueBatch) {
         if (!TakeFromBatch(port, front.envelope)) break;  // the queue is full again
@@ -1218,7 +1237,7 @@ struct PortRouter::State {
       CancelTimer(blocked.timer);
       EnqueueResult(blocked.envelope);
     }
-    if (port.queue.size() < port.limit && !port.space_notify.empty()) {
+    if (port.queued < port.limit && !port.space_notify.empty()) {
       auto targets = std::move(port.space_notify);
       port.space_notify.clear();
       for (const auto& [notify, name] : targets) {
@@ -1240,9 +1259,8 @@ struct PortRouter::State {
                                  .status = JobStatus::kInvalidName,
                                  .text = "this job does not hold the port's receive right"});
     }
-    if (!port.queue.empty()) {
-      TransitMessage message = std::move(port.queue.front());
-      port.queue.pop_front();
+    if (port.queued > 0) {
+      TransitMessage message = PopQueued(port, e.object);
       Respond(e, Envelope{.kind = Remote::kReceiveResult, .message = std::move(message)});
       RoomFreed(port);
       return;
@@ -1318,7 +1336,9 @@ struct PortRouter::State {
       CancelTimer(blocked.timer);
       EnqueueResult(blocked.envelope, JobStatus::kDeadName, "the destination port died");
     }
-    for (TransitMessage& message : dead.queue) ReleaseTransit(message);
+    for (Queued& queued : dead.queue) {
+      if (auto* message = std::get_if<TransitMessage>(&queued)) ReleaseTransit(*message);
+    }
     for (const DeadNameRequest& request : dead.dead_name) {
       PostNotification(request.notify, kDeadNameNotification, U32Bytes(request.name));
     }
@@ -1702,7 +1722,7 @@ struct PortRouter::State {
       if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
         Item out;
         out.kind = item.kind;
-        out.data = item.data;
+        out.data = item.SharedData();
         message.items.push_back(std::move(out));
         continue;
       }
@@ -1740,7 +1760,7 @@ struct PortRouter::State {
       for (const TransitItem& item : e.message->items) {
         Item out;
         out.kind = item.kind;
-        out.data = item.data;
+        out.data = item.SharedData();
         result.message.items.push_back(std::move(out));
       }
     }
@@ -1821,7 +1841,7 @@ struct PortRouter::State {
                                      .text = "the port is dead"});
         }
         return Respond(e, Envelope{.kind = Remote::kPortStatusResult,
-                                   .a = static_cast<std::uint32_t>(it->second.queue.size()),
+                                   .a = it->second.queued,
                                    .b = it->second.limit,
                                    .c = static_cast<std::uint32_t>(it->second.send_refs)});
       }

@@ -36,14 +36,16 @@ void WriteTransit(WireWriter& w, const TransitMessage& m) {
   for (const TransitItem& item : m.items) {
     w.U8(static_cast<std::uint8_t>(item.kind));
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-      w.Bytes(item.data ? std::string_view(*item.data) : std::string_view());
+      w.Bytes(item.bytes);
     } else {
       WriteRight(w, item.right);
     }
   }
 }
 
-std::optional<TransitMessage> ReadTransit(WireReader& r) {
+// Data items are views into `owner`, which `r` reads.
+std::optional<TransitMessage> ReadTransit(WireReader& r,
+                                          const std::shared_ptr<const std::string>& owner) {
   TransitMessage m;
   auto destination = ReadId(r);
   auto reply = ReadRight(r);
@@ -60,9 +62,10 @@ std::optional<TransitMessage> ReadTransit(WireReader& r) {
     TransitItem item;
     item.kind = static_cast<ItemKind>(*item_kind);
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-      auto bytes = r.Bytes();
+      auto bytes = r.BytesView();
       if (!bytes) return std::nullopt;
-      item.data = std::make_shared<const std::string>(std::move(*bytes));
+      item.owner = owner;
+      item.bytes = *bytes;
     } else {
       auto right = ReadRight(r);
       if (!right) return std::nullopt;
@@ -74,6 +77,19 @@ std::optional<TransitMessage> ReadTransit(WireReader& r) {
 }
 
 }  // namespace
+
+TransitItem TransitItem::Data(ItemKind kind, std::shared_ptr<const std::string> data) {
+  TransitItem item;
+  item.kind = kind;
+  if (data) item.bytes = *data;
+  item.owner = std::move(data);
+  return item;
+}
+
+std::shared_ptr<const std::string> TransitItem::SharedData() const {
+  if (owner && bytes.data() == owner->data() && bytes.size() == owner->size()) return owner;
+  return std::make_shared<const std::string>(bytes);
+}
 
 std::string EncodeEnvelope(const Envelope& e) {
   WireWriter w;
@@ -93,8 +109,8 @@ std::string EncodeEnvelope(const Envelope& e) {
   w.U8(e.message ? 1 : (e.batch.empty() ? 0 : 2));
   if (e.message) WriteTransit(w, *e.message);
   if (!e.message && !e.batch.empty()) {
-    w.U32(static_cast<std::uint32_t>(e.batch.size()));
-    for (const TransitMessage& m : e.batch) WriteTransit(w, m);
+    w.U32(e.batch.count);
+    w.out().append(e.batch.bytes);  // as the sending job wrote it
   }
   return w.Take();
 }
@@ -128,23 +144,27 @@ std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
   e.delta = static_cast<std::int64_t>(*delta);
   e.status = static_cast<JobStatus>(*status);
   e.text = std::move(*text);
+  if (*has_message == 0) {
+    if (!r.AtEnd()) return std::nullopt;
+    return e;
+  }
+  if (*has_message > 2) return std::nullopt;
+  // The message part is copied once; its data items are views into that copy.
+  auto owner = std::make_shared<const std::string>(payload.substr(payload.size() - r.remaining()));
+  WireReader body(*owner);
   if (*has_message == 1) {
-    auto m = ReadTransit(r);
+    auto m = ReadTransit(body, owner);
     if (!m) return std::nullopt;
     e.message = std::move(*m);
-  } else if (*has_message == 2) {
-    auto count = r.U32();
-    if (!count || *count == 0 || *count > (1u << 24)) return std::nullopt;
-    e.batch.reserve(*count);
-    for (std::uint32_t i = 0; i < *count; ++i) {
-      auto m = ReadTransit(r);
-      if (!m) return std::nullopt;
-      e.batch.push_back(std::move(*m));
-    }
-  } else if (*has_message != 0) {
-    return std::nullopt;
+    if (!body.AtEnd()) return std::nullopt;
+    return e;
   }
-  if (!r.AtEnd()) return std::nullopt;
+  auto count = body.U32();
+  if (!count || *count == 0 || *count > (1u << 24)) return std::nullopt;
+  std::string why;
+  const std::string_view run = std::string_view(*owner).substr(4);
+  if (!CheckTrain(run, *count, why)) return std::nullopt;
+  e.batch = TrainRun{owner, run, *count};
   return e;
 }
 

@@ -3,6 +3,7 @@
 // homes"). Internal to tern_ipc.
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -10,6 +11,8 @@
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <vector>
+
+#include "train_run.hpp"
 
 namespace tern::ipc::router {
 
@@ -29,7 +32,8 @@ enum class Remote : std::uint8_t {
   kRegionFetch = 12,    // object=region -> kRegionFetchResult text=bytes
   kNameQuery = 13,      // text=name -> kNameQueryResult object
   kJobMoved = 14,       // job: it lives on the sending node now (holders, waiters, link ops)
-  kEnqueueBatch = 15,   // batch, a/b/c/object2 as kEnqueue -> kEnqueueResult a=accepted
+  kEnqueueBatch =
+      15,  // batch (a train run), a/b/c/object2 as kEnqueue -> kEnqueueResult a=accepted
   // Results, sent back to the asking node.
   kEnqueueResult = 64,
   kReceiveResult = 65,
@@ -47,17 +51,29 @@ struct TransitRight {
   ObjectId id;
 };
 
+// A data item is a view into a shared buffer that `owner` keeps alive: the item's own string,
+// or a whole train (a job's kSendBatch request, a peer's envelope), so that a train's messages
+// cost no allocation each. A queue is taken from its front, so at most the trains at its two
+// ends keep bytes that were already taken.
 struct TransitItem {
   ItemKind kind = ItemKind::kBytes;
-  std::shared_ptr<const std::string> data;
+  std::shared_ptr<const std::string> owner;
+  std::string_view bytes;
   TransitRight right;
+
+  // A data item that is all of `data`.
+  static TransitItem Data(ItemKind kind, std::shared_ptr<const std::string> data);
+  // The bytes as a string of their own to hand to an Item: the owner itself when the item is
+  // all of it, else a copy.
+  std::shared_ptr<const std::string> SharedData() const;
 };
 
 struct TransitMessage {
   ObjectId destination;
   TransitRight reply;
   std::uint32_t id = 0;
-  std::vector<TransitItem> items;
+  // Nearly every message has one item: kept inline, without an allocation.
+  boost::container::small_vector<TransitItem, 1> items;
 };
 
 struct Envelope {
@@ -72,7 +88,7 @@ struct Envelope {
   JobStatus status = JobStatus::kOk;
   std::string text;
   std::optional<TransitMessage> message;
-  std::vector<TransitMessage> batch;  // kEnqueueBatch: data-only messages to `object`, in order
+  TrainRun batch;  // kEnqueueBatch: data-only messages to `object`, in order
 };
 
 // An object id as two big-endian u64 (home, serial); shared with the job hand-off state.

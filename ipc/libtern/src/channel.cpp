@@ -83,6 +83,12 @@ bool Channel::Impl::connected() {
 }
 
 IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::string_view body) {
+  auto request = Post(op, body);
+  if (!request) return request.error();
+  return Collect(*request);
+}
+
+IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body) {
   std::unique_lock lock(mu_);
   if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
   // Filed before the write: the reply may be read by another thread before this one waits.
@@ -92,13 +98,17 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::strin
   const std::string frame =
       ipc::EncodeFrame(ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
   auto written = WriteFrame(frame);
-
-  lock.lock();
   if (!written) {
+    lock.lock();
     slots_.erase(request);
     CloseLocked(written.error().message);
     return written.error();
   }
+  return request;
+}
+
+IpcResult<Channel::Impl::Reply> Channel::Impl::Collect(std::uint32_t request) {
+  std::unique_lock lock(mu_);
   return AwaitReply(lock, request);
 }
 

@@ -40,6 +40,9 @@ class Channel::Impl {
 
   // Sends one request and waits for its reply. A non-ok status becomes the IpcError.
   IpcResult<Reply> Request(ipc::JobOp op, std::string_view body);
+  // Sends one request and returns its id at once; Collect(id) waits for the reply later.
+  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::string_view body);
+  IpcResult<Reply> Collect(std::uint32_t request);
   // Sends several requests in one write and waits for all their replies (in request order).
   std::vector<IpcResult<Reply>> RequestMany(ipc::JobOp op, const std::vector<std::string>& bodies);
 

@@ -9,7 +9,9 @@
 // Thread-safety: plain values and pure functions; WireWriter/WireReader are single-owner.
 #pragma once
 
+#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -163,9 +165,9 @@ struct OpResult {
 class WireWriter {
  public:
   void U8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void U16(std::uint16_t v);
-  void U32(std::uint32_t v);
-  void U64(std::uint64_t v);
+  void U16(std::uint16_t v) { Put(v); }
+  void U32(std::uint32_t v) { Put(v); }
+  void U64(std::uint64_t v) { Put(v); }
   void Bytes(std::string_view v);
   void WriteMessage(const Message& message);
   void WriteOpResult(const OpResult& result);
@@ -173,6 +175,18 @@ class WireWriter {
   std::string Take() { return std::move(out_); }
 
  private:
+  // Inline: the hot paths write several numbers per message.
+  template <typename T>
+  void Put(T v) {
+    if constexpr (std::endian::native == std::endian::little) {
+      if constexpr (sizeof(T) == 2) v = __builtin_bswap16(v);
+      if constexpr (sizeof(T) == 4) v = __builtin_bswap32(v);
+      if constexpr (sizeof(T) == 8) v = __builtin_bswap64(v);
+    }
+    char bytes[sizeof(T)];
+    std::memcpy(bytes, &v, sizeof(T));
+    out_.append(bytes, sizeof(T));
+  }
   std::string out_;
 };
 
@@ -180,14 +194,17 @@ class WireWriter {
 class WireReader {
  public:
   explicit WireReader(std::string_view in) : in_(in) {}
-  std::optional<std::uint8_t> U8();
-  std::optional<std::uint16_t> U16();
-  std::optional<std::uint32_t> U32();
-  std::optional<std::uint64_t> U64();
+  std::optional<std::uint8_t> U8() { return Take<std::uint8_t>(); }
+  std::optional<std::uint16_t> U16() { return Take<std::uint16_t>(); }
+  std::optional<std::uint32_t> U32() { return Take<std::uint32_t>(); }
+  std::optional<std::uint64_t> U64() { return Take<std::uint64_t>(); }
   std::optional<std::string> Bytes();
+  // The same bytes as a view into the reader's input (valid while the input is).
+  std::optional<std::string_view> BytesView();
   std::optional<Message> ReadMessage();
   std::optional<OpResult> ReadOpResult();
   bool AtEnd() const { return in_.empty(); }
+  std::size_t remaining() const { return in_.size(); }
 
  private:
   // A big-endian T off the front; past the end, nullopt and nothing left to read.
@@ -197,11 +214,14 @@ class WireReader {
       in_ = {};
       return std::nullopt;
     }
-    T value = 0;
-    for (std::size_t i = 0; i < sizeof(T); ++i) {
-      value = static_cast<T>((value << 8) | static_cast<unsigned char>(in_[i]));
-    }
+    T value;
+    std::memcpy(&value, in_.data(), sizeof(T));
     in_.remove_prefix(sizeof(T));
+    if constexpr (sizeof(T) > 1 && std::endian::native == std::endian::little) {
+      if constexpr (sizeof(T) == 2) value = __builtin_bswap16(value);
+      if constexpr (sizeof(T) == 4) value = __builtin_bswap32(value);
+      if constexpr (sizeof(T) == 8) value = __builtin_bswap64(value);
+    }
     return value;
   }
   std::string_view in_;

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -263,10 +264,110 @@ class Channel {
   class Impl;
 
  private:
+  friend class PortWriter;
+  friend class PortReader;
   explicit Channel(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   IpcResult<void> SendTrains(const std::vector<Message>& messages, FullPolicy policy,
                              Timeout timeout, std::size_t* accepted) const;
   std::shared_ptr<Impl> impl_;
+};
+
+// A stream of data messages to one port, for a sender that does not want a round trip per
+// batch: write() gathers messages into trains, and up to `window` trains are on their way at
+// once (as a socket's send buffer lets a writer run ahead of the reader). Messages arrive in
+// the order written and a full queue holds the stream back (FullPolicy::kWait, without end):
+// nothing is dropped. write() may keep a message until its train fills; flush() sends what is
+// gathered and waits until every train is answered. A refusal (the port died; the name is not
+// a send right) ends the stream: write() and flush() then return that error, and accepted()
+// counts the messages that went into the queue.
+//
+// Thread-safety: one thread at a time per writer; other threads may use the channel meanwhile.
+class PortWriter {
+ public:
+  struct Options {
+    std::size_t window = 4;              // trains on their way at once
+    std::size_t train_bytes = 64 << 10;  // a train leaves when it holds this many bytes
+    std::size_t train_messages = 2048;   // ... or this many messages
+  };
+
+  // `port`: a send (or receive) right of this job.
+  PortWriter(Channel channel, std::uint32_t port);
+  PortWriter(Channel channel, std::uint32_t port, Options options);
+  // Flushes; an error is then lost (call flush() to see it).
+  ~PortWriter();
+  PortWriter(const PortWriter&) = delete;
+  PortWriter& operator=(const PortWriter&) = delete;
+
+  // A message with one bytes item.
+  IpcResult<void> write(std::string_view bytes, std::uint32_t id = 0);
+  // A message of data items (bytes, out-of-line); its destination is ignored.
+  IpcResult<void> write(const Message& message);
+  IpcResult<void> flush();
+
+  std::uint64_t written() const { return written_; }
+  std::uint64_t accepted() const { return accepted_; }
+
+ private:
+  void StartTrain();
+  IpcResult<void> Ship();
+  void CollectOldest();
+
+  Channel channel_;
+  std::uint32_t port_;
+  Options options_;
+  std::string train_;  // a kSendBatch body; its count is filled in when it leaves
+  std::size_t train_count_ = 0;
+  std::deque<std::uint32_t> in_flight_;  // request ids, oldest first
+  std::optional<IpcError> error_;
+  std::uint64_t written_ = 0;
+  std::uint64_t accepted_ = 0;
+};
+
+// A message seen in place, as PortReader hands it out: data items are views into the
+// reader's buffer (valid until its next call); rights are names in this job's table, as in
+// Item. `items` keeps its capacity from one message to the next.
+struct ItemView {
+  ItemKind kind = ItemKind::kBytes;
+  std::string_view bytes;  // kBytes, kOutOfLine
+  std::uint32_t name = 0;
+  Disposition disposition = Disposition::kNone;
+};
+struct MessageView {
+  std::uint32_t destination = 0;  // the receive right's name
+  std::uint32_t reply = 0;        // this job's name of the reply right (0: none)
+  Disposition reply_disposition = Disposition::kNone;
+  std::uint32_t id = 0;
+  std::vector<ItemView> items;
+
+  std::string_view bytes() const;  // the first data item's bytes; empty if none
+  Message ToMessage() const;       // a Message that owns its data
+};
+
+// The receiving end of a stream: takes what is queued on a port in batches (one round trip to
+// the agent for up to `batch` messages, as receive_many) and hands the messages out one at a
+// time, in place, without an allocation per message. Messages taken and not yet handed out are
+// lost with the reader: keep it for the life of the stream.
+//
+// Thread-safety: one thread at a time per reader.
+class PortReader {
+ public:
+  // `port`: a receive right of this job.
+  PortReader(Channel channel, std::uint32_t port, std::uint32_t batch = 1024);
+  PortReader(const PortReader&) = delete;
+  PortReader& operator=(const PortReader&) = delete;
+
+  // The next message into `out`, waiting up to `timeout` for one to arrive.
+  IpcResult<void> next(MessageView& out, Timeout timeout = kForever);
+  // Messages taken from the agent and not yet handed out.
+  std::size_t buffered() const { return left_; }
+
+ private:
+  Channel channel_;
+  std::uint32_t port_;
+  std::uint32_t batch_;
+  std::string buffer_;      // the last receive_many answer
+  std::size_t offset_ = 0;  // where the next message begins in buffer_
+  std::size_t left_ = 0;
 };
 
 // RPC server ------------------------------------------------------------------------------

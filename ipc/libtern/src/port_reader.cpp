@@ -1,0 +1,114 @@
+// tern::PortReader and MessageView: a stream's messages read in place from receive_many's
+// answers.
+#include <tern/ipc.hpp>
+
+#include "channel_impl.hpp"
+
+namespace tern {
+
+namespace {
+
+using ipc::JobOp;
+using ipc::WireReader;
+using ipc::WireWriter;
+
+bool IsData(ItemKind kind) { return kind == ItemKind::kBytes || kind == ItemKind::kOutOfLine; }
+
+// One message in WireWriter::WriteMessage's layout, its data items as views into `in`'s input.
+bool ReadView(WireReader& in, MessageView& out) {
+  auto destination = in.U32();
+  auto disposition = in.U8();
+  auto reply = in.U32();
+  auto reply_disposition = in.U8();
+  auto id = in.U32();
+  auto count = in.U32();
+  if (!count || *count > in.remaining()) return false;
+  (void)disposition;
+  out.destination = *destination;
+  out.reply = *reply;
+  out.reply_disposition = static_cast<Disposition>(*reply_disposition);
+  out.id = *id;
+  out.items.clear();
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto kind = in.U8();
+    if (!kind || *kind < 1 || *kind > 5) return false;
+    ItemView& item = out.items.emplace_back();
+    item.kind = static_cast<ItemKind>(*kind);
+    if (IsData(item.kind)) {
+      auto bytes = in.BytesView();
+      if (!bytes) return false;
+      item.bytes = *bytes;
+    } else {
+      auto name = in.U32();
+      auto item_disposition = in.U8();
+      if (!item_disposition) return false;
+      item.name = *name;
+      item.disposition = static_cast<Disposition>(*item_disposition);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string_view MessageView::bytes() const {
+  for (const ItemView& item : items) {
+    if (IsData(item.kind)) return item.bytes;
+  }
+  return {};
+}
+
+Message MessageView::ToMessage() const {
+  Message message;
+  message.destination = destination;
+  message.reply = reply;
+  message.reply_disposition = reply_disposition;
+  message.id = id;
+  for (const ItemView& item : items) {
+    if (item.kind == ItemKind::kBytes) {
+      message.items.push_back(Item::Bytes(std::string(item.bytes)));
+    } else if (item.kind == ItemKind::kOutOfLine) {
+      message.items.push_back(Item::OutOfLine(std::string(item.bytes)));
+    } else {
+      Item right;
+      right.kind = item.kind;
+      right.name = item.name;
+      right.disposition = item.disposition;
+      message.items.push_back(std::move(right));
+    }
+  }
+  return message;
+}
+
+PortReader::PortReader(Channel channel, std::uint32_t port, std::uint32_t batch)
+    : channel_(std::move(channel)), port_(port), batch_(batch == 0 ? 1 : batch) {}
+
+IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
+  if (left_ == 0) {
+    WireWriter request;
+    request.U32(port_);
+    request.U32(libtern::TimeoutMs(timeout));
+    request.U32(batch_);
+    auto reply = channel_.impl_->Request(JobOp::kReceiveMany, request.Take());
+    if (!reply) return reply.error();
+    buffer_ = std::move(reply->body);
+    WireReader reader(buffer_);
+    auto count = reader.U32();
+    if (!count || *count == 0) {
+      buffer_.clear();
+      return IpcError{JobStatus::kBadRequest, "malformed receive_many answer from the agent"};
+    }
+    left_ = *count;
+    offset_ = 4;
+  }
+  WireReader reader(std::string_view(buffer_).substr(offset_));
+  if (!ReadView(reader, out)) {
+    left_ = 0;
+    return IpcError{JobStatus::kBadRequest, "malformed message in a receive_many answer"};
+  }
+  offset_ = buffer_.size() - reader.remaining();
+  --left_;
+  return {};
+}
+
+}  // namespace tern
