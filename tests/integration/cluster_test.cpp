@@ -1219,6 +1219,19 @@ TEST_F(ClusterTest, IpcLargeOutOfLineDataCrossesNodes) {
             std::string::npos);
 }
 
+TEST_F(ClusterTest, IpcAStreamThroughAFullQueueArrivesWholeAndInOrder) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  for (const char* writer_node : {"node1", "node3"}) {
+    SCOPED_TRACE(std::string("writer on ") + writer_node);
+    const std::string name = std::string("itstream-") + writer_node;
+    const auto reader = Submit("node1", {probe, "stream-reader", name}, "node1");
+    const auto writer = Submit("node1", {probe, "stream-writer", name}, writer_node);
+    EXPECT_NE(FinishedOutput(writer).find("wrote 200000, accepted 200000: ok"), std::string::npos);
+    EXPECT_NE(FinishedOutput(reader).find("read 200000 in order; then: timed_out"),
+              std::string::npos);
+  }
+}
+
 TEST_F(ClusterTest, IpcAReceiveRightMovesToAJobOnAnotherNode) {
   const std::string probe = kBinDir + "/tern-ipc-probe";
   const auto peer = Submit("node1", {probe, "move-receive-peer", "itmr"}, "node3");

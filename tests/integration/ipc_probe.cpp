@@ -219,6 +219,48 @@ int OolServer(const Channel& channel, const std::string& name, std::size_t size)
   return ok ? 0 : 1;
 }
 
+// A stream through a PortWriter into a small queue (8): the writer runs ahead by whole trains
+// and is held back by the full queue, never refused; the reader sees every message once, in
+// order.
+constexpr std::uint32_t kStreamMessages = 200000;
+
+int StreamWriter(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  tern::PortWriter writer(channel, to, {.window = 4, .train_bytes = 16 << 10});
+  for (std::uint32_t i = 0; i < kStreamMessages; ++i) {
+    auto written = writer.write(std::to_string(i), i);
+    if (!written) return Fail("write " + std::to_string(i) + ": " + written.error().ToString());
+  }
+  auto flushed = writer.flush();
+  std::printf("wrote %llu, accepted %llu: %s\n", static_cast<unsigned long long>(writer.written()),
+              static_cast<unsigned long long>(writer.accepted()),
+              std::string(tern::ipc::JobStatusName(flushed.status())).c_str());
+  return flushed && writer.accepted() == kStreamMessages ? 0 : 1;
+}
+
+int StreamReader(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate(8);
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  if (!send || !channel.name_register(name, *send)) return Fail("setup");
+  std::printf("inbox %s ready\n", name.c_str());
+  std::fflush(stdout);
+  tern::PortReader reader(channel, *port, 64);
+  tern::MessageView message;
+  for (std::uint32_t i = 0; i < kStreamMessages; ++i) {
+    auto got = reader.next(message, 60s);
+    if (!got) return Fail("next after " + std::to_string(i) + ": " + got.error().ToString());
+    if (message.id != i || message.bytes() != std::to_string(i)) {
+      return Fail("message " + std::to_string(i) + " out of order: id " +
+                  std::to_string(message.id) + " \"" + std::string(message.bytes()) + "\"");
+    }
+  }
+  auto extra = reader.next(message, 500ms);
+  std::printf("read %u in order; then: %s\n", kStreamMessages,
+              std::string(tern::ipc::JobStatusName(extra.status())).c_str());
+  return extra.status() == JobStatus::kTimedOut ? 0 : 1;
+}
+
 // A receive right sent to a job on another node; messages then reach that job.
 int MoveReceive(const Channel& channel, const std::string& name) {
   auto port = channel.port_allocate();
@@ -306,6 +348,8 @@ int main(int argc, char** argv) {
   if (mode == "ool-client") code = OolClient(channel, name, 20u << 20);
   if (mode == "ool-server") code = OolServer(channel, name, 20u << 20);
   if (mode == "move-receive") code = MoveReceive(channel, name);
+  if (mode == "stream-writer") code = StreamWriter(channel, name);
+  if (mode == "stream-reader") code = StreamReader(channel, name);
   if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
   if (mode == "nosenders-client") code = NoSendersClient(channel, name);

@@ -794,5 +794,78 @@ TEST(PortRouter, ATrainOfMessagesIsOneRequestAndStopsAtAFullQueue) {
   EXPECT_EQ(dead.status, JobStatus::kDeadName);
 }
 
+// A train stays one run in the queue: a waiting receive, single receives and receive_many
+// take its messages in order, each whole (several items), on one node and from another.
+TEST(PortRouter, ATrainIsTakenInOrderByWaitersReceivesAndReceiveMany) {
+  for (const std::uint64_t client_node : {1u, 2u}) {
+    Net net(2);
+    net.Attach(1, "server");
+    net.Attach(client_node, "client");
+    const auto port = Allocate(net, "server", /*limit=*/100);
+    Register(net, "server", "runs", MakeSend(net, "server", port));
+    const auto to = ReadU32(Lookup(net, "client", "runs").body);
+    const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+
+    WireWriter train;
+    train.U8(static_cast<std::uint8_t>(FullPolicy::kFail));
+    train.U32(0);
+    train.U32(0);
+    train.U32(10);
+    for (std::uint32_t i = 0; i < 10; ++i) {
+      Message m;
+      m.destination = to;
+      m.id = 1000 + i;
+      m.items.push_back(Item::Bytes("a" + std::to_string(i)));
+      m.items.push_back(Item::OutOfLine(std::string(i * 100, 'x')));
+      train.WriteMessage(m);
+    }
+    EXPECT_EQ(ReadTrainAnswer(net.Call("client", JobOp::kSendBatch, train.Take())).accepted, 10u);
+
+    std::vector<Message> got;
+    auto first = net.Answer("server", waiting);
+    ASSERT_TRUE(first) << "the waiting receive got the train's first message";
+    got.push_back(ReadMessage(*first));
+    got.push_back(ReadMessage(Receive(net, "server", port)));
+    auto status = net.Call("server", JobOp::kPortStatus, U32(port));
+    EXPECT_EQ(ReadU32(status.body), 8u) << "queued messages, not runs";
+    while (got.size() < 10) {
+      auto more = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 3}));
+      ASSERT_EQ(more.status, JobStatus::kOk) << more.body;
+      WireReader r(more.body);
+      const auto count = *r.U32();
+      for (std::uint32_t i = 0; i < count; ++i) got.push_back(*r.ReadMessage());
+      EXPECT_TRUE(r.AtEnd());
+    }
+    for (std::uint32_t i = 0; i < 10; ++i) {
+      SCOPED_TRACE("message " + std::to_string(i) + " from node " + std::to_string(client_node));
+      EXPECT_EQ(got[i].destination, port) << "the receiver's own name";
+      EXPECT_EQ(got[i].reply, 0u);
+      EXPECT_EQ(got[i].id, 1000 + i);
+      ASSERT_EQ(got[i].items.size(), 2u);
+      EXPECT_EQ(got[i].items[0].bytes(), "a" + std::to_string(i));
+      EXPECT_EQ(got[i].items[1].kind, ItemKind::kOutOfLine);
+      EXPECT_EQ(got[i].items[1].bytes().size(), i * 100);
+    }
+
+    // A train carrying a right is refused whole; nothing of it is queued.
+    WireWriter with_right;
+    with_right.U8(static_cast<std::uint8_t>(FullPolicy::kFail));
+    with_right.U32(0);
+    with_right.U32(0);
+    with_right.U32(2);
+    Message plain;
+    plain.destination = to;
+    plain.items.push_back(Item::Bytes("ok"));
+    with_right.WriteMessage(plain);
+    Message carrying = plain;
+    carrying.items.push_back(Item::Port(to, Disposition::kCopySend));
+    with_right.WriteMessage(carrying);
+    auto refused = net.Call("client", JobOp::kSendBatch, with_right.Take());
+    EXPECT_EQ(refused.status, JobStatus::kBadRequest);
+    EXPECT_NE(refused.body.find("data only"), std::string::npos) << refused.body;
+    EXPECT_EQ(ReadU32(net.Call("server", JobOp::kPortStatus, U32(port)).body), 0u);
+  }
+}
+
 }  // namespace
 }  // namespace tern::ipc
