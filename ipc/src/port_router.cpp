@@ -1220,7 +1220,7 @@ struct PortRouter::State {
   }
 
   void CancelTimer(std::uint64_t timer) {
-    if (timer) timers.erase(timer);
+    if (timer && timers.erase(timer)) actions.cancelled_timers.push_back(timer);
   }
 
   // Room freed in a queue: let blocked senders in, then tell those who asked.

@@ -19,6 +19,8 @@
 #include <tern/jobs/job_launcher.hpp>
 #include <tern/jobs/unique_fd.hpp>
 
+#include "tern/agent/timer_schedule.hpp"
+
 namespace tern::agent {
 namespace {
 
@@ -128,6 +130,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     Run();
   }
 
+  // A wait for readability, and the read in the handler (not async_read_some): HandOff reads
+  // the channel synchronously, and no read may have taken bytes it has not handed on yet.
   void Read(const std::string& job, const std::shared_ptr<Channel>& channel) {
     channel->socket.async_wait(
         boost::asio::posix::descriptor_base::wait_read,
@@ -307,15 +311,27 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         spdlog::debug("IPC frame to node {:016x} dropped: no link", frame.node);
       }
     }
-    for (const auto& timer : actions.timers) {
-      auto t = std::make_shared<boost::asio::steady_timer>(io_, timer.after);
-      t->async_wait(
-          [self = shared_from_this(), t, id = timer.id](const boost::system::error_code& error) {
-            if (error || self->stopped_) return;
-            self->router_.Timer(id);
-            self->Run();
-          });
-    }
+    for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
+    const auto now = TimerSchedule::Clock::now();
+    for (const auto& timer : actions.timers) schedule_.Add(timer.id, now + timer.after);
+    ArmTimer();
+  }
+
+  // One Asio timer for all the router's timers, armed at the earliest deadline.
+  void ArmTimer() {
+    if (stopped_ || !schedule_.arm_needed()) return;
+    const auto at = *schedule_.next_deadline();
+    schedule_.Armed(at);
+    timer_.expires_at(at);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (error == boost::asio::error::operation_aborted || self->stopped_) return;
+      self->schedule_.Armed(std::nullopt);
+      for (std::uint64_t id : self->schedule_.TakeDue(TimerSchedule::Clock::now())) {
+        self->router_.Timer(id);
+      }
+      self->Run();  // re-arms for what is left
+      self->ArmTimer();
+    });
   }
 
   // A payload over one frame goes as a blast of chunks, in order on the one link.
@@ -415,6 +431,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   MemfdRegions regions_;
   ipc::PortRouter router_;
   NodeSender send_;
+  TimerSchedule schedule_;
+  boost::asio::steady_timer timer_{io_};
   std::map<std::string, std::shared_ptr<Channel>> channels_;
   static constexpr std::size_t kBlastChunk = 4u << 20;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
@@ -484,6 +502,7 @@ std::set<std::string> IpcService::JobsSharingRegions(const std::string& job) con
 void IpcService::Stop() {
   if (!impl_ || impl_->stopped_) return;
   impl_->stopped_ = true;
+  impl_->timer_.cancel();
   for (auto& [job, channel] : impl_->channels_) {
     channel->closed = true;
     boost::system::error_code ignored;

@@ -65,7 +65,10 @@ class PortRouter {
     std::vector<JobReplyAction> replies;
     std::vector<NodeFrameAction> frames;
     std::vector<TimerAction> timers;
-    bool empty() const { return replies.empty() && frames.empty() && timers.empty(); }
+    std::vector<std::uint64_t> cancelled_timers;  // need not fire any more
+    bool empty() const {
+      return replies.empty() && frames.empty() && timers.empty() && cancelled_timers.empty();
+    }
   };
 
   PortRouter(std::uint64_t node_id, RegionStore& regions);
