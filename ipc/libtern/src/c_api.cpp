@@ -18,6 +18,17 @@ struct tern_rpc_server {
   std::unique_ptr<tern::RpcServer> server;
 };
 
+struct tern_writer {
+  explicit tern_writer(uint32_t port) : writer(tern::Channel(), port) {}
+  tern::PortWriter writer;
+};
+
+struct tern_reader {
+  tern_reader(uint32_t port, uint32_t batch) : reader(tern::Channel(), port, batch) {}
+  tern::PortReader reader;
+  tern::MessageView message;
+};
+
 namespace {
 
 thread_local std::string last_error;
@@ -301,5 +312,55 @@ size_t tern_rpc_server_kept_replies(const tern_rpc_server* server) {
 void tern_rpc_server_stop(tern_rpc_server* server) {
   std::unique_ptr<tern_rpc_server> owned(server);
 }
+
+int tern_writer_open(uint32_t port, tern_writer** writer) {
+  if (writer == nullptr) return Invalid("writer is NULL");
+  *writer = std::make_unique<tern_writer>(port).release();
+  return TERN_OK;
+}
+
+int tern_writer_write(tern_writer* writer, uint32_t id, const void* data, size_t size) {
+  if (writer == nullptr || (data == nullptr && size > 0)) return Invalid("writer or data is NULL");
+  return Status(
+      writer->writer.write(std::string_view(static_cast<const char*>(data), data ? size : 0), id));
+}
+
+int tern_writer_flush(tern_writer* writer) {
+  if (writer == nullptr) return Invalid("writer is NULL");
+  return Status(writer->writer.flush());
+}
+
+uint64_t tern_writer_accepted(const tern_writer* writer) {
+  return writer ? writer->writer.accepted() : 0;
+}
+
+int tern_writer_close(tern_writer* writer) {
+  if (writer == nullptr) return TERN_OK;
+  std::unique_ptr<tern_writer> owned(writer);
+  return Status(owned->writer.flush());
+}
+
+int tern_reader_open(uint32_t port, uint32_t batch, tern_reader** reader) {
+  if (reader == nullptr) return Invalid("reader is NULL");
+  *reader = std::make_unique<tern_reader>(port, batch == 0 ? 1024 : batch).release();
+  return TERN_OK;
+}
+
+int tern_reader_next(tern_reader* reader, uint32_t timeout_ms, uint32_t* id, const void** data,
+                     size_t* size, uint32_t* reply) {
+  if (reader == nullptr || id == nullptr || data == nullptr || size == nullptr) {
+    return Invalid("reader, id, data or size is NULL");
+  }
+  auto next = reader->reader.next(reader->message, Ms(timeout_ms));
+  if (!next) return Failed(next.error());
+  const std::string_view bytes = reader->message.bytes();
+  *id = reader->message.id;
+  *data = bytes.data();
+  *size = bytes.size();
+  if (reply) *reply = reader->message.reply;
+  return TERN_OK;
+}
+
+void tern_reader_close(tern_reader* reader) { std::unique_ptr<tern_reader> owned(reader); }
 
 }  // extern "C"

@@ -68,6 +68,38 @@ int RunCApi() {
   if (tern_call(send, "fail", 4, 2000, &reply, &reply_size) != TERN_BAD_REQUEST) return 19;
   tern_rpc_server_stop(server);
   if (calls != 2) return 20;
+
+  // A stream: 3000 messages through a writer, read back in order through a reader.
+  uint32_t inbox = 0, inbox_send = 0;
+  if (tern_port_allocate(5000, &inbox) != TERN_OK) return 21;
+  if (tern_make_send(inbox, &inbox_send) != TERN_OK) return 22;
+  tern_writer* writer = nullptr;
+  if (tern_writer_open(inbox_send, &writer) != TERN_OK) return 23;
+  for (uint32_t i = 0; i < 3000; ++i) {
+    const std::string text = "m" + std::to_string(i);
+    if (tern_writer_write(writer, i, text.data(), text.size()) != TERN_OK) return 24;
+  }
+  if (tern_writer_flush(writer) != TERN_OK || tern_writer_accepted(writer) != 3000) return 25;
+  if (tern_writer_close(writer) != TERN_OK) return 26;
+  tern_reader* stream = nullptr;
+  if (tern_reader_open(inbox, 128, &stream) != TERN_OK) return 27;
+  for (uint32_t i = 0; i < 3000; ++i) {
+    uint32_t id = 0, reply_name = 7;
+    const void* data = nullptr;
+    size_t size = 0;
+    if (tern_reader_next(stream, 1000, &id, &data, &size, &reply_name) != TERN_OK) return 28;
+    if (id != i || reply_name != 0) return 29;
+    if (std::string(static_cast<const char*>(data), size) != "m" + std::to_string(i)) return 30;
+  }
+  uint32_t id = 0;
+  const void* data = nullptr;
+  size_t size = 0;
+  if (tern_reader_next(stream, 0, &id, &data, &size, nullptr) != TERN_TIMED_OUT) return 31;
+  tern_reader_close(stream);
+  // A writer to a name that is no right: the stream ends with the refusal.
+  if (tern_writer_open(4242, &writer) != TERN_OK) return 32;
+  if (tern_writer_write(writer, 1, "x", 1) != TERN_OK) return 33;  // gathered, not yet sent
+  if (tern_writer_close(writer) != TERN_INVALID_NAME) return 34;
   return 0;
 }
 

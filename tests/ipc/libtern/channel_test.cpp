@@ -233,5 +233,50 @@ TEST(Channel, AFdNumberIsNotAChannel) {
   EXPECT_EQ(channel.port_allocate().status(), JobStatus::kUnavailable);
 }
 
+TEST(Channel, APortWriterStreamsInOrderAndAPortReaderReadsInPlace) {
+  FakeAgent agent;
+  Channel channel = Channel::FromFd(agent.TakeJobFd());
+  auto port = channel.port_allocate(10000);
+  ASSERT_TRUE(port) << port.error().ToString();
+  auto send = channel.make_send(*port);
+  ASSERT_TRUE(send);
+  {
+    // Small trains and a window of 2: many trains, never more than 2 unanswered.
+    PortWriter writer(channel, *send, {.window = 2, .train_bytes = 1 << 10, .train_messages = 50});
+    for (std::uint32_t i = 0; i < 5000; ++i) {
+      ASSERT_TRUE(writer.write("n" + std::to_string(i), i)) << i;
+    }
+    ASSERT_TRUE(writer.write(MessageBuilder(0).id(5000).bytes("a").out_of_line("bb").build()));
+    EXPECT_FALSE(writer.write(MessageBuilder(0).port(*send, Disposition::kCopySend).build()))
+        << "rights do not go in a stream";
+    auto flushed = writer.flush();
+    ASSERT_TRUE(flushed) << flushed.error().ToString();
+    EXPECT_EQ(writer.written(), 5001u);
+    EXPECT_EQ(writer.accepted(), 5001u);
+  }
+  PortReader reader(channel, *port, 64);
+  MessageView message;
+  for (std::uint32_t i = 0; i < 5000; ++i) {
+    auto next = reader.next(message, std::chrono::seconds(2));
+    ASSERT_TRUE(next) << i << ": " << next.error().ToString();
+    ASSERT_EQ(message.id, i);
+    ASSERT_EQ(message.bytes(), "n" + std::to_string(i));
+    EXPECT_EQ(message.destination, *port);
+  }
+  ASSERT_TRUE(reader.next(message, std::chrono::seconds(2)));
+  ASSERT_EQ(message.items.size(), 2u);
+  EXPECT_EQ(message.items[1].kind, ItemKind::kOutOfLine);
+  EXPECT_EQ(message.ToMessage().items[1].bytes(), "bb");
+  EXPECT_EQ(reader.buffered(), 0u);
+  EXPECT_EQ(reader.next(message, std::chrono::milliseconds(0)).status(), JobStatus::kTimedOut);
+
+  // A refused train ends the stream: later writes and the flush return the refusal.
+  PortWriter refused(channel, 4242, {.train_messages = 1});
+  EXPECT_EQ(refused.write("x").status(), JobStatus::kOk) << "on its way, not answered yet";
+  EXPECT_EQ(refused.flush().status(), JobStatus::kInvalidName);
+  EXPECT_EQ(refused.write("y").status(), JobStatus::kInvalidName);
+  EXPECT_EQ(refused.accepted(), 0u);
+}
+
 }  // namespace
 }  // namespace tern

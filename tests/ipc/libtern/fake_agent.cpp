@@ -192,6 +192,45 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
       if (status != JobStatus::kOk) return Err(status, "send refused");
       return Ok();
     }
+    case JobOp::kSendBatch: {
+      auto policy = reader.U8();
+      auto timeout = reader.U32();
+      auto notify = reader.U32();
+      auto count = reader.U32();
+      if (!count) return Err(JobStatus::kBadRequest, "malformed train");
+      (void)timeout;
+      (void)notify;
+      std::uint32_t accepted = 0;
+      JobStatus status = JobStatus::kOk;
+      for (std::uint32_t i = 0; i < *count && status == JobStatus::kOk; ++i) {
+        auto message = reader.ReadMessage();
+        if (!message) return Err(JobStatus::kBadRequest, "malformed train");
+        ipc::SendRequest send;
+        send.message = std::move(*message);
+        send.policy = static_cast<ipc::FullPolicy>(*policy);
+        status = Enqueue(send);
+        if (status == JobStatus::kOk) ++accepted;
+      }
+      WireWriter answer;
+      answer.U32(accepted);
+      answer.U16(static_cast<std::uint16_t>(status));
+      answer.Bytes(status == JobStatus::kOk ? "" : "refused");
+      return Ok(answer.Take());
+    }
+    case JobOp::kReceiveMany: {
+      auto name = reader.U32();
+      auto timeout = reader.U32();
+      auto max = reader.U32();
+      auto port = port_of(name.value_or(0), true);
+      if (!port || !max || *max == 0) return Err(JobStatus::kInvalidName, "not a receive right");
+      const auto deadline =
+          *timeout == ipc::kWaitForever
+              ? std::chrono::steady_clock::time_point::max()
+              : std::chrono::steady_clock::now() + std::chrono::milliseconds(*timeout);
+      receivers_.push_back({request.id, *port, deadline, *max});
+      Deliver(*port);
+      return std::nullopt;
+    }
     case JobOp::kSendReceive:
     case JobOp::kReceive: {
       auto name = reader.U32();
@@ -298,13 +337,20 @@ void FakeAgent::Deliver(std::uint64_t port_id) {
     auto it = std::find_if(receivers_.begin(), receivers_.end(),
                            [&](const Receiver& r) { return r.port == port_id; });
     if (it == receivers_.end()) return;
-    ipc::Message message = std::move(port.queue.front());
-    port.queue.pop_front();
+    std::uint32_t receive_name = 0;
     for (auto& [name, right] : names_) {
-      if (right.kind == Right::kReceive && right.object == port_id) message.destination = name;
+      if (right.kind == Right::kReceive && right.object == port_id) receive_name = name;
     }
     WireWriter writer;
-    writer.WriteMessage(message);
+    const std::uint32_t count =
+        it->many == 0 ? 1 : std::min<std::uint32_t>(it->many, port.queue.size());
+    if (it->many != 0) writer.U32(count);
+    for (std::uint32_t i = 0; i < count; ++i) {
+      ipc::Message message = std::move(port.queue.front());
+      port.queue.pop_front();
+      message.destination = receive_name;
+      writer.WriteMessage(message);
+    }
     const std::uint32_t request = it->request;
     receivers_.erase(it);
     Send(request, Ok(writer.Take()));

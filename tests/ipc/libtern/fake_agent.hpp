@@ -7,7 +7,7 @@
 // the model does, and `drop` may lose any message a send would queue.
 //
 // Limits: one job only; a send to a full queue with FullPolicy::kWait fails with kTimedOut at
-// once; link operations exist only through `script`.
+// once (a train stops there too); link operations exist only through `script`.
 //
 // Thread-safety: hooks and counters may be set and read from any thread.
 #pragma once
@@ -71,6 +71,7 @@ class FakeAgent {
     std::uint32_t request = 0;
     std::uint64_t port = 0;
     std::chrono::steady_clock::time_point deadline;
+    std::uint32_t many = 0;  // receive_many: up to this many, answered as [u32 count][messages]
   };
 
   void Serve();

@@ -174,6 +174,25 @@ int tern_rpc_server_start(uint32_t port, tern_rpc_handler handler, void* context
 size_t tern_rpc_server_kept_replies(const tern_rpc_server* server);
 void tern_rpc_server_stop(tern_rpc_server* server); /* stops, joins and frees */
 
+/* Streams (tern::PortWriter / tern::PortReader in <tern/ipc.hpp>). A writer gathers messages
+ * of one bytes item to `port` into trains, several on their way at once, and waits while the
+ * port's queue is full (nothing is dropped); a refusal ends the stream and every later call
+ * returns it. A reader takes what is queued on a receive right in batches and hands messages
+ * out in place. A writer or a reader belongs to one thread at a time. */
+typedef struct tern_writer tern_writer;
+typedef struct tern_reader tern_reader;
+int tern_writer_open(uint32_t port, tern_writer** writer);
+int tern_writer_write(tern_writer* writer, uint32_t id, const void* data, size_t size);
+int tern_writer_flush(tern_writer* writer); /* sends the rest, waits for every answer */
+uint64_t tern_writer_accepted(const tern_writer* writer);
+int tern_writer_close(tern_writer* writer); /* flushes and frees; the flush's status */
+int tern_reader_open(uint32_t port, uint32_t batch, tern_reader** reader); /* batch 0: 1024 */
+/* The next message: its id, its first data item (valid until the reader's next call) and its
+ * reply right's name (0: none; may be NULL). */
+int tern_reader_next(tern_reader* reader, uint32_t timeout_ms, uint32_t* id, const void** data,
+                     size_t* size, uint32_t* reply);
+void tern_reader_close(tern_reader* reader); /* messages taken and not handed out are lost */
+
 #ifdef __cplusplus
 }
 #endif
