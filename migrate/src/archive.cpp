@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <optional>
+#include <string_view>
 #include <tern/unique_fd.hpp>
 #include <vector>
 
@@ -114,27 +116,51 @@ Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::
   return out;
 }
 
-Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::string& dir,
-                                        uid_t uid, gid_t gid) {
+namespace {
+
+struct ArchiveEntry {
+  std::string relative;
+  std::uint64_t mode = 0;
+  std::string_view bytes;
+};
+
+// Calls visit(entry) for each file of the archive in order; stops at the first error, from
+// the archive or from visit.
+template <typename Visit>
+Expected<void> ForEachEntry(const std::string& archive, Visit visit) {
   size_t offset = 0;
-  std::uint64_t written = 0;
-  std::string made;  // the last directory known to exist
   while (offset < archive.size()) {
-    std::uint64_t path_length = 0, size = 0, mode = 0;
+    std::uint64_t path_length = 0, size = 0;
+    ArchiveEntry entry;
     if (!GetUint(archive, offset, 4, path_length) || archive.size() - offset < path_length) {
       return Fail("archive truncated");
     }
-    const std::string relative = archive.substr(offset, path_length);
+    entry.relative = archive.substr(offset, path_length);
     offset += path_length;
-    if (!GetUint(archive, offset, 8, size) || !GetUint(archive, offset, 4, mode) ||
+    if (!GetUint(archive, offset, 8, size) || !GetUint(archive, offset, 4, entry.mode) ||
         archive.size() - offset < size) {
       return Fail("archive truncated");
     }
-    const fs::path path(relative);
-    if (relative.empty() || path.is_absolute() ||
+    entry.bytes = std::string_view(archive).substr(offset, size);
+    offset += size;
+    if (auto visited = visit(entry); !visited) return visited;
+  }
+  return {};
+}
+
+}  // namespace
+
+Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::string& dir,
+                                        uid_t uid, gid_t gid, const std::set<std::string>& skip) {
+  std::uint64_t written = 0;
+  std::string made;  // the last directory known to exist
+  auto unpacked = ForEachEntry(archive, [&](const ArchiveEntry& entry) -> Expected<void> {
+    const fs::path path(entry.relative);
+    if (entry.relative.empty() || path.is_absolute() ||
         std::any_of(path.begin(), path.end(), [](const fs::path& part) { return part == ".."; })) {
-      return Fail("archive holds an unsafe path: " + relative);
+      return Fail("archive holds an unsafe path: " + entry.relative);
     }
+    if (skip.count(entry.relative) != 0) return {};
     const fs::path target = fs::path(dir) / path;
     if (target.parent_path().string() != made) {
       std::error_code error;
@@ -143,15 +169,27 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
     }
     const UniqueFd fd(::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!fd.valid()) return Fail("cannot write " + target.string());
-    const bool ok = WriteAll(fd.get(), archive.data() + offset, static_cast<size_t>(size)) &&
-                    ::fchmod(fd.get(), static_cast<mode_t>(mode)) == 0;
+    const bool ok = WriteAll(fd.get(), entry.bytes.data(), entry.bytes.size()) &&
+                    ::fchmod(fd.get(), static_cast<mode_t>(entry.mode)) == 0;
     const bool owned = uid == static_cast<uid_t>(-1) || ::fchown(fd.get(), uid, gid) == 0;
     if (!ok) return Fail("cannot write " + target.string());
     if (!owned) return Fail("cannot chown " + target.string());
-    offset += size;
-    written += size;
-  }
+    written += entry.bytes.size();
+    return {};
+  });
+  if (!unpacked) return Unexpected<Error>{unpacked.error()};
   return written;
+}
+
+Expected<std::string> ArchivedFile(const std::string& archive, const std::string& relative) {
+  std::optional<std::string> found;
+  auto scanned = ForEachEntry(archive, [&](const ArchiveEntry& entry) -> Expected<void> {
+    if (entry.relative == relative) found = std::string(entry.bytes);
+    return {};
+  });
+  if (!scanned) return Unexpected<Error>{scanned.error()};
+  if (!found) return Fail("the archive holds no " + relative);
+  return std::move(*found);
 }
 
 }  // namespace tern::migrate

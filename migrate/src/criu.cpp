@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -273,30 +274,154 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   return {};
 }
 
-Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) {
-  const std::string log = options.images + "/restore.log";
-  std::vector<std::string> argv = {criu, "restore", "-D", options.images, "-o",
-                                   log,  "-v4",     "-d", "--pidfile",    options.pidfile};
-  if (options.leave_stopped) argv.push_back("--leave-stopped");
-  if (options.lazy_pages) argv.push_back("--lazy-pages");
-  SubprocessOptions run;
-  run.timeout = options.timeout;
+namespace {
+
+struct CriuCommand {
+  std::vector<std::string> argv;
+  std::vector<std::pair<int, int>> inherit_fds;  // {fd in criu, fd here}
+};
+
+CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& options) {
+  CriuCommand command;
+  command.argv = {
+      criu,  "restore", "-D",        options.images, "-o", options.images + "/restore.log",
+      "-v4", "-d",      "--pidfile", options.pidfile};
+  if (options.leave_stopped) command.argv.push_back("--leave-stopped");
+  if (options.lazy_pages) command.argv.push_back("--lazy-pages");
   if (!options.channel_socket.empty() && options.channel_fd >= 0) {
     constexpr int kChannelFdInCriu = 3;
-    argv.insert(argv.end(), {"--inherit-fd", "fd[" + std::to_string(kChannelFdInCriu) +
-                                                 "]:" + options.channel_socket});
-    run.inherit_fds.emplace_back(kChannelFdInCriu, options.channel_fd);
+    command.argv.insert(
+        command.argv.end(),
+        {"--inherit-fd", "fd[" + std::to_string(kChannelFdInCriu) + "]:" + options.channel_socket});
+    command.inherit_fds.emplace_back(kChannelFdInCriu, options.channel_fd);
   }
-  auto result = RunSubprocess(argv, run);
+  return command;
+}
+
+Expected<pid_t> RestoredPid(const RestoreOptions& options) {
+  std::ifstream pidfile(options.pidfile);
+  pid_t pid = 0;
+  if (!(pidfile >> pid) || pid <= 0) return Fail("criu restore left no pid in " + options.pidfile);
+  return pid;
+}
+
+}  // namespace
+
+Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) {
+  const std::string log = options.images + "/restore.log";
+  const CriuCommand command = RestoreCommand(criu, options);
+  SubprocessOptions run;
+  run.timeout = options.timeout;
+  run.inherit_fds = command.inherit_fds;
+  auto result = RunSubprocess(command.argv, run);
   if (!result) return Unexpected<Error>{result.error()};
   if (result->timed_out) return Fail("criu restore timed out");
   if (result->exit_code != 0) {
     return Fail("criu restore failed: " + LogErrors(log, result->output));
   }
-  std::ifstream pidfile(options.pidfile);
-  pid_t pid = 0;
-  if (!(pidfile >> pid) || pid <= 0) return Fail("criu restore left no pid in " + options.pidfile);
-  return pid;
+  return RestoredPid(options);
+}
+
+Expected<ParkedCriu> ParkedCriu::Start(const std::vector<std::string>& argv,
+                                       const std::string& images, const std::string& output_path,
+                                       std::vector<std::pair<int, int>> inherit_fds, int status_fd,
+                                       std::chrono::milliseconds patience) {
+  const std::string fifo = images + "/inventory.img";
+  // A FIFO already there is one an earlier parked criu has opened: it keeps its own.
+  ::unlink(fifo.c_str());
+  if (::mkfifo(fifo.c_str(), 0600) != 0) {
+    return Fail("cannot make " + fifo + ": " + std::strerror(errno));
+  }
+  ParkedCriu parked;
+  UniqueFd status_write;
+  if (status_fd >= 0) {
+    int ends[2];
+    if (::pipe2(ends, O_CLOEXEC) != 0) return Fail("cannot make a pipe for criu's status");
+    parked.status_ = UniqueFd(ends[0]);
+    status_write = UniqueFd(ends[1]);
+    inherit_fds.emplace_back(status_fd, status_write.get());
+  }
+  auto process = BackgroundProcess::Start(argv, output_path, inherit_fds);
+  status_write.Reset();  // criu holds the only write end: its exit reads as end of file
+  if (!process) return Unexpected<Error>{process.error()};
+  parked.process_ = std::move(*process);
+  // The write end opens without blocking only once criu has opened the read end, i.e. waits
+  // there. A short poll: this runs before the freeze (and the kernel reports no such open).
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  while (true) {
+    UniqueFd writer(::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+    if (writer.valid()) {
+      parked.inventory_ = std::move(writer);
+      return parked;
+    }
+    if (errno != ENXIO) return Fail("cannot open " + fifo + ": " + std::strerror(errno));
+    if (!parked.process_.Running()) {
+      return Fail("criu ended before reading its images (see " + output_path + ")");
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Fail("criu did not start within " + std::to_string(patience.count()) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+Expected<void> ParkedCriu::Release(const std::string& inventory) {
+  if (!inventory_.valid()) return Fail("criu is not waiting for its images");
+  // Blocking writes from here on: criu reads as we write, whatever the inventory's size.
+  const int flags = ::fcntl(inventory_.get(), F_GETFL);
+  ::fcntl(inventory_.get(), F_SETFL, flags & ~O_NONBLOCK);
+  size_t written = 0;
+  while (written < inventory.size()) {
+    const ssize_t n =
+        ::write(inventory_.get(), inventory.data() + written, inventory.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      inventory_.Reset();
+      return Fail(std::string("cannot hand criu its inventory: ") + std::strerror(errno));
+    }
+    written += static_cast<size_t>(n);
+  }
+  inventory_.Reset();  // criu reads the end of the file next
+  return {};
+}
+
+Expected<void> ParkedCriu::AwaitStatus(std::chrono::milliseconds timeout) {
+  if (!status_.valid()) return Fail("criu has no status pipe");
+  pollfd ready{status_.get(), POLLIN, 0};
+  char byte = 0;
+  int polled = 0;
+  while ((polled = ::poll(&ready, 1, static_cast<int>(timeout.count()))) < 0 && errno == EINTR) {
+  }
+  const bool done = polled == 1 && ::read(status_.get(), &byte, 1) == 1;
+  status_.Reset();
+  if (!done) return Fail(polled == 0 ? "criu did not get ready in time" : "criu ended early");
+  return {};
+}
+
+Expected<ParkedCriu> ParkRestore(const std::string& criu, const RestoreOptions& options) {
+  const CriuCommand command = RestoreCommand(criu, options);
+  return ParkedCriu::Start(command.argv, options.images, options.images + "/restore.out",
+                           command.inherit_fds);
+}
+
+Expected<pid_t> FinishRestore(ParkedCriu& parked, const std::string& inventory,
+                              const RestoreOptions& options) {
+  if (auto released = parked.Release(inventory); !released) {
+    parked.process().Finish(std::chrono::milliseconds(0));
+    return Unexpected<Error>{released.error()};
+  }
+  const auto ended = parked.process().Wait(options.timeout);
+  if (!ended) {
+    parked.process().Finish(std::chrono::milliseconds(0));
+    return Fail("criu restore timed out");
+  }
+  if (*ended != 0) {
+    return Fail("criu restore failed: " +
+                LogErrors(options.images + "/restore.log", "exit code " + std::to_string(*ended) +
+                                                               " (see " + options.images +
+                                                               "/restore.out)"));
+  }
+  return RestoredPid(options);
 }
 
 Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& scratch_dir) {
@@ -361,19 +486,21 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
 }
 
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source) {
-  return {criu,
-          "lazy-pages",
-          "--page-server",
-          "--address",
-          source.address,
-          "--port",
-          std::to_string(source.port),
-          "-D",
-          images,
-          "-o",
-          images + "/lazy-pages.log",
-          "-v4"};
+                                          const PageServerTarget& source, int status_fd) {
+  std::vector<std::string> argv = {criu,
+                                   "lazy-pages",
+                                   "--page-server",
+                                   "--address",
+                                   source.address,
+                                   "--port",
+                                   std::to_string(source.port),
+                                   "-D",
+                                   images,
+                                   "-o",
+                                   images + "/lazy-pages.log",
+                                   "-v4"};
+  if (status_fd >= 0) argv.insert(argv.end(), {"--status-fd", std::to_string(status_fd)});
+  return argv;
 }
 
 Expected<void> EnsurePipeMaxSize() {

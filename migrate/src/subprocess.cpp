@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -151,18 +152,39 @@ bool BackgroundProcess::Running() {
   return true;
 }
 
-int BackgroundProcess::Finish(std::chrono::milliseconds timeout) {
+std::optional<int> BackgroundProcess::Wait(std::chrono::milliseconds timeout) {
+  if (!Running()) return ExitCode();
+  // A pidfd turns readable when the process ends: woken by the exit itself, not by a timer
+  // (this waits inside a job's freeze).
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (Running() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (Running()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    if (pidfd >= 0) {
+      pollfd ended{pidfd, POLLIN, 0};
+      ::poll(&ended, 1, static_cast<int>(std::min<long>(left.count(), 1000)));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long>(left.count(), 5)));
+    }
   }
+  if (pidfd >= 0) ::close(pidfd);
+  if (pid_ >= 0) return std::nullopt;
+  return ExitCode();
+}
+
+int BackgroundProcess::ExitCode() const { return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1; }
+
+int BackgroundProcess::Finish(std::chrono::milliseconds timeout) {
+  if (timeout.count() > 0) Wait(timeout);
   if (pid_ >= 0) {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, &status_, 0);
     Unregister(pid_);
     pid_ = -1;
   }
-  return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
+  return ExitCode();
 }
 
 }  // namespace tern::migrate

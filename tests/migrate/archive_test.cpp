@@ -37,6 +37,28 @@ TEST(ArchiveTest, RoundTripKeepsFilesAndSkipsWhatIsAsked) {
   fs::remove_all(root);
 }
 
+TEST(ArchiveTest, HoldsBackSkippedFilesAndReadsOneFile) {
+  const fs::path root =
+      fs::temp_directory_path() / ("tern-archive-held-" + std::to_string(getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "in");
+  std::ofstream(root / "in" / "inventory.img") << "inventory";
+  std::ofstream(root / "in" / "pstree.img") << "tree";
+  auto packed = PackDirectory((root / "in").string(), {}, 1 << 20);
+  ASSERT_TRUE(packed) << packed.error().message;
+  auto written = UnpackDirectory(*packed, (root / "out").string(), static_cast<uid_t>(-1),
+                                 static_cast<gid_t>(-1), {"inventory.img"});
+  ASSERT_TRUE(written) << written.error().message;
+  EXPECT_EQ(*written, 4u);
+  EXPECT_FALSE(fs::exists(root / "out" / "inventory.img"));
+  EXPECT_EQ(Read(root / "out" / "pstree.img"), "tree");
+  auto inventory = ArchivedFile(*packed, "inventory.img");
+  ASSERT_TRUE(inventory) << inventory.error().message;
+  EXPECT_EQ(*inventory, "inventory");
+  EXPECT_FALSE(ArchivedFile(*packed, "missing.img"));
+  fs::remove_all(root);
+}
+
 TEST(ArchiveTest, RefusesPathsOutsideTheDestinationAndTruncation) {
   auto entry = [](const std::string& path) {
     std::string out;

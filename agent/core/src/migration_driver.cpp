@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <tern/ipc/job_wire.hpp>
@@ -207,6 +208,12 @@ struct MigrationDriver::Incoming {
   std::string mode = "precopy";
   migrate::PageServerTarget lazy_source;
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
+  // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
+  // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
+  // Without a channel in the prepare call (an older source) the restore starts them instead.
+  bool parked = false;
+  migrate::ParkedCriu parked_daemon;
+  migrate::ParkedCriu parked_restore;
 };
 
 namespace {
@@ -455,6 +462,9 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
             {"lazy_source",
              {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
             {"job", jobs::PersistentJson(migration->job)},
+            // Known before the dump: lets a post-copy destination start `criu restore` (which
+            // takes the channel as --inherit-fd) ahead of the freeze.
+            {"channel", migration->channel},
             {"cpuinfo_hex", ToHex(migration->cpuinfo)},
             {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
             {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
@@ -683,12 +693,23 @@ void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
   // not said "restored"), so the copy is dropped before CRIU makes it, instead of after a
   // 30 s wait for the cut page-server stream and a later question to the source.
   const std::string gone = cluster_.NameOf(node_id);
+  std::vector<std::string> parked;  // criu waiting for images that may never come
   for (const auto& [mid, incoming] : incoming_) {
-    if (incoming->busy && incoming->restored_pid == 0 && incoming->source == gone) {
+    if (incoming->restored_pid != 0 || incoming->source != gone) continue;
+    if (incoming->busy) {
       spdlog::warn("migration {}: source {} stopped answering during the restore: dropping it", mid,
                    gone);
       incoming->abort_requested = true;
+    } else if (incoming->parked) {
+      parked.push_back(mid);
     }
+  }
+  // Nothing was restored from them, so the source cannot have committed; if it comes back and
+  // sends the images, it learns the move is gone and resumes the job itself.
+  for (const auto& mid : parked) {
+    spdlog::warn("migration {}: source {} stopped answering before the restore: dropping it", mid,
+                 gone);
+    Abort(mid, [](ApiResult) {});
   }
   // Aborting finishes migrations, which removes them from outgoing_: walk a copy.
   std::vector<std::shared_ptr<Outgoing>> affected;
@@ -965,6 +986,9 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
     incoming->lazy_source.port = body["lazy_source"].value("port", 0);
   }
   const bool dry_run = body.value("dry_run", false);
+  // An older source names no channel: its post-copy restore starts CRIU as it always did.
+  std::optional<std::string> channel;
+  if (body.contains("channel") && body["channel"].is_string()) channel = body["channel"];
   std::vector<migrate::OutsideFile> outside;
   for (const auto& file : body.value("outside", json::array())) {
     outside.push_back({file.value("path", ""), file.value("size", std::uint64_t{0}),
@@ -991,7 +1015,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         }
         return std::make_tuple(criu, migrate::CompareFiles(outside, node), cpu_problem);
       },
-      [this, incoming, dry_run, rss, node,
+      [this, incoming, dry_run, rss, node, channel,
        done](std::tuple<migrate::CriuCheck, std::vector<std::string>, std::string> result) {
         auto& [criu, file_problems, cpu_problem] = result;
         json checks = json::array();
@@ -1045,8 +1069,22 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
             return;
           }
           Accept(incoming);
-          done(JsonResult(200,
-                          json{{"checks", checks}, {"shared_dir", incoming->shared_dir}}.dump()));
+          const json answer = {{"checks", checks}, {"shared_dir", incoming->shared_dir}};
+          if (!channel) {
+            done(JsonResult(200, answer.dump()));
+            return;
+          }
+          ParkCriu(incoming, criu.path, *channel,
+                   [this, incoming, node, answer, done](Expected<void> parked) {
+                     if (!parked) {
+                       // Nothing is frozen yet: the source gives up and the job runs on there.
+                       Abort(incoming->id, [](ApiResult) {});
+                       done(ErrorResult(
+                           500, "cannot start CRIU on " + node + ": " + parked.error().message));
+                       return;
+                     }
+                     done(JsonResult(200, answer.dump()));
+                   });
           return;
         }
         migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
@@ -1074,6 +1112,58 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                              {"shared_dir", incoming->shared_dir},
                              {"page_server", {{"address", listen.address}, {"port", listen.port}}}}
                             .dump()));
+      });
+}
+
+namespace {
+
+// How the destination restores a post-copy job: the same in ParkRestore and FinishRestore.
+migrate::RestoreOptions LazyRestoreOptions(const std::string& images) {
+  migrate::RestoreOptions options;
+  options.images = images;
+  options.pidfile = images + "/restored.pid";
+  options.lazy_pages = true;
+  return options;
+}
+
+constexpr int kLazyStatusFd = 9;  // `criu lazy-pages --status-fd`
+
+}  // namespace
+
+void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
+                               const std::string& channel,
+                               std::function<void(Expected<void>)> then) {
+  // The job's fresh channel is made now: `criu restore` takes it (--inherit-fd) when it starts.
+  auto channel_end = std::make_shared<jobs::UniqueFd>(
+      !channel.empty() && ipc_.open ? ipc_.open(incoming->job.id) : -1);
+  incoming->busy = true;  // an abort meanwhile waits for the parked processes
+  OffThread(
+      [incoming, criu, channel, channel_end]() -> Expected<void> {
+        const std::string& images = incoming->images;
+        auto daemon = migrate::ParkedCriu::Start(
+            migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd), images,
+            images + "/../lazy-pages.out", {}, kLazyStatusFd);
+        if (!daemon) return Unexpected<Error>{daemon.error()};
+        incoming->parked_daemon = std::move(*daemon);
+        migrate::RestoreOptions options = LazyRestoreOptions(images);
+        options.channel_socket = channel;
+        options.channel_fd = channel_end->get();
+        auto restore = migrate::ParkRestore(criu, options);
+        channel_end->Reset();  // criu holds the job's end from here on
+        if (!restore) return Unexpected<Error>{restore.error()};
+        incoming->parked_restore = std::move(*restore);
+        return {};
+      },
+      [this, incoming, channel, then = std::move(then)](Expected<void> parked) {
+        incoming->busy = false;
+        incoming->parked = parked.has_value();
+        if (!parked && !channel.empty() && ipc_.close) ipc_.close(incoming->job.id);
+        if (incoming->abort_requested) {
+          Abort(incoming->id, [](ApiResult) {});
+          then(Fail("aborted by the source"));
+          return;
+        }
+        then(std::move(parked));
       });
 }
 
@@ -1106,20 +1196,28 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   std::string images_archive = call.body.substr(8, length);
   std::string dir_archive = call.body.substr(8 + length);
   incoming->busy = true;
-  const std::string job_dir = incoming->job.dir;
+  if (incoming->parked) {
+    OffThread([incoming, images_archive = std::move(images_archive),
+               dir_archive = std::move(
+                   dir_archive)] { return RestoreParked(*incoming, images_archive, dir_archive); },
+              [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
+                Restored(incoming, std::move(restored), done);
+              });
+    return;
+  }
   const std::string criu = migrate::FindCriu(config_.criu_path);
   // A fresh channel to this agent takes the place of the one the job had at the source.
   auto channel_end = std::make_shared<jobs::UniqueFd>(ipc_.open ? ipc_.open(incoming->job.id) : -1);
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       job_dir, criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
+       criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
         // The page server ends when the dump's stream does; an abort (the source gave up, the
-        // link may be cut) need not wait for it.
+        // link may be cut) need not wait for it. Woken by its exit, not by a timer: this runs in
+        // the job's freeze.
         const auto streamed_by = Clock::now() + std::chrono::seconds(30);
-        while (incoming->page_server.Running() && !incoming->abort_requested &&
-               Clock::now() < streamed_by) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        while (!incoming->page_server.Wait(std::chrono::milliseconds(50)) &&
+               !incoming->abort_requested && Clock::now() < streamed_by) {
         }
         incoming->page_server.Finish(std::chrono::milliseconds(0));
         if (incoming->abort_requested) return Fail("aborted by the source");
@@ -1142,16 +1240,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
                         "/lazy-pages.log)");
           }
         }
-        if (!incoming->shared_dir) {
-          std::error_code error;
-          fs::create_directories(job_dir, error);
-          if (::chown(job_dir.c_str(), incoming->job.uid, incoming->job.gid) != 0 ||
-              ::chmod(job_dir.c_str(), 0750) != 0) {
-            return Fail("cannot prepare " + job_dir);
-          }
-          auto files =
-              migrate::UnpackDirectory(dir_archive, job_dir, incoming->job.uid, incoming->job.gid);
-          if (!files) return Unexpected<Error>{files.error()};
+        if (auto files = UnpackJobDir(*incoming, dir_archive); !files) {
+          return Unexpected<Error>{files.error()};
         }
         const auto start = Clock::now();
         migrate::RestoreOptions options;
@@ -1168,30 +1258,79 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         return std::make_pair(*pid, MillisSince(start));
       },
       [this, incoming, done, with_channel](Expected<std::pair<pid_t, double>> restored) {
-        incoming->busy = false;
         // A job whose channel had no agent end keeps its orphaned socket: the fresh channel
         // made for it here has no job end to talk to.
         if (!*with_channel && ipc_.close) ipc_.close(incoming->job.id);
-        if (incoming->abort_requested) {
-          // The source gave up while CRIU was restoring: the copy it made must not live.
-          if (restored) incoming->restored_pid = restored->first;
-          Abort(incoming->id, [](ApiResult) {});
-          done(ErrorResult(409, "migration " + incoming->id + " was aborted during the restore"));
-          return;
-        }
-        if (!restored) {
-          if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
-          done(ErrorResult(
-              500, "restore on " + cluster_.self().name + " failed: " + restored.error().message));
-          return;
-        }
-        incoming->restored_pid = restored->first;
-        incoming->restored_at = Clock::now();
-        done(JsonResult(200, json{{"pid", restored->first},
-                                  {"restore_ms", restored->second},
-                                  {"pages_bytes", PagesBytes(incoming->images)}}
-                                 .dump()));
+        Restored(incoming, std::move(restored), done);
       });
+}
+
+Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
+                                             const std::string& dir_archive) {
+  if (incoming.shared_dir) return {};
+  const std::string& job_dir = incoming.job.dir;
+  std::error_code error;
+  fs::create_directories(job_dir, error);
+  if (::chown(job_dir.c_str(), incoming.job.uid, incoming.job.gid) != 0 ||
+      ::chmod(job_dir.c_str(), 0750) != 0) {
+    return Fail("cannot prepare " + job_dir);
+  }
+  auto files = migrate::UnpackDirectory(dir_archive, job_dir, incoming.job.uid, incoming.job.gid);
+  if (!files) return Unexpected<Error>{files.error()};
+  return {};
+}
+
+Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& incoming,
+                                                                  const std::string& images_archive,
+                                                                  const std::string& dir_archive) {
+  // Every image but the inventory first: the parked criu processes go on once they read it.
+  auto images = migrate::UnpackDirectory(images_archive, incoming.images, static_cast<uid_t>(-1),
+                                         static_cast<gid_t>(-1), {"inventory.img"});
+  if (!images) return Unexpected<Error>{images.error()};
+  auto inventory = migrate::ArchivedFile(images_archive, "inventory.img");
+  if (!inventory) return Unexpected<Error>{inventory.error()};
+  // The daemon must listen before `criu restore` connects to it; it reads two small images.
+  auto ready = incoming.parked_daemon.Release(*inventory);
+  if (ready) ready = incoming.parked_daemon.AwaitStatus(std::chrono::seconds(10));
+  incoming.lazy_daemon =
+      std::make_shared<migrate::BackgroundProcess>(std::move(incoming.parked_daemon.process()));
+  if (!ready) {
+    return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
+                incoming.images + "/lazy-pages.log)");
+  }
+  if (auto files = UnpackJobDir(incoming, dir_archive); !files) {
+    return Unexpected<Error>{files.error()};
+  }
+  if (incoming.abort_requested) return Fail("aborted by the source");
+  const auto start = Clock::now();
+  auto pid = migrate::FinishRestore(incoming.parked_restore, *inventory,
+                                    LazyRestoreOptions(incoming.images));
+  if (!pid) return Unexpected<Error>{pid.error()};
+  return std::make_pair(*pid, MillisSince(start));
+}
+
+void MigrationDriver::Restored(const std::shared_ptr<Incoming>& incoming,
+                               Expected<std::pair<pid_t, double>> restored, const ApiDone& done) {
+  incoming->busy = false;
+  if (incoming->abort_requested) {
+    // The source gave up while CRIU was restoring: the copy it made must not live.
+    if (restored) incoming->restored_pid = restored->first;
+    Abort(incoming->id, [](ApiResult) {});
+    done(ErrorResult(409, "migration " + incoming->id + " was aborted during the restore"));
+    return;
+  }
+  if (!restored) {
+    if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
+    done(ErrorResult(
+        500, "restore on " + cluster_.self().name + " failed: " + restored.error().message));
+    return;
+  }
+  incoming->restored_pid = restored->first;
+  incoming->restored_at = Clock::now();
+  done(JsonResult(200, json{{"pid", restored->first},
+                            {"restore_ms", restored->second},
+                            {"pages_bytes", PagesBytes(incoming->images)}}
+                           .dump()));
 }
 
 void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDone done) {
@@ -1275,6 +1414,8 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
       [incoming, job_dir, runs_here] {
         incoming->page_server.Finish(std::chrono::milliseconds(0));
         if (incoming->lazy_daemon) incoming->lazy_daemon->Finish(std::chrono::milliseconds(0));
+        incoming->parked_daemon.process().Finish(std::chrono::milliseconds(0));
+        incoming->parked_restore.process().Finish(std::chrono::milliseconds(0));
         std::error_code ignored;
         fs::remove_all(fs::path(incoming->images).parent_path(), ignored);
         if (!runs_here) fs::remove_all(job_dir, ignored);

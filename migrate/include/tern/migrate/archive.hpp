@@ -18,10 +18,13 @@ namespace tern::migrate {
 // Packs every regular file below `dir` (recursively) whose relative path is not in `skip`.
 Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::string>& skip,
                                     std::uint64_t max_bytes);
-// Writes the archive's files below `dir`, owned by uid:gid (unless uid is -1). Returns the
-// number of bytes written.
+// Writes the archive's files below `dir`, owned by uid:gid (unless uid is -1), except those
+// whose relative path is in `skip`. Returns the number of bytes written.
 Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::string& dir,
                                         uid_t uid = static_cast<uid_t>(-1),
-                                        gid_t gid = static_cast<gid_t>(-1));
+                                        gid_t gid = static_cast<gid_t>(-1),
+                                        const std::set<std::string>& skip = {});
+// The bytes of the file at `relative` in the archive.
+Expected<std::string> ArchivedFile(const std::string& archive, const std::string& relative);
 
 }  // namespace tern::migrate

@@ -15,7 +15,11 @@
 #include <optional>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/unique_fd.hpp>
+#include <utility>
 #include <vector>
+
+#include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
 
@@ -68,9 +72,45 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve,
                                          const std::vector<std::string>& external = {});
-// Destination side of post-copy: the daemon that fetches pages from the source on demand.
+// Destination side of post-copy: the daemon that fetches pages from the source on demand. With
+// a status fd it writes one byte there once its socket for `criu restore` listens.
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source);
+                                          const PageServerTarget& source, int status_fd = -1);
+
+// A criu command started before its images exist, so that its start-up — loading criu and its
+// kernel-feature cache, 20-30 ms on these machines — happens before the job's freeze instead
+// of inside it. Every criu command reads inventory.img first; a FIFO stands in its place, on
+// which criu waits until Release() writes the real inventory (the other images must be in place
+// by then). If this agent dies meanwhile, the FIFO loses its writer and criu fails on EOF:
+// a parked criu never outlives its agent by waiting forever.
+class ParkedCriu {
+ public:
+  ParkedCriu() = default;
+  // Starts argv, which reads images from `images`, and returns once criu waits on the FIFO.
+  // status_fd >= 0: criu gets a pipe as that fd (its --status-fd), read by AwaitStatus.
+  static Expected<ParkedCriu> Start(const std::vector<std::string>& argv, const std::string& images,
+                                    const std::string& output_path,
+                                    std::vector<std::pair<int, int>> inherit_fds = {},
+                                    int status_fd = -1,
+                                    std::chrono::milliseconds patience = std::chrono::seconds(20));
+  bool parked() const { return inventory_.valid(); }
+  // Hands criu the real inventory.img: it goes on with the images now in place.
+  Expected<void> Release(const std::string& inventory);
+  // Waits for criu's status byte (it ended without one: an error).
+  Expected<void> AwaitStatus(std::chrono::milliseconds timeout);
+  BackgroundProcess& process() { return process_; }
+
+ private:
+  BackgroundProcess process_;
+  tern::UniqueFd inventory_;  // the FIFO's write end
+  tern::UniqueFd status_;     // the read end of criu's status pipe
+};
+
+// `criu restore` of RestoreOptions, parked until Release (see ParkedCriu).
+Expected<ParkedCriu> ParkRestore(const std::string& criu, const RestoreOptions& options);
+// Releases a parked restore with `inventory` and waits for it; returns the restored init's pid.
+Expected<pid_t> FinishRestore(ParkedCriu& parked, const std::string& inventory,
+                              const RestoreOptions& options);
 // Post-copy needs pipes of 4 MiB (PLATFORM.md); raises fs.pipe-max-size when it is lower.
 Expected<void> EnsurePipeMaxSize();
 

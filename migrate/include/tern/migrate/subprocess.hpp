@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tern/expected.hpp>
 #include <utility>
@@ -52,9 +53,13 @@ class BackgroundProcess {
   bool Running();
   // Waits up to `timeout` for it to end on its own; kills it afterwards. Returns its exit code.
   int Finish(std::chrono::milliseconds timeout);
+  // Waits up to `timeout` for it to end; its exit code (-1 if a signal ended it), or nothing
+  // if it still runs.
+  std::optional<int> Wait(std::chrono::milliseconds timeout);
 
  private:
   explicit BackgroundProcess(pid_t pid) : pid_(pid) {}
+  int ExitCode() const;
   pid_t pid_ = -1;
   int status_ = 0;
 };

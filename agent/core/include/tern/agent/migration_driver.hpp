@@ -27,7 +27,9 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
+#include <utility>
 
 #include "tern/agent/api_call.hpp"
 #include "tern/agent/config.hpp"
@@ -86,6 +88,19 @@ class MigrationDriver {
                   std::chrono::steady_clock::time_point deadline);
   void Accept(const std::shared_ptr<Incoming>& incoming);
   void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
+  // Post-copy: starts `criu lazy-pages` and `criu restore` for `incoming` ahead of its images
+  // (migrate::ParkedCriu); `then` learns whether both wait for them.
+  void ParkCriu(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
+                const std::string& channel, std::function<void(Expected<void>)> then);
+  // Worker side of a restore by the parked processes; returns the restored pid and the restore's
+  // duration in ms.
+  static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
+                                                          const std::string& images_archive,
+                                                          const std::string& dir_archive);
+  static Expected<void> UnpackJobDir(const Incoming& incoming, const std::string& dir_archive);
+  // Answers the source's restore call once the restore has ended (io thread).
+  void Restored(const std::shared_ptr<Incoming>& incoming,
+                Expected<std::pair<pid_t, double>> restored, const ApiDone& done);
   void Commit(const std::string& mid, const ApiCall& call, ApiDone done);
   void Abort(const std::string& mid, ApiDone done);
   void Outcome(const std::string& mid, ApiDone done);
