@@ -462,7 +462,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
             {"lazy_source",
              {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
             {"job", jobs::PersistentJson(migration->job)},
-            // Known before the dump: lets a post-copy destination start `criu restore` (which
+            // Known before the dump: lets the destination start `criu restore` (which
             // takes the channel as --inherit-fd) ahead of the freeze.
             {"channel", migration->channel},
             {"cpuinfo_hex", ToHex(migration->cpuinfo)},
@@ -1107,22 +1107,34 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
           return;
         }
         Accept(incoming);
-        done(JsonResult(200,
-                        json{{"checks", checks},
+        const json answer = {{"checks", checks},
                              {"shared_dir", incoming->shared_dir},
-                             {"page_server", {{"address", listen.address}, {"port", listen.port}}}}
-                            .dump()));
+                             {"page_server", {{"address", listen.address}, {"port", listen.port}}}};
+        if (!channel) {
+          done(JsonResult(200, answer.dump()));
+          return;
+        }
+        ParkCriu(incoming, criu.path, *channel,
+                 [this, incoming, node, answer, done](Expected<void> parked) {
+                   if (!parked) {
+                     Abort(incoming->id, [](ApiResult) {});
+                     done(ErrorResult(
+                         500, "cannot start CRIU on " + node + ": " + parked.error().message));
+                     return;
+                   }
+                   done(JsonResult(200, answer.dump()));
+                 });
       });
 }
 
 namespace {
 
-// How the destination restores a post-copy job: the same in ParkRestore and FinishRestore.
-migrate::RestoreOptions LazyRestoreOptions(const std::string& images) {
+// How the destination restores a job: the same in ParkRestore and FinishRestore.
+migrate::RestoreOptions ParkedRestoreOptions(const std::string& images, bool lazy) {
   migrate::RestoreOptions options;
   options.images = images;
   options.pidfile = images + "/restored.pid";
-  options.lazy_pages = true;
+  options.lazy_pages = lazy;
   return options;
 }
 
@@ -1140,12 +1152,15 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
   OffThread(
       [incoming, criu, channel, channel_end]() -> Expected<void> {
         const std::string& images = incoming->images;
-        auto daemon = migrate::ParkedCriu::Start(
-            migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd), images,
-            images + "/../lazy-pages.out", {}, kLazyStatusFd);
-        if (!daemon) return Unexpected<Error>{daemon.error()};
-        incoming->parked_daemon = std::move(*daemon);
-        migrate::RestoreOptions options = LazyRestoreOptions(images);
+        const bool lazy = incoming->mode == "postcopy";
+        if (lazy) {
+          auto daemon = migrate::ParkedCriu::Start(
+              migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd), images,
+              images + "/../lazy-pages.out", {}, kLazyStatusFd);
+          if (!daemon) return Unexpected<Error>{daemon.error()};
+          incoming->parked_daemon = std::move(*daemon);
+        }
+        migrate::RestoreOptions options = ParkedRestoreOptions(images, lazy);
         options.channel_socket = channel;
         options.channel_fd = channel_end->get();
         auto restore = migrate::ParkRestore(criu, options);
@@ -1283,20 +1298,33 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
 Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& incoming,
                                                                   const std::string& images_archive,
                                                                   const std::string& dir_archive) {
+  const bool lazy = incoming.mode == "postcopy";
+  if (!lazy) {
+    // Pre-copy: the pages are in once the page server ends with the dump's stream (woken by
+    // its exit); an abort need not wait for it.
+    const auto streamed_by = Clock::now() + std::chrono::seconds(30);
+    while (!incoming.page_server.Wait(std::chrono::milliseconds(50)) && !incoming.abort_requested &&
+           Clock::now() < streamed_by) {
+    }
+    incoming.page_server.Finish(std::chrono::milliseconds(0));
+    if (incoming.abort_requested) return Fail("aborted by the source");
+  }
   // Every image but the inventory first: the parked criu processes go on once they read it.
   auto images = migrate::UnpackDirectory(images_archive, incoming.images, static_cast<uid_t>(-1),
                                          static_cast<gid_t>(-1), {"inventory.img"});
   if (!images) return Unexpected<Error>{images.error()};
   auto inventory = migrate::ArchivedFile(images_archive, "inventory.img");
   if (!inventory) return Unexpected<Error>{inventory.error()};
-  // The daemon must listen before `criu restore` connects to it; it reads two small images.
-  auto ready = incoming.parked_daemon.Release(*inventory);
-  if (ready) ready = incoming.parked_daemon.AwaitStatus(std::chrono::seconds(10));
-  incoming.lazy_daemon =
-      std::make_shared<migrate::BackgroundProcess>(std::move(incoming.parked_daemon.process()));
-  if (!ready) {
-    return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
-                incoming.images + "/lazy-pages.log)");
+  if (lazy) {
+    // The daemon must listen before `criu restore` connects to it; it reads two small images.
+    auto ready = incoming.parked_daemon.Release(*inventory);
+    if (ready) ready = incoming.parked_daemon.AwaitStatus(std::chrono::seconds(10));
+    incoming.lazy_daemon =
+        std::make_shared<migrate::BackgroundProcess>(std::move(incoming.parked_daemon.process()));
+    if (!ready) {
+      return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
+                  incoming.images + "/lazy-pages.log)");
+    }
   }
   if (auto files = UnpackJobDir(incoming, dir_archive); !files) {
     return Unexpected<Error>{files.error()};
@@ -1304,7 +1332,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
   if (incoming.abort_requested) return Fail("aborted by the source");
   const auto start = Clock::now();
   auto pid = migrate::FinishRestore(incoming.parked_restore, *inventory,
-                                    LazyRestoreOptions(incoming.images));
+                                    ParkedRestoreOptions(incoming.images, lazy));
   if (!pid) return Unexpected<Error>{pid.error()};
   return std::make_pair(*pid, MillisSince(start));
 }
