@@ -1051,6 +1051,15 @@ TEST_F(ClusterTest, IpcExamplesRunAcrossNodes) {
       "node1", {bin + "tern-example-link-handoff", "a", "--name", "itho", "--count", "5"}, "node2");
   EXPECT_NE(FinishedOutput(a).find("5 exchanges on the link"), std::string::npos);
   FinishedOutput(b);
+
+  const auto reader =
+      Submit("node1", {bin + "tern-example-stream", "reader", "--name", "itst"}, "node2");
+  const auto writer = Submit(
+      "node1", {bin + "tern-example-stream", "writer", "--name", "itst", "--count", "100000"},
+      "node3");
+  EXPECT_NE(FinishedOutput(writer).find("the reader got 100000 of 100000 records"),
+            std::string::npos);
+  EXPECT_NE(FinishedOutput(reader).find("100000 records in order"), std::string::npos);
 }
 
 TEST_F(ClusterTest, IpcAJobCannotUseANameItWasNeverGiven) {
@@ -1137,11 +1146,15 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
   };
   const auto far = Submit("node1", client_args("2"), "node3");
   const auto near = Submit("node1", client_args("1"), "node2");
-  // Calls are flowing: the server holds its port, its name's send right and reply rights.
+  // Calls are flowing: the server holds its port, and each client the server's send right and
+  // its reply port (a reply right in the server's table lives only microseconds: no signal).
   ASSERT_TRUE(WaitFor(
       [&] {
-        auto status = Status("node1", server);
-        return status && status->value("ipc_rights", 0) >= 2;
+        const auto rights = [&](const std::string& job) {
+          auto status = Status("node1", job);
+          return status ? status->value("ipc_rights", 0) : 0;
+        };
+        return rights(server) >= 1 && rights(near) >= 2 && rights(far) >= 2;
       },
       30s));
 
