@@ -322,6 +322,22 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   return RestoredPid(options);
 }
 
+namespace {
+
+Expected<void> WriteWholeFile(const std::string& path, std::string_view bytes) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Fail("cannot write " + path + ": " + std::strerror(errno));
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd.get(), bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Fail("cannot write " + path + ": " + std::strerror(errno));
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+}  // namespace
+
 Expected<ParkedCriu> ParkedCriu::Start(const std::vector<std::string>& argv,
                                        const std::string& images, const std::string& output_path,
                                        std::vector<std::pair<int, int>> inherit_fds, int status_fd,
@@ -352,6 +368,7 @@ Expected<ParkedCriu> ParkedCriu::Start(const std::vector<std::string>& argv,
     UniqueFd writer(::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
     if (writer.valid()) {
       parked.inventory_ = std::move(writer);
+      parked.inventory_path_ = fifo;
       return parked;
     }
     if (errno != ENXIO) return Fail("cannot open " + fifo + ": " + std::strerror(errno));
@@ -380,6 +397,18 @@ Expected<void> ParkedCriu::Release(const std::string& inventory) {
       return Fail(std::string("cannot hand criu its inventory: ") + std::strerror(errno));
     }
     written += static_cast<size_t>(n);
+  }
+  // The real file takes the FIFO's name before criu sees the end of its copy: a criu that
+  // opens inventory.img again later (the other parked one, or this one) reads the file instead
+  // of racing for, or waiting forever on, a FIFO.
+  const std::string staged = inventory_path_ + ".real";
+  if (auto put = WriteWholeFile(staged, inventory); !put) {
+    inventory_.Reset();
+    return put;
+  }
+  if (::rename(staged.c_str(), inventory_path_.c_str()) != 0) {
+    inventory_.Reset();
+    return Fail("cannot put " + inventory_path_ + " in place: " + std::strerror(errno));
   }
   inventory_.Reset();  // criu reads the end of the file next
   return {};

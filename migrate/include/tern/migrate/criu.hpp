@@ -102,8 +102,9 @@ class ParkedCriu {
 
  private:
   BackgroundProcess process_;
-  tern::UniqueFd inventory_;  // the FIFO's write end
-  tern::UniqueFd status_;     // the read end of criu's status pipe
+  tern::UniqueFd inventory_;    // the FIFO's write end
+  std::string inventory_path_;  // where the FIFO was made (the real file goes there)
+  tern::UniqueFd status_;       // the read end of criu's status pipe
 };
 
 // `criu restore` of RestoreOptions, parked until Release (see ParkedCriu).
