@@ -60,6 +60,24 @@ TEST(ParkedCriuTest, TwoParkedProcessesEachGetTheirOwnFifo) {
   EXPECT_EQ(Read(dir.path / "second"), "2");
 }
 
+TEST(ParkedCriuTest, AReleasedInventoryIsARealFileForLaterReaders) {
+  TempDir dir;
+  // Reads its inventory, then opens it again (criu may): the second read must not block on a
+  // FIFO nor take bytes meant for anyone else.
+  const std::string script =
+      "cat \"$0/inventory.img\" > \"$0/first\" && printf x >&9 && "
+      "cat \"$0/inventory.img\" > \"$0/again\"";
+  auto parked = ParkedCriu::Start({"sh", "-c", script, dir.path.string()}, dir.path.string(),
+                                  (dir.path / "out").string(), {}, 9);
+  ASSERT_TRUE(parked) << parked.error().message;
+  ASSERT_TRUE(parked->Release("inv"));
+  EXPECT_TRUE(fs::is_regular_file(dir.path / "inventory.img"));
+  ASSERT_TRUE(parked->AwaitStatus(std::chrono::seconds(10)));
+  EXPECT_EQ(parked->process().Wait(std::chrono::seconds(10)), std::optional<int>(0));
+  EXPECT_EQ(Read(dir.path / "first"), "inv");
+  EXPECT_EQ(Read(dir.path / "again"), "inv");
+}
+
 TEST(ParkedCriuTest, LosingTheWriterEndsTheWaitWithEndOfFile) {
   TempDir dir;
   // Like criu, the stand-in fails on an empty inventory.

@@ -1069,22 +1069,8 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
             return;
           }
           Accept(incoming);
-          const json answer = {{"checks", checks}, {"shared_dir", incoming->shared_dir}};
-          if (!channel) {
-            done(JsonResult(200, answer.dump()));
-            return;
-          }
-          ParkCriu(incoming, criu.path, *channel,
-                   [this, incoming, node, answer, done](Expected<void> parked) {
-                     if (!parked) {
-                       // Nothing is frozen yet: the source gives up and the job runs on there.
-                       Abort(incoming->id, [](ApiResult) {});
-                       done(ErrorResult(
-                           500, "cannot start CRIU on " + node + ": " + parked.error().message));
-                       return;
-                     }
-                     done(JsonResult(200, answer.dump()));
-                   });
+          AnswerPrepare(incoming, criu.path, channel, node,
+                        {{"checks", checks}, {"shared_dir", incoming->shared_dir}}, done);
           return;
         }
         migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
@@ -1107,23 +1093,32 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
           return;
         }
         Accept(incoming);
-        const json answer = {{"checks", checks},
-                             {"shared_dir", incoming->shared_dir},
-                             {"page_server", {{"address", listen.address}, {"port", listen.port}}}};
-        if (!channel) {
-          done(JsonResult(200, answer.dump()));
+        AnswerPrepare(incoming, criu.path, channel, node,
+                      {{"checks", checks},
+                       {"shared_dir", incoming->shared_dir},
+                       {"page_server", {{"address", listen.address}, {"port", listen.port}}}},
+                      done);
+      });
+}
+
+void MigrationDriver::AnswerPrepare(const std::shared_ptr<Incoming>& incoming,
+                                    const std::string& criu,
+                                    const std::optional<std::string>& channel,
+                                    const std::string& node, json answer, ApiDone done) {
+  if (!channel) {  // an older source: CRIU starts at restore
+    done(JsonResult(200, answer.dump()));
+    return;
+  }
+  ParkCriu(
+      incoming, criu, *channel,
+      [this, incoming, node, answer = std::move(answer), done](Expected<void> parked) {
+        if (!parked) {
+          // Nothing is frozen yet: the source gives up and the job runs on there.
+          Abort(incoming->id, [](ApiResult) {});
+          done(ErrorResult(500, "cannot start CRIU on " + node + ": " + parked.error().message));
           return;
         }
-        ParkCriu(incoming, criu.path, *channel,
-                 [this, incoming, node, answer, done](Expected<void> parked) {
-                   if (!parked) {
-                     Abort(incoming->id, [](ApiResult) {});
-                     done(ErrorResult(
-                         500, "cannot start CRIU on " + node + ": " + parked.error().message));
-                     return;
-                   }
-                   done(JsonResult(200, answer.dump()));
-                 });
+        done(JsonResult(200, answer.dump()));
       });
 }
 

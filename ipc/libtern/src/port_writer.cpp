@@ -61,12 +61,7 @@ IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
   out.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
   out.Bytes(bytes);
   std::swap(out.out(), train_);
-  ++train_count_;
-  ++written_;
-  if (train_count_ >= options_.train_messages || train_.size() >= options_.train_bytes) {
-    return Ship();
-  }
-  return {};
+  return Added();
 }
 
 IpcResult<void> PortWriter::write(const Message& message) {
@@ -86,6 +81,11 @@ IpcResult<void> PortWriter::write(const Message& message) {
   std::swap(out.out(), train_);
   out.WriteMessage(copy_send);
   std::swap(out.out(), train_);
+  return Added();
+}
+
+// One more message is in the train: it leaves when full.
+IpcResult<void> PortWriter::Added() {
   ++train_count_;
   ++written_;
   if (train_count_ >= options_.train_messages || train_.size() >= options_.train_bytes) {

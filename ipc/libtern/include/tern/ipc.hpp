@@ -309,6 +309,7 @@ class PortWriter {
 
  private:
   void StartTrain();
+  IpcResult<void> Added();
   IpcResult<void> Ship();
   void CollectOldest();
 

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
@@ -88,10 +89,15 @@ class MigrationDriver {
                   std::chrono::steady_clock::time_point deadline);
   void Accept(const std::shared_ptr<Incoming>& incoming);
   void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
-  // Post-copy: starts `criu lazy-pages` and `criu restore` for `incoming` ahead of its images
-  // (migrate::ParkedCriu); `then` learns whether both wait for them.
+  // Starts `criu restore` (and, post-copy, `criu lazy-pages`) for `incoming` ahead of its
+  // images (migrate::ParkedCriu); `then` learns whether they wait for them.
   void ParkCriu(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
                 const std::string& channel, std::function<void(Expected<void>)> then);
+  // Answers an accepted prepare with `answer` once CRIU is parked (at once for a source that
+  // names no channel); if CRIU cannot start, the move is dropped and the answer is an error.
+  void AnswerPrepare(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
+                     const std::optional<std::string>& channel, const std::string& node,
+                     nlohmann::json answer, ApiDone done);
   // Worker side of a restore by the parked processes; returns the restored pid and the restore's
   // duration in ms.
   static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
