@@ -163,7 +163,10 @@ struct Delivery {
   bool many = false;
 };
 
-enum class TimerKind { kWaiter, kBlockedSender, kOpWait };
+enum class TimerKind { kWaiter, kBlockedSender, kOpWait, kForgetMove };
+
+// How long a router forwards late answers for a job that moved away (ten minutes).
+constexpr std::uint32_t kRememberMoveMs = 10 * 60 * 1000;
 struct TimerInfo {
   TimerKind kind;
   ObjectId object;
@@ -205,7 +208,13 @@ struct PortRouter::State {
   std::deque<Envelope> local;
   Actions actions;
   // Jobs that moved away, and the answers still due to them here: forwarded to their node.
-  std::map<std::string, std::uint64_t> moved_jobs;
+  // Jobs that moved away, and where to: late answers for them are forwarded. An entry is
+  // forgotten after kRememberMove, long after every node has learnt the new place (kJobMoved).
+  struct MovedJob {
+    std::uint64_t node = 0;
+    std::uint64_t forget_timer = 0;
+  };
+  std::map<std::string, MovedJob> moved_jobs;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
 
   // Tickets start at a random point: a moving job takes its waiting tickets along, and they
@@ -265,6 +274,18 @@ struct PortRouter::State {
     return id;
   }
   ObjectId NewObject() { return ObjectId{self, next_serial++}; }
+
+  void RememberMove(const std::string& job, std::uint64_t node) {
+    ForgetMove(job);
+    moved_jobs[job] = MovedJob{
+        node, NewTimer(TimerInfo{.kind = TimerKind::kForgetMove, .job = job}, kRememberMoveMs)};
+  }
+  void ForgetMove(const std::string& job) {
+    auto it = moved_jobs.find(job);
+    if (it == moved_jobs.end()) return;
+    CancelTimer(it->second.forget_timer);
+    moved_jobs.erase(it);
+  }
 
   // ---- capability tables ----------------------------------------------------------------
   Entry* Find(JobState& job, std::uint32_t name) {
@@ -1475,7 +1496,7 @@ struct PortRouter::State {
     if (e.kind == Remote::kLinkCompleted) {
       if (!jobs.contains(e.job)) {
         if (auto moved = moved_jobs.find(e.job); moved != moved_jobs.end()) {
-          return Post(moved->second, std::move(e));
+          return Post(moved->second.node, std::move(e));
         }
       }
       return LinkCompleted(e);
@@ -1899,7 +1920,7 @@ struct PortRouter::State {
   void JobMovedHere(const std::string& job, std::uint64_t node) {
     if (node != self) {
       // It may have come back through here before; whatever was forwarded is stale now.
-      if (!jobs.contains(job)) moved_jobs[job] = node;
+      if (!jobs.contains(job)) RememberMove(job, node);
     }
     for (auto& [serial, port] : ports) {
       if (port.holder.node != 0 && port.holder.job == job) port.holder.node = node;
@@ -2034,6 +2055,13 @@ void PortRouter::Timer(std::uint64_t id) {
       }
       break;
     }
+    case TimerKind::kForgetMove: {
+      auto moved = state_->moved_jobs.find(info.job);
+      if (moved != state_->moved_jobs.end() && moved->second.forget_timer == id) {
+        state_->moved_jobs.erase(moved);
+      }
+      break;
+    }
     case TimerKind::kOpWait: {
       auto job = state_->jobs.find(info.job);
       if (job == state_->jobs.end()) break;
@@ -2056,6 +2084,8 @@ PortRouter::Actions PortRouter::TakeActions() {
 }
 
 bool PortRouter::JobHoldsRights(const std::string& job) const { return RightCount(job) > 0; }
+
+std::size_t PortRouter::MovedJobCount() const { return state_->moved_jobs.size(); }
 
 std::size_t PortRouter::RightCount(const std::string& job) const {
   auto it = state_->jobs.find(job);
@@ -2180,7 +2210,7 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
   }
   for (const std::string& text : registered) s.names.erase(text);
   s.jobs.erase(job_it);
-  s.moved_jobs[job_name] = to;
+  s.RememberMove(job_name, to);
   return {ExportOutcome::kExported, out.Take()};
 }
 
@@ -2287,7 +2317,7 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
     if (!in.AtEnd()) return malformed();
   }
 
-  s.moved_jobs.erase(job_name);
+  s.ForgetMove(job_name);
   JobState& installed = s.jobs[job_name] = std::move(job);
   for (auto& [handle, op] : installed.ops) {
     if (op.waiting_request && op.wait_ms != kWaitForever) {

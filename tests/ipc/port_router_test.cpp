@@ -653,6 +653,31 @@ TEST(PortRouter, AJobMovesWithItsRightsItsWaitingReceiveAndItsName) {
   EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(svc, "x")).status, JobStatus::kDeadName);
 }
 
+// Nodes forward late answers for a job that moved away for a while, then forget it: a
+// long-running cluster does not keep an entry for every move ever made.
+TEST(PortRouter, ForwardingForAMovedJobIsForgottenInTime) {
+  Net net(3);
+  net.Attach(1, "server");
+  net.Attach(3, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "fwd", MakeSend(net, "server", port));
+  const auto to = ReadU32(Lookup(net, "client", "fwd").body);
+  net.Move("server", 2);
+  EXPECT_EQ(net.routers[1]->MovedJobCount(), 1u) << "the old node forwards";
+  EXPECT_EQ(net.routers[2]->MovedJobCount(), 0u) << "it lives here";
+  EXPECT_EQ(net.routers[3]->MovedJobCount(), 1u) << "told by kJobMoved";
+  net.Move("server", 1);
+  EXPECT_EQ(net.routers[1]->MovedJobCount(), 0u) << "back home";
+  EXPECT_EQ(net.routers[2]->MovedJobCount(), 1u);
+  EXPECT_EQ(net.routers[3]->MovedJobCount(), 1u) << "one entry per job, the newest place";
+  net.FireTimers();  // ten minutes later
+  for (const auto& [node, router] : net.routers) {
+    EXPECT_EQ(router->MovedJobCount(), 0u) << "node " << node;
+  }
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "still")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "still");
+}
+
 TEST(PortRouter, ALinkEndAndItsPendingOperationMoveWithTheJob) {
   Net net(2);
   net.Attach(1, "a");

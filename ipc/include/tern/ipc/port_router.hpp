@@ -113,6 +113,8 @@ class PortRouter {
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;
   std::size_t RightCount(const std::string& job) const;
+  // Jobs that moved away for which late answers are still forwarded (each for ten minutes).
+  std::size_t MovedJobCount() const;
   // Jobs on this node that hold a right to a region `job` also holds.
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
   std::size_t PortCount() const;
