@@ -71,14 +71,24 @@ void WireWriter::Bytes(std::string_view v) {
   out_.append(v);
 }
 
+void WireWriter::WriteMessageHeader(const MessageHeader& header) {
+  U32(header.destination);
+  U8(static_cast<std::uint8_t>(header.destination_disposition));
+  U32(header.reply);
+  U8(static_cast<std::uint8_t>(header.reply_disposition));
+  U32(header.id);
+  U32(header.item_count);
+}
+
 void WireWriter::WriteMessage(const Message& message) {
-  U32(message.destination);
-  U8(static_cast<std::uint8_t>(message.destination_disposition));
-  U32(message.reply);
-  U8(static_cast<std::uint8_t>(message.reply_disposition));
-  U32(message.id);
-  U32(static_cast<std::uint32_t>(message.items.size()));
-  for (const Item& item : message.items) {
+  WriteMessageHeader({message.destination, message.destination_disposition, message.reply,
+                      message.reply_disposition, message.id,
+                      static_cast<std::uint32_t>(message.items.size())});
+  WriteItems(message.items);
+}
+
+void WireWriter::WriteItems(const std::vector<Item>& items) {
+  for (const Item& item : items) {
     U8(static_cast<std::uint8_t>(item.kind));
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
       Bytes(item.bytes());
@@ -112,22 +122,31 @@ std::optional<std::string_view> WireReader::BytesView() {
   return v;
 }
 
-std::optional<Message> WireReader::ReadMessage() {
-  Message message;
+std::optional<MessageHeader> WireReader::ReadMessageHeader() {
   auto destination = U32();
   auto destination_disposition = U8();
   auto reply = U32();
   auto reply_disposition = U8();
   auto id = U32();
   auto count = U32();
-  if (!count || *count > (1u << 20)) return std::nullopt;
-  message.destination = *destination;
-  message.destination_disposition = static_cast<Disposition>(*destination_disposition);
-  message.reply = *reply;
-  message.reply_disposition = static_cast<Disposition>(*reply_disposition);
-  message.id = *id;
-  message.items.reserve(std::min<std::size_t>(*count, in_.size() / 5 + 1));
-  for (std::uint32_t i = 0; i < *count; ++i) {
+  // Each item takes at least 5 bytes.
+  if (!count || *count > (1u << 20) || *count > in_.size() / 5) return std::nullopt;
+  return MessageHeader{*destination, static_cast<Disposition>(*destination_disposition),
+                       *reply,       static_cast<Disposition>(*reply_disposition),
+                       *id,          *count};
+}
+
+std::optional<Message> WireReader::ReadMessage() {
+  auto header = ReadMessageHeader();
+  if (!header) return std::nullopt;
+  Message message;
+  message.destination = header->destination;
+  message.destination_disposition = header->destination_disposition;
+  message.reply = header->reply;
+  message.reply_disposition = header->reply_disposition;
+  message.id = header->id;
+  message.items.reserve(header->item_count);
+  for (std::uint32_t i = 0; i < header->item_count; ++i) {
     auto kind = U8();
     if (!kind || *kind < 1 || *kind > 5) return std::nullopt;
     Item item;

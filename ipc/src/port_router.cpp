@@ -207,7 +207,6 @@ struct PortRouter::State {
   std::set<std::uint64_t> peers;
   std::deque<Envelope> local;
   Actions actions;
-  // Jobs that moved away, and the answers still due to them here: forwarded to their node.
   // Jobs that moved away, and where to: late answers for them are forwarded. An entry is
   // forgotten after kRememberMove, long after every node has learnt the new place (kJobMoved).
   struct MovedJob {
@@ -781,12 +780,9 @@ struct PortRouter::State {
     for (const TransitItem& item : transit.items) {
       if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return false;
     }
-    out.U32(receive_name);
-    out.U8(static_cast<std::uint8_t>(Disposition::kCopySend));
-    out.U32(0);
-    out.U8(static_cast<std::uint8_t>(Disposition::kNone));
-    out.U32(transit.id);
-    out.U32(static_cast<std::uint32_t>(transit.items.size()));
+    out.WriteMessageHeader({.destination = receive_name,
+                            .id = transit.id,
+                            .item_count = static_cast<std::uint32_t>(transit.items.size())});
     for (const TransitItem& item : transit.items) {
       out.U8(static_cast<std::uint8_t>(item.kind));
       out.Bytes(item.bytes);
@@ -1036,7 +1032,7 @@ struct PortRouter::State {
     send->request = request;
     send->batch = true;
     std::string why;
-    const std::string_view messages = std::string_view(*owner).substr(13);
+    const std::string_view messages = in.rest();
     auto check = router::CheckTrain(messages, *count, why);
     if (!check) return Error(job_name, request, JobStatus::kBadRequest, "send_batch: " + why);
     if (check->data_bytes > kMaxMessageBytes) {
@@ -1167,9 +1163,7 @@ struct PortRouter::State {
   bool TakeFromBatch(Port& port, Envelope& e) {
     while (!e.batch.empty() && port.queued < port.limit) {
       if (!port.waiters.empty() && port.queued == 0) {
-        TransitMessage message = router::PopMessage(e.batch);
-        message.destination = e.object;
-        Accept(port, std::move(message));
+        Accept(port, router::PopMessage(e.batch, e.object));
         ++e.delta;
         continue;
       }
@@ -1209,8 +1203,7 @@ struct PortRouter::State {
   TransitMessage PopQueued(Port& port, ObjectId port_id) {
     --port.queued;
     if (auto* run = std::get_if<TrainRun>(&port.queue.front())) {
-      TransitMessage message = router::PopMessage(*run);
-      message.destination = port_id;
+      TransitMessage message = router::PopMessage(*run, port_id);
       if (run->empty()) port.queue.pop_front();
       return message;
     }

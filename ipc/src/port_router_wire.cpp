@@ -150,7 +150,7 @@ std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
   }
   if (*has_message > 2) return std::nullopt;
   // The message part is copied once; its data items are views into that copy.
-  auto owner = std::make_shared<const std::string>(payload.substr(payload.size() - r.remaining()));
+  auto owner = std::make_shared<const std::string>(r.rest());
   WireReader body(*owner);
   if (*has_message == 1) {
     auto m = ReadTransit(body, owner);
@@ -162,7 +162,7 @@ std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
   auto count = body.U32();
   if (!count || *count == 0 || *count > (1u << 24)) return std::nullopt;
   std::string why;
-  const std::string_view run = std::string_view(*owner).substr(4);
+  const std::string_view run = body.rest();
   if (!CheckTrain(run, *count, why)) return std::nullopt;
   e.batch = TrainRun{owner, run, *count};
   return e;

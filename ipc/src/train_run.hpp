@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/port_router.hpp>
 
 namespace tern::ipc::router {
 
@@ -38,9 +39,9 @@ std::optional<TrainCheck> CheckTrain(std::string_view bytes, std::uint32_t count
 // Splits off and returns the first `n` messages (at most run.count) of `run`.
 TrainRun TakeFront(TrainRun& run, std::uint32_t n);
 
-// Removes the first message of `run` and returns it as a TransitMessage whose items are views
-// into the same owner (destination and reply left empty: the caller's to fill).
-TransitMessage PopMessage(TrainRun& run);
+// Removes the first message of `run` and returns it, to `destination` (the port), its items
+// views into the same owner.
+TransitMessage PopMessage(TrainRun& run, ObjectId destination);
 
 // Writes the first `n` messages (at most run.count) of `run` as the receiver sees them, to
 // `receive_name`, and removes them.

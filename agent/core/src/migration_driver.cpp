@@ -1222,15 +1222,9 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
        criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
-        // The page server ends when the dump's stream does; an abort (the source gave up, the
-        // link may be cut) need not wait for it. Woken by its exit, not by a timer: this runs in
-        // the job's freeze.
-        const auto streamed_by = Clock::now() + std::chrono::seconds(30);
-        while (!incoming->page_server.Wait(std::chrono::milliseconds(50)) &&
-               !incoming->abort_requested && Clock::now() < streamed_by) {
+        if (auto streamed = AwaitPageServer(*incoming); !streamed) {
+          return Unexpected<Error>{streamed.error()};
         }
-        incoming->page_server.Finish(std::chrono::milliseconds(0));
-        if (incoming->abort_requested) return Fail("aborted by the source");
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
         const bool lazy = incoming->mode == "postcopy";
@@ -1290,19 +1284,25 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
   return {};
 }
 
+Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
+  // Pre-copy's pages are in once the page server ends with the dump's stream (post-copy has
+  // none). Woken by its exit, not a timer: this runs in the job's freeze. An abort (the source
+  // gave up, the link may be cut) need not wait for it.
+  const auto streamed_by = Clock::now() + std::chrono::seconds(30);
+  while (!incoming.page_server.Wait(std::chrono::milliseconds(50)) && !incoming.abort_requested &&
+         Clock::now() < streamed_by) {
+  }
+  incoming.page_server.Finish(std::chrono::milliseconds(0));
+  if (incoming.abort_requested) return Fail("aborted by the source");
+  return {};
+}
+
 Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& incoming,
                                                                   const std::string& images_archive,
                                                                   const std::string& dir_archive) {
   const bool lazy = incoming.mode == "postcopy";
-  if (!lazy) {
-    // Pre-copy: the pages are in once the page server ends with the dump's stream (woken by
-    // its exit); an abort need not wait for it.
-    const auto streamed_by = Clock::now() + std::chrono::seconds(30);
-    while (!incoming.page_server.Wait(std::chrono::milliseconds(50)) && !incoming.abort_requested &&
-           Clock::now() < streamed_by) {
-    }
-    incoming.page_server.Finish(std::chrono::milliseconds(0));
-    if (incoming.abort_requested) return Fail("aborted by the source");
+  if (auto streamed = AwaitPageServer(incoming); !streamed) {
+    return Unexpected<Error>{streamed.error()};
   }
   // Every image but the inventory first: the parked criu processes go on once they read it.
   auto images = migrate::UnpackDirectory(images_archive, incoming.images, static_cast<uid_t>(-1),

@@ -85,6 +85,19 @@ class Channel::Impl {
 namespace libtern {
 IpcError Unavailable(std::string message);
 std::uint32_t TimeoutMs(Timeout timeout);
+
+// A train (JobOp::kSendBatch) of `count` messages laid out as WireWriter::WriteMessage writes
+// them: [u8 policy][u32 timeout][u32 notify name][u32 count][messages]. Used by send_many and
+// PortWriter.
+std::string TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count,
+                         std::string_view messages);
+// A train's answer, [u32 accepted][u16 status][string why]: how many went in, and the refusal
+// that stopped the rest (none when all did). An error for a malformed or failed reply.
+struct TrainAnswer {
+  std::uint32_t accepted = 0;
+  std::optional<IpcError> refusal;
+};
+IpcResult<TrainAnswer> ReadTrainAnswer(IpcResult<Channel::Impl::Reply> reply);
 }  // namespace libtern
 
 }  // namespace tern

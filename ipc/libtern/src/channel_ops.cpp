@@ -169,6 +169,31 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
 // Trains of up to kTrainMessages messages / kTrainBytes bytes, one request each. Waiting
 // senders pipeline every train in one write; with kFail or kNotify the trains go one at a time
 // and the first refusal ends the call, so that nothing after a refused message is sent.
+std::string libtern::TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count,
+                                  std::string_view messages) {
+  WireWriter train;
+  train.U8(static_cast<std::uint8_t>(policy));
+  train.U32(timeout_ms);
+  train.U32(0);  // no notify port
+  train.U32(count);
+  train.out() += messages;
+  return train.Take();
+}
+
+IpcResult<libtern::TrainAnswer> libtern::ReadTrainAnswer(IpcResult<Channel::Impl::Reply> reply) {
+  if (!reply) return reply.error();
+  WireReader reader(reply->body);
+  auto taken = reader.U32();
+  auto status = reader.U16();
+  auto why = reader.Bytes();
+  if (!why) return Malformed(JobOp::kSendBatch);
+  TrainAnswer answer{*taken, std::nullopt};
+  if (static_cast<JobStatus>(*status) != JobStatus::kOk) {
+    answer.refusal = IpcError{static_cast<JobStatus>(*status), std::move(*why)};
+  }
+  return answer;
+}
+
 IpcResult<void> Channel::SendTrains(const std::vector<Message>& messages, FullPolicy policy,
                                     Timeout timeout, std::size_t* accepted) const {
   std::vector<std::string> trains;
@@ -181,28 +206,16 @@ IpcResult<void> Channel::SendTrains(const std::vector<Message>& messages, FullPo
       bytes += message.ByteSize() + 16;
       ++count;
     }
-    WireWriter train;
-    train.U8(static_cast<std::uint8_t>(policy));
-    train.U32(libtern::TimeoutMs(timeout));
-    train.U32(0);  // no notify port: send_many has none
-    train.U32(static_cast<std::uint32_t>(count));
-    train.out() += encoded.out();
-    trains.push_back(train.Take());
+    trains.push_back(libtern::TrainRequest(policy, libtern::TimeoutMs(timeout),
+                                           static_cast<std::uint32_t>(count), encoded.out()));
     first += count;
   }
   std::size_t ok = 0;
   const auto tally = [&](IpcResult<Impl::Reply>& result) -> std::optional<IpcError> {
-    if (!result) return result.error();
-    WireReader reader(result->body);
-    auto taken = reader.U32();
-    auto status = reader.U16();
-    auto text = reader.Bytes();
-    if (!text) return Malformed(JobOp::kSendBatch);
-    ok += *taken;
-    if (static_cast<JobStatus>(*status) != JobStatus::kOk) {
-      return IpcError{static_cast<JobStatus>(*status), *text};
-    }
-    return std::nullopt;
+    auto answer = libtern::ReadTrainAnswer(std::move(result));
+    if (!answer) return answer.error();
+    ok += answer->accepted;
+    return std::move(answer->refusal);
   };
   std::optional<IpcError> first_error;
   if (policy == FullPolicy::kWait) {

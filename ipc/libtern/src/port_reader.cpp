@@ -16,20 +16,14 @@ bool IsData(ItemKind kind) { return kind == ItemKind::kBytes || kind == ItemKind
 
 // One message in WireWriter::WriteMessage's layout, its data items as views into `in`'s input.
 bool ReadView(WireReader& in, MessageView& out) {
-  auto destination = in.U32();
-  auto disposition = in.U8();
-  auto reply = in.U32();
-  auto reply_disposition = in.U8();
-  auto id = in.U32();
-  auto count = in.U32();
-  if (!count || *count > in.remaining()) return false;
-  (void)disposition;
-  out.destination = *destination;
-  out.reply = *reply;
-  out.reply_disposition = static_cast<Disposition>(*reply_disposition);
-  out.id = *id;
+  auto header = in.ReadMessageHeader();
+  if (!header) return false;
+  out.destination = header->destination;
+  out.reply = header->reply;
+  out.reply_disposition = header->reply_disposition;
+  out.id = header->id;
   out.items.clear();
-  for (std::uint32_t i = 0; i < *count; ++i) {
+  for (std::uint32_t i = 0; i < header->item_count; ++i) {
     auto kind = in.U8();
     if (!kind || *kind < 1 || *kind > 5) return false;
     ItemView& item = out.items.emplace_back();

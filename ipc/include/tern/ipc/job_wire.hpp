@@ -161,6 +161,30 @@ struct OpResult {
   Message message;
 };
 
+// The fixed part of a message in WireWriter::WriteMessage's layout, before its items:
+// [u32 destination][u8 disposition][u32 reply][u8 reply disposition][u32 id][u32 item count].
+// Shared by everything that reads or writes messages without building a Message (trains,
+// PortReader, the agent's streaming paths).
+struct MessageHeader {
+  std::uint32_t destination = 0;
+  Disposition destination_disposition = Disposition::kCopySend;
+  std::uint32_t reply = 0;
+  Disposition reply_disposition = Disposition::kNone;
+  std::uint32_t id = 0;
+  std::uint32_t item_count = 0;
+};
+
+// Big-endian <-> host order for the wire's fixed-width numbers.
+template <typename T>
+constexpr T BigEndian(T v) {
+  if constexpr (sizeof(T) > 1 && std::endian::native == std::endian::little) {
+    if constexpr (sizeof(T) == 2) v = __builtin_bswap16(v);
+    if constexpr (sizeof(T) == 4) v = __builtin_bswap32(v);
+    if constexpr (sizeof(T) == 8) v = __builtin_bswap64(v);
+  }
+  return v;
+}
+
 // Big-endian writer and bounds-checked reader for bodies.
 class WireWriter {
  public:
@@ -169,6 +193,8 @@ class WireWriter {
   void U32(std::uint32_t v) { Put(v); }
   void U64(std::uint64_t v) { Put(v); }
   void Bytes(std::string_view v);
+  void WriteMessageHeader(const MessageHeader& header);
+  void WriteItems(const std::vector<Item>& items);  // a message's items, after its header
   void WriteMessage(const Message& message);
   void WriteOpResult(const OpResult& result);
   std::string& out() { return out_; }
@@ -178,11 +204,7 @@ class WireWriter {
   // Inline: the hot paths write several numbers per message.
   template <typename T>
   void Put(T v) {
-    if constexpr (std::endian::native == std::endian::little) {
-      if constexpr (sizeof(T) == 2) v = __builtin_bswap16(v);
-      if constexpr (sizeof(T) == 4) v = __builtin_bswap32(v);
-      if constexpr (sizeof(T) == 8) v = __builtin_bswap64(v);
-    }
+    v = BigEndian(v);
     char bytes[sizeof(T)];
     std::memcpy(bytes, &v, sizeof(T));
     out_.append(bytes, sizeof(T));
@@ -201,10 +223,13 @@ class WireReader {
   std::optional<std::string> Bytes();
   // The same bytes as a view into the reader's input (valid while the input is).
   std::optional<std::string_view> BytesView();
+  // Nullopt if cut short or if it claims more items than could follow.
+  std::optional<MessageHeader> ReadMessageHeader();
   std::optional<Message> ReadMessage();
   std::optional<OpResult> ReadOpResult();
   bool AtEnd() const { return in_.empty(); }
   std::size_t remaining() const { return in_.size(); }
+  std::string_view rest() const { return in_; }  // what is left to read
 
  private:
   // A big-endian T off the front; past the end, nullopt and nothing left to read.
@@ -217,12 +242,7 @@ class WireReader {
     T value;
     std::memcpy(&value, in_.data(), sizeof(T));
     in_.remove_prefix(sizeof(T));
-    if constexpr (sizeof(T) > 1 && std::endian::native == std::endian::little) {
-      if constexpr (sizeof(T) == 2) value = __builtin_bswap16(value);
-      if constexpr (sizeof(T) == 4) value = __builtin_bswap32(value);
-      if constexpr (sizeof(T) == 8) value = __builtin_bswap64(value);
-    }
-    return value;
+    return BigEndian(value);
   }
   std::string_view in_;
 };

@@ -308,7 +308,6 @@ class PortWriter {
   std::uint64_t accepted() const { return accepted_; }
 
  private:
-  void StartTrain();
   IpcResult<void> Added();
   IpcResult<void> Ship();
   void CollectOldest();
@@ -316,7 +315,7 @@ class PortWriter {
   Channel channel_;
   std::uint32_t port_;
   Options options_;
-  std::string train_;  // a kSendBatch body; its count is filled in when it leaves
+  ipc::WireWriter train_;  // the messages of the train being gathered
   std::size_t train_count_ = 0;
   std::deque<std::uint32_t> in_flight_;  // request ids, oldest first
   std::optional<IpcError> error_;

@@ -98,6 +98,8 @@ class MigrationDriver {
   void AnswerPrepare(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
                      const std::optional<std::string>& channel, const std::string& node,
                      nlohmann::json answer, ApiDone done);
+  // Worker side: waits for a pre-copy page server to end (fails if the source aborted).
+  static Expected<void> AwaitPageServer(Incoming& incoming);
   // Worker side of a restore by the parked processes; returns the restored pid and the restore's
   // duration in ms.
   static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
