@@ -1,15 +1,21 @@
 #include "tern/ipc/frame.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 namespace tern::ipc {
 
-void AppendFrame(std::string& out, FrameType type, std::string_view payload) {
-  const auto length = static_cast<std::uint32_t>(payload.size());
+void AppendFrameHeader(std::string& out, FrameType type, std::uint32_t length) {
   const auto code = static_cast<std::uint16_t>(type);
   const char header[kFrameHeaderSize] = {
       static_cast<char>(length >> 24), static_cast<char>(length >> 16),
       static_cast<char>(length >> 8),  static_cast<char>(length),
       static_cast<char>(code >> 8),    static_cast<char>(code)};
   out.append(header, kFrameHeaderSize);
+}
+
+void AppendFrame(std::string& out, FrameType type, std::string_view payload) {
+  AppendFrameHeader(out, type, static_cast<std::uint32_t>(payload.size()));
   out.append(payload);
 }
 
@@ -22,7 +28,54 @@ std::string EncodeFrame(FrameType type, std::string_view payload) {
 
 Expected<void> FrameDecoder::Feed(std::string_view bytes) {
   if (broken_) return Fail(broken_reason_);
+  if (direct_) {
+    const std::size_t take = std::min(bytes.size(), direct_->payload.size() - direct_->filled);
+    std::memcpy(direct_->payload.data() + direct_->filled, bytes.data(), take);
+    bytes.remove_prefix(take);
+    if (auto done = Commit(take); !done || bytes.empty()) return done;
+  }
   buffer_.append(bytes);
+  return Split();
+}
+
+std::span<char> FrameDecoder::Prepare() {
+  if (direct_) {
+    return {direct_->payload.data() + direct_->filled, direct_->payload.size() - direct_->filled};
+  }
+  // A fixed staging area, not buffer_'s tail: growing a string zero-fills it, which would cost
+  // more than copying the few bytes a small read brings.
+  constexpr std::size_t kReadSize = 64 * 1024;
+  if (!staging_) staging_ = std::make_unique_for_overwrite<char[]>(kReadSize);
+  return {staging_.get(), kReadSize};
+}
+
+Expected<void> FrameDecoder::Commit(std::size_t received) {
+  if (broken_) return Fail(broken_reason_);
+  if (!direct_) {
+    buffer_.append(staging_.get(), received);
+    return Split();
+  }
+  direct_->filled += received;
+  if (direct_->filled == direct_->payload.size()) {
+    ready_.push_back(Frame{direct_->type, std::move(direct_->payload)});
+    direct_.reset();
+  }
+  return {};
+}
+
+Expected<void> FrameDecoder::Broken(FrameType type, std::uint32_t length) {
+  broken_ = true;
+  broken_reason_ = "malformed frame: " + std::string(FrameTypeName(type)) + " (type " +
+                   std::to_string(static_cast<unsigned>(type)) + ") declares " +
+                   std::to_string(length) + " payload bytes, over the limit of " +
+                   std::to_string(max_payload_);
+  buffer_.clear();
+  buffer_.shrink_to_fit();
+  direct_.reset();
+  return Fail(broken_reason_);
+}
+
+Expected<void> FrameDecoder::Split() {
   std::size_t offset = 0;
   while (buffer_.size() - offset >= kFrameHeaderSize) {
     const auto byte = [&](std::size_t i) {
@@ -30,22 +83,37 @@ Expected<void> FrameDecoder::Feed(std::string_view bytes) {
     };
     const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
     const auto type = static_cast<FrameType>(byte(4) << 8 | byte(5));
-    if (length > max_payload_) {
-      broken_ = true;
-      broken_reason_ = "malformed frame: " + std::string(FrameTypeName(type)) + " (type " +
-                       std::to_string(static_cast<unsigned>(type)) + ") declares " +
-                       std::to_string(length) + " payload bytes, over the limit of " +
-                       std::to_string(max_payload_);
-      buffer_.clear();
-      buffer_.shrink_to_fit();
-      return Fail(broken_reason_);
+    if (length > max_payload_) return Broken(type, length);
+    const std::size_t available = buffer_.size() - offset - kFrameHeaderSize;
+    if (available < length) {
+      if (length >= kDirectPayload) {
+        // The rest of this frame goes straight into its payload; nothing follows it in buffer_.
+        direct_.emplace(Direct{type, std::string(length, '\0'), available});
+        std::memcpy(direct_->payload.data(), buffer_.data() + offset + kFrameHeaderSize, available);
+        offset = buffer_.size();
+      }
+      break;
     }
-    if (buffer_.size() - offset < kFrameHeaderSize + length) break;
     ready_.push_back(Frame{type, buffer_.substr(offset + kFrameHeaderSize, length)});
     offset += kFrameHeaderSize + length;
   }
   buffer_.erase(0, offset);
   return {};
+}
+
+std::size_t FrameDecoder::buffered() const {
+  return buffer_.size() + (direct_ ? kFrameHeaderSize + direct_->filled : 0);
+}
+
+std::string FrameDecoder::TakeBuffered() {
+  std::string bytes;
+  if (direct_) {
+    AppendFrameHeader(bytes, direct_->type, static_cast<std::uint32_t>(direct_->payload.size()));
+    bytes.append(direct_->payload, 0, direct_->filled);
+    direct_.reset();
+  }
+  bytes += std::exchange(buffer_, {});
+  return bytes;
 }
 
 std::optional<Frame> FrameDecoder::Next() {

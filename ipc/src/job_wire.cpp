@@ -36,16 +36,20 @@ std::string_view JobStatusName(JobStatus status) {
 }
 
 Item Item::Bytes(std::string bytes) {
-  Item item;
-  item.kind = ItemKind::kBytes;
-  item.data = std::make_shared<const std::string>(std::move(bytes));
-  return item;
+  auto owner = std::make_shared<const std::string>(std::move(bytes));
+  return Shared(ItemKind::kBytes, owner, *owner);
 }
 
 Item Item::OutOfLine(std::string bytes) {
+  auto owner = std::make_shared<const std::string>(std::move(bytes));
+  return Shared(ItemKind::kOutOfLine, owner, *owner);
+}
+
+Item Item::Shared(ItemKind kind, std::shared_ptr<const std::string> owner, std::string_view bytes) {
   Item item;
-  item.kind = ItemKind::kOutOfLine;
-  item.data = std::make_shared<const std::string>(std::move(bytes));
+  item.kind = kind;
+  item.data = std::move(owner);
+  item.view = bytes;
   return item;
 }
 
@@ -71,6 +75,30 @@ void WireWriter::Bytes(std::string_view v) {
   out_.append(v);
 }
 
+void WireWriter::Data(std::string_view v, const std::shared_ptr<const std::string>& owner) {
+  U32(static_cast<std::uint32_t>(v.size()));
+  Raw(v, owner);
+}
+
+void WireWriter::Raw(std::string_view v, const std::shared_ptr<const std::string>& owner) {
+  if (share_data_ && owner && v.size() >= kShareMin) {
+    shared_.push_back({out_.size(), owner, v});
+    shared_bytes_ += v.size();
+  } else {
+    out_.append(v);
+  }
+}
+
+void WireWriter::Borrowed(std::string_view v) {
+  U32(static_cast<std::uint32_t>(v.size()));
+  if (share_data_ && v.size() >= kShareMin) {
+    shared_.push_back({out_.size(), nullptr, v});
+    shared_bytes_ += v.size();
+  } else {
+    out_.append(v);
+  }
+}
+
 void WireWriter::WriteMessageHeader(const MessageHeader& header) {
   U32(header.destination);
   U8(static_cast<std::uint8_t>(header.destination_disposition));
@@ -91,7 +119,7 @@ void WireWriter::WriteItems(const std::vector<Item>& items) {
   for (const Item& item : items) {
     U8(static_cast<std::uint8_t>(item.kind));
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-      Bytes(item.bytes());
+      Data(item.view, item.data);
     } else {
       U32(item.name);
       U8(static_cast<std::uint8_t>(item.disposition));
@@ -152,9 +180,14 @@ std::optional<Message> WireReader::ReadMessage() {
     Item item;
     item.kind = static_cast<ItemKind>(*kind);
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-      auto bytes = Bytes();
+      auto bytes = BytesView();
       if (!bytes) return std::nullopt;
-      item.data = std::make_shared<const std::string>(std::move(*bytes));
+      if (owner_) {
+        item = Item::Shared(item.kind, owner_, *bytes);
+      } else {
+        auto copy = std::make_shared<const std::string>(*bytes);
+        item = Item::Shared(item.kind, copy, *copy);
+      }
     } else {
       auto name = U32();
       auto disposition = U8();
@@ -190,12 +223,12 @@ std::string EncodeJobRequest(std::uint32_t id, JobOp op, std::string_view body) 
   return writer.Take();
 }
 
-Expected<JobRequest> DecodeJobRequest(std::string_view payload) {
-  WireReader reader(payload);
+Expected<JobRequest> DecodeJobRequest(std::shared_ptr<const std::string> payload) {
+  WireReader reader(*payload);
   auto id = reader.U32();
   auto op = reader.U16();
   if (!op) return Fail("IPC request shorter than its header");
-  return JobRequest{*id, static_cast<JobOp>(*op), std::string(payload.substr(6))};
+  return JobRequest{*id, static_cast<JobOp>(*op), reader.rest(), std::move(payload)};
 }
 
 std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view body) {
@@ -233,8 +266,9 @@ std::string EncodeSendRequest(const SendRequest& request) {
   return writer.Take();
 }
 
-std::optional<SendRequest> DecodeSendRequest(std::string_view body) {
-  WireReader reader(body);
+std::optional<SendRequest> DecodeSendRequest(std::string_view body,
+                                             std::shared_ptr<const std::string> owner) {
+  WireReader reader(body, std::move(owner));
   SendRequest request;
   auto message = reader.ReadMessage();
   auto policy = reader.U8();

@@ -75,7 +75,7 @@ void PeerLink::Send(FrameType type, std::string payload) {
       return;
     }
     if (self->state_ == State::kHandshaking) {
-      if (self->held_.size() + self->queued_.size() + payload.size() >
+      if (self->held_.size() + self->queued_bytes_ + payload.size() >
           self->options_.max_queued_bytes) {
         self->CloseNow("send queue full while authenticating", CloseKind::kClosed, false);
         return;
@@ -83,7 +83,7 @@ void PeerLink::Send(FrameType type, std::string payload) {
       AppendFrame(self->held_, type, payload);
       return;
     }
-    self->Enqueue(type, payload);
+    self->Enqueue(type, std::move(payload));
   });
 }
 
@@ -93,17 +93,24 @@ void PeerLink::Close(std::string reason) {
   });
 }
 
-void PeerLink::Enqueue(FrameType type, std::string_view payload) {
+void PeerLink::Enqueue(FrameType type, std::string payload) {
   if (state_ == State::kClosed) return;
   const std::size_t size = kFrameHeaderSize + payload.size();
-  if (queued_.size() + writing_.size() + size > options_.max_queued_bytes) {
+  if (queued_bytes_ + writing_bytes_ + size > options_.max_queued_bytes) {
     const std::string reason = "send queue full (" + std::to_string(options_.max_queued_bytes) +
                                " bytes unsent): the peer reads too slowly";
     spdlog::warn("closing link to {} ({}): {}", peer().name, remote_, reason);
     CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
     return;
   }
-  AppendFrame(queued_, type, payload);
+  if (queued_.empty() || queued_.back().size() >= kDirectPayload) queued_.emplace_back();
+  AppendFrameHeader(queued_.back(), type, static_cast<std::uint32_t>(payload.size()));
+  if (payload.size() >= kDirectPayload) {
+    queued_.push_back(std::move(payload));
+  } else {
+    queued_.back().append(payload);
+  }
+  queued_bytes_ += size;
   DoWrite();
 }
 
@@ -112,8 +119,12 @@ void PeerLink::DoWrite() {
   // Everything queued so far goes out in this one write; what arrives meanwhile, in the next.
   writing_.swap(queued_);
   queued_.clear();
+  writing_bytes_ = std::exchange(queued_bytes_, 0);
+  std::vector<asio::const_buffer> buffers;
+  buffers.reserve(writing_.size());
+  for (const std::string& piece : writing_) buffers.push_back(asio::buffer(piece));
   write_in_flight_ = true;
-  asio::async_write(socket_, asio::buffer(writing_),
+  asio::async_write(socket_, buffers,
                     [self = shared_from_this()](const boost::system::error_code& error,
                                                 std::size_t) { self->OnWrite(error); });
 }
@@ -121,6 +132,7 @@ void PeerLink::DoWrite() {
 void PeerLink::OnWrite(const boost::system::error_code& error) {
   write_in_flight_ = false;
   writing_.clear();
+  writing_bytes_ = 0;
   if (error) {
     if (lingering_) return FinishClose();
     CloseNow("write failed: " + error.message(), CloseKind::kClosed, /*flush=*/false);
@@ -130,9 +142,11 @@ void PeerLink::OnWrite(const boost::system::error_code& error) {
   if (lingering_ && !write_in_flight_) FinishClose();
 }
 
+// Reads straight into the decoder: a large frame lands in its own payload, never copied.
 void PeerLink::DoRead() {
+  const std::span<char> space = decoder_.Prepare();
   socket_.async_read_some(
-      asio::buffer(read_buffer_),
+      asio::buffer(space.data(), space.size()),
       [self = shared_from_this()](const boost::system::error_code& error, std::size_t size) {
         self->OnRead(error, size);
       });
@@ -147,7 +161,7 @@ void PeerLink::OnRead(const boost::system::error_code& error, std::size_t size) 
     CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
     return;
   }
-  const auto fed = decoder_.Feed(std::string_view(read_buffer_.data(), size));
+  const auto fed = decoder_.Commit(size);
   // Frames completed before a malformed header are still handled, then the link closes.
   while (auto frame = decoder_.Next()) {
     if (state_ == State::kHandshaking) {
@@ -187,11 +201,12 @@ void PeerLink::OnHandshakeFrame(const Frame& frame) {
         // Frames sent while authenticating: they follow our AuthAccepted, in order.
         std::string held;
         held.swap(held_);
-        if (queued_.size() + writing_.size() + held.size() > options_.max_queued_bytes) {
+        if (queued_bytes_ + writing_bytes_ + held.size() > options_.max_queued_bytes) {
           CloseNow("send queue full", CloseKind::kClosed, false);
           return;
         }
-        queued_.append(held);
+        queued_bytes_ += held.size();
+        queued_.push_back(std::move(held));
       }
       if (callbacks_.on_established) callbacks_.on_established(*this, actions.peer);
       if (state_ == State::kEstablished) DoWrite();
@@ -226,6 +241,7 @@ void PeerLink::CloseNow(const std::string& reason, CloseKind kind, bool flush) {
 void PeerLink::FinishClose() {
   lingering_ = false;
   queued_.clear();
+  queued_bytes_ = 0;
   timer_.cancel();
   boost::system::error_code ignored;
   socket_.shutdown(Tcp::socket::shutdown_both, ignored);

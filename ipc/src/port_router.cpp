@@ -167,6 +167,8 @@ enum class TimerKind { kWaiter, kBlockedSender, kOpWait, kForgetMove };
 
 // How long a router forwards late answers for a job that moved away (ten minutes).
 constexpr std::uint32_t kRememberMoveMs = 10 * 60 * 1000;
+// A receive_many answer stops growing past this many bytes (it still takes one message).
+constexpr std::size_t kMaxBatchBytes = 16u << 20;
 struct TimerInfo {
   TimerKind kind;
   ObjectId object;
@@ -257,6 +259,14 @@ struct PortRouter::State {
              std::string_view body = {}) {
     if (!jobs.contains(job)) return;
     actions.replies.push_back({job, EncodeJobReply(request, status, body), std::nullopt});
+  }
+  // A reply whose body is `out`: what it shares is written in place by the agent.
+  void Reply(const std::string& job, std::uint32_t request, WireWriter& out) {
+    if (!jobs.contains(job)) return;
+    PortRouter::JobReplyAction reply{job, EncodeJobReply(request, JobStatus::kOk, out.out()),
+                                     std::nullopt, std::move(out.shared())};
+    for (SharedSpan& span : reply.shared) span.at += kJobReplyHeaderSize;
+    actions.replies.push_back(std::move(reply));
   }
   void Error(const std::string& job, std::uint32_t request, JobStatus status, std::string message) {
     Reply(job, request, status, message);
@@ -427,17 +437,17 @@ struct PortRouter::State {
         return;
       }
       case JobOp::kSend: {
-        auto send = DecodeSendRequest(request.body);
+        auto send = DecodeSendRequest(request.body, request.payload);
         if (!send) return bad("send: malformed message");
         return StartSend(job_name, job, request.id, std::move(*send));
       }
       case JobOp::kSendBatch:
-        return StartBatch(job_name, job, request.id, std::move(request.body));
+        return StartBatch(job_name, job, request.id, request.payload, request.body);
       case JobOp::kSendReceive: {
         auto name = in.U32();
         auto timeout = in.U32();
         auto send =
-            timeout ? DecodeSendRequest(std::string_view(request.body).substr(8)) : std::nullopt;
+            timeout ? DecodeSendRequest(request.body.substr(8), request.payload) : std::nullopt;
         if (!send) return bad("send_receive: malformed request");
         Entry* entry = Find(job, *name);
         if (!entry || entry->type != RightType::kReceive) return invalid(*name, "a receive right");
@@ -456,7 +466,7 @@ struct PortRouter::State {
         auto max = in.U32();
         if (!max || *max == 0) return bad("receive_many: needs a name, a timeout and a maximum");
         if (auto batch = TakeQueuedHere(job_name, job, *name, *max)) {
-          return Reply(job_name, request.id, JobStatus::kOk, *batch);
+          return Reply(job_name, request.id, *batch);
         }
         return StartReceive(job_name, job, request.id, *name, *timeout, /*many=*/true);
       }
@@ -722,18 +732,19 @@ struct PortRouter::State {
 
   // receive_many's short cut: when the port is homed here and messages wait, they go to the
   // job in one reply ([u32 count][messages]) without a trip through the home's envelopes. A
-  // message with a remote region (copied first) ends the batch. Nothing queued: nullopt.
-  std::optional<std::string> TakeQueuedHere(const std::string& job_name, JobState& job,
-                                            std::uint32_t name, std::uint32_t max) {
+  // message with a remote region (copied first) ends the batch, and so does reaching
+  // kMaxBatchBytes (a job reads its answers whole). Nothing queued: nullopt.
+  std::optional<WireWriter> TakeQueuedHere(const std::string& job_name, JobState& job,
+                                           std::uint32_t name, std::uint32_t max) {
     Entry* entry = Find(job, name);
     if (!entry || entry->type != RightType::kReceive || entry->id.home != self) return {};
     auto port = ports.find(entry->id.serial);
     if (port == ports.end() || port->second.holder != Holder{self, job_name}) return {};
     auto& queue = port->second.queue;
-    WireWriter out;
+    WireWriter out(/*share_data=*/true);
     out.U32(0);  // the count, filled in below
     std::uint32_t count = 0;
-    while (count < max && !queue.empty()) {
+    while (count < max && !queue.empty() && out.size() < kMaxBatchBytes) {
       if (auto* run = std::get_if<TrainRun>(&queue.front())) {
         const std::uint32_t n = std::min(max - count, run->count);
         router::WriteRun(out, *run, n, name);
@@ -756,7 +767,7 @@ struct PortRouter::State {
     WireWriter header;
     header.U32(count);
     out.out().replace(0, 4, header.out());
-    return out.Take();
+    return out;
   }
 
   // A job's message that carries data only (bytes, out-of-line), as it travels; nullopt if an
@@ -767,7 +778,7 @@ struct PortRouter::State {
     transit.items.reserve(message.items.size());
     for (Item& item : message.items) {
       if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return std::nullopt;
-      transit.items.push_back(TransitItem::Data(item.kind, std::move(item.data)));
+      transit.items.push_back(TransitItem::Of(item));
     }
     return transit;
   }
@@ -785,7 +796,7 @@ struct PortRouter::State {
                             .item_count = static_cast<std::uint32_t>(transit.items.size())});
     for (const TransitItem& item : transit.items) {
       out.U8(static_cast<std::uint8_t>(item.kind));
-      out.Bytes(item.bytes);
+      out.Data(item.bytes, item.owner);
     }
     return true;
   }
@@ -977,7 +988,7 @@ struct PortRouter::State {
       if (status != JobStatus::kOk) return Error(job_name, request, status, error);
     }
     for (const Item& item : message.items) {
-      TransitItem out = TransitItem::Data(item.kind, item.data);
+      TransitItem out = TransitItem::Of(item);
       if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
         const JobStatus status =
             CarryRight(job_name, job, item.name, item.disposition, *send, moved, out.right, error);
@@ -1015,11 +1026,10 @@ struct PortRouter::State {
 
   // send_many's fast path: a train of data-only messages to one port, one envelope to its
   // home and one answer (how many were accepted). Nothing to carry, so no pre-ops.
+  // `body` lies inside `owner`, the request's frame: the messages' data stay there.
   void StartBatch(const std::string& job_name, JobState& job, std::uint32_t request,
-                  std::string body) {
-    // The messages' data stay in the request's buffer: one allocation per train.
-    const auto owner = std::make_shared<const std::string>(std::move(body));
-    WireReader in(*owner);
+                  const std::shared_ptr<const std::string>& owner, std::string_view body) {
+    WireReader in(body);
     auto policy = in.U8();
     auto timeout = in.U32();
     auto notify_name = in.U32();
@@ -1689,10 +1699,10 @@ struct PortRouter::State {
     }
     Message message =
         Convert(job_it->second, delivery->job, transit, delivery->receive_name, delivery->copied);
-    WireWriter out;
+    WireWriter out(/*share_data=*/true);
     if (delivery->many) out.U32(1);
     out.WriteMessage(message);
-    Reply(delivery->job, delivery->request, JobStatus::kOk, out.out());
+    Reply(delivery->job, delivery->request, out);
   }
 
   bool NeedsFetch(const TransitMessage& message) const {
@@ -1734,10 +1744,7 @@ struct PortRouter::State {
     for (std::size_t i = 0; i < transit.items.size(); ++i) {
       TransitItem& item = transit.items[i];
       if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-        Item out;
-        out.kind = item.kind;
-        out.data = item.SharedData();
-        message.items.push_back(std::move(out));
+        message.items.push_back(Item::Shared(item.kind, item.owner, item.bytes));
         continue;
       }
       if (item.right.type == RightType::kRegion && item.right.id.home != self) {
@@ -1772,10 +1779,7 @@ struct PortRouter::State {
       result.message.destination = result.end;
       result.message.id = e.message->id;
       for (const TransitItem& item : e.message->items) {
-        Item out;
-        out.kind = item.kind;
-        out.data = item.SharedData();
-        result.message.items.push_back(std::move(out));
+        result.message.items.push_back(Item::Shared(item.kind, item.owner, item.bytes));
       }
     }
     auto op_it = job.ops.find(e.b);
@@ -1819,10 +1823,10 @@ struct PortRouter::State {
       return Error(job_name, request, op.status,
                    op.status == JobStatus::kLinkBroken ? "the link is broken" : "failed");
     }
-    WireWriter out;
+    WireWriter out(/*share_data=*/true);
     if (poll) out.U8(1);
     out.WriteOpResult(op.result);
-    Reply(job_name, request, JobStatus::kOk, out.out());
+    Reply(job_name, request, out);
   }
 
   // ---- dispatch -------------------------------------------------------------------------
@@ -1983,8 +1987,32 @@ void PortRouter::JobGone(const std::string& job) {
   state_->Drain();
 }
 
+std::string PortRouter::JobReplyAction::Whole() const {
+  std::string whole;
+  whole.reserve(size());
+  std::size_t from = 0;
+  for (const SharedSpan& span : shared) {
+    whole.append(payload, from, span.at - from);
+    whole.append(span.bytes);
+    from = span.at;
+  }
+  whole.append(payload, from);
+  return whole;
+}
+
+std::size_t PortRouter::JobReplyAction::size() const {
+  std::size_t total = payload.size();
+  for (const SharedSpan& span : shared) total += span.bytes.size();
+  return total;
+}
+
 Expected<void> PortRouter::JobRequest(const std::string& job, std::string_view payload) {
-  auto request = DecodeJobRequest(payload);
+  return JobRequest(job, std::make_shared<const std::string>(payload));
+}
+
+Expected<void> PortRouter::JobRequest(const std::string& job,
+                                      std::shared_ptr<const std::string> payload) {
+  auto request = DecodeJobRequest(std::move(payload));
   if (!request) return Unexpected<Error>{request.error()};
   auto it = state_->jobs.find(job);
   if (it == state_->jobs.end()) return Fail("job " + job + " has no IPC channel here");
@@ -1994,7 +2022,12 @@ Expected<void> PortRouter::JobRequest(const std::string& job, std::string_view p
 }
 
 Expected<void> PortRouter::NodeFrame(std::uint64_t from, std::string_view payload) {
-  auto envelope = router::DecodeEnvelope(payload);
+  return NodeFrame(from, std::make_shared<const std::string>(payload));
+}
+
+Expected<void> PortRouter::NodeFrame(std::uint64_t from,
+                                     std::shared_ptr<const std::string> payload) {
+  auto envelope = router::DecodeEnvelope(std::move(payload));
   if (!envelope) return Fail("malformed IPC frame from node " + std::to_string(from));
   envelope->origin = from;  // a peer speaks only for itself
   state_->Dispatch(*envelope, from);

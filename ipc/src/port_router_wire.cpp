@@ -86,9 +86,12 @@ TransitItem TransitItem::Data(ItemKind kind, std::shared_ptr<const std::string> 
   return item;
 }
 
-std::shared_ptr<const std::string> TransitItem::SharedData() const {
-  if (owner && bytes.data() == owner->data() && bytes.size() == owner->size()) return owner;
-  return std::make_shared<const std::string>(bytes);
+TransitItem TransitItem::Of(const Item& item) {
+  TransitItem transit;
+  transit.kind = item.kind;
+  transit.owner = item.data;
+  transit.bytes = item.view;
+  return transit;
 }
 
 std::string EncodeEnvelope(const Envelope& e) {
@@ -115,8 +118,8 @@ std::string EncodeEnvelope(const Envelope& e) {
   return w.Take();
 }
 
-std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
-  WireReader r(payload);
+std::optional<Envelope> DecodeEnvelope(std::shared_ptr<const std::string> payload) {
+  WireReader r(*payload);
   Envelope e;
   auto kind = r.U8();
   auto ticket = r.U64();
@@ -149,9 +152,8 @@ std::optional<Envelope> DecodeEnvelope(std::string_view payload) {
     return e;
   }
   if (*has_message > 2) return std::nullopt;
-  // The message part is copied once; its data items are views into that copy.
-  auto owner = std::make_shared<const std::string>(r.rest());
-  WireReader body(*owner);
+  const auto owner = std::move(payload);
+  WireReader body(r.rest());
   if (*has_message == 1) {
     auto m = ReadTransit(body, owner);
     if (!m) return std::nullopt;

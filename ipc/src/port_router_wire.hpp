@@ -63,9 +63,9 @@ struct TransitItem {
 
   // A data item that is all of `data`.
   static TransitItem Data(ItemKind kind, std::shared_ptr<const std::string> data);
-  // The bytes as a string of their own to hand to an Item: the owner itself when the item is
-  // all of it, else a copy.
-  std::shared_ptr<const std::string> SharedData() const;
+  // A job's item as it travels: its data stay in the item's buffer (rights are filled in by
+  // the caller).
+  static TransitItem Of(const Item& item);
 };
 
 struct TransitMessage {
@@ -96,6 +96,7 @@ void WriteId(WireWriter& w, ObjectId id);
 std::optional<ObjectId> ReadId(WireReader& r);
 
 std::string EncodeEnvelope(const Envelope& envelope);
-std::optional<Envelope> DecodeEnvelope(std::string_view payload);
+// The message an envelope carries keeps `payload`: its data items are views into it.
+std::optional<Envelope> DecodeEnvelope(std::shared_ptr<const std::string> payload);
 
 }  // namespace tern::ipc::router

@@ -117,7 +117,7 @@ void WriteRun(WireWriter& out, TrainRun& run, std::uint32_t n, std::uint32_t rec
     out.WriteMessageHeader({.destination = receive_name,
                             .id = first.header.id,
                             .item_count = first.header.item_count});
-    out.out().append(first.items);
+    out.Raw(first.items, run.owner);
     run.bytes.remove_prefix(first.size);
   }
   run.count -= n;

@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <span>
 #include <tern/ipc/frame.hpp>
+#include <vector>
 
 namespace tern::ipc {
 namespace {
@@ -106,6 +109,69 @@ TEST(FrameTest, LimitCanBeRaised) {
   ASSERT_TRUE(decoder.Feed(EncodeFrame(FrameType::kHeartbeat, std::string(100, 'a'))));
   EXPECT_TRUE(decoder.Next());
   EXPECT_EQ(decoder.max_payload(), 100u);
+}
+
+// What a reader does with Prepare/Commit: receive into the decoder, `step` bytes at most per
+// read (a socket gives what it has). Returns the frames in order.
+std::vector<Frame> ReceiveInPlace(FrameDecoder& decoder, std::string_view wire, std::size_t step) {
+  std::vector<Frame> frames;
+  while (!wire.empty()) {
+    const std::span<char> space = decoder.Prepare();
+    EXPECT_FALSE(space.empty());
+    const std::size_t n = std::min({space.size(), step, wire.size()});
+    std::copy_n(wire.data(), n, space.data());
+    wire.remove_prefix(n);
+    EXPECT_TRUE(decoder.Commit(n));
+    while (auto frame = decoder.Next()) frames.push_back(std::move(*frame));
+  }
+  return frames;
+}
+
+TEST(FrameTest, LargeFramesAreReceivedInPlaceBetweenSmallOnes) {
+  std::string large(3 * kDirectPayload + 17, '\0');
+  for (std::size_t i = 0; i < large.size(); ++i) large[i] = static_cast<char>(i * 7);
+  std::string wire = EncodeFrame(FrameType::kHeartbeat, "small");
+  AppendFrame(wire, FrameType::kIpcRemote, large);
+  AppendFrame(wire, FrameType::kHeartbeat, "after");
+  AppendFrame(wire, FrameType::kIpcRemote, large);
+  for (std::size_t step : {std::size_t{1000}, std::size_t{70000}, wire.size()}) {
+    FrameDecoder decoder;
+    auto frames = ReceiveInPlace(decoder, wire, step);
+    ASSERT_EQ(frames.size(), 4u) << "step " << step;
+    EXPECT_EQ(frames[0].payload, "small");
+    EXPECT_EQ(frames[1].type, FrameType::kIpcRemote);
+    EXPECT_EQ(frames[1].payload, large);
+    EXPECT_EQ(frames[2].payload, "after");
+    EXPECT_EQ(frames[3].payload, large);
+    EXPECT_EQ(decoder.buffered(), 0u);
+  }
+}
+
+TEST(FrameTest, AHalfReceivedLargeFrameIsTakenOutWhole) {
+  // A channel handed to another reader (a job's migration) continues from TakeBuffered.
+  const std::string large(2 * kDirectPayload, 'L');
+  const std::string wire = EncodeFrame(FrameType::kIpcRequest, large);
+  const std::size_t cut = kDirectPayload + 100;
+  FrameDecoder first;
+  EXPECT_TRUE(ReceiveInPlace(first, std::string_view(wire).substr(0, cut), 4096).empty());
+  EXPECT_EQ(first.buffered(), cut);
+  FrameDecoder second;
+  ASSERT_TRUE(second.Feed(first.TakeBuffered()));
+  EXPECT_EQ(first.buffered(), 0u);
+  ASSERT_TRUE(second.Feed(std::string_view(wire).substr(cut)));
+  auto frame = second.Next();
+  ASSERT_TRUE(frame);
+  EXPECT_EQ(frame->payload, large);
+}
+
+TEST(FrameTest, AnOversizeHeaderIsMalformedWhenReceivedInPlace) {
+  FrameDecoder decoder(1024);
+  std::string header;
+  AppendFrameHeader(header, FrameType::kIpcRemote, 4096);
+  const std::span<char> space = decoder.Prepare();
+  std::copy(header.begin(), header.end(), space.begin());
+  EXPECT_FALSE(decoder.Commit(header.size()));
+  EXPECT_FALSE(decoder.Commit(0));
 }
 
 }  // namespace

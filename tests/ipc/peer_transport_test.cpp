@@ -167,6 +167,29 @@ TEST(PeerTransportTest, TenThousandSmallFramesArriveInOrder) {
   });
 }
 
+// Large payloads keep their own buffers in the send queue and are read into their own frames:
+// mixed with small ones, every frame still arrives whole and in order.
+TEST(PeerTransportTest, LargeAndSmallFramesArriveWholeAndInOrder) {
+  Agent a(1, "s"), b(2, "s");
+  b.ConnectTo(a.Address());
+  ASSERT_TRUE(b.WaitFor([&] { return b.ups.size() == 1; }));
+  const auto payload = [](int i) {
+    if (i % 3 != 1) return std::to_string(i);
+    std::string large((i % 2 ? 300 : 70) << 10, '\0');
+    for (std::size_t j = 0; j < large.size(); ++j) large[j] = static_cast<char>(i + j);
+    return large;
+  };
+  constexpr int kFrames = 60;
+  std::thread sender([&] {
+    for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(b.Send(1, payload(i)));
+  });
+  sender.join();
+  ASSERT_TRUE(a.WaitFor([&] { return a.frames.size() == kFrames; }));
+  a.Locked([&] {
+    for (int i = 0; i < kFrames; ++i) ASSERT_TRUE(a.frames[i].second == payload(i)) << i;
+  });
+}
+
 TEST(PeerTransportTest, OversizePayloadIsRejectedBySend) {
   Agent a(1, "s"), b(2, "s");
   a.ConnectTo(b.Address());

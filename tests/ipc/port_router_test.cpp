@@ -83,7 +83,7 @@ class Net {
         if (actions.empty()) continue;
         busy = true;
         for (auto& reply : actions.replies) {
-          auto decoded = DecodeJobReply(reply.payload);
+          auto decoded = DecodeJobReply(reply.Whole());
           ASSERT_TRUE(decoded);
           replies[reply.job].push_back(*decoded);
           if (reply.region_fd) region_fds[reply.job].push_back(*reply.region_fd);
@@ -890,6 +890,65 @@ TEST(PortRouter, ATrainIsTakenInOrderByWaitersReceivesAndReceiveMany) {
     EXPECT_NE(refused.body.find("data only"), std::string::npos) << refused.body;
     EXPECT_EQ(ReadU32(net.Call("server", JobOp::kPortStatus, U32(port)).body), 0u);
   }
+}
+
+// A job's large data go from its request's frame to the receiver's answer without a copy in
+// the agent: the reply names the sender's own bytes, which the agent writes from there.
+TEST(PortRouter, LargeDataReachTheReceiverWithoutACopyInTheAgent) {
+  Net net(1);
+  net.Attach(1, "a");
+  net.Attach(1, "b");
+  const auto port = Allocate(net, "b");
+  const auto send = MakeSend(net, "b", port);
+  ASSERT_EQ(Register(net, "b", "big", send), "");
+  const auto right = ReadU32(Lookup(net, "a", "big").body);
+  const std::string data(1 << 20, 'd');
+  const auto request = std::make_shared<const std::string>(
+      EncodeJobRequest(1000, JobOp::kSend, SendBody(right, data)));
+  auto& router = *net.routers[1];
+  ASSERT_TRUE(router.JobRequest("a", request));
+  net.Pump();
+  ASSERT_TRUE(router.JobRequest("b", std::make_shared<const std::string>(EncodeJobRequest(
+                                         1001, JobOp::kReceive, Body({port, 0})))));
+  auto actions = router.TakeActions();
+  ASSERT_EQ(actions.replies.size(), 1u);
+  const auto& reply = actions.replies[0];
+  ASSERT_EQ(reply.shared.size(), 1u);
+  const std::string_view shared = reply.shared[0].bytes;
+  EXPECT_EQ(shared.size(), data.size());
+  EXPECT_GE(shared.data(), request->data());
+  EXPECT_LE(shared.data() + shared.size(), request->data() + request->size());
+  EXPECT_LT(reply.payload.size(), 100u);
+  // Put back in place, it is the message the receiver expects.
+  auto decoded = DecodeJobReply(reply.Whole());
+  ASSERT_TRUE(decoded);
+  EXPECT_EQ(ReadMessage(*decoded).items.at(0).bytes(), data);
+}
+
+// receive_many stops adding messages once its answer is large (16 MiB), so that a queue of
+// large messages never becomes one answer the agent must hold whole.
+TEST(PortRouter, ReceiveManyOfLargeMessagesIsBoundedInBytes) {
+  Net net(1);
+  net.Attach(1, "a");
+  const auto port = Allocate(net, "a", 100);
+  const auto send = MakeSend(net, "a", port);
+  const std::string data(4 << 20, 'x');
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_EQ(net.Call("a", JobOp::kSend, SendBody(send, data)).status, JobStatus::kOk);
+  }
+  std::uint32_t taken = 0;
+  int answers = 0;
+  while (taken < 8) {
+    auto reply = net.Call("a", JobOp::kReceiveMany, Body({port, 0, 100}));
+    ASSERT_EQ(reply.status, JobStatus::kOk) << reply.body;
+    const std::uint32_t count = ReadU32(reply.body);
+    EXPECT_GE(count, 1u);
+    EXPECT_LE(count, 4u);
+    taken += count;
+    ++answers;
+  }
+  EXPECT_EQ(taken, 8u);
+  EXPECT_GE(answers, 2);
 }
 
 }  // namespace

@@ -86,8 +86,8 @@ Expected<void> Agent::Start() {
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
   cluster_->SetLoadProvider([this] { return LocalLoad(); });
   cluster_->SetIpcHandlers(
-      [this](std::uint64_t node, ipc::FrameType type, const std::string& payload) {
-        return ipc_->OnNodeFrame(node, type, payload);
+      [this](std::uint64_t node, ipc::FrameType type, std::string payload) {
+        return ipc_->OnNodeFrame(node, type, std::move(payload));
       },
       [this](std::uint64_t node, bool up) {
         if (up) {

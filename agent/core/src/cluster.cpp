@@ -60,8 +60,8 @@ Expected<void> Cluster::Start() {
     if (link_listener_) link_listener_(node_id, false);
     Apply(membership_.OnPeerDown(node_id, Now()));
   };
-  transport_->on_frame = [this](std::uint64_t node_id, const ipc::Frame& frame) {
-    OnFrame(node_id, static_cast<std::uint16_t>(frame.type), frame.payload);
+  transport_->on_frame = [this](std::uint64_t node_id, ipc::Frame& frame) {
+    OnFrame(node_id, static_cast<std::uint16_t>(frame.type), std::move(frame.payload));
   };
   if (auto started = transport_->Start(); !started) return started;
   for (const auto& seed : config_.seeds) {
@@ -142,7 +142,7 @@ bool Cluster::SendIpc(std::uint64_t node_id, ipc::FrameType type, std::string pa
   return transport_->Send(node_id, type, std::move(payload));
 }
 
-void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::string& payload) {
+void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string payload) {
   switch (static_cast<ipc::FrameType>(type)) {
     case ipc::FrameType::kHeartbeat: {
       json body = json::parse(payload, nullptr, false);
@@ -172,7 +172,8 @@ void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, const std::stri
     case ipc::FrameType::kIpcRemote:
     case ipc::FrameType::kIpcBlast:
       if (ipc_frames_) {
-        if (auto handled = ipc_frames_(node_id, static_cast<ipc::FrameType>(type), payload);
+        if (auto handled =
+                ipc_frames_(node_id, static_cast<ipc::FrameType>(type), std::move(payload));
             !handled) {
           spdlog::warn("closing the link to {}: {}", NameOf(node_id), handled.error().message);
           transport_->Disconnect(node_id, handled.error().message);

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <span>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
@@ -86,10 +87,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     boost::asio::posix::stream_descriptor socket;
     // A job may send one message of up to kMaxMessageBytes.
     ipc::FrameDecoder decoder{ipc::kMaxMessageBytes + (1u << 20)};
+    // Bytes to write to the job: its own, or a job's data shared from where they are (a
+    // message's frame; large data items are never copied into a reply).
     struct Chunk {
       std::string bytes;
+      std::shared_ptr<const std::string> owner;  // when set, the chunk is `shared`
+      std::string_view shared;
       int fd = -1;  // sent with the chunk's first byte
       std::size_t offset = 0;
+
+      std::string_view data() const { return owner ? shared : std::string_view(bytes); }
+      std::size_t left() const { return data().size() - offset; }
     };
     std::deque<Chunk> out;
     bool writing = false;
@@ -150,16 +158,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Reads what the job wrote and hands every complete request to the router; false when the
   // channel was closed (end of file, or a broken protocol).
   bool Consume(const std::string& job, const std::shared_ptr<Channel>& channel) {
-    char buffer[65536];
     for (;;) {
-      const ssize_t got = ::recv(channel->socket.native_handle(), buffer, sizeof buffer, 0);
+      // Straight into the decoder: a large request lands in its own frame, never copied.
+      const std::span<char> space = channel->decoder.Prepare();
+      const ssize_t got = ::recv(channel->socket.native_handle(), space.data(), space.size(), 0);
       if (got > 0) {
-        if (auto fed = channel->decoder.Feed(std::string_view(buffer, got)); !fed) {
+        if (auto fed = channel->decoder.Commit(static_cast<std::size_t>(got)); !fed) {
           spdlog::warn("job {}: closing its IPC channel: {}", job, fed.error().message);
           Close(job);
           return false;
         }
-        if (static_cast<std::size_t>(got) < sizeof buffer) break;
+        if (static_cast<std::size_t>(got) < space.size()) break;
         continue;
       }
       if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
@@ -176,7 +185,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         Close(job);
         return false;
       }
-      if (auto handled = router_.JobRequest(job, frame->payload); !handled) {
+      auto payload = std::make_shared<const std::string>(std::move(frame->payload));
+      if (auto handled = router_.JobRequest(job, std::move(payload)); !handled) {
         spdlog::warn("job {}: closing its IPC channel: {}", job, handled.error().message);
         Close(job);
         return false;
@@ -203,7 +213,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     if (exported.outcome != ipc::PortRouter::ExportOutcome::kExported) return exported;
     // What the job has not read: first what waits in its socket, then what we did not write.
     std::string to_job = TakeUnread(job_end->get());
-    for (const auto& chunk : channel->out) to_job.append(chunk.bytes, chunk.offset);
+    for (const auto& chunk : channel->out) to_job.append(chunk.data().substr(chunk.offset));
     channel->out.clear();
     const std::string from_job = channel->decoder.TakeBuffered();
     spdlog::info(
@@ -282,23 +292,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     for (auto& reply : actions.replies) {
       auto it = channels_.find(reply.job);
       if (it == channels_.end()) continue;
-      Channel::Chunk chunk;
-      chunk.bytes = ipc::EncodeFrame(ipc::FrameType::kIpcReply, reply.payload);
-      if (reply.region_fd) chunk.fd = regions_.Fd(*reply.region_fd);
-      auto& out = it->second->out;
-      if (chunk.fd < 0 && !out.empty() && out.back().fd < 0 && out.back().offset == 0 &&
-          out.back().bytes.size() < 65536) {
-        out.back().bytes += chunk.bytes;
-      } else {
-        out.push_back(std::move(chunk));
-      }
+      Queue(*it->second, reply);
       to_flush.emplace(reply.job, it->second);
     }
     for (auto& [job, channel] : to_flush) {
       Flush(job, channel);
       // A job that asks and never reads its answers would make the agent hold them forever.
       std::size_t pending = 0;
-      for (const auto& chunk : channel->out) pending += chunk.bytes.size() - chunk.offset;
+      for (const auto& chunk : channel->out) pending += chunk.left();
       if (pending > kMaxUnreadReplyBytes) {
         spdlog::warn("job {}: closing its IPC channel: {} bytes of answers it does not read", job,
                      pending);
@@ -315,6 +316,41 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     const auto now = TimerSchedule::Clock::now();
     for (const auto& timer : actions.timers) schedule_.Add(timer.id, now + timer.after);
     ArmTimer();
+  }
+
+  // Queues a reply frame: the agent's bytes, with the job data it shares written from where
+  // they are. Small replies join the last chunk, so that a batch leaves in one write.
+  void Queue(Channel& channel, ipc::PortRouter::JobReplyAction& reply) {
+    auto& out = channel.out;
+    const auto add_bytes = [&](std::string_view bytes, int fd) {
+      if (bytes.empty()) return;
+      if (fd < 0 && !out.empty() && !out.back().owner && out.back().fd < 0 &&
+          out.back().offset == 0 && out.back().bytes.size() < 65536) {
+        out.back().bytes.append(bytes);
+        return;
+      }
+      Channel::Chunk chunk;
+      chunk.bytes = bytes;
+      chunk.fd = fd;
+      out.push_back(std::move(chunk));
+    };
+    std::string header;
+    ipc::AppendFrameHeader(header, ipc::FrameType::kIpcReply,
+                           static_cast<std::uint32_t>(reply.size()));
+    const std::string_view payload = reply.payload;
+    std::size_t from = 0;
+    for (auto& span : reply.shared) {
+      header.append(payload.substr(from, span.at - from));
+      add_bytes(header, -1);
+      header.clear();
+      Channel::Chunk chunk;
+      chunk.owner = std::move(span.owner);
+      chunk.shared = span.bytes;
+      out.push_back(std::move(chunk));
+      from = span.at;
+    }
+    header.append(payload.substr(from));
+    add_bytes(header, reply.region_fd ? regions_.Fd(*reply.region_fd) : -1);
   }
 
   // One Asio timer for all the router's timers, armed at the earliest deadline.
@@ -368,9 +404,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     }
     assembly.bytes.append(chunk.substr(16));
     if (++assembly.next < *count) return {};
-    std::string payload = std::move(assembly.bytes);
+    auto payload = std::make_shared<const std::string>(std::move(assembly.bytes));
     blasts_.erase({from, *blast});
-    return router_.NodeFrame(from, payload);
+    return router_.NodeFrame(from, std::move(payload));
   }
 
   void ScheduleRun() {
@@ -382,30 +418,35 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     });
   }
 
+  // Writes what is queued, many chunks per call; a chunk with an fd starts a call of its own
+  // (the fd travels with its first byte).
   void Flush(const std::string& job, const std::shared_ptr<Channel>& channel) {
     if (channel->writing || channel->closed) return;
     const int fd = channel->socket.native_handle();
+    constexpr std::size_t kMaxIov = 64;
     while (!channel->out.empty()) {
-      auto& chunk = channel->out.front();
-      ssize_t put;
-      if (chunk.fd >= 0 && chunk.offset == 0) {
-        iovec iov{chunk.bytes.data(), chunk.bytes.size()};
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-        msghdr message{};
-        message.msg_iov = &iov;
-        message.msg_iovlen = 1;
+      iovec iov[kMaxIov];
+      std::size_t count = 0;
+      for (const auto& chunk : channel->out) {
+        if (count == kMaxIov || (count > 0 && chunk.fd >= 0)) break;
+        const std::string_view left = chunk.data().substr(chunk.offset);
+        iov[count++] = {const_cast<char*>(left.data()), left.size()};
+      }
+      msghdr message{};
+      message.msg_iov = iov;
+      message.msg_iovlen = count;
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      const auto& first = channel->out.front();
+      if (first.fd >= 0 && first.offset == 0) {
         message.msg_control = control;
         message.msg_controllen = sizeof control;
         cmsghdr* header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
         header->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(header), &chunk.fd, sizeof(int));
-        put = ::sendmsg(fd, &message, MSG_NOSIGNAL);
-      } else {
-        put = ::send(fd, chunk.bytes.data() + chunk.offset, chunk.bytes.size() - chunk.offset,
-                     MSG_NOSIGNAL);
+        std::memcpy(CMSG_DATA(header), &first.fd, sizeof(int));
       }
+      const ssize_t put = ::sendmsg(fd, &message, MSG_NOSIGNAL);
       if (put < 0 && errno == EINTR) continue;
       if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         channel->writing = true;
@@ -422,8 +463,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         spdlog::debug("job {}: IPC channel write failed: {}", job, std::strerror(errno));
         return Close(job);
       }
-      chunk.offset += static_cast<std::size_t>(put);
-      if (chunk.offset == chunk.bytes.size()) channel->out.pop_front();
+      auto written = static_cast<std::size_t>(put);
+      while (!channel->out.empty() && (written > 0 || channel->out.front().left() == 0)) {
+        auto& chunk = channel->out.front();
+        const std::size_t step = std::min(written, chunk.left());
+        chunk.offset += step;
+        written -= step;
+        if (chunk.left() == 0) channel->out.pop_front();
+      }
     }
   }
 
@@ -474,9 +521,12 @@ int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
 void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
 
 Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
-                                       const std::string& payload) {
-  auto handled = type == ipc::FrameType::kIpcBlast ? impl_->OnBlast(from, payload)
-                                                   : impl_->router_.NodeFrame(from, payload);
+                                       std::string payload) {
+  // A message's data stay in the frame that brought them (no copy on the way to the job).
+  auto handled =
+      type == ipc::FrameType::kIpcBlast
+          ? impl_->OnBlast(from, payload)
+          : impl_->router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));
   // Frames come in bursts (a link reads many at once): act once per burst, so that the
   // answers to a burst leave in one write to each job.
   impl_->ScheduleRun();

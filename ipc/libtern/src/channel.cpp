@@ -2,10 +2,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -34,7 +37,6 @@ std::atomic<std::uint64_t> next_channel_id{1};
 
 // A job's frames may carry a whole message (kMaxMessageBytes) plus its framing.
 constexpr std::size_t kMaxFramePayload = ipc::kMaxMessageBytes + (1u << 20);
-constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::size_t kMaxFdsPerRead = 8;
 
 std::shared_ptr<Channel::Impl> ImplFromEnvironment() {
@@ -83,21 +85,38 @@ bool Channel::Impl::connected() {
 }
 
 IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::string_view body) {
+  return Request(op, std::span<const std::string_view>(&body, 1));
+}
+
+IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op,
+                                                       std::span<const std::string_view> body) {
   auto request = Post(op, body);
   if (!request) return request.error();
   return Collect(*request);
 }
 
 IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body) {
+  return Post(op, std::span<const std::string_view>(&body, 1));
+}
+
+IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
+                                             std::span<const std::string_view> body) {
   std::unique_lock lock(mu_);
   if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
   // Filed before the write: the reply may be read by another thread before this one waits.
   const std::uint32_t request = FileSlot(op);
   lock.unlock();
 
-  const std::string frame =
-      ipc::EncodeFrame(ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
-  auto written = WriteFrame(frame);
+  // The frame's and the request's headers, then the body as it is.
+  std::size_t body_size = 0;
+  for (std::string_view piece : body) body_size += piece.size();
+  std::string header;
+  ipc::AppendFrameHeader(header, ipc::FrameType::kIpcRequest,
+                         static_cast<std::uint32_t>(ipc::kJobRequestHeaderSize + body_size));
+  header += ipc::EncodeJobRequest(request, op, {});
+  std::vector<std::string_view> pieces{header};
+  pieces.insert(pieces.end(), body.begin(), body.end());
+  auto written = Write(pieces);
   if (!written) {
     lock.lock();
     slots_.erase(request);
@@ -126,7 +145,9 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::AwaitReply(std::unique_lock<std::
     if (it->second.done) {
       Slot slot = std::move(it->second);
       slots_.erase(it);
-      if (slot.status != JobStatus::kOk) return IpcError{slot.status, std::move(slot.reply.body)};
+      if (slot.status != JobStatus::kOk) {
+        return IpcError{slot.status, std::string(slot.reply.body())};
+      }
       return std::move(slot.reply);
     }
     if (!closed_reason_.empty()) {
@@ -163,7 +184,8 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
     ipc::AppendFrame(frames, ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
   }
   lock.unlock();
-  auto written = WriteFrame(frames);
+  const std::string_view piece = frames;
+  auto written = Write(std::span<const std::string_view>(&piece, 1));
   lock.lock();
   if (!written) {
     for (std::uint32_t request : requests) slots_.erase(request);
@@ -175,23 +197,38 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
   return results;
 }
 
-IpcResult<void> Channel::Impl::WriteFrame(std::string_view frame) {
+IpcResult<void> Channel::Impl::Write(std::span<const std::string_view> pieces) {
   std::lock_guard lock(write_mu_);
-  while (!frame.empty()) {
+  std::vector<iovec> iov;
+  iov.reserve(pieces.size());
+  for (std::string_view piece : pieces) {
+    if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
+  }
+  std::size_t first = 0;
+  while (first < iov.size()) {
+    msghdr message{};
+    message.msg_iov = iov.data() + first;
+    message.msg_iovlen = std::min<std::size_t>(iov.size() - first, IOV_MAX);
     // MSG_NOSIGNAL: a closed channel is an error to report, not a SIGPIPE to die of.
-    const ssize_t n = ::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL);
+    const ssize_t n = ::sendmsg(fd_.get(), &message, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       return libtern::Unavailable(std::string("IPC channel write failed: ") + std::strerror(errno));
     }
-    frame.remove_prefix(static_cast<std::size_t>(n));
+    auto written = static_cast<std::size_t>(n);
+    while (first < iov.size() && written >= iov[first].iov_len) written -= iov[first++].iov_len;
+    if (written > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
+      iov[first].iov_len -= written;
+    }
   }
   return {};
 }
 
 void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
   lock.unlock();
-  std::array<char, kReadChunk> buffer;
+  // Straight into the decoder: a large reply lands in its own frame, never copied.
+  const std::span<char> space = decoder_.Prepare();
   alignas(struct cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * kMaxFdsPerRead)> control;
   ssize_t n = 0;
   int read_errno = 0;
@@ -212,7 +249,7 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
         break;
       }
     }
-    iovec iov{buffer.data(), buffer.size()};
+    iovec iov{space.data(), space.size()};
     msghdr header{};
     header.msg_iov = &iov;
     header.msg_iovlen = 1;
@@ -244,8 +281,7 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
   if (n < 0) {
     return CloseLocked(std::string("IPC channel read failed: ") + std::strerror(read_errno));
   }
-  if (auto fed = decoder_.Feed(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
-      !fed) {
+  if (auto fed = decoder_.Commit(n > 0 ? static_cast<std::size_t>(n) : 0); !fed) {
     return CloseLocked("IPC channel broken: " + fed.error().message);
   }
   while (auto frame = decoder_.Next()) Dispatch(std::move(*frame));
@@ -254,8 +290,18 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
 
 void Channel::Impl::Dispatch(ipc::Frame frame) {
   if (frame.type != ipc::FrameType::kIpcReply) return;  // nothing else is meant for a job
-  auto reply = ipc::DecodeJobReply(frame.payload);
-  if (!reply) return CloseLocked("IPC channel broken: " + reply.error().message);
+  ipc::WireReader header(frame.payload);
+  const auto id = header.U32();
+  const auto status = header.U16();
+  if (!status) return CloseLocked("IPC channel broken: IPC reply shorter than its header");
+  std::optional<ipc::JobReply> reply;
+  if (static_cast<JobStatus>(*status) == JobStatus::kOk) {
+    reply = ipc::JobReply{*id, JobStatus::kOk, {}};  // the body stays in the payload
+  } else if (auto failed = ipc::DecodeJobReply(frame.payload)) {
+    reply = std::move(*failed);
+  } else {
+    return CloseLocked("IPC channel broken: " + failed.error().message);
+  }
   auto it = slots_.find(reply->id);
   UniqueFd fd;
   if (reply->status == JobStatus::kOk && it != slots_.end() &&
@@ -266,7 +312,12 @@ void Channel::Impl::Dispatch(ipc::Frame frame) {
   if (it == slots_.end() || it->second.done) return;
   it->second.done = true;
   it->second.status = reply->status;
-  it->second.reply.body = std::move(reply->body);
+  if (reply->status == JobStatus::kOk) {
+    it->second.reply.payload = std::move(frame.payload);
+    it->second.reply.body_at = ipc::kJobReplyHeaderSize;
+  } else {
+    it->second.reply.payload = std::move(reply->body);
+  }
   it->second.reply.fd = std::move(fd);
 }
 

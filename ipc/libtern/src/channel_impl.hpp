@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tern/ipc.hpp>
@@ -28,8 +29,11 @@ namespace tern {
 class Channel::Impl {
  public:
   struct Reply {
-    std::string body;
+    std::string payload;  // the reply frame's, kept whole: a large body is not copied out
+    std::size_t body_at = 0;
     UniqueFd fd;  // region_map only
+
+    std::string_view body() const { return std::string_view(payload).substr(body_at); }
   };
 
   // A connection over `fd` (owned).
@@ -40,8 +44,11 @@ class Channel::Impl {
 
   // Sends one request and waits for its reply. A non-ok status becomes the IpcError.
   IpcResult<Reply> Request(ipc::JobOp op, std::string_view body);
+  // The same for a body in pieces, written one after another without joining them.
+  IpcResult<Reply> Request(ipc::JobOp op, std::span<const std::string_view> body);
   // Sends one request and returns its id at once; Collect(id) waits for the reply later.
   IpcResult<std::uint32_t> Post(ipc::JobOp op, std::string_view body);
+  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::span<const std::string_view> body);
   IpcResult<Reply> Collect(std::uint32_t request);
   // Sends several requests in one write and waits for all their replies (in request order).
   std::vector<IpcResult<Reply>> RequestMany(ipc::JobOp op, const std::vector<std::string>& bodies);
@@ -57,7 +64,8 @@ class Channel::Impl {
     Reply reply;
   };
 
-  IpcResult<void> WriteFrame(std::string_view frame);
+  // Writes `pieces` in order, as one stream of bytes (under write_mu_).
+  IpcResult<void> Write(std::span<const std::string_view> pieces);
   // A fresh request id with an empty slot for its reply (mu_ held).
   std::uint32_t FileSlot(ipc::JobOp op);
   // Waits (mu_ held through `lock`) until the reply to `request` is in, reading in turn with
@@ -91,6 +99,11 @@ std::uint32_t TimeoutMs(Timeout timeout);
 // PortWriter.
 std::string TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count,
                          std::string_view messages);
+// The same without the messages, which follow it.
+std::string TrainHeader(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count);
+// What a data-sharing `writer` wrote, with what it shared put in place: pieces to write in
+// order (views into the writer and into the shared data).
+std::vector<std::string_view> Pieces(ipc::WireWriter& writer);
 // A train's answer, [u32 accepted][u16 status][string why]: how many went in, and the refusal
 // that stopped the rest (none when all did). An error for a malformed or failed reply.
 struct TrainAnswer {

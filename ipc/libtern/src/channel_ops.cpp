@@ -23,7 +23,7 @@ IpcError Malformed(JobOp op) {
 // Decodes a reply that is exactly one u32 name.
 IpcResult<std::uint32_t> NameReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto name = reader.U32();
   if (!name) return Malformed(op);
   return *name;
@@ -64,7 +64,7 @@ IpcResult<void> Channel::deallocate(std::uint32_t name) const {
 IpcResult<RightInfo> Channel::right_info(std::uint32_t name) const {
   auto reply = impl_->Request(JobOp::kRightInfo, NameBody(name));
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto type = reader.U8();
   auto refs = reader.U32();
   auto home = reader.U64();
@@ -76,7 +76,7 @@ IpcResult<RightInfo> Channel::right_info(std::uint32_t name) const {
 IpcResult<PortStatus> Channel::port_status(std::uint32_t receive_name) const {
   auto reply = impl_->Request(JobOp::kPortStatus, NameBody(receive_name));
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto queued = reader.U32();
   auto limit = reader.U32();
   auto send_refs = reader.U32();
@@ -95,12 +95,13 @@ IpcResult<void> Channel::request_notification(std::uint32_t name, NotificationKi
 
 IpcResult<void> Channel::send(const Message& message, FullPolicy policy, Timeout timeout,
                               std::uint32_t notify_port) const {
-  ipc::SendRequest request;
-  request.message = message;  // items share their data: no bytes are copied
-  request.policy = policy;
-  request.timeout_ms = libtern::TimeoutMs(timeout);
-  request.notify_port = notify_port;
-  return EmptyReply(impl_->Request(JobOp::kSend, ipc::EncodeSendRequest(request)));
+  // EncodeSendRequest's layout; large data items are written from where they are.
+  WireWriter writer(/*share_data=*/true);
+  writer.WriteMessage(message);
+  writer.U8(static_cast<std::uint8_t>(policy));
+  writer.U32(libtern::TimeoutMs(timeout));
+  writer.U32(notify_port);
+  return EmptyReply(impl_->Request(JobOp::kSend, libtern::Pieces(writer)));
 }
 
 IpcResult<Message> Channel::receive(std::uint32_t port, Timeout timeout) const {
@@ -109,7 +110,7 @@ IpcResult<Message> Channel::receive(std::uint32_t port, Timeout timeout) const {
   writer.U32(libtern::TimeoutMs(timeout));
   auto reply = impl_->Request(JobOp::kReceive, writer.Take());
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto message = reader.ReadMessage();
   if (!message) return Malformed(JobOp::kReceive);
   return std::move(*message);
@@ -169,20 +170,36 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
 // Trains of up to kTrainMessages messages / kTrainBytes bytes, one request each. Waiting
 // senders pipeline every train in one write; with kFail or kNotify the trains go one at a time
 // and the first refusal ends the call, so that nothing after a refused message is sent.
-std::string libtern::TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count,
-                                  std::string_view messages) {
+std::string libtern::TrainHeader(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count) {
   WireWriter train;
   train.U8(static_cast<std::uint8_t>(policy));
   train.U32(timeout_ms);
   train.U32(0);  // no notify port
   train.U32(count);
-  train.out() += messages;
   return train.Take();
+}
+
+std::string libtern::TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, std::uint32_t count,
+                                  std::string_view messages) {
+  return TrainHeader(policy, timeout_ms, count) + std::string(messages);
+}
+
+std::vector<std::string_view> libtern::Pieces(WireWriter& writer) {
+  std::vector<std::string_view> pieces;
+  const std::string_view out = writer.out();
+  std::size_t from = 0;
+  for (const ipc::SharedSpan& span : writer.shared()) {
+    pieces.push_back(out.substr(from, span.at - from));
+    pieces.push_back(span.bytes);
+    from = span.at;
+  }
+  pieces.push_back(out.substr(from));
+  return pieces;
 }
 
 IpcResult<libtern::TrainAnswer> libtern::ReadTrainAnswer(IpcResult<Channel::Impl::Reply> reply) {
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto taken = reader.U32();
   auto status = reader.U16();
   auto why = reader.Bytes();
@@ -244,7 +261,7 @@ IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::u
   writer.U32(max == 0 ? 1 : max);
   auto reply = impl_->Request(JobOp::kReceiveMany, writer.Take());
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto count = reader.U32();
   if (!count) return Malformed(JobOp::kReceiveMany);
   std::vector<Message> messages;
@@ -260,17 +277,16 @@ IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::u
 IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t port,
                                          Timeout receive_timeout, FullPolicy policy,
                                          Timeout send_timeout) const {
-  ipc::SendRequest request;
-  request.message = message;
-  request.policy = policy;
-  request.timeout_ms = libtern::TimeoutMs(send_timeout);
-  WireWriter writer;
+  WireWriter writer(/*share_data=*/true);
   writer.U32(port);
   writer.U32(libtern::TimeoutMs(receive_timeout));
-  writer.out().append(ipc::EncodeSendRequest(request));
-  auto reply = impl_->Request(JobOp::kSendReceive, writer.Take());
+  writer.WriteMessage(message);  // then EncodeSendRequest's tail
+  writer.U8(static_cast<std::uint8_t>(policy));
+  writer.U32(libtern::TimeoutMs(send_timeout));
+  writer.U32(0);
+  auto reply = impl_->Request(JobOp::kSendReceive, libtern::Pieces(writer));
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto received = reader.ReadMessage();
   if (!received) return Malformed(JobOp::kSendReceive);
   return std::move(*received);
@@ -292,9 +308,9 @@ IpcResult<void> Channel::name_unregister(std::string_view name) const {
 }
 
 IpcResult<LinkEnds> Channel::link_create() const {
-  auto reply = impl_->Request(JobOp::kLinkCreate, {});
+  auto reply = impl_->Request(JobOp::kLinkCreate, std::string_view());
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto first = reader.U32();
   auto second = reader.U32();
   if (!second) return Malformed(JobOp::kLinkCreate);
@@ -302,10 +318,10 @@ IpcResult<LinkEnds> Channel::link_create() const {
 }
 
 IpcResult<OpHandle> Channel::link_send(std::uint32_t end, const Message& message) const {
-  WireWriter writer;
+  WireWriter writer(/*share_data=*/true);
   writer.U32(end);
   writer.WriteMessage(message);
-  return NameReply(impl_->Request(JobOp::kLinkSend, writer.Take()), JobOp::kLinkSend);
+  return NameReply(impl_->Request(JobOp::kLinkSend, libtern::Pieces(writer)), JobOp::kLinkSend);
 }
 
 IpcResult<OpHandle> Channel::link_receive(std::uint32_t end) const {
@@ -318,7 +334,7 @@ IpcResult<OpResult> Channel::wait(OpHandle handle, Timeout timeout) const {
   writer.U32(libtern::TimeoutMs(timeout));
   auto reply = impl_->Request(JobOp::kOpWait, writer.Take());
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto result = reader.ReadOpResult();
   if (!result) return Malformed(JobOp::kOpWait);
   return std::move(*result);
@@ -327,7 +343,7 @@ IpcResult<OpResult> Channel::wait(OpHandle handle, Timeout timeout) const {
 IpcResult<std::optional<OpResult>> Channel::poll(OpHandle handle) const {
   auto reply = impl_->Request(JobOp::kOpPoll, NameBody(handle));
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto done = reader.U8();
   if (!done) return Malformed(JobOp::kOpPoll);
   if (*done == 0) return std::optional<OpResult>();
@@ -349,7 +365,7 @@ IpcResult<std::uint32_t> Channel::region_create(std::uint64_t size) const {
 IpcResult<Region> Channel::region_map(std::uint32_t name) const {
   auto reply = impl_->Request(JobOp::kRegionMap, NameBody(name));
   if (!reply) return reply.error();
-  WireReader reader(reply->body);
+  WireReader reader(reply->body());
   auto size = reader.U64();
   if (!size) return Malformed(JobOp::kRegionMap);
   if (!reply->fd.valid()) {

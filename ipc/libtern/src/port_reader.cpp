@@ -85,15 +85,15 @@ IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
     request.U32(batch_);
     auto reply = channel_.impl_->Request(JobOp::kReceiveMany, request.Take());
     if (!reply) return reply.error();
-    buffer_ = std::move(reply->body);
-    WireReader reader(buffer_);
+    buffer_ = std::move(reply->payload);  // the answer's frame, read in place
+    WireReader reader(std::string_view(buffer_).substr(reply->body_at));
     auto count = reader.U32();
     if (!count || *count == 0) {
       buffer_.clear();
       return IpcError{JobStatus::kBadRequest, "malformed receive_many answer from the agent"};
     }
     left_ = *count;
-    offset_ = 4;
+    offset_ = reply->body_at + 4;
   }
   WireReader reader(std::string_view(buffer_).substr(offset_));
   if (!ReadView(reader, out)) {

@@ -21,7 +21,7 @@ IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
   if (error_) return *error_;
   train_.WriteMessageHeader({.destination = port_, .id = id, .item_count = 1});
   train_.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-  train_.Bytes(bytes);
+  train_.Borrowed(bytes);  // a large one is written from the caller's buffer, in Added()
   return Added();
 }
 
@@ -40,11 +40,13 @@ IpcResult<void> PortWriter::write(const Message& message) {
   return Added();
 }
 
-// One more message is in the train: it leaves when full.
+// One more message is in the train: it leaves when full, or at once when it holds data it
+// did not copy (the caller's, valid only until write() returns).
 IpcResult<void> PortWriter::Added() {
   ++train_count_;
   ++written_;
-  if (train_count_ >= options_.train_messages || train_.out().size() >= options_.train_bytes) {
+  if (train_count_ >= options_.train_messages || train_.out().size() >= options_.train_bytes ||
+      !train_.shared().empty()) {
     return Ship();
   }
   return {};
@@ -53,13 +55,18 @@ IpcResult<void> PortWriter::Added() {
 IpcResult<void> PortWriter::Ship() {
   if (train_count_ == 0) return {};
   while (in_flight_.size() >= options_.window && !error_) CollectOldest();
-  if (error_) return *error_;
+  if (error_) {
+    train_ = ipc::WireWriter(/*share_data=*/true);  // holds no view of the caller's data
+    return *error_;
+  }
   // A stream never drops: a full queue holds the train at the port's home until there is room.
-  auto request = channel_.impl_->Post(
-      ipc::JobOp::kSendBatch,
-      libtern::TrainRequest(FullPolicy::kWait, ipc::kWaitForever,
-                            static_cast<std::uint32_t>(train_count_), train_.out()));
+  const std::string header = libtern::TrainHeader(FullPolicy::kWait, ipc::kWaitForever,
+                                                  static_cast<std::uint32_t>(train_count_));
+  std::vector<std::string_view> pieces{header};
+  for (std::string_view piece : libtern::Pieces(train_)) pieces.push_back(piece);
+  auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
   train_.out().clear();
+  train_.shared().clear();
   train_count_ = 0;
   if (!request) {
     error_ = request.error();

@@ -111,7 +111,8 @@ void FakeAgent::Serve() {
       if (!decoder.Feed(std::string_view(buffer.data(), static_cast<std::size_t>(n)))) return;
       while (auto frame = decoder.Next()) {
         if (frame->type != ipc::FrameType::kIpcRequest) continue;
-        auto request = ipc::DecodeJobRequest(frame->payload);
+        auto request =
+            ipc::DecodeJobRequest(std::make_shared<const std::string>(std::move(frame->payload)));
         if (request) Handle(*request);
       }
     }
@@ -238,7 +239,7 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
       auto port = port_of(name.value_or(0), true);
       if (!port || !timeout) return Err(JobStatus::kInvalidName, "not a receive right");
       if (request.op == JobOp::kSendReceive) {
-        auto send = ipc::DecodeSendRequest(std::string_view(request.body).substr(8));
+        auto send = ipc::DecodeSendRequest(request.body.substr(8));
         if (!send) return Err(JobStatus::kBadRequest, "malformed send");
         const JobStatus status = Enqueue(*send);
         if (status != JobStatus::kOk) return Err(status, "send refused");

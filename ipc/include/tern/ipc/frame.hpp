@@ -7,9 +7,16 @@
 // with that reason), the oversize payload is never buffered, and every later Feed fails too.
 // Unknown frame types are delivered like any other: they are not the decoder's business.
 //
+// Two ways in: Feed copies bytes that were read elsewhere; Prepare/Commit let the reader
+// receive straight into the decoder. With the latter, a frame of kDirectPayload bytes or more
+// is received into its own payload string once its header is known, and Next() hands that
+// string out as it is: a large frame is never copied in user space.
+//
 // Example:
 //   FrameDecoder decoder;
-//   if (auto fed = decoder.Feed(bytes); !fed) return Close(fed.error().message);
+//   auto space = decoder.Prepare();
+//   ssize_t got = ::recv(fd, space.data(), space.size(), 0);
+//   if (auto fed = decoder.Commit(got); !fed) return Close(fed.error().message);
 //   while (auto frame = decoder.Next()) Handle(*frame);
 //
 // Thread-safety: the functions are pure; a FrameDecoder is not thread-safe (one reader owns it).
@@ -18,7 +25,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tern/expected.hpp>
@@ -29,6 +38,8 @@ namespace tern::ipc {
 
 inline constexpr std::size_t kFrameHeaderSize = 6;
 inline constexpr std::size_t kDefaultMaxPayload = 16 * 1024 * 1024;
+// Payloads this large are received in place (Prepare/Commit) rather than split off a buffer.
+inline constexpr std::size_t kDirectPayload = 64 * 1024;
 
 struct Frame {
   FrameType type;
@@ -39,6 +50,8 @@ struct Frame {
 std::string EncodeFrame(FrameType type, std::string_view payload);
 // Appends the frame's wire bytes to `out`.
 void AppendFrame(std::string& out, FrameType type, std::string_view payload);
+// Appends only the header of a frame whose `length` payload bytes the caller writes after it.
+void AppendFrameHeader(std::string& out, FrameType type, std::uint32_t length);
 
 class FrameDecoder {
  public:
@@ -47,6 +60,10 @@ class FrameDecoder {
   // Buffers `bytes` and splits off every complete frame. Fails once a frame header declares
   // more than max_payload() bytes; the decoder then stays failed.
   Expected<void> Feed(std::string_view bytes);
+  // Space to receive the next bytes into (never empty), valid until the next call; then
+  // Commit(n) with how many arrived there, which splits off the complete frames as Feed does.
+  std::span<char> Prepare();
+  Expected<void> Commit(std::size_t received);
   // The next complete frame, oldest first, or nullopt when none is complete yet.
   std::optional<Frame> Next();
 
@@ -54,13 +71,25 @@ class FrameDecoder {
   // Changes the limit for frames not yet decoded (a link raises it after authentication).
   void set_max_payload(std::size_t max_payload) { max_payload_ = max_payload; }
   // Bytes buffered that do not yet form a complete frame.
-  std::size_t buffered() const { return buffer_.size(); }
+  std::size_t buffered() const;
   // Takes those bytes out (a channel handed to another reader continues from them).
-  std::string TakeBuffered() { return std::exchange(buffer_, {}); }
+  std::string TakeBuffered();
 
  private:
+  // Splits every complete frame off buffer_, and starts a direct frame for a large one.
+  Expected<void> Split();
+  Expected<void> Broken(FrameType type, std::uint32_t length);
+
   std::size_t max_payload_;
   std::string buffer_;
+  std::unique_ptr<char[]> staging_;  // where Prepare lets small reads land
+  // A large frame being received in place: its type and payload, and how much has arrived.
+  struct Direct {
+    FrameType type;
+    std::string payload;
+    std::size_t filled = 0;
+  };
+  std::optional<Direct> direct_;
   std::deque<Frame> ready_;
   bool broken_ = false;
   std::string broken_reason_;

@@ -122,17 +122,22 @@ enum class ItemKind : std::uint8_t {
 // One typed item of a message body. In a job's send: `name` + `disposition` for rights. In
 // what a job receives: `name` is the receiver's name for the right, `disposition` tells what
 // arrived (kMoveReceive: a receive right; kMoveSend: a send right; kMoveSendOnce; ...).
-// Out-of-line data shares its buffer: copying an Item does not copy the bytes.
+// Data items share their buffer: copying an Item does not copy the bytes, and an item decoded
+// from a received frame may be a view into that frame, which `data` then keeps alive.
 struct Item {
   ItemKind kind = ItemKind::kBytes;
-  std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine
+  std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine: owns `view`
+  std::string_view view;                    // the item's bytes, inside *data
   std::uint32_t name = 0;
   Disposition disposition = Disposition::kNone;
 
   static Item Bytes(std::string bytes);
   static Item OutOfLine(std::string bytes);
+  // A data item that is `bytes`, inside the buffer `owner` (no copy).
+  static Item Shared(ItemKind kind, std::shared_ptr<const std::string> owner,
+                     std::string_view bytes);
   static Item Port(std::uint32_t name, Disposition disposition);
-  std::string_view bytes() const { return data ? std::string_view(*data) : std::string_view(); }
+  std::string_view bytes() const { return view; }
 };
 
 struct Message {
@@ -185,20 +190,48 @@ constexpr T BigEndian(T v) {
   return v;
 }
 
+// Bytes that a WireWriter did not copy: they belong before byte `at` of its out() (which lacks
+// them), and `owner` keeps them alive until they are written (none: the caller does).
+struct SharedSpan {
+  std::size_t at = 0;
+  std::shared_ptr<const std::string> owner;
+  std::string_view bytes;
+};
+
 // Big-endian writer and bounds-checked reader for bodies.
 class WireWriter {
  public:
+  // Data items of at least this size are not copied by a writer that shares data.
+  static constexpr std::size_t kShareMin = 32 * 1024;
+
+  WireWriter() = default;
+  // `share_data`: WriteItems leaves large data items out of out() and lists them in shared(),
+  // for a caller that writes them in place (the agent's replies to jobs).
+  explicit WireWriter(bool share_data) : share_data_(share_data) {}
+
   void U8(std::uint8_t v) { out_.push_back(static_cast<char>(v)); }
   void U16(std::uint16_t v) { Put(v); }
   void U32(std::uint32_t v) { Put(v); }
   void U64(std::uint64_t v) { Put(v); }
   void Bytes(std::string_view v);
+  // Bytes(v) for a data item whose bytes `owner` keeps alive: a data-sharing writer lists a
+  // large one in shared() instead of copying it.
+  void Data(std::string_view v, const std::shared_ptr<const std::string>& owner);
+  // `v` as it is (no length), shared the same way.
+  void Raw(std::string_view v, const std::shared_ptr<const std::string>& owner);
+  // Bytes(v) for bytes the caller keeps alive until it has written the output: a data-sharing
+  // writer lists large ones in shared() with no owner.
+  void Borrowed(std::string_view v);
   void WriteMessageHeader(const MessageHeader& header);
   void WriteItems(const std::vector<Item>& items);  // a message's items, after its header
   void WriteMessage(const Message& message);
   void WriteOpResult(const OpResult& result);
   std::string& out() { return out_; }
   std::string Take() { return std::move(out_); }
+  // What a data-sharing writer left out of out(), in order of `at`.
+  std::vector<SharedSpan>& shared() { return shared_; }
+  // The size of the whole output: out() and what it shared.
+  std::size_t size() const { return out_.size() + shared_bytes_; }
 
  private:
   // Inline: the hot paths write several numbers per message.
@@ -209,13 +242,20 @@ class WireWriter {
     std::memcpy(bytes, &v, sizeof(T));
     out_.append(bytes, sizeof(T));
   }
+  bool share_data_ = false;
   std::string out_;
+  std::vector<SharedSpan> shared_;
+  std::size_t shared_bytes_ = 0;
 };
 
 // Every read fails (returns nullopt / false) past the end; `ok()` tells whether any did.
 class WireReader {
  public:
   explicit WireReader(std::string_view in) : in_(in) {}
+  // A reader of `in`, which lies inside *owner: data items it reads are views that share
+  // `owner` instead of copies.
+  WireReader(std::string_view in, std::shared_ptr<const std::string> owner)
+      : in_(in), owner_(std::move(owner)) {}
   std::optional<std::uint8_t> U8() { return Take<std::uint8_t>(); }
   std::optional<std::uint16_t> U16() { return Take<std::uint16_t>(); }
   std::optional<std::uint32_t> U32() { return Take<std::uint32_t>(); }
@@ -245,13 +285,15 @@ class WireReader {
     return BigEndian(value);
   }
   std::string_view in_;
+  std::shared_ptr<const std::string> owner_;
 };
 
 // Request and reply frames' payloads.
 struct JobRequest {
   std::uint32_t id = 0;
   JobOp op{};
-  std::string body;
+  std::string_view body;                       // inside *payload
+  std::shared_ptr<const std::string> payload;  // the whole frame's; data items share it
 };
 struct JobReply {
   std::uint32_t id = 0;
@@ -260,11 +302,17 @@ struct JobReply {
 };
 
 std::string EncodeJobRequest(std::uint32_t id, JobOp op, std::string_view body);
-Expected<JobRequest> DecodeJobRequest(std::string_view payload);
+Expected<JobRequest> DecodeJobRequest(std::shared_ptr<const std::string> payload);
+// A request's payload before its body: [u32 request id][u16 op].
+constexpr std::size_t kJobRequestHeaderSize = 6;
+// A reply's payload before its body: [u32 request id][u16 status].
+constexpr std::size_t kJobReplyHeaderSize = 6;
 std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view body);
 Expected<JobReply> DecodeJobReply(std::string_view payload);
 
 std::string EncodeSendRequest(const SendRequest& request);
-std::optional<SendRequest> DecodeSendRequest(std::string_view body);
+// `owner`, if given, holds `body`: the message's data items then share it.
+std::optional<SendRequest> DecodeSendRequest(std::string_view body,
+                                             std::shared_ptr<const std::string> owner = {});
 
 }  // namespace tern::ipc

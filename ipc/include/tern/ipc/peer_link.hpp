@@ -32,6 +32,7 @@
 #include <string>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/peer_handshake.hpp>
+#include <vector>
 
 namespace tern::ipc {
 
@@ -89,7 +90,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void DoRead();
   void OnRead(const boost::system::error_code& error, std::size_t size);
   void OnHandshakeFrame(const Frame& frame);
-  void Enqueue(FrameType type, std::string_view payload);
+  void Enqueue(FrameType type, std::string payload);
   void DoWrite();
   void OnWrite(const boost::system::error_code& error);
   void CloseNow(const std::string& reason, CloseKind kind, bool flush);
@@ -104,10 +105,13 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   FrameDecoder decoder_;
   std::string remote_;
   State state_ = State::kHandshaking;
-  std::array<char, 64 * 1024> read_buffer_{};
-  std::string held_;     // application frames sent before the handshake ended
-  std::string queued_;   // encoded frames waiting for the next write
-  std::string writing_;  // the buffer of the write in flight
+  std::string held_;  // application frames sent before the handshake ended
+  // Encoded frames waiting for the next write, and those of the write in flight: small frames
+  // share a buffer; a large payload keeps its own (it is never copied into the queue).
+  std::vector<std::string> queued_;
+  std::vector<std::string> writing_;
+  std::size_t queued_bytes_ = 0;
+  std::size_t writing_bytes_ = 0;
   bool write_in_flight_ = false;
   bool lingering_ = false;  // closed; flushing the last frames before closing the socket
 };

@@ -53,7 +53,8 @@ class PeerTransport {
 
   std::function<void(const PeerIdentity& peer)> on_peer_up;
   std::function<void(std::uint64_t node_id, const std::string& reason)> on_peer_down;
-  std::function<void(std::uint64_t node_id, const Frame& frame)> on_frame;
+  // The handler may take the frame's payload (it is not used after).
+  std::function<void(std::uint64_t node_id, Frame& frame)> on_frame;
   std::function<void(const std::string& remote, const std::string& reason)> on_refused;
 
   PeerTransport(boost::asio::io_context& io, Options options);

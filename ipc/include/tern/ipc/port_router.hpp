@@ -50,8 +50,15 @@ class PortRouter {
  public:
   struct JobReplyAction {
     std::string job;
-    std::string payload;                // an IpcReply payload
+    std::string payload;                // an IpcReply payload, less `shared`
     std::optional<ObjectId> region_fd;  // pass this region's fd with it (region_map)
+    // Large data that belong inside the payload (each before the payload's byte `at`), not
+    // copied into it: the agent writes them from where they are.
+    std::vector<SharedSpan> shared;
+
+    // The whole payload, `shared` put in place (tests; a hand-off).
+    std::string Whole() const;
+    std::size_t size() const;  // of the whole payload
   };
   struct NodeFrameAction {
     std::uint64_t node = 0;
@@ -82,8 +89,12 @@ class PortRouter {
   // One IpcRequest payload from a job's channel. A malformed one gets a kBadRequest reply
   // when it has a request id, else it is returned as an error (the caller closes the channel).
   Expected<void> JobRequest(const std::string& job, std::string_view payload);
+  // The same for a payload the router may keep: large data items stay views into it.
+  Expected<void> JobRequest(const std::string& job, std::shared_ptr<const std::string> payload);
   // One IpcRemote payload from a peer. A malformed one is an error: close that link.
   Expected<void> NodeFrame(std::uint64_t from, std::string_view payload);
+  // The same for a payload the router may keep: a message's data stay views into it.
+  Expected<void> NodeFrame(std::uint64_t from, std::shared_ptr<const std::string> payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);  // operations waiting on it fail with kUnavailable
   void Timer(std::uint64_t id);

@@ -315,7 +315,7 @@ class PortWriter {
   Channel channel_;
   std::uint32_t port_;
   Options options_;
-  ipc::WireWriter train_;  // the messages of the train being gathered
+  ipc::WireWriter train_{/*share_data=*/true};  // the messages of the train being gathered
   std::size_t train_count_ = 0;
   std::deque<std::uint32_t> in_flight_;  // request ids, oldest first
   std::optional<IpcError> error_;
@@ -365,7 +365,7 @@ class PortReader {
   Channel channel_;
   std::uint32_t port_;
   std::uint32_t batch_;
-  std::string buffer_;      // the last receive_many answer
+  std::string buffer_;      // the last receive_many answer's frame
   std::size_t offset_ = 0;  // where the next message begins in buffer_
   std::size_t left_ = 0;
 };

@@ -65,7 +65,7 @@ class Cluster {
   // IPC frames (FrameType::kIpcRemote) from peers go to `handler`; an error it returns closes
   // that peer's link with the error as the logged reason. Links up and down are reported too.
   using IpcFrameHandler =
-      std::function<Expected<void>(std::uint64_t node_id, ipc::FrameType, const std::string&)>;
+      std::function<Expected<void>(std::uint64_t node_id, ipc::FrameType, std::string payload)>;
   using LinkListener = std::function<void(std::uint64_t node_id, bool up)>;
   void SetIpcHandlers(IpcFrameHandler frames, LinkListener links) {
     ipc_frames_ = std::move(frames);
@@ -100,7 +100,7 @@ class Cluster {
   void OnHeartbeatTimer();
   void SendHeartbeats();
   void Apply(const std::vector<balancer::MembershipAction>& actions);
-  void OnFrame(std::uint64_t node_id, std::uint16_t type, const std::string& payload);
+  void OnFrame(std::uint64_t node_id, std::uint16_t type, std::string payload);
   void OnApiRequest(std::uint64_t node_id, const std::string& payload);
   void OnApiResponse(const std::string& payload);
   void Complete(std::uint64_t request_id, ApiResult result);

@@ -41,7 +41,7 @@ class IpcService {
   int OpenChannel(const std::string& job);
   void CloseChannel(const std::string& job);
   // An IpcRemote frame, or one chunk of a blast (a payload over one frame's limit).
-  Expected<void> OnNodeFrame(std::uint64_t from, ipc::FrameType type, const std::string& payload);
+  Expected<void> OnNodeFrame(std::uint64_t from, ipc::FrameType type, std::string payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);
 
