@@ -63,7 +63,8 @@ void PeerLink::Start() {
 }
 
 void PeerLink::Send(FrameType type, std::string payload) {
-  asio::post(executor_, [self = shared_from_this(), type, payload = std::move(payload)] {
+  // Mutable: the payload moves on into the queue (a large one is never copied).
+  asio::post(executor_, [self = shared_from_this(), type, payload = std::move(payload)]() mutable {
     if (self->state_ == State::kClosed) return;
     if (payload.size() > self->options_.max_payload) {
       const std::string reason = "cannot send a " + std::string(FrameTypeName(type)) +
