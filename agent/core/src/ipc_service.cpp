@@ -318,39 +318,46 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     ArmTimer();
   }
 
-  // Queues a reply frame: the agent's bytes, with the job data it shares written from where
-  // they are. Small replies join the last chunk, so that a batch leaves in one write.
+  // Queues a reply frame without copying what it carries: a large payload becomes a chunk of
+  // its own (moved), the job data it shares are written from where they are, and only small
+  // replies are gathered into one chunk (so that a batch of answers leaves in one write).
   void Queue(Channel& channel, ipc::PortRouter::JobReplyAction& reply) {
     auto& out = channel.out;
-    const auto add_bytes = [&](std::string_view bytes, int fd) {
+    // `fd` goes with the chunk's first byte: only the frame's first piece carries one.
+    const auto add = [&](std::string bytes, int fd) {
       if (bytes.empty()) return;
-      if (fd < 0 && !out.empty() && !out.back().owner && out.back().fd < 0 &&
-          out.back().offset == 0 && out.back().bytes.size() < 65536) {
+      if (fd < 0 && bytes.size() < kGatherBelow && !out.empty() && !out.back().owner &&
+          out.back().offset == 0 && out.back().bytes.size() < kGatherBelow) {
         out.back().bytes.append(bytes);
         return;
       }
       Channel::Chunk chunk;
-      chunk.bytes = bytes;
+      chunk.bytes = std::move(bytes);
       chunk.fd = fd;
       out.push_back(std::move(chunk));
     };
-    std::string header;
-    ipc::AppendFrameHeader(header, ipc::FrameType::kIpcReply,
+    std::string piece;
+    ipc::AppendFrameHeader(piece, ipc::FrameType::kIpcReply,
                            static_cast<std::uint32_t>(reply.size()));
+    int fd = reply.region_fd ? regions_.Fd(*reply.region_fd) : -1;
+    if (reply.shared.empty() && reply.payload.size() >= kGatherBelow) {
+      add(std::move(piece), fd);
+      add(std::move(reply.payload), -1);
+      return;
+    }
     const std::string_view payload = reply.payload;
     std::size_t from = 0;
     for (auto& span : reply.shared) {
-      header.append(payload.substr(from, span.at - from));
-      add_bytes(header, -1);
-      header.clear();
+      piece.append(payload.substr(from, span.at - from));
+      add(std::exchange(piece, {}), std::exchange(fd, -1));
       Channel::Chunk chunk;
       chunk.owner = std::move(span.owner);
       chunk.shared = span.bytes;
       out.push_back(std::move(chunk));
       from = span.at;
     }
-    header.append(payload.substr(from));
-    add_bytes(header, reply.region_fd ? regions_.Fd(*reply.region_fd) : -1);
+    piece.append(payload.substr(from));
+    add(std::move(piece), fd);
   }
 
   // One Asio timer for all the router's timers, armed at the earliest deadline.
@@ -482,6 +489,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   boost::asio::steady_timer timer_{io_};
   std::map<std::string, std::shared_ptr<Channel>> channels_;
   static constexpr std::size_t kBlastChunk = 4u << 20;
+  // Replies smaller than this are gathered into one chunk; larger ones keep their own buffer.
+  static constexpr std::size_t kGatherBelow = 16u << 10;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
   std::uint64_t next_blast_ = 1;
   struct Assembly {
