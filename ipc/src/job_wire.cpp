@@ -119,7 +119,7 @@ void WireWriter::WriteItems(const std::vector<Item>& items) {
   for (const Item& item : items) {
     U8(static_cast<std::uint8_t>(item.kind));
     if (item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) {
-      Data(item.view, item.data);
+      Data(item.bytes(), item.data);
     } else {
       U32(item.name);
       U8(static_cast<std::uint8_t>(item.disposition));

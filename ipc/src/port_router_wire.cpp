@@ -90,7 +90,7 @@ TransitItem TransitItem::Of(const Item& item) {
   TransitItem transit;
   transit.kind = item.kind;
   transit.owner = item.data;
-  transit.bytes = item.view;
+  transit.bytes = item.bytes();
   return transit;
 }
 

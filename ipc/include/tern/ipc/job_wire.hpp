@@ -127,7 +127,7 @@ enum class ItemKind : std::uint8_t {
 struct Item {
   ItemKind kind = ItemKind::kBytes;
   std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine: owns `view`
-  std::string_view view;                    // the item's bytes, inside *data
+  std::string_view view;  // the item's bytes, inside *data (unset: all of *data)
   std::uint32_t name = 0;
   Disposition disposition = Disposition::kNone;
 
@@ -137,7 +137,10 @@ struct Item {
   static Item Shared(ItemKind kind, std::shared_ptr<const std::string> owner,
                      std::string_view bytes);
   static Item Port(std::uint32_t name, Disposition disposition);
-  std::string_view bytes() const { return view; }
+  std::string_view bytes() const {
+    if (view.data() != nullptr || !data) return view;
+    return *data;  // an Item built by hand with only `data`
+  }
 };
 
 struct Message {
