@@ -54,6 +54,9 @@ struct RestoreOptions {
   std::string images;
   std::string pidfile;
   bool lazy_pages = false;  // post-copy: memory arrives through the lazy-pages daemon
+  // Pre-copy: `--auto-dedup`, the pages punched out of the image as they are restored (see
+  // RestoreCommand; worth it for big jobs only).
+  bool auto_dedup = false;
   // The job's IPC channel: its socket as dumped ("socket:[INODE]") and the new agent's fd to
   // put in its place (PLATFORM.md "A job's channel to its agent").
   std::string channel_socket;
@@ -120,7 +123,8 @@ std::vector<std::string> PageServerCommand(const std::string& criu, const std::s
                                            const PageServerTarget& listen);
 
 // CPU compatibility (`criu cpuinfo`): the source's CPU description as bytes, and whether this
-// machine can run a job dumped there (an empty Error-free result means yes).
+// machine can run a job dumped there (an empty Error-free result means yes). The description
+// and the good verdicts are kept for the process's life: a machine's CPU does not change.
 Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& scratch_dir);
 Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_dir,
                             const std::string& cpuinfo);
