@@ -99,15 +99,6 @@ void WireWriter::Borrowed(std::string_view v) {
   }
 }
 
-void WireWriter::WriteMessageHeader(const MessageHeader& header) {
-  U32(header.destination);
-  U8(static_cast<std::uint8_t>(header.destination_disposition));
-  U32(header.reply);
-  U8(static_cast<std::uint8_t>(header.reply_disposition));
-  U32(header.id);
-  U32(header.item_count);
-}
-
 void WireWriter::WriteMessage(const Message& message) {
   WriteMessageHeader({message.destination, message.destination_disposition, message.reply,
                       message.reply_disposition, message.id,
@@ -137,31 +128,6 @@ std::optional<std::string> WireReader::Bytes() {
   auto view = BytesView();
   if (!view) return std::nullopt;
   return std::string(*view);
-}
-
-std::optional<std::string_view> WireReader::BytesView() {
-  auto size = U32();
-  if (!size || *size > in_.size()) {
-    in_ = {};
-    return std::nullopt;
-  }
-  std::string_view v = in_.substr(0, *size);
-  in_.remove_prefix(*size);
-  return v;
-}
-
-std::optional<MessageHeader> WireReader::ReadMessageHeader() {
-  auto destination = U32();
-  auto destination_disposition = U8();
-  auto reply = U32();
-  auto reply_disposition = U8();
-  auto id = U32();
-  auto count = U32();
-  // Each item takes at least 5 bytes.
-  if (!count || *count > (1u << 20) || *count > in_.size() / 5) return std::nullopt;
-  return MessageHeader{*destination, static_cast<Disposition>(*destination_disposition),
-                       *reply,       static_cast<Disposition>(*reply_disposition),
-                       *id,          *count};
 }
 
 std::optional<Message> WireReader::ReadMessage() {

@@ -127,7 +127,7 @@ enum class ItemKind : std::uint8_t {
 struct Item {
   ItemKind kind = ItemKind::kBytes;
   std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine: owns `view`
-  std::string_view view;  // the item's bytes, inside *data (unset: all of *data)
+  std::string_view view;                    // the item's bytes, inside *data (unset: all of *data)
   std::uint32_t name = 0;
   Disposition disposition = Disposition::kNone;
 
@@ -225,8 +225,8 @@ class WireWriter {
   // Bytes(v) for bytes the caller keeps alive until it has written the output: a data-sharing
   // writer lists large ones in shared() with no owner.
   void Borrowed(std::string_view v);
-  void WriteMessageHeader(const MessageHeader& header);
-  void WriteItems(const std::vector<Item>& items);  // a message's items, after its header
+  void WriteMessageHeader(const MessageHeader& header);  // inline, below
+  void WriteItems(const std::vector<Item>& items);       // a message's items, after its header
   void WriteMessage(const Message& message);
   void WriteOpResult(const OpResult& result);
   std::string& out() { return out_; }
@@ -290,6 +290,41 @@ class WireReader {
   std::string_view in_;
   std::shared_ptr<const std::string> owner_;
 };
+
+// Inline: every message of a stream passes through these, in the agent and in libtern.
+inline void WireWriter::WriteMessageHeader(const MessageHeader& header) {
+  U32(header.destination);
+  U8(static_cast<std::uint8_t>(header.destination_disposition));
+  U32(header.reply);
+  U8(static_cast<std::uint8_t>(header.reply_disposition));
+  U32(header.id);
+  U32(header.item_count);
+}
+
+inline std::optional<std::string_view> WireReader::BytesView() {
+  auto size = U32();
+  if (!size || *size > in_.size()) {
+    in_ = {};
+    return std::nullopt;
+  }
+  std::string_view v = in_.substr(0, *size);
+  in_.remove_prefix(*size);
+  return v;
+}
+
+inline std::optional<MessageHeader> WireReader::ReadMessageHeader() {
+  auto destination = U32();
+  auto destination_disposition = U8();
+  auto reply = U32();
+  auto reply_disposition = U8();
+  auto id = U32();
+  auto count = U32();
+  // Each item takes at least 5 bytes.
+  if (!count || *count > (1u << 20) || *count > in_.size() / 5) return std::nullopt;
+  return MessageHeader{*destination, static_cast<Disposition>(*destination_disposition),
+                       *reply,       static_cast<Disposition>(*reply_disposition),
+                       *id,          *count};
+}
 
 // Request and reply frames' payloads.
 struct JobRequest {
