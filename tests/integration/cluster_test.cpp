@@ -765,6 +765,61 @@ TEST_F(ClusterTest, MigrationsAndJobChangesAreEmittedAsEvents) {
   fs::remove(log);
 }
 
+// A job of 512 MiB or more moves by pre-copy through a tmpfs of the destination's own, restored
+// with --auto-dedup (docs/migration.md "Pre-copy's memory"): its memory arrives intact and the
+// tmpfs is gone once the move is over.
+TEST_F(ClusterTest, ABigJobMovesThroughATmpfsThatIsGoneAfterwards) {
+  // 600 MiB of a repeating pattern; every 0.2 s the job prints a sum of one byte per MiB.
+  const char* script =
+      "import time\n"
+      "block = bytes(range(256)) * 4096\n"
+      "x = bytearray(block) * 600\n"
+      "while True:\n"
+      "    print(sum(x[i] for i in range(7, len(x), 1 << 20)), flush=True)\n"
+      "    time.sleep(0.2)\n";
+  const auto id = Submit("node1", {"python3", "-c", script});
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto out = JobLogs("node1", id);
+        return out && !Lines(*out).empty();
+      },
+      30s));
+  const std::string expected = std::to_string(7 * 600);
+  const std::string tmpfs_note = "pages go to a tmpfs on";
+  const auto notes_before = ReadFile(AgentLog("node2")).find(tmpfs_note);
+  auto m = Migrate("node1", id, "node2", "precopy");
+  ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
+  EXPECT_EQ(notes_before, std::string::npos);
+  EXPECT_NE(ReadFile(AgentLog("node2")).find(tmpfs_note), std::string::npos)
+      << "node2 did not put the images on a tmpfs";
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->value("node", ""), "node2");
+  EXPECT_EQ(st->value("state", ""), "running");
+  // Lines printed after the move carry the same sum: the memory arrived whole.
+  std::size_t lines_at_move = 0;
+  if (auto out = JobLogs("node1", id)) lines_at_move = Lines(*out).size();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto out = JobLogs("node1", id);
+        return out && Lines(*out).size() >= lines_at_move + 3;
+      },
+      20s));
+  const auto lines = Lines(*JobLogs("node1", id));
+  for (std::size_t i = 0; i + 1 < lines.size(); ++i) {  // the last may be half written
+    EXPECT_EQ(lines[i], expected) << "line " << i;
+  }
+  // The tmpfs is unmounted and the migration's directory removed (off the agent's io thread).
+  const auto mounts = [] {
+    return RunCmd({Script(), "exec", "node2", "cat", "/proc/self/mountinfo"}).out;
+  };
+  EXPECT_TRUE(WaitFor([&] { return mounts().find("tern-images") == std::string::npos; }, 20s))
+      << mounts();
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+}
+
 TEST_F(ClusterTest, PreflightRefusesAFileThatDiffersOnTheDestinationAndTheJobKeepsRunning) {
   // /var/lib/tern is private to each node: node2 has no such file.
   const std::string name = "preflight-" + std::to_string(getpid()) + ".txt";
