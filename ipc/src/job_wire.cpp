@@ -80,23 +80,20 @@ void WireWriter::Data(std::string_view v, const std::shared_ptr<const std::strin
   Raw(v, owner);
 }
 
+void WireWriter::Keep(std::string_view v, std::shared_ptr<const std::string> owner) {
+  if (!share_data_ || v.size() < kShareMin) return static_cast<void>(out_.append(v));
+  shared_.push_back({out_.size(), std::move(owner), v});
+  shared_bytes_ += v.size();
+}
+
 void WireWriter::Raw(std::string_view v, const std::shared_ptr<const std::string>& owner) {
-  if (share_data_ && owner && v.size() >= kShareMin) {
-    shared_.push_back({out_.size(), owner, v});
-    shared_bytes_ += v.size();
-  } else {
-    out_.append(v);
-  }
+  if (!owner) return static_cast<void>(out_.append(v));  // nothing would keep it alive
+  Keep(v, owner);
 }
 
 void WireWriter::Borrowed(std::string_view v) {
   U32(static_cast<std::uint32_t>(v.size()));
-  if (share_data_ && v.size() >= kShareMin) {
-    shared_.push_back({out_.size(), nullptr, v});
-    shared_bytes_ += v.size();
-  } else {
-    out_.append(v);
-  }
+  Keep(v, nullptr);
 }
 
 void WireWriter::WriteMessage(const Message& message) {
@@ -209,18 +206,27 @@ std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view 
   return writer.Take();
 }
 
-Expected<JobReply> DecodeJobReply(std::string_view payload) {
+std::optional<JobReplyHeader> ReadJobReplyHeader(std::string_view payload) {
   WireReader reader(payload);
   auto id = reader.U32();
   auto status = reader.U16();
-  if (!status) return Fail("IPC reply shorter than its header");
-  JobReply reply{*id, static_cast<JobStatus>(*status), std::string(payload.substr(6))};
-  if (reply.status != JobStatus::kOk) {
-    WireReader text(reply.body);
-    auto message = text.Bytes();
-    reply.body = message ? *message : std::string(JobStatusName(reply.status));
-  }
-  return reply;
+  if (!status) return std::nullopt;
+  return JobReplyHeader{*id, static_cast<JobStatus>(*status)};
+}
+
+std::string JobReplyErrorText(JobStatus status, std::string_view body) {
+  WireReader text(body);
+  auto message = text.Bytes();
+  return message ? *message : std::string(JobStatusName(status));
+}
+
+Expected<JobReply> DecodeJobReply(std::string_view payload) {
+  auto header = ReadJobReplyHeader(payload);
+  if (!header) return Fail("IPC reply shorter than its header");
+  const std::string_view body = payload.substr(kJobReplyHeaderSize);
+  return JobReply{header->id, header->status,
+                  header->status == JobStatus::kOk ? std::string(body)
+                                                   : JobReplyErrorText(header->status, body)};
 }
 
 std::string EncodeSendRequest(const SendRequest& request) {

@@ -1990,13 +1990,9 @@ void PortRouter::JobGone(const std::string& job) {
 std::string PortRouter::JobReplyAction::Whole() const {
   std::string whole;
   whole.reserve(size());
-  std::size_t from = 0;
-  for (const SharedSpan& span : shared) {
-    whole.append(payload, from, span.at - from);
-    whole.append(span.bytes);
-    from = span.at;
-  }
-  whole.append(payload, from);
+  ForEachPiece(
+      payload, shared, [&](std::string_view bytes) { whole.append(bytes); },
+      [&](const SharedSpan& span) { whole.append(span.bytes); });
   return whole;
 }
 

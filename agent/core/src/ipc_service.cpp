@@ -345,18 +345,15 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       add(std::move(reply.payload), -1);
       return;
     }
-    const std::string_view payload = reply.payload;
-    std::size_t from = 0;
-    for (auto& span : reply.shared) {
-      piece.append(payload.substr(from, span.at - from));
-      add(std::exchange(piece, {}), std::exchange(fd, -1));
-      Channel::Chunk chunk;
-      chunk.owner = std::move(span.owner);
-      chunk.shared = span.bytes;
-      out.push_back(std::move(chunk));
-      from = span.at;
-    }
-    piece.append(payload.substr(from));
+    ipc::ForEachPiece(
+        reply.payload, reply.shared, [&](std::string_view bytes) { piece.append(bytes); },
+        [&](ipc::SharedSpan& span) {
+          add(std::exchange(piece, {}), std::exchange(fd, -1));
+          Channel::Chunk chunk;
+          chunk.owner = std::move(span.owner);
+          chunk.shared = span.bytes;
+          out.push_back(std::move(chunk));
+        });
     add(std::move(piece), fd);
   }
 

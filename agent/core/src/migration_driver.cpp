@@ -1158,14 +1158,15 @@ void MigrationDriver::AnswerPrepare(const std::shared_ptr<Incoming>& incoming,
 
 namespace {
 
-// How the destination restores a job: the same in ParkRestore and FinishRestore.
-migrate::RestoreOptions ParkedRestoreOptions(const std::string& images, bool lazy,
-                                             std::uint64_t rss) {
+// How the destination restores a job: the same parked (ParkRestore, FinishRestore) or not
+// (Restore). RestoreCommand leaves --auto-dedup out of a post-copy restore.
+migrate::RestoreOptions DestinationRestoreOptions(const std::string& images, bool lazy,
+                                                  std::uint64_t rss) {
   migrate::RestoreOptions options;
   options.images = images;
   options.pidfile = images + "/restored.pid";
   options.lazy_pages = lazy;
-  options.auto_dedup = !lazy && rss >= kBigJob;
+  options.auto_dedup = rss >= kBigJob;
   return options;
 }
 
@@ -1191,7 +1192,7 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
-        migrate::RestoreOptions options = ParkedRestoreOptions(images, lazy, incoming->rss);
+        migrate::RestoreOptions options = DestinationRestoreOptions(images, lazy, incoming->rss);
         options.channel_socket = channel;
         options.channel_fd = channel_end->get();
         auto restore = migrate::ParkRestore(criu, options);
@@ -1288,11 +1289,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
           return Unexpected<Error>{files.error()};
         }
         const auto start = Clock::now();
-        migrate::RestoreOptions options;
-        options.images = incoming->images;
-        options.pidfile = incoming->images + "/restored.pid";
-        options.lazy_pages = lazy;
-        options.auto_dedup = !lazy && incoming->rss >= kBigJob;
+        migrate::RestoreOptions options =
+            DestinationRestoreOptions(incoming->images, lazy, incoming->rss);
         options.channel_socket = ReadChannelNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
@@ -1368,7 +1366,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
   if (incoming.abort_requested) return Fail("aborted by the source");
   const auto start = Clock::now();
   auto pid = migrate::FinishRestore(incoming.parked_restore, *inventory,
-                                    ParkedRestoreOptions(incoming.images, lazy, incoming.rss));
+                                    DestinationRestoreOptions(incoming.images, lazy, incoming.rss));
   if (!pid) return Unexpected<Error>{pid.error()};
   return std::make_pair(*pid, MillisSince(start));
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <boost/container/small_vector.hpp>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -114,9 +115,10 @@ IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
   ipc::AppendFrameHeader(header, ipc::FrameType::kIpcRequest,
                          static_cast<std::uint32_t>(ipc::kJobRequestHeaderSize + body_size));
   header += ipc::EncodeJobRequest(request, op, {});
-  std::vector<std::string_view> pieces{header};
+  // A call's request has a few pieces: no allocation for them on this hot path.
+  boost::container::small_vector<std::string_view, 8> pieces{header};
   pieces.insert(pieces.end(), body.begin(), body.end());
-  auto written = Write(pieces);
+  auto written = Write({pieces.data(), pieces.size()});
   if (!written) {
     lock.lock();
     slots_.erase(request);
@@ -199,8 +201,7 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
 
 IpcResult<void> Channel::Impl::Write(std::span<const std::string_view> pieces) {
   std::lock_guard lock(write_mu_);
-  std::vector<iovec> iov;
-  iov.reserve(pieces.size());
+  boost::container::small_vector<iovec, 8> iov;
   for (std::string_view piece : pieces) {
     if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
   }
@@ -290,18 +291,8 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
 
 void Channel::Impl::Dispatch(ipc::Frame frame) {
   if (frame.type != ipc::FrameType::kIpcReply) return;  // nothing else is meant for a job
-  ipc::WireReader header(frame.payload);
-  const auto id = header.U32();
-  const auto status = header.U16();
-  if (!status) return CloseLocked("IPC channel broken: IPC reply shorter than its header");
-  std::optional<ipc::JobReply> reply;
-  if (static_cast<JobStatus>(*status) == JobStatus::kOk) {
-    reply = ipc::JobReply{*id, JobStatus::kOk, {}};  // the body stays in the payload
-  } else if (auto failed = ipc::DecodeJobReply(frame.payload)) {
-    reply = std::move(*failed);
-  } else {
-    return CloseLocked("IPC channel broken: " + failed.error().message);
-  }
+  const auto reply = ipc::ReadJobReplyHeader(frame.payload);
+  if (!reply) return CloseLocked("IPC channel broken: IPC reply shorter than its header");
   auto it = slots_.find(reply->id);
   UniqueFd fd;
   if (reply->status == JobStatus::kOk && it != slots_.end() &&
@@ -313,10 +304,12 @@ void Channel::Impl::Dispatch(ipc::Frame frame) {
   it->second.done = true;
   it->second.status = reply->status;
   if (reply->status == JobStatus::kOk) {
+    // The body stays in the frame's payload: a large one is not copied out.
     it->second.reply.payload = std::move(frame.payload);
     it->second.reply.body_at = ipc::kJobReplyHeaderSize;
   } else {
-    it->second.reply.payload = std::move(reply->body);
+    it->second.reply.payload = ipc::JobReplyErrorText(
+        reply->status, std::string_view(frame.payload).substr(ipc::kJobReplyHeaderSize));
   }
   it->second.reply.fd = std::move(fd);
 }

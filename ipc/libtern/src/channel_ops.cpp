@@ -186,14 +186,9 @@ std::string libtern::TrainRequest(FullPolicy policy, std::uint32_t timeout_ms, s
 
 std::vector<std::string_view> libtern::Pieces(WireWriter& writer) {
   std::vector<std::string_view> pieces;
-  const std::string_view out = writer.out();
-  std::size_t from = 0;
-  for (const ipc::SharedSpan& span : writer.shared()) {
-    pieces.push_back(out.substr(from, span.at - from));
-    pieces.push_back(span.bytes);
-    from = span.at;
-  }
-  pieces.push_back(out.substr(from));
+  ipc::ForEachPiece(
+      writer.out(), writer.shared(), [&](std::string_view bytes) { pieces.push_back(bytes); },
+      [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
   return pieces;
 }
 

@@ -201,6 +201,20 @@ struct SharedSpan {
   std::string_view bytes;
 };
 
+// Walks what a data-sharing WireWriter produced, in order: own(bytes) for each stretch of its
+// out() (possibly empty) and shared(span) for each SharedSpan between them. `Spans` is a
+// (const) vector of SharedSpan.
+template <typename Spans, typename Own, typename Shared>
+void ForEachPiece(std::string_view out, Spans& spans, Own&& own, Shared&& shared) {
+  std::size_t from = 0;
+  for (auto& span : spans) {
+    own(out.substr(from, span.at - from));
+    shared(span);
+    from = span.at;
+  }
+  own(out.substr(from));
+}
+
 // Big-endian writer and bounds-checked reader for bodies.
 class WireWriter {
  public:
@@ -245,6 +259,9 @@ class WireWriter {
     std::memcpy(bytes, &v, sizeof(T));
     out_.append(bytes, sizeof(T));
   }
+  // Lists `v` in shared() if this writer shares data and `v` is large, else copies it.
+  void Keep(std::string_view v, std::shared_ptr<const std::string> owner);
+
   bool share_data_ = false;
   std::string out_;
   std::vector<SharedSpan> shared_;
@@ -345,6 +362,14 @@ Expected<JobRequest> DecodeJobRequest(std::shared_ptr<const std::string> payload
 constexpr std::size_t kJobRequestHeaderSize = 6;
 // A reply's payload before its body: [u32 request id][u16 status].
 constexpr std::size_t kJobReplyHeaderSize = 6;
+struct JobReplyHeader {
+  std::uint32_t id = 0;
+  JobStatus status = JobStatus::kOk;
+};
+// The header of a reply payload (its body follows at kJobReplyHeaderSize); nullopt if cut short.
+std::optional<JobReplyHeader> ReadJobReplyHeader(std::string_view payload);
+// What a failed reply's body says (its message string, else the status's name).
+std::string JobReplyErrorText(JobStatus status, std::string_view body);
 std::string EncodeJobReply(std::uint32_t id, JobStatus status, std::string_view body);
 Expected<JobReply> DecodeJobReply(std::string_view payload);
 
