@@ -84,7 +84,15 @@ void PeerLink::Send(FrameType type, std::string payload) {
       AppendFrame(self->held_, type, payload);
       return;
     }
-    self->Enqueue(type, std::move(payload));
+    self->Enqueue(type, std::move(payload), /*write_now=*/false);
+    // The write waits for the end of this turn: Send()s made together leave together.
+    if (!self->write_posted_) {
+      self->write_posted_ = true;
+      asio::post(self->executor_, [self] {
+        self->write_posted_ = false;
+        if (self->state_ == State::kEstablished) self->DoWrite();
+      });
+    }
   });
 }
 
@@ -94,7 +102,7 @@ void PeerLink::Close(std::string reason) {
   });
 }
 
-void PeerLink::Enqueue(FrameType type, std::string payload) {
+void PeerLink::Enqueue(FrameType type, std::string payload, bool write_now) {
   if (state_ == State::kClosed) return;
   const std::size_t size = kFrameHeaderSize + payload.size();
   if (queued_bytes_ + writing_bytes_ + size > options_.max_queued_bytes) {
@@ -112,7 +120,7 @@ void PeerLink::Enqueue(FrameType type, std::string payload) {
     queued_.back().append(payload);
   }
   queued_bytes_ += size;
-  DoWrite();
+  if (write_now) DoWrite();
 }
 
 void PeerLink::DoWrite() {

@@ -116,7 +116,8 @@ struct JobState {
     // right's +1, a receive right marked in transit), by node.
     std::vector<std::pair<std::uint64_t, Envelope>> preops;
     std::vector<std::function<void()>> on_failure;
-    bool batch = false;  // a kSendBatch train: answered with the count accepted
+    bool batch = false;      // a kSendBatch train: answered with the count accepted
+    bool send_once = false;  // the destination is a send-once right
   };
   std::deque<std::shared_ptr<PendingSend>> sends;
 };
@@ -163,7 +164,7 @@ struct Delivery {
   bool many = false;
 };
 
-enum class TimerKind { kWaiter, kBlockedSender, kOpWait, kForgetMove };
+enum class TimerKind { kWaiter, kBlockedSender, kOpWait, kForgetMove, kFlushResults };
 
 // How long a router forwards late answers for a job that moved away (ten minutes).
 constexpr std::uint32_t kRememberMoveMs = 10 * 60 * 1000;
@@ -175,6 +176,7 @@ struct TimerInfo {
   std::uint64_t ticket = 0;
   std::string job;
   std::uint32_t handle = 0;
+  std::uint64_t node = 0;  // kFlushResults: the node whose deferred results go now
 };
 
 std::uint64_t RandomTicketBase() {
@@ -217,6 +219,13 @@ struct PortRouter::State {
   };
   std::map<std::string, MovedJob> moved_jobs;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
+  // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, with the
+  // timer that sends them anyway after kLazyResultMs.
+  struct DeferredResults {
+    std::vector<std::string> frames;
+    std::uint64_t timer = 0;
+  };
+  std::map<std::uint64_t, DeferredResults> deferred;
 
   // Tickets start at a random point: a moving job takes its waiting tickets along, and they
   // must not collide with the new node's own.
@@ -230,7 +239,33 @@ struct PortRouter::State {
     if (node == self) {
       local.push_back(std::move(e));
     } else {
-      actions.frames.push_back({node, router::EncodeEnvelope(e)});
+      Emit(node, e);
+    }
+  }
+  // Every frame to another node leaves here, behind the results deferred for that node: they
+  // go in the same write (PeerLink writes one turn's frames together).
+  void Emit(std::uint64_t node, const Envelope& e) {
+    FlushDeferred(node);
+    actions.frames.push_back({node, router::EncodeEnvelope(e)});
+  }
+  void FlushDeferred(std::uint64_t node) {
+    auto it = deferred.find(node);
+    if (it == deferred.end()) return;
+    DeferredResults waiting = std::move(it->second);
+    deferred.erase(it);
+    CancelTimer(waiting.timer);
+    for (auto& frame : waiting.frames) actions.frames.push_back({node, std::move(frame)});
+  }
+  // An "ok" the asker can wait for (kEnqueueLazyResult): it rides on the next frame to its node.
+  void DeferResult(const Envelope& request, Envelope result) {
+    result.ticket = request.ticket;
+    result.origin = self;
+    result.job = request.job;
+    auto& waiting = deferred[request.origin];
+    waiting.frames.push_back(router::EncodeEnvelope(result));
+    if (!waiting.timer) {
+      waiting.timer = NewTimer(TimerInfo{.kind = TimerKind::kFlushResults, .node = request.origin},
+                               router::kLazyResultMs);
     }
   }
   void Respond(const Envelope& request, Envelope result) {
@@ -245,7 +280,7 @@ struct PortRouter::State {
     if (node == self) {
       local.push_back(std::move(result));
     } else {
-      actions.frames.push_back({node, router::EncodeEnvelope(result)});
+      Emit(node, result);
     }
   }
   void Drain() {
@@ -975,6 +1010,7 @@ struct PortRouter::State {
                      "a send right is used as copy-send or move-send");
       }
     } else if (dest->type == RightType::kSendOnce) {
+      send->send_once = true;
       send->on_success.push_back([this, job_name, dest_name] { DropIfHeld(job_name, dest_name); });
     } else if (dest->type != RightType::kReceive) {
       return Error(job_name, request, JobStatus::kInvalidName,
@@ -1091,6 +1127,22 @@ struct PortRouter::State {
       }
       // A plain send keeps its envelope (undo needs nothing of it); a batch's is large: moved.
       Envelope e = send->batch ? std::move(send->envelope) : send->envelope;
+      const bool remote = e.object.home != self;
+      if (send->send_once && !send->batch) {
+        e.delta = router::kEnqueueBeyondLimit;
+        if (remote) {
+          // Nothing can refuse it (no limit applies), so the job does not wait a network round
+          // trip for an answer; a port that died meanwhile destroys it, as it destroys what was
+          // queued on it.
+          Post(e.object.home, std::move(e));
+          SendDone(job_name, *send);
+          continue;
+        }
+      } else if (!send->batch && remote && send->then_receive &&
+                 NothingQueuedHere(job, send->then_receive->first)) {
+        // The answer of this send can wait for the reply that will come from there.
+        e.delta = router::kEnqueueLazyResult;
+      }
       e.ticket = NewTicket(Ticket{.kind = TicketKind::kSend,
                                   .node = e.object.home,
                                   .job = job_name,
@@ -1098,6 +1150,26 @@ struct PortRouter::State {
                                   .send = send});
       Post(e.object.home, std::move(e));
     }
+  }
+
+  // Whether `name` is a receive right of `job` whose port lives here and has no message queued:
+  // a receive on it will wait, so its send's answer may come later without delaying anything.
+  bool NothingQueuedHere(JobState& job, std::uint32_t name) {
+    const Entry* entry = Find(job, name);
+    if (!entry || entry->type != RightType::kReceive || entry->id.home != self) return false;
+    auto port = ports.find(entry->id.serial);
+    return port != ports.end() && port->second.queued == 0;
+  }
+
+  // A send that went in: its rights move on, and the job gets its answer (or its receive).
+  void SendDone(const std::string& job_name, const JobState::PendingSend& send) {
+    for (auto& apply : send.on_success) apply();
+    auto job = jobs.find(job_name);
+    if (send.then_receive && job != jobs.end()) {
+      return StartReceive(job_name, job->second, send.request, send.then_receive->first,
+                          send.then_receive->second);
+    }
+    Reply(job_name, send.request, JobStatus::kOk);
   }
 
   void PostNotification(ObjectId port, std::uint32_t id, std::string bytes,
@@ -1114,14 +1186,14 @@ struct PortRouter::State {
                              .object = port,
                              .a = 0,
                              .c = 0,
-                             .delta = 1 /* notification: beyond the limit */,
+                             .delta = router::kEnqueueBeyondLimit,
                              .message = std::move(m)});
   }
 
   // ---- home side: ports -----------------------------------------------------------------
   void HomeEnqueue(Envelope& e) {
     auto it = ports.find(e.object.serial);
-    const bool notification = e.delta == 1;
+    const bool beyond_limit = (e.delta & router::kEnqueueBeyondLimit) != 0;
     if (it == ports.end()) {
       // A job's send keeps its rights (its sender undoes); a notification's are released.
       if (e.message && !e.ticket) ReleaseTransit(*e.message);
@@ -1133,9 +1205,13 @@ struct PortRouter::State {
     }
     Port& port = it->second;
     const bool room = port.blocked.empty() && port.queued < port.limit;
-    if (room || notification) {
+    if (room || beyond_limit) {
       Accept(port, std::move(*e.message));
-      if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
+      if (e.ticket && (e.delta & router::kEnqueueLazyResult) && e.origin != self) {
+        DeferResult(e, Envelope{.kind = Remote::kEnqueueResult});
+      } else if (e.ticket) {
+        Respond(e, Envelope{.kind = Remote::kEnqueueResult});
+      }
       return;
     }
     const auto policy = static_cast<FullPolicy>(e.a);
@@ -1544,13 +1620,7 @@ struct PortRouter::State {
           return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
         }
         if (e.status == JobStatus::kOk) {
-          for (auto& apply : ticket.send->on_success) apply();
-          if (ticket.send->then_receive && job_alive) {
-            return StartReceive(ticket.job, job_it->second, ticket.request,
-                                ticket.send->then_receive->first,
-                                ticket.send->then_receive->second);
-          }
-          Reply(ticket.job, ticket.request, JobStatus::kOk);
+          SendDone(ticket.job, *ticket.send);
         } else {
           for (auto& undo : ticket.send->on_failure) undo();
           if (e.status == JobStatus::kDeadName && job_alive) {
@@ -2035,6 +2105,10 @@ void PortRouter::NodeUp(std::uint64_t node) { state_->peers.insert(node); }
 
 void PortRouter::NodeDown(std::uint64_t node) {
   state_->peers.erase(node);
+  if (auto deferred = state_->deferred.find(node); deferred != state_->deferred.end()) {
+    state_->CancelTimer(deferred->second.timer);
+    state_->deferred.erase(deferred);
+  }
   state_->FailTicketsTo(node);
   for (auto& [serial, port] : state_->ports) {
     std::erase_if(port.waiters, [&](const Waiter& w) { return w.node == node; });
@@ -2081,6 +2155,14 @@ void PortRouter::Timer(std::uint64_t id) {
       auto moved = state_->moved_jobs.find(info.job);
       if (moved != state_->moved_jobs.end() && moved->second.forget_timer == id) {
         state_->moved_jobs.erase(moved);
+      }
+      break;
+    }
+    case TimerKind::kFlushResults: {
+      auto deferred = state_->deferred.find(info.node);
+      if (deferred != state_->deferred.end() && deferred->second.timer == id) {
+        deferred->second.timer = 0;
+        state_->FlushDeferred(info.node);
       }
       break;
     }

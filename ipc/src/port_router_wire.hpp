@@ -46,6 +46,16 @@ enum class Remote : std::uint8_t {
   kNameQueryResult = 72,
 };
 
+// kEnqueue's `delta` holds how the home treats the message (flags).
+// Always queued, past the queue limit, and never answered when the envelope has no ticket: a
+// notification, or a message sent on a send-once right (as in Mach, a send-once message is
+// not held to the limit).
+constexpr std::int64_t kEnqueueBeyondLimit = 1;
+// The sender waits for a receive after this send (send_receive), so an "ok" may wait, at most
+// kLazyResultMs, for the next frame the home sends to the sender's node, and go in its write.
+constexpr std::int64_t kEnqueueLazyResult = 2;
+constexpr std::uint32_t kLazyResultMs = 1;
+
 struct TransitRight {
   RightType type = RightType::kNone;
   ObjectId id;

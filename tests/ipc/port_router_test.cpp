@@ -89,6 +89,12 @@ class Net {
           if (reply.region_fd) region_fds[reply.job].push_back(*reply.region_fd);
         }
         for (auto& timer : actions.timers) timers.emplace_back(node, timer.id);
+        std::map<std::uint64_t, int> batch;  // frames to each node from this one TakeActions
+        for (const auto& frame : actions.frames) ++batch[frame.node];
+        for (auto [to, count] : batch) {
+          frames_sent[{node, to}] += count;
+          last_batch[{node, to}] = count;
+        }
         for (auto& frame : actions.frames) {
           if (cut.contains({node, frame.node}) || cut.contains({frame.node, node})) continue;
           auto ok = routers[frame.node]->NodeFrame(node, frame.payload);
@@ -123,6 +129,12 @@ class Net {
   std::map<std::string, std::vector<ObjectId>> region_fds;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> timers;
   std::set<std::pair<std::uint64_t, std::uint64_t>> cut;
+  // Frames from one node to another, in all and in the last TakeActions that sent any (the
+  // frames of one TakeActions leave in one write of the agent's link).
+  std::map<std::pair<std::uint64_t, std::uint64_t>, int> frames_sent;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, int> last_batch;
+  int Sent(std::uint64_t from, std::uint64_t to) { return frames_sent[{from, to}]; }
+  int LastBatch(std::uint64_t from, std::uint64_t to) { return last_batch[{from, to}]; }
   std::uint32_t next_request = 1;
 };
 
@@ -594,6 +606,109 @@ TEST(PortRouter, SendReceiveIsOneRoundTripAndReceiveManyTakesTheQueue) {
   WireReader r3(late->body);
   EXPECT_EQ(*r3.U32(), 1u);
   EXPECT_EQ(r3.ReadMessage()->items.at(0).bytes(), "late");
+}
+
+// A call across nodes costs one frame each way: the request's "ok" waits at the server's node
+// and leaves with the reply, and the reply (on a send-once right) is not answered at all.
+TEST(PortRouter, ACallAcrossNodesIsOneFrameEachWay) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  const auto reply_port = Allocate(net, "client");
+  const auto call = [&] {
+    WireWriter w;
+    w.U32(reply_port);
+    w.U32(kWaitForever);
+    w.out() += SendBody(svc, "question", {}, FullPolicy::kFail, 0, 0, reply_port,
+                        Disposition::kMakeSendOnce);
+    return net.Ask("client", JobOp::kSendReceive, w.Take());
+  };
+  const auto answer = [&](const Message& request, std::string text) {
+    SendRequest reply;
+    reply.message.destination = request.reply;
+    reply.message.destination_disposition = Disposition::kMoveSendOnce;
+    reply.message.items.push_back(Item::Bytes(std::move(text)));
+    return net.Call("server", JobOp::kSend, EncodeSendRequest(reply));
+  };
+
+  const auto before_to_server = net.Sent(2, 1);
+  const auto before_to_client = net.Sent(1, 2);
+  const auto asked = call();
+  EXPECT_EQ(net.Sent(2, 1), before_to_server + 1) << "the request";
+  EXPECT_EQ(net.Sent(1, 2), before_to_client) << "its ok waits for the reply";
+  auto request = ReadMessage(Receive(net, "server", port));
+  EXPECT_FALSE(net.Answer("client", asked));
+  // The server's reply is answered at once, without asking the client's node.
+  EXPECT_EQ(answer(request, "first").status, JobStatus::kOk);
+  EXPECT_EQ(net.Sent(1, 2), before_to_client + 2);
+  EXPECT_EQ(net.LastBatch(1, 2), 2) << "the ok and the reply leave together";
+  EXPECT_EQ(net.Sent(2, 1), before_to_server + 1) << "nothing answers the reply";
+  auto reply = net.Answer("client", asked);
+  ASSERT_TRUE(reply);
+  ASSERT_EQ(reply->status, JobStatus::kOk) << reply->body;
+  EXPECT_EQ(ReadMessage(*reply).items.at(0).bytes(), "first");
+
+  // A server that takes its time: the ok leaves alone when its timer fires, and the reply
+  // still finds the client waiting.
+  const auto slow = call();
+  request = ReadMessage(Receive(net, "server", port));
+  const auto waiting_ok = net.Sent(1, 2);
+  net.FireTimers();
+  EXPECT_EQ(net.Sent(1, 2), waiting_ok + 1) << "the ok, after kLazyResultMs";
+  EXPECT_FALSE(net.Answer("client", slow));
+  EXPECT_EQ(answer(request, "second").status, JobStatus::kOk);
+  reply = net.Answer("client", slow);
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(ReadMessage(*reply).items.at(0).bytes(), "second");
+}
+
+// A message on a send-once right always gets in (Mach's rule: the queue limit is for send
+// rights), and one whose port died on the way is destroyed with what it carries.
+TEST(PortRouter, ASendOnceMessageIsNotHeldToTheQueueLimit) {
+  Net net(2);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  const auto reply_port = Allocate(net, "client", /*limit=*/1);
+  const auto own = MakeSend(net, "client", reply_port);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(own, "filler")).status, JobStatus::kOk);
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(own, "over")).status, JobStatus::kQueueFull);
+  ASSERT_EQ(net.Call("client", JobOp::kSend,
+                     SendBody(svc, "req", {}, FullPolicy::kFail, 0, 0, reply_port,
+                              Disposition::kMakeSendOnce))
+                .status,
+            JobStatus::kOk);
+  auto request = ReadMessage(Receive(net, "server", port));
+  SendRequest reply;
+  reply.message.destination = request.reply;
+  reply.message.destination_disposition = Disposition::kMoveSendOnce;
+  reply.message.items.push_back(Item::Bytes("resp"));
+  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(reply)).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "filler");
+  EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "resp");
+
+  // The client ends before the reply: the reply is destroyed, and the send right it carries is
+  // released (the server's port learns it has no senders left but its own).
+  ASSERT_EQ(net.Call("client", JobOp::kSend,
+                     SendBody(svc, "req2", {}, FullPolicy::kFail, 0, 0, reply_port,
+                              Disposition::kMakeSendOnce))
+                .status,
+            JobStatus::kOk);
+  request = ReadMessage(Receive(net, "server", port));
+  net.Gone("client");
+  SendRequest late;
+  late.message.destination = request.reply;
+  late.message.destination_disposition = Disposition::kMoveSendOnce;
+  late.message.items.push_back(Item::Bytes("late"));
+  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(late)).status, JobStatus::kOk);
+  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(late)).status,
+            JobStatus::kInvalidName)
+      << "the send-once right is spent";
 }
 
 TEST(PortRouter, MalformedInputIsAnErrorNotACrash) {

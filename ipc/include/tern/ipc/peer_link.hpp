@@ -6,9 +6,11 @@
 // on_established(peer) and then delivers every frame, in order, to on_frame. Frames handed to
 // Send() before that are held and go out right after the handshake.
 //
-// Writes are batched: frames queued while a write is in flight are coalesced into the next
-// single async_write. The outgoing queue is bounded (64 MiB by default): overflowing it closes
-// the link with that reason, logged — a frame is never dropped silently.
+// Writes are batched: frames sent in one turn of the executor (an IPC router's answers to one
+// event, say: a deferred result and the reply behind it) leave in one write, and frames queued
+// while a write is in flight are coalesced into the next single async_write. The outgoing queue is
+// bounded (64 MiB by default): overflowing it closes the link with that reason, logged — a frame is
+// never dropped silently.
 //
 // Closing: a socket error, EOF, a malformed frame (length over the limit), a failed handshake
 // or Close() closes the link. on_closed(reason, kind) is then called exactly once, and no
@@ -90,7 +92,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void DoRead();
   void OnRead(const boost::system::error_code& error, std::size_t size);
   void OnHandshakeFrame(const Frame& frame);
-  void Enqueue(FrameType type, std::string payload);
+  // Queues one frame; writes at once unless `write_now` is false (a posted DoWrite follows).
+  void Enqueue(FrameType type, std::string payload, bool write_now = true);
   void DoWrite();
   void OnWrite(const boost::system::error_code& error);
   void CloseNow(const std::string& reason, CloseKind kind, bool flush);
@@ -113,7 +116,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   std::size_t queued_bytes_ = 0;
   std::size_t writing_bytes_ = 0;
   bool write_in_flight_ = false;
-  bool lingering_ = false;  // closed; flushing the last frames before closing the socket
+  bool write_posted_ = false;  // a DoWrite is posted: Send()s of this turn join its write
+  bool lingering_ = false;     // closed; flushing the last frames before closing the socket
 };
 
 std::string_view CloseKindName(PeerLink::CloseKind kind);
