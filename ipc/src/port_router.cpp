@@ -219,8 +219,9 @@ struct PortRouter::State {
   };
   std::map<std::string, MovedJob> moved_jobs;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
-  // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, with the
-  // timer that sends them anyway after kLazyResultMs.
+  // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, and the
+  // timer that sends what is still waiting when it fires. It is not cancelled when the results
+  // leave early: a steady stream of calls arms one timer per kLazyResultMs, not one per call.
   struct DeferredResults {
     std::vector<std::string> frames;
     std::uint64_t timer = 0;
@@ -251,10 +252,8 @@ struct PortRouter::State {
   void FlushDeferred(std::uint64_t node) {
     auto it = deferred.find(node);
     if (it == deferred.end()) return;
-    DeferredResults waiting = std::move(it->second);
-    deferred.erase(it);
-    CancelTimer(waiting.timer);
-    for (auto& frame : waiting.frames) actions.frames.push_back({node, std::move(frame)});
+    for (auto& frame : it->second.frames) actions.frames.push_back({node, std::move(frame)});
+    it->second.frames.clear();
   }
   // An "ok" the asker can wait for (kEnqueueLazyResult): it rides on the next frame to its node.
   void DeferResult(const Envelope& request, Envelope result) {
@@ -2161,8 +2160,8 @@ void PortRouter::Timer(std::uint64_t id) {
     case TimerKind::kFlushResults: {
       auto deferred = state_->deferred.find(info.node);
       if (deferred != state_->deferred.end() && deferred->second.timer == id) {
-        deferred->second.timer = 0;
         state_->FlushDeferred(info.node);
+        state_->deferred.erase(deferred);
       }
       break;
     }
