@@ -65,35 +65,39 @@ void PeerLink::Start() {
 void PeerLink::Send(FrameType type, std::string payload) {
   // Mutable: the payload moves on into the queue (a large one is never copied).
   asio::post(executor_, [self = shared_from_this(), type, payload = std::move(payload)]() mutable {
-    if (self->state_ == State::kClosed) return;
-    if (payload.size() > self->options_.max_payload) {
-      const std::string reason = "cannot send a " + std::string(FrameTypeName(type)) +
-                                 " frame of " + std::to_string(payload.size()) +
-                                 " bytes: over the frame limit of " +
-                                 std::to_string(self->options_.max_payload);
-      spdlog::warn("closing link to {}: {}", self->remote_, reason);
-      self->CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
-      return;
-    }
-    if (self->state_ == State::kHandshaking) {
-      if (self->held_.size() + self->queued_bytes_ + payload.size() >
-          self->options_.max_queued_bytes) {
-        self->CloseNow("send queue full while authenticating", CloseKind::kClosed, false);
-        return;
-      }
-      AppendFrame(self->held_, type, payload);
-      return;
-    }
-    self->Enqueue(type, std::move(payload), /*write_now=*/false);
-    // The write waits for the end of this turn: Send()s made together leave together.
-    if (!self->write_posted_) {
-      self->write_posted_ = true;
-      asio::post(self->executor_, [self] {
-        self->write_posted_ = false;
-        if (self->state_ == State::kEstablished) self->DoWrite();
-      });
-    }
+    self->Accept(type, payload, /*write_now=*/true);
   });
+}
+
+void PeerLink::Send(std::vector<Frame> frames) {
+  asio::post(executor_, [self = shared_from_this(), frames = std::move(frames)]() mutable {
+    for (Frame& frame : frames) {
+      if (!self->Accept(frame.type, frame.payload, /*write_now=*/false)) return;
+    }
+    if (self->state_ == State::kEstablished) self->DoWrite();
+  });
+}
+
+bool PeerLink::Accept(FrameType type, std::string& payload, bool write_now) {
+  if (state_ == State::kClosed) return false;
+  if (payload.size() > options_.max_payload) {
+    const std::string reason = "cannot send a " + std::string(FrameTypeName(type)) + " frame of " +
+                               std::to_string(payload.size()) + " bytes: over the frame limit of " +
+                               std::to_string(options_.max_payload);
+    spdlog::warn("closing link to {}: {}", remote_, reason);
+    CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
+    return false;
+  }
+  if (state_ == State::kHandshaking) {
+    if (held_.size() + queued_bytes_ + payload.size() > options_.max_queued_bytes) {
+      CloseNow("send queue full while authenticating", CloseKind::kClosed, false);
+      return false;
+    }
+    AppendFrame(held_, type, payload);
+    return true;
+  }
+  Enqueue(type, std::move(payload), write_now);
+  return state_ != State::kClosed;
 }
 
 void PeerLink::Close(std::string reason) {

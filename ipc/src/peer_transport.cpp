@@ -67,6 +67,8 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
   void ConnectTo(const std::string& address);
   void Forget(const std::string& address);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  bool Send(std::uint64_t node_id, std::vector<Frame> frames);
+  std::shared_ptr<PeerLink> ActiveLink(std::uint64_t node_id) const;
   void Disconnect(std::uint64_t node_id, const std::string& reason) {
     std::shared_ptr<PeerLink> link;
     {
@@ -485,20 +487,39 @@ void PeerTransport::Disconnect(std::uint64_t node_id, std::string reason) {
   core_->Disconnect(node_id, reason);
 }
 
+namespace {
+
+bool FitsAFrame(std::uint64_t node_id, FrameType type, const std::string& payload) {
+  if (payload.size() <= kDefaultMaxPayload) return true;
+  spdlog::error("not sending a {} frame of {} bytes to {}: over the frame limit of {}",
+                FrameTypeName(type), payload.size(), NodeIdToHex(node_id), kDefaultMaxPayload);
+  return false;
+}
+
+}  // namespace
+
+std::shared_ptr<PeerLink> PeerTransport::Core::ActiveLink(std::uint64_t node_id) const {
+  std::lock_guard lock(links_mutex_);
+  auto found = nodes_.find(node_id);
+  if (found == nodes_.end()) return nullptr;
+  return found->second.active;
+}
+
 bool PeerTransport::Core::Send(std::uint64_t node_id, FrameType type, std::string payload) {
-  if (payload.size() > kDefaultMaxPayload) {
-    spdlog::error("not sending a {} frame of {} bytes to {}: over the frame limit of {}",
-                  FrameTypeName(type), payload.size(), NodeIdToHex(node_id), kDefaultMaxPayload);
-    return false;
-  }
-  std::shared_ptr<PeerLink> link;
-  {
-    std::lock_guard lock(links_mutex_);
-    auto found = nodes_.find(node_id);
-    if (found == nodes_.end()) return false;
-    link = found->second.active;
-  }
+  if (!FitsAFrame(node_id, type, payload)) return false;
+  auto link = ActiveLink(node_id);
+  if (!link) return false;
   link->Send(type, std::move(payload));
+  return true;
+}
+
+bool PeerTransport::Core::Send(std::uint64_t node_id, std::vector<Frame> frames) {
+  for (const Frame& frame : frames) {
+    if (!FitsAFrame(node_id, frame.type, frame.payload)) return false;
+  }
+  auto link = ActiveLink(node_id);
+  if (!link) return false;
+  link->Send(std::move(frames));
   return true;
 }
 
@@ -529,6 +550,10 @@ void PeerTransport::Forget(std::string host_port) {
 
 bool PeerTransport::Send(std::uint64_t node_id, FrameType type, std::string payload) {
   return core_->Send(node_id, type, std::move(payload));
+}
+
+bool PeerTransport::Send(std::uint64_t node_id, std::vector<Frame> frames) {
+  return core_->Send(node_id, std::move(frames));
 }
 
 std::vector<PeerIdentity> PeerTransport::Peers() const { return core_->Peers(); }

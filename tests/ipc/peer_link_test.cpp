@@ -116,6 +116,40 @@ class LinkFixture : public ::testing::Test {
   std::condition_variable changed_;
 };
 
+// The IPC service hands a link all its frames for one node at once: they leave in order and
+// whole, a large one among small ones included, and the peer can read them all at once.
+TEST_F(LinkFixture, FramesSentTogetherArriveInOrderAndTogether) {
+  Open({.secret = "s"});
+  ASSERT_EQ(PeerHandshakes("s"), PeerHandshake::Outcome::kEstablished);
+  ASSERT_TRUE(WaitFor([&] { return established.has_value(); }));
+  const std::string large(200 * 1024, 'L');
+  std::vector<Frame> batch;
+  batch.push_back({FrameType::kIpcRemote, "ok"});
+  batch.push_back({FrameType::kIpcRemote, large});
+  batch.push_back({FrameType::kIpcRemote, "reply"});
+  link->Send(std::move(batch));
+  for (const std::string& expected : {std::string("ok"), large, std::string("reply")}) {
+    auto frame = Read();
+    ASSERT_TRUE(frame);
+    EXPECT_EQ(frame->type, FrameType::kIpcRemote);
+    EXPECT_EQ(frame->payload, expected);
+  }
+  std::vector<Frame> small;
+  small.push_back({FrameType::kIpcRemote, "first"});
+  small.push_back({FrameType::kIpcRemote, "second"});
+  link->Send(std::move(small));
+  // One write: once the first frame's bytes are there, so are the second's.
+  char buffer[256];
+  const std::size_t got = peer.read_some(asio::buffer(buffer));
+  FrameDecoder decoder;
+  ASSERT_TRUE(decoder.Feed(std::string_view(buffer, got)));
+  auto first = decoder.Next();
+  auto second = decoder.Next();
+  ASSERT_TRUE(first && second) << got << " bytes in the first read";
+  EXPECT_EQ(first->payload, "first");
+  EXPECT_EQ(second->payload, "second");
+}
+
 TEST_F(LinkFixture, EstablishesThenDeliversFramesBothWays) {
   Open({.secret = "s"});
   link->Send(FrameType::kHeartbeat, "early");  // held until the handshake ends

@@ -43,8 +43,8 @@ Expected<void> Agent::Start() {
   events_ = std::make_unique<EventBus>(identity_.name);
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
-      io_, identity_.id, [this](std::uint64_t node, ipc::FrameType type, std::string payload) {
-        return cluster_ && cluster_->SendIpc(node, type, std::move(payload));
+      io_, identity_.id, [this](std::uint64_t node, std::vector<ipc::Frame> frames) {
+        return cluster_ && cluster_->SendIpc(node, std::move(frames));
       });
   job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =

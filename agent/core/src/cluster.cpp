@@ -138,8 +138,8 @@ void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
   }
 }
 
-bool Cluster::SendIpc(std::uint64_t node_id, ipc::FrameType type, std::string payload) {
-  return transport_->Send(node_id, type, std::move(payload));
+bool Cluster::SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames) {
+  return transport_->Send(node_id, std::move(frames));
 }
 
 void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string payload) {

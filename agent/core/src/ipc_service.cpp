@@ -306,12 +306,19 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         Close(job);
       }
     }
+    // The frames for one node leave in one write (a call's deferred ok and its reply, say); a
+    // blast's chunks each in one of their own, after what came before them.
+    std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
     for (auto& frame : actions.frames) {
-      if (!SendToNode(frame.node, std::move(frame.payload))) {
-        // No link: the router learns it from NodeDown; nothing else to do here.
-        spdlog::debug("IPC frame to node {:016x} dropped: no link", frame.node);
+      auto& batch = batches[frame.node];
+      if (frame.payload.size() > kBlastChunk) {
+        SendBatch(frame.node, batch);
+        SendBlast(frame.node, frame.payload);
+        continue;
       }
+      batch.push_back({ipc::FrameType::kIpcRemote, std::move(frame.payload)});
     }
+    for (auto& [node, batch] : batches) SendBatch(node, batch);
     for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
     const auto now = TimerSchedule::Clock::now();
     for (const auto& timer : actions.timers) schedule_.Add(timer.id, now + timer.after);
@@ -374,11 +381,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     });
   }
 
-  // A payload over one frame goes as a blast of chunks, in order on the one link.
-  bool SendToNode(std::uint64_t node, std::string payload) {
-    if (payload.size() <= kBlastChunk) {
-      return send_(node, ipc::FrameType::kIpcRemote, std::move(payload));
+  void SendBatch(std::uint64_t node, std::vector<ipc::Frame>& batch) {
+    if (batch.empty()) return;
+    if (!send_(node, std::move(batch))) {
+      // No link: the router learns it from NodeDown; nothing else to do here.
+      spdlog::debug("IPC frames to node {:016x} dropped: no link", node);
     }
+    batch.clear();
+  }
+
+  // A payload over one frame goes as a blast of chunks, in order on the one link.
+  void SendBlast(std::uint64_t node, std::string_view payload) {
     const std::uint64_t blast = next_blast_++;
     const auto count = static_cast<std::uint32_t>((payload.size() + kBlastChunk - 1) / kBlastChunk);
     for (std::uint32_t index = 0; index < count; ++index) {
@@ -386,10 +399,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       chunk.U64(blast);
       chunk.U32(index);
       chunk.U32(count);
-      chunk.out().append(std::string_view(payload).substr(index * kBlastChunk, kBlastChunk));
-      if (!send_(node, ipc::FrameType::kIpcBlast, chunk.Take())) return false;
+      chunk.out().append(payload.substr(index * kBlastChunk, kBlastChunk));
+      std::vector<ipc::Frame> one;
+      one.push_back({ipc::FrameType::kIpcBlast, chunk.Take()});
+      if (!send_(node, std::move(one))) {
+        spdlog::debug("IPC blast to node {:016x} dropped: no link", node);
+        return;
+      }
     }
-    return true;
   }
 
   Expected<void> OnBlast(std::uint64_t from, std::string_view chunk) {

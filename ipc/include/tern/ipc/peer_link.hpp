@@ -6,9 +6,9 @@
 // on_established(peer) and then delivers every frame, in order, to on_frame. Frames handed to
 // Send() before that are held and go out right after the handshake.
 //
-// Writes are batched: frames sent in one turn of the executor (an IPC router's answers to one
-// event, say: a deferred result and the reply behind it) leave in one write, and frames queued
-// while a write is in flight are coalesced into the next single async_write. The outgoing queue is
+// Writes are batched: the frames of one Send() call (an IPC router's frames for one event, say:
+// a deferred result and the reply behind it) leave in one write, and frames queued while a
+// write is in flight are coalesced into the next single async_write. The outgoing queue is
 // bounded (64 MiB by default): overflowing it closes the link with that reason, logged — a frame is
 // never dropped silently.
 //
@@ -72,6 +72,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   // Queues one frame (any thread). Closes the link if the queue would exceed its bound or the
   // payload exceeds max_payload.
   void Send(FrameType type, std::string payload);
+  // Several frames, in order, in one write.
+  void Send(std::vector<Frame> frames);
   // Closes the link (any thread); on_closed reports `reason` unless it was already closed.
   void Close(std::string reason);
 
@@ -92,8 +94,10 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void DoRead();
   void OnRead(const boost::system::error_code& error, std::size_t size);
   void OnHandshakeFrame(const Frame& frame);
-  // Queues one frame; writes at once unless `write_now` is false (a posted DoWrite follows).
+  // Queues one frame; writes at once unless `write_now` is false (more frames follow).
   void Enqueue(FrameType type, std::string payload, bool write_now = true);
+  // Send()'s work on the executor: false when the link closed because of this frame.
+  bool Accept(FrameType type, std::string& payload, bool write_now);
   void DoWrite();
   void OnWrite(const boost::system::error_code& error);
   void CloseNow(const std::string& reason, CloseKind kind, bool flush);
@@ -116,8 +120,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   std::size_t queued_bytes_ = 0;
   std::size_t writing_bytes_ = 0;
   bool write_in_flight_ = false;
-  bool write_posted_ = false;  // a DoWrite is posted: Send()s of this turn join its write
-  bool lingering_ = false;     // closed; flushing the last frames before closing the socket
+  bool lingering_ = false;  // closed; flushing the last frames before closing the socket
 };
 
 std::string_view CloseKindName(PeerLink::CloseKind kind);

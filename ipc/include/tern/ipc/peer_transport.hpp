@@ -67,6 +67,8 @@ class PeerTransport {
   void ConnectTo(std::string host_port);
   void Forget(std::string host_port);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
+  // Several frames, in order, in one write of the node's link.
+  bool Send(std::uint64_t node_id, std::vector<Frame> frames);
   // Closes the node's link with a logged reason (a peer that broke the protocol); redialling
   // then brings up a fresh one.
   void Disconnect(std::uint64_t node_id, std::string reason);

@@ -22,6 +22,7 @@
 #include <string>
 #include <tern/balancer/load_table.hpp>
 #include <tern/balancer/membership.hpp>
+#include <tern/ipc/frame.hpp>
 #include <tern/ipc/frame_type.hpp>
 #include <vector>
 
@@ -71,7 +72,8 @@ class Cluster {
     ipc_frames_ = std::move(frames);
     link_listener_ = std::move(links);
   }
-  bool SendIpc(std::uint64_t node_id, ipc::FrameType type, std::string payload);
+  // Frames for another node's agent, in order, in one write of its link; false without one.
+  bool SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames);
   // Answers every call still waiting on `node_id` with 503 and `reason`.
   void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
 

@@ -22,15 +22,17 @@
 #include <set>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/ipc/frame.hpp>
 #include <tern/ipc/frame_type.hpp>
 #include <tern/ipc/port_router.hpp>
+#include <vector>
 
 namespace tern::agent {
 
 class IpcService {
  public:
-  using NodeSender =
-      std::function<bool(std::uint64_t node, ipc::FrameType type, std::string payload)>;
+  // Sends frames, in order and in one write, to another node's agent; false without a link.
+  using NodeSender = std::function<bool(std::uint64_t node, std::vector<ipc::Frame> frames)>;
 
   IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node);
   ~IpcService();
