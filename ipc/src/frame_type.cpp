@@ -26,6 +26,8 @@ std::string_view FrameTypeName(FrameType type) {
       return "IpcRemote";
     case FrameType::kIpcBlast:
       return "IpcBlast";
+    case FrameType::kIpcBlastAck:
+      return "IpcBlastAck";
   }
   return "Unknown";
 }

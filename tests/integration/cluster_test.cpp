@@ -1285,6 +1285,14 @@ TEST_F(ClusterTest, IpcLargeOutOfLineDataCrossesNodes) {
   EXPECT_NE(FinishedOutput(client).find("20971520 bytes out of line: ok"), std::string::npos);
   EXPECT_NE(FinishedOutput(server).find("got 20971520 bytes out of line, intact"),
             std::string::npos);
+  // Larger than a link's send queue (64 MiB): this once closed the link between the nodes
+  // ("send queue full"); a blast now goes under a window of acknowledged chunks.
+  const auto big_server = Submit("node1", {probe, "ool-server", "itool100", "100"}, "node3");
+  const auto big_client = Submit("node1", {probe, "ool-client", "itool100", "100"}, "node1");
+  EXPECT_NE(FinishedOutput(big_client).find("104857600 bytes out of line: ok"),
+            std::string::npos);
+  EXPECT_NE(FinishedOutput(big_server).find("got 104857600 bytes out of line, intact"),
+            std::string::npos);
 }
 
 TEST_F(ClusterTest, IpcAStreamThroughAFullQueueArrivesWholeAndInOrder) {

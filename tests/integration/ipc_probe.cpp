@@ -345,8 +345,10 @@ int main(int argc, char** argv) {
   if (mode == "region-shared") code = RegionOwner(channel, name, true);
   if (mode == "region-copied") code = RegionOwner(channel, name, false);
   if (mode == "region-peer") code = RegionPeer(channel, name);
-  if (mode == "ool-client") code = OolClient(channel, name, 20u << 20);
-  if (mode == "ool-server") code = OolServer(channel, name, 20u << 20);
+  // ool-client / ool-server NAME [MIB]: one out-of-line item of MIB MiB (20 by default).
+  const std::size_t ool_bytes = (argc > 3 ? std::stoul(argv[3]) : 20u) << 20;
+  if (mode == "ool-client") code = OolClient(channel, name, ool_bytes);
+  if (mode == "ool-server") code = OolServer(channel, name, ool_bytes);
   if (mode == "move-receive") code = MoveReceive(channel, name);
   if (mode == "stream-writer") code = StreamWriter(channel, name);
   if (mode == "stream-reader") code = StreamReader(channel, name);

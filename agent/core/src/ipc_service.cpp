@@ -13,7 +13,9 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <span>
+#include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
@@ -306,17 +308,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         Close(job);
       }
     }
-    // The frames for one node leave in one write (a call's deferred ok and its reply, say); a
-    // blast's chunks each in one of their own, after what came before them.
+    // The frames for one node leave in one write (a call's deferred ok and its reply, say),
+    // through its outbox: a large payload goes as a blast, and what follows waits for it.
     std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
     for (auto& frame : actions.frames) {
+      auto now = outboxes_[frame.node].Add(std::move(frame.payload));
       auto& batch = batches[frame.node];
-      if (frame.payload.size() > kBlastChunk) {
-        SendBatch(frame.node, batch);
-        SendBlast(frame.node, frame.payload);
-        continue;
-      }
-      batch.push_back({ipc::FrameType::kIpcRemote, std::move(frame.payload)});
+      std::move(now.begin(), now.end(), std::back_inserter(batch));
     }
     for (auto& [node, batch] : batches) SendBatch(node, batch);
     for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
@@ -390,44 +388,35 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     batch.clear();
   }
 
-  // A payload over one frame goes as a blast of chunks, in order on the one link.
-  void SendBlast(std::uint64_t node, std::string_view payload) {
-    const std::uint64_t blast = next_blast_++;
-    const auto count = static_cast<std::uint32_t>((payload.size() + kBlastChunk - 1) / kBlastChunk);
-    for (std::uint32_t index = 0; index < count; ++index) {
-      ipc::WireWriter chunk;
-      chunk.U64(blast);
-      chunk.U32(index);
-      chunk.U32(count);
-      chunk.out().append(payload.substr(index * kBlastChunk, kBlastChunk));
-      std::vector<ipc::Frame> one;
-      one.push_back({ipc::FrameType::kIpcBlast, chunk.Take()});
-      if (!send_(node, std::move(one))) {
-        spdlog::debug("IPC blast to node {:016x} dropped: no link", node);
-        return;
-      }
-    }
-  }
-
-  Expected<void> OnBlast(std::uint64_t from, std::string_view chunk) {
-    ipc::WireReader reader(chunk);
-    auto blast = reader.U64();
-    auto index = reader.U32();
-    auto count = reader.U32();
-    if (!count || *count == 0 || *index >= *count ||
-        *count > ipc::kMaxMessageBytes / kBlastChunk + 2) {
+  // A chunk of a blast from `from`: taken, acknowledged (the sender keeps at most
+  // BlastOutbox::kWindowChunks on their way), and the message handed on once whole.
+  Expected<void> OnBlast(std::uint64_t from, std::string_view payload) {
+    const auto chunk = ipc::ParseBlastChunk(payload);
+    if (!chunk || chunk->count == 0 || chunk->index >= chunk->count ||
+        chunk->count > ipc::kMaxMessageBytes / ipc::BlastOutbox::kChunkBytes + 2) {
       return Fail("malformed IPC blast chunk");
     }
-    auto& assembly = blasts_[{from, *blast}];
-    if (*index != assembly.next) {
-      blasts_.erase({from, *blast});
+    auto& assembly = blasts_[{from, chunk->blast}];
+    if (chunk->index != assembly.next) {
+      blasts_.erase({from, chunk->blast});
       return Fail("IPC blast chunk out of order");
     }
-    assembly.bytes.append(chunk.substr(16));
-    if (++assembly.next < *count) return {};
-    auto payload = std::make_shared<const std::string>(std::move(assembly.bytes));
-    blasts_.erase({from, *blast});
-    return router_.NodeFrame(from, std::move(payload));
+    assembly.bytes.append(chunk->bytes);
+    std::vector<ipc::Frame> ack;
+    ack.push_back({ipc::FrameType::kIpcBlastAck, ipc::EncodeBlastAck(chunk->blast, chunk->index)});
+    send_(from, std::move(ack));
+    if (++assembly.next < chunk->count) return {};
+    auto message = std::make_shared<const std::string>(std::move(assembly.bytes));
+    blasts_.erase({from, chunk->blast});
+    return router_.NodeFrame(from, std::move(message));
+  }
+
+  // The peer took a chunk: what waited for room in the window leaves.
+  void OnBlastAck(std::uint64_t from) {
+    auto outbox = outboxes_.find(from);
+    if (outbox == outboxes_.end()) return;
+    auto now = outbox->second.OnAck();
+    SendBatch(from, now);
   }
 
   void ScheduleRun() {
@@ -502,11 +491,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   TimerSchedule schedule_;
   boost::asio::steady_timer timer_{io_};
   std::map<std::string, std::shared_ptr<Channel>> channels_;
-  static constexpr std::size_t kBlastChunk = 4u << 20;
   // Replies smaller than this are gathered into one chunk; larger ones keep their own buffer.
   static constexpr std::size_t kGatherBelow = 16u << 10;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
-  std::uint64_t next_blast_ = 1;
+  std::map<std::uint64_t, ipc::BlastOutbox> outboxes_;  // by node
   struct Assembly {
     std::uint32_t next = 0;
     std::string bytes;
@@ -546,10 +534,15 @@ void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
 Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
                                        std::string payload) {
   // A message's data stay in the frame that brought them (no copy on the way to the job).
-  auto handled =
-      type == ipc::FrameType::kIpcBlast
-          ? impl_->OnBlast(from, payload)
-          : impl_->router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));
+  Expected<void> handled;
+  if (type == ipc::FrameType::kIpcBlast) {
+    handled = impl_->OnBlast(from, payload);
+  } else if (type == ipc::FrameType::kIpcBlastAck) {
+    impl_->OnBlastAck(from);
+  } else {
+    handled =
+        impl_->router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));
+  }
   // Frames come in bursts (a link reads many at once): act once per burst, so that the
   // answers to a burst leave in one write to each job.
   impl_->ScheduleRun();
@@ -560,6 +553,7 @@ void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
 
 void IpcService::NodeDown(std::uint64_t node) {
   std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
+  impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
   impl_->router_.NodeDown(node);
   impl_->Run();
 }

@@ -27,8 +27,9 @@ enum class FrameType : std::uint16_t {
   // receiver, or its result.
   kIpcRemote = 30,
   // One chunk of an IpcRemote payload too large for one frame (out-of-line data), sent as a
-  // blast: [u64 blast id][u32 index][u32 count][bytes]; no per-chunk acknowledgement.
+  // blast: [u64 blast id][u32 index][u32 count][bytes], at most 8 chunks unacknowledged.
   kIpcBlast = 31,
+  kIpcBlastAck = 32,  // [u64 blast id][u32 index]: the receiver took that chunk
 };
 
 // A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number

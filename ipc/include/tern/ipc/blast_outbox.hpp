@@ -1,0 +1,65 @@
+// BlastOutbox: the IPC frames an agent sends to one other node, in order, where a payload too
+// large for one frame (out-of-line data, up to kMaxMessageBytes) goes as a blast of chunks
+// under a window: at most kWindowChunks chunks are on their way unacknowledged, and the
+// receiving agent acknowledges each chunk it has taken (FrameType::kIpcBlastAck). So a large
+// message never fills the link's send queue (which closes the link: docs/wire.md), and frames
+// queued behind a blast wait for it, keeping the order the router made them in.
+//
+// Logic only: Add() and OnAck() return the frames to write now; the caller writes them, in
+// order. With nothing waiting, a payload that fits one frame passes straight through.
+//
+// Thread-safety: none; one per node, used from the agent's io thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tern/ipc/frame.hpp>
+#include <vector>
+
+namespace tern::ipc {
+
+// A blast chunk: [u64 blast id][u32 index][u32 count][bytes].
+struct BlastChunk {
+  std::uint64_t blast = 0;
+  std::uint32_t index = 0;
+  std::uint32_t count = 0;
+  std::string_view bytes;
+};
+std::optional<BlastChunk> ParseBlastChunk(std::string_view payload);
+// The acknowledgement of one chunk: [u64 blast id][u32 index].
+std::string EncodeBlastAck(std::uint64_t blast, std::uint32_t index);
+
+class BlastOutbox {
+ public:
+  static constexpr std::size_t kChunkBytes = 4u << 20;
+  static constexpr std::size_t kWindowChunks = 8;  // 32 MiB on the way at most
+  static constexpr std::size_t kChunkHeaderBytes = 16;
+
+  // Queues one IpcRemote payload; returns the frames that can leave now.
+  std::vector<Frame> Add(std::string payload);
+  // A chunk was acknowledged (a malformed or unexpected ack is ignored); returns what can
+  // leave now.
+  std::vector<Frame> OnAck();
+
+  bool idle() const { return waiting_.empty() && unacked_ == 0; }
+  std::size_t unacked() const { return unacked_; }
+
+ private:
+  struct Waiting {
+    std::string payload;
+    std::uint64_t blast = 0;  // 0: one frame
+    std::uint32_t next = 0;
+    std::uint32_t count = 0;
+  };
+  std::vector<Frame> Drain();
+
+  std::deque<Waiting> waiting_;
+  std::size_t unacked_ = 0;
+  std::uint64_t next_blast_ = 1;
+};
+
+}  // namespace tern::ipc

@@ -1,0 +1,70 @@
+#include "tern/ipc/blast_outbox.hpp"
+
+#include <tern/ipc/job_wire.hpp>
+
+namespace tern::ipc {
+
+std::optional<BlastChunk> ParseBlastChunk(std::string_view payload) {
+  WireReader reader(payload);
+  auto blast = reader.U64();
+  auto index = reader.U32();
+  auto count = reader.U32();
+  if (!blast || !index || !count) return std::nullopt;
+  return BlastChunk{*blast, *index, *count, payload.substr(BlastOutbox::kChunkHeaderBytes)};
+}
+
+std::string EncodeBlastAck(std::uint64_t blast, std::uint32_t index) {
+  WireWriter writer;
+  writer.U64(blast);
+  writer.U32(index);
+  return writer.Take();
+}
+
+std::vector<Frame> BlastOutbox::Add(std::string payload) {
+  if (waiting_.empty() && payload.size() <= kChunkBytes) {
+    std::vector<Frame> now;
+    now.push_back({FrameType::kIpcRemote, std::move(payload)});
+    return now;
+  }
+  Waiting entry;
+  if (payload.size() > kChunkBytes) {
+    entry.blast = next_blast_++;
+    entry.count = static_cast<std::uint32_t>((payload.size() + kChunkBytes - 1) / kChunkBytes);
+  }
+  entry.payload = std::move(payload);
+  waiting_.push_back(std::move(entry));
+  return Drain();
+}
+
+std::vector<Frame> BlastOutbox::OnAck() {
+  if (unacked_ > 0) --unacked_;
+  return Drain();
+}
+
+std::vector<Frame> BlastOutbox::Drain() {
+  std::vector<Frame> now;
+  while (!waiting_.empty()) {
+    Waiting& front = waiting_.front();
+    if (front.blast == 0) {
+      now.push_back({FrameType::kIpcRemote, std::move(front.payload)});
+      waiting_.pop_front();
+      continue;
+    }
+    while (front.next < front.count && unacked_ < kWindowChunks) {
+      WireWriter chunk;
+      chunk.U64(front.blast);
+      chunk.U32(front.next);
+      chunk.U32(front.count);
+      chunk.out().append(std::string_view(front.payload)
+                             .substr(std::size_t{front.next} * kChunkBytes, kChunkBytes));
+      now.push_back({FrameType::kIpcBlast, chunk.Take()});
+      ++front.next;
+      ++unacked_;
+    }
+    if (front.next < front.count) break;  // the window is full
+    waiting_.pop_front();
+  }
+  return now;
+}
+
+}  // namespace tern::ipc
