@@ -16,7 +16,7 @@
 //         make-send-once reply right, answered at once.
 //   client: name_lookup(NAME) (retried until the server has registered it), then
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
-//       stream: a PortWriter (trains of messages, up to 4 on their way at once; a full queue
+//       stream: a PortWriter (trains of messages, up to 8 on their way at once; a full queue
 //         holds the sender back, nothing is dropped), flushed,
 //         then the end marker and a receive() of its answer on a port of its own: the
 //         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,

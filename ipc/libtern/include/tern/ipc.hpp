@@ -285,7 +285,9 @@ class Channel {
 class PortWriter {
  public:
   struct Options {
-    std::size_t window = 4;              // trains on their way at once
+    // Trains on their way at once: 8 keeps a port of the default bench queue (1000) full
+    // across nodes (4 left the reader batches of ~650; 8 streamed 8-32% faster, bench/README).
+    std::size_t window = 8;
     std::size_t train_bytes = 64 << 10;  // a train leaves when it holds this many bytes
     std::size_t train_messages = 2048;   // ... or this many messages
   };
