@@ -63,18 +63,28 @@ void PeerLink::Start() {
 }
 
 void PeerLink::Send(FrameType type, std::string payload) {
+  const std::size_t bytes = kFrameHeaderSize + payload.size();
+  posted_ += bytes;
   // Mutable: the payload moves on into the queue (a large one is never copied).
-  asio::post(executor_, [self = shared_from_this(), type, payload = std::move(payload)]() mutable {
-    self->Accept(type, payload, /*write_now=*/true);
-  });
+  asio::post(executor_,
+             [self = shared_from_this(), type, payload = std::move(payload), bytes]() mutable {
+               self->posted_ -= bytes;
+               self->Accept(type, payload, /*write_now=*/true);
+               self->PublishUnsent();
+             });
 }
 
 void PeerLink::Send(std::vector<Frame> frames) {
-  asio::post(executor_, [self = shared_from_this(), frames = std::move(frames)]() mutable {
+  std::size_t bytes = 0;
+  for (const Frame& frame : frames) bytes += kFrameHeaderSize + frame.payload.size();
+  posted_ += bytes;
+  asio::post(executor_, [self = shared_from_this(), frames = std::move(frames), bytes]() mutable {
+    self->posted_ -= bytes;
     for (Frame& frame : frames) {
-      if (!self->Accept(frame.type, frame.payload, /*write_now=*/false)) return;
+      if (!self->Accept(frame.type, frame.payload, /*write_now=*/false)) break;
     }
     if (self->state_ == State::kEstablished) self->DoWrite();
+    self->PublishUnsent();
   });
 }
 
@@ -137,15 +147,19 @@ void PeerLink::DoWrite() {
   buffers.reserve(writing_.size());
   for (const std::string& piece : writing_) buffers.push_back(asio::buffer(piece));
   write_in_flight_ = true;
-  asio::async_write(socket_, buffers,
-                    [self = shared_from_this()](const boost::system::error_code& error,
-                                                std::size_t) { self->OnWrite(error); });
+  asio::async_write(
+      socket_, buffers,
+      [self = shared_from_this()](const boost::system::error_code& error, std::size_t) {
+        self->OnWrite(error);
+        self->PublishUnsent();
+      });
 }
 
 void PeerLink::OnWrite(const boost::system::error_code& error) {
   write_in_flight_ = false;
   writing_.clear();
   writing_bytes_ = 0;
+  PublishUnsent();
   if (error) {
     if (lingering_) return FinishClose();
     CloseNow("write failed: " + error.message(), CloseKind::kClosed, /*flush=*/false);
@@ -255,6 +269,7 @@ void PeerLink::FinishClose() {
   lingering_ = false;
   queued_.clear();
   queued_bytes_ = 0;
+  PublishUnsent();
   timer_.cancel();
   boost::system::error_code ignored;
   socket_.shutdown(Tcp::socket::shutdown_both, ignored);

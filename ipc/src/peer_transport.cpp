@@ -556,6 +556,11 @@ bool PeerTransport::Send(std::uint64_t node_id, std::vector<Frame> frames) {
   return core_->Send(node_id, std::move(frames));
 }
 
+std::size_t PeerTransport::Backlog(std::uint64_t node_id) const {
+  auto link = core_->ActiveLink(node_id);
+  return link ? link->backlog() : 0;
+}
+
 std::vector<PeerIdentity> PeerTransport::Peers() const { return core_->Peers(); }
 
 std::uint16_t PeerTransport::ListenPort() const { return core_->listen_port(); }

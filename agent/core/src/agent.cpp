@@ -43,9 +43,11 @@ Expected<void> Agent::Start() {
   events_ = std::make_unique<EventBus>(identity_.name);
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
-      io_, identity_.id, [this](std::uint64_t node, std::vector<ipc::Frame> frames) {
+      io_, identity_.id,
+      [this](std::uint64_t node, std::vector<ipc::Frame> frames) {
         return cluster_ && cluster_->SendIpc(node, std::move(frames));
-      });
+      },
+      [this](std::uint64_t node) { return cluster_ ? cluster_->IpcBacklog(node) : 0; });
   job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =
       std::make_unique<jobs::JobSupervisor>(io_, job_options, [this](const jobs::JobRecord& job) {

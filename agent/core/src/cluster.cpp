@@ -142,6 +142,10 @@ bool Cluster::SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames) {
   return transport_->Send(node_id, std::move(frames));
 }
 
+std::size_t Cluster::IpcBacklog(std::uint64_t node_id) const {
+  return transport_->Backlog(node_id);
+}
+
 void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string payload) {
   switch (static_cast<ipc::FrameType>(type)) {
     case ipc::FrameType::kHeartbeat: {

@@ -81,8 +81,8 @@ class MemfdRegions : public ipc::RegionStore {
 
 class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
  public:
-  Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
-      : io_(io), router_(node_id, regions_), send_(std::move(send)) {}
+  Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send, NodeBacklog backlog)
+      : io_(io), router_(node_id, regions_), send_(std::move(send)), backlog_(std::move(backlog)) {}
 
   struct Channel {
     explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
@@ -152,9 +152,42 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    if (holding_ || Backlogged(kHoldAbove)) return Hold(job, channel);
     if (!Consume(job, channel)) return;
     Run();
-    if (!channel->closed) Read(job, channel);
+    if (channel->closed) return;
+    if (Backlogged(kHoldAbove)) return Hold(job, channel);
+    Read(job, channel);
+  }
+
+  // Whether a link to some node has more than `limit` bytes waiting to be written.
+  bool Backlogged(std::size_t limit) const {
+    if (!backlog_) return false;
+    for (const auto& [node, outbox] : outboxes_) {
+      if (backlog_(node) > limit) return true;
+    }
+    return false;
+  }
+
+  // The channel is read again once every link has drained (checked each kHoldCheck).
+  void Hold(const std::string& job, const std::shared_ptr<Channel>& channel) {
+    held_.emplace_back(job, channel);
+    if (holding_) return;
+    holding_ = true;
+    spdlog::debug("IPC: holding jobs' requests back: a link to another node is backlogged");
+    CheckHold();
+  }
+
+  void CheckHold() {
+    hold_timer_.expires_after(kHoldCheck);
+    hold_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (error || self->stopped_) return;
+      if (self->Backlogged(kResumeBelow)) return self->CheckHold();
+      self->holding_ = false;
+      for (auto& [job, weak] : std::exchange(self->held_, {})) {
+        if (auto channel = weak.lock(); channel && !channel->closed) self->Read(job, channel);
+      }
+    });
   }
 
   // Reads what the job wrote and hands every complete request to the router; false when the
@@ -495,6 +528,11 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   static constexpr std::size_t kGatherBelow = 16u << 10;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
   std::map<std::uint64_t, ipc::BlastOutbox> outboxes_;  // by node
+  NodeBacklog backlog_;
+  static constexpr auto kHoldCheck = std::chrono::milliseconds(1);
+  boost::asio::steady_timer hold_timer_{io_};
+  bool holding_ = false;
+  std::vector<std::pair<std::string, std::weak_ptr<Channel>>> held_;
   struct Assembly {
     std::uint32_t next = 0;
     std::string bytes;
@@ -522,8 +560,9 @@ std::string IpcService::MoveBlocker(const std::string& job) const {
   return impl_->router_.MoveBlocker(job);
 }
 
-IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send)
-    : impl_(std::make_shared<Impl>(io, node_id, std::move(send))) {}
+IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send,
+                       NodeBacklog backlog)
+    : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog))) {}
 
 IpcService::~IpcService() { Stop(); }
 
@@ -570,6 +609,7 @@ void IpcService::Stop() {
   if (!impl_ || impl_->stopped_) return;
   impl_->stopped_ = true;
   impl_->timer_.cancel();
+  impl_->hold_timer_.cancel();
   for (auto& [job, channel] : impl_->channels_) {
     channel->closed = true;
     boost::system::error_code ignored;

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -74,6 +75,10 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void Send(FrameType type, std::string payload);
   // Several frames, in order, in one write.
   void Send(std::vector<Frame> frames);
+  // Bytes given to Send() and not yet written to the socket: what a sender holds back on
+  // (IpcService stops reading its jobs above a high-water mark) before the queue fills and
+  // closes the link. Any thread.
+  std::size_t backlog() const { return posted_.load() + unsent_.load(); }
   // Closes the link (any thread); on_closed reports `reason` unless it was already closed.
   void Close(std::string reason);
 
@@ -120,6 +125,9 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   std::size_t queued_bytes_ = 0;
   std::size_t writing_bytes_ = 0;
   bool write_in_flight_ = false;
+  std::atomic<std::size_t> posted_{0};  // in Send() lambdas not yet run
+  std::atomic<std::size_t> unsent_{0};  // queued_bytes_ + writing_bytes_, published
+  void PublishUnsent() { unsent_.store(queued_bytes_ + writing_bytes_); }
   bool lingering_ = false;  // closed; flushing the last frames before closing the socket
 };
 

@@ -69,6 +69,8 @@ class PeerTransport {
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
   // Several frames, in order, in one write of the node's link.
   bool Send(std::uint64_t node_id, std::vector<Frame> frames);
+  // Bytes sent to the node and not yet written to its link (PeerLink::backlog); 0 without one.
+  std::size_t Backlog(std::uint64_t node_id) const;
   // Closes the node's link with a logged reason (a peer that broke the protocol); redialling
   // then brings up a fresh one.
   void Disconnect(std::uint64_t node_id, std::string reason);

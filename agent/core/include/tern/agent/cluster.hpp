@@ -74,6 +74,8 @@ class Cluster {
   }
   // Frames for another node's agent, in order, in one write of its link; false without one.
   bool SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames);
+  // Bytes sent to `node_id` not yet written to its link (0 without a link).
+  std::size_t IpcBacklog(std::uint64_t node_id) const;
   // Answers every call still waiting on `node_id` with 503 and `reason`.
   void FailPendingCalls(std::uint64_t node_id, const std::string& reason);
 

@@ -33,8 +33,16 @@ class IpcService {
  public:
   // Sends frames, in order and in one write, to another node's agent; false without a link.
   using NodeSender = std::function<bool(std::uint64_t node, std::vector<ipc::Frame> frames)>;
+  // Bytes sent to a node and not yet written to its link. Above kHoldAbove for any node, the
+  // service stops reading its jobs' requests until every backlog is under kResumeBelow: the
+  // jobs wait (their writes to the channel block) instead of the link's queue filling up, which
+  // would close the link and fail everything on it.
+  using NodeBacklog = std::function<std::size_t(std::uint64_t node)>;
+  static constexpr std::size_t kHoldAbove = 16u << 20;
+  static constexpr std::size_t kResumeBelow = 4u << 20;
 
-  IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node);
+  IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node,
+             NodeBacklog backlog = {});
   ~IpcService();
   IpcService(const IpcService&) = delete;
   IpcService& operator=(const IpcService&) = delete;
