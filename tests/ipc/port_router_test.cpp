@@ -209,6 +209,30 @@ JobReply Receive(Net& net, const std::string& job, std::uint32_t port, std::uint
   return net.Call(job, JobOp::kReceive, Body({port, timeout}));
 }
 
+// The server's answer to `request`: `text` on the request's send-once reply right.
+std::string ReplyTo(const Message& request, std::string text) {
+  SendRequest reply;
+  reply.message.destination = request.reply;
+  reply.message.destination_disposition = Disposition::kMoveSendOnce;
+  reply.message.items.push_back(Item::Bytes(std::move(text)));
+  return EncodeSendRequest(reply);
+}
+
+// A server on node 1 whose port is registered as "svc", and a client on node 2 that looked
+// the name up.
+struct ServiceAcrossNodes {
+  Net net{2};
+  std::uint32_t port = 0;  // the server's receive right
+  std::uint32_t svc = 0;   // the client's send right to it
+  ServiceAcrossNodes() {
+    net.Attach(1, "server");
+    net.Attach(2, "client");
+    port = Allocate(net, "server");
+    Register(net, "server", "svc", MakeSend(net, "server", port));
+    svc = ReadU32(Lookup(net, "client", "svc").body);
+  }
+};
+
 TEST(PortRouter, MessagesArriveInOrderOnOneNode) {
   Net net(1);
   net.Attach(1, "a");
@@ -270,12 +294,10 @@ TEST(PortRouter, NamesAreFoundFromAnotherNodeAndMessagesCrossNodes) {
 }
 
 TEST(PortRouter, SendOnceReplyRightWorksOnceAcrossNodes) {
-  Net net(2);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const auto port = Allocate(net, "server");
-  Register(net, "server", "svc", MakeSend(net, "server", port));
-  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  ServiceAcrossNodes service;
+  auto& net = service.net;
+  const auto port = service.port;
+  const auto svc = service.svc;
   const auto reply_port = Allocate(net, "client");
   ASSERT_EQ(net.Call("client", JobOp::kSend,
                      SendBody(svc, "req", {}, FullPolicy::kFail, 0, 0, reply_port,
@@ -285,15 +307,11 @@ TEST(PortRouter, SendOnceReplyRightWorksOnceAcrossNodes) {
   auto request = ReadMessage(Receive(net, "server", port));
   ASSERT_NE(request.reply, 0u);
   EXPECT_EQ(request.reply_disposition, Disposition::kMoveSendOnce);
-  SendRequest answer;
-  answer.message.destination = request.reply;
-  answer.message.destination_disposition = Disposition::kMoveSendOnce;
-  answer.message.items.push_back(Item::Bytes("resp"));
-  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status, JobStatus::kOk);
+  const std::string answer = ReplyTo(request, "resp");
+  EXPECT_EQ(net.Call("server", JobOp::kSend, answer).status, JobStatus::kOk);
   EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "resp");
   // The send-once right is spent.
-  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status,
-            JobStatus::kInvalidName);
+  EXPECT_EQ(net.Call("server", JobOp::kSend, answer).status, JobStatus::kInvalidName);
 }
 
 TEST(PortRouter, AReceiveRightMovesToAJobOnAnotherNode) {
@@ -561,12 +579,10 @@ TEST(PortRouter, AnUnreachableHomeFailsTheOperationInsteadOfHangingIt) {
 }
 
 TEST(PortRouter, SendReceiveIsOneRoundTripAndReceiveManyTakesTheQueue) {
-  Net net(2);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const auto port = Allocate(net, "server");
-  Register(net, "server", "svc", MakeSend(net, "server", port));
-  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  ServiceAcrossNodes service;
+  auto& net = service.net;
+  const auto port = service.port;
+  const auto svc = service.svc;
   const auto reply_port = Allocate(net, "client");
   WireWriter call;
   call.U32(reply_port);
@@ -576,11 +592,8 @@ TEST(PortRouter, SendReceiveIsOneRoundTripAndReceiveManyTakesTheQueue) {
   const auto asked = net.Ask("client", JobOp::kSendReceive, call.Take());
   EXPECT_FALSE(net.Answer("client", asked)) << "waits for the reply";
   auto request = ReadMessage(Receive(net, "server", port));
-  SendRequest answer;
-  answer.message.destination = request.reply;
-  answer.message.destination_disposition = Disposition::kMoveSendOnce;
-  answer.message.items.push_back(Item::Bytes("answer"));
-  ASSERT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(answer)).status, JobStatus::kOk);
+  const std::string answer = ReplyTo(request, "answer");
+  ASSERT_EQ(net.Call("server", JobOp::kSend, answer).status, JobStatus::kOk);
   auto reply = net.Answer("client", asked);
   ASSERT_TRUE(reply);
   EXPECT_EQ(ReadMessage(*reply).items.at(0).bytes(), "answer");
@@ -611,12 +624,10 @@ TEST(PortRouter, SendReceiveIsOneRoundTripAndReceiveManyTakesTheQueue) {
 // A call across nodes costs one frame each way: the request's "ok" waits at the server's node
 // and leaves with the reply, and the reply (on a send-once right) is not answered at all.
 TEST(PortRouter, ACallAcrossNodesIsOneFrameEachWay) {
-  Net net(2);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const auto port = Allocate(net, "server");
-  Register(net, "server", "svc", MakeSend(net, "server", port));
-  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  ServiceAcrossNodes service;
+  auto& net = service.net;
+  const auto port = service.port;
+  const auto svc = service.svc;
   const auto reply_port = Allocate(net, "client");
   const auto call = [&] {
     WireWriter w;
@@ -627,11 +638,7 @@ TEST(PortRouter, ACallAcrossNodesIsOneFrameEachWay) {
     return net.Ask("client", JobOp::kSendReceive, w.Take());
   };
   const auto answer = [&](const Message& request, std::string text) {
-    SendRequest reply;
-    reply.message.destination = request.reply;
-    reply.message.destination_disposition = Disposition::kMoveSendOnce;
-    reply.message.items.push_back(Item::Bytes(std::move(text)));
-    return net.Call("server", JobOp::kSend, EncodeSendRequest(reply));
+    return net.Call("server", JobOp::kSend, ReplyTo(request, std::move(text)));
   };
 
   const auto before_to_server = net.Sent(2, 1);
@@ -668,12 +675,10 @@ TEST(PortRouter, ACallAcrossNodesIsOneFrameEachWay) {
 // A message on a send-once right always gets in (Mach's rule: the queue limit is for send
 // rights), and one whose port died on the way is destroyed with what it carries.
 TEST(PortRouter, ASendOnceMessageIsNotHeldToTheQueueLimit) {
-  Net net(2);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const auto port = Allocate(net, "server");
-  Register(net, "server", "svc", MakeSend(net, "server", port));
-  const auto svc = ReadU32(Lookup(net, "client", "svc").body);
+  ServiceAcrossNodes service;
+  auto& net = service.net;
+  const auto port = service.port;
+  const auto svc = service.svc;
   const auto reply_port = Allocate(net, "client", /*limit=*/1);
   const auto own = MakeSend(net, "client", reply_port);
   ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(own, "filler")).status, JobStatus::kOk);
@@ -684,16 +689,13 @@ TEST(PortRouter, ASendOnceMessageIsNotHeldToTheQueueLimit) {
                 .status,
             JobStatus::kOk);
   auto request = ReadMessage(Receive(net, "server", port));
-  SendRequest reply;
-  reply.message.destination = request.reply;
-  reply.message.destination_disposition = Disposition::kMoveSendOnce;
-  reply.message.items.push_back(Item::Bytes("resp"));
-  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(reply)).status, JobStatus::kOk);
+  const std::string reply = ReplyTo(request, "resp");
+  EXPECT_EQ(net.Call("server", JobOp::kSend, reply).status, JobStatus::kOk);
   EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "filler");
   EXPECT_EQ(ReadMessage(Receive(net, "client", reply_port)).items.at(0).bytes(), "resp");
 
-  // The client ends before the reply: the reply is destroyed, and the send right it carries is
-  // released (the server's port learns it has no senders left but its own).
+  // The client ends before the reply: the reply is destroyed on its way, and the server's
+  // send-once right is spent all the same.
   ASSERT_EQ(net.Call("client", JobOp::kSend,
                      SendBody(svc, "req2", {}, FullPolicy::kFail, 0, 0, reply_port,
                               Disposition::kMakeSendOnce))
@@ -701,13 +703,9 @@ TEST(PortRouter, ASendOnceMessageIsNotHeldToTheQueueLimit) {
             JobStatus::kOk);
   request = ReadMessage(Receive(net, "server", port));
   net.Gone("client");
-  SendRequest late;
-  late.message.destination = request.reply;
-  late.message.destination_disposition = Disposition::kMoveSendOnce;
-  late.message.items.push_back(Item::Bytes("late"));
-  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(late)).status, JobStatus::kOk);
-  EXPECT_EQ(net.Call("server", JobOp::kSend, EncodeSendRequest(late)).status,
-            JobStatus::kInvalidName)
+  const std::string late = ReplyTo(request, "late");
+  EXPECT_EQ(net.Call("server", JobOp::kSend, late).status, JobStatus::kOk);
+  EXPECT_EQ(net.Call("server", JobOp::kSend, late).status, JobStatus::kInvalidName)
       << "the send-once right is spent";
 }
 
