@@ -92,6 +92,7 @@ TEST(BlastOutbox, TwoBlastsInARowKeepTheirOrderAndIds) {
 TEST(BlastOutbox, AChunkHeaderTooShortIsNotAChunk) {
   EXPECT_FALSE(ParseBlastChunk("short"));
   EXPECT_TRUE(ParseBlastChunk(std::string(16, '\0')));
+  EXPECT_EQ(EncodeBlastAck(7, 3).size(), kBlastAckBytes);  // the agent checks acks by size
 }
 
 }  // namespace

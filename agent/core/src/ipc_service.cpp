@@ -577,7 +577,11 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   if (type == ipc::FrameType::kIpcBlast) {
     handled = impl_->OnBlast(from, payload);
   } else if (type == ipc::FrameType::kIpcBlastAck) {
-    impl_->OnBlastAck(from);
+    if (payload.size() == ipc::kBlastAckBytes) {
+      impl_->OnBlastAck(from);
+    } else {
+      handled = Fail("malformed IPC blast acknowledgement");
+    }
   } else {
     handled =
         impl_->router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));

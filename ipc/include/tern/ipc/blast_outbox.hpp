@@ -31,6 +31,7 @@ struct BlastChunk {
 };
 std::optional<BlastChunk> ParseBlastChunk(std::string_view payload);
 // The acknowledgement of one chunk: [u64 blast id][u32 index].
+constexpr std::size_t kBlastAckBytes = 12;
 std::string EncodeBlastAck(std::uint64_t blast, std::uint32_t index);
 
 class BlastOutbox {
@@ -41,8 +42,8 @@ class BlastOutbox {
 
   // Queues one IpcRemote payload; returns the frames that can leave now.
   std::vector<Frame> Add(std::string payload);
-  // A chunk was acknowledged (a malformed or unexpected ack is ignored); returns what can
-  // leave now.
+  // A chunk was acknowledged (one more than were sent is ignored); returns what can leave
+  // now.
   std::vector<Frame> OnAck();
 
   bool idle() const { return waiting_.empty() && unacked_ == 0; }

@@ -16,12 +16,14 @@
 //  - Every refused handshake is logged (spdlog::warn "refused peer NAME from ADDR: REASON" on
 //    the side that refuses, "peer NAME at ADDR refused us: REASON" on the other) and reported
 //    to on_refused(remote "ip:port", reason). Redialling continues (the secret may be fixed).
-//  - Send() queues one frame on the node's link; it returns false when there is no link to
-//    that node, or when the payload exceeds the frame limit (16 MiB; logged). A frame handed
-//    to a link that then breaks is lost with it: callers that need delivery acknowledge it.
+//  - Send() queues one frame, or several in order for one write, on the node's link; it
+//    returns false when there is no link to that node, or when a payload exceeds the frame
+//    limit (16 MiB; logged). A frame handed to a link that then breaks is lost with it: callers
+//    that need delivery acknowledge it. Backlog() says how much is still to be written: a link
+//    whose queue passes 64 MiB closes, so heavy senders hold back well before that.
 //
-// Threading: the agent runs one io_context thread for all networking. Send() and Peers() may
-// be called from any thread; ConnectTo() and Forget() too (they post to the transport's
+// Threading: the agent runs one io_context thread for all networking. Send(), Backlog() and
+// Peers() may be called from any thread; ConnectTo() and Forget() too (they post to the transport's
 // strand). Start(), Stop() and the destructor must run on the io_context thread or while it is
 // not running. Every callback is invoked on the io_context thread, inside the transport's
 // strand, which all its links share. Callbacks may call any method, including Stop(). After
