@@ -161,12 +161,21 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   // Whether a link to some node has more than `limit` bytes waiting to be written.
-  bool Backlogged(std::size_t limit) const {
+  // A link that does not drain for kMaxHold (a peer that stopped reading, and whose heartbeats
+  // have not yet closed its link) no longer holds anyone back: its queue then fills and the link
+  // closes, as before holding existed, instead of this node's IPC stopping with it.
+  bool Backlogged(std::size_t limit) {
     if (!backlog_) return false;
+    bool backlogged = false;
     for (const auto& [node, outbox] : outboxes_) {
-      if (backlog_(node) > limit) return true;
+      const std::size_t bytes = backlog_(node);
+      if (stuck_.contains(node)) {
+        if (bytes <= kResumeBelow) stuck_.erase(node);
+        continue;
+      }
+      backlogged = backlogged || bytes > limit;
     }
-    return false;
+    return backlogged;
   }
 
   // The channel is read again once every link has drained (checked each kHoldCheck).
@@ -174,6 +183,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     held_.emplace_back(job, channel);
     if (holding_) return;
     holding_ = true;
+    hold_started_ = std::chrono::steady_clock::now();
     spdlog::debug("IPC: holding jobs' requests back: a link to another node is backlogged");
     CheckHold();
   }
@@ -182,7 +192,19 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     hold_timer_.expires_after(kHoldCheck);
     hold_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
       if (error || self->stopped_) return;
-      if (self->Backlogged(kResumeBelow)) return self->CheckHold();
+      if (self->Backlogged(kResumeBelow)) {
+        if (std::chrono::steady_clock::now() - self->hold_started_ < kMaxHold) {
+          return self->CheckHold();
+        }
+        for (const auto& [node, outbox] : self->outboxes_) {
+          if (self->backlog_(node) <= kResumeBelow) continue;
+          spdlog::warn(
+              "IPC: the link to node {:016x} has not drained for {} s; no longer "
+              "holding jobs back for it",
+              node, std::chrono::duration_cast<std::chrono::seconds>(kMaxHold).count());
+          self->stuck_.insert(node);
+        }
+      }
       self->holding_ = false;
       for (auto& [job, weak] : std::exchange(self->held_, {})) {
         if (auto channel = weak.lock(); channel && !channel->closed) self->Read(job, channel);
@@ -532,6 +554,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   static constexpr auto kHoldCheck = std::chrono::milliseconds(1);
   boost::asio::steady_timer hold_timer_{io_};
   bool holding_ = false;
+  static constexpr auto kMaxHold = std::chrono::seconds(2);
+  std::chrono::steady_clock::time_point hold_started_;
+  std::set<std::uint64_t> stuck_;  // links that did not drain within kMaxHold
   std::vector<std::pair<std::string, std::weak_ptr<Channel>>> held_;
   struct Assembly {
     std::uint32_t next = 0;
@@ -597,6 +622,7 @@ void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
 void IpcService::NodeDown(std::uint64_t node) {
   std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
   impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
+  impl_->stuck_.erase(node);
   impl_->router_.NodeDown(node);
   impl_->Run();
 }
