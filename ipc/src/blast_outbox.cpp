@@ -9,7 +9,10 @@ std::optional<BlastChunk> ParseBlastChunk(std::string_view payload) {
   auto blast = reader.U64();
   auto index = reader.U32();
   auto count = reader.U32();
-  if (!blast || !index || !count) return std::nullopt;
+  if (!blast || !index || !count || *index >= *count ||
+      *count > kMaxMessageBytes / BlastOutbox::kChunkBytes + 2) {
+    return std::nullopt;
+  }
   return BlastChunk{*blast, *index, *count, payload.substr(BlastOutbox::kChunkHeaderBytes)};
 }
 
@@ -20,11 +23,14 @@ std::string EncodeBlastAck(std::uint64_t blast, std::uint32_t index) {
   return writer.Take();
 }
 
-std::vector<Frame> BlastOutbox::Add(std::string payload) {
+bool IsBlastAck(std::string_view payload) {
+  return payload.size() == sizeof(std::uint64_t) + sizeof(std::uint32_t);
+}
+
+void BlastOutbox::Add(std::string payload, std::vector<Frame>& out) {
   if (waiting_.empty() && payload.size() <= kChunkBytes) {
-    std::vector<Frame> now;
-    now.push_back({FrameType::kIpcRemote, std::move(payload)});
-    return now;
+    out.push_back({FrameType::kIpcRemote, std::move(payload)});
+    return;
   }
   Waiting entry;
   if (payload.size() > kChunkBytes) {
@@ -33,16 +39,15 @@ std::vector<Frame> BlastOutbox::Add(std::string payload) {
   }
   entry.payload = std::move(payload);
   waiting_.push_back(std::move(entry));
-  return Drain();
+  Drain(out);
 }
 
-std::vector<Frame> BlastOutbox::OnAck() {
+void BlastOutbox::OnAck(std::vector<Frame>& out) {
   if (unacked_ > 0) --unacked_;
-  return Drain();
+  Drain(out);
 }
 
-std::vector<Frame> BlastOutbox::Drain() {
-  std::vector<Frame> now;
+void BlastOutbox::Drain(std::vector<Frame>& now) {
   while (!waiting_.empty()) {
     Waiting& front = waiting_.front();
     if (front.blast == 0) {
@@ -64,7 +69,6 @@ std::vector<Frame> BlastOutbox::Drain() {
     if (front.next < front.count) break;  // the window is full
     waiting_.pop_front();
   }
-  return now;
 }
 
 }  // namespace tern::ipc

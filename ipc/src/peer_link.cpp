@@ -63,32 +63,26 @@ void PeerLink::Start() {
 }
 
 void PeerLink::Send(FrameType type, std::string payload) {
-  const std::size_t bytes = kFrameHeaderSize + payload.size();
-  posted_ += bytes;
-  // Mutable: the payload moves on into the queue (a large one is never copied).
-  asio::post(executor_,
-             [self = shared_from_this(), type, payload = std::move(payload), bytes]() mutable {
-               self->posted_ -= bytes;
-               self->Accept(type, payload, /*write_now=*/true);
-               self->PublishUnsent();
-             });
+  std::vector<Frame> one;
+  one.push_back({type, std::move(payload)});
+  Send(std::move(one));
 }
 
 void PeerLink::Send(std::vector<Frame> frames) {
   std::size_t bytes = 0;
   for (const Frame& frame : frames) bytes += kFrameHeaderSize + frame.payload.size();
   posted_ += bytes;
+  // Mutable: the payloads move on into the queue (a large one is never copied).
   asio::post(executor_, [self = shared_from_this(), frames = std::move(frames), bytes]() mutable {
     self->posted_ -= bytes;
     for (Frame& frame : frames) {
-      if (!self->Accept(frame.type, frame.payload, /*write_now=*/false)) break;
+      if (!self->Accept(frame.type, frame.payload)) return;
     }
     if (self->state_ == State::kEstablished) self->DoWrite();
-    self->PublishUnsent();
   });
 }
 
-bool PeerLink::Accept(FrameType type, std::string& payload, bool write_now) {
+bool PeerLink::Accept(FrameType type, std::string& payload) {
   if (state_ == State::kClosed) return false;
   if (payload.size() > options_.max_payload) {
     const std::string reason = "cannot send a " + std::string(FrameTypeName(type)) + " frame of " +
@@ -106,7 +100,7 @@ bool PeerLink::Accept(FrameType type, std::string& payload, bool write_now) {
     AppendFrame(held_, type, payload);
     return true;
   }
-  Enqueue(type, std::move(payload), write_now);
+  Enqueue(type, std::move(payload), /*write_now=*/false);
   return state_ != State::kClosed;
 }
 
@@ -134,6 +128,7 @@ void PeerLink::Enqueue(FrameType type, std::string payload, bool write_now) {
     queued_.back().append(payload);
   }
   queued_bytes_ += size;
+  PublishUnsent();
   if (write_now) DoWrite();
 }
 
@@ -147,12 +142,9 @@ void PeerLink::DoWrite() {
   buffers.reserve(writing_.size());
   for (const std::string& piece : writing_) buffers.push_back(asio::buffer(piece));
   write_in_flight_ = true;
-  asio::async_write(
-      socket_, buffers,
-      [self = shared_from_this()](const boost::system::error_code& error, std::size_t) {
-        self->OnWrite(error);
-        self->PublishUnsent();
-      });
+  asio::async_write(socket_, buffers,
+                    [self = shared_from_this()](const boost::system::error_code& error,
+                                                std::size_t) { self->OnWrite(error); });
 }
 
 void PeerLink::OnWrite(const boost::system::error_code& error) {
@@ -234,6 +226,7 @@ void PeerLink::OnHandshakeFrame(const Frame& frame) {
         }
         queued_bytes_ += held.size();
         queued_.push_back(std::move(held));
+        PublishUnsent();
       }
       if (callbacks_.on_established) callbacks_.on_established(*this, actions.peer);
       if (state_ == State::kEstablished) DoWrite();

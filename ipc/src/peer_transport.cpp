@@ -506,11 +506,9 @@ std::shared_ptr<PeerLink> PeerTransport::Core::ActiveLink(std::uint64_t node_id)
 }
 
 bool PeerTransport::Core::Send(std::uint64_t node_id, FrameType type, std::string payload) {
-  if (!FitsAFrame(node_id, type, payload)) return false;
-  auto link = ActiveLink(node_id);
-  if (!link) return false;
-  link->Send(type, std::move(payload));
-  return true;
+  std::vector<Frame> one;
+  one.push_back({type, std::move(payload)});
+  return Send(node_id, std::move(one));
 }
 
 bool PeerTransport::Core::Send(std::uint64_t node_id, std::vector<Frame> frames) {

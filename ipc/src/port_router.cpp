@@ -255,23 +255,22 @@ struct PortRouter::State {
     for (auto& frame : it->second.frames) actions.frames.push_back({node, std::move(frame)});
     it->second.frames.clear();
   }
-  // An "ok" the asker can wait for (kEnqueueLazyResult): it rides on the next frame to its node.
-  void DeferResult(const Envelope& request, Envelope result) {
+  // The answer to `request`, at the node that asked. An "ok" the asker can wait for (a send
+  // marked kEnqueueLazyResult) rides on the next frame to that node, or leaves on its timer.
+  void Respond(const Envelope& request, Envelope result) {
     result.ticket = request.ticket;
     result.origin = self;
     result.job = request.job;
+    const bool lazy = request.kind == Remote::kEnqueue &&
+                      (request.delta & router::kEnqueueLazyResult) != 0 &&
+                      result.status == JobStatus::kOk && request.origin != self;
+    if (!lazy) return SendResult(request.origin, std::move(result));
     auto& waiting = deferred[request.origin];
     waiting.frames.push_back(router::EncodeEnvelope(result));
     if (!waiting.timer) {
       waiting.timer = NewTimer(TimerInfo{.kind = TimerKind::kFlushResults, .node = request.origin},
                                router::kLazyResultMs);
     }
-  }
-  void Respond(const Envelope& request, Envelope result) {
-    result.ticket = request.ticket;
-    result.origin = self;
-    result.job = request.job;
-    SendResult(request.origin, std::move(result));
   }
 
   // A result for an operation that `node` asked for (local ones go through the same queue).
@@ -1206,11 +1205,7 @@ struct PortRouter::State {
     const bool room = port.blocked.empty() && port.queued < port.limit;
     if (room || beyond_limit) {
       Accept(port, std::move(*e.message));
-      if (e.ticket && (e.delta & router::kEnqueueLazyResult) && e.origin != self) {
-        DeferResult(e, Envelope{.kind = Remote::kEnqueueResult});
-      } else if (e.ticket) {
-        Respond(e, Envelope{.kind = Remote::kEnqueueResult});
-      }
+      if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
       return;
     }
     const auto policy = static_cast<FullPolicy>(e.a);

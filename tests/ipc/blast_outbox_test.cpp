@@ -8,6 +8,18 @@ namespace {
 
 constexpr std::size_t kChunk = BlastOutbox::kChunkBytes;
 
+std::vector<Frame> Add(BlastOutbox& outbox, std::string payload) {
+  std::vector<Frame> now;
+  outbox.Add(std::move(payload), now);
+  return now;
+}
+
+std::vector<Frame> Ack(BlastOutbox& outbox) {
+  std::vector<Frame> now;
+  outbox.OnAck(now);
+  return now;
+}
+
 // Reassembles what a receiving agent would, acknowledging each chunk as it takes it.
 struct Receiver {
   std::vector<std::string> payloads;
@@ -38,7 +50,7 @@ std::string Pattern(std::size_t size) {
 
 TEST(BlastOutbox, APayloadThatFitsAFrameGoesStraightThrough) {
   BlastOutbox outbox;
-  auto now = outbox.Add("small");
+  auto now = Add(outbox, "small");
   ASSERT_EQ(now.size(), 1u);
   EXPECT_EQ(now[0].type, FrameType::kIpcRemote);
   EXPECT_EQ(now[0].payload, "small");
@@ -51,15 +63,15 @@ TEST(BlastOutbox, ALargePayloadGoesUnderAWindowAndWhatFollowsWaitsForIt) {
   BlastOutbox outbox;
   Receiver receiver;
   const std::string large = Pattern(100u << 20);
-  receiver.Take(outbox.Add("before"));
-  auto now = outbox.Add(large);
+  receiver.Take(Add(outbox, "before"));
+  auto now = Add(outbox, large);
   EXPECT_EQ(now.size(), BlastOutbox::kWindowChunks);
   receiver.Take(now);
-  EXPECT_TRUE(outbox.Add("after").empty()) << "waits behind the blast";
+  EXPECT_TRUE(Add(outbox, "after").empty()) << "waits behind the blast";
   std::size_t most_on_the_way = outbox.unacked();
   while (receiver.acks_due > 0) {
     --receiver.acks_due;
-    receiver.Take(outbox.OnAck());
+    receiver.Take(Ack(outbox));
     most_on_the_way = std::max(most_on_the_way, outbox.unacked());
   }
   EXPECT_LE(most_on_the_way, BlastOutbox::kWindowChunks);
@@ -75,8 +87,8 @@ TEST(BlastOutbox, TwoBlastsInARowKeepTheirOrderAndIds) {
   Receiver receiver;
   const std::string first = Pattern(kChunk + 1);
   const std::string second = Pattern(3 * kChunk);
-  auto now = outbox.Add(first);
-  auto more = outbox.Add(second);
+  auto now = Add(outbox, first);
+  auto more = Add(outbox, second);
   now.insert(now.end(), more.begin(), more.end());
   ASSERT_EQ(now.size(), 5u);  // 2 + 3 chunks, within the window
   EXPECT_NE(ParseBlastChunk(now[0].payload)->blast, ParseBlastChunk(now[2].payload)->blast);
@@ -84,15 +96,22 @@ TEST(BlastOutbox, TwoBlastsInARowKeepTheirOrderAndIds) {
   ASSERT_EQ(receiver.payloads.size(), 2u);
   EXPECT_TRUE(receiver.payloads[0] == first);
   EXPECT_TRUE(receiver.payloads[1] == second);
-  for (int i = 0; i < 5; ++i) EXPECT_TRUE(outbox.OnAck().empty());
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(Ack(outbox).empty());
   EXPECT_TRUE(outbox.idle());
-  EXPECT_TRUE(outbox.OnAck().empty()) << "an extra ack is ignored";
+  EXPECT_TRUE(Ack(outbox).empty()) << "an extra ack is ignored";
 }
 
 TEST(BlastOutbox, AChunkHeaderTooShortIsNotAChunk) {
   EXPECT_FALSE(ParseBlastChunk("short"));
-  EXPECT_TRUE(ParseBlastChunk(std::string(16, '\0')));
-  EXPECT_EQ(EncodeBlastAck(7, 3).size(), kBlastAckBytes);  // the agent checks acks by size
+  std::string first_of_one(16, '\0');
+  first_of_one[15] = 1;  // index 0 of 1
+  EXPECT_TRUE(ParseBlastChunk(first_of_one));
+  EXPECT_TRUE(IsBlastAck(EncodeBlastAck(7, 3)));
+  EXPECT_FALSE(IsBlastAck("short"));
+  std::string past_its_count(16, '\0');
+  past_its_count[11] = 2;  // index 2
+  past_its_count[15] = 2;  // of 2
+  EXPECT_FALSE(ParseBlastChunk(past_its_count));
 }
 
 }  // namespace

@@ -13,7 +13,6 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
-#include <iterator>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
@@ -151,8 +150,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         });
   }
 
+  // The links' backlogs are checked after this channel's requests went out (a job's requests
+  // are what fills them), not before each read.
   void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
-    if (holding_ || Backlogged(kHoldAbove)) return Hold(job, channel);
+    if (holding_) return Hold(job, channel);
     if (!Consume(job, channel)) return;
     Run();
     if (channel->closed) return;
@@ -164,16 +165,23 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // A link that does not drain for kMaxHold (a peer that stopped reading, and whose heartbeats
   // have not yet closed its link) no longer holds anyone back: its queue then fills and the link
   // closes, as before holding existed, instead of this node's IPC stopping with it.
-  bool Backlogged(std::size_t limit) {
+  // With `give_up`, the links over `limit` are marked stuck (logged) instead.
+  bool Backlogged(std::size_t limit, bool give_up = false) {
     if (!backlog_) return false;
     bool backlogged = false;
     for (const auto& [node, outbox] : outboxes_) {
       const std::size_t bytes = backlog_(node);
       if (stuck_.contains(node)) {
         if (bytes <= kResumeBelow) stuck_.erase(node);
-        continue;
+      } else if (bytes > limit && give_up) {
+        spdlog::warn(
+            "IPC: the link to node {:016x} has not drained for {} s; no longer holding jobs "
+            "back for it",
+            node, std::chrono::duration_cast<std::chrono::seconds>(kMaxHold).count());
+        stuck_.insert(node);
+      } else if (bytes > limit) {
+        backlogged = true;
       }
-      backlogged = backlogged || bytes > limit;
     }
     return backlogged;
   }
@@ -192,19 +200,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     hold_timer_.expires_after(kHoldCheck);
     hold_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
       if (error || self->stopped_) return;
-      if (self->Backlogged(kResumeBelow)) {
-        if (std::chrono::steady_clock::now() - self->hold_started_ < kMaxHold) {
-          return self->CheckHold();
-        }
-        for (const auto& [node, outbox] : self->outboxes_) {
-          if (self->backlog_(node) <= kResumeBelow) continue;
-          spdlog::warn(
-              "IPC: the link to node {:016x} has not drained for {} s; no longer "
-              "holding jobs back for it",
-              node, std::chrono::duration_cast<std::chrono::seconds>(kMaxHold).count());
-          self->stuck_.insert(node);
-        }
-      }
+      const bool give_up = std::chrono::steady_clock::now() - self->hold_started_ >= kMaxHold;
+      if (self->Backlogged(kResumeBelow, give_up)) return self->CheckHold();
       self->holding_ = false;
       for (auto& [job, weak] : std::exchange(self->held_, {})) {
         if (auto channel = weak.lock(); channel && !channel->closed) self->Read(job, channel);
@@ -367,9 +364,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     // through its outbox: a large payload goes as a blast, and what follows waits for it.
     std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
     for (auto& frame : actions.frames) {
-      auto now = outboxes_[frame.node].Add(std::move(frame.payload));
-      auto& batch = batches[frame.node];
-      std::move(now.begin(), now.end(), std::back_inserter(batch));
+      outboxes_[frame.node].Add(std::move(frame.payload), batches[frame.node]);
     }
     for (auto& [node, batch] : batches) SendBatch(node, batch);
     for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
@@ -447,10 +442,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // BlastOutbox::kWindowChunks on their way), and the message handed on once whole.
   Expected<void> OnBlast(std::uint64_t from, std::string_view payload) {
     const auto chunk = ipc::ParseBlastChunk(payload);
-    if (!chunk || chunk->count == 0 || chunk->index >= chunk->count ||
-        chunk->count > ipc::kMaxMessageBytes / ipc::BlastOutbox::kChunkBytes + 2) {
-      return Fail("malformed IPC blast chunk");
-    }
+    if (!chunk) return Fail("malformed IPC blast chunk");
     auto& assembly = blasts_[{from, chunk->blast}];
     if (chunk->index != assembly.next) {
       blasts_.erase({from, chunk->blast});
@@ -470,7 +462,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   void OnBlastAck(std::uint64_t from) {
     auto outbox = outboxes_.find(from);
     if (outbox == outboxes_.end()) return;
-    auto now = outbox->second.OnAck();
+    std::vector<ipc::Frame> now;
+    outbox->second.OnAck(now);
     SendBatch(from, now);
   }
 
@@ -602,7 +595,7 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   if (type == ipc::FrameType::kIpcBlast) {
     handled = impl_->OnBlast(from, payload);
   } else if (type == ipc::FrameType::kIpcBlastAck) {
-    if (payload.size() == ipc::kBlastAckBytes) {
+    if (ipc::IsBlastAck(payload)) {
       impl_->OnBlastAck(from);
     } else {
       handled = Fail("malformed IPC blast acknowledgement");

@@ -5,8 +5,8 @@
 // message never fills the link's send queue (which closes the link: docs/wire.md), and frames
 // queued behind a blast wait for it, keeping the order the router made them in.
 //
-// Logic only: Add() and OnAck() return the frames to write now; the caller writes them, in
-// order. With nothing waiting, a payload that fits one frame passes straight through.
+// Logic only: Add() and OnAck() append the frames to write now to `out`; the caller writes
+// them, in order. With nothing waiting, a payload that fits one frame passes straight through.
 //
 // Thread-safety: none; one per node, used from the agent's io thread.
 #pragma once
@@ -29,10 +29,12 @@ struct BlastChunk {
   std::uint32_t count = 0;
   std::string_view bytes;
 };
+// nullopt for a malformed chunk: too short, an index past its count, or more chunks than the
+// largest message (kMaxMessageBytes) needs.
 std::optional<BlastChunk> ParseBlastChunk(std::string_view payload);
-// The acknowledgement of one chunk: [u64 blast id][u32 index].
-constexpr std::size_t kBlastAckBytes = 12;
+// The acknowledgement of one chunk: [u64 blast id][u32 index]; false when malformed.
 std::string EncodeBlastAck(std::uint64_t blast, std::uint32_t index);
+bool IsBlastAck(std::string_view payload);
 
 class BlastOutbox {
  public:
@@ -40,11 +42,10 @@ class BlastOutbox {
   static constexpr std::size_t kWindowChunks = 8;  // 32 MiB on the way at most
   static constexpr std::size_t kChunkHeaderBytes = 16;
 
-  // Queues one IpcRemote payload; returns the frames that can leave now.
-  std::vector<Frame> Add(std::string payload);
-  // A chunk was acknowledged (one more than were sent is ignored); returns what can leave
-  // now.
-  std::vector<Frame> OnAck();
+  // Queues one IpcRemote payload; appends the frames that can leave now to `out`.
+  void Add(std::string payload, std::vector<Frame>& out);
+  // A chunk was acknowledged (one more than were sent is ignored); appends what can leave now.
+  void OnAck(std::vector<Frame>& out);
 
   bool idle() const { return waiting_.empty() && unacked_ == 0; }
   std::size_t unacked() const { return unacked_; }
@@ -56,7 +57,7 @@ class BlastOutbox {
     std::uint32_t next = 0;
     std::uint32_t count = 0;
   };
-  std::vector<Frame> Drain();
+  void Drain(std::vector<Frame>& out);
 
   std::deque<Waiting> waiting_;
   std::size_t unacked_ = 0;

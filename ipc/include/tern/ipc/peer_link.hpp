@@ -101,8 +101,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void OnHandshakeFrame(const Frame& frame);
   // Queues one frame; writes at once unless `write_now` is false (more frames follow).
   void Enqueue(FrameType type, std::string payload, bool write_now = true);
-  // Send()'s work on the executor: false when the link closed because of this frame.
-  bool Accept(FrameType type, std::string& payload, bool write_now);
+  // Send()'s work on the executor, one frame: false when the link closed because of it.
+  bool Accept(FrameType type, std::string& payload);
   void DoWrite();
   void OnWrite(const boost::system::error_code& error);
   void CloseNow(const std::string& reason, CloseKind kind, bool flush);
