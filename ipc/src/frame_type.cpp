@@ -28,6 +28,12 @@ std::string_view FrameTypeName(FrameType type) {
       return "IpcBlast";
     case FrameType::kIpcBlastAck:
       return "IpcBlastAck";
+    case FrameType::kIpcDirect:
+      return "IpcDirect";
+    case FrameType::kDirectCall:
+      return "DirectCall";
+    case FrameType::kDirectAnswer:
+      return "DirectAnswer";
   }
   return "Unknown";
 }

@@ -476,6 +476,10 @@ struct PortRouter::State {
       }
       case JobOp::kSendBatch:
         return StartBatch(job_name, job, request.id, request.payload, request.body);
+      case JobOp::kDirectOpen:
+      case JobOp::kDirectAccept:
+        // The agent serves these (it owns the sockets); a router alone has no direct calls.
+        return bad("direct calls are not served here");
       case JobOp::kSendReceive: {
         auto name = in.U32();
         auto timeout = in.U32();

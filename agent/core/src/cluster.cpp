@@ -176,6 +176,7 @@ void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string pay
     case ipc::FrameType::kIpcRemote:
     case ipc::FrameType::kIpcBlast:
     case ipc::FrameType::kIpcBlastAck:
+    case ipc::FrameType::kIpcDirect:
       if (ipc_frames_) {
         if (auto handled =
                 ipc_frames_(node_id, static_cast<ipc::FrameType>(type), std::move(payload));

@@ -30,6 +30,12 @@ enum class FrameType : std::uint16_t {
   // blast: [u64 blast id][u32 index][u32 count][bytes], at most 8 chunks unacknowledged.
   kIpcBlast = 31,
   kIpcBlastAck = 32,  // [u64 blast id][u32 index]: the receiver took that chunk
+  // Setting up a direct call connection between two jobs (docs/ipc.md "Direct calls"):
+  // [u8 kind: 1 ask, 2 grant, 3 refuse][...].
+  kIpcDirect = 33,
+  // On a direct call connection, job to job (never on an agent's link).
+  kDirectCall = 40,    // client -> server: a request or an acknowledgement
+  kDirectAnswer = 41,  // server -> client: the reply, or "call again through the agents"
 };
 
 // A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number
