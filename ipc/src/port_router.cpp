@@ -2211,6 +2211,34 @@ std::set<std::string> PortRouter::JobsSharingRegions(const std::string& job) con
 
 std::size_t PortRouter::PortCount() const { return state_->ports.size(); }
 
+namespace {
+std::optional<ObjectId> RightTarget(const std::map<std::string, JobState>& jobs,
+                                    const std::string& job, std::uint32_t name, RightType type) {
+  auto it = jobs.find(job);
+  if (it == jobs.end()) return std::nullopt;
+  auto entry = it->second.names.find(name);
+  if (entry == it->second.names.end() || entry->second.type != type) return std::nullopt;
+  return entry->second.id;
+}
+}  // namespace
+
+std::optional<ObjectId> PortRouter::SendRightTarget(const std::string& job,
+                                                    std::uint32_t name) const {
+  return RightTarget(state_->jobs, job, name, RightType::kSend);
+}
+
+std::optional<ObjectId> PortRouter::ReceiveRightPort(const std::string& job,
+                                                     std::uint32_t name) const {
+  return RightTarget(state_->jobs, job, name, RightType::kReceive);
+}
+
+std::optional<PortRouter::ReceiverView> PortRouter::ReceiverOf(ObjectId port) const {
+  if (port.home != state_->self) return std::nullopt;
+  auto it = state_->ports.find(port.serial);
+  if (it == state_->ports.end()) return std::nullopt;
+  return ReceiverView{it->second.holder.node, it->second.holder.job};
+}
+
 // ---- moving a job ------------------------------------------------------------------------
 // The exported state, in WireWriter's big-endian encoding:
 //   [u32 next_name][u32 next_op]

@@ -130,6 +130,18 @@ class PortRouter {
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
   std::size_t PortCount() const;
 
+  // Queries for the direct-call broker (docs/ipc.md "Direct calls"); they change nothing.
+  // The port a Mach send right `name` of `job` names (not a send-once right, not a dead name).
+  std::optional<ObjectId> SendRightTarget(const std::string& job, std::uint32_t name) const;
+  // The port whose receive right `name` of `job` is.
+  std::optional<ObjectId> ReceiveRightPort(const std::string& job, std::uint32_t name) const;
+  // For a live port homed here: who holds its receive right (node 0: it travels in a message).
+  struct ReceiverView {
+    std::uint64_t node = 0;
+    std::string job;
+  };
+  std::optional<ReceiverView> ReceiverOf(ObjectId port) const;
+
  private:
   struct State;
   std::unique_ptr<State> state_;
