@@ -32,6 +32,14 @@
 #include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
+
+namespace {
+// The only TCP connections a job may hold when it moves are its direct call connections
+// (docs/ipc.md "Direct calls"), which the agent has shut down before the dump: CRIU dumps them
+// without their state and restores them closed, and libtern then calls through the agents.
+constexpr const char* kTcpClose = "--tcp-close";
+}  // namespace
+
 using tern::UniqueFd;
 
 CriuCheck CheckCriuUncached(const std::string& criu);
@@ -227,6 +235,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   std::vector<std::string> argv = {
       criu, "dump", "-t", std::to_string(options.pid), "-D", options.images, "-o", log, "-v4"};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
+  argv.push_back(kTcpClose);
   SubprocessOptions run;
   run.timeout = options.timeout;
   // Pre-copy: CRIU corks its page-server socket when it connects, and CRIU 4.x no longer pushes
@@ -292,6 +301,7 @@ CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& option
       "-v4", "-d",      "--pidfile", options.pidfile};
   if (options.leave_stopped) command.argv.push_back("--leave-stopped");
   if (options.lazy_pages) command.argv.push_back("--lazy-pages");
+  command.argv.push_back(kTcpClose);
   // The pages are read in 128 MiB pieces, each punched out of pages-*.img once in the job: the
   // memory the image held goes straight back into the job's pages, so the node holds one copy
   // of the job's memory plus 128 MiB, not two, and where first touching memory is slow it is
@@ -559,7 +569,8 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                    "--port",
                                    std::to_string(serve.port),
                                    "--status-fd",
-                                   "9"};
+                                   "9",
+                                   kTcpClose};
   for (const auto& resource : external) argv.insert(argv.end(), {"--external", resource});
   return argv;
 }

@@ -45,7 +45,7 @@ std::string ExternalUnixSocket(const std::string& channel) {
   return "unix[" + channel.substr(open + 1, close - open - 1) + "]";
 }
 
-JobScan ScanJob(pid_t init_pid, const std::string& job_dir) {
+JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::string>& direct) {
   JobScan scan;
   scan.channel = JobChannelSocket(init_pid);
   std::set<std::string> seen;
@@ -64,6 +64,10 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir) {
       const std::string where =
           "fd " + entry.path().filename().string() + " of pid " + std::to_string(pid);
       if (!scan.channel.empty() && target == scan.channel) continue;
+      if (direct.contains(target)) {
+        ++scan.direct_sockets;
+        continue;
+      }
       switch (ClassifyOpenFile(target, job_dir)) {
         case OpenFileKind::kTerminal:
           scan.blockers.push_back(where + " is a terminal (" + target +

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/jobs/job_supervisor.hpp>
@@ -394,16 +395,23 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id, cluster_.self().name,
                migration->destination, migration->mode, migration->dry_run ? ", dry run" : "");
 
+  // The job's direct call connections are shut down before anything else (a dry run only
+  // lists them): its calls go through the agents, which hand its rights over at the commit.
+  std::set<std::string> direct;
+  if (ipc_.direct_sockets) {
+    for (auto& socket : ipc_.direct_sockets(job.id)) direct.insert(std::move(socket));
+  }
+  if (!migration->dry_run && ipc_.suspend_direct) ipc_.suspend_direct(job.id);
   const std::string criu_config = config_.criu_path;
   OffThread(
-      [job, criu_config, scratch = MigrationDir(migration->id) + "/cpuinfo"] {
+      [job, criu_config, direct, scratch = MigrationDir(migration->id) + "/cpuinfo"] {
         auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
         std::string cpuinfo;
         if (criu.works) {
           auto dumped = migrate::DumpCpuinfo(criu.path, scratch);
           if (dumped) cpuinfo = std::move(*dumped);
         }
-        return std::make_tuple(criu, migrate::ScanJob(job.pid, job.dir), cpuinfo);
+        return std::make_tuple(criu, migrate::ScanJob(job.pid, job.dir, direct), cpuinfo);
       },
       [this, migration](std::tuple<migrate::CriuCheck, migrate::JobScan, std::string> result) {
         auto& [criu, scan, cpuinfo] = result;
@@ -454,6 +462,13 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
                             ? std::to_string(scan.processes) + " process(es), nothing that "
                                                                "cannot follow"
                             : Join(scan.blockers)}});
+        if (scan.direct_sockets > 0) {
+          migration->checks.push_back(
+              {{"check", "direct call connections"},
+               {"ok", true},
+               {"detail", std::to_string(scan.direct_sockets) +
+                              " open; closed for the move (calls go through the agents)"}});
+        }
         migration->job.rss_bytes = scan.rss_bytes;
         json outside = json::array();
         for (const auto& file : scan.outside) {
@@ -914,6 +929,8 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
     }
   }
   if (status != 200) {
+    // The job stays here: its calls may take direct connections again.
+    if (!migration->dry_run && ipc_.resume_direct) ipc_.resume_direct(migration->job.id);
     spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", migration->id,
                  migration->job.id, total_ms, error);
     if (publish_ && !migration->dry_run) {

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,8 @@ struct JobScan {
   std::vector<OutsideFile> outside;   // files open outside the job directory
   std::uint64_t rss_bytes = 0;
   int processes = 0;
-  std::string channel;  // "socket:[INODE]": the job's IPC channel to its agent (not a blocker)
+  std::string channel;     // "socket:[INODE]": the job's IPC channel to its agent (not a blocker)
+  int direct_sockets = 0;  // open ends of the job's direct call connections (not blockers)
 };
 
 enum class OpenFileKind { kFine, kInsideJob, kOutsideJob, kTerminal, kSocket, kDevice };
@@ -35,7 +37,11 @@ enum class OpenFileKind { kFine, kInsideJob, kOutsideJob, kTerminal, kSocket, kD
 // `target` is the readlink of /proc/PID/fd/N.
 OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_dir);
 
-JobScan ScanJob(pid_t init_pid, const std::string& job_dir);
+// `direct` lists the job's direct call connections ("socket:[INODE]", docs/ipc.md "Direct
+// calls"): the agent shuts them down before the move and CRIU restores them closed, so they do
+// not keep the job from moving.
+JobScan ScanJob(pid_t init_pid, const std::string& job_dir,
+                const std::set<std::string>& direct = {});
 
 // The job's IPC channel as /proc shows it ("socket:[INODE]"), from fd 3 of its init; "" if none.
 // It is dumped as an external socket and re-attached to the new agent at restore.

@@ -71,6 +71,12 @@ class MigrationDriver {
     std::function<ipc::PortRouter::Export(const std::string& job, std::uint64_t to, int init_pid)>
         hand_off;
     std::function<Expected<void>(const std::string& job, std::string_view state)> take_over;
+    // The job's direct call connections (docs/ipc.md "Direct calls"): their sockets as /proc
+    // shows them; shut them all down and refuse new ones while the job moves; allow them again
+    // when a move fails and the job stays.
+    std::function<std::vector<std::string>(const std::string& job)> direct_sockets;
+    std::function<void(const std::string& job)> suspend_direct;
+    std::function<void(const std::string& job)> resume_direct;
   };
   void SetIpcHooks(IpcHooks hooks) { ipc_ = std::move(hooks); }
   // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
