@@ -48,6 +48,22 @@ Expected<void> Agent::Start() {
         return cluster_ && cluster_->SendIpc(node, std::move(frames));
       },
       [this](std::uint64_t node) { return cluster_ ? cluster_->IpcBacklog(node) : 0; });
+  ipc_->SetDirectHooks(
+      [this](std::uint64_t node) -> std::string {
+        if (!cluster_) return "";
+        for (const auto& view : cluster_->Nodes()) {
+          if (view.id != node) continue;
+          // "host:port" of its cluster listener: the host is where its direct listener is.
+          const auto colon = view.address.rfind(':');
+          return colon == std::string::npos ? view.address : view.address.substr(0, colon);
+        }
+        return "";
+      },
+      [this](const std::string& job) -> int {
+        if (!supervisor_) return 0;
+        const auto record = supervisor_->Get(job);
+        return record ? static_cast<int>(record->pid) : 0;
+      });
   job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =
       std::make_unique<jobs::JobSupervisor>(io_, job_options, [this](const jobs::JobRecord& job) {

@@ -1,5 +1,8 @@
 #include "tern/agent/ipc_service.hpp"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -7,19 +10,27 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
+#include <tern/ipc/direct_broker.hpp>
+#include <tern/ipc/direct_wire.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/jobs/job_launcher.hpp>
 #include <tern/jobs/unique_fd.hpp>
+#include <tern/migrate/criu.hpp>
 
 #include "tern/agent/timer_schedule.hpp"
 
@@ -81,7 +92,13 @@ class MemfdRegions : public ipc::RegionStore {
 class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
  public:
   Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send, NodeBacklog backlog)
-      : io_(io), router_(node_id, regions_), send_(std::move(send)), backlog_(std::move(backlog)) {}
+      : io_(io),
+        self_(node_id),
+        router_(node_id, regions_),
+        send_(std::move(send)),
+        backlog_(std::move(backlog)) {
+    StartDirectListener();
+  }
 
   struct Channel {
     explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
@@ -94,7 +111,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       std::string bytes;
       std::shared_ptr<const std::string> owner;  // when set, the chunk is `shared`
       std::string_view shared;
-      int fd = -1;  // sent with the chunk's first byte
+      UniqueFd fd;  // sent with the chunk's first byte, then closed
       std::size_t offset = 0;
 
       std::string_view data() const { return owner ? shared : std::string_view(bytes); }
@@ -136,7 +153,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     boost::system::error_code ignored;
     channel->socket.close(ignored);
     router_.JobGone(job);
+    broker_.JobGone(job);
     Run();
+    RunDirect();
   }
 
   // A wait for readability, and the read in the handler (not async_read_some): HandOff reads
@@ -156,6 +175,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     if (holding_) return Hold(job, channel);
     if (!Consume(job, channel)) return;
     Run();
+    if (channel->closed) return;
+    CheckDirectRights(job);
     if (channel->closed) return;
     if (Backlogged(kHoldAbove)) return Hold(job, channel);
     Read(job, channel);
@@ -239,6 +260,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         Close(job);
         return false;
       }
+      if (frame->payload.size() >= ipc::kJobRequestHeaderSize) {
+        ipc::WireReader header(frame->payload);
+        const std::uint32_t request = *header.U32();
+        const auto op = static_cast<ipc::JobOp>(*header.U16());
+        if (op == ipc::JobOp::kDirectOpen || op == ipc::JobOp::kDirectAccept) {
+          OnDirectRequest(job, request, op, header.rest());
+          RunDirect();
+          if (channel->closed) return false;
+          continue;
+        }
+      }
       auto payload = std::make_shared<const std::string>(std::move(frame->payload));
       if (auto handled = router_.JobRequest(job, std::move(payload)); !handled) {
         spdlog::warn("job {}: closing its IPC channel: {}", job, handled.error().message);
@@ -265,6 +297,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto exported = router_.ExportJob(job, to_node);
     Run();  // frames the export asked for, and nothing for the job any more
     if (exported.outcome != ipc::PortRouter::ExportOutcome::kExported) return exported;
+    // Accepts still waiting are answered now, so that the answers travel with the job.
+    broker_.Leaving(job);
+    RunDirect();
     // What the job has not read: first what waits in its socket, then what we did not write.
     std::string to_job = TakeUnread(job_end->get());
     for (const auto& chunk : channel->out) to_job.append(chunk.data().substr(chunk.offset));
@@ -379,37 +414,43 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   void Queue(Channel& channel, ipc::PortRouter::JobReplyAction& reply) {
     auto& out = channel.out;
     // `fd` goes with the chunk's first byte: only the frame's first piece carries one.
-    const auto add = [&](std::string bytes, int fd) {
+    const auto add = [&](std::string bytes, UniqueFd fd) {
       if (bytes.empty()) return;
-      if (fd < 0 && bytes.size() < kGatherBelow && !out.empty() && !out.back().owner &&
+      if (!fd.valid() && bytes.size() < kGatherBelow && !out.empty() && !out.back().owner &&
           out.back().offset == 0 && out.back().bytes.size() < kGatherBelow) {
         out.back().bytes.append(bytes);
         return;
       }
       Channel::Chunk chunk;
       chunk.bytes = std::move(bytes);
-      chunk.fd = fd;
+      chunk.fd = std::move(fd);
       out.push_back(std::move(chunk));
     };
     std::string piece;
     ipc::AppendFrameHeader(piece, ipc::FrameType::kIpcReply,
                            static_cast<std::uint32_t>(reply.size()));
-    int fd = reply.region_fd ? regions_.Fd(*reply.region_fd) : -1;
+    // The chunk owns what it sends: a copy of the region's memfd.
+    UniqueFd fd;
+    if (reply.region_fd) {
+      if (const int region = regions_.Fd(*reply.region_fd); region >= 0) {
+        fd.Reset(::fcntl(region, F_DUPFD_CLOEXEC, 0));
+      }
+    }
     if (reply.shared.empty() && reply.payload.size() >= kGatherBelow) {
-      add(std::move(piece), fd);
-      add(std::move(reply.payload), -1);
+      add(std::move(piece), std::move(fd));
+      add(std::move(reply.payload), UniqueFd());
       return;
     }
     ipc::ForEachPiece(
         reply.payload, reply.shared, [&](std::string_view bytes) { piece.append(bytes); },
         [&](ipc::SharedSpan& span) {
-          add(std::exchange(piece, {}), std::exchange(fd, -1));
+          add(std::exchange(piece, {}), std::move(fd));
           Channel::Chunk chunk;
           chunk.owner = std::move(span.owner);
           chunk.shared = span.bytes;
           out.push_back(std::move(chunk));
         });
-    add(std::move(piece), fd);
+    add(std::move(piece), std::move(fd));
   }
 
   // One Asio timer for all the router's timers, armed at the earliest deadline.
@@ -486,7 +527,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       iovec iov[kMaxIov];
       std::size_t count = 0;
       for (const auto& chunk : channel->out) {
-        if (count == kMaxIov || (count > 0 && chunk.fd >= 0)) break;
+        if (count == kMaxIov || (count > 0 && chunk.fd.valid())) break;
         const std::string_view left = chunk.data().substr(chunk.offset);
         iov[count++] = {const_cast<char*>(left.data()), left.size()};
       }
@@ -494,15 +535,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       message.msg_iov = iov;
       message.msg_iovlen = count;
       alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-      const auto& first = channel->out.front();
-      if (first.fd >= 0 && first.offset == 0) {
+      auto& first = channel->out.front();
+      const bool with_fd = first.fd.valid() && first.offset == 0;
+      if (with_fd) {
         message.msg_control = control;
         message.msg_controllen = sizeof control;
         cmsghdr* header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
         header->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(header), &first.fd, sizeof(int));
+        const int passed = first.fd.get();
+        std::memcpy(CMSG_DATA(header), &passed, sizeof(int));
       }
       const ssize_t put = ::sendmsg(fd, &message, MSG_NOSIGNAL);
       if (put < 0 && errno == EINTR) continue;
@@ -521,6 +564,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         spdlog::debug("job {}: IPC channel write failed: {}", job, std::strerror(errno));
         return Close(job);
       }
+      if (with_fd) first.fd.Reset();  // the job has it now
       auto written = static_cast<std::size_t>(put);
       while (!channel->out.empty() && (written > 0 || channel->out.front().left() == 0)) {
         auto& chunk = channel->out.front();
@@ -532,7 +576,341 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     }
   }
 
+  // ---- direct calls (docs/ipc.md "Direct calls") ------------------------------------------
+
+  // The listener for granted connections, on every address (other nodes connect to it).
+  void StartDirectListener() {
+    boost::system::error_code error;
+    const boost::asio::ip::tcp::endpoint any(boost::asio::ip::tcp::v4(), 0);
+    acceptor_.open(any.protocol(), error);
+    if (!error) ::fcntl(acceptor_.native_handle(), F_SETFD, FD_CLOEXEC);
+    if (!error) acceptor_.bind(any, error);
+    if (!error) acceptor_.listen(boost::asio::socket_base::max_listen_connections, error);
+    if (error) {
+      spdlog::warn("IPC: no listener for direct calls ({}): jobs use the agent path",
+                   error.message());
+      acceptor_.close(error);
+      return;
+    }
+    direct_port_ = acceptor_.local_endpoint().port();
+    spdlog::info("IPC: direct calls listener on TCP port {}", direct_port_);
+  }
+
+  // Accepting starts with the first connection to serve (the io_context needs our shared_ptr).
+  void AcceptDirect() {
+    if (!acceptor_.is_open() || stopped_) return;
+    acceptor_.async_accept([self = shared_from_this()](const boost::system::error_code& error,
+                                                       boost::asio::ip::tcp::socket socket) {
+      if (self->stopped_ || error == boost::asio::error::operation_aborted) return;
+      if (!error) self->ReadToken(std::move(socket));
+      self->AcceptDirect();
+    });
+  }
+
+  // A granted connection: exactly its 16-byte token, within kTokenWait, then it is the broker's.
+  struct Incoming {
+    Incoming(boost::asio::io_context& io, boost::asio::ip::tcp::socket s)
+        : socket(std::move(s)), timer(io) {}
+    boost::asio::ip::tcp::socket socket;
+    boost::asio::steady_timer timer;
+    ipc::DirectToken token{};
+  };
+  void ReadToken(boost::asio::ip::tcp::socket socket) {
+    ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
+    auto incoming = std::make_shared<Incoming>(io_, std::move(socket));
+    incoming->timer.expires_after(kTokenWait);
+    incoming->timer.async_wait([incoming](const boost::system::error_code& error) {
+      if (error) return;
+      boost::system::error_code ignored;
+      incoming->socket.close(ignored);  // the read fails, and the connection is dropped
+    });
+    boost::asio::async_read(
+        incoming->socket, boost::asio::buffer(incoming->token),
+        [self = shared_from_this(), incoming](const boost::system::error_code& error, std::size_t) {
+          incoming->timer.cancel();
+          if (error || self->stopped_) return;
+          auto handed = self->HandOver(incoming->socket);
+          if (!handed) {
+            spdlog::debug("IPC: direct connection dropped: {}", handed.error().message);
+            return;
+          }
+          const auto [connection, inode] = *handed;
+          self->broker_.Arrived(connection, inode, incoming->token,
+                                ipc::DirectBroker::Clock::now());
+          self->RunDirect();
+        });
+  }
+
+  // Makes `socket` a direct connection end: the options both ends need, then a blocking
+  // descriptor of our own (the job gets it; Asio's is closed). Returns its id and inode.
+  Expected<std::pair<std::uint64_t, std::uint64_t>> HandOver(boost::asio::ip::tcp::socket& socket) {
+    const int fd = socket.native_handle();
+    const int on = 1, idle = 5, interval = 1, probes = 3;
+    if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0 ||
+        ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) != 0) {
+      return Fail(std::string("setsockopt: ") + std::strerror(errno));
+    }
+    UniqueFd own(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (!own.valid()) return Fail(std::string("dup: ") + std::strerror(errno));
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    // O_NONBLOCK belongs to the open socket, which the job shares: Asio's mode must not leak.
+    const int flags = ::fcntl(own.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(own.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+      return Fail(std::string("fcntl: ") + std::strerror(errno));
+    }
+    struct stat status {};
+    if (::fstat(own.get(), &status) != 0)
+      return Fail(std::string("fstat: ") + std::strerror(errno));
+    const std::uint64_t id = next_connection_++;
+    direct_connections_[id] = std::move(own);
+    return std::make_pair(id, static_cast<std::uint64_t>(status.st_ino));
+  }
+
+  // Serves a job's direct_open / direct_accept (the router knows neither).
+  void OnDirectRequest(const std::string& job, std::uint32_t request, ipc::JobOp op,
+                       std::string_view body) {
+    const auto now = ipc::DirectBroker::Clock::now();
+    const auto answer = [&](ipc::JobStatus status, const std::string& why) {
+      Reply(job, ipc::DirectBroker::Reply{job, request, status, why, 0});
+    };
+    ipc::WireReader in(body);
+    const auto name = in.U32();
+    if (op == ipc::JobOp::kDirectAccept) {
+      const auto timeout = in.U32();
+      if (!timeout || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
+      const auto port = router_.ReceiveRightPort(job, *name);
+      if (!port) return answer(ipc::JobStatus::kInvalidName, "not a receive right");
+      if (!acceptor_.is_open()) {
+        return answer(ipc::JobStatus::kUnavailable, "this agent has no direct call listener");
+      }
+      broker_.Accept(job, request, *name, *port, *timeout, now);
+      return;
+    }
+    if (!name || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
+    const auto port = router_.SendRightTarget(job, *name);
+    if (!port) return answer(ipc::JobStatus::kInvalidName, "not a send right");
+    if (broker_.Suspended(job)) return answer(ipc::JobStatus::kUnavailable, "the job is moving");
+    const std::uint64_t ask = broker_.StartAsk(job, request, *name, *port, now);
+    OnAsk(self_, ipc::DirectAsk{ask, self_, *port});
+  }
+
+  // An ask for a connection to `ask.port`, from this node's job or another agent (`from`):
+  // granted if the receive right is here and accepts, passed on to where the port's home says
+  // the right is, or refused.
+  void OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
+    const auto refuse = [&](const std::string& why, bool dead = false) {
+      if (ask.origin == self_) return broker_.AskRefused(ask.ask, why, dead);
+      SendDirect(ask.origin, ipc::DirectRefuse{ask.ask, why});
+    };
+    if (auto acceptor = broker_.Acceptor(ask.port);
+        acceptor && router_.ReceiveRightPort(acceptor->first, acceptor->second) == ask.port) {
+      auto token = broker_.Grant(ask.port, ipc::DirectBroker::Clock::now());
+      if (!token) return refuse(token.error().message);
+      const ipc::DirectGrant grant{ask.ask, direct_port_, *token};
+      if (ask.origin == self_) return Connect(grant, "127.0.0.1");
+      SendDirect(ask.origin, grant);
+      return;
+    }
+    if (ask.port.home == self_) {
+      const auto receiver = router_.ReceiverOf(ask.port);
+      if (!receiver) return refuse("the port is dead", true);
+      if (receiver->node == self_)
+        return refuse("the port's receiver never asked for direct calls");
+      if (receiver->node == 0) return refuse("the port's receive right is moving");
+      if (receiver->node == from) return refuse("the port's receive right is moving");
+      if (!SendDirect(receiver->node, ask)) return refuse("the receiver's node cannot be reached");
+      return;
+    }
+    if (from == self_) {
+      if (!SendDirect(ask.port.home, ask)) return refuse("the port's home node cannot be reached");
+      return;
+    }
+    refuse("the port's receive right is not on this node");
+  }
+
+  bool SendDirect(std::uint64_t node, const ipc::DirectFrame& frame) {
+    std::vector<ipc::Frame> frames;
+    frames.push_back({ipc::FrameType::kIpcDirect, ipc::EncodeDirectFrame(frame)});
+    return send_(node, std::move(frames));
+  }
+
+  Expected<void> OnDirectFrame(std::uint64_t from, std::string_view payload) {
+    auto frame = ipc::ParseDirectFrame(payload);
+    if (!frame) return Unexpected<Error>{frame.error()};
+    if (const auto* ask = std::get_if<ipc::DirectAsk>(&*frame)) {
+      OnAsk(from, *ask);
+    } else if (const auto* grant = std::get_if<ipc::DirectGrant>(&*frame)) {
+      if (broker_.AskPending(grant->ask)) {
+        const std::string host = node_address_ ? node_address_(from) : "";
+        if (host.empty()) {
+          broker_.AskRefused(grant->ask, "the receiver's node has no known address");
+        } else {
+          Connect(*grant, host);
+        }
+      }
+    } else {
+      const auto& refuse = std::get<ipc::DirectRefuse>(*frame);
+      broker_.AskRefused(refuse.ask, refuse.why);
+    }
+    RunDirect();
+    return {};
+  }
+
+  // The client's end of a granted connection: connect, present the token, hand it over.
+  struct Outgoing {
+    explicit Outgoing(boost::asio::io_context& io) : socket(io), timer(io) {}
+    boost::asio::ip::tcp::socket socket;
+    boost::asio::steady_timer timer;
+    ipc::DirectGrant grant;
+  };
+  void Connect(const ipc::DirectGrant& grant, const std::string& host) {
+    boost::system::error_code error;
+    const auto address = boost::asio::ip::make_address(host, error);
+    if (error) return broker_.AskRefused(grant.ask, "bad node address " + host);
+    auto outgoing = std::make_shared<Outgoing>(io_);
+    outgoing->grant = grant;
+    const boost::asio::ip::tcp::endpoint to(address, grant.tcp_port);
+    outgoing->socket.open(to.protocol(), error);
+    if (error) return broker_.AskRefused(grant.ask, "socket: " + error.message());
+    ::fcntl(outgoing->socket.native_handle(), F_SETFD, FD_CLOEXEC);
+    // The ask is answered by its deadline anyway; this frees the socket of a stuck connect.
+    outgoing->timer.expires_after(ipc::DirectBroker::kAskDeadline);
+    outgoing->timer.async_wait([outgoing](const boost::system::error_code& fired) {
+      if (fired) return;
+      boost::system::error_code ignored;
+      outgoing->socket.close(ignored);
+    });
+    outgoing->socket.async_connect(to, [self = shared_from_this(), outgoing,
+                                        host](const boost::system::error_code& connected) {
+      if (self->stopped_) return;
+      if (connected) {
+        outgoing->timer.cancel();
+        self->broker_.AskRefused(outgoing->grant.ask,
+                                 "cannot connect to " + host + ": " + connected.message());
+        return self->RunDirect();
+      }
+      boost::asio::async_write(
+          outgoing->socket, boost::asio::buffer(outgoing->grant.token),
+          [self, outgoing](const boost::system::error_code& written, std::size_t) {
+            outgoing->timer.cancel();
+            if (self->stopped_) return;
+            if (written) {
+              self->broker_.AskRefused(outgoing->grant.ask,
+                                       "direct connection set-up failed: " + written.message());
+              return self->RunDirect();
+            }
+            auto handed = self->HandOver(outgoing->socket);
+            if (!handed) {
+              self->broker_.AskRefused(outgoing->grant.ask, "direct connection set-up failed: " +
+                                                                handed.error().message);
+            } else {
+              self->broker_.AskConnected(outgoing->grant.ask, handed->first, handed->second);
+            }
+            self->RunDirect();
+          });
+    });
+  }
+
+  // After a job's requests ran: its connections whose right is gone are revoked, and the ports
+  // whose receive right left it stop accepting.
+  void CheckDirectRights(const std::string& job) {
+    broker_.CheckRights(job,
+                        [&](ipc::DirectBroker::Role role, std::uint32_t name, ipc::ObjectId port) {
+                          return (role == ipc::DirectBroker::Role::kClient
+                                      ? router_.SendRightTarget(job, name)
+                                      : router_.ReceiveRightPort(job, name)) == port;
+                        });
+    RunDirect();
+  }
+
+  // Carries out what the broker asked for.
+  void RunDirect() {
+    auto actions = broker_.TakeActions();
+    for (std::uint64_t connection : actions.closes) direct_connections_.erase(connection);
+    for (const auto& revoke : actions.revokes) Revoke(revoke.job, revoke.inode);
+    for (auto& reply : actions.replies) Reply(reply.job, std::move(reply));
+    ArmDirectTimer();
+  }
+
+  void Reply(const std::string& job, ipc::DirectBroker::Reply reply) {
+    UniqueFd fd;
+    if (reply.connection != 0) {
+      auto it = direct_connections_.find(reply.connection);
+      if (it != direct_connections_.end()) {
+        fd = std::move(it->second);
+        direct_connections_.erase(it);
+      }
+    }
+    auto it = channels_.find(job);
+    if (it == channels_.end()) return;  // the connection closes with `fd`
+    if (reply.status == ipc::JobStatus::kOk && !fd.valid()) {
+      reply.status = ipc::JobStatus::kUnavailable;
+      reply.why = "the direct connection was lost";
+    }
+    const std::string payload = ipc::EncodeJobReply(
+        reply.request, reply.status, reply.status == ipc::JobStatus::kOk ? "" : reply.why);
+    Channel::Chunk chunk;
+    ipc::AppendFrameHeader(chunk.bytes, ipc::FrameType::kIpcReply,
+                           static_cast<std::uint32_t>(payload.size()));
+    chunk.bytes.append(payload);
+    chunk.fd = std::move(fd);
+    it->second->out.push_back(std::move(chunk));
+    Flush(job, it->second);
+  }
+
+  void ArmDirectTimer() {
+    const auto next = broker_.NextDeadline();
+    if (stopped_ || !next || (direct_timer_at_ && *direct_timer_at_ <= *next)) return;
+    direct_timer_at_ = *next;
+    direct_timer_.expires_at(*next);
+    direct_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (error == boost::asio::error::operation_aborted || self->stopped_) return;
+      self->direct_timer_at_.reset();
+      self->broker_.Tick(ipc::DirectBroker::Clock::now());
+      self->RunDirect();
+    });
+  }
+
+  // Shuts a job's direct connection end down through the job's own descriptor: both jobs then
+  // read end-of-file. Not found: the job closed it already.
+  void Revoke(const std::string& job, std::uint64_t inode) {
+    const int init_pid = init_pid_ ? init_pid_(job) : 0;
+    if (init_pid <= 0) {
+      spdlog::debug("job {}: direct connection socket:[{}] not revoked: the job has no process",
+                    job, inode);
+      return;
+    }
+    const std::string target = "socket:[" + std::to_string(inode) + "]";
+    for (const pid_t pid : migrate::NamespacePids(init_pid)) {
+      const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+      std::error_code error;
+      for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
+        std::error_code unreadable;
+        if (std::filesystem::read_symlink(entry.path(), unreadable).string() != target) continue;
+        const int number = std::atoi(entry.path().filename().c_str());
+        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+        UniqueFd socket(pidfd.valid()
+                            ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), number, 0))
+                            : -1);
+        if (!socket.valid()) {
+          spdlog::warn("job {}: cannot revoke direct connection {}: {}", job, target,
+                       std::strerror(errno));
+          return;
+        }
+        ::shutdown(socket.get(), SHUT_RDWR);
+        spdlog::debug("job {}: direct connection {} revoked", job, target);
+        return;
+      }
+    }
+    spdlog::debug("job {}: direct connection {} already closed", job, target);
+  }
+
   boost::asio::io_context& io_;
+  std::uint64_t self_;
   MemfdRegions regions_;
   ipc::PortRouter router_;
   NodeSender send_;
@@ -558,6 +936,18 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   std::map<std::pair<std::uint64_t, std::uint64_t>, Assembly> blasts_;
   bool stopped_ = false;
   bool run_scheduled_ = false;
+
+  ipc::DirectBroker broker_;
+  boost::asio::ip::tcp::acceptor acceptor_{io_};
+  std::uint16_t direct_port_ = 0;
+  static constexpr auto kTokenWait = std::chrono::seconds(2);
+  // Direct connection ends made and not yet handed to a job (queued, or on their way).
+  std::map<std::uint64_t, UniqueFd> direct_connections_;
+  std::uint64_t next_connection_ = 1;
+  boost::asio::steady_timer direct_timer_{io_};
+  std::optional<ipc::DirectBroker::Clock::time_point> direct_timer_at_;
+  NodeAddress node_address_;
+  JobInitPid init_pid_;
 };
 
 ipc::PortRouter::Export IpcService::HandOff(const std::string& job, std::uint64_t to_node,
@@ -580,7 +970,9 @@ std::string IpcService::MoveBlocker(const std::string& job) const {
 
 IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send,
                        NodeBacklog backlog)
-    : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog))) {}
+    : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog))) {
+  impl_->AcceptDirect();
+}
 
 IpcService::~IpcService() { Stop(); }
 
@@ -592,6 +984,9 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
                                        std::string payload) {
   // A message's data stay in the frame that brought them (no copy on the way to the job).
   Expected<void> handled;
+  if (type == ipc::FrameType::kIpcDirect) {
+    return impl_->OnDirectFrame(from, payload);
+  }
   if (type == ipc::FrameType::kIpcBlast) {
     handled = impl_->OnBlast(from, payload);
   } else if (type == ipc::FrameType::kIpcBlastAck) {
@@ -620,6 +1015,26 @@ void IpcService::NodeDown(std::uint64_t node) {
   impl_->Run();
 }
 
+void IpcService::SetDirectHooks(NodeAddress node_address, JobInitPid init_pid) {
+  impl_->node_address_ = std::move(node_address);
+  impl_->init_pid_ = std::move(init_pid);
+}
+
+std::vector<std::string> IpcService::DirectSockets(const std::string& job) const {
+  std::vector<std::string> sockets;
+  for (const auto& record : impl_->broker_.Records(job)) {
+    sockets.push_back("socket:[" + std::to_string(record.inode) + "]");
+  }
+  return sockets;
+}
+
+void IpcService::SuspendDirect(const std::string& job) {
+  impl_->broker_.Suspend(job);
+  impl_->RunDirect();
+}
+
+void IpcService::ResumeDirect(const std::string& job) { impl_->broker_.Resume(job); }
+
 std::size_t IpcService::RightCount(const std::string& job) const {
   return impl_->router_.RightCount(job);
 }
@@ -633,6 +1048,10 @@ void IpcService::Stop() {
   impl_->stopped_ = true;
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
+  impl_->direct_timer_.cancel();
+  boost::system::error_code not_open;
+  impl_->acceptor_.close(not_open);
+  impl_->direct_connections_.clear();
   for (auto& [job, channel] : impl_->channels_) {
     channel->closed = true;
     boost::system::error_code ignored;

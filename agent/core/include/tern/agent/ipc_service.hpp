@@ -11,6 +11,12 @@
 // bytes in flight) out, TakeOver on the destination puts them in place before the job resumes.
 // Rights do not survive an agent restart: a re-adopted job's channel reads end-of-file.
 //
+// Direct calls (docs/ipc.md "Direct calls"): a job's direct_open / direct_accept is served here,
+// not by the router. The service listens on an ephemeral TCP port for the connections it
+// grants, connects the clients' ends, hands each end to its job (SCM_RIGHTS) and keeps a record
+// of it; after a job's requests ran, an end whose right is gone is shut down through the job's
+// own descriptor (pidfd_getfd). The decisions are ipc::DirectBroker's; this class does the I/O.
+//
 // Thread-safety: everything runs on the agent's io_context thread.
 #pragma once
 
@@ -41,6 +47,11 @@ class IpcService {
   static constexpr std::size_t kHoldAbove = 16u << 20;
   static constexpr std::size_t kResumeBelow = 4u << 20;
 
+  // The host part of a node's cluster address ("" if unknown): where its direct listener is.
+  using NodeAddress = std::function<std::string(std::uint64_t node)>;
+  // The host pid of a job's init, 0 if it is not running here: its processes hold its sockets.
+  using JobInitPid = std::function<int(const std::string& job)>;
+
   IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node,
              NodeBacklog backlog = {});
   ~IpcService();
@@ -68,6 +79,17 @@ class IpcService {
   std::string ChannelSocket(const std::string& job) const;
   // Why the job cannot move with its IPC rights, or "".
   std::string MoveBlocker(const std::string& job) const;
+
+  // Direct calls. Without the hooks, direct_open across nodes and revocation cannot work
+  // (they are refused / logged).
+  void SetDirectHooks(NodeAddress node_address, JobInitPid init_pid);
+  // "socket:[INODE]" of each live direct connection end the agent handed to the job (either
+  // role).
+  std::vector<std::string> DirectSockets(const std::string& job) const;
+  // Shuts all the job's direct connections down now, and gives it no new ones (its
+  // direct_open is refused, nothing is queued for the ports it accepts on) until ResumeDirect.
+  void SuspendDirect(const std::string& job);
+  void ResumeDirect(const std::string& job);
 
   std::size_t RightCount(const std::string& job) const;
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
