@@ -60,6 +60,12 @@ std::shared_ptr<Channel::Impl> ImplFromEnvironment() {
   return std::make_shared<Channel::Impl>(UniqueFd(static_cast<int>(fd)));
 }
 
+// The ok replies of these ops carry one fd on their frame's first byte.
+bool CarriesFd(ipc::JobOp op) {
+  return op == ipc::JobOp::kRegionMap || op == ipc::JobOp::kDirectOpen ||
+         op == ipc::JobOp::kDirectAccept;
+}
+
 std::mutex default_mu;
 std::shared_ptr<Channel::Impl>& DefaultImpl() {
   static std::shared_ptr<Channel::Impl> impl;
@@ -295,8 +301,8 @@ void Channel::Impl::Dispatch(ipc::Frame frame) {
   if (!reply) return CloseLocked("IPC channel broken: IPC reply shorter than its header");
   auto it = slots_.find(reply->id);
   UniqueFd fd;
-  if (reply->status == JobStatus::kOk && it != slots_.end() &&
-      it->second.op == ipc::JobOp::kRegionMap && !fds_.empty()) {
+  if (reply->status == JobStatus::kOk && it != slots_.end() && CarriesFd(it->second.op) &&
+      !fds_.empty()) {
     fd = std::move(fds_.front());
     fds_.pop_front();
   }

@@ -5,7 +5,8 @@
 // nobody is reading, reads what arrives, files every reply under its request id, wakes the
 // waiters and gives up the role once its own reply is in, so that the reply of a thread never
 // waits for that thread to read it. fds arriving with SCM_RIGHTS are queued in arrival order
-// and given to the ok replies of region_map requests in that order: the agent attaches each
+// and given to the ok replies of region_map, direct_open and direct_accept requests in that
+// order: the agent attaches each
 // one to the first byte of its reply frame, so an fd always arrives before its frame is whole.
 //
 // Thread-safety: all methods may be called from any thread.
@@ -31,7 +32,7 @@ class Channel::Impl {
   struct Reply {
     std::string payload;  // the reply frame's, kept whole: a large body is not copied out
     std::size_t body_at = 0;
-    UniqueFd fd;  // region_map only
+    UniqueFd fd;  // region_map, direct_open, direct_accept
 
     std::string_view body() const { return std::string_view(payload).substr(body_at); }
   };
@@ -111,6 +112,21 @@ struct TrainAnswer {
   std::optional<IpcError> refusal;
 };
 IpcResult<TrainAnswer> ReadTrainAnswer(IpcResult<Channel::Impl::Reply> reply);
+
+// direct_open (op 23) of a send name / direct_accept (op 24) on a receive name: the fd of the
+// ok reply (docs/ipc.md "Direct calls").
+IpcResult<UniqueFd> DirectOpen(Channel::Impl& impl, std::uint32_t send_name);
+IpcResult<UniqueFd> DirectAccept(Channel::Impl& impl, std::uint32_t receive_name, Timeout timeout);
+
+// The direct-call ordering rule (a call never overtakes the thread's earlier sends on its
+// name): every send through the agents tells rpc_client.cpp, which marks that name of this
+// thread's direct state. Threads that never called through a direct-capable name pay one
+// thread-local load.
+extern constinit thread_local bool thread_has_direct_state;
+void NoteAgentSendSlow(std::uint64_t channel, std::uint32_t name);
+inline void NoteAgentSend(const Channel::Impl& impl, std::uint32_t name) {
+  if (thread_has_direct_state) NoteAgentSendSlow(impl.id(), name);
+}
 }  // namespace libtern
 
 }  // namespace tern

@@ -101,6 +101,7 @@ IpcResult<void> Channel::send(const Message& message, FullPolicy policy, Timeout
   writer.U8(static_cast<std::uint8_t>(policy));
   writer.U32(libtern::TimeoutMs(timeout));
   writer.U32(notify_port);
+  libtern::NoteAgentSend(*impl_, message.destination);
   return EmptyReply(impl_->Request(JobOp::kSend, libtern::Pieces(writer)));
 }
 
@@ -142,6 +143,7 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
                                    Timeout timeout, std::size_t* accepted) const {
   if (accepted) *accepted = 0;
   if (messages.empty()) return {};
+  for (const Message& message : messages) libtern::NoteAgentSend(*impl_, message.destination);
   if (FitsTrains(messages)) return SendTrains(messages, policy, timeout, accepted);
   std::vector<std::string> bodies;
   bodies.reserve(messages.size());
@@ -279,6 +281,7 @@ IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t p
   writer.U8(static_cast<std::uint8_t>(policy));
   writer.U32(libtern::TimeoutMs(send_timeout));
   writer.U32(0);
+  libtern::NoteAgentSend(*impl_, message.destination);
   auto reply = impl_->Request(JobOp::kSendReceive, libtern::Pieces(writer));
   if (!reply) return reply.error();
   WireReader reader(reply->body());
@@ -379,6 +382,32 @@ IpcResult<Region> Channel::region_map(std::uint32_t name) const {
   }
   // The mapping keeps the memfd alive; the fd itself closes with the reply.
   return Region(data, static_cast<std::size_t>(*size));
+}
+
+namespace {
+
+IpcResult<UniqueFd> FdReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
+  if (!reply) return reply.error();
+  if (!reply->fd.valid()) {
+    return IpcError{
+        JobStatus::kBadRequest,
+        "the agent's reply to op " + std::to_string(static_cast<unsigned>(op)) + " carried no fd"};
+  }
+  return std::move(reply->fd);
+}
+
+}  // namespace
+
+IpcResult<UniqueFd> libtern::DirectOpen(Channel::Impl& impl, std::uint32_t send_name) {
+  return FdReply(impl.Request(JobOp::kDirectOpen, NameBody(send_name)), JobOp::kDirectOpen);
+}
+
+IpcResult<UniqueFd> libtern::DirectAccept(Channel::Impl& impl, std::uint32_t receive_name,
+                                          Timeout timeout) {
+  WireWriter writer;
+  writer.U32(receive_name);
+  writer.U32(libtern::TimeoutMs(timeout));
+  return FdReply(impl.Request(JobOp::kDirectAccept, writer.Take()), JobOp::kDirectAccept);
 }
 
 // Region ------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ IpcResult<void> PortWriter::Ship() {
                                                   static_cast<std::uint32_t>(train_count_));
   std::vector<std::string_view> pieces{header};
   for (std::string_view piece : libtern::Pieces(train_)) pieces.push_back(piece);
+  libtern::NoteAgentSend(*channel_.impl_, port_);
   auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
   train_.out().clear();
   train_.shared().clear();

@@ -1,22 +1,42 @@
-// Channel::call: the client half of libtern's RPC (docs/ipc.md "RPC (libtern)").
+// Channel::call: the client half of libtern's RPC (docs/ipc.md "RPC (libtern)", "Direct
+// calls").
 //
 // Each thread is one RPC client per channel: it has its own client id, sequence numbers and
-// reply port (allocated on its first call and deallocated when the thread exits), so calls
-// from different threads never wait on each other's replies.
+// reply port (allocated on its first call through the agents and deallocated when the thread
+// exits), so calls from different threads never wait on each other's replies.
+//
+// Per thread, per channel and per send name a call may go direct: over a connection to the
+// serving job that the agents set up (direct_open) and the thread owns, one write of the
+// request and one read of the answer. The first call on a name goes through the agents (the
+// thread's sends on it before then were not tracked, and a direct call must not overtake
+// them); after that, a call goes direct when its items are data only and the thread has not
+// sent on that name through the agents since its last call there. Whatever goes wrong on the
+// connection sends the same request (same client id and sequence) through the agents, where
+// the server's duplicate check makes the repeat safe.
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
 #include "channel_impl.hpp"
+#include "direct_connection.hpp"
+#include "direct_wire.hpp"
 #include "rpc_format.hpp"
 
 namespace tern {
 
+constinit thread_local bool libtern::thread_has_direct_state = false;
+
 namespace {
 
+using Clock = std::chrono::steady_clock;
+using libtern::DirectConnection;
 using libtern::RpcHeader;
+
+// After a refused direct_open a name's calls go through the agents for this long.
+constexpr auto kRefusedFor = std::chrono::seconds(1);
 
 std::uint64_t NewClientId() {
   static std::atomic<std::uint64_t> counter{0};
@@ -29,17 +49,28 @@ std::uint64_t NewClientId() {
   return id == 0 ? 1 : id;
 }
 
+// One send name's direct path for this thread.
+struct DirectPort {
+  std::optional<DirectConnection> connection;
+  Clock::time_point refused_until{};
+  // Set by a send through the agents on this name; cleared by the end of each call there.
+  bool sent_through_agents = false;
+};
+
 struct ClientState {
   std::weak_ptr<Channel::Impl> impl;
   std::uint32_t reply_port = 0;
   std::uint64_t client = NewClientId();
   std::uint64_t next_sequence = 1;
+  std::unordered_map<std::uint32_t, DirectPort> direct;  // by send name
 };
 
-// Per thread, per channel (by id: an address could be reused by a later channel).
+// Per thread, per channel (by id: an address could be reused by a later channel). The direct
+// connections close with it, when the thread ends.
 struct ThreadClients {
   std::unordered_map<std::uint64_t, ClientState> by_channel;
   ~ThreadClients() {
+    libtern::thread_has_direct_state = false;
     for (auto& [id, state] : by_channel) {
       auto impl = state.impl.lock();
       if (!impl || state.reply_port == 0) continue;
@@ -54,7 +85,70 @@ thread_local ThreadClients thread_clients;
 
 bool IsForever(Timeout timeout) { return libtern::TimeoutMs(timeout) == ipc::kWaitForever; }
 
+Clock::time_point DeadlineAfter(Timeout timeout) {
+  if (IsForever(timeout)) return Clock::time_point::max();
+  return Clock::now() + timeout;
+}
+
+// What a direct attempt came to.
+enum class DirectEnd {
+  kAnswered,       // `answer` holds the reply
+  kTimedOut,       // no answer by the deadline; the connection stays
+  kThroughAgents,  // the reply holds rights: repeat through the agents
+  kBroken,         // the connection is closed: repeat through the agents
+};
+
+DirectEnd CallDirect(DirectPort& direct, const RpcHeader& header, const std::vector<Item>& items,
+                     Clock::time_point deadline, libtern::DirectAnswer& answer) {
+  DirectConnection& connection = *direct.connection;
+  ipc::WireWriter frame(/*share_data=*/true);
+  libtern::WriteDirectCall(frame, libtern::DirectCallKind::kRequest, header.client, header.sequence,
+                           items);
+  bool ok = static_cast<bool>(connection.Write(frame));
+  while (ok) {
+    auto read = connection.Read(deadline);
+    if (!read) break;
+    if (!*read) return DirectEnd::kTimedOut;
+    if ((*read)->type != ipc::FrameType::kDirectAnswer) break;
+    auto parsed = libtern::ParseDirectAnswer(
+        std::make_shared<const std::string>(std::move((*read)->payload)));
+    if (!parsed) break;
+    // A late answer to an earlier call that timed out: skipped.
+    if (parsed->client != header.client || parsed->sequence != header.sequence) continue;
+    if (parsed->outcome == libtern::DirectOutcome::kCallThroughAgents) {
+      return DirectEnd::kThroughAgents;
+    }
+    answer = std::move(*parsed);
+    return DirectEnd::kAnswered;
+  }
+  direct.connection.reset();
+  return DirectEnd::kBroken;
+}
+
+// The reply's items, or the handler's failure.
+IpcResult<Message> Finish(Message reply, std::uint8_t flags) {
+  if (flags & libtern::kRpcHandlerFailed) {
+    return IpcError{JobStatus::kBadRequest,
+                    "RPC handler failed: " + std::string(FirstBytes(reply))};
+  }
+  return reply;
+}
+
+// Clears a name's "sent through the agents" mark when a call there ends, whichever way: the
+// call's own traffic through the agents (its request, an ack) does not count.
+struct ClearSentMark {
+  DirectPort& direct;
+  ~ClearSentMark() { direct.sent_through_agents = false; }
+};
+
 }  // namespace
+
+void libtern::NoteAgentSendSlow(std::uint64_t channel, std::uint32_t name) {
+  auto state = thread_clients.by_channel.find(channel);
+  if (state == thread_clients.by_channel.end()) return;
+  auto direct = state->second.direct.find(name);
+  if (direct != state->second.direct.end()) direct->second.sent_through_agents = true;
+}
 
 IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
                                  CallOptions options) const {
@@ -64,37 +158,82 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
   }
   ClientState& state = clients[impl_->id()];
   state.impl = impl_;
-  if (state.reply_port == 0) {
-    auto reply_port = port_allocate();
-    if (!reply_port) return reply_port.error();
-    state.reply_port = *reply_port;
-  }
   const RpcHeader header{0, state.client, state.next_sequence++};
 
-  Message request;
-  request.destination = port;
-  request.destination_disposition = Disposition::kCopySend;
-  request.reply = state.reply_port;
-  request.reply_disposition = Disposition::kMakeSendOnce;
-  request.id = libtern::kRpcRequestId;
-  request.items.reserve(items.size() + 1);
-  request.items.push_back(libtern::EncodeRpcHeader(header));
-  for (Item& item : items) request.items.push_back(std::move(item));
+  auto [entry, first_call] = state.direct.try_emplace(port);
+  DirectPort& direct = entry->second;
+  libtern::thread_has_direct_state = true;
+  const ClearSentMark clear_mark{direct};
+  bool go_direct = !first_call && !direct.sent_through_agents && libtern::IsDataOnly(items);
+  if (go_direct && !direct.connection) {
+    if (Clock::now() < direct.refused_until) {
+      go_direct = false;
+    } else if (auto fd = libtern::DirectOpen(*impl_, port)) {
+      direct.connection.emplace(std::move(*fd));
+    } else {
+      // Refused (or an agent that does not know the op): through the agents for a while.
+      direct.refused_until = Clock::now() + kRefusedFor;
+      go_direct = false;
+    }
+  }
 
+  std::optional<Message> request;  // the agent path's message, built when first needed
   const int attempts = options.attempts < 1 ? 1 : options.attempts;
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    const auto deadline = std::chrono::steady_clock::now() + options.timeout;
+    const auto deadline = DeadlineAfter(options.timeout);
+    if (go_direct && direct.connection) {
+      libtern::DirectAnswer answer;
+      switch (CallDirect(direct, header, items, deadline, answer)) {
+        case DirectEnd::kAnswered: {
+          if (answer.flags & libtern::kRpcAckWanted) {
+            ipc::WireWriter ack;
+            libtern::WriteDirectCall(ack, libtern::DirectCallKind::kAck, header.client,
+                                     header.sequence, {});
+            // A lost ack costs only memory until the next request, which acknowledges it too.
+            if (!direct.connection->Write(ack)) direct.connection.reset();
+          }
+          Message reply;
+          reply.destination = state.reply_port;
+          reply.id = libtern::kRpcReplyId;
+          reply.items = std::move(answer.items);
+          return Finish(std::move(reply), answer.flags);
+        }
+        case DirectEnd::kTimedOut:
+          continue;
+        case DirectEnd::kThroughAgents:
+        case DirectEnd::kBroken:
+          go_direct = false;  // this call's repeat goes through the agents, at once
+          break;
+      }
+    }
+
+    if (state.reply_port == 0) {
+      auto reply_port = port_allocate();
+      if (!reply_port) return reply_port.error();
+      state.reply_port = *reply_port;
+    }
+    if (!request) {
+      request.emplace();
+      request->destination = port;
+      request->destination_disposition = Disposition::kCopySend;
+      request->reply = state.reply_port;
+      request->reply_disposition = Disposition::kMakeSendOnce;
+      request->id = libtern::kRpcRequestId;
+      request->items.reserve(items.size() + 1);
+      request->items.push_back(libtern::EncodeRpcHeader(header));
+      for (Item& item : items) request->items.push_back(std::move(item));
+    }
     bool first = true;
     for (;;) {
       Timeout left = kForever;
-      if (!IsForever(options.timeout)) {
-        left = std::chrono::duration_cast<Timeout>(deadline - std::chrono::steady_clock::now());
+      if (deadline != Clock::time_point::max()) {
+        left = std::chrono::duration_cast<Timeout>(deadline - Clock::now());
         if (left.count() <= 0) break;
       }
       // The request and the wait for its reply in one round trip to the agent; later waits
       // (after a stale reply) receive only.
       auto reply =
-          first ? send_receive(request, state.reply_port, left, FullPolicy::kWait, options.timeout)
+          first ? send_receive(*request, state.reply_port, left, FullPolicy::kWait, options.timeout)
                 : receive(state.reply_port, left);
       if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
       first = false;
@@ -118,11 +257,7 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
         (void)send(ack, FullPolicy::kFail);
       }
       reply->items.erase(reply->items.begin());
-      if (got->flags & libtern::kRpcHandlerFailed) {
-        return IpcError{JobStatus::kBadRequest,
-                        "RPC handler failed: " + std::string(FirstBytes(*reply))};
-      }
-      return std::move(*reply);
+      return Finish(std::move(*reply), got->flags);
     }
   }
   return IpcError{JobStatus::kTimedOut, "no RPC reply after " + std::to_string(attempts) +

@@ -1,17 +1,37 @@
-// RpcServer: the server half of libtern's RPC (docs/ipc.md "RPC (libtern)").
+// RpcServer: the server half of libtern's RPC (docs/ipc.md "RPC (libtern)", "Direct calls").
+//
+// Requests come two ways: through the agents (the port, served by `threads` Serve threads)
+// and over direct connections (accepted by one Accept thread with direct_accept, watched by
+// one epoll and served by `threads` ServeDirect threads). Both share one duplicate check and
+// one set of kept replies (kept_), and one limit of `threads` handler calls at once.
+#include <sys/epoll.h>
+
 #include <algorithm>
 #include <chrono>
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <semaphore>
 #include <unordered_map>
 
+#include "channel_impl.hpp"
+#include "direct_connection.hpp"
+#include "direct_wire.hpp"
 #include "rpc_format.hpp"
 
 namespace tern {
 
 namespace {
+using libtern::DirectConnection;
 using libtern::RpcHeader;
+
+int PollMs(Timeout timeout) {
+  return static_cast<int>(std::min<Timeout::rep>(std::max<Timeout::rep>(timeout.count(), 0),
+                                                 std::numeric_limits<int>::max()));
+}
+
+// A one-shot watch: a connection is served by one worker at a time and re-armed after.
+constexpr std::uint32_t kConnectionEvents = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
 }  // namespace
 
 class RpcServer::State {
@@ -20,9 +40,18 @@ class RpcServer::State {
       : channel_(std::move(channel)),
         port_(port),
         handler_(std::move(handler)),
-        options_(options) {}
+        options_(options),
+        running_(options.threads < 1 ? 1 : options.threads),
+        epoll_(::epoll_create1(EPOLL_CLOEXEC)) {}
 
   void Serve(const std::stop_token& stop);
+  // direct_accept in a loop; ends quietly when the agent refuses (an old agent, a moved port).
+  void Accept(const std::stop_token& stop);
+  void ServeDirect(const std::stop_token& stop);
+  // Closes every direct connection (after the threads are joined): their clients fall back.
+  void CloseDirect();
+  bool takes_direct() { return channel_.connected() && epoll_.valid(); }
+
   std::size_t kept_replies() const;
   std::uint64_t handled() const { return handled_.load(); }
   std::string last_error() const {
@@ -38,7 +67,20 @@ class RpcServer::State {
     std::uint8_t flags = 0;
     std::vector<Item> items;
     std::chrono::steady_clock::time_point answered{};
+    bool direct = false;  // running on a direct connection
+    // A repeat through the agents of a request running on a direct connection (the client
+    // fell back): its reply right gets the reply when the handler finishes.
+    std::uint32_t waiting_reply = 0;
   };
+  enum class Admission { kRun, kKept, kDrop, kWaiting };
+  // The duplicate check for a request of either path. kKept fills `flags` and `items` with the
+  // kept reply; kWaiting has taken `reply_right` to answer later.
+  Admission Admit(const RpcHeader& header, bool direct, std::uint32_t reply_right,
+                  std::uint8_t& flags, std::vector<Item>& items);
+  // Runs the handler (within the limit shared by both paths) and keeps its reply. Returns the
+  // reply right of a repeat that waits for it (0: none).
+  std::uint32_t Run(RpcRequest request, std::uint8_t& flags, std::vector<Item>& items);
+  void Acknowledge(std::uint64_t client, std::uint64_t sequence);
   // Drops kept replies older than keep_replies_for; at most once a second (or once per
   // keep_replies_for, if shorter). Needs mu_.
   void ExpireLocked();
@@ -50,16 +92,25 @@ class RpcServer::State {
   void Drop(std::uint32_t reply_right);
   void NoteError(std::string text);
 
+  // Serves what arrived on `connection`; false when it is to be closed.
+  bool ServeConnection(DirectConnection& connection);
+  void CloseConnection(DirectConnection* connection);
+
   const Channel channel_;
   const std::uint32_t port_;
   const RpcHandler handler_;
   const RpcServerOptions options_;
   std::atomic<std::uint64_t> handled_{0};
+  std::counting_semaphore<> running_;  // handler calls that may start, over both paths
 
   mutable std::mutex mu_;
   std::unordered_map<std::uint64_t, Kept> kept_;  // by client id
   std::chrono::steady_clock::time_point last_sweep_{};
   std::string last_error_;
+
+  UniqueFd epoll_;
+  std::mutex direct_mu_;
+  std::unordered_map<DirectConnection*, std::unique_ptr<DirectConnection>> connections_;
 };
 
 void RpcServer::State::Serve(const std::stop_token& stop) {
@@ -97,11 +148,7 @@ void RpcServer::State::Serve(const std::stop_token& stop) {
       continue;
     }
     if (message->id == libtern::kRpcAckId) {
-      std::lock_guard lock(mu_);
-      auto it = kept_.find(header->client);
-      if (it != kept_.end() && it->second.done && it->second.sequence == header->sequence) {
-        kept_.erase(it);
-      }
+      Acknowledge(header->client, header->sequence);
       continue;
     }
     if (message->id != libtern::kRpcRequestId) {
@@ -113,56 +160,101 @@ void RpcServer::State::Serve(const std::stop_token& stop) {
   if (reply) (void)channel_.send(*reply, FullPolicy::kFail);
 }
 
+void RpcServer::State::Acknowledge(std::uint64_t client, std::uint64_t sequence) {
+  std::lock_guard lock(mu_);
+  auto it = kept_.find(client);
+  if (it != kept_.end() && it->second.done && it->second.sequence == sequence) kept_.erase(it);
+}
+
+RpcServer::State::Admission RpcServer::State::Admit(const RpcHeader& header, bool direct,
+                                                    std::uint32_t reply_right, std::uint8_t& flags,
+                                                    std::vector<Item>& items) {
+  std::lock_guard lock(mu_);
+  auto it = kept_.find(header.client);
+  if (it != kept_.end() && it->second.sequence >= header.sequence) {
+    Kept& entry = it->second;
+    if (entry.sequence == header.sequence && entry.done) {
+      // A repeat of an answered request: the kept reply, not a second execution.
+      flags = entry.flags;
+      items = entry.items;  // items share their data
+      return Admission::kKept;
+    }
+    if (entry.sequence == header.sequence && entry.direct && !direct && reply_right != 0) {
+      // The client gave up its connection and asks through the agents: answer that ask.
+      if (entry.waiting_reply != 0) Drop(entry.waiting_reply);
+      entry.waiting_reply = reply_right;
+      return Admission::kWaiting;
+    }
+    // A repeat of a request still running (its reply goes the same way as the original's),
+    // or an older request than one already seen: neither gets an answer.
+    return Admission::kDrop;
+  }
+  // A newer request acknowledges the client's previous reply.
+  Kept& entry = kept_[header.client];
+  if (entry.waiting_reply != 0) Drop(entry.waiting_reply);
+  entry = Kept{};
+  entry.sequence = header.sequence;
+  entry.direct = direct;
+  return Admission::kRun;
+}
+
+std::uint32_t RpcServer::State::Run(RpcRequest request, std::uint8_t& flags,
+                                    std::vector<Item>& items) {
+  flags = options_.ack == RpcAck::kExplicit ? libtern::kRpcAckWanted : 0;
+  {
+    // The limit is what a one-thread server promises: one handler at a time, whichever way
+    // its requests came.
+    running_.acquire();
+    struct Release {
+      std::counting_semaphore<>& running;
+      ~Release() { running.release(); }
+    } release{running_};
+    handled_.fetch_add(1);
+    try {
+      items = handler_(request);
+    } catch (const std::exception& error) {
+      flags |= libtern::kRpcHandlerFailed;
+      items = {Item::Bytes(error.what())};
+    }
+  }
+  std::lock_guard lock(mu_);
+  std::uint32_t waiting = 0;
+  auto it = kept_.find(request.client);
+  // The client may have moved on (a newer request) while this one ran: keep only the newest.
+  if (it != kept_.end() && it->second.sequence == request.sequence) {
+    it->second.done = true;
+    it->second.direct = false;
+    it->second.flags = flags;
+    it->second.items = items;
+    it->second.answered = std::chrono::steady_clock::now();
+    waiting = std::exchange(it->second.waiting_reply, 0);
+  }
+  ExpireLocked();
+  return waiting;
+}
+
 std::optional<Message> RpcServer::State::Handle(Message message, const RpcHeader& header) {
   const std::uint32_t reply_right = message.reply;
-  {
-    std::unique_lock lock(mu_);
-    auto it = kept_.find(header.client);
-    if (it != kept_.end() && it->second.sequence >= header.sequence) {
-      if (it->second.sequence == header.sequence && it->second.done) {
-        // A repeat of an answered request: the kept reply, not a second execution.
-        RpcHeader reply_header{it->second.flags, header.client, header.sequence};
-        std::vector<Item> items = it->second.items;  // items share their data
-        lock.unlock();
-        return Reply(reply_right, reply_header, std::move(items));
-      }
-      // A repeat of a request still running (its reply goes to the same reply port), or an
-      // older request than one already seen: neither gets an answer.
-      lock.unlock();
+  std::uint8_t flags = 0;
+  std::vector<Item> items;
+  switch (Admit(header, /*direct=*/false, reply_right, flags, items)) {
+    case Admission::kKept:
+      return Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
+    case Admission::kWaiting:
+      return std::nullopt;
+    case Admission::kDrop:
       Drop(reply_right);
       return std::nullopt;
-    }
-    // A newer request acknowledges the client's previous reply.
-    Kept& entry = kept_[header.client];
-    entry = Kept{header.sequence, false, 0, {}};
+    case Admission::kRun:
+      break;
   }
-
   RpcRequest request;
   request.client = header.client;
   request.sequence = header.sequence;
   request.message = std::move(message);
   request.message.items.erase(request.message.items.begin());
-  std::uint8_t flags = options_.ack == RpcAck::kExplicit ? libtern::kRpcAckWanted : 0;
-  std::vector<Item> items;
-  handled_.fetch_add(1);
-  try {
-    items = handler_(request);
-  } catch (const std::exception& error) {
-    flags |= libtern::kRpcHandlerFailed;
-    items = {Item::Bytes(error.what())};
-  }
-
-  {
-    std::lock_guard lock(mu_);
-    auto it = kept_.find(header.client);
-    // The client may have moved on (a newer request) while this one ran: keep only the newest.
-    if (it != kept_.end() && it->second.sequence == header.sequence) {
-      it->second.done = true;
-      it->second.flags = flags;
-      it->second.items = items;
-      it->second.answered = std::chrono::steady_clock::now();
-    }
-    ExpireLocked();
+  if (const std::uint32_t waiting = Run(std::move(request), flags, items); waiting != 0) {
+    Drop(waiting);  // a repeat waits only for a request running on a direct connection
   }
   return Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
 }
@@ -179,6 +271,111 @@ std::optional<Message> RpcServer::State::Reply(std::uint32_t reply_right, const 
   for (Item& item : items) reply.items.push_back(std::move(item));
   return reply;
 }
+
+// Direct connections -----------------------------------------------------------------------
+
+void RpcServer::State::Accept(const std::stop_token& stop) {
+  while (!stop.stop_requested()) {
+    auto fd = libtern::DirectAccept(*channel_.impl_, port_, options_.stop_poll);
+    if (!fd) {
+      if (fd.status() == JobStatus::kTimedOut) continue;
+      return;  // an agent without direct calls, the port gone: the agent path serves alone
+    }
+    auto connection = std::make_unique<DirectConnection>(std::move(*fd));
+    epoll_event event{};
+    event.events = kConnectionEvents;
+    event.data.ptr = connection.get();
+    std::lock_guard lock(direct_mu_);
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, connection->fd(), &event) != 0) continue;
+    connections_.emplace(connection.get(), std::move(connection));
+  }
+}
+
+void RpcServer::State::ServeDirect(const std::stop_token& stop) {
+  while (!stop.stop_requested()) {
+    epoll_event event{};
+    const int ready = ::epoll_wait(epoll_.get(), &event, 1, PollMs(options_.stop_poll));
+    if (ready <= 0) continue;
+    auto* connection = static_cast<DirectConnection*>(event.data.ptr);
+    if (!ServeConnection(*connection)) {
+      CloseConnection(connection);
+      continue;
+    }
+    epoll_event again{};
+    again.events = kConnectionEvents;
+    again.data.ptr = connection;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, connection->fd(), &again) != 0) {
+      CloseConnection(connection);
+    }
+  }
+}
+
+bool RpcServer::State::ServeConnection(DirectConnection& connection) {
+  // Frames that arrived before an end of file are served all the same (a last ack).
+  const bool open = static_cast<bool>(connection.ReadAvailable());
+  while (auto frame = connection.Next()) {
+    if (frame->type != ipc::FrameType::kDirectCall) return false;
+    auto call =
+        libtern::ParseDirectCall(std::make_shared<const std::string>(std::move(frame->payload)));
+    if (!call) return false;
+    if (call->kind == libtern::DirectCallKind::kAck) {
+      Acknowledge(call->client, call->sequence);
+      continue;
+    }
+    const RpcHeader header{0, call->client, call->sequence};
+    std::uint8_t flags = 0;
+    std::vector<Item> items;
+    switch (Admit(header, /*direct=*/true, 0, flags, items)) {
+      case Admission::kDrop:
+      case Admission::kWaiting:
+        continue;
+      case Admission::kKept:
+        break;
+      case Admission::kRun: {
+        RpcRequest request;
+        request.client = call->client;
+        request.sequence = call->sequence;
+        request.message.destination = port_;
+        request.message.id = libtern::kRpcRequestId;
+        request.message.items = std::move(call->items);
+        if (const std::uint32_t waiting = Run(std::move(request), flags, items); waiting != 0) {
+          // The client fell back to the agents meanwhile: that is where it waits.
+          if (auto reply = Reply(waiting, {flags, header.client, header.sequence}, items)) {
+            if (auto sent = channel_.send(*reply, FullPolicy::kFail); !sent) {
+              NoteError("reply to a client: " + sent.error().ToString());
+            }
+          }
+          continue;
+        }
+        break;
+      }
+    }
+    // Rights cannot travel here: the reply stays kept, and the client asks again through the
+    // agents, where the kept reply answers it.
+    const bool data_only = libtern::IsDataOnly(items);
+    ipc::WireWriter answer(/*share_data=*/true);
+    libtern::WriteDirectAnswer(
+        answer,
+        data_only ? libtern::DirectOutcome::kReply : libtern::DirectOutcome::kCallThroughAgents,
+        flags, header.client, header.sequence,
+        data_only ? std::span<const Item>(items) : std::span<const Item>());
+    if (!connection.Write(answer)) return false;
+  }
+  return open;
+}
+
+void RpcServer::State::CloseConnection(DirectConnection* connection) {
+  std::lock_guard lock(direct_mu_);
+  (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, connection->fd(), nullptr);
+  connections_.erase(connection);
+}
+
+void RpcServer::State::CloseDirect() {
+  std::lock_guard lock(direct_mu_);
+  connections_.clear();
+}
+
+// -------------------------------------------------------------------------------------------
 
 void RpcServer::State::ExpireLocked() {
   const auto now = std::chrono::steady_clock::now();
@@ -211,9 +408,16 @@ RpcServer::RpcServer(Channel channel, std::uint32_t port, RpcHandler handler,
                      RpcServerOptions options)
     : state_(std::make_shared<State>(std::move(channel), port, std::move(handler), options)) {
   const int threads = options.threads < 1 ? 1 : options.threads;
-  threads_.reserve(static_cast<std::size_t>(threads));
+  const bool direct = state_->takes_direct();
+  threads_.reserve(static_cast<std::size_t>(direct ? 2 * threads + 1 : threads));
   for (int i = 0; i < threads; ++i) {
     threads_.emplace_back([state = state_](const std::stop_token& stop) { state->Serve(stop); });
+  }
+  if (!direct) return;
+  threads_.emplace_back([state = state_](const std::stop_token& stop) { state->Accept(stop); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back(
+        [state = state_](const std::stop_token& stop) { state->ServeDirect(stop); });
   }
 }
 
@@ -223,6 +427,7 @@ void RpcServer::stop() {
   std::lock_guard lock(stop_mu_);
   for (auto& thread : threads_) thread.request_stop();
   threads_.clear();  // joins
+  state_->CloseDirect();
 }
 
 std::size_t RpcServer::kept_replies() const { return state_->kept_replies(); }

@@ -47,6 +47,20 @@ FakeAgent::~FakeAgent() {
   if (agent_fd_ >= 0) ::close(agent_fd_);
   if (job_fd_ >= 0) ::close(job_fd_);
   for (auto& [id, fd] : regions_) ::close(fd);
+  for (auto& [id, port] : direct_) {
+    for (int fd : port.queued) ::close(fd);
+  }
+  for (int fd : direct_ends_) ::close(fd);
+}
+
+int FakeAgent::requests_with_op(JobOp op) {
+  std::lock_guard lock(mu_);
+  return ops_seen_[op];
+}
+
+void FakeAgent::BreakDirectConnections() {
+  std::lock_guard lock(mu_);
+  for (int fd : direct_ends_) ::shutdown(fd, SHUT_RDWR);
 }
 
 int FakeAgent::TakeJobFd() { return std::exchange(job_fd_, -1); }
@@ -126,6 +140,7 @@ void FakeAgent::Handle(const ipc::JobRequest& request) {
   {
     std::lock_guard lock(mu_);
     script = script_;
+    ++ops_seen_[request.op];
   }
   if (script) {
     if (auto answer = script(request)) {
@@ -139,6 +154,7 @@ void FakeAgent::Handle(const ipc::JobRequest& request) {
     answer = Model(request);
   }
   if (answer) Send(request.id, *answer);
+  if (answer && answer->owns_fd) ::close(answer->fd);
 }
 
 std::uint32_t FakeAgent::NewName(Right right) {
@@ -289,9 +305,64 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
       answer.fd = fd;
       return answer;
     }
+    case JobOp::kDirectOpen:
+      return DirectOpen(reader.U32().value_or(0));
+    case JobOp::kDirectAccept:
+      return DirectAccept(request);
     default:
       return Err(JobStatus::kBadRequest, "the fake agent does not model this op");
   }
+}
+
+std::optional<FakeAgent::Answer> FakeAgent::DirectOpen(std::uint32_t send_name) {
+  auto name = names_.find(send_name);
+  if (name == names_.end() || name->second.kind != Right::kSend) {
+    return Err(JobStatus::kInvalidName, "not a send right");
+  }
+  auto port = direct_.find(name->second.object);
+  if (port == direct_.end()) return Err(JobStatus::kUnavailable, "the port takes no direct calls");
+  int ends[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends) != 0) {
+    return Err(JobStatus::kUnavailable, "socketpair failed");
+  }
+  direct_ends_.push_back(::dup(ends[1]));
+  if (port->second.accepters.empty()) {
+    port->second.queued.push_back(ends[1]);
+  } else {
+    Answer server = Ok();
+    server.fd = ends[1];
+    Send(port->second.accepters.front().request, server);
+    port->second.accepters.pop_front();
+    ::close(ends[1]);
+  }
+  Answer client = Ok();
+  client.fd = ends[0];
+  client.owns_fd = true;
+  return client;
+}
+
+std::optional<FakeAgent::Answer> FakeAgent::DirectAccept(const ipc::JobRequest& request) {
+  WireReader reader(request.body);
+  auto name = reader.U32();
+  auto timeout = reader.U32();
+  auto it = names_.find(name.value_or(0));
+  if (!timeout || it == names_.end() || it->second.kind != Right::kReceive) {
+    return Err(JobStatus::kInvalidName, "not a receive right");
+  }
+  DirectPort& port = direct_[it->second.object];
+  if (!port.queued.empty()) {
+    Answer server = Ok();
+    server.fd = port.queued.front();
+    port.queued.pop_front();
+    Send(request.id, server);
+    ::close(server.fd);
+    return std::nullopt;
+  }
+  const auto deadline = *timeout == ipc::kWaitForever ? std::chrono::steady_clock::time_point::max()
+                                                      : std::chrono::steady_clock::now() +
+                                                            std::chrono::milliseconds(*timeout);
+  port.accepters.push_back({request.id, deadline});
+  return std::nullopt;
 }
 
 JobStatus FakeAgent::Enqueue(const ipc::SendRequest& request) {
@@ -360,6 +431,12 @@ void FakeAgent::Deliver(std::uint64_t port_id) {
 
 void FakeAgent::Expire() {
   const auto now = std::chrono::steady_clock::now();
+  for (auto& [id, port] : direct_) {
+    while (!port.accepters.empty() && port.accepters.front().deadline <= now) {
+      Send(port.accepters.front().request, Err(JobStatus::kTimedOut, "no direct connection"));
+      port.accepters.pop_front();
+    }
+  }
   for (auto it = receivers_.begin(); it != receivers_.end();) {
     if (it->deadline <= now) {
       Send(it->request, Err(JobStatus::kTimedOut, "receive timed out"));

@@ -6,8 +6,16 @@
 // memfd regions. Tests steer it with hooks: `script` may answer (or hold) any request before
 // the model does, and `drop` may lose any message a send would queue.
 //
+// Direct calls (docs/ipc.md "Direct calls"): direct_open on a send name pairs a Unix
+// socketpair with a waiting (or later) direct_accept on the port's receive name; the first
+// direct_accept marks the port as taking direct calls, and direct_open of a port that never
+// asked is `unavailable`. The fake keeps a duplicate of each server end so that
+// BreakDirectConnections() can shut every connection down, as the agents' revocation does.
+//
 // Limits: one job only; a send to a full queue with FullPolicy::kWait fails with kTimedOut at
-// once (a train stops there too); link operations exist only through `script`.
+// once (a train stops there too); link operations exist only through `script`; a client that
+// closes its direct end is seen by the server (end of file), a server that closes its end is
+// not seen by the client (the fake's duplicate keeps it open) until BreakDirectConnections().
 //
 // Thread-safety: hooks and counters may be set and read from any thread.
 #pragma once
@@ -31,9 +39,10 @@ class FakeAgent {
  public:
   struct Answer {
     ipc::JobStatus status = ipc::JobStatus::kOk;
-    std::string body;   // the reply body, or the error text
-    int fd = -1;        // passed with SCM_RIGHTS (not owned)
-    bool hold = false;  // no reply now: the test answers later with Reply()
+    std::string body;      // the reply body, or the error text
+    int fd = -1;           // passed with SCM_RIGHTS (not owned unless owns_fd)
+    bool owns_fd = false;  // the model's: closed once sent
+    bool hold = false;     // no reply now: the test answers later with Reply()
   };
   // Returns an answer to send now, or nullopt to let the model handle the request.
   using Script = std::function<std::optional<Answer>(const ipc::JobRequest&)>;
@@ -57,6 +66,10 @@ class FakeAgent {
 
   // Messages sent so far with this message id (e.g. RPC acks).
   int sent_with_id(std::uint32_t id);
+  // Requests of this op received so far (whether the script or the model answered them).
+  int requests_with_op(ipc::JobOp op);
+  // Shuts down every direct connection made so far: both jobs read end of file.
+  void BreakDirectConnections();
 
  private:
   struct Right {
@@ -66,6 +79,15 @@ class FakeAgent {
   struct Port {
     std::deque<ipc::Message> queue;
     std::uint32_t limit = ipc::kDefaultQueueLimit;
+  };
+  // A port's direct calls: accepts waiting for a connection, server ends waiting for an accept.
+  struct DirectPort {
+    struct Accepter {
+      std::uint32_t request = 0;
+      std::chrono::steady_clock::time_point deadline;
+    };
+    std::deque<Accepter> accepters;
+    std::deque<int> queued;  // server ends (owned)
   };
   struct Receiver {
     std::uint32_t request = 0;
@@ -78,6 +100,8 @@ class FakeAgent {
   void Handle(const ipc::JobRequest& request);
   // The model's answer (mu_ held); nullopt: a receive now waiting.
   std::optional<Answer> Model(const ipc::JobRequest& request);
+  std::optional<Answer> DirectOpen(std::uint32_t send_name);           // mu_ held
+  std::optional<Answer> DirectAccept(const ipc::JobRequest& request);  // mu_ held
   // Queues a sent message (mu_ held); the status to answer the send with.
   ipc::JobStatus Enqueue(const ipc::SendRequest& request);
   void Deliver(std::uint64_t port);  // mu_ held
@@ -97,6 +121,9 @@ class FakeAgent {
   std::map<std::string, std::uint64_t> registry_;
   std::deque<Receiver> receivers_;
   std::map<std::uint32_t, int> sent_ids_;
+  std::map<ipc::JobOp, int> ops_seen_;
+  std::map<std::uint64_t, DirectPort> direct_;  // ports that asked for direct calls
+  std::vector<int> direct_ends_;                // duplicates of the server ends (owned)
   std::uint32_t next_name_ = 100;
   std::uint64_t next_object_ = 1;
   std::atomic<bool> stop_{false};

@@ -38,12 +38,23 @@ struct RpcFixture : ::testing::Test {
     send_right = *made;
   }
 
+  // These tests are about the agent path: refuse direct calls as an older agent does.
+  void AgentPathOnly() {
+    agent.set_script([](const ipc::JobRequest& request) -> std::optional<FakeAgent::Answer> {
+      if (request.op == ipc::JobOp::kDirectOpen || request.op == ipc::JobOp::kDirectAccept) {
+        return FakeAgent::Answer{JobStatus::kBadRequest, "unknown op"};
+      }
+      return std::nullopt;
+    });
+  }
+
   static std::vector<Item> Echo(const RpcRequest& request) {
     return {Item::Bytes("echo:" + std::string(request.bytes()))};
   }
 };
 
 TEST_F(RpcFixture, ExplicitAckFreesTheKeptReply) {
+  AgentPathOnly();
   RpcServer server(channel, port, Echo, {.threads = 1, .ack = RpcAck::kExplicit});
   auto reply = channel.call(send_right, "one", {.timeout = Timeout(2000)});
   ASSERT_TRUE(reply) << reply.error().ToString();

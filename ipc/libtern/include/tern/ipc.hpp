@@ -266,6 +266,7 @@ class Channel {
  private:
   friend class PortWriter;
   friend class PortReader;
+  friend class RpcServer;  // its direct-call acceptor uses the channel's Impl
   explicit Channel(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   IpcResult<void> SendTrains(const std::vector<Message>& messages, FullPolicy policy,
                              Timeout timeout, std::size_t* accepted) const;

@@ -1,0 +1,122 @@
+#include "direct_connection.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <boost/container/small_vector.hpp>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+namespace tern::libtern {
+
+namespace {
+
+// A direct frame carries at most one message (kMaxMessageBytes) plus its framing.
+constexpr std::size_t kMaxDirectPayload = ipc::kMaxMessageBytes + (1u << 20);
+
+void SetKeepalive(int fd) {
+  // Errors are ignored: a Unix socketpair (tests) has no TCP options, and a connection without
+  // keepalive still works; only a vanished peer node is then found later.
+  const int on = 1, idle = 5, interval = 1, probes = 3;
+  (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+}
+
+}  // namespace
+
+DirectConnection::DirectConnection(UniqueFd fd) : fd_(std::move(fd)), decoder_(kMaxDirectPayload) {
+  SetKeepalive(fd_.get());
+}
+
+Unexpected<Error> DirectConnection::Break(std::string reason) {
+  if (broken_reason_.empty()) broken_reason_ = std::move(reason);
+  return Fail(broken_reason_);
+}
+
+Expected<void> DirectConnection::Write(ipc::WireWriter& frames) {
+  if (broken()) return Fail(broken_reason_);
+  boost::container::small_vector<iovec, 8> iov;
+  const auto add = [&](std::string_view piece) {
+    if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
+  };
+  ipc::ForEachPiece(frames.out(), frames.shared(), add,
+                    [&](const ipc::SharedSpan& span) { add(span.bytes); });
+  std::size_t first = 0;
+  while (first < iov.size()) {
+    msghdr message{};
+    message.msg_iov = iov.data() + first;
+    message.msg_iovlen = std::min<std::size_t>(iov.size() - first, IOV_MAX);
+    const ssize_t n = ::sendmsg(fd_.get(), &message, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Break(std::string("direct connection write failed: ") + std::strerror(errno));
+    }
+    auto written = static_cast<std::size_t>(n);
+    while (first < iov.size() && written >= iov[first].iov_len) written -= iov[first++].iov_len;
+    if (written > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
+      iov[first].iov_len -= written;
+    }
+  }
+  return {};
+}
+
+Expected<bool> DirectConnection::ReceiveOnce() {
+  if (broken()) return Fail(broken_reason_);
+  for (;;) {
+    const std::span<char> space = decoder_.Prepare();
+    const ssize_t n = ::recv(fd_.get(), space.data(), space.size(), MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (n < 0) return Break(std::string("direct connection read failed: ") + std::strerror(errno));
+    if (n == 0) return Break("the other job closed the direct connection");
+    if (auto fed = decoder_.Commit(static_cast<std::size_t>(n)); !fed) {
+      return Break("direct connection broken: " + fed.error().message);
+    }
+    return true;
+  }
+}
+
+Expected<std::optional<ipc::Frame>> DirectConnection::Read(
+    std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    if (auto frame = decoder_.Next()) return std::optional<ipc::Frame>(std::move(*frame));
+    if (broken()) return Fail(broken_reason_);
+    // Wait first: the answer is rarely in within the microseconds since the request left.
+    int wait_ms = -1;
+    if (deadline != std::chrono::steady_clock::time_point::max()) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        wait_ms = 0;
+      } else {
+        wait_ms = left.count() > INT_MAX ? INT_MAX : static_cast<int>(left.count());
+      }
+    }
+    pollfd readable{fd_.get(), POLLIN, 0};
+    const int ready = ::poll(&readable, 1, wait_ms);
+    if (ready < 0 && errno != EINTR) {
+      return Break(std::string("direct connection poll failed: ") + std::strerror(errno));
+    }
+    if (ready == 0) return std::optional<ipc::Frame>();
+    if (ready < 0) continue;
+    auto got = ReceiveOnce();
+    if (!got) return Fail(got.error().message);
+  }
+}
+
+Expected<void> DirectConnection::ReadAvailable() {
+  for (;;) {
+    auto got = ReceiveOnce();
+    if (!got) return Fail(got.error().message);
+    if (!*got) return {};
+  }
+}
+
+}  // namespace tern::libtern
