@@ -169,6 +169,12 @@ void RpcServer::State::Acknowledge(std::uint64_t client, std::uint64_t sequence)
 RpcServer::State::Admission RpcServer::State::Admit(const RpcHeader& header, bool direct,
                                                     std::uint32_t reply_right, std::uint8_t& flags,
                                                     std::vector<Item>& items) {
+  std::uint32_t replaced = 0;  // a waiting reply right nobody will answer, dropped unlocked
+  struct DropAfter {
+    State& state;
+    std::uint32_t& right;
+    ~DropAfter() { state.Drop(right); }
+  } drop_after{*this, replaced};
   std::lock_guard lock(mu_);
   auto it = kept_.find(header.client);
   if (it != kept_.end() && it->second.sequence >= header.sequence) {
@@ -181,8 +187,7 @@ RpcServer::State::Admission RpcServer::State::Admit(const RpcHeader& header, boo
     }
     if (entry.sequence == header.sequence && entry.direct && !direct && reply_right != 0) {
       // The client gave up its connection and asks through the agents: answer that ask.
-      if (entry.waiting_reply != 0) Drop(entry.waiting_reply);
-      entry.waiting_reply = reply_right;
+      replaced = std::exchange(entry.waiting_reply, reply_right);
       return Admission::kWaiting;
     }
     // A repeat of a request still running (its reply goes the same way as the original's),
@@ -191,7 +196,7 @@ RpcServer::State::Admission RpcServer::State::Admit(const RpcHeader& header, boo
   }
   // A newer request acknowledges the client's previous reply.
   Kept& entry = kept_[header.client];
-  if (entry.waiting_reply != 0) Drop(entry.waiting_reply);
+  replaced = entry.waiting_reply;
   entry = Kept{};
   entry.sequence = header.sequence;
   entry.direct = direct;

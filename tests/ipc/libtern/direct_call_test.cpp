@@ -5,6 +5,7 @@
 #include <future>
 #include <tern/ipc.hpp>
 
+#include "direct_wire.hpp"
 #include "fake_agent.hpp"
 #include "rpc_format.hpp"
 
@@ -235,6 +236,66 @@ TEST_F(DirectFixture, ADirectCallTimesOutAndItsLateAnswerIsSkipped) {
   EXPECT_EQ(*retried, "echo:slow again");
   EXPECT_EQ(server.handled(), 4u);
   EXPECT_EQ(agent_requests(), 1);
+}
+
+// The frames' codec: what a server and a client of another build must agree on.
+std::shared_ptr<const std::string> PayloadOf(ipc::WireWriter& writer) {
+  std::string whole = writer.out();
+  // A data-sharing writer left large items out: put them back in place.
+  std::string joined;
+  ipc::ForEachPiece(
+      whole, writer.shared(), [&](std::string_view piece) { joined += piece; },
+      [&](const ipc::SharedSpan& span) { joined += span.bytes; });
+  return std::make_shared<const std::string>(joined.substr(ipc::kFrameHeaderSize));
+}
+
+TEST(DirectWire, FramesRoundTripWithLargeItemsInPlace) {
+  std::vector<Item> items;
+  items.push_back(Item::Bytes("small"));
+  items.push_back(Item::OutOfLine(std::string(100'000, 'x')));
+  ipc::WireWriter call(/*share_data=*/true);
+  libtern::WriteDirectCall(call, libtern::DirectCallKind::kRequest, 7, 9, items);
+  EXPECT_EQ(call.shared().size(), 1u) << "the large item is written from where it is";
+  auto parsed = libtern::ParseDirectCall(PayloadOf(call));
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  EXPECT_EQ(parsed->client, 7u);
+  EXPECT_EQ(parsed->sequence, 9u);
+  ASSERT_EQ(parsed->items.size(), 2u);
+  EXPECT_EQ(parsed->items[1].kind, ItemKind::kOutOfLine);
+  EXPECT_EQ(parsed->items[1].bytes().size(), 100'000u);
+
+  ipc::WireWriter answer(/*share_data=*/true);
+  libtern::WriteDirectAnswer(answer, libtern::DirectOutcome::kCallThroughAgents, 1, 7, 9, {});
+  auto got = libtern::ParseDirectAnswer(PayloadOf(answer));
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(got->outcome, libtern::DirectOutcome::kCallThroughAgents);
+  EXPECT_EQ(got->flags, 1);
+}
+
+TEST(DirectWire, MalformedFramesAreRejected) {
+  const auto parse = [](std::string payload) {
+    return static_cast<bool>(
+        libtern::ParseDirectCall(std::make_shared<const std::string>(std::move(payload))));
+  };
+  ipc::WireWriter good;
+  good.U8(1);
+  good.U64(1);
+  good.U64(2);
+  good.U32(1);
+  good.U8(1);
+  good.Bytes("x");
+  EXPECT_TRUE(parse(good.out()));
+  EXPECT_FALSE(parse(good.out() + "z")) << "trailing bytes";
+  EXPECT_FALSE(parse(good.out().substr(0, good.out().size() - 1))) << "cut short";
+  std::string port_item = good.out();
+  port_item[21] = static_cast<char>(ItemKind::kPort);
+  EXPECT_FALSE(parse(port_item)) << "a right on a direct connection";
+  std::string bad_kind = good.out();
+  bad_kind[0] = 3;
+  EXPECT_FALSE(parse(bad_kind));
+  std::string many = good.out();
+  many[20] = 100;  // count 100 with one item's bytes
+  EXPECT_FALSE(parse(many));
 }
 
 }  // namespace

@@ -408,6 +408,10 @@ struct RpcServerOptions {
 // stop() (and the destructor) joins the threads; it returns within about stop_poll plus the
 // longest running handler call (so never call it from a handler). Idle threads each ask the
 // agent for a receive every stop_poll. Non-RPC messages on the port are dropped.
+// Direct calls (docs/ipc.md "Direct calls"): on a connected channel one more thread accepts
+// connections from clients (direct_accept, every stop_poll) and `threads` more serve them;
+// at most `threads` handler calls run at once over both paths, and both share the kept
+// replies. An agent without direct calls leaves the port path alone, as before.
 class RpcServer {
  public:
   RpcServer(Channel channel, std::uint32_t port, RpcHandler handler, RpcServerOptions options = {});
