@@ -675,7 +675,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
                        std::string_view body) {
     const auto now = ipc::DirectBroker::Clock::now();
     const auto answer = [&](ipc::JobStatus status, const std::string& why) {
-      Reply(job, ipc::DirectBroker::Reply{job, request, status, why, 0});
+      Reply(ipc::DirectBroker::Reply{job, request, status, why, 0});
     };
     ipc::WireReader in(body);
     const auto name = in.U32();
@@ -832,11 +832,12 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto actions = broker_.TakeActions();
     for (std::uint64_t connection : actions.closes) direct_connections_.erase(connection);
     for (const auto& revoke : actions.revokes) Revoke(revoke.job, revoke.inode);
-    for (auto& reply : actions.replies) Reply(reply.job, std::move(reply));
+    for (auto& reply : actions.replies) Reply(std::move(reply));
     ArmDirectTimer();
   }
 
-  void Reply(const std::string& job, ipc::DirectBroker::Reply reply) {
+  void Reply(ipc::DirectBroker::Reply reply) {
+    const std::string& job = reply.job;
     UniqueFd fd;
     if (reply.connection != 0) {
       auto it = direct_connections_.find(reply.connection);
