@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <tern/ipc/direct_broker.hpp>
+#include <tern/ipc/port_router.hpp>
 
 namespace tern::ipc {
 namespace {
@@ -235,6 +236,56 @@ TEST_F(DirectBrokerTest, JobGoneDropsItsState) {
   EXPECT_FALSE(broker.Grant(port, now));
   EXPECT_FALSE(broker.AskPending(ask));
   EXPECT_FALSE(broker.NextDeadline());
+}
+
+// The router's queries the agent's broker relies on: which right a name is, and who holds a
+// port's receive right.
+class NoRegions : public RegionStore {
+ public:
+  bool Create(ObjectId, std::uint64_t) override { return false; }
+  std::optional<std::string> Read(ObjectId) override { return std::nullopt; }
+  bool Write(ObjectId, std::string_view) override { return false; }
+  void Destroy(ObjectId) override {}
+};
+
+std::uint32_t Ask(PortRouter& router, const std::string& job, JobOp op, std::uint32_t value) {
+  WireWriter body;
+  body.U32(value);
+  EXPECT_TRUE(router.JobRequest(job, EncodeJobRequest(1, op, body.out())));
+  auto actions = router.TakeActions();
+  EXPECT_EQ(actions.replies.size(), 1u);
+  if (actions.replies.empty()) return 0;
+  auto reply = DecodeJobReply(actions.replies[0].Whole());
+  if (!reply || reply->status != JobStatus::kOk || reply->body.size() < 4) return 0;
+  return *WireReader(reply->body).U32();
+}
+
+TEST(DirectRouterQueriesTest, NamesTheRightsPortAndItsReceiver) {
+  NoRegions regions;
+  PortRouter router(7, regions);
+  router.JobAttached("server");
+  const std::uint32_t receive = Ask(router, "server", JobOp::kPortAllocate, 0);
+  const std::uint32_t send = Ask(router, "server", JobOp::kMakeSend, receive);
+  ASSERT_NE(receive, 0u);
+  ASSERT_NE(send, 0u);
+  const auto port = router.ReceiveRightPort("server", receive);
+  ASSERT_TRUE(port);
+  EXPECT_EQ(port->home, 7u);
+  EXPECT_EQ(router.SendRightTarget("server", send), port);
+  EXPECT_FALSE(router.SendRightTarget("server", receive));  // a receive right is no send right
+  EXPECT_FALSE(router.ReceiveRightPort("server", send));
+  EXPECT_FALSE(router.SendRightTarget("server", 999));
+  EXPECT_FALSE(router.SendRightTarget("other", send));  // names are per job
+  const auto receiver = router.ReceiverOf(*port);
+  ASSERT_TRUE(receiver);
+  EXPECT_EQ(receiver->node, 7u);
+  EXPECT_EQ(receiver->job, "server");
+
+  // The port dies with its receive right. The send right may still name it (it turns into a
+  // dead name when the router learns of the death): the home's answer is what tells.
+  Ask(router, "server", JobOp::kDeallocate, receive);
+  EXPECT_FALSE(router.ReceiveRightPort("server", receive));
+  EXPECT_FALSE(router.ReceiverOf(*port));
 }
 
 }  // namespace
