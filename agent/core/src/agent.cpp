@@ -97,7 +97,10 @@ Expected<void> Agent::Start() {
        .hand_off = [this](const std::string& job, std::uint64_t to,
                           int init_pid) { return ipc_->HandOff(job, to, init_pid); },
        .take_over = [this](const std::string& job,
-                           std::string_view state) { return ipc_->TakeOver(job, state); }});
+                           std::string_view state) { return ipc_->TakeOver(job, state); },
+       .direct_sockets = [this](const std::string& job) { return ipc_->DirectSockets(job); },
+       .suspend_direct = [this](const std::string& job) { ipc_->SuspendDirect(job); },
+       .resume_direct = [this](const std::string& job) { ipc_->ResumeDirect(job); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   api_->SetIpcRightCount([this](const std::string& job) { return ipc_->RightCount(job); });
   cluster_->SetRequestHandler(
