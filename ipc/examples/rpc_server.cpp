@@ -63,6 +63,8 @@ int main(int argc, char** argv) {
   (void)channel.name_unregister(name);
   std::cout << "rpc server: handled " << server.handled() << " requests, " << server.kept_replies()
             << " replies still kept (unacknowledged)" << std::endl;
+  std::cout << "rpc server: " << server.handled_direct() << " of them came over direct connections"
+            << std::endl;
   if (!server.last_error().empty())
     std::cout << "rpc server: last error: " << server.last_error() << std::endl;
   return channel.connected() ? 0 : 1;

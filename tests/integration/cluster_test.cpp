@@ -1243,6 +1243,13 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
                             " requests, 0 replies still kept"),
             std::string::npos)
       << server_out;
+  // Most calls went straight to the server, before and after the moves (docs/ipc.md "Direct
+  // calls"); each move sent them through the agents for a while.
+  const auto direct_at = server_out.find(" of them came over direct connections");
+  ASSERT_NE(direct_at, std::string::npos) << server_out;
+  const auto number_at = server_out.rfind(' ', direct_at - 1) + 1;
+  EXPECT_GT(std::stoi(server_out.substr(number_at, direct_at - number_at)), kCallsEach)
+      << server_out;
 }
 
 TEST_F(ClusterTest, IpcAJobHoldingARegionIsRefusedByThePreflight) {
@@ -1343,6 +1350,27 @@ TEST_F(ClusterTest, IpcTheReceiverLearnsWhenTheLastSenderIsGone) {
   const auto out = FinishedOutput(server);
   EXPECT_NE(out.find("while the client lives: timed_out"), std::string::npos) << out;
   EXPECT_NE(out.find("no-senders: yes"), std::string::npos) << out;
+}
+
+// Calls go straight to the server over a connection the agents set up (docs/ipc.md "Direct
+// calls"); once the client gives its send right up, the agents shut that connection down, and
+// a request written on it by hand is not answered.
+TEST_F(ClusterTest, IpcADirectCallConnectionDiesWithTheRightItRestsOn) {
+  const std::string bin = kBinDir + "/";
+  for (const std::string node : {"node1", "node2"}) {
+    const std::string name = "itdirect" + node;
+    const auto server = Submit(
+        "node1",
+        {bin + "tern-example-rpc-server", "--name", name, "--threads", "1", "--seconds", "30"},
+        "node1");
+    const auto client = Submit("node1", {bin + "tern-ipc-probe", "direct-revoked", name}, node);
+    const auto out = FinishedOutput(client);
+    EXPECT_NE(out.find("direct connections: 1"), std::string::npos) << node << ": " << out;
+    EXPECT_NE(out.find("no answer"), std::string::npos) << node << ": " << out;
+    EXPECT_NE(out.find("call after giving the right up: invalid_name"), std::string::npos)
+        << node << ": " << out;
+    Tern("node1", {"cancel", server});
+  }
 }
 }  // namespace
 }  // namespace tern::it

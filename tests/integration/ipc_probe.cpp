@@ -1,5 +1,11 @@
 // tern-ipc-probe: a job that exercises one IPC semantic and prints what it saw; run by the
 // integration tests on the local cluster. Exit 0: behaved as docs/ipc.md says; 1: did not.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +13,7 @@
 #include <string>
 #include <tern/ipc.hpp>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 using tern::Channel;
@@ -372,6 +379,68 @@ int NoSendersClient(const Channel& channel, const std::string& name) {
   return 0;  // exiting releases the send right
 }
 
+// The job's TCP sockets in state ESTABLISHED: a job has none but its direct call connections.
+std::vector<int> EstablishedTcp() {
+  std::vector<int> fds;
+  for (int fd = 0; fd < 1024; ++fd) {
+    int domain = 0;
+    socklen_t length = sizeof domain;
+    if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) continue;
+    if (domain != AF_INET && domain != AF_INET6) continue;
+    tcp_info info{};
+    length = sizeof info;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) == 0 &&
+        info.tcpi_state == TCP_ESTABLISHED) {
+      fds.push_back(fd);
+    }
+  }
+  return fds;
+}
+
+// Calls a server (which go straight to it), then gives its send right up and, like a job that
+// would keep what it was given, tries its direct connection anyway: the agent must have shut
+// it down, so nothing it writes reaches the server.
+int DirectRevoked(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  for (int i = 0; i < 5; ++i) {
+    auto reply = channel.call(to, "before");
+    if (!reply) return Fail("call: " + reply.error().ToString());
+  }
+  const auto direct = EstablishedTcp();
+  std::printf("direct connections: %zu\n", direct.size());
+  if (direct.empty()) return Fail("the calls did not go straight to the server");
+  auto info = channel.right_info(to);
+  if (!info) return Fail("right_info");
+  for (std::uint32_t ref = 0; ref < info->refs; ++ref) {
+    if (!channel.deallocate(to)) return Fail("deallocate");
+  }
+  // End of file on every one of them (the agent shut them down), within 3 s.
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  for (int fd : direct) {
+    for (;;) {
+      char byte;
+      const ssize_t got = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) break;
+      if (std::chrono::steady_clock::now() > deadline) return Fail("still open after 3 s");
+      std::this_thread::sleep_for(10ms);
+    }
+    // A request written by hand (DirectCall, kind 1, no items) must not be answered.
+    unsigned char frame[6 + 21] = {0, 0, 0, 21, 0, 40, 1};
+    const ssize_t put = ::send(fd, frame, sizeof frame, MSG_NOSIGNAL);
+    char answer[64];
+    pollfd wait{fd, POLLIN, 0};
+    const bool answered =
+        ::poll(&wait, 1, 500) == 1 && ::recv(fd, answer, sizeof answer, MSG_DONTWAIT) > 0;
+    if (answered) return Fail("a request on a revoked connection was answered");
+    std::printf("revoked connection: write %s, no answer\n", put < 0 ? "refused" : "lost");
+  }
+  auto after = channel.call(to, "after");
+  std::printf("call after giving the right up: %s\n",
+              std::string(tern::ipc::JobStatusName(after.status())).c_str());
+  return after.status() == JobStatus::kInvalidName ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -403,6 +472,7 @@ int main(int argc, char** argv) {
   if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
   if (mode == "nosenders-client") code = NoSendersClient(channel, name);
+  if (mode == "direct-revoked") code = DirectRevoked(channel, name);
   std::fflush(stdout);
   return code;
 }

@@ -54,6 +54,7 @@ class RpcServer::State {
 
   std::size_t kept_replies() const;
   std::uint64_t handled() const { return handled_.load(); }
+  std::uint64_t handled_direct() const { return handled_direct_.load(); }
   std::string last_error() const {
     std::lock_guard lock(mu_);
     return last_error_;
@@ -101,6 +102,7 @@ class RpcServer::State {
   const RpcHandler handler_;
   const RpcServerOptions options_;
   std::atomic<std::uint64_t> handled_{0};
+  std::atomic<std::uint64_t> handled_direct_{0};
   std::counting_semaphore<> running_;  // handler calls that may start, over both paths
 
   mutable std::mutex mu_;
@@ -343,6 +345,7 @@ bool RpcServer::State::ServeConnection(DirectConnection& connection) {
         request.message.destination = port_;
         request.message.id = libtern::kRpcRequestId;
         request.message.items = std::move(call->items);
+        handled_direct_.fetch_add(1);
         if (const std::uint32_t waiting = Run(std::move(request), flags, items); waiting != 0) {
           // The client fell back to the agents meanwhile: that is where it waits.
           if (auto reply = Reply(waiting, {flags, header.client, header.sequence}, items)) {
@@ -437,6 +440,7 @@ void RpcServer::stop() {
 
 std::size_t RpcServer::kept_replies() const { return state_->kept_replies(); }
 std::uint64_t RpcServer::handled() const { return state_->handled(); }
+std::uint64_t RpcServer::handled_direct() const { return state_->handled_direct(); }
 std::string RpcServer::last_error() const { return state_->last_error(); }
 
 }  // namespace tern

@@ -422,8 +422,10 @@ class RpcServer {
   void stop();
   // Replies kept for clients that have not acknowledged them.
   std::size_t kept_replies() const;
-  // Handler calls made so far.
+  // Handler calls made so far, and how many of them were for requests that came over a
+  // direct connection.
   std::uint64_t handled() const;
+  std::uint64_t handled_direct() const;
   // The last error a serving thread hit (empty if none); serving goes on after errors.
   std::string last_error() const;
 
