@@ -1,8 +1,6 @@
 #include "tern/agent/ipc_service.hpp"
 
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -10,28 +8,21 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <filesystem>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
-#include <tern/ipc/direct_broker.hpp>
-#include <tern/ipc/direct_wire.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/jobs/job_launcher.hpp>
 #include <tern/jobs/unique_fd.hpp>
-#include <tern/migrate/criu.hpp>
 
+#include "direct_calls.hpp"
 #include "tern/agent/timer_schedule.hpp"
 
 namespace tern::agent {
@@ -96,9 +87,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         self_(node_id),
         router_(node_id, regions_),
         send_(std::move(send)),
-        backlog_(std::move(backlog)) {
-    StartDirectListener();
-  }
+        backlog_(std::move(backlog)),
+        direct_(std::make_shared<DirectCalls>(
+            io, node_id, router_, send_,
+            [this](const std::string& job, std::string_view reply, UniqueFd fd) {
+              QueueDirectReply(job, reply, std::move(fd));
+            })) {}
+  // The direct calls' handlers call back into this object: none may run once it is gone.
+  ~Impl() { direct_->Stop(); }
 
   struct Channel {
     explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
@@ -153,9 +149,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     boost::system::error_code ignored;
     channel->socket.close(ignored);
     router_.JobGone(job);
-    broker_.JobGone(job);
+    direct_->JobGone(job);
     Run();
-    RunDirect();
   }
 
   // A wait for readability, and the read in the handler (not async_read_some): HandOff reads
@@ -176,7 +171,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     if (!Consume(job, channel)) return;
     Run();
     if (channel->closed) return;
-    CheckDirectRights(job);
+    direct_->CheckDirectRights(job);
     if (channel->closed) return;
     if (Backlogged(kHoldAbove)) return Hold(job, channel);
     Read(job, channel);
@@ -265,8 +260,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         const std::uint32_t request = *header.U32();
         const auto op = static_cast<ipc::JobOp>(*header.U16());
         if (op == ipc::JobOp::kDirectOpen || op == ipc::JobOp::kDirectAccept) {
-          OnDirectRequest(job, request, op, header.rest());
-          RunDirect();
+          direct_->OnJobRequest(job, request, op, header.rest());
           if (channel->closed) return false;
           continue;
         }
@@ -298,8 +292,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     Run();  // frames the export asked for, and nothing for the job any more
     if (exported.outcome != ipc::PortRouter::ExportOutcome::kExported) return exported;
     // Accepts still waiting are answered now, so that the answers travel with the job.
-    broker_.Leaving(job);
-    RunDirect();
+    direct_->Leaving(job);
     // What the job has not read: first what waits in its socket, then what we did not write.
     std::string to_job = TakeUnread(job_end->get());
     for (const auto& chunk : channel->out) to_job.append(chunk.data().substr(chunk.offset));
@@ -576,338 +569,18 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     }
   }
 
-  // ---- direct calls (docs/ipc.md "Direct calls") ------------------------------------------
-
-  // The listener for granted connections, on every address (other nodes connect to it).
-  void StartDirectListener() {
-    boost::system::error_code error;
-    const boost::asio::ip::tcp::endpoint any(boost::asio::ip::tcp::v4(), 0);
-    acceptor_.open(any.protocol(), error);
-    if (!error) ::fcntl(acceptor_.native_handle(), F_SETFD, FD_CLOEXEC);
-    if (!error) acceptor_.bind(any, error);
-    if (!error) acceptor_.listen(boost::asio::socket_base::max_listen_connections, error);
-    if (error) {
-      spdlog::warn("IPC: no listener for direct calls ({}): jobs use the agent path",
-                   error.message());
-      acceptor_.close(error);
-      return;
-    }
-    direct_port_ = acceptor_.local_endpoint().port();
-    spdlog::info("IPC: direct calls listener on TCP port {}", direct_port_);
-  }
-
-  // Accepting starts with the first connection to serve (the io_context needs our shared_ptr).
-  void AcceptDirect() {
-    if (!acceptor_.is_open() || stopped_) return;
-    acceptor_.async_accept([self = shared_from_this()](const boost::system::error_code& error,
-                                                       boost::asio::ip::tcp::socket socket) {
-      if (self->stopped_ || error == boost::asio::error::operation_aborted) return;
-      if (!error) self->ReadToken(std::move(socket));
-      self->AcceptDirect();
-    });
-  }
-
-  // A granted connection: exactly its 16-byte token, within kTokenWait, then it is the broker's.
-  struct Incoming {
-    Incoming(boost::asio::io_context& io, boost::asio::ip::tcp::socket s)
-        : socket(std::move(s)), timer(io) {}
-    boost::asio::ip::tcp::socket socket;
-    boost::asio::steady_timer timer;
-    ipc::DirectToken token{};
-  };
-  void ReadToken(boost::asio::ip::tcp::socket socket) {
-    ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
-    auto incoming = std::make_shared<Incoming>(io_, std::move(socket));
-    incoming->timer.expires_after(kTokenWait);
-    incoming->timer.async_wait([incoming](const boost::system::error_code& error) {
-      if (error) return;
-      boost::system::error_code ignored;
-      incoming->socket.close(ignored);  // the read fails, and the connection is dropped
-    });
-    boost::asio::async_read(
-        incoming->socket, boost::asio::buffer(incoming->token),
-        [self = shared_from_this(), incoming](const boost::system::error_code& error, std::size_t) {
-          incoming->timer.cancel();
-          if (error || self->stopped_) return;
-          auto handed = self->HandOver(incoming->socket);
-          if (!handed) {
-            spdlog::debug("IPC: direct connection dropped: {}", handed.error().message);
-            return;
-          }
-          const auto [connection, inode] = *handed;
-          self->broker_.Arrived(connection, inode, incoming->token,
-                                ipc::DirectBroker::Clock::now());
-          self->RunDirect();
-        });
-  }
-
-  // Makes `socket` a direct connection end: the options both ends need, then a blocking
-  // descriptor of our own (the job gets it; Asio's is closed). Returns its id and inode.
-  Expected<std::pair<std::uint64_t, std::uint64_t>> HandOver(boost::asio::ip::tcp::socket& socket) {
-    const int fd = socket.native_handle();
-    const int on = 1, idle = 5, interval = 1, probes = 3;
-    if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0 ||
-        ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0 ||
-        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0 ||
-        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval) != 0 ||
-        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) != 0) {
-      return Fail(std::string("setsockopt: ") + std::strerror(errno));
-    }
-    UniqueFd own(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-    if (!own.valid()) return Fail(std::string("dup: ") + std::strerror(errno));
-    boost::system::error_code ignored;
-    socket.close(ignored);
-    // O_NONBLOCK belongs to the open socket, which the job shares: Asio's mode must not leak.
-    const int flags = ::fcntl(own.get(), F_GETFL);
-    if (flags < 0 || ::fcntl(own.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
-      return Fail(std::string("fcntl: ") + std::strerror(errno));
-    }
-    struct stat status {};
-    if (::fstat(own.get(), &status) != 0)
-      return Fail(std::string("fstat: ") + std::strerror(errno));
-    const std::uint64_t id = next_connection_++;
-    direct_connections_[id] = std::move(own);
-    return std::make_pair(id, static_cast<std::uint64_t>(status.st_ino));
-  }
-
-  // Serves a job's direct_open / direct_accept (the router knows neither).
-  void OnDirectRequest(const std::string& job, std::uint32_t request, ipc::JobOp op,
-                       std::string_view body) {
-    const auto now = ipc::DirectBroker::Clock::now();
-    const auto answer = [&](ipc::JobStatus status, const std::string& why) {
-      Reply(ipc::DirectBroker::Reply{job, request, status, why, 0});
-    };
-    ipc::WireReader in(body);
-    const auto name = in.U32();
-    if (op == ipc::JobOp::kDirectAccept) {
-      const auto timeout = in.U32();
-      if (!timeout || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
-      const auto port = router_.ReceiveRightPort(job, *name);
-      if (!port) return answer(ipc::JobStatus::kInvalidName, "not a receive right");
-      if (!acceptor_.is_open()) {
-        return answer(ipc::JobStatus::kUnavailable, "this agent has no direct call listener");
-      }
-      broker_.Accept(job, request, *name, *port, *timeout, now);
-      return;
-    }
-    if (!name || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
-    const auto port = router_.SendRightTarget(job, *name);
-    if (!port) return answer(ipc::JobStatus::kInvalidName, "not a send right");
-    if (broker_.Suspended(job)) return answer(ipc::JobStatus::kUnavailable, "the job is moving");
-    const std::uint64_t ask = broker_.StartAsk(job, request, *name, *port, now);
-    OnAsk(self_, ipc::DirectAsk{ask, self_, *port});
-  }
-
-  // An ask for a connection to `ask.port`, from this node's job or another agent (`from`):
-  // granted if the receive right is here and accepts, passed on to where the port's home says
-  // the right is, or refused.
-  void OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
-    const auto refuse = [&](const std::string& why, bool dead = false) {
-      if (ask.origin == self_) return broker_.AskRefused(ask.ask, why, dead);
-      SendDirect(ask.origin, ipc::DirectRefuse{ask.ask, why});
-    };
-    if (auto acceptor = broker_.Acceptor(ask.port);
-        acceptor && router_.ReceiveRightPort(acceptor->first, acceptor->second) == ask.port) {
-      auto token = broker_.Grant(ask.port, ipc::DirectBroker::Clock::now());
-      if (!token) return refuse(token.error().message);
-      const ipc::DirectGrant grant{ask.ask, direct_port_, *token};
-      if (ask.origin == self_) return Connect(grant, "127.0.0.1");
-      SendDirect(ask.origin, grant);
-      return;
-    }
-    if (ask.port.home == self_) {
-      const auto receiver = router_.ReceiverOf(ask.port);
-      if (!receiver) return refuse("the port is dead", true);
-      if (receiver->node == self_)
-        return refuse("the port's receiver never asked for direct calls");
-      if (receiver->node == 0) return refuse("the port's receive right is moving");
-      if (receiver->node == from) return refuse("the port's receive right is moving");
-      if (!SendDirect(receiver->node, ask)) return refuse("the receiver's node cannot be reached");
-      return;
-    }
-    if (from == self_) {
-      if (!SendDirect(ask.port.home, ask)) return refuse("the port's home node cannot be reached");
-      return;
-    }
-    refuse("the port's receive right is not on this node");
-  }
-
-  bool SendDirect(std::uint64_t node, const ipc::DirectFrame& frame) {
-    std::vector<ipc::Frame> frames;
-    frames.push_back({ipc::FrameType::kIpcDirect, ipc::EncodeDirectFrame(frame)});
-    return send_(node, std::move(frames));
-  }
-
-  Expected<void> OnDirectFrame(std::uint64_t from, std::string_view payload) {
-    auto frame = ipc::ParseDirectFrame(payload);
-    if (!frame) return Unexpected<Error>{frame.error()};
-    if (const auto* ask = std::get_if<ipc::DirectAsk>(&*frame)) {
-      OnAsk(from, *ask);
-    } else if (const auto* grant = std::get_if<ipc::DirectGrant>(&*frame)) {
-      if (broker_.AskPending(grant->ask)) {
-        const std::string host = node_address_ ? node_address_(from) : "";
-        if (host.empty()) {
-          broker_.AskRefused(grant->ask, "the receiver's node has no known address");
-        } else {
-          Connect(*grant, host);
-        }
-      }
-    } else {
-      const auto& refuse = std::get<ipc::DirectRefuse>(*frame);
-      broker_.AskRefused(refuse.ask, refuse.why);
-    }
-    RunDirect();
-    return {};
-  }
-
-  // The client's end of a granted connection: connect, present the token, hand it over.
-  struct Outgoing {
-    explicit Outgoing(boost::asio::io_context& io) : socket(io), timer(io) {}
-    boost::asio::ip::tcp::socket socket;
-    boost::asio::steady_timer timer;
-    ipc::DirectGrant grant;
-  };
-  void Connect(const ipc::DirectGrant& grant, const std::string& host) {
-    boost::system::error_code error;
-    const auto address = boost::asio::ip::make_address(host, error);
-    if (error) return broker_.AskRefused(grant.ask, "bad node address " + host);
-    auto outgoing = std::make_shared<Outgoing>(io_);
-    outgoing->grant = grant;
-    const boost::asio::ip::tcp::endpoint to(address, grant.tcp_port);
-    outgoing->socket.open(to.protocol(), error);
-    if (error) return broker_.AskRefused(grant.ask, "socket: " + error.message());
-    ::fcntl(outgoing->socket.native_handle(), F_SETFD, FD_CLOEXEC);
-    // The ask is answered by its deadline anyway; this frees the socket of a stuck connect.
-    outgoing->timer.expires_after(ipc::DirectBroker::kAskDeadline);
-    outgoing->timer.async_wait([outgoing](const boost::system::error_code& fired) {
-      if (fired) return;
-      boost::system::error_code ignored;
-      outgoing->socket.close(ignored);
-    });
-    outgoing->socket.async_connect(to, [self = shared_from_this(), outgoing,
-                                        host](const boost::system::error_code& connected) {
-      if (self->stopped_) return;
-      if (connected) {
-        outgoing->timer.cancel();
-        self->broker_.AskRefused(outgoing->grant.ask,
-                                 "cannot connect to " + host + ": " + connected.message());
-        return self->RunDirect();
-      }
-      boost::asio::async_write(
-          outgoing->socket, boost::asio::buffer(outgoing->grant.token),
-          [self, outgoing](const boost::system::error_code& written, std::size_t) {
-            outgoing->timer.cancel();
-            if (self->stopped_) return;
-            if (written) {
-              self->broker_.AskRefused(outgoing->grant.ask,
-                                       "direct connection set-up failed: " + written.message());
-              return self->RunDirect();
-            }
-            auto handed = self->HandOver(outgoing->socket);
-            if (!handed) {
-              self->broker_.AskRefused(outgoing->grant.ask, "direct connection set-up failed: " +
-                                                                handed.error().message);
-            } else {
-              self->broker_.AskConnected(outgoing->grant.ask, handed->first, handed->second);
-            }
-            self->RunDirect();
-          });
-    });
-  }
-
-  // After a job's requests ran: its connections whose right is gone are revoked, and the ports
-  // whose receive right left it stop accepting.
-  void CheckDirectRights(const std::string& job) {
-    broker_.CheckRights(job,
-                        [&](ipc::DirectBroker::Role role, std::uint32_t name, ipc::ObjectId port) {
-                          return (role == ipc::DirectBroker::Role::kClient
-                                      ? router_.SendRightTarget(job, name)
-                                      : router_.ReceiveRightPort(job, name)) == port;
-                        });
-    RunDirect();
-  }
-
-  // Carries out what the broker asked for.
-  void RunDirect() {
-    auto actions = broker_.TakeActions();
-    for (std::uint64_t connection : actions.closes) direct_connections_.erase(connection);
-    for (const auto& revoke : actions.revokes) Revoke(revoke.job, revoke.inode);
-    for (auto& reply : actions.replies) Reply(std::move(reply));
-    ArmDirectTimer();
-  }
-
-  void Reply(ipc::DirectBroker::Reply reply) {
-    const std::string& job = reply.job;
-    UniqueFd fd;
-    if (reply.connection != 0) {
-      auto it = direct_connections_.find(reply.connection);
-      if (it != direct_connections_.end()) {
-        fd = std::move(it->second);
-        direct_connections_.erase(it);
-      }
-    }
+  // A direct call's answer: a chunk of its own, so that the connection's fd (if any) goes with
+  // the frame's first byte. Without a channel the answer is dropped and `fd` closes.
+  void QueueDirectReply(const std::string& job, std::string_view reply, UniqueFd fd) {
     auto it = channels_.find(job);
-    if (it == channels_.end()) return;  // the connection closes with `fd`
-    if (reply.status == ipc::JobStatus::kOk && !fd.valid()) {
-      reply.status = ipc::JobStatus::kUnavailable;
-      reply.why = "the direct connection was lost";
-    }
-    const std::string payload = ipc::EncodeJobReply(
-        reply.request, reply.status, reply.status == ipc::JobStatus::kOk ? "" : reply.why);
+    if (it == channels_.end()) return;
     Channel::Chunk chunk;
     ipc::AppendFrameHeader(chunk.bytes, ipc::FrameType::kIpcReply,
-                           static_cast<std::uint32_t>(payload.size()));
-    chunk.bytes.append(payload);
+                           static_cast<std::uint32_t>(reply.size()));
+    chunk.bytes.append(reply);
     chunk.fd = std::move(fd);
     it->second->out.push_back(std::move(chunk));
     Flush(job, it->second);
-  }
-
-  void ArmDirectTimer() {
-    const auto next = broker_.NextDeadline();
-    if (stopped_ || !next || (direct_timer_at_ && *direct_timer_at_ <= *next)) return;
-    direct_timer_at_ = *next;
-    direct_timer_.expires_at(*next);
-    direct_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
-      if (error == boost::asio::error::operation_aborted || self->stopped_) return;
-      self->direct_timer_at_.reset();
-      self->broker_.Tick(ipc::DirectBroker::Clock::now());
-      self->RunDirect();
-    });
-  }
-
-  // Shuts a job's direct connection end down through the job's own descriptor: both jobs then
-  // read end-of-file. Not found: the job closed it already.
-  void Revoke(const std::string& job, std::uint64_t inode) {
-    const int init_pid = init_pid_ ? init_pid_(job) : 0;
-    if (init_pid <= 0) {
-      spdlog::debug("job {}: direct connection socket:[{}] not revoked: the job has no process",
-                    job, inode);
-      return;
-    }
-    const std::string target = "socket:[" + std::to_string(inode) + "]";
-    for (const pid_t pid : migrate::NamespacePids(init_pid)) {
-      const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-      std::error_code error;
-      for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-        std::error_code unreadable;
-        if (std::filesystem::read_symlink(entry.path(), unreadable).string() != target) continue;
-        const int number = std::atoi(entry.path().filename().c_str());
-        UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-        UniqueFd socket(pidfd.valid()
-                            ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), number, 0))
-                            : -1);
-        if (!socket.valid()) {
-          spdlog::warn("job {}: cannot revoke direct connection {}: {}", job, target,
-                       std::strerror(errno));
-          return;
-        }
-        ::shutdown(socket.get(), SHUT_RDWR);
-        spdlog::debug("job {}: direct connection {} revoked", job, target);
-        return;
-      }
-    }
-    spdlog::debug("job {}: direct connection {} already closed", job, target);
   }
 
   boost::asio::io_context& io_;
@@ -938,17 +611,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   bool stopped_ = false;
   bool run_scheduled_ = false;
 
-  ipc::DirectBroker broker_;
-  boost::asio::ip::tcp::acceptor acceptor_{io_};
-  std::uint16_t direct_port_ = 0;
-  static constexpr auto kTokenWait = std::chrono::seconds(2);
-  // Direct connection ends made and not yet handed to a job (queued, or on their way).
-  std::map<std::uint64_t, UniqueFd> direct_connections_;
-  std::uint64_t next_connection_ = 1;
-  boost::asio::steady_timer direct_timer_{io_};
-  std::optional<ipc::DirectBroker::Clock::time_point> direct_timer_at_;
-  NodeAddress node_address_;
-  JobInitPid init_pid_;
+  // After router_: it reads the router's rights.
+  std::shared_ptr<DirectCalls> direct_;
 };
 
 ipc::PortRouter::Export IpcService::HandOff(const std::string& job, std::uint64_t to_node,
@@ -972,7 +636,7 @@ std::string IpcService::MoveBlocker(const std::string& job) const {
 IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send,
                        NodeBacklog backlog)
     : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog))) {
-  impl_->AcceptDirect();
+  impl_->direct_->Start();
 }
 
 IpcService::~IpcService() { Stop(); }
@@ -986,7 +650,7 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   // A message's data stay in the frame that brought them (no copy on the way to the job).
   Expected<void> handled;
   if (type == ipc::FrameType::kIpcDirect) {
-    return impl_->OnDirectFrame(from, payload);
+    return impl_->direct_->OnDirectFrame(from, payload);
   }
   if (type == ipc::FrameType::kIpcBlast) {
     handled = impl_->OnBlast(from, payload);
@@ -1017,24 +681,16 @@ void IpcService::NodeDown(std::uint64_t node) {
 }
 
 void IpcService::SetDirectHooks(NodeAddress node_address, JobInitPid init_pid) {
-  impl_->node_address_ = std::move(node_address);
-  impl_->init_pid_ = std::move(init_pid);
+  impl_->direct_->SetHooks(std::move(node_address), std::move(init_pid));
 }
 
 std::vector<std::string> IpcService::DirectSockets(const std::string& job) const {
-  std::vector<std::string> sockets;
-  for (const auto& record : impl_->broker_.Records(job)) {
-    sockets.push_back("socket:[" + std::to_string(record.inode) + "]");
-  }
-  return sockets;
+  return impl_->direct_->Sockets(job);
 }
 
-void IpcService::SuspendDirect(const std::string& job) {
-  impl_->broker_.Suspend(job);
-  impl_->RunDirect();
-}
+void IpcService::SuspendDirect(const std::string& job) { impl_->direct_->Suspend(job); }
 
-void IpcService::ResumeDirect(const std::string& job) { impl_->broker_.Resume(job); }
+void IpcService::ResumeDirect(const std::string& job) { impl_->direct_->Resume(job); }
 
 std::size_t IpcService::RightCount(const std::string& job) const {
   return impl_->router_.RightCount(job);
@@ -1049,10 +705,7 @@ void IpcService::Stop() {
   impl_->stopped_ = true;
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
-  impl_->direct_timer_.cancel();
-  boost::system::error_code not_open;
-  impl_->acceptor_.close(not_open);
-  impl_->direct_connections_.clear();
+  impl_->direct_->Stop();
   for (auto& [job, channel] : impl_->channels_) {
     channel->closed = true;
     boost::system::error_code ignored;
