@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <ranges>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
@@ -22,6 +23,7 @@
 #include <tern/jobs/job_launcher.hpp>
 #include <tern/jobs/unique_fd.hpp>
 
+#include "backlog_hold.hpp"
 #include "direct_calls.hpp"
 #include "tern/agent/timer_schedule.hpp"
 
@@ -80,6 +82,10 @@ class MemfdRegions : public ipc::RegionStore {
 
 }  // namespace
 
+// The documented thresholds (IpcService) are the ones the hold applies.
+static_assert(IpcService::kHoldAbove == BacklogHold::kHoldAbove);
+static_assert(IpcService::kResumeBelow == BacklogHold::kResumeBelow);
+
 class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
  public:
   Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send, NodeBacklog backlog)
@@ -87,7 +93,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         self_(node_id),
         router_(node_id, regions_),
         send_(std::move(send)),
-        backlog_(std::move(backlog)),
+        hold_(std::move(backlog)),
         direct_(std::make_shared<DirectCalls>(
             io, node_id, router_, send_,
             [this](const std::string& job, std::string_view reply, UniqueFd fd) {
@@ -167,58 +173,38 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // The links' backlogs are checked after this channel's requests went out (a job's requests
   // are what fills them), not before each read.
   void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
-    if (holding_) return Hold(job, channel);
+    if (hold_.holding()) return Hold(job, channel);
     if (!Consume(job, channel)) return;
     Run();
     if (channel->closed) return;
     direct_->CheckDirectRights(job);
     if (channel->closed) return;
-    if (Backlogged(kHoldAbove)) return Hold(job, channel);
+    if (hold_.HoldNow(std::views::keys(outboxes_), std::chrono::steady_clock::now())) {
+      spdlog::debug("IPC: holding jobs' requests back: a link to another node is backlogged");
+      Hold(job, channel);
+      return CheckHold();
+    }
     Read(job, channel);
   }
 
-  // Whether a link to some node has more than `limit` bytes waiting to be written.
-  // A link that does not drain for kMaxHold (a peer that stopped reading, and whose heartbeats
-  // have not yet closed its link) no longer holds anyone back: its queue then fills and the link
-  // closes, as before holding existed, instead of this node's IPC stopping with it.
-  // With `give_up`, the links over `limit` are marked stuck (logged) instead.
-  bool Backlogged(std::size_t limit, bool give_up = false) {
-    if (!backlog_) return false;
-    bool backlogged = false;
-    for (const auto& [node, outbox] : outboxes_) {
-      const std::size_t bytes = backlog_(node);
-      if (stuck_.contains(node)) {
-        if (bytes <= kResumeBelow) stuck_.erase(node);
-      } else if (bytes > limit && give_up) {
-        spdlog::warn(
-            "IPC: the link to node {:016x} has not drained for {} s; no longer holding jobs "
-            "back for it",
-            node, std::chrono::duration_cast<std::chrono::seconds>(kMaxHold).count());
-        stuck_.insert(node);
-      } else if (bytes > limit) {
-        backlogged = true;
-      }
-    }
-    return backlogged;
-  }
-
-  // The channel is read again once every link has drained (checked each kHoldCheck).
+  // The channel is read again once the hold ends (checked each kHoldCheck).
   void Hold(const std::string& job, const std::shared_ptr<Channel>& channel) {
     held_.emplace_back(job, channel);
-    if (holding_) return;
-    holding_ = true;
-    hold_started_ = std::chrono::steady_clock::now();
-    spdlog::debug("IPC: holding jobs' requests back: a link to another node is backlogged");
-    CheckHold();
   }
 
   void CheckHold() {
     hold_timer_.expires_after(kHoldCheck);
     hold_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
       if (error || self->stopped_) return;
-      const bool give_up = std::chrono::steady_clock::now() - self->hold_started_ >= kMaxHold;
-      if (self->Backlogged(kResumeBelow, give_up)) return self->CheckHold();
-      self->holding_ = false;
+      const auto verdict =
+          self->hold_.Check(std::views::keys(self->outboxes_), std::chrono::steady_clock::now());
+      for (const std::uint64_t node : verdict.newly_stuck) {
+        spdlog::warn(
+            "IPC: the link to node {:016x} has not drained for {} s; no longer holding jobs "
+            "back for it",
+            node, std::chrono::duration_cast<std::chrono::seconds>(BacklogHold::kMaxHold).count());
+      }
+      if (!verdict.resume) return self->CheckHold();
       for (auto& [job, weak] : std::exchange(self->held_, {})) {
         if (auto channel = weak.lock(); channel && !channel->closed) self->Read(job, channel);
       }
@@ -595,13 +581,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   static constexpr std::size_t kGatherBelow = 16u << 10;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
   std::map<std::uint64_t, ipc::BlastOutbox> outboxes_;  // by node
-  NodeBacklog backlog_;
+  BacklogHold hold_;
   static constexpr auto kHoldCheck = std::chrono::milliseconds(1);
   boost::asio::steady_timer hold_timer_{io_};
-  bool holding_ = false;
-  static constexpr auto kMaxHold = std::chrono::seconds(2);
-  std::chrono::steady_clock::time_point hold_started_;
-  std::set<std::uint64_t> stuck_;  // links that did not drain within kMaxHold
   std::vector<std::pair<std::string, std::weak_ptr<Channel>>> held_;
   struct Assembly {
     std::uint32_t next = 0;
@@ -675,7 +657,7 @@ void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
 void IpcService::NodeDown(std::uint64_t node) {
   std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
   impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
-  impl_->stuck_.erase(node);
+  impl_->hold_.LinkClosed(node);
   impl_->router_.NodeDown(node);
   impl_->Run();
 }
