@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "channel_impl.hpp"
+#include "send_all.hpp"
 
 namespace tern {
 
@@ -207,27 +208,8 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
 
 IpcResult<void> Channel::Impl::Write(std::span<const std::string_view> pieces) {
   std::lock_guard lock(write_mu_);
-  boost::container::small_vector<iovec, 8> iov;
-  for (std::string_view piece : pieces) {
-    if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
-  }
-  std::size_t first = 0;
-  while (first < iov.size()) {
-    msghdr message{};
-    message.msg_iov = iov.data() + first;
-    message.msg_iovlen = std::min<std::size_t>(iov.size() - first, IOV_MAX);
-    // MSG_NOSIGNAL: a closed channel is an error to report, not a SIGPIPE to die of.
-    const ssize_t n = ::sendmsg(fd_.get(), &message, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return libtern::Unavailable(std::string("IPC channel write failed: ") + std::strerror(errno));
-    }
-    auto written = static_cast<std::size_t>(n);
-    while (first < iov.size() && written >= iov[first].iov_len) written -= iov[first++].iov_len;
-    if (written > 0) {
-      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
-      iov[first].iov_len -= written;
-    }
+  if (const int error = libtern::SendAll(fd_.get(), pieces); error != 0) {
+    return libtern::Unavailable(std::string("IPC channel write failed: ") + std::strerror(error));
   }
   return {};
 }

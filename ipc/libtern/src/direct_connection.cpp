@@ -11,6 +11,8 @@
 #include <climits>
 #include <cstring>
 
+#include "send_all.hpp"
+
 namespace tern::libtern {
 
 namespace {
@@ -41,28 +43,12 @@ Unexpected<Error> DirectConnection::Break(std::string reason) {
 
 Expected<void> DirectConnection::Write(ipc::WireWriter& frames) {
   if (broken()) return Fail(broken_reason_);
-  boost::container::small_vector<iovec, 8> iov;
-  const auto add = [&](std::string_view piece) {
-    if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
-  };
-  ipc::ForEachPiece(frames.out(), frames.shared(), add,
-                    [&](const ipc::SharedSpan& span) { add(span.bytes); });
-  std::size_t first = 0;
-  while (first < iov.size()) {
-    msghdr message{};
-    message.msg_iov = iov.data() + first;
-    message.msg_iovlen = std::min<std::size_t>(iov.size() - first, IOV_MAX);
-    const ssize_t n = ::sendmsg(fd_.get(), &message, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Break(std::string("direct connection write failed: ") + std::strerror(errno));
-    }
-    auto written = static_cast<std::size_t>(n);
-    while (first < iov.size() && written >= iov[first].iov_len) written -= iov[first++].iov_len;
-    if (written > 0) {
-      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
-      iov[first].iov_len -= written;
-    }
+  boost::container::small_vector<std::string_view, 8> pieces;
+  ipc::ForEachPiece(
+      frames.out(), frames.shared(), [&](std::string_view piece) { pieces.push_back(piece); },
+      [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
+  if (const int error = libtern::SendAll(fd_.get(), {pieces.data(), pieces.size()}); error != 0) {
+    return Break(std::string("direct connection write failed: ") + std::strerror(error));
   }
   return {};
 }

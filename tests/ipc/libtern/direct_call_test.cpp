@@ -7,39 +7,17 @@
 
 #include "direct_wire.hpp"
 #include "fake_agent.hpp"
+#include "port_fixture.hpp"
 #include "rpc_format.hpp"
 
 namespace tern {
 namespace {
 
 using ipc::JobOp;
+using testing::Eventually;
 using testing::FakeAgent;
 
-template <typename Condition>
-bool Eventually(Condition condition) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return condition();
-}
-
-struct DirectFixture : ::testing::Test {
-  FakeAgent agent;
-  Channel channel = Channel::FromFd(agent.TakeJobFd());
-  std::uint32_t port = 0;
-  std::uint32_t send_right = 0;
-
-  void SetUp() override {
-    auto allocated = channel.port_allocate();
-    ASSERT_TRUE(allocated);
-    port = *allocated;
-    auto made = channel.make_send(port);
-    ASSERT_TRUE(made);
-    send_right = *made;
-  }
-
+struct DirectFixture : testing::PortFixture {
   // Requests that came through the agents.
   int agent_requests() { return agent.sent_with_id(libtern::kRpcRequestId); }
 

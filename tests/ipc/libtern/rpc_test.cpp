@@ -5,39 +5,16 @@
 #include <tern/ipc.hpp>
 
 #include "fake_agent.hpp"
+#include "port_fixture.hpp"
 #include "rpc_format.hpp"
 
 namespace tern {
 namespace {
 
+using testing::Eventually;
 using testing::FakeAgent;
 
-// Polls `condition` for up to two seconds.
-template <typename Condition>
-bool Eventually(Condition condition) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
-}
-
-struct RpcFixture : ::testing::Test {
-  FakeAgent agent;
-  Channel channel = Channel::FromFd(agent.TakeJobFd());
-  std::uint32_t port = 0;
-  std::uint32_t send_right = 0;
-
-  void SetUp() override {
-    auto allocated = channel.port_allocate();
-    ASSERT_TRUE(allocated);
-    port = *allocated;
-    auto made = channel.make_send(port);
-    ASSERT_TRUE(made);
-    send_right = *made;
-  }
-
+struct RpcFixture : testing::PortFixture {
   // These tests are about the agent path: refuse direct calls as an older agent does.
   void AgentPathOnly() {
     agent.set_script([](const ipc::JobRequest& request) -> std::optional<FakeAgent::Answer> {
