@@ -105,18 +105,8 @@ TEST_F(DirectFixture, AConnectionBrokenMidCallStillGetsTheReplyOnce) {
 }
 
 TEST_F(DirectFixture, AOneThreadServerRunsOneHandlerAtATimeOverBothPaths) {
-  std::atomic<int> running{0};
-  std::atomic<int> peak{0};
-  RpcServer server(channel, port,
-                   [&](const RpcRequest& request) {
-                     const int now = ++running;
-                     int seen = peak.load();
-                     while (now > seen && !peak.compare_exchange_weak(seen, now)) {
-                     }
-                     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-                     --running;
-                     return std::vector<Item>{Item::Bytes(std::string(request.bytes()))};
-                   },
+  testing::Concurrency concurrency;
+  RpcServer server(channel, port, concurrency.EchoAfter(std::chrono::milliseconds(10)),
                    {.threads = 1});
   ASSERT_TRUE(Eventually([&] { return agent.requests_with_op(JobOp::kDirectAccept) >= 1; }));
   constexpr int kCalls = 8;
@@ -137,7 +127,7 @@ TEST_F(DirectFixture, AOneThreadServerRunsOneHandlerAtATimeOverBothPaths) {
     }));
   }
   for (auto& client : clients) EXPECT_TRUE(client.get());
-  EXPECT_EQ(peak.load(), 1);
+  EXPECT_EQ(concurrency.peak(), 1);
   // The even clients' calls after their first went direct.
   EXPECT_EQ(agent_requests(), 4 * kCalls - 2 * (kCalls - 1));
 }

@@ -6,10 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <tern/ipc.hpp>
 #include <thread>
+#include <vector>
 
 #include "fake_agent.hpp"
 
@@ -25,6 +28,28 @@ bool Eventually(Condition condition) {
   }
   return condition();
 }
+
+// Counts the handler calls running at once. EchoAfter(hold) is a handler that echoes the
+// request's bytes after `hold`; peak() is the most that ran at the same time.
+class Concurrency {
+ public:
+  RpcHandler EchoAfter(std::chrono::milliseconds hold) {
+    return [this, hold](const RpcRequest& request) {
+      const int now = ++running_;
+      int seen = peak_.load();
+      while (now > seen && !peak_.compare_exchange_weak(seen, now)) {
+      }
+      std::this_thread::sleep_for(hold);
+      --running_;
+      return std::vector<Item>{Item::Bytes(std::string(request.bytes()))};
+    };
+  }
+  int peak() const { return peak_.load(); }
+
+ private:
+  std::atomic<int> running_{0};
+  std::atomic<int> peak_{0};
+};
 
 struct PortFixture : ::testing::Test {
   FakeAgent agent;

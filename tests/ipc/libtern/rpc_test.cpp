@@ -143,18 +143,8 @@ TEST_F(RpcFixture, HandlerFailureReachesTheClient) {
 
 // Highest number of handler calls running at once with `threads` server threads.
 int MaxConcurrency(Channel& channel, std::uint32_t port, std::uint32_t send_right, int threads) {
-  std::atomic<int> running{0};
-  std::atomic<int> peak{0};
-  RpcServer server(channel, port,
-                   [&](const RpcRequest& request) {
-                     const int now = ++running;
-                     int seen = peak.load();
-                     while (now > seen && !peak.compare_exchange_weak(seen, now)) {
-                     }
-                     std::this_thread::sleep_for(std::chrono::milliseconds(60));
-                     --running;
-                     return std::vector<Item>{Item::Bytes(std::string(request.bytes()))};
-                   },
+  testing::Concurrency concurrency;
+  RpcServer server(channel, port, concurrency.EchoAfter(std::chrono::milliseconds(60)),
                    {.threads = threads});
   std::vector<std::future<bool>> clients;
   for (int i = 0; i < 4; ++i) {
@@ -164,7 +154,7 @@ int MaxConcurrency(Channel& channel, std::uint32_t port, std::uint32_t send_righ
     }));
   }
   for (auto& client : clients) EXPECT_TRUE(client.get());
-  return peak.load();
+  return concurrency.peak();
 }
 
 TEST_F(RpcFixture, OneThreadServesOneRequestAtATime) {
