@@ -1372,5 +1372,28 @@ TEST_F(ClusterTest, IpcADirectCallConnectionDiesWithTheRightItRestsOn) {
     Tern("node1", {"cancel", server});
   }
 }
+
+// A job that hands its direct connection to a process outside it and gives its right up (or
+// exits) leaves that process nothing that works: the agent shuts the connection down through
+// its own copy of the job's end.
+TEST_F(ClusterTest, IpcADirectCallConnectionHandedOutsideTheJobDiesWithTheRight) {
+  const std::string bin = kBinDir + "/";
+  const auto server = Submit(
+      "node1",
+      {bin + "tern-example-rpc-server", "--name", "itsmuggle", "--threads", "1", "--seconds", "30"},
+      "node2");
+  const auto fence =
+      Submit("node1", {bin + "tern-ipc-probe", "direct-fence", "itsmuggle"}, "node1");
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node1", fence).value_or("").find("fence ready") != std::string::npos; },
+      30s));
+  const auto smuggler =
+      Submit("node1", {bin + "tern-ipc-probe", "direct-smuggler", "itsmuggle"}, "node1");
+  const auto smuggler_out = FinishedOutput(smuggler);
+  EXPECT_NE(smuggler_out.find("handed over"), std::string::npos) << smuggler_out;
+  const auto out = FinishedOutput(fence);
+  EXPECT_NE(out.find("smuggled connection: dead"), std::string::npos) << out;
+  Tern("node1", {"cancel", server});
+}
 }  // namespace
 }  // namespace tern::it

@@ -4,7 +4,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -441,6 +443,96 @@ int DirectRevoked(const Channel& channel, const std::string& name) {
   return after.status() == JobStatus::kInvalidName ? 0 : 1;
 }
 
+// A hand-written request (DirectCall, kind 1, no items) on `fd`: whether it is answered.
+bool AnsweredByHand(int fd) {
+  unsigned char frame[6 + 21] = {0, 0, 0, 21, 0, 40, 1};
+  (void)::send(fd, frame, sizeof frame, MSG_NOSIGNAL);
+  char answer[64];
+  pollfd wait{fd, POLLIN, 0};
+  return ::poll(&wait, 1, 1000) == 1 && ::recv(fd, answer, sizeof answer, MSG_DONTWAIT) > 0;
+}
+
+// The abstract Unix socket a smuggler hands its direct connection over (jobs on one node share
+// its network namespace, hence its abstract sockets).
+sockaddr_un SmugglerAddress(const std::string& name) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string path = "tern-probe-smuggle-" + name;
+  std::memcpy(address.sun_path + 1, path.data(),
+              std::min(path.size(), sizeof address.sun_path - 2));
+  return address;
+}
+
+// Calls a server (directly), hands its direct connection to a process outside its job (a
+// "fence"), gives its send right up and exits: the fence must be left with a dead connection.
+int DirectSmuggler(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  for (int i = 0; i < 5; ++i) {
+    if (!channel.call(to, "before")) return Fail("call");
+  }
+  const auto direct = EstablishedTcp();
+  if (direct.size() != 1) return Fail("expected one direct connection");
+  const int out = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  const sockaddr_un address = SmugglerAddress(name);
+  bool connected = false;
+  for (int i = 0; i < 100 && !connected; ++i) {
+    connected = ::connect(out, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+    if (!connected) std::this_thread::sleep_for(50ms);
+  }
+  if (!connected) return Fail("no fence");
+  char byte = 'x';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr* header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(header), &direct[0], sizeof(int));
+  if (::sendmsg(out, &message, 0) != 1) return Fail("hand over");
+  ::close(direct[0]);
+  auto info = channel.right_info(to);
+  for (std::uint32_t ref = 0; info && ref < info->refs; ++ref) (void)channel.deallocate(to);
+  std::printf("handed over and gave the right up\n");
+  return 0;
+}
+
+// Takes a smuggled direct connection and, once the smuggler gave its right up, tries it.
+int DirectFence(const std::string& name) {
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  const sockaddr_un address = SmugglerAddress(name);
+  if (::bind(listener, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0 ||
+      ::listen(listener, 1) != 0) {
+    return Fail("listen");
+  }
+  std::printf("fence ready\n");
+  std::fflush(stdout);
+  const int in = ::accept(listener, nullptr, nullptr);
+  char byte;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  if (in < 0 || ::recvmsg(in, &message, 0) != 1 || CMSG_FIRSTHDR(&message) == nullptr) {
+    return Fail("no connection came");
+  }
+  int fd = -1;
+  std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&message)), sizeof fd);
+  // The smuggler gives its right up right after the hand-over.
+  std::this_thread::sleep_for(1s);
+  const bool answered = AnsweredByHand(fd);
+  std::printf("smuggled connection: %s\n", answered ? "answered" : "dead");
+  return answered ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -473,6 +565,8 @@ int main(int argc, char** argv) {
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
   if (mode == "nosenders-client") code = NoSendersClient(channel, name);
   if (mode == "direct-revoked") code = DirectRevoked(channel, name);
+  if (mode == "direct-smuggler") code = DirectSmuggler(channel, name);
+  if (mode == "direct-fence") code = DirectFence(name);
   std::fflush(stdout);
   return code;
 }

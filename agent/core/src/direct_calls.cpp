@@ -9,12 +9,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <tern/migrate/criu.hpp>
 #include <variant>
 
@@ -50,6 +52,11 @@ void DirectCalls::Leaving(const std::string& job) {
 void DirectCalls::JobGone(const std::string& job) {
   broker_.JobGone(job);
   RunDirect();
+  // Whatever the job passed its ends to loses them with it.
+  if (auto copies = copies_.find(job); copies != copies_.end()) {
+    for (auto& [inode, copy] : copies->second.by_inode) ::shutdown(copy.get(), SHUT_RDWR);
+    copies_.erase(copies);
+  }
 }
 
 void DirectCalls::Suspend(const std::string& job) {
@@ -331,6 +338,7 @@ void DirectCalls::Reply(ipc::DirectBroker::Reply reply) {
     reply.status = ipc::JobStatus::kUnavailable;
     reply.why = "the direct connection was lost";
   }
+  if (fd.valid()) KeepCopy(reply.job, fd.get());
   // Without a channel for the job, `reply_` drops it, and the connection closes with `fd`.
   reply_(reply.job,
          ipc::EncodeJobReply(reply.request, reply.status,
@@ -351,9 +359,51 @@ void DirectCalls::ArmDirectTimer() {
   });
 }
 
+void DirectCalls::KeepCopy(const std::string& job, int fd) {
+  struct stat info {};
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!copy.valid() || ::fstat(fd, &info) != 0) return;
+  Copies& copies = copies_[job];
+  copies.by_inode[info.st_ino] = std::move(copy);
+  if (copies.by_inode.size() >= copies.prune_at) Prune(job, copies);
+}
+
+// The copies whose connection the job no longer holds (a thread that ended closed its end) are
+// shut down and dropped: the server would otherwise keep an idle connection for each.
+void DirectCalls::Prune(const std::string& job, Copies& copies) {
+  std::set<std::uint64_t> held;
+  const int init_pid = init_pid_ ? init_pid_(job) : 0;
+  if (init_pid > 0) {
+    for (const pid_t pid : migrate::NamespacePids(init_pid)) {
+      std::error_code error;
+      for (const auto& entry :
+           std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
+        std::error_code unreadable;
+        const std::string target = std::filesystem::read_symlink(entry.path(), unreadable).string();
+        if (target.rfind("socket:[", 0) == 0)
+          held.insert(std::strtoull(target.c_str() + 8, nullptr, 10));
+      }
+    }
+  }
+  std::erase_if(copies.by_inode, [&](auto& entry) {
+    if (held.contains(entry.first)) return false;
+    ::shutdown(entry.second.get(), SHUT_RDWR);
+    return true;
+  });
+  copies.prune_at = std::max(kPruneAt, 2 * copies.by_inode.size());
+}
+
 // Shuts a job's direct connection end down through the job's own descriptor: both jobs then
 // read end-of-file. Not found: the job closed it already.
 void DirectCalls::Revoke(const std::string& job, std::uint64_t inode) {
+  if (auto copies = copies_.find(job); copies != copies_.end()) {
+    if (auto copy = copies->second.by_inode.find(inode); copy != copies->second.by_inode.end()) {
+      ::shutdown(copy->second.get(), SHUT_RDWR);
+      copies->second.by_inode.erase(copy);
+      spdlog::debug("job {}: direct connection socket:[{}] revoked", job, inode);
+      return;
+    }
+  }
   const int init_pid = init_pid_ ? init_pid_(job) : 0;
   if (init_pid <= 0) {
     spdlog::debug("job {}: direct connection socket:[{}] not revoked: the job has no process", job,

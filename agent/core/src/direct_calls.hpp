@@ -129,6 +129,17 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   std::uint16_t direct_port_ = 0;
   // Direct connection ends made and not yet handed to a job (queued, or on their way).
   std::map<std::uint64_t, jobs::UniqueFd> direct_connections_;
+  // This agent's copy of every end it handed to a job (by job, then socket inode): revocation
+  // shuts the connection down through it wherever the job has passed its own end, and so does
+  // the job's end. Copies whose job end is gone are pruned once a job has kPruneAt of them.
+  struct Copies {
+    std::map<std::uint64_t, jobs::UniqueFd> by_inode;
+    std::size_t prune_at = kPruneAt;
+  };
+  static constexpr std::size_t kPruneAt = 16;
+  std::map<std::string, Copies> copies_;
+  void KeepCopy(const std::string& job, int fd);
+  void Prune(const std::string& job, Copies& copies);
   std::uint64_t next_connection_ = 1;
   boost::asio::steady_timer direct_timer_{io_};
   std::optional<ipc::DirectBroker::Clock::time_point> direct_timer_at_;
