@@ -452,6 +452,17 @@ bool AnsweredByHand(int fd) {
   return ::poll(&wait, 1, 1000) == 1 && ::recv(fd, answer, sizeof answer, MSG_DONTWAIT) > 0;
 }
 
+// One byte with room for one fd (SCM_RIGHTS) beside it.
+struct FdMessage {
+  char byte = 'x';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr header{nullptr, 0, &iov, 1, control, sizeof control, 0};
+  FdMessage() = default;
+  FdMessage(const FdMessage&) = delete;
+  FdMessage& operator=(const FdMessage&) = delete;
+};
+
 // The abstract Unix socket a smuggler hands its direct connection over (jobs on one node share
 // its network namespace, hence its abstract sockets).
 sockaddr_un SmugglerAddress(const std::string& name) {
@@ -481,20 +492,13 @@ int DirectSmuggler(const Channel& channel, const std::string& name) {
     if (!connected) std::this_thread::sleep_for(50ms);
   }
   if (!connected) return Fail("no fence");
-  char byte = 'x';
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &iov;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  cmsghdr* header = CMSG_FIRSTHDR(&message);
+  FdMessage message;
+  cmsghdr* header = CMSG_FIRSTHDR(&message.header);
   header->cmsg_level = SOL_SOCKET;
   header->cmsg_type = SCM_RIGHTS;
   header->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(header), &direct[0], sizeof(int));
-  if (::sendmsg(out, &message, 0) != 1) return Fail("hand over");
+  if (::sendmsg(out, &message.header, 0) != 1) return Fail("hand over");
   ::close(direct[0]);
   auto info = channel.right_info(to);
   for (std::uint32_t ref = 0; info && ref < info->refs; ++ref) (void)channel.deallocate(to);
@@ -513,19 +517,13 @@ int DirectFence(const std::string& name) {
   std::printf("fence ready\n");
   std::fflush(stdout);
   const int in = ::accept(listener, nullptr, nullptr);
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &iov;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  if (in < 0 || ::recvmsg(in, &message, 0) != 1 || CMSG_FIRSTHDR(&message) == nullptr) {
+  FdMessage message;
+  if (in < 0 || ::recvmsg(in, &message.header, 0) != 1 ||
+      CMSG_FIRSTHDR(&message.header) == nullptr) {
     return Fail("no connection came");
   }
   int fd = -1;
-  std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&message)), sizeof fd);
+  std::memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&message.header)), sizeof fd);
   // The smuggler gives its right up right after the hand-over.
   std::this_thread::sleep_for(1s);
   const bool answered = AnsweredByHand(fd);
