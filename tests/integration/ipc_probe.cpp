@@ -273,15 +273,23 @@ int BulkWriter(const Channel& channel, const std::string& name) {
   return flushed && writer.accepted() == kBulkMessages ? 0 : 1;
 }
 
+// A port with room for `limit` messages, registered under `name` ("inbox NAME ready" printed
+// once it is); 0 if that failed.
+std::uint32_t ReadyInbox(const Channel& channel, const std::string& name, std::uint32_t limit) {
+  auto port = channel.port_allocate(limit);
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  if (!send || !channel.name_register(name, *send)) return 0;
+  std::printf("inbox %s ready\n", name.c_str());
+  std::fflush(stdout);
+  return *port;
+}
+
 int BulkReader(const Channel& channel, const std::string& name) {
   // A queue that never holds the writers back (1000 messages, as the IPC bench's): all eight
   // trains of every writer are on their way all the time.
-  auto inbox = channel.port_allocate(1000);
-  auto send = inbox ? channel.make_send(*inbox) : tern::IpcResult<std::uint32_t>(inbox.error());
-  if (!send || !channel.name_register(name, *send)) return Fail("setup");
-  std::printf("inbox %s ready\n", name.c_str());
-  std::fflush(stdout);
-  tern::PortReader reader(channel, *inbox, 64);
+  const std::uint32_t inbox = ReadyInbox(channel, name, 1000);
+  if (inbox == 0) return Fail("setup");
+  tern::PortReader reader(channel, inbox, 64);
   tern::MessageView message;
   for (std::uint32_t i = 0; i < kBulkMessages; ++i) {
     auto got = reader.next(message, 60s);
@@ -295,12 +303,9 @@ int BulkReader(const Channel& channel, const std::string& name) {
 }
 
 int StreamReader(const Channel& channel, const std::string& name) {
-  auto port = channel.port_allocate(8);
-  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
-  if (!send || !channel.name_register(name, *send)) return Fail("setup");
-  std::printf("inbox %s ready\n", name.c_str());
-  std::fflush(stdout);
-  tern::PortReader reader(channel, *port, 64);
+  const std::uint32_t port = ReadyInbox(channel, name, 8);
+  if (port == 0) return Fail("setup");
+  tern::PortReader reader(channel, port, 64);
   tern::MessageView message;
   for (std::uint32_t i = 0; i < kStreamMessages; ++i) {
     auto got = reader.next(message, 60s);

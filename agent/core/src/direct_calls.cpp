@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -338,7 +337,12 @@ void DirectCalls::Reply(ipc::DirectBroker::Reply reply) {
     reply.status = ipc::JobStatus::kUnavailable;
     reply.why = "the direct connection was lost";
   }
-  if (fd.valid()) KeepCopy(reply.job, fd.get());
+  // An end this agent could not keep a copy of could not be revoked: it is not handed over.
+  if (fd.valid() && !KeepCopy(reply.job, fd.get())) {
+    fd.Reset();
+    reply.status = ipc::JobStatus::kUnavailable;
+    reply.why = "no copy of the direct connection could be kept";
+  }
   // Without a channel for the job, `reply_` drops it, and the connection closes with `fd`.
   reply_(reply.job,
          ipc::EncodeJobReply(reply.request, reply.status,
@@ -359,13 +363,14 @@ void DirectCalls::ArmDirectTimer() {
   });
 }
 
-void DirectCalls::KeepCopy(const std::string& job, int fd) {
+bool DirectCalls::KeepCopy(const std::string& job, int fd) {
   struct stat info {};
   UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  if (!copy.valid() || ::fstat(fd, &info) != 0) return;
+  if (!copy.valid() || ::fstat(fd, &info) != 0) return false;
   Copies& copies = copies_[job];
   copies.by_inode[info.st_ino] = std::move(copy);
   if (copies.by_inode.size() >= copies.prune_at) Prune(job, copies);
+  return true;
 }
 
 // The copies whose connection the job no longer holds (a thread that ended closed its end) are
@@ -393,46 +398,16 @@ void DirectCalls::Prune(const std::string& job, Copies& copies) {
   copies.prune_at = std::max(kPruneAt, 2 * copies.by_inode.size());
 }
 
-// Shuts a job's direct connection end down through the job's own descriptor: both jobs then
-// read end-of-file. Not found: the job closed it already.
+// Shuts a job's direct connection end down through this agent's copy: both jobs, and any
+// process the job passed its end to, then read end-of-file.
 void DirectCalls::Revoke(const std::string& job, std::uint64_t inode) {
-  if (auto copies = copies_.find(job); copies != copies_.end()) {
-    if (auto copy = copies->second.by_inode.find(inode); copy != copies->second.by_inode.end()) {
-      ::shutdown(copy->second.get(), SHUT_RDWR);
-      copies->second.by_inode.erase(copy);
-      spdlog::debug("job {}: direct connection socket:[{}] revoked", job, inode);
-      return;
-    }
-  }
-  const int init_pid = init_pid_ ? init_pid_(job) : 0;
-  if (init_pid <= 0) {
-    spdlog::debug("job {}: direct connection socket:[{}] not revoked: the job has no process", job,
-                  inode);
-    return;
-  }
-  const std::string target = "socket:[" + std::to_string(inode) + "]";
-  for (const pid_t pid : migrate::NamespacePids(init_pid)) {
-    const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-    std::error_code error;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-      std::error_code unreadable;
-      if (std::filesystem::read_symlink(entry.path(), unreadable).string() != target) continue;
-      const int number = std::atoi(entry.path().filename().c_str());
-      UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-      UniqueFd socket(pidfd.valid()
-                          ? static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), number, 0))
-                          : -1);
-      if (!socket.valid()) {
-        spdlog::warn("job {}: cannot revoke direct connection {}: {}", job, target,
-                     std::strerror(errno));
-        return;
-      }
-      ::shutdown(socket.get(), SHUT_RDWR);
-      spdlog::debug("job {}: direct connection {} revoked", job, target);
-      return;
-    }
-  }
-  spdlog::debug("job {}: direct connection {} already closed", job, target);
+  auto copies = copies_.find(job);
+  if (copies == copies_.end()) return;
+  auto copy = copies->second.by_inode.find(inode);
+  if (copy == copies->second.by_inode.end()) return;  // pruned: the job's end was gone already
+  ::shutdown(copy->second.get(), SHUT_RDWR);
+  copies->second.by_inode.erase(copy);
+  spdlog::debug("job {}: direct connection socket:[{}] revoked", job, inode);
 }
 
 }  // namespace tern::agent

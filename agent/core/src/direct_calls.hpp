@@ -4,8 +4,7 @@
 // token within kTokenWait), connects the clients' ends (over the loopback, or to the granting
 // node), gives both ends TCP_NODELAY and keepalive, keeps each end until its answer takes it to
 // the job, answers the agents' asks (IpcDirect frames), arms the broker's deadlines, and revokes
-// an end whose right is gone by shutting it down through the job's own descriptor
-// (pidfd_getfd).
+// an end whose right is gone by shutting it down through the copy it keeps of every end.
 //
 // What it needs from IpcService, given at construction and nothing more:
 //  - `router`: read-only, for the rights a job's names are (SendRightTarget, ReceiveRightPort)
@@ -138,7 +137,7 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   };
   static constexpr std::size_t kPruneAt = 16;
   std::map<std::string, Copies> copies_;
-  void KeepCopy(const std::string& job, int fd);
+  bool KeepCopy(const std::string& job, int fd);
   void Prune(const std::string& job, Copies& copies);
   std::uint64_t next_connection_ = 1;
   boost::asio::steady_timer direct_timer_{io_};
