@@ -31,9 +31,6 @@ Expected<void> Agent::Start() {
   std::filesystem::create_directories(config_.run_dir, ignored);
   chmod(config_.run_dir.c_str(), 0755);
 
-  if (!std::filesystem::exists(config_.init_path)) {
-    return Fail("tern-init not found at " + config_.init_path + " (set [jobs] init_path)");
-  }
   jobs::SupervisorOptions job_options;
   job_options.state_dir = config_.state_dir;
   job_options.jobs_dir = config_.jobs_dir;
@@ -72,6 +69,20 @@ Expected<void> Agent::Start() {
         spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
         events_->Publish("job", jobs::ToJson(job, std::chrono::system_clock::now()));
       });
+  const auto& init = supervisor_->init();
+  if (!init) return Unexpected<Error>{init.error()};
+  if (init->copied) {
+    spdlog::warn(
+        "tern-init at {} cannot be run by every user ({}): jobs run the agent's copy at {}",
+        config_.init_path, init->why_copied, init->path);
+  }
+  if (!init->others_can_run) {
+    spdlog::error(
+        "jobs of users other than root cannot start on this node: tern-init at {} "
+        "cannot be run by them ({}); install tern-init in a directory every user can "
+        "enter and set [jobs] init_path",
+        init->path, init->problem);
+  }
   supervisor_->Adopt();
 
   cluster_ = std::make_unique<Cluster>(io_, config_, identity_);

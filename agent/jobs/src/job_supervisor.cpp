@@ -90,7 +90,17 @@ JobSupervisor::JobSupervisor(boost::asio::io_context& io, SupervisorOptions opti
   if (options_.jobs_dir.empty()) options_.jobs_dir = options_.state_dir + "/jobs";
   std::filesystem::create_directories(options_.jobs_dir, ignored);
   ::chmod(options_.jobs_dir.c_str(), 0755);
+  init_ = PlaceInit(options_.init_path, options_.state_dir);
   ArmChildSignal();
+}
+
+Expected<std::string> JobSupervisor::InitFor(uid_t uid) const {
+  if (!init_) return Unexpected<Error>{init_.error()};
+  if (uid != 0 && !init_->others_can_run) {
+    return Fail("jobs of users other than root cannot start on this node: tern-init at " +
+                init_->path + " cannot be run by them (" + init_->problem + ")");
+  }
+  return init_->path;
 }
 
 JobSupervisor::~JobSupervisor() {
@@ -216,14 +226,15 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   record.submitted_at = Clock::now();
   record.dir = store_.JobDir(record.id);
 
-  LaunchSpec spec{request.argv, request.uid,        request.gid, request.user,      request.env,
-                  record.dir,   options_.init_path, record.id,   options_.node_name};
+  auto init = InitFor(request.uid);
+  LaunchSpec spec{request.argv, request.uid,       request.gid, request.user,      request.env,
+                  record.dir,   init ? *init : "", record.id,   options_.node_name};
   UniqueFd ipc_end(options_.open_ipc_channel ? options_.open_ipc_channel(record.id) : -1);
   if (ipc_end.valid()) {
     spec.ipc_fd = ipc_end.get();
     spec.env["TERN_IPC_FD"] = std::to_string(kJobIpcFd);
   }
-  auto launched = LaunchJob(spec);
+  auto launched = init ? LaunchJob(spec) : Expected<LaunchedJob>(Unexpected<Error>{init.error()});
   ipc_end.Reset();
   if (!launched) {
     record.state = JobState::kFailed;

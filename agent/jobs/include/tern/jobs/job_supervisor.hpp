@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "tern/jobs/init_binary.hpp"
 #include "tern/jobs/job_record.hpp"
 #include "tern/jobs/job_store.hpp"
 
@@ -87,6 +88,9 @@ class JobSupervisor {
   std::vector<JobRecord> List() const;
   std::size_t RunningCount() const;
   const std::string& jobs_dir() const { return options_.jobs_dir; }
+  // Where tern-init runs from (options.init_path, or the agent's copy when other users cannot
+  // run that one), or why it cannot run at all. Checked once, at construction.
+  const Expected<InitPlacement>& init() const { return init_; }
   // Refreshes cpu_seconds and rss_bytes of running jobs from /proc.
   void SampleUsage();
 
@@ -103,6 +107,8 @@ class JobSupervisor {
   void Persist(const JobRecord& record);
   void ReapChildren();
   void ArmChildSignal();
+  // The tern-init a job of `uid` runs, or why it cannot start.
+  Expected<std::string> InitFor(uid_t uid) const;
 
   boost::asio::io_context& io_;
   SupervisorOptions options_;
@@ -111,6 +117,7 @@ class JobSupervisor {
   std::map<std::string, Watched> jobs_;
   std::map<pid_t, int> reaped_;  // wait statuses of children reaped before their pidfd fired
   boost::asio::signal_set child_signal_;
+  Expected<InitPlacement> init_{Fail("tern-init not placed yet")};
 };
 
 }  // namespace tern::jobs
