@@ -9,10 +9,17 @@ using nlohmann::json;
 json LoadToJson(const balancer::LoadVector& load) {
   json jobs = json::array();
   for (const auto& job : load.jobs) {
+    json peers = json::array();
+    for (const auto& [peer, rate] : job.peers)
+      peers.push_back({{"job_id", peer}, {"bytes_per_s", rate}});
     jobs.push_back({{"job_id", job.job_id},
                     {"cpu_share", job.cpu_share},
                     {"rss_bytes", job.rss_bytes},
-                    {"io_bytes_per_s", job.io_bytes_per_s}});
+                    {"io_bytes_per_s", job.io_bytes_per_s},
+                    {"runnable", job.runnable},
+                    {"age_s", job.age_s},
+                    {"pinned", job.pinned},
+                    {"peers", peers}});
   }
   return json{{"node_id", NodeIdHex(load.node_id)},
               {"node_name", load.node_name},
@@ -27,7 +34,14 @@ json LoadToJson(const balancer::LoadVector& load) {
               {"mem_total_bytes", load.mem_total_bytes},
               {"mem_free_bytes", load.mem_free_bytes},
               {"jobs_running", load.jobs_running},
-              {"jobs", jobs}};
+              {"jobs", jobs},
+              {"capacity", load.capacity},
+              {"speed", load.speed},
+              {"demand", load.demand},
+              {"mem_limit_bytes", load.mem_limit_bytes},
+              {"mem_used_bytes", load.mem_used_bytes},
+              {"link_bytes_per_s", load.link_bytes_per_s},
+              {"draining", load.draining}};
 }
 
 Expected<balancer::LoadVector> LoadFromJson(const json& in) {
@@ -47,10 +61,26 @@ Expected<balancer::LoadVector> LoadFromJson(const json& in) {
     load.mem_free_bytes = in.value("mem_free_bytes", std::uint64_t{0});
     load.jobs_running = in.value("jobs_running", 0);
     for (const auto& job : in.value("jobs", json::array())) {
-      load.jobs.push_back({job.value("job_id", ""), job.value("cpu_share", 0.0),
-                           job.value("rss_bytes", std::uint64_t{0}),
-                           job.value("io_bytes_per_s", 0.0)});
+      balancer::JobLoad entry;
+      entry.job_id = job.value("job_id", "");
+      entry.cpu_share = job.value("cpu_share", 0.0);
+      entry.rss_bytes = job.value("rss_bytes", std::uint64_t{0});
+      entry.io_bytes_per_s = job.value("io_bytes_per_s", 0.0);
+      entry.runnable = job.value("runnable", 0.0);
+      entry.age_s = job.value("age_s", 0.0);
+      entry.pinned = job.value("pinned", false);
+      for (const auto& peer : job.value("peers", json::array())) {
+        entry.peers.emplace_back(peer.value("job_id", ""), peer.value("bytes_per_s", 0.0));
+      }
+      load.jobs.push_back(std::move(entry));
     }
+    load.capacity = in.value("capacity", 0.0);
+    load.speed = in.value("speed", 1.0);
+    load.demand = in.value("demand", 0.0);
+    load.mem_limit_bytes = in.value("mem_limit_bytes", std::uint64_t{0});
+    load.mem_used_bytes = in.value("mem_used_bytes", std::uint64_t{0});
+    load.link_bytes_per_s = in.value("link_bytes_per_s", 0.0);
+    load.draining = in.value("draining", false);
     return load;
   } catch (const std::exception& error) {
     return Fail(std::string("malformed load vector: ") + error.what());

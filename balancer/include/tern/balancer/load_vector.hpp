@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tern::balancer {
@@ -16,7 +17,12 @@ struct JobLoad {
   std::string job_id;
   double cpu_share = 0;  // CPUs used over the last sample (1.0 = one CPU busy)
   std::uint64_t rss_bytes = 0;
-  double io_bytes_per_s = 0;
+  double io_bytes_per_s = 0;  // read + write (taskstats, or /proc/PID/io)
+  double runnable = 0;        // CPUs the job wants: mean runnable tasks (state R) of its tree
+  double age_s = 0;           // seconds since the job was submitted (not since it arrived)
+  bool pinned = false;
+  // IPC affinity: bytes/s exchanged through ports with other jobs, the top 8 by rate.
+  std::vector<std::pair<std::string, double>> peers;
 };
 
 struct LoadVector {
@@ -34,6 +40,18 @@ struct LoadVector {
   std::uint64_t mem_free_bytes = 0;
   int jobs_running = 0;
   std::vector<JobLoad> jobs;
+  // Issue 13 (docs/balancer.md): figures that differ per node even when nodes share a kernel.
+  double capacity = 0;  // CPUs its jobs can use: the node cgroup's quota, else cpus x speed
+  double speed = 1.0;   // relative CPU speed, 1.0 when unknown
+  double demand = 0;    // CPUs its jobs want: the sum of their `runnable`
+  std::uint64_t mem_limit_bytes = 0;  // the node cgroup's memory limit, else MemTotal
+  std::uint64_t mem_used_bytes = 0;   // the node cgroup's usage, else the jobs' RSS sum
+  double link_bytes_per_s = 0;        // rx+tx of the node's non-loopback links
+  bool draining = false;              // takes no new jobs and moves its jobs away
 };
+
+// Why `load` cannot be believed (NaN or infinity, negative figures, absurd sizes, no node id),
+// or "" when it can. Gossip drops such entries and logs the reason.
+std::string Implausible(const LoadVector& load);
 
 }  // namespace tern::balancer

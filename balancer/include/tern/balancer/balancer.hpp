@@ -1,0 +1,120 @@
+// Balancer: decides where jobs run — initial placement of new jobs, and preemptive migration of
+// running ones by cost and benefit, as MOSIX does. It does no I/O and reads no clock: the view
+// of the cluster, this node's jobs and the measured costs of past migrations come in; decisions
+// with their reasons (in words and numbers) go out. The agent runs it every `interval`; tern-sim
+// runs the same code on simulated nodes. docs/balancer.md has the policy.
+//
+// Contract:
+//  - Place(): the alive, non-draining node with the least (demand + 1) / capacity among those
+//    with fresh information; self on ties (within `imbalance`). Its own recent placements and
+//    moves count against a node until newer information about it arrives.
+//  - Decide(): at most max_outgoing - outgoing_in_flight migrations. Memory ushering first, then
+//    drain, then CPU balancing by expected gain (remaining time ~ age) against cost (memory over
+//    the measured rate, plus the measured freeze), with hysteresis: a job that moved stays
+//    `stay_after_move`, a failed one is not retried for `retry_after_failure`, a move needs the
+//    load gap to exceed `imbalance` and the gain to exceed min_gain_ratio x cost. IPC affinity
+//    counts: talking jobs are pulled together, not apart. Pinned and refused jobs are skipped
+//    with their reason.
+//
+// Thread-safety: not thread-safe; driven from one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tern::balancer {
+
+struct NodeState {
+  std::uint64_t id = 0;
+  std::string name;
+  bool self = false;
+  bool alive = true;
+  bool draining = false;
+  double capacity = 1;  // CPUs
+  double demand = 0;    // CPUs wanted
+  double speed = 1;
+  std::uint64_t mem_limit_bytes = 0;
+  std::uint64_t mem_used_bytes = 0;
+  std::chrono::milliseconds age{0};  // of this information
+};
+
+struct LocalJob {
+  std::string id;
+  double cpu_share = 0;
+  double runnable = 0;
+  double io_bytes_per_s = 0;
+  double age_s = 0;
+  std::uint64_t rss_bytes = 0;
+  bool pinned = false;
+  std::string refused;  // why the pre-flight refuses to move it ("" = it can move)
+  // IPC affinity: the node each talking peer runs on and the bytes/s exchanged with it.
+  std::vector<std::pair<std::uint64_t, double>> peer_nodes;
+};
+
+struct MigrationCosts {
+  double bytes_per_s = 200e6;
+  double freeze_s = 0.15;
+  int samples = 0;
+};
+
+struct BalancerOptions {
+  bool enabled = true;
+  std::chrono::milliseconds interval{3000};
+  std::chrono::milliseconds min_age{5000};
+  std::chrono::milliseconds stay_after_move{30000};
+  std::chrono::milliseconds retry_after_failure{120000};
+  int max_outgoing = 1;
+  double min_gain_ratio = 2.0;
+  double imbalance = 0.2;
+  double memory_high = 0.9;
+  std::uint64_t postcopy_above_bytes = 256ull << 20;
+};
+
+struct MigrateDecision {
+  std::string job;
+  std::uint64_t to = 0;
+  std::string to_name;
+  bool postcopy = false;
+  std::string kind;    // "balance", "memory", "affinity", "drain"
+  std::string reason;  // words and numbers, for `tern events`
+};
+
+struct SkipNote {
+  std::string job;
+  std::string reason;
+};
+
+struct Decisions {
+  std::vector<MigrateDecision> migrate;
+  std::vector<SkipNote> skipped;
+};
+
+struct Placement {
+  std::uint64_t node = 0;
+  std::string name;
+  std::string reason;
+};
+
+class Balancer {
+ public:
+  using Millis = std::chrono::milliseconds;
+  explicit Balancer(BalancerOptions options);
+
+  Placement Place(const std::vector<NodeState>& view, Millis now);
+  Decisions Decide(const std::vector<NodeState>& view, const std::vector<LocalJob>& jobs,
+                   const MigrationCosts& costs, int outgoing_in_flight, Millis now);
+  void OnMigrationStarted(const std::string& job, std::uint64_t to, Millis now);
+  void OnMigrationEnded(const std::string& job, bool moved, Millis now);
+  void OnJobArrived(const std::string& job, Millis now);
+  const BalancerOptions& options() const { return options_; }
+
+ private:
+  BalancerOptions options_;
+  // Implementation state (recent moves, failures, planned load per node) is the implementer's.
+};
+
+}  // namespace tern::balancer
