@@ -872,12 +872,21 @@ TEST_F(ClusterTest, MultiThreadedProgramWritingSqliteMovesAndKeepsItsDatabase) {
   const auto id = Submit("node2", {"python3", "-c", script});
   ASSERT_FALSE(id.empty());
   ASSERT_TRUE(WaitState("node2", id, "running"));
-  std::this_thread::sleep_for(500ms);
+  // Rows the job has committed so far (it prints each after its commit).
+  auto rows_printed = [&] {
+    auto out = JobLogs("node1", id);
+    return out ? static_cast<int>(Lines(*out).size()) : 0;
+  };
+  // Waits on the job's own progress, not on the clock: a loaded machine runs it slower.
+  ASSERT_TRUE(WaitFor([&] { return rows_printed() >= 20; }, 60s))
+      << "the job did not start writing";
   for (const auto& to : {"node3", "node1"}) {
     auto m = Migrate("node1", id, to);
     ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
   }
-  std::this_thread::sleep_for(500ms);
+  const int after_moves = rows_printed();
+  ASSERT_TRUE(WaitFor([&] { return rows_printed() >= after_moves + 25; }, 60s))
+      << "the job stopped writing after its moves (" << after_moves << " rows)";
   EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
   ASSERT_TRUE(WaitState("node1", id, "cancelled"));
   auto final_status = Status("node1", id);
