@@ -16,13 +16,25 @@ void Gossip::SetLocal(LoadVector self, Millis now) {
 
 void Gossip::Store(std::uint64_t id, Entry entry) {
   auto [it, inserted] = entries_.try_emplace(id);
-  if (!inserted) {
-    by_news_.erase({it->second.key(), id});
-    if (it->second.dead) dead_news_.erase({it->second.news_since, id});
+  if (inserted) {
+    by_news_.insert({entry.key(), id});
+    if (entry.dead) dead_news_.insert({entry.news_since, id});
+    it->second = std::move(entry);
+    return;
   }
-  by_news_.insert({entry.key(), id});
-  if (entry.dead) dead_news_.insert({entry.news_since, id});
-  it->second = std::move(entry);
+  Entry& known = it->second;
+  // Reuse the set nodes: this runs for most received entries, thousands of agents per second
+  // in tern-sim.
+  if (known.key() != entry.key()) {
+    auto node = by_news_.extract({known.key(), id});
+    node.value() = {entry.key(), id};
+    by_news_.insert(std::move(node));
+  }
+  if (known.dead != entry.dead || known.news_since != entry.news_since) {
+    if (known.dead) dead_news_.erase({known.news_since, id});
+    if (entry.dead) dead_news_.insert({entry.news_since, id});
+  }
+  known = std::move(entry);
 }
 
 std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
@@ -54,28 +66,26 @@ std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
       Store(id, Entry{incoming.load, when, incoming.dead, when, now});
       continue;
     }
-    const Entry& known = found->second;
-    Entry updated = known;
+    Entry& known = found->second;
     if (incoming.dead) {
       if (!known.dead && known.born > when) continue;  // sampled after the death: alive
-      if (incoming.load.seq > known.load.seq) updated.load = incoming.load;
-      if (!known.dead) {
-        updated.dead = true;
-        updated.dead_since = when;
-        updated.news_since = now;
-      }
+      if (known.dead && incoming.load.seq <= known.load.seq) continue;
+      Entry updated{incoming.load.seq > known.load.seq ? incoming.load : known.load, known.born,
+                    true, known.dead ? known.dead_since : when,
+                    known.dead ? known.news_since : now};
+      Store(id, std::move(updated));
     } else if (known.dead) {
       if (when <= known.dead_since || incoming.load.seq < known.load.seq) continue;
-      updated = Entry{incoming.load, when, false, Millis{0}, Millis{0}};  // it came back
+      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});  // it came back
     } else if (incoming.load.seq > known.load.seq) {
-      updated.load = incoming.load;
-      updated.born = when;
+      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});
     } else if (incoming.load.seq == known.load.seq && when > known.born) {
-      updated.born = when;  // the same sample, a fresher copy
-    } else {
-      continue;
+      // The same sample, a fresher copy: only its age changes.
+      auto node = by_news_.extract({known.born, id});
+      node.value() = {when, id};
+      by_news_.insert(std::move(node));
+      known.born = when;
     }
-    Store(id, std::move(updated));
   }
   return rejected;
 }

@@ -15,6 +15,7 @@ constexpr double kMaxSpeed = 1000;
 
 // Returns the first complaint about `value` named `what`, or "".
 std::string BadNumber(std::string_view what, double value, double max = INFINITY) {
+  if (std::isfinite(value) && value >= 0 && value <= max) return {};  // the common case, cheap
   std::ostringstream out;
   if (!std::isfinite(value)) {
     out << what << " is not a number (" << value << ")";
