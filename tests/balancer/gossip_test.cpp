@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <random>
 
 namespace tern::balancer {
@@ -284,6 +285,38 @@ TEST(GossipClusterTest, DeathNewsReachesEveryoneBeforeTheEntriesExpire) {
   }
   std::printf("gossip: death news reached %zu of 1000 agents\n", know_dead);
   EXPECT_GT(know_dead, kNodes / 2) << "agents that heard the news";
+}
+
+}  // namespace
+}  // namespace tern::balancer
+
+namespace tern::balancer {
+namespace {
+
+TEST(IdIndexTest, AgreesWithAMapThroughInsertsAndErases) {
+  IdIndex index;
+  std::map<std::uint64_t, std::uint32_t> model;
+  std::mt19937_64 rng(5);
+  for (int op = 0; op < 20000; ++op) {
+    const std::uint64_t id = 1 + rng() % 500;
+    if (rng() % 3 == 0) {
+      index.Erase(id);
+      model.erase(id);
+    } else {
+      const auto value = static_cast<std::uint32_t>(rng());
+      index.Insert(id, value);
+      model[id] = value;
+    }
+  }
+  ASSERT_EQ(index.size(), model.size());
+  for (std::uint64_t id = 1; id <= 500; ++id) {
+    auto* found = index.Find(id);
+    ASSERT_EQ(found != nullptr, model.contains(id)) << id;
+    if (found) {
+      EXPECT_EQ(*found, model[id]);
+    }
+  }
+  EXPECT_EQ(index.Find(0), nullptr);
 }
 
 }  // namespace

@@ -24,12 +24,11 @@
 #include <cstdint>
 #include <optional>
 #include <random>
-#include <set>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "tern/balancer/id_index.hpp"
 #include "tern/balancer/load_vector.hpp"
 
 namespace tern::balancer {
@@ -98,13 +97,25 @@ class Gossip {
 
   void Expire(Millis now);
   void Store(std::uint64_t id, Entry entry);
+  void Remove(std::uint32_t slot);
+  void Touch(std::uint64_t id, const Entry& entry);  // keeps top_ the freshest live entries
+  void Untop(std::uint64_t id);
+  void Rebuild() const;
   GossipEntry ToWire(const Entry& entry, Millis now) const;
+  std::size_t TopCapacity() const { return 2 * options_.window + 4; }
 
   GossipOptions options_;
   std::optional<Entry> self_;
-  std::unordered_map<std::uint64_t, Entry> entries_;      // others, by node id
-  std::set<Key> by_news_;                                 // the same entries, oldest news first
-  std::set<std::pair<Millis, std::uint64_t>> dead_news_;  // (news_since, id) still spreading
+  // Others' entries in a flat vector (removal moves the last into the hole), found by id.
+  std::vector<Entry> slots_;
+  std::vector<Millis> slot_keys_;  // slots_[i].key(), packed: the expiry sweep reads only these
+  IdIndex index_;
+  // The freshest live entries, freshest first: the windows and Freshest() read only these.
+  // When top_all_ is false, entries not in top_ are all older than top_.back().
+  mutable std::vector<Key> top_;
+  mutable bool top_all_ = true;
+  std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
+  Millis next_sweep_{0};
 };
 
 }  // namespace tern::balancer
