@@ -39,7 +39,8 @@ struct Node {
   double next_balance = 0;
   std::uint64_t seq = 0;
   int outgoing = 0;
-  double demand() const { return static_cast<double>(jobs.size()); }
+  int incoming = 0;
+  double demand() const { return static_cast<double>(jobs.size() + incoming); }
 };
 
 struct Flight {
@@ -92,7 +93,7 @@ class Sim {
         g.max_age = options.gossip_max_age;
         node.gossip = std::make_unique<Gossip>(g);
       }
-      node.balancer = std::make_unique<Balancer>(balancer::BalancerOptions{});
+      node.balancer = std::make_unique<Balancer>(options.balancer);
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
       const double balance_s =
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
@@ -140,6 +141,9 @@ class Sim {
       result.mean_slowdown = slowdown_sum_ / static_cast<double>(done_);
       result.mean_response_s = response_sum_ / static_cast<double>(done_);
     }
+    if (long_done_ > 0) result.mean_slowdown_long = long_sum_ / static_cast<double>(long_done_);
+    if (moved_done_ > 0) result.mean_slowdown_moved = moved_sum_ / static_cast<double>(moved_done_);
+    result.jobs_moved = moved_done_;
     if (started_ > 0) {
       result.migrations_per_job = static_cast<double>(migrations_) / static_cast<double>(started_);
     }
@@ -236,6 +240,14 @@ class Sim {
         response_sum_ += response;
         slowdown_sum_ += response / job.spec.work_s;
         ++done_;
+        if (job.spec.work_s > 10) {
+          long_sum_ += response / job.spec.work_s;
+          ++long_done_;
+        }
+        if (job.moves > 0) {
+          moved_sum_ += response / job.spec.work_s;
+          ++moved_done_;
+        }
         node.mem_used -= job.spec.rss_bytes;
         free_.push_back(node.jobs[k]);
         node.jobs[k] = node.jobs.back();
@@ -311,6 +323,7 @@ class Sim {
       const double cost = static_cast<double>(jobs_[job].spec.rss_bytes) / link + options_.freeze_s;
       flights_.push_back(Flight{t + cost, job, i, to});
       ++node.outgoing;
+      ++nodes_[to].incoming;
       node.balancer->OnMigrationStarted(move.job, move.to, now);
       ++migrations_;
     }
@@ -329,6 +342,7 @@ class Sim {
       ++job.moves;
       AddTo(flight.job, flight.to);
       --nodes_[flight.from].outgoing;
+      --nodes_[flight.to].incoming;
       const Millis at = ToMillis(flight.arrive);
       nodes_[flight.from].balancer->OnMigrationEnded(job.id, true, at);
       nodes_[flight.to].balancer->OnJobArrived(job.id, at);
@@ -359,7 +373,8 @@ class Sim {
   std::vector<Message> inbox_, outbox_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0;
-  double slowdown_sum_ = 0, response_sum_ = 0;
+  double slowdown_sum_ = 0, response_sum_ = 0, long_sum_ = 0, moved_sum_ = 0;
+  std::uint64_t long_done_ = 0, moved_done_ = 0;
   double next_view_sample_ = 60;
   double view_age_sum_ = 0;
   std::uint64_t view_entries_ = 0, view_samples_ = 0;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tern/balancer/balancer.hpp"
 #include "workload.hpp"
 
 namespace tern::sim {
@@ -39,6 +40,7 @@ struct SimOptions {
   double gossip_loss = 0.02;
   std::size_t sample = 16;  // nodes of the view the Balancer decides on (the freshest)
   double freeze_s = 0.15;
+  balancer::BalancerOptions balancer;  // the agent's defaults unless told otherwise
 };
 
 struct SimResult {
@@ -47,6 +49,9 @@ struct SimResult {
   std::uint64_t jobs_done = 0;
   std::uint64_t jobs_started = 0;
   double mean_slowdown = 0;
+  double mean_slowdown_long = 0;  // jobs of more than 10 s of work
+  double mean_slowdown_moved = 0;  // jobs that moved at least once
+  std::uint64_t jobs_moved = 0;
   double mean_response_s = 0;
   double migrations_per_job = 0;
   double gossip_bytes_per_node_s = 0;

@@ -35,10 +35,18 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 0.9));
   app.add_option("--step", options.step_s, "simulation time step, seconds")
       ->check(CLI::Range(0.01, 1.0));
+  app.add_option("--min-gain-ratio", options.balancer.min_gain_ratio,
+                 "balancer: expected gain needed, as a multiple of the migration cost");
+  app.add_option("--imbalance", options.balancer.imbalance,
+                 "balancer: per-CPU load gap needed to move");
+  long min_age_ms = 5000;
+  app.add_option("--min-age-ms", min_age_ms, "balancer: younger jobs are not moved");
+  app.add_option("--freeze", options.freeze_s, "migration freeze, seconds");
   app.add_flag("--check", check,
                "exit 1 unless tern <= least-loaded <= none and least-loaded <= random (slowdown)");
   CLI11_PARSE(app, argc, argv);
   options.gossip_interval = std::chrono::milliseconds(gossip_ms);
+  options.balancer.min_age = std::chrono::milliseconds(min_age_ms);
 
   std::vector<Policy> chosen;
   std::stringstream list(policies);
@@ -65,7 +73,9 @@ int main(int argc, char** argv) {
       these.push_back(result);
       results.push_back(result);
       std::cerr << "tern-sim: " << n << " nodes, " << ToString(policy) << ": slowdown "
-                << result.mean_slowdown << " (" << result.wall_s << " s)\n";
+                << result.mean_slowdown << ", long jobs " << result.mean_slowdown_long
+                << ", moved jobs " << result.mean_slowdown_moved << " (" << result.jobs_moved
+                << ") (" << result.wall_s << " s)\n";
     }
     auto slowdown = [&](Policy p) {
       for (const auto& r : these) {

@@ -302,6 +302,7 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
     const double here_demand = demand[self->id];
     const double load_here = here_demand / Capacity(*self);
     const double rate_here = Rate(*self, here_demand);
+    const bool crowded = rate_here < Speed(*self);
     for (const auto* job : balanceable) {
       if (std::find(movable.begin(), movable.end(), job) == movable.end()) continue;
       const double wants = Wants(*job);
@@ -322,7 +323,10 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
         // Bytes that stop (or start) crossing nodes, as time at the measured transfer rate.
         c.affinity_gain = job->age_s * (bytes_there - bytes_here) / bytes_per_s;
         c.cost = cost_of(*job);
-        const bool balances = load_here - load_there > options_.imbalance;
+        // Only out of a crowded node (its jobs want more CPUs than it has): a job alone on a
+        // slow node that moves to a faster one takes that node's CPU from the jobs placement
+        // sends there, which tern-sim showed costs more than it gains.
+        const bool balances = crowded && load_here - load_there > options_.imbalance;
         // Towards talking peers only onto a node no busier than this one after the move: two
         // peers on two nodes never swap places.
         const bool joins = c.affinity_gain > 0 && load_there <= load_here;
