@@ -1,0 +1,423 @@
+#include "cluster_sim.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+
+#include "tern/balancer/balancer.hpp"
+#include "tern/balancer/gossip.hpp"
+
+namespace tern::sim {
+namespace {
+
+using balancer::Balancer;
+using balancer::Gossip;
+using balancer::GossipEntry;
+using balancer::LoadVector;
+using balancer::NodeState;
+using Millis = std::chrono::milliseconds;
+
+constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
+
+struct Job {
+  JobSpec spec;
+  double remaining = 0;  // reference CPU seconds
+  std::uint32_t node = 0;
+  int moves = 0;
+  std::string id;
+};
+
+struct Node {
+  NodeSpec spec;
+  std::uint64_t id = 0;
+  std::vector<std::uint32_t> jobs;  // indices into the job table
+  std::uint64_t mem_used = 0;
+  std::unique_ptr<Gossip> gossip;
+  std::unique_ptr<Balancer> balancer;
+  double next_gossip = 0;
+  double next_balance = 0;
+  std::uint64_t seq = 0;
+  int outgoing = 0;
+  int incoming = 0;
+  double demand() const { return static_cast<double>(jobs.size() + incoming); }
+};
+
+struct Flight {
+  double arrive = 0;
+  std::uint32_t job = 0;
+  std::uint32_t from = 0;
+  std::uint32_t to = 0;
+};
+
+struct Message {
+  std::uint32_t to = 0;
+  std::uint64_t from = 0;
+  std::vector<GossipEntry> entries;
+};
+
+Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
+
+NodeState FromLoad(const LoadVector& load, Millis age) {
+  NodeState node;
+  node.id = load.node_id;
+  node.capacity = load.capacity;
+  node.demand = load.demand;
+  node.speed = load.speed;
+  node.mem_limit_bytes = load.mem_limit_bytes;
+  node.mem_used_bytes = load.mem_used_bytes;
+  node.draining = load.draining;
+  node.age = age;
+  return node;
+}
+
+class Sim {
+ public:
+  Sim(const SimOptions& options, Policy policy)
+      : options_(options),
+        policy_(policy),
+        workload_(options.workload),
+        rng_(options.workload.seed + 17) {
+    const auto& specs = workload_.nodes();
+    const bool gossip = UsesGossip();
+    std::uniform_real_distribution<double> phase(0, 1);
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      Node node;
+      node.spec = specs[i];
+      node.id = i + 1;
+      ids_.push_back(node.id);
+      if (gossip) {
+        balancer::GossipOptions g;
+        g.self_id = node.id;
+        g.window = options.gossip_window;
+        g.max_age = options.gossip_max_age;
+        node.gossip = std::make_unique<Gossip>(g);
+      }
+      node.balancer = std::make_unique<Balancer>(options.balancer);
+      const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
+      const double balance_s =
+          static_cast<double>(node.balancer->options().interval.count()) / 1000;
+      node.next_gossip = phase(rng_) * gossip_s;
+      node.next_balance = phase(rng_) * balance_s;
+      nodes_.push_back(std::move(node));
+    }
+  }
+
+  SimResult Run() {
+    const double end = options_.hours * 3600;
+    const double step = options_.step_s;
+    std::vector<JobSpec> arrivals;
+    for (double t = 0; t < end; t += step) {
+      const Millis now = ToMillis(t);
+      Deliver(now);
+      arrivals.clear();
+      workload_.Arrivals(t, t + step, arrivals);
+      for (const auto& spec : arrivals) Submit(spec, now);
+      Land(t + step);
+      Progress(t, step);
+      for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
+        Node& node = nodes_[i];
+        if (node.gossip && node.next_gossip <= t) {
+          GossipTick(i, now);
+          node.next_gossip += static_cast<double>(options_.gossip_interval.count()) / 1000;
+        }
+        if (node.next_balance <= t) {
+          if (Migrates() && !node.jobs.empty()) Balance(i, t);
+          node.next_balance +=
+              static_cast<double>(node.balancer->options().interval.count()) / 1000;
+        }
+      }
+      if (UsesGossip() && t >= next_view_sample_) {
+        SampleViews(now);
+        next_view_sample_ += 60;
+      }
+    }
+    SimResult result;
+    result.policy = policy_;
+    result.nodes = nodes_.size();
+    result.jobs_done = done_;
+    result.jobs_started = started_;
+    if (done_ > 0) {
+      result.mean_slowdown = slowdown_sum_ / static_cast<double>(done_);
+      result.mean_response_s = response_sum_ / static_cast<double>(done_);
+    }
+    if (long_done_ > 0) result.mean_slowdown_long = long_sum_ / static_cast<double>(long_done_);
+    if (moved_done_ > 0) result.mean_slowdown_moved = moved_sum_ / static_cast<double>(moved_done_);
+    result.jobs_moved = moved_done_;
+    if (started_ > 0) {
+      result.migrations_per_job = static_cast<double>(migrations_) / static_cast<double>(started_);
+    }
+    result.gossip_bytes_per_node_s =
+        static_cast<double>(gossip_bytes_) / static_cast<double>(nodes_.size()) / end;
+    if (view_samples_ > 0) {
+      result.mean_view_age_s = view_age_sum_ / static_cast<double>(view_entries_) / 1000;
+      result.mean_view_size =
+          static_cast<double>(view_entries_) / static_cast<double>(view_samples_);
+    }
+    return result;
+  }
+
+ private:
+  bool UsesGossip() const {
+    return policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern ||
+           policy_ == Policy::kAgeOnly;
+  }
+  bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
+
+  // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its view.
+  std::vector<NodeState> View(std::uint32_t i, Millis now) {
+    const Node& node = nodes_[i];
+    std::vector<NodeState> view;
+    view.reserve(options_.sample + 1);
+    NodeState self;
+    self.id = node.id;
+    self.self = true;
+    self.capacity = node.spec.capacity();
+    self.speed = node.spec.speed;
+    self.demand = node.demand();
+    self.mem_limit_bytes = node.spec.mem_limit_bytes;
+    self.mem_used_bytes = node.mem_used;
+    view.push_back(self);
+    for (const auto& entry : node.gossip->Freshest(now, options_.sample)) {
+      view.push_back(FromLoad(entry.load, entry.age));
+    }
+    return view;
+  }
+
+  void Submit(const JobSpec& spec, Millis now) {
+    std::uint32_t target = spec.origin;
+    if (policy_ == Policy::kRandom) {
+      target = static_cast<std::uint32_t>(rng_() % nodes_.size());
+    } else if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
+      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, now), now);
+      if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
+    }
+    std::uint32_t index;
+    if (!free_.empty()) {
+      index = free_.back();
+      free_.pop_back();
+    } else {
+      index = static_cast<std::uint32_t>(jobs_.size());
+      jobs_.emplace_back();
+    }
+    Job& job = jobs_[index];
+    job.spec = spec;
+    job.remaining = spec.work_s;
+    job.moves = 0;
+    job.id = "j" + std::to_string(next_job_id_++);
+    AddTo(index, target);
+    ++started_;
+  }
+
+  void AddTo(std::uint32_t job, std::uint32_t node) {
+    jobs_[job].node = node;
+    nodes_[node].jobs.push_back(job);
+    nodes_[node].mem_used += jobs_[job].spec.rss_bytes;
+  }
+
+  void RemoveFrom(std::uint32_t job, std::uint32_t node) {
+    auto& list = nodes_[node].jobs;
+    auto it = std::find(list.begin(), list.end(), job);
+    *it = list.back();
+    list.pop_back();
+    nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
+  }
+
+  void Progress(double t, double step) {
+    for (auto& node : nodes_) {
+      if (node.jobs.empty()) continue;
+      const double rate =
+          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+      for (std::size_t k = 0; k < node.jobs.size();) {
+        Job& job = jobs_[node.jobs[k]];
+        job.remaining -= rate * step;
+        if (job.remaining > 0) {
+          ++k;
+          continue;
+        }
+        const double finish = t + step + job.remaining / rate;
+        const double response = finish - job.spec.arrival_s;
+        response_sum_ += response;
+        slowdown_sum_ += response / job.spec.work_s;
+        ++done_;
+        if (job.spec.work_s > 10) {
+          long_sum_ += response / job.spec.work_s;
+          ++long_done_;
+        }
+        if (job.moves > 0) {
+          moved_sum_ += response / job.spec.work_s;
+          ++moved_done_;
+        }
+        node.mem_used -= job.spec.rss_bytes;
+        free_.push_back(node.jobs[k]);
+        node.jobs[k] = node.jobs.back();
+        node.jobs.pop_back();
+      }
+    }
+  }
+
+  void GossipTick(std::uint32_t i, Millis now) {
+    Node& node = nodes_[i];
+    LoadVector self;
+    self.node_id = node.id;
+    self.seq = ++node.seq;
+    self.cpus = static_cast<int>(node.spec.cores);
+    self.capacity = node.spec.capacity();
+    self.speed = node.spec.speed;
+    self.demand = node.demand();
+    self.jobs_running = static_cast<int>(node.jobs.size());
+    self.mem_limit_bytes = node.spec.mem_limit_bytes;
+    self.mem_used_bytes = node.mem_used;
+    self.mem_total_bytes = node.spec.mem_limit_bytes;
+    self.mem_free_bytes =
+        node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
+    node.gossip->SetLocal(std::move(self), now);
+    std::bernoulli_distribution lost(options_.gossip_loss);
+    for (auto& send : node.gossip->Tick(now, ids_, rng_)) {
+      gossip_bytes_ += kMessageOverheadBytes;
+      for (const auto& entry : send.entries) {
+        gossip_bytes_ += EstimateEntryBytes(entry.load.jobs_running);
+      }
+      if (lost(rng_)) continue;
+      outbox_.push_back(
+          Message{static_cast<std::uint32_t>(send.to - 1), node.id, std::move(send.entries)});
+    }
+  }
+
+  // Messages sent during the last step arrive now: one step of delay.
+  void Deliver(Millis now) {
+    inbox_.swap(outbox_);
+    for (auto& message : inbox_) {
+      nodes_[message.to].gossip->OnReceive(message.from, message.entries, now);
+    }
+    inbox_.clear();
+  }
+
+  void Balance(std::uint32_t i, double t) {
+    const Millis now = ToMillis(t);
+    Node& node = nodes_[i];
+    std::vector<balancer::LocalJob> local;
+    local.reserve(node.jobs.size());
+    const double rate =
+        node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+    for (auto index : node.jobs) {
+      const Job& job = jobs_[index];
+      balancer::LocalJob l;
+      l.id = job.id;
+      l.runnable = 1;
+      l.cpu_share = rate;
+      l.age_s = t - job.spec.arrival_s;
+      l.rss_bytes = job.spec.rss_bytes;
+      local.push_back(std::move(l));
+    }
+    balancer::MigrationCosts costs{node.spec.link_bytes_per_s, options_.freeze_s, 1};
+    auto decisions = node.balancer->Decide(View(i, now), local, costs, node.outgoing, now);
+    for (const auto& move : decisions.migrate) {
+      auto it = std::find_if(node.jobs.begin(), node.jobs.end(),
+                             [&](std::uint32_t j) { return jobs_[j].id == move.job; });
+      if (it == node.jobs.end() || move.to == 0 || move.to > nodes_.size()) continue;
+      const std::uint32_t job = *it;
+      const auto to = static_cast<std::uint32_t>(move.to - 1);
+      RemoveFrom(job, i);
+      const double link = std::min(node.spec.link_bytes_per_s, nodes_[to].spec.link_bytes_per_s);
+      const double cost = static_cast<double>(jobs_[job].spec.rss_bytes) / link + options_.freeze_s;
+      flights_.push_back(Flight{t + cost, job, i, to});
+      ++node.outgoing;
+      ++nodes_[to].incoming;
+      node.balancer->OnMigrationStarted(move.job, move.to, now);
+      ++migrations_;
+    }
+  }
+
+  void Land(double until) {
+    for (std::size_t k = 0; k < flights_.size();) {
+      const Flight flight = flights_[k];
+      if (flight.arrive >= until) {
+        ++k;
+        continue;
+      }
+      flights_[k] = flights_.back();
+      flights_.pop_back();
+      Job& job = jobs_[flight.job];
+      ++job.moves;
+      AddTo(flight.job, flight.to);
+      --nodes_[flight.from].outgoing;
+      --nodes_[flight.to].incoming;
+      const Millis at = ToMillis(flight.arrive);
+      nodes_[flight.from].balancer->OnMigrationEnded(job.id, true, at);
+      nodes_[flight.to].balancer->OnJobArrived(job.id, at);
+    }
+  }
+
+  void SampleViews(Millis now) {
+    for (int k = 0; k < 20; ++k) {
+      const auto& node = nodes_[rng_() % nodes_.size()];
+      for (const auto& entry : node.gossip->View(now)) {
+        if (entry.load.node_id == node.id) continue;
+        view_age_sum_ += static_cast<double>(entry.age.count());
+        ++view_entries_;
+      }
+      ++view_samples_;
+    }
+  }
+
+  SimOptions options_;
+  Policy policy_;
+  Workload workload_;
+  std::mt19937_64 rng_;
+  std::vector<Node> nodes_;
+  std::vector<std::uint64_t> ids_;
+  std::vector<Job> jobs_;
+  std::vector<std::uint32_t> free_;
+  std::vector<Flight> flights_;
+  std::vector<Message> inbox_, outbox_;
+  std::uint64_t next_job_id_ = 1;
+  std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0;
+  double slowdown_sum_ = 0, response_sum_ = 0, long_sum_ = 0, moved_sum_ = 0;
+  std::uint64_t long_done_ = 0, moved_done_ = 0;
+  double next_view_sample_ = 60;
+  double view_age_sum_ = 0;
+  std::uint64_t view_entries_ = 0, view_samples_ = 0;
+};
+
+}  // namespace
+
+std::string ToString(Policy policy) {
+  switch (policy) {
+    case Policy::kNone:
+      return "none";
+    case Policy::kRandom:
+      return "random";
+    case Policy::kLeastLoaded:
+      return "least-loaded";
+    case Policy::kTern:
+      return "tern";
+    case Policy::kAgeOnly:
+      return "age-only";
+  }
+  return "?";
+}
+
+bool ParsePolicy(const std::string& name, Policy& policy) {
+  for (auto p :
+       {Policy::kNone, Policy::kRandom, Policy::kLeastLoaded, Policy::kTern, Policy::kAgeOnly}) {
+    if (ToString(p) == name) {
+      policy = p;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::size_t EstimateEntryBytes(int jobs) {
+  // {"load":{...22 fields...},"age_ms":N,"dead":false}: ~520 bytes with real names, addresses
+  // and figures; each job {"job_id":...,"cpu_share":...,...,"peers":[]} ~140 more.
+  return 520 + 140 * static_cast<std::size_t>(std::max(0, jobs));
+}
+
+SimResult RunSim(const SimOptions& options, Policy policy) {
+  Sim sim(options, policy);
+  return sim.Run();
+}
+
+}  // namespace tern::sim

@@ -1,0 +1,280 @@
+#include "tern/balancer/gossip.hpp"
+
+#include <algorithm>
+#include <iterator>
+
+namespace tern::balancer {
+
+Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
+  if (options_.window == 0) options_.window = 1;
+}
+
+void Gossip::SetLocal(LoadVector self, Millis now) {
+  self.node_id = options_.self_id;
+  self_ = Entry{std::move(self), now, false, Millis{0}, Millis{0}};
+}
+
+void Gossip::Untop(std::uint64_t id) {
+  auto it =
+      std::find_if(top_.begin(), top_.end(), [&](const Key& key) { return key.second == id; });
+  if (it != top_.end()) top_.erase(it);
+}
+
+void Gossip::Rebuild() const {
+  top_.clear();
+  for (const auto& entry : slots_) {
+    if (!entry.dead) top_.emplace_back(entry.key(), entry.load.node_id);
+  }
+  const std::size_t keep = std::min(top_.size(), TopCapacity());
+  top_all_ = keep == top_.size();
+  std::partial_sort(top_.begin(), top_.begin() + static_cast<std::ptrdiff_t>(keep), top_.end(),
+                    std::greater<>());
+  top_.resize(keep);
+}
+
+void Gossip::Touch(std::uint64_t id, const Entry& entry) {
+  Untop(id);
+  if (entry.dead) return;
+  const Key key{entry.key(), id};
+  if (!top_all_ && top_.empty()) {
+    Rebuild();
+    return;
+  }
+  if (!top_all_ && key < top_.back()) return;  // older than every entry kept: stays out
+  top_.insert(std::upper_bound(top_.begin(), top_.end(), key, std::greater<>()), key);
+  if (top_.size() > TopCapacity()) {
+    top_.pop_back();
+    top_all_ = false;
+  }
+}
+
+void Gossip::Store(std::uint64_t id, Entry entry) {
+  const Millis key = entry.key();
+  std::uint32_t slot;
+  if (auto* found = index_.Find(id)) {
+    slot = *found;
+    slots_[slot] = std::move(entry);
+    slot_keys_[slot] = key;
+  } else {
+    slot = static_cast<std::uint32_t>(slots_.size());
+    index_.Insert(id, slot);
+    slots_.push_back(std::move(entry));
+    slot_keys_.push_back(key);
+  }
+  next_sweep_ = std::min(next_sweep_, key + options_.max_age);
+  const Entry& stored = slots_[slot];
+  auto news = std::find(dead_news_.begin(), dead_news_.end(), id);
+  if (stored.dead && news == dead_news_.end()) dead_news_.push_back(id);
+  if (!stored.dead && news != dead_news_.end()) dead_news_.erase(news);
+  Touch(id, stored);
+}
+
+void Gossip::Remove(std::uint32_t slot) {
+  const auto id = slots_[slot].load.node_id;
+  index_.Erase(id);
+  Untop(id);
+  std::erase(dead_news_, id);
+  const auto last = static_cast<std::uint32_t>(slots_.size() - 1);
+  if (slot != last) {
+    slots_[slot] = std::move(slots_[last]);
+    slot_keys_[slot] = slot_keys_[last];
+    index_.Insert(slots_[slot].load.node_id, slot);
+  }
+  slots_.pop_back();
+  slot_keys_.pop_back();
+}
+
+std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
+                                           const std::vector<GossipEntry>& entries, Millis now) {
+  std::vector<std::string> rejected;
+  if (entries.size() > kMaxEntries) {
+    rejected.push_back("window of " + std::to_string(entries.size()) + " entries from node " +
+                       std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")");
+    return rejected;
+  }
+  for (const auto& incoming : entries) {
+    const auto id = incoming.load.node_id;
+    if (auto why = Implausible(incoming.load); !why.empty()) {
+      rejected.push_back("entry about node " + std::to_string(id) + " from node " +
+                         std::to_string(from) + ": " + why);
+      continue;
+    }
+    if (incoming.age < Millis{0}) {
+      rejected.push_back("entry about node " + std::to_string(id) + " from node " +
+                         std::to_string(from) + ": age " + std::to_string(incoming.age.count()) +
+                         " ms is in the future");
+      continue;
+    }
+    if (id == options_.self_id) continue;
+    if (incoming.age > options_.max_age) continue;  // expired on the way: nothing to learn
+    const Millis when = now - incoming.age;         // sampled, or for a notice, seen dead
+    auto* slot = index_.Find(id);
+    if (!slot) {
+      Store(id, Entry{incoming.load, when, incoming.dead, when, now});
+      continue;
+    }
+    Entry& known = slots_[*slot];
+    if (incoming.dead) {
+      if (!known.dead && known.born > when) continue;  // sampled after the death: alive
+      if (known.dead && incoming.load.seq <= known.load.seq) continue;
+      Entry updated{incoming.load.seq > known.load.seq ? incoming.load : known.load, known.born,
+                    true, known.dead ? known.dead_since : when,
+                    known.dead ? known.news_since : now};
+      Store(id, std::move(updated));
+    } else if (known.dead) {
+      if (when <= known.dead_since || incoming.load.seq < known.load.seq) continue;
+      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});  // it came back
+    } else if (incoming.load.seq > known.load.seq) {
+      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});
+    } else if (incoming.load.seq == known.load.seq && when > known.born) {
+      // The same sample, a fresher copy: only its age changes.
+      known.born = when;
+      slot_keys_[*slot] = when;
+      Touch(id, known);
+    }
+  }
+  return rejected;
+}
+
+void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
+  auto* slot = index_.Find(node_id);
+  if (!slot || slots_[*slot].dead) return;
+  Entry updated = slots_[*slot];
+  updated.dead = true;
+  updated.dead_since = now;
+  updated.news_since = now;
+  Store(node_id, std::move(updated));
+}
+
+void Gossip::OnNodeAlive(std::uint64_t node_id, Millis) {
+  auto* slot = index_.Find(node_id);
+  if (!slot || !slots_[*slot].dead) return;
+  Entry updated = slots_[*slot];
+  updated.dead = false;
+  Store(node_id, std::move(updated));
+}
+
+void Gossip::Expire(Millis now) {
+  // next_sweep_ is when the oldest entry expires: most ticks skip the sweep.
+  if (now > next_sweep_) {
+    Millis oldest = Millis::max();
+    for (std::size_t slot = 0; slot < slot_keys_.size();) {
+      if (now - slot_keys_[slot] > options_.max_age) {
+        Remove(static_cast<std::uint32_t>(slot));  // the last moves here: look again
+        continue;
+      }
+      oldest = std::min(oldest, slot_keys_[slot]);
+      ++slot;
+    }
+    next_sweep_ = oldest == Millis::max() ? Millis::max() : oldest + options_.max_age;
+  }
+  // Old news stops spreading; the entry itself stays (dead) until it expires.
+  std::erase_if(dead_news_, [&](std::uint64_t id) {
+    const auto* slot = index_.Find(id);
+    return !slot || now - slots_[*slot].news_since >= options_.dead_news_for;
+  });
+}
+
+GossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
+  return GossipEntry{entry.load, std::max(Millis{0}, now - entry.key()), entry.dead};
+}
+
+std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
+                                     std::mt19937_64& rng) {
+  Expire(now);
+  std::vector<GossipSend> sends;
+  if (candidates.empty()) return sends;
+  // Distinct random peers without copying the candidate list: its size may be the cluster's.
+  std::vector<std::uint64_t> peers;
+  std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
+  for (std::size_t tries = 0; peers.size() < options_.fanout && tries < 4 * options_.fanout + 8;
+       ++tries) {
+    const auto peer = candidates[pick(rng)];
+    if (peer == options_.self_id || std::find(peers.begin(), peers.end(), peer) != peers.end()) {
+      continue;
+    }
+    peers.push_back(peer);
+  }
+  // Dead news, newest first.
+  std::vector<std::pair<Millis, std::uint32_t>> news;
+  for (auto id : dead_news_) {
+    const auto slot = *index_.Find(id);
+    news.emplace_back(slots_[slot].news_since, slot);
+  }
+  std::sort(news.begin(), news.end(), std::greater<>());
+  if (top_.size() < options_.window + 1 && !top_all_) Rebuild();
+  for (const auto to : peers) {
+    GossipSend send{to, {}};
+    auto& window = send.entries;
+    window.reserve(options_.window);
+    if (self_) window.push_back(ToWire(*self_, now));
+    for (const auto& [since, slot] : news) {
+      if (window.size() >= options_.window) break;
+      if (slots_[slot].load.node_id != to) window.push_back(ToWire(slots_[slot], now));
+    }
+    for (const auto& [key, id] : top_) {
+      if (window.size() >= options_.window || now - key > options_.max_age) break;
+      if (id == to) continue;  // the receiver knows its own load
+      window.push_back(ToWire(slots_[*index_.Find(id)], now));
+    }
+    sends.push_back(std::move(send));
+  }
+  return sends;
+}
+
+std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
+  std::vector<ViewEntry> view;
+  view.reserve(slots_.size() + 1);
+  if (self_) view.push_back(ViewEntry{self_->load, now - self_->born, false});
+  const auto first_other = view.size();
+  for (const auto& entry : slots_) {
+    if (now - entry.key() > options_.max_age) continue;
+    view.push_back(ViewEntry{entry.load, now - entry.born, entry.dead});
+  }
+  std::sort(view.begin() + static_cast<std::ptrdiff_t>(first_other), view.end(),
+            [](const ViewEntry& a, const ViewEntry& b) { return a.load.node_id < b.load.node_id; });
+  return view;
+}
+
+std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) const {
+  if (node_id == options_.self_id) {
+    if (!self_) return std::nullopt;
+    return ViewEntry{self_->load, now - self_->born, false};
+  }
+  const auto* slot = index_.Find(node_id);
+  if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
+  const Entry& entry = slots_[*slot];
+  return ViewEntry{entry.load, now - entry.born, entry.dead};
+}
+
+std::size_t Gossip::size() const { return slots_.size() + (self_ ? 1 : 0); }
+
+std::vector<Gossip::ViewEntry> Gossip::Freshest(Millis now, std::size_t n) const {
+  std::vector<ViewEntry> out;
+  out.reserve(n);
+  if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
+    Rebuild();
+    if (n > TopCapacity()) {
+      // More than the kept top: sort them all (rare; the balancer asks for a window's worth).
+      std::vector<Key> all;
+      for (const auto& entry : slots_) {
+        if (!entry.dead) all.emplace_back(entry.key(), entry.load.node_id);
+      }
+      std::sort(all.begin(), all.end(), std::greater<>());
+      for (const auto& [key, id] : all) {
+        if (out.size() >= n || now - key > options_.max_age) break;
+        const Entry& entry = slots_[*index_.Find(id)];
+        out.push_back(ViewEntry{entry.load, now - entry.born, false});
+      }
+      return out;
+    }
+  }
+  for (const auto& [key, id] : top_) {
+    if (out.size() >= n || now - key > options_.max_age) break;
+    const Entry& entry = slots_[*index_.Find(id)];
+    out.push_back(ViewEntry{entry.load, now - entry.born, false});
+  }
+  return out;
+}
+
+}  // namespace tern::balancer
