@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -285,9 +286,14 @@ TEST(TaskstatsRootTest, CountsThisThreadsCpuTime) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
   volatile std::uint64_t spin = 0;
   while (std::chrono::steady_clock::now() < until) spin = spin + 1;
+  timespec used{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &used);
+  const auto used_ns = static_cast<std::uint64_t>(used.tv_sec) * 1'000'000'000u +
+                       static_cast<std::uint64_t>(used.tv_nsec);
   auto usage = taskstats->Get(static_cast<pid_t>(::gettid()));
   ASSERT_TRUE(usage) << usage.error().message;
-  EXPECT_GE(usage->cpu_ns, 200'000'000u);
+  EXPECT_GE(usage->cpu_ns, used_ns * 9 / 10);
+  EXPECT_LE(usage->cpu_ns, used_ns + 100'000'000u);
   EXPECT_GT(usage->hiwater_rss_bytes, 0u);
   EXPECT_FALSE(taskstats->Get(0x3fffffff)) << "a task that does not exist is an error";
 }
