@@ -4,9 +4,10 @@
 // `runnable` is the job's CPU demand where `cpu_share` is only what it got.
 //
 // A job is the process tree in its own PID namespace (its tern-init is PID 1 there); one scan
-// of /proc per sample finds every job's processes. CPU time and I/O bytes come from taskstats
-// (generic netlink) when it is usable here, else from /proc/PID/stat and /proc/PID/io; RSS
-// always from /proc/PID/statm (taskstats has only the high-water mark). source() says which.
+// of /proc per sample finds every job's processes. I/O bytes come from taskstats (generic
+// netlink) when it is usable here, else from /proc/PID/io; CPU time from /proc/PID/stat (steady
+// where taskstats' per-task CPU figures were seen to jump); RSS from /proc/PID/statm (taskstats
+// has only the high-water mark). source() says which.
 //
 // Contract: Sample() never fails; a job whose processes vanish mid-sample is counted with what
 // was read. Rates are over the time since the job's previous sample (0 at its first); runnable

@@ -80,7 +80,9 @@ Expected<TaskUsage> Taskstats::Get(pid_t tid) {
   }
   if (!reply.got) return Fail("taskstats of " + std::to_string(tid) + ": no statistics in reply");
   TaskUsage usage;
-  usage.cpu_ns = reply.stats.cpu_run_real_total;
+  // ac_utime + ac_stime, not cpu_run_real_total: the latter is the scheduler's raw sum, stale
+  // while the task runs (a busy job under a CPU quota read 0 and 0.97 CPU in turns).
+  usage.cpu_ns = (reply.stats.ac_utime + reply.stats.ac_stime) * 1000;
   usage.io_bytes = reply.stats.read_char + reply.stats.write_char;
   usage.hiwater_rss_bytes = reply.stats.hiwater_rss * 1024;
   return usage;
