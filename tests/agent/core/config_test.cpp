@@ -16,6 +16,7 @@ TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   EXPECT_EQ(config->suspect_after.count(), 3000);
   EXPECT_EQ(config->dead_after.count(), 10000);
   EXPECT_EQ(config->cancel_grace.count(), 5000);
+  EXPECT_EQ(config->cgroup, "");
 }
 
 TEST(ConfigTest, ReadsEverySection) {
@@ -23,6 +24,7 @@ TEST(ConfigTest, ReadsEverySection) {
 [node]
 name = "node7"
 state_dir = "/tmp/s"
+cgroup = "tern-node7"
 [api]
 unix_socket = "/tmp/s.sock"
 listen = ""
@@ -42,12 +44,19 @@ level = "debug"
                             "test.toml");
   ASSERT_TRUE(config) << config.error().message;
   EXPECT_EQ(config->node_name, "node7");
+  EXPECT_EQ(config->cgroup, "tern-node7");
   EXPECT_EQ(config->api_listen, "");
   EXPECT_EQ(config->seeds.size(), 2u);
   EXPECT_EQ(config->secret, "s3cret");
   EXPECT_EQ(config->heartbeat.count(), 250);
   EXPECT_EQ(config->cancel_grace.count(), 100);
   EXPECT_EQ(config->log_level, "debug");
+}
+
+TEST(ConfigTest, CgroupThatClimbsOutIsRefused) {
+  auto config = ParseConfig("[node]\ncgroup = \"../escape\"\n", "test.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("[node] cgroup"), std::string::npos);
 }
 
 TEST(ConfigTest, WrongTypeNamesFileSectionAndKey) {

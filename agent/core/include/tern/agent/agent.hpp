@@ -29,6 +29,8 @@ class HttpServer;
 namespace tern::agent {
 
 class AgentApi;
+class JobUsageSampler;
+class NodeCgroup;
 class Cluster;
 class EventBus;
 class IpcService;
@@ -52,6 +54,8 @@ class Agent {
   NodeIdentity identity_;
   HostLoadSampler sampler_;
   HostLoad last_host_load_;
+  std::unique_ptr<NodeCgroup> node_cgroup_;  // null: no [node] cgroup, or it cannot be used
+  std::unique_ptr<JobUsageSampler> job_usage_;
   std::unique_ptr<EventBus> events_;
   std::unique_ptr<IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
