@@ -184,7 +184,10 @@ void Cluster::ManageLinks() {
   for (auto node_id : budget_.Tick(now)) {
     auto found = links_.find(node_id);
     if (found == links_.end() || found->second.state != Link::State::kUp) continue;
-    if (HasPendingCalls(node_id)) continue;
+    if (HasPendingCalls(node_id)) {
+      budget_.OnUse(node_id, now);  // Tick forgot it; it stays open
+      continue;
+    }
     spdlog::debug("link to {} idle: asking to close it", NameOf(node_id));
     SendLinkIdle(node_id, "ask");
     found->second.state = Link::State::kClosing;
