@@ -32,7 +32,9 @@ void MembershipView::Evaluate(Member& member, Millis now, Actions& actions) {
   const Millis silent = now - member.info.last_heard;
   if (silent >= options_.dead_after) {
     SetState(member, MemberState::kDead, actions);
-  } else if (silent >= options_.suspect_after || member.info.last_heard < member.broken_at) {
+  } else if (silent >=
+                 options_.suspect_after + (member.direct ? Millis{0} : options_.gossip_grace) ||
+             member.info.last_heard < member.broken_at) {
     if (member.info.state == MemberState::kAlive) SetState(member, MemberState::kSuspect, actions);
   } else {
     SetState(member, MemberState::kAlive, actions);
@@ -50,6 +52,7 @@ MembershipView::Actions MembershipView::OnPeerUp(const MemberIdentity& peer, Mil
   if (!peer.address.empty()) member.info.address = peer.address;
   if (!peer.api_address.empty()) member.info.api_address = peer.api_address;
   member.info.last_heard = now;
+  member.direct = true;
   Evaluate(member, now, actions);
   return actions;
 }
@@ -59,6 +62,7 @@ MembershipView::Actions MembershipView::OnHeartbeat(std::uint64_t node_id, Milli
   auto found = members_.find(node_id);
   if (found == members_.end() || node_id == options_.self.node_id) return actions;
   found->second.info.last_heard = now;
+  found->second.direct = true;
   Evaluate(found->second, now, actions);
   return actions;
 }
@@ -87,7 +91,10 @@ MembershipView::Actions MembershipView::OnGossipEntry(const MemberIdentity& who,
   if (!who.name.empty()) member.info.name = who.name;
   if (!who.address.empty()) member.info.address = who.address;
   if (!who.api_address.empty()) member.info.api_address = who.api_address;
-  if (!dead && sampled_at > member.info.last_heard) member.info.last_heard = sampled_at;
+  if (!dead && sampled_at > member.info.last_heard) {
+    member.info.last_heard = sampled_at;
+    member.direct = false;
+  }
   if (dead && now - member.info.last_heard >= options_.suspect_after) {
     SetState(member, MemberState::kDead, actions);
     return actions;

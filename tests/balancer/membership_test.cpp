@@ -129,5 +129,23 @@ TEST(MembershipTest, UnknownNodesInEventsAreIgnored) {
   EXPECT_EQ(view.Members().size(), 1u);
 }
 
+TEST(MembershipTest, GossipOnlyNewsGetsAGraceBeforeSuspectNotBeforeDead) {
+  auto options = Options();
+  options.gossip_grace = milliseconds(4000);
+  MembershipView view(options);
+  view.OnGossipEntry({3, "node3", "10.0.0.3:7071", ""}, milliseconds(1000), false,
+                     milliseconds(1000));
+  view.Tick(milliseconds(7999));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kAlive);  // 7 s: news may just be late
+  view.Tick(milliseconds(8000));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kSuspect);
+  view.Tick(milliseconds(11000));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kDead);
+  // A member heard directly (a frame on a link) gets no grace.
+  view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(20000));
+  view.Tick(milliseconds(23000));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
+}
+
 }  // namespace
 }  // namespace tern::balancer

@@ -24,6 +24,13 @@ std::size_t PayloadBytes(const std::vector<ipc::Frame>& frames) {
   return bytes;
 }
 
+// Push gossip to one random peer a round brings a node's news to another in a few rounds, now
+// and then more (measured on 6 nodes: news over 3 s old a few times a minute). Four rounds of
+// grace keep suspect for real silence; dead_after is not moved.
+std::chrono::milliseconds GossipGrace(const AgentConfig& config) {
+  return std::min(config.heartbeat * 4, (config.dead_after - config.suspect_after) / 2);
+}
+
 }  // namespace
 
 Cluster::Cluster(boost::asio::io_context& io, const AgentConfig& config, NodeIdentity self)
@@ -35,7 +42,8 @@ Cluster::Cluster(boost::asio::io_context& io, const AgentConfig& config, NodeIde
                                                        .address = config.cluster_advertise,
                                                        .api_address = config.api_listen},
                                               .suspect_after = config.suspect_after,
-                                              .dead_after = config.dead_after}),
+                                              .dead_after = config.dead_after,
+                                              .gossip_grace = GossipGrace(config)}),
       gossip_(balancer::GossipOptions{
           .self_id = self_.id,
           .window = config.gossip_window,

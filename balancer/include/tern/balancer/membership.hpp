@@ -59,6 +59,9 @@ struct MembershipOptions {
   MemberIdentity self;
   std::chrono::milliseconds suspect_after{3000};
   std::chrono::milliseconds dead_after{10000};
+  // Gossip news is late by a few rounds (push gossip to random peers): a member whose freshest
+  // sign came only through gossip turns suspect this much later (dead_after is unchanged).
+  std::chrono::milliseconds gossip_grace{0};
 };
 
 class MembershipView {
@@ -83,6 +86,7 @@ class MembershipView {
   struct Member {
     MemberInfo info;
     Millis broken_at{-1'000'000'000};  // the last link break: older signs do not revive
+    bool direct = false;               // last_heard came from a frame or link, not gossip
   };
 
   void SetState(Member& member, MemberState to, Actions& actions);
