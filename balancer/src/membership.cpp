@@ -106,6 +106,10 @@ MembershipView::Actions MembershipView::OnGossipEntry(const MemberIdentity& who,
   return actions;
 }
 
+void MembershipView::OnLinkIdleClosed(std::uint64_t node_id) {
+  if (auto found = members_.find(node_id); found != members_.end()) found->second.direct = false;
+}
+
 MembershipView::Actions MembershipView::Tick(Millis now) {
   Actions actions;
   for (auto& [id, member] : members_) {

@@ -145,6 +145,11 @@ TEST(MembershipTest, GossipOnlyNewsGetsAGraceBeforeSuspectNotBeforeDead) {
   view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(20000));
   view.Tick(milliseconds(23000));
   EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
+  // ... until its link closes by agreement: then its news comes by gossip, with the grace.
+  view.OnHeartbeat(2, milliseconds(24000));
+  view.OnLinkIdleClosed(2);
+  view.Tick(milliseconds(30999));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
 }
 
 }  // namespace

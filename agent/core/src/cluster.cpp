@@ -327,6 +327,7 @@ void Cluster::OnPeerDown(std::uint64_t node_id, const std::string& reason) {
     spdlog::info("closed the idle link to {}", NameOf(node_id));
     ++traffic_.links_closed_idle;
     link.state = Link::State::kNone;
+    membership_.OnLinkIdleClosed(node_id);
     if (!link.queued.empty() && !Open(node_id, link)) {
       GiveUp(node_id, link, "node " + NameOf(node_id) + " is gone");
     }

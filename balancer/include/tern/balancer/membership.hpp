@@ -74,6 +74,9 @@ class MembershipView {
   Actions OnPeerUp(const MemberIdentity& peer, Millis now);
   Actions OnHeartbeat(std::uint64_t node_id, Millis now);
   Actions OnPeerDown(std::uint64_t node_id, Millis now);
+  // The link to it was closed by agreement (idle): not a failure, but from now on its news
+  // comes through gossip only (and gets gossip_grace).
+  void OnLinkIdleClosed(std::uint64_t node_id);
   // A gossip entry about `member`, sampled at `sampled_at` on our clock (now - its age);
   // `dead`: a death notice.
   Actions OnGossipEntry(const MemberIdentity& member, Millis sampled_at, bool dead, Millis now);
