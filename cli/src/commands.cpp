@@ -255,7 +255,7 @@ int Nodes(Context& context, Output output) {
     context.out << (*body)["nodes"].dump(2) << "\n";
     return 0;
   }
-  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "DEMAND/CPUS", "MEM USED/LIMIT", "JOBS"});
+  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "DEMAND/CPUS", "MEM USED/LIMIT", "JOBS", "AGE"});
   for (const auto& node : (*body)["nodes"]) {
     char load[16];
     std::snprintf(load, sizeof load, "%.2f", Num(node, "load"));
@@ -270,8 +270,12 @@ int Nodes(Context& context, Output output) {
                                    ? bytes("mem_used_bytes") + "/" + bytes("mem_limit_bytes")
                                    : bytes("mem_free_bytes") + " free/" + bytes("mem_total_bytes");
     const bool self = node.value("self", false);
+    // How old this agent's news of the node is (gossip): "-" when it has none.
+    char age[16] = "-";
+    if (node.contains("age_ms"))
+      std::snprintf(age, sizeof age, "%.1fs", Num(node, "age_ms") / 1000);
     table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), Str(node, "state"),
-               load, cpu, memory, Str(node, "jobs")});
+               load, cpu, memory, Str(node, "jobs"), age});
   }
   context.out << table.Render();
   return 0;
