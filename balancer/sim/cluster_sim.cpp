@@ -186,7 +186,9 @@ class Sim {
 
   void Submit(const JobSpec& spec, Millis now) {
     std::uint32_t target = spec.origin;
-    if (policy_ == Policy::kRandom) {
+    if (spec.explicit_node) {
+      // Placed by the user: every policy starts it where it was submitted.
+    } else if (policy_ == Policy::kRandom) {
       target = static_cast<std::uint32_t>(rng_() % nodes_.size());
     } else if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
       auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, now), now);

@@ -49,7 +49,7 @@ struct SimResult {
   std::uint64_t jobs_done = 0;
   std::uint64_t jobs_started = 0;
   double mean_slowdown = 0;
-  double mean_slowdown_long = 0;  // jobs of more than 10 s of work
+  double mean_slowdown_long = 0;   // jobs of more than 10 s of work
   double mean_slowdown_moved = 0;  // jobs that moved at least once
   std::uint64_t jobs_moved = 0;
   double mean_response_s = 0;

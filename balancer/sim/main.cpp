@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
   app.add_option("--hours", options.hours, "simulated time")->check(CLI::PositiveNumber);
   app.add_option("--load", options.workload.load, "target utilisation (offered work/capacity)")
       ->check(CLI::Range(0.01, 2.0));
+  app.add_option("--explicit", options.workload.explicit_node,
+                 "fraction of jobs submitted with --node (no placement; only migration moves them)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", options.workload.seed, "workload and randomness seed");
   app.add_option("--policies", policies,
                  "comma-separated: none, random, least-loaded, tern, age-only");

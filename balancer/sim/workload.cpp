@@ -56,6 +56,9 @@ void Workload::Arrivals(double from, double to, std::vector<JobSpec>& out) {
       job.rss_bytes =
           static_cast<std::uint64_t>(std::min(rss(rng_), options_.rss_max_mib) * (1 << 20));
       job.origin = static_cast<std::uint32_t>(rng_() % nodes_.size());
+      // Drawn only when asked for, so that the default workload stays the same.
+      job.explicit_node = options_.explicit_node > 0 && std::uniform_real_distribution<double>(
+                                                            0, 1)(rng_) < options_.explicit_node;
       out.push_back(job);
     }
     next_arrival_ += gap(rng_);

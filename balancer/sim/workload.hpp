@@ -24,6 +24,7 @@ struct WorkloadOptions {
   double rss_median_mib = 64;
   double rss_sigma = 1.2;  // of ln(rss)
   double rss_max_mib = 4096;
+  double explicit_node = 0;  // fraction of jobs submitted with --node: placement cannot move them
   std::uint64_t seed = 1;
 };
 
@@ -39,7 +40,8 @@ struct JobSpec {
   double arrival_s = 0;
   double work_s = 0;  // CPU seconds on the reference CPU
   std::uint64_t rss_bytes = 0;
-  std::uint32_t origin = 0;  // node index it is submitted on
+  std::uint32_t origin = 0;    // node index it is submitted on
+  bool explicit_node = false;  // `tern submit --node`: starts on `origin` whatever the policy
 };
 
 class Workload {
