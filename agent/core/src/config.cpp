@@ -52,7 +52,7 @@ class TableReader {
   void Bool(const char* section, const char* key, bool& out) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
-    if (auto value = node->value<bool>()) {
+    if (auto value = node->value_exact<bool>()) {
       out = *value;
     } else {
       Complain(section, key, "must be true or false");
@@ -62,7 +62,7 @@ class TableReader {
   void Int(const char* section, const char* key, int& out, int min, int max) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
-    auto value = node->value<int64_t>();
+    auto value = node->value_exact<int64_t>();
     if (!value || *value < min || *value > max) {
       Complain(section, key,
                ("must be a whole number from " + std::to_string(min) + " to " + std::to_string(max))
