@@ -15,6 +15,9 @@
 //    load gap to exceed `imbalance` and the gain to exceed min_gain_ratio x cost. IPC affinity
 //    counts: talking jobs are pulled together, not apart. Pinned and refused jobs are skipped
 //    with their reason.
+//  - Information about a node is fresh for 5 x interval; staler nodes are not chosen.
+//  - Reasons of SkipNotes do not change from one call to the next while nothing changes, so the
+//    driver can report each once.
 //
 // Thread-safety: not thread-safe; driven from one thread.
 #pragma once
@@ -22,6 +25,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -113,8 +117,28 @@ class Balancer {
   const BalancerOptions& options() const { return options_; }
 
  private:
+  // Load this balancer sent to a node (a placement, a move) that the node's information may not
+  // show yet: counted until information sampled after `at` arrives.
+  struct Planned {
+    std::uint64_t node = 0;
+    double demand = 0;
+    std::int64_t rss_bytes = 0;
+    Millis at{0};
+    bool in_flight = false;  // a move not ended yet: counted whatever the information's age
+    bool outgoing = false;   // the source's side of a move: negative demand and memory
+  };
+  struct Candidate;
+
+  void Prune(const std::vector<NodeState>& view, Millis now);
+  double PlannedDemand(const NodeState& node, Millis now) const;
+  std::int64_t PlannedMemory(const NodeState& node, Millis now) const;
+  bool Fresh(const NodeState& node) const;
+  std::optional<std::string> Held(const LocalJob& job, Millis now) const;
+
   BalancerOptions options_;
-  // Implementation state (recent moves, failures, planned load per node) is the implementer's.
+  std::multimap<std::string, Planned> planned_;  // by job ("" for placements)
+  std::map<std::string, Millis> arrived_;        // job -> when it arrived here (or moved)
+  std::map<std::string, Millis> failed_;         // job -> when its last move failed
 };
 
 }  // namespace tern::balancer

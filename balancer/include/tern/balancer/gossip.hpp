@@ -7,10 +7,15 @@
 // Contract:
 //  - Per origin node the entry with the highest seq wins; an equal seq with a smaller age
 //    refreshes the age. Entries whose age exceeds max_age are dropped (also by View/Tick).
-//  - OnReceive drops implausible entries (Implausible() in load_vector.hpp), entries about self,
-//    and windows longer than kMaxEntries, and returns one line per rejection for the log.
-//  - Tick's windows hold at most `window` entries: death notices younger than dead_news_for
-//    first, then the freshest entries, the own entry always.
+//  - OnReceive drops implausible entries (Implausible() in load_vector.hpp), entries with a
+//    negative (future) age, and windows longer than kMaxEntries, and returns one line per
+//    rejection for the log. Entries about self are ignored silently: the own entry coming back
+//    is normal.
+//  - A death notice (dead = true; its `age` is the time since the death was seen, not the load's
+//    age) marks dead every entry about that node sampled before the death was seen; an entry
+//    sampled after it (the node came back) clears it. Dead entries stay in View() (dead = true)
+//    until max_age after the death, and each agent passes the news on, first in its windows,
+//    for dead_news_for after it learned it.
 //
 // Thread-safety: not thread-safe; driven from one thread.
 #pragma once
@@ -19,7 +24,10 @@
 #include <cstdint>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "tern/balancer/load_vector.hpp"
@@ -27,9 +35,11 @@
 namespace tern::balancer {
 
 struct GossipEntry {
-  LoadVector load;                   // seq orders the vectors of one origin
-  std::chrono::milliseconds age{0};  // how old `load` was when the message was sent
-  bool dead = false;                 // death notice: the sender's membership saw it die
+  LoadVector load;  // seq orders the vectors of one origin
+  // How old `load` was when the message was sent; for a death notice, how long ago the death
+  // was seen (a receiver that has a sample of the node taken after that knows it is alive).
+  std::chrono::milliseconds age{0};
+  bool dead = false;  // death notice: the sender's membership saw it die
 };
 
 struct GossipSend {
@@ -70,15 +80,31 @@ class Gossip {
   std::optional<ViewEntry> Get(std::uint64_t node_id, Millis now) const;
   std::size_t size() const;
 
+  // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
+  // the cluster a Balancer decides on, as MOSIX decides on its load window.
+  std::vector<ViewEntry> Freshest(Millis now, std::size_t n) const;
+  const GossipOptions& options() const { return options_; }
+
  private:
   struct Entry {
     LoadVector load;
     Millis born{0};  // now - age when received: the sample's time on this agent's clock
     bool dead = false;
-    Millis dead_since{0};
+    Millis dead_since{0};  // when the death was seen, on this agent's clock
+    Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
+    Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
   };
+  using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
+
+  void Expire(Millis now);
+  void Store(std::uint64_t id, Entry entry);
+  GossipEntry ToWire(const Entry& entry, Millis now) const;
+
   GossipOptions options_;
-  std::vector<Entry> entries_;  // implementation's choice; may change
+  std::optional<Entry> self_;
+  std::unordered_map<std::uint64_t, Entry> entries_;      // others, by node id
+  std::set<Key> by_news_;                                 // the same entries, oldest news first
+  std::set<std::pair<Millis, std::uint64_t>> dead_news_;  // (news_since, id) still spreading
 };
 
 }  // namespace tern::balancer

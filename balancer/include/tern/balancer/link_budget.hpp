@@ -4,7 +4,9 @@
 //
 // Contract: Tick() returns the links to close: those idle for `idle_after` while more than
 // `max_links` are open, least recently used first, never one that is held (Hold/Release count:
-// a migration in flight, pending API calls).
+// a migration in flight, pending API calls), and forgets them (the caller closes them; a later
+// OnClosed for them is harmless). OnUse of a link not known counts it as open. Holds may come
+// before the link opens.
 //
 // Thread-safety: not thread-safe; driven from one thread.
 #pragma once
@@ -32,11 +34,11 @@ class LinkBudget {
  private:
   struct Link {
     Millis last_used{0};
-    int holds = 0;
   };
   std::size_t max_links_;
   Millis idle_after_;
   std::map<std::uint64_t, Link> links_;
+  std::map<std::uint64_t, int> holds_;  // apart from links_: a hold may precede the link
 };
 
 }  // namespace tern::balancer

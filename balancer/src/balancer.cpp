@@ -1,0 +1,381 @@
+#include "tern/balancer/balancer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <unordered_map>
+
+namespace tern::balancer {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+double Speed(const NodeState& node) { return node.speed > 0 ? node.speed : 1.0; }
+// A peer of an older version sends no capacity: one CPU of its speed.
+double Capacity(const NodeState& node) { return node.capacity > 0 ? node.capacity : Speed(node); }
+// CPUs a job wants: its runnable tasks, or what it used when that is not known.
+double Wants(const LocalJob& job) { return job.runnable > 0 ? job.runnable : job.cpu_share; }
+// Progress per wanted CPU (reference CPUs) on `node` when its jobs want `demand` CPUs: its speed
+// while it is not crowded, its share of the capacity when it is.
+double Rate(const NodeState& node, double demand) {
+  return demand <= 0 ? Speed(node) : std::min(Speed(node), Capacity(node) / demand);
+}
+
+std::string Fixed(double value, int precision = 1) {
+  std::ostringstream out;
+  out.setf(std::ios::fixed);
+  out.precision(precision);
+  out << value;
+  return out.str();
+}
+
+std::string Name(const NodeState& node) {
+  return node.name.empty() ? "node " + std::to_string(node.id) : node.name;
+}
+
+std::string Mib(std::uint64_t bytes) {
+  return Fixed(static_cast<double>(bytes) / kMiB, 0) + " MiB";
+}
+
+std::string Seconds(double seconds) { return Fixed(seconds, seconds < 10 ? 1 : 0) + " s"; }
+
+}  // namespace
+
+struct Balancer::Candidate {
+  const LocalJob* job = nullptr;
+  const NodeState* to = nullptr;
+  double cpu_gain = 0;
+  double affinity_gain = 0;
+  double cost = 0;
+  double gain() const { return cpu_gain + affinity_gain; }
+};
+
+Balancer::Balancer(BalancerOptions options) : options_(std::move(options)) {}
+
+bool Balancer::Fresh(const NodeState& node) const {
+  return node.self || node.age <= 5 * options_.interval;
+}
+
+void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
+  std::unordered_map<std::uint64_t, const NodeState*> by_id;
+  for (const auto& node : view) by_id[node.id] = &node;
+  const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
+  std::erase_if(planned_, [&](const auto& item) {
+    const Planned& plan = item.second;
+    if (plan.in_flight) return false;
+    if (now - plan.at > forget_after) return true;
+    auto found = by_id.find(plan.node);
+    return found != by_id.end() && now - found->second->age > plan.at;
+  });
+  std::erase_if(arrived_,
+                [&](const auto& item) { return now - item.second >= options_.stay_after_move; });
+  std::erase_if(
+      failed_, [&](const auto& item) { return now - item.second >= options_.retry_after_failure; });
+}
+
+double Balancer::PlannedDemand(const NodeState& node, Millis now) const {
+  double sum = 0;
+  for (const auto& [job, plan] : planned_) {
+    if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) sum += plan.demand;
+  }
+  return sum;
+}
+
+std::int64_t Balancer::PlannedMemory(const NodeState& node, Millis now) const {
+  std::int64_t sum = 0;
+  for (const auto& [job, plan] : planned_) {
+    if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) {
+      sum += plan.rss_bytes;
+    }
+  }
+  return sum;
+}
+
+std::optional<std::string> Balancer::Held(const LocalJob& job, Millis now) const {
+  if (auto found = failed_.find(job.id);
+      found != failed_.end() && now - found->second < options_.retry_after_failure) {
+    return "its last move failed; not retried for " +
+           Seconds(static_cast<double>(options_.retry_after_failure.count()) / 1000) +
+           " (retry_after_failure)";
+  }
+  if (auto found = arrived_.find(job.id);
+      found != arrived_.end() && now - found->second < options_.stay_after_move) {
+    return "it moved less than " +
+           Seconds(static_cast<double>(options_.stay_after_move.count()) / 1000) +
+           " ago (stay_after_move)";
+  }
+  return std::nullopt;
+}
+
+Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
+  Prune(view, now);
+  const NodeState* self = nullptr;
+  const NodeState* best = nullptr;
+  double best_score = 0;
+  double self_score = 0;
+  int fresh = 0;
+  auto demand = [&](const NodeState& node) { return node.demand + PlannedDemand(node, now); };
+  for (const auto& node : view) {
+    if (!node.alive || node.draining || !Fresh(node)) continue;
+    ++fresh;
+    const double score = (demand(node) + 1) / Capacity(node);
+    if (node.self) {
+      self = &node;
+      self_score = score;
+    }
+    if (!best || score < best_score) {
+      best = &node;
+      best_score = score;
+    }
+  }
+  if (!best) return Placement{0, "", "no alive, non-draining node with fresh information"};
+  // The local node on ties: no transfer, and every agent would otherwise herd to one node.
+  if (self && self_score <= best_score + options_.imbalance) best = self;
+  planned_.emplace("", Planned{best->id, 1.0, 0, now, false, false});
+  std::string reason = Name(*best) + " demand " + Fixed(demand(*best) - 1) + " of " +
+                       Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
+                       " fresh nodes";
+  if (best == self) {
+    reason += " (the local node on ties within " + Fixed(options_.imbalance) + " per CPU)";
+  } else if (self) {
+    reason += "; here " + Fixed(demand(*self)) + " of " + Fixed(Capacity(*self));
+  }
+  return Placement{best->id, best->name, reason};
+}
+
+Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector<LocalJob>& jobs,
+                           const MigrationCosts& costs, int outgoing_in_flight, Millis now) {
+  Decisions out;
+  if (!options_.enabled) return out;
+  const NodeState* self = nullptr;
+  for (const auto& node : view) {
+    if (node.self) self = &node;
+  }
+  if (!self) return out;
+  Prune(view, now);
+  const double bytes_per_s = costs.bytes_per_s > 0 ? costs.bytes_per_s : 200e6;
+  const double freeze_s = std::max(0.0, costs.freeze_s);
+  int budget = options_.max_outgoing - outgoing_in_flight;
+
+  // What each node will carry once the moves and placements already planned land.
+  std::unordered_map<std::uint64_t, double> demand;
+  std::unordered_map<std::uint64_t, std::uint64_t> mem_used;
+  std::vector<const NodeState*> targets;
+  for (const auto& node : view) {
+    demand[node.id] = node.demand + PlannedDemand(node, now);
+    mem_used[node.id] = static_cast<std::uint64_t>(std::max<std::int64_t>(
+        0, static_cast<std::int64_t>(node.mem_used_bytes) + PlannedMemory(node, now)));
+    if (!node.self && node.alive && !node.draining && Fresh(node)) targets.push_back(&node);
+  }
+
+  std::vector<const LocalJob*> movable;
+  for (const auto& job : jobs) {
+    bool in_flight = false;
+    for (auto [it, end] = planned_.equal_range(job.id); it != end; ++it) {
+      in_flight = in_flight || it->second.in_flight;
+    }
+    if (in_flight) continue;
+    if (job.pinned) {
+      out.skipped.push_back({job.id, "pinned"});
+    } else if (!job.refused.empty()) {
+      out.skipped.push_back({job.id, "cannot move: " + job.refused});
+    } else {
+      movable.push_back(&job);
+    }
+  }
+
+  auto load_of = [&](const NodeState& node) {
+    return Fixed(demand[node.id]) + " of " + Fixed(Capacity(node)) + " CPU";
+  };
+  auto decide = [&](const LocalJob& job, const NodeState& to, std::string kind,
+                    std::string reason) {
+    MigrateDecision decision;
+    decision.job = job.id;
+    decision.to = to.id;
+    decision.to_name = to.name;
+    decision.postcopy = job.rss_bytes > options_.postcopy_above_bytes;
+    decision.kind = std::move(kind);
+    decision.reason = std::move(reason);
+    out.migrate.push_back(std::move(decision));
+    const auto rss = static_cast<std::int64_t>(job.rss_bytes);
+    planned_.emplace(job.id, Planned{to.id, Wants(job), rss, now, false, false});
+    planned_.emplace(job.id, Planned{self->id, -Wants(job), -rss, now, false, true});
+    demand[self->id] -= Wants(job);
+    demand[to.id] += Wants(job);
+    mem_used[self->id] -= std::min(mem_used[self->id], job.rss_bytes);
+    mem_used[to.id] += job.rss_bytes;
+    std::erase(movable, &job);
+    --budget;
+  };
+  auto cost_of = [&](const LocalJob& job) {
+    return static_cast<double>(job.rss_bytes) / bytes_per_s + freeze_s;
+  };
+  // The least loaded target with memory room for `job`, or none.
+  auto roomiest = [&](const LocalJob& job, bool need_known_memory) -> const NodeState* {
+    const NodeState* best = nullptr;
+    double best_load = 0;
+    for (const auto* node : targets) {
+      const bool known = node->mem_limit_bytes > 0;
+      if (need_known_memory && !known) continue;
+      if (known && static_cast<double>(mem_used[node->id] + job.rss_bytes) >
+                       options_.memory_high * static_cast<double>(node->mem_limit_bytes)) {
+        continue;
+      }
+      const double load = (demand[node->id] + Wants(job)) / Capacity(*node);
+      if (!best || load < best_load) {
+        best = node;
+        best_load = load;
+      }
+    }
+    return best;
+  };
+  auto held = [&](const LocalJob& job) {
+    auto why = Held(job, now);
+    if (why) out.skipped.push_back({job.id, *why});
+    return why.has_value();
+  };
+
+  // 1. Memory ushering: the largest jobs first, before anything is killed.
+  const auto limit = self->mem_limit_bytes;
+  auto short_of_memory = [&] {
+    return limit > 0 && static_cast<double>(mem_used[self->id]) >
+                            options_.memory_high * static_cast<double>(limit);
+  };
+  if (short_of_memory()) {
+    std::vector<const LocalJob*> by_size = movable;
+    std::stable_sort(by_size.begin(), by_size.end(), [](const LocalJob* a, const LocalJob* b) {
+      return a->rss_bytes > b->rss_bytes;
+    });
+    for (const auto* job : by_size) {
+      if (budget <= 0 || !short_of_memory()) break;
+      if (job->rss_bytes == 0) continue;
+      auto why = Held(*job, now);
+      if (why && why->find("failed") != std::string::npos) {
+        out.skipped.push_back({job->id, *why});
+        continue;
+      }
+      const NodeState* to = roomiest(*job, true);
+      const std::string used = Mib(mem_used[self->id]) + " of " + Mib(limit);
+      if (!to) {
+        out.skipped.push_back({job->id, Name(*self) + " memory " + used +
+                                            "; no node has room for " + Mib(job->rss_bytes)});
+        continue;
+      }
+      decide(*job, *to, "memory",
+             Name(*self) + " memory " + used + " (above " + Fixed(options_.memory_high * 100, 0) +
+                 "%); job " + Mib(job->rss_bytes) + " to " + Name(*to) + " (" +
+                 Mib(mem_used[to->id]) + " of " + Mib(to->mem_limit_bytes) + " used)" +
+                 (job->rss_bytes > options_.postcopy_above_bytes ? ", post-copy" : ""));
+    }
+  }
+
+  // 2. Drain: every movable job goes, whatever the gain.
+  if (self->draining) {
+    for (const auto* job : std::vector<const LocalJob*>(movable)) {
+      if (budget <= 0) break;
+      auto why = Held(*job, now);
+      if (why && why->find("failed") != std::string::npos) {
+        out.skipped.push_back({job->id, *why});
+        continue;
+      }
+      const NodeState* to = roomiest(*job, false);
+      if (!to) {
+        out.skipped.push_back({job->id, Name(*self) + " is draining; no node to take the job"});
+        continue;
+      }
+      decide(*job, *to, "drain",
+             Name(*self) + " is draining; " + Name(*to) + " demand " + load_of(*to) + "; job " +
+                 Mib(job->rss_bytes) + ", est. cost " + Seconds(cost_of(*job)));
+    }
+    return out;
+  }
+
+  // 3. CPU balancing and affinity by expected gain against cost, best first.
+  std::vector<const LocalJob*> balanceable;
+  for (const auto* job : movable) {
+    if (job->age_s * 1000 < static_cast<double>(options_.min_age.count())) continue;
+    if (held(*job)) continue;
+    balanceable.push_back(job);
+  }
+  while (budget > 0) {
+    std::optional<Candidate> best;
+    const double here_demand = demand[self->id];
+    const double load_here = here_demand / Capacity(*self);
+    const double rate_here = Rate(*self, here_demand);
+    for (const auto* job : balanceable) {
+      if (std::find(movable.begin(), movable.end(), job) == movable.end()) continue;
+      const double wants = Wants(*job);
+      double bytes_here = 0;
+      for (const auto& [node, rate] : job->peer_nodes) {
+        if (node == self->id) bytes_here += rate;
+      }
+      for (const auto* to : targets) {
+        Candidate c{job, to};
+        const double there_demand = demand[to->id] + wants;
+        const double load_there = there_demand / Capacity(*to);
+        // Lifetime-based: a job that has run `age` is expected to run about as long again.
+        if (wants > 0) c.cpu_gain = job->age_s * (1 - rate_here / Rate(*to, there_demand));
+        double bytes_there = 0;
+        for (const auto& [node, rate] : job->peer_nodes) {
+          if (node == to->id) bytes_there += rate;
+        }
+        // Bytes that stop (or start) crossing nodes, as time at the measured transfer rate.
+        c.affinity_gain = job->age_s * (bytes_there - bytes_here) / bytes_per_s;
+        c.cost = cost_of(*job);
+        const bool balances = load_here - load_there > options_.imbalance;
+        // Towards talking peers only onto a node no busier than this one after the move: two
+        // peers on two nodes never swap places.
+        const bool joins = c.affinity_gain > 0 && load_there <= load_here;
+        if (!balances && !joins) continue;
+        if (c.gain() < options_.min_gain_ratio * c.cost) continue;
+        if (!best || c.gain() > best->gain()) best = c;
+      }
+    }
+    if (!best) break;
+    const auto& c = *best;
+    std::string reason = Name(*self) + " demand " + load_of(*self) + ", " + Name(*c.to) + " " +
+                         Fixed(demand[c.to->id]) + " of " + Fixed(Capacity(*c.to));
+    if (Speed(*c.to) != Speed(*self)) {
+      reason += " (speed " + Fixed(Speed(*self)) + " here, " + Fixed(Speed(*c.to)) + " there)";
+    }
+    reason += "; job age " + Seconds(c.job->age_s) + ", " + Mib(c.job->rss_bytes) + ", est. cost " +
+              Seconds(c.cost) + ", gain " + Seconds(c.gain());
+    if (c.affinity_gain != 0) {
+      reason += " (" + Seconds(c.affinity_gain) + " of it from IPC with jobs on " +
+                (c.affinity_gain > 0 ? Name(*c.to) : Name(*self)) + ")";
+    }
+    decide(*c.job, *c.to, c.affinity_gain > c.cpu_gain ? "affinity" : "balance", reason);
+  }
+  return out;
+}
+
+void Balancer::OnMigrationStarted(const std::string& job, std::uint64_t to, Millis now) {
+  auto [it, end] = planned_.equal_range(job);
+  if (it == end) {
+    planned_.emplace(job, Planned{to, 1.0, 0, now, true, false});  // a move decided elsewhere
+    return;
+  }
+  for (; it != end; ++it) {
+    if (!it->second.outgoing) it->second.node = to;
+    it->second.at = now;
+    it->second.in_flight = true;
+  }
+}
+
+void Balancer::OnMigrationEnded(const std::string& job, bool moved, Millis now) {
+  if (!moved) {
+    planned_.erase(job);
+    failed_[job] = now;
+    return;
+  }
+  // Counted at the destination until information sampled after the move arrives.
+  for (auto [it, end] = planned_.equal_range(job); it != end; ++it) {
+    it->second.in_flight = false;
+    it->second.at = now;
+  }
+  arrived_[job] = now;
+}
+
+void Balancer::OnJobArrived(const std::string& job, Millis now) { arrived_[job] = now; }
+
+}  // namespace tern::balancer

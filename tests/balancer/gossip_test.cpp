@@ -1,0 +1,290 @@
+#include "tern/balancer/gossip.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+
+namespace tern::balancer {
+namespace {
+
+using std::chrono::milliseconds;
+using Millis = milliseconds;
+
+LoadVector Vector(std::uint64_t node, std::uint64_t seq, double demand = 0) {
+  LoadVector v;
+  v.node_id = node;
+  v.node_name = "n" + std::to_string(node);
+  v.seq = seq;
+  v.capacity = 1;
+  v.demand = demand;
+  return v;
+}
+
+GossipOptions Options(std::uint64_t self) {
+  GossipOptions options;
+  options.self_id = self;
+  return options;
+}
+
+TEST(GossipTest, HigherSeqWinsAndAFresherCopyRefreshesTheAge) {
+  Gossip gossip(Options(1));
+  EXPECT_TRUE(gossip.OnReceive(2, {{Vector(2, 5, 0.5), Millis(100)}}, Millis(1000)).empty());
+  gossip.OnReceive(3, {{Vector(2, 4, 9.0), Millis(0)}}, Millis(1000));  // late gossip
+  EXPECT_EQ(gossip.Get(2, Millis(1000))->load.demand, 0.5);
+  gossip.OnReceive(3, {{Vector(2, 5, 0.5), Millis(10)}}, Millis(2000));  // same sample, fresher
+  EXPECT_EQ(gossip.Get(2, Millis(2000))->age, Millis(10));
+  gossip.OnReceive(3, {{Vector(2, 5, 0.5), Millis(5000)}}, Millis(2000));  // staler copy
+  EXPECT_EQ(gossip.Get(2, Millis(2000))->age, Millis(10));
+  gossip.OnReceive(3, {{Vector(2, 6, 1.5), Millis(0)}}, Millis(2000));
+  EXPECT_EQ(gossip.Get(2, Millis(2000))->load.demand, 1.5);
+  EXPECT_FALSE(gossip.Get(4, Millis(2000)).has_value());
+}
+
+TEST(GossipTest, EntriesExpireAfterMaxAge) {
+  auto options = Options(1);
+  options.max_age = Millis(30000);
+  Gossip gossip(options);
+  gossip.OnReceive(2, {{Vector(2, 1), Millis(1000)}, {Vector(3, 1), Millis(20000)}}, Millis(0));
+  EXPECT_EQ(gossip.View(Millis(5000)).size(), 2u);
+  EXPECT_EQ(gossip.View(Millis(15000)).size(), 1u);  // node 3's entry is 35 s old
+  std::mt19937_64 rng(1);
+  gossip.Tick(Millis(40000), {2}, rng);
+  EXPECT_EQ(gossip.size(), 0u);
+  // An entry already older than max_age teaches nothing.
+  gossip.OnReceive(2, {{Vector(4, 1), Millis(31000)}}, Millis(40000));
+  EXPECT_EQ(gossip.size(), 0u);
+}
+
+TEST(GossipTest, WindowIsBoundedOwnEntryFirstThenDeathNewsThenFreshest) {
+  auto options = Options(1);
+  options.window = 4;
+  Gossip gossip(options);
+  gossip.SetLocal(Vector(1, 7), Millis(10000));
+  for (std::uint64_t node = 2; node <= 10; ++node) {
+    gossip.OnReceive(node, {{Vector(node, 1), Millis(100 * node)}}, Millis(10000));
+  }
+  gossip.OnNodeDead(9, Millis(10000));
+  std::mt19937_64 rng(1);
+  auto sends = gossip.Tick(Millis(10000), {5}, rng);
+  ASSERT_EQ(sends.size(), 1u);
+  EXPECT_EQ(sends[0].to, 5u);
+  const auto& window = sends[0].entries;
+  ASSERT_EQ(window.size(), 4u);
+  EXPECT_EQ(window[0].load.node_id, 1u);
+  EXPECT_EQ(window[1].load.node_id, 9u);
+  EXPECT_TRUE(window[1].dead);
+  EXPECT_EQ(window[2].load.node_id, 2u);  // the freshest others; not 5, the receiver
+  EXPECT_EQ(window[3].load.node_id, 3u);
+  // The view tells the dead node apart; Freshest (the balancer's sample) leaves it out.
+  EXPECT_TRUE(gossip.Get(9, Millis(10000))->dead);
+  for (const auto& entry : gossip.Freshest(Millis(10000), 100)) EXPECT_NE(entry.load.node_id, 9u);
+  auto view = gossip.View(Millis(10000));
+  ASSERT_EQ(view.size(), 10u);
+  EXPECT_EQ(view[0].load.node_id, 1u);  // self first, then by id
+  EXPECT_EQ(view[1].load.node_id, 2u);
+  // Alive again: the notice stops.
+  gossip.OnNodeAlive(9, Millis(11000));
+  EXPECT_FALSE(gossip.Get(9, Millis(11000))->dead);
+}
+
+TEST(GossipTest, ASampleTakenAfterTheDeathWasSeenOverridesIt) {
+  Gossip gossip(Options(1));
+  gossip.OnReceive(2, {{Vector(3, 4), Millis(0), true}}, Millis(0));
+  EXPECT_TRUE(gossip.Get(3, Millis(0))->dead);
+  // A copy of a sample taken before the death was seen tells nothing new.
+  gossip.OnReceive(2, {{Vector(3, 4), Millis(1000), false}}, Millis(10));
+  EXPECT_TRUE(gossip.Get(3, Millis(10))->dead);
+  // Nor does a notice about a node whose sample is younger than the death it reports.
+  gossip.OnReceive(2, {{Vector(4, 9), Millis(0), false}}, Millis(5000));
+  gossip.OnReceive(6, {{Vector(4, 8), Millis(2000), true}}, Millis(5000));
+  EXPECT_FALSE(gossip.Get(4, Millis(5000))->dead);
+  gossip.OnReceive(3, {{Vector(3, 5), Millis(0), false}}, Millis(20));
+  EXPECT_FALSE(gossip.Get(3, Millis(20))->dead);
+}
+
+TEST(GossipTest, NonsenseEntriesAreDroppedWithAReason) {
+  Gossip gossip(Options(1));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto with_nan = Vector(2, 1);
+  with_nan.demand = nan;
+  auto negative = Vector(3, 1);
+  negative.capacity = -1;
+  auto no_id = Vector(0, 1);
+  auto job_inf = Vector(5, 1);
+  job_inf.jobs.push_back(JobLoad{.job_id = "j1", .age_s = std::numeric_limits<double>::infinity()});
+  auto absurd_mem = Vector(6, 1);
+  absurd_mem.mem_limit_bytes = 1 << 20;
+  absurd_mem.mem_used_bytes = 10 << 20;
+  auto rejected = gossip.OnReceive(7,
+                                   {{with_nan, Millis(0)},
+                                    {negative, Millis(0)},
+                                    {Vector(4, 1), Millis(-5000)},
+                                    {no_id, Millis(0)},
+                                    {job_inf, Millis(0)},
+                                    {absurd_mem, Millis(0)},
+                                    {Vector(8, 1), Millis(0)}},
+                                   Millis(100));
+  ASSERT_EQ(rejected.size(), 6u);
+  EXPECT_NE(rejected[0].find("demand is not a number"), std::string::npos) << rejected[0];
+  EXPECT_NE(rejected[1].find("capacity is negative"), std::string::npos) << rejected[1];
+  EXPECT_NE(rejected[2].find("in the future"), std::string::npos) << rejected[2];
+  EXPECT_NE(rejected[3].find("node id 0"), std::string::npos) << rejected[3];
+  EXPECT_NE(rejected[4].find("job j1: age_s"), std::string::npos) << rejected[4];
+  EXPECT_NE(rejected[5].find("mem_used"), std::string::npos) << rejected[5];
+  EXPECT_EQ(gossip.size(), 1u);  // only node 8
+  EXPECT_TRUE(gossip.Get(8, Millis(100)).has_value());
+
+  std::vector<GossipEntry> flood(Gossip::kMaxEntries + 1, GossipEntry{Vector(9, 1)});
+  rejected = gossip.OnReceive(7, flood, Millis(100));
+  ASSERT_EQ(rejected.size(), 1u);
+  EXPECT_FALSE(gossip.Get(9, Millis(100)).has_value());
+}
+
+TEST(GossipTest, OwnEntryComingBackIsIgnoredSilently) {
+  Gossip gossip(Options(1));
+  gossip.SetLocal(Vector(1, 3, 0.5), Millis(0));
+  EXPECT_TRUE(gossip.OnReceive(2, {{Vector(1, 2, 9.0), Millis(0)}}, Millis(10)).empty());
+  EXPECT_EQ(gossip.Get(1, Millis(10))->load.demand, 0.5);
+}
+
+// Many agents in one process, messages delivered in-process, some lost.
+class InMemoryCluster {
+ public:
+  InMemoryCluster(std::size_t n, GossipOptions base, double loss, std::uint64_t seed)
+      : rng_(seed), loss_(loss) {
+    for (std::size_t i = 1; i <= n; ++i) {
+      auto options = base;
+      options.self_id = i;
+      agents_.emplace_back(options);
+      live_.push_back(i);
+    }
+    alive_.assign(n + 1, true);
+  }
+
+  // One gossip interval: every live agent samples and sends; returns entries sent.
+  std::size_t Round(Millis now) {
+    ++round_;
+    std::size_t sent = 0;
+    std::bernoulli_distribution lost(loss_);
+    for (auto id : live_) agents_[id - 1].SetLocal(Vector(id, round_, 0.1 * (id % 10)), now);
+    for (auto id : live_) {
+      for (auto& send : agents_[id - 1].Tick(now, live_, rng_)) {
+        sent += send.entries.size();
+        if (lost(rng_)) continue;
+        if (!Alive(send.to)) continue;
+        auto rejected = agents_[send.to - 1].OnReceive(id, send.entries, now);
+        EXPECT_TRUE(rejected.empty());
+      }
+    }
+    return sent;
+  }
+
+  bool Alive(std::uint64_t id) const { return alive_[id]; }
+  void Kill(std::uint64_t id) {
+    std::erase(live_, id);
+    alive_[id] = false;
+  }
+  Gossip& agent(std::uint64_t id) { return agents_[id - 1]; }
+  const std::vector<std::uint64_t>& live() const { return live_; }
+
+ private:
+  std::vector<Gossip> agents_;
+  std::vector<std::uint64_t> live_;
+  std::vector<bool> alive_;
+  std::mt19937_64 rng_;
+  double loss_;
+  std::uint64_t round_ = 0;
+};
+
+TEST(GossipClusterTest, ThousandAgentsLearnFreshLoadAtABoundedCostPerNode) {
+  GossipOptions base;  // the defaults: window 16, fanout 1, max_age 30 s
+  constexpr std::size_t kNodes = 1000;
+  InMemoryCluster cluster(kNodes, base, 0.05, 42);
+  Millis now{0};
+  std::size_t sent = 0;
+  for (int round = 0; round < 15; ++round, now += Millis(1000)) sent = cluster.Round(now);
+  // Every agent knows a good sample of the cluster after a few rounds, none of it stale. How
+  // much of it one agent sees is bounded by window x fanout x max_age / interval, not by N.
+  std::size_t least = kNodes;
+  double age_sum = 0;
+  std::size_t ages = 0;
+  for (auto id : cluster.live()) {
+    auto view = cluster.agent(id).View(now);
+    least = std::min(least, view.size());
+    for (const auto& entry : view) {
+      EXPECT_LE(entry.age, base.max_age);
+      age_sum += static_cast<double>(entry.age.count());
+      ++ages;
+    }
+  }
+  const double mean_age = age_sum / static_cast<double>(ages);
+  std::printf("gossip: 1000 agents, 15 rounds: fewest known %zu, mean view %.0f, mean age %.1f s\n",
+              least, static_cast<double>(ages) / kNodes, mean_age / 1000);
+  EXPECT_GE(least, 40u) << "fewest nodes one agent knows after 15 rounds";
+  EXPECT_LT(mean_age, 10000) << "mean age of the views, ms";
+  // The bounded window: entries sent per node per round stay window x fanout.
+  EXPECT_LE(sent, kNodes * base.window * base.fanout);
+}
+
+TEST(GossipClusterTest, BytesPerNodePerRoundDoNotGrowWithTheCluster) {
+  GossipOptions base;
+  auto per_node = [&](std::size_t n) {
+    InMemoryCluster cluster(n, base, 0.05, 7);
+    std::size_t sent = 0;
+    Millis now{0};
+    for (int round = 0; round < 30; ++round, now += Millis(1000)) {
+      auto s = cluster.Round(now);
+      if (round >= 20) sent += s;  // steady state
+    }
+    return static_cast<double>(sent) / 10.0 / static_cast<double>(n);
+  };
+  const double small = per_node(16);
+  const double large = per_node(1000);
+  EXPECT_LE(large, static_cast<double>(base.window * base.fanout));
+  EXPECT_LE(large, small * 1.1) << "entries per node per round: 16 nodes " << small
+                                << ", 1000 nodes " << large;
+}
+
+TEST(GossipClusterTest, DeathNewsReachesEveryoneBeforeTheEntriesExpire) {
+  GossipOptions base;
+  constexpr std::size_t kNodes = 1000;
+  InMemoryCluster cluster(kNodes, base, 0.05, 11);
+  Millis now{0};
+  for (int round = 0; round < 10; ++round, now += Millis(1000)) cluster.Round(now);
+  constexpr std::uint64_t kDead = 500;
+  // Whoever talked to it last still holds its freshest entry.
+  cluster.Kill(kDead);
+  const Millis died = now;
+  for (int round = 0; round < 10; ++round, now += Millis(1000)) cluster.Round(now);
+  // Membership (dead_after 10 s) tells one agent that knows it.
+  std::uint64_t witness = 0;
+  for (auto id : cluster.live()) {
+    if (cluster.agent(id).Get(kDead, now)) {
+      witness = id;
+      break;
+    }
+  }
+  ASSERT_NE(witness, 0u);
+  cluster.agent(witness).OnNodeDead(kDead, now);
+  // Its last entry expires max_age after death; before then nobody believes it alive.
+  const Millis expiry = died + base.max_age - Millis(1000);
+  while (now < expiry) {
+    cluster.Round(now);
+    now += Millis(1000);
+  }
+  std::size_t know_dead = 0;
+  for (auto id : cluster.live()) {
+    auto entry = cluster.agent(id).Get(kDead, now);
+    if (!entry) continue;
+    EXPECT_TRUE(entry->dead) << "agent " << id << " still sees node " << kDead << " alive";
+    ++know_dead;
+  }
+  std::printf("gossip: death news reached %zu of 1000 agents\n", know_dead);
+  EXPECT_GT(know_dead, kNodes / 2) << "agents that heard the news";
+}
+
+}  // namespace
+}  // namespace tern::balancer
