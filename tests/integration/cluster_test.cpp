@@ -731,7 +731,8 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
 TEST_F(ClusterTest, MigrationsAndJobChangesAreEmittedAsEvents) {
   // Follow node1's event stream while a job starts there, moves away and is cancelled.
   const std::string log = "/tmp/tern-it-events-" + std::to_string(getpid()) + ".jsonl";
-  const pid_t follower = Spawn({Script(), "exec", "node1", "tern", "events", "-o", "json"}, log);
+  const pid_t follower =
+      Spawn({Script(), "exec", "node1", "tern", "events", "-f", "-o", "json"}, log);
   ASSERT_GT(follower, 0);
   std::this_thread::sleep_for(500ms);
   const auto id = Submit("node1", {"sleep", "600"});
