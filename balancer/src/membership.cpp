@@ -18,7 +18,6 @@ MembershipView::MembershipView(MembershipOptions options) : options_(std::move(o
   Member self;
   self.info = {options_.self.node_id,     options_.self.name,  options_.self.address,
                options_.self.api_address, MemberState::kAlive, Millis{0}};
-  self.linked = true;
   members_.emplace(options_.self.node_id, std::move(self));
 }
 
@@ -29,12 +28,15 @@ void MembershipView::SetState(Member& member, MemberState to, Actions& actions) 
   member.info.state = to;
 }
 
-void MembershipView::MaybeDial(Member& member, Millis now, Actions& actions) {
-  if (member.linked || member.info.address.empty()) return;
-  if (member.info.node_id == options_.self.node_id) return;
-  if (now - member.last_dial < options_.redial_every) return;
-  member.last_dial = now;
-  actions.push_back(ConnectAction{member.info.address});
+void MembershipView::Evaluate(Member& member, Millis now, Actions& actions) {
+  const Millis silent = now - member.info.last_heard;
+  if (silent >= options_.dead_after) {
+    SetState(member, MemberState::kDead, actions);
+  } else if (silent >= options_.suspect_after || member.info.last_heard < member.broken_at) {
+    if (member.info.state == MemberState::kAlive) SetState(member, MemberState::kSuspect, actions);
+  } else {
+    SetState(member, MemberState::kAlive, actions);
+  }
 }
 
 MembershipView::Actions MembershipView::OnPeerUp(const MemberIdentity& peer, Millis now) {
@@ -48,8 +50,7 @@ MembershipView::Actions MembershipView::OnPeerUp(const MemberIdentity& peer, Mil
   if (!peer.address.empty()) member.info.address = peer.address;
   if (!peer.api_address.empty()) member.info.api_address = peer.api_address;
   member.info.last_heard = now;
-  member.linked = true;
-  SetState(member, MemberState::kAlive, actions);
+  Evaluate(member, now, actions);
   return actions;
 }
 
@@ -58,7 +59,7 @@ MembershipView::Actions MembershipView::OnHeartbeat(std::uint64_t node_id, Milli
   auto found = members_.find(node_id);
   if (found == members_.end() || node_id == options_.self.node_id) return actions;
   found->second.info.last_heard = now;
-  SetState(found->second, MemberState::kAlive, actions);
+  Evaluate(found->second, now, actions);
   return actions;
 }
 
@@ -66,29 +67,35 @@ MembershipView::Actions MembershipView::OnPeerDown(std::uint64_t node_id, Millis
   Actions actions;
   auto found = members_.find(node_id);
   if (found == members_.end() || node_id == options_.self.node_id) return actions;
-  Member& member = found->second;
-  member.linked = false;
-  if (member.info.state == MemberState::kAlive) SetState(member, MemberState::kSuspect, actions);
-  MaybeDial(member, now, actions);
+  found->second.broken_at = now;
+  if (found->second.info.last_heard >= now) found->second.info.last_heard = now - Millis{1};
+  Evaluate(found->second, now, actions);
   return actions;
 }
 
-MembershipView::Actions MembershipView::OnGossip(const std::vector<MemberInfo>& gossip,
-                                                 Millis now) {
+MembershipView::Actions MembershipView::OnGossipEntry(const MemberIdentity& who, Millis sampled_at,
+                                                      bool dead, Millis now) {
   Actions actions;
-  for (const auto& info : gossip) {
-    if (info.node_id == 0 || info.node_id == options_.self.node_id) continue;
-    auto [it, inserted] = members_.try_emplace(info.node_id);
-    Member& member = it->second;
-    if (inserted) {
-      member.info = info;
-      member.info.state = MemberState::kSuspect;  // heard of, not heard from
-      member.info.last_heard = now;
-    } else if (member.info.address.empty()) {
-      member.info.address = info.address;
-    }
-    MaybeDial(member, now, actions);
+  if (who.node_id == 0 || who.node_id == options_.self.node_id) return actions;
+  auto [it, inserted] = members_.try_emplace(who.node_id);
+  Member& member = it->second;
+  if (inserted) {
+    member.info.node_id = who.node_id;
+    member.info.state = MemberState::kSuspect;  // heard of: alive is reported when fresh
+    member.info.last_heard = sampled_at;
   }
+  if (!who.name.empty()) member.info.name = who.name;
+  if (!who.address.empty()) member.info.address = who.address;
+  if (!who.api_address.empty()) member.info.api_address = who.api_address;
+  if (!dead && sampled_at > member.info.last_heard) member.info.last_heard = sampled_at;
+  if (dead && now - member.info.last_heard >= options_.suspect_after) {
+    SetState(member, MemberState::kDead, actions);
+    return actions;
+  }
+  if (member.info.state == MemberState::kDead && member.info.last_heard != sampled_at) {
+    return actions;  // a dead member comes back only with a sample newer than what we had
+  }
+  Evaluate(member, now, actions);
   return actions;
 }
 
@@ -96,13 +103,7 @@ MembershipView::Actions MembershipView::Tick(Millis now) {
   Actions actions;
   for (auto& [id, member] : members_) {
     if (id == options_.self.node_id) continue;
-    const Millis silent = now - member.info.last_heard;
-    if (silent >= options_.dead_after) {
-      SetState(member, MemberState::kDead, actions);
-    } else if (silent >= options_.suspect_after && member.info.state == MemberState::kAlive) {
-      SetState(member, MemberState::kSuspect, actions);
-    }
-    MaybeDial(member, now, actions);
+    Evaluate(member, now, actions);
   }
   return actions;
 }

@@ -259,7 +259,7 @@ int Nodes(Context& context, Output output) {
     context.out << (*body)["nodes"].dump(2) << "\n";
     return 0;
   }
-  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "MEMORY", "JOBS"});
+  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "MEMORY", "JOBS", "AGE"});
   for (const auto& node : (*body)["nodes"]) {
     char load[16];
     std::snprintf(load, sizeof load, "%.2f", Num(node, "load"));
@@ -269,8 +269,12 @@ int Nodes(Context& context, Output output) {
     const bool self = node.value("self", false);
     const std::string state =
         Str(node, "state") + (node.value("draining", false) ? ",draining" : "");
+    // How old this agent's news of the node is (gossip): "-" when it has none.
+    char age[16] = "-";
+    if (node.contains("age_ms"))
+      std::snprintf(age, sizeof age, "%.1fs", Num(node, "age_ms") / 1000);
     table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), state, load, memory,
-               Str(node, "jobs")});
+               Str(node, "jobs"), age});
   }
   context.out << table.Render();
   return 0;

@@ -14,6 +14,10 @@ std::string_view FrameTypeName(FrameType type) {
       return "AuthRefused";
     case FrameType::kHeartbeat:
       return "Heartbeat";
+    case FrameType::kGossip:
+      return "Gossip";
+    case FrameType::kLinkIdle:
+      return "LinkIdle";
     case FrameType::kApiRequest:
       return "ApiRequest";
     case FrameType::kApiResponse:

@@ -64,7 +64,7 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
 
   Expected<void> Start();
   void Stop();
-  void ConnectTo(const std::string& address);
+  void ConnectTo(const std::string& address, bool once);
   void Forget(const std::string& address);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
   bool Send(std::uint64_t node_id, std::vector<Frame> frames);
@@ -102,6 +102,7 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
     bool attempt_running = false;  // resolving, connecting or authenticating
     bool scheduled = false;        // the timer will start the next attempt
     std::uint64_t node_id = 0;     // the node there, once a link through it was established
+    bool once = false;             // Dial(): forgotten once a link is established
   };
   // A link that is established (`active` is the one kept for its node).
   struct Node {
@@ -217,16 +218,24 @@ void PeerTransport::Core::OnAccept(const boost::system::error_code& error, Tcp::
   DoAccept();
 }
 
-void PeerTransport::Core::ConnectTo(const std::string& address) {
+void PeerTransport::Core::ConnectTo(const std::string& address, bool once) {
   if (stopped_ || address.empty() || address == options_.advertise) return;
-  if (dialers_.count(address) != 0) return;  // already wanted: its dial loop runs
+  if (auto found = dialers_.find(address); found != dialers_.end()) {
+    if (!once) found->second->once = false;  // ConnectTo makes a Dial persistent
+    return;                                  // already wanted: its dial loop runs
+  }
   auto& dialer = dialers_[address] = std::make_unique<Dialer>(strand_);
+  dialer->once = once;
   {
     // A node already linked (it dialled us) at that advertised address needs no dial now.
     std::lock_guard lock(links_mutex_);
     for (const auto& [id, node] : nodes_) {
       if (node.identity.address == address) dialer->node_id = id;
     }
+  }
+  if (once && dialer->node_id != 0) {
+    dialers_.erase(address);  // linked already: nothing to do
+    return;
   }
   Dial(address);
 }
@@ -358,11 +367,16 @@ void PeerTransport::Core::OnEstablished(const std::shared_ptr<PeerLink>& link,
   const std::string dialled = pending == pending_.end() ? "" : pending->second;
   if (pending != pending_.end()) pending_.erase(pending);
   if (!dialled.empty()) {
-    dialled_at_[link] = dialled;
     if (auto dialer = dialers_.find(dialled); dialer != dialers_.end()) {
-      dialer->second->attempt_running = false;
-      dialer->second->backoff = kFirstBackoff;
-      dialer->second->node_id = peer.node_id;
+      if (dialer->second->once) {
+        dialer->second->timer.cancel();
+        dialers_.erase(dialer);
+      } else {
+        dialled_at_[link] = dialled;
+        dialer->second->attempt_running = false;
+        dialer->second->backoff = kFirstBackoff;
+        dialer->second->node_id = peer.node_id;
+      }
     }
   }
   std::shared_ptr<PeerLink> loser;
@@ -440,7 +454,10 @@ void PeerTransport::Core::OnClosed(const std::shared_ptr<PeerLink>& link, const 
         std::lock_guard lock(links_mutex_);
         linked = nodes_.count(peer.node_id) != 0;
       }
-      if (linked) {
+      if (linked && dialer->second->once) {
+        dialer->second->timer.cancel();
+        dialers_.erase(dialer);
+      } else if (linked) {
         dialer->second->node_id = peer.node_id;
       } else {
         ScheduleDial(dialled);
@@ -537,8 +554,15 @@ PeerTransport::~PeerTransport() { Stop(); }
 Expected<void> PeerTransport::Start() { return core_->Start(); }
 
 void PeerTransport::ConnectTo(std::string host_port) {
-  asio::post(core_->strand(),
-             [core = core_, host_port = std::move(host_port)] { core->ConnectTo(host_port); });
+  asio::post(core_->strand(), [core = core_, host_port = std::move(host_port)] {
+    core->ConnectTo(host_port, false);
+  });
+}
+
+void PeerTransport::Dial(std::string host_port) {
+  asio::post(core_->strand(), [core = core_, host_port = std::move(host_port)] {
+    core->ConnectTo(host_port, true);
+  });
 }
 
 void PeerTransport::Forget(std::string host_port) {

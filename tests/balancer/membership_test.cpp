@@ -12,7 +12,6 @@ MembershipOptions Options() {
   options.self = {1, "node1", "10.0.0.1:7071", "10.0.0.1:7070"};
   options.suspect_after = milliseconds(3000);
   options.dead_after = milliseconds(10000);
-  options.redial_every = milliseconds(2000);
   return options;
 }
 
@@ -24,19 +23,11 @@ MemberState StateOf(const MembershipView& view, std::uint64_t id) {
   return MemberState::kDead;
 }
 
-int Count(const MembershipView::Actions& actions, bool connects) {
-  int n = 0;
-  for (const auto& action : actions) {
-    n += std::holds_alternative<ConnectAction>(action) == connects;
-  }
-  return n;
-}
-
 TEST(MembershipTest, AliveThenSuspectThenDeadExactlyAtTheThresholds) {
   MembershipView view(Options());
   auto actions = view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(0));
   EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
-  EXPECT_EQ(Count(actions, false), 1);
+  EXPECT_EQ(static_cast<int>(actions.size()), 1);
   view.Tick(milliseconds(2999));
   EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
   view.Tick(milliseconds(3000));
@@ -45,7 +36,7 @@ TEST(MembershipTest, AliveThenSuspectThenDeadExactlyAtTheThresholds) {
   EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
   actions = view.Tick(milliseconds(10000));
   EXPECT_EQ(StateOf(view, 2), MemberState::kDead);
-  ASSERT_EQ(Count(actions, false), 1);
+  ASSERT_EQ(static_cast<int>(actions.size()), 1);
   auto change = std::get<StateChangedAction>(actions[0]);
   EXPECT_EQ(change.from, MemberState::kSuspect);
   EXPECT_EQ(change.to, MemberState::kDead);
@@ -60,29 +51,71 @@ TEST(MembershipTest, HeartbeatRevivesAndPeerDownSuspectsAtOnce) {
   EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
   auto actions = view.OnPeerDown(2, milliseconds(4200));
   EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
-  EXPECT_EQ(Count(actions, true), 1);  // redial the lost peer
+  EXPECT_EQ(static_cast<int>(actions.size()), 1);
 }
 
-TEST(MembershipTest, GossipDiscoversANodeAndDialsItOnceInAWhile) {
+TEST(MembershipTest, GossipEntriesDiscoverANodeAndKeepItAliveWithoutALink) {
   MembershipView view(Options());
-  MemberInfo three{3, "node3", "10.0.0.3:7071", "", MemberState::kAlive, milliseconds(0)};
-  auto actions = view.OnGossip({three}, milliseconds(100));
-  ASSERT_EQ(Count(actions, true), 1);
-  EXPECT_EQ(std::get<ConnectAction>(actions[0]).address, "10.0.0.3:7071");
-  EXPECT_EQ(StateOf(view, 3), MemberState::kSuspect);  // heard of, not heard from
-  EXPECT_EQ(Count(view.OnGossip({three}, milliseconds(200)), true), 0);
-  EXPECT_EQ(Count(view.Tick(milliseconds(1000)), true), 0);
-  EXPECT_EQ(Count(view.Tick(milliseconds(2100)), true), 1);
-  view.OnPeerUp({3, "node3", "10.0.0.3:7071", ""}, milliseconds(2200));
-  EXPECT_EQ(StateOf(view, 3), MemberState::kAlive);
-  EXPECT_EQ(Count(view.Tick(milliseconds(5000)), true), 0);  // linked: never dialled
+  auto actions = view.OnGossipEntry({3, "node3", "10.0.0.3:7071", "10.0.0.3:7070"},
+                                    milliseconds(900), false, milliseconds(1000));
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(std::get<StateChangedAction>(actions[0]).to, MemberState::kAlive);
+  auto members = view.Members();
+  ASSERT_EQ(members.size(), 2u);
+  EXPECT_EQ(members[1].address, "10.0.0.3:7071");
+  EXPECT_EQ(members[1].api_address, "10.0.0.3:7070");
+  // Entries sampled every second keep it alive however long it goes without a link.
+  for (int t = 2000; t <= 20000; t += 1000) {
+    view.OnGossipEntry({3, "node3", "", ""}, milliseconds(t - 1500), false, milliseconds(t));
+    view.Tick(milliseconds(t));
+    EXPECT_EQ(StateOf(view, 3), MemberState::kAlive) << t;
+  }
+  // An old entry (relayed late) does not make it look fresher than it is.
+  view.OnGossipEntry({3, "node3", "", ""}, milliseconds(1000), false, milliseconds(21000));
+  view.Tick(milliseconds(21600));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kSuspect);  // freshest sample: 18500
+  view.Tick(milliseconds(28500));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kDead);
 }
 
-TEST(MembershipTest, SelfIsAlwaysAliveAndNeverDialled) {
+TEST(MembershipTest, AStaleFirstEntryIsHeardOfNotAlive) {
+  MembershipView view(Options());
+  view.OnGossipEntry({3, "node3", "10.0.0.3:7071", ""}, milliseconds(0), false, milliseconds(5000));
+  EXPECT_EQ(StateOf(view, 3), MemberState::kSuspect);
+}
+
+TEST(MembershipTest, ALinkBreakSuspectsAtOnceAndOnlyNewerSignsRevive) {
+  MembershipView view(Options());
+  view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(0));
+  view.OnHeartbeat(2, milliseconds(1000));
+  view.OnPeerDown(2, milliseconds(1500));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
+  // A sample from before the break, relayed by gossip, does not revive it...
+  view.OnGossipEntry({2, "node2", "", ""}, milliseconds(1200), false, milliseconds(1600));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kSuspect);
+  // ... one taken after does (the link was closed, the node lives).
+  view.OnGossipEntry({2, "node2", "", ""}, milliseconds(2000), false, milliseconds(2100));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
+}
+
+TEST(MembershipTest, DeathNoticeKillsASilentMemberNotAFreshOne) {
+  MembershipView view(Options());
+  view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(0));
+  view.OnGossipEntry({2, "node2", "", ""}, milliseconds(0), true, milliseconds(1000));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);  // we heard from it 1 s ago
+  view.OnGossipEntry({2, "node2", "", ""}, milliseconds(0), true, milliseconds(3500));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kDead);  // before dead_after: the notice spread
+  view.Tick(milliseconds(4000));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kDead);
+  // A newer sample (it was only partitioned) brings it back.
+  view.OnGossipEntry({2, "node2", "", ""}, milliseconds(4500), false, milliseconds(4600));
+  EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
+}
+
+TEST(MembershipTest, SelfIsAlwaysAlive) {
   MembershipView view(Options());
   view.OnPeerDown(1, milliseconds(0));
-  view.OnGossip({{1, "node1", "10.0.0.1:7071", "", MemberState::kDead, milliseconds(0)}},
-                milliseconds(0));
+  view.OnGossipEntry({1, "node1", "10.0.0.1:7071", ""}, milliseconds(0), true, milliseconds(0));
   auto actions = view.Tick(milliseconds(60000));
   EXPECT_TRUE(actions.empty());
   EXPECT_EQ(StateOf(view, 1), MemberState::kAlive);

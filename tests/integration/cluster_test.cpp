@@ -1401,5 +1401,149 @@ TEST_F(ClusterTest, IpcADirectCallConnectionHandedOutsideTheJobDiesWithTheRight)
   EXPECT_NE(out.find("smuggled connection: dead"), std::string::npos) << out;
   Tern("node1", {"cancel", server});
 }
+
+// ---- Sparse links (issue 13): gossip and on-demand links, no full mesh ---------------------
+
+// A second 3-node cluster whose agents keep at most one peer link and close others after 1 s
+// idle: every agent must still see every other alive, reach any node on demand, and see a
+// killed one dead. Its own name, so it never meets ClusterTest's cluster.
+class SparseLinksTest : public ::testing::Test {
+ protected:
+  static inline std::string error_;
+  static std::string Name() { return kClusterName.substr(0, 5) + "s"; }
+  static std::string Base() { return "/var/lib/" + Name() + "-cluster"; }
+
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) {
+      error_ = "the integration tests need root (network and mount namespaces); run them as root";
+      return;
+    }
+    setenv("TERN_CLUSTER_NAME", Name().c_str(), 1);
+    setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
+    setenv("TERN_CLUSTER_EXTRA_CONFIG", "max_links = 1\nlink_idle_ms = 1000", 1);
+    auto r = RunCmd({Script(), "up", "3", "--force"}, 180s);
+    unsetenv("TERN_CLUSTER_EXTRA_CONFIG");
+    if (r.exit_code != 0) error_ = "`tern-cluster up 3` (max_links = 1) failed: " + r.Describe();
+  }
+
+  static void TearDownTestSuite() {
+    if (geteuid() != 0) return;
+    if (getenv("TERN_IT_KEEP_CLUSTER") == nullptr) {
+      auto r = RunCmd({Script(), "down"}, 120s);
+      if (r.exit_code != 0) std::cerr << "tern-cluster down failed: " << r.Describe() << "\n";
+    }
+    setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
+  }
+
+  void SetUp() override {
+    if (!error_.empty()) FAIL() << error_;
+  }
+
+  void TearDown() override {
+    if (!HasFailure()) return;
+    std::string text = "\n==== agent logs after the failure ====\n";
+    for (const auto& node : kNodes) {
+      const std::string log = Base() + "/" + node + "/ternd.log";
+      text += "---- " + log + " (last 60 lines)\n" + Tail(ReadFile(log), 60);
+    }
+    std::cerr << text;
+  }
+
+  static std::optional<json> Self(const json& nodes) {
+    for (const auto& n : nodes) {
+      if (n.value("self", false)) return n;
+    }
+    return std::nullopt;
+  }
+};
+
+TEST_F(SparseLinksTest, EveryNodeSeesEveryOtherAliveThroughGossipWithoutAFullMesh) {
+  // Watched for 6 s (links open and close meanwhile): alive all along, and no agent ever held
+  // more than max_links + 1 links (one over while a link it opened on demand is still busy).
+  const auto until = std::chrono::steady_clock::now() + 6s;
+  while (std::chrono::steady_clock::now() < until) {
+    for (const auto& node : kNodes) {
+      auto nodes = NodesSeenBy(node);
+      ASSERT_TRUE(nodes) << Tern(node, {"nodes", "-o", "json"}).Describe();
+      for (const auto& name : kNodes) {
+        EXPECT_EQ(NodeState(*nodes, name), "alive") << node << " sees: " << nodes->dump();
+      }
+      auto self = Self(*nodes);
+      ASSERT_TRUE(self && self->contains("traffic")) << nodes->dump();
+      EXPECT_LE((*self)["traffic"].value("links_open_max", 99), 2) << self->dump();
+      for (const auto& n : *nodes) {
+        if (!n.value("self", false)) {
+          EXPECT_TRUE(n.contains("age_ms") && n.contains("capacity")) << n.dump();
+        }
+      }
+    }
+    std::this_thread::sleep_for(500ms);
+  }
+  // Idle links were closed, and nobody took that for a failure.
+  std::uint64_t closed_idle = 0;
+  for (const auto& node : kNodes) {
+    auto nodes = NodesSeenBy(node);
+    ASSERT_TRUE(nodes);
+    closed_idle += (*Self(*nodes))["traffic"].value("links_closed_idle", std::uint64_t{0});
+    const std::string log = ReadFile(Base() + "/" + node + "/ternd.log");
+    EXPECT_EQ(log.find("is now suspect"), std::string::npos) << node << ":\n" << Tail(log, 40);
+  }
+  EXPECT_GT(closed_idle, 0u);
+}
+
+TEST_F(SparseLinksTest, AJobGoesToANodeWithoutALinkAndItsLogsAreReadFromAThird) {
+  // Wait until node1 holds no link to node3, then send the job there.
+  std::string seen;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto nodes = NodesSeenBy("node1");
+        if (!nodes) return false;
+        seen = nodes->dump();
+        for (const auto& n : *nodes) {
+          if (n.value("name", "") == "node3") return !n.value("linked", true);
+        }
+        return false;
+      },
+      30s, 200ms))
+      << "node1 kept a link to node3: " << seen;
+  const auto id =
+      Submit("node1", {"sh", "-c", "echo sparse-hello; sleep 3; echo sparse-bye"}, "node3");
+  ASSERT_FALSE(id.empty());
+  auto status = WaitState("node2", id, "exited", 60s);
+  ASSERT_TRUE(status) << Describe(status);
+  EXPECT_EQ(status->value("node", ""), "node3") << status->dump();
+  EXPECT_EQ(status->value("exit_code", -1), 0) << status->dump();
+  EXPECT_EQ(JobLogs("node2", id).value_or("(no logs)"), "sparse-hello\nsparse-bye\n");
+}
+
+TEST_F(SparseLinksTest, AKilledAgentIsSeenDeadByAllWithinDeadAfter) {
+  const auto killed_at = std::chrono::steady_clock::now();
+  auto r = RunCmd({Script(), "stop-agent", "node3", "--signal", "KILL"}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  // dead_after_ms is 10 s; gossip may add a few seconds of age.
+  for (const std::string node : {"node1", "node2"}) {
+    std::string last;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          auto nodes = NodesSeenBy(node);
+          if (!nodes) return false;
+          last = nodes->dump();
+          return NodeState(*nodes, "node3") == "dead";
+        },
+        std::chrono::duration_cast<std::chrono::milliseconds>(killed_at + 15s -
+                                                              std::chrono::steady_clock::now()),
+        250ms))
+        << node << " did not see node3 dead within 15 s: " << last;
+    auto nodes = NodesSeenBy(node);
+    ASSERT_TRUE(nodes);
+    EXPECT_EQ(NodeState(*nodes, node == "node1" ? "node2" : "node1"), "alive") << nodes->dump();
+  }
+  std::cerr << "node3 seen dead by node1 and node2 after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - killed_at)
+                   .count()
+            << " ms\n";
+}
+
 }  // namespace
 }  // namespace tern::it

@@ -42,14 +42,34 @@ json NodeToJson(const NodeView& node) {
               {"jobs", 0},
               {"draining", false}};
   if (node.load) {
-    out["draining"] = node.load->draining;
     out["load"] = node.load->load1;
     out["cpus"] = node.load->cpus;
     out["mem_total_bytes"] = node.load->mem_total_bytes;
     out["mem_free_bytes"] = node.load->mem_free_bytes;
     out["jobs"] = node.load->jobs_running;
+    out["age_ms"] = node.age_ms;
+    out["capacity"] = node.load->capacity;
+    out["speed"] = node.load->speed;
+    out["demand"] = node.load->demand;
+    out["mem_limit_bytes"] = node.load->mem_limit_bytes;
+    out["mem_used_bytes"] = node.load->mem_used_bytes;
+    out["link_bytes_per_s"] = node.load->link_bytes_per_s;
+    out["draining"] = node.load->draining;
   }
+  out["linked"] = node.linked;
   return out;
+}
+
+json TrafficToJson(const ClusterTraffic& traffic) {
+  return {{"gossip_bytes_sent", traffic.gossip_bytes_sent},
+          {"gossip_frames_sent", traffic.gossip_frames_sent},
+          {"gossip_bytes_received", traffic.gossip_bytes_received},
+          {"bytes_sent", traffic.bytes_sent},
+          {"links_open", traffic.links_open},
+          {"links_open_max", traffic.links_open_max},
+          {"links_opened", traffic.links_opened},
+          {"links_closed_idle", traffic.links_closed_idle},
+          {"uptime_ms", traffic.uptime_ms}};
 }
 
 json LocalJobsJson(const jobs::JobSupervisor& supervisor) {
@@ -158,6 +178,8 @@ void AgentApi::ListNodes(const ApiCall&, ApiDone done) {
     json row = NodeToJson(node);
     // Our own flag is newer than the load vector of the last heartbeat.
     if (node.self && balancer_) row["draining"] = balancer_->draining();
+    // What gossip and links cost this agent: the figures issue 13 asks to stay flat.
+    if (node.self) row["traffic"] = TrafficToJson(cluster_.Traffic());
     nodes.push_back(std::move(row));
   }
   done(JsonResult(200, json{{"nodes", nodes}}.dump()));

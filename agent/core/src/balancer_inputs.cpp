@@ -12,7 +12,9 @@ balancer::NodeState ToNodeState(const NodeView& node) {
   state.name = node.name;
   state.self = node.self;
   state.alive = node.state == "alive" && node.load.has_value();
-  state.age = std::chrono::milliseconds(std::max<std::int64_t>(0, node.last_seen_ms));
+  // How old the load figures are (gossip entry age), else the last sign of life.
+  state.age = std::chrono::milliseconds(
+      std::max<std::int64_t>(0, node.load ? node.age_ms : node.last_seen_ms));
   if (!node.load) return state;
   const balancer::LoadVector& load = *node.load;
   state.draining = load.draining;

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <tern/ipc/frame_type.hpp>
 #include <tern/ipc/peer_transport.hpp>
@@ -13,7 +14,15 @@ namespace {
 
 using nlohmann::json;
 using std::chrono::milliseconds;
-constexpr size_t kGossipWindow = 8;
+constexpr std::size_t kMaxQueuedBytes = 64u << 20;  // per node, waiting for a link
+constexpr int kWarnsPerMinute = 10;
+const std::string kKeepalive = R"({"entries":[]})";
+
+std::size_t PayloadBytes(const std::vector<ipc::Frame>& frames) {
+  std::size_t bytes = 0;
+  for (const auto& frame : frames) bytes += frame.payload.size();
+  return bytes;
+}
 
 }  // namespace
 
@@ -27,6 +36,15 @@ Cluster::Cluster(boost::asio::io_context& io, const AgentConfig& config, NodeIde
                                                        .api_address = config.api_listen},
                                               .suspect_after = config.suspect_after,
                                               .dead_after = config.dead_after}),
+      gossip_(balancer::GossipOptions{
+          .self_id = self_.id,
+          .window = config.gossip_window,
+          .fanout = config.gossip_fanout,
+          // Entries outlive dead_after so that a death is seen before its entry expires.
+          .max_age = std::max(milliseconds(30000), config.dead_after * 3),
+          .dead_news_for = config.dead_after}),
+      budget_(config.max_links, config.link_idle),
+      rng_(std::random_device{}() ^ self_.id),
       heartbeat_timer_(io) {}
 
 Cluster::~Cluster() { Stop(); }
@@ -44,32 +62,24 @@ Expected<void> Cluster::Start() {
   options.advertise = config_.cluster_advertise;
   options.api_address = config_.api_listen;
   transport_ = std::make_unique<ipc::PeerTransport>(io_, options);
-  transport_->on_peer_up = [this](const ipc::PeerIdentity& peer) {
-    spdlog::info("peer {} ({}) connected from {}", peer.name, NodeIdHex(peer.node_id),
-                 peer.address);
-    Apply(membership_.OnPeerUp({.node_id = peer.node_id,
-                                .name = peer.name,
-                                .address = peer.address,
-                                .api_address = peer.api_address},
-                               Now()));
-    if (link_listener_) link_listener_(peer.node_id, true);
-  };
+  transport_->on_peer_up = [this](const ipc::PeerIdentity& peer) { OnPeerUp(peer); };
   transport_->on_peer_down = [this](std::uint64_t node_id, const std::string& reason) {
-    spdlog::warn("peer {} disconnected: {}", NameOf(node_id), reason);
-    FailPendingCalls(node_id, "the link to " + NameOf(node_id) + " went down: " + reason);
-    if (link_listener_) link_listener_(node_id, false);
-    Apply(membership_.OnPeerDown(node_id, Now()));
+    OnPeerDown(node_id, reason);
   };
   transport_->on_frame = [this](std::uint64_t node_id, ipc::Frame& frame) {
     OnFrame(node_id, static_cast<std::uint16_t>(frame.type), std::move(frame.payload));
   };
   if (auto started = transport_->Start(); !started) return started;
+  // Seeds are dialled once: gossip then names every other node, and links open on demand.
   for (const auto& seed : config_.seeds) {
-    if (seed != config_.cluster_advertise) transport_->ConnectTo(seed);
+    if (seed != config_.cluster_advertise) transport_->Dial(seed);
   }
-  spdlog::info("cluster: node {} ({}) listening on {}, advertising {}, {} seed(s)", self_.name,
-               NodeIdHex(self_.id), config_.cluster_listen, config_.cluster_advertise,
-               config_.seeds.size());
+  spdlog::info(
+      "cluster: node {} ({}) listening on {}, advertising {}, {} seed(s); at most {} links, "
+      "gossip to {} peer(s) per {} ms, {} entries",
+      self_.name, NodeIdHex(self_.id), config_.cluster_listen, config_.cluster_advertise,
+      config_.seeds.size(), config_.max_links, config_.gossip_fanout, config_.heartbeat.count(),
+      config_.gossip_window);
   OnHeartbeatTimer();
   return {};
 }
@@ -87,96 +97,366 @@ void Cluster::Stop() {
 
 void Cluster::OnHeartbeatTimer() {
   if (stopped_) return;
-  SendHeartbeats();
+  SendGossip();
   Apply(membership_.Tick(Now()));
+  ManageLinks();
   heartbeat_timer_.expires_after(config_.heartbeat);
   heartbeat_timer_.async_wait([this](const boost::system::error_code& error) {
     if (!error) OnHeartbeatTimer();
   });
 }
 
-void Cluster::SendHeartbeats() {
+void Cluster::SendGossip() {
+  const auto now = Now();
   if (load_provider_) {
     balancer::LoadVector own = load_provider_();
     own.node_id = self_.id;
     own.node_name = self_.name;
     own.address = config_.cluster_advertise;
     own.api_address = config_.api_listen;
+    // Seq starts at the wall clock's milliseconds, so a restarted agent's entries win over
+    // those of its previous life that may still circulate.
+    if (load_seq_ == 0) {
+      load_seq_ =
+          static_cast<std::uint64_t>(std::chrono::duration_cast<milliseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
+    }
     own.seq = ++load_seq_;
-    load_table_.Merge(own, Now());
+    gossip_.SetLocal(std::move(own), now);
   }
-  json window = json::array();
-  for (const auto& entry : load_table_.GossipWindow(kGossipWindow, Now())) {
-    window.push_back(LoadToJson(entry));
-  }
-  json members = json::array();
+  std::vector<std::uint64_t> candidates;
   for (const auto& member : membership_.Members()) {
-    if (member.state == balancer::MemberState::kDead) continue;
-    members.push_back({{"node_id", NodeIdHex(member.node_id)},
-                       {"name", member.name},
-                       {"address", member.address},
-                       {"api_address", member.api_address}});
+    if (member.node_id != self_.id && member.state != balancer::MemberState::kDead) {
+      candidates.push_back(member.node_id);
+    }
   }
-  const std::string payload = json{{"load", window}, {"members", members}}.dump();
-  for (const auto& peer : transport_->Peers()) {
-    transport_->Send(peer.node_id, ipc::FrameType::kHeartbeat, payload);
+  // Alone (a fresh start, or every peer gone): the seeds are how we find the cluster again.
+  if (candidates.empty()) {
+    for (const auto& seed : config_.seeds) {
+      if (seed != config_.cluster_advertise) transport_->Dial(seed);
+    }
   }
+  std::vector<std::uint64_t> sent_to;
+  for (auto& send : gossip_.Tick(now, candidates, rng_)) {
+    std::vector<ipc::Frame> frames;
+    frames.push_back({ipc::FrameType::kGossip, GossipToJson(send.entries)});
+    const std::size_t bytes = frames.front().payload.size();
+    if (Deliver(send.to, std::move(frames), true, /*droppable=*/true)) {
+      traffic_.gossip_bytes_sent += bytes;
+      ++traffic_.gossip_frames_sent;
+      sent_to.push_back(send.to);
+    }
+  }
+  // Linked peers hear from us every interval, as they did when every peer got a heartbeat:
+  // a node we hold a link to (a migration, calls) is watched closely. Not a use of the link.
+  for (const auto& [node_id, link] : links_) {
+    if (link.state != Link::State::kUp) continue;
+    if (std::find(sent_to.begin(), sent_to.end(), node_id) != sent_to.end()) continue;
+    std::vector<ipc::Frame> frames;
+    frames.push_back({ipc::FrameType::kGossip, kKeepalive});
+    if (transport_->Send(node_id, std::move(frames))) {
+      traffic_.gossip_bytes_sent += kKeepalive.size();
+      traffic_.bytes_sent += kKeepalive.size();
+      ++traffic_.gossip_frames_sent;
+    }
+  }
+  SyncMembershipFromGossip();
+}
+
+void Cluster::SyncMembershipFromGossip() {
+  const auto now = Now();
+  for (const auto& entry : gossip_.View(now)) {
+    if (entry.load.node_id == self_.id) continue;
+    Apply(membership_.OnGossipEntry({.node_id = entry.load.node_id,
+                                     .name = entry.load.node_name,
+                                     .address = entry.load.address,
+                                     .api_address = entry.load.api_address},
+                                    now - entry.age, entry.dead, now));
+  }
+}
+
+void Cluster::ManageLinks() {
+  const auto now = Now();
+  for (auto& [node_id, link] : links_) {
+    if (link.state == Link::State::kUp && HasPendingCalls(node_id)) budget_.OnUse(node_id, now);
+  }
+  for (auto node_id : budget_.Tick(now)) {
+    auto found = links_.find(node_id);
+    if (found == links_.end() || found->second.state != Link::State::kUp) continue;
+    if (HasPendingCalls(node_id)) {
+      budget_.OnUse(node_id, now);  // Tick forgot it; it stays open
+      continue;
+    }
+    spdlog::debug("link to {} idle: asking to close it", NameOf(node_id));
+    SendLinkIdle(node_id, "ask");
+    found->second.state = Link::State::kClosing;
+    found->second.asked = true;
+    found->second.since = now;
+  }
+  std::vector<std::uint64_t> give_up;
+  for (auto& [node_id, link] : links_) {
+    if (link.state == Link::State::kOpening && now - link.since >= kOpenTimeout) {
+      give_up.push_back(node_id);
+    } else if (link.state == Link::State::kClosing && now - link.since >= kCloseTimeout) {
+      // The peer never answered (an older agent, or it is gone): close; still an idle close.
+      transport_->Disconnect(node_id, "idle link (no answer to LinkIdle)");
+    }
+  }
+  for (auto node_id : give_up) {
+    Link& link = links_[node_id];
+    transport_->Forget(link.dial_address);
+    GiveUp(node_id, link,
+           "no link to " + NameOf(node_id) + " within " + std::to_string(kOpenTimeout.count()) +
+               " ms");
+    Apply(membership_.OnPeerDown(node_id, now));
+  }
+  traffic_.links_open = budget_.open();
+  traffic_.links_open_max = std::max(traffic_.links_open_max, traffic_.links_open);
+}
+
+bool Cluster::HasPendingCalls(std::uint64_t node_id) const {
+  return std::any_of(pending_.begin(), pending_.end(),
+                     [&](const auto& entry) { return entry.second.node_id == node_id; });
+}
+
+void Cluster::SendLinkIdle(std::uint64_t node_id, std::string_view step) {
+  const std::string payload = json{{"step", step}}.dump();
+  traffic_.bytes_sent += payload.size();
+  transport_->Send(node_id, ipc::FrameType::kLinkIdle, payload);
+}
+
+bool Cluster::Deliver(std::uint64_t node_id, std::vector<ipc::Frame> frames, bool use,
+                      bool droppable) {
+  if (node_id == self_.id || !transport_ || stopped_) return false;
+  Link& link = links_[node_id];
+  const std::size_t bytes = PayloadBytes(frames);
+  if (link.state == Link::State::kUp) {
+    if (!transport_->Send(node_id, std::move(frames))) return false;
+    traffic_.bytes_sent += bytes;
+    if (use) budget_.OnUse(node_id, Now());
+    return true;
+  }
+  // Gossip is lossy by design: it does not reopen a link that is closing.
+  if (droppable && link.state == Link::State::kClosing) return false;
+  if (link.state == Link::State::kNone && !Open(node_id, link)) return false;
+  if (link.queued_bytes + bytes > kMaxQueuedBytes) {
+    spdlog::warn("not queueing {} bytes for {}: {} bytes already wait for its link", bytes,
+                 NameOf(node_id), link.queued_bytes);
+    return false;
+  }
+  link.queued_bytes += bytes;
+  link.queued.push_back(std::move(frames));
+  return true;
+}
+
+bool Cluster::Open(std::uint64_t node_id, Link& link) {
+  for (const auto& member : membership_.Members()) {
+    if (member.node_id != node_id) continue;
+    if (member.state == balancer::MemberState::kDead || member.address.empty()) return false;
+    link.state = Link::State::kOpening;
+    link.since = Now();
+    link.dial_address = member.address;
+    spdlog::debug("opening a link to {} at {}", member.name, member.address);
+    transport_->Dial(member.address);
+    return true;
+  }
+  return false;
+}
+
+void Cluster::Flush(std::uint64_t node_id, Link& link) {
+  auto queued = std::move(link.queued);
+  link.queued.clear();
+  link.queued_bytes = 0;
+  for (auto& frames : queued) {
+    const std::size_t bytes = PayloadBytes(frames);
+    if (transport_->Send(node_id, std::move(frames))) traffic_.bytes_sent += bytes;
+  }
+}
+
+void Cluster::GiveUp(std::uint64_t node_id, Link& link, const std::string& reason) {
+  const bool had_frames = !link.queued.empty();
+  link.state = Link::State::kNone;
+  link.queued.clear();
+  link.queued_bytes = 0;
+  spdlog::warn("giving up on {}: {}", NameOf(node_id), reason);
+  FailPendingCalls(node_id, reason);
+  // The IPC layer fails what waits on that node; frames it handed us are not silently lost.
+  if (link.ipc_up || had_frames) {
+    link.ipc_up = false;
+    if (link_listener_) link_listener_(node_id, false);
+  }
+}
+
+void Cluster::OnPeerUp(const ipc::PeerIdentity& peer) {
+  const auto now = Now();
+  Link& link = links_[peer.node_id];
+  spdlog::info("peer {} ({}) linked, {}", peer.name, NodeIdHex(peer.node_id), peer.address);
+  link.state = Link::State::kUp;
+  if (!link.dial_address.empty()) transport_->Forget(std::exchange(link.dial_address, ""));
+  budget_.OnOpened(peer.node_id, now);
+  ++traffic_.links_opened;
+  traffic_.links_open = budget_.open();
+  traffic_.links_open_max = std::max(traffic_.links_open_max, traffic_.links_open);
+  Apply(membership_.OnPeerUp({.node_id = peer.node_id,
+                              .name = peer.name,
+                              .address = peer.address,
+                              .api_address = peer.api_address},
+                             now));
+  if (!link.ipc_up) {
+    link.ipc_up = true;
+    if (link_listener_) link_listener_(peer.node_id, true);
+  }
+  Flush(peer.node_id, links_[peer.node_id]);
+}
+
+void Cluster::OnPeerDown(std::uint64_t node_id, const std::string& reason) {
+  budget_.OnClosed(node_id);
+  traffic_.links_open = budget_.open();
+  Link& link = links_[node_id];
+  if (link.state == Link::State::kClosing) {
+    // An idle close both sides agreed to: nothing was in flight, the node lives on.
+    spdlog::info("closed the idle link to {}", NameOf(node_id));
+    ++traffic_.links_closed_idle;
+    link.state = Link::State::kNone;
+    if (!link.queued.empty() && !Open(node_id, link)) {
+      GiveUp(node_id, link, "node " + NameOf(node_id) + " is gone");
+    }
+    return;
+  }
+  spdlog::warn("peer {} disconnected: {}", NameOf(node_id), reason);
+  link.state = Link::State::kNone;
+  FailPendingCalls(node_id, "the link to " + NameOf(node_id) + " went down: " + reason);
+  if (link.ipc_up) {
+    link.ipc_up = false;
+    if (link_listener_) link_listener_(node_id, false);
+  }
+  Apply(membership_.OnPeerDown(node_id, Now()));
 }
 
 void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
   for (const auto& action : actions) {
-    if (const auto* connect = std::get_if<balancer::ConnectAction>(&action)) {
-      if (connect->address != config_.cluster_advertise) transport_->ConnectTo(connect->address);
-    } else if (const auto* change = std::get_if<balancer::StateChangedAction>(&action)) {
-      spdlog::info("node {} is now {} (was {})", change->name, balancer::ToString(change->to),
-                   balancer::ToString(change->from));
-      if (change->to == balancer::MemberState::kDead) {
-        FailPendingCalls(change->node_id, "node " + change->name + " is dead (no heartbeat)");
+    const auto& change = std::get<balancer::StateChangedAction>(action);
+    spdlog::info("node {} is now {} (was {})", change.name, balancer::ToString(change.to),
+                 balancer::ToString(change.from));
+    if (change.to == balancer::MemberState::kDead) {
+      gossip_.OnNodeDead(change.node_id, Now());
+      if (auto link = links_.find(change.node_id); link != links_.end()) {
+        if (link->second.state == Link::State::kOpening) {
+          transport_->Forget(link->second.dial_address);
+        }
+        if (link->second.state != Link::State::kUp) {
+          GiveUp(change.node_id, link->second, "node " + change.name + " is dead");
+        }
       }
-      if (node_listener_) node_listener_(change->node_id, change->to);
+      FailPendingCalls(change.node_id, "node " + change.name + " is dead (no sign of life)");
+    } else if (change.to == balancer::MemberState::kAlive) {
+      gossip_.OnNodeAlive(change.node_id, Now());
     }
+    if (node_listener_) node_listener_(change.node_id, change.to);
   }
 }
 
 bool Cluster::SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames) {
-  return transport_->Send(node_id, std::move(frames));
+  return Deliver(node_id, std::move(frames), true);
 }
 
 std::size_t Cluster::IpcBacklog(std::uint64_t node_id) const {
-  return transport_->Backlog(node_id);
+  const auto found = links_.find(node_id);
+  const std::size_t queued = found == links_.end() ? 0 : found->second.queued_bytes;
+  return queued + transport_->Backlog(node_id);
+}
+
+void Cluster::RateLimitedWarn(const std::string& message) {
+  const auto now = Now();
+  if (now - warn_window_start_ >= milliseconds(60000)) {
+    if (warns_suppressed_ > 0) {
+      spdlog::warn("({} more gossip warnings in the last minute not logged)", warns_suppressed_);
+    }
+    warn_window_start_ = now;
+    warns_in_window_ = 0;
+    warns_suppressed_ = 0;
+  }
+  if (++warns_in_window_ > kWarnsPerMinute) {
+    ++warns_suppressed_;
+    return;
+  }
+  spdlog::warn("{}", message);
+}
+
+void Cluster::OnGossipFrame(std::uint64_t node_id, const std::string& payload) {
+  traffic_.gossip_bytes_received += payload.size();
+  auto parsed = GossipFromJson(payload);
+  if (!parsed) {
+    RateLimitedWarn("dropping gossip from " + NameOf(node_id) + ": " + parsed.error().message);
+    return;
+  }
+  for (const auto& line : parsed->rejected) {
+    RateLimitedWarn("gossip from " + NameOf(node_id) + ": dropped an entry: " + line);
+  }
+  if (parsed->entries.empty()) return;  // a keepalive: a sign of life, not a use of the link
+  budget_.OnUse(node_id, Now());
+  for (const auto& line : gossip_.OnReceive(node_id, parsed->entries, Now())) {
+    RateLimitedWarn("gossip from " + NameOf(node_id) + ": rejected an entry: " + line);
+  }
+  SyncMembershipFromGossip();
+}
+
+void Cluster::OnLinkIdle(std::uint64_t node_id, const std::string& payload) {
+  const json body = json::parse(payload, nullptr, false);
+  const std::string step =
+      body.is_object() && body.contains("step") && body["step"].is_string() ? body["step"] : "";
+  Link& link = links_[node_id];
+  if (step == "ask") {
+    if (link.state == Link::State::kUp && HasPendingCalls(node_id)) {
+      SendLinkIdle(node_id, "no");
+      return;
+    }
+    if (link.state == Link::State::kUp || link.state == Link::State::kClosing) {
+      SendLinkIdle(node_id, "yes");  // from now on our frames for it wait for the next link
+      if (link.state == Link::State::kUp) {
+        link.state = Link::State::kClosing;
+        link.asked = false;
+        link.since = Now();
+      }
+    }
+  } else if (step == "yes") {
+    if (link.state == Link::State::kClosing) transport_->Disconnect(node_id, "idle link");
+  } else if (step == "no") {
+    if (link.state == Link::State::kClosing && link.asked) {
+      link.state = Link::State::kUp;
+      budget_.OnUse(node_id, Now());
+      Flush(node_id, link);
+    }
+  } else {
+    RateLimitedWarn("ignoring a malformed LinkIdle from " + NameOf(node_id));
+  }
 }
 
 void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string payload) {
+  Apply(membership_.OnHeartbeat(node_id, Now()));  // any frame is a sign of life
   switch (static_cast<ipc::FrameType>(type)) {
-    case ipc::FrameType::kHeartbeat: {
-      json body = json::parse(payload, nullptr, false);
-      if (!body.is_object()) {
-        spdlog::warn("malformed heartbeat from {}: not a JSON object", NameOf(node_id));
-        return;
-      }
-      Apply(membership_.OnHeartbeat(node_id, Now()));
-      std::vector<balancer::MemberInfo> gossip;
-      for (const auto& member : body.value("members", json::array())) {
-        auto parsed = MemberFromJson(member);
-        if (parsed) gossip.push_back(*parsed);
-      }
-      Apply(membership_.OnGossip(gossip, Now()));
-      for (const auto& entry : body.value("load", json::array())) {
-        auto parsed = LoadFromJson(entry);
-        if (parsed && parsed->node_id != self_.id) load_table_.Merge(*parsed, Now());
-      }
+    case ipc::FrameType::kGossip:
+      OnGossipFrame(node_id, payload);
       return;
-    }
+    case ipc::FrameType::kLinkIdle:
+      OnLinkIdle(node_id, payload);
+      return;
+    case ipc::FrameType::kHeartbeat:
+      return;  // an agent from before gossip: its link alone tells us it lives
     case ipc::FrameType::kApiRequest:
+      budget_.OnUse(node_id, Now());
       OnApiRequest(node_id, payload);
       return;
     case ipc::FrameType::kApiResponse:
+      budget_.OnUse(node_id, Now());
       OnApiResponse(payload);
       return;
     case ipc::FrameType::kIpcRemote:
     case ipc::FrameType::kIpcBlast:
     case ipc::FrameType::kIpcBlastAck:
     case ipc::FrameType::kIpcDirect:
+      budget_.OnUse(node_id, Now());
       if (ipc_frames_) {
         if (auto handled =
                 ipc_frames_(node_id, static_cast<ipc::FrameType>(type), std::move(payload));
@@ -201,9 +481,11 @@ void Cluster::OnApiRequest(std::uint64_t node_id, const std::string& payload) {
   call.caller.via = "peer " + NameOf(node_id);
   if (!request_handler_) return;
   request_handler_(std::move(call), [this, node_id, request_id = request_id](ApiResult result) {
-    if (transport_) {
-      transport_->Send(node_id, ipc::FrameType::kApiResponse,
-                       EncodeApiResponse(request_id, result));
+    if (stopped_) return;
+    std::vector<ipc::Frame> frames;
+    frames.push_back({ipc::FrameType::kApiResponse, EncodeApiResponse(request_id, result)});
+    if (!Deliver(node_id, std::move(frames), true)) {
+      spdlog::warn("cannot answer {}'s call {}: no way to it", NameOf(node_id), request_id);
     }
   });
 }
@@ -236,19 +518,18 @@ void Cluster::FailPendingCalls(std::uint64_t node_id, const std::string& reason)
 
 void Cluster::Call(std::uint64_t node_id, ApiCall call, ApiDone done,
                    std::chrono::milliseconds timeout) {
-  // A node that stopped answering heartbeats gets no new calls: they would only wait out
-  // their timeout on a link that may be cut without either side noticing.
+  // A dead node gets no new calls: they would only wait out their timeout. A suspect one is
+  // tried: without a link to every node, suspect may only mean its news is late.
   for (const auto& member : membership_.Members()) {
-    if (member.node_id == node_id && member.state != balancer::MemberState::kAlive) {
-      done(ErrorResult(503, "node " + member.name + " is " +
-                                std::string(balancer::ToString(member.state)) +
-                                " (no recent heartbeat)"));
+    if (member.node_id == node_id && member.state == balancer::MemberState::kDead) {
+      done(ErrorResult(503, "node " + member.name + " is dead (no recent sign of life)"));
       return;
     }
   }
   const std::uint64_t request_id = next_request_id_++;
-  if (!transport_ ||
-      !transport_->Send(node_id, ipc::FrameType::kApiRequest, EncodeApiRequest(request_id, call))) {
+  std::vector<ipc::Frame> frames;
+  frames.push_back({ipc::FrameType::kApiRequest, EncodeApiRequest(request_id, call)});
+  if (stopped_ || !Deliver(node_id, std::move(frames), true)) {
     done(ErrorResult(503, "node " + NameOf(node_id) + " is unreachable (no link to its agent)"));
     return;
   }
@@ -321,12 +602,26 @@ std::vector<NodeView> Cluster::Nodes() const {
     view.state = balancer::ToString(member.state);
     view.self = member.node_id == self_.id;
     view.last_seen_ms = view.self ? 0 : (now - member.last_heard).count();
-    if (auto load = load_table_.Get(member.node_id)) view.load = *load;
+    if (auto entry = gossip_.Get(member.node_id, now)) {
+      view.load = std::move(entry->load);
+      view.age_ms = entry->age.count();
+    }
+    if (auto link = links_.find(member.node_id); link != links_.end()) {
+      view.linked =
+          link->second.state == Link::State::kUp || link->second.state == Link::State::kClosing;
+    }
     nodes.push_back(std::move(view));
   }
   std::sort(nodes.begin(), nodes.end(),
             [](const NodeView& a, const NodeView& b) { return a.name < b.name; });
   return nodes;
+}
+
+ClusterTraffic Cluster::Traffic() const {
+  ClusterTraffic traffic = traffic_;
+  traffic.links_open = budget_.open();
+  traffic.uptime_ms = Now().count();
+  return traffic;
 }
 
 }  // namespace tern::agent

@@ -86,6 +86,18 @@ class TableReader {
     out = *value;
   }
 
+  void Count(const char* section, const char* key, std::size_t& out, std::int64_t max) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    auto value = node->value<int64_t>();
+    if (!value || *value <= 0 || *value > max) {
+      const std::string what = "must be a whole number from 1 to " + std::to_string(max);
+      Complain(section, key, what.c_str());
+      return;
+    }
+    out = static_cast<std::size_t>(*value);
+  }
+
   void StringList(const char* section, const char* key, std::vector<std::string>& out) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
@@ -174,6 +186,10 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.Millis("cluster", "heartbeat_ms", config.heartbeat);
   reader.Millis("cluster", "suspect_after_ms", config.suspect_after);
   reader.Millis("cluster", "dead_after_ms", config.dead_after);
+  reader.Count("cluster", "max_links", config.max_links, 4096);
+  reader.Count("cluster", "gossip_fanout", config.gossip_fanout, 64);
+  reader.Count("cluster", "gossip_window", config.gossip_window, 64);
+  reader.Millis("cluster", "link_idle_ms", config.link_idle);
   reader.Millis("jobs", "cancel_grace_ms", config.cancel_grace);
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);

@@ -87,17 +87,54 @@ Expected<balancer::LoadVector> LoadFromJson(const json& in) {
   }
 }
 
-Expected<balancer::MemberInfo> MemberFromJson(const json& in) {
-  try {
-    balancer::MemberInfo member;
-    member.node_id = std::stoull(in.at("node_id").get<std::string>(), nullptr, 16);
-    member.name = in.at("name").get<std::string>();
-    member.address = in.value("address", "");
-    member.api_address = in.value("api_address", "");
-    return member;
-  } catch (const std::exception& error) {
-    return Fail(std::string("malformed member: ") + error.what());
+std::string GossipToJson(const std::vector<balancer::GossipEntry>& entries) {
+  json out = json::array();
+  for (const auto& entry : entries) {
+    out.push_back(
+        {{"load", LoadToJson(entry.load)}, {"age_ms", entry.age.count()}, {"dead", entry.dead}});
   }
+  return json{{"entries", out}}.dump();
+}
+
+Expected<ParsedGossip> GossipFromJson(std::string_view payload) {
+  if (payload.size() > kMaxGossipBytes) {
+    return Fail("gossip of " + std::to_string(payload.size()) + " bytes: over the limit of " +
+                std::to_string(kMaxGossipBytes));
+  }
+  const json body = json::parse(payload, nullptr, false);
+  if (!body.is_object()) return Fail("gossip is not a JSON object");
+  const auto entries = body.find("entries");
+  if (entries == body.end() || !entries->is_array()) return Fail("gossip without \"entries\"");
+  if (entries->size() > balancer::Gossip::kMaxEntries) {
+    return Fail("gossip of " + std::to_string(entries->size()) + " entries: over the limit of " +
+                std::to_string(balancer::Gossip::kMaxEntries));
+  }
+  ParsedGossip parsed;
+  for (const auto& entry : *entries) {
+    if (!entry.is_object() || !entry.contains("load")) {
+      parsed.rejected.push_back("gossip entry is not an object with a load");
+      continue;
+    }
+    auto load = LoadFromJson(entry["load"]);
+    if (!load) {
+      parsed.rejected.push_back(load.error().message);
+      continue;
+    }
+    balancer::GossipEntry out;
+    out.load = std::move(*load);
+    const auto age = entry.find("age_ms");
+    const auto dead = entry.find("dead");
+    if (age == entry.end() || !age->is_number_integer() || age->get<std::int64_t>() < 0 ||
+        (dead != entry.end() && !dead->is_boolean())) {
+      parsed.rejected.push_back("gossip entry about " + out.load.node_name +
+                                ": bad age_ms or dead");
+      continue;
+    }
+    out.age = std::chrono::milliseconds(age->get<std::int64_t>());
+    out.dead = dead != entry.end() && dead->get<bool>();
+    parsed.entries.push_back(std::move(out));
+  }
+  return parsed;
 }
 
 }  // namespace tern::agent

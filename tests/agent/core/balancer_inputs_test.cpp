@@ -16,7 +16,8 @@ NodeView Node(const std::string& name, const std::string& state = "alive") {
   view.name = name;
   view.id = std::hash<std::string>{}(name);
   view.state = state;
-  view.last_seen_ms = 1200;
+  view.last_seen_ms = 300;
+  view.age_ms = 1200;
   balancer::LoadVector load;
   load.node_name = name;
   load.cpus = 4;
@@ -44,7 +45,7 @@ TEST(ToNodeStateTest, MeasuredFiguresAreTakenAsTheyAre) {
   EXPECT_DOUBLE_EQ(state.demand, 3);
   EXPECT_EQ(state.mem_limit_bytes, 1ull << 30);
   EXPECT_EQ(state.mem_used_bytes, 900ull << 20);
-  EXPECT_EQ(state.age, milliseconds(1200));
+  EXPECT_EQ(state.age, milliseconds(1200)) << "the age of its load figures";
 }
 
 TEST(ToNodeStateTest, UnmeasuredFiguresFallBackToWhatTheNodeSends) {
@@ -77,6 +78,7 @@ TEST(ToNodeStateTest, NodesNotAliveOrWithoutLoadAreNotAlive) {
   NodeView unknown = Node("n");
   unknown.load.reset();
   EXPECT_FALSE(ToNodeState(unknown).alive) << "nothing is known about it";
+  EXPECT_EQ(ToNodeState(unknown).age, milliseconds(300)) << "no figures: its last sign of life";
   unknown.last_seen_ms = -5;
   EXPECT_EQ(ToNodeState(unknown).age, milliseconds(0));
 }

@@ -15,6 +15,10 @@ TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   EXPECT_EQ(config->heartbeat.count(), 1000);
   EXPECT_EQ(config->suspect_after.count(), 3000);
   EXPECT_EQ(config->dead_after.count(), 10000);
+  EXPECT_EQ(config->max_links, 8u);
+  EXPECT_EQ(config->gossip_fanout, 1u);
+  EXPECT_EQ(config->gossip_window, 16u);
+  EXPECT_EQ(config->link_idle.count(), 30000);
   EXPECT_EQ(config->cancel_grace.count(), 5000);
 }
 
@@ -34,6 +38,10 @@ secret = "s3cret"
 heartbeat_ms = 250
 suspect_after_ms = 1000
 dead_after_ms = 2000
+max_links = 2
+gossip_fanout = 3
+gossip_window = 5
+link_idle_ms = 1500
 [jobs]
 cancel_grace_ms = 100
 [log]
@@ -46,6 +54,10 @@ level = "debug"
   EXPECT_EQ(config->seeds.size(), 2u);
   EXPECT_EQ(config->secret, "s3cret");
   EXPECT_EQ(config->heartbeat.count(), 250);
+  EXPECT_EQ(config->max_links, 2u);
+  EXPECT_EQ(config->gossip_fanout, 3u);
+  EXPECT_EQ(config->gossip_window, 5u);
+  EXPECT_EQ(config->link_idle.count(), 1500);
   EXPECT_EQ(config->cancel_grace.count(), 100);
   EXPECT_EQ(config->log_level, "debug");
 }
@@ -132,6 +144,14 @@ TEST(ConfigTest, MachineDefaultsFillAdvertiseAndInit) {
   EXPECT_FALSE(config->node_name.empty());
   EXPECT_EQ(config->init_path, "/opt/tern/bin/tern-init");
   EXPECT_NE(config->cluster_advertise.find(":7071"), std::string::npos);
+}
+
+TEST(ConfigTest, LinkAndGossipCountsAreBounded) {
+  auto config = ParseConfig("[cluster]\ngossip_window = 65\n", "x");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("gossip_window"), std::string::npos);
+  EXPECT_FALSE(ParseConfig("[cluster]\nmax_links = 0\n", "x"));
+  EXPECT_FALSE(ParseConfig("[cluster]\ngossip_fanout = \"all\"\n", "x"));
 }
 
 }  // namespace

@@ -1,17 +1,19 @@
 // MembershipView: who is in the cluster and whether each member is alive, as a state machine
 // per member driven by events; it does no I/O and reads no clock (time is an argument).
 //
-// States of a member:        heartbeat / peer up
+// States of a member:   frame from it / fresh gossip entry / peer up
 //            ┌──────────────────────────────────────────┐
 //            ▼                                          │
-//         kAlive ──(no heartbeat for suspect_after)──► kSuspect ──(none for dead_after)──► kDead
+//         kAlive ──(nothing fresher than suspect_after)──► kSuspect ──(dead_after)──► kDead
 //            └────────────(peer down: at once)─────────►┘
 //
-// Events: OnPeerUp (an authenticated link came up), OnHeartbeat, OnPeerDown (the link broke),
-// OnGossip (member lists from peers: how we learn of nodes we have no link to), Tick.
-// Actions: ConnectAction (dial this address: a member we have no link to; repeated at most
-// every `redial_every` per address while it is not alive) and StateChangedAction (for logs and
-// events). Self is always alive and never dialled.
+// Liveness needs no link to every node: a member is alive while the freshest sign of it is
+// younger than suspect_after — a frame on a link (OnHeartbeat), or a gossip entry about it,
+// whose age says when its origin sampled it (OnGossipEntry). A link that breaks makes the
+// member suspect at once; only signs newer than the break revive it. A death notice (another
+// member's view saw it die) makes a member dead unless this view has fresh signs of it.
+// Members are learned from links and gossip entries; they are never dialled from here.
+// Actions: StateChangedAction (for logs, events and the IPC layer). Self is always alive.
 //
 // Thread-safety: not thread-safe; the agent drives it from one thread.
 #pragma once
@@ -45,22 +47,18 @@ struct MemberInfo {
   std::chrono::milliseconds last_heard{0};
 };
 
-struct ConnectAction {
-  std::string address;
-};
 struct StateChangedAction {
   std::uint64_t node_id = 0;
   std::string name;
   MemberState from;
   MemberState to;
 };
-using MembershipAction = std::variant<ConnectAction, StateChangedAction>;
+using MembershipAction = std::variant<StateChangedAction>;
 
 struct MembershipOptions {
   MemberIdentity self;
   std::chrono::milliseconds suspect_after{3000};
   std::chrono::milliseconds dead_after{10000};
-  std::chrono::milliseconds redial_every{2000};
 };
 
 class MembershipView {
@@ -73,7 +71,9 @@ class MembershipView {
   Actions OnPeerUp(const MemberIdentity& peer, Millis now);
   Actions OnHeartbeat(std::uint64_t node_id, Millis now);
   Actions OnPeerDown(std::uint64_t node_id, Millis now);
-  Actions OnGossip(const std::vector<MemberInfo>& members, Millis now);
+  // A gossip entry about `member`, sampled at `sampled_at` on our clock (now - its age);
+  // `dead`: a death notice.
+  Actions OnGossipEntry(const MemberIdentity& member, Millis sampled_at, bool dead, Millis now);
   Actions Tick(Millis now);
 
   // Every member, self included, ordered by node id.
@@ -82,12 +82,11 @@ class MembershipView {
  private:
   struct Member {
     MemberInfo info;
-    bool linked = false;
-    Millis last_dial{-1'000'000'000};
+    Millis broken_at{-1'000'000'000};  // the last link break: older signs do not revive
   };
 
   void SetState(Member& member, MemberState to, Actions& actions);
-  void MaybeDial(Member& member, Millis now, Actions& actions);
+  void Evaluate(Member& member, Millis now, Actions& actions);
 
   MembershipOptions options_;
   std::map<std::uint64_t, Member> members_;

@@ -17,9 +17,11 @@ enum class FrameType : std::uint16_t {
   kAuthAccepted = 3,  // {}
   kAuthRefused = 4,   // {"reason"}
   // Cluster control.
-  kHeartbeat = 10,    // {"load":{...}, "members":[...]} (balancer/membership, balancer/load)
+  kHeartbeat = 10,    // obsolete (before gossip): {"load":[...], "members":[...]}; ignored
   kApiRequest = 11,   // [u32 json length][json {"id","method","target","uid","gid","pid"}][body]
   kApiResponse = 12,  // [u32 json length][json {"id","status","headers":{...}}][body]
+  kGossip = 13,       // {"entries":[{"load":{...},"age_ms":N,"dead":false}...]} (balancer/gossip)
+  kLinkIdle = 14,     // {"step":"ask"|"yes"|"no"}: closing an idle link without losing a frame
   // Job-to-agent IPC channel (job_wire.hpp).
   kIpcRequest = 20,  // [u32 request id][u16 op][body]
   kIpcReply = 21,    // [u32 request id][u16 status][body]

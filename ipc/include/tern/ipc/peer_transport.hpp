@@ -6,6 +6,8 @@
 //    a name or an IP; "[v6]:port" works) and keeps redialling with backoff (1 s, doubling, at
 //    most 5 s) until a link to the node there is established, and again whenever that link is
 //    lost, until Forget(host_port). Forget stops redialling; it does not close a live link.
+//    Dial("host:port") is the on-demand form: it retries the same way until one link to the
+//    node there is established, then forgets the address (a lost link is not redialled).
 //  - Exactly one link per node pair. When two links to one node get established (both agents
 //    dialled at once), both sides keep the same one: the link dialled by the smaller node id
 //    (ties: the smaller dialler's nonce). The other is closed without on_peer_down. If the kept
@@ -67,6 +69,7 @@ class PeerTransport {
   // Binds and listens; fails with a readable message (bad address, port in use).
   Expected<void> Start();
   void ConnectTo(std::string host_port);
+  void Dial(std::string host_port);
   void Forget(std::string host_port);
   bool Send(std::uint64_t node_id, FrameType type, std::string payload);
   // Several frames, in order, in one write of the node's link.

@@ -32,6 +32,10 @@ struct AgentConfig {
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds suspect_after{3000};
   std::chrono::milliseconds dead_after{10000};
+  std::size_t max_links = 8;       // peer links kept open; more are opened on demand
+  std::size_t gossip_fanout = 1;   // peers each heartbeat's gossip goes to
+  std::size_t gossip_window = 16;  // entries per gossip message (at most 64: receivers refuse more)
+  std::chrono::milliseconds link_idle{30000};  // a link over max_links closes after this idle
   // [jobs]
   std::string jobs_dir;  // default: <state_dir>/jobs; may be a file system the nodes share
   std::chrono::milliseconds cancel_grace{5000};
