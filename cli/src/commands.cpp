@@ -259,13 +259,20 @@ int Nodes(Context& context, Output output) {
     context.out << (*body)["nodes"].dump(2) << "\n";
     return 0;
   }
-  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "MEMORY", "JOBS", "AGE"});
+  Table table({"NAME", "ADDRESS", "STATE", "LOAD", "DEMAND/CPUS", "MEM USED/LIMIT", "JOBS", "AGE"});
   for (const auto& node : (*body)["nodes"]) {
     char load[16];
     std::snprintf(load, sizeof load, "%.2f", Num(node, "load"));
-    const std::string memory = HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_free_bytes"))) +
-                               "/" +
-                               HumanBytes(static_cast<std::uint64_t>(Num(node, "mem_total_bytes")));
+    // Older agents send no capacity: their CPU count stands in, and their memory as before.
+    const double capacity = Num(node, "capacity") > 0 ? Num(node, "capacity") : Num(node, "cpus");
+    char cpu[32];
+    std::snprintf(cpu, sizeof cpu, "%.1f/%.1f", Num(node, "demand"), capacity);
+    const auto bytes = [&](const char* key) {
+      return HumanBytes(static_cast<std::uint64_t>(Num(node, key)));
+    };
+    const std::string memory = Num(node, "mem_limit_bytes") > 0
+                                   ? bytes("mem_used_bytes") + "/" + bytes("mem_limit_bytes")
+                                   : bytes("mem_free_bytes") + " free/" + bytes("mem_total_bytes");
     const bool self = node.value("self", false);
     const std::string state =
         Str(node, "state") + (node.value("draining", false) ? ",draining" : "");
@@ -273,8 +280,8 @@ int Nodes(Context& context, Output output) {
     char age[16] = "-";
     if (node.contains("age_ms"))
       std::snprintf(age, sizeof age, "%.1fs", Num(node, "age_ms") / 1000);
-    table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), state, load, memory,
-               Str(node, "jobs"), age});
+    table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), state, load, cpu,
+               memory, Str(node, "jobs"), age});
   }
   context.out << table.Render();
   return 0;

@@ -179,6 +179,27 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
                       "ternd " + body.value("version", "?") + " on node " +
                           body.value("node", "?") + " at " + client.socket_path(),
                       ""});
+    // The agent's own view: taskstats and cgroups depend on its namespaces, not the CLI's.
+    const auto measurement = body.is_object() ? body.value("measurement", nlohmann::json::object())
+                                              : nlohmann::json::object();
+    if (measurement.is_object() && measurement.contains("taskstats")) {
+      const auto& taskstats = measurement["taskstats"];
+      const bool ok = taskstats.is_object() && taskstats.value("ok", false);
+      checks.push_back({"taskstats", ok ? "ok" : "warn",
+                        taskstats.is_object() ? taskstats.value("detail", "?") : "?",
+                        ok ? ""
+                           : "per-job CPU and I/O come from /proc instead (same figures, "
+                             "coarser CPU time)"});
+    }
+    if (measurement.is_object() && measurement.contains("cgroup")) {
+      const auto& cgroup = measurement["cgroup"];
+      const bool ok = cgroup.is_object() && cgroup.value("ok", false);
+      checks.push_back({"node cgroup", ok ? "ok" : "warn",
+                        cgroup.is_object() ? cgroup.value("detail", "?") : "?",
+                        ok ? ""
+                           : "capacity is the CPU count and jobs are not capped; set "
+                             "[node] cgroup to a cgroup with a CPU quota"});
+    }
   }
   return checks;
 }

@@ -98,6 +98,9 @@ struct OpState {  // a link operation, on the job's side
 
 struct JobState {
   std::map<std::uint32_t, Entry> names;
+  // IPC affinity: bytes sent to each destination port since the last TakeTraffic (one map node
+  // per port, made on its first message).
+  std::map<ObjectId, std::uint64_t> sent_bytes;
   std::map<std::pair<RightType, ObjectId>, std::uint32_t> merged;  // send and region names
   std::uint32_t next_name = 1;
   std::map<std::uint32_t, OpState> ops;
@@ -1020,6 +1023,7 @@ struct PortRouter::State {
     }
     transit.destination = dest->id;
     const ObjectId dest_id = dest->id;
+    job.sent_bytes[dest_id] += message.ByteSize();
     if (message.reply != 0) {
       const JobStatus status = CarryRight(job_name, job, message.reply, message.reply_disposition,
                                           *send, moved, transit.reply, error);
@@ -2210,6 +2214,25 @@ std::set<std::string> PortRouter::JobsSharingRegions(const std::string& job) con
 }
 
 std::size_t PortRouter::PortCount() const { return state_->ports.size(); }
+
+std::vector<PortRouter::Traffic> PortRouter::TakeTraffic() {
+  std::map<std::pair<std::string, std::string>, std::uint64_t> pairs;
+  for (auto& [sender, job] : state_->jobs) {
+    for (const auto& [port, bytes] : job.sent_bytes) {
+      if (port.home != state_->self) continue;  // its receiver is known at its home only
+      const auto found = state_->ports.find(port.serial);
+      if (found == state_->ports.end()) continue;
+      const std::string& receiver = found->second.holder.job;
+      if (receiver.empty() || receiver == sender) continue;
+      pairs[{sender, receiver}] += bytes;
+    }
+    job.sent_bytes.clear();
+  }
+  std::vector<Traffic> traffic;
+  traffic.reserve(pairs.size());
+  for (auto& [pair, bytes] : pairs) traffic.push_back({pair.first, pair.second, bytes});
+  return traffic;
+}
 
 namespace {
 std::optional<ObjectId> RightTarget(const std::map<std::string, JobState>& jobs,

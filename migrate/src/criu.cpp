@@ -301,6 +301,9 @@ CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& option
       "-v4", "-d",      "--pidfile", options.pidfile};
   if (options.leave_stopped) command.argv.push_back("--leave-stopped");
   if (options.lazy_pages) command.argv.push_back("--lazy-pages");
+  for (const auto& root : options.cgroup_roots) {
+    command.argv.insert(command.argv.end(), {"--cgroup-root", root});
+  }
   command.argv.push_back(kTcpClose);
   // The pages are read in 128 MiB pieces, each punched out of pages-*.img once in the job: the
   // memory the image held goes straight back into the job's pages, so the node holds one copy

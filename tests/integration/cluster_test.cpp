@@ -224,7 +224,10 @@ class ClusterTest : public ::testing::Test {
     setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
     setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
     if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
-    auto r = RunCmd({Script(), "up", "3", "--force"}, 180s);
+    // Every node in its own cgroup (2 CPUs, 4 GiB: no cap for the other tests); the load test
+    // lowers node1's quota for itself.
+    auto r = RunCmd(
+        {Script(), "up", "3", "--force", "--cpus-per-node", "2", "--mem-per-node", "4G"}, 180s);
     if (r.exit_code != 0) {
       cluster_error_ = "`tern-cluster up 3` failed: " + r.Describe();
       for (const auto& node : kNodes) {
@@ -901,6 +904,71 @@ TEST_F(ClusterTest, MultiThreadedProgramWritingSqliteMovesAndKeepsItsDatabase) {
 
 // Kills one side's agent `delay` into a move of the job, restarts it, and checks that exactly
 // one copy of the job runs and that the cluster lists it running.
+// The CPU quota file of a node's cgroup (cgroup v1 or v2) and its text for `cpus` CPUs.
+std::pair<std::string, std::string> QuotaFile(const std::string& node, double cpus) {
+  const std::string name = kClusterName + "-" + node;
+  const auto quota = std::to_string(static_cast<long>(cpus * 100000));
+  if (fs::exists("/sys/fs/cgroup/cpu/" + name)) {
+    return {"/sys/fs/cgroup/cpu/" + name + "/cpu.cfs_quota_us", quota};
+  }
+  return {"/sys/fs/cgroup/" + name + "/cpu.max", quota + " 100000"};
+}
+
+std::optional<json> NodeEntry(const std::string& via, const std::string& name) {
+  auto nodes = NodesSeenBy(via);
+  if (!nodes) return std::nullopt;
+  for (const auto& node : *nodes) {
+    if (node.value("name", "") == name) return node;
+  }
+  return std::nullopt;
+}
+
+TEST_F(ClusterTest, NodeCgroupsGiveCapacityAndDemandAndHoldMigratedJobs) {
+  const auto [quota_file, half] = QuotaFile("node1", 0.5);
+  { std::ofstream(quota_file) << half; }
+  struct Restore {
+    std::string file, text;
+    ~Restore() { std::ofstream(file) << text; }
+  } restore{quota_file, QuotaFile("node1", 2).second};
+  const std::vector<std::string> busy = {"sh", "-c", "while :; do :; done"};
+  const auto a = Submit("node1", busy, "node1");
+  const auto b = Submit("node1", busy, "node1");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  ASSERT_TRUE(WaitState("node1", a, "running"));
+  ASSERT_TRUE(WaitState("node1", b, "running"));
+  std::optional<json> one, two;
+  const bool settled = WaitFor(
+      [&] {
+        one = NodeEntry("node1", "node1");
+        two = NodeEntry("node1", "node2");
+        return one && two && one->value("demand", 0.0) > 1.7 && one->value("demand", 0.0) < 2.3 &&
+               one->value("capacity", 0.0) == 0.5 && two->value("demand", 9.0) < 0.3;
+      },
+      30s);
+  EXPECT_TRUE(settled) << "node1: " << Describe(one) << "\nnode2: " << Describe(two);
+  ASSERT_TRUE(one);
+  const json loads = one->value("job_loads", json::array());
+  ASSERT_EQ(loads.size(), 2u) << loads.dump();
+  for (const auto& job : loads) {
+    EXPECT_NEAR(job.value("runnable", 0.0), 1.0, 0.3) << job.dump();
+    EXPECT_LT(job.value("cpu_share", 9.0), 0.45) << "two jobs share half a CPU: " << job.dump();
+  }
+  EXPECT_EQ(one->value("mem_limit_bytes", 0ull), 4ull << 30);
+
+  auto m = Migrate("node1", a, "node2");
+  ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
+  auto st = WaitState("node2", a, "running");
+  ASSERT_TRUE(st);
+  const pid_t pid = st->value("pid", 0);
+  ASSERT_GT(pid, 0) << Describe(st);
+  const std::string cgroups = ReadFile("/proc/" + std::to_string(pid) + "/cgroup");
+  EXPECT_NE(cgroups.find("/" + kClusterName + "-node2\n"), std::string::npos) << cgroups;
+  EXPECT_EQ(cgroups.find(kClusterName + "-node1"), std::string::npos) << cgroups;
+  Tern("node1", {"cancel", a});
+  Tern("node1", {"cancel", b});
+}
+
 void KillAgentDuringMigrations(const std::string& id, const std::string& marker, bool source,
                                const std::string& mode) {
   for (int delay_ms : {0, 60, 150, 300}) {

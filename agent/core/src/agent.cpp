@@ -8,6 +8,8 @@
 #include <tern/jobs/job_supervisor.hpp>
 
 #include "balancer_service.hpp"
+#include "job_usage.hpp"
+#include "node_cgroup.hpp"
 #include "tern/agent/agent_api.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/event_bus.hpp"
@@ -39,6 +41,23 @@ Expected<void> Agent::Start() {
   job_options.node_name = identity_.name;
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;
+  if (!config_.cgroup.empty()) {
+    auto cgroup = NodeCgroup::Open(config_.cgroup);
+    if (cgroup) {
+      node_cgroup_ = std::make_unique<NodeCgroup>(std::move(*cgroup));
+      job_options.cgroup_procs = node_cgroup_->ProcsFiles();
+      const double quota = node_cgroup_->CpuQuota();
+      const std::uint64_t limit = node_cgroup_->MemoryLimit();
+      spdlog::info("jobs run in cgroup {}: {} CPU, memory limit {}", node_cgroup_->Describe(),
+                   quota > 0 ? fmt::format("{:.2f}", quota) : std::string("no quota,"),
+                   limit > 0 ? fmt::format("{} MiB", limit >> 20) : std::string("none"));
+    } else {
+      spdlog::error("[node] cgroup '{}' cannot be used: {}; jobs run without it", config_.cgroup,
+                    cgroup.error().message);
+    }
+  }
+  job_usage_ = std::make_unique<JobUsageSampler>();
+  spdlog::info("job usage from {}", job_usage_->source());
   events_ = std::make_unique<EventBus>(identity_.name);
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
@@ -90,6 +109,7 @@ Expected<void> Agent::Start() {
 
   cluster_ = std::make_unique<Cluster>(io_, config_, identity_);
   migrations_ = std::make_unique<MigrationDriver>(io_, config_, *supervisor_, *cluster_);
+  if (node_cgroup_) migrations_->SetCgroupRoots(node_cgroup_->CriuRoots());
   migrations_->SetPublisher([this](const std::string& type, nlohmann::json fields) {
     if (balancer_ && type == "migration") balancer_->OnMigrationEvent(fields);
     events_->Publish(type, std::move(fields));
@@ -127,6 +147,20 @@ Expected<void> Agent::Start() {
                             nlohmann::json fields) { events_->Publish(type, std::move(fields)); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   api_->SetBalancer(balancer_.get(), events_.get());
+  {
+    nlohmann::json cgroup = {{"ok", node_cgroup_ != nullptr}};
+    if (node_cgroup_) {
+      cgroup["detail"] = node_cgroup_->Describe();
+    } else {
+      cgroup["detail"] = config_.cgroup.empty()
+                             ? "none configured ([node] cgroup)"
+                             : "'" + config_.cgroup + "' unusable: " +
+                                   NodeCgroup::Open(config_.cgroup).error().message;
+    }
+    api_->SetMeasurement(
+        {{"taskstats", {{"ok", job_usage_->taskstats()}, {"detail", job_usage_->source()}}},
+         {"cgroup", std::move(cgroup)}});
+  }
   api_->SetIpcRightCount([this](const std::string& job) { return ipc_->RightCount(job); });
   cluster_->SetRequestHandler(
       [this](ApiCall call, ApiDone done) { api_->Handle(std::move(call), std::move(done)); });
@@ -216,32 +250,70 @@ void Agent::ScheduleSample() {
   sample_timer_.expires_after(std::chrono::seconds(1));
   sample_timer_.async_wait([this](const boost::system::error_code& error) {
     if (error) return;
-    last_host_load_ = sampler_.Sample(std::chrono::steady_clock::now());
+    const auto now = std::chrono::steady_clock::now();
+    last_host_load_ = sampler_.Sample(now);
     supervisor_->SampleUsage();
+    std::map<std::string, pid_t> running;
+    for (const auto& job : supervisor_->List()) {
+      if (job.state == jobs::JobState::kRunning && job.pid > 0) running.emplace(job.id, job.pid);
+    }
+    job_usage_->Sample(running, now);
+    ipc_->SampleTraffic(now);
     ScheduleSample();
   });
 }
 
 balancer::LoadVector Agent::LocalLoad() {
+  // Speed 1.0 is a 2 GHz CPU; a CPU that does not say its clock counts as 1.0.
+  constexpr double kReferenceMhz = 2000;
   balancer::LoadVector load;
-  load.sampled_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
+  const auto wall_now = std::chrono::system_clock::now();
+  load.sampled_at_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(wall_now.time_since_epoch()).count();
   load.load1 = last_host_load_.load1;
   load.runnable = last_host_load_.runnable;
   load.cpus = last_host_load_.cpus;
   load.cpu_mhz = last_host_load_.cpu_mhz;
   load.mem_total_bytes = last_host_load_.mem_total_bytes;
   load.mem_free_bytes = last_host_load_.mem_free_bytes;
+  load.link_bytes_per_s = last_host_load_.net_bytes_per_s;
+  load.speed = load.cpu_mhz > 0 ? load.cpu_mhz / kReferenceMhz : 1.0;
   load.jobs_running = static_cast<int>(supervisor_->RunningCount());
   load.draining = balancer_ && balancer_->draining();
+  std::uint64_t rss_sum = 0;
   for (const auto& job : supervisor_->List()) {
     if (job.state != jobs::JobState::kRunning) continue;
     balancer::JobLoad job_load;
     job_load.job_id = job.id;
     job_load.rss_bytes = job.rss_bytes;
     job_load.pinned = job.pinned;
-    load.jobs.push_back(job_load);
+    if (const auto usage = job_usage_->Get(job.id)) {
+      job_load.cpu_share = usage->cpu_share;
+      job_load.rss_bytes = usage->rss_bytes;
+      job_load.io_bytes_per_s = usage->io_bytes_per_s;
+      job_load.runnable = usage->runnable;
+    }
+    if (job.submitted_at != jobs::TimePoint{}) {
+      job_load.age_s =
+          std::max(0.0, std::chrono::duration<double>(wall_now - job.submitted_at).count());
+    }
+    job_load.peers = ipc_->TopPeers(job.id, 8);
+    load.demand += job_load.runnable;
+    rss_sum += job_load.rss_bytes;
+    load.jobs.push_back(std::move(job_load));
+  }
+  load.capacity = load.cpus * load.speed;
+  load.mem_limit_bytes = load.mem_total_bytes;
+  load.mem_used_bytes = rss_sum;
+  if (node_cgroup_) {
+    if (const double quota = node_cgroup_->CpuQuota(); quota > 0) {
+      load.capacity = std::min(quota, static_cast<double>(std::max(load.cpus, 1)));
+    }
+    if (const auto used = node_cgroup_->MemoryUsage()) load.mem_used_bytes = *used;
+    if (const std::uint64_t limit = node_cgroup_->MemoryLimit(); limit > 0) {
+      load.mem_limit_bytes = limit;
+      load.mem_free_bytes = limit > load.mem_used_bytes ? limit - load.mem_used_bytes : 0;
+    }
   }
   return load;
 }

@@ -16,6 +16,7 @@
 #include "balancer_service.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/event_bus.hpp"
+#include "tern/agent/load_json.hpp"
 #include "tern/agent/migration_driver.hpp"
 #include "tern/agent/node_identity.hpp"
 #include "tern/agent/target.hpp"
@@ -40,20 +41,28 @@ json NodeToJson(const NodeView& node) {
               {"mem_total_bytes", 0},
               {"mem_free_bytes", 0},
               {"jobs", 0},
-              {"draining", false}};
+              {"draining", false},
+              {"capacity", 0.0},
+              {"speed", 1.0},
+              {"demand", 0.0},
+              {"mem_limit_bytes", 0},
+              {"mem_used_bytes", 0},
+              {"link_bytes_per_s", 0.0},
+              {"job_loads", json::array()}};
   if (node.load) {
-    out["load"] = node.load->load1;
-    out["cpus"] = node.load->cpus;
-    out["mem_total_bytes"] = node.load->mem_total_bytes;
-    out["mem_free_bytes"] = node.load->mem_free_bytes;
-    out["jobs"] = node.load->jobs_running;
-    out["age_ms"] = node.age_ms;
     out["capacity"] = node.load->capacity;
     out["speed"] = node.load->speed;
     out["demand"] = node.load->demand;
     out["mem_limit_bytes"] = node.load->mem_limit_bytes;
     out["mem_used_bytes"] = node.load->mem_used_bytes;
     out["link_bytes_per_s"] = node.load->link_bytes_per_s;
+    out["job_loads"] = LoadToJson(*node.load)["jobs"];
+    out["load"] = node.load->load1;
+    out["cpus"] = node.load->cpus;
+    out["mem_total_bytes"] = node.load->mem_total_bytes;
+    out["mem_free_bytes"] = node.load->mem_free_bytes;
+    out["jobs"] = node.load->jobs_running;
+    out["age_ms"] = node.age_ms;
     out["draining"] = node.load->draining;
   }
   out["linked"] = node.linked;
@@ -168,7 +177,8 @@ void AgentApi::Info(const ApiCall&, ApiDone done) {
   json info = {{"node", cluster_.self().name},
                {"node_id", NodeIdHex(cluster_.self().id)},
                {"version", version_},
-               {"jobs_running", supervisor_.RunningCount()}};
+               {"jobs_running", supervisor_.RunningCount()},
+               {"measurement", measurement_}};
   done(JsonResult(200, info.dump()));
 }
 

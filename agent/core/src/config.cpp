@@ -176,6 +176,7 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("node", "name", config.node_name);
   reader.String("node", "state_dir", config.state_dir);
   reader.String("node", "run_dir", config.run_dir);
+  reader.String("node", "cgroup", config.cgroup);
   reader.String("api", "unix_socket", config.api_unix_socket);
   reader.String("api", "listen", config.api_listen);
   reader.String("cluster", "listen", config.cluster_listen);
@@ -209,6 +210,9 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   if (!reader.problem().empty()) return Fail(reader.problem());
   if (config.dead_after <= config.suspect_after) {
     return Fail(origin + ": [cluster] dead_after_ms must be larger than suspect_after_ms");
+  }
+  if (config.cgroup.find("..") != std::string::npos) {
+    return Fail(origin + ": [node] cgroup must not contain '..'");
   }
   if (config.cluster_listen.empty() || PortOf(config.cluster_listen).empty()) {
     return Fail(origin + ": [cluster] listen must be host:port");

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -676,6 +677,36 @@ void IpcService::ResumeDirect(const std::string& job) { impl_->direct_->Resume(j
 
 std::size_t IpcService::RightCount(const std::string& job) const {
   return impl_->router_.RightCount(job);
+}
+
+void IpcService::SampleTraffic(std::chrono::steady_clock::time_point now) {
+  const auto traffic = impl_->router_.TakeTraffic();
+  const double seconds = std::chrono::duration<double>(now - traffic_at_).count();
+  const bool first = traffic_at_ == std::chrono::steady_clock::time_point{};
+  traffic_at_ = now;
+  peers_.clear();
+  if (first || seconds <= 0) return;
+  // Both ends of a pair count its bytes: sent by one, received by the other.
+  std::map<std::string, std::map<std::string, double>> rates;
+  for (const auto& pair : traffic) {
+    const double rate = static_cast<double>(pair.bytes) / seconds;
+    rates[pair.sender][pair.receiver] += rate;
+    rates[pair.receiver][pair.sender] += rate;
+  }
+  for (auto& [job, peers] : rates) {
+    auto& list = peers_[job];
+    list.assign(peers.begin(), peers.end());
+    std::sort(list.begin(), list.end(),
+              [](const auto& a, const auto& b) { return a.second > b.second; });
+  }
+}
+
+std::vector<std::pair<std::string, double>> IpcService::TopPeers(const std::string& job,
+                                                                 std::size_t limit) const {
+  const auto found = peers_.find(job);
+  if (found == peers_.end()) return {};
+  const auto& list = found->second;
+  return {list.begin(), list.begin() + static_cast<std::ptrdiff_t>(std::min(limit, list.size()))};
 }
 
 std::set<std::string> IpcService::JobsSharingRegions(const std::string& job) const {

@@ -229,8 +229,9 @@ struct MigrationDriver::Incoming {
   std::uint64_t source_id = 0;
   std::string images;
   migrate::BackgroundProcess page_server;
-  std::uint16_t page_server_port = 0;  // pre-copy: where page_server listens once started
-  std::uint64_t rss = 0;               // the job's resident memory at the source, at prepare
+  std::uint16_t page_server_port = 0;     // pre-copy: where page_server listens once started
+  std::uint64_t rss = 0;                  // the job's resident memory at the source, at prepare
+  std::vector<std::string> cgroup_roots;  // --cgroup-root: the job lands in this node's cgroup
   pid_t restored_pid = 0;
   Clock::time_point restored_at{};
   bool busy = false;  // a restore runs (off the io thread) on these files
@@ -1026,6 +1027,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
     return;
   }
   auto incoming = std::make_shared<Incoming>();
+  incoming->cgroup_roots = cgroup_roots_;
   incoming->id = body.value("id", "");
   incoming->job = *job;
   incoming->source = call.caller.via;
@@ -1178,8 +1180,10 @@ namespace {
 // How the destination restores a job: the same parked (ParkRestore, FinishRestore) or not
 // (Restore). RestoreCommand leaves --auto-dedup out of a post-copy restore.
 migrate::RestoreOptions DestinationRestoreOptions(const std::string& images, bool lazy,
-                                                  std::uint64_t rss) {
+                                                  std::uint64_t rss,
+                                                  const std::vector<std::string>& cgroup_roots) {
   migrate::RestoreOptions options;
+  options.cgroup_roots = cgroup_roots;
   options.images = images;
   options.pidfile = images + "/restored.pid";
   options.lazy_pages = lazy;
@@ -1209,7 +1213,8 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
-        migrate::RestoreOptions options = DestinationRestoreOptions(images, lazy, incoming->rss);
+        migrate::RestoreOptions options =
+            DestinationRestoreOptions(images, lazy, incoming->rss, incoming->cgroup_roots);
         options.channel_socket = channel;
         options.channel_fd = channel_end->get();
         auto restore = migrate::ParkRestore(criu, options);
@@ -1306,8 +1311,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
           return Unexpected<Error>{files.error()};
         }
         const auto start = Clock::now();
-        migrate::RestoreOptions options =
-            DestinationRestoreOptions(incoming->images, lazy, incoming->rss);
+        migrate::RestoreOptions options = DestinationRestoreOptions(
+            incoming->images, lazy, incoming->rss, incoming->cgroup_roots);
         options.channel_socket = ReadChannelNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
@@ -1382,8 +1387,9 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
   }
   if (incoming.abort_requested) return Fail("aborted by the source");
   const auto start = Clock::now();
-  auto pid = migrate::FinishRestore(incoming.parked_restore, *inventory,
-                                    DestinationRestoreOptions(incoming.images, lazy, incoming.rss));
+  auto pid = migrate::FinishRestore(
+      incoming.parked_restore, *inventory,
+      DestinationRestoreOptions(incoming.images, lazy, incoming.rss, incoming.cgroup_roots));
   if (!pid) return Unexpected<Error>{pid.error()};
   return std::make_pair(*pid, MillisSince(start));
 }

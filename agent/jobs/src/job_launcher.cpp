@@ -22,12 +22,14 @@
 namespace tern::jobs {
 namespace {
 
-enum class Stage : int { kSession, kFds, kGroups, kGid, kUid, kVerify, kChdir, kExec };
+enum class Stage : int { kSession, kCgroup, kFds, kGroups, kGid, kUid, kVerify, kChdir, kExec };
 
 const char* StageText(Stage stage) {
   switch (stage) {
     case Stage::kSession:
       return "cannot start a new session";
+    case Stage::kCgroup:
+      return "cannot join the node's cgroup";
     case Stage::kFds:
       return "cannot set up stdin/stdout/stderr";
     case Stage::kGroups:
@@ -54,6 +56,7 @@ struct ChildFailure {
 // Everything the child needs, prepared before clone so that the child allocates nothing.
 struct ChildPlan {
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1, ipc_fd = -1;
+  std::vector<int> cgroup_fds;  // cgroup.procs files, opened by the parent
   uid_t uid = 0;
   gid_t gid = 0;
   std::vector<gid_t> groups;
@@ -79,6 +82,11 @@ int ChildMain(void* arg) {
   sigprocmask(SIG_SETMASK, &empty, nullptr);
   for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
   if (setsid() < 0) ChildFail(plan, Stage::kSession);
+  // "0" moves the writer itself: joined here, before exec, no process of the job ever runs
+  // outside the cgroup (the fds are closed with the others below).
+  for (int fd : plan.cgroup_fds) {
+    if (::write(fd, "0", 1) != 1) ChildFail(plan, Stage::kCgroup);
+  }
   if (dup2(plan.stdin_fd, 0) < 0 || dup2(plan.stdout_fd, 1) < 0 || dup2(plan.stderr_fd, 2) < 0) {
     ChildFail(plan, Stage::kFds);
   }
@@ -214,6 +222,14 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   plan.stderr_fd = err->get();
   plan.report_fd = report_write.get();
   plan.ipc_fd = spec.ipc_fd;
+  std::vector<UniqueFd> cgroup_fds;
+  for (const auto& procs : spec.cgroup_procs) {
+    cgroup_fds.emplace_back(::open(procs.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!cgroup_fds.back().valid()) {
+      return Fail("cannot open " + procs + " (the node's cgroup): " + std::strerror(errno));
+    }
+    plan.cgroup_fds.push_back(cgroup_fds.back().get());
+  }
 
   std::vector<char> stack(256 * 1024);
   const pid_t pid = ::clone(ChildMain, stack.data() + stack.size(), CLONE_NEWPID | SIGCHLD, &plan);

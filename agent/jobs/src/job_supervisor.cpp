@@ -230,6 +230,7 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   auto init = InitFor(request.uid);
   LaunchSpec spec{request.argv, request.uid,       request.gid, request.user,      request.env,
                   record.dir,   init ? *init : "", record.id,   options_.node_name};
+  spec.cgroup_procs = options_.cgroup_procs;
   UniqueFd ipc_end(options_.open_ipc_channel ? options_.open_ipc_channel(record.id) : -1);
   if (ipc_end.valid()) {
     spec.ipc_fd = ipc_end.get();

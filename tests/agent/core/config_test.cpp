@@ -20,6 +20,7 @@ TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   EXPECT_EQ(config->gossip_window, 16u);
   EXPECT_EQ(config->link_idle.count(), 30000);
   EXPECT_EQ(config->cancel_grace.count(), 5000);
+  EXPECT_EQ(config->cgroup, "");
 }
 
 TEST(ConfigTest, ReadsEverySection) {
@@ -27,6 +28,7 @@ TEST(ConfigTest, ReadsEverySection) {
 [node]
 name = "node7"
 state_dir = "/tmp/s"
+cgroup = "tern-node7"
 [api]
 unix_socket = "/tmp/s.sock"
 listen = ""
@@ -50,6 +52,7 @@ level = "debug"
                             "test.toml");
   ASSERT_TRUE(config) << config.error().message;
   EXPECT_EQ(config->node_name, "node7");
+  EXPECT_EQ(config->cgroup, "tern-node7");
   EXPECT_EQ(config->api_listen, "");
   EXPECT_EQ(config->seeds.size(), 2u);
   EXPECT_EQ(config->secret, "s3cret");
@@ -102,6 +105,12 @@ TEST(ConfigTest, BalancerKeysOutOfRangeNameTheKey) {
     EXPECT_NE(config.error().message.find("[balancer]"), std::string::npos)
         << config.error().message;
   }
+}
+
+TEST(ConfigTest, CgroupThatClimbsOutIsRefused) {
+  auto config = ParseConfig("[node]\ncgroup = \"../escape\"\n", "test.toml");
+  ASSERT_FALSE(config);
+  EXPECT_NE(config.error().message.find("[node] cgroup"), std::string::npos);
 }
 
 TEST(ConfigTest, WrongTypeNamesFileSectionAndKey) {

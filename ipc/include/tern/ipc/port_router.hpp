@@ -129,6 +129,16 @@ class PortRouter {
   // Jobs on this node that hold a right to a region `job` also holds.
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
   std::size_t PortCount() const;
+  // IPC affinity: bytes each job on this node sent to ports whose receive right another job
+  // holds, per (sender, receiver) pair, since the previous call (which this resets). Counting
+  // costs one map update per message; the pairs are resolved here, for ports homed on this
+  // node (a port homed elsewhere has its receiver known only there, and is not counted).
+  struct Traffic {
+    std::string sender;
+    std::string receiver;
+    std::uint64_t bytes = 0;
+  };
+  std::vector<Traffic> TakeTraffic();
 
   // Queries for the direct-call broker (docs/ipc.md "Direct calls"); they change nothing.
   // The port a Mach send right `name` of `job` names (not a send-once right, not a dead name).

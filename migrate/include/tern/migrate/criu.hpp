@@ -62,6 +62,9 @@ struct RestoreOptions {
   std::string channel_socket;
   int channel_fd = -1;
   bool leave_stopped = true;  // resumed only on commit
+  // `--cgroup-root` values ("cpu:/tern-node2", or "/tern-node2" for every controller): the
+  // restored tree goes into these existing cgroups instead of re-creating the source's paths.
+  std::vector<std::string> cgroup_roots;
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
 

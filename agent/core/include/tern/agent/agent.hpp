@@ -30,6 +30,8 @@ namespace tern::agent {
 
 class AgentApi;
 class BalancerService;
+class JobUsageSampler;
+class NodeCgroup;
 class Cluster;
 class EventBus;
 class IpcService;
@@ -53,6 +55,8 @@ class Agent {
   NodeIdentity identity_;
   HostLoadSampler sampler_;
   HostLoad last_host_load_;
+  std::unique_ptr<NodeCgroup> node_cgroup_;  // null: no [node] cgroup, or it cannot be used
+  std::unique_ptr<JobUsageSampler> job_usage_;
   std::unique_ptr<EventBus> events_;
   std::unique_ptr<IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;

@@ -38,6 +38,9 @@ class AgentApi {
 
   void Handle(ApiCall call, ApiDone done);
   // How many IPC rights a job on this node holds (shown as "ipc_rights" in its status).
+  // What /v1/info says about load measurement (`tern doctor` shows it): {"taskstats": {"ok",
+  // "detail"}, "cgroup": {"ok", "detail"}}.
+  void SetMeasurement(nlohmann::json measurement) { measurement_ = std::move(measurement); }
   void SetIpcRightCount(std::function<std::size_t(const std::string& job)> count) {
     ipc_rights_ = std::move(count);
   }
@@ -71,6 +74,7 @@ class AgentApi {
   Cluster& cluster_;
   MigrationDriver& migrations_;
   std::string version_;
+  nlohmann::json measurement_ = nlohmann::json::object();
   std::function<std::size_t(const std::string&)> ipc_rights_;
   BalancerService* balancer_ = nullptr;
   EventBus* events_ = nullptr;

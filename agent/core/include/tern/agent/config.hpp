@@ -20,6 +20,10 @@ struct AgentConfig {
   std::string node_name;  // default: host name
   std::string state_dir = "/var/lib/tern";
   std::string run_dir = "/run/tern";
+  // The node's cgroup: jobs run in it and the node's capacity, demand and memory are read from
+  // it. A path from each hierarchy's root ("/tern-node1") or, without the leading '/', relative
+  // to the agent's own cgroup. Empty: none (host-wide figures).
+  std::string cgroup;
   // [api]
   std::string api_unix_socket = "/run/tern/ternd.sock";
   std::string api_listen = "0.0.0.0:7070";

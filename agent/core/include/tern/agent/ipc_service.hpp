@@ -21,6 +21,7 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -92,12 +93,22 @@ class IpcService {
   void ResumeDirect(const std::string& job);
 
   std::size_t RightCount(const std::string& job) const;
+  // IPC affinity: takes the router's byte counts (PortRouter::TakeTraffic) and keeps each
+  // pair's rate over the time since the previous sample; call once per load sample.
+  void SampleTraffic(std::chrono::steady_clock::time_point now);
+  // The jobs `job` exchanged most bytes/s with at the last sample (sent or received), most
+  // first, at most `limit`.
+  std::vector<std::pair<std::string, double>> TopPeers(const std::string& job,
+                                                       std::size_t limit) const;
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
   void Stop();
 
  private:
   class Impl;
   std::shared_ptr<Impl> impl_;
+  // Per local job: its peers' bytes/s at the last SampleTraffic, most first.
+  std::map<std::string, std::vector<std::pair<std::string, double>>> peers_;
+  std::chrono::steady_clock::time_point traffic_at_{};
 };
 
 }  // namespace tern::agent

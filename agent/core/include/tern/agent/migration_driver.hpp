@@ -57,6 +57,9 @@ class MigrationDriver {
   // Where migration events go ("migration" events: started, moved, failed).
   using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
   void SetPublisher(Publisher publisher) { publish_ = std::move(publisher); }
+  // `criu restore --cgroup-root` values (NodeCgroup::CriuRoots): jobs restored here run in the
+  // node's cgroup, not in the source's. Empty: CRIU's default (the source's cgroup paths).
+  void SetCgroupRoots(std::vector<std::string> roots) { cgroup_roots_ = std::move(roots); }
   // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
   // arrive. hand_off takes a frozen job's rights out of this agent for `to` (IpcService::
@@ -145,6 +148,7 @@ class MigrationDriver {
   std::uint32_t next_port_ = 0;
   std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
+  std::vector<std::string> cgroup_roots_;
   IpcHooks ipc_;
 };
 

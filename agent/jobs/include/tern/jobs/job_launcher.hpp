@@ -35,6 +35,9 @@ struct LaunchSpec {
   std::string job_id;
   std::string node;
   int ipc_fd = -1;  // the job's end of its IPC channel: becomes fd 3 (TERN_IPC_FD) in the job
+  // cgroup.procs files of the node's cgroup: tern-init joins them before it starts, so that
+  // every process of the job runs in that cgroup from its first instruction.
+  std::vector<std::string> cgroup_procs;
 };
 
 // The job's IPC channel is always this fd number (docs/ipc.md "The job's channel").

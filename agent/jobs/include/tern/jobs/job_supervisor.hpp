@@ -47,6 +47,8 @@ struct SupervisorOptions {
   // Opens a job's IPC channel before it starts; returns the job's end (closed here after the
   // launch), or -1 when there is none. Empty: jobs get no channel.
   std::function<int(const std::string& job_id)> open_ipc_channel;
+  // The node cgroup's cgroup.procs files (LaunchSpec::cgroup_procs); empty: no cgroup.
+  std::vector<std::string> cgroup_procs;
 };
 
 struct SubmitRequest {
