@@ -1,10 +1,9 @@
 // Integration tests of the balancer's user side on a real 3-node local cluster: drain and
 // undrain, pin, placement off a draining node, `tern events` and `[balancer] enabled = false`.
 //
-// The suite brings up its own cluster (`deploy/tern-cluster up 3 --force`, named by
-// TERN_IT_CLUSTER like cluster_test.cpp's) and takes it down at the end. Checks that hold
-// whatever the nodes' CPUs: in a local cluster without per-node cgroups every node measures the
-// same shared CPUs, so "less loaded" placement is the balancer's unit tests' to show.
+// The suite brings up its own cluster (`deploy/tern-cluster up 3 --force --cpus-per-node 1`,
+// named by TERN_IT_CLUSTER like cluster_test.cpp's: each node its own cgroup with one CPU, so
+// that each measures its own demand) and takes it down at the end.
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -128,7 +127,8 @@ class BalancerClusterTest : public ::testing::Test {
     setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
     setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
     if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
-    auto r = RunCmd({Script(), "up", "3", "--force"}, 180s);
+    auto r = RunCmd(
+        {Script(), "up", "3", "--force", "--cpus-per-node", "1", "--mem-per-node", "2G"}, 180s);
     if (r.exit_code != 0) problem_ = "`tern-cluster up 3` failed: " + r.Describe();
   }
 
@@ -317,6 +317,46 @@ TEST_F(BalancerClusterTest, EventsAreMergedFromEveryNodeByTime) {
   auto few = Tern("node3", {"events", "-n", "2", "-o", "json"});
   EXPECT_EQ(Lines(few.out).size(), 2u) << few.Describe();
   Tern("node1", {"cancel", id});
+}
+
+double Demand(const std::string& via, const std::string& node) {
+  auto nodes = JsonOf(Tern(via, {"nodes", "-o", "json"}));
+  if (!nodes) return -1;
+  for (const auto& n : *nodes) {
+    if (n.value("name", "") == node) return n.value("demand", -1.0);
+  }
+  return -1;
+}
+
+TEST_F(BalancerClusterTest, SubmitWithoutNodeGoesToALessLoadedNode) {
+  // Two busy jobs on node1 (one CPU): pinned, so that the balancer leaves them there.
+  std::vector<std::string> busy;
+  for (int i = 0; i < 2; ++i) {
+    busy.push_back(
+        Submit("node1", {"--node", "node1", "--pin"}, {"sh", "-c", "while :; do :; done"}));
+    ASSERT_FALSE(busy.back().empty());
+  }
+  double demand = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        demand = Demand("node1", "node1");
+        return demand >= 1.5;
+      },
+      20s))
+      << "node1's demand stays at " << demand;
+  const auto placed = Submit("node1", {}, {"sleep", "600"});
+  ASSERT_FALSE(placed.empty());
+  const std::string where = NodeOf("node1", placed);
+  EXPECT_TRUE(where == "node2" || where == "node3") << placed << " runs on " << where;
+  auto place = FindEvent(BalancerEvents("node1"), "place", placed);
+  ASSERT_TRUE(place) << "no place event for " << placed;
+  EXPECT_EQ(place->value("to", ""), where) << place->dump();
+  EXPECT_NE(place->value("reason", "").find("demand"), std::string::npos) << place->dump();
+  // --node stays exact however loaded the node is.
+  const auto exact = Submit("node1", {"--node", "node1"}, {"sleep", "601"});
+  EXPECT_EQ(NodeOf("node1", exact), "node1");
+  for (const auto& id : busy) Tern("node1", {"cancel", id});
+  for (const auto& id : {placed, exact}) Tern("node1", {"cancel", id});
 }
 
 TEST_F(BalancerClusterTest, WithTheBalancerOffADrainedNodeKeepsItsJobs) {
