@@ -129,11 +129,14 @@ bool IsJobId(const std::string& s) {
   return std::regex_match(s, re);
 }
 
-// `tern submit -q [--node N] -- CMD` from FROM; returns the job id ("" after a gtest failure).
+// `tern submit -q --node N -- CMD` from FROM (N default: FROM); returns the job id ("" after a
+// gtest failure).
 std::string Submit(const std::string& from, const std::vector<std::string>& cmd,
                    const std::string& on_node = "") {
   std::vector<std::string> args = {"submit", "-q"};
-  if (!on_node.empty()) args.insert(args.end(), {"--node", on_node});
+  // These tests want the job where they say (by default the node they submit on): without
+  // --node the balancer would place it by load (balancer_test.cpp tests that).
+  args.insert(args.end(), {"--node", on_node.empty() ? from : on_node});
   args.push_back("--");
   args.insert(args.end(), cmd.begin(), cmd.end());
   auto r = Tern(from, args);
