@@ -138,12 +138,12 @@ void BalancerService::Placed(const std::string& job, const balancer::Placement& 
 
 void BalancerService::OnMigrationEvent(const json& fields) {
   const std::string event = fields.value("event", "");
-  const std::string id = fields.value("id", "");
+  const std::string job = fields.value("job", "");
   if (event == "started") {
-    if (fields.value("from", "") == cluster_.self().name) outgoing_.insert(id);
+    if (fields.value("from", "") == cluster_.self().name) outgoing_.insert(job);
     return;
   }
-  if (event == "moved" || event == "failed") outgoing_.erase(id);
+  if (event == "moved" || event == "failed") outgoing_.erase(job);
   if (event == "moved" && fields.value("from", "") == cluster_.self().name) costs_.OnMoved(fields);
 }
 

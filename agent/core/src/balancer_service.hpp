@@ -115,7 +115,9 @@ class BalancerService {
   MigrationCostEstimator costs_;
   CpuShareMeter cpu_;
   SkipNotes skips_;
-  std::set<std::string> outgoing_;               // migration ids leaving this node now (any origin)
+  // Jobs leaving this node now (the balancer's or `tern migrate`'s), by job: a move retried
+  // after a CRIU hiccup starts again under a new migration id.
+  std::set<std::string> outgoing_;
   std::set<std::string> moving_;                 // jobs this service is moving now
   std::map<std::string, std::size_t> arrivals_;  // job -> migrations its record listed
   std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
