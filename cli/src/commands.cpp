@@ -5,6 +5,7 @@
 #include <chrono>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -107,6 +108,7 @@ Expected<std::string> SubmitBody(const SubmitOptions& options,
   if (!options.node.empty()) body["node"] = options.node;
   if (!options.name.empty()) body["name"] = options.name;
   if (!options.user.empty()) body["user"] = options.user;
+  if (options.pin) body["pin"] = true;
   return body.dump();
 }
 
@@ -133,7 +135,7 @@ int Submit(Context& context, const SubmitOptions& options) {
     context.out << Str(*job, "id") << "\n";
   } else {
     context.out << "submitted " << Str(*job, "id") << " (" << Str(*job, "name") << ") on "
-                << Str(*job, "node") << "\n";
+                << Str(*job, "node") << (job->value("pinned", false) ? ", pinned" : "") << "\n";
   }
   return 0;
 }
@@ -155,6 +157,7 @@ int Ps(Context& context, bool all, Output output) {
     std::string state = Str(job, "state");
     if (state == "exited") state += "(" + Str(job, "exit_code") + ")";
     if (state == "killed") state += "(" + Str(job, "signal") + ")";
+    if (job.value("pinned", false) && Str(job, "state") == "running") state += ",pinned";
     table.Add({Str(job, "id"), Str(job, "name"), Str(job, "user"), Str(job, "node"), state,
                HumanCpu(Num(job, "cpu_seconds")),
                HumanBytes(static_cast<std::uint64_t>(Num(job, "rss_bytes"))),
@@ -180,6 +183,7 @@ int Status(Context& context, const std::string& id, Output output) {
   row("node:", Str(*job, "node"));
   row("home node:", Str(*job, "home_node"));
   row("state:", Str(*job, "state"));
+  row("pinned:", job->value("pinned", false) ? "yes (the balancer does not move it)" : "");
   row("exit code:", Str(*job, "exit_code"));
   row("signal:", Str(*job, "signal"));
   row("command:", CommandLine((*job)["argv"]));
@@ -270,12 +274,14 @@ int Nodes(Context& context, Output output) {
                                    ? bytes("mem_used_bytes") + "/" + bytes("mem_limit_bytes")
                                    : bytes("mem_free_bytes") + " free/" + bytes("mem_total_bytes");
     const bool self = node.value("self", false);
+    const std::string state =
+        Str(node, "state") + (node.value("draining", false) ? ",draining" : "");
     // How old this agent's news of the node is (gossip): "-" when it has none.
     char age[16] = "-";
     if (node.contains("age_ms"))
       std::snprintf(age, sizeof age, "%.1fs", Num(node, "age_ms") / 1000);
-    table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), Str(node, "state"),
-               load, cpu, memory, Str(node, "jobs"), age});
+    table.Add({Str(node, "name") + (self ? "*" : ""), Str(node, "address"), state, load, cpu,
+               memory, Str(node, "jobs"), age});
   }
   context.out << table.Render();
   return 0;
@@ -324,39 +330,122 @@ int Migrate(Context& context, const std::string& id, const std::string& node,
   return 0;
 }
 
-int Events(Context& context, Output output) {
+std::string EventLine(const json& event) {
+  std::string what;
+  const std::string type = Str(event, "type");
+  if (type == "job") {
+    what = Str(event, "id") + " " + Str(event, "state") + " on " + Str(event, "node");
+    if (event.value("pinned", false) && Str(event, "state") == "running") what += " (pinned)";
+  } else if (type == "migration") {
+    what = Str(event, "job") + " " + Str(event, "event") + " -> " + Str(event, "to");
+    if (event.contains("freeze_ms")) {
+      char text[64];
+      std::snprintf(text, sizeof text, " (freeze %.0f ms)", Num(event, "freeze_ms"));
+      what += text;
+    }
+    if (event.contains("error")) what += ": " + Str(event, "error");
+  } else if (type == "node") {
+    what = Str(event, "name") + " is " + Str(event, "state");
+  } else if (type == "balancer") {
+    const std::string action = Str(event, "action");
+    what = action;
+    if (!Str(event, "job").empty()) what += " " + Str(event, "job");
+    if ((action == "migrate" || action == "place" || action == "failed") &&
+        !Str(event, "to").empty()) {
+      what += " -> " + Str(event, "to");
+    }
+    if (!Str(event, "kind").empty()) what += " (" + Str(event, "kind") + ")";
+    if (!Str(event, "reason").empty()) what += ": " + Str(event, "reason");
+  }
+  return Str(event, "time") + "  " + Str(event, "node") + "  " + type + "  " + what;
+}
+
+namespace {
+
+bool Wanted(const EventsOptions& options, const json& event) {
+  return options.type.empty() || Str(event, "type") == options.type;
+}
+
+void PrintEvent(Context& context, const EventsOptions& options, const json& event) {
+  context.out << (options.output == Output::kJson ? event.dump() : EventLine(event)) << "\n";
+}
+
+std::string RecentTarget(const EventsOptions& options) {
+  std::string target = "/v1/events/recent?limit=" + std::to_string(options.limit);
+  if (!options.type.empty()) target += "&type=" + EncodePathSegment(options.type);
+  return target;
+}
+
+}  // namespace
+
+int Events(Context& context, const EventsOptions& options) {
+  if (!options.follow || options.all_nodes) {
+    // Every node's kept events, merged by time by the local agent; with --all-nodes polled
+    // again every second, printing those not seen yet (a node's seq orders its events).
+    std::set<std::pair<std::string, std::uint64_t>> seen;  // (node, seq) printed
+    while (true) {
+      auto body = CallJson(context, "GET", RecentTarget(options));
+      if (!body) return 1;
+      if (!options.follow) WarnUnreachable(context, *body);
+      // Each answer holds the newest events: one that left it never comes back, so only the
+      // keys of this answer need remembering.
+      std::set<std::pair<std::string, std::uint64_t>> now_seen;
+      if (body->contains("events") && (*body)["events"].is_array()) {
+        for (const auto& event : (*body)["events"]) {
+          auto key = std::make_pair(Str(event, "node"), event.value("seq", std::uint64_t{0}));
+          now_seen.insert(key);
+          if (seen.count(key) != 0 || !Wanted(options, event)) continue;
+          PrintEvent(context, options, event);
+        }
+      }
+      seen = std::move(now_seen);
+      context.out.flush();
+      if (!options.follow) return 0;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
   auto streamed = context.client.Stream("/v1/events", [&](const std::string& line) {
     if (line.rfind("data: ", 0) != 0) return true;
-    const std::string data = line.substr(6);
-    if (output == Output::kJson) {
-      context.out << data << "\n";
-    } else {
-      json event = json::parse(data, nullptr, false);
-      if (event.is_discarded()) return true;
-      std::string what;
-      const std::string type = Str(event, "type");
-      if (type == "job") {
-        what = Str(event, "id") + " " + Str(event, "state") + " on " + Str(event, "node");
-      } else if (type == "migration") {
-        what = Str(event, "job") + " " + Str(event, "event") + " -> " + Str(event, "to");
-        if (event.contains("freeze_ms")) {
-          char text[64];
-          std::snprintf(text, sizeof text, " (freeze %.0f ms)", Num(event, "freeze_ms"));
-          what += text;
-        }
-        if (event.contains("error")) what += ": " + Str(event, "error");
-      } else if (type == "node") {
-        what = Str(event, "name") + " is " + Str(event, "state");
-      }
-      context.out << Str(event, "time") << "  " << Str(event, "node") << "  " << type << "  "
-                  << what << "\n";
-    }
+    json event = json::parse(line.substr(6), nullptr, false);
+    if (event.is_discarded() || !Wanted(options, event)) return true;
+    PrintEvent(context, options, event);
     context.out.flush();
     return true;
   });
   if (!streamed) {
     context.err << "tern: " << streamed.error().message << "\n";
     return 1;
+  }
+  return 0;
+}
+
+int Pin(Context& context, const std::vector<std::string>& ids, bool pin) {
+  int status = 0;
+  for (const auto& id : ids) {
+    auto job =
+        CallJson(context, "POST", "/v1/jobs/" + EncodePathSegment(id) + (pin ? "/pin" : "/unpin"));
+    if (!job) {
+      status = 1;
+      continue;
+    }
+    context.out << (pin ? "pinned " : "unpinned ") << Str(*job, "id") << " on " << Str(*job, "node")
+                << "\n";
+  }
+  return status;
+}
+
+int Drain(Context& context, const std::string& node, bool drain) {
+  auto body = CallJson(context, "POST",
+                       "/v1/nodes/" + EncodePathSegment(node) + (drain ? "/drain" : "/undrain"));
+  if (!body) return 1;
+  if (!drain) {
+    context.out << node << " takes new jobs again\n";
+  } else if (body->value("balancer", true)) {
+    context.out << node << " is draining: it takes no new jobs and moves its jobs away "
+                << "(`tern events -f` shows each move)\n";
+  } else {
+    context.out << node << " is draining: it takes no new jobs; its balancer is off, so its "
+                << "jobs stay\n";
   }
   return 0;
 }

@@ -44,11 +44,13 @@ int main(int argc, char** argv) {
   tern::cli::SubmitOptions submit;
   auto* submit_cmd =
       app.add_subcommand("submit", "run a command as a job (tern submit -- CMD ARGS)");
-  submit_cmd->add_option("--node", submit.node, "node to run on (default: this one)");
+  submit_cmd->add_option("--node", submit.node,
+                         "node to run on (default: the balancer places it, this node on ties)");
   submit_cmd->add_option("--name", submit.name, "job name (default: the command's name)");
   submit_cmd->add_option("--user", submit.user, "run as this user (root only)");
   submit_cmd->add_option("-e,--env", submit.env, "set NAME=VALUE in the job's environment");
   submit_cmd->add_flag("-q,--quiet", submit.quiet, "print only the job id");
+  submit_cmd->add_flag("--pin", submit.pin, "the balancer never moves the job (tern unpin)");
   submit_cmd->add_option("command", submit.argv, "the command and its arguments")->required();
   submit_cmd->positionals_at_end();
 
@@ -99,9 +101,32 @@ int main(int argc, char** argv) {
   doctor_cmd->add_option("-o,--output", doctor_output, "table or json")
       ->check(CLI::IsMember({"table", "json"}));
 
+  std::vector<std::string> pin_ids, unpin_ids;
+  auto* pin_cmd =
+      app.add_subcommand("pin", "keep jobs where they are: the balancer never moves them");
+  pin_cmd->add_option("job", pin_ids, "job ids")->required();
+  auto* unpin_cmd = app.add_subcommand("unpin", "let the balancer move jobs again");
+  unpin_cmd->add_option("job", unpin_ids, "job ids")->required();
+
+  std::string drain_node, undrain_node;
+  auto* drain_cmd = app.add_subcommand(
+      "drain", "move every job off a node by live migration; it takes no new ones (root)");
+  drain_cmd->add_option("node", drain_node, "the node to empty")->required();
+  auto* undrain_cmd = app.add_subcommand("undrain", "let a drained node take jobs again (root)");
+  undrain_cmd->add_option("node", undrain_node, "the node")->required();
+
+  tern::cli::EventsOptions events;
   std::string events_output = "table";
-  auto* events_cmd =
-      app.add_subcommand("events", "follow this node's events: jobs, migrations, nodes");
+  auto* events_cmd = app.add_subcommand(
+      "events", "recent events of every node (jobs, migrations, nodes, balancer), by time");
+  events_cmd->add_flag("-f,--follow", events.follow,
+                       "keep printing new events of this node until interrupted");
+  events_cmd->add_flag("-A,--all-nodes", events.all_nodes,
+                       "with -f: new events of every node (asked every second)");
+  events_cmd->add_option("-t,--type", events.type, "only job, migration, node or balancer events")
+      ->check(CLI::IsMember({"job", "migration", "node", "balancer"}));
+  events_cmd->add_option("-n,--limit", events.limit, "at most this many recent events (1-1000)")
+      ->check(CLI::Range(1, 1000));
   events_cmd->add_option("-o,--output", events_output, "table or json (one event per line)")
       ->check(CLI::IsMember({"table", "json"}));
 
@@ -149,7 +174,12 @@ int main(int argc, char** argv) {
   }
   if (*version_cmd) return tern::cli::Version(context);
   if (*events_cmd) {
-    return tern::cli::Events(context, events_output == "json" ? Output::kJson : Output::kTable);
+    events.output = events_output == "json" ? Output::kJson : Output::kTable;
+    return tern::cli::Events(context, events);
   }
+  if (*pin_cmd) return tern::cli::Pin(context, pin_ids, true);
+  if (*unpin_cmd) return tern::cli::Pin(context, unpin_ids, false);
+  if (*drain_cmd) return tern::cli::Drain(context, drain_node, true);
+  if (*undrain_cmd) return tern::cli::Drain(context, undrain_node, false);
   return 2;
 }

@@ -83,6 +83,33 @@ TEST(SubmitBodyTest, CarriesCommandEnvironmentAndOverrides) {
   EXPECT_FALSE(SubmitBody(options, {}));
 }
 
+TEST(SubmitBodyTest, PinIsSentOnlyWhenAsked) {
+  SubmitOptions options;
+  options.argv = {"true"};
+  auto plain = nlohmann::json::parse(*SubmitBody(options, {}));
+  EXPECT_FALSE(plain.contains("pin"));
+  EXPECT_FALSE(plain.contains("node")) << "without --node the agent places the job";
+  options.pin = true;
+  EXPECT_EQ(nlohmann::json::parse(*SubmitBody(options, {}))["pin"], true);
+}
+
+TEST(EventLineTest, BalancerEventsSayWhatAndWhy) {
+  nlohmann::json move = {
+      {"type", "balancer"}, {"time", "2026-12-04T10:00:00.000Z"},
+      {"node", "node1"},    {"action", "migrate"},
+      {"job", "node1.4"},   {"to", "node3"},
+      {"kind", "balance"},  {"reason", "node1 demand 3.0 of 0.5 CPU, node3 0.1 of 0.5"}};
+  EXPECT_EQ(EventLine(move),
+            "2026-12-04T10:00:00.000Z  node1  balancer  migrate node1.4 -> node3 (balance): "
+            "node1 demand 3.0 of 0.5 CPU, node3 0.1 of 0.5");
+  nlohmann::json skip = {{"type", "balancer"}, {"time", "t"},      {"node", "node3"},
+                         {"action", "skip"},   {"job", "node3.2"}, {"reason", "pinned"}};
+  EXPECT_EQ(EventLine(skip), "t  node3  balancer  skip node3.2: pinned");
+  nlohmann::json job = {{"type", "job"},   {"time", "t"},        {"node", "node2"},
+                        {"id", "node1.1"}, {"state", "running"}, {"pinned", true}};
+  EXPECT_EQ(EventLine(job), "t  node2  job  node1.1 running on node2 (pinned)");
+}
+
 TEST(EncodeTest, PathSegmentsAreEscaped) {
   EXPECT_EQ(EncodePathSegment("node1.4"), "node1.4");
   EXPECT_EQ(EncodePathSegment("a/b c"), "a%2Fb%20c");
@@ -100,11 +127,21 @@ TEST(CliBinaryTest, UsageErrorsExitTwo) {
   EXPECT_EQ(Tern("submit").exit_code, 2);
   EXPECT_EQ(Tern("status").exit_code, 2);
   EXPECT_EQ(Tern("frobnicate").exit_code, 2);
+  EXPECT_EQ(Tern("pin").exit_code, 2) << "pin needs a job";
+  EXPECT_EQ(Tern("unpin").exit_code, 2);
+  EXPECT_EQ(Tern("drain").exit_code, 2) << "drain needs a node";
+  EXPECT_EQ(Tern("undrain").exit_code, 2);
+  EXPECT_EQ(Tern("drain node1 node2").exit_code, 2) << "one node at a time";
+  EXPECT_EQ(Tern("events --type frogs").exit_code, 2);
+  EXPECT_EQ(Tern("events -n 0").exit_code, 2);
+  EXPECT_EQ(Tern("events -o yaml").exit_code, 2);
   EXPECT_EQ(Tern("--help").exit_code, 0);
 }
 
 TEST(CliBinaryTest, NoAgentIsOneClearLineAndExitOne) {
-  for (const char* command : {"ps", "nodes", "status x", "submit -- true", "cancel x", "logs x"}) {
+  for (const char* command : {"ps", "nodes", "status x", "submit -- true", "cancel x", "logs x",
+                              "pin x", "unpin x", "drain node1", "undrain node1", "events",
+                              "events -f", "events -f -A", "submit --pin -- true"}) {
     auto run = Tern(std::string("--node-socket /nonexistent/tern.sock ") + command);
     EXPECT_EQ(run.exit_code, 1) << command;
     EXPECT_EQ(run.err,

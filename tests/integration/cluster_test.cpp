@@ -129,11 +129,14 @@ bool IsJobId(const std::string& s) {
   return std::regex_match(s, re);
 }
 
-// `tern submit -q [--node N] -- CMD` from FROM; returns the job id ("" after a gtest failure).
+// `tern submit -q --node N -- CMD` from FROM (N default: FROM); returns the job id ("" after a
+// gtest failure).
 std::string Submit(const std::string& from, const std::vector<std::string>& cmd,
                    const std::string& on_node = "") {
   std::vector<std::string> args = {"submit", "-q"};
-  if (!on_node.empty()) args.insert(args.end(), {"--node", on_node});
+  // These tests want the job where they say (by default the node they submit on): without
+  // --node the balancer would place it by load (balancer_test.cpp tests that).
+  args.insert(args.end(), {"--node", on_node.empty() ? from : on_node});
   args.push_back("--");
   args.insert(args.end(), cmd.begin(), cmd.end());
   auto r = Tern(from, args);
@@ -734,7 +737,8 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
 TEST_F(ClusterTest, MigrationsAndJobChangesAreEmittedAsEvents) {
   // Follow node1's event stream while a job starts there, moves away and is cancelled.
   const std::string log = "/tmp/tern-it-events-" + std::to_string(getpid()) + ".jsonl";
-  const pid_t follower = Spawn({Script(), "exec", "node1", "tern", "events", "-o", "json"}, log);
+  const pid_t follower =
+      Spawn({Script(), "exec", "node1", "tern", "events", "-f", "-o", "json"}, log);
   ASSERT_GT(follower, 0);
   std::this_thread::sleep_for(500ms);
   const auto id = Submit("node1", {"sleep", "600"});

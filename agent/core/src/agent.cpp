@@ -7,6 +7,7 @@
 #include <tern/http/server.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 
+#include "balancer_service.hpp"
 #include "job_usage.hpp"
 #include "node_cgroup.hpp"
 #include "tern/agent/agent_api.hpp"
@@ -14,6 +15,7 @@
 #include "tern/agent/event_bus.hpp"
 #include "tern/agent/ipc_service.hpp"
 #include "tern/agent/migration_driver.hpp"
+#include "tern/agent/target.hpp"
 
 namespace tern::agent {
 
@@ -86,6 +88,7 @@ Expected<void> Agent::Start() {
         // A job that ended gives up its IPC rights at once (peers get their notifications).
         if (job.state != jobs::JobState::kRunning) ipc_->CloseChannel(job.id);
         spdlog::info("job {} ({}) is {}", job.id, job.name, jobs::ToString(job.state));
+        if (balancer_) balancer_->OnJobChanged(job);
         events_->Publish("job", jobs::ToJson(job, std::chrono::system_clock::now()));
       });
   const auto& init = supervisor_->init();
@@ -108,19 +111,22 @@ Expected<void> Agent::Start() {
   migrations_ = std::make_unique<MigrationDriver>(io_, config_, *supervisor_, *cluster_);
   if (node_cgroup_) migrations_->SetCgroupRoots(node_cgroup_->CriuRoots());
   migrations_->SetPublisher([this](const std::string& type, nlohmann::json fields) {
+    if (balancer_ && type == "migration") balancer_->OnMigrationEvent(fields);
     events_->Publish(type, std::move(fields));
   });
+  // Why the IPC layer keeps a job here ("" if it may move): for `tern migrate` and the balancer.
+  auto move_blocker = [this](const std::string& job) -> std::string {
+    const auto sharing = ipc_->JobsSharingRegions(job);
+    if (!sharing.empty()) {
+      std::string others;
+      for (const auto& other : sharing) others += (others.empty() ? "" : ", ") + other;
+      return "the job shares a memory region with " + others +
+             " on this node (jobs that share a region move together or not at all)";
+    }
+    return ipc_->MoveBlocker(job);
+  };
   migrations_->SetIpcHooks(
-      {.blocker = [this](const std::string& job) -> std::string {
-         const auto sharing = ipc_->JobsSharingRegions(job);
-         if (!sharing.empty()) {
-           std::string others;
-           for (const auto& other : sharing) others += (others.empty() ? "" : ", ") + other;
-           return "the job shares a memory region with " + others +
-                  " on this node (jobs that share a region move together or not at all)";
-         }
-         return ipc_->MoveBlocker(job);
-       },
+      {.blocker = move_blocker,
        .rights = [this](const std::string& job) { return ipc_->RightCount(job); },
        .channel = [this](const std::string& job) { return ipc_->ChannelSocket(job); },
        .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
@@ -132,7 +138,15 @@ Expected<void> Agent::Start() {
        .direct_sockets = [this](const std::string& job) { return ipc_->DirectSockets(job); },
        .suspend_direct = [this](const std::string& job) { ipc_->SuspendDirect(job); },
        .resume_direct = [this](const std::string& job) { ipc_->ResumeDirect(job); }});
+  balancer_ = std::make_unique<BalancerService>(
+      io_, config_, *supervisor_, *cluster_, *migrations_,
+      BalancerService::Hooks{
+          .ipc_blocker = move_blocker,
+          .direct_sockets = [this](const std::string& job) { return ipc_->DirectSockets(job); },
+          .publish = [this](const std::string& type,
+                            nlohmann::json fields) { events_->Publish(type, std::move(fields)); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
+  api_->SetBalancer(balancer_.get(), events_.get());
   {
     nlohmann::json cgroup = {{"ok", node_cgroup_ != nullptr}};
     if (node_cgroup_) {
@@ -174,10 +188,18 @@ Expected<void> Agent::Start() {
   http_ = std::make_unique<http::HttpServer>(
       io_,
       [this](const http::Request& request, const http::Caller& caller, http::Responder responder) {
-        if (request.method() == boost::beast::http::verb::get &&
-            request.target().substr(0, 10) == "/v1/events") {
-          events_->Subscribe(responder.StartEventStream());
-          return;
+        if (request.method() == boost::beast::http::verb::get) {
+          const Target target = ParseTarget(std::string(request.target()));
+          if (target.path == "/v1/events") {
+            std::int64_t since = -1;
+            try {
+              if (target.query.count("since") != 0) since = std::stoll(target.Get("since", ""));
+            } catch (const std::exception&) {
+              since = -1;  // a since that is not a number replays as if there were none
+            }
+            events_->Subscribe(responder.StartEventStream(), since);
+            return;
+          }
         }
         ApiCall call;
         call.method = std::string(request.method_string());
@@ -212,11 +234,13 @@ Expected<void> Agent::Start() {
                config_.api_listen.empty() ? "(no TCP)" : config_.api_listen,
                supervisor_->RunningCount());
   ScheduleSample();
+  balancer_->Start();
   return {};
 }
 
 void Agent::Stop() {
   sample_timer_.cancel();
+  if (balancer_) balancer_->Stop();
   if (http_) http_->Stop();
   if (cluster_) cluster_->Stop();
   if (ipc_) ipc_->Stop();
@@ -255,12 +279,14 @@ balancer::LoadVector Agent::LocalLoad() {
   load.link_bytes_per_s = last_host_load_.net_bytes_per_s;
   load.speed = load.cpu_mhz > 0 ? load.cpu_mhz / kReferenceMhz : 1.0;
   load.jobs_running = static_cast<int>(supervisor_->RunningCount());
+  load.draining = balancer_ && balancer_->draining();
   std::uint64_t rss_sum = 0;
   for (const auto& job : supervisor_->List()) {
     if (job.state != jobs::JobState::kRunning) continue;
     balancer::JobLoad job_load;
     job_load.job_id = job.id;
     job_load.rss_bytes = job.rss_bytes;
+    job_load.pinned = job.pinned;
     if (const auto usage = job_usage_->Get(job.id)) {
       job_load.cpu_share = usage->cpu_share;
       job_load.rss_bytes = usage->rss_bytes;

@@ -11,8 +11,11 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <tern/jobs/job_supervisor.hpp>
+#include <tuple>
 
+#include "balancer_service.hpp"
 #include "tern/agent/cluster.hpp"
+#include "tern/agent/event_bus.hpp"
 #include "tern/agent/load_json.hpp"
 #include "tern/agent/migration_driver.hpp"
 #include "tern/agent/node_identity.hpp"
@@ -38,6 +41,7 @@ json NodeToJson(const NodeView& node) {
               {"mem_total_bytes", 0},
               {"mem_free_bytes", 0},
               {"jobs", 0},
+              {"draining", false},
               {"capacity", 0.0},
               {"speed", 1.0},
               {"demand", 0.0},
@@ -59,12 +63,6 @@ json NodeToJson(const NodeView& node) {
     out["mem_free_bytes"] = node.load->mem_free_bytes;
     out["jobs"] = node.load->jobs_running;
     out["age_ms"] = node.age_ms;
-    out["capacity"] = node.load->capacity;
-    out["speed"] = node.load->speed;
-    out["demand"] = node.load->demand;
-    out["mem_limit_bytes"] = node.load->mem_limit_bytes;
-    out["mem_used_bytes"] = node.load->mem_used_bytes;
-    out["link_bytes_per_s"] = node.load->link_bytes_per_s;
     out["draining"] = node.load->draining;
   }
   out["linked"] = node.linked;
@@ -155,6 +153,14 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "migrate") {
       method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done) : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "jobs" &&
+               (parts[3] == "pin" || parts[3] == "unpin")) {
+      method == "POST" ? JobCall(std::move(call), parts[2], parts[3], done) : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "nodes" &&
+               (parts[3] == "drain" || parts[3] == "undrain")) {
+      method == "POST" ? NodeCall(call, parts[2], parts[3], done) : wrong_method("POST");
+    } else if (parts.size() == 3 && parts[1] == "events" && parts[2] == "recent") {
+      method == "GET" ? RecentEvents(call, done) : wrong_method("GET");
     } else if (parts.size() >= 3 && parts[1] == "migrations") {
       migrations_.Handle(call, parts, done);
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "logs") {
@@ -179,12 +185,100 @@ void AgentApi::Info(const ApiCall&, ApiDone done) {
 void AgentApi::ListNodes(const ApiCall&, ApiDone done) {
   json nodes = json::array();
   for (const auto& node : cluster_.Nodes()) {
-    json out = NodeToJson(node);
+    json row = NodeToJson(node);
+    // Our own flag is newer than the load vector of the last heartbeat.
+    if (node.self && balancer_) row["draining"] = balancer_->draining();
     // What gossip and links cost this agent: the figures issue 13 asks to stay flat.
-    if (node.self) out["traffic"] = TrafficToJson(cluster_.Traffic());
-    nodes.push_back(std::move(out));
+    if (node.self) row["traffic"] = TrafficToJson(cluster_.Traffic());
+    nodes.push_back(std::move(row));
   }
   done(JsonResult(200, json{{"nodes", nodes}}.dump()));
+}
+
+void AgentApi::NodeCall(const ApiCall& call, const std::string& name, const std::string& action,
+                        ApiDone done) {
+  if (!MayWrite(call, done)) return;
+  if (call.caller.uid != 0) {
+    done(ErrorResult(403, "only root may " + action + " a node"));
+    return;
+  }
+  if (name != cluster_.self().name) {
+    if (call.forwarded) {
+      done(ErrorResult(400, "this agent is " + cluster_.self().name + ", not " + name));
+      return;
+    }
+    auto node_id = cluster_.AliveNodeByName(name);
+    if (!node_id) {
+      done(ErrorResult(404, "node '" + name + "' is not an alive member of the cluster " +
+                                "(see `tern nodes`)"));
+      return;
+    }
+    cluster_.Call(*node_id, call, done);
+    return;
+  }
+  if (balancer_ == nullptr) {
+    done(ErrorResult(503, "this agent has no balancer"));
+    return;
+  }
+  if (auto set = balancer_->SetDraining(action == "drain"); !set) {
+    done(ErrorResult(500, set.error().message));
+    return;
+  }
+  done(JsonResult(
+      200,
+      json{{"node", name}, {"draining", balancer_->draining()}, {"balancer", balancer_->enabled()}}
+          .dump()));
+}
+
+void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
+  const Target target = ParseTarget(call.target);
+  std::uint64_t since = 0;
+  std::size_t limit = EventBus::kRecent;
+  try {
+    since = std::stoull(target.Get("since", "0"));
+    limit = std::min<std::size_t>(std::stoull(target.Get("limit", "1000")), EventBus::kRecent);
+  } catch (const std::exception&) {
+    done(ErrorResult(400, "since and limit must be whole numbers"));
+    return;
+  }
+  const std::string type = target.Get("type", "");
+  json local = json::array();
+  if (events_ != nullptr) {
+    for (auto& event : events_->Recent(since, type, limit)) local.push_back(std::move(event));
+  }
+  if (call.forwarded || target.query.count("local") != 0) {
+    done(JsonResult(200, json{{"events", local}}.dump()));
+    return;
+  }
+  ApiCall peer_call;
+  peer_call.method = "GET";
+  peer_call.target = "/v1/events/recent?local=1&limit=" + std::to_string(limit) +
+                     (type.empty() ? "" : "&type=" + type);
+  peer_call.caller = call.caller;
+  cluster_.CallAllPeers(peer_call, [local = std::move(local), limit, done](auto answers) mutable {
+    std::vector<json> all(local.begin(), local.end());
+    json unreachable = json::array();
+    for (auto& [node, result] : answers) {
+      json body = json::parse(result.body, nullptr, false);
+      if (result.status != 200 || !body.is_object() || !body.contains("events") ||
+          !body["events"].is_array()) {
+        unreachable.push_back(node);
+        continue;
+      }
+      for (auto& event : body["events"]) {
+        if (event.is_object()) all.push_back(std::move(event));
+      }
+    }
+    // Times are RFC 3339 UTC with milliseconds: text order is time order.
+    auto key = [](const json& event) {
+      return std::make_tuple(event.value("time", ""), event.value("node", ""),
+                             event.value("seq", std::uint64_t{0}));
+    };
+    std::stable_sort(all.begin(), all.end(),
+                     [&](const json& a, const json& b) { return key(a) < key(b); });
+    if (all.size() > limit) all.erase(all.begin(), all.end() - static_cast<long>(limit));
+    done(JsonResult(200, json{{"events", all}, {"unreachable", unreachable}}.dump()));
+  });
 }
 
 void AgentApi::ListJobs(const ApiCall& call, ApiDone done) {
@@ -234,7 +328,34 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
     done(ErrorResult(400, "argv must be a non-empty array of strings (the command to run)"));
     return;
   }
+  if (body.contains("pin") && !body["pin"].is_boolean()) {
+    done(ErrorResult(400, "pin must be true or false"));
+    return;
+  }
   const std::string node = body.value("node", "");
+  // Without --node the balancer places the job (docs/balancer.md); a forwarded job was placed.
+  if (node.empty() && !call.forwarded && balancer_ != nullptr &&
+      (balancer_->enabled() || balancer_->draining())) {
+    const balancer::Placement placement = balancer_->Place();
+    if (placement.node == 0 && balancer_->draining()) {
+      done(ErrorResult(503, "node " + cluster_.self().name +
+                                " is draining and no other node takes new jobs now; "
+                                "name one with --node"));
+      return;
+    }
+    if (placement.node != 0) {
+      SubmitTo(
+          call, std::move(body), placement.name,
+          [this, placement](const std::string& job) { balancer_->Placed(job, placement); }, done);
+      return;
+    }
+  }
+  SubmitTo(call, std::move(body), node, nullptr, done);
+}
+
+void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
+                        std::function<void(const std::string& job)> placed, ApiDone done) {
+  const json argv = body.value("argv", json::array());
   if (!node.empty() && node != cluster_.self().name) {
     if (call.forwarded) {
       done(ErrorResult(400, "this agent is " + cluster_.self().name + ", not " + node));
@@ -256,7 +377,10 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
     body["id"] = *id;
     body["home_node"] = cluster_.self().name;
     remote.body = body.dump();
-    cluster_.Call(*node_id, remote, done);
+    cluster_.Call(*node_id, remote, [placed, id = *id, done](ApiResult result) {
+      if (placed && result.status / 100 == 2) placed(id);
+      done(std::move(result));
+    });
     return;
   }
 
@@ -267,6 +391,7 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
   }
   request.argv = argv.get<std::vector<std::string>>();
   request.name = body.value("name", "");
+  request.pinned = body.value("pin", false);
   if (body.contains("env")) {
     if (!body["env"].is_object()) {
       done(ErrorResult(400, "env must be an object of strings"));
@@ -308,6 +433,7 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
     done(ErrorResult(500, record.error().message));
     return;
   }
+  if (placed) placed(record->id);
   done(JsonResult(201, jobs::ToJson(*record, std::chrono::system_clock::now()).dump()));
 }
 
@@ -382,6 +508,21 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
       return;
     }
     migrations_.Migrate(call, *record, done);
+    return;
+  }
+  if (action == "pin" || action == "unpin") {
+    if (!MayWrite(call, done)) return;
+    if (!owner_or_root) {
+      done(ErrorResult(403, "job " + id + " belongs to " + record->user +
+                                "; only its user or root may " + action + " it"));
+      return;
+    }
+    auto changed = supervisor_.SetPinned(id, action == "pin");
+    if (!changed) {
+      done(ErrorResult(409, changed.error().message));
+      return;
+    }
+    done(JsonResult(200, jobs::ToJson(*changed, now).dump()));
     return;
   }
   if (action == "cancel") {

@@ -49,6 +49,43 @@ class TableReader {
     out = std::chrono::milliseconds(*value);
   }
 
+  void Bool(const char* section, const char* key, bool& out) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    if (auto value = node->value_exact<bool>()) {
+      out = *value;
+    } else {
+      Complain(section, key, "must be true or false");
+    }
+  }
+
+  void Int(const char* section, const char* key, int& out, int min, int max) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    auto value = node->value_exact<int64_t>();
+    if (!value || *value < min || *value > max) {
+      Complain(section, key,
+               ("must be a whole number from " + std::to_string(min) + " to " + std::to_string(max))
+                   .c_str());
+      return;
+    }
+    out = static_cast<int>(*value);
+  }
+
+  // A number (integer or float) in [min, max].
+  void Number(const char* section, const char* key, double& out, double min, double max) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    auto value = node->value<double>();
+    if (!value || !(*value >= min && *value <= max)) {
+      std::ostringstream what;
+      what << "must be a number from " << min << " to " << max;
+      Complain(section, key, what.str().c_str());
+      return;
+    }
+    out = *value;
+  }
+
   void Count(const char* section, const char* key, std::size_t& out, std::int64_t max) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
@@ -158,6 +195,16 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);
   reader.String("criu", "path", config.criu_path);
+  auto& balance = config.balancer;
+  reader.Bool("balancer", "enabled", balance.enabled);
+  reader.Millis("balancer", "interval_ms", balance.interval);
+  reader.Int("balancer", "max_outgoing", balance.max_outgoing, 0, 64);
+  reader.Millis("balancer", "min_age_ms", balance.min_age);
+  reader.Millis("balancer", "stay_after_move_ms", balance.stay_after_move);
+  reader.Millis("balancer", "retry_after_failure_ms", balance.retry_after_failure);
+  reader.Number("balancer", "min_gain_ratio", balance.min_gain_ratio, 0, 1e6);
+  reader.Number("balancer", "imbalance", balance.imbalance, 0, 1e3);
+  reader.Number("balancer", "memory_high", balance.memory_high, 0.01, 1);
   reader.String("log", "level", config.log_level);
   reader.String("log", "file", config.log_file);
   if (!reader.problem().empty()) return Fail(reader.problem());

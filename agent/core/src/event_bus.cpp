@@ -7,7 +7,8 @@
 namespace tern::agent {
 namespace {
 
-constexpr std::size_t kRecent = 256;
+// A new stream is replayed this many events (older ones are in Recent()).
+constexpr std::size_t kReplay = 256;
 
 std::string Now() {
   const auto now = std::chrono::system_clock::now();
@@ -34,14 +35,31 @@ void EventBus::Publish(const std::string& type, nlohmann::json fields) {
   std::string data = fields.dump();
   for (auto& stream : streams_) stream->Send(type, data);
   std::erase_if(streams_, [](const auto& stream) { return !stream->IsOpen(); });
-  recent_.emplace_back(type, std::move(data));
+  recent_.push_back({seq_, type, std::move(data)});
   if (recent_.size() > kRecent) recent_.pop_front();
 }
 
-void EventBus::Subscribe(std::shared_ptr<http::EventStream> stream) {
+void EventBus::Subscribe(std::shared_ptr<http::EventStream> stream, std::int64_t since) {
   if (!stream) return;
-  for (const auto& [type, data] : recent_) stream->Send(type, data);
+  const std::size_t skip = recent_.size() > kReplay ? recent_.size() - kReplay : 0;
+  for (std::size_t i = since < 0 ? skip : 0; i < recent_.size(); ++i) {
+    const Kept& kept = recent_[i];
+    if (since >= 0 && kept.seq <= static_cast<std::uint64_t>(since)) continue;
+    stream->Send(kept.type, kept.data);
+  }
   streams_.push_back(std::move(stream));
+}
+
+std::vector<nlohmann::json> EventBus::Recent(std::uint64_t since, const std::string& type,
+                                             std::size_t limit) const {
+  std::vector<nlohmann::json> out;
+  for (auto kept = recent_.rbegin(); kept != recent_.rend() && out.size() < limit; ++kept) {
+    if (kept->seq <= since) break;
+    if (!type.empty() && kept->type != type) continue;
+    out.push_back(nlohmann::json::parse(kept->data, nullptr, false));
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace tern::agent

@@ -95,7 +95,8 @@ json ToJson(const JobRecord& job, TimePoint now) {
               {"rss_bytes", job.rss_bytes},
               {"dir", job.dir},
               {"error", job.error},
-              {"migrations", job.migrations}};
+              {"migrations", job.migrations},
+              {"pinned", job.pinned}};
 }
 
 json PersistentJson(const JobRecord& job) {
@@ -137,6 +138,7 @@ Expected<JobRecord> FromPersistentJson(const json& in) {
     job.env = in.value("env", std::map<std::string, std::string>{});
     job.cancel_requested = in.value("cancel_requested", false);
     job.migrating_id = in.value("migrating_id", "");
+    job.pinned = in.contains("pinned") && in["pinned"].is_boolean() && in["pinned"].get<bool>();
     if (in.contains("migrations") && in["migrations"].is_array()) {
       for (const auto& entry : in["migrations"]) job.migrations.push_back(entry);
     }

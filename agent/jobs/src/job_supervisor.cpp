@@ -223,6 +223,7 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   record.home_node = request.home_node.empty() ? options_.node_name : request.home_node;
   record.argv = request.argv;
   record.env = request.env;
+  record.pinned = request.pinned;
   record.submitted_at = Clock::now();
   record.dir = store_.JobDir(record.id);
 
@@ -289,6 +290,20 @@ Expected<JobRecord> JobSupervisor::Cancel(const std::string& id) {
     }
   });
   return job.record;
+}
+
+Expected<JobRecord> JobSupervisor::SetPinned(const std::string& id, bool pinned) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end()) return Fail("no job '" + id + "' on node " + options_.node_name);
+  JobRecord& record = found->second.record;
+  if (record.state != JobState::kRunning) {
+    return Fail("job " + id + " has already ended (" + ToString(record.state) + ")");
+  }
+  if (record.pinned == pinned) return record;
+  record.pinned = pinned;
+  Persist(record);
+  if (on_change_) on_change_(record);
+  return record;
 }
 
 void JobSupervisor::OnExit(const std::string& id) {

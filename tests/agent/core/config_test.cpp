@@ -65,6 +65,48 @@ level = "debug"
   EXPECT_EQ(config->log_level, "debug");
 }
 
+TEST(ConfigTest, BalancerSectionDefaultsAndKeys) {
+  auto defaults = ParseConfig("", "test.toml");
+  ASSERT_TRUE(defaults);
+  EXPECT_TRUE(defaults->balancer.enabled);
+  EXPECT_EQ(defaults->balancer.interval.count(), 3000);
+  EXPECT_EQ(defaults->balancer.max_outgoing, 1);
+  auto config = ParseConfig(R"(
+[balancer]
+enabled = false
+interval_ms = 500
+max_outgoing = 2
+min_age_ms = 1000
+stay_after_move_ms = 9000
+retry_after_failure_ms = 7000
+min_gain_ratio = 3
+imbalance = 0.5
+memory_high = 0.8
+)",
+                            "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_FALSE(config->balancer.enabled);
+  EXPECT_EQ(config->balancer.interval.count(), 500);
+  EXPECT_EQ(config->balancer.max_outgoing, 2);
+  EXPECT_EQ(config->balancer.min_age.count(), 1000);
+  EXPECT_EQ(config->balancer.stay_after_move.count(), 9000);
+  EXPECT_EQ(config->balancer.retry_after_failure.count(), 7000);
+  EXPECT_DOUBLE_EQ(config->balancer.min_gain_ratio, 3.0);
+  EXPECT_DOUBLE_EQ(config->balancer.imbalance, 0.5);
+  EXPECT_DOUBLE_EQ(config->balancer.memory_high, 0.8);
+}
+
+TEST(ConfigTest, BalancerKeysOutOfRangeNameTheKey) {
+  for (const char* text : {"[balancer]\nenabled = 1\n", "[balancer]\nmemory_high = 1.5\n",
+                           "[balancer]\nmax_outgoing = -1\n", "[balancer]\nimbalance = nan\n",
+                           "[balancer]\ninterval_ms = 0\n"}) {
+    auto config = ParseConfig(text, "t.toml");
+    ASSERT_FALSE(config) << text;
+    EXPECT_NE(config.error().message.find("[balancer]"), std::string::npos)
+        << config.error().message;
+  }
+}
+
 TEST(ConfigTest, CgroupThatClimbsOutIsRefused) {
   auto config = ParseConfig("[node]\ncgroup = \"../escape\"\n", "test.toml");
   ASSERT_FALSE(config);

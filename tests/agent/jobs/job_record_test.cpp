@@ -48,6 +48,23 @@ TEST(JobRecordTest, PersistentFormRoundTrips) {
       FromPersistentJson(nlohmann::json{{"id", "x"}, {"state", "weird"}, {"uid", 0}, {"gid", 0}}));
 }
 
+// The record travels with a moving job (PersistentJson in the prepare call): so does the pin.
+TEST(JobRecordTest, PinnedIsPublicPersistedAndOptional) {
+  JobRecord job;
+  job.id = "n.2";
+  job.pinned = true;
+  EXPECT_EQ(ToJson(job, job.submitted_at)["pinned"], true);
+  auto back = FromPersistentJson(PersistentJson(job));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_TRUE(back->pinned);
+  // A record written before pins existed, or with nonsense there, is not pinned.
+  auto old = PersistentJson(job);
+  old.erase("pinned");
+  EXPECT_FALSE(FromPersistentJson(old)->pinned);
+  old["pinned"] = "yes";
+  EXPECT_FALSE(FromPersistentJson(old)->pinned);
+}
+
 TEST(JobStoreTest, SerialsAreNeverReused) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("tern-store-" + std::to_string(getpid()));

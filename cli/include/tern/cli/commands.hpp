@@ -7,6 +7,7 @@
 #include <functional>
 #include <iosfwd>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@ struct SubmitOptions {
   std::string user;
   std::vector<std::string> env;  // K=V overrides
   bool quiet = false;
+  bool pin = false;  // the balancer never moves the job
   std::vector<std::string> argv;
 };
 
@@ -45,8 +47,22 @@ int Nodes(Context& context, Output output);
 int Migrate(Context& context, const std::string& id, const std::string& node,
             const std::string& mode, bool dry_run, Output output);
 int Version(Context& context);
-// Follows the agent's event stream (jobs, migrations, nodes) until interrupted.
-int Events(Context& context, Output output);
+// `tern pin` / `tern unpin`: sets or clears the pinned flag of each job.
+int Pin(Context& context, const std::vector<std::string>& ids, bool pin);
+// `tern drain` / `tern undrain`: a node moves its jobs away and takes no new ones (or again does).
+int Drain(Context& context, const std::string& node, bool drain);
+
+struct EventsOptions {
+  bool follow = false;     // keep printing new events until interrupted
+  bool all_nodes = false;  // with follow: every node's (polled), not only this node's stream
+  std::string type;        // only events of this type (job, migration, node, balancer)
+  std::size_t limit = 1000;
+  Output output = Output::kTable;
+};
+// Recent events of the whole cluster merged by time, or (follow) this node's or every node's.
+int Events(Context& context, const EventsOptions& options);
+// One event as `tern events` prints it: time, node, type and what happened.
+std::string EventLine(const nlohmann::json& event);
 
 // Runs `render` every `interval_seconds` until interrupted: on a terminal it clears and redraws
 // like watch(1); otherwise it prints each snapshot followed by a blank line (or, for JSON, one

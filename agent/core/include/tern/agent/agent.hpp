@@ -29,6 +29,7 @@ class HttpServer;
 namespace tern::agent {
 
 class AgentApi;
+class BalancerService;
 class JobUsageSampler;
 class NodeCgroup;
 class Cluster;
@@ -61,6 +62,7 @@ class Agent {
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<MigrationDriver> migrations_;
+  std::unique_ptr<BalancerService> balancer_;
   std::unique_ptr<AgentApi> api_;
   std::unique_ptr<http::HttpServer> http_;
   boost::asio::steady_timer sample_timer_;

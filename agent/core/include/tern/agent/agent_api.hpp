@@ -26,7 +26,9 @@ class JobSupervisor;
 
 namespace tern::agent {
 
+class BalancerService;
 class Cluster;
+class EventBus;
 class MigrationDriver;
 
 class AgentApi {
@@ -42,6 +44,11 @@ class AgentApi {
   void SetIpcRightCount(std::function<std::size_t(const std::string& job)> count) {
     ipc_rights_ = std::move(count);
   }
+  // Placement, drain and pin go through `balancer`; GET /v1/events/recent reads `events`.
+  void SetBalancer(BalancerService* balancer, EventBus* events) {
+    balancer_ = balancer;
+    events_ = events;
+  }
 
  private:
   struct JobMatch;
@@ -50,7 +57,15 @@ class AgentApi {
   void ListJobs(const ApiCall& call, ApiDone done);
   void SubmitJob(const ApiCall& call, ApiDone done);
   void ListNodes(const ApiCall& call, ApiDone done);
-  // GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel, GET /v1/jobs/{id}/logs.
+  // POST /v1/nodes/{name}/drain|undrain, answered by that node.
+  void NodeCall(const ApiCall& call, const std::string& name, const std::string& action,
+                ApiDone done);
+  // GET /v1/events/recent: the kept events of every node (or this one), merged by time.
+  void RecentEvents(const ApiCall& call, ApiDone done);
+  // Starts the job here, or on `node` (forwarded), as SubmitJob decided.
+  void SubmitTo(const ApiCall& call, nlohmann::json body, const std::string& node,
+                std::function<void(const std::string& job)> placed, ApiDone done);
+  // GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel|migrate|pin|unpin, GET /v1/jobs/{id}/logs.
   void JobCall(ApiCall call, const std::string& id, const std::string& action, ApiDone done);
   void LocalJobCall(const ApiCall& call, const std::string& id, const std::string& action,
                     ApiDone done);
@@ -61,6 +76,8 @@ class AgentApi {
   std::string version_;
   nlohmann::json measurement_ = nlohmann::json::object();
   std::function<std::size_t(const std::string&)> ipc_rights_;
+  BalancerService* balancer_ = nullptr;
+  EventBus* events_ = nullptr;
 };
 
 }  // namespace tern::agent

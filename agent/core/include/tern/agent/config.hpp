@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <string>
+#include <tern/balancer/balancer.hpp>
 #include <tern/expected.hpp>
 #include <vector>
 
@@ -45,6 +46,9 @@ struct AgentConfig {
   std::string init_path;  // default: tern-init beside ternd
   // [criu]
   std::string criu_path;
+  // [balancer] (docs/balancer.md): enabled, interval_ms, max_outgoing, min_age_ms,
+  // stay_after_move_ms, retry_after_failure_ms, min_gain_ratio, imbalance, memory_high
+  balancer::BalancerOptions balancer;
   // [log]
   std::string log_level = "info";
   std::string log_file;

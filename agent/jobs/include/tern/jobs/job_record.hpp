@@ -57,6 +57,9 @@ struct JobRecord {
   // Set on the source from the moment the job is frozen for a migration until it is resumed
   // there (abort) or handed over (commit): an agent restarted in between resumes the job.
   std::string migrating_id;
+  // `tern pin` / `submit --pin`: the balancer never moves the job (`tern migrate` still does).
+  // Part of the record, so it travels with the job when it moves.
+  bool pinned = false;
 };
 
 std::string FormatTime(TimePoint time);  // RFC 3339 UTC, e.g. 2026-11-24T12:00:00Z

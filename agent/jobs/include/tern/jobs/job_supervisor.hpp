@@ -61,6 +61,7 @@ struct SubmitRequest {
   gid_t gid = 0;
   std::string user;
   std::map<std::string, std::string> env;
+  bool pinned = false;  // `tern submit --pin`
 };
 
 class JobSupervisor {
@@ -78,6 +79,8 @@ class JobSupervisor {
   // Reserves the next id of a job homed here, for a job that will run on another node.
   Expected<std::string> AllocateJobId();
   Expected<JobRecord> Cancel(const std::string& id);
+  // Sets a running job's `pinned` flag and persists it (on_change is called when it changed).
+  Expected<JobRecord> SetPinned(const std::string& id, bool pinned);
   // Migration. MarkMigrating persists that the job is frozen for migration `migration_id`
   // (empty: no longer). Release forgets a job that moved away (its frozen copy is about to be
   // killed): no state change is reported; its directory is removed unless it is shared with
