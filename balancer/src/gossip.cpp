@@ -9,12 +9,12 @@ Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.window == 0) options_.window = 1;
 }
 
-Gossip::Entry Gossip::Make(SharedLoad load, Millis born, bool dead, Millis dead_since,
-                           Millis news_since) const {
+Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born,
+                           bool dead, Millis dead_since, Millis news_since) {
   Entry entry;
-  entry.id = load->node_id;
-  entry.seq = load->seq;
   entry.load = std::move(load);
+  entry.id = id;
+  entry.seq = seq;
   entry.born = born;
   entry.dead = dead;
   entry.dead_since = dead_since;
@@ -22,10 +22,13 @@ Gossip::Entry Gossip::Make(SharedLoad load, Millis born, bool dead, Millis dead_
   return entry;
 }
 
-void Gossip::SetLocal(LoadVector self, Millis now) {
+std::string Gossip::SetLocal(LoadVector self, Millis now) {
   self.node_id = options_.self_id;
-  self_ =
-      Make(std::make_shared<const LoadVector>(std::move(self)), now, false, Millis{0}, Millis{0});
+  std::string why = Implausible(self);
+  const auto seq = self.seq;
+  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq, now,
+               false, Millis{0}, Millis{0});
+  return why;
 }
 
 void Gossip::Untop(std::uint64_t id) {
@@ -100,40 +103,57 @@ void Gossip::Remove(std::uint32_t slot) {
 
 std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                                            const std::vector<GossipEntry>& entries, Millis now) {
-  std::vector<SharedGossipEntry> shared;
-  if (entries.size() <= kMaxEntries) {
-    shared.reserve(entries.size());
-    for (const auto& entry : entries) {
-      shared.push_back({std::make_shared<const LoadVector>(entry.load), entry.age, entry.dead});
-    }
-    return OnReceiveShared(from, shared, now);
+  if (entries.size() > kMaxEntries) {
+    return {"window of " + std::to_string(entries.size()) + " entries from node " +
+            std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")"};
   }
-  return {"window of " + std::to_string(entries.size()) + " entries from node " +
-          std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")"};
+  std::vector<std::string> rejected;
+  for (const auto& entry : entries) {
+    if (auto why = Implausible(entry.load); !why.empty()) {
+      rejected.push_back("entry about node " + std::to_string(entry.load.node_id) + " from node " +
+                         std::to_string(from) + ": " + why);
+      continue;
+    }
+    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load), entry.load.node_id,
+                             entry.load.seq, entry.age, entry.dead};
+    Merge(from, shared, now, rejected);
+  }
+  return rejected;
 }
 
 std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
-                                                 std::span<const SharedGossipEntry> entries,
-                                                 Millis now) {
+                                                 std::span<SharedGossipEntry> entries, Millis now) {
   std::vector<std::string> rejected;
   if (entries.size() > kMaxEntries) {
     rejected.push_back("window of " + std::to_string(entries.size()) + " entries from node " +
                        std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")");
     return rejected;
   }
-  for (const auto& incoming : entries) Merge(from, incoming, now, rejected);
+  for (auto& incoming : entries) {
+    if (!incoming.load) {
+      rejected.push_back("entry about node " + std::to_string(incoming.node_id) + " from node " +
+                         std::to_string(from) + ": no load vector");
+      continue;
+    }
+    // The sender's own vector is new; the others passed Implausible() when they entered the
+    // sender's Gossip (only checked vectors are stored): check each vector once.
+    if (incoming.node_id == from) {
+      if (auto why = Implausible(*incoming.load); !why.empty()) {
+        rejected.push_back("entry about node " + std::to_string(incoming.node_id) + " from node " +
+                           std::to_string(from) + ": " + why);
+        continue;
+      }
+    }
+    Merge(from, incoming, now, rejected);
+  }
   return rejected;
 }
 
-void Gossip::Merge(std::uint64_t from, const SharedGossipEntry& incoming, Millis now,
+// `incoming` passed Implausible() where its vector entered (OnReceive, SetLocal).
+void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
                    std::vector<std::string>& rejected) {
-  const LoadVector& load = *incoming.load;
-  const auto id = load.node_id;
-  if (auto why = Implausible(load); !why.empty()) {
-    rejected.push_back("entry about node " + std::to_string(id) + " from node " +
-                       std::to_string(from) + ": " + why);
-    return;
-  }
+  const auto id = incoming.node_id;
+  const auto seq = incoming.seq;
   if (incoming.age < Millis{0}) {
     rejected.push_back("entry about node " + std::to_string(id) + " from node " +
                        std::to_string(from) + ": age " + std::to_string(incoming.age.count()) +
@@ -145,22 +165,25 @@ void Gossip::Merge(std::uint64_t from, const SharedGossipEntry& incoming, Millis
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
   auto* slot = index_.Find(id);
   if (!slot) {
-    Store(id, Make(incoming.load, when, incoming.dead, when, now));
+    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now));
     return;
   }
   Entry& known = slots_[*slot];
   if (incoming.dead) {
     if (!known.dead && known.born > when) return;  // sampled after the death: alive
-    if (known.dead && load.seq <= known.seq) return;
-    Entry updated = Make(load.seq > known.seq ? incoming.load : known.load, known.born, true,
-                         known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
+    if (known.dead && seq <= known.seq) return;
+    const bool newer = seq > known.seq;
+    Entry updated =
+        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq, known.born,
+             true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
     Store(id, std::move(updated));
   } else if (known.dead) {
-    if (when <= known.dead_since || load.seq < known.seq) return;
-    Store(id, Make(incoming.load, when, false, Millis{0}, Millis{0}));  // it came back
-  } else if (load.seq > known.seq) {
-    Store(id, Make(incoming.load, when, false, Millis{0}, Millis{0}));
-  } else if (load.seq == known.seq && when > known.born) {
+    if (when <= known.dead_since || seq < known.seq) return;
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0},
+                   Millis{0}));  // it came back
+  } else if (seq > known.seq) {
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}));
+  } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
     slot_keys_[*slot] = when;
@@ -208,7 +231,8 @@ void Gossip::Expire(Millis now) {
 }
 
 SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return SharedGossipEntry{entry.load, std::max(Millis{0}, now - entry.key()), entry.dead};
+  return SharedGossipEntry{entry.load, entry.id, entry.seq, std::max(Millis{0}, now - entry.key()),
+                           entry.dead};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,

@@ -19,8 +19,13 @@
 //  - Stored load vectors are immutable and shared (SharedLoad): a window, a stored entry and
 //    another agent's entry may all point at one vector. TickShared/OnReceiveShared pass them
 //    without copying (tern-sim: thousands of agents in one process); Tick/OnReceive are the same
-//    merge on values (the agent: windows go to and come from JSON). OnReceiveShared trusts what
-//    another Gossip's TickShared produced only as far as Implausible(): it checks that too.
+//    merge on values (the agent: windows go to and come from JSON). A vector is checked with
+//    Implausible() once, where it enters: OnReceive checks each entry, SetLocal returns why its
+//    own vector is implausible ("" when it is not; it is gossiped anyway, and value receivers
+//    drop it). OnReceiveShared takes windows from another Gossip's TickShared: it checks the
+//    sender's own entry with Implausible() and the others' ages only (they passed Implausible()
+//    when they entered the sender's Gossip; node_id and seq must be the vector's, as TickShared
+//    makes them).
 //
 // Thread-safety: not thread-safe; driven from one thread. Shared vectors are never modified, so
 // two Gossips on two threads may hold the same ones.
@@ -56,9 +61,13 @@ struct GossipSend {
 
 using SharedLoad = std::shared_ptr<const LoadVector>;
 
-// GossipEntry with its load vector shared instead of copied (never null).
+// GossipEntry with its load vector shared instead of copied (never null). node_id and seq repeat
+// the vector's, so that a receiver decides without reading the vector (tern-sim: it is wherever
+// its sender allocated it, a cache miss).
 struct SharedGossipEntry {
   SharedLoad load;
+  std::uint64_t node_id = 0;
+  std::uint64_t seq = 0;
   std::chrono::milliseconds age{0};
   bool dead = false;
 };
@@ -83,11 +92,12 @@ class Gossip {
 
   explicit Gossip(GossipOptions options);
 
-  void SetLocal(LoadVector self, Millis now);
+  std::string SetLocal(LoadVector self, Millis now);
   std::vector<std::string> OnReceive(std::uint64_t from, const std::vector<GossipEntry>& entries,
                                      Millis now);
-  std::vector<std::string> OnReceiveShared(std::uint64_t from,
-                                           std::span<const SharedGossipEntry> entries, Millis now);
+  // Moves the load vectors out of `entries` (a delivered window is used once).
+  std::vector<std::string> OnReceiveShared(std::uint64_t from, std::span<SharedGossipEntry> entries,
+                                           Millis now);
   void OnNodeDead(std::uint64_t node_id, Millis now);
   void OnNodeAlive(std::uint64_t node_id, Millis now);
   std::vector<GossipSend> Tick(Millis now, const std::vector<std::uint64_t>& candidates,
@@ -129,8 +139,9 @@ class Gossip {
   };
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
 
-  Entry Make(SharedLoad load, Millis born, bool dead, Millis dead_since, Millis news_since) const;
-  void Merge(std::uint64_t from, const SharedGossipEntry& incoming, Millis now,
+  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
+                    Millis dead_since, Millis news_since);
+  void Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
              std::vector<std::string>& rejected);
   std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
   void Expire(Millis now);
