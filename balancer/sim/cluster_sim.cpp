@@ -13,9 +13,9 @@ namespace {
 
 using balancer::Balancer;
 using balancer::Gossip;
-using balancer::GossipEntry;
 using balancer::LoadVector;
 using balancer::NodeState;
+using balancer::SharedGossipEntry;
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
@@ -53,7 +53,7 @@ struct Flight {
 struct Message {
   std::uint32_t to = 0;
   std::uint64_t from = 0;
-  std::vector<GossipEntry> entries;
+  std::vector<SharedGossipEntry> entries;
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
@@ -178,9 +178,9 @@ class Sim {
     self.mem_limit_bytes = node.spec.mem_limit_bytes;
     self.mem_used_bytes = node.mem_used;
     view.push_back(self);
-    for (const auto& entry : node.gossip->Freshest(now, options_.sample)) {
-      view.push_back(FromLoad(entry.load, entry.age));
-    }
+    node.gossip->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
+      view.push_back(FromLoad(load, age));
+    });
     return view;
   }
 
@@ -275,10 +275,10 @@ class Sim {
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
     node.gossip->SetLocal(std::move(self), now);
     std::bernoulli_distribution lost(options_.gossip_loss);
-    for (auto& send : node.gossip->Tick(now, ids_, rng_)) {
+    for (auto& send : node.gossip->TickShared(now, ids_, rng_)) {
       gossip_bytes_ += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
-        gossip_bytes_ += EstimateEntryBytes(entry.load.jobs_running);
+        gossip_bytes_ += EstimateEntryBytes(entry.load->jobs_running);
       }
       if (lost(rng_)) continue;
       outbox_.push_back(
@@ -290,7 +290,7 @@ class Sim {
   void Deliver(Millis now) {
     inbox_.swap(outbox_);
     for (auto& message : inbox_) {
-      nodes_[message.to].gossip->OnReceive(message.from, message.entries, now);
+      nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
     }
     inbox_.clear();
   }

@@ -9,9 +9,26 @@ Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.window == 0) options_.window = 1;
 }
 
-void Gossip::SetLocal(LoadVector self, Millis now) {
+Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born,
+                           bool dead, Millis dead_since, Millis news_since) {
+  Entry entry;
+  entry.load = std::move(load);
+  entry.id = id;
+  entry.seq = seq;
+  entry.born = born;
+  entry.dead = dead;
+  entry.dead_since = dead_since;
+  entry.news_since = news_since;
+  return entry;
+}
+
+std::string Gossip::SetLocal(LoadVector self, Millis now) {
   self.node_id = options_.self_id;
-  self_ = Entry{std::move(self), now, false, Millis{0}, Millis{0}};
+  std::string why = Implausible(self);
+  const auto seq = self.seq;
+  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq, now,
+               false, Millis{0}, Millis{0});
+  return why;
 }
 
 void Gossip::Untop(std::uint64_t id) {
@@ -23,7 +40,7 @@ void Gossip::Untop(std::uint64_t id) {
 void Gossip::Rebuild() const {
   top_.clear();
   for (const auto& entry : slots_) {
-    if (!entry.dead) top_.emplace_back(entry.key(), entry.load.node_id);
+    if (!entry.dead) top_.emplace_back(entry.key(), entry.id);
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
@@ -70,7 +87,7 @@ void Gossip::Store(std::uint64_t id, Entry entry) {
 }
 
 void Gossip::Remove(std::uint32_t slot) {
-  const auto id = slots_[slot].load.node_id;
+  const auto id = slots_[slot].id;
   index_.Erase(id);
   Untop(id);
   std::erase(dead_news_, id);
@@ -78,7 +95,7 @@ void Gossip::Remove(std::uint32_t slot) {
   if (slot != last) {
     slots_[slot] = std::move(slots_[last]);
     slot_keys_[slot] = slot_keys_[last];
-    index_.Insert(slots_[slot].load.node_id, slot);
+    index_.Insert(slots_[slot].id, slot);
   }
   slots_.pop_back();
   slot_keys_.pop_back();
@@ -86,54 +103,92 @@ void Gossip::Remove(std::uint32_t slot) {
 
 std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                                            const std::vector<GossipEntry>& entries, Millis now) {
+  if (entries.size() > kMaxEntries) {
+    return {"window of " + std::to_string(entries.size()) + " entries from node " +
+            std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")"};
+  }
+  std::vector<std::string> rejected;
+  for (const auto& entry : entries) {
+    if (auto why = Implausible(entry.load); !why.empty()) {
+      rejected.push_back("entry about node " + std::to_string(entry.load.node_id) + " from node " +
+                         std::to_string(from) + ": " + why);
+      continue;
+    }
+    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load), entry.load.node_id,
+                             entry.load.seq, entry.age, entry.dead};
+    Merge(from, shared, now, rejected);
+  }
+  return rejected;
+}
+
+std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
+                                                 std::span<SharedGossipEntry> entries, Millis now) {
   std::vector<std::string> rejected;
   if (entries.size() > kMaxEntries) {
     rejected.push_back("window of " + std::to_string(entries.size()) + " entries from node " +
                        std::to_string(from) + " (at most " + std::to_string(kMaxEntries) + ")");
     return rejected;
   }
-  for (const auto& incoming : entries) {
-    const auto id = incoming.load.node_id;
-    if (auto why = Implausible(incoming.load); !why.empty()) {
-      rejected.push_back("entry about node " + std::to_string(id) + " from node " +
-                         std::to_string(from) + ": " + why);
+  for (auto& incoming : entries) {
+    if (!incoming.load) {
+      rejected.push_back("entry about node " + std::to_string(incoming.node_id) + " from node " +
+                         std::to_string(from) + ": no load vector");
       continue;
     }
-    if (incoming.age < Millis{0}) {
-      rejected.push_back("entry about node " + std::to_string(id) + " from node " +
-                         std::to_string(from) + ": age " + std::to_string(incoming.age.count()) +
-                         " ms is in the future");
-      continue;
+    // The sender's own vector is new; the others passed Implausible() when they entered the
+    // sender's Gossip (only checked vectors are stored): check each vector once.
+    if (incoming.node_id == from) {
+      if (auto why = Implausible(*incoming.load); !why.empty()) {
+        rejected.push_back("entry about node " + std::to_string(incoming.node_id) + " from node " +
+                           std::to_string(from) + ": " + why);
+        continue;
+      }
     }
-    if (id == options_.self_id) continue;
-    if (incoming.age > options_.max_age) continue;  // expired on the way: nothing to learn
-    const Millis when = now - incoming.age;         // sampled, or for a notice, seen dead
-    auto* slot = index_.Find(id);
-    if (!slot) {
-      Store(id, Entry{incoming.load, when, incoming.dead, when, now});
-      continue;
-    }
-    Entry& known = slots_[*slot];
-    if (incoming.dead) {
-      if (!known.dead && known.born > when) continue;  // sampled after the death: alive
-      if (known.dead && incoming.load.seq <= known.load.seq) continue;
-      Entry updated{incoming.load.seq > known.load.seq ? incoming.load : known.load, known.born,
-                    true, known.dead ? known.dead_since : when,
-                    known.dead ? known.news_since : now};
-      Store(id, std::move(updated));
-    } else if (known.dead) {
-      if (when <= known.dead_since || incoming.load.seq < known.load.seq) continue;
-      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});  // it came back
-    } else if (incoming.load.seq > known.load.seq) {
-      Store(id, Entry{incoming.load, when, false, Millis{0}, Millis{0}});
-    } else if (incoming.load.seq == known.load.seq && when > known.born) {
-      // The same sample, a fresher copy: only its age changes.
-      known.born = when;
-      slot_keys_[*slot] = when;
-      Touch(id, known);
-    }
+    Merge(from, incoming, now, rejected);
   }
   return rejected;
+}
+
+// `incoming` passed Implausible() where its vector entered (OnReceive, SetLocal).
+void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
+                   std::vector<std::string>& rejected) {
+  const auto id = incoming.node_id;
+  const auto seq = incoming.seq;
+  if (incoming.age < Millis{0}) {
+    rejected.push_back("entry about node " + std::to_string(id) + " from node " +
+                       std::to_string(from) + ": age " + std::to_string(incoming.age.count()) +
+                       " ms is in the future");
+    return;
+  }
+  if (id == options_.self_id) return;
+  if (incoming.age > options_.max_age) return;  // expired on the way: nothing to learn
+  const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
+  auto* slot = index_.Find(id);
+  if (!slot) {
+    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now));
+    return;
+  }
+  Entry& known = slots_[*slot];
+  if (incoming.dead) {
+    if (!known.dead && known.born > when) return;  // sampled after the death: alive
+    if (known.dead && seq <= known.seq) return;
+    const bool newer = seq > known.seq;
+    Entry updated =
+        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq, known.born,
+             true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
+    Store(id, std::move(updated));
+  } else if (known.dead) {
+    if (when <= known.dead_since || seq < known.seq) return;
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0},
+                   Millis{0}));  // it came back
+  } else if (seq > known.seq) {
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}));
+  } else if (seq == known.seq && when > known.born) {
+    // The same sample, a fresher copy: only its age changes.
+    known.born = when;
+    slot_keys_[*slot] = when;
+    Touch(id, known);
+  }
 }
 
 void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
@@ -175,14 +230,30 @@ void Gossip::Expire(Millis now) {
   });
 }
 
-GossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return GossipEntry{entry.load, std::max(Millis{0}, now - entry.key()), entry.dead};
+SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
+  return SharedGossipEntry{entry.load, entry.id, entry.seq, std::max(Millis{0}, now - entry.key()),
+                           entry.dead};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
                                      std::mt19937_64& rng) {
-  Expire(now);
   std::vector<GossipSend> sends;
+  for (auto& shared : TickShared(now, candidates, rng)) {
+    GossipSend send{shared.to, {}};
+    send.entries.reserve(shared.entries.size());
+    for (const auto& entry : shared.entries) {
+      send.entries.push_back(GossipEntry{*entry.load, entry.age, entry.dead});
+    }
+    sends.push_back(std::move(send));
+  }
+  return sends;
+}
+
+std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
+                                                 const std::vector<std::uint64_t>& candidates,
+                                                 std::mt19937_64& rng) {
+  Expire(now);
+  std::vector<SharedGossipSend> sends;
   if (candidates.empty()) return sends;
   // Distinct random peers without copying the candidate list: its size may be the cluster's.
   std::vector<std::uint64_t> peers;
@@ -204,13 +275,13 @@ std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t
   std::sort(news.begin(), news.end(), std::greater<>());
   if (top_.size() < options_.window + 1 && !top_all_) Rebuild();
   for (const auto to : peers) {
-    GossipSend send{to, {}};
+    SharedGossipSend send{to, {}};
     auto& window = send.entries;
     window.reserve(options_.window);
     if (self_) window.push_back(ToWire(*self_, now));
     for (const auto& [since, slot] : news) {
       if (window.size() >= options_.window) break;
-      if (slots_[slot].load.node_id != to) window.push_back(ToWire(slots_[slot], now));
+      if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
     for (const auto& [key, id] : top_) {
       if (window.size() >= options_.window || now - key > options_.max_age) break;
@@ -225,11 +296,11 @@ std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t
 std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
   std::vector<ViewEntry> view;
   view.reserve(slots_.size() + 1);
-  if (self_) view.push_back(ViewEntry{self_->load, now - self_->born, false});
+  if (self_) view.push_back(ViewEntry{*self_->load, now - self_->born, false});
   const auto first_other = view.size();
   for (const auto& entry : slots_) {
     if (now - entry.key() > options_.max_age) continue;
-    view.push_back(ViewEntry{entry.load, now - entry.born, entry.dead});
+    view.push_back(ViewEntry{*entry.load, now - entry.born, entry.dead});
   }
   std::sort(view.begin() + static_cast<std::ptrdiff_t>(first_other), view.end(),
             [](const ViewEntry& a, const ViewEntry& b) { return a.load.node_id < b.load.node_id; });
@@ -239,12 +310,12 @@ std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
 std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) const {
   if (node_id == options_.self_id) {
     if (!self_) return std::nullopt;
-    return ViewEntry{self_->load, now - self_->born, false};
+    return ViewEntry{*self_->load, now - self_->born, false};
   }
   const auto* slot = index_.Find(node_id);
   if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
   const Entry& entry = slots_[*slot];
-  return ViewEntry{entry.load, now - entry.born, entry.dead};
+  return ViewEntry{*entry.load, now - entry.born, entry.dead};
 }
 
 std::size_t Gossip::size() const { return slots_.size() + (self_ ? 1 : 0); }
@@ -252,27 +323,34 @@ std::size_t Gossip::size() const { return slots_.size() + (self_ ? 1 : 0); }
 std::vector<Gossip::ViewEntry> Gossip::Freshest(Millis now, std::size_t n) const {
   std::vector<ViewEntry> out;
   out.reserve(n);
+  VisitFreshest(now, n, [&](const LoadVector& load, Millis age) {
+    out.push_back(ViewEntry{load, age, false});
+  });
+  return out;
+}
+
+std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_t n) const {
+  std::vector<const Entry*> out;
+  out.reserve(std::min(n, slots_.size()));
   if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
     Rebuild();
     if (n > TopCapacity()) {
       // More than the kept top: sort them all (rare; the balancer asks for a window's worth).
       std::vector<Key> all;
       for (const auto& entry : slots_) {
-        if (!entry.dead) all.emplace_back(entry.key(), entry.load.node_id);
+        if (!entry.dead) all.emplace_back(entry.key(), entry.id);
       }
       std::sort(all.begin(), all.end(), std::greater<>());
       for (const auto& [key, id] : all) {
         if (out.size() >= n || now - key > options_.max_age) break;
-        const Entry& entry = slots_[*index_.Find(id)];
-        out.push_back(ViewEntry{entry.load, now - entry.born, false});
+        out.push_back(&slots_[*index_.Find(id)]);
       }
       return out;
     }
   }
   for (const auto& [key, id] : top_) {
     if (out.size() >= n || now - key > options_.max_age) break;
-    const Entry& entry = slots_[*index_.Find(id)];
-    out.push_back(ViewEntry{entry.load, now - entry.born, false});
+    out.push_back(&slots_[*index_.Find(id)]);
   }
   return out;
 }

@@ -151,6 +151,37 @@ TEST(GossipTest, OwnEntryComingBackIsIgnoredSilently) {
   EXPECT_EQ(gossip.Get(1, Millis(10))->load.demand, 0.5);
 }
 
+// tern-sim's path: windows handed over as shared vectors must teach what the same windows as
+// values teach, and an implausible own vector is still dropped (and reported by SetLocal).
+TEST(GossipTest, SharedWindowsMergeLikeValueWindows) {
+  Gossip relay(Options(2)), by_value(Options(1)), shared(Options(1));
+  relay.OnReceive(3, {{Vector(3, 4, 0.5), Millis(200)}, {Vector(4, 9, 1.5), Millis(900)}},
+                  Millis(1000));
+  LoadVector bad = Vector(2, 7);
+  bad.demand = std::nan("");
+  EXPECT_NE(relay.SetLocal(bad, Millis(1000)).find("demand"), std::string::npos);
+  std::mt19937_64 rng_a(5), rng_b(5);
+  auto values = relay.Tick(Millis(1500), {1}, rng_a);
+  auto windows = relay.TickShared(Millis(1500), {1}, rng_b);
+  ASSERT_EQ(values.size(), 1u);
+  ASSERT_EQ(windows.size(), 1u);
+  ASSERT_EQ(windows[0].entries.size(), values[0].entries.size());
+  const auto value_rejected = by_value.OnReceive(2, values[0].entries, Millis(1600));
+  const auto shared_rejected = shared.OnReceiveShared(2, windows[0].entries, Millis(1600));
+  EXPECT_EQ(shared_rejected, value_rejected);
+  ASSERT_EQ(shared_rejected.size(), 1u);  // the relay's own vector
+  EXPECT_NE(shared_rejected[0].find("entry about node 2"), std::string::npos);
+  const auto a = by_value.View(Millis(1600)), b = shared.View(Millis(1600));
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), a.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(b[i].load.node_id, a[i].load.node_id);
+    EXPECT_EQ(b[i].load.seq, a[i].load.seq);
+    EXPECT_EQ(b[i].age, a[i].age);
+  }
+  EXPECT_EQ(shared.Get(4, Millis(1600))->load.demand, 1.5);
+}
+
 // Many agents in one process, messages delivered in-process, some lost.
 class InMemoryCluster {
  public:

@@ -16,14 +16,27 @@
 //    sampled after it (the node came back) clears it. Dead entries stay in View() (dead = true)
 //    until max_age after the death, and each agent passes the news on, first in its windows,
 //    for dead_news_for after it learned it.
+//  - Stored load vectors are immutable and shared (SharedLoad): a window, a stored entry and
+//    another agent's entry may all point at one vector. TickShared/OnReceiveShared pass them
+//    without copying (tern-sim: thousands of agents in one process); Tick/OnReceive are the same
+//    merge on values (the agent: windows go to and come from JSON). A vector is checked with
+//    Implausible() once, where it enters: OnReceive checks each entry, SetLocal returns why its
+//    own vector is implausible ("" when it is not; it is gossiped anyway, and value receivers
+//    drop it). OnReceiveShared takes windows from another Gossip's TickShared: it checks the
+//    sender's own entry with Implausible() and the others' ages only (they passed Implausible()
+//    when they entered the sender's Gossip; node_id and seq must be the vector's, as TickShared
+//    makes them).
 //
-// Thread-safety: not thread-safe; driven from one thread.
+// Thread-safety: not thread-safe; driven from one thread. Shared vectors are never modified, so
+// two Gossips on two threads may hold the same ones.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,6 +59,24 @@ struct GossipSend {
   std::vector<GossipEntry> entries;
 };
 
+using SharedLoad = std::shared_ptr<const LoadVector>;
+
+// GossipEntry with its load vector shared instead of copied (never null). node_id and seq repeat
+// the vector's, so that a receiver decides without reading the vector (tern-sim: it is wherever
+// its sender allocated it, a cache miss).
+struct SharedGossipEntry {
+  SharedLoad load;
+  std::uint64_t node_id = 0;
+  std::uint64_t seq = 0;
+  std::chrono::milliseconds age{0};
+  bool dead = false;
+};
+
+struct SharedGossipSend {
+  std::uint64_t to = 0;
+  std::vector<SharedGossipEntry> entries;
+};
+
 struct GossipOptions {
   std::uint64_t self_id = 0;
   std::size_t window = 16;  // entries per message (own entry always included)
@@ -61,13 +92,19 @@ class Gossip {
 
   explicit Gossip(GossipOptions options);
 
-  void SetLocal(LoadVector self, Millis now);
+  std::string SetLocal(LoadVector self, Millis now);
   std::vector<std::string> OnReceive(std::uint64_t from, const std::vector<GossipEntry>& entries,
                                      Millis now);
+  // Moves the load vectors out of `entries` (a delivered window is used once).
+  std::vector<std::string> OnReceiveShared(std::uint64_t from, std::span<SharedGossipEntry> entries,
+                                           Millis now);
   void OnNodeDead(std::uint64_t node_id, Millis now);
   void OnNodeAlive(std::uint64_t node_id, Millis now);
   std::vector<GossipSend> Tick(Millis now, const std::vector<std::uint64_t>& candidates,
                                std::mt19937_64& rng);
+  // Tick with the windows' load vectors shared; the same peers and entries for the same rng.
+  std::vector<SharedGossipSend> TickShared(Millis now, const std::vector<std::uint64_t>& candidates,
+                                           std::mt19937_64& rng);
 
   struct ViewEntry {
     LoadVector load;
@@ -82,12 +119,19 @@ class Gossip {
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
   // the cluster a Balancer decides on, as MOSIX decides on its load window.
   std::vector<ViewEntry> Freshest(Millis now, std::size_t n) const;
+  // Freshest without copies: calls visit(load, age) for each, freshest first.
+  template <typename Visit>
+  void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
+    for (const auto* entry : FreshestEntries(now, n)) visit(*entry->load, now - entry->born);
+  }
   const GossipOptions& options() const { return options_; }
 
  private:
   struct Entry {
-    LoadVector load;
-    Millis born{0};  // now - age when received: the sample's time on this agent's clock
+    SharedLoad load;
+    std::uint64_t id = 0;   // load->node_id and load->seq, kept here: merging reads only the
+    std::uint64_t seq = 0;  // entry, not the vector (which is wherever its sender put it)
+    Millis born{0};         // now - age when received: the sample's time on this agent's clock
     bool dead = false;
     Millis dead_since{0};  // when the death was seen, on this agent's clock
     Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
@@ -95,13 +139,18 @@ class Gossip {
   };
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
 
+  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
+                    Millis dead_since, Millis news_since);
+  void Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
+             std::vector<std::string>& rejected);
+  std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
   void Expire(Millis now);
   void Store(std::uint64_t id, Entry entry);
   void Remove(std::uint32_t slot);
   void Touch(std::uint64_t id, const Entry& entry);  // keeps top_ the freshest live entries
   void Untop(std::uint64_t id);
   void Rebuild() const;
-  GossipEntry ToWire(const Entry& entry, Millis now) const;
+  SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
   std::size_t TopCapacity() const { return 2 * options_.window + 4; }
 
   GossipOptions options_;
