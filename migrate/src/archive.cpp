@@ -6,9 +6,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string_view>
+#include <tern/migrate/safe_open.hpp>
 #include <tern/unique_fd.hpp>
 #include <vector>
 
@@ -64,53 +67,74 @@ bool WriteAll(int fd, const char* data, size_t size) {
 Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::string>& skip,
                                     std::uint64_t max_bytes) {
   // Checkpoint images are megabytes and sit in the job's freeze: read each file once, straight
-  // into the archive.
+  // into the archive. A job directory is its user's: a symlink there is carried as a symlink
+  // (root never reads through it) and files are opened below `dir` without following links.
   struct Entry {
-    std::string path, relative;
-    std::uint64_t size;
+    std::string relative;
+    bool link;
   };
+  auto root = OpenDirectoryNoFollow(dir);
+  if (!root) return Unexpected<Error>{root.error()};
   std::vector<Entry> entries;
   std::uint64_t total = 0;
   std::error_code error;
   std::string prefix = fs::path(dir).string();
   if (!prefix.empty() && prefix.back() != '/') prefix += '/';
   for (const auto& entry : fs::recursive_directory_iterator(dir, error)) {
-    if (!entry.is_regular_file()) continue;
+    std::error_code status_error;
+    const auto status = entry.symlink_status(status_error);
+    const bool link = fs::is_symlink(status);
+    if (status_error || (!link && !fs::is_regular_file(status))) continue;
     std::string path = entry.path().string();
     std::string relative = path.compare(0, prefix.size(), prefix) == 0
                                ? path.substr(prefix.size())
                                : fs::relative(entry.path(), dir).string();
     if (skip.count(relative) != 0) continue;
     std::error_code size_error;
-    const std::uint64_t size = entry.file_size(size_error);
+    const std::uint64_t size = link ? 0 : entry.file_size(size_error);
     total += (size_error ? 0 : size) + relative.size() + 16;
-    entries.push_back({std::move(path), std::move(relative), size_error ? 0 : size});
+    entries.push_back({std::move(relative), link});
   }
   if (error) return Fail("cannot list " + dir + ": " + error.message());
   std::string out;
   out.reserve(std::min<std::uint64_t>(total, max_bytes) + 4096);
+  auto too_big = [&] {
+    return Fail(dir + " holds more than " + std::to_string(max_bytes >> 20) +
+                " MiB to carry with the job");
+  };
   for (const auto& entry : entries) {
-    const UniqueFd fd(::open(entry.path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) return Fail("cannot read " + entry.path);
-    struct stat info {};
-    ::fstat(fd.get(), &info);
-    if (out.size() + static_cast<std::uint64_t>(info.st_size) > max_bytes) {
-      return Fail(dir + " holds more than " + std::to_string(max_bytes >> 20) +
-                  " MiB to carry with the job");
+    if (entry.link) {
+      auto fd = OpenBeneath(root->get(), entry.relative, O_PATH);
+      if (!fd) return Fail("cannot pack " + dir + ": " + fd.error().message);
+      if (!fd->valid()) continue;  // removed meanwhile
+      std::string target(PATH_MAX, '\0');
+      const ssize_t n = ::readlinkat(fd->get(), "", target.data(), target.size());
+      if (n < 0) continue;  // no longer a symlink: it changed meanwhile
+      target.resize(static_cast<size_t>(n));
+      if (out.size() + target.size() + entry.relative.size() + 16 > max_bytes) return too_big();
+      PutU32(out, static_cast<std::uint32_t>(entry.relative.size()));
+      out += entry.relative;
+      PutU64(out, target.size());
+      PutU32(out, S_IFLNK | 0777);
+      out += target;
+      continue;
     }
+    auto fd = OpenRegularBeneath(root->get(), entry.relative, O_RDONLY);
+    if (!fd) return Fail("cannot pack " + dir + ": " + fd.error().message);
+    if (!fd->valid()) continue;  // removed meanwhile
+    struct stat info {};
+    ::fstat(fd->get(), &info);
+    if (out.size() + static_cast<std::uint64_t>(info.st_size) > max_bytes) return too_big();
     PutU32(out, static_cast<std::uint32_t>(entry.relative.size()));
     out += entry.relative;
     const size_t size_at = out.size();
     PutU64(out, 0);
     PutU32(out, info.st_mode & 07777);
     const size_t data_at = out.size();
-    if (!AppendAll(fd.get(), out, static_cast<std::uint64_t>(info.st_size), max_bytes))
-      return Fail("cannot read " + entry.path);
+    if (!AppendAll(fd->get(), out, static_cast<std::uint64_t>(info.st_size), max_bytes))
+      return Fail("cannot read " + dir + "/" + entry.relative);
     const std::uint64_t size = out.size() - data_at;
-    if (out.size() > max_bytes) {
-      return Fail(dir + " holds more than " + std::to_string(max_bytes >> 20) +
-                  " MiB to carry with the job");
-    }
+    if (out.size() > max_bytes) return too_big();
     for (int i = 0; i < 8; ++i) out[size_at + i] = static_cast<char>(size >> (56 - 8 * i));
   }
   return out;
@@ -150,34 +174,107 @@ Expected<void> ForEachEntry(const std::string& archive, Visit visit) {
 
 }  // namespace
 
+namespace {
+
+// Opens (creating what is missing) the directory `relative` below `root` one component at a
+// time with O_NOFOLLOW: a symlink or a non-directory in the way is refused, never followed.
+Expected<UniqueFd> MakeDirectoriesBeneath(int root, const fs::path& relative, uid_t uid,
+                                          gid_t gid) {
+  UniqueFd current(::fcntl(root, F_DUPFD_CLOEXEC, 0));
+  for (const auto& part : relative) {
+    if (part.empty() || part == ".") continue;
+    const bool made = ::mkdirat(current.get(), part.c_str(), 0700) == 0;
+    UniqueFd next(
+        ::openat(current.get(), part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!next.valid()) {
+      return Fail("cannot enter " + relative.string() + ": " + std::strerror(errno) +
+                  " (a symlink or a file is in the way)");
+    }
+    if (made && uid != static_cast<uid_t>(-1) && ::fchown(next.get(), uid, gid) != 0) {
+      return Fail("cannot chown " + relative.string() + ": " + std::strerror(errno));
+    }
+    current = std::move(next);
+  }
+  return current;
+}
+
+Expected<void> WriteLink(int parent, const std::string& name, const std::string& target,
+                         const std::string& relative, uid_t uid, gid_t gid) {
+  if (::symlinkat(target.c_str(), parent, name.c_str()) != 0) {
+    struct stat info {};
+    // Replacing a symlink by a symlink writes through nothing; anything else stays.
+    if (errno != EEXIST || ::fstatat(parent, name.c_str(), &info, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISLNK(info.st_mode) || ::unlinkat(parent, name.c_str(), 0) != 0 ||
+        ::symlinkat(target.c_str(), parent, name.c_str()) != 0) {
+      return Fail("cannot create the symlink " + relative + ": " + std::strerror(errno));
+    }
+  }
+  if (uid != static_cast<uid_t>(-1) &&
+      ::fchownat(parent, name.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
+    return Fail("cannot chown the symlink " + relative + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+Expected<void> WriteFile(int parent, const std::string& name, const ArchiveEntry& entry, uid_t uid,
+                         gid_t gid) {
+  // No O_TRUNC before the checks: what is in the way must be a plain file with one name.
+  UniqueFd fd(::openat(parent, name.c_str(),
+                       O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
+    return Fail("cannot write " + entry.relative + ": " + std::strerror(errno) +
+                (errno == ELOOP ? " (a symlink is in the way)" : ""));
+  }
+  struct stat info {};
+  if (::fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode) || info.st_nlink != 1) {
+    return Fail("cannot write " + entry.relative +
+                ": something other than a plain file is in "
+                "the way");
+  }
+  const bool ok = ::ftruncate(fd.get(), 0) == 0 &&
+                  WriteAll(fd.get(), entry.bytes.data(), entry.bytes.size()) &&
+                  ::fchmod(fd.get(), static_cast<mode_t>(entry.mode & 07777)) == 0;
+  if (!ok) return Fail("cannot write " + entry.relative + ": " + std::strerror(errno));
+  if (uid != static_cast<uid_t>(-1) && ::fchown(fd.get(), uid, gid) != 0) {
+    return Fail("cannot chown " + entry.relative + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+}  // namespace
+
 Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::string& dir,
                                         uid_t uid, gid_t gid, const std::set<std::string>& skip) {
+  std::error_code ignored;
+  fs::create_directories(dir, ignored);
+  auto root = OpenDirectoryNoFollow(dir);
+  if (!root) return Unexpected<Error>{root.error()};
   std::uint64_t written = 0;
-  std::string made;  // the last directory known to exist
+  fs::path parent_path;  // of the last entry, open as parent_fd
+  UniqueFd parent_fd;
   auto unpacked = ForEachEntry(archive, [&](const ArchiveEntry& entry) -> Expected<void> {
     const fs::path path(entry.relative);
-    if (entry.relative.empty() || path.is_absolute() ||
-        std::any_of(path.begin(), path.end(), [](const fs::path& part) { return part == ".."; })) {
+    if (entry.relative.empty() || path.is_absolute() || !path.has_filename() ||
+        std::any_of(path.begin(), path.end(),
+                    [](const fs::path& part) { return part == ".." || part == "."; })) {
       return Fail("archive holds an unsafe path: " + entry.relative);
     }
     if (skip.count(entry.relative) != 0) return {};
-    const fs::path target = fs::path(dir) / path;
-    if (target.parent_path().string() != made) {
-      std::error_code error;
-      fs::create_directories(target.parent_path(), error);
-      made = target.parent_path().string();
+    if (!parent_fd.valid() || path.parent_path() != parent_path) {
+      auto opened = MakeDirectoriesBeneath(root->get(), path.parent_path(), uid, gid);
+      if (!opened) return Unexpected<Error>{opened.error()};
+      parent_fd = std::move(*opened);
+      parent_path = path.parent_path();
     }
-    const UniqueFd fd(::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd.valid()) return Fail("cannot write " + target.string());
-    const bool ok = WriteAll(fd.get(), entry.bytes.data(), entry.bytes.size()) &&
-                    ::fchmod(fd.get(), static_cast<mode_t>(entry.mode)) == 0;
-    const bool owned = uid == static_cast<uid_t>(-1) || ::fchown(fd.get(), uid, gid) == 0;
-    if (!ok) return Fail("cannot write " + target.string());
-    if (!owned) return Fail("cannot chown " + target.string());
+    const std::string name = path.filename().string();
+    if ((entry.mode & S_IFMT) == S_IFLNK) {
+      return WriteLink(parent_fd.get(), name, std::string(entry.bytes), entry.relative, uid, gid);
+    }
+    if (auto done = WriteFile(parent_fd.get(), name, entry, uid, gid); !done) return done;
     written += entry.bytes.size();
     return {};
   });
-  if (!unpacked) return Unexpected<Error>{unpacked.error()};
+  if (!unpacked) return Fail("cannot unpack into " + dir + ": " + unpacked.error().message);
   return written;
 }
 

@@ -1482,6 +1482,98 @@ TEST_F(ClusterTest, IpcADirectCallConnectionHandedOutsideTheJobDiesWithTheRight)
   Tern("node1", {"cancel", server});
 }
 
+// ---- Security (issue 14): jobs and requests that try to reach past their own ---------------
+
+// The test user, created when missing; its uid.
+uid_t EnsureTestUser() {
+  if (getpwnam(kTestUser.c_str()) == nullptr) {
+    auto r = RunCmd(
+        {"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", kTestUser});
+    if (r.exit_code != 0) ADD_FAILURE() << "cannot create the test user: " << r.Describe();
+  }
+  const passwd* pw = getpwnam(kTestUser.c_str());
+  return pw != nullptr ? pw->pw_uid : static_cast<uid_t>(-1);
+}
+
+// `tern submit --user ternuser -q -- sh -c SCRIPT` on NODE (root may submit as another user).
+std::string SubmitAsTestUser(const std::string& node, const std::string& script) {
+  auto r = Tern(node, {"submit", "-q", "--user", kTestUser, "--", "sh", "-c", script});
+  if (r.exit_code != 0 || !IsJobId(Trim(r.out))) {
+    ADD_FAILURE() << "submit failed: " << r.Describe();
+    return "";
+  }
+  return Trim(r.out);
+}
+
+// HTTP status of GET TARGET (sent exactly as written) on NODE's Unix socket.
+std::string HttpStatus(const std::string& node, const std::string& target) {
+  auto r = RunCmd({"curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}",
+                   "--unix-socket", Socket(node), "http://localhost" + target});
+  return Trim(r.out);
+}
+
+TEST_F(ClusterTest, LogsOfAJobThatSymlinkedItsStdoutToShadowPrintNoSecret) {
+  ASSERT_NE(EnsureTestUser(), static_cast<uid_t>(-1));
+  const auto id = SubmitAsTestUser("node1", "ln -sf /etc/shadow \"$TERN_JOB_DIR/stdout\"");
+  ASSERT_FALSE(id.empty());
+  auto st = WaitState("node1", id, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << Describe(st);
+  const std::string shadow = ReadFile("/etc/shadow");
+  ASSERT_NE(shadow.find("root:"), std::string::npos) << "no /etc/shadow to protect here";
+  for (const auto& via : {"node1", "node2"}) {
+    auto r = Tern(via, {"logs", id});
+    EXPECT_EQ(r.out.find("root:"), std::string::npos) << "the shadow file leaked: " << r.Describe();
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_NE(r.err.find("stdout"), std::string::npos) << "want a clear error: " << r.Describe();
+  }
+}
+
+// A job that leaves junk in status.json (held there by a directory named status.json.tmp) once
+// made its agent throw out of the io loop, and again after every restart; a FIFO as status.json
+// or stdout hung the agent's only io thread.
+TEST_F(ClusterTest, NoJobTakesItsAgentDown) {
+  ASSERT_NE(EnsureTestUser(), static_cast<uid_t>(-1));
+  const auto junk = SubmitAsTestUser(
+      "node2", "mkdir status.json.tmp; printf '{\"exit_code\":null}' > status.json; exit 3");
+  const auto fifo_status =
+      SubmitAsTestUser("node2", "mkdir status.json.tmp; mkfifo status.json; exit 4");
+  const auto fifo_stdout = SubmitAsTestUser(
+      "node2", "rm -f \"$TERN_JOB_DIR/stdout\"; mkfifo \"$TERN_JOB_DIR/stdout\"; exit 0");
+  ASSERT_FALSE(junk.empty() || fifo_status.empty() || fifo_stdout.empty());
+  auto st = WaitState("node2", junk, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << Describe(st);
+  EXPECT_EQ((*st)["exit_code"], 3) << st->dump();
+  st = WaitState("node2", fifo_status, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << Describe(st);
+  EXPECT_EQ((*st)["exit_code"], 4) << st->dump();
+  st = WaitState("node2", fifo_stdout, "exited");
+  ASSERT_TRUE(st && st->value("state", "") == "exited") << Describe(st);
+  auto logs = Tern("node2", {"logs", fifo_stdout}, 10s);
+  EXPECT_FALSE(logs.timed_out) << "reading a FIFO blocked the agent: " << logs.Describe();
+  EXPECT_EQ(logs.exit_code, 1) << logs.Describe();
+  EXPECT_NE(logs.err.find("not a regular file"), std::string::npos) << logs.Describe();
+  auto nodes = NodesSeenBy("node2");
+  ASSERT_TRUE(nodes) << "the agent stopped answering";
+  EXPECT_EQ(NodeState(*nodes, "node2"), "alive");
+}
+
+TEST_F(ClusterTest, PathTricksInTheApiAreRefused) {
+  // Without the fix this read <outside>/outcome and answered 200 with what it held.
+  const std::string outside = "/tmp/" + kClusterName + "-outside";
+  fs::create_directories(outside);
+  std::ofstream(outside + "/outcome") << "leaked\n";
+  std::string climb;
+  for (int i = 0; i < 12; ++i) climb += "..%2F";
+  EXPECT_EQ(HttpStatus("node1", "/v1/migrations/" + climb + "tmp%2F" + kClusterName + "-outside"),
+            "400");
+  EXPECT_EQ(HttpStatus("node1", "/v1/migrations/..%2F..%2Ftmp%2Fx"), "400");
+  EXPECT_EQ(HttpStatus("node1", "/v1/migrations/%2E%2E"), "400");
+  EXPECT_EQ(HttpStatus("node1", "/v1/migrations/not-a-migration-id"), "400");
+  EXPECT_EQ(HttpStatus("node1", "/v1/jobs/..%2Fx/logs"), "400");
+  EXPECT_EQ(HttpStatus("node1", "/v1/migrations/node1.1-0badc0de"), "200") << "a well-formed id";
+  fs::remove_all(outside);
+}
+
 // ---- Sparse links (issue 13): gossip and on-demand links, no full mesh ---------------------
 
 // A second 3-node cluster whose agents keep at most one peer link and close others after 1 s

@@ -1,6 +1,7 @@
 #include "tern/migrate/archive.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -76,6 +77,78 @@ TEST(ArchiveTest, RefusesPathsOutsideTheDestinationAndTruncation) {
   EXPECT_FALSE(UnpackDirectory(entry("ok").substr(0, 9), dir));
   EXPECT_FALSE(fs::exists(fs::path(dir).parent_path() / "escape"));
   fs::remove_all(dir);
+}
+
+// A job directory is its user's: `ln -s /etc/shadow x` there must travel as a symlink, not as
+// the shadow file read by root (issue 14, item 2).
+TEST(ArchiveTest, SymlinksTravelAsSymlinks) {
+  const fs::path root =
+      fs::temp_directory_path() / ("tern-archive-links-" + std::to_string(getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "in");
+  fs::create_directories(root / "elsewhere");
+  std::ofstream(root / "secret") << "root only";
+  std::ofstream(root / "elsewhere" / "f") << "not in the job";
+  std::ofstream(root / "in" / "real") << "data";
+  fs::create_symlink(root / "secret", root / "in" / "stdout");
+  fs::create_symlink("real", root / "in" / "relative");
+  fs::create_directory_symlink(root / "elsewhere", root / "in" / "dirlink");
+  auto packed = PackDirectory((root / "in").string(), {}, 1 << 20);
+  ASSERT_TRUE(packed) << packed.error().message;
+  EXPECT_EQ(packed->find("root only"), std::string::npos) << "packed the symlink's target";
+  EXPECT_EQ(packed->find("not in the job"), std::string::npos) << "followed a directory link";
+  auto written = UnpackDirectory(*packed, (root / "out").string());
+  ASSERT_TRUE(written) << written.error().message;
+  EXPECT_EQ(*written, 4u);
+  ASSERT_TRUE(fs::is_symlink(root / "out" / "stdout"));
+  EXPECT_EQ(fs::read_symlink(root / "out" / "stdout"), root / "secret");
+  EXPECT_EQ(fs::read_symlink(root / "out" / "relative"), "real");
+  EXPECT_EQ(fs::read_symlink(root / "out" / "dirlink"), root / "elsewhere");
+  EXPECT_EQ(Read(root / "out" / "real"), "data");
+  // Unpacking again over what it made replaces the links, never writes through them.
+  ASSERT_TRUE(UnpackDirectory(*packed, (root / "out").string()));
+  EXPECT_EQ(Read(root / "secret"), "root only");
+  fs::remove_all(root);
+}
+
+// The destination directory may already exist and hold what the job's user left there: a
+// symlink in the way of a file or of a directory is refused, nothing is written or chowned
+// through it.
+TEST(ArchiveTest, UnpackingRefusesASymlinkInTheWay) {
+  const fs::path root =
+      fs::temp_directory_path() / ("tern-archive-inway-" + std::to_string(getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "in" / "sub");
+  std::ofstream(root / "in" / "stdout") << "job output";
+  std::ofstream(root / "in" / "sub" / "f") << "nested";
+  std::ofstream(root / "victim") << "untouched";
+  fs::create_directories(root / "victimdir");
+  auto packed = PackDirectory((root / "in").string(), {}, 1 << 20);
+  ASSERT_TRUE(packed) << packed.error().message;
+
+  fs::create_directories(root / "out1");
+  fs::create_symlink(root / "victim", root / "out1" / "stdout");
+  auto first = UnpackDirectory(*packed, (root / "out1").string(), 65534, 65534);
+  ASSERT_FALSE(first) << "wrote through a symlink";
+  EXPECT_NE(first.error().message.find("stdout"), std::string::npos) << first.error().message;
+  EXPECT_EQ(Read(root / "victim"), "untouched");
+  struct stat info {};
+  ASSERT_EQ(::stat((root / "victim").c_str(), &info), 0);
+  EXPECT_EQ(info.st_uid, geteuid()) << "chowned through a symlink";
+
+  fs::create_directories(root / "out2");
+  fs::create_directory_symlink(root / "victimdir", root / "out2" / "sub");
+  EXPECT_FALSE(UnpackDirectory(*packed, (root / "out2").string()));
+  EXPECT_FALSE(fs::exists(root / "victimdir" / "f")) << "wrote through a directory symlink";
+
+  fs::create_directory_symlink(root / "victimdir", root / "out3");
+  EXPECT_FALSE(UnpackDirectory(*packed, (root / "out3").string()));
+  EXPECT_FALSE(fs::exists(root / "victimdir" / "stdout"));
+
+  fs::create_directories(root / "out4");
+  ASSERT_EQ(::mkfifo((root / "out4" / "stdout").c_str(), 0666), 0);
+  EXPECT_FALSE(UnpackDirectory(*packed, (root / "out4").string())) << "a FIFO in the way";
+  fs::remove_all(root);
 }
 
 }  // namespace

@@ -1,15 +1,16 @@
 #include "tern/agent/agent_api.hpp"
 
+#include <fcntl.h>
 #include <pwd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <tern/jobs/job_file.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tuple>
 
@@ -133,7 +134,9 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
     done(ErrorResult(405, method + " is not allowed on " + target.path + " (use " + allowed + ")"));
   };
   try {
-    if (parts.size() < 2 || parts[0] != "v1") {
+    if (!target.valid()) {
+      done(ErrorResult(400, target.error));
+    } else if (parts.size() < 2 || parts[0] != "v1") {
       done(ErrorResult(404, "no such API path: " + target.path));
     } else if (parts.size() == 2 && parts[1] == "info") {
       method == "GET" ? Info(call, done) : wrong_method("GET");
@@ -563,21 +566,23 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
   }
   // The state is read before the bytes, so "final state and nothing more" is never premature.
   const std::string state = jobs::ToString(record->state);
-  const std::string path = record->dir + "/" + stream;
-  std::ifstream file(path, std::ios::binary);
-  std::string data;
-  if (file) {
-    file.seekg(0, std::ios::end);
-    const auto size = static_cast<std::uint64_t>(file.tellg());
-    if (offset < size) {
-      data.resize(std::min(limit, size - offset));
-      file.seekg(static_cast<std::streamoff>(offset));
-      file.read(data.data(), static_cast<std::streamsize>(data.size()));
-      data.resize(static_cast<size_t>(file.gcount()));
-    }
-  } else if (errno != ENOENT) {
-    done(ErrorResult(500, "cannot read " + path + ": " + std::strerror(errno)));
+  // The job's directory is its user's: the file may be a symlink to anything or a FIFO.
+  auto file = jobs::OpenJobFile(record->dir, stream, O_RDONLY);
+  if (!file) {
+    done(ErrorResult(403,
+                     "cannot read the " + stream + " of job " + id + ": " + file.error().message));
     return;
+  }
+  std::string data;
+  if (file->valid()) {
+    std::uint64_t size = 0;
+    auto read = jobs::ReadRange(file->get(), offset, limit, size);
+    if (!read) {
+      done(ErrorResult(
+          500, "cannot read the " + stream + " of job " + id + ": " + read.error().message));
+      return;
+    }
+    data = std::move(*read);
   }
   ApiResult result;
   result.status = 200;

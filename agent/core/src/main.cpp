@@ -79,7 +79,18 @@ int main(int argc, char** argv) {
     agent.Stop();
     io.stop();
   });
-  io.run();
+  // One request or callback that throws must not stop the agent (a restarted agent would meet
+  // the same input again): log it and carry on with the rest.
+  for (;;) {
+    try {
+      io.run();
+      break;
+    } catch (const std::exception& error) {
+      spdlog::error("a handler failed and was skipped: {}", error.what());
+    } catch (...) {
+      spdlog::error("a handler failed with an unknown exception and was skipped");
+    }
+  }
   spdlog::info("ternd stopped");
   return 0;
 }

@@ -988,6 +988,11 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
 void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>& segments,
                              ApiDone done) {
   // segments: v1 migrations [prepare | MID [restore|commit|abort]]
+  // A migration id names a directory under the state directory: only its known shape passes.
+  if (segments.size() >= 3 && segments[2] != "prepare" && !jobs::IsValidMigrationId(segments[2])) {
+    done(ErrorResult(400, "'" + segments[2] + "' is not a migration id"));
+    return;
+  }
   if (segments.size() == 3 && call.method == "GET") {
     Outcome(segments[2], done);
     return;
@@ -1029,6 +1034,10 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   auto incoming = std::make_shared<Incoming>();
   incoming->cgroup_roots = cgroup_roots_;
   incoming->id = body.value("id", "");
+  if (!jobs::IsValidMigrationId(incoming->id) || !jobs::IsValidJobId(job->id)) {
+    done(ErrorResult(400, "malformed prepare request: bad migration or job id"));
+    return;
+  }
   incoming->job = *job;
   incoming->source = call.caller.via;
   incoming->mode = body.value("mode", "precopy");

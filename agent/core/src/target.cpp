@@ -36,7 +36,13 @@ Target ParseTarget(const std::string& target) {
   std::stringstream path(out.path);
   std::string segment;
   while (std::getline(path, segment, '/')) {
-    if (!segment.empty()) out.segments.push_back(PercentDecode(segment));
+    if (segment.empty()) continue;
+    std::string decoded = PercentDecode(segment);
+    if (decoded == "." || decoded == ".." ||
+        decoded.find_first_of(std::string("/\0", 2)) != std::string::npos) {
+      if (out.error.empty()) out.error = "malformed path segment '" + segment + "'";
+    }
+    out.segments.push_back(std::move(decoded));
   }
   std::stringstream query(out.raw_query);
   std::string pair;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <tern/migrate/safe_open.hpp>
 
 #include "tern/jobs/unique_fd.hpp"
 
@@ -121,11 +122,14 @@ int ChildMain(void* arg) {
   ChildFail(plan, Stage::kExec);
 }
 
-Expected<UniqueFd> OpenOutput(const std::string& path, uid_t uid, gid_t gid) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
-  if (!fd.valid()) return Fail("cannot open " + path + ": " + std::strerror(errno));
-  if (::fchown(fd.get(), uid, gid) != 0) {
-    return Fail("cannot give " + path + " to uid " + std::to_string(uid) + ": " +
+// The job's stdout or stderr, created below the job directory `dir_fd` (the user's): an
+// existing symlink or FIFO there is refused, never followed or waited on.
+Expected<UniqueFd> OpenOutput(int dir_fd, const std::string& dir, const std::string& name,
+                              uid_t uid, gid_t gid) {
+  auto fd = migrate::OpenRegularBeneath(dir_fd, name, O_WRONLY | O_CREAT | O_APPEND, 0640);
+  if (!fd) return Fail(fd.error().message + " (in job directory " + dir + ")");
+  if (::fchown(fd->get(), uid, gid) != 0) {
+    return Fail("cannot give " + dir + "/" + name + " to uid " + std::to_string(uid) + ": " +
                 std::strerror(errno));
   }
   return fd;
@@ -157,13 +161,15 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   if (::mkdir(spec.dir.c_str(), 0750) != 0 && errno != EEXIST) {
     return Fail("cannot create job directory " + spec.dir + ": " + std::strerror(errno));
   }
-  if (::chown(spec.dir.c_str(), spec.uid, spec.gid) != 0 || ::chmod(spec.dir.c_str(), 0750) != 0) {
+  auto dir_fd = migrate::OpenDirectoryNoFollow(spec.dir);
+  if (!dir_fd) return Unexpected<Error>{dir_fd.error()};
+  if (::fchown(dir_fd->get(), spec.uid, spec.gid) != 0 || ::fchmod(dir_fd->get(), 0750) != 0) {
     return Fail("cannot give " + spec.dir + " to uid " + std::to_string(spec.uid) + ": " +
                 std::strerror(errno));
   }
-  auto out = OpenOutput(spec.dir + "/stdout", spec.uid, spec.gid);
+  auto out = OpenOutput(dir_fd->get(), spec.dir, "stdout", spec.uid, spec.gid);
   if (!out) return Unexpected<Error>{out.error()};
-  auto err = OpenOutput(spec.dir + "/stderr", spec.uid, spec.gid);
+  auto err = OpenOutput(dir_fd->get(), spec.dir, "stderr", spec.uid, spec.gid);
   if (!err) return Unexpected<Error>{err.error()};
   UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!null_fd.valid()) return Fail(std::string("cannot open /dev/null: ") + std::strerror(errno));

@@ -1,5 +1,7 @@
 #include "tern/jobs/job_record.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <ctime>
 
 namespace tern::jobs {
@@ -68,6 +70,48 @@ std::optional<TimePoint> ParseTime(const std::string& text) {
   const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &utc);
   if (end == nullptr) return std::nullopt;
   return Clock::from_time_t(timegm(&utc));
+}
+
+std::optional<ExitStatus> ParseExitStatus(const std::string& text) {
+  const json status = json::parse(text, nullptr, false);
+  if (!status.is_object()) return std::nullopt;
+  ExitStatus out;
+  auto small_int = [&](const char* key, int low, int high) -> std::optional<int> {
+    auto found = status.find(key);
+    if (found == status.end() || !found->is_number_integer()) return std::nullopt;
+    const auto value = found->get<std::int64_t>();
+    if (value < low || value > high) return std::nullopt;
+    return static_cast<int>(value);
+  };
+  out.exit_code = small_int("exit_code", 0, 255);
+  out.signal = small_int("signal", 1, 64);
+  if (out.exit_code.has_value() == out.signal.has_value()) return std::nullopt;
+  if (auto ended = status.find("ended_at"); ended != status.end() && ended->is_string()) {
+    out.ended_at = ParseTime(ended->get<std::string>());
+  }
+  return out;
+}
+
+bool IsValidJobId(std::string_view id) {
+  const auto dot = id.rfind('.');
+  if (dot == std::string_view::npos || dot == 0 || dot + 1 == id.size() || id.size() > 200) {
+    return false;
+  }
+  for (size_t i = 0; i < id.size(); ++i) {
+    const auto c = static_cast<unsigned char>(id[i]);
+    const bool ok =
+        i < dot ? (std::isalnum(c) || c == '-' || c == '_') : (i == dot || std::isdigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool IsValidMigrationId(std::string_view id) {
+  const auto dash = id.rfind('-');
+  if (dash == std::string_view::npos || id.size() - dash != 9) return false;
+  if (!IsValidJobId(id.substr(0, dash))) return false;
+  return std::all_of(id.begin() + static_cast<std::ptrdiff_t>(dash) + 1, id.end(),
+                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
 }
 
 json ToJson(const JobRecord& job, TimePoint now) {

@@ -17,11 +17,15 @@
 #include <tern/migrate/criu.hpp>
 #include <tern/migrate/subprocess.hpp>
 
+#include "tern/jobs/job_file.hpp"
 #include "tern/jobs/job_launcher.hpp"
 #include "tern/jobs/unique_fd.hpp"
 
 namespace tern::jobs {
 namespace {
+
+// tern-init writes some 60 bytes; anything much larger is not its.
+constexpr std::uint64_t kMaxStatusBytes = 4096;
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
@@ -212,6 +216,7 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
     if (!id) return Unexpected<Error>{id.error()};
     record.id = *id;
   } else {
+    if (!IsValidJobId(request.id)) return Fail("'" + request.id + "' is not a job id");
     if (jobs_.count(request.id) != 0) return Fail("job " + request.id + " exists already");
     record.id = request.id;
   }
@@ -323,16 +328,26 @@ void JobSupervisor::OnExit(const std::string& id) {
 
 void JobSupervisor::Finish(Watched& job, std::optional<int> wait_status) {
   JobRecord& record = job.record;
-  std::ifstream file(record.dir + "/status.json");
-  std::stringstream text;
-  text << file.rdbuf();
-  auto status = nlohmann::json::parse(text.str(), nullptr, false);
+  // status.json is the job user's file: read it without following links or blocking, bounded,
+  // and believe it only if it has the shape tern-init writes.
+  std::optional<ExitStatus> status;
+  if (auto text = ReadJobFile(record.dir, "status.json", kMaxStatusBytes); !text) {
+    spdlog::warn("job {}: {}; going by its init's wait status", record.id, text.error().message);
+  } else if (!text->empty()) {
+    status = ParseExitStatus(*text);
+    if (!status) {
+      spdlog::warn(
+          "job {}: status.json is not what tern-init writes; going by its init's wait "
+          "status",
+          record.id);
+    }
+  }
   record.exit_code.reset();
   record.signal.reset();
-  if (status.is_object() && (status.contains("exit_code") || status.contains("signal"))) {
-    if (status.contains("exit_code")) record.exit_code = status["exit_code"].get<int>();
-    if (status.contains("signal")) record.signal = status["signal"].get<int>();
-    record.ended_at = ParseTime(status.value("ended_at", "")).value_or(Clock::now());
+  if (status) {
+    record.exit_code = status->exit_code;
+    record.signal = status->signal;
+    record.ended_at = status->ended_at.value_or(Clock::now());
   } else if (wait_status && WIFSIGNALED(*wait_status)) {
     // The init itself was killed (SIGKILL after the grace period, or from outside).
     record.signal = WTERMSIG(*wait_status);

@@ -65,6 +65,43 @@ TEST(JobRecordTest, PinnedIsPublicPersistedAndOptional) {
   EXPECT_FALSE(FromPersistentJson(old)->pinned);
 }
 
+// status.json is written by the job's user: what tern-init writes is believed, anything else
+// is nullopt and never an exception (issue 14, item 3).
+TEST(JobRecordTest, ExitStatusTakesOnlyWhatTernInitWrites) {
+  auto exited = ParseExitStatus(R"({"exit_code":3,"ended_at":"2026-11-24T12:00:05Z"})");
+  ASSERT_TRUE(exited);
+  EXPECT_EQ(exited->exit_code, 3);
+  EXPECT_FALSE(exited->signal);
+  EXPECT_EQ(exited->ended_at, ParseTime("2026-11-24T12:00:05Z"));
+  auto killed = ParseExitStatus(R"({"signal":9})");
+  ASSERT_TRUE(killed);
+  EXPECT_EQ(killed->signal, 9);
+  EXPECT_FALSE(killed->ended_at);
+  for (const char* bad :
+       {R"({"exit_code":null})", R"({"signal":null})", R"({"exit_code":"0"})",
+        R"({"exit_code":1e99})", R"({"exit_code":-1})", R"({"exit_code":256})",
+        R"({"exit_code":4294967296})", R"({"signal":0})", R"({"exit_code":0,"signal":9})", R"({})",
+        R"([1,2])", "garbage", "", R"({"exit_code":1.5})"}) {
+    EXPECT_FALSE(ParseExitStatus(bad)) << bad;
+  }
+  auto odd_time = ParseExitStatus(R"({"exit_code":0,"ended_at":17})");
+  ASSERT_TRUE(odd_time) << "a malformed ended_at is ignored, not fatal";
+  EXPECT_FALSE(odd_time->ended_at);
+}
+
+TEST(JobRecordTest, IdsHaveTheirKnownShapes) {
+  for (const char* good : {"node1.3", "h5c-node_2.1234"}) EXPECT_TRUE(IsValidJobId(good)) << good;
+  for (const char* bad : {"", ".", "..", "node1.", ".3", "node1.3a", "../x.1", "a/b.1", "a b.1"}) {
+    EXPECT_FALSE(IsValidJobId(bad)) << bad;
+  }
+  EXPECT_FALSE(IsValidJobId(std::string("a\0b.1", 5)));
+  EXPECT_TRUE(IsValidMigrationId("node1.3-0badc0de"));
+  for (const char* bad : {"node1.3", "node1.3-0badc0d", "node1.3-0badc0dex", "node1.3-zzzzzzzz",
+                          "..-0badc0de", "../../tmp/x", "node1.3-../../x"}) {
+    EXPECT_FALSE(IsValidMigrationId(bad)) << bad;
+  }
+}
+
 TEST(JobStoreTest, SerialsAreNeverReused) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("tern-store-" + std::to_string(getpid()));

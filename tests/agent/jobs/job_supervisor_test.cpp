@@ -198,5 +198,71 @@ TEST_F(SupervisorTest, FailedLaunchIsRecordedNotLost) {
   EXPECT_EQ(reloaded.Get(job->id)->state, JobState::kFailed);
 }
 
+// A job controls its status.json (tern-init runs as its user). Junk there, kept in place by
+// making status.json.tmp a directory so tern-init cannot replace it, once made Finish throw
+// out of the io loop (issue 14, item 3): now the init's own exit status decides.
+TEST_F(SupervisorTest, JunkInStatusJsonFallsBackToTheInitsExitStatus) {
+  auto supervisor = MakeSupervisor();
+  for (const char* junk : {R"({"exit_code":null})", R"({"exit_code":"x","ended_at":5})", "junk"}) {
+    const std::string script =
+        std::string("mkdir status.json.tmp; printf '%s' '") + junk + "' > status.json; exit 5";
+    auto job = supervisor->Submit(Request({"sh", "-c", script}));
+    ASSERT_TRUE(job) << job.error().message;
+    auto ended = WaitEnded(job->id);
+    ASSERT_TRUE(ended) << junk;
+    EXPECT_EQ(ended->state, JobState::kExited) << junk;
+    EXPECT_EQ(ended->exit_code, 5) << junk;
+  }
+}
+
+TEST_F(SupervisorTest, AFifoForStatusJsonDoesNotBlockTheAgent) {
+  auto supervisor = MakeSupervisor();
+  auto job = supervisor->Submit(
+      Request({"sh", "-c", "mkdir status.json.tmp; mkfifo status.json; exit 4"}));
+  ASSERT_TRUE(job) << job.error().message;
+  auto ended = WaitEnded(job->id);
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(ended->exit_code, 4);
+}
+
+TEST_F(SupervisorTest, ASymlinkedStatusJsonIsNotFollowed) {
+  const std::string planted = (dir_ / "planted.json").string();
+  std::ofstream(planted) << R"({"exit_code":42})";
+  auto supervisor = MakeSupervisor();
+  auto job = supervisor->Submit(
+      Request({"sh", "-c", "mkdir status.json.tmp; ln -sf " + planted + " status.json; exit 6"}));
+  ASSERT_TRUE(job) << job.error().message;
+  auto ended = WaitEnded(job->id);
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(ended->exit_code, 6) << "the agent read through the job's symlink";
+}
+
+// A user whose job directory already exists (one it left behind) cannot make the root agent
+// append to, or chown, a file elsewhere by planting stdout as a symlink.
+TEST_F(SupervisorTest, AStdoutSymlinkInTheJobDirectoryIsRefusedAtLaunch) {
+  const auto target = dir_ / "victim";
+  std::ofstream(target) << "untouched";
+  passwd* nobody = getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr);
+  auto supervisor = MakeSupervisor();
+  // A job named by its home node (a forwarded submit) lands in a directory of known name.
+  const auto job_dir = dir_ / "jobs" / "home.7";
+  std::filesystem::create_directories(job_dir);
+  std::filesystem::create_symlink(target, job_dir / "stdout");
+  auto request = Request({"echo", "pwned"}, nobody->pw_uid, nobody->pw_gid, "nobody");
+  request.id = "home.7";
+  request.home_node = "home";
+  auto job = supervisor->Submit(request);
+  ASSERT_TRUE(job) << job.error().message;
+  EXPECT_EQ(job->state, JobState::kFailed);
+  EXPECT_NE(job->error.find("stdout"), std::string::npos) << job->error;
+  EXPECT_EQ(ReadFile(target.string()), "untouched");
+  struct stat info {};
+  ASSERT_EQ(::stat(target.c_str(), &info), 0);
+  EXPECT_EQ(info.st_uid, 0u) << "the symlink's target was given to the job's user";
+  request.id = "../../escape.1";
+  EXPECT_FALSE(supervisor->Submit(request)) << "a forwarded id is a file name: shape-checked";
+}
+
 }  // namespace
 }  // namespace tern::jobs

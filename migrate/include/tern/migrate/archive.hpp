@@ -1,9 +1,12 @@
-// A flat archive of the regular files below a directory — how a job's checkpoint images and
-// its job directory travel to the destination inside one message.
+// A flat archive of the regular files and symlinks below a directory — how a job's checkpoint
+// images and its job directory travel to the destination inside one message.
 //
 // Format: repeated [u32 path length][path][u64 size][u32 mode][bytes], big-endian, paths
-// relative to the directory. Unpacking refuses absolute paths and "..": an archive can only
-// write below its destination.
+// relative to the directory. A regular file's mode holds its permission bits only; a
+// symlink's is S_IFLNK|0777 and its bytes are the link's target. Packing never reads through a
+// symlink (the job's user may point one at /etc/shadow). Unpacking refuses absolute paths, "."
+// and "..", walks directories with O_NOFOLLOW and refuses a symlink, FIFO or multiply-linked
+// file in the way: an archive can only write below its destination, never through a link.
 //
 // Thread-safety: pure functions over the file system; reentrant.
 #pragma once
@@ -15,7 +18,8 @@
 
 namespace tern::migrate {
 
-// Packs every regular file below `dir` (recursively) whose relative path is not in `skip`.
+// Packs every regular file and symlink below `dir` (recursively) whose relative path is not in
+// `skip`.
 Expected<std::string> PackDirectory(const std::string& dir, const std::set<std::string>& skip,
                                     std::uint64_t max_bytes);
 // Writes the archive's files below `dir`, owned by uid:gid (unless uid is -1), except those

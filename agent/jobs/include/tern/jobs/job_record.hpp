@@ -65,6 +65,23 @@ struct JobRecord {
 std::string FormatTime(TimePoint time);  // RFC 3339 UTC, e.g. 2026-11-24T12:00:00Z
 std::optional<TimePoint> ParseTime(const std::string& text);
 
+// How a job's command ended, as tern-init reports it in status.json. That file is the job
+// user's to write, so anything but an object with "exit_code" 0..255 or "signal" 1..64 (and
+// an optional RFC 3339 "ended_at" string) is nullopt: the agent then goes by the init's own
+// wait status. Never throws.
+struct ExitStatus {
+  std::optional<int> exit_code;
+  std::optional<int> signal;
+  std::optional<TimePoint> ended_at;
+};
+std::optional<ExitStatus> ParseExitStatus(const std::string& text);
+
+// Ids become file and directory names under the state directory, so only their known shapes
+// are accepted from requests and peers: a job id is "NODE.SERIAL" (the node name's letters,
+// digits, '-' and '_', a dot, decimal digits); a migration id is "JOB-XXXXXXXX" (8 hex digits).
+bool IsValidJobId(std::string_view id);
+bool IsValidMigrationId(std::string_view id);
+
 nlohmann::json ToJson(const JobRecord& job, TimePoint now);
 nlohmann::json PersistentJson(const JobRecord& job);
 Expected<JobRecord> FromPersistentJson(const nlohmann::json& json);
