@@ -259,6 +259,10 @@ void Agent::ScheduleSample() {
     }
     job_usage_->Sample(running, now);
     ipc_->SampleTraffic(now);
+    if (balancer_) {
+      const auto load = LocalLoad();
+      balancer_->OnMemorySample(load.mem_used_bytes, load.mem_limit_bytes);
+    }
     ScheduleSample();
   });
 }

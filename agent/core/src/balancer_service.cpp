@@ -120,13 +120,31 @@ std::vector<balancer::NodeState> BalancerService::View() const {
   for (const auto& node : cluster_.Nodes()) {
     auto state = ToNodeState(node);
     if (state.self) {
-      // Our own flag is newer than the load vector of the last heartbeat.
+      // Our own flag and memory sample are newer than the load vector of the last heartbeat.
       state.draining = draining_;
       state.alive = true;
+      if (sampled_mem_limit_ > 0) {
+        state.mem_limit_bytes = sampled_mem_limit_;
+        state.mem_used_bytes = sampled_mem_used_;
+      }
     }
     view.push_back(std::move(state));
   }
   return view;
+}
+
+void BalancerService::OnMemorySample(std::uint64_t used_bytes, std::uint64_t limit_bytes) {
+  sampled_mem_used_ = used_bytes;
+  sampled_mem_limit_ = limit_bytes;
+  if (stopped_ || !config_.balancer.enabled || limit_bytes == 0) return;
+  if (static_cast<double>(used_bytes) <=
+      config_.balancer.memory_high * static_cast<double>(limit_bytes)) {
+    return;
+  }
+  const auto now = Now();
+  if (now - last_pressure_round_ < std::chrono::seconds(1)) return;
+  last_pressure_round_ = now;
+  Tick();
 }
 
 balancer::Placement BalancerService::Place() { return balancer_.Place(View(), Now()); }
@@ -217,10 +235,19 @@ void BalancerService::Tick() {
   cpu_.KeepOnly(running);
   skips_.KeepOnly(running);
   scanning_ = true;
+  // Only a drain or a shortage of memory moves an idle job; otherwise the scan of jobs that
+  // want no CPU is work for nothing (a node of 100 sleeping jobs walked 100 fd tables every
+  // interval). The move itself runs the full pre-flight anyway.
+  const bool idle_jobs_may_move =
+      draining_ || (sampled_mem_limit_ > 0 &&
+                    static_cast<double>(sampled_mem_used_) >
+                        config_.balancer.memory_high * static_cast<double>(sampled_mem_limit_));
   // The pre-flight's /proc scan of each movable job (cheap, but file I/O: not on this thread).
-  boost::asio::post(scanner_, [this, alive = alive_, candidates = std::move(candidates)]() mutable {
+  boost::asio::post(scanner_, [this, alive = alive_, idle_jobs_may_move,
+                               candidates = std::move(candidates)]() mutable {
     for (auto& candidate : candidates) {
       if (candidate.job.pinned || !candidate.job.refused.empty()) continue;
+      if (!idle_jobs_may_move && candidate.job.runnable < 0.1) continue;
       const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct);
       candidate.job.refused = Join(scan.blockers);
       if (scan.rss_bytes > 0) candidate.job.rss_bytes = scan.rss_bytes;

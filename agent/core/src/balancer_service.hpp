@@ -84,6 +84,11 @@ class BalancerService {
   // Every change of a job record here (arrivals: a job whose newest migration ended here).
   void OnJobChanged(const jobs::JobRecord& record);
 
+  // This node's memory as sampled now (every second). The view's own entry is as old as the
+  // last heartbeat; memory can run out faster than an interval, so above `memory_high` this
+  // runs a round at once (at most one a second) with these figures.
+  void OnMemorySample(std::uint64_t used_bytes, std::uint64_t limit_bytes);
+
   // The view as the Balancer sees it now (this node's drain flag applied).
   std::vector<balancer::NodeState> View() const;
 
@@ -106,6 +111,9 @@ class BalancerService {
   Hooks hooks_;
   balancer::Balancer balancer_;
   boost::asio::steady_timer timer_;
+  std::uint64_t sampled_mem_used_ = 0;
+  std::uint64_t sampled_mem_limit_ = 0;
+  balancer::Balancer::Millis last_pressure_round_{-1'000'000};
   boost::asio::thread_pool scanner_{1};
   // Completions posted back by the scanner check it: none run once the service is gone.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
