@@ -38,12 +38,7 @@ namespace fs = std::filesystem;
 
 const std::string kSourceDir = TERN_SOURCE_DIR;
 const std::string kBinDir = TERN_BUILD_BIN_DIR;
-// TERN_IT_CLUSTER names the cluster (default "ternit"), so that two build trees can run their
-// integration tests side by side.
-const std::string kClusterName =
-    std::getenv("TERN_IT_CLUSTER") != nullptr && *std::getenv("TERN_IT_CLUSTER") != 0
-        ? std::getenv("TERN_IT_CLUSTER")
-        : "ternit";
+const std::string kClusterName = ItClusterName();
 const std::string kClusterBase = "/var/lib/" + kClusterName + "-cluster";
 const std::vector<std::string> kNodes = {"node1", "node2", "node3"};
 const std::string kTestUser = "ternuser";

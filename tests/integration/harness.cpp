@@ -163,6 +163,11 @@ bool StopAndReap(pid_t pid, int sig, std::chrono::milliseconds timeout) {
   return false;
 }
 
+std::string ItClusterName() {
+  const char* name = std::getenv("TERN_IT_CLUSTER");
+  return name != nullptr && *name != 0 ? name : "ternit";
+}
+
 bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
              std::chrono::milliseconds every) {
   const auto deadline = Clock::now() + timeout;

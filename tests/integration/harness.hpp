@@ -37,6 +37,10 @@ bool StopAndReap(pid_t pid, int sig, std::chrono::milliseconds timeout);
 bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
              std::chrono::milliseconds every = std::chrono::milliseconds(200));
 
+// The integration cluster's name: $TERN_IT_CLUSTER, else "ternit" (so that two build trees can
+// run their integration tests side by side).
+std::string ItClusterName();
+
 std::string ReadFile(const std::string& path);
 std::string Trim(const std::string& s);
 std::vector<std::string> Lines(const std::string& s);
