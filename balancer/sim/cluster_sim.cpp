@@ -58,19 +58,6 @@ struct Message {
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
 
-NodeState FromLoad(const LoadVector& load, Millis age) {
-  NodeState node;
-  node.id = load.node_id;
-  node.capacity = load.capacity;
-  node.demand = load.demand;
-  node.speed = load.speed;
-  node.mem_limit_bytes = load.mem_limit_bytes;
-  node.mem_used_bytes = load.mem_used_bytes;
-  node.draining = load.draining;
-  node.age = age;
-  return node;
-}
-
 class Sim {
  public:
   Sim(const SimOptions& options, Policy policy)
@@ -179,7 +166,7 @@ class Sim {
     self.mem_used_bytes = node.mem_used;
     view.push_back(self);
     node.gossip->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
-      view.push_back(FromLoad(load, age));
+      view.push_back(NodeStateFromLoad(load, age));
     });
     return view;
   }

@@ -6,6 +6,27 @@
 #include <unordered_map>
 
 namespace tern::balancer {
+
+NodeState NodeStateFromLoad(const LoadVector& load, std::chrono::milliseconds age) {
+  NodeState state;
+  state.id = load.node_id;
+  state.name = load.node_name;
+  state.age = age;
+  state.draining = load.draining;
+  state.speed = load.speed > 0 ? load.speed : 1.0;
+  state.capacity = load.capacity > 0 ? load.capacity : std::max(1, load.cpus) * state.speed;
+  double wanted = 0;
+  std::uint64_t rss = 0;
+  for (const auto& job : load.jobs) {
+    wanted += job.runnable > 0 ? job.runnable : job.cpu_share;
+    rss += job.rss_bytes;
+  }
+  state.demand = load.demand > 0 ? load.demand : wanted;
+  state.mem_limit_bytes = load.mem_limit_bytes > 0 ? load.mem_limit_bytes : load.mem_total_bytes;
+  state.mem_used_bytes = load.mem_used_bytes > 0 ? load.mem_used_bytes : rss;
+  return state;
+}
+
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;

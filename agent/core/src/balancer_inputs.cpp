@@ -7,28 +7,16 @@
 namespace tern::agent {
 
 balancer::NodeState ToNodeState(const NodeView& node) {
+  // How old the load figures are (gossip entry age), else the last sign of life.
+  const std::chrono::milliseconds age(
+      std::max<std::int64_t>(0, node.load ? node.age_ms : node.last_seen_ms));
   balancer::NodeState state;
+  if (node.load) state = balancer::NodeStateFromLoad(*node.load, age);
   state.id = node.id;
   state.name = node.name;
   state.self = node.self;
   state.alive = node.state == "alive" && node.load.has_value();
-  // How old the load figures are (gossip entry age), else the last sign of life.
-  state.age = std::chrono::milliseconds(
-      std::max<std::int64_t>(0, node.load ? node.age_ms : node.last_seen_ms));
-  if (!node.load) return state;
-  const balancer::LoadVector& load = *node.load;
-  state.draining = load.draining;
-  state.speed = load.speed > 0 ? load.speed : 1.0;
-  state.capacity = load.capacity > 0 ? load.capacity : std::max(1, load.cpus) * state.speed;
-  double wanted = 0;
-  std::uint64_t rss = 0;
-  for (const auto& job : load.jobs) {
-    wanted += job.runnable > 0 ? job.runnable : job.cpu_share;
-    rss += job.rss_bytes;
-  }
-  state.demand = load.demand > 0 ? load.demand : wanted;
-  state.mem_limit_bytes = load.mem_limit_bytes > 0 ? load.mem_limit_bytes : load.mem_total_bytes;
-  state.mem_used_bytes = load.mem_used_bytes > 0 ? load.mem_used_bytes : rss;
+  state.age = age;
   return state;
 }
 

@@ -30,6 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "tern/balancer/load_vector.hpp"
+
 namespace tern::balancer {
 
 struct NodeState {
@@ -45,6 +47,12 @@ struct NodeState {
   std::uint64_t mem_used_bytes = 0;
   std::chrono::milliseconds age{0};  // of this information
 };
+
+// A node as the Balancer sees it, from its gossiped load vector `age` old. Figures an older
+// agent (or one without a node cgroup) sends as 0 fall back: capacity to cpus x speed, demand
+// to its jobs' runnable (else CPU share), memory to MemTotal and its jobs' RSS. The caller sets
+// self and alive. One mapping for the agent and tern-sim.
+NodeState NodeStateFromLoad(const LoadVector& load, std::chrono::milliseconds age);
 
 struct LocalJob {
   std::string id;
