@@ -252,19 +252,45 @@ void Agent::ScheduleSample() {
     if (error) return;
     const auto now = std::chrono::steady_clock::now();
     last_host_load_ = sampler_.Sample(now);
-    supervisor_->SampleUsage();
+    // One sampler for every job figure: `tern ps` (the records), the load vector and the
+    // balancer read the same sample; jobs that used no CPU lately are read less often.
     std::map<std::string, pid_t> running;
-    for (const auto& job : supervisor_->List()) {
-      if (job.state == jobs::JobState::kRunning && job.pid > 0) running.emplace(job.id, job.pid);
+    supervisor_->ForEachRunning(
+        [&](const jobs::JobRecord& job) { running.emplace(job.id, job.pid); });
+    const std::optional<double> node_cpu =
+        node_cgroup_ ? node_cgroup_->CpuSeconds() : std::optional<double>();
+    for (const auto& id : job_usage_->Sample(running, now, node_cpu)) {
+      if (const auto usage = job_usage_->Get(id)) {
+        supervisor_->SetUsage(id, usage->cpu_seconds, usage->rss_bytes);
+      }
     }
-    job_usage_->Sample(running, now);
     ipc_->SampleTraffic(now);
     if (balancer_) {
-      const auto load = LocalLoad();
-      balancer_->OnMemorySample(load.mem_used_bytes, load.mem_limit_bytes);
+      // The memory-pressure round reacts to this sample: it stays every second, read from the
+      // node cgroup (or the jobs' latest RSS), whatever the jobs' own schedule.
+      std::uint64_t rss_sum = 0;
+      for (const auto& [id, pid] : running) {
+        if (const auto usage = job_usage_->Get(id)) rss_sum += usage->rss_bytes;
+      }
+      balancer::LoadVector memory;
+      FillMemory(memory, rss_sum);
+      balancer_->OnMemorySample(memory.mem_used_bytes, memory.mem_limit_bytes);
     }
     ScheduleSample();
   });
+}
+
+void Agent::FillMemory(balancer::LoadVector& load, std::uint64_t rss_sum) const {
+  load.mem_total_bytes = last_host_load_.mem_total_bytes;
+  load.mem_free_bytes = last_host_load_.mem_free_bytes;
+  load.mem_limit_bytes = load.mem_total_bytes;
+  load.mem_used_bytes = rss_sum;
+  if (!node_cgroup_) return;
+  if (const auto used = node_cgroup_->MemoryUsage()) load.mem_used_bytes = *used;
+  if (const std::uint64_t limit = node_cgroup_->MemoryLimit(); limit > 0) {
+    load.mem_limit_bytes = limit;
+    load.mem_free_bytes = limit > load.mem_used_bytes ? limit - load.mem_used_bytes : 0;
+  }
 }
 
 balancer::LoadVector Agent::LocalLoad() {
@@ -278,15 +304,12 @@ balancer::LoadVector Agent::LocalLoad() {
   load.runnable = last_host_load_.runnable;
   load.cpus = last_host_load_.cpus;
   load.cpu_mhz = last_host_load_.cpu_mhz;
-  load.mem_total_bytes = last_host_load_.mem_total_bytes;
-  load.mem_free_bytes = last_host_load_.mem_free_bytes;
   load.link_bytes_per_s = last_host_load_.net_bytes_per_s;
   load.speed = load.cpu_mhz > 0 ? load.cpu_mhz / kReferenceMhz : 1.0;
   load.jobs_running = static_cast<int>(supervisor_->RunningCount());
   load.draining = balancer_ && balancer_->draining();
   std::uint64_t rss_sum = 0;
-  for (const auto& job : supervisor_->List()) {
-    if (job.state != jobs::JobState::kRunning) continue;
+  supervisor_->ForEachRunning([&](const jobs::JobRecord& job) {
     balancer::JobLoad job_load;
     job_load.job_id = job.id;
     job_load.rss_bytes = job.rss_bytes;
@@ -305,20 +328,14 @@ balancer::LoadVector Agent::LocalLoad() {
     load.demand += job_load.runnable;
     rss_sum += job_load.rss_bytes;
     load.jobs.push_back(std::move(job_load));
-  }
+  });
   load.capacity = load.cpus * load.speed;
-  load.mem_limit_bytes = load.mem_total_bytes;
-  load.mem_used_bytes = rss_sum;
   if (node_cgroup_) {
     if (const double quota = node_cgroup_->CpuQuota(); quota > 0) {
       load.capacity = std::min(quota, static_cast<double>(std::max(load.cpus, 1)));
     }
-    if (const auto used = node_cgroup_->MemoryUsage()) load.mem_used_bytes = *used;
-    if (const std::uint64_t limit = node_cgroup_->MemoryLimit(); limit > 0) {
-      load.mem_limit_bytes = limit;
-      load.mem_free_bytes = limit > load.mem_used_bytes ? limit - load.mem_used_bytes : 0;
-    }
   }
+  FillMemory(load, rss_sum);
   return load;
 }
 

@@ -1,11 +1,11 @@
 #include "job_usage.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <charconv>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "taskstats.hpp"
@@ -13,11 +13,15 @@
 namespace tern::agent {
 namespace {
 
-std::string ReadSmallFile(const std::string& path) {
-  std::ifstream file(path);
-  std::string text;
-  std::getline(file, text, '\0');
-  return text;
+// Reads a /proc file of up to a page or so into `buffer` with one open and read (/proc files
+// are produced whole by the first read); returns what was read, empty when it is gone.
+std::string_view ReadProcFile(const char* path, std::array<char, 4096>& buffer) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  const ssize_t length = ::read(fd, buffer.data(), buffer.size());
+  ::close(fd);
+  return length <= 0 ? std::string_view()
+                     : std::string_view(buffer.data(), static_cast<std::size_t>(length));
 }
 
 std::optional<std::uint64_t> Unsigned(std::string_view text) {
@@ -25,6 +29,18 @@ std::optional<std::uint64_t> Unsigned(std::string_view text) {
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
   return value;
+}
+
+// Splits off the next field separated by blanks; empty at the end.
+std::string_view NextField(std::string_view& text) {
+  std::size_t begin = 0;
+  while (begin < text.size() && (text[begin] == ' ' || text[begin] == '\n' || text[begin] == '\t'))
+    ++begin;
+  std::size_t end = begin;
+  while (end < text.size() && text[end] != ' ' && text[end] != '\n' && text[end] != '\t') ++end;
+  const std::string_view field = text.substr(begin, end - begin);
+  text.remove_prefix(end);
+  return field;
 }
 
 // The numeric entries of a /proc directory.
@@ -54,28 +70,34 @@ Expected<ProcStat> ParseProcStat(std::string_view text) {
   if (close == std::string_view::npos || close + 2 >= text.size()) {
     return Fail("/proc stat without a command field");
   }
-  std::istringstream rest{std::string(text.substr(close + 2))};
-  std::string fields[19];  // fields 3..21
+  std::string_view rest = text.substr(close + 2);
+  std::string_view fields[18];  // fields 3..20
   for (auto& field : fields) {
-    if (!(rest >> field)) return Fail("/proc stat has fewer than 21 fields");
+    field = NextField(rest);
+    if (field.empty()) return Fail("/proc stat has fewer than 20 fields");
   }
   ProcStat stat;
-  if (fields[0].size() != 1) return Fail("/proc stat has a bad state '" + fields[0] + "'");
+  if (fields[0].size() != 1)
+    return Fail("/proc stat has a bad state '" + std::string(fields[0]) + "'");
   stat.state = fields[0][0];
   const auto utime = Unsigned(fields[11]);    // field 14
   const auto stime = Unsigned(fields[12]);    // field 15
+  const auto cutime = Unsigned(fields[13]);   // field 16 (signed in proc(5), never negative)
+  const auto cstime = Unsigned(fields[14]);   // field 17
   const auto threads = Unsigned(fields[17]);  // field 20
-  if (!utime || !stime || !threads) return Fail("/proc stat has non-numeric times or threads");
+  if (!utime || !stime || !cutime || !cstime || !threads) {
+    return Fail("/proc stat has non-numeric times or threads");
+  }
   stat.cpu_ticks = *utime + *stime;
+  stat.child_cpu_ticks = *cutime + *cstime;
   stat.threads = static_cast<int>(*threads);
   return stat;
 }
 
 Expected<std::uint64_t> ParseProcIo(std::string_view text) {
-  std::istringstream lines{std::string(text)};
-  std::string key, value;
   std::optional<std::uint64_t> read, written;
-  while (lines >> key >> value) {
+  for (std::string_view key = NextField(text); !key.empty(); key = NextField(text)) {
+    const std::string_view value = NextField(text);
     if (key == "rchar:") read = Unsigned(value);
     if (key == "wchar:") written = Unsigned(value);
   }
@@ -84,15 +106,27 @@ Expected<std::uint64_t> ParseProcIo(std::string_view text) {
 }
 
 Expected<std::uint64_t> ParseStatmRss(std::string_view text, std::uint64_t page_size) {
-  std::istringstream fields{std::string(text)};
-  std::string size, resident;
-  if (!(fields >> size >> resident)) return Fail("/proc statm has fewer than 2 fields");
+  const std::string_view size = NextField(text);
+  const std::string_view resident = NextField(text);
+  if (size.empty() || resident.empty()) return Fail("/proc statm has fewer than 2 fields");
   const auto pages = Unsigned(resident);
   if (!pages) return Fail("/proc statm has a non-numeric resident size");
   return *pages * page_size;
 }
 
-JobUsageSampler::JobUsageSampler(bool use_taskstats) {
+std::vector<pid_t> ParseChildren(std::string_view text) {
+  std::vector<pid_t> pids;
+  for (std::string_view field = NextField(text); !field.empty(); field = NextField(text)) {
+    if (const auto pid = Unsigned(field); pid && *pid > 0 && *pid < (1u << 22))
+      pids.push_back(static_cast<pid_t>(*pid));
+  }
+  return pids;
+}
+
+JobUsageSampler::JobUsageSampler(bool use_taskstats, SampleSchedule::Options schedule)
+    : schedule_(schedule) {
+  const std::string self = std::to_string(::getpid());
+  children_files_ = ::access(("/proc/" + self + "/task/" + self + "/children").c_str(), R_OK) == 0;
   if (!use_taskstats) {
     source_ = "/proc (taskstats not tried)";
     return;
@@ -108,80 +142,107 @@ JobUsageSampler::JobUsageSampler(bool use_taskstats) {
 
 JobUsageSampler::~JobUsageSampler() = default;
 
-JobUsageSampler::Totals JobUsageSampler::Measure(const std::vector<pid_t>& pids) {
+JobUsageSampler::Totals JobUsageSampler::Measure(pid_t init,
+                                                 const std::vector<pid_t>* namespace_pids) {
   static const std::uint64_t page_size = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
   static const double ticks_per_s = static_cast<double>(::sysconf(_SC_CLK_TCK));
   Totals totals;
-  for (pid_t pid : pids) {
-    const std::string dir = "/proc/" + std::to_string(pid);
-    const auto stat = ParseProcStat(ReadSmallFile(dir + "/stat"));
+  std::array<char, 4096> buffer;
+  char path[96];
+  // Walk from the init: each process read once; its children found on the way.
+  std::vector<pid_t> pending = namespace_pids ? *namespace_pids : std::vector<pid_t>{init};
+  std::uint64_t ticks = 0;
+  // A tree of more processes than this is not walked further (a fork bomb costs us nothing).
+  constexpr std::size_t kMaxProcesses = 4096;
+  std::size_t visited = 0;
+  while (!pending.empty() && visited < kMaxProcesses) {
+    const pid_t pid = pending.back();
+    pending.pop_back();
+    ++visited;
+    std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    const auto stat = ParseProcStat(ReadProcFile(path, buffer));
     if (!stat) continue;  // gone meanwhile
     ++totals.processes;
-    if (const auto rss = ParseStatmRss(ReadSmallFile(dir + "/statm"), page_size)) {
+    ticks += stat->cpu_ticks + (pid == init ? stat->child_cpu_ticks : 0);
+    std::snprintf(path, sizeof path, "/proc/%d/statm", pid);
+    if (const auto rss = ParseStatmRss(ReadProcFile(path, buffer), page_size)) {
       totals.rss_bytes += *rss;
     }
-    // One thread: the process's own state and times suffice. More: each thread's.
-    std::vector<pid_t> tids = stat->threads > 1 ? NumericEntries(dir + "/task") : std::vector{pid};
-    // CPU time from /proc: taskstats' per-task CPU figures read off by up to a second's worth
-    // between samples of a job under a CPU quota (0 and 0.97 CPU in turns for a steady 0.25),
-    // where /proc's are steady. taskstats gives the I/O bytes of every thread in one reply each.
-    const double cpu = static_cast<double>(stat->cpu_ticks) / ticks_per_s;
-    bool from_taskstats = taskstats_ != nullptr;
-    std::uint64_t io = 0;
+    // One thread: the process's own state suffices. More: each thread's.
+    std::vector<pid_t> tids{pid};
+    if (stat->threads > 1) {
+      tids = NumericEntries("/proc/" + std::to_string(pid) + "/task");
+    }
+    totals.runnable += stat->threads > 1 ? 0 : stat->state == 'R';
     for (pid_t tid : tids) {
-      if (tid == pid) {
-        totals.runnable += stat->state == 'R';
-      } else if (const auto task =
-                     ParseProcStat(ReadSmallFile(dir + "/task/" + std::to_string(tid) + "/stat"))) {
-        totals.runnable += task->state == 'R';
-      }
-      if (from_taskstats) {
-        const auto usage = taskstats_->Get(tid);
-        if (usage) {
-          io += usage->io_bytes;
-        } else {
-          from_taskstats = false;  // this process from /proc, whole
+      if (stat->threads > 1) {
+        std::snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
+        if (const auto task = ParseProcStat(ReadProcFile(path, buffer))) {
+          totals.runnable += task->state == 'R';
         }
       }
+      if (!namespace_pids) {
+        std::snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, tid);
+        for (pid_t child : ParseChildren(ReadProcFile(path, buffer))) pending.push_back(child);
+      }
     }
-    if (!from_taskstats) {
-      const auto proc_io = ParseProcIo(ReadSmallFile(dir + "/io"));
+    // I/O: taskstats gives every thread's bytes in one batch of requests; else /proc/PID/io.
+    std::optional<std::uint64_t> io;
+    if (taskstats_) io = taskstats_->IoBytes(tids);
+    if (!io) {
+      std::snprintf(path, sizeof path, "/proc/%d/io", pid);
+      const auto proc_io = ParseProcIo(ReadProcFile(path, buffer));
       io = proc_io ? *proc_io : 0;
     }
-    totals.cpu_seconds += cpu;
-    totals.io_bytes += io;
+    totals.io_bytes += *io;
   }
+  totals.cpu_seconds = static_cast<double>(ticks) / ticks_per_s;
   return totals;
 }
 
-void JobUsageSampler::Sample(const std::map<std::string, pid_t>& jobs,
-                             std::chrono::steady_clock::time_point now) {
-  // One scan of /proc: every process by PID namespace (a job's tree is its init's namespace).
-  std::map<std::string, pid_t> namespace_of_job;
-  std::map<std::string, std::vector<pid_t>> pids_by_namespace;
+std::vector<std::string> JobUsageSampler::Sample(const std::map<std::string, pid_t>& jobs,
+                                                 std::chrono::steady_clock::time_point now,
+                                                 std::optional<double> node_cpu_seconds,
+                                                 bool every_job) {
+  std::vector<std::string> due;
   for (const auto& [id, init] : jobs) {
-    const std::string ns = PidNamespace(init);
-    if (!ns.empty()) pids_by_namespace[ns];
+    if (every_job || schedule_.Due(id, now)) due.push_back(id);
   }
-  if (!pids_by_namespace.empty()) {
+  // Without children files: one scan of /proc, every process by PID namespace (a job's tree is
+  // its init's namespace).
+  std::map<std::string, std::vector<pid_t>> pids_by_namespace;
+  std::map<std::string, std::string> namespace_of_job;
+  if (!children_files_ && !due.empty()) {
+    for (const auto& id : due) {
+      const std::string ns = PidNamespace(jobs.at(id));
+      if (ns.empty()) continue;
+      namespace_of_job[id] = ns;
+      pids_by_namespace[ns];
+    }
     for (pid_t pid : NumericEntries("/proc")) {
       const auto found = pids_by_namespace.find(PidNamespace(pid));
       if (found != pids_by_namespace.end()) found->second.push_back(pid);
     }
   }
-  std::map<std::string, State> sampled;
-  for (const auto& [id, init] : jobs) {
-    const auto pids = pids_by_namespace.find(PidNamespace(init));
-    const Totals totals = pids == pids_by_namespace.end() ? Totals{} : Measure(pids->second);
-    State state;
-    if (auto previous = jobs_.find(id); previous != jobs_.end())
-      state = std::move(previous->second);
+  double sampled_cpu = 0;
+  for (const auto& id : due) {
+    const pid_t init = jobs.at(id);
+    Totals totals;
+    if (children_files_) {
+      totals = Measure(init, nullptr);
+    } else if (auto ns = namespace_of_job.find(id); ns != namespace_of_job.end()) {
+      totals = Measure(init, &pids_by_namespace[ns->second]);
+    }
+    State& state = jobs_[id];
     const double seconds = std::chrono::duration<double>(now - state.at).count();
     const bool have_previous = state.at != std::chrono::steady_clock::time_point{} && seconds > 0;
-    // A process that ended takes its counters with it: a drop is not negative use.
-    state.usage.cpu_share = have_previous && totals.cpu_seconds >= state.last.cpu_seconds
-                                ? (totals.cpu_seconds - state.last.cpu_seconds) / seconds
+    // A process that ended before its parent reaped it takes its counters with it: a drop is
+    // not negative use.
+    const double cpu_used = have_previous && totals.cpu_seconds >= state.last.cpu_seconds
+                                ? totals.cpu_seconds - state.last.cpu_seconds
                                 : 0;
+    sampled_cpu += cpu_used;
+    state.usage.cpu_share = have_previous ? cpu_used / seconds : 0;
     state.usage.io_bytes_per_s =
         have_previous && totals.io_bytes >= state.last.io_bytes
             ? static_cast<double>(totals.io_bytes - state.last.io_bytes) / seconds
@@ -189,6 +250,7 @@ void JobUsageSampler::Sample(const std::map<std::string, pid_t>& jobs,
     state.usage.cpu_seconds = totals.cpu_seconds;
     state.usage.rss_bytes = totals.rss_bytes;
     state.usage.processes = totals.processes;
+    state.usage.sampled_at = now;
     state.runnable.push_back(totals.runnable);
     while (state.runnable.size() > kRunnableWindow) state.runnable.pop_front();
     double sum = 0;
@@ -196,9 +258,14 @@ void JobUsageSampler::Sample(const std::map<std::string, pid_t>& jobs,
     state.usage.runnable = sum / static_cast<double>(state.runnable.size());
     state.last = totals;
     state.at = now;
-    sampled.emplace(id, std::move(state));
+    schedule_.OnSampled(id, state.usage.cpu_share, totals.runnable, now);
   }
-  jobs_ = std::move(sampled);
+  // Forget the jobs that are gone.
+  const auto running = [&](const std::string& id) { return jobs.count(id) != 0; };
+  std::erase_if(jobs_, [&](const auto& entry) { return !running(entry.first); });
+  schedule_.KeepOnly(running);
+  if (node_cpu_seconds) schedule_.OnNodeCpu(*node_cpu_seconds, sampled_cpu, now);
+  return due;
 }
 
 std::optional<JobUsage> JobUsageSampler::Get(const std::string& job) const {

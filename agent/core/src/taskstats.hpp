@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <tern/expected.hpp>
 
 struct nl_sock;
@@ -29,12 +31,17 @@ class Taskstats {
  public:
   static Expected<Taskstats> Open();
   Expected<TaskUsage> Get(pid_t tid);
+  std::optional<std::uint64_t> IoBytes(std::span<const pid_t> tids);
 
  private:
   struct SocketDeleter {
     void operator()(nl_sock* socket) const;
   };
   std::unique_ptr<nl_sock, SocketDeleter> socket_;
+  // Sends one TASKSTATS_CMD_GET for `tid`.
+  Expected<void> Send(pid_t tid);
+  // Discards whatever answers wait in the socket.
+  void Drain();
   int family_ = 0;
 };
 

@@ -38,36 +38,6 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-struct ProcessUsage {
-  double cpu_seconds = 0;
-  std::uint64_t rss_bytes = 0;
-};
-
-// utime+stime (and, for the init, cutime+cstime of its reaped descendants) and RSS of one pid.
-ProcessUsage UsageOf(pid_t pid, bool include_children) {
-  ProcessUsage usage;
-  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  static const std::uint64_t page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text;
-  if (!std::getline(stat, text)) return usage;
-  const auto close = text.rfind(')');
-  if (close == std::string::npos) return usage;
-  std::istringstream rest(text.substr(close + 2));
-  std::string field;
-  double cpu = 0;
-  for (int index = 3; index <= 17 && (rest >> field); ++index) {
-    if (index == 14 || index == 15 || (include_children && (index == 16 || index == 17))) {
-      cpu += std::stod(field);
-    }
-  }
-  usage.cpu_seconds = cpu / ticks;
-  std::ifstream statm("/proc/" + std::to_string(pid) + "/statm");
-  std::uint64_t size = 0, resident = 0;
-  if (statm >> size >> resident) usage.rss_bytes = resident * page;
-  return usage;
-}
-
 }  // namespace
 
 namespace {
@@ -435,18 +405,11 @@ std::size_t JobSupervisor::RunningCount() const {
   return running;
 }
 
-void JobSupervisor::SampleUsage() {
-  for (auto& [id, job] : jobs_) {
-    if (job.record.state != JobState::kRunning) continue;
-    ProcessUsage total;
-    for (pid_t pid : migrate::NamespacePids(job.record.pid)) {
-      const ProcessUsage usage = UsageOf(pid, pid == job.record.pid);
-      total.cpu_seconds += usage.cpu_seconds;
-      total.rss_bytes += usage.rss_bytes;
-    }
-    job.record.cpu_seconds = total.cpu_seconds;
-    job.record.rss_bytes = total.rss_bytes;
-  }
+void JobSupervisor::SetUsage(const std::string& id, double cpu_seconds, std::uint64_t rss_bytes) {
+  auto found = jobs_.find(id);
+  if (found == jobs_.end() || found->second.record.state != JobState::kRunning) return;
+  found->second.record.cpu_seconds = cpu_seconds;
+  found->second.record.rss_bytes = rss_bytes;
 }
 
 }  // namespace tern::jobs

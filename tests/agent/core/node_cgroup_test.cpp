@@ -143,6 +143,7 @@ TEST(ProcParseTest, StatIoStatm) {
   ASSERT_TRUE(stat) << stat.error().message;
   EXPECT_EQ(stat->state, 'R');
   EXPECT_EQ(stat->cpu_ticks, 300u);
+  EXPECT_EQ(stat->child_cpu_ticks, 4u) << "cutime + cstime: the reaped children's CPU";
   EXPECT_EQ(stat->threads, 3);
   EXPECT_FALSE(ParseProcStat("4242 (x) R 1 2"));
   EXPECT_FALSE(ParseProcStat("garbage"));
@@ -150,6 +151,10 @@ TEST(ProcParseTest, StatIoStatm) {
   EXPECT_FALSE(ParseProcIo("rchar: 5\n"));
   EXPECT_EQ(*ParseStatmRss(Fixture("proc_statm"), 4096), 245u * 4096);
   EXPECT_FALSE(ParseStatmRss("530", 4096));
+  EXPECT_EQ(ParseChildren("12 345 6789 \n"), (std::vector<pid_t>{12, 345, 6789}));
+  EXPECT_TRUE(ParseChildren("").empty());
+  EXPECT_EQ(ParseChildren("12 x -3 0 99999999999 7"), (std::vector<pid_t>{12, 7}))
+      << "what is not a pid is skipped";
 }
 
 // ---- real cgroups (root) -------------------------------------------------------------------
@@ -302,6 +307,28 @@ TEST(TaskstatsRootTest, CountsThisThreadsCpuTime) {
   EXPECT_LE(usage->cpu_ns, used_ns + 100'000'000u);
   EXPECT_GT(usage->hiwater_rss_bytes, 0u);
   EXPECT_FALSE(taskstats->Get(0x3fffffff)) << "a task that does not exist is an error";
+  EXPECT_TRUE(taskstats->Get(static_cast<pid_t>(::gettid())))
+      << "one request after another: no answer is left behind for the next";
+}
+
+TEST(TaskstatsRootTest, AnswersABatchOfTasksInOneGo) {
+  ASSERT_EQ(::geteuid(), 0u)
+      << "taskstats needs CAP_NET_ADMIN: run this test as root (deploy/test does)";
+  auto taskstats = Taskstats::Open();
+  ASSERT_TRUE(taskstats) << "taskstats (generic netlink) is unusable on this machine: "
+                         << taskstats.error().message;
+  // This thread reads a file: its read_char grows by at least the file's size.
+  const pid_t self = static_cast<pid_t>(::gettid());
+  const pid_t threads[] = {self, self};
+  const auto before = taskstats->IoBytes(threads);
+  ASSERT_TRUE(before);
+  std::ifstream("/proc/self/status").ignore(1 << 20);
+  const auto after = taskstats->IoBytes(threads);
+  ASSERT_TRUE(after);
+  EXPECT_GT(*after, *before) << "two answers, each with this thread's reads";
+  const pid_t with_missing[] = {self, 0x3fffffff, self};
+  EXPECT_FALSE(taskstats->IoBytes(with_missing)) << "a task that does not exist fails the batch";
+  EXPECT_TRUE(taskstats->IoBytes(threads)) << "and leaves nothing behind";
 }
 
 }  // namespace

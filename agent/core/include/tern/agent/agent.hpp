@@ -48,6 +48,8 @@ class Agent {
  private:
   void ScheduleSample();
   balancer::LoadVector LocalLoad();
+  // This node's memory (node cgroup, else the jobs' RSS sum, against the host's memory).
+  void FillMemory(balancer::LoadVector& load, std::uint64_t rss_sum) const;
 
   boost::asio::io_context& io_;
   AgentConfig config_;

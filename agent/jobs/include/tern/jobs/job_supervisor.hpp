@@ -96,8 +96,16 @@ class JobSupervisor {
   // Where tern-init runs from (options.init_path, or the agent's copy when other users cannot
   // run that one), or why it cannot run at all. Checked once, at construction.
   const Expected<InitPlacement>& init() const { return init_; }
-  // Refreshes cpu_seconds and rss_bytes of running jobs from /proc.
-  void SampleUsage();
+  // The agent's job sampler (JobUsageSampler) hands each running job's latest figures here, for
+  // `tern ps` and the records: no state change, nothing persisted, on_change not called.
+  void SetUsage(const std::string& id, double cpu_seconds, std::uint64_t rss_bytes);
+  // Every running job's id and tern-init pid, without copying records.
+  template <typename Visit>
+  void ForEachRunning(Visit&& visit) const {
+    for (const auto& [id, job] : jobs_) {
+      if (job.record.state == JobState::kRunning && job.record.pid > 0) visit(job.record);
+    }
+  }
 
  private:
   struct Watched {
