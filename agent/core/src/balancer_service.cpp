@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstdio>
@@ -245,12 +246,25 @@ void BalancerService::Tick() {
   // The pre-flight's /proc scan of each movable job (cheap, but file I/O: not on this thread).
   boost::asio::post(scanner_, [this, alive = alive_, idle_jobs_may_move,
                                candidates = std::move(candidates)]() mutable {
+    const auto now = std::chrono::steady_clock::now();
+    std::erase_if(scans_, [&](const auto& entry) {
+      return now - entry.second.at >= kRescanAfter ||
+             std::none_of(candidates.begin(), candidates.end(),
+                          [&](const Candidate& c) { return c.job.id == entry.first; });
+    });
     for (auto& candidate : candidates) {
       if (candidate.job.pinned || !candidate.job.refused.empty()) continue;
       if (!idle_jobs_may_move && candidate.job.runnable < 0.1) continue;
-      const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct);
-      candidate.job.refused = Join(scan.blockers);
-      if (scan.rss_bytes > 0) candidate.job.rss_bytes = scan.rss_bytes;
+      auto cached = scans_.find(candidate.job.id);
+      if (cached == scans_.end()) {
+        const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct);
+        cached = scans_
+                     .emplace(candidate.job.id,
+                              CachedScan{Join(scan.blockers), scan.rss_bytes, candidate.pid, now})
+                     .first;
+      }
+      candidate.job.refused = cached->second.blockers;
+      if (cached->second.rss_bytes > 0) candidate.job.rss_bytes = cached->second.rss_bytes;
     }
     boost::asio::post(io_, [this, alive, candidates = std::move(candidates)]() mutable {
       if (!*alive) return;

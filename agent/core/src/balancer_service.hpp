@@ -1,11 +1,12 @@
 // BalancerService: runs this node's balancer::Balancer (docs/balancer.md "The agent side").
 // Every [balancer] interval_ms it builds the Balancer's inputs — the cluster view from
 // Cluster::Nodes(), this node's running jobs with their load, pinned flag and the pre-flight's
-// blockers (a /proc scan on a worker thread and the IPC blocker; never CRIU), the measured costs
-// of this node's past migrations and its outgoing migrations in flight — calls Decide, and
-// starts each decided move through MigrationDriver::Migrate (the same pre-flight and two-phase
-// path as `tern migrate`). It also places new jobs (Place), keeps this node's drain flag
-// (persisted as <state_dir>/draining) and tells a Balancer of jobs that arrived here.
+// blockers (a /proc scan on a worker thread, reused for 30 s, and the IPC blocker; never CRIU),
+// the measured costs of this node's past migrations and its outgoing migrations in flight —
+// calls Decide, and starts each decided move through MigrationDriver::Migrate (the same
+// pre-flight and two-phase path as `tern migrate`). It also places new jobs (Place), keeps this
+// node's drain flag (persisted as <state_dir>/draining) and tells a Balancer of jobs that
+// arrived here.
 //
 // Contract:
 //  - Every decision, placement, failure and drain change is a "balancer" event (fields action =
@@ -114,6 +115,18 @@ class BalancerService {
   std::uint64_t sampled_mem_used_ = 0;
   std::uint64_t sampled_mem_limit_ = 0;
   balancer::Balancer::Millis last_pressure_round_{-1'000'000};
+  // The pre-flight's scans, by job, reused for kRescanAfter (only the scanner thread touches
+  // them): a scan walks /proc for the job's processes and each one's fd table, and a busy node
+  // would repeat it for every job every interval. A stale "movable" costs a move that the
+  // migration's own full pre-flight refuses; a stale blocker, a move kRescanAfter later.
+  struct CachedScan {
+    std::string blockers;
+    std::uint64_t rss_bytes = 0;
+    pid_t pid = 0;  // the job's init when scanned: a job that came back is scanned afresh
+    std::chrono::steady_clock::time_point at{};
+  };
+  static constexpr std::chrono::seconds kRescanAfter{30};
+  std::map<std::string, CachedScan> scans_;
   boost::asio::thread_pool scanner_{1};
   // Completions posted back by the scanner check it: none run once the service is gone.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
