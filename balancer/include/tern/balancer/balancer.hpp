@@ -82,6 +82,10 @@ struct BalancerOptions {
   int max_outgoing = 1;
   double min_gain_ratio = 2.0;
   double imbalance = 0.2;
+  // Place keeps a new job here while this node has a free CPU for it (demand + 1 <= capacity),
+  // however much less loaded another node is: most jobs are short, a remote start costs, and
+  // Decide moves the ones that turn out long and crowded (Harchol-Balter and Downey).
+  bool place_local_when_free = false;
   double memory_high = 0.9;
   std::uint64_t postcopy_above_bytes = 256ull << 20;
 };
