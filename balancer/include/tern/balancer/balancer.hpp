@@ -6,8 +6,9 @@
 //
 // Contract:
 //  - Place(): the alive, non-draining node with the least (demand + 1) / capacity among those
-//    with fresh information; self on ties (within `imbalance`). Its own recent placements and
-//    moves count against a node until newer information about it arrives.
+//    with fresh information; self on ties (within `imbalance`), or while self has a free CPU
+//    when `place_local_when_free` is set. Its own recent placements and moves count against a
+//    node until newer information about it arrives.
 //  - Decide(): at most max_outgoing - outgoing_in_flight migrations. Memory ushering first, then
 //    drain, then CPU balancing by expected gain (remaining time ~ age) against cost (memory over
 //    the measured rate, plus the measured freeze), with hysteresis: a job that moved stays
