@@ -39,6 +39,9 @@ struct Node {
   double next_gossip = 0;
   double next_balance = 0;
   std::uint64_t seq = 0;
+  double published_demand = 0;  // the figures of the last sample given to SetLocal
+  std::size_t published_jobs = 0;
+  std::uint64_t published_mem = 0;
   int outgoing = 0;
   int incoming = 0;
   double demand() const { return static_cast<double>(jobs.size() + incoming); }
@@ -274,6 +277,20 @@ class Sim {
 
   void GossipTick(std::uint32_t i, Millis now) {
     Node& node = nodes_[i];
+    if (node.seq > 0 && node.published_demand == node.demand() &&
+        node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
+      // The same figures as last time: the same sample, younger (receivers refresh its age).
+      node.gossip->RefreshLocal(now);
+    } else {
+      Publish(node, now);
+    }
+    Send(node, now);
+  }
+
+  void Publish(Node& node, Millis now) {
+    node.published_demand = node.demand();
+    node.published_jobs = node.jobs.size();
+    node.published_mem = node.mem_used;
     LoadVector self;
     self.node_id = node.id;
     self.seq = ++node.seq;
@@ -288,6 +305,9 @@ class Sim {
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
     node.gossip->SetLocal(std::move(self), now);
+  }
+
+  void Send(Node& node, Millis now) {
     std::bernoulli_distribution lost(options_.gossip_loss);
     for (auto& send : node.gossip->TickShared(now, ids_, rng_)) {
       gossip_bytes_ += kMessageOverheadBytes;

@@ -40,6 +40,10 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   return why;
 }
 
+void Gossip::RefreshLocal(Millis now) {
+  if (self_) self_->born = now;
+}
+
 void Gossip::Untop(std::uint64_t id) {
   auto it =
       std::find_if(top_.begin(), top_.end(), [&](const Key& key) { return key.second == id; });

@@ -93,6 +93,10 @@ class Gossip {
   explicit Gossip(GossipOptions options);
 
   std::string SetLocal(LoadVector self, Millis now);
+  // The own sample is unchanged: it counts as taken at `now`, with the same vector and seq (an
+  // equal seq with a smaller age refreshes receivers' copies without replacing them). tern-sim:
+  // most simulated nodes do not change every interval. No-op before the first SetLocal.
+  void RefreshLocal(Millis now);
   std::vector<std::string> OnReceive(std::uint64_t from, const std::vector<GossipEntry>& entries,
                                      Millis now);
   // Moves the load vectors out of `entries` (a delivered window is used once).
