@@ -23,6 +23,7 @@ constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries
 struct Job {
   JobSpec spec;
   double remaining = 0;  // reference CPU seconds
+  double ready = 0;      // when it can run on `node` (submitted, started remotely, or landed)
   std::uint32_t node = 0;
   int moves = 0;
   std::string id;
@@ -38,6 +39,9 @@ struct Node {
   double next_gossip = 0;
   double next_balance = 0;
   std::uint64_t seq = 0;
+  double published_demand = 0;  // the figures of the last sample given to SetLocal
+  std::size_t published_jobs = 0;
+  std::uint64_t published_mem = 0;
   int outgoing = 0;
   int incoming = 0;
   double demand() const { return static_cast<double>(jobs.size() + incoming); }
@@ -48,6 +52,7 @@ struct Flight {
   std::uint32_t job = 0;
   std::uint32_t from = 0;
   std::uint32_t to = 0;
+  bool placed = false;  // a remote start (placement), not a migration
 };
 
 struct Message {
@@ -80,7 +85,9 @@ class Sim {
         g.max_age = options.gossip_max_age;
         node.gossip = std::make_unique<Gossip>(g);
       }
-      node.balancer = std::make_unique<Balancer>(options.balancer);
+      balancer::BalancerOptions b = options.balancer;
+      if (policy != Policy::kTern) b.place_local_when_free = false;  // tern's own rule
+      node.balancer = std::make_unique<Balancer>(b);
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
       const double balance_s =
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
@@ -131,6 +138,11 @@ class Sim {
     if (long_done_ > 0) result.mean_slowdown_long = long_sum_ / static_cast<double>(long_done_);
     if (moved_done_ > 0) result.mean_slowdown_moved = moved_sum_ / static_cast<double>(moved_done_);
     result.jobs_moved = moved_done_;
+    result.remote_starts_per_job =
+        started_ > 0 ? static_cast<double>(remote_starts_) / static_cast<double>(started_) : 0;
+    double capacity = 0;
+    for (const auto& node : nodes_) capacity += node.spec.capacity();
+    result.utilisation = work_done_ / (capacity * end);
     if (started_ > 0) {
       result.migrations_per_job = static_cast<double>(migrations_) / static_cast<double>(started_);
     }
@@ -152,10 +164,11 @@ class Sim {
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
 
   // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its view.
-  std::vector<NodeState> View(std::uint32_t i, Millis now) {
+  // Returns a buffer reused by the next call.
+  const std::vector<NodeState>& View(std::uint32_t i, Millis now) {
     const Node& node = nodes_[i];
-    std::vector<NodeState> view;
-    view.reserve(options_.sample + 1);
+    std::vector<NodeState>& view = view_buffer_;
+    view.clear();
     NodeState self;
     self.id = node.id;
     self.self = true;
@@ -194,8 +207,18 @@ class Sim {
     job.remaining = spec.work_s;
     job.moves = 0;
     job.id = "j" + std::to_string(next_job_id_++);
-    AddTo(index, target);
     ++started_;
+    if (target == spec.origin || options_.remote_start_s <= 0) {
+      job.ready = spec.arrival_s;
+      AddTo(index, target);
+      return;
+    }
+    // Started on another node: the forwarded submit (`tern submit` to another node's agent)
+    // takes remote_start_s before the job runs there; the target counts it meanwhile.
+    ++remote_starts_;
+    ++nodes_[target].incoming;
+    flights_.push_back(
+        Flight{spec.arrival_s + options_.remote_start_s, index, spec.origin, target, true});
   }
 
   void AddTo(std::uint32_t job, std::uint32_t node) {
@@ -219,7 +242,13 @@ class Sim {
           node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
       for (std::size_t k = 0; k < node.jobs.size();) {
         Job& job = jobs_[node.jobs[k]];
-        job.remaining -= rate * step;
+        // A job that became runnable during the step runs for the rest of it only.
+        const double ran = std::min(step, t + step - job.ready);
+        if (ran <= 0) {
+          ++k;
+          continue;
+        }
+        job.remaining -= rate * ran;
         if (job.remaining > 0) {
           ++k;
           continue;
@@ -229,6 +258,7 @@ class Sim {
         response_sum_ += response;
         slowdown_sum_ += response / job.spec.work_s;
         ++done_;
+        work_done_ += job.spec.work_s;
         if (job.spec.work_s > 10) {
           long_sum_ += response / job.spec.work_s;
           ++long_done_;
@@ -247,6 +277,20 @@ class Sim {
 
   void GossipTick(std::uint32_t i, Millis now) {
     Node& node = nodes_[i];
+    if (node.seq > 0 && node.published_demand == node.demand() &&
+        node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
+      // The same figures as last time: the same sample, younger (receivers refresh its age).
+      node.gossip->RefreshLocal(now);
+    } else {
+      Publish(node, now);
+    }
+    Send(node, now);
+  }
+
+  void Publish(Node& node, Millis now) {
+    node.published_demand = node.demand();
+    node.published_jobs = node.jobs.size();
+    node.published_mem = node.mem_used;
     LoadVector self;
     self.node_id = node.id;
     self.seq = ++node.seq;
@@ -261,6 +305,9 @@ class Sim {
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
     node.gossip->SetLocal(std::move(self), now);
+  }
+
+  void Send(Node& node, Millis now) {
     std::bernoulli_distribution lost(options_.gossip_loss);
     for (auto& send : node.gossip->TickShared(now, ids_, rng_)) {
       gossip_bytes_ += kMessageOverheadBytes;
@@ -328,10 +375,12 @@ class Sim {
       flights_[k] = flights_.back();
       flights_.pop_back();
       Job& job = jobs_[flight.job];
-      ++job.moves;
+      job.ready = flight.arrive;
       AddTo(flight.job, flight.to);
-      --nodes_[flight.from].outgoing;
       --nodes_[flight.to].incoming;
+      if (flight.placed) continue;
+      ++job.moves;
+      --nodes_[flight.from].outgoing;
       const Millis at = ToMillis(flight.arrive);
       nodes_[flight.from].balancer->OnMigrationEnded(job.id, true, at);
       nodes_[flight.to].balancer->OnJobArrived(job.id, at);
@@ -360,8 +409,10 @@ class Sim {
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
+  std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
-  std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0;
+  std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
+  double work_done_ = 0;
   double slowdown_sum_ = 0, response_sum_ = 0, long_sum_ = 0, moved_sum_ = 0;
   std::uint64_t long_done_ = 0, moved_done_ = 0;
   double next_view_sample_ = 60;

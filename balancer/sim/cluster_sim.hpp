@@ -40,6 +40,9 @@ struct SimOptions {
   double gossip_loss = 0.02;
   std::size_t sample = 16;  // nodes of the view the Balancer decides on (the freshest)
   double freeze_s = 0.15;
+  // A job placed on another node than the one it was submitted on starts there this much later:
+  // the forwarded submit (measured on a local cluster: docs/balancer.md, "Simulator").
+  double remote_start_s = 0.05;
   balancer::BalancerOptions balancer;  // the agent's defaults unless told otherwise
 };
 
@@ -54,6 +57,8 @@ struct SimResult {
   std::uint64_t jobs_moved = 0;
   double mean_response_s = 0;
   double migrations_per_job = 0;
+  double remote_starts_per_job = 0;  // placed on another node than where submitted
+  double utilisation = 0;            // work of the finished jobs over capacity x time
   double gossip_bytes_per_node_s = 0;
   double mean_view_age_s = 0;
   double mean_view_size = 0;

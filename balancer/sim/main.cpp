@@ -42,9 +42,18 @@ int main(int argc, char** argv) {
                  "balancer: expected gain needed, as a multiple of the migration cost");
   app.add_option("--imbalance", options.balancer.imbalance,
                  "balancer: per-CPU load gap needed to move");
+  app.add_option("--place-local-when-free", options.balancer.place_local_when_free,
+                 "tern: keep a new job on its node while that node has a free CPU");
   long min_age_ms = 5000;
   app.add_option("--min-age-ms", min_age_ms, "balancer: younger jobs are not moved");
   app.add_option("--freeze", options.freeze_s, "migration freeze, seconds");
+  app.add_option("--remote-start", options.remote_start_s,
+                 "seconds a job placed on another node waits before it runs there (forwarded "
+                 "submit)")
+      ->check(CLI::Range(0.0, 60.0));
+  app.add_option("--work-min", options.workload.work_min_s,
+                 "shortest job, reference CPU seconds (bounded Pareto lower bound)")
+      ->check(CLI::Range(0.001, 60.0));
   app.add_flag("--check", check,
                "exit 1 unless least-loaded beats none and random, and tern is within 10% of "
                "least-loaded or better (mean slowdown)");

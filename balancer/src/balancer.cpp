@@ -152,11 +152,16 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
   if (!best) return Placement{0, "", "no alive, non-draining node with fresh information"};
   // The local node on ties: no transfer, and every agent would otherwise herd to one node.
   if (self && self_score <= best_score + options_.imbalance) best = self;
+  const bool free_here =
+      self && options_.place_local_when_free && demand(*self) + 1 <= Capacity(*self);
+  if (free_here) best = self;
   planned_.emplace("", Planned{best->id, 1.0, 0, now, false, false});
   std::string reason = Name(*best) + " demand " + Fixed(demand(*best) - 1) + " of " +
                        Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
                        " fresh nodes";
-  if (best == self) {
+  if (free_here) {
+    reason += " (the local node while it has a free CPU: place_local_when_free)";
+  } else if (best == self) {
     reason += " (the local node on ties within " + Fixed(options_.imbalance) + " per CPU)";
   } else if (self) {
     reason += "; here " + Fixed(demand(*self)) + " of " + Fixed(Capacity(*self));

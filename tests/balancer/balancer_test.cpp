@@ -66,6 +66,22 @@ TEST(BalancerTest, PlacesLocallyOnTiesAndSkipsDrainingDeadAndStaleNodes) {
   EXPECT_EQ(balancer.Place(view, Millis(0)).node, 0u);
 }
 
+TEST(BalancerTest, KeepsANewJobLocalWhileThisNodeHasAFreeCpuWhenAskedTo) {
+  BalancerOptions options;
+  options.place_local_when_free = true;
+  Balancer balancer(options);
+  // Here 1 of 2 CPUs wanted, node2 idle with 4: least-loaded placement would pick node2.
+  std::vector<NodeState> view = {Node(1, 2, 1, true), Node(2, 4, 0)};
+  auto placed = balancer.Place(view, Millis(0));
+  EXPECT_EQ(placed.node, 1u) << placed.reason;
+  EXPECT_TRUE(Contains(placed.reason, "free CPU")) << placed.reason;
+  // That placement counts here: no free CPU left, so the next job goes to node2.
+  EXPECT_EQ(balancer.Place(view, Millis(0)).node, 2u);
+  // Without the option, the same view sends the first job away.
+  Balancer plain({});
+  EXPECT_EQ(plain.Place(view, Millis(0)).node, 2u);
+}
+
 TEST(BalancerTest, MovesALongRunningJobOffACrowdedNodeWithItsReason) {
   Balancer balancer({});
   std::vector<NodeState> view = {Node(1, 0.5, 3, true), Node(2, 0.5, 0.5), Node(3, 0.5, 0.1)};

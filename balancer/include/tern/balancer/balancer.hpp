@@ -6,8 +6,9 @@
 //
 // Contract:
 //  - Place(): the alive, non-draining node with the least (demand + 1) / capacity among those
-//    with fresh information; self on ties (within `imbalance`). Its own recent placements and
-//    moves count against a node until newer information about it arrives.
+//    with fresh information; self on ties (within `imbalance`), or while self has a free CPU
+//    when `place_local_when_free` is set. Its own recent placements and moves count against a
+//    node until newer information about it arrives.
 //  - Decide(): at most max_outgoing - outgoing_in_flight migrations. Memory ushering first, then
 //    drain, then CPU balancing by expected gain (remaining time ~ age) against cost (memory over
 //    the measured rate, plus the measured freeze), with hysteresis: a job that moved stays
@@ -82,6 +83,10 @@ struct BalancerOptions {
   int max_outgoing = 1;
   double min_gain_ratio = 2.0;
   double imbalance = 0.2;
+  // Place keeps a new job here while this node has a free CPU for it (demand + 1 <= capacity),
+  // however much less loaded another node is: most jobs are short, a remote start costs, and
+  // Decide moves the ones that turn out long and crowded (Harchol-Balter and Downey).
+  bool place_local_when_free = false;
   double memory_high = 0.9;
   std::uint64_t postcopy_above_bytes = 256ull << 20;
 };

@@ -93,6 +93,10 @@ class Gossip {
   explicit Gossip(GossipOptions options);
 
   std::string SetLocal(LoadVector self, Millis now);
+  // The own sample is unchanged: it counts as taken at `now`, with the same vector and seq (an
+  // equal seq with a smaller age refreshes receivers' copies without replacing them). tern-sim:
+  // most simulated nodes do not change every interval. No-op before the first SetLocal.
+  void RefreshLocal(Millis now);
   std::vector<std::string> OnReceive(std::uint64_t from, const std::vector<GossipEntry>& entries,
                                      Millis now);
   // Moves the load vectors out of `entries` (a delivered window is used once).
@@ -122,7 +126,10 @@ class Gossip {
   // Freshest without copies: calls visit(load, age) for each, freshest first.
   template <typename Visit>
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
-    for (const auto* entry : FreshestEntries(now, n)) visit(*entry->load, now - entry->born);
+    const auto entries = FreshestEntries(now, n);
+    // Hint: the vectors are wherever their senders put them; load them together.
+    for (const auto* entry : entries) __builtin_prefetch(entry->load.get());
+    for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
 

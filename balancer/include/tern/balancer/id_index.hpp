@@ -49,6 +49,11 @@ class IdIndex {
     --size_;
   }
   std::size_t size() const { return size_; }
+  // A hint only: starts loading id's home cell, so that a batch of lookups (a gossip window)
+  // waits for its cache misses together instead of one after another.
+  void Prefetch(std::uint64_t id) const {
+    if (!cells_.empty()) __builtin_prefetch(&cells_[Home(id)]);
+  }
 
  private:
   std::size_t Home(std::uint64_t id) const {
