@@ -154,12 +154,6 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
 
 Expected<void> PeerTransport::Core::Start() {
   if (started_) return Fail("the peer transport is already started");
-  auto client = MakeTlsContext(options_.tls, TlsRole::kClient);
-  if (!client) return Unexpected<Error>{client.error()};
-  auto server = MakeTlsContext(options_.tls, TlsRole::kServer);
-  if (!server) return Unexpected<Error>{server.error()};
-  client_tls_ = std::move(*client);
-  server_tls_ = std::move(*server);
   auto split = SplitHostPort(options_.listen);
   if (!split) return Unexpected<Error>{split.error()};
   boost::system::error_code error;
@@ -172,6 +166,12 @@ Expected<void> PeerTransport::Core::Start() {
     port = 65536;
   }
   if (port > 65535) return Fail("cannot listen for peers on " + options_.listen + ": bad port");
+  auto client = MakeTlsContext(options_.tls, TlsRole::kClient);
+  if (!client) return Unexpected<Error>{client.error()};
+  auto server = MakeTlsContext(options_.tls, TlsRole::kServer);
+  if (!server) return Unexpected<Error>{server.error()};
+  client_tls_ = std::move(*client);
+  server_tls_ = std::move(*server);
   const Tcp::endpoint endpoint(address, static_cast<std::uint16_t>(port));
   acceptor_.open(endpoint.protocol(), error);
   if (!error) acceptor_.set_option(asio::socket_base::reuse_address(true), error);
