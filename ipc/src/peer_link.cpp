@@ -103,8 +103,8 @@ void PeerLink::OnTlsHandshake(const boost::system::error_code& error) {
   if (error) {
     if (error.category() != asio::error::get_ssl_category()) {
       // EOF, a reset, a truncated stream: the connection ended, nobody refused anybody.
-      CloseNow("connection closed during the TLS handshake: " + error.message(),
-               CloseKind::kClosed, /*flush=*/false);
+      CloseNow("connection closed during the TLS handshake: " + error.message(), CloseKind::kClosed,
+               /*flush=*/false);
       return;
     }
     auto [text, by_peer] = DescribeTlsError(error);
