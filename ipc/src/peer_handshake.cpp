@@ -100,11 +100,17 @@ PeerHandshake::PeerHandshake(PeerIdentity self, std::string secret, std::string 
       secret_(std::move(secret)),
       nonce_(nonce_hex.empty() ? FreshNonce() : std::move(nonce_hex)) {}
 
+void PeerHandshake::BindToChannel(std::string peer_certificate_name, std::string channel_binding) {
+  certificate_name_ = std::move(peer_certificate_name);
+  binding_hex_ =
+      Hex(reinterpret_cast<const unsigned char*>(channel_binding.data()), channel_binding.size());
+}
+
 std::string PeerHandshake::Proof(std::uint64_t sender, std::uint64_t receiver,
                                  std::string_view sender_nonce,
                                  std::string_view receiver_nonce) const {
-  std::string message = "tern-auth-v1|" + NodeIdToHex(sender) + "|" + NodeIdToHex(receiver) + "|";
-  message.append(sender_nonce).append("|").append(receiver_nonce);
+  std::string message = "tern-auth-v2|" + NodeIdToHex(sender) + "|" + NodeIdToHex(receiver) + "|";
+  message.append(sender_nonce).append("|").append(receiver_nonce).append("|").append(binding_hex_);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   HMAC(EVP_sha256(), secret_.data(), static_cast<int>(secret_.size()),
@@ -192,6 +198,11 @@ PeerHandshake::Actions PeerHandshake::OnHello(const Frame& frame) {
   if (peer_.node_id == self_.node_id) {
     return Refuse("the peer claims our own node id " + NodeIdToHex(self_.node_id));
   }
+  if (certificate_name_ && *certificate_name_ != peer_.name) {
+    return Refuse("its certificate is for " +
+                  (certificate_name_->empty() ? std::string("no node") : *certificate_name_) +
+                  " but its Hello claims " + peer_.name.substr(0, 64));
+  }
   state_ = State::kAwaitProof;
   Actions actions;
   const std::string proof = Proof(self_.node_id, peer_.node_id, nonce_, peer_nonce_);
@@ -209,7 +220,10 @@ PeerHandshake::Actions PeerHandshake::OnProof(const Frame& frame) {
   const std::string expected = Proof(peer_.node_id, self_.node_id, peer_nonce_, nonce_);
   if (proof->size() != expected.size() ||
       CRYPTO_memcmp(proof->data(), expected.data(), expected.size()) != 0) {
-    return Refuse("bad cluster secret (the peer's proof does not verify)");
+    return Refuse(binding_hex_.empty()
+                      ? "bad cluster secret (the peer's proof does not verify)"
+                      : "bad cluster secret (the peer's proof does not verify for this TLS "
+                        "session)");
   }
   state_ = State::kAwaitAccepted;
   Actions actions;

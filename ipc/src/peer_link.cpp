@@ -1,9 +1,13 @@
 #include "tern/ipc/peer_link.hpp"
 
+#include <openssl/err.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
+#include <stdexcept>
+#include <tern/ipc/tls_files.hpp>
 
 namespace tern::ipc {
 
@@ -13,6 +17,25 @@ using Tcp = asio::ip::tcp;
 namespace {
 
 constexpr auto kCloseLinger = std::chrono::seconds(1);
+// Handshake-phase reads: a Hello fits; nothing the peer sends before it is authenticated
+// makes us hold more than about twice this.
+constexpr std::size_t kHandshakeReadSize = 4096;
+constexpr char kExporterLabel[] = "EXPORTER-tern-peer-auth";
+
+std::shared_ptr<boost::asio::ssl::context> Required(
+    const std::shared_ptr<boost::asio::ssl::context>& tls) {
+  if (!tls) throw std::invalid_argument("PeerLink needs a TLS context");
+  return tls;
+}
+
+// A TLS failure in words, and whether it was the peer that refused us (its alert) rather than
+// our verification of its certificate.
+std::pair<std::string, bool> DescribeTlsError(const boost::system::error_code& error) {
+  std::string text = error.message();  // OpenSSL's reason, e.g. "certificate verify failed"
+  ERR_clear_error();
+  const bool alert_from_peer = text.find("alert") != std::string::npos;
+  return {text, alert_from_peer};
+}
 
 std::string RemoteOf(const Tcp::socket& socket) {
   boost::system::error_code error;
@@ -24,6 +47,16 @@ std::string RemoteOf(const Tcp::socket& socket) {
 }
 
 }  // namespace
+
+std::string PeerChannelBinding(SSL* ssl) {
+  unsigned char out[32];
+  if (ssl == nullptr || SSL_export_keying_material(ssl, out, sizeof out, kExporterLabel,
+                                                   sizeof kExporterLabel - 1, nullptr, 0, 0) != 1) {
+    ERR_clear_error();
+    return "";
+  }
+  return std::string(reinterpret_cast<const char*>(out), sizeof out);
+}
 
 std::string_view CloseKindName(PeerLink::CloseKind kind) {
   switch (kind) {
@@ -39,17 +72,18 @@ std::string_view CloseKindName(PeerLink::CloseKind kind) {
 
 PeerLink::PeerLink(Tcp::socket socket, Options options, Callbacks callbacks)
     : executor_(socket.get_executor()),
-      socket_(std::move(socket)),
+      tls_(Required(options.tls)),
+      stream_(std::move(socket), *tls_),
       timer_(executor_),
       options_(std::move(options)),
       callbacks_(std::move(callbacks)),
       handshake_(options_.self, options_.secret),
       decoder_(options_.max_payload),
-      remote_(RemoteOf(socket_)) {}
+      remote_(RemoteOf(stream_.next_layer())) {}
 
 void PeerLink::Start() {
   boost::system::error_code ignored;
-  socket_.set_option(Tcp::no_delay(true), ignored);
+  stream_.next_layer().set_option(Tcp::no_delay(true), ignored);
   timer_.expires_after(options_.handshake_timeout);
   timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
     if (error || self->state_ != State::kHandshaking) return;
@@ -58,6 +92,40 @@ void PeerLink::Start() {
                        std::string(HandshakeStateName(self->handshake_.state())),
                    CloseKind::kRefusedByUs, /*flush=*/false);
   });
+  stream_.async_handshake(options_.initiated_by_us ? Stream::client : Stream::server,
+                          [self = shared_from_this()](const boost::system::error_code& error) {
+                            self->OnTlsHandshake(error);
+                          });
+}
+
+void PeerLink::OnTlsHandshake(const boost::system::error_code& error) {
+  if (state_ == State::kClosed) return;
+  if (error) {
+    if (error.category() != asio::error::get_ssl_category()) {
+      // EOF, a reset, a truncated stream: the connection ended, nobody refused anybody.
+      CloseNow("connection closed during the TLS handshake: " + error.message(), CloseKind::kClosed,
+               /*flush=*/false);
+      return;
+    }
+    auto [text, by_peer] = DescribeTlsError(error);
+    CloseNow("TLS handshake failed: " + text,
+             by_peer ? CloseKind::kRefusedByPeer : CloseKind::kRefusedByUs, /*flush=*/false);
+    return;
+  }
+  // OpenSSL verified the chain to the cluster CA (verify_peer, fail without a certificate);
+  // PeerCertificateName is empty if, for any reason, nothing verified was presented.
+  const std::string name = PeerCertificateName(stream_.native_handle());
+  if (name.empty()) {
+    CloseNow("the peer presented no verified certificate", CloseKind::kRefusedByUs, false);
+    return;
+  }
+  const std::string binding = PeerChannelBinding(stream_.native_handle());
+  if (binding.empty()) {
+    CloseNow("cannot derive the TLS channel binding", CloseKind::kRefusedByUs, false);
+    return;
+  }
+  tls_ready_ = true;
+  handshake_.BindToChannel(name, binding);
   for (const Frame& frame : handshake_.Start().send) Enqueue(frame.type, frame.payload);
   DoRead();
 }
@@ -133,7 +201,7 @@ void PeerLink::Enqueue(FrameType type, std::string payload, bool write_now) {
 }
 
 void PeerLink::DoWrite() {
-  if (write_in_flight_ || queued_.empty()) return;
+  if (write_in_flight_ || queued_.empty() || !tls_ready_) return;
   // Everything queued so far goes out in this one write; what arrives meanwhile, in the next.
   writing_.swap(queued_);
   queued_.clear();
@@ -142,7 +210,7 @@ void PeerLink::DoWrite() {
   buffers.reserve(writing_.size());
   for (const std::string& piece : writing_) buffers.push_back(asio::buffer(piece));
   write_in_flight_ = true;
-  asio::async_write(socket_, buffers,
+  asio::async_write(stream_, buffers,
                     [self = shared_from_this()](const boost::system::error_code& error,
                                                 std::size_t) { self->OnWrite(error); });
 }
@@ -161,10 +229,17 @@ void PeerLink::OnWrite(const boost::system::error_code& error) {
   if (lingering_ && !write_in_flight_) FinishClose();
 }
 
-// Reads straight into the decoder: a large frame lands in its own payload, never copied.
+// Once authenticated, reads straight into the decoder: a large frame lands in its own payload,
+// never copied. Before, into a small buffer of the link's own.
 void PeerLink::DoRead() {
-  const std::span<char> space = decoder_.Prepare();
-  socket_.async_read_some(
+  std::span<char> space;
+  if (state_ == State::kHandshaking) {
+    if (!handshake_space_) handshake_space_ = std::make_unique<char[]>(kHandshakeReadSize);
+    space = {handshake_space_.get(), kHandshakeReadSize};
+  } else {
+    space = decoder_.Prepare();
+  }
+  stream_.async_read_some(
       asio::buffer(space.data(), space.size()),
       [self = shared_from_this()](const boost::system::error_code& error, std::size_t size) {
         self->OnRead(error, size);
@@ -174,18 +249,67 @@ void PeerLink::DoRead() {
 void PeerLink::OnRead(const boost::system::error_code& error, std::size_t size) {
   if (state_ == State::kClosed) return;
   if (error) {
-    std::string reason = error == asio::error::eof ? "connection closed by the peer"
-                                                   : "read failed: " + error.message();
+    if (state_ == State::kHandshaking && error.category() == asio::error::get_ssl_category()) {
+      // In TLS 1.3 the server checks our certificate after our side of the handshake is done:
+      // its refusal arrives as an alert on the first read.
+      auto [text, by_peer] = DescribeTlsError(error);
+      CloseNow("TLS failed: " + text, by_peer ? CloseKind::kRefusedByPeer : CloseKind::kRefusedByUs,
+               /*flush=*/false);
+      return;
+    }
+    std::string reason = error == asio::error::eof || error == asio::ssl::error::stream_truncated
+                             ? "connection closed by the peer"
+                             : "read failed: " + error.message();
     if (state_ == State::kHandshaking) reason += " during the handshake";
     CloseNow(reason, CloseKind::kClosed, /*flush=*/false);
     return;
   }
-  const auto fed = decoder_.Commit(size);
+  if (state_ == State::kHandshaking) {
+    OnHandshakeBytes(size);
+    return;
+  }
+  DeliverDecoded(decoder_.Commit(size));
+}
+
+void PeerLink::OnHandshakeBytes(std::size_t size) {
+  handshake_in_.append(handshake_space_.get(), size);
+  std::size_t offset = 0;
+  while (state_ == State::kHandshaking && handshake_in_.size() - offset >= kFrameHeaderSize) {
+    const auto byte = [&](std::size_t i) {
+      return static_cast<std::uint32_t>(static_cast<unsigned char>(handshake_in_[offset + i]));
+    };
+    const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
+    const auto type = static_cast<FrameType>(byte(4) << 8 | byte(5));
+    if (length > kMaxHandshakePayload) {
+      const std::string reason = "malformed handshake frame: " + std::string(FrameTypeName(type)) +
+                                 " declares " + std::to_string(length) +
+                                 " bytes before authentication (at most " +
+                                 std::to_string(kMaxHandshakePayload) + ")";
+      CloseNow(reason, CloseKind::kRefusedByUs, /*flush=*/false);
+      return;
+    }
+    if (handshake_in_.size() - offset - kFrameHeaderSize < length) break;
+    const Frame frame{type, handshake_in_.substr(offset + kFrameHeaderSize, length)};
+    offset += kFrameHeaderSize + length;
+    OnHandshakeFrame(frame);
+    if (state_ == State::kClosed) return;
+  }
+  handshake_in_.erase(0, offset);
+  if (state_ == State::kEstablished) {
+    // What followed AuthAccepted is the peer's first application frames: to the decoder, under
+    // the full frame limit.
+    std::string rest = std::exchange(handshake_in_, {});
+    handshake_space_.reset();
+    DeliverDecoded(decoder_.Feed(rest));
+    return;
+  }
+  DoRead();
+}
+
+void PeerLink::DeliverDecoded(const Expected<void>& fed) {
   // Frames completed before a malformed header are still handled, then the link closes.
   while (auto frame = decoder_.Next()) {
-    if (state_ == State::kHandshaking) {
-      OnHandshakeFrame(*frame);
-    } else if (state_ == State::kEstablished && callbacks_.on_frame) {
+    if (state_ == State::kEstablished && callbacks_.on_frame) {
       callbacks_.on_frame(*this, std::move(*frame));
     }
     if (state_ == State::kClosed) return;
@@ -193,9 +317,7 @@ void PeerLink::OnRead(const boost::system::error_code& error, std::size_t size) 
   if (!fed) {
     spdlog::warn("closing link to {} ({}): {}", peer().name.empty() ? "?" : peer().name, remote_,
                  fed.error().message);
-    CloseNow(fed.error().message,
-             state_ == State::kHandshaking ? CloseKind::kRefusedByUs : CloseKind::kClosed,
-             /*flush=*/false);
+    CloseNow(fed.error().message, CloseKind::kClosed, /*flush=*/false);
     return;
   }
   DoRead();
@@ -243,7 +365,7 @@ void PeerLink::CloseNow(const std::string& reason, CloseKind kind, bool flush) {
   if (flush && (write_in_flight_ || !queued_.empty())) {
     // Let the last frames (an AuthRefused, say) reach the peer, for at most kCloseLinger.
     lingering_ = true;
-    socket_.shutdown(Tcp::socket::shutdown_receive, ignored);
+    stream_.next_layer().shutdown(Tcp::socket::shutdown_receive, ignored);
     DoWrite();
     timer_.expires_after(kCloseLinger);
     timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
@@ -265,8 +387,10 @@ void PeerLink::FinishClose() {
   PublishUnsent();
   timer_.cancel();
   boost::system::error_code ignored;
-  socket_.shutdown(Tcp::socket::shutdown_both, ignored);
-  socket_.close(ignored);
+  // No TLS close_notify: the peer learns of the end from the TCP FIN (its read reports a
+  // truncated stream, taken as a closed connection), and a dead peer cannot stall us.
+  stream_.next_layer().shutdown(Tcp::socket::shutdown_both, ignored);
+  stream_.next_layer().close(ignored);
 }
 
 }  // namespace tern::ipc

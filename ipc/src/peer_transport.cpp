@@ -91,6 +91,11 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
     return stats;
   }
   std::uint16_t listen_port() const { return listen_port_; }
+  std::size_t AcceptedPending() const {
+    std::size_t count = 0;
+    for (const auto& [link, dialled] : pending_) count += link->initiated_by_us() ? 0 : 1;
+    return count;
+  }
   const asio::strand<asio::io_context::executor_type>& strand() const { return strand_; }
 
  private:
@@ -130,6 +135,10 @@ class PeerTransport::Core : public std::enable_shared_from_this<PeerTransport::C
   PeerTransport* owner_;  // null after Stop(): no more callbacks
   Tcp::acceptor acceptor_;
   asio::steady_timer accept_pause_;
+  std::shared_ptr<asio::ssl::context> client_tls_;  // for links we dial
+  std::shared_ptr<asio::ssl::context> server_tls_;  // for links we accept
+  std::size_t turned_away_ = 0;
+  std::chrono::steady_clock::time_point last_turned_away_log_{};
   std::atomic<std::uint16_t> listen_port_{0};
   bool started_ = false;
   bool stopped_ = false;
@@ -157,6 +166,12 @@ Expected<void> PeerTransport::Core::Start() {
     port = 65536;
   }
   if (port > 65535) return Fail("cannot listen for peers on " + options_.listen + ": bad port");
+  auto client = MakeTlsContext(options_.tls, TlsRole::kClient);
+  if (!client) return Unexpected<Error>{client.error()};
+  auto server = MakeTlsContext(options_.tls, TlsRole::kServer);
+  if (!server) return Unexpected<Error>{server.error()};
+  client_tls_ = std::move(*client);
+  server_tls_ = std::move(*server);
   const Tcp::endpoint endpoint(address, static_cast<std::uint16_t>(port));
   acceptor_.open(endpoint.protocol(), error);
   if (!error) acceptor_.set_option(asio::socket_base::reuse_address(true), error);
@@ -212,6 +227,25 @@ void PeerTransport::Core::OnAccept(const boost::system::error_code& error, Tcp::
     accept_pause_.async_wait([self = shared_from_this()](const boost::system::error_code& e) {
       if (!e) self->DoAccept();
     });
+    return;
+  }
+  if (AcceptedPending() >= options_.max_pending) {
+    // A flood of connections that never authenticate must not grow without bound: turn the
+    // newest away (a genuine agent redials) and say so, at most once a second.
+    ++turned_away_;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_turned_away_log_ >= std::chrono::seconds(1)) {
+      boost::system::error_code ignored;
+      const auto remote = socket.remote_endpoint(ignored);
+      spdlog::warn(
+          "refused peer ? from {}: {} connections are authenticating already (limit; {} "
+          "turned away so far)",
+          remote.address().to_string(), AcceptedPending(), turned_away_);
+      last_turned_away_log_ = now;
+    }
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    DoAccept();
     return;
   }
   Adopt(std::move(socket), "");
@@ -336,6 +370,8 @@ void PeerTransport::Core::Adopt(Tcp::socket socket, const std::string& dialled_a
                        options_.api_address};
   link_options.secret = options_.secret;
   link_options.initiated_by_us = !dialled_address.empty();
+  link_options.tls = link_options.initiated_by_us ? client_tls_ : server_tls_;
+  link_options.handshake_timeout = options_.handshake_timeout;
   std::weak_ptr<Core> weak = shared_from_this();
   PeerLink::Callbacks callbacks;
   callbacks.on_established = [weak](PeerLink& link, const PeerIdentity& peer) {

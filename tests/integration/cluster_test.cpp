@@ -206,6 +206,9 @@ class ClusterTest : public ::testing::Test {
   static inline std::string skip_reason_;
   static inline std::string cluster_error_;
   static inline pid_t rogue_pid_ = 0;
+  void ExpectRogueRefused(const std::string& name, const std::string& tls_ca,
+                          const std::string& tls_cert, const std::string& tls_key,
+                          const std::string& secret, const std::string& why);
 
   static void SetUpTestSuite() {
     if (geteuid() != 0) {
@@ -572,18 +575,25 @@ TEST_F(ClusterTest, JobRunsAsTheUserWhoSubmittedIt) {
   fs::remove_all(dir);
 }
 
-TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
+// Starts a rogue agent named `name` in node3's namespaces (address 10.77.0.3:7171) that seeds
+// node1, with the given TLS files and secret, and expects node1 to log a refusal of it whose
+// text holds `why`, while no agent ever lists it.
+void ClusterTest::ExpectRogueRefused(const std::string& name, const std::string& tls_ca,
+                                     const std::string& tls_cert, const std::string& tls_key,
+                                     const std::string& secret, const std::string& why) {
   const std::string dir = RogueDir();
   fs::create_directories(dir + "/state");
   fs::create_directories(dir + "/run");
   const std::string config = dir + "/ternd.toml";
   {
     std::ofstream out(config);
-    out << "[node]\nname = \"rogue\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \"" << dir
-        << "/run\"\n\n[api]\nunix_socket = \"" << dir
+    out << "[node]\nname = \"" << name << "\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \""
+        << dir << "/run\"\n\n[api]\nunix_socket = \"" << dir
         << "/run/ternd.sock\"\nlisten = \"0.0.0.0:7172\"\n\n"
+        << "[tls]\nca = \"" << tls_ca << "\"\ncert = \"" << tls_cert << "\"\nkey = \"" << tls_key
+        << "\"\n\n"
         << "[cluster]\nlisten = \"0.0.0.0:7171\"\nadvertise = \"10.77.0.3:7171\"\n"
-        << "seeds = [\"10.77.0.1:7071\"]\nsecret = \"not-the-cluster-secret-0123456789\"\n\n"
+        << "seeds = [\"10.77.0.1:7071\"]\nsecret = \"" << secret << "\"\n\n"
         << "[log]\nlevel = \"debug\"\n";
   }
   const std::string node1_log = AgentLog("node1");
@@ -598,11 +608,10 @@ TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
         const std::string text = ReadFile(node1_log);
         if (text.size() <= node1_log_start) return false;
         for (const auto& line : Lines(text.substr(node1_log_start))) {
-          std::string lower = line;
-          std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-          if (lower.find("refused") != std::string::npos &&
-              (lower.find("rogue") != std::string::npos ||
-               lower.find("10.77.0.3") != std::string::npos)) {
+          // "refused peer ..." when node1 refused it; "peer ... refused us" when the rogue's TLS
+          // refused node1's certificate first (its CA does not know ours).
+          if (line.find("refused") != std::string::npos &&
+              line.find("10.77.0.3") != std::string::npos && line.find(why) != std::string::npos) {
             refused_line = line;
             return true;
           }
@@ -610,23 +619,63 @@ TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
         return false;
       },
       30s, 250ms);
-  EXPECT_TRUE(refused) << "node1's log has no 'refused' line about the agent with the wrong secret "
-                          "(rogue at 10.77.0.3:7171); rogue's log:\n"
+  EXPECT_TRUE(refused) << "node1's log has no 'refused' line about 10.77.0.3 with '" << why << "'"
+                       << "' line about the rogue agent " << name << "; node1's log:\n"
+                       << Tail(ReadFile(node1_log).substr(node1_log_start), 20)
+                       << "\nrogue's log:\n"
                        << Tail(ReadFile(dir + "/ternd.log"), 30);
 
-  // over a few seconds of the rogue retrying, no agent lists it
+  // over a few seconds of the rogue retrying, no agent lists it and the cluster stays whole
   const auto until = std::chrono::steady_clock::now() + 4s;
   while (std::chrono::steady_clock::now() < until) {
     for (const auto& node : kNodes) {
       auto nodes = NodesSeenBy(node);
       ASSERT_TRUE(nodes) << node << ": " << Tern(node, {"nodes", "-o", "json"}).Describe();
-      EXPECT_EQ(NodeState(*nodes, "rogue"), "")
-          << node << " lists the rogue agent: " << nodes->dump();
+      EXPECT_EQ(NodeState(*nodes, name), "") << node << " lists the rogue agent: " << nodes->dump();
       EXPECT_EQ(nodes->size(), 3u) << node << ": " << nodes->dump();
+      for (const auto& other : kNodes) {
+        EXPECT_EQ(NodeState(*nodes, other), "alive") << node << ": " << nodes->dump();
+      }
     }
   }
   StopAndReap(rogue_pid_, SIGTERM, 10s);
   rogue_pid_ = 0;
+}
+
+TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
+  // A valid certificate of the cluster's CA, but not the cluster's secret: the second factor.
+  const std::string tls = kClusterBase + "/tls";
+  auto issued = RunCmd({kBinDir + "/tern", "tls", "issue", "rogue", "--dir", tls, "--out",
+                        RogueDir() + "/tls", "--force"});
+  ASSERT_EQ(issued.exit_code, 0) << issued.Describe();
+  ExpectRogueRefused("rogue", tls + "/ca.crt", RogueDir() + "/tls/rogue.crt",
+                     RogueDir() + "/tls/rogue.key", "not-the-cluster-secret-0123456789",
+                     "bad cluster secret");
+}
+
+TEST_F(ClusterTest, AgentWithACertificateOfAnotherCaIsRefused) {
+  // The right secret, a well-formed certificate named as the node: only the CA is wrong.
+  const std::string other = RogueDir() + "/other-ca";
+  fs::remove_all(other);
+  auto made = RunCmd({kBinDir + "/tern", "tls", "init", "--dir", other});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe();
+  auto issued =
+      RunCmd({kBinDir + "/tern", "tls", "issue", "rogue", "--ip", "10.77.0.3", "--dir", other});
+  ASSERT_EQ(issued.exit_code, 0) << issued.Describe();
+  ExpectRogueRefused("rogue", other + "/ca.crt", other + "/rogue.crt", other + "/rogue.key",
+                     Trim(ReadFile(kClusterBase + "/secret")), "TLS");
+}
+
+TEST_F(ClusterTest, AgentClaimingAnotherNodesNameThanItsCertificateIsRefused) {
+  // A genuine certificate of the cluster for "rogue", used by an agent that claims to be
+  // "ghost" (with the right secret): refused for the name.
+  const std::string tls = kClusterBase + "/tls";
+  auto issued = RunCmd({kBinDir + "/tern", "tls", "issue", "rogue", "--dir", tls, "--out",
+                        RogueDir() + "/tls", "--force"});
+  ASSERT_EQ(issued.exit_code, 0) << issued.Describe();
+  ExpectRogueRefused("ghost", tls + "/ca.crt", RogueDir() + "/tls/rogue.crt",
+                     RogueDir() + "/tls/rogue.key", Trim(ReadFile(kClusterBase + "/secret")),
+                     "certificate is for rogue but its Hello claims ghost");
 }
 
 // ------------------------------------------------------------------------------------------------

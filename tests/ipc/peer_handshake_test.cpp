@@ -207,3 +207,49 @@ TEST(PeerHandshakeTest, NodeIdHex) {
 
 }  // namespace
 }  // namespace tern::ipc
+
+namespace tern::ipc {
+namespace {
+
+// Issue 14 finding 1, adapted to TLS: a relay without the cluster secret sits between node a
+// and node b and passes each one's frames to the other unchanged. It holds TLS sessions with
+// both (so it has a certificate of the cluster CA, here node c's), but the two sessions are
+// different: different channel bindings. Before TLS the relay got b established to "a".
+TEST(PeerHandshakeRelayTest, ARelayWithAnotherNodesCertificateIsRefused) {
+  PeerHandshake a(Node(1, "a"), "shared"), b(Node(2, "b"), "shared");
+  a.BindToChannel("c", std::string(32, 'X'));  // a's TLS session with the relay
+  b.BindToChannel("c", std::string(32, 'Y'));  // b's TLS session with the relay
+  auto result = Exchange(a, b);                // the relay: every frame passed on unchanged
+  EXPECT_EQ(result.a.outcome, Outcome::kRefused);
+  EXPECT_EQ(result.b.outcome, Outcome::kRefused)
+      << "b accepted the relay as " << result.b.peer.name;
+  EXPECT_NE(result.b.reason.find("certificate is for c but its Hello claims a"), std::string::npos)
+      << result.b.reason;
+}
+
+// Even a relay holding certificates that name a and b (but not the secret) gets nowhere: the
+// proofs cover each TLS session, so a proof relayed from one session fails in the other.
+TEST(PeerHandshakeRelayTest, ARelayedProofFailsInAnotherTlsSession) {
+  PeerHandshake a(Node(1, "a"), "shared"), b(Node(2, "b"), "shared");
+  a.BindToChannel("b", std::string(32, 'X'));
+  b.BindToChannel("a", std::string(32, 'Y'));
+  auto result = Exchange(a, b);
+  ASSERT_EQ(result.a.outcome, Outcome::kRefused);
+  ASSERT_EQ(result.b.outcome, Outcome::kRefused)
+      << "b accepted the relay as " << result.b.peer.name;
+  EXPECT_NE(result.a.reason.find("bad cluster secret"), std::string::npos) << result.a.reason;
+  EXPECT_NE(result.a.reason.find("TLS session"), std::string::npos) << result.a.reason;
+}
+
+// The honest case: one TLS session, the same binding on both ends, names as certified.
+TEST(PeerHandshakeRelayTest, OneSessionWithMatchingNamesEstablishes) {
+  PeerHandshake a(Node(1, "a"), "shared"), b(Node(2, "b"), "shared");
+  a.BindToChannel("b", std::string(32, 'Z'));
+  b.BindToChannel("a", std::string(32, 'Z'));
+  auto result = Exchange(a, b);
+  EXPECT_EQ(result.a.outcome, Outcome::kEstablished) << result.a.reason;
+  EXPECT_EQ(result.b.outcome, Outcome::kEstablished) << result.b.reason;
+}
+
+}  // namespace
+}  // namespace tern::ipc

@@ -1,11 +1,12 @@
-// PeerLink against a scripted peer: a plain blocking socket in the test thread that runs its
-// own PeerHandshake (or misbehaves on purpose). The link runs on its own io_context thread.
+// PeerLink against a scripted peer: a blocking TLS client in the test thread that runs its own
+// PeerHandshake (or misbehaves on purpose). The link runs on its own io_context thread.
 #include <gtest/gtest.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 #include <condition_variable>
@@ -13,6 +14,8 @@
 #include <mutex>
 #include <tern/ipc/peer_link.hpp>
 #include <thread>
+
+#include "tls_test_certs.hpp"
 
 namespace tern::ipc {
 namespace {
@@ -30,6 +33,7 @@ class LinkFixture : public ::testing::Test {
     ours.connect(acceptor.local_endpoint());
     acceptor.accept(peer);
     options.self = PeerIdentity{"us", 1, "127.0.0.1:1", "127.0.0.1:2"};
+    if (!options.tls) options.tls = Context(ca_.Issue("us"), TlsRole::kServer);
     PeerLink::Callbacks callbacks;
     callbacks.on_established = [this](PeerLink&, const PeerIdentity& who) {
       Record([&] { established = who; });
@@ -56,9 +60,29 @@ class LinkFixture : public ::testing::Test {
     if (thread_.joinable()) thread_.join();
   }
 
-  // Runs the peer's side of the handshake over the blocking socket.
-  PeerHandshake::Outcome PeerHandshakes(const std::string& secret) {
-    PeerHandshake handshake(PeerIdentity{"them", 2, "127.0.0.1:3", ""}, secret);
+  static std::shared_ptr<asio::ssl::context> Context(const TlsFiles& files, TlsRole role) {
+    auto context = MakeTlsContext(files, role);
+    EXPECT_TRUE(context) << context.error().message;
+    return context ? *context : nullptr;
+  }
+
+  // The peer's TLS handshake (as the client), with a certificate of the link's CA for "them"
+  // unless `context` says otherwise; false when it fails.
+  bool PeerTls(std::shared_ptr<asio::ssl::context> context = nullptr) {
+    peer_context_ = context ? context : Context(ca_.Issue("them"), TlsRole::kClient);
+    tls_.emplace(peer, *peer_context_);
+    boost::system::error_code error;
+    tls_->handshake(asio::ssl::stream_base::client, error);
+    return !error;
+  }
+
+  // Runs the peer's side of the handshake over the blocking TLS stream, claiming `name`.
+  PeerHandshake::Outcome PeerHandshakes(const std::string& secret,
+                                        const std::string& name = "them") {
+    if (!tls_ && !PeerTls()) return PeerHandshake::Outcome::kRefused;
+    PeerHandshake handshake(PeerIdentity{name, 2, "127.0.0.1:3", ""}, secret);
+    handshake.BindToChannel(PeerCertificateName(tls_->native_handle()),
+                            PeerChannelBinding(tls_->native_handle()));
     for (auto& frame : handshake.Start().send) Write(frame);
     while (true) {
       auto frame = Read();
@@ -70,14 +94,14 @@ class LinkFixture : public ::testing::Test {
   }
 
   void Write(const Frame& frame) {
-    asio::write(peer, asio::buffer(EncodeFrame(frame.type, frame.payload)));
+    asio::write(*tls_, asio::buffer(EncodeFrame(frame.type, frame.payload)));
   }
   std::optional<Frame> Read() {
     while (true) {
       if (auto frame = decoder_.Next()) return frame;
       char buffer[4096];
       boost::system::error_code error;
-      const std::size_t size = peer.read_some(asio::buffer(buffer), error);
+      const std::size_t size = tls_->read_some(asio::buffer(buffer), error);
       if (error) return std::nullopt;
       if (!decoder_.Feed(std::string_view(buffer, size))) return std::nullopt;
     }
@@ -89,8 +113,11 @@ class LinkFixture : public ::testing::Test {
     return changed_.wait_for(lock, timeout, predicate);
   }
 
+  testing::TestCa ca_;
   asio::io_context raw_io_;
   Tcp::socket peer{raw_io_};
+  std::shared_ptr<asio::ssl::context> peer_context_;
+  std::optional<asio::ssl::stream<Tcp::socket&>> tls_;
   std::shared_ptr<PeerLink> link;
   std::optional<PeerIdentity> established;
   std::vector<Frame> frames;
@@ -140,7 +167,7 @@ TEST_F(LinkFixture, FramesSentTogetherArriveInOrderAndTogether) {
   link->Send(std::move(small));
   // One write: once the first frame's bytes are there, so are the second's.
   char buffer[256];
-  const std::size_t got = peer.read_some(asio::buffer(buffer));
+  const std::size_t got = tls_->read_some(asio::buffer(buffer));
   FrameDecoder decoder;
   ASSERT_TRUE(decoder.Feed(std::string_view(buffer, got)));
   auto first = decoder.Next();
@@ -179,7 +206,7 @@ TEST_F(LinkFixture, MalformedFrameAfterHandshakeClosesWithReason) {
   Open({.secret = "s"});
   ASSERT_EQ(PeerHandshakes("s"), PeerHandshake::Outcome::kEstablished);
   ASSERT_TRUE(WaitFor([&] { return established.has_value(); }));
-  asio::write(peer, asio::buffer(std::string("\xff\xff\xff\xff\0\x0a", 6)));
+  asio::write(*tls_, asio::buffer(std::string("\xff\xff\xff\xff\0\x0a", 6)));
   ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
   EXPECT_EQ(close_kind, PeerLink::CloseKind::kClosed);
   EXPECT_NE(close_reason.find("malformed frame"), std::string::npos) << close_reason;
@@ -191,7 +218,70 @@ TEST_F(LinkFixture, GarbageBeforeHandshakeIsRefused) {
   asio::write(peer, asio::buffer(std::string("GET / HTTP/1.1\r\n\r\n")));
   ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
   EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
-  EXPECT_NE(close_reason.find("malformed"), std::string::npos) << close_reason;
+  EXPECT_NE(close_reason.find("TLS handshake failed"), std::string::npos) << close_reason;
+}
+
+// Plain frames are not spoken at all: every byte after the TCP connect is TLS.
+TEST_F(LinkFixture, PlainHelloWithoutTlsIsRefused) {
+  Open({.secret = "s"});
+  PeerHandshake handshake(PeerIdentity{"them", 2, "127.0.0.1:3", ""}, "s");
+  for (auto& frame : handshake.Start().send) {
+    asio::write(peer, asio::buffer(EncodeFrame(frame.type, frame.payload)));
+  }
+  ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
+  EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
+  EXPECT_NE(close_reason.find("TLS handshake failed"), std::string::npos) << close_reason;
+  EXPECT_FALSE(established);
+}
+
+TEST_F(LinkFixture, PeerWithACertificateOfAnotherCaIsRefused) {
+  Open({.secret = "s"});
+  testing::TestCa other;
+  TlsFiles files = other.Issue("them");
+  files.ca = ca_.dir() + "/ca.crt";  // it trusts our CA, but its own certificate is not ours
+  PeerTls(Context(files, TlsRole::kClient));
+  EXPECT_EQ(PeerHandshakes("s"), PeerHandshake::Outcome::kRefused);
+  ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
+  EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
+  EXPECT_NE(close_reason.find("certificate verify failed"), std::string::npos) << close_reason;
+  EXPECT_FALSE(established);
+}
+
+TEST_F(LinkFixture, PeerWithoutACertificateIsRefused) {
+  Open({.secret = "s"});
+  auto bare = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  bare->load_verify_file(ca_.dir() + "/ca.crt");
+  bare->set_verify_mode(asio::ssl::verify_peer);
+  PeerTls(bare);
+  EXPECT_EQ(PeerHandshakes("s"), PeerHandshake::Outcome::kRefused);
+  ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
+  EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
+  EXPECT_NE(close_reason.find("TLS"), std::string::npos) << close_reason;
+  EXPECT_FALSE(established);
+}
+
+TEST_F(LinkFixture, PeerWhoseCertificateNamesAnotherNodeIsRefused) {
+  Open({.secret = "s"});
+  PeerTls(Context(ca_.Issue("mallory"), TlsRole::kClient));
+  EXPECT_EQ(PeerHandshakes("s", "them"), PeerHandshake::Outcome::kRefused);
+  ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
+  EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
+  EXPECT_NE(close_reason.find("certificate is for mallory but its Hello claims them"),
+            std::string::npos)
+      << close_reason;
+  EXPECT_FALSE(established);
+}
+
+// Before authentication a frame may declare at most 4 KiB: a 16 MiB header costs nothing.
+TEST_F(LinkFixture, LargeFrameBeforeAuthenticationIsRefusedByItsHeader) {
+  Open({.secret = "s"});
+  ASSERT_TRUE(PeerTls());
+  std::string header;
+  AppendFrameHeader(header, FrameType::kHello, 16 * 1024 * 1024);
+  asio::write(*tls_, asio::buffer(header));
+  ASSERT_TRUE(WaitFor([&] { return closes == 1; }));
+  EXPECT_EQ(close_kind, PeerLink::CloseKind::kRefusedByUs);
+  EXPECT_NE(close_reason.find("before authentication"), std::string::npos) << close_reason;
 }
 
 TEST_F(LinkFixture, SilentPeerTimesOut) {

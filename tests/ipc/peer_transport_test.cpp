@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <condition_variable>
 #include <future>
@@ -12,21 +13,34 @@
 #include <tern/ipc/peer_transport.hpp>
 #include <thread>
 
+#include "tls_test_certs.hpp"
+
 namespace tern::ipc {
 namespace {
 
 using namespace std::chrono_literals;
 
+// One CA for the whole test program: every agent below is a node of one cluster unless a test
+// gives it other files.
+testing::TestCa& ClusterCa() {
+  static testing::TestCa ca;
+  return ca;
+}
+
 class Agent {
  public:
-  Agent(std::uint64_t id, std::string secret, std::uint16_t port = 0) : work_(io_.get_executor()) {
+  Agent(std::uint64_t id, std::string secret, std::uint16_t port = 0,
+        const std::function<void(PeerTransport::Options&)>& tweak = nullptr)
+      : work_(io_.get_executor()) {
     PeerTransport::Options options;
+    options.tls = ClusterCa().Issue("n" + std::to_string(id));
     options.node_name = "n" + std::to_string(id);
     options.node_id = id;
     options.secret = std::move(secret);
     options.listen = "127.0.0.1:" + std::to_string(port);
     options.advertise = "127.0.0.1:" + std::to_string(port);
     options.api_address = "127.0.0.1:" + std::to_string(7000 + id);
+    if (tweak) tweak(options);
     transport_ = std::make_unique<PeerTransport>(io_, options);
     transport_->on_peer_up = [this](const PeerIdentity& peer) {
       Record([&] { ups.push_back(peer); });
@@ -78,6 +92,8 @@ class Agent {
            stats.dials_pending == 0;
   }
   std::size_t PeerCount() { return transport_->Peers().size(); }
+  // On the io thread only (inside WaitOnIo).
+  std::size_t Authenticating() { return transport_->GetStats().links_authenticating; }
 
   template <typename Predicate>
   bool WaitFor(Predicate predicate, std::chrono::milliseconds timeout = 15s) {
@@ -227,6 +243,107 @@ TEST(PeerTransportTest, WrongSecretIsRefusedLoggedAndNeverUp) {
     }
   }
   EXPECT_TRUE(logged);
+}
+
+TEST(PeerTransportTest, AgentWithACertificateOfAnotherCaIsRefusedLoggedAndNeverUp) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("test", sink));
+  testing::TestCa other;
+  {
+    Agent a(1, "s");
+    // The same secret, a certificate named as it claims, but from another CA.
+    Agent b(2, "s", 0, [&](PeerTransport::Options& options) { options.tls = other.Issue("n2"); });
+    b.ConnectTo(a.Address());
+    ASSERT_TRUE(a.WaitFor([&] { return !a.refusals.empty(); }));
+    ASSERT_TRUE(b.WaitFor([&] { return !b.refusals.empty(); }));
+    a.Locked([&] {
+      EXPECT_NE(a.refusals[0].second.find("TLS"), std::string::npos) << a.refusals[0].second;
+    });
+    b.Stop();
+    a.Stop();
+    EXPECT_TRUE(a.ups.empty());
+    EXPECT_TRUE(b.ups.empty());
+  }
+  spdlog::set_default_logger(previous);
+  bool logged = false;
+  for (const auto& line : sink->last_formatted()) {
+    if (line.find("from 127.0.0.1:") != std::string::npos &&
+        line.find("TLS handshake failed") != std::string::npos) {
+      logged = true;
+    }
+  }
+  EXPECT_TRUE(logged) << "no 'TLS handshake failed' refusal in the log";
+}
+
+TEST(PeerTransportTest, AgentWhoseCertificateNamesAnotherNodeIsRefused) {
+  // n2 holds a genuine certificate of the cluster, but n3's: it may not pose as n2.
+  Agent a(1, "s");
+  Agent b(2, "s", 0,
+          [](PeerTransport::Options& options) { options.tls = ClusterCa().Issue("n3"); });
+  b.ConnectTo(a.Address());
+  ASSERT_TRUE(a.WaitFor([&] { return !a.refusals.empty(); }));
+  a.Locked([&] {
+    EXPECT_NE(a.refusals[0].second.find("certificate is for n3 but its Hello claims n2"),
+              std::string::npos)
+        << a.refusals[0].second;
+  });
+  b.Stop();
+  a.Stop();
+  EXPECT_TRUE(a.ups.empty());
+}
+
+// Connections that never authenticate are capped: beyond max_pending they are closed at once,
+// and the ones within the cap end with the handshake timeout.
+TEST(PeerTransportTest, PendingConnectionsAreCappedAndTimeOut) {
+  Agent a(1, "s", 0, [](PeerTransport::Options& options) {
+    options.max_pending = 2;
+    options.handshake_timeout = 1500ms;
+  });
+  boost::asio::io_context io;
+  std::vector<boost::asio::ip::tcp::socket> silent;
+  const auto endpoint =
+      boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), a.Port());
+  for (int i = 0; i < 2; ++i) {
+    silent.emplace_back(io).connect(endpoint);
+  }
+  ASSERT_TRUE(a.WaitOnIo([&] { return a.Authenticating() == 2; }, 5s));
+  boost::asio::ip::tcp::socket extra(io);
+  extra.connect(endpoint);
+  char byte;
+  boost::system::error_code error;
+  const auto t0 = std::chrono::steady_clock::now();
+  extra.read_some(boost::asio::buffer(&byte, 1), error);
+  EXPECT_EQ(error, boost::asio::error::eof) << "the third connection was not closed at once";
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1000ms);
+  // The two within the cap are closed by the handshake deadline.
+  for (auto& socket : silent) {
+    socket.read_some(boost::asio::buffer(&byte, 1), error);
+    EXPECT_TRUE(error == boost::asio::error::eof || error == boost::asio::error::connection_reset)
+        << error.message();
+  }
+  ASSERT_TRUE(a.WaitOnIo([&] { return a.Authenticating() == 0; }, 5s));
+  // And a genuine agent still gets in.
+  Agent b(2, "s");
+  b.ConnectTo(a.Address());
+  ASSERT_TRUE(a.WaitFor([&] { return a.ups.size() == 1; }));
+}
+
+TEST(PeerTransportTest, StartFailsReadablyWithoutACertificate) {
+  boost::asio::io_context io;
+  PeerTransport::Options options;
+  options.node_name = "n9";
+  options.node_id = 9;
+  options.secret = "s";
+  options.listen = "127.0.0.1:0";
+  options.tls = ClusterCa().Issue("n9");
+  options.tls.cert = ClusterCa().dir() + "/missing.crt";
+  PeerTransport transport(io, options);
+  auto started = transport.Start();
+  ASSERT_FALSE(started);
+  EXPECT_NE(started.error().message.find("no TLS certificate at " + options.tls.cert),
+            std::string::npos)
+      << started.error().message;
 }
 
 TEST(PeerTransportTest, SimultaneousConnectEndsWithExactlyOneLink) {

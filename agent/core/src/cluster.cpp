@@ -8,6 +8,7 @@
 #include <tern/ipc/peer_transport.hpp>
 
 #include "tern/agent/load_json.hpp"
+#include "tern/agent/remote_caller.hpp"
 
 namespace tern::agent {
 namespace {
@@ -69,6 +70,7 @@ Expected<void> Cluster::Start() {
   options.listen = config_.cluster_listen;
   options.advertise = config_.cluster_advertise;
   options.api_address = config_.api_listen;
+  options.tls = ipc::TlsFiles{config_.tls_ca, config_.tls_cert, config_.tls_key};
   transport_ = std::make_unique<ipc::PeerTransport>(io_, options);
   transport_->on_peer_up = [this](const ipc::PeerIdentity& peer) { OnPeerUp(peer); };
   transport_->on_peer_down = [this](std::uint64_t node_id, const std::string& reason) {
@@ -77,7 +79,17 @@ Expected<void> Cluster::Start() {
   transport_->on_frame = [this](std::uint64_t node_id, ipc::Frame& frame) {
     OnFrame(node_id, static_cast<std::uint16_t>(frame.type), std::move(frame.payload));
   };
-  if (auto started = transport_->Start(); !started) return started;
+  if (auto started = transport_->Start(); !started) {
+    // Without its certificate a node cannot join, and a node that runs alone while its
+    // operator believes it is in the cluster is worse than one that does not start.
+    if (started.error().message.find("TLS") != std::string::npos) {
+      return Fail(started.error().message + ": this node cannot join the cluster; make its " +
+                  "certificate with `tern tls issue " + self_.name +
+                  "` where the cluster CA is and install it ([tls] in " + config_.source +
+                  ", docs/operations.md)");
+    }
+    return started;
+  }
   // Seeds are dialled once: gossip then names every other node, and links open on demand.
   for (const auto& seed : config_.seeds) {
     if (seed != config_.cluster_advertise) transport_->Dial(seed);
@@ -487,16 +499,27 @@ void Cluster::OnApiRequest(std::uint64_t node_id, const std::string& payload) {
     return;
   }
   auto [request_id, call] = std::move(*decoded);
+  const std::string origin_via = call.caller.via;
   call.caller.via = "peer " + NameOf(node_id);
-  if (!request_handler_) return;
-  request_handler_(std::move(call), [this, node_id, request_id = request_id](ApiResult result) {
+  auto answer = [this, node_id, request_id = request_id](ApiResult result) {
     if (stopped_) return;
     std::vector<ipc::Frame> frames;
     frames.push_back({ipc::FrameType::kApiResponse, EncodeApiResponse(request_id, result)});
     if (!Deliver(node_id, std::move(frames), true)) {
       spdlog::warn("cannot answer {}'s call {}: no way to it", NameOf(node_id), request_id);
     }
-  });
+  };
+  // The frame came over a peer link, so from a node the CA vouches for (PeerTransport): its
+  // uid is believed, but root elsewhere is root here only if this node allows it.
+  if (auto allowed = CheckForwardedCaller(call, origin_via, config_.allow_remote_root, self_.name);
+      !allowed) {
+    spdlog::warn("refused {} {} from {} as uid 0: {}", call.method, call.target, NameOf(node_id),
+                 allowed.error().message);
+    answer(ErrorResult(403, allowed.error().message));
+    return;
+  }
+  if (!request_handler_) return;
+  request_handler_(std::move(call), std::move(answer));
 }
 
 void Cluster::OnApiResponse(const std::string& payload) {

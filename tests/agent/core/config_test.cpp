@@ -165,3 +165,29 @@ TEST(ConfigTest, LinkAndGossipCountsAreBounded) {
 
 }  // namespace
 }  // namespace tern::agent
+
+namespace tern::agent {
+namespace {
+
+TEST(ConfigTest, TlsFilesAndRemoteRootHaveSafeDefaults) {
+  auto defaults = ParseConfig("", "x");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults->tls_ca, "/etc/tern/tls/ca.crt");
+  EXPECT_EQ(defaults->tls_cert, "/etc/tern/tls/node.crt");
+  EXPECT_EQ(defaults->tls_key, "/etc/tern/tls/node.key");
+  EXPECT_FALSE(defaults->allow_remote_root) << "root elsewhere is not root here by default";
+  auto set = ParseConfig(
+      "[tls]\nca = \"/a/ca.crt\"\ncert = \"/a/n.crt\"\nkey = \"/a/n.key\"\n"
+      "[security]\nallow_remote_root = true\n",
+      "x");
+  ASSERT_TRUE(set) << set.error().message;
+  EXPECT_EQ(set->tls_ca, "/a/ca.crt");
+  EXPECT_EQ(set->tls_cert, "/a/n.crt");
+  EXPECT_EQ(set->tls_key, "/a/n.key");
+  EXPECT_TRUE(set->allow_remote_root);
+  EXPECT_FALSE(ParseConfig("[security]\nallow_remote_root = \"yes\"\n", "x"))
+      << "a non-boolean is refused";
+}
+
+}  // namespace
+}  // namespace tern::agent

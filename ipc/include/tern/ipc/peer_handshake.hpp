@@ -1,6 +1,9 @@
-// PeerHandshake: mutual authentication of two agents that share a cluster secret, as a sans-I/O
-// state machine. Events are the peer's frames (OnFrame); actions are frames to send and, at the
-// end, one outcome: established (with the peer's identity) or refused (with a reason).
+// PeerHandshake: the second step of authenticating another agent, inside a mutual TLS 1.3
+// session (PeerLink), as a sans-I/O state machine. TLS proved that the peer holds a certificate
+// of the cluster CA; this step checks that the node its Hello claims is the one its certificate
+// names, and that it knows the cluster secret for this very TLS session. Events are the peer's
+// frames (OnFrame); actions are frames to send and, at the end, one outcome: established (with the
+// peer's identity) or refused (with a reason).
 //
 //   Start(): send Hello
 //   kAwaitHello ──Hello ok: send AuthProof──► kAwaitProof
@@ -10,11 +13,17 @@
 //   any wait state ──AuthRefused from the peer──► kRefused   (refused_by_peer = true)
 //
 // Hello is {"node","node_id" (16 hex digits),"address","api_address","nonce" (32 random bytes
-// as 64 hex digits)}. AuthProof is {"proof": hex HMAC-SHA256(secret, "tern-auth-v1|" + sender_id
-// + "|" + receiver_id + "|" + sender_nonce + "|" + receiver_nonce)}, ids as 16 lowercase hex
-// digits. The peer's proof is compared in constant time (CRYPTO_memcmp). The secret never
-// crosses the wire; a replayed proof fails because our nonce is fresh. A peer that claims our
-// own node id, or sends a malformed or oversized payload, is refused.
+// as 64 hex digits)}. AuthProof is {"proof": hex HMAC-SHA256(secret, "tern-auth-v2|" + sender_id
+// + "|" + receiver_id + "|" + sender_nonce + "|" + receiver_nonce + "|" + hex(binding))}, ids as
+// 16 lowercase hex digits, `binding` the channel binding given to BindToChannel (a TLS exporter
+// value: the same on both ends of one TLS session, different on any other). The peer's proof is
+// compared in constant time (CRYPTO_memcmp). The secret never crosses the wire; a replayed
+// proof fails because our nonce is fresh, and a proof relayed from another session fails
+// because its binding differs. A peer that claims our own node id, a node other than the one
+// its certificate names, or sends a malformed or oversized payload, is refused.
+//
+// Unbound (no BindToChannel: only this class's own tests do that) the proofs cover no channel
+// and no certificate name is checked.
 //
 // Thread-safety: not thread-safe; one PeerLink drives one instance.
 #pragma once
@@ -56,6 +65,10 @@ class PeerHandshake {
   // `nonce_hex` is injectable for tests (64 hex digits); empty means 32 fresh random bytes.
   PeerHandshake(PeerIdentity self, std::string secret, std::string nonce_hex = "");
 
+  // Ties the handshake to one TLS session: the node name of the peer's verified certificate
+  // (its Hello must claim that node) and the session's channel binding (the proofs cover it).
+  // Call before Start().
+  void BindToChannel(std::string peer_certificate_name, std::string channel_binding);
   // The first event: yields our Hello. Call once, before OnFrame.
   Actions Start();
   // One frame from the peer. After kEstablished or kRefused every frame is refused (without
@@ -79,6 +92,8 @@ class PeerHandshake {
   PeerIdentity self_;
   std::string secret_;
   std::string nonce_;
+  std::optional<std::string> certificate_name_;  // set when bound to a TLS session
+  std::string binding_hex_;
   PeerIdentity peer_;
   std::string peer_nonce_;
   State state_ = State::kAwaitHello;

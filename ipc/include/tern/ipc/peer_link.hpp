@@ -1,10 +1,17 @@
-// PeerLink: one authenticated TCP connection to another agent (the Asio driver of one
-// PeerHandshake and one FrameDecoder).
+// PeerLink: one authenticated connection to another agent: mutual TLS 1.3 over TCP, the Asio
+// driver of one PeerHandshake and one FrameDecoder.
 //
-// Lifecycle: construct with a connected socket, Start(). The link sets TCP_NODELAY, sends our
-// Hello and runs the handshake under a deadline (5 s by default). Once established it reports
-// on_established(peer) and then delivers every frame, in order, to on_frame. Frames handed to
-// Send() before that are held and go out right after the handshake.
+// Lifecycle: construct with a connected socket and the TLS context of its role (the dialler is
+// the TLS client), Start(). The link sets TCP_NODELAY and, under one deadline (5 s by
+// default), runs the TLS handshake (both ends present certificates of the cluster CA; any other
+// is refused by OpenSSL's verification) and then PeerHandshake, bound to the TLS session (the
+// verified certificate's node name and a TLS exporter value, PeerChannelBinding). Once
+// established it reports on_established(peer) and then delivers every frame, in order, to
+// on_frame. Frames handed to Send() before that are held and go out right after the handshake.
+// Every byte after the TCP connect travels inside TLS.
+//
+// Before authentication the link reads at most 4 KiB at a time and refuses a frame over
+// kMaxHandshakePayload by its header, so an unauthenticated peer costs a few KiB.
 //
 // Writes are batched: the frames of one Send() call (an IPC router's frames for one event, say:
 // a deferred result and the reply behind it) leave in one write, and frames queued while a
@@ -27,6 +34,8 @@
 #include <array>
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstddef>
@@ -45,13 +54,16 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   // Why a link closed, as far as the owner cares.
   enum class CloseKind {
     kClosed,         // an established link ended, or the connection broke during the handshake
-    kRefusedByUs,    // our handshake refused the peer (bad secret, malformed, timeout, ...)
-    kRefusedByPeer,  // the peer sent AuthRefused
+    kRefusedByUs,    // we refused the peer (its certificate, name, secret, malformed, timeout)
+    kRefusedByPeer,  // the peer sent AuthRefused or a TLS alert
   };
 
   struct Options {
     PeerIdentity self;
     std::string secret;
+    // The TLS context of this link's role: a client context when initiated_by_us, else a
+    // server one (MakeTlsContext). Required.
+    std::shared_ptr<boost::asio::ssl::context> tls;
     bool initiated_by_us = false;
     std::chrono::milliseconds handshake_timeout{5000};
     std::size_t max_queued_bytes = 64 * 1024 * 1024;
@@ -96,7 +108,14 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   const boost::asio::ip::tcp::socket::executor_type& executor() { return executor_; }
 
  private:
+  using Stream = boost::asio::ssl::stream<boost::asio::ip::tcp::socket>;
+
+  void OnTlsHandshake(const boost::system::error_code& error);
   void DoRead();
+  // Splits handshake-phase bytes into frames (at most kMaxHandshakePayload each) and hands
+  // what follows the handshake to the decoder.
+  void OnHandshakeBytes(std::size_t size);
+  void DeliverDecoded(const Expected<void>& fed);
   void OnRead(const boost::system::error_code& error, std::size_t size);
   void OnHandshakeFrame(const Frame& frame);
   // Queues one frame; writes at once unless `write_now` is false (more frames follow).
@@ -109,7 +128,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void FinishClose();
 
   boost::asio::ip::tcp::socket::executor_type executor_;
-  boost::asio::ip::tcp::socket socket_;
+  std::shared_ptr<boost::asio::ssl::context> tls_;  // outlives stream_, which refers to it
+  Stream stream_;
   boost::asio::steady_timer timer_;  // handshake deadline, then the close linger
   Options options_;
   Callbacks callbacks_;
@@ -117,6 +137,10 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   FrameDecoder decoder_;
   std::string remote_;
   State state_ = State::kHandshaking;
+  bool tls_ready_ = false;  // the TLS handshake is done: frames may be written
+  // Handshake phase: where reads land, and the bytes not yet forming a frame.
+  std::unique_ptr<char[]> handshake_space_;
+  std::string handshake_in_;
   std::string held_;  // application frames sent before the handshake ended
   // Encoded frames waiting for the next write, and those of the write in flight: small frames
   // share a buffer; a large payload keeps its own (it is never copied into the queue).
@@ -132,5 +156,10 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
 };
 
 std::string_view CloseKindName(PeerLink::CloseKind kind);
+
+// The channel binding of a TLS session (32 bytes of RFC 8446 exporter output, label
+// "EXPORTER-tern-peer-auth"): equal on both ends of one session, unrelated on any other.
+// Empty when the session cannot export (not established).
+std::string PeerChannelBinding(SSL* ssl);
 
 }  // namespace tern::ipc

@@ -1,5 +1,6 @@
-// PeerTransport: this agent's links to every other agent — one persistent, authenticated TCP
-// connection per node pair (DESIGN.md "Wire formats"), built from PeerLinks.
+// PeerTransport: this agent's links to every other agent — one persistent connection per node
+// pair, mutual TLS 1.3 with the cluster's certificates (DESIGN.md "Wire formats",
+// docs/security.md), built from PeerLinks.
 //
 // Contract:
 //  - Start() listens on Options::listen. ConnectTo("host:port") dials that address (host may be
@@ -15,6 +16,11 @@
 //    node stays up until that handshake ends: a dropped duplicate never shows as down then up.
 //  - on_peer_up(peer) once when a node gets its first link; on_peer_down(node_id, reason) once
 //    when its last link is gone; on_frame(node_id, frame) for each frame from it, in order.
+//  - Start() makes the TLS contexts from Options::tls (MakeTlsContext) and fails with the
+//    file and what is wrong when it cannot. A peer is refused unless its certificate is signed
+//    by the CA and names the node its Hello claims.
+//  - At most Options::max_pending accepted connections may be authenticating at once; more are
+//    closed at once (logged, at most once a second). Each has handshake_timeout to finish.
 //  - Every refused handshake is logged (spdlog::warn "refused peer NAME from ADDR: REASON" on
 //    the side that refuses, "peer NAME at ADDR refused us: REASON" on the other) and reported
 //    to on_refused(remote "ip:port", reason). Redialling continues (the secret may be fixed).
@@ -33,6 +39,7 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -40,6 +47,7 @@
 #include <tern/expected.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/peer_handshake.hpp>
+#include <tern/ipc/tls_files.hpp>
 #include <vector>
 
 namespace tern::ipc {
@@ -50,9 +58,12 @@ class PeerTransport {
     std::string node_name;
     std::uint64_t node_id = 0;
     std::string secret;
-    std::string listen;       // "0.0.0.0:7071"; port 0 picks an ephemeral port (ListenPort())
-    std::string advertise;    // "10.0.0.1:7071": how other agents reach our listener
-    std::string api_address;  // "10.0.0.1:7070": our TCP API, told to peers in Hello
+    std::string listen;            // "0.0.0.0:7071"; port 0 picks an ephemeral port (ListenPort())
+    std::string advertise;         // "10.0.0.1:7071": how other agents reach our listener
+    std::string api_address;       // "10.0.0.1:7070": our TCP API, told to peers in Hello
+    TlsFiles tls;                  // this node's certificate and key, and the cluster CA
+    std::size_t max_pending = 64;  // accepted, not yet authenticated
+    std::chrono::milliseconds handshake_timeout{5000};  // TLS and Hello/proofs together
   };
 
   std::function<void(const PeerIdentity& peer)> on_peer_up;
