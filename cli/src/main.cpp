@@ -4,6 +4,7 @@
 
 #include "tern/cli/commands.hpp"
 #include "tern/cli/doctor.hpp"
+#include "tern/cli/tls_command.hpp"
 
 namespace {
 
@@ -132,6 +133,9 @@ int main(int argc, char** argv) {
 
   auto* version_cmd = app.add_subcommand("version", "print the versions of tern and the agent");
 
+  tern::cli::TlsCommand tls;
+  tern::cli::AddTlsCommands(app, tls);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {
@@ -146,6 +150,8 @@ int main(int argc, char** argv) {
     app.exit(error);
     return 2;
   }
+
+  if (*tls.tls) return tern::cli::RunTlsCommand(tls, std::cout, std::cerr);
 
   tern::cli::Context context{tern::cli::AgentClient(tern::cli::ResolveSocketPath(socket_flag)),
                              std::cout, std::cerr};
