@@ -22,6 +22,7 @@
 #include <set>
 #include <sstream>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/tls_files.hpp>
 #include <tern/jobs/job_store.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tern/jobs/process_identity.hpp>
@@ -334,7 +335,28 @@ void MigrationDriver::OffThread(Work work, Then then) {
 }
 
 migrate::CriuTls MigrationDriver::PageServerTls() const {
-  return {};  // wired to [tls] once the peer links' TLS (b14-tls) is in
+  return {config_.tls_ca, config_.tls_cert, config_.tls_key};
+}
+
+migrate::CriuTls MigrationDriver::PostCopyTls() const {
+  // Not yet: with --tls, CRIU 4.2's post-copy handed a restored job wrong memory (a python job
+  // segfaulted after its 2nd and 4th move; 0 of 8 moves without TLS). Post-copy's page server
+  // stays plain until that is understood (docs/security.md "Left").
+  return {};
+}
+
+std::string MigrationDriver::PageServerTlsProblem() const {
+  // CRIU reads these as root when a page connection opens; found out now, before anything is
+  // frozen, rather than as a gnutls error in the middle of the move.
+  for (const std::string* file : {&config_.tls_ca, &config_.tls_cert}) {
+    if (::access(file->c_str(), R_OK) != 0) {
+      return "CRIU's page server needs " + *file + " ([tls]): " + std::strerror(errno);
+    }
+  }
+  if (auto key = ipc::CheckKeyFile(config_.tls_key); !key) {
+    return "CRIU's page server needs the node key ([tls] key): " + key.error().message;
+  }
+  return "";
 }
 
 std::string MigrationDriver::MigrationDir(const std::string& mid) const {
@@ -471,6 +493,13 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
                               : std::to_string(rights) + " right(s) move with the job"}});
         }
         if (!criu.works) blockers.push_back("on " + cluster_.self().name + ": " + criu.problem);
+        const std::string tls_problem = PageServerTlsProblem();
+        migration->checks.push_back(
+            {{"check", "page transfer inside TLS on " + cluster_.self().name},
+             {"ok", tls_problem.empty()},
+             {"detail", tls_problem.empty() ? "the node's certificate and key" : tls_problem}});
+        if (!tls_problem.empty())
+          blockers.push_back("on " + cluster_.self().name + ": " + tls_problem);
         migration->checks.push_back(
             {{"check", "criu on " + cluster_.self().name},
              {"ok", criu.works},
@@ -860,7 +889,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
           migration->channel.empty()
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          PageServerTls()),
+          PostCopyTls()),
       MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
   ::close(status_pipe[1]);
   if (!dump) {
@@ -1133,6 +1162,12 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                           {"ok", criu.works},
                           {"detail", criu.works ? "criu " + criu.version : criu.problem}});
         if (!criu.works) problems.push_back("on " + node + ": " + criu.problem);
+        const std::string tls_problem = PageServerTlsProblem();
+        checks.push_back(
+            {{"check", "page transfer inside TLS on " + node},
+             {"ok", tls_problem.empty()},
+             {"detail", tls_problem.empty() ? "the node's certificate and key" : tls_problem}});
+        if (!tls_problem.empty()) problems.push_back("on " + node + ": " + tls_problem);
         checks.push_back(
             {{"check", "files outside the job directory on " + node},
              {"ok", file_problems.empty()},
@@ -1256,7 +1291,7 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
       !channel.empty() && ipc_.open ? ipc_.open(incoming->job.id) : -1);
   incoming->busy = true;  // an abort meanwhile waits for the parked processes
   OffThread(
-      [incoming, criu, channel, channel_end, tls = PageServerTls()]() -> Expected<void> {
+      [incoming, criu, channel, channel_end, tls = PostCopyTls()]() -> Expected<void> {
         const std::string& images = incoming->images;
         const bool lazy = incoming->mode == "postcopy";
         if (lazy) {
@@ -1342,7 +1377,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
        criu, channel_end, with_channel,
-       tls = PageServerTls()]() -> Expected<std::pair<pid_t, double>> {
+       tls = PostCopyTls()]() -> Expected<std::pair<pid_t, double>> {
         if (auto streamed = AwaitPageServer(*incoming); !streamed) {
           return Unexpected<Error>{streamed.error()};
         }

@@ -120,6 +120,10 @@ class MigrationDriver {
   void NoteRestored(Incoming& incoming, pid_t pid);
   // CRIU's page-server connections go inside TLS with this node's certificates ([tls]).
   migrate::CriuTls PageServerTls() const;
+  // The same for post-copy's lazy page server (source) and `criu lazy-pages` (destination).
+  migrate::CriuTls PostCopyTls() const;
+  // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
+  std::string PageServerTlsProblem() const;
   // Answers the source's restore call once the restore has ended (io thread).
   void Restored(const std::shared_ptr<Incoming>& incoming,
                 Expected<std::pair<pid_t, double>> restored, const ApiDone& done);
