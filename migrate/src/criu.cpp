@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -159,6 +160,57 @@ Expected<UniqueFd> ConnectPageServer(const PageServerTarget& target) {
   return Fail("cannot connect to " + where + ": " + problem);
 }
 
+// Pre-copy with TLS: `criu dump --ps-socket` skips the TLS handshake (criu 4.2, page-xfer.c), so
+// CRIU must connect to the page server itself, and we no longer hold a copy of its socket to
+// lift the cork (see Dump). We take one from CRIU with pidfd_getfd: the TCP socket among its fds
+// whose peer is the page server's port. Polls every millisecond until `finished`; gives up
+// quietly (the dump then only waits for the kernel's cork timer, as it would without this).
+void UncorkPageServerSocket(pid_t criu, std::uint16_t port, const std::atomic<bool>& finished) {
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, criu, 0)));
+  if (!pidfd.valid()) return;
+  std::set<int> looked_at;
+  UniqueFd socket;
+  const std::string fd_dir = "/proc/" + std::to_string(criu) + "/fd";
+  while (!finished.load()) {
+    if (!socket.valid()) {
+      std::error_code error;
+      for (const auto& entry : std::filesystem::directory_iterator(fd_dir, error)) {
+        const int fd = std::atoi(entry.path().filename().c_str());
+        std::error_code link_error;
+        const auto target = std::filesystem::read_symlink(entry.path(), link_error).string();
+        if (link_error || target.rfind("socket:", 0) != 0 || looked_at.contains(fd)) continue;
+        UniqueFd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
+        sockaddr_storage peer{};
+        socklen_t length = sizeof peer;
+        if (!copy.valid() ||
+            ::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &length) != 0) {
+          continue;  // not connected yet: looked at again next round
+        }
+        looked_at.insert(fd);
+        const std::uint16_t peer_port =
+            peer.ss_family == AF_INET    ? ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port)
+            : peer.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port)
+                                         : 0;
+        if (peer_port == port) {
+          socket = std::move(copy);
+          break;
+        }
+      }
+    }
+    if (socket.valid()) {
+      int corked = 0;
+      socklen_t length = sizeof corked;
+      if (::getsockopt(socket.get(), IPPROTO_TCP, TCP_CORK, &corked, &length) == 0 && corked) {
+        const int off = 0, on = 1;
+        ::setsockopt(socket.get(), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+        ::setsockopt(socket.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+        return;  // CRIU corks once, when it starts using the socket
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 std::string NamespaceOf(pid_t pid) {
   char target[64] = {};
   const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
@@ -227,6 +279,47 @@ CriuCheck CheckCriuUncached(const std::string& criu) {
   return check;
 }
 
+namespace {
+
+// Dump's pre-copy path with TLS: CRIU connects to the page server itself (--ps-socket would skip
+// TLS), run in the background so that UncorkPageServerSocket knows its pid.
+Expected<void> DumpThroughTls(std::vector<std::string> argv, const std::string& log,
+                              const DumpOptions& options) {
+  const PageServerTarget& target = *options.page_server;
+  argv.insert(argv.end(), {"--page-server", "--address", target.address, "--port",
+                           std::to_string(target.port)});
+  for (const auto& flag : CriuTlsArguments(options.tls)) argv.push_back(flag);
+  for (const auto& resource : options.external) argv.insert(argv.end(), {"--external", resource});
+  const std::string output = options.images + "/../dump.out";  // not shipped with the images
+  auto process = BackgroundProcess::Start(argv, output);
+  if (!process) return Fail("cannot start criu dump: " + process.error().message);
+  std::atomic<bool> finished{false};
+  std::jthread uncork([pid = process->pid(), port = target.port, &finished] {
+    UncorkPageServerSocket(pid, port, finished);
+  });
+  const auto code = process->Wait(options.timeout);
+  finished = true;
+  uncork.join();
+  if (!code) {
+    process->Finish(std::chrono::milliseconds(0));
+    return Fail("criu dump timed out");
+  }
+  if (*code != 0) {
+    std::ifstream file(output);
+    std::string text((std::istreambuf_iterator<char>(file)), {});
+    return Fail("criu dump failed: " + LogErrors(log, text));
+  }
+  return {};
+}
+
+}  // namespace
+
+std::vector<std::string> CriuTlsArguments(const CriuTls& tls) {
+  if (!tls.enabled()) return {};
+  return {"--tls",  "--tls-cacert", tls.ca,  "--tls-cert",
+          tls.cert, "--tls-key",    tls.key, "--tls-no-cn-verify"};
+}
+
 Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   std::error_code error;
   std::filesystem::create_directories(options.images, error);
@@ -243,6 +336,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   // then waits for the kernel's 200 ms cork timer, inside the job's freeze, on every move. So we
   // connect the socket ourselves, hand it to CRIU (--ps-socket) and lift the cork as soon as
   // CRIU has set it (it sets it once, when it starts using the socket).
+  if (options.page_server && options.tls.enabled()) return DumpThroughTls(argv, log, options);
   UniqueFd page_socket;
   if (options.page_server) {
     auto connected = ConnectPageServer(*options.page_server);
@@ -555,7 +649,8 @@ Expected<void> CheckCpuinfoUncached(const std::string& criu, const std::string& 
 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve,
-                                         const std::vector<std::string>& external) {
+                                         const std::vector<std::string>& external,
+                                         const CriuTls& tls) {
   std::vector<std::string> argv = {criu,
                                    "dump",
                                    "-t",
@@ -575,11 +670,13 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                    "9",
                                    kTcpClose};
   for (const auto& resource : external) argv.insert(argv.end(), {"--external", resource});
+  for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
 }
 
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source, int status_fd) {
+                                          const PageServerTarget& source, int status_fd,
+                                          const CriuTls& tls) {
   std::vector<std::string> argv = {criu,
                                    "lazy-pages",
                                    "--page-server",
@@ -593,6 +690,7 @@ std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::st
                                    images + "/lazy-pages.log",
                                    "-v4"};
   if (status_fd >= 0) argv.insert(argv.end(), {"--status-fd", std::to_string(status_fd)});
+  for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
 }
 
@@ -612,13 +710,15 @@ Expected<void> EnsurePipeMaxSize() {
 }
 
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
-                                           const PageServerTarget& listen) {
-  return {criu,        "page-server",
-          "-D",        images,
-          "--address", listen.address,
-          "--port",    std::to_string(listen.port),
-          "-o",        images + "/page-server.log",
-          "-v4"};
+                                           const PageServerTarget& listen, const CriuTls& tls) {
+  std::vector<std::string> argv = {criu,        "page-server",
+                                   "-D",        images,
+                                   "--address", listen.address,
+                                   "--port",    std::to_string(listen.port),
+                                   "-o",        images + "/page-server.log",
+                                   "-v4"};
+  for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
+  return argv;
 }
 
 std::vector<pid_t> NamespacePids(pid_t init_pid) {

@@ -12,6 +12,8 @@
 #include <sstream>
 #include <vector>
 
+#include "tern/migrate/remove_tree.hpp"
+
 namespace tern::migrate {
 namespace {
 
@@ -72,7 +74,7 @@ void RemoveImageTree(const std::string& dir) {
   // Never the root (every mount is under it), nor a path we cannot name as mountinfo does.
   if (error || normal.size() <= 1 || normal.front() != '/') return;
   for (const auto& point : MountsUnder(normal)) ::umount2(point.c_str(), MNT_DETACH);
-  std::filesystem::remove_all(normal, error);
+  (void)RemoveTreeNoFollow(normal);
 }
 
 }  // namespace tern::migrate

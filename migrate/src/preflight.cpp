@@ -1,16 +1,86 @@
 #include "tern/migrate/preflight.hpp"
 
+#include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 
 #include "tern/migrate/criu.hpp"
+#include "tern/migrate/safe_open.hpp"
 
 namespace tern::migrate {
 namespace fs = std::filesystem;
+
+namespace {
+
+std::string Hex(const unsigned char* bytes, unsigned length) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < length; ++i) {
+    out.push_back(digits[bytes[i] >> 4]);
+    out.push_back(digits[bytes[i] & 15]);
+  }
+  return out;
+}
+
+std::string Octal(std::uint32_t mode) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%o", mode);
+  return text;
+}
+
+}  // namespace
+
+Expected<OutsideFile> FingerprintFile(const std::string& path, std::uint64_t max_bytes) {
+  if (path.empty() || path.front() != '/') return Fail(path + " is not an absolute path");
+  auto root = OpenDirectoryNoFollow("/");
+  if (!root) return Unexpected<Error>{root.error()};
+  // Beneath "/" with no symlinks: the path /proc showed at the source is already free of them,
+  // so a symlink anywhere on it here is not the same file.
+  auto opened = OpenRegularBeneath(root->get(), path.substr(1), O_RDONLY | O_NOCTTY);
+  if (!opened) return Unexpected<Error>{Error{path + ": " + opened.error().message}};
+  if (!opened->valid()) return Fail(path + " does not exist");
+  struct stat info {};
+  if (::fstat(opened->get(), &info) != 0) return Fail("cannot stat " + path);
+  OutsideFile file;
+  file.path = path;
+  file.size = static_cast<std::uint64_t>(info.st_size);
+  file.uid = info.st_uid;
+  file.gid = info.st_gid;
+  file.mode = info.st_mode;
+  if (file.size > max_bytes) {
+    return Fail(path + " is " + std::to_string(file.size >> 20) + " MiB, more than the " +
+                std::to_string(max_bytes >> 20) + " MiB the pre-flight can compare");
+  }
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> digest(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!digest || EVP_DigestInit_ex(digest.get(), EVP_sha256(), nullptr) != 1) {
+    return Fail("cannot hash " + path + ": no SHA-256");
+  }
+  std::uint64_t total = 0;
+  std::string buffer(1 << 16, '\0');
+  for (;;) {
+    const ssize_t n = ::read(opened->get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Fail("cannot read " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    total += static_cast<std::uint64_t>(n);
+    if (total > max_bytes) return Fail(path + " grew while it was read");
+    EVP_DigestUpdate(digest.get(), buffer.data(), static_cast<size_t>(n));
+  }
+  if (total != file.size) return Fail(path + " changed size while it was read");
+  unsigned char sum[EVP_MAX_MD_SIZE];
+  unsigned length = 0;
+  EVP_DigestFinal_ex(digest.get(), sum, &length);
+  file.sha256 = Hex(sum, length);
+  return file;
+}
 
 OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_dir) {
   if (target.rfind("socket:", 0) == 0) return OpenFileKind::kSocket;
@@ -83,12 +153,12 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
           break;
         case OpenFileKind::kOutsideJob:
           if (seen.insert(target).second) {
-            struct stat info {};
-            if (::stat(target.c_str(), &info) == 0) {
-              scan.outside.push_back({target, static_cast<std::uint64_t>(info.st_size),
-                                      static_cast<std::int64_t>(info.st_mtime)});
+            auto file = FingerprintFile(target);
+            if (file) {
+              scan.outside.push_back(std::move(*file));
             } else {
-              scan.blockers.push_back(where + " is " + target + ", which no longer exists");
+              scan.blockers.push_back(where + " is outside the job directory and cannot be " +
+                                      "compared with the destination's: " + file.error().message);
             }
           }
           break;
@@ -105,18 +175,38 @@ std::vector<std::string> CompareFiles(const std::vector<OutsideFile>& files,
                                       const std::string& node_name) {
   std::vector<std::string> problems;
   for (const auto& file : files) {
-    struct stat info {};
-    if (::stat(file.path.c_str(), &info) != 0) {
-      problems.push_back("the job holds " + file.path + " open, and " + node_name +
-                         " has no such file");
+    const std::string held = "the job holds " + file.path + " open, and ";
+    if (file.sha256.empty()) {
+      problems.push_back(held + "the source sent no content hash to compare " + node_name +
+                         "'s copy with");
       continue;
     }
-    if (static_cast<std::uint64_t>(info.st_size) != file.size ||
-        static_cast<std::int64_t>(info.st_mtime) != file.mtime) {
-      problems.push_back("the job holds " + file.path + " open, and " + node_name +
-                         "'s copy differs (size " + std::to_string(info.st_size) + " vs " +
-                         std::to_string(file.size) + ")");
+    auto here = FingerprintFile(file.path);
+    if (!here) {
+      problems.push_back(held + "on " + node_name +
+                         " it cannot be compared: " + here.error().message);
+      continue;
     }
+    std::vector<std::string> differences;
+    if ((here->mode & S_IFMT) != (file.mode & S_IFMT)) differences.push_back("file type");
+    if (here->uid != file.uid || here->gid != file.gid) {
+      differences.push_back("owner " + std::to_string(here->uid) + ":" + std::to_string(here->gid) +
+                            " vs " + std::to_string(file.uid) + ":" + std::to_string(file.gid));
+    }
+    if ((here->mode & 07777) != (file.mode & 07777)) {
+      differences.push_back("mode " + Octal(here->mode & 07777) + " vs " +
+                            Octal(file.mode & 07777));
+    }
+    if (here->size != file.size) {
+      differences.push_back("size " + std::to_string(here->size) + " vs " +
+                            std::to_string(file.size));
+    } else if (here->sha256 != file.sha256) {
+      differences.push_back("content (SHA-256)");
+    }
+    if (differences.empty()) continue;
+    std::string text;
+    for (const auto& difference : differences) text += (text.empty() ? "" : ", ") + difference;
+    problems.push_back(held + node_name + "'s copy differs: " + text);
   }
   return problems;
 }

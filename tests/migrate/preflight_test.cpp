@@ -1,5 +1,6 @@
 #include "tern/migrate/preflight.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
@@ -29,23 +30,126 @@ TEST(PreflightTest, ClassifiesWhatAJobHoldsOpen) {
   EXPECT_EQ(ClassifyOpenFile("/etc/hosts", dir), OpenFileKind::kOutsideJob);
 }
 
+// A scratch directory with no symlink on its path (temp_directory_path may have one).
+class ScratchDir {
+ public:
+  ScratchDir() {
+    path_ = std::filesystem::canonical(std::filesystem::temp_directory_path()).string() +
+            "/tern-pf-" + std::to_string(getpid());
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 TEST(PreflightTest, ComparesFilesAtTheDestination) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("tern-pf-" + std::to_string(getpid()))).string();
+  ScratchDir scratch;
+  const std::string path = scratch.path() + "/data";
   std::ofstream(path) << "12345";
-  struct stat info {};
-  ASSERT_EQ(::stat(path.c_str(), &info), 0);
-  OutsideFile same{path, 5, static_cast<std::int64_t>(info.st_mtime)};
-  EXPECT_TRUE(CompareFiles({same}, "node2").empty());
-  OutsideFile bigger{path, 6, same.mtime};
+  auto source = FingerprintFile(path);
+  ASSERT_TRUE(source) << source.error().message;
+  EXPECT_EQ(source->size, 5u);
+  EXPECT_EQ(source->sha256, "5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5");
+  EXPECT_TRUE(CompareFiles({*source}, "node2").empty());
+
+  OutsideFile bigger = *source;
+  bigger.size = 6;
   auto problems = CompareFiles({bigger}, "node2");
   ASSERT_EQ(problems.size(), 1u);
-  EXPECT_NE(problems[0].find("differs"), std::string::npos);
-  OutsideFile missing{path + ".gone", 1, 0};
+  EXPECT_NE(problems[0].find("differs: size"), std::string::npos) << problems[0];
+
+  OutsideFile missing = *source;
+  missing.path = path + ".gone";
   problems = CompareFiles({missing}, "node2");
   ASSERT_EQ(problems.size(), 1u);
-  EXPECT_NE(problems[0].find("no such file"), std::string::npos);
-  std::filesystem::remove(path);
+  EXPECT_NE(problems[0].find("does not exist"), std::string::npos) << problems[0];
+
+  OutsideFile unhashed = *source;
+  unhashed.sha256.clear();  // an older source sends size and mtime only
+  problems = CompareFiles({unhashed}, "node2");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("no content hash"), std::string::npos) << problems[0];
+}
+
+// Same size, same mtime, different bytes: the old size+mtime check let this pass.
+TEST(PreflightTest, SameSizeAndMtimeButOtherContentIsRefused) {
+  ScratchDir scratch;
+  const std::string path = scratch.path() + "/data";
+  std::ofstream(path) << "secret-A";
+  auto source = FingerprintFile(path);
+  ASSERT_TRUE(source) << source.error().message;
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  std::ofstream(path, std::ios::trunc) << "secret-B";
+  const timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto problems = CompareFiles({*source}, "node2");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("content (SHA-256)"), std::string::npos) << problems[0];
+}
+
+// A user's symlink at the path (to a file with the very content expected) is not followed:
+// CRIU, as root, would open what it points to.
+TEST(PreflightTest, ASymlinkAtTheDestinationIsRefused) {
+  ScratchDir scratch;
+  const std::string real = scratch.path() + "/real";
+  const std::string path = scratch.path() + "/data";
+  std::ofstream(path) << "same";
+  auto source = FingerprintFile(path);
+  ASSERT_TRUE(source) << source.error().message;
+  std::filesystem::rename(path, real);
+  std::filesystem::create_symlink(real, path);
+  auto problems = CompareFiles({*source}, "node2");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("cannot be compared"), std::string::npos) << problems[0];
+  EXPECT_NE(problems[0].find("symbolic link"), std::string::npos) << problems[0];
+  // A symlink on a directory of the path counts as much as one at its end.
+  const std::string linked_dir = scratch.path() + "/via";
+  std::filesystem::create_directory_symlink(scratch.path(), linked_dir);
+  OutsideFile through = *source;
+  through.path = linked_dir + "/real";
+  EXPECT_FALSE(FingerprintFile(through.path));
+}
+
+TEST(PreflightTest, OwnerAndModeMustMatch) {
+  ScratchDir scratch;
+  const std::string path = scratch.path() + "/data";
+  std::ofstream(path) << "same";
+  ::chmod(path.c_str(), 0644);
+  auto source = FingerprintFile(path);
+  ASSERT_TRUE(source) << source.error().message;
+  OutsideFile other_owner = *source;
+  other_owner.uid += 1;
+  auto problems = CompareFiles({other_owner}, "node2");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("owner"), std::string::npos) << problems[0];
+  ::chmod(path.c_str(), 0666);
+  problems = CompareFiles({*source}, "node2");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("mode 666 vs 644"), std::string::npos) << problems[0];
+}
+
+// A FIFO is refused at once, not read (which would block the pre-flight forever).
+TEST(PreflightTest, AFifoIsRefusedWithoutBlocking) {
+  ScratchDir scratch;
+  const std::string path = scratch.path() + "/fifo";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  auto file = FingerprintFile(path);
+  ASSERT_FALSE(file);
+  EXPECT_NE(file.error().message.find("not a regular file"), std::string::npos)
+      << file.error().message;
+}
+
+TEST(PreflightTest, AFileTooBigToHashIsRefused) {
+  ScratchDir scratch;
+  const std::string path = scratch.path() + "/big";
+  std::ofstream(path) << std::string(4096, 'x');
+  auto file = FingerprintFile(path, 1024);
+  ASSERT_FALSE(file);
+  EXPECT_NE(file.error().message.find("more than"), std::string::npos) << file.error().message;
 }
 
 TEST(PreflightTest, ScanOfAVanishedJobSaysSo) {

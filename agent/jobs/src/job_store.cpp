@@ -31,6 +31,15 @@ Expected<void> WriteFileAtomically(const std::string& path, const std::string& c
   if (::rename(temporary.c_str(), path.c_str()) != 0) {
     return Fail("cannot rename " + temporary + ": " + std::strerror(errno));
   }
+  // The rename is durable only once the directory that holds the name is: without this a crash
+  // can bring back the old file (or none) after the caller went on as if the new one were there.
+  const auto slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd.valid() || ::fsync(dir_fd.get()) != 0) {
+    return Fail("cannot sync the directory " + dir + ": " + std::strerror(errno));
+  }
   return {};
 }
 

@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 #include <tern/migrate/criu.hpp>
+#include <tern/migrate/remove_tree.hpp>
 #include <tern/migrate/subprocess.hpp>
 
 #include "tern/jobs/job_file.hpp"
@@ -364,7 +365,13 @@ Expected<JobRecord> JobSupervisor::Release(const std::string& id, bool remove_di
   jobs_.erase(found);
   std::error_code ignored;
   std::filesystem::remove(options_.state_dir + "/records/" + id + ".json", ignored);
-  if (remove_dir) std::filesystem::remove_all(record.dir, ignored);
+  if (remove_dir) {
+    // The job's user owns what is in it and may have planted symlinks to /etc: the walk goes
+    // through directory fds and removes links as links.
+    if (auto removed = migrate::RemoveTreeNoFollow(record.dir); !removed) {
+      spdlog::warn("job {}: {}", id, removed.error().message);
+    }
+  }
   return record;
 }
 

@@ -40,6 +40,26 @@ struct PageServerTarget {
   std::uint16_t port = 0;
 };
 
+// CRIU's page-server connections inside mutual TLS, with the cluster's certificates (`criu
+// --tls --tls-cacert --tls-cert --tls-key`, gnutls inside CRIU). Both ends require a certificate
+// signed by `ca`: the serving end (pre-copy's `criu page-server`, post-copy's `criu dump
+// --lazy-pages`) drops a connection without one before it reads or sends a page, and the
+// connecting end (pre-copy's `criu dump`, post-copy's `criu lazy-pages`) refuses a server
+// without one. Names are not checked (--tls-no-cn-verify): CRIU compares the peer's
+// certificate with its own --address on both ends, so the serving end would demand its own IP
+// address in the client's certificate, and node certificates name nodes, not addresses. Every
+// node's key is root's, and root on each node is trusted (docs/security.md). The key is read by
+// CRIU, which runs as root. An empty `ca` leaves TLS off.
+struct CriuTls {
+  std::string ca;
+  std::string cert;
+  std::string key;
+  bool enabled() const { return !ca.empty(); }
+};
+
+// The flags that put one criu command's page-server connection inside `tls`; none when off.
+std::vector<std::string> CriuTlsArguments(const CriuTls& tls);
+
 struct DumpOptions {
   pid_t pid = 0;              // host pid of the job's init
   std::string images;         // directory for the images (created)
@@ -47,6 +67,7 @@ struct DumpOptions {
   // Pre-copy: pages stream to the destination's page server over a connection made here.
   std::optional<PageServerTarget> page_server;
   std::vector<std::string> external;  // --external, e.g. "unix[INODE]"
+  CriuTls tls;                        // the page-server connection inside TLS
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
 
@@ -77,11 +98,13 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
 // memory on `serve` until the destination has pulled all of it.
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve,
-                                         const std::vector<std::string>& external = {});
+                                         const std::vector<std::string>& external = {},
+                                         const CriuTls& tls = {});
 // Destination side of post-copy: the daemon that fetches pages from the source on demand. With
 // a status fd it writes one byte there once its socket for `criu restore` listens.
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source, int status_fd = -1);
+                                          const PageServerTarget& source, int status_fd = -1,
+                                          const CriuTls& tls = {});
 
 // A criu command started before its images exist, so that its start-up — loading criu and its
 // kernel-feature cache, 20-30 ms on these machines — happens before the job's freeze instead
@@ -123,7 +146,7 @@ Expected<void> EnsurePipeMaxSize();
 
 // Destination side of pre-copy: `criu page-server` writing the pages into `images`.
 std::vector<std::string> PageServerCommand(const std::string& criu, const std::string& images,
-                                           const PageServerTarget& listen);
+                                           const PageServerTarget& listen, const CriuTls& tls = {});
 
 // CPU compatibility (`criu cpuinfo`): the source's CPU description as bytes, and whether this
 // machine can run a job dumped there (an empty Error-free result means yes). The description

@@ -5,6 +5,15 @@
 // Classification of what a process holds open is a pure function (ClassifyOpenFile) so that
 // the rules are testable without /proc.
 //
+// A file the job holds open outside its directory is reopened by path by CRIU, as root, on the
+// destination. So the destination must hold the very same file there: it is opened without
+// following any symlink on its path (a user's symlink to /etc/shadow is refused, not read), must
+// be a regular file (a FIFO is refused, never read), and must match the source's copy in owner,
+// mode, size and content. Content is compared by SHA-256 of the whole file, read through the fd
+// that was checked: size and mtime prove nothing (a user sets mtime with touch -d, and honest
+// copies on two nodes differ in mtime). Files over kMaxComparedBytes are refused rather than
+// hashed for seconds: what cannot be proved equal does not move. Each refusal says why.
+//
 // Thread-safety: reentrant.
 #pragma once
 
@@ -13,15 +22,29 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <tern/expected.hpp>
 #include <vector>
 
 namespace tern::migrate {
 
+// What the pre-flight knows of a file outside the job directory: enough to prove that another
+// node's file at `path` is the same.
 struct OutsideFile {
   std::string path;
   std::uint64_t size = 0;
-  std::int64_t mtime = 0;  // seconds
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::uint32_t mode = 0;  // st_mode: type and permission bits
+  std::string sha256;      // of the whole content, lowercase hex
 };
+
+// The largest outside file the pre-flight hashes (SHA-256 reads ~0.5-1 GB/s here).
+constexpr std::uint64_t kMaxComparedBytes = 256ull << 20;
+
+// Opens `path` (absolute) without following any symlink on it, non-blocking, as a regular file,
+// and fingerprints it; refused with why (a symlink, a FIFO, missing, too big, changed while read).
+Expected<OutsideFile> FingerprintFile(const std::string& path,
+                                      std::uint64_t max_bytes = kMaxComparedBytes);
 
 struct JobScan {
   std::vector<std::string> blockers;  // reasons the job cannot move
@@ -49,7 +72,8 @@ std::string JobChannelSocket(pid_t init_pid);
 // "unix[INODE]" for criu dump --external, from "socket:[INODE]".
 std::string ExternalUnixSocket(const std::string& channel);
 
-// At the destination: the files the job holds outside its directory must be there and alike.
+// At the destination: the files the job holds outside its directory must be there and the same
+// (FingerprintFile here equal to the source's); one line per file that is not.
 std::vector<std::string> CompareFiles(const std::vector<OutsideFile>& files,
                                       const std::string& node_name);
 

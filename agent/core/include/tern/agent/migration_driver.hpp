@@ -30,6 +30,7 @@
 #include <string>
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
+#include <tern/migrate/criu.hpp>
 #include <utility>
 
 #include "tern/agent/api_call.hpp"
@@ -115,6 +116,14 @@ class MigrationDriver {
                                                           const std::string& images_archive,
                                                           const std::string& dir_archive);
   static Expected<void> UnpackJobDir(const Incoming& incoming, const std::string& dir_archive);
+  // Records the copy `criu restore` made (pid, start time, a pidfd; restored.json on disk).
+  void NoteRestored(Incoming& incoming, pid_t pid);
+  // CRIU's page-server connections go inside TLS with this node's certificates ([tls]).
+  migrate::CriuTls PageServerTls() const;
+  // The same for post-copy's lazy page server (source) and `criu lazy-pages` (destination).
+  migrate::CriuTls PostCopyTls() const;
+  // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
+  std::string PageServerTlsProblem() const;
   // Answers the source's restore call once the restore has ended (io thread).
   void Restored(const std::shared_ptr<Incoming>& incoming,
                 Expected<std::pair<pid_t, double>> restored, const ApiDone& done);

@@ -35,7 +35,8 @@ class JobStore {
   std::string node_name_;
 };
 
-// Writes `content` to `path` atomically (temporary file, fsync, rename).
+// Writes `content` to `path` atomically and durably: a temporary file beside it, fsync, rename,
+// fsync of the directory. Once it returns, a crash leaves the new content; before, the old.
 Expected<void> WriteFileAtomically(const std::string& path, const std::string& content);
 
 }  // namespace tern::jobs
