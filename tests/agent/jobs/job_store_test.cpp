@@ -29,7 +29,7 @@ mode_t ModeOf(const fs::path& path) {
   return info.st_mode & 07777;
 }
 
-class JobStoreTest : public ::testing::Test {
+class AtomicFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
@@ -52,7 +52,7 @@ class JobStoreTest : public ::testing::Test {
   fs::path dir_;
 };
 
-TEST_F(JobStoreTest, WriteFileAtomicallyReplacesTheFilePrivatelyAndLeavesNoTemporary) {
+TEST_F(AtomicFileTest, WriteFileAtomicallyReplacesTheFilePrivatelyAndLeavesNoTemporary) {
   const fs::path path = dir_ / "record.json";
   ASSERT_TRUE(WriteFileAtomically(path.string(), "first\n"));
   ASSERT_TRUE(WriteFileAtomically(path.string(), "second\n"));
@@ -63,7 +63,7 @@ TEST_F(JobStoreTest, WriteFileAtomicallyReplacesTheFilePrivatelyAndLeavesNoTempo
   EXPECT_EQ(ModeOf(path), 0644u);
 }
 
-TEST_F(JobStoreTest, WriteFileAtomicallyIsNotRedirectedOrBlockedByWhatSitsAtATemporaryName) {
+TEST_F(AtomicFileTest, WriteFileAtomicallyIsNotRedirectedOrBlockedByWhatSitsAtATemporaryName) {
   // The old helper wrote through "<path>.tmp": a symlink there redirected root's write, a
   // directory there made every later save fail.
   const fs::path victim = dir_ / "victim";
@@ -79,7 +79,7 @@ TEST_F(JobStoreTest, WriteFileAtomicallyIsNotRedirectedOrBlockedByWhatSitsAtATem
   EXPECT_EQ(ReadFile(path), "newer");
 }
 
-TEST_F(JobStoreTest, WriteFileAtomicallyFailsClearlyAndLeavesTheOldContent) {
+TEST_F(AtomicFileTest, WriteFileAtomicallyFailsClearlyAndLeavesTheOldContent) {
   const fs::path path = dir_ / "kept";
   ASSERT_TRUE(WriteFileAtomically(path.string(), "old"));
   // A directory where the file should go: the rename fails, the temporary file is removed.
@@ -94,7 +94,7 @@ TEST_F(JobStoreTest, WriteFileAtomicallyFailsClearlyAndLeavesTheOldContent) {
   EXPECT_EQ(ReadFile(path), "old");
 }
 
-TEST_F(JobStoreTest, RecordsArePrivateEvenInADirectoryAnOlderAgentMadeOpen) {
+TEST_F(AtomicFileTest, RecordsArePrivateEvenInADirectoryAnOlderAgentMadeOpen) {
   fs::create_directories(dir_ / "records");
   ::chmod((dir_ / "records").c_str(), 0755);
   JobStore store(dir_.string(), (dir_ / "jobs").string(), "n1");
