@@ -28,23 +28,33 @@ std::string EncodeFrame(FrameType type, std::string_view payload) {
 
 Expected<void> FrameDecoder::Feed(std::string_view bytes) {
   if (broken_) return Fail(broken_reason_);
-  if (direct_) {
-    const std::size_t take = std::min(bytes.size(), direct_->payload.size() - direct_->filled);
-    std::memcpy(direct_->payload.data() + direct_->filled, bytes.data(), take);
+  while (direct_ && !bytes.empty()) {
+    const std::span<char> space = DirectSpace();
+    const std::size_t take = std::min(bytes.size(), space.size());
+    std::memcpy(space.data(), bytes.data(), take);
     bytes.remove_prefix(take);
-    if (auto done = Commit(take); !done || bytes.empty()) return done;
+    if (auto done = Commit(take); !done) return done;
   }
+  if (bytes.empty()) return {};
   buffer_.append(bytes);
   return Split();
 }
 
-std::span<char> FrameDecoder::Prepare() {
-  if (direct_) {
-    return {direct_->payload.data() + direct_->filled, direct_->payload.size() - direct_->filled};
+std::span<char> FrameDecoder::DirectSpace() {
+  Direct& d = *direct_;
+  if (d.filled == d.payload.size()) {
+    // The payload grows with what arrived (doubling, so each byte is moved a bounded number of
+    // times), never to the declared length ahead of the bytes: a header is no reason to
+    // allocate.
+    d.payload.resize(std::min<std::size_t>(d.length, std::max(2 * d.filled, kDirectPayload)));
   }
+  return {d.payload.data() + d.filled, d.payload.size() - d.filled};
+}
+
+std::span<char> FrameDecoder::Prepare() {
+  if (direct_) return DirectSpace();
   // A fixed staging area, not buffer_'s tail: growing a string zero-fills it, which would cost
   // more than copying the few bytes a small read brings.
-  constexpr std::size_t kReadSize = 64 * 1024;
   if (!staging_) staging_ = std::make_unique_for_overwrite<char[]>(kReadSize);
   return {staging_.get(), kReadSize};
 }
@@ -56,7 +66,7 @@ Expected<void> FrameDecoder::Commit(std::size_t received) {
     return Split();
   }
   direct_->filled += received;
-  if (direct_->filled == direct_->payload.size()) {
+  if (direct_->filled == direct_->length) {
     ready_.push_back(Frame{direct_->type, std::move(direct_->payload)});
     direct_.reset();
   }
@@ -88,8 +98,9 @@ Expected<void> FrameDecoder::Split() {
     if (available < length) {
       if (length >= kDirectPayload) {
         // The rest of this frame goes straight into its payload; nothing follows it in buffer_.
-        direct_.emplace(Direct{type, std::string(length, '\0'), available});
-        std::memcpy(direct_->payload.data(), buffer_.data() + offset + kFrameHeaderSize, available);
+        // It starts with what arrived of it; Prepare/Feed grow it as more does.
+        direct_.emplace(
+            Direct{type, length, buffer_.substr(offset + kFrameHeaderSize, available), available});
         offset = buffer_.size();
       }
       break;
@@ -108,12 +119,17 @@ std::size_t FrameDecoder::buffered() const {
 std::string FrameDecoder::TakeBuffered() {
   std::string bytes;
   if (direct_) {
-    AppendFrameHeader(bytes, direct_->type, static_cast<std::uint32_t>(direct_->payload.size()));
+    AppendFrameHeader(bytes, direct_->type, direct_->length);
     bytes.append(direct_->payload, 0, direct_->filled);
     direct_.reset();
   }
   bytes += std::exchange(buffer_, {});
   return bytes;
+}
+
+std::size_t FrameDecoder::allocated() const {
+  return buffer_.capacity() + (direct_ ? direct_->payload.capacity() : 0) +
+         (staging_ ? kReadSize : 0);
 }
 
 std::optional<Frame> FrameDecoder::Next() {

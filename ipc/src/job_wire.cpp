@@ -31,6 +31,8 @@ std::string_view JobStatusName(JobStatus status) {
       return "cancelled";
     case JobStatus::kExists:
       return "exists";
+    case JobStatus::kOverQuota:
+      return "over_quota";
   }
   return "unknown";
 }
@@ -136,7 +138,8 @@ std::optional<Message> WireReader::ReadMessage() {
   message.reply = header->reply;
   message.reply_disposition = header->reply_disposition;
   message.id = header->id;
-  message.items.reserve(header->item_count);
+  // Each item takes at least 5 bytes on the wire: the count reserves no more than could follow.
+  message.items.reserve(std::min<std::size_t>(header->item_count, remaining() / 5));
   for (std::uint32_t i = 0; i < header->item_count; ++i) {
     auto kind = U8();
     if (!kind || *kind < 1 || *kind > 5) return std::nullopt;

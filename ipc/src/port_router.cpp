@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <random>
@@ -43,10 +44,34 @@ struct DeadNameRequest {
 // A queued message, or a run of data-only messages of one train (taken a few at a time).
 using Queued = std::variant<TransitMessage, TrainRun>;
 
+// The job whose send put bytes into this home's custody (node, job on it); empty for the
+// agent's own notifications, which are not charged.
+using Sender = std::pair<std::uint64_t, std::string>;
+
+// What a queued message costs its sender's quota: its data and a fixed share for the
+// bookkeeping, so that empty messages are not free.
+constexpr std::uint64_t kMessageOverhead = 256;
+
+std::uint64_t Cost(const TransitMessage& message) {
+  std::uint64_t bytes = kMessageOverhead;
+  for (const TransitItem& item : message.items) bytes += item.bytes.size();
+  return bytes;
+}
+std::uint64_t Cost(const TrainRun& run) { return run.bytes.size() + run.count * kMessageOverhead; }
+std::uint64_t Cost(const Envelope& e) {
+  if (e.kind == Remote::kEnqueueBatch) return Cost(e.batch);
+  return e.message ? Cost(*e.message) : 0;
+}
+
+struct QueuedEntry {
+  Queued item;
+  Sender sender;  // charged for it
+};
+
 struct Port {
   Holder holder;
   std::uint32_t limit = kDefaultQueueLimit;
-  std::deque<Queued> queue;
+  std::deque<QueuedEntry> queue;
   std::uint32_t queued = 0;  // messages in `queue` (a run counts each of its messages)
   std::deque<Waiter> waiters;
   std::deque<BlockedSender> blocked;
@@ -97,6 +122,7 @@ struct OpState {  // a link operation, on the job's side
 };
 
 struct JobState {
+  std::optional<std::uint32_t> uid;  // the job's user, when the agent said (names' owners)
   std::map<std::uint32_t, Entry> names;
   // IPC affinity: bytes sent to each destination port since the last TakeTraffic (one map node
   // per port, made on its first message).
@@ -136,8 +162,29 @@ enum class TicketKind {
   kNameRegister,
   kNameLookupDelta,
   kNameQuery,
+  kNameRegisterCheck,
   kRegionFetch,
 };
+
+// A name looked up, or checked before it is registered, across the nodes: the answers due and
+// the best one so far (docs/ipc.md "Names": the caller's own user's, then root's, then any).
+struct NameSearch {
+  int remaining = 0;
+  ObjectId best;
+  int rank = 3;           // of `best`; 3: none
+  bool conflict = false;  // a register check: another user holds the name
+  std::uint64_t conflict_node = 0;
+};
+
+constexpr std::uint32_t kRootUid = 0;
+
+// How well a registration owned by `owner` answers a lookup by `caller`: 0 the caller's own
+// user, 1 root, 2 another user. An unknown uid is its own user (a job the agent did not name).
+int OwnerRank(std::optional<std::uint32_t> caller, std::optional<std::uint32_t> owner) {
+  if (caller == owner) return 0;
+  if (owner == kRootUid) return 1;
+  return 2;
+}
 
 struct Delivery;  // a received message being made ready for its job
 
@@ -151,11 +198,18 @@ struct Ticket {
   std::string text;
   std::shared_ptr<JobState::PendingSend> send;
   std::shared_ptr<Delivery> delivery;
-  std::shared_ptr<int> remaining;  // kNameQuery: answers still due; kLinkCancel: cancels due
-  std::shared_ptr<bool> matched;   // kLinkCancel of an "any" op
+  std::shared_ptr<int> remaining;      // kLinkCancel: cancels due
+  std::shared_ptr<NameSearch> search;  // kNameQuery, kNameRegisterCheck
+  std::shared_ptr<bool> matched;       // kLinkCancel of an "any" op
   std::uint32_t handle = 0;
-  bool many = false;  // kReceive for a receive_many: the reply carries a count
+  bool many = false;         // kReceive for a receive_many: the reply carries a count
+  ObjectId copy;             // kRegionFetch: the local copy being filled (once the size is known)
+  std::uint64_t offset = 0;  // kRegionFetch: of the chunk asked for
 };
+
+// A region's copy to another node travels in chunks of this size, each asked for in turn: no
+// side ever holds more than one chunk of it outside the region's memory.
+constexpr std::uint64_t kRegionChunk = 4u << 20;
 
 struct Delivery {
   std::string job;
@@ -207,6 +261,9 @@ struct PortRouter::State {
   std::map<std::uint64_t, Port> ports;                   // by serial: homed here
   std::map<std::uint64_t, std::shared_ptr<Link>> links;  // by end serial
   std::map<std::uint64_t, Region> regions;
+  IpcLimits limits;
+  // Bytes each sender has waiting at this home (queued, or blocked on a full queue).
+  std::map<Sender, std::uint64_t> charged;
   std::map<std::string, JobState> jobs;
   std::map<std::uint64_t, Ticket> tickets;
   std::map<std::uint64_t, TimerInfo> timers;
@@ -233,8 +290,41 @@ struct PortRouter::State {
 
   // Tickets start at a random point: a moving job takes its waiting tickets along, and they
   // must not collide with the new node's own.
-  State(std::uint64_t node, RegionStore& regions_store) : self(node), store(regions_store) {
+  State(std::uint64_t node, RegionStore& regions_store, IpcLimits ipc_limits)
+      : self(node), store(regions_store), limits(ipc_limits) {
     next_ticket = RandomTicketBase();
+  }
+
+  // ---- quotas (IpcLimits) ------------------------------------------------------------------
+  static Sender SenderOf(const Envelope& e) {
+    if (!e.ticket || e.job.empty()) return {};
+    return {e.origin, e.job};
+  }
+  bool Fits(const Sender& sender, std::uint64_t cost) const {
+    if (sender.second.empty()) return true;
+    auto it = charged.find(sender);
+    const std::uint64_t now = it == charged.end() ? 0 : it->second;
+    return now + cost <= limits.max_queued_bytes_per_job;
+  }
+  void Charge(const Sender& sender, std::uint64_t cost) {
+    if (!sender.second.empty() && cost > 0) charged[sender] += cost;
+  }
+  void Uncharge(const Sender& sender, std::uint64_t cost) {
+    if (sender.second.empty() || cost == 0) return;
+    auto it = charged.find(sender);
+    if (it == charged.end()) return;
+    it->second -= std::min(it->second, cost);
+    if (it->second == 0) charged.erase(it);
+  }
+  void OverQuota(const Envelope& e) {
+    auto it = charged.find(SenderOf(e));
+    EnqueueResult(
+        e, JobStatus::kOverQuota,
+        "over the job's IPC quota: " + std::to_string(it == charged.end() ? 0 : it->second) +
+            " bytes of its messages wait in queues on node " + std::to_string(self) +
+            ", and this send needs " + std::to_string(Cost(e)) + " more of the " +
+            std::to_string(limits.max_queued_bytes_per_job) +
+            " allowed ([ipc] max_queued_bytes_per_job)");
   }
 
   // ---- plumbing -------------------------------------------------------------------------
@@ -410,6 +500,20 @@ struct PortRouter::State {
       case JobOp::kPortAllocate: {
         auto limit = in.U32();
         if (!limit) return bad("port_allocate: missing queue limit");
+        if (*limit > limits.max_queue_limit) {
+          return Error(job_name, request.id, JobStatus::kOverQuota,
+                       "port_allocate: a queue limit of " + std::to_string(*limit) +
+                           " messages is over this node's cap of " +
+                           std::to_string(limits.max_queue_limit) + " ([ipc] max_queue_limit)");
+        }
+        const auto receive_rights = std::ranges::count_if(
+            job.names, [](const auto& n) { return n.second.type == RightType::kReceive; });
+        if (static_cast<std::uint64_t>(receive_rights) >= limits.max_ports_per_job) {
+          return Error(job_name, request.id, JobStatus::kOverQuota,
+                       "port_allocate: the job holds " + std::to_string(receive_rights) +
+                           " receive rights, the most this node allows ([ipc] "
+                           "max_ports_per_job)");
+        }
         const ObjectId id = NewObject();
         Port& port = ports[id.serial];
         port.holder = Holder{self, job_name};
@@ -555,9 +659,8 @@ struct PortRouter::State {
         if (!entry || (entry->type != RightType::kSend && entry->type != RightType::kReceive)) {
           return invalid(*name, "a send or receive right");
         }
-        if (names.contains(*text)) {
-          return Error(job_name, request.id, JobStatus::kExists,
-                       "the name \"" + *text + "\" is registered already");
+        if (auto taken = names.find(*text); taken != names.end()) {
+          return Error(job_name, request.id, JobStatus::kExists, TakenWhy(job, *text, taken));
         }
         const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameRegister,
                                                       .node = entry->id.home,
@@ -587,20 +690,28 @@ struct PortRouter::State {
       case JobOp::kNameLookup: {
         auto text = in.Bytes();
         if (!text) return bad("name_lookup: needs a name");
-        auto it = names.find(*text);
-        if (it != names.end()) return LookupFound(job_name, request.id, *text, it->second.first);
+        // The caller's own user's registration wins, then root's, then another user's: a
+        // name another user registered on some node does not capture this user's calls.
+        auto search = std::make_shared<NameSearch>();
+        if (auto it = names.find(*text); it != names.end()) {
+          search->best = it->second.first;
+          search->rank = OwnerRank(job.uid, OwnerOf(it->second.second));
+          if (search->rank == 0 || peers.empty()) {
+            return LookupFound(job_name, request.id, *text, search->best);
+          }
+        }
         if (peers.empty()) {
           return Error(job_name, request.id, JobStatus::kNotFound,
                        "no port is registered as \"" + *text + "\"");
         }
-        auto remaining = std::make_shared<int>(static_cast<int>(peers.size()));
+        search->remaining = static_cast<int>(peers.size());
         for (std::uint64_t peer : peers) {
           const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameQuery,
                                                         .node = peer,
                                                         .job = job_name,
                                                         .request = request.id,
                                                         .text = *text,
-                                                        .remaining = remaining});
+                                                        .search = search});
           Post(peer,
                Envelope{
                    .kind = Remote::kNameQuery, .ticket = ticket, .job = job_name, .text = *text});
@@ -738,8 +849,13 @@ struct PortRouter::State {
       }
       case JobOp::kRegionCreate: {
         auto size = in.U64();
-        if (!size || *size == 0 || *size > (std::uint64_t{64} << 30)) {
-          return bad("region_create: size must be 1 byte to 64 GiB");
+        if (!size || *size == 0) return bad("region_create: size must be at least 1 byte");
+        if (*size > limits.max_region_bytes) {
+          return Error(job_name, request.id, JobStatus::kOverQuota,
+                       "region_create: " + std::to_string(*size) +
+                           " bytes is over this node's cap of " +
+                           std::to_string(limits.max_region_bytes) +
+                           " bytes a region ([ipc] max_region_bytes)");
         }
         const ObjectId id = NewObject();
         if (!store.Create(id, *size)) {
@@ -785,16 +901,20 @@ struct PortRouter::State {
     out.U32(0);  // the count, filled in below
     std::uint32_t count = 0;
     while (count < max && !queue.empty() && out.size() < kMaxBatchBytes) {
-      if (auto* run = std::get_if<TrainRun>(&queue.front())) {
+      QueuedEntry& front = queue.front();
+      if (auto* run = std::get_if<TrainRun>(&front.item)) {
         const std::uint32_t n = std::min(max - count, run->count);
+        const std::uint64_t before = Cost(*run);
         router::WriteRun(out, *run, n, name);
+        Uncharge(front.sender, before - Cost(*run));
         count += n;
         port->second.queued -= n;
         if (run->empty()) queue.pop_front();
         continue;
       }
-      auto& message = std::get<TransitMessage>(queue.front());
+      auto& message = std::get<TransitMessage>(front.item);
       if (NeedsFetch(message)) break;
+      Uncharge(front.sender, Cost(message));
       if (!WriteDataOnly(out, message, name)) {
         out.WriteMessage(Convert(job, job_name, message, name, {}));
       }
@@ -862,6 +982,25 @@ struct PortRouter::State {
                                   .job = job_name,
                                   .object = entry->id,
                                   .a = timeout});
+  }
+
+  // The uid of the job that registered a name here (nullopt: unknown to this agent).
+  std::optional<std::uint32_t> OwnerOf(const std::string& registrant) const {
+    auto it = jobs.find(registrant);
+    return it == jobs.end() ? std::nullopt : it->second.uid;
+  }
+
+  static std::string UidText(std::optional<std::uint32_t> uid) {
+    return uid ? "uid " + std::to_string(*uid) : "an unknown user";
+  }
+
+  // Why `job` may not register `text`, which is registered here already.
+  std::string TakenWhy(const JobState& job, const std::string& text,
+                       std::map<std::string, std::pair<ObjectId, std::string>>::iterator taken) {
+    const auto owner = OwnerOf(taken->second.second);
+    if (owner == job.uid) return "the name \"" + text + "\" is registered already";
+    return "the name \"" + text + "\" is registered already, by another user (" + UidText(owner) +
+           ")";
   }
 
   void LookupFound(const std::string& job, std::uint32_t request, const std::string& text,
@@ -1211,13 +1350,19 @@ struct PortRouter::State {
     }
     Port& port = it->second;
     const bool room = port.blocked.empty() && port.queued < port.limit;
+    const Sender sender = SenderOf(e);
+    const bool to_waiter = !port.waiters.empty() && port.queued == 0;
     if (room || beyond_limit) {
-      Accept(port, std::move(*e.message));
+      if (!to_waiter && !beyond_limit && !Fits(sender, Cost(e))) return OverQuota(e);
+      Accept(port, std::move(*e.message), sender, /*charged=*/false);
       if (e.ticket) Respond(e, Envelope{.kind = Remote::kEnqueueResult});
       return;
     }
     const auto policy = static_cast<FullPolicy>(e.a);
     if (policy == FullPolicy::kWait && e.b > 0) {
+      // A blocked send holds its message here: it counts against the quota as if queued.
+      if (!Fits(sender, Cost(e))) return OverQuota(e);
+      Charge(sender, Cost(e));
       BlockedSender blocked{e, 0};
       if (e.b != kWaitForever) {
         blocked.timer = NewTimer(
@@ -1248,15 +1393,19 @@ struct PortRouter::State {
 
   // Moves what fits of a train into the queue (a waiting receiver gets its message first).
   // `e.delta` counts the messages taken so far. True when the whole train is in.
-  bool TakeFromBatch(Port& port, Envelope& e) {
+  // `charged`: the train is charged to its sender already (it was blocked).
+  bool TakeFromBatch(Port& port, Envelope& e, bool charged) {
+    const Sender sender = SenderOf(e);
     while (!e.batch.empty() && port.queued < port.limit) {
       if (!port.waiters.empty() && port.queued == 0) {
-        Accept(port, router::PopMessage(e.batch, e.object));
+        Accept(port, router::PopMessage(e.batch, e.object), sender, charged);
         ++e.delta;
         continue;
       }
       const std::uint32_t n = std::min(port.limit - port.queued, e.batch.count);
-      port.queue.emplace_back(router::TakeFront(e.batch, n));
+      TrainRun run = router::TakeFront(e.batch, n);
+      if (!charged) Charge(sender, Cost(run));
+      port.queue.push_back(QueuedEntry{std::move(run), sender});
       port.queued += n;
       e.delta += n;
     }
@@ -1269,9 +1418,12 @@ struct PortRouter::State {
       return EnqueueResult(e, JobStatus::kDeadName, "the destination port is dead");
     Port& port = it->second;
     e.delta = 0;
-    if (port.blocked.empty() && TakeFromBatch(port, e)) return EnqueueResult(e);
+    // A train is refused whole when all of it would not fit the sender's quota.
+    if (!Fits(SenderOf(e), Cost(e))) return OverQuota(e);
+    if (port.blocked.empty() && TakeFromBatch(port, e, /*charged=*/false)) return EnqueueResult(e);
     const auto policy = static_cast<FullPolicy>(e.a);
     if (policy == FullPolicy::kWait && e.b > 0) {
+      Charge(SenderOf(e), Cost(e));  // what is left of it waits here
       BlockedSender blocked{std::move(e), 0};
       if (blocked.envelope.b != kWaitForever) {
         blocked.timer = NewTimer(TimerInfo{.kind = TimerKind::kBlockedSender,
@@ -1290,25 +1442,33 @@ struct PortRouter::State {
   // The first queued message, taken out of the queue (`port_id` names the port in it).
   TransitMessage PopQueued(Port& port, ObjectId port_id) {
     --port.queued;
-    if (auto* run = std::get_if<TrainRun>(&port.queue.front())) {
+    QueuedEntry& front = port.queue.front();
+    if (auto* run = std::get_if<TrainRun>(&front.item)) {
+      const std::uint64_t before = Cost(*run);
       TransitMessage message = router::PopMessage(*run, port_id);
+      Uncharge(front.sender, before - Cost(*run));
       if (run->empty()) port.queue.pop_front();
       return message;
     }
-    TransitMessage message = std::move(std::get<TransitMessage>(port.queue.front()));
+    TransitMessage message = std::move(std::get<TransitMessage>(front.item));
+    Uncharge(front.sender, Cost(message));
     port.queue.pop_front();
     return message;
   }
 
-  void Accept(Port& port, TransitMessage&& message) {
+  // Queues `message` (charged to `sender` unless `charged` already) or hands it to the first
+  // waiting receiver (then it leaves the sender's quota).
+  void Accept(Port& port, TransitMessage&& message, const Sender& sender, bool charged) {
     if (!port.waiters.empty() && port.queued == 0) {
+      if (charged) Uncharge(sender, Cost(message));
       Waiter waiter = std::move(port.waiters.front());
       port.waiters.pop_front();
       CancelTimer(waiter.timer);
       AnswerWaiter(waiter, Envelope{.message = std::move(message)});
       return;
     }
-    port.queue.emplace_back(std::move(message));
+    if (!charged) Charge(sender, Cost(message));
+    port.queue.push_back(QueuedEntry{std::move(message), sender});
     ++port.queued;
   }
 
@@ -1330,9 +1490,10 @@ struct PortRouter::State {
     while (!port.blocked.empty() && port.queued < port.limit) {
       BlockedSender& front = port.blocked.front();
       if (front.envelope.kind == Remote::kEnqueueBatch) {
-        if (!TakeFromBatch(port, front.envelope)) break;  // the queue is full again
+        if (!TakeFromBatch(port, front.envelope, /*charged=*/true)) break;  // full again
       } else {
-        Accept(port, std::move(*front.envelope.message));
+        Accept(port, std::move(*front.envelope.message), SenderOf(front.envelope),
+               /*charged=*/true);
       }
       BlockedSender blocked = std::move(front);
       port.blocked.pop_front();
@@ -1436,10 +1597,16 @@ struct PortRouter::State {
     FailWaiters(dead, JobStatus::kDeadName, "the port died");
     for (BlockedSender& blocked : dead.blocked) {
       CancelTimer(blocked.timer);
+      Uncharge(SenderOf(blocked.envelope), Cost(blocked.envelope));
       EnqueueResult(blocked.envelope, JobStatus::kDeadName, "the destination port died");
     }
-    for (Queued& queued : dead.queue) {
-      if (auto* message = std::get_if<TransitMessage>(&queued)) ReleaseTransit(*message);
+    for (QueuedEntry& queued : dead.queue) {
+      if (auto* message = std::get_if<TransitMessage>(&queued.item)) {
+        Uncharge(queued.sender, Cost(*message));
+        ReleaseTransit(*message);
+      } else {
+        Uncharge(queued.sender, Cost(std::get<TrainRun>(queued.item)));
+      }
     }
     for (const DeadNameRequest& request : dead.dead_name) {
       PostNotification(request.notify, kDeadNameNotification, U32Bytes(request.name));
@@ -1690,6 +1857,53 @@ struct PortRouter::State {
           }
           return;
         }
+        if (peers.empty() || job_it->second.uid == kRootUid) {
+          names[ticket.text] = {ticket.object, ticket.job};
+          return Reply(ticket.job, ticket.request, JobStatus::kOk);
+        }
+        // Only the user who holds a name (or root) may register it on another node too: ask
+        // every peer before it goes in.
+        auto search = std::make_shared<NameSearch>();
+        search->remaining = static_cast<int>(peers.size());
+        for (std::uint64_t peer : peers) {
+          const std::uint64_t check = NewTicket(Ticket{.kind = TicketKind::kNameRegisterCheck,
+                                                       .node = peer,
+                                                       .job = ticket.job,
+                                                       .request = ticket.request,
+                                                       .object = ticket.object,
+                                                       .text = ticket.text,
+                                                       .search = search});
+          Post(peer, Envelope{.kind = Remote::kNameQuery,
+                              .ticket = check,
+                              .job = ticket.job,
+                              .text = ticket.text});
+        }
+        return;
+      }
+      case TicketKind::kNameRegisterCheck: {
+        auto& search = *ticket.search;
+        // A node that cannot be reached does not hold the name against the job (it cannot
+        // answer calls either); its answer would have arrived as kUnavailable.
+        if (e.status == JobStatus::kOk && e.object.valid() && job_alive) {
+          const std::optional<std::uint32_t> owner =
+              e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
+          if (owner != job_it->second.uid && !search.conflict) {
+            search.conflict = true;
+            search.conflict_node = e.origin;
+          }
+        }
+        if (--search.remaining > 0) return;
+        if (!job_alive || search.conflict || names.contains(ticket.text)) {
+          ReleaseRight(RightType::kSend, ticket.object, 1, "");
+          if (!job_alive) return;
+          if (search.conflict) {
+            return Error(ticket.job, ticket.request, JobStatus::kExists,
+                         "the name \"" + ticket.text + "\" is registered by another user on node " +
+                             std::to_string(search.conflict_node));
+          }
+          return Error(ticket.job, ticket.request, JobStatus::kExists,
+                       "the name \"" + ticket.text + "\" is registered already");
+        }
         names[ticket.text] = {ticket.object, ticket.job};
         return Reply(ticket.job, ticket.request, JobStatus::kOk);
       }
@@ -1706,25 +1920,58 @@ struct PortRouter::State {
         return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
       }
       case TicketKind::kNameQuery: {
-        if (*ticket.remaining <= 0) return;  // answered already
+        auto& search = *ticket.search;
+        if (search.remaining <= 0) return;  // answered already
         if (e.status == JobStatus::kOk && e.object.valid()) {
-          *ticket.remaining = 0;
-          return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
+          const std::optional<std::uint32_t> owner =
+              e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
+          const int rank = OwnerRank(job_alive ? job_it->second.uid : std::nullopt, owner);
+          if (rank < search.rank) {
+            search.rank = rank;
+            search.best = e.object;
+          }
+          if (rank == 0) {  // the caller's own user's: nothing better can come
+            search.remaining = 0;
+            return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
+          }
         }
-        if (--*ticket.remaining == 0) {
-          Error(ticket.job, ticket.request, JobStatus::kNotFound,
-                "no port is registered as \"" + ticket.text + "\" on any node");
+        if (--search.remaining > 0) return;
+        if (search.best.valid()) {
+          return LookupFound(ticket.job, ticket.request, ticket.text, search.best);
         }
-        return;
+        return Error(ticket.job, ticket.request, JobStatus::kNotFound,
+                     "no port is registered as \"" + ticket.text + "\" on any node");
       }
       case TicketKind::kRegionFetch: {
+        // One chunk of a remote region: the first one tells its size (e.delta), which must be
+        // within this node's cap; each is written into the copy, and the next asked for.
         auto& delivery = *ticket.delivery;
-        if (e.status == JobStatus::kOk) {
-          const ObjectId copy = NewObject();
-          if (store.Create(copy, e.text.size()) && store.Write(copy, e.text)) {
-            regions[copy.serial] = Region{e.text.size(), 1};
-            delivery.copied[ticket.handle] = copy;
-          }
+        const std::uint64_t total = static_cast<std::uint64_t>(e.delta);
+        bool copying = e.status == JobStatus::kOk && total > 0 && ticket.offset < total &&
+                       !e.text.empty() && e.text.size() <= total - ticket.offset;
+        ObjectId copy = ticket.copy;
+        if (copying && ticket.offset == 0) {
+          copy = NewObject();
+          copying = total <= limits.max_region_bytes && store.Create(copy, total);
+          if (!copying) copy = {};
+        }
+        copying = copying && store.Write(copy, ticket.offset, e.text);
+        if (copying && ticket.offset + e.text.size() < total) {
+          Ticket next = std::move(ticket);
+          next.copy = copy;
+          next.offset += e.text.size();
+          const std::uint64_t again = NewTicket(next);
+          Post(next.node, Envelope{.kind = Remote::kRegionFetch,
+                                   .ticket = again,
+                                   .object = next.object,
+                                   .delta = static_cast<std::int64_t>(next.offset)});
+          return;
+        }
+        if (copying) {
+          regions[copy.serial] = Region{total, 1};
+          delivery.copied[ticket.handle] = copy;
+        } else if (copy.valid()) {
+          store.Destroy(copy);
         }
         ReleaseRight(RightType::kRegion, ticket.object, 1, "");
         if (--delivery.outstanding == 0) FinishDelivery(ticket.delivery);
@@ -1961,13 +2208,23 @@ struct PortRouter::State {
       case Remote::kBreakLinkEnd:
         return HomeBreakLinkEnd(e);
       case Remote::kRegionFetch: {
-        auto bytes = regions.contains(e.object.serial) ? store.Read(e.object) : std::nullopt;
-        if (!bytes) {
+        // One chunk from offset e.delta, with the region's size.
+        auto region = regions.find(e.object.serial);
+        const auto offset = static_cast<std::uint64_t>(e.delta);
+        std::optional<std::string> bytes;
+        if (region != regions.end() && offset < region->second.size) {
+          bytes = store.Read(
+              e.object, offset,
+              static_cast<std::size_t>(std::min(kRegionChunk, region->second.size - offset)));
+        }
+        if (!bytes || bytes->empty()) {
           return Respond(e, Envelope{.kind = Remote::kRegionFetchResult,
                                      .status = JobStatus::kDeadName,
                                      .text = "region gone"});
         }
-        return Respond(e, Envelope{.kind = Remote::kRegionFetchResult, .text = std::move(*bytes)});
+        return Respond(e, Envelope{.kind = Remote::kRegionFetchResult,
+                                   .delta = static_cast<std::int64_t>(region->second.size),
+                                   .text = std::move(*bytes)});
       }
       case Remote::kJobMoved:
         return JobMovedHere(e.job, e.origin);
@@ -1977,7 +2234,12 @@ struct PortRouter::State {
           return Respond(
               e, Envelope{.kind = Remote::kNameQueryResult, .status = JobStatus::kNotFound});
         }
-        return Respond(e, Envelope{.kind = Remote::kNameQueryResult, .object = it->second.first});
+        // With its owner's uid (b = 1 when known), which the asker ranks or checks.
+        const auto owner = OwnerOf(it->second.second);
+        return Respond(e, Envelope{.kind = Remote::kNameQueryResult,
+                                   .object = it->second.first,
+                                   .a = owner.value_or(0),
+                                   .b = owner ? 1u : 0u});
       }
       default:
         return HandleResult(e, from);
@@ -2027,11 +2289,29 @@ struct PortRouter::State {
   }
 };
 
-PortRouter::PortRouter(std::uint64_t node_id, RegionStore& regions)
-    : state_(std::make_unique<State>(node_id, regions)) {}
+PortRouter::PortRouter(std::uint64_t node_id, RegionStore& regions, IpcLimits limits)
+    : state_(std::make_unique<State>(node_id, regions, limits)) {}
 PortRouter::~PortRouter() = default;
 
-void PortRouter::JobAttached(const std::string& job) { state_->jobs.try_emplace(job); }
+void PortRouter::JobAttached(const std::string& job, std::optional<std::uint32_t> uid) {
+  auto& state = state_->jobs[job];
+  if (uid) state.uid = uid;
+}
+
+void PortRouter::SetJobUid(const std::string& job, std::uint32_t uid) {
+  auto it = state_->jobs.find(job);
+  if (it != state_->jobs.end()) it->second.uid = uid;
+}
+
+std::optional<std::uint32_t> PortRouter::JobUid(const std::string& job) const {
+  auto it = state_->jobs.find(job);
+  return it == state_->jobs.end() ? std::nullopt : it->second.uid;
+}
+
+std::uint64_t PortRouter::QueuedBytesOf(std::uint64_t node, const std::string& job) const {
+  auto it = state_->charged.find({node, job});
+  return it == state_->charged.end() ? 0 : it->second;
+}
 
 void PortRouter::JobGone(const std::string& job) {
   auto it = state_->jobs.find(job);
@@ -2147,6 +2427,7 @@ void PortRouter::Timer(std::uint64_t id) {
         if (b->timer == id) {
           Envelope request = std::move(b->envelope);
           blocked.erase(b);
+          state_->Uncharge(State::SenderOf(request), Cost(request));
           state_->EnqueueResult(request, JobStatus::kTimedOut, "the port's queue stayed full");
           break;
         }
@@ -2471,6 +2752,9 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
   }
 
   s.ForgetMove(job_name);
+  if (auto attached = s.jobs.find(job_name); attached != s.jobs.end()) {
+    job.uid = attached->second.uid;  // the destination agent knows the job's user
+  }
   JobState& installed = s.jobs[job_name] = std::move(job);
   for (auto& [handle, op] : installed.ops) {
     if (op.waiting_request && op.wait_ms != kWaitForever) {

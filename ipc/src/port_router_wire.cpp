@@ -1,5 +1,7 @@
 #include "port_router_wire.hpp"
 
+#include <algorithm>
+
 namespace tern::ipc::router {
 
 void WriteId(WireWriter& w, ObjectId id) {
@@ -55,7 +57,7 @@ std::optional<TransitMessage> ReadTransit(WireReader& r,
   m.destination = *destination;
   m.reply = *reply;
   m.id = *id;
-  m.items.reserve(*count);
+  m.items.reserve(std::min<std::size_t>(*count, r.remaining() / 5));  // >= 5 bytes an item
   for (std::uint32_t i = 0; i < *count; ++i) {
     auto item_kind = r.U8();
     if (!item_kind || *item_kind < 1 || *item_kind > 5) return std::nullopt;

@@ -29,9 +29,11 @@ enum class Remote : std::uint8_t {
   kLinkCancel = 9,      // object=end, b=op handle -> kLinkCancelResult
   kSetLinkHolder = 10,  // object=end, a=1 in transit
   kBreakLinkEnd = 11,   // object=end
-  kRegionFetch = 12,    // object=region -> kRegionFetchResult text=bytes
-  kNameQuery = 13,      // text=name -> kNameQueryResult object
-  kJobMoved = 14,       // job: it lives on the sending node now (holders, waiters, link ops)
+  // object=region, delta=offset -> kRegionFetchResult text=up to 4 MiB from offset,
+  // delta=the region's size (the copy is fetched a chunk at a time)
+  kRegionFetch = 12,
+  kNameQuery = 13,  // text=name -> kNameQueryResult object
+  kJobMoved = 14,   // job: it lives on the sending node now (holders, waiters, link ops)
   kEnqueueBatch =
       15,  // batch (a train run), a/b/c/object2 as kEnqueue -> kEnqueueResult a=accepted
   // Results, sent back to the asking node.

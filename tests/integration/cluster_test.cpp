@@ -1256,6 +1256,40 @@ TEST_F(ClusterTest, IpcAJobCannotUseANameItWasNeverGiven) {
       << "a forged send must never reach the port";
 }
 
+// Issue 14, finding 8: a service name belongs to the user who registered it. Another user's
+// job cannot register it (on the owner's node or another) nor remove it, and the owner's
+// calls keep reaching the owner's server.
+TEST_F(ClusterTest, IpcANameOfOneUserCannotBeTakenByAnother) {
+  if (getpwnam(kTestUser.c_str()) == nullptr) {
+    auto r = RunCmd(
+        {"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", kTestUser});
+    ASSERT_EQ(r.exit_code, 0) << "cannot create the test user: " << r.Describe();
+  }
+  ASSERT_NE(getpwnam("nobody"), nullptr) << "this machine has no user 'nobody'";
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto submit_as = [&](const std::string& user, const std::string& node,
+                             const std::vector<std::string>& cmd) {
+    std::vector<std::string> args = {"submit", "-q", "--user", user, "--node", node, "--"};
+    args.insert(args.end(), cmd.begin(), cmd.end());
+    auto r = Tern("node1", args);
+    EXPECT_TRUE(r.exit_code == 0 && IsJobId(Trim(r.out))) << r.Describe();
+    return Trim(r.out);
+  };
+  const auto owner = submit_as(kTestUser, "node2", {probe, "owner", "itusr"});
+  const auto here = submit_as("nobody", "node2", {probe, "squatter", "itusr"});
+  const auto there = submit_as("nobody", "node3", {probe, "squatter", "itusr"});
+  const auto here_out = FinishedOutput(here);
+  EXPECT_NE(here_out.find("register: exists: "), std::string::npos) << here_out;
+  EXPECT_NE(here_out.find("by another user"), std::string::npos) << here_out;
+  EXPECT_NE(here_out.find("unregister: not_found"), std::string::npos) << here_out;
+  const auto there_out = FinishedOutput(there);
+  EXPECT_NE(there_out.find("registered by another user on node"), std::string::npos) << there_out;
+  // The owner's user calls the name from a third node: the owner's server answers.
+  const auto client = submit_as(kTestUser, "node3", {probe, "forger", "itusr"});
+  FinishedOutput(client);
+  EXPECT_NE(FinishedOutput(owner).find("first=legit queued_after=0"), std::string::npos);
+}
+
 TEST_F(ClusterTest, IpcFullQueueFailsWaitsOrNotifies) {
   const auto id = Submit("node1", {kBinDir + "/tern-ipc-probe", "queue"}, "node2");
   const auto out = FinishedOutput(id);

@@ -52,6 +52,20 @@ int Owner(const Channel& channel, const std::string& name) {
   return 0;
 }
 
+// Another user's job: once NAME is registered (by someone else), tries to register it too and
+// to unregister it. Exit 0 when both are refused, printing how.
+int Squatter(const Channel& channel, const std::string& name) {
+  if (LookupRetrying(channel, name) == 0) return Fail("the name never appeared");
+  auto port = channel.port_allocate();
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  if (!send) return Fail("squatter setup");
+  auto taken = channel.name_register(name, *send);
+  auto removed = channel.name_unregister(name);
+  std::printf("register: %s\nunregister: %s\n", taken ? "ok" : taken.error().ToString().c_str(),
+              removed ? "ok" : removed.error().ToString().c_str());
+  return !taken && taken.status() == JobStatus::kExists && !removed ? 0 : 1;
+}
+
 // Guesses names it was never given, then sends once through a name it looked up.
 int Forger(const Channel& channel, const std::string& name) {
   int refused = 0;
@@ -549,6 +563,7 @@ int main(int argc, char** argv) {
   int code = 2;
   if (mode == "owner") code = Owner(channel, name);
   if (mode == "forger") code = Forger(channel, name);
+  if (mode == "squatter") code = Squatter(channel, name);
   if (mode == "queue") code = Queue(channel);
   if (mode == "watcher") code = Watcher(channel, name);
   if (mode == "linkcancel") code = LinkCancel(channel);

@@ -243,8 +243,10 @@ TEST_F(DirectBrokerTest, JobGoneDropsItsState) {
 class NoRegions : public RegionStore {
  public:
   bool Create(ObjectId, std::uint64_t) override { return false; }
-  std::optional<std::string> Read(ObjectId) override { return std::nullopt; }
-  bool Write(ObjectId, std::string_view) override { return false; }
+  std::optional<std::string> Read(ObjectId, std::uint64_t, std::size_t) override {
+    return std::nullopt;
+  }
+  bool Write(ObjectId, std::uint64_t, std::string_view) override { return false; }
   void Destroy(ObjectId) override {}
 };
 

@@ -174,5 +174,55 @@ TEST(FrameTest, AnOversizeHeaderIsMalformedWhenReceivedInPlace) {
   EXPECT_FALSE(decoder.Commit(0));
 }
 
+// Finding 5 of issue 14: a header alone made the decoder allocate the declared length (16 MiB
+// on a peer link before authentication, 257 MiB on a job's channel). Memory must follow the
+// bytes that arrived.
+TEST(FrameTest, AHeaderDeclaring16MiBAllocatesOnlyWhatArrived) {
+  constexpr std::uint32_t kDeclared = 16u << 20;
+  std::string wire;
+  AppendFrameHeader(wire, FrameType::kIpcRemote, kDeclared);
+  wire.append(100, 'x');
+  {
+    FrameDecoder decoder;  // Feed
+    ASSERT_TRUE(decoder.Feed(wire));
+    EXPECT_LT(decoder.allocated(), 2 * kDirectPayload) << "a 16 MiB header allocated that much";
+  }
+  FrameDecoder decoder;  // Prepare/Commit, as the links read
+  std::span<char> space = decoder.Prepare();
+  std::copy(wire.begin(), wire.end(), space.begin());
+  ASSERT_TRUE(decoder.Commit(wire.size()));
+  EXPECT_LT(decoder.allocated(), 3 * kDirectPayload);
+  // 1 MiB more arrives: the payload holds at most about twice what came.
+  const std::string more(1u << 20, 'y');
+  ASSERT_TRUE(decoder.Feed(more));
+  EXPECT_LT(decoder.allocated(), 3u << 20);
+  EXPECT_GE(decoder.allocated(), 1u << 20);
+  // The rest completes the frame as usual.
+  std::string rest(kDeclared - 100 - more.size(), 'z');
+  for (std::size_t at = 0; at < rest.size();) {
+    space = decoder.Prepare();
+    const std::size_t n = std::min(space.size(), rest.size() - at);
+    std::copy_n(rest.data() + at, n, space.data());
+    ASSERT_TRUE(decoder.Commit(n));
+    at += n;
+  }
+  auto frame = decoder.Next();
+  ASSERT_TRUE(frame);
+  ASSERT_EQ(frame->payload.size(), kDeclared);
+  EXPECT_EQ(frame->payload.substr(0, 100), std::string(100, 'x'));
+  EXPECT_EQ(frame->payload[100], 'y');
+  EXPECT_EQ(frame->payload.back(), 'z');
+}
+
+TEST(FrameTest, AJobChannelHeaderDeclaring257MiBAllocatesOnlyWhatArrived) {
+  FrameDecoder decoder((256u << 20) + (1u << 20));  // the job channel's limit
+  std::string wire;
+  AppendFrameHeader(wire, FrameType::kIpcRequest, (256u << 20) + 1000);
+  wire.append(10, 'r');
+  ASSERT_TRUE(decoder.Feed(wire));
+  EXPECT_LT(decoder.allocated(), 2 * kDirectPayload);
+  EXPECT_EQ(decoder.buffered(), wire.size());
+}
+
 }  // namespace
 }  // namespace tern::ipc

@@ -1,6 +1,7 @@
 // PortRouter without I/O: several routers wired to each other in memory, jobs as names.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <tern/ipc/job_wire.hpp>
@@ -15,26 +16,30 @@ class MemoryRegions : public RegionStore {
     bytes[id] = std::string(size, '\0');
     return true;
   }
-  std::optional<std::string> Read(ObjectId id) override {
+  std::optional<std::string> Read(ObjectId id, std::uint64_t offset, std::size_t max) override {
     auto it = bytes.find(id);
-    if (it == bytes.end()) return std::nullopt;
-    return it->second;
+    if (it == bytes.end() || offset > it->second.size()) return std::nullopt;
+    ++reads;
+    return it->second.substr(offset, max);
   }
-  bool Write(ObjectId id, std::string_view data) override {
-    bytes[id] = std::string(data);
+  bool Write(ObjectId id, std::uint64_t offset, std::string_view data) override {
+    auto it = bytes.find(id);
+    if (it == bytes.end() || offset + data.size() > it->second.size()) return false;
+    it->second.replace(offset, data.size(), data);
     return true;
   }
   void Destroy(ObjectId id) override { bytes.erase(id); }
   std::map<ObjectId, std::string> bytes;
+  int reads = 0;  // chunks read
 };
 
 // Routers for nodes 1..n, links between all of them; frames delivered in order.
 class Net {
  public:
-  explicit Net(int n) {
+  explicit Net(int n, IpcLimits limits = {}) {
     for (int i = 1; i <= n; ++i) {
       stores[i] = std::make_unique<MemoryRegions>();
-      routers[i] = std::make_unique<PortRouter>(i, *stores[i]);
+      routers[i] = std::make_unique<PortRouter>(i, *stores[i], limits);
     }
     for (auto& [a, router] : routers) {
       for (auto& [b, other] : routers) {
@@ -42,8 +47,9 @@ class Net {
       }
     }
   }
-  void Attach(std::uint64_t node, const std::string& job) {
-    routers[node]->JobAttached(job);
+  void Attach(std::uint64_t node, const std::string& job,
+              std::optional<std::uint32_t> uid = std::nullopt) {
+    routers[node]->JobAttached(job, uid);
     job_node[job] = node;
   }
   void Gone(const std::string& job) {
@@ -96,6 +102,7 @@ class Net {
           last_batch[{node, to}] = count;
         }
         for (auto& frame : actions.frames) {
+          largest_frame = std::max(largest_frame, frame.payload.size());
           if (cut.contains({node, frame.node}) || cut.contains({frame.node, node})) continue;
           auto ok = routers[frame.node]->NodeFrame(node, frame.payload);
           ASSERT_TRUE(ok) << ok.error().message;
@@ -136,6 +143,7 @@ class Net {
   int Sent(std::uint64_t from, std::uint64_t to) { return frames_sent[{from, to}]; }
   int LastBatch(std::uint64_t from, std::uint64_t to) { return last_batch[{from, to}]; }
   std::uint32_t next_request = 1;
+  std::size_t largest_frame = 0;  // payload bytes of the largest frame between nodes
 };
 
 std::string U32(std::uint32_t v) {
@@ -528,7 +536,7 @@ TEST(PortRouter, RegionsAreSharedOnANodeAndCopiedToAnother) {
   size.U64(4096);
   const auto region = ReadU32(net.Call("a", JobOp::kRegionCreate, size.Take()).body);
   ASSERT_EQ(net.stores[1]->bytes.size(), 1u);
-  net.stores[1]->bytes.begin()->second = "shared!";
+  net.stores[1]->bytes.begin()->second.replace(0, 7, "shared!");
   const auto inbox_b = Allocate(net, "b");
   Register(net, "b", "b", MakeSend(net, "b", inbox_b));
   const auto inbox_c = Allocate(net, "c");
@@ -548,7 +556,8 @@ TEST(PortRouter, RegionsAreSharedOnANodeAndCopiedToAnother) {
   EXPECT_EQ(net.routers[1]->JobsSharingRegions("a"), std::set<std::string>{"b"});
   EXPECT_TRUE(net.routers[2]->JobsSharingRegions("c").empty());
   ASSERT_EQ(net.stores[2]->bytes.size(), 1u) << "the other node holds a copy";
-  EXPECT_EQ(net.stores[2]->bytes.begin()->second, "shared!");
+  EXPECT_EQ(net.stores[2]->bytes.begin()->second.substr(0, 8), std::string("shared!\0", 8));
+  EXPECT_EQ(net.stores[2]->bytes.begin()->second.size(), 4096u);
   auto map = net.Call("c", JobOp::kRegionMap, U32(at_c.items.at(1).name));
   ASSERT_EQ(map.status, JobStatus::kOk);
   ASSERT_EQ(net.region_fds["c"].size(), 1u);
@@ -1062,6 +1071,227 @@ TEST(PortRouter, ReceiveManyOfLargeMessagesIsBoundedInBytes) {
   }
   EXPECT_EQ(taken, 8u);
   EXPECT_GE(answers, 2);
+}
+
+// ---- issue 14, finding 5: per-job limits -----------------------------------------------
+
+TEST(PortRouterLimits, AQueueLimitOverTheCapIsRefusedWithOverQuota) {
+  Net net(1, IpcLimits{.max_queue_limit = 100});
+  net.Attach(1, "a");
+  auto over = net.Call("a", JobOp::kPortAllocate, U32(101));
+  EXPECT_EQ(over.status, JobStatus::kOverQuota);
+  EXPECT_NE(over.body.find("max_queue_limit"), std::string::npos) << over.body;
+  EXPECT_EQ(net.routers[1]->PortCount(), 0u);
+  EXPECT_EQ(net.Call("a", JobOp::kPortAllocate, U32(100)).status, JobStatus::kOk);
+  EXPECT_EQ(JobStatusName(JobStatus::kOverQuota), "over_quota");
+}
+
+TEST(PortRouterLimits, PortsPerJobAreCapped) {
+  Net net(1, IpcLimits{.max_ports_per_job = 3});
+  net.Attach(1, "a");
+  net.Attach(1, "b");
+  std::vector<std::uint32_t> ports;
+  for (int i = 0; i < 3; ++i) ports.push_back(Allocate(net, "a"));
+  auto over = net.Call("a", JobOp::kPortAllocate, U32(0));
+  EXPECT_EQ(over.status, JobStatus::kOverQuota);
+  EXPECT_NE(over.body.find("max_ports_per_job"), std::string::npos) << over.body;
+  EXPECT_EQ(net.routers[1]->PortCount(), 3u);
+  // Another job has its own allowance; a port given up makes room again.
+  Allocate(net, "b");
+  ASSERT_EQ(net.Call("a", JobOp::kDeallocate, U32(ports[0])).status, JobStatus::kOk);
+  EXPECT_EQ(net.Call("a", JobOp::kPortAllocate, U32(0)).status, JobStatus::kOk);
+}
+
+TEST(PortRouterLimits, QueuedBytesPerJobAreCappedAndFreedAsMessagesAreTaken) {
+  // Each 3000-byte message costs 3000 + 256: three fit in 10000, a fourth does not.
+  Net net(2, IpcLimits{.max_queued_bytes_per_job = 10000});
+  net.Attach(1, "server");
+  net.Attach(1, "hog");
+  net.Attach(2, "remote");
+  const auto port = Allocate(net, "server", 1000);
+  Register(net, "server", "svc", MakeSend(net, "server", port));
+  const auto send = ReadU32(Lookup(net, "hog", "svc").body);
+  const std::string data(3000, 'h');
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(net.Call("hog", JobOp::kSend, SendBody(send, data)).status, JobStatus::kOk);
+  }
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 3 * 3256u);
+  auto over = net.Call("hog", JobOp::kSend, SendBody(send, data));
+  EXPECT_EQ(over.status, JobStatus::kOverQuota);
+  EXPECT_NE(over.body.find("max_queued_bytes_per_job"), std::string::npos) << over.body;
+  // Another sender, here or on another node, is not held to the hog's use.
+  const auto remote_send = ReadU32(Lookup(net, "remote", "svc").body);
+  ASSERT_EQ(net.Call("remote", JobOp::kSend, SendBody(remote_send, data)).status, JobStatus::kOk);
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(2, "remote"), 3256u);
+  auto remote_over =
+      net.Call("remote", JobOp::kSend, SendBody(remote_send, std::string(7000, 'r')));
+  EXPECT_EQ(remote_over.status, JobStatus::kOverQuota) << "the quota holds across nodes too";
+  // A message taken frees its share.
+  ASSERT_EQ(Receive(net, "server", port).status, JobStatus::kOk);
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 2 * 3256u);
+  EXPECT_EQ(net.Call("hog", JobOp::kSend, SendBody(send, data)).status, JobStatus::kOk);
+  // A message handed straight to a waiting receiver is never charged.
+  while (Receive(net, "server", port).status == JobStatus::kOk) {
+  }
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 0u);
+  const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+  ASSERT_EQ(net.Call("hog", JobOp::kSend, SendBody(send, std::string(9900, 'w'))).status,
+            JobStatus::kOk);
+  EXPECT_TRUE(net.Answer("server", waiting));
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 0u);
+  // A send blocked on a full queue holds its bytes here: it counts too.
+  const auto tiny = Allocate(net, "server", 1);
+  Register(net, "server", "tiny", MakeSend(net, "server", tiny));
+  const auto to_tiny = ReadU32(Lookup(net, "hog", "tiny").body);
+  ASSERT_EQ(net.Call("hog", JobOp::kSend, SendBody(to_tiny, data)).status, JobStatus::kOk);
+  const auto blocked =
+      net.Ask("hog", JobOp::kSend, SendBody(to_tiny, data, {}, FullPolicy::kWait, kWaitForever));
+  EXPECT_FALSE(net.Answer("hog", blocked));
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 2 * 3256u);
+  auto blocked_over = net.Call(
+      "hog", JobOp::kSend, SendBody(to_tiny, std::string(4000, 'x'), {}, FullPolicy::kWait, 1000));
+  EXPECT_EQ(blocked_over.status, JobStatus::kOverQuota);
+  // The port dies with the server: everything charged for it is given back.
+  net.Gone("server");
+  EXPECT_EQ(net.routers[1]->QueuedBytesOf(1, "hog"), 0u);
+  auto failed = net.Answer("hog", blocked);
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(failed->status, JobStatus::kDeadName);
+}
+
+TEST(PortRouterLimits, ARegionOverTheCapIsRefused) {
+  Net net(1, IpcLimits{.max_region_bytes = 1 << 20});
+  net.Attach(1, "a");
+  WireWriter over;
+  over.U64((1 << 20) + 1);
+  auto refused = net.Call("a", JobOp::kRegionCreate, over.Take());
+  EXPECT_EQ(refused.status, JobStatus::kOverQuota);
+  EXPECT_NE(refused.body.find("max_region_bytes"), std::string::npos) << refused.body;
+  EXPECT_TRUE(net.stores[1]->bytes.empty()) << "nothing may be allocated for it";
+  WireWriter at_cap;
+  at_cap.U64(1 << 20);
+  EXPECT_EQ(net.Call("a", JobOp::kRegionCreate, at_cap.Take()).status, JobStatus::kOk);
+}
+
+TEST(PortRouterLimits, ARegionIsCopiedToAnotherNodeInChunks) {
+  Net net(2);
+  net.Attach(1, "a");
+  net.Attach(2, "c");
+  constexpr std::uint64_t kSize = (10u << 20) + 123;  // 4 MiB, 4 MiB, and the rest
+  WireWriter size;
+  size.U64(kSize);
+  const auto region = ReadU32(net.Call("a", JobOp::kRegionCreate, size.Take()).body);
+  std::string& memory = net.stores[1]->bytes.begin()->second;
+  for (std::size_t i = 0; i < memory.size(); ++i) memory[i] = static_cast<char>(i % 251);
+  const auto inbox = Allocate(net, "c");
+  Register(net, "c", "c", MakeSend(net, "c", inbox));
+  const auto to_c = ReadU32(Lookup(net, "a", "c").body);
+  net.largest_frame = 0;
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_c, "r", {Item::Port(region, Disposition::kCopyRegion)}))
+                .status,
+            JobStatus::kOk);
+  auto got = Receive(net, "c", inbox);
+  ASSERT_EQ(got.status, JobStatus::kOk) << got.body;
+  EXPECT_EQ(ReadMessage(got).items.at(1).disposition, Disposition::kMoveRegion);
+  ASSERT_EQ(net.stores[2]->bytes.size(), 1u);
+  EXPECT_TRUE(net.stores[2]->bytes.begin()->second == memory) << "the copy differs";
+  EXPECT_EQ(net.stores[1]->reads, 3) << "three chunks: 4 MiB, 4 MiB, the rest";
+  EXPECT_LT(net.largest_frame, (4u << 20) + 1024) << "no frame carries more than a chunk";
+}
+
+TEST(PortRouterLimits, ARegionOverTheReceivingNodesCapIsNotCopied) {
+  // Node 2 allows smaller regions than node 1 made: the copy is refused there (the item
+  // arrives without a region) and nothing is allocated for it.
+  Net net(2);
+  net.stores[2] = std::make_unique<MemoryRegions>();
+  net.routers[2] =
+      std::make_unique<PortRouter>(2, *net.stores[2], IpcLimits{.max_region_bytes = 4096});
+  net.routers[2]->NodeUp(1);
+  net.Attach(1, "a");
+  net.Attach(2, "c");
+  WireWriter size;
+  size.U64(8192);
+  const auto region = ReadU32(net.Call("a", JobOp::kRegionCreate, size.Take()).body);
+  const auto inbox = Allocate(net, "c");
+  Register(net, "c", "c", MakeSend(net, "c", inbox));
+  const auto to_c = ReadU32(Lookup(net, "a", "c").body);
+  ASSERT_EQ(net.Call("a", JobOp::kSend,
+                     SendBody(to_c, "r", {Item::Port(region, Disposition::kCopyRegion)}))
+                .status,
+            JobStatus::kOk);
+  (void)Receive(net, "c", inbox);
+  EXPECT_TRUE(net.stores[2]->bytes.empty());
+}
+
+// ---- issue 14, finding 8: names are owned by users --------------------------------------
+
+TEST(PortRouterNames, AnotherUserCannotTakeOrReplaceANameAndCallsKeepReachingItsOwner) {
+  constexpr std::uint32_t kAlice = 1000, kBob = 2000;
+  Net net(2);
+  net.Attach(1, "alice-server", kAlice);
+  net.Attach(1, "bob-here", kBob);
+  net.Attach(2, "bob-there", kBob);
+  net.Attach(2, "alice-client", kAlice);
+  const auto port = Allocate(net, "alice-server");
+  ASSERT_EQ(Register(net, "alice-server", "db", MakeSend(net, "alice-server", port)), "");
+  // Bob may not take it on the same node, nor register it on another node, nor remove it.
+  const auto bob_port = Allocate(net, "bob-here");
+  WireWriter here;
+  here.Bytes("db");
+  here.U32(MakeSend(net, "bob-here", bob_port));
+  auto taken = net.Call("bob-here", JobOp::kNameRegister, here.Take());
+  EXPECT_EQ(taken.status, JobStatus::kExists);
+  EXPECT_NE(taken.body.find("another user"), std::string::npos) << taken.body;
+  const auto bob_far = Allocate(net, "bob-there");
+  WireWriter there;
+  there.Bytes("db");
+  there.U32(MakeSend(net, "bob-there", bob_far));
+  auto elsewhere = net.Call("bob-there", JobOp::kNameRegister, there.Take());
+  EXPECT_EQ(elsewhere.status, JobStatus::kExists);
+  EXPECT_NE(elsewhere.body.find("another user on node 1"), std::string::npos) << elsewhere.body;
+  WireWriter unregister;
+  unregister.Bytes("db");
+  EXPECT_EQ(net.Call("bob-here", JobOp::kNameUnregister, unregister.Take()).status,
+            JobStatus::kNotFound);
+  // Alice's calls reach Alice's server.
+  const auto to_db = ReadU32(Lookup(net, "alice-client", "db").body);
+  ASSERT_EQ(net.Call("alice-client", JobOp::kSend, SendBody(to_db, "query")).status,
+            JobStatus::kOk);
+  auto at_alice = Receive(net, "alice-server", port);
+  ASSERT_EQ(at_alice.status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(at_alice).items.at(0).bytes(), "query");
+  EXPECT_EQ(Receive(net, "bob-there", bob_far).status, JobStatus::kTimedOut);
+  // Alice herself may register the name on another node too.
+  net.Attach(2, "alice-second", kAlice);
+  const auto second = Allocate(net, "alice-second");
+  EXPECT_EQ(Register(net, "alice-second", "db", MakeSend(net, "alice-second", second)), "");
+}
+
+TEST(PortRouterNames, ALookupPrefersTheCallersOwnUserThenRoot) {
+  // Registrations of one name by different users on different nodes (root may; a race may
+  // leave two): each user's lookup finds its own user's first, then root's.
+  constexpr std::uint32_t kAlice = 1000, kCarol = 3000;
+  Net net(3);
+  net.Attach(1, "alice-server", kAlice);
+  net.Attach(2, "root-server", 0);
+  net.Attach(3, "alice-client", kAlice);
+  net.Attach(3, "carol-client", kCarol);
+  const auto alice_port = Allocate(net, "alice-server");
+  ASSERT_EQ(Register(net, "alice-server", "db", MakeSend(net, "alice-server", alice_port)), "");
+  const auto root_port = Allocate(net, "root-server");
+  ASSERT_EQ(Register(net, "root-server", "db", MakeSend(net, "root-server", root_port)), "")
+      << "root may register a name another user holds";
+  const auto send_from = [&](const std::string& client) {
+    const auto to_db = ReadU32(Lookup(net, client, "db").body);
+    ASSERT_EQ(net.Call(client, JobOp::kSend, SendBody(to_db, client)).status, JobStatus::kOk);
+  };
+  send_from("alice-client");
+  send_from("carol-client");
+  EXPECT_EQ(ReadMessage(Receive(net, "alice-server", alice_port)).items.at(0).bytes(),
+            "alice-client");
+  EXPECT_EQ(ReadMessage(Receive(net, "root-server", root_port)).items.at(0).bytes(),
+            "carol-client");
 }
 
 }  // namespace

@@ -28,9 +28,9 @@ Expected<void> Agent::Start() {
   auto identity = LoadOrCreateNodeIdentity(config_.state_dir, config_.node_name);
   if (!identity) return Unexpected<Error>{identity.error()};
   identity_ = *identity;
-  // The state dir must be traversable so that jobs (running as their users) reach their
-  // directories; the jobs dir holds per-job dirs owned by each job's user.
-  chmod(config_.state_dir.c_str(), 0755);
+  // The state dir is traversable but not listable (0711): jobs, running as their users, reach
+  // their own directories below it by path; no user can list the jobs, records or migrations.
+  chmod(config_.state_dir.c_str(), 0711);
   std::error_code ignored;
   std::filesystem::create_directories(config_.run_dir, ignored);
   chmod(config_.run_dir.c_str(), 0755);
@@ -65,7 +65,13 @@ Expected<void> Agent::Start() {
       [this](std::uint64_t node, std::vector<ipc::Frame> frames) {
         return cluster_ && cluster_->SendIpc(node, std::move(frames));
       },
-      [this](std::uint64_t node) { return cluster_ ? cluster_->IpcBacklog(node) : 0; });
+      [this](std::uint64_t node) { return cluster_ ? cluster_->IpcBacklog(node) : 0; },
+      config_.ipc_limits);
+  ipc_->SetJobUidSource([this](const std::string& job) -> std::optional<std::uint32_t> {
+    const auto record = supervisor_ ? supervisor_->Get(job) : std::nullopt;
+    if (!record) return std::nullopt;
+    return static_cast<std::uint32_t>(record->uid);
+  });
   ipc_->SetDirectHooks(
       [this](std::uint64_t node) -> std::string {
         if (!cluster_) return "";

@@ -98,6 +98,21 @@ class TableReader {
     out = static_cast<std::size_t>(*value);
   }
 
+  // A whole number in [min, max] into an unsigned setting.
+  template <typename T>
+  void Whole(const char* section, const char* key, T& out, std::int64_t min, std::int64_t max) {
+    const toml::node* node = Find(section, key);
+    if (node == nullptr) return;
+    auto value = node->value_exact<int64_t>();
+    if (!value || *value < min || *value > max) {
+      const std::string what =
+          "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max);
+      Complain(section, key, what.c_str());
+      return;
+    }
+    out = static_cast<T>(*value);
+  }
+
   void StringList(const char* section, const char* key, std::vector<std::string>& out) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
@@ -199,6 +214,13 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);
   reader.String("criu", "path", config.criu_path);
+  auto& ipc = config.ipc_limits;
+  reader.Whole("ipc", "max_queue_limit", ipc.max_queue_limit, 1, 1 << 20);
+  reader.Whole("ipc", "max_ports_per_job", ipc.max_ports_per_job, 1, 1 << 20);
+  // A message of the largest size must be able to wait in a queue.
+  reader.Whole("ipc", "max_queued_bytes_per_job", ipc.max_queued_bytes_per_job,
+               static_cast<std::int64_t>(ipc::kMaxMessageBytes) + 256, std::int64_t{1} << 40);
+  reader.Whole("ipc", "max_region_bytes", ipc.max_region_bytes, 1, std::int64_t{64} << 30);
   auto& balance = config.balancer;
   reader.Bool("balancer", "enabled", balance.enabled);
   reader.Millis("balancer", "interval_ms", balance.interval);

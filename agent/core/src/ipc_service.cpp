@@ -26,60 +26,13 @@
 
 #include "backlog_hold.hpp"
 #include "direct_calls.hpp"
+#include "memfd_regions.hpp"
 #include "tern/agent/timer_schedule.hpp"
 
 namespace tern::agent {
 namespace {
 
 using jobs::UniqueFd;
-
-// Region memory: one memfd per region, kept while the router holds the region.
-class MemfdRegions : public ipc::RegionStore {
- public:
-  bool Create(ipc::ObjectId id, std::uint64_t size) override {
-    UniqueFd fd(::memfd_create("tern-region", MFD_CLOEXEC));
-    if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return false;
-    fds_[id] = std::move(fd);
-    return true;
-  }
-  std::optional<std::string> Read(ipc::ObjectId id) override {
-    auto it = fds_.find(id);
-    if (it == fds_.end()) return std::nullopt;
-    const off_t size = ::lseek(it->second.get(), 0, SEEK_END);
-    if (size < 0) return std::nullopt;
-    std::string bytes(static_cast<std::size_t>(size), '\0');
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t got = ::pread(it->second.get(), bytes.data() + done, bytes.size() - done,
-                                  static_cast<off_t>(done));
-      if (got <= 0) return std::nullopt;
-      done += static_cast<std::size_t>(got);
-    }
-    return bytes;
-  }
-  bool Write(ipc::ObjectId id, std::string_view bytes) override {
-    auto it = fds_.find(id);
-    if (it == fds_.end() || ::ftruncate(it->second.get(), static_cast<off_t>(bytes.size())) != 0) {
-      return false;
-    }
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t put = ::pwrite(it->second.get(), bytes.data() + done, bytes.size() - done,
-                                   static_cast<off_t>(done));
-      if (put <= 0) return false;
-      done += static_cast<std::size_t>(put);
-    }
-    return true;
-  }
-  void Destroy(ipc::ObjectId id) override { fds_.erase(id); }
-  int Fd(ipc::ObjectId id) const {
-    auto it = fds_.find(id);
-    return it == fds_.end() ? -1 : it->second.get();
-  }
-
- private:
-  std::map<ipc::ObjectId, UniqueFd> fds_;
-};
 
 }  // namespace
 
@@ -89,10 +42,11 @@ static_assert(IpcService::kResumeBelow == BacklogHold::kResumeBelow);
 
 class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
  public:
-  Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send, NodeBacklog backlog)
+  Impl(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send, NodeBacklog backlog,
+       const ipc::IpcLimits& limits)
       : io_(io),
         self_(node_id),
-        router_(node_id, regions_),
+        router_(node_id, regions_, limits),
         send_(std::move(send)),
         hold_(std::move(backlog)),
         direct_(std::make_shared<DirectCalls>(
@@ -142,7 +96,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       channel->job_end = "socket:[" + std::to_string(job_end.st_ino) + "]";
     }
     channels_[job] = channel;
-    router_.JobAttached(job);
+    router_.JobAttached(job, uid_of_ ? uid_of_(job) : std::nullopt);
     Read(job, channel);
     return fds[1];
   }
@@ -214,6 +168,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
 
   // Reads what the job wrote and hands every complete request to the router; false when the
   // channel was closed (end of file, or a broken protocol).
+  // A job attached before the agent knew its user (a restored one) gets it before its first
+  // request runs: names are owned by users.
+  void LearnUid(const std::string& job) {
+    if (router_.JobUid(job) || !uid_of_) return;
+    if (auto uid = uid_of_(job)) router_.SetJobUid(job, *uid);
+  }
+
   bool Consume(const std::string& job, const std::shared_ptr<Channel>& channel) {
     for (;;) {
       // Straight into the decoder: a large request lands in its own frame, never copied.
@@ -235,6 +196,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       Close(job);
       return false;
     }
+    LearnUid(job);
     while (auto frame = channel->decoder.Next()) {
       if (frame->type != ipc::FrameType::kIpcRequest) {
         spdlog::warn("job {}: closing its IPC channel: frame type {} is not an IPC request", job,
@@ -339,6 +301,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     if (it == channels_.end()) return Fail("job " + job + " has no IPC channel here");
     auto channel = it->second;
     if (auto imported = router_.ImportJob(job, *rights); !imported) return imported;
+    LearnUid(job);
     if (!from_job->empty()) {
       if (auto fed = channel->decoder.Feed(*from_job); !fed) return fed;
     }
@@ -573,6 +536,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   boost::asio::io_context& io_;
   std::uint64_t self_;
   MemfdRegions regions_;
+  JobUid uid_of_;
   ipc::PortRouter router_;
   NodeSender send_;
   TimerSchedule schedule_;
@@ -617,8 +581,8 @@ std::string IpcService::MoveBlocker(const std::string& job) const {
 }
 
 IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send,
-                       NodeBacklog backlog)
-    : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog))) {
+                       NodeBacklog backlog, const ipc::IpcLimits& limits)
+    : impl_(std::make_shared<Impl>(io, node_id, std::move(send), std::move(backlog), limits)) {
   impl_->direct_->Start();
 }
 
@@ -627,6 +591,8 @@ IpcService::~IpcService() { Stop(); }
 int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
 
 void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
+
+void IpcService::SetJobUidSource(JobUid uid_of) { impl_->uid_of_ = std::move(uid_of); }
 
 Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
                                        std::string payload) {

@@ -126,7 +126,7 @@ int ChildMain(void* arg) {
 // existing symlink or FIFO there is refused, never followed or waited on.
 Expected<UniqueFd> OpenOutput(int dir_fd, const std::string& dir, const std::string& name,
                               uid_t uid, gid_t gid) {
-  auto fd = migrate::OpenRegularBeneath(dir_fd, name, O_WRONLY | O_CREAT | O_APPEND, 0640);
+  auto fd = migrate::OpenRegularBeneath(dir_fd, name, O_WRONLY | O_CREAT | O_APPEND, 0600);
   if (!fd) return Fail(fd.error().message + " (in job directory " + dir + ")");
   if (::fchown(fd->get(), uid, gid) != 0) {
     return Fail("cannot give " + dir + "/" + name + " to uid " + std::to_string(uid) + ": " +
@@ -158,12 +158,13 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   if (::access(spec.init_path.c_str(), X_OK) != 0) {
     return Fail("tern-init is not executable at " + spec.init_path + ": " + std::strerror(errno));
   }
-  if (::mkdir(spec.dir.c_str(), 0750) != 0 && errno != EEXIST) {
+  // The job's directory and its output are its user's alone (0700, 0600).
+  if (::mkdir(spec.dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Fail("cannot create job directory " + spec.dir + ": " + std::strerror(errno));
   }
   auto dir_fd = migrate::OpenDirectoryNoFollow(spec.dir);
   if (!dir_fd) return Unexpected<Error>{dir_fd.error()};
-  if (::fchown(dir_fd->get(), spec.uid, spec.gid) != 0 || ::fchmod(dir_fd->get(), 0750) != 0) {
+  if (::fchown(dir_fd->get(), spec.uid, spec.gid) != 0 || ::fchmod(dir_fd->get(), 0700) != 0) {
     return Fail("cannot give " + spec.dir + " to uid " + std::to_string(spec.uid) + ": " +
                 std::strerror(errno));
   }

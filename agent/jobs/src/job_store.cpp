@@ -1,7 +1,9 @@
 #include "tern/jobs/job_store.hpp"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -15,31 +17,46 @@
 namespace tern::jobs {
 namespace fs = std::filesystem;
 
-Expected<void> WriteFileAtomically(const std::string& path, const std::string& content) {
-  const std::string temporary = path + ".tmp";
-  UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd.valid()) return Fail("cannot write " + temporary + ": " + std::strerror(errno));
-  size_t written = 0;
+namespace {
+
+std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+}  // namespace
+
+Expected<void> WriteFileAtomically(const std::string& path, std::string_view content, mode_t mode) {
+  const fs::path target(path);
+  const std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
+  // A fresh name beside the target (O_EXCL, never following a link): whatever sits at a
+  // predictable temporary name cannot redirect or block the write.
+  std::string temporary = dir + "/." + target.filename().string() + ".XXXXXX";
+  UniqueFd fd(::mkostemp(temporary.data(), O_CLOEXEC));
+  if (!fd.valid()) return Fail(Errno("cannot create a temporary file for " + path));
+  bool renamed = false;
+  // The temporary file goes away on every failure before the rename.
+  struct Cleanup {
+    const std::string& name;
+    const bool& done;
+    ~Cleanup() {
+      if (!done) ::unlink(name.c_str());
+    }
+  } cleanup{temporary, renamed};
+  if (::fchmod(fd.get(), mode) != 0) return Fail(Errno("cannot set the mode of " + temporary));
+  std::size_t written = 0;
   while (written < content.size()) {
     const ssize_t n = ::write(fd.get(), content.data() + written, content.size() - written);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Fail("cannot write " + temporary + ": " + std::strerror(errno));
-    written += static_cast<size_t>(n);
+    if (n < 0) return Fail(Errno("cannot write " + temporary));
+    written += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd.get()) != 0) return Fail("cannot sync " + temporary + ": " + std::strerror(errno));
-  fd.Reset();
+  if (::fsync(fd.get()) != 0) return Fail(Errno("cannot sync " + temporary));
+  if (::close(fd.Release()) != 0) return Fail(Errno("cannot close " + temporary));
   if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    return Fail("cannot rename " + temporary + ": " + std::strerror(errno));
+    return Fail(Errno("cannot rename " + temporary + " to " + path));
   }
-  // The rename is durable only once the directory that holds the name is: without this a crash
-  // can bring back the old file (or none) after the caller went on as if the new one were there.
-  const auto slash = path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  renamed = true;
+  // The rename itself is durable only once the directory is synced.
   UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir_fd.valid() || ::fsync(dir_fd.get()) != 0) {
-    return Fail("cannot sync the directory " + dir + ": " + std::strerror(errno));
-  }
+  if (!dir_fd.valid() || ::fsync(dir_fd.get()) != 0) return Fail(Errno("cannot sync " + dir));
   return {};
 }
 
@@ -79,8 +96,11 @@ Expected<std::uint64_t> JobStore::NextSerial() {
 
 Expected<void> JobStore::Save(const JobRecord& job) {
   std::error_code error;
-  fs::create_directories(state_dir_ + "/records", error);
-  if (error) return Fail("cannot create " + state_dir_ + "/records: " + error.message());
+  const std::string records = state_dir_ + "/records";
+  fs::create_directories(records, error);
+  if (error) return Fail("cannot create " + records + ": " + error.message());
+  // Records hold argv, environment and user: root's alone (older agents made it 0755).
+  if (::chmod(records.c_str(), 0700) != 0) return Fail(Errno("cannot make " + records + " 0700"));
   return WriteFileAtomically(state_dir_ + "/records/" + job.id + ".json",
                              PersistentJson(job).dump(2) + "\n");
 }

@@ -64,7 +64,8 @@ JobSupervisor::JobSupervisor(boost::asio::io_context& io, SupervisorOptions opti
   std::error_code ignored;
   if (options_.jobs_dir.empty()) options_.jobs_dir = options_.state_dir + "/jobs";
   std::filesystem::create_directories(options_.jobs_dir, ignored);
-  ::chmod(options_.jobs_dir.c_str(), 0755);
+  // Traversable, not listable: a job reaches its own directory by path, no user lists others.
+  ::chmod(options_.jobs_dir.c_str(), 0711);
   init_ = PlaceInit(options_.init_path, options_.state_dir);
   ArmChildSignal();
 }

@@ -163,6 +163,34 @@ TEST(ConfigTest, LinkAndGossipCountsAreBounded) {
   EXPECT_FALSE(ParseConfig("[cluster]\ngossip_fanout = \"all\"\n", "x"));
 }
 
+TEST(ConfigTest, IpcSectionDefaultsAndKeys) {
+  auto defaults = ParseConfig("", "test.toml");
+  ASSERT_TRUE(defaults) << defaults.error().message;
+  EXPECT_EQ(defaults->ipc_limits.max_queue_limit, 65536u);
+  EXPECT_EQ(defaults->ipc_limits.max_ports_per_job, 4096u);
+  EXPECT_EQ(defaults->ipc_limits.max_queued_bytes_per_job, std::uint64_t{512} << 20);
+  EXPECT_EQ(defaults->ipc_limits.max_region_bytes, std::uint64_t{1} << 30);
+  auto config = ParseConfig(R"(
+[ipc]
+max_queue_limit = 100
+max_ports_per_job = 7
+max_queued_bytes_per_job = 1073741824
+max_region_bytes = 65536
+)",
+                            "test.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_EQ(config->ipc_limits.max_queue_limit, 100u);
+  EXPECT_EQ(config->ipc_limits.max_ports_per_job, 7u);
+  EXPECT_EQ(config->ipc_limits.max_queued_bytes_per_job, std::uint64_t{1} << 30);
+  EXPECT_EQ(config->ipc_limits.max_region_bytes, 65536u);
+  // Below one largest message, the quota could never let it wait: refused, naming the key.
+  auto small = ParseConfig("[ipc]\nmax_queued_bytes_per_job = 1000\n", "test.toml");
+  ASSERT_FALSE(small);
+  EXPECT_NE(small.error().message.find("[ipc] max_queued_bytes_per_job"), std::string::npos)
+      << small.error().message;
+  EXPECT_FALSE(ParseConfig("[ipc]\nmax_ports_per_job = -1\n", "test.toml"));
+}
+
 }  // namespace
 }  // namespace tern::agent
 

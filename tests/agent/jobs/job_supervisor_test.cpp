@@ -117,6 +117,35 @@ TEST_F(SupervisorTest, JobRunsAsTheRequestedUser) {
   EXPECT_EQ(info.st_uid, nobody->pw_uid);
 }
 
+// Issue 14, finding 6: a job's directory, its output and the records are not for other users;
+// the job itself still reaches its directory by path.
+TEST_F(SupervisorTest, JobFilesAndRecordsArePrivateAndTheJobsDirIsNotListable) {
+  passwd* nobody = getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr) << "this machine has no user 'nobody'";
+  auto supervisor = MakeSupervisor();
+  auto job = supervisor->Submit(
+      Request({"sh", "-c",
+               "echo mine > \"$TERN_JOB_DIR/mine\" && echo reached; "
+               "ls \"$TERN_JOB_DIR/..\" >/dev/null 2>&1 && echo listed-jobs; "
+               "ls \"$TERN_JOB_DIR/../../records\" >/dev/null 2>&1 && echo listed-records; true"},
+              nobody->pw_uid, nobody->pw_gid, "nobody"));
+  ASSERT_TRUE(job) << job.error().message;
+  auto ended = WaitEnded(job->id);
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(ReadFile(job->dir + "/stdout"), "reached\n") << ReadFile(job->dir + "/stderr");
+  const auto mode = [](const std::string& path) {
+    struct stat info {};
+    EXPECT_EQ(::lstat(path.c_str(), &info), 0) << path;
+    return info.st_mode & 07777;
+  };
+  EXPECT_EQ(mode(job->dir), 0700u);
+  EXPECT_EQ(mode(job->dir + "/stdout"), 0600u);
+  EXPECT_EQ(mode(job->dir + "/stderr"), 0600u);
+  EXPECT_EQ(mode((dir_ / "jobs").string()), 0711u);
+  EXPECT_EQ(mode((dir_ / "records").string()), 0700u);
+  EXPECT_EQ(mode((dir_ / "records" / (job->id + ".json")).string()), 0600u);
+}
+
 TEST_F(SupervisorTest, MissingCommandExits127WithAClearMessage) {
   auto supervisor = MakeSupervisor();
   auto job = supervisor->Submit(Request({"/no/such/command"}));

@@ -2,6 +2,7 @@
 // channel.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <tern/ipc.h>
 
 #include <cstdlib>
 #include <future>
@@ -47,6 +48,20 @@ TEST(Channel, NoChannelFailsClearly) {
                             "not running under tern: TERN_IPC_FD=\"abc\" is not a file "
                             "descriptor number");
   ExpectDefaultChannelFails("987", "not running under tern: TERN_IPC_FD=987 is not an open socket");
+}
+
+// Issue 14: the agent's per-job limits reach the job as their own status, with the message.
+TEST(Channel, OverQuotaIsItsOwnStatusWithTheAgentsReason) {
+  FakeAgent agent;
+  Channel channel = Channel::FromFd(agent.TakeJobFd());
+  auto port = channel.port_allocate(100000);
+  ASSERT_FALSE(port);
+  EXPECT_EQ(port.status(), JobStatus::kOverQuota);
+  EXPECT_EQ(static_cast<int>(port.status()), TERN_OVER_QUOTA);
+  EXPECT_NE(port.error().ToString().find("over_quota: "), std::string::npos)
+      << port.error().ToString();
+  EXPECT_NE(port.error().ToString().find("max_queue_limit"), std::string::npos);
+  EXPECT_TRUE(channel.port_allocate(65536));
 }
 
 TEST(Channel, RoundTripThroughAPort) {

@@ -175,6 +175,12 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
   switch (request.op) {
     case JobOp::kPortAllocate: {
       auto limit = reader.U32();
+      // As the agent's router answers a limit over [ipc] max_queue_limit (default 65536).
+      if (limit && *limit > 65536) {
+        return Err(JobStatus::kOverQuota,
+                   "port_allocate: a queue limit of " + std::to_string(*limit) +
+                       " messages is over this node's cap of 65536 ([ipc] max_queue_limit)");
+      }
       const std::uint64_t id = next_object_++;
       ports_[id].limit = limit && *limit ? *limit : ipc::kDefaultQueueLimit;
       return Ok(U32Body(NewName({Right::kReceive, id})));

@@ -12,6 +12,11 @@
 // is received into its own payload string once its header is known, and Next() hands that
 // string out as it is: a large frame is never copied in user space.
 //
+// Memory follows the bytes, not the headers: a header declaring a large payload allocates
+// nothing by itself; the payload grows as its bytes arrive (doubling, from kDirectPayload), so
+// a peer that declares 16 MiB and sends nothing costs at most one staging area and a
+// kDirectPayload start.
+//
 // Example:
 //   FrameDecoder decoder;
 //   auto space = decoder.Prepare();
@@ -74,11 +79,18 @@ class FrameDecoder {
   std::size_t buffered() const;
   // Takes those bytes out (a channel handed to another reader continues from them).
   std::string TakeBuffered();
+  // Bytes this decoder holds allocated now (its buffers' capacities), not counting frames
+  // ready for Next(): what a peer's partial frame costs.
+  std::size_t allocated() const;
 
  private:
   // Splits every complete frame off buffer_, and starts a direct frame for a large one.
   Expected<void> Split();
   Expected<void> Broken(FrameType type, std::uint32_t length);
+  // Room for the direct frame's next bytes, grown as needed (never empty).
+  std::span<char> DirectSpace();
+
+  static constexpr std::size_t kReadSize = 64 * 1024;  // the staging area
 
   std::size_t max_payload_;
   std::string buffer_;
@@ -86,7 +98,8 @@ class FrameDecoder {
   // A large frame being received in place: its type and payload, and how much has arrived.
   struct Direct {
     FrameType type;
-    std::string payload;
+    std::uint32_t length = 0;  // declared
+    std::string payload;       // grown as bytes arrive; its first `filled` bytes are real
     std::size_t filled = 0;
   };
   std::optional<Direct> direct_;

@@ -72,7 +72,8 @@ enum class JobStatus : std::uint16_t {
   kUnavailable = 9,     // the port's home node cannot be reached
   kTooLarge = 10,       // message over the limit
   kCancelled = 11,      // the operation was cancelled
-  kExists = 12,         // name register: the name is taken
+  kExists = 12,         // name register: the name is taken (here, or by another user)
+  kOverQuota = 13,      // over one of the node's per-job IPC limits ([ipc] config)
 };
 
 std::string_view JobStatusName(JobStatus status);

@@ -36,14 +36,36 @@ struct ObjectId {
   bool valid() const { return serial != 0; }
 };
 
-// Region memory lives outside the router (memfds in the agent, strings in tests).
+// Region memory lives outside the router (sealed memfds in the agent, strings in tests). The
+// router reads and writes it a chunk at a time (a copy to another node travels in chunks), and
+// never past the size it was created with.
 class RegionStore {
  public:
   virtual ~RegionStore() = default;
+  // A region of `size` bytes, all zero, whose size cannot change.
   virtual bool Create(ObjectId id, std::uint64_t size) = 0;
-  virtual std::optional<std::string> Read(ObjectId id) = 0;
-  virtual bool Write(ObjectId id, std::string_view bytes) = 0;
+  // Up to `max` bytes from `offset` (fewer only at the end); nullopt if that cannot be read.
+  virtual std::optional<std::string> Read(ObjectId id, std::uint64_t offset, std::size_t max) = 0;
+  // Writes `bytes` at `offset`, within the region's size.
+  virtual bool Write(ObjectId id, std::uint64_t offset, std::string_view bytes) = 0;
   virtual void Destroy(ObjectId id) = 0;
+};
+
+// What one job may hold of a node's IPC resources (the agent's [ipc] config section). Over a
+// limit the job's request fails with JobStatus::kOverQuota and a message naming the setting;
+// nothing else changes.
+struct IpcLimits {
+  // The largest queue limit port_allocate may ask for (messages; each queued message counts
+  // at least 256 bytes against the byte quota below, which is what bounds memory).
+  std::uint32_t max_queue_limit = 65536;
+  // Receive rights a job may hold when it allocates another port.
+  std::uint64_t max_ports_per_job = 4096;
+  // Bytes of one job's messages that may wait at this node (queued, or held by a send
+  // blocked on a full queue), each message counted as its data plus 256 bytes. At least
+  // kMaxMessageBytes, so that one message of the largest size can always wait.
+  std::uint64_t max_queued_bytes_per_job = std::uint64_t{512} << 20;
+  // The largest region a job may create, or receive a copy of from another node.
+  std::uint64_t max_region_bytes = std::uint64_t{1} << 30;
 };
 
 class PortRouter {
@@ -78,13 +100,17 @@ class PortRouter {
     }
   };
 
-  PortRouter(std::uint64_t node_id, RegionStore& regions);
+  PortRouter(std::uint64_t node_id, RegionStore& regions, IpcLimits limits = {});
   ~PortRouter();
   PortRouter(const PortRouter&) = delete;
   PortRouter& operator=(const PortRouter&) = delete;
 
   // A job's channel opened / the job ended (exit, cancel, moved away): all its rights go.
-  void JobAttached(const std::string& job);
+  // `uid` is the job's user: names it registers are its user's (docs/ipc.md "Names").
+  void JobAttached(const std::string& job, std::optional<std::uint32_t> uid = std::nullopt);
+  // Sets the user of a job attached before it was known (a job restored by a migration).
+  void SetJobUid(const std::string& job, std::uint32_t uid);
+  std::optional<std::uint32_t> JobUid(const std::string& job) const;
   void JobGone(const std::string& job);
   // One IpcRequest payload from a job's channel. A malformed one gets a kBadRequest reply
   // when it has a request id, else it is returned as an error (the caller closes the channel).
@@ -129,6 +155,8 @@ class PortRouter {
   // Jobs on this node that hold a right to a region `job` also holds.
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
   std::size_t PortCount() const;
+  // Bytes charged to `job` on `node` for its messages waiting at this node (its quota's use).
+  std::uint64_t QueuedBytesOf(std::uint64_t node, const std::string& job) const;
   // IPC affinity: bytes each job on this node sent to ports whose receive right another job
   // holds, per (sender, receiver) pair, since the previous call (which this resets). Counting
   // costs one map update per message; the pairs are resolved here, for ports homed on this

@@ -39,7 +39,9 @@ typedef enum tern_status {
   TERN_UNAVAILABLE = 9, /* also: no channel (not under tern) or the agent closed it */
   TERN_TOO_LARGE = 10,
   TERN_CANCELLED = 11,
-  TERN_EXISTS = 12
+  TERN_EXISTS = 12,
+  TERN_OVER_QUOTA =
+      13 /* over a per-job limit of the agent's [ipc] config; the message says which */
 } tern_status;
 
 typedef enum tern_disposition {

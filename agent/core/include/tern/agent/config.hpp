@@ -11,6 +11,7 @@
 #include <string>
 #include <tern/balancer/balancer.hpp>
 #include <tern/expected.hpp>
+#include <tern/ipc/port_router.hpp>
 #include <vector>
 
 namespace tern::agent {
@@ -55,6 +56,9 @@ struct AgentConfig {
   std::string init_path;  // default: tern-init beside ternd
   // [criu]
   std::string criu_path;
+  // [ipc] (docs/ipc.md "Limits"): max_queue_limit, max_ports_per_job,
+  // max_queued_bytes_per_job, max_region_bytes
+  ipc::IpcLimits ipc_limits;
   // [balancer] (docs/balancer.md): enabled, interval_ms, max_outgoing, min_age_ms,
   // stay_after_move_ms, retry_after_failure_ms, min_gain_ratio, imbalance, memory_high
   balancer::BalancerOptions balancer;

@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <tern/expected.hpp>
@@ -53,8 +54,12 @@ class IpcService {
   // The host pid of a job's init, 0 if it is not running here: its processes hold its sockets.
   using JobInitPid = std::function<int(const std::string& job)>;
 
+  // The user a job runs as, if the agent knows the job: names are owned by users.
+  using JobUid = std::function<std::optional<std::uint32_t>(const std::string& job)>;
+
+  // `limits`: what each job may hold of this node's IPC (the [ipc] config section).
   IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeSender send_to_node,
-             NodeBacklog backlog = {});
+             NodeBacklog backlog = {}, const ipc::IpcLimits& limits = {});
   ~IpcService();
   IpcService(const IpcService&) = delete;
   IpcService& operator=(const IpcService&) = delete;
@@ -62,6 +67,9 @@ class IpcService {
   // A fresh channel for `job`; returns the job's end (the caller owns and closes it), or -1.
   int OpenChannel(const std::string& job);
   void CloseChannel(const std::string& job);
+  // Where the service learns each job's user (asked when a channel opens and, until it is
+  // known, before the job's requests run).
+  void SetJobUidSource(JobUid uid_of);
   // An IpcRemote frame, or one chunk of a blast (a payload over one frame's limit).
   Expected<void> OnNodeFrame(std::uint64_t from, ipc::FrameType type, std::string payload);
   void NodeUp(std::uint64_t node);

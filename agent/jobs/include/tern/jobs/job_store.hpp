@@ -5,15 +5,19 @@
 // <state_dir>/job_serial, the next job number, which is never handed out twice — not even
 // across restarts or after the job directories are deleted.
 //
-// Contract: Save() replaces job.json atomically (write to a temporary file, fsync, rename), so a
-// crash leaves the old record or the new one, never a torn one. LoadAll() returns every record
-// it can read and names the ones it cannot.
+// Contract: Save() replaces the record with WriteFileAtomically, so a crash leaves the old
+// record or the new one, never a torn one. Records are 0600 in a 0700 directory (they hold the
+// job's argv and environment). LoadAll() returns every record it can read and names the ones
+// it cannot.
 //
 // Thread-safety: not thread-safe; one agent thread uses it.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tern/jobs/job_record.hpp"
@@ -35,8 +39,12 @@ class JobStore {
   std::string node_name_;
 };
 
-// Writes `content` to `path` atomically and durably: a temporary file beside it, fsync, rename,
-// fsync of the directory. Once it returns, a crash leaves the new content; before, the old.
-Expected<void> WriteFileAtomically(const std::string& path, const std::string& content);
+// Writes `content` to `path` atomically and durably: a new temporary file beside it (a unique
+// name, created exclusively, mode `mode`), write, fsync, rename over `path`, fsync of the
+// directory. After a crash `path` holds the old content or the new, never a torn or empty
+// file; once this returns, the new content survives a power cut. The one helper for every
+// file the agent must not lose (job records, job_serial, migration records).
+Expected<void> WriteFileAtomically(const std::string& path, std::string_view content,
+                                   mode_t mode = 0600);
 
 }  // namespace tern::jobs
