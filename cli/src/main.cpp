@@ -4,6 +4,7 @@
 
 #include "tern/cli/commands.hpp"
 #include "tern/cli/doctor.hpp"
+#include "tern/cli/tls_command.hpp"
 #include "tern/cli/token.hpp"
 
 namespace {
@@ -149,6 +150,8 @@ int main(int argc, char** argv) {
   auto* token_list = token_cmd->add_subcommand("list", "the tokens (names, access, hash prefix)");
   auto* token_revoke = token_cmd->add_subcommand("revoke", "remove a token; it stops at once");
   token_revoke->add_option("name", token.name, "the token's name")->required();
+  tern::cli::TlsCommand tls;
+  tern::cli::AddTlsCommands(app, tls);
 
   try {
     app.parse(argc, argv);
@@ -170,6 +173,8 @@ int main(int argc, char** argv) {
     token.action = *token_create ? Action::kCreate : *token_list ? Action::kList : Action::kRevoke;
     return tern::cli::Token(token, std::cout, std::cerr);
   }
+  if (*tls.tls) return tern::cli::RunTlsCommand(tls, std::cout, std::cerr);
+
   tern::cli::Context context{tern::cli::AgentClient(tern::cli::ResolveSocketPath(socket_flag)),
                              std::cout, std::cerr};
   if (*submit_cmd) return tern::cli::Submit(context, submit);

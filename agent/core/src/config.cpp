@@ -195,6 +195,10 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.Count("cluster", "gossip_fanout", config.gossip_fanout, 64);
   reader.Count("cluster", "gossip_window", config.gossip_window, 64);
   reader.Millis("cluster", "link_idle_ms", config.link_idle);
+  reader.String("tls", "ca", config.tls_ca);
+  reader.String("tls", "cert", config.tls_cert);
+  reader.String("tls", "key", config.tls_key);
+  reader.Bool("security", "allow_remote_root", config.allow_remote_root);
   reader.Millis("jobs", "cancel_grace_ms", config.cancel_grace);
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);

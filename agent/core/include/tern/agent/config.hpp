@@ -46,6 +46,15 @@ struct AgentConfig {
   std::size_t gossip_fanout = 1;   // peers each heartbeat's gossip goes to
   std::size_t gossip_window = 16;  // entries per gossip message (at most 64: receivers refuse more)
   std::chrono::milliseconds link_idle{30000};  // a link over max_links closes after this idle
+  // [tls]: the node's certificate, its key (root's, 0600) and the cluster CA that signed every
+  // node's certificate (docs/security.md). Peer links are mutual TLS 1.3 with these.
+  std::string tls_ca = "/etc/tern/tls/ca.crt";
+  std::string tls_cert = "/etc/tern/tls/node.crt";
+  std::string tls_key = "/etc/tern/tls/node.key";
+  // [security]
+  // A request forwarded by another agent on behalf of uid 0 is refused unless this is set:
+  // root on one node is then not root on every node.
+  bool allow_remote_root = false;
   // [jobs]
   std::string jobs_dir;  // default: <state_dir>/jobs; may be a file system the nodes share
   std::chrono::milliseconds cancel_grace{5000};
