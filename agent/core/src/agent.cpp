@@ -193,6 +193,11 @@ Expected<void> Agent::Start() {
   if (auto started = cluster_->Start(); !started) return started;
 
   http::ServerOptions http_options;
+  if (!config_.api_listen.empty()) {
+    auto tls = TcpApiTls(config_);
+    if (!tls) return Unexpected<Error>{tls.error()};
+    http_options.tcp_tls = *tls;
+  }
   http_options.max_connections = config_.api_max_connections;
   http_options.request_timeout = config_.api_request_timeout;
   http_options.event_queue_limit = config_.api_event_queue_bytes;
@@ -235,7 +240,6 @@ Expected<void> Agent::Start() {
     return listening;
   }
   if (!config_.api_listen.empty()) {
-    if (auto allowed = CheckTcpApiListen(config_); !allowed) return allowed;
     if (auto listening = http_->ListenTcp(config_.api_listen); !listening) return listening;
   }
   spdlog::info("ternd {} node {} ({}): API on {} and {}, {} job(s) adopted", version_,

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -192,6 +193,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       done(ErrorResult(404, "no such API path: " + target.path));
     }
   } catch (const std::exception& error) {
+    spdlog::error("api: {} {} from {} failed: {}", method, call.target, call.caller.via,
+                  error.what());
     done(ErrorResult(500, std::string("internal error: ") + error.what()));
   }
 }

@@ -5,6 +5,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <tern/http/server.hpp>
 #include <tern/http/tokens.hpp>
+#include <tern/ipc/tls_files.hpp>
 
 namespace tern::agent {
 namespace {
@@ -71,7 +72,7 @@ std::optional<http::Response> AuthenticateTcp(const std::string& tokens_file,
   return std::nullopt;
 }
 
-Expected<void> CheckTcpApiListen(const AgentConfig& config) {
+Expected<std::shared_ptr<boost::asio::ssl::context>> TcpApiTls(const AgentConfig& config) {
   const auto colon = config.api_listen.rfind(':');
   std::string host = config.api_listen.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -80,11 +81,18 @@ Expected<void> CheckTcpApiListen(const AgentConfig& config) {
   boost::system::error_code error;
   const auto address = boost::asio::ip::make_address(host, error);
   if (error) return Fail("[api] listen: bad address '" + config.api_listen + "'");
-  if (address.is_loopback()) return {};
-  return Fail("[api] listen = \"" + config.api_listen +
-              "\" is not a loopback address: a TCP API others can reach needs TLS, which this "
-              "build does not offer yet; listen on 127.0.0.1 (and reach it through an SSH "
-              "tunnel) or leave it \"\"");
+  if (address.is_loopback()) return std::shared_ptr<boost::asio::ssl::context>{};
+  auto context =
+      ipc::MakeTlsContext({config.tls_ca, config.tls_cert, config.tls_key}, ipc::TlsRole::kServer);
+  if (!context) {
+    return Fail("[api] listen = \"" + config.api_listen +
+                "\" is not a loopback address, so the TCP API speaks only TLS, with the "
+                "node's [tls] certificate: " +
+                context.error().message);
+  }
+  // Ours alone, not yet handed out: API clients are known by their token, not a certificate.
+  (*context)->set_verify_mode(boost::asio::ssl::verify_none);
+  return *context;
 }
 
 }  // namespace tern::agent

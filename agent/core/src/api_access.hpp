@@ -7,13 +7,18 @@
 //    writes nothing; an admin token acts as root. No token, an unknown or revoked one, or an
 //    unusable token file (wrong owner or mode) answers 401 with why; the file is read again on
 //    every request, so a revoked token stops working at once.
-//  - CheckTcpApiListen: a TCP listener on a non-loopback address needs TLS.
+//  - TcpApiTls: a TCP listener on a loopback address speaks plain HTTP (nullptr); on any other
+//    address it speaks only TLS, with the node's certificate and key ([tls] cert, key; the key
+//    root's and 0600) — an agent that cannot load them refuses to start. Clients are not asked
+//    for a certificate: the bearer token says who they are.
 //
 // Thread-safety: free functions; safe from any thread.
 #pragma once
 
 #include <sys/types.h>
 
+#include <boost/asio/ssl/context.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 #include <tern/expected.hpp>
@@ -31,6 +36,6 @@ std::optional<http::Response> AuthenticateTcp(const std::string& tokens_file,
                                               const http::Request& header, http::Caller& caller,
                                               uid_t file_owner = 0);
 
-Expected<void> CheckTcpApiListen(const AgentConfig& config);
+Expected<std::shared_ptr<boost::asio::ssl::context>> TcpApiTls(const AgentConfig& config);
 
 }  // namespace tern::agent

@@ -12,6 +12,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <filesystem>
 #include <list>
 #include <nlohmann/json.hpp>
@@ -24,6 +25,12 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using Tcp = asio::ip::tcp;
 using Local = asio::local::stream_protocol;
+using LocalStream = beast::basic_stream<Local, asio::any_io_executor>;
+using TcpStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+template <typename Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
 
 constexpr std::uint32_t kHeaderLimit = 16 * 1024;
 
@@ -78,21 +85,38 @@ bool IsRead(bhttp::verb method) {
   return method == bhttp::verb::get || method == bhttp::verb::head;
 }
 
-template <typename Protocol>
-class Session : public std::enable_shared_from_this<Session<Protocol>> {
+// One connection: a Unix socket, plain TCP or TLS over TCP (Stream).
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
-  using Stream = beast::basic_stream<Protocol, asio::any_io_executor>;
-
-  Session(typename Protocol::socket socket, std::shared_ptr<const Shared> shared)
-      : caller_(CallerOf(socket)),
-        stream_(std::move(socket)),
+  Session(Caller caller, Stream stream, std::shared_ptr<const Shared> shared)
+      : caller_(std::move(caller)),
+        stream_(std::move(stream)),
         shared_(std::move(shared)),
         ticket_(shared_->connections) {}
 
-  void Start() { DoRead(); }
+  void Start() {
+    if constexpr (kIsTls<Stream>) {
+      // The handshake counts against the first request's time.
+      Lowest().expires_after(options().request_timeout);
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code error) {
+                                if (error) {
+                                  spdlog::debug("http: TLS handshake with {} failed: {}",
+                                                self->caller_.remote, error.message());
+                                  self->Close();
+                                  return;
+                                }
+                                self->DoRead();
+                              });
+    } else {
+      DoRead();
+    }
+  }
 
  private:
   const ServerOptions& options() const { return shared_->options; }
+  auto& Lowest() { return beast::get_lowest_layer(stream_); }
 
   void DoRead() {
     parser_.emplace();
@@ -100,7 +124,7 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     parser_->body_limit(options().body_limit);
     // One deadline for the whole request, header and body: a client trickling bytes cannot
     // hold the connection longer than this.
-    stream_.expires_after(options().request_timeout);
+    Lowest().expires_after(options().request_timeout);
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self = this->shared_from_this()](
                                  beast::error_code error, std::size_t) { self->OnHeader(error); });
@@ -111,7 +135,7 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     if (!error) return false;
     if (error == bhttp::error::end_of_stream || error == asio::error::eof ||
         error == beast::error::timeout || error == asio::error::operation_aborted ||
-        error == asio::error::connection_reset) {
+        error == asio::error::connection_reset || error == asio::ssl::error::stream_truncated) {
       if (error == beast::error::timeout) {
         spdlog::debug("http: {} sent no whole request within {} ms; closed", caller_.remote,
                       options().request_timeout.count());
@@ -167,7 +191,7 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
 
   void OnRead() {
     request_ = parser_->release();
-    stream_.expires_never();
+    Lowest().expires_never();
     // The responder keeps the session alive until the answer is written.
     auto self = this->shared_from_this();
     Responder responder(
@@ -202,7 +226,7 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
     response_ = std::move(response);
     response_.keep_alive(keep_alive);
     response_.prepare_payload();
-    stream_.expires_after(options().request_timeout);
+    Lowest().expires_after(options().request_timeout);
     bhttp::async_write(
         stream_, response_,
         [self = this->shared_from_this(), keep_alive](beast::error_code error, std::size_t) {
@@ -238,7 +262,7 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
   };
 
   void BeginEvents() {
-    stream_.expires_never();
+    Lowest().expires_never();
     event_queue_.insert(0,
                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                         "Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
@@ -284,8 +308,8 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
 
   void Close() {
     beast::error_code ignored;
-    stream_.socket().shutdown(Protocol::socket::shutdown_both, ignored);
-    stream_.close();
+    Lowest().socket().shutdown(asio::socket_base::shutdown_both, ignored);
+    Lowest().close();
   }
 
   Caller caller_;          // who the connection is (peer credentials or address)
@@ -367,7 +391,20 @@ class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
       socket.close(ignored);
       return;
     }
-    std::make_shared<Session<Protocol>>(std::move(socket), shared_)->Start();
+    Caller caller = CallerOf(socket);
+    if constexpr (std::is_same_v<Protocol, Local>) {
+      std::make_shared<Session<LocalStream>>(std::move(caller), LocalStream(std::move(socket)),
+                                             shared_)
+          ->Start();
+    } else if (shared_->options.tcp_tls) {
+      std::make_shared<Session<TlsStream>>(
+          std::move(caller), TlsStream(TcpStream(std::move(socket)), *shared_->options.tcp_tls),
+          shared_)
+          ->Start();
+    } else {
+      std::make_shared<Session<TcpStream>>(std::move(caller), TcpStream(std::move(socket)), shared_)
+          ->Start();
+    }
   }
 
   asio::io_context& io_;

@@ -7,6 +7,7 @@
 #include <tern/http/tokens.hpp>
 
 #include "tern/agent/agent_api.hpp"
+#include "tls_test_certs.hpp"
 
 namespace tern::agent {
 namespace {
@@ -80,18 +81,30 @@ TEST_F(ApiAccessTest, UnixCallersAreWhoTheKernelSays) {
   EXPECT_FALSE(JobViewerOf(ApiCallerOf(unix_caller))) << "root sees all";
 }
 
-TEST(TcpApiListenTest, OnlyLoopbackWithoutTls) {
+TEST(TcpApiTlsTest, LoopbackIsPlainAndAnythingElseSpeaksTlsOrDoesNotStart) {
   AgentConfig config;
   config.api_listen = "127.0.0.1:7070";
-  EXPECT_TRUE(CheckTcpApiListen(config));
+  auto plain = TcpApiTls(config);
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_EQ(*plain, nullptr);
   config.api_listen = "[::1]:7070";
-  EXPECT_TRUE(CheckTcpApiListen(config));
+  ASSERT_TRUE(TcpApiTls(config));
+  EXPECT_EQ(*TcpApiTls(config), nullptr);
+
   config.api_listen = "0.0.0.0:7070";
-  auto refused = CheckTcpApiListen(config);
-  ASSERT_FALSE(refused);
+  config.tls_ca = config.tls_cert = config.tls_key = "/nonexistent/tern-test";
+  auto refused = TcpApiTls(config);
+  ASSERT_FALSE(refused) << "an exposed API without TLS";
   EXPECT_NE(refused.error().message.find("TLS"), std::string::npos) << refused.error().message;
-  config.api_listen = "10.0.0.1:7070";
-  EXPECT_FALSE(CheckTcpApiListen(config));
+
+  ipc::testing::TestCa ca;
+  const auto files = ca.Issue("node1");
+  config.tls_ca = files.ca;
+  config.tls_cert = files.cert;
+  config.tls_key = files.key;
+  auto tls = TcpApiTls(config);
+  ASSERT_TRUE(tls) << tls.error().message;
+  EXPECT_NE(*tls, nullptr);
 }
 
 }  // namespace

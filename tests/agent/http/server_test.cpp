@@ -11,9 +11,12 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <filesystem>
 #include <future>
 #include <thread>
+
+#include "tls_test_certs.hpp"
 
 namespace tern::http {
 namespace {
@@ -64,10 +67,15 @@ class ServerFixture : public ::testing::Test {
   }
   void TearDown() override {
     if (!server_) return;
-    asio::post(io_, [this] {
+    // Stopped on its own thread before the loop ends: a Stop left queued would otherwise run
+    // against the next test's server.
+    std::promise<void> stopped;
+    asio::post(io_, [this, &stopped] {
       streams_.clear();
       server_->Stop();
+      stopped.set_value();
     });
+    stopped.get_future().wait();
     io_.stop();
     thread_.join();
     server_.reset();
@@ -348,6 +356,42 @@ TEST_F(ServerFixture, AnEventReaderThatDoesNotReadIsDropped) {
   ::close(fd);
   EXPECT_TRUE(dropped) << "a reader that never reads was kept";
   EXPECT_EQ(UnixRequest(bhttp::verb::get, "/still/alive").result_int(), 200u);
+}
+
+TEST_F(ServerFixture, WithTlsTheTcpListenerSpeaksOnlyTls) {
+  ipc::testing::TestCa ca;
+  const auto files = ca.Issue("node1");
+  auto server_tls = ipc::MakeTlsContext(files, ipc::TlsRole::kServer);
+  ASSERT_TRUE(server_tls) << server_tls.error().message;
+  (*server_tls)->set_verify_mode(asio::ssl::verify_none);
+  ServerOptions options = WithTokens();
+  options.tcp_tls = *server_tls;
+  Start(options);
+
+  // A client that checks the node's certificate against the cluster CA, as a dashboard would.
+  asio::ssl::context client_tls(asio::ssl::context::tls_client);
+  client_tls.load_verify_file(files.ca);
+  client_tls.set_verify_mode(asio::ssl::verify_peer);
+  asio::io_context io;
+  boost::beast::ssl_stream<asio::ip::tcp::socket> stream(io, client_tls);
+  stream.next_layer().connect({asio::ip::make_address("127.0.0.1"), server_->TcpPort()});
+  stream.handshake(asio::ssl::stream_base::client);
+  bhttp::request<bhttp::string_body> request{bhttp::verb::get, "/v1/info", 11};
+  request.set(bhttp::field::host, "t");
+  request.set(bhttp::field::authorization, "Bearer reader");
+  bhttp::write(stream, request);
+  boost::beast::flat_buffer buffer;
+  bhttp::response<bhttp::string_body> response;
+  bhttp::read(stream, buffer, response);
+  EXPECT_EQ(response.result_int(), 200u);
+  EXPECT_NE(response.body().find("token=reader"), std::string::npos) << response.body();
+
+  // Plain HTTP to the TLS port gets no HTTP answer.
+  int fd = Connect(/*tcp=*/true);
+  Send(fd, "GET /v1/info HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer reader\r\n\r\n");
+  const std::string plain = ReadAll(fd);
+  ::close(fd);
+  EXPECT_EQ(plain.find("HTTP/1.1 200"), std::string::npos) << plain;
 }
 
 TEST(HttpServerTest, StaleSocketFileIsReplaced) {

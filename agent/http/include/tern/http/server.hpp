@@ -14,7 +14,7 @@
 //  - On TCP, `authenticate_tcp` sees each request's header before its body: it fills the
 //    caller (token, access, uid) or refuses with its own answer (401). Without it TCP callers
 //    are anonymous and read-only. A caller without admin access gets 403 for every method but
-//    GET/HEAD, before its body is read.
+//    GET/HEAD, before its body is read. With `tcp_tls` the TCP listener speaks only TLS.
 //  - ListenUnix refuses a path where a live server answers, and replaces a stale socket file.
 //
 // Thread-safety: construct, listen and Stop on the io_context's thread. The handler is called
@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -48,6 +49,8 @@ struct ServerOptions {
   std::chrono::milliseconds request_timeout{30000};
   std::size_t event_queue_limit = 1024 * 1024;
   Authenticate authenticate_tcp;
+  // Set: the TCP listener speaks TLS only (a client that does not is closed at the handshake).
+  std::shared_ptr<boost::asio::ssl::context> tcp_tls;
 };
 
 class HttpServer {
