@@ -411,8 +411,8 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
         // The placement event names the job: it is its user's to see.
         const json job = json::parse(result.body, nullptr, false);
         if (events_ != nullptr && job.is_object() && job.contains("uid") &&
-            job["uid"].is_number_unsigned()) {
-          events_->NoteOwner(id, job["uid"].get<uid_t>());
+            job["uid"].is_number_integer() && job["uid"].get<std::int64_t>() >= 0) {
+          events_->NoteOwner(id, static_cast<uid_t>(job["uid"].get<std::int64_t>()));
         }
         if (placed) placed(id);
       }

@@ -44,8 +44,8 @@ std::optional<uid_t> EventBus::OwnerOfEvent(const std::string& type, const nlohm
   if (type == "job") {
     job = fields.value("id", "");
     const auto uid = fields.find("uid");
-    if (uid != fields.end() && uid->is_number_unsigned()) {
-      const auto owner = uid->get<uid_t>();
+    if (uid != fields.end() && uid->is_number_integer() && uid->get<std::int64_t>() >= 0) {
+      const auto owner = static_cast<uid_t>(uid->get<std::int64_t>());
       NoteOwner(job, owner);
       return owner;
     }
