@@ -582,8 +582,7 @@ TEST_F(ClusterTest, AgentWithAWrongSecretIsRefused) {
   {
     std::ofstream out(config);
     out << "[node]\nname = \"rogue\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \"" << dir
-        << "/run\"\n\n[api]\nunix_socket = \"" << dir
-        << "/run/ternd.sock\"\nlisten = \"\"\n\n"
+        << "/run\"\n\n[api]\nunix_socket = \"" << dir << "/run/ternd.sock\"\nlisten = \"\"\n\n"
         << "[cluster]\nlisten = \"0.0.0.0:7171\"\nadvertise = \"10.77.0.3:7171\"\n"
         << "seeds = [\"10.77.0.1:7071\"]\nsecret = \"not-the-cluster-secret-0123456789\"\n\n"
         << "[log]\nlevel = \"debug\"\n";
