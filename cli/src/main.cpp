@@ -5,6 +5,7 @@
 #include "tern/cli/commands.hpp"
 #include "tern/cli/doctor.hpp"
 #include "tern/cli/tls_command.hpp"
+#include "tern/cli/token.hpp"
 
 namespace {
 
@@ -133,6 +134,22 @@ int main(int argc, char** argv) {
 
   auto* version_cmd = app.add_subcommand("version", "print the versions of tern and the agent");
 
+  tern::cli::TokenOptions token;
+  auto* token_cmd = app.add_subcommand("token", "bearer tokens of the agents' TCP API (root)");
+  token_cmd->require_subcommand(1);
+  token_cmd->add_option("--file", token.file,
+                        "the token file (default: $TERN_TOKENS or /etc/tern/tokens)");
+  auto* token_create = token_cmd->add_subcommand(
+      "create", "make a token and print it once (read-only unless --admin)");
+  bool token_read_only = false;
+  auto* read_only_flag =
+      token_create->add_flag("--read-only", token_read_only, "GET only (the default)");
+  token_create->add_flag("--admin", token.admin, "acts as root: submit, cancel, migrate, drain")
+      ->excludes(read_only_flag);
+  token_create->add_option("--name", token.name, "a name for list and revoke (default token-N)");
+  auto* token_list = token_cmd->add_subcommand("list", "the tokens (names, access, hash prefix)");
+  auto* token_revoke = token_cmd->add_subcommand("revoke", "remove a token; it stops at once");
+  token_revoke->add_option("name", token.name, "the token's name")->required();
   tern::cli::TlsCommand tls;
   tern::cli::AddTlsCommands(app, tls);
 
@@ -151,6 +168,11 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (*token_cmd) {
+    using Action = tern::cli::TokenOptions::Action;
+    token.action = *token_create ? Action::kCreate : *token_list ? Action::kList : Action::kRevoke;
+    return tern::cli::Token(token, std::cout, std::cerr);
+  }
   if (*tls.tls) return tern::cli::RunTlsCommand(tls, std::cout, std::cerr);
 
   tern::cli::Context context{tern::cli::AgentClient(tern::cli::ResolveSocketPath(socket_flag)),

@@ -15,8 +15,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -589,7 +591,7 @@ void ClusterTest::ExpectRogueRefused(const std::string& name, const std::string&
     std::ofstream out(config);
     out << "[node]\nname = \"" << name << "\"\nstate_dir = \"" << dir << "/state\"\nrun_dir = \""
         << dir << "/run\"\n\n[api]\nunix_socket = \"" << dir
-        << "/run/ternd.sock\"\nlisten = \"0.0.0.0:7172\"\n\n"
+        << "/run/ternd.sock\"\nlisten = \"\"\n\n"
         << "[tls]\nca = \"" << tls_ca << "\"\ncert = \"" << tls_cert << "\"\nkey = \"" << tls_key
         << "\"\n\n"
         << "[cluster]\nlisten = \"0.0.0.0:7171\"\nadvertise = \"10.77.0.3:7171\"\n"
@@ -1633,6 +1635,168 @@ TEST_F(ClusterTest, NoJobTakesItsAgentDown) {
   auto nodes = NodesSeenBy("node2");
   ASSERT_TRUE(nodes) << "the agent stopped answering";
   EXPECT_EQ(NodeState(*nodes, "node2"), "alive");
+}
+
+// Runs `tern` as USER through a copy the user can surely execute (the build tree may be in
+// /root), talking to NODE's agent over its Unix socket.
+class AsUser {
+ public:
+  AsUser() {
+    char dir_template[] = "/tmp/tern-it-XXXXXX";
+    if (mkdtemp(dir_template) == nullptr) ADD_FAILURE() << "mkdtemp: " << strerror(errno);
+    dir_ = dir_template;
+    fs::copy_file(kBinDir + "/tern", dir_ + "/tern");
+    chmod(dir_.c_str(), 0755);
+    chmod((dir_ + "/tern").c_str(), 0755);
+  }
+  ~AsUser() { fs::remove_all(dir_); }
+  Result Run(const std::string& user, const std::string& node, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"runuser",       "-u",        user, "--", dir_ + "/tern",
+                                     "--node-socket", Socket(node)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCmd(argv);
+  }
+
+ private:
+  std::string dir_;
+};
+
+uid_t EnsureUser(const std::string& name) {
+  if (getpwnam(name.c_str()) == nullptr) {
+    auto r =
+        RunCmd({"useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name});
+    if (r.exit_code != 0) ADD_FAILURE() << "cannot create user " << name << ": " << r.Describe();
+  }
+  const passwd* pw = getpwnam(name.c_str());
+  return pw != nullptr ? pw->pw_uid : static_cast<uid_t>(-1);
+}
+
+// Finding 6: any user could list every job with its argv, read every job's events, and (over
+// the TCP API) needed no identity at all. Now user B reaches none of user A's jobs.
+TEST_F(ClusterTest, AUserCannotSeeCancelMoveOrReadTheLogsOfAnotherUsersJob) {
+  const std::string alice = kTestUser;
+  const std::string bob = kTestUser + "2";
+  ASSERT_NE(EnsureUser(alice), static_cast<uid_t>(-1));
+  ASSERT_NE(EnsureUser(bob), static_cast<uid_t>(-1));
+  AsUser as;
+  // One job of alice's on the node bob asks (answered there) and one on another node
+  // (forwarded, with bob's uid).
+  auto r = as.Run(alice, "node1",
+                  {"submit", "-q", "--node", "node1", "--", "sh", "-c",
+                   "echo alice-secret-output; exec sleep 300"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string here = Trim(r.out);
+  r = as.Run(alice, "node1",
+             {"submit", "-q", "--node", "node2", "--", "sh", "-c",
+              "echo alice-secret-output; exec sleep 300"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string there = Trim(r.out);
+  for (const auto& id : {here, there}) {
+    auto st = WaitState("node1", id, "running");
+    ASSERT_TRUE(st && st->value("state", "") == "running") << Describe(st);
+  }
+  ASSERT_TRUE(
+      WaitFor([&] { return JobLogs("node1", there).value_or("").find("alice") == 0; }, 10s));
+
+  for (const auto& id : {here, there}) {
+    SCOPED_TRACE("job " + id);
+    r = as.Run(bob, "node1", {"ps", "-a", "-o", "json"});
+    EXPECT_EQ(r.exit_code, 0) << r.Describe();
+    EXPECT_EQ(r.out.find(id), std::string::npos) << "bob lists alice's job: " << r.Describe();
+    r = as.Run(bob, "node3", {"status", id});
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_NE(r.err.find("belongs to " + alice), std::string::npos) << r.Describe();
+    r = as.Run(bob, "node1", {"logs", id});
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_EQ(r.out.find("alice-secret-output"), std::string::npos) << r.Describe();
+    EXPECT_NE(r.err.find("readable by " + alice), std::string::npos) << r.Describe();
+    r = as.Run(bob, "node1", {"cancel", id});
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_NE(r.err.find("only its user or root may cancel"), std::string::npos) << r.Describe();
+    r = as.Run(bob, "node1", {"migrate", id, "node3"});
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_NE(r.err.find("only its user or root may move"), std::string::npos) << r.Describe();
+    r = as.Run(bob, "node3", {"pin", id});
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    EXPECT_NE(r.err.find("belongs to " + alice), std::string::npos) << r.Describe();
+    r = as.Run(bob, "node1", {"events", "-o", "json"});
+    EXPECT_EQ(r.exit_code, 0) << r.Describe();
+    EXPECT_EQ(r.out.find(id), std::string::npos) << "bob sees alice's job events: " << r.out;
+    EXPECT_NE(r.out.find("\"node\""), std::string::npos) << "node events stay visible";
+    // Alice's job ran on: nothing bob did touched it.
+    auto st = Status("node2", id);
+    ASSERT_TRUE(st);
+    EXPECT_EQ(st->value("state", ""), "running") << st->dump();
+  }
+  // Alice herself sees and reaches both, and root sees all.
+  r = as.Run(alice, "node3", {"ps", "-o", "json"});
+  EXPECT_NE(r.out.find(here), std::string::npos) << r.Describe();
+  EXPECT_NE(r.out.find(there), std::string::npos) << r.Describe();
+  r = as.Run(alice, "node3", {"events", "-o", "json"});
+  EXPECT_NE(r.out.find(there), std::string::npos) << "alice sees her job's events: " << r.out;
+  r = as.Run(alice, "node3", {"logs", there});
+  EXPECT_NE(r.out.find("alice-secret-output"), std::string::npos) << r.Describe();
+  r = Tern("node3", {"ps", "-o", "json"});
+  EXPECT_NE(r.out.find(here), std::string::npos) << r.Describe();
+  r = as.Run(alice, "node3", {"cancel", here, there});
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+}
+
+// The TCP API is off unless configured (here: 127.0.0.1 inside each node), and there every
+// request needs a token: read-only tokens GET, admin tokens act as root, revoked ones stop.
+TEST_F(ClusterTest, TheTcpApiNeedsATokenAndReadOnlyTokensOnlyRead) {
+  const std::string tokens = kClusterBase + "/tokens";
+  auto created = RunCmd({kBinDir + "/tern", "token", "create", "--file", tokens, "--name",
+                         "it-reader-" + std::to_string(getpid())});
+  ASSERT_EQ(created.exit_code, 0) << created.Describe();
+  const std::string reader = Trim(created.out);
+  created = RunCmd({kBinDir + "/tern", "token", "create", "--admin", "--file", tokens, "--name",
+                    "it-admin-" + std::to_string(getpid())});
+  ASSERT_EQ(created.exit_code, 0) << created.Describe();
+  const std::string admin = Trim(created.out);
+  ASSERT_EQ(ReadFile(tokens).find(admin), std::string::npos) << "tokens are kept hashed";
+
+  const auto id = Submit("node1", {"sleep", "300"}, "node2");
+  ASSERT_FALSE(id.empty());
+  // "STATUS BODY" of a request inside NODE to its own loopback TCP API.
+  auto call = [&](const std::string& node, const std::string& method, const std::string& target,
+                  const std::string& token) {
+    std::vector<std::string> argv = {
+        Script(), "exec", node, "curl",          "-s",
+        "-X",     method, "-w", " %{http_code}", "http://127.0.0.1:7070" + target};
+    if (!token.empty()) argv.insert(argv.end(), {"-H", "Authorization: Bearer " + token});
+    auto r = RunCmd(argv);
+    return r.out;
+  };
+  auto status_of = [](const std::string& reply) { return reply.substr(reply.rfind(' ') + 1); };
+
+  auto anonymous = call("node1", "GET", "/v1/jobs", "");
+  EXPECT_EQ(status_of(anonymous), "401") << anonymous;
+  EXPECT_EQ(anonymous.find(id), std::string::npos) << anonymous;
+  EXPECT_EQ(status_of(call("node1", "GET", "/v1/jobs", "tern_" + std::string(64, 'a'))), "401");
+  auto listed = call("node3", "GET", "/v1/jobs", reader);
+  EXPECT_EQ(status_of(listed), "200") << listed;
+  EXPECT_NE(listed.find(id), std::string::npos) << "a read-only token sees every job: " << listed;
+  auto refused = call("node1", "POST", "/v1/jobs/" + id + "/cancel", reader);
+  EXPECT_EQ(status_of(refused), "403") << refused;
+  EXPECT_EQ(status_of(call("node1", "GET", "/v1/jobs/" + id + "/logs", reader)), "403")
+      << "logs are the job's user's and root's";
+  auto st = Status("node2", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->value("state", ""), "running");
+  // On the job's own node: whether root's requests are believed from other nodes is
+  // [security] allow_remote_root's business, not the token's.
+  auto cancelled = call("node2", "POST", "/v1/jobs/" + id + "/cancel", admin);
+  EXPECT_EQ(status_of(cancelled), "200") << "an admin token acts as root: " << cancelled;
+  st = WaitState("node1", id, "cancelled", 20s);
+  EXPECT_TRUE(st && st->value("state", "") == "cancelled") << Describe(st);
+
+  auto revoked = RunCmd({kBinDir + "/tern", "token", "revoke", "--file", tokens,
+                         "it-reader-" + std::to_string(getpid())});
+  EXPECT_EQ(revoked.exit_code, 0) << revoked.Describe();
+  EXPECT_EQ(status_of(call("node1", "GET", "/v1/jobs", reader)), "401") << "revoked at once";
+  RunCmd({kBinDir + "/tern", "token", "revoke", "--file", tokens,
+          "it-admin-" + std::to_string(getpid())});
 }
 
 TEST_F(ClusterTest, PathTricksInTheApiAreRefused) {

@@ -7,6 +7,7 @@
 #include <tern/http/server.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 
+#include "api_access.hpp"
 #include "balancer_service.hpp"
 #include "job_usage.hpp"
 #include "node_cgroup.hpp"
@@ -58,7 +59,13 @@ Expected<void> Agent::Start() {
   }
   job_usage_ = std::make_unique<JobUsageSampler>();
   spdlog::info("job usage from {}", job_usage_->source());
-  events_ = std::make_unique<EventBus>(identity_.name);
+  // Events name jobs; a user sees only their own jobs' events (docs/security.md).
+  events_ = std::make_unique<EventBus>(
+      identity_.name, [this](const std::string& job) -> std::optional<uid_t> {
+        if (!supervisor_) return std::nullopt;
+        auto record = supervisor_->Get(job);
+        return record ? std::optional<uid_t>(record->uid) : std::nullopt;
+      });
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
       io_, identity_.id,
@@ -191,11 +198,29 @@ Expected<void> Agent::Start() {
   for (const auto& problem : last_host_load_.problems) spdlog::warn("load sampling: {}", problem);
   if (auto started = cluster_->Start(); !started) return started;
 
+  http::ServerOptions http_options;
+  if (!config_.api_listen.empty()) {
+    auto tls = TcpApiTls(config_);
+    if (!tls) return Unexpected<Error>{tls.error()};
+    http_options.tcp_tls = *tls;
+  }
+  http_options.max_connections = config_.api_max_connections;
+  http_options.request_timeout = config_.api_request_timeout;
+  http_options.event_queue_limit = config_.api_event_queue_bytes;
+  http_options.authenticate_tcp = [tokens_file = config_.api_tokens_file](
+                                      const http::Request& header, http::Caller& caller) {
+    return AuthenticateTcp(tokens_file, header, caller);
+  };
   http_ = std::make_unique<http::HttpServer>(
       io_,
       [this](const http::Request& request, const http::Caller& caller, http::Responder responder) {
+        ApiCall call;
+        call.method = std::string(request.method_string());
+        call.target = std::string(request.target());
+        call.body = request.body();
+        call.caller = ApiCallerOf(caller);
         if (request.method() == boost::beast::http::verb::get) {
-          const Target target = ParseTarget(std::string(request.target()));
+          const Target target = ParseTarget(call.target);
           if (target.path == "/v1/events") {
             std::int64_t since = -1;
             try {
@@ -203,22 +228,9 @@ Expected<void> Agent::Start() {
             } catch (const std::exception&) {
               since = -1;  // a since that is not a number replays as if there were none
             }
-            events_->Subscribe(responder.StartEventStream(), since);
+            events_->Subscribe(responder.StartEventStream(), since, JobViewerOf(call.caller));
             return;
           }
-        }
-        ApiCall call;
-        call.method = std::string(request.method_string());
-        call.target = std::string(request.target());
-        call.body = request.body();
-        if (caller.transport == http::Caller::Transport::kUnix) {
-          call.caller.uid = caller.uid;
-          call.caller.gid = caller.gid;
-          call.caller.pid = caller.pid;
-          call.caller.identified = true;
-          call.caller.via = "unix";
-        } else {
-          call.caller.via = "tcp " + caller.remote;
         }
         api_->Handle(std::move(call), [responder](ApiResult result) mutable {
           http::Response response{static_cast<boost::beast::http::status>(result.status), 11};
@@ -228,7 +240,8 @@ Expected<void> Agent::Start() {
           response.prepare_payload();
           responder.Send(std::move(response));
         });
-      });
+      },
+      std::move(http_options));
   if (auto listening = http_->ListenUnix(config_.api_unix_socket, 0666); !listening) {
     return listening;
   }

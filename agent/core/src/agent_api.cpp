@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <pwd.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -82,10 +83,24 @@ json TrafficToJson(const ClusterTraffic& traffic) {
           {"uptime_ms", traffic.uptime_ms}};
 }
 
-json LocalJobsJson(const jobs::JobSupervisor& supervisor) {
+bool MaySee(const ApiCaller& caller, const jobs::JobRecord& record) {
+  const auto viewer = JobViewerOf(caller);
+  return !viewer || *viewer == record.uid;
+}
+
+// This agent's jobs as `caller` may see them. With `stubs`, other users' jobs are listed as
+// {"id","node","hidden":true} so that a call naming one can be routed to its node and refused
+// there with a clear 403 rather than a puzzling 404.
+json LocalJobsJson(const jobs::JobSupervisor& supervisor, const ApiCaller& caller, bool stubs) {
   json list = json::array();
   const auto now = std::chrono::system_clock::now();
-  for (const auto& record : supervisor.List()) list.push_back(jobs::ToJson(record, now));
+  for (const auto& record : supervisor.List()) {
+    if (MaySee(caller, record)) {
+      list.push_back(jobs::ToJson(record, now));
+    } else if (stubs) {
+      list.push_back({{"id", record.id}, {"node", record.node}, {"hidden", true}});
+    }
+  }
   return list;
 }
 
@@ -113,11 +128,17 @@ Expected<json> MatchJob(const std::string& wanted, const json& jobs) {
 
 bool MayWrite(const ApiCall& call, ApiDone& done) {
   if (call.caller.identified) return true;
-  done(ErrorResult(403, "this API endpoint is read-only; use the agent's Unix socket"));
+  done(ErrorResult(403, "read-only access: use an admin token or the agent's Unix socket"));
   return false;
 }
 
 }  // namespace
+
+std::optional<uid_t> JobViewerOf(const ApiCaller& caller) {
+  // Unidentified callers hold a read-only token (the TCP API refuses anyone without one).
+  if (!caller.identified || caller.uid == 0) return std::nullopt;
+  return caller.uid;
+}
 
 AgentApi::AgentApi(jobs::JobSupervisor& supervisor, Cluster& cluster, MigrationDriver& migrations,
                    std::string version)
@@ -172,6 +193,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       done(ErrorResult(404, "no such API path: " + target.path));
     }
   } catch (const std::exception& error) {
+    spdlog::error("api: {} {} from {} failed: {}", method, call.target, call.caller.via,
+                  error.what());
     done(ErrorResult(500, std::string("internal error: ") + error.what()));
   }
 }
@@ -247,7 +270,9 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
   const std::string type = target.Get("type", "");
   json local = json::array();
   if (events_ != nullptr) {
-    for (auto& event : events_->Recent(since, type, limit)) local.push_back(std::move(event));
+    for (auto& event : events_->Recent(since, type, limit, JobViewerOf(call.caller))) {
+      local.push_back(std::move(event));
+    }
   }
   if (call.forwarded || target.query.count("local") != 0) {
     done(JsonResult(200, json{{"events", local}}.dump()));
@@ -286,14 +311,15 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
 
 void AgentApi::ListJobs(const ApiCall& call, ApiDone done) {
   const Target target = ParseTarget(call.target);
-  json local = LocalJobsJson(supervisor_);
+  const bool stubs = target.query.count("resolve") != 0;
+  json local = LocalJobsJson(supervisor_, call.caller, stubs);
   if (call.forwarded || target.query.count("local") != 0) {
     done(JsonResult(200, json{{"jobs", local}}.dump()));
     return;
   }
   ApiCall peer_call;
   peer_call.method = "GET";
-  peer_call.target = "/v1/jobs?local=1";
+  peer_call.target = stubs ? "/v1/jobs?local=1&resolve=1" : "/v1/jobs?local=1";
   peer_call.caller = call.caller;
   cluster_.CallAllPeers(peer_call, [local = std::move(local), done](auto answers) mutable {
     std::map<std::string, json> by_id;
@@ -380,8 +406,16 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
     body["id"] = *id;
     body["home_node"] = cluster_.self().name;
     remote.body = body.dump();
-    cluster_.Call(*node_id, remote, [placed, id = *id, done](ApiResult result) {
-      if (placed && result.status / 100 == 2) placed(id);
+    cluster_.Call(*node_id, remote, [this, placed, id = *id, done](ApiResult result) {
+      if (result.status / 100 == 2) {
+        // The placement event names the job: it is its user's to see.
+        const json job = json::parse(result.body, nullptr, false);
+        if (events_ != nullptr && job.is_object() && job.contains("uid") &&
+            job["uid"].is_number_integer() && job["uid"].get<std::int64_t>() >= 0) {
+          events_->NoteOwner(id, static_cast<uid_t>(job["uid"].get<std::int64_t>()));
+        }
+        if (placed) placed(id);
+      }
       done(std::move(result));
     });
     return;
@@ -436,6 +470,7 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
     done(ErrorResult(500, record.error().message));
     return;
   }
+  if (events_ != nullptr) events_->NoteOwner(record->id, record->uid);
   if (placed) placed(record->id);
   done(JsonResult(201, jobs::ToJson(*record, std::chrono::system_clock::now()).dump()));
 }
@@ -448,7 +483,7 @@ void AgentApi::JobCall(ApiCall call, const std::string& id, const std::string& a
   }
   ApiCall list_call;
   list_call.method = "GET";
-  list_call.target = "/v1/jobs";
+  list_call.target = "/v1/jobs?resolve=1";
   list_call.caller = call.caller;
   ListJobs(list_call, [this, call = std::move(call), id, action, done](ApiResult listing) {
     json body = json::parse(listing.body, nullptr, false);
@@ -494,6 +529,11 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
   }
   const auto now = std::chrono::system_clock::now();
   if (action.empty()) {
+    if (!MaySee(call.caller, *record)) {
+      done(ErrorResult(
+          403, "job " + id + " belongs to " + record->user + "; only its user or root may see it"));
+      return;
+    }
     json status = jobs::ToJson(*record, now);
     if (ipc_rights_ && record->state == jobs::JobState::kRunning) {
       status["ipc_rights"] = ipc_rights_(record->id);

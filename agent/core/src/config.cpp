@@ -194,6 +194,10 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("node", "cgroup", config.cgroup);
   reader.String("api", "unix_socket", config.api_unix_socket);
   reader.String("api", "listen", config.api_listen);
+  reader.String("api", "tokens_file", config.api_tokens_file);
+  reader.Count("api", "max_connections", config.api_max_connections, 65536);
+  reader.Millis("api", "request_timeout_ms", config.api_request_timeout);
+  reader.Count("api", "event_queue_bytes", config.api_event_queue_bytes, std::int64_t{1} << 30);
   reader.String("cluster", "listen", config.cluster_listen);
   reader.String("cluster", "advertise", config.cluster_advertise);
   reader.StringList("cluster", "seeds", config.seeds);
@@ -239,6 +243,18 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   }
   if (config.cgroup.find("..") != std::string::npos) {
     return Fail(origin + ": [node] cgroup must not contain '..'");
+  }
+  if (config.api_max_connections == 0) {
+    return Fail(origin + ": [api] max_connections must be at least 1");
+  }
+  if (config.api_event_queue_bytes < 4096) {
+    return Fail(origin + ": [api] event_queue_bytes must be at least 4096");
+  }
+  if (config.api_request_timeout.count() <= 0) {
+    return Fail(origin + ": [api] request_timeout_ms must be positive");
+  }
+  if (!config.api_listen.empty() && PortOf(config.api_listen).empty()) {
+    return Fail(origin + ": [api] listen must be host:port (or \"\" for no TCP API)");
   }
   if (config.cluster_listen.empty() || PortOf(config.cluster_listen).empty()) {
     return Fail(origin + ": [cluster] listen must be host:port");

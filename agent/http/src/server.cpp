@@ -12,6 +12,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <filesystem>
 #include <list>
 #include <nlohmann/json.hpp>
@@ -24,9 +25,39 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using Tcp = asio::ip::tcp;
 using Local = asio::local::stream_protocol;
+using LocalStream = beast::basic_stream<Local, asio::any_io_executor>;
+using TcpStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
-constexpr std::uint64_t kBodyLimit = 16 * 1024 * 1024;
-constexpr auto kIdleTimeout = std::chrono::seconds(30);
+template <typename Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
+
+constexpr std::uint32_t kHeaderLimit = 16 * 1024;
+
+// The open connections across both listeners; a Session holds one ticket while it lives.
+struct ConnectionCount {
+  std::atomic<std::size_t> open{0};
+  std::atomic<std::uint64_t> refused{0};
+};
+
+class ConnectionTicket {
+ public:
+  explicit ConnectionTicket(std::shared_ptr<ConnectionCount> count) : count_(std::move(count)) {
+    ++count_->open;
+  }
+  ~ConnectionTicket() { --count_->open; }
+  ConnectionTicket(const ConnectionTicket&) = delete;
+  ConnectionTicket& operator=(const ConnectionTicket&) = delete;
+
+ private:
+  std::shared_ptr<ConnectionCount> count_;
+};
+
+struct Shared {
+  Handler handler;
+  ServerOptions options;
+  std::shared_ptr<ConnectionCount> connections = std::make_shared<ConnectionCount>();
+};
 
 Caller CallerOf(Local::socket& socket) {
   Caller caller;
@@ -50,54 +81,117 @@ Caller CallerOf(Tcp::socket& socket) {
   return caller;
 }
 
-template <typename Protocol>
-class Session : public std::enable_shared_from_this<Session<Protocol>> {
+bool IsRead(bhttp::verb method) {
+  return method == bhttp::verb::get || method == bhttp::verb::head;
+}
+
+// One connection: a Unix socket, plain TCP or TLS over TCP (Stream).
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
-  using Stream = beast::basic_stream<Protocol, asio::any_io_executor>;
+  Session(Caller caller, Stream stream, std::shared_ptr<const Shared> shared)
+      : caller_(std::move(caller)),
+        stream_(std::move(stream)),
+        shared_(std::move(shared)),
+        ticket_(shared_->connections) {}
 
-  Session(typename Protocol::socket socket, const Handler& handler, bool read_only)
-      : caller_(CallerOf(socket)),
-        stream_(std::move(socket)),
-        handler_(handler),
-        read_only_(read_only) {}
-
-  void Start() { DoRead(); }
+  void Start() {
+    if constexpr (kIsTls<Stream>) {
+      // The handshake counts against the first request's time.
+      Lowest().expires_after(options().request_timeout);
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code error) {
+                                if (error) {
+                                  spdlog::debug("http: TLS handshake with {} failed: {}",
+                                                self->caller_.remote, error.message());
+                                  self->Close();
+                                  return;
+                                }
+                                self->DoRead();
+                              });
+    } else {
+      DoRead();
+    }
+  }
 
  private:
+  const ServerOptions& options() const { return shared_->options; }
+  auto& Lowest() { return beast::get_lowest_layer(stream_); }
+
   void DoRead() {
     parser_.emplace();
-    parser_->body_limit(kBodyLimit);
-    stream_.expires_after(kIdleTimeout);
+    parser_->header_limit(kHeaderLimit);
+    parser_->body_limit(options().body_limit);
+    // One deadline for the whole request, header and body: a client trickling bytes cannot
+    // hold the connection longer than this.
+    Lowest().expires_after(options().request_timeout);
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = this->shared_from_this()](
+                                 beast::error_code error, std::size_t) { self->OnHeader(error); });
+  }
+
+  // Returns true when the error ended the request (answered or closed).
+  bool Failed(beast::error_code error) {
+    if (!error) return false;
+    if (error == bhttp::error::end_of_stream || error == asio::error::eof ||
+        error == beast::error::timeout || error == asio::error::operation_aborted ||
+        error == asio::error::connection_reset || error == asio::ssl::error::stream_truncated) {
+      if (error == beast::error::timeout) {
+        spdlog::debug("http: {} sent no whole request within {} ms; closed", caller_.remote,
+                      options().request_timeout.count());
+      }
+      Close();
+    } else if (error == bhttp::error::body_limit) {
+      Write(ErrorResponse(413, "request body too large (limit " +
+                                   std::to_string(options().body_limit) + " bytes)"),
+            false);
+    } else if (error == bhttp::error::header_limit) {
+      Write(ErrorResponse(431, "request header too large"), false);
+    } else {
+      Write(ErrorResponse(400, "malformed HTTP request: " + error.message()), false);
+    }
+    return true;
+  }
+
+  // The header alone decides whether the body is worth reading: who is calling, and may they.
+  void OnHeader(beast::error_code error) {
+    if (Failed(error)) return;
+    request_caller_ = caller_;
+    const Request& header = parser_->get();
+    if (caller_.transport == Caller::Transport::kTcp) {
+      if (options().authenticate_tcp) {
+        std::optional<Response> refused;
+        try {
+          refused = options().authenticate_tcp(header, request_caller_);
+        } catch (const std::exception& failure) {
+          spdlog::error("http: authenticating {} failed: {}", caller_.remote, failure.what());
+          refused = ErrorResponse(500, "cannot check the token now");
+        }
+        if (refused) {
+          Write(std::move(*refused), false);
+          return;
+        }
+      }
+      if (request_caller_.access != Caller::Access::kAdmin && !IsRead(header.method())) {
+        Write(ErrorResponse(403, "read-only access: " + std::string(header.method_string()) +
+                                     " needs an admin token or the agent's Unix socket"),
+              false);
+        return;
+      }
+    }
+    if (parser_->is_done()) {
+      OnRead();
+      return;
+    }
     bhttp::async_read(stream_, buffer_, *parser_,
                       [self = this->shared_from_this()](beast::error_code error, std::size_t) {
-                        self->OnRead(error);
+                        if (!self->Failed(error)) self->OnRead();
                       });
   }
 
-  void OnRead(beast::error_code error) {
-    if (error == bhttp::error::end_of_stream || error == asio::error::eof ||
-        error == beast::error::timeout || error == asio::error::operation_aborted ||
-        error == asio::error::connection_reset) {
-      Close();
-      return;
-    }
-    if (error == bhttp::error::body_limit) {
-      Write(ErrorResponse(413, "request body too large (limit 16 MiB)"), false);
-      return;
-    }
-    if (error) {
-      Write(ErrorResponse(400, "malformed HTTP request: " + error.message()), false);
-      return;
-    }
+  void OnRead() {
     request_ = parser_->release();
-    stream_.expires_never();
-    const auto method = request_.method();
-    if (caller_.transport == Caller::Transport::kTcp && read_only_ && method != bhttp::verb::get &&
-        method != bhttp::verb::head) {
-      Write(ErrorResponse(403, "the TCP API is read-only; use the Unix socket"),
-            request_.keep_alive());
-      return;
-    }
+    Lowest().expires_never();
     // The responder keeps the session alive until the answer is written.
     auto self = this->shared_from_this();
     Responder responder(
@@ -108,21 +202,31 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
                      });
         },
         [self]() -> std::shared_ptr<EventStream> {
+          // Open from now: what the handler sends at once (a replay) is queued behind the
+          // header, which BeginEvents writes first.
+          self->events_open_ = true;
           auto events = std::make_shared<SessionEvents>(self);
           asio::post(self->stream_.get_executor(), [self] { self->BeginEvents(); });
           return events;
         });
-    handler_(request_, caller_, std::move(responder));
+    const Responder answer = responder;
+    try {
+      shared_->handler(request_, request_caller_, std::move(responder));
+    } catch (const std::exception& failure) {
+      spdlog::error("http: {} {} from {} failed: {}", std::string(request_.method_string()),
+                    std::string(request_.target()), caller_.remote, failure.what());
+      answer.Send(ErrorResponse(500, std::string("internal error: ") + failure.what()));
+    }
   }
 
   void Write(Response response, bool keep_alive) {
     spdlog::debug("http {} {} {} ({} uid {})", std::string(request_.method_string()),
                   std::string(request_.target()), response.result_int(), caller_.remote,
-                  static_cast<int>(caller_.uid));
+                  static_cast<int>(request_caller_.uid));
     response_ = std::move(response);
     response_.keep_alive(keep_alive);
     response_.prepare_payload();
-    stream_.expires_after(kIdleTimeout);
+    Lowest().expires_after(options().request_timeout);
     bhttp::async_write(
         stream_, response_,
         [self = this->shared_from_this(), keep_alive](beast::error_code error, std::size_t) {
@@ -158,11 +262,11 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
   };
 
   void BeginEvents() {
-    events_open_ = true;
-    stream_.expires_never();
-    QueueEvent(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-        "Connection: close\r\n\r\n");
+    Lowest().expires_never();
+    event_queue_.insert(0,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        "Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    if (event_writing_.empty()) WriteEvents();
     // Nothing more is expected from the client: a read that completes means it has gone.
     stream_.async_read_some(buffer_.prepare(512),
                             [self = this->shared_from_this()](beast::error_code, std::size_t) {
@@ -173,11 +277,21 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
 
   void QueueEvent(const std::string& block) {
     if (!events_open_) return;
+    // A client that does not read would make the queue grow without end: drop it instead.
+    if (event_queue_.size() + block.size() > options().event_queue_limit) {
+      spdlog::warn("http: event stream to {} dropped: it reads too slowly ({} bytes queued)",
+                   caller_.remote, event_queue_.size());
+      events_open_ = false;
+      event_queue_.clear();
+      Close();
+      return;
+    }
     event_queue_ += block;
-    if (event_writing_.empty()) WriteEvents();
+    if (event_writing_.empty() && began_) WriteEvents();
   }
 
   void WriteEvents() {
+    began_ = true;
     if (event_queue_.empty() || !events_open_) return;
     event_writing_.swap(event_queue_);
     asio::async_write(stream_, asio::buffer(event_writing_),
@@ -194,19 +308,21 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
 
   void Close() {
     beast::error_code ignored;
-    stream_.socket().shutdown(Protocol::socket::shutdown_both, ignored);
-    stream_.close();
+    Lowest().socket().shutdown(asio::socket_base::shutdown_both, ignored);
+    Lowest().close();
   }
 
-  Caller caller_;
+  Caller caller_;          // who the connection is (peer credentials or address)
+  Caller request_caller_;  // and who this request is (with its token)
   Stream stream_;
-  const Handler& handler_;
-  bool read_only_;
+  std::shared_ptr<const Shared> shared_;
+  ConnectionTicket ticket_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   Request request_;
   Response response_;
   std::atomic<bool> events_open_{false};
+  bool began_ = false;  // the event stream's header has been handed to the socket
   std::string event_queue_;
   std::string event_writing_;
 };
@@ -214,8 +330,8 @@ class Session : public std::enable_shared_from_this<Session<Protocol>> {
 template <typename Protocol>
 class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
  public:
-  Listener(asio::io_context& io, const Handler& handler, bool read_only)
-      : io_(io), acceptor_(io), handler_(handler), read_only_(read_only) {}
+  Listener(asio::io_context& io, std::shared_ptr<const Shared> shared)
+      : io_(io), acceptor_(io), shared_(std::move(shared)) {}
 
   Expected<void> Open(const typename Protocol::endpoint& endpoint, const std::string& name) {
     boost::system::error_code error;
@@ -228,6 +344,7 @@ class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
     if (!error) acceptor_.bind(endpoint, error);
     if (!error) acceptor_.listen(asio::socket_base::max_listen_connections, error);
     if (error) return Fail("cannot listen on " + name + ": " + error.message());
+    name_ = name;
     return {};
   }
 
@@ -236,10 +353,7 @@ class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
         asio::make_strand(io_), [self = this->shared_from_this()](
                                     beast::error_code error, typename Protocol::socket socket) {
           if (error == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
-          if (!error) {
-            std::make_shared<Session<Protocol>>(std::move(socket), self->handler_, self->read_only_)
-                ->Start();
-          }
+          if (!error) self->Admit(std::move(socket));
           self->Accept();
         });
   }
@@ -258,25 +372,66 @@ class Listener : public std::enable_shared_from_this<Listener<Protocol>> {
   }
 
  private:
+  void Admit(typename Protocol::socket socket) {
+    auto& count = *shared_->connections;
+    if (count.open.load() >= shared_->options.max_connections) {
+      // Over the cap: a short answer without blocking (a fresh socket's send buffer is empty),
+      // then close. Logged for the first refusal and every 1000th after.
+      if (count.refused++ % 1000 == 0) {
+        spdlog::warn("http: {} connections open on {}, the limit; refusing more ({} so far)",
+                     count.open.load(), name_, count.refused.load());
+      }
+      static constexpr std::string_view kBusy =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+          "Content-Length: 44\r\nConnection: close\r\n\r\n"
+          "{\"error\":\"too many connections, try again\"}";
+      boost::system::error_code ignored;
+      socket.non_blocking(true, ignored);
+      socket.write_some(asio::buffer(kBusy.data(), kBusy.size()), ignored);
+      socket.close(ignored);
+      return;
+    }
+    Caller caller = CallerOf(socket);
+    if constexpr (std::is_same_v<Protocol, Local>) {
+      std::make_shared<Session<LocalStream>>(std::move(caller), LocalStream(std::move(socket)),
+                                             shared_)
+          ->Start();
+    } else if (shared_->options.tcp_tls) {
+      std::make_shared<Session<TlsStream>>(
+          std::move(caller), TlsStream(TcpStream(std::move(socket)), *shared_->options.tcp_tls),
+          shared_)
+          ->Start();
+    } else {
+      std::make_shared<Session<TcpStream>>(std::move(caller), TcpStream(std::move(socket)), shared_)
+          ->Start();
+    }
+  }
+
   asio::io_context& io_;
   typename Protocol::acceptor acceptor_;
-  const Handler& handler_;
-  bool read_only_;
+  std::shared_ptr<const Shared> shared_;
+  std::string name_;
 };
 
 }  // namespace
 
 struct HttpServer::Impl {
   asio::io_context& io;
-  Handler handler;
-  bool read_only_tcp;
+  std::shared_ptr<Shared> shared;
   std::shared_ptr<Listener<Local>> unix_listener;
   std::shared_ptr<Listener<Tcp>> tcp_listener;
   std::string unix_path;
 };
 
-HttpServer::HttpServer(asio::io_context& io, Handler handler, bool read_only_tcp)
-    : impl_(std::make_unique<Impl>(Impl{io, std::move(handler), read_only_tcp, {}, {}, {}})) {}
+HttpServer::HttpServer(asio::io_context& io, Handler handler, ServerOptions options)
+    : impl_(std::make_unique<Impl>(
+          Impl{io,
+               std::make_shared<Shared>(Shared{std::move(handler), std::move(options)}),
+               {},
+               {},
+               {}})) {}
+
+std::size_t HttpServer::Connections() const { return impl_->shared->connections->open.load(); }
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -290,7 +445,7 @@ Expected<void> HttpServer::ListenUnix(const std::string& path, mode_t mode) {
     if (!error) return Fail("another server is already listening on " + path);
     std::filesystem::remove(path, fs_error);  // stale: its server is gone
   }
-  auto listener = std::make_shared<Listener<Local>>(impl_->io, impl_->handler, false);
+  auto listener = std::make_shared<Listener<Local>>(impl_->io, impl_->shared);
   if (auto opened = listener->Open(Local::endpoint(path), path); !opened) return opened;
   ::chmod(path.c_str(), mode);
   listener->Accept();
@@ -311,7 +466,7 @@ Expected<void> HttpServer::ListenTcp(const std::string& host_port) {
   } catch (const std::exception&) {
     return Fail("bad port in " + host_port);
   }
-  auto listener = std::make_shared<Listener<Tcp>>(impl_->io, impl_->handler, impl_->read_only_tcp);
+  auto listener = std::make_shared<Listener<Tcp>>(impl_->io, impl_->shared);
   if (auto opened = listener->Open(Tcp::endpoint(address, port), host_port); !opened) {
     return opened;
   }

@@ -10,7 +10,11 @@ TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   ASSERT_TRUE(config) << config.error().message;
   EXPECT_EQ(config->state_dir, "/var/lib/tern");
   EXPECT_EQ(config->api_unix_socket, "/run/tern/ternd.sock");
-  EXPECT_EQ(config->api_listen, "0.0.0.0:7070");
+  EXPECT_EQ(config->api_listen, "") << "no TCP API unless asked for";
+  EXPECT_EQ(config->api_tokens_file, "/etc/tern/tokens");
+  EXPECT_EQ(config->api_max_connections, 256u);
+  EXPECT_EQ(config->api_request_timeout.count(), 30000);
+  EXPECT_EQ(config->api_event_queue_bytes, 1u << 20);
   EXPECT_EQ(config->cluster_listen, "0.0.0.0:7071");
   EXPECT_EQ(config->heartbeat.count(), 1000);
   EXPECT_EQ(config->suspect_after.count(), 3000);
@@ -32,6 +36,10 @@ cgroup = "tern-node7"
 [api]
 unix_socket = "/tmp/s.sock"
 listen = ""
+tokens_file = "/tmp/tokens"
+max_connections = 7
+request_timeout_ms = 1500
+event_queue_bytes = 65536
 [cluster]
 listen = "0.0.0.0:9000"
 advertise = "10.0.0.7:9000"
@@ -54,6 +62,10 @@ level = "debug"
   EXPECT_EQ(config->node_name, "node7");
   EXPECT_EQ(config->cgroup, "tern-node7");
   EXPECT_EQ(config->api_listen, "");
+  EXPECT_EQ(config->api_tokens_file, "/tmp/tokens");
+  EXPECT_EQ(config->api_max_connections, 7u);
+  EXPECT_EQ(config->api_request_timeout.count(), 1500);
+  EXPECT_EQ(config->api_event_queue_bytes, 65536u);
   EXPECT_EQ(config->seeds.size(), 2u);
   EXPECT_EQ(config->secret, "s3cret");
   EXPECT_EQ(config->heartbeat.count(), 250);

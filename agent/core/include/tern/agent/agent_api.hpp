@@ -7,15 +7,21 @@
 //  - Job ids may be unique prefixes; a call that names a job resolves it cluster-wide
 //    (exact id first, then prefix; 0 matches → 404, several → 409) and runs where the job is.
 //  - A forwarded call (call.forwarded) is answered from local state only: one hop, no loops.
-//  - Writes need an identified caller (Unix socket or a peer relaying one); a job runs as its
-//    caller, and only uid 0 may name another user.
+//  - Writes need an identified caller (Unix socket, an admin token, or a peer relaying one); a
+//    job runs as its caller, and only uid 0 may name another user.
+//  - A user sees and acts on their own jobs only: other users' jobs are left out of listings
+//    and events, and a call naming one answers 403 (JobViewerOf). Root, admin and read-only
+//    tokens see every job; logs need the job's user or root.
 //
 // Thread-safety: not thread-safe; everything runs on the agent's io_context thread.
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "tern/agent/api_call.hpp"
@@ -30,6 +36,9 @@ class BalancerService;
 class Cluster;
 class EventBus;
 class MigrationDriver;
+
+// Whose jobs `caller` may see: nullopt for every job (root, tokens), else only that uid's.
+std::optional<uid_t> JobViewerOf(const ApiCaller& caller);
 
 class AgentApi {
  public:

@@ -27,7 +27,13 @@ struct AgentConfig {
   std::string cgroup;
   // [api]
   std::string api_unix_socket = "/run/tern/ternd.sock";
-  std::string api_listen = "0.0.0.0:7070";
+  // TCP API: off by default. Every TCP request needs a bearer token from `api_tokens_file`;
+  // a non-loopback address also needs TLS (docs/api.md).
+  std::string api_listen;
+  std::string api_tokens_file = "/etc/tern/tokens";
+  std::size_t api_max_connections = 256;  // HTTP connections open at once, both listeners
+  std::chrono::milliseconds api_request_timeout{30000};  // to read a request, to write an answer
+  std::size_t api_event_queue_bytes = 1 << 20;  // queued for one slow event reader, then dropped
   // [cluster]
   std::string cluster_listen = "0.0.0.0:7071";
   std::string cluster_advertise;  // default: first non-loopback IPv4 + listen port

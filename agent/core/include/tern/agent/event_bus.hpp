@@ -6,13 +6,24 @@
 // or those after `since`), and sends it to every open stream; streams whose client has gone
 // are dropped. Events carry `type`, `seq`, `time`, `node` and the event's own fields.
 //
+// Who sees what: an event about a job (a `job` event, or one with a `job` field) belongs to the
+// job's uid and is shown only to that user and to viewers who see everything (root, API
+// tokens: `viewer` nullopt). The owner comes from the job event's `uid`, else from the owners
+// this bus has learned (NoteOwner, job events), else from the `owner_of` hook; a job whose
+// owner cannot be told is shown to root only. Node-level events (no job) are shown to all.
+//
 // Thread-safety: not thread-safe; the agent's io_context thread publishes and subscribes.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <tern/http/responder.hpp>
 #include <vector>
@@ -21,28 +32,50 @@ namespace tern::agent {
 
 class EventBus {
  public:
-  explicit EventBus(std::string node) : node_(std::move(node)) {}
+  // nullopt: sees every event; a uid: node-level events and that user's jobs' events.
+  using Viewer = std::optional<uid_t>;
+  using OwnerOf = std::function<std::optional<uid_t>(const std::string& job)>;
+
+  explicit EventBus(std::string node, OwnerOf owner_of = nullptr)
+      : node_(std::move(node)), owner_of_(std::move(owner_of)) {}
 
   void Publish(const std::string& type, nlohmann::json fields);
-  // Replays the kept events with seq > since (since < 0: the last 256), then streams new ones.
-  void Subscribe(std::shared_ptr<http::EventStream> stream, std::int64_t since = -1);
-  // The kept events with seq > since and (if `type` is not empty) of that type, oldest first,
-  // at most `limit` (the newest ones).
+  // Tells the bus whose job `job` is, for later events that name it (e.g. a placement).
+  void NoteOwner(const std::string& job, uid_t uid);
+  // Replays the kept events with seq > since (since < 0: the last 256), then streams new ones;
+  // only those `viewer` may see.
+  void Subscribe(std::shared_ptr<http::EventStream> stream, std::int64_t since = -1,
+                 Viewer viewer = std::nullopt);
+  // The kept events with seq > since and (if `type` is not empty) of that type that `viewer`
+  // may see, oldest first, at most `limit` (the newest ones).
   std::vector<nlohmann::json> Recent(std::uint64_t since, const std::string& type,
-                                     std::size_t limit) const;
+                                     std::size_t limit, Viewer viewer = std::nullopt) const;
   static constexpr std::size_t kRecent = 1000;
   std::size_t subscribers() const { return streams_.size(); }
 
  private:
-  std::string node_;
-  std::uint64_t seq_ = 0;
   struct Kept {
     std::uint64_t seq = 0;
     std::string type;
-    std::string data;  // the event as JSON text
+    std::string data;            // the event as JSON text
+    std::optional<uid_t> owner;  // nullopt: a node-level event
   };
+  struct Subscriber {
+    std::shared_ptr<http::EventStream> stream;
+    Viewer viewer;
+  };
+  static bool Visible(const std::optional<uid_t>& owner, const Viewer& viewer);
+  std::optional<uid_t> OwnerOfEvent(const std::string& type, const nlohmann::json& fields);
+
+  std::string node_;
+  OwnerOf owner_of_;
+  std::uint64_t seq_ = 0;
   std::deque<Kept> recent_;
-  std::vector<std::shared_ptr<http::EventStream>> streams_;
+  std::vector<Subscriber> streams_;
+  // Owners learned from job events, oldest first out once kOwners are known.
+  static constexpr std::size_t kOwners = 8192;
+  std::map<std::string, uid_t> owners_;
+  std::deque<std::string> owner_order_;
 };
 
 }  // namespace tern::agent
