@@ -1,6 +1,7 @@
 #include "tern/agent/api_call.hpp"
 
 #include <nlohmann/json.hpp>
+#include <tern/json_integer.hpp>
 
 namespace tern::agent {
 namespace {
@@ -83,15 +84,15 @@ Expected<std::pair<std::uint64_t, ApiCall>> DecodeApiRequest(const std::string& 
     ApiCall call;
     call.method = header.at("method").get<std::string>();
     call.target = header.at("target").get<std::string>();
-    call.caller.uid = header.at("uid").get<uid_t>();
-    call.caller.gid = header.at("gid").get<gid_t>();
-    call.caller.pid = header.value("pid", 0);
+    call.caller.uid = JsonIntegerAt<uid_t>(header, "uid");
+    call.caller.gid = JsonIntegerAt<gid_t>(header, "gid");
+    call.caller.pid = JsonIntegerAt<pid_t>(header, "pid", 0);
     call.caller.identified = header.value("identified", false);
     call.caller.via = header.value("via", std::string("peer"));
     call.body = std::move(body);
     call.forwarded = true;
-    return std::make_pair(header.at("id").get<std::uint64_t>(), std::move(call));
-  } catch (const json::exception& error) {
+    return std::make_pair(JsonIntegerAt<std::uint64_t>(header, "id"), std::move(call));
+  } catch (const std::exception& error) {  // json::exception, or JsonIntegerAt's
     return Fail(std::string("malformed api request frame: ") + error.what());
   }
 }
@@ -112,15 +113,15 @@ Expected<std::pair<std::uint64_t, ApiResult>> DecodeApiResponse(const std::strin
   auto& [header, body] = *parts;
   try {
     ApiResult result;
-    result.status = header.at("status").get<unsigned>();
+    result.status = JsonIntegerAt<unsigned>(header, "status");
     result.content_type = header.value("content_type", std::string("application/json"));
     const json headers = header.value("headers", json::object());
     for (const auto& [key, value] : headers.items()) {
       result.headers.emplace_back(key, value.get<std::string>());
     }
     result.body = std::move(body);
-    return std::make_pair(header.at("id").get<std::uint64_t>(), std::move(result));
-  } catch (const json::exception& error) {
+    return std::make_pair(JsonIntegerAt<std::uint64_t>(header, "id"), std::move(result));
+  } catch (const std::exception& error) {  // json::exception, or JsonIntegerAt's
     return Fail(std::string("malformed api response frame: ") + error.what());
   }
 }

@@ -102,4 +102,31 @@ class BacklogHold {
   std::set<std::uint64_t> stuck_;  // links that did not drain within kMaxHold
 };
 
+// The keys of a map, iterated in place, for HoldNow/Check. std::views::keys would do, but
+// clang 14 (the sanitizer and fuzzing build's compiler, deploy/fuzz) cannot compile libstdc++
+// 12's <ranges> views.
+template <typename Map>
+class KeysOf {
+ public:
+  explicit KeysOf(const Map& map) : map_(map) {}
+  class Iterator {
+   public:
+    explicit Iterator(typename Map::const_iterator it) : it_(it) {}
+    const typename Map::key_type& operator*() const { return it_->first; }
+    Iterator& operator++() {
+      ++it_;
+      return *this;
+    }
+    bool operator==(const Iterator&) const = default;
+
+   private:
+    typename Map::const_iterator it_;
+  };
+  Iterator begin() const { return Iterator(map_.begin()); }
+  Iterator end() const { return Iterator(map_.end()); }
+
+ private:
+  const Map& map_;
+};
+
 }  // namespace tern::agent

@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
-#include <ranges>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
@@ -134,7 +133,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     if (channel->closed) return;
     direct_->CheckDirectRights(job);
     if (channel->closed) return;
-    if (hold_.HoldNow(std::views::keys(outboxes_), std::chrono::steady_clock::now())) {
+    if (hold_.HoldNow(KeysOf(outboxes_), std::chrono::steady_clock::now())) {
       spdlog::debug("IPC: holding jobs' requests back: a link to another node is backlogged");
       Hold(job, channel);
       return CheckHold();
@@ -152,7 +151,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     hold_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
       if (error || self->stopped_) return;
       const auto verdict =
-          self->hold_.Check(std::views::keys(self->outboxes_), std::chrono::steady_clock::now());
+          self->hold_.Check(KeysOf(self->outboxes_), std::chrono::steady_clock::now());
       for (const std::uint64_t node : verdict.newly_stuck) {
         spdlog::warn(
             "IPC: the link to node {:016x} has not drained for {} s; no longer holding jobs "

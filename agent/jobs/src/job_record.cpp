@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <ctime>
+#include <tern/json_integer.hpp>
 
 namespace tern::jobs {
 namespace {
@@ -24,8 +25,8 @@ std::optional<TimePoint> TimeField(const json& object, const char* key) {
 }
 
 std::optional<int> IntField(const json& object, const char* key) {
-  if (!object.contains(key) || !object[key].is_number_integer()) return std::nullopt;
-  return object[key].get<int>();
+  if (!object.contains(key)) return std::nullopt;
+  return JsonInteger<int>(object[key]);
 }
 
 }  // namespace
@@ -69,7 +70,13 @@ std::optional<TimePoint> ParseTime(const std::string& text) {
   std::tm utc{};
   const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &utc);
   if (end == nullptr) return std::nullopt;
-  return Clock::from_time_t(timegm(&utc));
+  // The text may be a job user's (status.json): a year the clock cannot count in its
+  // nanoseconds (before 1678 or after 2261) is refused rather than overflowed.
+  const std::time_t seconds = timegm(&utc);
+  constexpr auto kLimit =
+      std::chrono::duration_cast<std::chrono::seconds>(Clock::duration::max()).count();
+  if (seconds >= kLimit || seconds <= -kLimit) return std::nullopt;
+  return Clock::from_time_t(seconds);
 }
 
 std::optional<ExitStatus> ParseExitStatus(const std::string& text) {
@@ -160,25 +167,25 @@ Expected<JobRecord> FromPersistentJson(const json& in) {
     job.id = in.at("id").get<std::string>();
     job.name = in.value("name", "");
     job.user = in.value("user", "");
-    job.uid = in.at("uid").get<uid_t>();
-    job.gid = in.at("gid").get<gid_t>();
+    job.uid = JsonIntegerAt<uid_t>(in, "uid");
+    job.gid = JsonIntegerAt<gid_t>(in, "gid");
     job.node = in.value("node", "");
     job.home_node = in.value("home_node", "");
     auto state = ParseJobState(in.at("state").get<std::string>());
     if (!state) return Fail("job " + job.id + ": unknown state " + in.at("state").dump());
     job.state = *state;
     job.argv = in.value("argv", std::vector<std::string>{});
-    job.pid = in.value("pid", 0);
+    job.pid = JsonIntegerAt<pid_t>(in, "pid", 0);
     job.exit_code = IntField(in, "exit_code");
     job.signal = IntField(in, "signal");
     job.submitted_at = TimeField(in, "submitted_at").value_or(TimePoint{});
     job.started_at = TimeField(in, "started_at");
     job.ended_at = TimeField(in, "ended_at");
     job.cpu_seconds = in.value("cpu_seconds", 0.0);
-    job.rss_bytes = in.value("rss_bytes", std::uint64_t{0});
+    job.rss_bytes = JsonIntegerAt<std::uint64_t>(in, "rss_bytes", 0);
     job.dir = in.value("dir", "");
     job.error = in.value("error", "");
-    job.pid_start_ticks = in.value("pid_start_ticks", std::uint64_t{0});
+    job.pid_start_ticks = JsonIntegerAt<std::uint64_t>(in, "pid_start_ticks", 0);
     job.env = in.value("env", std::map<std::string, std::string>{});
     job.cancel_requested = in.value("cancel_requested", false);
     job.migrating_id = in.value("migrating_id", "");
@@ -187,7 +194,7 @@ Expected<JobRecord> FromPersistentJson(const json& in) {
       for (const auto& entry : in["migrations"]) job.migrations.push_back(entry);
     }
     return job;
-  } catch (const json::exception& error) {
+  } catch (const std::exception& error) {  // json::exception, or JsonIntegerAt's
     return Fail(std::string("malformed job record: ") + error.what());
   }
 }

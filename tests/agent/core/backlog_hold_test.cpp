@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <ranges>
 
 namespace tern::agent {
 namespace {
@@ -22,10 +21,8 @@ class BacklogHoldTest : public ::testing::Test {
   BacklogHold hold_{[this](std::uint64_t node) { return backlog_.at(node); }};
   const Clock::time_point t0_ = Clock::now();
 
-  bool HoldNow(Clock::time_point now) { return hold_.HoldNow(std::views::keys(backlog_), now); }
-  BacklogHold::Verdict Check(Clock::time_point now) {
-    return hold_.Check(std::views::keys(backlog_), now);
-  }
+  bool HoldNow(Clock::time_point now) { return hold_.HoldNow(KeysOf(backlog_), now); }
+  BacklogHold::Verdict Check(Clock::time_point now) { return hold_.Check(KeysOf(backlog_), now); }
   // Holds at t0 with node 1 over the limit (node 2 idle), then stays there.
   void HoldForNodeOne() {
     backlog_ = {{1, 20 * kMiB}, {2, 0}};

@@ -89,6 +89,34 @@ TEST(JobRecordTest, ExitStatusTakesOnlyWhatTernInitWrites) {
   EXPECT_FALSE(odd_time->ended_at);
 }
 
+// A record travels with a migrating job: a number that is not an integer its field holds is
+// refused instead of cast (1e300 as a uid was undefined behaviour; 0.9 became uid 0).
+TEST(JobRecordTest, RecordIntegersMustBeIntegersInRange) {
+  const std::string head = R"({"id":"node1.3","state":"exited","gid":1,)";
+  ASSERT_TRUE(FromPersistentJson(nlohmann::json::parse(head + R"("uid":1000})")));
+  for (const char* field :
+       {R"("uid":1e300)", R"("uid":0.9)", R"("uid":-1)", R"("uid":1,"pid":1e300)",
+        R"("uid":1,"rss_bytes":-5)", R"("uid":1,"pid_start_ticks":1.5)"}) {
+    EXPECT_FALSE(FromPersistentJson(nlohmann::json::parse(head + field + "}"))) << field;
+  }
+  auto odd_exit =
+      FromPersistentJson(nlohmann::json::parse(head + R"("uid":1,"exit_code":4294967296})"));
+  ASSERT_TRUE(odd_exit);
+  EXPECT_FALSE(odd_exit->exit_code) << "an exit code an int cannot hold is no exit code";
+}
+
+// Found by the status_json fuzz target: a far-off year overflowed the nanosecond clock (signed
+// overflow, undefined behaviour) instead of being refused.
+TEST(JobRecordTest, TimesTheClockCannotHoldAreRefused) {
+  EXPECT_FALSE(ParseTime("8646-12-04T12:00:00Z"));
+  EXPECT_FALSE(ParseTime("1000-01-01T00:00:00Z"));
+  EXPECT_TRUE(ParseTime("2261-12-31T00:00:00Z"));
+  EXPECT_TRUE(ParseTime("1970-01-01T00:00:00Z"));
+  auto far = ParseExitStatus(R"({"exit_code":0,"ended_at":"8646-12-04T12:00:00Z"})");
+  ASSERT_TRUE(far);
+  EXPECT_FALSE(far->ended_at);
+}
+
 TEST(JobRecordTest, IdsHaveTheirKnownShapes) {
   for (const char* good : {"node1.3", "h5c-node_2.1234"}) EXPECT_TRUE(IsValidJobId(good)) << good;
   for (const char* bad : {"", ".", "..", "node1.", ".3", "node1.3a", "../x.1", "a/b.1", "a b.1"}) {
