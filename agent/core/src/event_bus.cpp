@@ -33,6 +33,7 @@ void EventBus::Publish(const std::string& type, nlohmann::json fields) {
   fields["time"] = Now();
   fields["node"] = node_;
   std::string data = fields.dump();
+  for (auto& listener : listeners_) listener(fields, data);
   for (auto& stream : streams_) stream->Send(type, data);
   std::erase_if(streams_, [](const auto& stream) { return !stream->IsOpen(); });
   recent_.push_back({seq_, type, std::move(data)});

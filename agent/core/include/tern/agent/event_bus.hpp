@@ -5,12 +5,15 @@
 // (kRecent) for Recent() and for subscribers that arrive later (Subscribe replays the last 256,
 // or those after `since`), and sends it to every open stream; streams whose client has gone
 // are dropped. Events carry `type`, `seq`, `time`, `node` and the event's own fields.
+// Listeners (the cluster-wide feed, the migration history) see every event as it is published,
+// in seq order.
 //
 // Thread-safety: not thread-safe; the agent's io_context thread publishes and subscribes.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -32,6 +35,11 @@ class EventBus {
                                      std::size_t limit) const;
   static constexpr std::size_t kRecent = 1000;
   std::size_t subscribers() const { return streams_.size(); }
+  // The seq of the newest event (0 before the first): a reader holding a larger one knows this
+  // agent restarted and its seqs began again.
+  std::uint64_t last_seq() const { return seq_; }
+  using Listener = std::function<void(const nlohmann::json& event, const std::string& data)>;
+  void Listen(Listener listener) { listeners_.push_back(std::move(listener)); }
 
  private:
   std::string node_;
@@ -43,6 +51,7 @@ class EventBus {
   };
   std::deque<Kept> recent_;
   std::vector<std::shared_ptr<http::EventStream>> streams_;
+  std::vector<Listener> listeners_;
 };
 
 }  // namespace tern::agent
