@@ -82,8 +82,13 @@ export class Browser {
 
   async close() {
     try { await this.send('Browser.close'); } catch (_) { /* already gone */ }
-    this.child.kill('SIGKILL');
-    rmSync(this.profile, { recursive: true, force: true });
+    if (this.child.exitCode === null) {
+      const exited = new Promise((resolve) => this.child.once('exit', resolve));
+      this.child.kill('SIGKILL');
+      await exited;
+    }
+    // Chromium's helpers may still be writing the profile: removing it is best effort.
+    try { rmSync(this.profile, { recursive: true, force: true, maxRetries: 5 }); } catch (_) { /* left in /tmp */ }
   }
 }
 
