@@ -248,7 +248,7 @@ function chartFor(name, container) {
       width, height: 110, legend: { show: true }, cursor: { show: true },
       scales: { y: { range: [0, 100] } },
       axes: [{ stroke: '#8b98a5', grid: { stroke: '#2a3542' }, size: 24 },
-             { stroke: '#8b98a5', grid: { stroke: '#2a3542' }, size: 36, values: (u, v) => v.map((x) => x + '%') }],
+             { stroke: '#8b98a5', grid: { stroke: '#2a3542' }, size: 46, values: (u, v) => v.map((x) => x + '%') }],
       series: [{}, { label: 'CPU', stroke: '#4aa3ff', width: 1.5, fill: 'rgba(74,163,255,.12)' },
                { label: 'mem', stroke: '#c58af9', width: 1.5 }],
     }, data, container);
