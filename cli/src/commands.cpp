@@ -2,13 +2,17 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include "tern/cli/event_follow.hpp"
 #include "tern/cli/format.hpp"
 
 #ifndef TERN_VERSION
@@ -379,41 +383,32 @@ std::string RecentTarget(const EventsOptions& options) {
 }  // namespace
 
 int Events(Context& context, const EventsOptions& options) {
-  if (!options.follow || options.all_nodes) {
-    // Every node's kept events, merged by time by the local agent; with --all-nodes polled
-    // again every second, printing those not seen yet (a node's seq orders its events).
-    std::set<std::pair<std::string, std::uint64_t>> seen;  // (node, seq) printed
-    while (true) {
-      auto body = CallJson(context, "GET", RecentTarget(options));
-      if (!body) return 1;
-      if (!options.follow) WarnUnreachable(context, *body);
-      // Each answer holds the newest events: one that left it never comes back, so only the
-      // keys of this answer need remembering.
-      std::set<std::pair<std::string, std::uint64_t>> now_seen;
-      if (body->contains("events") && (*body)["events"].is_array()) {
-        for (const auto& event : (*body)["events"]) {
-          auto key = std::make_pair(Str(event, "node"), event.value("seq", std::uint64_t{0}));
-          now_seen.insert(key);
-          if (seen.count(key) != 0 || !Wanted(options, event)) continue;
-          PrintEvent(context, options, event);
-        }
+  if (!options.follow) {
+    // Every node's kept events, merged by time by the local agent.
+    auto body = CallJson(context, "GET", RecentTarget(options));
+    if (!body) return 1;
+    WarnUnreachable(context, *body);
+    if (body->contains("events") && (*body)["events"].is_array()) {
+      for (const auto& event : (*body)["events"]) {
+        if (Wanted(options, event)) PrintEvent(context, options, event);
       }
-      seen = std::move(now_seen);
-      context.out.flush();
-      if (!options.follow) return 0;
-      std::this_thread::sleep_for(std::chrono::seconds(1));
     }
+    return 0;
   }
-  auto streamed = context.client.Stream("/v1/events", [&](const std::string& line) {
-    if (line.rfind("data: ", 0) != 0) return true;
-    json event = json::parse(line.substr(6), nullptr, false);
-    if (event.is_discarded() || !Wanted(options, event)) return true;
-    PrintEvent(context, options, event);
-    context.out.flush();
-    return true;
-  });
-  if (!streamed) {
-    context.err << "tern: " << streamed.error().message << "\n";
+  // The cluster-wide stream: every node's events, each node's in order, resumed from the last
+  // one seen when the agent restarts.
+  auto followed = FollowEvents(
+      context.client, true,
+      [&](const SseEvent& event) {
+        if (Wanted(options, event.data)) {
+          PrintEvent(context, options, event.data);
+          context.out.flush();
+        }
+        return true;
+      },
+      [&](const std::string& why) { context.err << "tern: " << why << "; reconnecting\n"; });
+  if (!followed) {
+    context.err << "tern: " << followed.error().message << "\n";
     return 1;
   }
   return 0;
@@ -466,6 +461,17 @@ int Watch(Context& context, double interval_seconds, bool json_output,
           const std::function<int(Context&)>& render) {
   const bool terminal = ::isatty(STDOUT_FILENO) == 1;
   const auto interval = std::chrono::milliseconds(static_cast<long>(interval_seconds * 1000));
+  // Redraw as soon as the cluster's event stream says something changed, and at least every
+  // interval (loads change without events). The stream thread lives as long as the process.
+  auto changed = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
+  auto pending = std::make_shared<std::atomic<bool>>(false);
+  std::thread([client = context.client, changed, pending] {
+    (void)FollowEvents(client, true, [&](const SseEvent&) {
+      pending->store(true);
+      changed->second.notify_one();
+      return true;
+    });
+  }).detach();
   while (true) {
     std::ostringstream frame;
     Context snapshot{context.client, frame, context.err};
@@ -480,7 +486,12 @@ int Watch(Context& context, double interval_seconds, bool json_output,
       context.out << text << "\n";
     }
     context.out.flush();
-    std::this_thread::sleep_for(interval);
+    std::unique_lock lock(changed->first);
+    changed->second.wait_for(lock, interval, [&] { return pending->load(); });
+    lock.unlock();
+    // A burst of events (a migration sends several) is one redraw.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    pending->store(false);
   }
 }
 

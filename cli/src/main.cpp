@@ -6,6 +6,7 @@
 #include "tern/cli/doctor.hpp"
 #include "tern/cli/tls_command.hpp"
 #include "tern/cli/token.hpp"
+#include "tern/cli/top.hpp"
 
 namespace {
 
@@ -122,15 +123,19 @@ int main(int argc, char** argv) {
   auto* events_cmd = app.add_subcommand(
       "events", "recent events of every node (jobs, migrations, nodes, balancer), by time");
   events_cmd->add_flag("-f,--follow", events.follow,
-                       "keep printing new events of this node until interrupted");
+                       "keep printing every node's new events until interrupted (the agent's "
+                       "cluster-wide stream; resumes where it was after an agent restart)");
   events_cmd->add_flag("-A,--all-nodes", events.all_nodes,
-                       "with -f: new events of every node (asked every second)");
+                       "kept for scripts: -f always follows every node");
   events_cmd->add_option("-t,--type", events.type, "only job, migration, node or balancer events")
       ->check(CLI::IsMember({"job", "migration", "node", "balancer"}));
   events_cmd->add_option("-n,--limit", events.limit, "at most this many recent events (1-1000)")
       ->check(CLI::Range(1, 1000));
   events_cmd->add_option("-o,--output", events_output, "table or json (one event per line)")
       ->check(CLI::IsMember({"table", "json"}));
+
+  auto* top_cmd = app.add_subcommand(
+      "top", "live view of the cluster: nodes with load bars, jobs, migrations (q quits)");
 
   auto* version_cmd = app.add_subcommand("version", "print the versions of tern and the agent");
 
@@ -201,6 +206,7 @@ int main(int argc, char** argv) {
     return tern::cli::PrintDoctor(tern::cli::RunDoctor(context.client), doctor_json, std::cout);
   }
   if (*version_cmd) return tern::cli::Version(context);
+  if (*top_cmd) return tern::cli::Top(context);
   if (*events_cmd) {
     events.output = events_output == "json" ? Output::kJson : Output::kTable;
     return tern::cli::Events(context, events);

@@ -13,8 +13,11 @@
 #include "node_cgroup.hpp"
 #include "tern/agent/agent_api.hpp"
 #include "tern/agent/cluster.hpp"
+#include "tern/agent/cluster_events.hpp"
+#include "tern/agent/dashboard.hpp"
 #include "tern/agent/event_bus.hpp"
 #include "tern/agent/ipc_service.hpp"
+#include "tern/agent/metrics.hpp"
 #include "tern/agent/migration_driver.hpp"
 #include "tern/agent/target.hpp"
 
@@ -66,6 +69,9 @@ Expected<void> Agent::Start() {
         auto record = supervisor_->Get(job);
         return record ? std::optional<uid_t>(record->uid) : std::nullopt;
       });
+  events_->Listen([this](const nlohmann::json& event, const std::string&) {
+    migration_history_.OnEvent(event);
+  });
   // Cluster comes later; IPC frames find it through this pointer once it exists.
   ipc_ = std::make_unique<IpcService>(
       io_, identity_.id,
@@ -160,6 +166,8 @@ Expected<void> Agent::Start() {
                             nlohmann::json fields) { events_->Publish(type, std::move(fields)); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   api_->SetBalancer(balancer_.get(), events_.get());
+  api_->SetMigrationHistory(&migration_history_);
+  feed_ = std::make_unique<ClusterEventFeed>(io_, *cluster_, *events_);
   {
     nlohmann::json cgroup = {{"ok", node_cgroup_ != nullptr}};
     if (node_cgroup_) {
@@ -221,7 +229,7 @@ Expected<void> Agent::Start() {
         call.caller = ApiCallerOf(caller);
         if (request.method() == boost::beast::http::verb::get) {
           const Target target = ParseTarget(call.target);
-          if (target.path == "/v1/events") {
+          if (target.path == "/v1/events" && target.query.count("local") != 0) {
             std::int64_t since = -1;
             try {
               if (target.query.count("since") != 0) since = std::stoll(target.Get("since", ""));
@@ -229,6 +237,35 @@ Expected<void> Agent::Start() {
               since = -1;  // a since that is not a number replays as if there were none
             }
             events_->Subscribe(responder.StartEventStream(), since, JobViewerOf(call.caller));
+            return;
+          }
+          if (target.path == "/v1/events") {
+            // The browser's EventSource resends the last id it saw; curl and tern use ?cursor=.
+            std::string text = std::string(request["Last-Event-ID"]);
+            if (text.empty()) text = target.Get("cursor", "");
+            std::optional<EventCursor> cursor;
+            if (!text.empty()) {
+              auto parsed = ParseEventCursor(text);
+              if (!parsed) {
+                responder.Send(http::ErrorResponse(400, parsed.error().message));
+                return;
+              }
+              cursor = std::move(*parsed);
+            }
+            feed_->Subscribe(responder.StartEventStream(), std::move(cursor),
+                             JobViewerOf(call.caller));
+            return;
+          }
+          if (const DashboardAsset* asset = FindDashboardAsset(target.path)) {
+            http::Response response =
+                http::TextResponse(200, std::string(asset->data), std::string(asset->content_type));
+            for (const auto& [name, value] : DashboardResponseHeaders()) response.set(name, value);
+            responder.Send(std::move(response));
+            return;
+          }
+          if (target.path == "/metrics") {
+            responder.Send(
+                http::TextResponse(200, Metrics(), "text/plain; version=0.0.4; charset=utf-8"));
             return;
           }
         }
@@ -259,6 +296,7 @@ Expected<void> Agent::Start() {
 
 void Agent::Stop() {
   sample_timer_.cancel();
+  if (feed_) feed_->Stop();
   if (balancer_) balancer_->Stop();
   if (http_) http_->Stop();
   if (cluster_) cluster_->Stop();
@@ -310,6 +348,48 @@ void Agent::FillMemory(balancer::LoadVector& load, std::uint64_t rss_sum) const 
     load.mem_limit_bytes = limit;
     load.mem_free_bytes = limit > load.mem_used_bytes ? limit - load.mem_used_bytes : 0;
   }
+}
+
+std::string Agent::Metrics() const {
+  MetricsInput input;
+  input.node = identity_.name;
+  for (const auto& node : cluster_->Nodes()) {
+    NodeMetrics row;
+    row.name = node.name;
+    row.alive = node.state == "alive";
+    if (node.load) {
+      row.draining = node.load->draining;
+      row.load1 = node.load->load1;
+      row.cpus = node.load->cpus;
+      row.capacity = node.load->capacity;
+      row.demand = node.load->demand;
+      row.mem_limit_bytes = node.load->mem_limit_bytes;
+      row.mem_used_bytes = node.load->mem_used_bytes;
+      row.jobs_running = node.load->jobs_running;
+    }
+    if (node.self && balancer_) row.draining = balancer_->draining();
+    input.nodes.push_back(std::move(row));
+  }
+  for (const char* state : {"running", "exited", "killed", "cancelled", "failed", "lost"}) {
+    input.jobs_by_state[state] = 0;
+  }
+  for (const auto& job : supervisor_->List()) ++input.jobs_by_state[jobs::ToString(job.state)];
+  input.migrations = &migration_history_;
+  input.ipc_local_bytes = ipc_->local_bytes_total();
+  const ClusterTraffic traffic = cluster_->Traffic();
+  input.ipc_remote_frames = traffic.ipc_frames_sent;
+  input.ipc_remote_bytes = traffic.ipc_bytes_sent;
+  input.gossip_bytes_sent = traffic.gossip_bytes_sent;
+  input.gossip_bytes_received = traffic.gossip_bytes_received;
+  input.gossip_frames_sent = traffic.gossip_frames_sent;
+  input.peer_bytes_sent = traffic.bytes_sent;
+  input.peer_links_open = traffic.links_open;
+  input.event_streams = feed_->streams() + events_->subscribers();
+  const SelfUsage usage = ReadSelfUsage();
+  input.cpu_seconds = usage.cpu_seconds;
+  input.rss_bytes = usage.rss_bytes;
+  input.start_time_seconds = usage.start_time_seconds;
+  return RenderMetrics(input);
 }
 
 balancer::LoadVector Agent::LocalLoad() {

@@ -20,6 +20,7 @@
 #include "tern/agent/event_bus.hpp"
 #include "tern/agent/load_json.hpp"
 #include "tern/agent/migration_driver.hpp"
+#include "tern/agent/migration_history.hpp"
 #include "tern/agent/node_identity.hpp"
 #include "tern/agent/target.hpp"
 
@@ -185,6 +186,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       method == "POST" ? NodeCall(call, parts[2], parts[3], done) : wrong_method("POST");
     } else if (parts.size() == 3 && parts[1] == "events" && parts[2] == "recent") {
       method == "GET" ? RecentEvents(call, done) : wrong_method("GET");
+    } else if (parts.size() == 2 && parts[1] == "migrations") {
+      method == "GET" ? ListMigrations(call, done) : wrong_method("GET");
     } else if (parts.size() >= 3 && parts[1] == "migrations") {
       migrations_.Handle(call, parts, done);
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "logs") {
@@ -275,7 +278,8 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
     }
   }
   if (call.forwarded || target.query.count("local") != 0) {
-    done(JsonResult(200, json{{"events", local}}.dump()));
+    const std::uint64_t last = events_ != nullptr ? events_->last_seq() : 0;
+    done(JsonResult(200, json{{"events", local}, {"last_seq", last}}.dump()));
     return;
   }
   ApiCall peer_call;
@@ -306,6 +310,50 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
                      [&](const json& a, const json& b) { return key(a) < key(b); });
     if (all.size() > limit) all.erase(all.begin(), all.end() - static_cast<long>(limit));
     done(JsonResult(200, json{{"events", all}, {"unreachable", unreachable}}.dump()));
+  });
+}
+
+void AgentApi::ListMigrations(const ApiCall& call, ApiDone done) {
+  const Target target = ParseTarget(call.target);
+  std::size_t limit = 100;
+  try {
+    limit = std::min<std::size_t>(std::stoull(target.Get("limit", "100")), MigrationHistory::kKeep);
+  } catch (const std::exception&) {
+    done(ErrorResult(400, "limit must be a whole number"));
+    return;
+  }
+  json local = history_ != nullptr ? history_->Recent(limit) : json::array();
+  if (call.forwarded || target.query.count("local") != 0) {
+    done(JsonResult(200, json{{"migrations", local}}.dump()));
+    return;
+  }
+  ApiCall peer_call;
+  peer_call.method = "GET";
+  peer_call.target = "/v1/migrations?local=1&limit=" + std::to_string(limit);
+  peer_call.caller = call.caller;
+  cluster_.CallAllPeers(peer_call, [local = std::move(local), limit, done](auto answers) mutable {
+    std::vector<json> all(local.begin(), local.end());
+    json unreachable = json::array();
+    for (auto& [node, result] : answers) {
+      json body = json::parse(result.body, nullptr, false);
+      if (result.status != 200 || !body.is_object() || !body.contains("migrations") ||
+          !body["migrations"].is_array()) {
+        unreachable.push_back(node);
+        continue;
+      }
+      for (auto& migration : body["migrations"]) {
+        if (migration.is_object()) all.push_back(std::move(migration));
+      }
+    }
+    // RFC 3339 UTC times sort as text; a record without a start (null) goes last.
+    auto started = [](const json& m) {
+      const auto it = m.find("started_at");
+      return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    std::stable_sort(all.begin(), all.end(),
+                     [&](const json& a, const json& b) { return started(a) > started(b); });
+    if (all.size() > limit) all.resize(limit);
+    done(JsonResult(200, json{{"migrations", all}, {"unreachable", unreachable}}.dump()));
   });
 }
 

@@ -7,6 +7,9 @@
 #include <tern/http/tokens.hpp>
 #include <tern/ipc/tls_files.hpp>
 
+#include "tern/agent/dashboard.hpp"
+#include "tern/agent/target.hpp"
+
 namespace tern::agent {
 namespace {
 
@@ -17,6 +20,21 @@ http::Response Unauthorized(const std::string& message) {
 }
 
 }  // namespace
+
+std::string_view TokenCookie(std::string_view cookies) {
+  // "a=1; tern_token=XYZ; b=2": browsers send cookies, not headers, with EventSource.
+  constexpr std::string_view kName = "tern_token=";
+  while (!cookies.empty()) {
+    while (!cookies.empty() && (cookies.front() == ' ' || cookies.front() == ';')) {
+      cookies.remove_prefix(1);
+    }
+    const std::size_t end = std::min(cookies.find(';'), cookies.size());
+    const std::string_view pair = cookies.substr(0, end);
+    if (pair.substr(0, kName.size()) == kName) return pair.substr(kName.size());
+    cookies.remove_prefix(end);
+  }
+  return {};
+}
 
 ApiCaller ApiCallerOf(const http::Caller& caller) {
   ApiCaller out;
@@ -40,23 +58,36 @@ ApiCaller ApiCallerOf(const http::Caller& caller) {
 std::optional<http::Response> AuthenticateTcp(const std::string& tokens_file,
                                               const http::Request& header, http::Caller& caller,
                                               uid_t file_owner) {
+  std::string_view presented;
   const auto field = header.find(boost::beast::http::field::authorization);
-  if (field == header.end()) {
+  if (field != header.end()) {
+    const std::string_view value = field->value();
+    constexpr std::string_view kScheme = "Bearer ";
+    if (value.size() <= kScheme.size() || value.substr(0, kScheme.size()) != kScheme) {
+      return Unauthorized("the Authorization header must be `Bearer <token>`");
+    }
+    presented = value.substr(kScheme.size());
+  } else if (const auto cookie = header.find(boost::beast::http::field::cookie);
+             cookie != header.end()) {
+    presented = TokenCookie(cookie->value());
+  }
+  if (presented.empty()) {
+    const bool read = header.method() == boost::beast::http::verb::get ||
+                      header.method() == boost::beast::http::verb::head;
+    // The dashboard's files hold no data: a browser loads them, then asks for a token.
+    if (read && FindDashboardAsset(ParseTarget(std::string(header.target())).path) != nullptr) {
+      return std::nullopt;
+    }
     return Unauthorized(
         "the TCP API needs a token: send `Authorization: Bearer <token>` (root makes one with "
         "`tern token create`)");
-  }
-  const std::string_view value = field->value();
-  constexpr std::string_view kScheme = "Bearer ";
-  if (value.size() <= kScheme.size() || value.substr(0, kScheme.size()) != kScheme) {
-    return Unauthorized("the Authorization header must be `Bearer <token>`");
   }
   auto entries = http::ReadTokens(tokens_file, file_owner);
   if (!entries) {
     spdlog::error("api: refusing TCP callers: {}", entries.error().message);
     return Unauthorized("the agent cannot use its token file now; see its log");
   }
-  auto token = http::FindToken(*entries, value.substr(kScheme.size()));
+  auto token = http::FindToken(*entries, presented);
   if (!token) {
     spdlog::info("api: {} refused: {}", caller.remote, token.error().message);
     return Unauthorized(token.error().message);

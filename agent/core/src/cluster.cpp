@@ -379,6 +379,8 @@ void Cluster::Apply(const std::vector<balancer::MembershipAction>& actions) {
 }
 
 bool Cluster::SendIpc(std::uint64_t node_id, std::vector<ipc::Frame> frames) {
+  traffic_.ipc_frames_sent += frames.size();
+  for (const auto& frame : frames) traffic_.ipc_bytes_sent += frame.payload.size();
   return Deliver(node_id, std::move(frames), true);
 }
 

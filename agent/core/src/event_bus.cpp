@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <limits>
 
 namespace tern::agent {
 namespace {
@@ -62,6 +63,17 @@ std::optional<uid_t> EventBus::OwnerOfEvent(const std::string& type, const nlohm
   return kRootOnly;
 }
 
+std::optional<uid_t> EventBus::OwnerInEvent(const nlohmann::json& event) {
+  if (!event.is_object()) return 0;
+  const auto owner = event.find("owner_uid");
+  if (owner != event.end() && owner->is_number_integer() && owner->get<std::int64_t>() >= 0 &&
+      owner->get<std::int64_t>() <= std::numeric_limits<uid_t>::max()) {
+    return static_cast<uid_t>(owner->get<std::int64_t>());
+  }
+  if (event.value("type", "") == "job" || event.contains("job")) return 0;
+  return std::nullopt;
+}
+
 bool EventBus::Visible(const std::optional<uid_t>& owner, const Viewer& viewer) {
   return !viewer || !owner || *owner == *viewer;
 }
@@ -73,7 +85,10 @@ void EventBus::Publish(const std::string& type, nlohmann::json fields) {
   fields["seq"] = ++seq_;
   fields["time"] = Now();
   fields["node"] = node_;
+  // Readers elsewhere (the cluster-wide feed on other agents) filter by it as this bus does.
+  if (owner) fields["owner_uid"] = *owner;
   std::string data = fields.dump();
+  for (auto& listener : listeners_) listener(fields, data);
   for (auto& subscriber : streams_) {
     if (Visible(owner, subscriber.viewer)) subscriber.stream->Send(type, data);
   }

@@ -646,6 +646,7 @@ std::size_t IpcService::RightCount(const std::string& job) const {
 
 void IpcService::SampleTraffic(std::chrono::steady_clock::time_point now) {
   const auto traffic = impl_->router_.TakeTraffic();
+  for (const auto& pair : traffic) local_bytes_total_ += pair.bytes;
   const double seconds = std::chrono::duration<double>(now - traffic_at_).count();
   const bool first = traffic_at_ == std::chrono::steady_clock::time_point{};
   traffic_at_ = now;

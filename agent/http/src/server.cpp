@@ -206,6 +206,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
           // header, which BeginEvents writes first.
           self->events_open_ = true;
           auto events = std::make_shared<SessionEvents>(self);
+          // Open at once: events sent before BeginEvents runs (a replay) are queued after the
+          // header, which BeginEvents, posted first, writes first.
+          self->events_open_ = true;
           asio::post(self->stream_.get_executor(), [self] { self->BeginEvents(); });
           return events;
         });
@@ -247,9 +250,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       auto session = session_;
       asio::post(session->stream_.get_executor(), [session] { session->Close(); });
     }
-    bool Send(std::string_view event, std::string_view data) override {
+    using EventStream::Send;
+    bool Send(std::string_view event, std::string_view data, std::string_view id) override {
       if (!session_->events_open_) return false;
-      std::string block = "event: " + std::string(event) + "\ndata: " + std::string(data) + "\n\n";
+      std::string block;
+      if (!id.empty()) block = "id: " + std::string(id) + "\n";
+      block += "event: " + std::string(event) + "\ndata: " + std::string(data) + "\n\n";
       auto session = session_;
       asio::post(session->stream_.get_executor(),
                  [session, block = std::move(block)] { session->QueueEvent(block); });

@@ -17,6 +17,7 @@
 
 #include "tern/agent/config.hpp"
 #include "tern/agent/host_load.hpp"
+#include "tern/agent/migration_history.hpp"
 #include "tern/agent/node_identity.hpp"
 
 namespace tern::jobs {
@@ -29,6 +30,7 @@ class HttpServer;
 namespace tern::agent {
 
 class AgentApi;
+class ClusterEventFeed;
 class BalancerService;
 class JobUsageSampler;
 class NodeCgroup;
@@ -50,6 +52,8 @@ class Agent {
   balancer::LoadVector LocalLoad();
   // This node's memory (node cgroup, else the jobs' RSS sum, against the host's memory).
   void FillMemory(balancer::LoadVector& load, std::uint64_t rss_sum) const;
+  // GET /metrics (docs/api.md).
+  std::string Metrics() const;
 
   boost::asio::io_context& io_;
   AgentConfig config_;
@@ -59,6 +63,8 @@ class Agent {
   HostLoad last_host_load_;
   std::unique_ptr<NodeCgroup> node_cgroup_;  // null: no [node] cgroup, or it cannot be used
   std::unique_ptr<JobUsageSampler> job_usage_;
+  // Before events_: the bus's listener feeds it until the bus is gone.
+  MigrationHistory migration_history_;
   std::unique_ptr<EventBus> events_;
   std::unique_ptr<IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
@@ -66,6 +72,7 @@ class Agent {
   std::unique_ptr<MigrationDriver> migrations_;
   std::unique_ptr<BalancerService> balancer_;
   std::unique_ptr<AgentApi> api_;
+  std::unique_ptr<ClusterEventFeed> feed_;
   std::unique_ptr<http::HttpServer> http_;
   boost::asio::steady_timer sample_timer_;
 };

@@ -36,6 +36,7 @@ class BalancerService;
 class Cluster;
 class EventBus;
 class MigrationDriver;
+class MigrationHistory;
 
 // Whose jobs `caller` may see: nullopt for every job (root, tokens), else only that uid's.
 std::optional<uid_t> JobViewerOf(const ApiCaller& caller);
@@ -58,6 +59,8 @@ class AgentApi {
     balancer_ = balancer;
     events_ = events;
   }
+  // GET /v1/migrations reads `history` (this node's), and asks the other agents for theirs.
+  void SetMigrationHistory(const MigrationHistory* history) { history_ = history; }
 
  private:
   struct JobMatch;
@@ -71,6 +74,8 @@ class AgentApi {
                 ApiDone done);
   // GET /v1/events/recent: the kept events of every node (or this one), merged by time.
   void RecentEvents(const ApiCall& call, ApiDone done);
+  // GET /v1/migrations: every node's recent migrations, newest first.
+  void ListMigrations(const ApiCall& call, ApiDone done);
   // Starts the job here, or on `node` (forwarded), as SubmitJob decided.
   void SubmitTo(const ApiCall& call, nlohmann::json body, const std::string& node,
                 std::function<void(const std::string& job)> placed, ApiDone done);
@@ -87,6 +92,7 @@ class AgentApi {
   std::function<std::size_t(const std::string&)> ipc_rights_;
   BalancerService* balancer_ = nullptr;
   EventBus* events_ = nullptr;
+  const MigrationHistory* history_ = nullptr;
 };
 
 }  // namespace tern::agent

@@ -68,7 +68,9 @@ struct ClusterTraffic {
   std::uint64_t gossip_bytes_sent = 0;  // Gossip frame payloads, keepalives included
   std::uint64_t gossip_frames_sent = 0;
   std::uint64_t gossip_bytes_received = 0;
-  std::uint64_t bytes_sent = 0;  // every frame payload to peers
+  std::uint64_t bytes_sent = 0;       // every frame payload to peers
+  std::uint64_t ipc_frames_sent = 0;  // IPC frames (SendIpc) to peers
+  std::uint64_t ipc_bytes_sent = 0;
   std::uint64_t links_opened = 0;
   std::uint64_t links_closed_idle = 0;
   std::size_t links_open = 0;

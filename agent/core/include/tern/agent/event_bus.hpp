@@ -4,7 +4,10 @@
 // Contract: Publish() stamps an event with a sequence number and time, keeps the last 1000
 // (kRecent) for Recent() and for subscribers that arrive later (Subscribe replays the last 256,
 // or those after `since`), and sends it to every open stream; streams whose client has gone
-// are dropped. Events carry `type`, `seq`, `time`, `node` and the event's own fields.
+// are dropped. Events carry `type`, `seq`, `time`, `node`, `owner_uid` (events about a job) and
+// the event's own fields.
+// Listeners (the cluster-wide feed, the migration history) see every event as it is published,
+// in seq order.
 //
 // Who sees what: an event about a job (a `job` event, or one with a `job` field) belongs to the
 // job's uid and is shown only to that user and to viewers who see everything (root, API
@@ -51,7 +54,17 @@ class EventBus {
   std::vector<nlohmann::json> Recent(std::uint64_t since, const std::string& type,
                                      std::size_t limit, Viewer viewer = std::nullopt) const;
   static constexpr std::size_t kRecent = 1000;
+  // Whether `viewer` may see an event owned by `owner` (nullopt: a node-level event).
+  static bool Visible(const std::optional<uid_t>& owner, const Viewer& viewer);
+  // The owner an event names in its `owner_uid` (written by Publish); an event about a job
+  // without one (from an older agent) is root's.
+  static std::optional<uid_t> OwnerInEvent(const nlohmann::json& event);
   std::size_t subscribers() const { return streams_.size(); }
+  // The seq of the newest event (0 before the first): a reader holding a larger one knows this
+  // agent restarted and its seqs began again.
+  std::uint64_t last_seq() const { return seq_; }
+  using Listener = std::function<void(const nlohmann::json& event, const std::string& data)>;
+  void Listen(Listener listener) { listeners_.push_back(std::move(listener)); }
 
  private:
   struct Kept {
@@ -64,7 +77,6 @@ class EventBus {
     std::shared_ptr<http::EventStream> stream;
     Viewer viewer;
   };
-  static bool Visible(const std::optional<uid_t>& owner, const Viewer& viewer);
   std::optional<uid_t> OwnerOfEvent(const std::string& type, const nlohmann::json& fields);
 
   std::string node_;
@@ -76,6 +88,7 @@ class EventBus {
   static constexpr std::size_t kOwners = 8192;
   std::map<std::string, uid_t> owners_;
   std::deque<std::string> owner_order_;
+  std::vector<Listener> listeners_;
 };
 
 }  // namespace tern::agent

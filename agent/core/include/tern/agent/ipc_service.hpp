@@ -109,6 +109,8 @@ class IpcService {
   std::vector<std::pair<std::string, double>> TopPeers(const std::string& job,
                                                        std::size_t limit) const;
   std::set<std::string> JobsSharingRegions(const std::string& job) const;
+  // IPC message bytes between jobs through this node's router since the agent started (/metrics).
+  std::uint64_t local_bytes_total() const { return local_bytes_total_; }
   void Stop();
 
  private:
@@ -117,6 +119,7 @@ class IpcService {
   // Per local job: its peers' bytes/s at the last SampleTraffic, most first.
   std::map<std::string, std::vector<std::pair<std::string, double>>> peers_;
   std::chrono::steady_clock::time_point traffic_at_{};
+  std::uint64_t local_bytes_total_ = 0;
 };
 
 }  // namespace tern::agent

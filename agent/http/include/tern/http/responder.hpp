@@ -17,11 +17,13 @@ namespace tern::http {
 
 // A server-sent-events stream (text/event-stream) kept open on a connection. Send() queues one
 // event and returns false once the client has gone; the connection closes when the last
-// reference to the stream is dropped or the client leaves.
+// reference to the stream is dropped or the client leaves. A non-empty `id` is sent as the
+// event's `id:` line (the browser sends the last one back as Last-Event-ID when it reconnects).
 class EventStream {
  public:
   virtual ~EventStream() = default;
-  virtual bool Send(std::string_view event, std::string_view data) = 0;
+  virtual bool Send(std::string_view event, std::string_view data, std::string_view id) = 0;
+  bool Send(std::string_view event, std::string_view data) { return Send(event, data, {}); }
   virtual bool IsOpen() const = 0;
 };
 
