@@ -67,6 +67,38 @@ TEST_F(ApiAccessTest, TcpNeedsAKnownToken) {
   EXPECT_TRUE(AuthenticateTcp(path_, Header("Bearer " + admin->token), revoked, me_));
 }
 
+TEST_F(ApiAccessTest, ABrowserMayCarryItsTokenInACookieAndLoadThePageWithout) {
+  auto reader = http::CreateToken(path_, "dash", http::TokenAccess::kReadOnly, me_);
+  ASSERT_TRUE(reader);
+  EXPECT_EQ(TokenCookie("a=1; tern_token=" + reader->token + "; b=2"), reader->token);
+  EXPECT_EQ(TokenCookie("xtern_token=abc"), "");
+  EXPECT_EQ(TokenCookie(""), "");
+
+  // EventSource sends cookies, not headers.
+  http::Request stream{bhttp::verb::get, "/v1/events", 11};
+  stream.set(bhttp::field::cookie, "tern_token=" + reader->token);
+  http::Caller browser;
+  EXPECT_FALSE(AuthenticateTcp(path_, stream, browser, me_));
+  EXPECT_EQ(browser.access, http::Caller::Access::kReadOnly);
+  stream.set(bhttp::field::cookie, "tern_token=tern_" + std::string(64, '0'));
+  http::Caller forged;
+  EXPECT_TRUE(AuthenticateTcp(path_, stream, forged, me_));
+
+  // The page itself holds no data: it loads without a token, and nothing else does.
+  http::Caller anyone;
+  EXPECT_FALSE(AuthenticateTcp(path_, http::Request{bhttp::verb::get, "/", 11}, anyone, me_));
+  EXPECT_EQ(anyone.access, http::Caller::Access::kNone);
+  for (const char* target : {"/v1/jobs", "/metrics", "/v1/events", "/v1/info"}) {
+    http::Caller stranger;
+    auto refused =
+        AuthenticateTcp(path_, http::Request{bhttp::verb::get, target, 11}, stranger, me_);
+    ASSERT_TRUE(refused) << target;
+    EXPECT_EQ(refused->result_int(), 401u) << target;
+  }
+  http::Caller poster;
+  EXPECT_TRUE(AuthenticateTcp(path_, http::Request{bhttp::verb::post, "/", 11}, poster, me_));
+}
+
 TEST_F(ApiAccessTest, UnixCallersAreWhoTheKernelSays) {
   http::Caller unix_caller;
   unix_caller.transport = http::Caller::Transport::kUnix;
