@@ -36,7 +36,8 @@ TEST(EventBusTest, RecentKeepsTheNewestEventsInOrder) {
 // Records what a subscriber was sent.
 class Collect : public http::EventStream {
  public:
-  bool Send(std::string_view event, std::string_view data) override {
+  using http::EventStream::Send;
+  bool Send(std::string_view event, std::string_view data, std::string_view) override {
     got.push_back(std::string(event) + " " + std::string(data));
     return true;
   }
