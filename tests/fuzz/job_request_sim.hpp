@@ -39,14 +39,19 @@ class SmallRegions : public ipc::RegionStore {
     bytes_[id] = std::string(size, '\0');
     return true;
   }
-  std::optional<std::string> Read(ipc::ObjectId id) override {
+  std::optional<std::string> Read(ipc::ObjectId id, std::uint64_t offset,
+                                  std::size_t max) override {
     auto it = bytes_.find(id);
-    if (it == bytes_.end()) return std::nullopt;
-    return it->second;
+    if (it == bytes_.end() || offset > it->second.size()) return std::nullopt;
+    return it->second.substr(offset, max);
   }
-  bool Write(ipc::ObjectId id, std::string_view data) override {
-    if (data.size() > kMax) return false;
-    bytes_[id] = std::string(data);
+  bool Write(ipc::ObjectId id, std::uint64_t offset, std::string_view data) override {
+    auto it = bytes_.find(id);
+    if (it == bytes_.end() || offset > it->second.size() ||
+        data.size() > it->second.size() - offset) {
+      return false;
+    }
+    it->second.replace(offset, data.size(), data);
     return true;
   }
   void Destroy(ipc::ObjectId id) override { bytes_.erase(id); }

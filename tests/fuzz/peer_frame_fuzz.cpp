@@ -34,8 +34,10 @@ using tern::ipc::FrameType;
 class NoRegions : public tern::ipc::RegionStore {
  public:
   bool Create(tern::ipc::ObjectId, std::uint64_t) override { return false; }
-  std::optional<std::string> Read(tern::ipc::ObjectId) override { return std::nullopt; }
-  bool Write(tern::ipc::ObjectId, std::string_view) override { return false; }
+  std::optional<std::string> Read(tern::ipc::ObjectId, std::uint64_t, std::size_t) override {
+    return std::nullopt;
+  }
+  bool Write(tern::ipc::ObjectId, std::uint64_t, std::string_view) override { return false; }
   void Destroy(tern::ipc::ObjectId) override {}
 };
 

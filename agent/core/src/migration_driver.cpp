@@ -214,6 +214,8 @@ struct MigrationDriver::Outgoing {
   migrate::SourceMigration machine;
   std::string criu;
   migrate::PageServerTarget page_server;
+  // True while `criu dump` runs (set and read off the io thread, hence shared and atomic).
+  std::shared_ptr<std::atomic<bool>> dumping = std::make_shared<std::atomic<bool>>(false);
   json checks = json::array();
   std::string error;
   unsigned error_status = 409;
@@ -627,8 +629,9 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
           WriteChannelNote(options.images, migration->channel);
         }
         const std::string criu = migration->criu;
+        migration->dumping->store(true);
         OffThread(
-            [criu, options]() -> Expected<void> {
+            [criu, options, dumping = migration->dumping]() -> Expected<void> {
               // A job caught holding a file lock (SQLite inside a transaction, say), or with a
               // thread that ends while CRIU seizes it, cannot be dumped; CRIU thaws it, and a
               // moment later the dump usually succeeds.
@@ -636,6 +639,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
                 auto dumped = migrate::Dump(criu, options);
                 if (dumped || attempt == kLockRetries ||
                     !IsTransientDumpError(dumped.error().message)) {
+                  dumping->store(false);
                   return dumped;
                 }
                 std::this_thread::sleep_for(std::chrono::milliseconds(30));
@@ -843,11 +847,19 @@ void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
       // CRIU is streaming pages to the destination over a link that may be cut: destroying
       // that connection makes the dump fail cleanly (CRIU cures and thaws the job itself),
       // which the dump step then turns into an abort.
+      // With TLS, CRIU connects to the page server itself, maybe only after the link was cut
+      // (its SYNs then retry for a minute or more): destroy its connection until the dump
+      // returns, not just once.
       const auto target = migration->page_server;
       OffThread(
-          [target] {
-            return migrate::RunSubprocess(
-                {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
+          [target, dumping = migration->dumping] {
+            Expected<migrate::SubprocessResult> last = Fail("the dump had already returned");
+            for (int round = 0; round < 480 && dumping->load(); ++round) {
+              last = migrate::RunSubprocess(
+                  {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
+              std::this_thread::sleep_for(std::chrono::milliseconds(250));
+            }
+            return last;
           },
           [](Expected<migrate::SubprocessResult>) {});
       continue;
