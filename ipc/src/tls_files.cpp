@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "openssl_error.hpp"
+
 namespace tern::ipc {
 
 namespace asio = boost::asio;
@@ -17,15 +19,6 @@ namespace {
 
 // Key files are small; a bigger "key" is not one (and is not read whole into memory).
 constexpr std::size_t kMaxKeyFileBytes = 64 * 1024;
-
-std::string OpenSslError() {
-  const unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "unknown OpenSSL error";
-  char text[256];
-  ERR_error_string_n(code, text, sizeof text);
-  return text;
-}
 
 // Opens `path` without following a final symlink and checks that only its owner (root) can read
 // it. The fd is returned open so that the checked file is the one read (no window for a swap).

@@ -18,6 +18,8 @@
 #include <memory>
 #include <tern/ipc/tls_files.hpp>
 
+#include "openssl_error.hpp"
+
 namespace tern::ipc {
 
 namespace {
@@ -33,15 +35,6 @@ using KeyPtr = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY_free>>;
 using CertPtr = std::unique_ptr<X509, Deleter<X509_free>>;
 using BioPtr = std::unique_ptr<BIO, Deleter<BIO_free>>;
 using ExtPtr = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION_free>>;
-
-std::string OpenSslError() {
-  const unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "unknown OpenSSL error";
-  char text[256];
-  ERR_error_string_n(code, text, sizeof text);
-  return text;
-}
 
 std::string RandomHex(std::size_t bytes) {
   std::string raw(bytes, '\0');

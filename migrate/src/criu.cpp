@@ -160,6 +160,18 @@ Expected<UniqueFd> ConnectPageServer(const PageServerTarget& target) {
   return Fail("cannot connect to " + where + ": " + problem);
 }
 
+// If CRIU has corked `fd` (a page-server connection), uncorks it and sends at once from then on;
+// true when it did. CRIU 4.x leaves its last message in the cork (see Dump).
+bool LiftCork(int fd) {
+  int corked = 0;
+  socklen_t length = sizeof corked;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_CORK, &corked, &length) != 0 || !corked) return false;
+  const int off = 0, on = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  return true;
+}
+
 // Pre-copy with TLS: `criu dump --ps-socket` skips the TLS handshake (criu 4.2, page-xfer.c), so
 // CRIU must connect to the page server itself, and we no longer hold a copy of its socket to
 // lift the cork (see Dump). We take one from CRIU with pidfd_getfd: the TCP socket among its fds
@@ -197,16 +209,8 @@ void UncorkPageServerSocket(pid_t criu, std::uint16_t port, const std::atomic<bo
         }
       }
     }
-    if (socket.valid()) {
-      int corked = 0;
-      socklen_t length = sizeof corked;
-      if (::getsockopt(socket.get(), IPPROTO_TCP, TCP_CORK, &corked, &length) == 0 && corked) {
-        const int off = 0, on = 1;
-        ::setsockopt(socket.get(), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
-        ::setsockopt(socket.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-        return;  // CRIU corks once, when it starts using the socket
-      }
-    }
+    // CRIU corks once, when it starts using the socket.
+    if (socket.valid() && LiftCork(socket.get())) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
@@ -353,13 +357,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
     // Only this thread touches page_socket until it is joined.
     uncork = std::jthread([&page_socket, &finished] {
       while (!finished.load()) {
-        int corked = 0;
-        socklen_t length = sizeof corked;
-        if (::getsockopt(page_socket.get(), IPPROTO_TCP, TCP_CORK, &corked, &length) == 0 &&
-            corked) {
-          const int off = 0, on = 1;
-          ::setsockopt(page_socket.get(), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
-          ::setsockopt(page_socket.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+        if (LiftCork(page_socket.get())) {
           // CRIU holds its own copy; ours must go, for the page server waits for the end of
           // the stream before it ends.
           page_socket.Reset();

@@ -1269,7 +1269,13 @@ TEST_F(ClusterTest, IpcANameOfOneUserCannotBeTakenByAnother) {
     ASSERT_EQ(r.exit_code, 0) << "cannot create the test user: " << r.Describe();
   }
   ASSERT_NE(getpwnam("nobody"), nullptr) << "this machine has no user 'nobody'";
-  const std::string probe = kBinDir + "/tern-ipc-probe";
+  // Other users run the probe: a checkout under /root (0700) is not theirs to reach.
+  const std::string probe_dir = "/tmp/" + kClusterName + "-probe";
+  fs::create_directories(probe_dir);
+  fs::permissions(probe_dir, fs::perms(0755));
+  const std::string probe = probe_dir + "/tern-ipc-probe";
+  fs::copy_file(kBinDir + "/tern-ipc-probe", probe, fs::copy_options::overwrite_existing);
+  fs::permissions(probe, fs::perms(0755));
   const auto submit_as = [&](const std::string& user, const std::string& node,
                              const std::vector<std::string>& cmd) {
     std::vector<std::string> args = {"submit", "-q", "--user", user, "--node", node, "--"};

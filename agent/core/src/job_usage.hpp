@@ -85,8 +85,6 @@ class JobUsageSampler {
                                   std::chrono::steady_clock::time_point now,
                                   std::optional<double> node_cpu_seconds = std::nullopt,
                                   bool every_job = false);
-  // Every job is sampled at the next Sample().
-  void WakeAll(std::chrono::steady_clock::time_point now) { schedule_.WakeAll(now); }
   std::optional<JobUsage> Get(const std::string& job) const;
   const SampleSchedule& schedule() const { return schedule_; }
 
