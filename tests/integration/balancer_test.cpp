@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -287,6 +288,57 @@ TEST_F(BalancerClusterTest, PinAndUnpinFollowTheJobAndOnlyItsOwnerOrRootMayPin) 
   st = Status("node2", id);
   ASSERT_TRUE(st);
   EXPECT_FALSE(st->value("pinned", true)) << st->dump();
+  Tern("node1", {"cancel", id});
+}
+
+TEST_F(BalancerClusterTest, APinAskedForDuringAMoveIsRefusedOrKeptNeverLost) {
+  // 160 MB of written memory, so that the move takes long enough for pins to land inside it.
+  const auto id =
+      Submit("node1", {"--node", "node2"},
+             {"python3", "-c", "import time; b = bytes(range(256)) * 625000; time.sleep(600)"});
+  ASSERT_FALSE(id.empty());
+  auto moving = std::async(std::launch::async, [&] {
+    return Tern("node1", {"migrate", id, "node3"}, 180s);
+  });
+  int refused = 0;
+  bool pinned = false;
+  std::string other_error;
+  while (moving.wait_for(0s) != std::future_status::ready) {
+    auto r = Tern("node1", {"pin", id});
+    bool pin_stands = r.exit_code == 0;
+    if (pin_stands && refused == 0) {
+      // The pin beat the move's start: take it back and try again inside the move.
+      r = Tern("node1", {"unpin", id});
+      if (r.exit_code == 0) continue;
+    }
+    if (pin_stands && r.exit_code == 0) {
+      pinned = true;
+      break;
+    }
+    if (r.err.find("is moving to node3") == std::string::npos) {
+      // Around the commit the job may be briefly on neither node for the forwarding agent.
+      other_error = r.Describe();
+      std::this_thread::sleep_for(50ms);
+      continue;
+    }
+    ++refused;
+    if (pin_stands) {  // the unpin was refused: the pin from before the move stands
+      pinned = true;
+      break;
+    }
+  }
+  auto moved = moving.get();
+  ASSERT_EQ(moved.exit_code, 0) << moved.Describe();
+  EXPECT_GT(refused, 0) << "no pin landed inside the move: it was too quick to test; "
+                        << other_error;
+  if (!pinned) {
+    auto r = Tern("node1", {"pin", id});
+    ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  }
+  auto st = Status("node1", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->value("node", ""), "node3") << st->dump();
+  EXPECT_TRUE(st->value("pinned", false)) << "a pin that succeeded was lost: " << st->dump();
   Tern("node1", {"cancel", id});
 }
 

@@ -608,6 +608,11 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
                                 "; only its user or root may " + action + " it"));
       return;
     }
+    if (auto to = migrations_.MovingTo(id); !to.empty()) {
+      done(ErrorResult(409, "job " + id + " is moving to " + to + "; " + action +
+                                " it when the move has ended (tern status " + id + ")"));
+      return;
+    }
     auto changed = supervisor_.SetPinned(id, action == "pin");
     if (!changed) {
       done(ErrorResult(409, changed.error().message));

@@ -803,6 +803,13 @@ void MigrationDriver::HandOffIpc(const std::shared_ptr<Outgoing>& migration,
   });
 }
 
+std::string MigrationDriver::MovingTo(const std::string& job) const {
+  for (const auto& [mid, migration] : outgoing_) {
+    if (migration->job.id == job) return migration->destination;
+  }
+  return "";
+}
+
 void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
   if (alive) return;
   // A restore for a source that stopped answering: the source cannot have committed (we have

@@ -86,6 +86,10 @@ class MigrationDriver {
   // A node stopped answering (suspect/dead): moves towards it that have not reached the commit
   // point are aborted now, so that the job is not left frozen until TCP gives up.
   void OnNodeState(std::uint64_t node_id, bool alive);
+  // The node `job` is being moved to by a migration this node started (a dry run included),
+  // or "" when it is not moving. A pin or unpin asked for meanwhile is refused: the record the
+  // destination restores was sent before it, so the change would be lost at the commit.
+  std::string MovingTo(const std::string& job) const;
   // Dispatches /v1/migrations/... calls.
   void Handle(const ApiCall& call, const std::vector<std::string>& segments, ApiDone done);
 
