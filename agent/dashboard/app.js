@@ -54,16 +54,15 @@ function setToken(value) {
   document.cookie = 'tern_token=' + encodeURIComponent(value) + '; path=/; SameSite=Strict';
 }
 // `tern-cluster dashboard` prints the address as http://HOST/#token=...: keep it, then drop it
-// from the address bar (a fragment never reaches the server).
-(function takeTokenFromAddress() {
+// from the address bar (a fragment never reaches the server). Returns whether it took one.
+function takeTokenFromAddress() {
   const match = location.hash.match(/^#token=([^&]+)/);
-  if (match) {
-    setToken(decodeURIComponent(match[1]));
-    history.replaceState(null, '', location.pathname + location.search);
-  } else if (token()) {
-    setToken(token());
-  }
-})();
+  if (!match) return false;
+  setToken(decodeURIComponent(match[1]));
+  history.replaceState(null, '', location.pathname + location.search);
+  return true;
+}
+if (!takeTokenFromAddress() && token()) setToken(token());
 
 async function api(method, path, body) {
   const headers = {};
@@ -163,9 +162,18 @@ function describe(e) {
   }
 }
 
-function onEvent(e) {
-  state.timeline.unshift(e);
+// Each node's events arrive in that node's order, but the nodes' streams interleave: the
+// timeline is kept newest first by the events' own times (ISO 8601 UTC strings sort as text).
+function addToTimeline(e) {
+  const t = e.time || '';
+  let i = 0;
+  while (i < state.timeline.length && (state.timeline[i].time || '') > t) i++;
+  state.timeline.splice(i, 0, e);
   if (state.timeline.length > TIMELINE_MAX) state.timeline.pop();
+}
+
+function onEvent(e) {
+  addToTimeline(e);
   if (e.type === 'job') {
     const known = state.jobs.get(e.id);
     // The node a job left reports it ended there; the running copy on its new node is true.
@@ -211,8 +219,11 @@ function scheduleRender() {
   requestAnimationFrame(() => { renderQueued = false; render(); });
 }
 
+let eventSource = null;
 function connect() {
+  if (eventSource) eventSource.close();
   const source = new EventSource('/v1/events');
+  eventSource = source;
   const handler = (message) => {
     let e;
     try { e = JSON.parse(message.data); } catch (_) { return; }
@@ -229,7 +240,7 @@ function connect() {
     state.connected = false;
     renderConnection();
     // EventSource retries by itself unless the server refused it outright.
-    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+    if (source.readyState === EventSource.CLOSED && source === eventSource) setTimeout(connect, 2000);
   };
 }
 
@@ -310,17 +321,18 @@ function renderNodes() {
     card.className = 'node ' + node.state + (node.draining ? ' draining' : '');
     card.querySelector('.state').textContent = node.state + (node.draining ? ' · draining' : '') + (node.self ? ' · this agent' : '');
     const cap = node.capacity || node.cpus || 0;
+    const jobs = [...state.jobs.values()].filter((j) => j.node === name && j.state === 'running')
+      .sort((a, b) => a.id.localeCompare(b.id));
+    // The node's own figures (its cgroup and its jobs): host-wide load is the same on every
+    // node of a local cluster, so it is not shown.
     card.querySelector('.figures').replaceChildren(
-      el('span', { text: `load ${Number(node.load).toFixed(2)}` }),
-      el('span', { text: `CPU ${Number(node.demand).toFixed(1)}/${Number(cap).toFixed(1)}` }),
-      el('span', { text: `mem ${bytes(node.mem_used_bytes)}/${bytes(node.mem_limit_bytes)}` }),
-      el('span', { text: `${node.jobs} jobs` }));
+      el('span', { text: `CPU ${Number(node.demand || 0).toFixed(2)} of ${Number(cap).toFixed(1)}` }),
+      el('span', { text: `mem ${bytes(node.mem_used_bytes)} of ${bytes(node.mem_limit_bytes)}` }),
+      el('span', { text: `${jobs.length} job${jobs.length === 1 ? '' : 's'}` }));
     card.querySelector('.bar.cpu span').style.width = Math.min(100, cap ? (100 * node.demand) / cap : 0) + '%';
     card.querySelector('.bar.mem span').style.width =
       Math.min(100, node.mem_limit_bytes ? (100 * node.mem_used_bytes) / node.mem_limit_bytes : 0) + '%';
     card.querySelector('button.drain').textContent = node.draining ? 'undrain' : 'drain';
-    const jobs = [...state.jobs.values()].filter((j) => j.node === name && j.state === 'running')
-      .sort((a, b) => a.id.localeCompare(b.id));
     card.querySelector('.jobs').replaceChildren(...jobs.map(jobChip));
     chartFor(name, card.querySelector('.chart'));
   }
@@ -362,7 +374,7 @@ function renderTimeline() {
       (e.type === 'balancer' && e.action === 'failed') || (e.type === 'node' && e.state !== 'alive');
     return el('li', { 'data-type': e.type, class: bad ? 'bad' : '' },
       el('span', { class: 't', text: clock(e.time) }), el('span', { class: 'n', text: e.node }),
-      el('span', { class: 'ty ' + e.type, text: e.type + (e.event ? ' ' + e.event : e.action ? ' ' + e.action : '') }),
+      el('span', { class: 'ty ty-' + e.type, text: e.type + (e.event ? ' ' + e.event : e.action ? ' ' + e.action : '') }),
       el('span', { class: 'd', text: describe(e) }));
   });
   $('#timeline').replaceChildren(...items);
@@ -453,7 +465,12 @@ $('#token-dialog').addEventListener('close', () => {
   if ($('#token-dialog').returnValue === 'save') { setToken($('#token-input').value.trim()); location.reload(); }
 });
 $('#timeline-filter').addEventListener('change', renderTimeline);
-window.addEventListener('hashchange', route);
+// An address with another token opened in this tab is only a fragment change, not a load:
+// take the token and reconnect, so that the event stream carries the new token's rights.
+window.addEventListener('hashchange', () => {
+  if (takeTokenFromAddress()) connect();
+  route();
+});
 window.addEventListener('resize', scheduleRender);
 setInterval(loadNodes, NODE_POLL_MS);
 setInterval(loadJobs, 10000);

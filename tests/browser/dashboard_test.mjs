@@ -82,11 +82,18 @@ try {
   step('the job page shows node1 → node2 and the move');
   // With an admin token the same action moves the job.
   await page.goto(rw);
-  await page.waitFor(`document.querySelectorAll('#nodes .node').length === 3`, 'the page with an admin token');
+  const adminToken = decodeURIComponent(rw.split('#token=')[1]);
+  await page.waitFor(`localStorage.getItem('tern-token') === ${q(adminToken)} &&
+    document.querySelectorAll('#nodes .node').length === 3`, 'the page with an admin token');
   await page.goto(base + `#/job/${encodeURIComponent(job)}`);
   await page.waitFor(`document.querySelector('#job-target') &&
     [...document.querySelector('#job-target').options].some((o) => o.value === 'node3')`, 'the job page, with rights');
-  await page.eval(`document.querySelector('#job-target').value = 'node3'; document.querySelector('#job-migrate').click(); true`);
+  await page.eval(`document.querySelector('#notice').hidden = true;
+    document.querySelector('#job-target').value = 'node3'; document.querySelector('#job-migrate').click(); true`);
+  const answer = await page.waitFor(`(() => { const n = document.querySelector('#notice');
+    return !n.hidden && /done|refused/.test(n.textContent) && n.textContent; })()`, 'the answer to the page\'s migrate', 90000);
+  if (!/done/.test(answer)) fail('the page\'s migrate with an admin token: ' + answer);
+  await page.goto(base);
   await page.waitFor(`!!document.querySelector('[data-node="node3"] .job[data-job=${q(job)}]')`,
     `${job} on node3's card after the page's migrate`, 90000);
   if (jobNode(job) !== 'node3') fail('the page\'s migrate did not move the job to node3');
