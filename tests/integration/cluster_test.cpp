@@ -774,9 +774,11 @@ TEST_F(ClusterTest, MigrateBackAndForthLosesNoOutputAndPausesOnlyForTheFreeze) {
   std::cerr << "10 pre-copy and 10 post-copy migrations: longest reported freeze "
             << longest_freeze_ms << " ms, longest gap in the job's own output " << longest_gap_ms
             << " ms\n";
-  // The job's own pause must be covered by the freeze the agents measured (plus its 10 ms tick
-  // and scheduling slack).
-  EXPECT_LE(longest_gap_ms, longest_freeze_ms + 100);
+  // The job's own pause must be covered by the freeze the agents measured, plus its 10 ms tick,
+  // post-copy's first page faults after the resume and scheduling on a shared machine (462 ms
+  // against a 327 ms freeze was seen with a load of 15 on 2 CPUs). A lost resume or a second
+  // freeze shows as seconds.
+  EXPECT_LE(longest_gap_ms, longest_freeze_ms + 250);
   EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
 }
 
