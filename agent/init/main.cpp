@@ -70,6 +70,12 @@ int main(int argc, char** argv) {
     } else if (arg == "--") {
       ++first;
       break;
+    } else if (arg == "-h" || arg == "--help") {
+      std::printf(
+          "usage: tern-init --status-file PATH -- CMD [ARGS...]\n"
+          "The first process of a tern job (ternd starts it; not for direct use): runs CMD,\n"
+          "reaps orphans in the job's PID namespace and writes CMD's exit status to PATH.\n");
+      return 0;
     } else {
       return Usage();
     }

@@ -87,7 +87,8 @@ std::vector<Check> RunDoctor(const AgentClient& client) {
 
   const std::string criu = FindCriu();
   const std::string install_fix =
-      "deploy/install-deps installs a private CRIU 4.2 into /opt/tern/criu (or set TERN_CRIU)";
+      "/usr/lib/tern/install-criu (installed by the .deb) or deploy/install-deps installs a "
+      "private CRIU 4.2 into /opt/tern/criu (or set TERN_CRIU)";
   if (criu.empty()) {
     checks.push_back(
         {"criu", "fail", "no criu found ($TERN_CRIU, /opt/tern/criu/bin/criu, PATH)", install_fix});

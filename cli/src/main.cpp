@@ -4,6 +4,7 @@
 
 #include "tern/cli/commands.hpp"
 #include "tern/cli/doctor.hpp"
+#include "tern/cli/node_files_check.hpp"
 #include "tern/cli/tls_command.hpp"
 #include "tern/cli/token.hpp"
 #include "tern/cli/top.hpp"
@@ -103,6 +104,9 @@ int main(int argc, char** argv) {
   std::string doctor_output = "table";
   doctor_cmd->add_option("-o,--output", doctor_output, "table or json")
       ->check(CLI::IsMember({"table", "json"}));
+  std::string doctor_config = "/etc/tern/ternd.toml";
+  doctor_cmd->add_option("-c,--config", doctor_config,
+                         "the agent's config: its secret and certificates are checked too");
 
   std::vector<std::string> pin_ids, unpin_ids;
   auto* pin_cmd =
@@ -203,7 +207,10 @@ int main(int argc, char** argv) {
   if (*nodes_cmd) return RunListing(context, nodes_flags, tern::cli::Nodes);
   if (*doctor_cmd) {
     doctor_json = doctor_output == "json";
-    return tern::cli::PrintDoctor(tern::cli::RunDoctor(context.client), doctor_json, std::cout);
+    auto checks = tern::cli::RunDoctor(context.client);
+    for (auto& check : tern::cli::CheckNodeFiles(doctor_config, doctor_cmd->count("--config") == 0))
+      checks.push_back(std::move(check));
+    return tern::cli::PrintDoctor(checks, doctor_json, std::cout);
   }
   if (*version_cmd) return tern::cli::Version(context);
   if (*top_cmd) return tern::cli::Top(context);

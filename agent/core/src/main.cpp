@@ -13,6 +13,7 @@
 #include "tern/agent/agent.hpp"
 #include "tern/agent/config.hpp"
 #include "tern/agent/logging.hpp"
+#include "tern/agent/service_notify.hpp"
 
 #ifndef TERN_VERSION
 #define TERN_VERSION "0.0.0"
@@ -71,11 +72,13 @@ int main(int argc, char** argv) {
     std::cerr << "ternd: " << started.error().message << "\n";
     return 1;
   }
+  tern::agent::ServiceNotify::Ready("node " + config->node_name + " is up");
   boost::asio::signal_set stop_signals(io, SIGTERM, SIGINT);
   stop_signals.async_wait([&](const boost::system::error_code& error, int signal_number) {
     if (error) return;
     spdlog::info("signal {}: stopping (jobs keep running and are re-adopted on restart)",
                  signal_number);
+    tern::agent::ServiceNotify::Stopping();
     agent.Stop();
     io.stop();
   });
