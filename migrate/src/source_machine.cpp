@@ -166,6 +166,13 @@ Reply SourceMachine::AnswerWithoutMachine(const Request& query, const SourceReco
 
 MachineActions SourceMachine::OnStepDone(const StepResult& result, Millis now) {
   if (result.id != plan_.id) return {};
+  if (result.kind == StepKind::kServePages) {
+    // It may end before D confirms the commit (D went away): nothing then waits for it.
+    serving_ = false;
+    if (!result.ok) error_ = result.error;
+    if (phase_ == SourcePhase::kServingPages) Enter(SourcePhase::kDone);
+    return {};
+  }
   MachineActions actions;
   switch (phase_) {
     case SourcePhase::kPreflight: {
@@ -212,11 +219,6 @@ MachineActions SourceMachine::OnStepDone(const StepResult& result, Millis now) {
     case SourcePhase::kDumpAbandoned:
       if (result.kind != StepKind::kDump) break;
       return Abort("node " + plan_.destination + " stopped answering during the dump", 502);
-    case SourcePhase::kServingPages:
-      if (result.kind != StepKind::kServePages) break;
-      if (!result.ok) error_ = result.error;
-      Enter(SourcePhase::kDone);
-      return {};
     default:
       break;
   }
@@ -270,7 +272,8 @@ MachineActions SourceMachine::OnMessage(const Message& message, Millis now) {
     }
     if (reply->status == 200) {
       ++timer_;
-      Enter(plan_.mode == MoveMode::kPostCopy ? SourcePhase::kServingPages : SourcePhase::kDone);
+      // After a restart nothing serves the pages any more (the lazy dump ended with the agent).
+      Enter(serving_ ? SourcePhase::kServingPages : SourcePhase::kDone);
       return {ReportAction{plan_.id, ReportKind::kMoved, 200,
                            "job " + plan_.job_id + " now runs on " + plan_.destination}};
     }
@@ -290,6 +293,7 @@ MachineActions SourceMachine::OnHandOff(const HandOffResult& result, Millis now)
       ipc_state_ = result.state;
       MachineActions actions = Committed(now);
       if (plan_.mode == MoveMode::kPostCopy) {
+        serving_ = true;
         actions.push_back(RunStepAction{StepRequest{plan_.id, StepKind::kServePages, plan_.mode}});
       }
       return actions;

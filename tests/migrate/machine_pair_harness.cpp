@@ -700,6 +700,23 @@ class World {
                                Name(dst_) + "; S " + verdict_.source_phase + ", D " +
                                verdict_.destination_phase;
     if (!violation_.empty()) return Fails(violation_ + " (" + copies + ")");
+    // Nothing may wait forever: S ends its move, D ends it or says why it cannot.
+    if (s_.up && source_ && !source_->finished()) {
+      return Fails("the source is left waiting (" + copies + ")");
+    }
+    if (d_.up && dest_) {
+      switch (dest_->phase()) {
+        case DestinationPhase::kDone:
+        case DestinationPhase::kAborted:
+        case DestinationPhase::kRefused:
+        case DestinationPhase::kDryRunPassed:
+        case DestinationPhase::kBlockedSourceSilent:
+        case DestinationPhase::kBlockedPagesLost:
+          break;
+        default:
+          return Fails("the destination is left waiting (" + copies + ")");
+      }
+    }
     const bool broken_pages = dest_ && dest_->phase() == DestinationPhase::kBlockedPagesLost;
     const int running = (src_ == Copy::kRunning) + (dst_ == Copy::kRunning && !broken_pages);
     if (running == 1) {

@@ -36,7 +36,6 @@ struct OutsideFile {
   std::uint32_t gid = 0;
   std::uint32_t mode = 0;  // st_mode: type and permission bits
   std::string sha256;      // of the whole content, lowercase hex
-  bool operator==(const OutsideFile&) const = default;
 };
 
 // The largest outside file the pre-flight hashes (SHA-256 reads ~0.5-1 GB/s here).

@@ -31,6 +31,12 @@ namespace tern::migrate {
 enum class MoveMode { kPreCopy, kPostCopy };
 std::string_view ToString(MoveMode mode);  // "precopy", "postcopy" (as on the wire)
 
+// Compared as values (tests, duplicates); kept here so that preflight.hpp stays as it is.
+inline bool operator==(const OutsideFile& a, const OutsideFile& b) {
+  return a.path == b.path && a.size == b.size && a.uid == b.uid && a.gid == b.gid &&
+         a.mode == b.mode && a.sha256 == b.sha256;
+}
+
 struct Endpoint {
   std::string address;
   std::uint16_t port = 0;

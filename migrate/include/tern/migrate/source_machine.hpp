@@ -19,10 +19,11 @@
 // resumes it (after a persisted "aborted"); the commit point persists "committed" before the
 // copy is killed, and from there nothing resumes it. Decide after silence: when D does not
 // confirm the commit, S stops asking (kCommitUnacknowledged, reported) and answers D's
-// questions "committed" from its record; D, which holds a stopped copy, asks (destination
-// _machine.hpp). Retry rules: a dump failing transiently is tried again (kDumpRetryWait, at
-// most dump_attempts); the hand-off is polled while the job's IPC operations settle (up to
-// hand_off_patience); the commit is sent again every commit_retry up to commit_attempts times.
+// questions "committed" from its record; D, which holds a stopped copy, asks
+// (destination_machine.hpp). Retry rules: a dump failing transiently is tried again
+// (kDumpRetryWait, at most dump_attempts); the hand-off is polled while the job's IPC operations
+// settle (up to hand_off_patience); the commit is sent again every commit_retry up to
+// commit_attempts times.
 //
 // Restart: SourceMachine::Recover rebuilds it from its record (migration_store.hpp). A move
 // that has no record was never frozen: the adapter answers D's questions "unknown"
@@ -132,6 +133,7 @@ class SourceMachine {
   SourcePhase phase_ = SourcePhase::kPreflight;
   std::uint64_t timer_ = 0;
   bool record_written_ = false;  // a kFrozen record exists: the job may be frozen
+  bool serving_ = false;         // post-copy: this agent's lazy dump serves the job's memory
   int dump_attempt_ = 1;
   int pre_dump_round_ = 0;
   int commit_attempt_ = 0;
