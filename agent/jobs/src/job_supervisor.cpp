@@ -159,6 +159,15 @@ std::vector<std::string> JobSupervisor::Adopt() {
         // the job stays here and runs again.
         spdlog::warn("job {} was frozen by unfinished migration {}: resuming it here", id,
                      job.record.migrating_id);
+        if (!job.record.net_address.empty()) {
+          // Its network was locked for the dump: unlocked before it runs again.
+          migrate::EndTcpRepair(job.record.pid);
+          if (auto up = SetJobLinkUp(job.record.id, job.record.net_address, true); !up) {
+            spdlog::error("job {}: {}", id, up.error().message);
+          } else if (options_.net.enabled()) {
+            (void)SendGratuitousArp(options_.net.uplink, job.record.net_address);
+          }
+        }
         migrate::ResumeTree(job.record.pid);
         job.record.migrating_id.clear();
         Persist(job.record);
