@@ -113,6 +113,7 @@ Expected<std::string> SubmitBody(const SubmitOptions& options,
   if (!options.name.empty()) body["name"] = options.name;
   if (!options.user.empty()) body["user"] = options.user;
   if (options.pin) body["pin"] = true;
+  if (options.net) body["net"] = true;
   return body.dump();
 }
 
@@ -139,7 +140,9 @@ int Submit(Context& context, const SubmitOptions& options) {
     context.out << Str(*job, "id") << "\n";
   } else {
     context.out << "submitted " << Str(*job, "id") << " (" << Str(*job, "name") << ") on "
-                << Str(*job, "node") << (job->value("pinned", false) ? ", pinned" : "") << "\n";
+                << Str(*job, "node") << (job->value("pinned", false) ? ", pinned" : "")
+                << (Str(*job, "address").empty() ? "" : ", address " + Str(*job, "address"))
+                << "\n";
   }
   return 0;
 }
@@ -188,6 +191,7 @@ int Status(Context& context, const std::string& id, Output output) {
   row("home node:", Str(*job, "home_node"));
   row("state:", Str(*job, "state"));
   row("pinned:", job->value("pinned", false) ? "yes (the balancer does not move it)" : "");
+  row("address:", Str(*job, "address"));
   row("exit code:", Str(*job, "exit_code"));
   row("signal:", Str(*job, "signal"));
   row("command:", CommandLine((*job)["argv"]));

@@ -55,6 +55,9 @@ int main(int argc, char** argv) {
   submit_cmd->add_option("-e,--env", submit.env, "set NAME=VALUE in the job's environment");
   submit_cmd->add_flag("-q,--quiet", submit.quiet, "print only the job id");
   submit_cmd->add_flag("--pin", submit.pin, "the balancer never moves the job (tern unpin)");
+  submit_cmd->add_flag("--net", submit.net,
+                       "give the job its own network namespace and a cluster-routable address "
+                       "that moves with it (docs/networking.md)");
   submit_cmd->add_option("command", submit.argv, "the command and its arguments")->required();
   submit_cmd->positionals_at_end();
 

@@ -39,7 +39,23 @@ namespace {
 // (docs/ipc.md "Direct calls"), which the agent has shut down before the dump: CRIU dumps them
 // without their state and restores them closed, and libtern then calls through the agents.
 constexpr const char* kTcpClose = "--tcp-close";
+// The key that names a `--net` job's namespace between dump (--external) and restore
+// (--inherit-fd).
+constexpr const char* kJobNetKey = "tern-job-net";
+constexpr int kJobNetFdInCriu = 4;
 }  // namespace
+
+std::vector<std::string> NetDumpArguments(ino_t job_netns) {
+  if (job_netns == 0) return {kTcpClose};
+  return {"--tcp-established", "--network-lock", "skip", "--external",
+          "net[" + std::to_string(job_netns) + "]:" + kJobNetKey};
+}
+
+ino_t NetNamespaceInode(pid_t pid) {
+  struct stat info {};
+  if (::stat(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), &info) != 0) return 0;
+  return info.st_ino;
+}
 
 using tern::UniqueFd;
 
@@ -332,7 +348,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   std::vector<std::string> argv = {
       criu, "dump", "-t", std::to_string(options.pid), "-D", options.images, "-o", log, "-v4"};
   if (options.leave_stopped) argv.push_back("--leave-stopped");
-  argv.push_back(kTcpClose);
+  for (auto& flag : NetDumpArguments(options.job_netns)) argv.push_back(std::move(flag));
   SubprocessOptions run;
   run.timeout = options.timeout;
   // Pre-copy: CRIU corks its page-server socket when it connects, and CRIU 4.x no longer pushes
@@ -396,7 +412,14 @@ CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& option
   for (const auto& root : options.cgroup_roots) {
     command.argv.insert(command.argv.end(), {"--cgroup-root", root});
   }
-  command.argv.push_back(kTcpClose);
+  if (options.job_netns_fd >= 0) {
+    command.argv.insert(command.argv.end(),
+                        {"--tcp-established", "--network-lock", "skip", "--inherit-fd",
+                         "fd[" + std::to_string(kJobNetFdInCriu) + "]:" + kJobNetKey});
+    command.inherit_fds.emplace_back(kJobNetFdInCriu, options.job_netns_fd);
+  } else {
+    command.argv.push_back(kTcpClose);
+  }
   // The pages are read in 128 MiB pieces, each punched out of pages-*.img once in the job: the
   // memory the image held goes straight back into the job's pages, so the node holds one copy
   // of the job's memory plus 128 MiB, not two, and where first touching memory is slow it is
@@ -648,7 +671,7 @@ Expected<void> CheckCpuinfoUncached(const std::string& criu, const std::string& 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve,
                                          const std::vector<std::string>& external,
-                                         const CriuTls& tls) {
+                                         const CriuTls& tls, ino_t job_netns) {
   std::vector<std::string> argv = {criu,
                                    "dump",
                                    "-t",
@@ -665,8 +688,8 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                    "--port",
                                    std::to_string(serve.port),
                                    "--status-fd",
-                                   "9",
-                                   kTcpClose};
+                                   "9"};
+  for (auto& flag : NetDumpArguments(job_netns)) argv.push_back(std::move(flag));
   for (const auto& resource : external) argv.insert(argv.end(), {"--external", resource});
   for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
@@ -736,6 +759,33 @@ std::vector<pid_t> NamespacePids(pid_t init_pid) {
 
 void ResumeTree(pid_t init_pid) {
   for (pid_t pid : NamespacePids(init_pid)) ::kill(pid, SIGCONT);
+}
+
+int EndTcpRepair(pid_t init_pid) {
+  int ended = 0;
+  for (pid_t pid : NamespacePids(init_pid)) {
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    if (!pidfd.valid()) continue;
+    std::error_code error;
+    for (const auto& entry :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
+      std::error_code link_error;
+      const auto target = std::filesystem::read_symlink(entry.path(), link_error).string();
+      if (link_error || target.rfind("socket:", 0) != 0) continue;
+      const int number = std::atoi(entry.path().filename().c_str());
+      UniqueFd socket(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), number, 0)));
+      if (!socket.valid()) continue;
+      int repair = 0;
+      socklen_t length = sizeof repair;
+      // Only TCP sockets answer TCP_REPAIR; every other socket refuses it and is left alone.
+      if (::getsockopt(socket.get(), SOL_TCP, TCP_REPAIR, &repair, &length) != 0 || repair == 0) {
+        continue;
+      }
+      const int off = TCP_REPAIR_OFF;
+      if (::setsockopt(socket.get(), SOL_TCP, TCP_REPAIR, &off, sizeof off) == 0) ++ended;
+    }
+  }
+  return ended;
 }
 
 }  // namespace tern::migrate

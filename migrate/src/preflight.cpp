@@ -1,7 +1,13 @@
 #include "tern/migrate/preflight.hpp"
 
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <openssl/evp.h>
+#include <sched.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +17,8 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <sstream>
+#include <thread>
 
 #include "tern/migrate/criu.hpp"
 #include "tern/migrate/safe_open.hpp"
@@ -36,7 +44,102 @@ std::string Octal(std::uint32_t mode) {
   return text;
 }
 
+// The inodes in column `column` of a /proc/PID/net table (one header line).
+void ReadInodes(const std::string& path, int column, std::set<std::uint64_t>* inodes,
+                std::map<std::uint64_t, std::uint64_t>* as_keys = nullptr) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  while (std::getline(file, line)) {
+    std::istringstream fields(line);
+    std::string field;
+    for (int index = 0; index <= column && fields >> field; ++index) {
+      if (index != column) continue;
+      char* end = nullptr;
+      const std::uint64_t inode = std::strtoull(field.c_str(), &end, 10);
+      if (*end != '\0' || inode == 0) continue;
+      if (inodes) inodes->insert(inode);
+      if (as_keys) as_keys->emplace(inode, 0);
+    }
+  }
+}
+
+// Unix sockets' peers in the network namespace of `pid`, from sock_diag (run on a thread of
+// its own that enters that namespace). Empty when the kernel does not answer.
+std::map<std::uint64_t, std::uint64_t> UnixPeers(pid_t pid) {
+  std::map<std::uint64_t, std::uint64_t> peers;
+  std::thread([&] {
+    const std::string ns = "/proc/" + std::to_string(pid) + "/ns/net";
+    const int ns_fd = ::open(ns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns_fd < 0) return;
+    const bool entered = ::setns(ns_fd, CLONE_NEWNET) == 0;
+    ::close(ns_fd);
+    if (!entered) return;
+    const int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return;
+    struct {
+      nlmsghdr header;
+      unix_diag_req request;
+    } ask{};
+    ask.header.nlmsg_len = sizeof ask;
+    ask.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    ask.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    ask.request.sdiag_family = AF_UNIX;
+    ask.request.udiag_states = ~0u;
+    ask.request.udiag_show = UDIAG_SHOW_PEER;
+    if (::send(fd, &ask, sizeof ask, 0) != static_cast<ssize_t>(sizeof ask)) {
+      ::close(fd);
+      return;
+    }
+    std::vector<char> buffer(1 << 16);
+    for (bool done = false; !done;) {
+      const ssize_t got = ::recv(fd, buffer.data(), buffer.size(), 0);
+      if (got <= 0) break;
+      int left = static_cast<int>(got);
+      for (auto* message = reinterpret_cast<nlmsghdr*>(buffer.data()); NLMSG_OK(message, left);
+           message = NLMSG_NEXT(message, left)) {
+        if (message->nlmsg_type == NLMSG_DONE || message->nlmsg_type == NLMSG_ERROR) {
+          done = true;
+          break;
+        }
+        const auto* diag = static_cast<const unix_diag_msg*>(NLMSG_DATA(message));
+        std::uint64_t peer = 0;
+        int attributes = static_cast<int>(message->nlmsg_len - NLMSG_LENGTH(sizeof *diag));
+        for (auto* attribute = reinterpret_cast<rtattr*>(const_cast<unix_diag_msg*>(diag) + 1);
+             RTA_OK(attribute, attributes); attribute = RTA_NEXT(attribute, attributes)) {
+          if (attribute->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(attribute) >= 4) {
+            std::uint32_t value = 0;
+            std::memcpy(&value, RTA_DATA(attribute), sizeof value);
+            peer = value;
+          }
+        }
+        peers[diag->udiag_ino] = peer;
+      }
+    }
+    ::close(fd);
+  }).join();
+  return peers;
+}
+
+std::uint64_t SocketInode(const std::string& target) {
+  const auto open = target.find('[');
+  if (open == std::string::npos) return 0;
+  return std::strtoull(target.c_str() + open + 1, nullptr, 10);
+}
+
 }  // namespace
+
+SocketTables SocketTables::Read(pid_t pid) {
+  SocketTables tables;
+  const std::string net = "/proc/" + std::to_string(pid) + "/net/";
+  ReadInodes(net + "tcp", 9, &tables.tcp);
+  ReadInodes(net + "tcp6", 9, &tables.tcp);
+  ReadInodes(net + "udp", 9, &tables.udp);
+  ReadInodes(net + "udp6", 9, &tables.udp);
+  ReadInodes(net + "unix", 6, nullptr, &tables.unix_peer);
+  for (const auto& [inode, peer] : UnixPeers(pid)) tables.unix_peer[inode] = peer;
+  return tables;
+}
 
 Expected<OutsideFile> FingerprintFile(const std::string& path, std::uint64_t max_bytes) {
   if (path.empty() || path.front() != '/') return Fail(path + " is not an absolute path");
@@ -115,12 +218,31 @@ std::string ExternalUnixSocket(const std::string& channel) {
   return "unix[" + channel.substr(open + 1, close - open - 1) + "]";
 }
 
-JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::string>& direct) {
+JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::string>& direct,
+                bool own_network) {
   JobScan scan;
   scan.channel = JobChannelSocket(init_pid);
   std::set<std::string> seen;
   const long page = sysconf(_SC_PAGESIZE);
-  for (pid_t pid : NamespacePids(init_pid)) {
+  const SocketTables tables = SocketTables::Read(init_pid);
+  // Every socket the job's processes hold: a Unix socket whose peer is among them stays whole.
+  std::set<std::uint64_t> held;
+  const std::vector<pid_t> pids = NamespacePids(init_pid);
+  for (pid_t pid : pids) {
+    std::error_code error;
+    for (const auto& entry :
+         fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
+      std::error_code link_error;
+      const std::string target = fs::read_symlink(entry.path(), link_error).string();
+      // The channel and direct call sockets are handed over apart: an end held outside
+      // the job stays outside even if the job holds it too.
+      if (!link_error && target.rfind("socket:", 0) == 0 && target != scan.channel &&
+          !direct.contains(target)) {
+        held.insert(SocketInode(target));
+      }
+    }
+  }
+  for (pid_t pid : pids) {
     ++scan.processes;
     std::ifstream statm("/proc/" + std::to_string(pid) + "/statm");
     std::uint64_t size = 0, resident = 0;
@@ -143,10 +265,33 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
           scan.blockers.push_back(where + " is a terminal (" + target +
                                   "); a terminal cannot follow the job");
           break;
-        case OpenFileKind::kSocket:
+        case OpenFileKind::kSocket: {
+          const std::uint64_t inode = SocketInode(target);
+          const bool tcp = tables.tcp.contains(inode);
+          if (tcp || tables.udp.contains(inode)) {
+            if (!own_network) {
+              scan.blockers.push_back(
+                  where + " is a " + (tcp ? "TCP" : "UDP") + " socket (" + target +
+                  "); a job on its node's network leaves its address behind: submit it with "
+                  "`tern submit --net` to give it an address that moves with it");
+            }
+            break;
+          }
+          if (auto unix_socket = tables.unix_peer.find(inode);
+              unix_socket != tables.unix_peer.end()) {
+            const std::uint64_t peer = unix_socket->second;
+            if (peer != 0 && !held.contains(peer)) {
+              scan.blockers.push_back(where + " is a Unix socket (" + target +
+                                      ") connected to socket:[" + std::to_string(peer) +
+                                      "] outside the job; that end cannot follow it");
+            }
+            break;
+          }
           scan.blockers.push_back(where + " is a socket (" + target +
-                                  "); its other end would stay behind");
+                                  ") of a kind the job cannot take along; its other end would "
+                                  "stay behind");
           break;
+        }
         case OpenFileKind::kDevice:
           scan.blockers.push_back(where + " is the device " + target +
                                   ", which cannot follow the job");

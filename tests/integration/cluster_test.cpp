@@ -1825,6 +1825,176 @@ TEST_F(ClusterTest, PathTricksInTheApiAreRefused) {
   fs::remove_all(outside);
 }
 
+// ---- Job networking (issue 17, docs/networking.md): --net jobs keep their connections -------
+
+// A Redis client speaking RESP over two connections it keeps open: it writes and reads keys
+// along, reconnecting never, until STOP exists; then it checks every key it wrote and prints
+// "ok REQUESTS worst-latency-ms". Any error (reset, EOF, wrong answer, 20 s without an
+// answer) prints it and exits 1.
+const char* kRedisClient = R"PY(
+import socket, sys, time, os
+addr, stop = sys.argv[1], sys.argv[2]
+def connect():
+    for _ in range(300):
+        try:
+            return socket.create_connection((addr, 6379), timeout=20)
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("cannot connect to %s" % addr)
+conns = [connect(), connect()]
+bufs = [b"", b""]
+def call(i, *args):
+    c = conns[i]
+    c.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    while b"\r\n" not in bufs[i]:
+        d = c.recv(65536)
+        if not d: raise SystemExit("EOF from the server")
+        bufs[i] += d
+    line, rest = bufs[i].split(b"\r\n", 1)
+    if line.startswith(b"$"):
+        n = int(line[1:])
+        if n < 0:
+            bufs[i] = rest; return None
+        while len(rest) < n + 2:
+            d = c.recv(65536)
+            if not d: raise SystemExit("EOF from the server")
+            rest += d
+        bufs[i] = rest[n + 2:]; return rest[:n]
+    bufs[i] = rest
+    return line
+n = 0; worst = 0.0; tag = str(os.getpid()).encode()
+try:
+    while not os.path.exists(stop):
+        t = time.time()
+        key = b"%s:%d" % (tag, n)
+        if call(n % 2, b"SET", key, b"v%d" % n) != b"+OK": raise SystemExit("SET failed")
+        if call((n + 1) % 2, b"GET", key) != b"v%d" % n: raise SystemExit("GET gave a wrong value")
+        worst = max(worst, time.time() - t); n += 1
+        time.sleep(0.005)
+    for k in range(n):
+        if call(k % 2, b"GET", b"%s:%d" % (tag, k)) != b"v%d" % k:
+            raise SystemExit("key %d lost" % k)
+except OSError as e:
+    raise SystemExit("after %d requests: %s" % (n, e))
+print("ok", n, "%.0f" % (worst * 1000), flush=True)
+)PY";
+
+std::string JobAddressOf(const std::string& via, const std::string& id) {
+  auto st = Status(via, id);
+  return st && st->contains("address") && (*st)["address"].is_string()
+             ? (*st)["address"].get<std::string>()
+             : "";
+}
+
+TEST_F(ClusterTest, NetRedisMovesThreeTimesWhileClientsOnOtherNodesAndTheHostKeepTalking) {
+  if (access("/usr/bin/redis-server", X_OK) != 0) {
+    FAIL() << "redis-server is not installed: run deploy/install-deps";
+  }
+  auto r = Tern(
+      "node1", {"submit", "-q", "--net", "--node", "node1", "--", "redis-server", "--port", "6379",
+                "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string id = Trim(r.out);
+  ASSERT_TRUE(WaitState("node1", id, "running")) << id;
+  const std::string address = JobAddressOf("node2", id);
+  ASSERT_FALSE(address.empty()) << Describe(Status("node2", id));
+
+  const std::string dir = "/tmp/" + kClusterName + "-net-" + std::to_string(getpid());
+  fs::create_directories(dir);
+  { std::ofstream(dir + "/client.py") << kRedisClient; }
+  const std::string stop = dir + "/stop";
+  fs::remove(stop);
+  // One client on node2, one on node3 (the node the server visits), one on the host.
+  std::vector<pid_t> clients;
+  for (const std::string node : {"node2", "node3"}) {
+    clients.push_back(
+        Spawn({Script(), "exec", node, "/usr/bin/python3", dir + "/client.py", address, stop},
+              dir + "/" + node + ".out"));
+  }
+  clients.push_back(
+      Spawn({"/usr/bin/python3", dir + "/client.py", address, stop}, dir + "/host.out"));
+  std::this_thread::sleep_for(1500ms);
+  for (const auto& [to, mode] : std::vector<std::pair<std::string, std::string>>{
+           {"node3", "precopy"}, {"node2", "postcopy"}, {"node1", "precopy"}}) {
+    SCOPED_TRACE(mode + " to " + to);
+    auto m = Migrate("node1", id, to, mode);
+    ASSERT_EQ(m.result.exit_code, 0) << m.result.Describe();
+    const json stats = m.body ? m.body->value("migration", json::object()) : json::object();
+    std::cerr << "moved " << id << " (" << address << ") to " << to << " by " << mode << ": freeze "
+              << stats.value("freeze_ms", 0.0) << " ms\n";
+    EXPECT_EQ(JobAddressOf("node2", id), address);
+    std::this_thread::sleep_for(1000ms);
+  }
+  { std::ofstream(stop) << "stop\n"; }
+  for (size_t i = 0; i < clients.size(); ++i) {
+    const std::string name = i == 0 ? "node2" : i == 1 ? "node3" : "host";
+    EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(clients[i]); }, 60s)) << name;
+    StopAndReap(clients[i], SIGKILL, 5s);
+    const std::string out = ReadFile(dir + "/" + name + ".out");
+    EXPECT_EQ(out.rfind("ok ", 0), 0u) << "client on " << name << ": " << out;
+    std::cerr << "client on " << name << ": " << out;
+  }
+  auto st = Status("node3", id);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->value("state", ""), "running");
+  EXPECT_EQ(st->value("node", ""), "node1");
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+  fs::remove_all(dir);
+}
+
+TEST_F(ClusterTest, NetAJobWithATcpSocketButNoNetIsRefusedAndToldToUseNet) {
+  const auto id = Submit("node1", {"python3", "-c",
+                                   "import socket, time\n"
+                                   "s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen()\n"
+                                   "time.sleep(1e6)\n"});
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  std::this_thread::sleep_for(500ms);
+  auto dry = Tern("node2", {"migrate", "--dry-run", id, "node3"});
+  EXPECT_EQ(dry.exit_code, 1) << dry.Describe();
+  EXPECT_NE(dry.err.find("TCP socket"), std::string::npos) << dry.Describe();
+  EXPECT_NE(dry.err.find("--net"), std::string::npos) << dry.Describe();
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+}
+
+TEST_F(ClusterTest, NetAUnixSocketToADaemonOutsideTheJobIsRefusedWithAReason) {
+  // The "daemon": a listener of this test, outside every job.
+  const std::string path = "/tmp/" + kClusterName + "-daemon-" + std::to_string(getpid());
+  fs::remove(path);
+  const pid_t daemon = Spawn({"/usr/bin/python3", "-c",
+                              "import socket, sys, time\n"
+                              "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n"
+                              "c = [s.accept() for _ in range(1)]\n"
+                              "time.sleep(1e6)\n",
+                              path},
+                             "/dev/null");
+  ASSERT_TRUE(WaitFor([&] { return fs::exists(path); }, 10s));
+  auto r = Tern("node1", {"submit", "-q", "--net", "--node", "node1", "--", "python3", "-c",
+                          "import socket, sys, time\n"
+                          "c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])\n"
+                          "a, b = socket.socketpair()\n"  // inside the job: fine
+                          "time.sleep(1e6)\n",
+                          path});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  const std::string id = Trim(r.out);
+  ASSERT_TRUE(WaitState("node1", id, "running"));
+  std::this_thread::sleep_for(500ms);
+  auto dry = Tern("node2", {"migrate", "--dry-run", id, "node3"});
+  EXPECT_EQ(dry.exit_code, 1) << dry.Describe();
+  EXPECT_NE(dry.err.find("Unix socket"), std::string::npos) << dry.Describe();
+  EXPECT_NE(dry.err.find("outside the job"), std::string::npos) << dry.Describe();
+  // The job's own socketpair moves with it: only the daemon's socket is named.
+  size_t named = 0;
+  for (size_t at = dry.err.find("Unix socket"); at != std::string::npos;
+       at = dry.err.find("Unix socket", at + 1)) {
+    ++named;
+  }
+  EXPECT_EQ(named, 1u) << dry.Describe();
+  EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
+  StopAndReap(daemon, SIGKILL, 5s);
+  fs::remove(path);
+}
+
 // ---- Sparse links (issue 13): gossip and on-demand links, no full mesh ---------------------
 
 // A second 3-node cluster whose agents keep at most one peer link and close others after 1 s

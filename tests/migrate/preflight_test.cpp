@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -212,6 +213,54 @@ TEST(PreflightTest, DirectCallSocketsDoNotKeepAJobFromMoving) {
   EXPECT_GE(scan.direct_sockets, 1);
   ::close(pair[0]);
   ::close(pair[1]);
+}
+
+// Sockets' kinds come from the job's network namespace's tables (docs/networking.md "What the
+// pre-flight refuses").
+TEST(PreflightTest, ATcpSocketNeedsTheJobsOwnNetworkAndTheRefusalSaysUseNet) {
+  // Opened first, so that the socket is not in fd 3, which a scan takes for the job's channel.
+  const int placeholder = ::open("/dev/null", O_RDONLY);
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GT(listener, 3);
+  sockaddr_in any{};
+  any.sin_family = AF_INET;
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  struct stat info {};
+  ASSERT_EQ(::fstat(listener, &info), 0);
+  const std::string socket = "socket:[" + std::to_string(info.st_ino) + "]";
+  JobWithFd job(listener);
+  ASSERT_GT(job.init(), 0) << "needs root to make a PID namespace";
+
+  auto scan = ScanJob(job.init(), "/nonexistent");
+  std::string refusal;
+  for (const auto& blocker : scan.blockers) {
+    if (blocker.find(socket) != std::string::npos) refusal = blocker;
+  }
+  EXPECT_NE(refusal.find("TCP socket"), std::string::npos) << refusal;
+  EXPECT_NE(refusal.find("tern submit --net"), std::string::npos) << refusal;
+
+  scan = ScanJob(job.init(), "/nonexistent", {}, /*own_network=*/true);
+  for (const auto& blocker : scan.blockers) EXPECT_EQ(blocker.find(socket), std::string::npos);
+  ::close(listener);
+  if (placeholder >= 0) ::close(placeholder);
+}
+
+TEST(PreflightTest, AUnixSocketPairInsideTheJobMovesWithIt) {
+  // Opened after fd 3 is taken, so that neither end is the slot of the job's channel.
+  const int placeholder = ::open("/dev/null", O_RDONLY);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  ASSERT_GT(pair[0], 3);
+  JobWithFd job(pair[0]);
+  ASSERT_GT(job.init(), 0) << "needs root to make a PID namespace";
+  auto scan = ScanJob(job.init(), "/nonexistent");
+  for (const auto& blocker : scan.blockers) {
+    EXPECT_EQ(blocker.find("socket"), std::string::npos) << blocker;
+  }
+  ::close(pair[0]);
+  ::close(pair[1]);
+  if (placeholder >= 0) ::close(placeholder);
 }
 
 }  // namespace

@@ -45,6 +45,17 @@ Expected<void> Agent::Start() {
   job_options.node_name = identity_.name;
   job_options.init_path = config_.init_path;
   job_options.cancel_grace = config_.cancel_grace;
+  job_options.net = {config_.net_pool, config_.net_subnet, config_.net_uplink};
+  if (job_options.net.enabled()) {
+    if (auto prepared = jobs::PrepareNodeNetwork(job_options.net); prepared) {
+      spdlog::info("job network: pool {}, jobs homed here from {}, uplink {}", config_.net_pool,
+                   config_.net_subnet, config_.net_uplink);
+    } else {
+      spdlog::error("[net] cannot be set up: {}; --net jobs cannot start here",
+                    prepared.error().message);
+      job_options.net = {};
+    }
+  }
   if (!config_.cgroup.empty()) {
     auto cgroup = NodeCgroup::Open(config_.cgroup);
     if (cgroup) {

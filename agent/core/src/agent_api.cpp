@@ -409,6 +409,10 @@ void AgentApi::SubmitJob(const ApiCall& call, ApiDone done) {
     done(ErrorResult(400, "pin must be true or false"));
     return;
   }
+  if (body.contains("net") && !body["net"].is_boolean()) {
+    done(ErrorResult(400, "net must be true or false"));
+    return;
+  }
   const std::string node = body.value("node", "");
   // Without --node the balancer places the job (docs/balancer.md); a forwarded job was placed.
   if (node.empty() && !call.forwarded && balancer_ != nullptr &&
@@ -453,6 +457,16 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
     ApiCall remote = call;
     body["id"] = *id;
     body["home_node"] = cluster_.self().name;
+    if (body.value("net", false)) {
+      // The home node's share of the pool names the address, wherever the job runs.
+      auto address = supervisor_.JobNetAddress(*id);
+      if (!address || !supervisor_.net().enabled()) {
+        done(ErrorResult(409, "node " + cluster_.self().name +
+                                  " has no job network for --net ([net] in its config)"));
+        return;
+      }
+      body["address"] = *address;
+    }
     remote.body = body.dump();
     cluster_.Call(*node_id, remote, [this, placed, id = *id, done](ApiResult result) {
       if (result.status / 100 == 2) {
@@ -473,7 +487,11 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
   if (call.forwarded) {  // only a home node may name a job
     request.id = body.value("id", "");
     request.home_node = body.value("home_node", "");
+    if (body.contains("address") && body["address"].is_string()) {
+      request.address = body["address"].get<std::string>();
+    }
   }
+  request.net = body.value("net", false);
   request.argv = argv.get<std::vector<std::string>>();
   request.name = body.value("name", "");
   request.pinned = body.value("pin", false);

@@ -218,6 +218,9 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);
   reader.String("criu", "path", config.criu_path);
+  reader.String("net", "pool", config.net_pool);
+  reader.String("net", "subnet", config.net_subnet);
+  reader.String("net", "uplink", config.net_uplink);
   auto& ipc = config.ipc_limits;
   reader.Whole("ipc", "max_queue_limit", ipc.max_queue_limit, 1, 1 << 20);
   reader.Whole("ipc", "max_ports_per_job", ipc.max_ports_per_job, 1, 1 << 20);

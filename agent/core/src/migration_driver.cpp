@@ -23,6 +23,7 @@
 #include <sstream>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/tls_files.hpp>
+#include <tern/jobs/in_namespace.hpp>
 #include <tern/jobs/job_store.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tern/jobs/process_identity.hpp>
@@ -38,6 +39,7 @@
 #include <thread>
 #include <tuple>
 
+#include "net_move.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
 
@@ -262,6 +264,9 @@ struct MigrationDriver::Incoming {
   bool parked = false;
   migrate::ParkedCriu parked_daemon;
   migrate::ParkedCriu parked_restore;
+  // A `--net` job: the network namespace prepared here for it (docs/networking.md), its node
+  // side down until the commit; CRIU restores the job into it.
+  jobs::UniqueFd job_netns;
 };
 
 namespace {
@@ -462,7 +467,8 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
           auto dumped = migrate::DumpCpuinfo(criu.path, scratch);
           if (dumped) cpuinfo = std::move(*dumped);
         }
-        return std::make_tuple(criu, migrate::ScanJob(job.pid, job.dir, direct), cpuinfo);
+        return std::make_tuple(
+            criu, migrate::ScanJob(job.pid, job.dir, direct, !job.net_address.empty()), cpuinfo);
       },
       [this, migration](std::tuple<migrate::CriuCheck, migrate::JobScan, std::string> result) {
         auto& [criu, scan, cpuinfo] = result;
@@ -616,11 +622,24 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         supervisor_.MarkMigrating(migration->job.id, migration->id);
         migration->freeze_start = Clock::now();
         if (migration->mode == "postcopy") {
+          if (auto locked = LockJobNetwork(migration->job); !locked) {
+            migration->error = locked.error().message;
+            migration->error_status = 500;
+            Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
+            break;
+          }
           StartLazyDump(migration);
+          break;
+        }
+        if (auto locked = LockJobNetwork(migration->job); !locked) {
+          migration->error = locked.error().message;
+          migration->error_status = 500;
+          Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
           break;
         }
         migrate::DumpOptions options;
         options.pid = migration->job.pid;
+        options.job_netns = JobNetns(migration->job);
         options.images = MigrationDir(migration->id) + "/images";
         options.page_server = migration->page_server;
         options.tls = PageServerTls();
@@ -735,6 +754,12 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
           spdlog::error("migration {}: {}", migration->id, released.error().message);
         }
         ::kill(migration->job.pid, SIGKILL);
+        if (!migration->job.net_address.empty()) {
+          // The address lives at the destination now: this node's half of it goes.
+          if (auto removed = jobs::RemoveJobLink(migration->job.id); !removed) {
+            spdlog::warn("migration {}: {}", migration->id, removed.error().message);
+          }
+        }
         if (ipc_.close) ipc_.close(migration->job.id);
         LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
         break;
@@ -744,6 +769,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         break;
       case MigrationAction::kResumeSource:
         if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
+        UnlockJobNetwork(migration->job, config_.net_uplink);
         migrate::ResumeTree(migration->job.pid);
         supervisor_.MarkMigrating(migration->job.id, "");
         spdlog::warn("migration {}: job {} resumed on {}", migration->id, migration->job.id,
@@ -908,7 +934,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
           migration->channel.empty()
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          PostCopyTls()),
+          PostCopyTls(), JobNetns(migration->job)),
       MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
   ::close(status_pipe[1]);
   if (!dump) {
@@ -1154,6 +1180,28 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
       static_cast<std::uint64_t>(dir_info.st_dev) == body.value("dir_device", std::uint64_t{0}) &&
       static_cast<std::uint64_t>(dir_info.st_ino) == body.value("dir_inode", std::uint64_t{0});
   const std::string node = cluster_.self().name;
+  const auto here = supervisor_.Get(incoming->job.id);
+  if (!incoming->job.net_address.empty() &&
+      !(here && here->state == jobs::JobState::kRunning)) {  // refused below if it runs here
+    // A `--net` job lands in a namespace of its own with its address, prepared now so that
+    // CRIU (parked or not) can be handed it; the node side stays down until the commit.
+    auto prepared =
+        supervisor_.net().enabled()
+            ? jobs::CreateJobNetwork(incoming->job.id, incoming->job.net_address,
+                                     /*node_side_up=*/false)
+            : Expected<jobs::UniqueFd>(Fail(
+                  "node " + node + " has no job network ([net] in its config) for a --net job"));
+    if (!prepared) {
+      done(ErrorResult(
+          409, "cannot move job " + incoming->job.id + " here: " + prepared.error().message));
+      return;
+    }
+    if (dry_run) {
+      (void)jobs::RemoveJobLink(incoming->job.id);
+    } else {
+      incoming->job_netns = std::move(*prepared);
+    }
+  }
   const std::string criu_config = config_.criu_path;
   const std::string cpuinfo = FromHex(body.value("cpuinfo_hex", ""));
   OffThread(
@@ -1288,8 +1336,10 @@ namespace {
 // (Restore). RestoreCommand leaves --auto-dedup out of a post-copy restore.
 migrate::RestoreOptions DestinationRestoreOptions(const std::string& images, bool lazy,
                                                   std::uint64_t rss,
-                                                  const std::vector<std::string>& cgroup_roots) {
+                                                  const std::vector<std::string>& cgroup_roots,
+                                                  int job_netns_fd) {
   migrate::RestoreOptions options;
+  options.job_netns_fd = job_netns_fd;
   options.cgroup_roots = cgroup_roots;
   options.images = images;
   options.pidfile = images + "/restored.pid";
@@ -1307,7 +1357,11 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
                                std::function<void(Expected<void>)> then) {
   // The job's fresh channel is made now: `criu restore` takes it (--inherit-fd) when it starts.
   auto channel_end = std::make_shared<jobs::UniqueFd>(
-      !channel.empty() && ipc_.open ? ipc_.open(incoming->job.id) : -1);
+      !channel.empty() && ipc_.open
+          // A --net job's channel is made in its namespace (jobs/in_namespace.hpp).
+          ? jobs::InNetNamespace(
+                incoming->job_netns.get(), [&] { return ipc_.open(incoming->job.id); }, -1)
+          : -1);
   incoming->busy = true;  // an abort meanwhile waits for the parked processes
   OffThread(
       [incoming, criu, channel, channel_end, tls = PostCopyTls()]() -> Expected<void> {
@@ -1320,8 +1374,8 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
-        migrate::RestoreOptions options =
-            DestinationRestoreOptions(images, lazy, incoming->rss, incoming->cgroup_roots);
+        migrate::RestoreOptions options = DestinationRestoreOptions(
+            images, lazy, incoming->rss, incoming->cgroup_roots, incoming->job_netns.get());
         options.channel_socket = channel;
         options.channel_fd = channel_end->get();
         auto restore = migrate::ParkRestore(criu, options);
@@ -1391,7 +1445,10 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   }
   const std::string criu = migrate::FindCriu(config_.criu_path);
   // A fresh channel to this agent takes the place of the one the job had at the source.
-  auto channel_end = std::make_shared<jobs::UniqueFd>(ipc_.open ? ipc_.open(incoming->job.id) : -1);
+  auto channel_end = std::make_shared<jobs::UniqueFd>(
+      ipc_.open ? jobs::InNetNamespace(
+                      incoming->job_netns.get(), [&] { return ipc_.open(incoming->job.id); }, -1)
+                : -1);
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
@@ -1423,8 +1480,9 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
           return Unexpected<Error>{files.error()};
         }
         const auto start = Clock::now();
-        migrate::RestoreOptions options = DestinationRestoreOptions(
-            incoming->images, lazy, incoming->rss, incoming->cgroup_roots);
+        migrate::RestoreOptions options =
+            DestinationRestoreOptions(incoming->images, lazy, incoming->rss, incoming->cgroup_roots,
+                                      incoming->job_netns.get());
         options.channel_socket = ReadChannelNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
@@ -1496,7 +1554,8 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
   const auto start = Clock::now();
   auto pid = migrate::FinishRestore(
       incoming.parked_restore, *inventory,
-      DestinationRestoreOptions(incoming.images, lazy, incoming.rss, incoming.cgroup_roots));
+      DestinationRestoreOptions(incoming.images, lazy, incoming.rss, incoming.cgroup_roots,
+                                incoming.job_netns.get()));
   if (!pid) return Unexpected<Error>{pid.error()};
   return std::make_pair(*pid, MillisSince(start));
 }
@@ -1560,6 +1619,8 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     }
   }
   incoming_.erase(found);
+  ClaimJobAddress(incoming->job, config_.net_uplink);
+  incoming->job_netns.Reset();  // the restored job holds its namespace
   migrate::ResumeTree(incoming->restored_pid);
   json stats = json::parse(stats_text, nullptr, false);
   jobs::JobRecord record = incoming->job;
@@ -1616,6 +1677,11 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
                  incoming->restored_pid);
   }
   if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
+  if (!incoming->job.net_address.empty() && !supervisor_.Get(incoming->job.id)) {
+    // Never routed here (the node side stayed down): the prepared namespace just goes.
+    incoming->job_netns.Reset();
+    (void)jobs::RemoveJobLink(incoming->job.id);
+  }
   const std::string job_dir = incoming->job.dir;
   const bool runs_here = supervisor_.Get(incoming->job.id).has_value() || incoming->shared_dir;
   OffThread(

@@ -23,7 +23,18 @@
 namespace tern::jobs {
 namespace {
 
-enum class Stage : int { kSession, kCgroup, kFds, kGroups, kGid, kUid, kVerify, kChdir, kExec };
+enum class Stage : int {
+  kSession,
+  kCgroup,
+  kNetwork,
+  kFds,
+  kGroups,
+  kGid,
+  kUid,
+  kVerify,
+  kChdir,
+  kExec
+};
 
 const char* StageText(Stage stage) {
   switch (stage) {
@@ -31,6 +42,8 @@ const char* StageText(Stage stage) {
       return "cannot start a new session";
     case Stage::kCgroup:
       return "cannot join the node's cgroup";
+    case Stage::kNetwork:
+      return "cannot enter the job's network namespace";
     case Stage::kFds:
       return "cannot set up stdin/stdout/stderr";
     case Stage::kGroups:
@@ -56,7 +69,7 @@ struct ChildFailure {
 
 // Everything the child needs, prepared before clone so that the child allocates nothing.
 struct ChildPlan {
-  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1, ipc_fd = -1;
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1, ipc_fd = -1, netns_fd = -1;
   std::vector<int> cgroup_fds;  // cgroup.procs files, opened by the parent
   uid_t uid = 0;
   gid_t gid = 0;
@@ -87,6 +100,9 @@ int ChildMain(void* arg) {
   // outside the cgroup (the fds are closed with the others below).
   for (int fd : plan.cgroup_fds) {
     if (::write(fd, "0", 1) != 1) ChildFail(plan, Stage::kCgroup);
+  }
+  if (plan.netns_fd >= 0 && setns(plan.netns_fd, CLONE_NEWNET) != 0) {
+    ChildFail(plan, Stage::kNetwork);
   }
   if (dup2(plan.stdin_fd, 0) < 0 || dup2(plan.stdout_fd, 1) < 0 || dup2(plan.stderr_fd, 2) < 0) {
     ChildFail(plan, Stage::kFds);
@@ -229,6 +245,7 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   plan.stderr_fd = err->get();
   plan.report_fd = report_write.get();
   plan.ipc_fd = spec.ipc_fd;
+  plan.netns_fd = spec.netns_fd;
   std::vector<UniqueFd> cgroup_fds;
   for (const auto& procs : spec.cgroup_procs) {
     cgroup_fds.emplace_back(::open(procs.c_str(), O_WRONLY | O_CLOEXEC));

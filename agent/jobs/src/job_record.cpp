@@ -147,7 +147,8 @@ json ToJson(const JobRecord& job, TimePoint now) {
               {"dir", job.dir},
               {"error", job.error},
               {"migrations", job.migrations},
-              {"pinned", job.pinned}};
+              {"pinned", job.pinned},
+              {"address", job.net_address.empty() ? json(nullptr) : json(job.net_address)}};
 }
 
 json PersistentJson(const JobRecord& job) {
@@ -190,6 +191,9 @@ Expected<JobRecord> FromPersistentJson(const json& in) {
     job.cancel_requested = in.value("cancel_requested", false);
     job.migrating_id = in.value("migrating_id", "");
     job.pinned = in.contains("pinned") && in["pinned"].is_boolean() && in["pinned"].get<bool>();
+    if (in.contains("address") && in["address"].is_string()) {
+      job.net_address = in["address"].get<std::string>();
+    }
     if (in.contains("migrations") && in["migrations"].is_array()) {
       for (const auto& entry : in["migrations"]) job.migrations.push_back(entry);
     }

@@ -18,6 +18,7 @@
 #include <tern/migrate/remove_tree.hpp>
 #include <tern/migrate/subprocess.hpp>
 
+#include "tern/jobs/in_namespace.hpp"
 #include "tern/jobs/job_file.hpp"
 #include "tern/jobs/job_launcher.hpp"
 #include "tern/jobs/unique_fd.hpp"
@@ -158,6 +159,15 @@ std::vector<std::string> JobSupervisor::Adopt() {
         // the job stays here and runs again.
         spdlog::warn("job {} was frozen by unfinished migration {}: resuming it here", id,
                      job.record.migrating_id);
+        if (!job.record.net_address.empty()) {
+          // Its network was locked for the dump: unlocked before it runs again.
+          migrate::EndTcpRepair(job.record.pid);
+          if (auto up = SetJobLinkUp(job.record.id, job.record.net_address, true); !up) {
+            spdlog::error("job {}: {}", id, up.error().message);
+          } else if (options_.net.enabled()) {
+            (void)SendGratuitousArp(options_.net.uplink, job.record.net_address);
+          }
+        }
         migrate::ResumeTree(job.record.pid);
         job.record.migrating_id.clear();
         Persist(job.record);
@@ -202,19 +212,49 @@ Expected<JobRecord> JobSupervisor::Submit(const SubmitRequest& request) {
   record.env = request.env;
   record.pinned = request.pinned;
   record.submitted_at = Clock::now();
+  tern::UniqueFd netns;
+  Expected<void> network_ready;
+  if (request.net) {
+    auto address =
+        request.address.empty() ? JobNetAddress(record.id) : Expected<std::string>(request.address);
+    if (!options_.net.enabled()) {
+      network_ready = Fail("node " + options_.node_name +
+                           " has no job network ([net] pool, subnet and uplink in its config)");
+    } else if (!address) {
+      network_ready = Unexpected<Error>{address.error()};
+    } else {
+      record.net_address = *address;
+      auto made = CreateJobNetwork(record.id, record.net_address);
+      if (made) {
+        netns = std::move(*made);
+      } else {
+        network_ready = Unexpected<Error>{made.error()};
+      }
+    }
+  }
   record.dir = store_.JobDir(record.id);
 
   auto init = InitFor(request.uid);
   LaunchSpec spec{request.argv, request.uid,       request.gid, request.user,      request.env,
                   record.dir,   init ? *init : "", record.id,   options_.node_name};
   spec.cgroup_procs = options_.cgroup_procs;
-  UniqueFd ipc_end(options_.open_ipc_channel ? options_.open_ipc_channel(record.id) : -1);
+  // A --net job's channel is made in its namespace (see in_namespace.hpp).
+  UniqueFd ipc_end(options_.open_ipc_channel
+                       ? InNetNamespace(
+                             netns.get(), [&] { return options_.open_ipc_channel(record.id); }, -1)
+                       : -1);
   if (ipc_end.valid()) {
     spec.ipc_fd = ipc_end.get();
     spec.env["TERN_IPC_FD"] = std::to_string(kJobIpcFd);
   }
-  auto launched = init ? LaunchJob(spec) : Expected<LaunchedJob>(Unexpected<Error>{init.error()});
+  spec.netns_fd = netns.get();
+  auto launched = !network_ready ? Expected<LaunchedJob>(Unexpected<Error>{network_ready.error()})
+                  : init         ? LaunchJob(spec)
+                                 : Expected<LaunchedJob>(Unexpected<Error>{init.error()});
   ipc_end.Reset();
+  // The job's processes hold its namespace now; a job that did not start leaves no veth.
+  netns.Reset();
+  if (!launched && !record.net_address.empty()) (void)RemoveJobLink(record.id);
   if (!launched) {
     record.state = JobState::kFailed;
     record.error = launched.error().message;
@@ -243,6 +283,12 @@ Expected<std::string> JobSupervisor::AllocateJobId() {
   auto serial = store_.NextSerial();
   if (!serial) return Unexpected<Error>{serial.error()};
   return options_.node_name + "." + std::to_string(*serial);
+}
+
+Expected<std::string> JobSupervisor::JobNetAddress(const std::string& job_id) const {
+  const auto dot = job_id.rfind('.');
+  if (dot == std::string::npos) return Fail("'" + job_id + "' is not a job id");
+  return JobAddress(options_.net.subnet, std::stoull(job_id.substr(dot + 1)));
 }
 
 Expected<JobRecord> JobSupervisor::Cancel(const std::string& id) {

@@ -30,6 +30,7 @@ struct SubmitOptions {
   std::vector<std::string> env;  // K=V overrides
   bool quiet = false;
   bool pin = false;  // the balancer never moves the job
+  bool net = false;  // its own network namespace and cluster-routable address
   std::vector<std::string> argv;
 };
 

@@ -68,6 +68,10 @@ struct DumpOptions {
   std::optional<PageServerTarget> page_server;
   std::vector<std::string> external;  // --external, e.g. "unix[INODE]"
   CriuTls tls;                        // the page-server connection inside TLS
+  // A `--net` job (docs/networking.md): the inode of its own network namespace. The namespace
+  // is left out of the images (the destination prepares its own), TCP connections are dumped
+  // established, and CRIU locks nothing: the agent has cut the job's veth (see NetArguments).
+  ino_t job_netns = 0;
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
 
@@ -86,8 +90,18 @@ struct RestoreOptions {
   // `--cgroup-root` values ("cpu:/tern-node2", or "/tern-node2" for every controller): the
   // restored tree goes into these existing cgroups instead of re-creating the source's paths.
   std::vector<std::string> cgroup_roots;
+  // A `--net` job: an fd of the network namespace prepared for it here; CRIU restores the
+  // job into it with its TCP connections established. -1: the job shares the node's network.
+  int job_netns_fd = -1;
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};
 };
+
+// The TCP flags of a dump of a job whose network namespace has inode `job_netns` (0: none):
+// `--tcp-close` for a job on its node's network (its only TCP connections are direct calls),
+// else `--tcp-established --network-lock skip --external net[INODE]:tern-job-net`.
+std::vector<std::string> NetDumpArguments(ino_t job_netns);
+// The inode of the network namespace `pid` runs in; 0 if unknown.
+ino_t NetNamespaceInode(pid_t pid);
 
 Expected<void> Dump(const std::string& criu, const DumpOptions& options);
 // Returns the host pid of the restored init.
@@ -99,7 +113,7 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, const PageServerTarget& serve,
                                          const std::vector<std::string>& external = {},
-                                         const CriuTls& tls = {});
+                                         const CriuTls& tls = {}, ino_t job_netns = 0);
 // Destination side of post-copy: the daemon that fetches pages from the source on demand. With
 // a status fd it writes one byte there once its socket for `criu restore` listens.
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
@@ -159,5 +173,10 @@ Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_
 std::vector<pid_t> NamespacePids(pid_t init_pid);
 // SIGCONT to every process of the job: resumes a tree left stopped by dump or restore.
 void ResumeTree(pid_t init_pid);
+// A dump with --tcp-established leaves the job's TCP sockets in repair mode (CRIU unlocks
+// only a tree it lets run); a job resumed after such a dump (a failed move) needs them out of
+// it first, or its connections hang. Takes each socket of the job's processes with
+// pidfd_getfd and turns TCP_REPAIR off (a window probe wakes the peer). Returns how many.
+int EndTcpRepair(pid_t init_pid);
 
 }  // namespace tern::migrate

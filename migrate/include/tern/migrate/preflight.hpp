@@ -20,6 +20,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <tern/expected.hpp>
@@ -63,8 +64,23 @@ OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_
 // `direct` lists the job's direct call connections ("socket:[INODE]", docs/ipc.md "Direct
 // calls"): the agent shuts them down before the move and CRIU restores them closed, so they do
 // not keep the job from moving.
+//
+// Sockets: a job on its node's network (own_network false) moves with no TCP or UDP socket —
+// its address stays behind — and is told to use `tern submit --net`. A `--net` job takes
+// them along (CRIU's TCP repair). Either way a Unix socket whose other end is held outside the
+// job (a daemon's socket, say) is refused: that end cannot follow; one between two processes
+// of the job moves with it.
 JobScan ScanJob(pid_t init_pid, const std::string& job_dir,
-                const std::set<std::string>& direct = {});
+                const std::set<std::string>& direct = {}, bool own_network = false);
+
+// What kind of socket "socket:[INODE]" of a process is, from the tables of the process's
+// network namespace (/proc/PID/net/...) and, for Unix sockets, the inode of the other end
+// (sock_diag). Pure lookup: `SocketTables::Read(pid)` fills it.
+struct SocketTables {
+  std::set<std::uint64_t> tcp, udp;                  // inodes, IPv4 and IPv6
+  std::map<std::uint64_t, std::uint64_t> unix_peer;  // inode -> peer inode (0: none)
+  static SocketTables Read(pid_t pid);
+};
 
 // The job's IPC channel as /proc shows it ("socket:[INODE]"), from fd 3 of its init; "" if none.
 // It is dumped as an external socket and re-attached to the new agent at restore.

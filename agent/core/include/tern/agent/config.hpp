@@ -62,6 +62,11 @@ struct AgentConfig {
   std::string init_path;  // default: tern-init beside ternd
   // [criu]
   std::string criu_path;
+  // [net] (docs/networking.md): the cluster's job address pool, this node's share of it for
+  // the jobs homed here, and the interface towards the other nodes. All three: `--net` works.
+  std::string net_pool;
+  std::string net_subnet;
+  std::string net_uplink;
   // [ipc] (docs/ipc.md "Limits"): max_queue_limit, max_ports_per_job,
   // max_queued_bytes_per_job, max_region_bytes
   ipc::IpcLimits ipc_limits;

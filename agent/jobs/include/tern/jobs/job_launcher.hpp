@@ -38,6 +38,9 @@ struct LaunchSpec {
   // cgroup.procs files of the node's cgroup: tern-init joins them before it starts, so that
   // every process of the job runs in that cgroup from its first instruction.
   std::vector<std::string> cgroup_procs;
+  // `tern submit --net`: the job's own network namespace (CreateJobNetwork), entered before the
+  // user switch, so that the job never holds CAP_NET_ADMIN there. -1: the node's network.
+  int netns_fd = -1;
 };
 
 // The job's IPC channel is always this fd number (docs/ipc.md "The job's channel").

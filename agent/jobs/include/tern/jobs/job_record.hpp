@@ -60,6 +60,9 @@ struct JobRecord {
   // `tern pin` / `submit --pin`: the balancer never moves the job (`tern migrate` still does).
   // Part of the record, so it travels with the job when it moves.
   bool pinned = false;
+  // `tern submit --net`: the job's own address (docs/networking.md), "" when it shares its
+  // node's network. Chosen by its home node; it travels with the job.
+  std::string net_address;
 };
 
 std::string FormatTime(TimePoint time);  // RFC 3339 UTC, e.g. 2026-11-24T12:00:00Z

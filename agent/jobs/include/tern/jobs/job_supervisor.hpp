@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "tern/jobs/init_binary.hpp"
+#include "tern/jobs/job_network.hpp"
 #include "tern/jobs/job_record.hpp"
 #include "tern/jobs/job_store.hpp"
 
@@ -49,6 +50,8 @@ struct SupervisorOptions {
   std::function<int(const std::string& job_id)> open_ipc_channel;
   // The node cgroup's cgroup.procs files (LaunchSpec::cgroup_procs); empty: no cgroup.
   std::vector<std::string> cgroup_procs;
+  // Job networking ([net]): where `--net` jobs' addresses come from; off when not enabled().
+  NetConfig net;
 };
 
 struct SubmitRequest {
@@ -62,6 +65,8 @@ struct SubmitRequest {
   std::string user;
   std::map<std::string, std::string> env;
   bool pinned = false;  // `tern submit --pin`
+  bool net = false;     // `tern submit --net`: its own network namespace and address
+  std::string address;  // the address its home node chose ("" here: this node chooses)
 };
 
 class JobSupervisor {
@@ -78,6 +83,9 @@ class JobSupervisor {
   Expected<JobRecord> Submit(const SubmitRequest& request);
   // Reserves the next id of a job homed here, for a job that will run on another node.
   Expected<std::string> AllocateJobId();
+  // The address of a `--net` job homed here (JobAddress of its serial in net.subnet).
+  Expected<std::string> JobNetAddress(const std::string& job_id) const;
+  const NetConfig& net() const { return options_.net; }
   Expected<JobRecord> Cancel(const std::string& id);
   // Sets a running job's `pinned` flag and persists it (on_change is called when it changed).
   Expected<JobRecord> SetPinned(const std::string& id, bool pinned);
