@@ -78,15 +78,16 @@ bool Balancer::Fresh(const NodeState& node) const {
 }
 
 void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
-  std::unordered_map<std::uint64_t, const NodeState*> by_id;
-  for (const auto& node : view) by_id[node.id] = &node;
+  // The view is a bounded sample (tens of nodes) and this runs at every placement: a linear
+  // search, no hash table to allocate.
   const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
   std::erase_if(planned_, [&](const auto& item) {
     const Planned& plan = item.second;
     if (plan.in_flight) return false;
     if (now - plan.at > forget_after) return true;
-    auto found = by_id.find(plan.node);
-    return found != by_id.end() && now - found->second->age > plan.at;
+    auto found = std::find_if(view.begin(), view.end(),
+                              [&](const NodeState& node) { return node.id == plan.node; });
+    return found != view.end() && now - found->age > plan.at;
   });
   std::erase_if(arrived_,
                 [&](const auto& item) { return now - item.second >= options_.stay_after_move; });
