@@ -32,10 +32,15 @@ int main(int argc, char** argv) {
   app.add_option("--explicit", options.workload.explicit_node,
                  "fraction of jobs submitted with --node (no placement; only migration moves them)")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--homogeneous", options.workload.homogeneous,
+                 "every node 1 core of speed 1, 4 GiB (Harchol-Balter and Downey's hosts)");
   app.add_option("--seed", options.workload.seed, "workload and randomness seed");
   app.add_option("--policies", policies,
                  "comma-separated: none, random, least-loaded, tern, age-only");
   app.add_option("--threads", threads, "policies simulated at once (each on its own thread)")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--node-threads", options.node_threads,
+                 "threads each run splits its gossip over (same results for any number)")
       ->check(CLI::Range(1, 64));
   app.add_option("--csv", csv, "also write the results as CSV to this file");
   app.add_option("--gossip-ms", gossip_ms, "gossip interval")->check(CLI::Range(100, 60000));
