@@ -7,6 +7,7 @@
 
 #include "tern/balancer/balancer.hpp"
 #include "tern/balancer/gossip.hpp"
+#include "workers.hpp"
 
 namespace tern::sim {
 namespace {
@@ -36,6 +37,7 @@ struct Node {
   std::uint64_t mem_used = 0;
   std::unique_ptr<Gossip> gossip;
   std::unique_ptr<Balancer> balancer;
+  std::mt19937_64 rng;  // the node's own: its gossip peers and losses, whichever thread ticks it
   double next_gossip = 0;
   double next_balance = 0;
   std::uint64_t seq = 0;
@@ -69,7 +71,8 @@ class Sim {
       : options_(options),
         policy_(policy),
         workload_(options.workload),
-        rng_(options.workload.seed + 17) {
+        rng_(options.workload.seed + 17),
+        workers_(std::max(1u, options.node_threads)) {
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
@@ -93,6 +96,7 @@ class Sim {
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
       node.next_gossip = phase(rng_) * gossip_s;
       node.next_balance = phase(rng_) * balance_s;
+      node.rng.seed(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
     }
   }
@@ -109,12 +113,9 @@ class Sim {
       for (const auto& spec : arrivals) Submit(spec, now);
       Land(t + step);
       Progress(t, step);
+      if (UsesGossip()) GossipTicks(t, now);
       for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
         Node& node = nodes_[i];
-        if (node.gossip && node.next_gossip <= t) {
-          GossipTick(i, now);
-          node.next_gossip += static_cast<double>(options_.gossip_interval.count()) / 1000;
-        }
         if (node.next_balance <= t) {
           if (Migrates() && !node.jobs.empty()) Balance(i, t);
           node.next_balance +=
@@ -275,8 +276,31 @@ class Sim {
     }
   }
 
-  void GossipTick(std::uint32_t i, Millis now) {
-    Node& node = nodes_[i];
+  // The nodes whose gossip interval is due tick, in parts of consecutive nodes on the workers;
+  // their windows join the outbox in node order, so the run is the same for any number of them.
+  void GossipTicks(double t, Millis now) {
+    const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
+    const std::size_t parts = workers_.size();
+    part_outbox_.resize(parts);
+    part_bytes_.assign(parts, 0);
+    workers_.Run([&](unsigned part) {
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      for (std::size_t i = begin; i < end; ++i) {
+        Node& node = nodes_[i];
+        if (node.next_gossip > t) continue;
+        GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
+        node.next_gossip += interval;
+      }
+    });
+    for (std::size_t part = 0; part < parts; ++part) {
+      gossip_bytes_ += part_bytes_[part];
+      for (auto& message : part_outbox_[part]) outbox_.push_back(std::move(message));
+      part_outbox_[part].clear();
+    }
+  }
+
+  void GossipTick(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
@@ -284,7 +308,7 @@ class Sim {
     } else {
       Publish(node, now);
     }
-    Send(node, now);
+    Send(node, now, outbox, bytes);
   }
 
   void Publish(Node& node, Millis now) {
@@ -307,25 +331,33 @@ class Sim {
     node.gossip->SetLocal(std::move(self), now);
   }
 
-  void Send(Node& node, Millis now) {
+  void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
     std::bernoulli_distribution lost(options_.gossip_loss);
-    for (auto& send : node.gossip->TickShared(now, ids_, rng_)) {
-      gossip_bytes_ += kMessageOverheadBytes;
+    for (auto& send : node.gossip->TickShared(now, ids_, node.rng)) {
+      bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
-        gossip_bytes_ += EstimateEntryBytes(entry.load->jobs_running);
+        bytes += EstimateEntryBytes(entry.load->jobs_running);
       }
-      if (lost(rng_)) continue;
-      outbox_.push_back(
+      if (lost(node.rng)) continue;
+      outbox.push_back(
           Message{static_cast<std::uint32_t>(send.to - 1), node.id, std::move(send.entries)});
     }
   }
 
-  // Messages sent during the last step arrive now: one step of delay.
+  // Messages sent during the last step arrive now: one step of delay. A node's messages are
+  // merged in the order they were sent, by the worker whose part of the nodes it is in.
   void Deliver(Millis now) {
     inbox_.swap(outbox_);
-    for (auto& message : inbox_) {
-      nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
-    }
+    const std::size_t parts = workers_.size();
+    workers_.Run([&](unsigned part) {
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      for (auto& message : inbox_) {
+        if (message.to < begin || message.to >= end) continue;
+        nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
+        message.entries.clear();  // the vectors it did not keep go on this thread
+      }
+    });
     inbox_.clear();
   }
 
@@ -409,6 +441,9 @@ class Sim {
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
+  Workers workers_;
+  std::vector<std::vector<Message>> part_outbox_;
+  std::vector<std::uint64_t> part_bytes_;
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

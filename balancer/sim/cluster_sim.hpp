@@ -7,7 +7,7 @@
 // source and runs again at the destination after rss / link rate + freeze; gossip messages are
 // lost with probability `loss` and arrive one step late.
 //
-// Thread-safety: one run per object, from one thread.
+// Thread-safety: one run per object, from one thread (which uses `node_threads` workers).
 #pragma once
 
 #include <chrono>
@@ -44,6 +44,9 @@ struct SimOptions {
   // the forwarded submit (measured on a local cluster: docs/balancer.md, "Simulator").
   double remote_start_s = 0.05;
   balancer::BalancerOptions balancer;  // the agent's defaults unless told otherwise
+  // Threads one run splits its gossip phases over (delivery, ticks); the results do not depend
+  // on it. Everything else in a step (jobs, placement, balancing) runs on one.
+  unsigned node_threads = 1;
 };
 
 struct SimResult {

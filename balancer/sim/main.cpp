@@ -1,10 +1,14 @@
 // tern-sim: the balancer's Gossip and Balancer on simulated clusters; compares placement and
 // migration policies on one workload (docs/balancer.md, "Simulator").
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "cluster_sim.hpp"
 #include "report.hpp"
@@ -16,6 +20,7 @@ int main(int argc, char** argv) {
   SimOptions options;
   std::string policies = "none,random,least-loaded,tern,age-only";
   std::string csv;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   bool check = false;
   long gossip_ms = 1000;
   app.add_option("--nodes", nodes, "cluster sizes to simulate (repeat or comma-separate)")
@@ -27,9 +32,16 @@ int main(int argc, char** argv) {
   app.add_option("--explicit", options.workload.explicit_node,
                  "fraction of jobs submitted with --node (no placement; only migration moves them)")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--homogeneous", options.workload.homogeneous,
+                 "every node 1 core of speed 1, 4 GiB (Harchol-Balter and Downey's hosts)");
   app.add_option("--seed", options.workload.seed, "workload and randomness seed");
   app.add_option("--policies", policies,
                  "comma-separated: none, random, least-loaded, tern, age-only");
+  app.add_option("--threads", threads, "policies simulated at once (each on its own thread)")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--node-threads", options.node_threads,
+                 "threads each run splits its gossip over (same results for any number)")
+      ->check(CLI::Range(1, 64));
   app.add_option("--csv", csv, "also write the results as CSV to this file");
   app.add_option("--gossip-ms", gossip_ms, "gossip interval")->check(CLI::Range(100, 60000));
   app.add_option("--window", options.gossip_window, "gossip entries per message")
@@ -77,19 +89,32 @@ int main(int argc, char** argv) {
   bool ordered = true;
   for (auto n : nodes) {
     options.workload.nodes = n;
-    std::vector<SimResult> these;
-    for (auto policy : chosen) {
-      const auto start = std::chrono::steady_clock::now();
-      auto result = RunSim(options, policy);
-      result.wall_s =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      these.push_back(result);
-      results.push_back(result);
-      std::cerr << "tern-sim: " << n << " nodes, " << ToString(policy) << ": slowdown "
-                << result.mean_slowdown << ", long jobs " << result.mean_slowdown_long
-                << ", moved jobs " << result.mean_slowdown_moved << " (" << result.jobs_moved
-                << ") (" << result.wall_s << " s)\n";
+    // The policies are independent runs on the same workload: `--threads` of them at once.
+    std::vector<SimResult> these(chosen.size());
+    std::atomic<std::size_t> next{0};
+    std::mutex log;
+    auto worker = [&] {
+      for (std::size_t k = next++; k < chosen.size(); k = next++) {
+        const auto start = std::chrono::steady_clock::now();
+        auto result = RunSim(options, chosen[k]);
+        result.wall_s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        these[k] = result;
+        std::lock_guard lock(log);
+        std::cerr << "tern-sim: " << n << " nodes, " << ToString(chosen[k]) << ": slowdown "
+                  << result.mean_slowdown << ", long jobs " << result.mean_slowdown_long
+                  << ", moved jobs " << result.mean_slowdown_moved << " (" << result.jobs_moved
+                  << ") (" << result.wall_s << " s)\n";
+      }
+    };
+    {
+      std::vector<std::jthread> pool;
+      for (unsigned t = 1; t < std::min<std::size_t>(threads, chosen.size()); ++t) {
+        pool.emplace_back(worker);
+      }
+      worker();
     }
+    results.insert(results.end(), these.begin(), these.end());
     auto slowdown = [&](Policy p) {
       for (const auto& r : these) {
         if (r.policy == p) return r.mean_slowdown;

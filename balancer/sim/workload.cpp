@@ -28,6 +28,7 @@ Workload::Workload(const WorkloadOptions& options) : options_(options), rng_(opt
     node.cores = cores[node_rng() % 3];
     node.speed = speeds[node_rng() % 5];
     node.mem_limit_bytes = gib[node_rng() % 4] << 30;
+    if (options.homogeneous) node = NodeSpec{1, 1, 4ull << 30};
     nodes_.push_back(node);
     capacity += node.capacity();
   }

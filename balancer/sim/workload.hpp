@@ -25,6 +25,9 @@ struct WorkloadOptions {
   double rss_sigma = 1.2;  // of ln(rss)
   double rss_max_mib = 4096;
   double explicit_node = 0;  // fraction of jobs submitted with --node: placement cannot move them
+  // Every node 1 core of speed 1 with 4 GiB (Harchol-Balter and Downey's identical hosts) instead
+  // of the mixed sizes and speeds.
+  bool homogeneous = false;
   std::uint64_t seed = 1;
 };
 

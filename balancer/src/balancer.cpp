@@ -78,15 +78,16 @@ bool Balancer::Fresh(const NodeState& node) const {
 }
 
 void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
-  std::unordered_map<std::uint64_t, const NodeState*> by_id;
-  for (const auto& node : view) by_id[node.id] = &node;
+  // The view is a bounded sample (tens of nodes) and this runs at every placement: a linear
+  // search, no hash table to allocate.
   const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
   std::erase_if(planned_, [&](const auto& item) {
     const Planned& plan = item.second;
     if (plan.in_flight) return false;
     if (now - plan.at > forget_after) return true;
-    auto found = by_id.find(plan.node);
-    return found != by_id.end() && now - found->second->age > plan.at;
+    auto found = std::find_if(view.begin(), view.end(),
+                              [&](const NodeState& node) { return node.id == plan.node; });
+    return found != view.end() && now - found->age > plan.at;
   });
   std::erase_if(arrived_,
                 [&](const auto& item) { return now - item.second >= options_.stay_after_move; });
@@ -94,22 +95,20 @@ void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
       failed_, [&](const auto& item) { return now - item.second >= options_.retry_after_failure; });
 }
 
-double Balancer::PlannedDemand(const NodeState& node, Millis now) const {
-  double sum = 0;
+std::vector<Balancer::PlannedLoad> Balancer::PlannedLoads(const std::vector<NodeState>& view,
+                                                          Millis now) const {
+  // One walk over the plans for the whole view (it is tens of nodes, the plans a few).
+  std::vector<PlannedLoad> sums(view.size());
   for (const auto& [job, plan] : planned_) {
-    if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) sum += plan.demand;
-  }
-  return sum;
-}
-
-std::int64_t Balancer::PlannedMemory(const NodeState& node, Millis now) const {
-  std::int64_t sum = 0;
-  for (const auto& [job, plan] : planned_) {
-    if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) {
-      sum += plan.rss_bytes;
+    for (std::size_t k = 0; k < view.size(); ++k) {
+      const NodeState& node = view[k];
+      if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) {
+        sums[k].demand += plan.demand;
+        sums[k].rss_bytes += plan.rss_bytes;
+      }
     }
   }
-  return sum;
+  return sums;
 }
 
 std::optional<std::string> Balancer::Held(const LocalJob& job, Millis now) const {
@@ -135,7 +134,10 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
   double best_score = 0;
   double self_score = 0;
   int fresh = 0;
-  auto demand = [&](const NodeState& node) { return node.demand + PlannedDemand(node, now); };
+  const auto planned = PlannedLoads(view, now);
+  auto demand = [&](const NodeState& node) {
+    return node.demand + planned[static_cast<std::size_t>(&node - view.data())].demand;
+  };
   for (const auto& node : view) {
     if (!node.alive || node.draining || !Fresh(node)) continue;
     ++fresh;
@@ -156,7 +158,7 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
       self && options_.place_local_when_free && demand(*self) + 1 <= Capacity(*self);
   if (free_here) best = self;
   planned_.emplace("", Planned{best->id, 1.0, 0, now, false, false});
-  std::string reason = Name(*best) + " demand " + Fixed(demand(*best) - 1) + " of " +
+  std::string reason = Name(*best) + " demand " + Fixed(demand(*best)) + " of " +
                        Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
                        " fresh nodes";
   if (free_here) {
@@ -187,10 +189,12 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
   std::unordered_map<std::uint64_t, double> demand;
   std::unordered_map<std::uint64_t, std::uint64_t> mem_used;
   std::vector<const NodeState*> targets;
-  for (const auto& node : view) {
-    demand[node.id] = node.demand + PlannedDemand(node, now);
+  const auto planned = PlannedLoads(view, now);
+  for (std::size_t k = 0; k < view.size(); ++k) {
+    const NodeState& node = view[k];
+    demand[node.id] = node.demand + planned[k].demand;
     mem_used[node.id] = static_cast<std::uint64_t>(std::max<std::int64_t>(
-        0, static_cast<std::int64_t>(node.mem_used_bytes) + PlannedMemory(node, now)));
+        0, static_cast<std::int64_t>(node.mem_used_bytes) + planned[k].rss_bytes));
     if (!node.self && node.alive && !node.draining && Fresh(node)) targets.push_back(&node);
   }
 

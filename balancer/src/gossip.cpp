@@ -62,8 +62,8 @@ void Gossip::Rebuild() const {
   top_.resize(keep);
 }
 
-void Gossip::Touch(std::uint64_t id, const Entry& entry) {
-  Untop(id);
+void Gossip::Touch(std::uint64_t id, const Entry& entry, bool known) {
+  if (known) Untop(id);
   if (entry.dead) return;
   const Key key{entry.key(), id};
   if (!top_all_ && top_.empty()) {
@@ -81,7 +81,8 @@ void Gossip::Touch(std::uint64_t id, const Entry& entry) {
 void Gossip::Store(std::uint64_t id, Entry entry) {
   const Millis key = entry.key();
   std::uint32_t slot;
-  if (auto* found = index_.Find(id)) {
+  auto* found = index_.Find(id);
+  if (found) {
     slot = *found;
     slots_[slot] = std::move(entry);
     slot_keys_[slot] = key;
@@ -91,18 +92,20 @@ void Gossip::Store(std::uint64_t id, Entry entry) {
     slots_.push_back(std::move(entry));
     slot_keys_.push_back(key);
   }
-  next_sweep_ = std::min(next_sweep_, key + options_.max_age);
+  next_sweep_ = std::min(next_sweep_, key + options_.max_age + SweepSlack());
   const Entry& stored = slots_[slot];
   auto news = std::find(dead_news_.begin(), dead_news_.end(), id);
   if (stored.dead && news == dead_news_.end()) dead_news_.push_back(id);
   if (!stored.dead && news != dead_news_.end()) dead_news_.erase(news);
-  Touch(id, stored);
+  Touch(id, stored, found != nullptr);
 }
 
 void Gossip::Remove(std::uint32_t slot) {
   const auto id = slots_[slot].id;
   index_.Erase(id);
-  Untop(id);
+  // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
+  // seldom in it, and the search is then skipped.
+  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back()) Untop(id);
   std::erase(dead_news_, id);
   const auto last = static_cast<std::uint32_t>(slots_.size() - 1);
   if (slot != last) {
@@ -186,7 +189,7 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   if (incoming.age > options_.max_age) return;  // expired on the way: nothing to learn
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
   auto* slot = index_.Find(id);
-  if (!slot) {
+  if (!slot || Expired(slots_[*slot], now)) {  // an expired entry awaiting the sweep is gone
     Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now));
     return;
   }
@@ -209,13 +212,13 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
     slot_keys_[*slot] = when;
-    Touch(id, known);
+    Touch(id, known, true);
   }
 }
 
 void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
   auto* slot = index_.Find(node_id);
-  if (!slot || slots_[*slot].dead) return;
+  if (!slot || slots_[*slot].dead || Expired(slots_[*slot], now)) return;
   Entry updated = slots_[*slot];
   updated.dead = true;
   updated.dead_since = now;
@@ -223,16 +226,18 @@ void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
   Store(node_id, std::move(updated));
 }
 
-void Gossip::OnNodeAlive(std::uint64_t node_id, Millis) {
+void Gossip::OnNodeAlive(std::uint64_t node_id, Millis now) {
   auto* slot = index_.Find(node_id);
-  if (!slot || !slots_[*slot].dead) return;
+  if (!slot || !slots_[*slot].dead || Expired(slots_[*slot], now)) return;
   Entry updated = slots_[*slot];
   updated.dead = false;
   Store(node_id, std::move(updated));
 }
 
 void Gossip::Expire(Millis now) {
-  // next_sweep_ is when the oldest entry expires: most ticks skip the sweep.
+  // next_sweep_ is SweepSlack() after the oldest entry expires: most ticks skip the sweep, and
+  // one sweep removes what expired over several ticks (expired entries count as absent
+  // meanwhile: Expired()).
   if (now > next_sweep_) {
     // Hints: the expired entries' index cells and vectors, loaded together before removal.
     for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
@@ -250,12 +255,14 @@ void Gossip::Expire(Millis now) {
       oldest = std::min(oldest, slot_keys_[slot]);
       ++slot;
     }
-    next_sweep_ = oldest == Millis::max() ? Millis::max() : oldest + options_.max_age;
+    next_sweep_ =
+        oldest == Millis::max() ? Millis::max() : oldest + options_.max_age + SweepSlack();
   }
   // Old news stops spreading; the entry itself stays (dead) until it expires.
   std::erase_if(dead_news_, [&](std::uint64_t id) {
     const auto* slot = index_.Find(id);
-    return !slot || now - slots_[*slot].news_since >= options_.dead_news_for;
+    return !slot || Expired(slots_[*slot], now) ||
+           now - slots_[*slot].news_since >= options_.dead_news_for;
   });
 }
 

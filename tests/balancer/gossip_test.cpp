@@ -59,6 +59,33 @@ TEST(GossipTest, EntriesExpireAfterMaxAge) {
   EXPECT_EQ(gossip.size(), 0u);
 }
 
+// The expiry sweep runs late (at most max_age / 8 after an entry expires); until it does, an
+// expired entry must act as if it were gone: a lower seq is taken again, a death is not news.
+TEST(GossipTest, AnExpiredEntryAwaitingTheSweepCountsAsGone) {
+  auto options = Options(1);
+  options.max_age = Millis(30000);
+  Gossip gossip(options);
+  gossip.OnReceive(2, {{Vector(2, 9, 0.5)}, {Vector(3, 4, 0.5)}}, Millis(0));
+  // 31 s later, no Tick in between: both are expired but may still be held.
+  gossip.OnNodeDead(3, Millis(31000));
+  EXPECT_FALSE(gossip.Get(3, Millis(31000)).has_value());
+  // Node 2 restarted (its seq begins again): the restarted node's sample is taken.
+  gossip.OnReceive(4, {{Vector(2, 1, 1.5), Millis(0)}}, Millis(31000));
+  ASSERT_TRUE(gossip.Get(2, Millis(31000)).has_value());
+  EXPECT_EQ(gossip.Get(2, Millis(31000))->load.demand, 1.5);
+  EXPECT_FALSE(gossip.Get(2, Millis(31000))->dead);
+  const auto view = gossip.View(Millis(31000));
+  ASSERT_EQ(view.size(), 1u);
+  EXPECT_EQ(view[0].load.node_id, 2u);
+  std::mt19937_64 rng(1);
+  auto sends = gossip.Tick(Millis(31000), {4}, rng);
+  ASSERT_EQ(sends.size(), 1u);
+  ASSERT_EQ(sends[0].entries.size(), 1u);  // node 3's dead entry is not news: it had expired
+  EXPECT_EQ(sends[0].entries[0].load.node_id, 2u);
+  gossip.Tick(Millis(40000), {4}, rng);  // past the sweep's slack: node 3's entry is gone
+  EXPECT_EQ(gossip.size(), 1u);
+}
+
 TEST(GossipTest, WindowIsBoundedOwnEntryFirstThenDeathNewsThenFreshest) {
   auto options = Options(1);
   options.window = 4;

@@ -143,8 +143,12 @@ class Balancer {
   struct Candidate;
 
   void Prune(const std::vector<NodeState>& view, Millis now);
-  double PlannedDemand(const NodeState& node, Millis now) const;
-  std::int64_t PlannedMemory(const NodeState& node, Millis now) const;
+  struct PlannedLoad {
+    double demand = 0;
+    std::int64_t rss_bytes = 0;
+  };
+  // Per node of `view` (same order): the planned load its information does not show yet.
+  std::vector<PlannedLoad> PlannedLoads(const std::vector<NodeState>& view, Millis now) const;
   bool Fresh(const NodeState& node) const;
   std::optional<std::string> Held(const LocalJob& job, Millis now) const;
 

@@ -118,6 +118,8 @@ class Gossip {
   // Every known node, self first, then by node id.
   std::vector<ViewEntry> View(Millis now) const;
   std::optional<ViewEntry> Get(std::uint64_t node_id, Millis now) const;
+  // Entries held, self included; entries expired since the last sweep (at most max_age / 8 ago)
+  // may still be counted until the next Tick.
   std::size_t size() const;
 
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
@@ -154,11 +156,17 @@ class Gossip {
   void Expire(Millis now);
   void Store(std::uint64_t id, Entry entry);
   void Remove(std::uint32_t slot);
-  void Touch(std::uint64_t id, const Entry& entry);  // keeps top_ the freshest live entries
+  // Keeps top_ the freshest live entries; `known`: the id may already be in top_.
+  void Touch(std::uint64_t id, const Entry& entry, bool known);
   void Untop(std::uint64_t id);
   void Rebuild() const;
   SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
   std::size_t TopCapacity() const { return 2 * options_.window + 4; }
+  bool Expired(const Entry& entry, Millis now) const {
+    return now - entry.key() > options_.max_age;
+  }
+  // How late the expiry sweep may run: expired entries wait for it, counted as absent.
+  Millis SweepSlack() const { return options_.max_age / 8; }
 
   GossipOptions options_;
   std::optional<Entry> self_;
