@@ -196,8 +196,15 @@ class JobWithFd {
 TEST(PreflightTest, DirectCallSocketsDoNotKeepAJobFromMoving) {
   int pair[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  // pair[0] goes to fd 3, which a scan takes for the job's channel (an end handed over apart,
+  // so not the job's own); pair[1] is any other socket, connected to it. A test runner may
+  // have left fd 3 open, so it is put there explicitly.
+  if (pair[0] != 3) {
+    ASSERT_EQ(::dup2(pair[0], 3), 3);
+    ::close(pair[0]);
+    pair[0] = 3;
+  }
   struct stat info {};
-  // pair[0] is fd 3, which a scan takes for the job's channel; pair[1] is any other socket.
   ASSERT_EQ(::fstat(pair[1], &info), 0);
   const std::string socket = "socket:[" + std::to_string(info.st_ino) + "]";
   JobWithFd job(pair[1]);
@@ -206,7 +213,9 @@ TEST(PreflightTest, DirectCallSocketsDoNotKeepAJobFromMoving) {
   auto scan = ScanJob(job.init(), "/nonexistent");
   bool refused = false;
   for (const auto& blocker : scan.blockers) refused |= blocker.find(socket) != std::string::npos;
-  EXPECT_TRUE(refused) << "any other socket keeps the job from moving";
+  std::string all;
+  for (const auto& blocker : scan.blockers) all += blocker + "\n";
+  EXPECT_TRUE(refused) << "any other socket keeps the job from moving; blockers:\n" << all;
 
   scan = ScanJob(job.init(), "/nonexistent", {socket});
   for (const auto& blocker : scan.blockers) EXPECT_EQ(blocker.find(socket), std::string::npos);
