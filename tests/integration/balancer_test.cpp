@@ -30,17 +30,6 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-const std::string kSourceDir = TERN_SOURCE_DIR;
-const std::string kBinDir = TERN_BUILD_BIN_DIR;
-const std::string kClusterName = ItClusterName();
-const std::string kClusterBase = "/var/lib/" + kClusterName + "-cluster";
-const std::vector<std::string> kNodes = {"node1", "node2", "node3"};
-
-std::string Script() { return kSourceDir + "/deploy/tern-cluster"; }
-std::string NodeDir(const std::string& node) { return kClusterBase + "/" + node; }
-std::string Config(const std::string& node) { return NodeDir(node) + "/ternd.toml"; }
-std::string Socket(const std::string& node) { return NodeDir(node) + "/run/ternd.sock"; }
-
 Result Tern(const std::string& node, std::vector<std::string> args,
             std::chrono::milliseconds timeout = 30s) {
   std::vector<std::string> argv = {Script(), "exec", node, "tern"};

@@ -38,16 +38,8 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-const std::string kSourceDir = TERN_SOURCE_DIR;
-const std::string kBinDir = TERN_BUILD_BIN_DIR;
-const std::string kClusterName = ItClusterName();
-const std::string kClusterBase = "/var/lib/" + kClusterName + "-cluster";
-const std::vector<std::string> kNodes = {"node1", "node2", "node3"};
 const std::string kTestUser = "ternuser";
 
-std::string Script() { return kSourceDir + "/deploy/tern-cluster"; }
-std::string NodeDir(const std::string& node) { return kClusterBase + "/" + node; }
-std::string Socket(const std::string& node) { return NodeDir(node) + "/run/ternd.sock"; }
 std::string AgentLog(const std::string& node) { return NodeDir(node) + "/ternd.log"; }
 std::string RogueDir() { return NodeDir("node3") + "/rogue"; }
 

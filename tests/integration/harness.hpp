@@ -41,6 +41,18 @@ bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeou
 // run their integration tests side by side).
 std::string ItClusterName();
 
+// The suite's 3-node local cluster (deploy/tern-cluster, named ItClusterName()) and where its
+// files are; every test file of the binary uses the same one.
+inline const std::string kSourceDir = TERN_SOURCE_DIR;
+inline const std::string kBinDir = TERN_BUILD_BIN_DIR;
+inline const std::string kClusterName = ItClusterName();
+inline const std::string kClusterBase = "/var/lib/" + kClusterName + "-cluster";
+inline const std::vector<std::string> kNodes = {"node1", "node2", "node3"};
+inline std::string Script() { return kSourceDir + "/deploy/tern-cluster"; }
+inline std::string NodeDir(const std::string& node) { return kClusterBase + "/" + node; }
+inline std::string Config(const std::string& node) { return NodeDir(node) + "/ternd.toml"; }
+inline std::string Socket(const std::string& node) { return NodeDir(node) + "/run/ternd.sock"; }
+
 std::string ReadFile(const std::string& path);
 std::string Trim(const std::string& s);
 std::vector<std::string> Lines(const std::string& s);
