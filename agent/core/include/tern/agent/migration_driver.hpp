@@ -10,10 +10,11 @@
 //              destination that lost the commit can still decide.
 //
 // Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
-// image on the source's disk); only the small metadata images and the job directory travel in
-// the restore message. The destination restores the job stopped; the source then records the
-// commit, kills its frozen copy and tells the destination to resume (two-phase: never two
-// copies, never none). Any failure before that resumes the job on the source.
+// image on the source's disk), inside CRIU's own TLS. Post-copy's lazy-page stream goes through
+// a relay of the two agents inside their mutual TLS (LazyPageProxy). Only the small metadata images
+// and the job directory travel in the restore message. The destination restores the job stopped;
+// the source then records the commit, kills its frozen copy and tells the destination to resume
+// (two-phase: never two copies, never none). Any failure before that resumes the job on the source.
 //
 // Thread-safety: not thread-safe; all entry points on the io_context thread.
 #pragma once
@@ -110,6 +111,10 @@ class MigrationDriver {
                      nlohmann::json answer, ApiDone done);
   // Worker side: waits for a pre-copy page server to end (fails if the source aborted).
   static Expected<void> AwaitPageServer(Incoming& incoming);
+  // Post-copy, destination: makes CRIU's loopback socket and dials the source's relay.
+  Expected<void> DialLazyRelay(const std::shared_ptr<Incoming>& incoming);
+  // Worker side: waits (briefly) for that relay to be up; fails if it failed.
+  static Expected<void> AwaitLazyRelay(Incoming& incoming);
   // Worker side of a restore by the parked processes; returns the restored pid and the restore's
   // duration in ms.
   static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
@@ -120,8 +125,6 @@ class MigrationDriver {
   void NoteRestored(Incoming& incoming, pid_t pid);
   // CRIU's page-server connections go inside TLS with this node's certificates ([tls]).
   migrate::CriuTls PageServerTls() const;
-  // The same for post-copy's lazy page server (source) and `criu lazy-pages` (destination).
-  migrate::CriuTls PostCopyTls() const;
   // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
   std::string PageServerTlsProblem() const;
   // Answers the source's restore call once the restore has ended (io thread).
@@ -137,6 +140,8 @@ class MigrationDriver {
   void Step(const std::shared_ptr<Outgoing>& migration, int event);
   void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
   void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
+  // Post-copy, source: makes CRIU's loopback socket and the relay listener for the destination.
+  Expected<void> OpenLazyRelay(const std::shared_ptr<Outgoing>& migration);
   void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
   void RecordOutcome(const std::string& mid, const std::string& outcome);
   std::string MigrationDir(const std::string& mid) const;
