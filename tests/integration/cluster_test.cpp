@@ -853,6 +853,8 @@ TEST_F(ClusterTest, APostCopyMoveSendsTheJobsMemoryOnlyInsideTls) {
   const std::string result = ReadFile(log);
   ASSERT_EQ(sscanf(result.c_str() + result.find("hits "), "hits %ld tcp %ld", &hits, &tcp), 2)
       << result;
+  std::cerr << "post-copy move: " << tcp << " bytes of TCP payload on node1's interfaces, " << hits
+            << " frame(s) showing the job's memory\n";
   EXPECT_EQ(hits, 0) << "frames between the nodes showed the job's memory in the clear";
   EXPECT_GT(tcp, 1'200'000) << "the job's 1.2 MB of memory did not cross the network at all";
   const auto lines = logged_lines();

@@ -271,6 +271,7 @@ struct MigrationDriver::Incoming {
   std::string mode = "precopy";
   migrate::PageServerTarget lazy_source;  // the source agent's relay listener
   std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
+  std::string source_node;                // the source's node name: the relay lets only it in
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
   // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it), the
   // relay to the source, and whether that relay is up (1) or failed (-1), for the restore's
@@ -1178,6 +1179,8 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   }
   incoming->job = *job;
   incoming->source = call.caller.via;
+  // The node whose authenticated link carried the call (Cluster names it "peer NODE").
+  if (call.caller.via.rfind("peer ", 0) == 0) incoming->source_node = call.caller.via.substr(5);
   incoming->mode = body.value("mode", "precopy");
   if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
     incoming->lazy_source.address = body["lazy_source"].value("address", "");
@@ -1334,7 +1337,7 @@ Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& i
   if (!pair) return Unexpected<Error>{pair.error()};
   LazyPageProxy::Options options;
   options.migration = incoming->id;
-  options.peer_node = incoming->source;
+  options.peer_node = incoming->source_node;
   options.tls = std::move(*tls);
   // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
   auto relay = LazyPageProxy::Dial(io_, std::move(options), std::move(pair->second),
@@ -1556,7 +1559,7 @@ Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   if (incoming.lazy_relay_up->load() != 1) {
-    return Fail("the post-copy relay to " + incoming.source +
+    return Fail("the post-copy relay to " + incoming.source_node +
                 " is not up (see this agent's log for why)");
   }
   return {};
