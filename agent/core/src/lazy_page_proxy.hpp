@@ -24,8 +24,9 @@
 //  - WhenConnected's callback runs (on the io_context) once the peer is in, or with the error
 //    that ended the relay first; WhenEnded's once the relay has ended.
 //
-// Thread-safety: not thread-safe; create, use and destroy on the io_context's thread. The
-// object keeps itself alive while its operations run.
+// Thread-safety: not thread-safe; create and use it on the io_context's thread (MigrationDriver
+// gives the relays a thread of their own). The object keeps itself alive while its operations
+// run; the last reference may be dropped on any thread.
 #pragma once
 
 #include <array>

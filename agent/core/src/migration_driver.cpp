@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -347,6 +348,21 @@ void MigrationDriver::LoadUnfinished() {
 MigrationDriver::~MigrationDriver() {
   undecided_timer_->cancel();
   workers_.join();
+  relay_work_.reset();
+  relay_io_.stop();
+  relay_thread_.join();
+}
+
+template <typename Work>
+auto MigrationDriver::OnRelayThread(Work work) -> decltype(work()) {
+  std::packaged_task<decltype(work())()> task(std::move(work));
+  auto result = task.get_future();
+  boost::asio::post(relay_io_, [&task] { task(); });
+  return result.get();
+}
+
+void MigrationDriver::CloseRelay(std::shared_ptr<LazyPageProxy> relay) {
+  if (relay) boost::asio::post(relay_io_, [relay] { relay->Close(); });
 }
 
 template <typename Work, typename Then>
@@ -433,6 +449,21 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   }
   if (!job.migrating_id.empty()) {
     migration->done(ErrorResult(409, "job " + job.id + " is already moving"));
+    return;
+  }
+  if (auto pulling = pulling_.find(job.id); pulling != pulling_.end()) {
+    // It came here by post-copy and part of its memory is still on the way (through the relay,
+    // a few hundred ms for a small job): its dump would fail, so the move starts once it is in.
+    spdlog::info("job {}: moving it once its memory has arrived from its last move", job.id);
+    pulling->second.push_back(
+        [this, call, id = job.id, done = std::move(migration->done), attempt]() mutable {
+          auto current = supervisor_.Get(id);
+          if (!current) {
+            done(ErrorResult(404, "job " + id + " is gone"));
+            return;
+          }
+          Migrate(call, *current, std::move(done), attempt);
+        });
     return;
   }
   if (migration->destination.empty() || migration->destination == cluster_.self().name) {
@@ -776,7 +807,7 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         SendCommit(migration, 0);
         break;
       case MigrationAction::kResumeSource:
-        if (migration->lazy_relay) migration->lazy_relay->Close();
+        CloseRelay(migration->lazy_relay);
         if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
         migrate::ResumeTree(migration->job.pid);
         supervisor_.MarkMigrating(migration->job.id, "");
@@ -999,8 +1030,11 @@ Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& m
   options.migration = migration->id;
   options.peer_node = migration->destination;
   options.tls = std::move(*tls);
-  auto relay = LazyPageProxy::Serve(io_, std::move(options), std::move(pair->second),
-                                    HostOf(config_.cluster_advertise), FreePort(7300));
+  const std::uint16_t port = FreePort(7300);
+  auto relay = OnRelayThread([&] {
+    return LazyPageProxy::Serve(relay_io_, std::move(options), std::move(pair->second),
+                                HostOf(config_.cluster_advertise), port);
+  });
   if (!relay) return Unexpected<Error>{relay.error()};
   migration->lazy_socket = std::move(pair->first);
   migration->lazy_relay = std::move(*relay);
@@ -1053,7 +1087,7 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
   outgoing_.erase(migration->id);
   migration->lazy_socket.Reset();
   // A move that failed serves no memory: its relay listener and connection go now.
-  if (status != 200 && migration->lazy_relay) migration->lazy_relay->Close();
+  if (status != 200) CloseRelay(migration->lazy_relay);
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
@@ -1340,16 +1374,20 @@ Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& i
   options.peer_node = incoming->source_node;
   options.tls = std::move(*tls);
   // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
-  auto relay = LazyPageProxy::Dial(io_, std::move(options), std::move(pair->second),
-                                   incoming->lazy_source.address, incoming->lazy_source.port);
+  auto up = incoming->lazy_relay_up;
+  auto relay = OnRelayThread([&]() -> Expected<std::shared_ptr<LazyPageProxy>> {
+    auto dialled = LazyPageProxy::Dial(relay_io_, std::move(options), std::move(pair->second),
+                                       incoming->lazy_source.address, incoming->lazy_source.port);
+    if (!dialled) return dialled;
+    (*dialled)->WhenConnected([up](Expected<void> connected) { up->store(connected ? 1 : -1); });
+    (*dialled)->WhenEnded([up](Expected<void> ended) {
+      if (!ended) up->store(-1);
+    });
+    return dialled;
+  });
   if (!relay) return Unexpected<Error>{relay.error()};
   incoming->lazy_socket = std::move(pair->first);
   incoming->lazy_relay = std::move(*relay);
-  incoming->lazy_relay->WhenConnected(
-      [up = incoming->lazy_relay_up](Expected<void> connected) { up->store(connected ? 1 : -1); });
-  incoming->lazy_relay->WhenEnded([up = incoming->lazy_relay_up](Expected<void> ended) {
-    if (!ended) up->store(-1);
-  });
   return {};
 }
 
@@ -1686,9 +1724,15 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     // It still pulls the job's memory from the source; it removes nothing, we clean up later.
     auto daemon = incoming->lazy_daemon;
     const std::string dir = MigrationDir(mid);
-    std::thread([daemon, dir] {
+    const std::string job = incoming->job.id;
+    pulling_[job];
+    std::thread([this, daemon, dir, job, alive = std::weak_ptr<int>(lifetime_)] {
       daemon->Finish(std::chrono::minutes(30));
       migrate::RemoveImageTree(dir);
+      if (alive.expired()) return;
+      boost::asio::post(io_, [this, job, alive] {
+        if (!alive.expired()) PulledIn(job);
+      });
     }).detach();
   } else {
     // A GiB of images takes a while to remove: not on the io thread.
@@ -1707,6 +1751,14 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   done(JsonResult(200, jobs::ToJson(*adopted, std::chrono::system_clock::now()).dump()));
 }
 
+void MigrationDriver::PulledIn(const std::string& job) {
+  auto found = pulling_.find(job);
+  if (found == pulling_.end()) return;
+  auto waiting = std::move(found->second);
+  pulling_.erase(found);
+  for (auto& move : waiting) move();
+}
+
 void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   auto found = incoming_.find(mid);
   if (found == incoming_.end()) {
@@ -1723,7 +1775,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     return;
   }
   incoming_.erase(found);
-  if (incoming->lazy_relay) incoming->lazy_relay->Close();
+  CloseRelay(incoming->lazy_relay);
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
   if (incoming->restored_pid > 0 && !jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {

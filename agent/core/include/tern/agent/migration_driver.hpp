@@ -19,6 +19,7 @@
 // Thread-safety: not thread-safe; all entry points on the io_context thread.
 #pragma once
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -32,6 +33,7 @@
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/migrate/criu.hpp>
+#include <thread>
 #include <utility>
 
 #include "tern/agent/api_call.hpp"
@@ -45,6 +47,7 @@ struct JobRecord;
 namespace tern::agent {
 
 class Cluster;
+class LazyPageProxy;
 
 class MigrationDriver {
  public:
@@ -153,6 +156,16 @@ class MigrationDriver {
   const AgentConfig& config_;
   jobs::JobSupervisor& supervisor_;
   Cluster& cluster_;
+  // Post-copy relays (LazyPageProxy) run on a thread of their own: a job's page faults after
+  // the commit must not wait for this agent's io thread (record fsyncs, API calls).
+  boost::asio::io_context relay_io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> relay_work_{
+      relay_io_.get_executor()};
+  std::thread relay_thread_{[this] { relay_io_.run(); }};
+  // Runs `work` on relay_io_'s thread and returns its result (the relays are not thread-safe).
+  template <typename Work>
+  auto OnRelayThread(Work work) -> decltype(work());
+  void CloseRelay(std::shared_ptr<LazyPageProxy> relay);
   boost::asio::thread_pool workers_{2};
   std::map<std::string, std::shared_ptr<Outgoing>> outgoing_;
   std::map<std::string, std::shared_ptr<Incoming>> incoming_;
@@ -162,6 +175,12 @@ class MigrationDriver {
   std::uint32_t next_port_ = 0;
   std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
+  // Jobs moved here by post-copy whose memory `criu lazy-pages` still pulls from their source,
+  // with the moves asked for meanwhile: CRIU cannot dump a job before all of it has arrived.
+  std::map<std::string, std::vector<std::function<void()>>> pulling_;
+  void PulledIn(const std::string& job);
+  // Lets a helper thread's callback find out that this driver is gone.
+  std::shared_ptr<int> lifetime_ = std::make_shared<int>(0);
   std::vector<std::string> cgroup_roots_;
   IpcHooks ipc_;
 };
