@@ -155,16 +155,18 @@ class LazyPageProxyTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    work_.reset();
     auto close = [this] {
       if (source_) source_->Close();
       if (destination_) destination_->Close();
     };
+    // While the work guard still keeps the io thread running: it would return as soon as the
+    // relays had nothing left to do, and a posted close would never run.
     if (thread_.joinable()) {
       OnIo(close);
     } else {
       close();
     }
+    work_.reset();
     io_.stop();
     if (thread_.joinable()) thread_.join();
   }
