@@ -138,6 +138,62 @@ TEST_F(FakeHierarchyTest, MissingDirectoryOrEscapeIsAClearError) {
   EXPECT_FALSE(NodeCgroup::Open("x", "", ""));
 }
 
+// An installed node ([node] cgroup = "/tern-jobs", cgroup_create = true) under systemd on a
+// hybrid v1 system: the agent runs in /system.slice/ternd.service everywhere; its jobs must be
+// placed at the top of every hierarchy systemd kills or limits the unit by, created if missing.
+TEST_F(FakeHierarchyTest, CreatedCgroupLeavesTheServiceInEveryTrackedHierarchy) {
+  const std::string mounts = Mounts("mounts_v1") + "cgroup " + (root_ / "pids").string() +
+                             " cgroup rw,nosuid,nodev,noexec,relatime,pids 0 0\n";
+  const std::string self =
+      "9:name=systemd:/system.slice/ternd.service\n8:pids:/system.slice/ternd.service\n"
+      "4:memory:/system.slice/ternd.service\n2:cpuacct:/system.slice/ternd.service\n"
+      "1:cpu:/system.slice/ternd.service\n0::/system.slice/ternd.service\n";
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory", "pids", "systemd", "unified"}) {
+    fs::create_directories(root_ / hierarchy / "system.slice/ternd.service");
+  }
+  EXPECT_FALSE(NodeCgroup::Open("/tern-jobs", mounts, self)) << "not created without create";
+  auto cgroup = NodeCgroup::Open("/tern-jobs", mounts, self, /*create=*/true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  EXPECT_EQ(cgroup->version(), 1);
+  std::vector<std::string> expected;
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory", "unified", "systemd", "pids"}) {
+    EXPECT_TRUE(fs::is_directory(root_ / hierarchy / "tern-jobs")) << hierarchy;
+    expected.push_back((root_ / hierarchy / "tern-jobs/cgroup.procs").string());
+  }
+  EXPECT_EQ(cgroup->ProcsFiles(), expected) << "cpu first, then the tracked hierarchies";
+  EXPECT_EQ(cgroup->Describe(),
+            "v1 cpu:/tern-jobs cpuacct:/tern-jobs memory:/tern-jobs cgroup2:/tern-jobs "
+            "name=systemd:/tern-jobs pids:/tern-jobs");
+  // Restored jobs land there too: per controller, and the default root for the named and
+  // cgroup2 hierarchies (criu takes no "name=systemd:" prefix).
+  EXPECT_EQ(cgroup->CriuRoots(),
+            (std::vector<std::string>{"cpu:/tern-jobs", "cpuacct:/tern-jobs", "memory:/tern-jobs",
+                                      "pids:/tern-jobs", "/tern-jobs"}));
+  // Opening again (the agent's restart) finds what the first start made.
+  auto again = NodeCgroup::Open("/tern-jobs", mounts, self, true);
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->ProcsFiles(), expected);
+}
+
+TEST_F(FakeHierarchyTest, CreatedCgroupOnV2IsOneDirectoryAtTheTop) {
+  const std::string self = "0::/system.slice/ternd.service\n";
+  auto cgroup = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v2"), self, true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  EXPECT_EQ(cgroup->version(), 2);
+  EXPECT_EQ(cgroup->ProcsFiles(),
+            std::vector<std::string>{(root_ / "tern-jobs/cgroup.procs").string()});
+  EXPECT_EQ(cgroup->CriuRoots(), std::vector<std::string>{"/tern-jobs"});
+}
+
+TEST_F(FakeHierarchyTest, CreatingARelativeCgroupIsRefused) {
+  // It would sit inside the agent's own cgroup, which systemd stops with the agent.
+  auto relative = NodeCgroup::Open("tern-jobs", Mounts("mounts_v2"), "0::/system.slice/x\n", true);
+  ASSERT_FALSE(relative);
+  EXPECT_NE(relative.error().message.find("must start with '/'"), std::string::npos)
+      << relative.error().message;
+  EXPECT_FALSE(fs::exists(root_ / "system.slice"));
+}
+
 TEST(ProcParseTest, StatIoStatm) {
   auto stat = ParseProcStat(Fixture("proc_stat"));
   ASSERT_TRUE(stat) << stat.error().message;
