@@ -202,8 +202,9 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
     }
     return std::nullopt;
   };
+  // `controller`: a v1 controller hierarchy, which a created cgroup may leave as it is.
   auto add = [&](const std::string& controllers, const std::string& mount_path,
-                 const std::string& base) -> Expected<void> {
+                 const std::string& base, bool controller = false) -> Expected<void> {
     Dir dir;
     dir.controllers = controllers;
     dir.path = name.front() == '/' ? name : JoinPath(base, name);
@@ -214,6 +215,13 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
     std::error_code error;
     if (create && !std::filesystem::is_directory(dir.dir, error)) {
       std::filesystem::create_directories(dir.dir, error);
+      if (error && controller && !base.empty()) {
+        dir.placed = false;
+        dir.path = base;
+        dir.dir = JoinPath(mount_path, base);
+        cgroup.dirs_.push_back(std::move(dir));
+        return {};
+      }
       if (error) return Fail("cannot create cgroup " + dir.dir + ": " + error.message());
     }
     if (!std::filesystem::is_directory(dir.dir, error)) {
@@ -232,7 +240,7 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
       }
       const auto base = own_path(controller);
       if (!base) return Fail("this process is in no " + controller + " cgroup (/proc/self/cgroup)");
-      if (auto added = add(base->first, mount->path, base->second); !added) {
+      if (auto added = add(base->first, mount->path, base->second, true); !added) {
         return Unexpected<Error>{added.error()};
       }
     }
@@ -241,19 +249,23 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
     // limits tasks by (pids). The name is absolute, so no own path is needed.
     for (const auto& mount : mounts) {
       std::string key;
+      std::string base;
       if (mount.v2) {
         key = "";
       } else if (mount.name == "systemd") {
         key = "name=systemd";
       } else if (std::find(mount.controllers.begin(), mount.controllers.end(), "pids") !=
                  mount.controllers.end()) {
-        const auto base = own_path("pids");
-        if (!base) continue;
-        key = base->first;
+        const auto own_pids = own_path("pids");
+        if (!own_pids) continue;
+        key = own_pids->first;
+        base = own_pids->second;
       } else {
         continue;
       }
-      if (auto added = add(key, mount.path, "/"); !added) return Unexpected<Error>{added.error()};
+      if (auto added = add(key, mount.path, base, !base.empty()); !added) {
+        return Unexpected<Error>{added.error()};
+      }
     }
     return cgroup;
   }
@@ -271,6 +283,7 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
 
 const NodeCgroup::Dir* NodeCgroup::Find(std::string_view controller) const {
   for (const auto& dir : dirs_) {
+    if (!dir.placed) continue;
     if (version_ == 2) return &dir;
     const auto list = Split(dir.controllers, ',');
     if (std::find(list.begin(), list.end(), controller) != list.end()) return &dir;
@@ -296,6 +309,7 @@ std::optional<double> NodeCgroup::CpuSeconds() const {
   }
   // cpuacct may share the cpu hierarchy's directory.
   for (const auto& dir : dirs_) {
+    if (!dir.placed) continue;
     const auto nanoseconds = ParseCount(ReadSmallFile(dir.dir + "/cpuacct.usage"));
     if (nanoseconds) return static_cast<double>(*nanoseconds) / 1e9;
   }
@@ -321,7 +335,9 @@ std::optional<std::uint64_t> NodeCgroup::MemoryUsage() const {
 
 std::vector<std::string> NodeCgroup::ProcsFiles() const {
   std::vector<std::string> files;
-  for (const auto& dir : dirs_) files.push_back(dir.dir + "/cgroup.procs");
+  for (const auto& dir : dirs_) {
+    if (dir.placed) files.push_back(dir.dir + "/cgroup.procs");
+  }
   return files;
 }
 
@@ -370,7 +386,7 @@ std::string NodeCgroup::Describe() const {
   for (const auto& dir : dirs_) {
     const std::string key =
         dir.controllers.empty() ? (version_ == 1 ? "cgroup2:" : "") : dir.controllers + ":";
-    text += " " + key + dir.path;
+    text += " " + key + (dir.placed ? dir.path : "(left at " + dir.path + ")");
   }
   return text;
 }

@@ -13,7 +13,10 @@
 // With `create` (an installed node's `[node] cgroup_create`) the name must be absolute: Open()
 // makes the directory where it is missing, and in cgroup v1 also uses the `pids` hierarchy,
 // systemd's own `name=systemd` one and a hybrid system's cgroup2 mount, so that a placed job
-// is outside the agent's service in every hierarchy systemd tracks or limits units by.
+// is outside the agent's service in every hierarchy systemd tracks or limits units by. A
+// controller hierarchy (cpu, cpuacct, memory, pids) where the directory cannot be made is
+// left as it is (jobs stay in the agent's cgroup there and its figures are not read); the
+// tracked ones (name=systemd, cgroup2) must succeed.
 //
 // Thread-safety: a value; its methods only read files (and Place writes one) and may be called
 // from any thread.
@@ -89,6 +92,9 @@ class NodeCgroup {
     std::string controllers;  // as in /proc/PID/cgroup ("cpu", "cpu,cpuacct"; "" for v2)
     std::string path;         // within the hierarchy
     std::string dir;          // on the file system
+    // False: a v1 controller hierarchy where the created cgroup could not be made (mounted
+    // read-only, as systemd-nspawn does): jobs stay in the agent's cgroup there (`path`).
+    bool placed = true;
   };
   const Dir* Find(std::string_view controller) const;
 

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -173,6 +174,38 @@ TEST_F(FakeHierarchyTest, CreatedCgroupLeavesTheServiceInEveryTrackedHierarchy) 
   auto again = NodeCgroup::Open("/tern-jobs", mounts, self, true);
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->ProcsFiles(), expected);
+}
+
+// systemd-nspawn mounts v1 controller hierarchies read-only: the job leaves the service where
+// systemd tracks it (name=systemd, cgroup2) and stays in the agent's cgroup in the others.
+TEST_F(FakeHierarchyTest, CreatedCgroupLeavesAnUnwritableControllerHierarchyAsItIs) {
+  const std::string self =
+      "9:name=systemd:/system.slice/ternd.service\n4:memory:/svc\n2:cpuacct:/svc\n1:cpu:/svc\n"
+      "0::/system.slice/ternd.service\n";
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory"}) {
+    fs::create_directories(root_ / hierarchy / "svc");
+  }
+  Write(root_ / "cpu/svc/cpu.cfs_quota_us", "50000\n");
+  Write(root_ / "cpu/svc/cpu.cfs_period_us", "100000\n");
+  Write(root_ / "cpu/tern-jobs", "not a directory: stands for a read-only mount\n");
+  auto cgroup = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v1"), self, true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  const auto files = cgroup->ProcsFiles();
+  EXPECT_EQ(std::count(files.begin(), files.end(), (root_ / "cpu/svc/cgroup.procs").string()), 0)
+      << "no job is placed where it already is";
+  EXPECT_EQ(files.size(), 4u) << "cpuacct, memory, cgroup2, name=systemd";
+  EXPECT_DOUBLE_EQ(cgroup->CpuQuota(), 0.0) << "the agent's own quota is not the node's";
+  EXPECT_EQ(cgroup->CriuRoots(), (std::vector<std::string>{"cpu:/svc", "cpuacct:/tern-jobs",
+                                                           "memory:/tern-jobs", "/tern-jobs"}));
+  EXPECT_NE(cgroup->Describe().find("cpu:(left at /svc)"), std::string::npos) << cgroup->Describe();
+  // Where systemd tracks the unit there is no such way out.
+  fs::remove_all(root_ / "systemd/tern-jobs");
+  Write(root_ / "systemd/tern-jobs", "x\n");
+  fs::remove(root_ / "cpu/tern-jobs");
+  auto refused = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v1"), self, true);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("cannot create cgroup"), std::string::npos)
+      << refused.error().message;
 }
 
 TEST_F(FakeHierarchyTest, CreatedCgroupOnV2IsOneDirectoryAtTheTop) {
