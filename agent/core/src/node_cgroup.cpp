@@ -246,7 +246,7 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
     }
     if (!create) return cgroup;
     // Out of the service in the hierarchies systemd kills (name=systemd, or hybrid cgroup2) and
-    // limits tasks by (pids). The name is absolute, so no own path is needed.
+    // limits tasks by (pids, where the agent's own path is the fallback of a read-only mount).
     for (const auto& mount : mounts) {
       std::string key;
       std::string base;
