@@ -57,7 +57,7 @@ Expected<void> Agent::Start() {
     }
   }
   if (!config_.cgroup.empty()) {
-    auto cgroup = NodeCgroup::Open(config_.cgroup);
+    auto cgroup = NodeCgroup::Open(config_.cgroup, config_.cgroup_create);
     if (cgroup) {
       node_cgroup_ = std::make_unique<NodeCgroup>(std::move(*cgroup));
       job_options.cgroup_procs = node_cgroup_->ProcsFiles();
@@ -184,10 +184,11 @@ Expected<void> Agent::Start() {
     if (node_cgroup_) {
       cgroup["detail"] = node_cgroup_->Describe();
     } else {
-      cgroup["detail"] = config_.cgroup.empty()
-                             ? "none configured ([node] cgroup)"
-                             : "'" + config_.cgroup + "' unusable: " +
-                                   NodeCgroup::Open(config_.cgroup).error().message;
+      cgroup["detail"] =
+          config_.cgroup.empty()
+              ? "none configured ([node] cgroup)"
+              : "'" + config_.cgroup + "' unusable: " +
+                    NodeCgroup::Open(config_.cgroup, config_.cgroup_create).error().message;
     }
     api_->SetMeasurement(
         {{"taskstats", {{"ok", job_usage_->taskstats()}, {"detail", job_usage_->source()}}},

@@ -192,6 +192,7 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("node", "state_dir", config.state_dir);
   reader.String("node", "run_dir", config.run_dir);
   reader.String("node", "cgroup", config.cgroup);
+  reader.Bool("node", "cgroup_create", config.cgroup_create);
   reader.String("api", "unix_socket", config.api_unix_socket);
   reader.String("api", "listen", config.api_listen);
   reader.String("api", "tokens_file", config.api_tokens_file);
@@ -246,6 +247,11 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   }
   if (config.cgroup.find("..") != std::string::npos) {
     return Fail(origin + ": [node] cgroup must not contain '..'");
+  }
+  if (config.cgroup_create && (config.cgroup.empty() || config.cgroup.front() != '/')) {
+    return Fail(origin +
+                ": [node] cgroup_create needs an absolute [node] cgroup (\"/tern-jobs\"): a "
+                "relative one would be inside the agent's own cgroup");
   }
   if (config.api_max_connections == 0) {
     return Fail(origin + ": [api] max_connections must be at least 1");

@@ -86,6 +86,10 @@ std::vector<CgroupMount> ParseCgroupMounts(std::string_view mounts) {
                                              "nodev",   "noexec", "relatime",
                                              "noatime", "xattr",  "clone_children"};
         if (std::find(std::begin(kFlags), std::end(kFlags), option) != std::end(kFlags)) continue;
+        if (option.rfind("name=", 0) == 0) {
+          mount.name = option.substr(5);
+          continue;
+        }
         if (option.find('=') != std::string::npos) continue;
         mount.controllers.push_back(option);
       }
@@ -161,18 +165,24 @@ Expected<double> ParseCpuStatUsage(std::string_view text) {
   return Fail("cpu.stat has no usage_usec");
 }
 
-Expected<NodeCgroup> NodeCgroup::Open(const std::string& name) {
-  return Open(name, ReadSmallFile("/proc/self/mounts"), ReadSmallFile("/proc/self/cgroup"));
+Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, bool create) {
+  return Open(name, ReadSmallFile("/proc/self/mounts"), ReadSmallFile("/proc/self/cgroup"), create);
 }
 
 Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view mounts_text,
-                                      std::string_view self_cgroup) {
+                                      std::string_view self_cgroup, bool create) {
   if (name.empty()) return Fail("no cgroup named");
   if (name.find("..") != std::string::npos) return Fail("cgroup '" + name + "' contains '..'");
+  // A relative cgroup would be created inside the agent's own (its service's), which is what
+  // creating one is meant to leave.
+  if (create && name.front() != '/') {
+    return Fail("cgroup '" + name + "' must start with '/' to be created outside the agent's");
+  }
   const auto mounts = ParseCgroupMounts(mounts_text);
   const auto own = ParseProcCgroup(self_cgroup);
   NodeCgroup cgroup;
   cgroup.name_ = name;
+  cgroup.created_ = create;
   auto v1_mount = [&](const std::string& controller) -> const CgroupMount* {
     for (const auto& mount : mounts) {
       if (mount.v2) continue;
@@ -192,8 +202,9 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
     }
     return std::nullopt;
   };
+  // `controller`: a v1 controller hierarchy, which a created cgroup may leave as it is.
   auto add = [&](const std::string& controllers, const std::string& mount_path,
-                 const std::string& base) -> Expected<void> {
+                 const std::string& base, bool controller = false) -> Expected<void> {
     Dir dir;
     dir.controllers = controllers;
     dir.path = name.front() == '/' ? name : JoinPath(base, name);
@@ -202,6 +213,17 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
       if (known.dir == dir.dir) return {};  // co-mounted controllers share one directory
     }
     std::error_code error;
+    if (create && !std::filesystem::is_directory(dir.dir, error)) {
+      std::filesystem::create_directories(dir.dir, error);
+      if (error && controller && !base.empty()) {
+        dir.placed = false;
+        dir.path = base;
+        dir.dir = JoinPath(mount_path, base);
+        cgroup.dirs_.push_back(std::move(dir));
+        return {};
+      }
+      if (error) return Fail("cannot create cgroup " + dir.dir + ": " + error.message());
+    }
     if (!std::filesystem::is_directory(dir.dir, error)) {
       return Fail("cgroup " + dir.dir + " does not exist (create it, or fix [node] cgroup)");
     }
@@ -218,7 +240,32 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
       }
       const auto base = own_path(controller);
       if (!base) return Fail("this process is in no " + controller + " cgroup (/proc/self/cgroup)");
-      if (auto added = add(base->first, mount->path, base->second); !added) return Unexpected<Error>{added.error()};
+      if (auto added = add(base->first, mount->path, base->second, true); !added) {
+        return Unexpected<Error>{added.error()};
+      }
+    }
+    if (!create) return cgroup;
+    // Out of the service in the hierarchies systemd kills (name=systemd, or hybrid cgroup2) and
+    // limits tasks by (pids, where the agent's own path is the fallback of a read-only mount).
+    for (const auto& mount : mounts) {
+      std::string key;
+      std::string base;
+      if (mount.v2) {
+        key = "";
+      } else if (mount.name == "systemd") {
+        key = "name=systemd";
+      } else if (std::find(mount.controllers.begin(), mount.controllers.end(), "pids") !=
+                 mount.controllers.end()) {
+        const auto own_pids = own_path("pids");
+        if (!own_pids) continue;
+        key = own_pids->first;
+        base = own_pids->second;
+      } else {
+        continue;
+      }
+      if (auto added = add(key, mount.path, base, !base.empty()); !added) {
+        return Unexpected<Error>{added.error()};
+      }
     }
     return cgroup;
   }
@@ -236,6 +283,7 @@ Expected<NodeCgroup> NodeCgroup::Open(const std::string& name, std::string_view 
 
 const NodeCgroup::Dir* NodeCgroup::Find(std::string_view controller) const {
   for (const auto& dir : dirs_) {
+    if (!dir.placed) continue;
     if (version_ == 2) return &dir;
     const auto list = Split(dir.controllers, ',');
     if (std::find(list.begin(), list.end(), controller) != list.end()) return &dir;
@@ -261,6 +309,7 @@ std::optional<double> NodeCgroup::CpuSeconds() const {
   }
   // cpuacct may share the cpu hierarchy's directory.
   for (const auto& dir : dirs_) {
+    if (!dir.placed) continue;
     const auto nanoseconds = ParseCount(ReadSmallFile(dir.dir + "/cpuacct.usage"));
     if (nanoseconds) return static_cast<double>(*nanoseconds) / 1e9;
   }
@@ -286,7 +335,9 @@ std::optional<std::uint64_t> NodeCgroup::MemoryUsage() const {
 
 std::vector<std::string> NodeCgroup::ProcsFiles() const {
   std::vector<std::string> files;
-  for (const auto& dir : dirs_) files.push_back(dir.dir + "/cgroup.procs");
+  for (const auto& dir : dirs_) {
+    if (dir.placed) files.push_back(dir.dir + "/cgroup.procs");
+  }
   return files;
 }
 
@@ -320,16 +371,22 @@ bool NodeCgroup::Holds(pid_t pid) const {
 std::vector<std::string> NodeCgroup::CriuRoots() const {
   std::vector<std::string> roots;
   for (const auto& dir : dirs_) {
-    roots.push_back(version_ == 2 ? dir.path
-                                  : Split(dir.controllers, ',').front() + ":" + dir.path);
+    if (version_ == 2) {
+      roots.push_back(dir.path);
+    } else if (!dir.controllers.empty() && dir.controllers.find('=') == std::string::npos) {
+      roots.push_back(Split(dir.controllers, ',').front() + ":" + dir.path);
+    }
   }
+  if (created_ && version_ == 1) roots.push_back(name_);
   return roots;
 }
 
 std::string NodeCgroup::Describe() const {
   std::string text = "v" + std::to_string(version_);
   for (const auto& dir : dirs_) {
-    text += " " + (dir.controllers.empty() ? std::string() : dir.controllers + ":") + dir.path;
+    const std::string key =
+        dir.controllers.empty() ? (version_ == 1 ? "cgroup2:" : "") : dir.controllers + ":";
+    text += " " + key + (dir.placed ? dir.path : "(left at " + dir.path + ")");
   }
   return text;
 }

@@ -10,6 +10,14 @@
 // never fail: a figure that cannot be read is 0 / nullopt. The parsers below take file
 // contents and reject malformed text with an Error.
 //
+// With `create` (an installed node's `[node] cgroup_create`) the name must be absolute: Open()
+// makes the directory where it is missing, and in cgroup v1 also uses the `pids` hierarchy,
+// systemd's own `name=systemd` one and a hybrid system's cgroup2 mount, so that a placed job
+// is outside the agent's service in every hierarchy systemd tracks or limits units by. A
+// controller hierarchy (cpu, cpuacct, memory, pids) where the directory cannot be made is
+// left as it is (jobs stay in the agent's cgroup there and its figures are not read); the
+// tracked ones (name=systemd, cgroup2) must succeed.
+//
 // Thread-safety: a value; its methods only read files (and Place writes one) and may be called
 // from any thread.
 #pragma once
@@ -30,6 +38,7 @@ struct CgroupMount {
   std::string path;                      // where it is mounted
   bool v2 = false;                       // cgroup2
   std::vector<std::string> controllers;  // v1: from the mount options (cpu, cpuacct, ...)
+  std::string name;                      // v1 named hierarchy: "systemd" for name=systemd
 };
 
 // /proc/self/mounts (or /proc/mounts) text: the cgroup and cgroup2 mounts in it.
@@ -51,10 +60,10 @@ Expected<double> ParseCpuStatUsage(std::string_view text);
 class NodeCgroup {
  public:
   // Reads /proc/self/mounts and /proc/self/cgroup.
-  static Expected<NodeCgroup> Open(const std::string& name);
+  static Expected<NodeCgroup> Open(const std::string& name, bool create = false);
   // The same from given file contents (tests: mounts that point at a scratch directory).
   static Expected<NodeCgroup> Open(const std::string& name, std::string_view mounts,
-                                   std::string_view self_cgroup);
+                                   std::string_view self_cgroup, bool create = false);
 
   int version() const { return version_; }
   const std::string& name() const { return name_; }
@@ -72,7 +81,8 @@ class NodeCgroup {
   // Whether /proc/PID/cgroup says `pid` is in it (in its cpu hierarchy, or v2's).
   bool Holds(pid_t pid) const;
   // `criu restore --cgroup-root` values that put a restored tree in this cgroup:
-  // "cpu:/path" per v1 hierarchy, "/path" for v2.
+  // "cpu:/path" per v1 controller hierarchy, "/path" for v2. A created cgroup adds "/path" as
+  // the default root, which also covers name=systemd and a hybrid system's cgroup2.
   std::vector<std::string> CriuRoots() const;
   // "v1 cpu:/x memory:/y/x" — for logs and `tern doctor`.
   std::string Describe() const;
@@ -82,10 +92,14 @@ class NodeCgroup {
     std::string controllers;  // as in /proc/PID/cgroup ("cpu", "cpu,cpuacct"; "" for v2)
     std::string path;         // within the hierarchy
     std::string dir;          // on the file system
+    // False: a v1 controller hierarchy where the created cgroup could not be made (mounted
+    // read-only, as systemd-nspawn does): jobs stay in the agent's cgroup there (`path`).
+    bool placed = true;
   };
   const Dir* Find(std::string_view controller) const;
 
   int version_ = 0;
+  bool created_ = false;  // Open(..., create = true)
   std::string name_;
   std::vector<Dir> dirs_;  // v1: cpu first; v2: one
 };

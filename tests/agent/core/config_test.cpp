@@ -125,6 +125,22 @@ TEST(ConfigTest, CgroupThatClimbsOutIsRefused) {
   EXPECT_NE(config.error().message.find("[node] cgroup"), std::string::npos);
 }
 
+TEST(ConfigTest, CreatedCgroupMustBeAbsolute) {
+  auto config = ParseConfig("[node]\ncgroup = \"/tern-jobs\"\ncgroup_create = true\n", "t.toml");
+  ASSERT_TRUE(config) << config.error().message;
+  EXPECT_TRUE(config->cgroup_create);
+  EXPECT_EQ(config->cgroup, "/tern-jobs");
+  EXPECT_FALSE(ParseConfig("[node]\ncgroup = \"x\"\n", "t.toml")->cgroup_create)
+      << "off by default";
+  for (const char* text : {"[node]\ncgroup = \"tern-jobs\"\ncgroup_create = true\n",
+                           "[node]\ncgroup_create = true\n"}) {
+    auto refused = ParseConfig(text, "t.toml");
+    ASSERT_FALSE(refused) << text;
+    EXPECT_NE(refused.error().message.find("cgroup_create needs an absolute"), std::string::npos)
+        << refused.error().message;
+  }
+}
+
 TEST(ConfigTest, WrongTypeNamesFileSectionAndKey) {
   auto config = ParseConfig("[cluster]\nheartbeat_ms = \"fast\"\n", "/etc/tern/ternd.toml");
   ASSERT_FALSE(config);

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -136,6 +137,94 @@ TEST_F(FakeHierarchyTest, MissingDirectoryOrEscapeIsAClearError) {
       << missing.error().message;
   EXPECT_FALSE(NodeCgroup::Open("../up", Mounts("mounts_v1"), Fixture("self_cgroup_v1")));
   EXPECT_FALSE(NodeCgroup::Open("x", "", ""));
+}
+
+// An installed node ([node] cgroup = "/tern-jobs", cgroup_create = true) under systemd on a
+// hybrid v1 system: the agent runs in /system.slice/ternd.service everywhere; its jobs must be
+// placed at the top of every hierarchy systemd kills or limits the unit by, created if missing.
+TEST_F(FakeHierarchyTest, CreatedCgroupLeavesTheServiceInEveryTrackedHierarchy) {
+  const std::string mounts = Mounts("mounts_v1") + "cgroup " + (root_ / "pids").string() +
+                             " cgroup rw,nosuid,nodev,noexec,relatime,pids 0 0\n";
+  const std::string self =
+      "9:name=systemd:/system.slice/ternd.service\n8:pids:/system.slice/ternd.service\n"
+      "4:memory:/system.slice/ternd.service\n2:cpuacct:/system.slice/ternd.service\n"
+      "1:cpu:/system.slice/ternd.service\n0::/system.slice/ternd.service\n";
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory", "pids", "systemd", "unified"}) {
+    fs::create_directories(root_ / hierarchy / "system.slice/ternd.service");
+  }
+  EXPECT_FALSE(NodeCgroup::Open("/tern-jobs", mounts, self)) << "not created without create";
+  auto cgroup = NodeCgroup::Open("/tern-jobs", mounts, self, /*create=*/true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  EXPECT_EQ(cgroup->version(), 1);
+  std::vector<std::string> expected;
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory", "unified", "systemd", "pids"}) {
+    EXPECT_TRUE(fs::is_directory(root_ / hierarchy / "tern-jobs")) << hierarchy;
+    expected.push_back((root_ / hierarchy / "tern-jobs/cgroup.procs").string());
+  }
+  EXPECT_EQ(cgroup->ProcsFiles(), expected) << "cpu first, then the tracked hierarchies";
+  EXPECT_EQ(cgroup->Describe(),
+            "v1 cpu:/tern-jobs cpuacct:/tern-jobs memory:/tern-jobs cgroup2:/tern-jobs "
+            "name=systemd:/tern-jobs pids:/tern-jobs");
+  // Restored jobs land there too: per controller, and the default root for the named and
+  // cgroup2 hierarchies (criu takes no "name=systemd:" prefix).
+  EXPECT_EQ(cgroup->CriuRoots(),
+            (std::vector<std::string>{"cpu:/tern-jobs", "cpuacct:/tern-jobs", "memory:/tern-jobs",
+                                      "pids:/tern-jobs", "/tern-jobs"}));
+  // Opening again (the agent's restart) finds what the first start made.
+  auto again = NodeCgroup::Open("/tern-jobs", mounts, self, true);
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->ProcsFiles(), expected);
+}
+
+// systemd-nspawn mounts v1 controller hierarchies read-only: the job leaves the service where
+// systemd tracks it (name=systemd, cgroup2) and stays in the agent's cgroup in the others.
+TEST_F(FakeHierarchyTest, CreatedCgroupLeavesAnUnwritableControllerHierarchyAsItIs) {
+  const std::string self =
+      "9:name=systemd:/system.slice/ternd.service\n4:memory:/svc\n2:cpuacct:/svc\n1:cpu:/svc\n"
+      "0::/system.slice/ternd.service\n";
+  for (const char* hierarchy : {"cpu", "cpuacct", "memory"}) {
+    fs::create_directories(root_ / hierarchy / "svc");
+  }
+  Write(root_ / "cpu/svc/cpu.cfs_quota_us", "50000\n");
+  Write(root_ / "cpu/svc/cpu.cfs_period_us", "100000\n");
+  Write(root_ / "cpu/tern-jobs", "not a directory: stands for a read-only mount\n");
+  auto cgroup = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v1"), self, true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  const auto files = cgroup->ProcsFiles();
+  EXPECT_EQ(std::count(files.begin(), files.end(), (root_ / "cpu/svc/cgroup.procs").string()), 0)
+      << "no job is placed where it already is";
+  EXPECT_EQ(files.size(), 4u) << "cpuacct, memory, cgroup2, name=systemd";
+  EXPECT_DOUBLE_EQ(cgroup->CpuQuota(), 0.0) << "the agent's own quota is not the node's";
+  EXPECT_EQ(cgroup->CriuRoots(), (std::vector<std::string>{"cpu:/svc", "cpuacct:/tern-jobs",
+                                                           "memory:/tern-jobs", "/tern-jobs"}));
+  EXPECT_NE(cgroup->Describe().find("cpu:(left at /svc)"), std::string::npos) << cgroup->Describe();
+  // Where systemd tracks the unit there is no such way out.
+  fs::remove_all(root_ / "systemd/tern-jobs");
+  Write(root_ / "systemd/tern-jobs", "x\n");
+  fs::remove(root_ / "cpu/tern-jobs");
+  auto refused = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v1"), self, true);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("cannot create cgroup"), std::string::npos)
+      << refused.error().message;
+}
+
+TEST_F(FakeHierarchyTest, CreatedCgroupOnV2IsOneDirectoryAtTheTop) {
+  const std::string self = "0::/system.slice/ternd.service\n";
+  auto cgroup = NodeCgroup::Open("/tern-jobs", Mounts("mounts_v2"), self, true);
+  ASSERT_TRUE(cgroup) << cgroup.error().message;
+  EXPECT_EQ(cgroup->version(), 2);
+  EXPECT_EQ(cgroup->ProcsFiles(),
+            std::vector<std::string>{(root_ / "tern-jobs/cgroup.procs").string()});
+  EXPECT_EQ(cgroup->CriuRoots(), std::vector<std::string>{"/tern-jobs"});
+}
+
+TEST_F(FakeHierarchyTest, CreatingARelativeCgroupIsRefused) {
+  // It would sit inside the agent's own cgroup, which systemd stops with the agent.
+  auto relative = NodeCgroup::Open("tern-jobs", Mounts("mounts_v2"), "0::/system.slice/x\n", true);
+  ASSERT_FALSE(relative);
+  EXPECT_NE(relative.error().message.find("must start with '/'"), std::string::npos)
+      << relative.error().message;
+  EXPECT_FALSE(fs::exists(root_ / "system.slice"));
 }
 
 TEST(ProcParseTest, StatIoStatm) {

@@ -25,6 +25,9 @@ struct AgentConfig {
   // it. A path from each hierarchy's root ("/tern-node1") or, without the leading '/', relative
   // to the agent's own cgroup. Empty: none (host-wide figures).
   std::string cgroup;
+  // The agent creates `cgroup` (which must then be absolute) and places jobs in it in every
+  // hierarchy systemd tracks units by, so that stopping the agent's service cannot stop them.
+  bool cgroup_create = false;
   // [api]
   std::string api_unix_socket = "/run/tern/ternd.sock";
   // TCP API: off by default. Every TCP request needs a bearer token from `api_tokens_file`;
