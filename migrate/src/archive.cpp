@@ -254,7 +254,9 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
   UniqueFd parent_fd;
   auto unpacked = ForEachEntry(archive, [&](const ArchiveEntry& entry) -> Expected<void> {
     const fs::path path(entry.relative);
-    if (entry.relative.empty() || path.is_absolute() || !path.has_filename() ||
+    // A NUL would end the name for the kernel after the checks below saw the whole string.
+    if (entry.relative.empty() || entry.relative.find('\0') != std::string::npos ||
+        path.is_absolute() || !path.has_filename() ||
         std::any_of(path.begin(), path.end(),
                     [](const fs::path& part) { return part == ".." || part == "."; })) {
       return Fail("archive holds an unsafe path: " + entry.relative);
@@ -268,6 +270,9 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
     }
     const std::string name = path.filename().string();
     if ((entry.mode & S_IFMT) == S_IFLNK) {
+      if (entry.bytes.find('\0') != std::string_view::npos) {
+        return Fail("archive holds a symlink whose target has a NUL: " + entry.relative);
+      }
       return WriteLink(parent_fd.get(), name, std::string(entry.bytes), entry.relative, uid, gid);
     }
     if (auto done = WriteFile(parent_fd.get(), name, entry, uid, gid); !done) return done;

@@ -76,6 +76,12 @@ TEST(ArchiveTest, RefusesPathsOutsideTheDestinationAndTruncation) {
   EXPECT_FALSE(UnpackDirectory(entry("/etc/passwd-tern"), dir));
   EXPECT_FALSE(UnpackDirectory(entry("ok").substr(0, 9), dir));
   EXPECT_FALSE(fs::exists(fs::path(dir).parent_path() / "escape"));
+  // A NUL ends the name for the kernel: "..\0x/escaped" is "../escaped" to openat, though no
+  // component of it compares equal to "..". Found by the archive fuzzer.
+  const std::string escaped = "tern-archive-nul-" + std::to_string(getpid());
+  EXPECT_FALSE(UnpackDirectory(entry(std::string("..\0x/", 5) + escaped), dir));
+  EXPECT_FALSE(fs::exists(fs::path(dir).parent_path() / escaped));
+  fs::remove(fs::path(dir).parent_path() / escaped);
   fs::remove_all(dir);
 }
 
