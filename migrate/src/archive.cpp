@@ -176,6 +176,21 @@ Expected<void> ForEachEntry(const std::string& archive, Visit visit) {
 
 namespace {
 
+// `name` as it can go into a message: bytes outside printable ASCII as \xNN (an archive's names
+// are the job's user's choice, NULs and terminal escapes included).
+std::string Printable(std::string_view name) {
+  std::string out;
+  for (const unsigned char c : name.substr(0, 256)) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      constexpr char kHex[] = "0123456789abcdef";
+      out += {'\\', 'x', kHex[c >> 4], kHex[c & 15]};
+    }
+  }
+  return out;
+}
+
 // Opens (creating what is missing) the directory `relative` below `root` one component at a
 // time with O_NOFOLLOW: a symlink or a non-directory in the way is refused, never followed.
 Expected<UniqueFd> MakeDirectoriesBeneath(int root, const fs::path& relative, uid_t uid,
@@ -259,7 +274,7 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
         path.is_absolute() || !path.has_filename() ||
         std::any_of(path.begin(), path.end(),
                     [](const fs::path& part) { return part == ".." || part == "."; })) {
-      return Fail("archive holds an unsafe path: " + entry.relative);
+      return Fail("archive holds an unsafe path: " + Printable(entry.relative));
     }
     if (skip.count(entry.relative) != 0) return {};
     if (!parent_fd.valid() || path.parent_path() != parent_path) {
@@ -271,7 +286,7 @@ Expected<std::uint64_t> UnpackDirectory(const std::string& archive, const std::s
     const std::string name = path.filename().string();
     if ((entry.mode & S_IFMT) == S_IFLNK) {
       if (entry.bytes.find('\0') != std::string_view::npos) {
-        return Fail("archive holds a symlink whose target has a NUL: " + entry.relative);
+        return Fail("archive holds a symlink whose target has a NUL: " + Printable(entry.relative));
       }
       return WriteLink(parent_fd.get(), name, std::string(entry.bytes), entry.relative, uid, gid);
     }
