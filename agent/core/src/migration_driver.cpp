@@ -238,7 +238,7 @@ struct MigrationDriver::Outgoing {
 struct MigrationDriver::Incoming {
   std::string id;
   jobs::JobRecord job;
-  std::string source;
+  std::string source;  // the call's via: "peer NODE"
   std::string images;
   migrate::BackgroundProcess page_server;
   std::uint16_t page_server_port = 0;     // pre-copy: where page_server listens once started
@@ -843,7 +843,7 @@ void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
   const std::string gone = cluster_.NameOf(node_id);
   std::vector<std::string> parked;  // criu waiting for images that may never come
   for (const auto& [mid, incoming] : incoming_) {
-    if (incoming->restored_pid != 0 || incoming->source_node != gone) continue;
+    if (incoming->restored_pid != 0 || incoming->source != "peer " + gone) continue;
     if (incoming->busy) {
       spdlog::warn("migration {}: source {} stopped answering during the restore: dropping it", mid,
                    gone);
