@@ -131,9 +131,11 @@ std::uint64_t ReadBigEndian(std::string_view in, int bytes) {
 
 // ---------------------------------------------------------------- requests
 
-std::string PrepareBody(const PrepareRequest& request) {
+}  // namespace
+
+json OutsideFilesJson(const std::vector<OutsideFile>& files) {
   json outside = json::array();
-  for (const auto& file : request.outside) {
+  for (const auto& file : files) {
     outside.push_back({{"path", file.path},
                        {"size", file.size},
                        {"uid", file.uid},
@@ -141,6 +143,13 @@ std::string PrepareBody(const PrepareRequest& request) {
                        {"mode", file.mode},
                        {"sha256", file.sha256}});
   }
+  return outside;
+}
+
+namespace {
+
+std::string PrepareBody(const PrepareRequest& request) {
+  json outside = OutsideFilesJson(request.outside);
   json job = json::parse(request.job, nullptr, false);
   json body = {{"id", request.id},
                {"lazy_source", EndpointJson(request.lazy_source)},

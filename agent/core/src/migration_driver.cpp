@@ -34,6 +34,7 @@
 #include <tern/migrate/image_dir.hpp>
 #include <tern/migrate/migration.hpp>
 #include <tern/migrate/preflight.hpp>
+#include <tern/migrate/protocol_codec.hpp>
 #include <tern/migrate/remove_tree.hpp>
 #include <tern/migrate/subprocess.hpp>
 #include <thread>
@@ -533,15 +534,7 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
                               " open; closed for the move (calls go through the agents)"}});
         }
         migration->job.rss_bytes = scan.rss_bytes;
-        json outside = json::array();
-        for (const auto& file : scan.outside) {
-          outside.push_back({{"path", file.path},
-                             {"size", file.size},
-                             {"uid", file.uid},
-                             {"gid", file.gid},
-                             {"mode", file.mode},
-                             {"sha256", file.sha256}});
-        }
+        json outside = migrate::OutsideFilesJson(scan.outside);
         migration->checks.push_back(
             {{"check", "files outside the job directory"},
              {"ok", true},

@@ -12,9 +12,11 @@
 #pragma once
 
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <tern/expected.hpp>
+#include <vector>
 
 #include "tern/migrate/protocol_messages.hpp"
 
@@ -45,6 +47,10 @@ struct WireAnswer {
   std::string content_type = "application/json";
   std::string body;
 };
+
+// The prepare body's "outside" list: the agent's driver builds its prepare with it too, so the
+// bytes are the codec's before the driver speaks in messages.
+nlohmann::json OutsideFilesJson(const std::vector<OutsideFile>& files);
 
 WireCall Encode(const Request& request);
 Expected<Request> DecodeRequest(std::string_view method, std::string_view target,
