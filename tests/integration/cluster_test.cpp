@@ -261,6 +261,12 @@ class ClusterTest : public ::testing::Test {
               Tail(ReadFile(RogueDir() + "/ternd.log"), 30);
     }
     std::cerr << text;
+    // A failed test's jobs would load the nodes the next tests measure: end them.
+    if (auto jobs = JobsSeenBy("node1")) {
+      for (const auto& job : *jobs) {
+        if (job.value("state", "") == "running") Tern("node1", {"cancel", job.value("id", "")});
+      }
+    }
   }
 };
 

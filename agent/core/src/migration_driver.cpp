@@ -645,11 +645,14 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
             [criu, options, dumping = migration->dumping]() -> Expected<void> {
               // A job caught holding a file lock (SQLite inside a transaction, say), or with a
               // thread that ends while CRIU seizes it, cannot be dumped; CRIU thaws it, and a
-              // moment later the dump usually succeeds.
+              // moment later the dump usually succeeds. Not against a page server: CRIU connects
+              // to it before it seizes the job and the server serves that one session, so a
+              // second dump here finds nobody listening ("Can't connect to server"); the move's
+              // next attempt (Finish) asks the destination for a fresh one.
+              const int tries = options.page_server ? 1 : kLockRetries;
               for (int attempt = 1;; ++attempt) {
                 auto dumped = migrate::Dump(criu, options);
-                if (dumped || attempt == kLockRetries ||
-                    !IsTransientDumpError(dumped.error().message)) {
+                if (dumped || attempt >= tries || !IsTransientDumpError(dumped.error().message)) {
                   dumping->store(false);
                   return dumped;
                 }
@@ -1020,14 +1023,17 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
-  if (status != 200 && !migration->dry_run && migration->attempt == 1 &&
+  // A lock the job held for a moment (see the dump) gets a few fresh attempts, each with its own
+  // page server; any other failure of CRIU that says nothing about the job gets one more.
+  const int attempts = IsTransientDumpError(error) ? kLockRetries : 2;
+  if (status != 200 && !migration->dry_run && migration->attempt < attempts &&
       IsTransientCriuError(error)) {
     auto job = supervisor_.Get(migration->job.id);
     if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name &&
         job->migrating_id.empty()) {
-      spdlog::warn("migration {} of job {} failed ({}); trying once more", migration->id,
-                   migration->job.id, error);
-      Migrate(migration->call, *job, std::move(migration->done), 2);
+      spdlog::warn("migration {} of job {} failed ({}); trying again ({} of {})", migration->id,
+                   migration->job.id, error, migration->attempt + 1, attempts);
+      Migrate(migration->call, *job, std::move(migration->done), migration->attempt + 1);
       return;
     }
   }
