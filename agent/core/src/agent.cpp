@@ -184,6 +184,7 @@ Expected<void> Agent::Start() {
     spdlog::warn("[testing] faults is on: an admin may arm faults that kill this agent");
   }
   api_->SetFaultHook(faults_.get());
+  migrations_->SetFaultHook(faults_.get());
   feed_ = std::make_unique<ClusterEventFeed>(io_, *cluster_, *events_);
   {
     nlohmann::json cgroup = {{"ok", node_cgroup_ != nullptr}};

@@ -40,6 +40,8 @@
 #include <thread>
 #include <tuple>
 
+#include "fault_actions.hpp"
+#include "fault_hook.hpp"
 #include "net_move.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
@@ -549,8 +551,22 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
       });
 }
 
+void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std::string& job,
+                                 const std::string& migration) {
+  if (faults_ == nullptr) return;
+  const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
+  if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
+    PerformFault(*hit, config_.state_dir, io_);
+  }
+}
+
 void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event) {
+  const auto before = migration->machine.phase();
   auto actions = migration->machine.On(static_cast<MigrationEvent>(event));
+  if (migration->machine.phase() != before && !migration->dry_run) {
+    FaultPoint(true, migrate::ToString(migration->machine.phase()), migration->job.id,
+               migration->id);
+  }
   for (MigrationAction action : actions) {
     switch (action) {
       case MigrationAction::kPrepareDestination: {
@@ -1149,6 +1165,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   incoming->job = *job;
   incoming->source = call.caller.via;
   incoming->mode = body.value("mode", "precopy");
+  if (!body.value("dry_run", false)) FaultPoint(false, "checking", incoming->job.id, incoming->id);
   if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
     incoming->lazy_source.address = body["lazy_source"].value("address", "");
     incoming->lazy_source.port = body["lazy_source"].value("port", 0);
@@ -1281,6 +1298,7 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (MountPreCopyImages(incoming->images, rss, available)) {
           spdlog::info("migration {}: pages go to a tmpfs on {}", incoming->id, incoming->images);
         }
+        FaultPoint(false, "starting_receiver", incoming->job.id, incoming->id);
         migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
         auto server = migrate::BackgroundProcess::Start(
             migrate::PageServerCommand(criu.path, incoming->images, listen, PageServerTls()),
@@ -1401,6 +1419,7 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
 
 void MigrationDriver::Accept(const std::shared_ptr<Incoming>& incoming) {
   incoming_[incoming->id] = incoming;
+  FaultPoint(false, "awaiting_images", incoming->job.id, incoming->id);
   // Kept on disk so that an agent restarted mid-migration still finds the copy it may have
   // restored, and asks the source what became of it (LoadUnfinished).
   if (auto written = jobs::WriteFileAtomically(
@@ -1431,6 +1450,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   }
   std::string images_archive = call.body.substr(8, length);
   std::string dir_archive = call.body.substr(8 + length);
+  FaultPoint(false, "restoring", incoming->job.id, incoming->id);
   incoming->busy = true;
   if (incoming->parked) {
     OffThread([incoming, images_archive = std::move(images_archive),
@@ -1589,6 +1609,7 @@ void MigrationDriver::Restored(const std::shared_ptr<Incoming>& incoming,
     return;
   }
   incoming->restored_at = Clock::now();
+  FaultPoint(false, "restored", incoming->job.id, incoming->id);
   done(JsonResult(200, json{{"pid", restored->first},
                             {"restore_ms", restored->second},
                             {"pages_bytes", PagesBytes(incoming->images)}}
@@ -1628,6 +1649,7 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   }
   auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
   if (incoming->lazy_daemon) {
+    FaultPoint(false, "pulling_pages", incoming->job.id, mid);
     // It still pulls the job's memory from the source; it removes nothing, we clean up later.
     auto daemon = incoming->lazy_daemon;
     const std::string dir = MigrationDir(mid);

@@ -43,6 +43,8 @@ struct JobRecord;
 
 namespace tern::agent {
 
+class FaultHook;
+
 class Cluster;
 
 class MigrationDriver {
@@ -61,6 +63,8 @@ class MigrationDriver {
   // `criu restore --cgroup-root` values (NodeCgroup::CriuRoots): jobs restored here run in the
   // node's cgroup, not in the source's. Empty: CRIU's default (the source's cgroup paths).
   void SetCgroupRoots(std::vector<std::string> roots) { cgroup_roots_ = std::move(roots); }
+  // The fault campaign's hook (fault_hook.hpp), fired as moves enter phases; null: none.
+  void SetFaultHook(FaultHook* hook) { faults_ = hook; }
   // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
   // arrive. hand_off takes a frozen job's rights out of this agent for `to` (IpcService::
@@ -94,6 +98,9 @@ class MigrationDriver {
   void Handle(const ApiCall& call, const std::vector<std::string>& segments, ApiDone done);
 
  private:
+  // A move of `job` entered `phase` on this side: fires an armed fault that matches.
+  void FaultPoint(bool source, std::string_view phase, const std::string& job,
+                  const std::string& migration);
   struct Outgoing;
   struct Incoming;
 
@@ -162,6 +169,7 @@ class MigrationDriver {
   std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
   std::vector<std::string> cgroup_roots_;
+  FaultHook* faults_ = nullptr;
   IpcHooks ipc_;
 };
 
