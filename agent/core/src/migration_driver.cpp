@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -40,6 +41,7 @@
 #include <thread>
 #include <tuple>
 
+#include "lazy_page_proxy.hpp"
 #include "net_move.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
@@ -57,6 +59,17 @@ using migrate::MigrationAction;
 using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
 constexpr int kLockRetries = 5;
+// The fd number post-copy's CRIU processes get their end of the lazy-page relay as (--ps-socket).
+constexpr int kLazySocketFd = 10;
+// What a post-copy source puts in the prepare call's lazy_source: its stream goes through the
+// agents' TLS relay (a destination refuses a source that does not say so).
+constexpr const char* kLazyRelayTls = "agents-tls";
+
+// The agents' own TLS context for the lazy-page relay: the peer links' certificates and checks.
+Expected<std::shared_ptr<boost::asio::ssl::context>> RelayTls(const AgentConfig& config,
+                                                              ipc::TlsRole role) {
+  return ipc::MakeTlsContext({config.tls_ca, config.tls_cert, config.tls_key}, role);
+}
 
 std::string ToHex(const std::string& bytes) {
   static const char* digits = "0123456789abcdef";
@@ -231,9 +244,12 @@ struct MigrationDriver::Outgoing {
   std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
   int lock_retries = 0;     // post-copy dumps retried because the job held a file lock
   bool shared_dir = false;  // the destination sees the very same job directory
-  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
-  migrate::PageServerTarget lazy_serve;
+  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit,
+  // CRIU's end of its loopback connection (kept for a retried dump until one serves), and the
+  // relay that carries that connection to the destination inside TLS.
   std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
+  UniqueFd lazy_socket;
+  std::shared_ptr<LazyPageProxy> lazy_relay;
 };
 
 struct MigrationDriver::Incoming {
@@ -256,8 +272,16 @@ struct MigrationDriver::Incoming {
   std::atomic<bool> abort_requested{false};
   bool shared_dir = false;
   std::string mode = "precopy";
-  migrate::PageServerTarget lazy_source;
+  migrate::PageServerTarget lazy_source;  // the source agent's relay listener
+  std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
+  std::string source_node;                // the source's node name: the relay lets only it in
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
+  // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it), the
+  // relay to the source, and whether that relay is up (1) or failed (-1), for the restore's
+  // worker: the job is not restored with no way to fetch its memory.
+  UniqueFd lazy_socket;
+  std::shared_ptr<LazyPageProxy> lazy_relay;
+  std::shared_ptr<std::atomic<int>> lazy_relay_up = std::make_shared<std::atomic<int>>(0);
   // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
   // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
   // Without a channel in the prepare call (an older source) the restore starts them instead.
@@ -329,6 +353,21 @@ void MigrationDriver::LoadUnfinished() {
 MigrationDriver::~MigrationDriver() {
   undecided_timer_->cancel();
   workers_.join();
+  relay_work_.reset();
+  relay_io_.stop();
+  relay_thread_.join();
+}
+
+template <typename Work>
+auto MigrationDriver::OnRelayThread(Work work) -> decltype(work()) {
+  std::packaged_task<decltype(work())()> task(std::move(work));
+  auto result = task.get_future();
+  boost::asio::post(relay_io_, [&task] { task(); });
+  return result.get();
+}
+
+void MigrationDriver::CloseRelay(std::shared_ptr<LazyPageProxy> relay) {
+  if (relay) boost::asio::post(relay_io_, [relay] { relay->Close(); });
 }
 
 template <typename Work, typename Then>
@@ -343,13 +382,6 @@ void MigrationDriver::OffThread(Work work, Then then) {
 
 migrate::CriuTls MigrationDriver::PageServerTls() const {
   return {config_.tls_ca, config_.tls_cert, config_.tls_key};
-}
-
-migrate::CriuTls MigrationDriver::PostCopyTls() const {
-  // Not yet: with --tls, CRIU 4.2's post-copy handed a restored job wrong memory (a python job
-  // segfaulted after its 2nd and 4th move; 0 of 8 moves without TLS). Post-copy's page server
-  // stays plain until that is understood (docs/security.md "Left").
-  return {};
 }
 
 std::string MigrationDriver::PageServerTlsProblem() const {
@@ -422,6 +454,21 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   }
   if (!job.migrating_id.empty()) {
     migration->done(ErrorResult(409, "job " + job.id + " is already moving"));
+    return;
+  }
+  if (auto pulling = pulling_.find(job.id); pulling != pulling_.end()) {
+    // It came here by post-copy and part of its memory is still on the way (through the relay,
+    // a few hundred ms for a small job): its dump would fail, so the move starts once it is in.
+    spdlog::info("job {}: moving it once its memory has arrived from its last move", job.id);
+    pulling->second.push_back(
+        [this, call, id = job.id, done = std::move(migration->done), attempt]() mutable {
+          auto current = supervisor_.Get(id);
+          if (!current) {
+            done(ErrorResult(404, "job " + id + " is gone"));
+            return;
+          }
+          Migrate(call, *current, std::move(done), attempt);
+        });
     return;
   }
   if (migration->destination.empty() || migration->destination == cluster_.self().name) {
@@ -562,13 +609,29 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         call.caller = migration->caller;
         struct stat dir_info {};
         ::stat(migration->job.dir.c_str(), &dir_info);
-        if (migration->mode == "postcopy") {
-          migration->lazy_serve = {HostOf(config_.cluster_advertise), FreePort(7300)};
+        json lazy_source = {{"address", ""}, {"port", 0}};
+        if (migration->mode == "postcopy" && !migration->dry_run) {
+          // The relay listener is opened for this move's destination only, before anything is
+          // frozen; CRIU's end of the stream is a loopback socket it gets at the dump.
+          auto relay = OpenLazyRelay(migration);
+          if (!relay) {
+            migration->error = "cannot open the post-copy relay on " + cluster_.self().name + ": " +
+                               relay.error().message;
+            migration->error_status = 500;
+            boost::asio::post(io_, [this, migration] {
+              Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
+            });
+            break;
+          }
+          lazy_source = {{"address", HostOf(config_.cluster_advertise)},
+                         {"port", migration->lazy_relay->port()},
+                         {"relay", kLazyRelayTls}};
+        } else if (migration->mode == "postcopy") {
+          lazy_source["relay"] = kLazyRelayTls;
         }
         call.body = json{
             {"id", migration->id},
-            {"lazy_source",
-             {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
+            {"lazy_source", lazy_source},
             {"job", jobs::PersistentJson(migration->job)},
             // Known before the dump: lets the destination start `criu restore` (which
             // takes the channel as --inherit-fd) ahead of the freeze.
@@ -754,12 +817,14 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         }
         if (ipc_.close) ipc_.close(migration->job.id);
         LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
+        // lazy_relay carries on by itself until CRIU's stream ends.
         break;
       }
       case MigrationAction::kSendCommit:
         SendCommit(migration, 0);
         break;
       case MigrationAction::kResumeSource:
+        CloseRelay(migration->lazy_relay);
         if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
         UnlockJobNetwork(migration->job, config_.net_uplink);
         migrate::ResumeTree(migration->job.pid);
@@ -920,14 +985,21 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     fail("cannot create a pipe for criu's status");
     return;
   }
+  if (!migration->lazy_socket.valid()) {
+    ::close(status_pipe[0]);
+    ::close(status_pipe[1]);
+    fail("the post-copy relay's socket for CRIU is gone");
+    return;
+  }
   auto dump = migrate::BackgroundProcess::Start(
       migrate::LazyDumpCommand(
-          migration->criu, migration->job.pid, images, migration->lazy_serve,
+          migration->criu, migration->job.pid, images, kLazySocketFd,
           migration->channel.empty()
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          PostCopyTls(), JobNetns(migration->job)),
-      MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
+          JobNetns(migration->job)),
+      MigrationDir(migration->id) + "/dump.out",
+      {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
   ::close(status_pipe[1]);
   if (!dump) {
     ::close(status_pipe[0]);
@@ -969,8 +1041,30 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
           return;
         }
         migration->dump_ms = MillisSince(migration->freeze_start);
+        // CRIU serves on its copy now; ours would keep the connection open after CRIU ends.
+        migration->lazy_socket.Reset();
         Step(migration, static_cast<int>(MigrationEvent::kDumped));
       });
+}
+
+Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& migration) {
+  auto tls = RelayTls(config_, ipc::TlsRole::kServer);
+  if (!tls) return Unexpected<Error>{tls.error()};
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  LazyPageProxy::Options options;
+  options.migration = migration->id;
+  options.peer_node = migration->destination;
+  options.tls = std::move(*tls);
+  const std::uint16_t port = FreePort(7300);
+  auto relay = OnRelayThread([&] {
+    return LazyPageProxy::Serve(relay_io_, std::move(options), std::move(pair->second),
+                                HostOf(config_.cluster_advertise), port);
+  });
+  if (!relay) return Unexpected<Error>{relay.error()};
+  migration->lazy_socket = std::move(pair->first);
+  migration->lazy_relay = std::move(*relay);
+  return {};
 }
 
 void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt) {
@@ -1017,6 +1111,9 @@ void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int
 void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigned status,
                              std::string error) {
   outgoing_.erase(migration->id);
+  migration->lazy_socket.Reset();
+  // A move that failed serves no memory: its relay listener and connection go now.
+  if (status != 200) CloseRelay(migration->lazy_relay);
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
@@ -1142,10 +1239,13 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   }
   incoming->job = *job;
   incoming->source = call.caller.via;
+  // The node whose authenticated link carried the call (Cluster names it "peer NODE").
+  if (call.caller.via.rfind("peer ", 0) == 0) incoming->source_node = call.caller.via.substr(5);
   incoming->mode = body.value("mode", "precopy");
   if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
     incoming->lazy_source.address = body["lazy_source"].value("address", "");
     incoming->lazy_source.port = body["lazy_source"].value("port", 0);
+    incoming->lazy_relay_kind = body["lazy_source"].value("relay", "");
   }
   const bool dry_run = body.value("dry_run", false);
   // An older source names no channel: its post-copy restore starts CRIU as it always did.
@@ -1247,6 +1347,12 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (existing && existing->state == jobs::JobState::kRunning) {
           problems.push_back("job " + incoming->job.id + " already runs on " + node);
         }
+        if (incoming->mode == "postcopy" && incoming->lazy_relay_kind != kLazyRelayTls) {
+          // An older source would send the job's memory in the clear.
+          problems.push_back("the source " + incoming->source +
+                             " would send the job's memory outside TLS (an older agent): "
+                             "upgrade it, or move the job by pre-copy");
+        }
         if (!problems.empty()) {
           done(JsonResult(409, json{{"error", "job " + incoming->job.id + " cannot move to " +
                                                   node + ": " + Join(problems)},
@@ -1265,6 +1371,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (incoming->mode == "postcopy") {
           if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
             done(ErrorResult(409, "on " + node + ": " + pipes.error().message));
+            return;
+          }
+          if (auto relay = DialLazyRelay(incoming); !relay) {
+            done(ErrorResult(500, "on " + node + ": cannot start the post-copy relay: " +
+                                      relay.error().message));
             return;
           }
           Accept(incoming);
@@ -1299,6 +1410,33 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                        {"page_server", {{"address", listen.address}, {"port", listen.port}}}},
                       done);
       });
+}
+
+Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
+  auto tls = RelayTls(config_, ipc::TlsRole::kClient);
+  if (!tls) return Unexpected<Error>{tls.error()};
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  LazyPageProxy::Options options;
+  options.migration = incoming->id;
+  options.peer_node = incoming->source_node;
+  options.tls = std::move(*tls);
+  // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
+  auto up = incoming->lazy_relay_up;
+  auto relay = OnRelayThread([&]() -> Expected<std::shared_ptr<LazyPageProxy>> {
+    auto dialled = LazyPageProxy::Dial(relay_io_, std::move(options), std::move(pair->second),
+                                       incoming->lazy_source.address, incoming->lazy_source.port);
+    if (!dialled) return dialled;
+    (*dialled)->WhenConnected([up](Expected<void> connected) { up->store(connected ? 1 : -1); });
+    (*dialled)->WhenEnded([up](Expected<void> ended) {
+      if (!ended) up->store(-1);
+    });
+    return dialled;
+  });
+  if (!relay) return Unexpected<Error>{relay.error()};
+  incoming->lazy_socket = std::move(pair->first);
+  incoming->lazy_relay = std::move(*relay);
+  return {};
 }
 
 void MigrationDriver::AnswerPrepare(const std::shared_ptr<Incoming>& incoming,
@@ -1356,13 +1494,16 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           : -1);
   incoming->busy = true;  // an abort meanwhile waits for the parked processes
   OffThread(
-      [incoming, criu, channel, channel_end, tls = PostCopyTls()]() -> Expected<void> {
+      [incoming, criu, channel, channel_end]() -> Expected<void> {
         const std::string& images = incoming->images;
         const bool lazy = incoming->mode == "postcopy";
         if (lazy) {
           auto daemon = migrate::ParkedCriu::Start(
-              migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd, tls),
-              images, images + "/../lazy-pages.out", {}, kLazyStatusFd);
+              migrate::LazyPagesCommand(criu, images, kLazySocketFd, kLazyStatusFd), images,
+              images + "/../lazy-pages.out", {{kLazySocketFd, incoming->lazy_socket.get()}},
+              kLazyStatusFd);
+          // CRIU holds its end now; ours would keep the connection open after CRIU ends.
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
@@ -1444,8 +1585,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       criu, channel_end, with_channel,
-       tls = PostCopyTls()]() -> Expected<std::pair<pid_t, double>> {
+       criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
         if (auto streamed = AwaitPageServer(*incoming); !streamed) {
           return Unexpected<Error>{streamed.error()};
         }
@@ -1454,8 +1594,10 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         const bool lazy = incoming->mode == "postcopy";
         if (lazy) {
           auto daemon = migrate::BackgroundProcess::Start(
-              migrate::LazyPagesCommand(criu, incoming->images, incoming->lazy_source, -1, tls),
-              incoming->images + "/../lazy-pages.out");
+              migrate::LazyPagesCommand(criu, incoming->images, kLazySocketFd, -1),
+              incoming->images + "/../lazy-pages.out",
+              {{kLazySocketFd, incoming->lazy_socket.get()}});
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
           const auto deadline = Clock::now() + std::chrono::seconds(10);
@@ -1467,6 +1609,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
             return Fail("the CRIU lazy-pages daemon did not start (see " + incoming->images +
                         "/lazy-pages.log)");
           }
+          if (auto relay = AwaitLazyRelay(*incoming); !relay)
+            return Unexpected<Error>{relay.error()};
         }
         if (auto files = UnpackJobDir(*incoming, dir_archive); !files) {
           return Unexpected<Error>{files.error()};
@@ -1500,6 +1644,21 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
   // is at job_dir is a leftover of an earlier stay.
   return migrate::UnpackIntoFreshDirectory(dir_archive, incoming.job.dir, incoming.job.uid,
                                            incoming.job.gid);
+}
+
+Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
+  // Dialled at prepare, so up long before this in practice; a job restored without it would
+  // fault on memory it cannot fetch.
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (incoming.lazy_relay_up->load() == 0 && !incoming.abort_requested &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (incoming.lazy_relay_up->load() != 1) {
+    return Fail("the post-copy relay to " + incoming.source_node +
+                " is not up (see this agent's log for why)");
+  }
+  return {};
 }
 
 Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
@@ -1538,6 +1697,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
       return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
                   incoming.images + "/lazy-pages.log)");
     }
+    if (auto relay = AwaitLazyRelay(incoming); !relay) return Unexpected<Error>{relay.error()};
   }
   if (auto files = UnpackJobDir(incoming, dir_archive); !files) {
     return Unexpected<Error>{files.error()};
@@ -1625,9 +1785,15 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     // It still pulls the job's memory from the source; it removes nothing, we clean up later.
     auto daemon = incoming->lazy_daemon;
     const std::string dir = MigrationDir(mid);
-    std::thread([daemon, dir] {
+    const std::string job = incoming->job.id;
+    pulling_[job];
+    std::thread([this, daemon, dir, job, alive = std::weak_ptr<int>(lifetime_)] {
       daemon->Finish(std::chrono::minutes(30));
       migrate::RemoveImageTree(dir);
+      if (alive.expired()) return;
+      boost::asio::post(io_, [this, job, alive] {
+        if (!alive.expired()) PulledIn(job);
+      });
     }).detach();
   } else {
     // A GiB of images takes a while to remove: not on the io thread.
@@ -1646,6 +1812,14 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   done(JsonResult(200, jobs::ToJson(*adopted, std::chrono::system_clock::now()).dump()));
 }
 
+void MigrationDriver::PulledIn(const std::string& job) {
+  auto found = pulling_.find(job);
+  if (found == pulling_.end()) return;
+  auto waiting = std::move(found->second);
+  pulling_.erase(found);
+  for (auto& move : waiting) move();
+}
+
 void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   auto found = incoming_.find(mid);
   if (found == incoming_.end()) {
@@ -1662,6 +1836,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     return;
   }
   incoming_.erase(found);
+  CloseRelay(incoming->lazy_relay);
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
   if (incoming->restored_pid > 0 && !jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {
