@@ -88,10 +88,7 @@ Expected<std::shared_ptr<LazyPageProxy>> LazyPageProxy::Serve(asio::io_context& 
   boost::system::error_code error;
   const auto address = asio::ip::make_address(host, error);
   if (error) return Fail("cannot listen for the lazy-page relay on '" + host + "': not an address");
-  auto proxy = std::make_shared<LazyPageProxy>(io, std::move(options));
-  proxy->criu_.assign(Tcp::v4(), criu_side.Release(), error);
-  if (error) return Fail("cannot take CRIU's socket: " + error.message());
-  Tcp::acceptor& acceptor = proxy->acceptor_.emplace(io);
+  Tcp::acceptor acceptor(io);
   const Tcp::endpoint endpoint(address, port);
   acceptor.open(endpoint.protocol(), error);
   if (!error) acceptor.set_option(Tcp::acceptor::reuse_address(true), error);
@@ -101,7 +98,26 @@ Expected<std::shared_ptr<LazyPageProxy>> LazyPageProxy::Serve(asio::io_context& 
     return Fail("cannot listen for the lazy-page relay on " + host + ":" + std::to_string(port) +
                 ": " + error.message());
   }
-  proxy->port_ = acceptor.local_endpoint().port();
+  return Serve(io, std::move(options), std::move(criu_side), UniqueFd(acceptor.release()));
+}
+
+Expected<std::shared_ptr<LazyPageProxy>> LazyPageProxy::Serve(asio::io_context& io, Options options,
+                                                              UniqueFd criu_side,
+                                                              UniqueFd listener) {
+  boost::system::error_code error;
+  auto proxy = std::make_shared<LazyPageProxy>(io, std::move(options));
+  proxy->criu_.assign(Tcp::v4(), criu_side.Release(), error);
+  if (error) return Fail("cannot take CRIU's socket: " + error.message());
+  sockaddr_storage bound{};
+  socklen_t length = sizeof bound;
+  if (::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&bound), &length) != 0) {
+    return Fail(Errno("not a listening socket"));
+  }
+  const Tcp protocol = bound.ss_family == AF_INET6 ? Tcp::v6() : Tcp::v4();
+  Tcp::acceptor& acceptor = proxy->acceptor_.emplace(io);
+  acceptor.assign(protocol, listener.Release(), error);
+  if (error) return Fail("cannot take the relay's listener: " + error.message());
+  proxy->port_ = acceptor.local_endpoint(error).port();
   proxy->patience_.expires_after(proxy->options_.accept_patience);
   proxy->patience_.async_wait([weak = std::weak_ptr(proxy)](const boost::system::error_code& e) {
     auto self = weak.lock();

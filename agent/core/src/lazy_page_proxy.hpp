@@ -70,6 +70,11 @@ class LazyPageProxy : public std::enable_shared_from_this<LazyPageProxy> {
                                                         Options options, UniqueFd criu_side,
                                                         const std::string& host,
                                                         std::uint16_t port);
+  // The same on a listening socket made elsewhere (`ternd page-relay` gets its listener from
+  // the agent, which chose the port).
+  static Expected<std::shared_ptr<LazyPageProxy>> Serve(boost::asio::io_context& io,
+                                                        Options options, UniqueFd criu_side,
+                                                        UniqueFd listener);
   // Destination: dials the source's Serve at host:port and relays `criu_side` through it.
   static Expected<std::shared_ptr<LazyPageProxy>> Dial(boost::asio::io_context& io, Options options,
                                                        UniqueFd criu_side, const std::string& host,

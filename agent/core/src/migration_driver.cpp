@@ -16,7 +16,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -43,6 +42,7 @@
 
 #include "lazy_page_proxy.hpp"
 #include "net_move.hpp"
+#include "page_relay_process.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
 
@@ -61,14 +61,22 @@ constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
 constexpr int kLockRetries = 5;
 // The fd number post-copy's CRIU processes get their end of the lazy-page relay as (--ps-socket).
 constexpr int kLazySocketFd = 10;
-// What a post-copy source puts in the prepare call's lazy_source: its stream goes through the
-// agents' TLS relay (a destination refuses a source that does not say so).
+// What a post-copy source puts in the prepare call's lazy_source: its stream goes through a
+// TLS relay (a destination refuses a source that does not say so). The framing is the same
+// whether an agent or a `ternd page-relay` process carries it.
 constexpr const char* kLazyRelayTls = "agents-tls";
 
-// The agents' own TLS context for the lazy-page relay: the peer links' certificates and checks.
-Expected<std::shared_ptr<boost::asio::ssl::context>> RelayTls(const AgentConfig& config,
-                                                              ipc::TlsRole role) {
-  return ipc::MakeTlsContext({config.tls_ca, config.tls_cert, config.tls_key}, role);
+// A `ternd page-relay` for move `mid` that lets in node `peer` only, logging into `dir`.
+PageRelayProcess::Options RelayOptions(const AgentConfig& config, const std::string& dir,
+                                       const std::string& mid, const std::string& peer) {
+  PageRelayProcess::Options options;
+  options.migration = mid;
+  options.peer_node = peer;
+  options.tls = {config.tls_ca, config.tls_cert, config.tls_key};
+  std::error_code ignored;
+  std::filesystem::create_directories(dir, ignored);
+  options.log_path = dir + "/page-relay.log";
+  return options;
 }
 
 std::string ToHex(const std::string& bytes) {
@@ -249,7 +257,7 @@ struct MigrationDriver::Outgoing {
   // relay that carries that connection to the destination inside TLS.
   std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
   UniqueFd lazy_socket;
-  std::shared_ptr<LazyPageProxy> lazy_relay;
+  std::shared_ptr<PageRelayProcess> lazy_relay;
 };
 
 struct MigrationDriver::Incoming {
@@ -276,12 +284,11 @@ struct MigrationDriver::Incoming {
   std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
   std::string source_node;                // the source's node name: the relay lets only it in
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
-  // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it), the
-  // relay to the source, and whether that relay is up (1) or failed (-1), for the restore's
-  // worker: the job is not restored with no way to fetch its memory.
+  // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it) and
+  // the relay process to the source; the restore's worker waits for it to be in (the job is
+  // not restored with no way to fetch its memory).
   UniqueFd lazy_socket;
-  std::shared_ptr<LazyPageProxy> lazy_relay;
-  std::shared_ptr<std::atomic<int>> lazy_relay_up = std::make_shared<std::atomic<int>>(0);
+  std::shared_ptr<PageRelayProcess> lazy_relay;
   // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
   // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
   // Without a channel in the prepare call (an older source) the restore starts them instead.
@@ -353,21 +360,6 @@ void MigrationDriver::LoadUnfinished() {
 MigrationDriver::~MigrationDriver() {
   undecided_timer_->cancel();
   workers_.join();
-  relay_work_.reset();
-  relay_io_.stop();
-  relay_thread_.join();
-}
-
-template <typename Work>
-auto MigrationDriver::OnRelayThread(Work work) -> decltype(work()) {
-  std::packaged_task<decltype(work())()> task(std::move(work));
-  auto result = task.get_future();
-  boost::asio::post(relay_io_, [&task] { task(); });
-  return result.get();
-}
-
-void MigrationDriver::CloseRelay(std::shared_ptr<LazyPageProxy> relay) {
-  if (relay) boost::asio::post(relay_io_, [relay] { relay->Close(); });
 }
 
 template <typename Work, typename Then>
@@ -817,14 +809,16 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         }
         if (ipc_.close) ipc_.close(migration->job.id);
         LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
-        // lazy_relay carries on by itself until CRIU's stream ends.
+        // The relay process carries the stream on by itself until CRIU's ends, whatever
+        // happens to this agent.
+        if (migration->lazy_relay) migration->lazy_relay->LetRun();
         break;
       }
       case MigrationAction::kSendCommit:
         SendCommit(migration, 0);
         break;
       case MigrationAction::kResumeSource:
-        CloseRelay(migration->lazy_relay);
+        if (migration->lazy_relay) migration->lazy_relay->Stop();
         if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
         UnlockJobNetwork(migration->job, config_.net_uplink);
         migrate::ResumeTree(migration->job.pid);
@@ -1048,19 +1042,16 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
 }
 
 Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& migration) {
-  auto tls = RelayTls(config_, ipc::TlsRole::kServer);
-  if (!tls) return Unexpected<Error>{tls.error()};
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kServer);
+      !tls) {
+    return Unexpected<Error>{tls.error()};  // said here rather than in the relay's log
+  }
   auto pair = LoopbackTcpPair();
   if (!pair) return Unexpected<Error>{pair.error()};
-  LazyPageProxy::Options options;
-  options.migration = migration->id;
-  options.peer_node = migration->destination;
-  options.tls = std::move(*tls);
-  const std::uint16_t port = FreePort(7300);
-  auto relay = OnRelayThread([&] {
-    return LazyPageProxy::Serve(relay_io_, std::move(options), std::move(pair->second),
-                                HostOf(config_.cluster_advertise), port);
-  });
+  auto relay = PageRelayProcess::Serve(
+      RelayOptions(config_, MigrationDir(migration->id), migration->id, migration->destination),
+      std::move(pair->second), HostOf(config_.cluster_advertise), FreePort(7300));
   if (!relay) return Unexpected<Error>{relay.error()};
   migration->lazy_socket = std::move(pair->first);
   migration->lazy_relay = std::move(*relay);
@@ -1113,7 +1104,7 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
   outgoing_.erase(migration->id);
   migration->lazy_socket.Reset();
   // A move that failed serves no memory: its relay listener and connection go now.
-  if (status != 200) CloseRelay(migration->lazy_relay);
+  if (status != 200 && migration->lazy_relay) migration->lazy_relay->Stop();
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
@@ -1413,26 +1404,17 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
 }
 
 Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
-  auto tls = RelayTls(config_, ipc::TlsRole::kClient);
-  if (!tls) return Unexpected<Error>{tls.error()};
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kClient);
+      !tls) {
+    return Unexpected<Error>{tls.error()};
+  }
   auto pair = LoopbackTcpPair();
   if (!pair) return Unexpected<Error>{pair.error()};
-  LazyPageProxy::Options options;
-  options.migration = incoming->id;
-  options.peer_node = incoming->source_node;
-  options.tls = std::move(*tls);
   // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
-  auto up = incoming->lazy_relay_up;
-  auto relay = OnRelayThread([&]() -> Expected<std::shared_ptr<LazyPageProxy>> {
-    auto dialled = LazyPageProxy::Dial(relay_io_, std::move(options), std::move(pair->second),
-                                       incoming->lazy_source.address, incoming->lazy_source.port);
-    if (!dialled) return dialled;
-    (*dialled)->WhenConnected([up](Expected<void> connected) { up->store(connected ? 1 : -1); });
-    (*dialled)->WhenEnded([up](Expected<void> ended) {
-      if (!ended) up->store(-1);
-    });
-    return dialled;
-  });
+  auto relay = PageRelayProcess::Dial(
+      RelayOptions(config_, MigrationDir(incoming->id), incoming->id, incoming->source_node),
+      std::move(pair->second), incoming->lazy_source.address, incoming->lazy_source.port);
   if (!relay) return Unexpected<Error>{relay.error()};
   incoming->lazy_socket = std::move(pair->first);
   incoming->lazy_relay = std::move(*relay);
@@ -1647,18 +1629,10 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
 }
 
 Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
-  // Dialled at prepare, so up long before this in practice; a job restored without it would
+  // Dialled at prepare, so in long before this in practice; a job restored without it would
   // fault on memory it cannot fetch.
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (incoming.lazy_relay_up->load() == 0 && !incoming.abort_requested &&
-         Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  if (incoming.lazy_relay_up->load() != 1) {
-    return Fail("the post-copy relay to " + incoming.source_node +
-                " is not up (see this agent's log for why)");
-  }
-  return {};
+  if (!incoming.lazy_relay) return Fail("no post-copy relay to " + incoming.source_node);
+  return incoming.lazy_relay->AwaitConnected(std::chrono::seconds(10), incoming.abort_requested);
 }
 
 Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
@@ -1787,6 +1761,8 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     const std::string dir = MigrationDir(mid);
     const std::string job = incoming->job.id;
     pulling_[job];
+    // Its stream runs through the relay process: left to end with it (never killed from here).
+    if (incoming->lazy_relay) incoming->lazy_relay->LetRun();
     std::thread([this, daemon, dir, job, alive = std::weak_ptr<int>(lifetime_)] {
       daemon->Finish(std::chrono::minutes(30));
       migrate::RemoveImageTree(dir);
@@ -1836,7 +1812,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     return;
   }
   incoming_.erase(found);
-  CloseRelay(incoming->lazy_relay);
+  if (incoming->lazy_relay) incoming->lazy_relay->Stop();
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
   if (incoming->restored_pid > 0 && !jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {

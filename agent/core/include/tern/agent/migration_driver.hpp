@@ -11,7 +11,8 @@
 //
 // Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
 // image on the source's disk), inside CRIU's own TLS. Post-copy's lazy-page stream goes through
-// a relay of the two agents inside their mutual TLS (LazyPageProxy). Only the small metadata images
+// a relay process per side (`ternd page-relay`, PageRelayProcess) inside the nodes' mutual TLS;
+// like CRIU's own post-copy processes it outlives a killed agent. Only the small metadata images
 // and the job directory travel in the restore message. The destination restores the job stopped;
 // the source then records the commit, kills its frozen copy and tells the destination to resume
 // (two-phase: never two copies, never none). Any failure before that resumes the job on the source.
@@ -19,7 +20,6 @@
 // Thread-safety: not thread-safe; all entry points on the io_context thread.
 #pragma once
 
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -33,7 +33,6 @@
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/migrate/criu.hpp>
-#include <thread>
 #include <utility>
 
 #include "tern/agent/api_call.hpp"
@@ -47,7 +46,6 @@ struct JobRecord;
 namespace tern::agent {
 
 class Cluster;
-class LazyPageProxy;
 
 class MigrationDriver {
  public:
@@ -147,7 +145,8 @@ class MigrationDriver {
   void Step(const std::shared_ptr<Outgoing>& migration, int event);
   void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
   void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
-  // Post-copy, source: makes CRIU's loopback socket and the relay listener for the destination.
+  // Post-copy, source: makes CRIU's loopback socket and starts the relay process that waits for
+  // the destination.
   Expected<void> OpenLazyRelay(const std::shared_ptr<Outgoing>& migration);
   void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
   void RecordOutcome(const std::string& mid, const std::string& outcome);
@@ -160,16 +159,6 @@ class MigrationDriver {
   const AgentConfig& config_;
   jobs::JobSupervisor& supervisor_;
   Cluster& cluster_;
-  // Post-copy relays (LazyPageProxy) run on a thread of their own: a job's page faults after
-  // the commit must not wait for this agent's io thread (record fsyncs, API calls).
-  boost::asio::io_context relay_io_;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> relay_work_{
-      relay_io_.get_executor()};
-  std::thread relay_thread_{[this] { relay_io_.run(); }};
-  // Runs `work` on relay_io_'s thread and returns its result (the relays are not thread-safe).
-  template <typename Work>
-  auto OnRelayThread(Work work) -> decltype(work());
-  void CloseRelay(std::shared_ptr<LazyPageProxy> relay);
   boost::asio::thread_pool workers_{2};
   std::map<std::string, std::shared_ptr<Outgoing>> outgoing_;
   std::map<std::string, std::shared_ptr<Incoming>> incoming_;
