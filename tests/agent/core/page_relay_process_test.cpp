@@ -152,15 +152,15 @@ TEST_F(PageRelayProcessTest, ANodeOtherThanThePeerGetsNothing) {
   ASSERT_TRUE(WriteAll(source_criu.get(), "secret pages"));
   std::unique_ptr<PageRelayProcess> intruder;
   UniqueFd intruder_criu = StartDestination(ca_.Issue("node3"), &intruder);
-  auto in = intruder->AwaitConnected(10s, never_);
-  ASSERT_FALSE(in);
-  EXPECT_NE(in.error().message.find("could not get in"), std::string::npos) << in.error().message;
+  // Its TLS 1.3 handshake may finish on its side before the source checks the name; the
+  // source then closes, and nothing of the stream reaches it.
   EXPECT_EQ(ReadToEnd(intruder_criu.get()), "");
+  UniqueFd intruder_pid = Pidfd(intruder->pid());
+  EXPECT_TRUE(Ends(intruder_pid.get(), 10'000ms)) << "the refused relay went on";
 
   TestCa other;  // a certificate naming the peer, from a CA the cluster does not know
   std::unique_ptr<PageRelayProcess> stranger;
   UniqueFd stranger_criu = StartDestination(other.Issue("node2"), &stranger);
-  EXPECT_FALSE(stranger->AwaitConnected(10s, never_));
   EXPECT_EQ(ReadToEnd(stranger_criu.get()), "");
 
   // The source kept listening for its peer, and the peer gets what was waiting.
