@@ -65,8 +65,11 @@ Expected<std::pair<UniqueFd, UniqueFd>> LoopbackTcpPair() {
       return Fail(Errno("cannot accept on 127.0.0.1"));
     }
     if (peer.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && ntohs(peer.sin_port) == our_port) {
+      // Both ends: a page request or a page header must not wait for the other side's
+      // delayed ACK (Nagle) on a job's page-fault path.
       const int on = 1;
       ::setsockopt(ours.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+      ::setsockopt(accepted.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
       return std::make_pair(std::move(accepted), std::move(ours));
     }
   }
