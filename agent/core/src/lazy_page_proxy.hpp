@@ -3,10 +3,12 @@
 //
 // CRIU's two ends (`criu dump --lazy-pages` on the source, `criu lazy-pages` on the destination)
 // never open a network socket: each is handed one end of a TCP connection on 127.0.0.1 that its
-// agent made (LoopbackTcpPair, `--ps-socket`), and the agent holds the other end. The two agents
-// join their ends through a TLS connection of their own, made with the node certificates of the
-// peer links (ipc::MakeTlsContext): the destination dials (Dial), the source listens (Serve) on
-// its cluster address, for this migration only.
+// agent made (LoopbackTcpPair, `--ps-socket`), and a `ternd page-relay` process
+// (page_relay_main.hpp) holds the other end with one of these. The two relays join their ends
+// through a TLS connection of their own, made with the node's certificate, key and CA
+// (ipc::MakeTlsContext): the destination dials (Dial), the source listens (Serve) on its
+// cluster address, for this migration only. (It runs in a process of its own so that the
+// stream outlives a killed agent, as CRIU's processes do.)
 //
 // Contract:
 //  - Only the migration's peer gets in: the TLS context demands a certificate the cluster CA

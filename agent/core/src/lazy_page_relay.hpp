@@ -1,5 +1,5 @@
 // The pure parts of a post-copy migration's lazy-page relay (LazyPageProxy): how the bytes of
-// CRIU's page-server connection are framed inside the agents' TLS connection, and who may be at
+// CRIU's page-server connection are framed inside the relays' TLS connection, and who may be at
 // its other end.
 //
 // Each direction is a sequence of chunks `[u32 big-endian length][length bytes]` of 1 to
