@@ -42,7 +42,9 @@
 
 #include "fault_actions.hpp"
 #include "fault_hook.hpp"
+#include "lazy_page_proxy.hpp"
 #include "net_move.hpp"
+#include "page_relay_process.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
 
@@ -59,6 +61,25 @@ using migrate::MigrationAction;
 using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
 constexpr int kLockRetries = 5;
+// The fd number post-copy's CRIU processes get their end of the lazy-page relay as (--ps-socket).
+constexpr int kLazySocketFd = 10;
+// What a post-copy source puts in the prepare call's lazy_source: its stream goes through a
+// TLS relay (a destination refuses a source that does not say so). The framing is the same
+// whether an agent or a `ternd page-relay` process carries it.
+constexpr const char* kLazyRelayTls = "agents-tls";
+
+// A `ternd page-relay` for move `mid` that lets in node `peer` only, logging into `dir`.
+PageRelayProcess::Options RelayOptions(const AgentConfig& config, const std::string& dir,
+                                       const std::string& mid, const std::string& peer) {
+  PageRelayProcess::Options options;
+  options.migration = mid;
+  options.peer_node = peer;
+  options.tls = {config.tls_ca, config.tls_cert, config.tls_key};
+  std::error_code ignored;
+  std::filesystem::create_directories(dir, ignored);
+  options.log_path = dir + "/page-relay.log";
+  return options;
+}
 
 std::string ToHex(const std::string& bytes) {
   static const char* digits = "0123456789abcdef";
@@ -233,9 +254,12 @@ struct MigrationDriver::Outgoing {
   std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
   int lock_retries = 0;     // post-copy dumps retried because the job held a file lock
   bool shared_dir = false;  // the destination sees the very same job directory
-  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
-  migrate::PageServerTarget lazy_serve;
+  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit,
+  // CRIU's end of its loopback connection (kept for a retried dump until one serves), and the
+  // relay that carries that connection to the destination inside TLS.
   std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
+  UniqueFd lazy_socket;
+  std::shared_ptr<PageRelayProcess> lazy_relay;
 };
 
 struct MigrationDriver::Incoming {
@@ -258,8 +282,15 @@ struct MigrationDriver::Incoming {
   std::atomic<bool> abort_requested{false};
   bool shared_dir = false;
   std::string mode = "precopy";
-  migrate::PageServerTarget lazy_source;
+  migrate::PageServerTarget lazy_source;  // the source agent's relay listener
+  std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
+  std::string source_node;                // the source's node name: the relay lets only it in
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
+  // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it) and
+  // the relay process to the source; the restore's worker waits for it to be in (the job is
+  // not restored with no way to fetch its memory).
+  UniqueFd lazy_socket;
+  std::shared_ptr<PageRelayProcess> lazy_relay;
   // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
   // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
   // Without a channel in the prepare call (an older source) the restore starts them instead.
@@ -347,13 +378,6 @@ migrate::CriuTls MigrationDriver::PageServerTls() const {
   return {config_.tls_ca, config_.tls_cert, config_.tls_key};
 }
 
-migrate::CriuTls MigrationDriver::PostCopyTls() const {
-  // Not yet: with --tls, CRIU 4.2's post-copy handed a restored job wrong memory (a python job
-  // segfaulted after its 2nd and 4th move; 0 of 8 moves without TLS). Post-copy's page server
-  // stays plain until that is understood (docs/security.md "Left").
-  return {};
-}
-
 std::string MigrationDriver::PageServerTlsProblem() const {
   // CRIU reads these as root when a page connection opens; found out now, before anything is
   // frozen, rather than as a gnutls error in the middle of the move.
@@ -424,6 +448,21 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   }
   if (!job.migrating_id.empty()) {
     migration->done(ErrorResult(409, "job " + job.id + " is already moving"));
+    return;
+  }
+  if (auto pulling = pulling_.find(job.id); pulling != pulling_.end()) {
+    // It came here by post-copy and part of its memory is still on the way (through the relay,
+    // a few hundred ms for a small job): its dump would fail, so the move starts once it is in.
+    spdlog::info("job {}: moving it once its memory has arrived from its last move", job.id);
+    pulling->second.push_back(
+        [this, call, id = job.id, done = std::move(migration->done), attempt]() mutable {
+          auto current = supervisor_.Get(id);
+          if (!current) {
+            done(ErrorResult(404, "job " + id + " is gone"));
+            return;
+          }
+          Migrate(call, *current, std::move(done), attempt);
+        });
     return;
   }
   if (migration->destination.empty() || migration->destination == cluster_.self().name) {
@@ -578,13 +617,29 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         call.caller = migration->caller;
         struct stat dir_info {};
         ::stat(migration->job.dir.c_str(), &dir_info);
-        if (migration->mode == "postcopy") {
-          migration->lazy_serve = {HostOf(config_.cluster_advertise), FreePort(7300)};
+        json lazy_source = {{"address", ""}, {"port", 0}};
+        if (migration->mode == "postcopy" && !migration->dry_run) {
+          // The relay listener is opened for this move's destination only, before anything is
+          // frozen; CRIU's end of the stream is a loopback socket it gets at the dump.
+          auto relay = OpenLazyRelay(migration);
+          if (!relay) {
+            migration->error = "cannot open the post-copy relay on " + cluster_.self().name + ": " +
+                               relay.error().message;
+            migration->error_status = 500;
+            boost::asio::post(io_, [this, migration] {
+              Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
+            });
+            break;
+          }
+          lazy_source = {{"address", HostOf(config_.cluster_advertise)},
+                         {"port", migration->lazy_relay->port()},
+                         {"relay", kLazyRelayTls}};
+        } else if (migration->mode == "postcopy") {
+          lazy_source["relay"] = kLazyRelayTls;
         }
         call.body = json{
             {"id", migration->id},
-            {"lazy_source",
-             {{"address", migration->lazy_serve.address}, {"port", migration->lazy_serve.port}}},
+            {"lazy_source", lazy_source},
             {"job", jobs::PersistentJson(migration->job)},
             // Known before the dump: lets the destination start `criu restore` (which
             // takes the channel as --inherit-fd) ahead of the freeze.
@@ -773,12 +828,16 @@ void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event
         }
         if (ipc_.close) ipc_.close(migration->job.id);
         LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
+        // The relay process carries the stream on by itself until CRIU's ends, whatever
+        // happens to this agent.
+        if (migration->lazy_relay) migration->lazy_relay->LetRun();
         break;
       }
       case MigrationAction::kSendCommit:
         SendCommit(migration, 0);
         break;
       case MigrationAction::kResumeSource:
+        if (migration->lazy_relay) migration->lazy_relay->Stop();
         if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
         UnlockJobNetwork(migration->job, config_.net_uplink);
         migrate::ResumeTree(migration->job.pid);
@@ -939,14 +998,21 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     fail("cannot create a pipe for criu's status");
     return;
   }
+  if (!migration->lazy_socket.valid()) {
+    ::close(status_pipe[0]);
+    ::close(status_pipe[1]);
+    fail("the post-copy relay's socket for CRIU is gone");
+    return;
+  }
   auto dump = migrate::BackgroundProcess::Start(
       migrate::LazyDumpCommand(
-          migration->criu, migration->job.pid, images, migration->lazy_serve,
+          migration->criu, migration->job.pid, images, kLazySocketFd,
           migration->channel.empty()
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          PostCopyTls(), JobNetns(migration->job)),
-      MigrationDir(migration->id) + "/dump.out", {{9, status_pipe[1]}});
+          JobNetns(migration->job)),
+      MigrationDir(migration->id) + "/dump.out",
+      {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
   ::close(status_pipe[1]);
   if (!dump) {
     ::close(status_pipe[0]);
@@ -988,8 +1054,27 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
           return;
         }
         migration->dump_ms = MillisSince(migration->freeze_start);
+        // CRIU serves on its copy now; ours would keep the connection open after CRIU ends.
+        migration->lazy_socket.Reset();
         Step(migration, static_cast<int>(MigrationEvent::kDumped));
       });
+}
+
+Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& migration) {
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kServer);
+      !tls) {
+    return Unexpected<Error>{tls.error()};  // said here rather than in the relay's log
+  }
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  auto relay = PageRelayProcess::Serve(
+      RelayOptions(config_, MigrationDir(migration->id), migration->id, migration->destination),
+      std::move(pair->second), HostOf(config_.cluster_advertise), FreePort(7300));
+  if (!relay) return Unexpected<Error>{relay.error()};
+  migration->lazy_socket = std::move(pair->first);
+  migration->lazy_relay = std::move(*relay);
+  return {};
 }
 
 void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt) {
@@ -1036,6 +1121,9 @@ void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int
 void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigned status,
                              std::string error) {
   outgoing_.erase(migration->id);
+  migration->lazy_socket.Reset();
+  // A move that failed serves no memory: its relay listener and connection go now.
+  if (status != 200 && migration->lazy_relay) migration->lazy_relay->Stop();
   std::error_code ignored;
   fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
   const double total_ms = MillisSince(migration->started);
@@ -1164,11 +1252,14 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
   }
   incoming->job = *job;
   incoming->source = call.caller.via;
+  // The node whose authenticated link carried the call (Cluster names it "peer NODE").
+  if (call.caller.via.rfind("peer ", 0) == 0) incoming->source_node = call.caller.via.substr(5);
   incoming->mode = body.value("mode", "precopy");
   if (!body.value("dry_run", false)) FaultPoint(false, "checking", incoming->job.id, incoming->id);
   if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
     incoming->lazy_source.address = body["lazy_source"].value("address", "");
     incoming->lazy_source.port = body["lazy_source"].value("port", 0);
+    incoming->lazy_relay_kind = body["lazy_source"].value("relay", "");
   }
   const bool dry_run = body.value("dry_run", false);
   // An older source names no channel: its post-copy restore starts CRIU as it always did.
@@ -1270,6 +1361,12 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (existing && existing->state == jobs::JobState::kRunning) {
           problems.push_back("job " + incoming->job.id + " already runs on " + node);
         }
+        if (incoming->mode == "postcopy" && incoming->lazy_relay_kind != kLazyRelayTls) {
+          // An older source would send the job's memory in the clear.
+          problems.push_back("the source " + incoming->source +
+                             " would send the job's memory outside TLS (an older agent): "
+                             "upgrade it, or move the job by pre-copy");
+        }
         if (!problems.empty()) {
           done(JsonResult(409, json{{"error", "job " + incoming->job.id + " cannot move to " +
                                                   node + ": " + Join(problems)},
@@ -1288,6 +1385,11 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (incoming->mode == "postcopy") {
           if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
             done(ErrorResult(409, "on " + node + ": " + pipes.error().message));
+            return;
+          }
+          if (auto relay = DialLazyRelay(incoming); !relay) {
+            done(ErrorResult(500, "on " + node + ": cannot start the post-copy relay: " +
+                                      relay.error().message));
             return;
           }
           Accept(incoming);
@@ -1323,6 +1425,24 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
                        {"page_server", {{"address", listen.address}, {"port", listen.port}}}},
                       done);
       });
+}
+
+Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kClient);
+      !tls) {
+    return Unexpected<Error>{tls.error()};
+  }
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
+  auto relay = PageRelayProcess::Dial(
+      RelayOptions(config_, MigrationDir(incoming->id), incoming->id, incoming->source_node),
+      std::move(pair->second), incoming->lazy_source.address, incoming->lazy_source.port);
+  if (!relay) return Unexpected<Error>{relay.error()};
+  incoming->lazy_socket = std::move(pair->first);
+  incoming->lazy_relay = std::move(*relay);
+  return {};
 }
 
 void MigrationDriver::AnswerPrepare(const std::shared_ptr<Incoming>& incoming,
@@ -1380,13 +1500,16 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           : -1);
   incoming->busy = true;  // an abort meanwhile waits for the parked processes
   OffThread(
-      [incoming, criu, channel, channel_end, tls = PostCopyTls()]() -> Expected<void> {
+      [incoming, criu, channel, channel_end]() -> Expected<void> {
         const std::string& images = incoming->images;
         const bool lazy = incoming->mode == "postcopy";
         if (lazy) {
           auto daemon = migrate::ParkedCriu::Start(
-              migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd, tls),
-              images, images + "/../lazy-pages.out", {}, kLazyStatusFd);
+              migrate::LazyPagesCommand(criu, images, kLazySocketFd, kLazyStatusFd), images,
+              images + "/../lazy-pages.out", {{kLazySocketFd, incoming->lazy_socket.get()}},
+              kLazyStatusFd);
+          // CRIU holds its end now; ours would keep the connection open after CRIU ends.
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
@@ -1470,8 +1593,7 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       criu, channel_end, with_channel,
-       tls = PostCopyTls()]() -> Expected<std::pair<pid_t, double>> {
+       criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
         if (auto streamed = AwaitPageServer(*incoming); !streamed) {
           return Unexpected<Error>{streamed.error()};
         }
@@ -1480,8 +1602,10 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         const bool lazy = incoming->mode == "postcopy";
         if (lazy) {
           auto daemon = migrate::BackgroundProcess::Start(
-              migrate::LazyPagesCommand(criu, incoming->images, incoming->lazy_source, -1, tls),
-              incoming->images + "/../lazy-pages.out");
+              migrate::LazyPagesCommand(criu, incoming->images, kLazySocketFd, -1),
+              incoming->images + "/../lazy-pages.out",
+              {{kLazySocketFd, incoming->lazy_socket.get()}});
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
           const auto deadline = Clock::now() + std::chrono::seconds(10);
@@ -1493,6 +1617,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
             return Fail("the CRIU lazy-pages daemon did not start (see " + incoming->images +
                         "/lazy-pages.log)");
           }
+          if (auto relay = AwaitLazyRelay(*incoming); !relay)
+            return Unexpected<Error>{relay.error()};
         }
         if (auto files = UnpackJobDir(*incoming, dir_archive); !files) {
           return Unexpected<Error>{files.error()};
@@ -1526,6 +1652,13 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
   // is at job_dir is a leftover of an earlier stay.
   return migrate::UnpackIntoFreshDirectory(dir_archive, incoming.job.dir, incoming.job.uid,
                                            incoming.job.gid);
+}
+
+Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
+  // Dialled at prepare, so in long before this in practice; a job restored without it would
+  // fault on memory it cannot fetch.
+  if (!incoming.lazy_relay) return Fail("no post-copy relay to " + incoming.source_node);
+  return incoming.lazy_relay->AwaitConnected(std::chrono::seconds(10), incoming.abort_requested);
 }
 
 Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
@@ -1564,6 +1697,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
       return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
                   incoming.images + "/lazy-pages.log)");
     }
+    if (auto relay = AwaitLazyRelay(incoming); !relay) return Unexpected<Error>{relay.error()};
   }
   if (auto files = UnpackJobDir(incoming, dir_archive); !files) {
     return Unexpected<Error>{files.error()};
@@ -1653,9 +1787,17 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
     // It still pulls the job's memory from the source; it removes nothing, we clean up later.
     auto daemon = incoming->lazy_daemon;
     const std::string dir = MigrationDir(mid);
-    std::thread([daemon, dir] {
+    const std::string job = incoming->job.id;
+    pulling_[job];
+    // Its stream runs through the relay process: left to end with it (never killed from here).
+    if (incoming->lazy_relay) incoming->lazy_relay->LetRun();
+    std::thread([this, daemon, dir, job, alive = std::weak_ptr<int>(lifetime_)] {
       daemon->Finish(std::chrono::minutes(30));
       migrate::RemoveImageTree(dir);
+      if (alive.expired()) return;
+      boost::asio::post(io_, [this, job, alive] {
+        if (!alive.expired()) PulledIn(job);
+      });
     }).detach();
   } else {
     // A GiB of images takes a while to remove: not on the io thread.
@@ -1674,6 +1816,14 @@ void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDon
   done(JsonResult(200, jobs::ToJson(*adopted, std::chrono::system_clock::now()).dump()));
 }
 
+void MigrationDriver::PulledIn(const std::string& job) {
+  auto found = pulling_.find(job);
+  if (found == pulling_.end()) return;
+  auto waiting = std::move(found->second);
+  pulling_.erase(found);
+  for (auto& move : waiting) move();
+}
+
 void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
   auto found = incoming_.find(mid);
   if (found == incoming_.end()) {
@@ -1690,6 +1840,7 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     return;
   }
   incoming_.erase(found);
+  if (incoming->lazy_relay) incoming->lazy_relay->Stop();
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
   if (incoming->restored_pid > 0 && !jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {

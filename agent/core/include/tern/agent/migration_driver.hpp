@@ -10,10 +10,12 @@
 //              destination that lost the commit can still decide.
 //
 // Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
-// image on the source's disk); only the small metadata images and the job directory travel in
-// the restore message. The destination restores the job stopped; the source then records the
-// commit, kills its frozen copy and tells the destination to resume (two-phase: never two
-// copies, never none). Any failure before that resumes the job on the source.
+// image on the source's disk), inside CRIU's own TLS. Post-copy's lazy-page stream goes through
+// a relay process per side (`ternd page-relay`, PageRelayProcess) inside the nodes' mutual TLS;
+// like CRIU's own post-copy processes it outlives a killed agent. Only the small metadata images
+// and the job directory travel in the restore message. The destination restores the job stopped;
+// the source then records the commit, kills its frozen copy and tells the destination to resume
+// (two-phase: never two copies, never none). Any failure before that resumes the job on the source.
 //
 // Thread-safety: not thread-safe; all entry points on the io_context thread.
 #pragma once
@@ -121,6 +123,10 @@ class MigrationDriver {
                      nlohmann::json answer, ApiDone done);
   // Worker side: waits for a pre-copy page server to end (fails if the source aborted).
   static Expected<void> AwaitPageServer(Incoming& incoming);
+  // Post-copy, destination: makes CRIU's loopback socket and dials the source's relay.
+  Expected<void> DialLazyRelay(const std::shared_ptr<Incoming>& incoming);
+  // Worker side: waits (briefly) for that relay to be up; fails if it failed.
+  static Expected<void> AwaitLazyRelay(Incoming& incoming);
   // Worker side of a restore by the parked processes; returns the restored pid and the restore's
   // duration in ms.
   static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
@@ -131,8 +137,6 @@ class MigrationDriver {
   void NoteRestored(Incoming& incoming, pid_t pid);
   // CRIU's page-server connections go inside TLS with this node's certificates ([tls]).
   migrate::CriuTls PageServerTls() const;
-  // The same for post-copy's lazy page server (source) and `criu lazy-pages` (destination).
-  migrate::CriuTls PostCopyTls() const;
   // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
   std::string PageServerTlsProblem() const;
   // Answers the source's restore call once the restore has ended (io thread).
@@ -148,6 +152,9 @@ class MigrationDriver {
   void Step(const std::shared_ptr<Outgoing>& migration, int event);
   void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
   void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
+  // Post-copy, source: makes CRIU's loopback socket and starts the relay process that waits for
+  // the destination.
+  Expected<void> OpenLazyRelay(const std::shared_ptr<Outgoing>& migration);
   void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
   void RecordOutcome(const std::string& mid, const std::string& outcome);
   std::string MigrationDir(const std::string& mid) const;
@@ -168,6 +175,12 @@ class MigrationDriver {
   std::uint32_t next_port_ = 0;
   std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
+  // Jobs moved here by post-copy whose memory `criu lazy-pages` still pulls from their source,
+  // with the moves asked for meanwhile: CRIU cannot dump a job before all of it has arrived.
+  std::map<std::string, std::vector<std::function<void()>>> pulling_;
+  void PulledIn(const std::string& job);
+  // Lets a helper thread's callback find out that this driver is gone.
+  std::shared_ptr<int> lifetime_ = std::make_shared<int>(0);
   std::vector<std::string> cgroup_roots_;
   FaultHook* faults_ = nullptr;
   IpcHooks ipc_;
