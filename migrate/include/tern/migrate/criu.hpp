@@ -15,11 +15,11 @@
 #include <optional>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/process_tree.hpp>
+#include <tern/subprocess.hpp>
 #include <tern/unique_fd.hpp>
 #include <utility>
 #include <vector>
-
-#include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
 
@@ -169,14 +169,10 @@ Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& sc
 Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_dir,
                             const std::string& cpuinfo);
 
-// Every pid of the PID namespace whose init is `init_pid` (init included), from /proc.
-std::vector<pid_t> NamespacePids(pid_t init_pid);
-// SIGCONT to every process of the job: resumes a tree left stopped by dump or restore.
-void ResumeTree(pid_t init_pid);
-// A dump with --tcp-established leaves the job's TCP sockets in repair mode (CRIU unlocks
-// only a tree it lets run); a job resumed after such a dump (a failed move) needs them out of
-// it first, or its connections hang. Takes each socket of the job's processes with
-// pidfd_getfd and turns TCP_REPAIR off (a window probe wakes the peer). Returns how many.
-int EndTcpRepair(pid_t init_pid);
+// Moved to tern_base (tern/process_tree.hpp); kept here while branches that name them as
+// migrate:: are merged (issue 19).
+using tern::EndTcpRepair;
+using tern::NamespacePids;
+using tern::ResumeTree;
 
 }  // namespace tern::migrate
