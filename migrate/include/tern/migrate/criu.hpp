@@ -2,7 +2,7 @@
 //
 // A job is the tree under its tern-init, PID 1 of its own PID namespace; it is dumped by the
 // host pid of that init. CRIU runs in the agent's own network and mount namespaces, which are
-// the node's (PLATFORM.md: CRIU must share them with the job). Each run logs verbosely into the
+// the node's (docs/platform.md: CRIU must share them with the job). Each run logs verbosely into the
 // image directory; a failure is reported with the log's last error lines.
 //
 // Thread-safety: all functions block and are thread-safe; call them off the io_context thread.
@@ -83,7 +83,7 @@ struct RestoreOptions {
   // RestoreCommand; worth it for big jobs only).
   bool auto_dedup = false;
   // The job's IPC channel: its socket as dumped ("socket:[INODE]") and the new agent's fd to
-  // put in its place (PLATFORM.md "A job's channel to its agent").
+  // put in its place (docs/platform.md "A job's channel to its agent").
   std::string channel_socket;
   int channel_fd = -1;
   bool leave_stopped = true;  // resumed only on commit
@@ -155,7 +155,7 @@ Expected<ParkedCriu> ParkRestore(const std::string& criu, const RestoreOptions& 
 // Releases a parked restore with `inventory` and waits for it; returns the restored init's pid.
 Expected<pid_t> FinishRestore(ParkedCriu& parked, const std::string& inventory,
                               const RestoreOptions& options);
-// Post-copy needs pipes of 4 MiB (PLATFORM.md); raises fs.pipe-max-size when it is lower.
+// Post-copy needs pipes of 4 MiB (docs/platform.md); raises fs.pipe-max-size when it is lower.
 Expected<void> EnsurePipeMaxSize();
 
 // Destination side of pre-copy: `criu page-server` writing the pages into `images`.
