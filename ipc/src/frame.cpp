@@ -2,16 +2,18 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tern/big_endian.hpp>
 
 namespace tern::ipc {
 
+FrameHeader ReadFrameHeader(const char* header) {
+  return {LoadBigEndian<std::uint32_t>(header),
+          static_cast<FrameType>(LoadBigEndian<std::uint16_t>(header + 4))};
+}
+
 void AppendFrameHeader(std::string& out, FrameType type, std::uint32_t length) {
-  const auto code = static_cast<std::uint16_t>(type);
-  const char header[kFrameHeaderSize] = {
-      static_cast<char>(length >> 24), static_cast<char>(length >> 16),
-      static_cast<char>(length >> 8),  static_cast<char>(length),
-      static_cast<char>(code >> 8),    static_cast<char>(code)};
-  out.append(header, kFrameHeaderSize);
+  AppendBigEndian(out, length);
+  AppendBigEndian(out, static_cast<std::uint16_t>(type));
 }
 
 void AppendFrame(std::string& out, FrameType type, std::string_view payload) {
@@ -88,11 +90,7 @@ Expected<void> FrameDecoder::Broken(FrameType type, std::uint32_t length) {
 Expected<void> FrameDecoder::Split() {
   std::size_t offset = 0;
   while (buffer_.size() - offset >= kFrameHeaderSize) {
-    const auto byte = [&](std::size_t i) {
-      return static_cast<std::uint32_t>(static_cast<unsigned char>(buffer_[offset + i]));
-    };
-    const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
-    const auto type = static_cast<FrameType>(byte(4) << 8 | byte(5));
+    const auto [length, type] = ReadFrameHeader(buffer_.data() + offset);
     if (length > max_payload_) return Broken(type, length);
     const std::size_t available = buffer_.size() - offset - kFrameHeaderSize;
     if (available < length) {

@@ -275,11 +275,7 @@ void PeerLink::OnHandshakeBytes(std::size_t size) {
   handshake_in_.append(handshake_space_.get(), size);
   std::size_t offset = 0;
   while (state_ == State::kHandshaking && handshake_in_.size() - offset >= kFrameHeaderSize) {
-    const auto byte = [&](std::size_t i) {
-      return static_cast<std::uint32_t>(static_cast<unsigned char>(handshake_in_[offset + i]));
-    };
-    const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
-    const auto type = static_cast<FrameType>(byte(4) << 8 | byte(5));
+    const auto [length, type] = ReadFrameHeader(handshake_in_.data() + offset);
     if (length > kMaxHandshakePayload) {
       const std::string reason = "malformed handshake frame: " + std::string(FrameTypeName(type)) +
                                  " declares " + std::to_string(length) +

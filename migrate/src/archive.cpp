@@ -11,7 +11,8 @@
 #include <filesystem>
 #include <optional>
 #include <string_view>
-#include <tern/migrate/safe_open.hpp>
+#include <tern/big_endian.hpp>
+#include <tern/safe_open.hpp>
 #include <tern/unique_fd.hpp>
 #include <vector>
 
@@ -20,16 +21,14 @@ namespace fs = std::filesystem;
 using tern::UniqueFd;
 namespace {
 
-void PutU32(std::string& out, std::uint32_t value) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(value >> shift));
-}
-void PutU64(std::string& out, std::uint64_t value) {
-  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>(value >> shift));
-}
+void PutU32(std::string& out, std::uint32_t value) { AppendBigEndian(out, value); }
+void PutU64(std::string& out, std::uint64_t value) { AppendBigEndian(out, value); }
+// A u32 (bytes 4) or u64 (bytes 8) at `offset`, which it advances.
 bool GetUint(const std::string& in, size_t& offset, int bytes, std::uint64_t& value) {
   if (in.size() - offset < static_cast<size_t>(bytes)) return false;
-  value = 0;
-  for (int i = 0; i < bytes; ++i) value = value << 8 | static_cast<unsigned char>(in[offset++]);
+  value = bytes == 4 ? LoadBigEndian<std::uint32_t>(in.data() + offset)
+                     : LoadBigEndian<std::uint64_t>(in.data() + offset);
+  offset += static_cast<size_t>(bytes);
   return true;
 }
 

@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,7 +11,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -27,10 +25,10 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tern/mounts.hpp>
+#include <tern/subprocess.hpp>
 #include <tern/unique_fd.hpp>
 #include <thread>
-
-#include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
 
@@ -72,7 +70,7 @@ std::string LogErrors(const std::string& log_path, const std::string& fallback) 
   std::string line;
   std::vector<std::string> errors;
   while (std::getline(log, line)) {
-    // RLIMIT_NOFILE: harmless without CAP_SYS_RESOURCE (PLATFORM.md), printed on every run.
+    // RLIMIT_NOFILE: harmless without CAP_SYS_RESOURCE (docs/platform.md), printed on every run.
     if (line.find("RLIMIT_NOFILE") != std::string::npos) continue;
     if (line.find("Error") != std::string::npos || line.find("error") != std::string::npos) {
       errors.push_back(line);
@@ -96,7 +94,7 @@ std::string ReadFile(const std::string& path) {
 // supports — it makes a veth pair in a fresh network namespace, runs iptables, parses the vDSO,
 // forks ptrace probes — which takes 70-100 ms here, inside the job's freeze, unless
 // /run/criu.kdat holds the answers. CRIU writes that file only when /run is a tmpfs (so that a
-// reboot drops it); on these machines /run is not one (PLATFORM.md), and CRIU reads the file
+// reboot drops it); on these machines /run is not one (docs/platform.md), and CRIU reads the file
 // wherever it lives. So we let `criu check` probe once in a private mount namespace with a
 // tmpfs on /run, and install the file it writes there as /run/criu.kdat, stamped with what it
 // depends on (boot, kernel, CRIU): any change makes us probe again.
@@ -107,11 +105,6 @@ std::string KerndatStamp(const std::string& criu, const std::string& version) {
   std::string boot = ReadFile("/proc/sys/kernel/random/boot_id");
   while (!boot.empty() && boot.back() == '\n') boot.pop_back();
   return "boot " + boot + "\ncriu " + criu + " " + version + "\n";
-}
-
-bool OnTmpfs(const char* path) {
-  struct statfs info {};
-  return ::statfs(path, &info) == 0 && info.f_type == TMPFS_MAGIC;
 }
 
 void PrimeKerndatCache(const std::string& criu, const std::string& version) {
@@ -229,13 +222,6 @@ void UncorkPageServerSocket(pid_t criu, std::uint16_t port, const std::atomic<bo
     if (socket.valid() && LiftCork(socket.get())) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-}
-
-std::string NamespaceOf(pid_t pid) {
-  char target[64] = {};
-  const std::string link = "/proc/" + std::to_string(pid) + "/ns/pid";
-  const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-  return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
 }
 
 }  // namespace
@@ -733,52 +719,6 @@ std::vector<std::string> PageServerCommand(const std::string& criu, const std::s
                                    "-v4"};
   for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
-}
-
-std::vector<pid_t> NamespacePids(pid_t init_pid) {
-  std::vector<pid_t> pids;
-  const std::string ns = NamespaceOf(init_pid);
-  if (ns.empty()) return pids;
-  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
-  if (!proc) return pids;
-  while (dirent* entry = ::readdir(proc.get())) {
-    char* end = nullptr;
-    const long pid = std::strtol(entry->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0) continue;
-    if (NamespaceOf(static_cast<pid_t>(pid)) == ns) pids.push_back(static_cast<pid_t>(pid));
-  }
-  return pids;
-}
-
-void ResumeTree(pid_t init_pid) {
-  for (pid_t pid : NamespacePids(init_pid)) ::kill(pid, SIGCONT);
-}
-
-int EndTcpRepair(pid_t init_pid) {
-  int ended = 0;
-  for (pid_t pid : NamespacePids(init_pid)) {
-    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-    if (!pidfd.valid()) continue;
-    std::error_code error;
-    for (const auto& entry :
-         std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
-      std::error_code link_error;
-      const auto target = std::filesystem::read_symlink(entry.path(), link_error).string();
-      if (link_error || target.rfind("socket:", 0) != 0) continue;
-      const int number = std::atoi(entry.path().filename().c_str());
-      UniqueFd socket(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), number, 0)));
-      if (!socket.valid()) continue;
-      int repair = 0;
-      socklen_t length = sizeof repair;
-      // Only TCP sockets answer TCP_REPAIR; every other socket refuses it and is left alone.
-      if (::getsockopt(socket.get(), SOL_TCP, TCP_REPAIR, &repair, &length) != 0 || repair == 0) {
-        continue;
-      }
-      const int off = TCP_REPAIR_OFF;
-      if (::setsockopt(socket.get(), SOL_TCP, TCP_REPAIR, &off, sizeof off) == 0) ++ended;
-    }
-  }
-  return ended;
 }
 
 }  // namespace tern::migrate

@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "tern/migrate/archive.hpp"
-#include "tern/migrate/remove_tree.hpp"
+#include <tern/remove_tree.hpp>
 
 namespace tern::migrate {
 

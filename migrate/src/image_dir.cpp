@@ -1,6 +1,5 @@
 #include "tern/migrate/image_dir.hpp"
 
-#include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/vfs.h>
 
@@ -10,9 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tern/remove_tree.hpp>
 #include <vector>
-
-#include "tern/migrate/remove_tree.hpp"
 
 namespace tern::migrate {
 namespace {
@@ -58,11 +56,6 @@ Expected<void> MountImageTmpfs(const std::string& dir, std::uint64_t bytes) {
     return Fail("cannot mount a tmpfs on " + dir + ": " + std::strerror(errno));
   }
   return {};
-}
-
-bool OnTmpfs(const std::string& dir) {
-  struct statfs info {};
-  return ::statfs(dir.c_str(), &info) == 0 && info.f_type == TMPFS_MAGIC;
 }
 
 void RemoveImageTree(const std::string& dir) {

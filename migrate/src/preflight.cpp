@@ -21,7 +21,7 @@
 #include <thread>
 
 #include "tern/migrate/criu.hpp"
-#include "tern/migrate/safe_open.hpp"
+#include <tern/safe_open.hpp>
 
 namespace tern::migrate {
 namespace fs = std::filesystem;

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <tern/big_endian.hpp>
 #include <tern/json_integer.hpp>
 
 namespace tern::migrate {
@@ -113,20 +114,12 @@ void CheckId(std::string_view id) {
     throw Malformed("'" + std::string(id.substr(0, 80)) + "' is not a migration id");
 }
 
-std::string BigEndian(std::uint64_t value, int bytes) {
-  std::string out(static_cast<std::size_t>(bytes), '\0');
-  for (int i = 0; i < bytes; ++i) {
-    out[static_cast<std::size_t>(i)] = static_cast<char>(value >> (8 * (bytes - 1 - i)));
-  }
-  return out;
-}
-
-std::uint64_t ReadBigEndian(std::string_view in, int bytes) {
-  std::uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) {
-    value = value << 8 | static_cast<unsigned char>(in[static_cast<std::size_t>(i)]);
-  }
-  return value;
+// A length prefix (u32 or u64, big-endian) and then `bytes`.
+template <typename T>
+std::string Prefixed(const std::string& bytes) {
+  std::string out;
+  AppendBigEndian(out, static_cast<T>(bytes.size()));
+  return out + bytes;
 }
 
 // ---------------------------------------------------------------- requests
@@ -216,12 +209,12 @@ PrepareRequest DecodePrepare(std::string_view text) {
 }
 
 std::string RestoreBody(const RestoreRequest& request) {
-  return BigEndian(request.images.size(), 8) + request.images + request.job_dir;
+  return Prefixed<std::uint64_t>(request.images) + request.job_dir;
 }
 
 RestoreRequest DecodeRestore(std::string id, std::string_view body) {
   if (body.size() < 8) throw Malformed("body shorter than its 8-byte length");
-  const std::uint64_t length = ReadBigEndian(body, 8);
+  const auto length = LoadBigEndian<std::uint64_t>(body.data());
   if (length > body.size() - 8) throw Malformed("image archive longer than the body");
   if (length > CodecLimits::kMaxArchive || body.size() - 8 - length > CodecLimits::kMaxArchive) {
     throw Malformed("an archive over the limit of " + std::to_string(CodecLimits::kMaxArchive) +
@@ -231,7 +224,7 @@ RestoreRequest DecodeRestore(std::string id, std::string_view body) {
 }
 
 std::string CommitBody(const CommitRequest& request) {
-  return BigEndian(request.stats.size(), 4) + request.stats + request.ipc_state;
+  return Prefixed<std::uint32_t>(request.stats) + request.ipc_state;
 }
 
 CommitRequest DecodeCommit(std::string id, std::string_view body) {
@@ -240,7 +233,7 @@ CommitRequest DecodeCommit(std::string id, std::string_view body) {
   std::string_view stats = body;
   if (!body.empty() && body.front() != '{') {  // an older source sends the JSON alone
     if (body.size() < 4) throw Malformed("body shorter than its 4-byte length");
-    const std::uint64_t length = ReadBigEndian(body, 4);
+    const std::uint64_t length = LoadBigEndian<std::uint32_t>(body.data());
     if (length > body.size() - 4) throw Malformed("stats longer than the body");
     stats = body.substr(4, length);
     if (body.size() - 4 - length > CodecLimits::kMaxIpcState) {

@@ -1457,7 +1457,7 @@ TEST_F(ClusterTest, IpcChannelFollowsAMovedJobBeforeItUsesIpc) {
   FinishedOutput(server);
 }
 
-// DESIGN.md "Stay reachable": a job's ports, its waiting receives and its registered name move
+// docs/design.md "Data flows" 5, "Stay reachable": a job's ports, its waiting receives and its registered name move
 // with it; callers on every node keep getting every answer exactly once.
 TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
   const std::string bin = kBinDir + "/";

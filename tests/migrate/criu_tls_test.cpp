@@ -19,7 +19,7 @@
 #include <thread>
 
 #include "tern/migrate/criu.hpp"
-#include "tern/migrate/subprocess.hpp"
+#include <tern/subprocess.hpp>
 
 namespace tern::migrate {
 namespace {

@@ -1,4 +1,4 @@
-#include "tern/migrate/remove_tree.hpp"
+#include <tern/remove_tree.hpp>
 
 #include <gtest/gtest.h>
 #include <unistd.h>

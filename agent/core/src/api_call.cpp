@@ -1,6 +1,7 @@
 #include "tern/agent/api_call.hpp"
 
 #include <nlohmann/json.hpp>
+#include <tern/big_endian.hpp>
 #include <tern/json_integer.hpp>
 
 namespace tern::agent {
@@ -13,10 +14,7 @@ std::string Frame(const json& header, const std::string& body) {
   const auto length = static_cast<std::uint32_t>(text.size());
   std::string out;
   out.reserve(4 + text.size() + body.size());
-  out.push_back(static_cast<char>(length >> 24));
-  out.push_back(static_cast<char>(length >> 16));
-  out.push_back(static_cast<char>(length >> 8));
-  out.push_back(static_cast<char>(length));
+  AppendBigEndian(out, length);
   out += text;
   out += body;
   return out;
@@ -24,10 +22,7 @@ std::string Frame(const json& header, const std::string& body) {
 
 Expected<std::pair<json, std::string>> Unframe(const std::string& payload) {
   if (payload.size() < 4) return Fail("api frame shorter than its length prefix");
-  const auto byte = [&](size_t i) {
-    return static_cast<std::uint32_t>(static_cast<unsigned char>(payload[i]));
-  };
-  const std::uint32_t length = byte(0) << 24 | byte(1) << 16 | byte(2) << 8 | byte(3);
+  const auto length = LoadBigEndian<std::uint32_t>(payload.data());
   if (length > payload.size() - 4) return Fail("api frame header length exceeds the frame");
   json header = json::parse(payload.substr(4, length), nullptr, false);
   if (header.is_discarded() || !header.is_object()) {

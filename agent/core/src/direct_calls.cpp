@@ -16,7 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <set>
-#include <tern/migrate/criu.hpp>
+#include <tern/process_tree.hpp>
 #include <variant>
 
 namespace tern::agent {
@@ -379,7 +379,7 @@ void DirectCalls::Prune(const std::string& job, Copies& copies) {
   std::set<std::uint64_t> held;
   const int init_pid = init_pid_ ? init_pid_(job) : 0;
   if (init_pid > 0) {
-    for (const pid_t pid : migrate::NamespacePids(init_pid)) {
+    for (const pid_t pid : NamespacePids(init_pid)) {
       std::error_code error;
       for (const auto& entry :
            std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   }
   // IPC messages of up to hundreds of MiB pass through the agent. With glibc's defaults every
   // buffer over 128 KiB is a fresh mmap whose pages fault in on first touch (~0.4 GB/s on these
-  // VMs, PLATFORM.md); keeping them in the heap for reuse makes a 1 MiB message ~10x cheaper.
+  // VMs, docs/platform.md); keeping them in the heap for reuse makes a 1 MiB message ~10x cheaper.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 128 << 20);
   CLI::App app{"ternd — the tern agent: runs jobs, gossips load, serves the tern API"};

@@ -4,6 +4,7 @@
 
 #include <tern/jobs/job_network.hpp>
 #include <tern/migrate/criu.hpp>
+#include <tern/process_tree.hpp>
 
 namespace tern::agent {
 
@@ -18,7 +19,7 @@ Expected<void> LockJobNetwork(const jobs::JobRecord& job) {
 void UnlockJobNetwork(const jobs::JobRecord& job, const std::string& uplink) {
   if (job.net_address.empty()) return;
   // Before the job runs again: a socket still in repair mode would make its reads fail.
-  const int repaired = migrate::EndTcpRepair(job.pid);
+  const int repaired = EndTcpRepair(job.pid);
   if (auto up = jobs::SetJobLinkUp(job.id, job.net_address, true); !up) {
     spdlog::error("job {}: cannot unlock its network: {}", job.id, up.error().message);
     return;

@@ -7,15 +7,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <tern/migrate/safe_open.hpp>
+#include <tern/safe_open.hpp>
 
 namespace tern::jobs {
 
 Expected<UniqueFd> OpenJobFile(const std::string& dir, const std::string& name, int flags,
                                mode_t mode) {
-  auto dir_fd = migrate::OpenDirectoryNoFollow(dir);
+  auto dir_fd = OpenDirectoryNoFollow(dir);
   if (!dir_fd) return Unexpected<Error>{dir_fd.error()};
-  auto fd = migrate::OpenRegularBeneath(dir_fd->get(), name, flags, mode);
+  auto fd = OpenRegularBeneath(dir_fd->get(), name, flags, mode);
   if (!fd) return Fail(fd.error().message + " (in job directory " + dir + ")");
   return fd;
 }

@@ -16,7 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <tern/migrate/safe_open.hpp>
+#include <tern/safe_open.hpp>
 
 #include "tern/jobs/unique_fd.hpp"
 
@@ -142,7 +142,7 @@ int ChildMain(void* arg) {
 // existing symlink or FIFO there is refused, never followed or waited on.
 Expected<UniqueFd> OpenOutput(int dir_fd, const std::string& dir, const std::string& name,
                               uid_t uid, gid_t gid) {
-  auto fd = migrate::OpenRegularBeneath(dir_fd, name, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  auto fd = OpenRegularBeneath(dir_fd, name, O_WRONLY | O_CREAT | O_APPEND, 0600);
   if (!fd) return Fail(fd.error().message + " (in job directory " + dir + ")");
   if (::fchown(fd->get(), uid, gid) != 0) {
     return Fail("cannot give " + dir + "/" + name + " to uid " + std::to_string(uid) + ": " +
@@ -178,7 +178,7 @@ Expected<LaunchedJob> LaunchJob(const LaunchSpec& spec) {
   if (::mkdir(spec.dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Fail("cannot create job directory " + spec.dir + ": " + std::strerror(errno));
   }
-  auto dir_fd = migrate::OpenDirectoryNoFollow(spec.dir);
+  auto dir_fd = OpenDirectoryNoFollow(spec.dir);
   if (!dir_fd) return Unexpected<Error>{dir_fd.error()};
   if (::fchown(dir_fd->get(), spec.uid, spec.gid) != 0 || ::fchmod(dir_fd->get(), 0700) != 0) {
     return Fail("cannot give " + spec.dir + " to uid " + std::to_string(spec.uid) + ": " +

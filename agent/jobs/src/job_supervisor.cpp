@@ -14,9 +14,9 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <tern/migrate/criu.hpp>
-#include <tern/migrate/remove_tree.hpp>
-#include <tern/migrate/subprocess.hpp>
+#include <tern/process_tree.hpp>
+#include <tern/remove_tree.hpp>
+#include <tern/subprocess.hpp>
 
 #include "tern/jobs/in_namespace.hpp"
 #include "tern/jobs/job_file.hpp"
@@ -101,15 +101,15 @@ void JobSupervisor::ArmChildSignal() {
 // ended jobs that the kernel hands to us as the subreaper.
 void JobSupervisor::ReapChildren() {
   // Only zombies nobody else waits for: CRIU runs and other managed children are left to
-  // their owners (see tern/migrate/subprocess.hpp).
-  std::lock_guard lock(migrate::ChildRegistryMutex());
+  // their owners (see tern/subprocess.hpp).
+  std::lock_guard lock(ChildRegistryMutex());
   const pid_t self = ::getpid();
   std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
   if (!proc) return;
   while (dirent* entry = ::readdir(proc.get())) {
     char* end = nullptr;
     const long pid = std::strtol(entry->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0 || migrate::IsManagedChild(static_cast<pid_t>(pid))) continue;
+    if (*end != '\0' || pid <= 0 || IsManagedChild(static_cast<pid_t>(pid))) continue;
     std::ifstream stat("/proc/" + std::string(entry->d_name) + "/stat");
     std::string text;
     if (!std::getline(stat, text)) continue;
@@ -161,14 +161,14 @@ std::vector<std::string> JobSupervisor::Adopt() {
                      job.record.migrating_id);
         if (!job.record.net_address.empty()) {
           // Its network was locked for the dump: unlocked before it runs again.
-          migrate::EndTcpRepair(job.record.pid);
+          EndTcpRepair(job.record.pid);
           if (auto up = SetJobLinkUp(job.record.id, job.record.net_address, true); !up) {
             spdlog::error("job {}: {}", id, up.error().message);
           } else if (options_.net.enabled()) {
             (void)SendGratuitousArp(options_.net.uplink, job.record.net_address);
           }
         }
-        migrate::ResumeTree(job.record.pid);
+        ResumeTree(job.record.pid);
         job.record.migrating_id.clear();
         Persist(job.record);
       }
@@ -415,7 +415,7 @@ Expected<JobRecord> JobSupervisor::Release(const std::string& id, bool remove_di
   if (remove_dir) {
     // The job's user owns what is in it and may have planted symlinks to /etc: the walk goes
     // through directory fds and removes links as links.
-    if (auto removed = migrate::RemoveTreeNoFollow(record.dir); !removed) {
+    if (auto removed = RemoveTreeNoFollow(record.dir); !removed) {
       spdlog::warn("job {}: {}", id, removed.error().message);
     }
   }

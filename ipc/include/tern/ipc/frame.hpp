@@ -42,6 +42,13 @@
 namespace tern::ipc {
 
 inline constexpr std::size_t kFrameHeaderSize = 6;
+
+struct FrameHeader {
+  std::uint32_t length = 0;
+  FrameType type{};
+};
+// The header in the kFrameHeaderSize bytes at `header`.
+FrameHeader ReadFrameHeader(const char* header);
 inline constexpr std::size_t kDefaultMaxPayload = 16 * 1024 * 1024;
 // Payloads this large are received in place (Prepare/Commit) rather than split off a buffer.
 inline constexpr std::size_t kDirectPayload = 64 * 1024;

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tern/big_endian.hpp>
 #include <tern/expected.hpp>
 #include <vector>
 
@@ -187,17 +188,6 @@ struct MessageHeader {
   std::uint32_t item_count = 0;
 };
 
-// Big-endian <-> host order for the wire's fixed-width numbers.
-template <typename T>
-constexpr T BigEndian(T v) {
-  if constexpr (sizeof(T) > 1 && std::endian::native == std::endian::little) {
-    if constexpr (sizeof(T) == 2) v = __builtin_bswap16(v);
-    if constexpr (sizeof(T) == 4) v = __builtin_bswap32(v);
-    if constexpr (sizeof(T) == 8) v = __builtin_bswap64(v);
-  }
-  return v;
-}
-
 // Bytes that a WireWriter did not copy: they belong before byte `at` of its out() (which lacks
 // them), and `owner` keeps them alive until they are written (none: the caller does).
 struct SharedSpan {
@@ -259,10 +249,7 @@ class WireWriter {
   // Inline: the hot paths write several numbers per message.
   template <typename T>
   void Put(T v) {
-    v = BigEndian(v);
-    char bytes[sizeof(T)];
-    std::memcpy(bytes, &v, sizeof(T));
-    out_.append(bytes, sizeof(T));
+    AppendBigEndian(out_, v);
   }
   // Lists `v` in shared() if this writer shares data and `v` is large, else copies it.
   void Keep(std::string_view v, std::shared_ptr<const std::string> owner);
@@ -304,10 +291,9 @@ class WireReader {
       in_ = {};
       return std::nullopt;
     }
-    T value;
-    std::memcpy(&value, in_.data(), sizeof(T));
+    const T value = LoadBigEndian<T>(in_.data());
     in_.remove_prefix(sizeof(T));
-    return BigEndian(value);
+    return value;
   }
   std::string_view in_;
   std::shared_ptr<const std::string> owner_;

@@ -1,5 +1,5 @@
 // PeerTransport: this agent's links to every other agent — one persistent connection per node
-// pair, mutual TLS 1.3 with the cluster's certificates (DESIGN.md "Wire formats",
+// pair, mutual TLS 1.3 with the cluster's certificates (docs/design.md "Wire formats",
 // docs/security.md), built from PeerLinks.
 //
 // Contract:

@@ -14,11 +14,36 @@
 // a message leave the sender only once the message is accepted; every right a dying job held
 // is released (ports die, send rights drop, link ends break) and the peers notified.
 //
+// The receive right of a port, as the port's home sees it (states named after Chromium's
+// mojo/core/ports; a tern port never leaves its home, so the proxying there is a moved job's
+// here). A link end's holder has the same two live states.
+//
+//     port_allocate                  kSetHolder a=1: the right leaves inside a message
+//   ───────────────> kReceiving ──────────────────────────────────────────────> kInTransit
+//                    │    ^     (or a port-destroyed notification carries it)       │
+//                    │    └──────── kSetHolder a=0: a job took the message ─────────┘
+//                    │                                                               │
+//                    │ kDestroyPort from its holder (or the holding job gone)        │ the message
+//                    v                                                               v is dropped
+//                  closed: erased from the home's ports; waiters and blocked senders get
+//                  kDeadName, dead-name notifications go out, names for it are dropped
+//
+//   kReceiving: the holder's receives take from the queue or wait there; messages queue.
+//   kInTransit (buffering): messages queue up to the limit; receives fail until a job holds
+//     the right again.
+//   proxying: a job moved to another node (ExportJob): this node forwards the answers meant
+//     for it for ten minutes while every home learns the new node (kJobMoved).
+// The code (ipc/src/router/): types.hpp has the records, state.hpp the State that holds them,
+// and a file per concept the operations: capability_table, port_home, links, names, regions,
+// job_ops (one handler per request), sending, tickets (and timers), job_move, quota, outbox,
+// dispatch (one handler per envelope kind).
+//
 // Thread-safety: none; one thread (the agent's io_context) drives it.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -100,7 +125,11 @@ class PortRouter {
     }
   };
 
-  PortRouter(std::uint64_t node_id, RegionStore& regions, IpcLimits limits = {});
+  // Draws the random start of this router's tickets (a moving job takes its waiting tickets
+  // along, and they must not collide with the new node's). Empty: std::random_device.
+  using RandomSource = std::function<std::uint64_t()>;
+  PortRouter(std::uint64_t node_id, RegionStore& regions, IpcLimits limits = {},
+             RandomSource random = {});
   ~PortRouter();
   PortRouter(const PortRouter&) = delete;
   PortRouter& operator=(const PortRouter&) = delete;

@@ -2,7 +2,7 @@
 //
 // A job is the tree under its tern-init, PID 1 of its own PID namespace; it is dumped by the
 // host pid of that init. CRIU runs in the agent's own network and mount namespaces, which are
-// the node's (PLATFORM.md: CRIU must share them with the job). Each run logs verbosely into the
+// the node's (docs/platform.md: CRIU must share them with the job). Each run logs verbosely into the
 // image directory; a failure is reported with the log's last error lines.
 //
 // Thread-safety: all functions block and are thread-safe; call them off the io_context thread.
@@ -15,11 +15,11 @@
 #include <optional>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/process_tree.hpp>
+#include <tern/subprocess.hpp>
 #include <tern/unique_fd.hpp>
 #include <utility>
 #include <vector>
-
-#include "tern/migrate/subprocess.hpp"
 
 namespace tern::migrate {
 
@@ -83,7 +83,7 @@ struct RestoreOptions {
   // RestoreCommand; worth it for big jobs only).
   bool auto_dedup = false;
   // The job's IPC channel: its socket as dumped ("socket:[INODE]") and the new agent's fd to
-  // put in its place (PLATFORM.md "A job's channel to its agent").
+  // put in its place (docs/platform.md "A job's channel to its agent").
   std::string channel_socket;
   int channel_fd = -1;
   bool leave_stopped = true;  // resumed only on commit
@@ -158,7 +158,7 @@ Expected<ParkedCriu> ParkRestore(const std::string& criu, const RestoreOptions& 
 // Releases a parked restore with `inventory` and waits for it; returns the restored init's pid.
 Expected<pid_t> FinishRestore(ParkedCriu& parked, const std::string& inventory,
                               const RestoreOptions& options);
-// Post-copy needs pipes of 4 MiB (PLATFORM.md); raises fs.pipe-max-size when it is lower.
+// Post-copy needs pipes of 4 MiB (docs/platform.md); raises fs.pipe-max-size when it is lower.
 Expected<void> EnsurePipeMaxSize();
 
 // Destination side of pre-copy: `criu page-server` writing the pages into `images`.
@@ -172,14 +172,10 @@ Expected<std::string> DumpCpuinfo(const std::string& criu, const std::string& sc
 Expected<void> CheckCpuinfo(const std::string& criu, const std::string& scratch_dir,
                             const std::string& cpuinfo);
 
-// Every pid of the PID namespace whose init is `init_pid` (init included), from /proc.
-std::vector<pid_t> NamespacePids(pid_t init_pid);
-// SIGCONT to every process of the job: resumes a tree left stopped by dump or restore.
-void ResumeTree(pid_t init_pid);
-// A dump with --tcp-established leaves the job's TCP sockets in repair mode (CRIU unlocks
-// only a tree it lets run); a job resumed after such a dump (a failed move) needs them out of
-// it first, or its connections hang. Takes each socket of the job's processes with
-// pidfd_getfd and turns TCP_REPAIR off (a window probe wakes the peer). Returns how many.
-int EndTcpRepair(pid_t init_pid);
+// Moved to tern_base (tern/process_tree.hpp); kept here while branches that name them as
+// migrate:: are merged (issue 19).
+using tern::EndTcpRepair;
+using tern::NamespacePids;
+using tern::ResumeTree;
 
 }  // namespace tern::migrate

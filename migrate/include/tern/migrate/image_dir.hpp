@@ -13,14 +13,12 @@
 #include <cstdint>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/mounts.hpp>
 
 namespace tern::migrate {
 
 // Mounts a private tmpfs of at most `bytes` on `dir` (an existing, empty directory).
 Expected<void> MountImageTmpfs(const std::string& dir, std::uint64_t bytes);
-
-// Whether `dir` is on a tmpfs.
-bool OnTmpfs(const std::string& dir);
 
 // Detaches every mount at or under `dir` (a tmpfs of MountImageTmpfs, perhaps left by an agent
 // that restarted), then removes the directory tree. Never follows a mount out of `dir`.

@@ -1,5 +1,5 @@
 // EventBus: this agent's events — job state changes, migrations, membership changes — as a
-// stream for `GET /v1/events` (server-sent events, DESIGN.md "Observe").
+// stream for `GET /v1/events` (server-sent events, docs/design.md "Data flows", 6).
 //
 // Contract: Publish() stamps an event with a sequence number and time, keeps the last 1000
 // (kRecent) for Recent() and for subscribers that arrive later (Subscribe replays the last 256,

@@ -1,4 +1,4 @@
-// tern::jobs::UniqueFd is tern::UniqueFd (ipc/include/tern/unique_fd.hpp), one RAII fd type
+// tern::jobs::UniqueFd is tern::UniqueFd (base/include/tern/unique_fd.hpp, tern_base), one RAII fd type
 // for the agent and libtern alike.
 #pragma once
 

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "port_router_wire.hpp"
+#include "wire.hpp"
 
 namespace tern::ipc::router {
 

@@ -15,7 +15,7 @@
 #include <tern/expected.hpp>
 #include <tern/unique_fd.hpp>
 
-namespace tern::migrate {
+namespace tern {
 
 // Opens the directory at `path` (its last component must not be a symlink) for use as the
 // base of OpenBeneath.
@@ -33,4 +33,4 @@ Expected<UniqueFd> OpenBeneath(int dir_fd, const std::string& relative, int flag
 Expected<UniqueFd> OpenRegularBeneath(int dir_fd, const std::string& relative, int flags,
                                       mode_t mode = 0);
 
-}  // namespace tern::migrate
+}  // namespace tern

@@ -29,7 +29,7 @@ template <typename T>
 class [[nodiscard]] Expected {
  public:
   Expected(T value) : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT implicit
-  Expected(Unexpected<Error> failure)                                       // NOLINT implicit
+  Expected(Unexpected<Error> failure)                                      // NOLINT implicit
       : state_(std::in_place_index<1>, std::move(failure.error)) {}
 
   bool has_value() const { return state_.index() == 0; }

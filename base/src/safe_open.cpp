@@ -1,4 +1,4 @@
-#include "tern/migrate/safe_open.hpp"
+#include "tern/safe_open.hpp"
 
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -11,7 +11,7 @@
 #include <sstream>
 #include <vector>
 
-namespace tern::migrate {
+namespace tern {
 namespace {
 
 Error OpenError(const std::string& relative, int error) {
@@ -85,4 +85,4 @@ Expected<UniqueFd> OpenRegularBeneath(int dir_fd, const std::string& relative, i
   return fd;
 }
 
-}  // namespace tern::migrate
+}  // namespace tern

@@ -1,4 +1,4 @@
-#include "tern/migrate/subprocess.hpp"
+#include "tern/subprocess.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -13,7 +13,7 @@
 #include <set>
 #include <thread>
 
-namespace tern::migrate {
+namespace tern {
 namespace {
 
 std::set<pid_t>& Registry() {
@@ -187,4 +187,4 @@ int BackgroundProcess::Finish(std::chrono::milliseconds timeout) {
   return ExitCode();
 }
 
-}  // namespace tern::migrate
+}  // namespace tern

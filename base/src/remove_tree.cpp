@@ -1,4 +1,4 @@
-#include "tern/migrate/remove_tree.hpp"
+#include "tern/remove_tree.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <tern/unique_fd.hpp>
 #include <vector>
 
-namespace tern::migrate {
+namespace tern {
 namespace {
 
 constexpr int kMaxDepth = 256;  // deeper than any job writes; bounds the recursion
@@ -127,4 +127,4 @@ Expected<void> RemoveTreeNoFollow(const std::string& path) {
   return {};
 }
 
-}  // namespace tern::migrate
+}  // namespace tern

@@ -1,4 +1,4 @@
-#include "port_router_wire.hpp"
+#include "wire.hpp"
 
 #include <algorithm>
 

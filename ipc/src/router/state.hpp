@@ -1,0 +1,255 @@
+// PortRouter::State: everything one router holds, and the operations on it, declared here and
+// defined by concept in the files of this folder (each group below names its file). Internal to
+// tern_ipc; PortRouter (port_router.hpp) is the only way in.
+//
+// Thread-safety: none; PortRouter's caller drives it from one thread.
+#pragma once
+
+#include <algorithm>
+#include <tern/ipc/port_router.hpp>
+
+#include "types.hpp"
+
+namespace tern::ipc {
+
+using router::BlockedSender;
+using router::Cost;
+using router::DeadNameRequest;
+using router::Delivery;
+using router::Entry;
+using router::Envelope;
+using router::Holder;
+using router::JobState;
+using router::kMaxBatchBytes;
+using router::kRootUid;
+using router::kRegionChunk;
+using router::kRememberMoveMs;
+using router::Link;
+using router::LinkOp;
+using router::NameSearch;
+using router::OpState;
+using router::OwnerRank;
+using router::Port;
+using router::PortState;
+using router::Queued;
+using router::QueuedEntry;
+using router::Region;
+using router::Remote;
+using router::Sender;
+using router::Ticket;
+using router::TicketKind;
+using router::TimerInfo;
+using router::TimerKind;
+using router::TrainRun;
+using router::TransitItem;
+using router::TransitMessage;
+using router::TransitRight;
+using router::U32Bytes;
+using router::Waiter;
+
+struct PortRouter::State {
+  std::uint64_t self;
+  RegionStore& store;
+  std::uint64_t next_serial = 1;
+  std::uint64_t next_ticket = 1;
+  std::uint64_t next_timer = 1;
+  std::map<std::uint64_t, Port> ports;                   // by serial: homed here
+  std::map<std::uint64_t, std::shared_ptr<Link>> links;  // by end serial
+  std::map<std::uint64_t, Region> regions;
+  IpcLimits limits;
+  // Bytes each sender has waiting at this home (queued, or blocked on a full queue).
+  std::map<Sender, std::uint64_t> charged;
+  std::map<std::string, JobState> jobs;
+  std::map<std::uint64_t, Ticket> tickets;
+  std::map<std::uint64_t, TimerInfo> timers;
+  std::map<std::string, std::pair<ObjectId, std::string>> names;  // name -> port, registrant
+  std::set<std::uint64_t> peers;
+  std::deque<Envelope> local;
+  Actions actions;
+  // Jobs that moved away, and where to: late answers for them are forwarded. An entry is
+  // forgotten after kRememberMove, long after every node has learnt the new place (kJobMoved).
+  struct MovedJob {
+    std::uint64_t node = 0;
+    std::uint64_t forget_timer = 0;
+  };
+  std::map<std::string, MovedJob> moved_jobs;
+  std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
+  // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, and the
+  // timer that sends what is still waiting when it fires. It is not cancelled when the results
+  // leave early: a steady stream of calls arms one timer per kLazyResultMs, not one per call.
+  struct DeferredResults {
+    std::vector<std::string> frames;
+    std::uint64_t timer = 0;
+  };
+  std::map<std::uint64_t, DeferredResults> deferred;
+
+  // Tickets start at a point `random` draws: a moving job takes its waiting tickets along, and
+  // they must not collide with the new node's own.
+  State(std::uint64_t node, RegionStore& regions_store, IpcLimits ipc_limits,
+        const RandomSource& random)
+      : self(node), store(regions_store), limits(ipc_limits) {
+    // 2^62 values apart from wrapping; 0 means "no ticket".
+    next_ticket = (random() >> 2) | 1;
+  }
+
+  // ---- quota.cpp
+  static Sender SenderOf(const Envelope& e);
+  bool Fits(const Sender& sender, std::uint64_t cost) const;
+  void Charge(const Sender& sender, std::uint64_t cost);
+  void Uncharge(const Sender& sender, std::uint64_t cost);
+  void OverQuota(const Envelope& e);
+
+  // ---- outbox.cpp
+  void Post(std::uint64_t node, Envelope e);
+  void Emit(std::uint64_t node, const Envelope& e);
+  void FlushDeferred(std::uint64_t node);
+  void Respond(const Envelope& request, Envelope result);
+  void SendResult(std::uint64_t node, Envelope result);
+  void Drain();
+  void Reply(const std::string& job, std::uint32_t request, JobStatus status,
+             std::string_view body = {});
+  void Reply(const std::string& job, std::uint32_t request, WireWriter& out);
+  void Error(const std::string& job, std::uint32_t request, JobStatus status, std::string message);
+  ObjectId NewObject();
+
+  // ---- tickets.cpp
+  std::uint64_t NewTicket(Ticket ticket);
+  std::uint64_t NewTimer(TimerInfo info, std::uint32_t ms);
+  void CancelTimer(std::uint64_t timer);
+  void HandleResult(Envelope& e, std::uint64_t from);
+  void FailTicketsTo(std::uint64_t node);
+
+  // ---- capability_table.cpp
+  Entry* Find(JobState& job, std::uint32_t name);
+  std::uint32_t Insert(JobState& job, RightType type, ObjectId id, std::uint32_t refs = 1);
+  void Drop(JobState& job, std::uint32_t name, std::uint32_t refs = 1);
+  void ReleaseRight(RightType type, ObjectId id, std::uint32_t refs, const std::string& job);
+  void ReleaseTransit(const TransitMessage& message);
+  JobStatus CarryRight(const std::string& job_name, JobState& job, std::uint32_t name,
+                       Disposition disposition, JobState::PendingSend& send,
+                       std::map<std::uint32_t, std::uint32_t>& moved, TransitRight& out,
+                       std::string& error);
+  void DropIfHeld(const std::string& job_name, std::uint32_t name);
+  void MarkDead(JobState& job, ObjectId port);
+  Message Convert(JobState& job, const std::string& job_name, TransitMessage& transit,
+                  std::uint32_t receive_name, const std::map<std::size_t, ObjectId>& copied);
+
+  // ---- job_ops.cpp
+  void HandleJob(const std::string& job_name, JobState& job, ipc::JobRequest& request);
+  // The answers every handler gives to a malformed request or a name that is not the job's.
+  void Bad(const std::string& job_name, const ipc::JobRequest& request, std::string why);
+  void Invalid(const std::string& job_name, const ipc::JobRequest& request, std::uint32_t name,
+               std::string_view what);
+  void OnPortAllocate(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                      WireReader& in);
+  void OnMakeSend(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                  WireReader& in);
+  void OnDeallocate(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    WireReader& in);
+  void OnRightInfo(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                   WireReader& in);
+  void OnPortStatus(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    WireReader& in);
+  void OnSend(const std::string& job_name, JobState& job, ipc::JobRequest& request, WireReader& in);
+  void OnSendReceive(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                     WireReader& in);
+  void OnReceive(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                 WireReader& in);
+  void OnReceiveMany(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                     WireReader& in);
+  void OnRequestNotification(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                             WireReader& in);
+
+  // ---- sending.cpp
+  std::optional<WireWriter> TakeQueuedHere(const std::string& job_name, JobState& job,
+                                           std::uint32_t name, std::uint32_t max);
+  static std::optional<TransitMessage> DataOnly(Message message);
+  static bool WriteDataOnly(WireWriter& out, const TransitMessage& transit,
+                            std::uint32_t receive_name);
+  void StartReceive(const std::string& job_name, JobState& job, std::uint32_t request,
+                    std::uint32_t name, std::uint32_t timeout, bool many = false);
+  void StartSend(const std::string& job_name, JobState& job, std::uint32_t request,
+                 SendRequest send_request,
+                 std::optional<std::pair<std::uint32_t, std::uint32_t>> then_receive = {});
+  void StartBatch(const std::string& job_name, JobState& job, std::uint32_t request,
+                  const std::shared_ptr<const std::string>& owner, std::string_view body);
+  void PumpSends(const std::string& job_name, JobState& job);
+  bool NothingQueuedHere(JobState& job, std::uint32_t name);
+  void SendDone(const std::string& job_name, const JobState::PendingSend& send);
+  void PostNotification(ObjectId port, std::uint32_t id, std::string bytes,
+                        std::optional<TransitRight> right = std::nullopt);
+  void EnqueueResult(const Envelope& request, JobStatus status = JobStatus::kOk,
+                     std::string text = {});
+
+  // ---- names.cpp
+  void HomeNameQuery(const Envelope& e);
+  std::optional<std::uint32_t> OwnerOf(const std::string& registrant) const;
+  static std::string UidText(std::optional<std::uint32_t> uid);
+  std::string TakenWhy(const JobState& job, const std::string& text,
+                       std::map<std::string, std::pair<ObjectId, std::string>>::iterator taken);
+  void LookupFound(const std::string& job, std::uint32_t request, const std::string& text,
+                   ObjectId port);
+  void OnNameRegister(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                      WireReader& in);
+  void OnNameUnregister(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                        WireReader& in);
+  void OnNameLookup(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    WireReader& in);
+
+  // ---- links.cpp
+  void Complete(const LinkOp& op, ObjectId end, JobStatus status,
+                std::optional<TransitMessage> message);
+  void HomeLinkPost(const Envelope& e);
+  void HomeLinkCancel(const Envelope& e);
+  void HomeBreakLinkEnd(const Envelope& e);
+  void HomeSetLinkHolder(const Envelope& e);
+  void LinkCompleted(const Envelope& e);
+  void FinishOp(const std::string& job_name, JobState& job, std::uint32_t handle,
+                std::uint32_t request, bool poll);
+  void OnLinkCreate(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    WireReader& in);
+  void OnLinkSend(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                  WireReader& in);
+  void OnLinkReceive(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                     WireReader& in);
+  void OnOpWaitOrPoll(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                      WireReader& in);
+  void OnOpCancel(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                  WireReader& in);
+
+  // ---- regions.cpp
+  void HomeRegionFetch(const Envelope& e);
+  void StartDelivery(const std::shared_ptr<Delivery>& delivery);
+  void FinishDelivery(const std::shared_ptr<Delivery>& delivery);
+  bool NeedsFetch(const TransitMessage& message) const;
+  void OnRegionCreate(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                      WireReader& in);
+  void OnRegionMap(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                   WireReader& in);
+
+  // ---- port_home.cpp
+  void HomeEnqueue(Envelope& e);
+  bool TakeFromBatch(Port& port, Envelope& e, bool charged);
+  void HomeEnqueueBatch(Envelope& e);
+  TransitMessage PopQueued(Port& port, ObjectId port_id);
+  void Accept(Port& port, TransitMessage&& message, const Sender& sender, bool charged);
+  void AnswerWaiter(const Waiter& waiter, Envelope result);
+  void RoomFreed(Port& port);
+  void HomeReceiveWait(const Envelope& e);
+  void HomeRefDelta(const Envelope& e);
+  void HomeDestroyPort(const Envelope& e);
+  void FailWaiters(Port& port, JobStatus status, const std::string& why);
+  void HomeNotifyRequest(const Envelope& e);
+  void HomeSetHolder(const Envelope& e);
+  void HomePortStatus(const Envelope& e);
+
+  // ---- dispatch.cpp
+  void Dispatch(Envelope& e, std::uint64_t from);
+
+  // ---- job_move.cpp
+  void RememberMove(const std::string& job, std::uint64_t node);
+  void ForgetMove(const std::string& job);
+  void JobMovedHere(const std::string& job, std::uint64_t node);
+};
+
+}  // namespace tern::ipc
