@@ -318,7 +318,16 @@ class World {
     auto decoded = DecodeRecord(EncodeRecord(a.record));
     if (!decoded || !(*decoded == a.record)) Violation("a record does not read back");
   }
-  void Do(Side side, ForgetAction&) { NodeOf(side).store.erase(kId); }
+  void Do(Side side, ForgetAction&) {
+    auto& store = NodeOf(side).store;
+    if (const auto found = store.find(kId); found != store.end()) {
+      const auto* record = std::get_if<SourceRecord>(&found->second);
+      // S lets "committed" go once D confirmed: the move was committed all the same.
+      source_forgot_commit_ =
+          source_forgot_commit_ || (record && record->stage == SourceStage::kCommitted);
+    }
+    store.erase(kId);
+  }
   void Do(Side side, ResumeJobAction&) {
     if (side == Side::kSource) {
       if (src_ == Copy::kFrozen) src_ = Copy::kRunning;
@@ -764,8 +773,10 @@ class World {
     }
     if (d_.gone) {
       const auto found = s_.store.find(kId);
-      const bool committed = found != s_.store.end() &&
-                             std::get<SourceRecord>(found->second).stage == SourceStage::kCommitted;
+      const bool committed =
+          source_forgot_commit_ ||
+          (found != s_.store.end() &&
+           std::get<SourceRecord>(found->second).stage == SourceStage::kCommitted);
       if (committed) {
         verdict_.ok = true;
         verdict_.outcome = "lost with the destination's node (committed there)";
@@ -787,6 +798,7 @@ class World {
   std::uint64_t seq_ = 0;
   Millis now_{0};
   Node s_, d_;
+  bool source_forgot_commit_ = false;
   std::optional<SourceMachine> source_;
   std::optional<DestinationMachine> dest_;
   Copy src_ = Copy::kRunning;

@@ -26,8 +26,10 @@
 // commit_attempts times.
 //
 // Restart: SourceMachine::Recover rebuilds it from its record (migration_store.hpp). A move
-// that has no record was never frozen: the adapter answers D's questions "unknown"
-// (AnswerWithoutMachine) and nothing else is owed.
+// that has no record was never frozen, or is settled: the adapter answers D's questions
+// "unknown" (AnswerWithoutMachine), which D takes as "aborted", and nothing else is owed. The
+// record is forgotten once D confirmed the commit (D recorded its resumed copy before it
+// answered, so it never asks again) and when a restart found it "aborted" (and told D again).
 //
 // Thread-safety: not thread-safe; the adapter drives one instance from one thread.
 #pragma once
