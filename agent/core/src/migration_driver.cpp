@@ -1115,7 +1115,23 @@ void MigrationDriver::AnswerQuery(const migrate::Request& query, ApiDone done) {
     Execute(migration, migration->machine.OnMessage(message, Now()), &done);
     return;
   }
-  const auto record = store_.Load(id);
+  auto record = store_.Load(id);
+  if (!record) {
+    // A move recorded by an agent from before the machines: `outcome` and `ipc-state` files.
+    std::ifstream legacy(MigrationDir(id) + "/outcome");
+    std::string outcome;
+    legacy >> outcome;
+    if (outcome == "committed" || outcome == "aborted") {
+      std::ifstream state(MigrationDir(id) + "/ipc-state", std::ios::binary);
+      record = migrate::SourceRecord{id,
+                                     "",
+                                     "",
+                                     migrate::MoveMode::kPreCopy,
+                                     outcome == "committed" ? migrate::SourceStage::kCommitted
+                                                            : migrate::SourceStage::kAborted,
+                                     std::string(std::istreambuf_iterator<char>(state), {})};
+    }
+  }
   const auto* source = record ? std::get_if<migrate::SourceRecord>(&*record) : nullptr;
   auto wire = migrate::Encode(migrate::SourceMachine::AnswerWithoutMachine(query, source));
   done(ApiResult{wire.status, wire.content_type, std::move(wire.body), {}});

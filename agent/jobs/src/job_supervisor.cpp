@@ -52,8 +52,15 @@ namespace {
 // MigrationFileStore): "committed", "frozen", "aborted", or "" for none.
 std::string ReadOutcome(const std::string& state_dir, const std::string& migration_id) {
   if (!migrate::IsMigrationId(migration_id)) return "";
-  std::ifstream file(state_dir + "/migrations/" + migration_id + "/record", std::ios::binary);
-  if (!file) return "";
+  const std::string dir = state_dir + "/migrations/" + migration_id;
+  std::ifstream file(dir + "/record", std::ios::binary);
+  if (!file) {
+    // A move recorded by an agent from before the machines: a one-word `outcome` file.
+    std::ifstream legacy(dir + "/outcome");
+    std::string outcome;
+    legacy >> outcome;
+    return outcome;
+  }
   const std::string bytes{std::istreambuf_iterator<char>(file), {}};
   auto record = migrate::DecodeRecord(bytes);
   if (!record) return "";
