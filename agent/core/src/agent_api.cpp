@@ -188,6 +188,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "migrate") {
       method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done) : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "recover") {
+      method == "POST" ? JobCall(std::move(call), parts[2], "recover", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" &&
                (parts[3] == "pin" || parts[3] == "unpin")) {
       method == "POST" ? JobCall(std::move(call), parts[2], parts[3], done) : wrong_method("POST");
