@@ -669,9 +669,9 @@ Expected<void> CheckCpuinfoUncached(const std::string& criu, const std::string& 
 }
 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
-                                         const std::string& images, const PageServerTarget& serve,
+                                         const std::string& images, int ps_socket,
                                          const std::vector<std::string>& external,
-                                         const CriuTls& tls, ino_t job_netns) {
+                                         ino_t job_netns) {
   std::vector<std::string> argv = {criu,
                                    "dump",
                                    "-t",
@@ -683,35 +683,28 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                    "-v4",
                                    "--leave-stopped",
                                    "--lazy-pages",
-                                   "--address",
-                                   serve.address,
-                                   "--port",
-                                   std::to_string(serve.port),
+                                   "--ps-socket",
+                                   std::to_string(ps_socket),
                                    "--status-fd",
                                    "9"};
   for (auto& flag : NetDumpArguments(job_netns)) argv.push_back(std::move(flag));
   for (const auto& resource : external) argv.insert(argv.end(), {"--external", resource});
-  for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
 }
 
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source, int status_fd,
-                                          const CriuTls& tls) {
+                                          int ps_socket, int status_fd) {
   std::vector<std::string> argv = {criu,
                                    "lazy-pages",
                                    "--page-server",
-                                   "--address",
-                                   source.address,
-                                   "--port",
-                                   std::to_string(source.port),
+                                   "--ps-socket",
+                                   std::to_string(ps_socket),
                                    "-D",
                                    images,
                                    "-o",
                                    images + "/lazy-pages.log",
                                    "-v4"};
   if (status_fd >= 0) argv.insert(argv.end(), {"--status-fd", std::to_string(status_fd)});
-  for (const auto& flag : CriuTlsArguments(tls)) argv.push_back(flag);
   return argv;
 }
 

@@ -207,6 +207,13 @@ MachineActions SourceMachine::OnStepDone(const StepResult& result, Millis now) {
     case SourcePhase::kDumping:
       if (result.kind != StepKind::kDump) break;
       if (!result.ok) {
+        if (result.transient && plan_.mode == MoveMode::kPreCopy) {
+          // Not again against this move's page server: CRIU connects to it before it seizes
+          // the job and it serves that one session, so a second dump finds nobody listening
+          // ("Unable to detach ... No such process"). The move ends, retryable: the adapter
+          // starts a fresh one, and D a fresh page server for it.
+          return Abort(result.error, 500, /*retryable=*/true);
+        }
         if (result.transient && dump_attempt_ < options_.dump_attempts) {
           Enter(SourcePhase::kDumpRetryWait);
           Arm(actions, now + options_.dump_retry);

@@ -367,6 +367,9 @@ class World {
     Log(std::string(side == Side::kSource ? "S" : "D") + " reports " +
         std::string(ToString(a.kind)) + ": " + a.message);
     if (a.kind == ReportKind::kBlocked && a.message.empty()) Violation("blocked without a reason");
+    if (side == Side::kSource && a.kind == ReportKind::kFailed && a.retryable) {
+      verdict_.source_asked_for_a_fresh_move = true;
+    }
   }
   void Do(Side side, ArmTimerAction& a) {
     Node& node = NodeOf(side);
@@ -597,6 +600,13 @@ class World {
       fail = true;
       transient = node.step_fault_transient;
       error = transient ? "injected: file locks held (transient)" : "injected CRIU failure";
+    }
+    if (side == Side::kSource && request.kind == StepKind::kDump && request.attempt > 1 &&
+        scenario_.mode == MoveMode::kPreCopy) {
+      // D's page server served the first attempt's session and is gone, as CRIU's is.
+      Violation("a pre-copy dump was tried again against the page server of its first attempt");
+      fail = true;
+      error = "Unable to detach from 42: No such process (nobody listens on the page server)";
     }
     if (side == Side::kSource && request.kind == StepKind::kDump && request.attempt == 1 &&
         scenario_.first_dump_transient_failure) {

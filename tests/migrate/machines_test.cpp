@@ -85,6 +85,34 @@ TEST(SourceMachineTest, ADestinationLostDuringTheDumpResumesOnlyOnceTheDumpRetur
   EXPECT_EQ(source.phase(), SourcePhase::kAborted);
 }
 
+// A held file lock: pre-copy ends the move (its page server served its one session) and asks
+// for a fresh one; post-copy, whose dump needs no page server, tries again within the move.
+TEST(SourceMachineTest, ATransientPreCopyDumpFailureAsksForAFreshMoveNotASecondDump) {
+  for (MoveMode mode : {MoveMode::kPreCopy, MoveMode::kPostCopy}) {
+    SourceMachine source({kId, "job-1.1", "d", mode});
+    (void)source.Start(Millis{0});
+    StepResult check = Ok(StepKind::kCheck);
+    check.prepare = PrepareRequest{kId, "{}"};
+    (void)source.OnStepDone(check, Millis{0});
+    (void)source.OnMessage(PrepareReply{kId}, Millis{0});
+    ASSERT_EQ(source.phase(), SourcePhase::kDumping);
+    const auto actions = source.OnStepDone(
+        {kId, StepKind::kDump, false, true, "Dumping of file locks failed"}, Millis{1});
+    if (mode == MoveMode::kPostCopy) {
+      EXPECT_EQ(source.phase(), SourcePhase::kDumpRetryWait);
+      EXPECT_EQ(Count<ArmTimerAction>(actions), 1);
+      continue;
+    }
+    EXPECT_EQ(source.phase(), SourcePhase::kAborted);
+    EXPECT_EQ(Count<RunStepAction>(actions), 0);
+    EXPECT_EQ(Count<ResumeJobAction>(actions), 1);
+    ASSERT_LT(IndexOf<ReportAction>(actions), actions.size());
+    const auto& report = std::get<ReportAction>(actions[IndexOf<ReportAction>(actions)]);
+    EXPECT_EQ(report.kind, ReportKind::kFailed);
+    EXPECT_TRUE(report.retryable);
+  }
+}
+
 TEST(SourceMachineTest, ARestartResumesAFrozenMoveAndRepeatsACommittedOne) {
   auto [frozen, resume] = SourceMachine::Recover(
       {kId, "job-1.1", "d", MoveMode::kPreCopy, SourceStage::kFrozen}, {}, Millis{0});

@@ -9,6 +9,7 @@
 
 #include "api_access.hpp"
 #include "balancer_service.hpp"
+#include "fault_hook.hpp"
 #include "job_usage.hpp"
 #include "node_cgroup.hpp"
 #include "tern/agent/agent_api.hpp"
@@ -178,6 +179,12 @@ Expected<void> Agent::Start() {
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);
   api_->SetBalancer(balancer_.get(), events_.get());
   api_->SetMigrationHistory(&migration_history_);
+  faults_ = std::make_unique<FaultHook>(config_.testing_faults);
+  if (config_.testing_faults) {
+    spdlog::warn("[testing] faults is on: an admin may arm faults that kill this agent");
+  }
+  api_->SetFaultHook(faults_.get());
+  migrations_->SetFaultHook(faults_.get());
   feed_ = std::make_unique<ClusterEventFeed>(io_, *cluster_, *events_);
   {
     nlohmann::json cgroup = {{"ok", node_cgroup_ != nullptr}};

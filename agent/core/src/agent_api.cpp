@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "balancer_service.hpp"
+#include "fault_hook.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/event_bus.hpp"
 #include "tern/agent/load_json.hpp"
@@ -170,6 +171,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       done(ErrorResult(400, target.error));
     } else if (parts.size() < 2 || parts[0] != "v1") {
       done(ErrorResult(404, "no such API path: " + target.path));
+    } else if (parts.size() == 2 && parts[1] == "faults") {
+      Faults(call, done);
     } else if (parts.size() == 2 && parts[1] == "info") {
       method == "GET" ? Info(call, done) : wrong_method("GET");
     } else if (parts.size() == 2 && parts[1] == "nodes") {
@@ -212,6 +215,39 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
                   error.what());
     done(ErrorResult(500, std::string("internal error: ") + error.what()));
   }
+}
+
+void AgentApi::Faults(const ApiCall& call, ApiDone done) {
+  if (call.method != "GET" && !MayWrite(call, done)) return;
+  if (call.caller.uid != 0 || call.forwarded) {
+    done(ErrorResult(403, "only root on this node may read or arm its faults"));
+    return;
+  }
+  if (faults_ == nullptr || !faults_->enabled()) {
+    done(ErrorResult(403,
+                     "fault injection is off on this node ([testing] faults = true in "
+                     "its config turns it on, for bench/faults only)"));
+    return;
+  }
+  if (call.method == "POST") {
+    const json body = json::parse(call.body, nullptr, false);
+    auto plan = FaultPlan::FromJson(body);
+    if (!plan) {
+      done(ErrorResult(400, plan.error().message));
+      return;
+    }
+    if (auto armed = faults_->Arm(std::move(*plan)); !armed) {
+      done(ErrorResult(403, armed.error().message));
+      return;
+    }
+    spdlog::warn("fault armed: {}", faults_->armed()->ToJson().dump());
+  } else if (call.method == "DELETE") {
+    faults_->Disarm();
+  } else if (call.method != "GET") {
+    done(ErrorResult(405, call.method + " is not allowed on /v1/faults (use GET, POST, DELETE)"));
+    return;
+  }
+  done(JsonResult(200, faults_->StatusJson().dump()));
 }
 
 void AgentApi::Info(const ApiCall&, ApiDone done) {

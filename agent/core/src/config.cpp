@@ -215,6 +215,7 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.String("tls", "cert", config.tls_cert);
   reader.String("tls", "key", config.tls_key);
   reader.Bool("security", "allow_remote_root", config.allow_remote_root);
+  reader.Bool("testing", "faults", config.testing_faults);
   reader.Millis("jobs", "cancel_grace_ms", config.cancel_grace);
   reader.String("jobs", "dir", config.jobs_dir);
   reader.String("jobs", "init_path", config.init_path);

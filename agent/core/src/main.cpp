@@ -9,7 +9,9 @@
 #include <csignal>
 #include <filesystem>
 #include <iostream>
+#include <string_view>
 
+#include "page_relay_main.hpp"
 #include "tern/agent/agent.hpp"
 #include "tern/agent/config.hpp"
 #include "tern/agent/logging.hpp"
@@ -20,6 +22,10 @@
 #endif
 
 int main(int argc, char** argv) {
+  // A post-copy move's relay (page_relay_main.hpp): started by the agent, not an agent itself.
+  if (argc > 1 && std::string_view(argv[1]) == "page-relay") {
+    return tern::agent::RunPageRelay(argc - 1, argv + 1);
+  }
   // IPC messages of up to hundreds of MiB pass through the agent. With glibc's defaults every
   // buffer over 128 KiB is a fresh mmap whose pages fault in on first touch (~0.4 GB/s on these
   // VMs, PLATFORM.md); keeping them in the heap for reuse makes a 1 MiB message ~10x cheaper.

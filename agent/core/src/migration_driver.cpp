@@ -42,7 +42,11 @@
 #include <type_traits>
 #include <variant>
 
+#include "fault_actions.hpp"
+#include "fault_hook.hpp"
+#include "lazy_page_proxy.hpp"
 #include "net_move.hpp"
+#include "page_relay_process.hpp"
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/restored_copy.hpp"
 
@@ -57,6 +61,24 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::milliseconds kIpcHandOffPatience{3000};
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
 constexpr int kLockRetries = 5;
+// The fd number post-copy's CRIU processes get their end of the lazy-page relay as (--ps-socket).
+constexpr int kLazySocketFd = 10;
+// What a post-copy source puts in the prepare's lazy_source.relay: its stream goes through a
+// TLS relay (a destination refuses a source that does not say so).
+constexpr const char* kLazyRelayTls = "agents-tls";
+
+// A `ternd page-relay` for move `mid` that lets in node `peer` only, logging into `dir`.
+PageRelayProcess::Options RelayOptions(const AgentConfig& config, const std::string& dir,
+                                       const std::string& mid, const std::string& peer) {
+  PageRelayProcess::Options options;
+  options.migration = mid;
+  options.peer_node = peer;
+  options.tls = {config.tls_ca, config.tls_cert, config.tls_key};
+  std::error_code ignored;
+  std::filesystem::create_directories(dir, ignored);
+  options.log_path = dir + "/page-relay.log";
+  return options;
+}
 
 // The job's channel socket as dumped, kept next to the images for the destination's restore.
 void WriteChannelNote(const std::string& images, const std::string& channel) {
@@ -242,9 +264,13 @@ struct MigrationDriver::Outgoing {
   json moved_job;
   bool shared_dir = false;  // the destination sees the very same job directory
   bool frozen = false;      // the dump has started: an abort must unlock and resume the job
-  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit.
-  migrate::PageServerTarget lazy_serve;
+  // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit,
+  // CRIU's end of its loopback connection (kept for a retried dump until one serves), and the
+  // relay that carries that connection to the destination inside TLS.
   std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
+  UniqueFd lazy_socket;
+  std::shared_ptr<PageRelayProcess> lazy_relay;
+  int phase_seen = -1;  // the machine's phase the fault hook last heard of
 };
 
 struct MigrationDriver::Incoming {
@@ -269,8 +295,16 @@ struct MigrationDriver::Incoming {
   std::atomic<bool> abort_requested{false};
   bool shared_dir = false;
   bool lazy = false;  // post-copy
-  migrate::PageServerTarget lazy_source;
+  bool dry_run = false;
+  migrate::PageServerTarget lazy_source;  // the source agent's relay listener
+  std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
+  // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it) and
+  // the relay process to the source; the restore's worker waits for it to be in (the job is
+  // not restored with no way to fetch its memory).
+  UniqueFd lazy_socket;
+  std::shared_ptr<PageRelayProcess> lazy_relay;
+  int phase_seen = -1;  // the machine's phase the fault hook last heard of
   // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
   // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
   // Without a channel in the prepare call (an older source) the restore starts them instead.
@@ -334,13 +368,6 @@ migrate::CriuTls MigrationDriver::PageServerTls() const {
   return {config_.tls_ca, config_.tls_cert, config_.tls_key};
 }
 
-migrate::CriuTls MigrationDriver::PostCopyTls() const {
-  // Not yet: with --tls, CRIU 4.2's post-copy handed a restored job wrong memory (a python job
-  // segfaulted after its 2nd and 4th move; 0 of 8 moves without TLS). Post-copy's page server
-  // stays plain until that is understood (docs/security.md "Left").
-  return {};
-}
-
 std::string MigrationDriver::PageServerTlsProblem() const {
   // CRIU reads these as root when a page connection opens; found out now, before anything is
   // frozen, rather than as a gnutls error in the middle of the move.
@@ -398,6 +425,20 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
     done(ErrorResult(409, "job " + job.id + " is already moving"));
     return;
   }
+  if (auto pulling = pulling_.find(job.id); pulling != pulling_.end()) {
+    // It came here by post-copy and part of its memory is still on the way (through the relay,
+    // a few hundred ms for a small job): its dump would fail, so the move starts once it is in.
+    spdlog::info("job {}: moving it once its memory has arrived from its last move", job.id);
+    pulling->second.push_back([this, call, id = job.id, done = std::move(done), attempt]() mutable {
+      auto current = supervisor_.Get(id);
+      if (!current) {
+        done(ErrorResult(404, "job " + id + " is gone"));
+        return;
+      }
+      Migrate(call, *current, std::move(done), attempt);
+    });
+    return;
+  }
   if (destination.empty() || destination == cluster_.self().name) {
     done(ErrorResult(400, "name another node to move job " + job.id + " to"));
     return;
@@ -443,9 +484,28 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
   Execute(migration, migration->machine.Start(Now()));
 }
 
+void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std::string& job,
+                                 const std::string& migration) {
+  if (faults_ == nullptr) return;
+  const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
+  if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
+    PerformFault(*hit, config_.state_dir, io_);
+  }
+}
+
 void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
                               migrate::MachineActions actions, const ApiDone* answer) {
   const std::string id = migration->machine.plan().id;
+  // Every machine event ends here: the one place that sees each phase the move enters (before
+  // its actions, as a crash right after the transition would).
+  if (const int phase = static_cast<int>(migration->machine.phase());
+      phase != migration->phase_seen) {
+    migration->phase_seen = phase;
+    if (!migration->machine.plan().dry_run) {
+      FaultPoint(true, migrate::ToString(migration->machine.phase()),
+                 migration->machine.plan().job_id, id);
+    }
+  }
   for (auto& action : actions) {
     if (auto* send = std::get_if<migrate::SendAction>(&action)) {
       if (auto request = AsRequest(send->message)) {
@@ -520,6 +580,11 @@ void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
   if (migration->machine.finished() && found != outgoing_.end() && found->second == migration) {
     outgoing_.erase(found);
     migration->timer->cancel();  // its handler holds the move: let it go
+    migration->lazy_socket.Reset();
+    // A move that did not commit serves no memory: its relay listener and connection go now.
+    if (migration->lazy_relay && migration->machine.outcome() != migrate::Outcome::kCommitted) {
+      migration->lazy_relay->Stop();
+    }
     std::error_code ignored;
     fs::remove_all(MigrationDir(id) + "/images", ignored);
   }
@@ -619,8 +684,11 @@ void MigrationDriver::RunSourceStep(const std::shared_ptr<Outgoing>& migration,
       return;
     case migrate::StepKind::kServePages:
       // The lazy dump serves the job's memory until the destination has it all; it finishes
-      // in the background and nothing waits for it (it stays out of the worker pool).
+      // in the background and nothing waits for it (it stays out of the worker pool). The
+      // relay process carries the stream on by itself until CRIU's ends, whatever happens to
+      // this agent.
       LetFinish(std::move(migration->lazy_dump));
+      if (migration->lazy_relay) migration->lazy_relay->LetRun();
       StepDone(migration, {step.id, step.kind, true});
       return;
     default:
@@ -742,8 +810,19 @@ void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
         prepare.rss_bytes = scan.rss_bytes;
         prepare.outside = scan.outside;
         if (migration->machine.plan().mode == migrate::MoveMode::kPostCopy) {
-          migration->lazy_serve = {HostOf(config_.cluster_advertise), FreePort(7300)};
-          prepare.lazy_source = {migration->lazy_serve.address, migration->lazy_serve.port};
+          prepare.lazy_relay = kLazyRelayTls;
+          if (!migration->machine.plan().dry_run) {
+            // The relay listener is opened for this move's destination only, before anything
+            // is frozen; CRIU's end of the stream is a loopback socket it gets at the dump.
+            if (auto relay = OpenLazyRelay(migration); !relay) {
+              step.error = "cannot open the post-copy relay on " + cluster_.self().name + ": " +
+                           relay.error().message;
+              StepDone(migration, std::move(step));
+              return;
+            }
+            prepare.lazy_source = {HostOf(config_.cluster_advertise),
+                                   migration->lazy_relay->port()};
+          }
         }
         step.ok = true;
         step.prepare = std::move(prepare);
@@ -852,6 +931,10 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
   if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
   std::error_code ignored;
   fs::create_directories(images, ignored);
+  if (!migration->lazy_socket.valid()) {
+    fail("the post-copy relay's socket for CRIU is gone", false);
+    return;
+  }
   int status_pipe[2];
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
     fail("cannot create a pipe for criu's status", false);
@@ -859,12 +942,13 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
   }
   auto dump = migrate::BackgroundProcess::Start(
       migrate::LazyDumpCommand(
-          migration->criu, migration->job.pid, images, migration->lazy_serve,
+          migration->criu, migration->job.pid, images, kLazySocketFd,
           migration->channel.empty()
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          PostCopyTls(), JobNetns(migration->job)),
-      MigrationDir(id) + "/dump.out", {{9, status_pipe[1]}});
+          JobNetns(migration->job)),
+      MigrationDir(id) + "/dump.out",
+      {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
   ::close(status_pipe[1]);
   if (!dump) {
     ::close(status_pipe[0]);
@@ -896,6 +980,8 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
           return;
         }
         migration->dump_ms = MillisSince(migration->freeze_start);
+        // CRIU serves on its copy now; ours would keep the connection open after CRIU ends.
+        migration->lazy_socket.Reset();
         OffThread(
             [id, images, job_dir = migration->job.dir, shared = migration->shared_dir] {
               return PackForRestore(id, images, job_dir, shared);
@@ -914,6 +1000,24 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
               StepDone(migration, std::move(result));
             });
       });
+}
+
+Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& migration) {
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kServer);
+      !tls) {
+    return Unexpected<Error>{tls.error()};  // said here rather than in the relay's log
+  }
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  const std::string& id = migration->machine.plan().id;
+  auto relay = PageRelayProcess::Serve(
+      RelayOptions(config_, MigrationDir(id), id, migration->destination), std::move(pair->second),
+      HostOf(config_.cluster_advertise), FreePort(7300));
+  if (!relay) return Unexpected<Error>{relay.error()};
+  migration->lazy_socket = std::move(pair->first);
+  migration->lazy_relay = std::move(*relay);
+  return {};
 }
 
 void MigrationDriver::KillSourceCopy(const std::shared_ptr<Outgoing>& migration) {
@@ -947,6 +1051,7 @@ void MigrationDriver::KillSourceCopy(const std::shared_ptr<Outgoing>& migration)
 
 void MigrationDriver::ResumeSourceCopy(const std::shared_ptr<Outgoing>& migration) {
   const auto& plan = migration->machine.plan();
+  if (migration->lazy_relay) migration->lazy_relay->Stop();
   if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
   migration->lazy_dump.reset();
   // Only a job this move marked: after a restart the job supervisor has resumed it already.
@@ -990,18 +1095,22 @@ void MigrationDriver::Report(const std::shared_ptr<Outgoing>& migration,
       }
       return;
     case migrate::ReportKind::kFailed: {
-      if (done && !plan.dry_run && migration->attempt == 1 &&
+      // A lock the job held for a moment gets a few fresh moves, each with its own page server
+      // at the destination (a pre-copy dump is never tried again within a move: source_machine
+      // .hpp); any other failure of CRIU that says nothing about the job gets one more.
+      const int attempts = IsTransientDumpError(report.message) ? kLockRetries : 2;
+      if (done && !plan.dry_run && migration->attempt < attempts &&
           (report.retryable || IsTransientCriuError(report.message))) {
         auto job = supervisor_.Get(plan.job_id);
         if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name &&
             job->migrating_id.empty()) {
-          spdlog::warn("migration {} of job {} failed ({}); trying once more", plan.id, plan.job_id,
-                       report.message);
+          spdlog::warn("migration {} of job {} failed ({}); trying again ({} of {})", plan.id,
+                       plan.job_id, report.message, migration->attempt + 1, attempts);
           // Posted: this move leaves outgoing_ once its actions are done.
           boost::asio::post(
-              io_, [this, call = migration->call, job = *job, done = std::move(done)]() mutable {
-                Migrate(call, job, std::move(done), 2);
-              });
+              io_,
+              [this, call = migration->call, job = *job, attempt = migration->attempt + 1,
+               done = std::move(done)]() mutable { Migrate(call, job, std::move(done), attempt); });
           return;
         }
       }
@@ -1276,7 +1385,9 @@ void MigrationDriver::Prepare(const ApiCall& call, migrate::PrepareRequest prepa
   incoming->cgroup_roots = cgroup_roots_;
   incoming->rss = prepare.rss_bytes;
   incoming->lazy = prepare.mode == migrate::MoveMode::kPostCopy;
+  incoming->dry_run = prepare.dry_run;
   incoming->lazy_source = {prepare.lazy_source.address, prepare.lazy_source.port};
+  incoming->lazy_relay_kind = prepare.lazy_relay;
   incoming->images = MigrationDir(prepare.id) + "/images";
   incoming->job_netns = std::move(job_netns);
   incoming->timer = std::make_unique<boost::asio::steady_timer>(io_);
@@ -1321,6 +1432,15 @@ void MigrationDriver::ToIncoming(const migrate::Request& request, ApiDone done) 
 
 void MigrationDriver::ExecuteIncoming(const std::shared_ptr<Incoming>& incoming,
                                       migrate::MachineActions actions) {
+  // Every machine event ends here: the one place that sees each phase the move enters.
+  if (const int phase = static_cast<int>(incoming->machine.phase());
+      phase != incoming->phase_seen) {
+    incoming->phase_seen = phase;
+    if (!incoming->dry_run) {
+      FaultPoint(false, migrate::ToString(incoming->machine.phase()), incoming->job.id,
+                 incoming->id);
+    }
+  }
   for (auto& action : actions) {
     if (auto* send = std::get_if<migrate::SendAction>(&action)) {
       if (auto request = AsRequest(send->message)) {
@@ -1525,6 +1645,12 @@ void MigrationDriver::CheckHere(const std::shared_ptr<Incoming>& incoming,
         if (existing && existing->state == jobs::JobState::kRunning) {
           problems.push_back("job " + incoming->job.id + " already runs on " + node);
         }
+        if (incoming->lazy && incoming->lazy_relay_kind != kLazyRelayTls) {
+          // An older source would send the job's memory in the clear.
+          problems.push_back("the source " + incoming->source +
+                             " would send the job's memory outside TLS (an older agent): "
+                             "upgrade it, or move the job by pre-copy");
+        }
         migrate::StepResult step{incoming->id, migrate::StepKind::kCheck, problems.empty()};
         step.checks = checks.dump();
         step.shared_dir = incoming->shared_dir;
@@ -1564,6 +1690,10 @@ void MigrationDriver::StartReceiver(const std::shared_ptr<Incoming>& incoming,
   if (incoming->lazy) {
     if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
       finish(Fail("on " + node + ": " + pipes.error().message));
+      return;
+    }
+    if (auto relay = DialLazyRelay(incoming); !relay) {
+      finish(Fail("on " + node + ": cannot start the post-copy relay: " + relay.error().message));
       return;
     }
   } else {
@@ -1636,13 +1766,16 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
                 incoming->job_netns.get(), [&] { return ipc_.open(incoming->job.id); }, -1)
           : -1);
   OffThread(
-      [incoming, criu, channel, channel_end, tls = PostCopyTls()]() -> Expected<void> {
+      [incoming, criu, channel, channel_end]() -> Expected<void> {
         const std::string& images = incoming->images;
         const bool lazy = incoming->lazy;
         if (lazy) {
           auto daemon = migrate::ParkedCriu::Start(
-              migrate::LazyPagesCommand(criu, images, incoming->lazy_source, kLazyStatusFd, tls),
-              images, images + "/../lazy-pages.out", {}, kLazyStatusFd);
+              migrate::LazyPagesCommand(criu, images, kLazySocketFd, kLazyStatusFd), images,
+              images + "/../lazy-pages.out", {{kLazySocketFd, incoming->lazy_socket.get()}},
+              kLazyStatusFd);
+          // CRIU holds its end now; ours would keep the connection open after CRIU ends.
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->parked_daemon = std::move(*daemon);
         }
@@ -1704,7 +1837,7 @@ void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
       [incoming, images_archive = restore.images, dir_archive = restore.job_dir, criu, channel_end,
-       with_channel, tls = PostCopyTls()]() -> Expected<std::pair<pid_t, double>> {
+       with_channel]() -> Expected<std::pair<pid_t, double>> {
         if (auto streamed = AwaitPageServer(*incoming); !streamed) {
           return Unexpected<Error>{streamed.error()};
         }
@@ -1712,8 +1845,10 @@ void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
         if (!images) return Unexpected<Error>{images.error()};
         if (incoming->lazy) {
           auto daemon = migrate::BackgroundProcess::Start(
-              migrate::LazyPagesCommand(criu, incoming->images, incoming->lazy_source, -1, tls),
-              incoming->images + "/../lazy-pages.out");
+              migrate::LazyPagesCommand(criu, incoming->images, kLazySocketFd, -1),
+              incoming->images + "/../lazy-pages.out",
+              {{kLazySocketFd, incoming->lazy_socket.get()}});
+          incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
           incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
           const auto deadline = Clock::now() + std::chrono::seconds(10);
@@ -1725,6 +1860,8 @@ void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
             return Fail("the CRIU lazy-pages daemon did not start (see " + incoming->images +
                         "/lazy-pages.log)");
           }
+          if (auto relay = AwaitLazyRelay(*incoming); !relay)
+            return Unexpected<Error>{relay.error()};
         }
         if (auto files = UnpackJobDir(*incoming, dir_archive); !files) {
           return Unexpected<Error>{files.error()};
@@ -1758,6 +1895,31 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
   // is at job_dir is a leftover of an earlier stay.
   return migrate::UnpackIntoFreshDirectory(dir_archive, incoming.job.dir, incoming.job.uid,
                                            incoming.job.gid);
+}
+
+Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kClient);
+      !tls) {
+    return Unexpected<Error>{tls.error()};
+  }
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
+  auto relay = PageRelayProcess::Dial(
+      RelayOptions(config_, MigrationDir(incoming->id), incoming->id, incoming->source),
+      std::move(pair->second), incoming->lazy_source.address, incoming->lazy_source.port);
+  if (!relay) return Unexpected<Error>{relay.error()};
+  incoming->lazy_socket = std::move(pair->first);
+  incoming->lazy_relay = std::move(*relay);
+  return {};
+}
+
+Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
+  // Dialled at prepare, so in long before this in practice; a job restored without it would
+  // fault on memory it cannot fetch.
+  if (!incoming.lazy_relay) return Fail("no post-copy relay to " + incoming.source);
+  return incoming.lazy_relay->AwaitConnected(std::chrono::seconds(10), incoming.abort_requested);
 }
 
 Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
@@ -1796,6 +1958,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
       return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
                   incoming.images + "/lazy-pages.log)");
     }
+    if (auto relay = AwaitLazyRelay(incoming); !relay) return Unexpected<Error>{relay.error()};
   }
   if (auto files = UnpackJobDir(incoming, dir_archive); !files) {
     return Unexpected<Error>{files.error()};
@@ -1854,6 +2017,9 @@ void MigrationDriver::PullPages(const std::shared_ptr<Incoming>& incoming) {
     IncomingStepDone(incoming, {incoming->id, migrate::StepKind::kPullPages, true});
     return;
   }
+  // Its stream runs through the relay process: left to end with it (never killed from here).
+  if (incoming->lazy_relay) incoming->lazy_relay->LetRun();
+  pulling_[incoming->job.id];
   // It pulls the job's memory from the source until every page is here: minutes for a big
   // job, so on a thread of its own rather than one of the two CRIU workers.
   std::thread([this, alive = alive_, incoming, daemon] {
@@ -1868,12 +2034,22 @@ void MigrationDriver::PullPages(const std::shared_ptr<Incoming>& incoming) {
     boost::asio::post(io_, [this, alive, incoming, step = std::move(step)] {
       if (!alive->driver) return;
       ExecuteIncoming(incoming, incoming->machine.OnStepDone(step, Now()));
+      PulledIn(incoming->job.id);
     });
   }).detach();
 }
 
+void MigrationDriver::PulledIn(const std::string& job) {
+  auto found = pulling_.find(job);
+  if (found == pulling_.end()) return;
+  auto waiting = std::move(found->second);
+  pulling_.erase(found);
+  for (auto& move : waiting) move();
+}
+
 void MigrationDriver::DiscardCopy(const std::shared_ptr<Incoming>& incoming) {
   const std::string mid = incoming->id;
+  if (incoming->lazy_relay) incoming->lazy_relay->Stop();
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
   if (incoming->restored_pid > 0 && !jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {

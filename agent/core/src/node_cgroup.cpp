@@ -373,11 +373,15 @@ std::vector<std::string> NodeCgroup::CriuRoots() const {
   for (const auto& dir : dirs_) {
     if (version_ == 2) {
       roots.push_back(dir.path);
-    } else if (!dir.controllers.empty() && dir.controllers.find('=') == std::string::npos) {
+    } else {
+      // One root per hierarchy we hold, named as CRIU names it: the first controller
+      // ("cpu"), "name=systemd", and "" for a hybrid system's cgroup2. Not a default root
+      // for all: it would also move the job in hierarchies no one manages here (freezer,
+      // devices, cpuset), where CRIU then makes the directory itself (a cpuset copying the
+      // parent's cpu_exclusive, which fails every later restore into a sibling).
       roots.push_back(Split(dir.controllers, ',').front() + ":" + dir.path);
     }
   }
-  if (created_ && version_ == 1) roots.push_back(name_);
   return roots;
 }
 

@@ -81,8 +81,8 @@ class NodeCgroup {
   // Whether /proc/PID/cgroup says `pid` is in it (in its cpu hierarchy, or v2's).
   bool Holds(pid_t pid) const;
   // `criu restore --cgroup-root` values that put a restored tree in this cgroup:
-  // "cpu:/path" per v1 controller hierarchy, "/path" for v2. A created cgroup adds "/path" as
-  // the default root, which also covers name=systemd and a hybrid system's cgroup2.
+  // "cpu:/path" per v1 hierarchy it holds ("name=systemd:/path", ":/path" for a hybrid
+  // system's cgroup2), "/path" for v2. Hierarchies it does not hold keep the job's path there.
   std::vector<std::string> CriuRoots() const;
   // "v1 cpu:/x memory:/y/x" — for logs and `tern doctor`.
   std::string Describe() const;

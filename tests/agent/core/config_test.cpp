@@ -245,5 +245,14 @@ TEST(ConfigTest, TlsFilesAndRemoteRootHaveSafeDefaults) {
       << "a non-boolean is refused";
 }
 
+TEST(ConfigTest, FaultInjectionIsOffUnlessAsked) {
+  auto defaults = ParseConfig("", "x");
+  ASSERT_TRUE(defaults);
+  EXPECT_FALSE(defaults->testing_faults);
+  auto on = ParseConfig("[testing]\nfaults = true\n", "x");
+  ASSERT_TRUE(on) << on.error().message;
+  EXPECT_TRUE(on->testing_faults);
+}
+
 }  // namespace
 }  // namespace tern::agent

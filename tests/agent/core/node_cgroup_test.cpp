@@ -165,11 +165,12 @@ TEST_F(FakeHierarchyTest, CreatedCgroupLeavesTheServiceInEveryTrackedHierarchy) 
   EXPECT_EQ(cgroup->Describe(),
             "v1 cpu:/tern-jobs cpuacct:/tern-jobs memory:/tern-jobs cgroup2:/tern-jobs "
             "name=systemd:/tern-jobs pids:/tern-jobs");
-  // Restored jobs land there too: per controller, and the default root for the named and
-  // cgroup2 hierarchies (criu takes no "name=systemd:" prefix).
-  EXPECT_EQ(cgroup->CriuRoots(),
-            (std::vector<std::string>{"cpu:/tern-jobs", "cpuacct:/tern-jobs", "memory:/tern-jobs",
-                                      "pids:/tern-jobs", "/tern-jobs"}));
+  // Restored jobs land there too, one root per hierarchy, named as CRIU 4.2 matches them
+  // (checked by hand: `criu restore --cgroup-root name=systemd:/x --cgroup-root :/x` put the
+  // job in both); none for the others (freezer, cpuset...), which keep the job's path.
+  EXPECT_EQ(cgroup->CriuRoots(), (std::vector<std::string>{
+                                     "cpu:/tern-jobs", "cpuacct:/tern-jobs", "memory:/tern-jobs",
+                                     ":/tern-jobs", "name=systemd:/tern-jobs", "pids:/tern-jobs"}));
   // Opening again (the agent's restart) finds what the first start made.
   auto again = NodeCgroup::Open("/tern-jobs", mounts, self, true);
   ASSERT_TRUE(again) << again.error().message;
@@ -195,8 +196,9 @@ TEST_F(FakeHierarchyTest, CreatedCgroupLeavesAnUnwritableControllerHierarchyAsIt
       << "no job is placed where it already is";
   EXPECT_EQ(files.size(), 4u) << "cpuacct, memory, cgroup2, name=systemd";
   EXPECT_DOUBLE_EQ(cgroup->CpuQuota(), 0.0) << "the agent's own quota is not the node's";
-  EXPECT_EQ(cgroup->CriuRoots(), (std::vector<std::string>{"cpu:/svc", "cpuacct:/tern-jobs",
-                                                           "memory:/tern-jobs", "/tern-jobs"}));
+  EXPECT_EQ(cgroup->CriuRoots(),
+            (std::vector<std::string>{"cpu:/svc", "cpuacct:/tern-jobs", "memory:/tern-jobs",
+                                      ":/tern-jobs", "name=systemd:/tern-jobs"}));
   EXPECT_NE(cgroup->Describe().find("cpu:(left at /svc)"), std::string::npos) << cgroup->Describe();
   // Where systemd tracks the unit there is no such way out.
   fs::remove_all(root_ / "systemd/tern-jobs");

@@ -109,16 +109,19 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options);
 
 // Source side of post-copy: `criu dump --lazy-pages` that writes the metadata, leaves the tree
 // stopped, writes one byte to fd 9 when the images are complete, and then serves the job's
-// memory on `serve` until the destination has pulled all of it.
+// memory on the connected socket it has as fd `ps_socket` (--ps-socket) until the destination
+// has pulled all of it. CRIU opens no network socket of its own: the agents carry the stream
+// between the nodes inside their TLS (agent/core/src/lazy_page_proxy.hpp). CRIU's own --tls is
+// not used here: with it, CRIU 4.2 handed a restored job wrong memory (docs/security.md).
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
-                                         const std::string& images, const PageServerTarget& serve,
+                                         const std::string& images, int ps_socket,
                                          const std::vector<std::string>& external = {},
-                                         const CriuTls& tls = {}, ino_t job_netns = 0);
-// Destination side of post-copy: the daemon that fetches pages from the source on demand. With
-// a status fd it writes one byte there once its socket for `criu restore` listens.
+                                         ino_t job_netns = 0);
+// Destination side of post-copy: the daemon that fetches pages from the source on demand,
+// through the connected socket it has as fd `ps_socket`. With a status fd it writes one byte
+// there once its socket for `criu restore` listens.
 std::vector<std::string> LazyPagesCommand(const std::string& criu, const std::string& images,
-                                          const PageServerTarget& source, int status_fd = -1,
-                                          const CriuTls& tls = {});
+                                          int ps_socket, int status_fd = -1);
 
 // A criu command started before its images exist, so that its start-up — loading criu and its
 // kernel-feature cache, 20-30 ms on these machines — happens before the job's freeze instead

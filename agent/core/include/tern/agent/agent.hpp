@@ -31,6 +31,7 @@ namespace tern::agent {
 
 class AgentApi;
 class ClusterEventFeed;
+class FaultHook;
 class BalancerService;
 class JobUsageSampler;
 class NodeCgroup;
@@ -69,6 +70,7 @@ class Agent {
   std::unique_ptr<IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
+  std::unique_ptr<FaultHook> faults_;  // before migrations_, which fires it
   std::unique_ptr<MigrationDriver> migrations_;
   std::unique_ptr<BalancerService> balancer_;
   std::unique_ptr<AgentApi> api_;

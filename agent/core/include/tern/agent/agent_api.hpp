@@ -35,6 +35,7 @@ namespace tern::agent {
 class BalancerService;
 class Cluster;
 class EventBus;
+class FaultHook;
 class MigrationDriver;
 class MigrationHistory;
 
@@ -61,11 +62,14 @@ class AgentApi {
   }
   // GET /v1/migrations reads `history` (this node's), and asks the other agents for theirs.
   void SetMigrationHistory(const MigrationHistory* history) { history_ = history; }
+  // GET/POST/DELETE /v1/faults (root only, this node only) read, arm and disarm `hook`.
+  void SetFaultHook(FaultHook* hook) { faults_ = hook; }
 
  private:
   struct JobMatch;
 
   void Info(const ApiCall& call, ApiDone done);
+  void Faults(const ApiCall& call, ApiDone done);
   void ListJobs(const ApiCall& call, ApiDone done);
   void SubmitJob(const ApiCall& call, ApiDone done);
   void ListNodes(const ApiCall& call, ApiDone done);
@@ -93,6 +97,7 @@ class AgentApi {
   BalancerService* balancer_ = nullptr;
   EventBus* events_ = nullptr;
   const MigrationHistory* history_ = nullptr;
+  FaultHook* faults_ = nullptr;
 };
 
 }  // namespace tern::agent

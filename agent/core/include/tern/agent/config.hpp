@@ -59,6 +59,10 @@ struct AgentConfig {
   // A request forwarded by another agent on behalf of uid 0 is refused unless this is set:
   // root on one node is then not root on every node.
   bool allow_remote_root = false;
+  // [testing]
+  // The fault campaign's hook (bench/faults): an admin may arm a fault for a phase of a move
+  // (POST /v1/faults). Never on in production: an armed fault kills the agent.
+  bool testing_faults = false;
   // [jobs]
   std::string jobs_dir;  // default: <state_dir>/jobs; may be a file system the nodes share
   std::chrono::milliseconds cancel_grace{5000};

@@ -13,10 +13,12 @@
 //              record), so that a destination that lost the commit can still decide.
 //
 // Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
-// image on the source's disk); only the small metadata images and the job directory travel in
-// the restore message. The destination restores the job stopped; the source then records the
-// commit, kills its frozen copy and tells the destination to resume (two-phase: never two
-// copies, never none). Any failure before that resumes the job on the source.
+// image on the source's disk), inside CRIU's own TLS. Post-copy's lazy-page stream goes through
+// a relay process per side (`ternd page-relay`, PageRelayProcess) inside the nodes' mutual TLS;
+// like CRIU's own post-copy processes it outlives a killed agent. Only the small metadata images
+// and the job directory travel in the restore message. The destination restores the job stopped;
+// the source then records the commit, kills its frozen copy and tells the destination to resume
+// (two-phase: never two copies, never none). Any failure before that resumes the job on the source.
 //
 // Thread-safety: not thread-safe; all entry points on the io_context thread.
 #pragma once
@@ -32,12 +34,14 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/migrate/criu.hpp>
 #include <tern/migrate/destination_machine.hpp>
 #include <tern/migrate/source_machine.hpp>
 #include <utility>
+#include <vector>
 
 #include "tern/agent/api_call.hpp"
 #include "tern/agent/config.hpp"
@@ -51,6 +55,7 @@ struct JobRecord;
 namespace tern::agent {
 
 class Cluster;
+class FaultHook;
 
 class MigrationDriver {
  public:
@@ -59,8 +64,10 @@ class MigrationDriver {
   ~MigrationDriver();
 
   // A move that fails before the commit point on a CRIU hiccup (a thread vanishing mid-dump,
-  // the page server dropping its session) is tried once more; the job runs at the source in
-  // between.
+  // the page server dropping its session) is tried once more, one that met a file lock the job
+  // held up to kLockRetries times in all; each attempt is a fresh move (a fresh page server at
+  // the destination), and the job runs at the source in between. A job that came here by
+  // post-copy and still pulls its memory moves once all of it has arrived.
   void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done, int attempt = 1);
   // Where migration events go ("migration" events: started, moved, failed).
   using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
@@ -68,6 +75,9 @@ class MigrationDriver {
   // `criu restore --cgroup-root` values (NodeCgroup::CriuRoots): jobs restored here run in the
   // node's cgroup, not in the source's. Empty: CRIU's default (the source's cgroup paths).
   void SetCgroupRoots(std::vector<std::string> roots) { cgroup_roots_ = std::move(roots); }
+  // The fault campaign's hook (fault_hook.hpp), fired as either machine enters a phase; null:
+  // none.
+  void SetFaultHook(FaultHook* hook) { faults_ = hook; }
   // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
   // arrive. hand_off takes a frozen job's rights out of this agent for `to` (IpcService::
@@ -114,6 +124,10 @@ class MigrationDriver {
   struct Outgoing;
   struct Incoming;
 
+  // A move of `job` entered `phase` on this side: fires an armed fault that matches.
+  void FaultPoint(bool source, std::string_view phase, const std::string& job,
+                  const std::string& migration);
+
   // Destination: performs a DestinationMachine's actions, in order. A reply goes to the
   // source's call it answers (Incoming::waiting).
   void Prepare(const ApiCall& call, migrate::PrepareRequest prepare, ApiDone done);
@@ -142,6 +156,10 @@ class MigrationDriver {
                 const std::string& channel, std::function<void(Expected<void>)> then);
   // Worker side: waits for a pre-copy page server to end (fails if the move was cancelled).
   static Expected<void> AwaitPageServer(Incoming& incoming);
+  // Post-copy, destination: makes CRIU's loopback socket and dials the source's relay.
+  Expected<void> DialLazyRelay(const std::shared_ptr<Incoming>& incoming);
+  // Worker side: waits (briefly) for that relay to be up; fails if it failed.
+  static Expected<void> AwaitLazyRelay(Incoming& incoming);
   // Worker side of a restore by the parked processes; returns the restored pid and the restore's
   // duration in ms.
   static Expected<std::pair<pid_t, double>> RestoreParked(Incoming& incoming,
@@ -152,8 +170,6 @@ class MigrationDriver {
   void NoteRestored(Incoming& incoming, pid_t pid);
   // CRIU's page-server connections go inside TLS with this node's certificates ([tls]).
   migrate::CriuTls PageServerTls() const;
-  // The same for post-copy's lazy page server (source) and `criu lazy-pages` (destination).
-  migrate::CriuTls PostCopyTls() const;
   // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
   std::string PageServerTlsProblem() const;
 
@@ -166,6 +182,9 @@ class MigrationDriver {
   void Preflight(const std::shared_ptr<Outgoing>& migration);
   void DumpJob(const std::shared_ptr<Outgoing>& migration, int attempt);
   void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
+  // Post-copy, source: makes CRIU's loopback socket and starts the relay process that waits for
+  // the destination.
+  Expected<void> OpenLazyRelay(const std::shared_ptr<Outgoing>& migration);
   // The step's result goes back to the machine from the io thread, after the actions that
   // started it were all performed.
   void StepDone(const std::shared_ptr<Outgoing>& migration, migrate::StepResult result);
@@ -202,7 +221,12 @@ class MigrationDriver {
   std::uint32_t next_port_ = 0;
   std::uint16_t FreePort(std::uint16_t base);
   Publisher publish_;
+  // Jobs moved here by post-copy whose memory `criu lazy-pages` still pulls from their source,
+  // with the moves asked for meanwhile: CRIU cannot dump a job before all of it has arrived.
+  std::map<std::string, std::vector<std::function<void()>>> pulling_;
+  void PulledIn(const std::string& job);
   std::vector<std::string> cgroup_roots_;
+  FaultHook* faults_ = nullptr;
   IpcHooks ipc_;
 };
 

@@ -1,0 +1,113 @@
+// tern-fault-probe: the two jobs of the fault campaign (bench/faults). The counter owns a port
+// and an RPC port under a name; the sender sends it numbered messages and makes numbered calls,
+// one at a time, without retrying anything itself. Each side prints one line per message or
+// call it is sure of ("sent N" once send returned, "got N" once received, "called N" once the
+// call returned N, "handled N" when the handler ran), so that bench/faults can count what was
+// lost, duplicated or reordered across a move whatever failed.
+//
+//   tern-fault-probe counter --name NAME
+//   tern-fault-probe sender --name NAME [--interval-ms 20] [--call-every 5]
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <tern/ipc.hpp>
+#include <thread>
+
+#include "../../ipc/examples/example_util.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using tern::Channel;
+
+std::mutex print_mutex;
+
+void Print(const char* what, long long n) {
+  const std::lock_guard lock(print_mutex);
+  std::printf("%s %lld\n", what, n);
+  std::fflush(stdout);
+}
+
+int Counter(const Channel& channel, const std::string& name) {
+  auto port = channel.port_allocate(4096);
+  auto rpc = channel.port_allocate();
+  if (!port) return tern::examples::Fail("port_allocate", port.error());
+  if (!rpc) return tern::examples::Fail("port_allocate", rpc.error());
+  if (auto ok = channel.name_register(name, *port); !ok) {
+    return tern::examples::Fail("name_register " + name, ok.error());
+  }
+  if (auto ok = channel.name_register(name + "-rpc", *rpc); !ok) {
+    return tern::examples::Fail("name_register " + name + "-rpc", ok.error());
+  }
+  tern::RpcServer server(channel, *rpc, [](const tern::RpcRequest& request) {
+    const std::string number(request.bytes());
+    Print("handled", std::stoll(number));
+    return std::vector<tern::Item>{tern::Item::Bytes(number)};
+  });
+  Print("ready", 0);
+  for (;;) {
+    auto message = channel.receive(*port, 1s);
+    if (!message) {
+      // An agent killed under the job takes its channel along: the job itself lives on (one
+      // copy is what the campaign counts), and says so once.
+      if (!channel.connected()) {
+        Print("disconnected", 0);
+        for (;;) std::this_thread::sleep_for(1h);
+      }
+      continue;
+    }
+    Print("got", std::stoll(std::string(tern::FirstBytes(*message))));
+  }
+}
+
+int Sender(const Channel& channel, const std::string& name, long interval_ms, long call_every) {
+  auto found = tern::examples::LookupWaiting(channel, name, 60s);
+  if (!found) return tern::examples::Fail("name_lookup " + name, found.error());
+  auto found_rpc = tern::examples::LookupWaiting(channel, name + "-rpc", 60s);
+  if (!found_rpc) return tern::examples::Fail("name_lookup " + name + "-rpc", found_rpc.error());
+  const std::uint32_t port = *found, rpc = *found_rpc;
+  long long calls = 0;
+  for (long long n = 1;; ++n) {
+    tern::Message message;
+    message.destination = port;
+    message.items.push_back(tern::Item::Bytes(std::to_string(n)));
+    if (auto sent = channel.send(message, tern::FullPolicy::kWait, 60s); sent) {
+      Print("sent", n);
+    } else {
+      std::printf("senderr %lld %s\n", n, sent.error().ToString().c_str());
+      std::fflush(stdout);
+    }
+    if (call_every > 0 && n % call_every == 0) {
+      ++calls;
+      auto answer = channel.call(rpc, std::to_string(calls));
+      if (answer && *answer == std::to_string(calls)) {
+        Print("called", calls);
+      } else {
+        std::printf("callerr %lld %s\n", calls,
+                    answer ? ("answer " + *answer).c_str() : answer.error().ToString().c_str());
+        std::fflush(stdout);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const tern::examples::Args args(argc, argv);
+  const std::string name = args.Get("name", "");
+  if (args.help() || !args.bad().empty() || name.empty() ||
+      (args.mode() != "counter" && args.mode() != "sender")) {
+    if (!args.bad().empty()) std::fprintf(stderr, "%s\n", args.bad().c_str());
+    std::fprintf(stderr,
+                 "usage: tern-fault-probe counter --name NAME\n"
+                 "       tern-fault-probe sender --name NAME [--interval-ms 20] "
+                 "[--call-every 5]\n");
+    return args.help() ? 0 : 2;
+  }
+  const Channel channel;
+  if (args.mode() == "counter") return Counter(channel, name);
+  return Sender(channel, name, args.Int("interval-ms", 20), args.Int("call-every", 5));
+}

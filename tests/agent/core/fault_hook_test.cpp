@@ -1,0 +1,73 @@
+#include "fault_hook.hpp"
+
+#include <gtest/gtest.h>
+
+namespace tern::agent {
+namespace {
+
+using nlohmann::json;
+
+FaultPlan Plan(const json& body) {
+  auto plan = FaultPlan::FromJson(body);
+  EXPECT_TRUE(plan) << (plan ? "" : plan.error().message);
+  return plan ? *plan : FaultPlan{};
+}
+
+TEST(FaultHookTest, OffUnlessTheConfigTurnsItOn) {
+  FaultHook hook(false);
+  auto armed = hook.Arm(Plan({{"side", "source"}, {"phase", "dumping"}, {"action", "kill"}}));
+  ASSERT_FALSE(armed);
+  EXPECT_NE(armed.error().message.find("[testing] faults"), std::string::npos);
+  EXPECT_FALSE(hook.OnPhase(MoveSide::kSource, "dumping", "node1.1", "m1"));
+}
+
+TEST(FaultHookTest, FiresOnceOnTheFirstMatchingPhaseEntry) {
+  FaultHook hook(true);
+  ASSERT_TRUE(hook.Arm(Plan({{"side", "destination"},
+                             {"phase", "restoring"},
+                             {"action", "cut"},
+                             {"cut_ms", 2000},
+                             {"job", "node1.4"}})));
+  EXPECT_FALSE(hook.OnPhase(MoveSide::kSource, "restoring", "node1.4", "m1")) << "other side";
+  EXPECT_FALSE(hook.OnPhase(MoveSide::kDestination, "checking", "node1.4", "m1")) << "phase";
+  EXPECT_FALSE(hook.OnPhase(MoveSide::kDestination, "restoring", "node1.5", "m2")) << "job";
+  auto hit = hook.OnPhase(MoveSide::kDestination, "restoring", "node1.4", "m3");
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->plan.action, FaultAction::kCutLinks);
+  EXPECT_EQ(hit->plan.cut_for, std::chrono::milliseconds(2000));
+  EXPECT_EQ(hit->migration, "m3");
+  EXPECT_FALSE(hook.armed());
+  EXPECT_FALSE(hook.OnPhase(MoveSide::kDestination, "restoring", "node1.4", "m4")) << "once";
+  EXPECT_EQ(hook.StatusJson()["last_hit"]["migration"], "m3");
+}
+
+TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
+  const std::vector<std::pair<json, std::string>> cases = {
+      {json::array(), "JSON object"},
+      {{{"side", "source"}, {"phase", "dumping"}}, "\"action\""},
+      {{{"side", "middle"}, {"phase", "dumping"}, {"action", "kill"}}, "side must be"},
+      {{{"side", "source"}, {"phase", "dumping"}, {"action", "nuke"}}, "action must be"},
+      {{{"side", "source"}, {"phase", 3}, {"action", "kill"}}, "wrong type"},
+      {{{"side", "source"}, {"phase", ""}, {"action", "kill"}}, "phase is empty"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "cut"}}, "cut_ms between"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "cut"}, {"cut_ms", 600000}},
+       "cut_ms between"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"cut_ms", 5}},
+       "for action \"cut\" only"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"when", 5}}, "unknown field"},
+  };
+  for (const auto& [body, reason] : cases) {
+    auto plan = FaultPlan::FromJson(body);
+    ASSERT_FALSE(plan) << body.dump();
+    EXPECT_NE(plan.error().message.find(reason), std::string::npos)
+        << body.dump() << ": " << plan.error().message;
+  }
+}
+
+TEST(FaultHookTest, PlanRoundTripsThroughJson) {
+  const json body = {{"side", "source"}, {"phase", "committing"}, {"action", "kill"}, {"job", "j"}};
+  EXPECT_EQ(Plan(body).ToJson(), body);
+}
+
+}  // namespace
+}  // namespace tern::agent
