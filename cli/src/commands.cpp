@@ -207,6 +207,13 @@ int Status(Context& context, const std::string& id, Output output) {
     row("ipc rights:", Str(*job, "ipc_rights"));
   }
   row("error:", Str(*job, "error"));
+  if (job->contains("blocked") && (*job)["blocked"].is_object()) {
+    // A move that cannot finish by itself: why, and what the user can do.
+    const json& blocked = (*job)["blocked"];
+    row("blocked:", Str(blocked, "state") + " (migration " + Str(blocked, "migration") + " from " +
+                        Str(blocked, "from") + "): " + Str(blocked, "reason"));
+    row("recover:", Str(blocked, "recover"));
+  }
   if (job->contains("migrations") && (*job)["migrations"].is_array() &&
       !(*job)["migrations"].empty()) {
     const json& last = (*job)["migrations"].back();
@@ -338,6 +345,24 @@ int Migrate(Context& context, const std::string& id, const std::string& node,
   return 0;
 }
 
+int Recover(Context& context, const std::string& id, bool resume_here) {
+  const json request = {{"choice", resume_here ? "resume-here" : "discard"}};
+  auto reply = context.client.Request("POST", "/v1/jobs/" + EncodePathSegment(id) + "/recover",
+                                      request.dump());
+  if (!reply) {
+    context.err << "tern: " << reply.error().message << "\n";
+    return 1;
+  }
+  if (!reply->ok()) {
+    context.err << "tern: " << reply->ErrorMessage() << "\n";
+    return 1;
+  }
+  json body = json::parse(reply->body, nullptr, false);
+  context.out << (body.is_object() ? Str(body, "job") + ": " + Str(body, "result") : reply->body)
+              << "\n";
+  return 0;
+}
+
 std::string EventLine(const json& event) {
   std::string what;
   const std::string type = Str(event, "type");
@@ -351,7 +376,9 @@ std::string EventLine(const json& event) {
       std::snprintf(text, sizeof text, " (freeze %.0f ms)", Num(event, "freeze_ms"));
       what += text;
     }
+    if (event.contains("state")) what += " [" + Str(event, "state") + "]";
     if (event.contains("error")) what += ": " + Str(event, "error");
+    if (event.contains("detail")) what += ": " + Str(event, "detail");
   } else if (type == "node") {
     what = Str(event, "name") + " is " + Str(event, "state");
   } else if (type == "balancer") {

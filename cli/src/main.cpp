@@ -102,6 +102,27 @@ int main(int argc, char** argv) {
   migrate_cmd->add_option("-o,--output", migrate_output, "table or json")
       ->check(CLI::IsMember({"table", "json"}));
 
+  std::string recover_id;
+  bool recover_resume = false;
+  bool recover_discard = false;
+  auto* recover_cmd = app.add_subcommand(
+      "recover",
+      "decide a blocked move (tern status says which): resume the stopped copy here or discard "
+      "it; refused while the outcome can still be learned (root)");
+  recover_cmd->add_option("job", recover_id, "job id (a unique prefix is enough)")->required();
+  auto* resume_flag = recover_cmd->add_flag(
+      "--resume-here", recover_resume,
+      "run the copy this node holds (only once its source is gone for good: a source that comes "
+      "back would resume its own copy too)");
+  auto* discard_flag = recover_cmd->add_flag("--discard", recover_discard,
+                                             "remove the copy this node holds; the job ends here");
+  resume_flag->excludes(discard_flag);
+  recover_cmd->callback([&] {
+    if (!recover_resume && !recover_discard) {
+      throw CLI::RequiredError("--resume-here or --discard");
+    }
+  });
+
   bool doctor_json = false;  // set from -o below
   auto* doctor_cmd = app.add_subcommand("doctor", "check what tern needs on this machine");
   std::string doctor_output = "table";
@@ -203,6 +224,7 @@ int main(int argc, char** argv) {
     return tern::cli::Logs(context, logs_id, logs_follow, logs_stderr ? "stderr" : "stdout");
   }
   if (*cancel_cmd) return tern::cli::Cancel(context, cancel_ids);
+  if (*recover_cmd) return tern::cli::Recover(context, recover_id, recover_resume);
   if (*migrate_cmd) {
     return tern::cli::Migrate(context, migrate_id, migrate_node, migrate_mode, migrate_dry_run,
                               migrate_output == "json" ? Output::kJson : Output::kTable);

@@ -152,6 +152,7 @@ MachineActions DestinationMachine::OnStepDone(const StepResult& result, Millis n
     case DestinationPhase::kChecking:
       if (result.kind != StepKind::kCheck) break;
       checks_ = result.checks;
+      shared_dir_ = result.shared_dir;
       if (!result.ok) {
         reason_ = result.error;
         phase_ = DestinationPhase::kRefused;

@@ -155,6 +155,7 @@ std::string PrepareBody(const PrepareRequest& request) {
                {"rss_bytes", request.rss_bytes},
                {"outside", std::move(outside)}};
   if (request.channel) body["channel"] = *request.channel;
+  if (!request.lazy_relay.empty()) body["lazy_source"]["relay"] = request.lazy_relay;
   return body.dump();
 }
 
@@ -183,6 +184,7 @@ PrepareRequest DecodePrepare(std::string_view text) {
   request.rss_bytes = Integer<std::uint64_t>(body, "rss_bytes", 0);
   if (const auto lazy = body.find("lazy_source"); lazy != body.end()) {
     request.lazy_source = EndpointAt(*lazy, "lazy_source");
+    request.lazy_relay = String(*lazy, "relay", 32, "");
   }
   if (const auto outside = body.find("outside"); outside != body.end()) {
     if (!outside->is_array()) throw Malformed("\"outside\" is not an array");

@@ -142,6 +142,9 @@ std::pair<SourceMachine, MachineActions> SourceMachine::Recover(const SourceReco
     case SourceStage::kAborted:
       machine.Enter(SourcePhase::kAborted);
       actions.push_back(SendAction{AbortRequest{record.id}});  // D may never have heard
+      // Without a record D's question is answered "unknown", which D takes as "aborted": the
+      // record need not outlive this restart (nor be sent again at every one).
+      actions.push_back(ForgetAction{record.id});
       break;
   }
   return {std::move(machine), std::move(actions)};
@@ -204,6 +207,13 @@ MachineActions SourceMachine::OnStepDone(const StepResult& result, Millis now) {
     case SourcePhase::kDumping:
       if (result.kind != StepKind::kDump) break;
       if (!result.ok) {
+        if (result.transient && plan_.mode == MoveMode::kPreCopy) {
+          // Not again against this move's page server: CRIU connects to it before it seizes
+          // the job and it serves that one session, so a second dump finds nobody listening
+          // ("Unable to detach ... No such process"). The move ends, retryable: the adapter
+          // starts a fresh one, and D a fresh page server for it.
+          return Abort(result.error, 500, /*retryable=*/true);
+        }
         if (result.transient && dump_attempt_ < options_.dump_attempts) {
           Enter(SourcePhase::kDumpRetryWait);
           Arm(actions, now + options_.dump_retry);
@@ -274,8 +284,11 @@ MachineActions SourceMachine::OnMessage(const Message& message, Millis now) {
       ++timer_;
       // After a restart nothing serves the pages any more (the lazy dump ended with the agent).
       Enter(serving_ ? SourcePhase::kServingPages : SourcePhase::kDone);
+      // D resumed its copy (and recorded so) before it answered: it never asks again, so the
+      // record can go (a restart would otherwise send the commit once more).
       return {ReportAction{plan_.id, ReportKind::kMoved, 200,
-                           "job " + plan_.job_id + " now runs on " + plan_.destination}};
+                           "job " + plan_.job_id + " now runs on " + plan_.destination},
+              ForgetAction{plan_.id}};
     }
     // No copy there (404) cannot follow a restore D confirmed; any other status is the
     // transport's: ask again a little later.

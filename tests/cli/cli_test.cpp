@@ -152,6 +152,23 @@ TEST(CliBinaryTest, NoAgentIsOneClearLineAndExitOne) {
   }
 }
 
+TEST(CliBinaryTest, RecoverTakesExactlyOneChoiceAndItsHelpSaysWhen) {
+  EXPECT_EQ(Tern("recover").exit_code, 2) << "recover needs a job";
+  auto none = Tern("recover node1.1");
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("--resume-here or --discard"), std::string::npos) << none.err;
+  EXPECT_EQ(Tern("recover node1.1 --resume-here --discard").exit_code, 2);
+  auto help = Tern("recover --help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--resume-here"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--discard"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("refused while the outcome can still be learned"), std::string::npos)
+      << help.out;
+  EXPECT_NE(Tern("--help").out.find("recover"), std::string::npos);
+  auto unreachable = Tern("--node-socket /nonexistent/tern.sock recover x --discard");
+  EXPECT_EQ(unreachable.exit_code, 1) << unreachable.err;
+}
+
 TEST(CliBinaryTest, EnvironmentNamesTheSocket) {
   auto run = Tern("ps");
   (void)run;

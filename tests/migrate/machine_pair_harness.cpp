@@ -318,7 +318,16 @@ class World {
     auto decoded = DecodeRecord(EncodeRecord(a.record));
     if (!decoded || !(*decoded == a.record)) Violation("a record does not read back");
   }
-  void Do(Side side, ForgetAction&) { NodeOf(side).store.erase(kId); }
+  void Do(Side side, ForgetAction&) {
+    auto& store = NodeOf(side).store;
+    if (const auto found = store.find(kId); found != store.end()) {
+      const auto* record = std::get_if<SourceRecord>(&found->second);
+      // S lets "committed" go once D confirmed: the move was committed all the same.
+      source_forgot_commit_ =
+          source_forgot_commit_ || (record && record->stage == SourceStage::kCommitted);
+    }
+    store.erase(kId);
+  }
   void Do(Side side, ResumeJobAction&) {
     if (side == Side::kSource) {
       if (src_ == Copy::kFrozen) src_ = Copy::kRunning;
@@ -358,6 +367,9 @@ class World {
     Log(std::string(side == Side::kSource ? "S" : "D") + " reports " +
         std::string(ToString(a.kind)) + ": " + a.message);
     if (a.kind == ReportKind::kBlocked && a.message.empty()) Violation("blocked without a reason");
+    if (side == Side::kSource && a.kind == ReportKind::kFailed && a.retryable) {
+      verdict_.source_asked_for_a_fresh_move = true;
+    }
   }
   void Do(Side side, ArmTimerAction& a) {
     Node& node = NodeOf(side);
@@ -589,6 +601,13 @@ class World {
       transient = node.step_fault_transient;
       error = transient ? "injected: file locks held (transient)" : "injected CRIU failure";
     }
+    if (side == Side::kSource && request.kind == StepKind::kDump && request.attempt > 1 &&
+        scenario_.mode == MoveMode::kPreCopy) {
+      // D's page server served the first attempt's session and is gone, as CRIU's is.
+      Violation("a pre-copy dump was tried again against the page server of its first attempt");
+      fail = true;
+      error = "Unable to detach from 42: No such process (nobody listens on the page server)";
+    }
     if (side == Side::kSource && request.kind == StepKind::kDump && request.attempt == 1 &&
         scenario_.first_dump_transient_failure) {
       fail = true;
@@ -764,8 +783,10 @@ class World {
     }
     if (d_.gone) {
       const auto found = s_.store.find(kId);
-      const bool committed = found != s_.store.end() &&
-                             std::get<SourceRecord>(found->second).stage == SourceStage::kCommitted;
+      const bool committed =
+          source_forgot_commit_ ||
+          (found != s_.store.end() &&
+           std::get<SourceRecord>(found->second).stage == SourceStage::kCommitted);
       if (committed) {
         verdict_.ok = true;
         verdict_.outcome = "lost with the destination's node (committed there)";
@@ -787,6 +808,7 @@ class World {
   std::uint64_t seq_ = 0;
   Millis now_{0};
   Node s_, d_;
+  bool source_forgot_commit_ = false;
   std::optional<SourceMachine> source_;
   std::optional<DestinationMachine> dest_;
   Copy src_ = Copy::kRunning;

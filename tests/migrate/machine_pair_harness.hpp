@@ -75,6 +75,8 @@ struct Verdict {
   std::string outcome;  // "one copy on the source", "blocked: ...", ...
   std::string source_phase;
   std::string destination_phase;
+  // S reported its move failed and worth a fresh attempt (the adapter starts one).
+  bool source_asked_for_a_fresh_move = false;
   std::set<std::string> source_phases_seen;
   std::set<std::string> destination_phases_seen;
   std::vector<std::string> log;  // what happened, for a failing scenario's message

@@ -54,13 +54,30 @@ TEST(MachinePairTest, DryRunFreezesNothingAndLeavesTheJobWhereItIs) {
   EXPECT_FALSE(verdict.source_phases_seen.count("dumping"));
 }
 
-TEST(MachinePairTest, ATransientDumpFailureIsTriedAgain) {
+TEST(MachinePairTest, ATransientPostCopyDumpFailureIsTriedAgainInTheMove) {
+  Scenario scenario;
+  scenario.mode = MoveMode::kPostCopy;
+  scenario.first_dump_transient_failure = true;
+  const Verdict verdict = RunScenario(scenario);
+  ASSERT_TRUE(verdict.ok) << verdict.why << "\n" << Joined(verdict.log);
+  EXPECT_EQ(verdict.outcome, "one copy, on the destination");
+  EXPECT_TRUE(verdict.source_phases_seen.count("dump_retry_wait"));
+}
+
+// A pre-copy dump streams to D's page server, which serves one session: a held file lock ends
+// the move (the job resumes at the source) with a retryable report, never a second dump
+// against that server (the harness calls that a violation); the adapter's fresh move gets a
+// fresh page server.
+TEST(MachinePairTest, ATransientPreCopyDumpFailureEndsTheMoveForAFreshOne) {
   Scenario scenario;
   scenario.first_dump_transient_failure = true;
   const Verdict verdict = RunScenario(scenario);
-  ASSERT_TRUE(verdict.ok) << verdict.why;
-  EXPECT_EQ(verdict.outcome, "one copy, on the destination");
-  EXPECT_TRUE(verdict.source_phases_seen.count("dump_retry_wait"));
+  ASSERT_TRUE(verdict.ok) << verdict.why << "\n" << Joined(verdict.log);
+  EXPECT_EQ(verdict.outcome, "one copy, on the source");
+  EXPECT_TRUE(verdict.source_asked_for_a_fresh_move);
+  EXPECT_FALSE(verdict.source_phases_seen.count("dump_retry_wait"));
+  EXPECT_EQ(verdict.source_phase, "aborted");
+  EXPECT_EQ(verdict.destination_phase, "aborted");
 }
 
 TEST(MachinePairTest, ACommitNobodyConfirmsIsDecidedByTheDestinationAsking) {

@@ -85,6 +85,34 @@ TEST(SourceMachineTest, ADestinationLostDuringTheDumpResumesOnlyOnceTheDumpRetur
   EXPECT_EQ(source.phase(), SourcePhase::kAborted);
 }
 
+// A held file lock: pre-copy ends the move (its page server served its one session) and asks
+// for a fresh one; post-copy, whose dump needs no page server, tries again within the move.
+TEST(SourceMachineTest, ATransientPreCopyDumpFailureAsksForAFreshMoveNotASecondDump) {
+  for (MoveMode mode : {MoveMode::kPreCopy, MoveMode::kPostCopy}) {
+    SourceMachine source({kId, "job-1.1", "d", mode});
+    (void)source.Start(Millis{0});
+    StepResult check = Ok(StepKind::kCheck);
+    check.prepare = PrepareRequest{kId, "{}"};
+    (void)source.OnStepDone(check, Millis{0});
+    (void)source.OnMessage(PrepareReply{kId}, Millis{0});
+    ASSERT_EQ(source.phase(), SourcePhase::kDumping);
+    const auto actions = source.OnStepDone(
+        {kId, StepKind::kDump, false, true, "Dumping of file locks failed"}, Millis{1});
+    if (mode == MoveMode::kPostCopy) {
+      EXPECT_EQ(source.phase(), SourcePhase::kDumpRetryWait);
+      EXPECT_EQ(Count<ArmTimerAction>(actions), 1);
+      continue;
+    }
+    EXPECT_EQ(source.phase(), SourcePhase::kAborted);
+    EXPECT_EQ(Count<RunStepAction>(actions), 0);
+    EXPECT_EQ(Count<ResumeJobAction>(actions), 1);
+    ASSERT_LT(IndexOf<ReportAction>(actions), actions.size());
+    const auto& report = std::get<ReportAction>(actions[IndexOf<ReportAction>(actions)]);
+    EXPECT_EQ(report.kind, ReportKind::kFailed);
+    EXPECT_TRUE(report.retryable);
+  }
+}
+
 TEST(SourceMachineTest, ARestartResumesAFrozenMoveAndRepeatsACommittedOne) {
   auto [frozen, resume] = SourceMachine::Recover(
       {kId, "job-1.1", "d", MoveMode::kPreCopy, SourceStage::kFrozen}, {}, Millis{0});
@@ -215,6 +243,87 @@ TEST(DestinationMachineTest, AnswersOfTheSourceDecideARestoredCopy) {
   auto discarded = committed.OnRecover(RecoverChoice::kDiscard, Millis{9});
   EXPECT_EQ(Count<KillJobAction>(discarded), 1);
   EXPECT_EQ(committed.phase(), DestinationPhase::kAborted);
+}
+
+TEST(SourceMachineTest, TheRecordIsForgottenOnceTheDestinationConfirmedTheCommit) {
+  SourceMachine source = SourceAtHandOff(MoveMode::kPreCopy);
+  auto actions = source.OnHandOff({HandOffOutcome::kExported, ""}, Millis{0});
+  EXPECT_EQ(Count<ForgetAction>(actions), 0) << "D may still ask before it confirms";
+  actions = source.OnMessage(CommitReply{kId, 200}, Millis{1});
+  EXPECT_EQ(source.phase(), SourcePhase::kDone);
+  // Reported first: D resumed (and recorded so) before it answered, so it never asks again.
+  EXPECT_LT(IndexOf<ReportAction>(actions), IndexOf<ForgetAction>(actions));
+  EXPECT_EQ(Count<ForgetAction>(actions), 1);
+  // A restart that finds "aborted" tells D once more and lets the record go.
+  auto [aborted, recovered] = SourceMachine::Recover(
+      {kId, "job-1.1", "d", MoveMode::kPreCopy, SourceStage::kAborted}, {}, Millis{0});
+  EXPECT_LT(IndexOf<SendAction>(recovered), IndexOf<ForgetAction>(recovered));
+  EXPECT_EQ(Count<ResumeJobAction>(recovered), 0);
+  // Without the record, D's question gets "unknown", which a destination drops its copy on.
+  EXPECT_EQ(std::get<OutcomeReply>(SourceMachine::AnswerWithoutMachine(OutcomeQuery{kId}, nullptr))
+                .outcome,
+            Outcome::kUnknown);
+}
+
+TEST(DestinationMachineTest, TheCheckSaysWhetherTheJobDirectoryIsShared) {
+  PrepareRequest prepare{kId, "{}"};
+  auto [destination, ignored] = DestinationMachine::Start(prepare, "s", {}, Millis{0});
+  StepResult checked = Ok(StepKind::kCheck);
+  checked.shared_dir = true;
+  auto actions = destination.OnStepDone(checked, Millis{1});
+  ASSERT_EQ(Count<PersistAction>(actions), 1);
+  EXPECT_TRUE(std::get<DestinationRecord>(
+                  std::get<PersistAction>(actions[IndexOf<PersistAction>(actions)]).record)
+                  .shared_dir);
+  actions = destination.OnStepDone(Ok(StepKind::kPrepareReceive), Millis{2});
+  const auto& reply = std::get<SendAction>(actions[IndexOf<SendAction>(actions)]).message;
+  EXPECT_TRUE(std::get<PrepareReply>(reply).shared_dir);
+}
+
+TEST(DestinationMachineTest, RecoverActsOnlyOnABlockedCopyAndSaysWhy) {
+  // Before it is blocked: refused, with the phase named, and nothing touched.
+  DestinationMachine asking = DestinationRestored(MoveMode::kPreCopy);
+  auto refused = asking.OnRecover(RecoverChoice::kDiscard, Millis{5});
+  ASSERT_EQ(refused.size(), 1u);
+  const auto& refusal = std::get<ReportAction>(refused[0]);
+  EXPECT_EQ(refusal.kind, ReportKind::kFailed);
+  EXPECT_NE(refusal.message.find("can still be learned"), std::string::npos) << refusal.message;
+  EXPECT_NE(refusal.message.find("restored"), std::string::npos) << refusal.message;
+
+  // Blocked (its source silent past block_after): --discard drops the stopped copy.
+  DestinationOptions options;
+  Millis now{4};
+  std::uint64_t token = restored_timer;
+  MachineActions actions;
+  for (int round = 0; round < 40 && !asking.blocked(); ++round) {
+    now += options.silence;
+    actions = asking.OnTimer(token, now);
+    token = std::get<ArmTimerAction>(actions[IndexOf<ArmTimerAction>(actions)]).token;
+  }
+  ASSERT_EQ(asking.phase(), DestinationPhase::kBlockedSourceSilent);
+  ASSERT_EQ(Count<ReportAction>(actions), 1);
+  EXPECT_EQ(std::get<ReportAction>(actions[IndexOf<ReportAction>(actions)]).kind,
+            ReportKind::kBlocked);
+  EXPECT_NE(asking.reason().find("tern recover"), std::string::npos) << asking.reason();
+  actions = asking.OnRecover(RecoverChoice::kDiscard, now);
+  EXPECT_EQ(Count<DiscardCopyAction>(actions), 1);
+  EXPECT_EQ(Count<ResumeJobAction>(actions), 0);
+  EXPECT_EQ(Count<ForgetAction>(actions), 1);
+  EXPECT_EQ(std::get<ReportAction>(actions.back()).kind, ReportKind::kRecovered);
+  EXPECT_EQ(asking.phase(), DestinationPhase::kAborted);
+  // Decided: a second recover is refused.
+  EXPECT_EQ(std::get<ReportAction>(asking.OnRecover(RecoverChoice::kResumeHere, now)[0]).status,
+            409u);
+
+  // A post-copy copy whose pages are lost after a restart: blocked at once, --discard only.
+  auto [lost, reported] = DestinationMachine::Recover(
+      {kId, "{}", "s", MoveMode::kPostCopy, false, DestinationStage::kResumed, 77}, {}, Millis{0});
+  EXPECT_EQ(lost.phase(), DestinationPhase::kBlockedPagesLost);
+  ASSERT_EQ(Count<ReportAction>(reported), 1);
+  EXPECT_EQ(std::get<ReportAction>(reported[0]).kind, ReportKind::kBlocked);
+  EXPECT_EQ(std::get<ReportAction>(lost.OnRecover(RecoverChoice::kResumeHere, now)[0]).status,
+            409u);
+  EXPECT_EQ(lost.phase(), DestinationPhase::kBlockedPagesLost);
 }
 
 }  // namespace

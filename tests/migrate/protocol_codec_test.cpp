@@ -29,6 +29,7 @@ PrepareRequest SamplePrepare() {
   request.rss_bytes = 1ull << 30;
   request.outside.push_back({"/etc/hosts", 120, 0, 0, 0100644, std::string(64, 'e')});
   request.lazy_source = {"10.0.0.1", 7301};
+  request.lazy_relay = "agents-tls";
   return request;
 }
 
@@ -93,6 +94,7 @@ TEST(ProtocolCodecTest, TheBytesAreThoseOnTheWireToday) {
   }
   EXPECT_EQ(body["cpuinfo_hex"], "0001feff");
   EXPECT_EQ(body["mode"], "postcopy");
+  EXPECT_EQ(body["lazy_source"]["relay"], "agents-tls");  // as b14-relay's driver sent it
   EXPECT_EQ(body["job"]["uid"], 1000);
   EXPECT_EQ(body["outside"][0]["sha256"], std::string(64, 'e'));
 

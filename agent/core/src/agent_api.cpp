@@ -90,6 +90,16 @@ bool MaySee(const ApiCaller& caller, const jobs::JobRecord& record) {
   return !viewer || *viewer == record.uid;
 }
 
+// Whose a job listed as JSON (jobs::ToJson) is, for MaySee.
+jobs::JobRecord OwnerOf(const json& listed) {
+  jobs::JobRecord owner;
+  const auto uid = listed.find("uid");
+  owner.uid =
+      uid != listed.end() && uid->is_number_unsigned() ? uid->get<uid_t>() : static_cast<uid_t>(-1);
+  owner.user = listed.value("user", "");
+  return owner;
+}
+
 // This agent's jobs as `caller` may see them. With `stubs`, other users' jobs are listed as
 // {"id","node","hidden":true} so that a call naming one can be routed to its node and refused
 // there with a clear 403 rather than a puzzling 404.
@@ -181,6 +191,8 @@ void AgentApi::Handle(ApiCall call, ApiDone done) {
       method == "POST" ? JobCall(std::move(call), parts[2], "cancel", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "migrate") {
       method == "POST" ? JobCall(std::move(call), parts[2], "migrate", done) : wrong_method("POST");
+    } else if (parts.size() == 4 && parts[1] == "jobs" && parts[3] == "recover") {
+      method == "POST" ? JobCall(std::move(call), parts[2], "recover", done) : wrong_method("POST");
     } else if (parts.size() == 4 && parts[1] == "jobs" &&
                (parts[3] == "pin" || parts[3] == "unpin")) {
       method == "POST" ? JobCall(std::move(call), parts[2], parts[3], done) : wrong_method("POST");
@@ -397,6 +409,16 @@ void AgentApi::ListJobs(const ApiCall& call, ApiDone done) {
   const Target target = ParseTarget(call.target);
   const bool stubs = target.query.count("resolve") != 0;
   json local = LocalJobsJson(supervisor_, call.caller, stubs);
+  // A blocked copy that is not a job here yet (its source silent): listed, so that `tern
+  // status` and `tern recover` find the node that holds it.
+  for (auto& copy : migrations_.BlockedCopies()) {
+    if (MaySee(call.caller, OwnerOf(copy))) {
+      local.push_back(std::move(copy));
+    } else if (stubs) {
+      local.push_back(
+          {{"id", copy.value("id", "")}, {"node", copy.value("node", "")}, {"hidden", true}});
+    }
+  }
   if (call.forwarded || target.query.count("local") != 0) {
     done(JsonResult(200, json{{"jobs", local}}.dump()));
     return;
@@ -579,7 +601,7 @@ void AgentApi::SubmitTo(const ApiCall& call, json body, const std::string& node,
 
 void AgentApi::JobCall(ApiCall call, const std::string& id, const std::string& action,
                        ApiDone done) {
-  if (supervisor_.Get(id) || call.forwarded) {
+  if (supervisor_.Get(id) || migrations_.BlockedMove(id) || call.forwarded) {
     LocalJobCall(call, id, action, done);
     return;
   }
@@ -625,6 +647,38 @@ void AgentApi::JobCall(ApiCall call, const std::string& id, const std::string& a
 void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const std::string& action,
                             ApiDone done) {
   auto record = supervisor_.Get(id);
+  const auto blocked = migrations_.BlockedMove(id);
+  if (action == "recover") {
+    // Which copy of a job lives is root's decision alone: it may end or duplicate a job.
+    if (!MayWrite(call, done)) return;
+    if (!(call.caller.identified && call.caller.uid == 0)) {
+      done(ErrorResult(403, "only root may recover a job (tern recover)"));
+      return;
+    }
+    json body = json::parse(call.body.empty() ? "{}" : call.body, nullptr, false);
+    const std::string choice =
+        body.is_object() && body.contains("choice") && body["choice"].is_string()
+            ? body["choice"].get<std::string>()
+            : "";
+    if (choice != "resume-here" && choice != "discard") {
+      done(ErrorResult(400, "choice must be resume-here or discard"));
+      return;
+    }
+    migrations_.Recover(id, choice == "resume-here", done);
+    return;
+  }
+  if (!record && blocked && action.empty()) {
+    for (auto& copy : migrations_.BlockedCopies()) {
+      if (copy.value("id", "") != id) continue;
+      if (!MaySee(call.caller, OwnerOf(copy))) {
+        done(ErrorResult(403, "job " + id + " belongs to " + copy.value("user", "") +
+                                  "; only its user or root may see it"));
+        return;
+      }
+      done(JsonResult(200, copy.dump()));
+      return;
+    }
+  }
   if (!record) {
     done(ErrorResult(404, "no job '" + id + "' on node " + cluster_.self().name));
     return;
@@ -640,6 +694,7 @@ void AgentApi::LocalJobCall(const ApiCall& call, const std::string& id, const st
     if (ipc_rights_ && record->state == jobs::JobState::kRunning) {
       status["ipc_rights"] = ipc_rights_(record->id);
     }
+    if (blocked) status["blocked"] = *blocked;
     done(JsonResult(200, status.dump()));
     return;
   }

@@ -32,13 +32,15 @@
 #include <tern/migrate/criu.hpp>
 #include <tern/migrate/fresh_directory.hpp>
 #include <tern/migrate/image_dir.hpp>
-#include <tern/migrate/migration.hpp>
+#include <tern/migrate/machine_actions.hpp>
 #include <tern/migrate/preflight.hpp>
 #include <tern/migrate/protocol_codec.hpp>
 #include <tern/migrate/remove_tree.hpp>
 #include <tern/migrate/subprocess.hpp>
 #include <thread>
 #include <tuple>
+#include <type_traits>
+#include <variant>
 
 #include "fault_actions.hpp"
 #include "fault_hook.hpp"
@@ -57,15 +59,12 @@ using Clock = std::chrono::steady_clock;
 // How long a frozen job's IPC operations (a send not yet accepted, a lookup) may take to
 // settle before the move gives up and the job resumes where it was.
 constexpr std::chrono::milliseconds kIpcHandOffPatience{3000};
-using migrate::MigrationAction;
-using migrate::MigrationEvent;
 constexpr std::uint64_t kMaxCarriedBytes = 48ull << 20;
 constexpr int kLockRetries = 5;
 // The fd number post-copy's CRIU processes get their end of the lazy-page relay as (--ps-socket).
 constexpr int kLazySocketFd = 10;
-// What a post-copy source puts in the prepare call's lazy_source: its stream goes through a
-// TLS relay (a destination refuses a source that does not say so). The framing is the same
-// whether an agent or a `ternd page-relay` process carries it.
+// What a post-copy source puts in the prepare's lazy_source.relay: its stream goes through a
+// TLS relay (a destination refuses a source that does not say so).
 constexpr const char* kLazyRelayTls = "agents-tls";
 
 // A `ternd page-relay` for move `mid` that lets in node `peer` only, logging into `dir`.
@@ -79,44 +78,6 @@ PageRelayProcess::Options RelayOptions(const AgentConfig& config, const std::str
   std::filesystem::create_directories(dir, ignored);
   options.log_path = dir + "/page-relay.log";
   return options;
-}
-
-std::string ToHex(const std::string& bytes) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
-}
-
-std::string FromHex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    const int high = std::isxdigit(static_cast<unsigned char>(hex[i]))
-                         ? std::stoi(hex.substr(i, 2), nullptr, 16)
-                         : 0;
-    out.push_back(static_cast<char>(high));
-  }
-  return out;
-}
-
-// The commit call's body: [u32 length][the move's stats as JSON][the job's IPC state]. A body
-// that is JSON alone (an older source) carries no IPC state.
-std::string EncodeCommitBody(const std::string& stats, const std::string& ipc_state) {
-  ipc::WireWriter body;
-  body.Bytes(stats);
-  body.out() += ipc_state;
-  return body.Take();
-}
-
-std::pair<std::string, std::string> DecodeCommitBody(const std::string& body) {
-  if (body.empty() || body.front() == '{') return {body, ""};
-  ipc::WireReader reader(body);
-  auto stats = reader.Bytes();
-  if (!stats) return {"", ""};
-  return {*stats, body.substr(4 + stats->size())};
 }
 
 // The job's channel socket as dumped, kept next to the images for the destination's restore.
@@ -146,6 +107,55 @@ bool IsTransientCriuError(const std::string& message) {
 
 double MillisSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+template <typename T, typename Variant>
+struct IsAlternativeOf;
+template <typename T, typename... Ts>
+struct IsAlternativeOf<T, std::variant<Ts...>>
+    : std::bool_constant<(std::is_same_v<T, Ts> || ...)> {};
+
+// A message as the request or the reply it is.
+std::optional<migrate::Request> AsRequest(const migrate::Message& message) {
+  return std::visit(
+      [](const auto& value) -> std::optional<migrate::Request> {
+        if constexpr (IsAlternativeOf<std::decay_t<decltype(value)>, migrate::Request>::value) {
+          return migrate::Request{value};
+        } else {
+          return std::nullopt;
+        }
+      },
+      message);
+}
+
+std::optional<migrate::Reply> AsReply(const migrate::Message& message) {
+  return std::visit(
+      [](const auto& value) -> std::optional<migrate::Reply> {
+        if constexpr (IsAlternativeOf<std::decay_t<decltype(value)>, migrate::Reply>::value) {
+          return migrate::Reply{value};
+        } else {
+          return std::nullopt;
+        }
+      },
+      message);
+}
+
+// The source machine's patience, as the driver had it before the machine: a prepare answered
+// within 30 s, a restore (images sent, CRIU run) within 120 s, a dump caught holding a file
+// lock tried kLockRetries times 30 ms apart, the commit sent 10 times a second apart (each
+// call waits up to 10 s for its answer).
+migrate::SourceOptions SourceTimings() {
+  migrate::SourceOptions options;
+  options.prepare_timeout = std::chrono::seconds(30);
+  options.restore_timeout = std::chrono::seconds(120);
+  options.dump_attempts = kLockRetries;
+  options.dump_retry = std::chrono::milliseconds(30);
+  options.hand_off_patience = kIpcHandOffPatience;
+  options.hand_off_poll = std::chrono::milliseconds(2);
+  options.commit_answer_timeout = std::chrono::seconds(11);
+  options.commit_retry = std::chrono::seconds(1);
+  options.commit_attempts = 10;
+  return options;
 }
 
 std::string HostOf(const std::string& host_port) {
@@ -225,72 +235,76 @@ bool MountPreCopyImages(const std::string& images, std::uint64_t rss, std::uint6
 }  // namespace
 
 struct MigrationDriver::Outgoing {
-  ApiCall call;  // as asked, for a second attempt
+  explicit Outgoing(migrate::SourceMachine source) : machine(std::move(source)) {}
+  migrate::SourceMachine machine;
+  bool recovered = false;  // rebuilt from its record after a restart
+  ApiCall call;            // as asked, for a second attempt
   int attempt = 1;
-  std::string channel;    // the job's IPC channel socket ("socket:[INODE]"), "" if none
-  std::string ipc_state;  // the job's IPC rights and channel bytes, handed to the destination
-  std::string id;
-  jobs::JobRecord job;
+  std::string channel;  // the job's IPC channel socket ("socket:[INODE]"), "" if none
+  jobs::JobRecord job;  // a recovered move knows the job's id only if it left this node
+  // The job's init as it was when the move started: the commit's kill and an abort's resume
+  // reach this very process or none (never one that got its pid later).
+  std::optional<jobs::ProcessIdentity> identity;
   std::string destination;
-  std::uint64_t destination_id = 0;
-  std::string mode = "precopy";
-  bool dry_run = false;
   ApiCaller caller;
-  ApiDone done;
-  migrate::SourceMigration machine;
+  ApiDone done;  // empty for a move recovered after a restart: nobody waits for it
+  std::unique_ptr<boost::asio::steady_timer> timer;
   std::string criu;
   migrate::PageServerTarget page_server;
   // True while `criu dump` runs (set and read off the io thread, hence shared and atomic).
   std::shared_ptr<std::atomic<bool>> dumping = std::make_shared<std::atomic<bool>>(false);
   json checks = json::array();
-  std::string error;
-  unsigned error_status = 409;
   Clock::time_point started = Clock::now();
   Clock::time_point freeze_start{};
+  Clock::time_point transfer_start{};
+  Clock::time_point commit_start{};
   double preflight_ms = 0, prepare_ms = 0, dump_ms = 0, transfer_ms = 0, restore_ms = 0,
          commit_ms = 0;
   std::uint64_t images_bytes = 0, jobdir_bytes = 0, pages_bytes = 0;
   json moved_job;
-  std::string cpuinfo;      // `criu cpuinfo dump` of the source, checked at the destination
-  int lock_retries = 0;     // post-copy dumps retried because the job held a file lock
   bool shared_dir = false;  // the destination sees the very same job directory
+  bool frozen = false;      // the dump has started: an abort must unlock and resume the job
   // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit,
   // CRIU's end of its loopback connection (kept for a retried dump until one serves), and the
   // relay that carries that connection to the destination inside TLS.
   std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
   UniqueFd lazy_socket;
   std::shared_ptr<PageRelayProcess> lazy_relay;
+  int phase_seen = -1;  // the machine's phase the fault hook last heard of
 };
 
 struct MigrationDriver::Incoming {
+  explicit Incoming(migrate::DestinationMachine destination) : machine(std::move(destination)) {}
+  migrate::DestinationMachine machine;
   std::string id;
   jobs::JobRecord job;
-  std::string source;  // the call's via: "peer NODE"
+  std::string source;  // the source's node name
+  std::string criu;
   std::string images;
   migrate::BackgroundProcess page_server;
   std::uint16_t page_server_port = 0;     // pre-copy: where page_server listens once started
   std::uint64_t rss = 0;                  // the job's resident memory at the source, at prepare
   std::vector<std::string> cgroup_roots;  // --cgroup-root: the job lands in this node's cgroup
+  // The restored copy, pinned by a pidfd taken as soon as CRIU returned (or found again at
+  // start-up): a kill goes through it, so it reaches this process or none.
   pid_t restored_pid = 0;
-  // The restored copy pinned by a pidfd: an abort's SIGKILL goes through it, so it reaches this
-  // process or none (never one that got restored_pid after it ended).
   jobs::UniqueFd restored_pidfd;
-  Clock::time_point restored_at{};
-  bool busy = false;  // a restore runs (off the io thread) on these files
-  // An abort came while busy: the restore stops before CRIU runs if it can, and the abort is
-  // carried out when it ends. Set on the io thread, read by the restore's worker.
+  double restore_ms = 0;
+  // A step's cancellation (CancelStep): the restore stops before CRIU runs if it can. Set on
+  // the io thread, read by the step's worker.
   std::atomic<bool> abort_requested{false};
   bool shared_dir = false;
-  std::string mode = "precopy";
+  bool lazy = false;  // post-copy
+  bool dry_run = false;
   migrate::PageServerTarget lazy_source;  // the source agent's relay listener
   std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
-  std::string source_node;                // the source's node name: the relay lets only it in
   std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
   // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it) and
   // the relay process to the source; the restore's worker waits for it to be in (the job is
   // not restored with no way to fetch its memory).
   UniqueFd lazy_socket;
   std::shared_ptr<PageRelayProcess> lazy_relay;
+  int phase_seen = -1;  // the machine's phase the fault hook last heard of
   // Post-copy: `criu lazy-pages` and `criu restore`, started at prepare and parked until the
   // images arrive (migrate::ParkedCriu), so that neither starts inside the job's freeze.
   // Without a channel in the prepare call (an older source) the restore starts them instead.
@@ -300,6 +314,13 @@ struct MigrationDriver::Incoming {
   // A `--net` job: the network namespace prepared here for it (docs/networking.md), its node
   // side down until the commit; CRIU restores the job into it.
   jobs::UniqueFd job_netns;
+  std::string commit_stats = "{}";  // the commit's figures, kept in the job's record
+  json adopted;                     // the job as it runs here once resumed
+  std::unique_ptr<boost::asio::steady_timer> timer;
+  // The source's calls waiting for the machine's answer, by the request's index in
+  // migrate::Request (a reply answers the request of the same index).
+  std::map<std::size_t, ApiDone> waiting;
+  ApiDone recover_done;  // `tern recover`, waiting for its report
 };
 
 namespace {
@@ -314,53 +335,22 @@ void LetFinish(std::shared_ptr<migrate::BackgroundProcess> process) {
 
 MigrationDriver::MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,
                                  jobs::JobSupervisor& supervisor, Cluster& cluster)
-    : io_(io), config_(config), supervisor_(supervisor), cluster_(cluster) {
-  undecided_timer_ = std::make_unique<boost::asio::steady_timer>(io_);
-  LoadUnfinished();
-  CheckUndecided();
-}
-
-void MigrationDriver::LoadUnfinished() {
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(config_.state_dir + "/migrations", error)) {
-    const std::string mid = entry.path().filename().string();
-    std::ifstream file(entry.path() / "incoming.json");
-    if (!file || fs::exists(entry.path() / "outcome")) continue;
-    std::stringstream text;
-    text << file.rdbuf();
-    json saved = json::parse(text.str(), nullptr, false);
-    if (!saved.is_object() || !saved.contains("job")) continue;
-    auto job = jobs::FromPersistentJson(saved["job"]);
-    if (!job) continue;
-    auto incoming = std::make_shared<Incoming>();
-    incoming->id = mid;
-    incoming->job = *job;
-    incoming->images = (entry.path() / "images").string();
-    incoming->shared_dir = saved.value("shared_dir", false);
-    // Believed only while the very process lives (RestoredCopy): a bare pid after a reboot or
-    // a reuse names someone else's process, which must be neither adopted nor killed.
-    pid_t pid = 0;
-    if (auto copy = FindRestoredCopy(entry.path().string())) {
-      incoming->restored_pidfd = jobs::OpenPidfd(*copy);
-      if (incoming->restored_pidfd.valid()) pid = copy->pid;
-    }
-    incoming->restored_pid = pid;
-    if (incoming->restored_pid == 0) {
-      // Nothing was restored here: nothing to decide.
-      migrate::RemoveImageTree(entry.path().string());
-      continue;
-    }
-    incoming->restored_at = Clock::now() - std::chrono::seconds(60);
-    incoming_[mid] = incoming;
-    spdlog::warn(
-        "migration {}: found a restored, stopped copy of job {} (pid {}); asking {} "
-        "whether the move committed",
-        mid, incoming->job.id, pid, incoming->job.node);
-  }
+    : io_(io),
+      config_(config),
+      supervisor_(supervisor),
+      cluster_(cluster),
+      store_(config.state_dir + "/migrations") {
+  RecoverOutgoing();
+  RecoverIncoming();
 }
 
 MigrationDriver::~MigrationDriver() {
-  undecided_timer_->cancel();
+  {
+    std::lock_guard lock(alive_->mutex);
+    alive_->driver = false;
+  }
+  for (auto& [mid, migration] : outgoing_) migration->timer->cancel();
+  for (auto& [mid, incoming] : incoming_) incoming->timer->cancel();
   workers_.join();
 }
 
@@ -396,16 +386,8 @@ std::string MigrationDriver::MigrationDir(const std::string& mid) const {
   return config_.state_dir + "/migrations/" + mid;
 }
 
-void MigrationDriver::RecordOutcome(const std::string& mid, const std::string& outcome) {
-  std::error_code ignored;
-  fs::create_directories(MigrationDir(mid), ignored);
-  // Durable before anyone acts on it: "committed" is the commit point (the source copy is
-  // killed next, and a restarted agent must never resume it).
-  if (auto written = jobs::WriteFileAtomically(MigrationDir(mid) + "/outcome", outcome + "\n");
-      !written) {
-    spdlog::error("migration {}: cannot record the outcome '{}': {}", mid, outcome,
-                  written.error().message);
-  }
+migrate::Millis MigrationDriver::Now() {
+  return std::chrono::duration_cast<migrate::Millis>(Clock::now().time_since_epoch());
 }
 
 // ---------------------------------------------------------------- source
@@ -428,80 +410,309 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
     done(ErrorResult(400, "the request body must be a JSON object"));
     return;
   }
-  auto migration = std::make_shared<Outgoing>();
-  migration->job = job;
-  migration->destination = body.value("node", "");
-  migration->mode = body.value("mode", "precopy");
-  migration->dry_run = body.value("dry_run", false);
-  migration->caller = call.caller;
-  migration->done = std::move(done);
-  migration->call = call;
-  migration->attempt = attempt;
-  if (migration->mode != "precopy" && migration->mode != "postcopy") {
-    migration->done(ErrorResult(400, "mode must be precopy or postcopy"));
+  const std::string destination = body.value("node", "");
+  const std::string mode = body.value("mode", "precopy");
+  const bool dry_run = body.value("dry_run", false);
+  if (mode != "precopy" && mode != "postcopy") {
+    done(ErrorResult(400, "mode must be precopy or postcopy"));
     return;
   }
   if (job.state != jobs::JobState::kRunning) {
-    migration->done(
-        ErrorResult(409, "job " + job.id + " is not running (" + jobs::ToString(job.state) + ")"));
+    done(ErrorResult(409, "job " + job.id + " is not running (" + jobs::ToString(job.state) + ")"));
     return;
   }
   if (!job.migrating_id.empty()) {
-    migration->done(ErrorResult(409, "job " + job.id + " is already moving"));
+    done(ErrorResult(409, "job " + job.id + " is already moving"));
     return;
   }
   if (auto pulling = pulling_.find(job.id); pulling != pulling_.end()) {
     // It came here by post-copy and part of its memory is still on the way (through the relay,
     // a few hundred ms for a small job): its dump would fail, so the move starts once it is in.
     spdlog::info("job {}: moving it once its memory has arrived from its last move", job.id);
-    pulling->second.push_back(
-        [this, call, id = job.id, done = std::move(migration->done), attempt]() mutable {
-          auto current = supervisor_.Get(id);
-          if (!current) {
-            done(ErrorResult(404, "job " + id + " is gone"));
-            return;
-          }
-          Migrate(call, *current, std::move(done), attempt);
-        });
+    pulling->second.push_back([this, call, id = job.id, done = std::move(done), attempt]() mutable {
+      auto current = supervisor_.Get(id);
+      if (!current) {
+        done(ErrorResult(404, "job " + id + " is gone"));
+        return;
+      }
+      Migrate(call, *current, std::move(done), attempt);
+    });
     return;
   }
-  if (migration->destination.empty() || migration->destination == cluster_.self().name) {
-    migration->done(ErrorResult(400, "name another node to move job " + job.id + " to"));
+  if (destination.empty() || destination == cluster_.self().name) {
+    done(ErrorResult(400, "name another node to move job " + job.id + " to"));
     return;
   }
-  auto destination = cluster_.AliveNodeByName(migration->destination);
-  if (!destination) {
-    migration->done(ErrorResult(
-        404, "node '" + migration->destination + "' is not an alive member of the cluster"));
+  if (!cluster_.AliveNodeByName(destination)) {
+    done(ErrorResult(404, "node '" + destination + "' is not an alive member of the cluster"));
     return;
   }
-  migration->destination_id = *destination;
   std::random_device entropy;
   char suffix[9];
   std::snprintf(suffix, sizeof suffix, "%08x", entropy());
-  migration->id = job.id + "-" + suffix;
-  outgoing_[migration->id] = migration;
-  if (publish_ && !migration->dry_run) {
+  migrate::SourcePlan plan;
+  plan.id = job.id + "-" + suffix;
+  plan.job_id = job.id;
+  plan.destination = destination;
+  plan.mode = mode == "postcopy" ? migrate::MoveMode::kPostCopy : migrate::MoveMode::kPreCopy;
+  plan.dry_run = dry_run;
+  auto migration =
+      std::make_shared<Outgoing>(migrate::SourceMachine(std::move(plan), SourceTimings()));
+  const std::string& id = migration->machine.plan().id;
+  migration->job = job;
+  migration->identity = job.pid_start_ticks != 0
+                            ? std::optional<jobs::ProcessIdentity>(jobs::ProcessIdentity{
+                                  job.pid, job.pid_start_ticks, jobs::CurrentBootId()})
+                            : jobs::IdentifyProcess(job.pid);
+  migration->destination = destination;
+  migration->caller = call.caller;
+  migration->done = std::move(done);
+  migration->call = call;
+  migration->attempt = attempt;
+  migration->timer = std::make_unique<boost::asio::steady_timer>(io_);
+  outgoing_[id] = migration;
+  if (publish_ && !dry_run) {
     publish_("migration", {{"event", "started"},
-                           {"id", migration->id},
+                           {"id", id},
                            {"job", job.id},
                            {"from", cluster_.self().name},
-                           {"to", migration->destination},
-                           {"mode", migration->mode}});
+                           {"to", destination},
+                           {"mode", mode}});
   }
-  spdlog::info("migration {}: job {} {} -> {} ({}{})", migration->id, job.id, cluster_.self().name,
-               migration->destination, migration->mode, migration->dry_run ? ", dry run" : "");
+  spdlog::info("migration {}: job {} {} -> {} ({}{})", id, job.id, cluster_.self().name,
+               destination, mode, dry_run ? ", dry run" : "");
+  Execute(migration, migration->machine.Start(Now()));
+}
 
+void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std::string& job,
+                                 const std::string& migration) {
+  if (faults_ == nullptr) return;
+  const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
+  if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
+    PerformFault(*hit, config_.state_dir, io_);
+  }
+}
+
+void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
+                              migrate::MachineActions actions, const ApiDone* answer) {
+  const std::string id = migration->machine.plan().id;
+  // Every machine event ends here: the one place that sees each phase the move enters (before
+  // its actions, as a crash right after the transition would).
+  if (const int phase = static_cast<int>(migration->machine.phase());
+      phase != migration->phase_seen) {
+    migration->phase_seen = phase;
+    if (!migration->machine.plan().dry_run) {
+      FaultPoint(true, migrate::ToString(migration->machine.phase()),
+                 migration->machine.plan().job_id, id);
+    }
+  }
+  for (auto& action : actions) {
+    if (auto* send = std::get_if<migrate::SendAction>(&action)) {
+      if (auto request = AsRequest(send->message)) {
+        SendToDestination(migration, std::move(*request));
+      } else if (auto reply = AsReply(send->message); reply && answer) {
+        auto wire = migrate::Encode(*reply);
+        (*answer)(ApiResult{wire.status, wire.content_type, std::move(wire.body), {}});
+      }
+    } else if (auto* run = std::get_if<migrate::RunStepAction>(&action)) {
+      RunSourceStep(migration, run->step);
+    } else if (auto* cancel = std::get_if<migrate::CancelStepAction>(&action)) {
+      if (cancel->kind == migrate::StepKind::kDump &&
+          migration->machine.plan().mode == migrate::MoveMode::kPreCopy) {
+        // CRIU is streaming pages to the destination over a link that may be cut: destroying
+        // that connection makes the dump fail cleanly (CRIU cures and thaws the job itself).
+        // With TLS, CRIU connects to the page server itself, maybe only after the link was cut
+        // (its SYNs then retry for a minute or more): destroy its connection until the dump
+        // returns, not just once. A post-copy dump waits for no peer: it ends by itself.
+        const auto target = migration->page_server;
+        OffThread(
+            [target, dumping = migration->dumping] {
+              Expected<migrate::SubprocessResult> last = Fail("the dump had already returned");
+              for (int round = 0; round < 480 && dumping->load(); ++round) {
+                last = migrate::RunSubprocess(
+                    {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
+                std::this_thread::sleep_for(std::chrono::milliseconds(250));
+              }
+              return last;
+            },
+            [](Expected<migrate::SubprocessResult>) {});
+      }
+    } else if (auto* persist = std::get_if<migrate::PersistAction>(&action)) {
+      // Durable before anything after it is done: "frozen" before the freeze, "committed"
+      // before the kill (a restarted agent must never resume a committed copy).
+      if (auto saved = store_.Save(persist->record); !saved) {
+        spdlog::error("migration {}: cannot record the move: {}", id, saved.error().message);
+        Execute(migration, migration->machine.OnPersistFailed(Now()), answer);
+        return;
+      }
+    } else if (auto* forget = std::get_if<migrate::ForgetAction>(&action)) {
+      store_.Forget(forget->id);
+    } else if (std::holds_alternative<migrate::ResumeJobAction>(action)) {
+      ResumeSourceCopy(migration);
+    } else if (std::holds_alternative<migrate::KillJobAction>(action)) {
+      KillSourceCopy(migration);
+    } else if (std::holds_alternative<migrate::HandOffIpcAction>(action)) {
+      boost::asio::post(io_, [this, migration] {
+        migrate::HandOffResult result;
+        const auto node = cluster_.AliveNodeByName(migration->destination);
+        if (!node) {
+          Execute(migration, migration->machine.OnPeerLost(Now()));
+          return;
+        }
+        if (ipc_.hand_off) {
+          auto handed = ipc_.hand_off(migration->job.id, *node, migration->job.pid);
+          result.state = std::move(handed.state);
+          result.outcome = handed.outcome == ipc::PortRouter::ExportOutcome::kExported
+                               ? migrate::HandOffOutcome::kExported
+                           : handed.outcome == ipc::PortRouter::ExportOutcome::kBusy
+                               ? migrate::HandOffOutcome::kBusy
+                               : migrate::HandOffOutcome::kRefused;
+        }
+        Execute(migration, migration->machine.OnHandOff(result, Now()));
+      });
+    } else if (auto* report = std::get_if<migrate::ReportAction>(&action)) {
+      Report(migration, *report);
+    } else if (auto* arm = std::get_if<migrate::ArmTimerAction>(&action)) {
+      ArmTimer(migration, *arm);
+    }
+  }
+  auto found = outgoing_.find(id);
+  if (migration->machine.finished() && found != outgoing_.end() && found->second == migration) {
+    outgoing_.erase(found);
+    migration->timer->cancel();  // its handler holds the move: let it go
+    migration->lazy_socket.Reset();
+    // A move that did not commit serves no memory: its relay listener and connection go now.
+    if (migration->lazy_relay && migration->machine.outcome() != migrate::Outcome::kCommitted) {
+      migration->lazy_relay->Stop();
+    }
+    std::error_code ignored;
+    fs::remove_all(MigrationDir(id) + "/images", ignored);
+  }
+}
+
+void MigrationDriver::SendToDestination(const std::shared_ptr<Outgoing>& migration,
+                                        migrate::Request request) {
+  std::chrono::milliseconds timeout = std::chrono::seconds(10);
+  if (std::holds_alternative<migrate::PrepareRequest>(request)) {
+    timeout = std::chrono::seconds(30);
+  } else if (std::holds_alternative<migrate::RestoreRequest>(request)) {
+    timeout = std::chrono::seconds(120);
+  } else if (auto* commit = std::get_if<migrate::CommitRequest>(&request)) {
+    // The move's figures travel with the commit: the destination keeps them in the job's record.
+    migration->commit_start = Clock::now();
+    commit->stats = json{{"id", migration->machine.plan().id},
+                         {"mode", migrate::ToString(migration->machine.plan().mode)},
+                         {"from", cluster_.self().name},
+                         {"to", migration->destination},
+                         {"dump_ms", migration->dump_ms},
+                         {"transfer_ms", migration->transfer_ms},
+                         {"restore_ms", migration->restore_ms},
+                         {"images_bytes", migration->images_bytes},
+                         {"jobdir_bytes", migration->jobdir_bytes},
+                         {"pages_bytes", migration->pages_bytes},
+                         {"freeze_start_ms_ago", MillisSince(migration->freeze_start)}}
+                        .dump();
+  }
+  const auto start = Clock::now();
+  auto deliver = [this, migration, request, start](const migrate::WireAnswer& answer) {
+    auto reply = migrate::DecodeReply(request, answer);
+    if (!reply) {
+      // A malformed answer is the peer's failure, told to the machine like any other.
+      reply = migrate::DecodeReply(
+          request, {502, "application/json", json{{"error", reply.error().message}}.dump()});
+      if (!reply) return;
+    }
+    if (const auto* prepared = std::get_if<migrate::PrepareReply>(&*reply)) {
+      migration->prepare_ms = MillisSince(start);
+      json checks = json::parse(prepared->checks, nullptr, false);
+      if (checks.is_array()) {
+        for (auto& check : checks) migration->checks.push_back(std::move(check));
+      }
+      migration->shared_dir = prepared->shared_dir;
+      if (prepared->page_server) {
+        migration->page_server = {prepared->page_server->address, prepared->page_server->port};
+      }
+    } else if (const auto* restored = std::get_if<migrate::RestoreReply>(&*reply)) {
+      migration->transfer_ms = MillisSince(migration->transfer_start);
+      migration->restore_ms = restored->restore_ms;
+      migration->pages_bytes = restored->pages_bytes;
+    } else if (const auto* committed = std::get_if<migrate::CommitReply>(&*reply)) {
+      migration->commit_ms = MillisSince(start);
+      if (committed->status == 200)
+        migration->moved_job = json::parse(committed->job, nullptr, false);
+    }
+    Execute(migration, migration->machine.OnMessage(migrate::ToMessage(*reply), Now()));
+  };
+  const auto node = cluster_.AliveNodeByName(migration->destination);
+  if (!node) {
+    if (std::holds_alternative<migrate::AbortRequest>(request)) return;  // it learns by asking
+    boost::asio::post(io_, [deliver, name = migration->destination] {
+      deliver({502, "application/json",
+               json{{"error", "node " + name + " is not an alive member of the cluster"}}.dump()});
+    });
+    return;
+  }
+  auto wire = migrate::Encode(request);
+  ApiCall call;
+  call.method = std::move(wire.method);
+  call.target = std::move(wire.target);
+  call.body = std::move(wire.body);
+  call.caller = migration->caller;
+  cluster_.Call(
+      *node, std::move(call),
+      [deliver](ApiResult result) {
+        deliver({result.status, result.content_type, std::move(result.body)});
+      },
+      timeout);
+}
+
+void MigrationDriver::StepDone(const std::shared_ptr<Outgoing>& migration,
+                               migrate::StepResult result) {
+  boost::asio::post(io_, [this, migration, result = std::move(result)] {
+    Execute(migration, migration->machine.OnStepDone(result, Now()));
+  });
+}
+
+void MigrationDriver::RunSourceStep(const std::shared_ptr<Outgoing>& migration,
+                                    const migrate::StepRequest& step) {
+  switch (step.kind) {
+    case migrate::StepKind::kCheck:
+      Preflight(migration);
+      return;
+    case migrate::StepKind::kDump:
+      DumpJob(migration, step.attempt);
+      return;
+    case migrate::StepKind::kServePages:
+      // The lazy dump serves the job's memory until the destination has it all; it finishes
+      // in the background and nothing waits for it (it stays out of the worker pool). The
+      // relay process carries the stream on by itself until CRIU's ends, whatever happens to
+      // this agent.
+      LetFinish(std::move(migration->lazy_dump));
+      if (migration->lazy_relay) migration->lazy_relay->LetRun();
+      StepDone(migration, {step.id, step.kind, true});
+      return;
+    default:
+      StepDone(migration,
+               {step.id, step.kind, false, false,
+                std::string("no such source step: ") + std::string(migrate::ToString(step.kind))});
+      return;
+  }
+}
+
+void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
+  const jobs::JobRecord job = migration->job;
+  const bool dry_run = migration->machine.plan().dry_run;
   // The job's direct call connections are shut down before anything else (a dry run only
   // lists them): its calls go through the agents, which hand its rights over at the commit.
   std::set<std::string> direct;
   if (ipc_.direct_sockets) {
     for (auto& socket : ipc_.direct_sockets(job.id)) direct.insert(std::move(socket));
   }
-  if (!migration->dry_run && ipc_.suspend_direct) ipc_.suspend_direct(job.id);
+  if (!dry_run && ipc_.suspend_direct) ipc_.suspend_direct(job.id);
   const std::string criu_config = config_.criu_path;
   OffThread(
-      [job, criu_config, direct, scratch = MigrationDir(migration->id) + "/cpuinfo"] {
+      [job, criu_config, direct,
+       scratch = MigrationDir(migration->machine.plan().id) + "/cpuinfo"] {
         auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
         std::string cpuinfo;
         if (criu.works) {
@@ -513,7 +724,7 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
       },
       [this, migration](std::tuple<migrate::CriuCheck, migrate::JobScan, std::string> result) {
         auto& [criu, scan, cpuinfo] = result;
-        migration->cpuinfo = std::move(cpuinfo);
+        const std::string& id = migration->machine.plan().id;
         migration->preflight_ms = MillisSince(migration->started);
         migration->criu = criu.path;
         std::vector<std::string> blockers = scan.blockers;
@@ -527,7 +738,7 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
           spdlog::info(
               "migration {}: job {}'s IPC channel has no agent end (the agent restarted); "
               "it moves as it is",
-              migration->id, migration->job.id);
+              id, migration->job.id);
         }
         if (ipc_.blocker) {
           const std::string reason = ipc_.blocker(migration->job.id);
@@ -575,433 +786,158 @@ void MigrationDriver::Migrate(const ApiCall& call, const jobs::JobRecord& job, A
                               " open; closed for the move (calls go through the agents)"}});
         }
         migration->job.rss_bytes = scan.rss_bytes;
-        json outside = migrate::OutsideFilesJson(scan.outside);
         migration->checks.push_back(
             {{"check", "files outside the job directory"},
              {"ok", true},
              {"detail", std::to_string(scan.outside.size()) + " to compare at the destination"}});
+        migrate::StepResult step{id, migrate::StepKind::kCheck};
         if (!blockers.empty()) {
-          migration->error = "job " + migration->job.id + " cannot move: " + Join(blockers);
-          Step(migration, static_cast<int>(MigrationEvent::kPreflightRefused));
+          step.error = "job " + migration->job.id + " cannot move: " + Join(blockers);
+          StepDone(migration, std::move(step));
           return;
         }
-        migration->checks.push_back({{"outside", outside}});
-        Step(migration, static_cast<int>(MigrationEvent::kPreflightPassed));
+        struct stat dir_info {};
+        ::stat(migration->job.dir.c_str(), &dir_info);
+        migrate::PrepareRequest prepare;
+        prepare.id = id;
+        prepare.job = jobs::PersistentJson(migration->job).dump();
+        // Known before the dump: lets the destination start `criu restore` (which takes the
+        // channel as --inherit-fd) ahead of the freeze.
+        prepare.channel = migration->channel;
+        prepare.cpuinfo = std::move(cpuinfo);
+        prepare.dir_device = static_cast<std::uint64_t>(dir_info.st_dev);
+        prepare.dir_inode = static_cast<std::uint64_t>(dir_info.st_ino);
+        prepare.rss_bytes = scan.rss_bytes;
+        prepare.outside = scan.outside;
+        if (migration->machine.plan().mode == migrate::MoveMode::kPostCopy) {
+          prepare.lazy_relay = kLazyRelayTls;
+          if (!migration->machine.plan().dry_run) {
+            // The relay listener is opened for this move's destination only, before anything
+            // is frozen; CRIU's end of the stream is a loopback socket it gets at the dump.
+            if (auto relay = OpenLazyRelay(migration); !relay) {
+              step.error = "cannot open the post-copy relay on " + cluster_.self().name + ": " +
+                           relay.error().message;
+              StepDone(migration, std::move(step));
+              return;
+            }
+            prepare.lazy_source = {HostOf(config_.cluster_advertise),
+                                   migration->lazy_relay->port()};
+          }
+        }
+        step.ok = true;
+        step.prepare = std::move(prepare);
+        StepDone(migration, std::move(step));
       });
 }
 
-void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std::string& job,
-                                 const std::string& migration) {
-  if (faults_ == nullptr) return;
-  const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
-  if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
-    PerformFault(*hit, config_.state_dir, io_);
-  }
+namespace {
+
+// The images and (unless the destination shares it) the job directory, packed for the
+// restore call.
+Expected<migrate::RestoreRequest> PackForRestore(const std::string& id, const std::string& images,
+                                                 const std::string& job_dir, bool shared) {
+  auto packed_images = migrate::PackDirectory(images, {"dump.log"}, kMaxCarriedBytes);
+  if (!packed_images) return Unexpected<Error>{packed_images.error()};
+  // On a shared file system the job directory is already where the job goes.
+  if (shared) return migrate::RestoreRequest{id, std::move(*packed_images), ""};
+  // The destination writes its own record of the job; the source's would name a process that
+  // is not the destination's.
+  auto packed_dir = migrate::PackDirectory(job_dir, {"job.json", "job.json.tmp"}, kMaxCarriedBytes);
+  if (!packed_dir) return Unexpected<Error>{packed_dir.error()};
+  return migrate::RestoreRequest{id, std::move(*packed_images), std::move(*packed_dir)};
 }
 
-void MigrationDriver::Step(const std::shared_ptr<Outgoing>& migration, int event) {
-  const auto before = migration->machine.phase();
-  auto actions = migration->machine.On(static_cast<MigrationEvent>(event));
-  if (migration->machine.phase() != before && !migration->dry_run) {
-    FaultPoint(true, migrate::ToString(migration->machine.phase()), migration->job.id,
-               migration->id);
-  }
-  for (MigrationAction action : actions) {
-    switch (action) {
-      case MigrationAction::kPrepareDestination: {
-        json outside = migration->checks.back().value("outside", json::array());
-        migration->checks.erase(migration->checks.end() - 1);
-        ApiCall call;
-        call.method = "POST";
-        call.target = "/v1/migrations/prepare";
-        call.caller = migration->caller;
-        struct stat dir_info {};
-        ::stat(migration->job.dir.c_str(), &dir_info);
-        json lazy_source = {{"address", ""}, {"port", 0}};
-        if (migration->mode == "postcopy" && !migration->dry_run) {
-          // The relay listener is opened for this move's destination only, before anything is
-          // frozen; CRIU's end of the stream is a loopback socket it gets at the dump.
-          auto relay = OpenLazyRelay(migration);
-          if (!relay) {
-            migration->error = "cannot open the post-copy relay on " + cluster_.self().name + ": " +
-                               relay.error().message;
-            migration->error_status = 500;
-            boost::asio::post(io_, [this, migration] {
-              Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
-            });
-            break;
-          }
-          lazy_source = {{"address", HostOf(config_.cluster_advertise)},
-                         {"port", migration->lazy_relay->port()},
-                         {"relay", kLazyRelayTls}};
-        } else if (migration->mode == "postcopy") {
-          lazy_source["relay"] = kLazyRelayTls;
-        }
-        call.body = json{
-            {"id", migration->id},
-            {"lazy_source", lazy_source},
-            {"job", jobs::PersistentJson(migration->job)},
-            // Known before the dump: lets the destination start `criu restore` (which
-            // takes the channel as --inherit-fd) ahead of the freeze.
-            {"channel", migration->channel},
-            {"cpuinfo_hex", ToHex(migration->cpuinfo)},
-            {"dir_device", static_cast<std::uint64_t>(dir_info.st_dev)},
-            {"dir_inode", static_cast<std::uint64_t>(dir_info.st_ino)},
-            {"mode", migration->mode},
-            {"dry_run", migration->dry_run},
-            {"rss_bytes", migration->job.rss_bytes},
-            {"outside",
-             outside}}.dump();
-        const auto start = Clock::now();
-        cluster_.Call(
-            migration->destination_id, call,
-            [this, migration, start](ApiResult result) {
-              migration->prepare_ms = MillisSince(start);
-              json answer = json::parse(result.body, nullptr, false);
-              if (answer.is_object() && answer.contains("checks")) {
-                for (const auto& check : answer["checks"]) migration->checks.push_back(check);
-              }
-              if (result.status != 200) {
-                migration->error = ErrorMessageOf(result);
-                migration->error_status = result.status == 409 ? 409 : 502;
-                Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
-                return;
-              }
-              if (migration->dry_run) {
-                Finish(migration, 200, "");
-                return;
-              }
-              migration->shared_dir = answer.value("shared_dir", false);
-              if (answer.contains("page_server")) {
-                migration->page_server.address = answer["page_server"].value("address", "");
-                migration->page_server.port = answer["page_server"].value("port", 0);
-              }
-              Step(migration, static_cast<int>(MigrationEvent::kDestinationReady));
-            },
-            std::chrono::seconds(30));
-        break;
-      }
-      case MigrationAction::kDump: {
-        supervisor_.MarkMigrating(migration->job.id, migration->id);
-        migration->freeze_start = Clock::now();
-        if (migration->mode == "postcopy") {
-          if (auto locked = LockJobNetwork(migration->job); !locked) {
-            migration->error = locked.error().message;
-            migration->error_status = 500;
-            Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
-            break;
-          }
-          StartLazyDump(migration);
-          break;
-        }
-        if (auto locked = LockJobNetwork(migration->job); !locked) {
-          migration->error = locked.error().message;
-          migration->error_status = 500;
-          Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
-          break;
-        }
-        migrate::DumpOptions options;
-        options.pid = migration->job.pid;
-        options.job_netns = JobNetns(migration->job);
-        options.images = MigrationDir(migration->id) + "/images";
-        options.page_server = migration->page_server;
-        options.tls = PageServerTls();
-        if (!migration->channel.empty()) {
-          options.external = {migrate::ExternalUnixSocket(migration->channel)};
-          WriteChannelNote(options.images, migration->channel);
-        }
-        const std::string criu = migration->criu;
-        migration->dumping->store(true);
-        OffThread(
-            [criu, options, dumping = migration->dumping]() -> Expected<void> {
-              // A job caught holding a file lock (SQLite inside a transaction, say), or with a
-              // thread that ends while CRIU seizes it, cannot be dumped; CRIU thaws it, and a
-              // moment later the dump usually succeeds. Not against a page server: CRIU connects
-              // to it before it seizes the job and the server serves that one session, so a
-              // second dump here finds nobody listening ("Can't connect to server"); the move's
-              // next attempt (Finish) asks the destination for a fresh one.
-              const int tries = options.page_server ? 1 : kLockRetries;
-              for (int attempt = 1;; ++attempt) {
-                auto dumped = migrate::Dump(criu, options);
-                if (dumped || attempt >= tries || !IsTransientDumpError(dumped.error().message)) {
-                  dumping->store(false);
-                  return dumped;
-                }
-                std::this_thread::sleep_for(std::chrono::milliseconds(30));
-              }
-            },
-            [this, migration](Expected<void> dumped) {
-              migration->dump_ms = MillisSince(migration->freeze_start);
-              if (!dumped) {
-                migration->error = dumped.error().message;
-                migration->error_status = 500;
-                Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
-                return;
-              }
-              Step(migration, static_cast<int>(MigrationEvent::kDumped));
-            });
-        break;
-      }
-      case MigrationAction::kSendImages: {
-        const std::string images = MigrationDir(migration->id) + "/images";
-        const std::string job_dir = migration->job.dir;
-        const bool shared = migration->shared_dir;
-        const auto start = Clock::now();
-        OffThread(
-            [images, job_dir, shared]() -> Expected<std::pair<std::string, std::string>> {
-              auto packed_images = migrate::PackDirectory(images, {"dump.log"}, kMaxCarriedBytes);
-              if (!packed_images) return Unexpected<Error>{packed_images.error()};
-              // On a shared file system the job directory is already where the job goes.
-              if (shared) return std::make_pair(std::move(*packed_images), std::string());
-              // The destination writes its own record of the job; the source's would name a
-              // process that is not the destination's.
-              auto packed_dir =
-                  migrate::PackDirectory(job_dir, {"job.json", "job.json.tmp"}, kMaxCarriedBytes);
-              if (!packed_dir) return Unexpected<Error>{packed_dir.error()};
-              return std::make_pair(std::move(*packed_images), std::move(*packed_dir));
-            },
-            [this, migration, start](Expected<std::pair<std::string, std::string>> packed) {
-              if (!packed) {
-                migration->error = packed.error().message;
-                migration->error_status = 500;
-                Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
-                return;
-              }
-              migration->images_bytes = packed->first.size();
-              migration->jobdir_bytes = packed->second.size();
-              std::string body(8, '\0');
-              const std::uint64_t length = packed->first.size();
-              for (int i = 0; i < 8; ++i) body[i] = static_cast<char>(length >> (56 - 8 * i));
-              body += packed->first;
-              body += packed->second;
-              ApiCall call;
-              call.method = "POST";
-              call.target = "/v1/migrations/" + migration->id + "/restore";
-              call.caller = migration->caller;
-              call.body = std::move(body);
-              cluster_.Call(
-                  migration->destination_id, call,
-                  [this, migration, start](ApiResult result) {
-                    migration->transfer_ms = MillisSince(start);
-                    json answer = json::parse(result.body, nullptr, false);
-                    if (result.status != 200 || !answer.is_object()) {
-                      migration->error = ErrorMessageOf(result);
-                      migration->error_status = 502;
-                      Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
-                      return;
-                    }
-                    migration->restore_ms = answer.value("restore_ms", 0.0);
-                    migration->pages_bytes = answer.value("pages_bytes", std::uint64_t{0});
-                    Step(migration, static_cast<int>(MigrationEvent::kRestored));
-                  },
-                  std::chrono::seconds(120));
-            });
-        break;
-      }
-      case MigrationAction::kHandOff:
-        HandOffIpc(migration, Clock::now() + kIpcHandOffPatience);
-        break;
-      case MigrationAction::kKillSource: {
-        // The commit point: recorded first, so that a restarted agent never resumes this copy.
-        // The job's IPC state is kept beside it for a destination that learns the outcome by
-        // asking (GET .../ipc-state), not from the commit call.
-        if (!migration->ipc_state.empty()) {
-          std::error_code ignored;
-          fs::create_directories(MigrationDir(migration->id), ignored);
-          if (auto written = jobs::WriteFileAtomically(MigrationDir(migration->id) + "/ipc-state",
-                                                       migration->ipc_state);
-              !written) {
-            spdlog::error("migration {}: {}", migration->id, written.error().message);
-          }
-        }
-        RecordOutcome(migration->id, "committed");
-        if (auto released = supervisor_.Release(migration->job.id, !migration->shared_dir);
-            !released) {
-          spdlog::error("migration {}: {}", migration->id, released.error().message);
-        }
-        ::kill(migration->job.pid, SIGKILL);
-        if (!migration->job.net_address.empty()) {
-          // The address lives at the destination now: this node's half of it goes.
-          if (auto removed = jobs::RemoveJobLink(migration->job.id); !removed) {
-            spdlog::warn("migration {}: {}", migration->id, removed.error().message);
-          }
-        }
-        if (ipc_.close) ipc_.close(migration->job.id);
-        LetFinish(std::move(migration->lazy_dump));  // still serving the job's memory
-        // The relay process carries the stream on by itself until CRIU's ends, whatever
-        // happens to this agent.
-        if (migration->lazy_relay) migration->lazy_relay->LetRun();
-        break;
-      }
-      case MigrationAction::kSendCommit:
-        SendCommit(migration, 0);
-        break;
-      case MigrationAction::kResumeSource:
-        if (migration->lazy_relay) migration->lazy_relay->Stop();
-        if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
-        UnlockJobNetwork(migration->job, config_.net_uplink);
-        migrate::ResumeTree(migration->job.pid);
-        supervisor_.MarkMigrating(migration->job.id, "");
-        spdlog::warn("migration {}: job {} resumed on {}", migration->id, migration->job.id,
-                     cluster_.self().name);
-        break;
-      case MigrationAction::kAbortDestination: {
-        RecordOutcome(migration->id, "aborted");
-        ApiCall call;
-        call.method = "POST";
-        call.target = "/v1/migrations/" + migration->id + "/abort";
-        call.caller = migration->caller;
-        cluster_.Call(migration->destination_id, call, [](ApiResult) {});
-        break;
-      }
-      case MigrationAction::kReportSuccess:
-        Finish(migration, 200, "");
-        break;
-      case MigrationAction::kReportFailure:
-        Finish(migration, migration->error_status, migration->error);
-        break;
+// A dump step's end, with when the job's images were complete.
+struct Dumped {
+  migrate::StepResult result;
+  Clock::time_point at;
+};
+
+}  // namespace
+
+void MigrationDriver::DumpJob(const std::shared_ptr<Outgoing>& migration, int attempt) {
+  const std::string& id = migration->machine.plan().id;
+  if (attempt == 1) {
+    supervisor_.MarkMigrating(migration->job.id, id);
+    migration->frozen = true;
+    migration->freeze_start = Clock::now();
+    if (auto locked = LockJobNetwork(migration->job); !locked) {
+      StepDone(migration, {id, migrate::StepKind::kDump, false, false, locked.error().message});
+      return;
     }
   }
-}
-
-void MigrationDriver::HandOffIpc(const std::shared_ptr<Outgoing>& migration,
-                                 Clock::time_point deadline) {
-  if (migration->machine.phase() != migrate::MigrationPhase::kHandingOff) return;  // aborted
-  if (!ipc_.hand_off) {
-    Step(migration, static_cast<int>(MigrationEvent::kHandedOff));
+  if (migration->machine.plan().mode == migrate::MoveMode::kPostCopy) {
+    StartLazyDump(migration);
     return;
   }
-  auto handed = ipc_.hand_off(migration->job.id, migration->destination_id, migration->job.pid);
-  switch (handed.outcome) {
-    case ipc::PortRouter::ExportOutcome::kExported:
-      migration->ipc_state = std::move(handed.state);
-      Step(migration, static_cast<int>(MigrationEvent::kHandedOff));
-      return;
-    case ipc::PortRouter::ExportOutcome::kRefused:
-      migration->error = "the job's IPC rights cannot move: " + handed.state;
-      migration->error_status = 409;
-      Step(migration, static_cast<int>(MigrationEvent::kHandOffFailed));
-      return;
-    case ipc::PortRouter::ExportOutcome::kBusy:
-      break;
+  migrate::DumpOptions options;
+  options.pid = migration->job.pid;
+  options.job_netns = JobNetns(migration->job);
+  options.images = MigrationDir(id) + "/images";
+  options.page_server = migration->page_server;
+  options.tls = PageServerTls();
+  if (!migration->channel.empty()) {
+    options.external = {migrate::ExternalUnixSocket(migration->channel)};
+    WriteChannelNote(options.images, migration->channel);
   }
-  if (Clock::now() >= deadline) {
-    migration->error = "the job's IPC operations did not settle within " +
-                       std::to_string(kIpcHandOffPatience.count()) + " ms (" + handed.state +
-                       "); it keeps running on " + cluster_.self().name;
-    migration->error_status = 409;
-    Step(migration, static_cast<int>(MigrationEvent::kHandOffFailed));
-    return;
-  }
-  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(2));
-  timer->async_wait([this, migration, deadline, timer](const auto& error) {
-    if (!error) HandOffIpc(migration, deadline);
-  });
-}
-
-std::string MigrationDriver::MovingTo(const std::string& job) const {
-  for (const auto& [mid, migration] : outgoing_) {
-    if (migration->job.id == job) return migration->destination;
-  }
-  return "";
-}
-
-void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
-  if (alive) return;
-  // A restore for a source that stopped answering: the source cannot have committed (we have
-  // not said "restored"), so the copy is dropped before CRIU makes it, instead of after a
-  // 30 s wait for the cut page-server stream and a later question to the source.
-  const std::string gone = cluster_.NameOf(node_id);
-  std::vector<std::string> parked;  // criu waiting for images that may never come
-  for (const auto& [mid, incoming] : incoming_) {
-    if (incoming->restored_pid != 0 || incoming->source != "peer " + gone) continue;
-    if (incoming->busy) {
-      spdlog::warn("migration {}: source {} stopped answering during the restore: dropping it", mid,
-                   gone);
-      incoming->abort_requested = true;
-    } else if (incoming->parked) {
-      parked.push_back(mid);
-    }
-  }
-  // Nothing was restored from them, so the source cannot have committed; if it comes back and
-  // sends the images, it learns the move is gone and resumes the job itself.
-  for (const auto& mid : parked) {
-    spdlog::warn("migration {}: source {} stopped answering before the restore: dropping it", mid,
-                 gone);
-    Abort(mid, [](ApiResult) {});
-  }
-  // Aborting finishes migrations, which removes them from outgoing_: walk a copy.
-  std::vector<std::shared_ptr<Outgoing>> affected;
-  for (const auto& [mid, migration] : outgoing_) affected.push_back(migration);
-  for (const auto& migration : affected) {
-    const std::string& mid = migration->id;
-    if (migration->destination_id != node_id) continue;
-    const auto phase = migration->machine.phase();
-    if (phase != migrate::MigrationPhase::kPreparing &&
-        phase != migrate::MigrationPhase::kDumping &&
-        phase != migrate::MigrationPhase::kTransferring &&
-        phase != migrate::MigrationPhase::kHandingOff) {
-      continue;
-    }
-    spdlog::warn("migration {}: {} stopped answering during the {} phase: aborting", mid,
-                 migration->destination, migrate::ToString(phase));
-    const std::string reason = "node " + migration->destination + " stopped answering";
-    if (phase == migrate::MigrationPhase::kDumping && migration->mode == "precopy") {
-      // CRIU is streaming pages to the destination over a link that may be cut: destroying
-      // that connection makes the dump fail cleanly (CRIU cures and thaws the job itself),
-      // which the dump step then turns into an abort.
-      // With TLS, CRIU connects to the page server itself, maybe only after the link was cut
-      // (its SYNs then retry for a minute or more): destroy its connection until the dump
-      // returns, not just once.
-      const auto target = migration->page_server;
-      OffThread(
-          [target, dumping = migration->dumping] {
-            Expected<migrate::SubprocessResult> last = Fail("the dump had already returned");
-            for (int round = 0; round < 480 && dumping->load(); ++round) {
-              last = migrate::RunSubprocess(
-                  {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
-              std::this_thread::sleep_for(std::chrono::milliseconds(250));
-            }
-            return last;
-          },
-          [](Expected<migrate::SubprocessResult>) {});
-      continue;
-    }
-    if (phase == migrate::MigrationPhase::kHandingOff) {
-      // No call is pending then: the hand-off waits on the job's own operations.
-      migration->error = reason;
-      migration->error_status = 502;
-      Step(migration, static_cast<int>(MigrationEvent::kDestinationFailed));
-      continue;
-    }
-    cluster_.FailPendingCalls(node_id, reason);
-  }
+  migration->dumping->store(true);
+  OffThread(
+      [id, criu = migration->criu, options, dumping = migration->dumping,
+       job_dir = migration->job.dir, shared = migration->shared_dir] {
+        // A job caught holding a file lock (SQLite inside a transaction, say), or with a
+        // thread that ends while CRIU seizes it, cannot be dumped; CRIU thaws it, and the
+        // machine tries again a moment later.
+        auto dumped = migrate::Dump(criu, options);
+        dumping->store(false);
+        Dumped out{{id, migrate::StepKind::kDump}, Clock::now()};
+        if (!dumped) {
+          out.result.error = dumped.error().message;
+          out.result.transient = IsTransientDumpError(out.result.error);
+          return out;
+        }
+        auto packed = PackForRestore(id, options.images, job_dir, shared);
+        if (!packed) {
+          out.result.error = packed.error().message;
+          return out;
+        }
+        out.result.ok = true;
+        out.result.restore = std::move(*packed);
+        return out;
+      },
+      [this, migration](Dumped dumped) {
+        migration->dump_ms =
+            std::chrono::duration<double, std::milli>(dumped.at - migration->freeze_start).count();
+        migration->transfer_start = dumped.at;
+        if (dumped.result.restore) {
+          migration->images_bytes = dumped.result.restore->images.size();
+          migration->jobdir_bytes = dumped.result.restore->job_dir.size();
+        }
+        StepDone(migration, std::move(dumped.result));
+      });
 }
 
 void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) {
-  auto fail = [this, migration](const std::string& message) {
+  const std::string id = migration->machine.plan().id;
+  auto fail = [this, migration, id](const std::string& message, bool transient) {
     migration->dump_ms = MillisSince(migration->freeze_start);
-    migration->error = message;
-    migration->error_status = 500;
-    Step(migration, static_cast<int>(MigrationEvent::kDumpFailed));
+    migration->lazy_dump.reset();
+    StepDone(migration, {id, migrate::StepKind::kDump, false, transient, message});
   };
   if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
-    fail(pipes.error().message);
+    fail(pipes.error().message, false);
     return;
   }
-  const std::string images = MigrationDir(migration->id) + "/images";
+  const std::string images = MigrationDir(id) + "/images";
   if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
   std::error_code ignored;
   fs::create_directories(images, ignored);
-  int status_pipe[2];
-  if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
-    fail("cannot create a pipe for criu's status");
+  if (!migration->lazy_socket.valid()) {
+    fail("the post-copy relay's socket for CRIU is gone", false);
     return;
   }
-  if (!migration->lazy_socket.valid()) {
-    ::close(status_pipe[0]);
-    ::close(status_pipe[1]);
-    fail("the post-copy relay's socket for CRIU is gone");
+  int status_pipe[2];
+  if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
+    fail("cannot create a pipe for criu's status", false);
     return;
   }
   auto dump = migrate::BackgroundProcess::Start(
@@ -1011,12 +947,12 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
               ? std::vector<std::string>{}
               : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
           JobNetns(migration->job)),
-      MigrationDir(migration->id) + "/dump.out",
+      MigrationDir(id) + "/dump.out",
       {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
   ::close(status_pipe[1]);
   if (!dump) {
     ::close(status_pipe[0]);
-    fail("cannot start criu dump: " + dump.error().message);
+    fail("cannot start criu dump: " + dump.error().message, false);
     return;
   }
   migration->lazy_dump = std::make_shared<migrate::BackgroundProcess>(std::move(*dump));
@@ -1030,7 +966,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
         ::close(status_fd);
         return done;
       },
-      [this, migration, images, fail](bool done) {
+      [this, migration, id, images, fail](bool done) {
         if (!done) {
           std::ifstream log(images + "/dump.log");
           std::string line, last_error = "criu dump --lazy-pages ended without finishing";
@@ -1040,23 +976,29 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
               last_error = "criu dump failed: " + line;
             }
           }
-          if (IsTransientDumpError(last_error) && ++migration->lock_retries < kLockRetries) {
-            // See the pre-copy dump: try again once the job has released its lock.
-            migration->lazy_dump.reset();
-            auto timer =
-                std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(30));
-            timer->async_wait([this, migration, timer](const boost::system::error_code&) {
-              StartLazyDump(migration);
-            });
-            return;
-          }
-          fail(last_error);
+          fail(last_error, IsTransientDumpError(last_error));
           return;
         }
         migration->dump_ms = MillisSince(migration->freeze_start);
         // CRIU serves on its copy now; ours would keep the connection open after CRIU ends.
         migration->lazy_socket.Reset();
-        Step(migration, static_cast<int>(MigrationEvent::kDumped));
+        OffThread(
+            [id, images, job_dir = migration->job.dir, shared = migration->shared_dir] {
+              return PackForRestore(id, images, job_dir, shared);
+            },
+            [this, migration, id](Expected<migrate::RestoreRequest> packed) {
+              migration->transfer_start = Clock::now();
+              migrate::StepResult result{id, migrate::StepKind::kDump};
+              if (!packed) {
+                result.error = packed.error().message;
+              } else {
+                migration->images_bytes = packed->images.size();
+                migration->jobdir_bytes = packed->job_dir.size();
+                result.ok = true;
+                result.restore = std::move(*packed);
+              }
+              StepDone(migration, std::move(result));
+            });
       });
 }
 
@@ -1068,107 +1010,151 @@ Expected<void> MigrationDriver::OpenLazyRelay(const std::shared_ptr<Outgoing>& m
   }
   auto pair = LoopbackTcpPair();
   if (!pair) return Unexpected<Error>{pair.error()};
+  const std::string& id = migration->machine.plan().id;
   auto relay = PageRelayProcess::Serve(
-      RelayOptions(config_, MigrationDir(migration->id), migration->id, migration->destination),
-      std::move(pair->second), HostOf(config_.cluster_advertise), FreePort(7300));
+      RelayOptions(config_, MigrationDir(id), id, migration->destination), std::move(pair->second),
+      HostOf(config_.cluster_advertise), FreePort(7300));
   if (!relay) return Unexpected<Error>{relay.error()};
   migration->lazy_socket = std::move(pair->first);
   migration->lazy_relay = std::move(*relay);
   return {};
 }
 
-void MigrationDriver::SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt) {
-  const auto start = Clock::now();
-  json stats = {{"id", migration->id},
-                {"mode", migration->mode},
-                {"from", cluster_.self().name},
-                {"to", migration->destination},
-                {"dump_ms", migration->dump_ms},
-                {"transfer_ms", migration->transfer_ms},
-                {"restore_ms", migration->restore_ms},
-                {"images_bytes", migration->images_bytes},
-                {"jobdir_bytes", migration->jobdir_bytes},
-                {"pages_bytes", migration->pages_bytes},
-                {"freeze_start_ms_ago", MillisSince(migration->freeze_start)}};
-  ApiCall call;
-  call.method = "POST";
-  call.target = "/v1/migrations/" + migration->id + "/commit";
-  call.caller = migration->caller;
-  call.body = EncodeCommitBody(stats.dump(), migration->ipc_state);
-  cluster_.Call(
-      migration->destination_id, call, [this, migration, attempt, start](ApiResult result) {
-        migration->commit_ms = MillisSince(start);
-        if (result.status == 200) {
-          migration->moved_job = json::parse(result.body, nullptr, false);
-          Step(migration, static_cast<int>(MigrationEvent::kCommitted));
-          return;
-        }
-        if (attempt >= 10) {
-          Finish(migration, 502,
-                 "job " + migration->job.id + " was handed to " + migration->destination +
-                     ", which has not confirmed resuming it: " + ErrorMessageOf(result) +
-                     " (it resumes the job when it learns the "
-                     "outcome)");
-          return;
-        }
-        auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::seconds(1));
-        timer->async_wait([this, migration, attempt, timer](const auto& error) {
-          if (!error) SendCommit(migration, attempt + 1);
-        });
+void MigrationDriver::KillSourceCopy(const std::shared_ptr<Outgoing>& migration) {
+  const auto& plan = migration->machine.plan();
+  // Only the copy this move froze: after a restart the job supervisor has discarded it already
+  // (it read the committed record), and a job that is not marked with this move is not ours.
+  auto job = supervisor_.Get(plan.job_id);
+  if (!job || job->migrating_id != plan.id) return;
+  if (auto released = supervisor_.Release(job->id, !migration->shared_dir && !migration->recovered);
+      !released) {
+    spdlog::error("migration {}: {}", plan.id, released.error().message);
+  }
+  // Through a pidfd of the very process that was frozen: a pid reused since is never signalled.
+  std::optional<jobs::ProcessIdentity> identity = migration->identity;
+  if (job->pid_start_ticks != 0) {
+    identity = jobs::ProcessIdentity{job->pid, job->pid_start_ticks, jobs::CurrentBootId()};
+  }
+  const jobs::UniqueFd pidfd = identity ? jobs::OpenPidfd(*identity) : jobs::UniqueFd();
+  if (!pidfd.valid() || !jobs::SignalPidfd(pidfd.get(), SIGKILL)) {
+    spdlog::warn("migration {}: the frozen copy of job {} (pid {}) is gone already", plan.id,
+                 job->id, job->pid);
+  }
+  if (!job->net_address.empty()) {
+    // The address lives at the destination now: this node's half of it goes.
+    if (auto removed = jobs::RemoveJobLink(job->id); !removed) {
+      spdlog::warn("migration {}: {}", plan.id, removed.error().message);
+    }
+  }
+  if (ipc_.close) ipc_.close(job->id);
+}
+
+void MigrationDriver::ResumeSourceCopy(const std::shared_ptr<Outgoing>& migration) {
+  const auto& plan = migration->machine.plan();
+  if (migration->lazy_relay) migration->lazy_relay->Stop();
+  if (migration->lazy_dump) migration->lazy_dump->Finish(std::chrono::milliseconds(0));
+  migration->lazy_dump.reset();
+  // Only a job this move marked: after a restart the job supervisor has resumed it already.
+  auto job = supervisor_.Get(plan.job_id);
+  if (!job || job->migrating_id != plan.id) return;
+  UnlockJobNetwork(*job, config_.net_uplink);
+  if (migration->identity && jobs::IsSameProcess(*migration->identity)) {
+    migrate::ResumeTree(job->pid);
+  } else {
+    spdlog::warn("migration {}: job {}'s process (pid {}) is not the one frozen; not resumed",
+                 plan.id, job->id, job->pid);
+  }
+  supervisor_.MarkMigrating(job->id, "");
+  spdlog::warn("migration {}: job {} resumed on {}", plan.id, job->id, cluster_.self().name);
+}
+
+void MigrationDriver::ArmTimer(const std::shared_ptr<Outgoing>& migration,
+                               const migrate::ArmTimerAction& arm) {
+  migration->timer->expires_at(
+      Clock::time_point(std::chrono::duration_cast<Clock::duration>(arm.at)));
+  migration->timer->async_wait(
+      [this, migration, token = arm.token](const boost::system::error_code& error) {
+        if (error) return;
+        Execute(migration, migration->machine.OnTimer(token, Now()));
       });
 }
 
-void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigned status,
-                             std::string error) {
-  outgoing_.erase(migration->id);
-  migration->lazy_socket.Reset();
-  // A move that failed serves no memory: its relay listener and connection go now.
-  if (status != 200 && migration->lazy_relay) migration->lazy_relay->Stop();
-  std::error_code ignored;
-  fs::remove_all(MigrationDir(migration->id) + "/images", ignored);
+void MigrationDriver::Report(const std::shared_ptr<Outgoing>& migration,
+                             const migrate::ReportAction& report) {
+  const auto& plan = migration->machine.plan();
   const double total_ms = MillisSince(migration->started);
-  // A lock the job held for a moment (see the dump) gets a few fresh attempts, each with its own
-  // page server; any other failure of CRIU that says nothing about the job gets one more.
-  const int attempts = IsTransientDumpError(error) ? kLockRetries : 2;
-  if (status != 200 && !migration->dry_run && migration->attempt < attempts &&
-      IsTransientCriuError(error)) {
-    auto job = supervisor_.Get(migration->job.id);
-    if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name &&
-        job->migrating_id.empty()) {
-      spdlog::warn("migration {} of job {} failed ({}); trying again ({} of {})", migration->id,
-                   migration->job.id, error, migration->attempt + 1, attempts);
-      Migrate(migration->call, *job, std::move(migration->done), migration->attempt + 1);
+  ApiDone done = std::move(migration->done);
+  migration->done = nullptr;  // answered once: a late commit answer reports to the log alone
+  switch (report.kind) {
+    case migrate::ReportKind::kDryRunPassed:
+      if (done) {
+        done(JsonResult(
+            200,
+            json{{"verdict", report.message}, {"can_move", true}, {"checks", migration->checks}}
+                .dump()));
+      }
+      return;
+    case migrate::ReportKind::kFailed: {
+      // A lock the job held for a moment gets a few fresh moves, each with its own page server
+      // at the destination (a pre-copy dump is never tried again within a move: source_machine
+      // .hpp); any other failure of CRIU that says nothing about the job gets one more.
+      const int attempts = IsTransientDumpError(report.message) ? kLockRetries : 2;
+      if (done && !plan.dry_run && migration->attempt < attempts &&
+          (report.retryable || IsTransientCriuError(report.message))) {
+        auto job = supervisor_.Get(plan.job_id);
+        if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name &&
+            job->migrating_id.empty()) {
+          spdlog::warn("migration {} of job {} failed ({}); trying again ({} of {})", plan.id,
+                       plan.job_id, report.message, migration->attempt + 1, attempts);
+          // Posted: this move leaves outgoing_ once its actions are done.
+          boost::asio::post(
+              io_,
+              [this, call = migration->call, job = *job, attempt = migration->attempt + 1,
+               done = std::move(done)]() mutable { Migrate(call, job, std::move(done), attempt); });
+          return;
+        }
+      }
+      // The job stays here: its calls may take direct connections again.
+      if (!plan.dry_run && ipc_.resume_direct) ipc_.resume_direct(plan.job_id);
+      spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", plan.id, plan.job_id,
+                   total_ms, report.message);
+      if (publish_ && !plan.dry_run) {
+        publish_("migration", {{"event", "failed"},
+                               {"id", plan.id},
+                               {"job", plan.job_id},
+                               {"to", plan.destination},
+                               {"error", report.message}});
+      }
+      if (done) {
+        done(JsonResult(report.status,
+                        json{{"error", report.message}, {"checks", migration->checks}}.dump()));
+      }
       return;
     }
-  }
-  if (status != 200) {
-    // The job stays here: its calls may take direct connections again.
-    if (!migration->dry_run && ipc_.resume_direct) ipc_.resume_direct(migration->job.id);
-    spdlog::warn("migration {} of job {} failed after {:.0f} ms: {}", migration->id,
-                 migration->job.id, total_ms, error);
-    if (publish_ && !migration->dry_run) {
-      publish_("migration", {{"event", "failed"},
-                             {"id", migration->id},
-                             {"job", migration->job.id},
-                             {"to", migration->destination},
-                             {"error", error}});
-    }
-    json body = {{"error", error}, {"checks", migration->checks}};
-    migration->done(JsonResult(status, body.dump()));
-    return;
-  }
-  if (migration->dry_run) {
-    json body = {{"verdict", "job " + migration->job.id + " can move to " + migration->destination},
-                 {"can_move", true},
-                 {"checks", migration->checks}};
-    migration->done(JsonResult(200, body.dump()));
-    return;
+    case migrate::ReportKind::kUnconfirmed:
+      spdlog::warn("migration {}: {}", plan.id, report.message);
+      if (publish_) {
+        // As before the machines: the history and its metrics know "moved" and "failed".
+        publish_("migration", {{"event", "failed"},
+                               {"id", plan.id},
+                               {"job", plan.job_id},
+                               {"to", plan.destination},
+                               {"error", report.message}});
+      }
+      if (done) done(JsonResult(report.status, json{{"error", report.message}}.dump()));
+      return;
+    case migrate::ReportKind::kMoved:
+      break;
+    default:
+      spdlog::warn("migration {}: {}", plan.id, report.message);
+      if (done) done(JsonResult(report.status, json{{"error", report.message}}.dump()));
+      return;
   }
   json stats = {
-      {"id", migration->id},
-      {"mode", migration->mode},
+      {"id", plan.id},
+      {"mode", migrate::ToString(plan.mode)},
       {"from", cluster_.self().name},
-      {"to", migration->destination},
+      {"to", plan.destination},
       {"freeze_ms", migration->dump_ms + migration->transfer_ms + migration->commit_ms},
       {"total_ms", total_ms},
       {"phases_ms",
@@ -1184,14 +1170,104 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
       {"jobdir_bytes", migration->jobdir_bytes},
       {"pages", migration->pages_bytes / 4096}};
   spdlog::info("migration {}: job {} now runs on {} (freeze {:.0f} ms, total {:.0f} ms, {} bytes)",
-               migration->id, migration->job.id, migration->destination,
-               stats["freeze_ms"].get<double>(), total_ms, stats["bytes"].get<std::uint64_t>());
-  migration->done(
-      JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
+               plan.id, plan.job_id, plan.destination, stats["freeze_ms"].get<double>(), total_ms,
+               stats["bytes"].get<std::uint64_t>());
+  if (done) done(JsonResult(200, json{{"migration", stats}, {"job", migration->moved_job}}.dump()));
   if (publish_) {
     stats["event"] = "moved";
-    stats["job"] = migration->job.id;
+    stats["job"] = plan.job_id;
     publish_("migration", stats);
+  }
+}
+
+void MigrationDriver::RecoverOutgoing() {
+  for (const auto& record : store_.LoadAll()) {
+    const auto* source = std::get_if<migrate::SourceRecord>(&record);
+    if (!source) continue;
+    auto [machine, actions] = migrate::SourceMachine::Recover(*source, SourceTimings(), Now());
+    auto migration = std::make_shared<Outgoing>(std::move(machine));
+    migration->recovered = true;
+    migration->destination = source->destination;
+    auto job = supervisor_.Get(source->job_id);
+    if (job) {
+      migration->job = *job;
+    } else {
+      migration->job.id = source->job_id;
+    }
+    migration->caller.uid = 0;
+    migration->caller.identified = true;
+    migration->timer = std::make_unique<boost::asio::steady_timer>(io_);
+    spdlog::warn("migration {}: found its record ({}) after a restart", source->id,
+                 migrate::ToString(source->stage));
+    outgoing_[source->id] = migration;
+    // Once the agent runs: the cluster is not joined yet, and a call now could only fail.
+    boost::asio::post(io_, [this, migration, actions = std::move(actions)]() mutable {
+      Execute(migration, std::move(actions));
+    });
+  }
+}
+
+std::string MigrationDriver::MovingTo(const std::string& job) const {
+  for (const auto& [mid, migration] : outgoing_) {
+    if (migration->machine.plan().job_id == job && !migration->recovered) {
+      return migration->destination;
+    }
+  }
+  return "";
+}
+
+void MigrationDriver::AnswerQuery(const migrate::Request& query, ApiDone done) {
+  const migrate::Message message = migrate::ToMessage(query);
+  const std::string& id = migrate::IdOf(message);
+  if (auto found = outgoing_.find(id); found != outgoing_.end()) {
+    auto migration = found->second;
+    Execute(migration, migration->machine.OnMessage(message, Now()), &done);
+    return;
+  }
+  auto record = store_.Load(id);
+  if (!record) {
+    // A move recorded by an agent from before the machines: `outcome` and `ipc-state` files.
+    std::ifstream legacy(MigrationDir(id) + "/outcome");
+    std::string outcome;
+    legacy >> outcome;
+    if (outcome == "committed" || outcome == "aborted") {
+      std::ifstream state(MigrationDir(id) + "/ipc-state", std::ios::binary);
+      record = migrate::SourceRecord{id,
+                                     "",
+                                     "",
+                                     migrate::MoveMode::kPreCopy,
+                                     outcome == "committed" ? migrate::SourceStage::kCommitted
+                                                            : migrate::SourceStage::kAborted,
+                                     std::string(std::istreambuf_iterator<char>(state), {})};
+    }
+  }
+  const auto* source = record ? std::get_if<migrate::SourceRecord>(&*record) : nullptr;
+  auto wire = migrate::Encode(migrate::SourceMachine::AnswerWithoutMachine(query, source));
+  done(ApiResult{wire.status, wire.content_type, std::move(wire.body), {}});
+}
+
+void MigrationDriver::OnNodeState(std::uint64_t node_id, bool alive) {
+  if (alive) return;
+  const std::string gone = cluster_.NameOf(node_id);
+  // Moves from it: the destination machine drops one that restored nothing (the source cannot
+  // have committed), cuts a running step short, and lets a restored copy ask.
+  std::vector<std::shared_ptr<Incoming>> from;
+  for (const auto& [mid, incoming] : incoming_) {
+    if (incoming->source == gone) from.push_back(incoming);
+  }
+  for (const auto& incoming : from) {
+    ExecuteIncoming(incoming, incoming->machine.OnSourceLost(Now()));
+  }
+  // The machine decides what a lost destination means in its phase; a finished move leaves
+  // outgoing_, so walk a copy.
+  std::vector<std::shared_ptr<Outgoing>> affected;
+  for (const auto& [mid, migration] : outgoing_) {
+    if (migration->destination == gone) affected.push_back(migration);
+  }
+  for (const auto& migration : affected) {
+    spdlog::warn("migration {}: {} stopped answering during the {} phase",
+                 migration->machine.plan().id, gone, migrate::ToString(migration->machine.phase()));
+    Execute(migration, migration->machine.OnPeerLost(Now()));
   }
 }
 
@@ -1199,14 +1275,14 @@ void MigrationDriver::Finish(const std::shared_ptr<Outgoing>& migration, unsigne
 
 void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>& segments,
                              ApiDone done) {
-  // segments: v1 migrations [prepare | MID [restore|commit|abort]]
+  // segments: v1 migrations [prepare | MID [restore|commit|abort|ipc-state]]
   // A migration id names a directory under the state directory: only its known shape passes.
   if (segments.size() >= 3 && segments[2] != "prepare" && !jobs::IsValidMigrationId(segments[2])) {
     done(ErrorResult(400, "'" + segments[2] + "' is not a migration id"));
     return;
   }
   if (segments.size() == 3 && call.method == "GET") {
-    Outcome(segments[2], done);
+    AnswerQuery(migrate::OutcomeQuery{segments[2]}, done);
     return;
   }
   if (!call.forwarded) {
@@ -1215,103 +1291,310 @@ void MigrationDriver::Handle(const ApiCall& call, const std::vector<std::string>
                      "POST /v1/jobs/{id}/migrate (tern migrate)"));
     return;
   }
-  if (segments.size() == 3 && segments[2] == "prepare" && call.method == "POST") {
-    Prepare(call, done);
-  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "restore") {
-    Restore(segments[2], call, done);
-  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "commit") {
-    Commit(segments[2], call, done);
-  } else if (segments.size() == 4 && call.method == "POST" && segments[3] == "abort") {
-    Abort(segments[2], done);
-  } else if (segments.size() == 4 && call.method == "GET" && segments[3] == "ipc-state") {
-    std::ifstream file(MigrationDir(segments[2]) + "/ipc-state", std::ios::binary);
-    done(ApiResult{200, "application/octet-stream",
-                   std::string(std::istreambuf_iterator<char>(file), {})});
+  auto request = migrate::DecodeRequest(call.method, call.target, call.body);
+  if (!request) {
+    const bool unknown = request.error().message.rfind("no such migration call", 0) == 0;
+    done(ErrorResult(unknown ? 404 : 400, request.error().message));
+    return;
+  }
+  if (auto* prepare = std::get_if<migrate::PrepareRequest>(&*request)) {
+    Prepare(call, std::move(*prepare), std::move(done));
+  } else if (std::holds_alternative<migrate::OutcomeQuery>(*request) ||
+             std::holds_alternative<migrate::IpcStateQuery>(*request)) {
+    AnswerQuery(*request, std::move(done));
   } else {
-    done(ErrorResult(404, "no such migration call: " + call.target));
+    ToIncoming(*request, std::move(done));
   }
 }
 
-void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
-  json body = json::parse(call.body, nullptr, false);
-  if (!body.is_object() || !body.contains("job")) {
-    done(ErrorResult(400, "malformed prepare request"));
+namespace {
+
+// The destination machine's patience: a restored copy that hears no commit asks its source
+// after 20 s (as the driver always did), and is blocked (shown to the user) after a minute of
+// silence; a prepared move with no images asks whether the source still moves the job.
+migrate::DestinationOptions DestinationTimings() {
+  migrate::DestinationOptions options;
+  options.images_patience = std::chrono::seconds(30);
+  options.silence = std::chrono::seconds(20);
+  options.answer_timeout = std::chrono::seconds(5);
+  options.block_after = std::chrono::seconds(60);
+  options.blocked_ask_interval = std::chrono::seconds(10);
+  options.ipc_patience = std::chrono::seconds(30);
+  return options;
+}
+
+bool Settled(migrate::DestinationPhase phase) {
+  switch (phase) {
+    case migrate::DestinationPhase::kDone:
+    case migrate::DestinationPhase::kDryRunPassed:
+    case migrate::DestinationPhase::kRefused:
+    case migrate::DestinationPhase::kAborted:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void MigrationDriver::Prepare(const ApiCall& call, migrate::PrepareRequest prepare, ApiDone done) {
+  if (incoming_.count(prepare.id) != 0) {
+    done(ErrorResult(409, "migration " + prepare.id + " is being received here already"));
     return;
   }
-  auto job = jobs::FromPersistentJson(body["job"]);
+  auto job = jobs::FromPersistentJson(json::parse(prepare.job, nullptr, false));
   if (!job) {
     done(ErrorResult(400, job.error().message));
     return;
   }
-  auto incoming = std::make_shared<Incoming>();
-  incoming->cgroup_roots = cgroup_roots_;
-  incoming->id = body.value("id", "");
-  if (!jobs::IsValidMigrationId(incoming->id) || !jobs::IsValidJobId(job->id)) {
+  if (!jobs::IsValidJobId(job->id) || prepare.id.rfind(job->id + "-", 0) != 0) {
     done(ErrorResult(400, "malformed prepare request: bad migration or job id"));
     return;
   }
-  incoming->job = *job;
-  incoming->source = call.caller.via;
-  // The node whose authenticated link carried the call (Cluster names it "peer NODE").
-  if (call.caller.via.rfind("peer ", 0) == 0) incoming->source_node = call.caller.via.substr(5);
-  incoming->mode = body.value("mode", "precopy");
-  if (!body.value("dry_run", false)) FaultPoint(false, "checking", incoming->job.id, incoming->id);
-  if (body.contains("lazy_source") && body["lazy_source"].is_object()) {
-    incoming->lazy_source.address = body["lazy_source"].value("address", "");
-    incoming->lazy_source.port = body["lazy_source"].value("port", 0);
-    incoming->lazy_relay_kind = body["lazy_source"].value("relay", "");
-  }
-  const bool dry_run = body.value("dry_run", false);
-  // An older source names no channel: its post-copy restore starts CRIU as it always did.
-  std::optional<std::string> channel;
-  if (body.contains("channel") && body["channel"].is_string()) channel = body["channel"];
-  std::vector<migrate::OutsideFile> outside;
-  const json listed = body.value("outside", json::array());
-  for (const auto& file : listed.is_array() ? listed : json::array()) {
-    if (!file.is_object()) continue;
-    migrate::OutsideFile entry;
-    entry.path = file.value("path", "");
-    entry.size = file.value("size", std::uint64_t{0});
-    entry.uid = file.value("uid", std::uint32_t{0});
-    entry.gid = file.value("gid", std::uint32_t{0});
-    entry.mode = file.value("mode", std::uint32_t{0});
-    entry.sha256 = file.value("sha256", "");  // none from an older source: refused
-    outside.push_back(std::move(entry));
-  }
-  const std::uint64_t rss = body.value("rss_bytes", std::uint64_t{0});
-  incoming->rss = rss;
-  struct stat dir_info {};
-  incoming->shared_dir =
-      ::stat(incoming->job.dir.c_str(), &dir_info) == 0 &&
-      static_cast<std::uint64_t>(dir_info.st_dev) == body.value("dir_device", std::uint64_t{0}) &&
-      static_cast<std::uint64_t>(dir_info.st_ino) == body.value("dir_inode", std::uint64_t{0});
+  // The call's via is "peer NODE": the source is the agent that sent it.
+  const std::string source =
+      call.caller.via.rfind("peer ", 0) == 0 ? call.caller.via.substr(5) : job->node;
   const std::string node = cluster_.self().name;
-  const auto here = supervisor_.Get(incoming->job.id);
-  if (!incoming->job.net_address.empty() &&
+  jobs::UniqueFd job_netns;
+  const auto here = supervisor_.Get(job->id);
+  if (!job->net_address.empty() &&
       !(here && here->state == jobs::JobState::kRunning)) {  // refused below if it runs here
     // A `--net` job lands in a namespace of its own with its address, prepared now so that
     // CRIU (parked or not) can be handed it; the node side stays down until the commit.
     auto prepared =
         supervisor_.net().enabled()
-            ? jobs::CreateJobNetwork(incoming->job.id, incoming->job.net_address,
-                                     /*node_side_up=*/false)
+            ? jobs::CreateJobNetwork(job->id, job->net_address, /*node_side_up=*/false)
             : Expected<jobs::UniqueFd>(Fail(
                   "node " + node + " has no job network ([net] in its config) for a --net job"));
     if (!prepared) {
-      done(ErrorResult(
-          409, "cannot move job " + incoming->job.id + " here: " + prepared.error().message));
+      done(ErrorResult(409, "cannot move job " + job->id + " here: " + prepared.error().message));
       return;
     }
-    if (dry_run) {
-      (void)jobs::RemoveJobLink(incoming->job.id);
+    if (prepare.dry_run) {
+      (void)jobs::RemoveJobLink(job->id);
     } else {
-      incoming->job_netns = std::move(*prepared);
+      job_netns = std::move(*prepared);
     }
   }
-  const std::string criu_config = config_.criu_path;
-  const std::string cpuinfo = FromHex(body.value("cpuinfo_hex", ""));
+  auto [machine, actions] =
+      migrate::DestinationMachine::Start(prepare, source, DestinationTimings(), Now());
+  auto incoming = std::make_shared<Incoming>(std::move(machine));
+  incoming->id = prepare.id;
+  incoming->job = std::move(*job);
+  incoming->source = source;
+  incoming->cgroup_roots = cgroup_roots_;
+  incoming->rss = prepare.rss_bytes;
+  incoming->lazy = prepare.mode == migrate::MoveMode::kPostCopy;
+  incoming->dry_run = prepare.dry_run;
+  incoming->lazy_source = {prepare.lazy_source.address, prepare.lazy_source.port};
+  incoming->lazy_relay_kind = prepare.lazy_relay;
+  incoming->images = MigrationDir(prepare.id) + "/images";
+  incoming->job_netns = std::move(job_netns);
+  incoming->timer = std::make_unique<boost::asio::steady_timer>(io_);
+  incoming->waiting[migrate::Request(migrate::PrepareRequest{}).index()] = std::move(done);
+  incoming_[incoming->id] = incoming;
+  ExecuteIncoming(incoming, std::move(actions));
+}
+
+void MigrationDriver::ToIncoming(const migrate::Request& request, ApiDone done) {
+  const migrate::Message message = migrate::ToMessage(request);
+  const std::string& id = migrate::IdOf(message);
+  auto found = incoming_.find(id);
+  if (found == incoming_.end()) {
+    if (std::holds_alternative<migrate::RestoreRequest>(request)) {
+      done(ErrorResult(404, "no migration " + id + " is being received here"));
+    } else if (std::holds_alternative<migrate::CommitRequest>(request)) {
+      // Already committed (a repeated commit), or never restored here.
+      auto job = supervisor_.Get(id.substr(0, id.rfind('-')));
+      if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name) {
+        done(JsonResult(200, jobs::ToJson(*job, std::chrono::system_clock::now()).dump()));
+      } else {
+        done(ErrorResult(404, "no restored copy of migration " + id + " here"));
+      }
+    } else {
+      done(JsonResult(200, "{}"));  // an abort of a move this node does not hold
+    }
+    return;
+  }
+  auto incoming = found->second;
+  if (incoming->waiting.count(request.index()) != 0) {
+    // The first such call is still being answered; this one changes nothing.
+    done(ErrorResult(409, "a " + std::string(migrate::NameOf(message)) + " of migration " + id +
+                              " is in progress"));
+    return;
+  }
+  if (const auto* commit = std::get_if<migrate::CommitRequest>(&request)) {
+    incoming->commit_stats = commit->stats;
+  }
+  incoming->waiting[request.index()] = std::move(done);
+  ExecuteIncoming(incoming, incoming->machine.OnMessage(message, Now()));
+}
+
+void MigrationDriver::ExecuteIncoming(const std::shared_ptr<Incoming>& incoming,
+                                      migrate::MachineActions actions) {
+  // Every machine event ends here: the one place that sees each phase the move enters.
+  if (const int phase = static_cast<int>(incoming->machine.phase());
+      phase != incoming->phase_seen) {
+    incoming->phase_seen = phase;
+    if (!incoming->dry_run) {
+      FaultPoint(false, migrate::ToString(incoming->machine.phase()), incoming->job.id,
+                 incoming->id);
+    }
+  }
+  for (auto& action : actions) {
+    if (auto* send = std::get_if<migrate::SendAction>(&action)) {
+      if (auto request = AsRequest(send->message)) {
+        AskSource(incoming, std::move(*request));
+        continue;
+      }
+      auto reply = AsReply(send->message);
+      if (!reply) continue;
+      if (auto* restored = std::get_if<migrate::RestoreReply>(&*reply)) {
+        restored->restore_ms = incoming->restore_ms;
+        restored->pages_bytes = PagesBytes(incoming->images);
+      } else if (auto* committed = std::get_if<migrate::CommitReply>(&*reply);
+                 committed && committed->status == 200 && incoming->adopted.is_object()) {
+        committed->job = incoming->adopted.dump();
+      }
+      auto waiting = incoming->waiting.find(reply->index());
+      if (waiting == incoming->waiting.end()) continue;  // nobody asks any more
+      ApiDone done = std::move(waiting->second);
+      incoming->waiting.erase(waiting);
+      auto wire = migrate::Encode(*reply);
+      done(ApiResult{wire.status, wire.content_type, std::move(wire.body), {}});
+    } else if (auto* run = std::get_if<migrate::RunStepAction>(&action)) {
+      RunDestinationStep(incoming, run->step);
+    } else if (std::holds_alternative<migrate::CancelStepAction>(action)) {
+      // The running step stops before CRIU restores if it can; its result still comes back.
+      incoming->abort_requested = true;
+    } else if (auto* persist = std::get_if<migrate::PersistAction>(&action)) {
+      if (auto saved = store_.Save(persist->record); !saved) {
+        // The destination has no failure path for a record: it goes on, and a restart that
+        // misses the record asks nothing (the source then learns "unknown" by its own calls).
+        spdlog::error("migration {}: cannot record the move: {}", incoming->id,
+                      saved.error().message);
+      }
+    } else if (auto* forget = std::get_if<migrate::ForgetAction>(&action)) {
+      store_.Forget(forget->id);
+    } else if (std::holds_alternative<migrate::DiscardCopyAction>(action)) {
+      DiscardCopy(incoming);
+    } else if (auto* install = std::get_if<migrate::InstallIpcStateAction>(&action)) {
+      // Its rights, and the answers it has not read, are in place before it runs again.
+      if (ipc_.take_over) {
+        if (auto taken = ipc_.take_over(incoming->job.id, install->state); !taken) {
+          spdlog::error("migration {}: job {} resumes without its IPC rights: {}", incoming->id,
+                        incoming->job.id, taken.error().message);
+        }
+      }
+    } else if (std::holds_alternative<migrate::ResumeJobAction>(action)) {
+      ResumeCopy(incoming);
+    } else if (std::holds_alternative<migrate::KillJobAction>(action)) {
+      if (!jobs::SignalPidfd(incoming->restored_pidfd.get(), SIGKILL)) {
+        spdlog::warn("migration {}: the copy (pid {}) is gone already", incoming->id,
+                     incoming->restored_pid);
+      }
+    } else if (auto* report = std::get_if<migrate::ReportAction>(&action)) {
+      ReportIncoming(incoming, *report);
+    } else if (auto* arm = std::get_if<migrate::ArmTimerAction>(&action)) {
+      incoming->timer->expires_at(
+          Clock::time_point(std::chrono::duration_cast<Clock::duration>(arm->at)));
+      incoming->timer->async_wait(
+          [this, incoming, token = arm->token](const boost::system::error_code& error) {
+            if (error) return;
+            ExecuteIncoming(incoming, incoming->machine.OnTimer(token, Now()));
+          });
+    }
+  }
+  const auto phase = incoming->machine.phase();
+  auto found = incoming_.find(incoming->id);
+  if (!Settled(phase) || found == incoming_.end() || found->second != incoming) return;
+  incoming_.erase(found);
+  incoming->timer->cancel();  // its handler holds the move: let it go
+  if (phase == migrate::DestinationPhase::kDone) {
+    // Resumed for good: nothing about this move needs deciding any more. A GiB of images
+    // takes a while to remove: not on the io thread.
+    store_.Forget(incoming->id);
+    OffThread(
+        [dir = MigrationDir(incoming->id)] {
+          migrate::RemoveImageTree(dir);
+          return 0;
+        },
+        [](int) {});
+  } else if (incoming->job_netns.valid() && !supervisor_.Get(incoming->job.id)) {
+    // Refused after its namespace was prepared: never routed here, it just goes.
+    incoming->job_netns.Reset();
+    (void)jobs::RemoveJobLink(incoming->job.id);
+  }
+  for (auto& [index, done] : incoming->waiting) {
+    done(ErrorResult(409, "migration " + incoming->id + " is " +
+                              std::string(migrate::ToString(phase)) + " here"));
+  }
+  incoming->waiting.clear();
+}
+
+void MigrationDriver::AskSource(const std::shared_ptr<Incoming>& incoming,
+                                migrate::Request request) {
+  // No answer is no decision: a source that cannot be reached now is asked again later.
+  const auto node = cluster_.AliveNodeByName(incoming->source);
+  if (!node) return;
+  auto wire = migrate::Encode(request);
+  ApiCall call;
+  call.method = std::move(wire.method);
+  call.target = std::move(wire.target);
+  call.body = std::move(wire.body);
+  call.caller.uid = 0;
+  call.caller.identified = true;
+  cluster_.Call(*node, std::move(call), [this, incoming, request](ApiResult result) {
+    auto reply = migrate::DecodeReply(request, {result.status, result.content_type, result.body});
+    if (!reply) {
+      spdlog::warn("migration {}: {}", incoming->id, reply.error().message);
+      return;
+    }
+    ExecuteIncoming(incoming, incoming->machine.OnMessage(migrate::ToMessage(*reply), Now()));
+  });
+}
+
+void MigrationDriver::IncomingStepDone(const std::shared_ptr<Incoming>& incoming,
+                                       migrate::StepResult result) {
+  boost::asio::post(io_, [this, incoming, result = std::move(result)] {
+    ExecuteIncoming(incoming, incoming->machine.OnStepDone(result, Now()));
+  });
+}
+
+void MigrationDriver::RunDestinationStep(const std::shared_ptr<Incoming>& incoming,
+                                         const migrate::StepRequest& step) {
+  switch (step.kind) {
+    case migrate::StepKind::kCheck:
+      CheckHere(incoming, step.prepare ? *step.prepare : migrate::PrepareRequest{});
+      return;
+    case migrate::StepKind::kPrepareReceive:
+      StartReceiver(incoming, step.prepare ? *step.prepare : migrate::PrepareRequest{});
+      return;
+    case migrate::StepKind::kRestore:
+      RestoreHere(incoming, step.restore ? *step.restore : migrate::RestoreRequest{});
+      return;
+    case migrate::StepKind::kPullPages:
+      PullPages(incoming);
+      return;
+    default:
+      IncomingStepDone(incoming, {step.id, step.kind, false, false,
+                                  std::string("no such destination step: ") +
+                                      std::string(migrate::ToString(step.kind))});
+      return;
+  }
+}
+
+void MigrationDriver::CheckHere(const std::shared_ptr<Incoming>& incoming,
+                                const migrate::PrepareRequest& prepare) {
+  struct stat dir_info {};
+  incoming->shared_dir = ::stat(incoming->job.dir.c_str(), &dir_info) == 0 &&
+                         static_cast<std::uint64_t>(dir_info.st_dev) == prepare.dir_device &&
+                         static_cast<std::uint64_t>(dir_info.st_ino) == prepare.dir_inode;
+  const std::string node = cluster_.self().name;
+  const std::uint64_t rss = prepare.rss_bytes;
   OffThread(
-      [criu_config, outside, node, cpuinfo, scratch = MigrationDir(incoming->id) + "/cpuinfo"] {
+      [criu_config = config_.criu_path, outside = prepare.outside, node, cpuinfo = prepare.cpuinfo,
+       scratch = MigrationDir(incoming->id) + "/cpuinfo"] {
         auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
         std::string cpu_problem;
         if (cpuinfo.empty()) {
@@ -1322,9 +1605,10 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         }
         return std::make_tuple(criu, migrate::CompareFiles(outside, node), cpu_problem);
       },
-      [this, incoming, dry_run, rss, node, channel,
-       done](std::tuple<migrate::CriuCheck, std::vector<std::string>, std::string> result) {
+      [this, incoming, rss,
+       node](std::tuple<migrate::CriuCheck, std::vector<std::string>, std::string> result) {
         auto& [criu, file_problems, cpu_problem] = result;
+        incoming->criu = criu.path;
         json checks = json::array();
         std::vector<std::string> problems = file_problems;
         checks.push_back({{"check", "CPU compatibility (criu cpuinfo) on " + node},
@@ -1361,109 +1645,92 @@ void MigrationDriver::Prepare(const ApiCall& call, ApiDone done) {
         if (existing && existing->state == jobs::JobState::kRunning) {
           problems.push_back("job " + incoming->job.id + " already runs on " + node);
         }
-        if (incoming->mode == "postcopy" && incoming->lazy_relay_kind != kLazyRelayTls) {
+        if (incoming->lazy && incoming->lazy_relay_kind != kLazyRelayTls) {
           // An older source would send the job's memory in the clear.
           problems.push_back("the source " + incoming->source +
                              " would send the job's memory outside TLS (an older agent): "
                              "upgrade it, or move the job by pre-copy");
         }
+        migrate::StepResult step{incoming->id, migrate::StepKind::kCheck, problems.empty()};
+        step.checks = checks.dump();
+        step.shared_dir = incoming->shared_dir;
         if (!problems.empty()) {
-          done(JsonResult(409, json{{"error", "job " + incoming->job.id + " cannot move to " +
-                                                  node + ": " + Join(problems)},
-                                    {"checks", checks}}
-                                   .dump()));
-          return;
+          step.error =
+              "job " + incoming->job.id + " cannot move to " + node + ": " + Join(problems);
         }
-        if (dry_run) {
-          done(JsonResult(200, json{{"checks", checks}}.dump()));
-          return;
-        }
-        incoming->images = MigrationDir(incoming->id) + "/images";
-        std::error_code ignored;
-        migrate::RemoveImageTree(incoming->images);
-        fs::create_directories(incoming->images, ignored);
-        if (incoming->mode == "postcopy") {
-          if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
-            done(ErrorResult(409, "on " + node + ": " + pipes.error().message));
-            return;
-          }
-          if (auto relay = DialLazyRelay(incoming); !relay) {
-            done(ErrorResult(500, "on " + node + ": cannot start the post-copy relay: " +
-                                      relay.error().message));
-            return;
-          }
-          Accept(incoming);
-          AnswerPrepare(incoming, criu.path, channel, node,
-                        {{"checks", checks}, {"shared_dir", incoming->shared_dir}}, done);
-          return;
-        }
-        if (MountPreCopyImages(incoming->images, rss, available)) {
-          spdlog::info("migration {}: pages go to a tmpfs on {}", incoming->id, incoming->images);
-        }
-        FaultPoint(false, "starting_receiver", incoming->job.id, incoming->id);
-        migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
-        auto server = migrate::BackgroundProcess::Start(
-            migrate::PageServerCommand(criu.path, incoming->images, listen, PageServerTls()),
-            MigrationDir(incoming->id) + "/page-server.out");
-        if (!server) {
-          done(ErrorResult(500, "cannot start the CRIU page server: " + server.error().message));
-          return;
-        }
-        incoming->page_server = std::move(*server);
-        incoming->page_server_port = listen.port;
-        // With a channel the parked `criu restore` starts beside the page server, and ParkCriu
-        // waits for both; else the page server is waited for here, as it always was.
-        if (!channel && !AwaitListening(incoming->page_server, listen.port)) {
-          done(ErrorResult(500, "the CRIU page server on " + node + " did not start (see " +
-                                    incoming->images + "/page-server.log)"));
-          return;
-        }
-        Accept(incoming);
-        AnswerPrepare(incoming, criu.path, channel, node,
-                      {{"checks", checks},
-                       {"shared_dir", incoming->shared_dir},
-                       {"page_server", {{"address", listen.address}, {"port", listen.port}}}},
-                      done);
+        IncomingStepDone(incoming, std::move(step));
       });
 }
 
-Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
-  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
-                                     ipc::TlsRole::kClient);
-      !tls) {
-    return Unexpected<Error>{tls.error()};
+void MigrationDriver::StartReceiver(const std::shared_ptr<Incoming>& incoming,
+                                    const migrate::PrepareRequest& prepare) {
+  const std::string node = cluster_.self().name;
+  auto finish = [this, incoming](Expected<std::optional<migrate::Endpoint>> started) {
+    migrate::StepResult step{incoming->id, migrate::StepKind::kPrepareReceive, started.has_value()};
+    if (started) {
+      step.page_server = *started;
+    } else {
+      step.error = started.error().message;
+    }
+    IncomingStepDone(incoming, std::move(step));
+  };
+  std::error_code ignored;
+  migrate::RemoveImageTree(incoming->images);
+  fs::create_directories(incoming->images, ignored);
+  // Where the restore's window starts (restored_copy.hpp): CRIU's pid file is believed only
+  // for a process that started after this was written.
+  if (auto written = jobs::WriteFileAtomically(
+          MigrationDir(incoming->id) + "/incoming.json",
+          json{{"job", jobs::PersistentJson(incoming->job)}, {"shared_dir", incoming->shared_dir}}
+              .dump());
+      !written) {
+    spdlog::error("migration {}: {}", incoming->id, written.error().message);
   }
-  auto pair = LoopbackTcpPair();
-  if (!pair) return Unexpected<Error>{pair.error()};
-  // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
-  auto relay = PageRelayProcess::Dial(
-      RelayOptions(config_, MigrationDir(incoming->id), incoming->id, incoming->source_node),
-      std::move(pair->second), incoming->lazy_source.address, incoming->lazy_source.port);
-  if (!relay) return Unexpected<Error>{relay.error()};
-  incoming->lazy_socket = std::move(pair->first);
-  incoming->lazy_relay = std::move(*relay);
-  return {};
-}
-
-void MigrationDriver::AnswerPrepare(const std::shared_ptr<Incoming>& incoming,
-                                    const std::string& criu,
-                                    const std::optional<std::string>& channel,
-                                    const std::string& node, json answer, ApiDone done) {
-  if (!channel) {  // an older source: CRIU starts at restore
-    done(JsonResult(200, answer.dump()));
+  std::optional<migrate::Endpoint> endpoint;
+  if (incoming->lazy) {
+    if (auto pipes = migrate::EnsurePipeMaxSize(); !pipes) {
+      finish(Fail("on " + node + ": " + pipes.error().message));
+      return;
+    }
+    if (auto relay = DialLazyRelay(incoming); !relay) {
+      finish(Fail("on " + node + ": cannot start the post-copy relay: " + relay.error().message));
+      return;
+    }
+  } else {
+    if (MountPreCopyImages(incoming->images, incoming->rss, MemAvailable())) {
+      spdlog::info("migration {}: pages go to a tmpfs on {}", incoming->id, incoming->images);
+    }
+    migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
+    auto server = migrate::BackgroundProcess::Start(
+        migrate::PageServerCommand(incoming->criu, incoming->images, listen, PageServerTls()),
+        MigrationDir(incoming->id) + "/page-server.out");
+    if (!server) {
+      finish(Fail("cannot start the CRIU page server: " + server.error().message));
+      return;
+    }
+    incoming->page_server = std::move(*server);
+    incoming->page_server_port = listen.port;
+    endpoint = migrate::Endpoint{listen.address, listen.port};
+    // With a channel the parked `criu restore` starts beside the page server, and ParkCriu
+    // waits for both; else the page server is waited for here, as it always was.
+    if (!prepare.channel && !AwaitListening(incoming->page_server, listen.port)) {
+      finish(Fail("the CRIU page server on " + node + " did not start (see " + incoming->images +
+                  "/page-server.log)"));
+      return;
+    }
+  }
+  if (!prepare.channel) {  // an older source: CRIU starts at restore
+    finish(endpoint);
     return;
   }
-  ParkCriu(
-      incoming, criu, *channel,
-      [this, incoming, node, answer = std::move(answer), done](Expected<void> parked) {
-        if (!parked) {
-          // Nothing is frozen yet: the source gives up and the job runs on there.
-          Abort(incoming->id, [](ApiResult) {});
-          done(ErrorResult(500, "cannot start CRIU on " + node + ": " + parked.error().message));
-          return;
-        }
-        done(JsonResult(200, answer.dump()));
-      });
+  ParkCriu(incoming, incoming->criu, *prepare.channel,
+           [finish, endpoint, node](Expected<void> parked) {
+             if (!parked) {
+               finish(Fail("cannot start CRIU on " + node + ": " + parked.error().message));
+               return;
+             }
+             finish(endpoint);
+           });
 }
 
 namespace {
@@ -1498,11 +1765,10 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
           ? jobs::InNetNamespace(
                 incoming->job_netns.get(), [&] { return ipc_.open(incoming->job.id); }, -1)
           : -1);
-  incoming->busy = true;  // an abort meanwhile waits for the parked processes
   OffThread(
       [incoming, criu, channel, channel_end]() -> Expected<void> {
         const std::string& images = incoming->images;
-        const bool lazy = incoming->mode == "postcopy";
+        const bool lazy = incoming->lazy;
         if (lazy) {
           auto daemon = migrate::ParkedCriu::Start(
               migrate::LazyPagesCommand(criu, images, kLazySocketFd, kLazyStatusFd), images,
@@ -1528,63 +1794,41 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
         return {};
       },
       [this, incoming, channel, then = std::move(then)](Expected<void> parked) {
-        incoming->busy = false;
         incoming->parked = parked.has_value();
         if (!parked && !channel.empty() && ipc_.close) ipc_.close(incoming->job.id);
-        if (incoming->abort_requested) {
-          Abort(incoming->id, [](ApiResult) {});
-          then(Fail("aborted by the source"));
-          return;
-        }
         then(std::move(parked));
       });
 }
 
-void MigrationDriver::Accept(const std::shared_ptr<Incoming>& incoming) {
-  incoming_[incoming->id] = incoming;
-  FaultPoint(false, "awaiting_images", incoming->job.id, incoming->id);
-  // Kept on disk so that an agent restarted mid-migration still finds the copy it may have
-  // restored, and asks the source what became of it (LoadUnfinished).
-  if (auto written = jobs::WriteFileAtomically(
-          MigrationDir(incoming->id) + "/incoming.json",
-          json{{"job", jobs::PersistentJson(incoming->job)}, {"shared_dir", incoming->shared_dir}}
-              .dump());
-      !written) {
-    spdlog::error("migration {}: {}", incoming->id, written.error().message);
-  }
-}
-
-void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDone done) {
-  auto found = incoming_.find(mid);
-  if (found == incoming_.end()) {
-    done(ErrorResult(404, "no migration " + mid + " is being received here"));
-    return;
-  }
-  auto incoming = found->second;
-  if (call.body.size() < 8) {
-    done(ErrorResult(400, "malformed restore request"));
-    return;
-  }
-  std::uint64_t length = 0;
-  for (int i = 0; i < 8; ++i) length = length << 8 | static_cast<unsigned char>(call.body[i]);
-  if (length > call.body.size() - 8) {
-    done(ErrorResult(400, "malformed restore request"));
-    return;
-  }
-  std::string images_archive = call.body.substr(8, length);
-  std::string dir_archive = call.body.substr(8 + length);
-  FaultPoint(false, "restoring", incoming->job.id, incoming->id);
-  incoming->busy = true;
+void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
+                                  const migrate::RestoreRequest& restore) {
+  auto then = [this, incoming](Expected<std::pair<pid_t, double>> restored) {
+    migrate::StepResult step{incoming->id, migrate::StepKind::kRestore, restored.has_value()};
+    if (restored) {
+      incoming->restore_ms = restored->second;
+      NoteRestored(*incoming, restored->first);
+      step.copy_pid = restored->first;
+      if (!incoming->restored_pidfd.valid()) {
+        step.ok = false;
+        step.error =
+            "the restored copy (pid " + std::to_string(restored->first) + ") ended at once";
+      }
+    } else {
+      step.error = restored.error().message;
+      if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
+    }
+    IncomingStepDone(incoming, std::move(step));
+  };
   if (incoming->parked) {
-    OffThread([incoming, images_archive = std::move(images_archive),
-               dir_archive = std::move(
-                   dir_archive)] { return RestoreParked(*incoming, images_archive, dir_archive); },
-              [this, incoming, done](Expected<std::pair<pid_t, double>> restored) {
-                Restored(incoming, std::move(restored), done);
-              });
+    OffThread(
+        [incoming, images_archive = restore.images, dir_archive = restore.job_dir] {
+          return RestoreParked(*incoming, images_archive, dir_archive);
+        },
+        std::move(then));
     return;
   }
-  const std::string criu = migrate::FindCriu(config_.criu_path);
+  const std::string criu =
+      incoming->criu.empty() ? migrate::FindCriu(config_.criu_path) : incoming->criu;
   // A fresh channel to this agent takes the place of the one the job had at the source.
   auto channel_end = std::make_shared<jobs::UniqueFd>(
       ipc_.open ? jobs::InNetNamespace(
@@ -1592,15 +1836,14 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
                 : -1);
   auto with_channel = std::make_shared<bool>(false);
   OffThread(
-      [incoming, images_archive = std::move(images_archive), dir_archive = std::move(dir_archive),
-       criu, channel_end, with_channel]() -> Expected<std::pair<pid_t, double>> {
+      [incoming, images_archive = restore.images, dir_archive = restore.job_dir, criu, channel_end,
+       with_channel]() -> Expected<std::pair<pid_t, double>> {
         if (auto streamed = AwaitPageServer(*incoming); !streamed) {
           return Unexpected<Error>{streamed.error()};
         }
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
-        const bool lazy = incoming->mode == "postcopy";
-        if (lazy) {
+        if (incoming->lazy) {
           auto daemon = migrate::BackgroundProcess::Start(
               migrate::LazyPagesCommand(criu, incoming->images, kLazySocketFd, -1),
               incoming->images + "/../lazy-pages.out",
@@ -1625,8 +1868,8 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         }
         const auto start = Clock::now();
         migrate::RestoreOptions options =
-            DestinationRestoreOptions(incoming->images, lazy, incoming->rss, incoming->cgroup_roots,
-                                      incoming->job_netns.get());
+            DestinationRestoreOptions(incoming->images, incoming->lazy, incoming->rss,
+                                      incoming->cgroup_roots, incoming->job_netns.get());
         options.channel_socket = ReadChannelNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
@@ -1636,11 +1879,11 @@ void MigrationDriver::Restore(const std::string& mid, const ApiCall& call, ApiDo
         if (!pid) return Unexpected<Error>{pid.error()};
         return std::make_pair(*pid, MillisSince(start));
       },
-      [this, incoming, done, with_channel](Expected<std::pair<pid_t, double>> restored) {
+      [this, incoming, with_channel, then](Expected<std::pair<pid_t, double>> restored) {
         // A job whose channel had no agent end keeps its orphaned socket: the fresh channel
         // made for it here has no job end to talk to.
         if (!*with_channel && ipc_.close) ipc_.close(incoming->job.id);
-        Restored(incoming, std::move(restored), done);
+        then(std::move(restored));
       });
 }
 
@@ -1654,10 +1897,28 @@ Expected<void> MigrationDriver::UnpackJobDir(const Incoming& incoming,
                                            incoming.job.gid);
 }
 
+Expected<void> MigrationDriver::DialLazyRelay(const std::shared_ptr<Incoming>& incoming) {
+  if (auto tls = ipc::MakeTlsContext({config_.tls_ca, config_.tls_cert, config_.tls_key},
+                                     ipc::TlsRole::kClient);
+      !tls) {
+    return Unexpected<Error>{tls.error()};
+  }
+  auto pair = LoopbackTcpPair();
+  if (!pair) return Unexpected<Error>{pair.error()};
+  // Dialled now, outside the job's freeze: the TLS handshake is done long before the restore.
+  auto relay = PageRelayProcess::Dial(
+      RelayOptions(config_, MigrationDir(incoming->id), incoming->id, incoming->source),
+      std::move(pair->second), incoming->lazy_source.address, incoming->lazy_source.port);
+  if (!relay) return Unexpected<Error>{relay.error()};
+  incoming->lazy_socket = std::move(pair->first);
+  incoming->lazy_relay = std::move(*relay);
+  return {};
+}
+
 Expected<void> MigrationDriver::AwaitLazyRelay(Incoming& incoming) {
   // Dialled at prepare, so in long before this in practice; a job restored without it would
   // fault on memory it cannot fetch.
-  if (!incoming.lazy_relay) return Fail("no post-copy relay to " + incoming.source_node);
+  if (!incoming.lazy_relay) return Fail("no post-copy relay to " + incoming.source);
   return incoming.lazy_relay->AwaitConnected(std::chrono::seconds(10), incoming.abort_requested);
 }
 
@@ -1677,7 +1938,7 @@ Expected<void> MigrationDriver::AwaitPageServer(Incoming& incoming) {
 Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& incoming,
                                                                   const std::string& images_archive,
                                                                   const std::string& dir_archive) {
-  const bool lazy = incoming.mode == "postcopy";
+  const bool lazy = incoming.lazy;
   if (auto streamed = AwaitPageServer(incoming); !streamed) {
     return Unexpected<Error>{streamed.error()};
   }
@@ -1726,94 +1987,56 @@ void MigrationDriver::NoteRestored(Incoming& incoming, pid_t pid) {
   }
 }
 
-void MigrationDriver::Restored(const std::shared_ptr<Incoming>& incoming,
-                               Expected<std::pair<pid_t, double>> restored, const ApiDone& done) {
-  incoming->busy = false;
-  if (restored) NoteRestored(*incoming, restored->first);
-  if (incoming->abort_requested) {
-    // The source gave up while CRIU was restoring: the copy it made must not live.
-    Abort(incoming->id, [](ApiResult) {});
-    done(ErrorResult(409, "migration " + incoming->id + " was aborted during the restore"));
+void MigrationDriver::ResumeCopy(const std::shared_ptr<Incoming>& incoming) {
+  const std::string& mid = incoming->id;
+  if (!incoming->restored_pidfd.valid()) {
+    spdlog::error("migration {}: no restored copy of job {} to resume", mid, incoming->job.id);
     return;
   }
-  if (!restored) {
-    if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
-    done(ErrorResult(
-        500, "restore on " + cluster_.self().name + " failed: " + restored.error().message));
-    return;
-  }
-  incoming->restored_at = Clock::now();
-  FaultPoint(false, "restored", incoming->job.id, incoming->id);
-  done(JsonResult(200, json{{"pid", restored->first},
-                            {"restore_ms", restored->second},
-                            {"pages_bytes", PagesBytes(incoming->images)}}
-                           .dump()));
-}
-
-void MigrationDriver::Commit(const std::string& mid, const ApiCall& call, ApiDone done) {
-  auto found = incoming_.find(mid);
-  if (found == incoming_.end() || found->second->restored_pid == 0) {
-    // Already committed (a repeated commit) or never restored here.
-    auto job = supervisor_.Get(mid.substr(0, mid.rfind('-')));
-    if (job && job->state == jobs::JobState::kRunning && job->node == cluster_.self().name) {
-      done(JsonResult(200, jobs::ToJson(*job, std::chrono::system_clock::now()).dump()));
-      return;
-    }
-    done(ErrorResult(404, "no restored copy of migration " + mid + " here"));
-    return;
-  }
-  auto incoming = found->second;
-  auto [stats_text, ipc_state] = DecodeCommitBody(call.body);
-  if (!ipc_state.empty() && ipc_.take_over) {
-    // Its rights, and the answers it has not read, are in place before it runs again.
-    if (auto taken = ipc_.take_over(incoming->job.id, ipc_state); !taken) {
-      spdlog::error("migration {}: job {} resumes without its IPC rights: {}", mid,
-                    incoming->job.id, taken.error().message);
-    }
-  }
-  incoming_.erase(found);
   ClaimJobAddress(incoming->job, config_.net_uplink);
   incoming->job_netns.Reset();  // the restored job holds its namespace
   migrate::ResumeTree(incoming->restored_pid);
-  json stats = json::parse(stats_text, nullptr, false);
+  json stats = json::parse(incoming->commit_stats, nullptr, false);
   jobs::JobRecord record = incoming->job;
   if (stats.is_object() && !stats.empty()) {
     stats["resumed_at"] = jobs::FormatTime(std::chrono::system_clock::now());
     record.migrations.push_back(stats);
   }
   auto adopted = supervisor_.AdoptMigrated(record, incoming->restored_pid);
-  if (incoming->lazy_daemon) {
-    FaultPoint(false, "pulling_pages", incoming->job.id, mid);
-    // It still pulls the job's memory from the source; it removes nothing, we clean up later.
-    auto daemon = incoming->lazy_daemon;
-    const std::string dir = MigrationDir(mid);
-    const std::string job = incoming->job.id;
-    pulling_[job];
-    // Its stream runs through the relay process: left to end with it (never killed from here).
-    if (incoming->lazy_relay) incoming->lazy_relay->LetRun();
-    std::thread([this, daemon, dir, job, alive = std::weak_ptr<int>(lifetime_)] {
-      daemon->Finish(std::chrono::minutes(30));
-      migrate::RemoveImageTree(dir);
-      if (alive.expired()) return;
-      boost::asio::post(io_, [this, job, alive] {
-        if (!alive.expired()) PulledIn(job);
-      });
-    }).detach();
-  } else {
-    // A GiB of images takes a while to remove: not on the io thread.
-    OffThread(
-        [dir = MigrationDir(mid)] {
-          migrate::RemoveImageTree(dir);
-          return 0;
-        },
-        [](int) {});
-  }
   if (!adopted) {
-    done(ErrorResult(500, adopted.error().message));
+    spdlog::error("migration {}: {}", mid, adopted.error().message);
     return;
   }
+  incoming->adopted = jobs::ToJson(*adopted, std::chrono::system_clock::now());
   spdlog::info("migration {}: job {} resumed here (pid {})", mid, adopted->id, adopted->pid);
-  done(JsonResult(200, jobs::ToJson(*adopted, std::chrono::system_clock::now()).dump()));
+}
+
+void MigrationDriver::PullPages(const std::shared_ptr<Incoming>& incoming) {
+  auto daemon = incoming->lazy_daemon;
+  if (!daemon) {
+    IncomingStepDone(incoming, {incoming->id, migrate::StepKind::kPullPages, true});
+    return;
+  }
+  // Its stream runs through the relay process: left to end with it (never killed from here).
+  if (incoming->lazy_relay) incoming->lazy_relay->LetRun();
+  pulling_[incoming->job.id];
+  // It pulls the job's memory from the source until every page is here: minutes for a big
+  // job, so on a thread of its own rather than one of the two CRIU workers.
+  std::thread([this, alive = alive_, incoming, daemon] {
+    const int code = daemon->Finish(std::chrono::minutes(30));
+    migrate::StepResult step{incoming->id, migrate::StepKind::kPullPages, code == 0};
+    if (code != 0) {
+      step.error = "criu lazy-pages ended with " + std::to_string(code) + " (see " +
+                   incoming->images + "/../lazy-pages.log)";
+    }
+    std::lock_guard lock(alive->mutex);
+    if (!alive->driver) return;  // the agent is stopping: its successor finds the record
+    boost::asio::post(io_, [this, alive, incoming, step = std::move(step)] {
+      if (!alive->driver) return;
+      ExecuteIncoming(incoming, incoming->machine.OnStepDone(step, Now()));
+      PulledIn(incoming->job.id);
+    });
+  }).detach();
 }
 
 void MigrationDriver::PulledIn(const std::string& job) {
@@ -1824,22 +2047,8 @@ void MigrationDriver::PulledIn(const std::string& job) {
   for (auto& move : waiting) move();
 }
 
-void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
-  auto found = incoming_.find(mid);
-  if (found == incoming_.end()) {
-    done(JsonResult(200, "{}"));
-    return;
-  }
-  auto incoming = found->second;
-  if (incoming->busy) {
-    // CRIU is restoring from these files now: removing them under it could leave a
-    // half-restored tree behind. The restore's end carries the abort out.
-    incoming->abort_requested = true;
-    spdlog::info("migration {}: abort noted; done when the running restore ends", mid);
-    done(JsonResult(200, "{}"));
-    return;
-  }
-  incoming_.erase(found);
+void MigrationDriver::DiscardCopy(const std::shared_ptr<Incoming>& incoming) {
+  const std::string mid = incoming->id;
   if (incoming->lazy_relay) incoming->lazy_relay->Stop();
   // Through the pidfd taken when the copy was restored (or found again at start-up): never a
   // process that merely has its pid now.
@@ -1847,23 +2056,23 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
     spdlog::warn("migration {}: the restored copy (pid {}) is gone already", mid,
                  incoming->restored_pid);
   }
-  if (ipc_.close && !supervisor_.Get(incoming->job.id)) ipc_.close(incoming->job.id);
-  if (!incoming->job.net_address.empty() && !supervisor_.Get(incoming->job.id)) {
+  const bool runs_here = supervisor_.Get(incoming->job.id).has_value();
+  if (ipc_.close && !runs_here) ipc_.close(incoming->job.id);
+  if (!incoming->job.net_address.empty() && !runs_here) {
     // Never routed here (the node side stayed down): the prepared namespace just goes.
     incoming->job_netns.Reset();
     (void)jobs::RemoveJobLink(incoming->job.id);
   }
   const std::string job_dir = incoming->job.dir;
-  const bool runs_here = supervisor_.Get(incoming->job.id).has_value() || incoming->shared_dir;
+  const bool keep_dir = runs_here || incoming->shared_dir;
   OffThread(
-      [incoming, job_dir, runs_here] {
+      [incoming, job_dir, keep_dir, dir = MigrationDir(mid)] {
         incoming->page_server.Finish(std::chrono::milliseconds(0));
         if (incoming->lazy_daemon) incoming->lazy_daemon->Finish(std::chrono::milliseconds(0));
         incoming->parked_daemon.process().Finish(std::chrono::milliseconds(0));
         incoming->parked_restore.process().Finish(std::chrono::milliseconds(0));
-        migrate::RemoveImageTree(fs::path(incoming->images).parent_path().string());
-        std::error_code ignored;
-        if (!runs_here) {
+        migrate::RemoveImageTree(dir);
+        if (!keep_dir && !job_dir.empty()) {
           // The job's user owns what is in it: removed without following their symlinks.
           if (auto removed = migrate::RemoveTreeNoFollow(job_dir); !removed) {
             spdlog::warn("{}", removed.error().message);
@@ -1871,70 +2080,170 @@ void MigrationDriver::Abort(const std::string& mid, ApiDone done) {
         }
         return 0;
       },
-      [mid, done](int) {
-        spdlog::info("migration {} aborted: the job stays on its source", mid);
-        done(JsonResult(200, "{}"));
+      [mid, reason = incoming->machine.reason()](int) {
+        spdlog::info("migration {} dropped here ({}): the job stays on its source", mid, reason);
       });
 }
 
-void MigrationDriver::Outcome(const std::string& mid, ApiDone done) {
-  std::ifstream file(MigrationDir(mid) + "/outcome");
-  std::string outcome;
-  file >> outcome;
-  done(JsonResult(200,
-                  json{{"id", mid}, {"outcome", outcome.empty() ? "unknown" : outcome}}.dump()));
-}
-
-// A destination holding a restored, stopped copy that heard no commit asks the source what it
-// decided: committed → resume here; aborted → discard; no answer → keep waiting (deciding
-// alone could leave two copies or none).
-void MigrationDriver::CheckUndecided() {
-  undecided_timer_->expires_after(std::chrono::seconds(5));
-  undecided_timer_->async_wait([this](const boost::system::error_code& error) {
-    if (error) return;
-    std::vector<std::pair<std::string, std::shared_ptr<Incoming>>> undecided(incoming_.begin(),
-                                                                             incoming_.end());
-    for (const auto& [mid, incoming] : undecided) {
-      if (incoming->restored_pid == 0 || incoming->busy ||
-          Clock::now() - incoming->restored_at < std::chrono::seconds(20)) {
-        continue;
+void MigrationDriver::ReportIncoming(const std::shared_ptr<Incoming>& incoming,
+                                     const migrate::ReportAction& report) {
+  const std::string state(migrate::ToString(incoming->machine.phase()));
+  switch (report.kind) {
+    case migrate::ReportKind::kBlocked:
+      spdlog::error("migration {}: job {} is blocked ({}): {}", incoming->id, incoming->job.id,
+                    state, report.message);
+      if (publish_) {
+        publish_("migration", {{"event", "blocked"},
+                               {"id", incoming->id},
+                               {"job", incoming->job.id},
+                               {"from", incoming->source},
+                               {"to", cluster_.self().name},
+                               {"state", state},
+                               {"error", report.message}});
       }
-      auto source = cluster_.AliveNodeByName(incoming->job.node);
-      if (!source) continue;
-      ApiCall call;
-      call.method = "GET";
-      call.target = "/v1/migrations/" + mid;
-      call.caller.uid = 0;
-      call.caller.identified = true;
-      cluster_.Call(*source, call, [this, mid = mid, source = *source](ApiResult result) {
-        json answer = json::parse(result.body, nullptr, false);
-        if (result.status != 200 || !answer.is_object()) return;
-        const std::string outcome = answer.value("outcome", "");
-        ApiCall local;
-        local.method = "POST";
-        local.forwarded = true;
-        if (outcome == "committed") {
-          // The job's IPC rights travelled in the commit call we missed: fetch them first.
-          ApiCall fetch;
-          fetch.method = "GET";
-          fetch.target = "/v1/migrations/" + mid + "/ipc-state";
-          fetch.caller.uid = 0;
-          fetch.caller.identified = true;
-          cluster_.Call(source, fetch, [this, mid, local](ApiResult state) mutable {
-            if (state.status != 200) {
-              spdlog::warn("migration {}: the source kept no IPC state: {}", mid, state.body);
-            } else {
-              local.body = EncodeCommitBody("{}", state.body);
-            }
-            Commit(mid, local, [](ApiResult) {});
-          });
-        } else if (outcome == "aborted" || outcome == "unknown") {
-          Abort(mid, [](ApiResult) {});
-        }
-      });
+      return;
+    case migrate::ReportKind::kRecovered:
+      spdlog::warn("migration {}: job {}: {}", incoming->id, incoming->job.id, report.message);
+      if (publish_) {
+        publish_("migration", {{"event", "recovered"},
+                               {"id", incoming->id},
+                               {"job", incoming->job.id},
+                               {"from", incoming->source},
+                               {"to", cluster_.self().name},
+                               {"detail", report.message}});
+      }
+      if (incoming->recover_done) {
+        auto done = std::move(incoming->recover_done);
+        incoming->recover_done = nullptr;
+        done(JsonResult(
+            200,
+            json{{"job", incoming->job.id}, {"migration", incoming->id}, {"result", report.message}}
+                .dump()));
+      }
+      return;
+    case migrate::ReportKind::kFailed:
+      if (incoming->recover_done) {
+        auto done = std::move(incoming->recover_done);
+        incoming->recover_done = nullptr;
+        done(ErrorResult(report.status, report.message));
+        return;
+      }
+      spdlog::warn("migration {}: {}", incoming->id, report.message);
+      return;
+    default:
+      spdlog::info("migration {}: {}", incoming->id, report.message);
+      return;
+  }
+}
+
+void MigrationDriver::RecoverIncoming() {
+  for (const auto& record : store_.LoadAll()) {
+    const auto* saved = std::get_if<migrate::DestinationRecord>(&record);
+    if (!saved) continue;
+    const std::string dir = MigrationDir(saved->id);
+    auto job = jobs::FromPersistentJson(json::parse(saved->job, nullptr, false));
+    // Believed only while the very process lives (RestoredCopy): a bare pid after a reboot or
+    // a reuse names someone else's process, which must be neither adopted nor killed.
+    jobs::UniqueFd pidfd;
+    pid_t pid = 0;
+    if (auto copy = FindRestoredCopy(dir)) {
+      pidfd = jobs::OpenPidfd(*copy);
+      if (pidfd.valid()) pid = copy->pid;
     }
-    CheckUndecided();
-  });
+    if (!job || (saved->stage == migrate::DestinationStage::kRestored && pid == 0)) {
+      // Nothing restored here lives: nothing to decide.
+      spdlog::warn("migration {}: its record says {}, but no restored copy lives: dropped",
+                   saved->id, migrate::ToString(saved->stage));
+      store_.Forget(saved->id);
+      migrate::RemoveImageTree(dir);
+      continue;
+    }
+    auto [machine, actions] =
+        migrate::DestinationMachine::Recover(*saved, DestinationTimings(), Now());
+    auto incoming = std::make_shared<Incoming>(std::move(machine));
+    incoming->id = saved->id;
+    incoming->job = std::move(*job);
+    incoming->source = saved->source;
+    incoming->shared_dir = saved->shared_dir;
+    incoming->lazy = saved->mode == migrate::MoveMode::kPostCopy;
+    incoming->images = dir + "/images";
+    incoming->restored_pid = pid;
+    incoming->restored_pidfd = std::move(pidfd);
+    incoming->timer = std::make_unique<boost::asio::steady_timer>(io_);
+    if (incoming->machine.phase() == migrate::DestinationPhase::kDone) {
+      store_.Forget(saved->id);  // resumed for good before the restart
+      continue;
+    }
+    spdlog::warn("migration {}: found its record ({}) for job {} after a restart; it is {}",
+                 saved->id, migrate::ToString(saved->stage), incoming->job.id,
+                 migrate::ToString(incoming->machine.phase()));
+    incoming_[saved->id] = incoming;
+    // Once the agent runs: the cluster is not joined yet, and a call now could only fail.
+    boost::asio::post(io_, [this, incoming, actions = std::move(actions)]() mutable {
+      ExecuteIncoming(incoming, std::move(actions));
+    });
+  }
+}
+
+std::optional<json> MigrationDriver::BlockedMove(const std::string& job) const {
+  for (const auto& [mid, incoming] : incoming_) {
+    if (incoming->job.id != job || !incoming->machine.blocked()) continue;
+    const std::string state(migrate::ToString(incoming->machine.phase()));
+    const bool pages_lost =
+        incoming->machine.phase() == migrate::DestinationPhase::kBlockedPagesLost;
+    return json{{"migration", mid},
+                {"state", state},
+                {"from", incoming->source},
+                {"reason", incoming->machine.reason()},
+                {"recover", pages_lost ? "tern recover " + job + " --discard"
+                                       : "tern recover " + job +
+                                             " --resume-here|--discard, "
+                                             "once " +
+                                             incoming->source + " is gone for good"}};
+  }
+  return std::nullopt;
+}
+
+std::vector<json> MigrationDriver::BlockedCopies() const {
+  std::vector<json> copies;
+  for (const auto& [mid, incoming] : incoming_) {
+    // A copy that is not a job here yet (stopped, its source silent): listed as one, so that
+    // `tern status` and `tern recover` find it.
+    if (!incoming->machine.blocked() || supervisor_.Get(incoming->job.id)) continue;
+    jobs::JobRecord shown = incoming->job;
+    shown.node = cluster_.self().name;
+    shown.pid = incoming->restored_pid;
+    json entry = jobs::ToJson(shown, std::chrono::system_clock::now());
+    entry["state"] = "blocked";
+    entry["blocked"] = *BlockedMove(incoming->job.id);
+    copies.push_back(std::move(entry));
+  }
+  return copies;
+}
+
+void MigrationDriver::Recover(const std::string& job, bool resume_here, ApiDone done) {
+  std::shared_ptr<Incoming> found;
+  for (const auto& [mid, incoming] : incoming_) {
+    if (incoming->job.id == job) found = incoming;
+  }
+  if (!found) {
+    done(ErrorResult(404, "no move of job " + job + " is held on " + cluster_.self().name));
+    return;
+  }
+  if (found->recover_done) {
+    done(ErrorResult(409, "a recovery of job " + job + " is in progress"));
+    return;
+  }
+  found->recover_done = std::move(done);
+  ExecuteIncoming(found, found->machine.OnRecover(resume_here ? migrate::RecoverChoice::kResumeHere
+                                                              : migrate::RecoverChoice::kDiscard,
+                                                  Now()));
+  if (found->recover_done) {  // nothing reported: say where it stands
+    auto answer = std::move(found->recover_done);
+    found->recover_done = nullptr;
+    answer(ErrorResult(409, "migration " + found->id + " is " +
+                                std::string(migrate::ToString(found->machine.phase()))));
+  }
 }
 
 }  // namespace tern::agent

@@ -12,8 +12,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
+#include <tern/migrate/criu.hpp>
+#include <tern/migrate/migration_store.hpp>
+#include <tern/migrate/protocol_codec.hpp>
 #include <tern/process_tree.hpp>
 #include <tern/remove_tree.hpp>
 #include <tern/subprocess.hpp>
@@ -21,6 +25,7 @@
 #include "tern/jobs/in_namespace.hpp"
 #include "tern/jobs/job_file.hpp"
 #include "tern/jobs/job_launcher.hpp"
+#include "tern/jobs/process_identity.hpp"
 #include "tern/jobs/unique_fd.hpp"
 
 namespace tern::jobs {
@@ -44,11 +49,24 @@ std::string BaseName(const std::string& path) {
 
 namespace {
 
+// What the source recorded for a move (migrate::MigrationStore's file, written by the agent's
+// MigrationFileStore): "committed", "frozen", "aborted", or "" for none.
 std::string ReadOutcome(const std::string& state_dir, const std::string& migration_id) {
-  std::ifstream file(state_dir + "/migrations/" + migration_id + "/outcome");
-  std::string outcome;
-  file >> outcome;
-  return outcome;
+  if (!migrate::IsMigrationId(migration_id)) return "";
+  const std::string dir = state_dir + "/migrations/" + migration_id;
+  std::ifstream file(dir + "/record", std::ios::binary);
+  if (!file) {
+    // A move recorded by an agent from before the machines: a one-word `outcome` file.
+    std::ifstream legacy(dir + "/outcome");
+    std::string outcome;
+    legacy >> outcome;
+    return outcome;
+  }
+  const std::string bytes{std::istreambuf_iterator<char>(file), {}};
+  auto record = migrate::DecodeRecord(bytes);
+  if (!record) return "";
+  const auto* source = std::get_if<migrate::SourceRecord>(&*record);
+  return source ? std::string(migrate::ToString(source->stage)) : "";
 }
 
 }  // namespace
@@ -148,7 +166,13 @@ std::vector<std::string> JobSupervisor::Adopt() {
         // this frozen copy must never run again.
         spdlog::warn("job {} moved away by migration {}: discarding its frozen copy here", id,
                      job.record.migrating_id);
-        ::kill(job.record.pid, SIGKILL);
+        // Through a pidfd of the very process (pid and start time just checked): a pid reused
+        // in between is never signalled.
+        const UniqueFd pidfd =
+            OpenPidfd(ProcessIdentity{job.record.pid, job.record.pid_start_ticks, CurrentBootId()});
+        if (!pidfd.valid() || !SignalPidfd(pidfd.get(), SIGKILL)) {
+          spdlog::warn("job {}: its frozen copy (pid {}) is gone already", id, job.record.pid);
+        }
         jobs_.erase(id);
         std::error_code ignored;
         std::filesystem::remove(options_.state_dir + "/records/" + id + ".json", ignored);

@@ -47,6 +47,8 @@ int Cancel(Context& context, const std::vector<std::string>& ids);
 int Nodes(Context& context, Output output);
 int Migrate(Context& context, const std::string& id, const std::string& node,
             const std::string& mode, bool dry_run, Output output);
+// `tern recover JOB --resume-here|--discard`: what to do with a blocked move's copy (root).
+int Recover(Context& context, const std::string& id, bool resume_here);
 int Version(Context& context);
 // `tern pin` / `tern unpin`: sets or clears the pinned flag of each job.
 int Pin(Context& context, const std::vector<std::string>& ids, bool pin);

@@ -61,7 +61,8 @@ struct StepResult {
   bool ok = false;
   bool transient = false;
   std::string error;
-  std::string checks = "[]";              // kCheck: what was checked, a JSON array's text
+  std::string checks = "[]";  // kCheck: what was checked, a JSON array's text
+  bool shared_dir = false;    // destination kCheck: the job directory is the source's very one
   std::optional<PrepareRequest> prepare;  // source kCheck: the request to send
   std::optional<RestoreRequest> restore;  // source kDump: the images to send
   std::optional<Endpoint> page_server;    // destination kPrepareReceive, pre-copy

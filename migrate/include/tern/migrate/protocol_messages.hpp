@@ -56,7 +56,11 @@ struct PrepareRequest {
   std::uint64_t dir_inode = 0;
   std::uint64_t rss_bytes = 0;
   std::vector<OutsideFile> outside;
-  Endpoint lazy_source;  // post-copy: where the source serves the job's memory
+  Endpoint lazy_source;  // post-copy: where the source's relay serves the job's memory
+  // Post-copy: how that stream travels ("agents-tls": through `ternd page-relay` processes,
+  // inside the nodes' mutual TLS). "" from an older source, whose stream would be in the
+  // clear: D refuses it.
+  std::string lazy_relay;
   bool operator==(const PrepareRequest&) const = default;
 };
 

@@ -5,7 +5,7 @@
 //   kPreflight ─ok─► kPreparing ─ready─► [kPreDumping ─►] kDumping ─dumped─► kTransferring
 //      │                 │ dry run: kDryRunPassed        │ ▲ transient failure        │ restored
 //      ▼ refused         ▼ refused/silent/lost           ▼ │                          ▼
-//   kRefused          kAborted ◄──────────────── kDumpRetryWait               kHandingOff
+//   kRefused          kAborted ◄──────────────── kDumpRetryWait (post-copy)   kHandingOff
 //                        ▲  ▲ D lost during the dump:                              │ handed off
 //                        │  └── kDumpAbandoned (CRIU's dump cut; resume once it returns)
 //                        └──── any failure before the commit point ◄──────────────┤
@@ -20,14 +20,18 @@
 // copy is killed, and from there nothing resumes it. Decide after silence: when D does not
 // confirm the commit, S stops asking (kCommitUnacknowledged, reported) and answers D's
 // questions "committed" from its record; D, which holds a stopped copy, asks
-// (destination_machine.hpp). Retry rules: a dump failing transiently is tried again
-// (kDumpRetryWait, at most dump_attempts); the hand-off is polled while the job's IPC operations
-// settle (up to hand_off_patience); the commit is sent again every commit_retry up to
-// commit_attempts times.
+// (destination_machine.hpp). Retry rules: a post-copy dump failing transiently is tried again
+// (kDumpRetryWait, at most dump_attempts); a pre-copy one is not (D's page server serves one
+// session): the move aborts with a retryable report, and the adapter starts a fresh move, with
+// a fresh page server at D (kLockRetries moves for a held lock); the hand-off is polled while the
+// job's IPC operations settle (up to hand_off_patience); the commit is sent again every
+// commit_retry up to commit_attempts times.
 //
 // Restart: SourceMachine::Recover rebuilds it from its record (migration_store.hpp). A move
-// that has no record was never frozen: the adapter answers D's questions "unknown"
-// (AnswerWithoutMachine) and nothing else is owed.
+// that has no record was never frozen, or is settled: the adapter answers D's questions
+// "unknown" (AnswerWithoutMachine), which D takes as "aborted", and nothing else is owed. The
+// record is forgotten once D confirmed the commit (D recorded its resumed copy before it
+// answered, so it never asks again) and when a restart found it "aborted" (and told D again).
 //
 // Thread-safety: not thread-safe; the adapter drives one instance from one thread.
 #pragma once

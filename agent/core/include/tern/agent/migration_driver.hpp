@@ -1,13 +1,16 @@
 // MigrationDriver: live migration of this node's jobs, and the receiving end of migrations
-// from other nodes. It performs the actions of tern::migrate::SourceMigration (the protocol's
-// state machine) and feeds it their outcomes; CRIU runs on worker threads, never on the
-// agent's io_context thread.
+// from other nodes. The protocol lives in tern::migrate::SourceMachine (source_machine.hpp):
+// this adapter feeds it events (a CRIU step's result, the destination's answer, a timer, a
+// node lost) and performs the actions it returns, in order: CRIU steps on worker threads
+// (never on the agent's io_context thread), calls to the peer agent (protocol_codec.hpp's
+// bytes), persisting to a MigrationFileStore, timers, the job's IPC hooks. Retries, give-up
+// rules and the dry run are the machine's; this file holds no protocol state of its own.
 //
 // Source:      POST /v1/jobs/{id}/migrate   {"node", "mode", "dry_run"}
 // Destination: POST /v1/migrations/prepare, /v1/migrations/{mid}/restore, .../commit,
 //              .../abort (sent by the source agent over the peer link; refused otherwise)
-// Either:      GET  /v1/migrations/{mid}   the outcome the source recorded, so that a
-//              destination that lost the commit can still decide.
+// Either:      GET  /v1/migrations/{mid}   the outcome the source decided (its machine, or its
+//              record), so that a destination that lost the commit can still decide.
 //
 // Pre-copy streams memory to a CRIU page server on the destination while dumping (no full
 // image on the source's disk), inside CRIU's own TLS. Post-copy's lazy-page stream goes through
@@ -27,16 +30,22 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tern/expected.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/migrate/criu.hpp>
+#include <tern/migrate/destination_machine.hpp>
+#include <tern/migrate/source_machine.hpp>
 #include <utility>
+#include <vector>
 
 #include "tern/agent/api_call.hpp"
 #include "tern/agent/config.hpp"
+#include "tern/agent/migration_file_store.hpp"
 
 namespace tern::jobs {
 class JobSupervisor;
@@ -45,9 +54,8 @@ struct JobRecord;
 
 namespace tern::agent {
 
-class FaultHook;
-
 class Cluster;
+class FaultHook;
 
 class MigrationDriver {
  public:
@@ -56,8 +64,10 @@ class MigrationDriver {
   ~MigrationDriver();
 
   // A move that fails before the commit point on a CRIU hiccup (a thread vanishing mid-dump,
-  // the page server dropping its session) is tried once more; the job runs at the source in
-  // between.
+  // the page server dropping its session) is tried once more, one that met a file lock the job
+  // held up to kLockRetries times in all; each attempt is a fresh move (a fresh page server at
+  // the destination), and the job runs at the source in between. A job that came here by
+  // post-copy and still pulls its memory moves once all of it has arrived.
   void Migrate(const ApiCall& call, const jobs::JobRecord& job, ApiDone done, int attempt = 1);
   // Where migration events go ("migration" events: started, moved, failed).
   using Publisher = std::function<void(const std::string& type, nlohmann::json fields)>;
@@ -65,7 +75,8 @@ class MigrationDriver {
   // `criu restore --cgroup-root` values (NodeCgroup::CriuRoots): jobs restored here run in the
   // node's cgroup, not in the source's. Empty: CRIU's default (the source's cgroup paths).
   void SetCgroupRoots(std::vector<std::string> roots) { cgroup_roots_ = std::move(roots); }
-  // The fault campaign's hook (fault_hook.hpp), fired as moves enter phases; null: none.
+  // The fault campaign's hook (fault_hook.hpp), fired as either machine enters a phase; null:
+  // none.
   void SetFaultHook(FaultHook* hook) { faults_ = hook; }
   // The job's IPC side: why it cannot move ("" if it can), a fresh channel for a job restored
   // here (returns the job's end, or -1), and the channel's end when the job leaves or fails to
@@ -99,29 +110,51 @@ class MigrationDriver {
   // Dispatches /v1/migrations/... calls.
   void Handle(const ApiCall& call, const std::vector<std::string>& segments, ApiDone done);
 
+  // The blocked cases (DestinationMachine's kBlockedSourceSilent, kBlockedPagesLost): what
+  // `tern status` shows of a job whose copy here is blocked ({"migration", "state", "from",
+  // "reason", "recover"}), and the copies that are not a job here yet, as job entries (state
+  // "blocked") for the listing that finds a job's node.
+  std::optional<nlohmann::json> BlockedMove(const std::string& job) const;
+  std::vector<nlohmann::json> BlockedCopies() const;
+  // `tern recover JOB --resume-here|--discard` for the move of `job` held here; refused while
+  // the outcome can still be learned.
+  void Recover(const std::string& job, bool resume_here, ApiDone done);
+
  private:
-  // A move of `job` entered `phase` on this side: fires an armed fault that matches.
-  void FaultPoint(bool source, std::string_view phase, const std::string& job,
-                  const std::string& migration);
   struct Outgoing;
   struct Incoming;
 
-  void Prepare(const ApiCall& call, ApiDone done);
-  // Retries the IPC hand-off while the job's operations settle, up to `deadline`.
-  void HandOffIpc(const std::shared_ptr<Outgoing>& migration,
-                  std::chrono::steady_clock::time_point deadline);
-  void Accept(const std::shared_ptr<Incoming>& incoming);
-  void Restore(const std::string& mid, const ApiCall& call, ApiDone done);
+  // A move of `job` entered `phase` on this side: fires an armed fault that matches.
+  void FaultPoint(bool source, std::string_view phase, const std::string& job,
+                  const std::string& migration);
+
+  // Destination: performs a DestinationMachine's actions, in order. A reply goes to the
+  // source's call it answers (Incoming::waiting).
+  void Prepare(const ApiCall& call, migrate::PrepareRequest prepare, ApiDone done);
+  void ToIncoming(const migrate::Request& request, ApiDone done);
+  void ExecuteIncoming(const std::shared_ptr<Incoming>& incoming, migrate::MachineActions actions);
+  void AskSource(const std::shared_ptr<Incoming>& incoming, migrate::Request request);
+  void IncomingStepDone(const std::shared_ptr<Incoming>& incoming, migrate::StepResult result);
+  void RunDestinationStep(const std::shared_ptr<Incoming>& incoming,
+                          const migrate::StepRequest& step);
+  void CheckHere(const std::shared_ptr<Incoming>& incoming, const migrate::PrepareRequest& prepare);
+  // Page server (pre-copy) and parked CRIU, ahead of the images.
+  void StartReceiver(const std::shared_ptr<Incoming>& incoming,
+                     const migrate::PrepareRequest& prepare);
+  void RestoreHere(const std::shared_ptr<Incoming>& incoming,
+                   const migrate::RestoreRequest& restore);
+  void PullPages(const std::shared_ptr<Incoming>& incoming);
+  void ResumeCopy(const std::shared_ptr<Incoming>& incoming);
+  void DiscardCopy(const std::shared_ptr<Incoming>& incoming);
+  void ReportIncoming(const std::shared_ptr<Incoming>& incoming,
+                      const migrate::ReportAction& report);
+  // Destination moves found in the store at start-up, rebuilt by DestinationMachine::Recover.
+  void RecoverIncoming();
   // Starts `criu restore` (and, post-copy, `criu lazy-pages`) for `incoming` ahead of its
   // images (migrate::ParkedCriu); `then` learns whether they wait for them.
   void ParkCriu(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
                 const std::string& channel, std::function<void(Expected<void>)> then);
-  // Answers an accepted prepare with `answer` once CRIU is parked (at once for a source that
-  // names no channel); if CRIU cannot start, the move is dropped and the answer is an error.
-  void AnswerPrepare(const std::shared_ptr<Incoming>& incoming, const std::string& criu,
-                     const std::optional<std::string>& channel, const std::string& node,
-                     nlohmann::json answer, ApiDone done);
-  // Worker side: waits for a pre-copy page server to end (fails if the source aborted).
+  // Worker side: waits for a pre-copy page server to end (fails if the move was cancelled).
   static Expected<void> AwaitPageServer(Incoming& incoming);
   // Post-copy, destination: makes CRIU's loopback socket and dials the source's relay.
   Expected<void> DialLazyRelay(const std::shared_ptr<Incoming>& incoming);
@@ -139,26 +172,32 @@ class MigrationDriver {
   migrate::CriuTls PageServerTls() const;
   // Why CRIU could not use PageServerTls() (a file missing, a key others can read); "" if fine.
   std::string PageServerTlsProblem() const;
-  // Answers the source's restore call once the restore has ended (io thread).
-  void Restored(const std::shared_ptr<Incoming>& incoming,
-                Expected<std::pair<pid_t, double>> restored, const ApiDone& done);
-  void Commit(const std::string& mid, const ApiCall& call, ApiDone done);
-  void Abort(const std::string& mid, ApiDone done);
-  void Outcome(const std::string& mid, ApiDone done);
-  void CheckUndecided();
-  void LoadUnfinished();
 
-  // Source steps.
-  void Step(const std::shared_ptr<Outgoing>& migration, int event);
-  void SendCommit(const std::shared_ptr<Outgoing>& migration, int attempt);
+  // Source: performs a SourceMachine's actions, in order; a Persist that fails stops them
+  // and feeds OnPersistFailed. Replies (to D's questions) go to `answer`.
+  void Execute(const std::shared_ptr<Outgoing>& migration, migrate::MachineActions actions,
+               const ApiDone* answer = nullptr);
+  void SendToDestination(const std::shared_ptr<Outgoing>& migration, migrate::Request request);
+  void RunSourceStep(const std::shared_ptr<Outgoing>& migration, const migrate::StepRequest& step);
+  void Preflight(const std::shared_ptr<Outgoing>& migration);
+  void DumpJob(const std::shared_ptr<Outgoing>& migration, int attempt);
   void StartLazyDump(const std::shared_ptr<Outgoing>& migration);
   // Post-copy, source: makes CRIU's loopback socket and starts the relay process that waits for
   // the destination.
   Expected<void> OpenLazyRelay(const std::shared_ptr<Outgoing>& migration);
-  void Finish(const std::shared_ptr<Outgoing>& migration, unsigned status, std::string error);
-  void RecordOutcome(const std::string& mid, const std::string& outcome);
+  // The step's result goes back to the machine from the io thread, after the actions that
+  // started it were all performed.
+  void StepDone(const std::shared_ptr<Outgoing>& migration, migrate::StepResult result);
+  void KillSourceCopy(const std::shared_ptr<Outgoing>& migration);
+  void ResumeSourceCopy(const std::shared_ptr<Outgoing>& migration);
+  void Report(const std::shared_ptr<Outgoing>& migration, const migrate::ReportAction& report);
+  void ArmTimer(const std::shared_ptr<Outgoing>& migration, const migrate::ArmTimerAction& arm);
+  // Source moves found in the store at start-up, rebuilt by SourceMachine::Recover.
+  void RecoverOutgoing();
+  // D's questions about a move: this node's machine answers, else its record.
+  void AnswerQuery(const migrate::Request& query, ApiDone done);
   std::string MigrationDir(const std::string& mid) const;
-
+  static migrate::Millis Now();
   template <typename Work, typename Then>
   void OffThread(Work work, Then then);
 
@@ -169,7 +208,14 @@ class MigrationDriver {
   boost::asio::thread_pool workers_{2};
   std::map<std::string, std::shared_ptr<Outgoing>> outgoing_;
   std::map<std::string, std::shared_ptr<Incoming>> incoming_;
-  std::unique_ptr<boost::asio::steady_timer> undecided_timer_;
+  MigrationFileStore store_;
+  // Threads outside the pool (a post-copy pull, minutes long) post their result only while
+  // the driver lives.
+  struct Alive {
+    std::mutex mutex;
+    bool driver = true;
+  };
+  std::shared_ptr<Alive> alive_ = std::make_shared<Alive>();
   // Where the next search for a free CRIU port starts: random per agent, so that a restarted
   // agent does not walk into a port a helper of its predecessor still listens on.
   std::uint32_t next_port_ = 0;
@@ -179,8 +225,6 @@ class MigrationDriver {
   // with the moves asked for meanwhile: CRIU cannot dump a job before all of it has arrived.
   std::map<std::string, std::vector<std::function<void()>>> pulling_;
   void PulledIn(const std::string& job);
-  // Lets a helper thread's callback find out that this driver is gone.
-  std::shared_ptr<int> lifetime_ = std::make_shared<int>(0);
   std::vector<std::string> cgroup_roots_;
   FaultHook* faults_ = nullptr;
   IpcHooks ipc_;
