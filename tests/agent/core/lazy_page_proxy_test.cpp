@@ -15,6 +15,7 @@
 #include <tern/ipc/tls_files.hpp>
 #include <thread>
 
+#include "blocking_socket_io.hpp"
 #include "lazy_page_relay.hpp"
 #include "tls_test_certs.hpp"
 
@@ -22,6 +23,10 @@ namespace tern::agent {
 namespace {
 
 using ipc::testing::TestCa;
+using testing::Bound;
+using testing::ReadExactly;
+using testing::ReadToEnd;
+using testing::WriteAll;
 
 TEST(LazyPageRelayTest, HeadersRoundTripAndOversizedChunksAreRefused) {
   for (std::uint32_t length : {0u, 1u, 4096u, kMaxRelayChunk}) {
@@ -58,45 +63,6 @@ TEST(LoopbackTcpPairTest, TheTwoEndsTalkAndNoListenerStays) {
   // The port the pair was made on takes no one else: its listener is closed.
   UniqueFd intruder(::socket(AF_INET, SOCK_STREAM, 0));
   EXPECT_NE(::connect(intruder.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-}
-
-// Blocking reads on the test's side, bounded so that a broken relay fails instead of hanging.
-void Bound(int fd) {
-  timeval patience{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
-}
-
-std::string ReadExactly(int fd, std::size_t bytes) {
-  std::string out(bytes, '\0');
-  std::size_t have = 0;
-  while (have < bytes) {
-    const ssize_t got = ::read(fd, out.data() + have, bytes - have);
-    if (got <= 0) break;
-    have += static_cast<std::size_t>(got);
-  }
-  out.resize(have);
-  return out;
-}
-
-bool WriteAll(int fd, const std::string& bytes) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t put = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (put <= 0) return false;
-    done += static_cast<std::size_t>(put);
-  }
-  return true;
-}
-
-// Reads until end of file (or the bound): what arrived.
-std::string ReadToEnd(int fd) {
-  std::string out;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t got = ::read(fd, buffer, sizeof buffer);
-    if (got <= 0) return out;
-    out.append(buffer, static_cast<std::size_t>(got));
-  }
 }
 
 class LazyPageProxyTest : public ::testing::Test {

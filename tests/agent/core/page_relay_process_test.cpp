@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 
+#include "blocking_socket_io.hpp"
 #include "lazy_page_proxy.hpp"
 #include "tls_test_certs.hpp"
 
@@ -21,44 +22,11 @@ namespace tern::agent {
 namespace {
 
 using ipc::testing::TestCa;
+using testing::Bound;
+using testing::ReadExactly;
+using testing::ReadToEnd;
+using testing::WriteAll;
 using namespace std::chrono_literals;
-
-void Bound(int fd) {
-  timeval patience{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
-}
-
-bool WriteAll(int fd, const std::string& bytes) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t put = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (put <= 0) return false;
-    done += static_cast<std::size_t>(put);
-  }
-  return true;
-}
-
-std::string ReadExactly(int fd, std::size_t bytes) {
-  std::string out(bytes, '\0');
-  std::size_t have = 0;
-  while (have < bytes) {
-    const ssize_t got = ::read(fd, out.data() + have, bytes - have);
-    if (got <= 0) break;
-    have += static_cast<std::size_t>(got);
-  }
-  out.resize(have);
-  return out;
-}
-
-std::string ReadToEnd(int fd) {
-  std::string out;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t got = ::read(fd, buffer, sizeof buffer);
-    if (got <= 0) return out;
-    out.append(buffer, static_cast<std::size_t>(got));
-  }
-}
 
 // Whether the process behind `pidfd` ends within `patience` (the pidfd turns readable).
 bool Ends(int pidfd, std::chrono::milliseconds patience) {
