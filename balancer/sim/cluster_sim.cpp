@@ -20,6 +20,8 @@ using balancer::SharedGossipEntry;
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
+// How many agents (or messages) ahead the gossip phases start loading the next ones.
+constexpr std::size_t kAhead = 8;
 
 struct Job {
   JobSpec spec;
@@ -287,6 +289,10 @@ class Sim {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
       for (std::size_t i = begin; i < end; ++i) {
+        // Hints: the agents a few ahead load while this one ticks.
+        if (i + kAhead < end && nodes_[i + kAhead].next_gossip <= t) {
+          nodes_[i + kAhead].gossip->Prefetch();
+        }
         Node& node = nodes_[i];
         if (node.next_gossip > t) continue;
         GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
@@ -334,6 +340,7 @@ class Sim {
   void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
     std::bernoulli_distribution lost(options_.gossip_loss);
     for (auto& send : node.gossip->TickShared(now, ids_, node.rng)) {
+      for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
       bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
         bytes += EstimateEntryBytes(entry.load->jobs_running);
@@ -352,8 +359,20 @@ class Sim {
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
-      for (auto& message : inbox_) {
-        if (message.to < begin || message.to >= end) continue;
+      auto mine = [&](std::size_t k) {
+        return k < inbox_.size() && inbox_[k].to >= begin && inbox_[k].to < end;
+      };
+      for (std::size_t k = 0; k < inbox_.size(); ++k) {
+        // Hints, in stages some messages ahead: the receiver's Node, its Gossip, then the index
+        // cells of the window; each receiver is cold in cache, and their misses overlap.
+        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[inbox_[k + 2 * kAhead].to].gossip);
+        if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
+        if (mine(k + kAhead / 2)) {
+          const auto& next = inbox_[k + kAhead / 2];
+          nodes_[next.to].gossip->PrefetchWindow(next.entries);
+        }
+        if (!mine(k)) continue;
+        auto& message = inbox_[k];
         nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
         message.entries.clear();  // the vectors it did not keep go on this thread
       }

@@ -130,10 +130,29 @@ class Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
     const auto entries = FreshestEntries(now, n);
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) __builtin_prefetch(entry->load.get());
+    for (const auto* entry : entries) {
+      const auto* load = reinterpret_cast<const char*>(entry->load.get());
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+    }
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
+
+  // Hints only, no effect on results (tern-sim: thousands of agents in one process, each cold in
+  // cache when its turn comes): Prefetch() starts loading this object and its freshest list,
+  // PrefetchWindow() the index cells a window's entries will be looked up in (it reads this
+  // object: call Prefetch() earlier). Called a few agents ahead, their misses overlap.
+  void Prefetch() const {
+    const auto* self = reinterpret_cast<const char*>(this);
+    for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
+  }
+  void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
+    for (const auto& entry : entries) index_.Prefetch(entry.node_id);
+    if (!top_.empty()) __builtin_prefetch(top_.data());
+    if (!holes_.empty()) __builtin_prefetch(&holes_.back());
+  }
 
  private:
   struct Entry {
@@ -147,6 +166,13 @@ class Gossip {
     Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
   };
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
+  // An entry of top_: where it is, so that windows and Freshest() skip the index (an entry
+  // stays in its slot until it is removed).
+  struct Top {
+    Key key;
+    std::uint32_t slot = 0;
+  };
+  static bool Fresher(const Top& a, const Top& b) { return a.key > b.key; }
 
   static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
                     Millis dead_since, Millis news_since);
@@ -156,8 +182,8 @@ class Gossip {
   void Expire(Millis now);
   void Store(std::uint64_t id, Entry entry);
   void Remove(std::uint32_t slot);
-  // Keeps top_ the freshest live entries; `known`: the id may already be in top_.
-  void Touch(std::uint64_t id, const Entry& entry, bool known);
+  // Keeps top_ the freshest live entries; `known`: the entry may already be in top_.
+  void Touch(std::uint32_t slot, bool known);
   void Untop(std::uint64_t id);
   void Rebuild() const;
   SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
@@ -167,16 +193,20 @@ class Gossip {
   }
   // How late the expiry sweep may run: expired entries wait for it, counted as absent.
   Millis SweepSlack() const { return options_.max_age / 8; }
+  // slot_keys_ of a hole: never expires, never the oldest.
+  static constexpr Millis kHoleKey = Millis::max();
 
   GossipOptions options_;
   std::optional<Entry> self_;
-  // Others' entries in a flat vector (removal moves the last into the hole), found by id.
+  // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
+  // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
   std::vector<Millis> slot_keys_;  // slots_[i].key(), packed: the expiry sweep reads only these
+  std::vector<std::uint32_t> holes_;
   IdIndex index_;
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
-  mutable std::vector<Key> top_;
+  mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   Millis next_sweep_{0};
