@@ -247,18 +247,23 @@ void Gossip::Expire(Millis now) {
   // one sweep removes what expired over several ticks (expired entries count as absent
   // meanwhile: Expired()).
   if (now > next_sweep_) {
-    // Hints: the expired entries' index cells and vectors, loaded together before removal.
+    // In stages, each waiting for its cache misses together (hints): the expired entries' slots,
+    // then their index cells and vectors, then the removal.
+    Millis oldest = Millis::max();
+    expired_.clear();
     for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
       if (now - slot_keys_[slot] > options_.max_age) {
-        index_.Prefetch(slots_[slot].id);
-        PrefetchShared(slots_[slot].load);
+        __builtin_prefetch(&slots_[slot]);
+        expired_.push_back(static_cast<std::uint32_t>(slot));
+      } else {
+        oldest = std::min(oldest, slot_keys_[slot]);  // a hole's key is never the oldest
       }
     }
-    Millis oldest = Millis::max();
-    for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      if (now - slot_keys_[slot] > options_.max_age) Remove(static_cast<std::uint32_t>(slot));
-      oldest = std::min(oldest, slot_keys_[slot]);  // a hole's key is never the oldest
+    for (const auto slot : expired_) {
+      index_.Prefetch(slots_[slot].id);
+      PrefetchShared(slots_[slot].load);
     }
+    for (const auto slot : expired_) Remove(slot);
     next_sweep_ =
         oldest == Millis::max() ? Millis::max() : oldest + options_.max_age + SweepSlack();
   }

@@ -203,6 +203,7 @@ class Gossip {
   std::vector<Entry> slots_;
   std::vector<Millis> slot_keys_;  // slots_[i].key(), packed: the expiry sweep reads only these
   std::vector<std::uint32_t> holes_;
+  std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
   IdIndex index_;
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
