@@ -287,16 +287,22 @@ class Sim {
     const std::size_t parts = workers_.size();
     part_outbox_.resize(parts);
     part_bytes_.assign(parts, 0);
+    part_due_.resize(parts);
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
+      auto& due = part_due_[part];
+      due.clear();
       for (std::size_t i = begin; i < end; ++i) {
-        // Hints: the agents a few ahead load while this one ticks.
-        if (i + kAhead < end && nodes_[i + kAhead].next_gossip <= t) {
-          nodes_[i + kAhead].gossip->Prefetch();
-        }
-        Node& node = nodes_[i];
-        if (node.next_gossip > t) continue;
+        if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
+      }
+      // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
+      auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
+      for (std::size_t k = 0; k < due.size(); ++k) {
+        if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
+        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick();
+        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
+        Node& node = nodes_[due[k]];
         GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
         node.next_gossip += interval;
       }
@@ -372,6 +378,10 @@ class Sim {
         if (mine(k + kAhead / 2)) {
           const auto& next = inbox_[k + kAhead / 2];
           nodes_[next.to].gossip->PrefetchWindow(next.entries);
+        }
+        if (mine(k + kAhead / 4)) {
+          const auto& next = inbox_[k + kAhead / 4];
+          nodes_[next.to].gossip->PrefetchSlots(next.entries);
         }
         if (!mine(k)) continue;
         auto& message = inbox_[k];
@@ -465,6 +475,7 @@ class Sim {
   Workers workers_;
   std::vector<std::vector<Message>> part_outbox_;
   std::vector<std::uint64_t> part_bytes_;
+  std::vector<std::vector<std::uint32_t>> part_due_;  // the nodes that tick this step, per part
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

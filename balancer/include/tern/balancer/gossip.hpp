@@ -31,6 +31,7 @@
 // two Gossips on two threads may hold the same ones.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -141,9 +142,13 @@ class Gossip {
   const GossipOptions& options() const { return options_; }
 
   // Hints only, no effect on results (tern-sim: thousands of agents in one process, each cold in
-  // cache when its turn comes): Prefetch() starts loading this object and its freshest list,
-  // PrefetchWindow() the index cells a window's entries will be looked up in (it reads this
-  // object: call Prefetch() earlier). Called a few agents ahead, their misses overlap.
+  // cache when its turn comes). Each stage reads what the one before loaded: called for agents
+  // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
+  // several agents overlap instead of coming one after another.
+  //  - Prefetch(): this object.
+  //  - Before OnReceiveShared: PrefetchWindow() the index cells of the window's entries and the
+  //    freshest list, PrefetchSlots() the entries they name (or the holes new ones will fill).
+  //  - Before TickShared: PrefetchTick() the freshest list, PrefetchTickSlots() its entries.
   void Prefetch() const {
     const auto* self = reinterpret_cast<const char*>(this);
     for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
@@ -152,6 +157,25 @@ class Gossip {
     for (const auto& entry : entries) index_.Prefetch(entry.node_id);
     if (!top_.empty()) __builtin_prefetch(top_.data());
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
+  }
+  void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
+    std::size_t fresh = 0;
+    for (const auto& entry : entries) {
+      if (const auto* slot = index_.Find(entry.node_id)) {
+        __builtin_prefetch(&slots_[*slot]);
+      } else if (fresh < holes_.size()) {
+        __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
+      }
+    }
+  }
+  void PrefetchTick() const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    const auto* first = reinterpret_cast<const char*>(top_.data());
+    for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
+  }
+  void PrefetchTickSlots() const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   }
 
  private:
