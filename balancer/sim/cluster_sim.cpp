@@ -114,17 +114,42 @@ class Sim {
       Deliver(now);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);
-      for (const auto& spec : arrivals) Submit(spec, now);
+      if (UsesGossip()) {
+        // Hints: the origins' views, in stages some arrivals ahead (Gossip::Prefetch).
+        for (std::size_t k = 0; k < arrivals.size(); ++k) {
+          auto gossip = [&](std::size_t a) { return nodes_[arrivals[a].origin].gossip.get(); };
+          if (k + kAhead < arrivals.size()) gossip(k + kAhead)->Prefetch();
+          if (k + 3 * kAhead / 4 < arrivals.size()) {
+            gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+          }
+          if (k + kAhead / 2 < arrivals.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+          if (k + kAhead / 4 < arrivals.size()) gossip(k + kAhead / 4)->PrefetchLoads();
+          Submit(arrivals[k], now);
+        }
+      } else {
+        for (const auto& spec : arrivals) Submit(spec, now);
+      }
       Land(t + step);
       Progress(t, step);
       if (UsesGossip()) GossipTicks(t, now);
+      balance_due_.clear();
       for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
         Node& node = nodes_[i];
         if (node.next_balance <= t) {
-          if (Migrates() && !node.jobs.empty()) Balance(i, t);
+          if (Migrates() && !node.jobs.empty()) balance_due_.push_back(i);
           node.next_balance +=
               static_cast<double>(node.balancer->options().interval.count()) / 1000;
         }
+      }
+      for (std::size_t k = 0; k < balance_due_.size(); ++k) {
+        // Hints: the next nodes' views, in stages (Gossip::Prefetch).
+        auto gossip = [&](std::size_t a) { return nodes_[balance_due_[a]].gossip.get(); };
+        const std::size_t n = balance_due_.size();
+        if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+        if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+        if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads();
+        Balance(balance_due_[k], t);
       }
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
@@ -300,7 +325,7 @@ class Sim {
       auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
       for (std::size_t k = 0; k < due.size(); ++k) {
         if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
-        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick();
+        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick(now);
         if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
         Node& node = nodes_[due[k]];
         GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
@@ -475,7 +500,9 @@ class Sim {
   Workers workers_;
   std::vector<std::vector<Message>> part_outbox_;
   std::vector<std::uint64_t> part_bytes_;
-  std::vector<std::vector<std::uint32_t>> part_due_;  // the nodes that tick this step, per part
+  std::vector<std::vector<std::uint32_t>> part_due_;
+  std::vector<std::uint32_t>
+      balance_due_;  // the nodes that balance this step  // the nodes that tick this step, per part
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

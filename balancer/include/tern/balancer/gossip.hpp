@@ -148,14 +148,20 @@ class Gossip {
   //  - Prefetch(): this object.
   //  - Before OnReceiveShared: PrefetchWindow() the index cells of the window's entries and the
   //    freshest list, PrefetchSlots() the entries they name (or the holes new ones will fill).
-  //  - Before TickShared: PrefetchTick() the freshest list, PrefetchTickSlots() its entries.
+  //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
+  //    when it is due), PrefetchTickSlots() its entries.
+  //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
+  //    vectors of the freshest entries.
   void Prefetch() const {
     const auto* self = reinterpret_cast<const char*>(this);
     for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
   }
   void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
     for (const auto& entry : entries) index_.Prefetch(entry.node_id);
-    if (!top_.empty()) __builtin_prefetch(top_.data());
+    const auto* top = reinterpret_cast<const char*>(top_.data());
+    for (std::size_t byte = 0; byte < top_.size() * sizeof(Top); byte += 64) {
+      __builtin_prefetch(top + byte);
+    }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
@@ -168,14 +174,30 @@ class Gossip {
       }
     }
   }
-  void PrefetchTick() const {
+  void PrefetchTick(Millis now) const {
     const std::size_t n = std::min(top_.size(), options_.window);
     const auto* first = reinterpret_cast<const char*>(top_.data());
     for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
+    if (now > next_sweep_) {
+      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
+      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Millis); byte += 64) {
+        __builtin_prefetch(keys + byte);
+      }
+    }
   }
   void PrefetchTickSlots() const {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
+  }
+  void PrefetchLoads() const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto* load = reinterpret_cast<const char*>(slots_[top_[k].slot].load.get());
+      if (load == nullptr) continue;
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+    }
   }
 
  private:
