@@ -20,6 +20,8 @@ using balancer::SharedGossipEntry;
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
+// How many agents (or messages) ahead the gossip phases start loading the next ones.
+constexpr std::size_t kAhead = 8;
 
 struct Job {
   JobSpec spec;
@@ -37,7 +39,9 @@ struct Node {
   std::uint64_t mem_used = 0;
   std::unique_ptr<Gossip> gossip;
   std::unique_ptr<Balancer> balancer;
-  std::mt19937_64 rng;  // the node's own: its gossip peers and losses, whichever thread ticks it
+  // The node's own: its gossip peers and losses, whichever thread ticks it. Out of line: its
+  // 2.5 KB would spread the nodes the per-step passes walk over many more cache lines.
+  std::unique_ptr<std::mt19937_64> rng;
   double next_gossip = 0;
   double next_balance = 0;
   std::uint64_t seq = 0;
@@ -96,7 +100,7 @@ class Sim {
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
       node.next_gossip = phase(rng_) * gossip_s;
       node.next_balance = phase(rng_) * balance_s;
-      node.rng.seed(options.workload.seed * 1000003 + i);
+      node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
     }
   }
@@ -110,17 +114,42 @@ class Sim {
       Deliver(now);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);
-      for (const auto& spec : arrivals) Submit(spec, now);
+      if (UsesGossip()) {
+        // Hints: the origins' views, in stages some arrivals ahead (Gossip::Prefetch).
+        for (std::size_t k = 0; k < arrivals.size(); ++k) {
+          auto gossip = [&](std::size_t a) { return nodes_[arrivals[a].origin].gossip.get(); };
+          if (k + kAhead < arrivals.size()) gossip(k + kAhead)->Prefetch();
+          if (k + 3 * kAhead / 4 < arrivals.size()) {
+            gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+          }
+          if (k + kAhead / 2 < arrivals.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+          if (k + kAhead / 4 < arrivals.size()) gossip(k + kAhead / 4)->PrefetchLoads();
+          Submit(arrivals[k], now);
+        }
+      } else {
+        for (const auto& spec : arrivals) Submit(spec, now);
+      }
       Land(t + step);
       Progress(t, step);
       if (UsesGossip()) GossipTicks(t, now);
+      balance_due_.clear();
       for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
         Node& node = nodes_[i];
         if (node.next_balance <= t) {
-          if (Migrates() && !node.jobs.empty()) Balance(i, t);
+          if (Migrates() && !node.jobs.empty()) balance_due_.push_back(i);
           node.next_balance +=
               static_cast<double>(node.balancer->options().interval.count()) / 1000;
         }
+      }
+      for (std::size_t k = 0; k < balance_due_.size(); ++k) {
+        // Hints: the next nodes' views, in stages (Gossip::Prefetch).
+        auto gossip = [&](std::size_t a) { return nodes_[balance_due_[a]].gossip.get(); };
+        const std::size_t n = balance_due_.size();
+        if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+        if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+        if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads();
+        Balance(balance_due_[k], t);
       }
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
@@ -283,12 +312,22 @@ class Sim {
     const std::size_t parts = workers_.size();
     part_outbox_.resize(parts);
     part_bytes_.assign(parts, 0);
+    part_due_.resize(parts);
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
+      auto& due = part_due_[part];
+      due.clear();
       for (std::size_t i = begin; i < end; ++i) {
-        Node& node = nodes_[i];
-        if (node.next_gossip > t) continue;
+        if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
+      }
+      // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
+      auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
+      for (std::size_t k = 0; k < due.size(); ++k) {
+        if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
+        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick(now);
+        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
+        Node& node = nodes_[due[k]];
         GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
         node.next_gossip += interval;
       }
@@ -333,12 +372,13 @@ class Sim {
 
   void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
     std::bernoulli_distribution lost(options_.gossip_loss);
-    for (auto& send : node.gossip->TickShared(now, ids_, node.rng)) {
+    for (auto& send : node.gossip->TickShared(now, ids_, *node.rng)) {
+      for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
       bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
         bytes += EstimateEntryBytes(entry.load->jobs_running);
       }
-      if (lost(node.rng)) continue;
+      if (lost(*node.rng)) continue;
       outbox.push_back(
           Message{static_cast<std::uint32_t>(send.to - 1), node.id, std::move(send.entries)});
     }
@@ -352,8 +392,24 @@ class Sim {
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
-      for (auto& message : inbox_) {
-        if (message.to < begin || message.to >= end) continue;
+      auto mine = [&](std::size_t k) {
+        return k < inbox_.size() && inbox_[k].to >= begin && inbox_[k].to < end;
+      };
+      for (std::size_t k = 0; k < inbox_.size(); ++k) {
+        // Hints, in stages some messages ahead: the receiver's Node, its Gossip, then the index
+        // cells of the window; each receiver is cold in cache, and their misses overlap.
+        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[inbox_[k + 2 * kAhead].to].gossip);
+        if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
+        if (mine(k + kAhead / 2)) {
+          const auto& next = inbox_[k + kAhead / 2];
+          nodes_[next.to].gossip->PrefetchWindow(next.entries);
+        }
+        if (mine(k + kAhead / 4)) {
+          const auto& next = inbox_[k + kAhead / 4];
+          nodes_[next.to].gossip->PrefetchSlots(next.entries);
+        }
+        if (!mine(k)) continue;
+        auto& message = inbox_[k];
         nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
         message.entries.clear();  // the vectors it did not keep go on this thread
       }
@@ -444,6 +500,9 @@ class Sim {
   Workers workers_;
   std::vector<std::vector<Message>> part_outbox_;
   std::vector<std::uint64_t> part_bytes_;
+  std::vector<std::vector<std::uint32_t>> part_due_;
+  std::vector<std::uint32_t>
+      balance_due_;  // the nodes that balance this step  // the nodes that tick this step, per part
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

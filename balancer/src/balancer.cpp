@@ -81,8 +81,7 @@ void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
   // The view is a bounded sample (tens of nodes) and this runs at every placement: a linear
   // search, no hash table to allocate.
   const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
-  std::erase_if(planned_, [&](const auto& item) {
-    const Planned& plan = item.second;
+  std::erase_if(planned_, [&](const Planned& plan) {
     if (plan.in_flight) return false;
     if (now - plan.at > forget_after) return true;
     auto found = std::find_if(view.begin(), view.end(),
@@ -99,7 +98,7 @@ std::vector<Balancer::PlannedLoad> Balancer::PlannedLoads(const std::vector<Node
                                                           Millis now) const {
   // One walk over the plans for the whole view (it is tens of nodes, the plans a few).
   std::vector<PlannedLoad> sums(view.size());
-  for (const auto& [job, plan] : planned_) {
+  for (const auto& plan : planned_) {
     for (std::size_t k = 0; k < view.size(); ++k) {
       const NodeState& node = view[k];
       if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) {
@@ -157,7 +156,7 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
   const bool free_here =
       self && options_.place_local_when_free && demand(*self) + 1 <= Capacity(*self);
   if (free_here) best = self;
-  planned_.emplace("", Planned{best->id, 1.0, 0, now, false, false});
+  Plan(Planned{"", best->id, 1.0, 0, now, false, false});
   std::string reason = Name(*best) + " demand " + Fixed(demand(*best)) + " of " +
                        Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
                        " fresh nodes";
@@ -201,9 +200,7 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
   std::vector<const LocalJob*> movable;
   for (const auto& job : jobs) {
     bool in_flight = false;
-    for (auto [it, end] = planned_.equal_range(job.id); it != end; ++it) {
-      in_flight = in_flight || it->second.in_flight;
-    }
+    for (const auto& plan : PlansOf(job.id)) in_flight = in_flight || plan.in_flight;
     if (in_flight) continue;
     if (job.pinned) {
       out.skipped.push_back({job.id, "pinned"});
@@ -228,8 +225,8 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
     decision.reason = std::move(reason);
     out.migrate.push_back(std::move(decision));
     const auto rss = static_cast<std::int64_t>(job.rss_bytes);
-    planned_.emplace(job.id, Planned{to.id, Wants(job), rss, now, false, false});
-    planned_.emplace(job.id, Planned{self->id, -Wants(job), -rss, now, false, true});
+    Plan(Planned{job.id, to.id, Wants(job), rss, now, false, false});
+    Plan(Planned{job.id, self->id, -Wants(job), -rss, now, false, true});
     demand[self->id] -= Wants(job);
     demand[to.id] += Wants(job);
     mem_used[self->id] -= std::min(mem_used[self->id], job.rss_bytes);
@@ -383,29 +380,46 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
   return out;
 }
 
+void Balancer::Plan(Planned plan) {
+  // After the plans of the same job: where a multimap's emplace puts it.
+  auto at = std::upper_bound(planned_.begin(), planned_.end(), plan.job,
+                             [](const std::string& job, const Planned& p) { return job < p.job; });
+  planned_.insert(at, std::move(plan));
+}
+
+std::span<Balancer::Planned> Balancer::PlansOf(const std::string& job) {
+  auto first = std::lower_bound(planned_.begin(), planned_.end(), job,
+                                [](const Planned& p, const std::string& j) { return p.job < j; });
+  auto last = std::upper_bound(first, planned_.end(), job,
+                               [](const std::string& j, const Planned& p) { return j < p.job; });
+  return {first, last};
+}
+
 void Balancer::OnMigrationStarted(const std::string& job, std::uint64_t to, Millis now) {
-  auto [it, end] = planned_.equal_range(job);
-  if (it == end) {
-    planned_.emplace(job, Planned{to, 1.0, 0, now, true, false});  // a move decided elsewhere
+  auto plans = PlansOf(job);
+  if (plans.empty()) {
+    Plan(Planned{job, to, 1.0, 0, now, true, false});  // a move decided elsewhere
     return;
   }
-  for (; it != end; ++it) {
-    if (!it->second.outgoing) it->second.node = to;
-    it->second.at = now;
-    it->second.in_flight = true;
+  for (auto& plan : plans) {
+    if (!plan.outgoing) plan.node = to;
+    plan.at = now;
+    plan.in_flight = true;
   }
 }
 
 void Balancer::OnMigrationEnded(const std::string& job, bool moved, Millis now) {
   if (!moved) {
-    planned_.erase(job);
+    const auto plans = PlansOf(job);
+    const auto first = planned_.begin() + (plans.data() - planned_.data());
+    planned_.erase(first, first + static_cast<std::ptrdiff_t>(plans.size()));
     failed_[job] = now;
     return;
   }
   // Counted at the destination until information sampled after the move arrives.
-  for (auto [it, end] = planned_.equal_range(job); it != end; ++it) {
-    it->second.in_flight = false;
-    it->second.at = now;
+  for (auto& plan : PlansOf(job)) {
+    plan.in_flight = false;
+    plan.at = now;
   }
   arrived_[job] = now;
 }

@@ -46,32 +46,34 @@ void Gossip::RefreshLocal(Millis now) {
 
 void Gossip::Untop(std::uint64_t id) {
   auto it =
-      std::find_if(top_.begin(), top_.end(), [&](const Key& key) { return key.second == id; });
+      std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.key.second == id; });
   if (it != top_.end()) top_.erase(it);
 }
 
 void Gossip::Rebuild() const {
   top_.clear();
-  for (const auto& entry : slots_) {
-    if (!entry.dead) top_.emplace_back(entry.key(), entry.id);
+  for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+    const Entry& entry = slots_[slot];
+    if (entry.id != 0 && !entry.dead) top_.push_back(Top{Key{entry.key(), entry.id}, slot});
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
   std::partial_sort(top_.begin(), top_.begin() + static_cast<std::ptrdiff_t>(keep), top_.end(),
-                    std::greater<>());
+                    Fresher);
   top_.resize(keep);
 }
 
-void Gossip::Touch(std::uint64_t id, const Entry& entry, bool known) {
-  if (known) Untop(id);
+void Gossip::Touch(std::uint32_t slot, bool known) {
+  const Entry& entry = slots_[slot];
+  if (known) Untop(entry.id);
   if (entry.dead) return;
-  const Key key{entry.key(), id};
+  const Top top{Key{entry.key(), entry.id}, slot};
   if (!top_all_ && top_.empty()) {
     Rebuild();
     return;
   }
-  if (!top_all_ && key < top_.back()) return;  // older than every entry kept: stays out
-  top_.insert(std::upper_bound(top_.begin(), top_.end(), key, std::greater<>()), key);
+  if (!top_all_ && top.key < top_.back().key) return;  // older than every entry kept: stays out
+  top_.insert(std::upper_bound(top_.begin(), top_.end(), top, Fresher), top);
   if (top_.size() > TopCapacity()) {
     top_.pop_back();
     top_all_ = false;
@@ -86,6 +88,12 @@ void Gossip::Store(std::uint64_t id, Entry entry) {
     slot = *found;
     slots_[slot] = std::move(entry);
     slot_keys_[slot] = key;
+  } else if (!holes_.empty()) {
+    slot = holes_.back();
+    holes_.pop_back();
+    index_.Insert(id, slot);
+    slots_[slot] = std::move(entry);
+    slot_keys_[slot] = key;
   } else {
     slot = static_cast<std::uint32_t>(slots_.size());
     index_.Insert(id, slot);
@@ -97,7 +105,7 @@ void Gossip::Store(std::uint64_t id, Entry entry) {
   auto news = std::find(dead_news_.begin(), dead_news_.end(), id);
   if (stored.dead && news == dead_news_.end()) dead_news_.push_back(id);
   if (!stored.dead && news != dead_news_.end()) dead_news_.erase(news);
-  Touch(id, stored, found != nullptr);
+  Touch(slot, found != nullptr);
 }
 
 void Gossip::Remove(std::uint32_t slot) {
@@ -105,16 +113,13 @@ void Gossip::Remove(std::uint32_t slot) {
   index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back()) Untop(id);
-  std::erase(dead_news_, id);
-  const auto last = static_cast<std::uint32_t>(slots_.size() - 1);
-  if (slot != last) {
-    slots_[slot] = std::move(slots_[last]);
-    slot_keys_[slot] = slot_keys_[last];
-    index_.Insert(slots_[slot].id, slot);
-  }
-  slots_.pop_back();
-  slot_keys_.pop_back();
+  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back().key) Untop(id);
+  if (!dead_news_.empty()) std::erase(dead_news_, id);
+  // A hole, not the last entry moved here: that would be one more index update (a cache miss
+  // in tern-sim) and a stale slot in top_.
+  slots_[slot] = Entry{};
+  slot_keys_[slot] = kHoleKey;
+  holes_.push_back(slot);
 }
 
 std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
@@ -148,10 +153,13 @@ std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
   // The window's lookups wait for their cache misses together: first the index cells, then the
   // slots they name (hints; the merge below looks everything up again).
   for (const auto& incoming : entries) index_.Prefetch(incoming.node_id);
+  std::size_t fresh = 0;  // entries new to this agent: each fills a hole, if there is one
   for (const auto& incoming : entries) {
     if (const auto* slot = index_.Find(incoming.node_id)) {
       __builtin_prefetch(&slots_[*slot]);
       PrefetchShared(slots_[*slot].load);
+    } else if (fresh < holes_.size()) {
+      __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
     }
   }
   for (auto& incoming : entries) {
@@ -212,7 +220,7 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
     slot_keys_[*slot] = when;
-    Touch(id, known, true);
+    Touch(*slot, true);
   }
 }
 
@@ -239,22 +247,23 @@ void Gossip::Expire(Millis now) {
   // one sweep removes what expired over several ticks (expired entries count as absent
   // meanwhile: Expired()).
   if (now > next_sweep_) {
-    // Hints: the expired entries' index cells and vectors, loaded together before removal.
+    // In stages, each waiting for its cache misses together (hints): the expired entries' slots,
+    // then their index cells and vectors, then the removal.
+    Millis oldest = Millis::max();
+    expired_.clear();
     for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
       if (now - slot_keys_[slot] > options_.max_age) {
-        index_.Prefetch(slots_[slot].id);
-        PrefetchShared(slots_[slot].load);
+        __builtin_prefetch(&slots_[slot]);
+        expired_.push_back(static_cast<std::uint32_t>(slot));
+      } else {
+        oldest = std::min(oldest, slot_keys_[slot]);  // a hole's key is never the oldest
       }
     }
-    Millis oldest = Millis::max();
-    for (std::size_t slot = 0; slot < slot_keys_.size();) {
-      if (now - slot_keys_[slot] > options_.max_age) {
-        Remove(static_cast<std::uint32_t>(slot));  // the last moves here: look again
-        continue;
-      }
-      oldest = std::min(oldest, slot_keys_[slot]);
-      ++slot;
+    for (const auto slot : expired_) {
+      index_.Prefetch(slots_[slot].id);
+      PrefetchShared(slots_[slot].load);
     }
+    for (const auto slot : expired_) Remove(slot);
     next_sweep_ =
         oldest == Millis::max() ? Millis::max() : oldest + options_.max_age + SweepSlack();
   }
@@ -312,10 +321,8 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
   if (top_.size() < options_.window + 1 && !top_all_) Rebuild();
   // Hints: the window's index cells, then its vectors' reference counts, loaded together.
   const std::size_t hint = std::min(top_.size(), options_.window);
-  for (std::size_t k = 0; k < hint; ++k) index_.Prefetch(top_[k].second);
-  for (std::size_t k = 0; k < hint; ++k) {
-    if (const auto* slot = index_.Find(top_[k].second)) PrefetchShared(slots_[*slot].load);
-  }
+  for (std::size_t k = 0; k < hint; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
+  for (std::size_t k = 0; k < hint; ++k) PrefetchShared(slots_[top_[k].slot].load);
   for (const auto to : peers) {
     SharedGossipSend send{to, {}};
     auto& window = send.entries;
@@ -325,10 +332,10 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
       if (window.size() >= options_.window) break;
       if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
-    for (const auto& [key, id] : top_) {
-      if (window.size() >= options_.window || now - key > options_.max_age) break;
-      if (id == to) continue;  // the receiver knows its own load
-      window.push_back(ToWire(slots_[*index_.Find(id)], now));
+    for (const auto& [key, slot] : top_) {
+      if (window.size() >= options_.window || now - key.first > options_.max_age) break;
+      if (key.second == to) continue;  // the receiver knows its own load
+      window.push_back(ToWire(slots_[slot], now));
     }
     sends.push_back(std::move(send));
   }
@@ -341,7 +348,7 @@ std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
   if (self_) view.push_back(ViewEntry{*self_->load, now - self_->born, false});
   const auto first_other = view.size();
   for (const auto& entry : slots_) {
-    if (now - entry.key() > options_.max_age) continue;
+    if (entry.id == 0 || now - entry.key() > options_.max_age) continue;
     view.push_back(ViewEntry{*entry.load, now - entry.born, entry.dead});
   }
   std::sort(view.begin() + static_cast<std::ptrdiff_t>(first_other), view.end(),
@@ -360,7 +367,7 @@ std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) 
   return ViewEntry{*entry.load, now - entry.born, entry.dead};
 }
 
-std::size_t Gossip::size() const { return slots_.size() + (self_ ? 1 : 0); }
+std::size_t Gossip::size() const { return slots_.size() - holes_.size() + (self_ ? 1 : 0); }
 
 std::vector<Gossip::ViewEntry> Gossip::Freshest(Millis now, std::size_t n) const {
   std::vector<ViewEntry> out;
@@ -380,7 +387,7 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       // More than the kept top: sort them all (rare; the balancer asks for a window's worth).
       std::vector<Key> all;
       for (const auto& entry : slots_) {
-        if (!entry.dead) all.emplace_back(entry.key(), entry.id);
+        if (entry.id != 0 && !entry.dead) all.emplace_back(entry.key(), entry.id);
       }
       std::sort(all.begin(), all.end(), std::greater<>());
       for (const auto& [key, id] : all) {
@@ -390,9 +397,9 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       return out;
     }
   }
-  for (const auto& [key, id] : top_) {
-    if (out.size() >= n || now - key > options_.max_age) break;
-    out.push_back(&slots_[*index_.Find(id)]);
+  for (const auto& [key, slot] : top_) {
+    if (out.size() >= n || now - key.first > options_.max_age) break;
+    out.push_back(&slots_[slot]);
   }
   return out;
 }

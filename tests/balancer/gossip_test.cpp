@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -84,6 +85,53 @@ TEST(GossipTest, AnExpiredEntryAwaitingTheSweepCountsAsGone) {
   EXPECT_EQ(sends[0].entries[0].load.node_id, 2u);
   gossip.Tick(Millis(40000), {4}, rng);  // past the sweep's slack: node 3's entry is gone
   EXPECT_EQ(gossip.size(), 1u);
+}
+
+// Expired entries leave room that new ones take (tern-sim's views turn over every max_age): the
+// view, the windows and the balancer's sample hold exactly the live entries, through the turnover.
+TEST(GossipTest, ViewsTurnOverThroughExpiryAndStayExact) {
+  auto options = Options(1);
+  options.window = 4;
+  options.max_age = Millis(30000);
+  Gossip gossip(options);
+  std::mt19937_64 rng(1);
+  std::map<std::uint64_t, Millis> born;  // what the view must hold: node -> sampled at
+  for (int second = 0; second < 120; ++second) {
+    const Millis now(1000 * second);
+    // Two new nodes a second, sampled 0-9 s before; some known ones again, fresher.
+    for (std::uint64_t k = 0; k < 2; ++k) {
+      const std::uint64_t node = 2 + 2 * static_cast<std::uint64_t>(second) + k;
+      const Millis age(1000 * ((second + static_cast<int>(k)) % 10));
+      gossip.OnReceive(node, {{Vector(node, 1), age}}, now);
+      born[node] = now - age;
+    }
+    if (second >= 5) {
+      const std::uint64_t again = 2 + 2 * static_cast<std::uint64_t>(second - 5);
+      gossip.OnReceive(again, {{Vector(again, 1), Millis(0)}}, now);
+      if (now - born[again] <= options.max_age) born[again] = now;
+    }
+    gossip.Tick(now, {2}, rng);
+    std::erase_if(born, [&](const auto& item) { return now - item.second > options.max_age; });
+    const auto view = gossip.View(now);
+    ASSERT_EQ(view.size(), born.size()) << "at " << second << " s";
+    for (const auto& entry : view) {
+      ASSERT_EQ(now - entry.age, born.at(entry.load.node_id)) << "node " << entry.load.node_id;
+    }
+    // The sample: the freshest, freshest first (ties by node id, the highest first).
+    std::vector<std::pair<Millis, std::uint64_t>> expected;
+    for (const auto& [node, at] : born) expected.emplace_back(at, node);
+    std::sort(expected.begin(), expected.end(), std::greater<>());
+    expected.resize(std::min<std::size_t>(expected.size(), 6));
+    const auto freshest = gossip.Freshest(now, 6);
+    ASSERT_EQ(freshest.size(), expected.size());
+    for (std::size_t k = 0; k < expected.size(); ++k) {
+      EXPECT_EQ(freshest[k].load.node_id, expected[k].second) << "at " << second << " s";
+    }
+  }
+  // Past max_age and the sweep's slack with no news: nothing is held.
+  gossip.Tick(Millis(120000 + 40000), {2}, rng);
+  EXPECT_EQ(gossip.size(), 0u);
+  EXPECT_TRUE(gossip.View(Millis(160000)).empty());
 }
 
 TEST(GossipTest, WindowIsBoundedOwnEntryFirstThenDeathNewsThenFreshest) {

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -133,6 +134,7 @@ class Balancer {
   // Load this balancer sent to a node (a placement, a move) that the node's information may not
   // show yet: counted until information sampled after `at` arrives.
   struct Planned {
+    std::string job;  // "" for a placement
     std::uint64_t node = 0;
     double demand = 0;
     std::int64_t rss_bytes = 0;
@@ -153,9 +155,13 @@ class Balancer {
   std::optional<std::string> Held(const LocalJob& job, Millis now) const;
 
   BalancerOptions options_;
-  std::multimap<std::string, Planned> planned_;  // by job ("" for placements)
-  std::map<std::string, Millis> arrived_;        // job -> when it arrived here (or moved)
-  std::map<std::string, Millis> failed_;         // job -> when its last move failed
+  // By job, then in the order planned (a multimap's order, in one block: tern-sim runs
+  // thousands of balancers, each walking its plans at every placement and decision).
+  std::vector<Planned> planned_;
+  void Plan(Planned plan);
+  std::span<Planned> PlansOf(const std::string& job);
+  std::map<std::string, Millis> arrived_;  // job -> when it arrived here (or moved)
+  std::map<std::string, Millis> failed_;   // job -> when its last move failed
 };
 
 }  // namespace tern::balancer

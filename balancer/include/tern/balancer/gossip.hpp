@@ -31,6 +31,7 @@
 // two Gossips on two threads may hold the same ones.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -130,10 +131,74 @@ class Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
     const auto entries = FreshestEntries(now, n);
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) __builtin_prefetch(entry->load.get());
+    for (const auto* entry : entries) {
+      const auto* load = reinterpret_cast<const char*>(entry->load.get());
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+    }
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
+
+  // Hints only, no effect on results (tern-sim: thousands of agents in one process, each cold in
+  // cache when its turn comes). Each stage reads what the one before loaded: called for agents
+  // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
+  // several agents overlap instead of coming one after another.
+  //  - Prefetch(): this object.
+  //  - Before OnReceiveShared: PrefetchWindow() the index cells of the window's entries and the
+  //    freshest list, PrefetchSlots() the entries they name (or the holes new ones will fill).
+  //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
+  //    when it is due), PrefetchTickSlots() its entries.
+  //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
+  //    vectors of the freshest entries.
+  void Prefetch() const {
+    const auto* self = reinterpret_cast<const char*>(this);
+    for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
+  }
+  void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
+    for (const auto& entry : entries) index_.Prefetch(entry.node_id);
+    const auto* top = reinterpret_cast<const char*>(top_.data());
+    for (std::size_t byte = 0; byte < top_.size() * sizeof(Top); byte += 64) {
+      __builtin_prefetch(top + byte);
+    }
+    if (!holes_.empty()) __builtin_prefetch(&holes_.back());
+  }
+  void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
+    std::size_t fresh = 0;
+    for (const auto& entry : entries) {
+      if (const auto* slot = index_.Find(entry.node_id)) {
+        __builtin_prefetch(&slots_[*slot]);
+      } else if (fresh < holes_.size()) {
+        __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
+      }
+    }
+  }
+  void PrefetchTick(Millis now) const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    const auto* first = reinterpret_cast<const char*>(top_.data());
+    for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
+    if (now > next_sweep_) {
+      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
+      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Millis); byte += 64) {
+        __builtin_prefetch(keys + byte);
+      }
+    }
+  }
+  void PrefetchTickSlots() const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
+  }
+  void PrefetchLoads() const {
+    const std::size_t n = std::min(top_.size(), options_.window);
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto* load = reinterpret_cast<const char*>(slots_[top_[k].slot].load.get());
+      if (load == nullptr) continue;
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+    }
+  }
 
  private:
   struct Entry {
@@ -147,6 +212,13 @@ class Gossip {
     Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
   };
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
+  // An entry of top_: where it is, so that windows and Freshest() skip the index (an entry
+  // stays in its slot until it is removed).
+  struct Top {
+    Key key;
+    std::uint32_t slot = 0;
+  };
+  static bool Fresher(const Top& a, const Top& b) { return a.key > b.key; }
 
   static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
                     Millis dead_since, Millis news_since);
@@ -156,8 +228,8 @@ class Gossip {
   void Expire(Millis now);
   void Store(std::uint64_t id, Entry entry);
   void Remove(std::uint32_t slot);
-  // Keeps top_ the freshest live entries; `known`: the id may already be in top_.
-  void Touch(std::uint64_t id, const Entry& entry, bool known);
+  // Keeps top_ the freshest live entries; `known`: the entry may already be in top_.
+  void Touch(std::uint32_t slot, bool known);
   void Untop(std::uint64_t id);
   void Rebuild() const;
   SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
@@ -167,16 +239,21 @@ class Gossip {
   }
   // How late the expiry sweep may run: expired entries wait for it, counted as absent.
   Millis SweepSlack() const { return options_.max_age / 8; }
+  // slot_keys_ of a hole: never expires, never the oldest.
+  static constexpr Millis kHoleKey = Millis::max();
 
   GossipOptions options_;
   std::optional<Entry> self_;
-  // Others' entries in a flat vector (removal moves the last into the hole), found by id.
+  // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
+  // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
   std::vector<Millis> slot_keys_;  // slots_[i].key(), packed: the expiry sweep reads only these
+  std::vector<std::uint32_t> holes_;
+  std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
   IdIndex index_;
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
-  mutable std::vector<Key> top_;
+  mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   Millis next_sweep_{0};
