@@ -22,6 +22,10 @@
 
 namespace tern::ipc {
 
+// The job's end of its IPC channel is always this fd number in the job (TERN_IPC_FD; docs/ipc.md
+// "The job's channel"): the launcher puts it there, the node adapter reaches it by pidfd_getfd.
+inline constexpr int kJobIpcFd = 3;
+
 enum class JobOp : std::uint16_t {
   kPortAllocate = 1,         // {u32 queue_limit (0: default)} -> {u32 name}
   kMakeSend = 2,             // {u32 receive name} -> {u32 send name}
