@@ -116,6 +116,10 @@ struct PortRouter::State {
   std::uint64_t NewTicket(Ticket ticket);
   std::uint64_t NewTimer(TimerInfo info, std::uint32_t ms);
   void CancelTimer(std::uint64_t timer);
+  // Asks `port`'s home for one more ref of a send right for `job` (make_send, a name registered
+  // or found here); the answer comes back under a ticket of `kind`, with `request` and `text`.
+  void PostRefIncrement(TicketKind kind, const std::string& job, std::uint32_t request,
+                        ObjectId port, std::string text = {});
   void HandleResult(Envelope& e, std::uint64_t from);
   // HandleResult's handlers, one per TicketKind; `job` is null when the ticket's job is gone.
   void OnPreOpResult(Ticket& ticket, Envelope& e, JobState* job);

@@ -22,6 +22,19 @@ void PortRouter::State::CancelTimer(std::uint64_t timer) {
   if (timer && timers.erase(timer)) actions.cancelled_timers.push_back(timer);
 }
 
+void PortRouter::State::PostRefIncrement(TicketKind kind, const std::string& job,
+                                         std::uint32_t request, ObjectId port, std::string text) {
+  const std::uint64_t ticket = NewTicket(Ticket{.kind = kind,
+                                                .node = port.home,
+                                                .job = job,
+                                                .request = request,
+                                                .object = port,
+                                                .text = std::move(text)});
+  Post(port.home,
+       Envelope{
+           .kind = Remote::kRefDelta, .ticket = ticket, .job = job, .object = port, .delta = 1});
+}
+
 void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
   if (e.kind == Remote::kLinkCompleted) {
     if (!jobs.contains(e.job)) {
