@@ -35,8 +35,8 @@
 #include <tern/migrate/machine_actions.hpp>
 #include <tern/migrate/preflight.hpp>
 #include <tern/migrate/protocol_codec.hpp>
-#include <tern/migrate/remove_tree.hpp>
-#include <tern/migrate/subprocess.hpp>
+#include <tern/remove_tree.hpp>
+#include <tern/subprocess.hpp>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -188,7 +188,7 @@ bool Listening(std::uint16_t port) {
 
 // Waits until a page server started a moment ago listens on `port` (criu takes 20-30 ms to
 // start here), or ends.
-bool AwaitListening(migrate::BackgroundProcess& server, std::uint16_t port) {
+bool AwaitListening(BackgroundProcess& server, std::uint16_t port) {
   const auto deadline = Clock::now() + std::chrono::seconds(5);
   while (!Listening(port) && Clock::now() < deadline && server.Running()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -267,7 +267,7 @@ struct MigrationDriver::Outgoing {
   // Post-copy: the source's `criu dump --lazy-pages`, serving the job's memory after commit,
   // CRIU's end of its loopback connection (kept for a retried dump until one serves), and the
   // relay that carries that connection to the destination inside TLS.
-  std::shared_ptr<migrate::BackgroundProcess> lazy_dump;
+  std::shared_ptr<BackgroundProcess> lazy_dump;
   UniqueFd lazy_socket;
   std::shared_ptr<PageRelayProcess> lazy_relay;
   int phase_seen = -1;  // the machine's phase the fault hook last heard of
@@ -281,7 +281,7 @@ struct MigrationDriver::Incoming {
   std::string source;  // the source's node name
   std::string criu;
   std::string images;
-  migrate::BackgroundProcess page_server;
+  BackgroundProcess page_server;
   std::uint16_t page_server_port = 0;     // pre-copy: where page_server listens once started
   std::uint64_t rss = 0;                  // the job's resident memory at the source, at prepare
   std::vector<std::string> cgroup_roots;  // --cgroup-root: the job lands in this node's cgroup
@@ -298,7 +298,7 @@ struct MigrationDriver::Incoming {
   bool dry_run = false;
   migrate::PageServerTarget lazy_source;  // the source agent's relay listener
   std::string lazy_relay_kind;            // kLazyRelayTls from a source that relays
-  std::shared_ptr<migrate::BackgroundProcess> lazy_daemon;
+  std::shared_ptr<BackgroundProcess> lazy_daemon;
   // Post-copy: CRIU's end of the loopback connection (until `criu lazy-pages` holds it) and
   // the relay process to the source; the restore's worker waits for it to be in (the job is
   // not restored with no way to fetch its memory).
@@ -326,7 +326,7 @@ struct MigrationDriver::Incoming {
 namespace {
 
 // Lets a post-copy helper finish its transfer in the background, then reaps it.
-void LetFinish(std::shared_ptr<migrate::BackgroundProcess> process) {
+void LetFinish(std::shared_ptr<BackgroundProcess> process) {
   if (!process) return;
   std::thread([process] { process->Finish(std::chrono::minutes(30)); }).detach();
 }
@@ -527,15 +527,15 @@ void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
         const auto target = migration->page_server;
         OffThread(
             [target, dumping = migration->dumping] {
-              Expected<migrate::SubprocessResult> last = Fail("the dump had already returned");
+              Expected<SubprocessResult> last = Fail("the dump had already returned");
               for (int round = 0; round < 480 && dumping->load(); ++round) {
-                last = migrate::RunSubprocess(
+                last = RunSubprocess(
                     {"ss", "-K", "dst", target.address, "dport", "=", std::to_string(target.port)});
                 std::this_thread::sleep_for(std::chrono::milliseconds(250));
               }
               return last;
             },
-            [](Expected<migrate::SubprocessResult>) {});
+            [](Expected<SubprocessResult>) {});
       }
     } else if (auto* persist = std::get_if<migrate::PersistAction>(&action)) {
       // Durable before anything after it is done: "frozen" before the freeze, "committed"
@@ -940,7 +940,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     fail("cannot create a pipe for criu's status", false);
     return;
   }
-  auto dump = migrate::BackgroundProcess::Start(
+  auto dump = BackgroundProcess::Start(
       migrate::LazyDumpCommand(
           migration->criu, migration->job.pid, images, kLazySocketFd,
           migration->channel.empty()
@@ -955,7 +955,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     fail("cannot start criu dump: " + dump.error().message, false);
     return;
   }
-  migration->lazy_dump = std::make_shared<migrate::BackgroundProcess>(std::move(*dump));
+  migration->lazy_dump = std::make_shared<BackgroundProcess>(std::move(*dump));
   const int status_fd = status_pipe[0];
   OffThread(
       [status_fd] {
@@ -1701,7 +1701,7 @@ void MigrationDriver::StartReceiver(const std::shared_ptr<Incoming>& incoming,
       spdlog::info("migration {}: pages go to a tmpfs on {}", incoming->id, incoming->images);
     }
     migrate::PageServerTarget listen{HostOf(config_.cluster_advertise), FreePort(7200)};
-    auto server = migrate::BackgroundProcess::Start(
+    auto server = BackgroundProcess::Start(
         migrate::PageServerCommand(incoming->criu, incoming->images, listen, PageServerTls()),
         MigrationDir(incoming->id) + "/page-server.out");
     if (!server) {
@@ -1844,13 +1844,13 @@ void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
         auto images = migrate::UnpackDirectory(images_archive, incoming->images);
         if (!images) return Unexpected<Error>{images.error()};
         if (incoming->lazy) {
-          auto daemon = migrate::BackgroundProcess::Start(
+          auto daemon = BackgroundProcess::Start(
               migrate::LazyPagesCommand(criu, incoming->images, kLazySocketFd, -1),
               incoming->images + "/../lazy-pages.out",
               {{kLazySocketFd, incoming->lazy_socket.get()}});
           incoming->lazy_socket.Reset();
           if (!daemon) return Unexpected<Error>{daemon.error()};
-          incoming->lazy_daemon = std::make_shared<migrate::BackgroundProcess>(std::move(*daemon));
+          incoming->lazy_daemon = std::make_shared<BackgroundProcess>(std::move(*daemon));
           const auto deadline = Clock::now() + std::chrono::seconds(10);
           while (!fs::exists(incoming->images + "/lazy-pages.socket") && Clock::now() < deadline &&
                  incoming->lazy_daemon->Running()) {
@@ -1953,7 +1953,7 @@ Expected<std::pair<pid_t, double>> MigrationDriver::RestoreParked(Incoming& inco
     auto ready = incoming.parked_daemon.Release(*inventory);
     if (ready) ready = incoming.parked_daemon.AwaitStatus(std::chrono::seconds(10));
     incoming.lazy_daemon =
-        std::make_shared<migrate::BackgroundProcess>(std::move(incoming.parked_daemon.process()));
+        std::make_shared<BackgroundProcess>(std::move(incoming.parked_daemon.process()));
     if (!ready) {
       return Fail("the CRIU lazy-pages daemon did not start: " + ready.error().message + " (see " +
                   incoming.images + "/lazy-pages.log)");
@@ -2074,7 +2074,7 @@ void MigrationDriver::DiscardCopy(const std::shared_ptr<Incoming>& incoming) {
         migrate::RemoveImageTree(dir);
         if (!keep_dir && !job_dir.empty()) {
           // The job's user owns what is in it: removed without following their symlinks.
-          if (auto removed = migrate::RemoveTreeNoFollow(job_dir); !removed) {
+          if (auto removed = RemoveTreeNoFollow(job_dir); !removed) {
             spdlog::warn("{}", removed.error().message);
           }
         }
