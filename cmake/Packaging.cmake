@@ -11,7 +11,7 @@ install(TARGETS tern_client tern_client_shared
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(FILES ipc/libtern/include/tern/ipc.h ipc/libtern/include/tern/ipc.hpp
   base/include/tern/expected.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tern)
-install(FILES ipc/include/tern/ipc/job_wire.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tern/ipc)
+install(FILES ipc/include/tern/ipc/job_message.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tern/ipc)
 # The .pc file names the prefix it is installed under: CPack installs with CMAKE_INSTALL_PREFIX
 # /usr, so it is written at install time, not configure time.
 install(CODE "

@@ -7,6 +7,8 @@
 // uses the node's default socket) or from the host with `--node-socket`.
 //
 // The tests run in declaration order and share the cluster; the last one stops node3's agent.
+// That is why this file is long (over 800 lines): GoogleTest keeps declaration order within one
+// file only, and the tests build on each other's jobs and events on the one cluster.
 // On a failure the tails of the agents' logs are printed.
 #include <gtest/gtest.h>
 #include <pwd.h>

@@ -4,7 +4,8 @@
 #
 #   cmake -DSOURCE_DIR=<tree> -P check_dependencies.cmake
 #
-# Exits non-zero, listing each offending line, when a part reaches one it may not.
+# Exits non-zero, listing each offending line, when a part reaches one it may not, or when
+# libtern's public header reaches past the values a job sees (the channel's codec is private).
 cmake_minimum_required(VERSION 3.25)
 if(NOT SOURCE_DIR)
   message(FATAL_ERROR "check_dependencies: give -DSOURCE_DIR=<the source tree>")
@@ -99,6 +100,24 @@ foreach(part IN LISTS parts)
         endforeach()
       endforeach()
     endforeach()
+  endforeach()
+endforeach()
+
+# libtern's public headers (what the package installs for jobs) show the values a job sees and
+# nothing of the channel's codec: they may include, of tern's headers, only these.
+set(public_allowed "^tern/(expected\\.hpp|ipc\\.h|ipc/job_message\\.hpp)$")
+foreach(public IN ITEMS ipc/libtern/include/tern/ipc.hpp ipc/libtern/include/tern/ipc.h
+                        ipc/include/tern/ipc/job_message.hpp)
+  if(NOT EXISTS "${SOURCE_DIR}/${public}")
+    list(APPEND failures "${public}: libtern's public header is missing")
+    continue()
+  endif()
+  file(STRINGS "${SOURCE_DIR}/${public}" includes REGEX "^[ \t]*#[ \t]*include[ \t]*[<\"]tern/")
+  foreach(line IN LISTS includes)
+    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"]+)[>\"].*" "\\1" header "${line}")
+    if(NOT header MATCHES "${public_allowed}")
+      list(APPEND failures "${public}: a public header of libtern may not include ${header}")
+    endif()
   endforeach()
 endforeach()
 

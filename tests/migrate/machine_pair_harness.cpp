@@ -1,3 +1,6 @@
+// The world of machine_pair_harness.hpp. Over 800 lines because it is one simulation: the two
+// agents, their stores, the link, the scripted Checkpointer and every fault act on the same
+// event queue and copies of the job, and Verdict reads all of them.
 #include "machine_pair_harness.hpp"
 
 #include <functional>

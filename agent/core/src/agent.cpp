@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <tern/http/server.hpp>
+#include <tern/ipc/node/ipc_service.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 
 #include "api_access.hpp"
@@ -17,7 +18,6 @@
 #include "tern/agent/cluster_events.hpp"
 #include "tern/agent/dashboard.hpp"
 #include "tern/agent/event_bus.hpp"
-#include "tern/agent/ipc_service.hpp"
 #include "tern/agent/metrics.hpp"
 #include "tern/agent/migration_driver.hpp"
 #include "tern/agent/target.hpp"
@@ -85,7 +85,7 @@ Expected<void> Agent::Start() {
     migration_history_.OnEvent(event);
   });
   // Cluster comes later; IPC frames find it through this pointer once it exists.
-  ipc_ = std::make_unique<IpcService>(
+  ipc_ = std::make_unique<ipc::IpcService>(
       io_, identity_.id,
       [this](std::uint64_t node, std::vector<ipc::Frame> frames) {
         return cluster_ && cluster_->SendIpc(node, std::move(frames));

@@ -95,11 +95,11 @@ Expected<std::unique_ptr<PageRelayProcess>> PageRelayProcess::Serve(const Option
   auto argv = Command(options, "serve");
   argv.insert(argv.end(), {"--listen-fd", std::to_string(kListenFd), "--accept-patience-ms",
                            std::to_string(options.accept_patience.count())});
-  auto process = migrate::BackgroundProcess::Start(
+  auto process = BackgroundProcess::Start(
       argv, options.log_path, {{kCriuFd, criu_side.get()}, {kListenFd, listener->get()}});
   if (!process) return Unexpected<Error>{process.error()};
   auto relay = std::make_unique<PageRelayProcess>(Key{});
-  relay->process_ = std::make_shared<migrate::BackgroundProcess>(std::move(*process));
+  relay->process_ = std::make_shared<BackgroundProcess>(std::move(*process));
   relay->port_ = LocalPort(listener->get());
   relay->peer_node_ = options.peer_node;
   relay->log_path_ = options.log_path;
@@ -121,11 +121,11 @@ Expected<std::unique_ptr<PageRelayProcess>> PageRelayProcess::Dial(const Options
   auto argv = Command(options, "dial");
   argv.insert(argv.end(), {"--connect", host + ":" + std::to_string(port), "--status-fd",
                            std::to_string(kStatusFd)});
-  auto process = migrate::BackgroundProcess::Start(
+  auto process = BackgroundProcess::Start(
       argv, options.log_path, {{kCriuFd, criu_side.get()}, {kStatusFd, write_end.get()}});
   if (!process) return Unexpected<Error>{process.error()};
   auto relay = std::make_unique<PageRelayProcess>(Key{});
-  relay->process_ = std::make_shared<migrate::BackgroundProcess>(std::move(*process));
+  relay->process_ = std::make_shared<BackgroundProcess>(std::move(*process));
   relay->status_ = std::move(read_end);
   relay->port_ = port;
   relay->peer_node_ = options.peer_node;

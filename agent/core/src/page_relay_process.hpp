@@ -25,7 +25,7 @@
 #include <string>
 #include <tern/expected.hpp>
 #include <tern/ipc/tls_files.hpp>
-#include <tern/migrate/subprocess.hpp>
+#include <tern/subprocess.hpp>
 #include <tern/unique_fd.hpp>
 
 namespace tern::agent {
@@ -70,7 +70,7 @@ class PageRelayProcess {
   void LetRun();
 
  private:
-  std::shared_ptr<migrate::BackgroundProcess> process_;
+  std::shared_ptr<BackgroundProcess> process_;
   UniqueFd status_;  // Dial: the read end of the relay's status pipe
   std::uint16_t port_ = 0;
   std::string peer_node_;

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_wire.hpp>
 #include <tern/unique_fd.hpp>
 #include <unordered_map>
 #include <vector>

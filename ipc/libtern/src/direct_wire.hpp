@@ -21,6 +21,7 @@
 #include <tern/expected.hpp>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_wire.hpp>
 #include <vector>
 
 namespace tern::libtern {

@@ -1,4 +1,5 @@
 #include <tern/ipc.hpp>
+#include <tern/ipc/job_wire.hpp>
 
 namespace tern {
 

@@ -1,6 +1,7 @@
 // tern::PortWriter: data messages to one port as trains (JobOp::kSendBatch), several on their
 // way at once.
 #include <tern/ipc.hpp>
+#include <tern/ipc/job_wire.hpp>
 
 #include "channel_impl.hpp"
 
@@ -10,7 +11,10 @@ PortWriter::PortWriter(Channel channel, std::uint32_t port)
     : PortWriter(std::move(channel), port, Options{}) {}
 
 PortWriter::PortWriter(Channel channel, std::uint32_t port, Options options)
-    : channel_(std::move(channel)), port_(port), options_(options) {
+    : channel_(std::move(channel)),
+      port_(port),
+      options_(options),
+      train_(std::make_unique<ipc::WireWriter>(/*share_data=*/true)) {
   if (options_.window == 0) options_.window = 1;
   if (options_.train_messages == 0) options_.train_messages = 1;
 }
@@ -19,9 +23,9 @@ PortWriter::~PortWriter() { (void)flush(); }
 
 IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
   if (error_) return *error_;
-  train_.WriteMessageHeader({.destination = port_, .id = id, .item_count = 1});
-  train_.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-  train_.Borrowed(bytes);  // a large one is written from the caller's buffer, in Added()
+  train_->WriteMessageHeader({.destination = port_, .id = id, .item_count = 1});
+  train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+  train_->Borrowed(bytes);  // a large one is written from the caller's buffer, in Added()
   return Added();
 }
 
@@ -33,10 +37,10 @@ IpcResult<void> PortWriter::write(const Message& message) {
                       "PortWriter carries data only (bytes, out-of-line); send rights with send"};
     }
   }
-  train_.WriteMessageHeader({.destination = port_,
-                             .id = message.id,
-                             .item_count = static_cast<std::uint32_t>(message.items.size())});
-  train_.WriteItems(message.items);
+  train_->WriteMessageHeader({.destination = port_,
+                              .id = message.id,
+                              .item_count = static_cast<std::uint32_t>(message.items.size())});
+  train_->WriteItems(message.items);
   return Added();
 }
 
@@ -45,8 +49,8 @@ IpcResult<void> PortWriter::write(const Message& message) {
 IpcResult<void> PortWriter::Added() {
   ++train_count_;
   ++written_;
-  if (train_count_ >= options_.train_messages || train_.out().size() >= options_.train_bytes ||
-      !train_.shared().empty()) {
+  if (train_count_ >= options_.train_messages || train_->out().size() >= options_.train_bytes ||
+      !train_->shared().empty()) {
     return Ship();
   }
   return {};
@@ -56,18 +60,18 @@ IpcResult<void> PortWriter::Ship() {
   if (train_count_ == 0) return {};
   while (in_flight_.size() >= options_.window && !error_) CollectOldest();
   if (error_) {
-    train_ = ipc::WireWriter(/*share_data=*/true);  // holds no view of the caller's data
+    *train_ = ipc::WireWriter(/*share_data=*/true);  // holds no view of the caller's data
     return *error_;
   }
   // A stream never drops: a full queue holds the train at the port's home until there is room.
   const std::string header = libtern::TrainHeader(FullPolicy::kWait, ipc::kWaitForever,
                                                   static_cast<std::uint32_t>(train_count_));
   std::vector<std::string_view> pieces{header};
-  for (std::string_view piece : libtern::Pieces(train_)) pieces.push_back(piece);
+  for (std::string_view piece : libtern::Pieces(*train_)) pieces.push_back(piece);
   libtern::NoteAgentSend(*channel_.impl_, port_);
   auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
-  train_.out().clear();
-  train_.shared().clear();
+  train_->out().clear();
+  train_->shared().clear();
   train_count_ = 0;
   if (!request) {
     error_ = request.error();

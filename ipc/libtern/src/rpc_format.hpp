@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <tern/ipc.hpp>
+#include <tern/ipc/job_wire.hpp>
 
 namespace tern::libtern {
 

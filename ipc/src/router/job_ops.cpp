@@ -105,17 +105,7 @@ void PortRouter::State::OnMakeSend(const std::string& job_name, JobState& job,
   Entry* entry = Find(job, *name);
   if (!entry || entry->type != RightType::kReceive)
     return Invalid(job_name, request, *name, "a receive right");
-  const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kMakeSend,
-                                                .node = entry->id.home,
-                                                .job = job_name,
-                                                .request = request.id,
-                                                .object = entry->id});
-  Post(entry->id.home, Envelope{.kind = Remote::kRefDelta,
-                                .ticket = ticket,
-                                .job = job_name,
-                                .object = entry->id,
-                                .delta = 1});
-  return;
+  PostRefIncrement(TicketKind::kMakeSend, job_name, request.id, entry->id);
 }
 
 void PortRouter::State::OnDeallocate(const std::string& job_name, JobState& job,

@@ -26,15 +26,7 @@ std::string PortRouter::State::TakenWhy(
 
 void PortRouter::State::LookupFound(const std::string& job, std::uint32_t request,
                                     const std::string& text, ObjectId port) {
-  const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameLookupDelta,
-                                                .node = port.home,
-                                                .job = job,
-                                                .request = request,
-                                                .object = port,
-                                                .text = text});
-  Post(port.home,
-       Envelope{
-           .kind = Remote::kRefDelta, .ticket = ticket, .job = job, .object = port, .delta = 1});
+  PostRefIncrement(TicketKind::kNameLookupDelta, job, request, port, text);
 }
 
 void PortRouter::State::OnNameRegister(const std::string& job_name, JobState& job,
@@ -50,18 +42,7 @@ void PortRouter::State::OnNameRegister(const std::string& job_name, JobState& jo
   if (auto taken = names.find(*text); taken != names.end()) {
     return Error(job_name, request.id, JobStatus::kExists, TakenWhy(job, *text, taken));
   }
-  const std::uint64_t ticket = NewTicket(Ticket{.kind = TicketKind::kNameRegister,
-                                                .node = entry->id.home,
-                                                .job = job_name,
-                                                .request = request.id,
-                                                .object = entry->id,
-                                                .text = *text});
-  Post(entry->id.home, Envelope{.kind = Remote::kRefDelta,
-                                .ticket = ticket,
-                                .job = job_name,
-                                .object = entry->id,
-                                .delta = 1});
-  return;
+  PostRefIncrement(TicketKind::kNameRegister, job_name, request.id, entry->id, *text);
 }
 
 void PortRouter::State::OnNameUnregister(const std::string& job_name, JobState& /*job*/,

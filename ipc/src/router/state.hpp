@@ -21,9 +21,9 @@ using router::Envelope;
 using router::Holder;
 using router::JobState;
 using router::kMaxBatchBytes;
-using router::kRootUid;
 using router::kRegionChunk;
 using router::kRememberMoveMs;
+using router::kRootUid;
 using router::Link;
 using router::LinkOp;
 using router::NameSearch;
@@ -116,7 +116,24 @@ struct PortRouter::State {
   std::uint64_t NewTicket(Ticket ticket);
   std::uint64_t NewTimer(TimerInfo info, std::uint32_t ms);
   void CancelTimer(std::uint64_t timer);
+  // Asks `port`'s home for one more ref of a send right for `job` (make_send, a name registered
+  // or found here); the answer comes back under a ticket of `kind`, with `request` and `text`.
+  void PostRefIncrement(TicketKind kind, const std::string& job, std::uint32_t request,
+                        ObjectId port, std::string text = {});
   void HandleResult(Envelope& e, std::uint64_t from);
+  // HandleResult's handlers, one per TicketKind; `job` is null when the ticket's job is gone.
+  void OnPreOpResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnSendResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnReceiveResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnMakeSendResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnStatusResult(Ticket& ticket, Envelope& e);
+  void OnNotifyResult(Ticket& ticket, Envelope& e);
+  void OnLinkCancelResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnNameRegisterResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnNameRegisterCheckResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnNameLookupDeltaResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnNameQueryResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnRegionFetchResult(Ticket& ticket, Envelope& e);
   void FailTicketsTo(std::uint64_t node);
 
   // ---- capability_table.cpp

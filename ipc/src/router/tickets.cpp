@@ -1,6 +1,6 @@
 // PortRouter, tickets.cpp
 // Tickets: an operation sent to another home waits under a ticket for its result; results come back
-// here, by the ticket's kind. Timers are allocated here too.
+// here, one handler per ticket kind (HandleResult picks it). Timers are allocated here too.
 #include "state.hpp"
 
 namespace tern::ipc {
@@ -20,6 +20,19 @@ std::uint64_t PortRouter::State::NewTimer(TimerInfo info, std::uint32_t ms) {
 
 void PortRouter::State::CancelTimer(std::uint64_t timer) {
   if (timer && timers.erase(timer)) actions.cancelled_timers.push_back(timer);
+}
+
+void PortRouter::State::PostRefIncrement(TicketKind kind, const std::string& job,
+                                         std::uint32_t request, ObjectId port, std::string text) {
+  const std::uint64_t ticket = NewTicket(Ticket{.kind = kind,
+                                                .node = port.home,
+                                                .job = job,
+                                                .request = request,
+                                                .object = port,
+                                                .text = std::move(text)});
+  Post(port.home,
+       Envelope{
+           .kind = Remote::kRefDelta, .ticket = ticket, .job = job, .object = port, .delta = 1});
 }
 
 void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
@@ -46,220 +59,249 @@ void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
   tickets.erase(it);
   (void)from;
   auto job_it = jobs.find(ticket.job);
-  const bool job_alive = job_it != jobs.end();
+  JobState* job = job_it != jobs.end() ? &job_it->second : nullptr;
   switch (ticket.kind) {
-    case TicketKind::kPreOp: {
-      auto& send = *ticket.send;
-      --send.outstanding;
-      if (e.status != JobStatus::kOk && !send.failed) {
-        send.failed = true;
-        send.status = e.status;
-        send.error = e.text;
-      }
-      if (job_alive) PumpSends(ticket.job, job_it->second);
-      return;
-    }
-    case TicketKind::kSend: {
-      if (ticket.send->batch) {
-        if (e.status == JobStatus::kDeadName && job_alive) {
-          MarkDead(job_it->second, ticket.send->envelope.object);
-        }
-        WireWriter out;
-        out.U32(e.a);
-        out.U16(static_cast<std::uint16_t>(e.status));
-        out.Bytes(e.text);
-        return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
-      }
-      if (e.status == JobStatus::kOk) {
-        SendDone(ticket.job, *ticket.send);
-      } else {
-        for (auto& undo : ticket.send->on_failure) undo();
-        if (e.status == JobStatus::kDeadName && job_alive) {
-          MarkDead(job_it->second, ticket.send->envelope.object);
-        }
-        Error(ticket.job, ticket.request, e.status, e.text);
-      }
-      return;
-    }
-    case TicketKind::kReceive: {
-      if (e.status != JobStatus::kOk || !e.message) {
-        return Error(ticket.job, ticket.request, e.status, e.text);
-      }
-      if (!job_alive) return ReleaseTransit(*e.message);
-      auto delivery = std::make_shared<Delivery>();
-      delivery->job = ticket.job;
-      delivery->request = ticket.request;
-      delivery->receive_name = ticket.name;
-      delivery->many = ticket.many;
-      delivery->message = std::move(*e.message);
-      return StartDelivery(delivery);
-    }
-    case TicketKind::kMakeSend: {
-      if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
-      if (!job_alive) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
-      WireWriter out;
-      out.U32(Insert(job_it->second, RightType::kSend, ticket.object));
-      return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
-    }
-    case TicketKind::kStatus: {
-      if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
-      WireWriter out;
-      out.U32(e.a);
-      out.U32(e.b);
-      out.U32(e.c);
-      return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
-    }
+    case TicketKind::kPreOp:
+      return OnPreOpResult(ticket, e, job);
+    case TicketKind::kSend:
+      return OnSendResult(ticket, e, job);
+    case TicketKind::kReceive:
+      return OnReceiveResult(ticket, e, job);
+    case TicketKind::kMakeSend:
+      return OnMakeSendResult(ticket, e, job);
+    case TicketKind::kStatus:
+      return OnStatusResult(ticket, e);
     case TicketKind::kNotify:
-      if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
-      return Reply(ticket.job, ticket.request, JobStatus::kOk);
-    case TicketKind::kLinkCancel: {
-      if (e.status == JobStatus::kAlreadyMatched) *ticket.matched = true;
-      if (--*ticket.remaining > 0) return;
-      if (!job_alive) return;
-      auto op = job_it->second.ops.find(ticket.handle);
-      if (*ticket.matched || op == job_it->second.ops.end()) {
-        return Error(ticket.job, ticket.request, JobStatus::kAlreadyMatched,
-                     "the operation has been matched already");
-      }
-      if (op->second.waiting_request) {
-        CancelTimer(op->second.wait_timer);
-        Error(ticket.job, *op->second.waiting_request, JobStatus::kCancelled,
-              "the operation was cancelled");
-      }
-      job_it->second.ops.erase(op);
-      return Reply(ticket.job, ticket.request, JobStatus::kOk);
+      return OnNotifyResult(ticket, e);
+    case TicketKind::kLinkCancel:
+      return OnLinkCancelResult(ticket, e, job);
+    case TicketKind::kNameRegister:
+      return OnNameRegisterResult(ticket, e, job);
+    case TicketKind::kNameRegisterCheck:
+      return OnNameRegisterCheckResult(ticket, e, job);
+    case TicketKind::kNameLookupDelta:
+      return OnNameLookupDeltaResult(ticket, e, job);
+    case TicketKind::kNameQuery:
+      return OnNameQueryResult(ticket, e, job);
+    case TicketKind::kRegionFetch:
+      return OnRegionFetchResult(ticket, e);
+  }
+}
+
+// A pre-operation of a send (a right it carries, moved or copied at its home) is done.
+void PortRouter::State::OnPreOpResult(Ticket& ticket, Envelope& e, JobState* job) {
+  auto& send = *ticket.send;
+  --send.outstanding;
+  if (e.status != JobStatus::kOk && !send.failed) {
+    send.failed = true;
+    send.status = e.status;
+    send.error = e.text;
+  }
+  if (job) PumpSends(ticket.job, *job);
+}
+
+void PortRouter::State::OnSendResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (ticket.send->batch) {
+    if (e.status == JobStatus::kDeadName && job) MarkDead(*job, ticket.send->envelope.object);
+    WireWriter out;
+    out.U32(e.a);
+    out.U16(static_cast<std::uint16_t>(e.status));
+    out.Bytes(e.text);
+    return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+  }
+  if (e.status == JobStatus::kOk) return SendDone(ticket.job, *ticket.send);
+  for (auto& undo : ticket.send->on_failure) undo();
+  if (e.status == JobStatus::kDeadName && job) MarkDead(*job, ticket.send->envelope.object);
+  Error(ticket.job, ticket.request, e.status, e.text);
+}
+
+void PortRouter::State::OnReceiveResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (e.status != JobStatus::kOk || !e.message) {
+    return Error(ticket.job, ticket.request, e.status, e.text);
+  }
+  if (!job) return ReleaseTransit(*e.message);
+  auto delivery = std::make_shared<Delivery>();
+  delivery->job = ticket.job;
+  delivery->request = ticket.request;
+  delivery->receive_name = ticket.name;
+  delivery->many = ticket.many;
+  delivery->message = std::move(*e.message);
+  StartDelivery(delivery);
+}
+
+void PortRouter::State::OnMakeSendResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+  if (!job) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
+  WireWriter out;
+  out.U32(Insert(*job, RightType::kSend, ticket.object));
+  Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+}
+
+void PortRouter::State::OnStatusResult(Ticket& ticket, Envelope& e) {
+  if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+  WireWriter out;
+  out.U32(e.a);
+  out.U32(e.b);
+  out.U32(e.c);
+  Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+}
+
+void PortRouter::State::OnNotifyResult(Ticket& ticket, Envelope& e) {
+  if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+  Reply(ticket.job, ticket.request, JobStatus::kOk);
+}
+
+// One home's answer to cancelling a link operation; the job hears once every home answered.
+void PortRouter::State::OnLinkCancelResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (e.status == JobStatus::kAlreadyMatched) *ticket.matched = true;
+  if (--*ticket.remaining > 0) return;
+  if (!job) return;
+  auto op = job->ops.find(ticket.handle);
+  if (*ticket.matched || op == job->ops.end()) {
+    return Error(ticket.job, ticket.request, JobStatus::kAlreadyMatched,
+                 "the operation has been matched already");
+  }
+  if (op->second.waiting_request) {
+    CancelTimer(op->second.wait_timer);
+    Error(ticket.job, *op->second.waiting_request, JobStatus::kCancelled,
+          "the operation was cancelled");
+  }
+  job->ops.erase(op);
+  Reply(ticket.job, ticket.request, JobStatus::kOk);
+}
+
+// The send right the name will stand for is made at the port's home.
+void PortRouter::State::OnNameRegisterResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+  if (!job || names.contains(ticket.text)) {
+    ReleaseRight(RightType::kSend, ticket.object, 1, "");
+    if (job) {
+      Error(ticket.job, ticket.request, JobStatus::kExists,
+            "the name \"" + ticket.text + "\" is registered already");
     }
-    case TicketKind::kNameRegister: {
-      if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
-      if (!job_alive || names.contains(ticket.text)) {
-        ReleaseRight(RightType::kSend, ticket.object, 1, "");
-        if (job_alive) {
-          Error(ticket.job, ticket.request, JobStatus::kExists,
-                "the name \"" + ticket.text + "\" is registered already");
-        }
-        return;
-      }
-      if (peers.empty() || job_it->second.uid == kRootUid) {
-        names[ticket.text] = {ticket.object, ticket.job};
-        return Reply(ticket.job, ticket.request, JobStatus::kOk);
-      }
-      // Only the user who holds a name (or root) may register it on another node too: ask
-      // every peer before it goes in.
-      auto search = std::make_shared<NameSearch>();
-      search->remaining = static_cast<int>(peers.size());
-      for (std::uint64_t peer : peers) {
-        const std::uint64_t check = NewTicket(Ticket{.kind = TicketKind::kNameRegisterCheck,
-                                                     .node = peer,
-                                                     .job = ticket.job,
-                                                     .request = ticket.request,
-                                                     .object = ticket.object,
-                                                     .text = ticket.text,
-                                                     .search = search});
-        Post(peer, Envelope{.kind = Remote::kNameQuery,
-                            .ticket = check,
-                            .job = ticket.job,
-                            .text = ticket.text});
-      }
-      return;
-    }
-    case TicketKind::kNameRegisterCheck: {
-      auto& search = *ticket.search;
-      // A node that cannot be reached does not hold the name against the job (it cannot
-      // answer calls either); its answer would have arrived as kUnavailable.
-      if (e.status == JobStatus::kOk && e.object.valid() && job_alive) {
-        const std::optional<std::uint32_t> owner =
-            e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
-        if (owner != job_it->second.uid && !search.conflict) {
-          search.conflict = true;
-          search.conflict_node = e.origin;
-        }
-      }
-      if (--search.remaining > 0) return;
-      if (!job_alive || search.conflict || names.contains(ticket.text)) {
-        ReleaseRight(RightType::kSend, ticket.object, 1, "");
-        if (!job_alive) return;
-        if (search.conflict) {
-          return Error(ticket.job, ticket.request, JobStatus::kExists,
-                       "the name \"" + ticket.text + "\" is registered by another user on node " +
-                           std::to_string(search.conflict_node));
-        }
-        return Error(ticket.job, ticket.request, JobStatus::kExists,
-                     "the name \"" + ticket.text + "\" is registered already");
-      }
-      names[ticket.text] = {ticket.object, ticket.job};
-      return Reply(ticket.job, ticket.request, JobStatus::kOk);
-    }
-    case TicketKind::kNameLookupDelta: {
-      if (e.status != JobStatus::kOk) {
-        auto stale = names.find(ticket.text);
-        if (stale != names.end() && stale->second.first == ticket.object) names.erase(stale);
-        return Error(ticket.job, ticket.request, JobStatus::kNotFound,
-                     "no port is registered as \"" + ticket.text + "\"");
-      }
-      if (!job_alive) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
-      WireWriter out;
-      out.U32(Insert(job_it->second, RightType::kSend, ticket.object));
-      return Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
-    }
-    case TicketKind::kNameQuery: {
-      auto& search = *ticket.search;
-      if (search.remaining <= 0) return;  // answered already
-      if (e.status == JobStatus::kOk && e.object.valid()) {
-        const std::optional<std::uint32_t> owner =
-            e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
-        const int rank = OwnerRank(job_alive ? job_it->second.uid : std::nullopt, owner);
-        if (rank < search.rank) {
-          search.rank = rank;
-          search.best = e.object;
-        }
-        if (rank == 0) {  // the caller's own user's: nothing better can come
-          search.remaining = 0;
-          return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
-        }
-      }
-      if (--search.remaining > 0) return;
-      if (search.best.valid()) {
-        return LookupFound(ticket.job, ticket.request, ticket.text, search.best);
-      }
-      return Error(ticket.job, ticket.request, JobStatus::kNotFound,
-                   "no port is registered as \"" + ticket.text + "\" on any node");
-    }
-    case TicketKind::kRegionFetch: {
-      // One chunk of a remote region: the first one tells its size (e.delta), which must be
-      // within this node's cap; each is written into the copy, and the next asked for.
-      auto& delivery = *ticket.delivery;
-      const std::uint64_t total = static_cast<std::uint64_t>(e.delta);
-      bool copying = e.status == JobStatus::kOk && total > 0 && ticket.offset < total &&
-                     !e.text.empty() && e.text.size() <= total - ticket.offset;
-      ObjectId copy = ticket.copy;
-      if (copying && ticket.offset == 0) {
-        copy = NewObject();
-        copying = total <= limits.max_region_bytes && store.Create(copy, total);
-        if (!copying) copy = {};
-      }
-      copying = copying && store.Write(copy, ticket.offset, e.text);
-      if (copying && ticket.offset + e.text.size() < total) {
-        Ticket next = std::move(ticket);
-        next.copy = copy;
-        next.offset += e.text.size();
-        const std::uint64_t again = NewTicket(next);
-        Post(next.node, Envelope{.kind = Remote::kRegionFetch,
-                                 .ticket = again,
-                                 .object = next.object,
-                                 .delta = static_cast<std::int64_t>(next.offset)});
-        return;
-      }
-      if (copying) {
-        regions[copy.serial] = Region{total, 1};
-        delivery.copied[ticket.handle] = copy;
-      } else if (copy.valid()) {
-        store.Destroy(copy);
-      }
-      ReleaseRight(RightType::kRegion, ticket.object, 1, "");
-      if (--delivery.outstanding == 0) FinishDelivery(ticket.delivery);
-      return;
+    return;
+  }
+  if (peers.empty() || job->uid == kRootUid) {
+    names[ticket.text] = {ticket.object, ticket.job};
+    return Reply(ticket.job, ticket.request, JobStatus::kOk);
+  }
+  // Only the user who holds a name (or root) may register it on another node too: ask
+  // every peer before it goes in.
+  auto search = std::make_shared<NameSearch>();
+  search->remaining = static_cast<int>(peers.size());
+  for (std::uint64_t peer : peers) {
+    const std::uint64_t check = NewTicket(Ticket{.kind = TicketKind::kNameRegisterCheck,
+                                                 .node = peer,
+                                                 .job = ticket.job,
+                                                 .request = ticket.request,
+                                                 .object = ticket.object,
+                                                 .text = ticket.text,
+                                                 .search = search});
+    Post(peer,
+         Envelope{
+             .kind = Remote::kNameQuery, .ticket = check, .job = ticket.job, .text = ticket.text});
+  }
+}
+
+// One peer's answer to whether another user holds the name there.
+void PortRouter::State::OnNameRegisterCheckResult(Ticket& ticket, Envelope& e, JobState* job) {
+  auto& search = *ticket.search;
+  // A node that cannot be reached does not hold the name against the job (it cannot
+  // answer calls either); its answer would have arrived as kUnavailable.
+  if (e.status == JobStatus::kOk && e.object.valid() && job) {
+    const std::optional<std::uint32_t> owner =
+        e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
+    if (owner != job->uid && !search.conflict) {
+      search.conflict = true;
+      search.conflict_node = e.origin;
     }
   }
+  if (--search.remaining > 0) return;
+  if (!job || search.conflict || names.contains(ticket.text)) {
+    ReleaseRight(RightType::kSend, ticket.object, 1, "");
+    if (!job) return;
+    if (search.conflict) {
+      return Error(ticket.job, ticket.request, JobStatus::kExists,
+                   "the name \"" + ticket.text + "\" is registered by another user on node " +
+                       std::to_string(search.conflict_node));
+    }
+    return Error(ticket.job, ticket.request, JobStatus::kExists,
+                 "the name \"" + ticket.text + "\" is registered already");
+  }
+  names[ticket.text] = {ticket.object, ticket.job};
+  Reply(ticket.job, ticket.request, JobStatus::kOk);
+}
+
+// A name found here stands for a port elsewhere: its home added the send right's ref.
+void PortRouter::State::OnNameLookupDeltaResult(Ticket& ticket, Envelope& e, JobState* job) {
+  if (e.status != JobStatus::kOk) {
+    auto stale = names.find(ticket.text);
+    if (stale != names.end() && stale->second.first == ticket.object) names.erase(stale);
+    return Error(ticket.job, ticket.request, JobStatus::kNotFound,
+                 "no port is registered as \"" + ticket.text + "\"");
+  }
+  if (!job) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
+  WireWriter out;
+  out.U32(Insert(*job, RightType::kSend, ticket.object));
+  Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
+}
+
+// One peer's answer to a lookup asked of every node; the best owner wins.
+void PortRouter::State::OnNameQueryResult(Ticket& ticket, Envelope& e, JobState* job) {
+  auto& search = *ticket.search;
+  if (search.remaining <= 0) return;  // answered already
+  if (e.status == JobStatus::kOk && e.object.valid()) {
+    const std::optional<std::uint32_t> owner =
+        e.b != 0 ? std::optional<std::uint32_t>(e.a) : std::nullopt;
+    const int rank = OwnerRank(job ? job->uid : std::nullopt, owner);
+    if (rank < search.rank) {
+      search.rank = rank;
+      search.best = e.object;
+    }
+    if (rank == 0) {  // the caller's own user's: nothing better can come
+      search.remaining = 0;
+      return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
+    }
+  }
+  if (--search.remaining > 0) return;
+  if (search.best.valid()) return LookupFound(ticket.job, ticket.request, ticket.text, search.best);
+  Error(ticket.job, ticket.request, JobStatus::kNotFound,
+        "no port is registered as \"" + ticket.text + "\" on any node");
+}
+
+// One chunk of a remote region: the first one tells its size (e.delta), which must be within
+// this node's cap; each is written into the copy, and the next asked for.
+void PortRouter::State::OnRegionFetchResult(Ticket& ticket, Envelope& e) {
+  auto& delivery = *ticket.delivery;
+  const std::uint64_t total = static_cast<std::uint64_t>(e.delta);
+  bool copying = e.status == JobStatus::kOk && total > 0 && ticket.offset < total &&
+                 !e.text.empty() && e.text.size() <= total - ticket.offset;
+  ObjectId copy = ticket.copy;
+  if (copying && ticket.offset == 0) {
+    copy = NewObject();
+    copying = total <= limits.max_region_bytes && store.Create(copy, total);
+    if (!copying) copy = {};
+  }
+  copying = copying && store.Write(copy, ticket.offset, e.text);
+  if (copying && ticket.offset + e.text.size() < total) {
+    Ticket next = std::move(ticket);
+    next.copy = copy;
+    next.offset += e.text.size();
+    const std::uint64_t again = NewTicket(next);
+    Post(next.node, Envelope{.kind = Remote::kRegionFetch,
+                             .ticket = again,
+                             .object = next.object,
+                             .delta = static_cast<std::int64_t>(next.offset)});
+    return;
+  }
+  if (copying) {
+    regions[copy.serial] = Region{total, 1};
+    delivery.copied[ticket.handle] = copy;
+  } else if (copy.valid()) {
+    store.Destroy(copy);
+  }
+  ReleaseRight(RightType::kRegion, ticket.object, 1, "");
+  if (--delivery.outstanding == 0) FinishDelivery(ticket.delivery);
 }
 
 void PortRouter::State::FailTicketsTo(std::uint64_t node) {

@@ -1,5 +1,7 @@
-// The job-to-agent IPC channel's codec (docs/ipc.md "The job's channel"): the ops a job may ask,
-// their status codes, and the typed message body that travels in sends and receives.
+// The job-to-agent IPC channel's codec (docs/ipc.md "The job's channel"): the ops a job may ask
+// and how requests, replies and messages are laid out on the channel. The values they carry
+// (statuses, rights, messages) are in job_message.hpp, which libtern's public header uses; this
+// codec is private to the agent and libtern's sources, and not installed.
 //
 // Frames: IpcRequest (20) = [u32 request id][u16 op][body], IpcReply (21) = [u32 request id]
 // [u16 status][body or, when status != kOk, a u32-length message string]. Integers are
@@ -18,9 +20,14 @@
 #include <string_view>
 #include <tern/big_endian.hpp>
 #include <tern/expected.hpp>
+#include <tern/ipc/job_message.hpp>
 #include <vector>
 
 namespace tern::ipc {
+
+// The job's end of its IPC channel is always this fd number in the job (TERN_IPC_FD; docs/ipc.md
+// "The job's channel"): the launcher puts it there, the node adapter reaches it by pidfd_getfd.
+inline constexpr int kJobIpcFd = 3;
 
 enum class JobOp : std::uint16_t {
   kPortAllocate = 1,         // {u32 queue_limit (0: default)} -> {u32 name}
@@ -58,121 +65,6 @@ enum class JobOp : std::uint16_t {
   // reply frame's first byte): a connected TCP socket to / from the job across the port.
   kDirectOpen = 23,    // {u32 send name} -> {} + the client's end
   kDirectAccept = 24,  // {u32 receive name, u32 timeout_ms} -> {} + a server end
-};
-
-enum class JobStatus : std::uint16_t {
-  kOk = 0,
-  kInvalidName = 1,     // no such name in the caller's table, or the wrong kind of right
-  kDeadName = 2,        // the port died
-  kQueueFull = 3,       // full queue, policy fail (or notify: a send-possible will follow)
-  kTimedOut = 4,        // wait for room / receive / op wait ran out
-  kAlreadyMatched = 5,  // cancel of a link operation that has been matched
-  kLinkBroken = 6,      // the other end is gone
-  kNotFound = 7,        // name lookup: no such name
-  kBadRequest = 8,      // malformed body, unknown op, bad argument
-  kUnavailable = 9,     // the port's home node cannot be reached
-  kTooLarge = 10,       // message over the limit
-  kCancelled = 11,      // the operation was cancelled
-  kExists = 12,         // name register: the name is taken (here, or by another user)
-  kOverQuota = 13,      // over one of the node's per-job IPC limits ([ipc] config)
-};
-
-std::string_view JobStatusName(JobStatus status);
-
-enum class RightType : std::uint8_t {
-  kNone = 0,
-  kReceive = 1,
-  kSend = 2,
-  kSendOnce = 3,
-  kDeadName = 4,
-  kLinkEnd = 5,
-  kRegion = 6,
-};
-
-// How a right named in a message leaves the sender (Mach's dispositions).
-enum class Disposition : std::uint8_t {
-  kNone = 0,
-  kMoveReceive = 1,
-  kMoveSend = 2,
-  kCopySend = 3,
-  kMakeSend = 4,
-  kMoveSendOnce = 5,
-  kMakeSendOnce = 6,
-  kMoveLinkEnd = 7,
-  kCopyRegion = 8,
-  kMoveRegion = 9,
-};
-
-enum class FullPolicy : std::uint8_t { kFail = 0, kWait = 1, kNotify = 2 };
-
-enum class NotificationKind : std::uint8_t { kDeadName = 1, kNoSenders = 2, kPortDestroyed = 3 };
-
-// Message ids of notifications the agent sends (docs/ipc.md "Notifications").
-constexpr std::uint32_t kDeadNameNotification = 0x7e000001;
-constexpr std::uint32_t kNoSendersNotification = 0x7e000002;
-constexpr std::uint32_t kPortDestroyedNotification = 0x7e000003;
-constexpr std::uint32_t kSendPossibleNotification = 0x7e000004;
-
-constexpr std::uint32_t kWaitForever = 0xffffffff;
-constexpr std::uint32_t kDefaultQueueLimit = 64;
-constexpr std::size_t kMaxMessageBytes = 256u << 20;  // 256 MiB in one message
-
-enum class ItemKind : std::uint8_t {
-  kBytes = 1,
-  kPort = 2,
-  kOutOfLine = 3,
-  kLinkEnd = 4,
-  kRegion = 5
-};
-
-// One typed item of a message body. In a job's send: `name` + `disposition` for rights. In
-// what a job receives: `name` is the receiver's name for the right, `disposition` tells what
-// arrived (kMoveReceive: a receive right; kMoveSend: a send right; kMoveSendOnce; ...).
-// Data items share their buffer: copying an Item does not copy the bytes, and an item decoded
-// from a received frame may be a view into that frame, which `data` then keeps alive.
-struct Item {
-  ItemKind kind = ItemKind::kBytes;
-  std::shared_ptr<const std::string> data;  // kBytes, kOutOfLine: owns `view`
-  std::string_view view;                    // the item's bytes, inside *data (unset: all of *data)
-  std::uint32_t name = 0;
-  Disposition disposition = Disposition::kNone;
-
-  static Item Bytes(std::string bytes);
-  static Item OutOfLine(std::string bytes);
-  // A data item that is `bytes`, inside the buffer `owner` (no copy).
-  static Item Shared(ItemKind kind, std::shared_ptr<const std::string> owner,
-                     std::string_view bytes);
-  static Item Port(std::uint32_t name, Disposition disposition);
-  std::string_view bytes() const {
-    if (view.data() != nullptr || !data) return view;
-    return *data;  // an Item built by hand with only `data`
-  }
-};
-
-struct Message {
-  std::uint32_t destination = 0;  // send: the dest name; receive: the receive right's name
-  Disposition destination_disposition = Disposition::kCopySend;
-  std::uint32_t reply = 0;  // 0: none; receive: the receiver's name of the reply right
-  Disposition reply_disposition = Disposition::kNone;
-  std::uint32_t id = 0;
-  std::vector<Item> items;
-
-  std::size_t ByteSize() const;  // sum of the data of its items
-};
-
-struct SendRequest {
-  Message message;
-  FullPolicy policy = FullPolicy::kFail;
-  std::uint32_t timeout_ms = 0;   // kWait
-  std::uint32_t notify_port = 0;  // kNotify: a name of a port to notify (any right to it)
-};
-
-// Result of a link operation: a completed receive carries the message (destination = the
-// end it arrived on); a completed send carries nothing.
-struct OpResult {
-  bool is_receive = false;
-  std::uint32_t end = 0;
-  Message message;
 };
 
 // The fixed part of a message in WireWriter::WriteMessage's layout, before its items:

@@ -35,11 +35,15 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/job_message.hpp>
 #include <thread>
 #include <utility>
 #include <variant>
 #include <vector>
+
+namespace tern::ipc {
+class WireWriter;  // the channel codec (private to libtern and the agent)
+}  // namespace tern::ipc
 
 namespace tern {
 
@@ -318,7 +322,7 @@ class PortWriter {
   Channel channel_;
   std::uint32_t port_;
   Options options_;
-  ipc::WireWriter train_{/*share_data=*/true};  // the messages of the train being gathered
+  std::unique_ptr<ipc::WireWriter> train_;  // the messages of the train being gathered
   std::size_t train_count_ = 0;
   std::deque<std::uint32_t> in_flight_;  // request ids, oldest first
   std::optional<IpcError> error_;

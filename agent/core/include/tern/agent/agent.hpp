@@ -27,6 +27,10 @@ namespace tern::http {
 class HttpServer;
 }
 
+namespace tern::ipc {
+class IpcService;
+}  // namespace tern::ipc
+
 namespace tern::agent {
 
 class AgentApi;
@@ -37,7 +41,6 @@ class JobUsageSampler;
 class NodeCgroup;
 class Cluster;
 class EventBus;
-class IpcService;
 class MigrationDriver;
 
 class Agent {
@@ -67,7 +70,7 @@ class Agent {
   // Before events_: the bus's listener feeds it until the bus is gone.
   MigrationHistory migration_history_;
   std::unique_ptr<EventBus> events_;
-  std::unique_ptr<IpcService> ipc_;
+  std::unique_ptr<ipc::IpcService> ipc_;
   std::unique_ptr<jobs::JobSupervisor> supervisor_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<FaultHook> faults_;  // before migrations_, which fires it

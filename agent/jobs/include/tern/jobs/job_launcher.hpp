@@ -20,6 +20,7 @@
 #include <map>
 #include <string>
 #include <tern/expected.hpp>
+#include <tern/ipc/job_wire.hpp>
 #include <vector>
 
 namespace tern::jobs {
@@ -44,7 +45,7 @@ struct LaunchSpec {
 };
 
 // The job's IPC channel is always this fd number (docs/ipc.md "The job's channel").
-constexpr int kJobIpcFd = 3;
+using ipc::kJobIpcFd;
 
 struct LaunchedJob {
   pid_t pid = 0;

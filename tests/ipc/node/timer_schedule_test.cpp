@@ -1,9 +1,9 @@
 // TimerSchedule: due order, cancellation, and when the one real timer must be re-armed.
 #include <gtest/gtest.h>
 
-#include <tern/agent/timer_schedule.hpp>
+#include <tern/ipc/node/timer_schedule.hpp>
 
-namespace tern::agent {
+namespace tern::ipc {
 namespace {
 
 using namespace std::chrono_literals;
@@ -47,4 +47,4 @@ TEST(TimerSchedule, TheRealTimerIsReArmedOnlyForAnEarlierDeadline) {
 }
 
 }  // namespace
-}  // namespace tern::agent
+}  // namespace tern::ipc

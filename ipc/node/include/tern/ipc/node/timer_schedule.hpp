@@ -17,7 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace tern::agent {
+namespace tern::ipc {
 
 class TimerSchedule {
  public:
@@ -45,4 +45,4 @@ class TimerSchedule {
   std::optional<Clock::time_point> armed_;
 };
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -6,7 +6,7 @@
 
 #include <map>
 
-namespace tern::agent {
+namespace tern::ipc {
 namespace {
 
 using namespace std::chrono_literals;
@@ -133,4 +133,4 @@ TEST(BacklogHold, WithoutABacklogCallbackNothingIsEverHeld) {
 }
 
 }  // namespace
-}  // namespace tern::agent
+}  // namespace tern::ipc

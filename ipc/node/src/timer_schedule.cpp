@@ -1,6 +1,6 @@
-#include "tern/agent/timer_schedule.hpp"
+#include "tern/ipc/node/timer_schedule.hpp"
 
-namespace tern::agent {
+namespace tern::ipc {
 
 void TimerSchedule::Add(std::uint64_t id, Clock::time_point deadline) {
   Cancel(id);
@@ -36,4 +36,4 @@ bool TimerSchedule::arm_needed() const {
   return !armed_ || *next < *armed_;
 }
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

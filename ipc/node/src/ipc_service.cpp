@@ -1,4 +1,4 @@
-#include "tern/agent/ipc_service.hpp"
+#include "tern/ipc/node/ipc_service.hpp"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -19,21 +19,15 @@
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/node/timer_schedule.hpp>
 #include <tern/ipc/port_router.hpp>
-#include <tern/jobs/job_launcher.hpp>
-#include <tern/jobs/unique_fd.hpp>
+#include <tern/unique_fd.hpp>
 
 #include "backlog_hold.hpp"
 #include "direct_calls.hpp"
 #include "memfd_regions.hpp"
-#include "tern/agent/timer_schedule.hpp"
 
-namespace tern::agent {
-namespace {
-
-using jobs::UniqueFd;
-
-}  // namespace
+namespace tern::ipc {
 
 // The documented thresholds (IpcService) are the ones the hold applies.
 static_assert(IpcService::kHoldAbove == BacklogHold::kHoldAbove);
@@ -265,7 +259,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       return Fail(std::string("cannot reach the job's IPC channel: pidfd_open: ") +
                   std::strerror(errno));
     }
-    UniqueFd end(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), jobs::kJobIpcFd, 0)));
+    UniqueFd end(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), kJobIpcFd, 0)));
     if (!end.valid()) {
       return Fail(std::string("cannot reach the job's IPC channel: pidfd_getfd: ") +
                   std::strerror(errno));
@@ -693,4 +687,4 @@ void IpcService::Stop() {
   impl_->channels_.clear();
 }
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

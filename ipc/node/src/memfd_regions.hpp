@@ -16,9 +16,9 @@
 #include <string>
 #include <string_view>
 #include <tern/ipc/port_router.hpp>
-#include <tern/jobs/unique_fd.hpp>
+#include <tern/unique_fd.hpp>
 
-namespace tern::agent {
+namespace tern::ipc {
 
 class MemfdRegions : public ipc::RegionStore {
  public:
@@ -31,10 +31,10 @@ class MemfdRegions : public ipc::RegionStore {
 
  private:
   struct Memfd {
-    jobs::UniqueFd fd;
+    UniqueFd fd;
     std::uint64_t size = 0;
   };
   std::map<ipc::ObjectId, Memfd> fds_;
 };
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -35,7 +35,7 @@
 #include <tern/ipc/port_router.hpp>
 #include <vector>
 
-namespace tern::agent {
+namespace tern::ipc {
 
 class IpcService {
  public:
@@ -122,4 +122,4 @@ class IpcService {
   std::uint64_t local_bytes_total_ = 0;
 };
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

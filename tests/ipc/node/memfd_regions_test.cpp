@@ -9,7 +9,7 @@
 
 #include <cerrno>
 
-namespace tern::agent {
+namespace tern::ipc {
 namespace {
 
 // Issue 14, finding 5: a job that shrank its region's memfd under the agent made the agent
@@ -55,4 +55,4 @@ TEST(MemfdRegionsTest, AJobCannotShrinkOrGrowItsRegionNorSealItAgainstTheAgent) 
 }
 
 }  // namespace
-}  // namespace tern::agent
+}  // namespace tern::ipc

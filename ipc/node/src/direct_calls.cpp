@@ -19,9 +19,7 @@
 #include <tern/process_tree.hpp>
 #include <variant>
 
-namespace tern::agent {
-
-using jobs::UniqueFd;
+namespace tern::ipc {
 
 DirectCalls::DirectCalls(boost::asio::io_context& io, std::uint64_t self,
                          const ipc::PortRouter& router, IpcService::NodeSender send,
@@ -410,4 +408,4 @@ void DirectCalls::Revoke(const std::string& job, std::uint64_t inode) {
   spdlog::debug("job {}: direct connection socket:[{}] revoked", job, inode);
 }
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -1,6 +1,6 @@
 #include "backlog_hold.hpp"
 
-namespace tern::agent {
+namespace tern::ipc {
 
 bool BacklogHold::Over(std::uint64_t node, std::size_t limit, bool give_up,
                        std::vector<std::uint64_t>* newly_stuck) {
@@ -16,4 +16,4 @@ bool BacklogHold::Over(std::uint64_t node, std::size_t limit, bool give_up,
   return false;
 }
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -27,7 +27,7 @@
 #include <utility>
 #include <vector>
 
-namespace tern::agent {
+namespace tern::ipc {
 
 class BacklogHold {
  public:
@@ -129,4 +129,4 @@ class KeysOf {
   const Map& map_;
 };
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -6,10 +6,10 @@
 
 #include <algorithm>
 
-namespace tern::agent {
+namespace tern::ipc {
 
 bool MemfdRegions::Create(ipc::ObjectId id, std::uint64_t size) {
-  jobs::UniqueFd fd(::memfd_create("tern-region", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  UniqueFd fd(::memfd_create("tern-region", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 ||
       ::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return false;
@@ -54,4 +54,4 @@ int MemfdRegions::Fd(ipc::ObjectId id) const {
   return it == fds_.end() ? -1 : it->second.fd.get();
 }
 
-}  // namespace tern::agent
+}  // namespace tern::ipc

@@ -38,20 +38,19 @@
 #include <tern/ipc/direct_broker.hpp>
 #include <tern/ipc/direct_wire.hpp>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/node/ipc_service.hpp>
 #include <tern/ipc/port_router.hpp>
-#include <tern/jobs/unique_fd.hpp>
+#include <tern/unique_fd.hpp>
 #include <utility>
 #include <vector>
 
-#include "tern/agent/ipc_service.hpp"
-
-namespace tern::agent {
+namespace tern::ipc {
 
 class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
  public:
   // `reply` is an encoded job reply (ipc::EncodeJobReply), without its frame header.
   using ReplyToJob =
-      std::function<void(const std::string& job, std::string_view reply, jobs::UniqueFd fd)>;
+      std::function<void(const std::string& job, std::string_view reply, UniqueFd fd)>;
 
   DirectCalls(boost::asio::io_context& io, std::uint64_t self, const ipc::PortRouter& router,
               IpcService::NodeSender send, ReplyToJob reply);
@@ -127,12 +126,12 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   boost::asio::ip::tcp::acceptor acceptor_{io_};
   std::uint16_t direct_port_ = 0;
   // Direct connection ends made and not yet handed to a job (queued, or on their way).
-  std::map<std::uint64_t, jobs::UniqueFd> direct_connections_;
+  std::map<std::uint64_t, UniqueFd> direct_connections_;
   // This agent's copy of every end it handed to a job (by job, then socket inode): revocation
   // shuts the connection down through it wherever the job has passed its own end, and so does
   // the job's end. Copies whose job end is gone are pruned once a job has kPruneAt of them.
   struct Copies {
-    std::map<std::uint64_t, jobs::UniqueFd> by_inode;
+    std::map<std::uint64_t, UniqueFd> by_inode;
     std::size_t prune_at = kPruneAt;
   };
   static constexpr std::size_t kPruneAt = 16;
@@ -144,4 +143,4 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   std::optional<ipc::DirectBroker::Clock::time_point> direct_timer_at_;
 };
 
-}  // namespace tern::agent
+}  // namespace tern::ipc
