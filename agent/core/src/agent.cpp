@@ -357,8 +357,8 @@ void Agent::ScheduleSample() {
 }
 
 void Agent::FillMemory(balancer::LoadVector& load, std::uint64_t rss_sum) const {
-  load.mem_total_bytes = last_host_load_.mem_total_bytes;
-  load.mem_free_bytes = last_host_load_.mem_free_bytes;
+  load.mem_total_bytes = last_host_load_.figures.mem_total_bytes;
+  load.mem_free_bytes = last_host_load_.figures.mem_free_bytes;
   load.mem_limit_bytes = load.mem_total_bytes;
   load.mem_used_bytes = rss_sum;
   if (!node_cgroup_) return;
@@ -414,15 +414,10 @@ std::string Agent::Metrics() const {
 balancer::LoadVector Agent::LocalLoad() {
   // Speed 1.0 is a 2 GHz CPU; a CPU that does not say its clock counts as 1.0.
   constexpr double kReferenceMhz = 2000;
-  balancer::LoadVector load;
+  balancer::LoadVector load = last_host_load_.figures;
   const auto wall_now = std::chrono::system_clock::now();
   load.sampled_at_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(wall_now.time_since_epoch()).count();
-  load.load1 = last_host_load_.load1;
-  load.runnable = last_host_load_.runnable;
-  load.cpus = last_host_load_.cpus;
-  load.cpu_mhz = last_host_load_.cpu_mhz;
-  load.link_bytes_per_s = last_host_load_.net_bytes_per_s;
   load.speed = load.cpu_mhz > 0 ? load.cpu_mhz / kReferenceMhz : 1.0;
   load.jobs_running = static_cast<int>(supervisor_->RunningCount());
   load.draining = balancer_ && balancer_->draining();

@@ -44,8 +44,8 @@ void ReadLoadAvg(HostLoad& load) {
     load.problems.push_back("/proc/loadavg unreadable");
     return;
   }
-  load.load1 = std::stod(load1);
-  load.runnable = std::stoi(tasks.substr(0, tasks.find('/')));
+  load.figures.load1 = std::stod(load1);
+  load.figures.runnable = std::stoi(tasks.substr(0, tasks.find('/')));
 }
 
 void ReadMemInfo(HostLoad& load) {
@@ -55,10 +55,10 @@ void ReadMemInfo(HostLoad& load) {
   std::string unit;
   while (file >> key >> kib) {
     std::getline(file, unit);
-    if (key == "MemTotal:") load.mem_total_bytes = kib * 1024;
-    if (key == "MemAvailable:") load.mem_free_bytes = kib * 1024;
+    if (key == "MemTotal:") load.figures.mem_total_bytes = kib * 1024;
+    if (key == "MemAvailable:") load.figures.mem_free_bytes = kib * 1024;
   }
-  if (load.mem_total_bytes == 0) load.problems.push_back("/proc/meminfo unreadable");
+  if (load.figures.mem_total_bytes == 0) load.problems.push_back("/proc/meminfo unreadable");
 }
 
 double AverageCpuMhz() {
@@ -82,13 +82,13 @@ HostLoad HostLoadSampler::Sample(std::chrono::steady_clock::time_point now) {
   HostLoad load;
   ReadLoadAvg(load);
   ReadMemInfo(load);
-  load.cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  load.cpu_mhz = AverageCpuMhz();
+  load.figures.cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  load.figures.cpu_mhz = AverageCpuMhz();
   if (ReadLinkBytes(load.net_rx_bytes, load.net_tx_bytes)) {
     const std::uint64_t total = load.net_rx_bytes + load.net_tx_bytes;
     if (have_previous_ && now > previous_time_ && total >= previous_net_bytes_) {
       const double seconds = std::chrono::duration<double>(now - previous_time_).count();
-      load.net_bytes_per_s = static_cast<double>(total - previous_net_bytes_) / seconds;
+      load.figures.link_bytes_per_s = static_cast<double>(total - previous_net_bytes_) / seconds;
     }
     previous_net_bytes_ = total;
     previous_time_ = now;

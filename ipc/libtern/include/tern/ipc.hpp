@@ -35,8 +35,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tern/expected.hpp>
 #include <tern/ipc/job_message.hpp>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -66,45 +68,17 @@ struct IpcError {
   std::string ToString() const;
 };
 
-// A value or an IpcError, in the shape of tern::Expected (which cannot carry a status).
+// A value or an IpcError: tern::Expected with the agent's status, which every failure of an
+// operation carries, readable as status().
 template <typename T>
-class [[nodiscard]] IpcResult {
+class [[nodiscard]] IpcResult : public Expected<T, IpcError> {
  public:
-  IpcResult(T value) : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT implicit
-  IpcResult(IpcError error) : state_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
+  using Expected<T, IpcError>::Expected;
+  IpcResult() requires std::is_void_v<T>
+  = default;
 
-  bool has_value() const { return state_.index() == 0; }
-  explicit operator bool() const { return has_value(); }
-  T& value() & { return std::get<0>(state_); }
-  const T& value() const& { return std::get<0>(state_); }
-  T&& value() && { return std::get<0>(std::move(state_)); }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
-  T&& operator*() && { return std::move(*this).value(); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-  const IpcError& error() const { return std::get<1>(state_); }
   // kOk on success, else the error's status.
-  JobStatus status() const { return has_value() ? JobStatus::kOk : error().status; }
-
- private:
-  std::variant<T, IpcError> state_;
-};
-
-template <>
-class [[nodiscard]] IpcResult<void> {
- public:
-  IpcResult() = default;
-  IpcResult(IpcError error) : error_(std::move(error)), ok_(false) {}  // NOLINT implicit
-
-  bool has_value() const { return ok_; }
-  explicit operator bool() const { return ok_; }
-  const IpcError& error() const { return error_; }
-  JobStatus status() const { return ok_ ? JobStatus::kOk : error_.status; }
-
- private:
-  IpcError error_;
-  bool ok_ = true;
+  JobStatus status() const { return this->has_value() ? JobStatus::kOk : this->error().status; }
 };
 
 // Timeouts are whole milliseconds; anything of 2^32-1 ms or more means "no limit".

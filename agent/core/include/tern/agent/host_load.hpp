@@ -14,18 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "tern/balancer/load_vector.hpp"
+
 namespace tern::agent {
 
 struct HostLoad {
-  double load1 = 0;
-  int runnable = 0;
-  int cpus = 0;
-  double cpu_mhz = 0;
-  std::uint64_t mem_total_bytes = 0;
-  std::uint64_t mem_free_bytes = 0;
-  std::uint64_t net_rx_bytes = 0;
+  // The host's figures in the gossip unit's own fields: load1, runnable, cpus, cpu_mhz,
+  // mem_total_bytes, mem_free_bytes (MemAvailable) and link_bytes_per_s; the rest stay empty.
+  balancer::LoadVector figures;
+  std::uint64_t net_rx_bytes = 0;  // counters since boot, of the non-loopback links
   std::uint64_t net_tx_bytes = 0;
-  double net_bytes_per_s = 0;
   std::vector<std::string> problems;
 };
 
