@@ -378,13 +378,7 @@ std::string Agent::Metrics() const {
     row.alive = node.state == "alive";
     if (node.load) {
       row.draining = node.load->draining;
-      row.load1 = node.load->load1;
-      row.cpus = node.load->cpus;
-      row.capacity = node.load->capacity;
-      row.demand = node.load->demand;
-      row.mem_limit_bytes = node.load->mem_limit_bytes;
-      row.mem_used_bytes = node.load->mem_used_bytes;
-      row.jobs_running = node.load->jobs_running;
+      row.load = *node.load;
     }
     if (node.self && balancer_) row.draining = balancer_->draining();
     input.nodes.push_back(std::move(row));

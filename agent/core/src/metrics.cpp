@@ -117,23 +117,26 @@ std::string RenderMetrics(const MetricsInput& input) {
   w.Family("tern_node_draining", "gauge", "1 if the node is draining (tern drain)");
   for (const auto& n : input.nodes) w.Sample("tern_node_draining", n.draining ? 1 : 0, "", n.name);
   w.Family("tern_node_load1", "gauge", "1-minute load average of the node");
-  for (const auto& n : input.nodes) w.Sample("tern_node_load1", n.load1, "", n.name);
+  for (const auto& n : input.nodes) w.Sample("tern_node_load1", n.load.load1, "", n.name);
   w.Family("tern_node_cpus", "gauge", "online CPUs of the node");
-  for (const auto& n : input.nodes) w.Sample("tern_node_cpus", n.cpus, "", n.name);
+  for (const auto& n : input.nodes) w.Sample("tern_node_cpus", n.load.cpus, "", n.name);
   w.Family("tern_node_capacity_cpus", "gauge", "CPUs the node's jobs can use");
-  for (const auto& n : input.nodes) w.Sample("tern_node_capacity_cpus", n.capacity, "", n.name);
+  for (const auto& n : input.nodes)
+    w.Sample("tern_node_capacity_cpus", n.load.capacity, "", n.name);
   w.Family("tern_node_demand_cpus", "gauge", "CPUs the node's jobs want");
-  for (const auto& n : input.nodes) w.Sample("tern_node_demand_cpus", n.demand, "", n.name);
+  for (const auto& n : input.nodes) w.Sample("tern_node_demand_cpus", n.load.demand, "", n.name);
   w.Family("tern_node_memory_limit_bytes", "gauge", "memory the node's jobs may use");
   for (const auto& n : input.nodes) {
-    w.Sample("tern_node_memory_limit_bytes", static_cast<double>(n.mem_limit_bytes), "", n.name);
+    w.Sample("tern_node_memory_limit_bytes", static_cast<double>(n.load.mem_limit_bytes), "",
+             n.name);
   }
   w.Family("tern_node_memory_used_bytes", "gauge", "memory the node's jobs use");
   for (const auto& n : input.nodes) {
-    w.Sample("tern_node_memory_used_bytes", static_cast<double>(n.mem_used_bytes), "", n.name);
+    w.Sample("tern_node_memory_used_bytes", static_cast<double>(n.load.mem_used_bytes), "", n.name);
   }
   w.Family("tern_node_jobs_running", "gauge", "jobs running on the node");
-  for (const auto& n : input.nodes) w.Sample("tern_node_jobs_running", n.jobs_running, "", n.name);
+  for (const auto& n : input.nodes)
+    w.Sample("tern_node_jobs_running", n.load.jobs_running, "", n.name);
 
   w.Family("tern_jobs", "gauge", "this node's jobs by state");
   for (const auto& [state, count] : input.jobs_by_state) {

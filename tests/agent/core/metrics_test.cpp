@@ -28,7 +28,11 @@ TEST(MetricsTest, EveryFamilyHasHelpAndTypeOnceAndLabelsAreEscaped) {
                    {"time", "t"}});
   MetricsInput input;
   input.node = "node\"1";
-  input.nodes = {{.name = "node\"1", .alive = true, .load1 = 1.5, .cpus = 2, .capacity = 2},
+  balancer::LoadVector load;
+  load.load1 = 1.5;
+  load.cpus = 2;
+  load.capacity = 2;
+  input.nodes = {{.name = "node\"1", .alive = true, .load = load},
                  {.name = "node2", .alive = false}};
   input.jobs_by_state = {{"running", 2}, {"exited", 1}};
   input.migrations = &history;

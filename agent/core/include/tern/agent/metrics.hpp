@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tern/agent/migration_history.hpp"
+#include "tern/balancer/load_vector.hpp"
 
 namespace tern::agent {
 
@@ -22,13 +23,7 @@ struct NodeMetrics {
   std::string name;
   bool alive = false;
   bool draining = false;
-  double load1 = 0;
-  int cpus = 0;
-  double capacity = 0;
-  double demand = 0;
-  std::uint64_t mem_limit_bytes = 0;
-  std::uint64_t mem_used_bytes = 0;
-  int jobs_running = 0;
+  balancer::LoadVector load;  // the latest the node gossiped (empty when none arrived)
 };
 
 struct MetricsInput {
