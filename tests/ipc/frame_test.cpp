@@ -260,6 +260,19 @@ TEST(FrameTest, ALargeFrameIsNeverMovedWhileItArrives) {
   EXPECT_EQ(frame->payload.data(), start);
 }
 
+// Past the 16 MiB reserved ahead, a payload grows by reallocating and still arrives whole.
+TEST(FrameTest, AFrameLargerThanTheReservationArrivesWhole) {
+  std::string payload((20u << 20) + 7, '\0');
+  for (std::size_t i = 0; i < payload.size(); i += 4093) payload[i] = static_cast<char>(i >> 12);
+  payload.back() = 'e';
+  const std::string wire = EncodeFrame(FrameType::kIpcRequest, payload);
+  FrameDecoder decoder((256u << 20) + (1u << 20));
+  auto frames = ReceiveInPlace(decoder, wire, 1u << 20);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_TRUE(frames[0].payload == payload);
+  EXPECT_EQ(decoder.buffered(), 0u);
+}
+
 long ResidentBytes() {
   std::ifstream statm("/proc/self/statm");
   long size = 0;

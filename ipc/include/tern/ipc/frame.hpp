@@ -12,11 +12,11 @@
 // is received into its own payload string once its header is known, and Next() hands that
 // string out as it is: a large frame is never copied in user space.
 //
-// Memory follows the bytes, not the headers: a header declaring a large payload reserves the
-// payload's capacity (address space) but touches none of it; the payload's size grows as its
-// bytes arrive (doubling, from kDirectPayload) inside that capacity, never moving what came.
-// Untouched pages are not resident, so a peer that declares 16 MiB and sends nothing costs at
-// most one staging area and a kDirectPayload start of memory.
+// Memory follows the bytes, not the headers: a header declaring a large payload reserves its
+// capacity (address space, up to 16 MiB) but touches none of it; the size grows as its bytes
+// arrive (doubling, from kDirectPayload) inside that capacity, never moving what came (beyond
+// 16 MiB it reallocates). Untouched pages are not resident, so a peer that declares 16 MiB and
+// sends nothing costs at most one staging area and a kDirectPayload start of memory.
 //
 // Example:
 //   FrameDecoder decoder;
