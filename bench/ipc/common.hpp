@@ -32,10 +32,12 @@ struct Options {
   std::uint64_t warmup = 0;  // 0: count / 10 (at most 10000)
   std::string host = "127.0.0.1";
   int port = 7400;
-  std::string path;            // unix socket or zmq ipc path
-  std::string name = "bench";  // tern: the registered service name
-  std::string label;           // copied into the JSON line
-  std::uint32_t queue = 1000;  // tern stream: the port's queue limit
+  std::string path;             // unix socket or zmq ipc path
+  std::string name = "bench";   // tern: the registered service name
+  std::string label;            // copied into the JSON line
+  std::uint32_t queue = 1000;   // tern stream: the port's queue limit
+  std::size_t window = 0;       // tern stream: PortWriter's window (0: libtern's default)
+  std::size_t train_bytes = 0;  // tern stream: PortWriter's train size (0: libtern's default)
 };
 
 inline std::uint64_t ParseNumber(std::string_view flag, const char* text) {
@@ -79,6 +81,10 @@ inline Options ParseOptions(int argc, char** argv, std::string_view usage) {
       options.label = value;
     } else if (flag == "--queue") {
       options.queue = static_cast<std::uint32_t>(ParseNumber(flag, value));
+    } else if (flag == "--window") {
+      options.window = ParseNumber(flag, value);
+    } else if (flag == "--train-bytes") {
+      options.train_bytes = ParseNumber(flag, value);
     } else {
       Die("unknown option " + std::string(flag) + "; usage: " + std::string(usage));
     }

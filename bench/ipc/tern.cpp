@@ -1,7 +1,7 @@
 // tern-bench-ipc-tern: the tern path of bench/ipc, two tern jobs talking through libtern.
 //
 //   tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S]
-//       [--count N] [--warmup W] [--queue Q] [--label L]
+//       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
 //
 // Both ends run as jobs (`tern submit --node nodeK -- tern-bench-ipc-tern ...`); the server
 // serves exactly one run with the same OP, --size, --count and --warmup as its client, and the
@@ -38,7 +38,7 @@ namespace {
 
 constexpr std::string_view kUsage =
     "tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S] [--count N] "
-    "[--warmup W] [--queue Q] [--label L]";
+    "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]";
 constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
 constexpr std::size_t kInlineLimit = 64 * 1024;
@@ -167,7 +167,10 @@ int Client(const Options& options) {
     const auto start = Clock::now();
     // A PortWriter: trains of messages, several on their way at once (nothing dropped: a full
     // queue holds the stream back).
-    PortWriter writer(channel, port);
+    PortWriter::Options writer_options;
+    if (options.window != 0) writer_options.window = options.window;
+    if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
+    PortWriter writer(channel, port, writer_options);
     for (std::uint64_t i = 0; i < n; ++i) Check(writer.write(data), "write");
     Check(writer.flush(), "flush");
     Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");

@@ -12,10 +12,11 @@
 // is received into its own payload string once its header is known, and Next() hands that
 // string out as it is: a large frame is never copied in user space.
 //
-// Memory follows the bytes, not the headers: a header declaring a large payload allocates
-// nothing by itself; the payload grows as its bytes arrive (doubling, from kDirectPayload), so
-// a peer that declares 16 MiB and sends nothing costs at most one staging area and a
-// kDirectPayload start.
+// Memory follows the bytes, not the headers: a header declaring a large payload reserves its
+// capacity (address space, up to 16 MiB) but touches none of it; the size grows as its bytes
+// arrive (doubling, from kDirectPayload) inside that capacity, never moving what came (beyond
+// 16 MiB it reallocates). Untouched pages are not resident, so a peer that declares 16 MiB and
+// sends nothing costs at most one staging area and a kDirectPayload start of memory.
 //
 // Example:
 //   FrameDecoder decoder;
@@ -86,8 +87,9 @@ class FrameDecoder {
   std::size_t buffered() const;
   // Takes those bytes out (a channel handed to another reader continues from them).
   std::string TakeBuffered();
-  // Bytes this decoder holds allocated now (its buffers' capacities), not counting frames
-  // ready for Next(): what a peer's partial frame costs.
+  // Bytes of memory this decoder holds now (its buffers' capacities; for a large frame being
+  // received, the part of its payload touched so far, not the address space reserved for the
+  // rest), not counting frames ready for Next(): what a peer's partial frame costs.
   std::size_t allocated() const;
 
  private:
@@ -106,7 +108,8 @@ class FrameDecoder {
   struct Direct {
     FrameType type;
     std::uint32_t length = 0;  // declared
-    std::string payload;       // grown as bytes arrive; its first `filled` bytes are real
+    std::string payload;       // capacity: length; size grown as bytes arrive; its first
+                               // `filled` bytes are real
     std::size_t filled = 0;
   };
   std::optional<Direct> direct_;
