@@ -4,12 +4,14 @@
 // Thread-safety: plain functions on the caller's fds; safe from any thread.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <string>
+#include <thread>
 
 namespace tern::agent::testing {
 
@@ -51,6 +53,18 @@ inline std::string ReadToEnd(int fd) {
     if (got <= 0) return out;
     out.append(buffer, static_cast<std::size_t>(got));
   }
+}
+
+// As lazy-pages and the page server talk through a relay: `request` from the destination's
+// end arrives whole at the source's, then 1 MiB of patterned pages the other way.
+inline void ExpectRequestAndPagesCross(int destination, int source, const std::string& request) {
+  std::string pages(1 << 20, '\0');
+  for (std::size_t i = 0; i < pages.size(); ++i) pages[i] = static_cast<char>((i * 131) >> 3);
+  ASSERT_TRUE(WriteAll(destination, request));
+  EXPECT_EQ(ReadExactly(source, request.size()), request);
+  std::thread serve([&] { WriteAll(source, pages); });
+  EXPECT_EQ(ReadExactly(destination, pages.size()), pages);
+  serve.join();
 }
 
 }  // namespace tern::agent::testing

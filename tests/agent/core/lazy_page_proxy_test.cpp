@@ -24,6 +24,7 @@ namespace {
 
 using ipc::testing::TestCa;
 using testing::Bound;
+using testing::ExpectRequestAndPagesCross;
 using testing::ReadExactly;
 using testing::ReadToEnd;
 using testing::WriteAll;
@@ -157,13 +158,7 @@ TEST_F(LazyPageProxyTest, BytesCrossBothWaysExactlyAndEachSideEndsOnItsOwn) {
   // Requests one way, many times a chunk of pages the other, as lazy-pages and the page server.
   std::string request(24, '\0');
   for (std::size_t i = 0; i < request.size(); ++i) request[i] = static_cast<char>(i * 7);
-  std::string pages(1 << 20, '\0');
-  for (std::size_t i = 0; i < pages.size(); ++i) pages[i] = static_cast<char>((i * 131) >> 3);
-  ASSERT_TRUE(WriteAll(destination_criu.get(), request));
-  EXPECT_EQ(ReadExactly(source_criu.get(), request.size()), request);
-  std::thread serve([&] { WriteAll(source_criu.get(), pages); });
-  EXPECT_EQ(ReadExactly(destination_criu.get(), pages.size()), pages);
-  serve.join();
+  ExpectRequestAndPagesCross(destination_criu.get(), source_criu.get(), request);
 
   // The destination's CRIU is done asking (shuts down its side); the source's still answers.
   ::shutdown(destination_criu.get(), SHUT_WR);

@@ -23,6 +23,7 @@ namespace {
 
 using ipc::testing::TestCa;
 using testing::Bound;
+using testing::ExpectRequestAndPagesCross;
 using testing::ReadExactly;
 using testing::ReadToEnd;
 using testing::WriteAll;
@@ -98,13 +99,7 @@ TEST_F(PageRelayProcessTest, TheStreamOutlivesTheHandlesAndTheRelaysEndWithIt) {
   EXPECT_FALSE(Ends(destination_pid.get(), 0ms));
 
   std::string request = "give me pages 1-256";
-  std::string pages(1 << 20, '\0');
-  for (std::size_t i = 0; i < pages.size(); ++i) pages[i] = static_cast<char>((i * 131) >> 3);
-  ASSERT_TRUE(WriteAll(destination_criu.get(), request));
-  EXPECT_EQ(ReadExactly(source_criu.get(), request.size()), request);
-  std::thread serve([&] { WriteAll(source_criu.get(), pages); });
-  EXPECT_EQ(ReadExactly(destination_criu.get(), pages.size()), pages);
-  serve.join();
+  ExpectRequestAndPagesCross(destination_criu.get(), source_criu.get(), request);
 
   // CRIU's two ends finish; so do the relays, by themselves.
   ::shutdown(destination_criu.get(), SHUT_WR);
