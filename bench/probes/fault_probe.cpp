@@ -3,16 +3,20 @@
 // one at a time, without retrying anything itself. Each side prints one line per message or
 // call it is sure of ("sent N" once send returned, "got N" once received, "called N" once the
 // call returned N, "handled N" when the handler ran), so that bench/faults can count what was
-// lost, duplicated or reordered across a move whatever failed.
+// lost, duplicated or reordered across a move whatever failed. The counter's ballast is memory
+// it writes once and keeps, so that a post-copy move still has pages to serve when the
+// destination confirms the commit (the source's `serving_pages` phase).
 //
-//   tern-fault-probe counter --name NAME
+//   tern-fault-probe counter --name NAME [--ballast-mb 0]
 //   tern-fault-probe sender --name NAME [--interval-ms 20] [--call-every 5]
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <mutex>
 #include <string>
 #include <tern/ipc.hpp>
 #include <thread>
+#include <vector>
 
 #include "../../ipc/examples/example_util.hpp"
 
@@ -29,7 +33,16 @@ void Print(const char* what, long long n) {
   std::fflush(stdout);
 }
 
-int Counter(const Channel& channel, const std::string& name) {
+int Counter(const Channel& channel, const std::string& name, long ballast_mb) {
+  // Every page written with data that differs per page, so that CRIU dumps each one.
+  std::vector<std::uint64_t> ballast(static_cast<std::size_t>(ballast_mb < 0 ? 0 : ballast_mb) *
+                                     (1 << 20) / sizeof(std::uint64_t));
+  for (std::size_t i = 0; i < ballast.size(); ++i) ballast[i] = i * 0x9e3779b97f4a7c15ULL;
+  // Read back through volatile, so that the compiler keeps the writes.
+  const volatile std::uint64_t* kept = ballast.data();
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < ballast.size(); ++i) sum += kept[i];
+  if (!ballast.empty()) Print("ballast", static_cast<long long>(sum >> 1));
   auto port = channel.port_allocate(4096);
   auto rpc = channel.port_allocate();
   if (!port) return tern::examples::Fail("port_allocate", port.error());
@@ -102,12 +115,12 @@ int main(int argc, char** argv) {
       (args.mode() != "counter" && args.mode() != "sender")) {
     if (!args.bad().empty()) std::fprintf(stderr, "%s\n", args.bad().c_str());
     std::fprintf(stderr,
-                 "usage: tern-fault-probe counter --name NAME\n"
+                 "usage: tern-fault-probe counter --name NAME [--ballast-mb 0]\n"
                  "       tern-fault-probe sender --name NAME [--interval-ms 20] "
                  "[--call-every 5]\n");
     return args.help() ? 0 : 2;
   }
   const Channel channel;
-  if (args.mode() == "counter") return Counter(channel, name);
+  if (args.mode() == "counter") return Counter(channel, name, args.Int("ballast-mb", 0));
   return Sender(channel, name, args.Int("interval-ms", 20), args.Int("call-every", 5));
 }

@@ -166,12 +166,6 @@ bool MountPreCopyImages(const std::string& images, std::uint64_t rss, std::uint6
   return mounted.has_value();
 }
 
-// Lets a post-copy helper finish its transfer in the background, then reaps it.
-void LetFinish(std::shared_ptr<BackgroundProcess> process) {
-  if (!process) return;
-  std::thread([process] { process->Finish(std::chrono::minutes(30)); }).detach();
-}
-
 }  // namespace driver
 
 MigrationDriver::MigrationDriver(boost::asio::io_context& io, const AgentConfig& config,

@@ -100,7 +100,6 @@ bool AwaitListening(BackgroundProcess& server, std::uint16_t port);
 std::string Join(const std::vector<std::string>& lines);
 std::uint64_t MemAvailable();
 bool MountPreCopyImages(const std::string& images, std::uint64_t rss, std::uint64_t available);
-void LetFinish(std::shared_ptr<BackgroundProcess> process);
 
 }  // namespace driver
 

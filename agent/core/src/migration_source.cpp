@@ -285,15 +285,32 @@ void MigrationDriver::RunSourceStep(const std::shared_ptr<Outgoing>& migration,
     case migrate::StepKind::kDump:
       DumpJob(migration, step.attempt);
       return;
-    case migrate::StepKind::kServePages:
-      // The lazy dump serves the job's memory until the destination has it all; it finishes
-      // in the background and nothing waits for it (it stays out of the worker pool). The
-      // relay process carries the stream on by itself until CRIU's ends, whatever happens to
-      // this agent.
-      LetFinish(std::move(migration->lazy_dump));
+    case migrate::StepKind::kServePages: {
+      // The lazy dump serves the job's memory until the destination has it all: minutes for a
+      // big job, so a thread of its own waits for it (out of the worker pool), and the step is
+      // done when CRIU's dump ends (the machine is in serving_pages until then). The relay
+      // process carries the stream on by itself, whatever happens to this agent.
       if (migration->lazy_relay) migration->lazy_relay->LetRun();
-      StepDone(migration, {step.id, step.kind, true});
+      auto dump = std::move(migration->lazy_dump);
+      if (!dump) {
+        StepDone(migration, {step.id, step.kind, true});
+        return;
+      }
+      std::thread([this, alive = alive_, migration, dump, id = step.id, kind = step.kind] {
+        const int code = dump->Finish(std::chrono::minutes(30));
+        migrate::StepResult result{id, kind, code == 0};
+        if (code != 0) {
+          result.error = "criu dump --lazy-pages ended with " + std::to_string(code);
+        }
+        std::lock_guard lock(alive->mutex);
+        if (!alive->driver) return;  // the agent is stopping; the dump goes on without it
+        boost::asio::post(io_, [this, alive, migration, result = std::move(result)] {
+          if (!alive->driver) return;
+          Execute(migration, migration->machine.OnStepDone(result, Now()));
+        });
+      }).detach();
       return;
+    }
     default:
       StepDone(migration,
                {step.id, step.kind, false, false,
