@@ -144,6 +144,24 @@ bool MayWrite(const ApiCall& call, ApiDone& done) {
   return false;
 }
 
+// The objects of each peer's `key` array (a listing asked with ?local=1), in the order the
+// peers answered; a peer that did not answer 200 with such an array is named in `unreachable`.
+std::vector<json> PeerListings(std::vector<std::pair<std::string, ApiResult>>& answers,
+                               const char* key, json& unreachable) {
+  std::vector<json> all;
+  for (auto& [node, result] : answers) {
+    json body = json::parse(result.body, nullptr, false);
+    if (result.status != 200 || !body.is_object() || !body.contains(key) || !body[key].is_array()) {
+      unreachable.push_back(node);
+      continue;
+    }
+    for (auto& item : body[key]) {
+      if (item.is_object()) all.push_back(std::move(item));
+    }
+  }
+  return all;
+}
+
 }  // namespace
 
 std::optional<uid_t> JobViewerOf(const ApiCaller& caller) {
@@ -338,17 +356,8 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
   cluster_.CallAllPeers(peer_call, [local = std::move(local), limit, done](auto answers) mutable {
     std::vector<json> all(local.begin(), local.end());
     json unreachable = json::array();
-    for (auto& [node, result] : answers) {
-      json body = json::parse(result.body, nullptr, false);
-      if (result.status != 200 || !body.is_object() || !body.contains("events") ||
-          !body["events"].is_array()) {
-        unreachable.push_back(node);
-        continue;
-      }
-      for (auto& event : body["events"]) {
-        if (event.is_object()) all.push_back(std::move(event));
-      }
-    }
+    for (auto& event : PeerListings(answers, "events", unreachable))
+      all.push_back(std::move(event));
     // Times are RFC 3339 UTC with milliseconds: text order is time order.
     auto key = [](const json& event) {
       return std::make_tuple(event.value("time", ""), event.value("node", ""),
@@ -382,16 +391,8 @@ void AgentApi::ListMigrations(const ApiCall& call, ApiDone done) {
   cluster_.CallAllPeers(peer_call, [local = std::move(local), limit, done](auto answers) mutable {
     std::vector<json> all(local.begin(), local.end());
     json unreachable = json::array();
-    for (auto& [node, result] : answers) {
-      json body = json::parse(result.body, nullptr, false);
-      if (result.status != 200 || !body.is_object() || !body.contains("migrations") ||
-          !body["migrations"].is_array()) {
-        unreachable.push_back(node);
-        continue;
-      }
-      for (auto& migration : body["migrations"]) {
-        if (migration.is_object()) all.push_back(std::move(migration));
-      }
+    for (auto& migration : PeerListings(answers, "migrations", unreachable)) {
+      all.push_back(std::move(migration));
     }
     // RFC 3339 UTC times sort as text; a record without a start (null) goes last.
     auto started = [](const json& m) {
@@ -431,18 +432,11 @@ void AgentApi::ListJobs(const ApiCall& call, ApiDone done) {
     std::map<std::string, json> by_id;
     for (auto& job : local) by_id[job.value("id", "")] = job;
     json unreachable = json::array();
-    for (auto& [node, result] : answers) {
-      json body = json::parse(result.body, nullptr, false);
-      if (result.status != 200 || !body.is_object() || !body.contains("jobs")) {
-        unreachable.push_back(node);
-        continue;
-      }
-      for (auto& job : body["jobs"]) {
-        const std::string id = job.value("id", "");
-        // While a job moves both sides may list it; the running copy is the true one.
-        auto existing = by_id.find(id);
-        if (existing == by_id.end() || job.value("state", "") == "running") by_id[id] = job;
-      }
+    for (auto& job : PeerListings(answers, "jobs", unreachable)) {
+      const std::string id = job.value("id", "");
+      // While a job moves both sides may list it; the running copy is the true one.
+      auto existing = by_id.find(id);
+      if (existing == by_id.end() || job.value("state", "") == "running") by_id[id] = job;
     }
     json jobs = json::array();
     for (auto& [id, job] : by_id) jobs.push_back(std::move(job));
