@@ -22,7 +22,7 @@ struct nl_sock;
 namespace tern::agent {
 
 struct TaskUsage {
-  std::uint64_t cpu_ns = 0;    // time on a CPU (cpu_run_real_total)
+  std::uint64_t cpu_ns = 0;    // time on a CPU (ac_utime + ac_stime)
   std::uint64_t io_bytes = 0;  // read_char + write_char: bytes through read/write calls
   std::uint64_t hiwater_rss_bytes = 0;
 };
