@@ -111,12 +111,7 @@ class BalancerClusterTest : public ::testing::Test {
       problem_ = "the integration tests need root (network and mount namespaces)";
       return;
     }
-    setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
-    setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
-    if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
-    auto r = RunCmd(
-        {Script(), "up", "3", "--force", "--cpus-per-node", "1", "--mem-per-node", "2G"}, 180s);
-    if (r.exit_code != 0) problem_ = "`tern-cluster up 3` failed: " + r.Describe();
+    problem_ = UpCluster({"--cpus-per-node", "1", "--mem-per-node", "2G"});
   }
 
   static void TearDownTestSuite() {

@@ -48,14 +48,6 @@ const std::string kTestUser = "ternuser";
 std::string AgentLog(const std::string& node) { return NodeDir(node) + "/ternd.log"; }
 std::string RogueDir() { return NodeDir("node3") + "/rogue"; }
 
-std::string Tail(const std::string& text, size_t lines) {
-  auto all = Lines(text);
-  const size_t from = all.size() > lines ? all.size() - lines : 0;
-  std::string out;
-  for (size_t i = from; i < all.size(); ++i) out += "    " + all[i] + "\n";
-  return out;
-}
-
 // `tern ARGS` inside NODE (default socket = that node's agent).
 Result Tern(const std::string& node, std::vector<std::string> args,
             std::chrono::milliseconds timeout = 30s) {
@@ -215,26 +207,9 @@ class ClusterTest : public ::testing::Test {
           "the integration tests need root (network and mount namespaces); run them as root";
       return;
     }
-    for (const char* binary : {"ternd", "tern"}) {
-      if (access((kBinDir + "/" + binary).c_str(), X_OK) != 0) {
-        cluster_error_ = kBinDir + "/" + binary + " is missing: build the project first";
-        return;
-      }
-    }
-    setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
-    setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
-    if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
     // Every node in its own cgroup (2 CPUs, 4 GiB: no cap for the other tests); the load test
     // lowers node1's quota for itself.
-    auto r = RunCmd(
-        {Script(), "up", "3", "--force", "--cpus-per-node", "2", "--mem-per-node", "4G"}, 180s);
-    if (r.exit_code != 0) {
-      cluster_error_ = "`tern-cluster up 3` failed: " + r.Describe();
-      for (const auto& node : kNodes) {
-        cluster_error_ += "\n  log of " + node + ":\n" +
-                          Tail(ReadFile(kClusterBase + "/failed-logs/" + node + ".log"), 40);
-      }
-    }
+    cluster_error_ = UpCluster({"--cpus-per-node", "2", "--mem-per-node", "4G"});
   }
 
   static void TearDownTestSuite() {
@@ -1459,8 +1434,8 @@ TEST_F(ClusterTest, IpcChannelFollowsAMovedJobBeforeItUsesIpc) {
   FinishedOutput(server);
 }
 
-// docs/design.md "Data flows" 5, "Stay reachable": a job's ports, its waiting receives and its registered name move
-// with it; callers on every node keep getting every answer exactly once.
+// docs/design.md "Data flows" 5, "Stay reachable": a job's ports, its waiting receives and its
+// registered name move with it; callers on every node keep getting every answer exactly once.
 TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
   const std::string bin = kBinDir + "/";
   constexpr int kCallsEach = 200;
@@ -1990,34 +1965,97 @@ std::string JobAddressOf(const std::string& via, const std::string& id) {
              : "";
 }
 
-TEST_F(ClusterTest, NetRedisMovesThreeTimesWhileClientsOnOtherNodesAndTheHostKeepTalking) {
-  if (access("/usr/bin/redis-server", X_OK) != 0) {
-    FAIL() << "redis-server is not installed: run deploy/install-deps";
+// Children of the test that an ASSERT must not leave running: killed and reaped on scope exit
+// unless Reap() took them first.
+class Children {
+ public:
+  Children() = default;
+  Children(const Children&) = delete;
+  Children& operator=(const Children&) = delete;
+  ~Children() {
+    for (pid_t pid : pids_) {
+      if (pid > 0) StopAndReap(pid, SIGKILL, 5s);
+    }
   }
-  auto r = Tern(
-      "node1", {"submit", "-q", "--net", "--node", "node1", "--", "redis-server", "--port", "6379",
-                "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"});
-  ASSERT_EQ(r.exit_code, 0) << r.Describe();
-  const std::string id = Trim(r.out);
-  ASSERT_TRUE(WaitState("node1", id, "running")) << id;
-  const std::string address = JobAddressOf("node2", id);
-  ASSERT_FALSE(address.empty()) << Describe(Status("node2", id));
+  pid_t Add(pid_t pid) {
+    pids_.push_back(pid);
+    return pid;
+  }
+  void Reap(pid_t pid) {
+    for (pid_t& p : pids_) {
+      if (p == pid) {
+        StopAndReap(p, SIGKILL, 5s);
+        p = 0;
+      }
+    }
+  }
 
-  const std::string dir = "/tmp/" + kClusterName + "-net-" + std::to_string(getpid());
-  fs::create_directories(dir);
-  { std::ofstream(dir + "/client.py") << kRedisClient; }
-  const std::string stop = dir + "/stop";
-  fs::remove(stop);
-  // One client on node2, one on node3 (the node the server visits), one on the host.
-  std::vector<pid_t> clients;
-  for (const std::string node : {"node2", "node3"}) {
-    clients.push_back(
-        Spawn({Script(), "exec", node, "/usr/bin/python3", dir + "/client.py", address, stop},
-              dir + "/" + node + ".out"));
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// A redis-server job (--net) on node1 and three clients of it (on node2, on node3 and on the
+// host), each checking every answer it gets until Finish(), which expects each to say "ok".
+// The test cancels the job.
+class RedisWithClients {
+ public:
+  // Fatal failures when redis is missing or the job does not run (check HasFatalFailure()).
+  void Start(const std::string& tag) {
+    ASSERT_EQ(access("/usr/bin/redis-server", X_OK), 0)
+        << "redis-server is not installed: run deploy/install-deps";
+    auto r = Tern("node1", {"submit", "-q", "--net", "--node", "node1", "--", "redis-server",
+                            "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                            "--save", "", "--appendonly", "no"});
+    ASSERT_EQ(r.exit_code, 0) << r.Describe();
+    id = Trim(r.out);
+    ASSERT_TRUE(WaitState("node1", id, "running")) << id;
+    address = JobAddressOf("node2", id);
+    ASSERT_FALSE(address.empty()) << Describe(Status("node2", id));
+    dir_ = "/tmp/" + kClusterName + "-" + tag + "-" + std::to_string(getpid());
+    fs::create_directories(dir_);
+    { std::ofstream(dir_ + "/client.py") << kRedisClient; }
+    fs::remove(dir_ + "/stop");
+    for (const std::string node : {"node2", "node3"}) {
+      clients_.emplace_back(node,
+                            children_.Add(Spawn({Script(), "exec", node, "/usr/bin/python3",
+                                                 dir_ + "/client.py", address, dir_ + "/stop"},
+                                                dir_ + "/" + node + ".out")));
+    }
+    clients_.emplace_back(
+        "host",
+        children_.Add(Spawn({"/usr/bin/python3", dir_ + "/client.py", address, dir_ + "/stop"},
+                            dir_ + "/host.out")));
+    std::this_thread::sleep_for(1500ms);  // every client is talking
   }
-  clients.push_back(
-      Spawn({"/usr/bin/python3", dir + "/client.py", address, stop}, dir + "/host.out"));
-  std::this_thread::sleep_for(1500ms);
+
+  void Finish() {
+    { std::ofstream(dir_ + "/stop") << "stop\n"; }
+    for (const auto& [name, pid] : clients_) {
+      EXPECT_TRUE(WaitFor([&, pid = pid] { return !ProcessAlive(pid); }, 60s)) << name;
+      children_.Reap(pid);
+      const std::string out = ReadFile(dir_ + "/" + name + ".out");
+      EXPECT_EQ(out.rfind("ok ", 0), 0u) << "client on " << name << ": " << out;
+      std::cerr << "client on " << name << ": " << out;
+    }
+    clients_.clear();
+    fs::remove_all(dir_);
+  }
+
+  std::string id;
+  std::string address;
+
+ private:
+  std::string dir_;
+  Children children_;
+  std::vector<std::pair<std::string, pid_t>> clients_;
+};
+
+TEST_F(ClusterTest, NetRedisMovesThreeTimesWhileClientsOnOtherNodesAndTheHostKeepTalking) {
+  RedisWithClients redis;
+  redis.Start("net");
+  if (HasFatalFailure()) return;
+  const std::string& id = redis.id;
+  const std::string& address = redis.address;
   for (const auto& [to, mode] : std::vector<std::pair<std::string, std::string>>{
            {"node3", "precopy"}, {"node2", "postcopy"}, {"node1", "precopy"}}) {
     SCOPED_TRACE(mode + " to " + to);
@@ -2029,21 +2067,12 @@ TEST_F(ClusterTest, NetRedisMovesThreeTimesWhileClientsOnOtherNodesAndTheHostKee
     EXPECT_EQ(JobAddressOf("node2", id), address);
     std::this_thread::sleep_for(1000ms);
   }
-  { std::ofstream(stop) << "stop\n"; }
-  for (size_t i = 0; i < clients.size(); ++i) {
-    const std::string name = i == 0 ? "node2" : i == 1 ? "node3" : "host";
-    EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(clients[i]); }, 60s)) << name;
-    StopAndReap(clients[i], SIGKILL, 5s);
-    const std::string out = ReadFile(dir + "/" + name + ".out");
-    EXPECT_EQ(out.rfind("ok ", 0), 0u) << "client on " << name << ": " << out;
-    std::cerr << "client on " << name << ": " << out;
-  }
+  redis.Finish();
   auto st = Status("node3", id);
   ASSERT_TRUE(st);
   EXPECT_EQ(st->value("state", ""), "running");
   EXPECT_EQ(st->value("node", ""), "node1");
   EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
-  fs::remove_all(dir);
 }
 
 // Without --net, a TCP socket and a UDP socket are each named, with what to do, by the dry run
@@ -2178,35 +2207,6 @@ std::string ConfigValue(const std::string& node, const std::string& key) {
   return "";
 }
 
-// Children of the test that an ASSERT must not leave running: killed and reaped on scope exit
-// unless Reap() took them first.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t pid : pids_) {
-      if (pid > 0) StopAndReap(pid, SIGKILL, 5s);
-    }
-  }
-  pid_t Add(pid_t pid) {
-    pids_.push_back(pid);
-    return pid;
-  }
-  void Reap(pid_t pid) {
-    for (pid_t& p : pids_) {
-      if (p == pid) {
-        StopAndReap(p, SIGKILL, 5s);
-        p = 0;
-      }
-    }
-  }
-
- private:
-  std::vector<pid_t> pids_;
-};
-
 // A network namespace that is no tern node, on the cluster's bridge with an address of the
 // nodes' segment outside the job pool: "a host on the LAN". Its one route to the jobs is the
 // pool on-link, as docs/networking.md tells an outside host to have. Removed on destruction.
@@ -2332,9 +2332,6 @@ TEST_F(ClusterTest, NetAJobThatIsAClientOfServersOutsideTheClusterKeepsItsConnec
 // to the address. node3's agent runs with a criu whose restores fail (TERN_CRIU), then again
 // with the real one.
 TEST_F(ClusterTest, NetAMoveThatFailsAfterTheLockUnlocksTheJobAndRoutesNothingToTheDestination) {
-  if (access("/usr/bin/redis-server", X_OK) != 0) {
-    FAIL() << "redis-server is not installed: run deploy/install-deps";
-  }
   std::string real_criu = "/opt/tern/criu/bin/criu";
   if (access(real_criu.c_str(), X_OK) != 0)
     real_criu = Trim(RunCmd({"sh", "-c", "command -v criu"}).out);
@@ -2381,31 +2378,11 @@ TEST_F(ClusterTest, NetAMoveThatFailsAfterTheLockUnlocksTheJobAndRoutesNothingTo
   const auto error = restart_node3(true, wrapper);
   ASSERT_TRUE(error.empty()) << error;
 
-  auto r = Tern(
-      "node1", {"submit", "-q", "--net", "--node", "node1", "--", "redis-server", "--port", "6379",
-                "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"});
-  ASSERT_EQ(r.exit_code, 0) << r.Describe();
-  const std::string id = Trim(r.out);
-  ASSERT_TRUE(WaitState("node1", id, "running")) << id;
-  const std::string address = JobAddressOf("node1", id);
-  ASSERT_FALSE(address.empty()) << Describe(Status("node1", id));
-
-  const std::string dir = "/tmp/" + kClusterName + "-netfail-" + std::to_string(getpid());
-  fs::create_directories(dir);
-  { std::ofstream(dir + "/client.py") << kRedisClient; }
-  const std::string stop = dir + "/stop";
-  fs::remove(stop);
-  Children children;
-  std::vector<std::pair<std::string, pid_t>> clients;
-  for (const std::string node : {"node2", "node3"}) {
-    clients.emplace_back(node, children.Add(Spawn({Script(), "exec", node, "/usr/bin/python3",
-                                                   dir + "/client.py", address, stop},
-                                                  dir + "/" + node + ".out")));
-  }
-  clients.emplace_back("host",
-                       children.Add(Spawn({"/usr/bin/python3", dir + "/client.py", address, stop},
-                                          dir + "/host.out")));
-  std::this_thread::sleep_for(1500ms);
+  RedisWithClients redis;
+  redis.Start("netfail");
+  if (HasFatalFailure()) return;
+  const std::string& id = redis.id;
+  const std::string& address = redis.address;
   for (const std::string mode : {"precopy", "postcopy"}) {
     SCOPED_TRACE("a failing " + mode + " move to node3");
     auto m = Migrate("node1", id, "node3", mode);
@@ -2427,16 +2404,8 @@ TEST_F(ClusterTest, NetAMoveThatFailsAfterTheLockUnlocksTheJobAndRoutesNothingTo
   auto m = Migrate("node1", id, "node2", "precopy");
   EXPECT_EQ(m.result.exit_code, 0) << m.result.Describe();
   std::this_thread::sleep_for(1000ms);
-  { std::ofstream(stop) << "stop\n"; }
-  for (const auto& [name, pid] : clients) {
-    EXPECT_TRUE(WaitFor([&, pid = pid] { return !ProcessAlive(pid); }, 60s)) << name;
-    children.Reap(pid);
-    const std::string out = ReadFile(dir + "/" + name + ".out");
-    EXPECT_EQ(out.rfind("ok ", 0), 0u) << "client on " << name << ": " << out;
-    std::cerr << "client on " << name << ": " << out;
-  }
+  redis.Finish();
   EXPECT_EQ(Tern("node1", {"cancel", id}).exit_code, 0);
-  fs::remove_all(dir);
 }
 
 // ---- Sparse links (issue 13): gossip and on-demand links, no full mesh ---------------------

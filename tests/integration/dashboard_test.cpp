@@ -96,10 +96,7 @@ class DashboardTest : public ::testing::Test {
       error_ = "the dashboard integration tests need root (network namespaces); run them as root";
       return;
     }
-    setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
-    setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
-    auto r = RunCmd({Script(), "up", "3", "--force"}, 180s);
-    if (r.exit_code != 0) error_ = "`tern-cluster up 3` failed: " + r.Describe();
+    error_ = UpCluster();
   }
 
   static void TearDownTestSuite() {

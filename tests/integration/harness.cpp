@@ -211,4 +211,33 @@ bool ProcessAlive(pid_t pid) {
          stat[close_paren + 2] != 'Z';
 }
 
+std::string Tail(const std::string& text, size_t lines) {
+  auto all = Lines(text);
+  const size_t from = all.size() > lines ? all.size() - lines : 0;
+  std::string out;
+  for (size_t i = from; i < all.size(); ++i) out += "    " + all[i] + "\n";
+  return out;
+}
+
+std::string UpCluster(const std::vector<std::string>& extra) {
+  for (const char* binary : {"ternd", "tern"}) {
+    if (access((kBinDir + "/" + binary).c_str(), X_OK) != 0) {
+      return kBinDir + "/" + binary + " is missing: build the project first";
+    }
+  }
+  setenv("TERN_CLUSTER_NAME", kClusterName.c_str(), 1);
+  setenv("TERN_BIN_DIR", kBinDir.c_str(), 1);
+  if (getenv("TERN_LOG_LEVEL") == nullptr) setenv("TERN_LOG_LEVEL", "debug", 1);
+  std::vector<std::string> argv = {Script(), "up", "3", "--force"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto r = RunCmd(argv, std::chrono::seconds(180));
+  if (r.exit_code == 0) return "";
+  std::string error = "`tern-cluster up 3` failed: " + r.Describe();
+  for (const auto& node : kNodes) {
+    error += "\n  log of " + node + ":\n" +
+             Tail(ReadFile(kClusterBase + "/failed-logs/" + node + ".log"), 40);
+  }
+  return error;
+}
+
 }  // namespace tern::it

@@ -58,4 +58,13 @@ std::string Trim(const std::string& s);
 std::vector<std::string> Lines(const std::string& s);
 bool ProcessAlive(pid_t pid);
 
+// The last `lines` non-empty lines of `text`, indented, for failure messages.
+std::string Tail(const std::string& text, size_t lines);
+
+// Brings the suite's cluster up (again, --force) with `extra` arguments to `tern-cluster up 3`
+// (e.g. --cpus-per-node 1), after setting the environment tern-cluster reads (name, binaries,
+// debug logs unless TERN_LOG_LEVEL says otherwise). "" when it is up, else why not, with the
+// tail of each node's log.
+std::string UpCluster(const std::vector<std::string>& extra = {});
+
 }  // namespace tern::it
