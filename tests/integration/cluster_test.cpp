@@ -2321,7 +2321,10 @@ TEST_F(ClusterTest, NetAJobThatIsAClientOfServersOutsideTheClusterKeepsItsConnec
     // The server saw the job's own address all along: nothing translated it.
     EXPECT_EQ(Trim(out), "ok " + std::to_string(count) + " from " + address)
         << name << " server: " << out << "job: " << job_out;
-    EXPECT_GT(count, 100) << "too few requests to have spanned the moves: " << job_out;
+    // The job talked before the first move (1.5 s) and only ends on the "stop" its connection
+    // brought after the last one, so its requests spanned the moves whatever their count;
+    // the count only says it kept talking (CI under load saw 56 in ~6 s, where 150 is usual).
+    EXPECT_GT(count, 20) << "too few requests to have spanned the moves: " << job_out;
   }
   fs::remove_all(dir);
 }
