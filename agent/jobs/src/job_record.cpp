@@ -124,7 +124,10 @@ bool IsValidMigrationId(std::string_view id) {
 json ToJson(const JobRecord& job, TimePoint now) {
   const TimePoint since = job.started_at.value_or(job.submitted_at);
   const TimePoint until = job.ended_at.value_or(now);
-  const double age = std::chrono::duration<double>(now - since).count();
+  // In seconds as doubles: a record's times come from a file, and the difference of two
+  // far-apart time points does not fit the clock's integer nanoseconds.
+  const double age = std::chrono::duration<double>(now.time_since_epoch()).count() -
+                     std::chrono::duration<double>(since.time_since_epoch()).count();
   (void)until;
   return json{{"id", job.id},
               {"name", job.name},
