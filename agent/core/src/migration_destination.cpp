@@ -469,30 +469,25 @@ void MigrationDriver::StartReceiver(const std::shared_ptr<Incoming>& incoming,
 void MigrationDriver::ReportIncoming(const std::shared_ptr<Incoming>& incoming,
                                      const migrate::ReportAction& report) {
   const std::string state(migrate::ToString(incoming->machine.phase()));
+  // A "migration" event about this incoming move: who, from where, and `fields`.
+  auto publish = [&](const char* event, json fields) {
+    if (!publish_) return;
+    fields.update(json{{"event", event},
+                       {"id", incoming->id},
+                       {"job", incoming->job.id},
+                       {"from", incoming->source},
+                       {"to", cluster_.self().name}});
+    publish_("migration", std::move(fields));
+  };
   switch (report.kind) {
     case migrate::ReportKind::kBlocked:
       spdlog::error("migration {}: job {} is blocked ({}): {}", incoming->id, incoming->job.id,
                     state, report.message);
-      if (publish_) {
-        publish_("migration", {{"event", "blocked"},
-                               {"id", incoming->id},
-                               {"job", incoming->job.id},
-                               {"from", incoming->source},
-                               {"to", cluster_.self().name},
-                               {"state", state},
-                               {"error", report.message}});
-      }
+      publish("blocked", {{"state", state}, {"error", report.message}});
       return;
     case migrate::ReportKind::kRecovered:
       spdlog::warn("migration {}: job {}: {}", incoming->id, incoming->job.id, report.message);
-      if (publish_) {
-        publish_("migration", {{"event", "recovered"},
-                               {"id", incoming->id},
-                               {"job", incoming->job.id},
-                               {"from", incoming->source},
-                               {"to", cluster_.self().name},
-                               {"detail", report.message}});
-      }
+      publish("recovered", {{"detail", report.message}});
       if (incoming->recover_done) {
         auto done = std::move(incoming->recover_done);
         incoming->recover_done = nullptr;
