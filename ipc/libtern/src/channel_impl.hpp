@@ -15,7 +15,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -128,6 +130,16 @@ void NoteAgentSendSlow(std::uint64_t channel, std::uint32_t name);
 inline void NoteAgentSend(const Channel::Impl& impl, std::uint32_t name) {
   if (thread_has_direct_state) NoteAgentSendSlow(impl.id(), name);
 }
+
+// send_receive over this thread's direct connection to the message's destination (docs/ipc.md
+// "send_receive direct"): nullopt when the message cannot or need not go that way (it carries
+// rights, its reply is not a send-once right to `port`, this thread's first message on the
+// name, the receiver takes no direct traffic): the caller then sends it plain.
+std::optional<IpcResult<Message>> SendReceiveDirect(const Channel& channel,
+                                                    const std::shared_ptr<Channel::Impl>& impl,
+                                                    const Message& message, std::uint32_t port,
+                                                    Timeout receive_timeout, FullPolicy policy,
+                                                    Timeout send_timeout);
 }  // namespace libtern
 
 }  // namespace tern

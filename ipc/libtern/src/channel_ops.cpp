@@ -274,6 +274,10 @@ IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::u
 IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t port,
                                          Timeout receive_timeout, FullPolicy policy,
                                          Timeout send_timeout) const {
+  if (auto direct = libtern::SendReceiveDirect(*this, impl_, message, port, receive_timeout, policy,
+                                               send_timeout)) {
+    return std::move(*direct);
+  }
   WireWriter writer(/*share_data=*/true);
   writer.U32(port);
   writer.U32(libtern::TimeoutMs(receive_timeout));

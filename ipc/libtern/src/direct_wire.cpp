@@ -64,11 +64,14 @@ bool IsDataOnly(std::span<const Item> items) {
 }
 
 void WriteDirectCall(ipc::WireWriter& out, DirectCallKind kind, std::uint64_t client,
-                     std::uint64_t sequence, std::span<const Item> items) {
-  WriteFrame(out, ipc::FrameType::kDirectCall, 1 + 8 + 8, items);
+                     std::uint64_t sequence, std::span<const Item> items,
+                     std::uint32_t message_id) {
+  const bool with_id = kind == DirectCallKind::kMessage;
+  WriteFrame(out, ipc::FrameType::kDirectCall, 1 + 8 + 8 + (with_id ? 4 : 0), items);
   out.U8(static_cast<std::uint8_t>(kind));
   out.U64(client);
   out.U64(sequence);
+  if (with_id) out.U32(message_id);
   WriteItemsOf(out, items);
 }
 
@@ -89,15 +92,23 @@ Expected<DirectCall> ParseDirectCall(std::shared_ptr<const std::string> payload)
   auto sequence = reader.U64();
   if (!sequence) return Fail("DirectCall cut short");
   if (*kind != static_cast<std::uint8_t>(DirectCallKind::kRequest) &&
-      *kind != static_cast<std::uint8_t>(DirectCallKind::kAck)) {
+      *kind != static_cast<std::uint8_t>(DirectCallKind::kAck) &&
+      *kind != static_cast<std::uint8_t>(DirectCallKind::kMessage)) {
     return Fail("DirectCall of unknown kind " + std::to_string(*kind));
+  }
+  std::uint32_t message_id = 0;
+  if (*kind == static_cast<std::uint8_t>(DirectCallKind::kMessage)) {
+    auto id = reader.U32();
+    if (!id) return Fail("DirectCall cut short");
+    message_id = *id;
   }
   auto items = ReadItems(reader, payload);
   if (!items) return Fail(items.error().message);
   if (*kind == static_cast<std::uint8_t>(DirectCallKind::kAck) && !items->empty()) {
     return Fail("a DirectCall ack carries no items");
   }
-  return DirectCall{static_cast<DirectCallKind>(*kind), *client, *sequence, std::move(*items)};
+  return DirectCall{static_cast<DirectCallKind>(*kind), *client, *sequence, message_id,
+                    std::move(*items)};
 }
 
 Expected<DirectAnswer> ParseDirectAnswer(std::shared_ptr<const std::string> payload) {

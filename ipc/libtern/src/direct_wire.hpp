@@ -3,6 +3,8 @@
 // big-endian, items as [u8 kind: bytes 1 / out-of-line 3][u32 length][data].
 //
 //   DirectCall   [u8 kind: 1 request, 2 ack][u64 client][u64 sequence][u32 count][items]
+//                kind 3, a send_receive's message: [u8 3][u64 client][u64 sequence]
+//                [u32 message id][u32 count][items]
 //   DirectAnswer [u8 outcome][u8 rpc flags][u64 client][u64 sequence][u32 count][items]
 //
 // Encoding writes a whole frame (its header too) into a data-sharing WireWriter: large items
@@ -26,7 +28,11 @@
 
 namespace tern::libtern {
 
-enum class DirectCallKind : std::uint8_t { kRequest = 1, kAck = 2 };
+enum class DirectCallKind : std::uint8_t {
+  kRequest = 1,
+  kAck = 2,
+  kMessage = 3,  // a send_receive: a request with the sender's message id (docs/ipc.md)
+};
 enum class DirectOutcome : std::uint8_t {
   kReply = 0,
   kCallThroughAgents = 1,  // the reply holds rights: the server keeps it for the agent path
@@ -36,6 +42,7 @@ struct DirectCall {
   DirectCallKind kind = DirectCallKind::kRequest;
   std::uint64_t client = 0;
   std::uint64_t sequence = 0;
+  std::uint32_t message_id = 0;  // kMessage only
   std::vector<Item> items;
 };
 
@@ -51,9 +58,10 @@ struct DirectAnswer {
 bool IsDataOnly(std::span<const Item> items);
 
 // Appends the whole frame to `out` (a data-sharing writer, empty or holding earlier frames).
-// `items` must be data only.
+// `items` must be data only; `message_id` is written for kMessage only.
 void WriteDirectCall(ipc::WireWriter& out, DirectCallKind kind, std::uint64_t client,
-                     std::uint64_t sequence, std::span<const Item> items);
+                     std::uint64_t sequence, std::span<const Item> items,
+                     std::uint32_t message_id = 0);
 void WriteDirectAnswer(ipc::WireWriter& out, DirectOutcome outcome, std::uint8_t flags,
                        std::uint64_t client, std::uint64_t sequence, std::span<const Item> items);
 

@@ -98,12 +98,24 @@ enum class DirectEnd {
   kBroken,         // the connection is closed: repeat through the agents
 };
 
+// What is exchanged: an RPC call, or a send_receive's message (its id travels with it, the
+// reply comes back as a plain message with that id, a handler's failure is its text).
+struct Shape {
+  bool message = false;
+  std::uint32_t message_id = 0;
+  std::uint32_t receive_port = 0;  // the send_receive's port: the reply's destination
+  FullPolicy policy = FullPolicy::kWait;
+  Timeout send_timeout = kForever;
+};
+
 DirectEnd CallDirect(DirectPort& direct, const RpcHeader& header, const std::vector<Item>& items,
-                     Clock::time_point deadline, libtern::DirectAnswer& answer) {
+                     const Shape& shape, Clock::time_point deadline,
+                     libtern::DirectAnswer& answer) {
   DirectConnection& connection = *direct.connection;
   ipc::WireWriter frame(/*share_data=*/true);
-  libtern::WriteDirectCall(frame, libtern::DirectCallKind::kRequest, header.client, header.sequence,
-                           items);
+  libtern::WriteDirectCall(
+      frame, shape.message ? libtern::DirectCallKind::kMessage : libtern::DirectCallKind::kRequest,
+      header.client, header.sequence, items, header.message_id);
   bool ok = static_cast<bool>(connection.Write(frame));
   while (ok) {
     auto read = connection.Read(deadline);
@@ -150,32 +162,44 @@ void libtern::NoteAgentSendSlow(std::uint64_t channel, std::uint32_t name) {
   if (direct != state->second.direct.end()) direct->second.sent_through_agents = true;
 }
 
-IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
-                                 CallOptions options) const {
+namespace {
+
+ClientState& ClientFor(const std::shared_ptr<Channel::Impl>& impl) {
   auto& clients = thread_clients.by_channel;
-  if (!clients.contains(impl_->id())) {
+  if (!clients.contains(impl->id())) {
     std::erase_if(clients, [](const auto& entry) { return entry.second.impl.expired(); });
   }
-  ClientState& state = clients[impl_->id()];
-  state.impl = impl_;
-  const RpcHeader header{0, state.client, state.next_sequence++};
+  ClientState& state = clients[impl->id()];
+  state.impl = impl;
+  return state;
+}
 
-  auto [entry, first_call] = state.direct.try_emplace(port);
-  DirectPort& direct = entry->second;
-  libtern::thread_has_direct_state = true;
-  const ClearSentMark clear_mark{direct};
-  bool go_direct = !first_call && !direct.sent_through_agents && libtern::IsDataOnly(items);
-  if (go_direct && !direct.connection) {
-    if (Clock::now() < direct.refused_until) {
-      go_direct = false;
-    } else if (auto fd = libtern::DirectOpen(*impl_, port)) {
-      direct.connection.emplace(std::move(*fd));
-    } else {
-      // Refused (or an agent that does not know the op): through the agents for a while.
-      direct.refused_until = Clock::now() + kRefusedFor;
-      go_direct = false;
-    }
+// Opens `direct`'s connection if it has none and may ask: false when there is none to use.
+bool EnsureConnection(Channel::Impl& impl, DirectPort& direct, std::uint32_t port) {
+  if (direct.connection) return true;
+  if (Clock::now() < direct.refused_until) return false;
+  if (auto fd = libtern::DirectOpen(impl, port)) {
+    direct.connection.emplace(std::move(*fd));
+    return true;
   }
+  // Refused (or an agent that does not know the op): through the agents for a while.
+  direct.refused_until = Clock::now() + kRefusedFor;
+  return false;
+}
+
+// One request and its reply, direct when `go_direct` and the connection holds, else (or after
+// the connection broke) the same (client, sequence) through the agents in the RPC format.
+IpcResult<Message> Exchange(const Channel& channel, ClientState& state, DirectPort& direct,
+                            bool go_direct, std::uint32_t port, std::vector<Item> items,
+                            CallOptions options, const Shape& shape) {
+  const std::uint8_t request_flags = shape.message ? libtern::kRpcCarriesId : 0;
+  const RpcHeader header{request_flags, state.client, state.next_sequence++, shape.message_id};
+  const auto finish = [&](Message reply, std::uint8_t flags) -> IpcResult<Message> {
+    if (!shape.message) return Finish(std::move(reply), flags);
+    reply.destination = shape.receive_port;
+    reply.id = shape.message_id;
+    return reply;
+  };
 
   std::optional<Message> request;  // the agent path's message, built when first needed
   const int attempts = options.attempts < 1 ? 1 : options.attempts;
@@ -183,7 +207,7 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
     const auto deadline = DeadlineAfter(options.timeout);
     if (go_direct && direct.connection) {
       libtern::DirectAnswer answer;
-      switch (CallDirect(direct, header, items, deadline, answer)) {
+      switch (CallDirect(direct, header, items, shape, deadline, answer)) {
         case DirectEnd::kAnswered: {
           if (answer.flags & libtern::kRpcAckWanted) {
             ipc::WireWriter ack;
@@ -196,7 +220,7 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
           reply.destination = state.reply_port;
           reply.id = libtern::kRpcReplyId;
           reply.items = std::move(answer.items);
-          return Finish(std::move(reply), answer.flags);
+          return finish(std::move(reply), answer.flags);
         }
         case DirectEnd::kTimedOut:
           continue;
@@ -208,7 +232,7 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
     }
 
     if (state.reply_port == 0) {
-      auto reply_port = port_allocate();
+      auto reply_port = channel.port_allocate();
       if (!reply_port) return reply_port.error();
       state.reply_port = *reply_port;
     }
@@ -232,9 +256,10 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
       }
       // The request and the wait for its reply in one round trip to the agent; later waits
       // (after a stale reply) receive only.
-      auto reply =
-          first ? send_receive(*request, state.reply_port, left, FullPolicy::kWait, options.timeout)
-                : receive(state.reply_port, left);
+      auto reply = first
+                       ? channel.send_receive(*request, state.reply_port, left, shape.policy,
+                                              shape.message ? shape.send_timeout : options.timeout)
+                       : channel.receive(state.reply_port, left);
       if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
       first = false;
       if (!reply) {
@@ -254,14 +279,62 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
         ack.id = libtern::kRpcAckId;
         ack.items.push_back(libtern::EncodeRpcHeader({0, header.client, header.sequence}));
         // A lost ack costs only memory until the next request, which acknowledges it too.
-        (void)send(ack, FullPolicy::kFail);
+        (void)channel.send(ack, FullPolicy::kFail);
       }
       reply->items.erase(reply->items.begin());
-      return Finish(std::move(*reply), got->flags);
+      return finish(std::move(*reply), got->flags);
     }
   }
   return IpcError{JobStatus::kTimedOut, "no RPC reply after " + std::to_string(attempts) +
                                             (attempts == 1 ? " attempt" : " attempts")};
+}
+
+}  // namespace
+
+IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
+                                 CallOptions options) const {
+  ClientState& state = ClientFor(impl_);
+  auto [entry, first_call] = state.direct.try_emplace(port);
+  DirectPort& direct = entry->second;
+  libtern::thread_has_direct_state = true;
+  const ClearSentMark clear_mark{direct};
+  bool go_direct = !first_call && !direct.sent_through_agents && libtern::IsDataOnly(items);
+  if (go_direct) go_direct = EnsureConnection(*impl_, direct, port);
+  return Exchange(*this, state, direct, go_direct, port, std::move(items), options, Shape{});
+}
+
+std::optional<IpcResult<Message>> libtern::SendReceiveDirect(
+    const Channel& channel, const std::shared_ptr<Channel::Impl>& impl, const Message& message,
+    std::uint32_t port, Timeout receive_timeout, FullPolicy policy, Timeout send_timeout) {
+  // Only a message that asks for its answer on `port` and carries nothing but data: its reply
+  // right is then the connection itself (no right travels).
+  if (message.destination_disposition != Disposition::kCopySend || message.reply != port ||
+      message.reply_disposition != Disposition::kMakeSendOnce || port == 0 ||
+      libtern::IsRpcMessage(message) || !libtern::IsDataOnly(message.items)) {
+    return std::nullopt;
+  }
+  ClientState& state = ClientFor(impl);
+  auto [entry, first_use] = state.direct.try_emplace(message.destination);
+  libtern::thread_has_direct_state = true;
+  // The first message on a name goes plain through the agents (sends before it were not
+  // tracked), as does every one while the receiver takes no direct traffic.
+  if (first_use) return std::nullopt;
+  DirectPort& direct = entry->second;
+  if (!EnsureConnection(*impl, direct, message.destination)) return std::nullopt;
+  // The receiver accepted a connection, so it is an RpcServer: from here the exchange has a
+  // (client, sequence) and any repeat through the agents is checked for duplicates.
+  const ClearSentMark clear_mark{direct};
+  const bool go_direct = !direct.sent_through_agents;
+  CallOptions options;
+  options.timeout = receive_timeout;
+  Shape shape;
+  shape.message = true;
+  shape.message_id = message.id;
+  shape.receive_port = port;
+  shape.policy = policy;
+  shape.send_timeout = send_timeout;
+  return Exchange(channel, state, direct, go_direct, message.destination, message.items, options,
+                  shape);
 }
 
 IpcResult<std::string> Channel::call(std::uint32_t port, std::string_view request,

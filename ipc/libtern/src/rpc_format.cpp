@@ -8,6 +8,7 @@ Item EncodeRpcHeader(const RpcHeader& header) {
   writer.U8(header.flags);
   writer.U64(header.client);
   writer.U64(header.sequence);
+  if (header.flags & kRpcCarriesId) writer.U32(header.message_id);
   return Item::Bytes(writer.Take());
 }
 
@@ -18,16 +19,20 @@ bool IsRpcMessage(const Message& message) {
 std::optional<RpcHeader> DecodeRpcHeader(const Message& message) {
   if (!IsRpcMessage(message) || message.items.empty()) return std::nullopt;
   const Item& first = message.items.front();
-  if (first.kind != ItemKind::kBytes || first.bytes().size() != kRpcHeaderSize) {
-    return std::nullopt;
-  }
+  if (first.kind != ItemKind::kBytes) return std::nullopt;
   ipc::WireReader reader(first.bytes());
   auto version = reader.U8();
   auto flags = reader.U8();
   auto client = reader.U64();
   auto sequence = reader.U64();
   if (!sequence || *version != kRpcVersion) return std::nullopt;
-  return RpcHeader{*flags, *client, *sequence};
+  const bool with_id = (*flags & kRpcCarriesId) != 0;
+  if (first.bytes().size() != (with_id ? kRpcHeaderWithIdSize : kRpcHeaderSize)) {
+    return std::nullopt;
+  }
+  RpcHeader header{*flags, *client, *sequence};
+  if (with_id) header.message_id = *reader.U32();
+  return header;
 }
 
 }  // namespace tern::libtern

@@ -88,6 +88,7 @@ class RpcServer::State {
 
   // The reply to send, if any; Serve sends it together with its next receive.
   std::optional<Message> Handle(Message message, const RpcHeader& header);
+  std::optional<Message> HandlePlain(Message message);
   static std::optional<Message> Reply(std::uint32_t reply_right, const RpcHeader& header,
                                       std::vector<Item> items);
   void Drop(std::uint32_t reply_right);
@@ -146,7 +147,13 @@ void RpcServer::State::Serve(const std::stop_token& stop) {
     }
     auto header = libtern::DecodeRpcHeader(*message);
     if (!header) {
-      Drop(message->reply);
+      // A plain message with a reply right (a send_receive's): served as a request without a
+      // duplicate check (it has no client id); the reply goes back plain, with its id.
+      if (!libtern::IsRpcMessage(*message) && message->reply != 0) {
+        reply = HandlePlain(std::move(*message));
+      } else {
+        Drop(message->reply);
+      }
       continue;
     }
     if (message->id == libtern::kRpcAckId) {
@@ -260,10 +267,38 @@ std::optional<Message> RpcServer::State::Handle(Message message, const RpcHeader
   request.sequence = header.sequence;
   request.message = std::move(message);
   request.message.items.erase(request.message.items.begin());
+  if (header.flags & libtern::kRpcCarriesId) request.message.id = header.message_id;
   if (const std::uint32_t waiting = Run(std::move(request), flags, items); waiting != 0) {
     Drop(waiting);  // a repeat waits only for a request running on a direct connection
   }
   return Reply(reply_right, RpcHeader{flags, header.client, header.sequence}, std::move(items));
+}
+
+std::optional<Message> RpcServer::State::HandlePlain(Message message) {
+  const std::uint32_t reply_right = message.reply;
+  Message reply;
+  reply.destination = reply_right;
+  reply.destination_disposition = message.reply_disposition;  // move-send-once or move-send
+  reply.id = message.id;
+  message.reply = 0;
+  message.reply_disposition = Disposition::kNone;
+  RpcRequest request;
+  request.message = std::move(message);
+  {
+    running_.acquire();
+    struct Release {
+      std::counting_semaphore<>& running;
+      ~Release() { running.release(); }
+    } release{running_};
+    handled_.fetch_add(1);
+    try {
+      reply.items = handler_(request);
+    } catch (const std::exception& error) {
+      // A plain sender has no RPC flags to read: the failure's text is the reply.
+      reply.items = {Item::Bytes(error.what())};
+    }
+  }
+  return reply;
 }
 
 std::optional<Message> RpcServer::State::Reply(std::uint32_t reply_right, const RpcHeader& header,
@@ -343,7 +378,9 @@ bool RpcServer::State::ServeConnection(DirectConnection& connection) {
         request.client = call->client;
         request.sequence = call->sequence;
         request.message.destination = port_;
-        request.message.id = libtern::kRpcRequestId;
+        request.message.id = call->kind == libtern::DirectCallKind::kMessage
+                                 ? call->message_id
+                                 : libtern::kRpcRequestId;
         request.message.items = std::move(call->items);
         handled_direct_.fetch_add(1);
         if (const std::uint32_t waiting = Run(std::move(request), flags, items); waiting != 0) {
