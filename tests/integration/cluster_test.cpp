@@ -1506,6 +1506,51 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
       << server_out;
 }
 
+// docs/ipc.md "send_receive direct": data messages sent with send_receive go straight to an
+// RpcServer, and through two moves of the receiver (across nodes, then to the sender's node)
+// each is handled exactly once and answered, with no retry by the sender.
+TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves) {
+  const std::string bin = kBinDir + "/";
+  constexpr int kMessages = 600;
+  const auto server = Submit("node1",
+                             {bin + "tern-example-rpc-server", "--name", "itsrmove", "--threads",
+                              "1", "--ack", "explicit", "--requests", std::to_string(kMessages)},
+                             "node1");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", server).value_or("").find("rpc server:") != std::string::npos;
+      },
+      30s));
+  const auto client = Submit(
+      "node1",
+      {bin + "tern-ipc-probe", "sendrecv-client", "itsrmove", std::to_string(kMessages), "10"},
+      "node3");
+  // Messages are flowing: the client holds the server's send right and its inbox.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto status = Status("node1", client);
+        return status && status->value("ipc_rights", 0) >= 2;
+      },
+      30s));
+  auto first = Tern("node1", {"migrate", server, "node2"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  auto second = Tern("node1", {"migrate", server, "node3"});
+  ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  const auto client_out = FinishedOutput(client);
+  EXPECT_NE(client_out.find(std::to_string(kMessages) + " exchanges ok, 0 failed"),
+            std::string::npos)
+      << client_out;
+  const auto server_out = FinishedOutput(server);
+  EXPECT_NE(server_out.find("handled " + std::to_string(kMessages) + " requests"),
+            std::string::npos)
+      << server_out;
+  const auto direct_at = server_out.find(" of them came over direct connections");
+  ASSERT_NE(direct_at, std::string::npos) << server_out;
+  const auto number_at = server_out.rfind(' ', direct_at - 1) + 1;
+  EXPECT_GT(std::stoi(server_out.substr(number_at, direct_at - number_at)), kMessages / 2)
+      << server_out;
+}
+
 TEST_F(ClusterTest, IpcAJobHoldingARegionIsRefusedByThePreflight) {
   const std::string probe = kBinDir + "/tern-ipc-probe";
   const auto peer = Submit("node1", {probe, "region-peer", "itregmv"}, "node2");

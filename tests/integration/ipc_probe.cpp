@@ -550,6 +550,36 @@ int DirectFence(const std::string& name) {
   return answered ? 1 : 0;
 }
 
+// send_receive against a summing RpcServer (tern-example-rpc-server) COUNT times, PAUSE_MS
+// apart: each message "i 1000000" on a send right, with a send-once reply right to a port of
+// its own, once (10 s to answer, no retry). Prints how many came back with their own sum.
+int SendReceiveClient(const Channel& channel, const std::string& name, long count, long pause_ms) {
+  const auto to = LookupRetrying(channel, name);
+  auto inbox = channel.port_allocate();
+  if (to == 0 || !inbox) return Fail("setup");
+  long ok = 0;
+  long failed = 0;
+  std::string first_error;
+  for (long i = 0; i < count; ++i) {
+    const auto message =
+        tern::MessageBuilder(to).id(7).bytes(std::to_string(i) + " 1000000").reply(*inbox).build();
+    auto reply = channel.send_receive(message, *inbox, 10s, tern::ipc::FullPolicy::kWait, 10s);
+    if (reply && reply->id == 7 && tern::FirstBytes(*reply) == std::to_string(i + 1000000)) {
+      ++ok;
+    } else {
+      ++failed;
+      if (first_error.empty()) {
+        first_error = reply ? "wrong reply \"" + std::string(tern::FirstBytes(*reply)) + "\""
+                            : reply.error().ToString();
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+  }
+  std::printf("%ld exchanges ok, %ld failed%s%s\n", ok, failed, first_error.empty() ? "" : ": ",
+              first_error.c_str());
+  return failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -585,6 +615,11 @@ int main(int argc, char** argv) {
   if (mode == "direct-revoked") code = DirectRevoked(channel, name);
   if (mode == "direct-smuggler") code = DirectSmuggler(channel, name);
   if (mode == "direct-fence") code = DirectFence(name);
+  // sendrecv-client NAME COUNT PAUSE_MS
+  if (mode == "sendrecv-client") {
+    code = SendReceiveClient(channel, name, argc > 3 ? std::stol(argv[3]) : 100,
+                             argc > 4 ? std::stol(argv[4]) : 0);
+  }
   std::fflush(stdout);
   return code;
 }
