@@ -1,6 +1,7 @@
 // tern-bench-ipc-tern: the tern path of bench/ipc, two tern jobs talking through libtern.
 //
-//   tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S]
+//   tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME]
+//   [--size S]
 //       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
 //
 // Both ends run as jobs (`tern submit --node nodeK -- tern-bench-ipc-tern ...`); the server
@@ -14,8 +15,14 @@
 //       stream: a PortReader (receive_many batches read in place) takes the --warmup and --count
 //         data messages; after each batch the client sends an end marker carrying a
 //         make-send-once reply right, answered at once.
+//       sendrecv: the pingpong server (an RpcServer serves a plain message with a reply right
+//         too, and takes it over the direct connection when it can);
+//       sendrecv-agents: a plain receiver (send_receive of each reply with the next receive,
+//         as MIG servers do), which takes no direct traffic: every message crosses the agents;
 //   client: name_lookup(NAME) (retried until the server has registered it), then
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
+//       sendrecv, sendrecv-agents: send_receive of a --size message with a make-send-once
+//         reply right to a port of its own, on which it receives the echo; each timed;
 //       stream: a PortWriter (trains of messages, up to 8 on their way at once; a full queue
 //         holds the sender back, nothing is dropped), flushed,
 //         then the end marker and a receive() of its answer on a port of its own: the
@@ -24,6 +31,7 @@
 // Exit status: 0 done, 1 failed, 3 tern IPC is not available here (the reason on stderr).
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tern/ipc.hpp>
@@ -37,7 +45,8 @@ namespace tern::bench {
 namespace {
 
 constexpr std::string_view kUsage =
-    "tern-bench-ipc-tern {server,client} {pingpong,stream} [--name NAME] [--size S] [--count N] "
+    "tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME] "
+    "[--size S] [--count N] "
     "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]";
 constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
@@ -113,13 +122,36 @@ void StreamServer(const Channel& channel, const Options& options, std::uint32_t 
   }
 }
 
+// A receiver that is not an RpcServer: the reply to each message leaves with the next receive.
+void PlainEchoServer(const Channel& channel, std::uint32_t port) {
+  std::optional<Message> reply;
+  const auto deadline = Clock::now() + std::chrono::minutes(10);
+  while (Clock::now() < deadline) {
+    auto message = reply ? channel.send_receive(*reply, port, kStepTimeout)
+                         : channel.receive(port, kStepTimeout);
+    reply.reset();
+    Message got = Check(std::move(message), "receive");
+    if (got.reply == 0) continue;
+    Message answer = BytesMessage(got.reply, std::string(FirstBytes(got)), got.id);
+    answer.destination_disposition = got.reply_disposition;
+    if (FirstBytes(got) == "bye") {
+      Check(channel.send(answer), "send the last reply");
+      return;
+    }
+    reply = std::move(answer);
+  }
+  Die("no \"bye\" from the client within 10 minutes");
+}
+
 int Server(const Options& options) {
   const Channel channel;
   const std::uint32_t port =
       Check(channel.port_allocate(options.op == "stream" ? options.queue : 0), "port_allocate");
   Check(channel.name_register(options.name, port), "name_register");
-  if (options.op == "pingpong") {
+  if (options.op == "pingpong" || options.op == "sendrecv") {
     PingPongServer(channel, port);
+  } else if (options.op == "sendrecv-agents") {
+    PlainEchoServer(channel, port);
   } else {
     StreamServer(channel, options, port);
   }
@@ -154,6 +186,23 @@ int Client(const Options& options) {
     CallOptions bye_options;
     bye_options.timeout = std::chrono::seconds(5);
     (void)channel.call(port, "bye", bye_options);
+    ReportPingPong(options, "tern", std::move(samples));
+    return 0;
+  }
+  if (options.op == "sendrecv" || options.op == "sendrecv-agents") {
+    const std::uint32_t inbox = Check(channel.port_allocate(), "port_allocate");
+    const Message request = MessageBuilder(port).id(kDataId).bytes(payload).reply(inbox).build();
+    std::vector<double> samples;
+    samples.reserve(options.count);
+    for (std::uint64_t i = 0; i < options.warmup + options.count; ++i) {
+      const auto start = Clock::now();
+      const Message reply =
+          Check(channel.send_receive(request, inbox, kStepTimeout), "send_receive");
+      if (FirstBytes(reply).size() != options.size) Die("a reply of the wrong size arrived");
+      if (i >= options.warmup) samples.push_back(Micros(Clock::now() - start));
+    }
+    (void)channel.send_receive(MessageBuilder(port).id(kDataId).bytes("bye").reply(inbox).build(),
+                               inbox, std::chrono::seconds(5));
     ReportPingPong(options, "tern", std::move(samples));
     return 0;
   }

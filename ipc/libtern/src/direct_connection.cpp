@@ -53,7 +53,7 @@ Expected<void> DirectConnection::Write(ipc::WireWriter& frames) {
   return {};
 }
 
-Expected<bool> DirectConnection::ReceiveOnce() {
+Expected<bool> DirectConnection::ReceiveOnce(bool* drained) {
   if (broken()) return Fail(broken_reason_);
   for (;;) {
     const std::span<char> space = decoder_.Prepare();
@@ -62,6 +62,7 @@ Expected<bool> DirectConnection::ReceiveOnce() {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
     if (n < 0) return Break(std::string("direct connection read failed: ") + std::strerror(errno));
     if (n == 0) return Break("the other job closed the direct connection");
+    if (drained) *drained = static_cast<std::size_t>(n) < space.size();
     if (auto fed = decoder_.Commit(static_cast<std::size_t>(n)); !fed) {
       return Break("direct connection broken: " + fed.error().message);
     }
@@ -99,9 +100,12 @@ Expected<std::optional<ipc::Frame>> DirectConnection::Read(
 
 Expected<void> DirectConnection::ReadAvailable() {
   for (;;) {
-    auto got = ReceiveOnce();
+    // A read that did not fill the space took all there was: no second receive to learn it
+    // (a request costs one recv, not two). What arrives later wakes the owner's epoll again.
+    bool drained = false;
+    auto got = ReceiveOnce(&drained);
     if (!got) return Fail(got.error().message);
-    if (!*got) return {};
+    if (!*got || drained) return {};
   }
 }
 

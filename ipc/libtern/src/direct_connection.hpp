@@ -33,13 +33,15 @@ class DirectConnection {
   // The next frame; nullopt once `deadline` passes without one (time_point::max(): no limit).
   Expected<std::optional<ipc::Frame>> Read(std::chrono::steady_clock::time_point deadline);
   // Receives what has arrived, without waiting; the frames are then in Next(). Fails on end of
-  // file, an error or a malformed stream.
+  // file, an error or a malformed stream. Only for an owner woken by a level-triggered or
+  // re-armed epoll: it stops after a read that did not fill its buffer, without seeing EAGAIN.
   Expected<void> ReadAvailable();
   std::optional<ipc::Frame> Next() { return decoder_.Next(); }
 
  private:
   // One non-blocking receive into the decoder: true if bytes came, false if none were there.
-  Expected<bool> ReceiveOnce();
+  // `drained` (if given) says whether the bytes that came were fewer than there was room for.
+  Expected<bool> ReceiveOnce(bool* drained = nullptr);
   Unexpected<Error> Break(std::string reason);
 
   UniqueFd fd_;

@@ -203,7 +203,10 @@ class Channel {
   IpcResult<std::vector<Message>> receive_many(std::uint32_t port, std::uint32_t max,
                                                Timeout timeout = kForever) const;
   // Sends `message`, then receives on `port` (Mach's combined send and receive): one round
-  // trip to the agent. A send that fails returns its error and receives nothing.
+  // trip to the agent. A send that fails returns its error and receives nothing. A data-only
+  // message whose reply is make-send-once of `port`, to a port an RpcServer serves, goes over
+  // the direct connection instead (docs/ipc.md "send_receive direct"); its answer is returned
+  // as the received message (the request's id, no reply right).
   IpcResult<Message> send_receive(const Message& message, std::uint32_t port,
                                   Timeout receive_timeout = kForever,
                                   FullPolicy policy = FullPolicy::kFail,
@@ -385,7 +388,10 @@ struct RpcServerOptions {
 // the original is still running is dropped (the original's reply goes to the same port).
 // stop() (and the destructor) joins the threads; it returns within about stop_poll plus the
 // longest running handler call (so never call it from a handler). Idle threads each ask the
-// agent for a receive every stop_poll. Non-RPC messages on the port are dropped.
+// agent for a receive every stop_poll. A non-RPC message with a reply right (a send_receive's)
+// is a request too: the handler sees its id, client 0, and the reply goes plain, with that id,
+// to its reply right (no duplicate check on the agent path; its direct form has one). Other
+// non-RPC messages on the port are dropped.
 // Direct calls (docs/ipc.md "Direct calls"): on a connected channel one more thread accepts
 // connections from clients (direct_accept, every stop_poll) and `threads` more serve them;
 // at most `threads` handler calls run at once over both paths, and both share the kept
