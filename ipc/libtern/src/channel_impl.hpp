@@ -120,6 +120,11 @@ IpcResult<TrainAnswer> ReadTrainAnswer(IpcResult<Channel::Impl::Reply> reply);
 // ok reply (docs/ipc.md "Direct calls").
 IpcResult<UniqueFd> DirectOpen(Channel::Impl& impl, std::uint32_t send_name);
 IpcResult<UniqueFd> DirectAccept(Channel::Impl& impl, std::uint32_t receive_name, Timeout timeout);
+// The same in two steps: the request leaves at once (the agent marks the port as taking direct
+// calls when it reads it), its answer is collected later.
+IpcResult<std::uint32_t> PostDirectAccept(Channel::Impl& impl, std::uint32_t receive_name,
+                                          Timeout timeout);
+IpcResult<UniqueFd> CollectDirectAccept(Channel::Impl& impl, std::uint32_t request);
 
 // The direct-call ordering rule (a call never overtakes the thread's earlier sends on its
 // name): every send through the agents tells rpc_client.cpp, which marks that name of this

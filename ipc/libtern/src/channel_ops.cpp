@@ -406,12 +406,23 @@ IpcResult<UniqueFd> libtern::DirectOpen(Channel::Impl& impl, std::uint32_t send_
   return FdReply(impl.Request(JobOp::kDirectOpen, NameBody(send_name)), JobOp::kDirectOpen);
 }
 
-IpcResult<UniqueFd> libtern::DirectAccept(Channel::Impl& impl, std::uint32_t receive_name,
-                                          Timeout timeout) {
+IpcResult<std::uint32_t> libtern::PostDirectAccept(Channel::Impl& impl, std::uint32_t receive_name,
+                                                   Timeout timeout) {
   WireWriter writer;
   writer.U32(receive_name);
   writer.U32(libtern::TimeoutMs(timeout));
-  return FdReply(impl.Request(JobOp::kDirectAccept, writer.Take()), JobOp::kDirectAccept);
+  return impl.Post(JobOp::kDirectAccept, writer.Take());
+}
+
+IpcResult<UniqueFd> libtern::CollectDirectAccept(Channel::Impl& impl, std::uint32_t request) {
+  return FdReply(impl.Collect(request), JobOp::kDirectAccept);
+}
+
+IpcResult<UniqueFd> libtern::DirectAccept(Channel::Impl& impl, std::uint32_t receive_name,
+                                          Timeout timeout) {
+  auto request = PostDirectAccept(impl, receive_name, timeout);
+  if (!request) return request.error();
+  return CollectDirectAccept(impl, *request);
 }
 
 // Region ------------------------------------------------------------------------------------

@@ -42,6 +42,9 @@ class DirectConnection {
   // One non-blocking receive into the decoder: true if bytes came, false if none were there.
   // `drained` (if given) says whether the bytes that came were fewer than there was room for.
   Expected<bool> ReceiveOnce(bool* drained = nullptr);
+  // One receive that blocks up to the socket's SO_RCVTIMEO: true if bytes came, false if the
+  // time passed (or a signal came) first.
+  Expected<bool> ReceiveBlocking();
   Unexpected<Error> Break(std::string reason);
 
   UniqueFd fd_;

@@ -30,8 +30,11 @@ int PollMs(Timeout timeout) {
                                                  std::numeric_limits<int>::max()));
 }
 
-// A one-shot watch: a connection is served by one worker at a time and re-armed after.
-constexpr std::uint32_t kConnectionEvents = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+// A one-shot watch: a connection is served by one worker at a time and re-armed after. With a
+// single worker nothing can serve a connection twice at once, so its watch stays armed
+// (level-triggered) and a request costs no epoll_ctl.
+constexpr std::uint32_t kSharedEvents = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+constexpr std::uint32_t kSingleWorkerEvents = EPOLLIN | EPOLLRDHUP;
 }  // namespace
 
 class RpcServer::State {
@@ -45,12 +48,28 @@ class RpcServer::State {
         epoll_(::epoll_create1(EPOLL_CLOEXEC)) {}
 
   void Serve(const std::stop_token& stop);
-  // direct_accept in a loop; ends quietly when the agent refuses (an old agent, a moved port).
-  void Accept(const std::stop_token& stop);
+  // direct_accept in a loop, the first already posted (`first`); ends quietly when the agent
+  // refuses (an old agent, a moved port).
+  void Accept(const std::stop_token& stop, std::uint32_t first);
+  // Posts the first direct_accept before any thread serves the port: the agent reads it before
+  // the first request's receive, so the port takes direct calls by the time any client has had
+  // an answer and asks for a connection (else a client's direct_open could come first, be
+  // refused and keep it on the agent path for a second). nullopt: no direct calls.
+  std::optional<std::uint32_t> PostFirstAccept() {
+    if (!takes_direct()) return std::nullopt;
+    auto request = libtern::PostDirectAccept(*channel_.impl_, port_, options_.stop_poll);
+    if (!request) return std::nullopt;
+    return *request;
+  }
   void ServeDirect(const std::stop_token& stop);
   // Closes every direct connection (after the threads are joined): their clients fall back.
   void CloseDirect();
   bool takes_direct() { return channel_.connected() && epoll_.valid(); }
+  // Whether several ServeDirect workers share the epoll (one per handler thread).
+  bool one_shot() const { return options_.threads > 1; }
+  std::uint32_t connection_events() const {
+    return one_shot() ? kSharedEvents : kSingleWorkerEvents;
+  }
 
   std::size_t kept_replies() const;
   std::uint64_t handled() const { return handled_.load(); }
@@ -316,16 +335,19 @@ std::optional<Message> RpcServer::State::Reply(std::uint32_t reply_right, const 
 
 // Direct connections -----------------------------------------------------------------------
 
-void RpcServer::State::Accept(const std::stop_token& stop) {
-  while (!stop.stop_requested()) {
-    auto fd = libtern::DirectAccept(*channel_.impl_, port_, options_.stop_poll);
+void RpcServer::State::Accept(const std::stop_token& stop, std::uint32_t first) {
+  std::optional<std::uint32_t> posted = first;
+  while (!stop.stop_requested() || posted) {
+    auto fd = posted ? libtern::CollectDirectAccept(*channel_.impl_, *std::exchange(posted, {}))
+                     : libtern::DirectAccept(*channel_.impl_, port_, options_.stop_poll);
+    if (stop.stop_requested()) return;
     if (!fd) {
       if (fd.status() == JobStatus::kTimedOut) continue;
       return;  // an agent without direct calls, the port gone: the agent path serves alone
     }
     auto connection = std::make_unique<DirectConnection>(std::move(*fd));
     epoll_event event{};
-    event.events = kConnectionEvents;
+    event.events = connection_events();
     event.data.ptr = connection.get();
     std::lock_guard lock(direct_mu_);
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, connection->fd(), &event) != 0) continue;
@@ -343,8 +365,9 @@ void RpcServer::State::ServeDirect(const std::stop_token& stop) {
       CloseConnection(connection);
       continue;
     }
+    if (!one_shot()) continue;
     epoll_event again{};
-    again.events = kConnectionEvents;
+    again.events = connection_events();
     again.data.ptr = connection;
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, connection->fd(), &again) != 0) {
       CloseConnection(connection);
@@ -453,13 +476,15 @@ RpcServer::RpcServer(Channel channel, std::uint32_t port, RpcHandler handler,
                      RpcServerOptions options)
     : state_(std::make_shared<State>(std::move(channel), port, std::move(handler), options)) {
   const int threads = options.threads < 1 ? 1 : options.threads;
-  const bool direct = state_->takes_direct();
-  threads_.reserve(static_cast<std::size_t>(direct ? 2 * threads + 1 : threads));
+  const std::optional<std::uint32_t> first_accept = state_->PostFirstAccept();
+  threads_.reserve(static_cast<std::size_t>(first_accept ? 2 * threads + 1 : threads));
   for (int i = 0; i < threads; ++i) {
     threads_.emplace_back([state = state_](const std::stop_token& stop) { state->Serve(stop); });
   }
-  if (!direct) return;
-  threads_.emplace_back([state = state_](const std::stop_token& stop) { state->Accept(stop); });
+  if (!first_accept) return;
+  threads_.emplace_back([state = state_, first = *first_accept](const std::stop_token& stop) {
+    state->Accept(stop, first);
+  });
   for (int i = 0; i < threads; ++i) {
     threads_.emplace_back(
         [state = state_](const std::stop_token& stop) { state->ServeDirect(stop); });
