@@ -53,6 +53,11 @@ FakeAgent::~FakeAgent() {
   for (int fd : direct_ends_) ::close(fd);
 }
 
+std::vector<JobOp> FakeAgent::ops_in_order() {
+  std::lock_guard lock(mu_);
+  return ops_order_;
+}
+
 int FakeAgent::requests_with_op(JobOp op) {
   std::lock_guard lock(mu_);
   return ops_seen_[op];
@@ -141,6 +146,7 @@ void FakeAgent::Handle(const ipc::JobRequest& request) {
     std::lock_guard lock(mu_);
     script = script_;
     ++ops_seen_[request.op];
+    ops_order_.push_back(request.op);
   }
   if (script) {
     if (auto answer = script(request)) {

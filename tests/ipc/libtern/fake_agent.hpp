@@ -68,6 +68,8 @@ class FakeAgent {
   int sent_with_id(std::uint32_t id);
   // Requests of this op received so far (whether the script or the model answered them).
   int requests_with_op(ipc::JobOp op);
+  // The ops of every request received so far, in the order they came.
+  std::vector<ipc::JobOp> ops_in_order();
   // Shuts down every direct connection made so far: both jobs read end of file.
   void BreakDirectConnections();
 
@@ -122,6 +124,7 @@ class FakeAgent {
   std::deque<Receiver> receivers_;
   std::map<std::uint32_t, int> sent_ids_;
   std::map<ipc::JobOp, int> ops_seen_;
+  std::vector<ipc::JobOp> ops_order_;
   std::map<std::uint64_t, DirectPort> direct_;  // ports that asked for direct calls
   std::vector<int> direct_ends_;                // duplicates of the server ends (owned)
   std::uint32_t next_name_ = 100;

@@ -4,8 +4,10 @@
 // (fake) agent without loss or a second execution.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <future>
+#include <stdexcept>
 #include <tern/ipc.hpp>
 
 #include "direct_wire.hpp"
@@ -157,6 +159,43 @@ TEST_F(SendReceiveFixture, APlainReceiverGetsPlainMessages) {
   EXPECT_TRUE(served.get());
   EXPECT_EQ(agent.sent_with_id(libtern::kRpcRequestId), 0);
   EXPECT_EQ(agent.requests_with_op(JobOp::kDirectOpen), 1) << "refused: asked again after 1 s";
+}
+
+TEST_F(SendReceiveFixture, TheServerAsksForDirectCallsBeforeItServesAnything) {
+  // A client asks for a connection as soon as it has its first answer: the agent must have read
+  // the server's direct_accept by then, or it refuses and keeps the client off for a second.
+  for (int round = 0; round < 5; ++round) {
+    const std::size_t before = agent.ops_in_order().size();
+    RpcServer server(channel, port, Echo, {.threads = 1});
+    ASSERT_TRUE(Eventually([&] {
+      const auto ops = agent.ops_in_order();
+      return std::count(ops.begin() + static_cast<std::ptrdiff_t>(before), ops.end(),
+                        JobOp::kReceive) >= 1;
+    }));
+    const auto ops = agent.ops_in_order();
+    const auto from = ops.begin() + static_cast<std::ptrdiff_t>(before);
+    const auto accept = std::find(from, ops.end(), JobOp::kDirectAccept);
+    const auto receive = std::find(from, ops.end(), JobOp::kReceive);
+    EXPECT_LT(accept - from, receive - from) << "round " << round;
+    server.stop();
+  }
+}
+
+TEST_F(SendReceiveFixture, AHandlerFailureIsTheReplyOnEitherPath) {
+  RpcServer server(channel, port,
+                   [](const RpcRequest& request) -> std::vector<Item> {
+                     if (request.bytes() == "fail") throw std::runtime_error("no such thing");
+                     return Echo(request);
+                   },
+                   {.threads = 1});
+  WaitForAccept();
+  for (int i = 0; i < 3; ++i) {
+    auto reply = Exchange("fail");
+    ASSERT_TRUE(reply) << reply.error().ToString();
+    EXPECT_EQ(FirstBytes(*reply), "no such thing") << "exchange " << i;
+    EXPECT_EQ(reply->id, kId);
+  }
+  EXPECT_EQ(server.handled_direct(), 1u) << "the third went direct";
 }
 
 TEST(SendReceiveWire, AMessageFrameAndAHeaderCarryTheMessageId) {
