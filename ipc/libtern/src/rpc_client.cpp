@@ -13,6 +13,11 @@
 // sent on that name through the agents since its last call there. Whatever goes wrong on the
 // connection sends the same request (same client id and sequence) through the agents, where
 // the server's duplicate check makes the repeat safe.
+//
+// A send_receive shaped like a call (data only, its reply a send-once right to the port it
+// receives on) shares this path once the receiver has accepted a connection (docs/ipc.md
+// "send_receive direct"): the same client id, sequences, connection and fallback, with the
+// message's id carried along and its reply handed back as a plain received message.
 #include <unistd.h>
 
 #include <chrono>
