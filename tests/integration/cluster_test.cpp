@@ -1523,7 +1523,7 @@ TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves
       30s));
   const auto client = Submit(
       "node1",
-      {bin + "tern-ipc-probe", "sendrecv-client", "itsrmove", std::to_string(kMessages), "10"},
+      {bin + "tern-ipc-probe", "sendrecv-client", "itsrmove", std::to_string(kMessages), "20"},
       "node3");
   // Messages are flowing: the client holds the server's send right and its inbox.
   ASSERT_TRUE(WaitFor(
@@ -1536,6 +1536,11 @@ TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves
   ASSERT_EQ(first.exit_code, 0) << first.Describe();
   auto second = Tern("node1", {"migrate", server, "node3"});
   ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  // Both moves happened while messages were flowing (else this test proved nothing).
+  auto during = Status("node1", client);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the client finished before the second move: give it more messages";
   const auto client_out = FinishedOutput(client);
   EXPECT_NE(client_out.find(std::to_string(kMessages) + " exchanges ok, 0 failed"),
             std::string::npos)
