@@ -90,6 +90,7 @@ class Sim {
         g.self_id = node.id;
         g.window = options.gossip_window;
         g.max_age = options.gossip_max_age;
+        g.view_max = options.view_max;
         node.gossip = std::make_unique<Gossip>(g);
       }
       balancer::BalancerOptions b = options.balancer;
@@ -182,6 +183,9 @@ class Sim {
       result.mean_view_age_s = view_age_sum_ / static_cast<double>(view_entries_) / 1000;
       result.mean_view_size =
           static_cast<double>(view_entries_) / static_cast<double>(view_samples_);
+    }
+    if (sample_entries_ > 0) {
+      result.mean_sample_age_s = sample_age_sum_ / static_cast<double>(sample_entries_) / 1000;
     }
     return result;
   }
@@ -483,6 +487,10 @@ class Sim {
         view_age_sum_ += static_cast<double>(entry.age.count());
         ++view_entries_;
       }
+      node.gossip->VisitFreshest(now, options_.sample, [&](const LoadVector&, Millis age) {
+        sample_age_sum_ += static_cast<double>(age.count());
+        ++sample_entries_;
+      });
       ++view_samples_;
     }
   }
@@ -512,6 +520,8 @@ class Sim {
   double next_view_sample_ = 60;
   double view_age_sum_ = 0;
   std::uint64_t view_entries_ = 0, view_samples_ = 0;
+  double sample_age_sum_ = 0;
+  std::uint64_t sample_entries_ = 0;
 };
 
 }  // namespace

@@ -37,6 +37,9 @@ struct SimOptions {
   std::chrono::milliseconds gossip_interval{1000};
   std::size_t gossip_window = 16;
   std::chrono::milliseconds gossip_max_age{30000};
+  // GossipOptions::view_max: entries a node's view keeps (0: no bound). Twice the window: the
+  // Balancer's sample is the same as with no bound (docs/balancer.md, "Simulator").
+  std::size_t view_max = 32;
   double gossip_loss = 0.02;
   std::size_t sample = 16;  // nodes of the view the Balancer decides on (the freshest)
   double freeze_s = 0.15;
@@ -65,7 +68,8 @@ struct SimResult {
   double gossip_bytes_per_node_s = 0;
   double mean_view_age_s = 0;
   double mean_view_size = 0;
-  double wall_s = 0;  // how long the simulation itself took (filled in by the caller)
+  double mean_sample_age_s = 0;  // of the `sample` freshest entries the Balancer decides on
+  double wall_s = 0;             // how long the simulation itself took (filled in by the caller)
 };
 
 SimResult RunSim(const SimOptions& options, Policy policy);

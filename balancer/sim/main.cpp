@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   app.add_option("--gossip-ms", gossip_ms, "gossip interval")->check(CLI::Range(100, 60000));
   app.add_option("--window", options.gossip_window, "gossip entries per message")
       ->check(CLI::Range(1, 64));
+  app.add_option("--view-max", options.view_max,
+                 "entries a node's gossip view keeps, the freshest (0: no bound)")
+      ->check(CLI::Range(0, 1000000));
   app.add_option("--loss", options.gossip_loss, "gossip message loss probability")
       ->check(CLI::Range(0.0, 0.9));
   app.add_option("--step", options.step_s, "simulation time step, seconds")

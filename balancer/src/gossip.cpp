@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <iterator>
+#include <optional>
+#include <tuple>
 
 namespace tern::balancer {
 namespace {
@@ -16,6 +18,7 @@ void PrefetchShared(const SharedLoad& load) {
 
 Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.window == 0) options_.window = 1;
+  if (options_.view_max != 0) options_.view_max = std::max(options_.view_max, options_.window);
 }
 
 Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born,
@@ -80,45 +83,104 @@ void Gossip::Touch(std::uint32_t slot, bool known) {
   }
 }
 
-void Gossip::Store(std::uint64_t id, Entry entry) {
+std::optional<std::uint32_t> Gossip::Find(std::uint64_t id) const {
+  if (options_.view_max == 0) {
+    const auto* slot = index_.Find(id);
+    if (!slot) return std::nullopt;
+    return *slot;
+  }
+  if (id == 0) return std::nullopt;  // a hole's
+  // Four at a time, one branch for the four: the scan is most of a window's merge.
+  const std::size_t n = slot_keys_.size();
+  std::size_t slot = 0;
+  for (; slot + 4 <= n; slot += 4) {
+    const Key* keys = &slot_keys_[slot];
+    if ((keys[0].second == id) | (keys[1].second == id) | (keys[2].second == id) |
+        (keys[3].second == id)) {
+      break;
+    }
+  }
+  for (; slot < n; ++slot) {
+    if (slot_keys_[slot].second == id) return static_cast<std::uint32_t>(slot);
+  }
+  return std::nullopt;
+}
+
+bool Gossip::Spreading(std::uint32_t slot) const {
+  const Entry& entry = slots_[slot];
+  return entry.dead &&
+         std::find(dead_news_.begin(), dead_news_.end(), entry.id) != dead_news_.end();
+}
+
+bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
+  if (options_.view_max == 0 || slots_.size() - holes_.size() < options_.view_max) return true;
+  // The stalest by (key, id), the freshness order; the packed keys are all the scan reads, the
+  // entry only for a candidate that may be a death notice still being spread. An expired entry
+  // awaiting the sweep is among the stalest and goes first.
+  auto stalest = [&](bool spare_news) {
+    std::optional<std::uint32_t> found;
+    Key worst{Millis::max(), 0};
+    for (std::uint32_t slot = 0; slot < slot_keys_.size(); ++slot) {
+      const Key& key = slot_keys_[slot];
+      if (key.first == kHoleKey || key >= worst) continue;
+      if (spare_news && !dead_news_.empty() && Spreading(slot)) continue;
+      found = slot;
+      worst = key;
+    }
+    return std::pair{found, worst};
+  };
+  const bool news = entry.dead;
+  auto [victim, worst] = stalest(true);
+  if (!victim) {
+    if (!news) return false;  // every entry held is news still being spread
+    std::tie(victim, worst) = stalest(false);
+  }
+  if (!news && Key{entry.key(), id} < worst) return false;  // the stalest itself: dropped
+  Remove(*victim);
+  return true;
+}
+
+void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> found) {
   const Millis key = entry.key();
   std::uint32_t slot;
-  auto* found = index_.Find(id);
+  if (!found && !MakeRoom(id, entry)) return;
   if (found) {
     slot = *found;
+    Bury(std::move(slots_[slot].load));
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = key;
+    slot_keys_[slot] = Key{key, id};
   } else if (!holes_.empty()) {
     slot = holes_.back();
     holes_.pop_back();
-    index_.Insert(id, slot);
+    if (options_.view_max == 0) index_.Insert(id, slot);
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = key;
+    slot_keys_[slot] = Key{key, id};
   } else {
     slot = static_cast<std::uint32_t>(slots_.size());
-    index_.Insert(id, slot);
+    if (options_.view_max == 0) index_.Insert(id, slot);
     slots_.push_back(std::move(entry));
-    slot_keys_.push_back(key);
+    slot_keys_.push_back(Key{key, id});
   }
   next_sweep_ = std::min(next_sweep_, key + options_.max_age + SweepSlack());
   const Entry& stored = slots_[slot];
   auto news = std::find(dead_news_.begin(), dead_news_.end(), id);
   if (stored.dead && news == dead_news_.end()) dead_news_.push_back(id);
   if (!stored.dead && news != dead_news_.end()) dead_news_.erase(news);
-  Touch(slot, found != nullptr);
+  Touch(slot, found.has_value());
 }
 
 void Gossip::Remove(std::uint32_t slot) {
-  const auto id = slots_[slot].id;
-  index_.Erase(id);
+  const auto id = slot_keys_[slot].second;
+  if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back().key) Untop(id);
+  if (!top_.empty() && slot_keys_[slot] >= top_.back().key) Untop(id);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
   // in tern-sim) and a stale slot in top_.
+  Bury(std::move(slots_[slot].load));
   slots_[slot] = Entry{};
-  slot_keys_[slot] = kHoleKey;
+  slot_keys_[slot] = Key{kHoleKey, 0};
   holes_.push_back(slot);
 }
 
@@ -139,6 +201,7 @@ std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                              entry.load.seq, entry.age, entry.dead};
     Merge(from, shared, now, rejected);
   }
+  graveyard_.clear();
   return rejected;
 }
 
@@ -152,10 +215,13 @@ std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
   }
   // The window's lookups wait for their cache misses together: first the index cells, then the
   // slots they name (hints; the merge below looks everything up again).
-  for (const auto& incoming : entries) index_.Prefetch(incoming.node_id);
+  if (options_.view_max == 0) {
+    for (const auto& incoming : entries) index_.Prefetch(incoming.node_id);
+  }
   std::size_t fresh = 0;  // entries new to this agent: each fills a hole, if there is one
   for (const auto& incoming : entries) {
-    if (const auto* slot = index_.Find(incoming.node_id)) {
+    if (options_.view_max != 0) break;  // the slots are few: PrefetchSlots() loaded them all
+    if (const auto slot = Find(incoming.node_id)) {
       __builtin_prefetch(&slots_[*slot]);
       PrefetchShared(slots_[*slot].load);
     } else if (fresh < holes_.size()) {
@@ -179,6 +245,9 @@ std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
     }
     Merge(from, incoming, now, rejected);
   }
+  // The vectors this window replaced, evicted or brought in vain, released together.
+  for (auto& incoming : entries) Bury(std::move(incoming.load));
+  graveyard_.clear();
   return rejected;
 }
 
@@ -196,9 +265,9 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   if (id == options_.self_id) return;
   if (incoming.age > options_.max_age) return;  // expired on the way: nothing to learn
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
-  auto* slot = index_.Find(id);
+  auto slot = Find(id);
   if (!slot || Expired(slots_[*slot], now)) {  // an expired entry awaiting the sweep is gone
-    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now));
+    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now), slot);
     return;
   }
   Entry& known = slots_[*slot];
@@ -209,37 +278,39 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     Entry updated =
         Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq, known.born,
              true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
-    Store(id, std::move(updated));
+    Store(id, std::move(updated), slot);
   } else if (known.dead) {
     if (when <= known.dead_since || seq < known.seq) return;
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0},
-                   Millis{0}));  // it came back
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}),
+          slot);  // it came back
   } else if (seq > known.seq) {
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}));
+    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}), slot);
   } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
-    slot_keys_[*slot] = when;
+    slot_keys_[*slot].first = when;
     Touch(*slot, true);
   }
 }
 
 void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
-  auto* slot = index_.Find(node_id);
+  auto slot = Find(node_id);
   if (!slot || slots_[*slot].dead || Expired(slots_[*slot], now)) return;
   Entry updated = slots_[*slot];
   updated.dead = true;
   updated.dead_since = now;
   updated.news_since = now;
-  Store(node_id, std::move(updated));
+  Store(node_id, std::move(updated), slot);
+  graveyard_.clear();
 }
 
 void Gossip::OnNodeAlive(std::uint64_t node_id, Millis now) {
-  auto* slot = index_.Find(node_id);
+  auto slot = Find(node_id);
   if (!slot || !slots_[*slot].dead || Expired(slots_[*slot], now)) return;
   Entry updated = slots_[*slot];
   updated.dead = false;
-  Store(node_id, std::move(updated));
+  Store(node_id, std::move(updated), slot);
+  graveyard_.clear();
 }
 
 void Gossip::Expire(Millis now) {
@@ -252,15 +323,15 @@ void Gossip::Expire(Millis now) {
     Millis oldest = Millis::max();
     expired_.clear();
     for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      if (now - slot_keys_[slot] > options_.max_age) {
+      if (now - slot_keys_[slot].first > options_.max_age) {
         __builtin_prefetch(&slots_[slot]);
         expired_.push_back(static_cast<std::uint32_t>(slot));
       } else {
-        oldest = std::min(oldest, slot_keys_[slot]);  // a hole's key is never the oldest
+        oldest = std::min(oldest, slot_keys_[slot].first);  // a hole's is never the oldest
       }
     }
     for (const auto slot : expired_) {
-      index_.Prefetch(slots_[slot].id);
+      if (options_.view_max == 0) index_.Prefetch(slot_keys_[slot].second);
       PrefetchShared(slots_[slot].load);
     }
     for (const auto slot : expired_) Remove(slot);
@@ -269,7 +340,7 @@ void Gossip::Expire(Millis now) {
   }
   // Old news stops spreading; the entry itself stays (dead) until it expires.
   std::erase_if(dead_news_, [&](std::uint64_t id) {
-    const auto* slot = index_.Find(id);
+    const auto slot = Find(id);
     return !slot || Expired(slots_[*slot], now) ||
            now - slots_[*slot].news_since >= options_.dead_news_for;
   });
@@ -298,6 +369,7 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
                                                  const std::vector<std::uint64_t>& candidates,
                                                  std::mt19937_64& rng) {
   Expire(now);
+  graveyard_.clear();
   std::vector<SharedGossipSend> sends;
   if (candidates.empty()) return sends;
   // Distinct random peers without copying the candidate list: its size may be the cluster's.
@@ -314,7 +386,7 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
   // Dead news, newest first.
   std::vector<std::pair<Millis, std::uint32_t>> news;
   for (auto id : dead_news_) {
-    const auto slot = *index_.Find(id);
+    const auto slot = *Find(id);
     news.emplace_back(slots_[slot].news_since, slot);
   }
   std::sort(news.begin(), news.end(), std::greater<>());
@@ -361,7 +433,7 @@ std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) 
     if (!self_) return std::nullopt;
     return ViewEntry{*self_->load, now - self_->born, false};
   }
-  const auto* slot = index_.Find(node_id);
+  const auto slot = Find(node_id);
   if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
   const Entry& entry = slots_[*slot];
   return ViewEntry{*entry.load, now - entry.born, entry.dead};
@@ -392,7 +464,7 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       std::sort(all.begin(), all.end(), std::greater<>());
       for (const auto& [key, id] : all) {
         if (out.size() >= n || now - key > options_.max_age) break;
-        out.push_back(&slots_[*index_.Find(id)]);
+        out.push_back(&slots_[*Find(id)]);
       }
       return out;
     }

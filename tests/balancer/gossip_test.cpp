@@ -257,6 +257,126 @@ TEST(GossipTest, SharedWindowsMergeLikeValueWindows) {
   EXPECT_EQ(shared.Get(4, Millis(1600))->load.demand, 1.5);
 }
 
+GossipOptions Bounded(std::uint64_t self, std::size_t window, std::size_t view_max) {
+  auto options = Options(self);
+  options.window = window;
+  options.view_max = view_max;
+  return options;
+}
+
+std::vector<std::uint64_t> Ids(const std::vector<Gossip::ViewEntry>& view) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& entry : view) ids.push_back(entry.load.node_id);
+  return ids;
+}
+
+TEST(GossipViewMaxTest, AFullViewEvictsTheStalestAndDropsWhatIsStalerStill) {
+  Gossip gossip(Bounded(1, 2, 3));
+  gossip.SetLocal(Vector(1, 1), Millis(10000));
+  const Millis now(10000);
+  gossip.OnReceive(2, {{Vector(2, 1), Millis(1000)}}, now);
+  gossip.OnReceive(3, {{Vector(3, 1), Millis(3000)}}, now);
+  gossip.OnReceive(4, {{Vector(4, 1), Millis(2000)}}, now);
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 3, 4}));
+  // Fresher than the stalest (node 3, 3 s): it goes.
+  gossip.OnReceive(5, {{Vector(5, 1), Millis(500)}}, now);
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 4, 5}));
+  // Staler than all held: dropped, nothing evicted.
+  gossip.OnReceive(6, {{Vector(6, 1), Millis(2500)}}, now);
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 4, 5}));
+  // A tie with the stalest (node 4, 2 s): the lower node id is the staler.
+  gossip.OnReceive(7, {{Vector(7, 1), Millis(2000)}}, now);
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 5, 7}));
+  gossip.OnReceive(3, {{Vector(3, 1), Millis(2000)}}, now);  // ties node 7, lower id: dropped
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 5, 7}));
+  // A known node's newer sample replaces its entry in place: nothing is evicted.
+  gossip.OnReceive(7, {{Vector(7, 2), Millis(100)}}, now);
+  EXPECT_EQ(Ids(gossip.View(now)), (std::vector<std::uint64_t>{1, 2, 5, 7}));
+  EXPECT_EQ(gossip.Get(7, now)->load.seq, 2u);
+  EXPECT_EQ(gossip.size(), 4u);  // 3 others and self
+  // A bound below the window counts as the window.
+  Gossip small(Bounded(1, 4, 2));
+  EXPECT_EQ(small.options().view_max, 4u);
+}
+
+TEST(GossipViewMaxTest, DeathNewsIsNotEvictedWhileItSpreads) {
+  auto options = Bounded(1, 2, 2);
+  options.dead_news_for = Millis(10000);
+  Gossip gossip(options);
+  gossip.SetLocal(Vector(1, 1), Millis(0));
+  gossip.OnReceive(2, {{Vector(2, 1), Millis(0)}}, Millis(1000));
+  gossip.OnReceive(3, {{Vector(3, 1), Millis(0)}}, Millis(1000));
+  gossip.OnNodeDead(2, Millis(2000));
+  // A notice about a node this agent never heard of, seen long ago: it still gets in, evicting
+  // the stalest ordinary entry (node 3), because its news must go on.
+  gossip.OnReceive(9, {{Vector(5, 1), Millis(5000), true}, {Vector(4, 1), Millis(0)}},
+                   Millis(3000));
+  EXPECT_TRUE(gossip.Get(5, Millis(3000))->dead);
+  EXPECT_TRUE(gossip.Get(2, Millis(3000))->dead);
+  EXPECT_FALSE(gossip.Get(3, Millis(3000)));
+  EXPECT_FALSE(gossip.Get(4, Millis(3000)));  // no room: every entry held is news
+  // Fresh entries keep coming; the two notices stay and lead every window.
+  std::mt19937_64 rng(3);
+  for (int second = 4; second < 11; ++second) {
+    const Millis now(1000 * second);
+    const std::uint64_t node = 10 + static_cast<std::uint64_t>(second);
+    gossip.OnReceive(node, {{Vector(node, 1), Millis(0)}}, now);
+    ASSERT_LE(gossip.View(now).size(), 3u);
+    auto sends = gossip.Tick(now, {99}, rng);
+    ASSERT_EQ(sends.size(), 1u);
+    ASSERT_EQ(sends[0].entries.size(), 2u);
+    EXPECT_EQ(sends[0].entries[0].load.node_id, 1u);  // own entry
+    EXPECT_TRUE(sends[0].entries[1].dead) << "at " << second << " s";
+    EXPECT_TRUE(gossip.Get(2, now)->dead) << "at " << second << " s";
+    EXPECT_TRUE(gossip.Get(5, now)->dead) << "at " << second << " s";
+  }
+  // Once the news has been spread for dead_news_for, fresher ordinary entries may evict it.
+  gossip.Tick(Millis(14000), {99}, rng);
+  gossip.OnReceive(30, {{Vector(30, 1), Millis(0)}, {Vector(31, 1), Millis(0)}}, Millis(14000));
+  EXPECT_EQ(Ids(gossip.View(Millis(14000))), (std::vector<std::uint64_t>{1, 30, 31}));
+}
+
+TEST(GossipViewMaxTest, ABoundedViewIsTheFreshestPartOfAnUnboundedOne) {
+  Gossip bounded(Bounded(1, 4, 8)), unbounded(Bounded(1, 4, 0));
+  std::mt19937_64 rng(17);
+  std::uniform_int_distribution<std::uint64_t> node(2, 60);
+  std::uniform_int_distribution<int> age(0, 40000);  // some arrive already expired
+  for (int step = 0; step < 2000; ++step) {
+    const Millis now(500 * step);
+    std::vector<GossipEntry> window;
+    for (int k = 0; k < 4; ++k) {
+      const auto id = node(rng);
+      // A later sample has a higher seq, as an origin numbers them.
+      const Millis sample_age(age(rng));
+      const auto seq = static_cast<std::uint64_t>((now - sample_age).count() + 100000);
+      window.push_back({Vector(id, seq), sample_age});
+    }
+    bounded.OnReceive(2, window, now);
+    unbounded.OnReceive(2, window, now);
+    if (step % 7 == 0) {
+      bounded.Tick(now, {2}, rng);
+      unbounded.Tick(now, {2}, rng);
+    }
+    const auto view = bounded.View(now);
+    ASSERT_LE(view.size(), 8u) << "at step " << step;
+    ASSERT_LE(bounded.size(), 8u) << "at step " << step;
+    // The 8 freshest of the unbounded view, by (time of the sample, node id).
+    auto all = unbounded.View(now);
+    std::sort(all.begin(), all.end(), [&](const auto& a, const auto& b) {
+      return std::pair{now - a.age, a.load.node_id} > std::pair{now - b.age, b.load.node_id};
+    });
+    all.resize(std::min<std::size_t>(all.size(), 8));
+    std::sort(all.begin(), all.end(),
+              [](const auto& a, const auto& b) { return a.load.node_id < b.load.node_id; });
+    ASSERT_EQ(Ids(view), Ids(all)) << "at step " << step;
+    for (std::size_t k = 0; k < view.size(); ++k) {
+      ASSERT_EQ(view[k].age, all[k].age) << "node " << view[k].load.node_id;
+      ASSERT_EQ(view[k].load.seq, all[k].load.seq) << "node " << view[k].load.node_id;
+    }
+    ASSERT_EQ(Ids(bounded.Freshest(now, 4)), Ids(unbounded.Freshest(now, 4)));
+  }
+}
+
 // Many agents in one process, messages delivered in-process, some lost.
 class InMemoryCluster {
  public:
@@ -334,6 +454,32 @@ TEST(GossipClusterTest, ThousandAgentsLearnFreshLoadAtABoundedCostPerNode) {
   EXPECT_LT(mean_age, 10000) << "mean age of the views, ms";
   // The bounded window: entries sent per node per round stay window x fanout.
   EXPECT_LE(sent, kNodes * base.window * base.fanout);
+}
+
+TEST(GossipClusterTest, BoundedViewsGiveTheBalancerTheSameSample) {
+  GossipOptions base;  // window 16
+  auto bounded_options = base;
+  bounded_options.view_max = 32;
+  constexpr std::size_t kNodes = 1000;
+  InMemoryCluster bounded(kNodes, bounded_options, 0.05, 42), unbounded(kNodes, base, 0.05, 42);
+  Millis now{0};
+  for (int round = 0; round < 40; ++round, now += Millis(1000)) {
+    bounded.Round(now);
+    unbounded.Round(now);
+  }
+  std::size_t largest = 0, unbounded_mean = 0;
+  for (auto id : bounded.live()) {
+    largest = std::max(largest, bounded.agent(id).View(now).size());
+    unbounded_mean += unbounded.agent(id).View(now).size();
+    // What the Balancer decides on: the 16 freshest, the same nodes with the same ages.
+    const auto a = bounded.agent(id).Freshest(now, 16), b = unbounded.agent(id).Freshest(now, 16);
+    ASSERT_EQ(Ids(a), Ids(b)) << "agent " << id;
+    for (std::size_t k = 0; k < a.size(); ++k) ASSERT_EQ(a[k].age, b[k].age);
+  }
+  std::printf("gossip: 1000 agents, 40 rounds: largest bounded view %zu, mean unbounded %zu\n",
+              largest, unbounded_mean / kNodes);
+  EXPECT_LE(largest, 33u);                   // 32 others and self
+  EXPECT_GT(unbounded_mean / kNodes, 100u);  // the bound did bind
 }
 
 TEST(GossipClusterTest, BytesPerNodePerRoundDoNotGrowWithTheCluster) {

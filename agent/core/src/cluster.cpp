@@ -51,7 +51,8 @@ Cluster::Cluster(boost::asio::io_context& io, const AgentConfig& config, NodeIde
           .fanout = config.gossip_fanout,
           // Entries outlive dead_after so that a death is seen before its entry expires.
           .max_age = std::max(milliseconds(30000), config.dead_after * 3),
-          .dead_news_for = config.dead_after}),
+          .dead_news_for = config.dead_after,
+          .view_max = config.gossip_view_max}),
       budget_(config.max_links, config.link_idle),
       rng_(std::random_device{}() ^ self_.id),
       heartbeat_timer_(io) {}
@@ -96,10 +97,10 @@ Expected<void> Cluster::Start() {
   }
   spdlog::info(
       "cluster: node {} ({}) listening on {}, advertising {}, {} seed(s); at most {} links, "
-      "gossip to {} peer(s) per {} ms, {} entries",
+      "gossip to {} peer(s) per {} ms, {} entries, a view of at most {}",
       self_.name, NodeIdHex(self_.id), config_.cluster_listen, config_.cluster_advertise,
       config_.seeds.size(), config_.max_links, config_.gossip_fanout, config_.heartbeat.count(),
-      config_.gossip_window);
+      config_.gossip_window, gossip_.options().view_max);
   OnHeartbeatTimer();
   return {};
 }

@@ -210,6 +210,7 @@ Expected<AgentConfig> ParseConfig(const std::string& toml_text, const std::strin
   reader.Count("cluster", "max_links", config.max_links, 4096);
   reader.Count("cluster", "gossip_fanout", config.gossip_fanout, 64);
   reader.Count("cluster", "gossip_window", config.gossip_window, 64);
+  reader.Count("cluster", "gossip_view_max", config.gossip_view_max, 65536);
   reader.Millis("cluster", "link_idle_ms", config.link_idle);
   reader.String("tls", "ca", config.tls_ca);
   reader.String("tls", "cert", config.tls_cert);

@@ -22,6 +22,7 @@ TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   EXPECT_EQ(config->max_links, 8u);
   EXPECT_EQ(config->gossip_fanout, 1u);
   EXPECT_EQ(config->gossip_window, 16u);
+  EXPECT_EQ(config->gossip_view_max, 64u);
   EXPECT_EQ(config->link_idle.count(), 30000);
   EXPECT_EQ(config->cancel_grace.count(), 5000);
   EXPECT_EQ(config->cgroup, "");
@@ -51,6 +52,7 @@ dead_after_ms = 2000
 max_links = 2
 gossip_fanout = 3
 gossip_window = 5
+gossip_view_max = 200
 link_idle_ms = 1500
 [jobs]
 cancel_grace_ms = 100
@@ -72,6 +74,7 @@ level = "debug"
   EXPECT_EQ(config->max_links, 2u);
   EXPECT_EQ(config->gossip_fanout, 3u);
   EXPECT_EQ(config->gossip_window, 5u);
+  EXPECT_EQ(config->gossip_view_max, 200u);
   EXPECT_EQ(config->link_idle.count(), 1500);
   EXPECT_EQ(config->cancel_grace.count(), 100);
   EXPECT_EQ(config->log_level, "debug");
@@ -188,6 +191,7 @@ TEST(ConfigTest, LinkAndGossipCountsAreBounded) {
   ASSERT_FALSE(config);
   EXPECT_NE(config.error().message.find("gossip_window"), std::string::npos);
   EXPECT_FALSE(ParseConfig("[cluster]\nmax_links = 0\n", "x"));
+  EXPECT_FALSE(ParseConfig("[cluster]\ngossip_view_max = 0\n", "x"));
   EXPECT_FALSE(ParseConfig("[cluster]\ngossip_fanout = \"all\"\n", "x"));
 }
 

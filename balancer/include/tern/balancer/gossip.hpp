@@ -7,6 +7,14 @@
 // Contract:
 //  - Per origin node the entry with the highest seq wins; an equal seq with a smaller age
 //    refreshes the age. Entries whose age exceeds max_age are dropped (also by View/Tick).
+//  - With view_max > 0 the view holds at most view_max entries about other nodes (the own entry
+//    comes on top): a new entry that would exceed it evicts the stalest one (by time of its
+//    latest news, then node id), or is dropped when it is itself the stalest. The view is then
+//    the view_max freshest entries an unbounded one would hold, so windows and Freshest() are
+//    the same while view_max is above the window. A death notice still being spread is never
+//    evicted, and a new one evicts the stalest entry even when it is older (its news must go
+//    on); only when every entry held is such a notice does a new one replace the stalest of
+//    them. view_max below `window` counts as `window`.
 //  - OnReceive drops implausible entries (Implausible() in load_vector.hpp), entries with a
 //    negative (future) age, and windows longer than kMaxEntries, and returns one line per
 //    rejection for the log. Entries about self are ignored silently: the own entry coming back
@@ -84,6 +92,9 @@ struct GossipOptions {
   std::size_t fanout = 1;   // peers per tick
   std::chrono::milliseconds max_age{30000};
   std::chrono::milliseconds dead_news_for{10000};
+  // Entries about other nodes kept at most (0: no bound). Memory and merge cost per agent then
+  // stay the same whatever the cluster's size; the Balancer reads only the freshest anyway.
+  std::size_t view_max = 0;
 };
 
 class Gossip {
@@ -157,17 +168,32 @@ class Gossip {
     for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
   }
   void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
-    for (const auto& entry : entries) index_.Prefetch(entry.node_id);
+    if (options_.view_max == 0) {
+      for (const auto& entry : entries) index_.Prefetch(entry.node_id);
+    }
     const auto* top = reinterpret_cast<const char*>(top_.data());
     for (std::size_t byte = 0; byte < top_.size() * sizeof(Top); byte += 64) {
       __builtin_prefetch(top + byte);
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
+    if (options_.view_max != 0) {  // the eviction scan reads them all (a few lines)
+      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
+      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
+        __builtin_prefetch(keys + byte);
+      }
+    }
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
+    if (options_.view_max != 0) {  // a few dozen: all of them, without looking anything up
+      const auto* slots = reinterpret_cast<const char*>(slots_.data());
+      for (std::size_t byte = 0; byte < slots_.size() * sizeof(Entry); byte += 64) {
+        __builtin_prefetch(slots + byte);
+      }
+      return;
+    }
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
-      if (const auto* slot = index_.Find(entry.node_id)) {
+      if (const auto slot = Find(entry.node_id)) {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
@@ -180,7 +206,7 @@ class Gossip {
     for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
     if (now > next_sweep_) {
       const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
-      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Millis); byte += 64) {
+      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
         __builtin_prefetch(keys + byte);
       }
     }
@@ -226,7 +252,22 @@ class Gossip {
              std::vector<std::string>& rejected);
   std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
   void Expire(Millis now);
-  void Store(std::uint64_t id, Entry entry);
+  // `found`: the slot holding `id` (Find), if any.
+  void Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> found);
+  // view_max: makes room for a new entry about `id` (evicts the stalest), or returns false
+  // when the entry is to be dropped.
+  bool MakeRoom(std::uint64_t id, const Entry& entry);
+  bool Spreading(std::uint32_t slot) const;
+  // The slot holding `id`: through index_, or with view_max, a scan of the packed keys (a few
+  // lines, fewer misses than a hash table of its own).
+  std::optional<std::uint32_t> Find(std::uint64_t id) const;
+  // Keeps a released vector until the end of the call, its reference count loaded meanwhile
+  // (a hint: tern-sim's vectors are cold in cache; the releases' misses then overlap).
+  void Bury(SharedLoad&& load) {
+    if (!load) return;
+    __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
+    graveyard_.push_back(std::move(load));
+  }
   void Remove(std::uint32_t slot);
   // Keeps top_ the freshest live entries; `known`: the entry may already be in top_.
   void Touch(std::uint32_t slot, bool known);
@@ -247,15 +288,17 @@ class Gossip {
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
-  std::vector<Millis> slot_keys_;  // slots_[i].key(), packed: the expiry sweep reads only these
+  // (slots_[i].key(), id), packed: the expiry sweep and the eviction scan read only these.
+  std::vector<Key> slot_keys_;
   std::vector<std::uint32_t> holes_;
   std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
-  IdIndex index_;
+  IdIndex index_;                       // unused with view_max
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
   mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
+  std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
   Millis next_sweep_{0};
 };
 

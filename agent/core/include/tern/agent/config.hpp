@@ -49,6 +49,9 @@ struct AgentConfig {
   std::size_t max_links = 8;       // peer links kept open; more are opened on demand
   std::size_t gossip_fanout = 1;   // peers each heartbeat's gossip goes to
   std::size_t gossip_window = 16;  // entries per gossip message (at most 64: receivers refuse more)
+  // Entries about other nodes the gossip view keeps, the freshest (at least gossip_window): memory
+  // and merge cost per agent stay the same whatever the cluster's size (docs/balancer.md).
+  std::size_t gossip_view_max = 64;
   std::chrono::milliseconds link_idle{30000};  // a link over max_links closes after this idle
   // [tls]: the node's certificate, its key (root's, 0600) and the cluster CA that signed every
   // node's certificate (docs/security.md). Peer links are mutual TLS 1.3 with these.
