@@ -13,6 +13,11 @@
 // sent on that name through the agents since its last call there. Whatever goes wrong on the
 // connection sends the same request (same client id and sequence) through the agents, where
 // the server's duplicate check makes the repeat safe.
+//
+// When the channel re-attaches during a call (its agent was killed and restarted: the reply
+// port, homed at that agent, is gone with it), the call allocates a new reply port and sends
+// the same request again (same client id and sequence): the server's duplicate check answers a
+// request it handled from its kept reply, so the call is handled once, and answered.
 #include <unistd.h>
 
 #include <chrono>
@@ -34,6 +39,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using libtern::DirectConnection;
 using libtern::RpcHeader;
+
+// A call repeats its request after this many re-attaches at most (each one a restarted agent).
+constexpr int kMaxReattachRepeats = 8;
 
 // After a refused direct_open a name's calls go through the agents for this long.
 constexpr auto kRefusedFor = std::chrono::seconds(1);
@@ -60,6 +68,7 @@ struct DirectPort {
 struct ClientState {
   std::weak_ptr<Channel::Impl> impl;
   std::uint32_t reply_port = 0;
+  std::uint64_t reattached = 0;  // the channel's count when reply_port was allocated
   std::uint64_t client = NewClientId();
   std::uint64_t next_sequence = 1;
   std::unordered_map<std::uint32_t, DirectPort> direct;  // by send name
@@ -158,6 +167,8 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
   }
   ClientState& state = clients[impl_->id()];
   state.impl = impl_;
+  // The channel re-attached since this thread's reply port was made: that port is gone.
+  if (state.reattached != impl_->reattached()) state.reply_port = 0;
   const RpcHeader header{0, state.client, state.next_sequence++};
 
   auto [entry, first_call] = state.direct.try_emplace(port);
@@ -208,9 +219,11 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
     }
 
     if (state.reply_port == 0) {
+      state.reattached = impl_->reattached();
       auto reply_port = port_allocate();
       if (!reply_port) return reply_port.error();
       state.reply_port = *reply_port;
+      if (request) request->reply = state.reply_port;
     }
     if (!request) {
       request.emplace();
@@ -224,6 +237,7 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
       for (Item& item : items) request->items.push_back(std::move(item));
     }
     bool first = true;
+    int reattaches = 0;
     for (;;) {
       Timeout left = kForever;
       if (deadline != Clock::time_point::max()) {
@@ -232,9 +246,21 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
       }
       // The request and the wait for its reply in one round trip to the agent; later waits
       // (after a stale reply) receive only.
+      const std::uint64_t reattached = impl_->reattached();
       auto reply =
           first ? send_receive(*request, state.reply_port, left, FullPolicy::kWait, options.timeout)
                 : receive(state.reply_port, left);
+      if (!reply && reply.status() != JobStatus::kTimedOut && impl_->reattached() != reattached &&
+          ++reattaches <= kMaxReattachRepeats) {
+        // Lost with the agent: again, same client and sequence, to a new reply port.
+        state.reattached = impl_->reattached();
+        auto reply_port = port_allocate();
+        if (!reply_port) return reply_port.error();
+        state.reply_port = *reply_port;
+        request->reply = state.reply_port;
+        first = true;
+        continue;
+      }
       if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
       first = false;
       if (!reply) {
