@@ -101,9 +101,18 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::strin
 
 IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op,
                                                        std::span<const std::string_view> body) {
-  auto request = Post(op, body);
-  if (!request) return request.error();
-  return Collect(*request);
+  // A request whose frame never got into the old channel whole (the agent died first) is sent
+  // again on the new one: nothing of it can have run.
+  for (int attempt = 0;; ++attempt) {
+    auto request = Post(op, body);
+    if (!request) return request.error();
+    auto reply = Collect(*request);
+    if (!reply && reply.status() == JobStatus::kUnavailable && attempt < kMaxResends &&
+        reply.error().message == kUnsentText) {
+      continue;
+    }
+    return reply;
+  }
 }
 
 IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body) {
@@ -131,7 +140,7 @@ IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
   boost::container::small_vector<std::string_view, 8> pieces{header};
   pieces.insert(pieces.end(), body.begin(), body.end());
   std::string error;
-  if (Write({pieces.data(), pieces.size()}, generation, error) == Written::kFailed) {
+  if (Write({pieces.data(), pieces.size()}, generation, {&request, 1}, error) == Written::kFailed) {
     lock.lock();
     slots_.erase(request);
     CloseLocked(error);
@@ -204,7 +213,9 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
   lock.unlock();
   const std::string_view piece = frames;
   std::string error;
-  const Written written = Write(std::span<const std::string_view>(&piece, 1), generation, error);
+  const Written written =
+      // Never marked unsent: the frames before the one a failed write cut may have run.
+      Write(std::span<const std::string_view>(&piece, 1), generation, {}, error);
   lock.lock();
   if (written == Written::kFailed) {
     for (std::uint32_t request : requests) slots_.erase(request);
@@ -219,14 +230,23 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
 }
 
 Channel::Impl::Written Channel::Impl::Write(std::span<const std::string_view> pieces,
-                                            std::uint64_t generation, std::string& error) {
+                                            std::uint64_t generation,
+                                            std::span<const std::uint32_t> requests,
+                                            std::string& error) {
   std::lock_guard lock(write_mu_);
   // The channel was replaced since the request was filed: the re-attach failed it already.
   if (generation_.load(std::memory_order_acquire) != generation) return Written::kLost;
   if (const int failed = libtern::SendAll(fd_.get(), pieces); failed != 0) {
     // A closed agent end: the reader meets end of file and re-attaches (or closes), and this
     // request is answered then. Nothing of it can have run: its frame never got in whole.
-    if (failed == EPIPE || failed == ECONNRESET) return Written::kLost;
+    if (failed == EPIPE || failed == ECONNRESET) {
+      // Marked before the re-attach (which needs write_mu_) fails what was in flight.
+      std::lock_guard slots_lock(mu_);
+      for (const std::uint32_t request : requests) {
+        if (auto it = slots_.find(request); it != slots_.end()) it->second.unsent = true;
+      }
+      return Written::kLost;
+    }
     error = std::string("IPC channel write failed: ") + std::strerror(failed);
     return Written::kFailed;
   }
@@ -352,7 +372,7 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
     if (slot.done || slot.generation >= now) continue;
     slot.done = true;
     slot.status = JobStatus::kUnavailable;
-    slot.reply.payload = std::string(kLostText);
+    slot.reply.payload = std::string(slot.unsent ? kUnsentText : kLostText);
     slot.reply.body_at = 0;
   }
   decoder_ = ipc::FrameDecoder(kMaxFramePayload);  // a frame cut short by the old agent's death

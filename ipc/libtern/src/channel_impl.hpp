@@ -18,7 +18,8 @@
 // thread's next request first looks up again, under the same names, the send rights this
 // channel got from name_lookup (the only rights the new agent can give without taking the job's
 // word: anyone may look a name up). All other rights are gone. A writer whose write fails on a
-// dying channel leaves its request to that same reckoning.
+// dying channel leaves its request to that same reckoning, as unsent: Request sends it again
+// on the new channel (after the lookups), since nothing of it reached the agent.
 //
 // Thread-safety: all methods may be called from any thread.
 #pragma once
@@ -85,12 +86,18 @@ class Channel::Impl {
       "the agent went away before answering (the request may or may not have run); the IPC "
       "channel re-attached to the restarted agent: the job's rights from before are gone, "
       "except send rights it got from name_lookup";
+  // The error text of a request whose frame the old channel never took whole: Request sends it
+  // again on the new channel (at most kMaxResends times); Post/Collect callers get it.
+  static constexpr std::string_view kUnsentText =
+      "not sent: the agent went away first and the IPC channel re-attached; send it again";
+  static constexpr int kMaxResends = 8;
   static constexpr auto kReattachWait = std::chrono::seconds(120);
 
  private:
   struct Slot {
     ipc::JobOp op{};
     std::uint64_t generation = 0;  // of the channel the request was written to
+    bool unsent = false;           // its write met a closed agent end: nothing of it ran
     bool done = false;
     JobStatus status = JobStatus::kOk;
     Reply reply;
@@ -100,8 +107,9 @@ class Channel::Impl {
   // `generation`. kLost: it is not (or the write met a dying channel that can re-attach), and
   // the request is left to the reader's reckoning.
   enum class Written { kOk, kLost, kFailed };
+  // `requests` are marked unsent when the write meets a closed agent end.
   Written Write(std::span<const std::string_view> pieces, std::uint64_t generation,
-                std::string& error);
+                std::span<const std::uint32_t> requests, std::string& error);
   // The channel read end of file or failed: re-attach (mu_ held through `lock`, this thread
   // the reader), or close with `reason`.
   void LostLocked(std::unique_lock<std::mutex>& lock, std::string reason);

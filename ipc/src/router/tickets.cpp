@@ -135,7 +135,7 @@ void PortRouter::State::OnMakeSendResult(Ticket& ticket, Envelope& e, JobState* 
   if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
   if (!job) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
   WireWriter out;
-  out.U32(InsertAt(*job, RightType::kSend, ticket.object, ticket.name));
+  out.U32(Insert(*job, RightType::kSend, ticket.object));
   Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
 }
 
@@ -244,7 +244,7 @@ void PortRouter::State::OnNameLookupDeltaResult(Ticket& ticket, Envelope& e, Job
   }
   if (!job) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
   WireWriter out;
-  out.U32(Insert(*job, RightType::kSend, ticket.object));
+  out.U32(InsertAt(*job, RightType::kSend, ticket.object, ticket.name));
   Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
 }
 
