@@ -504,11 +504,19 @@ void Channel::Impl::RedoLookups() {
   redoer_ = std::this_thread::get_id();
   const auto lookups = lookups_;
   lock.unlock();
+  // A restarted agent answers not_found until its links to the other agents are up again.
+  const auto deadline = std::chrono::steady_clock::now() + kRelookupWait;
   for (const auto& [name, text] : lookups) {
     ipc::WireWriter body;
     body.Bytes(text);
     body.U32(name);  // the name the job knows it by
     auto reply = Request(ipc::JobOp::kNameLookup, body.out());
+    while (!reply &&
+           (reply.status() == JobStatus::kNotFound || reply.status() == JobStatus::kUnavailable) &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      reply = Request(ipc::JobOp::kNameLookup, body.out());
+    }
     if (!reply) continue;  // gone: the old name stays invalid_name
     ipc::WireReader in(reply->body());
     const auto got = in.U32();

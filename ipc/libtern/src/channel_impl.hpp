@@ -92,6 +92,9 @@ class Channel::Impl {
       "not sent: the agent went away first and the IPC channel re-attached; send it again";
   static constexpr int kMaxResends = 8;
   static constexpr auto kReattachWait = std::chrono::seconds(120);
+  // How long the lookups redone after a re-attach try again while the name is not found (the
+  // restarted agent's links to the other agents come up after it accepts its jobs).
+  static constexpr auto kRelookupWait = std::chrono::seconds(15);
 
  private:
   struct Slot {
