@@ -1509,9 +1509,11 @@ TEST_F(ClusterTest, IpcAServerAndAClientMoveWithTheirRightsWhileCallsGoOn) {
 // docs/ipc.md "A channel the job reconnects": a job sending numbered messages and making numbered
 // calls to a job on another node has its own agent killed (kill -9) and restarted, twice. Its
 // channel re-attaches, its looked-up send rights come back under the same names, and it keeps
-// talking: every message it saw sent arrived once and in order, every call it saw answered was
-// handled once, and none failed (the probe never retries; a request lost with the agent would
-// show as senderr/callerr).
+// talking: every message it saw sent arrived once and in order, every call was handled once and
+// none failed (the probe never retries; a call caught by the kill is repeated by libtern under
+// its RPC sequence, which the server's duplicate check makes safe). The one loss left: a plain
+// send the dying agent had read but not answered fails with "may or may not have run" (docs/
+// ipc.md); at most one per kill, and it must never arrive twice. Counted and printed.
 TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
   const std::string marker = "itreat" + std::to_string(getpid());
   const std::string probe = kBinDir + "/tern-fault-probe";
@@ -1538,6 +1540,15 @@ TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
     ASSERT_EQ(r.exit_code, 0) << r.Describe();
     r = RunCmd({Script(), "start-agent", "node2"}, 120s);
     ASSERT_EQ(r.exit_code, 0) << r.Describe();
+    // The restarted agent took the job's channel back (and not some other path).
+    const std::string agent_log = AgentLog("node2");
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return ReadFile(agent_log).find("job " + sender + ": IPC channel re-attached") !=
+                 std::string::npos;
+        },
+        60s))
+        << "node2's restarted agent never logged the sender's re-attach in " << agent_log;
     const int before = count(sender, "sent");
     const int calls_before = count(sender, "called");
     EXPECT_TRUE(WaitFor(
@@ -1564,19 +1575,28 @@ TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
   parse(sender_out, "called", called);
   parse(counter_out, "got", got);
   parse(counter_out, "handled", handled);
+  std::vector<long long> unknown;  // sends caught by a kill: may or may not have arrived
   for (const auto& line : Lines(sender_out)) {
+    if (line.rfind("senderr ", 0) == 0 &&
+        line.find("may or may not have run") != std::string::npos) {
+      unknown.push_back(std::stoll(line.substr(8)));
+      continue;
+    }
     if (line.rfind("senderr ", 0) == 0 || line.rfind("callerr ", 0) == 0) {
       ++failed;
       ADD_FAILURE() << "a request failed across the restart: " << line;
     }
   }
   EXPECT_EQ(failed, 0);
+  EXPECT_LE(unknown.size(), 2u) << "more sends caught in flight than kills";
   std::map<long long, int> got_count, handled_count;
   for (long long n : got) ++got_count[n];
   for (long long n : handled) ++handled_count[n];
   int lost = 0, doubled = 0, reordered = 0;
   for (long long n : sent) lost += got_count.contains(n) ? 0 : 1;
   for (long long n : called) lost += handled_count.contains(n) ? 0 : 1;
+  int unknown_arrived = 0;
+  for (long long n : unknown) unknown_arrived += got_count.contains(n) ? 1 : 0;
   for (const auto& [n, c] : got_count) doubled += c > 1 ? c - 1 : 0;
   for (const auto& [n, c] : handled_count) doubled += c > 1 ? c - 1 : 0;
   for (std::size_t i = 1; i < got.size(); ++i) reordered += got[i] < got[i - 1] ? 1 : 0;
@@ -1586,8 +1606,9 @@ TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
   EXPECT_EQ(reordered, 0);
   std::printf(
       "re-attach: %zu sent, %zu got, %zu calls, %zu handled; %d lost, %d doubled, "
-      "%d reordered, %d failed\n",
-      sent.size(), got.size(), called.size(), handled.size(), lost, doubled, reordered, failed);
+      "%d reordered, %d failed; %zu sends caught in flight by a kill (%d of them arrived)\n",
+      sent.size(), got.size(), called.size(), handled.size(), lost, doubled, reordered, failed,
+      unknown.size(), unknown_arrived);
   EXPECT_EQ(Tern("node1", {"cancel", counter}).exit_code, 0);
 }
 
