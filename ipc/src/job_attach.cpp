@@ -81,6 +81,7 @@ std::string EncodeAttachAnswer(const AttachAnswer& answer) {
   WireWriter out;
   out.U8(answer.ok ? 0 : 1);
   out.Bytes(answer.why);
+  out.U8(answer.restored ? 1 : 0);
   return out.Take();
 }
 
@@ -88,8 +89,11 @@ std::optional<AttachAnswer> DecodeAttachAnswer(std::string_view payload) {
   WireReader in(payload);
   auto outcome = in.U8();
   auto why = Field(in, kMaxAttachFrame);
-  if (!outcome || *outcome > 1 || !why || !in.AtEnd()) return std::nullopt;
-  return AttachAnswer{*outcome == 0, std::move(*why)};
+  auto restored = in.U8();
+  if (!outcome || *outcome > 1 || !why || !restored || *restored > 1 || !in.AtEnd()) {
+    return std::nullopt;
+  }
+  return AttachAnswer{*outcome == 0, std::move(*why), *restored == 1 && *outcome == 0};
 }
 
 std::optional<std::string> RefuseAttach(const AttachRequest& request, const AttachFacts& facts) {

@@ -351,6 +351,7 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
   const ipc::ChannelHello hello = *hello_;
   lock.unlock();
   std::optional<UniqueFd> fresh;
+  bool restored = false;
   std::string why;
   {
     // No writer between the old channel and the new one.
@@ -358,10 +359,11 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
     auto attached = Reattach(hello);
     if (!attached) {
       why = attached.error().message;
-    } else if (::dup2(attached->get(), fd_.get()) < 0) {
+    } else if (::dup2(attached->first.get(), fd_.get()) < 0) {
       why = std::string("dup2: ") + std::strerror(errno);
     } else {
-      fresh = std::move(*attached);
+      fresh = std::move(attached->first);
+      restored = attached->second;
       generation_.fetch_add(1, std::memory_order_acq_rel);
     }
   }
@@ -370,6 +372,8 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
   const std::uint64_t now = generation_.load(std::memory_order_acquire);
   for (auto& [id, slot] : slots_) {
     if (slot.done || slot.generation >= now) continue;
+    // Restored: the agent answers what the job asked before (the hand-off carried it).
+    if (restored && !slot.unsent) continue;
     slot.done = true;
     slot.status = JobStatus::kUnavailable;
     slot.reply.payload = std::string(slot.unsent ? kUnsentText : kLostText);
@@ -377,7 +381,7 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
   }
   decoder_ = ipc::FrameDecoder(kMaxFramePayload);  // a frame cut short by the old agent's death
   fds_.clear();
-  if (!lookups_.empty()) {
+  if (!restored && !lookups_.empty()) {
     redo_lookups_ = true;
     lookups_due_.store(true, std::memory_order_release);
   }
@@ -441,7 +445,7 @@ IpcResult<std::pair<ipc::AttachAnswer, UniqueFd>> ReadAttached(int fd,
 
 }  // namespace
 
-IpcResult<UniqueFd> Channel::Impl::Reattach(const ipc::ChannelHello& hello) {
+IpcResult<std::pair<UniqueFd, bool>> Channel::Impl::Reattach(const ipc::ChannelHello& hello) {
   const auto deadline = std::chrono::steady_clock::now() + kReattachWait;
   std::string why = "no attempt";
   int refusals = 0;
@@ -468,7 +472,7 @@ IpcResult<UniqueFd> Channel::Impl::Reattach(const ipc::ChannelHello& hello) {
       } else if (auto answer = ReadAttached(socket.get(), std::chrono::seconds(5)); !answer) {
         why = answer.error().message;
       } else if (answer->first.ok && answer->second.valid()) {
-        return std::move(answer->second);
+        return std::make_pair(std::move(answer->second), answer->first.restored);
       } else {
         why = answer->first.ok ? "the agent accepted but sent no channel" : answer->first.why;
         // A refusal is final unless the agent was still adopting its jobs: a few more tries.

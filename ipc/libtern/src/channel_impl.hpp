@@ -19,7 +19,9 @@
 // channel got from name_lookup (the only rights the new agent can give without taking the job's
 // word: anyone may look a name up). All other rights are gone. A writer whose write fails on a
 // dying channel leaves its request to that same reckoning, as unsent: Request sends it again
-// on the new channel (after the lookups), since nothing of it reached the agent.
+// on the new channel (after the lookups), since nothing of it reached the agent. An agent
+// that restored the job's state from a migration's hand-off says so: then the requests in
+// flight are answered on the new channel and nothing is looked up again.
 //
 // Thread-safety: all methods may be called from any thread.
 #pragma once
@@ -116,8 +118,9 @@ class Channel::Impl {
   // The channel read end of file or failed: re-attach (mu_ held through `lock`, this thread
   // the reader), or close with `reason`.
   void LostLocked(std::unique_lock<std::mutex>& lock, std::string reason);
-  // A new channel from the agent at `hello`'s socket, or why not.
-  static IpcResult<UniqueFd> Reattach(const ipc::ChannelHello& hello);
+  // A new channel from the agent at `hello`'s socket and whether the agent restored the job's
+  // state (AttachAnswer::restored), or why not.
+  static IpcResult<std::pair<UniqueFd, bool>> Reattach(const ipc::ChannelHello& hello);
   // Before a request: the lookups a re-attach left to redo, done by one thread.
   void RedoLookups();
   // A fresh request id with an empty slot for its reply (mu_ held).

@@ -213,7 +213,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     return pid == ancestor;
   }
 
-  std::variant<UniqueFd, std::string> DecideAttach(const AttachRequest& request, int peer_pid) {
+  std::variant<JobSocket::Accepted, std::string> DecideAttach(const AttachRequest& request,
+                                                              int peer_pid) {
     AttachFacts facts;
     const int init = init_pid_ ? init_pid_(request.job) : 0;
     facts.job_running_here = init > 0;
@@ -233,10 +234,47 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     const int end = MakeChannel(request.job, first_name);
     if (end < 0) return "job " + request.job + ": no new IPC channel could be made";
     channels_[request.job]->holder_pid = peer_pid;
-    spdlog::info("job {}: IPC channel re-attached (pid {}); it holds no rights from before",
-                 request.job, peer_pid);
-    SayHello(request.job);
-    return UniqueFd(end);
+    JobSocket::Accepted accepted{UniqueFd(end), false};
+    if (auto pending = pending_states_.find(request.job); pending != pending_states_.end()) {
+      // A hand-off this agent could not install before its restart (the job's channel had
+      // died with the killed agent): the source's record of the job's rights, never the job's.
+      const std::string state = std::move(pending->second);
+      pending_states_.erase(pending);
+      router_.JobGone(request.job);  // JobReattached's empty table: ImportJob takes it whole
+      router_.JobAttached(request.job, uid_of_ ? uid_of_(request.job) : std::nullopt);
+      if (auto taken = TakeOver(request.job, state); !taken) {
+        spdlog::error("job {}: its IPC state from the move is lost: {}", request.job,
+                      taken.error().message);
+        router_.JobReattached(request.job, uid_of_ ? uid_of_(request.job) : std::nullopt,
+                              first_name);
+      } else {
+        accepted.restored = true;
+      }
+    }
+    spdlog::info(
+        "job {}: IPC channel re-attached (pid {}); {}", request.job, peer_pid,
+        accepted.restored ? "its rights from the move restored" : "it holds no rights from before");
+    if (!accepted.restored) SayHello(request.job);  // TakeOver says it otherwise
+    return accepted;
+  }
+
+  // A job that ends or leaves with a hand-off never installed: its rights are released at
+  // their homes as a job's are when it ends.
+  void DropPending(const std::string& job) {
+    auto pending = pending_states_.find(job);
+    if (pending == pending_states_.end()) return;
+    const std::string state = std::move(pending->second);
+    pending_states_.erase(pending);
+    ipc::WireReader in(state);
+    auto rights = in.Bytes();
+    if (!rights || channels_.contains(job)) return;
+    router_.JobAttached(job);
+    if (auto imported = router_.ImportJob(job, *rights); !imported) {
+      spdlog::warn("job {}: its IPC state from the move cannot be released: {}", job,
+                   imported.error().message);
+    }
+    router_.JobGone(job);
+    Run();
   }
 
   void Close(const std::string& job) {
@@ -437,7 +475,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto from_job = in.Bytes();
     if (!from_job || !in.AtEnd()) return Fail("malformed IPC hand-off for job " + job);
     auto it = channels_.find(job);
-    if (it == channels_.end()) return Fail("job " + job + " has no IPC channel here");
+    if (it == channels_.end()) {
+      if (!job_socket_) return Fail("job " + job + " has no IPC channel here");
+      // Its channel died with this agent's previous process: installed when the job
+      // re-attaches (docs/ipc.md "A channel the job reconnects").
+      pending_states_[job] = std::string(state);
+      spdlog::info("job {}: its IPC state waits for the job to re-attach its channel", job);
+      return {};
+    }
     auto channel = it->second;
     if (auto imported = router_.ImportJob(job, *rights); !imported) return imported;
     LearnUid(job);
@@ -704,6 +749,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   std::string secrets_dir_;
   std::map<std::string, std::string> secrets_;
   JobInitPid init_pid_;
+  // Hand-offs to install when their job re-attaches (TakeOver without a channel).
+  std::map<std::string, std::string> pending_states_;
 
   // After router_: it reads the router's rights.
   std::shared_ptr<DirectCalls> direct_;
@@ -739,6 +786,7 @@ int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
 
 void IpcService::CloseChannel(const std::string& job) {
   impl_->Close(job);
+  impl_->DropPending(job);
   impl_->ForgetSecret(job);
 }
 

@@ -122,9 +122,10 @@ void JobSocket::Answer(const std::shared_ptr<Attaching>& attaching, const Attach
   auto decided = decide_(request, attaching->peer_pid);
   UniqueFd channel;
   AttachAnswer answer;
-  if (auto* fd = std::get_if<UniqueFd>(&decided)) {
-    channel = std::move(*fd);
+  if (auto* accepted = std::get_if<Accepted>(&decided)) {
+    channel = std::move(accepted->channel);
     answer.ok = true;
+    answer.restored = accepted->restored;
   } else {
     answer.why = std::get<std::string>(decided);
     spdlog::warn("IPC: job socket: pid {}: {}", attaching->peer_pid, answer.why);

@@ -36,7 +36,13 @@ namespace tern::ipc {
 
 class JobSocket : public std::enable_shared_from_this<JobSocket> {
  public:
-  using Decide = std::function<std::variant<UniqueFd, std::string>(const AttachRequest& request,
+  // The job's end of its new channel, and whether the agent restored what a hand-off left it
+  // (AttachAnswer::restored).
+  struct Accepted {
+    UniqueFd channel;
+    bool restored = false;
+  };
+  using Decide = std::function<std::variant<Accepted, std::string>(const AttachRequest& request,
                                                                    int peer_pid)>;
   static constexpr std::size_t kMaxAttaching = 64;
   static constexpr auto kAttachWait = std::chrono::seconds(2);

@@ -48,6 +48,10 @@ std::optional<AttachRequest> DecodeAttachRequest(std::string_view payload);
 struct AttachAnswer {
   bool ok = false;
   std::string why;  // a refusal's reason
+  // The agent put back the rights and the answers due to the job from a migration's hand-off
+  // it could not install before (its restart after the commit): the job's requests in flight
+  // are answered on the new channel, and its names stand as they were.
+  bool restored = false;
 };
 std::string EncodeAttachAnswer(const AttachAnswer& answer);
 std::optional<AttachAnswer> DecodeAttachAnswer(std::string_view payload);
