@@ -174,6 +174,45 @@ TEST(Reattach, AChannelWhoseAgentDiedReattachesFailsWhatWasInFlightAndKeepsItsLo
   EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kPortAllocate), 1);
 }
 
+// A destination agent restarted after a move's commit restores the job's state from the
+// hand-off when the job re-attaches: what the job asked before is answered on the new channel,
+// and nothing is looked up again (its names stand).
+TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  UniqueFd dying(pair[0]);
+  std::promise<std::uint32_t> asked;
+  std::thread first_agent([&] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto frame = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(frame);
+    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
+    ASSERT_TRUE(request);
+    asked.set_value(request->id);
+    dying.Reset();
+  });
+  FakeAgent restarted;
+  auto attach = std::async(std::launch::async, [&] {
+    return job_socket.Serve({.ok = true, .restored = true}, restarted.TakeJobFd());
+  });
+  auto pending = std::async(std::launch::async, [&] { return channel.port_allocate(); });
+  const std::uint32_t id = asked.get_future().get();
+  first_agent.join();
+  attach.get();
+  restarted.Reply(id, FakeAgent::Answer{.body = U32(42)});
+  auto port = pending.get();
+  ASSERT_TRUE(port) << port.error().ToString();
+  EXPECT_EQ(*port, 42u);
+  EXPECT_TRUE(channel.connected());
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kNameLookup), 0);
+}
+
 TEST(Reattach, ARefusedAttachClosesTheChannelWithTheAgentsReason) {
   JobSocketDouble job_socket;
   int pair[2];
