@@ -431,8 +431,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     out.Bytes(exported.state);
     out.Bytes(to_job);
     out.Bytes(from_job);
+    // The secret stays: a move that then aborts (this agent killed during it, say) resumes the
+    // job here, and it re-attaches. CloseChannel forgets it when the job has left for good.
     Close(job);  // the router holds nothing of the job now: nothing is released
-    ForgetSecret(job);
     return {ipc::PortRouter::ExportOutcome::kExported, out.Take()};
   }
 
