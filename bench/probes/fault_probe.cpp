@@ -64,7 +64,10 @@ int Counter(const Channel& channel, const std::string& name, long ballast_mb) {
     if (!message) {
       // An agent killed under the job takes its channel along: the job itself lives on (one
       // copy is what the campaign counts), and says so once.
-      if (!channel.connected()) {
+      // So does one whose channel re-attached to its restarted agent but whose port was homed
+      // there (docs/ipc.md "A channel the job reconnects": the port died with that agent).
+      if (!channel.connected() || message.status() == tern::JobStatus::kInvalidName ||
+          message.status() == tern::JobStatus::kDeadName) {
         Print("disconnected", 0);
         for (;;) std::this_thread::sleep_for(1h);
       }

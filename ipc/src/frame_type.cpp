@@ -26,6 +26,12 @@ std::string_view FrameTypeName(FrameType type) {
       return "IpcRequest";
     case FrameType::kIpcReply:
       return "IpcReply";
+    case FrameType::kIpcHello:
+      return "IpcHello";
+    case FrameType::kIpcAttach:
+      return "IpcAttach";
+    case FrameType::kIpcAttached:
+      return "IpcAttached";
     case FrameType::kIpcRemote:
       return "IpcRemote";
     case FrameType::kIpcBlast:

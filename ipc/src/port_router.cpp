@@ -29,6 +29,14 @@ void PortRouter::JobAttached(const std::string& job, std::optional<std::uint32_t
   if (uid) state.uid = uid;
 }
 
+void PortRouter::JobReattached(const std::string& job, std::optional<std::uint32_t> uid,
+                               std::uint32_t first_name) {
+  if (state_->jobs.contains(job)) JobGone(job);
+  auto& state = state_->jobs[job];
+  state.uid = uid;
+  state.next_name = first_name == 0 ? 1 : first_name;
+}
+
 void PortRouter::SetJobUid(const std::string& job, std::uint32_t uid) {
   auto it = state_->jobs.find(job);
   if (it != state_->jobs.end()) it->second.uid = uid;

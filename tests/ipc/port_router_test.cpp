@@ -1296,5 +1296,59 @@ TEST(PortRouterNames, ALookupPrefersTheCallersOwnUserThenRoot) {
             "carol-client");
 }
 
+// After its agent restarted, a job re-attaches with no rights: its old names are invalid (never
+// another right), it may look a name up again under the name it used, and new names start far
+// from the old ones (docs/ipc.md "A channel the job reconnects").
+TEST(PortRouterReattach, AReattachedJobHoldsNothingAndLooksNamesUpAgainUnderTheirOldNames) {
+  Net net(2);
+  net.Attach(2, "server");
+  net.Attach(1, "client");
+  const std::uint32_t port = Allocate(net, "server");
+  const std::uint32_t send = MakeSend(net, "server", port);
+  ASSERT_EQ(Register(net, "server", "svc", send), "");
+  ASSERT_EQ(Register(net, "server", "other", send), "");
+  const auto found = Lookup(net, "client", "svc");
+  ASSERT_EQ(found.status, JobStatus::kOk) << found.body;
+  const std::uint32_t old_name = ReadU32(found.body);
+  const std::uint32_t old_port = Allocate(net, "client");
+
+  net.routers[1]->JobReattached("client", std::nullopt, 0x40000000u);
+  net.Pump();
+  // The old names are nothing now.
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(old_name, "x")).status,
+            JobStatus::kInvalidName);
+  EXPECT_EQ(Receive(net, "client", old_port).status, JobStatus::kInvalidName);
+  // Looked up again with the old name asked for: that name, that port.
+  WireWriter again;
+  again.Bytes("svc");
+  again.U32(old_name);
+  const auto relooked = net.Call("client", JobOp::kNameLookup, again.Take());
+  ASSERT_EQ(relooked.status, JobStatus::kOk) << relooked.body;
+  EXPECT_EQ(ReadU32(relooked.body), old_name);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(old_name, "after")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "after");
+  // New names start at the re-attach's base.
+  EXPECT_GE(Allocate(net, "client"), 0x40000000u);
+  // The same port under another name merges into the name the job holds (as any lookup).
+  WireWriter merged;
+  merged.Bytes("other");
+  merged.U32(old_name + 1);
+  const auto other = net.Call("client", JobOp::kNameLookup, merged.Take());
+  ASSERT_EQ(other.status, JobStatus::kOk);
+  EXPECT_EQ(ReadU32(other.body), old_name);
+  // A wanted name that is taken is not taken over.
+  const std::uint32_t taken = Allocate(net, "client");
+  net.Attach(2, "second");
+  const std::uint32_t second_port = Allocate(net, "second");
+  ASSERT_EQ(Register(net, "second", "svc2", MakeSend(net, "second", second_port)), "");
+  WireWriter clash;
+  clash.Bytes("svc2");
+  clash.U32(taken);
+  const auto placed = net.Call("client", JobOp::kNameLookup, clash.Take());
+  ASSERT_EQ(placed.status, JobStatus::kOk);
+  EXPECT_NE(ReadU32(placed.body), taken);
+  EXPECT_EQ(net.Call("client", JobOp::kPortStatus, U32(taken)).status, JobStatus::kOk);
+}
+
 }  // namespace
 }  // namespace tern::ipc

@@ -113,6 +113,11 @@ Expected<void> Agent::Start() {
         const auto record = supervisor_->Get(job);
         return record ? static_cast<int>(record->pid) : 0;
       });
+  // Jobs whose channel breaks (this agent killed and restarted) re-attach here.
+  if (auto listening = ipc_->ListenForJobs(config_.run_dir + "/ipc"); !listening) {
+    spdlog::error("IPC: jobs cannot re-attach after an agent restart: {}",
+                  listening.error().message);
+  }
   job_options.open_ipc_channel = [this](const std::string& job) { return ipc_->OpenChannel(job); };
   supervisor_ =
       std::make_unique<jobs::JobSupervisor>(io_, job_options, [this](const jobs::JobRecord& job) {

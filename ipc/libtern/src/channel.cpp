@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <thread>
 
 #include "channel_impl.hpp"
 #include "send_all.hpp"
@@ -98,9 +101,18 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op, std::strin
 
 IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op,
                                                        std::span<const std::string_view> body) {
-  auto request = Post(op, body);
-  if (!request) return request.error();
-  return Collect(*request);
+  // A request whose frame never got into the old channel whole (the agent died first) is sent
+  // again on the new one: nothing of it can have run.
+  for (int attempt = 0;; ++attempt) {
+    auto request = Post(op, body);
+    if (!request) return request.error();
+    auto reply = Collect(*request);
+    if (!reply && reply.status() == JobStatus::kUnavailable && attempt < kMaxResends &&
+        reply.error().message == kUnsentText) {
+      continue;
+    }
+    return reply;
+  }
 }
 
 IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body) {
@@ -109,10 +121,12 @@ IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view bod
 
 IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
                                              std::span<const std::string_view> body) {
+  if (lookups_due_.load(std::memory_order_acquire)) RedoLookups();
   std::unique_lock lock(mu_);
   if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
   // Filed before the write: the reply may be read by another thread before this one waits.
   const std::uint32_t request = FileSlot(op);
+  const std::uint64_t generation = slots_[request].generation;
   lock.unlock();
 
   // The frame's and the request's headers, then the body as it is.
@@ -125,12 +139,12 @@ IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
   // A call's request has a few pieces: no allocation for them on this hot path.
   boost::container::small_vector<std::string_view, 8> pieces{header};
   pieces.insert(pieces.end(), body.begin(), body.end());
-  auto written = Write({pieces.data(), pieces.size()});
-  if (!written) {
+  std::string error;
+  if (Write({pieces.data(), pieces.size()}, generation, {&request, 1}, error) == Written::kFailed) {
     lock.lock();
     slots_.erase(request);
-    CloseLocked(written.error().message);
-    return written.error();
+    CloseLocked(error);
+    return libtern::Unavailable(error);
   }
   return request;
 }
@@ -143,7 +157,9 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Collect(std::uint32_t request) {
 std::uint32_t Channel::Impl::FileSlot(ipc::JobOp op) {
   std::uint32_t request = next_request_++;
   while (request == 0 || slots_.contains(request)) request = next_request_++;
-  slots_[request].op = op;
+  Slot& slot = slots_[request];
+  slot.op = op;
+  slot.generation = generation_.load(std::memory_order_acquire);
   return request;
 }
 
@@ -177,6 +193,7 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::AwaitReply(std::unique_lock<std::
 
 std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
     ipc::JobOp op, const std::vector<std::string>& bodies) {
+  if (lookups_due_.load(std::memory_order_acquire)) RedoLookups();
   std::vector<IpcResult<Reply>> results;
   std::vector<std::uint32_t> requests;
   std::string frames;
@@ -192,26 +209,48 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
     requests.push_back(request);
     ipc::AppendFrame(frames, ipc::FrameType::kIpcRequest, ipc::EncodeJobRequest(request, op, body));
   }
+  const std::uint64_t generation = generation_.load(std::memory_order_acquire);
   lock.unlock();
   const std::string_view piece = frames;
-  auto written = Write(std::span<const std::string_view>(&piece, 1));
+  std::string error;
+  const Written written =
+      // Never marked unsent: the frames before the one a failed write cut may have run.
+      Write(std::span<const std::string_view>(&piece, 1), generation, {}, error);
   lock.lock();
-  if (!written) {
+  if (written == Written::kFailed) {
     for (std::uint32_t request : requests) slots_.erase(request);
-    CloseLocked(written.error().message);
-    for (std::size_t i = 0; i < bodies.size(); ++i) results.emplace_back(written.error());
+    CloseLocked(error);
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+      results.emplace_back(libtern::Unavailable(error));
+    }
     return results;
   }
   for (std::uint32_t request : requests) results.push_back(AwaitReply(lock, request));
   return results;
 }
 
-IpcResult<void> Channel::Impl::Write(std::span<const std::string_view> pieces) {
+Channel::Impl::Written Channel::Impl::Write(std::span<const std::string_view> pieces,
+                                            std::uint64_t generation,
+                                            std::span<const std::uint32_t> requests,
+                                            std::string& error) {
   std::lock_guard lock(write_mu_);
-  if (const int error = libtern::SendAll(fd_.get(), pieces); error != 0) {
-    return libtern::Unavailable(std::string("IPC channel write failed: ") + std::strerror(error));
+  // The channel was replaced since the request was filed: the re-attach failed it already.
+  if (generation_.load(std::memory_order_acquire) != generation) return Written::kLost;
+  if (const int failed = libtern::SendAll(fd_.get(), pieces); failed != 0) {
+    // A closed agent end: the reader meets end of file and re-attaches (or closes), and this
+    // request is answered then. Nothing of it can have run: its frame never got in whole.
+    if (failed == EPIPE || failed == ECONNRESET) {
+      // Marked before the re-attach (which needs write_mu_) fails what was in flight.
+      std::lock_guard slots_lock(mu_);
+      for (const std::uint32_t request : requests) {
+        if (auto it = slots_.find(request); it != slots_.end()) it->second.unsent = true;
+      }
+      return Written::kLost;
+    }
+    error = std::string("IPC channel write failed: ") + std::strerror(failed);
+    return Written::kFailed;
   }
-  return {};
+  return Written::kOk;
 }
 
 void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
@@ -266,9 +305,9 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
   }
   lock.lock();
   for (UniqueFd& fd : fds) fds_.push_back(std::move(fd));
-  if (n == 0) return CloseLocked("the agent closed the IPC channel");
+  if (n == 0) return LostLocked(lock, "the agent closed the IPC channel");
   if (n < 0) {
-    return CloseLocked(std::string("IPC channel read failed: ") + std::strerror(read_errno));
+    return LostLocked(lock, std::string("IPC channel read failed: ") + std::strerror(read_errno));
   }
   if (auto fed = decoder_.Commit(n > 0 ? static_cast<std::size_t>(n) : 0); !fed) {
     return CloseLocked("IPC channel broken: " + fed.error().message);
@@ -278,6 +317,11 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
 }
 
 void Channel::Impl::Dispatch(ipc::Frame frame) {
+  if (frame.type == ipc::FrameType::kIpcHello) {
+    // How to find the agent again; a malformed one is ignored (the channel cannot re-attach).
+    if (auto hello = ipc::DecodeChannelHello(frame.payload)) hello_ = std::move(*hello);
+    return;
+  }
   if (frame.type != ipc::FrameType::kIpcReply) return;  // nothing else is meant for a job
   const auto reply = ipc::ReadJobReplyHeader(frame.payload);
   if (!reply) return CloseLocked("IPC channel broken: IPC reply shorter than its header");
@@ -300,6 +344,197 @@ void Channel::Impl::Dispatch(ipc::Frame frame) {
         reply->status, std::string_view(frame.payload).substr(ipc::kJobReplyHeaderSize));
   }
   it->second.reply.fd = std::move(fd);
+}
+
+void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string reason) {
+  if (!hello_ || !fd_.valid()) return CloseLocked(std::move(reason));
+  const ipc::ChannelHello hello = *hello_;
+  lock.unlock();
+  std::optional<UniqueFd> fresh;
+  bool restored = false;
+  std::string why;
+  {
+    // No writer between the old channel and the new one.
+    std::lock_guard write_lock(write_mu_);
+    auto attached = Reattach(hello);
+    if (!attached) {
+      why = attached.error().message;
+    } else if (::dup2(attached->first.get(), fd_.get()) < 0) {
+      why = std::string("dup2: ") + std::strerror(errno);
+    } else {
+      fresh = std::move(attached->first);
+      restored = attached->second;
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+  lock.lock();
+  if (!fresh) return CloseLocked(reason + "; re-attaching failed: " + why);
+  const std::uint64_t now = generation_.load(std::memory_order_acquire);
+  for (auto& [id, slot] : slots_) {
+    if (slot.done || slot.generation >= now) continue;
+    // Restored: the agent answers what the job asked before (the hand-off carried it).
+    if (restored && !slot.unsent) continue;
+    slot.done = true;
+    slot.status = JobStatus::kUnavailable;
+    slot.reply.payload = std::string(slot.unsent ? kUnsentText : kLostText);
+    slot.reply.body_at = 0;
+  }
+  decoder_ = ipc::FrameDecoder(kMaxFramePayload);  // a frame cut short by the old agent's death
+  fds_.clear();
+  if (!restored && !lookups_.empty()) {
+    redo_lookups_ = true;
+    lookups_due_.store(true, std::memory_order_release);
+  }
+  reattached_.fetch_add(1, std::memory_order_acq_rel);
+  cv_.notify_all();
+}
+
+namespace {
+
+// Reads the agent's IpcAttached answer from `fd` within `wait`: the answer and the fd it
+// carries (invalid when none came).
+IpcResult<std::pair<ipc::AttachAnswer, UniqueFd>> ReadAttached(int fd,
+                                                               std::chrono::milliseconds wait) {
+  ipc::FrameDecoder decoder(ipc::kMaxAttachFrame);
+  UniqueFd passed;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return libtern::Unavailable("the agent did not answer the attach");
+    pollfd readable{fd, POLLIN, 0};
+    if (::poll(&readable, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
+      return libtern::Unavailable(std::string("poll: ") + std::strerror(errno));
+    }
+    const std::span<char> space = decoder.Prepare();
+    iovec iov{space.data(), space.size()};
+    alignas(struct cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * 2)> control;
+    msghdr header{};
+    header.msg_iov = &iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.data();
+    header.msg_controllen = control.size();
+    const ssize_t n = ::recvmsg(fd, &header, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n <= 0) return libtern::Unavailable("the agent closed the attach connection");
+    for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int received = -1;
+        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        if (!passed.valid()) {
+          passed.Reset(received);
+        } else {
+          ::close(received);
+        }
+      }
+    }
+    if (auto fed = decoder.Commit(static_cast<std::size_t>(n)); !fed) {
+      return libtern::Unavailable("malformed attach answer: " + fed.error().message);
+    }
+    auto frame = decoder.Next();
+    if (!frame) continue;
+    auto answer = frame->type == ipc::FrameType::kIpcAttached
+                      ? ipc::DecodeAttachAnswer(frame->payload)
+                      : std::nullopt;
+    if (!answer) return libtern::Unavailable("malformed attach answer");
+    return std::make_pair(std::move(*answer), std::move(passed));
+  }
+}
+
+}  // namespace
+
+IpcResult<std::pair<UniqueFd, bool>> Channel::Impl::Reattach(const ipc::ChannelHello& hello) {
+  const auto deadline = std::chrono::steady_clock::now() + kReattachWait;
+  std::string why = "no attempt";
+  int refusals = 0;
+  std::string frame;
+  ipc::AppendFrame(frame, ipc::FrameType::kIpcAttach,
+                   ipc::EncodeAttachRequest({hello.job, hello.secret}));
+  for (;;) {
+    auto pause = std::chrono::milliseconds(100);
+    UniqueFd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, hello.socket_path.data(),
+                std::min(hello.socket_path.size(), sizeof address.sun_path - 1));
+    if (!socket.valid()) {
+      why = std::string("socket: ") + std::strerror(errno);
+    } else if (::connect(socket.get(), reinterpret_cast<const sockaddr*>(&address),
+                         sizeof address) != 0) {
+      // Not listening yet: the agent is restarting.
+      why = "cannot connect to " + hello.socket_path + ": " + std::strerror(errno);
+    } else {
+      const std::string_view piece = frame;
+      if (const int failed = libtern::SendAll(socket.get(), {&piece, 1}); failed != 0) {
+        why = std::string("attach request not sent: ") + std::strerror(failed);
+      } else if (auto answer = ReadAttached(socket.get(), std::chrono::seconds(5)); !answer) {
+        why = answer.error().message;
+      } else if (answer->first.ok && answer->second.valid()) {
+        return std::make_pair(std::move(answer->second), answer->first.restored);
+      } else {
+        why = answer->first.ok ? "the agent accepted but sent no channel" : answer->first.why;
+        // A refusal is final unless the agent was still adopting its jobs: a few more tries.
+        if (++refusals >= 3) return libtern::Unavailable(why);
+        pause = std::chrono::seconds(1);
+      }
+    }
+    if (std::chrono::steady_clock::now() + pause >= deadline) {
+      return libtern::Unavailable(why);
+    }
+    std::this_thread::sleep_for(pause);
+  }
+}
+
+void Channel::Impl::NoteLookup(std::uint32_t name, std::string text) {
+  std::lock_guard lock(mu_);
+  lookups_[name] = std::move(text);
+}
+
+void Channel::Impl::RedoLookups() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (redoing_) {
+      if (redoer_ == std::this_thread::get_id()) return;  // its own lookups
+      cv_.wait(lock);
+      continue;
+    }
+    if (!redo_lookups_) return;
+    break;
+  }
+  redoing_ = true;
+  redo_lookups_ = false;
+  redoer_ = std::this_thread::get_id();
+  const auto lookups = lookups_;
+  lock.unlock();
+  // A restarted agent answers not_found until its links to the other agents are up again.
+  const auto deadline = std::chrono::steady_clock::now() + kRelookupWait;
+  for (const auto& [name, text] : lookups) {
+    ipc::WireWriter body;
+    body.Bytes(text);
+    body.U32(name);  // the name the job knows it by
+    auto reply = Request(ipc::JobOp::kNameLookup, body.out());
+    while (!reply &&
+           (reply.status() == JobStatus::kNotFound || reply.status() == JobStatus::kUnavailable) &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      reply = Request(ipc::JobOp::kNameLookup, body.out());
+    }
+    if (!reply) continue;  // gone: the old name stays invalid_name
+    ipc::WireReader in(reply->body());
+    const auto got = in.U32();
+    if (got && *got != name) {
+      // The agent could not give the old name: this right is not the one the job uses.
+      ipc::WireWriter drop;
+      drop.U32(*got);
+      (void)Request(ipc::JobOp::kDeallocate, drop.out());
+    }
+  }
+  lock.lock();
+  redoing_ = false;
+  if (!redo_lookups_) lookups_due_.store(false, std::memory_order_release);
+  cv_.notify_all();
 }
 
 void Channel::Impl::CloseLocked(std::string reason) {

@@ -9,12 +9,29 @@
 // order: the agent attaches each
 // one to the first byte of its reply frame, so an fd always arrives before its frame is whole.
 //
+// Re-attaching (docs/ipc.md "A channel the job reconnects"): the agent's first frame on a
+// channel (IpcHello) says how to find it again. When the reader meets end of file, it connects
+// to the agent's job socket (waiting up to kReattachWait for a restarted agent), proves the job
+// (its secret; the agent checks the pid) and puts the new channel in the old one's fd number, so
+// that the job's fd 3 stays its channel. Every request without an answer then fails with
+// kUnavailable and kLostText (it may or may not have run: the agent that read it is gone); the
+// thread's next request first looks up again, under the same names, the send rights this
+// channel got from name_lookup (the only rights the new agent can give without taking the job's
+// word: anyone may look a name up). All other rights are gone. A writer whose write fails on a
+// dying channel leaves its request to that same reckoning, as unsent: Request sends it again
+// on the new channel (after the lookups), since nothing of it reached the agent. An agent
+// that restored the job's state from a migration's hand-off says so: then the requests in
+// flight are answered on the new channel and nothing is looked up again.
+//
 // Thread-safety: all methods may be called from any thread.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -23,8 +40,10 @@
 #include <string_view>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_attach.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/unique_fd.hpp>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -59,17 +78,52 @@ class Channel::Impl {
 
   bool connected();
   std::uint64_t id() const { return id_; }
+  // How many times the channel was re-attached: a caller that saw it change during a request
+  // knows its request's answer was lost with the old agent.
+  std::uint64_t reattached() const { return reattached_.load(std::memory_order_acquire); }
+  // name_lookup found `text` as `name`: looked up again after a re-attach.
+  void NoteLookup(std::uint32_t name, std::string text);
+
+  // The error text of a request lost with its agent.
+  static constexpr std::string_view kLostText =
+      "the agent went away before answering (the request may or may not have run); the IPC "
+      "channel re-attached to the restarted agent: the job's rights from before are gone, "
+      "except send rights it got from name_lookup";
+  // The error text of a request whose frame the old channel never took whole: Request sends it
+  // again on the new channel (at most kMaxResends times); Post/Collect callers get it.
+  static constexpr std::string_view kUnsentText =
+      "not sent: the agent went away first and the IPC channel re-attached; send it again";
+  static constexpr int kMaxResends = 8;
+  static constexpr auto kReattachWait = std::chrono::seconds(120);
+  // How long the lookups redone after a re-attach try again while the name is not found (the
+  // restarted agent's links to the other agents come up after it accepts its jobs).
+  static constexpr auto kRelookupWait = std::chrono::seconds(15);
 
  private:
   struct Slot {
     ipc::JobOp op{};
+    std::uint64_t generation = 0;  // of the channel the request was written to
+    bool unsent = false;           // its write met a closed agent end: nothing of it ran
     bool done = false;
     JobStatus status = JobStatus::kOk;
     Reply reply;
   };
 
-  // Writes `pieces` in order, as one stream of bytes (under write_mu_).
-  IpcResult<void> Write(std::span<const std::string_view> pieces);
+  // Writes `pieces` in order, as one stream of bytes (under write_mu_), if the channel is still
+  // `generation`. kLost: it is not (or the write met a dying channel that can re-attach), and
+  // the request is left to the reader's reckoning.
+  enum class Written { kOk, kLost, kFailed };
+  // `requests` are marked unsent when the write meets a closed agent end.
+  Written Write(std::span<const std::string_view> pieces, std::uint64_t generation,
+                std::span<const std::uint32_t> requests, std::string& error);
+  // The channel read end of file or failed: re-attach (mu_ held through `lock`, this thread
+  // the reader), or close with `reason`.
+  void LostLocked(std::unique_lock<std::mutex>& lock, std::string reason);
+  // A new channel from the agent at `hello`'s socket and whether the agent restored the job's
+  // state (AttachAnswer::restored), or why not.
+  static IpcResult<std::pair<UniqueFd, bool>> Reattach(const ipc::ChannelHello& hello);
+  // Before a request: the lookups a re-attach left to redo, done by one thread.
+  void RedoLookups();
   // A fresh request id with an empty slot for its reply (mu_ held).
   std::uint32_t FileSlot(ipc::JobOp op);
   // Waits (mu_ held through `lock`) until the reply to `request` is in, reading in turn with
@@ -83,6 +137,9 @@ class Channel::Impl {
   const std::uint64_t id_;
   UniqueFd fd_;
   std::mutex write_mu_;
+  std::atomic<std::uint64_t> generation_{0};  // changed under write_mu_ and mu_
+  std::atomic<std::uint64_t> reattached_{0};
+  std::atomic<bool> lookups_due_{false};  // redo or being redone
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -92,6 +149,11 @@ class Channel::Impl {
   std::unordered_map<std::uint32_t, Slot> slots_;
   std::deque<UniqueFd> fds_;   // received, not yet given to a reply
   ipc::FrameDecoder decoder_;  // used by the reader only
+  std::optional<ipc::ChannelHello> hello_;
+  std::map<std::uint32_t, std::string> lookups_;  // send name -> the name it was looked up by
+  bool redo_lookups_ = false;
+  bool redoing_ = false;
+  std::thread::id redoer_;
 };
 
 namespace libtern {

@@ -302,7 +302,9 @@ IpcResult<void> Channel::name_register(std::string_view name, std::uint32_t righ
 }
 
 IpcResult<std::uint32_t> Channel::name_lookup(std::string_view name) const {
-  return NameReply(impl_->Request(JobOp::kNameLookup, StringBody(name)), JobOp::kNameLookup);
+  auto found = NameReply(impl_->Request(JobOp::kNameLookup, StringBody(name)), JobOp::kNameLookup);
+  if (found) impl_->NoteLookup(*found, std::string(name));
+  return found;
 }
 
 IpcResult<void> Channel::name_unregister(std::string_view name) const {

@@ -18,6 +18,11 @@
 // receives on) shares this path once the receiver has accepted a connection (docs/ipc.md
 // "send_receive direct"): the same client id, sequences, connection and fallback, with the
 // message's id carried along and its reply handed back as a plain received message.
+//
+// When the channel re-attaches during a call (its agent was killed and restarted: the reply
+// port, homed at that agent, is gone with it), the call allocates a new reply port and sends
+// the same request again (same client id and sequence): the server's duplicate check answers a
+// request it handled from its kept reply, so the call is handled once, and answered.
 #include <unistd.h>
 
 #include <chrono>
@@ -39,6 +44,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using libtern::DirectConnection;
 using libtern::RpcHeader;
+
+// A call repeats its request after this many re-attaches at most (each one a restarted agent).
+constexpr int kMaxReattachRepeats = 8;
 
 // After a refused direct_open a name's calls go through the agents for this long.
 constexpr auto kRefusedFor = std::chrono::seconds(1);
@@ -66,6 +74,7 @@ struct ClientState {
   std::weak_ptr<Channel::Impl> impl;
   std::uint32_t reply_port = 0;
   std::uint64_t client = NewClientId();
+  std::uint64_t reattached = 0;  // the channel's count when reply_port was allocated
   std::uint64_t next_sequence = 1;
   std::unordered_map<std::uint32_t, DirectPort> direct;  // by send name
 };
@@ -176,6 +185,8 @@ ClientState& ClientFor(const std::shared_ptr<Channel::Impl>& impl) {
   }
   ClientState& state = clients[impl->id()];
   state.impl = impl;
+  // The channel re-attached since this thread's reply port was made: that port is gone.
+  if (state.reattached != impl->reattached()) state.reply_port = 0;
   return state;
 }
 
@@ -194,9 +205,9 @@ bool EnsureConnection(Channel::Impl& impl, DirectPort& direct, std::uint32_t por
 
 // One request and its reply, direct when `go_direct` and the connection holds, else (or after
 // the connection broke) the same (client, sequence) through the agents in the RPC format.
-IpcResult<Message> Exchange(const Channel& channel, ClientState& state, DirectPort& direct,
-                            bool go_direct, std::uint32_t port, std::vector<Item> items,
-                            CallOptions options, const Shape& shape) {
+IpcResult<Message> Exchange(const Channel& channel, Channel::Impl& impl, ClientState& state,
+                            DirectPort& direct, bool go_direct, std::uint32_t port,
+                            std::vector<Item> items, CallOptions options, const Shape& shape) {
   const std::uint8_t request_flags = shape.message ? libtern::kRpcCarriesId : 0;
   const RpcHeader header{request_flags, state.client, state.next_sequence++, shape.message_id};
   const auto finish = [&](Message reply, std::uint8_t flags) -> IpcResult<Message> {
@@ -237,9 +248,11 @@ IpcResult<Message> Exchange(const Channel& channel, ClientState& state, DirectPo
     }
 
     if (state.reply_port == 0) {
+      state.reattached = impl.reattached();
       auto reply_port = channel.port_allocate();
       if (!reply_port) return reply_port.error();
       state.reply_port = *reply_port;
+      if (request) request->reply = state.reply_port;
     }
     if (!request) {
       request.emplace();
@@ -253,6 +266,7 @@ IpcResult<Message> Exchange(const Channel& channel, ClientState& state, DirectPo
       for (Item& item : items) request->items.push_back(std::move(item));
     }
     bool first = true;
+    int reattaches = 0;
     for (;;) {
       Timeout left = kForever;
       if (deadline != Clock::time_point::max()) {
@@ -261,10 +275,22 @@ IpcResult<Message> Exchange(const Channel& channel, ClientState& state, DirectPo
       }
       // The request and the wait for its reply in one round trip to the agent; later waits
       // (after a stale reply) receive only.
+      const std::uint64_t reattached = impl.reattached();
       auto reply = first
                        ? channel.send_receive(*request, state.reply_port, left, shape.policy,
                                               shape.message ? shape.send_timeout : options.timeout)
                        : channel.receive(state.reply_port, left);
+      if (!reply && reply.status() != JobStatus::kTimedOut && impl.reattached() != reattached &&
+          ++reattaches <= kMaxReattachRepeats) {
+        // Lost with the agent: again, same client and sequence, to a new reply port.
+        state.reattached = impl.reattached();
+        auto reply_port = channel.port_allocate();
+        if (!reply_port) return reply_port.error();
+        state.reply_port = *reply_port;
+        request->reply = state.reply_port;
+        first = true;
+        continue;
+      }
       if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
       first = false;
       if (!reply) {
@@ -305,7 +331,8 @@ IpcResult<Message> Channel::call(std::uint32_t port, std::vector<Item> items,
   const ClearSentMark clear_mark{direct};
   bool go_direct = !first_call && !direct.sent_through_agents && libtern::IsDataOnly(items);
   if (go_direct) go_direct = EnsureConnection(*impl_, direct, port);
-  return Exchange(*this, state, direct, go_direct, port, std::move(items), options, Shape{});
+  return Exchange(*this, *impl_, state, direct, go_direct, port, std::move(items), options,
+                  Shape{});
 }
 
 std::optional<IpcResult<Message>> libtern::SendReceiveDirect(
@@ -338,8 +365,8 @@ std::optional<IpcResult<Message>> libtern::SendReceiveDirect(
   shape.receive_port = port;
   shape.policy = policy;
   shape.send_timeout = send_timeout;
-  return Exchange(channel, state, direct, go_direct, message.destination, message.items, options,
-                  shape);
+  return Exchange(channel, *impl, state, direct, go_direct, message.destination, message.items,
+                  options, shape);
 }
 
 IpcResult<std::string> Channel::call(std::uint32_t port, std::string_view request,

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -15,16 +16,20 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <span>
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_attach.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/node/timer_schedule.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/unique_fd.hpp>
+#include <variant>
 
 #include "backlog_hold.hpp"
 #include "direct_calls.hpp"
+#include "job_socket.hpp"
 #include "memfd_regions.hpp"
 
 namespace tern::ipc {
@@ -71,9 +76,23 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     bool writing = false;
     bool closed = false;
     std::string job_end;  // "socket:[INODE]" of the job's end
+    // After a re-attach, the process that attached: its fd 3 is the channel (the job's init
+    // still holds the old one).
+    int holder_pid = 0;
   };
 
   int Open(const std::string& job) {
+    const int end = MakeChannel(job, std::nullopt);
+    if (end >= 0) {
+      NewSecret(job);
+      SayHello(job);
+    }
+    return end;
+  }
+
+  // A socket pair whose other end becomes the job's channel; `first_name` set: the job
+  // re-attached (PortRouter::JobReattached). Returns the job's end, or -1.
+  int MakeChannel(const std::string& job, std::optional<std::uint32_t> first_name) {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0) {
       spdlog::error("cannot create an IPC channel for job {}: {}", job, std::strerror(errno));
@@ -89,9 +108,173 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       channel->job_end = "socket:[" + std::to_string(job_end.st_ino) + "]";
     }
     channels_[job] = channel;
-    router_.JobAttached(job, uid_of_ ? uid_of_(job) : std::nullopt);
+    if (first_name) {
+      router_.JobReattached(job, uid_of_ ? uid_of_(job) : std::nullopt, *first_name);
+    } else {
+      router_.JobAttached(job, uid_of_ ? uid_of_(job) : std::nullopt);
+    }
     Read(job, channel);
     return fds[1];
+  }
+
+  // ---- re-attaching (docs/ipc.md "A channel the job reconnects")
+
+  Expected<void> ListenForJobs(const std::string& dir) {
+    std::error_code error;
+    std::filesystem::create_directories(dir + "/secrets", error);
+    if (error) return Fail("cannot create " + dir + "/secrets: " + error.message());
+    ::chmod(dir.c_str(), 0755);
+    // Only the agent reads the secrets.
+    if (::chmod((dir + "/secrets").c_str(), 0700) != 0) {
+      return Fail("cannot restrict " + dir + "/secrets: " + std::strerror(errno));
+    }
+    secrets_dir_ = dir + "/secrets";
+    job_socket_ =
+        std::make_shared<JobSocket>(io_, [this](const AttachRequest& request, int peer_pid) {
+          return DecideAttach(request, peer_pid);
+        });
+    return job_socket_->Listen(dir + "/jobs.sock");
+  }
+
+  std::string SecretPath(const std::string& job) const { return secrets_dir_ + "/" + job; }
+
+  // A fresh secret for the job's new channel, kept where a restarted agent finds it.
+  void NewSecret(const std::string& job) {
+    if (secrets_dir_.empty() || job.empty() || job.find('/') != std::string::npos) return;
+    std::string secret(kJobSecretSize, '\0');
+    if (::getrandom(secret.data(), secret.size(), 0) != static_cast<ssize_t>(secret.size())) {
+      spdlog::error("job {}: no secret for its IPC channel: getrandom: {}", job,
+                    std::strerror(errno));
+      return;
+    }
+    const std::string path = SecretPath(job);
+    const std::string temporary = path + ".new";
+    UniqueFd file(
+        ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!file.valid() ||
+        ::write(file.get(), secret.data(), secret.size()) != static_cast<ssize_t>(secret.size()) ||
+        ::rename(temporary.c_str(), path.c_str()) != 0) {
+      spdlog::error("job {}: cannot keep its IPC channel's secret at {}: {}", job, path,
+                    std::strerror(errno));
+      return;
+    }
+    secrets_[job] = std::move(secret);
+  }
+
+  std::optional<std::string> Secret(const std::string& job) {
+    if (auto it = secrets_.find(job); it != secrets_.end()) return it->second;
+    if (secrets_dir_.empty()) return std::nullopt;
+    UniqueFd file(::open(SecretPath(job).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!file.valid()) return std::nullopt;
+    std::string secret(kJobSecretSize + 1, '\0');
+    const ssize_t got = ::read(file.get(), secret.data(), secret.size());
+    if (got != static_cast<ssize_t>(kJobSecretSize)) return std::nullopt;
+    secret.resize(kJobSecretSize);
+    secrets_[job] = secret;
+    return secret;
+  }
+
+  void ForgetSecret(const std::string& job) {
+    secrets_.erase(job);
+    if (secrets_dir_.empty() || job.empty() || job.find('/') != std::string::npos) return;
+    std::error_code ignored;
+    std::filesystem::remove(SecretPath(job), ignored);
+  }
+
+  // The first frame of every channel the job gets from this agent: how to find it again.
+  void SayHello(const std::string& job) {
+    auto it = channels_.find(job);
+    auto secret = Secret(job);
+    if (it == channels_.end() || !secret || !job_socket_ || job_socket_->path().empty()) return;
+    Channel::Chunk chunk;
+    AppendFrame(chunk.bytes, FrameType::kIpcHello,
+                EncodeChannelHello({job, *secret, job_socket_->path()}));
+    it->second->out.push_back(std::move(chunk));
+    Flush(job, it->second);
+  }
+
+  // Whether `pid` is `ancestor` or descends from it (its parents, read from /proc).
+  static bool DescendsFrom(int pid, int ancestor) {
+    for (int step = 0; step < 64 && pid > 1; ++step) {
+      if (pid == ancestor) return true;
+      UniqueFd stat(
+          ::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+      if (!stat.valid()) return false;
+      char buffer[1024];
+      const ssize_t got = ::read(stat.get(), buffer, sizeof buffer - 1);
+      if (got <= 0) return false;
+      const std::string_view text(buffer, static_cast<std::size_t>(got));
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+      const auto close = text.rfind(')');
+      if (close == std::string_view::npos || close + 4 >= text.size()) return false;
+      const std::string rest(text.substr(close + 4));
+      pid = std::atoi(rest.c_str());
+    }
+    return pid == ancestor;
+  }
+
+  std::variant<JobSocket::Accepted, std::string> DecideAttach(const AttachRequest& request,
+                                                              int peer_pid) {
+    AttachFacts facts;
+    const int init = init_pid_ ? init_pid_(request.job) : 0;
+    facts.job_running_here = init > 0;
+    if (facts.job_running_here) {
+      facts.secret = Secret(request.job);
+      facts.peer_in_job = DescendsFrom(peer_pid, init);
+    }
+    if (auto refused = RefuseAttach(request, facts)) return *refused;
+    if (channels_.contains(request.job)) {
+      // This agent still holds a channel to the job (its libtern should not have lost it).
+      return "job " + request.job + " has an open IPC channel here already";
+    }
+    // Names far from those the job used before (they start at 1), different each time.
+    std::uint32_t base = 0;
+    (void)::getrandom(&base, sizeof base, 0);
+    const std::uint32_t first_name = 0x40000000u | (base & 0x3fff0000u);
+    const int end = MakeChannel(request.job, first_name);
+    if (end < 0) return "job " + request.job + ": no new IPC channel could be made";
+    channels_[request.job]->holder_pid = peer_pid;
+    JobSocket::Accepted accepted{UniqueFd(end), false};
+    if (auto pending = pending_states_.find(request.job); pending != pending_states_.end()) {
+      // A hand-off this agent could not install before its restart (the job's channel had
+      // died with the killed agent): the source's record of the job's rights, never the job's.
+      const std::string state = std::move(pending->second);
+      pending_states_.erase(pending);
+      router_.JobGone(request.job);  // JobReattached's empty table: ImportJob takes it whole
+      router_.JobAttached(request.job, uid_of_ ? uid_of_(request.job) : std::nullopt);
+      if (auto taken = TakeOver(request.job, state); !taken) {
+        spdlog::error("job {}: its IPC state from the move is lost: {}", request.job,
+                      taken.error().message);
+        router_.JobReattached(request.job, uid_of_ ? uid_of_(request.job) : std::nullopt,
+                              first_name);
+      } else {
+        accepted.restored = true;
+      }
+    }
+    spdlog::info(
+        "job {}: IPC channel re-attached (pid {}); {}", request.job, peer_pid,
+        accepted.restored ? "its rights from the move restored" : "it holds no rights from before");
+    if (!accepted.restored) SayHello(request.job);  // TakeOver says it otherwise
+    return accepted;
+  }
+
+  // A job that ends or leaves with a hand-off never installed: its rights are released at
+  // their homes as a job's are when it ends.
+  void DropPending(const std::string& job) {
+    auto pending = pending_states_.find(job);
+    if (pending == pending_states_.end()) return;
+    const std::string state = std::move(pending->second);
+    pending_states_.erase(pending);
+    ipc::WireReader in(state);
+    auto rights = in.Bytes();
+    if (!rights || channels_.contains(job)) return;
+    router_.JobAttached(job);
+    if (auto imported = router_.ImportJob(job, *rights); !imported) {
+      spdlog::warn("job {}: its IPC state from the move cannot be released: {}", job,
+                   imported.error().message);
+    }
+    router_.JobGone(job);
+    Run();
   }
 
   void Close(const std::string& job) {
@@ -228,7 +411,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     // The job's end of the channel, through its frozen init (pidfd_getfd): what waits there
     // unread travels with the job. Taken before the rights leave, so that a failure here
     // changes nothing.
-    auto job_end = JobEnd(init_pid);
+    auto job_end = JobEnd(channel->holder_pid > 0 ? channel->holder_pid : init_pid);
     if (!job_end) return {ipc::PortRouter::ExportOutcome::kRefused, job_end.error().message};
     auto exported = router_.ExportJob(job, to_node);
     Run();  // frames the export asked for, and nothing for the job any more
@@ -248,6 +431,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     out.Bytes(exported.state);
     out.Bytes(to_job);
     out.Bytes(from_job);
+    // The secret stays: a move that then aborts (this agent killed during it, say) resumes the
+    // job here, and it re-attaches. CloseChannel forgets it when the job has left for good.
     Close(job);  // the router holds nothing of the job now: nothing is released
     return {ipc::PortRouter::ExportOutcome::kExported, out.Take()};
   }
@@ -291,7 +476,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto from_job = in.Bytes();
     if (!from_job || !in.AtEnd()) return Fail("malformed IPC hand-off for job " + job);
     auto it = channels_.find(job);
-    if (it == channels_.end()) return Fail("job " + job + " has no IPC channel here");
+    if (it == channels_.end()) {
+      if (!job_socket_) return Fail("job " + job + " has no IPC channel here");
+      // Its channel died with this agent's previous process: installed when the job
+      // re-attaches (docs/ipc.md "A channel the job reconnects").
+      pending_states_[job] = std::string(state);
+      spdlog::info("job {}: its IPC state waits for the job to re-attach its channel", job);
+      return {};
+    }
     auto channel = it->second;
     if (auto imported = router_.ImportJob(job, *rights); !imported) return imported;
     LearnUid(job);
@@ -303,6 +495,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       chunk.bytes = std::move(*to_job);
       channel->out.push_front(std::move(chunk));
     }
+    // Again after the answers it had not read on the source, which may hold the source's
+    // hello: the last hello the job reads is this node's.
+    SayHello(job);
     Run();
     Flush(job, channel);
     return {};
@@ -550,6 +745,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   std::map<std::pair<std::uint64_t, std::uint64_t>, Assembly> blasts_;
   bool stopped_ = false;
   bool run_scheduled_ = false;
+  // Re-attaching: the job socket, the secrets' directory, each job's secret once read.
+  std::shared_ptr<JobSocket> job_socket_;
+  std::string secrets_dir_;
+  std::map<std::string, std::string> secrets_;
+  JobInitPid init_pid_;
+  // Hand-offs to install when their job re-attaches (TakeOver without a channel).
+  std::map<std::string, std::string> pending_states_;
 
   // After router_: it reads the router's rights.
   std::shared_ptr<DirectCalls> direct_;
@@ -583,7 +785,15 @@ IpcService::~IpcService() { Stop(); }
 
 int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
 
-void IpcService::CloseChannel(const std::string& job) { impl_->Close(job); }
+void IpcService::CloseChannel(const std::string& job) {
+  impl_->Close(job);
+  impl_->DropPending(job);
+  impl_->ForgetSecret(job);
+}
+
+Expected<void> IpcService::ListenForJobs(const std::string& dir) {
+  return impl_->ListenForJobs(dir);
+}
 
 void IpcService::SetJobUidSource(JobUid uid_of) { impl_->uid_of_ = std::move(uid_of); }
 
@@ -623,6 +833,7 @@ void IpcService::NodeDown(std::uint64_t node) {
 }
 
 void IpcService::SetDirectHooks(NodeAddress node_address, JobInitPid init_pid) {
+  impl_->init_pid_ = init_pid;
   impl_->direct_->SetHooks(std::move(node_address), std::move(init_pid));
 }
 
@@ -679,6 +890,7 @@ void IpcService::Stop() {
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
   impl_->direct_->Stop();
+  if (impl_->job_socket_) impl_->job_socket_->Stop();
   for (auto& [job, channel] : impl_->channels_) {
     channel->closed = true;
     boost::system::error_code ignored;

@@ -19,10 +19,23 @@ std::uint32_t PortRouter::State::Insert(JobState& job, RightType type, ObjectId 
       return merged->second;
     }
   }
-  const std::uint32_t name = job.next_name++;
+  // A job that re-attached holds names it asked for (InsertAt) among the new ones: never reused.
+  std::uint32_t name = job.next_name++;
+  while (name == 0 || job.names.contains(name)) name = job.next_name++;
   job.names[name] = Entry{type, id, refs};
   if (type == RightType::kSend || type == RightType::kRegion) job.merged[{type, id}] = name;
   return name;
+}
+
+std::uint32_t PortRouter::State::InsertAt(JobState& job, RightType type, ObjectId id,
+                                          std::uint32_t wanted) {
+  const bool merges = type == RightType::kSend || type == RightType::kRegion;
+  if (wanted == 0 || job.names.contains(wanted) || (merges && job.merged.contains({type, id}))) {
+    return Insert(job, type, id);
+  }
+  job.names[wanted] = Entry{type, id, 1};
+  if (merges) job.merged[{type, id}] = wanted;
+  return wanted;
 }
 
 // Drops `refs` references of a name (all of a non-counted right); no home bookkeeping.

@@ -25,8 +25,8 @@ std::string PortRouter::State::TakenWhy(
 }
 
 void PortRouter::State::LookupFound(const std::string& job, std::uint32_t request,
-                                    const std::string& text, ObjectId port) {
-  PostRefIncrement(TicketKind::kNameLookupDelta, job, request, port, text);
+                                    const std::string& text, ObjectId port, std::uint32_t wanted) {
+  PostRefIncrement(TicketKind::kNameLookupDelta, job, request, port, text, wanted);
 }
 
 void PortRouter::State::OnNameRegister(const std::string& job_name, JobState& job,
@@ -63,14 +63,18 @@ void PortRouter::State::OnNameLookup(const std::string& job_name, JobState& job,
                                      ipc::JobRequest& request, WireReader& in) {
   auto text = in.Bytes();
   if (!text) return Bad(job_name, request, "name_lookup: needs a name");
+  // A job that re-attached after its agent restarted looks its names up again under the names
+  // it used before (libtern); older jobs send no wanted name.
+  const std::uint32_t wanted = in.remaining() >= 4 ? in.U32().value_or(0) : 0;
   // The caller's own user's registration wins, then root's, then another user's: a
   // name another user registered on some node does not capture this user's calls.
   auto search = std::make_shared<NameSearch>();
+  search->wanted = wanted;
   if (auto it = names.find(*text); it != names.end()) {
     search->best = it->second.first;
     search->rank = OwnerRank(job.uid, OwnerOf(it->second.second));
     if (search->rank == 0 || peers.empty()) {
-      return LookupFound(job_name, request.id, *text, search->best);
+      return LookupFound(job_name, request.id, *text, search->best, wanted);
     }
   }
   if (peers.empty()) {

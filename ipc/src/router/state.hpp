@@ -117,9 +117,10 @@ struct PortRouter::State {
   std::uint64_t NewTimer(TimerInfo info, std::uint32_t ms);
   void CancelTimer(std::uint64_t timer);
   // Asks `port`'s home for one more ref of a send right for `job` (make_send, a name registered
-  // or found here); the answer comes back under a ticket of `kind`, with `request` and `text`.
+  // or found here); the answer comes back under a ticket of `kind`, with `request`, `text` and
+  // `name` (a lookup's wanted name).
   void PostRefIncrement(TicketKind kind, const std::string& job, std::uint32_t request,
-                        ObjectId port, std::string text = {});
+                        ObjectId port, std::string text = {}, std::uint32_t name = 0);
   void HandleResult(Envelope& e, std::uint64_t from);
   // HandleResult's handlers, one per TicketKind; `job` is null when the ticket's job is gone.
   void OnPreOpResult(Ticket& ticket, Envelope& e, JobState* job);
@@ -139,6 +140,9 @@ struct PortRouter::State {
   // ---- capability_table.cpp
   Entry* Find(JobState& job, std::uint32_t name);
   std::uint32_t Insert(JobState& job, RightType type, ObjectId id, std::uint32_t refs = 1);
+  // Insert, under `wanted` when that name is free and the job holds no name for the right yet
+  // (a send right looked up again after a re-attach keeps the job's old name); else as Insert.
+  std::uint32_t InsertAt(JobState& job, RightType type, ObjectId id, std::uint32_t wanted);
   void Drop(JobState& job, std::uint32_t name, std::uint32_t refs = 1);
   void ReleaseRight(RightType type, ObjectId id, std::uint32_t refs, const std::string& job);
   void ReleaseTransit(const TransitMessage& message);
@@ -204,8 +208,9 @@ struct PortRouter::State {
   static std::string UidText(std::optional<std::uint32_t> uid);
   std::string TakenWhy(const JobState& job, const std::string& text,
                        std::map<std::string, std::pair<ObjectId, std::string>>::iterator taken);
+  // `wanted`: the name the job asks the right to have (0: any), as after a re-attach.
   void LookupFound(const std::string& job, std::uint32_t request, const std::string& text,
-                   ObjectId port);
+                   ObjectId port, std::uint32_t wanted);
   void OnNameRegister(const std::string& job_name, JobState& job, ipc::JobRequest& request,
                       WireReader& in);
   void OnNameUnregister(const std::string& job_name, JobState& job, ipc::JobRequest& request,

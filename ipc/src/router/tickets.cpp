@@ -23,11 +23,13 @@ void PortRouter::State::CancelTimer(std::uint64_t timer) {
 }
 
 void PortRouter::State::PostRefIncrement(TicketKind kind, const std::string& job,
-                                         std::uint32_t request, ObjectId port, std::string text) {
+                                         std::uint32_t request, ObjectId port, std::string text,
+                                         std::uint32_t name) {
   const std::uint64_t ticket = NewTicket(Ticket{.kind = kind,
                                                 .node = port.home,
                                                 .job = job,
                                                 .request = request,
+                                                .name = name,
                                                 .object = port,
                                                 .text = std::move(text)});
   Post(port.home,
@@ -242,7 +244,7 @@ void PortRouter::State::OnNameLookupDeltaResult(Ticket& ticket, Envelope& e, Job
   }
   if (!job) return ReleaseRight(RightType::kSend, ticket.object, 1, "");
   WireWriter out;
-  out.U32(Insert(*job, RightType::kSend, ticket.object));
+  out.U32(InsertAt(*job, RightType::kSend, ticket.object, ticket.name));
   Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
 }
 
@@ -260,11 +262,13 @@ void PortRouter::State::OnNameQueryResult(Ticket& ticket, Envelope& e, JobState*
     }
     if (rank == 0) {  // the caller's own user's: nothing better can come
       search.remaining = 0;
-      return LookupFound(ticket.job, ticket.request, ticket.text, e.object);
+      return LookupFound(ticket.job, ticket.request, ticket.text, e.object, search.wanted);
     }
   }
   if (--search.remaining > 0) return;
-  if (search.best.valid()) return LookupFound(ticket.job, ticket.request, ticket.text, search.best);
+  if (search.best.valid()) {
+    return LookupFound(ticket.job, ticket.request, ticket.text, search.best, search.wanted);
+  }
   Error(ticket.job, ticket.request, JobStatus::kNotFound,
         "no port is registered as \"" + ticket.text + "\" on any node");
 }

@@ -189,6 +189,7 @@ struct NameSearch {
   int rank = 3;           // of `best`; 3: none
   bool conflict = false;  // a register check: another user holds the name
   std::uint64_t conflict_node = 0;
+  std::uint32_t wanted = 0;  // a lookup's wanted name (0: any)
 };
 
 constexpr std::uint32_t kRootUid = 0;

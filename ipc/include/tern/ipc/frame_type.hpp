@@ -25,6 +25,10 @@ enum class FrameType : std::uint16_t {
   // Job-to-agent IPC channel (job_wire.hpp).
   kIpcRequest = 20,  // [u32 request id][u16 op][body]
   kIpcReply = 21,    // [u32 request id][u16 status][body]
+  // Re-attaching a job's channel (job_attach.hpp, docs/wire.md "The job channel").
+  kIpcHello = 22,     // agent -> job, on every new channel: [bytes job][bytes secret][bytes path]
+  kIpcAttach = 23,    // job -> agent's job socket: [u8 version][bytes job][bytes secret]
+  kIpcAttached = 24,  // agent -> job: [u8 outcome][bytes why]; ok carries the new channel's fd
   // Agent-to-agent IPC (ipc/port_router.hpp): an operation on an object homed at the
   // receiver, or its result.
   kIpcRemote = 30,

@@ -137,6 +137,13 @@ class PortRouter {
   // A job's channel opened / the job ended (exit, cancel, moved away): all its rights go.
   // `uid` is the job's user: names it registers are its user's (docs/ipc.md "Names").
   void JobAttached(const std::string& job, std::optional<std::uint32_t> uid = std::nullopt);
+  // A job re-attached its channel after this agent restarted (or closed the channel): it
+  // starts with no rights (whatever it held here before is gone, and it is never handed a right
+  // on its word, docs/ipc.md "A channel the job reconnects"), and this agent's names for it start
+  // at `first_name`, far from those the job used before, so that an old name the job still
+  // uses is `invalid_name`, never another right.
+  void JobReattached(const std::string& job, std::optional<std::uint32_t> uid,
+                     std::uint32_t first_name);
   // Sets the user of a job attached before it was known (a job restored by a migration).
   void SetJobUid(const std::string& job, std::uint32_t uid);
   std::optional<std::uint32_t> JobUid(const std::string& job) const;

@@ -1,0 +1,295 @@
+// Re-attaching a channel (docs/ipc.md "A channel the job reconnects"): the test plays the dying
+// agent on a socket pair (hello, one lookup, then gone with a request unanswered) and the
+// restarted agent's job socket, which hands over a FakeAgent's end as the new channel.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <tern/ipc.hpp>
+#include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_attach.hpp>
+#include <tern/unique_fd.hpp>
+#include <thread>
+
+#include "fake_agent.hpp"
+
+namespace tern {
+namespace {
+
+using testing::FakeAgent;
+
+const std::string kSecret(ipc::kJobSecretSize, 'k');
+
+void WriteAll(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t put = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    ASSERT_GT(put, 0) << std::strerror(errno);
+    bytes.remove_prefix(static_cast<std::size_t>(put));
+  }
+}
+
+// The next frame from `fd`, or nullopt at end of file.
+std::optional<ipc::Frame> ReadFrame(int fd, ipc::FrameDecoder& decoder) {
+  for (;;) {
+    if (auto frame = decoder.Next()) return frame;
+    char buffer[4096];
+    const ssize_t got = ::read(fd, buffer, sizeof buffer);
+    if (got <= 0) return std::nullopt;
+    if (!decoder.Feed(std::string_view(buffer, static_cast<std::size_t>(got)))) return std::nullopt;
+  }
+}
+
+std::string U32(std::uint32_t v) {
+  ipc::WireWriter writer;
+  writer.U32(v);
+  return writer.Take();
+}
+
+class JobSocketDouble {
+ public:
+  JobSocketDouble() {
+    char dir[] = "/tmp/tern-reattach-XXXXXX";
+    EXPECT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/jobs.sock";
+    listener_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, path_.c_str(), sizeof address.sun_path - 1);
+    EXPECT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    EXPECT_EQ(::listen(listener_.get(), 8), 0);
+  }
+  ~JobSocketDouble() {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+  // Accepts one attach; answers `answer`, with `channel` (if valid) on its first byte.
+  ipc::AttachRequest Serve(const ipc::AttachAnswer& answer, int channel) {
+    UniqueFd connection(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    EXPECT_TRUE(connection.valid());
+    ipc::FrameDecoder decoder(ipc::kMaxAttachFrame);
+    auto frame = ReadFrame(connection.get(), decoder);
+    EXPECT_TRUE(frame);
+    if (!frame) return {};
+    EXPECT_EQ(frame->type, ipc::FrameType::kIpcAttach);
+    auto request = ipc::DecodeAttachRequest(frame->payload);
+    EXPECT_TRUE(request);
+    std::string bytes;
+    ipc::AppendFrame(bytes, ipc::FrameType::kIpcAttached, ipc::EncodeAttachAnswer(answer));
+    iovec iov{bytes.data(), bytes.size()};
+    msghdr message{};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    if (channel >= 0) {
+      message.msg_control = control;
+      message.msg_controllen = sizeof control;
+      cmsghdr* header = CMSG_FIRSTHDR(&message);
+      header->cmsg_level = SOL_SOCKET;
+      header->cmsg_type = SCM_RIGHTS;
+      header->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(header), &channel, sizeof(int));
+    }
+    EXPECT_EQ(::sendmsg(connection.get(), &message, MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+    return request ? *request : ipc::AttachRequest{};
+  }
+
+ private:
+  std::string dir_, path_;
+  UniqueFd listener_;
+};
+
+TEST(Reattach, AChannelWhoseAgentDiedReattachesFailsWhatWasInFlightAndKeepsItsLookups) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  UniqueFd dying(pair[0]);
+
+  // The first agent: its hello, a lookup answered, a request read and never answered.
+  std::thread first_agent([&] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto lookup = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(lookup);
+    const auto request =
+        ipc::DecodeJobRequest(std::make_shared<const std::string>(lookup->payload));
+    ASSERT_TRUE(request);
+    ASSERT_EQ(request->op, ipc::JobOp::kNameLookup);
+    std::string reply;
+    ipc::AppendFrame(reply, ipc::FrameType::kIpcReply,
+                     ipc::EncodeJobReply(request->id, JobStatus::kOk, U32(7)));
+    WriteAll(dying.get(), reply);
+    ASSERT_TRUE(ReadFrame(dying.get(), decoder));  // the request lost with this agent
+    dying.Reset();                                 // killed
+  });
+
+  // The restarted agent: a model whose lookups answer with the name the job asks for.
+  FakeAgent restarted;
+  std::promise<std::pair<std::string, std::uint32_t>> relookup;
+  restarted.set_script([&](const ipc::JobRequest& request) -> std::optional<FakeAgent::Answer> {
+    if (request.op != ipc::JobOp::kNameLookup) return std::nullopt;
+    ipc::WireReader in(request.body);
+    auto text = in.Bytes();
+    auto wanted = in.U32();
+    relookup.set_value({text.value_or(""), wanted.value_or(0)});
+    return FakeAgent::Answer{.body = U32(wanted.value_or(0))};
+  });
+  auto attach = std::async(std::launch::async,
+                           [&] { return job_socket.Serve({.ok = true}, restarted.TakeJobFd()); });
+
+  auto found = channel.name_lookup("svc");
+  ASSERT_TRUE(found) << found.error().ToString();
+  EXPECT_EQ(*found, 7u);
+  // Read by the first agent, which died without answering: a clear error, not a hang.
+  auto lost = channel.port_allocate();
+  ASSERT_FALSE(lost);
+  EXPECT_EQ(lost.status(), JobStatus::kUnavailable);
+  EXPECT_NE(lost.error().message.find("may or may not have run"), std::string::npos)
+      << lost.error().message;
+  first_agent.join();
+  const auto attached = attach.get();
+  EXPECT_EQ(attached.job, "job.1");
+  EXPECT_EQ(attached.secret, kSecret);
+  EXPECT_TRUE(channel.connected());
+
+  // The next request goes to the restarted agent, after the lookup was redone under name 7.
+  auto port = channel.port_allocate();
+  ASSERT_TRUE(port) << port.error().ToString();
+  auto redone = relookup.get_future();
+  ASSERT_EQ(redone.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(redone.get(), std::make_pair(std::string("svc"), 7u));
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kNameLookup), 1);
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kPortAllocate), 1);
+}
+
+// A destination agent restarted after a move's commit restores the job's state from the
+// hand-off when the job re-attaches: what the job asked before is answered on the new channel,
+// and nothing is looked up again (its names stand).
+TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  UniqueFd dying(pair[0]);
+  std::promise<std::uint32_t> asked;
+  std::thread first_agent([&] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto frame = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(frame);
+    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
+    ASSERT_TRUE(request);
+    asked.set_value(request->id);
+    dying.Reset();
+  });
+  FakeAgent restarted;
+  auto attach = std::async(std::launch::async, [&] {
+    return job_socket.Serve({.ok = true, .restored = true}, restarted.TakeJobFd());
+  });
+  auto pending = std::async(std::launch::async, [&] { return channel.port_allocate(); });
+  const std::uint32_t id = asked.get_future().get();
+  first_agent.join();
+  attach.get();
+  restarted.Reply(id, FakeAgent::Answer{.body = U32(42)});
+  auto port = pending.get();
+  ASSERT_TRUE(port) << port.error().ToString();
+  EXPECT_EQ(*port, 42u);
+  EXPECT_TRUE(channel.connected());
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kNameLookup), 0);
+}
+
+TEST(Reattach, ARefusedAttachClosesTheChannelWithTheAgentsReason) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  {
+    UniqueFd dying(pair[0]);
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+  }
+  // libtern tries a few times (an agent still adopting its jobs refuses too), then gives up.
+  auto refusals = std::async(std::launch::async, [&] {
+    for (int i = 0; i < 3; ++i) job_socket.Serve({.ok = false, .why = "wrong secret"}, -1);
+  });
+  auto port = channel.port_allocate();
+  ASSERT_FALSE(port);
+  EXPECT_EQ(port.status(), JobStatus::kUnavailable);
+  EXPECT_NE(port.error().message.find("wrong secret"), std::string::npos) << port.error().message;
+  EXPECT_FALSE(channel.connected());
+  refusals.get();
+}
+
+TEST(Reattach, ACodecRefusesWhatIsCutShortOversizedOrTrailing) {
+  const ipc::ChannelHello hello{"job.1", kSecret, "/run/tern/ipc/jobs.sock"};
+  const std::string bytes = ipc::EncodeChannelHello(hello);
+  auto decoded = ipc::DecodeChannelHello(bytes);
+  ASSERT_TRUE(decoded);
+  EXPECT_EQ(decoded->job, "job.1");
+  EXPECT_EQ(decoded->socket_path, hello.socket_path);
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    EXPECT_FALSE(ipc::DecodeChannelHello(bytes.substr(0, cut))) << "cut at " << cut;
+  }
+  EXPECT_FALSE(ipc::DecodeChannelHello(bytes + "x"));
+  EXPECT_FALSE(ipc::DecodeChannelHello(ipc::EncodeChannelHello({"job.1", "short", "/p"})));
+  EXPECT_FALSE(ipc::DecodeChannelHello(ipc::EncodeChannelHello({"job.1", kSecret, "relative"})));
+  EXPECT_FALSE(ipc::DecodeChannelHello(ipc::EncodeChannelHello({"../x", kSecret, "/p"})));
+  EXPECT_FALSE(ipc::DecodeChannelHello(
+      ipc::EncodeChannelHello({"job.1", kSecret, "/" + std::string(200, 'p')})));
+  // A length field claiming more than the frame holds is refused without reading on.
+  ipc::WireWriter huge;
+  huge.U8(ipc::kAttachVersion);
+  huge.U32(0xffffffffu);
+  EXPECT_FALSE(ipc::DecodeAttachRequest(huge.out()));
+  const std::string request = ipc::EncodeAttachRequest({"job.1", kSecret});
+  for (std::size_t cut = 0; cut < request.size(); ++cut) {
+    EXPECT_FALSE(ipc::DecodeAttachRequest(request.substr(0, cut))) << "cut at " << cut;
+  }
+  auto answer = ipc::DecodeAttachAnswer(ipc::EncodeAttachAnswer({false, "no"}));
+  ASSERT_TRUE(answer);
+  EXPECT_FALSE(answer->ok);
+  EXPECT_EQ(answer->why, "no");
+}
+
+TEST(Reattach, TheAgentAcceptsOnlyTheJobsOwnProcessWithItsSecret) {
+  const ipc::AttachRequest request{"job.1", kSecret};
+  ipc::AttachFacts facts{.job_running_here = true, .secret = kSecret, .peer_in_job = true};
+  EXPECT_FALSE(ipc::RefuseAttach(request, facts));
+  auto wrong = facts;
+  wrong.secret = std::string(ipc::kJobSecretSize, 'x');
+  auto unknown = facts;
+  unknown.job_running_here = false;
+  auto no_secret = facts;
+  no_secret.secret.reset();
+  // "No such job" and "wrong secret" read the same: a prober learns nothing.
+  ASSERT_TRUE(ipc::RefuseAttach(request, wrong));
+  EXPECT_EQ(*ipc::RefuseAttach(request, wrong), *ipc::RefuseAttach(request, unknown));
+  EXPECT_TRUE(ipc::RefuseAttach(request, no_secret));
+  auto stranger = facts;
+  stranger.peer_in_job = false;
+  auto refused = ipc::RefuseAttach(request, stranger);
+  ASSERT_TRUE(refused);
+  EXPECT_NE(refused->find("not one of the job's processes"), std::string::npos);
+  // A secret of another length never matches (nor is compared byte by byte past its end).
+  EXPECT_TRUE(ipc::RefuseAttach({"job.1", kSecret + "k"}, facts));
+}
+
+}  // namespace
+}  // namespace tern
