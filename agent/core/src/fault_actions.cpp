@@ -10,10 +10,12 @@
 #include <tern/unique_fd.hpp>
 
 #include "link_cut.hpp"
+#include "link_degrade.hpp"
 
 namespace tern::agent {
 
-void PerformFault(const FaultHit& hit, const std::string& state_dir, boost::asio::io_context& io) {
+void PerformFault(const FaultHit& hit, const std::string& state_dir,
+                  const std::string& link_address, boost::asio::io_context& io) {
   const std::string line = hit.ToJson().dump() + "\n";
   UniqueFd log(::open((state_dir + "/fault-hits.log").c_str(),
                       O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
@@ -28,16 +30,39 @@ void PerformFault(const FaultHit& hit, const std::string& state_dir, boost::asio
     ::kill(::getpid(), SIGKILL);
     return;
   }
-  if (auto cut = ApplyLinkCut(); !cut) {
-    spdlog::error("fault: cannot cut the links: {}", cut.error().message);
-    return;
+  if (hit.plan.action == FaultAction::kCutLinks) {
+    if (auto cut = ApplyLinkCut(); !cut) {
+      spdlog::error("fault: cannot cut the links: {}", cut.error().message);
+      return;
+    }
+  } else {
+    if (hit.plan.loss_pct != 0) {
+      if (auto loss = ApplyLinkLoss(hit.plan.loss_pct); !loss) {
+        spdlog::error("fault: cannot make the links lose packets: {}", loss.error().message);
+      }
+    }
+    if (hit.plan.rate_kbit != 0) {
+      if (auto rate = ApplyLinkRate(link_address, hit.plan.rate_kbit); !rate) {
+        spdlog::error("fault: cannot cap the link's rate: {}", rate.error().message);
+      }
+    }
   }
-  auto timer = std::make_shared<boost::asio::steady_timer>(io, hit.plan.cut_for);
-  timer->async_wait([timer](const boost::system::error_code&) {
-    if (auto lifted = LiftLinkCut(); !lifted) {
-      spdlog::error("fault: cannot lift the link cut: {}", lifted.error().message);
+  auto timer = std::make_shared<boost::asio::steady_timer>(io, hit.plan.lasts_for);
+  timer->async_wait([timer, plan = hit.plan, link_address](const boost::system::error_code&) {
+    // Everything is lifted whatever was applied: a lift of what is not there is harmless.
+    Expected<void> lifted{};
+    if (plan.action == FaultAction::kCutLinks) {
+      lifted = LiftLinkCut();
     } else {
-      spdlog::warn("fault: link cut lifted");
+      lifted = LiftLinkLoss();
+      if (plan.rate_kbit != 0) {
+        if (auto rate = LiftLinkRate(link_address); !rate) lifted = rate;
+      }
+    }
+    if (!lifted) {
+      spdlog::error("fault: cannot lift the {}: {}", ToString(plan.action), lifted.error().message);
+    } else {
+      spdlog::warn("fault: {} lifted", ToString(plan.action));
     }
   });
 }

@@ -1,7 +1,8 @@
 // Performing a fault the hook fired (fault_hook.hpp): first the hit is appended to
 // <state_dir>/fault-hits.log and synced (bench/faults reads which phase it hit there, and a
 // killed agent keeps no memory), then the action: SIGKILL to the agent itself, or a link cut
-// (link_cut.hpp) lifted after the plan's time on `io`.
+// (link_cut.hpp) or degrade (link_degrade.hpp; its rate cap is on the interface that holds
+// `link_address`, the node's cluster address) lifted after the plan's time on `io`.
 //
 // Thread-safety: call from the io thread that runs `io`.
 #pragma once
@@ -13,6 +14,7 @@
 
 namespace tern::agent {
 
-void PerformFault(const FaultHit& hit, const std::string& state_dir, boost::asio::io_context& io);
+void PerformFault(const FaultHit& hit, const std::string& state_dir,
+                  const std::string& link_address, boost::asio::io_context& io);
 
 }  // namespace tern::agent

@@ -5,7 +5,9 @@
 namespace tern::agent {
 namespace {
 
-constexpr long kMaxCutMs = 60000;
+constexpr long kMaxLastsMs = 60000;
+constexpr long kMinRateKbit = 8;
+constexpr long kMaxRateKbit = 10'000'000;
 
 Expected<MoveSide> SideFrom(std::string_view text) {
   if (text == "source") return MoveSide::kSource;
@@ -16,13 +18,22 @@ Expected<MoveSide> SideFrom(std::string_view text) {
 Expected<FaultAction> ActionFrom(std::string_view text) {
   if (text == "kill") return FaultAction::kKillAgent;
   if (text == "cut") return FaultAction::kCutLinks;
-  return Fail("action must be \"kill\" or \"cut\", not \"" + std::string(text) + "\"");
+  if (text == "degrade") return FaultAction::kDegradeLinks;
+  return Fail("action must be \"kill\", \"cut\" or \"degrade\", not \"" + std::string(text) + "\"");
 }
 
 }  // namespace
 
 std::string_view ToString(FaultAction action) {
-  return action == FaultAction::kKillAgent ? "kill" : "cut";
+  switch (action) {
+    case FaultAction::kKillAgent:
+      return "kill";
+    case FaultAction::kCutLinks:
+      return "cut";
+    case FaultAction::kDegradeLinks:
+      return "degrade";
+  }
+  return "unknown";
 }
 
 std::string_view ToString(MoveSide side) {
@@ -31,10 +42,12 @@ std::string_view ToString(MoveSide side) {
 
 Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   if (!body.is_object()) return Fail("a fault is a JSON object");
-  static const std::set<std::string> kFields = {"side", "phase", "action", "cut_ms", "job"};
+  static const std::set<std::string> kFields = {"side",   "phase",    "action",    "cut_ms",
+                                                "for_ms", "loss_pct", "rate_kbit", "job"};
+  static const std::set<std::string> kNumbers = {"cut_ms", "for_ms", "loss_pct", "rate_kbit"};
   for (const auto& [key, value] : body.items()) {
     if (!kFields.contains(key)) return Fail("unknown field \"" + key + "\" in the fault");
-    if (key == "cut_ms" ? !value.is_number_integer() : !value.is_string()) {
+    if (kNumbers.contains(key) ? !value.is_number_integer() : !value.is_string()) {
       return Fail("field \"" + key + "\" has the wrong type");
     }
   }
@@ -53,19 +66,47 @@ Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   plan.job = body.value("job", "");
   if (plan.action == FaultAction::kCutLinks) {
     const long cut_ms = body.value("cut_ms", 0L);
-    if (cut_ms < 1 || cut_ms > kMaxCutMs) {
-      return Fail("a cut needs cut_ms between 1 and " + std::to_string(kMaxCutMs));
+    if (cut_ms < 1 || cut_ms > kMaxLastsMs) {
+      return Fail("a cut needs cut_ms between 1 and " + std::to_string(kMaxLastsMs));
     }
-    plan.cut_for = std::chrono::milliseconds(cut_ms);
+    plan.lasts_for = std::chrono::milliseconds(cut_ms);
   } else if (body.contains("cut_ms")) {
     return Fail("cut_ms is for action \"cut\" only");
+  }
+  if (plan.action == FaultAction::kDegradeLinks) {
+    const long for_ms = body.value("for_ms", 0L);
+    if (for_ms < 1 || for_ms > kMaxLastsMs) {
+      return Fail("a degrade needs for_ms between 1 and " + std::to_string(kMaxLastsMs));
+    }
+    plan.lasts_for = std::chrono::milliseconds(for_ms);
+    const long loss = body.value("loss_pct", 0L);
+    const long rate = body.value("rate_kbit", 0L);
+    if (loss < 0 || loss > 100) return Fail("loss_pct must be 0 to 100");
+    if (rate != 0 && (rate < kMinRateKbit || rate > kMaxRateKbit)) {
+      return Fail("rate_kbit must be 0 (uncapped) or " + std::to_string(kMinRateKbit) + " to " +
+                  std::to_string(kMaxRateKbit));
+    }
+    if (loss == 0 && rate == 0) return Fail("a degrade needs loss_pct or rate_kbit");
+    plan.loss_pct = static_cast<int>(loss);
+    plan.rate_kbit = static_cast<int>(rate);
+  } else {
+    for (const char* field : {"for_ms", "loss_pct", "rate_kbit"}) {
+      if (body.contains(field)) {
+        return Fail(std::string(field) + " is for action \"degrade\" only");
+      }
+    }
   }
   return plan;
 }
 
 nlohmann::json FaultPlan::ToJson() const {
   nlohmann::json out = {{"side", ToString(side)}, {"phase", phase}, {"action", ToString(action)}};
-  if (action == FaultAction::kCutLinks) out["cut_ms"] = cut_for.count();
+  if (action == FaultAction::kCutLinks) out["cut_ms"] = lasts_for.count();
+  if (action == FaultAction::kDegradeLinks) {
+    out["for_ms"] = lasts_for.count();
+    if (loss_pct != 0) out["loss_pct"] = loss_pct;
+    if (rate_kbit != 0) out["rate_kbit"] = rate_kbit;
+  }
   if (!job.empty()) out["job"] = job;
   return out;
 }

@@ -9,8 +9,9 @@
 //
 // What a fired fault does is the adapter's business (FaultAction): kill the agent with SIGKILL
 // at once (the record of the hit is written and synced first, since the agent's memory goes
-// with it), or cut the agent's links to every peer for a while (as a pulled cable would, both
-// directions, peers see the silence).
+// with it), cut the agent's links to every peer for a while (as a pulled cable would, both
+// directions, peers see the silence), or degrade them for a while (a share of the packets lost
+// and/or the node's sending rate capped: a bad cable, link_degrade.hpp).
 //
 // Plain class without I/O: Parse, Arm and OnPhase take and return values; the adapter writes the
 // hit and acts on it.
@@ -28,8 +29,9 @@
 namespace tern::agent {
 
 enum class FaultAction {
-  kKillAgent,  // SIGKILL to the agent itself, as `kill -9` of ternd
-  kCutLinks,   // drop every peer link and refuse new ones for `cut_for`
+  kKillAgent,     // SIGKILL to the agent itself, as `kill -9` of ternd
+  kCutLinks,      // drop every packet in and out (but loopback) for `lasts_for`
+  kDegradeLinks,  // lose `loss_pct` of them and/or send at `rate_kbit` for `lasts_for`
 };
 std::string_view ToString(FaultAction action);
 
@@ -40,12 +42,17 @@ struct FaultPlan {
   MoveSide side = MoveSide::kSource;
   std::string phase;  // as the machines name it: "dumping", "restoring", "committing"...
   FaultAction action = FaultAction::kKillAgent;
-  std::chrono::milliseconds cut_for{0};  // kCutLinks only
-  std::string job;                       // only moves of this job; empty: any
+  std::chrono::milliseconds lasts_for{0};  // kCutLinks and kDegradeLinks
+  int loss_pct = 0;                        // kDegradeLinks: 0 (none) or 1..100
+  int rate_kbit = 0;                       // kDegradeLinks: 0 (uncapped) or 8..10,000,000
+  std::string job;                         // only moves of this job; empty: any
 
   // {"side": "source", "phase": "dumping", "action": "kill", "job": "node1.3"}
   // {"side": "destination", "phase": "restoring", "action": "cut", "cut_ms": 3000}
-  // Unknown fields, sides, actions, and cut_ms outside 1..60000 are refused with the reason.
+  // {"side": "source", "phase": "transferring", "action": "degrade", "for_ms": 3000,
+  //  "loss_pct": 10, "rate_kbit": 20000}
+  // Unknown fields, sides, actions, durations outside 1..60000 ms, a degrade that changes
+  // nothing, and fields of another action are refused with the reason.
   static Expected<FaultPlan> FromJson(const nlohmann::json& body);
   nlohmann::json ToJson() const;
 };

@@ -34,7 +34,7 @@ TEST(FaultHookTest, FiresOnceOnTheFirstMatchingPhaseEntry) {
   auto hit = hook.OnPhase(MoveSide::kDestination, "restoring", "node1.4", "m3");
   ASSERT_TRUE(hit);
   EXPECT_EQ(hit->plan.action, FaultAction::kCutLinks);
-  EXPECT_EQ(hit->plan.cut_for, std::chrono::milliseconds(2000));
+  EXPECT_EQ(hit->plan.lasts_for, std::chrono::milliseconds(2000));
   EXPECT_EQ(hit->migration, "m3");
   EXPECT_FALSE(hook.armed());
   EXPECT_FALSE(hook.OnPhase(MoveSide::kDestination, "restoring", "node1.4", "m4")) << "once";
@@ -55,6 +55,36 @@ TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
       {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"cut_ms", 5}},
        "for action \"cut\" only"},
       {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"when", 5}}, "unknown field"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "degrade"}, {"loss_pct", 5}},
+       "for_ms between"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "degrade"}, {"for_ms", 100}},
+       "loss_pct or rate_kbit"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "degrade"},
+        {"for_ms", 100},
+        {"loss_pct", 101}},
+       "0 to 100"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "degrade"},
+        {"for_ms", 100},
+        {"loss_pct", -1}},
+       "0 to 100"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "degrade"},
+        {"for_ms", 100},
+        {"rate_kbit", 4}},
+       "rate_kbit must be"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "degrade"},
+        {"for_ms", 100},
+        {"rate_kbit", 5.5}},
+       "wrong type"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "cut"}, {"cut_ms", 100}, {"loss_pct", 5}},
+       "for action \"degrade\" only"},
   };
   for (const auto& [body, reason] : cases) {
     auto plan = FaultPlan::FromJson(body);
@@ -67,6 +97,24 @@ TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
 TEST(FaultHookTest, PlanRoundTripsThroughJson) {
   const json body = {{"side", "source"}, {"phase", "committing"}, {"action", "kill"}, {"job", "j"}};
   EXPECT_EQ(Plan(body).ToJson(), body);
+  const json degrade = {{"side", "destination"}, {"phase", "restoring"}, {"action", "degrade"},
+                        {"for_ms", 3000},        {"loss_pct", 10},       {"rate_kbit", 20000}};
+  EXPECT_EQ(Plan(degrade).ToJson(), degrade);
+}
+
+TEST(FaultHookTest, ADegradeFiresWithItsLossRateAndDuration) {
+  FaultHook hook(true);
+  ASSERT_TRUE(hook.Arm(Plan({{"side", "source"},
+                             {"phase", "transferring"},
+                             {"action", "degrade"},
+                             {"for_ms", 2500},
+                             {"loss_pct", 15}})));
+  auto hit = hook.OnPhase(MoveSide::kSource, "transferring", "node1.2", "m1");
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->plan.action, FaultAction::kDegradeLinks);
+  EXPECT_EQ(hit->plan.lasts_for, std::chrono::milliseconds(2500));
+  EXPECT_EQ(hit->plan.loss_pct, 15);
+  EXPECT_EQ(hit->plan.rate_kbit, 0) << "uncapped unless asked";
 }
 
 }  // namespace
