@@ -9,10 +9,21 @@
 
 #include <boost/asio/io_context.hpp>
 #include <string>
+#include <vector>
 
 #include "fault_hook.hpp"
 
 namespace tern::agent {
+
+// The armed faults kept across an agent's restarts, in <state_dir>/faults-armed.json (written
+// whole through a temporary file and a rename; read without following links, at most 64 KiB).
+// Loading a missing file gives none; a bad one is logged and gives none.
+void SaveArmedFaults(const std::vector<FaultPlan>& armed, const std::string& state_dir);
+std::vector<FaultPlan> LoadArmedFaults(const std::string& state_dir);
+
+// A predecessor killed by a fault may have left a cut or a degraded link in force (its timer died
+// with it): lifts them all. Logs what it could not lift.
+void LiftLeftoverLinkFaults(const std::string& link_address);
 
 void PerformFault(const FaultHit& hit, const std::string& state_dir,
                   const std::string& link_address, boost::asio::io_context& io);

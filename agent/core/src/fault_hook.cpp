@@ -1,5 +1,6 @@
 #include "fault_hook.hpp"
 
+#include <algorithm>
 #include <set>
 
 namespace tern::agent {
@@ -118,27 +119,66 @@ nlohmann::json FaultHit::ToJson() const {
   return out;
 }
 
-Expected<void> FaultHook::Arm(FaultPlan plan) {
+Expected<std::vector<FaultPlan>> FaultPlan::ListFromJson(const nlohmann::json& body) {
+  if (!body.is_array()) {
+    auto plan = FromJson(body);
+    if (!plan) return Unexpected<Error>{plan.error()};
+    return std::vector<FaultPlan>{std::move(*plan)};
+  }
+  if (body.empty() || body.size() > FaultHook::kMaxArmed) {
+    return Fail("an array of 1 to " + std::to_string(FaultHook::kMaxArmed) + " faults");
+  }
+  std::vector<FaultPlan> plans;
+  for (const auto& item : body) {
+    auto plan = FromJson(item);
+    if (!plan) return Unexpected<Error>{plan.error()};
+    plans.push_back(std::move(*plan));
+  }
+  return plans;
+}
+
+Expected<void> FaultHook::Arm(std::vector<FaultPlan> plans) {
   if (!enabled_) {
     return Fail("fault injection is off on this node ([testing] faults = true turns it on)");
   }
-  armed_ = std::move(plan);
+  if (plans.size() > kMaxArmed) {
+    return Fail("at most " + std::to_string(kMaxArmed) + " faults may be armed at once");
+  }
+  armed_ = std::move(plans);
+  Changed();
   return {};
+}
+
+void FaultHook::Disarm() {
+  armed_.clear();
+  Changed();
+}
+
+void FaultHook::Restore(std::vector<FaultPlan> plans) {
+  if (!enabled_) return;
+  if (plans.size() > kMaxArmed) plans.resize(kMaxArmed);
+  armed_ = std::move(plans);
 }
 
 std::optional<FaultHit> FaultHook::OnPhase(MoveSide side, std::string_view phase,
                                            std::string_view job, std::string_view migration) {
-  if (!enabled_ || !armed_ || armed_->side != side || armed_->phase != phase) return std::nullopt;
-  if (!armed_->job.empty() && armed_->job != job) return std::nullopt;
-  FaultHit hit{std::move(*armed_), std::string(job), std::string(migration)};
-  armed_.reset();
+  if (!enabled_) return std::nullopt;
+  auto match = std::find_if(armed_.begin(), armed_.end(), [&](const FaultPlan& plan) {
+    return plan.side == side && plan.phase == phase && (plan.job.empty() || plan.job == job);
+  });
+  if (match == armed_.end()) return std::nullopt;
+  FaultHit hit{std::move(*match), std::string(job), std::string(migration)};
+  armed_.erase(match);
   last_hit_ = hit;
+  Changed();
   return hit;
 }
 
 nlohmann::json FaultHook::StatusJson() const {
+  nlohmann::json armed = nlohmann::json::array();
+  for (const auto& plan : armed_) armed.push_back(plan.ToJson());
   return {{"enabled", enabled_},
-          {"armed", armed_ ? armed_->ToJson() : nlohmann::json(nullptr)},
+          {"armed", std::move(armed)},
           {"last_hit", last_hit_ ? last_hit_->ToJson() : nlohmann::json(nullptr)}};
 }
 
