@@ -10,6 +10,7 @@
 
 #include "api_access.hpp"
 #include "balancer_service.hpp"
+#include "fault_actions.hpp"
 #include "fault_hook.hpp"
 #include "job_usage.hpp"
 #include "node_cgroup.hpp"
@@ -187,6 +188,11 @@ Expected<void> Agent::Start() {
   faults_ = std::make_unique<FaultHook>(config_.testing_faults);
   if (config_.testing_faults) {
     spdlog::warn("[testing] faults is on: an admin may arm faults that kill this agent");
+    LiftLeftoverLinkFaults(config_.cluster_advertise);
+    faults_->Restore(LoadArmedFaults(config_.state_dir));
+    faults_->SetOnChange([state_dir = config_.state_dir](const std::vector<FaultPlan>& armed) {
+      SaveArmedFaults(armed, state_dir);
+    });
   }
   api_->SetFaultHook(faults_.get());
   migrations_->SetFaultHook(faults_.get());

@@ -249,16 +249,16 @@ void AgentApi::Faults(const ApiCall& call, ApiDone done) {
   }
   if (call.method == "POST") {
     const json body = json::parse(call.body, nullptr, false);
-    auto plan = FaultPlan::FromJson(body);
-    if (!plan) {
-      done(ErrorResult(400, plan.error().message));
+    auto plans = FaultPlan::ListFromJson(body);
+    if (!plans) {
+      done(ErrorResult(400, plans.error().message));
       return;
     }
-    if (auto armed = faults_->Arm(std::move(*plan)); !armed) {
+    if (auto armed = faults_->Arm(std::move(*plans)); !armed) {
       done(ErrorResult(403, armed.error().message));
       return;
     }
-    spdlog::warn("fault armed: {}", faults_->armed()->ToJson().dump());
+    spdlog::warn("fault armed: {}", faults_->StatusJson()["armed"].dump());
   } else if (call.method == "DELETE") {
     faults_->Disarm();
   } else if (call.method != "GET") {

@@ -1,11 +1,14 @@
 #include "fault_hook.hpp"
 
+#include <algorithm>
 #include <set>
 
 namespace tern::agent {
 namespace {
 
-constexpr long kMaxCutMs = 60000;
+constexpr long kMaxLastsMs = 60000;
+constexpr long kMinRateKbit = 8;
+constexpr long kMaxRateKbit = 10'000'000;
 
 Expected<MoveSide> SideFrom(std::string_view text) {
   if (text == "source") return MoveSide::kSource;
@@ -16,13 +19,22 @@ Expected<MoveSide> SideFrom(std::string_view text) {
 Expected<FaultAction> ActionFrom(std::string_view text) {
   if (text == "kill") return FaultAction::kKillAgent;
   if (text == "cut") return FaultAction::kCutLinks;
-  return Fail("action must be \"kill\" or \"cut\", not \"" + std::string(text) + "\"");
+  if (text == "degrade") return FaultAction::kDegradeLinks;
+  return Fail("action must be \"kill\", \"cut\" or \"degrade\", not \"" + std::string(text) + "\"");
 }
 
 }  // namespace
 
 std::string_view ToString(FaultAction action) {
-  return action == FaultAction::kKillAgent ? "kill" : "cut";
+  switch (action) {
+    case FaultAction::kKillAgent:
+      return "kill";
+    case FaultAction::kCutLinks:
+      return "cut";
+    case FaultAction::kDegradeLinks:
+      return "degrade";
+  }
+  return "unknown";
 }
 
 std::string_view ToString(MoveSide side) {
@@ -31,10 +43,12 @@ std::string_view ToString(MoveSide side) {
 
 Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   if (!body.is_object()) return Fail("a fault is a JSON object");
-  static const std::set<std::string> kFields = {"side", "phase", "action", "cut_ms", "job"};
+  static const std::set<std::string> kFields = {"side",   "phase",    "action",    "cut_ms",
+                                                "for_ms", "loss_pct", "rate_kbit", "job"};
+  static const std::set<std::string> kNumbers = {"cut_ms", "for_ms", "loss_pct", "rate_kbit"};
   for (const auto& [key, value] : body.items()) {
     if (!kFields.contains(key)) return Fail("unknown field \"" + key + "\" in the fault");
-    if (key == "cut_ms" ? !value.is_number_integer() : !value.is_string()) {
+    if (kNumbers.contains(key) ? !value.is_number_integer() : !value.is_string()) {
       return Fail("field \"" + key + "\" has the wrong type");
     }
   }
@@ -53,19 +67,47 @@ Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   plan.job = body.value("job", "");
   if (plan.action == FaultAction::kCutLinks) {
     const long cut_ms = body.value("cut_ms", 0L);
-    if (cut_ms < 1 || cut_ms > kMaxCutMs) {
-      return Fail("a cut needs cut_ms between 1 and " + std::to_string(kMaxCutMs));
+    if (cut_ms < 1 || cut_ms > kMaxLastsMs) {
+      return Fail("a cut needs cut_ms between 1 and " + std::to_string(kMaxLastsMs));
     }
-    plan.cut_for = std::chrono::milliseconds(cut_ms);
+    plan.lasts_for = std::chrono::milliseconds(cut_ms);
   } else if (body.contains("cut_ms")) {
     return Fail("cut_ms is for action \"cut\" only");
+  }
+  if (plan.action == FaultAction::kDegradeLinks) {
+    const long for_ms = body.value("for_ms", 0L);
+    if (for_ms < 1 || for_ms > kMaxLastsMs) {
+      return Fail("a degrade needs for_ms between 1 and " + std::to_string(kMaxLastsMs));
+    }
+    plan.lasts_for = std::chrono::milliseconds(for_ms);
+    const long loss = body.value("loss_pct", 0L);
+    const long rate = body.value("rate_kbit", 0L);
+    if (loss < 0 || loss > 100) return Fail("loss_pct must be 0 to 100");
+    if (rate != 0 && (rate < kMinRateKbit || rate > kMaxRateKbit)) {
+      return Fail("rate_kbit must be 0 (uncapped) or " + std::to_string(kMinRateKbit) + " to " +
+                  std::to_string(kMaxRateKbit));
+    }
+    if (loss == 0 && rate == 0) return Fail("a degrade needs loss_pct or rate_kbit");
+    plan.loss_pct = static_cast<int>(loss);
+    plan.rate_kbit = static_cast<int>(rate);
+  } else {
+    for (const char* field : {"for_ms", "loss_pct", "rate_kbit"}) {
+      if (body.contains(field)) {
+        return Fail(std::string(field) + " is for action \"degrade\" only");
+      }
+    }
   }
   return plan;
 }
 
 nlohmann::json FaultPlan::ToJson() const {
   nlohmann::json out = {{"side", ToString(side)}, {"phase", phase}, {"action", ToString(action)}};
-  if (action == FaultAction::kCutLinks) out["cut_ms"] = cut_for.count();
+  if (action == FaultAction::kCutLinks) out["cut_ms"] = lasts_for.count();
+  if (action == FaultAction::kDegradeLinks) {
+    out["for_ms"] = lasts_for.count();
+    if (loss_pct != 0) out["loss_pct"] = loss_pct;
+    if (rate_kbit != 0) out["rate_kbit"] = rate_kbit;
+  }
   if (!job.empty()) out["job"] = job;
   return out;
 }
@@ -77,27 +119,66 @@ nlohmann::json FaultHit::ToJson() const {
   return out;
 }
 
-Expected<void> FaultHook::Arm(FaultPlan plan) {
+Expected<std::vector<FaultPlan>> FaultPlan::ListFromJson(const nlohmann::json& body) {
+  if (!body.is_array()) {
+    auto plan = FromJson(body);
+    if (!plan) return Unexpected<Error>{plan.error()};
+    return std::vector<FaultPlan>{std::move(*plan)};
+  }
+  if (body.empty() || body.size() > FaultHook::kMaxArmed) {
+    return Fail("an array of 1 to " + std::to_string(FaultHook::kMaxArmed) + " faults");
+  }
+  std::vector<FaultPlan> plans;
+  for (const auto& item : body) {
+    auto plan = FromJson(item);
+    if (!plan) return Unexpected<Error>{plan.error()};
+    plans.push_back(std::move(*plan));
+  }
+  return plans;
+}
+
+Expected<void> FaultHook::Arm(std::vector<FaultPlan> plans) {
   if (!enabled_) {
     return Fail("fault injection is off on this node ([testing] faults = true turns it on)");
   }
-  armed_ = std::move(plan);
+  if (plans.size() > kMaxArmed) {
+    return Fail("at most " + std::to_string(kMaxArmed) + " faults may be armed at once");
+  }
+  armed_ = std::move(plans);
+  Changed();
   return {};
+}
+
+void FaultHook::Disarm() {
+  armed_.clear();
+  Changed();
+}
+
+void FaultHook::Restore(std::vector<FaultPlan> plans) {
+  if (!enabled_) return;
+  if (plans.size() > kMaxArmed) plans.resize(kMaxArmed);
+  armed_ = std::move(plans);
 }
 
 std::optional<FaultHit> FaultHook::OnPhase(MoveSide side, std::string_view phase,
                                            std::string_view job, std::string_view migration) {
-  if (!enabled_ || !armed_ || armed_->side != side || armed_->phase != phase) return std::nullopt;
-  if (!armed_->job.empty() && armed_->job != job) return std::nullopt;
-  FaultHit hit{std::move(*armed_), std::string(job), std::string(migration)};
-  armed_.reset();
+  if (!enabled_) return std::nullopt;
+  auto match = std::find_if(armed_.begin(), armed_.end(), [&](const FaultPlan& plan) {
+    return plan.side == side && plan.phase == phase && (plan.job.empty() || plan.job == job);
+  });
+  if (match == armed_.end()) return std::nullopt;
+  FaultHit hit{std::move(*match), std::string(job), std::string(migration)};
+  armed_.erase(match);
   last_hit_ = hit;
+  Changed();
   return hit;
 }
 
 nlohmann::json FaultHook::StatusJson() const {
+  nlohmann::json armed = nlohmann::json::array();
+  for (const auto& plan : armed_) armed.push_back(plan.ToJson());
   return {{"enabled", enabled_},
-          {"armed", armed_ ? armed_->ToJson() : nlohmann::json(nullptr)},
+          {"armed", std::move(armed)},
           {"last_hit", last_hit_ ? last_hit_->ToJson() : nlohmann::json(nullptr)}};
 }
 

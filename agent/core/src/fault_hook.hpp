@@ -4,13 +4,18 @@
 // The campaign needs faults that hit a chosen phase, not a point in time: a kill 150 ms into a
 // move lands in a different phase on every machine. So the agent carries this hook in every
 // build; it stays inert unless the node's config says `[testing] faults = true`, and even then
-// it does nothing until an admin arms it (`POST /v1/faults`). A fault fires once, on the first
-// phase entry that matches, and is then disarmed.
+// it does nothing until an admin arms it (`POST /v1/faults`). Up to kMaxArmed faults may be
+// armed at once (a fault that only a first one's failure reaches: a cut that makes the source
+// give up waiting for the commit's answer, then a kill there); each fires once, on the first
+// phase entry that matches it, and is then disarmed. The owner may keep the armed list across
+// restarts (SetOnChange/Restore): a fault armed for a phase that a restarted agent enters (a
+// destination fetching the IPC state after a kill) must still be there after the kill.
 //
 // What a fired fault does is the adapter's business (FaultAction): kill the agent with SIGKILL
 // at once (the record of the hit is written and synced first, since the agent's memory goes
-// with it), or cut the agent's links to every peer for a while (as a pulled cable would, both
-// directions, peers see the silence).
+// with it), cut the agent's links to every peer for a while (as a pulled cable would, both
+// directions, peers see the silence), or degrade them for a while (a share of the packets lost
+// and/or the node's sending rate capped: a bad cable, link_degrade.hpp).
 //
 // Plain class without I/O: Parse, Arm and OnPhase take and return values; the adapter writes the
 // hit and acts on it.
@@ -19,17 +24,20 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <tern/expected.hpp>
+#include <vector>
 
 namespace tern::agent {
 
 enum class FaultAction {
-  kKillAgent,  // SIGKILL to the agent itself, as `kill -9` of ternd
-  kCutLinks,   // drop every peer link and refuse new ones for `cut_for`
+  kKillAgent,     // SIGKILL to the agent itself, as `kill -9` of ternd
+  kCutLinks,      // drop every packet in and out (but loopback) for `lasts_for`
+  kDegradeLinks,  // lose `loss_pct` of them and/or send at `rate_kbit` for `lasts_for`
 };
 std::string_view ToString(FaultAction action);
 
@@ -40,13 +48,20 @@ struct FaultPlan {
   MoveSide side = MoveSide::kSource;
   std::string phase;  // as the machines name it: "dumping", "restoring", "committing"...
   FaultAction action = FaultAction::kKillAgent;
-  std::chrono::milliseconds cut_for{0};  // kCutLinks only
-  std::string job;                       // only moves of this job; empty: any
+  std::chrono::milliseconds lasts_for{0};  // kCutLinks and kDegradeLinks
+  int loss_pct = 0;                        // kDegradeLinks: 0 (none) or 1..100
+  int rate_kbit = 0;                       // kDegradeLinks: 0 (uncapped) or 8..10,000,000
+  std::string job;                         // only moves of this job; empty: any
 
   // {"side": "source", "phase": "dumping", "action": "kill", "job": "node1.3"}
   // {"side": "destination", "phase": "restoring", "action": "cut", "cut_ms": 3000}
-  // Unknown fields, sides, actions, and cut_ms outside 1..60000 are refused with the reason.
+  // {"side": "source", "phase": "transferring", "action": "degrade", "for_ms": 3000,
+  //  "loss_pct": 10, "rate_kbit": 20000}
+  // Unknown fields, sides, actions, durations outside 1..60000 ms, a degrade that changes
+  // nothing, and fields of another action are refused with the reason.
   static Expected<FaultPlan> FromJson(const nlohmann::json& body);
+  // One plan as above, or an array of 1..kMaxArmed of them.
+  static Expected<std::vector<FaultPlan>> ListFromJson(const nlohmann::json& body);
   nlohmann::json ToJson() const;
 };
 
@@ -60,13 +75,23 @@ struct FaultHit {
 
 class FaultHook {
  public:
+  static constexpr std::size_t kMaxArmed = 4;
+  using OnChange = std::function<void(const std::vector<FaultPlan>& armed)>;
+
   // `enabled`: `[testing] faults` of the node's config. Off, Arm refuses and nothing fires.
   explicit FaultHook(bool enabled) : enabled_(enabled) {}
 
   bool enabled() const { return enabled_; }
-  Expected<void> Arm(FaultPlan plan);
-  void Disarm() { armed_.reset(); }
-  const std::optional<FaultPlan>& armed() const { return armed_; }
+  // Replaces what was armed.
+  Expected<void> Arm(std::vector<FaultPlan> plans);
+  Expected<void> Arm(FaultPlan plan) { return Arm(std::vector<FaultPlan>{std::move(plan)}); }
+  void Disarm();
+  const std::vector<FaultPlan>& armed() const { return armed_; }
+  // Called with the armed list after every change (Arm, Disarm, a fault that fired), before the
+  // fired fault is acted on.
+  void SetOnChange(OnChange on_change) { on_change_ = std::move(on_change); }
+  // What a predecessor had armed (no OnChange call); ignored when off.
+  void Restore(std::vector<FaultPlan> plans);
   const std::optional<FaultHit>& last_hit() const { return last_hit_; }
 
   // A move of `job` (migration `migration`) entered `phase` on this agent's `side`. Returns the
@@ -77,8 +102,13 @@ class FaultHook {
   nlohmann::json StatusJson() const;
 
  private:
+  void Changed() const {
+    if (on_change_) on_change_(armed_);
+  }
+
   bool enabled_;
-  std::optional<FaultPlan> armed_;
+  std::vector<FaultPlan> armed_;
+  OnChange on_change_;
   std::optional<FaultHit> last_hit_;
 };
 

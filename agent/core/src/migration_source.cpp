@@ -92,7 +92,7 @@ void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std:
   if (faults_ == nullptr) return;
   const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
   if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
-    PerformFault(*hit, config_.state_dir, io_);
+    PerformFault(*hit, config_.state_dir, config_.cluster_advertise, io_);
   }
 }
 
