@@ -18,10 +18,10 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <tern/safe_open.hpp>
 #include <thread>
 
 #include "tern/migrate/criu.hpp"
-#include <tern/safe_open.hpp>
 
 namespace tern::migrate {
 namespace fs = std::filesystem;
@@ -219,9 +219,9 @@ std::string ExternalUnixSocket(const std::string& channel) {
 }
 
 JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::string>& direct,
-                bool own_network) {
+                bool own_network, const std::string& channel) {
   JobScan scan;
-  scan.channel = JobChannelSocket(init_pid);
+  scan.channel = channel.empty() ? JobChannelSocket(init_pid) : channel;
   std::set<std::string> seen;
   const long page = sysconf(_SC_PAGESIZE);
   const SocketTables tables = SocketTables::Read(init_pid);

@@ -1609,6 +1609,22 @@ TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
         << "the sender stopped talking after its agent restarted:\n"
         << JobLogs("node1", sender).value_or("(no logs)");
   }
+  // A re-attached job moves like any other: its channel is the one the restarted agent holds
+  // (not its init's orphaned fd 3), and libtern closed the direct connections the old agent had
+  // made, which the new one could not have shut down before the move.
+  {
+    const auto moved = Tern("node1", {"migrate", sender, "node1"}, 180s);
+    ASSERT_EQ(moved.exit_code, 0) << "the re-attached sender cannot move: " << moved.Describe();
+    const int before = count(sender, "sent");
+    const int calls_before = count(sender, "called");
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return count(sender, "sent") >= before + 100 && count(sender, "called") > calls_before;
+        },
+        90s))
+        << "the sender stopped talking after its move:\n"
+        << JobLogs("node1", sender).value_or("(no logs)");
+  }
   EXPECT_EQ(Tern("node1", {"cancel", sender}).exit_code, 0);
   std::this_thread::sleep_for(1s);  // the last messages reach the counter
   const auto sender_out = JobLogs("node1", sender).value_or("");

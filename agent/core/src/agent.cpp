@@ -180,6 +180,7 @@ Expected<void> Agent::Start() {
       BalancerService::Hooks{
           .ipc_blocker = move_blocker,
           .direct_sockets = [this](const std::string& job) { return ipc_->DirectSockets(job); },
+          .channel = [this](const std::string& job) { return ipc_->ChannelSocket(job); },
           .publish = [this](const std::string& type,
                             nlohmann::json fields) { events_->Publish(type, std::move(fields)); }});
   api_ = std::make_unique<AgentApi>(*supervisor_, *cluster_, *migrations_, version_);

@@ -40,6 +40,7 @@ struct BalancerService::Candidate {
   pid_t pid = 0;
   std::string dir;
   std::set<std::string> direct;
+  std::string channel;  // the IPC channel the agent holds ("" before a job has one)
 };
 
 BalancerService::BalancerService(boost::asio::io_context& io, const AgentConfig& config,
@@ -228,6 +229,7 @@ void BalancerService::Tick() {
       if (hooks_.direct_sockets) {
         for (auto& socket : hooks_.direct_sockets(record.id)) candidate.direct.insert(socket);
       }
+      if (hooks_.channel) candidate.channel = hooks_.channel(record.id);
     }
     candidate.pid = record.pid;
     candidate.dir = record.dir;
@@ -257,7 +259,8 @@ void BalancerService::Tick() {
       if (!idle_jobs_may_move && candidate.job.runnable < 0.1) continue;
       auto cached = scans_.find(candidate.job.id);
       if (cached == scans_.end()) {
-        const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct);
+        const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct,
+                                           /*own_network=*/false, candidate.channel);
         cached = scans_
                      .emplace(candidate.job.id,
                               CachedScan{Join(scan.blockers), scan.rss_bytes, candidate.pid, now})

@@ -54,6 +54,8 @@ class BalancerService {
     std::function<std::string(const std::string& job)> ipc_blocker;
     // The job's direct call sockets (not blockers: they are closed for a move).
     std::function<std::vector<std::string>(const std::string& job)> direct_sockets;
+    // The job's IPC channel as the agent holds it ("socket:[INODE]" of the job's end; "": none).
+    std::function<std::string(const std::string& job)> channel;
     // Publishes an event on the agent's EventBus.
     std::function<void(const std::string& type, nlohmann::json fields)> publish;
   };

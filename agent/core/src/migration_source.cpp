@@ -329,9 +329,11 @@ void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
     for (auto& socket : ipc_.direct_sockets(job.id)) direct.insert(std::move(socket));
   }
   if (!dry_run && ipc_.suspend_direct) ipc_.suspend_direct(job.id);
+  // The channel this agent holds the other end of: after a re-attach it is not the init's fd 3.
+  const std::string channel = ipc_.channel ? ipc_.channel(job.id) : std::string();
   const std::string criu_config = config_.criu_path;
   OffThread(
-      [job, criu_config, direct,
+      [job, criu_config, direct, channel,
        scratch = MigrationDir(migration->machine.plan().id) + "/cpuinfo"] {
         auto criu = migrate::CheckCriu(migrate::FindCriu(criu_config));
         std::string cpuinfo;
@@ -340,7 +342,8 @@ void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
           if (dumped) cpuinfo = std::move(*dumped);
         }
         return std::make_tuple(
-            criu, migrate::ScanJob(job.pid, job.dir, direct, !job.net_address.empty()), cpuinfo);
+            criu, migrate::ScanJob(job.pid, job.dir, direct, !job.net_address.empty(), channel),
+            cpuinfo);
       },
       [this, migration](std::tuple<migrate::CriuCheck, migrate::JobScan, std::string> result) {
         auto& [criu, scan, cpuinfo] = result;

@@ -185,8 +185,15 @@ ClientState& ClientFor(const std::shared_ptr<Channel::Impl>& impl) {
   }
   ClientState& state = clients[impl->id()];
   state.impl = impl;
-  // The channel re-attached since this thread's reply port was made: that port is gone.
-  if (state.reattached != impl->reattached()) state.reply_port = 0;
+  // The channel re-attached since this thread last used it: its reply port is gone with the old
+  // agent, and the restarted agent does not know its direct connections (it could not shut them
+  // down before a move, so the job could not move): they are closed, and made again through the
+  // new agent.
+  if (state.reattached != impl->reattached()) {
+    state.reattached = impl->reattached();
+    state.reply_port = 0;
+    state.direct.clear();
+  }
   return state;
 }
 

@@ -70,8 +70,13 @@ OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_
 // them along (CRIU's TCP repair). Either way a Unix socket whose other end is held outside the
 // job (a daemon's socket, say) is refused: that end cannot follow; one between two processes
 // of the job moves with it.
+//
+// `channel` is the job's IPC channel as its agent holds it ("socket:[INODE]" of the job's end):
+// after the agent restarted and the job re-attached, that is no longer fd 3 of its init (which
+// keeps the first, orphaned channel). Empty: fd 3 of the init (JobChannelSocket).
 JobScan ScanJob(pid_t init_pid, const std::string& job_dir,
-                const std::set<std::string>& direct = {}, bool own_network = false);
+                const std::set<std::string>& direct = {}, bool own_network = false,
+                const std::string& channel = {});
 
 // What kind of socket "socket:[INODE]" of a process is, from the tables of the process's
 // network namespace (/proc/PID/net/...) and, for Unix sockets, the inode of the other end
