@@ -40,7 +40,8 @@ struct BalancerService::Candidate {
   pid_t pid = 0;
   std::string dir;
   std::set<std::string> direct;
-  std::string channel;  // the IPC channel the agent holds ("" before a job has one)
+  std::string channel;       // the IPC channel the agent holds ("" before a job has one)
+  bool own_network = false;  // a `--net` job: its TCP and UDP sockets move with it
 };
 
 BalancerService::BalancerService(boost::asio::io_context& io, const AgentConfig& config,
@@ -233,6 +234,7 @@ void BalancerService::Tick() {
     }
     candidate.pid = record.pid;
     candidate.dir = record.dir;
+    candidate.own_network = !record.net_address.empty();
     candidates.push_back(std::move(candidate));
   }
   cpu_.KeepOnly(running);
@@ -260,7 +262,7 @@ void BalancerService::Tick() {
       auto cached = scans_.find(candidate.job.id);
       if (cached == scans_.end()) {
         const auto scan = migrate::ScanJob(candidate.pid, candidate.dir, candidate.direct,
-                                           /*own_network=*/false, candidate.channel);
+                                           candidate.own_network, candidate.channel);
         cached = scans_
                      .emplace(candidate.job.id,
                               CachedScan{Join(scan.blockers), scan.rss_bytes, candidate.pid, now})
