@@ -26,7 +26,7 @@ using Clock = std::chrono::steady_clock;
 // [--name NAME] [--queue Q] [--label L]`.
 struct Options {
   std::string mode;  // unix-server, tcp-client, ..., server, client
-  std::string op;    // pingpong or stream (tern also: sendrecv, sendrecv-agents)
+  std::string op;    // pingpong or stream (tern also: sendrecv, sendrecv-agents, move)
   std::size_t size = 64;
   std::uint64_t count = 10000;
   std::uint64_t warmup = 0;  // 0: count / 10 (at most 10000)
@@ -57,8 +57,8 @@ inline Options ParseOptions(int argc, char** argv, std::string_view usage) {
   options.mode = argv[1];
   options.op = argv[2];
   if (options.op != "pingpong" && options.op != "stream" && options.op != "sendrecv" &&
-      options.op != "sendrecv-agents") {
-    Die("the operation is pingpong, stream, sendrecv or sendrecv-agents, not " + options.op);
+      options.op != "sendrecv-agents" && options.op != "move") {
+    Die("the operation is pingpong, stream, sendrecv, sendrecv-agents or move, not " + options.op);
   }
   for (int i = 3; i < argc; ++i) {
     const std::string_view flag = argv[i];
