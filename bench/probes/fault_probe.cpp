@@ -5,10 +5,17 @@
 // call returned N, "handled N" when the handler ran), so that bench/faults can count what was
 // lost, duplicated or reordered across a move whatever failed. The counter's ballast is memory
 // it writes once and keeps, so that a post-copy move still has pages to serve when the
-// destination confirms the commit (the source's `serving_pages` phase).
+// destination confirms the commit (the source's `serving_pages` phase). With --hold-lock-s the
+// counter holds a file lock for that long from its start, as SQLite inside a transaction does:
+// CRIU refuses to dump a job holding one ("Some file locks are hold by dumping tasks"), which is
+// how the campaign makes a real dump fail and the source enter `dump_retry_wait`.
 //
-//   tern-fault-probe counter --name NAME [--ballast-mb 0]
+//   tern-fault-probe counter --name NAME [--ballast-mb 0] [--hold-lock-s 0]
 //   tern-fault-probe sender --name NAME [--interval-ms 20] [--call-every 5]
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -33,7 +40,25 @@ void Print(const char* what, long long n) {
   std::fflush(stdout);
 }
 
-int Counter(const Channel& channel, const std::string& name, long ballast_mb) {
+// Holds an exclusive flock on ./fault-probe.lock (the job's directory) for `seconds`, on a
+// thread of its own; the lock goes with the descriptor.
+void HoldLock(long seconds) {
+  if (seconds <= 0) return;
+  const int fd = ::open("fault-probe.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || ::flock(fd, LOCK_EX) != 0) {
+    std::perror("tern-fault-probe: cannot hold the lock");
+    std::exit(1);
+  }
+  Print("locked", seconds);
+  std::thread([fd, seconds] {
+    std::this_thread::sleep_for(std::chrono::seconds(seconds));
+    ::close(fd);
+    Print("unlocked", seconds);
+  }).detach();
+}
+
+int Counter(const Channel& channel, const std::string& name, long ballast_mb, long hold_lock_s) {
+  HoldLock(hold_lock_s);
   // Every page written with data that differs per page, so that CRIU dumps each one.
   std::vector<std::uint64_t> ballast(static_cast<std::size_t>(ballast_mb < 0 ? 0 : ballast_mb) *
                                      (1 << 20) / sizeof(std::uint64_t));
@@ -118,12 +143,15 @@ int main(int argc, char** argv) {
       (args.mode() != "counter" && args.mode() != "sender")) {
     if (!args.bad().empty()) std::fprintf(stderr, "%s\n", args.bad().c_str());
     std::fprintf(stderr,
-                 "usage: tern-fault-probe counter --name NAME [--ballast-mb 0]\n"
+                 "usage: tern-fault-probe counter --name NAME [--ballast-mb 0] "
+                 "[--hold-lock-s 0]\n"
                  "       tern-fault-probe sender --name NAME [--interval-ms 20] "
                  "[--call-every 5]\n");
     return args.help() ? 0 : 2;
   }
   const Channel channel;
-  if (args.mode() == "counter") return Counter(channel, name, args.Int("ballast-mb", 0));
+  if (args.mode() == "counter") {
+    return Counter(channel, name, args.Int("ballast-mb", 0), args.Int("hold-lock-s", 0));
+  }
   return Sender(channel, name, args.Int("interval-ms", 20), args.Int("call-every", 5));
 }

@@ -64,25 +64,6 @@ Expected<void> CheckCpuinfoUncached(const std::string& criu, const std::string& 
 
 namespace {
 
-// The last lines of a CRIU log that say what went wrong.
-std::string LogErrors(const std::string& log_path, const std::string& fallback) {
-  std::ifstream log(log_path);
-  std::string line;
-  std::vector<std::string> errors;
-  while (std::getline(log, line)) {
-    // RLIMIT_NOFILE: harmless without CAP_SYS_RESOURCE (docs/platform.md), printed on every run.
-    if (line.find("RLIMIT_NOFILE") != std::string::npos) continue;
-    if (line.find("Error") != std::string::npos || line.find("error") != std::string::npos) {
-      errors.push_back(line);
-    }
-  }
-  if (errors.empty()) return fallback;
-  std::string text;
-  const size_t first = errors.size() > 3 ? errors.size() - 3 : 0;
-  for (size_t i = first; i < errors.size(); ++i) text += (text.empty() ? "" : " | ") + errors[i];
-  return text;
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   std::stringstream bytes;
@@ -313,7 +294,7 @@ Expected<void> DumpThroughTls(std::vector<std::string> argv, const std::string& 
   if (*code != 0) {
     std::ifstream file(output);
     std::string text((std::istreambuf_iterator<char>(file)), {});
-    return Fail("criu dump failed: " + LogErrors(log, text));
+    return Fail("criu dump failed: " + CriuLogErrors(log, text));
   }
   return {};
 }
@@ -376,7 +357,7 @@ Expected<void> Dump(const std::string& criu, const DumpOptions& options) {
   if (!result) return Unexpected<Error>{result.error()};
   if (result->timed_out) return Fail("criu dump timed out");
   if (result->exit_code != 0) {
-    return Fail("criu dump failed: " + LogErrors(log, result->output));
+    return Fail("criu dump failed: " + CriuLogErrors(log, result->output));
   }
   return {};
 }
@@ -442,7 +423,7 @@ Expected<pid_t> Restore(const std::string& criu, const RestoreOptions& options) 
   if (!result) return Unexpected<Error>{result.error()};
   if (result->timed_out) return Fail("criu restore timed out");
   if (result->exit_code != 0) {
-    return Fail("criu restore failed: " + LogErrors(log, result->output));
+    return Fail("criu restore failed: " + CriuLogErrors(log, result->output));
   }
   return RestoredPid(options);
 }
@@ -571,9 +552,9 @@ Expected<pid_t> FinishRestore(ParkedCriu& parked, const std::string& inventory,
   }
   if (*ended != 0) {
     return Fail("criu restore failed: " +
-                LogErrors(options.images + "/restore.log", "exit code " + std::to_string(*ended) +
-                                                               " (see " + options.images +
-                                                               "/restore.out)"));
+                CriuLogErrors(options.images + "/restore.log",
+                              "exit code " + std::to_string(*ended) + " (see " + options.images +
+                                  "/restore.out)"));
   }
   return RestoredPid(options);
 }
@@ -652,6 +633,24 @@ Expected<void> CheckCpuinfoUncached(const std::string& criu, const std::string& 
                 (last == std::string::npos ? reason : reason.substr(last + 1)));
   }
   return {};
+}
+
+std::string CriuLogErrors(const std::string& log_path, const std::string& fallback) {
+  std::ifstream log(log_path);
+  std::string line;
+  std::vector<std::string> errors;
+  while (std::getline(log, line)) {
+    // RLIMIT_NOFILE: harmless without CAP_SYS_RESOURCE (docs/platform.md), printed on every run.
+    if (line.find("RLIMIT_NOFILE") != std::string::npos) continue;
+    if (line.find("Error") != std::string::npos || line.find("error") != std::string::npos) {
+      errors.push_back(line);
+    }
+  }
+  if (errors.empty()) return fallback;
+  std::string text;
+  const size_t first = errors.size() > 3 ? errors.size() - 3 : 0;
+  for (size_t i = first; i < errors.size(); ++i) text += (text.empty() ? "" : " | ") + errors[i];
+  return text;
 }
 
 std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,

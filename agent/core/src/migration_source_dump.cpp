@@ -143,15 +143,11 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
       },
       [this, migration, id, images, fail](bool done) {
         if (!done) {
-          std::ifstream log(images + "/dump.log");
-          std::string line, last_error = "criu dump --lazy-pages ended without finishing";
-          while (std::getline(log, line)) {
-            if (line.find("Error") != std::string::npos &&
-                line.find("RLIMIT_NOFILE") == std::string::npos) {
-              last_error = "criu dump failed: " + line;
-            }
-          }
-          fail(last_error, IsTransientDumpError(last_error));
+          // The cause, not only CRIU's last line ("Dumping FAILED."): a held file lock must
+          // read as one, or the dump is never tried again (dump_retry_wait).
+          const std::string error = migrate::CriuLogErrors(
+              images + "/dump.log", "criu dump --lazy-pages ended without finishing");
+          fail("criu dump failed: " + error, IsTransientDumpError(error));
           return;
         }
         migration->dump_ms = MillisSince(migration->freeze_start);

@@ -2,8 +2,8 @@
 //
 // A job is the tree under its tern-init, PID 1 of its own PID namespace; it is dumped by the
 // host pid of that init. CRIU runs in the agent's own network and mount namespaces, which are
-// the node's (docs/platform.md: CRIU must share them with the job). Each run logs verbosely into the
-// image directory; a failure is reported with the log's last error lines.
+// the node's (docs/platform.md: CRIU must share them with the job). Each run logs verbosely into
+// the image directory; a failure is reported with the log's last error lines.
 //
 // Thread-safety: all functions block and are thread-safe; call them off the io_context thread.
 #pragma once
@@ -117,6 +117,10 @@ std::vector<std::string> LazyDumpCommand(const std::string& criu, pid_t pid,
                                          const std::string& images, int ps_socket,
                                          const std::vector<std::string>& external = {},
                                          ino_t job_netns = 0);
+// What went wrong, from a CRIU log: its last three error lines joined with " | " (CRIU's last
+// line is only "Dumping FAILED."; the cause, such as "Some file locks are hold by dumping
+// tasks", comes before it), or `fallback` when the log has none.
+std::string CriuLogErrors(const std::string& log_path, const std::string& fallback);
 // Destination side of post-copy: the daemon that fetches pages from the source on demand,
 // through the connected socket it has as fd `ps_socket`. With a status fd it writes one byte
 // there once its socket for `criu restore` listens.
