@@ -271,6 +271,9 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
     if (!ServeConnection(connection)) connection.dead = true;
   }
   if (auto got = Collected(); !got) return got;
+  // What came on a connection is acknowledged as received at once, whether or not the caller
+  // takes it soon: a writer's flush() waits for exactly that.
+  SendAcks(/*all=*/true);
   if (!ready_.empty()) return {};
   if (Clock::now() >= deadline && !(receiving_ && receive_ends_ <= deadline)) {
     return IpcError{JobStatus::kTimedOut, "no message in time"};
