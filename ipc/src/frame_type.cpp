@@ -44,10 +44,6 @@ std::string_view FrameTypeName(FrameType type) {
       return "DirectCall";
     case FrameType::kDirectAnswer:
       return "DirectAnswer";
-    case FrameType::kDirectStream:
-      return "DirectStream";
-    case FrameType::kDirectStreamAck:
-      return "DirectStreamAck";
   }
   return "Unknown";
 }

@@ -395,7 +395,7 @@ void PortReader::State::TakeAccepted(UniqueFd fd) {
 bool PortReader::State::ServeConnection(Connection& connection) {
   const bool open = static_cast<bool>(connection.socket.ReadAvailable());
   while (auto frame = connection.socket.Next()) {
-    if (frame->type != ipc::FrameType::kDirectStream) return false;
+    if (frame->type != libtern::kDirectStream) return false;
     auto owner = std::make_shared<const std::string>(std::move(frame->payload));
     auto parsed = libtern::ParseStreamFrame(*owner);
     if (!parsed) return false;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/container/small_vector.hpp>
 #include <chrono>
 #include <random>
 #include <tern/ipc.hpp>
@@ -77,7 +78,7 @@ class PortWriter::Direct {
   }
 
   bool TakeAck(const ipc::Frame& frame) {
-    if (frame.type != ipc::FrameType::kDirectStreamAck) return false;
+    if (frame.type != libtern::kDirectStreamAck) return false;
     auto ack = libtern::ParseStreamAck(frame.payload);
     if (!ack) return false;
     if (ack->writer == 0) return true;  // a welcome again: nothing new
@@ -111,7 +112,11 @@ PortWriter::PortWriter(Channel channel, std::uint32_t port, Options options)
   if (options_.train_messages == 0) options_.train_messages = 1;
 }
 
-PortWriter::~PortWriter() { (void)flush(); }
+PortWriter::~PortWriter() {
+  (void)flush();
+  // A connection asked for and never collected: its fd is closed when the answer comes.
+  if (direct_->opening) channel_.impl_->Abandon(*direct_->opening);
+}
 
 std::uint64_t PortWriter::accepted() const { return accepted_ + direct_->sender.received_count(); }
 std::uint64_t PortWriter::accepted_direct() const { return direct_->sender.received_count(); }
@@ -272,9 +277,8 @@ void PortWriter::TryDirect() {
     }
     return;
   }
-  auto welcome = frame->type == ipc::FrameType::kDirectStreamAck
-                     ? libtern::ParseStreamAck(frame->payload)
-                     : std::nullopt;
+  auto welcome = frame->type == libtern::kDirectStreamAck ? libtern::ParseStreamAck(frame->payload)
+                                                          : std::nullopt;
   if (!welcome || welcome->writer != 0) {
     d.connection.reset();
     d.open_after = Clock::now() + kRefusedFor;
@@ -326,10 +330,14 @@ IpcResult<void> PortWriter::SendFrame() {
   }
   const std::uint64_t first = d.frame.first();
   const std::uint32_t count = d.frame.count();
-  std::string bytes = d.frame.Finish();
+  libtern::StreamFrameBytes bytes = d.frame.Finish();
   if (ok) {
-    const std::string_view piece = bytes;
-    ok = libtern::SendAll(d.connection->fd(), {&piece, 1}) == 0;
+    // Large items go from their owners' buffers, gathered, as a direct call's do.
+    boost::container::small_vector<std::string_view, 8> pieces;
+    ipc::ForEachPiece(
+        bytes.out, bytes.shared, [&](std::string_view piece) { pieces.push_back(piece); },
+        [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
+    ok = libtern::SendAll(d.connection->fd(), {pieces.data(), pieces.size()}) == 0;
   }
   d.sender.Sent({first, count, std::move(bytes)});
   if (!ok) return FallBack();
@@ -354,8 +362,8 @@ IpcResult<void> PortWriter::FallBack() {
   d.switching = true;
   std::vector<ItemView> items;
   for (const auto& frame : frames) {
-    auto view =
-        libtern::ParseStreamFrame(std::string_view(frame.bytes).substr(ipc::kFrameHeaderSize));
+    const std::string whole = frame.bytes.Joined();  // a rare copy: the connection broke
+    auto view = libtern::ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
     if (!view) continue;  // written by this writer: cannot happen
     for (std::size_t i = 0; i < view->messages.size(); ++i) {
       items.clear();
@@ -367,7 +375,8 @@ IpcResult<void> PortWriter::FallBack() {
       train_->Bytes(libtern::EncodeStreamHeader({d.sender.writer(), view->first + i}));
       for (const ItemView& item : items) {
         train_->U8(static_cast<std::uint8_t>(item.kind));
-        train_->Borrowed(item.bytes);  // `frames` outlives every Ship below
+        // Small ones are copied; a large one leaves at once (Added), while `whole` lives.
+        train_->Borrowed(item.bytes);
       }
       if (auto added = Added(); !added) {
         d.switching = false;
@@ -378,7 +387,7 @@ IpcResult<void> PortWriter::FallBack() {
   auto shipped = Ship();
   d.switching = false;
   for (auto& frame : frames) {
-    if (d.spare.size() < kSpareFrames) d.spare.push_back(std::move(frame.bytes));
+    if (d.spare.size() < kSpareFrames) d.spare.push_back(std::move(frame.bytes.out));
   }
   return shipped;
 }

@@ -27,7 +27,7 @@ bool StreamSender::Acked(const StreamAck& ack, std::vector<std::string>& freed) 
   while (!unreceived_.empty() && unreceived_.front().last() <= ack.received) {
     received_count_ += unreceived_.front().count;
     unreceived_bytes_ -= unreceived_.front().bytes.size();
-    freed.push_back(std::move(unreceived_.front().bytes));
+    freed.push_back(std::move(unreceived_.front().bytes.out));
     unreceived_.pop_front();
   }
   // A frame received in part: the reader drops the repeats of its first messages.

@@ -31,7 +31,7 @@ class StreamSender {
   struct Frame {
     std::uint64_t first = 0;
     std::uint32_t count = 0;
-    std::string bytes;  // the whole DirectStream frame
+    StreamFrameBytes bytes;  // the whole DirectStream frame
     std::uint64_t last() const { return first + count - 1; }
   };
 

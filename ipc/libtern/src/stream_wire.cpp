@@ -40,7 +40,7 @@ std::optional<StreamHeader> DecodeStreamHeader(ItemKind kind, std::string_view b
 }
 
 void AppendStreamAck(std::string& out, const StreamAck& ack) {
-  ipc::AppendFrameHeader(out, ipc::FrameType::kDirectStreamAck, 8 + 8 + 8 + 4);
+  ipc::AppendFrameHeader(out, kDirectStreamAck, 8 + 8 + 8 + 4);
   PutU64(out, ack.writer);
   PutU64(out, ack.received);
   PutU64(out, ack.handed);
@@ -58,42 +58,64 @@ std::optional<StreamAck> ParseStreamAck(std::string_view payload) {
   return StreamAck{*writer, *received, *handed, *credits};
 }
 
+std::size_t StreamFrameBytes::size() const {
+  std::size_t size = out.size();
+  for (const ipc::SharedSpan& span : shared) size += span.bytes.size();
+  return size;
+}
+
+std::string StreamFrameBytes::Joined() const {
+  std::string whole;
+  whole.reserve(size());
+  ipc::ForEachPiece(
+      out, shared, [&](std::string_view piece) { whole.append(piece); },
+      [&](const ipc::SharedSpan& span) { whole.append(span.bytes); });
+  return whole;
+}
+
 void StreamFrame::Start(std::string buffer, std::uint64_t writer, std::uint64_t first) {
-  out_ = std::move(buffer);
-  out_.clear();
-  ipc::AppendFrameHeader(out_, ipc::FrameType::kDirectStream, 0);  // length set by Finish
-  PutU64(out_, writer);
-  PutU64(out_, first);
-  PutU32(out_, 0);  // count set by Finish
+  out_ = ipc::WireWriter(/*share_data=*/true);
+  out_.out() = std::move(buffer);
+  out_.out().clear();
+  ipc::AppendFrameHeader(out_.out(), kDirectStream, 0);  // length set by Finish
+  out_.U64(writer);
+  out_.U64(first);
+  out_.U32(0);  // count set by Finish
   first_ = first;
   count_ = 0;
 }
 
 void StreamFrame::Add(std::uint32_t id, std::string_view bytes) {
-  PutU32(out_, id);
-  PutU32(out_, 1);
-  out_.push_back(static_cast<char>(ItemKind::kBytes));
-  PutU32(out_, static_cast<std::uint32_t>(bytes.size()));
-  out_.append(bytes);
+  out_.U32(id);
+  out_.U32(1);
+  out_.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+  out_.U32(static_cast<std::uint32_t>(bytes.size()));
+  out_.out().append(bytes);
   ++count_;
 }
 
 void StreamFrame::Add(std::uint32_t id, const std::vector<Item>& items) {
-  PutU32(out_, id);
-  PutU32(out_, static_cast<std::uint32_t>(items.size()));
+  out_.U32(id);
+  out_.U32(static_cast<std::uint32_t>(items.size()));
   for (const Item& item : items) {
-    out_.push_back(static_cast<char>(item.kind));
-    PutU32(out_, static_cast<std::uint32_t>(item.bytes().size()));
-    out_.append(item.bytes());
+    out_.U8(static_cast<std::uint8_t>(item.kind));
+    if (item.data) {
+      out_.Data(item.bytes(), item.data);  // a large one is kept by reference
+    } else {
+      out_.Bytes(item.bytes());
+    }
   }
   ++count_;
 }
 
-std::string StreamFrame::Finish() {
-  StoreU32(out_.data(), static_cast<std::uint32_t>(out_.size() - ipc::kFrameHeaderSize));
-  StoreU32(out_.data() + ipc::kFrameHeaderSize + 16, count_);
+StreamFrameBytes StreamFrame::Finish() {
+  std::string& out = out_.out();
+  StoreU32(out.data(), static_cast<std::uint32_t>(out_.size() - ipc::kFrameHeaderSize));
+  StoreU32(out.data() + ipc::kFrameHeaderSize + 16, count_);
   count_ = 0;
-  return std::move(out_);
+  StreamFrameBytes frame{std::move(out), std::move(out_.shared())};
+  out_ = ipc::WireWriter(/*share_data=*/true);
+  return frame;
 }
 
 std::optional<StreamFrameView> ParseStreamFrame(std::string_view payload) {

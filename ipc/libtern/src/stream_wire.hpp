@@ -15,8 +15,8 @@
 //     [u64 handed out through][u32 credits]. Writer 0 is the welcome the reader sends when it
 //     accepts the connection (credits: the port's queue limit).
 //
-// StreamFrame builds a DirectStream frame in one string (the writer keeps it until the reader
-// has received it, and resends its messages through the agents if the connection breaks).
+// StreamFrame builds a DirectStream frame (the writer keeps it until the reader has received
+// it, and resends its messages through the agents if the connection breaks).
 //
 // Thread-safety: pure functions; a StreamFrame is a single-owner value.
 #pragma once
@@ -26,10 +26,17 @@
 #include <string>
 #include <string_view>
 #include <tern/ipc.hpp>
+#include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <vector>
 
 namespace tern::libtern {
+
+// The connection's frame types, next to DirectCall (40) and DirectAnswer (41) of
+// <tern/ipc/frame_type.hpp>. They only ever pass between two jobs' libterns, never through an
+// agent, so they are libtern's own; a type added to that list later must not take them.
+inline constexpr auto kDirectStream = static_cast<ipc::FrameType>(42);
+inline constexpr auto kDirectStreamAck = static_cast<ipc::FrameType>(43);
 
 inline constexpr std::uint64_t kStreamMagic = 0x7465726e5354524dULL;  // "ternSTRM"
 inline constexpr std::size_t kStreamHeaderSize = 24;
@@ -55,23 +62,33 @@ struct StreamAck {
 void AppendStreamAck(std::string& out, const StreamAck& ack);
 std::optional<StreamAck> ParseStreamAck(std::string_view payload);
 
+// One DirectStream frame: its bytes, except large data items that have an owner (an Item's
+// shared buffer), which it keeps by reference and lists in `shared` (written in place with one
+// gathered sendmsg; never copied, however long the frame is kept).
+struct StreamFrameBytes {
+  std::string out;
+  std::vector<ipc::SharedSpan> shared;
+  std::size_t size() const;    // the whole frame's
+  std::string Joined() const;  // the whole frame in one string
+};
+
 // One DirectStream frame being filled.
 class StreamFrame {
  public:
   // Starts a frame of `writer`'s messages from `first` on, reusing `buffer`'s memory.
   void Start(std::string buffer, std::uint64_t writer, std::uint64_t first);
-  void Add(std::uint32_t id, std::string_view bytes);  // one bytes item
+  void Add(std::uint32_t id, std::string_view bytes);  // one bytes item, copied
   void Add(std::uint32_t id, const std::vector<Item>& items);
   // The frame, length and count filled in; the StreamFrame is empty after.
-  std::string Finish();
+  StreamFrameBytes Finish();
 
   bool empty() const { return count_ == 0; }
   std::uint32_t count() const { return count_; }
   std::uint64_t first() const { return first_; }
-  std::size_t size() const { return out_.size(); }
+  std::size_t size() const { return out_.size(); }  // with what it shares
 
  private:
-  std::string out_;
+  ipc::WireWriter out_{/*share_data=*/true};
   std::uint64_t first_ = 0;
   std::uint32_t count_ = 0;
 };

@@ -96,8 +96,8 @@ TEST(StreamSender, PlainUntilWelcomedThenNumberedAndHeldByCredits) {
   EXPECT_TRUE(sender.MaySend(6));
   EXPECT_FALSE(sender.MaySend(7)) << "at most 4 ahead of what the reader handed out";
   for (int i = 0; i < 4; ++i) sender.Number();
-  sender.Sent({3, 2, "frame 3-4"});
-  sender.Sent({5, 2, "frame 5-6"});
+  sender.Sent({3, 2, {"frame 3-4", {}}});
+  sender.Sent({5, 2, {"frame 5-6", {}}});
   std::vector<std::string> freed;
   ASSERT_TRUE(sender.Acked({42, 4, 3, 4}, freed));
   EXPECT_EQ(freed, std::vector<std::string>{"frame 3-4"});
@@ -112,15 +112,15 @@ TEST(StreamSender, ABrokenConnectionGivesBackWhatTheReaderMayNotHaveInOrder) {
   StreamSender sender(1);
   sender.Welcomed(100);
   for (int i = 0; i < 6; ++i) sender.Number();
-  sender.Sent({1, 2, "a"});
-  sender.Sent({3, 2, "b"});
-  sender.Sent({5, 2, "c"});
+  sender.Sent({1, 2, {"a", {}}});
+  sender.Sent({3, 2, {"b", {}}});
+  sender.Sent({5, 2, {"c", {}}});
   std::vector<std::string> freed;
   ASSERT_TRUE(sender.Acked({1, 3, 0, 100}, freed));  // 3 received, 4 not: "b" stays
   auto back = sender.Broke();
   ASSERT_EQ(back.size(), 2u);
-  EXPECT_EQ(back[0].bytes, "b");
-  EXPECT_EQ(back[1].bytes, "c");
+  EXPECT_EQ(back[0].bytes.out, "b");
+  EXPECT_EQ(back[1].bytes.out, "c");
   EXPECT_FALSE(sender.direct());
   EXPECT_TRUE(sender.numbered()) << "numbered for good: the reader orders by sequence now";
   EXPECT_TRUE(sender.all_received());
@@ -132,12 +132,12 @@ TEST(StreamWire, FramesHeadersAndAcksRoundTrip) {
   frame.Start({}, 9, 17);
   frame.Add(5, "hello");
   frame.Add(6, std::vector<Item>{Item::Bytes("a"), Item::OutOfLine("bb")});
-  const std::string bytes = frame.Finish();
+  const std::string bytes = frame.Finish().Joined();
   ipc::FrameDecoder decoder;
   ASSERT_TRUE(decoder.Feed(bytes));
   auto whole = decoder.Next();
   ASSERT_TRUE(whole);
-  EXPECT_EQ(whole->type, ipc::FrameType::kDirectStream);
+  EXPECT_EQ(whole->type, libtern::kDirectStream);
   auto view = libtern::ParseStreamFrame(whole->payload);
   ASSERT_TRUE(view);
   EXPECT_EQ(view->writer, 9u);

@@ -42,9 +42,6 @@ enum class FrameType : std::uint16_t {
   // On a direct call connection, job to job (never on an agent's link).
   kDirectCall = 40,    // client -> server: a request or an acknowledgement
   kDirectAnswer = 41,  // server -> client: the reply, or "call again through the agents"
-  // On a direct stream connection (docs/ipc.md "Direct streams"), job to job.
-  kDirectStream = 42,     // writer -> reader: numbered data messages
-  kDirectStreamAck = 43,  // reader -> writer: received / handed out through, credits
 };
 
 // A stable, human-readable name for logs ("Hello", "Heartbeat", ...); "Unknown" for a number
