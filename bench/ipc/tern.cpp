@@ -3,6 +3,7 @@
 //   tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME]
 //   [--size S]
 //       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
+//       [--direct 0|1]
 //
 // Both ends run as jobs (`tern submit --node nodeK -- tern-bench-ipc-tern ...`); the server
 // serves exactly one run with the same OP, --size, --count and --warmup as its client, and the
@@ -12,9 +13,10 @@
 //     mark), name_register(NAME), then
 //       pingpong: an RpcServer (one thread, implicit acknowledgements) whose handler echoes the
 //         request: each round trip is one receive and one reply on the send-once reply right;
-//       stream: a PortReader (receive_many batches read in place) takes the --warmup and --count
-//         data messages; after each batch the client sends an end marker carrying a
-//         make-send-once reply right, answered at once.
+//       stream: a PortReader (receive_many batches read in place, and the direct connections of
+//         the writers: docs/ipc.md "Direct streams"; --direct 0: the agents only) takes the
+//         --warmup and --count data messages; after each batch the client sends an end marker
+//         carrying a make-send-once reply right, answered at once.
 //       sendrecv: the pingpong server (an RpcServer serves a plain message with a reply right
 //         too, and takes it over the direct connection when it can);
 //       sendrecv-agents: a plain receiver (send_receive of each reply with the next receive,
@@ -47,7 +49,7 @@ namespace {
 constexpr std::string_view kUsage =
     "tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME] "
     "[--size S] [--count N] "
-    "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]";
+    "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B] [--direct 0|1]";
 constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
 constexpr std::size_t kInlineLimit = 64 * 1024;
@@ -97,8 +99,8 @@ void PingPongServer(const Channel& channel, std::uint32_t port) {
 }
 
 void StreamServer(const Channel& channel, const Options& options, std::uint32_t port) {
-  // Everything queued in one round trip to the agent, read in place.
-  PortReader reader(channel, port);
+  // Everything queued in one round trip to the agent, read in place; the writer's connection.
+  PortReader reader(channel, port, PortReader::Options{.batch = 1024, .direct = options.direct});
   MessageView message;
   for (const std::uint64_t n : {options.warmup, options.count}) {
     std::uint64_t received = 0;
@@ -219,6 +221,7 @@ int Client(const Options& options) {
     PortWriter::Options writer_options;
     if (options.window != 0) writer_options.window = options.window;
     if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
+    writer_options.direct = options.direct;
     PortWriter writer(channel, port, writer_options);
     for (std::uint64_t i = 0; i < n; ++i) Check(writer.write(data), "write");
     Check(writer.flush(), "flush");

@@ -1600,6 +1600,7 @@ TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) 
   EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
             std::string::npos)
       << reader_out;
+  std::cout << "writer: " << writer_out << "reader: " << reader_out;
   const auto direct_at = reader_out.find(" direct");
   ASSERT_NE(direct_at, std::string::npos) << reader_out;
   const auto number_at = reader_out.rfind(' ', direct_at - 1) + 1;

@@ -36,6 +36,9 @@ using ipc::WireWriter;
 
 // The posted receive's and accept's waits at the agent: re-posted when they end.
 constexpr Timeout kPostedWait{1000};
+// How long past the caller's deadline the reader waits for a receive it posted for that
+// deadline (normally one round trip; longer while the job moves).
+constexpr auto kDueSlack = std::chrono::milliseconds(50);
 // After a refused direct_accept (not an old agent's): ask again after this long.
 constexpr auto kAcceptRetry = std::chrono::seconds(1);
 // An ack goes when this much was received or handed out since the last (or before the reader
@@ -249,10 +252,10 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
     fds_.push_back({connection->socket.fd(), POLLIN, 0});
   }
   // Past the caller's deadline only while a receive posted for it is due (one round trip).
+  const bool due = receiving_ && receive_ends_ <= deadline &&
+                   (deadline == Clock::time_point::max() || Clock::now() < deadline + kDueSlack);
   Clock::time_point until = deadline;
-  if (receiving_ && receive_ends_ <= deadline && Clock::now() >= deadline) {
-    until = Clock::now() + std::chrono::milliseconds(5);
-  }
+  if (due && Clock::now() >= deadline) until = Clock::now() + std::chrono::milliseconds(5);
   if (accepting_ == std::nullopt && options_.direct && !direct_off_) {
     until = std::min(until, accept_after_);
   }
@@ -275,7 +278,7 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   // takes it soon: a writer's flush() waits for exactly that.
   SendAcks(/*all=*/true);
   if (!ready_.empty()) return {};
-  if (Clock::now() >= deadline && !(receiving_ && receive_ends_ <= deadline)) {
+  if (Clock::now() >= deadline && !due) {
     return IpcError{JobStatus::kTimedOut, "no message in time"};
   }
   return {};

@@ -225,6 +225,45 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
               static_cast<unsigned long long>(reader.dropped_duplicates()));
 }
 
+// Large messages go direct too: a caller's bytes are copied into the frame (it may reuse its
+// buffer once write() returns), a Message's items are kept by reference; each arrives whole.
+TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
+  PortReader reader(channel, port);
+  MessageView message;
+  ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
+  const auto pattern = [](std::size_t size, char seed) {
+    std::string bytes(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(seed + i * 7);
+    return bytes;
+  };
+  constexpr std::uint32_t kCount = 40;
+  std::thread writer_thread([&] {
+    PortWriter writer(channel, send_right);
+    for (std::uint32_t i = 0; i < kCount; ++i) {
+      if (i % 2 == 0) {
+        std::string buffer = pattern(200 << 10, static_cast<char>(i));
+        ASSERT_TRUE(writer.write(buffer, i));
+        buffer.assign(buffer.size(), 'x');  // the caller's buffer is its own again
+      } else {
+        ASSERT_TRUE(writer.write(
+            MessageBuilder(0).id(i).out_of_line(pattern(300 << 10, static_cast<char>(i))).build()));
+      }
+    }
+    auto done = writer.flush();
+    ASSERT_TRUE(done) << done.error().ToString();
+    EXPECT_EQ(writer.accepted(), kCount);
+  });
+  for (std::uint32_t i = 0; i < kCount; ++i) {
+    auto next = reader.next(message, Timeout(5000));
+    ASSERT_TRUE(next) << i << ": " << next.error().ToString();
+    ASSERT_EQ(message.id, i);
+    ASSERT_TRUE(message.bytes() == pattern(i % 2 == 0 ? 200 << 10 : 300 << 10, static_cast<char>(i)))
+        << "message " << i << " damaged";
+  }
+  writer_thread.join();
+  EXPECT_GT(reader.handed_direct(), 0u);
+}
+
 // A receiver that never read with a PortReader never accepts: the writer's messages arrive
 // through the agents exactly as written (no header, no sync).
 TEST_F(StreamFixture, AReceiverThatNeverOptedInGetsThePlainMessages) {
