@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "channel_impl.hpp"
-#include "direct_connection.hpp"
 #include "send_all.hpp"
+#include "stream_inbox.hpp"
 #include "stream_reorder.hpp"
 #include "stream_wire.hpp"
 
@@ -148,7 +148,7 @@ class PortReader::State {
   };
   struct Connection {
     explicit Connection(UniqueFd fd) : socket(std::move(fd)) {}
-    libtern::DirectConnection socket;
+    libtern::StreamInbox socket;
     std::uint64_t writer = 0;  // known from its first frame
     libtern::StreamAck acked;  // the last ack sent
     std::size_t bytes_since_ack = 0;
@@ -389,35 +389,40 @@ void PortReader::State::TakeAccepted(UniqueFd fd) {
   auto connection = std::make_unique<Connection>(std::move(fd));
   // The welcome: the writer goes direct once it reads it (a receiver that is not a PortReader
   // never sends one, so its writers stay on the agent path).
-  WireWriter welcome;
-  libtern::AppendStreamAck(welcome.out(), {0, 0, 0, credits_});
+  std::string welcome;
+  libtern::AppendStreamAck(welcome, {0, 0, 0, credits_});
   if (!connection->socket.Write(welcome)) return;
   connections_.push_back(std::move(connection));
 }
 
 bool PortReader::State::ServeConnection(Connection& connection) {
-  const bool open = static_cast<bool>(connection.socket.ReadAvailable());
-  while (auto frame = connection.socket.Next()) {
-    if (frame->type != libtern::kDirectStream) return false;
-    auto owner = std::make_shared<const std::string>(std::move(frame->payload));
-    auto parsed = libtern::ParseStreamFrame(*owner);
-    if (!parsed) return false;
-    if (connection.writer == 0) connection.writer = parsed->writer;
-    if (parsed->writer != connection.writer) return false;
-    connection.bytes_since_ack += owner->size();
-    for (std::size_t i = 0; i < parsed->messages.size(); ++i) {
-      Held held;
-      held.owner = owner;
-      held.message = parsed->messages[i].body;
-      held.id = parsed->messages[i].id;
-      held.direct = true;
-      held.writer = parsed->writer;
-      held.sequence = parsed->first + i;
-      reorder_.Offer(held.writer, held.sequence, /*through_agents=*/false, std::move(held),
-                     [this](Held h) { Release(std::move(h)); });
+  // A bounded number of reads: a fast writer must not keep the reader from handing out (its
+  // credits bound what it can send anyway).
+  for (int reads = 0; reads < 16; ++reads) {
+    const auto received = connection.socket.Receive();
+    while (auto frame = connection.socket.Next()) {
+      if (frame->type != libtern::kDirectStream) return false;
+      auto parsed = libtern::ParseStreamFrame(frame->payload);
+      if (!parsed) return false;
+      if (connection.writer == 0) connection.writer = parsed->writer;
+      if (parsed->writer != connection.writer) return false;
+      connection.bytes_since_ack += frame->payload.size();
+      for (std::size_t i = 0; i < parsed->messages.size(); ++i) {
+        Held held;
+        held.owner = frame->owner;
+        held.message = parsed->messages[i].body;
+        held.id = parsed->messages[i].id;
+        held.direct = true;
+        held.writer = parsed->writer;
+        held.sequence = parsed->first + i;
+        reorder_.Offer(held.writer, held.sequence, /*through_agents=*/false, std::move(held),
+                       [this](Held h) { Release(std::move(h)); });
+      }
     }
+    if (received == libtern::StreamInbox::Received::kBroken) return false;
+    if (received == libtern::StreamInbox::Received::kDrained) return true;
   }
-  return open;
+  return true;
 }
 
 void PortReader::State::SendAcks(bool all) {
@@ -443,9 +448,9 @@ bool PortReader::State::SendAck(Connection& connection, bool all) {
   }
   last = {connection.writer, progress->received, progress->handed, credits_};
   connection.bytes_since_ack = 0;
-  WireWriter ack;
-  libtern::AppendStreamAck(ack.out(), last);
-  return static_cast<bool>(connection.socket.Write(ack));
+  std::string ack;
+  libtern::AppendStreamAck(ack, last);
+  return connection.socket.Write(ack);
 }
 
 PortReader::PortReader(Channel channel, std::uint32_t port, std::uint32_t batch)
