@@ -25,8 +25,9 @@
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
 //       sendrecv, sendrecv-agents: send_receive of a --size message with a make-send-once
 //         reply right to a port of its own, on which it receives the echo; each timed;
-//       stream: a PortWriter (trains of messages, up to 8 on their way at once; a full queue
-//         holds the sender back, nothing is dropped), flushed,
+//       stream: a PortWriter (trains of messages, up to 8 on their way at once, or frames on
+//         the direct connection to the reader; a full queue or window holds the sender back,
+//         nothing is dropped; one writer for the warmup and the measured batch), flushed,
 //         then the end marker and a receive() of its answer on a port of its own: the
 //         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,
 //         larger ones one out-of-line item (the agents share its buffer instead of copying).
@@ -214,15 +215,17 @@ int Client(const Options& options) {
                            : MessageBuilder(port).id(kDataId).out_of_line(payload).build();
   const Message end = MessageBuilder(port).id(kEndId).reply(confirmations).build();
   Clock::duration elapsed{};
+  // One PortWriter for the warmup and the measured batch: the warmup also warms its path (the
+  // direct connection, once the reader welcomed it), as a raw socket is connected before.
+  PortWriter::Options writer_options;
+  if (options.window != 0) writer_options.window = options.window;
+  if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
+  writer_options.direct = options.direct;
+  PortWriter writer(channel, port, writer_options);
   for (const std::uint64_t n : {options.warmup, options.count}) {
     const auto start = Clock::now();
-    // A PortWriter: trains of messages, several on their way at once (nothing dropped: a full
-    // queue holds the stream back).
-    PortWriter::Options writer_options;
-    if (options.window != 0) writer_options.window = options.window;
-    if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
-    writer_options.direct = options.direct;
-    PortWriter writer(channel, port, writer_options);
+    // Trains of messages, several on their way at once, or frames on the direct connection
+    // (nothing dropped: a full queue, or a full window, holds the stream back).
     for (std::uint64_t i = 0; i < n; ++i) Check(writer.write(data), "write");
     Check(writer.flush(), "flush");
     Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");

@@ -273,10 +273,11 @@ std::string BulkMessage(std::uint32_t i) {
   return bytes;
 }
 
-int BulkWriter(const Channel& channel, const std::string& name) {
+// `direct` false: the stream stays on the agents (PortWriter::Options::direct).
+int BulkWriter(const Channel& channel, const std::string& name, bool direct) {
   const auto to = LookupRetrying(channel, name);
   if (to == 0) return Fail("lookup");
-  tern::PortWriter writer(channel, to);
+  tern::PortWriter writer(channel, to, {.direct = direct});
   for (std::uint32_t i = 0; i < kBulkMessages; ++i) {
     auto written = writer.write(BulkMessage(i), i);
     if (!written) return Fail("write " + std::to_string(i) + ": " + written.error().ToString());
@@ -343,7 +344,7 @@ int DirectStreamWriter(const Channel& channel, const std::string& name, std::uin
                        long pause_us) {
   const auto to = LookupRetrying(channel, name);
   if (to == 0) return Fail("lookup");
-  tern::PortWriter writer(channel, to);
+  tern::PortWriter writer(channel, to, {.direct = true});
   for (std::uint32_t i = 0; i < count; ++i) {
     auto written = writer.write(std::to_string(i), i);
     if (!written) return Fail("write " + std::to_string(i) + ": " + written.error().ToString());
@@ -672,7 +673,10 @@ int main(int argc, char** argv) {
   if (mode == "move-receive") code = MoveReceive(channel, name);
   if (mode == "stream-writer") code = StreamWriter(channel, name);
   if (mode == "stream-reader") code = StreamReader(channel, name);
-  if (mode == "bulk-writer") code = BulkWriter(channel, name);
+  // bulk-writer-agents: the same stream kept on the agents (no direct connection).
+  if (mode == "bulk-writer" || mode == "bulk-writer-agents") {
+    code = BulkWriter(channel, name, mode == "bulk-writer");
+  }
   if (mode == "bulk-reader") code = BulkReader(channel, name);
   if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
@@ -680,7 +684,10 @@ int main(int argc, char** argv) {
   if (mode == "direct-revoked") code = DirectRevoked(channel, name);
   if (mode == "direct-smuggler") code = DirectSmuggler(channel, name);
   if (mode == "direct-fence") code = DirectFence(name);
-  const std::uint32_t count = argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000;
+  const bool counted =
+      mode == "dstream-writer" || mode == "dstream-reader" || mode == "plain-reader";
+  const std::uint32_t count =
+      counted && argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000;
   if (mode == "dstream-writer") {
     code = DirectStreamWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0);
   }

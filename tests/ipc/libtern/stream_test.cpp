@@ -189,7 +189,7 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
   ASSERT_TRUE(Eventually([&] { return agent.requests_with_op(ipc::JobOp::kDirectAccept) >= 1; }));
   std::atomic<bool> done{false};
   std::thread writer_thread([&] {
-    PortWriter writer(channel, send_right, {.train_messages = 64});
+    PortWriter writer(channel, send_right, {.train_messages = 64, .direct = true});
     for (std::uint32_t i = 0; i < kCount; ++i) {
       auto written = writer.write("m" + std::to_string(i), i);
       ASSERT_TRUE(written) << i << ": " << written.error().ToString();
@@ -238,7 +238,7 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
   };
   constexpr std::uint32_t kCount = 40;
   std::thread writer_thread([&] {
-    PortWriter writer(channel, send_right);
+    PortWriter writer(channel, send_right, {.direct = true});
     for (std::uint32_t i = 0; i < kCount; ++i) {
       if (i % 2 == 0) {
         std::string buffer = pattern(200 << 10, static_cast<char>(i));
@@ -257,7 +257,8 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
     auto next = reader.next(message, Timeout(5000));
     ASSERT_TRUE(next) << i << ": " << next.error().ToString();
     ASSERT_EQ(message.id, i);
-    ASSERT_TRUE(message.bytes() == pattern(i % 2 == 0 ? 200 << 10 : 300 << 10, static_cast<char>(i)))
+    ASSERT_TRUE(message.bytes() ==
+                pattern(i % 2 == 0 ? 200 << 10 : 300 << 10, static_cast<char>(i)))
         << "message " << i << " damaged";
   }
   writer_thread.join();
@@ -268,7 +269,7 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
 // through the agents exactly as written (no header, no sync).
 TEST_F(StreamFixture, AReceiverThatNeverOptedInGetsThePlainMessages) {
   {
-    PortWriter writer(channel, send_right, {.train_messages = 4});
+    PortWriter writer(channel, send_right, {.train_messages = 4, .direct = true});
     for (std::uint32_t i = 0; i < 100; ++i) ASSERT_TRUE(writer.write("p" + std::to_string(i), i));
     ASSERT_TRUE(writer.flush());
     EXPECT_EQ(writer.accepted(), 100u);
