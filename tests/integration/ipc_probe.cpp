@@ -382,7 +382,7 @@ int DirectStreamReader(const Channel& channel, const std::string& name, std::uin
       }
     }
   } else {
-    tern::PortReader reader(channel, port, 64);
+    tern::PortReader reader(channel, port, {.batch = 64, .direct = true});
     tern::MessageView message;
     for (std::uint32_t i = 0; i < count; ++i) {
       auto got = reader.next(message, 60s);

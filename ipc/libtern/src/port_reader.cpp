@@ -191,6 +191,20 @@ class PortReader::State {
 };
 
 IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
+  if (!options_.direct) {
+    // The agent path alone: one blocking receive_many when the buffer is empty, as before
+    // direct streams.
+    if (HandOut(out)) return {};
+    WireWriter request;
+    request.U32(port_);
+    request.U32(libtern::TimeoutMs(timeout));
+    request.U32(options_.batch);
+    auto reply = Impl().Request(JobOp::kReceiveMany, request.out());
+    if (!reply) return reply.error();
+    if (auto took = TakeBatch(std::move(*reply)); !took) return took;
+    if (HandOut(out)) return {};
+    return IpcError{JobStatus::kTimedOut, "no message in time"};  // all were syncs
+  }
   const Clock::time_point deadline = DeadlineAfter(timeout);
   for (;;) {
     if (HandOut(out)) return {};

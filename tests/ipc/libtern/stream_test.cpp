@@ -182,7 +182,7 @@ struct StreamFixture : testing::PortFixture {
 // most of them came direct.
 TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithoutDuplicates) {
   constexpr std::uint32_t kCount = 60000;
-  PortReader reader(channel, port);
+  PortReader reader(channel, port, {.direct = true});
   MessageView message;
   // The reader opts in on its first wait: from then on the port takes connections.
   ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
@@ -228,7 +228,7 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
 // Large messages go direct too: a caller's bytes are copied into the frame (it may reuse its
 // buffer once write() returns), a Message's items are kept by reference; each arrives whole.
 TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
-  PortReader reader(channel, port);
+  PortReader reader(channel, port, {.direct = true});
   MessageView message;
   ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
   const auto pattern = [](std::size_t size, char seed) {

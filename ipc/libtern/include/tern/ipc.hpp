@@ -364,11 +364,11 @@ struct MessageView {
 // time, in place, without an allocation per message. Messages taken and not yet handed out are
 // lost with the reader: keep it for the life of the stream.
 //
-// Direct (docs/ipc.md "Direct streams"): on its first next() the reader tells the agents it
-// takes direct connections for the port (direct_accept) and from then on keeps one receive
-// posted at the agent while it waits on its connections too. PortWriters to the port then send
-// over connections; the reader hands each writer's messages out strictly in the order written,
-// each once, whichever way they came, and acknowledges them (its acks are the writers'
+// Direct (docs/ipc.md "Direct streams"; Options::direct): on its first next() the reader tells
+// the agents it takes direct connections for the port (direct_accept) and from then on keeps
+// one receive posted at the agent while it waits on its connections too. PortWriters to the port
+// then send over connections; the reader hands each writer's messages out strictly in the order
+// written, each once, whichever way they came, and acknowledges them (its acks are the writers'
 // credits: at most the port's queue limit unacknowledged per writer on a connection). Other
 // senders' messages come through the agents as they always did.
 //
@@ -377,7 +377,10 @@ class PortReader {
  public:
   struct Options {
     std::uint32_t batch = 1024;  // messages per receive_many
-    bool direct = true;          // false: only through the agents, as plain receive_many
+    // Take direct connections from PortWriters (docs/ipc.md "Direct streams"): a receive kept
+    // posted at the agent while the reader waits on its connections too. Off by default, as
+    // PortWriter's: one blocking receive_many at a time, as before.
+    bool direct = false;
   };
   // `port`: a receive right of this job.
   PortReader(Channel channel, std::uint32_t port, std::uint32_t batch = 1024);
