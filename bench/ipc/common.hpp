@@ -38,6 +38,7 @@ struct Options {
   std::uint32_t queue = 1000;   // tern stream: the port's queue limit
   std::size_t window = 0;       // tern stream: PortWriter's window (0: libtern's default)
   std::size_t train_bytes = 0;  // tern stream: PortWriter's train size (0: libtern's default)
+  bool direct = true;           // tern stream: 0 keeps it on the agents (PortWriter/Reader direct)
 };
 
 inline std::uint64_t ParseNumber(std::string_view flag, const char* text) {
@@ -86,6 +87,8 @@ inline Options ParseOptions(int argc, char** argv, std::string_view usage) {
       options.window = ParseNumber(flag, value);
     } else if (flag == "--train-bytes") {
       options.train_bytes = ParseNumber(flag, value);
+    } else if (flag == "--direct") {
+      options.direct = ParseNumber(flag, value) != 0;
     } else {
       Die("unknown option " + std::string(flag) + "; usage: " + std::string(usage));
     }

@@ -3,6 +3,7 @@
 //   tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME]
 //   [--size S]
 //       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
+//       [--direct 0|1]
 //
 // Both ends run as jobs (`tern submit --node nodeK -- tern-bench-ipc-tern ...`); the server
 // serves exactly one run with the same OP, --size, --count and --warmup as its client, and the
@@ -12,9 +13,10 @@
 //     mark), name_register(NAME), then
 //       pingpong: an RpcServer (one thread, implicit acknowledgements) whose handler echoes the
 //         request: each round trip is one receive and one reply on the send-once reply right;
-//       stream: a PortReader (receive_many batches read in place) takes the --warmup and --count
-//         data messages; after each batch the client sends an end marker carrying a
-//         make-send-once reply right, answered at once.
+//       stream: a PortReader (receive_many batches read in place, and the direct connections of
+//         the writers: docs/ipc.md "Direct streams"; --direct 0: the agents only) takes the
+//         --warmup and --count data messages; after each batch the client sends an end marker
+//         carrying a make-send-once reply right, answered at once.
 //       sendrecv: the pingpong server (an RpcServer serves a plain message with a reply right
 //         too, and takes it over the direct connection when it can);
 //       sendrecv-agents: a plain receiver (send_receive of each reply with the next receive,
@@ -23,8 +25,9 @@
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
 //       sendrecv, sendrecv-agents: send_receive of a --size message with a make-send-once
 //         reply right to a port of its own, on which it receives the echo; each timed;
-//       stream: a PortWriter (trains of messages, up to 8 on their way at once; a full queue
-//         holds the sender back, nothing is dropped), flushed,
+//       stream: a PortWriter (trains of messages, up to 8 on their way at once, or frames on
+//         the direct connection to the reader; a full queue or window holds the sender back,
+//         nothing is dropped; one writer for the warmup and the measured batch), flushed,
 //         then the end marker and a receive() of its answer on a port of its own: the
 //         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,
 //         larger ones one out-of-line item (the agents share its buffer instead of copying).
@@ -47,7 +50,7 @@ namespace {
 constexpr std::string_view kUsage =
     "tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME] "
     "[--size S] [--count N] "
-    "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]";
+    "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B] [--direct 0|1]";
 constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
 constexpr std::size_t kInlineLimit = 64 * 1024;
@@ -97,8 +100,8 @@ void PingPongServer(const Channel& channel, std::uint32_t port) {
 }
 
 void StreamServer(const Channel& channel, const Options& options, std::uint32_t port) {
-  // Everything queued in one round trip to the agent, read in place.
-  PortReader reader(channel, port);
+  // Everything queued in one round trip to the agent, read in place; the writer's connection.
+  PortReader reader(channel, port, PortReader::Options{.batch = 1024, .direct = options.direct});
   MessageView message;
   for (const std::uint64_t n : {options.warmup, options.count}) {
     std::uint64_t received = 0;
@@ -212,14 +215,17 @@ int Client(const Options& options) {
                            : MessageBuilder(port).id(kDataId).out_of_line(payload).build();
   const Message end = MessageBuilder(port).id(kEndId).reply(confirmations).build();
   Clock::duration elapsed{};
+  // One PortWriter for the warmup and the measured batch: the warmup also warms its path (the
+  // direct connection, once the reader welcomed it), as a raw socket is connected before.
+  PortWriter::Options writer_options;
+  if (options.window != 0) writer_options.window = options.window;
+  if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
+  writer_options.direct = options.direct;
+  PortWriter writer(channel, port, writer_options);
   for (const std::uint64_t n : {options.warmup, options.count}) {
     const auto start = Clock::now();
-    // A PortWriter: trains of messages, several on their way at once (nothing dropped: a full
-    // queue holds the stream back).
-    PortWriter::Options writer_options;
-    if (options.window != 0) writer_options.window = options.window;
-    if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
-    PortWriter writer(channel, port, writer_options);
+    // Trains of messages, several on their way at once, or frames on the direct connection
+    // (nothing dropped: a full queue, or a full window, holds the stream back).
     for (std::uint64_t i = 0; i < n; ++i) Check(writer.write(data), "write");
     Check(writer.flush(), "flush");
     Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");

@@ -1556,6 +1556,77 @@ TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves
       << server_out;
 }
 
+// docs/ipc.md "Direct streams": a PortWriter streams to a PortReader on another node over a
+// direct connection; the reader moves twice and the writer once while it flows. Every
+// connection breaks at each move (the agents shut it down) and the writer resends what the
+// reader had not received through the agents: the reader checks that every sequence arrives
+// exactly once and in order (the probe never retries), and most came direct.
+TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  constexpr int kMessages = 30000;
+  const auto reader =
+      Submit("node1", {probe, "dstream-reader", "itdstream", std::to_string(kMessages)}, "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", reader).value_or("").find("inbox itdstream ready") !=
+               std::string::npos;
+      },
+      30s));
+  const auto writer = Submit(
+      "node1", {probe, "dstream-writer", "itdstream", std::to_string(kMessages), "500"}, "node3");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto status = Status("node1", writer);
+        return status && status->value("ipc_rights", 0) >= 1;
+      },
+      30s));
+  std::this_thread::sleep_for(1s);  // the stream has gone direct
+  auto first = Tern("node1", {"migrate", reader, "node1"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  auto moved_writer = Tern("node1", {"migrate", writer, "node2"});
+  ASSERT_EQ(moved_writer.exit_code, 0) << moved_writer.Describe();
+  auto second = Tern("node1", {"migrate", reader, "node3"});
+  ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  auto during = Status("node1", writer);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the writer finished before the last move: give it more messages";
+  const auto writer_out = FinishedOutput(writer);
+  EXPECT_NE(writer_out.find("wrote " + std::to_string(kMessages) + ", accepted " +
+                            std::to_string(kMessages)),
+            std::string::npos)
+      << writer_out;
+  const auto reader_out = FinishedOutput(reader);
+  EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
+            std::string::npos)
+      << reader_out;
+  std::cout << "writer: " << writer_out << "reader: " << reader_out;
+  const auto direct_at = reader_out.find(" direct");
+  ASSERT_NE(direct_at, std::string::npos) << reader_out;
+  const auto number_at = reader_out.rfind(' ', direct_at - 1) + 1;
+  EXPECT_GT(std::stoi(reader_out.substr(number_at, direct_at - number_at)), kMessages / 2)
+      << reader_out;
+}
+
+// A receiver that never reads with a PortReader (plain receive) never opts in: a PortWriter's
+// messages reach it through the agents exactly as written, none over a connection.
+TEST_F(ClusterTest, IpcAPlainReceiverGetsAStreamsMessagesUnchanged) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  constexpr int kMessages = 3000;
+  const auto reader =
+      Submit("node1", {probe, "plain-reader", "itplain", std::to_string(kMessages)}, "node2");
+  const auto writer = Submit(
+      "node1", {probe, "dstream-writer", "itplain", std::to_string(kMessages), "300"}, "node3");
+  const auto writer_out = FinishedOutput(writer);
+  EXPECT_NE(writer_out.find("accepted " + std::to_string(kMessages) + ", direct 0: ok"),
+            std::string::npos)
+      << writer_out;
+  const auto reader_out = FinishedOutput(reader);
+  EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
+            std::string::npos)
+      << reader_out;
+}
+
 // docs/ipc.md "A channel the job reconnects": a job sending numbered messages and making numbered
 // calls to a job on another node has its own agent killed (kill -9) and restarted, twice. Its
 // channel re-attaches, its looked-up send rights come back under the same names, and it keeps

@@ -273,10 +273,11 @@ std::string BulkMessage(std::uint32_t i) {
   return bytes;
 }
 
-int BulkWriter(const Channel& channel, const std::string& name) {
+// `direct` false: the stream stays on the agents (PortWriter::Options::direct).
+int BulkWriter(const Channel& channel, const std::string& name, bool direct) {
   const auto to = LookupRetrying(channel, name);
   if (to == 0) return Fail("lookup");
-  tern::PortWriter writer(channel, to);
+  tern::PortWriter writer(channel, to, {.direct = direct});
   for (std::uint32_t i = 0; i < kBulkMessages; ++i) {
     auto written = writer.write(BulkMessage(i), i);
     if (!written) return Fail("write " + std::to_string(i) + ": " + written.error().ToString());
@@ -333,6 +334,71 @@ int StreamReader(const Channel& channel, const std::string& name) {
   std::printf("read %u in order; then: %s\n", kStreamMessages,
               std::string(tern::ipc::JobStatusName(extra.status())).c_str());
   return extra.status() == JobStatus::kTimedOut ? 0 : 1;
+}
+
+// Direct streams (docs/ipc.md "Direct streams"). dstream-writer NAME COUNT PAUSE_US: COUNT
+// messages (id i, bytes "i") through a PortWriter, PAUSE_US between messages, flushed every
+// 100 so that each reaches the reader soon. Prints how many the reader got and how many of them
+// went over a connection.
+int DirectStreamWriter(const Channel& channel, const std::string& name, std::uint32_t count,
+                       long pause_us) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  tern::PortWriter writer(channel, to, {.direct = true});
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto written = writer.write(std::to_string(i), i);
+    if (!written) return Fail("write " + std::to_string(i) + ": " + written.error().ToString());
+    if (i % 100 == 99) {
+      if (auto flushed = writer.flush(); !flushed)
+        return Fail("flush: " + flushed.error().ToString());
+    }
+    if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+  }
+  auto flushed = writer.flush();
+  std::printf("wrote %llu, accepted %llu, direct %llu: %s\n",
+              static_cast<unsigned long long>(writer.written()),
+              static_cast<unsigned long long>(writer.accepted()),
+              static_cast<unsigned long long>(writer.accepted_direct()),
+              std::string(tern::ipc::JobStatusName(flushed.status())).c_str());
+  return flushed && writer.accepted() == count ? 0 : 1;
+}
+
+// dstream-reader NAME COUNT: reads with a PortReader, every message checked to be the next in
+// order (none lost, none twice), then nothing more. plain-reader NAME COUNT: the same with
+// Channel::receive, which never opts in: every message must be exactly as written (one bytes
+// item, its own id: no stream header, no sync).
+int DirectStreamReader(const Channel& channel, const std::string& name, std::uint32_t count,
+                       bool plain) {
+  const std::uint32_t port = ReadyInbox(channel, name, 256);
+  if (port == 0) return Fail("setup");
+  std::uint64_t direct = 0;
+  if (plain) {
+    for (std::uint32_t i = 0; i < count; ++i) {
+      auto got = channel.receive(port, 60s);
+      if (!got) return Fail("receive after " + std::to_string(i) + ": " + got.error().ToString());
+      if (got->id != i || got->items.size() != 1 || tern::FirstBytes(*got) != std::to_string(i)) {
+        return Fail("message " + std::to_string(i) + " not as written: id " +
+                    std::to_string(got->id) + ", " + std::to_string(got->items.size()) + " items");
+      }
+    }
+  } else {
+    tern::PortReader reader(channel, port, {.batch = 64, .direct = true});
+    tern::MessageView message;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      auto got = reader.next(message, 60s);
+      if (!got) return Fail("next after " + std::to_string(i) + ": " + got.error().ToString());
+      if (message.id != i || message.items.size() != 1 || message.bytes() != std::to_string(i)) {
+        return Fail("message " + std::to_string(i) + " out of order or changed: id " +
+                    std::to_string(message.id) + " \"" + std::string(message.bytes()) + "\"");
+      }
+    }
+    auto extra = reader.next(message, 500ms);
+    if (extra) return Fail("a message after the last: id " + std::to_string(message.id));
+    direct = reader.handed_direct();
+  }
+  std::printf("read %u in order, each once; %llu direct\n", count,
+              static_cast<unsigned long long>(direct));
+  return 0;
 }
 
 // A receive right sent to a job on another node; messages then reach that job.
@@ -607,7 +673,10 @@ int main(int argc, char** argv) {
   if (mode == "move-receive") code = MoveReceive(channel, name);
   if (mode == "stream-writer") code = StreamWriter(channel, name);
   if (mode == "stream-reader") code = StreamReader(channel, name);
-  if (mode == "bulk-writer") code = BulkWriter(channel, name);
+  // bulk-writer-agents: the same stream kept on the agents (no direct connection).
+  if (mode == "bulk-writer" || mode == "bulk-writer-agents") {
+    code = BulkWriter(channel, name, mode == "bulk-writer");
+  }
   if (mode == "bulk-reader") code = BulkReader(channel, name);
   if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
@@ -615,6 +684,15 @@ int main(int argc, char** argv) {
   if (mode == "direct-revoked") code = DirectRevoked(channel, name);
   if (mode == "direct-smuggler") code = DirectSmuggler(channel, name);
   if (mode == "direct-fence") code = DirectFence(name);
+  const bool counted =
+      mode == "dstream-writer" || mode == "dstream-reader" || mode == "plain-reader";
+  const std::uint32_t count =
+      counted && argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000;
+  if (mode == "dstream-writer") {
+    code = DirectStreamWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0);
+  }
+  if (mode == "dstream-reader") code = DirectStreamReader(channel, name, count, false);
+  if (mode == "plain-reader") code = DirectStreamReader(channel, name, count, true);
   // sendrecv-client NAME COUNT PAUSE_MS
   if (mode == "sendrecv-client") {
     code = SendReceiveClient(channel, name, argc > 3 ? std::stol(argv[3]) : 100,

@@ -1,5 +1,6 @@
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -115,18 +116,20 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::Request(ipc::JobOp op,
   }
 }
 
-IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body) {
-  return Post(op, std::span<const std::string_view>(&body, 1));
+IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::string_view body, bool watched) {
+  return Post(op, std::span<const std::string_view>(&body, 1), watched);
 }
 
-IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op,
-                                             std::span<const std::string_view> body) {
+IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::span<const std::string_view> body,
+                                             bool watched) {
   if (lookups_due_.load(std::memory_order_acquire)) RedoLookups();
   std::unique_lock lock(mu_);
   if (!closed_reason_.empty()) return libtern::Unavailable(closed_reason_);
   // Filed before the write: the reply may be read by another thread before this one waits.
   const std::uint32_t request = FileSlot(op);
-  const std::uint64_t generation = slots_[request].generation;
+  Slot& filed = slots_[request];
+  filed.watched = watched;
+  const std::uint64_t generation = filed.generation;
   lock.unlock();
 
   // The frame's and the request's headers, then the body as it is.
@@ -186,8 +189,66 @@ IpcResult<Channel::Impl::Reply> Channel::Impl::AwaitReply(std::unique_lock<std::
     reader_active_ = true;
     ReadAndDispatch(lock);
     reader_active_ = false;
-    // Someone else may be waiting for a reply that has not come yet: let one of them read.
+    // Someone else may be waiting for a reply that has not come yet: let one of them read
+    // (a thread in poll on event_fd() too).
     cv_.notify_all();
+    SignalLocked();
+  }
+}
+
+int Channel::Impl::event_fd() {
+  std::lock_guard lock(mu_);
+  if (!event_.valid()) event_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  return event_.get();
+}
+
+int Channel::Impl::idle_fd() {
+  std::lock_guard lock(mu_);
+  return reader_active_ || !closed_reason_.empty() ? -1 : fd_.get();
+}
+
+void Channel::Impl::ReadIfIdle() {
+  std::unique_lock lock(mu_);
+  if (reader_active_ || !closed_reason_.empty()) return;
+  reader_active_ = true;
+  ReadAndDispatch(lock, /*block=*/false);
+  reader_active_ = false;
+  cv_.notify_all();
+}
+
+void Channel::Impl::SignalLocked() {
+  if (!event_.valid()) return;
+  const std::uint64_t one = 1;
+  (void)!::write(event_.get(), &one, sizeof one);
+}
+
+std::optional<IpcResult<Channel::Impl::Reply>> Channel::Impl::TryCollect(std::uint32_t request) {
+  std::lock_guard lock(mu_);
+  auto it = slots_.find(request);
+  if (it == slots_.end()) return IpcResult<Reply>(libtern::Unavailable("no such request"));
+  if (it->second.done) {
+    Slot slot = std::move(it->second);
+    slots_.erase(it);
+    if (slot.status != JobStatus::kOk) {
+      return IpcResult<Reply>(IpcError{slot.status, std::string(slot.reply.body())});
+    }
+    return IpcResult<Reply>(std::move(slot.reply));
+  }
+  if (!closed_reason_.empty()) {
+    slots_.erase(it);
+    return IpcResult<Reply>(libtern::Unavailable(closed_reason_));
+  }
+  return std::nullopt;
+}
+
+void Channel::Impl::Abandon(std::uint32_t request) {
+  std::lock_guard lock(mu_);
+  auto it = slots_.find(request);
+  if (it == slots_.end()) return;
+  if (it->second.done || !closed_reason_.empty()) {
+    slots_.erase(it);
+  } else {
+    it->second.abandoned = true;
   }
 }
 
@@ -253,7 +314,7 @@ Channel::Impl::Written Channel::Impl::Write(std::span<const std::string_view> pi
   return Written::kOk;
 }
 
-void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
+void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock, bool block) {
   lock.unlock();
   // Straight into the decoder: a large reply lands in its own frame, never copied.
   const std::span<char> space = decoder_.Prepare();
@@ -266,7 +327,8 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
   // round trip than reading first and finding nothing). Wait in poll, not in recvmsg: a recvmsg
   // sleeper is also woken each time the agent reads our requests (the socket's write-space
   // wake-up), a poll for POLLIN is not.
-  bool wait = true;
+  bool wait = block;
+  bool nothing = false;  // !block and nothing was there
   for (;;) {
     if (wait) {
       wait = false;
@@ -286,6 +348,10 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
     n = ::recvmsg(fd_.get(), &header, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (!block) {
+        nothing = true;
+        break;
+      }
       wait = true;
       continue;
     }
@@ -305,6 +371,7 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock) {
   }
   lock.lock();
   for (UniqueFd& fd : fds) fds_.push_back(std::move(fd));
+  if (nothing) return;
   if (n == 0) return LostLocked(lock, "the agent closed the IPC channel");
   if (n < 0) {
     return LostLocked(lock, std::string("IPC channel read failed: ") + std::strerror(read_errno));
@@ -333,7 +400,12 @@ void Channel::Impl::Dispatch(ipc::Frame frame) {
     fds_.pop_front();
   }
   if (it == slots_.end() || it->second.done) return;
+  if (it->second.abandoned) {
+    slots_.erase(it);  // with the fd it carried
+    return;
+  }
   it->second.done = true;
+  if (it->second.watched) SignalLocked();
   it->second.status = reply->status;
   if (reply->status == JobStatus::kOk) {
     // The body stays in the frame's payload: a large one is not copied out.
@@ -379,6 +451,8 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
     slot.reply.payload = std::string(slot.unsent ? kUnsentText : kLostText);
     slot.reply.body_at = 0;
   }
+  std::erase_if(slots_,
+                [](const auto& entry) { return entry.second.done && entry.second.abandoned; });
   decoder_ = ipc::FrameDecoder(kMaxFramePayload);  // a frame cut short by the old agent's death
   fds_.clear();
   if (!restored && !lookups_.empty()) {
@@ -387,6 +461,7 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
   }
   reattached_.fetch_add(1, std::memory_order_acq_rel);
   cv_.notify_all();
+  SignalLocked();
 }
 
 namespace {
@@ -540,6 +615,7 @@ void Channel::Impl::RedoLookups() {
 void Channel::Impl::CloseLocked(std::string reason) {
   if (closed_reason_.empty()) closed_reason_ = std::move(reason);
   cv_.notify_all();
+  SignalLocked();
 }
 
 // Channel handle --------------------------------------------------------------------------

@@ -70,9 +70,24 @@ class Channel::Impl {
   // The same for a body in pieces, written one after another without joining them.
   IpcResult<Reply> Request(ipc::JobOp op, std::span<const std::string_view> body);
   // Sends one request and returns its id at once; Collect(id) waits for the reply later.
-  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::string_view body);
-  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::span<const std::string_view> body);
+  // `watched`: its reply (or the channel's re-attach or close) signals event_fd().
+  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::string_view body, bool watched = false);
+  IpcResult<std::uint32_t> Post(ipc::JobOp op, std::span<const std::string_view> body,
+                                bool watched = false);
   IpcResult<Reply> Collect(std::uint32_t request);
+
+  // For a thread that waits on more than this channel (PortReader: its direct connections too,
+  // docs/ipc.md "Direct streams"). It polls event_fd() (readable when a watched reply is filed,
+  // or a reading thread stops reading while replies are due) and idle_fd() (the channel, when
+  // no thread reads it: -1 otherwise), calls ReadIfIdle() when the channel is readable and
+  // TryCollect() for its replies. A request nobody will collect is Abandon()ed: its reply is
+  // dropped when it comes (an fd it carries is closed).
+  int event_fd();
+  int idle_fd();
+  void ReadIfIdle();
+  // The reply if it is in (the request is then done), nullopt if not yet.
+  std::optional<IpcResult<Reply>> TryCollect(std::uint32_t request);
+  void Abandon(std::uint32_t request);
   // Sends several requests in one write and waits for all their replies (in request order).
   std::vector<IpcResult<Reply>> RequestMany(ipc::JobOp op, const std::vector<std::string>& bodies);
 
@@ -105,6 +120,8 @@ class Channel::Impl {
     std::uint64_t generation = 0;  // of the channel the request was written to
     bool unsent = false;           // its write met a closed agent end: nothing of it ran
     bool done = false;
+    bool watched = false;    // signal event_ when done
+    bool abandoned = false;  // nobody collects it: dropped when done
     JobStatus status = JobStatus::kOk;
     Reply reply;
   };
@@ -129,8 +146,11 @@ class Channel::Impl {
   // Waits (mu_ held through `lock`) until the reply to `request` is in, reading in turn with
   // the other waiting threads; removes its slot.
   IpcResult<Reply> AwaitReply(std::unique_lock<std::mutex>& lock, std::uint32_t request);
-  // Reads once from the socket (mutex not held) and files what arrived (mutex held).
-  void ReadAndDispatch(std::unique_lock<std::mutex>& lock);
+  // Reads once from the socket (mutex not held) and files what arrived (mutex held); `block`:
+  // waits for input first, else returns at once when there is none.
+  void ReadAndDispatch(std::unique_lock<std::mutex>& lock, bool block = true);
+  // Wakes the thread polling event_fd(), if any (mu_ held).
+  void SignalLocked();
   void Dispatch(ipc::Frame frame);       // mu_ held
   void CloseLocked(std::string reason);  // mu_ held
 
@@ -154,6 +174,7 @@ class Channel::Impl {
   bool redo_lookups_ = false;
   bool redoing_ = false;
   std::thread::id redoer_;
+  UniqueFd event_;  // made by the first event_fd()
 };
 
 namespace libtern {

@@ -1,16 +1,50 @@
 // tern::PortReader and MessageView: a stream's messages read in place from receive_many's
-// answers.
+// answers and from direct stream connections (docs/ipc.md "Direct streams").
+//
+// The reader keeps one receive_many posted at the agent and one direct_accept, and waits in
+// poll on the channel's event fd, the channel itself (when no other thread reads it) and its
+// connections, so that whichever path answers first feeds the one buffer and nothing is
+// cancelled. Messages wait in `ready_` (views into the frames that brought them, which they
+// keep alive) until handed out; a numbered message (a PortWriter's, once it went direct) goes
+// through the per-writer StreamReorder first.
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
 #include <tern/ipc.hpp>
+#include <vector>
 
 #include "channel_impl.hpp"
+#include "send_all.hpp"
+#include "stream_inbox.hpp"
+#include "stream_reorder.hpp"
+#include "stream_wire.hpp"
 
 namespace tern {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
 using ipc::JobOp;
 using ipc::WireReader;
 using ipc::WireWriter;
+
+// The posted receive's and accept's waits at the agent: re-posted when they end.
+constexpr Timeout kPostedWait{1000};
+// How long past the caller's deadline the reader waits for a receive it posted for that
+// deadline (normally one round trip; longer while the job moves).
+constexpr auto kDueSlack = std::chrono::milliseconds(50);
+// After a refused direct_accept (not an old agent's): ask again after this long.
+constexpr auto kAcceptRetry = std::chrono::seconds(1);
+// An ack goes when this much was received or handed out since the last (or before the reader
+// blocks, whatever the amount).
+constexpr std::size_t kAckBytes = 1 << 20;
+constexpr std::uint64_t kAckMessages = 256;
 
 bool IsData(ItemKind kind) { return kind == ItemKind::kBytes || kind == ItemKind::kOutOfLine; }
 
@@ -41,6 +75,17 @@ bool ReadView(WireReader& in, MessageView& out) {
     }
   }
   return true;
+}
+
+Clock::time_point DeadlineAfter(Timeout timeout) {
+  if (libtern::TimeoutMs(timeout) == ipc::kWaitForever) return Clock::time_point::max();
+  return Clock::now() + timeout;
+}
+
+int PollMs(Clock::time_point until) {
+  if (until == Clock::time_point::max()) return -1;
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
+  return static_cast<int>(std::clamp<std::int64_t>(left, 0, 1 << 30));
 }
 
 }  // namespace
@@ -74,35 +119,368 @@ Message MessageView::ToMessage() const {
   return message;
 }
 
-PortReader::PortReader(Channel channel, std::uint32_t port, std::uint32_t batch)
-    : channel_(std::move(channel)), port_(port), batch_(batch == 0 ? 1 : batch) {}
+class PortReader::State {
+ public:
+  State(Channel channel, std::uint32_t port, Options options)
+      : channel_(std::move(channel)), port_(port), options_(options) {
+    if (options_.batch == 0) options_.batch = 1;
+  }
+  ~State() {
+    if (receiving_) Impl().Abandon(*receiving_);
+    if (accepting_) Impl().Abandon(*accepting_);
+  }
 
-IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
-  if (left_ == 0) {
+  IpcResult<void> Next(MessageView& out, Timeout timeout);
+  std::size_t buffered() const { return ready_.size(); }
+  std::uint64_t handed_direct() const { return handed_direct_; }
+  std::uint64_t dropped() const { return reorder_.dropped(); }
+
+ private:
+  // A message taken and not yet handed out.
+  struct Held {
+    std::shared_ptr<const std::string> owner;  // the frame it lies in
+    std::string_view message;  // agent: WriteMessage's layout; direct: [u32 count][items]
+    std::uint32_t id = 0;      // direct only
+    bool direct = false;
+    bool strip = false;  // agent path, numbered: its first item is the stream header
+    std::uint64_t writer = 0;
+    std::uint64_t sequence = 0;
+  };
+  struct Connection {
+    explicit Connection(UniqueFd fd) : socket(std::move(fd)) {}
+    libtern::StreamInbox socket;
+    std::uint64_t writer = 0;  // known from its first frame
+    libtern::StreamAck acked;  // the last ack sent
+    std::size_t bytes_since_ack = 0;
+    bool dead = false;  // closed at the next wait
+  };
+
+  Channel::Impl& Impl() { return *channel_.impl_; }
+  // Waits once for something to come (a posted answer, a connection's frames) until
+  // `deadline`; timed_out when it passed with nothing handed out.
+  IpcResult<void> Wait(Clock::time_point deadline);
+  IpcResult<void> PostReceive(Clock::time_point deadline);
+  void PostAccept();
+  IpcResult<void> Collected();
+  IpcResult<void> TakeBatch(Channel::Impl::Reply reply);
+  void TakeAccepted(UniqueFd fd);
+  // Reads what `connection` has; false when it is to be closed.
+  bool ServeConnection(Connection& connection);
+  void Release(Held held) { ready_.push_back(std::move(held)); }
+  // Acks every connection whose writer has something new (`all`) or enough of it.
+  void SendAcks(bool all);
+  bool SendAck(Connection& connection, bool all);
+  bool HandOut(MessageView& out);
+
+  Channel channel_;
+  const std::uint32_t port_;
+  Options options_;
+  std::deque<Held> ready_;
+  libtern::StreamReorder<Held> reorder_;
+  std::shared_ptr<const std::string> current_;  // the frame of the message handed out last
+
+  std::optional<std::uint32_t> receiving_;  // the posted receive_many
+  Clock::time_point receive_ends_{};        // when the agent answers it at the latest
+  std::optional<std::uint32_t> accepting_;  // the posted direct_accept
+  bool direct_off_ = false;                 // the agent does not know direct_accept
+  Clock::time_point accept_after_{};
+  std::uint32_t credits_ = 0;  // the port's queue limit, read on the first accept
+  std::vector<std::unique_ptr<Connection>> connections_;
+  std::uint64_t handed_direct_ = 0;
+  std::vector<pollfd> fds_;
+};
+
+IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
+  if (!options_.direct) {
+    // The agent path alone: one blocking receive_many when the buffer is empty, as before
+    // direct streams.
+    if (HandOut(out)) return {};
     WireWriter request;
     request.U32(port_);
     request.U32(libtern::TimeoutMs(timeout));
-    request.U32(batch_);
-    auto reply = channel_.impl_->Request(JobOp::kReceiveMany, request.Take());
+    request.U32(options_.batch);
+    auto reply = Impl().Request(JobOp::kReceiveMany, request.out());
     if (!reply) return reply.error();
-    buffer_ = std::move(reply->payload);  // the answer's frame, read in place
-    WireReader reader(std::string_view(buffer_).substr(reply->body_at));
-    auto count = reader.U32();
-    if (!count || *count == 0) {
-      buffer_.clear();
-      return IpcError{JobStatus::kBadRequest, "malformed receive_many answer from the agent"};
+    if (auto took = TakeBatch(std::move(*reply)); !took) return took;
+    if (HandOut(out)) return {};
+    return IpcError{JobStatus::kTimedOut, "no message in time"};  // all were syncs
+  }
+  const Clock::time_point deadline = DeadlineAfter(timeout);
+  for (;;) {
+    if (HandOut(out)) return {};
+    if (auto waited = Wait(deadline); !waited) return waited;
+  }
+}
+
+bool PortReader::State::HandOut(MessageView& out) {
+  while (!ready_.empty()) {
+    Held held = std::move(ready_.front());
+    ready_.pop_front();
+    bool ok = false;
+    if (held.direct) {
+      out.destination = port_;
+      out.reply = 0;
+      out.reply_disposition = Disposition::kNone;
+      out.id = held.id;
+      out.items.clear();
+      ok = libtern::ReadStreamItems(held.message, out.items);
+    } else {
+      WireReader reader(held.message);
+      ok = ReadView(reader, out);
+      if (ok && held.strip && !out.items.empty()) out.items.erase(out.items.begin());
     }
-    left_ = *count;
-    offset_ = reply->body_at + 4;
+    if (!ok) continue;  // checked when taken: cannot happen
+    current_ = std::move(held.owner);
+    if (held.writer != 0) {
+      reorder_.HandedOut(held.writer, held.sequence);
+      if (held.direct) ++handed_direct_;
+      // Credits flow back as the caller takes messages, not only when the reader blocks.
+      for (auto& connection : connections_) {
+        if (connection->writer == held.writer && !SendAck(*connection, false)) {
+          connection->dead = true;
+        }
+      }
+    }
+    return true;
   }
-  WireReader reader(std::string_view(buffer_).substr(offset_));
-  if (!ReadView(reader, out)) {
-    left_ = 0;
-    return IpcError{JobStatus::kBadRequest, "malformed message in a receive_many answer"};
+  return false;
+}
+
+IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
+  if (!receiving_) {
+    if (auto posted = PostReceive(deadline); !posted) return posted;
   }
-  offset_ = buffer_.size() - reader.remaining();
-  --left_;
+  if (options_.direct && !accepting_ && !direct_off_ && Clock::now() >= accept_after_) PostAccept();
+  SendAcks(/*all=*/true);
+  std::erase_if(connections_, [](const auto& c) { return c->dead || c->socket.broken(); });
+
+  // What may have come already (another thread read the channel for us).
+  if (auto got = Collected(); !got || !ready_.empty()) return got;
+
+  const int event = Impl().event_fd();
+  const int channel = Impl().idle_fd();
+  fds_.clear();
+  fds_.push_back({event, POLLIN, 0});
+  fds_.push_back({channel, POLLIN, 0});  // -1: ignored by poll
+  for (const auto& connection : connections_) {
+    fds_.push_back({connection->socket.fd(), POLLIN, 0});
+  }
+  // Past the caller's deadline only while a receive posted for it is due (one round trip).
+  const bool due = receiving_ && receive_ends_ <= deadline &&
+                   (deadline == Clock::time_point::max() || Clock::now() < deadline + kDueSlack);
+  Clock::time_point until = deadline;
+  if (due && Clock::now() >= deadline) until = Clock::now() + std::chrono::milliseconds(5);
+  if (accepting_ == std::nullopt && options_.direct && !direct_off_) {
+    until = std::min(until, accept_after_);
+  }
+  const int ready = ::poll(fds_.data(), fds_.size(), PollMs(until));
+  if (ready < 0 && errno != EINTR) {
+    return libtern::Unavailable(std::string("poll: ") + std::strerror(errno));
+  }
+  if (fds_[0].revents != 0) {
+    std::uint64_t count = 0;
+    (void)!::read(event, &count, sizeof count);
+  }
+  if (channel >= 0 && fds_[1].revents != 0) Impl().ReadIfIdle();
+  for (std::size_t i = 2; i < fds_.size(); ++i) {
+    if (fds_[i].revents == 0) continue;
+    Connection& connection = *connections_[i - 2];
+    if (!ServeConnection(connection)) connection.dead = true;
+  }
+  if (auto got = Collected(); !got) return got;
+  // What came on a connection is acknowledged as received at once, whether or not the caller
+  // takes it soon: a writer's flush() waits for exactly that.
+  SendAcks(/*all=*/true);
+  if (!ready_.empty()) return {};
+  if (Clock::now() >= deadline && !due) {
+    return IpcError{JobStatus::kTimedOut, "no message in time"};
+  }
   return {};
 }
+
+IpcResult<void> PortReader::State::PostReceive(Clock::time_point deadline) {
+  Timeout wait = kPostedWait;
+  if (deadline != Clock::time_point::max()) {
+    wait = std::clamp(std::chrono::duration_cast<Timeout>(deadline - Clock::now()), Timeout(0),
+                      kPostedWait);
+  }
+  WireWriter request;
+  request.U32(port_);
+  request.U32(libtern::TimeoutMs(wait));
+  request.U32(options_.batch);
+  auto posted = Impl().Post(JobOp::kReceiveMany, request.out(), /*watched=*/true);
+  if (!posted) return posted.error();
+  receiving_ = *posted;
+  receive_ends_ = Clock::now() + wait;
+  return {};
+}
+
+void PortReader::State::PostAccept() {
+  if (credits_ == 0) {
+    // The writers' credits: what the port's queue would hold.
+    auto status = channel_.port_status(port_);
+    credits_ = status && status->limit != 0 ? status->limit : 64;
+  }
+  WireWriter request;
+  request.U32(port_);
+  request.U32(libtern::TimeoutMs(kPostedWait));
+  auto posted = Impl().Post(JobOp::kDirectAccept, request.out(), /*watched=*/true);
+  if (!posted) {
+    accept_after_ = Clock::now() + kAcceptRetry;
+    return;
+  }
+  accepting_ = *posted;
+}
+
+IpcResult<void> PortReader::State::Collected() {
+  if (accepting_) {
+    if (auto answer = Impl().TryCollect(*accepting_)) {
+      accepting_.reset();
+      auto& result = *answer;
+      if (result && result->fd.valid()) {
+        TakeAccepted(std::move(result->fd));
+      } else if (result.status() == JobStatus::kBadRequest) {
+        direct_off_ = true;  // an agent older than direct calls
+      } else if (result.status() != JobStatus::kTimedOut) {
+        // Refused for now (no listener, a re-attach, the port moving): later.
+        accept_after_ = Clock::now() + kAcceptRetry;
+      }
+    }
+  }
+  if (receiving_) {
+    if (auto answer = Impl().TryCollect(*receiving_)) {
+      receiving_.reset();
+      auto& result = *answer;
+      if (result) return TakeBatch(std::move(*result));
+      if (result.status() == JobStatus::kTimedOut) return {};
+      // Lost with a restarted agent: ask again on the new channel.
+      if (result.status() == JobStatus::kUnavailable && channel_.connected()) return {};
+      return result.error();
+    }
+  }
+  return {};
+}
+
+IpcResult<void> PortReader::State::TakeBatch(Channel::Impl::Reply reply) {
+  auto owner = std::make_shared<const std::string>(std::move(reply.payload));
+  WireReader reader(std::string_view(*owner).substr(reply.body_at));
+  auto count = reader.U32();
+  if (!count || *count == 0) {
+    return IpcError{JobStatus::kBadRequest, "malformed receive_many answer from the agent"};
+  }
+  MessageView view;
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    const std::string_view start = reader.rest();
+    if (!ReadView(reader, view)) {
+      return IpcError{JobStatus::kBadRequest, "malformed message in a receive_many answer"};
+    }
+    Held held;
+    held.owner = owner;
+    held.message = start.substr(0, start.size() - reader.remaining());
+    std::optional<libtern::StreamHeader> header;
+    if (!view.items.empty()) {
+      header = libtern::DecodeStreamHeader(view.items[0].kind, view.items[0].bytes);
+    }
+    if (!header) {
+      Release(std::move(held));
+      continue;
+    }
+    const auto release = [this](Held h) { Release(std::move(h)); };
+    if (view.id == libtern::kStreamSyncId && view.items.size() == 1) {
+      reorder_.Sync(header->writer, header->sequence, release);
+      continue;
+    }
+    held.strip = true;
+    held.writer = header->writer;
+    held.sequence = header->sequence;
+    reorder_.Offer(header->writer, header->sequence, /*through_agents=*/true, std::move(held),
+                   release);
+  }
+  return {};
+}
+
+void PortReader::State::TakeAccepted(UniqueFd fd) {
+  auto connection = std::make_unique<Connection>(std::move(fd));
+  // The welcome: the writer goes direct once it reads it (a receiver that is not a PortReader
+  // never sends one, so its writers stay on the agent path).
+  std::string welcome;
+  libtern::AppendStreamAck(welcome, {0, 0, 0, credits_});
+  if (!connection->socket.Write(welcome)) return;
+  connections_.push_back(std::move(connection));
+}
+
+bool PortReader::State::ServeConnection(Connection& connection) {
+  // A bounded number of reads: a fast writer must not keep the reader from handing out (its
+  // credits bound what it can send anyway).
+  for (int reads = 0; reads < 16; ++reads) {
+    const auto received = connection.socket.Receive();
+    while (auto frame = connection.socket.Next()) {
+      if (frame->type != libtern::kDirectStream) return false;
+      auto parsed = libtern::ParseStreamFrame(frame->payload);
+      if (!parsed) return false;
+      if (connection.writer == 0) connection.writer = parsed->writer;
+      if (parsed->writer != connection.writer) return false;
+      connection.bytes_since_ack += frame->payload.size();
+      for (std::size_t i = 0; i < parsed->messages.size(); ++i) {
+        Held held;
+        held.owner = frame->owner;
+        held.message = parsed->messages[i].body;
+        held.id = parsed->messages[i].id;
+        held.direct = true;
+        held.writer = parsed->writer;
+        held.sequence = parsed->first + i;
+        reorder_.Offer(held.writer, held.sequence, /*through_agents=*/false, std::move(held),
+                       [this](Held h) { Release(std::move(h)); });
+      }
+    }
+    if (received == libtern::StreamInbox::Received::kBroken) return false;
+    if (received == libtern::StreamInbox::Received::kDrained) return true;
+  }
+  return true;
+}
+
+void PortReader::State::SendAcks(bool all) {
+  for (auto& connection : connections_) {
+    if (!connection->dead && !connection->socket.broken() && !SendAck(*connection, all)) {
+      connection->dead = true;
+    }
+  }
+}
+
+bool PortReader::State::SendAck(Connection& connection, bool all) {
+  if (connection.writer == 0 || connection.dead) return true;
+  auto progress = reorder_.progress(connection.writer);
+  if (!progress) return true;
+  libtern::StreamAck& last = connection.acked;
+  if (progress->received == last.received && progress->handed == last.handed) return true;
+  // Often enough that a broken connection leaves little to resend, rarely enough to cost
+  // little: an ack is one small write.
+  const std::uint64_t step = std::clamp<std::uint64_t>(credits_ / 4, 1, kAckMessages);
+  if (!all && progress->received - last.received < step && progress->handed - last.handed < step &&
+      connection.bytes_since_ack < kAckBytes) {
+    return true;
+  }
+  last = {connection.writer, progress->received, progress->handed, credits_};
+  connection.bytes_since_ack = 0;
+  std::string ack;
+  libtern::AppendStreamAck(ack, last);
+  return connection.socket.Write(ack);
+}
+
+PortReader::PortReader(Channel channel, std::uint32_t port, std::uint32_t batch)
+    : PortReader(std::move(channel), port, Options{.batch = batch}) {}
+
+PortReader::PortReader(Channel channel, std::uint32_t port, Options options)
+    : state_(std::make_unique<State>(std::move(channel), port, options)) {}
+
+PortReader::~PortReader() = default;
+
+IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
+  return state_->Next(out, timeout);
+}
+
+std::size_t PortReader::buffered() const { return state_->buffered(); }
+std::uint64_t PortReader::handed_direct() const { return state_->handed_direct(); }
+std::uint64_t PortReader::dropped_duplicates() const { return state_->dropped(); }
 
 }  // namespace tern

@@ -1,11 +1,103 @@
 // tern::PortWriter: data messages to one port as trains (JobOp::kSendBatch), several on their
-// way at once.
+// way at once, or over a direct connection to the port's PortReader (docs/ipc.md "Direct
+// streams").
+//
+// The path: plain trains until a connection is welcomed; then a sync through the agents and
+// numbered DirectStream frames on the connection, held by the credits; when the connection
+// breaks, every frame the reader has not acknowledged goes again through the agents, numbered,
+// and the writer asks for a new connection at its next train. StreamSender keeps the protocol
+// state; this file does the I/O.
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/container/small_vector.hpp>
+#include <chrono>
+#include <random>
 #include <tern/ipc.hpp>
 #include <tern/ipc/job_wire.hpp>
 
 #include "channel_impl.hpp"
+#include "direct_connection.hpp"
+#include "send_all.hpp"
+#include "stream_sender.hpp"
+#include "stream_wire.hpp"
 
 namespace tern {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// After a refused direct_open (or a connection that broke before its welcome) the stream asks
+// again after this long, as a call does.
+constexpr auto kRefusedFor = std::chrono::seconds(1);
+// The bytes of frames kept for the reader at most, whatever the credits (a socket buffer's
+// worth of large messages, not the queue limit's).
+constexpr std::size_t kMaxUnreceivedBytes = 32u << 20;
+// Frame buffers kept for reuse (a large message's frame is not allocated anew each time).
+constexpr std::size_t kSpareFrames = 8;
+
+std::uint64_t NewWriterId() {
+  static std::atomic<std::uint64_t> counter{0};
+  std::random_device random;
+  std::uint64_t id = (static_cast<std::uint64_t>(random()) << 32) ^ random();
+  id ^= static_cast<std::uint64_t>(::getpid()) << 16;
+  id += counter.fetch_add(1);
+  return id == 0 ? 1 : id;
+}
+
+}  // namespace
+
+class PortWriter::Direct {
+ public:
+  libtern::StreamSender sender{NewWriterId()};
+  std::optional<std::uint32_t> opening;  // a posted direct_open
+  Clock::time_point open_after{};
+  std::optional<libtern::DirectConnection> connection;
+  libtern::StreamFrame frame;  // the frame being gathered
+  std::uint32_t credits = 0;
+  std::vector<std::string> spare;
+  bool switching = false;  // a switch of paths is under way: no other
+
+  // Takes the acks that came, without waiting; false when the connection is broken.
+  bool TakeAcks() {
+    if (!connection) return false;
+    const bool open = static_cast<bool>(connection->ReadAvailable());
+    while (auto frame = connection->Next()) {
+      if (!TakeAck(*frame)) return false;
+    }
+    return open;
+  }
+
+  // Waits for the next ack; false when the connection is broken.
+  bool AwaitAck() {
+    if (!connection) return false;
+    auto frame = connection->Read(Clock::time_point::max());
+    if (!frame || !*frame) return false;
+    return TakeAck(**frame);
+  }
+
+  bool TakeAck(const ipc::Frame& frame) {
+    if (frame.type != libtern::kDirectStreamAck) return false;
+    auto ack = libtern::ParseStreamAck(frame.payload);
+    if (!ack) return false;
+    if (ack->writer == 0) return true;  // a welcome again: nothing new
+    std::vector<std::string> freed;
+    if (!sender.Acked(*ack, freed)) return false;  // acknowledges what was never sent
+    if (ack->credits != 0) credits = ack->credits;
+    for (std::string& buffer : freed) {
+      if (spare.size() < kSpareFrames) spare.push_back(std::move(buffer));
+    }
+    return true;
+  }
+
+  std::string Buffer() {
+    if (spare.empty()) return {};
+    std::string buffer = std::move(spare.back());
+    spare.pop_back();
+    return buffer;
+  }
+};
 
 PortWriter::PortWriter(Channel channel, std::uint32_t port)
     : PortWriter(std::move(channel), port, Options{}) {}
@@ -14,18 +106,27 @@ PortWriter::PortWriter(Channel channel, std::uint32_t port, Options options)
     : channel_(std::move(channel)),
       port_(port),
       options_(options),
-      train_(std::make_unique<ipc::WireWriter>(/*share_data=*/true)) {
+      train_(std::make_unique<ipc::WireWriter>(/*share_data=*/true)),
+      direct_(std::make_unique<Direct>()) {
   if (options_.window == 0) options_.window = 1;
   if (options_.train_messages == 0) options_.train_messages = 1;
 }
 
-PortWriter::~PortWriter() { (void)flush(); }
+PortWriter::~PortWriter() {
+  (void)flush();
+  // A connection asked for and never collected: its fd is closed when the answer comes.
+  if (direct_->opening) channel_.impl_->Abandon(*direct_->opening);
+}
+
+std::uint64_t PortWriter::accepted() const { return accepted_ + direct_->sender.received_count(); }
+std::uint64_t PortWriter::accepted_direct() const { return direct_->sender.received_count(); }
 
 IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
   if (error_) return *error_;
-  train_->WriteMessageHeader({.destination = port_, .id = id, .item_count = 1});
-  train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-  train_->Borrowed(bytes);  // a large one is written from the caller's buffer, in Added()
+  ++written_;
+  const std::uint64_t sequence = direct_->sender.Number();
+  if (direct_->sender.direct()) return WriteDirect(id, bytes, nullptr);
+  AddToTrain(sequence, id, bytes, nullptr);
   return Added();
 }
 
@@ -37,18 +138,36 @@ IpcResult<void> PortWriter::write(const Message& message) {
                       "PortWriter carries data only (bytes, out-of-line); send rights with send"};
     }
   }
-  train_->WriteMessageHeader({.destination = port_,
-                              .id = message.id,
-                              .item_count = static_cast<std::uint32_t>(message.items.size())});
-  train_->WriteItems(message.items);
+  ++written_;
+  const std::uint64_t sequence = direct_->sender.Number();
+  if (direct_->sender.direct()) return WriteDirect(message.id, {}, &message);
+  AddToTrain(sequence, message.id, {}, &message);
   return Added();
+}
+
+void PortWriter::AddToTrain(std::uint64_t sequence, std::uint32_t id, std::string_view bytes,
+                            const Message* message) {
+  // Numbered once the writer has gone direct: the reader then orders both paths by sequence.
+  const bool numbered = direct_->sender.numbered();
+  const auto items = static_cast<std::uint32_t>(message ? message->items.size() : 1);
+  train_->WriteMessageHeader(
+      {.destination = port_, .id = id, .item_count = items + (numbered ? 1 : 0)});
+  if (numbered) {
+    train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+    train_->Bytes(libtern::EncodeStreamHeader({direct_->sender.writer(), sequence}));
+  }
+  if (message) {
+    train_->WriteItems(message->items);
+  } else {
+    train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+    train_->Borrowed(bytes);  // a large one is written from the caller's buffer, in Added()
+  }
 }
 
 // One more message is in the train: it leaves when full, or at once when it holds data it
 // did not copy (the caller's, valid only until write() returns).
 IpcResult<void> PortWriter::Added() {
   ++train_count_;
-  ++written_;
   if (train_count_ >= options_.train_messages || train_->out().size() >= options_.train_bytes ||
       !train_->shared().empty()) {
     return Ship();
@@ -57,49 +176,220 @@ IpcResult<void> PortWriter::Added() {
 }
 
 IpcResult<void> PortWriter::Ship() {
-  if (train_count_ == 0) return {};
-  while (in_flight_.size() >= options_.window && !error_) CollectOldest();
-  if (error_) {
-    *train_ = ipc::WireWriter(/*share_data=*/true);  // holds no view of the caller's data
-    return *error_;
+  if (train_count_ != 0) {
+    while (in_flight_.size() >= options_.window && !error_) CollectOldest();
+    if (error_) {
+      *train_ = ipc::WireWriter(/*share_data=*/true);  // holds no view of the caller's data
+      train_count_ = 0;
+      train_syncs_ = 0;
+      return *error_;
+    }
+    // A stream never drops: a full queue holds the train at the port's home until there is
+    // room.
+    const std::string header = libtern::TrainHeader(FullPolicy::kWait, ipc::kWaitForever,
+                                                    static_cast<std::uint32_t>(train_count_));
+    std::vector<std::string_view> pieces{header};
+    for (std::string_view piece : libtern::Pieces(*train_)) pieces.push_back(piece);
+    libtern::NoteAgentSend(*channel_.impl_, port_);
+    auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
+    train_->out().clear();
+    train_->shared().clear();
+    train_count_ = 0;
+    const std::size_t syncs = std::exchange(train_syncs_, 0);
+    if (!request) {
+      error_ = request.error();
+      return *error_;
+    }
+    in_flight_.push_back({*request, syncs});
   }
-  // A stream never drops: a full queue holds the train at the port's home until there is room.
-  const std::string header = libtern::TrainHeader(FullPolicy::kWait, ipc::kWaitForever,
-                                                  static_cast<std::uint32_t>(train_count_));
-  std::vector<std::string_view> pieces{header};
-  for (std::string_view piece : libtern::Pieces(*train_)) pieces.push_back(piece);
-  libtern::NoteAgentSend(*channel_.impl_, port_);
-  auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
-  train_->out().clear();
-  train_->shared().clear();
-  train_count_ = 0;
-  if (!request) {
-    error_ = request.error();
-    return *error_;
-  }
-  in_flight_.push_back(*request);
+  if (options_.direct && !direct_->switching) TryDirect();
   return {};
 }
 
 // Waits for the oldest train's answer.
 void PortWriter::CollectOldest() {
-  const std::uint32_t request = in_flight_.front();
+  const InFlight oldest = in_flight_.front();
   in_flight_.pop_front();
-  auto answer = libtern::ReadTrainAnswer(channel_.impl_->Collect(request));
+  auto answer = libtern::ReadTrainAnswer(channel_.impl_->Collect(oldest.request));
   if (!answer) {
     if (!error_) error_ = answer.error();
     return;
   }
-  accepted_ += answer->accepted;
+  accepted_ += answer->accepted - std::min<std::uint64_t>(oldest.syncs, answer->accepted);
   if (answer->refusal && !error_) error_ = std::move(answer->refusal);
 }
 
 IpcResult<void> PortWriter::flush() {
-  if (!error_) (void)Ship();
-  // Every answer is taken, after an error too, so that accepted() is final.
-  while (!in_flight_.empty()) CollectOldest();
-  if (error_) return *error_;
+  for (;;) {
+    if (!error_) {
+      if (!direct_->frame.empty()) (void)SendFrame();
+      (void)Ship();
+    }
+    // Every answer is taken, after an error too, so that accepted() is final.
+    while (!in_flight_.empty()) CollectOldest();
+    if (error_) return *error_;
+    // What went on the connection is flushed once the reader has it.
+    if (!direct_->sender.direct() || direct_->sender.all_received()) return {};
+    if (!direct_->AwaitAck()) (void)FallBack();
+  }
+}
+
+// The direct path ---------------------------------------------------------------------------
+
+void PortWriter::TryDirect() {
+  Direct& d = *direct_;
+  if (d.sender.direct()) return;
+  if (!d.connection) {
+    if (!d.opening) {
+      if (Clock::now() < d.open_after) return;
+      ipc::WireWriter body;
+      body.U32(port_);
+      auto posted = channel_.impl_->Post(ipc::JobOp::kDirectOpen, body.out());
+      if (posted) {
+        d.opening = *posted;
+      } else {
+        d.open_after = Clock::now() + kRefusedFor;
+      }
+      return;
+    }
+    // Nobody may be reading the channel (every train answered): read its answer here.
+    channel_.impl_->ReadIfIdle();
+    auto answer = channel_.impl_->TryCollect(*d.opening);
+    if (!answer) return;
+    d.opening.reset();
+    auto& result = *answer;
+    if (!result || !result->fd.valid()) {
+      // The receiver takes no direct traffic (never opted in, moving, an old agent).
+      d.open_after = Clock::now() + kRefusedFor;
+      return;
+    }
+    d.connection.emplace(std::move(result->fd));
+  }
+  // The connection waits for its welcome: only a PortReader sends one.
+  const bool open = static_cast<bool>(d.connection->ReadAvailable());
+  auto frame = d.connection->Next();
+  if (!frame) {
+    if (!open) {
+      // Broken before its welcome (revoked, the reader moving): the reader did accept, so ask
+      // again at the next train; a refusal then waits.
+      d.connection.reset();
+      d.open_after = Clock::now();
+    }
+    return;
+  }
+  auto welcome = frame->type == libtern::kDirectStreamAck ? libtern::ParseStreamAck(frame->payload)
+                                                          : std::nullopt;
+  if (!welcome || welcome->writer != 0) {
+    d.connection.reset();
+    d.open_after = Clock::now() + kRefusedFor;
+    return;
+  }
+  // Everything so far went through the agents (Ship just sent the last of it): the sync tells
+  // the reader where this writer's numbering stands, then the connection carries the rest.
+  d.switching = true;
+  d.credits = welcome->credits;
+  const std::uint64_t sync = d.sender.Welcomed(welcome->credits);
+  train_->WriteMessageHeader({.destination = port_, .id = libtern::kStreamSyncId, .item_count = 1});
+  train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+  train_->Bytes(libtern::EncodeStreamHeader({d.sender.writer(), sync}));
+  ++train_count_;
+  ++train_syncs_;
+  (void)Ship();
+  d.switching = false;
+}
+
+IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes,
+                                        const Message* message) {
+  Direct& d = *direct_;
+  if (d.frame.empty()) d.frame.Start(d.Buffer(), d.sender.writer(), d.sender.last());
+  std::size_t size = bytes.size();
+  if (message) {
+    d.frame.Add(id, message->items);
+    size = 0;
+    for (const Item& item : message->items) size += item.bytes().size();
+  } else {
+    d.frame.Add(id, bytes);
+  }
+  // A frame never holds more than a quarter of the window, so that several are on their way.
+  const std::size_t most =
+      std::clamp<std::size_t>(d.credits / 4, 1, std::max<std::size_t>(1, options_.train_messages));
+  if (d.frame.count() >= most || d.frame.size() >= options_.train_bytes ||
+      size >= ipc::WireWriter::kShareMin) {
+    return SendFrame();
+  }
   return {};
+}
+
+IpcResult<void> PortWriter::SendFrame() {
+  Direct& d = *direct_;
+  if (d.frame.empty()) return {};
+  const std::uint64_t last = d.frame.first() + d.frame.count() - 1;
+  bool ok = d.TakeAcks();
+  while (ok && (!d.sender.MaySend(last) || d.sender.unreceived_bytes() > kMaxUnreceivedBytes)) {
+    ok = d.AwaitAck();  // a full window holds the writer, as a full queue does
+  }
+  const std::uint64_t first = d.frame.first();
+  const std::uint32_t count = d.frame.count();
+  libtern::StreamFrameBytes bytes = d.frame.Finish();
+  if (ok) {
+    // Large items go from their owners' buffers, gathered, as a direct call's do.
+    boost::container::small_vector<std::string_view, 8> pieces;
+    ipc::ForEachPiece(
+        bytes.out, bytes.shared, [&](std::string_view piece) { pieces.push_back(piece); },
+        [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
+    ok = libtern::SendAll(d.connection->fd(), {pieces.data(), pieces.size()}) == 0;
+  }
+  d.sender.Sent({first, count, std::move(bytes)});
+  if (!ok) return FallBack();
+  return {};
+}
+
+IpcResult<void> PortWriter::FallBack() {
+  Direct& d = *direct_;
+  // The acks that came before the break spare their frames the resend.
+  if (d.connection) (void)d.TakeAcks();
+  d.connection.reset();
+  std::deque<libtern::StreamSender::Frame> frames = d.sender.Broke();
+  if (!d.frame.empty()) {
+    const std::uint64_t first = d.frame.first();
+    const std::uint32_t count = d.frame.count();
+    frames.push_back({first, count, d.frame.Finish()});
+  }
+  // Ask again at the next train (a refusal waits a second).
+  d.open_after = Clock::now();
+  // What the reader may not have goes through the agents, numbered, before anything newer
+  // (and before any sync: TryDirect waits until the resend is out).
+  d.switching = true;
+  std::vector<ItemView> items;
+  for (const auto& frame : frames) {
+    const std::string whole = frame.bytes.Joined();  // a rare copy: the connection broke
+    auto view = libtern::ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
+    if (!view) continue;  // written by this writer: cannot happen
+    for (std::size_t i = 0; i < view->messages.size(); ++i) {
+      items.clear();
+      if (!libtern::ReadStreamItems(view->messages[i].body, items)) continue;
+      train_->WriteMessageHeader({.destination = port_,
+                                  .id = view->messages[i].id,
+                                  .item_count = static_cast<std::uint32_t>(items.size() + 1)});
+      train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+      train_->Bytes(libtern::EncodeStreamHeader({d.sender.writer(), view->first + i}));
+      for (const ItemView& item : items) {
+        train_->U8(static_cast<std::uint8_t>(item.kind));
+        // Small ones are copied; a large one leaves at once (Added), while `whole` lives.
+        train_->Borrowed(item.bytes);
+      }
+      if (auto added = Added(); !added) {
+        d.switching = false;
+        return added;
+      }
+    }
+  }
+  auto shipped = Ship();
+  d.switching = false;
+  for (auto& frame : frames) {
+    if (d.spare.size() < kSpareFrames) d.spare.push_back(std::move(frame.bytes.out));
+  }
+  return shipped;
 }
 
 }  // namespace tern

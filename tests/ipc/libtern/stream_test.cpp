@@ -1,0 +1,289 @@
+// Direct streams (docs/ipc.md "Direct streams"): the protocol classes without I/O
+// (StreamReorder, StreamSender, the wire), then PortWriter -> PortReader over the fake agent's
+// connections, broken again and again, and a plain receiver that never opted in.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <tern/ipc.hpp>
+#include <tern/ipc/frame.hpp>
+#include <thread>
+#include <vector>
+
+#include "fake_agent.hpp"
+#include "port_fixture.hpp"
+#include "stream_reorder.hpp"
+#include "stream_sender.hpp"
+#include "stream_wire.hpp"
+
+namespace tern {
+namespace {
+
+using libtern::StreamAck;
+using libtern::StreamReorder;
+using libtern::StreamSender;
+using testing::Eventually;
+
+// What a StreamReorder<int> released, in order.
+struct Released {
+  std::vector<int> values;
+  auto sink() {
+    return [this](int value) { values.push_back(value); };
+  }
+};
+
+TEST(StreamReorder, AWritersMessagesFromAConnectionWaitUntilTheAgentsSayWhereItStands) {
+  StreamReorder<int> table;
+  Released out;
+  table.Offer(7, 11, /*through_agents=*/false, 11, out.sink());
+  table.Offer(7, 12, false, 12, out.sink());
+  EXPECT_TRUE(out.values.empty()) << "unknown writer: nothing may overtake its agent traffic";
+  EXPECT_EQ(table.waiting(), 2u);
+  table.Sync(7, 10, out.sink());  // 1..10 went through the agents before the sync
+  EXPECT_EQ(out.values, (std::vector<int>{11, 12}));
+  EXPECT_EQ(table.progress(7)->received, 12u);
+}
+
+TEST(StreamReorder, ANumberedMessageThroughTheAgentsStartsAnUnknownWriter) {
+  StreamReorder<int> table;
+  Released out;
+  table.Offer(3, 6, false, 6, out.sink());
+  table.Offer(3, 5, true, 5, out.sink());
+  EXPECT_EQ(out.values, (std::vector<int>{5, 6}));
+}
+
+TEST(StreamReorder, DuplicatesAreDroppedAndGapsWaitForTheResend) {
+  StreamReorder<int> table;
+  Released out;
+  table.Sync(1, 0, out.sink());
+  for (int i : {1, 2, 5, 6}) table.Offer(1, i, false, i, out.sink());
+  EXPECT_EQ(out.values, (std::vector<int>{1, 2}));
+  EXPECT_EQ(table.progress(1)->received, 2u);
+  // The connection broke: 3..6 come again through the agents; 5 and 6 are already here.
+  for (int i : {2, 3, 4, 5, 6}) table.Offer(1, i, true, i, out.sink());
+  EXPECT_EQ(out.values, (std::vector<int>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(table.dropped(), 3u);
+  EXPECT_EQ(table.waiting(), 0u);
+  // A later sync for what is already in changes nothing.
+  table.Sync(1, 6, out.sink());
+  table.Offer(1, 7, false, 7, out.sink());
+  EXPECT_EQ(out.values.back(), 7);
+}
+
+TEST(StreamReorder, WritersAreIndependentAndHandedOutIsTracked) {
+  StreamReorder<int> table;
+  Released out;
+  table.Sync(1, 0, out.sink());
+  table.Sync(2, 100, out.sink());
+  table.Offer(2, 101, false, 201, out.sink());
+  table.Offer(1, 2, false, 2, out.sink());
+  table.Offer(1, 1, false, 1, out.sink());
+  EXPECT_EQ(out.values, (std::vector<int>{201, 1, 2}));
+  table.HandedOut(1, 1);
+  EXPECT_EQ(table.progress(1)->handed, 1u);
+  EXPECT_EQ(table.progress(2)->handed, 100u) << "what came before the sync was handed out";
+  EXPECT_FALSE(table.progress(3));
+}
+
+TEST(StreamSender, PlainUntilWelcomedThenNumberedAndHeldByCredits) {
+  StreamSender sender(42);
+  EXPECT_EQ(sender.Number(), 1u);
+  EXPECT_EQ(sender.Number(), 2u);
+  EXPECT_FALSE(sender.numbered());
+  EXPECT_FALSE(sender.MaySend(3));
+  EXPECT_EQ(sender.Welcomed(4), 2u) << "the sync carries the last sequence given out";
+  EXPECT_TRUE(sender.numbered());
+  EXPECT_TRUE(sender.MaySend(6));
+  EXPECT_FALSE(sender.MaySend(7)) << "at most 4 ahead of what the reader handed out";
+  for (int i = 0; i < 4; ++i) sender.Number();
+  sender.Sent({3, 2, {"frame 3-4", {}}});
+  sender.Sent({5, 2, {"frame 5-6", {}}});
+  std::vector<std::string> freed;
+  ASSERT_TRUE(sender.Acked({42, 4, 3, 4}, freed));
+  EXPECT_EQ(freed, std::vector<std::string>{"frame 3-4"});
+  EXPECT_EQ(sender.received_count(), 2u);
+  EXPECT_TRUE(sender.MaySend(7));
+  EXPECT_FALSE(sender.MaySend(8));
+  EXPECT_FALSE(sender.Acked({42, 9, 3, 4}, freed)) << "acknowledges what was never sent";
+  EXPECT_FALSE(sender.Acked({41, 4, 3, 4}, freed)) << "another writer's ack";
+}
+
+TEST(StreamSender, ABrokenConnectionGivesBackWhatTheReaderMayNotHaveInOrder) {
+  StreamSender sender(1);
+  sender.Welcomed(100);
+  for (int i = 0; i < 6; ++i) sender.Number();
+  sender.Sent({1, 2, {"a", {}}});
+  sender.Sent({3, 2, {"b", {}}});
+  sender.Sent({5, 2, {"c", {}}});
+  std::vector<std::string> freed;
+  ASSERT_TRUE(sender.Acked({1, 3, 0, 100}, freed));  // 3 received, 4 not: "b" stays
+  auto back = sender.Broke();
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[0].bytes.out, "b");
+  EXPECT_EQ(back[1].bytes.out, "c");
+  EXPECT_FALSE(sender.direct());
+  EXPECT_TRUE(sender.numbered()) << "numbered for good: the reader orders by sequence now";
+  EXPECT_TRUE(sender.all_received());
+  EXPECT_EQ(sender.Welcomed(10), 6u);
+}
+
+TEST(StreamWire, FramesHeadersAndAcksRoundTrip) {
+  libtern::StreamFrame frame;
+  frame.Start({}, 9, 17);
+  frame.Add(5, "hello");
+  frame.Add(6, std::vector<Item>{Item::Bytes("a"), Item::OutOfLine("bb")});
+  const std::string bytes = frame.Finish().Joined();
+  ipc::FrameDecoder decoder;
+  ASSERT_TRUE(decoder.Feed(bytes));
+  auto whole = decoder.Next();
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->type, libtern::kDirectStream);
+  auto view = libtern::ParseStreamFrame(whole->payload);
+  ASSERT_TRUE(view);
+  EXPECT_EQ(view->writer, 9u);
+  EXPECT_EQ(view->first, 17u);
+  ASSERT_EQ(view->messages.size(), 2u);
+  std::vector<ItemView> items;
+  ASSERT_TRUE(libtern::ReadStreamItems(view->messages[1].body, items));
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_EQ(items[1].kind, ItemKind::kOutOfLine);
+  EXPECT_EQ(items[1].bytes, "bb");
+  EXPECT_FALSE(libtern::ParseStreamFrame(whole->payload + "x")) << "trailing bytes";
+
+  const std::string header = libtern::EncodeStreamHeader({3, 4});
+  auto decoded = libtern::DecodeStreamHeader(ItemKind::kBytes, header);
+  ASSERT_TRUE(decoded);
+  EXPECT_EQ(decoded->sequence, 4u);
+  EXPECT_FALSE(libtern::DecodeStreamHeader(ItemKind::kOutOfLine, header));
+  EXPECT_FALSE(libtern::DecodeStreamHeader(ItemKind::kBytes, std::string(24, 'x')));
+
+  std::string ack;
+  libtern::AppendStreamAck(ack, {1, 2, 3, 4});
+  auto parsed = libtern::ParseStreamAck(std::string_view(ack).substr(ipc::kFrameHeaderSize));
+  ASSERT_TRUE(parsed);
+  EXPECT_EQ(parsed->credits, 4u);
+}
+
+// The fake agent fails a train at once on a full queue (it does not model kWait): a port with
+// room for any test's backlog. The writers' credits are that limit too.
+struct StreamFixture : testing::PortFixture {
+  void SetUp() override {
+    auto allocated = channel.port_allocate(65536);
+    ASSERT_TRUE(allocated);
+    port = *allocated;
+    auto made = channel.make_send(port);
+    ASSERT_TRUE(made);
+    send_right = *made;
+  }
+};
+
+// A writer on another thread streams numbered messages while every connection is broken again
+// and again (as revocation and moves do): the reader sees each exactly once, in order, and
+// most of them came direct.
+TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithoutDuplicates) {
+  constexpr std::uint32_t kCount = 60000;
+  PortReader reader(channel, port, {.direct = true});
+  MessageView message;
+  // The reader opts in on its first wait: from then on the port takes connections.
+  ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
+  ASSERT_TRUE(Eventually([&] { return agent.requests_with_op(ipc::JobOp::kDirectAccept) >= 1; }));
+  std::atomic<bool> done{false};
+  std::thread writer_thread([&] {
+    PortWriter writer(channel, send_right, {.train_messages = 64, .direct = true});
+    for (std::uint32_t i = 0; i < kCount; ++i) {
+      auto written = writer.write("m" + std::to_string(i), i);
+      ASSERT_TRUE(written) << i << ": " << written.error().ToString();
+    }
+    auto flushed = writer.flush();
+    ASSERT_TRUE(flushed) << flushed.error().ToString();
+    EXPECT_EQ(writer.accepted(), kCount);
+    done = true;
+  });
+  std::atomic<int> breaks{0};
+  std::thread breaker([&] {
+    while (!done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      agent.BreakDirectConnections();
+      ++breaks;
+    }
+  });
+  for (std::uint32_t i = 0; i < kCount; ++i) {
+    auto next = reader.next(message, std::chrono::seconds(10));
+    ASSERT_TRUE(next) << i << ": " << next.error().ToString();
+    ASSERT_EQ(message.id, i);
+    ASSERT_EQ(message.bytes(), "m" + std::to_string(i));
+    ASSERT_EQ(message.items.size(), 1u) << "the stream header is stripped";
+    ASSERT_EQ(message.destination, port);
+  }
+  writer_thread.join();
+  breaker.join();
+  EXPECT_GT(reader.handed_direct(), 0u);
+  EXPECT_GE(breaks.load(), 3) << "the stream ended before the connections broke: make it longer";
+  EXPECT_EQ(reader.next(message, Timeout(50)).status(), JobStatus::kTimedOut) << "nothing more";
+  std::printf("%d breaks, %llu of %u direct, %llu duplicates dropped\n", breaks.load(),
+              static_cast<unsigned long long>(reader.handed_direct()), kCount,
+              static_cast<unsigned long long>(reader.dropped_duplicates()));
+}
+
+// Large messages go direct too: a caller's bytes are copied into the frame (it may reuse its
+// buffer once write() returns), a Message's items are kept by reference; each arrives whole.
+TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
+  PortReader reader(channel, port, {.direct = true});
+  MessageView message;
+  ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
+  const auto pattern = [](std::size_t size, char seed) {
+    std::string bytes(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(seed + i * 7);
+    return bytes;
+  };
+  constexpr std::uint32_t kCount = 40;
+  std::thread writer_thread([&] {
+    PortWriter writer(channel, send_right, {.direct = true});
+    for (std::uint32_t i = 0; i < kCount; ++i) {
+      if (i % 2 == 0) {
+        std::string buffer = pattern(200 << 10, static_cast<char>(i));
+        ASSERT_TRUE(writer.write(buffer, i));
+        buffer.assign(buffer.size(), 'x');  // the caller's buffer is its own again
+      } else {
+        ASSERT_TRUE(writer.write(
+            MessageBuilder(0).id(i).out_of_line(pattern(300 << 10, static_cast<char>(i))).build()));
+      }
+    }
+    auto done = writer.flush();
+    ASSERT_TRUE(done) << done.error().ToString();
+    EXPECT_EQ(writer.accepted(), kCount);
+  });
+  for (std::uint32_t i = 0; i < kCount; ++i) {
+    auto next = reader.next(message, Timeout(5000));
+    ASSERT_TRUE(next) << i << ": " << next.error().ToString();
+    ASSERT_EQ(message.id, i);
+    ASSERT_TRUE(message.bytes() ==
+                pattern(i % 2 == 0 ? 200 << 10 : 300 << 10, static_cast<char>(i)))
+        << "message " << i << " damaged";
+  }
+  writer_thread.join();
+  EXPECT_GT(reader.handed_direct(), 0u);
+}
+
+// A receiver that never read with a PortReader never accepts: the writer's messages arrive
+// through the agents exactly as written (no header, no sync).
+TEST_F(StreamFixture, AReceiverThatNeverOptedInGetsThePlainMessages) {
+  {
+    PortWriter writer(channel, send_right, {.train_messages = 4, .direct = true});
+    for (std::uint32_t i = 0; i < 100; ++i) ASSERT_TRUE(writer.write("p" + std::to_string(i), i));
+    ASSERT_TRUE(writer.flush());
+    EXPECT_EQ(writer.accepted(), 100u);
+    EXPECT_EQ(writer.accepted_direct(), 0u);
+  }
+  for (std::uint32_t i = 0; i < 100; ++i) {
+    auto message = channel.receive(port, Timeout(2000));
+    ASSERT_TRUE(message) << message.error().ToString();
+    EXPECT_EQ(message->id, i);
+    ASSERT_EQ(message->items.size(), 1u);
+    EXPECT_EQ(FirstBytes(*message), "p" + std::to_string(i));
+  }
+  EXPECT_EQ(channel.receive(port, Timeout(0)).status(), JobStatus::kTimedOut);
+}
+
+}  // namespace
+}  // namespace tern
