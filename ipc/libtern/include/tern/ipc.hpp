@@ -281,9 +281,10 @@ class PortWriter {
     std::size_t window = 8;
     std::size_t train_bytes = 64 << 10;  // a train leaves when it holds this many bytes
     std::size_t train_messages = 2048;   // ... or this many messages
-    // Go direct to a PortReader (docs/ipc.md "Direct streams"). Off by default for now: with
-    // it, eight concurrent 1 MiB streams made their agent mark some writer jobs "lost" right
-    // after they started (docs/ipc.md, "Limits"), a fault of the agent not yet found.
+    // Go direct to a PortReader that asked for it too (docs/ipc.md "Direct streams"). Off by
+    // default for now: with it, eight concurrent 1 MiB streams made their agent mark some
+    // writer jobs "lost" right after they started, a fault not yet found (the section's
+    // "Limits").
     bool direct = false;
   };
 
