@@ -3,7 +3,7 @@
 //
 //   tern-bench-ipc-move server move --name NAME [--size S] [--queue Q] [--count CAP]
 //   tern-bench-ipc-move client move --name NAME [--size S] [--count CAP] [--seconds T]
-//       [--window W] [--train-bytes B] [--label L]
+//       [--window W] [--train-bytes B] [--label L] [--direct 0|1]
 //
 // Both ends run as tern jobs; bench/ipc/run moves the server (the reader) while the client
 // writes. The server registers NAME on a port of queue limit --queue and reads with a
@@ -14,7 +14,9 @@
 // duplicated and reordered (by their numbers, with no retry anywhere that could hide a loss),
 // the messages per second over the whole stream, and the longest gap between two arrivals at
 // the reader (the stall a move costs the stream), measured on the node's monotonic clock, which
-// a job moved within one machine keeps.
+// a job moved within one machine keeps. With --direct 1 (the default) both ends ask for a
+// direct stream (docs/ipc.md "Direct streams"), which falls back to the agents while the reader
+// moves and comes back after; --direct 0 keeps the stream on the agents.
 //
 // Exit status: 0 done (whatever the account says: the driver judges it), 1 failed, 3 tern IPC
 // is not available here.
@@ -32,7 +34,7 @@ namespace {
 
 constexpr std::string_view kUsage =
     "tern-bench-ipc-move {server,client} move --name NAME [--size S] [--count CAP] "
-    "[--seconds T] [--queue Q] [--window W] [--train-bytes B] [--label L]";
+    "[--seconds T] [--queue Q] [--window W] [--train-bytes B] [--label L] [--direct 0|1]";
 constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
 // A move freezes the reader for a second or two; the writer's flush and the reader's next()
@@ -87,17 +89,17 @@ class Account {
     highest_ = std::max(highest_, number);
   }
 
-  std::string Json(std::uint64_t written) const {
+  std::string Json(std::uint64_t written, std::uint64_t direct) const {
     const std::uint64_t lost = written > distinct_ ? written - distinct_ : 0;
     char text[512];
-    std::snprintf(text, sizeof text,
-                  "\"received\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,"
-                  "\"out_of_range\":%llu,\"longest_stall_ms\":%.1f",
-                  static_cast<unsigned long long>(received_), static_cast<unsigned long long>(lost),
-                  static_cast<unsigned long long>(duplicated_),
-                  static_cast<unsigned long long>(reordered_),
-                  static_cast<unsigned long long>(out_of_range_),
-                  std::chrono::duration<double, std::milli>(longest_gap_).count());
+    std::snprintf(
+        text, sizeof text,
+        "\"received\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,"
+        "\"out_of_range\":%llu,\"direct\":%llu,\"longest_stall_ms\":%.1f",
+        static_cast<unsigned long long>(received_), static_cast<unsigned long long>(lost),
+        static_cast<unsigned long long>(duplicated_), static_cast<unsigned long long>(reordered_),
+        static_cast<unsigned long long>(out_of_range_), static_cast<unsigned long long>(direct),
+        std::chrono::duration<double, std::milli>(longest_gap_).count());
     return text;
   }
 
@@ -114,7 +116,7 @@ int Server(const Options& options) {
   const Channel channel;
   const std::uint32_t port = Check(channel.port_allocate(options.queue), "port_allocate");
   Check(channel.name_register(options.name, port), "name_register");
-  PortReader reader(channel, port);
+  PortReader reader(channel, port, PortReader::Options{.batch = 1024, .direct = options.direct});
   Account account(options.count);
   MessageView message;
   for (;;) {
@@ -127,7 +129,8 @@ int Server(const Options& options) {
         message.bytes().size() != sizeof(std::uint64_t)) {
       continue;
     }
-    Message answer = BytesMessage(message.reply, account.Json(LoadNumber(message.bytes())));
+    Message answer = BytesMessage(
+        message.reply, account.Json(LoadNumber(message.bytes()), reader.handed_direct()));
     answer.destination_disposition = Disposition::kMoveSendOnce;
     Check(channel.send(answer), "send the account");
     // The answer leaves before the job's rights go away with it.
@@ -155,6 +158,7 @@ int Client(const Options& options, double seconds) {
   PortWriter::Options writer_options;
   if (options.window != 0) writer_options.window = options.window;
   if (options.train_bytes != 0) writer_options.train_bytes = options.train_bytes;
+  writer_options.direct = options.direct;
   const auto start = Clock::now();
   const auto stop =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
