@@ -28,8 +28,12 @@
 #include <vector>
 
 #include "common.hpp"
+#include "tern_steps.hpp"
 
 namespace tern::bench {
+
+const char* const kProgram = "tern-bench-ipc-move";
+
 namespace {
 
 constexpr std::string_view kUsage =
@@ -40,24 +44,6 @@ constexpr std::uint32_t kEndId = 2;
 // A move freezes the reader for a second or two; the writer's flush and the reader's next()
 // wait through it, but not for ever.
 constexpr auto kStepTimeout = std::chrono::seconds(120);
-
-template <typename T>
-T Check(IpcResult<T> result, const char* what) {
-  if (!result) {
-    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
-    std::fprintf(stderr, "tern-bench-ipc-move: %s: %s\n", what, result.error().ToString().c_str());
-    std::exit(status);
-  }
-  return std::move(result).value();
-}
-
-void Check(IpcResult<void> result, const char* what) {
-  if (!result) {
-    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
-    std::fprintf(stderr, "tern-bench-ipc-move: %s: %s\n", what, result.error().ToString().c_str());
-    std::exit(status);
-  }
-}
 
 std::uint64_t LoadNumber(std::string_view bytes) {
   std::uint64_t value = 0;
@@ -136,17 +122,6 @@ int Server(const Options& options) {
     // The answer leaves before the job's rights go away with it.
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     return 0;
-  }
-}
-
-std::uint32_t Lookup(const Channel& channel, const std::string& name) {
-  const auto deadline = Clock::now() + std::chrono::seconds(30);
-  while (true) {
-    auto port = channel.name_lookup(name);
-    if (port || port.status() != JobStatus::kNotFound || Clock::now() > deadline) {
-      return Check(std::move(port), "name_lookup");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
 

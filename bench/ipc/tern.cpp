@@ -43,8 +43,12 @@
 #include <vector>
 
 #include "common.hpp"
+#include "tern_steps.hpp"
 
 namespace tern::bench {
+
+const char* const kProgram = "tern-bench-ipc-tern";
+
 namespace {
 
 constexpr std::string_view kUsage =
@@ -55,24 +59,6 @@ constexpr std::uint32_t kDataId = 1;
 constexpr std::uint32_t kEndId = 2;
 constexpr std::size_t kInlineLimit = 64 * 1024;
 constexpr auto kStepTimeout = std::chrono::seconds(60);
-
-template <typename T>
-T Check(IpcResult<T> result, const char* what) {
-  if (!result) {
-    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
-    std::fprintf(stderr, "tern-bench-ipc-tern: %s: %s\n", what, result.error().ToString().c_str());
-    std::exit(status);
-  }
-  return std::move(result).value();
-}
-
-void Check(IpcResult<void> result, const char* what) {
-  if (!result) {
-    const int status = result.error().status == JobStatus::kUnavailable ? 3 : 1;
-    std::fprintf(stderr, "tern-bench-ipc-tern: %s: %s\n", what, result.error().ToString().c_str());
-    std::exit(status);
-  }
-}
 
 void PingPongServer(const Channel& channel, std::uint32_t port) {
   std::atomic<bool> bye = false;
@@ -160,17 +146,6 @@ int Server(const Options& options) {
   }
   std::printf("{\"role\":\"server\",\"op\":\"%s\",\"done\":true}\n", options.op.c_str());
   return 0;
-}
-
-std::uint32_t Lookup(const Channel& channel, const std::string& name) {
-  const auto deadline = Clock::now() + std::chrono::seconds(30);
-  while (true) {
-    auto port = channel.name_lookup(name);
-    if (port || port.status() != JobStatus::kNotFound || Clock::now() > deadline) {
-      return Check(std::move(port), "name_lookup");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
 }
 
 int Client(const Options& options) {
