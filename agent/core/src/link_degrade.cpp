@@ -96,45 +96,54 @@ Expected<void> ApplyLinkLoss(int loss_pct) {
       "}\n");
 }
 
+// A route socket and the root qdisc of the interface holding `address`: what both setting and
+// lifting a rate start from.
+struct RootQdiscOf {
+  NlSocket socket;
+  std::unique_ptr<rtnl_qdisc, QdiscDeleter> qdisc;
+};
+
+Expected<RootQdiscOf> RootQdiscHolding(const std::string& address) {
+  auto socket = RouteSocket();
+  if (!socket) return Unexpected<Error>{socket.error()};
+  auto ifindex = InterfaceOf(socket->get(), address);
+  if (!ifindex) return Unexpected<Error>{ifindex.error()};
+  auto qdisc = RootQdisc(*ifindex);
+  if (!qdisc) return Unexpected<Error>{qdisc.error()};
+  return RootQdiscOf{std::move(*socket), std::move(*qdisc)};
+}
+
 Expected<void> LiftLinkLoss() {
   return RunNftBatch("add table inet tern_fault_loss\ndelete table inet tern_fault_loss\n");
 }
 
 Expected<void> ApplyLinkRate(const std::string& address, int rate_kbit) {
   if (rate_kbit < 8) return Fail("a rate needs at least 8 kbit/s");
-  auto socket = RouteSocket();
-  if (!socket) return Unexpected<Error>{socket.error()};
-  auto ifindex = InterfaceOf(socket->get(), address);
-  if (!ifindex) return Unexpected<Error>{ifindex.error()};
-  auto qdisc = RootQdisc(*ifindex);
-  if (!qdisc) return Unexpected<Error>{qdisc.error()};
-  if (int err = rtnl_tc_set_kind(TC_CAST(qdisc->get()), "tbf"); err < 0) {
+  auto root = RootQdiscHolding(address);
+  if (!root) return Unexpected<Error>{root.error()};
+  auto& [socket, qdisc] = *root;
+  if (int err = rtnl_tc_set_kind(TC_CAST(qdisc.get()), "tbf"); err < 0) {
     return Fail(std::string("tbf: ") + nl_geterror(err));
   }
   const int bytes_per_second = rate_kbit * 1000 / 8;
   // A bucket of 10 ms of traffic, at least a few full frames, so that the rate holds but a
   // frame always fits.
-  rtnl_qdisc_tbf_set_rate(qdisc->get(), bytes_per_second, std::max(bytes_per_second / 100, 8192),
-                          0);
-  if (int err = rtnl_qdisc_tbf_set_limit_by_latency(qdisc->get(), kQueueLatencyUs); err < 0) {
+  rtnl_qdisc_tbf_set_rate(qdisc.get(), bytes_per_second, std::max(bytes_per_second / 100, 8192), 0);
+  if (int err = rtnl_qdisc_tbf_set_limit_by_latency(qdisc.get(), kQueueLatencyUs); err < 0) {
     return Fail(std::string("tbf limit: ") + nl_geterror(err));
   }
-  if (int err = rtnl_qdisc_add(socket->get(), qdisc->get(), NLM_F_CREATE | NLM_F_REPLACE);
-      err < 0) {
+  if (int err = rtnl_qdisc_add(socket.get(), qdisc.get(), NLM_F_CREATE | NLM_F_REPLACE); err < 0) {
     return Fail(std::string("cannot set the rate: ") + nl_geterror(err));
   }
   return {};
 }
 
 Expected<void> LiftLinkRate(const std::string& address) {
-  auto socket = RouteSocket();
-  if (!socket) return Unexpected<Error>{socket.error()};
-  auto ifindex = InterfaceOf(socket->get(), address);
-  if (!ifindex) return Unexpected<Error>{ifindex.error()};
-  auto qdisc = RootQdisc(*ifindex);
-  if (!qdisc) return Unexpected<Error>{qdisc.error()};
+  auto root = RootQdiscHolding(address);
+  if (!root) return Unexpected<Error>{root.error()};
+  auto& [socket, qdisc] = *root;
   // Deleting the root qdisc puts the interface's default back; none there is not an error.
-  if (int err = rtnl_qdisc_delete(socket->get(), qdisc->get());
+  if (int err = rtnl_qdisc_delete(socket.get(), qdisc.get());
       err < 0 && err != -NLE_OBJ_NOTFOUND && err != -NLE_INVAL) {
     return Fail(std::string("cannot lift the rate: ") + nl_geterror(err));
   }
