@@ -299,12 +299,12 @@ std::uint32_t ReadyInbox(const Channel& channel, const std::string& name, std::u
   return *port;
 }
 
-int BulkReader(const Channel& channel, const std::string& name) {
+int BulkReader(const Channel& channel, const std::string& name, bool direct) {
   // A queue that never holds the writers back (1000 messages, as the IPC bench's): all eight
   // trains of every writer are on their way all the time.
   const std::uint32_t inbox = ReadyInbox(channel, name, 1000);
   if (inbox == 0) return Fail("setup");
-  tern::PortReader reader(channel, inbox, 64);
+  tern::PortReader reader(channel, inbox, {.batch = 64, .direct = direct});
   tern::MessageView message;
   for (std::uint32_t i = 0; i < kBulkMessages; ++i) {
     auto got = reader.next(message, 60s);
@@ -677,7 +677,10 @@ int main(int argc, char** argv) {
   if (mode == "bulk-writer" || mode == "bulk-writer-agents") {
     code = BulkWriter(channel, name, mode == "bulk-writer");
   }
-  if (mode == "bulk-reader") code = BulkReader(channel, name);
+  // bulk-reader-agents: a reader that never accepts direct traffic.
+  if (mode == "bulk-reader" || mode == "bulk-reader-agents") {
+    code = BulkReader(channel, name, mode == "bulk-reader");
+  }
   if (mode == "move-receive-peer") code = MoveReceivePeer(channel, name);
   if (mode == "nosenders-server") code = NoSendersServer(channel, name);
   if (mode == "nosenders-client") code = NoSendersClient(channel, name);

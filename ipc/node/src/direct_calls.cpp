@@ -148,10 +148,13 @@ Expected<std::pair<std::uint64_t, std::uint64_t>> DirectCalls::HandOver(
       ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes) != 0) {
     return Fail(std::string("setsockopt: ") + std::strerror(errno));
   }
-  UniqueFd own(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  if (!own.valid()) return Fail(std::string("dup: ") + std::strerror(errno));
-  boost::system::error_code ignored;
-  socket.close(ignored);
+  // release(), not a dup and close: Asio leaves a closed descriptor in its epoll set, trusting
+  // the close to remove it, and a dup keeps the socket open, so the socket's events (the job
+  // shares it) would go on waking whatever descriptor Asio registers next under the same
+  // state, such as a job's pidfd, whose watch then saw the job end.
+  boost::system::error_code released;
+  UniqueFd own(socket.release(released));
+  if (released || !own.valid()) return Fail("cannot take the socket from Asio: " + released.message());
   // O_NONBLOCK belongs to the open socket, which the job shares: Asio's mode must not leak.
   const int flags = ::fcntl(own.get(), F_GETFL);
   if (flags < 0 || ::fcntl(own.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
