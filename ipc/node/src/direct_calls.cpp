@@ -154,7 +154,8 @@ Expected<std::pair<std::uint64_t, std::uint64_t>> DirectCalls::HandOver(
   // state, such as a job's pidfd, whose watch then saw the job end.
   boost::system::error_code released;
   UniqueFd own(socket.release(released));
-  if (released || !own.valid()) return Fail("cannot take the socket from Asio: " + released.message());
+  if (released || !own.valid())
+    return Fail("cannot take the socket from Asio: " + released.message());
   // O_NONBLOCK belongs to the open socket, which the job shares: Asio's mode must not leak.
   const int flags = ::fcntl(own.get(), F_GETFL);
   if (flags < 0 || ::fcntl(own.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {

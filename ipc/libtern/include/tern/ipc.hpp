@@ -281,11 +281,9 @@ class PortWriter {
     std::size_t window = 8;
     std::size_t train_bytes = 64 << 10;  // a train leaves when it holds this many bytes
     std::size_t train_messages = 2048;   // ... or this many messages
-    // Go direct to a PortReader that asked for it too (docs/ipc.md "Direct streams"). Off by
-    // default for now: with it, eight concurrent 1 MiB streams made their agent mark some
-    // writer jobs "lost" right after they started, a fault not yet found (the section's
-    // "Limits").
-    bool direct = false;
+    // Go direct to a PortReader that asked for it too (docs/ipc.md "Direct streams"); false
+    // keeps the stream on the agents.
+    bool direct = true;
   };
 
   // `port`: a send (or receive) right of this job.
@@ -379,9 +377,9 @@ class PortReader {
   struct Options {
     std::uint32_t batch = 1024;  // messages per receive_many
     // Take direct connections from PortWriters (docs/ipc.md "Direct streams"): a receive kept
-    // posted at the agent while the reader waits on its connections too. Off by default, as
-    // PortWriter's: one blocking receive_many at a time, as before.
-    bool direct = false;
+    // posted at the agent while the reader waits on its connections too. false: one blocking
+    // receive_many at a time, and every writer stays on the agents.
+    bool direct = true;
   };
   // `port`: a receive right of this job.
   PortReader(Channel channel, std::uint32_t port, std::uint32_t batch = 1024);
