@@ -9,6 +9,10 @@
 // counter holds a file lock for that long from its start, as SQLite inside a transaction does:
 // CRIU refuses to dump a job holding one ("Some file locks are hold by dumping tasks"), which is
 // how the campaign makes a real dump fail and the source enter `dump_retry_wait`.
+// Beside them, on threads of their own, the sender streams numbers through a PortWriter to a
+// PortReader of the counter (a direct stream: a connection between the two jobs that either
+// move breaks; "streamed N" once flush() returned, that is once the counter had N) and the
+// counter prints "streamgot N": a stream that stalls holds only its own thread.
 //
 //   tern-fault-probe counter --name NAME [--ballast-mb 0] [--hold-lock-s 0]
 //   tern-fault-probe sender --name NAME [--interval-ms 20] [--call-every 5]
@@ -57,6 +61,52 @@ void HoldLock(long seconds) {
   }).detach();
 }
 
+// Waits for good once the job's IPC is gone with its agent (the known limit): says so once.
+[[noreturn]] void Disconnected(const char* what) {
+  Print(what, 0);
+  for (;;) std::this_thread::sleep_for(1h);
+}
+
+bool GoneForGood(const Channel& channel, tern::JobStatus status) {
+  return !channel.connected() || status == tern::JobStatus::kInvalidName ||
+         status == tern::JobStatus::kDeadName;
+}
+
+// The counter's end of the stream: every message handed out, in the order handed out.
+void ReadStream(const Channel& channel, std::uint32_t port) {
+  tern::PortReader reader(channel, port);
+  tern::MessageView message;
+  for (;;) {
+    auto got = reader.next(message, 1s);
+    if (got) {
+      Print("streamgot", std::stoll(std::string(message.bytes())));
+    } else if (GoneForGood(channel, got.status())) {
+      Disconnected("streamdisconnected");
+    } else if (got.status() != tern::JobStatus::kTimedOut) {
+      std::printf("streamreaderr %s\n", got.error().ToString().c_str());
+      std::fflush(stdout);
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+}
+
+// The sender's end: one message, then a flush, every `interval_ms`; stops at the first error
+// (a PortWriter's error ends its stream).
+void WriteStream(const Channel& channel, std::uint32_t port, long interval_ms) {
+  tern::PortWriter writer(channel, port);
+  for (long long n = 1;; ++n) {
+    auto written = writer.write(std::to_string(n));
+    auto flushed = written ? writer.flush() : written;
+    if (!flushed) {
+      std::printf("streamerr %lld %s\n", n, flushed.error().ToString().c_str());
+      std::fflush(stdout);
+      Disconnected("streamstopped");
+    }
+    Print("streamed", n);
+    std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+  }
+}
+
 int Counter(const Channel& channel, const std::string& name, long ballast_mb, long hold_lock_s) {
   HoldLock(hold_lock_s);
   // Every page written with data that differs per page, so that CRIU dumps each one.
@@ -70,14 +120,20 @@ int Counter(const Channel& channel, const std::string& name, long ballast_mb, lo
   if (!ballast.empty()) Print("ballast", static_cast<long long>(sum >> 1));
   auto port = channel.port_allocate(4096);
   auto rpc = channel.port_allocate();
+  auto stream = channel.port_allocate(4096);
   if (!port) return tern::examples::Fail("port_allocate", port.error());
   if (!rpc) return tern::examples::Fail("port_allocate", rpc.error());
+  if (!stream) return tern::examples::Fail("port_allocate", stream.error());
   if (auto ok = channel.name_register(name, *port); !ok) {
     return tern::examples::Fail("name_register " + name, ok.error());
   }
   if (auto ok = channel.name_register(name + "-rpc", *rpc); !ok) {
     return tern::examples::Fail("name_register " + name + "-rpc", ok.error());
   }
+  if (auto ok = channel.name_register(name + "-stream", *stream); !ok) {
+    return tern::examples::Fail("name_register " + name + "-stream", ok.error());
+  }
+  std::thread(ReadStream, channel, *stream).detach();
   tern::RpcServer server(channel, *rpc, [](const tern::RpcRequest& request) {
     const std::string number(request.bytes());
     Print("handled", std::stoll(number));
@@ -91,11 +147,7 @@ int Counter(const Channel& channel, const std::string& name, long ballast_mb, lo
       // copy is what the campaign counts), and says so once.
       // So does one whose channel re-attached to its restarted agent but whose port was homed
       // there (docs/ipc.md "A channel the job reconnects": the port died with that agent).
-      if (!channel.connected() || message.status() == tern::JobStatus::kInvalidName ||
-          message.status() == tern::JobStatus::kDeadName) {
-        Print("disconnected", 0);
-        for (;;) std::this_thread::sleep_for(1h);
-      }
+      if (GoneForGood(channel, message.status())) Disconnected("disconnected");
       continue;
     }
     Print("got", std::stoll(std::string(tern::FirstBytes(*message))));
@@ -107,6 +159,11 @@ int Sender(const Channel& channel, const std::string& name, long interval_ms, lo
   if (!found) return tern::examples::Fail("name_lookup " + name, found.error());
   auto found_rpc = tern::examples::LookupWaiting(channel, name + "-rpc", 60s);
   if (!found_rpc) return tern::examples::Fail("name_lookup " + name + "-rpc", found_rpc.error());
+  auto found_stream = tern::examples::LookupWaiting(channel, name + "-stream", 60s);
+  if (!found_stream) {
+    return tern::examples::Fail("name_lookup " + name + "-stream", found_stream.error());
+  }
+  std::thread(WriteStream, channel, *found_stream, interval_ms).detach();
   const std::uint32_t port = *found, rpc = *found_rpc;
   long long calls = 0;
   for (long long n = 1;; ++n) {
