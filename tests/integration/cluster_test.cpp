@@ -1257,6 +1257,33 @@ TEST_F(ClusterTest, StoppedAgentBecomesSuspectThenDead) {
   ASSERT_EQ(started.exit_code, 0) << started.Describe();
 }
 
+// node1 is the others' seed and has none of its own: down longer than dead_after, it is dead to
+// everyone, and its restarted agent knows nobody to dial. The others dial the dead again now
+// and then, so the cluster heals (before, it stayed split in two for good).
+TEST_F(ClusterTest, ASeedAgentDeadToEveryoneRejoinsWhenItComesBack) {
+  auto r = RunCmd({Script(), "stop-agent", "node1"}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto nodes = NodesSeenBy("node2");
+        return nodes && NodeState(*nodes, "node1") == "dead";
+      },
+      45s, 250ms))
+      << "node2 never saw node1 dead";
+  // start-agent waits until the started agent sees every node alive.
+  auto started = RunCmd({Script(), "start-agent", "node1"}, 90s);
+  ASSERT_EQ(started.exit_code, 0) << started.Describe();
+  for (const char* observer : {"node2", "node3"}) {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          auto nodes = NodesSeenBy(observer);
+          return nodes && NodeState(*nodes, "node1") == "alive";
+        },
+        30s, 250ms))
+        << observer << " does not see node1 alive again";
+  }
+}
+
 // ---- IPC (docs/ipc.md): jobs on different nodes talking through their agents -------------
 
 namespace {

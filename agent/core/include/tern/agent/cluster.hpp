@@ -129,6 +129,9 @@ class Cluster {
   static constexpr std::chrono::milliseconds kOpenTimeout{5000};
   // How long a LinkIdle exchange may take before the link is closed anyway.
   static constexpr std::chrono::milliseconds kCloseTimeout{5000};
+  // How often a dead member (one in turn) is dialled again, so that one that comes back is
+  // found even when it knows no one to dial itself.
+  static constexpr std::chrono::milliseconds kDeadRedial{5000};
 
  private:
   struct PendingCall {
@@ -153,6 +156,7 @@ class Cluster {
   void SendGossip();
   void ManageLinks();
   void SyncMembershipFromGossip();
+  void RedialTheDead(std::chrono::milliseconds now);
   void Apply(const std::vector<balancer::MembershipAction>& actions);
   void OnPeerUp(const ipc::PeerIdentity& peer);
   void OnPeerDown(std::uint64_t node_id, const std::string& reason);
@@ -192,6 +196,8 @@ class Cluster {
   IpcFrameHandler ipc_frames_;
   LinkListener link_listener_;
   std::uint64_t load_seq_ = 0;
+  std::chrono::milliseconds last_dead_redial_{0};
+  std::uint64_t last_dead_dialled_ = 0;  // node id
   std::uint64_t next_request_id_ = 1;
   std::map<std::uint64_t, PendingCall> pending_;
   ClusterTraffic traffic_;
