@@ -26,6 +26,11 @@ namespace tern::libtern {
 template <typename T>
 class StreamReorder {
  public:
+  StreamReorder() = default;
+  // Not copied: the cache of the last writer points into this object's own table.
+  StreamReorder(const StreamReorder&) = delete;
+  StreamReorder& operator=(const StreamReorder&) = delete;
+
   struct Progress {
     std::uint64_t received = 0;  // every message up to here was released
     std::uint64_t handed = 0;    // the last one handed out
@@ -35,7 +40,7 @@ class StreamReorder {
   template <typename Release>
   void Offer(std::uint64_t writer, std::uint64_t sequence, bool through_agents, T value,
              Release&& release) {
-    Writer& w = writers_[writer];
+    Writer& w = Get(writer);
     if (!w.started) {
       if (!through_agents) {
         if (!w.waiting.try_emplace(sequence, std::move(value)).second) ++dropped_;
@@ -59,7 +64,7 @@ class StreamReorder {
   // A sync through the agents: everything of `writer` up to `sequence` went before it.
   template <typename Release>
   void Sync(std::uint64_t writer, std::uint64_t sequence, Release&& release) {
-    Writer& w = writers_[writer];
+    Writer& w = Get(writer);
     if (!w.started) {
       Start(w, sequence + 1);
     } else if (w.next <= sequence) {
@@ -74,15 +79,13 @@ class StreamReorder {
   }
 
   void HandedOut(std::uint64_t writer, std::uint64_t sequence) {
-    auto it = writers_.find(writer);
-    if (it != writers_.end()) it->second.handed = std::max(it->second.handed, sequence);
+    if (Writer* w = Find(writer)) w->handed = std::max(w->handed, sequence);
   }
 
   std::optional<Progress> progress(std::uint64_t writer) const {
-    auto it = writers_.find(writer);
-    if (it == writers_.end()) return std::nullopt;
-    const Writer& w = it->second;
-    return Progress{w.started ? w.next - 1 : 0, w.handed};
+    const Writer* w = Find(writer);
+    if (w == nullptr) return std::nullopt;
+    return Progress{w->started ? w->next - 1 : 0, w->handed};
   }
 
   // Messages waiting for an earlier one (or for their writer to be known).
@@ -124,7 +127,28 @@ class StreamReorder {
     }
   }
 
+  // A stream has one writer nearly always, and every message looks it up three times (offered,
+  // handed out, acknowledged): the last one found is kept (writers are never removed, and an
+  // unordered_map's elements stay where they are).
+  Writer& Get(std::uint64_t writer) {
+    if (last_ == nullptr || last_id_ != writer) {
+      last_ = &writers_[writer];
+      last_id_ = writer;
+    }
+    return *last_;
+  }
+  Writer* Find(std::uint64_t writer) const {
+    if (last_ != nullptr && last_id_ == writer) return last_;
+    auto it = writers_.find(writer);
+    if (it == writers_.end()) return nullptr;
+    last_ = const_cast<Writer*>(&it->second);
+    last_id_ = writer;
+    return last_;
+  }
+
   std::unordered_map<std::uint64_t, Writer> writers_;
+  mutable Writer* last_ = nullptr;
+  mutable std::uint64_t last_id_ = 0;
   std::uint64_t dropped_ = 0;
 };
 
