@@ -125,4 +125,18 @@ std::vector<MemberInfo> MembershipView::Members() const {
   return all;
 }
 
+std::optional<MemberInfo> MembershipView::NextDeadToDial(std::uint64_t after) const {
+  const auto dialable = [](const Member& member) {
+    return member.info.state == MemberState::kDead && !member.info.address.empty();
+  };
+  for (auto it = members_.upper_bound(after); it != members_.end(); ++it) {
+    if (dialable(it->second)) return it->second.info;
+  }
+  for (const auto& [id, member] : members_) {
+    if (id > after) break;
+    if (dialable(member)) return member.info;
+  }
+  return std::nullopt;
+}
+
 }  // namespace tern::balancer

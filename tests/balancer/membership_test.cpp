@@ -152,5 +152,39 @@ TEST(MembershipTest, GossipOnlyNewsGetsAGraceBeforeSuspectNotBeforeDead) {
   EXPECT_EQ(StateOf(view, 2), MemberState::kAlive);
 }
 
+// Dead members are dialled again one at a time, in turn by node id, so that a node that comes
+// back knowing nobody is found (docs/balancer.md, "Finding the cluster again").
+TEST(MembershipTest, TheDeadAreNamedForADialInTurn) {
+  MembershipView view(Options());
+  EXPECT_FALSE(view.NextDeadToDial(0)) << "no member yet";
+  for (std::uint64_t id : {2, 3, 4}) {
+    const std::string name = "node" + std::to_string(id);
+    view.OnPeerUp({id, name, "10.0.0." + std::to_string(id) + ":7071", ""}, milliseconds(0));
+  }
+  view.OnPeerUp({5, "node5", "", ""}, milliseconds(0));  // nothing to dial it at
+  EXPECT_FALSE(view.NextDeadToDial(0)) << "nobody is dead";
+  view.OnHeartbeat(3, milliseconds(9000));
+  view.Tick(milliseconds(10000));
+  ASSERT_EQ(StateOf(view, 2), MemberState::kDead);
+  ASSERT_EQ(StateOf(view, 3), MemberState::kAlive);
+  ASSERT_EQ(StateOf(view, 4), MemberState::kDead);
+  ASSERT_EQ(StateOf(view, 5), MemberState::kDead);
+  auto first = view.NextDeadToDial(0);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->node_id, 2u);
+  EXPECT_EQ(first->address, "10.0.0.2:7071");
+  auto second = view.NextDeadToDial(first->node_id);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->node_id, 4u) << "the alive one and the one without an address are skipped";
+  auto again = view.NextDeadToDial(second->node_id);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->node_id, 2u) << "round again from the first";
+  // Back: a link up revives it, and it is no longer named.
+  view.OnPeerUp({2, "node2", "10.0.0.2:7071", ""}, milliseconds(11000));
+  auto only = view.NextDeadToDial(4);
+  ASSERT_TRUE(only);
+  EXPECT_EQ(only->node_id, 4u);
+}
+
 }  // namespace
 }  // namespace tern::balancer

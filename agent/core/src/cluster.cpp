@@ -186,25 +186,13 @@ void Cluster::SendGossip() {
   SyncMembershipFromGossip();
 }
 
-// A node down longer than dead_after is dead to everyone, and its agent may come back knowing
-// nobody (the first node has no seeds of its own): unless someone dials it, the cluster stays
-// split in two. So every kDeadRedial one dead member, in turn, is dialled at the address it
-// advertised (one connection attempt; nothing if it is still down).
+// Every kDeadRedial one dead member, in turn, is dialled at the address it advertised (one
+// connection attempt; nothing if it is still down): MembershipView::NextDeadToDial says why.
 void Cluster::RedialTheDead(std::chrono::milliseconds now) {
   if (now - last_dead_redial_ < kDeadRedial) return;
   last_dead_redial_ = now;
-  std::vector<balancer::MemberInfo> dead;
-  for (auto& member : membership_.Members()) {
-    if (member.state == balancer::MemberState::kDead && !member.address.empty()) {
-      dead.push_back(std::move(member));
-    }
-  }
-  if (dead.empty()) return;
-  // The first dead member after the one dialled last (members come ordered by node id).
-  auto next = std::find_if(dead.begin(), dead.end(), [&](const balancer::MemberInfo& member) {
-    return member.node_id > last_dead_dialled_;
-  });
-  if (next == dead.end()) next = dead.begin();
+  const auto next = membership_.NextDeadToDial(last_dead_dialled_);
+  if (!next) return;
   last_dead_dialled_ = next->node_id;
   spdlog::debug("dialling {} again (dead) at {}", next->name, next->address);
   transport_->Dial(next->address);

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -84,6 +85,11 @@ class MembershipView {
 
   // Every member, self included, ordered by node id.
   std::vector<MemberInfo> Members() const;
+  // The dead member to dial next, in turn: the first by node id after `after` (the one dialled
+  // last), else the first; none without a dead member that advertised an address. A node dead
+  // to everyone may come back knowing nobody (a seed has no seeds of its own): only a dial
+  // from the others brings it back into the cluster.
+  std::optional<MemberInfo> NextDeadToDial(std::uint64_t after) const;
 
  private:
   struct Member {
