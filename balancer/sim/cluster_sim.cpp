@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <memory>
 #include <random>
 
+#include "load_pool.hpp"
 #include "tern/balancer/balancer.hpp"
 #include "tern/balancer/gossip.hpp"
 #include "workers.hpp"
@@ -38,6 +42,7 @@ struct Node {
   std::vector<std::uint32_t> jobs;  // indices into the job table
   std::uint64_t mem_used = 0;
   std::unique_ptr<Gossip> gossip;
+  std::unique_ptr<LoadVector> published;  // the own vector its Gossip gossips (a LoadPool's)
   std::unique_ptr<Balancer> balancer;
   // The node's own: its gossip peers and losses, whichever thread ticks it. Out of line: its
   // 2.5 KB would spread the nodes the per-step passes walk over many more cache lines.
@@ -77,6 +82,15 @@ class Sim {
         workload_(options.workload),
         rng_(options.workload.seed + 17),
         workers_(std::max(1u, options.node_threads)) {
+    // A vector is reused once no Gossip can hold it: RetainsFor() after its last sample time,
+    // which a window's flight (one step) may push back by a step per hop; twice that, plus an
+    // interval, leaves a margin that Send() checks.
+    {
+      balancer::GossipOptions g;
+      g.max_age = options.gossip_max_age;
+      const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
+      for (unsigned part = 0; part < workers_.size(); ++part) pools_.emplace_back(retain);
+    }
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
@@ -332,7 +346,7 @@ class Sim {
         if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick(now);
         if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
         Node& node = nodes_[due[k]];
-        GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
+        GossipTick(node, now, pools_[part], part_outbox_[part], part_bytes_[part]);
         node.next_gossip += interval;
       }
     });
@@ -343,22 +357,24 @@ class Sim {
     }
   }
 
-  void GossipTick(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
+  void GossipTick(Node& node, Millis now, LoadPool& pool, std::vector<Message>& outbox,
+                  std::uint64_t& bytes) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
       node.gossip->RefreshLocal(now);
     } else {
-      Publish(node, now);
+      Publish(node, now, pool);
     }
     Send(node, now, outbox, bytes);
   }
 
-  void Publish(Node& node, Millis now) {
+  void Publish(Node& node, Millis now, LoadPool& pool) {
     node.published_demand = node.demand();
     node.published_jobs = node.jobs.size();
     node.published_mem = node.mem_used;
-    LoadVector self;
+    auto vector = pool.Take(now);
+    LoadVector& self = *vector;
     self.node_id = node.id;
     self.seq = ++node.seq;
     self.cpus = static_cast<int>(node.spec.cores);
@@ -371,7 +387,9 @@ class Sim {
     self.mem_total_bytes = node.spec.mem_limit_bytes;
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
-    node.gossip->SetLocal(std::move(self), now);
+    node.gossip->SetLocalShared(LoadPool::Unowned(vector.get()), now);
+    pool.Retire(std::move(node.published), now);
+    node.published = std::move(vector);
   }
 
   void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
@@ -380,6 +398,11 @@ class Sim {
       for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
       bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
+        // A vector reused while still gossiped would show here (LoadPool's contract).
+        if (entry.load->seq != entry.seq || entry.load->node_id != entry.node_id) {
+          std::fprintf(stderr, "tern-sim: a pooled load vector was reused too early\n");
+          std::abort();
+        }
         bytes += EstimateEntryBytes(entry.load->jobs_running);
       }
       if (lost(*node.rng)) continue;
@@ -506,6 +529,7 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
+  std::deque<LoadPool> pools_;  // one per worker (a deque: LoadPool does not copy)
   std::vector<std::vector<Message>> part_outbox_;
   std::vector<std::uint64_t> part_bytes_;
   std::vector<std::vector<std::uint32_t>> part_due_;

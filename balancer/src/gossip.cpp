@@ -43,11 +43,22 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   return why;
 }
 
+std::string Gossip::SetLocalShared(SharedLoad self, Millis now) {
+  std::string why = Implausible(*self);
+  const auto seq = self->seq;
+  self_ = Make(std::move(self), options_.self_id, seq, now, false, Millis{0}, Millis{0});
+  return why;
+}
+
 void Gossip::RefreshLocal(Millis now) {
   if (self_) self_->born = now;
 }
 
 void Gossip::Untop(std::uint64_t id) {
+  if (!top_.empty() && top_.back().key.second == id) {  // an evicted entry: the stalest
+    top_.pop_back();
+    return;
+  }
   auto it =
       std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.key.second == id; });
   if (it != top_.end()) top_.erase(it);
@@ -114,6 +125,15 @@ bool Gossip::Spreading(std::uint32_t slot) const {
 
 bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
   if (options_.view_max == 0 || slots_.size() - holes_.size() < options_.view_max) return true;
+  const bool news = entry.dead;
+  if (!news && dead_held_ == 0 && top_all_ && top_.size() == slots_.size() - holes_.size()) {
+    // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
+    // stalest is its last, with no scan. The same victim as the scan below.
+    const Top& last = top_.back();
+    if (Key{entry.key(), id} < last.key) return false;
+    Remove(last.slot);
+    return true;
+  }
   // The stalest by (key, id), the freshness order; the packed keys are all the scan reads, the
   // entry only for a candidate that may be a death notice still being spread. An expired entry
   // awaiting the sweep is among the stalest and goes first.
@@ -129,7 +149,6 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
     }
     return std::pair{found, worst};
   };
-  const bool news = entry.dead;
   auto [victim, worst] = stalest(true);
   if (!victim) {
     if (!news) return false;  // every entry held is news still being spread
@@ -144,8 +163,10 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
   const Millis key = entry.key();
   std::uint32_t slot;
   if (!found && !MakeRoom(id, entry)) return;
+  if (entry.dead) ++dead_held_;
   if (found) {
     slot = *found;
+    if (slots_[slot].dead) --dead_held_;
     Bury(std::move(slots_[slot].load));
     slots_[slot] = std::move(entry);
     slot_keys_[slot] = Key{key, id};
@@ -176,6 +197,7 @@ void Gossip::Remove(std::uint32_t slot) {
   // seldom in it, and the search is then skipped.
   if (!top_.empty() && slot_keys_[slot] >= top_.back().key) Untop(id);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
+  if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
   // in tern-sim) and a stale slot in top_.
   Bury(std::move(slots_[slot].load));

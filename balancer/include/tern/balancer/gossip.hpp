@@ -34,6 +34,10 @@
 //    sender's own entry with Implausible() and the others' ages only (they passed Implausible()
 //    when they entered the sender's Gossip; node_id and seq must be the vector's, as TickShared
 //    makes them).
+//  - A SharedLoad may also own nothing (std::shared_ptr's aliasing constructor on an empty one):
+//    copying and dropping it then touches no reference count. tern-sim keeps its vectors in a
+//    pool of its own and reuses one only after RetainsFor() past the last time its origin
+//    published or refreshed it (SetLocalShared, RefreshLocal): no Gossip holds it any longer.
 //
 // Thread-safety: not thread-safe; driven from one thread. Shared vectors are never modified, so
 // two Gossips on two threads may hold the same ones.
@@ -105,6 +109,9 @@ class Gossip {
   explicit Gossip(GossipOptions options);
 
   std::string SetLocal(LoadVector self, Millis now);
+  // SetLocal with a vector the caller allocated (it may own nothing: see the contract); its
+  // node_id must be self_id.
+  std::string SetLocalShared(SharedLoad self, Millis now);
   // The own sample is unchanged: it counts as taken at `now`, with the same vector and seq (an
   // equal seq with a smaller age refreshes receivers' copies without replacing them). tern-sim:
   // most simulated nodes do not change every interval. No-op before the first SetLocal.
@@ -151,6 +158,11 @@ class Gossip {
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
+  // How long after its sample time (the last SetLocal or RefreshLocal of its origin) this Gossip
+  // may still hold a vector: an expired entry goes at the first Tick more than this after it.
+  // Holding it until then is what lets a window still carry it. For a death notice, count from
+  // the death instead.
+  Millis RetainsFor() const { return options_.max_age + SweepSlack(); }
 
   // Hints only, no effect on results (tern-sim: thousands of agents in one process, each cold in
   // cache when its turn comes). Each stage reads what the one before loaded: called for agents
@@ -298,6 +310,7 @@ class Gossip {
   mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
+  std::size_t dead_held_ = 0;             // entries held with dead = true
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
   Millis next_sweep_{0};
 };
