@@ -7,6 +7,7 @@
 #include <deque>
 #include <memory>
 #include <random>
+#include <span>
 
 #include "load_pool.hpp"
 #include "tern/balancer/balancer.hpp"
@@ -66,10 +67,25 @@ struct Flight {
   bool placed = false;  // a remote start (placement), not a migration
 };
 
+// A window in flight; its entries are in the sending worker's Part (entries[begin, begin+count)).
 struct Message {
   std::uint32_t to = 0;
+  std::uint32_t part = 0;
   std::uint64_t from = 0;
-  std::vector<SharedGossipEntry> entries;
+  std::uint32_t begin = 0;
+  std::uint32_t count = 0;
+};
+
+// What one worker's gossip ticks use and produce; buffers kept for their capacity, so that a
+// step allocates nothing (and no thread frees what another allocated).
+struct Part {
+  explicit Part(Millis retain) : pool(retain) {}
+  LoadPool pool;
+  std::vector<std::uint32_t> due;  // the nodes that tick this step
+  std::vector<balancer::SharedGossipSend> sends;
+  std::vector<Message> messages;
+  std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
+  std::uint64_t bytes = 0;
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
@@ -89,7 +105,7 @@ class Sim {
       balancer::GossipOptions g;
       g.max_age = options.gossip_max_age;
       const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
-      for (unsigned part = 0; part < workers_.size(); ++part) pools_.emplace_back(retain);
+      for (unsigned part = 0; part < workers_.size(); ++part) parts_.emplace_back(retain);
     }
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
@@ -328,13 +344,11 @@ class Sim {
   void GossipTicks(double t, Millis now) {
     const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
     const std::size_t parts = workers_.size();
-    part_outbox_.resize(parts);
-    part_bytes_.assign(parts, 0);
-    part_due_.resize(parts);
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
-      auto& due = part_due_[part];
+      Part& mine = parts_[part];
+      auto& due = mine.due;
       due.clear();
       for (std::size_t i = begin; i < end; ++i) {
         if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
@@ -343,30 +357,31 @@ class Sim {
       auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
       for (std::size_t k = 0; k < due.size(); ++k) {
         if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
-        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick(now);
-        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
+        if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
+        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchLoads();
         Node& node = nodes_[due[k]];
-        GossipTick(node, now, pools_[part], part_outbox_[part], part_bytes_[part]);
+        GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
         node.next_gossip += interval;
       }
     });
-    for (std::size_t part = 0; part < parts; ++part) {
-      gossip_bytes_ += part_bytes_[part];
-      for (auto& message : part_outbox_[part]) outbox_.push_back(std::move(message));
-      part_outbox_[part].clear();
+    for (auto& part : parts_) {
+      gossip_bytes_ += part.bytes;
+      part.bytes = 0;
+      outbox_.insert(outbox_.end(), part.messages.begin(), part.messages.end());
+      part.messages.clear();
     }
   }
 
-  void GossipTick(Node& node, Millis now, LoadPool& pool, std::vector<Message>& outbox,
-                  std::uint64_t& bytes) {
+  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
       node.gossip->RefreshLocal(now);
     } else {
-      Publish(node, now, pool);
+      Publish(node, now, part.pool);
     }
-    Send(node, now, outbox, bytes);
+    Send(node, now, index, part);
   }
 
   void Publish(Node& node, Millis now, LoadPool& pool) {
@@ -392,22 +407,25 @@ class Sim {
     node.published = std::move(vector);
   }
 
-  void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
+  void Send(Node& node, Millis now, std::uint32_t index, Part& part) {
     std::bernoulli_distribution lost(options_.gossip_loss);
-    for (auto& send : node.gossip->TickShared(now, ids_, *node.rng)) {
+    node.gossip->TickShared(now, ids_, *node.rng, part.sends);
+    for (const auto& send : part.sends) {
       for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
-      bytes += kMessageOverheadBytes;
+      part.bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) {
         // A vector reused while still gossiped would show here (LoadPool's contract).
         if (entry.load->seq != entry.seq || entry.load->node_id != entry.node_id) {
           std::fprintf(stderr, "tern-sim: a pooled load vector was reused too early\n");
           std::abort();
         }
-        bytes += EstimateEntryBytes(entry.load->jobs_running);
+        part.bytes += EstimateEntryBytes(entry.load->jobs_running);
       }
       if (lost(*node.rng)) continue;
-      outbox.push_back(
-          Message{static_cast<std::uint32_t>(send.to - 1), node.id, std::move(send.entries)});
+      part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
+                                      static_cast<std::uint32_t>(part.entries.size()),
+                                      static_cast<std::uint32_t>(send.entries.size())});
+      part.entries.insert(part.entries.end(), send.entries.begin(), send.entries.end());
     }
   }
 
@@ -416,6 +434,10 @@ class Sim {
   void Deliver(Millis now) {
     inbox_.swap(outbox_);
     const std::size_t parts = workers_.size();
+    auto entries = [&](const Message& message) {
+      return std::span<SharedGossipEntry>(parts_[message.part].entries)
+          .subspan(message.begin, message.count);
+    };
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
@@ -429,19 +451,19 @@ class Sim {
         if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
         if (mine(k + kAhead / 2)) {
           const auto& next = inbox_[k + kAhead / 2];
-          nodes_[next.to].gossip->PrefetchWindow(next.entries);
+          nodes_[next.to].gossip->PrefetchWindow(entries(next));
         }
         if (mine(k + kAhead / 4)) {
           const auto& next = inbox_[k + kAhead / 4];
-          nodes_[next.to].gossip->PrefetchSlots(next.entries);
+          nodes_[next.to].gossip->PrefetchSlots(entries(next));
         }
         if (!mine(k)) continue;
         auto& message = inbox_[k];
-        nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
-        message.entries.clear();  // the vectors it did not keep go on this thread
+        nodes_[message.to].gossip->OnReceiveShared(message.from, entries(message), now);
       }
     });
     inbox_.clear();
+    for (auto& part : parts_) part.entries.clear();
   }
 
   void Balance(std::uint32_t i, double t) {
@@ -529,12 +551,8 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
-  std::deque<LoadPool> pools_;  // one per worker (a deque: LoadPool does not copy)
-  std::vector<std::vector<Message>> part_outbox_;
-  std::vector<std::uint64_t> part_bytes_;
-  std::vector<std::vector<std::uint32_t>> part_due_;
-  std::vector<std::uint32_t>
-      balance_due_;  // the nodes that balance this step  // the nodes that tick this step, per part
+  std::deque<Part> parts_;  // one per worker (a deque: a Part does not copy)
+  std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

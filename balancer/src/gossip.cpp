@@ -11,7 +11,7 @@ namespace {
 // A hint only: a shared vector's reference count sits just before it (make_shared), and merging,
 // windows and expiry touch it; thousands of agents in one process (tern-sim) miss it in cache.
 void PrefetchShared(const SharedLoad& load) {
-  if (load) __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
+  if (!Unowned(load)) __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
 }
 
 }  // namespace
@@ -390,12 +390,22 @@ std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t
 std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
                                                  const std::vector<std::uint64_t>& candidates,
                                                  std::mt19937_64& rng) {
+  std::vector<SharedGossipSend> sends;
+  TickShared(now, candidates, rng, sends);
+  return sends;
+}
+
+void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates,
+                        std::mt19937_64& rng, std::vector<SharedGossipSend>& sends) {
   Expire(now);
   graveyard_.clear();
-  std::vector<SharedGossipSend> sends;
-  if (candidates.empty()) return sends;
+  if (candidates.empty()) {
+    sends.clear();
+    return;
+  }
   // Distinct random peers without copying the candidate list: its size may be the cluster's.
-  std::vector<std::uint64_t> peers;
+  auto& peers = peers_;
+  peers.clear();
   std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
   for (std::size_t tries = 0; peers.size() < options_.fanout && tries < 4 * options_.fanout + 8;
        ++tries) {
@@ -417,9 +427,12 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
   const std::size_t hint = std::min(top_.size(), options_.window);
   for (std::size_t k = 0; k < hint; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   for (std::size_t k = 0; k < hint; ++k) PrefetchShared(slots_[top_[k].slot].load);
-  for (const auto to : peers) {
-    SharedGossipSend send{to, {}};
-    auto& window = send.entries;
+  sends.resize(peers.size());  // the windows' buffers are reused (tern-sim: no allocation)
+  for (std::size_t p = 0; p < peers.size(); ++p) {
+    const auto to = peers[p];
+    sends[p].to = to;
+    auto& window = sends[p].entries;
+    window.clear();
     window.reserve(options_.window);
     if (self_) window.push_back(ToWire(*self_, now));
     for (const auto& [since, slot] : news) {
@@ -431,9 +444,7 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
       if (key.second == to) continue;  // the receiver knows its own load
       window.push_back(ToWire(slots_[slot], now));
     }
-    sends.push_back(std::move(send));
   }
-  return sends;
 }
 
 std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {

@@ -74,6 +74,12 @@ struct GossipSend {
 
 using SharedLoad = std::shared_ptr<const LoadVector>;
 
+// Whether `load` has no reference count (null, or pointing at a vector it does not own): found
+// without reading the count, which is a cache miss where vectors are many.
+inline bool Unowned(const SharedLoad& load) {
+  return !load.owner_before(SharedLoad()) && !SharedLoad().owner_before(load);
+}
+
 // GossipEntry with its load vector shared instead of copied (never null). node_id and seq repeat
 // the vector's, so that a receiver decides without reading the vector (tern-sim: it is wherever
 // its sender allocated it, a cache miss).
@@ -128,6 +134,9 @@ class Gossip {
   // Tick with the windows' load vectors shared; the same peers and entries for the same rng.
   std::vector<SharedGossipSend> TickShared(Millis now, const std::vector<std::uint64_t>& candidates,
                                            std::mt19937_64& rng);
+  // The same into `sends`, whose buffers it reuses: on return it holds one window per peer.
+  void TickShared(Millis now, const std::vector<std::uint64_t>& candidates, std::mt19937_64& rng,
+                  std::vector<SharedGossipSend>& sends);
 
   struct ViewEntry {
     LoadVector load;
@@ -276,7 +285,10 @@ class Gossip {
   // Keeps a released vector until the end of the call, its reference count loaded meanwhile
   // (a hint: tern-sim's vectors are cold in cache; the releases' misses then overlap).
   void Bury(SharedLoad&& load) {
-    if (!load) return;
+    if (Unowned(load)) {  // no count to release
+      load.reset();
+      return;
+    }
     __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
     graveyard_.push_back(std::move(load));
   }
@@ -312,6 +324,7 @@ class Gossip {
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   std::size_t dead_held_ = 0;             // entries held with dead = true
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
+  std::vector<std::uint64_t> peers_;      // TickShared's, kept for its capacity
   Millis next_sweep_{0};
 };
 
