@@ -124,6 +124,7 @@ class Sim {
         node.gossip = std::make_unique<Gossip>(g);
       }
       balancer::BalancerOptions b = options.balancer;
+      b.reasons = false;  // nobody reads them here
       if (policy != Policy::kTern) b.place_local_when_free = false;  // tern's own rule
       node.balancer = std::make_unique<Balancer>(b);
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
@@ -356,6 +357,7 @@ class Sim {
       // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
       auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
       for (std::size_t k = 0; k < due.size(); ++k) {
+        if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
         if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
         if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
         if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
