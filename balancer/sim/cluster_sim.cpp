@@ -100,7 +100,7 @@ class Sim {
         workers_(std::max(1u, options.node_threads)) {
     // A vector is reused once no Gossip can hold it: RetainsFor() after its last sample time,
     // which a window's flight (one step) may push back by a step per hop; twice that, plus an
-    // interval, leaves a margin that Send() checks.
+    // interval, leaves a margin that SampleViews() checks.
     {
       balancer::GossipOptions g;
       g.max_age = options.gossip_max_age;
@@ -413,16 +413,8 @@ class Sim {
     std::bernoulli_distribution lost(options_.gossip_loss);
     node.gossip->TickShared(now, ids_, *node.rng, part.sends);
     for (const auto& send : part.sends) {
-      for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
       part.bytes += kMessageOverheadBytes;
-      for (const auto& entry : send.entries) {
-        // A vector reused while still gossiped would show here (LoadPool's contract).
-        if (entry.load->seq != entry.seq || entry.load->node_id != entry.node_id) {
-          std::fprintf(stderr, "tern-sim: a pooled load vector was reused too early\n");
-          std::abort();
-        }
-        part.bytes += EstimateEntryBytes(entry.load->jobs_running);
-      }
+      for (const auto& entry : send.entries) part.bytes += EstimateEntryBytes(entry.jobs_running);
       if (lost(*node.rng)) continue;
       part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
                                       static_cast<std::uint32_t>(part.entries.size()),
@@ -529,6 +521,10 @@ class Sim {
   void SampleViews(Millis now) {
     for (int k = 0; k < 20; ++k) {
       const auto& node = nodes_[rng_() % nodes_.size()];
+      if (!node.gossip->VectorsMatch()) {  // LoadPool's contract: no vector reused while held
+        std::fprintf(stderr, "tern-sim: a pooled load vector was reused while a view held it\n");
+        std::abort();
+      }
       for (const auto& entry : node.gossip->View(now)) {
         if (entry.load.node_id == node.id) continue;
         view_age_sum_ += static_cast<double>(entry.age.count());

@@ -21,12 +21,13 @@ Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.view_max != 0) options_.view_max = std::max(options_.view_max, options_.window);
 }
 
-Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born,
-                           bool dead, Millis dead_since, Millis news_since) {
+Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                           Millis born, bool dead, Millis dead_since, Millis news_since) {
   Entry entry;
   entry.load = std::move(load);
   entry.id = id;
   entry.seq = seq;
+  entry.jobs_running = jobs_running;
   entry.born = born;
   entry.dead = dead;
   entry.dead_since = dead_since;
@@ -38,7 +39,9 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   self.node_id = options_.self_id;
   std::string why = Implausible(self);
   const auto seq = self.seq;
-  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq, now,
+  const auto jobs_running = self.jobs_running;
+  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq,
+               jobs_running, now,
                false, Millis{0}, Millis{0});
   return why;
 }
@@ -46,7 +49,9 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
 std::string Gossip::SetLocalShared(SharedLoad self, Millis now) {
   std::string why = Implausible(*self);
   const auto seq = self->seq;
-  self_ = Make(std::move(self), options_.self_id, seq, now, false, Millis{0}, Millis{0});
+  const auto jobs_running = self->jobs_running;
+  self_ = Make(std::move(self), options_.self_id, seq, jobs_running, now, false, Millis{0},
+               Millis{0});
   return why;
 }
 
@@ -219,8 +224,12 @@ std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                          std::to_string(from) + ": " + why);
       continue;
     }
-    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load), entry.load.node_id,
-                             entry.load.seq, entry.age, entry.dead};
+    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load),
+                             entry.load.node_id,
+                             entry.load.seq,
+                             entry.age,
+                             entry.dead,
+                             entry.load.jobs_running};
     Merge(from, shared, now, rejected);
   }
   graveyard_.clear();
@@ -289,7 +298,10 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
   auto slot = Find(id);
   if (!slot || Expired(slots_[*slot], now)) {  // an expired entry awaiting the sweep is gone
-    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now), slot);
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, incoming.dead, when,
+               now),
+          slot);
     return;
   }
   Entry& known = slots_[*slot];
@@ -298,15 +310,18 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     if (known.dead && seq <= known.seq) return;
     const bool newer = seq > known.seq;
     Entry updated =
-        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq, known.born,
+        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq,
+             newer ? incoming.jobs_running : known.jobs_running, known.born,
              true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
     Store(id, std::move(updated), slot);
   } else if (known.dead) {
     if (when <= known.dead_since || seq < known.seq) return;
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}),
+    Store(id, Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+               Millis{0}),
           slot);  // it came back
   } else if (seq > known.seq) {
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}), slot);
+    Store(id, Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+               Millis{0}), slot);
   } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
@@ -369,8 +384,12 @@ void Gossip::Expire(Millis now) {
 }
 
 SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return SharedGossipEntry{entry.load, entry.id, entry.seq, std::max(Millis{0}, now - entry.key()),
-                           entry.dead};
+  return SharedGossipEntry{entry.load,
+                           entry.id,
+                           entry.seq,
+                           std::max(Millis{0}, now - entry.key()),
+                           entry.dead,
+                           entry.jobs_running};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
@@ -470,6 +489,14 @@ std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) 
   if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
   const Entry& entry = slots_[*slot];
   return ViewEntry{*entry.load, now - entry.born, entry.dead};
+}
+
+bool Gossip::VectorsMatch() const {
+  if (self_ && (self_->load->node_id != self_->id || self_->load->seq != self_->seq)) return false;
+  return std::all_of(slots_.begin(), slots_.end(), [](const Entry& entry) {
+    return entry.id == 0 || (entry.load->node_id == entry.id && entry.load->seq == entry.seq &&
+                             entry.load->jobs_running == entry.jobs_running);
+  });
 }
 
 std::size_t Gossip::size() const { return slots_.size() - holes_.size() + (self_ ? 1 : 0); }

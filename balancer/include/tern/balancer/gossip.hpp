@@ -32,8 +32,8 @@
 //    own vector is implausible ("" when it is not; it is gossiped anyway, and value receivers
 //    drop it). OnReceiveShared takes windows from another Gossip's TickShared: it checks the
 //    sender's own entry with Implausible() and the others' ages only (they passed Implausible()
-//    when they entered the sender's Gossip; node_id and seq must be the vector's, as TickShared
-//    makes them).
+//    when they entered the sender's Gossip; node_id, seq and jobs_running must be the vector's,
+//    as TickShared makes them).
 //  - A SharedLoad may also own nothing (std::shared_ptr's aliasing constructor on an empty one):
 //    copying and dropping it then touches no reference count. tern-sim keeps its vectors in a
 //    pool of its own and reuses one only after RetainsFor() past the last time its origin
@@ -80,15 +80,17 @@ inline bool Unowned(const SharedLoad& load) {
   return !load.owner_before(SharedLoad()) && !SharedLoad().owner_before(load);
 }
 
-// GossipEntry with its load vector shared instead of copied (never null). node_id and seq repeat
-// the vector's, so that a receiver decides without reading the vector (tern-sim: it is wherever
-// its sender allocated it, a cache miss).
+// GossipEntry with its load vector shared instead of copied (never null). node_id, seq and
+// jobs_running repeat the vector's, so that a receiver decides, and tern-sim counts a window's
+// bytes, without reading the vector (tern-sim: it is wherever its sender allocated it, a cache
+// miss).
 struct SharedGossipEntry {
   SharedLoad load;
   std::uint64_t node_id = 0;
   std::uint64_t seq = 0;
   std::chrono::milliseconds age{0};
   bool dead = false;
+  int jobs_running = 0;
 };
 
 struct SharedGossipSend {
@@ -149,6 +151,9 @@ class Gossip {
   // Entries held, self included; entries expired since the last sweep (at most max_age / 8 ago)
   // may still be counted until the next Tick.
   std::size_t size() const;
+  // Whether every vector held still carries its entry's node_id, seq and jobs_running: always,
+  // unless a vector owned elsewhere was reused while held (tern-sim checks its LoadPool with it).
+  bool VectorsMatch() const;
 
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
   // the cluster a Balancer decides on, as MOSIX decides on its load window.
@@ -254,6 +259,7 @@ class Gossip {
     std::uint64_t seq = 0;  // entry, not the vector (which is wherever its sender put it)
     Millis born{0};         // now - age when received: the sample's time on this agent's clock
     bool dead = false;
+    int jobs_running = 0;  // load->jobs_running, for windows (SharedGossipEntry)
     Millis dead_since{0};  // when the death was seen, on this agent's clock
     Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
     Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
@@ -267,8 +273,8 @@ class Gossip {
   };
   static bool Fresher(const Top& a, const Top& b) { return a.key > b.key; }
 
-  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
-                    Millis dead_since, Millis news_since);
+  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                    Millis born, bool dead, Millis dead_since, Millis news_since);
   void Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
              std::vector<std::string>& rejected);
   std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
