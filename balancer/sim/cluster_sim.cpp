@@ -124,7 +124,7 @@ class Sim {
         node.gossip = std::make_unique<Gossip>(g);
       }
       balancer::BalancerOptions b = options.balancer;
-      b.reasons = false;  // nobody reads them here
+      b.reasons = false;                                             // nobody reads them here
       if (policy != Policy::kTern) b.place_local_when_free = false;  // tern's own rule
       node.balancer = std::make_unique<Balancer>(b);
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
@@ -549,7 +549,7 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
-  std::deque<Part> parts_;  // one per worker (a deque: a Part does not copy)
+  std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step
   std::vector<NodeState> view_buffer_;
   std::uint64_t next_job_id_ = 1;

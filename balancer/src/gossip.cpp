@@ -41,8 +41,7 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   const auto seq = self.seq;
   const auto jobs_running = self.jobs_running;
   self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq,
-               jobs_running, now,
-               false, Millis{0}, Millis{0});
+               jobs_running, now, false, Millis{0}, Millis{0});
   return why;
 }
 
@@ -50,8 +49,8 @@ std::string Gossip::SetLocalShared(SharedLoad self, Millis now) {
   std::string why = Implausible(*self);
   const auto seq = self->seq;
   const auto jobs_running = self->jobs_running;
-  self_ = Make(std::move(self), options_.self_id, seq, jobs_running, now, false, Millis{0},
-               Millis{0});
+  self_ =
+      Make(std::move(self), options_.self_id, seq, jobs_running, now, false, Millis{0}, Millis{0});
   return why;
 }
 
@@ -309,19 +308,21 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     if (!known.dead && known.born > when) return;  // sampled after the death: alive
     if (known.dead && seq <= known.seq) return;
     const bool newer = seq > known.seq;
-    Entry updated =
-        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq,
-             newer ? incoming.jobs_running : known.jobs_running, known.born,
-             true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
+    Entry updated = Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq,
+                         newer ? incoming.jobs_running : known.jobs_running, known.born, true,
+                         known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
     Store(id, std::move(updated), slot);
   } else if (known.dead) {
     if (when <= known.dead_since || seq < known.seq) return;
-    Store(id, Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
                Millis{0}),
           slot);  // it came back
   } else if (seq > known.seq) {
-    Store(id, Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
-               Millis{0}), slot);
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+               Millis{0}),
+          slot);
   } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
@@ -384,12 +385,9 @@ void Gossip::Expire(Millis now) {
 }
 
 SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return SharedGossipEntry{entry.load,
-                           entry.id,
-                           entry.seq,
-                           std::max(Millis{0}, now - entry.key()),
-                           entry.dead,
-                           entry.jobs_running};
+  return SharedGossipEntry{entry.load, entry.id,
+                           entry.seq,  std::max(Millis{0}, now - entry.key()),
+                           entry.dead, entry.jobs_running};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
