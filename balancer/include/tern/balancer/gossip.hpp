@@ -202,7 +202,11 @@ class Gossip {
       __builtin_prefetch(top + byte);
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
-    if (options_.view_max != 0) {  // the eviction scan reads them all (a few lines)
+    if (options_.view_max != 0) {  // Find() scans the tags, merging reads the keys
+      const auto* tags = reinterpret_cast<const char*>(slot_tags_.data());
+      for (std::size_t byte = 0; byte < slot_tags_.size() * sizeof(std::uint32_t); byte += 64) {
+        __builtin_prefetch(tags + byte);
+      }
       const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
       for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
         __builtin_prefetch(keys + byte);
@@ -320,6 +324,9 @@ class Gossip {
   std::vector<Entry> slots_;
   // (slots_[i].key(), id), packed: the expiry sweep and the eviction scan read only these.
   std::vector<Key> slot_keys_;
+  // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
+  std::vector<std::uint32_t> slot_tags_;
+  static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
   std::vector<std::uint32_t> holes_;
   std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
   IdIndex index_;                       // unused with view_max
