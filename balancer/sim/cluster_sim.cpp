@@ -76,8 +76,14 @@ struct Message {
   std::uint32_t count = 0;
 };
 
-// What one worker's gossip ticks use and produce; buffers kept for their capacity, so that a
-// step allocates nothing (and no thread frees what another allocated).
+// A job that finished during a step: its index, when.
+struct Finished {
+  std::uint32_t job = 0;
+  double at = 0;
+};
+
+// What one worker's gossip ticks and job steps use and produce; buffers kept for their capacity, so
+// that a step allocates nothing (and no thread frees what another allocated).
 struct Part {
   explicit Part(Millis retain) : pool(retain) {}
   LoadPool pool;
@@ -86,6 +92,7 @@ struct Part {
   std::vector<Message> messages;
   std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
+  std::vector<Finished> finished;  // this step's, in node order
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
@@ -300,25 +307,44 @@ class Sim {
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
   }
 
+  // The jobs run for a step, each node's on the worker whose part of the nodes it is in; the
+  // jobs that finish are counted afterwards in node order, so that the sums (floating point) are
+  // the same for any number of workers.
   void Progress(double t, double step) {
-    for (auto& node : nodes_) {
-      if (node.jobs.empty()) continue;
-      const double rate =
-          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
-      for (std::size_t k = 0; k < node.jobs.size();) {
-        Job& job = jobs_[node.jobs[k]];
-        // A job that became runnable during the step runs for the rest of it only.
-        const double ran = std::min(step, t + step - job.ready);
-        if (ran <= 0) {
-          ++k;
-          continue;
+    const std::size_t parts = workers_.size();
+    workers_.Run([&](unsigned part) {
+      auto& finished = parts_[part].finished;
+      finished.clear();
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      for (std::size_t i = begin; i < end; ++i) {
+        Node& node = nodes_[i];
+        if (node.jobs.empty()) continue;
+        const double rate = node.spec.speed *
+                            std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+        for (std::size_t k = 0; k < node.jobs.size();) {
+          Job& job = jobs_[node.jobs[k]];
+          // A job that became runnable during the step runs for the rest of it only.
+          const double ran = std::min(step, t + step - job.ready);
+          if (ran <= 0) {
+            ++k;
+            continue;
+          }
+          job.remaining -= rate * ran;
+          if (job.remaining > 0) {
+            ++k;
+            continue;
+          }
+          finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
+          node.mem_used -= job.spec.rss_bytes;
+          node.jobs[k] = node.jobs.back();
+          node.jobs.pop_back();
         }
-        job.remaining -= rate * ran;
-        if (job.remaining > 0) {
-          ++k;
-          continue;
-        }
-        const double finish = t + step + job.remaining / rate;
+      }
+    });
+    for (const auto& part : parts_) {
+      for (const auto& [index, finish] : part.finished) {
+        const Job& job = jobs_[index];
         const double response = finish - job.spec.arrival_s;
         response_sum_ += response;
         slowdown_sum_ += response / job.spec.work_s;
@@ -332,10 +358,7 @@ class Sim {
           moved_sum_ += response / job.spec.work_s;
           ++moved_done_;
         }
-        node.mem_used -= job.spec.rss_bytes;
-        free_.push_back(node.jobs[k]);
-        node.jobs[k] = node.jobs.back();
-        node.jobs.pop_back();
+        free_.push_back(index);
       }
     }
   }
