@@ -214,19 +214,16 @@ class Gossip {
     }
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
-    if (options_.view_max != 0) {  // a few dozen: all of them, without looking anything up
-      const auto* slots = reinterpret_cast<const char*>(slots_.data());
-      for (std::size_t byte = 0; byte < slots_.size() * sizeof(Entry); byte += 64) {
-        __builtin_prefetch(slots + byte);
-      }
-      return;
-    }
+    // The slots the merge will touch: those of the entries known, then for the new ones the holes
+    // they fill and, in a full bounded view, the stalest entries they evict (top_'s last).
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
       if (const auto slot = Find(entry.node_id)) {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
+      } else if (options_.view_max != 0 && fresh - holes_.size() < top_.size()) {
+        __builtin_prefetch(&slots_[top_[top_.size() - 1 - (fresh++ - holes_.size())].slot]);
       }
     }
   }
