@@ -106,14 +106,22 @@ std::optional<std::uint32_t> Gossip::Find(std::uint64_t id) const {
     return *slot;
   }
   if (id == 0) return std::nullopt;  // a hole's
-  // The packed tags, sixteen at a time with no branch but one per sixteen (a vector compare where
-  // the target has one); the keys only where a tag matches. The scan is most of a window's merge.
+  // The entry checks a tag's match: merging reads it anyway.
+  for (auto slot = ScanTags(Tag(id), 0); slot < slot_tags_.size();
+       slot = ScanTags(Tag(id), slot + 1)) {
+    if (slots_[slot].id == id) return static_cast<std::uint32_t>(slot);
+  }
+  return std::nullopt;
+}
+
+std::size_t Gossip::ScanTags(std::uint32_t tag, std::size_t from) const {
+  // Sixteen tags at a time with one branch for the sixteen (a vector compare where the target
+  // has one): the scan is most of a window's merge.
   using Tags = std::uint32_t __attribute__((vector_size(16)));
-  const std::uint32_t tag = Tag(id);
   const Tags want = {tag, tag, tag, tag};
   const std::uint32_t* tags = slot_tags_.data();
   const std::size_t n = slot_tags_.size();
-  std::size_t block = 0;
+  std::size_t block = from;
   for (; block + 16 <= n; block += 16) {
     Tags a, b, c, d;
     std::memcpy(&a, tags + block, sizeof a);
@@ -125,15 +133,13 @@ std::optional<std::uint32_t> Gossip::Find(std::uint64_t id) const {
     std::memcpy(halves, &hit, sizeof halves);
     if ((halves[0] | halves[1]) == 0) continue;
     for (std::size_t slot = block; slot < block + 16; ++slot) {
-      if (tags[slot] == tag && slot_keys_[slot].second == id) {
-        return static_cast<std::uint32_t>(slot);
-      }
+      if (tags[slot] == tag) return slot;
     }
   }
   for (std::size_t slot = block; slot < n; ++slot) {
-    if (tags[slot] == tag && slot_keys_[slot].second == id) return static_cast<std::uint32_t>(slot);
+    if (tags[slot] == tag) return slot;
   }
-  return std::nullopt;
+  return n;
 }
 
 bool Gossip::Spreading(std::uint32_t slot) const {
@@ -213,11 +219,13 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
 }
 
 void Gossip::Remove(std::uint32_t slot) {
-  const auto id = slot_keys_[slot].second;
+  // The entry, not slot_keys_: the merge has its line already (a hint loaded it), and the key's
+  // line is only written.
+  const auto id = slots_[slot].id;
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && slot_keys_[slot] >= top_.back().key) Untop(id);
+  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back().key) Untop(id);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
   if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss

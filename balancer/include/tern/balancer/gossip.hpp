@@ -202,14 +202,10 @@ class Gossip {
       __builtin_prefetch(top + byte);
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
-    if (options_.view_max != 0) {  // Find() scans the tags, merging reads the keys
+    if (options_.view_max != 0) {  // Find() scans the tags (merging only writes the keys)
       const auto* tags = reinterpret_cast<const char*>(slot_tags_.data());
       for (std::size_t byte = 0; byte < slot_tags_.size() * sizeof(std::uint32_t); byte += 64) {
         __builtin_prefetch(tags + byte);
-      }
-      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
-      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
-        __builtin_prefetch(keys + byte);
       }
     }
   }
@@ -218,7 +214,11 @@ class Gossip {
     // they fill and, in a full bounded view, the stalest entries they evict (top_'s last).
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
-      if (const auto slot = Find(entry.node_id)) {
+      // With view_max, a tag's match only (checking the id would wait for the entry's line).
+      const auto slot = options_.view_max == 0
+                            ? Find(entry.node_id)
+                            : std::optional<std::uint32_t>(ScanTags(Tag(entry.node_id), 0));
+      if (slot && *slot < slots_.size()) {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
@@ -289,6 +289,9 @@ class Gossip {
   // The slot holding `id`: through index_, or with view_max, a scan of the packed keys (a few
   // lines, fewer misses than a hash table of its own).
   std::optional<std::uint32_t> Find(std::uint64_t id) const;
+  // The first slot at or after `from` whose tag is `tag` (its id may still differ), or the
+  // number of slots.
+  std::size_t ScanTags(std::uint32_t tag, std::size_t from) const;
   // Keeps a released vector until the end of the call, its reference count loaded meanwhile
   // (a hint: tern-sim's vectors are cold in cache; the releases' misses then overlap).
   void Bury(SharedLoad&& load) {
