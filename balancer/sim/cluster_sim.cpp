@@ -468,7 +468,7 @@ class Sim {
         if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
         if (mine(k + kAhead / 2)) {
           const auto& next = inbox_[k + kAhead / 2];
-          nodes_[next.to].gossip->PrefetchWindow(entries(next));
+          nodes_[next.to].gossip->PrefetchWindow(entries(next), next.from);
         }
         if (mine(k + kAhead / 4)) {
           const auto& next = inbox_[k + kAhead / 4];

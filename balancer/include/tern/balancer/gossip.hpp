@@ -183,8 +183,9 @@ class Gossip {
   // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
   // several agents overlap instead of coming one after another.
   //  - Prefetch(): this object.
-  //  - Before OnReceiveShared: PrefetchWindow() the index cells of the window's entries and the
-  //    freshest list, PrefetchSlots() the entries they name (or the holes new ones will fill).
+  //  - Before OnReceiveShared: PrefetchWindow() the index cells (or tags) of the window's
+  //    entries, the freshest list and the sender's own vector (`from`), PrefetchSlots() the
+  //    entries they name, the holes new ones will fill and the entries they will evict.
   //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
   //    when it is due), PrefetchTickSlots() its entries.
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
@@ -193,7 +194,15 @@ class Gossip {
     const auto* self = reinterpret_cast<const char*>(this);
     for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
   }
-  void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
+  void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
+    for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
+      if (entry.node_id != from || !entry.load) continue;
+      const auto* load = reinterpret_cast<const char*>(entry.load.get());
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+      break;
+    }
     if (options_.view_max == 0) {
       for (const auto& entry : entries) index_.Prefetch(entry.node_id);
     }
