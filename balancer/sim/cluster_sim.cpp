@@ -114,6 +114,7 @@ class Sim {
       const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
       for (unsigned part = 0; part < workers_.size(); ++part) parts_.emplace_back(retain);
     }
+    samples_.resize(1);  // an empty sample for the policies that use none
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
@@ -153,20 +154,14 @@ class Sim {
       Deliver(now);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);
-      if (UsesGossip()) {
-        // Hints: the origins' views, in stages some arrivals ahead (Gossip::Prefetch).
-        for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          auto gossip = [&](std::size_t a) { return nodes_[arrivals[a].origin].gossip.get(); };
-          if (k + kAhead < arrivals.size()) gossip(k + kAhead)->Prefetch();
-          if (k + 3 * kAhead / 4 < arrivals.size()) {
-            gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-          }
-          if (k + kAhead / 2 < arrivals.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
-          if (k + kAhead / 4 < arrivals.size()) gossip(k + kAhead / 4)->PrefetchLoads();
-          Submit(arrivals[k], now);
-        }
+      if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
+        // The placements' gossip samples, on the workers (nothing changes the views meanwhile).
+        sample_nodes_.clear();
+        for (const auto& spec : arrivals) sample_nodes_.push_back(spec.origin);
+        Samples(now);
+        for (std::size_t k = 0; k < arrivals.size(); ++k) Submit(arrivals[k], now, samples_[k]);
       } else {
-        for (const auto& spec : arrivals) Submit(spec, now);
+        for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
       }
       Land(t + step);
       Progress(t, step);
@@ -180,15 +175,11 @@ class Sim {
               static_cast<double>(node.balancer->options().interval.count()) / 1000;
         }
       }
+      // The decisions' gossip samples, on the workers (nothing changes the views meanwhile).
+      sample_nodes_ = balance_due_;
+      Samples(now);
       for (std::size_t k = 0; k < balance_due_.size(); ++k) {
-        // Hints: the next nodes' views, in stages (Gossip::Prefetch).
-        auto gossip = [&](std::size_t a) { return nodes_[balance_due_[a]].gossip.get(); };
-        const std::size_t n = balance_due_.size();
-        if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
-        if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-        if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
-        if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads();
-        Balance(balance_due_[k], t);
+        Balance(balance_due_[k], t, samples_[k]);
       }
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
@@ -235,9 +226,9 @@ class Sim {
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
 
-  // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its view.
-  // Returns a buffer reused by the next call.
-  const std::vector<NodeState>& View(std::uint32_t i, Millis now) {
+  // What node `i`'s Balancer decides on: itself, exactly, and `sample`, the freshest part of
+  // its gossip view (Samples). Returns a buffer reused by the next call.
+  const std::vector<NodeState>& View(std::uint32_t i, const std::vector<NodeState>& sample) {
     const Node& node = nodes_[i];
     std::vector<NodeState>& view = view_buffer_;
     view.clear();
@@ -250,20 +241,48 @@ class Sim {
     self.mem_limit_bytes = node.spec.mem_limit_bytes;
     self.mem_used_bytes = node.mem_used;
     view.push_back(self);
-    node.gossip->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
-      view.push_back(NodeStateFromLoad(load, age));
-    });
+    view.insert(view.end(), sample.begin(), sample.end());
     return view;
   }
 
-  void Submit(const JobSpec& spec, Millis now) {
+  // samples_[k]: the freshest part of the gossip view of node sample_nodes_[k], taken by the
+  // worker whose part of the nodes it is in (a Gossip is used by one thread at a time).
+  void Samples(Millis now) {
+    const std::size_t n = sample_nodes_.size();
+    if (samples_.size() < std::max<std::size_t>(n, 1)) samples_.resize(std::max<std::size_t>(n, 1));
+    const std::size_t parts = workers_.size();
+    workers_.Run([&](unsigned part) {
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      auto mine = [&](std::size_t k) {
+        return k < n && sample_nodes_[k] >= begin && sample_nodes_[k] < end;
+      };
+      // Hints, in stages some nodes ahead (Gossip::Prefetch): their misses overlap.
+      auto gossip = [&](std::size_t k) { return nodes_[sample_nodes_[k]].gossip.get(); };
+      for (std::size_t k = 0; k < n; ++k) {
+        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[sample_nodes_[k + 2 * kAhead]].gossip);
+        if (mine(k + kAhead)) gossip(k + kAhead)->Prefetch();
+        if (mine(k + 3 * kAhead / 4)) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+        if (mine(k + kAhead / 2)) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (mine(k + kAhead / 4)) gossip(k + kAhead / 4)->PrefetchLoads();
+        if (!mine(k)) continue;
+        auto& sample = samples_[k];
+        sample.clear();
+        gossip(k)->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
+          sample.push_back(NodeStateFromLoad(load, age));
+        });
+      }
+    });
+  }
+
+  void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
     std::uint32_t target = spec.origin;
     if (spec.explicit_node) {
       // Placed by the user: every policy starts it where it was submitted.
     } else if (policy_ == Policy::kRandom) {
       target = static_cast<std::uint32_t>(rng_() % nodes_.size());
     } else if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
-      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, now), now);
+      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, sample), now);
       if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
     }
     std::uint32_t index;
@@ -483,7 +502,7 @@ class Sim {
     for (auto& part : parts_) part.entries.clear();
   }
 
-  void Balance(std::uint32_t i, double t) {
+  void Balance(std::uint32_t i, double t, const std::vector<NodeState>& sample) {
     const Millis now = ToMillis(t);
     Node& node = nodes_[i];
     std::vector<balancer::LocalJob> local;
@@ -501,7 +520,7 @@ class Sim {
       local.push_back(std::move(l));
     }
     balancer::MigrationCosts costs{node.spec.link_bytes_per_s, options_.freeze_s, 1};
-    auto decisions = node.balancer->Decide(View(i, now), local, costs, node.outgoing, now);
+    auto decisions = node.balancer->Decide(View(i, sample), local, costs, node.outgoing, now);
     for (const auto& move : decisions.migrate) {
       auto it = std::find_if(node.jobs.begin(), node.jobs.end(),
                              [&](std::uint32_t j) { return jobs_[j].id == move.job; });
@@ -575,6 +594,8 @@ class Sim {
   std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step
   std::vector<NodeState> view_buffer_;
+  std::vector<std::uint32_t> sample_nodes_;      // whose samples Samples() takes
+  std::vector<std::vector<NodeState>> samples_;  // theirs, in the same order
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
   double work_done_ = 0;
