@@ -165,8 +165,8 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
   auto stalest = [&](bool spare_news) {
     std::optional<std::uint32_t> found;
     Key worst{Millis::max(), 0};
-    for (std::uint32_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      const Key& key = slot_keys_[slot];
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+      const Key key = SlotKey(slot);
       if (key.first == kHoleKey || key >= worst) continue;
       if (spare_news && !dead_news_.empty() && Spreading(slot)) continue;
       found = slot;
@@ -194,20 +194,20 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
     if (slots_[slot].dead) --dead_held_;
     Bury(std::move(slots_[slot].load));
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = Key{key, id};
+    SetKey(slot, Key{key, id});
     slot_tags_[slot] = Tag(id);
   } else if (!holes_.empty()) {
     slot = holes_.back();
     holes_.pop_back();
     if (options_.view_max == 0) index_.Insert(id, slot);
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = Key{key, id};
+    SetKey(slot, Key{key, id});
     slot_tags_[slot] = Tag(id);
   } else {
     slot = static_cast<std::uint32_t>(slots_.size());
     if (options_.view_max == 0) index_.Insert(id, slot);
     slots_.push_back(std::move(entry));
-    slot_keys_.push_back(Key{key, id});
+    if (options_.view_max == 0) slot_keys_.push_back(Key{key, id});
     slot_tags_.push_back(Tag(id));
   }
   next_sweep_ = std::min(next_sweep_, key + options_.max_age + SweepSlack());
@@ -219,8 +219,7 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
 }
 
 void Gossip::Remove(std::uint32_t slot) {
-  // The entry, not slot_keys_: the merge has its line already (a hint loaded it), and the key's
-  // line is only written.
+  // The entry, not slot_keys_: the merge has its line already (a hint loaded it).
   const auto id = slots_[slot].id;
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
@@ -232,7 +231,7 @@ void Gossip::Remove(std::uint32_t slot) {
   // in tern-sim) and a stale slot in top_.
   Bury(std::move(slots_[slot].load));
   slots_[slot] = Entry{};
-  slot_keys_[slot] = Key{kHoleKey, 0};
+  SetKey(slot, Key{kHoleKey, 0});
   slot_tags_[slot] = Tag(0);
   holes_.push_back(slot);
 }
@@ -353,7 +352,7 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
-    slot_keys_[*slot].first = when;
+    SetKey(*slot, Key{when, id});
     Touch(*slot, true);
   }
 }
@@ -387,12 +386,13 @@ void Gossip::Expire(Millis now) {
     // then their index cells and vectors, then the removal.
     Millis oldest = Millis::max();
     expired_.clear();
-    for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      if (now - slot_keys_[slot].first > options_.max_age) {
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+      const Millis key = SlotKey(slot).first;
+      if (now - key > options_.max_age) {
         __builtin_prefetch(&slots_[slot]);
         expired_.push_back(static_cast<std::uint32_t>(slot));
       } else {
-        oldest = std::min(oldest, slot_keys_[slot].first);  // a hole's is never the oldest
+        oldest = std::min(oldest, key);  // a hole's is never the oldest
       }
     }
     for (const auto slot : expired_) {

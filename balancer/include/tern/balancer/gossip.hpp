@@ -240,11 +240,12 @@ class Gossip {
     const std::size_t n = std::min(top_.size(), options_.window);
     const auto* first = reinterpret_cast<const char*>(top_.data());
     for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
-    if (now > next_sweep_) {
-      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
-      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
-        __builtin_prefetch(keys + byte);
-      }
+    if (now > next_sweep_) {  // what the sweep reads: the keys, or with view_max the entries
+      const auto* keys = options_.view_max == 0 ? reinterpret_cast<const char*>(slot_keys_.data())
+                                                : reinterpret_cast<const char*>(slots_.data());
+      const std::size_t bytes =
+          options_.view_max == 0 ? slot_keys_.size() * sizeof(Key) : slots_.size() * sizeof(Entry);
+      for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
   void PrefetchTickSlots() const {
@@ -331,8 +332,18 @@ class Gossip {
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
-  // (slots_[i].key(), id), packed: the expiry sweep and the eviction scan read only these.
+  // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
+  // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
+  // writing the keys was one more cache line per entry merged (tern-sim).
   std::vector<Key> slot_keys_;
+  Key SlotKey(std::uint32_t slot) const {
+    if (options_.view_max == 0) return slot_keys_[slot];
+    const Entry& entry = slots_[slot];
+    return entry.id == 0 ? Key{kHoleKey, 0} : Key{entry.key(), entry.id};
+  }
+  void SetKey(std::uint32_t slot, Key key) {
+    if (options_.view_max == 0) slot_keys_[slot] = key;
+  }
   // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
   std::vector<std::uint32_t> slot_tags_;
   static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
