@@ -182,7 +182,7 @@ class Gossip {
   // cache when its turn comes). Each stage reads what the one before loaded: called for agents
   // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
   // several agents overlap instead of coming one after another.
-  //  - Prefetch(): this object.
+  //  - Prefetch(): this object (but for what only the expiry sweep reads).
   //  - Before OnReceiveShared: PrefetchWindow() the index cells (or tags) of the window's
   //    entries, the freshest list and the sender's own vector (`from`), PrefetchSlots() the
   //    entries they name, the holes new ones will fill and the entries they will evict.
@@ -191,8 +191,10 @@ class Gossip {
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
+    // Up to the packed keys: what merging and ticking read (the keys only the sweep, seldom).
     const auto* self = reinterpret_cast<const char*>(this);
-    for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
+    const auto* end = reinterpret_cast<const char*>(&slot_keys_);
+    for (const char* line = self; line < end; line += 64) __builtin_prefetch(line);
   }
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
     for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
@@ -327,11 +329,27 @@ class Gossip {
   // slot_keys_ of a hole: never expires, never the oldest.
   static constexpr Millis kHoleKey = Millis::max();
 
+  // What merging a window and ticking read first (Prefetch() loads these lines), the rest after
+  // cold_: tern-sim's agents are cold in cache when their turn comes.
   GossipOptions options_;
-  std::optional<Entry> self_;
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
+  // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
+  std::vector<std::uint32_t> slot_tags_;
+  static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
+  std::vector<std::uint32_t> holes_;
+  // The freshest live entries, freshest first: the windows and Freshest() read only these.
+  // When top_all_ is false, entries not in top_ are all older than top_.back().
+  mutable std::vector<Top> top_;
+  mutable bool top_all_ = true;
+  std::size_t dead_held_ = 0;             // entries held with dead = true
+  std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
+  std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
+  Millis next_sweep_{0};
+  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  std::optional<Entry> self_;
+  IdIndex index_;  // unused with view_max
   // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
   // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
   // writing the keys was one more cache line per entry merged (tern-sim).
@@ -344,21 +362,7 @@ class Gossip {
   void SetKey(std::uint32_t slot, Key key) {
     if (options_.view_max == 0) slot_keys_[slot] = key;
   }
-  // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
-  std::vector<std::uint32_t> slot_tags_;
-  static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
-  std::vector<std::uint32_t> holes_;
   std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
-  IdIndex index_;                       // unused with view_max
-  // The freshest live entries, freshest first: the windows and Freshest() read only these.
-  // When top_all_ is false, entries not in top_ are all older than top_.back().
-  mutable std::vector<Top> top_;
-  mutable bool top_all_ = true;
-  std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
-  std::size_t dead_held_ = 0;             // entries held with dead = true
-  std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
-  std::vector<std::uint64_t> peers_;      // TickShared's, kept for its capacity
-  Millis next_sweep_{0};
 };
 
 }  // namespace tern::balancer
