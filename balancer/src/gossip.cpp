@@ -59,13 +59,13 @@ void Gossip::RefreshLocal(Millis now) {
   if (self_) self_->born = now;
 }
 
-void Gossip::Untop(std::uint64_t id) {
-  if (!top_.empty() && top_.back().key.second == id) {  // an evicted entry: the stalest
+void Gossip::Untop(std::uint32_t slot) {
+  if (!top_.empty() && top_.back().slot == slot) {  // an evicted entry: the stalest
     top_.pop_back();
     return;
   }
   auto it =
-      std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.key.second == id; });
+      std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.slot == slot; });
   if (it != top_.end()) top_.erase(it);
 }
 
@@ -73,26 +73,28 @@ void Gossip::Rebuild() const {
   top_.clear();
   for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
     const Entry& entry = slots_[slot];
-    if (entry.id != 0 && !entry.dead) top_.push_back(Top{Key{entry.key(), entry.id}, slot});
+    if (entry.id != 0 && !entry.dead) top_.push_back(Top{entry.key(), slot});
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
   std::partial_sort(top_.begin(), top_.begin() + static_cast<std::ptrdiff_t>(keep), top_.end(),
-                    Fresher);
+                    [this](const Top& a, const Top& b) { return Fresher(a, b); });
   top_.resize(keep);
 }
 
 void Gossip::Touch(std::uint32_t slot, bool known) {
   const Entry& entry = slots_[slot];
-  if (known) Untop(entry.id);
+  if (known) Untop(slot);
   if (entry.dead) return;
-  const Top top{Key{entry.key(), entry.id}, slot};
+  const Top top{entry.key(), slot};
   if (!top_all_ && top_.empty()) {
     Rebuild();
     return;
   }
-  if (!top_all_ && top.key < top_.back().key) return;  // older than every entry kept: stays out
-  top_.insert(std::upper_bound(top_.begin(), top_.end(), top, Fresher), top);
+  if (!top_all_ && Fresher(top_.back(), top)) return;  // older than every entry kept: stays out
+  top_.insert(std::upper_bound(top_.begin(), top_.end(), top,
+                               [this](const Top& a, const Top& b) { return Fresher(a, b); }),
+              top);
   if (top_.size() > TopCapacity()) {
     top_.pop_back();
     top_all_ = false;
@@ -155,7 +157,7 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
     // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
     // stalest is its last, with no scan. The same victim as the scan below.
     const Top& last = top_.back();
-    if (Key{entry.key(), id} < last.key) return false;
+    if (Key{entry.key(), id} < KeyOf(last)) return false;
     Remove(last.slot);
     return true;
   }
@@ -224,7 +226,7 @@ void Gossip::Remove(std::uint32_t slot) {
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && Key{slots_[slot].key(), id} >= top_.back().key) Untop(id);
+  if (!top_.empty() && Key{slots_[slot].key(), id} >= KeyOf(top_.back())) Untop(slot);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
   if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
@@ -483,9 +485,9 @@ void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates
       if (window.size() >= options_.window) break;
       if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
-    for (const auto& [key, slot] : top_) {
-      if (window.size() >= options_.window || now - key.first > options_.max_age) break;
-      if (key.second == to) continue;  // the receiver knows its own load
+    for (const auto& [time, slot] : top_) {
+      if (window.size() >= options_.window || now - time > options_.max_age) break;
+      if (slots_[slot].id == to) continue;  // the receiver knows its own load
       window.push_back(ToWire(slots_[slot], now));
     }
   }
@@ -554,8 +556,8 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       return out;
     }
   }
-  for (const auto& [key, slot] : top_) {
-    if (out.size() >= n || now - key.first > options_.max_age) break;
+  for (const auto& [time, slot] : top_) {
+    if (out.size() >= n || now - time > options_.max_age) break;
     out.push_back(&slots_[slot]);
   }
   return out;

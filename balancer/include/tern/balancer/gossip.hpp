@@ -280,11 +280,16 @@ class Gossip {
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
   // An entry of top_: where it is, so that windows and Freshest() skip the index (an entry
   // stays in its slot until it is removed).
+  // 16 bytes, not a whole Key: the list is read (and shifted) at every window merged and sent.
+  // The id, which orders entries of the same time, is the entry's.
   struct Top {
-    Key key;
+    Millis time{0};  // slots_[slot].key()
     std::uint32_t slot = 0;
   };
-  static bool Fresher(const Top& a, const Top& b) { return a.key > b.key; }
+  Key KeyOf(const Top& top) const { return Key{top.time, slots_[top.slot].id}; }
+  bool Fresher(const Top& a, const Top& b) const {
+    return a.time != b.time ? a.time > b.time : slots_[a.slot].id > slots_[b.slot].id;
+  }
 
   static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
                     Millis born, bool dead, Millis dead_since, Millis news_since);
@@ -317,7 +322,7 @@ class Gossip {
   void Remove(std::uint32_t slot);
   // Keeps top_ the freshest live entries; `known`: the entry may already be in top_.
   void Touch(std::uint32_t slot, bool known);
-  void Untop(std::uint64_t id);
+  void Untop(std::uint32_t slot);
   void Rebuild() const;
   SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
   std::size_t TopCapacity() const { return 2 * options_.window + 4; }
