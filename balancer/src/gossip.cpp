@@ -161,9 +161,9 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
     Remove(last.slot);
     return true;
   }
-  // The stalest by (key, id), the freshness order; the packed keys are all the scan reads, the
-  // entry only for a candidate that may be a death notice still being spread. An expired entry
-  // awaiting the sweep is among the stalest and goes first.
+  // Otherwise (death notices held) the stalest by (key, id), the freshness order, by a scan of
+  // the entries, sparing death notices still being spread. An expired entry awaiting the sweep
+  // is among the stalest and goes first.
   auto stalest = [&](bool spare_news) {
     std::optional<std::uint32_t> found;
     Key worst{Millis::max(), 0};

@@ -35,9 +35,10 @@
 //    when they entered the sender's Gossip; node_id, seq and jobs_running must be the vector's,
 //    as TickShared makes them).
 //  - A SharedLoad may also own nothing (std::shared_ptr's aliasing constructor on an empty one):
-//    copying and dropping it then touches no reference count. tern-sim keeps its vectors in a
-//    pool of its own and reuses one only after RetainsFor() past the last time its origin
-//    published or refreshed it (SetLocalShared, RefreshLocal): no Gossip holds it any longer.
+//    copying and dropping it then touches no reference count. The owner must keep the vector
+//    while any Gossip may hold it: RetainsFor() past the last time its origin published or
+//    refreshed it (SetLocalShared, RefreshLocal), more where windows take time to arrive without
+//    aging (tern-sim: a step per hop; it waits twice that plus an interval, LoadPool).
 //
 // Thread-safety: not thread-safe; driven from one thread. Shared vectors are never modified, so
 // two Gossips on two threads may hold the same ones.
@@ -334,8 +335,8 @@ class Gossip {
   // slot_keys_ of a hole: never expires, never the oldest.
   static constexpr Millis kHoleKey = Millis::max();
 
-  // What merging a window and ticking read first (Prefetch() loads these lines), the rest after
-  // cold_: tern-sim's agents are cold in cache when their turn comes.
+  // What merging a window and ticking read comes first (Prefetch() loads up to slot_keys_):
+  // tern-sim's agents are cold in cache when their turn comes.
   GossipOptions options_;
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
