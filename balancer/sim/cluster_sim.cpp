@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <memory>
 #include <random>
+#include <span>
 
+#include "load_pool.hpp"
 #include "tern/balancer/balancer.hpp"
 #include "tern/balancer/gossip.hpp"
 #include "workers.hpp"
@@ -38,6 +43,7 @@ struct Node {
   std::vector<std::uint32_t> jobs;  // indices into the job table
   std::uint64_t mem_used = 0;
   std::unique_ptr<Gossip> gossip;
+  std::unique_ptr<LoadVector> published;  // the own vector its Gossip gossips (a LoadPool's)
   std::unique_ptr<Balancer> balancer;
   // The node's own: its gossip peers and losses, whichever thread ticks it. Out of line: its
   // 2.5 KB would spread the nodes the per-step passes walk over many more cache lines.
@@ -61,10 +67,32 @@ struct Flight {
   bool placed = false;  // a remote start (placement), not a migration
 };
 
+// A window in flight; its entries are in the sending worker's Part (entries[begin, begin+count)).
 struct Message {
   std::uint32_t to = 0;
+  std::uint32_t part = 0;
   std::uint64_t from = 0;
-  std::vector<SharedGossipEntry> entries;
+  std::uint32_t begin = 0;
+  std::uint32_t count = 0;
+};
+
+// A job that finished during a step: its index, when.
+struct Finished {
+  std::uint32_t job = 0;
+  double at = 0;
+};
+
+// What one worker's gossip ticks and job steps use and produce; buffers kept for their capacity, so
+// that a step allocates nothing (and no thread frees what another allocated).
+struct Part {
+  explicit Part(Millis retain) : pool(retain) {}
+  LoadPool pool;
+  std::vector<std::uint32_t> due;  // the nodes that tick this step
+  std::vector<balancer::SharedGossipSend> sends;
+  std::vector<Message> messages;
+  std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
+  std::uint64_t bytes = 0;
+  std::vector<Finished> finished;  // this step's, in node order
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
@@ -77,6 +105,16 @@ class Sim {
         workload_(options.workload),
         rng_(options.workload.seed + 17),
         workers_(std::max(1u, options.node_threads)) {
+    // A vector is reused once no Gossip can hold it: RetainsFor() after its last sample time,
+    // which a window's flight (one step) may push back by a step per hop; twice that, plus an
+    // interval, leaves a margin that SampleViews() checks.
+    {
+      balancer::GossipOptions g;
+      g.max_age = options.gossip_max_age;
+      const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
+      for (unsigned part = 0; part < workers_.size(); ++part) parts_.emplace_back(retain);
+    }
+    samples_.resize(1);  // an empty sample for the policies that use none
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
@@ -94,6 +132,7 @@ class Sim {
         node.gossip = std::make_unique<Gossip>(g);
       }
       balancer::BalancerOptions b = options.balancer;
+      b.reasons = false;                                             // nobody reads them here
       if (policy != Policy::kTern) b.place_local_when_free = false;  // tern's own rule
       node.balancer = std::make_unique<Balancer>(b);
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
@@ -115,42 +154,33 @@ class Sim {
       Deliver(now);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);
-      if (UsesGossip()) {
-        // Hints: the origins' views, in stages some arrivals ahead (Gossip::Prefetch).
-        for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          auto gossip = [&](std::size_t a) { return nodes_[arrivals[a].origin].gossip.get(); };
-          if (k + kAhead < arrivals.size()) gossip(k + kAhead)->Prefetch();
-          if (k + 3 * kAhead / 4 < arrivals.size()) {
-            gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-          }
-          if (k + kAhead / 2 < arrivals.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
-          if (k + kAhead / 4 < arrivals.size()) gossip(k + kAhead / 4)->PrefetchLoads();
-          Submit(arrivals[k], now);
-        }
+      if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
+        // The placements' gossip samples, on the workers (nothing changes the views meanwhile).
+        sample_nodes_.clear();
+        for (const auto& spec : arrivals) sample_nodes_.push_back(spec.origin);
+        Samples(now);
+        for (std::size_t k = 0; k < arrivals.size(); ++k) Submit(arrivals[k], now, samples_[k]);
       } else {
-        for (const auto& spec : arrivals) Submit(spec, now);
+        for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
       }
       Land(t + step);
       Progress(t, step);
       if (UsesGossip()) GossipTicks(t, now);
       balance_due_.clear();
+      // Every node's Balancer has the same interval: not read from each (a cache miss).
+      const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
       for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
         Node& node = nodes_[i];
         if (node.next_balance <= t) {
           if (Migrates() && !node.jobs.empty()) balance_due_.push_back(i);
-          node.next_balance +=
-              static_cast<double>(node.balancer->options().interval.count()) / 1000;
+          node.next_balance += balance_s;
         }
       }
+      // The decisions' gossip samples, on the workers (nothing changes the views meanwhile).
+      sample_nodes_ = balance_due_;
+      Samples(now);
       for (std::size_t k = 0; k < balance_due_.size(); ++k) {
-        // Hints: the next nodes' views, in stages (Gossip::Prefetch).
-        auto gossip = [&](std::size_t a) { return nodes_[balance_due_[a]].gossip.get(); };
-        const std::size_t n = balance_due_.size();
-        if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
-        if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-        if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
-        if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads();
-        Balance(balance_due_[k], t);
+        Balance(balance_due_[k], t, samples_[k]);
       }
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
@@ -197,9 +227,9 @@ class Sim {
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
 
-  // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its view.
-  // Returns a buffer reused by the next call.
-  const std::vector<NodeState>& View(std::uint32_t i, Millis now) {
+  // What node `i`'s Balancer decides on: itself, exactly, and `sample`, the freshest part of
+  // its gossip view (Samples). Returns a buffer reused by the next call.
+  const std::vector<NodeState>& View(std::uint32_t i, const std::vector<NodeState>& sample) {
     const Node& node = nodes_[i];
     std::vector<NodeState>& view = view_buffer_;
     view.clear();
@@ -212,20 +242,48 @@ class Sim {
     self.mem_limit_bytes = node.spec.mem_limit_bytes;
     self.mem_used_bytes = node.mem_used;
     view.push_back(self);
-    node.gossip->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
-      view.push_back(NodeStateFromLoad(load, age));
-    });
+    view.insert(view.end(), sample.begin(), sample.end());
     return view;
   }
 
-  void Submit(const JobSpec& spec, Millis now) {
+  // samples_[k]: the freshest part of the gossip view of node sample_nodes_[k], taken by the
+  // worker whose part of the nodes it is in (a Gossip is used by one thread at a time).
+  void Samples(Millis now) {
+    const std::size_t n = sample_nodes_.size();
+    if (samples_.size() < std::max<std::size_t>(n, 1)) samples_.resize(std::max<std::size_t>(n, 1));
+    const std::size_t parts = workers_.size();
+    workers_.Run([&](unsigned part) {
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      auto mine = [&](std::size_t k) {
+        return k < n && sample_nodes_[k] >= begin && sample_nodes_[k] < end;
+      };
+      // Hints, in stages some nodes ahead (Gossip::Prefetch): their misses overlap.
+      auto gossip = [&](std::size_t k) { return nodes_[sample_nodes_[k]].gossip.get(); };
+      for (std::size_t k = 0; k < n; ++k) {
+        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[sample_nodes_[k + 2 * kAhead]].gossip);
+        if (mine(k + kAhead)) gossip(k + kAhead)->Prefetch();
+        if (mine(k + 3 * kAhead / 4)) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+        if (mine(k + kAhead / 2)) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (mine(k + kAhead / 4)) gossip(k + kAhead / 4)->PrefetchLoads();
+        if (!mine(k)) continue;
+        auto& sample = samples_[k];
+        sample.clear();
+        gossip(k)->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
+          sample.push_back(NodeStateFromLoad(load, age));
+        });
+      }
+    });
+  }
+
+  void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
     std::uint32_t target = spec.origin;
     if (spec.explicit_node) {
       // Placed by the user: every policy starts it where it was submitted.
     } else if (policy_ == Policy::kRandom) {
       target = static_cast<std::uint32_t>(rng_() % nodes_.size());
     } else if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
-      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, now), now);
+      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, sample), now);
       if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
     }
     std::uint32_t index;
@@ -269,25 +327,44 @@ class Sim {
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
   }
 
+  // The jobs run for a step, each node's on the worker whose part of the nodes it is in; the
+  // jobs that finish are counted afterwards in node order, so that the sums (floating point) are
+  // the same for any number of workers.
   void Progress(double t, double step) {
-    for (auto& node : nodes_) {
-      if (node.jobs.empty()) continue;
-      const double rate =
-          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
-      for (std::size_t k = 0; k < node.jobs.size();) {
-        Job& job = jobs_[node.jobs[k]];
-        // A job that became runnable during the step runs for the rest of it only.
-        const double ran = std::min(step, t + step - job.ready);
-        if (ran <= 0) {
-          ++k;
-          continue;
+    const std::size_t parts = workers_.size();
+    workers_.Run([&](unsigned part) {
+      auto& finished = parts_[part].finished;
+      finished.clear();
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      for (std::size_t i = begin; i < end; ++i) {
+        Node& node = nodes_[i];
+        if (node.jobs.empty()) continue;
+        const double rate = node.spec.speed *
+                            std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+        for (std::size_t k = 0; k < node.jobs.size();) {
+          Job& job = jobs_[node.jobs[k]];
+          // A job that became runnable during the step runs for the rest of it only.
+          const double ran = std::min(step, t + step - job.ready);
+          if (ran <= 0) {
+            ++k;
+            continue;
+          }
+          job.remaining -= rate * ran;
+          if (job.remaining > 0) {
+            ++k;
+            continue;
+          }
+          finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
+          node.mem_used -= job.spec.rss_bytes;
+          node.jobs[k] = node.jobs.back();
+          node.jobs.pop_back();
         }
-        job.remaining -= rate * ran;
-        if (job.remaining > 0) {
-          ++k;
-          continue;
-        }
-        const double finish = t + step + job.remaining / rate;
+      }
+    });
+    for (const auto& part : parts_) {
+      for (const auto& [index, finish] : part.finished) {
+        const Job& job = jobs_[index];
         const double response = finish - job.spec.arrival_s;
         response_sum_ += response;
         slowdown_sum_ += response / job.spec.work_s;
@@ -301,10 +378,7 @@ class Sim {
           moved_sum_ += response / job.spec.work_s;
           ++moved_done_;
         }
-        node.mem_used -= job.spec.rss_bytes;
-        free_.push_back(node.jobs[k]);
-        node.jobs[k] = node.jobs.back();
-        node.jobs.pop_back();
+        free_.push_back(index);
       }
     }
   }
@@ -314,13 +388,11 @@ class Sim {
   void GossipTicks(double t, Millis now) {
     const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
     const std::size_t parts = workers_.size();
-    part_outbox_.resize(parts);
-    part_bytes_.assign(parts, 0);
-    part_due_.resize(parts);
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
-      auto& due = part_due_[part];
+      Part& mine = parts_[part];
+      auto& due = mine.due;
       due.clear();
       for (std::size_t i = begin; i < end; ++i) {
         if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
@@ -328,37 +400,41 @@ class Sim {
       // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
       auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
       for (std::size_t k = 0; k < due.size(); ++k) {
+        if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
         if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
-        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTick(now);
-        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchTickSlots();
+        if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
+        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchLoads();
         Node& node = nodes_[due[k]];
-        GossipTick(node, now, part_outbox_[part], part_bytes_[part]);
+        GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
         node.next_gossip += interval;
       }
     });
-    for (std::size_t part = 0; part < parts; ++part) {
-      gossip_bytes_ += part_bytes_[part];
-      for (auto& message : part_outbox_[part]) outbox_.push_back(std::move(message));
-      part_outbox_[part].clear();
+    for (auto& part : parts_) {
+      gossip_bytes_ += part.bytes;
+      part.bytes = 0;
+      outbox_.insert(outbox_.end(), part.messages.begin(), part.messages.end());
+      part.messages.clear();
     }
   }
 
-  void GossipTick(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
+  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
       node.gossip->RefreshLocal(now);
     } else {
-      Publish(node, now);
+      Publish(node, now, part.pool);
     }
-    Send(node, now, outbox, bytes);
+    Send(node, now, index, part);
   }
 
-  void Publish(Node& node, Millis now) {
+  void Publish(Node& node, Millis now, LoadPool& pool) {
     node.published_demand = node.demand();
     node.published_jobs = node.jobs.size();
     node.published_mem = node.mem_used;
-    LoadVector self;
+    auto vector = pool.Take(now);
+    LoadVector& self = *vector;
     self.node_id = node.id;
     self.seq = ++node.seq;
     self.cpus = static_cast<int>(node.spec.cores);
@@ -371,20 +447,22 @@ class Sim {
     self.mem_total_bytes = node.spec.mem_limit_bytes;
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
-    node.gossip->SetLocal(std::move(self), now);
+    node.gossip->SetLocalShared(LoadPool::Unowned(vector.get()), now);
+    pool.Retire(std::move(node.published), now);
+    node.published = std::move(vector);
   }
 
-  void Send(Node& node, Millis now, std::vector<Message>& outbox, std::uint64_t& bytes) {
+  void Send(Node& node, Millis now, std::uint32_t index, Part& part) {
     std::bernoulli_distribution lost(options_.gossip_loss);
-    for (auto& send : node.gossip->TickShared(now, ids_, *node.rng)) {
-      for (const auto& entry : send.entries) __builtin_prefetch(&entry.load->jobs_running);
-      bytes += kMessageOverheadBytes;
-      for (const auto& entry : send.entries) {
-        bytes += EstimateEntryBytes(entry.load->jobs_running);
-      }
+    node.gossip->TickShared(now, ids_, *node.rng, part.sends);
+    for (const auto& send : part.sends) {
+      part.bytes += kMessageOverheadBytes;
+      for (const auto& entry : send.entries) part.bytes += EstimateEntryBytes(entry.jobs_running);
       if (lost(*node.rng)) continue;
-      outbox.push_back(
-          Message{static_cast<std::uint32_t>(send.to - 1), node.id, std::move(send.entries)});
+      part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
+                                      static_cast<std::uint32_t>(part.entries.size()),
+                                      static_cast<std::uint32_t>(send.entries.size())});
+      part.entries.insert(part.entries.end(), send.entries.begin(), send.entries.end());
     }
   }
 
@@ -393,6 +471,10 @@ class Sim {
   void Deliver(Millis now) {
     inbox_.swap(outbox_);
     const std::size_t parts = workers_.size();
+    auto entries = [&](const Message& message) {
+      return std::span<SharedGossipEntry>(parts_[message.part].entries)
+          .subspan(message.begin, message.count);
+    };
     workers_.Run([&](unsigned part) {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
@@ -406,22 +488,22 @@ class Sim {
         if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
         if (mine(k + kAhead / 2)) {
           const auto& next = inbox_[k + kAhead / 2];
-          nodes_[next.to].gossip->PrefetchWindow(next.entries);
+          nodes_[next.to].gossip->PrefetchWindow(entries(next), next.from);
         }
         if (mine(k + kAhead / 4)) {
           const auto& next = inbox_[k + kAhead / 4];
-          nodes_[next.to].gossip->PrefetchSlots(next.entries);
+          nodes_[next.to].gossip->PrefetchSlots(entries(next));
         }
         if (!mine(k)) continue;
         auto& message = inbox_[k];
-        nodes_[message.to].gossip->OnReceiveShared(message.from, message.entries, now);
-        message.entries.clear();  // the vectors it did not keep go on this thread
+        nodes_[message.to].gossip->OnReceiveShared(message.from, entries(message), now);
       }
     });
     inbox_.clear();
+    for (auto& part : parts_) part.entries.clear();
   }
 
-  void Balance(std::uint32_t i, double t) {
+  void Balance(std::uint32_t i, double t, const std::vector<NodeState>& sample) {
     const Millis now = ToMillis(t);
     Node& node = nodes_[i];
     std::vector<balancer::LocalJob> local;
@@ -439,7 +521,7 @@ class Sim {
       local.push_back(std::move(l));
     }
     balancer::MigrationCosts costs{node.spec.link_bytes_per_s, options_.freeze_s, 1};
-    auto decisions = node.balancer->Decide(View(i, now), local, costs, node.outgoing, now);
+    auto decisions = node.balancer->Decide(View(i, sample), local, costs, node.outgoing, now);
     for (const auto& move : decisions.migrate) {
       auto it = std::find_if(node.jobs.begin(), node.jobs.end(),
                              [&](std::uint32_t j) { return jobs_[j].id == move.job; });
@@ -482,6 +564,10 @@ class Sim {
   void SampleViews(Millis now) {
     for (int k = 0; k < 20; ++k) {
       const auto& node = nodes_[rng_() % nodes_.size()];
+      if (!node.gossip->VectorsMatch()) {  // LoadPool's contract: no vector reused while held
+        std::fprintf(stderr, "tern-sim: a pooled load vector was reused while a view held it\n");
+        std::abort();
+      }
       for (const auto& entry : node.gossip->View(now)) {
         if (entry.load.node_id == node.id) continue;
         view_age_sum_ += static_cast<double>(entry.age.count());
@@ -506,12 +592,11 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
-  std::vector<std::vector<Message>> part_outbox_;
-  std::vector<std::uint64_t> part_bytes_;
-  std::vector<std::vector<std::uint32_t>> part_due_;
-  std::vector<std::uint32_t>
-      balance_due_;  // the nodes that balance this step  // the nodes that tick this step, per part
+  std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
+  std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step
   std::vector<NodeState> view_buffer_;
+  std::vector<std::uint32_t> sample_nodes_;      // whose samples Samples() takes
+  std::vector<std::vector<NodeState>> samples_;  // theirs, in the same order
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
   double work_done_ = 0;

@@ -47,8 +47,10 @@ struct SimOptions {
   // the forwarded submit (measured on a local cluster: docs/balancer.md, "Simulator").
   double remote_start_s = 0.05;
   balancer::BalancerOptions balancer;  // the agent's defaults unless told otherwise
-  // Threads one run splits its gossip phases over (delivery, ticks); the results do not depend
-  // on it. Everything else in a step (jobs, placement, balancing) runs on one.
+  // Threads one run splits the phases of a step whose nodes are independent over (gossip
+  // delivery and ticks, the jobs' progress, the gossip samples placements and decisions read),
+  // by parts of the nodes; the results do not depend on it. Placements and decisions themselves
+  // run on one, in order.
   unsigned node_threads = 1;
 };
 

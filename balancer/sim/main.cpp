@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "policies simulated at once (each on its own thread)")
       ->check(CLI::Range(1, 64));
   app.add_option("--node-threads", options.node_threads,
-                 "threads each run splits its gossip over (same results for any number)")
+                 "threads each run splits its gossip and jobs over (same results for any number)")
       ->check(CLI::Range(1, 64));
   app.add_option("--csv", csv, "also write the results as CSV to this file");
   app.add_option("--gossip-ms", gossip_ms, "gossip interval")->check(CLI::Range(100, 60000));

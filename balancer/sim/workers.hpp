@@ -1,5 +1,6 @@
 // Workers: a fixed set of threads that run one job split in parts, for the phases of a tern-sim
-// step whose nodes are independent (delivering gossip, gossip ticks). Run(job) calls job(part)
+// step whose nodes are independent (delivering gossip, gossip ticks, the jobs' progress, the
+// gossip samples of placements and decisions). Run(job) calls job(part)
 // for every part in [0, size()) — part 0 on the calling thread — and returns when all are done.
 //
 // Contract: a job must not call Run. With size() 1 no thread is started and Run is a plain call.

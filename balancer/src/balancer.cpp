@@ -157,6 +157,7 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
       self && options_.place_local_when_free && demand(*self) + 1 <= Capacity(*self);
   if (free_here) best = self;
   Plan(Planned{"", best->id, 1.0, 0, now, false, false});
+  if (!options_.reasons) return Placement{best->id, best->name, ""};
   std::string reason = Name(*best) + " demand " + Fixed(demand(*best)) + " of " +
                        Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
                        " fresh nodes";
@@ -364,6 +365,10 @@ Decisions Balancer::Decide(const std::vector<NodeState>& view, const std::vector
     }
     if (!best) break;
     const auto& c = *best;
+    if (!options_.reasons) {
+      decide(*c.job, *c.to, c.affinity_gain > c.cpu_gain ? "affinity" : "balance", "");
+      continue;
+    }
     std::string reason = Name(*self) + " demand " + load_of(*self) + ", " + Name(*c.to) + " " +
                          Fixed(demand[c.to->id]) + " of " + Fixed(Capacity(*c.to));
     if (Speed(*c.to) != Speed(*self)) {

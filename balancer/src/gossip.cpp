@@ -1,6 +1,7 @@
 #include "tern/balancer/gossip.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <optional>
 #include <tuple>
@@ -11,7 +12,7 @@ namespace {
 // A hint only: a shared vector's reference count sits just before it (make_shared), and merging,
 // windows and expiry touch it; thousands of agents in one process (tern-sim) miss it in cache.
 void PrefetchShared(const SharedLoad& load) {
-  if (load) __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
+  if (!Unowned(load)) __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
 }
 
 }  // namespace
@@ -21,12 +22,13 @@ Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.view_max != 0) options_.view_max = std::max(options_.view_max, options_.window);
 }
 
-Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born,
-                           bool dead, Millis dead_since, Millis news_since) {
+Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                           Millis born, bool dead, Millis dead_since, Millis news_since) {
   Entry entry;
   entry.load = std::move(load);
   entry.id = id;
   entry.seq = seq;
+  entry.jobs_running = jobs_running;
   entry.born = born;
   entry.dead = dead;
   entry.dead_since = dead_since;
@@ -38,8 +40,18 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   self.node_id = options_.self_id;
   std::string why = Implausible(self);
   const auto seq = self.seq;
-  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq, now,
-               false, Millis{0}, Millis{0});
+  const auto jobs_running = self.jobs_running;
+  self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq,
+               jobs_running, now, false, Millis{0}, Millis{0});
+  return why;
+}
+
+std::string Gossip::SetLocalShared(SharedLoad self, Millis now) {
+  std::string why = Implausible(*self);
+  const auto seq = self->seq;
+  const auto jobs_running = self->jobs_running;
+  self_ =
+      Make(std::move(self), options_.self_id, seq, jobs_running, now, false, Millis{0}, Millis{0});
   return why;
 }
 
@@ -47,9 +59,13 @@ void Gossip::RefreshLocal(Millis now) {
   if (self_) self_->born = now;
 }
 
-void Gossip::Untop(std::uint64_t id) {
+void Gossip::Untop(std::uint32_t slot) {
+  if (!top_.empty() && top_.back().slot == slot) {  // an evicted entry: the stalest
+    top_.pop_back();
+    return;
+  }
   auto it =
-      std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.key.second == id; });
+      std::find_if(top_.begin(), top_.end(), [&](const Top& top) { return top.slot == slot; });
   if (it != top_.end()) top_.erase(it);
 }
 
@@ -57,26 +73,28 @@ void Gossip::Rebuild() const {
   top_.clear();
   for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
     const Entry& entry = slots_[slot];
-    if (entry.id != 0 && !entry.dead) top_.push_back(Top{Key{entry.key(), entry.id}, slot});
+    if (entry.id != 0 && !entry.dead) top_.push_back(Top{entry.key(), slot});
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
   std::partial_sort(top_.begin(), top_.begin() + static_cast<std::ptrdiff_t>(keep), top_.end(),
-                    Fresher);
+                    [this](const Top& a, const Top& b) { return Fresher(a, b); });
   top_.resize(keep);
 }
 
 void Gossip::Touch(std::uint32_t slot, bool known) {
   const Entry& entry = slots_[slot];
-  if (known) Untop(entry.id);
+  if (known) Untop(slot);
   if (entry.dead) return;
-  const Top top{Key{entry.key(), entry.id}, slot};
+  const Top top{entry.key(), slot};
   if (!top_all_ && top_.empty()) {
     Rebuild();
     return;
   }
-  if (!top_all_ && top.key < top_.back().key) return;  // older than every entry kept: stays out
-  top_.insert(std::upper_bound(top_.begin(), top_.end(), top, Fresher), top);
+  if (!top_all_ && Fresher(top_.back(), top)) return;  // older than every entry kept: stays out
+  top_.insert(std::upper_bound(top_.begin(), top_.end(), top,
+                               [this](const Top& a, const Top& b) { return Fresher(a, b); }),
+              top);
   if (top_.size() > TopCapacity()) {
     top_.pop_back();
     top_all_ = false;
@@ -90,20 +108,40 @@ std::optional<std::uint32_t> Gossip::Find(std::uint64_t id) const {
     return *slot;
   }
   if (id == 0) return std::nullopt;  // a hole's
-  // Four at a time, one branch for the four: the scan is most of a window's merge.
-  const std::size_t n = slot_keys_.size();
-  std::size_t slot = 0;
-  for (; slot + 4 <= n; slot += 4) {
-    const Key* keys = &slot_keys_[slot];
-    if ((keys[0].second == id) | (keys[1].second == id) | (keys[2].second == id) |
-        (keys[3].second == id)) {
-      break;
-    }
-  }
-  for (; slot < n; ++slot) {
-    if (slot_keys_[slot].second == id) return static_cast<std::uint32_t>(slot);
+  // The entry checks a tag's match: merging reads it anyway.
+  for (auto slot = ScanTags(Tag(id), 0); slot < slot_tags_.size();
+       slot = ScanTags(Tag(id), slot + 1)) {
+    if (slots_[slot].id == id) return static_cast<std::uint32_t>(slot);
   }
   return std::nullopt;
+}
+
+std::size_t Gossip::ScanTags(std::uint32_t tag, std::size_t from) const {
+  // Sixteen tags at a time with one branch for the sixteen (a vector compare where the target
+  // has one): the scan is most of a window's merge.
+  using Tags = std::uint32_t __attribute__((vector_size(16)));
+  const Tags want = {tag, tag, tag, tag};
+  const std::uint32_t* tags = slot_tags_.data();
+  const std::size_t n = slot_tags_.size();
+  std::size_t block = from;
+  for (; block + 16 <= n; block += 16) {
+    Tags a, b, c, d;
+    std::memcpy(&a, tags + block, sizeof a);
+    std::memcpy(&b, tags + block + 4, sizeof b);
+    std::memcpy(&c, tags + block + 8, sizeof c);
+    std::memcpy(&d, tags + block + 12, sizeof d);
+    const Tags hit = (a == want) | (b == want) | (c == want) | (d == want);
+    std::uint64_t halves[2];
+    std::memcpy(halves, &hit, sizeof halves);
+    if ((halves[0] | halves[1]) == 0) continue;
+    for (std::size_t slot = block; slot < block + 16; ++slot) {
+      if (tags[slot] == tag) return slot;
+    }
+  }
+  for (std::size_t slot = block; slot < n; ++slot) {
+    if (tags[slot] == tag) return slot;
+  }
+  return n;
 }
 
 bool Gossip::Spreading(std::uint32_t slot) const {
@@ -114,14 +152,23 @@ bool Gossip::Spreading(std::uint32_t slot) const {
 
 bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
   if (options_.view_max == 0 || slots_.size() - holes_.size() < options_.view_max) return true;
-  // The stalest by (key, id), the freshness order; the packed keys are all the scan reads, the
-  // entry only for a candidate that may be a death notice still being spread. An expired entry
-  // awaiting the sweep is among the stalest and goes first.
+  const bool news = entry.dead;
+  if (!news && dead_held_ == 0 && top_all_ && top_.size() == slots_.size() - holes_.size()) {
+    // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
+    // stalest is its last, with no scan. The same victim as the scan below.
+    const Top& last = top_.back();
+    if (Key{entry.key(), id} < KeyOf(last)) return false;
+    Remove(last.slot);
+    return true;
+  }
+  // Otherwise (death notices held) the stalest by (key, id), the freshness order, by a scan of
+  // the entries, sparing death notices still being spread. An expired entry awaiting the sweep
+  // is among the stalest and goes first.
   auto stalest = [&](bool spare_news) {
     std::optional<std::uint32_t> found;
     Key worst{Millis::max(), 0};
-    for (std::uint32_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      const Key& key = slot_keys_[slot];
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+      const Key key = SlotKey(slot);
       if (key.first == kHoleKey || key >= worst) continue;
       if (spare_news && !dead_news_.empty() && Spreading(slot)) continue;
       found = slot;
@@ -129,7 +176,6 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
     }
     return std::pair{found, worst};
   };
-  const bool news = entry.dead;
   auto [victim, worst] = stalest(true);
   if (!victim) {
     if (!news) return false;  // every entry held is news still being spread
@@ -144,22 +190,27 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
   const Millis key = entry.key();
   std::uint32_t slot;
   if (!found && !MakeRoom(id, entry)) return;
+  if (entry.dead) ++dead_held_;
   if (found) {
     slot = *found;
+    if (slots_[slot].dead) --dead_held_;
     Bury(std::move(slots_[slot].load));
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = Key{key, id};
+    SetKey(slot, Key{key, id});
+    slot_tags_[slot] = Tag(id);
   } else if (!holes_.empty()) {
     slot = holes_.back();
     holes_.pop_back();
     if (options_.view_max == 0) index_.Insert(id, slot);
     slots_[slot] = std::move(entry);
-    slot_keys_[slot] = Key{key, id};
+    SetKey(slot, Key{key, id});
+    slot_tags_[slot] = Tag(id);
   } else {
     slot = static_cast<std::uint32_t>(slots_.size());
     if (options_.view_max == 0) index_.Insert(id, slot);
     slots_.push_back(std::move(entry));
-    slot_keys_.push_back(Key{key, id});
+    if (options_.view_max == 0) slot_keys_.push_back(Key{key, id});
+    slot_tags_.push_back(Tag(id));
   }
   next_sweep_ = std::min(next_sweep_, key + options_.max_age + SweepSlack());
   const Entry& stored = slots_[slot];
@@ -170,17 +221,20 @@ void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> f
 }
 
 void Gossip::Remove(std::uint32_t slot) {
-  const auto id = slot_keys_[slot].second;
+  // The entry, not slot_keys_: the merge has its line already (a hint loaded it).
+  const auto id = slots_[slot].id;
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && slot_keys_[slot] >= top_.back().key) Untop(id);
+  if (!top_.empty() && Key{slots_[slot].key(), id} >= KeyOf(top_.back())) Untop(slot);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
+  if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
   // in tern-sim) and a stale slot in top_.
   Bury(std::move(slots_[slot].load));
   slots_[slot] = Entry{};
-  slot_keys_[slot] = Key{kHoleKey, 0};
+  SetKey(slot, Key{kHoleKey, 0});
+  slot_tags_[slot] = Tag(0);
   holes_.push_back(slot);
 }
 
@@ -197,8 +251,12 @@ std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                          std::to_string(from) + ": " + why);
       continue;
     }
-    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load), entry.load.node_id,
-                             entry.load.seq, entry.age, entry.dead};
+    SharedGossipEntry shared{std::make_shared<const LoadVector>(entry.load),
+                             entry.load.node_id,
+                             entry.load.seq,
+                             entry.age,
+                             entry.dead,
+                             entry.load.jobs_running};
     Merge(from, shared, now, rejected);
   }
   graveyard_.clear();
@@ -267,7 +325,10 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
   auto slot = Find(id);
   if (!slot || Expired(slots_[*slot], now)) {  // an expired entry awaiting the sweep is gone
-    Store(id, Make(std::move(incoming.load), id, seq, when, incoming.dead, when, now), slot);
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, incoming.dead, when,
+               now),
+          slot);
     return;
   }
   Entry& known = slots_[*slot];
@@ -275,20 +336,25 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
     if (!known.dead && known.born > when) return;  // sampled after the death: alive
     if (known.dead && seq <= known.seq) return;
     const bool newer = seq > known.seq;
-    Entry updated =
-        Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq, known.born,
-             true, known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
+    Entry updated = Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq,
+                         newer ? incoming.jobs_running : known.jobs_running, known.born, true,
+                         known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
     Store(id, std::move(updated), slot);
   } else if (known.dead) {
     if (when <= known.dead_since || seq < known.seq) return;
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}),
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+               Millis{0}),
           slot);  // it came back
   } else if (seq > known.seq) {
-    Store(id, Make(std::move(incoming.load), id, seq, when, false, Millis{0}, Millis{0}), slot);
+    Store(id,
+          Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
+               Millis{0}),
+          slot);
   } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
     known.born = when;
-    slot_keys_[*slot].first = when;
+    SetKey(*slot, Key{when, id});
     Touch(*slot, true);
   }
 }
@@ -322,12 +388,13 @@ void Gossip::Expire(Millis now) {
     // then their index cells and vectors, then the removal.
     Millis oldest = Millis::max();
     expired_.clear();
-    for (std::size_t slot = 0; slot < slot_keys_.size(); ++slot) {
-      if (now - slot_keys_[slot].first > options_.max_age) {
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+      const Millis key = SlotKey(slot).first;
+      if (now - key > options_.max_age) {
         __builtin_prefetch(&slots_[slot]);
         expired_.push_back(static_cast<std::uint32_t>(slot));
       } else {
-        oldest = std::min(oldest, slot_keys_[slot].first);  // a hole's is never the oldest
+        oldest = std::min(oldest, key);  // a hole's is never the oldest
       }
     }
     for (const auto slot : expired_) {
@@ -347,8 +414,9 @@ void Gossip::Expire(Millis now) {
 }
 
 SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return SharedGossipEntry{entry.load, entry.id, entry.seq, std::max(Millis{0}, now - entry.key()),
-                           entry.dead};
+  return SharedGossipEntry{entry.load, entry.id,
+                           entry.seq,  std::max(Millis{0}, now - entry.key()),
+                           entry.dead, entry.jobs_running};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
@@ -368,12 +436,22 @@ std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t
 std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
                                                  const std::vector<std::uint64_t>& candidates,
                                                  std::mt19937_64& rng) {
+  std::vector<SharedGossipSend> sends;
+  TickShared(now, candidates, rng, sends);
+  return sends;
+}
+
+void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates,
+                        std::mt19937_64& rng, std::vector<SharedGossipSend>& sends) {
   Expire(now);
   graveyard_.clear();
-  std::vector<SharedGossipSend> sends;
-  if (candidates.empty()) return sends;
+  if (candidates.empty()) {
+    sends.clear();
+    return;
+  }
   // Distinct random peers without copying the candidate list: its size may be the cluster's.
-  std::vector<std::uint64_t> peers;
+  auto& peers = peers_;
+  peers.clear();
   std::uniform_int_distribution<std::size_t> pick(0, candidates.size() - 1);
   for (std::size_t tries = 0; peers.size() < options_.fanout && tries < 4 * options_.fanout + 8;
        ++tries) {
@@ -395,23 +473,24 @@ std::vector<SharedGossipSend> Gossip::TickShared(Millis now,
   const std::size_t hint = std::min(top_.size(), options_.window);
   for (std::size_t k = 0; k < hint; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   for (std::size_t k = 0; k < hint; ++k) PrefetchShared(slots_[top_[k].slot].load);
-  for (const auto to : peers) {
-    SharedGossipSend send{to, {}};
-    auto& window = send.entries;
+  sends.resize(peers.size());  // the windows' buffers are reused (tern-sim: no allocation)
+  for (std::size_t p = 0; p < peers.size(); ++p) {
+    const auto to = peers[p];
+    sends[p].to = to;
+    auto& window = sends[p].entries;
+    window.clear();
     window.reserve(options_.window);
     if (self_) window.push_back(ToWire(*self_, now));
     for (const auto& [since, slot] : news) {
       if (window.size() >= options_.window) break;
       if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
-    for (const auto& [key, slot] : top_) {
-      if (window.size() >= options_.window || now - key.first > options_.max_age) break;
-      if (key.second == to) continue;  // the receiver knows its own load
+    for (const auto& [time, slot] : top_) {
+      if (window.size() >= options_.window || now - time > options_.max_age) break;
+      if (slots_[slot].id == to) continue;  // the receiver knows its own load
       window.push_back(ToWire(slots_[slot], now));
     }
-    sends.push_back(std::move(send));
   }
-  return sends;
 }
 
 std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
@@ -437,6 +516,14 @@ std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) 
   if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
   const Entry& entry = slots_[*slot];
   return ViewEntry{*entry.load, now - entry.born, entry.dead};
+}
+
+bool Gossip::VectorsMatch() const {
+  if (self_ && (self_->load->node_id != self_->id || self_->load->seq != self_->seq)) return false;
+  return std::all_of(slots_.begin(), slots_.end(), [](const Entry& entry) {
+    return entry.id == 0 || (entry.load->node_id == entry.id && entry.load->seq == entry.seq &&
+                             entry.load->jobs_running == entry.jobs_running);
+  });
 }
 
 std::size_t Gossip::size() const { return slots_.size() - holes_.size() + (self_ ? 1 : 0); }
@@ -469,8 +556,8 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       return out;
     }
   }
-  for (const auto& [key, slot] : top_) {
-    if (out.size() >= n || now - key.first > options_.max_age) break;
+  for (const auto& [time, slot] : top_) {
+    if (out.size() >= n || now - time > options_.max_age) break;
     out.push_back(&slots_[slot]);
   }
   return out;

@@ -27,9 +27,25 @@ std::string BadNumber(std::string_view what, double value, double max = INFINITY
   return out.str();
 }
 
+bool Fine(double value, double max = INFINITY) {
+  return std::isfinite(value) && value >= 0 && value <= max;
+}
+
+// The checks below in one expression, no complaint built: tern-sim checks a vector per window
+// received (36 million an hour at 10,000 nodes), and nearly all of them pass.
+bool Plausible(const LoadVector& load) {
+  return load.node_id != 0 && Fine(load.load1) && load.runnable >= 0 && load.cpus >= 0 &&
+         Fine(load.cpu_mhz) && load.jobs_running >= 0 && Fine(load.link_bytes_per_s) &&
+         Fine(load.capacity, kMaxCpus) && Fine(load.demand, kMaxCpus) &&
+         Fine(load.speed, kMaxSpeed) && load.speed != 0 &&
+         !(load.mem_limit_bytes > 0 && load.mem_used_bytes / 2 > load.mem_limit_bytes) &&
+         load.jobs.empty();
+}
+
 }  // namespace
 
 std::string Implausible(const LoadVector& load) {
+  if (Plausible(load)) return "";  // the common case; a vector with jobs takes the long way
   if (load.node_id == 0) return "node id 0";
   const std::pair<std::string_view, double> figures[] = {
       {"load1", load.load1},

@@ -98,6 +98,30 @@ TEST(BalancerTest, MovesALongRunningJobOffACrowdedNodeWithItsReason) {
       << move.reason;
 }
 
+// tern-sim turns the reasons off: the same placements and moves, without their words.
+TEST(BalancerTest, WithoutReasonsTheChoicesAreTheSame) {
+  BalancerOptions quiet;
+  quiet.reasons = false;
+  Balancer with({}), without(quiet);
+  std::vector<NodeState> view = {Node(1, 0.5, 3, true), Node(2, 0.5, 0.5), Node(3, 0.5, 0.1)};
+  for (int k = 0; k < 3; ++k) {
+    const auto a = with.Place(view, Millis(1000 + k)), b = without.Place(view, Millis(1000 + k));
+    EXPECT_EQ(b.node, a.node);
+    EXPECT_FALSE(a.reason.empty());
+    EXPECT_TRUE(b.reason.empty());
+  }
+  std::vector<LocalJob> jobs = {Job("a"), Job("b"), Job("c")};
+  const auto a = with.Decide(view, jobs, {}, 0, Millis(100000));
+  const auto b = without.Decide(view, jobs, {}, 0, Millis(100000));
+  ASSERT_EQ(a.migrate.size(), 1u);
+  ASSERT_EQ(b.migrate.size(), a.migrate.size());
+  EXPECT_EQ(b.migrate[0].job, a.migrate[0].job);
+  EXPECT_EQ(b.migrate[0].to, a.migrate[0].to);
+  EXPECT_EQ(b.migrate[0].kind, a.migrate[0].kind);
+  EXPECT_FALSE(a.migrate[0].reason.empty());
+  EXPECT_TRUE(b.migrate[0].reason.empty());
+}
+
 TEST(BalancerTest, YoungJobsAndSmallGainsStay) {
   Balancer balancer({});
   std::vector<NodeState> view = {Node(1, 0.5, 2, true), Node(2, 0.5, 0)};

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <limits>
 #include <map>
 #include <random>
@@ -480,6 +481,86 @@ TEST(GossipClusterTest, BoundedViewsGiveTheBalancerTheSameSample) {
               largest, unbounded_mean / kNodes);
   EXPECT_LE(largest, 33u);                   // 32 others and self
   EXPECT_GT(unbounded_mean / kNodes, 100u);  // the bound did bind
+}
+
+// tern-sim's path (vectors it owns, gossiped through SharedLoads that own nothing; windows into
+// reused buffers; a full bounded view evicting without a scan) against the agent's (vectors by
+// value, through Tick/OnReceive): every view the same, round after round, with loads that change
+// or stay (a refreshed age), losses, a node that dies and the news of its death (the scan path).
+TEST(GossipClusterTest, PooledSharedWindowsGiveTheSameViewsAsValueWindows) {
+  constexpr std::size_t kNodes = 200;
+  constexpr std::uint64_t kDead = 77;
+  auto options = Bounded(0, 8, 16);
+  std::vector<Gossip> by_value, shared;
+  for (std::uint64_t id = 1; id <= kNodes; ++id) {
+    options.self_id = id;
+    by_value.emplace_back(options);
+    shared.emplace_back(options);
+  }
+  std::deque<LoadVector> owned;  // never freed during the test: what a LoadPool guarantees
+  std::vector<std::uint64_t> live;
+  for (std::uint64_t id = 1; id <= kNodes; ++id) live.push_back(id);
+  std::mt19937_64 rng_value(3), rng_shared(3), loss(4);
+  std::vector<SharedGossipSend> sends;
+  std::size_t evictions_checked = 0, know_dead = 0;
+  for (int round = 1; round <= 60; ++round) {
+    const Millis now(1000 * round);
+    for (auto id : live) {
+      // Every third node keeps its figures for a while: the same vector, a younger age.
+      if (id % 3 == 0 && round % 4 != 1) {
+        by_value[id - 1].RefreshLocal(now);
+        shared[id - 1].RefreshLocal(now);
+        continue;
+      }
+      const auto vector = Vector(id, static_cast<std::uint64_t>(round), 0.1 * (id % 7));
+      by_value[id - 1].SetLocal(vector, now);
+      owned.push_back(vector);
+      shared[id - 1].SetLocalShared(SharedLoad(SharedLoad(), &owned.back()), now);
+    }
+    if (round == 20) live.erase(std::find(live.begin(), live.end(), kDead));
+    if (round == 21) {  // membership tells the first three that still hold it
+      std::size_t told = 0;
+      for (auto id : live) {
+        if (told == 3 || !by_value[id - 1].Get(kDead, now)) continue;
+        by_value[id - 1].OnNodeDead(kDead, now);
+        shared[id - 1].OnNodeDead(kDead, now);
+        ++told;
+      }
+      ASSERT_GT(told, 0u);
+    }
+    for (auto id : live) {
+      auto values = by_value[id - 1].Tick(now, live, rng_value);
+      shared[id - 1].TickShared(now, live, rng_shared, sends);
+      ASSERT_EQ(sends.size(), values.size());
+      for (std::size_t k = 0; k < values.size(); ++k) {
+        ASSERT_EQ(sends[k].to, values[k].to);
+        ASSERT_EQ(sends[k].entries.size(), values[k].entries.size());
+        if (std::bernoulli_distribution(0.05)(loss)) continue;
+        const auto to = values[k].to;
+        if (std::find(live.begin(), live.end(), to) == live.end()) continue;
+        EXPECT_EQ(shared[to - 1].OnReceiveShared(id, sends[k].entries, now),
+                  by_value[to - 1].OnReceive(id, values[k].entries, now));
+      }
+    }
+    for (std::uint64_t id = 1; id <= kNodes; ++id) {
+      const auto a = by_value[id - 1].View(now), b = shared[id - 1].View(now);
+      ASSERT_EQ(Ids(b), Ids(a)) << "agent " << id << ", round " << round;
+      for (std::size_t k = 0; k < a.size(); ++k) {
+        ASSERT_EQ(b[k].load.seq, a[k].load.seq);
+        ASSERT_EQ(b[k].age, a[k].age);
+        ASSERT_EQ(b[k].dead, a[k].dead);
+        ASSERT_EQ(b[k].load.demand, a[k].load.demand);
+      }
+      ASSERT_TRUE(shared[id - 1].VectorsMatch());
+      if (a.size() == 17) ++evictions_checked;  // a full view: new entries evict
+      if (round == 25 && b.size() > 0) {
+        const auto entry = shared[id - 1].Get(kDead, now);
+        know_dead += entry && entry->dead ? 1 : 0;
+      }
+    }
+  }
+  EXPECT_GT(evictions_checked, kNodes);
+  EXPECT_GT(know_dead, 0u) << "the death news spread (the eviction scan's case)";
 }
 
 TEST(GossipClusterTest, BytesPerNodePerRoundDoNotGrowWithTheCluster) {

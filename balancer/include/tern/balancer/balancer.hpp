@@ -88,6 +88,9 @@ struct BalancerOptions {
   // however much less loaded another node is: most jobs are short, a remote start costs, and
   // Decide moves the ones that turn out long and crowded (Harchol-Balter and Downey).
   bool place_local_when_free = false;
+  // false: placements and moves come without their `reason` (tern-sim: millions of placements an
+  // hour whose words nobody reads, each costing a few string formats); the choices are the same.
+  bool reasons = true;
   double memory_high = 0.9;
   std::uint64_t postcopy_above_bytes = 256ull << 20;
 };

@@ -32,8 +32,13 @@
 //    own vector is implausible ("" when it is not; it is gossiped anyway, and value receivers
 //    drop it). OnReceiveShared takes windows from another Gossip's TickShared: it checks the
 //    sender's own entry with Implausible() and the others' ages only (they passed Implausible()
-//    when they entered the sender's Gossip; node_id and seq must be the vector's, as TickShared
-//    makes them).
+//    when they entered the sender's Gossip; node_id, seq and jobs_running must be the vector's,
+//    as TickShared makes them).
+//  - A SharedLoad may also own nothing (std::shared_ptr's aliasing constructor on an empty one):
+//    copying and dropping it then touches no reference count. The owner must keep the vector
+//    while any Gossip may hold it: RetainsFor() past the last time its origin published or
+//    refreshed it (SetLocalShared, RefreshLocal), more where windows take time to arrive without
+//    aging (tern-sim: a step per hop; it waits twice that plus an interval, LoadPool).
 //
 // Thread-safety: not thread-safe; driven from one thread. Shared vectors are never modified, so
 // two Gossips on two threads may hold the same ones.
@@ -70,15 +75,23 @@ struct GossipSend {
 
 using SharedLoad = std::shared_ptr<const LoadVector>;
 
-// GossipEntry with its load vector shared instead of copied (never null). node_id and seq repeat
-// the vector's, so that a receiver decides without reading the vector (tern-sim: it is wherever
-// its sender allocated it, a cache miss).
+// Whether `load` has no reference count (null, or pointing at a vector it does not own): found
+// without reading the count, which is a cache miss where vectors are many.
+inline bool Unowned(const SharedLoad& load) {
+  return !load.owner_before(SharedLoad()) && !SharedLoad().owner_before(load);
+}
+
+// GossipEntry with its load vector shared instead of copied (never null). node_id, seq and
+// jobs_running repeat the vector's, so that a receiver decides, and tern-sim counts a window's
+// bytes, without reading the vector (tern-sim: it is wherever its sender allocated it, a cache
+// miss).
 struct SharedGossipEntry {
   SharedLoad load;
   std::uint64_t node_id = 0;
   std::uint64_t seq = 0;
   std::chrono::milliseconds age{0};
   bool dead = false;
+  int jobs_running = 0;
 };
 
 struct SharedGossipSend {
@@ -105,6 +118,9 @@ class Gossip {
   explicit Gossip(GossipOptions options);
 
   std::string SetLocal(LoadVector self, Millis now);
+  // SetLocal with a vector the caller allocated (it may own nothing: see the contract); its
+  // node_id must be self_id.
+  std::string SetLocalShared(SharedLoad self, Millis now);
   // The own sample is unchanged: it counts as taken at `now`, with the same vector and seq (an
   // equal seq with a smaller age refreshes receivers' copies without replacing them). tern-sim:
   // most simulated nodes do not change every interval. No-op before the first SetLocal.
@@ -121,6 +137,9 @@ class Gossip {
   // Tick with the windows' load vectors shared; the same peers and entries for the same rng.
   std::vector<SharedGossipSend> TickShared(Millis now, const std::vector<std::uint64_t>& candidates,
                                            std::mt19937_64& rng);
+  // The same into `sends`, whose buffers it reuses: on return it holds one window per peer.
+  void TickShared(Millis now, const std::vector<std::uint64_t>& candidates, std::mt19937_64& rng,
+                  std::vector<SharedGossipSend>& sends);
 
   struct ViewEntry {
     LoadVector load;
@@ -133,6 +152,9 @@ class Gossip {
   // Entries held, self included; entries expired since the last sweep (at most max_age / 8 ago)
   // may still be counted until the next Tick.
   std::size_t size() const;
+  // Whether every vector held still carries its entry's node_id, seq and jobs_running: always,
+  // unless a vector owned elsewhere was reused while held (tern-sim checks its LoadPool with it).
+  bool VectorsMatch() const;
 
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
   // the cluster a Balancer decides on, as MOSIX decides on its load window.
@@ -151,23 +173,39 @@ class Gossip {
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
+  // How long after its sample time (the last SetLocal or RefreshLocal of its origin) this Gossip
+  // may still hold a vector: an expired entry goes at the first Tick more than this after it.
+  // Holding it until then is what lets a window still carry it. For a death notice, count from
+  // the death instead.
+  Millis RetainsFor() const { return options_.max_age + SweepSlack(); }
 
   // Hints only, no effect on results (tern-sim: thousands of agents in one process, each cold in
   // cache when its turn comes). Each stage reads what the one before loaded: called for agents
   // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
   // several agents overlap instead of coming one after another.
-  //  - Prefetch(): this object.
-  //  - Before OnReceiveShared: PrefetchWindow() the index cells of the window's entries and the
-  //    freshest list, PrefetchSlots() the entries they name (or the holes new ones will fill).
+  //  - Prefetch(): this object (but for what only the expiry sweep reads).
+  //  - Before OnReceiveShared: PrefetchWindow() the index cells (or tags) of the window's
+  //    entries, the freshest list and the sender's own vector (`from`), PrefetchSlots() the
+  //    entries they name, the holes new ones will fill and the entries they will evict.
   //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
   //    when it is due), PrefetchTickSlots() its entries.
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
+    // Up to the packed keys: what merging and ticking read (the keys only the sweep, seldom).
     const auto* self = reinterpret_cast<const char*>(this);
-    for (std::size_t line = 0; line < sizeof(Gossip); line += 64) __builtin_prefetch(self + line);
+    const auto* end = reinterpret_cast<const char*>(&slot_keys_);
+    for (const char* line = self; line < end; line += 64) __builtin_prefetch(line);
   }
-  void PrefetchWindow(std::span<const SharedGossipEntry> entries) const {
+  void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
+    for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
+      if (entry.node_id != from || !entry.load) continue;
+      const auto* load = reinterpret_cast<const char*>(entry.load.get());
+      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
+        __builtin_prefetch(load + line);
+      }
+      break;
+    }
     if (options_.view_max == 0) {
       for (const auto& entry : entries) index_.Prefetch(entry.node_id);
     }
@@ -176,27 +214,28 @@ class Gossip {
       __builtin_prefetch(top + byte);
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
-    if (options_.view_max != 0) {  // the eviction scan reads them all (a few lines)
-      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
-      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
-        __builtin_prefetch(keys + byte);
+    if (options_.view_max != 0) {  // Find() scans the tags (merging only writes the keys)
+      const auto* tags = reinterpret_cast<const char*>(slot_tags_.data());
+      for (std::size_t byte = 0; byte < slot_tags_.size() * sizeof(std::uint32_t); byte += 64) {
+        __builtin_prefetch(tags + byte);
       }
     }
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
-    if (options_.view_max != 0) {  // a few dozen: all of them, without looking anything up
-      const auto* slots = reinterpret_cast<const char*>(slots_.data());
-      for (std::size_t byte = 0; byte < slots_.size() * sizeof(Entry); byte += 64) {
-        __builtin_prefetch(slots + byte);
-      }
-      return;
-    }
+    // The slots the merge will touch: those of the entries known, then for the new ones the holes
+    // they fill and, in a full bounded view, the stalest entries they evict (top_'s last).
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
-      if (const auto slot = Find(entry.node_id)) {
+      // With view_max, a tag's match only (checking the id would wait for the entry's line).
+      const auto slot = options_.view_max == 0
+                            ? Find(entry.node_id)
+                            : std::optional<std::uint32_t>(ScanTags(Tag(entry.node_id), 0));
+      if (slot && *slot < slots_.size()) {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
+      } else if (options_.view_max != 0 && fresh - holes_.size() < top_.size()) {
+        __builtin_prefetch(&slots_[top_[top_.size() - 1 - (fresh++ - holes_.size())].slot]);
       }
     }
   }
@@ -204,11 +243,12 @@ class Gossip {
     const std::size_t n = std::min(top_.size(), options_.window);
     const auto* first = reinterpret_cast<const char*>(top_.data());
     for (std::size_t byte = 0; byte < n * sizeof(Top); byte += 64) __builtin_prefetch(first + byte);
-    if (now > next_sweep_) {
-      const auto* keys = reinterpret_cast<const char*>(slot_keys_.data());
-      for (std::size_t byte = 0; byte < slot_keys_.size() * sizeof(Key); byte += 64) {
-        __builtin_prefetch(keys + byte);
-      }
+    if (now > next_sweep_) {  // what the sweep reads: the keys, or with view_max the entries
+      const auto* keys = options_.view_max == 0 ? reinterpret_cast<const char*>(slot_keys_.data())
+                                                : reinterpret_cast<const char*>(slots_.data());
+      const std::size_t bytes =
+          options_.view_max == 0 ? slot_keys_.size() * sizeof(Key) : slots_.size() * sizeof(Entry);
+      for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
   void PrefetchTickSlots() const {
@@ -233,6 +273,7 @@ class Gossip {
     std::uint64_t seq = 0;  // entry, not the vector (which is wherever its sender put it)
     Millis born{0};         // now - age when received: the sample's time on this agent's clock
     bool dead = false;
+    int jobs_running = 0;  // load->jobs_running, for windows (SharedGossipEntry)
     Millis dead_since{0};  // when the death was seen, on this agent's clock
     Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
     Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
@@ -240,14 +281,19 @@ class Gossip {
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
   // An entry of top_: where it is, so that windows and Freshest() skip the index (an entry
   // stays in its slot until it is removed).
+  // 16 bytes, not a whole Key: the list is read (and shifted) at every window merged and sent.
+  // The id, which orders entries of the same time, is the entry's.
   struct Top {
-    Key key;
+    Millis time{0};  // slots_[slot].key()
     std::uint32_t slot = 0;
   };
-  static bool Fresher(const Top& a, const Top& b) { return a.key > b.key; }
+  Key KeyOf(const Top& top) const { return Key{top.time, slots_[top.slot].id}; }
+  bool Fresher(const Top& a, const Top& b) const {
+    return a.time != b.time ? a.time > b.time : slots_[a.slot].id > slots_[b.slot].id;
+  }
 
-  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, Millis born, bool dead,
-                    Millis dead_since, Millis news_since);
+  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                    Millis born, bool dead, Millis dead_since, Millis news_since);
   void Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
              std::vector<std::string>& rejected);
   std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
@@ -261,17 +307,23 @@ class Gossip {
   // The slot holding `id`: through index_, or with view_max, a scan of the packed keys (a few
   // lines, fewer misses than a hash table of its own).
   std::optional<std::uint32_t> Find(std::uint64_t id) const;
+  // The first slot at or after `from` whose tag is `tag` (its id may still differ), or the
+  // number of slots.
+  std::size_t ScanTags(std::uint32_t tag, std::size_t from) const;
   // Keeps a released vector until the end of the call, its reference count loaded meanwhile
   // (a hint: tern-sim's vectors are cold in cache; the releases' misses then overlap).
   void Bury(SharedLoad&& load) {
-    if (!load) return;
+    if (Unowned(load)) {  // no count to release
+      load.reset();
+      return;
+    }
     __builtin_prefetch(reinterpret_cast<const char*>(load.get()) - 16);
     graveyard_.push_back(std::move(load));
   }
   void Remove(std::uint32_t slot);
   // Keeps top_ the freshest live entries; `known`: the entry may already be in top_.
   void Touch(std::uint32_t slot, bool known);
-  void Untop(std::uint64_t id);
+  void Untop(std::uint32_t slot);
   void Rebuild() const;
   SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
   std::size_t TopCapacity() const { return 2 * options_.window + 4; }
@@ -283,23 +335,40 @@ class Gossip {
   // slot_keys_ of a hole: never expires, never the oldest.
   static constexpr Millis kHoleKey = Millis::max();
 
+  // What merging a window and ticking read comes first (Prefetch() loads up to slot_keys_):
+  // tern-sim's agents are cold in cache when their turn comes.
   GossipOptions options_;
-  std::optional<Entry> self_;
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
-  // (slots_[i].key(), id), packed: the expiry sweep and the eviction scan read only these.
-  std::vector<Key> slot_keys_;
+  // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
+  std::vector<std::uint32_t> slot_tags_;
+  static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
   std::vector<std::uint32_t> holes_;
-  std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
-  IdIndex index_;                       // unused with view_max
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
   mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
+  std::size_t dead_held_ = 0;             // entries held with dead = true
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
   Millis next_sweep_{0};
+  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  std::optional<Entry> self_;
+  IdIndex index_;  // unused with view_max
+  // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
+  // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
+  // writing the keys was one more cache line per entry merged (tern-sim).
+  std::vector<Key> slot_keys_;
+  Key SlotKey(std::uint32_t slot) const {
+    if (options_.view_max == 0) return slot_keys_[slot];
+    const Entry& entry = slots_[slot];
+    return entry.id == 0 ? Key{kHoleKey, 0} : Key{entry.key(), entry.id};
+  }
+  void SetKey(std::uint32_t slot, Key key) {
+    if (options_.view_max == 0) slot_keys_[slot] = key;
+  }
+  std::vector<std::uint32_t> expired_;  // the sweep's list, kept for its capacity
 };
 
 }  // namespace tern::balancer
