@@ -166,7 +166,7 @@ Expected<void> Agent::Start() {
       {.blocker = move_blocker,
        .rights = [this](const std::string& job) { return ipc_->RightCount(job); },
        .channel = [this](const std::string& job) { return ipc_->ChannelSocket(job); },
-       .open = [this](const std::string& job) { return ipc_->OpenChannel(job); },
+       .open = [this](const std::string& job) { return ipc_->OpenChannelForMove(job); },
        .close = [this](const std::string& job) { ipc_->CloseChannel(job); },
        .hand_off = [this](const std::string& job, std::uint64_t to,
                           int init_pid) { return ipc_->HandOff(job, to, init_pid); },

@@ -375,7 +375,20 @@ IpcResult<void> PortReader::State::TakeBatch(Channel::Impl::Reply reply) {
   for (std::uint32_t i = 0; i < *count; ++i) {
     const std::string_view start = reader.rest();
     if (!ReadView(reader, view)) {
-      return IpcError{JobStatus::kBadRequest, "malformed message in a receive_many answer"};
+      // Where it broke, so that a report of it says what the answer looked like.
+      const std::string_view body = std::string_view(*owner).substr(reply.body_at);
+      const std::size_t at = body.size() - start.size();
+      std::string head;
+      for (std::size_t b = at; b < std::min(body.size(), at + 24); ++b) {
+        static constexpr char kHex[] = "0123456789abcdef";
+        head += kHex[static_cast<unsigned char>(body[b]) >> 4];
+        head += kHex[static_cast<unsigned char>(body[b]) & 15];
+      }
+      return IpcError{JobStatus::kBadRequest, "malformed message " + std::to_string(i + 1) +
+                                                  " of " + std::to_string(*count) +
+                                                  " in a receive_many answer of " +
+                                                  std::to_string(body.size()) + " bytes, at byte " +
+                                                  std::to_string(at) + ": " + head};
     }
     Held held;
     held.owner = owner;

@@ -81,11 +81,11 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     int holder_pid = 0;
   };
 
-  int Open(const std::string& job) {
+  int Open(const std::string& job, bool hello) {
     const int end = MakeChannel(job, std::nullopt);
     if (end >= 0) {
       NewSecret(job);
-      SayHello(job);
+      if (hello) SayHello(job);
     }
     return end;
   }
@@ -469,7 +469,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   Expected<void> TakeOver(const std::string& job, std::string_view state) {
-    if (state.empty()) return {};
+    if (state.empty()) {
+      SayHello(job);  // the hello OpenChannelForMove held back (none without a channel)
+      return {};
+    }
     ipc::WireReader in(state);
     auto rights = in.Bytes();
     auto to_job = in.Bytes();
@@ -783,7 +786,10 @@ IpcService::IpcService(boost::asio::io_context& io, std::uint64_t node_id, NodeS
 
 IpcService::~IpcService() { Stop(); }
 
-int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job); }
+int IpcService::OpenChannel(const std::string& job) { return impl_->Open(job, /*hello=*/true); }
+int IpcService::OpenChannelForMove(const std::string& job) {
+  return impl_->Open(job, /*hello=*/false);
+}
 
 void IpcService::CloseChannel(const std::string& job) {
   impl_->Close(job);

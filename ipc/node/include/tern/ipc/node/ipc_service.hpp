@@ -68,6 +68,10 @@ class IpcService {
 
   // A fresh channel for `job`; returns the job's end (the caller owns and closes it), or -1.
   int OpenChannel(const std::string& job);
+  // The same for a job restored here by a move: its hello waits for TakeOver, which first puts
+  // the answers the job had not read on the source (the job may have been frozen in the middle
+  // of one: a frame written before them would land inside it).
+  int OpenChannelForMove(const std::string& job);
   void CloseChannel(const std::string& job);
   // Listens at DIR/jobs.sock for jobs re-attaching their channel and keeps each job's secret in
   // DIR/secrets (DIR: the agent's run directory's ipc/, which outlives the agent's process as
