@@ -79,13 +79,20 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     // After a re-attach, the process that attached: its fd 3 is the channel (the job's init
     // still holds the old one).
     int holder_pid = 0;
+    // Opened for a move: the hello waits for TakeOver (or the job's first request, when the
+    // source handed nothing over), so that it never lands inside an answer the job was reading.
+    bool hello_held = false;
   };
 
   int Open(const std::string& job, bool hello) {
     const int end = MakeChannel(job, std::nullopt);
     if (end >= 0) {
       NewSecret(job);
-      if (hello) SayHello(job);
+      if (hello) {
+        SayHello(job);
+      } else {
+        channels_[job]->hello_held = true;
+      }
     }
     return end;
   }
@@ -184,6 +191,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // The first frame of every channel the job gets from this agent: how to find it again.
   void SayHello(const std::string& job) {
     auto it = channels_.find(job);
+    if (it != channels_.end()) it->second->hello_held = false;
     auto secret = Secret(job);
     if (it == channels_.end() || !secret || !job_socket_ || job_socket_->path().empty()) return;
     Channel::Chunk chunk;
@@ -305,6 +313,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // are what fills them), not before each read.
   void OnReadable(const std::string& job, const std::shared_ptr<Channel>& channel) {
     if (hold_.holding()) return Hold(job, channel);
+    if (channel->hello_held) SayHello(job);  // it runs: nothing from the source is to come
     if (!Consume(job, channel)) return;
     Run();
     if (channel->closed) return;
