@@ -153,6 +153,9 @@ class PortReader::State {
     libtern::StreamAck acked;  // the last ack sent
     std::size_t bytes_since_ack = 0;
     bool dead = false;  // closed at the next wait
+    // Channel::Impl::reattached() when it was accepted: one a restarted agent never knew is
+    // closed (it could not shut it down before a move, so the job could not move).
+    std::uint64_t reattached = 0;
   };
 
   Channel::Impl& Impl() { return *channel_.impl_; }
@@ -254,6 +257,8 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
     if (auto posted = PostReceive(deadline); !posted) return posted;
   }
   if (options_.direct && !accepting_ && !direct_off_ && Clock::now() >= accept_after_) PostAccept();
+  const std::uint64_t reattached = Impl().reattached();
+  for (auto& connection : connections_) connection->dead |= connection->reattached != reattached;
   SendAcks(/*all=*/true);
   std::erase_if(connections_, [](const auto& c) { return c->dead || c->socket.broken(); });
 
@@ -417,6 +422,7 @@ IpcResult<void> PortReader::State::TakeBatch(Channel::Impl::Reply reply) {
 
 void PortReader::State::TakeAccepted(UniqueFd fd) {
   auto connection = std::make_unique<Connection>(std::move(fd));
+  connection->reattached = Impl().reattached();
   // The welcome: the writer goes direct once it reads it (a receiver that is not a PortReader
   // never sends one, so its writers stay on the agent path).
   std::string welcome;

@@ -56,6 +56,10 @@ class PortWriter::Direct {
   std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
   std::uint32_t credits = 0;
+  // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
+  // the connections its predecessor made (it could not shut them down before a move, so the
+  // job could not move); they are dropped, and made again through it.
+  std::uint64_t reattached = 0;
   std::vector<std::string> spare;
   bool switching = false;  // a switch of paths is under way: no other
 
@@ -264,6 +268,7 @@ void PortWriter::TryDirect() {
       return;
     }
     d.connection.emplace(std::move(result->fd));
+    d.reattached = channel_.impl_->reattached();
   }
   // The connection waits for its welcome: only a PortReader sends one.
   const bool open = static_cast<bool>(d.connection->ReadAvailable());
@@ -324,7 +329,7 @@ IpcResult<void> PortWriter::SendFrame() {
   Direct& d = *direct_;
   if (d.frame.empty()) return {};
   const std::uint64_t last = d.frame.first() + d.frame.count() - 1;
-  bool ok = d.TakeAcks();
+  bool ok = d.reattached == channel_.impl_->reattached() && d.TakeAcks();
   while (ok && (!d.sender.MaySend(last) || d.sender.unreceived_bytes() > kMaxUnreceivedBytes)) {
     ok = d.AwaitAck();  // a full window holds the writer, as a full queue does
   }
