@@ -128,8 +128,8 @@ class StreamReorder {
   }
 
   // A stream has one writer nearly always, and every message looks it up three times (offered,
-  // handed out, acknowledged): the last one found is kept (writers are never removed, and an
-  // unordered_map's elements stay where they are).
+  // handed out, acknowledged): the one last offered is kept (writers are never removed, and an
+  // unordered_map's elements stay where they are), so the other two lookups find it at once.
   Writer& Get(std::uint64_t writer) {
     if (last_ == nullptr || last_id_ != writer) {
       last_ = &writers_[writer];
@@ -137,18 +137,18 @@ class StreamReorder {
     }
     return *last_;
   }
-  Writer* Find(std::uint64_t writer) const {
+  const Writer* Find(std::uint64_t writer) const {
     if (last_ != nullptr && last_id_ == writer) return last_;
     auto it = writers_.find(writer);
-    if (it == writers_.end()) return nullptr;
-    last_ = const_cast<Writer*>(&it->second);
-    last_id_ = writer;
-    return last_;
+    return it == writers_.end() ? nullptr : &it->second;
+  }
+  Writer* Find(std::uint64_t writer) {
+    return const_cast<Writer*>(std::as_const(*this).Find(writer));
   }
 
   std::unordered_map<std::uint64_t, Writer> writers_;
-  mutable Writer* last_ = nullptr;
-  mutable std::uint64_t last_id_ = 0;
+  Writer* last_ = nullptr;  // the writer last offered (Get), or none
+  std::uint64_t last_id_ = 0;
   std::uint64_t dropped_ = 0;
 };
 

@@ -478,10 +478,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   Expected<void> TakeOver(const std::string& job, std::string_view state) {
-    if (state.empty()) {
-      SayHello(job);  // the hello OpenChannelForMove held back (none without a channel)
-      return {};
-    }
+    if (state.empty()) return {};  // its held hello goes at its first request (OnReadable)
     ipc::WireReader in(state);
     auto rights = in.Bytes();
     auto to_job = in.Bytes();
