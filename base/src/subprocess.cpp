@@ -16,9 +16,12 @@
 namespace tern {
 namespace {
 
+// Never destroyed, on purpose: a detached reaper thread (PageRelayProcess::LetRun) may still
+// unregister its child while the process exits and runs static destructors (ASan saw that
+// use after free in PageRelayProcessTest).
 std::set<pid_t>& Registry() {
-  static std::set<pid_t> registry;
-  return registry;
+  static auto* const registry = new std::set<pid_t>();
+  return *registry;
 }
 
 void Unregister(pid_t pid) {

@@ -12,6 +12,7 @@
 #include <boost/asio/write.hpp>
 #include <cerrno>
 #include <cstring>
+#include <tern/errno_text.hpp>
 #include <tern/ipc/tls_files.hpp>
 
 #include "lazy_page_relay.hpp"
@@ -21,8 +22,6 @@ namespace tern::agent {
 namespace asio = boost::asio;
 
 namespace {
-
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
 std::uint16_t LocalPort(int fd) {
   sockaddr_in address{};

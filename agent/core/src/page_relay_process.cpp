@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tern/errno_text.hpp>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -21,8 +22,6 @@ namespace {
 constexpr int kCriuFd = 3;
 constexpr int kListenFd = 4;
 constexpr int kStatusFd = 5;
-
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
 Expected<UniqueFd> Listen(const std::string& host, std::uint16_t port) {
   sockaddr_storage address{};

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <filesystem>
 #include <sstream>
+#include <tern/errno_text.hpp>
 
 namespace tern::http {
 namespace {
@@ -49,8 +50,6 @@ bool ValidName(const std::string& name) {
   }
   return true;
 }
-
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
 struct Fd {
   int fd = -1;

@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <tern/errno_text.hpp>
 #include <tern/unique_fd.hpp>
 
 namespace tern::jobs {
@@ -29,8 +30,6 @@ bool WritableByNonRoot(const struct stat& info) {
   if (info.st_gid != 0 && (info.st_mode & S_IWGRP) != 0) return true;
   return (info.st_mode & S_IWOTH) != 0;
 }
-
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
 bool SameBytes(int a, int b, off_t size) {
   std::array<char, 65536> left{};

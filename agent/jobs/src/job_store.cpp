@@ -10,18 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tern/errno_text.hpp>
 #include <vector>
 
 #include "tern/jobs/unique_fd.hpp"
 
 namespace tern::jobs {
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
-
-}  // namespace
 
 Expected<void> WriteFileAtomically(const std::string& path, std::string_view content, mode_t mode) {
   const fs::path target(path);

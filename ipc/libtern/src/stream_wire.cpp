@@ -49,7 +49,6 @@ void AppendStreamAck(std::string& out, const StreamAck& ack) {
 
 std::optional<StreamAck> ParseStreamAck(std::string_view payload) {
   ipc::WireReader in(payload);
-  StreamAck ack;
   auto writer = in.U64();
   auto received = in.U64();
   auto handed = in.U64();

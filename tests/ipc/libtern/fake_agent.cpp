@@ -68,6 +68,11 @@ void FakeAgent::BreakDirectConnections() {
   for (int fd : direct_ends_) ::shutdown(fd, SHUT_RDWR);
 }
 
+std::size_t FakeAgent::direct_ends_made() {
+  std::lock_guard lock(mu_);
+  return direct_ends_.size();
+}
+
 int FakeAgent::TakeJobFd() { return std::exchange(job_fd_, -1); }
 
 void FakeAgent::set_script(Script script) {

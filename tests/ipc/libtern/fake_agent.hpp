@@ -72,6 +72,8 @@ class FakeAgent {
   std::vector<ipc::JobOp> ops_in_order();
   // Shuts down every direct connection made so far: both jobs read end of file.
   void BreakDirectConnections();
+  // Direct connections made so far.
+  std::size_t direct_ends_made();
 
  private:
   struct Right {

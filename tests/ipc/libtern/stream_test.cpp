@@ -201,8 +201,17 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
   });
   std::atomic<int> breaks{0};
   std::thread breaker([&] {
+    // Each connection lives 5 ms before it is broken: broken every 5 ms regardless, on a slow
+    // machine (ASan at -O0 on a loaded CI) each was broken before its welcome, and none carried
+    // anything.
+    std::size_t broken_through = 0;
     while (!done) {
+      if (agent.direct_ends_made() == broken_through) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      broken_through = agent.direct_ends_made();
       agent.BreakDirectConnections();
       ++breaks;
     }
