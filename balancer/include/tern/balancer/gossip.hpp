@@ -164,12 +164,7 @@ class Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
     const auto entries = FreshestEntries(now, n);
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) {
-      const auto* load = reinterpret_cast<const char*>(entry->load.get());
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
-    }
+    for (const auto* entry : entries) PrefetchLoad(entry->load.get());
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
@@ -200,10 +195,7 @@ class Gossip {
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
     for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
       if (entry.node_id != from || !entry.load) continue;
-      const auto* load = reinterpret_cast<const char*>(entry.load.get());
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
+      PrefetchLoad(entry.load.get());
       break;
     }
     if (options_.view_max == 0) {
@@ -251,19 +243,19 @@ class Gossip {
       for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
+  // A vector's lines up to HotEnd(): what Implausible() and NodeStateFromLoad() read.
+  static void PrefetchLoad(const LoadVector* load) {
+    if (load == nullptr) return;
+    const auto* first = reinterpret_cast<const char*>(load);
+    for (const char* line = first; line < HotEnd(*load); line += 64) __builtin_prefetch(line);
+  }
   void PrefetchTickSlots() const {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   }
   void PrefetchLoads() const {
     const std::size_t n = std::min(top_.size(), options_.window);
-    for (std::size_t k = 0; k < n; ++k) {
-      const auto* load = reinterpret_cast<const char*>(slots_[top_[k].slot].load.get());
-      if (load == nullptr) continue;
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
-    }
+    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load.get());
   }
 
  private:
