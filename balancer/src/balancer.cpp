@@ -74,7 +74,7 @@ class ByNode {
     return values_.emplace_back(id, T{}).second;
   }
 
- void reserve(std::size_t n) { values_.reserve(n); }
+  void reserve(std::size_t n) { values_.reserve(n); }
 
  private:
   std::vector<std::pair<std::uint64_t, T>> values_;

@@ -110,7 +110,8 @@ struct GossipOptions {
   std::size_t view_max = 0;
 };
 
-class Gossip {
+// 64-byte aligned: what a merge reads is in the first four cache lines (Prefetch()).
+class alignas(64) Gossip {
  public:
   using Millis = std::chrono::milliseconds;
   static constexpr std::size_t kMaxEntries = 64;
@@ -187,9 +188,11 @@ class Gossip {
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
-    // Up to the packed keys: what merging and ticking read (the keys only the sweep, seldom).
+    // What merging and ticking read: up to index_ with view_max, up to the packed keys without
+    // (the keys only the sweep reads, seldom).
     const auto* self = reinterpret_cast<const char*>(this);
-    const auto* end = reinterpret_cast<const char*>(&slot_keys_);
+    const auto* end = options_.view_max != 0 ? reinterpret_cast<const char*>(&index_)
+                                             : reinterpret_cast<const char*>(&slot_keys_);
     for (const char* line = self; line < end; line += 64) __builtin_prefetch(line);
   }
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
@@ -345,9 +348,11 @@ class Gossip {
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
   Millis next_sweep_{0};
-  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  // Up to here, what merging a window reads (the first four cache lines); ticking also reads
+  // the two below.
   std::optional<Entry> self_;
-  IdIndex index_;  // unused with view_max
+  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  IdIndex index_;                     // unused with view_max
   // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
   // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
   // writing the keys was one more cache line per entry merged (tern-sim).
