@@ -165,7 +165,7 @@ class alignas(64) Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
     const auto entries = FreshestEntries(now, n);
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) PrefetchLoad(entry->load.get());
+    for (const auto* entry : entries) PrefetchLoad(entry->load.get(), DecisionEnd);
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
@@ -198,7 +198,7 @@ class alignas(64) Gossip {
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
     for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
       if (entry.node_id != from || !entry.load) continue;
-      PrefetchLoad(entry.load.get());
+      PrefetchLoad(entry.load.get(), CheckedEnd);
       break;
     }
     if (options_.view_max == 0) {
@@ -246,11 +246,11 @@ class alignas(64) Gossip {
       for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
-  // A vector's lines up to HotEnd(): what Implausible() and NodeStateFromLoad() read.
-  static void PrefetchLoad(const LoadVector* load) {
+  // A vector's lines up to `end` (DecisionEnd or CheckedEnd, load_vector.hpp).
+  static void PrefetchLoad(const LoadVector* load, const char* (*end)(const LoadVector&)) {
     if (load == nullptr) return;
     const auto* first = reinterpret_cast<const char*>(load);
-    for (const char* line = first; line < HotEnd(*load); line += 64) __builtin_prefetch(line);
+    for (const char* line = first; line < end(*load); line += 64) __builtin_prefetch(line);
   }
   void PrefetchTickSlots() const {
     const std::size_t n = std::min(top_.size(), options_.window);
@@ -258,7 +258,9 @@ class alignas(64) Gossip {
   }
   void PrefetchLoads() const {
     const std::size_t n = std::min(top_.size(), options_.window);
-    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load.get());
+    for (std::size_t k = 0; k < n; ++k) {
+      PrefetchLoad(slots_[top_[k].slot].load.get(), DecisionEnd);
+    }
   }
 
  private:

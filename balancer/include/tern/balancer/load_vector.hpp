@@ -25,12 +25,12 @@ struct JobLoad {
   std::vector<std::pair<std::string, double>> peers;
 };
 
-// The figures a receiver checks (Implausible) and a Balancer reads (NodeStateFromLoad) come
-// first, in the first three cache lines of a 64-byte aligned vector: tern-sim reads thousands of
-// vectors per step, each cold in cache (Gossip's hints load only those lines).
+// The figures a Balancer reads (NodeStateFromLoad) come first, in the first two cache lines of
+// a 64-byte aligned vector, then the others a receiver checks (Implausible), in the third:
+// tern-sim reads thousands of vectors per step, each cold in cache, and its hints load only
+// those lines (DecisionEnd, CheckedEnd).
 struct alignas(64) LoadVector {
   std::uint64_t node_id = 0;
-  std::uint64_t seq = 0;
   // Issue 13 (docs/balancer.md): figures that differ per node even when nodes share a kernel.
   double capacity = 0;  // CPUs its jobs can use: the node cgroup's quota, else cpus x speed
   double speed = 1.0;   // relative CPU speed, 1.0 when unknown
@@ -39,14 +39,16 @@ struct alignas(64) LoadVector {
   std::uint64_t mem_used_bytes = 0;   // the node cgroup's usage, else the jobs' RSS sum
   std::uint64_t mem_total_bytes = 0;
   int cpus = 0;
+  bool draining = false;  // takes no new jobs and moves its jobs away
+  std::vector<JobLoad> jobs;
+  std::string node_name;
+  std::uint64_t seq = 0;
+  // What only Implausible() reads (of Gossip and the Balancer).
   int runnable = 0;
   int jobs_running = 0;
-  bool draining = false;  // takes no new jobs and moves its jobs away
   double load1 = 0;
   double cpu_mhz = 0;
   double link_bytes_per_s = 0;  // rx+tx of the node's non-loopback links
-  std::vector<JobLoad> jobs;
-  std::string node_name;
   // Not read by Gossip or the Balancer.
   std::uint64_t mem_free_bytes = 0;
   std::int64_t sampled_at_ms = 0;  // origin's wall clock; informational only
@@ -54,8 +56,12 @@ struct alignas(64) LoadVector {
   std::string api_address;         // TCP API host:port
 };
 
-// Where the figures Gossip and the Balancer read end (hints load up to there).
-inline const char* HotEnd(const LoadVector& load) {
+// Where the figures NodeStateFromLoad() reads end, and those Implausible() reads (hints load up
+// to there).
+inline const char* DecisionEnd(const LoadVector& load) {
+  return reinterpret_cast<const char*>(&load.runnable);
+}
+inline const char* CheckedEnd(const LoadVector& load) {
   return reinterpret_cast<const char*>(&load.mem_free_bytes);
 }
 
