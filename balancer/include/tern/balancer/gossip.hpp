@@ -188,11 +188,10 @@ class alignas(64) Gossip {
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
-    // What merging and ticking read: up to index_ with view_max, up to the packed keys without
-    // (the keys only the sweep reads, seldom).
+    // What merging and ticking read: up to the packed keys (only the sweep reads them, seldom).
+    // No member is read here: that would wait for the line this loads.
     const auto* self = reinterpret_cast<const char*>(this);
-    const auto* end = options_.view_max != 0 ? reinterpret_cast<const char*>(&index_)
-                                             : reinterpret_cast<const char*>(&slot_keys_);
+    const auto* end = reinterpret_cast<const char*>(&slot_keys_);
     for (const char* line = self; line < end; line += 64) __builtin_prefetch(line);
   }
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
