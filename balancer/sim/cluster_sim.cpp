@@ -366,6 +366,11 @@ class Sim {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
       for (std::size_t i = begin; i < end; ++i) {
+        // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
+        if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
+        if (i + kAhead / 2 < end) {
+          for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
+        }
         Node& node = nodes_[i];
         if (node.jobs.empty()) continue;
         const double rate = node.spec.speed *
