@@ -1,10 +1,10 @@
 // UseHugePages: runs tern-sim again with glibc's malloc on transparent huge pages
 // (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which glibc reads only when a process starts.
 //
-// Why: at 10,000 nodes every agent's gossip view is cold in cache when its turn comes, and each
-// of its cache misses was also a TLB miss on a 4 KiB page (a two-level walk in a virtual
-// machine); 2 MiB pages cut the CPU time of a run by about a quarter here (bench/README.md,
-// "tern-sim"). Results do not depend on it: only where the heap's memory sits.
+// Why: at 10,000 nodes every agent's gossip view is cold in cache when its turn comes, and with
+// 4 KiB pages its cache misses are TLB misses too (a two-level page walk in a virtual machine);
+// 2 MiB pages cut the CPU time of a run by about a quarter here (bench/README.md, "tern-sim").
+// Results do not depend on it: only where the heap's memory sits.
 //
 // Contract: returns (small pages) when GLIBC_TUNABLES already names glibc.malloc.hugetlb
 // (`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps small pages), when the kernel has no
