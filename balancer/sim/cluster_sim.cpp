@@ -159,7 +159,14 @@ class Sim {
         sample_nodes_.clear();
         for (const auto& spec : arrivals) sample_nodes_.push_back(spec.origin);
         Samples(now);
-        for (std::size_t k = 0; k < arrivals.size(); ++k) Submit(arrivals[k], now, samples_[k]);
+        for (std::size_t k = 0; k < arrivals.size(); ++k) {
+          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
+          const std::size_t n = arrivals.size();
+          if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
+          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
+          if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
+          Submit(arrivals[k], now, samples_[k]);
+        }
       } else {
         for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
       }
@@ -180,6 +187,27 @@ class Sim {
       sample_nodes_ = balance_due_;
       Samples(now);
       for (std::size_t k = 0; k < balance_due_.size(); ++k) {
+        // Hints, in stages some nodes ahead: the Node, then its Balancer and job list, then the
+        // plans and the jobs.
+        const std::size_t n = balance_due_.size();
+        if (k + kAhead < n) {
+          const auto* node = reinterpret_cast<const char*>(&nodes_[balance_due_[k + kAhead]]);
+          for (std::size_t byte = 0; byte < sizeof(Node); byte += 64)
+            __builtin_prefetch(node + byte);
+        }
+        if (k + kAhead / 2 < n) {
+          const Node& node = nodes_[balance_due_[k + kAhead / 2]];
+          node.balancer->Prefetch();
+          __builtin_prefetch(node.jobs.data());
+        }
+        if (k + kAhead / 4 < n) {
+          const Node& node = nodes_[balance_due_[k + kAhead / 4]];
+          node.balancer->PrefetchPlans();
+          for (const auto job : node.jobs) {
+            __builtin_prefetch(&jobs_[job]);
+            __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
+          }
+        }
         Balance(balance_due_[k], t, samples_[k]);
       }
       if (UsesGossip() && t >= next_view_sample_) {
@@ -338,6 +366,11 @@ class Sim {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
       for (std::size_t i = begin; i < end; ++i) {
+        // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
+        if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
+        if (i + kAhead / 2 < end) {
+          for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
+        }
         Node& node = nodes_[i];
         if (node.jobs.empty()) continue;
         const double rate = node.spec.speed *
@@ -403,8 +436,9 @@ class Sim {
         if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
         if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
         if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
+        // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
+        // them.)
         if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
-        if (k + kAhead / 4 < due.size()) gossip(k + kAhead / 4)->PrefetchLoads();
         Node& node = nodes_[due[k]];
         GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
         node.next_gossip += interval;

@@ -11,10 +11,12 @@
 #include <thread>
 
 #include "cluster_sim.hpp"
+#include "huge_pages.hpp"
 #include "report.hpp"
 
 int main(int argc, char** argv) {
   using namespace tern::sim;
+  UseHugePages(argv);
   CLI::App app{"tern-sim: simulate tern's load balancing on N nodes and compare policies"};
   std::vector<std::size_t> nodes = {16};
   SimOptions options;

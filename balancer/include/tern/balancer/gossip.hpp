@@ -110,7 +110,8 @@ struct GossipOptions {
   std::size_t view_max = 0;
 };
 
-class Gossip {
+// 64-byte aligned: what a merge reads is in the first four cache lines (Prefetch()).
+class alignas(64) Gossip {
  public:
   using Millis = std::chrono::milliseconds;
   static constexpr std::size_t kMaxEntries = 64;
@@ -164,12 +165,7 @@ class Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
     const auto entries = FreshestEntries(now, n);
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) {
-      const auto* load = reinterpret_cast<const char*>(entry->load.get());
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
-    }
+    for (const auto* entry : entries) PrefetchLoad(entry->load.get(), DecisionEnd);
     for (const auto* entry : entries) visit(*entry->load, now - entry->born);
   }
   const GossipOptions& options() const { return options_; }
@@ -192,7 +188,8 @@ class Gossip {
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
-    // Up to the packed keys: what merging and ticking read (the keys only the sweep, seldom).
+    // What merging and ticking read: up to the packed keys (only the sweep reads them, seldom).
+    // No member is read here: that would wait for the line this loads.
     const auto* self = reinterpret_cast<const char*>(this);
     const auto* end = reinterpret_cast<const char*>(&slot_keys_);
     for (const char* line = self; line < end; line += 64) __builtin_prefetch(line);
@@ -200,10 +197,7 @@ class Gossip {
   void PrefetchWindow(std::span<const SharedGossipEntry> entries, std::uint64_t from = 0) const {
     for (const auto& entry : entries) {  // the sender's own vector, which OnReceiveShared checks
       if (entry.node_id != from || !entry.load) continue;
-      const auto* load = reinterpret_cast<const char*>(entry.load.get());
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
+      PrefetchLoad(entry.load.get(), CheckedEnd);
       break;
     }
     if (options_.view_max == 0) {
@@ -251,6 +245,12 @@ class Gossip {
       for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
+  // A vector's lines up to `end` (DecisionEnd or CheckedEnd, load_vector.hpp).
+  static void PrefetchLoad(const LoadVector* load, const char* (*end)(const LoadVector&)) {
+    if (load == nullptr) return;
+    const auto* first = reinterpret_cast<const char*>(load);
+    for (const char* line = first; line < end(*load); line += 64) __builtin_prefetch(line);
+  }
   void PrefetchTickSlots() const {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
@@ -258,11 +258,7 @@ class Gossip {
   void PrefetchLoads() const {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) {
-      const auto* load = reinterpret_cast<const char*>(slots_[top_[k].slot].load.get());
-      if (load == nullptr) continue;
-      for (std::size_t line = 0; line < sizeof(LoadVector); line += 64) {
-        __builtin_prefetch(load + line);
-      }
+      PrefetchLoad(slots_[top_[k].slot].load.get(), DecisionEnd);
     }
   }
 
@@ -353,9 +349,11 @@ class Gossip {
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
   Millis next_sweep_{0};
-  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  // Up to here, what merging a window reads (the first four cache lines); ticking also reads
+  // the two below.
   std::optional<Entry> self_;
-  IdIndex index_;  // unused with view_max
+  std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
+  IdIndex index_;                     // unused with view_max
   // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
   // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
   // writing the keys was one more cache line per entry merged (tern-sim).
