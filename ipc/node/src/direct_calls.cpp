@@ -316,8 +316,9 @@ void DirectCalls::Pair(std::uint64_t ask, const ipc::DirectToken& token) {
     return broker_.AskRefused(ask, std::string("socketpair: ") + std::strerror(errno));
   }
   UniqueFd server(ends[0]), client(ends[1]);
-  // A larger send buffer than the default 208 KiB lets a 1 MiB frame leave in fewer wake-ups
-  // of the reader; the agent (root) may force it past net.core.wmem_max.
+  // A larger send buffer than the default 208 KiB, so that a 1 MiB frame can leave in one
+  // write instead of waking the reader for each fifth of it; the agent (root) may force it
+  // past net.core.wmem_max. Not measured apart from the pair itself (bench/README.md).
   for (const int fd : {server.get(), client.get()}) {
     (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &kPairBuffer, sizeof kPairBuffer);
   }
