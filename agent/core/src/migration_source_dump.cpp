@@ -130,6 +130,10 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
   if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
   if (!migration->closed_sockets.empty()) {
     WriteClosedSocketsNote(images, migration->closed_sockets);
+    spdlog::info(
+        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
+        "restored closed",
+        id, migration->closed_sockets.size(), migration->job.id);
   }
   std::error_code ignored;
   fs::create_directories(images, ignored);
