@@ -48,6 +48,18 @@ void FutexWake(std::atomic<std::uint32_t>& word, int count) {
 
 bool PowerOfTwo(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
+// The first half of the handshake (the contract): says the side sleeps, then checks again.
+// False, and nothing said, when there is no need to sleep.
+template <typename Ready>
+bool Arm(std::atomic<std::uint32_t>& waiting, const std::atomic<std::uint32_t>& revoked,
+         Ready ready) {
+  if (revoked.load() || ready()) return false;
+  waiting.store(1);
+  if (!revoked.load() && !ready()) return true;
+  waiting.store(0);
+  return false;
+}
+
 // Sleeps on `word` until `ready()`, `revoked`, or the deadline, with the `waiting` handshake of
 // the contract. True if ready.
 template <typename Ready>
@@ -170,6 +182,19 @@ bool ShmRing::WaitForData(std::chrono::milliseconds timeout) {
   return Await(header_->data, header_->reader_waiting, header_->revoked, timeout,
                [&] { return Available() > 0; });
 }
+
+bool ShmRing::ArmForSpace(std::size_t bytes) {
+  const std::size_t want = std::min(bytes, capacity_);
+  return Arm(header_->writer_waiting, header_->revoked, [&] { return Space() >= want; });
+}
+
+bool ShmRing::ArmForData() {
+  return Arm(header_->reader_waiting, header_->revoked, [&] { return Available() > 0; });
+}
+
+void ShmRing::DisarmForData() { header_->reader_waiting.store(0); }
+
+void ShmRing::DisarmForSpace() { header_->writer_waiting.store(0); }
 
 void ShmRing::Revoke() {
   header_->revoked.store(1);

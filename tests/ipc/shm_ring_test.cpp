@@ -139,6 +139,36 @@ TEST(ShmRing, ARevokedRingWakesBothSidesAndCarriesNothingMore) {
   EXPECT_TRUE(full_agent->Readable().empty());
 }
 
+// A side that sleeps in poll() (a PortReader also waits on its agent) arms instead of waiting:
+// the other side's Publish or Release then says it must ring that side's doorbell, once.
+TEST(ShmRing, ASideArmedToSleepElsewhereIsRungOnceAndOnlyThen) {
+  SharedBlock block(ShmRing::BytesFor(4096));
+  auto producer = ShmRing::Create(block.side(0), 4096);
+  auto consumer = ShmRing::Attach(block.side(1));
+  ASSERT_TRUE(producer && consumer);
+  ASSERT_TRUE(consumer->ArmForData()) << "nothing to read: it may sleep";
+  ASSERT_EQ(producer->Write(Pattern(100, 6)), 100u);
+  EXPECT_TRUE(producer->Publish()) << "ring the consumer";
+  ASSERT_EQ(producer->Write(Pattern(100, 7)), 100u);
+  EXPECT_FALSE(producer->Publish()) << "rung once: it is awake now";
+  EXPECT_FALSE(consumer->ArmForData()) << "there is data: do not sleep";
+  ASSERT_EQ(producer->Write(Pattern(4096 - 200, 8)), 4096u - 200);
+  producer->Publish();
+  EXPECT_FALSE(producer->ArmForSpace(0)) << "nothing asked for";
+  ASSERT_TRUE(producer->ArmForSpace(1)) << "the ring is full: it may sleep";
+  EXPECT_TRUE(consumer->Release(10)) << "ring the producer";
+  EXPECT_FALSE(consumer->Release(10)) << "rung once";
+  EXPECT_FALSE(producer->ArmForSpace(20)) << "20 bytes are free";
+  ASSERT_TRUE(producer->ArmForSpace(21));
+  producer->DisarmForSpace();  // woken by something else
+  EXPECT_FALSE(consumer->Release(1)) << "a disarmed side is not rung";
+  ReadAll(*consumer);
+  ASSERT_TRUE(consumer->ArmForData());
+  consumer->Revoke();
+  EXPECT_FALSE(consumer->ArmForData()) << "revoked: nothing to sleep for";
+  EXPECT_FALSE(producer->ArmForSpace(1));
+}
+
 TEST(ShmRing, AttachRefusesAHeaderThatDoesNotFitItsBlock) {
   SharedBlock block(ShmRing::BytesFor(8192));
   EXPECT_FALSE(ShmRing::Attach(block.side(0))) << "no header written";

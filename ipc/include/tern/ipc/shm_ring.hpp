@@ -24,9 +24,10 @@
 //  - Wake-ups: a side about to sleep sets its `waiting` word, then checks again, then waits on
 //    its futex; the other side, after it published or released, wakes it only if that word is
 //    set (both orders sequentially consistent, so a wake is never missed and a side that is
-//    running costs the other no system call). Publish and Release say when they woke the
-//    other side, so that a caller whose peer may sleep in poll() instead (a PortReader also
-//    waits on its agent) can ring a doorbell too (docs/ipc.md "Shared memory on one node").
+//    running costs the other no system call). A side that must sleep in poll() instead (a
+//    PortReader also waits on its agent) arms (ArmForData / ArmForSpace: the same handshake
+//    without the futex) and polls a doorbell; the other side rings it when Publish or Release
+//    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node").
 //  - Revoke sets `revoked` and wakes both sides for good: from then on Write and Readable
 //    report it (Revoked()) and give nothing, whatever was in flight. To a stream it is the
 //    connection's end of file.
@@ -70,6 +71,10 @@ class ShmRing {
   // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
   // or `timeout` passes. True if the space is there.
   bool WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout);
+  // For a producer that sleeps elsewhere (in poll() on a doorbell the consumer rings when its
+  // Release returns true): says it sleeps, then checks again. False (nothing said) if `bytes`
+  // can be written already or the ring is revoked: do not sleep then.
+  bool ArmForSpace(std::size_t bytes);
 
   // Consumer.
   std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
@@ -79,6 +84,12 @@ class ShmRing {
   // Sleeps until something is published, the ring is revoked, or `timeout` passes. True if
   // there are bytes to read.
   bool WaitForData(std::chrono::milliseconds timeout);
+  // The same for a consumer that sleeps in poll(): rung when the producer's Publish returns
+  // true. False if there is data already or the ring is revoked.
+  bool ArmForData();
+  // Either side, awake for another reason: it no longer sleeps (the other side need not ring).
+  void DisarmForData();
+  void DisarmForSpace();
 
   // Either side, or the agent: the ring's end (see the contract).
   void Revoke();
