@@ -322,8 +322,8 @@ void DirectCalls::Pair(std::uint64_t ask, const ipc::DirectToken& token) {
   for (const int fd : {server.get(), client.get()}) {
     (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &kPairBuffer, sizeof kPairBuffer);
   }
-  struct stat server_info {
-  }, client_info{};
+  struct stat server_info {};
+  struct stat client_info {};
   if (::fstat(server.get(), &server_info) != 0 || ::fstat(client.get(), &client_info) != 0) {
     return broker_.AskRefused(ask, std::string("fstat: ") + std::strerror(errno));
   }
