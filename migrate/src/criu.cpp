@@ -367,7 +367,11 @@ namespace {
 struct CriuCommand {
   std::vector<std::string> argv;
   std::vector<std::pair<int, int>> inherit_fds;  // {fd in criu, fd here}
+  std::vector<UniqueFd> owned;                   // fds made for criu, open until it has started
 };
+
+// Where criu finds the sockets that stand for the job's same-node direct connections.
+constexpr int kClosedSocketFdsInCriu = 20;
 
 CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& options) {
   CriuCommand command;
@@ -400,6 +404,20 @@ CriuCommand RestoreCommand(const std::string& criu, const RestoreOptions& option
         command.argv.end(),
         {"--inherit-fd", "fd[" + std::to_string(kChannelFdInCriu) + "]:" + options.channel_socket});
     command.inherit_fds.emplace_back(kChannelFdInCriu, options.channel_fd);
+  }
+  // The job's same-node direct connections it still held at the dump (dumped as external
+  // Unix sockets; docs/ipc.md "Direct streams"): each comes back as a Unix socket whose peer is
+  // closed, so the job reads end of file and its libtern goes through the agents, as it does
+  // on a TCP connection restored closed. Without its socket criu fails, and so does the move.
+  int fd_in_criu = kClosedSocketFdsInCriu;
+  for (const auto& socket : options.closed_sockets) {
+    int ends[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends) != 0) continue;
+    ::close(ends[1]);
+    command.owned.emplace_back(ends[0]);
+    command.argv.insert(command.argv.end(),
+                        {"--inherit-fd", "fd[" + std::to_string(fd_in_criu) + "]:" + socket});
+    command.inherit_fds.emplace_back(fd_in_criu++, ends[0]);
   }
   return command;
 }

@@ -226,7 +226,7 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
   const long page = sysconf(_SC_PAGESIZE);
   const SocketTables tables = SocketTables::Read(init_pid);
   // Every socket the job's processes hold: a Unix socket whose peer is among them stays whole.
-  std::set<std::uint64_t> held;
+  std::set<std::uint64_t> held, held_direct;
   const std::vector<pid_t> pids = NamespacePids(init_pid);
   for (pid_t pid : pids) {
     std::error_code error;
@@ -234,14 +234,21 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
          fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
       std::error_code link_error;
       const std::string target = fs::read_symlink(entry.path(), link_error).string();
+      if (link_error || target.rfind("socket:", 0) != 0) continue;
       // The channel and direct call sockets are handed over apart: an end held outside
       // the job stays outside even if the job holds it too.
-      if (!link_error && target.rfind("socket:", 0) == 0 && target != scan.channel &&
-          !direct.contains(target)) {
+      if (direct.contains(target)) {
+        held_direct.insert(SocketInode(target));
+      } else if (target != scan.channel) {
         held.insert(SocketInode(target));
       }
     }
   }
+  // Same-node direct connections are Unix socket pairs the agent made, in its own network
+  // namespace (a `--net` job's tables do not list them): their ends are found in the agent's.
+  const SocketTables agent_tables =
+      held_direct.empty() ? SocketTables{} : SocketTables::Read(::getpid());
+  std::set<std::string> direct_unix;
   for (pid_t pid : pids) {
     ++scan.processes;
     std::ifstream statm("/proc/" + std::to_string(pid) + "/statm");
@@ -258,6 +265,12 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
       if (!scan.channel.empty() && target == scan.channel) continue;
       if (direct.contains(target)) {
         ++scan.direct_sockets;
+        // CRIU cannot dump half of a Unix stream connection: an end whose peer the job does not
+        // hold is dumped as external and restored as a closed socket (`direct_unix`).
+        const auto pair = agent_tables.unix_peer.find(SocketInode(target));
+        if (pair != agent_tables.unix_peer.end() && !held_direct.contains(pair->second)) {
+          direct_unix.insert(target);
+        }
         continue;
       }
       switch (ClassifyOpenFile(target, job_dir)) {
@@ -313,6 +326,7 @@ JobScan ScanJob(pid_t init_pid, const std::string& job_dir, const std::set<std::
     }
   }
   if (scan.processes == 0) scan.blockers.push_back("the job has no running process");
+  scan.direct_unix.assign(direct_unix.begin(), direct_unix.end());
   return scan;
 }
 

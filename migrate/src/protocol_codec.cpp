@@ -155,6 +155,7 @@ std::string PrepareBody(const PrepareRequest& request) {
                {"rss_bytes", request.rss_bytes},
                {"outside", std::move(outside)}};
   if (request.channel) body["channel"] = *request.channel;
+  if (!request.closed_sockets.empty()) body["closed_sockets"] = request.closed_sockets;
   if (!request.lazy_relay.empty()) body["lazy_source"]["relay"] = request.lazy_relay;
   return body.dump();
 }
@@ -176,6 +177,26 @@ PrepareRequest DecodePrepare(std::string_view text) {
   if (const auto channel = body.find("channel"); channel != body.end()) {
     if (!channel->is_string()) throw Malformed("\"channel\" is not a string");
     request.channel = String(body, "channel", 64);
+  }
+  if (const auto closed = body.find("closed_sockets"); closed != body.end()) {
+    if (!closed->is_array()) throw Malformed("\"closed_sockets\" is not an array");
+    if (closed->size() > CodecLimits::kMaxClosedSockets) {
+      throw Malformed("\"closed_sockets\" lists " + std::to_string(closed->size()) +
+                      " sockets, over the limit of " +
+                      std::to_string(CodecLimits::kMaxClosedSockets));
+    }
+    // They become criu arguments ("fd[N]:socket:[INODE]"): exactly that shape, nothing more.
+    for (const auto& socket : *closed) {
+      const std::string name = socket.is_string() ? socket.get<std::string>() : "";
+      const std::string digits = name.size() > 9 && name.size() <= 30 &&
+                                         name.starts_with("socket:[") && name.ends_with("]")
+                                     ? name.substr(8, name.size() - 9)
+                                     : "";
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) {
+        throw Malformed("a \"closed_sockets\" entry is not \"socket:[INODE]\"");
+      }
+      request.closed_sockets.push_back(name);
+    }
   }
   request.cpuinfo =
       FromHex(String(body, "cpuinfo_hex", 2 * CodecLimits::kMaxCpuinfo), "\"cpuinfo_hex\"");

@@ -1635,6 +1635,76 @@ TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) 
       << reader_out;
 }
 
+// docs/ipc.md "Direct streams", on one node: two jobs on node2 stream over the Unix socket pair
+// their agent hands them. The reader moves to node3 (the pair is shut down; the stream goes on
+// through the agents, then over TCP) and back (a pair again); then the writer moves while it
+// holds its end without looking at it, so the dump finds the connection open: CRIU dumps it as
+// external and the job wakes on node1 holding a closed socket in its place. Every sequence
+// arrives once and in order, and most came direct.
+TEST_F(ClusterTest, IpcASameNodeStreamLosesNothingWhileItsJobsMoveAwayAndBack) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  constexpr int kMessages = 30000;
+  const auto reader =
+      Submit("node1", {probe, "dstream-reader", "itshmstream", std::to_string(kMessages)}, "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", reader).value_or("").find("inbox itshmstream ready") !=
+               std::string::npos;
+      },
+      30s));
+  // 400 µs between messages; after 20000 the writer holds still for 20 s.
+  const auto writer = Submit(
+      "node1",
+      {probe, "dstream-writer", "itshmstream", std::to_string(kMessages), "400", "20000", "20000"},
+      "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto status = Status("node1", writer);
+        return status && status->value("ipc_rights", 0) >= 1;
+      },
+      30s));
+  std::this_thread::sleep_for(1s);  // the stream has gone direct
+  auto away = Tern("node1", {"migrate", reader, "node3"});
+  ASSERT_EQ(away.exit_code, 0) << away.Describe();
+  auto back = Tern("node1", {"migrate", reader, "node2"});
+  ASSERT_EQ(back.exit_code, 0) << back.Describe();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", writer).value_or("").find("holding after") != std::string::npos;
+      },
+      90s))
+      << JobLogs("node1", writer).value_or("(no logs)");
+  std::this_thread::sleep_for(1s);  // the writer's last train is on its connection
+  const std::string log_before = ReadFile(AgentLog("node2"));
+  auto moved_writer = Tern("node1", {"migrate", writer, "node1"});
+  ASSERT_EQ(moved_writer.exit_code, 0) << moved_writer.Describe();
+  auto during = Status("node1", writer);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the writer finished before its move: give it a longer hold";
+  // The writer's move found its same-node connection open and restored it closed.
+  const std::string log_after = ReadFile(AgentLog("node2"));
+  EXPECT_NE(log_after.find("direct connection(s) of job " + writer + " dumped as external",
+                           log_before.size()),
+            std::string::npos)
+      << "the writer's connection was not in the dump; this test proved less than it says";
+  const auto writer_out = FinishedOutput(writer);
+  EXPECT_NE(writer_out.find("wrote " + std::to_string(kMessages) + ", accepted " +
+                            std::to_string(kMessages)),
+            std::string::npos)
+      << writer_out;
+  const auto reader_out = FinishedOutput(reader);
+  EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
+            std::string::npos)
+      << reader_out;
+  std::cout << "writer: " << writer_out << "reader: " << reader_out;
+  const auto direct_at = reader_out.find(" direct");
+  ASSERT_NE(direct_at, std::string::npos) << reader_out;
+  const auto number_at = reader_out.rfind(' ', direct_at - 1) + 1;
+  EXPECT_GT(std::stoi(reader_out.substr(number_at, direct_at - number_at)), kMessages / 2)
+      << reader_out;
+}
+
 // A receiver that never reads with a PortReader (plain receive) never opts in: a PortWriter's
 // messages reach it through the agents exactly as written, none over a connection.
 TEST_F(ClusterTest, IpcAPlainReceiverGetsAStreamsMessagesUnchanged) {

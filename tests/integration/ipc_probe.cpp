@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
@@ -336,12 +337,14 @@ int StreamReader(const Channel& channel, const std::string& name) {
   return extra.status() == JobStatus::kTimedOut ? 0 : 1;
 }
 
-// Direct streams (docs/ipc.md "Direct streams"). dstream-writer NAME COUNT PAUSE_US: COUNT
-// messages (id i, bytes "i") through a PortWriter, PAUSE_US between messages, flushed every
-// 100 so that each reaches the reader soon. Prints how many the reader got and how many of them
+// Direct streams (docs/ipc.md "Direct streams"). dstream-writer NAME COUNT PAUSE_US
+// [HOLD_AT HOLD_MS]: COUNT messages (id i, bytes "i") through a PortWriter, PAUSE_US between
+// messages, flushed every 100 so that each reaches the reader soon; after HOLD_AT messages it
+// prints "holding" and does nothing for HOLD_MS (a writer that holds its connection without
+// looking at it, as a move may find it). Prints how many the reader got and how many of them
 // went over a connection.
 int DirectStreamWriter(const Channel& channel, const std::string& name, std::uint32_t count,
-                       long pause_us) {
+                       long pause_us, long hold_at, long hold_ms) {
   const auto to = LookupRetrying(channel, name);
   if (to == 0) return Fail("lookup");
   tern::PortWriter writer(channel, to, {.direct = true});
@@ -353,6 +356,14 @@ int DirectStreamWriter(const Channel& channel, const std::string& name, std::uin
         return Fail("flush: " + flushed.error().ToString());
     }
     if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+    if (static_cast<long>(i) + 1 == hold_at) {
+      if (auto flushed = writer.flush(); !flushed)
+        return Fail("flush: " + flushed.error().ToString());
+      std::printf("holding after %ld, direct %llu\n", hold_at,
+                  static_cast<unsigned long long>(writer.accepted_direct()));
+      std::fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+    }
   }
   auto flushed = writer.flush();
   std::printf("wrote %llu, accepted %llu, direct %llu: %s\n",
@@ -466,13 +477,27 @@ int NoSendersClient(const Channel& channel, const std::string& name) {
   return 0;  // exiting releases the send right
 }
 
-// The job's TCP sockets in state ESTABLISHED: a job has none but its direct call connections.
-std::vector<int> EstablishedTcp() {
+// The job's direct call connections: its TCP sockets in state ESTABLISHED (a job has no
+// others), and on one node its connected Unix stream sockets but the channel to its agent
+// (TERN_IPC_FD): the agents hand two jobs on one node a Unix socket pair.
+std::vector<int> DirectConnections() {
+  const char* channel_env = std::getenv("TERN_IPC_FD");
+  const int channel = channel_env != nullptr ? std::atoi(channel_env) : 3;
   std::vector<int> fds;
-  for (int fd = 0; fd < 1024; ++fd) {
-    int domain = 0;
+  for (int fd = 3; fd < 1024; ++fd) {
+    int domain = 0, type = 0;
     socklen_t length = sizeof domain;
-    if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) continue;
+    if (fd == channel || ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0) continue;
+    length = sizeof type;
+    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0 || type != SOCK_STREAM) {
+      continue;
+    }
+    if (domain == AF_UNIX) {
+      sockaddr_un peer{};
+      length = sizeof peer;
+      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) == 0) fds.push_back(fd);
+      continue;
+    }
     if (domain != AF_INET && domain != AF_INET6) continue;
     tcp_info info{};
     length = sizeof info;
@@ -494,7 +519,7 @@ int DirectRevoked(const Channel& channel, const std::string& name) {
     auto reply = channel.call(to, "before");
     if (!reply) return Fail("call: " + reply.error().ToString());
   }
-  const auto direct = EstablishedTcp();
+  const auto direct = DirectConnections();
   std::printf("direct connections: %zu\n", direct.size());
   if (direct.empty()) return Fail("the calls did not go straight to the server");
   auto info = channel.right_info(to);
@@ -567,7 +592,7 @@ int DirectSmuggler(const Channel& channel, const std::string& name) {
   for (int i = 0; i < 5; ++i) {
     if (!channel.call(to, "before")) return Fail("call");
   }
-  const auto direct = EstablishedTcp();
+  const auto direct = DirectConnections();
   if (direct.size() != 1) return Fail("expected one direct connection");
   const int out = ::socket(AF_UNIX, SOCK_STREAM, 0);
   const sockaddr_un address = SmugglerAddress(name);
@@ -692,7 +717,9 @@ int main(int argc, char** argv) {
   const std::uint32_t count =
       counted && argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000;
   if (mode == "dstream-writer") {
-    code = DirectStreamWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0);
+    code =
+        DirectStreamWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0,
+                           argc > 6 ? std::stol(argv[5]) : -1, argc > 6 ? std::stol(argv[6]) : 0);
   }
   if (mode == "dstream-reader") code = DirectStreamReader(channel, name, count, false);
   if (mode == "plain-reader") code = DirectStreamReader(channel, name, count, true);

@@ -220,6 +220,15 @@ TEST(PreflightTest, DirectCallSocketsDoNotKeepAJobFromMoving) {
   scan = ScanJob(job.init(), "/nonexistent", {socket});
   for (const auto& blocker : scan.blockers) EXPECT_EQ(blocker.find(socket), std::string::npos);
   EXPECT_GE(scan.direct_sockets, 1);
+  // A Unix one whose peer the job does not hold (a same-node direct connection: pair[0] is
+  // the channel, handed over apart) is dumped as external and restored closed: listed once.
+  EXPECT_EQ(scan.direct_unix, std::vector<std::string>{socket});
+  // Both ends direct and held by the job (a job streaming to its own port): a pair inside the
+  // job, which CRIU dumps whole.
+  ASSERT_EQ(::fstat(pair[0], &info), 0);
+  const std::string other = "socket:[" + std::to_string(info.st_ino) + "]";
+  scan = ScanJob(job.init(), "/nonexistent", {socket, other});
+  EXPECT_TRUE(scan.direct_unix.empty());
   ::close(pair[0]);
   ::close(pair[1]);
 }

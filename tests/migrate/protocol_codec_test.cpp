@@ -23,6 +23,7 @@ PrepareRequest SamplePrepare() {
   request.job = R"({"id":"job-1.7","uid":1000})";
   request.mode = MoveMode::kPostCopy;
   request.channel = "socket:[4242]";
+  request.closed_sockets = {"socket:[4243]", "socket:[4250]"};
   request.cpuinfo = std::string("\x00\x01\xfe\xff", 4);
   request.dir_device = 2049;
   request.dir_inode = 77;
@@ -52,6 +53,7 @@ TEST(ProtocolCodecTest, EveryRequestComesBackAsItWent) {
   EXPECT_EQ(RoundTrip(SamplePrepare()), SamplePrepare());
   PrepareRequest older = SamplePrepare();
   older.channel.reset();  // an older source names no channel
+  older.closed_sockets.clear();
   EXPECT_EQ(RoundTrip(older), older);
   const RestoreRequest restore{kId, std::string("IMG\0ES", 6), "DIR"};
   EXPECT_EQ(RoundTrip(restore), restore);
@@ -80,6 +82,21 @@ TEST(ProtocolCodecTest, EveryReplyComesBackAsItWent) {
   }
   const IpcStateReply state{kId, 200, std::string("\0\1\2", 3)};
   EXPECT_EQ(RoundTripReply(IpcStateQuery{kId}, state), state);
+}
+
+// The closed sockets become criu arguments at the destination ("fd[N]:socket:[INODE]"): a
+// prepare call naming anything else is refused, not passed on.
+TEST(ProtocolCodecTest, ClosedSocketsAreSocketNamesAndNothingElse) {
+  const WireCall call = Encode(Request{SamplePrepare()});
+  for (const json& bad : {json("socket:[12]x"), json("socket:[]"), json("pipe:[12]"),
+                          json("socket:[1]:fd[3]"), json(12), json("socket:[-1]")}) {
+    json body = json::parse(call.body);
+    body["closed_sockets"] = json::array({bad});
+    EXPECT_FALSE(DecodeRequest(call.method, call.target, body.dump())) << bad.dump();
+  }
+  json body = json::parse(call.body);
+  body["closed_sockets"] = "socket:[12]";
+  EXPECT_FALSE(DecodeRequest(call.method, call.target, body.dump())) << "not an array";
 }
 
 // The bytes the agent's MigrationDriver has sent since before this codec.

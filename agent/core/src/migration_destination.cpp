@@ -117,6 +117,7 @@ void MigrationDriver::Prepare(const ApiCall& call, migrate::PrepareRequest prepa
   incoming->source = source;
   incoming->cgroup_roots = cgroup_roots_;
   incoming->rss = prepare.rss_bytes;
+  incoming->closed_sockets = prepare.closed_sockets;
   incoming->lazy = prepare.mode == migrate::MoveMode::kPostCopy;
   incoming->dry_run = prepare.dry_run;
   incoming->lazy_source = {prepare.lazy_source.address, prepare.lazy_source.port};

@@ -55,6 +55,7 @@ void MigrationDriver::ParkCriu(const std::shared_ptr<Incoming>& incoming, const 
             images, lazy, incoming->rss, incoming->cgroup_roots, incoming->job_netns.get());
         options.channel_socket = channel;
         options.channel_fd = channel_end->get();
+        options.closed_sockets = incoming->closed_sockets;
         auto restore = migrate::ParkRestore(criu, options);
         channel_end->Reset();  // criu holds the job's end from here on
         if (!restore) return Unexpected<Error>{restore.error()};
@@ -143,6 +144,7 @@ void MigrationDriver::RestoreHere(const std::shared_ptr<Incoming>& incoming,
             DestinationRestoreOptions(incoming->images, incoming->lazy, incoming->rss,
                                       incoming->cgroup_roots, incoming->job_netns.get());
         options.channel_socket = ReadChannelNote(incoming->images);
+        options.closed_sockets = ReadClosedSocketsNote(incoming->images);
         *with_channel = !options.channel_socket.empty();
         options.channel_fd = channel_end->get();
         if (incoming->abort_requested) return Fail("aborted by the source");

@@ -33,6 +33,22 @@ std::string ReadChannelNote(const std::string& images) {
   return channel;
 }
 
+void WriteClosedSocketsNote(const std::string& images, const std::vector<std::string>& sockets) {
+  std::error_code ignored;
+  fs::create_directories(images, ignored);
+  std::ofstream note(images + "/tern-closed-sockets");
+  for (const auto& socket : sockets) note << socket << "\n";
+}
+
+std::vector<std::string> ReadClosedSocketsNote(const std::string& images) {
+  std::vector<std::string> sockets;
+  std::ifstream note(images + "/tern-closed-sockets");
+  for (std::string socket; note >> socket;) {
+    if (socket.starts_with("socket:[")) sockets.push_back(socket);
+  }
+  return sockets;
+}
+
 // Dump failures that a second try a moment later usually does not meet.
 bool IsTransientDumpError(const std::string& message) {
   return message.find("file locks") != std::string::npos ||

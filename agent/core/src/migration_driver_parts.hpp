@@ -87,6 +87,9 @@ PageRelayProcess::Options RelayOptions(const AgentConfig& config, const std::str
                                        const std::string& mid, const std::string& peer);
 void WriteChannelNote(const std::string& images, const std::string& channel);
 std::string ReadChannelNote(const std::string& images);
+// The same for the job's same-node direct connections dumped as external (one per line).
+void WriteClosedSocketsNote(const std::string& images, const std::vector<std::string>& sockets);
+std::vector<std::string> ReadClosedSocketsNote(const std::string& images);
 bool IsTransientDumpError(const std::string& message);
 bool IsTransientCriuError(const std::string& message);
 double MillisSince(Clock::time_point start);
@@ -110,6 +113,7 @@ struct MigrationDriver::Outgoing {
   ApiCall call;            // as asked, for a second attempt
   int attempt = 1;
   std::string channel;  // the job's IPC channel socket ("socket:[INODE]"), "" if none
+  std::vector<std::string> closed_sockets;  // migrate::JobScan::direct_unix
   jobs::JobRecord job;  // a recovered move knows the job's id only if it left this node
   // The job's init as it was when the move started: the commit's kill and an abort's resume
   // reach this very process or none (never one that got its pid later).
@@ -151,9 +155,10 @@ struct MigrationDriver::Incoming {
   std::string criu;
   std::string images;
   BackgroundProcess page_server;
-  std::uint16_t page_server_port = 0;     // pre-copy: where page_server listens once started
-  std::uint64_t rss = 0;                  // the job's resident memory at the source, at prepare
-  std::vector<std::string> cgroup_roots;  // --cgroup-root: the job lands in this node's cgroup
+  std::uint16_t page_server_port = 0;       // pre-copy: where page_server listens once started
+  std::uint64_t rss = 0;                    // the job's resident memory at the source, at prepare
+  std::vector<std::string> cgroup_roots;    // --cgroup-root: the job lands in this node's cgroup
+  std::vector<std::string> closed_sockets;  // migrate::PrepareRequest::closed_sockets
   // The restored copy, pinned by a pidfd taken as soon as CRIU returned (or found again at
   // start-up): a kill goes through it, so it reaches this process or none.
   pid_t restored_pid = 0;

@@ -401,12 +401,17 @@ void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
                             ? std::to_string(scan.processes) + " process(es), nothing that "
                                                                "cannot follow"
                             : Join(scan.blockers)}});
+        migration->closed_sockets = scan.direct_unix;
         if (scan.direct_sockets > 0) {
           migration->checks.push_back(
               {{"check", "direct call connections"},
                {"ok", true},
-               {"detail", std::to_string(scan.direct_sockets) +
-                              " open; closed for the move (calls go through the agents)"}});
+               {"detail",
+                std::to_string(scan.direct_sockets) +
+                    " open; closed for the move (calls go through the agents)" +
+                    (scan.direct_unix.empty() ? std::string()
+                                              : ", " + std::to_string(scan.direct_unix.size()) +
+                                                    " on this node restored closed")}});
         }
         migration->job.rss_bytes = scan.rss_bytes;
         migration->checks.push_back(
@@ -427,6 +432,7 @@ void MigrationDriver::Preflight(const std::shared_ptr<Outgoing>& migration) {
         // Known before the dump: lets the destination start `criu restore` (which takes the
         // channel as --inherit-fd) ahead of the freeze.
         prepare.channel = migration->channel;
+        prepare.closed_sockets = migration->closed_sockets;
         prepare.cpuinfo = std::move(cpuinfo);
         prepare.dir_device = static_cast<std::uint64_t>(dir_info.st_dev);
         prepare.dir_inode = static_cast<std::uint64_t>(dir_info.st_ino);

@@ -22,6 +22,18 @@ Expected<migrate::RestoreRequest> PackForRestore(const std::string& id, const st
   return migrate::RestoreRequest{id, std::move(*packed_images), std::move(*packed_dir)};
 }
 
+// What a lazy dump leaves outside the images: the job's channel, and its same-node direct
+// connections (restored closed at the destination, as a pre-copy dump's are).
+std::vector<std::string> LazyDumpExternals(const std::string& channel,
+                                           const std::vector<std::string>& closed_sockets) {
+  std::vector<std::string> external;
+  if (!channel.empty()) external.push_back(migrate::ExternalUnixSocket(channel));
+  for (const auto& socket : closed_sockets) {
+    external.push_back(migrate::ExternalUnixSocket(socket));
+  }
+  return external;
+}
+
 // A dump step's end, with when the job's images were complete.
 struct Dumped {
   migrate::StepResult result;
@@ -54,6 +66,18 @@ void MigrationDriver::DumpJob(const std::shared_ptr<Outgoing>& migration, int at
   if (!migration->channel.empty()) {
     options.external = {migrate::ExternalUnixSocket(migration->channel)};
     WriteChannelNote(options.images, migration->channel);
+  }
+  // Same-node direct connections the job may still hold, shut down already: CRIU cannot dump
+  // half of a Unix connection, so they are external, and the destination restores them closed.
+  for (const auto& socket : migration->closed_sockets) {
+    options.external.push_back(migrate::ExternalUnixSocket(socket));
+  }
+  if (!migration->closed_sockets.empty()) {
+    WriteClosedSocketsNote(options.images, migration->closed_sockets);
+    spdlog::info(
+        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
+        "restored closed",
+        id, migration->closed_sockets.size(), migration->job.id);
   }
   migration->dumping->store(true);
   OffThread(
@@ -104,6 +128,13 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
   }
   const std::string images = MigrationDir(id) + "/images";
   if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
+  if (!migration->closed_sockets.empty()) {
+    WriteClosedSocketsNote(images, migration->closed_sockets);
+    spdlog::info(
+        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
+        "restored closed",
+        id, migration->closed_sockets.size(), migration->job.id);
+  }
   std::error_code ignored;
   fs::create_directories(images, ignored);
   if (!migration->lazy_socket.valid()) {
@@ -116,12 +147,9 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     return;
   }
   auto dump = BackgroundProcess::Start(
-      migrate::LazyDumpCommand(
-          migration->criu, migration->job.pid, images, kLazySocketFd,
-          migration->channel.empty()
-              ? std::vector<std::string>{}
-              : std::vector<std::string>{migrate::ExternalUnixSocket(migration->channel)},
-          JobNetns(migration->job)),
+      migrate::LazyDumpCommand(migration->criu, migration->job.pid, images, kLazySocketFd,
+                               LazyDumpExternals(migration->channel, migration->closed_sockets),
+                               JobNetns(migration->job)),
       MigrationDir(id) + "/dump.out",
       {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
   ::close(status_pipe[1]);

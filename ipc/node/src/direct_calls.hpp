@@ -1,8 +1,9 @@
 // DirectCalls: the I/O of direct call connections (docs/ipc.md "Direct calls") for one agent,
 // private to IpcService. ipc::DirectBroker makes the decisions; this class does what they need:
-// it listens on an ephemeral TCP port for the connections it grants (each presents its 16-byte
-// token within kTokenWait), connects the clients' ends (over the loopback, or to the granting
-// node), gives both ends TCP_NODELAY and keepalive, keeps each end until its answer takes it to
+// it listens on an ephemeral TCP port for the connections it grants to other nodes' jobs (each
+// presents its 16-byte token within kTokenWait), connects the clients' ends to the granting
+// node, gives both ends TCP_NODELAY and keepalive, hands two jobs of its own node the ends of a
+// Unix socket pair instead, keeps each end until its answer takes it to
 // the job, answers the agents' asks (IpcDirect frames), arms the broker's deadlines, and revokes
 // an end whose right is gone by shutting it down through the copy it keeps of every end.
 //
@@ -106,12 +107,14 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   void OnAsk(std::uint64_t from, const ipc::DirectAsk& ask);
   bool SendDirect(std::uint64_t node, const ipc::DirectFrame& frame);
   void Connect(const ipc::DirectGrant& grant, const std::string& host);
+  void Pair(std::uint64_t ask, const ipc::DirectToken& token);
   void RunDirect();
   void Reply(ipc::DirectBroker::Reply reply);
   void ArmDirectTimer();
   void Revoke(const std::string& job, std::uint64_t inode);
 
   static constexpr auto kTokenWait = std::chrono::seconds(2);
+  static constexpr int kPairBuffer = 2 << 20;  // each end's send buffer, bytes
 
   boost::asio::io_context& io_;
   std::uint64_t self_;

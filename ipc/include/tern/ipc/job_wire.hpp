@@ -62,7 +62,8 @@ enum class JobOp : std::uint16_t {
   // only: no reply right, no rights in items. They go in order; the first refused stops the rest.
   kSendBatch = 22,
   // Direct calls (docs/ipc.md "Direct calls"). Both answer ok with one fd (SCM_RIGHTS on the
-  // reply frame's first byte): a connected TCP socket to / from the job across the port.
+  // reply frame's first byte): a connected TCP socket to / from the job across the port, or
+  // an end of a Unix socket pair when both jobs are on one node.
   kDirectOpen = 23,    // {u32 send name} -> {} + the client's end
   kDirectAccept = 24,  // {u32 receive name, u32 timeout_ms} -> {} + a server end
 };

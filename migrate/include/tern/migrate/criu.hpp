@@ -86,6 +86,9 @@ struct RestoreOptions {
   // put in its place (docs/platform.md "A job's channel to its agent").
   std::string channel_socket;
   int channel_fd = -1;
+  // The job's same-node direct connections dumped as external ("socket:[INODE]", JobScan::
+  // direct_unix): each is restored as a Unix socket whose peer is closed (end of file).
+  std::vector<std::string> closed_sockets;
   bool leave_stopped = true;  // resumed only on commit
   // `--cgroup-root` values ("cpu:/tern-node2", or "/tern-node2" for every controller): the
   // restored tree goes into these existing cgroups instead of re-creating the source's paths.

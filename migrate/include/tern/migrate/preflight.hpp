@@ -54,6 +54,10 @@ struct JobScan {
   int processes = 0;
   std::string channel;     // "socket:[INODE]": the job's IPC channel to its agent (not a blocker)
   int direct_sockets = 0;  // open ends of the job's direct call connections (not blockers)
+  // Of those, the Unix socket pair ends of same-node connections whose other end the job does
+  // not hold ("socket:[INODE]", each once): CRIU dumps them as external and the destination
+  // restores each as a socket whose peer is closed (RestoreOptions::closed_sockets).
+  std::vector<std::string> direct_unix;
 };
 
 enum class OpenFileKind { kFine, kInsideJob, kOutsideJob, kTerminal, kSocket, kDevice };
@@ -63,7 +67,8 @@ OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_
 
 // `direct` lists the job's direct call connections ("socket:[INODE]", docs/ipc.md "Direct
 // calls"): the agent shuts them down before the move and CRIU restores them closed, so they do
-// not keep the job from moving.
+// not keep the job from moving. A same-node one is a Unix socket pair the agent made (found in
+// the agent's own network namespace, the caller's); its ends go to `direct_unix`.
 //
 // Sockets: a job on its node's network (own_network false) moves with no TCP or UDP socket —
 // its address stays behind — and is told to use `tern submit --net`. A `--net` job takes

@@ -29,6 +29,7 @@ bool IsMigrationId(std::string_view id);
 struct CodecLimits {
   static constexpr std::size_t kMaxJsonBody = 1 << 20;  // prepare, its reply, ...
   static constexpr std::size_t kMaxOutsideFiles = 4096;
+  static constexpr std::size_t kMaxClosedSockets = 4096;
   static constexpr std::size_t kMaxPath = 4096;
   static constexpr std::size_t kMaxCpuinfo = 256 << 10;    // bytes, before hex
   static constexpr std::size_t kMaxArchive = 48ull << 20;  // each of a restore's two

@@ -51,6 +51,9 @@ struct PrepareRequest {
   // The job's IPC channel as dumped ("socket:[INODE]", "" if it moves as it is); absent from an
   // older source, whose destination then starts CRIU at restore.
   std::optional<std::string> channel;
+  // The job's same-node direct connections dumped as external ("socket:[INODE]"): the parked
+  // `criu restore` gives the job a closed socket for each (migrate::RestoreOptions).
+  std::vector<std::string> closed_sockets;
   std::string cpuinfo;  // `criu cpuinfo dump` of the source (hex on the wire)
   std::uint64_t dir_device = 0;
   std::uint64_t dir_inode = 0;

@@ -1,0 +1,109 @@
+// ShmRing: a single-producer, single-consumer byte ring in memory two processes share (a memfd
+// both map), the transport a same-node direct stream is meant to use instead of a socket
+// (docs/ipc.md "Direct streams", "Shared memory on one node"). It moves bytes, nothing more:
+// the stream's frames (DirectStream / DirectStreamAck, stream_wire.hpp) go in as they would go
+// into a socket, one ring per direction.
+//
+// Layout of the shared block (BytesFor(capacity) bytes, `capacity` a power of two):
+//   line 0   magic, capacity, `revoked`                       (written once, then by Revoke)
+//   line 1   `head`: bytes the producer has published, ever    (the producer writes it)
+//   line 2   `tail`: bytes the consumer has released, ever     (the consumer writes it)
+//   line 3   `data` futex word and `reader_waiting`            (the consumer sleeps here)
+//   line 4   `space` futex word and `writer_waiting`           (the producer sleeps here)
+//   then     `capacity` bytes of data, at offset kHeaderBytes
+// Each line is 64 bytes, so the producer's and the consumer's stores never share one.
+//
+// Contract:
+//  - One producer and one consumer, each in one thread at a time (they may be processes). The
+//    producer calls Write, Publish and WaitForSpace; the consumer Readable, Release and
+//    WaitForData. Revoke may be called by anyone (the agent, holding its own mapping), any time.
+//  - Write copies into the ring as much as fits and returns how much; nothing is visible to the
+//    consumer until Publish (so a frame written in several pieces, or many frames, wake it once:
+//    the batching). Readable is the longest contiguous run the consumer may read; Release gives
+//    bytes back. Bytes come out exactly as they went in, in order.
+//  - Wake-ups: a side about to sleep sets its `waiting` word, then checks again, then waits on
+//    its futex; the other side, after it published or released, wakes it only if that word is
+//    set (both orders sequentially consistent, so a wake is never missed and a side that is
+//    running costs the other no system call). A side that must sleep in poll() instead (a
+//    PortReader also waits on its agent) arms (ArmForData / ArmForSpace: the same handshake
+//    without the futex) and polls a doorbell; the other side rings it when Publish or Release
+//    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node").
+//  - Revoke sets `revoked` and wakes both sides for good: from then on Write and Readable
+//    report it (Revoked()) and give nothing, whatever was in flight. To a stream it is the
+//    connection's end of file.
+//  - Attach checks the header a creator wrote (magic, capacity matching the block): a peer that
+//    wrote garbage can make the other side read garbage bytes, never read or write out of the
+//    block (positions are masked, lengths bounded by the capacity).
+//
+// Thread-safety: see the contract; one ShmRing object per side, not shared between threads
+// (the shared memory is what is shared).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+namespace tern::ipc {
+
+class ShmRing {
+ public:
+  static constexpr std::size_t kLine = 64;
+  static constexpr std::size_t kHeaderBytes = 4096;  // the data starts on a page of its own
+  static constexpr std::uint64_t kMagic = 0x7465726e52494e47;  // "ternRING"
+
+  // The bytes a block must have for a ring of `capacity` bytes (a power of two, >= 4 KiB).
+  static std::size_t BytesFor(std::size_t capacity) { return kHeaderBytes + capacity; }
+
+  // Writes a fresh header into `block` (zeroed positions): the creator's side.
+  static std::optional<ShmRing> Create(std::span<std::byte> block, std::size_t capacity);
+  // A side over a block another process created; nullopt if its header does not fit the block.
+  static std::optional<ShmRing> Attach(std::span<std::byte> block);
+
+  std::size_t capacity() const { return capacity_; }
+
+  // Producer.
+  std::size_t Write(std::span<const std::byte> bytes);  // copies what fits; not yet visible
+  // Makes the written bytes visible. True if the consumer was asleep (it was woken).
+  bool Publish();
+  std::size_t Space() const;  // bytes Write would take now
+  // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
+  // or `timeout` passes. True if the space is there.
+  bool WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout);
+  // For a producer that sleeps elsewhere (in poll() on a doorbell the consumer rings when its
+  // Release returns true): says it sleeps, then checks again. False (nothing said) if `bytes`
+  // can be written already or the ring is revoked: do not sleep then.
+  bool ArmForSpace(std::size_t bytes);
+
+  // Consumer.
+  std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
+  std::size_t Available() const;                // all published bytes not yet released
+  // Gives bytes back (at most Available()). True if the producer was asleep (it was woken).
+  bool Release(std::size_t bytes);
+  // Sleeps until something is published, the ring is revoked, or `timeout` passes. True if
+  // there are bytes to read.
+  bool WaitForData(std::chrono::milliseconds timeout);
+  // The same for a consumer that sleeps in poll(): rung when the producer's Publish returns
+  // true. False if there is data already or the ring is revoked.
+  bool ArmForData();
+  // Either side, awake for another reason: it no longer sleeps (the other side need not ring).
+  void DisarmForData();
+  void DisarmForSpace();
+
+  // Either side, or the agent: the ring's end (see the contract).
+  void Revoke();
+  bool Revoked() const;
+
+ private:
+  struct Header;
+  ShmRing(Header* header, std::byte* data, std::size_t capacity);
+
+  Header* header_;
+  std::byte* data_;
+  std::size_t capacity_;
+  std::uint64_t written_;  // the producer's head, ahead of the published one until Publish
+  std::uint64_t read_;     // the consumer's tail
+};
+
+}  // namespace tern::ipc

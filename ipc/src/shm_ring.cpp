@@ -1,0 +1,209 @@
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <tern/ipc/shm_ring.hpp>
+
+namespace tern::ipc {
+
+struct ShmRing::Header {
+  alignas(kLine) std::uint64_t magic;
+  std::uint64_t capacity;
+  std::atomic<std::uint32_t> revoked;
+  alignas(kLine) std::atomic<std::uint64_t> head;
+  alignas(kLine) std::atomic<std::uint64_t> tail;
+  alignas(kLine) std::atomic<std::uint32_t> data;
+  std::atomic<std::uint32_t> reader_waiting;
+  alignas(kLine) std::atomic<std::uint32_t> space;
+  std::atomic<std::uint32_t> writer_waiting;
+};
+
+namespace {
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "the words are shared between processes: they must be plain memory");
+
+// Process-shared futexes (no FUTEX_PRIVATE_FLAG): the two sides are different processes.
+void FutexWait(std::atomic<std::uint32_t>& word, std::uint32_t seen,
+               std::chrono::nanoseconds timeout) {
+  timespec wait{};
+  wait.tv_sec = static_cast<time_t>(timeout.count() / 1'000'000'000);
+  wait.tv_nsec = static_cast<long>(timeout.count() % 1'000'000'000);
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT, seen, &wait, nullptr,
+            0);
+}
+
+void FutexWake(std::atomic<std::uint32_t>& word, int count) {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, count, nullptr, nullptr,
+            0);
+}
+
+bool PowerOfTwo(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+// The first half of the handshake (the contract): says the side sleeps, then checks again.
+// False, and nothing said, when there is no need to sleep.
+template <typename Ready>
+bool Arm(std::atomic<std::uint32_t>& waiting, const std::atomic<std::uint32_t>& revoked,
+         Ready ready) {
+  if (revoked.load() || ready()) return false;
+  waiting.store(1);
+  if (!revoked.load() && !ready()) return true;
+  waiting.store(0);
+  return false;
+}
+
+// Sleeps on `word` until `ready()`, `revoked`, or the deadline, with the `waiting` handshake of
+// the contract. True if ready.
+template <typename Ready>
+bool Await(std::atomic<std::uint32_t>& word, std::atomic<std::uint32_t>& waiting,
+           const std::atomic<std::uint32_t>& revoked, std::chrono::milliseconds timeout,
+           Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (revoked.load()) return false;
+    if (ready()) return true;
+    const std::uint32_t seen = word.load();
+    waiting.store(1);
+    if (revoked.load() || ready()) {
+      waiting.store(0);
+      return !revoked.load() && ready();
+    }
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::nanoseconds::zero()) {
+      waiting.store(0);
+      return false;
+    }
+    FutexWait(word, seen, left);
+    waiting.store(0);
+  }
+}
+
+}  // namespace
+
+ShmRing::ShmRing(Header* header, std::byte* data, std::size_t capacity)
+    : header_(header),
+      data_(data),
+      capacity_(capacity),
+      written_(header->head.load()),
+      read_(header->tail.load()) {}
+
+std::optional<ShmRing> ShmRing::Create(std::span<std::byte> block, std::size_t capacity) {
+  static_assert(sizeof(Header) <= kHeaderBytes);
+  if (!PowerOfTwo(capacity) || capacity < 4096 || block.size() < BytesFor(capacity) ||
+      reinterpret_cast<std::uintptr_t>(block.data()) % kLine != 0) {
+    return std::nullopt;
+  }
+  Header* header = std::construct_at(reinterpret_cast<Header*>(block.data()));
+  header->magic = kMagic;
+  header->capacity = capacity;
+  header->revoked.store(0);
+  header->head.store(0);
+  header->tail.store(0);
+  header->data.store(0);
+  header->reader_waiting.store(0);
+  header->space.store(0);
+  header->writer_waiting.store(0);
+  return ShmRing(header, block.data() + kHeaderBytes, capacity);
+}
+
+std::optional<ShmRing> ShmRing::Attach(std::span<std::byte> block) {
+  if (block.size() < kHeaderBytes || reinterpret_cast<std::uintptr_t>(block.data()) % kLine != 0) {
+    return std::nullopt;
+  }
+  auto* header = std::launder(reinterpret_cast<Header*>(block.data()));
+  const std::uint64_t capacity = header->capacity;
+  if (header->magic != kMagic || !PowerOfTwo(capacity) || capacity < 4096 ||
+      capacity > block.size() - kHeaderBytes) {
+    return std::nullopt;
+  }
+  return ShmRing(header, block.data() + kHeaderBytes, capacity);
+}
+
+std::size_t ShmRing::Space() const {
+  if (header_->revoked.load(std::memory_order_relaxed)) return 0;
+  const std::uint64_t used = written_ - header_->tail.load(std::memory_order_acquire);
+  return used >= capacity_ ? 0 : capacity_ - used;  // a tail from nowhere reads as full
+}
+
+std::size_t ShmRing::Write(std::span<const std::byte> bytes) {
+  const std::size_t n = std::min(bytes.size(), Space());
+  const std::size_t at = written_ & (capacity_ - 1);
+  const std::size_t first = std::min(n, capacity_ - at);
+  std::memcpy(data_ + at, bytes.data(), first);
+  std::memcpy(data_, bytes.data() + first, n - first);
+  written_ += n;
+  return n;
+}
+
+bool ShmRing::Publish() {
+  if (header_->head.load(std::memory_order_relaxed) == written_) return false;
+  header_->head.store(written_);
+  if (!header_->reader_waiting.exchange(0)) return false;
+  header_->data.fetch_add(1);
+  FutexWake(header_->data, 1);
+  return true;
+}
+
+bool ShmRing::WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout) {
+  const std::size_t want = std::min(bytes, capacity_);
+  return Await(header_->space, header_->writer_waiting, header_->revoked, timeout,
+               [&] { return Space() >= want; });
+}
+
+std::size_t ShmRing::Available() const {
+  if (header_->revoked.load(std::memory_order_relaxed)) return 0;
+  const std::uint64_t published = header_->head.load(std::memory_order_acquire) - read_;
+  return std::min<std::uint64_t>(published, capacity_);  // a head from nowhere: garbage, in bounds
+}
+
+std::span<const std::byte> ShmRing::Readable() const {
+  const std::size_t at = read_ & (capacity_ - 1);
+  return {data_ + at, std::min(Available(), capacity_ - at)};
+}
+
+bool ShmRing::Release(std::size_t bytes) {
+  read_ += std::min(bytes, Available());
+  header_->tail.store(read_);
+  if (!header_->writer_waiting.exchange(0)) return false;
+  header_->space.fetch_add(1);
+  FutexWake(header_->space, 1);
+  return true;
+}
+
+bool ShmRing::WaitForData(std::chrono::milliseconds timeout) {
+  return Await(header_->data, header_->reader_waiting, header_->revoked, timeout,
+               [&] { return Available() > 0; });
+}
+
+bool ShmRing::ArmForSpace(std::size_t bytes) {
+  const std::size_t want = std::min(bytes, capacity_);
+  return Arm(header_->writer_waiting, header_->revoked, [&] { return Space() >= want; });
+}
+
+bool ShmRing::ArmForData() {
+  return Arm(header_->reader_waiting, header_->revoked, [&] { return Available() > 0; });
+}
+
+void ShmRing::DisarmForData() { header_->reader_waiting.store(0); }
+
+void ShmRing::DisarmForSpace() { header_->writer_waiting.store(0); }
+
+void ShmRing::Revoke() {
+  header_->revoked.store(1);
+  header_->data.fetch_add(1);
+  header_->space.fetch_add(1);
+  FutexWake(header_->data, INT_MAX);
+  FutexWake(header_->space, INT_MAX);
+}
+
+bool ShmRing::Revoked() const { return header_->revoked.load() != 0; }
+
+}  // namespace tern::ipc
