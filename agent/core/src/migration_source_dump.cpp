@@ -22,14 +22,27 @@ Expected<migrate::RestoreRequest> PackForRestore(const std::string& id, const st
   return migrate::RestoreRequest{id, std::move(*packed_images), std::move(*packed_dir)};
 }
 
-// What a lazy dump leaves outside the images: the job's channel, and its same-node direct
-// connections (restored closed at the destination, as a pre-copy dump's are).
-std::vector<std::string> LazyDumpExternals(const std::string& channel,
-                                           const std::vector<std::string>& closed_sockets) {
+// What a dump leaves outside the images, noted beside them for the destination's restore: the
+// job's channel, and its same-node direct connections, shut down already (CRIU cannot dump half
+// of a Unix connection; the destination restores each as a closed socket). Pre-copy and
+// post-copy dumps alike.
+std::vector<std::string> NoteExternals(const std::string& id, const std::string& job,
+                                       const std::string& images, const std::string& channel,
+                                       const std::vector<std::string>& closed_sockets) {
   std::vector<std::string> external;
-  if (!channel.empty()) external.push_back(migrate::ExternalUnixSocket(channel));
+  if (!channel.empty()) {
+    external.push_back(migrate::ExternalUnixSocket(channel));
+    WriteChannelNote(images, channel);
+  }
   for (const auto& socket : closed_sockets) {
     external.push_back(migrate::ExternalUnixSocket(socket));
+  }
+  if (!closed_sockets.empty()) {
+    WriteClosedSocketsNote(images, closed_sockets);
+    spdlog::info(
+        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
+        "restored closed",
+        id, closed_sockets.size(), job);
   }
   return external;
 }
@@ -63,22 +76,8 @@ void MigrationDriver::DumpJob(const std::shared_ptr<Outgoing>& migration, int at
   options.images = MigrationDir(id) + "/images";
   options.page_server = migration->page_server;
   options.tls = PageServerTls();
-  if (!migration->channel.empty()) {
-    options.external = {migrate::ExternalUnixSocket(migration->channel)};
-    WriteChannelNote(options.images, migration->channel);
-  }
-  // Same-node direct connections the job may still hold, shut down already: CRIU cannot dump
-  // half of a Unix connection, so they are external, and the destination restores them closed.
-  for (const auto& socket : migration->closed_sockets) {
-    options.external.push_back(migrate::ExternalUnixSocket(socket));
-  }
-  if (!migration->closed_sockets.empty()) {
-    WriteClosedSocketsNote(options.images, migration->closed_sockets);
-    spdlog::info(
-        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
-        "restored closed",
-        id, migration->closed_sockets.size(), migration->job.id);
-  }
+  options.external = NoteExternals(id, migration->job.id, options.images, migration->channel,
+                                   migration->closed_sockets);
   migration->dumping->store(true);
   OffThread(
       [id, criu = migration->criu, options, dumping = migration->dumping,
@@ -127,14 +126,8 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     return;
   }
   const std::string images = MigrationDir(id) + "/images";
-  if (!migration->channel.empty()) WriteChannelNote(images, migration->channel);
-  if (!migration->closed_sockets.empty()) {
-    WriteClosedSocketsNote(images, migration->closed_sockets);
-    spdlog::info(
-        "migration {}: {} same-node direct connection(s) of job {} dumped as external, "
-        "restored closed",
-        id, migration->closed_sockets.size(), migration->job.id);
-  }
+  const std::vector<std::string> external =
+      NoteExternals(id, migration->job.id, images, migration->channel, migration->closed_sockets);
   std::error_code ignored;
   fs::create_directories(images, ignored);
   if (!migration->lazy_socket.valid()) {
@@ -147,8 +140,7 @@ void MigrationDriver::StartLazyDump(const std::shared_ptr<Outgoing>& migration) 
     return;
   }
   auto dump = BackgroundProcess::Start(
-      migrate::LazyDumpCommand(migration->criu, migration->job.pid, images, kLazySocketFd,
-                               LazyDumpExternals(migration->channel, migration->closed_sockets),
+      migrate::LazyDumpCommand(migration->criu, migration->job.pid, images, kLazySocketFd, external,
                                JobNetns(migration->job)),
       MigrationDir(id) + "/dump.out",
       {{9, status_pipe[1]}, {kLazySocketFd, migration->lazy_socket.get()}});
