@@ -194,6 +194,10 @@ OpenFileKind ClassifyOpenFile(const std::string& target, const std::string& job_
       target == "/dev/console" || target == "/dev/ptmx") {
     return OpenFileKind::kTerminal;
   }
+  // A memfd is memory, not a file of the node: CRIU dumps its contents with the job (a
+  // same-node stream's rings, held open only between the memfd's making and its mapping,
+  // docs/ipc.md "Shared memory on one node").
+  if (target.rfind("/memfd:", 0) == 0) return OpenFileKind::kFine;
   static const std::set<std::string> harmless = {"/dev/null", "/dev/zero", "/dev/random",
                                                  "/dev/urandom", "/dev/full"};
   if (target.rfind("/dev/", 0) == 0) {

@@ -1639,11 +1639,11 @@ TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) 
 }
 
 // docs/ipc.md "Direct streams", on one node: two jobs on node2 stream over the Unix socket pair
-// their agent hands them. The reader moves to node3 (the pair is shut down; the stream goes on
-// through the agents, then over TCP) and back (a pair again); then the writer moves while it
-// holds its end without looking at it, so the dump finds the connection open: CRIU dumps it as
-// external and the job wakes on node1 holding a closed socket in its place. Every sequence
-// arrives once and in order, and most came direct.
+// their agent hands them, with shared memory under it (the rings). The reader moves to node3 (the
+// pair is shut down; the stream goes on through the agents, then over TCP) and back (a pair again);
+// then the writer moves while it holds its end without looking at it, so the dump finds the
+// connection open: CRIU dumps it as external and the job wakes on node1 holding a closed socket in
+// its place. Every sequence arrives once and in order, and most came direct.
 TEST_F(ClusterTest, IpcASameNodeStreamLosesNothingWhileItsJobsMoveAwayAndBack) {
   const std::string probe = kBinDir + "/tern-ipc-probe";
   constexpr int kMessages = 30000;
@@ -1704,6 +1704,11 @@ TEST_F(ClusterTest, IpcASameNodeStreamLosesNothingWhileItsJobsMoveAwayAndBack) {
   const int direct = NumberBefore(reader_out, " direct");
   ASSERT_GE(direct, 0) << reader_out;
   EXPECT_GT(direct, kMessages / 2) << reader_out;
+  // On one node the stream goes through the shared-memory rings (docs/ipc.md "Shared memory on
+  // one node"): before the reader leaves and after it is back, thousands of messages each.
+  const int shared = NumberBefore(reader_out, " of them through shared memory");
+  ASSERT_GE(shared, 0) << reader_out;
+  EXPECT_GT(shared, 2000) << "the rings were not taken; " << reader_out;
 }
 
 // A receiver that never reads with a PortReader (plain receive) never opts in: a PortWriter's

@@ -383,6 +383,7 @@ int DirectStreamReader(const Channel& channel, const std::string& name, std::uin
   const std::uint32_t port = ReadyInbox(channel, name, 256);
   if (port == 0) return Fail("setup");
   std::uint64_t direct = 0;
+  std::uint64_t shared = 0;
   if (plain) {
     for (std::uint32_t i = 0; i < count; ++i) {
       auto got = channel.receive(port, 60s);
@@ -406,9 +407,11 @@ int DirectStreamReader(const Channel& channel, const std::string& name, std::uin
     auto extra = reader.next(message, 500ms);
     if (extra) return Fail("a message after the last: id " + std::to_string(message.id));
     direct = reader.handed_direct();
+    shared = reader.handed_shared();
   }
-  std::printf("read %u in order, each once; %llu direct\n", count,
-              static_cast<unsigned long long>(direct));
+  std::printf("read %u in order, each once; %llu direct, %llu of them through shared memory\n",
+              count, static_cast<unsigned long long>(direct),
+              static_cast<unsigned long long>(shared));
   return 0;
 }
 

@@ -29,6 +29,8 @@ TEST(PreflightTest, ClassifiesWhatAJobHoldsOpen) {
   EXPECT_EQ(ClassifyOpenFile("/var/lib/tern/jobs/n.10/stdout", dir), OpenFileKind::kOutsideJob)
       << "a sibling job's directory is not ours";
   EXPECT_EQ(ClassifyOpenFile("/etc/hosts", dir), OpenFileKind::kOutsideJob);
+  EXPECT_EQ(ClassifyOpenFile("/memfd:tern-stream (deleted)", dir), OpenFileKind::kFine)
+      << "a memfd is dumped with the job";
 }
 
 // A scratch directory with no symlink on its path (temp_directory_path may have one).

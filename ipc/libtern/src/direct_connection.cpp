@@ -63,8 +63,18 @@ Expected<bool> DirectConnection::ReceiveOnce(bool* drained) {
   if (broken()) return Fail(broken_reason_);
   for (;;) {
     const std::span<char> space = decoder_.Prepare();
-    const ssize_t n = ::recv(fd_.get(), space.data(), space.size(), MSG_DONTWAIT);
+    // recvmsg, not recv: a stream reader's welcome may carry its rings' memfd (SCM_RIGHTS),
+    // which a plain recv would drop.
+    iovec piece{space.data(), space.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    msghdr message{};
+    message.msg_iov = &piece;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(fd_.get(), &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) continue;
+    if (n > 0) TakeControl(message);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
     if (n < 0) return Break(std::string("direct connection read failed: ") + std::strerror(errno));
     if (n == 0) return Break("the other job closed the direct connection");
@@ -73,6 +83,19 @@ Expected<bool> DirectConnection::ReceiveOnce(bool* drained) {
       return Break("direct connection broken: " + fed.error().message);
     }
     return true;
+  }
+}
+
+void DirectConnection::TakeControl(msghdr& message) {
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
+       header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
+      passed_.Reset(fd);  // the last one; any other is closed
+    }
   }
 }
 

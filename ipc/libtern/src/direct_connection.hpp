@@ -9,6 +9,8 @@
 // or the server worker that holds its one-shot epoll event).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -37,6 +39,10 @@ class DirectConnection {
   // re-armed epoll: it stops after a read that did not fill its buffer, without seeing EAGAIN.
   Expected<void> ReadAvailable();
   std::optional<ipc::Frame> Next() { return decoder_.Next(); }
+  // The descriptor the peer last passed with its bytes (SCM_RIGHTS on a Unix socket: a stream
+  // reader's rings, stream_rings.hpp), if any; taken by the caller. ReadAvailable and Read
+  // collect it (the blocking first receive of Read does not: no stream waits that way).
+  UniqueFd TakePassedFd() { return std::move(passed_); }
 
  private:
   // One non-blocking receive into the decoder: true if bytes came, false if none were there.
@@ -46,10 +52,12 @@ class DirectConnection {
   // time passed (or a signal came) first.
   Expected<bool> ReceiveBlocking();
   Unexpected<Error> Break(std::string reason);
+  void TakeControl(msghdr& message);
 
   UniqueFd fd_;
   ipc::FrameDecoder decoder_;
   std::string broken_reason_;
+  UniqueFd passed_;
 };
 
 }  // namespace tern::libtern

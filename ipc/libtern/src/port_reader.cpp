@@ -8,6 +8,7 @@
 // keep alive) until handed out; a numbered message (a PortWriter's, once it went direct) goes
 // through the per-writer StreamReorder first.
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,12 @@ constexpr auto kAcceptRetry = std::chrono::seconds(1);
 // blocks, whatever the amount).
 constexpr std::size_t kAckBytes = 1 << 20;
 constexpr std::uint64_t kAckMessages = 256;
+
+bool IsUnixSocket(int fd) {
+  int domain = 0;
+  socklen_t size = sizeof domain;
+  return ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &size) == 0 && domain == AF_UNIX;
+}
 
 bool IsData(ItemKind kind) { return kind == ItemKind::kBytes || kind == ItemKind::kOutOfLine; }
 
@@ -133,6 +140,7 @@ class PortReader::State {
   IpcResult<void> Next(MessageView& out, Timeout timeout);
   std::size_t buffered() const { return ready_.size(); }
   std::uint64_t handed_direct() const { return handed_direct_; }
+  std::uint64_t handed_shared() const { return handed_shared_; }
   std::uint64_t dropped() const { return reorder_.dropped(); }
 
  private:
@@ -142,7 +150,8 @@ class PortReader::State {
     std::string_view message;  // agent: WriteMessage's layout; direct: [u32 count][items]
     std::uint32_t id = 0;      // direct only
     bool direct = false;
-    bool strip = false;  // agent path, numbered: its first item is the stream header
+    bool shared = false;  // direct, through the rings
+    bool strip = false;   // agent path, numbered: its first item is the stream header
     std::uint64_t writer = 0;
     std::uint64_t sequence = 0;
   };
@@ -169,6 +178,8 @@ class PortReader::State {
   void TakeAccepted(UniqueFd fd);
   // Reads what `connection` has; false when it is to be closed.
   bool ServeConnection(Connection& connection);
+  // Serves the connections whose frames come through rings; true if any message came.
+  bool ServeRings();
   void Release(Held held) { ready_.push_back(std::move(held)); }
   // Acks every connection whose writer has something new (`all`) or enough of it.
   void SendAcks(bool all);
@@ -190,6 +201,7 @@ class PortReader::State {
   std::uint32_t credits_ = 0;  // the port's queue limit, read on the first accept
   std::vector<std::unique_ptr<Connection>> connections_;
   std::uint64_t handed_direct_ = 0;
+  std::uint64_t handed_shared_ = 0;
   std::vector<pollfd> fds_;
 };
 
@@ -240,6 +252,7 @@ bool PortReader::State::HandOut(MessageView& out) {
     if (held.writer != 0) {
       reorder_.HandedOut(held.writer, held.sequence);
       if (held.direct) ++handed_direct_;
+      if (held.shared) ++handed_shared_;
       // Credits flow back as the caller takes messages, not only when the reader blocks.
       for (auto& connection : connections_) {
         if (connection->writer == held.writer && !SendAck(*connection, false)) {
@@ -262,16 +275,24 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   SendAcks(/*all=*/true);
   std::erase_if(connections_, [](const auto& c) { return c->dead || c->socket.broken(); });
 
-  // What may have come already (another thread read the channel for us).
+  // What may have come already (another thread read the channel for us, a writer filled a
+  // ring).
   if (auto got = Collected(); !got || !ready_.empty()) return got;
+  if (ServeRings() && !ready_.empty()) {
+    SendAcks(/*all=*/true);
+    return {};
+  }
 
   const int event = Impl().event_fd();
   const int channel = Impl().idle_fd();
   fds_.clear();
   fds_.push_back({event, POLLIN, 0});
   fds_.push_back({channel, POLLIN, 0});  // -1: ignored by poll
+  // A ring's writer rings the socket only for a reader that said it sleeps (armed).
+  bool sleep = true;
   for (const auto& connection : connections_) {
     fds_.push_back({connection->socket.fd(), POLLIN, 0});
+    if (connection->socket.shared() && !connection->socket.ArmForFrames()) sleep = false;
   }
   // Past the caller's deadline only while a receive posted for it is due (one round trip).
   const bool due = receiving_ && receive_ends_ <= deadline &&
@@ -281,7 +302,8 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   if (accepting_ == std::nullopt && options_.direct && !direct_off_) {
     until = std::min(until, accept_after_);
   }
-  const int ready = ::poll(fds_.data(), fds_.size(), PollMs(until));
+  const int ready = ::poll(fds_.data(), fds_.size(), sleep ? PollMs(until) : 0);
+  for (const auto& connection : connections_) connection->socket.Disarm();
   if (ready < 0 && errno != EINTR) {
     return libtern::Unavailable(std::string("poll: ") + std::strerror(errno));
   }
@@ -291,8 +313,14 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   }
   if (channel >= 0 && fds_[1].revents != 0) Impl().ReadIfIdle();
   for (std::size_t i = 2; i < fds_.size(); ++i) {
-    if (fds_[i].revents == 0) continue;
     Connection& connection = *connections_[i - 2];
+    if (connection.socket.shared()) {
+      // Its socket holds bells or its end; its frames are in the ring.
+      if (fds_[i].revents != 0 && !connection.socket.TakeBells()) connection.dead = true;
+      if (!connection.dead && !ServeConnection(connection)) connection.dead = true;
+      continue;
+    }
+    if (fds_[i].revents == 0) continue;
     if (!ServeConnection(connection)) connection.dead = true;
   }
   if (auto got = Collected(); !got) return got;
@@ -427,7 +455,9 @@ void PortReader::State::TakeAccepted(UniqueFd fd) {
   // never sends one, so its writers stay on the agent path).
   std::string welcome;
   libtern::AppendStreamAck(welcome, {0, 0, 0, credits_});
-  if (!connection->socket.Write(welcome)) return;
+  if (!connection->socket.Welcome(welcome,
+                                  options_.shared_memory && IsUnixSocket(connection->socket.fd())))
+    return;
   connections_.push_back(std::move(connection));
 }
 
@@ -449,6 +479,7 @@ bool PortReader::State::ServeConnection(Connection& connection) {
         held.message = parsed->messages[i].body;
         held.id = parsed->messages[i].id;
         held.direct = true;
+        held.shared = frame->shared;
         held.writer = parsed->writer;
         held.sequence = parsed->first + i;
         reorder_.Offer(held.writer, held.sequence, /*through_agents=*/false, std::move(held),
@@ -459,6 +490,17 @@ bool PortReader::State::ServeConnection(Connection& connection) {
     if (received == libtern::StreamInbox::Received::kDrained) return true;
   }
   return true;
+}
+
+bool PortReader::State::ServeRings() {
+  const std::size_t before = ready_.size();
+  bool any = false;
+  for (auto& connection : connections_) {
+    if (connection->dead || !connection->socket.shared()) continue;
+    if (!ServeConnection(*connection)) connection->dead = true;
+    any = true;
+  }
+  return any && ready_.size() != before;
 }
 
 void PortReader::State::SendAcks(bool all) {
@@ -503,6 +545,7 @@ IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
 
 std::size_t PortReader::buffered() const { return state_->buffered(); }
 std::uint64_t PortReader::handed_direct() const { return state_->handed_direct(); }
+std::uint64_t PortReader::handed_shared() const { return state_->handed_shared(); }
 std::uint64_t PortReader::dropped_duplicates() const { return state_->dropped(); }
 
 }  // namespace tern

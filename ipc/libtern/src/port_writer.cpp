@@ -7,6 +7,7 @@
 // breaks, every frame the reader has not acknowledged goes again through the agents, numbered,
 // and the writer asks for a new connection at its next train. StreamSender keeps the protocol
 // state; this file does the I/O.
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "channel_impl.hpp"
 #include "direct_connection.hpp"
 #include "send_all.hpp"
+#include "stream_rings.hpp"
 #include "stream_sender.hpp"
 #include "stream_wire.hpp"
 
@@ -62,6 +64,11 @@ class PortWriter::Direct {
   std::uint64_t reattached = 0;
   std::vector<std::string> spare;
   bool switching = false;  // a switch of paths is under way: no other
+  // On one node, the shared memory the reader offered with its welcome (stream_rings.hpp):
+  // frames go into ring 0, acks come from ring 1; the socket carries the bells both ways.
+  std::unique_ptr<libtern::StreamRings> rings;
+  ipc::FrameDecoder ring_acks;
+  std::uint64_t acks_taken = 0;
 
   // Takes the acks that came, without waiting; false when the connection is broken.
   bool TakeAcks() {
@@ -70,19 +77,86 @@ class PortWriter::Direct {
     while (auto frame = connection->Next()) {
       if (!TakeAck(*frame)) return false;
     }
+    if (rings && open) {
+      if (rings->Revoked()) return false;
+      bool rang = false;
+      for (;;) {
+        const std::span<char> space = ring_acks.Prepare();
+        const std::size_t n =
+            libtern::StreamRings::CopyOut(rings->acks(), space.data(), space.size(), rang);
+        if (n == 0) break;
+        if (!ring_acks.Commit(n)) return false;
+        while (auto frame = ring_acks.Next()) {
+          if (!TakeAck(*frame)) return false;
+        }
+      }
+    }
     return open;
   }
 
   // Waits for the next ack; false when the connection is broken.
   bool AwaitAck() {
     if (!connection) return false;
-    auto frame = connection->Read(Clock::time_point::max());
-    if (!frame || !*frame) return false;
-    return TakeAck(**frame);
+    if (!rings) {
+      auto frame = connection->Read(Clock::time_point::max());
+      if (!frame || !*frame) return false;
+      return TakeAck(**frame);
+    }
+    for (;;) {
+      const std::uint64_t before = acks_taken;
+      if (!TakeAcks()) return false;
+      if (acks_taken != before) return true;
+      // Asleep until the reader's bell (it found the ack ring armed) or the socket's end.
+      if (rings->acks().ArmForData()) Sleep();
+      rings->acks().DisarmForData();
+    }
+  }
+
+  // Writes all of `pieces` into ring 0, waiting for room, and publishes them; false when the
+  // connection is broken.
+  bool WriteToRing(std::span<const std::string_view> pieces) {
+    ipc::ShmRing& ring = rings->frames();
+    for (std::string_view piece : pieces) {
+      while (!piece.empty()) {
+        piece.remove_prefix(ring.Write(std::as_bytes(std::span<const char>(piece))));
+        if (piece.empty()) break;
+        // Full: what is in goes out, then wait for the reader to make room (a quarter of the
+        // ring at most, so that it goes on while the reader copies).
+        if (!Publish()) return false;
+        const std::size_t want = std::min(piece.size(), ring.capacity() / 4);
+        for (;;) {
+          if (rings->Revoked()) return false;
+          if (ring.Space() >= want) break;
+          if (ring.ArmForSpace(want)) {
+            Sleep();
+            // The socket woke it: a bell, an ack, or its end.
+            if (!TakeAcks()) {
+              ring.DisarmForSpace();
+              return false;
+            }
+          }
+          ring.DisarmForSpace();
+        }
+      }
+    }
+    return Publish();
+  }
+
+  bool Publish() {
+    if (rings->frames().Publish()) return libtern::RingBell(connection->fd());
+    return !rings->Revoked();
+  }
+
+  // Waits in poll() for the socket: a bell or the end.
+  void Sleep() {
+    pollfd socket{connection->fd(), POLLIN, 0};
+    (void)::poll(&socket, 1, -1);
   }
 
   bool TakeAck(const ipc::Frame& frame) {
+    if (frame.type == libtern::kDirectStreamBell) return true;  // look at the rings again
     if (frame.type != libtern::kDirectStreamAck) return false;
+    ++acks_taken;
     auto ack = libtern::ParseStreamAck(frame.payload);
     if (!ack) return false;
     if (ack->writer == 0) return true;  // a welcome again: nothing new
@@ -291,6 +365,14 @@ void PortWriter::TryDirect() {
   }
   // Everything so far went through the agents (Ship just sent the last of it): the sync tells
   // the reader where this writer's numbering stands, then the connection carries the rest.
+  // On one node the welcome brings shared memory: taken, and said with the first bell.
+  if (UniqueFd memfd = d.connection->TakePassedFd(); memfd.valid()) {
+    if (auto rings = libtern::StreamRings::Attach(std::move(memfd));
+        rings && libtern::RingBell(d.connection->fd())) {
+      d.rings = std::move(*rings);
+      d.ring_acks = ipc::FrameDecoder();
+    }
+  }
   d.switching = true;
   d.credits = welcome->credits;
   const std::uint64_t sync = d.sender.Welcomed(welcome->credits);
@@ -342,7 +424,8 @@ IpcResult<void> PortWriter::SendFrame() {
     ipc::ForEachPiece(
         bytes.out, bytes.shared, [&](std::string_view piece) { pieces.push_back(piece); },
         [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
-    ok = libtern::SendAll(d.connection->fd(), {pieces.data(), pieces.size()}) == 0;
+    ok = d.rings ? d.WriteToRing({pieces.data(), pieces.size()})
+                 : libtern::SendAll(d.connection->fd(), {pieces.data(), pieces.size()}) == 0;
   }
   d.sender.Sent({first, count, std::move(bytes)});
   if (!ok) return FallBack();
@@ -353,6 +436,8 @@ IpcResult<void> PortWriter::FallBack() {
   Direct& d = *direct_;
   // The acks that came before the break spare their frames the resend.
   if (d.connection) (void)d.TakeAcks();
+  if (d.rings) d.rings->Revoke();  // a reader still in them sees the end at once
+  d.rings.reset();
   d.connection.reset();
   std::deque<libtern::StreamSender::Frame> frames = d.sender.Broke();
   if (!d.frame.empty()) {

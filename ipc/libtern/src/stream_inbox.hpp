@@ -4,6 +4,12 @@
 // out, so a stream costs no fresh memory (no page faults) per frame, as a socket reader with one
 // buffer does; a frame larger than a buffer gets a buffer of its size, received into in place.
 //
+// On one node the connection may have shared memory under it (stream_rings.hpp, docs/ipc.md
+// "Shared memory on one node"): the reader offers rings with its welcome (Welcome), and once the
+// writer's first bell comes on the socket (it took them) frames come out of ring 0 instead,
+// copied into the same buffers, the socket carries only bells and its end of file, and acks go
+// into ring 1 (on the socket when that ring is full).
+//
 // Thread-safety: none; one owner (the PortReader's thread), which also releases the views.
 #pragma once
 
@@ -15,6 +21,8 @@
 #include <tern/unique_fd.hpp>
 #include <vector>
 
+#include "stream_rings.hpp"
+
 namespace tern::libtern {
 
 class StreamInbox {
@@ -23,15 +31,32 @@ class StreamInbox {
     ipc::FrameType type{};
     std::string_view payload;                  // inside *owner
     std::shared_ptr<const std::string> owner;  // keeps the buffer (and its place in the pool)
+    bool shared = false;                       // it came through the rings
   };
 
   // Takes `fd`; turns on TCP keepalive (5 s idle, 1 s interval, 3 probes) where it applies.
   explicit StreamInbox(UniqueFd fd);
+  ~StreamInbox();
+  StreamInbox(const StreamInbox&) = delete;
+  StreamInbox& operator=(const StreamInbox&) = delete;
 
   int fd() const { return fd_.get(); }
-  // Receives once, without waiting: kMore when it filled its room (more may be there: take the
-  // frames with Next() and receive again), kDrained when it took all there was, kBroken on end
-  // of file, an error or a frame over kMaxPayload (for good).
+  // Writes the welcome (an ack of writer 0), with rings for the writer when `rings` (a Unix
+  // socket: a memfd cannot cross TCP) and they can be made; false when the connection is
+  // broken.
+  bool Welcome(std::string_view welcome, bool rings);
+  // The writer took the rings: frames come from them, and the reader sleeps only when armed.
+  bool shared() const { return taken_; }
+  // For a reader about to sleep in poll() on fd(): arms ring 0; false if frames are there
+  // already (or it broke): do not sleep. Disarm when awake.
+  bool ArmForFrames();
+  void Disarm();
+  // Takes the bells the socket holds (poll said it is readable): false on its end of file or
+  // an error (the break). Only once shared().
+  bool TakeBells();
+  // Receives once, without waiting (from ring 0 once shared()): kMore when it filled its room (more
+  // may be there: take the frames with Next() and receive again), kDrained when it took all there
+  // was, kBroken on end of file, an error or a frame over kMaxPayload (for good).
   enum class Received { kMore, kDrained, kBroken };
   Received Receive();
   // The next complete frame, nullopt when none is.
@@ -49,7 +74,12 @@ class StreamInbox {
   std::shared_ptr<std::string> Buffer(std::size_t size);
   std::size_t Needed() const;
 
+  // The break: the rings revoked for the writer too, then nothing more.
+  void Break();
+
   UniqueFd fd_;
+  std::unique_ptr<StreamRings> rings_;  // offered with the welcome
+  bool taken_ = false;                  // the writer's first bell came
   std::shared_ptr<Pool> pool_ = std::make_shared<Pool>();
   std::shared_ptr<std::string> buffer_;  // where bytes arrive
   std::size_t used_ = 0;                 // bytes received into buffer_

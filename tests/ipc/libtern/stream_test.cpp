@@ -1,7 +1,11 @@
 // Direct streams (docs/ipc.md "Direct streams"): the protocol classes without I/O
 // (StreamReorder, StreamSender, the wire), then PortWriter -> PortReader over the fake agent's
 // connections, broken again and again, and a plain receiver that never opted in.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -10,9 +14,11 @@
 #include <thread>
 #include <vector>
 
+#include "direct_connection.hpp"
 #include "fake_agent.hpp"
 #include "port_fixture.hpp"
 #include "stream_reorder.hpp"
+#include "stream_rings.hpp"
 #include "stream_sender.hpp"
 #include "stream_wire.hpp"
 
@@ -164,6 +170,68 @@ TEST(StreamWire, FramesHeadersAndAcksRoundTrip) {
   EXPECT_EQ(parsed->credits, 4u);
 }
 
+// The shared memory of a same-node stream: the reader's rings, passed as a memfd on the socket
+// with the welcome, are the writer's after Attach (both directions), and either side's Revoke
+// is the other's end.
+TEST(StreamRings, TheMemfdPassedWithTheWelcomeMapsTheSameRingsOnTheOtherSide) {
+  int ends[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
+  UniqueFd reader_end(ends[0]);
+  libtern::DirectConnection writer_end{UniqueFd(ends[1])};
+  auto made = libtern::StreamRings::Create();
+  ASSERT_TRUE(made) << made.error().message;
+  auto& [reader, memfd] = *made;
+  std::string welcome;
+  libtern::AppendStreamAck(welcome, {0, 0, 0, 64});
+  ASSERT_EQ(libtern::SendWithFd(reader_end.get(), welcome, memfd.get()), 0);
+  memfd.Reset();
+  ASSERT_TRUE(writer_end.ReadAvailable());
+  auto frame = writer_end.Next();
+  ASSERT_TRUE(frame);
+  EXPECT_EQ(frame->type, libtern::kDirectStreamAck);
+  UniqueFd passed = writer_end.TakePassedFd();
+  ASSERT_TRUE(passed.valid()) << "the memfd came with the welcome";
+  EXPECT_FALSE(writer_end.TakePassedFd().valid()) << "taken once";
+  auto writer = libtern::StreamRings::Attach(std::move(passed));
+  ASSERT_TRUE(writer) << writer.error().message;
+
+  // Frames one way, acks the other, across the ring's end.
+  const std::string big(libtern::StreamRings::kFrameRing - 100, 'f');
+  ASSERT_TRUE(libtern::StreamRings::WriteWhole((*writer)->frames(), big));
+  EXPECT_FALSE(libtern::StreamRings::WriteWhole((*writer)->frames(), std::string(200, 'x')))
+      << "does not fit: nothing written";
+  EXPECT_TRUE(reader->frames().ArmForData()) << "nothing is visible before Publish";
+  EXPECT_TRUE((*writer)->frames().Publish()) << "the reader was armed: ring its bell";
+  EXPECT_FALSE(reader->frames().ArmForData()) << "data there: no sleep";
+  std::string out(big.size(), '\0');
+  bool rang = false;
+  EXPECT_EQ(libtern::StreamRings::CopyOut(reader->frames(), out.data(), out.size(), rang),
+            big.size());
+  EXPECT_EQ(out, big);
+  EXPECT_FALSE(rang);
+  const std::string wraps = std::string(150, 'a') + std::string(150, 'b');
+  ASSERT_TRUE(libtern::StreamRings::WriteWhole((*writer)->frames(), wraps));
+  EXPECT_FALSE((*writer)->frames().Publish());
+  std::string back(400, '\0');
+  EXPECT_EQ(libtern::StreamRings::CopyOut(reader->frames(), back.data(), back.size(), rang), 300u);
+  EXPECT_EQ(back.substr(0, 300), wraps) << "copied across the wrap";
+  ASSERT_TRUE(libtern::StreamRings::WriteWhole(reader->acks(), "ack"));
+  EXPECT_FALSE(reader->acks().Publish());
+  EXPECT_EQ((*writer)->acks().Available(), 3u);
+
+  reader->Revoke();
+  EXPECT_TRUE((*writer)->Revoked());
+  EXPECT_FALSE(libtern::StreamRings::WriteWhole((*writer)->frames(), "x"));
+}
+
+// A memfd that is not the rings' layout (another size, unsealed) is refused.
+TEST(StreamRings, AMemfdOfAnotherShapeIsRefused) {
+  UniqueFd other(::memfd_create("not-rings", MFD_CLOEXEC));
+  ASSERT_TRUE(other.valid());
+  ASSERT_EQ(::ftruncate(other.get(), 1 << 20), 0);
+  EXPECT_FALSE(libtern::StreamRings::Attach(std::move(other)));
+}
+
 // The fake agent fails a train at once on a full queue (it does not model kWait): a port with
 // room for any test's backlog. The writers' credits are that limit too.
 struct StreamFixture : testing::PortFixture {
@@ -181,7 +249,8 @@ struct StreamFixture : testing::PortFixture {
 // and again (as revocation and moves do): the reader sees each exactly once, in order, and
 // most of them came direct.
 TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithoutDuplicates) {
-  constexpr std::uint32_t kCount = 60000;
+  // Long enough for several breaks now that a same-node stream goes through shared memory.
+  constexpr std::uint32_t kCount = 200000;
   PortReader reader(channel, port, {.direct = true});
   MessageView message;
   // The reader opts in on its first wait: from then on the port takes connections.
@@ -227,17 +296,22 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
   writer_thread.join();
   breaker.join();
   EXPECT_GT(reader.handed_direct(), 0u);
+  EXPECT_GT(reader.handed_shared(), 0u) << "the fake agent's connections are Unix socket pairs";
   EXPECT_GE(breaks.load(), 3) << "the stream ended before the connections broke: make it longer";
   EXPECT_EQ(reader.next(message, Timeout(50)).status(), JobStatus::kTimedOut) << "nothing more";
-  std::printf("%d breaks, %llu of %u direct, %llu duplicates dropped\n", breaks.load(),
-              static_cast<unsigned long long>(reader.handed_direct()), kCount,
+  std::printf("%d breaks, %llu of %u direct (%llu shared), %llu duplicates dropped\n",
+              breaks.load(), static_cast<unsigned long long>(reader.handed_direct()), kCount,
+              static_cast<unsigned long long>(reader.handed_shared()),
               static_cast<unsigned long long>(reader.dropped_duplicates()));
 }
 
 // Large messages go direct too: a caller's bytes are copied into the frame (it may reuse its
 // buffer once write() returns), a Message's items are kept by reference; each arrives whole.
-TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
-  PortReader reader(channel, port, {.direct = true});
+// Through the rings (the default on a Unix socket) some are larger than the frame ring and go
+// in pieces; without them (shared_memory false) on the socket.
+void LargeMessagesArriveWhole(Channel& channel, std::uint32_t port, std::uint32_t send_right,
+                              bool shared_memory) {
+  PortReader reader(channel, port, {.direct = true, .shared_memory = shared_memory});
   MessageView message;
   ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
   const auto pattern = [](std::size_t size, char seed) {
@@ -254,8 +328,9 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
         ASSERT_TRUE(writer.write(buffer, i));
         buffer.assign(buffer.size(), 'x');  // the caller's buffer is its own again
       } else {
+        const std::size_t size = i % 10 == 1 ? (6u << 20) : (300u << 10);
         ASSERT_TRUE(writer.write(
-            MessageBuilder(0).id(i).out_of_line(pattern(300 << 10, static_cast<char>(i))).build()));
+            MessageBuilder(0).id(i).out_of_line(pattern(size, static_cast<char>(i))).build()));
       }
     }
     auto done = writer.flush();
@@ -266,12 +341,25 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
     auto next = reader.next(message, Timeout(5000));
     ASSERT_TRUE(next) << i << ": " << next.error().ToString();
     ASSERT_EQ(message.id, i);
-    ASSERT_TRUE(message.bytes() ==
-                pattern(i % 2 == 0 ? 200 << 10 : 300 << 10, static_cast<char>(i)))
+    const std::size_t size = i % 2 == 0 ? (200u << 10) : i % 10 == 1 ? (6u << 20) : (300u << 10);
+    ASSERT_TRUE(message.bytes() == pattern(size, static_cast<char>(i)))
         << "message " << i << " damaged";
   }
   writer_thread.join();
   EXPECT_GT(reader.handed_direct(), 0u);
+  if (shared_memory) {
+    EXPECT_GT(reader.handed_shared(), 0u);
+  } else {
+    EXPECT_EQ(reader.handed_shared(), 0u);
+  }
+}
+
+TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
+  LargeMessagesArriveWhole(channel, port, send_right, /*shared_memory=*/true);
+}
+
+TEST_F(StreamFixture, LargeMessagesGoDirectOnTheSocketWithoutSharedMemory) {
+  LargeMessagesArriveWhole(channel, port, send_right, /*shared_memory=*/false);
 }
 
 // A receiver that never read with a PortReader never accepts: the writer's messages arrive

@@ -54,7 +54,7 @@ class ShmRing {
   static constexpr std::uint64_t kMagic = 0x7465726e52494e47;  // "ternRING"
 
   // The bytes a block must have for a ring of `capacity` bytes (a power of two, >= 4 KiB).
-  static std::size_t BytesFor(std::size_t capacity) { return kHeaderBytes + capacity; }
+  static constexpr std::size_t BytesFor(std::size_t capacity) { return kHeaderBytes + capacity; }
 
   // Writes a fresh header into `block` (zeroed positions): the creator's side.
   static std::optional<ShmRing> Create(std::span<std::byte> block, std::size_t capacity);

@@ -380,6 +380,9 @@ class PortReader {
     // posted at the agent while the reader waits on its connections too. false: one blocking
     // receive_many at a time, and every writer stays on the agents.
     bool direct = true;
+    // A writer on this node streams through shared memory (two rings in a memfd passed on the
+    // connection, docs/ipc.md "Shared memory on one node"); false keeps it on the socket.
+    bool shared_memory = true;
   };
   // `port`: a receive right of this job.
   PortReader(Channel channel, std::uint32_t port, std::uint32_t batch = 1024);
@@ -394,6 +397,8 @@ class PortReader {
   std::size_t buffered() const;
   // Messages that came over direct connections and were handed out, and duplicates dropped.
   std::uint64_t handed_direct() const;
+  // Of those, the ones that came through shared memory.
+  std::uint64_t handed_shared() const;
   std::uint64_t dropped_duplicates() const;
 
   class State;

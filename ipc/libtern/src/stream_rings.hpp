@@ -1,0 +1,75 @@
+// StreamRings: the shared memory under a same-node direct stream (docs/ipc.md "Shared memory on
+// one node"): one memfd holding two ShmRings, ring 0 for the writer's DirectStream frames and
+// ring 1 for the reader's DirectStreamAcks, each carrying exactly the bytes the socket would.
+// The reader makes it when it accepts a Unix socket connection and passes the memfd with its
+// welcome (SCM_RIGHTS); the writer maps it when it reads the welcome and says so with its first
+// bell. The socket stays: it is the doorbell (a side that sleeps in poll() arms its ring, and
+// the other side, whose Publish or Release then returns true, sends one kDirectStreamBell frame)
+// and the break (end of file: revoked, a move, the peer gone). A side that sees the break
+// revokes both rings, so that the other side, busy in them, sees it at its next look.
+//
+// Both sides close the memfd as soon as it is mapped: a job holds only the mapping (which CRIU
+// dumps with the job and restores as a copy of its own, which nothing else writes; the job's
+// socket comes back closed, so libtern takes it for a break and unmaps the copy).
+//
+// Thread-safety: none; one owner (the PortWriter's or the PortReader's thread).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string_view>
+#include <tern/expected.hpp>
+#include <tern/ipc/frame.hpp>
+#include <tern/ipc/shm_ring.hpp>
+#include <tern/unique_fd.hpp>
+#include <utility>
+
+namespace tern::libtern {
+
+// Frame type of a doorbell on the socket of a connection that has rings: no payload; "look at
+// the rings". The writer's first one also says it took them. libtern's own, as 42 and 43.
+inline constexpr auto kDirectStreamBell = static_cast<ipc::FrameType>(44);
+
+class StreamRings {
+ public:
+  static constexpr std::size_t kFrameRing = 4u << 20;  // ring 0: DirectStream frames
+  static constexpr std::size_t kAckRing = 256u << 10;  // ring 1: DirectStreamAcks
+
+  // The reader's side: a fresh memfd with both rings; the fd is to be passed to the writer
+  // (then closed).
+  static Expected<std::pair<std::unique_ptr<StreamRings>, UniqueFd>> Create();
+  // The writer's side, over the memfd the reader passed (taken and closed here).
+  static Expected<std::unique_ptr<StreamRings>> Attach(UniqueFd memfd);
+
+  ~StreamRings();
+  StreamRings(const StreamRings&) = delete;
+  StreamRings& operator=(const StreamRings&) = delete;
+
+  ipc::ShmRing& frames() { return frames_; }
+  ipc::ShmRing& acks() { return acks_; }
+  // The break: both rings give nothing more, on both sides.
+  void Revoke();
+  bool Revoked() const { return frames_.Revoked() || acks_.Revoked(); }
+
+  // Copies all of `bytes` into `ring` if they fit (then true; not yet published), else writes
+  // nothing and returns false.
+  static bool WriteWhole(ipc::ShmRing& ring, std::string_view bytes);
+  // Copies up to `room` published bytes out of `ring` into `to` (across the wrap) and releases
+  // them; returns how many. `rang`: the producer was asleep (ring its bell).
+  static std::size_t CopyOut(ipc::ShmRing& ring, char* to, std::size_t room, bool& rang);
+
+ private:
+  StreamRings(void* block, std::size_t size, ipc::ShmRing frames, ipc::ShmRing acks);
+
+  void* block_;
+  std::size_t size_;
+  ipc::ShmRing frames_;
+  ipc::ShmRing acks_;
+};
+
+// Writes `bytes` to the Unix socket `fd` with `pass` attached (SCM_RIGHTS); 0 or the errno.
+int SendWithFd(int fd, std::string_view bytes, int pass);
+// One doorbell frame on `fd`; false when the connection is broken.
+bool RingBell(int fd);
+
+}  // namespace tern::libtern
