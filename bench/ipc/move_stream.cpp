@@ -75,17 +75,18 @@ class Account {
     highest_ = std::max(highest_, number);
   }
 
-  std::string Json(std::uint64_t written, std::uint64_t direct) const {
+  std::string Json(std::uint64_t written, std::uint64_t direct, std::uint64_t shared) const {
     const std::uint64_t lost = written > distinct_ ? written - distinct_ : 0;
     char text[512];
-    std::snprintf(
-        text, sizeof text,
-        "\"received\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,"
-        "\"out_of_range\":%llu,\"direct\":%llu,\"longest_stall_ms\":%.1f",
-        static_cast<unsigned long long>(received_), static_cast<unsigned long long>(lost),
-        static_cast<unsigned long long>(duplicated_), static_cast<unsigned long long>(reordered_),
-        static_cast<unsigned long long>(out_of_range_), static_cast<unsigned long long>(direct),
-        std::chrono::duration<double, std::milli>(longest_gap_).count());
+    std::snprintf(text, sizeof text,
+                  "\"received\":%llu,\"lost\":%llu,\"duplicated\":%llu,\"reordered\":%llu,"
+                  "\"out_of_range\":%llu,\"direct\":%llu,\"shared\":%llu,\"longest_stall_ms\":%.1f",
+                  static_cast<unsigned long long>(received_), static_cast<unsigned long long>(lost),
+                  static_cast<unsigned long long>(duplicated_),
+                  static_cast<unsigned long long>(reordered_),
+                  static_cast<unsigned long long>(out_of_range_),
+                  static_cast<unsigned long long>(direct), static_cast<unsigned long long>(shared),
+                  std::chrono::duration<double, std::milli>(longest_gap_).count());
     return text;
   }
 
@@ -116,7 +117,8 @@ int Server(const Options& options) {
       continue;
     }
     Message answer = BytesMessage(
-        message.reply, account.Json(LoadNumber(message.bytes()), reader.handed_direct()));
+        message.reply,
+        account.Json(LoadNumber(message.bytes()), reader.handed_direct(), reader.handed_shared()));
     answer.destination_disposition = Disposition::kMoveSendOnce;
     Check(channel.send(answer), "send the account");
     // The answer leaves before the job's rights go away with it.
