@@ -288,6 +288,20 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   fds_.clear();
   fds_.push_back({event, POLLIN, 0});
   fds_.push_back({channel, POLLIN, 0});  // -1: ignored by poll
+  // A writer in the middle of a frame: a short wait for it beats a sleep and a bell.
+  bool rings = false;
+  for (const auto& connection : connections_) rings |= connection->socket.shared();
+  if (rings && libtern::SpinBriefly([&] {
+        for (const auto& connection : connections_) {
+          if (connection->socket.HasFrames()) return true;
+        }
+        return false;
+      })) {
+    if (ServeRings() && !ready_.empty()) {
+      SendAcks(/*all=*/true);
+      return {};
+    }
+  }
   // A ring's writer rings the socket only for a reader that said it sleeps (armed).
   bool sleep = true;
   for (const auto& connection : connections_) {

@@ -50,6 +50,10 @@ class StreamInbox {
   // For a reader about to sleep in poll() on fd(): arms ring 0; false if frames are there
   // already (or it broke): do not sleep. Disarm when awake.
   bool ArmForFrames();
+  // Frames (or the break) wait in the ring.
+  bool HasFrames() const {
+    return taken_ && (rings_->frames().Available() != 0 || rings_->Revoked());
+  }
   void Disarm();
   // Takes the bells the socket holds (poll said it is readable): false on its end of file or
   // an error (the break). Only once shared().

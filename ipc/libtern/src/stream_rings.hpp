@@ -15,6 +15,9 @@
 // Thread-safety: none; one owner (the PortWriter's or the PortReader's thread).
 #pragma once
 
+#include <sched.h>
+
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <string_view>
@@ -66,6 +69,22 @@ class StreamRings {
   ipc::ShmRing frames_;
   ipc::ShmRing acks_;
 };
+
+// Before a side arms its ring and sleeps in poll(): a short wait for `ready()` that yields the
+// CPU at each turn. A stream's two sides mostly wait on each other for microseconds (a writer
+// for credits the reader is about to give, a reader for the frame being written); a sleep and
+// a bell cost a context switch each way, more than that. sched_yield lets whatever else wants
+// this CPU run meanwhile (the other side, on a machine with few CPUs). True if ready.
+template <typename Ready>
+bool SpinBriefly(Ready ready) {
+  constexpr auto kSpin = std::chrono::microseconds(50);
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  do {
+    if (ready()) return true;
+    ::sched_yield();
+  } while (std::chrono::steady_clock::now() < until);
+  return ready();
+}
 
 // Writes `bytes` to the Unix socket `fd` with `pass` attached (SCM_RIGHTS); 0 or the errno.
 int SendWithFd(int fd, std::string_view bytes, int pass);
