@@ -61,6 +61,17 @@ class StreamReorder {
     Drain(w, release);
   }
 
+  // A whole frame's messages `first`..`first + count - 1` of `writer` at once, when they are
+  // exactly what comes next (the writer known, nothing waiting): true, and they count as
+  // released (the caller hands them out in order); false otherwise (offer them one by one).
+  // The common case of a direct stream, without a table operation per message.
+  bool TakeRun(std::uint64_t writer, std::uint64_t first, std::uint32_t count) {
+    Writer& w = Get(writer);
+    if (!w.started || count == 0 || first != w.next || !w.waiting.empty()) return false;
+    w.next += count;
+    return true;
+  }
+
   // A sync through the agents: everything of `writer` up to `sequence` went before it.
   template <typename Release>
   void Sync(std::uint64_t writer, std::uint64_t sequence, Release&& release) {

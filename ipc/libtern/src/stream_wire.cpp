@@ -145,6 +145,47 @@ std::optional<StreamFrameView> ParseStreamFrame(std::string_view payload) {
   return view;
 }
 
+std::optional<StreamRun> ParseStreamRun(std::string_view payload) {
+  ipc::WireReader in(payload);
+  auto writer = in.U64();
+  auto first = in.U64();
+  auto count = in.U32();
+  if (!count || *writer == 0 || *first == 0) return std::nullopt;
+  if (*count > in.remaining() / 8) return std::nullopt;
+  const std::string_view messages = in.rest();
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto id = in.U32();
+    auto items = in.U32();
+    if (!id || !items || *items > in.remaining() / kItemHeaderSize) return std::nullopt;
+    for (std::uint32_t j = 0; j < *items; ++j) {
+      auto kind = in.U8();
+      if (!kind || !IsData(static_cast<ItemKind>(*kind))) return std::nullopt;
+      if (!in.BytesView()) return std::nullopt;
+    }
+  }
+  if (!in.AtEnd()) return std::nullopt;
+  return StreamRun{*writer, *first, *count, messages};
+}
+
+bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id,
+                       std::vector<ItemView>& items) {
+  ipc::WireReader in(messages);
+  auto read_id = in.U32();
+  auto count = in.U32();
+  if (!count) return false;
+  for (std::uint32_t i = 0; i < *count; ++i) {
+    auto kind = in.U8();
+    auto bytes = in.BytesView();
+    if (!bytes) return false;
+    ItemView& item = items.emplace_back();
+    item.kind = static_cast<ItemKind>(*kind);
+    item.bytes = *bytes;
+  }
+  id = *read_id;
+  messages = in.rest();
+  return true;
+}
+
 bool ReadStreamItems(std::string_view body, std::vector<ItemView>& items) {
   ipc::WireReader in(body);
   auto count = in.U32();

@@ -108,4 +108,18 @@ std::optional<StreamFrameView> ParseStreamFrame(std::string_view payload);
 // The items of one message's body ([u32 item count][items]) as views, appended to `items`.
 bool ReadStreamItems(std::string_view body, std::vector<ItemView>& items);
 
+// A DirectStream frame checked as ParseStreamFrame checks it, without a view per message: its
+// messages stay in `messages`, to be taken one at a time with TakeStreamMessage (the reader's
+// common case: a frame handed out whole, in order).
+struct StreamRun {
+  std::uint64_t writer = 0;
+  std::uint64_t first = 0;
+  std::uint32_t count = 0;
+  std::string_view messages;  // `count` of [u32 id][u32 item count][items]
+};
+std::optional<StreamRun> ParseStreamRun(std::string_view payload);
+// The first message of `messages` (a checked run's): its id, and its items appended to `items`
+// as views; `messages` then starts at the next one. False if malformed.
+bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id, std::vector<ItemView>& items);
+
 }  // namespace tern::libtern

@@ -76,6 +76,26 @@ TEST(StreamReorder, DuplicatesAreDroppedAndGapsWaitForTheResend) {
   EXPECT_EQ(out.values.back(), 7);
 }
 
+// A whole frame goes at once only when it is exactly what comes next; otherwise its messages
+// are offered one by one (and a frame from before a resend is refused as such).
+TEST(StreamReorder, AFrameIsTakenWholeOnlyWhenItIsExactlyNext) {
+  StreamReorder<int> table;
+  Released out;
+  EXPECT_FALSE(table.TakeRun(7, 1, 10)) << "unknown writer";
+  table.Sync(7, 0, out.sink());
+  EXPECT_FALSE(table.TakeRun(7, 2, 10)) << "a gap before it";
+  EXPECT_TRUE(table.TakeRun(7, 1, 10));
+  EXPECT_EQ(table.progress(7)->received, 10u);
+  EXPECT_FALSE(table.TakeRun(7, 5, 10)) << "overlaps what was released";
+  table.Offer(7, 12, /*through_agents=*/false, 12, out.sink());
+  EXPECT_FALSE(table.TakeRun(7, 11, 1)) << "something waits: one by one";
+  table.Offer(7, 11, false, 11, out.sink());
+  EXPECT_EQ(out.values, (std::vector<int>{11, 12}));
+  EXPECT_TRUE(table.TakeRun(7, 13, 3));
+  table.Offer(7, 15, true, 15, out.sink());
+  EXPECT_EQ(table.dropped(), 1u) << "a resend of a message taken in a run is a duplicate";
+}
+
 TEST(StreamReorder, WritersAreIndependentAndHandedOutIsTracked) {
   StreamReorder<int> table;
   Released out;
@@ -146,6 +166,26 @@ TEST(StreamWire, FramesHeadersAndAcksRoundTrip) {
   EXPECT_EQ(whole->type, libtern::kDirectStream);
   auto view = libtern::ParseStreamFrame(whole->payload);
   ASSERT_TRUE(view);
+  // The same frame as a run, its messages taken one at a time.
+  auto run = libtern::ParseStreamRun(whole->payload);
+  ASSERT_TRUE(run);
+  EXPECT_EQ(run->writer, 9u);
+  EXPECT_EQ(run->first, 17u);
+  EXPECT_EQ(run->count, 2u);
+  std::uint32_t id = 0;
+  std::vector<ItemView> taken;
+  ASSERT_TRUE(libtern::TakeStreamMessage(run->messages, id, taken));
+  EXPECT_EQ(id, 5u);
+  ASSERT_EQ(taken.size(), 1u);
+  EXPECT_EQ(taken[0].bytes, "hello");
+  taken.clear();
+  ASSERT_TRUE(libtern::TakeStreamMessage(run->messages, id, taken));
+  EXPECT_EQ(id, 6u);
+  ASSERT_EQ(taken.size(), 2u);
+  EXPECT_EQ(taken[1].kind, ItemKind::kOutOfLine);
+  EXPECT_TRUE(run->messages.empty());
+  EXPECT_FALSE(libtern::ParseStreamRun(whole->payload + "x")) << "trailing bytes";
+  EXPECT_FALSE(libtern::ParseStreamRun(whole->payload.substr(0, whole->payload.size() - 1)));
   EXPECT_EQ(view->writer, 9u);
   EXPECT_EQ(view->first, 17u);
   ASSERT_EQ(view->messages.size(), 2u);
