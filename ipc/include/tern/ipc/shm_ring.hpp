@@ -1,5 +1,5 @@
 // ShmRing: a single-producer, single-consumer byte ring in memory two processes share (a memfd
-// both map), the transport a same-node direct stream is meant to use instead of a socket
+// both map), the transport a same-node direct stream uses instead of a socket
 // (docs/ipc.md "Direct streams", "Shared memory on one node"). It moves bytes, nothing more:
 // the stream's frames (DirectStream / DirectStreamAck, stream_wire.hpp) go in as they would go
 // into a socket, one ring per direction.
