@@ -46,6 +46,11 @@ void FutexWake(std::atomic<std::uint32_t>& word, int count) {
             0);
 }
 
+// What a `waiting` word holds: who sleeps, and so how Publish / Release wake it (a side armed
+// for poll() is rung by the caller, on its doorbell; one on the futex is woken there).
+constexpr std::uint32_t kOnFutex = 1;
+constexpr std::uint32_t kPolls = 2;
+
 bool PowerOfTwo(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
 // The first half of the handshake (the contract): says the side sleeps, then checks again.
@@ -54,7 +59,7 @@ template <typename Ready>
 bool Arm(std::atomic<std::uint32_t>& waiting, const std::atomic<std::uint32_t>& revoked,
          Ready ready) {
   if (revoked.load() || ready()) return false;
-  waiting.store(1);
+  waiting.store(kPolls);
   if (!revoked.load() && !ready()) return true;
   waiting.store(0);
   return false;
@@ -71,7 +76,7 @@ bool Await(std::atomic<std::uint32_t>& word, std::atomic<std::uint32_t>& waiting
     if (revoked.load()) return false;
     if (ready()) return true;
     const std::uint32_t seen = word.load();
-    waiting.store(1);
+    waiting.store(kOnFutex);
     if (revoked.load() || ready()) {
       waiting.store(0);
       return !revoked.load() && ready();
@@ -146,9 +151,13 @@ std::size_t ShmRing::Write(std::span<const std::byte> bytes) {
 bool ShmRing::Publish() {
   if (header_->head.load(std::memory_order_relaxed) == written_) return false;
   header_->head.store(written_);
-  if (!header_->reader_waiting.exchange(0)) return false;
-  header_->data.fetch_add(1);
-  FutexWake(header_->data, 1);
+  const std::uint32_t waiting = header_->reader_waiting.exchange(0);
+  if (waiting == 0) return false;
+  // A consumer asleep in poll() is rung by the caller: no futex wake for nobody.
+  if (waiting != kPolls) {
+    header_->data.fetch_add(1);
+    FutexWake(header_->data, 1);
+  }
   return true;
 }
 
@@ -172,9 +181,12 @@ std::span<const std::byte> ShmRing::Readable() const {
 bool ShmRing::Release(std::size_t bytes) {
   read_ += std::min(bytes, Available());
   header_->tail.store(read_);
-  if (!header_->writer_waiting.exchange(0)) return false;
-  header_->space.fetch_add(1);
-  FutexWake(header_->space, 1);
+  const std::uint32_t waiting = header_->writer_waiting.exchange(0);
+  if (waiting == 0) return false;
+  if (waiting != kPolls) {
+    header_->space.fetch_add(1);
+    FutexWake(header_->space, 1);
+  }
   return true;
 }
 

@@ -27,7 +27,8 @@
 //    running costs the other no system call). A side that must sleep in poll() instead (a
 //    PortReader also waits on its agent) arms (ArmForData / ArmForSpace: the same handshake
 //    without the futex) and polls a doorbell; the other side rings it when Publish or Release
-//    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node").
+//    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node"),
+//    without a futex wake for a side that armed (the `waiting` word says which way it sleeps).
 //  - Revoke sets `revoked` and wakes both sides for good: from then on Write and Readable
 //    report it (Revoked()) and give nothing, whatever was in flight. To a stream it is the
 //    connection's end of file.
