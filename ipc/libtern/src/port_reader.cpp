@@ -6,7 +6,10 @@
 // connections, so that whichever path answers first feeds the one buffer and nothing is
 // cancelled. Messages wait in `ready_` (views into the frames that brought them, which they
 // keep alive) until handed out; a numbered message (a PortWriter's, once it went direct) goes
-// through the per-writer StreamReorder first.
+// through the per-writer StreamReorder first (a direct frame that is exactly next is taken
+// whole and handed out message by message off the frame). A same-node connection's frames
+// come through shared memory (StreamInbox, stream_rings.hpp): before it sleeps the reader
+// waits briefly for them, then arms the ring and polls the socket.
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>

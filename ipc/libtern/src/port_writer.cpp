@@ -5,8 +5,10 @@
 // The path: plain trains until a connection is welcomed; then a sync through the agents and
 // numbered DirectStream frames on the connection, held by the credits; when the connection
 // breaks, every frame the reader has not acknowledged goes again through the agents, numbered,
-// and the writer asks for a new connection at its next train. StreamSender keeps the protocol
-// state; this file does the I/O.
+// and the writer asks for a new connection at its next train. On one node the frames go
+// through the shared-memory rings the reader offered with its welcome (stream_rings.hpp), the
+// socket carrying only bells and the break. StreamSender keeps the protocol state; this file
+// does the I/O.
 #include <poll.h>
 #include <unistd.h>
 

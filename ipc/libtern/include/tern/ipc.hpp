@@ -369,7 +369,9 @@ struct MessageView {
 // then send over connections; the reader hands each writer's messages out strictly in the order
 // written, each once, whichever way they came, and acknowledges them (its acks are the writers'
 // credits: at most the port's queue limit unacknowledged per writer on a connection). Other
-// senders' messages come through the agents as they always did.
+// senders' messages come through the agents as they always did. A writer on the same node
+// streams through shared memory the reader offers on the connection (docs/ipc.md "Shared
+// memory on one node"; Options::shared_memory).
 //
 // Thread-safety: one thread at a time per reader.
 class PortReader {
