@@ -126,9 +126,8 @@ class Net {
     job_node[job] = to;
     Pump();
   }
-  // The durable state of `node`'s router, kept as an agent keeps it in its two files.
+  // The durable state of `node`'s router, kept as an agent keeps it in its journal file.
   struct Files {
-    std::string snapshot;
     std::string journal;
   };
   void KeepDurable(std::uint64_t node) {
@@ -139,16 +138,15 @@ class Net {
     Files& kept = files[node];
     if (write.rewrite_journal) kept.journal.clear();
     for (const std::string& piece : write.journal) kept.journal.append(piece);
-    if (write.snapshot) kept.snapshot = std::move(*write.snapshot);
   }
   // `node`'s router is killed (dropped, with all it held in memory) and a new one is restored
-  // from the files the old one wrote; its peers see the node go and come back.
+  // from the journal the old one wrote; its peers see the node go and come back.
   PortRouter::Restored Restart(std::uint64_t node) {
     routers[node] = std::make_unique<PortRouter>(node, *stores[node]);
     for (auto& [other, router] : routers) {
       if (other != node) router->NodeDown(node);
     }
-    auto restored = routers[node]->RestoreDurable(files[node].snapshot, files[node].journal);
+    auto restored = routers[node]->RestoreDurable(files[node].journal);
     EXPECT_TRUE(restored) << (restored ? "" : restored.error().message);
     routers[node]->KeepDurableState();
     for (auto& [other, router] : routers) {
@@ -1439,8 +1437,9 @@ TEST(PortRouterDurable, ARestoredHomeKeepsPortsQueuesNamesCountsAndGivesTheJobIt
   net.Attach(2, "late");
   const auto late = Lookup(net, "late", "svc");
   ASSERT_EQ(late.status, JobStatus::kOk) << late.body;
-  // The server's own send right, under its name.
+  // The server's own send right, under its name; its new names are past any it held before.
   ASSERT_EQ(net.Call("server", JobOp::kSend, SendBody(send, "self")).status, JobStatus::kOk);
+  EXPECT_GE(Allocate(net, "server"), 0x10000u);
 
   // Again, from the files the restored router wrote: a message queued since is kept.
   ASSERT_EQ(net.Call("late", JobOp::kSend, SendBody(ReadU32(late.body), "x1")).status,
@@ -1463,58 +1462,71 @@ TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverC
   for (const char* text : {"a", "b", "c"}) {
     ASSERT_EQ(net.Call("server", JobOp::kSend, SendBody(send, text)).status, JobStatus::kOk);
   }
-  const auto files = net.files[1];
+  const std::string journal = net.files[1].journal;
   MemoryRegions store;
-  const auto restore = [&](std::string_view snapshot, std::string_view journal) {
+  const auto restore = [&](std::string_view file) {
     PortRouter router(1, store);
-    return router.RestoreDurable(snapshot, journal);
+    return router.RestoreDurable(file);
   };
-  auto whole = restore(files.snapshot, files.journal);
+  auto whole = restore(journal);
   ASSERT_TRUE(whole) << whole.error().message;
   EXPECT_EQ(whole->messages, 3u);
-  // A kill in the middle of the last append: the records before it stand.
-  auto torn = restore(files.snapshot, files.journal.substr(0, files.journal.size() - 3));
+  // A kill in the middle of the last append (the push of "c"): the records before it stand.
+  auto torn = restore(journal.substr(0, journal.size() - 3));
   ASSERT_TRUE(torn) << torn.error().message;
   EXPECT_EQ(torn->messages, 2u);
   EXPECT_GT(torn->dropped_tail, 0u);
-  // Any byte changed in the snapshot: the checksum (or the magic) refuses it.
-  for (std::size_t i = 0; i < files.snapshot.size(); ++i) {
-    std::string bad = files.snapshot;
+  // The magic and the first record (the snapshot the journal starts with) are needed whole:
+  // any byte of them changed, or the file cut inside them, is an error; past them a cut ends
+  // the journal there (fewer messages), and a change does that or is an error (a length over
+  // the bound, a kind that does not exist), never a crash.
+  const std::size_t first_end = kJournalMagic.size() + 8 + ReadU32(journal, kJournalMagic.size());
+  ASSERT_LT(first_end, journal.size());
+  for (std::size_t i = 0; i < journal.size(); ++i) {
+    std::string bad = journal;
     bad[i] = static_cast<char>(bad[i] ^ 0x5a);
-    EXPECT_FALSE(restore(bad, files.journal)) << "byte " << i;
+    auto changed = restore(bad);
+    if (i < first_end) {
+      EXPECT_FALSE(changed) << "byte " << i;
+    } else if (changed) {
+      EXPECT_LT(changed->messages, 3u) << "byte " << i;
+    }
   }
-  // A snapshot cut short anywhere is an error (it is renamed into place whole).
-  for (std::size_t i = 1; i < files.snapshot.size(); ++i) {
-    EXPECT_FALSE(restore(files.snapshot.substr(0, i), files.journal)) << "cut at " << i;
+  for (std::size_t i = 1; i < journal.size(); ++i) {
+    auto cut = restore(journal.substr(0, i));
+    EXPECT_EQ(static_cast<bool>(cut), i >= first_end) << "cut at " << i;
   }
-  // Records that pass the checksum but say nonsense (every payload byte changed in turn, the
-  // checksum made right): an error or a state, never a crash or a read out of bounds.
-  const std::string_view payload = std::string_view(files.snapshot).substr(16);
-  for (std::size_t i = 0; i < payload.size(); ++i) {
+  // Records that pass the checksum but say nonsense (every byte of the snapshot changed in
+  // turn, the checksum made right): an error or a state, never a crash or a read out of bounds.
+  const std::string snapshot =
+      journal.substr(kJournalMagic.size() + 8, first_end - kJournalMagic.size() - 8);
+  for (std::size_t i = 0; i < snapshot.size(); ++i) {
     for (const char change : {'\x01', '\x80', '\xff'}) {
-      std::string mutated(payload);
+      std::string mutated = snapshot;
       mutated[i] = static_cast<char>(mutated[i] ^ change);
-      std::string file(kSnapshotMagic);
+      std::string file(kJournalMagic);
       AppendStateRecord(file, mutated);
-      (void)restore(file, files.journal);
+      file.append(journal.substr(first_end));
+      (void)restore(file);
     }
   }
   std::string junk(kJournalMagic);
   AppendStateRecord(junk, "\x07junk");
-  auto unknown = restore(files.snapshot, junk);
+  auto unknown = restore(junk);
   ASSERT_FALSE(unknown);
   EXPECT_NE(unknown.error().message.find("unknown kind"), std::string::npos);
-  std::string short_message(kJournalMagic);
+  std::string short_message = journal.substr(0, first_end);
   AppendStateRecord(short_message, std::string("\x01", 1) + "xyz");
-  EXPECT_FALSE(restore(files.snapshot, short_message));
-  // Another node's files, and a router that holds something already, are refused.
+  EXPECT_FALSE(restore(short_message));
+  EXPECT_FALSE(restore(kJournalMagic)) << "no snapshot";
+  // Another node's journal, and a router that holds something already, are refused.
   PortRouter other(2, store);
-  auto foreign = other.RestoreDurable(files.snapshot, files.journal);
+  auto foreign = other.RestoreDurable(journal);
   ASSERT_FALSE(foreign);
   EXPECT_NE(foreign.error().message.find("not this node's"), std::string::npos);
-  EXPECT_FALSE(net.routers[1]->RestoreDurable(files.snapshot, files.journal));
+  EXPECT_FALSE(net.routers[1]->RestoreDurable(journal));
   // Nothing at all: an agent's first start.
-  auto nothing = restore("", "");
+  auto nothing = restore("");
   ASSERT_TRUE(nothing);
   EXPECT_TRUE(nothing->jobs.empty());
 }

@@ -164,18 +164,16 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   // What the previous agent of this node recorded, put back into the (empty) router; then the
-  // files start afresh from it.
+  // journal starts afresh from it.
   void RestoreState(const std::string& dir) {
     state_dir_ = dir;
-    const std::string snapshot_path = dir + "/state";
     const std::string journal_path = dir + "/journal";
-    auto restored = router_.RestoreDurable(ReadWhole(snapshot_path), ReadWhole(journal_path));
+    auto restored = router_.RestoreDurable(ReadWhole(journal_path));
     if (!restored) {
       // Kept aside for a person to look at; this agent starts with nothing, as before.
-      spdlog::error("IPC: the state kept in {} cannot be restored: {}; starting without it", dir,
-                    restored.error().message);
+      spdlog::error("IPC: the state kept in {} cannot be restored: {}; starting without it",
+                    journal_path, restored.error().message);
       std::error_code ignored;
-      std::filesystem::rename(snapshot_path, snapshot_path + ".bad", ignored);
       std::filesystem::rename(journal_path, journal_path + ".bad", ignored);
     } else {
       if (restored->dropped_tail > 0) {
@@ -234,31 +232,25 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     return file;
   }
 
-  // Makes a turn's changes durable, before its actions are carried out: the journal first,
-  // then the snapshot (a kill between the two loses only this turn, which nobody was told of).
-  // The files are on tmpfs: no fsync (the machine's end ends the jobs too).
+  // Makes a turn's changes durable, before its actions are carried out: one append (a
+  // rewrite, aside and renamed, only at the start and when the journal has grown well past what
+  // it holds). The run directory is tmpfs: no fsync (the machine's end ends the jobs too).
   void WriteDurable(ipc::PortRouter::DurableWrite write) {
     if (state_dir_.empty() || write.empty()) return;
-    std::string failed;
+    bool ok = true;
     if (write.rewrite_journal) {
       journal_fd_ = WriteAside(state_dir_ + "/journal", write.journal);
-      if (!journal_fd_.valid()) failed = "journal";
-    } else if (!write.journal.empty()) {
-      if (!journal_fd_.valid() || !WritePieces(journal_fd_.get(), write.journal)) {
-        failed = "journal";
-      }
+      ok = journal_fd_.valid();
+    } else {
+      ok = journal_fd_.valid() && WritePieces(journal_fd_.get(), write.journal);
     }
-    if (failed.empty() && write.snapshot &&
-        !WriteAside(state_dir_ + "/state", {std::move(*write.snapshot)}).valid()) {
-      failed = "state";
-    }
-    if (!failed.empty()) {
-      // Both files are written whole at the next turn; until then a restart loses this turn.
+    if (!ok) {
+      // Written whole at the next turn; until then a restart loses this turn.
       if (!durable_failing_) {
         spdlog::error(
-            "IPC: cannot keep the IPC state in {}/{}: {}; a restart of this agent "
-            "would lose it",
-            state_dir_, failed, std::strerror(errno));
+            "IPC: cannot keep the IPC state in {}/journal: {}; a restart of this "
+            "agent would lose it",
+            state_dir_, std::strerror(errno));
       }
       durable_failing_ = true;
       journal_fd_.Reset();

@@ -1,9 +1,11 @@
 // PortRouter, durable.cpp
-// The state a restarted agent restores (docs/ipc.md "Port homes that survive their agent"): a
-// snapshot of the ports, links and names homed here and the jobs' capability tables, and a
-// journal of the queues' messages in and out.
+// The state a restarted agent restores (docs/ipc.md "Port homes that survive their agent"): one
+// journal holding the queues' messages in and out and, after each turn that changed them, a
+// snapshot of the ports, links and names homed here and the jobs' capability tables (the last
+// one stands). A rewrite starts the journal with a snapshot and a push per queued message.
 //
-// Snapshot record (big-endian, WireWriter's encoding; an id is [u64 home][u64 serial]):
+// Records (big-endian, WireWriter's encoding; an id is [u64 home][u64 serial]):
+// [u8 3][snapshot], where a snapshot is
 //   [u8 version = 1][u64 node][u64 next_serial]
 //   [u32 n] n x port: [u64 serial][u8 state][u64 node][bytes job][u32 limit][u64 send_refs]
 //                     [u32 k] k x [id notify][u32 name]            dead-name requests
@@ -13,9 +15,9 @@
 //   [u32 n] n x link: [id end 0][id end 1] 2 x ([u8 state][u64 node][bytes job][u8 released])
 //                     [u8 broken]
 //   [u32 n] n x name: [bytes text][id port][bytes registrant]
-//   [u32 n] n x job:  [bytes job][u8 has uid][u32 uid][u32 next_name]
+//   [u32 n] n x job:  [bytes job][u8 has uid][u32 uid][u32 names from]
 //                     [u32 k] k x [u32 name][u8 type][id][u32 refs]
-// Journal records: [u8 1][envelope] a message (or a train's run) pushed at a queue's back,
+// [u8 1][envelope] a message (or a train's run) pushed at a queue's back,
 // the envelope as between nodes (kEnqueue or kEnqueueBatch; object: the port; origin and job:
 // the sender charged for it, empty for a notification); [u8 2][u64 serial][u32 count] that
 // many messages taken off the port's front.
@@ -30,6 +32,7 @@ namespace {
 constexpr std::uint8_t kSnapshotVersion = 1;
 constexpr std::uint8_t kPush = 1;
 constexpr std::uint8_t kPop = 2;
+constexpr std::uint8_t kSnapshot = 3;
 // The journal is rewritten from the queues once it is this large and twice what that rewrite
 // wrote last: appending stays the common case, and the file stays within a few times the
 // bytes queued.
@@ -37,6 +40,20 @@ constexpr std::uint64_t kCompactAtLeast = std::uint64_t{64} << 20;
 
 using router::ReadId;
 using router::WriteId;
+
+// What a snapshot keeps of a job's next name: the next multiple of 2^16 above it, so that the
+// snapshot changes once per 65536 names, not with every name (a call's reply right is one), and
+// a restored job is never given a name it held before the kill.
+std::uint32_t NamesFrom(std::uint32_t next_name) {
+  return next_name >= 0xffff0000u ? next_name : (next_name | 0xffffu) + 1;
+}
+
+// Whether a job's right is in the snapshot. A region's memory is the agent's (a memfd): it does
+// not outlive the agent. A send-once right is a request's reply being served: a call in flight,
+// which the agent's death fails anyway, and keeping it would change the snapshot twice per call.
+bool Kept(const Entry& entry) {
+  return entry.type != RightType::kRegion && entry.type != RightType::kSendOnce;
+}
 
 void WriteHolder(WireWriter& out, const Holder& holder) {
   out.U8(static_cast<std::uint8_t>(holder.state));
@@ -97,6 +114,7 @@ void PortRouter::State::JournalPop(std::uint64_t serial, std::uint32_t count) {
 
 std::vector<std::string> PortRouter::State::QueuesJournal() const {
   std::vector<std::string> pieces{std::string(kJournalMagic)};
+  AddRecord(pieces, std::string(1, static_cast<char>(kSnapshot)) + EncodeSnapshot());
   for (const auto& [serial, port] : ports) {
     for (const QueuedEntry& entry : port.queue) {
       AddRecord(pieces, PushPayload(ObjectId{self, serial}, entry.item, entry.sender));
@@ -156,13 +174,12 @@ std::string PortRouter::State::EncodeSnapshot() const {
     out.Bytes(name);
     out.U8(job.uid ? 1 : 0);
     out.U32(job.uid.value_or(0));
-    out.U32(job.next_name);
+    out.U32(NamesFrom(job.next_name));
     std::uint32_t kept = 0;
-    for (const auto& [handle, entry] : job.names) kept += entry.type != RightType::kRegion;
+    for (const auto& [handle, entry] : job.names) kept += Kept(entry) ? 1 : 0;
     out.U32(kept);
     for (const auto& [handle, entry] : job.names) {
-      // A region's memory is the agent's (a memfd): it does not outlive the agent.
-      if (entry.type == RightType::kRegion) continue;
+      if (!Kept(entry)) continue;
       out.U32(handle);
       out.U8(static_cast<std::uint8_t>(entry.type));
       WriteId(out, entry.id);
@@ -182,6 +199,7 @@ PortRouter::DurableWrite PortRouter::TakeDurable() {
   auto& s = *state_;
   DurableWrite write;
   if (!s.durable) return write;
+  std::string snapshot = s.EncodeSnapshot();
   if (s.rewrite_journal || s.journal_bytes >= s.compact_at) {
     s.journal.clear();
     write.journal = s.QueuesJournal();
@@ -192,43 +210,42 @@ PortRouter::DurableWrite PortRouter::TakeDurable() {
     s.rewrite_journal = false;
   } else {
     write.journal = std::exchange(s.journal, {});
+    // After the turn's queue records: the state they leave the ports in.
+    if (snapshot != s.last_snapshot) {
+      std::string payload(1, static_cast<char>(kSnapshot));
+      payload.append(snapshot);
+      s.journal_bytes += payload.size() + 8;
+      AddRecord(write.journal, std::move(payload));
+    }
   }
-  std::string snapshot = s.EncodeSnapshot();
-  if (snapshot != s.last_snapshot) {
-    std::string file(kSnapshotMagic);
-    AppendStateRecord(file, snapshot);
-    write.snapshot = std::move(file);
-    s.last_snapshot = std::move(snapshot);
-  }
+  s.last_snapshot = std::move(snapshot);
   return write;
 }
 
-Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snapshot_file,
-                                                          std::string_view journal_file) {
-  auto& s = *state_;
-  if (!s.ports.empty() || !s.links.empty() || !s.jobs.empty() || !s.names.empty()) {
-    return Fail("the IPC state can only be restored into an empty router");
-  }
-  auto snapshots = ReadStateRecords(snapshot_file, kSnapshotMagic);
-  if (!snapshots) return Fail("IPC snapshot: " + snapshots.error().message);
-  Restored restored;
-  if (snapshot_file.empty()) return restored;  // nothing was ever written: a first start
-  if (snapshots->records.size() != 1 || snapshots->dropped_tail != 0) {
-    return Fail("IPC snapshot: not one whole record (it is written aside and renamed)");
-  }
-  const auto malformed = [](std::string what) { return Fail("IPC snapshot: malformed " + what); };
+namespace {
 
-  // Parsed into locals first: a malformed file changes nothing.
-  WireReader in(snapshots->records.front());
+// One snapshot record, parsed; nothing of the router changes until all of the journal is read.
+struct Snapshot {
+  std::uint64_t next_serial = 1;
+  std::map<std::uint64_t, Port> ports;
+  std::map<std::uint64_t, std::shared_ptr<Link>> links;
+  std::map<std::string, std::pair<ObjectId, std::string>> names;
+  std::map<std::string, JobState> jobs;
+};
+
+Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
+  const auto malformed = [](std::string what) { return Fail("IPC snapshot: malformed " + what); };
+  Snapshot parsed;
+
+  WireReader in(record);
   auto version = in.U8();
   auto node = in.U64();
   auto next_serial = in.U64();
   if (!next_serial || *version != kSnapshotVersion) return malformed("header");
-  if (*node != s.self) {
+  if (*node != self) {
     return Fail("IPC snapshot: it is node " + std::to_string(*node) + "'s, not this node's (" +
-                std::to_string(s.self) + ")");
+                std::to_string(self) + ")");
   }
-  std::map<std::uint64_t, Port> ports;
   auto count = in.U32();
   if (!count) return malformed("port count");
   for (std::uint32_t i = 0; i < *count; ++i) {
@@ -237,7 +254,7 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
     auto limit = in.U32();
     auto refs = in.U64();
     if (!refs || !holder || *serial == 0 || *serial >= *next_serial || *limit == 0 ||
-        ports.contains(*serial)) {
+        parsed.ports.contains(*serial)) {
       return malformed("port");
     }
     Port port;
@@ -271,16 +288,16 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
       if (!space_name) return malformed("send-possible request");
       port.space_notify.emplace_back(*space, *space_name);
     }
-    ports[*serial] = std::move(port);
+    parsed.ports[*serial] = std::move(port);
   }
-  std::map<std::uint64_t, std::shared_ptr<Link>> links;
   count = in.U32();
   if (!count) return malformed("link count");
   for (std::uint32_t i = 0; i < *count; ++i) {
     auto link = std::make_shared<Link>();
     for (ObjectId& end : link->ends) {
       auto id = ReadId(in);
-      if (!id || id->home != s.self || id->serial >= *next_serial || links.contains(id->serial)) {
+      if (!id || id->home != self || id->serial >= *next_serial ||
+          parsed.links.contains(id->serial)) {
         return malformed("link");
       }
       end = *id;
@@ -296,10 +313,9 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
     auto broken = in.U8();
     if (!broken) return malformed("link");
     link->broken = *broken != 0;
-    links[link->ends[0].serial] = link;
-    links[link->ends[1].serial] = link;
+    parsed.links[link->ends[0].serial] = link;
+    parsed.links[link->ends[1].serial] = link;
   }
-  std::map<std::string, std::pair<ObjectId, std::string>> names;
   count = in.U32();
   if (!count) return malformed("name count");
   for (std::uint32_t i = 0; i < *count; ++i) {
@@ -307,9 +323,8 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
     auto port = ReadId(in);
     auto registrant = in.Bytes();
     if (!registrant || !port || !text) return malformed("name");
-    names[std::move(*text)] = {*port, std::move(*registrant)};
+    parsed.names[std::move(*text)] = {*port, std::move(*registrant)};
   }
-  std::map<std::string, JobState> jobs;
   count = in.U32();
   if (!count) return malformed("job count");
   for (std::uint32_t i = 0; i < *count; ++i) {
@@ -318,7 +333,7 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
     auto uid = in.U32();
     auto next_name = in.U32();
     auto entries = in.U32();
-    if (!entries || !name || jobs.contains(*name)) return malformed("job");
+    if (!entries || !name || parsed.jobs.contains(*name)) return malformed("job");
     JobState job;
     if (*has_uid) job.uid = *uid;
     job.next_name = *next_name;
@@ -328,7 +343,8 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
       auto id = ReadId(in);
       auto refs = in.U32();
       if (!refs || !id || *refs == 0 || *type == 0 ||
-          *type >= static_cast<std::uint8_t>(RightType::kRegion) || job.names.contains(*handle)) {
+          *type >= static_cast<std::uint8_t>(RightType::kRegion) ||
+          *type == static_cast<std::uint8_t>(RightType::kSendOnce) || job.names.contains(*handle)) {
         return malformed("right of job " + *name);
       }
       const auto right = static_cast<RightType>(*type);
@@ -339,27 +355,50 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
         }
       }
     }
-    jobs[std::move(*name)] = std::move(job);
+    // New names after every name the job held (a hostile file's 0 is not a name).
+    if (!job.names.empty()) job.next_name = std::max(job.next_name, job.names.rbegin()->first + 1);
+    if (job.next_name == 0) job.next_name = 1;
+    parsed.jobs[std::move(*name)] = std::move(job);
   }
   if (!in.AtEnd()) return malformed("end (bytes left over)");
+  parsed.next_serial = *next_serial;
+  return parsed;
+}
 
-  // The queues, from the journal: what went in, less what came out. Records for a port the
-  // snapshot does not hold are of a port that died (or of a turn the snapshot did not reach,
-  // which acknowledged nothing): skipped.
+}  // namespace
+
+Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journal_file) {
+  auto& s = *state_;
+  if (!s.ports.empty() || !s.links.empty() || !s.jobs.empty() || !s.names.empty()) {
+    return Fail("the IPC state can only be restored into an empty router");
+  }
+  Restored restored;
+  if (journal_file.empty()) return restored;  // nothing was ever written: a first start
   auto journal = ReadStateRecords(journal_file, kJournalMagic);
   if (!journal) return Fail("IPC journal: " + journal.error().message);
+  // The last snapshot stands; the queues are every message pushed less those taken, by port
+  // (serials are never reused). A queue whose port the last snapshot does not hold is a dead
+  // port's, or one made in a turn whose snapshot was cut short (it acknowledged nothing).
+  std::optional<Snapshot> last;
+  std::map<std::uint64_t, std::deque<QueuedEntry>> queues;
   for (std::string_view record : journal->records) {
     if (record.empty()) return Fail("IPC journal: an empty record");
     const auto kind = static_cast<std::uint8_t>(record.front());
     record.remove_prefix(1);
+    if (kind == kSnapshot) {
+      auto parsed = ParseSnapshot(record, s.self);
+      if (!parsed) return Unexpected<Error>{parsed.error()};
+      last = std::move(*parsed);
+      continue;
+    }
     if (kind == kPop) {
       WireReader pop(record);
       auto serial = pop.U64();
       auto taken = pop.U32();
       if (!taken || !pop.AtEnd()) return Fail("IPC journal: a malformed record of messages taken");
-      auto port = ports.find(*serial);
-      if (port == ports.end()) continue;
-      auto& queue = port->second.queue;
+      auto found = queues.find(*serial);
+      if (found == queues.end()) continue;
+      auto& queue = found->second;
       for (std::uint32_t left = *taken; left > 0 && !queue.empty();) {
         if (auto* run = std::get_if<TrainRun>(&queue.front().item)) {
           const std::uint32_t n = std::min(left, run->count);
@@ -382,29 +421,31 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view snaps
         envelope && envelope->kind == Remote::kEnqueueBatch && !envelope->batch.empty();
     if (!message && !run) return Fail("IPC journal: a malformed queued message");
     if (envelope->object.home != s.self) return Fail("IPC journal: a message for another node");
-    auto port = ports.find(envelope->object.serial);
-    if (port == ports.end()) continue;
     Sender sender;
     if (!envelope->job.empty()) sender = {envelope->origin, std::move(envelope->job)};
+    auto& queue = queues[envelope->object.serial];
     if (message) {
-      port->second.queue.push_back(QueuedEntry{std::move(*envelope->message), sender});
+      queue.push_back(QueuedEntry{std::move(*envelope->message), sender});
     } else {
-      port->second.queue.push_back(QueuedEntry{std::move(envelope->batch), sender});
+      queue.push_back(QueuedEntry{std::move(envelope->batch), sender});
     }
   }
+  if (!last) return Fail("IPC journal: no snapshot in it");
 
   // Installed: what is derived from the queues is counted again.
-  s.next_serial = *next_serial;
-  s.ports = std::move(ports);
-  s.links = std::move(links);
-  s.names = std::move(names);
-  s.jobs = std::move(jobs);
+  s.next_serial = last->next_serial;
+  s.ports = std::move(last->ports);
+  s.links = std::move(last->links);
+  s.names = std::move(last->names);
+  s.jobs = std::move(last->jobs);
   for (auto& [serial, port] : s.ports) {
+    if (auto found = queues.find(serial); found != queues.end())
+      port.queue = std::move(found->second);
     port.queued = 0;
     for (const QueuedEntry& entry : port.queue) {
-      if (const auto* run = std::get_if<TrainRun>(&entry.item)) {
-        port.queued += run->count;
-        s.Charge(entry.sender, Cost(*run));
+      if (const auto* taken = std::get_if<TrainRun>(&entry.item)) {
+        port.queued += taken->count;
+        s.Charge(entry.sender, Cost(*taken));
       } else {
         ++port.queued;
         s.Charge(entry.sender, Cost(std::get<TransitMessage>(entry.item)));

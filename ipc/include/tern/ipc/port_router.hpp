@@ -184,36 +184,36 @@ class PortRouter {
   std::string MoveBlocker(const std::string& job) const;
 
   // Durable state (docs/ipc.md "Port homes that survive their agent"). Once KeepDurableState
-  // is called, the router records what a restarted agent needs to go on where this one stopped:
-  // the ports, links and names homed here and the capability tables of the jobs here in a
-  // snapshot, and every message into or out of a queue in a journal (the queues are most of the
-  // bytes, and a snapshot per message would copy them all each time). TakeDurable hands out
-  // what changed since the last call, as the bytes of the two files (state_journal.hpp); the
-  // caller makes them durable before it carries out the actions of the same turn, so that
-  // nothing is acknowledged (a send's answer, a receive's message) before it is recorded.
+  // is called, the router records what a restarted agent needs to go on where this one stopped,
+  // in one journal (state_journal.hpp's records): every message into or out of a queue, and
+  // after each turn that changed them, a snapshot of the ports, links and names homed here and
+  // the capability tables of the jobs here (the queues are most of the bytes: a snapshot with
+  // them would copy every queued message each turn). TakeDurable hands out what the turn
+  // added; the caller makes it durable before it carries out the actions of the same turn, so
+  // that nothing is acknowledged (a send's answer, a receive's message) before it is recorded.
   // Not kept: operations in flight (tickets, waiting receives, blocked senders, link
   // operations, a job's pending sends: their requests die with the agent and say so), the
   // forwarding of moved jobs, and regions (their memory is the agent's).
   struct DurableWrite {
     // Pieces to append to the journal file, in order (large messages are not copied into one
-    // buffer); with `rewrite_journal`, the whole file (written aside and renamed over it).
+    // buffer); with `rewrite_journal`, the whole file (written aside and renamed over it: the
+    // first write, and whenever the journal has grown well past what it holds).
     std::vector<std::string> journal;
     bool rewrite_journal = false;
-    std::optional<std::string> snapshot;  // the whole snapshot file, when it changed
-    bool empty() const { return journal.empty() && !snapshot; }
+    bool empty() const { return journal.empty(); }
   };
   void KeepDurableState();
   DurableWrite TakeDurable();
-  // Restores a fresh router (no job, no port yet) from the two files an earlier router of this
-  // node wrote. Hostile input: a malformed file is an error and the router stays empty; a
-  // journal's torn last record is dropped (what a kill during the write leaves).
+  // Restores a fresh router (no job, no port yet) from the journal an earlier router of this
+  // node wrote. Hostile input: a malformed file is an error and the router stays empty; a torn
+  // last record is dropped (what a kill during the write leaves).
   struct Restored {
     std::vector<std::string> jobs;  // whose rights were restored
     std::size_t ports = 0;
     std::size_t messages = 0;      // queued
     std::size_t dropped_tail = 0;  // bytes of a torn last journal record
   };
-  Expected<Restored> RestoreDurable(std::string_view snapshot_file, std::string_view journal_file);
+  Expected<Restored> RestoreDurable(std::string_view journal_file);
 
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;

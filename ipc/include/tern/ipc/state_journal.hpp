@@ -1,10 +1,8 @@
-// The files a port router's durable state is kept in (docs/ipc.md "Port homes that survive
-// their agent"): a snapshot file and a journal file, each a magic header and then records of
-// `[u32 length][u32 CRC-32C of the payload][payload]` (big-endian). The snapshot file holds
-// exactly one record; the journal file appends one per change. A record cut short or whose
-// checksum does not match ends the file: it is what a kill in the middle of a write leaves
-// (the journal lives on tmpfs, which has no torn pages, only short writes), and everything
-// before it stands.
+// The file a port router's durable state is kept in (docs/ipc.md "Port homes that survive
+// their agent"): a magic header and then records of `[u32 length][u32 CRC-32C of the
+// payload][payload]` (big-endian), appended. A record cut short or whose checksum does not
+// match ends the file: it is what a kill in the middle of a write leaves (the journal lives on
+// tmpfs, which has no torn pages, only short writes), and everything before it stands.
 //
 // The readers take hostile input: a file of any bytes gives records or a clear error, never a
 // crash, and no length is trusted past kMaxStateRecord or the bytes that are there.
@@ -23,7 +21,6 @@ namespace tern::ipc {
 
 // A queued message of the largest size, its envelope and some room.
 inline constexpr std::size_t kMaxStateRecord = (std::size_t{256} << 20) + (std::size_t{1} << 20);
-inline constexpr std::string_view kSnapshotMagic{"TERNIPS1", 8};
 inline constexpr std::string_view kJournalMagic{"TERNIPJ1", 8};
 
 // CRC-32C (Castagnoli) of `bytes`.
