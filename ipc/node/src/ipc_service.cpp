@@ -752,11 +752,53 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
 
   void SendBatch(std::uint64_t node, std::vector<ipc::Frame>& batch) {
     if (batch.empty()) return;
-    if (!send_(node, std::move(batch))) {
+    if (auto held = held_frames_.find(node); held != held_frames_.end()) {
+      for (auto& frame : batch) held->second.push_back(std::move(frame));  // in order
+      batch.clear();
+      return;
+    }
+    if (std::chrono::steady_clock::now() < started_ + kStartGrace) {
+      std::vector<ipc::Frame> copy = batch;
+      if (!send_(node, std::move(copy))) {
+        held_frames_[node] = std::move(batch);
+        ArmGrace();
+      }
+    } else if (!send_(node, std::move(batch))) {
       // No link: the router learns it from NodeDown; nothing else to do here.
       spdlog::debug("IPC frames to node {:016x} dropped: no link", node);
     }
     batch.clear();
+  }
+
+  // After the grace, frames still held for a node that never came up are dropped, and the
+  // router fails what waits on it (no NodeDown comes for a link that never was).
+  void ArmGrace() {
+    if (grace_armed_) return;
+    grace_armed_ = true;
+    grace_timer_.expires_at(started_ + kStartGrace);
+    grace_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (error || self->stopped_) return;
+      for (auto& [node, frames] : std::exchange(self->held_frames_, {})) {
+        spdlog::warn(
+            "IPC: {} frame(s) to node {:016x} dropped: no link to it since this agent "
+            "started",
+            frames.size(), node);
+        self->router_.NodeDown(node);
+      }
+      self->Run();
+    });
+  }
+
+  void OnNodeUp(std::uint64_t node) {
+    router_.NodeUp(node);
+    auto held = held_frames_.find(node);
+    if (held == held_frames_.end()) return;
+    std::vector<ipc::Frame> frames = std::move(held->second);
+    held_frames_.erase(held);
+    spdlog::info("IPC: {} frame(s) held for node {:016x} until its link came up sent",
+                 frames.size(), node);
+    if (!send_(node, std::move(frames))) router_.NodeDown(node);
+    Run();
   }
 
   // A chunk of a blast from `from`: taken, acknowledged (the sender keeps at most
@@ -906,6 +948,14 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // re-attached yet.
   std::string state_dir_;
   UniqueFd journal_fd_;
+  // A restarted agent answers the jobs that re-attach with the rights it kept before the
+  // cluster's links are up: frames to a node without a link in the first kStartGrace are held
+  // and sent when it comes up (SendBatch), not dropped with their operations left waiting.
+  static constexpr auto kStartGrace = std::chrono::seconds(15);
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::map<std::uint64_t, std::vector<ipc::Frame>> held_frames_;
+  boost::asio::steady_timer grace_timer_{io_};
+  bool grace_armed_ = false;
   bool durable_failing_ = false;
   std::set<std::string> restored_jobs_;
 
@@ -982,11 +1032,12 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   return handled;
 }
 
-void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
+void IpcService::NodeUp(std::uint64_t node) { impl_->OnNodeUp(node); }
 
 void IpcService::NodeDown(std::uint64_t node) {
   std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
   impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
+  impl_->held_frames_.erase(node);
   impl_->hold_.LinkClosed(node);
   impl_->router_.NodeDown(node);
   impl_->Run();
@@ -1049,6 +1100,7 @@ void IpcService::Stop() {
   impl_->stopped_ = true;
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
+  impl_->grace_timer_.cancel();
   impl_->direct_->Stop();
   if (impl_->job_socket_) impl_->job_socket_->Stop();
   for (auto& [job, channel] : impl_->channels_) {
