@@ -191,7 +191,7 @@ std::string PortRouter::State::EncodeSnapshot() const {
 
 void PortRouter::KeepDurableState() {
   state_->durable = true;
-  state_->rewrite_journal = true;  // the first write starts both files afresh
+  state_->rewrite_journal = true;  // the first write starts the journal afresh
   state_->last_snapshot.clear();
 }
 
