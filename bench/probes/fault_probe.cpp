@@ -145,8 +145,9 @@ int Counter(const Channel& channel, const std::string& name, long ballast_mb, lo
     if (!message) {
       // An agent killed under the job takes its channel along: the job itself lives on (one
       // copy is what the campaign counts), and says so once.
-      // So does one whose channel re-attached to its restarted agent but whose port was homed
-      // there (docs/ipc.md "A channel the job reconnects": the port died with that agent).
+      // So does one whose channel re-attached to a restarted agent that did not keep its rights
+      // (docs/ipc.md "A channel the job reconnects"); one that kept them (its journal, "Port
+      // homes that survive their agent") answers the next receive.
       if (GoneForGood(channel, message.status())) Disconnected("disconnected");
       continue;
     }

@@ -81,7 +81,8 @@ std::string EncodeAttachAnswer(const AttachAnswer& answer) {
   WireWriter out;
   out.U8(answer.ok ? 0 : 1);
   out.Bytes(answer.why);
-  out.U8(answer.restored ? 1 : 0);
+  // 0: nothing restored, 1: a hand-off's state (restored), 2: the agent's own record (kept).
+  out.U8(answer.restored ? 1 : answer.kept ? 2 : 0);
   return out.Take();
 }
 
@@ -90,10 +91,11 @@ std::optional<AttachAnswer> DecodeAttachAnswer(std::string_view payload) {
   auto outcome = in.U8();
   auto why = Field(in, kMaxAttachFrame);
   auto restored = in.U8();
-  if (!outcome || *outcome > 1 || !why || !restored || *restored > 1 || !in.AtEnd()) {
+  if (!outcome || *outcome > 1 || !why || !restored || *restored > 2 || !in.AtEnd()) {
     return std::nullopt;
   }
-  return AttachAnswer{*outcome == 0, std::move(*why), *restored == 1 && *outcome == 0};
+  return AttachAnswer{*outcome == 0, std::move(*why), *restored == 1 && *outcome == 0,
+                      *restored == 2 && *outcome == 0};
 }
 
 std::optional<std::string> RefuseAttach(const AttachRequest& request, const AttachFacts& facts) {

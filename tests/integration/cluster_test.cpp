@@ -1852,6 +1852,64 @@ TEST_F(ClusterTest, IpcAJobKeepsTalkingAcrossAKillAndRestartOfItsAgent) {
   EXPECT_EQ(Tern("node1", {"cancel", counter}).exit_code, 0);
 }
 
+// docs/ipc.md "Port homes that survive their agent": node1's agent is killed (kill -9) and
+// restarted while a job on node2 holds a send right to a port homed on node1, whose receiver
+// runs on node1 and has not taken the 50 messages queued there. After the restart the receiver
+// re-attaches with its rights under its names (the agent's own record), takes the 50 queued
+// before the kill and 50 more sent after it through the sender's old right: in order, each
+// once.
+TEST_F(ClusterTest, IpcPortsHomedOnAKilledAgentKeepTheirQueuedMessagesAndRights) {
+  const std::string marker = "itjrnl" + std::to_string(getpid());
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto holder = Submit("node1", {probe, "holder", marker, "50"}, "node1");
+  ASSERT_FALSE(holder.empty());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", holder).value_or("").find("holder ready") != std::string::npos;
+      },
+      30s));
+  const auto sender = Submit("node1", {probe, "queue-sender", marker, "50"}, "node2");
+  ASSERT_FALSE(sender.empty());
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node2", sender).value_or("").find("sent 50") != std::string::npos; },
+      60s))
+      << JobLogs("node2", sender).value_or("(no logs)");
+
+  const std::string agent_log = AgentLog("node1");
+  const std::size_t log_before = ReadFile(agent_log).size();
+  auto r = RunCmd({Script(), "stop-agent", "node1", "--signal", "KILL"}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  r = RunCmd({Script(), "start-agent", "node1"}, 120s);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  // The restarted agent restored the two ports with the 50 messages, and gave the receiver its
+  // rights back when it re-attached (not a channel with nothing in it).
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return ReadFile(agent_log).find("restored 2 port(s) with 50 queued message(s)",
+                                        log_before) != std::string::npos;
+      },
+      60s))
+      << Tail(ReadFile(agent_log).substr(log_before), 40);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return ReadFile(agent_log).find("job " + holder + ": IPC channel re-attached",
+                                        log_before) != std::string::npos;
+      },
+      60s));
+  EXPECT_NE(ReadFile(agent_log).find("rights kept in this agent's files given back", log_before),
+            std::string::npos)
+      << Tail(ReadFile(agent_log).substr(log_before), 40);
+
+  const auto poke =
+      Submit("node3", {probe, "poke", marker + "-go", marker + "-sender-go"}, "node3");
+  ASSERT_FALSE(poke.empty());
+  const auto holder_out = FinishedOutput(holder, 120s);
+  EXPECT_NE(holder_out.find("received 100 in order, each once"), std::string::npos) << holder_out;
+  const auto sender_out = FinishedOutput(sender, 60s);
+  EXPECT_NE(sender_out.find("sent 100"), std::string::npos) << sender_out;
+  std::cout << "holder: " << holder_out << "sender: " << sender_out;
+}
+
 TEST_F(ClusterTest, IpcAJobHoldingARegionIsRefusedByThePreflight) {
   const std::string probe = kBinDir + "/tern-ipc-probe";
   const auto peer = Submit("node1", {probe, "region-peer", "itregmv"}, "node2");

@@ -53,6 +53,92 @@ int Owner(const Channel& channel, const std::string& name) {
   return 0;
 }
 
+// docs/ipc.md "Port homes that survive their agent": a port homed on this node (NAME) that
+// holds messages across a kill -9 and restart of this node's agent. Receives nothing until a
+// message on NAME-go (poke, after the restart), then takes 2*COUNT messages that must be
+// "0", "1", ... in order, each once: the first COUNT were queued before the kill, the rest are
+// sent after it through the sender's old right. A request in flight at the kill fails with
+// `unavailable` and is asked again.
+int Holder(const Channel& channel, const std::string& name, int count) {
+  auto port = channel.port_allocate(static_cast<std::uint32_t>(4 * count));
+  auto send = port ? channel.make_send(*port) : tern::IpcResult<std::uint32_t>(port.error());
+  auto go = channel.port_allocate();
+  auto go_send = go ? channel.make_send(*go) : tern::IpcResult<std::uint32_t>(go.error());
+  if (!send || !go_send || !channel.name_register(name, *send) ||
+      !channel.name_register(name + "-go", *go_send)) {
+    return Fail("holder setup");
+  }
+  std::printf("holder ready\n");
+  std::fflush(stdout);
+  const auto receive = [&](std::uint32_t from,
+                           std::chrono::seconds wait) -> tern::IpcResult<tern::Message> {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    for (;;) {
+      auto got = channel.receive(from, 5s);
+      if (got || std::chrono::steady_clock::now() >= deadline) return got;
+      if (got.status() != JobStatus::kTimedOut && got.status() != JobStatus::kUnavailable) {
+        return got;
+      }
+      if (got.status() == JobStatus::kUnavailable) {
+        std::printf("receive: %s (asked again)\n", got.error().ToString().c_str());
+        std::fflush(stdout);
+      }
+    }
+  };
+  if (auto poked = receive(*go, 300s); !poked) return Fail("go: " + poked.error().ToString());
+  std::printf("go\n");
+  std::fflush(stdout);
+  for (int i = 0; i < 2 * count; ++i) {
+    auto got = receive(*port, 60s);
+    if (!got) return Fail("message " + std::to_string(i) + ": " + got.error().ToString());
+    const std::string text(tern::FirstBytes(*got));
+    if (text != std::to_string(i))
+      return Fail("got " + text + " where " + std::to_string(i) + " was due");
+  }
+  auto extra = channel.receive(*port, 500ms);
+  if (extra) return Fail("a message more: " + std::string(tern::FirstBytes(*extra)));
+  std::printf("received %d in order, each once\n", 2 * count);
+  return 0;
+}
+
+// The other end of Holder, on another node: sends "0".."COUNT-1" to NAME, then waits for a
+// message on its own NAME-sender-go (poke) and sends COUNT.."2*COUNT-1" through the same right.
+int QueueSender(const Channel& channel, const std::string& name, int count) {
+  const std::uint32_t to = LookupRetrying(channel, name);
+  auto go = channel.port_allocate();
+  auto go_send = go ? channel.make_send(*go) : tern::IpcResult<std::uint32_t>(go.error());
+  if (to == 0 || !go_send || !channel.name_register(name + "-sender-go", *go_send)) {
+    return Fail("sender setup");
+  }
+  const auto send_range = [&](int from, int until) {
+    for (int i = from; i < until; ++i) {
+      if (auto sent = channel.send(tern::BytesMessage(to, std::to_string(i))); !sent) {
+        return Fail("send " + std::to_string(i) + ": " + sent.error().ToString());
+      }
+    }
+    std::printf("sent %d\n", until);
+    std::fflush(stdout);
+    return 0;
+  };
+  if (send_range(0, count) != 0) return 1;
+  auto poked = channel.receive(*go, 300s);
+  if (!poked) return Fail("go: " + poked.error().ToString());
+  return send_range(count, 2 * count);
+}
+
+// Sends "go" to each NAME given (looked up, retrying).
+int Poke(const Channel& channel, const std::vector<std::string>& names) {
+  for (const auto& name : names) {
+    const std::uint32_t to = LookupRetrying(channel, name);
+    if (to == 0) return Fail("no " + name);
+    if (auto sent = channel.send(tern::BytesMessage(to, "go")); !sent) {
+      return Fail("poke " + name + ": " + sent.error().ToString());
+    }
+  }
+  std::printf("poked\n");
+  return 0;
+}
+
 // Another user's job: once NAME is registered (by someone else), tries to register it too and
 // to unregister it. Exit 0 when both are refused, printing how.
 int Squatter(const Channel& channel, const std::string& name) {
@@ -686,6 +772,9 @@ int main(int argc, char** argv) {
   Channel channel;
   int code = 2;
   if (mode == "owner") code = Owner(channel, name);
+  if (mode == "holder") code = Holder(channel, name, argc > 3 ? std::atoi(argv[3]) : 50);
+  if (mode == "queue-sender") code = QueueSender(channel, name, argc > 3 ? std::atoi(argv[3]) : 50);
+  if (mode == "poke") code = Poke(channel, std::vector<std::string>(argv + 2, argv + argc));
   if (mode == "forger") code = Forger(channel, name);
   if (mode == "squatter") code = Squatter(channel, name);
   if (mode == "queue") code = Queue(channel);

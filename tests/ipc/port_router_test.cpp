@@ -8,6 +8,7 @@
 #include <map>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
+#include <tern/ipc/state_journal.hpp>
 
 namespace tern::ipc {
 namespace {
@@ -88,6 +89,7 @@ class Net {
       busy = false;
       for (auto& [node, router] : routers) {
         auto actions = router->TakeActions();
+        if (durable.contains(node)) Keep(node, router->TakeDurable());
         if (actions.empty()) continue;
         busy = true;
         for (auto& reply : actions.replies) {
@@ -124,6 +126,37 @@ class Net {
     job_node[job] = to;
     Pump();
   }
+  // The durable state of `node`'s router, kept as an agent keeps it in its journal file.
+  struct Files {
+    std::string journal;
+  };
+  void KeepDurable(std::uint64_t node) {
+    durable.insert(node);
+    routers[node]->KeepDurableState();
+  }
+  void Keep(std::uint64_t node, PortRouter::DurableWrite write) {
+    Files& kept = files[node];
+    if (write.rewrite_journal) kept.journal.clear();
+    for (const std::string& piece : write.journal) kept.journal.append(piece);
+  }
+  // `node`'s router is killed (dropped, with all it held in memory) and a new one is restored
+  // from the journal the old one wrote; its peers see the node go and come back.
+  PortRouter::Restored Restart(std::uint64_t node) {
+    routers[node] = std::make_unique<PortRouter>(node, *stores[node]);
+    for (auto& [other, router] : routers) {
+      if (other != node) router->NodeDown(node);
+    }
+    auto restored = routers[node]->RestoreDurable(files[node].journal);
+    EXPECT_TRUE(restored) << (restored ? "" : restored.error().message);
+    routers[node]->KeepDurableState();
+    for (auto& [other, router] : routers) {
+      if (other == node) continue;
+      router->NodeUp(node);
+      routers[node]->NodeUp(other);
+    }
+    Pump();
+    return restored ? *restored : PortRouter::Restored{};
+  }
   void FireTimers() {
     auto due = std::move(timers);
     timers.clear();
@@ -144,6 +177,8 @@ class Net {
   std::map<std::pair<std::uint64_t, std::uint64_t>, int> last_batch;
   int Sent(std::uint64_t from, std::uint64_t to) { return frames_sent[{from, to}]; }
   int LastBatch(std::uint64_t from, std::uint64_t to) { return last_batch[{from, to}]; }
+  std::set<std::uint64_t> durable;
+  std::map<std::uint64_t, Files> files;
   std::uint32_t next_request = 1;
   std::size_t largest_frame = 0;  // payload bytes of the largest frame between nodes
 };
@@ -1348,6 +1383,152 @@ TEST(PortRouterReattach, AReattachedJobHoldsNothingAndLooksNamesUpAgainUnderThei
   ASSERT_EQ(placed.status, JobStatus::kOk);
   EXPECT_NE(ReadU32(placed.body), taken);
   EXPECT_EQ(net.Call("client", JobOp::kPortStatus, U32(taken)).status, JobStatus::kOk);
+}
+
+// docs/ipc.md "Port homes that survive their agent": node 1's router is killed and a new one
+// restored from the files the old one wrote, as a restarted agent restores it.
+TEST(PortRouterDurable, ARestoredHomeKeepsPortsQueuesNamesCountsAndGivesTheJobItsRightsBack) {
+  Net net(2);
+  net.KeepDurable(1);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
+  const std::uint32_t send = MakeSend(net, "server", port);
+  ASSERT_EQ(Register(net, "server", "svc", send), "");
+  const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+  for (const char* text : {"m1", "m2", "m3"}) {
+    ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, text)).status, JobStatus::kOk);
+  }
+  // Taken before the kill: must not come back.
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "m1");
+  // A train, queued as one run, and taken in part.
+  EXPECT_EQ(ReadTrainAnswer(net.Call("client", JobOp::kSendBatch, Train(to, 4, FullPolicy::kFail)))
+                .accepted,
+            4u);
+  auto first = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 3}));
+  ASSERT_EQ(first.status, JobStatus::kOk);
+  WireReader taken(first.body);
+  ASSERT_EQ(*taken.U32(), 3u);
+  for (const char* text : {"m2", "m3", "t0"})
+    EXPECT_EQ(taken.ReadMessage()->items.at(0).bytes(), text);
+  const std::string status_before = net.Call("server", JobOp::kPortStatus, U32(port)).body;
+  const std::size_t rights_before = net.routers[1]->RightCount("server");
+  ASSERT_GE(rights_before, 2u);
+
+  const auto restored = net.Restart(1);
+  EXPECT_EQ(restored.ports, 1u);
+  EXPECT_EQ(restored.messages, 3u);
+  EXPECT_EQ(restored.jobs, std::vector<std::string>{"server"});
+  EXPECT_EQ(restored.dropped_tail, 0u);
+  // The job re-attaches: the agent keeps the table it restored (its own record).
+  net.routers[1]->JobAttached("server");
+  EXPECT_EQ(net.routers[1]->RightCount("server"), rights_before);
+  // Queued messages, send-right count and limit as before.
+  EXPECT_EQ(net.Call("server", JobOp::kPortStatus, U32(port)).body, status_before);
+  auto rest = net.Call("server", JobOp::kReceiveMany, Body({port, 0, 10}));
+  ASSERT_EQ(rest.status, JobStatus::kOk) << rest.body;
+  WireReader left(rest.body);
+  ASSERT_EQ(*left.U32(), 3u) << "each queued message once";
+  for (const char* text : {"t1", "t2", "t3"})
+    EXPECT_EQ(left.ReadMessage()->items.at(0).bytes(), text);
+  // The client's right still reaches the port under its name, and the name still finds it.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "after")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "after");
+  net.Attach(2, "late");
+  const auto late = Lookup(net, "late", "svc");
+  ASSERT_EQ(late.status, JobStatus::kOk) << late.body;
+  // The server's own send right, under its name; its new names are past any it held before.
+  ASSERT_EQ(net.Call("server", JobOp::kSend, SendBody(send, "self")).status, JobStatus::kOk);
+  EXPECT_GE(Allocate(net, "server"), 0x10000u);
+
+  // Again, from the files the restored router wrote: a message queued since is kept.
+  ASSERT_EQ(net.Call("late", JobOp::kSend, SendBody(ReadU32(late.body), "x1")).status,
+            JobStatus::kOk);
+  net.Restart(1);
+  net.routers[1]->JobAttached("server");
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "self");
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "x1");
+  // A restored job that ends releases what it held: its port dies for its senders.
+  net.Gone("server");
+  EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "gone")).status, JobStatus::kDeadName);
+}
+
+TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverCrashes) {
+  Net net(1);
+  net.KeepDurable(1);
+  net.Attach(1, "server");
+  const std::uint32_t port = Allocate(net, "server");
+  const std::uint32_t send = MakeSend(net, "server", port);
+  for (const char* text : {"a", "b", "c"}) {
+    ASSERT_EQ(net.Call("server", JobOp::kSend, SendBody(send, text)).status, JobStatus::kOk);
+  }
+  const std::string journal = net.files[1].journal;
+  MemoryRegions store;
+  const auto restore = [&](std::string_view file) {
+    PortRouter router(1, store);
+    return router.RestoreDurable(file);
+  };
+  auto whole = restore(journal);
+  ASSERT_TRUE(whole) << whole.error().message;
+  EXPECT_EQ(whole->messages, 3u);
+  // A kill in the middle of the last append (the push of "c"): the records before it stand.
+  auto torn = restore(journal.substr(0, journal.size() - 3));
+  ASSERT_TRUE(torn) << torn.error().message;
+  EXPECT_EQ(torn->messages, 2u);
+  EXPECT_GT(torn->dropped_tail, 0u);
+  // The magic and the first record (the snapshot the journal starts with) are needed whole:
+  // any byte of them changed, or the file cut inside them, is an error; past them a cut ends
+  // the journal there (fewer messages), and a change does that or is an error (a length over
+  // the bound, a kind that does not exist), never a crash.
+  const std::size_t first_end = kJournalMagic.size() + 8 + ReadU32(journal, kJournalMagic.size());
+  ASSERT_LT(first_end, journal.size());
+  for (std::size_t i = 0; i < journal.size(); ++i) {
+    std::string bad = journal;
+    bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+    auto changed = restore(bad);
+    if (i < first_end) {
+      EXPECT_FALSE(changed) << "byte " << i;
+    } else if (changed) {
+      EXPECT_LT(changed->messages, 3u) << "byte " << i;
+    }
+  }
+  for (std::size_t i = 1; i < journal.size(); ++i) {
+    auto cut = restore(journal.substr(0, i));
+    EXPECT_EQ(static_cast<bool>(cut), i >= first_end) << "cut at " << i;
+  }
+  // Records that pass the checksum but say nonsense (every byte of the snapshot changed in
+  // turn, the checksum made right): an error or a state, never a crash or a read out of bounds.
+  const std::string snapshot =
+      journal.substr(kJournalMagic.size() + 8, first_end - kJournalMagic.size() - 8);
+  for (std::size_t i = 0; i < snapshot.size(); ++i) {
+    for (const char change : {'\x01', '\x80', '\xff'}) {
+      std::string mutated = snapshot;
+      mutated[i] = static_cast<char>(mutated[i] ^ change);
+      std::string file(kJournalMagic);
+      AppendStateRecord(file, mutated);
+      file.append(journal.substr(first_end));
+      (void)restore(file);
+    }
+  }
+  std::string junk(kJournalMagic);
+  AppendStateRecord(junk, "\x07junk");
+  auto unknown = restore(junk);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("unknown kind"), std::string::npos);
+  std::string short_message = journal.substr(0, first_end);
+  AppendStateRecord(short_message, std::string("\x01", 1) + "xyz");
+  EXPECT_FALSE(restore(short_message));
+  EXPECT_FALSE(restore(kJournalMagic)) << "no snapshot";
+  // Another node's journal, and a router that holds something already, are refused.
+  PortRouter other(2, store);
+  auto foreign = other.RestoreDurable(journal);
+  ASSERT_FALSE(foreign);
+  EXPECT_NE(foreign.error().message.find("not this node's"), std::string::npos);
+  EXPECT_FALSE(net.routers[1]->RestoreDurable(journal));
+  // Nothing at all: an agent's first start.
+  auto nothing = restore("");
+  ASSERT_TRUE(nothing);
+  EXPECT_TRUE(nothing->jobs.empty());
 }
 
 }  // namespace

@@ -424,6 +424,7 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
   lock.unlock();
   std::optional<UniqueFd> fresh;
   bool restored = false;
+  bool kept = false;
   std::string why;
   {
     // No writer between the old channel and the new one.
@@ -435,7 +436,8 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
       why = std::string("dup2: ") + std::strerror(errno);
     } else {
       fresh = std::move(attached->first);
-      restored = attached->second;
+      restored = attached->second.restored;
+      kept = attached->second.kept;
       generation_.fetch_add(1, std::memory_order_acq_rel);
     }
   }
@@ -448,14 +450,15 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
     if (restored && !slot.unsent) continue;
     slot.done = true;
     slot.status = JobStatus::kUnavailable;
-    slot.reply.payload = std::string(slot.unsent ? kUnsentText : kLostText);
+    slot.reply.payload = std::string(slot.unsent ? kUnsentText : kept ? kLostKeptText : kLostText);
     slot.reply.body_at = 0;
   }
   std::erase_if(slots_,
                 [](const auto& entry) { return entry.second.done && entry.second.abandoned; });
   decoder_ = ipc::FrameDecoder(kMaxFramePayload);  // a frame cut short by the old agent's death
   fds_.clear();
-  if (!restored && !lookups_.empty()) {
+  // Kept (the agent's own record of the job's rights): the names stand, nothing to look up.
+  if (!restored && !kept && !lookups_.empty()) {
     redo_lookups_ = true;
     lookups_due_.store(true, std::memory_order_release);
   }
@@ -520,7 +523,8 @@ IpcResult<std::pair<ipc::AttachAnswer, UniqueFd>> ReadAttached(int fd,
 
 }  // namespace
 
-IpcResult<std::pair<UniqueFd, bool>> Channel::Impl::Reattach(const ipc::ChannelHello& hello) {
+IpcResult<std::pair<UniqueFd, ipc::AttachAnswer>> Channel::Impl::Reattach(
+    const ipc::ChannelHello& hello) {
   const auto deadline = std::chrono::steady_clock::now() + kReattachWait;
   std::string why = "no attempt";
   int refusals = 0;
@@ -547,7 +551,7 @@ IpcResult<std::pair<UniqueFd, bool>> Channel::Impl::Reattach(const ipc::ChannelH
       } else if (auto answer = ReadAttached(socket.get(), std::chrono::seconds(5)); !answer) {
         why = answer.error().message;
       } else if (answer->first.ok && answer->second.valid()) {
-        return std::make_pair(std::move(answer->second), answer->first.restored);
+        return std::make_pair(std::move(answer->second), std::move(answer->first));
       } else {
         why = answer->first.ok ? "the agent accepted but sent no channel" : answer->first.why;
         // A refusal is final unless the agent was still adopting its jobs: a few more tries.

@@ -104,6 +104,10 @@ class Channel::Impl {
       "the agent went away before answering (the request may or may not have run); the IPC "
       "channel re-attached to the restarted agent: the job's rights from before are gone, "
       "except send rights it got from name_lookup";
+  // The same when the restarted agent kept the job's rights (AttachAnswer::kept).
+  static constexpr std::string_view kLostKeptText =
+      "the agent went away before answering (the request may or may not have run); the IPC "
+      "channel re-attached to the restarted agent, which kept the job's rights";
   // The error text of a request whose frame the old channel never took whole: Request sends it
   // again on the new channel (at most kMaxResends times); Post/Collect callers get it.
   static constexpr std::string_view kUnsentText =
@@ -136,9 +140,9 @@ class Channel::Impl {
   // The channel read end of file or failed: re-attach (mu_ held through `lock`, this thread
   // the reader), or close with `reason`.
   void LostLocked(std::unique_lock<std::mutex>& lock, std::string reason);
-  // A new channel from the agent at `hello`'s socket and whether the agent restored the job's
-  // state (AttachAnswer::restored), or why not.
-  static IpcResult<std::pair<UniqueFd, bool>> Reattach(const ipc::ChannelHello& hello);
+  // A new channel from the agent at `hello`'s socket and the agent's answer (whether it
+  // restored the job's state or kept its rights), or why not.
+  static IpcResult<std::pair<UniqueFd, ipc::AttachAnswer>> Reattach(const ipc::ChannelHello& hello);
   // Before a request: the lookups a re-attach left to redo, done by one thread.
   void RedoLookups();
   // A fresh request id with an empty slot for its reply (mu_ held).

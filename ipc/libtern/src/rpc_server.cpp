@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <semaphore>
+#include <thread>
 #include <unordered_map>
 
 #include "channel_impl.hpp"
@@ -34,6 +35,9 @@ int PollMs(Timeout timeout) {
 // single worker nothing can serve a connection twice at once, so its watch stays armed
 // (level-triggered) and a request costs no epoll_ctl.
 constexpr std::uint32_t kSharedEvents = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+// After a receive the agent's death failed: a breath before the next (a home that cannot be
+// reached answers at once, and would make the loop spin).
+constexpr auto kUnavailablePause = std::chrono::milliseconds(100);
 constexpr std::uint32_t kSingleWorkerEvents = EPOLLIN | EPOLLRDHUP;
 }  // namespace
 
@@ -157,6 +161,13 @@ void RpcServer::State::Serve(const std::stop_token& stop) {
     if (!message) {
       if (message.status() == JobStatus::kTimedOut) continue;
       NoteError(message.error().ToString());
+      // The agent went away and the channel re-attached: an agent that kept the job's rights
+      // (docs/ipc.md "Port homes that survive their agent") still holds the port and what is
+      // queued on it, so serve on; if it did not, the next receive says invalid_name.
+      if (message.status() == JobStatus::kUnavailable && channel_.connected()) {
+        std::this_thread::sleep_for(kUnavailablePause);
+        continue;
+      }
       // The port or the channel is gone: nothing more will arrive.
       if (message.status() == JobStatus::kUnavailable ||
           message.status() == JobStatus::kInvalidName || message.status() == JobStatus::kDeadName) {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -136,6 +137,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       return Fail("cannot restrict " + dir + "/secrets: " + std::strerror(errno));
     }
     secrets_dir_ = dir + "/secrets";
+    // Before anyone is answered: jobs re-attach through the socket below, peers come later.
+    RestoreState(dir);
     job_socket_ =
         std::make_shared<JobSocket>(io_, [this](const AttachRequest& request, int peer_pid) {
           return DecideAttach(request, peer_pid);
@@ -144,6 +147,127 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   std::string SecretPath(const std::string& job) const { return secrets_dir_ + "/" + job; }
+
+  // ---- durable state (docs/ipc.md "Port homes that survive their agent")
+
+  static std::string ReadWhole(const std::string& path) {
+    std::string bytes;
+    UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!file.valid()) return bytes;
+    char buffer[1 << 16];
+    for (;;) {
+      const ssize_t got = ::read(file.get(), buffer, sizeof buffer);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) return bytes;
+      bytes.append(buffer, static_cast<std::size_t>(got));
+    }
+  }
+
+  // What the previous agent of this node recorded, put back into the (empty) router; then the
+  // journal starts afresh from it.
+  void RestoreState(const std::string& dir) {
+    state_dir_ = dir;
+    const std::string journal_path = dir + "/journal";
+    auto restored = router_.RestoreDurable(ReadWhole(journal_path));
+    if (!restored) {
+      // Kept aside for a person to look at; this agent starts with nothing, as before.
+      spdlog::error("IPC: the state kept in {} cannot be restored: {}; starting without it",
+                    journal_path, restored.error().message);
+      std::error_code ignored;
+      std::filesystem::rename(journal_path, journal_path + ".bad", ignored);
+    } else {
+      if (restored->dropped_tail > 0) {
+        spdlog::warn("IPC: {} bytes at the end of {} were a record cut short (dropped)",
+                     restored->dropped_tail, journal_path);
+      }
+      if (restored->ports > 0 || !restored->jobs.empty()) {
+        spdlog::info(
+            "IPC: restored {} port(s) with {} queued message(s), and the rights of {} "
+            "job(s), from {}",
+            restored->ports, restored->messages, restored->jobs.size(), dir);
+      }
+      restored_jobs_.insert(restored->jobs.begin(), restored->jobs.end());
+    }
+    router_.KeepDurableState();
+    WriteDurable(router_.TakeDurable());
+  }
+
+  // Writes every piece, several per call; false on an error (errno set).
+  static bool WritePieces(int fd, const std::vector<std::string>& pieces) {
+    constexpr std::size_t kMaxIov = 256;
+    std::size_t index = 0;
+    std::size_t offset = 0;  // into pieces[index]
+    while (index < pieces.size()) {
+      iovec iov[kMaxIov];
+      std::size_t count = 0;
+      for (std::size_t i = index; i < pieces.size() && count < kMaxIov; ++i) {
+        const std::size_t skip = i == index ? offset : 0;
+        if (pieces[i].size() == skip) continue;
+        iov[count++] = {const_cast<char*>(pieces[i].data()) + skip, pieces[i].size() - skip};
+      }
+      if (count == 0) return true;
+      const ssize_t put = ::writev(fd, iov, static_cast<int>(count));
+      if (put < 0 && errno == EINTR) continue;
+      if (put < 0) return false;
+      auto written = static_cast<std::size_t>(put);
+      while (index < pieces.size() && written >= pieces[index].size() - offset) {
+        written -= pieces[index].size() - offset;
+        offset = 0;
+        ++index;
+      }
+      offset += written;
+    }
+    return true;
+  }
+
+  // Writes `pieces` to `path` aside and renames it into place; the open file, or invalid.
+  static UniqueFd WriteAside(const std::string& path, const std::vector<std::string>& pieces) {
+    const std::string temporary = path + ".new";
+    UniqueFd file(
+        ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!file.valid() || !WritePieces(file.get(), pieces) ||
+        ::rename(temporary.c_str(), path.c_str()) != 0) {
+      return UniqueFd();
+    }
+    return file;
+  }
+
+  // Makes a turn's changes durable, before its actions are carried out: one append (a
+  // rewrite, aside and renamed, only at the start and when the journal has grown well past what
+  // it holds). The run directory is tmpfs: no fsync (the machine's end ends the jobs too).
+  void WriteDurable(ipc::PortRouter::DurableWrite write) {
+    if (state_dir_.empty() || write.empty()) return;
+    bool ok = true;
+    if (write.rewrite_journal) {
+      journal_fd_ = WriteAside(state_dir_ + "/journal", write.journal);
+      ok = journal_fd_.valid();
+    } else {
+      ok = journal_fd_.valid() && WritePieces(journal_fd_.get(), write.journal);
+    }
+    if (!ok) {
+      // Written whole at the next turn; until then a restart loses this turn.
+      if (!durable_failing_) {
+        spdlog::error(
+            "IPC: cannot keep the IPC state in {}/journal: {}; a restart of this "
+            "agent would lose it",
+            state_dir_, std::strerror(errno));
+      }
+      durable_failing_ = true;
+      journal_fd_.Reset();
+      router_.KeepDurableState();
+      return;
+    }
+    if (durable_failing_) spdlog::info("IPC: the IPC state in {} is kept again", state_dir_);
+    durable_failing_ = false;
+  }
+
+  // A job restored from the files that ends or leaves without re-attaching: its rights are
+  // released at their homes as any ending job's are.
+  void DropRestored(const std::string& job) {
+    if (restored_jobs_.erase(job) == 0 || channels_.contains(job)) return;
+    router_.JobGone(job);
+    Run();
+  }
 
   // A fresh secret for the job's new channel, kept where a restarted agent finds it.
   void NewSecret(const std::string& job) {
@@ -239,11 +363,24 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     std::uint32_t base = 0;
     (void)::getrandom(&base, sizeof base, 0);
     const std::uint32_t first_name = 0x40000000u | (base & 0x3fff0000u);
-    const int end = MakeChannel(request.job, first_name);
+    // Rights this agent's files hold for the job (docs/ipc.md "Port homes that survive their
+    // agent"): its own record, given back under the job's names.
+    const bool kept = restored_jobs_.erase(request.job) > 0 && router_.RightCount(request.job) > 0;
+    const int end =
+        MakeChannel(request.job, kept ? std::nullopt : std::optional<std::uint32_t>(first_name));
     if (end < 0) return "job " + request.job + ": no new IPC channel could be made";
     channels_[request.job]->holder_pid = peer_pid;
-    JobSocket::Accepted accepted{UniqueFd(end), false};
-    if (auto pending = pending_states_.find(request.job); pending != pending_states_.end()) {
+    JobSocket::Accepted accepted{UniqueFd(end), false, kept};
+    if (auto pending = pending_states_.find(request.job);
+        kept && pending != pending_states_.end()) {
+      // The files are this agent's later record of the same rights (it installed the hand-off
+      // before it died): the hand-off is dropped, releasing nothing.
+      spdlog::info(
+          "job {}: its rights from this agent's files stand; the move's hand-off is "
+          "dropped",
+          request.job);
+      pending_states_.erase(pending);
+    } else if (pending != pending_states_.end()) {
       // A hand-off this agent could not install before its restart (the job's channel had
       // died with the killed agent): the source's record of the job's rights, never the job's.
       const std::string state = std::move(pending->second);
@@ -259,9 +396,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         accepted.restored = true;
       }
     }
-    spdlog::info(
-        "job {}: IPC channel re-attached (pid {}); {}", request.job, peer_pid,
-        accepted.restored ? "its rights from the move restored" : "it holds no rights from before");
+    spdlog::info("job {}: IPC channel re-attached (pid {}); {}", request.job, peer_pid,
+                 accepted.restored ? "its rights from the move restored"
+                 : kept            ? "its rights kept in this agent's files given back"
+                                   : "it holds no rights from before");
     if (!accepted.restored) SayHello(request.job);  // TakeOver says it otherwise
     return accepted;
   }
@@ -515,6 +653,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Carries out what the router asked for.
   void Run() {
     auto actions = router_.TakeActions();
+    // Recorded before anything of this turn is acknowledged (a reply, a result to a peer).
+    WriteDurable(router_.TakeDurable());
     // Queue every reply first, then write once per channel: a batch of requests gets its
     // answers in one write, not one each.
     std::map<std::string, std::shared_ptr<Channel>> to_flush;
@@ -612,11 +752,53 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
 
   void SendBatch(std::uint64_t node, std::vector<ipc::Frame>& batch) {
     if (batch.empty()) return;
-    if (!send_(node, std::move(batch))) {
+    if (auto held = held_frames_.find(node); held != held_frames_.end()) {
+      for (auto& frame : batch) held->second.push_back(std::move(frame));  // in order
+      batch.clear();
+      return;
+    }
+    if (std::chrono::steady_clock::now() < started_ + kStartGrace) {
+      std::vector<ipc::Frame> copy = batch;
+      if (!send_(node, std::move(copy))) {
+        held_frames_[node] = std::move(batch);
+        ArmGrace();
+      }
+    } else if (!send_(node, std::move(batch))) {
       // No link: the router learns it from NodeDown; nothing else to do here.
       spdlog::debug("IPC frames to node {:016x} dropped: no link", node);
     }
     batch.clear();
+  }
+
+  // After the grace, frames still held for a node that never came up are dropped, and the
+  // router fails what waits on it (no NodeDown comes for a link that never was).
+  void ArmGrace() {
+    if (grace_armed_) return;
+    grace_armed_ = true;
+    grace_timer_.expires_at(started_ + kStartGrace);
+    grace_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      if (error || self->stopped_) return;
+      for (auto& [node, frames] : std::exchange(self->held_frames_, {})) {
+        spdlog::warn(
+            "IPC: {} frame(s) to node {:016x} dropped: no link to it since this agent "
+            "started",
+            frames.size(), node);
+        self->router_.NodeDown(node);
+      }
+      self->Run();
+    });
+  }
+
+  void OnNodeUp(std::uint64_t node) {
+    router_.NodeUp(node);
+    auto held = held_frames_.find(node);
+    if (held == held_frames_.end()) return;
+    std::vector<ipc::Frame> frames = std::move(held->second);
+    held_frames_.erase(held);
+    spdlog::info("IPC: {} frame(s) held for node {:016x} until its link came up sent",
+                 frames.size(), node);
+    if (!send_(node, std::move(frames))) router_.NodeDown(node);
+    Run();
   }
 
   // A chunk of a blast from `from`: taken, acknowledged (the sender keeps at most
@@ -761,6 +943,21 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   JobInitPid init_pid_;
   // Hand-offs to install when their job re-attaches (TakeOver without a channel).
   std::map<std::string, std::string> pending_states_;
+  // The durable state's directory ("" until ListenForJobs), the journal open for appending,
+  // whether the last write failed, and the jobs restored from the files that have not
+  // re-attached yet.
+  std::string state_dir_;
+  UniqueFd journal_fd_;
+  // A restarted agent answers the jobs that re-attach with the rights it kept before the
+  // cluster's links are up: frames to a node without a link in the first kStartGrace are held
+  // and sent when it comes up (SendBatch), not dropped with their operations left waiting.
+  static constexpr auto kStartGrace = std::chrono::seconds(15);
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::map<std::uint64_t, std::vector<ipc::Frame>> held_frames_;
+  boost::asio::steady_timer grace_timer_{io_};
+  bool grace_armed_ = false;
+  bool durable_failing_ = false;
+  std::set<std::string> restored_jobs_;
 
   // After router_: it reads the router's rights.
   std::shared_ptr<DirectCalls> direct_;
@@ -800,6 +997,7 @@ int IpcService::OpenChannelForMove(const std::string& job) {
 void IpcService::CloseChannel(const std::string& job) {
   impl_->Close(job);
   impl_->DropPending(job);
+  impl_->DropRestored(job);
   impl_->ForgetSecret(job);
 }
 
@@ -834,11 +1032,12 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   return handled;
 }
 
-void IpcService::NodeUp(std::uint64_t node) { impl_->router_.NodeUp(node); }
+void IpcService::NodeUp(std::uint64_t node) { impl_->OnNodeUp(node); }
 
 void IpcService::NodeDown(std::uint64_t node) {
   std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
   impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
+  impl_->held_frames_.erase(node);
   impl_->hold_.LinkClosed(node);
   impl_->router_.NodeDown(node);
   impl_->Run();
@@ -901,6 +1100,7 @@ void IpcService::Stop() {
   impl_->stopped_ = true;
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
+  impl_->grace_timer_.cancel();
   impl_->direct_->Stop();
   if (impl_->job_socket_) impl_->job_socket_->Stop();
   for (auto& [job, channel] : impl_->channels_) {

@@ -126,6 +126,7 @@ void JobSocket::Answer(const std::shared_ptr<Attaching>& attaching, const Attach
     channel = std::move(accepted->channel);
     answer.ok = true;
     answer.restored = accepted->restored;
+    answer.kept = accepted->kept;
   } else {
     answer.why = std::get<std::string>(decided);
     spdlog::warn("IPC: job socket: pid {}: {}", attaching->peer_pid, answer.why);

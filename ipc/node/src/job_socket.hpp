@@ -37,10 +37,11 @@ namespace tern::ipc {
 class JobSocket : public std::enable_shared_from_this<JobSocket> {
  public:
   // The job's end of its new channel, and whether the agent restored what a hand-off left it
-  // (AttachAnswer::restored).
+  // (AttachAnswer::restored) or the rights its own files kept (AttachAnswer::kept).
   struct Accepted {
     UniqueFd channel;
     bool restored = false;
+    bool kept = false;
   };
   using Decide = std::function<std::variant<Accepted, std::string>(const AttachRequest& request,
                                                                    int peer_pid)>;

@@ -64,6 +64,7 @@ bool PortRouter::State::TakeFromBatch(Port& port, Envelope& e, bool charged) {
     TrainRun run = router::TakeFront(e.batch, n);
     if (!charged) Charge(sender, Cost(run));
     port.queue.push_back(QueuedEntry{std::move(run), sender});
+    JournalPush(e.object, port.queue.back().item, sender);
     port.queued += n;
     e.delta += n;
   }
@@ -100,6 +101,7 @@ void PortRouter::State::HomeEnqueueBatch(Envelope& e) {
 // The first queued message, taken out of the queue (`port_id` names the port in it).
 TransitMessage PortRouter::State::PopQueued(Port& port, ObjectId port_id) {
   --port.queued;
+  JournalPop(port_id.serial, 1);
   QueuedEntry& front = port.queue.front();
   if (auto* run = std::get_if<TrainRun>(&front.item)) {
     const std::uint64_t before = Cost(*run);
@@ -128,6 +130,8 @@ void PortRouter::State::Accept(Port& port, TransitMessage&& message, const Sende
   }
   if (!charged) Charge(sender, Cost(message));
   port.queue.push_back(QueuedEntry{std::move(message), sender});
+  const Queued& queued = port.queue.back().item;
+  JournalPush(std::get<TransitMessage>(queued).destination, queued, sender);
   ++port.queued;
 }
 

@@ -43,6 +43,7 @@ std::optional<WireWriter> PortRouter::State::TakeQueuedHere(const std::string& j
     ++count;
   }
   if (count == 0) return {};
+  JournalPop(entry->id.serial, count);
   RoomFreed(port->second);
   WireWriter header;
   header.U32(count);

@@ -82,6 +82,15 @@ struct PortRouter::State {
     std::uint64_t timer = 0;
   };
   std::map<std::uint64_t, DeferredResults> deferred;
+  // Durable state (durable.cpp): off until PortRouter::KeepDurableState. The queue journal's
+  // records not yet taken (header and payload pieces), the journal file's size, the size past
+  // which it is rewritten whole, and the snapshot last handed out.
+  bool durable = false;
+  bool rewrite_journal = false;
+  std::vector<std::string> journal;
+  std::uint64_t journal_bytes = 0;
+  std::uint64_t compact_at = 0;
+  std::string last_snapshot;
 
   // Tickets start at a point `random` draws: a moving job takes its waiting tickets along, and
   // they must not collide with the new node's own.
@@ -264,6 +273,15 @@ struct PortRouter::State {
   void HomeNotifyRequest(const Envelope& e);
   void HomeSetHolder(const Envelope& e);
   void HomePortStatus(const Envelope& e);
+
+  // ---- durable.cpp
+  // A queue's message in (`item` is what was pushed, to `port`'s back) or out (`count`
+  // messages off its front), recorded while durable.
+  void JournalPush(ObjectId port, const Queued& item, const Sender& sender);
+  void JournalPop(std::uint64_t serial, std::uint32_t count);
+  std::string EncodeSnapshot() const;
+  // The whole journal file for the queues as they are now.
+  std::vector<std::string> QueuesJournal() const;
 
   // ---- dispatch.cpp
   void Dispatch(Envelope& e, std::uint64_t from);

@@ -174,6 +174,57 @@ TEST(Reattach, AChannelWhoseAgentDiedReattachesFailsWhatWasInFlightAndKeepsItsLo
   EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kPortAllocate), 1);
 }
 
+// An agent restarted with the job's rights kept in its files (docs/ipc.md "Port homes that
+// survive their agent") gives them back under the job's names: nothing is looked up again, and
+// what the job asked the dead agent fails at once (the new agent never saw it), not a hang.
+TEST(Reattach, AnAgentThatKeptTheJobsRightsFailsWhatWasInFlightAndLooksNothingUp) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  UniqueFd dying(pair[0]);
+  std::thread first_agent([&] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto lookup = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(lookup);
+    const auto request =
+        ipc::DecodeJobRequest(std::make_shared<const std::string>(lookup->payload));
+    ASSERT_TRUE(request);
+    std::string reply;
+    ipc::AppendFrame(reply, ipc::FrameType::kIpcReply,
+                     ipc::EncodeJobReply(request->id, JobStatus::kOk, U32(7)));
+    WriteAll(dying.get(), reply);
+    ASSERT_TRUE(ReadFrame(dying.get(), decoder));  // the request lost with this agent
+    dying.Reset();
+  });
+  FakeAgent restarted;
+  auto attach = std::async(std::launch::async, [&] {
+    return job_socket.Serve({.ok = true, .kept = true}, restarted.TakeJobFd());
+  });
+  auto found = channel.name_lookup("svc");
+  ASSERT_TRUE(found) << found.error().ToString();
+  auto lost = channel.port_allocate();
+  ASSERT_FALSE(lost);
+  EXPECT_EQ(lost.status(), JobStatus::kUnavailable);
+  EXPECT_NE(lost.error().message.find("may or may not have run"), std::string::npos)
+      << lost.error().message;
+  first_agent.join();
+  attach.get();
+  auto port = channel.port_allocate();
+  ASSERT_TRUE(port) << port.error().ToString();
+  EXPECT_TRUE(channel.connected());
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kNameLookup), 0);
+  // The answer's codec says which: kept and restored are two things.
+  auto answer = ipc::DecodeAttachAnswer(ipc::EncodeAttachAnswer({.ok = true, .kept = true}));
+  ASSERT_TRUE(answer);
+  EXPECT_TRUE(answer->kept);
+  EXPECT_FALSE(answer->restored);
+}
+
 // A destination agent restarted after a move's commit restores the job's state from the
 // hand-off when the job re-attaches: what the job asked before is answered on the new channel,
 // and nothing is looked up again (its names stand).

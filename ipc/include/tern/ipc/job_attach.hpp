@@ -52,6 +52,10 @@ struct AttachAnswer {
   // it could not install before (its restart after the commit): the job's requests in flight
   // are answered on the new channel, and its names stand as they were.
   bool restored = false;
+  // The agent restarted and gave back the rights its own files hold for the job (docs/ipc.md
+  // "Port homes that survive their agent"): the job's names stand as they were, but the
+  // requests it had in flight died with the old agent.
+  bool kept = false;
 };
 std::string EncodeAttachAnswer(const AttachAnswer& answer);
 std::optional<AttachAnswer> DecodeAttachAnswer(std::string_view payload);

@@ -36,7 +36,7 @@
 // The code (ipc/src/router/): types.hpp has the records, state.hpp the State that holds them,
 // and a file per concept the operations: capability_table, port_home, links, names, regions,
 // job_ops (one handler per request), sending, tickets (and timers), job_move, quota, outbox,
-// dispatch (one handler per envelope kind).
+// dispatch (one handler per envelope kind), durable (the state a restarted agent restores).
 //
 // Thread-safety: none; one thread (the agent's io_context) drives it.
 #pragma once
@@ -182,6 +182,38 @@ class PortRouter {
   Expected<void> ImportJob(const std::string& job, std::string_view state);
   // Why `job` cannot move with its rights, or "" if it can.
   std::string MoveBlocker(const std::string& job) const;
+
+  // Durable state (docs/ipc.md "Port homes that survive their agent"). Once KeepDurableState
+  // is called, the router records what a restarted agent needs to go on where this one stopped,
+  // in one journal (state_journal.hpp's records): every message into or out of a queue, and
+  // after each turn that changed them, a snapshot of the ports, links and names homed here and
+  // the capability tables of the jobs here (the queues are most of the bytes: a snapshot with
+  // them would copy every queued message each turn). TakeDurable hands out what the turn
+  // added; the caller makes it durable before it carries out the actions of the same turn, so
+  // that nothing is acknowledged (a send's answer, a receive's message) before it is recorded.
+  // Not kept: operations in flight (tickets, waiting receives, blocked senders, link
+  // operations, a job's pending sends: their requests die with the agent and say so), the
+  // forwarding of moved jobs, and regions (their memory is the agent's).
+  struct DurableWrite {
+    // Pieces to append to the journal file, in order (large messages are not copied into one
+    // buffer); with `rewrite_journal`, the whole file (written aside and renamed over it: the
+    // first write, and whenever the journal has grown well past what it holds).
+    std::vector<std::string> journal;
+    bool rewrite_journal = false;
+    bool empty() const { return journal.empty(); }
+  };
+  void KeepDurableState();
+  DurableWrite TakeDurable();
+  // Restores a fresh router (no job, no port yet) from the journal an earlier router of this
+  // node wrote. Hostile input: a malformed file is an error and the router stays empty; a torn
+  // last record is dropped (what a kill during the write leaves).
+  struct Restored {
+    std::vector<std::string> jobs;  // whose rights were restored
+    std::size_t ports = 0;
+    std::size_t messages = 0;      // queued
+    std::size_t dropped_tail = 0;  // bytes of a torn last journal record
+  };
+  Expected<Restored> RestoreDurable(std::string_view journal_file);
 
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;

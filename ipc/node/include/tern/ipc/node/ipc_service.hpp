@@ -9,9 +9,13 @@
 // reason; a malformed frame from a peer is logged and reported (the caller closes the link).
 // A moving job's rights travel with it: HandOff on the source takes them (and the channel's
 // bytes in flight) out, TakeOver on the destination puts them in place before the job resumes.
-// Rights do not survive an agent restart: a re-adopted job's channel reads end-of-file, and
-// libtern re-attaches through the job socket (ListenForJobs) to a channel with no rights
-// (docs/ipc.md "A channel the job reconnects").
+// An agent restart: a re-adopted job's channel reads end-of-file, and libtern re-attaches
+// through the job socket (ListenForJobs, docs/ipc.md "A channel the job reconnects"). The
+// router's state is kept in a journal in ListenForJobs' directory (the queues' messages in
+// and out, and snapshots of the rest, appended in Run before the actions of the same turn are
+// carried out) and restored there before anyone is answered, so ports homed here, their queued
+// messages, names and counts survive, and a re-attaching job gets back the rights the journal
+// holds for it (docs/ipc.md "Port homes that survive their agent").
 //
 // Direct calls (docs/ipc.md "Direct calls"): a job's direct_open / direct_accept is served here,
 // not by the router. The service listens on an ephemeral TCP port for the connections it
@@ -73,10 +77,12 @@ class IpcService {
   // of one: a frame written before them would land inside it).
   int OpenChannelForMove(const std::string& job);
   void CloseChannel(const std::string& job);
-  // Listens at DIR/jobs.sock for jobs re-attaching their channel and keeps each job's secret in
-  // DIR/secrets (DIR: the agent's run directory's ipc/, which outlives the agent's process as
-  // the jobs do). Without it, channels carry no hello and nothing re-attaches. Needs
-  // SetDirectHooks' init pid (the attaching process must be one of the job's).
+  // Restores the router's state kept in DIR/journal by this node's previous agent
+  // and keeps it there from now on; then listens at DIR/jobs.sock for jobs re-attaching their
+  // channel and keeps each job's secret in DIR/secrets (DIR: the agent's run directory's ipc/,
+  // which outlives the agent's process as the jobs do). Without it, channels carry no hello and
+  // nothing re-attaches. Needs SetDirectHooks' init pid (the attaching process must be one of the
+  // job's).
   Expected<void> ListenForJobs(const std::string& dir);
   // Where the service learns each job's user (asked when a channel opens and, until it is
   // known, before the job's requests run).
