@@ -99,6 +99,32 @@ struct Part {
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
 
+// NodeStateFromLoad() for the vectors tern-sim publishes, which list no jobs and carry no name
+// (Publish): the same state from their first cache line only (the fallbacks that read the
+// job list give 0 here, and the name is empty). A sample reads 16 vectors, each cold in cache.
+NodeState SimNodeState(const LoadVector& load, Millis age) {
+  NodeState state;
+  state.id = load.node_id;
+  state.age = age;
+  state.draining = load.draining;
+  state.speed = load.speed > 0 ? load.speed : 1.0;
+  state.capacity = load.capacity > 0 ? load.capacity : std::max(1, load.cpus) * state.speed;
+  state.demand = load.demand > 0 ? load.demand : 0.0;
+  state.mem_limit_bytes = load.mem_limit_bytes > 0 ? load.mem_limit_bytes : load.mem_total_bytes;
+  state.mem_used_bytes = load.mem_used_bytes > 0 ? load.mem_used_bytes : 0;
+  return state;
+}
+// What SimNodeState() reads of a vector (a hint's end, as DecisionEnd).
+const char* FirstLine(const LoadVector& load) { return reinterpret_cast<const char*>(&load) + 64; }
+// Whether SimNodeState() gives NodeStateFromLoad()'s state for `load`.
+bool SimMapsLikeTheAgent(const LoadVector& load) {
+  const auto* first = reinterpret_cast<const char*>(&load);
+  const auto* draining = reinterpret_cast<const char*>(&load.draining);
+  return load.jobs.empty() && load.node_name.empty() &&
+         draining + sizeof load.draining <= first + 64 &&
+         reinterpret_cast<const char*>(&load.cpus) + sizeof load.cpus <= first + 64;
+}
+
 class Sim {
  public:
   Sim(const SimOptions& options, Policy policy)
@@ -132,6 +158,7 @@ class Sim {
         g.max_age = options.gossip_max_age;
         g.view_max = options.view_max;
         node.gossip = std::make_unique<Gossip>(g);
+        gossips_.push_back(node.gossip.get());
       }
       balancer::BalancerOptions b = options.balancer;
       b.reasons = false;                                             // nobody reads them here
@@ -252,18 +279,18 @@ class Sim {
   // the worker whose part of the nodes they are in (a Gossip is used by one thread at a time).
   template <typename NodeAt, typename SampleAt>
   void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
-    auto gossip = [&](std::size_t k) { return nodes_[node_at(k)].gossip.get(); };
+    auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
     for (std::size_t k = 0; k < n; ++k) {
-      if (k + 2 * kAhead < n) __builtin_prefetch(&nodes_[node_at(k + 2 * kAhead)].gossip);
       if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
       if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
       if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
-      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads();
+      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
       std::vector<NodeState>& sample = sample_at(k);
       sample.clear();
-      gossip(k)->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
-        sample.push_back(NodeStateFromLoad(load, age));
-      });
+      gossip(k)->VisitFreshest(
+          now, options_.sample,
+          [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
+          FirstLine);
     }
   }
 
@@ -316,20 +343,19 @@ class Sim {
       const std::size_t n = message_begin_[c + 1] - message_begin_[c];
       auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
       for (std::size_t k = 0; k < n; ++k) {
-        // Hints, in stages some messages ahead: the receiver's Node, its Gossip, then the slots
+        // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
         // of the window; each receiver is cold in cache, and their misses overlap.
-        if (k + 2 * kAhead < n) __builtin_prefetch(&nodes_[message(k + 2 * kAhead).to].gossip);
-        if (k + kAhead < n) nodes_[message(k + kAhead).to].gossip->Prefetch();
+        if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
         if (k + kAhead / 2 < n) {
           const auto& next = message(k + kAhead / 2);
-          nodes_[next.to].gossip->PrefetchWindow(entries(next), next.from);
+          gossips_[next.to]->PrefetchWindow(entries(next), next.from);
         }
         if (k + kAhead / 4 < n) {
           const auto& next = message(k + kAhead / 4);
-          nodes_[next.to].gossip->PrefetchSlots(entries(next));
+          gossips_[next.to]->PrefetchSlots(entries(next));
         }
         auto& m = message(k);
-        nodes_[m.to].gossip->OnReceiveShared(m.from, entries(m), now);
+        gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
       }
       const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
       TakeSamples(
@@ -534,6 +560,10 @@ class Sim {
     self.mem_total_bytes = node.spec.mem_limit_bytes;
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
+    if (!SimMapsLikeTheAgent(self)) {  // the samples' mapping (SimNodeState) relies on it
+      std::fprintf(stderr, "tern-sim: a published vector lists jobs or a name\n");
+      std::abort();
+    }
     node.gossip->SetLocalShared(LoadPool::Unowned(vector.get()), now);
     pool.Retire(std::move(node.published), now);
     node.published = std::move(vector);
@@ -672,6 +702,8 @@ class Sim {
   std::mt19937_64 rng_;
   std::vector<Node> nodes_;
   std::vector<std::uint64_t> ids_;
+  // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
+  std::vector<Gossip*> gossips_;
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;

@@ -19,7 +19,16 @@ void PrefetchShared(const SharedLoad& load) {
 
 Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.window == 0) options_.window = 1;
-  if (options_.view_max != 0) options_.view_max = std::max(options_.view_max, options_.window);
+  if (options_.view_max != 0) {
+    options_.view_max = std::max(options_.view_max, options_.window);
+    // A bounded view's lists at their full size now, one after the other in the heap: what a
+    // merge reads is then one block after this object instead of wherever each list last grew
+    // (tern-sim: thousands of agents, each cold in cache at its turn).
+    top_.reserve(TopCapacity() + 1);
+    slot_tags_.reserve(options_.view_max);
+    slots_.reserve(options_.view_max);
+    holes_.reserve(options_.view_max);
+  }
 }
 
 Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,

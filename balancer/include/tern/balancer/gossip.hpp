@@ -160,13 +160,28 @@ class alignas(64) Gossip {
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
   // the cluster a Balancer decides on, as MOSIX decides on its load window.
   std::vector<ViewEntry> Freshest(Millis now, std::size_t n) const;
-  // Freshest without copies: calls visit(load, age) for each, freshest first.
+  // Freshest without copies: calls visit(load, age) for each, freshest first. `hint_end`: how
+  // much of each vector to load ahead (a hint; DecisionEnd: what NodeStateFromLoad reads).
   template <typename Visit>
-  void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
-    const auto entries = FreshestEntries(now, n);
+  void VisitFreshest(Millis now, std::size_t n, Visit&& visit,
+                     const char* (*hint_end)(const LoadVector&) = DecisionEnd) const {
+    if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
+      const auto entries = FreshestEntries(now, n);
+      for (const auto* entry : entries) PrefetchLoad(entry->load.get(), hint_end);
+      for (const auto* entry : entries) visit(*entry->load, now - entry->born);
+      return;
+    }
+    // The common case, as FreshestEntries() walks it, without a list (tern-sim: millions).
+    std::size_t count = 0;
+    while (count < n && count < top_.size() && now - top_[count].time <= options_.max_age) {
+      ++count;
+    }
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) PrefetchLoad(entry->load.get(), DecisionEnd);
-    for (const auto* entry : entries) visit(*entry->load, now - entry->born);
+    for (std::size_t k = 0; k < count; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), hint_end);
+    for (std::size_t k = 0; k < count; ++k) {
+      const Entry& entry = slots_[top_[k].slot];
+      visit(*entry.load, now - entry.born);
+    }
   }
   const GossipOptions& options() const { return options_; }
   // How long after its sample time (the last SetLocal or RefreshLocal of its origin) this Gossip
@@ -255,11 +270,9 @@ class alignas(64) Gossip {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   }
-  void PrefetchLoads() const {
+  void PrefetchLoads(const char* (*end)(const LoadVector&) = DecisionEnd) const {
     const std::size_t n = std::min(top_.size(), options_.window);
-    for (std::size_t k = 0; k < n; ++k) {
-      PrefetchLoad(slots_[top_[k].slot].load.get(), DecisionEnd);
-    }
+    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), end);
   }
 
  private:
