@@ -83,10 +83,11 @@ struct Finished {
   double at = 0;
 };
 
-// What the second pass of a step does for one chunk of the nodes (its ticks, job steps and
-// decision samples) uses and produces; buffers kept for their capacity, so that a step seldom
-// allocates. Whichever thread claims the chunk fills it.
+// What one worker's gossip ticks and job steps use and produce; buffers kept for their capacity, so
+// that a step allocates nothing (and no thread frees what another allocated).
 struct Part {
+  explicit Part(Millis retain) : pool(retain) {}
+  LoadPool pool;
   std::vector<std::uint32_t> due;  // the nodes that tick this step
   std::vector<balancer::SharedGossipSend> sends;
   std::vector<Message> messages;
@@ -158,7 +159,7 @@ class Sim {
       balancer::GossipOptions g;
       g.max_age = options.gossip_max_age;
       const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
-      for (unsigned part = 0; part < workers_.size(); ++part) pools_.emplace_back(retain);
+      for (unsigned part = 0; part < workers_.size(); ++part) parts_.emplace_back(retain);
     }
     samples_.resize(1);  // an empty sample for the policies that use none
     const auto& specs = workload_.nodes();
@@ -356,7 +357,7 @@ class Sim {
       return std::span<SharedGossipEntry>(parts_[message.part].entries)
           .subspan(message.begin, message.count);
     };
-    workers_.RunChunks(chunks, first, [&](unsigned, std::size_t c) {
+    workers_.RunChunks(chunks, first, [&](std::size_t c) {
       const std::uint32_t* order = message_order_.data() + message_begin_[c];
       const std::size_t n = message_begin_[c + 1] - message_begin_[c];
       auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
@@ -436,42 +437,35 @@ class Sim {
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
   }
 
-  // The second pass of a step, by chunks of consecutive nodes the workers claim as they come
-  // free (DeliverAndSample: 16 per worker), each with its own outputs (Part): the jobs run, the
+  // The second pass of a step, on the workers by parts of consecutive nodes: the jobs run, the
   // nodes whose gossip interval is due tick, and the gossip samples of the decisions due are
   // taken. Then, in node order, so that the run is the same for any number of workers: the jobs
   // that finished are counted (floating-point sums), the windows join the outbox, the nodes
   // that balance are listed.
   void StepNodes(double t, double step, Millis now) {
-    const std::size_t chunks = Chunks();
-    if (parts_.size() < chunks) parts_.resize(chunks);
+    const std::size_t parts = workers_.size();
     // Every node's Balancer has the same interval: not read from each (a cache miss).
     const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
-    workers_.RunChunks(
-        chunks, [] {},
-        [&](unsigned worker, std::size_t chunk) {
-          const std::size_t begin = nodes_.size() * chunk / chunks;
-          const std::size_t end = nodes_.size() * (chunk + 1) / chunks;
-          Part& mine = parts_[chunk];
-          Progress(begin, end, t, step, mine.finished);
-          if (UsesGossip()) {
-            GossipTicks(begin, end, t, now, static_cast<std::uint32_t>(chunk), mine,
-                        pools_[worker]);
-          }
-          auto& due = mine.balance_due;
-          due.clear();
-          for (std::size_t i = begin; i < end; ++i) {
-            Node& node = nodes_[i];
-            if (node.next_balance <= t) {
-              if (Migrates() && !node.jobs.empty()) due.push_back(static_cast<std::uint32_t>(i));
-              node.next_balance += balance_s;
-            }
-          }
-          if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
-          TakeSamples(
-              due.size(), [&](std::size_t k) { return due[k]; },
-              [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
-        });
+    workers_.Run([&](unsigned part) {
+      const std::size_t begin = nodes_.size() * part / parts;
+      const std::size_t end = nodes_.size() * (part + 1) / parts;
+      Part& mine = parts_[part];
+      Progress(begin, end, t, step, mine.finished);
+      if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine);
+      auto& due = mine.balance_due;
+      due.clear();
+      for (std::size_t i = begin; i < end; ++i) {
+        Node& node = nodes_[i];
+        if (node.next_balance <= t) {
+          if (Migrates() && !node.jobs.empty()) due.push_back(static_cast<std::uint32_t>(i));
+          node.next_balance += balance_s;
+        }
+      }
+      if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
+      TakeSamples(
+          due.size(), [&](std::size_t k) { return due[k]; },
+          [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
+    });
     for (auto& part : parts_) {
       for (const auto& [index, finish] : part.finished) {
         const Job& job = jobs_[index];
@@ -532,10 +526,9 @@ class Sim {
     }
   }
 
-  // The nodes of [begin, end) whose gossip interval is due tick; their windows go to `mine`, the
-  // vectors they publish come from `pool` (the calling worker's).
-  void GossipTicks(std::size_t begin, std::size_t end, double t, Millis now, std::uint32_t part,
-                   Part& mine, LoadPool& pool) {
+  // The nodes of [begin, end) whose gossip interval is due tick; their windows go to `mine`.
+  void GossipTicks(std::size_t begin, std::size_t end, double t, Millis now, unsigned part,
+                   Part& mine) {
     const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
     auto& due = mine.due;
     due.clear();
@@ -555,18 +548,18 @@ class Sim {
       if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
       Node& node = nodes_[due[k]];
-      GossipTick(node, now, part, mine, pool);
+      GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
       node.next_gossip += interval;
     }
   }
 
-  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part, LoadPool& pool) {
+  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
       node.gossip->RefreshLocal(now);
     } else {
-      Publish(node, now, pool);
+      Publish(node, now, part.pool);
     }
     Send(node, now, index, part);
   }
@@ -738,8 +731,7 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
-  std::deque<LoadPool> pools_;  // one per worker: the vectors the nodes it ticks publish
-  std::deque<Part> parts_;      // one per chunk of the second pass
+  std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
   std::vector<const std::vector<NodeState>*> balance_samples_;  // their samples
   std::vector<NodeState> view_buffer_;

@@ -3,10 +3,9 @@
 // gossip samples of placements and decisions). Run(job) calls job(part)
 // for every part in [0, size()) — part 0 on the calling thread — and returns when all are done.
 //
-// RunChunks(chunks, first, job) runs first() on the calling thread, then job(part, chunk) once
-// for every chunk in [0, chunks), each on whichever thread (part) claims it first (the calling
-// thread joins once first() returns): work the calling thread does alone overlaps with the
-// chunks, and a thread that other work delays holds up no fixed share.
+// RunChunks(chunks, first, job) runs first() on the calling thread, then job(chunk) once for
+// every chunk in [0, chunks), each on whichever thread claims it first (the calling thread joins
+// once first() returns): work the calling thread does alone overlaps with the chunks.
 //
 // Contract: a job must not call Run. With size() 1 no thread is started and Run is a plain call.
 //
@@ -68,7 +67,7 @@ class Workers {
       if (part == 0) first();
       for (auto chunk = next.fetch_add(1, std::memory_order_relaxed); chunk < chunks;
            chunk = next.fetch_add(1, std::memory_order_relaxed)) {
-        job(part, chunk);
+        job(chunk);
       }
     });
   }
