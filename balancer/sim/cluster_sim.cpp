@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <random>
@@ -92,10 +93,56 @@ struct Part {
   std::vector<Message> messages;
   std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
-  std::vector<Finished> finished;  // this step's, in node order
+  std::vector<Finished> finished;                         // this step's, in node order
+  std::vector<std::uint32_t> balance_due;                 // its nodes that balance this step
+  std::vector<std::vector<balancer::NodeState>> samples;  // theirs, in the same order
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
+
+// Hints for a node's generator, cold in cache at its tick (its 2.5 KB state and the position in
+// it, a line apart): libstdc++'s layout, 312 words then the position; where that differs, only
+// the hints are wrong (the position is read only to choose an address to load).
+constexpr std::size_t kMtWords = 312;
+void PrefetchPosition(const std::mt19937_64& rng) {
+  __builtin_prefetch(reinterpret_cast<const char*>(&rng) + kMtWords * sizeof(std::uint64_t));
+}
+void PrefetchNextWord(const std::mt19937_64& rng) {
+  if constexpr (sizeof(std::mt19937_64) == (kMtWords + 1) * sizeof(std::uint64_t)) {
+    std::size_t position = 0;
+    std::memcpy(&position, reinterpret_cast<const char*>(&rng) + kMtWords * sizeof(std::uint64_t),
+                sizeof position);
+    if (position < kMtWords) {
+      __builtin_prefetch(reinterpret_cast<const char*>(&rng) + position * sizeof(std::uint64_t));
+    }
+  }
+}
+
+// NodeStateFromLoad() for the vectors tern-sim publishes, which list no jobs and carry no name
+// (Publish): the same state from their first cache line only (the fallbacks that read the
+// job list give 0 here, and the name is empty). A sample reads 16 vectors, each cold in cache.
+NodeState SimNodeState(const LoadVector& load, Millis age) {
+  NodeState state;
+  state.id = load.node_id;
+  state.age = age;
+  state.draining = load.draining;
+  state.speed = load.speed > 0 ? load.speed : 1.0;
+  state.capacity = load.capacity > 0 ? load.capacity : std::max(1, load.cpus) * state.speed;
+  state.demand = load.demand > 0 ? load.demand : 0.0;
+  state.mem_limit_bytes = load.mem_limit_bytes > 0 ? load.mem_limit_bytes : load.mem_total_bytes;
+  state.mem_used_bytes = load.mem_used_bytes > 0 ? load.mem_used_bytes : 0;
+  return state;
+}
+// What SimNodeState() reads of a vector (a hint's end, as DecisionEnd).
+const char* FirstLine(const LoadVector& load) { return reinterpret_cast<const char*>(&load) + 64; }
+// Whether SimNodeState() gives NodeStateFromLoad()'s state for `load`.
+bool SimMapsLikeTheAgent(const LoadVector& load) {
+  const auto* first = reinterpret_cast<const char*>(&load);
+  const auto* draining = reinterpret_cast<const char*>(&load.draining);
+  return load.jobs.empty() && load.node_name.empty() &&
+         draining + sizeof load.draining <= first + 64 &&
+         reinterpret_cast<const char*>(&load.cpus) + sizeof load.cpus <= first + 64;
+}
 
 class Sim {
  public:
@@ -130,6 +177,7 @@ class Sim {
         g.max_age = options.gossip_max_age;
         g.view_max = options.view_max;
         node.gossip = std::make_unique<Gossip>(g);
+        gossips_.push_back(node.gossip.get());
       }
       balancer::BalancerOptions b = options.balancer;
       b.reasons = false;                                             // nobody reads them here
@@ -149,16 +197,22 @@ class Sim {
     const double end = options_.hours * 3600;
     const double step = options_.step_s;
     std::vector<JobSpec> arrivals;
+    // A step in two passes over the nodes on the workers, each touching a node's gossip once:
+    // (1) the windows sent last step arrive and the placements' gossip samples are taken, while
+    // the calling thread first runs the last step's decisions (they read their samples, taken
+    // before, and change jobs, never gossip); (2) the jobs run, the due nodes tick and the due
+    // decisions' samples are taken. Placements and decisions run in order on the calling thread.
+    bool balance_pending = false;
+    double last_t = 0;
     for (double t = 0; t < end; t += step) {
       const Millis now = ToMillis(t);
-      Deliver(now);
       arrivals.clear();
-      workload_.Arrivals(t, t + step, arrivals);
+      workload_.Arrivals(t, t + step, arrivals);  // its own generator: independent of the state
+      DeliverAndSample(now, arrivals, [&] {
+        if (balance_pending) BalanceDue(last_t);
+        balance_pending = false;
+      });
       if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
-        // The placements' gossip samples, on the workers (nothing changes the views meanwhile).
-        sample_nodes_.clear();
-        for (const auto& spec : arrivals) sample_nodes_.push_back(spec.origin);
-        Samples(now);
         for (std::size_t k = 0; k < arrivals.size(); ++k) {
           // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
           const std::size_t n = arrivals.size();
@@ -171,50 +225,15 @@ class Sim {
         for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
       }
       Land(t + step);
-      Progress(t, step);
-      if (UsesGossip()) GossipTicks(t, now);
-      balance_due_.clear();
-      // Every node's Balancer has the same interval: not read from each (a cache miss).
-      const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
-      for (std::uint32_t i = 0; i < nodes_.size(); ++i) {
-        Node& node = nodes_[i];
-        if (node.next_balance <= t) {
-          if (Migrates() && !node.jobs.empty()) balance_due_.push_back(i);
-          node.next_balance += balance_s;
-        }
-      }
-      // The decisions' gossip samples, on the workers (nothing changes the views meanwhile).
-      sample_nodes_ = balance_due_;
-      Samples(now);
-      for (std::size_t k = 0; k < balance_due_.size(); ++k) {
-        // Hints, in stages some nodes ahead: the Node, then its Balancer and job list, then the
-        // plans and the jobs.
-        const std::size_t n = balance_due_.size();
-        if (k + kAhead < n) {
-          const auto* node = reinterpret_cast<const char*>(&nodes_[balance_due_[k + kAhead]]);
-          for (std::size_t byte = 0; byte < sizeof(Node); byte += 64)
-            __builtin_prefetch(node + byte);
-        }
-        if (k + kAhead / 2 < n) {
-          const Node& node = nodes_[balance_due_[k + kAhead / 2]];
-          node.balancer->Prefetch();
-          __builtin_prefetch(node.jobs.data());
-        }
-        if (k + kAhead / 4 < n) {
-          const Node& node = nodes_[balance_due_[k + kAhead / 4]];
-          node.balancer->PrefetchPlans();
-          for (const auto job : node.jobs) {
-            __builtin_prefetch(&jobs_[job]);
-            __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
-          }
-        }
-        Balance(balance_due_[k], t, samples_[k]);
-      }
+      StepNodes(t, step, now);
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
         next_view_sample_ += 60;
       }
+      balance_pending = true;
+      last_t = t;
     }
+    if (balance_pending) BalanceDue(last_t);
     SimResult result;
     result.policy = policy_;
     result.nodes = nodes_.size();
@@ -274,34 +293,97 @@ class Sim {
     return view;
   }
 
-  // samples_[k]: the freshest part of the gossip view of node sample_nodes_[k], taken by the
-  // worker whose part of the nodes it is in (a Gossip is used by one thread at a time).
-  void Samples(Millis now) {
-    const std::size_t n = sample_nodes_.size();
-    if (samples_.size() < std::max<std::size_t>(n, 1)) samples_.resize(std::max<std::size_t>(n, 1));
-    const std::size_t parts = workers_.size();
-    workers_.Run([&](unsigned part) {
-      const std::size_t begin = nodes_.size() * part / parts;
-      const std::size_t end = nodes_.size() * (part + 1) / parts;
-      auto mine = [&](std::size_t k) {
-        return k < n && sample_nodes_[k] >= begin && sample_nodes_[k] < end;
-      };
-      // Hints, in stages some nodes ahead (Gossip::Prefetch): their misses overlap.
-      auto gossip = [&](std::size_t k) { return nodes_[sample_nodes_[k]].gossip.get(); };
+  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k), with
+  // hints in stages some nodes ahead (Gossip::Prefetch*), so that their misses overlap. Called by
+  // the worker whose part of the nodes they are in (a Gossip is used by one thread at a time).
+  template <typename NodeAt, typename SampleAt>
+  void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
+    auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
+    for (std::size_t k = 0; k < n; ++k) {
+      if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+      if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+      if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
+      std::vector<NodeState>& sample = sample_at(k);
+      sample.clear();
+      gossip(k)->VisitFreshest(
+          now, options_.sample,
+          [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
+          FirstLine);
+    }
+  }
+
+  // Chunks of consecutive nodes the first pass of a step deals out to the workers as they come
+  // free (one per worker would leave a worker idle while the calling thread runs decisions).
+  std::size_t Chunks() const {
+    return workers_.size() == 1 ? 1 : std::min<std::size_t>(16 * workers_.size(), nodes_.size());
+  }
+  std::size_t ChunkOf(std::uint32_t node, std::size_t chunks) const {
+    return static_cast<std::size_t>(static_cast<std::uint64_t>(node) * chunks / nodes_.size());
+  }
+  // order: the k < n by chunk of node_at(k), in their order within a chunk; chunk c's are
+  // order[begin[c], begin[c + 1]).
+  template <typename NodeAt>
+  void Bucket(std::size_t chunks, std::size_t n, NodeAt node_at, std::vector<std::uint32_t>& order,
+              std::vector<std::uint32_t>& begin) const {
+    begin.assign(chunks + 1, 0);
+    for (std::size_t k = 0; k < n; ++k) ++begin[ChunkOf(node_at(k), chunks) + 1];
+    for (std::size_t c = 0; c < chunks; ++c) begin[c + 1] += begin[c];
+    order.resize(n);
+    fill_ = begin;
+    for (std::size_t k = 0; k < n; ++k) {
+      order[fill_[ChunkOf(node_at(k), chunks)]++] = static_cast<std::uint32_t>(k);
+    }
+  }
+
+  // The first pass of a step: the windows sent during the last step arrive (one step of delay;
+  // a node's in the order they were sent), then the gossip samples of the placements of
+  // `arrivals` are taken, by chunks of the nodes on the workers; first() runs on the calling
+  // thread before it joins them (it must not touch gossip).
+  template <typename First>
+  void DeliverAndSample(Millis now, const std::vector<JobSpec>& arrivals, First&& first) {
+    inbox_.swap(outbox_);
+    const bool place = policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern;
+    const std::size_t placements = place ? arrivals.size() : 0;
+    if (samples_.size() < placements) samples_.resize(placements);
+    const std::size_t chunks = Chunks();
+    Bucket(
+        chunks, inbox_.size(), [&](std::size_t k) { return inbox_[k].to; }, message_order_,
+        message_begin_);
+    Bucket(
+        chunks, placements, [&](std::size_t k) { return arrivals[k].origin; }, arrival_order_,
+        arrival_begin_);
+    auto entries = [&](const Message& message) {
+      return std::span<SharedGossipEntry>(parts_[message.part].entries)
+          .subspan(message.begin, message.count);
+    };
+    workers_.RunChunks(chunks, first, [&](std::size_t c) {
+      const std::uint32_t* order = message_order_.data() + message_begin_[c];
+      const std::size_t n = message_begin_[c + 1] - message_begin_[c];
+      auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
       for (std::size_t k = 0; k < n; ++k) {
-        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[sample_nodes_[k + 2 * kAhead]].gossip);
-        if (mine(k + kAhead)) gossip(k + kAhead)->Prefetch();
-        if (mine(k + 3 * kAhead / 4)) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-        if (mine(k + kAhead / 2)) gossip(k + kAhead / 2)->PrefetchTickSlots();
-        if (mine(k + kAhead / 4)) gossip(k + kAhead / 4)->PrefetchLoads();
-        if (!mine(k)) continue;
-        auto& sample = samples_[k];
-        sample.clear();
-        gossip(k)->VisitFreshest(now, options_.sample, [&](const LoadVector& load, Millis age) {
-          sample.push_back(NodeStateFromLoad(load, age));
-        });
+        // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
+        // of the window; each receiver is cold in cache, and their misses overlap.
+        if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
+        if (k + kAhead / 2 < n) {
+          const auto& next = message(k + kAhead / 2);
+          gossips_[next.to]->PrefetchWindow(entries(next), next.from);
+        }
+        if (k + kAhead / 4 < n) {
+          const auto& next = message(k + kAhead / 4);
+          gossips_[next.to]->PrefetchSlots(entries(next));
+        }
+        auto& m = message(k);
+        gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
       }
+      const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
+      TakeSamples(
+          arrival_begin_[c + 1] - arrival_begin_[c],
+          [&](std::size_t k) { return arrivals[placed[k]].origin; },
+          [&](std::size_t k) -> std::vector<NodeState>& { return samples_[placed[k]]; }, now);
     });
+    inbox_.clear();
+    for (auto& part : parts_) part.entries.clear();
   }
 
   void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
@@ -355,47 +437,36 @@ class Sim {
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
   }
 
-  // The jobs run for a step, each node's on the worker whose part of the nodes it is in; the
-  // jobs that finish are counted afterwards in node order, so that the sums (floating point) are
-  // the same for any number of workers.
-  void Progress(double t, double step) {
+  // The second pass of a step, on the workers by parts of consecutive nodes: the jobs run, the
+  // nodes whose gossip interval is due tick, and the gossip samples of the decisions due are
+  // taken. Then, in node order, so that the run is the same for any number of workers: the jobs
+  // that finished are counted (floating-point sums), the windows join the outbox, the nodes
+  // that balance are listed.
+  void StepNodes(double t, double step, Millis now) {
     const std::size_t parts = workers_.size();
+    // Every node's Balancer has the same interval: not read from each (a cache miss).
+    const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
     workers_.Run([&](unsigned part) {
-      auto& finished = parts_[part].finished;
-      finished.clear();
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
+      Part& mine = parts_[part];
+      Progress(begin, end, t, step, mine.finished);
+      if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine);
+      auto& due = mine.balance_due;
+      due.clear();
       for (std::size_t i = begin; i < end; ++i) {
-        // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
-        if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
-        if (i + kAhead / 2 < end) {
-          for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
-        }
         Node& node = nodes_[i];
-        if (node.jobs.empty()) continue;
-        const double rate = node.spec.speed *
-                            std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
-        for (std::size_t k = 0; k < node.jobs.size();) {
-          Job& job = jobs_[node.jobs[k]];
-          // A job that became runnable during the step runs for the rest of it only.
-          const double ran = std::min(step, t + step - job.ready);
-          if (ran <= 0) {
-            ++k;
-            continue;
-          }
-          job.remaining -= rate * ran;
-          if (job.remaining > 0) {
-            ++k;
-            continue;
-          }
-          finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
-          node.mem_used -= job.spec.rss_bytes;
-          node.jobs[k] = node.jobs.back();
-          node.jobs.pop_back();
+        if (node.next_balance <= t) {
+          if (Migrates() && !node.jobs.empty()) due.push_back(static_cast<std::uint32_t>(i));
+          node.next_balance += balance_s;
         }
       }
+      if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
+      TakeSamples(
+          due.size(), [&](std::size_t k) { return due[k]; },
+          [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
     });
-    for (const auto& part : parts_) {
+    for (auto& part : parts_) {
       for (const auto& [index, finish] : part.finished) {
         const Job& job = jobs_[index];
         const double response = finish - job.spec.arrival_s;
@@ -413,42 +484,72 @@ class Sim {
         }
         free_.push_back(index);
       }
-    }
-  }
-
-  // The nodes whose gossip interval is due tick, in parts of consecutive nodes on the workers;
-  // their windows join the outbox in node order, so the run is the same for any number of them.
-  void GossipTicks(double t, Millis now) {
-    const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
-    const std::size_t parts = workers_.size();
-    workers_.Run([&](unsigned part) {
-      const std::size_t begin = nodes_.size() * part / parts;
-      const std::size_t end = nodes_.size() * (part + 1) / parts;
-      Part& mine = parts_[part];
-      auto& due = mine.due;
-      due.clear();
-      for (std::size_t i = begin; i < end; ++i) {
-        if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
-      }
-      // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
-      auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
-      for (std::size_t k = 0; k < due.size(); ++k) {
-        if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
-        if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
-        if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
-        // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
-        // them.)
-        if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
-        Node& node = nodes_[due[k]];
-        GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
-        node.next_gossip += interval;
-      }
-    });
-    for (auto& part : parts_) {
       gossip_bytes_ += part.bytes;
       part.bytes = 0;
       outbox_.insert(outbox_.end(), part.messages.begin(), part.messages.end());
       part.messages.clear();
+    }
+  }
+
+  // The jobs of nodes [begin, end) run for a step; those that finish go to `finished`.
+  void Progress(std::size_t begin, std::size_t end, double t, double step,
+                std::vector<Finished>& finished) {
+    finished.clear();
+    for (std::size_t i = begin; i < end; ++i) {
+      // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
+      if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
+      if (i + kAhead / 2 < end) {
+        for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
+      }
+      Node& node = nodes_[i];
+      if (node.jobs.empty()) continue;
+      const double rate =
+          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+      for (std::size_t k = 0; k < node.jobs.size();) {
+        Job& job = jobs_[node.jobs[k]];
+        // A job that became runnable during the step runs for the rest of it only.
+        const double ran = std::min(step, t + step - job.ready);
+        if (ran <= 0) {
+          ++k;
+          continue;
+        }
+        job.remaining -= rate * ran;
+        if (job.remaining > 0) {
+          ++k;
+          continue;
+        }
+        finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
+        node.mem_used -= job.spec.rss_bytes;
+        node.jobs[k] = node.jobs.back();
+        node.jobs.pop_back();
+      }
+    }
+  }
+
+  // The nodes of [begin, end) whose gossip interval is due tick; their windows go to `mine`.
+  void GossipTicks(std::size_t begin, std::size_t end, double t, Millis now, unsigned part,
+                   Part& mine) {
+    const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
+    auto& due = mine.due;
+    due.clear();
+    for (std::size_t i = begin; i < end; ++i) {
+      if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
+    }
+    // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
+    auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
+    for (std::size_t k = 0; k < due.size(); ++k) {
+      if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
+      if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
+      if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
+      // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
+      // them.)
+      if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+      // The generator, which draws the peer and the loss: its position, then its next word.
+      if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
+      if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
+      Node& node = nodes_[due[k]];
+      GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
+      node.next_gossip += interval;
     }
   }
 
@@ -481,6 +582,10 @@ class Sim {
     self.mem_total_bytes = node.spec.mem_limit_bytes;
     self.mem_free_bytes =
         node.spec.mem_limit_bytes - std::min(node.mem_used, node.spec.mem_limit_bytes);
+    if (!SimMapsLikeTheAgent(self)) {  // the samples' mapping (SimNodeState) relies on it
+      std::fprintf(stderr, "tern-sim: a published vector lists jobs or a name\n");
+      std::abort();
+    }
     node.gossip->SetLocalShared(LoadPool::Unowned(vector.get()), now);
     pool.Retire(std::move(node.published), now);
     node.published = std::move(vector);
@@ -500,41 +605,39 @@ class Sim {
     }
   }
 
-  // Messages sent during the last step arrive now: one step of delay. A node's messages are
-  // merged in the order they were sent, by the worker whose part of the nodes it is in.
-  void Deliver(Millis now) {
-    inbox_.swap(outbox_);
-    const std::size_t parts = workers_.size();
-    auto entries = [&](const Message& message) {
-      return std::span<SharedGossipEntry>(parts_[message.part].entries)
-          .subspan(message.begin, message.count);
-    };
-    workers_.Run([&](unsigned part) {
-      const std::size_t begin = nodes_.size() * part / parts;
-      const std::size_t end = nodes_.size() * (part + 1) / parts;
-      auto mine = [&](std::size_t k) {
-        return k < inbox_.size() && inbox_[k].to >= begin && inbox_[k].to < end;
-      };
-      for (std::size_t k = 0; k < inbox_.size(); ++k) {
-        // Hints, in stages some messages ahead: the receiver's Node, its Gossip, then the index
-        // cells of the window; each receiver is cold in cache, and their misses overlap.
-        if (mine(k + 2 * kAhead)) __builtin_prefetch(&nodes_[inbox_[k + 2 * kAhead].to].gossip);
-        if (mine(k + kAhead)) nodes_[inbox_[k + kAhead].to].gossip->Prefetch();
-        if (mine(k + kAhead / 2)) {
-          const auto& next = inbox_[k + kAhead / 2];
-          nodes_[next.to].gossip->PrefetchWindow(entries(next), next.from);
-        }
-        if (mine(k + kAhead / 4)) {
-          const auto& next = inbox_[k + kAhead / 4];
-          nodes_[next.to].gossip->PrefetchSlots(entries(next));
-        }
-        if (!mine(k)) continue;
-        auto& message = inbox_[k];
-        nodes_[message.to].gossip->OnReceiveShared(message.from, entries(message), now);
+  // The decisions of the nodes StepNodes() listed, in node order, with the samples it took.
+  void BalanceDue(double t) {
+    balance_due_.clear();
+    balance_samples_.clear();
+    for (const auto& part : parts_) {
+      for (std::size_t k = 0; k < part.balance_due.size(); ++k) {
+        balance_due_.push_back(part.balance_due[k]);
+        balance_samples_.push_back(&part.samples[k]);
       }
-    });
-    inbox_.clear();
-    for (auto& part : parts_) part.entries.clear();
+    }
+    for (std::size_t k = 0; k < balance_due_.size(); ++k) {
+      // Hints, in stages some nodes ahead: the Node, then its Balancer and job list, then the
+      // plans and the jobs.
+      const std::size_t n = balance_due_.size();
+      if (k + kAhead < n) {
+        const auto* node = reinterpret_cast<const char*>(&nodes_[balance_due_[k + kAhead]]);
+        for (std::size_t byte = 0; byte < sizeof(Node); byte += 64) __builtin_prefetch(node + byte);
+      }
+      if (k + kAhead / 2 < n) {
+        const Node& node = nodes_[balance_due_[k + kAhead / 2]];
+        node.balancer->Prefetch();
+        __builtin_prefetch(node.jobs.data());
+      }
+      if (k + kAhead / 4 < n) {
+        const Node& node = nodes_[balance_due_[k + kAhead / 4]];
+        node.balancer->PrefetchPlans();
+        for (const auto job : node.jobs) {
+          __builtin_prefetch(&jobs_[job]);
+          __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
+        }
+      }
+      Balance(balance_due_[k], t, *balance_samples_[k]);
+    }
   }
 
   void Balance(std::uint32_t i, double t, const std::vector<NodeState>& sample) {
@@ -621,16 +724,21 @@ class Sim {
   std::mt19937_64 rng_;
   std::vector<Node> nodes_;
   std::vector<std::uint64_t> ids_;
+  // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
+  std::vector<Gossip*> gossips_;
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
   std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
-  std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step
+  std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
+  std::vector<const std::vector<NodeState>*> balance_samples_;  // their samples
   std::vector<NodeState> view_buffer_;
-  std::vector<std::uint32_t> sample_nodes_;      // whose samples Samples() takes
-  std::vector<std::vector<NodeState>> samples_;  // theirs, in the same order
+  std::vector<std::vector<NodeState>> samples_;  // the placements' samples, by arrival
+  // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
+  std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
+  mutable std::vector<std::uint32_t> fill_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
   double work_done_ = 0;

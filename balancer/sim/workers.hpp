@@ -3,12 +3,18 @@
 // gossip samples of placements and decisions). Run(job) calls job(part)
 // for every part in [0, size()) — part 0 on the calling thread — and returns when all are done.
 //
+// RunChunks(chunks, first, job) runs first() on the calling thread, then job(chunk) once for
+// every chunk in [0, chunks), each on whichever thread claims it first (the calling thread joins
+// once first() returns): work the calling thread does alone overlaps with the chunks.
+//
 // Contract: a job must not call Run. With size() 1 no thread is started and Run is a plain call.
 //
 // Thread-safety: Run is called from one thread at a time (the simulation's).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -52,6 +58,18 @@ class Workers {
     std::unique_lock lock(mutex_);
     done_.wait(lock, [&] { return pending_ == 0; });
     job_ = nullptr;
+  }
+
+  template <typename First, typename Job>
+  void RunChunks(std::size_t chunks, First&& first, Job&& job) {
+    std::atomic<std::size_t> next{0};
+    Run([&](unsigned part) {
+      if (part == 0) first();
+      for (auto chunk = next.fetch_add(1, std::memory_order_relaxed); chunk < chunks;
+           chunk = next.fetch_add(1, std::memory_order_relaxed)) {
+        job(chunk);
+      }
+    });
   }
 
  private:

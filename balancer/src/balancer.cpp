@@ -108,10 +108,19 @@ void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
                               [&](const NodeState& node) { return node.id == plan.node; });
     return found != view.end() && now - found->age > plan.at;
   });
-  std::erase_if(arrived_,
-                [&](const auto& item) { return now - item.second >= options_.stay_after_move; });
-  std::erase_if(
-      failed_, [&](const auto& item) { return now - item.second >= options_.retry_after_failure; });
+  // The maps are walked only when their oldest entry may have expired (tern-sim: each walk is a
+  // cache miss per entry, at every placement and decision of thousands of balancers).
+  auto expire = [&](std::map<std::string, Millis>& times, Millis& oldest, Millis keep) {
+    if (times.empty() || now - oldest < keep) return;
+    oldest = Millis::max();
+    std::erase_if(times, [&](const auto& item) {
+      if (now - item.second >= keep) return true;
+      oldest = std::min(oldest, item.second);
+      return false;
+    });
+  };
+  expire(arrived_, arrived_oldest_, options_.stay_after_move);
+  expire(failed_, failed_oldest_, options_.retry_after_failure);
 }
 
 std::vector<Balancer::PlannedLoad> Balancer::PlannedLoads(const std::vector<NodeState>& view,
@@ -441,6 +450,7 @@ void Balancer::OnMigrationEnded(const std::string& job, bool moved, Millis now) 
     const auto first = planned_.begin() + (plans.data() - planned_.data());
     planned_.erase(first, first + static_cast<std::ptrdiff_t>(plans.size()));
     failed_[job] = now;
+    failed_oldest_ = std::min(failed_oldest_, now);
     return;
   }
   // Counted at the destination until information sampled after the move arrives.
@@ -449,8 +459,12 @@ void Balancer::OnMigrationEnded(const std::string& job, bool moved, Millis now) 
     plan.at = now;
   }
   arrived_[job] = now;
+  arrived_oldest_ = std::min(arrived_oldest_, now);
 }
 
-void Balancer::OnJobArrived(const std::string& job, Millis now) { arrived_[job] = now; }
+void Balancer::OnJobArrived(const std::string& job, Millis now) {
+  arrived_[job] = now;
+  arrived_oldest_ = std::min(arrived_oldest_, now);
+}
 
 }  // namespace tern::balancer

@@ -19,7 +19,16 @@ void PrefetchShared(const SharedLoad& load) {
 
 Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
   if (options_.window == 0) options_.window = 1;
-  if (options_.view_max != 0) options_.view_max = std::max(options_.view_max, options_.window);
+  if (options_.view_max != 0) {
+    options_.view_max = std::max(options_.view_max, options_.window);
+    // A bounded view's lists at their full size now, one after the other in the heap: what a
+    // merge reads is then one block after this object instead of wherever each list last grew
+    // (tern-sim: thousands of agents, each cold in cache at its turn).
+    top_.reserve(TopCapacity() + 1);
+    slot_tags_.reserve(options_.view_max);
+    slots_.reserve(options_.view_max);
+    holes_.reserve(options_.view_max);
+  }
 }
 
 Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
@@ -73,7 +82,7 @@ void Gossip::Rebuild() const {
   top_.clear();
   for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
     const Entry& entry = slots_[slot];
-    if (entry.id != 0 && !entry.dead) top_.push_back(Top{entry.key(), slot});
+    if (entry.id != 0 && !entry.dead) top_.push_back(MakeTop(slot));
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
@@ -86,7 +95,7 @@ void Gossip::Touch(std::uint32_t slot, bool known) {
   const Entry& entry = slots_[slot];
   if (known) Untop(slot);
   if (entry.dead) return;
-  const Top top{entry.key(), slot};
+  const Top top = MakeTop(slot);
   if (!top_all_ && top_.empty()) {
     Rebuild();
     return;
@@ -157,7 +166,7 @@ bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
     // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
     // stalest is its last, with no scan. The same victim as the scan below.
     const Top& last = top_.back();
-    if (Key{entry.key(), id} < KeyOf(last)) return false;
+    if (Older(entry.key(), id, last)) return false;
     Remove(last.slot);
     return true;
   }
@@ -226,7 +235,7 @@ void Gossip::Remove(std::uint32_t slot) {
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && Key{slots_[slot].key(), id} >= KeyOf(top_.back())) Untop(slot);
+  if (!top_.empty() && !Older(slots_[slot].key(), id, top_.back())) Untop(slot);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
   if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
@@ -485,7 +494,7 @@ void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates
       if (window.size() >= options_.window) break;
       if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
-    for (const auto& [time, slot] : top_) {
+    for (const auto& [time, slot, rank] : top_) {
       if (window.size() >= options_.window || now - time > options_.max_age) break;
       if (slots_[slot].id == to) continue;  // the receiver knows its own load
       window.push_back(ToWire(slots_[slot], now));
@@ -556,7 +565,7 @@ std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_
       return out;
     }
   }
-  for (const auto& [time, slot] : top_) {
+  for (const auto& [time, slot, rank] : top_) {
     if (out.size() >= n || now - time > options_.max_age) break;
     out.push_back(&slots_[slot]);
   }

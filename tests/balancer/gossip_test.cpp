@@ -300,6 +300,27 @@ TEST(GossipViewMaxTest, AFullViewEvictsTheStalestAndDropsWhatIsStalerStill) {
   EXPECT_EQ(small.options().view_max, 4u);
 }
 
+// Entries of the same time are ordered by node id, whatever its size: the freshness order
+// compares ids below 2^32 from the freshest list and larger ones from the entries.
+TEST(GossipViewMaxTest, TiesAreOrderedByNodeIdAcrossThe32BitBoundary) {
+  const std::uint64_t big = 1ull << 32;
+  const std::vector<std::uint64_t> ids{7, big + 5, 0xfffffffe, big - 1, big + 3, 9, big};
+  Gossip gossip(Bounded(1, 2, 4));
+  const Millis now(10000);
+  gossip.SetLocal(Vector(1, 1), now);
+  for (auto id : ids) gossip.OnReceive(id, {{Vector(id, 1), Millis(2000)}}, now);
+  // The four highest ids are kept, freshest (highest id) first.
+  std::vector<std::uint64_t> freshest;
+  for (const auto& entry : gossip.Freshest(now, 4)) freshest.push_back(entry.load.node_id);
+  EXPECT_EQ(freshest, (std::vector<std::uint64_t>{big + 5, big + 3, big, big - 1}));
+  // A tie with the stalest held (big - 1) and a lower id: dropped; a higher one evicts it.
+  gossip.OnReceive(0xfffffffe, {{Vector(0xfffffffe, 2), Millis(2000)}}, now);
+  gossip.OnReceive(big + 4, {{Vector(big + 4, 1), Millis(2000)}}, now);
+  freshest.clear();
+  for (const auto& entry : gossip.Freshest(now, 4)) freshest.push_back(entry.load.node_id);
+  EXPECT_EQ(freshest, (std::vector<std::uint64_t>{big + 5, big + 4, big + 3, big}));
+}
+
 TEST(GossipViewMaxTest, DeathNewsIsNotEvictedWhileItSpreads) {
   auto options = Bounded(1, 2, 2);
   options.dead_news_for = Millis(10000);

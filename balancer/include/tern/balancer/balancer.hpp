@@ -181,6 +181,10 @@ class Balancer {
   std::span<Planned> PlansOf(const std::string& job);
   std::map<std::string, Millis> arrived_;  // job -> when it arrived here (or moved)
   std::map<std::string, Millis> failed_;   // job -> when its last move failed
+  // At or before the oldest time in arrived_ / failed_ (max when empty): Prune walks a map only
+  // when an entry may have expired.
+  Millis arrived_oldest_ = Millis::max();
+  Millis failed_oldest_ = Millis::max();
 };
 
 }  // namespace tern::balancer

@@ -160,13 +160,28 @@ class alignas(64) Gossip {
   // The `n` freshest live entries (self excluded), freshest first, in O(n): the bounded sample of
   // the cluster a Balancer decides on, as MOSIX decides on its load window.
   std::vector<ViewEntry> Freshest(Millis now, std::size_t n) const;
-  // Freshest without copies: calls visit(load, age) for each, freshest first.
+  // Freshest without copies: calls visit(load, age) for each, freshest first. `hint_end`: how
+  // much of each vector to load ahead (a hint; DecisionEnd: what NodeStateFromLoad reads).
   template <typename Visit>
-  void VisitFreshest(Millis now, std::size_t n, Visit&& visit) const {
-    const auto entries = FreshestEntries(now, n);
+  void VisitFreshest(Millis now, std::size_t n, Visit&& visit,
+                     const char* (*hint_end)(const LoadVector&) = DecisionEnd) const {
+    if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
+      const auto entries = FreshestEntries(now, n);
+      for (const auto* entry : entries) PrefetchLoad(entry->load.get(), hint_end);
+      for (const auto* entry : entries) visit(*entry->load, now - entry->born);
+      return;
+    }
+    // The common case, as FreshestEntries() walks it, without a list (tern-sim: millions).
+    std::size_t count = 0;
+    while (count < n && count < top_.size() && now - top_[count].time <= options_.max_age) {
+      ++count;
+    }
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (const auto* entry : entries) PrefetchLoad(entry->load.get(), DecisionEnd);
-    for (const auto* entry : entries) visit(*entry->load, now - entry->born);
+    for (std::size_t k = 0; k < count; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), hint_end);
+    for (std::size_t k = 0; k < count; ++k) {
+      const Entry& entry = slots_[top_[k].slot];
+      visit(*entry.load, now - entry.born);
+    }
   }
   const GossipOptions& options() const { return options_; }
   // How long after its sample time (the last SetLocal or RefreshLocal of its origin) this Gossip
@@ -255,11 +270,9 @@ class alignas(64) Gossip {
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   }
-  void PrefetchLoads() const {
+  void PrefetchLoads(const char* (*end)(const LoadVector&) = DecisionEnd) const {
     const std::size_t n = std::min(top_.size(), options_.window);
-    for (std::size_t k = 0; k < n; ++k) {
-      PrefetchLoad(slots_[top_[k].slot].load.get(), DecisionEnd);
-    }
+    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), end);
   }
 
  private:
@@ -278,14 +291,33 @@ class alignas(64) Gossip {
   // An entry of top_: where it is, so that windows and Freshest() skip the index (an entry
   // stays in its slot until it is removed).
   // 16 bytes, not a whole Key: the list is read (and shifted) at every window merged and sent.
-  // The id, which orders entries of the same time, is the entry's.
+  // Entries of the same time are ordered by id through `rank`, the id itself while it fits in
+  // 32 bits (tern-sim: samples are taken on 200 ms steps, so ties are common, and reading the
+  // entries' ids was a cache miss per comparison); larger ids compare the entries' ids.
   struct Top {
     Millis time{0};  // slots_[slot].key()
     std::uint32_t slot = 0;
+    std::uint32_t rank = 0;  // Rank(slots_[slot].id)
   };
-  Key KeyOf(const Top& top) const { return Key{top.time, slots_[top.slot].id}; }
+  static constexpr std::uint32_t kFarRank = 0xffffffff;
+  static std::uint32_t Rank(std::uint64_t id) {
+    return id < kFarRank ? static_cast<std::uint32_t>(id) : kFarRank;
+  }
+  Top MakeTop(std::uint32_t slot) const {
+    return Top{slots_[slot].key(), slot, Rank(slots_[slot].id)};
+  }
+  // Whether (time, id) comes after `top` in the freshness order (older, or as old with a smaller
+  // id): Key{time, id} < Key{top.time, slots_[top.slot].id}.
+  bool Older(Millis time, std::uint64_t id, const Top& top) const {
+    if (time != top.time) return time < top.time;
+    const auto rank = Rank(id);
+    if (rank != top.rank || rank != kFarRank) return rank < top.rank;
+    return id < slots_[top.slot].id;
+  }
   bool Fresher(const Top& a, const Top& b) const {
-    return a.time != b.time ? a.time > b.time : slots_[a.slot].id > slots_[b.slot].id;
+    if (a.time != b.time) return a.time > b.time;
+    if (a.rank != b.rank || a.rank != kFarRank) return a.rank > b.rank;
+    return slots_[a.slot].id > slots_[b.slot].id;
   }
 
   static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
