@@ -115,7 +115,7 @@ Expected<void> Agent::Start() {
         return record ? static_cast<int>(record->pid) : 0;
       });
   // Jobs whose channel breaks (this agent killed and restarted) re-attach here.
-  if (auto listening = ipc_->ListenForJobs(config_.run_dir + "/ipc"); !listening) {
+  if (auto listening = ipc_->ListenForJobs(config_.run_dir + "/ipc", config_.secret); !listening) {
     spdlog::error("IPC: jobs cannot re-attach after an agent restart: {}",
                   listening.error().message);
   }

@@ -22,6 +22,7 @@
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_attach.hpp>
+#include <tern/ipc/job_secret.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/node/timer_schedule.hpp>
 #include <tern/ipc/port_router.hpp>
@@ -127,7 +128,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
 
   // ---- re-attaching (docs/ipc.md "A channel the job reconnects")
 
-  Expected<void> ListenForJobs(const std::string& dir) {
+  Expected<void> ListenForJobs(const std::string& dir, std::string cluster_key) {
+    cluster_key_ = std::move(cluster_key);
     std::error_code error;
     std::filesystem::create_directories(dir + "/secrets", error);
     if (error) return Fail("cannot create " + dir + "/secrets: " + error.message());
@@ -269,11 +271,15 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     Run();
   }
 
-  // A fresh secret for the job's new channel, kept where a restarted agent finds it.
+  // The job's secret for its new channel (the same on every node when the cluster secret is
+  // known: JobSecret), kept where a restarted agent finds it.
   void NewSecret(const std::string& job) {
     if (secrets_dir_.empty() || job.empty() || job.find('/') != std::string::npos) return;
-    std::string secret(kJobSecretSize, '\0');
-    if (::getrandom(secret.data(), secret.size(), 0) != static_cast<ssize_t>(secret.size())) {
+    std::string secret = JobSecret(cluster_key_, job);
+    const bool derived = !secret.empty();
+    if (!derived) secret.assign(kJobSecretSize, '\0');
+    if (!derived &&
+        ::getrandom(secret.data(), secret.size(), 0) != static_cast<ssize_t>(secret.size())) {
       spdlog::error("job {}: no secret for its IPC channel: getrandom: {}", job,
                     std::strerror(errno));
       return;
@@ -939,6 +945,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Re-attaching: the job socket, the secrets' directory, each job's secret once read.
   std::shared_ptr<JobSocket> job_socket_;
   std::string secrets_dir_;
+  std::string cluster_key_;  // JobSecret's key: the cluster secret ("" in tests: random secrets)
   std::map<std::string, std::string> secrets_;
   JobInitPid init_pid_;
   // Hand-offs to install when their job re-attaches (TakeOver without a channel).
@@ -1001,8 +1008,8 @@ void IpcService::CloseChannel(const std::string& job) {
   impl_->ForgetSecret(job);
 }
 
-Expected<void> IpcService::ListenForJobs(const std::string& dir) {
-  return impl_->ListenForJobs(dir);
+Expected<void> IpcService::ListenForJobs(const std::string& dir, std::string cluster_key) {
+  return impl_->ListenForJobs(dir, std::move(cluster_key));
 }
 
 void IpcService::SetJobUidSource(JobUid uid_of) { impl_->uid_of_ = std::move(uid_of); }

@@ -3,11 +3,12 @@
 // agent's decision on an attach, without I/O.
 //
 // Every new channel starts with the agent's IpcHello: the job's id, a per-job secret (32
-// random bytes the agent keeps in its run directory, which outlives the agent's process as the
-// job does) and the path of the agent's job socket. When the channel reads end of file (the
-// agent was killed), libtern connects to that path and sends IpcAttach (job id and secret);
-// the agent answers IpcAttached, with the job's end of a fresh channel as SCM_RIGHTS on its
-// first byte when it accepts. A frame is at most kMaxAttachFrame bytes; the agent reads one,
+// bytes the agent keeps in its run directory, which outlives the agent's process as the job
+// does; the agent's JobSecret, job_secret.hpp, derives it from the cluster secret, so that every
+// node gives a job the same one) and the path of the agent's job socket. When the channel reads end
+// of file (the agent was killed), libtern connects to that path and sends IpcAttach (job id and
+// secret); the agent answers IpcAttached, with the job's end of a fresh channel as SCM_RIGHTS on
+// its first byte when it accepts. A frame is at most kMaxAttachFrame bytes; the agent reads one,
 // within a deadline, and closes the connection after its answer.
 //
 // Thread-safety: free functions on values; none keeps state.

@@ -82,8 +82,10 @@ class IpcService {
   // channel and keeps each job's secret in DIR/secrets (DIR: the agent's run directory's ipc/,
   // which outlives the agent's process as the jobs do). Without it, channels carry no hello and
   // nothing re-attaches. Needs SetDirectHooks' init pid (the attaching process must be one of the
-  // job's).
-  Expected<void> ListenForJobs(const std::string& dir);
+  // job's). `cluster_key` (the cluster secret) derives each job's secret (JobSecret), so that
+  // a job that moved here can re-attach with the secret its old node gave it; empty: a random
+  // secret per channel.
+  Expected<void> ListenForJobs(const std::string& dir, std::string cluster_key = {});
   // Where the service learns each job's user (asked when a channel opens and, until it is
   // known, before the job's requests run).
   void SetJobUidSource(JobUid uid_of);
