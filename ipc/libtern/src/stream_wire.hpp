@@ -141,5 +141,25 @@ std::optional<StreamRun> ParseStreamRun(std::string_view payload);
 // The first message of `messages` (a checked run's): its id, and its items appended to `items`
 // as views; `messages` then starts at the next one. False if malformed.
 bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id, std::vector<ItemView>& items);
+// TakeStreamMessage for the reader's per-message path: a message of one item, the common case,
+// read inline without a WireReader's checks per field (its bounds still checked); any other
+// through TakeStreamMessage.
+inline bool TakeStreamMessageFast(std::string_view& messages, std::uint32_t& id,
+                                  std::vector<ItemView>& items) {
+  constexpr std::size_t kOneItemHead = 13;  // [u32 id][u32 item count 1][u8 kind][u32 length]
+  if (messages.size() >= kOneItemHead &&
+      tern::LoadBigEndian<std::uint32_t>(messages.data() + 4) == 1) {
+    const auto length = tern::LoadBigEndian<std::uint32_t>(messages.data() + 9);
+    if (length <= messages.size() - kOneItemHead) {
+      id = tern::LoadBigEndian<std::uint32_t>(messages.data());
+      ItemView& item = items.emplace_back();
+      item.kind = static_cast<ItemKind>(messages[8]);
+      item.bytes = messages.substr(kOneItemHead, length);
+      messages.remove_prefix(kOneItemHead + length);
+      return true;
+    }
+  }
+  return TakeStreamMessage(messages, id, items);
+}
 
 }  // namespace tern::libtern
