@@ -248,7 +248,7 @@ bool PortReader::State::HandOut(MessageView& out) {
       out.reply = 0;
       out.reply_disposition = Disposition::kNone;
       out.items.clear();
-      if (!libtern::TakeStreamMessage(run.message, out.id, out.items)) {
+      if (!libtern::TakeStreamMessageFast(run.message, out.id, out.items)) {
         in_runs_ -= run.run - 1;
         ready_.pop_front();  // checked when taken: cannot happen
         continue;

@@ -59,6 +59,9 @@ class PortWriter::Direct {
   Clock::time_point open_after{};
   std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
+  // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
+  // several are on their way (the credits change only as acks are taken, when a frame goes).
+  std::size_t frame_most = 1;
   std::uint32_t credits = 0;
   // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
   // the connections its predecessor made (it could not shut them down before a move, so the
@@ -193,6 +196,22 @@ class PortWriter::Direct {
     return true;
   }
 
+  // Starts `frame` with the message numbered last.
+  void StartFrame(std::size_t train_messages) {
+    frame.Start(Buffer(), sender.writer(), sender.last());
+    frame_most = std::clamp<std::size_t>(credits / 4, 1, std::max<std::size_t>(1, train_messages));
+  }
+
+  // A message of one small data item (under WireWriter::kShareMin), numbered last, into the
+  // frame: the common case and the writer's cost per message against a raw socket's, so it goes
+  // straight in without the general path's loops over items (the same bytes on the wire). True
+  // when the frame is full and must go.
+  bool AddSmall(std::uint32_t id, ItemKind kind, std::string_view bytes, const Options& options) {
+    if (frame.empty()) StartFrame(options.train_messages);
+    frame.AddOne(id, kind, bytes);
+    return frame.count() >= frame_most || frame.size() >= options.train_bytes;
+  }
+
   std::string Buffer() {
     if (spare.empty()) return {};
     std::string buffer = std::move(spare.back());
@@ -227,6 +246,10 @@ IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
   if (error_) return *error_;
   ++written_;
   const std::uint64_t sequence = direct_->sender.Number();
+  if (direct_->sender.direct() && bytes.size() < ipc::WireWriter::kShareMin) {
+    if (direct_->AddSmall(id, ItemKind::kBytes, bytes, options_)) return SendFrame();
+    return {};
+  }
   if (direct_->sender.direct()) return WriteDirect(id, bytes, nullptr);
   AddToTrain(sequence, id, bytes, nullptr);
   return Added();
@@ -234,6 +257,17 @@ IpcResult<void> PortWriter::write(std::string_view bytes, std::uint32_t id) {
 
 IpcResult<void> PortWriter::write(const Message& message) {
   if (error_) return *error_;
+  if (direct_->sender.direct() && message.items.size() == 1) {
+    const Item& item = message.items.front();
+    const std::string_view bytes = item.bytes();
+    if ((item.kind == ItemKind::kBytes || item.kind == ItemKind::kOutOfLine) &&
+        bytes.size() < ipc::WireWriter::kShareMin) {
+      ++written_;
+      (void)direct_->sender.Number();
+      if (direct_->AddSmall(message.id, item.kind, bytes, options_)) return SendFrame();
+      return {};
+    }
+  }
   for (const Item& item : message.items) {
     if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) {
       return IpcError{JobStatus::kBadRequest,
@@ -412,7 +446,7 @@ void PortWriter::TryDirect() {
 IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes,
                                         const Message* message) {
   Direct& d = *direct_;
-  if (d.frame.empty()) d.frame.Start(d.Buffer(), d.sender.writer(), d.sender.last());
+  if (d.frame.empty()) d.StartFrame(options_.train_messages);
   std::size_t size = bytes.size();
   if (message) {
     d.frame.Add(id, message->items);
@@ -421,10 +455,7 @@ IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes
   } else {
     d.frame.Add(id, bytes);
   }
-  // A frame never holds more than a quarter of the window, so that several are on their way.
-  const std::size_t most =
-      std::clamp<std::size_t>(d.credits / 4, 1, std::max<std::size_t>(1, options_.train_messages));
-  if (d.frame.count() >= most || d.frame.size() >= options_.train_bytes ||
+  if (d.frame.count() >= d.frame_most || d.frame.size() >= options_.train_bytes ||
       size >= ipc::WireWriter::kShareMin) {
     return SendFrame();
   }

@@ -22,9 +22,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tern/big_endian.hpp>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
@@ -78,6 +80,19 @@ class StreamFrame {
   // Starts a frame of `writer`'s messages from `first` on, reusing `buffer`'s memory.
   void Start(std::string buffer, std::uint64_t writer, std::uint64_t first);
   void Add(std::uint32_t id, std::string_view bytes);  // one bytes item, copied
+  // One data item of `kind` (bytes or out-of-line), copied: the writer's per-message path, its
+  // item header written in one append (inline, as it runs once a message).
+  void AddOne(std::uint32_t id, ItemKind kind, std::string_view bytes) {
+    char header[13];
+    StoreBigEndian(header, id);
+    StoreBigEndian(header + 4, std::uint32_t{1});
+    header[8] = static_cast<char>(kind);
+    StoreBigEndian(header + 9, static_cast<std::uint32_t>(bytes.size()));
+    std::string& out = out_.out();
+    out.append(header, sizeof header);
+    out.append(bytes);
+    ++count_;
+  }
   void Add(std::uint32_t id, const std::vector<Item>& items);
   // The frame, length and count filled in; the StreamFrame is empty after.
   StreamFrameBytes Finish();
@@ -88,6 +103,11 @@ class StreamFrame {
   std::size_t size() const { return out_.size(); }  // with what it shares
 
  private:
+  static void StoreBigEndian(char* at, std::uint32_t v) {
+    v = tern::BigEndian(v);
+    std::memcpy(at, &v, sizeof v);
+  }
+
   ipc::WireWriter out_{/*share_data=*/true};
   std::uint64_t first_ = 0;
   std::uint32_t count_ = 0;
@@ -121,5 +141,25 @@ std::optional<StreamRun> ParseStreamRun(std::string_view payload);
 // The first message of `messages` (a checked run's): its id, and its items appended to `items`
 // as views; `messages` then starts at the next one. False if malformed.
 bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id, std::vector<ItemView>& items);
+// TakeStreamMessage for the reader's per-message path: a message of one item, the common case,
+// read inline without a WireReader's checks per field (its bounds still checked); any other
+// through TakeStreamMessage.
+inline bool TakeStreamMessageFast(std::string_view& messages, std::uint32_t& id,
+                                  std::vector<ItemView>& items) {
+  constexpr std::size_t kOneItemHead = 13;  // [u32 id][u32 item count 1][u8 kind][u32 length]
+  if (messages.size() >= kOneItemHead &&
+      tern::LoadBigEndian<std::uint32_t>(messages.data() + 4) == 1) {
+    const auto length = tern::LoadBigEndian<std::uint32_t>(messages.data() + 9);
+    if (length <= messages.size() - kOneItemHead) {
+      id = tern::LoadBigEndian<std::uint32_t>(messages.data());
+      ItemView& item = items.emplace_back();
+      item.kind = static_cast<ItemKind>(messages[8]);
+      item.bytes = messages.substr(kOneItemHead, length);
+      messages.remove_prefix(kOneItemHead + length);
+      return true;
+    }
+  }
+  return TakeStreamMessage(messages, id, items);
+}
 
 }  // namespace tern::libtern

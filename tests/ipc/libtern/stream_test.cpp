@@ -213,6 +213,50 @@ TEST(StreamWire, FramesHeadersAndAcksRoundTrip) {
 // The shared memory of a same-node stream: the reader's rings, passed as a memfd on the socket
 // with the welcome, are the writer's after Attach (both directions), and either side's Revoke
 // is the other's end.
+// The writer's and reader's per-message paths (AddOne, TakeStreamMessageFast) are shortcuts of
+// the general ones: the same bytes on the wire, the same messages read back.
+TEST(StreamWire, TheOneItemShortcutsWriteAndReadWhatTheGeneralPathsDo) {
+  libtern::StreamFrame general;
+  general.Start({}, 9, 17);
+  general.Add(5, std::vector<Item>{Item::Bytes("hello")});
+  general.Add(6, std::vector<Item>{Item::OutOfLine(std::string(300, 'x'))});
+  general.Add(7, std::vector<Item>{Item::Bytes("a"), Item::OutOfLine("bb")});
+  general.Add(8, std::vector<Item>{Item::Bytes("")});
+  libtern::StreamFrame shortcut;
+  shortcut.Start({}, 9, 17);
+  shortcut.AddOne(5, ItemKind::kBytes, "hello");
+  shortcut.AddOne(6, ItemKind::kOutOfLine, std::string(300, 'x'));
+  shortcut.Add(7, std::vector<Item>{Item::Bytes("a"), Item::OutOfLine("bb")});
+  shortcut.AddOne(8, ItemKind::kBytes, "");
+  EXPECT_EQ(shortcut.size(), general.size());
+  const std::string bytes = shortcut.Finish().Joined();
+  ASSERT_EQ(bytes, general.Finish().Joined());
+
+  auto run = libtern::ParseStreamRun(std::string_view(bytes).substr(ipc::kFrameHeaderSize));
+  ASSERT_TRUE(run);
+  std::vector<std::pair<std::uint32_t, std::vector<std::string>>> read;
+  std::string_view messages = run->messages;
+  for (std::uint32_t i = 0; i < run->count; ++i) {
+    std::uint32_t id = 0;
+    std::vector<ItemView> items;
+    ASSERT_TRUE(libtern::TakeStreamMessageFast(messages, id, items));
+    auto& message = read.emplace_back(id, std::vector<std::string>{});
+    for (const ItemView& item : items) {
+      message.second.push_back(std::to_string(static_cast<int>(item.kind)) + ":" +
+                               std::string(item.bytes));
+    }
+  }
+  EXPECT_TRUE(messages.empty());
+  const std::vector<std::pair<std::uint32_t, std::vector<std::string>>> want{
+      {5, {"1:hello"}}, {6, {"3:" + std::string(300, 'x')}}, {7, {"1:a", "3:bb"}}, {8, {"1:"}}};
+  EXPECT_EQ(read, want);
+  // A length past the end is not read as a message.
+  std::string_view cut = std::string_view(run->messages).substr(0, 13 + 2);
+  std::uint32_t id = 0;
+  std::vector<ItemView> items;
+  EXPECT_FALSE(libtern::TakeStreamMessageFast(cut, id, items));
+}
+
 TEST(StreamRings, TheMemfdPassedWithTheWelcomeMapsTheSameRingsOnTheOtherSide) {
   int ends[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends), 0);
