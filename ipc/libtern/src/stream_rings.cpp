@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tern/fd_control.hpp>
 
 #include "send_all.hpp"
 
@@ -103,17 +104,11 @@ std::size_t StreamRings::CopyOut(ipc::ShmRing& ring, char* to, std::size_t room,
 
 int SendWithFd(int fd, std::string_view bytes, int pass) {
   iovec piece{const_cast<char*>(bytes.data()), bytes.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr message{};
   message.msg_iov = &piece;
   message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof control;
-  cmsghdr* header = CMSG_FIRSTHDR(&message);
-  header->cmsg_level = SOL_SOCKET;
-  header->cmsg_type = SCM_RIGHTS;
-  header->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(header), &pass, sizeof(int));
+  FdControl control(pass);
+  control.AttachTo(message);
   for (;;) {
     const ssize_t n = ::sendmsg(fd, &message, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;

@@ -167,10 +167,10 @@ std::optional<StreamRun> ParseStreamRun(std::string_view payload) {
   return StreamRun{*writer, *first, *count, messages};
 }
 
-bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id,
-                       std::vector<ItemView>& items) {
-  ipc::WireReader in(messages);
-  auto read_id = in.U32();
+namespace {
+
+// A message's items: u32 count, then each u8 kind and its bytes.
+bool ReadItems(ipc::WireReader& in, std::vector<ItemView>& items) {
   auto count = in.U32();
   if (!count) return false;
   for (std::uint32_t i = 0; i < *count; ++i) {
@@ -181,6 +181,16 @@ bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id,
     item.kind = static_cast<ItemKind>(*kind);
     item.bytes = *bytes;
   }
+  return true;
+}
+
+}  // namespace
+
+bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id,
+                       std::vector<ItemView>& items) {
+  ipc::WireReader in(messages);
+  auto read_id = in.U32();
+  if (!read_id || !ReadItems(in, items)) return false;
   id = *read_id;
   messages = in.rest();
   return true;
@@ -188,17 +198,7 @@ bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id,
 
 bool ReadStreamItems(std::string_view body, std::vector<ItemView>& items) {
   ipc::WireReader in(body);
-  auto count = in.U32();
-  if (!count) return false;
-  for (std::uint32_t i = 0; i < *count; ++i) {
-    auto kind = in.U8();
-    auto bytes = in.BytesView();
-    if (!bytes) return false;
-    ItemView& item = items.emplace_back();
-    item.kind = static_cast<ItemKind>(*kind);
-    item.bytes = *bytes;
-  }
-  return true;
+  return ReadItems(in, items);
 }
 
 }  // namespace tern::libtern

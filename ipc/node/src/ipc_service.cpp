@@ -19,6 +19,7 @@
 #include <deque>
 #include <filesystem>
 #include <span>
+#include <tern/fd_control.hpp>
 #include <tern/ipc/blast_outbox.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_attach.hpp>
@@ -862,19 +863,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       msghdr message{};
       message.msg_iov = iov;
       message.msg_iovlen = count;
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
       auto& first = channel->out.front();
       const bool with_fd = first.fd.valid() && first.offset == 0;
-      if (with_fd) {
-        message.msg_control = control;
-        message.msg_controllen = sizeof control;
-        cmsghdr* header = CMSG_FIRSTHDR(&message);
-        header->cmsg_level = SOL_SOCKET;
-        header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int));
-        const int passed = first.fd.get();
-        std::memcpy(CMSG_DATA(header), &passed, sizeof(int));
-      }
+      FdControl control(first.fd.get());
+      if (with_fd) control.AttachTo(message);
       const ssize_t put = ::sendmsg(fd, &message, MSG_NOSIGNAL);
       if (put < 0 && errno == EINTR) continue;
       if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {

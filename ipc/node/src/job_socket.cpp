@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <tern/fd_control.hpp>
 
 namespace tern::ipc {
 
@@ -137,17 +138,8 @@ void JobSocket::Answer(const std::shared_ptr<Attaching>& attaching, const Attach
   msghdr message{};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (channel.valid()) {
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    cmsghdr* header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    const int passed = channel.get();
-    std::memcpy(CMSG_DATA(header), &passed, sizeof(int));
-  }
+  FdControl control(channel.get());
+  if (channel.valid()) control.AttachTo(message);
   // A fresh connection's buffer takes this small frame whole; a peer that does not read it
   // loses it (the new channel's end closes with `channel`, and the agent sees end of file).
   const ssize_t put =

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <tern/fd_control.hpp>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_attach.hpp>
@@ -87,16 +88,8 @@ class JobSocketDouble {
     msghdr message{};
     message.msg_iov = &iov;
     message.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    if (channel >= 0) {
-      message.msg_control = control;
-      message.msg_controllen = sizeof control;
-      cmsghdr* header = CMSG_FIRSTHDR(&message);
-      header->cmsg_level = SOL_SOCKET;
-      header->cmsg_type = SCM_RIGHTS;
-      header->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(header), &channel, sizeof(int));
-    }
+    FdControl control(channel);
+    if (channel >= 0) control.AttachTo(message);
     EXPECT_EQ(::sendmsg(connection.get(), &message, MSG_NOSIGNAL),
               static_cast<ssize_t>(bytes.size()));
     return request ? *request : ipc::AttachRequest{};
