@@ -77,6 +77,18 @@ class JobRequestSim {
     }
   }
 
+  // From now on each router keeps its durable state (PortRouter::KeepDurableState), and the
+  // sim keeps the journal each would have written (journal()).
+  void KeepDurable() {
+    for (int n = 0; n < 2; ++n) {
+      nodes_[n].router.KeepDurableState();
+      durable_ = true;
+      Collect(n);
+    }
+  }
+  // The journal file router `n` (0: node 1, 1: node 2) wrote so far, with KeepDurable.
+  const std::string& journal(int n) const { return journals_[n]; }
+
   void Play(const Record& record) {
     const int n = (record.tag >> 3) & 1;
     const std::string job = kJobs[(record.tag >> 4) & 3];
@@ -156,6 +168,11 @@ class JobRequestSim {
       }
     }
     for (const auto& timer : actions.timers) timers_.emplace_back(n, timer.id);
+    if (durable_) {
+      auto write = nodes_[n].router.TakeDurable();
+      if (write.rewrite_journal) journals_[n].clear();
+      for (const auto& piece : write.journal) journals_[n] += piece;
+    }
   }
 
   Node nodes_[2] = {Node(1), Node(2)};
@@ -163,6 +180,8 @@ class JobRequestSim {
   std::deque<InFlight> frames_;
   std::map<std::string, std::vector<std::string>> replies_;
   std::vector<std::string> delivered_;
+  bool durable_ = false;
+  std::string journals_[2];
 };
 
 }  // namespace tern::fuzz

@@ -17,6 +17,7 @@
 #include <tern/ipc/direct_wire.hpp>
 #include <tern/ipc/frame.hpp>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/state_journal.hpp>
 #include <tern/jobs/job_record.hpp>
 #include <tern/migrate/archive.hpp>
 #include <vector>
@@ -109,6 +110,23 @@ std::string SendBody(std::uint32_t to, std::string data,
   return tern::ipc::EncodeSendRequest(request);
 }
 
+// The journal node 1's router writes while it plays a job_request script, as the ipc_journal
+// target's seed: every record kind a real agent writes (snapshots, pushes, pops, a rewrite).
+void JournalSeed(const std::string& name, const std::string& script) {
+  JobRequestSim sim;
+  sim.KeepDurable();
+  tern::fuzz::Records records(reinterpret_cast<const std::uint8_t*>(script.data()), script.size());
+  while (auto record = records.Next()) sim.Play(*record);
+  const std::string& file = sim.journal(0);
+  Write("ipc_journal", name, std::string(1, '\0') + file);
+  // The same records for the target's mode that frames them itself (checksums right).
+  auto kept = tern::ipc::ReadStateRecords(file, tern::ipc::kJournalMagic);
+  if (!kept) return;
+  std::string framed(1, '\1');
+  for (std::string_view payload : kept->records) framed += Record(0, std::string(payload));
+  Write("ipc_journal", name + "-records", framed);
+}
+
 std::vector<std::string> JobRequestSeeds() {
   std::vector<std::string> remote_frames;
   {  // a port, a message to it, and its receive, on one node
@@ -121,6 +139,7 @@ std::vector<std::string> JobRequestSeeds() {
     s.Ask(0, 0, JobOp::kRightInfo, U32s({send}));
     s.Ask(0, 0, JobOp::kDeallocate, U32s({send}));
     Write("job_request", "local-send-receive", s.bytes());
+    JournalSeed("local-send-receive", s.bytes());
   }
   {  // a name registered on node 1, looked up and called from node 2
     Script s;
@@ -160,6 +179,7 @@ std::vector<std::string> JobRequestSeeds() {
     s.Ask(0, 0, JobOp::kReceive, U32s({port, 10}));
     s.Event(JobRequestSim::kTimer);
     Write("job_request", "remote-name-lookup", s.bytes());
+    JournalSeed("remote-name-lookup", s.bytes());
     remote_frames = s.sim().delivered();
   }
   {  // a link, a send and a receive on it, waited for
@@ -178,6 +198,7 @@ std::vector<std::string> JobRequestSeeds() {
     s.Event(JobRequestSim::kMove, 0, 1);
     s.Event(JobRequestSim::kDeliver);
     Write("job_request", "link-and-move", s.bytes());
+    JournalSeed("link-and-move", s.bytes());
   }
   {  // a region; a train of messages; a call (send + receive in one)
     Script s;
@@ -204,6 +225,7 @@ std::vector<std::string> JobRequestSeeds() {
     s.Ask(0, 0, JobOp::kDirectOpen, U32s({send}));
     s.Ask(0, 0, JobOp::kDirectAccept, U32s({port, 0}));
     Write("job_request", "region-train-call", s.bytes());
+    JournalSeed("region-train-call", s.bytes());
   }
   Write("job_request", "junk-import",
         Record(JobRequestSim::Tag(JobRequestSim::kMove, 0, 0),
