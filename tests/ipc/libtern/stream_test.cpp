@@ -333,46 +333,65 @@ struct StreamFixture : testing::PortFixture {
 // and again (as revocation and moves do): the reader sees each exactly once, in order, and
 // most of them came direct.
 TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithoutDuplicates) {
-  // Long enough for several breaks now that a same-node stream goes through shared memory.
-  constexpr std::uint32_t kCount = 200000;
+  // The writer goes on past kAtLeast until the connections broke three times (a same-node
+  // stream through shared memory can end 200000 messages before its third break), then sends
+  // "end" with the next number.
+  constexpr std::uint32_t kAtLeast = 200000;
+  constexpr std::uint32_t kAtMost = 5000000;
+  std::atomic<std::uint32_t> total{0};
   PortReader reader(channel, port, {.direct = true});
   MessageView message;
   // The reader opts in on its first wait: from then on the port takes connections.
   ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
   ASSERT_TRUE(Eventually([&] { return agent.requests_with_op(ipc::JobOp::kDirectAccept) >= 1; }));
   std::atomic<bool> done{false};
+  std::atomic<int> breaks{0};
   std::thread writer_thread([&] {
     PortWriter writer(channel, send_right, {.train_messages = 64, .direct = true});
-    for (std::uint32_t i = 0; i < kCount; ++i) {
+    std::uint32_t i = 0;
+    for (; i < kAtMost && (i < kAtLeast || breaks < 3); ++i) {
       auto written = writer.write("m" + std::to_string(i), i);
       ASSERT_TRUE(written) << i << ": " << written.error().ToString();
     }
+    total = i;
+    auto written = writer.write("end", i);
+    ASSERT_TRUE(written) << written.error().ToString();
     auto flushed = writer.flush();
     ASSERT_TRUE(flushed) << flushed.error().ToString();
-    EXPECT_EQ(writer.accepted(), kCount);
+    EXPECT_EQ(writer.accepted(), i + 1);
     done = true;
   });
-  std::atomic<int> breaks{0};
+  // What the reader had taken direct, as the reading thread last looked (PortReader is not
+  // shared between threads).
+  std::atomic<std::uint64_t> direct_seen{0};
   std::thread breaker([&] {
-    // Each connection lives 5 ms before it is broken: broken every 5 ms regardless, on a slow
-    // machine (ASan at -O0 on a loaded CI) each was broken before its welcome, and none carried
-    // anything.
+    // Each connection lives at least 5 ms, and until a message came direct or 200 ms passed.
+    // Broken at a fixed pace, on a slow machine (ASan at -O0 on a loaded CI) each was broken
+    // before it carried anything: 0 of 60000 direct in 292 breaks, then, with the rings' longer
+    // welcome, 0 of 200000 in 247 breaks of 5 ms each.
     std::size_t broken_through = 0;
     while (!done) {
       if (agent.direct_ends_made() == broken_through) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         continue;
       }
+      const std::uint64_t seen = direct_seen.load();
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      while (!done && direct_seen.load() == seen && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
       broken_through = agent.direct_ends_made();
       agent.BreakDirectConnections();
       ++breaks;
     }
   });
-  for (std::uint32_t i = 0; i < kCount; ++i) {
+  for (std::uint32_t i = 0;; ++i) {
+    if (i % 64 == 0) direct_seen = reader.handed_direct();
     auto next = reader.next(message, std::chrono::seconds(10));
     ASSERT_TRUE(next) << i << ": " << next.error().ToString();
     ASSERT_EQ(message.id, i);
+    if (message.bytes() == "end") break;
     ASSERT_EQ(message.bytes(), "m" + std::to_string(i));
     ASSERT_EQ(message.items.size(), 1u) << "the stream header is stripped";
     ASSERT_EQ(message.destination, port);
@@ -381,10 +400,10 @@ TEST_F(StreamFixture, AStreamGoesDirectAndSurvivesBrokenConnectionsInOrderWithou
   breaker.join();
   EXPECT_GT(reader.handed_direct(), 0u);
   EXPECT_GT(reader.handed_shared(), 0u) << "the fake agent's connections are Unix socket pairs";
-  EXPECT_GE(breaks.load(), 3) << "the stream ended before the connections broke: make it longer";
+  EXPECT_GE(breaks.load(), 3) << "the stream ended before the connections broke three times";
   EXPECT_EQ(reader.next(message, Timeout(50)).status(), JobStatus::kTimedOut) << "nothing more";
   std::printf("%d breaks, %llu of %u direct (%llu shared), %llu duplicates dropped\n",
-              breaks.load(), static_cast<unsigned long long>(reader.handed_direct()), kCount,
+              breaks.load(), static_cast<unsigned long long>(reader.handed_direct()), total.load(),
               static_cast<unsigned long long>(reader.handed_shared()),
               static_cast<unsigned long long>(reader.dropped_duplicates()));
 }
