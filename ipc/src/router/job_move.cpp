@@ -175,11 +175,17 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
       auto type = in.U8();
       auto id = ReadId(in);
       auto refs = in.U32();
-      if (!refs) return malformed();
+      // A right of no known type, none at all, or a second name for one send or region right
+      // (they merge under one name) is no table this router would make: refused here, where a
+      // peer sent it, not later (the journal's restore refuses what the table would then hold).
+      if (!refs || *refs == 0 || *type == 0 ||
+          *type > static_cast<std::uint8_t>(RightType::kRegion)) {
+        return malformed();
+      }
       const auto right = static_cast<RightType>(*type);
       job.names[*name] = Entry{right, *id, *refs};
       if (right == RightType::kSend || right == RightType::kRegion) {
-        job.merged[{right, *id}] = *name;
+        if (!job.merged.emplace(std::pair{right, *id}, *name).second) return malformed();
       }
     }
     count = in.U32();
