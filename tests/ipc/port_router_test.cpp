@@ -884,6 +884,37 @@ TEST(PortRouter, AJobWithASendInFlightIsBusyAndARegionHolderCannotMove) {
   EXPECT_FALSE(net.routers[2]->ImportJob("x", "garbage"));
 }
 
+// A move's state whose capability table holds `entries` (dead names: nothing else to set up),
+// and empty lists after it.
+std::string StateWithDeadNames(
+    const std::vector<std::pair<std::uint32_t, std::uint64_t>>& entries) {
+  WireWriter w;
+  w.U32(100);  // next_name
+  w.U32(1);    // next_op
+  w.U32(static_cast<std::uint32_t>(entries.size()));
+  for (const auto& [name, serial] : entries) {
+    w.U32(name);
+    w.U8(static_cast<std::uint8_t>(RightType::kDeadName));
+    w.U64(1);
+    w.U64(serial);
+    w.U32(1);
+  }
+  for (int list = 0; list < 4; ++list) w.U32(0);  // ops, early matches, waiting, names
+  return w.Take();
+}
+
+TEST(PortRouter, AnImportedTableWithANameTwiceOrNameZeroIsRefusedAndTheJobGetsNothing) {
+  Net net(2);
+  ASSERT_TRUE(net.routers[2]->ImportJob("ok", StateWithDeadNames({{5, 7}, {6, 8}})));
+  EXPECT_EQ(net.routers[2]->RightCount("ok"), 2u);
+  // Before imports and the journal shared one reader, the second entry here silently replaced
+  // the first, and name 0 (never a name) was taken.
+  EXPECT_FALSE(net.routers[2]->ImportJob("twice", StateWithDeadNames({{5, 7}, {5, 8}})));
+  EXPECT_FALSE(net.routers[2]->ImportJob("zero", StateWithDeadNames({{0, 7}})));
+  EXPECT_EQ(net.routers[2]->RightCount("twice"), 0u);
+  EXPECT_EQ(net.routers[2]->RightCount("zero"), 0u);
+}
+
 }  // namespace
 }  // namespace tern::ipc
 

@@ -27,6 +27,31 @@ std::uint32_t PortRouter::State::Insert(JobState& job, RightType type, ObjectId 
   return name;
 }
 
+void router::WriteTableEntry(WireWriter& out, std::uint32_t name, const Entry& entry) {
+  out.U32(name);
+  out.U8(static_cast<std::uint8_t>(entry.type));
+  router::WriteId(out, entry.id);
+  out.U32(entry.refs);
+}
+
+bool router::ReadTableEntry(WireReader& in, JobState& job,
+                            std::initializer_list<RightType> allowed) {
+  auto name = in.U32();
+  auto type = in.U8();
+  auto id = router::ReadId(in);
+  auto refs = in.U32();
+  if (!name || !type || !id || !refs || *name == 0 || *refs == 0 || job.names.contains(*name)) {
+    return false;
+  }
+  const auto right = static_cast<RightType>(*type);
+  if (std::find(allowed.begin(), allowed.end(), right) == allowed.end()) return false;
+  if (right == RightType::kSend || right == RightType::kRegion) {
+    if (!job.merged.emplace(std::pair{right, *id}, *name).second) return false;
+  }
+  job.names[*name] = Entry{right, *id, *refs};
+  return true;
+}
+
 std::uint32_t PortRouter::State::InsertAt(JobState& job, RightType type, ObjectId id,
                                           std::uint32_t wanted) {
   const bool merges = type == RightType::kSend || type == RightType::kRegion;

@@ -179,11 +179,7 @@ std::string PortRouter::State::EncodeSnapshot() const {
     for (const auto& [handle, entry] : job.names) kept += Kept(entry) ? 1 : 0;
     out.U32(kept);
     for (const auto& [handle, entry] : job.names) {
-      if (!Kept(entry)) continue;
-      out.U32(handle);
-      out.U8(static_cast<std::uint8_t>(entry.type));
-      WriteId(out, entry.id);
-      out.U32(entry.refs);
+      if (Kept(entry)) router::WriteTableEntry(out, handle, entry);
     }
   }
   return out.Take();
@@ -338,21 +334,11 @@ Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
     if (*has_uid) job.uid = *uid;
     job.next_name = *next_name;
     for (std::uint32_t k = 0; k < *entries; ++k) {
-      auto handle = in.U32();
-      auto type = in.U8();
-      auto id = ReadId(in);
-      auto refs = in.U32();
-      if (!refs || !id || *refs == 0 || *type == 0 ||
-          *type >= static_cast<std::uint8_t>(RightType::kRegion) ||
-          *type == static_cast<std::uint8_t>(RightType::kSendOnce) || job.names.contains(*handle)) {
+      // The kinds Kept() writes.
+      if (!router::ReadTableEntry(
+              in, job,
+              {RightType::kReceive, RightType::kSend, RightType::kDeadName, RightType::kLinkEnd})) {
         return malformed("right of job " + *name);
-      }
-      const auto right = static_cast<RightType>(*type);
-      job.names[*handle] = Entry{right, *id, *refs};
-      if (right == RightType::kSend) {
-        if (!job.merged.emplace(std::pair{right, *id}, *handle).second) {
-          return malformed("right of job " + *name);
-        }
       }
     }
     // New names after every name the job held (a hostile file's 0 is not a name).

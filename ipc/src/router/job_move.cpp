@@ -91,12 +91,7 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
   out.U32(job.next_name);
   out.U32(job.next_op);
   out.U32(static_cast<std::uint32_t>(job.names.size()));
-  for (const auto& [name, entry] : job.names) {
-    out.U32(name);
-    out.U8(static_cast<std::uint8_t>(entry.type));
-    WriteId(out, entry.id);
-    out.U32(entry.refs);
-  }
+  for (const auto& [name, entry] : job.names) router::WriteTableEntry(out, name, entry);
   out.U32(static_cast<std::uint32_t>(job.ops.size()));
   for (const auto& [handle, op] : job.ops) {
     out.U32(handle);
@@ -171,21 +166,13 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
     job.next_name = *next_name;
     job.next_op = *next_op;
     for (std::uint32_t i = 0; i < *count; ++i) {
-      auto name = in.U32();
-      auto type = in.U8();
-      auto id = ReadId(in);
-      auto refs = in.U32();
-      // A right of no known type, none at all, or a second name for one send or region right
-      // (they merge under one name) is no table this router would make: refused here, where a
-      // peer sent it, not later (the journal's restore refuses what the table would then hold).
-      if (!refs || *refs == 0 || *type == 0 ||
-          *type > static_cast<std::uint8_t>(RightType::kRegion)) {
+      // A peer's table is refused whole where it arrives, not later: the journal's restore
+      // refuses what the router's table would then hold.
+      if (!router::ReadTableEntry(
+              in, job,
+              {RightType::kReceive, RightType::kSend, RightType::kSendOnce, RightType::kDeadName,
+               RightType::kLinkEnd, RightType::kRegion})) {
         return malformed();
-      }
-      const auto right = static_cast<RightType>(*type);
-      job.names[*name] = Entry{right, *id, *refs};
-      if (right == RightType::kSend || right == RightType::kRegion) {
-        if (!job.merged.emplace(std::pair{right, *id}, *name).second) return malformed();
       }
     }
     count = in.U32();

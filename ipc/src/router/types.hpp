@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -165,6 +166,14 @@ struct JobState {
   };
   std::deque<std::shared_ptr<PendingSend>> sends;
 };
+
+// One entry of a job's capability table, {u32 name, u8 type, id, u32 refs}, as a move's
+// state and the journal both carry it. The reader adds it to `job`, or returns false (with
+// `job` unchanged) for an entry no router makes: name 0 or one the table holds, a type that
+// `allowed` lacks, no refs, or a second name for a send or region right (they merge under
+// one name). One check for both, so that a table one accepts the other can restore.
+void WriteTableEntry(WireWriter& out, std::uint32_t name, const Entry& entry);
+bool ReadTableEntry(WireReader& in, JobState& job, std::initializer_list<RightType> allowed);
 
 enum class TicketKind {
   kSend,
