@@ -11,7 +11,6 @@
 #include <span>
 
 #include "load_pool.hpp"
-#include "mailbox.hpp"
 #include "tern/balancer/balancer.hpp"
 #include "tern/balancer/gossip.hpp"
 #include "workers.hpp"
@@ -69,10 +68,10 @@ struct Flight {
   bool placed = false;  // a remote start (placement), not a migration
 };
 
-// A window sent during a step; its entries are in the sending worker's Mailbox::Entries(part)
-// (entries[begin, begin+count)), posted after the step's second pass.
+// A window in flight; its entries are in the sending worker's Part (entries[begin, begin+count)).
 struct Message {
   std::uint32_t to = 0;
+  std::uint32_t part = 0;
   std::uint64_t from = 0;
   std::uint32_t begin = 0;
   std::uint32_t count = 0;
@@ -91,7 +90,8 @@ struct Part {
   LoadPool pool;
   std::vector<std::uint32_t> due;  // the nodes that tick this step
   std::vector<balancer::SharedGossipSend> sends;
-  std::vector<Message> messages;  // the windows sent this step, in node order
+  std::vector<Message> messages;
+  std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
   std::vector<Finished> finished;                         // this step's, in node order
   std::vector<std::uint32_t> balance_due;                 // its nodes that balance this step
@@ -151,14 +151,7 @@ class Sim {
         policy_(policy),
         workload_(options.workload),
         rng_(options.workload.seed + 17),
-        workers_(std::max(1u, options.node_threads)),
-        // A window waits at most until its receiver's next tick, an interval (or a step) later:
-        // with three steps more, no generation is reused while it holds mail.
-        mailbox_(
-            options.workload.nodes, workers_.size(),
-            static_cast<std::size_t>(std::ceil(
-                static_cast<double>(options.gossip_interval.count()) / 1000 / options.step_s)) +
-                3) {
+        workers_(std::max(1u, options.node_threads)) {
     // A vector is reused once no Gossip can hold it: RetainsFor() after its last sample time,
     // which a window's flight (one step) may push back by a step per hop; twice that, plus an
     // interval, leaves a margin that SampleViews() checks.
@@ -204,21 +197,18 @@ class Sim {
     const double end = options_.hours * 3600;
     const double step = options_.step_s;
     std::vector<JobSpec> arrivals;
-    // A step in two passes over the nodes on the workers: (1) the placements' gossip samples are
-    // taken, while the calling thread first runs the last step's decisions (they read their
-    // samples, taken before, and change jobs, never gossip); (2) the jobs run, the due nodes tick
-    // and the due decisions' samples are taken. A window sent during a step arrives at the next;
-    // it waits in the Mailbox until its receiver's next read (a sample, a tick), which merges it
-    // first, at its arrival time. Placements and decisions run in order on the calling thread.
+    // A step in two passes over the nodes on the workers, each touching a node's gossip once:
+    // (1) the windows sent last step arrive and the placements' gossip samples are taken, while
+    // the calling thread first runs the last step's decisions (they read their samples, taken
+    // before, and change jobs, never gossip); (2) the jobs run, the due nodes tick and the due
+    // decisions' samples are taken. Placements and decisions run in order on the calling thread.
     bool balance_pending = false;
     double last_t = 0;
-    std::uint64_t step_index = 0;
-    for (double t = 0; t < end; t += step, ++step_index) {
+    for (double t = 0; t < end; t += step) {
       const Millis now = ToMillis(t);
-      mailbox_.BeginStep(step_index, [&](std::uint32_t node) { Deliver(node, now); });
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);  // its own generator: independent of the state
-      SamplePlacements(now, arrivals, [&] {
+      DeliverAndSample(now, arrivals, [&] {
         if (balance_pending) BalanceDue(last_t);
         balance_pending = false;
       });
@@ -310,14 +300,10 @@ class Sim {
   void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
     auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
     for (std::size_t k = 0; k < n; ++k) {
-      if (k + kAhead < n) PrefetchRead(node_at(k + kAhead), 0, Millis::min());
-      if (k + 3 * kAhead / 4 < n) PrefetchRead(node_at(k + 3 * kAhead / 4), 1, Millis::min());
-      if (k + kAhead / 2 < n) PrefetchRead(node_at(k + kAhead / 2), 2, Millis::min());
-      if (k + kAhead / 4 < n) {
-        PrefetchRead(node_at(k + kAhead / 4), 3, Millis::min());
-        gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
-      }
-      Deliver(static_cast<std::uint32_t>(node_at(k)), now);
+      if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+      if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+      if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
       std::vector<NodeState>& sample = sample_at(k);
       sample.clear();
       gossip(k)->VisitFreshest(
@@ -350,66 +336,54 @@ class Sim {
     }
   }
 
-  // The first pass of a step: the gossip samples of the placements of `arrivals` are taken, by
-  // chunks of the nodes on the workers; first() runs on the calling thread before it joins them
-  // (it must not touch gossip).
+  // The first pass of a step: the windows sent during the last step arrive (one step of delay;
+  // a node's in the order they were sent), then the gossip samples of the placements of
+  // `arrivals` are taken, by chunks of the nodes on the workers; first() runs on the calling
+  // thread before it joins them (it must not touch gossip).
   template <typename First>
-  void SamplePlacements(Millis now, const std::vector<JobSpec>& arrivals, First&& first) {
+  void DeliverAndSample(Millis now, const std::vector<JobSpec>& arrivals, First&& first) {
+    inbox_.swap(outbox_);
     const bool place = policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern;
     const std::size_t placements = place ? arrivals.size() : 0;
     if (samples_.size() < placements) samples_.resize(placements);
     const std::size_t chunks = Chunks();
     Bucket(
+        chunks, inbox_.size(), [&](std::size_t k) { return inbox_[k].to; }, message_order_,
+        message_begin_);
+    Bucket(
         chunks, placements, [&](std::size_t k) { return arrivals[k].origin; }, arrival_order_,
         arrival_begin_);
+    auto entries = [&](const Message& message) {
+      return std::span<SharedGossipEntry>(parts_[message.part].entries)
+          .subspan(message.begin, message.count);
+    };
     workers_.RunChunks(chunks, first, [&](std::size_t c) {
+      const std::uint32_t* order = message_order_.data() + message_begin_[c];
+      const std::size_t n = message_begin_[c + 1] - message_begin_[c];
+      auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
+      for (std::size_t k = 0; k < n; ++k) {
+        // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
+        // of the window; each receiver is cold in cache, and their misses overlap.
+        if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
+        if (k + kAhead / 2 < n) {
+          const auto& next = message(k + kAhead / 2);
+          gossips_[next.to]->PrefetchWindow(entries(next), next.from);
+        }
+        if (k + kAhead / 4 < n) {
+          const auto& next = message(k + kAhead / 4);
+          gossips_[next.to]->PrefetchSlots(entries(next));
+        }
+        auto& m = message(k);
+        gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
+      }
       const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
       TakeSamples(
           arrival_begin_[c + 1] - arrival_begin_[c],
           [&](std::size_t k) { return arrivals[placed[k]].origin; },
           [&](std::size_t k) -> std::vector<NodeState>& { return samples_[placed[k]]; }, now);
     });
-  }
-
-  // Merges node's windows that arrived by `upto` into its view (Mailbox). Called by the thread
-  // that owns the node in the pass, before anything reads its view.
-  void Deliver(std::uint32_t node, Millis upto) {
-    Gossip* gossip = gossips_[node];
-    mailbox_.Deliver(node, upto,
-                     [&](std::uint64_t from, std::span<SharedGossipEntry> entries, Millis arrive) {
-                       gossip->OnReceiveShared(from, entries, arrive);
-                     });
-  }
-
-  // Hints for a read of node's view (a tick, a sample), in stages some nodes ahead, stage 0
-  // furthest: its Gossip and first waiting window's record, the freshest list and the window's
-  // entries, the freshest entries and the window's lookups, the slots the window touches.
-  void PrefetchRead(std::uint32_t node, int stage, Millis now) const {
-    const Gossip* gossip = gossips_[node];
-    switch (stage) {
-      case 0:
-        gossip->Prefetch();
-        mailbox_.PrefetchHead(node);
-        break;
-      case 1:
-        gossip->PrefetchTick(now);
-        mailbox_.PrefetchWindow(node);
-        break;
-      case 2: {
-        gossip->PrefetchTickSlots();
-        std::uint64_t from = 0;
-        if (const auto window = mailbox_.First(node, from); !window.empty()) {
-          gossip->PrefetchWindow(window, from);
-        }
-        break;
-      }
-      default: {
-        std::uint64_t from = 0;
-        if (const auto window = mailbox_.First(node, from); !window.empty()) {
-          gossip->PrefetchSlots(window);
-        }
-      }
-    }
+    inbox_.clear();
+    for (auto& part : parts_) part.entries.clear();
   }
 
   void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
@@ -492,9 +466,7 @@ class Sim {
           due.size(), [&](std::size_t k) { return due[k]; },
           [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
     });
-    const Millis arrive = ToMillis(t + step);  // the next step's time, as Run() computes it
-    for (std::uint32_t sender = 0; sender < parts_.size(); ++sender) {
-      Part& part = parts_[sender];
+    for (auto& part : parts_) {
       for (const auto& [index, finish] : part.finished) {
         const Job& job = jobs_[index];
         const double response = finish - job.spec.arrival_s;
@@ -514,9 +486,7 @@ class Sim {
       }
       gossip_bytes_ += part.bytes;
       part.bytes = 0;
-      for (const auto& message : part.messages) {
-        mailbox_.Post(message.to, message.from, sender, message.begin, message.count, arrive);
-      }
+      outbox_.insert(outbox_.end(), part.messages.begin(), part.messages.end());
       part.messages.clear();
     }
   }
@@ -566,18 +536,17 @@ class Sim {
       if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
     }
     // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
+    auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
     for (std::size_t k = 0; k < due.size(); ++k) {
       if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
+      if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
+      if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
       // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
       // them.)
-      if (k + kAhead < due.size()) PrefetchRead(due[k + kAhead], 0, now);
-      if (k + 3 * kAhead / 4 < due.size()) PrefetchRead(due[k + 3 * kAhead / 4], 1, now);
-      if (k + kAhead / 2 < due.size()) PrefetchRead(due[k + kAhead / 2], 2, now);
-      if (k + kAhead / 4 < due.size()) PrefetchRead(due[k + kAhead / 4], 3, now);
+      if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
       // The generator, which draws the peer and the loss: its position, then its next word.
       if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
-      Deliver(due[k], now);
       Node& node = nodes_[due[k]];
       GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
       node.next_gossip += interval;
@@ -629,11 +598,10 @@ class Sim {
       part.bytes += kMessageOverheadBytes;
       for (const auto& entry : send.entries) part.bytes += EstimateEntryBytes(entry.jobs_running);
       if (lost(*node.rng)) continue;
-      auto& entries = mailbox_.Entries(index);
-      part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), node.id,
-                                      static_cast<std::uint32_t>(entries.size()),
+      part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
+                                      static_cast<std::uint32_t>(part.entries.size()),
                                       static_cast<std::uint32_t>(send.entries.size())});
-      entries.insert(entries.end(), send.entries.begin(), send.entries.end());
+      part.entries.insert(part.entries.end(), send.entries.begin(), send.entries.end());
     }
   }
 
@@ -732,9 +700,7 @@ class Sim {
 
   void SampleViews(Millis now) {
     for (int k = 0; k < 20; ++k) {
-      const auto index = static_cast<std::uint32_t>(rng_() % nodes_.size());
-      Deliver(index, now);  // (not the windows sent this step: they arrive at the next)
-      const auto& node = nodes_[index];
+      const auto& node = nodes_[rng_() % nodes_.size()];
       if (!node.gossip->VectorsMatch()) {  // LoadPool's contract: no vector reused while held
         std::fprintf(stderr, "tern-sim: a pooled load vector was reused while a view held it\n");
         std::abort();
@@ -763,15 +729,15 @@ class Sim {
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
+  std::vector<Message> inbox_, outbox_;
   Workers workers_;
   std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
-  Mailbox mailbox_;                         // the windows on their way, by receiver
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
   std::vector<const std::vector<NodeState>*> balance_samples_;  // their samples
   std::vector<NodeState> view_buffer_;
   std::vector<std::vector<NodeState>> samples_;  // the placements' samples, by arrival
-  // SamplePlacements' chunks (Bucket): the arrivals of each.
-  std::vector<std::uint32_t> arrival_order_, arrival_begin_;
+  // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
+  std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
   mutable std::vector<std::uint32_t> fill_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
