@@ -50,6 +50,8 @@ struct Node {
   // 2.5 KB would spread the nodes the per-step passes walk over many more cache lines.
   std::unique_ptr<std::mt19937_64> rng;
   std::uint64_t seq = 0;
+  double rate = 0;              // of each of its jobs since step `synced` (Sync, Schedule)
+  std::uint32_t synced = 0;     // its jobs ran every step before this one
   double published_demand = 0;  // the figures of the last sample given to SetLocal
   std::size_t published_jobs = 0;
   std::uint64_t published_mem = 0;
@@ -92,6 +94,7 @@ struct Part {
   std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
   std::vector<Finished> finished;                         // this step's, in node order
+  std::vector<std::uint32_t> finishing;                   // the nodes where they finish
   std::vector<std::uint32_t> balance_due;                 // its nodes that balance this step
   std::vector<std::vector<balancer::NodeState>> samples;  // theirs, in the same order
 };
@@ -185,6 +188,7 @@ class Sim {
       const double balance_s =
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
       next_gossip_.push_back(phase(rng_) * gossip_s);
+      due_.push_back(kNever);
       next_balance_.push_back(phase(rng_) * balance_s);
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
@@ -202,7 +206,12 @@ class Sim {
     // decisions' samples are taken. Placements and decisions run in order on the calling thread.
     bool balance_pending = false;
     double last_t = 0;
-    for (double t = 0; t < end; t += step) {
+    // The steps' times, as the loop has always summed them (a node's jobs run lazily, between
+    // steps: Sync), and the time after the last.
+    for (double t = 0; t < end; t += step) times_.push_back(t);
+    times_.push_back(times_.empty() ? step : times_.back() + step);
+    for (step_ = 0; step_ + 1 < times_.size(); ++step_) {
+      const double t = times_[step_];
       const Millis now = ToMillis(t);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);  // its own generator: independent of the state
@@ -421,18 +430,62 @@ class Sim {
         Flight{spec.arrival_s + options_.remote_start_s, index, spec.origin, target, true});
   }
 
+  // Between the steps of the current one and the next Progress (placements, landings,
+  // decisions): the node's jobs ran the steps before, then the set changes.
   void AddTo(std::uint32_t job, std::uint32_t node) {
+    Sync(node, step_);
     jobs_[job].node = node;
     nodes_[node].jobs.push_back(job);
     nodes_[node].mem_used += jobs_[job].spec.rss_bytes;
+    Schedule(node, step_);
   }
 
   void RemoveFrom(std::uint32_t job, std::uint32_t node) {
+    Sync(node, step_);
     auto& list = nodes_[node].jobs;
     auto it = std::find(list.begin(), list.end(), job);
     *it = list.back();
     list.pop_back();
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
+    Schedule(node, step_);
+  }
+
+  // Processor sharing, lazily: a node's jobs all run at its rate while its set of jobs stays the
+  // same, so a node is touched only when the set changes (AddTo, RemoveFrom) or when a job
+  // finishes (Schedule predicts the step, Progress runs it), not at every step.
+  // Sync: node's jobs run the steps [synced, k), each from when it became runnable.
+  void Sync(std::uint32_t i, std::size_t k) {
+    Node& node = nodes_[i];
+    if (node.synced >= k) return;
+    const double from = times_[node.synced];
+    const double to = times_[k];
+    for (const auto index : node.jobs) {
+      Job& job = jobs_[index];
+      const double ran = to - std::max(from, job.ready);
+      if (ran > 0) job.remaining -= node.rate * ran;
+    }
+    node.synced = static_cast<std::uint32_t>(k);
+  }
+  // Node i (synced to step k) runs at speed x min(1, cores / jobs) from step k on; due_[i] is
+  // the step during which its first job finishes at that rate (kNever without jobs).
+  void Schedule(std::uint32_t i, std::size_t k) {
+    Node& node = nodes_[i];
+    std::uint32_t due = kNever;
+    node.rate = node.jobs.empty()
+                    ? 0
+                    : node.spec.speed *
+                          std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+    for (const auto index : node.jobs) {
+      const Job& job = jobs_[index];
+      // The first step s >= k whose end, times_[s + 1], is at or after the job's last work.
+      const double done = std::max(times_[k], job.ready) + job.remaining / node.rate;
+      const auto end =
+          std::lower_bound(times_.begin() + static_cast<std::ptrdiff_t>(k) + 1, times_.end(), done);
+      if (end != times_.end()) {
+        due = std::min(due, static_cast<std::uint32_t>(end - times_.begin() - 1));
+      }
+    }
+    due_[i] = due;
   }
 
   // The second pass of a step, on the workers by parts of consecutive nodes: the jobs run, the
@@ -448,7 +501,7 @@ class Sim {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
       Part& mine = parts_[part];
-      Progress(begin, end, t, step, mine.finished);
+      Progress(begin, end, step_, step, mine.finished, mine.finishing);
       if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine);
       auto& due = mine.balance_due;
       due.clear();
@@ -488,38 +541,48 @@ class Sim {
     }
   }
 
-  // The jobs of nodes [begin, end) run for a step; those that finish go to `finished`.
-  void Progress(std::size_t begin, std::size_t end, double t, double step,
-                std::vector<Finished>& finished) {
+  // The nodes of [begin, end) in which a job finishes during step k (Schedule) run their jobs
+  // to its end; those that finish go to `finished`, in node order.
+  void Progress(std::size_t begin, std::size_t end, std::size_t k, double step,
+                std::vector<Finished>& finished, std::vector<std::uint32_t>& due) {
     finished.clear();
+    due.clear();
     for (std::size_t i = begin; i < end; ++i) {
+      if (due_[i] == k) due.push_back(static_cast<std::uint32_t>(i));
+    }
+    const double t = times_[k];
+    for (std::size_t d = 0; d < due.size(); ++d) {
       // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
-      if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
-      if (i + kAhead / 2 < end) {
-        for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
+      if (d + kAhead < due.size()) __builtin_prefetch(nodes_[due[d + kAhead]].jobs.data());
+      if (d + kAhead / 2 < due.size()) {
+        for (const auto job : nodes_[due[d + kAhead / 2]].jobs) {
+          __builtin_prefetch(&jobs_[job].ready);
+        }
       }
+      const std::uint32_t i = due[d];
+      Sync(i, k);
       Node& node = nodes_[i];
-      if (node.jobs.empty()) continue;
-      const double rate =
-          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
-      for (std::size_t k = 0; k < node.jobs.size();) {
-        Job& job = jobs_[node.jobs[k]];
+      const double rate = node.rate;
+      for (std::size_t j = 0; j < node.jobs.size();) {
+        Job& job = jobs_[node.jobs[j]];
         // A job that became runnable during the step runs for the rest of it only.
         const double ran = std::min(step, t + step - job.ready);
         if (ran <= 0) {
-          ++k;
+          ++j;
           continue;
         }
         job.remaining -= rate * ran;
         if (job.remaining > 0) {
-          ++k;
+          ++j;
           continue;
         }
-        finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
+        finished.push_back(Finished{node.jobs[j], t + step + job.remaining / rate});
         node.mem_used -= job.spec.rss_bytes;
-        node.jobs[k] = node.jobs.back();
+        node.jobs[j] = node.jobs.back();
         node.jobs.pop_back();
       }
+      node.synced = static_cast<std::uint32_t>(k + 1);
+      Schedule(i, k + 1);
     }
   }
 
@@ -724,6 +787,11 @@ class Sim {
   // When each node next ticks and balances, packed: the per-step scans read 16 KB per thousand
   // nodes instead of every Node.
   std::vector<double> next_gossip_, next_balance_;
+  // The step during which each node's first job finishes (Schedule), packed for Progress's scan.
+  static constexpr std::uint32_t kNever = 0xffffffff;
+  std::vector<std::uint32_t> due_;
+  std::vector<double> times_;  // of the steps, and the time after the last
+  std::size_t step_ = 0;       // the current step: times_[step_]
   // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
   std::vector<Gossip*> gossips_;
   std::vector<Job> jobs_;
