@@ -166,6 +166,7 @@ class Sim {
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
+    if (gossip) observed_ = Observed(phase);
     for (std::size_t i = 0; i < specs.size(); ++i) {
       Node node;
       node.spec = specs[i];
@@ -176,7 +177,7 @@ class Sim {
         g.self_id = node.id;
         g.window = options.gossip_window;
         g.max_age = options.gossip_max_age;
-        g.view_max = options.view_max;
+        g.view_max = observed_[i] ? options.view_max : ReadViewMax();
         node.gossip = std::make_unique<Gossip>(g);
         gossips_.push_back(node.gossip.get());
       }
@@ -193,6 +194,30 @@ class Sim {
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
     }
+  }
+
+  // The nodes whose whole view the report reads (SampleViews: 20 a minute, drawn from rng_ once
+  // the nodes' phases are): rng_ run ahead on a copy, each phase drawn as the constructor does.
+  std::vector<bool> Observed(std::uniform_real_distribution<double> phase) const {
+    std::mt19937_64 ahead = rng_;
+    const std::size_t n = options_.workload.nodes;
+    for (std::size_t i = 0; i < n; ++i) {
+      phase(ahead);
+      phase(ahead);
+    }
+    std::vector<bool> observed(n, false);
+    const auto minutes = static_cast<std::size_t>(std::ceil(options_.hours * 60)) + 1;
+    for (std::size_t k = 0; k < 20 * minutes; ++k) observed[ahead() % n] = true;
+    return observed;
+  }
+  // The bound on the view of a node whose whole view nobody reads: all anyone reads of it are
+  // its windows (`window` freshest entries) and the Balancer's samples (`sample` freshest), and
+  // a bounded view holds the view_max freshest entries an unbounded one would (Gossip's
+  // contract), so a bound of the larger of the two gives the same windows and samples as
+  // --view-max, with half the slots to touch (docs/balancer.md, "Simulator").
+  std::size_t ReadViewMax() const {
+    const std::size_t read = std::max(options_.gossip_window, options_.sample);
+    return options_.view_max == 0 ? 0 : std::min(options_.view_max, read);
   }
 
   SimResult Run() {
@@ -760,7 +785,12 @@ class Sim {
 
   void SampleViews(Millis now) {
     for (int k = 0; k < 20; ++k) {
-      const auto& node = nodes_[rng_() % nodes_.size()];
+      const auto index = rng_() % nodes_.size();
+      if (!observed_[index]) {  // Observed() draws what this does
+        std::fprintf(stderr, "tern-sim: a view sampled for the report was not kept whole\n");
+        std::abort();
+      }
+      const auto& node = nodes_[index];
       if (!node.gossip->VectorsMatch()) {  // LoadPool's contract: no vector reused while held
         std::fprintf(stderr, "tern-sim: a pooled load vector was reused while a view held it\n");
         std::abort();
@@ -784,6 +814,9 @@ class Sim {
   std::mt19937_64 rng_;
   std::vector<Node> nodes_;
   std::vector<std::uint64_t> ids_;
+  // The nodes whose whole gossip view the report reads (Observed); the others keep what their
+  // windows and samples read (ReadViewMax).
+  std::vector<bool> observed_;
   // When each node next ticks and balances, packed: the per-step scans read 16 KB per thousand
   // nodes instead of every Node.
   std::vector<double> next_gossip_, next_balance_;
