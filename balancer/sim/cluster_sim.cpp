@@ -513,11 +513,11 @@ class Sim {
     due_[i] = due;
   }
 
-  // The second pass of a step, on the workers by parts of consecutive nodes: the jobs run, the
-  // nodes whose gossip interval is due tick, and the gossip samples of the decisions due are
-  // taken. Then, in node order, so that the run is the same for any number of workers: the jobs
-  // that finished are counted (floating-point sums), the windows join the outbox, the nodes
-  // that balance are listed.
+  // The second pass of a step, on the workers by parts of consecutive nodes: the nodes in which
+  // a job finishes run their jobs (Progress), the nodes whose gossip interval is due tick, and
+  // the gossip samples of the decisions due are taken. Then, in node order, so that the run is the
+  // same for any number of workers: the jobs that finished are counted (floating-point sums), the
+  // windows join the outbox, the nodes that balance are listed.
   void StepNodes(double t, double step, Millis now) {
     const std::size_t parts = workers_.size();
     // Every node's Balancer has the same interval: not read from each (a cache miss).
