@@ -49,9 +49,9 @@ struct Node {
   // The node's own: its gossip peers and losses, whichever thread ticks it. Out of line: its
   // 2.5 KB would spread the nodes the per-step passes walk over many more cache lines.
   std::unique_ptr<std::mt19937_64> rng;
-  double next_gossip = 0;
-  double next_balance = 0;
   std::uint64_t seq = 0;
+  double rate = 0;              // of each of its jobs since step `synced` (Sync, Schedule)
+  std::uint32_t synced = 0;     // its jobs ran every step before this one
   double published_demand = 0;  // the figures of the last sample given to SetLocal
   std::size_t published_jobs = 0;
   std::uint64_t published_mem = 0;
@@ -94,6 +94,7 @@ struct Part {
   std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
   std::vector<Finished> finished;                         // this step's, in node order
+  std::vector<std::uint32_t> finishing;                   // the nodes where they finish
   std::vector<std::uint32_t> balance_due;                 // its nodes that balance this step
   std::vector<std::vector<balancer::NodeState>> samples;  // theirs, in the same order
 };
@@ -165,6 +166,7 @@ class Sim {
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
+    if (gossip) observed_ = Observed(phase);
     for (std::size_t i = 0; i < specs.size(); ++i) {
       Node node;
       node.spec = specs[i];
@@ -175,7 +177,7 @@ class Sim {
         g.self_id = node.id;
         g.window = options.gossip_window;
         g.max_age = options.gossip_max_age;
-        g.view_max = options.view_max;
+        g.view_max = observed_[i] ? options.view_max : ReadViewMax();
         node.gossip = std::make_unique<Gossip>(g);
         gossips_.push_back(node.gossip.get());
       }
@@ -186,11 +188,36 @@ class Sim {
       const double gossip_s = static_cast<double>(options.gossip_interval.count()) / 1000;
       const double balance_s =
           static_cast<double>(node.balancer->options().interval.count()) / 1000;
-      node.next_gossip = phase(rng_) * gossip_s;
-      node.next_balance = phase(rng_) * balance_s;
+      next_gossip_.push_back(phase(rng_) * gossip_s);
+      due_.push_back(kNever);
+      next_balance_.push_back(phase(rng_) * balance_s);
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
     }
+  }
+
+  // The nodes whose whole view the report reads (SampleViews: 20 a minute, drawn from rng_ once
+  // the nodes' phases are): rng_ run ahead on a copy, each phase drawn as the constructor does.
+  std::vector<bool> Observed(std::uniform_real_distribution<double> phase) const {
+    std::mt19937_64 ahead = rng_;
+    const std::size_t n = options_.workload.nodes;
+    for (std::size_t i = 0; i < n; ++i) {
+      phase(ahead);
+      phase(ahead);
+    }
+    std::vector<bool> observed(n, false);
+    const auto minutes = static_cast<std::size_t>(std::ceil(options_.hours * 60)) + 1;
+    for (std::size_t k = 0; k < 20 * minutes; ++k) observed[ahead() % n] = true;
+    return observed;
+  }
+  // The bound on the view of a node whose whole view nobody reads: all anyone reads of it are
+  // its windows (`window` freshest entries) and the Balancer's samples (`sample` freshest), and
+  // a bounded view holds the view_max freshest entries an unbounded one would (Gossip's
+  // contract), so a bound of the larger of the two gives the same windows and samples as
+  // --view-max, with half the slots to touch (docs/balancer.md, "Simulator").
+  std::size_t ReadViewMax() const {
+    const std::size_t read = std::max(options_.gossip_window, options_.sample);
+    return options_.view_max == 0 ? 0 : std::min(options_.view_max, read);
   }
 
   SimResult Run() {
@@ -204,7 +231,12 @@ class Sim {
     // decisions' samples are taken. Placements and decisions run in order on the calling thread.
     bool balance_pending = false;
     double last_t = 0;
-    for (double t = 0; t < end; t += step) {
+    // The steps' times, as the loop has always summed them (a node's jobs run lazily, between
+    // steps: Sync), and the time after the last.
+    for (double t = 0; t < end; t += step) times_.push_back(t);
+    times_.push_back(times_.empty() ? step : times_.back() + step);
+    for (step_ = 0; step_ + 1 < times_.size(); ++step_) {
+      const double t = times_[step_];
       const Millis now = ToMillis(t);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);  // its own generator: independent of the state
@@ -423,25 +455,69 @@ class Sim {
         Flight{spec.arrival_s + options_.remote_start_s, index, spec.origin, target, true});
   }
 
+  // Between the steps of the current one and the next Progress (placements, landings,
+  // decisions): the node's jobs ran the steps before, then the set changes.
   void AddTo(std::uint32_t job, std::uint32_t node) {
+    Sync(node, step_);
     jobs_[job].node = node;
     nodes_[node].jobs.push_back(job);
     nodes_[node].mem_used += jobs_[job].spec.rss_bytes;
+    Schedule(node, step_);
   }
 
   void RemoveFrom(std::uint32_t job, std::uint32_t node) {
+    Sync(node, step_);
     auto& list = nodes_[node].jobs;
     auto it = std::find(list.begin(), list.end(), job);
     *it = list.back();
     list.pop_back();
     nodes_[node].mem_used -= jobs_[job].spec.rss_bytes;
+    Schedule(node, step_);
   }
 
-  // The second pass of a step, on the workers by parts of consecutive nodes: the jobs run, the
-  // nodes whose gossip interval is due tick, and the gossip samples of the decisions due are
-  // taken. Then, in node order, so that the run is the same for any number of workers: the jobs
-  // that finished are counted (floating-point sums), the windows join the outbox, the nodes
-  // that balance are listed.
+  // Processor sharing, lazily: a node's jobs all run at its rate while its set of jobs stays the
+  // same, so a node is touched only when the set changes (AddTo, RemoveFrom) or when a job
+  // finishes (Schedule predicts the step, Progress runs it), not at every step.
+  // Sync: node's jobs run the steps [synced, k), each from when it became runnable.
+  void Sync(std::uint32_t i, std::size_t k) {
+    Node& node = nodes_[i];
+    if (node.synced >= k) return;
+    const double from = times_[node.synced];
+    const double to = times_[k];
+    for (const auto index : node.jobs) {
+      Job& job = jobs_[index];
+      const double ran = to - std::max(from, job.ready);
+      if (ran > 0) job.remaining -= node.rate * ran;
+    }
+    node.synced = static_cast<std::uint32_t>(k);
+  }
+  // Node i (synced to step k) runs at speed x min(1, cores / jobs) from step k on; due_[i] is
+  // the step during which its first job finishes at that rate (kNever without jobs).
+  void Schedule(std::uint32_t i, std::size_t k) {
+    Node& node = nodes_[i];
+    std::uint32_t due = kNever;
+    node.rate = node.jobs.empty()
+                    ? 0
+                    : node.spec.speed *
+                          std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
+    for (const auto index : node.jobs) {
+      const Job& job = jobs_[index];
+      // The first step s >= k whose end, times_[s + 1], is at or after the job's last work.
+      const double done = std::max(times_[k], job.ready) + job.remaining / node.rate;
+      const auto end =
+          std::lower_bound(times_.begin() + static_cast<std::ptrdiff_t>(k) + 1, times_.end(), done);
+      if (end != times_.end()) {
+        due = std::min(due, static_cast<std::uint32_t>(end - times_.begin() - 1));
+      }
+    }
+    due_[i] = due;
+  }
+
+  // The second pass of a step, on the workers by parts of consecutive nodes: the nodes in which
+  // a job finishes run their jobs (Progress), the nodes whose gossip interval is due tick, and
+  // the gossip samples of the decisions due are taken. Then, in node order, so that the run is the
+  // same for any number of workers: the jobs that finished are counted (floating-point sums), the
+  // windows join the outbox, the nodes that balance are listed.
   void StepNodes(double t, double step, Millis now) {
     const std::size_t parts = workers_.size();
     // Every node's Balancer has the same interval: not read from each (a cache miss).
@@ -450,15 +526,14 @@ class Sim {
       const std::size_t begin = nodes_.size() * part / parts;
       const std::size_t end = nodes_.size() * (part + 1) / parts;
       Part& mine = parts_[part];
-      Progress(begin, end, t, step, mine.finished);
+      Progress(begin, end, step_, step, mine.finished, mine.finishing);
       if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine);
       auto& due = mine.balance_due;
       due.clear();
       for (std::size_t i = begin; i < end; ++i) {
-        Node& node = nodes_[i];
-        if (node.next_balance <= t) {
-          if (Migrates() && !node.jobs.empty()) due.push_back(static_cast<std::uint32_t>(i));
-          node.next_balance += balance_s;
+        if (next_balance_[i] <= t) {
+          if (Migrates() && !nodes_[i].jobs.empty()) due.push_back(static_cast<std::uint32_t>(i));
+          next_balance_[i] += balance_s;
         }
       }
       if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
@@ -491,38 +566,48 @@ class Sim {
     }
   }
 
-  // The jobs of nodes [begin, end) run for a step; those that finish go to `finished`.
-  void Progress(std::size_t begin, std::size_t end, double t, double step,
-                std::vector<Finished>& finished) {
+  // The nodes of [begin, end) in which a job finishes during step k (Schedule) run their jobs
+  // to its end; those that finish go to `finished`, in node order.
+  void Progress(std::size_t begin, std::size_t end, std::size_t k, double step,
+                std::vector<Finished>& finished, std::vector<std::uint32_t>& due) {
     finished.clear();
+    due.clear();
     for (std::size_t i = begin; i < end; ++i) {
+      if (due_[i] == k) due.push_back(static_cast<std::uint32_t>(i));
+    }
+    const double t = times_[k];
+    for (std::size_t d = 0; d < due.size(); ++d) {
       // Hints, some nodes ahead: the job lists, then the jobs (wherever they were allocated).
-      if (i + kAhead < end) __builtin_prefetch(nodes_[i + kAhead].jobs.data());
-      if (i + kAhead / 2 < end) {
-        for (const auto job : nodes_[i + kAhead / 2].jobs) __builtin_prefetch(&jobs_[job].ready);
+      if (d + kAhead < due.size()) __builtin_prefetch(nodes_[due[d + kAhead]].jobs.data());
+      if (d + kAhead / 2 < due.size()) {
+        for (const auto job : nodes_[due[d + kAhead / 2]].jobs) {
+          __builtin_prefetch(&jobs_[job].ready);
+        }
       }
+      const std::uint32_t i = due[d];
+      Sync(i, k);
       Node& node = nodes_[i];
-      if (node.jobs.empty()) continue;
-      const double rate =
-          node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
-      for (std::size_t k = 0; k < node.jobs.size();) {
-        Job& job = jobs_[node.jobs[k]];
+      const double rate = node.rate;
+      for (std::size_t j = 0; j < node.jobs.size();) {
+        Job& job = jobs_[node.jobs[j]];
         // A job that became runnable during the step runs for the rest of it only.
         const double ran = std::min(step, t + step - job.ready);
         if (ran <= 0) {
-          ++k;
+          ++j;
           continue;
         }
         job.remaining -= rate * ran;
         if (job.remaining > 0) {
-          ++k;
+          ++j;
           continue;
         }
-        finished.push_back(Finished{node.jobs[k], t + step + job.remaining / rate});
+        finished.push_back(Finished{node.jobs[j], t + step + job.remaining / rate});
         node.mem_used -= job.spec.rss_bytes;
-        node.jobs[k] = node.jobs.back();
+        node.jobs[j] = node.jobs.back();
         node.jobs.pop_back();
       }
+      node.synced = static_cast<std::uint32_t>(k + 1);
+      Schedule(i, k + 1);
     }
   }
 
@@ -533,7 +618,7 @@ class Sim {
     auto& due = mine.due;
     due.clear();
     for (std::size_t i = begin; i < end; ++i) {
-      if (nodes_[i].next_gossip <= t) due.push_back(static_cast<std::uint32_t>(i));
+      if (next_gossip_[i] <= t) due.push_back(static_cast<std::uint32_t>(i));
     }
     // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
     auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
@@ -549,7 +634,7 @@ class Sim {
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
       Node& node = nodes_[due[k]];
       GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
-      node.next_gossip += interval;
+      next_gossip_[due[k]] += interval;
     }
   }
 
@@ -700,7 +785,12 @@ class Sim {
 
   void SampleViews(Millis now) {
     for (int k = 0; k < 20; ++k) {
-      const auto& node = nodes_[rng_() % nodes_.size()];
+      const auto index = rng_() % nodes_.size();
+      if (!observed_[index]) {  // Observed() draws what this does
+        std::fprintf(stderr, "tern-sim: a view sampled for the report was not kept whole\n");
+        std::abort();
+      }
+      const auto& node = nodes_[index];
       if (!node.gossip->VectorsMatch()) {  // LoadPool's contract: no vector reused while held
         std::fprintf(stderr, "tern-sim: a pooled load vector was reused while a view held it\n");
         std::abort();
@@ -724,6 +814,17 @@ class Sim {
   std::mt19937_64 rng_;
   std::vector<Node> nodes_;
   std::vector<std::uint64_t> ids_;
+  // The nodes whose whole gossip view the report reads (Observed); the others keep what their
+  // windows and samples read (ReadViewMax).
+  std::vector<bool> observed_;
+  // When each node next ticks and balances, packed: the per-step scans read 16 KB per thousand
+  // nodes instead of every Node.
+  std::vector<double> next_gossip_, next_balance_;
+  // The step during which each node's first job finishes (Schedule), packed for Progress's scan.
+  static constexpr std::uint32_t kNever = 0xffffffff;
+  std::vector<std::uint32_t> due_;
+  std::vector<double> times_;  // of the steps, and the time after the last
+  std::size_t step_ = 0;       // the current step: times_[step_]
   // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
   std::vector<Gossip*> gossips_;
   std::vector<Job> jobs_;

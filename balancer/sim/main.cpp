@@ -49,7 +49,9 @@ int main(int argc, char** argv) {
   app.add_option("--window", options.gossip_window, "gossip entries per message")
       ->check(CLI::Range(1, 64));
   app.add_option("--view-max", options.view_max,
-                 "entries a node's gossip view keeps, the freshest (0: no bound)")
+                 "entries a node's gossip view keeps, the freshest (0: no bound); nodes whose "
+                 "view the report does not sample keep only what their windows and samples "
+                 "read (max(window, 16)), with the same results")
       ->check(CLI::Range(0, 1000000));
   app.add_option("--loss", options.gossip_loss, "gossip message loss probability")
       ->check(CLI::Range(0.0, 0.9));
