@@ -212,6 +212,7 @@ class PortReader::State {
   std::uint64_t handed_direct_ = 0;
   std::uint64_t handed_shared_ = 0;
   std::vector<pollfd> fds_;
+  libtern::SpinWait spin_;  // before sleeping for a ring's frames
 };
 
 IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
@@ -255,16 +256,22 @@ bool PortReader::State::HandOut(MessageView& out) {
       }
       const std::uint64_t writer = run.writer;
       const std::uint64_t sequence = run.sequence++;
-      reorder_.HandedOut(writer, sequence);
       ++handed_direct_;
       if (run.shared) ++handed_shared_;
+      // What was handed out is told to the table only where an ack may read it: every 64th
+      // message and the run's last (acks are read nowhere else while a run is in ready_: Wait
+      // runs only once ready_ is empty, and ready_ hands out in order).
       if (--run.run == 0) {
+        reorder_.HandedOut(writer, sequence);
         current_ = std::move(run.owner);
         ready_.pop_front();
         AckHanded(writer);
       } else {
         --in_runs_;
-        if (sequence % 64 == 0) AckHanded(writer);
+        if (sequence % 64 == 0) {
+          reorder_.HandedOut(writer, sequence);
+          AckHanded(writer);
+        }
       }
       return true;
     }
@@ -329,7 +336,7 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   // A writer in the middle of a frame: a short wait for it beats a sleep and a bell.
   bool rings = false;
   for (const auto& connection : connections_) rings |= connection->socket.shared();
-  if (rings && libtern::SpinBriefly([&] {
+  if (rings && spin_([&] {
         for (const auto& connection : connections_) {
           if (connection->socket.HasFrames()) return true;
         }

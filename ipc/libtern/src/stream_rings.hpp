@@ -17,8 +17,10 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <string_view>
 #include <tern/expected.hpp>
@@ -70,21 +72,83 @@ class StreamRings {
   ipc::ShmRing acks_;
 };
 
-// Before a side arms its ring and sleeps in poll(): a short wait for `ready()` that yields the
-// CPU at each turn. A stream's two sides mostly wait on each other for microseconds (a writer
-// for credits the reader is about to give, a reader for the frame being written); a sleep and
-// a bell cost a context switch each way, more than that. sched_yield lets whatever else wants
-// this CPU run meanwhile (the other side, on a machine with few CPUs). True if ready.
-template <typename Ready>
-bool SpinBriefly(Ready ready) {
-  constexpr auto kSpin = std::chrono::microseconds(50);
-  const auto until = std::chrono::steady_clock::now() + kSpin;
-  do {
-    if (ready()) return true;
-    ::sched_yield();
-  } while (std::chrono::steady_clock::now() < until);
-  return ready();
-}
+// Before a side arms its ring and sleeps in poll(): a short wait for `ready()`. A stream's two
+// sides mostly wait on each other for microseconds (a writer for credits the reader is about
+// to give, a reader for the frame being written); a sleep and a bell cost a system call and a
+// context switch each way, more than that.
+//
+// The wait adapts, per side: one that ended in a sleep halves the next (down to none), one that
+// ended ready doubles it again (up to kLongest). A side whose peer is not running (a loaded
+// machine, where the peer waits for a CPU; or a peer with nothing to send) then stops burning
+// its CPU share on waits that end in a sleep anyway, which a fixed 50 µs of sched_yield did
+// (bench/README.md, 2026-12-06 ninth session: most of both sides' CPU under load). It spins
+// with the CPU's pause, no system call, and yields only past kYieldAfter, so that another task
+// on this CPU (the peer, on a machine with few) may run. A side that stopped waiting tries
+// again with the shortest wait every kRetryEvery sleeps.
+//
+// Thread-safety: none; one per side.
+class SpinWait {
+ public:
+  static constexpr std::chrono::nanoseconds kLongest = std::chrono::microseconds(50);
+  static constexpr std::chrono::nanoseconds kShortest = std::chrono::microseconds(2);
+  static constexpr std::chrono::nanoseconds kYieldAfter = std::chrono::microseconds(10);
+  static constexpr int kRetryEvery = 8;
+
+  // True if ready (within the wait or at its end).
+  template <typename Ready>
+  bool operator()(Ready ready) {
+    // EXPERIMENT (removed before the branch is done): TERN_STREAM_SPIN=fixed|none.
+    static const int mode = [] {
+      const char* v = std::getenv("TERN_STREAM_SPIN");
+      if (v == nullptr) return 0;
+      return std::string_view(v) == "fixed" ? 1 : std::string_view(v) == "none" ? 2 : 0;
+    }();
+    if (mode == 2) return ready();
+    if (mode == 1) {
+      const auto until = std::chrono::steady_clock::now() + kLongest;
+      do {
+        if (ready()) return true;
+        ::sched_yield();
+      } while (std::chrono::steady_clock::now() < until);
+      return ready();
+    }
+    if (budget_ == std::chrono::nanoseconds::zero()) {
+      if (++idle_ < kRetryEvery) return ready();
+      idle_ = 0;
+      budget_ = kShortest;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      for (int i = 0; i < 32; ++i) {
+        if (ready()) {
+          budget_ = std::min(kLongest, budget_ * 2);
+          return true;
+        }
+        Pause();
+      }
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (waited >= budget_) break;
+      if (waited >= kYieldAfter) ::sched_yield();
+    }
+    budget_ /= 2;
+    if (budget_ < kShortest) budget_ = std::chrono::nanoseconds::zero();
+    return ready();
+  }
+
+  std::chrono::nanoseconds budget() const { return budget_; }
+
+ private:
+  static void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
+  std::chrono::nanoseconds budget_ = kLongest;
+  int idle_ = 0;
+};
 
 // Writes `bytes` to the Unix socket `fd` with `pass` attached (SCM_RIGHTS); 0 or the errno.
 int SendWithFd(int fd, std::string_view bytes, int pass);

@@ -1,5 +1,6 @@
 #include "stream_wire.hpp"
 
+#include <cstring>
 #include <tern/big_endian.hpp>
 #include <tern/ipc/frame.hpp>
 
@@ -55,6 +56,22 @@ std::optional<StreamAck> ParseStreamAck(std::string_view payload) {
   auto credits = in.U32();
   if (!credits || !in.AtEnd()) return std::nullopt;
   return StreamAck{*writer, *received, *handed, *credits};
+}
+
+void WriteStreamFrameHead(char* at, std::uint32_t payload, std::uint64_t writer,
+                          std::uint64_t first, std::uint32_t count) {
+  // The layout AppendFrameHeader and StreamFrame write: [u32 length][u16 type], then the
+  // fixed part.
+  const auto store = [&at](auto v) {
+    v = tern::BigEndian(v);
+    std::memcpy(at, &v, sizeof v);
+    at += sizeof v;
+  };
+  store(payload);
+  store(static_cast<std::uint16_t>(kDirectStream));
+  store(writer);
+  store(first);
+  store(count);
 }
 
 std::size_t StreamFrameBytes::size() const {
@@ -153,7 +170,21 @@ std::optional<StreamRun> ParseStreamRun(std::string_view payload) {
   if (!count || *writer == 0 || *first == 0) return std::nullopt;
   if (*count > in.remaining() / 8) return std::nullopt;
   const std::string_view messages = in.rest();
-  for (std::uint32_t i = 0; i < *count; ++i) {
+  // A message of one data item, the common case, checked inline as TakeStreamMessageFast reads
+  // it (the same checks as the general loop below, without a WireReader per field: this runs
+  // once a message, before the reader hands it out).
+  std::string_view rest = messages;
+  std::uint32_t checked = 0;
+  while (checked < *count && rest.size() >= kOneItemHead &&
+         tern::LoadBigEndian<std::uint32_t>(rest.data() + 4) == 1 &&
+         IsData(static_cast<ItemKind>(rest[8]))) {
+    const auto length = tern::LoadBigEndian<std::uint32_t>(rest.data() + 9);
+    if (length > rest.size() - kOneItemHead) return std::nullopt;
+    rest.remove_prefix(kOneItemHead + length);
+    ++checked;
+  }
+  in = ipc::WireReader(rest);
+  for (std::uint32_t i = checked; i < *count; ++i) {
     auto id = in.U32();
     auto items = in.U32();
     if (!id || !items || *items > in.remaining() / kItemHeaderSize) return std::nullopt;
