@@ -134,39 +134,8 @@ std::optional<ShmRing> ShmRing::Attach(std::span<std::byte> block) {
 
 std::size_t ShmRing::Space() const {
   if (header_->revoked.load(std::memory_order_relaxed)) return 0;
-  // Kept bytes are never free, whatever the consumer's tail says (a tail past them is the
-  // consumer's word, not the producer's).
-  const std::uint64_t tail = std::min(header_->tail.load(std::memory_order_acquire), kept_);
-  const std::uint64_t used = written_ - tail;
+  const std::uint64_t used = written_ - header_->tail.load(std::memory_order_acquire);
   return used >= capacity_ ? 0 : capacity_ - used;  // a tail from nowhere reads as full
-}
-
-void ShmRing::Copy(std::size_t at, const void* bytes, std::size_t size) {
-  // Masked again: a size over the capacity (a caller's bug) still stays inside the data.
-  const auto* from = static_cast<const std::byte*>(bytes);
-  while (size != 0) {
-    at &= capacity_ - 1;
-    const std::size_t n = std::min(size, capacity_ - at);
-    std::memcpy(data_ + at, from, n);
-    from += n;
-    at += n;
-    size -= n;
-  }
-}
-
-void ShmRing::Patch(std::uint64_t position, const void* bytes, std::size_t size) {
-  Copy(position & (capacity_ - 1), bytes, size);
-}
-
-void ShmRing::ReadBack(std::uint64_t position, std::span<std::byte> to) const {
-  std::size_t at = position & (capacity_ - 1);
-  std::size_t done = 0;
-  while (done < to.size()) {
-    const std::size_t n = std::min(to.size() - done, capacity_ - at);
-    std::memcpy(to.data() + done, data_ + at, n);
-    done += n;
-    at = 0;
-  }
 }
 
 std::size_t ShmRing::Write(std::span<const std::byte> bytes) {

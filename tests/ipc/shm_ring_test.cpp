@@ -96,46 +96,6 @@ TEST(ShmRing, NothingIsVisibleBeforePublishAndAFullRingTakesNoMore) {
   EXPECT_TRUE(producer->WaitForSpace(100, 0ms));
 }
 
-// A frame gathered in the ring itself (PortWriter's small messages): appended across the end
-// of the data, its head patched before it is published, read back by the producer after the
-// consumer released it, and never overwritten while kept, whatever the consumer's tail says.
-TEST(ShmRing, AProducerGathersPatchesAndKeepsWhatItWroteInPlace) {
-  SharedBlock block(ShmRing::BytesFor(4096));
-  auto producer = ShmRing::Create(block.side(0), 4096);
-  auto consumer = ShmRing::Attach(block.side(1));
-  ASSERT_TRUE(producer && consumer);
-  ASSERT_EQ(producer->Write(Pattern(3000, 4)), 3000u);
-  producer->Publish();
-  (void)ReadAll(*consumer);
-  // 2000 bytes from position 3000: across the end.
-  const std::uint64_t at = producer->written();
-  EXPECT_EQ(at, 3000u);
-  const auto frame = Pattern(2000, 5);
-  producer->Append(frame.data(), 100);
-  producer->Append(frame.data() + 100, 1900);
-  EXPECT_EQ(producer->written(), 5000u);
-  EXPECT_EQ(consumer->Available(), 0u) << "appended is not published";
-  auto patched = frame;
-  const auto head = Pattern(8, 6);
-  std::memcpy(patched.data() + 1092, head.data(), head.size());  // across the end, too
-  producer->Patch(at + 1092, head.data(), head.size());
-  producer->Keep(at);
-  producer->Publish();
-  EXPECT_EQ(ReadAll(*consumer), patched);
-  EXPECT_EQ(producer->Space(), 4096u - 2000u) << "kept bytes are not free once released";
-  std::vector<std::byte> back(2000);
-  producer->ReadBack(at, back);
-  EXPECT_EQ(back, patched);
-  EXPECT_EQ(producer->Write(Pattern(3000, 7)), 2096u) << "a write stops at what is kept";
-  producer->ReadBack(at, back);
-  EXPECT_EQ(back, patched);
-  producer->KeepNothing();
-  EXPECT_EQ(producer->Space(), 2000u) << "what was kept is free; the 2096 written are not";
-  producer->Publish();
-  (void)ReadAll(*consumer);
-  EXPECT_EQ(producer->Space(), 4096u);
-}
-
 TEST(ShmRing, ARevokedRingWakesBothSidesAndCarriesNothingMore) {
   SharedBlock block(ShmRing::BytesFor(4096));
   auto producer = ShmRing::Create(block.side(0), 4096);

@@ -60,7 +60,10 @@ class PortWriter::Direct {
   std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
-  // several are on their way (the credits change only as acks are taken, when a frame goes).
+  // several are on their way (the credits change only as acks are taken, when a frame goes);
+  // half of it through shared memory, where a reader faster than its writer sleeps and is rung
+  // for each frame: two frames on their way keep it busy as well, and it wakes half as often
+  // (bench/README.md, ninth session).
   std::size_t frame_most = 1;
   std::uint32_t credits = 0;
   // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
@@ -72,17 +75,6 @@ class PortWriter::Direct {
   // On one node, the shared memory the reader offered with its welcome (stream_rings.hpp):
   // frames go into ring 0, acks come from ring 1; the socket carries the bells both ways.
   std::unique_ptr<libtern::StreamRings> rings;
-  // With rings, a frame of small messages is gathered in ring 0 itself (no frame buffer, no
-  // copy into the ring, none kept for a resend: the frame stays in the ring, kept there with
-  // ShmRing::Keep until the reader has it, and is read back from it if the connection
-  // breaks). Its head at ring position `at`, written when it starts and patched when it goes.
-  struct RingFrame {
-    std::uint64_t at = 0;
-    std::uint64_t first = 0;
-    std::uint32_t count = 0;  // 0: none being gathered
-    std::size_t size = 0;     // bytes, with the head
-  };
-  RingFrame ring_frame;
   ipc::FrameDecoder ring_acks;
   libtern::SpinWait spin;  // before sleeping for acks or room
   std::uint64_t acks_taken = 0;
@@ -159,28 +151,21 @@ class PortWriter::Direct {
         // ring at most, so that it goes on while the reader copies).
         if (!Publish()) return false;
         const std::size_t want = std::min(piece.size(), ring.capacity() / 4);
-        // The room may be held by frames kept in the ring (RingFrame) as well as by what the
-        // reader has not taken: acks free the former, so they are taken and waited for too.
         for (;;) {
-          if (!TakeAcks(/*socket=*/false)) return false;
+          if (rings->Revoked()) return false;
           if (ring.Space() >= want) break;
-          if (spin([&] {
-                return ring.Space() >= want || rings->acks().Available() != 0 ||
-                       rings->Revoked();
-              })) {
+          if (spin([&] { return ring.Space() >= want || rings->Revoked(); })) {
             continue;
           }
-          if (ring.ArmForSpace(want) && rings->acks().ArmForData()) {
+          if (ring.ArmForSpace(want)) {
             Sleep();
             // The socket woke it: a bell, an ack, or its end.
             if (!TakeAcks()) {
               ring.DisarmForSpace();
-              rings->acks().DisarmForData();
               return false;
             }
           }
           ring.DisarmForSpace();
-          rings->acks().DisarmForData();
         }
       }
     }
@@ -207,7 +192,6 @@ class PortWriter::Direct {
     if (ack->writer == 0) return true;  // a welcome again: nothing new
     std::vector<std::string> freed;
     if (!sender.Acked(*ack, freed)) return false;  // acknowledges what was never sent
-    KeepUnreceived();
     if (ack->credits != 0) credits = ack->credits;
     for (std::string& buffer : freed) {
       if (spare.size() < kSpareFrames) spare.push_back(std::move(buffer));
@@ -218,7 +202,8 @@ class PortWriter::Direct {
   // Starts `frame` with the message numbered last.
   void StartFrame(std::size_t train_messages) {
     frame.Start(Buffer(), sender.writer(), sender.last());
-    frame_most = std::clamp<std::size_t>(credits / 4, 1, std::max<std::size_t>(1, train_messages));
+    frame_most = std::clamp<std::size_t>(credits / (rings ? 2 : 4), 1,
+                                         std::max<std::size_t>(1, train_messages));
   }
 
   // A message of one small data item (under WireWriter::kShareMin), numbered last, into the
@@ -226,63 +211,9 @@ class PortWriter::Direct {
   // straight in without the general path's loops over items (the same bytes on the wire). True
   // when the frame is full and must go.
   bool AddSmall(std::uint32_t id, ItemKind kind, std::string_view bytes, const Options& options) {
-    if (rings && frame.empty() && (ring_frame.count != 0 || StartRingFrame(options))) {
-      char head[libtern::kOneItemHead];
-      libtern::WriteOneItemHead(head, id, kind, bytes.size());
-      ipc::ShmRing& ring = rings->frames();
-      ring.PrefetchAhead();
-      ring.Append(head, sizeof head);
-      ring.Append(bytes.data(), bytes.size());
-      ++ring_frame.count;
-      ring_frame.size += sizeof head + bytes.size();
-      return ring_frame.count >= frame_most || ring_frame.size >= options.train_bytes;
-    }
     if (frame.empty()) StartFrame(options.train_messages);
     frame.AddOne(id, kind, bytes);
     return frame.count() >= frame_most || frame.size() >= options.train_bytes;
-  }
-
-  // Starts a frame in ring 0 with the message numbered last, if the ring has room for the
-  // largest frame AddSmall can make (train_bytes, then one message under kShareMin): the
-  // messages then go in without a look at the room. False: gather it in a buffer, as across
-  // nodes (WriteToRing waits for room).
-  bool StartRingFrame(const Options& options) {
-    ipc::ShmRing& ring = rings->frames();
-    const std::size_t most = libtern::kStreamFrameHead + options.train_bytes +
-                             libtern::kOneItemHead + ipc::WireWriter::kShareMin;
-    static const bool off = std::getenv("TERN_STREAM_RING_FRAMES") != nullptr;  // EXPERIMENT
-    if (off || most > ring.capacity() / 4 || ring.Space() < most) return false;
-    ring_frame = {ring.written(), sender.last(), 0, libtern::kStreamFrameHead};
-    char head[libtern::kStreamFrameHead];
-    libtern::WriteStreamFrameHead(head, 0, sender.writer(), ring_frame.first, 0);
-    ring.Append(head, sizeof head);
-    frame_most = std::clamp<std::size_t>(credits / 4, 1,
-                                         std::max<std::size_t>(1, options.train_messages));
-    return true;
-  }
-
-  // The ring frame's head, its length and count filled in: the frame as StreamSender keeps it
-  // (in the ring). No ring frame is being gathered after.
-  libtern::StreamSender::Frame FinishRingFrame() {
-    char head[libtern::kStreamFrameHead];
-    libtern::WriteStreamFrameHead(
-        head, static_cast<std::uint32_t>(ring_frame.size - ipc::kFrameHeaderSize),
-        sender.writer(), ring_frame.first, ring_frame.count);
-    rings->frames().Patch(ring_frame.at, head, sizeof head);
-    libtern::StreamSender::Frame done{ring_frame.first, ring_frame.count, {}, ring_frame.at,
-                                      ring_frame.size};
-    ring_frame = {};
-    return done;
-  }
-
-  // Ring 0 keeps the oldest frame the reader may not have, and what follows it.
-  void KeepUnreceived() {
-    if (!rings) return;
-    if (auto at = sender.oldest_in_ring()) {
-      rings->frames().Keep(*at);
-    } else {
-      rings->frames().KeepNothing();
-    }
   }
 
   std::string Buffer() {
@@ -431,7 +362,7 @@ void PortWriter::CollectOldest() {
 IpcResult<void> PortWriter::flush() {
   for (;;) {
     if (!error_) {
-      if (!direct_->frame.empty() || direct_->ring_frame.count != 0) (void)SendFrame();
+      if (!direct_->frame.empty()) (void)SendFrame();
       (void)Ship();
     }
     // Every answer is taken, after an error too, so that accepted() is final.
@@ -519,15 +450,6 @@ void PortWriter::TryDirect() {
 IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes,
                                         const Message* message) {
   Direct& d = *direct_;
-  if (d.ring_frame.count != 0) {
-    // The small messages gathered in the ring go first; this one goes in a frame of its own
-    // making (or through the agents, numbered, if that broke the connection).
-    if (auto sent = SendFrame(); !sent) return sent;
-    if (!d.sender.direct()) {
-      AddToTrain(d.sender.last(), id, bytes, message);
-      return Added();
-    }
-  }
   if (d.frame.empty()) d.StartFrame(options_.train_messages);
   std::size_t size = bytes.size();
   if (message) {
@@ -546,21 +468,6 @@ IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes
 
 IpcResult<void> PortWriter::SendFrame() {
   Direct& d = *direct_;
-  if (d.ring_frame.count != 0) {
-    // The frame gathered in ring 0: the credits as below, then it is published where it lies
-    // and stays there (kept) until the reader has it.
-    const std::uint64_t last = d.ring_frame.first + d.ring_frame.count - 1;
-    bool ok = d.reattached == channel_.impl_->reattached() && d.TakeAcks(/*socket=*/false);
-    while (ok && (!d.sender.MaySend(last) || d.sender.unreceived_bytes() > kMaxUnreceivedBytes)) {
-      ok = d.AwaitAck();
-    }
-    libtern::StreamSender::Frame frame = d.FinishRingFrame();
-    if (ok) ok = d.Publish();
-    d.sender.Sent(std::move(frame));
-    d.KeepUnreceived();
-    if (!ok) return FallBack();
-    return {};
-  }
   if (d.frame.empty()) return {};
   const std::uint64_t last = d.frame.first() + d.frame.count() - 1;
   bool ok = d.reattached == channel_.impl_->reattached() && d.TakeAcks(/*socket=*/false);
@@ -589,22 +496,9 @@ IpcResult<void> PortWriter::FallBack() {
   // The acks that came before the break spare their frames the resend.
   if (d.connection) (void)d.TakeAcks();
   if (d.rings) d.rings->Revoke();  // a reader still in them sees the end at once
-  std::deque<libtern::StreamSender::Frame> frames = d.sender.Broke();
-  if (d.ring_frame.count != 0) frames.push_back(d.FinishRingFrame());
-  // Frames kept in ring 0 are read back before it is unmapped. The reader could have written
-  // over them (it maps the ring too): what does not parse as the frame this writer wrote there
-  // is not resent (below), which only a reader that wrote into its own writer's ring loses.
-  for (auto& frame : frames) {
-    if (frame.ring_size == 0) continue;
-    frame.bytes.out.resize(frame.ring_size);
-    if (d.rings) {
-      d.rings->frames().ReadBack(frame.ring_at,
-                                 std::as_writable_bytes(std::span(frame.bytes.out)));
-    }
-    frame.ring_size = 0;
-  }
   d.rings.reset();
   d.connection.reset();
+  std::deque<libtern::StreamSender::Frame> frames = d.sender.Broke();
   if (!d.frame.empty()) {
     const std::uint64_t first = d.frame.first();
     const std::uint32_t count = d.frame.count();
@@ -619,9 +513,7 @@ IpcResult<void> PortWriter::FallBack() {
   for (const auto& frame : frames) {
     const std::string whole = frame.bytes.Joined();  // a rare copy: the connection broke
     auto view = libtern::ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
-    // Written by this writer: cannot happen, but for a frame kept in a ring the reader wrote
-    // over (above).
-    if (!view || view->first != frame.first || view->messages.size() != frame.count) continue;
+    if (!view) continue;  // written by this writer: cannot happen
     for (std::size_t i = 0; i < view->messages.size(); ++i) {
       items.clear();
       if (!libtern::ReadStreamItems(view->messages[i].body, items)) continue;

@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
-#include <cstdlib>
 #include <memory>
 #include <string_view>
 #include <tern/expected.hpp>
@@ -97,21 +96,6 @@ class SpinWait {
   // True if ready (within the wait or at its end).
   template <typename Ready>
   bool operator()(Ready ready) {
-    // EXPERIMENT (removed before the branch is done): TERN_STREAM_SPIN=fixed|none.
-    static const int mode = [] {
-      const char* v = std::getenv("TERN_STREAM_SPIN");
-      if (v == nullptr) return 0;
-      return std::string_view(v) == "fixed" ? 1 : std::string_view(v) == "none" ? 2 : 0;
-    }();
-    if (mode == 2) return ready();
-    if (mode == 1) {
-      const auto until = std::chrono::steady_clock::now() + kLongest;
-      do {
-        if (ready()) return true;
-        ::sched_yield();
-      } while (std::chrono::steady_clock::now() < until);
-      return ready();
-    }
     if (budget_ == std::chrono::nanoseconds::zero()) {
       if (++idle_ < kRetryEvery) return ready();
       idle_ = 0;

@@ -16,7 +16,7 @@ std::uint64_t StreamSender::Welcomed(std::uint32_t credits) {
 }
 
 void StreamSender::Sent(Frame frame) {
-  unreceived_bytes_ += frame.size();
+  unreceived_bytes_ += frame.bytes.size();
   unreceived_.push_back(std::move(frame));
 }
 
@@ -26,19 +26,12 @@ bool StreamSender::Acked(const StreamAck& ack, std::vector<std::string>& freed) 
   if (ack.credits != 0) credits_ = ack.credits;
   while (!unreceived_.empty() && unreceived_.front().last() <= ack.received) {
     received_count_ += unreceived_.front().count;
-    unreceived_bytes_ -= unreceived_.front().size();
-    if (unreceived_.front().ring_size == 0) freed.push_back(std::move(unreceived_.front().bytes.out));
+    unreceived_bytes_ -= unreceived_.front().bytes.size();
+    freed.push_back(std::move(unreceived_.front().bytes.out));
     unreceived_.pop_front();
   }
   // A frame received in part: the reader drops the repeats of its first messages.
   return true;
-}
-
-std::optional<std::uint64_t> StreamSender::oldest_in_ring() const {
-  for (const Frame& frame : unreceived_) {
-    if (frame.ring_size != 0) return frame.ring_at;
-  }
-  return std::nullopt;
 }
 
 std::deque<StreamSender::Frame> StreamSender::Broke() {

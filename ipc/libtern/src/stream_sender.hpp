@@ -19,7 +19,6 @@
 
 #include <cstdint>
 #include <deque>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,14 +31,8 @@ class StreamSender {
   struct Frame {
     std::uint64_t first = 0;
     std::uint32_t count = 0;
-    StreamFrameBytes bytes;  // the whole DirectStream frame, or nothing when in a ring:
-    // A frame gathered in the shared memory's ring 0 (stream_rings.hpp) is kept there, not
-    // copied: `ring_size` bytes at the ring's position `ring_at` (the writer keeps them from
-    // being overwritten until the reader has them; 0: not in a ring).
-    std::uint64_t ring_at = 0;
-    std::size_t ring_size = 0;
+    StreamFrameBytes bytes;  // the whole DirectStream frame
     std::uint64_t last() const { return first + count - 1; }
-    std::size_t size() const { return bytes.size() + ring_size; }
   };
 
   explicit StreamSender(std::uint64_t writer) : writer_(writer == 0 ? 1 : writer) {}
@@ -73,8 +66,6 @@ class StreamSender {
   // Bytes of the frames kept until the reader has them.
   std::size_t unreceived_bytes() const { return unreceived_bytes_; }
   std::size_t unreceived_frames() const { return unreceived_.size(); }
-  // The ring position of the oldest frame kept in a ring and not yet received, if any.
-  std::optional<std::uint64_t> oldest_in_ring() const;
 
  private:
   const std::uint64_t writer_;

@@ -1,6 +1,5 @@
 #include "stream_wire.hpp"
 
-#include <cstring>
 #include <tern/big_endian.hpp>
 #include <tern/ipc/frame.hpp>
 
@@ -56,22 +55,6 @@ std::optional<StreamAck> ParseStreamAck(std::string_view payload) {
   auto credits = in.U32();
   if (!credits || !in.AtEnd()) return std::nullopt;
   return StreamAck{*writer, *received, *handed, *credits};
-}
-
-void WriteStreamFrameHead(char* at, std::uint32_t payload, std::uint64_t writer,
-                          std::uint64_t first, std::uint32_t count) {
-  // The layout AppendFrameHeader and StreamFrame write: [u32 length][u16 type], then the
-  // fixed part.
-  const auto store = [&at](auto v) {
-    v = tern::BigEndian(v);
-    std::memcpy(at, &v, sizeof v);
-    at += sizeof v;
-  };
-  store(payload);
-  store(static_cast<std::uint16_t>(kDirectStream));
-  store(writer);
-  store(first);
-  store(count);
 }
 
 std::size_t StreamFrameBytes::size() const {

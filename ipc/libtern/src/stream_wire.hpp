@@ -45,27 +45,8 @@ inline constexpr std::size_t kStreamHeaderSize = 24;
 inline constexpr std::uint32_t kStreamSyncId = 0x7e020001;
 // DirectStream's fixed part: [u64 writer][u64 first sequence][u32 count].
 inline constexpr std::size_t kStreamFrameFixed = 20;
-
-// A DirectStream frame's head: the frame header and the fixed part.
-inline constexpr std::size_t kStreamFrameHead = ipc::kFrameHeaderSize + kStreamFrameFixed;
 // A message of one data item's head: [u32 id][u32 item count 1][u8 kind][u32 length].
 inline constexpr std::size_t kOneItemHead = 13;
-
-// Writes a DirectStream frame's head (a payload of `payload` bytes, `count` messages) at `at`.
-void WriteStreamFrameHead(char* at, std::uint32_t payload, std::uint64_t writer,
-                          std::uint64_t first, std::uint32_t count);
-// Writes the head of a message of one data item of `size` bytes at `at` (inline: the writer's
-// per-message path).
-inline void WriteOneItemHead(char* at, std::uint32_t id, ItemKind kind, std::size_t size) {
-  const auto store = [](char* to, std::uint32_t v) {
-    v = tern::BigEndian(v);
-    std::memcpy(to, &v, sizeof v);
-  };
-  store(at, id);
-  store(at + 4, 1);
-  at[8] = static_cast<char>(kind);
-  store(at + 9, static_cast<std::uint32_t>(size));
-}
 
 struct StreamHeader {
   std::uint64_t writer = 0;
@@ -104,8 +85,11 @@ class StreamFrame {
   // One data item of `kind` (bytes or out-of-line), copied: the writer's per-message path, its
   // item header written in one append (inline, as it runs once a message).
   void AddOne(std::uint32_t id, ItemKind kind, std::string_view bytes) {
-    char header[kOneItemHead];
-    WriteOneItemHead(header, id, kind, bytes.size());
+    char header[13];
+    StoreBigEndian(header, id);
+    StoreBigEndian(header + 4, std::uint32_t{1});
+    header[8] = static_cast<char>(kind);
+    StoreBigEndian(header + 9, static_cast<std::uint32_t>(bytes.size()));
     std::string& out = out_.out();
     out.append(header, sizeof header);
     out.append(bytes);
@@ -121,6 +105,11 @@ class StreamFrame {
   std::size_t size() const { return out_.size(); }  // with what it shares
 
  private:
+  static void StoreBigEndian(char* at, std::uint32_t v) {
+    v = tern::BigEndian(v);
+    std::memcpy(at, &v, sizeof v);
+  }
+
   ipc::WireWriter out_{/*share_data=*/true};
   std::uint64_t first_ = 0;
   std::uint32_t count_ = 0;

@@ -482,12 +482,10 @@ TEST_F(StreamFixture, LargeMessagesGoDirectOnTheSocketWithoutSharedMemory) {
   LargeMessagesArriveWhole(channel, port, send_right, /*shared_memory=*/false);
 }
 
-// Small messages are gathered in the frame ring itself and kept there until the reader has
-// them, so the ring's room is what neither the reader holds nor the writer keeps: messages of
-// 16 KiB fill it with kept frames, and messages larger than the ring (which go through it in
-// pieces) come between them. Each arrives whole and in order: the writer waits for the
-// reader's acks as well as for its room.
-TEST_F(StreamFixture, SmallMessagesKeptInTheRingLeaveRoomForLargerOnes) {
+// Small messages (the writer's one-item shortcut) and messages larger than the frame ring
+// (which go through it in pieces, waiting for room) interleaved through the rings: each
+// arrives whole and in order, most through shared memory.
+TEST_F(StreamFixture, SmallAndLargerThanTheRingMessagesInterleavedArriveWholeInOrder) {
   PortReader reader(channel, port, {.direct = true});
   MessageView message;
   ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);

@@ -29,13 +29,6 @@
 //    without the futex) and polls a doorbell; the other side rings it when Publish or Release
 //    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node"),
 //    without a futex wake for a side that armed (the `waiting` word says which way it sleeps).
-//  - A producer may also gather bytes in the ring itself (a frame built in place, its header
-//    patched at the end): Append copies at the write position without looking at the free
-//    space (the caller took it from Space() before, for all it will append), Patch rewrites
-//    bytes it wrote and has not published, and ReadBack copies out bytes it wrote and kept.
-//    Keep(position) says the bytes from `position` on are kept (the producer still needs
-//    them, whatever the consumer released): Space() then never counts them free, whatever the
-//    `tail` says. All of it is masked into the data area, so no position reaches outside it.
 //  - Revoke sets `revoked` and wakes both sides for good: from then on Write and Readable
 //    report it (Revoked()) and give nothing, whatever was in flight. To a stream it is the
 //    connection's end of file.
@@ -50,7 +43,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <span>
 
@@ -77,34 +69,6 @@ class ShmRing {
   // Makes the written bytes visible. True if the consumer was asleep (it was woken).
   bool Publish();
   std::size_t Space() const;  // bytes Write would take now
-  // The producer's write position (bytes written ever, published or not).
-  std::uint64_t written() const { return written_; }
-  // Copies `bytes` at the write position, not yet visible: the caller made sure of the room
-  // (Space() was at least this much, with what it appended since).
-  void Append(const void* bytes, std::size_t size) {
-    const std::size_t at = written_ & (capacity_ - 1);
-    if (size <= capacity_ - at) {
-      std::memcpy(data_ + at, bytes, size);
-    } else {
-      Copy(at, bytes, size);
-    }
-    written_ += size;
-  }
-  // Asks for the lines a few hundred bytes past the write position, to be written: a producer
-  // appending small pieces would otherwise wait for each new line of the ring (cold: the ring
-  // is far larger than what is in flight) at its first store.
-  void PrefetchAhead() const {
-    __builtin_prefetch(data_ + ((written_ + kPrefetchAhead) & (capacity_ - 1)), 1);
-  }
-  static constexpr std::size_t kPrefetchAhead = 8 * kLine;
-  // Rewrites `size` bytes the producer wrote at `position` and has not yet published.
-  void Patch(std::uint64_t position, const void* bytes, std::size_t size);
-  // Copies `to.size()` bytes the producer wrote at `position` (kept with Keep) into `to`.
-  void ReadBack(std::uint64_t position, std::span<std::byte> to) const;
-  // The bytes from `position` on stay the producer's (Space() leaves them out);
-  // KeepNothing: none. See the contract.
-  void Keep(std::uint64_t position) { kept_ = position; }
-  void KeepNothing() { kept_ = kKeptNothing; }
   // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
   // or `timeout` passes. True if the space is there.
   bool WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout);
@@ -135,17 +99,12 @@ class ShmRing {
  private:
   struct Header;
   ShmRing(Header* header, std::byte* data, std::size_t capacity);
-  // Append across the end of the data area.
-  void Copy(std::size_t at, const void* bytes, std::size_t size);
-
-  static constexpr std::uint64_t kKeptNothing = ~std::uint64_t{0};
 
   Header* header_;
   std::byte* data_;
   std::size_t capacity_;
   std::uint64_t written_;  // the producer's head, ahead of the published one until Publish
   std::uint64_t read_;     // the consumer's tail
-  std::uint64_t kept_ = kKeptNothing;  // the producer's: bytes from here on are kept
 };
 
 }  // namespace tern::ipc
