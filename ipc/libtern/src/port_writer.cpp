@@ -76,7 +76,7 @@ class PortWriter::Direct {
   // frames go into ring 0, acks come from ring 1; the socket carries the bells both ways.
   std::unique_ptr<libtern::StreamRings> rings;
   ipc::FrameDecoder ring_acks;
-  libtern::SpinWait spin;  // before sleeping for acks or room
+  libtern::SpinWait spin;  // before sleeping for acks
   std::uint64_t acks_taken = 0;
   // With rings, the socket is read after a sleep and at every kSocketEvery-th frame only: it
   // holds nothing but bells and its end, and a receive per frame cost a running writer 13% of
@@ -154,7 +154,7 @@ class PortWriter::Direct {
         for (;;) {
           if (rings->Revoked()) return false;
           if (ring.Space() >= want) break;
-          if (spin([&] { return ring.Space() >= want || rings->Revoked(); })) {
+          if (libtern::SpinBriefly([&] { return ring.Space() >= want || rings->Revoked(); })) {
             continue;
           }
           if (ring.ArmForSpace(want)) {
