@@ -334,14 +334,22 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   fds_.push_back({event, POLLIN, 0});
   fds_.push_back({channel, POLLIN, 0});  // -1: ignored by poll
   // A writer in the middle of a frame: a short wait for it beats a sleep and a bell.
+  // The rest of a frame begun (a large one, which the writer is copying in) is waited for with
+  // the fixed wait, as the writer waits for room (stream_rings.hpp, SpinBriefly): it outlasts
+  // the adaptive wait, which would soon not wait at all; the next frame with the adaptive one.
   bool rings = false;
-  for (const auto& connection : connections_) rings |= connection->socket.shared();
-  if (rings && spin_([&] {
-        for (const auto& connection : connections_) {
-          if (connection->socket.HasFrames()) return true;
-        }
-        return false;
-      })) {
+  bool in_frame = false;
+  for (const auto& connection : connections_) {
+    rings |= connection->socket.shared();
+    in_frame |= connection->socket.shared() && connection->socket.InFrame();
+  }
+  const auto frames = [&] {
+    for (const auto& connection : connections_) {
+      if (connection->socket.HasFrames()) return true;
+    }
+    return false;
+  };
+  if (rings && (in_frame ? libtern::SpinBriefly(frames) : spin_(frames))) {
     if (ServeRings() && !ready_.empty()) {
       SendAcks(/*all=*/true);
       return {};

@@ -135,7 +135,8 @@ class SpinWait {
 };
 
 // The writer's wait for room in ring 0 (large frames: a frame of 64 B messages never fills
-// it): 50 µs of sched_yield turns, then the caller arms and sleeps. Not SpinWait: a room wait
+// it), and the reader's for the rest of a frame begun: 50 µs of sched_yield turns, then the
+// caller arms and sleeps. Not SpinWait: a room wait
 // of a 1 MiB stream outlasts any spin (the reader copies the frame out), so SpinWait soon stops
 // waiting, and a writer armed at once is woken by each of the reader's releases, long before
 // the room it wants is there: 1 MiB at 0.7x main's MB/s (bench/README.md, ninth session).
