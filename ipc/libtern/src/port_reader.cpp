@@ -212,6 +212,7 @@ class PortReader::State {
   std::uint64_t handed_direct_ = 0;
   std::uint64_t handed_shared_ = 0;
   std::vector<pollfd> fds_;
+  libtern::SpinWait spin_;  // before sleeping for a ring's frames
 };
 
 IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
@@ -255,16 +256,22 @@ bool PortReader::State::HandOut(MessageView& out) {
       }
       const std::uint64_t writer = run.writer;
       const std::uint64_t sequence = run.sequence++;
-      reorder_.HandedOut(writer, sequence);
       ++handed_direct_;
       if (run.shared) ++handed_shared_;
+      // What was handed out is told to the table only where an ack may read it: every 64th
+      // message and the run's last (acks are read nowhere else while a run is in ready_: Wait
+      // runs only once ready_ is empty, and ready_ hands out in order).
       if (--run.run == 0) {
+        reorder_.HandedOut(writer, sequence);
         current_ = std::move(run.owner);
         ready_.pop_front();
         AckHanded(writer);
       } else {
         --in_runs_;
-        if (sequence % 64 == 0) AckHanded(writer);
+        if (sequence % 64 == 0) {
+          reorder_.HandedOut(writer, sequence);
+          AckHanded(writer);
+        }
       }
       return true;
     }
@@ -327,14 +334,22 @@ IpcResult<void> PortReader::State::Wait(Clock::time_point deadline) {
   fds_.push_back({event, POLLIN, 0});
   fds_.push_back({channel, POLLIN, 0});  // -1: ignored by poll
   // A writer in the middle of a frame: a short wait for it beats a sleep and a bell.
+  // The rest of a frame begun (a large one, which the writer is copying in) is waited for with
+  // the fixed wait, as the writer waits for room (stream_rings.hpp, SpinBriefly): it outlasts
+  // the adaptive wait, which would soon not wait at all; the next frame with the adaptive one.
   bool rings = false;
-  for (const auto& connection : connections_) rings |= connection->socket.shared();
-  if (rings && libtern::SpinBriefly([&] {
-        for (const auto& connection : connections_) {
-          if (connection->socket.HasFrames()) return true;
-        }
-        return false;
-      })) {
+  bool in_frame = false;
+  for (const auto& connection : connections_) {
+    rings |= connection->socket.shared();
+    in_frame |= connection->socket.shared() && connection->socket.InFrame();
+  }
+  const auto frames = [&] {
+    for (const auto& connection : connections_) {
+      if (connection->socket.HasFrames()) return true;
+    }
+    return false;
+  };
+  if (rings && (in_frame ? libtern::SpinBriefly(frames) : spin_(frames))) {
     if (ServeRings() && !ready_.empty()) {
       SendAcks(/*all=*/true);
       return {};

@@ -60,7 +60,10 @@ class PortWriter::Direct {
   std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
-  // several are on their way (the credits change only as acks are taken, when a frame goes).
+  // several are on their way (the credits change only as acks are taken, when a frame goes);
+  // half of it through shared memory, where a reader faster than its writer sleeps and is rung
+  // for each frame: two frames on their way keep it busy as well, and it wakes half as often
+  // (bench/README.md, ninth session).
   std::size_t frame_most = 1;
   std::uint32_t credits = 0;
   // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
@@ -73,6 +76,7 @@ class PortWriter::Direct {
   // frames go into ring 0, acks come from ring 1; the socket carries the bells both ways.
   std::unique_ptr<libtern::StreamRings> rings;
   ipc::FrameDecoder ring_acks;
+  libtern::SpinWait spin;  // before sleeping for acks
   std::uint64_t acks_taken = 0;
   // With rings, the socket is read after a sleep and at every kSocketEvery-th frame only: it
   // holds nothing but bells and its end, and a receive per frame cost a running writer 13% of
@@ -123,8 +127,7 @@ class PortWriter::Direct {
       if (!TakeAcks(woke)) return false;
       if (acks_taken != before) return true;
       woke = false;
-      if (libtern::SpinBriefly(
-              [&] { return rings->acks().Available() != 0 || rings->Revoked(); })) {
+      if (spin([&] { return rings->acks().Available() != 0 || rings->Revoked(); })) {
         continue;
       }
       // Asleep until the reader's bell (it found the ack ring armed) or the socket's end.
@@ -199,7 +202,8 @@ class PortWriter::Direct {
   // Starts `frame` with the message numbered last.
   void StartFrame(std::size_t train_messages) {
     frame.Start(Buffer(), sender.writer(), sender.last());
-    frame_most = std::clamp<std::size_t>(credits / 4, 1, std::max<std::size_t>(1, train_messages));
+    frame_most = std::clamp<std::size_t>(credits / (rings ? 2 : 4), 1,
+                                         std::max<std::size_t>(1, train_messages));
   }
 
   // A message of one small data item (under WireWriter::kShareMin), numbered last, into the

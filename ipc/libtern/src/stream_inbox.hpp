@@ -55,6 +55,8 @@ class StreamInbox {
     return taken_ && (rings_->frames().Available() != 0 || rings_->Revoked());
   }
   void Disarm();
+  // Part of a frame came and the rest has not: its writer is in the middle of it (a large one).
+  bool InFrame() const { return buffer_ && used_ != parsed_; }
   // Takes the bells the socket holds (poll said it is readable): false on its end of file or
   // an error (the break). Only once shared().
   bool TakeBells();

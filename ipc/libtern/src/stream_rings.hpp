@@ -17,6 +17,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -70,11 +71,76 @@ class StreamRings {
   ipc::ShmRing acks_;
 };
 
-// Before a side arms its ring and sleeps in poll(): a short wait for `ready()` that yields the
-// CPU at each turn. A stream's two sides mostly wait on each other for microseconds (a writer
-// for credits the reader is about to give, a reader for the frame being written); a sleep and
-// a bell cost a context switch each way, more than that. sched_yield lets whatever else wants
-// this CPU run meanwhile (the other side, on a machine with few CPUs). True if ready.
+// Before a side arms its ring and sleeps in poll(): a short wait for `ready()`. A stream's two
+// sides mostly wait on each other for microseconds (a writer for credits the reader is about
+// to give, a reader for the frame being written); a sleep and a bell cost a system call and a
+// context switch each way, more than that.
+//
+// The wait adapts, per side: one that ended in a sleep halves the next (down to none), one that
+// ended ready doubles it again (up to kLongest). A side whose peer is not running (a loaded
+// machine, where the peer waits for a CPU; or a peer with nothing to send) then stops burning
+// its CPU share on waits that end in a sleep anyway, which a fixed 50 µs of sched_yield did
+// (bench/README.md, 2026-12-06 ninth session: most of both sides' CPU under load). It spins
+// with the CPU's pause, no system call, and yields only past kYieldAfter, so that another task
+// on this CPU (the peer, on a machine with few) may run. A side that stopped waiting tries
+// again with the shortest wait every kRetryEvery sleeps.
+//
+// Thread-safety: none; one per side.
+class SpinWait {
+ public:
+  static constexpr std::chrono::nanoseconds kLongest = std::chrono::microseconds(50);
+  static constexpr std::chrono::nanoseconds kShortest = std::chrono::microseconds(2);
+  static constexpr std::chrono::nanoseconds kYieldAfter = std::chrono::microseconds(10);
+  static constexpr int kRetryEvery = 8;
+
+  // True if ready (within the wait or at its end).
+  template <typename Ready>
+  bool operator()(Ready ready) {
+    if (budget_ == std::chrono::nanoseconds::zero()) {
+      if (++idle_ < kRetryEvery) return ready();
+      idle_ = 0;
+      budget_ = kShortest;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      for (int i = 0; i < 32; ++i) {
+        if (ready()) {
+          budget_ = std::min(kLongest, budget_ * 2);
+          return true;
+        }
+        Pause();
+      }
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (waited >= budget_) break;
+      if (waited >= kYieldAfter) ::sched_yield();
+    }
+    budget_ /= 2;
+    if (budget_ < kShortest) budget_ = std::chrono::nanoseconds::zero();
+    return ready();
+  }
+
+  std::chrono::nanoseconds budget() const { return budget_; }
+
+ private:
+  static void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
+  std::chrono::nanoseconds budget_ = kLongest;
+  int idle_ = 0;
+};
+
+// The writer's wait for room in ring 0 (large frames: a frame of 64 B messages never fills
+// it), and the reader's for the rest of a frame begun: 50 µs of sched_yield turns, then the
+// caller arms and sleeps. Not SpinWait: a room wait
+// of a 1 MiB stream outlasts any spin (the reader copies the frame out), so SpinWait soon stops
+// waiting, and a writer armed at once is woken by each of the reader's releases, long before
+// the room it wants is there: 1 MiB at 0.7x main's MB/s (bench/README.md, ninth session).
+// True if ready.
 template <typename Ready>
 bool SpinBriefly(Ready ready) {
   constexpr auto kSpin = std::chrono::microseconds(50);

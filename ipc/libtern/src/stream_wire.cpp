@@ -153,7 +153,21 @@ std::optional<StreamRun> ParseStreamRun(std::string_view payload) {
   if (!count || *writer == 0 || *first == 0) return std::nullopt;
   if (*count > in.remaining() / 8) return std::nullopt;
   const std::string_view messages = in.rest();
-  for (std::uint32_t i = 0; i < *count; ++i) {
+  // A message of one data item, the common case, checked inline as TakeStreamMessageFast reads
+  // it (the same checks as the general loop below, without a WireReader per field: this runs
+  // once a message, before the reader hands it out).
+  std::string_view rest = messages;
+  std::uint32_t checked = 0;
+  while (checked < *count && rest.size() >= kOneItemHead &&
+         tern::LoadBigEndian<std::uint32_t>(rest.data() + 4) == 1 &&
+         IsData(static_cast<ItemKind>(rest[8]))) {
+    const auto length = tern::LoadBigEndian<std::uint32_t>(rest.data() + 9);
+    if (length > rest.size() - kOneItemHead) return std::nullopt;
+    rest.remove_prefix(kOneItemHead + length);
+    ++checked;
+  }
+  in = ipc::WireReader(rest);
+  for (std::uint32_t i = checked; i < *count; ++i) {
     auto id = in.U32();
     auto items = in.U32();
     if (!id || !items || *items > in.remaining() / kItemHeaderSize) return std::nullopt;

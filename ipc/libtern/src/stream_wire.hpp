@@ -45,6 +45,8 @@ inline constexpr std::size_t kStreamHeaderSize = 24;
 inline constexpr std::uint32_t kStreamSyncId = 0x7e020001;
 // DirectStream's fixed part: [u64 writer][u64 first sequence][u32 count].
 inline constexpr std::size_t kStreamFrameFixed = 20;
+// A message of one data item's head: [u32 id][u32 item count 1][u8 kind][u32 length].
+inline constexpr std::size_t kOneItemHead = 13;
 
 struct StreamHeader {
   std::uint64_t writer = 0;
@@ -146,7 +148,6 @@ bool TakeStreamMessage(std::string_view& messages, std::uint32_t& id, std::vecto
 // through TakeStreamMessage.
 inline bool TakeStreamMessageFast(std::string_view& messages, std::uint32_t& id,
                                   std::vector<ItemView>& items) {
-  constexpr std::size_t kOneItemHead = 13;  // [u32 id][u32 item count 1][u8 kind][u32 length]
   if (messages.size() >= kOneItemHead &&
       tern::LoadBigEndian<std::uint32_t>(messages.data() + 4) == 1) {
     const auto length = tern::LoadBigEndian<std::uint32_t>(messages.data() + 9);

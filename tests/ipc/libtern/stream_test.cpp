@@ -255,6 +255,23 @@ TEST(StreamWire, TheOneItemShortcutsWriteAndReadWhatTheGeneralPathsDo) {
   std::uint32_t id = 0;
   std::vector<ItemView> items;
   EXPECT_FALSE(libtern::TakeStreamMessageFast(cut, id, items));
+
+  // ParseStreamRun's inline check of one-item messages refuses what its general loop refuses:
+  // a length past the end, an item that is not data, a count the messages do not make.
+  const std::string payload(std::string_view(bytes).substr(ipc::kFrameHeaderSize));
+  const std::size_t second = libtern::kStreamFrameFixed + libtern::kOneItemHead + 5;
+  std::string long_length = payload;
+  long_length[second + 9] = '\x7f';
+  EXPECT_FALSE(libtern::ParseStreamRun(long_length));
+  std::string right = payload;
+  right[second + 8] = static_cast<char>(ItemKind::kPort);
+  EXPECT_FALSE(libtern::ParseStreamRun(right));
+  std::string fewer = payload;
+  fewer[libtern::kStreamFrameFixed - 1] = 3;
+  EXPECT_FALSE(libtern::ParseStreamRun(fewer)) << "a message past the count";
+  fewer[libtern::kStreamFrameFixed - 1] = 5;
+  EXPECT_FALSE(libtern::ParseStreamRun(fewer)) << "a count past the messages";
+  ASSERT_TRUE(libtern::ParseStreamRun(payload));
 }
 
 TEST(StreamRings, TheMemfdPassedWithTheWelcomeMapsTheSameRingsOnTheOtherSide) {
@@ -463,6 +480,44 @@ TEST_F(StreamFixture, LargeMessagesGoDirectAndArriveWhole) {
 
 TEST_F(StreamFixture, LargeMessagesGoDirectOnTheSocketWithoutSharedMemory) {
   LargeMessagesArriveWhole(channel, port, send_right, /*shared_memory=*/false);
+}
+
+// Small messages (the writer's one-item shortcut) and messages larger than the frame ring
+// (which go through it in pieces, waiting for room) interleaved through the rings: each
+// arrives whole and in order, most through shared memory.
+TEST_F(StreamFixture, SmallAndLargerThanTheRingMessagesInterleavedArriveWholeInOrder) {
+  PortReader reader(channel, port, {.direct = true});
+  MessageView message;
+  ASSERT_EQ(reader.next(message, Timeout(20)).status(), JobStatus::kTimedOut);
+  const auto size_of = [](std::uint32_t i) -> std::size_t {
+    if (i % 400 == 399) return 6u << 20;
+    return i % 3 == 0 ? 20 : (16u << 10);
+  };
+  const auto pattern = [](std::size_t size, std::uint32_t seed) {
+    std::string bytes(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(seed * 13 + i * 7);
+    return bytes;
+  };
+  constexpr std::uint32_t kCount = 2000;
+  std::thread writer_thread([&] {
+    PortWriter writer(channel, send_right, {.direct = true});
+    for (std::uint32_t i = 0; i < kCount; ++i) {
+      auto written = writer.write(pattern(size_of(i), i), i);
+      ASSERT_TRUE(written) << i << ": " << written.error().ToString();
+    }
+    auto done = writer.flush();
+    ASSERT_TRUE(done) << done.error().ToString();
+    EXPECT_EQ(writer.accepted(), kCount);
+  });
+  for (std::uint32_t i = 0; i < kCount; ++i) {
+    auto next = reader.next(message, Timeout(10000));
+    ASSERT_TRUE(next) << i << ": " << next.error().ToString();
+    ASSERT_EQ(message.id, i);
+    ASSERT_TRUE(message.bytes() == pattern(size_of(i), i)) << "message " << i << " damaged";
+  }
+  writer_thread.join();
+  EXPECT_GT(reader.handed_shared(), kCount / 2);
+  EXPECT_EQ(reader.next(message, Timeout(50)).status(), JobStatus::kTimedOut) << "nothing more";
 }
 
 // A receiver that never read with a PortReader never accepts: the writer's messages arrive
