@@ -50,6 +50,7 @@
 #include <set>
 #include <string>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/peer_sequence.hpp>
 #include <vector>
 
 namespace tern::ipc {
@@ -212,8 +213,27 @@ class PortRouter {
     std::size_t ports = 0;
     std::size_t messages = 0;      // queued
     std::size_t dropped_tail = 0;  // bytes of a torn last journal record
+    // Frames to other agents not acknowledged (JournalSent), by node, in order, as sent.
+    struct Unacked {
+      SequenceTag tag;
+      std::shared_ptr<const std::string> payload;
+    };
+    std::map<std::uint64_t, std::vector<Unacked>> unacked;
   };
   Expected<Restored> RestoreDurable(std::string_view journal_file);
+  // Sequenced frames from other agents (peer_sequence.hpp): the last of `node`'s frames this
+  // router handled. Recorded in the journal with the turn that handled it (one record per peer
+  // per turn), so that a restarted agent knows what a peer sends again (drops and acknowledges
+  // it) and never runs a frame twice. PeerDeliveries: the last tag per peer, as restored.
+  void PeerDelivered(std::uint64_t node, SequenceTag tag);
+  std::map<std::uint64_t, SequenceTag> PeerDeliveries() const;
+  // The numbered frames this agent sends other agents, kept in the same journal until they are
+  // acknowledged: JournalSent with the turn that made the frame (the payload as it goes on the
+  // wire, trailer and all), JournalAcked when the peer acknowledged up to `tag`. A restarted
+  // agent gets back what was not acknowledged (Restored::unacked) and sends it again, so that a
+  // result or a reply the dying agent had made but not written is not lost.
+  void JournalSent(std::uint64_t node, SequenceTag tag, std::shared_ptr<const std::string> payload);
+  void JournalAcked(std::uint64_t node, SequenceTag tag);
 
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;
