@@ -183,9 +183,16 @@ class TwoAgents {
     Start(node, journal);
     Reconnect();
   }
+  // The link breaks, as IpcService::NodeDown does it: frames held, receives across it answered.
   void Cut() {
     wire.clear();
-    for (auto& [node, agent] : agents) agent.out.begin()->second.LinkDown(Clock::now());
+    for (auto& [node, agent] : agents) {
+      auto& out = agent.out.begin()->second;
+      if (!out.up()) continue;
+      out.LinkDown(Clock::now());
+      agent.router->NodeUnreachable(3 - node);
+    }
+    for (std::uint64_t node : {1, 2}) Turn(node);
   }
   void Reconnect() {
     for (auto& [node, agent] : agents) {
@@ -390,6 +397,70 @@ TEST(SequencedSends, ArriveOnceInOrderAcrossCutsAndRestartsOfEitherAgent) {
     std::iota(expected.begin(), expected.end(), 1);
     EXPECT_EQ(numbers, expected);
   }
+}
+
+// A job on node 2 receives (waiting) from a port homed on node 1; node 2's agent is killed and
+// restarted, which breaks the link. The receive that died with the agent must not take the next
+// message: the next receive of the job gets it.
+TEST(SequencedSends, AReceiveThatDiedWithItsAgentTakesNoMessage) {
+  TwoAgents net;
+  net.agents[1].router->JobAttached("counter");
+  net.agents[1].router->JobAttached("sender");
+  const auto allocated = net.Ask(1, "counter", JobOp::kPortAllocate, U32(0));
+  net.Pump();
+  const std::uint32_t port = *WireReader(net.Answer("counter", allocated)->body).U32();
+  const auto made = net.Ask(1, "counter", JobOp::kMakeSend, U32(port));
+  net.Pump();
+  const std::uint32_t send = *WireReader(net.Answer("counter", made)->body).U32();
+  // The counter moves to node 2 with its rights (the port stays homed on node 1); the sender
+  // gets a send right of its own through a name.
+  net.Ask(1, "counter", JobOp::kNameRegister, [&] {
+    WireWriter w;
+    w.Bytes("counter");
+    w.U32(send);
+    return w.Take();
+  }());
+  net.Pump();
+  const auto looked = net.Ask(1, "sender", JobOp::kNameLookup, [] {
+    WireWriter w;
+    w.Bytes("counter");
+    return w.Take();
+  }());
+  net.Pump();
+  const std::uint32_t sender_right = *WireReader(net.Answer("sender", looked)->body).U32();
+  auto exported = net.agents[1].router->ExportJob("counter", 2);
+  ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+  net.agents[1].router->JobGone("counter");
+  net.agents[2].router->JobAttached("counter");
+  ASSERT_TRUE(net.agents[2].router->ImportJob("counter", exported.state));
+  net.Turn(1);
+  net.Turn(2);
+  net.Pump();
+  const auto receive = [&](std::uint32_t timeout) {
+    WireWriter w;
+    w.U32(port);
+    w.U32(timeout);
+    return net.Ask(2, "counter", JobOp::kReceive, w.Take());
+  };
+  const auto waiting = receive(60000);
+  net.Pump();
+  EXPECT_FALSE(net.Answer("counter", waiting));  // it waits at node 1
+  net.Restart(2);
+  net.Pump();
+  SendRequest request;
+  request.message.destination = sender_right;
+  request.message.items.push_back(Item::Bytes("42"));
+  const auto sent = net.Ask(1, "sender", JobOp::kSend, EncodeSendRequest(request));
+  net.Pump();
+  ASSERT_EQ(net.Answer("sender", sent)->status, JobStatus::kOk);
+  const auto again = receive(60000);
+  net.Pump();
+  auto got = net.Answer("counter", again);
+  ASSERT_TRUE(got) << "the message went to the receive that died";
+  ASSERT_EQ(got->status, JobStatus::kOk) << got->body;
+  auto message = WireReader(got->body).ReadMessage();
+  ASSERT_TRUE(message && !message->items.empty());
+  EXPECT_EQ(message->items[0].bytes(), "42");
 }
 
 }  // namespace

@@ -876,8 +876,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     std::erase_if(blasts_, [&](const auto& entry) { return entry.first.first == node; });
     hold_.LinkClosed(node);
     auto& sequence = SequenceTo(node);
+    const bool was_up = sequence.up();
     sequence.LinkDown(std::chrono::steady_clock::now());
     outboxes_.at(node).Reset();
+    if (was_up) {
+      router_.NodeUnreachable(node);
+      ScheduleRun();
+    }
     if (sequence.held() > 0) Held(node);
   }
 
@@ -896,6 +901,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       for (std::uint64_t node : waiting) self->Held(node);
       self->Run();
     });
+  }
+
+  // A frame came from `node`: the link is up, whatever this side heard (a link the cluster closed
+  // as idle and opened again says nothing).
+  void HeardFrom(std::uint64_t node) {
+    auto it = sequenced_.find(node);
+    if (it != sequenced_.end() && !it->second.up()) OnNodeUp(node);
   }
 
   void OnNodeUp(std::uint64_t node) {
@@ -948,7 +960,13 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   void OnSequenceAck(std::uint64_t from, SequenceTag tag) {
-    if (tag.seq == 0) return;  // a probe from a node that has heard nothing of us
+    if (tag.seq == 0) {
+      // A probe: its sender holds frames for this node and waits for a link. Answered with
+      // what this node has of it (never with a probe: two would answer each other forever).
+      auto inbox = inboxes_.find(from);
+      if (inbox != inboxes_.end() && inbox->second.delivered()) acks_due_.insert(from);
+      return;
+    }
     auto it = sequenced_.find(from);
     if (it == sequenced_.end()) return;
     it->second.Acked(tag);
@@ -1164,6 +1182,7 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   if (type == ipc::FrameType::kIpcDirect) {
     return impl_->direct_->OnDirectFrame(from, payload);
   }
+  impl_->HeardFrom(from);
   if (type == ipc::FrameType::kIpcSequenced) {
     handled = impl_->OnSequenced(from, std::move(payload));
   } else if (type == ipc::FrameType::kIpcSequenceAck) {

@@ -160,6 +160,12 @@ class PortRouter {
   Expected<void> NodeFrame(std::uint64_t from, std::shared_ptr<const std::string> payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);  // operations waiting on it fail with kUnavailable
+  // The link to `node` broke, and the frames to it wait for it (docs/ipc.md "Sends that wait for
+  // their home"): this node's sends and other operations there stay; the receives waiting there
+  // (whose waiter dies with a restarted agent) and the receives `node`'s jobs wait for here are
+  // answered kUnavailable (the second answer waits for the link), so that a message that comes
+  // meanwhile is never handed to a receive that is gone. Nothing is taken from a queue.
+  void NodeUnreachable(std::uint64_t node);
   void Timer(std::uint64_t id);
 
   // What to do now; clears the list.
