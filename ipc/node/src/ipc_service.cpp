@@ -822,7 +822,8 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto& sequence = SequenceTo(node);
     for (auto& payload : payloads) {
       auto kept = sequence.Add(std::move(payload), now);
-      router_.JournalSent(node, *ReadSequenceTrailer(*kept), std::move(kept));
+      const SequenceTag tag = *ReadSequenceTrailer(*kept);  // before `kept` is moved from
+      router_.JournalSent(node, tag, std::move(kept));
     }
   }
 
