@@ -80,6 +80,12 @@ void SequencedOutbox::Acked(SequenceTag tag) {
   }
 }
 
+std::vector<std::string_view> SequencedOutbox::Unacked() const {
+  std::vector<std::string_view> frames;
+  for (const Kept& kept : unacked_) frames.push_back(*kept.payload);
+  return frames;
+}
+
 bool SequencedOutbox::ProbeDue(Clock::time_point now) {
   if (up_ || unacked_.empty()) return false;
   if (probed_at_ && now - *probed_at_ < kProbeEvery) return false;

@@ -155,9 +155,23 @@ void PortRouter::NodeUnreachable(std::uint64_t node) {
                                                     "while it waited (nothing was taken)"});
     }
   }
+  state_->Drain();
+}
+
+void PortRouter::PeerRestarted(std::uint64_t node, const std::vector<std::string_view>& pending) {
+  NodeUnreachable(node);
+  std::set<std::uint64_t> asked;  // receives whose request the new agent has yet to run
+  for (std::string_view frame : pending) {
+    if (frame.size() < kSequenceTrailerBytes) continue;
+    frame.remove_suffix(kSequenceTrailerBytes);
+    auto e = router::DecodeEnvelope(std::make_shared<const std::string>(frame));
+    if (e && e->kind == Remote::kReceiveWait) asked.insert(e->ticket);
+  }
   std::vector<std::uint64_t> receives;
   for (const auto& [id, ticket] : state_->tickets) {
-    if (ticket.node == node && ticket.kind == TicketKind::kReceive) receives.push_back(id);
+    if (ticket.node == node && ticket.kind == TicketKind::kReceive && !asked.contains(id)) {
+      receives.push_back(id);
+    }
   }
   for (std::uint64_t id : receives) {
     Envelope failure{.kind = Remote::kReceiveResult,

@@ -151,6 +151,7 @@ class TwoAgents {
     std::map<std::uint64_t, SequencedOutbox> out;
     std::map<std::uint64_t, SequencedInbox> in;
     std::set<std::uint64_t> acks_due;
+    bool announced = false;
   };
   struct OnWire {
     bool ack = false;
@@ -196,6 +197,12 @@ class TwoAgents {
   }
   void Reconnect() {
     for (auto& [node, agent] : agents) {
+      if (!agent.announced) {  // as IpcService: "I started afresh", after what it sends again
+        agent.announced = true;
+        Payloads unused;
+        auto kept = agent.out.begin()->second.Add(std::string(), unused);
+        agent.router->JournalSent(3 - node, *ReadSequenceTrailer(*kept), kept);
+      }
       Payloads again;
       agent.out.begin()->second.LinkUp(again);
       for (auto& payload : again) wire[{node, 3 - node}].push_back({false, *payload});
@@ -247,6 +254,10 @@ class TwoAgents {
         case SequencedInbox::Verdict::kDeliver: {
           agent.acks_due.insert(from);
           agent.router->PeerDelivered(from, tag);
+          if (item.payload.empty()) {
+            agent.router->PeerRestarted(from, agent.out.at(from).Unacked());
+            break;
+          }
           auto ok = agent.router->NodeFrame(from, item.payload);
           ASSERT_TRUE(ok) << ok.error().message;
           break;
@@ -461,6 +472,82 @@ TEST(SequencedSends, AReceiveThatDiedWithItsAgentTakesNoMessage) {
   auto message = WireReader(got->body).ReadMessage();
   ASSERT_TRUE(message && !message->items.empty());
   EXPECT_EQ(message->items[0].bytes(), "42");
+}
+
+// The same job's receive waits at node 1, the port's home, whose agent is killed and restarted:
+// the receive fails (its waiter died with the agent) once the new agent says it started afresh,
+// and the next receive gets the next message. A receive whose request the old agent never
+// acknowledged is run by the new one instead.
+TEST(SequencedSends, AReceiveWaitingAtARestartedHomeFailsAndTheNextGetsTheMessage) {
+  for (bool acknowledged : {true, false}) {
+    SCOPED_TRACE(acknowledged ? "request acknowledged by the old agent" : "request not run");
+    TwoAgents net;
+    net.agents[1].router->JobAttached("counter");
+    net.agents[1].router->JobAttached("sender");
+    const auto allocated = net.Ask(1, "counter", JobOp::kPortAllocate, U32(0));
+    net.Pump();
+    const std::uint32_t port = *WireReader(net.Answer("counter", allocated)->body).U32();
+    const auto made = net.Ask(1, "counter", JobOp::kMakeSend, U32(port));
+    net.Pump();
+    const std::uint32_t send = *WireReader(net.Answer("counter", made)->body).U32();
+    net.Ask(1, "counter", JobOp::kNameRegister, [&] {
+      WireWriter w;
+      w.Bytes("c");
+      w.U32(send);
+      return w.Take();
+    }());
+    net.Pump();
+    const auto looked = net.Ask(1, "sender", JobOp::kNameLookup, [] {
+      WireWriter w;
+      w.Bytes("c");
+      return w.Take();
+    }());
+    net.Pump();
+    const std::uint32_t sender_right = *WireReader(net.Answer("sender", looked)->body).U32();
+    auto exported = net.agents[1].router->ExportJob("counter", 2);
+    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+    net.agents[1].router->JobGone("counter");
+    net.agents[2].router->JobAttached("counter");
+    ASSERT_TRUE(net.agents[2].router->ImportJob("counter", exported.state));
+    net.Turn(1);
+    net.Turn(2);
+    net.Pump();
+    const auto receive = [&](std::uint32_t timeout) {
+      WireWriter w;
+      w.U32(port);
+      w.U32(timeout);
+      return net.Ask(2, "counter", JobOp::kReceive, w.Take());
+    };
+    if (!acknowledged) net.Cut();  // the request waits in node 2's outbox
+    const auto waiting = receive(60000);
+    net.Pump();
+    EXPECT_FALSE(net.Answer("counter", waiting));
+    net.Restart(1);
+    net.Pump();
+    auto failed = net.Answer("counter", waiting);
+    if (acknowledged) {
+      ASSERT_TRUE(failed) << "the receive waits for a waiter that died";
+      EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
+    } else {
+      EXPECT_FALSE(failed) << "the new agent runs the receive: it waits";
+    }
+    // A message from a job on node 1 (the port's home): to the receive the new agent runs, or
+    // to the next one.
+    SendRequest request;
+    request.message.destination = sender_right;
+    request.message.items.push_back(Item::Bytes("7"));
+    const auto sent = net.Ask(1, "sender", JobOp::kSend, EncodeSendRequest(request));
+    net.Pump();
+    ASSERT_EQ(net.Answer("sender", sent)->status, JobStatus::kOk);
+    const auto taker = acknowledged ? receive(60000) : waiting;
+    net.Pump();
+    auto got = net.Answer("counter", taker);
+    ASSERT_TRUE(got) << "the message went to a receive that is gone";
+    ASSERT_EQ(got->status, JobStatus::kOk) << got->body;
+    auto message = WireReader(got->body).ReadMessage();
+    ASSERT_TRUE(message && !message->items.empty());
+    EXPECT_EQ(message->items[0].bytes(), "7");
+  }
 }
 
 }  // namespace

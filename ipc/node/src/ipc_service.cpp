@@ -916,6 +916,12 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     auto& sequence = SequenceTo(node);
     auto& outbox = outboxes_.at(node);
     outbox.Reset();
+    // The first frame of this agent's own to the node: "I started afresh" (an empty envelope),
+    // numbered after those sent again from the journal, so that it comes after their answers.
+    if (announced_.insert(node).second) {
+      std::vector<SequencedOutbox::Payload> unused;
+      Number(node, {std::string()}, unused);
+    }
     std::vector<SequencedOutbox::Payload> again;
     sequence.LinkUp(again);
     if (!again.empty()) {
@@ -948,6 +954,10 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
       case SequencedInbox::Verdict::kDeliver:
         acks_due_.insert(from);
         router_.PeerDelivered(from, *tag);
+        if (payload.empty()) {
+          router_.PeerRestarted(from, SequenceTo(from).Unacked());
+          return {};
+        }
         return router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));
       case SequencedInbox::Verdict::kDuplicate:
         acks_due_.insert(from);  // it has not heard: say it again
@@ -1123,6 +1133,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   std::map<std::uint64_t, SequencedOutbox> sequenced_;
   std::map<std::uint64_t, SequencedInbox> inboxes_;
   std::set<std::uint64_t> acks_due_;
+  std::set<std::uint64_t> announced_;  // nodes told this agent started afresh
   boost::asio::steady_timer probe_timer_{io_};
   bool probe_armed_ = false;
   bool durable_failing_ = false;

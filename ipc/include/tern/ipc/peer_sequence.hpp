@@ -86,6 +86,7 @@ class SequencedOutbox {
   // Drops what is held and starts a new epoch; returns how many payloads were dropped.
   std::size_t GiveUp();
 
+  std::vector<std::string_view> Unacked() const;  // trailer and all, in order
   bool up() const { return up_; }
   bool full() const { return held_bytes_ > max_held_bytes_; }
   std::size_t held() const { return unacked_.size(); }

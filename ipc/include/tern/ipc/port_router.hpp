@@ -161,11 +161,16 @@ class PortRouter {
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);  // operations waiting on it fail with kUnavailable
   // The link to `node` broke, and the frames to it wait for it (docs/ipc.md "Sends that wait for
-  // their home"): this node's sends and other operations there stay; the receives waiting there
-  // (whose waiter dies with a restarted agent) and the receives `node`'s jobs wait for here are
-  // answered kUnavailable (the second answer waits for the link), so that a message that comes
-  // meanwhile is never handed to a receive that is gone. Nothing is taken from a queue.
+  // their home"): the receives `node`'s jobs wait for here are answered kUnavailable (the answer
+  // waits for the link; nothing is taken), so that a message that comes meanwhile is never
+  // handed to a receive that died with a restarted agent. This node's operations there stay.
   void NodeUnreachable(std::uint64_t node);
+  // `node`'s agent started afresh (its first frame since it started, after those it sends again
+  // from its journal): the receives this node's jobs waited for there died with the old agent
+  // and fail with kUnavailable, but for those whose request is among `pending` (the frames to
+  // `node` not acknowledged yet, trailer and all: the new agent runs them); those its jobs
+  // waited for here are answered as NodeUnreachable does.
+  void PeerRestarted(std::uint64_t node, const std::vector<std::string_view>& pending);
   void Timer(std::uint64_t id);
 
   // What to do now; clears the list.
