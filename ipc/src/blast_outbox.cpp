@@ -29,7 +29,7 @@ bool IsBlastAck(std::string_view payload) {
 
 void BlastOutbox::Add(std::string payload, std::vector<Frame>& out) {
   if (waiting_.empty() && payload.size() <= kChunkBytes) {
-    out.push_back({FrameType::kIpcRemote, std::move(payload)});
+    out.push_back({single_, std::move(payload)});
     return;
   }
   Waiting entry;
@@ -47,11 +47,16 @@ void BlastOutbox::OnAck(std::vector<Frame>& out) {
   Drain(out);
 }
 
+void BlastOutbox::Reset() {
+  waiting_.clear();
+  unacked_ = 0;
+}
+
 void BlastOutbox::Drain(std::vector<Frame>& now) {
   while (!waiting_.empty()) {
     Waiting& front = waiting_.front();
     if (front.blast == 0) {
-      now.push_back({FrameType::kIpcRemote, std::move(front.payload)});
+      now.push_back({single_, std::move(front.payload)});
       waiting_.pop_front();
       continue;
     }

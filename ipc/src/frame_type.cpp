@@ -40,6 +40,10 @@ std::string_view FrameTypeName(FrameType type) {
       return "IpcBlastAck";
     case FrameType::kIpcDirect:
       return "IpcDirect";
+    case FrameType::kIpcSequenced:
+      return "IpcSequenced";
+    case FrameType::kIpcSequenceAck:
+      return "IpcSequenceAck";
     case FrameType::kDirectCall:
       return "DirectCall";
     case FrameType::kDirectAnswer:

@@ -137,6 +137,55 @@ void PortRouter::NodeDown(std::uint64_t node) {
   state_->Drain();
 }
 
+void PortRouter::NodeUnreachable(std::uint64_t node) {
+  for (auto& [serial, port] : state_->ports) {
+    std::deque<Waiter> gone;
+    for (auto w = port.waiters.begin(); w != port.waiters.end();) {
+      if (w->node != node) {
+        ++w;
+        continue;
+      }
+      gone.push_back(std::move(*w));
+      w = port.waiters.erase(w);
+    }
+    for (const Waiter& waiter : gone) {
+      state_->CancelTimer(waiter.timer);
+      state_->AnswerWaiter(waiter, Envelope{.status = JobStatus::kUnavailable,
+                                            .text = "the link to the receiver's node broke "
+                                                    "while it waited (nothing was taken)"});
+    }
+  }
+  state_->Drain();
+}
+
+void PortRouter::PeerRestarted(std::uint64_t node, const std::vector<std::string_view>& pending) {
+  NodeUnreachable(node);
+  std::set<std::uint64_t> asked;  // receives whose request the new agent has yet to run
+  for (std::string_view frame : pending) {
+    if (frame.size() < kSequenceTrailerBytes) continue;
+    frame.remove_suffix(kSequenceTrailerBytes);
+    auto e = router::DecodeEnvelope(std::make_shared<const std::string>(frame));
+    if (e && e->kind == Remote::kReceiveWait) asked.insert(e->ticket);
+  }
+  std::vector<std::uint64_t> receives;
+  for (const auto& [id, ticket] : state_->tickets) {
+    if (ticket.node == node && ticket.kind == TicketKind::kReceive && !asked.contains(id)) {
+      receives.push_back(id);
+    }
+  }
+  for (std::uint64_t id : receives) {
+    Envelope failure{.kind = Remote::kReceiveResult,
+                     .ticket = id,
+                     .origin = node,
+                     .status = JobStatus::kUnavailable,
+                     .text =
+                         "the link to the port's node broke while the receive waited there "
+                         "(nothing was taken)"};
+    state_->HandleResult(failure, node);
+  }
+  state_->Drain();
+}
+
 void PortRouter::Timer(std::uint64_t id) {
   auto it = state_->timers.find(id);
   if (it == state_->timers.end()) return;

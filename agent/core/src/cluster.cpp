@@ -493,6 +493,8 @@ void Cluster::OnFrame(std::uint64_t node_id, std::uint16_t type, std::string pay
     case ipc::FrameType::kIpcBlast:
     case ipc::FrameType::kIpcBlastAck:
     case ipc::FrameType::kIpcDirect:
+    case ipc::FrameType::kIpcSequenced:
+    case ipc::FrameType::kIpcSequenceAck:
       budget_.OnUse(node_id, Now());
       if (ipc_frames_) {
         if (auto handled =

@@ -26,6 +26,7 @@
 #include <tern/ipc/job_secret.hpp>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/node/timer_schedule.hpp>
+#include <tern/ipc/peer_sequence.hpp>
 #include <tern/ipc/port_router.hpp>
 #include <tern/unique_fd.hpp>
 #include <variant>
@@ -49,7 +50,12 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         self_(node_id),
         router_(node_id, regions_, limits),
         send_(std::move(send)),
-        hold_(std::move(backlog)),
+        // Frames held for a node wait as much as those its link has not written yet.
+        hold_([this, backlog = std::move(backlog)](std::uint64_t node) {
+          const auto held = sequenced_.find(node);
+          return (backlog ? backlog(node) : 0) +
+                 (held != sequenced_.end() && !held->second.up() ? held->second.held_bytes() : 0);
+        }),
         direct_(std::make_shared<DirectCalls>(
             io, node_id, router_, send_,
             [this](const std::string& job, std::string_view reply, UniqueFd fd) {
@@ -57,6 +63,16 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
             })) {}
   // The direct calls' handlers call back into this object: none may run once it is gone.
   ~Impl() { direct_->Stop(); }
+
+  // This run's epochs (one per peer: this value ^ its id): a restarted agent's numbering is new.
+  static std::uint64_t RandomEpoch() {
+    std::uint64_t value = 0;
+    if (::getrandom(&value, sizeof value, 0) != static_cast<ssize_t>(sizeof value)) {
+      value =
+          static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    }
+    return value;
+  }
 
   struct Channel {
     explicit Channel(boost::asio::io_context& io, int fd) : socket(io, fd) {}
@@ -190,9 +206,23 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
             restored->ports, restored->messages, restored->jobs.size(), dir);
       }
       restored_jobs_.insert(restored->jobs.begin(), restored->jobs.end());
+      // What the previous agent sent and was not acknowledged goes again when the links are up.
+      for (const auto& [node, list] : restored->unacked) {
+        std::vector<std::pair<SequenceTag, SequencedOutbox::Payload>> kept;
+        for (const auto& sent : list) kept.emplace_back(sent.tag, sent.payload);
+        sequenced_.try_emplace(node, epoch_base_ ^ node, kMaxHeldBytes, kept);
+        outboxes_.try_emplace(node, ipc::FrameType::kIpcSequenced);
+        spdlog::info(
+            "IPC: {} frame(s) to node {:016x} not acknowledged before the restart: sent "
+            "again when its link is up",
+            list.size(), node);
+      }
     }
     router_.KeepDurableState();
     WriteDurable(router_.TakeDurable());
+    for (const auto& [node, sequence] : sequenced_) {
+      if (sequence.held() > 0) Held(node);
+    }
   }
 
   // Writes every piece, several per call; false on an error (errno set).
@@ -660,6 +690,11 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Carries out what the router asked for.
   void Run() {
     auto actions = router_.TakeActions();
+    // The frames to other agents are numbered first: they are in the journal with the turn.
+    std::map<std::uint64_t, std::vector<std::string>> payloads;
+    for (auto& frame : actions.frames) payloads[frame.node].push_back(std::move(frame.payload));
+    std::map<std::uint64_t, std::vector<SequencedOutbox::Payload>> numbered;
+    for (auto& [node, list] : payloads) Number(node, std::move(list), numbered[node]);
     // Recorded before anything of this turn is acknowledged (a reply, a result to a peer).
     WriteDurable(router_.TakeDurable());
     // Queue every reply first, then write once per channel: a batch of requests gets its
@@ -685,8 +720,20 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     // The frames for one node leave in one write (a call's deferred ok and its reply, say),
     // through its outbox: a large payload goes as a blast, and what follows waits for it.
     std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
-    for (auto& frame : actions.frames) {
-      outboxes_[frame.node].Add(std::move(frame.payload), batches[frame.node]);
+    for (auto& [node, list] : numbered) {
+      auto& outbox = outboxes_.at(node);
+      for (auto& payload : list) outbox.Add(*payload, batches[node]);
+    }
+    for (const auto& [node, list] : payloads) {
+      if (!sequenced_.at(node).up()) Held(node);
+    }
+    // What this turn handled of each peer's frames is in the journal now: acknowledged, in the
+    // same write as the turn's frames to it.
+    for (std::uint64_t node : std::exchange(acks_due_, {})) {
+      auto inbox = inboxes_.find(node);
+      if (inbox == inboxes_.end() || !inbox->second.delivered()) continue;
+      batches[node].push_back(
+          {ipc::FrameType::kIpcSequenceAck, ipc::EncodeSequenceAck(*inbox->second.delivered())});
     }
     for (auto& [node, batch] : batches) SendBatch(node, batch);
     for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
@@ -757,55 +804,184 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     });
   }
 
+  // ---- frames to other agents (docs/ipc.md "Sends that wait for their home")
+
+  SequencedOutbox& SequenceTo(std::uint64_t node) {
+    auto it = sequenced_.find(node);
+    if (it == sequenced_.end()) {
+      it = sequenced_.try_emplace(node, epoch_base_ ^ node, kMaxHeldBytes).first;
+      outboxes_.try_emplace(node, ipc::FrameType::kIpcSequenced);
+    }
+    return it->second;
+  }
+
+  // The router's payloads for `node`, numbered and recorded in the journal (with the turn, before
+  // they leave); those that can leave now are appended to `now`.
+  void Number(std::uint64_t node, std::vector<std::string> payloads,
+              std::vector<SequencedOutbox::Payload>& now) {
+    auto& sequence = SequenceTo(node);
+    for (auto& payload : payloads) {
+      auto kept = sequence.Add(std::move(payload), now);
+      const SequenceTag tag = *ReadSequenceTrailer(*kept);  // before `kept` is moved from
+      router_.JournalSent(node, tag, std::move(kept));
+    }
+  }
+
+  // Something waits for `node`'s link: ask the cluster for one now and then, give the node
+  // up when it stays away (or when too much waits for it).
+  void Held(std::uint64_t node) {
+    auto& sequence = SequenceTo(node);
+    const auto now = std::chrono::steady_clock::now();
+    if (sequence.full() || sequence.GiveUpDue(now)) return GiveUpOn(node);
+    if (sequence.ProbeDue(now)) {
+      // Any frame makes the cluster dial the node; an acknowledgement is one that changes
+      // nothing at the other end.
+      auto inbox = inboxes_.find(node);
+      const SequenceTag tag = inbox != inboxes_.end()
+                                  ? inbox->second.delivered().value_or(SequenceTag{})
+                                  : SequenceTag{};
+      std::vector<ipc::Frame> probe;
+      probe.push_back({ipc::FrameType::kIpcSequenceAck, ipc::EncodeSequenceAck(tag)});
+      send_(node, std::move(probe));
+    }
+    ArmProbe();
+  }
+
+  void GiveUpOn(std::uint64_t node) {
+    auto& sequence = SequenceTo(node);
+    const std::size_t bytes = sequence.held_bytes();
+    const bool full = sequence.full();
+    router_.JournalAcked(node, {sequence.epoch(), ~std::uint64_t{0}});  // dropped for good
+    const std::size_t dropped = sequence.GiveUp();
+    outboxes_.at(node).Reset();
+    spdlog::warn(
+        "IPC: giving node {:016x} up: {} frame(s) ({} bytes) held for it dropped, its "
+        "operations fail ({})",
+        node, dropped, bytes,
+        full ? "too much held"
+             : "no link to it for " + std::to_string(SequencedOutbox::kGiveUpAfter.count()) + " s");
+    router_.NodeDown(node);
+    ScheduleRun();
+  }
+
   void SendBatch(std::uint64_t node, std::vector<ipc::Frame>& batch) {
     if (batch.empty()) return;
-    if (auto held = held_frames_.find(node); held != held_frames_.end()) {
-      for (auto& frame : batch) held->second.push_back(std::move(frame));  // in order
-      batch.clear();
-      return;
-    }
-    if (std::chrono::steady_clock::now() < started_ + kStartGrace) {
-      std::vector<ipc::Frame> copy = batch;
-      if (!send_(node, std::move(copy))) {
-        held_frames_[node] = std::move(batch);
-        ArmGrace();
-      }
-    } else if (!send_(node, std::move(batch))) {
-      // No link: the router learns it from NodeDown; nothing else to do here.
-      spdlog::debug("IPC frames to node {:016x} dropped: no link", node);
+    if (!send_(node, std::move(batch))) {
+      // No link the cluster can give now: what was not acknowledged goes again with the link.
+      LinkDown(node);
     }
     batch.clear();
   }
 
-  // After the grace, frames still held for a node that never came up are dropped, and the
-  // router fails what waits on it (no NodeDown comes for a link that never was).
-  void ArmGrace() {
-    if (grace_armed_) return;
-    grace_armed_ = true;
-    grace_timer_.expires_at(started_ + kStartGrace);
-    grace_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+  void LinkDown(std::uint64_t node) {
+    std::erase_if(blasts_, [&](const auto& entry) { return entry.first.first == node; });
+    hold_.LinkClosed(node);
+    auto& sequence = SequenceTo(node);
+    const bool was_up = sequence.up();
+    sequence.LinkDown(std::chrono::steady_clock::now());
+    outboxes_.at(node).Reset();
+    if (was_up) {
+      router_.NodeUnreachable(node);
+      ScheduleRun();
+    }
+    if (sequence.held() > 0) Held(node);
+  }
+
+  // While a node's frames are held: one check a second (probe, or give up).
+  void ArmProbe() {
+    if (probe_armed_ || stopped_) return;
+    probe_armed_ = true;
+    probe_timer_.expires_after(SequencedOutbox::kProbeEvery);
+    probe_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& error) {
+      self->probe_armed_ = false;
       if (error || self->stopped_) return;
-      for (auto& [node, frames] : std::exchange(self->held_frames_, {})) {
-        spdlog::warn(
-            "IPC: {} frame(s) to node {:016x} dropped: no link to it since this agent "
-            "started",
-            frames.size(), node);
-        self->router_.NodeDown(node);
+      std::vector<std::uint64_t> waiting;
+      for (const auto& [node, sequence] : self->sequenced_) {
+        if (!sequence.up() && sequence.held() > 0) waiting.push_back(node);
       }
+      for (std::uint64_t node : waiting) self->Held(node);
       self->Run();
     });
   }
 
+  // A frame came from `node`: the link is up, whatever this side heard (a link the cluster closed
+  // as idle and opened again says nothing).
+  void HeardFrom(std::uint64_t node) {
+    auto it = sequenced_.find(node);
+    if (it != sequenced_.end() && !it->second.up()) OnNodeUp(node);
+  }
+
   void OnNodeUp(std::uint64_t node) {
     router_.NodeUp(node);
-    auto held = held_frames_.find(node);
-    if (held == held_frames_.end()) return;
-    std::vector<ipc::Frame> frames = std::move(held->second);
-    held_frames_.erase(held);
-    spdlog::info("IPC: {} frame(s) held for node {:016x} until its link came up sent",
-                 frames.size(), node);
-    if (!send_(node, std::move(frames))) router_.NodeDown(node);
+    auto& sequence = SequenceTo(node);
+    auto& outbox = outboxes_.at(node);
+    outbox.Reset();
+    // The first frame of this agent's own to the node: "I started afresh" (an empty envelope),
+    // numbered after those sent again from the journal, so that it comes after their answers.
+    if (announced_.insert(node).second) {
+      std::vector<SequencedOutbox::Payload> unused;
+      Number(node, {std::string()}, unused);
+    }
+    std::vector<SequencedOutbox::Payload> again;
+    sequence.LinkUp(again);
+    if (!again.empty()) {
+      spdlog::info("IPC: {} frame(s) held for node {:016x} sent now that its link is up",
+                   again.size(), node);
+    }
+    std::vector<ipc::Frame> batch;
+    for (auto& payload : again) outbox.Add(*payload, batch);
+    SendBatch(node, batch);
     Run();
+  }
+
+  // A sequenced payload from `from`: run once, in order; acknowledged after the turn that ran it
+  // is in the journal (Run).
+  Expected<void> OnSequenced(std::uint64_t from, std::string payload) {
+    const auto tag = ReadSequenceTrailer(payload);
+    if (!tag) return Fail("malformed sequenced IPC frame");
+    payload.resize(payload.size() - kSequenceTrailerBytes);
+    auto inbox = inboxes_.find(from);
+    if (inbox == inboxes_.end()) {
+      const auto known = router_.PeerDeliveries();
+      const auto found = known.find(from);
+      inbox =
+          inboxes_
+              .try_emplace(from, found == known.end() ? std::nullopt
+                                                      : std::optional<SequenceTag>(found->second))
+              .first;
+    }
+    switch (inbox->second.Take(*tag)) {
+      case SequencedInbox::Verdict::kDeliver:
+        acks_due_.insert(from);
+        router_.PeerDelivered(from, *tag);
+        if (payload.empty()) {
+          router_.PeerRestarted(from, SequenceTo(from).Unacked());
+          return {};
+        }
+        return router_.NodeFrame(from, std::make_shared<const std::string>(std::move(payload)));
+      case SequencedInbox::Verdict::kDuplicate:
+        acks_due_.insert(from);  // it has not heard: say it again
+        return {};
+      case SequencedInbox::Verdict::kGap:
+        spdlog::debug("IPC: frame {} of node {:016x} dropped: an earlier one is missing", tag->seq,
+                      from);
+        return {};
+    }
+    return {};
+  }
+
+  void OnSequenceAck(std::uint64_t from, SequenceTag tag) {
+    if (tag.seq == 0) {
+      // A probe: its sender holds frames for this node and waits for a link. Answered with
+      // what this node has of it (never with a probe: two would answer each other forever).
+      auto inbox = inboxes_.find(from);
+      if (inbox != inboxes_.end() && inbox->second.delivered()) acks_due_.insert(from);
+      return;
+    }
+    auto it = sequenced_.find(from);
+    if (it == sequenced_.end()) return;
+    it->second.Acked(tag);
+    router_.JournalAcked(from, tag);
   }
 
   // A chunk of a blast from `from`: taken, acknowledged (the sender keeps at most
@@ -823,9 +999,9 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     ack.push_back({ipc::FrameType::kIpcBlastAck, ipc::EncodeBlastAck(chunk->blast, chunk->index)});
     send_(from, std::move(ack));
     if (++assembly.next < chunk->count) return {};
-    auto message = std::make_shared<const std::string>(std::move(assembly.bytes));
+    std::string message = std::move(assembly.bytes);
     blasts_.erase({from, chunk->blast});
-    return router_.NodeFrame(from, std::move(message));
+    return OnSequenced(from, std::move(message));
   }
 
   // The peer took a chunk: what waited for room in the window leaves.
@@ -922,7 +1098,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Replies smaller than this are gathered into one chunk; larger ones keep their own buffer.
   static constexpr std::size_t kGatherBelow = 16u << 10;
   static constexpr std::size_t kMaxUnreadReplyBytes = ipc::kMaxMessageBytes + (64u << 20);
-  std::map<std::uint64_t, ipc::BlastOutbox> outboxes_;  // by node
+  std::map<std::uint64_t, ipc::BlastOutbox> outboxes_;  // by node (with sequenced_)
   BacklogHold hold_;
   static constexpr auto kHoldCheck = std::chrono::milliseconds(1);
   boost::asio::steady_timer hold_timer_{io_};
@@ -947,14 +1123,19 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // re-attached yet.
   std::string state_dir_;
   UniqueFd journal_fd_;
-  // A restarted agent answers the jobs that re-attach with the rights it kept before the
-  // cluster's links are up: frames to a node without a link in the first kStartGrace are held
-  // and sent when it comes up (SendBatch), not dropped with their operations left waiting.
-  static constexpr auto kStartGrace = std::chrono::seconds(15);
-  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  std::map<std::uint64_t, std::vector<ipc::Frame>> held_frames_;
-  boost::asio::steady_timer grace_timer_{io_};
-  bool grace_armed_ = false;
+  // Frames to other agents, numbered per node (SequencedOutbox): held while a node cannot be
+  // reached, sent again when its link is back; those from other agents, run once
+  // (SequencedInbox), and the nodes whose acknowledgement is due at the end of the turn.
+  // Held frames count in the backlog that holds the jobs back (hold_); past kMaxHeldBytes for one
+  // node, it is given up.
+  static constexpr std::size_t kMaxHeldBytes = std::size_t{64} << 20;
+  const std::uint64_t epoch_base_ = RandomEpoch();
+  std::map<std::uint64_t, SequencedOutbox> sequenced_;
+  std::map<std::uint64_t, SequencedInbox> inboxes_;
+  std::set<std::uint64_t> acks_due_;
+  std::set<std::uint64_t> announced_;  // nodes told this agent started afresh
+  boost::asio::steady_timer probe_timer_{io_};
+  bool probe_armed_ = false;
   bool durable_failing_ = false;
   std::set<std::string> restored_jobs_;
 
@@ -1013,7 +1194,16 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
   if (type == ipc::FrameType::kIpcDirect) {
     return impl_->direct_->OnDirectFrame(from, payload);
   }
-  if (type == ipc::FrameType::kIpcBlast) {
+  impl_->HeardFrom(from);
+  if (type == ipc::FrameType::kIpcSequenced) {
+    handled = impl_->OnSequenced(from, std::move(payload));
+  } else if (type == ipc::FrameType::kIpcSequenceAck) {
+    if (auto tag = ipc::ParseSequenceAck(payload)) {
+      impl_->OnSequenceAck(from, *tag);
+    } else {
+      handled = Fail("malformed IPC sequence acknowledgement");
+    }
+  } else if (type == ipc::FrameType::kIpcBlast) {
     handled = impl_->OnBlast(from, payload);
   } else if (type == ipc::FrameType::kIpcBlastAck) {
     if (ipc::IsBlastAck(payload)) {
@@ -1034,11 +1224,9 @@ Expected<void> IpcService::OnNodeFrame(std::uint64_t from, ipc::FrameType type,
 void IpcService::NodeUp(std::uint64_t node) { impl_->OnNodeUp(node); }
 
 void IpcService::NodeDown(std::uint64_t node) {
-  std::erase_if(impl_->blasts_, [&](const auto& entry) { return entry.first.first == node; });
-  impl_->outboxes_.erase(node);  // what waited for the link is lost with it: the router fails it
-  impl_->held_frames_.erase(node);
-  impl_->hold_.LinkClosed(node);
-  impl_->router_.NodeDown(node);
+  // Held, not failed: a node that only lost its link (cut, its agent restarting) gets them when
+  // it is back; SequencedOutbox::kGiveUpAfter without a link fails them.
+  impl_->LinkDown(node);
   impl_->Run();
 }
 
@@ -1099,7 +1287,7 @@ void IpcService::Stop() {
   impl_->stopped_ = true;
   impl_->timer_.cancel();
   impl_->hold_timer_.cancel();
-  impl_->grace_timer_.cancel();
+  impl_->probe_timer_.cancel();
   impl_->direct_->Stop();
   if (impl_->job_socket_) impl_->job_socket_->Stop();
   for (auto& [job, channel] : impl_->channels_) {

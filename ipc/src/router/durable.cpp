@@ -20,7 +20,11 @@
 // [u8 1][envelope] a message (or a train's run) pushed at a queue's back,
 // the envelope as between nodes (kEnqueue or kEnqueueBatch; object: the port; origin and job:
 // the sender charged for it, empty for a notification); [u8 2][u64 serial][u32 count] that
-// many messages taken off the port's front.
+// many messages taken off the port's front; [u8 4][u64 node][u64 epoch][u64 seq] the last
+// sequenced frame from that peer handled (docs/ipc.md "Sends that wait for their home"), after
+// the turn's other records (the last one per peer stands); [u8 5][u64 node][u64 epoch][u64 seq]
+// [payload] a numbered frame sent to that peer (the payload as on the wire); [u8 6][u64 node]
+// [u64 epoch][u64 seq] that peer acknowledged every frame of that epoch up to seq.
 #include <tern/ipc/state_journal.hpp>
 
 #include "state.hpp"
@@ -33,6 +37,9 @@ constexpr std::uint8_t kSnapshotVersion = 1;
 constexpr std::uint8_t kPush = 1;
 constexpr std::uint8_t kPop = 2;
 constexpr std::uint8_t kSnapshot = 3;
+constexpr std::uint8_t kPeerDelivered = 4;
+constexpr std::uint8_t kSent = 5;
+constexpr std::uint8_t kAcked = 6;
 // The journal is rewritten from the queues once it is this large and twice what that rewrite
 // wrote last: appending stays the common case, and the file stays within a few times the
 // bytes queued.
@@ -93,7 +100,64 @@ std::string PushPayload(ObjectId port, const Queued& item, const Sender& sender)
   return payload;
 }
 
+std::string TagRecord(std::uint8_t kind, std::uint64_t node, SequenceTag tag) {
+  WireWriter out;
+  out.U8(kind);
+  out.U64(node);
+  out.U64(tag.epoch);
+  out.U64(tag.seq);
+  return out.Take();
+}
+
+std::string PeerDeliveredPayload(std::uint64_t node, SequenceTag tag) {
+  return TagRecord(kPeerDelivered, node, tag);
+}
+
+std::string SentPayload(std::uint64_t node, SequenceTag tag, std::string_view frame) {
+  std::string payload = TagRecord(kSent, node, tag);
+  payload.append(frame);
+  return payload;
+}
+
 }  // namespace
+
+void PortRouter::PeerDelivered(std::uint64_t node, SequenceTag tag) {
+  state_->peer_delivered[node] = tag;
+  if (state_->durable) state_->peer_delivered_changed.insert(node);
+}
+
+std::map<std::uint64_t, SequenceTag> PortRouter::PeerDeliveries() const {
+  return state_->peer_delivered;
+}
+
+void PortRouter::JournalSent(std::uint64_t node, SequenceTag tag,
+                             std::shared_ptr<const std::string> payload) {
+  auto& s = *state_;
+  if (!s.durable) return;
+  if (!s.rewrite_journal) {
+    std::string record = SentPayload(node, tag, *payload);
+    s.journal_bytes += record.size() + 8;
+    AddRecord(s.journal, std::move(record));
+  }
+  s.unacked_sent[node].push_back({tag, std::move(payload)});
+}
+
+void PortRouter::JournalAcked(std::uint64_t node, SequenceTag tag) {
+  auto& s = *state_;
+  auto found = s.unacked_sent.find(node);
+  if (!s.durable || found == s.unacked_sent.end()) return;
+  auto& list = found->second;
+  const std::size_t before = list.size();
+  while (!list.empty() && list.front().tag.epoch == tag.epoch && list.front().tag.seq <= tag.seq) {
+    list.pop_front();
+  }
+  if (list.size() == before) return;
+  if (list.empty()) s.unacked_sent.erase(found);
+  if (s.rewrite_journal) return;
+  std::string record = TagRecord(kAcked, node, tag);
+  s.journal_bytes += record.size() + 8;
+  AddRecord(s.journal, std::move(record));
+}
 
 void PortRouter::State::JournalPush(ObjectId port, const Queued& item, const Sender& sender) {
   if (!durable || rewrite_journal) return;
@@ -119,6 +183,12 @@ std::vector<std::string> PortRouter::State::QueuesJournal() const {
     for (const QueuedEntry& entry : port.queue) {
       AddRecord(pieces, PushPayload(ObjectId{self, serial}, entry.item, entry.sender));
     }
+  }
+  for (const auto& [node, tag] : peer_delivered) {
+    AddRecord(pieces, PeerDeliveredPayload(node, tag));
+  }
+  for (const auto& [node, list] : unacked_sent) {
+    for (const auto& sent : list) AddRecord(pieces, SentPayload(node, sent.tag, *sent.payload));
   }
   return pieces;
 }
@@ -198,6 +268,7 @@ PortRouter::DurableWrite PortRouter::TakeDurable() {
   std::string snapshot = s.EncodeSnapshot();
   if (s.rewrite_journal || s.journal_bytes >= s.compact_at) {
     s.journal.clear();
+    s.peer_delivered_changed.clear();
     write.journal = s.QueuesJournal();
     write.rewrite_journal = true;
     s.journal_bytes = 0;
@@ -210,6 +281,11 @@ PortRouter::DurableWrite PortRouter::TakeDurable() {
     if (snapshot != s.last_snapshot) {
       std::string payload(1, static_cast<char>(kSnapshot));
       payload.append(snapshot);
+      s.journal_bytes += payload.size() + 8;
+      AddRecord(write.journal, std::move(payload));
+    }
+    for (std::uint64_t node : std::exchange(s.peer_delivered_changed, {})) {
+      std::string payload = PeerDeliveredPayload(node, s.peer_delivered[node]);
       s.journal_bytes += payload.size() + 8;
       AddRecord(write.journal, std::move(payload));
     }
@@ -367,6 +443,8 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
   // port's, or one made in a turn whose snapshot was cut short (it acknowledged nothing).
   std::optional<Snapshot> last;
   std::map<std::uint64_t, std::deque<QueuedEntry>> queues;
+  std::map<std::uint64_t, SequenceTag> delivered;
+  std::map<std::uint64_t, std::deque<Restored::Unacked>> sent;
   for (std::string_view record : journal->records) {
     if (record.empty()) return Fail("IPC journal: an empty record");
     const auto kind = static_cast<std::uint8_t>(record.front());
@@ -398,6 +476,46 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
       }
       continue;
     }
+    if (kind == kPeerDelivered) {
+      WireReader peer(record);
+      auto node = peer.U64();
+      auto epoch = peer.U64();
+      auto seq = peer.U64();
+      if (!seq || !peer.AtEnd() || *node == s.self || *seq == 0) {
+        return Fail("IPC journal: a malformed record of a peer's frames handled");
+      }
+      delivered[*node] = SequenceTag{*epoch, *seq};
+      continue;
+    }
+    if (kind == kSent || kind == kAcked) {
+      WireReader tagged(record);
+      auto node = tagged.U64();
+      auto epoch = tagged.U64();
+      auto seq = tagged.U64();
+      if (!seq || *node == s.self || *seq == 0 || (kind == kAcked && !tagged.AtEnd()) ||
+          (kind == kSent && tagged.AtEnd())) {
+        return Fail("IPC journal: a malformed record of a frame sent");
+      }
+      auto& list = sent[*node];
+      if (kind == kAcked) {
+        while (!list.empty() && list.front().tag.epoch == *epoch && list.front().tag.seq <= *seq) {
+          list.pop_front();
+        }
+        continue;
+      }
+      const SequenceTag tag{*epoch, *seq};
+      // One sequence per peer, in order: a frame out of it is a junk file's.
+      if (!list.empty() && (list.back().tag.epoch != tag.epoch || list.back().tag.seq >= tag.seq)) {
+        list.clear();  // a new epoch (the node was given up): what was held is gone
+        if (tag.seq != 1) return Fail("IPC journal: a frame sent out of its sequence");
+      }
+      auto payload = std::make_shared<const std::string>(tagged.rest());
+      if (ReadSequenceTrailer(*payload) != tag) {
+        return Fail("IPC journal: a frame sent whose trailer is not its record's");
+      }
+      list.push_back({tag, std::move(payload)});
+      continue;
+    }
     if (kind != kPush) {
       return Fail("IPC journal: a record of unknown kind " + std::to_string(kind));
     }
@@ -424,6 +542,12 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
   s.links = std::move(last->links);
   s.names = std::move(last->names);
   s.jobs = std::move(last->jobs);
+  s.peer_delivered = std::move(delivered);
+  for (auto& [node, list] : sent) {
+    if (list.empty()) continue;
+    restored.unacked[node].assign(list.begin(), list.end());
+    s.unacked_sent[node] = std::move(list);
+  }
   for (auto& [serial, port] : s.ports) {
     if (auto found = queues.find(serial); found != queues.end())
       port.queue = std::move(found->second);

@@ -91,6 +91,13 @@ struct PortRouter::State {
   std::uint64_t journal_bytes = 0;
   std::uint64_t compact_at = 0;
   std::string last_snapshot;
+  // The last sequenced frame handled from each peer, and the peers whose tag changed this turn
+  // (a record each at TakeDurable).
+  std::map<std::uint64_t, SequenceTag> peer_delivered;
+  std::set<std::uint64_t> peer_delivered_changed;
+  // The numbered frames sent to each peer and not acknowledged yet (JournalSent), for a
+  // rewrite of the journal.
+  std::map<std::uint64_t, std::deque<Restored::Unacked>> unacked_sent;
 
   // Tickets start at a point `random` draws: a moving job takes its waiting tickets along, and
   // they must not collide with the new node's own.

@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/frame_type.hpp>
 #include <vector>
 
 namespace tern::ipc {
@@ -38,6 +39,8 @@ bool IsBlastAck(std::string_view payload);
 
 class BlastOutbox {
  public:
+  // `single`: the type of a payload sent as one frame (a sequenced one: kIpcSequenced).
+  explicit BlastOutbox(FrameType single = FrameType::kIpcRemote) : single_(single) {}
   static constexpr std::size_t kChunkBytes = 4u << 20;
   static constexpr std::size_t kWindowChunks = 8;  // 32 MiB on the way at most
   static constexpr std::size_t kChunkHeaderBytes = 16;
@@ -46,6 +49,10 @@ class BlastOutbox {
   void Add(std::string payload, std::vector<Frame>& out);
   // A chunk was acknowledged (one more than were sent is ignored); appends what can leave now.
   void OnAck(std::vector<Frame>& out);
+  // The link went down: what waits and the blast on its way are dropped (the sender's
+  // sequence keeps them and sends them again); blast ids go on, so that a receiver still
+  // holding part of an old blast never takes a new one's chunks for it.
+  void Reset();
 
   bool idle() const { return waiting_.empty() && unacked_ == 0; }
   std::size_t unacked() const { return unacked_; }
@@ -59,6 +66,7 @@ class BlastOutbox {
   };
   void Drain(std::vector<Frame>& out);
 
+  FrameType single_;
   std::deque<Waiting> waiting_;
   std::size_t unacked_ = 0;
   std::uint64_t next_blast_ = 1;

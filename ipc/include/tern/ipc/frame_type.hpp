@@ -39,6 +39,11 @@ enum class FrameType : std::uint16_t {
   // Setting up a direct call connection between two jobs (docs/ipc.md "Direct calls"):
   // [u8 kind: 1 ask, 2 grant, 3 refuse][...].
   kIpcDirect = 33,
+  // An IpcRemote payload with a trailer [u64 epoch][u64 seq] (peer_sequence.hpp, docs/ipc.md
+  // "Sends that wait for their home"): held while its node cannot be reached, sent again when
+  // the link is back, and run once. A blast's reassembled payload carries the same trailer.
+  kIpcSequenced = 34,
+  kIpcSequenceAck = 35,  // [u64 epoch][u64 seq]: all up to seq handled and journalled
   // On a direct call connection, job to job (never on an agent's link).
   kDirectCall = 40,    // client -> server: a request or an acknowledgement
   kDirectAnswer = 41,  // server -> client: the reply, or "call again through the agents"

@@ -50,6 +50,7 @@
 #include <set>
 #include <string>
 #include <tern/ipc/job_wire.hpp>
+#include <tern/ipc/peer_sequence.hpp>
 #include <vector>
 
 namespace tern::ipc {
@@ -159,6 +160,17 @@ class PortRouter {
   Expected<void> NodeFrame(std::uint64_t from, std::shared_ptr<const std::string> payload);
   void NodeUp(std::uint64_t node);
   void NodeDown(std::uint64_t node);  // operations waiting on it fail with kUnavailable
+  // The link to `node` broke, and the frames to it wait for it (docs/ipc.md "Sends that wait for
+  // their home"): the receives `node`'s jobs wait for here are answered kUnavailable (the answer
+  // waits for the link; nothing is taken), so that a message that comes meanwhile is never
+  // handed to a receive that died with a restarted agent. This node's operations there stay.
+  void NodeUnreachable(std::uint64_t node);
+  // `node`'s agent started afresh (its first frame since it started, after those it sends again
+  // from its journal): the receives this node's jobs waited for there died with the old agent
+  // and fail with kUnavailable, but for those whose request is among `pending` (the frames to
+  // `node` not acknowledged yet, trailer and all: the new agent runs them); those its jobs
+  // waited for here are answered as NodeUnreachable does.
+  void PeerRestarted(std::uint64_t node, const std::vector<std::string_view>& pending);
   void Timer(std::uint64_t id);
 
   // What to do now; clears the list.
@@ -212,8 +224,27 @@ class PortRouter {
     std::size_t ports = 0;
     std::size_t messages = 0;      // queued
     std::size_t dropped_tail = 0;  // bytes of a torn last journal record
+    // Frames to other agents not acknowledged (JournalSent), by node, in order, as sent.
+    struct Unacked {
+      SequenceTag tag;
+      std::shared_ptr<const std::string> payload;
+    };
+    std::map<std::uint64_t, std::vector<Unacked>> unacked;
   };
   Expected<Restored> RestoreDurable(std::string_view journal_file);
+  // Sequenced frames from other agents (peer_sequence.hpp): the last of `node`'s frames this
+  // router handled. Recorded in the journal with the turn that handled it (one record per peer
+  // per turn), so that a restarted agent knows what a peer sends again (drops and acknowledges
+  // it) and never runs a frame twice. PeerDeliveries: the last tag per peer, as restored.
+  void PeerDelivered(std::uint64_t node, SequenceTag tag);
+  std::map<std::uint64_t, SequenceTag> PeerDeliveries() const;
+  // The numbered frames this agent sends other agents, kept in the same journal until they are
+  // acknowledged: JournalSent with the turn that made the frame (the payload as it goes on the
+  // wire, trailer and all), JournalAcked when the peer acknowledged up to `tag`. A restarted
+  // agent gets back what was not acknowledged (Restored::unacked) and sends it again, so that a
+  // result or a reply the dying agent had made but not written is not lost.
+  void JournalSent(std::uint64_t node, SequenceTag tag, std::shared_ptr<const std::string> payload);
+  void JournalAcked(std::uint64_t node, SequenceTag tag);
 
   // Introspection for the agent (pre-flight, status) and tests.
   bool JobHoldsRights(const std::string& job) const;
