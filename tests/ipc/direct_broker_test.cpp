@@ -4,6 +4,8 @@
 #include <tern/ipc/direct_broker.hpp>
 #include <tern/ipc/port_router.hpp>
 
+#include "no_regions.hpp"
+
 namespace tern::ipc {
 namespace {
 
@@ -240,15 +242,7 @@ TEST_F(DirectBrokerTest, JobGoneDropsItsState) {
 
 // The router's queries the agent's broker relies on: which right a name is, and who holds a
 // port's receive right.
-class NoRegions : public RegionStore {
- public:
-  bool Create(ObjectId, std::uint64_t) override { return false; }
-  std::optional<std::string> Read(ObjectId, std::uint64_t, std::size_t) override {
-    return std::nullopt;
-  }
-  bool Write(ObjectId, std::uint64_t, std::string_view) override { return false; }
-  void Destroy(ObjectId) override {}
-};
+using test_support::NoRegions;
 
 std::uint32_t Ask(PortRouter& router, const std::string& job, JobOp op, std::uint32_t value) {
   WireWriter body;

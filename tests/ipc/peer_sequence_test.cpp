@@ -12,6 +12,8 @@
 #include <tern/ipc/peer_sequence.hpp>
 #include <tern/ipc/port_router.hpp>
 
+#include "no_regions.hpp"
+
 namespace tern::ipc {
 namespace {
 
@@ -125,15 +127,7 @@ TEST(SequenceWire, TrailerAndAcknowledgementRoundTripAndRejectJunk) {
   EXPECT_FALSE(ParseSequenceAck("toolong-toolong-toolong"));
 }
 
-class NoRegions : public RegionStore {
- public:
-  bool Create(ObjectId, std::uint64_t) override { return false; }
-  std::optional<std::string> Read(ObjectId, std::uint64_t, std::size_t) override {
-    return std::nullopt;
-  }
-  bool Write(ObjectId, std::uint64_t, std::string_view) override { return false; }
-  void Destroy(ObjectId) override {}
-};
+using test_support::NoRegions;
 
 // Two agents as IpcService drives them, without sockets: each router's frames go through a
 // SequencedOutbox per peer onto a wire that the test cuts (dropping what is on it); what arrives
@@ -410,35 +404,38 @@ TEST(SequencedSends, ArriveOnceInOrderAcrossCutsAndRestartsOfEitherAgent) {
   }
 }
 
-// A job on node 2 receives (waiting) from a port homed on node 1; node 2's agent is killed and
-// restarted, which breaks the link. The receive that died with the agent must not take the next
-// message: the next receive of the job gets it.
-TEST(SequencedSends, AReceiveThatDiedWithItsAgentTakesNoMessage) {
-  TwoAgents net;
+// The two tests below: a counter on node 1 makes a port and registers a send right to it under
+// `name`, a sender on node 1 looks that name up, and the counter moves to node 2 with its
+// rights while the port stays homed on node 1.
+struct CounterAwayFromItsPort {
+  std::uint32_t port = 0;
+  std::uint32_t sender_right = 0;  // the sender's send right to the port
+};
+
+void MoveACounterAwayFromItsPort(TwoAgents& net, const std::string& name,
+                                 CounterAwayFromItsPort& out) {
   net.agents[1].router->JobAttached("counter");
   net.agents[1].router->JobAttached("sender");
   const auto allocated = net.Ask(1, "counter", JobOp::kPortAllocate, U32(0));
   net.Pump();
-  const std::uint32_t port = *WireReader(net.Answer("counter", allocated)->body).U32();
-  const auto made = net.Ask(1, "counter", JobOp::kMakeSend, U32(port));
+  out.port = *WireReader(net.Answer("counter", allocated)->body).U32();
+  const auto made = net.Ask(1, "counter", JobOp::kMakeSend, U32(out.port));
   net.Pump();
   const std::uint32_t send = *WireReader(net.Answer("counter", made)->body).U32();
-  // The counter moves to node 2 with its rights (the port stays homed on node 1); the sender
-  // gets a send right of its own through a name.
   net.Ask(1, "counter", JobOp::kNameRegister, [&] {
     WireWriter w;
-    w.Bytes("counter");
+    w.Bytes(name);
     w.U32(send);
     return w.Take();
   }());
   net.Pump();
-  const auto looked = net.Ask(1, "sender", JobOp::kNameLookup, [] {
+  const auto looked = net.Ask(1, "sender", JobOp::kNameLookup, [&] {
     WireWriter w;
-    w.Bytes("counter");
+    w.Bytes(name);
     return w.Take();
   }());
   net.Pump();
-  const std::uint32_t sender_right = *WireReader(net.Answer("sender", looked)->body).U32();
+  out.sender_right = *WireReader(net.Answer("sender", looked)->body).U32();
   auto exported = net.agents[1].router->ExportJob("counter", 2);
   ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
   net.agents[1].router->JobGone("counter");
@@ -447,23 +444,42 @@ TEST(SequencedSends, AReceiveThatDiedWithItsAgentTakesNoMessage) {
   net.Turn(1);
   net.Turn(2);
   net.Pump();
+}
+
+// The counter (on node 2) receives from `port`; returns the request's id.
+std::uint32_t AskReceive(TwoAgents& net, std::uint32_t port, std::uint32_t timeout_ms) {
+  WireWriter w;
+  w.U32(port);
+  w.U32(timeout_ms);
+  return net.Ask(2, "counter", JobOp::kReceive, w.Take());
+}
+
+// The sender sends `text` to the counter's port; the send must succeed.
+void SendToCounter(TwoAgents& net, const CounterAwayFromItsPort& counter, const std::string& text) {
+  SendRequest request;
+  request.message.destination = counter.sender_right;
+  request.message.items.push_back(Item::Bytes(text));
+  const auto sent = net.Ask(1, "sender", JobOp::kSend, EncodeSendRequest(request));
+  net.Pump();
+  ASSERT_EQ(net.Answer("sender", sent)->status, JobStatus::kOk);
+}
+
+// A job on node 2 receives (waiting) from a port homed on node 1; node 2's agent is killed and
+// restarted, which breaks the link. The receive that died with the agent must not take the next
+// message: the next receive of the job gets it.
+TEST(SequencedSends, AReceiveThatDiedWithItsAgentTakesNoMessage) {
+  TwoAgents net;
+  CounterAwayFromItsPort counter;
+  ASSERT_NO_FATAL_FAILURE(MoveACounterAwayFromItsPort(net, "counter", counter));
   const auto receive = [&](std::uint32_t timeout) {
-    WireWriter w;
-    w.U32(port);
-    w.U32(timeout);
-    return net.Ask(2, "counter", JobOp::kReceive, w.Take());
+    return AskReceive(net, counter.port, timeout);
   };
   const auto waiting = receive(60000);
   net.Pump();
   EXPECT_FALSE(net.Answer("counter", waiting));  // it waits at node 1
   net.Restart(2);
   net.Pump();
-  SendRequest request;
-  request.message.destination = sender_right;
-  request.message.items.push_back(Item::Bytes("42"));
-  const auto sent = net.Ask(1, "sender", JobOp::kSend, EncodeSendRequest(request));
-  net.Pump();
-  ASSERT_EQ(net.Answer("sender", sent)->status, JobStatus::kOk);
+  ASSERT_NO_FATAL_FAILURE(SendToCounter(net, counter, "42"));
   const auto again = receive(60000);
   net.Pump();
   auto got = net.Answer("counter", again);
@@ -482,41 +498,10 @@ TEST(SequencedSends, AReceiveWaitingAtARestartedHomeFailsAndTheNextGetsTheMessag
   for (bool acknowledged : {true, false}) {
     SCOPED_TRACE(acknowledged ? "request acknowledged by the old agent" : "request not run");
     TwoAgents net;
-    net.agents[1].router->JobAttached("counter");
-    net.agents[1].router->JobAttached("sender");
-    const auto allocated = net.Ask(1, "counter", JobOp::kPortAllocate, U32(0));
-    net.Pump();
-    const std::uint32_t port = *WireReader(net.Answer("counter", allocated)->body).U32();
-    const auto made = net.Ask(1, "counter", JobOp::kMakeSend, U32(port));
-    net.Pump();
-    const std::uint32_t send = *WireReader(net.Answer("counter", made)->body).U32();
-    net.Ask(1, "counter", JobOp::kNameRegister, [&] {
-      WireWriter w;
-      w.Bytes("c");
-      w.U32(send);
-      return w.Take();
-    }());
-    net.Pump();
-    const auto looked = net.Ask(1, "sender", JobOp::kNameLookup, [] {
-      WireWriter w;
-      w.Bytes("c");
-      return w.Take();
-    }());
-    net.Pump();
-    const std::uint32_t sender_right = *WireReader(net.Answer("sender", looked)->body).U32();
-    auto exported = net.agents[1].router->ExportJob("counter", 2);
-    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
-    net.agents[1].router->JobGone("counter");
-    net.agents[2].router->JobAttached("counter");
-    ASSERT_TRUE(net.agents[2].router->ImportJob("counter", exported.state));
-    net.Turn(1);
-    net.Turn(2);
-    net.Pump();
+    CounterAwayFromItsPort counter;
+    ASSERT_NO_FATAL_FAILURE(MoveACounterAwayFromItsPort(net, "c", counter));
     const auto receive = [&](std::uint32_t timeout) {
-      WireWriter w;
-      w.U32(port);
-      w.U32(timeout);
-      return net.Ask(2, "counter", JobOp::kReceive, w.Take());
+      return AskReceive(net, counter.port, timeout);
     };
     if (!acknowledged) net.Cut();  // the request waits in node 2's outbox
     const auto waiting = receive(60000);
@@ -533,12 +518,7 @@ TEST(SequencedSends, AReceiveWaitingAtARestartedHomeFailsAndTheNextGetsTheMessag
     }
     // A message from a job on node 1 (the port's home): to the receive the new agent runs, or
     // to the next one.
-    SendRequest request;
-    request.message.destination = sender_right;
-    request.message.items.push_back(Item::Bytes("7"));
-    const auto sent = net.Ask(1, "sender", JobOp::kSend, EncodeSendRequest(request));
-    net.Pump();
-    ASSERT_EQ(net.Answer("sender", sent)->status, JobStatus::kOk);
+    ASSERT_NO_FATAL_FAILURE(SendToCounter(net, counter, "7"));
     const auto taker = acknowledged ? receive(60000) : waiting;
     net.Pump();
     auto got = net.Answer("counter", taker);
