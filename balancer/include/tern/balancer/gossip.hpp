@@ -224,15 +224,17 @@ class alignas(64) Gossip {
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
     if (options_.view_max != 0) {  // Find() scans the ids (merging only writes the keys)
-      const auto* ids = reinterpret_cast<const char*>(slot_ids_.data());
-      for (std::size_t byte = 0; byte < slot_ids_.size() * sizeof(std::uint64_t); byte += 64) {
-        __builtin_prefetch(ids + byte);
-      }
+      PrefetchRange(slot_ids_.data(), slot_ids_.size() * sizeof(std::uint64_t));
     }
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
     // The slots the merge will touch: those of the entries known, then for the new ones the holes
-    // they fill and, in a full bounded view, the stalest entries they evict (top_'s last).
+    // they fill.
+    if (options_.view_max != 0) {
+      // A bounded view's slots are a few lines (two to a line): all of them, with no lookup.
+      PrefetchRange(slots_.data(), slots_.size() * sizeof(Entry));
+      return;
+    }
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
       const auto slot = Find(entry.node_id);
@@ -240,8 +242,6 @@ class alignas(64) Gossip {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
-      } else if (options_.view_max != 0 && fresh - holes_.size() < top_.size()) {
-        __builtin_prefetch(&slots_[top_[top_.size() - 1 - (fresh++ - holes_.size())].slot]);
       }
     }
   }
@@ -255,6 +255,15 @@ class alignas(64) Gossip {
       const std::size_t bytes =
           options_.view_max == 0 ? slot_keys_.size() * sizeof(Key) : slots_.size() * sizeof(Entry);
       for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
+    }
+  }
+  // Every line of [begin, begin + bytes).
+  static void PrefetchRange(const void* begin, std::size_t bytes) {
+    if (bytes == 0) return;
+    const auto first = reinterpret_cast<std::uintptr_t>(begin) & ~std::uintptr_t{63};
+    const auto end = reinterpret_cast<std::uintptr_t>(begin) + bytes;
+    for (auto line = first; line < end; line += 64) {
+      __builtin_prefetch(reinterpret_cast<const void*>(line));
     }
   }
   // A vector's lines up to `end` (DecisionEnd or CheckedEnd, load_vector.hpp).
