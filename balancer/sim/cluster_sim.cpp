@@ -263,10 +263,15 @@ class Sim {
       });
       if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
         for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
+          // Hints, in stages some placements ahead: the origin's Node, its Balancer and the
+          // sample (taken by a worker, cold here), its plans.
           const std::size_t n = arrivals.size();
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
-          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
+          if (k + kAhead / 2 < n) {
+            nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
+            const auto& sample = samples_[k + kAhead / 2];
+            Gossip::PrefetchRange(sample.data(), sample.size() * sizeof(NodeState));
+          }
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
           Submit(arrivals[k], now, samples_[k]);
         }
@@ -664,7 +669,10 @@ class Sim {
       if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
       // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
       // them.)
-      if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
+      if (k + kAhead / 2 < due.size()) {
+        gossip(k + kAhead / 2)->PrefetchTickSlots();
+        gossip(k + kAhead / 2)->PrefetchIds();
+      }
       // The generator, which draws the peer and the loss: its position, then its next word.
       if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
@@ -755,6 +763,8 @@ class Sim {
         const Node& node = nodes_[balance_due_[k + kAhead / 2]];
         node.balancer->Prefetch();
         __builtin_prefetch(node.jobs.data());
+        const auto& sample = *balance_samples_[k + kAhead / 2];
+        Gossip::PrefetchRange(sample.data(), sample.size() * sizeof(NodeState));
       }
       if (k + kAhead / 4 < n) {
         const Node& node = nodes_[balance_due_[k + kAhead / 4]];

@@ -199,7 +199,7 @@ class alignas(64) Gossip {
   //    entries, the freshest list and the sender's own vector (`from`), PrefetchSlots() the
   //    entries they name, the holes new ones will fill and the entries they will evict.
   //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
-  //    when it is due), PrefetchTickSlots() its entries.
+  //    when it is due), PrefetchTickSlots() its entries and PrefetchIds() their ids.
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
@@ -273,8 +273,16 @@ class alignas(64) Gossip {
     for (const char* line = first; line < end(*load); line += 64) __builtin_prefetch(line);
   }
   void PrefetchTickSlots() const {
+    if (options_.view_max != 0) {  // a few lines (two slots to a line), without reading top_
+      PrefetchRange(slots_.data(), slots_.size() * sizeof(Entry));
+      return;
+    }
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
+  }
+  // The packed ids, which a window reads (not a sample).
+  void PrefetchIds() const {
+    PrefetchRange(slot_ids_.data(), slot_ids_.size() * sizeof(std::uint64_t));
   }
   void PrefetchLoads(const char* (*end)(const LoadVector&) = DecisionEnd) const {
     const std::size_t n = std::min(top_.size(), options_.window);
@@ -287,7 +295,7 @@ class alignas(64) Gossip {
   // apart, where only some calls read it: the node id in slot_ids_ (what Find() scans), the
   // reference an owned vector carries in owners_ (tern-sim's own nothing: not touched), and a
   // dead entry's sample time and news time in deaths_ (rare: failures).
-  struct alignas(32) Entry {
+  struct Entry {
     const LoadVector* load = nullptr;
     std::uint64_t seq = 0;  // load->seq, kept here: merging reads the entry, not the vector
     // key(), the time of the latest news: the sample's time on this agent's clock (now - age
