@@ -1,7 +1,6 @@
 #include "cluster_sim.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -10,7 +9,6 @@
 #include <memory>
 #include <random>
 #include <span>
-#include <type_traits>
 
 #include "load_pool.hpp"
 #include "tern/balancer/balancer.hpp"
@@ -79,21 +77,6 @@ struct Message {
   std::uint32_t count = 0;
 };
 
-// A window's entry in flight: SharedGossipEntry with a plain pointer, so that it has nothing to
-// destroy. A step's windows are ~1.5 MB at 10,000 nodes, cold by the time they are cleared;
-// destroying SharedGossipEntry's emptied shared_ptrs read every line of them once more (a tenth
-// of a run's cache misses). The vectors tern-sim gossips own nothing (LoadPool), so a pointer
-// carries all there is; Send() checks it.
-struct WireEntry {
-  const LoadVector* load = nullptr;
-  std::uint64_t node_id = 0;
-  std::uint64_t seq = 0;
-  Millis age{0};
-  int jobs_running = 0;
-  bool dead = false;
-};
-static_assert(std::is_trivially_destructible_v<WireEntry>);
-
 // A job that finished during a step: its index, when.
 struct Finished {
   std::uint32_t job = 0;
@@ -108,7 +91,7 @@ struct Part {
   std::vector<std::uint32_t> due;  // the nodes that tick this step
   std::vector<balancer::SharedGossipSend> sends;
   std::vector<Message> messages;
-  std::vector<WireEntry> entries;  // the windows sent this step, delivered the next
+  std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
   std::uint64_t bytes = 0;
   std::vector<Finished> finished;                         // this step's, in node order
   std::vector<std::uint32_t> finishing;                   // the nodes where they finish
@@ -263,15 +246,10 @@ class Sim {
       });
       if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
         for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          // Hints, in stages some placements ahead: the origin's Node, its Balancer and the
-          // sample (taken by a worker, cold here), its plans.
+          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
           const std::size_t n = arrivals.size();
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
-          if (k + kAhead / 2 < n) {
-            nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
-            const auto& sample = samples_[k + kAhead / 2];
-            Gossip::PrefetchRange(sample.data(), sample.size() * sizeof(NodeState));
-          }
+          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
           Submit(arrivals[k], now, samples_[k]);
         }
@@ -407,47 +385,28 @@ class Sim {
     Bucket(
         chunks, placements, [&](std::size_t k) { return arrivals[k].origin; }, arrival_order_,
         arrival_begin_);
-    auto wire = [&](const Message& message) {
-      return std::span<const WireEntry>(parts_[message.part].entries)
+    auto entries = [&](const Message& message) {
+      return std::span<SharedGossipEntry>(parts_[message.part].entries)
           .subspan(message.begin, message.count);
     };
     workers_.RunChunks(chunks, first, [&](std::size_t c) {
       const std::uint32_t* order = message_order_.data() + message_begin_[c];
       const std::size_t n = message_begin_[c + 1] - message_begin_[c];
       auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
-      // Each window as the SharedGossipEntry Gossip takes, from kAhead / 2 messages ahead on,
-      // in a ring of buffers (this thread's, kept for their capacity).
-      constexpr std::size_t kRing = kAhead / 2 + 1;
-      thread_local std::array<std::vector<SharedGossipEntry>, kRing> ring;
-      auto convert = [&](std::size_t k) {
-        auto& window = ring[k % kRing];
-        window.clear();
-        for (const auto& entry : wire(message(k))) {
-          window.push_back(SharedGossipEntry{LoadPool::Unowned(entry.load), entry.node_id,
-                                             entry.seq, entry.age, entry.dead, entry.jobs_running});
-        }
-      };
-      for (std::size_t k = 0; k < std::min(n, kAhead / 2); ++k) convert(k);
       for (std::size_t k = 0; k < n; ++k) {
-        // Hints, in stages some messages ahead: the receiver's Gossip and the window, then the
-        // slots of the window; each receiver is cold in cache, and their misses overlap.
-        if (k + kAhead < n) {
-          const auto& next = message(k + kAhead);
-          gossips_[next.to]->Prefetch();
-          const auto window = wire(next);
-          Gossip::PrefetchRange(window.data(), window.size_bytes());
-        }
+        // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
+        // of the window; each receiver is cold in cache, and their misses overlap.
+        if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
         if (k + kAhead / 2 < n) {
           const auto& next = message(k + kAhead / 2);
-          convert(k + kAhead / 2);
-          gossips_[next.to]->PrefetchWindow(ring[(k + kAhead / 2) % kRing], next.from);
+          gossips_[next.to]->PrefetchWindow(entries(next), next.from);
         }
         if (k + kAhead / 4 < n) {
           const auto& next = message(k + kAhead / 4);
-          gossips_[next.to]->PrefetchSlots(ring[(k + kAhead / 4) % kRing]);
+          gossips_[next.to]->PrefetchSlots(entries(next));
         }
         auto& m = message(k);
-        gossips_[m.to]->OnReceiveShared(m.from, ring[k % kRing], now);
+        gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
       }
       const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
       TakeSamples(
@@ -669,10 +628,7 @@ class Sim {
       if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
       // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
       // them.)
-      if (k + kAhead / 2 < due.size()) {
-        gossip(k + kAhead / 2)->PrefetchTickSlots();
-        gossip(k + kAhead / 2)->PrefetchIds();
-      }
+      if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
       // The generator, which draws the peer and the loss: its position, then its next word.
       if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
@@ -730,14 +686,7 @@ class Sim {
       part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
                                       static_cast<std::uint32_t>(part.entries.size()),
                                       static_cast<std::uint32_t>(send.entries.size())});
-      for (const auto& entry : send.entries) {
-        if (!balancer::Unowned(entry.load)) {  // WireEntry carries no reference
-          std::fprintf(stderr, "tern-sim: a gossiped load vector owns a reference\n");
-          std::abort();
-        }
-        part.entries.push_back(WireEntry{entry.load.get(), entry.node_id, entry.seq, entry.age,
-                                         entry.jobs_running, entry.dead});
-      }
+      part.entries.insert(part.entries.end(), send.entries.begin(), send.entries.end());
     }
   }
 
@@ -763,8 +712,6 @@ class Sim {
         const Node& node = nodes_[balance_due_[k + kAhead / 2]];
         node.balancer->Prefetch();
         __builtin_prefetch(node.jobs.data());
-        const auto& sample = *balance_samples_[k + kAhead / 2];
-        Gossip::PrefetchRange(sample.data(), sample.size() * sizeof(NodeState));
       }
       if (k + kAhead / 4 < n) {
         const Node& node = nodes_[balance_due_[k + kAhead / 4]];

@@ -25,15 +25,15 @@ Gossip::Gossip(GossipOptions options) : options_(std::move(options)) {
     // merge reads is then one block after this object instead of wherever each list last grew
     // (tern-sim: thousands of agents, each cold in cache at its turn).
     top_.reserve(TopCapacity() + 1);
-    slot_ids_.reserve(options_.view_max);
+    slot_tags_.reserve(options_.view_max);
     slots_.reserve(options_.view_max);
     holes_.reserve(options_.view_max);
   }
 }
 
-Gossip::Record Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
-                            Millis born, bool dead, Millis dead_since, Millis news_since) {
-  Record entry;
+Gossip::Entry Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                           Millis born, bool dead, Millis dead_since, Millis news_since) {
+  Entry entry;
   entry.load = std::move(load);
   entry.id = id;
   entry.seq = seq;
@@ -43,39 +43,6 @@ Gossip::Record Gossip::Make(SharedLoad load, std::uint64_t id, std::uint64_t seq
   entry.dead_since = dead_since;
   entry.news_since = news_since;
   return entry;
-}
-
-SharedLoad Gossip::SharedOf(std::uint32_t slot) const {
-  if (slot < owners_.size() && owners_[slot]) return owners_[slot];
-  return SharedLoad(SharedLoad(), slots_[slot].load);  // owns nothing (tern-sim's)
-}
-
-Gossip::Record Gossip::Load(std::uint32_t slot) const {
-  const Entry& entry = slots_[slot];
-  const auto id = slot_ids_[slot];
-  if (!entry.dead) {
-    return Make(SharedOf(slot), id, entry.seq, entry.jobs_running, entry.time, false, Millis{0},
-                Millis{0});
-  }
-  const Death* death = DeathOf(id);
-  return Make(SharedOf(slot), id, entry.seq, entry.jobs_running, death->born, true, entry.time,
-              death->news_since);
-}
-
-void Gossip::Put(std::uint32_t slot, Record&& record) {
-  Entry& entry = slots_[slot];
-  entry.load = record.load.get();
-  entry.seq = record.seq;
-  entry.time = record.key();
-  entry.jobs_running = record.jobs_running;
-  entry.dead = record.dead;
-  if (!Unowned(record.load)) {
-    if (owners_.size() <= slot) owners_.resize(slots_.size());
-    owners_[slot] = std::move(record.load);
-  }
-  if (record.dead) {
-    deaths_.push_back(Death{record.id, record.born, record.news_since});
-  }
 }
 
 std::string Gossip::SetLocal(LoadVector self, Millis now) {
@@ -114,7 +81,8 @@ void Gossip::Untop(std::uint32_t slot) {
 void Gossip::Rebuild() const {
   top_.clear();
   for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
-    if (slot_ids_[slot] != 0 && !slots_[slot].dead) top_.push_back(MakeTop(slot));
+    const Entry& entry = slots_[slot];
+    if (entry.id != 0 && !entry.dead) top_.push_back(MakeTop(slot));
   }
   const std::size_t keep = std::min(top_.size(), TopCapacity());
   top_all_ = keep == top_.size();
@@ -149,56 +117,52 @@ std::optional<std::uint32_t> Gossip::Find(std::uint64_t id) const {
     return *slot;
   }
   if (id == 0) return std::nullopt;  // a hole's
-  const auto slot = ScanIds(id, 0);
-  if (slot == slot_ids_.size()) return std::nullopt;
-  return static_cast<std::uint32_t>(slot);
+  // The entry checks a tag's match: merging reads it anyway.
+  for (auto slot = ScanTags(Tag(id), 0); slot < slot_tags_.size();
+       slot = ScanTags(Tag(id), slot + 1)) {
+    if (slots_[slot].id == id) return static_cast<std::uint32_t>(slot);
+  }
+  return std::nullopt;
 }
 
-std::size_t Gossip::ScanIds(std::uint64_t id, std::size_t from) const {
-  // Eight ids (a cache line) at a time with one branch for the eight. The compares are of 32-bit
-  // halves, which every x86-64 has as one instruction (a 64-bit compare is not in SSE2 and came
-  // out as scalar code, four times the instructions): an id matches where both of its halves
-  // do, which swapping the halves of each pair of lanes lines up.
-  using Halves = std::uint32_t __attribute__((vector_size(16)));
-  const auto low = static_cast<std::uint32_t>(id);
-  const auto high = static_cast<std::uint32_t>(id >> 32);
-  const Halves want = {low, high, low, high};
-  const Halves swap = {1, 0, 3, 2};
-  const std::uint64_t* ids = slot_ids_.data();
-  const std::size_t n = slot_ids_.size();
+std::size_t Gossip::ScanTags(std::uint32_t tag, std::size_t from) const {
+  // Sixteen tags at a time with one branch for the sixteen (a vector compare where the target
+  // has one): the scan is most of a window's merge.
+  using Tags = std::uint32_t __attribute__((vector_size(16)));
+  const Tags want = {tag, tag, tag, tag};
+  const std::uint32_t* tags = slot_tags_.data();
+  const std::size_t n = slot_tags_.size();
   std::size_t block = from;
-  for (; block + 8 <= n; block += 8) {
-    Halves a, b, c, d;
-    std::memcpy(&a, ids + block, sizeof a);
-    std::memcpy(&b, ids + block + 2, sizeof b);
-    std::memcpy(&c, ids + block + 4, sizeof c);
-    std::memcpy(&d, ids + block + 6, sizeof d);
-    const Halves both = ((a == want) & __builtin_shuffle(a == want, swap)) |
-                        ((b == want) & __builtin_shuffle(b == want, swap)) |
-                        ((c == want) & __builtin_shuffle(c == want, swap)) |
-                        ((d == want) & __builtin_shuffle(d == want, swap));
-    std::uint64_t words[2];
-    std::memcpy(words, &both, sizeof words);
-    if ((words[0] | words[1]) == 0) continue;
-    for (std::size_t slot = block; slot < block + 8; ++slot) {
-      if (ids[slot] == id) return slot;
+  for (; block + 16 <= n; block += 16) {
+    Tags a, b, c, d;
+    std::memcpy(&a, tags + block, sizeof a);
+    std::memcpy(&b, tags + block + 4, sizeof b);
+    std::memcpy(&c, tags + block + 8, sizeof c);
+    std::memcpy(&d, tags + block + 12, sizeof d);
+    const Tags hit = (a == want) | (b == want) | (c == want) | (d == want);
+    std::uint64_t halves[2];
+    std::memcpy(halves, &hit, sizeof halves);
+    if ((halves[0] | halves[1]) == 0) continue;
+    for (std::size_t slot = block; slot < block + 16; ++slot) {
+      if (tags[slot] == tag) return slot;
     }
   }
   for (std::size_t slot = block; slot < n; ++slot) {
-    if (ids[slot] == id) return slot;
+    if (tags[slot] == tag) return slot;
   }
   return n;
 }
 
 bool Gossip::Spreading(std::uint32_t slot) const {
-  return slots_[slot].dead &&
-         std::find(dead_news_.begin(), dead_news_.end(), slot_ids_[slot]) != dead_news_.end();
+  const Entry& entry = slots_[slot];
+  return entry.dead &&
+         std::find(dead_news_.begin(), dead_news_.end(), entry.id) != dead_news_.end();
 }
 
-bool Gossip::MakeRoom(std::uint64_t id, const Record& entry) {
+bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
   if (options_.view_max == 0 || slots_.size() - holes_.size() < options_.view_max) return true;
   const bool news = entry.dead;
-  if (!news && deaths_.empty() && top_all_ && top_.size() == slots_.size() - holes_.size()) {
+  if (!news && dead_held_ == 0 && top_all_ && top_.size() == slots_.size() - holes_.size()) {
     // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
     // stalest is its last, with no scan. The same victim as the scan below.
     const Top& last = top_.back();
@@ -231,28 +195,32 @@ bool Gossip::MakeRoom(std::uint64_t id, const Record& entry) {
   return true;
 }
 
-void Gossip::Store(std::uint64_t id, Record entry, std::optional<std::uint32_t> found) {
+void Gossip::Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> found) {
   const Millis key = entry.key();
   std::uint32_t slot;
   if (!found && !MakeRoom(id, entry)) return;
+  if (entry.dead) ++dead_held_;
   if (found) {
     slot = *found;
-    if (slots_[slot].dead) std::erase_if(deaths_, [&](const Death& d) { return d.id == id; });
-    Release(slot);
+    if (slots_[slot].dead) --dead_held_;
+    Bury(std::move(slots_[slot].load));
+    slots_[slot] = std::move(entry);
+    SetKey(slot, Key{key, id});
+    slot_tags_[slot] = Tag(id);
   } else if (!holes_.empty()) {
     slot = holes_.back();
     holes_.pop_back();
     if (options_.view_max == 0) index_.Insert(id, slot);
-    slot_ids_[slot] = id;
+    slots_[slot] = std::move(entry);
+    SetKey(slot, Key{key, id});
+    slot_tags_[slot] = Tag(id);
   } else {
     slot = static_cast<std::uint32_t>(slots_.size());
     if (options_.view_max == 0) index_.Insert(id, slot);
-    slots_.emplace_back();
+    slots_.push_back(std::move(entry));
     if (options_.view_max == 0) slot_keys_.push_back(Key{key, id});
-    slot_ids_.push_back(id);
+    slot_tags_.push_back(Tag(id));
   }
-  Put(slot, std::move(entry));
-  SetKey(slot, Key{key, id});
   next_sweep_ = std::min(next_sweep_, key + options_.max_age + SweepSlack());
   const Entry& stored = slots_[slot];
   auto news = std::find(dead_news_.begin(), dead_news_.end(), id);
@@ -263,19 +231,19 @@ void Gossip::Store(std::uint64_t id, Record entry, std::optional<std::uint32_t> 
 
 void Gossip::Remove(std::uint32_t slot) {
   // The entry, not slot_keys_: the merge has its line already (a hint loaded it).
-  const auto id = slot_ids_[slot];
+  const auto id = slots_[slot].id;
   if (options_.view_max == 0) index_.Erase(id);
   // top_ holds only keys at or above its last one (the rest are all older): an expired entry is
   // seldom in it, and the search is then skipped.
-  if (!top_.empty() && !Older(slots_[slot].time, id, top_.back())) Untop(slot);
+  if (!top_.empty() && !Older(slots_[slot].key(), id, top_.back())) Untop(slot);
   if (!dead_news_.empty()) std::erase(dead_news_, id);
-  if (slots_[slot].dead) std::erase_if(deaths_, [&](const Death& d) { return d.id == id; });
+  if (slots_[slot].dead) --dead_held_;
   // A hole, not the last entry moved here: that would be one more index update (a cache miss
   // in tern-sim) and a stale slot in top_.
-  Release(slot);
+  Bury(std::move(slots_[slot].load));
   slots_[slot] = Entry{};
   SetKey(slot, Key{kHoleKey, 0});
-  slot_ids_[slot] = 0;
+  slot_tags_[slot] = Tag(0);
   holes_.push_back(slot);
 }
 
@@ -322,7 +290,7 @@ std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
     if (options_.view_max != 0) break;  // the slots are few: PrefetchSlots() loaded them all
     if (const auto slot = Find(incoming.node_id)) {
       __builtin_prefetch(&slots_[*slot]);
-      if (*slot < owners_.size()) PrefetchShared(owners_[*slot]);
+      PrefetchShared(slots_[*slot].load);
     } else if (fresh < holes_.size()) {
       __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
     }
@@ -374,16 +342,15 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   }
   Entry& known = slots_[*slot];
   if (incoming.dead) {
-    if (!known.dead && known.time > when) return;  // sampled after the death: alive
+    if (!known.dead && known.born > when) return;  // sampled after the death: alive
     if (known.dead && seq <= known.seq) return;
     const bool newer = seq > known.seq;
-    const Record was = Load(*slot);
-    Record updated = Make(newer ? std::move(incoming.load) : was.load, id, newer ? seq : was.seq,
-                          newer ? incoming.jobs_running : was.jobs_running, was.born, true,
-                          was.dead ? was.dead_since : when, was.dead ? was.news_since : now);
+    Entry updated = Make(newer ? std::move(incoming.load) : known.load, id, newer ? seq : known.seq,
+                         newer ? incoming.jobs_running : known.jobs_running, known.born, true,
+                         known.dead ? known.dead_since : when, known.dead ? known.news_since : now);
     Store(id, std::move(updated), slot);
   } else if (known.dead) {
-    if (when <= known.time || seq < known.seq) return;  // known.time: when the death was seen
+    if (when <= known.dead_since || seq < known.seq) return;
     Store(id,
           Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
                Millis{0}),
@@ -393,9 +360,9 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
           Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, false, Millis{0},
                Millis{0}),
           slot);
-  } else if (seq == known.seq && when > known.time) {
+  } else if (seq == known.seq && when > known.born) {
     // The same sample, a fresher copy: only its age changes.
-    known.time = when;
+    known.born = when;
     SetKey(*slot, Key{when, id});
     Touch(*slot, true);
   }
@@ -404,7 +371,7 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
 void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
   auto slot = Find(node_id);
   if (!slot || slots_[*slot].dead || Expired(slots_[*slot], now)) return;
-  Record updated = Load(*slot);
+  Entry updated = slots_[*slot];
   updated.dead = true;
   updated.dead_since = now;
   updated.news_since = now;
@@ -415,7 +382,7 @@ void Gossip::OnNodeDead(std::uint64_t node_id, Millis now) {
 void Gossip::OnNodeAlive(std::uint64_t node_id, Millis now) {
   auto slot = Find(node_id);
   if (!slot || !slots_[*slot].dead || Expired(slots_[*slot], now)) return;
-  Record updated = Load(*slot);
+  Entry updated = slots_[*slot];
   updated.dead = false;
   Store(node_id, std::move(updated), slot);
   graveyard_.clear();
@@ -441,7 +408,7 @@ void Gossip::Expire(Millis now) {
     }
     for (const auto slot : expired_) {
       if (options_.view_max == 0) index_.Prefetch(slot_keys_[slot].second);
-      if (slot < owners_.size()) PrefetchShared(owners_[slot]);
+      PrefetchShared(slots_[slot].load);
     }
     for (const auto slot : expired_) Remove(slot);
     next_sweep_ =
@@ -451,15 +418,14 @@ void Gossip::Expire(Millis now) {
   std::erase_if(dead_news_, [&](std::uint64_t id) {
     const auto slot = Find(id);
     return !slot || Expired(slots_[*slot], now) ||
-           now - DeathOf(id)->news_since >= options_.dead_news_for;
+           now - slots_[*slot].news_since >= options_.dead_news_for;
   });
 }
 
-SharedGossipEntry Gossip::ToWire(std::uint32_t slot, Millis now) const {
-  const Entry& entry = slots_[slot];
-  return SharedGossipEntry{SharedOf(slot), slot_ids_[slot],
-                           entry.seq,      std::max(Millis{0}, now - entry.time),
-                           entry.dead,     entry.jobs_running};
+SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
+  return SharedGossipEntry{entry.load, entry.id,
+                           entry.seq,  std::max(Millis{0}, now - entry.key()),
+                           entry.dead, entry.jobs_running};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
@@ -508,18 +474,14 @@ void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates
   std::vector<std::pair<Millis, std::uint32_t>> news;
   for (auto id : dead_news_) {
     const auto slot = *Find(id);
-    news.emplace_back(DeathOf(id)->news_since, slot);
+    news.emplace_back(slots_[slot].news_since, slot);
   }
   std::sort(news.begin(), news.end(), std::greater<>());
   if (top_.size() < options_.window + 1 && !top_all_) Rebuild();
   // Hints: the window's index cells, then its vectors' reference counts, loaded together.
   const std::size_t hint = std::min(top_.size(), options_.window);
   for (std::size_t k = 0; k < hint; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
-  if (!owners_.empty()) {
-    for (std::size_t k = 0; k < hint; ++k) {
-      if (top_[k].slot < owners_.size()) PrefetchShared(owners_[top_[k].slot]);
-    }
-  }
+  for (std::size_t k = 0; k < hint; ++k) PrefetchShared(slots_[top_[k].slot].load);
   sends.resize(peers.size());  // the windows' buffers are reused (tern-sim: no allocation)
   for (std::size_t p = 0; p < peers.size(); ++p) {
     const auto to = peers[p];
@@ -527,19 +489,15 @@ void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates
     auto& window = sends[p].entries;
     window.clear();
     window.reserve(options_.window);
-    if (self_) {
-      window.push_back(SharedGossipEntry{self_->load, self_->id, self_->seq,
-                                         std::max(Millis{0}, now - self_->born), false,
-                                         self_->jobs_running});
-    }
+    if (self_) window.push_back(ToWire(*self_, now));
     for (const auto& [since, slot] : news) {
       if (window.size() >= options_.window) break;
-      if (slot_ids_[slot] != to) window.push_back(ToWire(slot, now));
+      if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));
     }
     for (const auto& [time, slot, rank] : top_) {
       if (window.size() >= options_.window || now - time > options_.max_age) break;
-      if (slot_ids_[slot] == to) continue;  // the receiver knows its own load
-      window.push_back(ToWire(slot, now));
+      if (slots_[slot].id == to) continue;  // the receiver knows its own load
+      window.push_back(ToWire(slots_[slot], now));
     }
   }
 }
@@ -549,10 +507,9 @@ std::vector<Gossip::ViewEntry> Gossip::View(Millis now) const {
   view.reserve(slots_.size() + 1);
   if (self_) view.push_back(ViewEntry{*self_->load, now - self_->born, false});
   const auto first_other = view.size();
-  for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
-    const Entry& entry = slots_[slot];
-    if (slot_ids_[slot] == 0 || now - entry.time > options_.max_age) continue;
-    view.push_back(ViewEntry{*entry.load, now - Born(slot), entry.dead});
+  for (const auto& entry : slots_) {
+    if (entry.id == 0 || now - entry.key() > options_.max_age) continue;
+    view.push_back(ViewEntry{*entry.load, now - entry.born, entry.dead});
   }
   std::sort(view.begin() + static_cast<std::ptrdiff_t>(first_other), view.end(),
             [](const ViewEntry& a, const ViewEntry& b) { return a.load.node_id < b.load.node_id; });
@@ -565,22 +522,17 @@ std::optional<Gossip::ViewEntry> Gossip::Get(std::uint64_t node_id, Millis now) 
     return ViewEntry{*self_->load, now - self_->born, false};
   }
   const auto slot = Find(node_id);
-  if (!slot || now - slots_[*slot].time > options_.max_age) return std::nullopt;
+  if (!slot || now - slots_[*slot].key() > options_.max_age) return std::nullopt;
   const Entry& entry = slots_[*slot];
-  return ViewEntry{*entry.load, now - Born(*slot), entry.dead};
+  return ViewEntry{*entry.load, now - entry.born, entry.dead};
 }
 
 bool Gossip::VectorsMatch() const {
   if (self_ && (self_->load->node_id != self_->id || self_->load->seq != self_->seq)) return false;
-  for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
-    const Entry& entry = slots_[slot];
-    const auto id = slot_ids_[slot];
-    if (id != 0 && (entry.load->node_id != id || entry.load->seq != entry.seq ||
-                    entry.load->jobs_running != entry.jobs_running)) {
-      return false;
-    }
-  }
-  return true;
+  return std::all_of(slots_.begin(), slots_.end(), [](const Entry& entry) {
+    return entry.id == 0 || (entry.load->node_id == entry.id && entry.load->seq == entry.seq &&
+                             entry.load->jobs_running == entry.jobs_running);
+  });
 }
 
 std::size_t Gossip::size() const { return slots_.size() - holes_.size() + (self_ ? 1 : 0); }
@@ -594,29 +546,28 @@ std::vector<Gossip::ViewEntry> Gossip::Freshest(Millis now, std::size_t n) const
   return out;
 }
 
-std::vector<std::uint32_t> Gossip::FreshestSlots(Millis now, std::size_t n) const {
-  std::vector<std::uint32_t> out;
+std::vector<const Gossip::Entry*> Gossip::FreshestEntries(Millis now, std::size_t n) const {
+  std::vector<const Entry*> out;
   out.reserve(std::min(n, slots_.size()));
   if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
     Rebuild();
     if (n > TopCapacity()) {
       // More than the kept top: sort them all (rare; the balancer asks for a window's worth).
-      std::vector<std::pair<Key, std::uint32_t>> all;
-      for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
-        const auto id = slot_ids_[slot];
-        if (id != 0 && !slots_[slot].dead) all.push_back({Key{slots_[slot].time, id}, slot});
+      std::vector<Key> all;
+      for (const auto& entry : slots_) {
+        if (entry.id != 0 && !entry.dead) all.emplace_back(entry.key(), entry.id);
       }
       std::sort(all.begin(), all.end(), std::greater<>());
-      for (const auto& [key, slot] : all) {
-        if (out.size() >= n || now - key.first > options_.max_age) break;
-        out.push_back(slot);
+      for (const auto& [key, id] : all) {
+        if (out.size() >= n || now - key > options_.max_age) break;
+        out.push_back(&slots_[*Find(id)]);
       }
       return out;
     }
   }
   for (const auto& [time, slot, rank] : top_) {
     if (out.size() >= n || now - time > options_.max_age) break;
-    out.push_back(slot);
+    out.push_back(&slots_[slot]);
   }
   return out;
 }

@@ -166,9 +166,9 @@ class alignas(64) Gossip {
   void VisitFreshest(Millis now, std::size_t n, Visit&& visit,
                      const char* (*hint_end)(const LoadVector&) = DecisionEnd) const {
     if (n > TopCapacity() || (top_.size() < n && !top_all_)) {
-      const auto slots = FreshestSlots(now, n);
-      for (const auto slot : slots) PrefetchLoad(slots_[slot].load, hint_end);
-      for (const auto slot : slots) visit(*slots_[slot].load, now - slots_[slot].time);
+      const auto entries = FreshestEntries(now, n);
+      for (const auto* entry : entries) PrefetchLoad(entry->load.get(), hint_end);
+      for (const auto* entry : entries) visit(*entry->load, now - entry->born);
       return;
     }
     // The common case, as FreshestEntries() walks it, without a list (tern-sim: millions).
@@ -177,10 +177,10 @@ class alignas(64) Gossip {
       ++count;
     }
     // Hint: the vectors are wherever their senders put them; load them together.
-    for (std::size_t k = 0; k < count; ++k) PrefetchLoad(slots_[top_[k].slot].load, hint_end);
+    for (std::size_t k = 0; k < count; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), hint_end);
     for (std::size_t k = 0; k < count; ++k) {
-      const Entry& entry = slots_[top_[k].slot];  // live: its time is its sample's
-      visit(*entry.load, now - entry.time);
+      const Entry& entry = slots_[top_[k].slot];
+      visit(*entry.load, now - entry.born);
     }
   }
   const GossipOptions& options() const { return options_; }
@@ -195,11 +195,11 @@ class alignas(64) Gossip {
   // some turns ahead (Prefetch() furthest, then the others in the order below), the misses of
   // several agents overlap instead of coming one after another.
   //  - Prefetch(): this object (but for what only the expiry sweep reads).
-  //  - Before OnReceiveShared: PrefetchWindow() the index cells (or ids) of the window's
+  //  - Before OnReceiveShared: PrefetchWindow() the index cells (or tags) of the window's
   //    entries, the freshest list and the sender's own vector (`from`), PrefetchSlots() the
   //    entries they name, the holes new ones will fill and the entries they will evict.
   //  - Before TickShared: PrefetchTick() the freshest list (and the keys the expiry sweep reads
-  //    when it is due), PrefetchTickSlots() its entries and PrefetchIds() their ids.
+  //    when it is due), PrefetchTickSlots() its entries.
   //  - Before VisitFreshest: PrefetchTick(), PrefetchTickSlots(), then PrefetchLoads() the load
   //    vectors of the freshest entries.
   void Prefetch() const {
@@ -223,25 +223,28 @@ class alignas(64) Gossip {
       __builtin_prefetch(top + byte);
     }
     if (!holes_.empty()) __builtin_prefetch(&holes_.back());
-    if (options_.view_max != 0) {  // Find() scans the ids (merging only writes the keys)
-      PrefetchRange(slot_ids_.data(), slot_ids_.size() * sizeof(std::uint64_t));
+    if (options_.view_max != 0) {  // Find() scans the tags (merging only writes the keys)
+      const auto* tags = reinterpret_cast<const char*>(slot_tags_.data());
+      for (std::size_t byte = 0; byte < slot_tags_.size() * sizeof(std::uint32_t); byte += 64) {
+        __builtin_prefetch(tags + byte);
+      }
     }
   }
   void PrefetchSlots(std::span<const SharedGossipEntry> entries) const {
     // The slots the merge will touch: those of the entries known, then for the new ones the holes
-    // they fill.
-    if (options_.view_max != 0) {
-      // A bounded view's slots are a few lines (two to a line): all of them, with no lookup.
-      PrefetchRange(slots_.data(), slots_.size() * sizeof(Entry));
-      return;
-    }
+    // they fill and, in a full bounded view, the stalest entries they evict (top_'s last).
     std::size_t fresh = 0;
     for (const auto& entry : entries) {
-      const auto slot = Find(entry.node_id);
-      if (slot) {
+      // With view_max, a tag's match only (checking the id would wait for the entry's line).
+      const auto slot = options_.view_max == 0
+                            ? Find(entry.node_id)
+                            : std::optional<std::uint32_t>(ScanTags(Tag(entry.node_id), 0));
+      if (slot && *slot < slots_.size()) {
         __builtin_prefetch(&slots_[*slot]);
       } else if (fresh < holes_.size()) {
         __builtin_prefetch(&slots_[holes_[holes_.size() - 1 - fresh++]]);
+      } else if (options_.view_max != 0 && fresh - holes_.size() < top_.size()) {
+        __builtin_prefetch(&slots_[top_[top_.size() - 1 - (fresh++ - holes_.size())].slot]);
       }
     }
   }
@@ -257,15 +260,6 @@ class alignas(64) Gossip {
       for (std::size_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(keys + byte);
     }
   }
-  // Every line of [begin, begin + bytes).
-  static void PrefetchRange(const void* begin, std::size_t bytes) {
-    if (bytes == 0) return;
-    const auto first = reinterpret_cast<std::uintptr_t>(begin) & ~std::uintptr_t{63};
-    const auto end = reinterpret_cast<std::uintptr_t>(begin) + bytes;
-    for (auto line = first; line < end; line += 64) {
-      __builtin_prefetch(reinterpret_cast<const void*>(line));
-    }
-  }
   // A vector's lines up to `end` (DecisionEnd or CheckedEnd, load_vector.hpp).
   static void PrefetchLoad(const LoadVector* load, const char* (*end)(const LoadVector&)) {
     if (load == nullptr) return;
@@ -273,54 +267,24 @@ class alignas(64) Gossip {
     for (const char* line = first; line < end(*load); line += 64) __builtin_prefetch(line);
   }
   void PrefetchTickSlots() const {
-    if (options_.view_max != 0) {  // a few lines (two slots to a line), without reading top_
-      PrefetchRange(slots_.data(), slots_.size() * sizeof(Entry));
-      return;
-    }
     const std::size_t n = std::min(top_.size(), options_.window);
     for (std::size_t k = 0; k < n; ++k) __builtin_prefetch(&slots_[top_[k].slot]);
   }
-  // The packed ids, which a window reads (not a sample).
-  void PrefetchIds() const {
-    PrefetchRange(slot_ids_.data(), slot_ids_.size() * sizeof(std::uint64_t));
-  }
   void PrefetchLoads(const char* (*end)(const LoadVector&) = DecisionEnd) const {
     const std::size_t n = std::min(top_.size(), options_.window);
-    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load, end);
+    for (std::size_t k = 0; k < n; ++k) PrefetchLoad(slots_[top_[k].slot].load.get(), end);
   }
 
  private:
-  // What a slot holds, 32 bytes: two to a cache line, read by every window merged (the victims
-  // and the entries known) and every window sent (the freshest). The rest of an entry is kept
-  // apart, where only some calls read it: the node id in slot_ids_ (what Find() scans), the
-  // reference an owned vector carries in owners_ (tern-sim's own nothing: not touched), and a
-  // dead entry's sample time and news time in deaths_ (rare: failures).
   struct Entry {
-    const LoadVector* load = nullptr;
-    std::uint64_t seq = 0;  // load->seq, kept here: merging reads the entry, not the vector
-    // key(), the time of the latest news: the sample's time on this agent's clock (now - age
-    // when received), or for a dead entry when the death was seen.
-    Millis time{0};
-    std::int32_t jobs_running = 0;  // load->jobs_running, for windows (SharedGossipEntry)
-    bool dead = false;
-  };
-  static_assert(sizeof(Entry) == 32, "two entries to a cache line");
-  // What a dead entry keeps besides its slot (one per entry held with dead = true).
-  struct Death {
-    std::uint64_t id = 0;
-    Millis born{0};        // the sample's time (Entry::time is the death's)
-    Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
-  };
-  // An entry whole, as merging builds it before Store() splits it into its slot and the lists.
-  struct Record {
     SharedLoad load;
-    std::uint64_t id = 0;
-    std::uint64_t seq = 0;
-    Millis born{0};  // now - age when received: the sample's time on this agent's clock
+    std::uint64_t id = 0;   // load->node_id and load->seq, kept here: merging reads only the
+    std::uint64_t seq = 0;  // entry, not the vector (which is wherever its sender put it)
+    Millis born{0};         // now - age when received: the sample's time on this agent's clock
     bool dead = false;
-    int jobs_running = 0;
+    int jobs_running = 0;  // load->jobs_running, for windows (SharedGossipEntry)
     Millis dead_since{0};  // when the death was seen, on this agent's clock
-    Millis news_since{0};  // when this agent learned of it
+    Millis news_since{0};  // when this agent learned of it: it spreads the news from then on
     Millis key() const { return dead ? dead_since : born; }  // the time of the latest news
   };
   using Key = std::pair<Millis, std::uint64_t>;  // (key(), node id): the freshness order
@@ -328,74 +292,54 @@ class alignas(64) Gossip {
   // stays in its slot until it is removed).
   // 16 bytes, not a whole Key: the list is read (and shifted) at every window merged and sent.
   // Entries of the same time are ordered by id through `rank`, the id itself while it fits in
-  // 32 bits (tern-sim: samples are taken on 200 ms steps, so ties are common); larger ids
-  // compare the slots' ids.
+  // 32 bits (tern-sim: samples are taken on 200 ms steps, so ties are common, and reading the
+  // entries' ids was a cache miss per comparison); larger ids compare the entries' ids.
   struct Top {
-    Millis time{0};  // slots_[slot].time
+    Millis time{0};  // slots_[slot].key()
     std::uint32_t slot = 0;
-    std::uint32_t rank = 0;  // Rank(slot_ids_[slot])
+    std::uint32_t rank = 0;  // Rank(slots_[slot].id)
   };
   static constexpr std::uint32_t kFarRank = 0xffffffff;
   static std::uint32_t Rank(std::uint64_t id) {
     return id < kFarRank ? static_cast<std::uint32_t>(id) : kFarRank;
   }
   Top MakeTop(std::uint32_t slot) const {
-    return Top{slots_[slot].time, slot, Rank(slot_ids_[slot])};
+    return Top{slots_[slot].key(), slot, Rank(slots_[slot].id)};
   }
   // Whether (time, id) comes after `top` in the freshness order (older, or as old with a smaller
-  // id): Key{time, id} < Key{top.time, slot_ids_[top.slot]}.
+  // id): Key{time, id} < Key{top.time, slots_[top.slot].id}.
   bool Older(Millis time, std::uint64_t id, const Top& top) const {
     if (time != top.time) return time < top.time;
     const auto rank = Rank(id);
     if (rank != top.rank || rank != kFarRank) return rank < top.rank;
-    return id < slot_ids_[top.slot];
+    return id < slots_[top.slot].id;
   }
   bool Fresher(const Top& a, const Top& b) const {
     if (a.time != b.time) return a.time > b.time;
     if (a.rank != b.rank || a.rank != kFarRank) return a.rank > b.rank;
-    return slot_ids_[a.slot] > slot_ids_[b.slot];
+    return slots_[a.slot].id > slots_[b.slot].id;
   }
 
-  static Record Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
-                     Millis born, bool dead, Millis dead_since, Millis news_since);
-  // The entry in `slot` whole (its vector shared again: owned, or aliased when it owns nothing).
-  Record Load(std::uint32_t slot) const;
-  // The load vector of `slot` as a SharedLoad (copying an owned one's reference).
-  SharedLoad SharedOf(std::uint32_t slot) const;
-  const Death* DeathOf(std::uint64_t id) const {
-    for (const auto& death : deaths_) {
-      if (death.id == id) return &death;
-    }
-    return nullptr;
-  }
-  // The sample's time of the entry in `slot`.
-  Millis Born(std::uint32_t slot) const {
-    const Entry& entry = slots_[slot];
-    return entry.dead ? DeathOf(slot_ids_[slot])->born : entry.time;
-  }
+  static Entry Make(SharedLoad load, std::uint64_t id, std::uint64_t seq, int jobs_running,
+                    Millis born, bool dead, Millis dead_since, Millis news_since);
   void Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
              std::vector<std::string>& rejected);
-  std::vector<std::uint32_t> FreshestSlots(Millis now, std::size_t n) const;
+  std::vector<const Entry*> FreshestEntries(Millis now, std::size_t n) const;
   void Expire(Millis now);
   // `found`: the slot holding `id` (Find), if any.
-  void Store(std::uint64_t id, Record entry, std::optional<std::uint32_t> found);
-  // Writes `record` into `slot` (its id set already), its vector's reference into owners_.
-  void Put(std::uint32_t slot, Record&& record);
-  // Releases the slot's owned vector, if any (Bury).
-  void Release(std::uint32_t slot) {
-    if (slot < owners_.size() && owners_[slot]) Bury(std::move(owners_[slot]));
-  }
+  void Store(std::uint64_t id, Entry entry, std::optional<std::uint32_t> found);
   // view_max: makes room for a new entry about `id` (evicts the stalest), or returns false
   // when the entry is to be dropped.
-  bool MakeRoom(std::uint64_t id, const Record& entry);
+  bool MakeRoom(std::uint64_t id, const Entry& entry);
   bool Spreading(std::uint32_t slot) const;
-  // The slot holding `id`: through index_, or with view_max, a scan of the packed ids (a few
+  // The slot holding `id`: through index_, or with view_max, a scan of the packed keys (a few
   // lines, fewer misses than a hash table of its own).
   std::optional<std::uint32_t> Find(std::uint64_t id) const;
-  // The first slot at or after `from` whose id is `id`, or the number of slots.
-  std::size_t ScanIds(std::uint64_t id, std::size_t from) const;
+  // The first slot at or after `from` whose tag is `tag` (its id may still differ), or the
+  // number of slots.
+  std::size_t ScanTags(std::uint32_t tag, std::size_t from) const;
   // Keeps a released vector until the end of the call, its reference count loaded meanwhile
-  // (a hint).
+  // (a hint: tern-sim's vectors are cold in cache; the releases' misses then overlap).
   void Bury(SharedLoad&& load) {
     if (Unowned(load)) {  // no count to release
       load.reset();
@@ -409,9 +353,11 @@ class alignas(64) Gossip {
   void Touch(std::uint32_t slot, bool known);
   void Untop(std::uint32_t slot);
   void Rebuild() const;
-  SharedGossipEntry ToWire(std::uint32_t slot, Millis now) const;
+  SharedGossipEntry ToWire(const Entry& entry, Millis now) const;
   std::size_t TopCapacity() const { return 2 * options_.window + 4; }
-  bool Expired(const Entry& entry, Millis now) const { return now - entry.time > options_.max_age; }
+  bool Expired(const Entry& entry, Millis now) const {
+    return now - entry.key() > options_.max_age;
+  }
   // How late the expiry sweep may run: expired entries wait for it, counted as absent.
   Millis SweepSlack() const { return options_.max_age / 8; }
   // slot_keys_ of a hole: never expires, never the oldest.
@@ -423,33 +369,31 @@ class alignas(64) Gossip {
   // Others' entries in a flat vector, found by id. A removed entry leaves a hole (id 0, key
   // kHoleKey) that the next new entry fills: nothing moves, so top_ and the index stay valid.
   std::vector<Entry> slots_;
-  // Each slot's node id (0 for a hole), packed: what Find() scans.
-  std::vector<std::uint64_t> slot_ids_;
+  // The low 32 bits of each slot's id (0 for a hole), packed: what Find() scans.
+  std::vector<std::uint32_t> slot_tags_;
+  static std::uint32_t Tag(std::uint64_t id) { return static_cast<std::uint32_t>(id); }
   std::vector<std::uint32_t> holes_;
   // The freshest live entries, freshest first: the windows and Freshest() read only these.
   // When top_all_ is false, entries not in top_ are all older than top_.back().
   mutable std::vector<Top> top_;
   mutable bool top_all_ = true;
-  std::vector<Death> deaths_;             // one per entry held with dead = true
+  std::size_t dead_held_ = 0;             // entries held with dead = true
   std::vector<std::uint64_t> dead_news_;  // nodes whose death this agent still spreads
   std::vector<SharedLoad> graveyard_;     // Bury(); empty between calls
-  // By slot, the reference of a vector that owns one (the agent's); empty while none has
-  // (tern-sim's: untouched).
-  std::vector<SharedLoad> owners_;
   Millis next_sweep_{0};
   // Up to here, what merging a window reads (the first four cache lines); ticking also reads
   // the two below.
-  std::optional<Record> self_;
+  std::optional<Entry> self_;
   std::vector<std::uint64_t> peers_;  // TickShared's, kept for its capacity
   IdIndex index_;                     // unused with view_max
-  // (slots_[i].time, id), packed: the expiry sweep reads only these. Not kept with view_max:
+  // (slots_[i].key(), id), packed: the expiry sweep reads only these. Not kept with view_max:
   // the view is a few dozen entries, the sweep seldom runs (the stalest are evicted first), and
   // writing the keys was one more cache line per entry merged (tern-sim).
   std::vector<Key> slot_keys_;
   Key SlotKey(std::uint32_t slot) const {
     if (options_.view_max == 0) return slot_keys_[slot];
-    const auto id = slot_ids_[slot];
-    return id == 0 ? Key{kHoleKey, 0} : Key{slots_[slot].time, id};
+    const Entry& entry = slots_[slot];
+    return entry.id == 0 ? Key{kHoleKey, 0} : Key{entry.key(), entry.id};
   }
   void SetKey(std::uint32_t slot, Key key) {
     if (options_.view_max == 0) slot_keys_[slot] = key;
