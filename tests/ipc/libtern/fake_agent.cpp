@@ -1,5 +1,6 @@
 #include "fake_agent.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -8,9 +9,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <tern/ipc/frame.hpp>
+#include <utility>
 
 namespace tern::testing {
 
@@ -51,6 +54,9 @@ FakeAgent::~FakeAgent() {
     for (int fd : port.queued) ::close(fd);
   }
   for (int fd : direct_ends_) ::close(fd);
+  for (Outgoing& outgoing : out_) {
+    if (outgoing.fd >= 0) ::close(outgoing.fd);
+  }
 }
 
 std::vector<JobOp> FakeAgent::ops_in_order() {
@@ -98,28 +104,48 @@ int FakeAgent::sent_with_id(std::uint32_t id) {
 void FakeAgent::Reply(std::uint32_t request_id, const Answer& answer) { Send(request_id, answer); }
 
 void FakeAgent::Send(std::uint32_t request_id, const Answer& answer) {
-  const std::string frame = ipc::EncodeFrame(
-      ipc::FrameType::kIpcReply, ipc::EncodeJobReply(request_id, answer.status, answer.body));
+  Outgoing outgoing;
+  outgoing.frame = ipc::EncodeFrame(ipc::FrameType::kIpcReply,
+                                    ipc::EncodeJobReply(request_id, answer.status, answer.body));
+  if (answer.fd >= 0) {
+    outgoing.fd = ::fcntl(answer.fd, F_DUPFD_CLOEXEC, 0);
+    if (outgoing.fd < 0) throw std::runtime_error("FakeAgent: dup of an answer's fd failed");
+  }
   std::lock_guard lock(write_mu_);
-  std::size_t offset = 0;
-  while (offset < frame.size()) {
-    iovec iov{const_cast<char*>(frame.data() + offset), frame.size() - offset};
+  out_.push_back(std::move(outgoing));
+  Flush();
+}
+
+void FakeAgent::Flush() {
+  while (!out_.empty()) {
+    Outgoing& next = out_.front();
+    iovec iov{next.frame.data() + next.offset, next.frame.size() - next.offset};
     msghdr header{};
     header.msg_iov = &iov;
     header.msg_iovlen = 1;
     alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int))> control{};
-    if (offset == 0 && answer.fd >= 0) {  // the fd rides on the frame's first byte
+    if (next.offset == 0 && next.fd >= 0) {
       header.msg_control = control.data();
       header.msg_controllen = control.size();
       cmsghdr* c = CMSG_FIRSTHDR(&header);
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_RIGHTS;
       c->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(c), &answer.fd, sizeof(int));
+      std::memcpy(CMSG_DATA(c), &next.fd, sizeof(int));
     }
-    const ssize_t n = ::sendmsg(agent_fd_, &header, MSG_NOSIGNAL);
-    if (n <= 0) return;  // closed: the job is gone
-    offset += static_cast<std::size_t>(n);
+    const ssize_t n = ::sendmsg(agent_fd_, &header, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;  // Serve waits for room
+    if (n <= 0) {  // closed: the job is gone, and so is everything for it
+      for (Outgoing& dropped : out_) {
+        if (dropped.fd >= 0) ::close(dropped.fd);
+      }
+      out_.clear();
+      return;
+    }
+    if (next.fd >= 0) ::close(std::exchange(next.fd, -1));  // the job has it now
+    next.offset += static_cast<std::size_t>(n);
+    if (next.offset == next.frame.size()) out_.pop_front();
   }
 }
 
@@ -128,8 +154,16 @@ void FakeAgent::Serve() {
   std::array<char, 65536> buffer;
   while (!stop_) {
     pollfd p{agent_fd_, POLLIN, 0};
+    {
+      std::lock_guard lock(write_mu_);
+      if (!out_.empty()) p.events |= POLLOUT;
+    }
     const int ready = ::poll(&p, 1, 5);
-    if (ready > 0) {
+    if (ready > 0 && (p.revents & POLLOUT)) {
+      std::lock_guard lock(write_mu_);
+      Flush();
+    }
+    if (ready > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
       const ssize_t n = ::read(agent_fd_, buffer.data(), buffer.size());
       if (n <= 0) return;
       if (!decoder.Feed(std::string_view(buffer.data(), static_cast<std::size_t>(n)))) return;

@@ -17,6 +17,11 @@
 // closes its direct end is seen by the server (end of file), a server that closes its end is
 // not seen by the client (the fake's duplicate keeps it open) until BreakDirectConnections().
 //
+// Its writes to the job never block, as the agent's do not (IpcService queues a job's replies):
+// what the job's socket does not take now waits in a queue, sent as the socket drains. A fake
+// that blocked in sendmsg stopped reading, and a job whose reading thread waited to write while
+// its writing thread was blocked in sendmsg never woke (a hang seen in StreamFixture).
+//
 // Thread-safety: hooks and counters may be set and read from any thread.
 #pragma once
 
@@ -111,12 +116,23 @@ class FakeAgent {
   void Deliver(std::uint64_t port);  // mu_ held
   void Expire();                     // mu_ held
   std::uint32_t NewName(Right right);
+  // Queues the answer's frame (and a duplicate of its fd) and sends what the socket takes now.
   void Send(std::uint32_t request_id, const Answer& answer);
+  // Sends queued frames until the socket would block (write_mu_ held).
+  void Flush();
+
+  // A frame on its way to the job; `fd` (owned) rides on its first byte.
+  struct Outgoing {
+    std::string frame;
+    int fd = -1;
+    std::size_t offset = 0;
+  };
 
   int agent_fd_ = -1;
   int job_fd_ = -1;
   std::mutex mu_;        // the model and hooks
-  std::mutex write_mu_;  // one frame per write
+  std::mutex write_mu_;  // out_, and one frame per write
+  std::deque<Outgoing> out_;
   Script script_;
   Drop drop_;
   std::map<std::uint32_t, Right> names_;
