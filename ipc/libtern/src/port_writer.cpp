@@ -61,11 +61,15 @@ class PortWriter::Direct {
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
   // several are on their way (the credits change only as acks are taken, when a frame goes).
-  // Through shared memory the whole window (within train_bytes): on a loaded machine the two
-  // jobs take turns on one CPU (the bells' wake-ups are synchronous), and a turn moves at most
-  // one frame each way, so a frame of half the window cost twice the context switches
-  // (bench/README.md, tenth session).
+  // Through shared memory the whole window: on a loaded machine the two jobs take turns on one
+  // CPU (the bells' wake-ups are synchronous), and a turn moves at most one frame each way, so
+  // a frame of half the window cost twice the context switches (bench/README.md, tenth
+  // session).
   std::size_t frame_most = 1;
+  // ... and its bytes: train_bytes, or through shared memory at least kRingFrameBytes (a
+  // window of 1000 small messages, 77 KB at 64 B, is one frame; two fit the reader's buffer).
+  std::size_t frame_bytes = 0;
+  static constexpr std::size_t kRingFrameBytes = 128u << 10;
   std::uint32_t credits = 0;
   // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
   // the connections its predecessor made (it could not shut them down before a move, so the
@@ -205,10 +209,11 @@ class PortWriter::Direct {
   }
 
   // Starts `frame` with the message numbered last.
-  void StartFrame(std::size_t train_messages) {
+  void StartFrame(const Options& options) {
     frame.Start(Buffer(), sender.writer(), sender.last());
     frame_most = std::clamp<std::size_t>(rings ? credits : credits / 4, 1,
-                                         std::max<std::size_t>(1, train_messages));
+                                         std::max<std::size_t>(1, options.train_messages));
+    frame_bytes = rings ? std::max(options.train_bytes, kRingFrameBytes) : options.train_bytes;
   }
 
   // A message of one small data item (under WireWriter::kShareMin), numbered last, into the
@@ -216,9 +221,9 @@ class PortWriter::Direct {
   // straight in without the general path's loops over items (the same bytes on the wire). True
   // when the frame is full and must go.
   bool AddSmall(std::uint32_t id, ItemKind kind, std::string_view bytes, const Options& options) {
-    if (frame.empty()) StartFrame(options.train_messages);
+    if (frame.empty()) StartFrame(options);
     frame.AddOne(id, kind, bytes);
-    return frame.count() >= frame_most || frame.size() >= options.train_bytes;
+    return frame.count() >= frame_most || frame.size() >= frame_bytes;
   }
 
   std::string Buffer() {
@@ -455,7 +460,7 @@ void PortWriter::TryDirect() {
 IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes,
                                         const Message* message) {
   Direct& d = *direct_;
-  if (d.frame.empty()) d.StartFrame(options_.train_messages);
+  if (d.frame.empty()) d.StartFrame(options_);
   std::size_t size = bytes.size();
   if (message) {
     d.frame.Add(id, message->items);
@@ -464,7 +469,7 @@ IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes
   } else {
     d.frame.Add(id, bytes);
   }
-  if (d.frame.count() >= d.frame_most || d.frame.size() >= options_.train_bytes ||
+  if (d.frame.count() >= d.frame_most || d.frame.size() >= d.frame_bytes ||
       size >= ipc::WireWriter::kShareMin) {
     return SendFrame();
   }
