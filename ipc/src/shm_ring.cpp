@@ -21,6 +21,9 @@ struct ShmRing::Header {
   alignas(kLine) std::atomic<std::uint64_t> tail;
   alignas(kLine) std::atomic<std::uint32_t> data;
   std::atomic<std::uint32_t> reader_waiting;
+  // The mark a consumer armed for poll() waits for (ArmForData): a Publish below it does not
+  // ring. Zero in a block an older libtern made (a memfd starts zeroed): any Publish rings.
+  std::atomic<std::uint64_t> wake_at;
   alignas(kLine) std::atomic<std::uint32_t> space;
   std::atomic<std::uint32_t> writer_waiting;
 };
@@ -114,6 +117,7 @@ std::optional<ShmRing> ShmRing::Create(std::span<std::byte> block, std::size_t c
   header->tail.store(0);
   header->data.store(0);
   header->reader_waiting.store(0);
+  header->wake_at.store(0);
   header->space.store(0);
   header->writer_waiting.store(0);
   return ShmRing(header, block.data() + kHeaderBytes, capacity);
@@ -148,17 +152,20 @@ std::size_t ShmRing::Write(std::span<const std::byte> bytes) {
   return n;
 }
 
-bool ShmRing::Publish() {
+bool ShmRing::Publish(std::uint64_t mark) {
   if (header_->head.load(std::memory_order_relaxed) == written_) return false;
   header_->head.store(written_);
+  if (header_->reader_waiting.load() == 0) return false;
+  // Armed for a later mark: it sleeps on (the bytes are there for when it looks).
+  if (mark < header_->wake_at.load()) return false;
   const std::uint32_t waiting = header_->reader_waiting.exchange(0);
   if (waiting == 0) return false;
-  // A consumer asleep in poll() is rung by the caller: no futex wake for nobody.
-  if (waiting != kPolls) {
-    header_->data.fetch_add(1);
-    FutexWake(header_->data, 1);
-  }
-  return true;
+  // A consumer asleep in poll() is rung by the caller: no futex wake for nobody. One asleep on
+  // the futex is woken here, and needs no bell.
+  if (waiting == kPolls) return true;
+  header_->data.fetch_add(1);
+  FutexWake(header_->data, 1);
+  return false;
 }
 
 bool ShmRing::WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout) {
@@ -183,14 +190,14 @@ bool ShmRing::Release(std::size_t bytes) {
   header_->tail.store(read_);
   const std::uint32_t waiting = header_->writer_waiting.exchange(0);
   if (waiting == 0) return false;
-  if (waiting != kPolls) {
-    header_->space.fetch_add(1);
-    FutexWake(header_->space, 1);
-  }
-  return true;
+  if (waiting == kPolls) return true;
+  header_->space.fetch_add(1);
+  FutexWake(header_->space, 1);
+  return false;
 }
 
-bool ShmRing::WaitForData(std::chrono::milliseconds timeout) {
+bool ShmRing::WaitForData(std::chrono::milliseconds timeout, std::uint64_t mark) {
+  header_->wake_at.store(mark);
   return Await(header_->data, header_->reader_waiting, header_->revoked, timeout,
                [&] { return Available() > 0; });
 }
@@ -200,7 +207,9 @@ bool ShmRing::ArmForSpace(std::size_t bytes) {
   return Arm(header_->writer_waiting, header_->revoked, [&] { return Space() >= want; });
 }
 
-bool ShmRing::ArmForData() {
+bool ShmRing::ArmForData(std::uint64_t mark) {
+  // Before the `waiting` word: a producer that sees that word set reads this mark after it.
+  header_->wake_at.store(mark);
   return Arm(header_->reader_waiting, header_->revoked, [&] { return Available() > 0; });
 }
 

@@ -2,6 +2,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <random>
@@ -137,6 +138,48 @@ TEST(ShmRing, ARevokedRingWakesBothSidesAndCarriesNothingMore) {
   EXPECT_TRUE(full->Revoked());
   EXPECT_EQ(full_agent->Available(), 0u) << "what was in flight is gone with it";
   EXPECT_TRUE(full_agent->Readable().empty());
+}
+
+// A consumer that can do nothing with less than some mark (a stream's writer waiting for
+// enough credits) sleeps for it: a Publish of a lower mark neither rings nor wakes it, the
+// first of that mark does, once; a consumer asleep on the futex is woken by Publish itself,
+// which then asks for no bell.
+TEST(ShmRing, AConsumerAsleepForAMarkIsWokenOnlyByAPublishOfIt) {
+  SharedBlock block(ShmRing::BytesFor(4096));
+  auto producer = ShmRing::Create(block.side(0), 4096);
+  auto consumer = ShmRing::Attach(block.side(1));
+  ASSERT_TRUE(producer && consumer);
+  // Armed for poll().
+  ASSERT_TRUE(consumer->ArmForData(100));
+  ASSERT_EQ(producer->Write(Pattern(10, 1)), 10u);
+  EXPECT_FALSE(producer->Publish(99)) << "below its mark: it sleeps on";
+  ASSERT_EQ(producer->Write(Pattern(10, 2)), 10u);
+  EXPECT_TRUE(producer->Publish(100)) << "its mark: ring it";
+  ASSERT_EQ(producer->Write(Pattern(10, 3)), 10u);
+  EXPECT_FALSE(producer->Publish(500)) << "rung once";
+  EXPECT_EQ(ReadAll(*consumer).size(), 30u) << "every byte there, whatever its mark";
+
+  // Asleep on the futex.
+  std::atomic<bool> done{false};
+  bool got = false;
+  std::chrono::steady_clock::duration waited{};
+  std::thread sleeper([&] {
+    const auto start = std::chrono::steady_clock::now();
+    got = consumer->WaitForData(10s, 200);
+    waited = std::chrono::steady_clock::now() - start;
+    done = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(producer->Write(Pattern(10, 4)), 10u);
+  EXPECT_FALSE(producer->Publish(150)) << "below its mark";
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(done) << "a Publish below its mark woke it";
+  ASSERT_EQ(producer->Write(Pattern(10, 5)), 10u);
+  EXPECT_FALSE(producer->Publish(200)) << "woken by the futex: no bell";
+  sleeper.join();
+  EXPECT_TRUE(got);
+  EXPECT_LT(waited, 5s);
+  EXPECT_EQ(ReadAll(*consumer).size(), 20u);
 }
 
 // A side that sleeps in poll() (a PortReader also waits on its agent) arms instead of waiting:

@@ -611,7 +611,7 @@ bool PortReader::State::SendAck(Connection& connection, bool all) {
   connection.bytes_since_ack = 0;
   std::string ack;
   libtern::AppendStreamAck(ack, last);
-  return connection.socket.Write(ack);
+  return connection.socket.Write(ack, last.handed);
 }
 
 PortReader::PortReader(Channel channel, std::uint32_t port, std::uint32_t batch)

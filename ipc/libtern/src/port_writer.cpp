@@ -60,11 +60,16 @@ class PortWriter::Direct {
   std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
-  // several are on their way (the credits change only as acks are taken, when a frame goes);
-  // half of it through shared memory, where a reader faster than its writer sleeps and is rung
-  // for each frame: two frames on their way keep it busy as well, and it wakes half as often
-  // (bench/README.md, ninth session).
+  // several are on their way (the credits change only as acks are taken, when a frame goes).
+  // Through shared memory the whole window: on a loaded machine the two jobs take turns on one
+  // CPU (the bells' wake-ups are synchronous), and a turn moves at most one frame each way, so
+  // a frame of half the window cost twice the context switches (bench/README.md, tenth
+  // session).
   std::size_t frame_most = 1;
+  // ... and its bytes: train_bytes, or through shared memory at least kRingFrameBytes (a
+  // window of 1000 small messages, 77 KB at 64 B, is one frame; two fit the reader's buffer).
+  std::size_t frame_bytes = 0;
+  static constexpr std::size_t kRingFrameBytes = 128u << 10;
   std::uint32_t credits = 0;
   // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
   // the connections its predecessor made (it could not shut them down before a move, so the
@@ -73,7 +78,8 @@ class PortWriter::Direct {
   std::vector<std::string> spare;
   bool switching = false;  // a switch of paths is under way: no other
   // On one node, the shared memory the reader offered with its welcome (stream_rings.hpp):
-  // frames go into ring 0, acks come from ring 1; the socket carries the bells both ways.
+  // frames go into ring 0, acks come from ring 1; the socket carries the writer's bells and
+  // the end (the writer sleeps for acks on ring 1's futex, which the reader's Publish wakes).
   std::unique_ptr<libtern::StreamRings> rings;
   ipc::FrameDecoder ring_acks;
   libtern::SpinWait spin;  // before sleeping for acks
@@ -82,6 +88,8 @@ class PortWriter::Direct {
   // holds nothing but bells and its end, and a receive per frame cost a running writer 13% of
   // its time at 64 B. A break still shows in the rings (the reader revokes them) or there.
   static constexpr int kSocketEvery = 16;
+  // A writer asleep for acks looks at its socket this often.
+  static constexpr std::chrono::milliseconds kLookEvery{10};
   int unchecked = 0;
 
   // Takes the acks that came, without waiting; false when the connection is broken. `socket`:
@@ -113,29 +121,30 @@ class PortWriter::Direct {
     return open;
   }
 
-  // Waits for the next ack; false when the connection is broken.
-  bool AwaitAck() {
+  // Waits for the next ack; false when the connection is broken. `handed`: through shared
+  // memory, an ack of fewer messages handed out does not wake it from a sleep (it could not go
+  // on: the reader rings it once, when it can).
+  bool AwaitAck(std::uint64_t handed = 0) {
     if (!connection) return false;
     if (!rings) {
       auto frame = connection->Read(Clock::time_point::max());
       if (!frame || !*frame) return false;
       return TakeAck(**frame);
     }
-    bool woke = false;
+    bool look = false;  // at the socket too
     for (;;) {
       const std::uint64_t before = acks_taken;
-      if (!TakeAcks(woke)) return false;
+      if (!TakeAcks(look)) return false;
       if (acks_taken != before) return true;
-      woke = false;
+      look = false;
       if (spin([&] { return rings->acks().Available() != 0 || rings->Revoked(); })) {
         continue;
       }
-      // Asleep until the reader's bell (it found the ack ring armed) or the socket's end.
-      if (rings->acks().ArmForData()) {
-        Sleep();
-        woke = true;
-      }
-      rings->acks().DisarmForData();
+      // Asleep on the ack ring's futex until the reader publishes an ack of `handed` (its
+      // Publish wakes it: no bell, no receive after), the rings are revoked, or kLookEvery
+      // passes, when it looks at the socket for its end (the reader's job frozen for a move
+      // revokes nothing: the agent's shutdown of the socket says it).
+      look = !rings->acks().WaitForData(kLookEvery, handed);
     }
   }
 
@@ -200,10 +209,11 @@ class PortWriter::Direct {
   }
 
   // Starts `frame` with the message numbered last.
-  void StartFrame(std::size_t train_messages) {
+  void StartFrame(const Options& options) {
     frame.Start(Buffer(), sender.writer(), sender.last());
-    frame_most = std::clamp<std::size_t>(credits / (rings ? 2 : 4), 1,
-                                         std::max<std::size_t>(1, train_messages));
+    frame_most = std::clamp<std::size_t>(rings ? credits : credits / 4, 1,
+                                         std::max<std::size_t>(1, options.train_messages));
+    frame_bytes = rings ? std::max(options.train_bytes, kRingFrameBytes) : options.train_bytes;
   }
 
   // A message of one small data item (under WireWriter::kShareMin), numbered last, into the
@@ -211,9 +221,9 @@ class PortWriter::Direct {
   // straight in without the general path's loops over items (the same bytes on the wire). True
   // when the frame is full and must go.
   bool AddSmall(std::uint32_t id, ItemKind kind, std::string_view bytes, const Options& options) {
-    if (frame.empty()) StartFrame(options.train_messages);
+    if (frame.empty()) StartFrame(options);
     frame.AddOne(id, kind, bytes);
-    return frame.count() >= frame_most || frame.size() >= options.train_bytes;
+    return frame.count() >= frame_most || frame.size() >= frame_bytes;
   }
 
   std::string Buffer() {
@@ -450,7 +460,7 @@ void PortWriter::TryDirect() {
 IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes,
                                         const Message* message) {
   Direct& d = *direct_;
-  if (d.frame.empty()) d.StartFrame(options_.train_messages);
+  if (d.frame.empty()) d.StartFrame(options_);
   std::size_t size = bytes.size();
   if (message) {
     d.frame.Add(id, message->items);
@@ -459,7 +469,7 @@ IpcResult<void> PortWriter::WriteDirect(std::uint32_t id, std::string_view bytes
   } else {
     d.frame.Add(id, bytes);
   }
-  if (d.frame.count() >= d.frame_most || d.frame.size() >= options_.train_bytes ||
+  if (d.frame.count() >= d.frame_most || d.frame.size() >= d.frame_bytes ||
       size >= ipc::WireWriter::kShareMin) {
     return SendFrame();
   }
@@ -471,8 +481,10 @@ IpcResult<void> PortWriter::SendFrame() {
   if (d.frame.empty()) return {};
   const std::uint64_t last = d.frame.first() + d.frame.count() - 1;
   bool ok = d.reattached == channel_.impl_->reattached() && d.TakeAcks(/*socket=*/false);
+  // A full window holds the writer, as a full queue does, until the reader has handed out
+  // enough for the whole frame (too many bytes unreceived: until the next ack).
   while (ok && (!d.sender.MaySend(last) || d.sender.unreceived_bytes() > kMaxUnreceivedBytes)) {
-    ok = d.AwaitAck();  // a full window holds the writer, as a full queue does
+    ok = d.AwaitAck(d.sender.MaySend(last) ? 0 : d.sender.HandedFor(last));
   }
   const std::uint64_t first = d.frame.first();
   const std::uint32_t count = d.frame.count();

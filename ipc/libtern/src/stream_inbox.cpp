@@ -155,10 +155,10 @@ std::optional<StreamInbox::Frame> StreamInbox::Next() {
   return frame;
 }
 
-bool StreamInbox::Write(std::string_view bytes) {
+bool StreamInbox::Write(std::string_view bytes, std::uint64_t handed) {
   if (broken_) return false;
   if (taken_ && StreamRings::WriteWhole(rings_->acks(), bytes)) {
-    if (rings_->acks().Publish() && !RingBell(fd_.get())) Break();
+    if (rings_->acks().Publish(handed) && !RingBell(fd_.get())) Break();
     return !broken_;
   }
   // No rings, or the writer has not read its acks in a while: the socket, which it reads too.

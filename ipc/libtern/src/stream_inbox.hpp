@@ -13,6 +13,7 @@
 // Thread-safety: none; one owner (the PortReader's thread), which also releases the views.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,8 +68,10 @@ class StreamInbox {
   Received Receive();
   // The next complete frame, nullopt when none is.
   std::optional<Frame> Next();
-  // Writes all of `bytes` (an ack); false when the connection is broken.
-  bool Write(std::string_view bytes);
+  // Writes all of `bytes` (an ack); false when the connection is broken. `handed`: the ack's
+  // messages handed out, which a writer asleep for credits compares with what it waits for
+  // (ShmRing::Publish's mark: it is rung only when it can go on).
+  bool Write(std::string_view bytes, std::uint64_t handed = UINT64_MAX);
   bool broken() const { return broken_; }
 
   static constexpr std::size_t kBufferBytes = 256 * 1024;

@@ -53,6 +53,10 @@ class StreamSender {
   std::uint64_t Room(std::uint64_t last) const {
     return last >= handed_ + credits_ ? 0 : handed_ + credits_ - last;
   }
+  // The messages the reader must have handed out for `last` to fit the window.
+  std::uint64_t HandedFor(std::uint64_t last) const {
+    return last > credits_ ? last - credits_ : 0;
+  }
   void Sent(Frame frame);
   // An ack of this writer: frees what the reader received (their buffers go to `freed`, for
   // reuse). False when it acknowledges what was never sent (a broken peer).

@@ -8,7 +8,7 @@
 //   line 0   magic, capacity, `revoked`                       (written once, then by Revoke)
 //   line 1   `head`: bytes the producer has published, ever    (the producer writes it)
 //   line 2   `tail`: bytes the consumer has released, ever     (the consumer writes it)
-//   line 3   `data` futex word and `reader_waiting`            (the consumer sleeps here)
+//   line 3   `data` futex word, `reader_waiting`, `wake_at`    (the consumer sleeps here)
 //   line 4   `space` futex word and `writer_waiting`           (the producer sleeps here)
 //   then     `capacity` bytes of data, at offset kHeaderBytes
 // Each line is 64 bytes, so the producer's and the consumer's stores never share one.
@@ -28,7 +28,10 @@
 //    PortReader also waits on its agent) arms (ArmForData / ArmForSpace: the same handshake
 //    without the futex) and polls a doorbell; the other side rings it when Publish or Release
 //    returns true, which they do once per sleep (docs/ipc.md "Shared memory on one node"),
-//    without a futex wake for a side that armed (the `waiting` word says which way it sleeps).
+//    without a futex wake for a side that armed (the `waiting` word says which way it sleeps;
+//    one asleep on the futex is woken by Publish or Release themselves, which then return
+//    false: no bell). A consumer may sleep for a mark (WaitForData / ArmForData): a Publish
+//    of a lower mark then leaves it asleep, so that it is woken once, when it can go on.
 //  - Revoke sets `revoked` and wakes both sides for good: from then on Write and Readable
 //    report it (Revoked()) and give nothing, whatever was in flight. To a stream it is the
 //    connection's end of file.
@@ -66,8 +69,11 @@ class ShmRing {
 
   // Producer.
   std::size_t Write(std::span<const std::byte> bytes);  // copies what fits; not yet visible
-  // Makes the written bytes visible. True if the consumer was asleep (it was woken).
-  bool Publish();
+  // Makes the written bytes visible, and wakes a consumer asleep on the futex (WaitForData).
+  // True if the consumer sleeps in poll() (ArmForData): the caller rings its doorbell, once.
+  // `mark`: what the bytes bring the consumer, in the two sides' own terms (a stream's acks:
+  // messages handed out); a consumer asleep for a higher mark is neither woken nor rung.
+  bool Publish(std::uint64_t mark = UINT64_MAX);
   std::size_t Space() const;  // bytes Write would take now
   // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
   // or `timeout` passes. True if the space is there.
@@ -80,14 +86,17 @@ class ShmRing {
   // Consumer.
   std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
   std::size_t Available() const;                // all published bytes not yet released
-  // Gives bytes back (at most Available()). True if the producer was asleep (it was woken).
+  // Gives bytes back (at most Available()), and wakes a producer asleep on the futex
+  // (WaitForSpace). True if the producer sleeps in poll() (ArmForSpace): ring it, once.
   bool Release(std::size_t bytes);
-  // Sleeps until something is published, the ring is revoked, or `timeout` passes. True if
-  // there are bytes to read.
-  bool WaitForData(std::chrono::milliseconds timeout);
+  // Sleeps until something is published (with `mark` or more: see Publish), the ring is
+  // revoked, or `timeout` passes. True if there are bytes to read (maybe of a lower mark).
+  bool WaitForData(std::chrono::milliseconds timeout, std::uint64_t mark = 0);
   // The same for a consumer that sleeps in poll(): rung when the producer's Publish returns
-  // true. False if there is data already or the ring is revoked.
-  bool ArmForData();
+  // true, which it does only for a Publish of `mark` or more (a consumer that can do nothing
+  // with less sleeps on: one wake-up, not one per Publish). False if there is data already or
+  // the ring is revoked.
+  bool ArmForData(std::uint64_t mark = 0);
   // Either side, awake for another reason: it no longer sleeps (the other side need not ring).
   void DisarmForData();
   void DisarmForSpace();
