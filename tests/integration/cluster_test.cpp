@@ -1306,6 +1306,49 @@ std::string FinishedOutput(const std::string& id, std::chrono::milliseconds time
   return JobLogs("node1", id).value_or("");
 }
 
+// The two jobs of a tern-ipc-probe stream on port `name`: a dstream-reader of `messages` on
+// `reader_node`, then a dstream-writer on `writer_node` (`pacing`: its arguments after the
+// count). Returns once the writer holds its send right and the stream has had a second to go
+// direct; nullopt (a failure added) when either job does not get that far.
+struct StreamJobs {
+  std::string reader;
+  std::string writer;
+};
+std::optional<StreamJobs> StartStream(const std::string& name, int messages,
+                                      const std::string& reader_node,
+                                      const std::string& writer_node,
+                                      const std::vector<std::string>& pacing) {
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  StreamJobs jobs;
+  jobs.reader =
+      Submit("node1", {probe, "dstream-reader", name, std::to_string(messages)}, reader_node);
+  if (!WaitFor(
+          [&] {
+            return JobLogs("node1", jobs.reader).value_or("").find("inbox " + name + " ready") !=
+                   std::string::npos;
+          },
+          30s)) {
+    ADD_FAILURE() << "the reader's inbox " << name
+                  << " never got ready: " << JobLogs("node1", jobs.reader).value_or("(no logs)");
+    return std::nullopt;
+  }
+  std::vector<std::string> writer{probe, "dstream-writer", name, std::to_string(messages)};
+  writer.insert(writer.end(), pacing.begin(), pacing.end());
+  jobs.writer = Submit("node1", writer, writer_node);
+  if (!WaitFor(
+          [&] {
+            auto status = Status("node1", jobs.writer);
+            return status && status->value("ipc_rights", 0) >= 1;
+          },
+          30s)) {
+    ADD_FAILURE() << "the writer never held the send right to " << name << ": "
+                  << JobLogs("node1", jobs.writer).value_or("(no logs)");
+    return std::nullopt;
+  }
+  std::this_thread::sleep_for(1s);  // the stream has gone direct
+  return jobs;
+}
+
 }  // namespace
 
 TEST_F(ClusterTest, IpcExamplesRunAcrossNodes) {
@@ -1594,25 +1637,11 @@ TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves
 // reader had not received through the agents: the reader checks that every sequence arrives
 // exactly once and in order (the probe never retries), and most came direct.
 TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) {
-  const std::string probe = kBinDir + "/tern-ipc-probe";
   constexpr int kMessages = 30000;
-  const auto reader =
-      Submit("node1", {probe, "dstream-reader", "itdstream", std::to_string(kMessages)}, "node2");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return JobLogs("node1", reader).value_or("").find("inbox itdstream ready") !=
-               std::string::npos;
-      },
-      30s));
-  const auto writer = Submit(
-      "node1", {probe, "dstream-writer", "itdstream", std::to_string(kMessages), "500"}, "node3");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        auto status = Status("node1", writer);
-        return status && status->value("ipc_rights", 0) >= 1;
-      },
-      30s));
-  std::this_thread::sleep_for(1s);  // the stream has gone direct
+  const auto stream = StartStream("itdstream", kMessages, "node2", "node3", {"500"});
+  ASSERT_TRUE(stream);
+  const std::string& reader = stream->reader;
+  const std::string& writer = stream->writer;
   auto first = Tern("node1", {"migrate", reader, "node1"});
   ASSERT_EQ(first.exit_code, 0) << first.Describe();
   auto moved_writer = Tern("node1", {"migrate", writer, "node2"});
@@ -1645,28 +1674,13 @@ TEST_F(ClusterTest, IpcADirectStreamLosesNothingWhileTheReaderAndTheWriterMove) 
 // connection open: CRIU dumps it as external and the job wakes on node1 holding a closed socket in
 // its place. Every sequence arrives once and in order, and most came direct.
 TEST_F(ClusterTest, IpcASameNodeStreamLosesNothingWhileItsJobsMoveAwayAndBack) {
-  const std::string probe = kBinDir + "/tern-ipc-probe";
   constexpr int kMessages = 30000;
-  const auto reader =
-      Submit("node1", {probe, "dstream-reader", "itshmstream", std::to_string(kMessages)}, "node2");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return JobLogs("node1", reader).value_or("").find("inbox itshmstream ready") !=
-               std::string::npos;
-      },
-      30s));
   // 400 µs between messages; after 20000 the writer holds still for 20 s.
-  const auto writer = Submit(
-      "node1",
-      {probe, "dstream-writer", "itshmstream", std::to_string(kMessages), "400", "20000", "20000"},
-      "node2");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        auto status = Status("node1", writer);
-        return status && status->value("ipc_rights", 0) >= 1;
-      },
-      30s));
-  std::this_thread::sleep_for(1s);  // the stream has gone direct
+  const auto stream =
+      StartStream("itshmstream", kMessages, "node2", "node2", {"400", "20000", "20000"});
+  ASSERT_TRUE(stream);
+  const std::string& reader = stream->reader;
+  const std::string& writer = stream->writer;
   auto away = Tern("node1", {"migrate", reader, "node3"});
   ASSERT_EQ(away.exit_code, 0) << away.Describe();
   auto back = Tern("node1", {"migrate", reader, "node2"});
