@@ -50,14 +50,13 @@ SequencedOutbox::SequencedOutbox(std::uint64_t epoch, std::size_t max_held_bytes
   }
 }
 
-SequencedOutbox::Payload SequencedOutbox::Add(std::string payload, std::vector<Payload>& now) {
-  const std::uint64_t seq = next_seq_++;
-  AppendSequenceTrailer(payload, {epoch_, seq});
+SequencedOutbox::Added SequencedOutbox::Add(std::string payload) {
+  const SequenceTag tag{epoch_, next_seq_++};
+  AppendSequenceTrailer(payload, tag);
   auto kept = std::make_shared<const std::string>(std::move(payload));
   held_bytes_ += kept->size();
-  if (up_) now.push_back(kept);
-  unacked_.push_back({seq, kept});
-  return kept;
+  unacked_.push_back({tag.seq, kept});
+  return {tag, std::move(kept)};
 }
 
 void SequencedOutbox::LinkDown(Clock::time_point now) {

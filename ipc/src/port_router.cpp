@@ -229,6 +229,13 @@ void PortRouter::Timer(std::uint64_t id) {
       }
       break;
     }
+    case TimerKind::kForgetEarlyResults: {
+      auto kept = state_->early_results.find(info.job);
+      if (kept != state_->early_results.end() && kept->second.forget_timer == id) {
+        state_->ForgetEarlyResults(info.job);
+      }
+      break;
+    }
     case TimerKind::kFlushResults: {
       auto deferred = state_->deferred.find(info.node);
       if (deferred != state_->deferred.end() && deferred->second.timer == id) {

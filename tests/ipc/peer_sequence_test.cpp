@@ -27,22 +27,28 @@ std::vector<std::uint64_t> Seqs(const Payloads& payloads) {
   return seqs;
 }
 
+// Adds `payload` to `out`, into `now` when it leaves at once (the link is up), as the agent does.
+void Add(SequencedOutbox& out, std::string payload, Payloads& now) {
+  auto added = out.Add(std::move(payload));
+  if (out.up()) now.push_back(added.payload);
+}
+
 TEST(SequencedOutbox, HoldsWhileDownAndSendsEverythingNotAcknowledgedInOrderWhenUp) {
   SequencedOutbox out(7, 1 << 20);
   const auto t0 = Clock::now();
   Payloads now;
-  out.Add("a", now);  // a fresh outbox has no link yet
+  Add(out, "a", now);  // a fresh outbox has no link yet
   EXPECT_TRUE(now.empty());
   out.LinkUp(now);
   EXPECT_EQ(Seqs(now), (std::vector<std::uint64_t>{1}));
   now.clear();
-  out.Add("b", now);
-  out.Add("c", now);
+  Add(out, "b", now);
+  Add(out, "c", now);
   EXPECT_EQ(Seqs(now), (std::vector<std::uint64_t>{2, 3}));
   out.Acked({7, 1});
   out.LinkDown(t0);
   now.clear();
-  out.Add("d", now);
+  Add(out, "d", now);
   EXPECT_TRUE(now.empty());
   EXPECT_EQ(out.held(), 3u);
   out.LinkUp(now);
@@ -60,9 +66,9 @@ TEST(SequencedOutbox, HoldsWhileDownAndSendsEverythingNotAcknowledgedInOrderWhen
 TEST(SequencedOutbox, IsFullPastItsBoundUntilAcknowledged) {
   SequencedOutbox out(1, 100);
   Payloads now;
-  out.Add(std::string(60, 'x'), now);
+  Add(out, std::string(60, 'x'), now);
   EXPECT_FALSE(out.full());
-  out.Add(std::string(60, 'y'), now);
+  Add(out, std::string(60, 'y'), now);
   EXPECT_TRUE(out.full());
   EXPECT_EQ(out.held_bytes(), 120 + 2 * kSequenceTrailerBytes);
   out.LinkUp(now);
@@ -78,7 +84,7 @@ TEST(SequencedOutbox, ProbesOncePerIntervalAndGivesUpOnlyAfterTheLimitWithoutALi
   EXPECT_FALSE(out.ProbeDue(t0));  // up
   out.LinkDown(t0);
   EXPECT_FALSE(out.ProbeDue(t0));  // nothing held
-  out.Add("m", now);
+  Add(out, "m", now);
   EXPECT_TRUE(out.ProbeDue(t0));
   EXPECT_FALSE(out.ProbeDue(t0 + SequencedOutbox::kProbeEvery / 2));
   EXPECT_TRUE(out.ProbeDue(t0 + SequencedOutbox::kProbeEvery));
@@ -92,8 +98,9 @@ TEST(SequencedOutbox, ProbesOncePerIntervalAndGivesUpOnlyAfterTheLimitWithoutALi
   EXPECT_EQ(out.epoch(), 6u);
   out.LinkUp(now);
   now.clear();
-  out.Add("n", now);
+  Add(out, "n", now);
   EXPECT_EQ(*ReadSequenceTrailer(*now.at(0)), (SequenceTag{6, 1}));
+  EXPECT_EQ(out.Add("o").tag, (SequenceTag{6, 2})) << "Add says the tag it gave";
 }
 
 TEST(SequencedInbox, DeliversTheNextDropsDuplicatesAndGaps) {
@@ -193,9 +200,8 @@ class TwoAgents {
     for (auto& [node, agent] : agents) {
       if (!agent.announced) {  // as IpcService: "I started afresh", after what it sends again
         agent.announced = true;
-        Payloads unused;
-        auto kept = agent.out.begin()->second.Add(std::string(), unused);
-        agent.router->JournalSent(3 - node, *ReadSequenceTrailer(*kept), kept);
+        auto added = agent.out.begin()->second.Add(std::string());
+        agent.router->JournalSent(3 - node, added.tag, added.payload);
       }
       Payloads again;
       agent.out.begin()->second.LinkUp(again);
@@ -208,10 +214,10 @@ class TwoAgents {
     auto actions = agent.router->TakeActions();
     std::vector<std::pair<std::uint64_t, SequencedOutbox::Payload>> now;
     for (auto& frame : actions.frames) {
-      Payloads leaving;
-      auto kept = agent.out.at(frame.node).Add(std::move(frame.payload), leaving);
-      agent.router->JournalSent(frame.node, *ReadSequenceTrailer(*kept), kept);
-      for (auto& payload : leaving) now.emplace_back(frame.node, payload);
+      auto& out = agent.out.at(frame.node);
+      auto added = out.Add(std::move(frame.payload));
+      agent.router->JournalSent(frame.node, added.tag, added.payload);
+      if (out.up()) now.emplace_back(frame.node, added.payload);
     }
     auto durable = agent.router->TakeDurable();
     if (durable.rewrite_journal) agent.journal.clear();

@@ -143,7 +143,8 @@ IpcResult<std::uint32_t> Channel::Impl::Post(ipc::JobOp op, std::span<const std:
   boost::container::small_vector<std::string_view, 8> pieces{header};
   pieces.insert(pieces.end(), body.begin(), body.end());
   std::string error;
-  if (Write({pieces.data(), pieces.size()}, generation, {&request, 1}, error) == Written::kFailed) {
+  if (Write({pieces.data(), pieces.size()}, generation, {&request, 1}, /*unsent_when_cut=*/true,
+            error) == Written::kFailed) {
     lock.lock();
     slots_.erase(request);
     CloseLocked(error);
@@ -275,8 +276,9 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
   const std::string_view piece = frames;
   std::string error;
   const Written written =
-      // Never marked unsent: the frames before the one a failed write cut may have run.
-      Write(std::span<const std::string_view>(&piece, 1), generation, {}, error);
+      // Never marked unsent by a write cut short: the frames before the cut may have run.
+      Write(std::span<const std::string_view>(&piece, 1), generation, requests,
+            /*unsent_when_cut=*/false, error);
   lock.lock();
   if (written == Written::kFailed) {
     for (std::uint32_t request : requests) slots_.erase(request);
@@ -293,13 +295,16 @@ std::vector<IpcResult<Channel::Impl::Reply>> Channel::Impl::RequestMany(
 Channel::Impl::Written Channel::Impl::Write(std::span<const std::string_view> pieces,
                                             std::uint64_t generation,
                                             std::span<const std::uint32_t> requests,
-                                            std::string& error) {
+                                            bool unsent_when_cut, std::string& error) {
   std::lock_guard lock(write_mu_);
-  // The channel was replaced since the request was filed: the re-attach failed it already.
-  if (generation_.load(std::memory_order_acquire) != generation) return Written::kLost;
+  if (generation_.load(std::memory_order_acquire) != generation &&
+      !StillToSendAfterReattach(requests)) {
+    return Written::kLost;
+  }
   if (const int failed = libtern::SendAll(fd_.get(), pieces); failed != 0) {
     // A closed agent end: the reader meets end of file and re-attaches (or closes), and this
     // request is answered then. Nothing of it can have run: its frame never got in whole.
+    if ((failed == EPIPE || failed == ECONNRESET) && !unsent_when_cut) return Written::kLost;
     if (failed == EPIPE || failed == ECONNRESET) {
       // Marked before the re-attach (which needs write_mu_) fails what was in flight.
       std::lock_guard slots_lock(mu_);
@@ -312,6 +317,29 @@ Channel::Impl::Written Channel::Impl::Write(std::span<const std::string_view> pi
     return Written::kFailed;
   }
   return Written::kOk;
+}
+
+// The channel was replaced after `requests` were filed and before this write: nothing of them
+// reached any agent (the re-attach held write_mu_). The re-attach either failed them as lost
+// with the old agent (they say "not sent" instead, so that Request sends them again), or, when
+// the new agent restored the job's state from a move's hand-off, left them waiting for it to
+// answer: it never heard of them, so they go to it now (true), or they would wait for good.
+bool Channel::Impl::StillToSendAfterReattach(std::span<const std::uint32_t> requests) {
+  std::lock_guard slots_lock(mu_);
+  bool waiting = false;
+  for (const std::uint32_t request : requests) {
+    auto it = slots_.find(request);
+    if (it == slots_.end()) continue;
+    Slot& slot = it->second;
+    if (!slot.done) {
+      waiting = true;
+    } else if (slot.status == JobStatus::kUnavailable && !slot.unsent) {
+      slot.unsent = true;
+      slot.reply.payload = std::string(kUnsentText);
+      slot.reply.body_at = 0;
+    }
+  }
+  return waiting && closed_reason_.empty();
 }
 
 void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock, bool block) {

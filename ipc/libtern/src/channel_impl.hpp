@@ -130,13 +130,18 @@ class Channel::Impl {
     Reply reply;
   };
 
-  // Writes `pieces` in order, as one stream of bytes (under write_mu_), if the channel is still
-  // `generation`. kLost: it is not (or the write met a dying channel that can re-attach), and
-  // the request is left to the reader's reckoning.
+  // Writes `pieces` (the frames of `requests`) in order, as one stream of bytes (under
+  // write_mu_), if the channel is still `generation`, or if it was replaced and the requests
+  // still wait for an answer (StillToSendAfterReattach). kLost: not written (or the write met a
+  // dying channel that can re-attach), and the requests are left to the reader's reckoning.
   enum class Written { kOk, kLost, kFailed };
-  // `requests` are marked unsent when the write meets a closed agent end.
+  // `unsent_when_cut`: `requests` are marked unsent when the write meets a closed agent end (one
+  // frame: nothing of it ran; not so for several, of which the first may have gone whole).
   Written Write(std::span<const std::string_view> pieces, std::uint64_t generation,
-                std::span<const std::uint32_t> requests, std::string& error);
+                std::span<const std::uint32_t> requests, bool unsent_when_cut, std::string& error);
+  // For a write whose channel was replaced (write_mu_ held): whether `requests` are to go on the
+  // new channel; marks those the re-attach failed as unsent.
+  bool StillToSendAfterReattach(std::span<const std::uint32_t> requests);
   // The channel read end of file or failed: re-attach (mu_ held through `lock`, this thread
   // the reader), or close with `reason`.
   void LostLocked(std::unique_lock<std::mutex>& lock, std::string reason);

@@ -690,13 +690,35 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   // Carries out what the router asked for.
   void Run() {
     auto actions = router_.TakeActions();
-    // The frames to other agents are numbered first: they are in the journal with the turn.
-    std::map<std::uint64_t, std::vector<std::string>> payloads;
-    for (auto& frame : actions.frames) payloads[frame.node].push_back(std::move(frame.payload));
-    std::map<std::uint64_t, std::vector<SequencedOutbox::Payload>> numbered;
-    for (auto& [node, list] : payloads) Number(node, std::move(list), numbered[node]);
+    // The frames to other agents, numbered in the router's order (so each node's in order) and
+    // in the journal with the turn. The frames for one node leave in one write (a call's
+    // deferred ok and its reply, say), through its outbox: a large payload goes as a blast, and
+    // what follows waits for it. A node without a link now gets them when it is back.
+    std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
+    std::vector<std::uint64_t> held;  // nodes given frames while they cannot be reached
+    for (auto& frame : actions.frames) {
+      auto& sequence = SequenceTo(frame.node);
+      const auto kept = Number(frame.node, std::move(frame.payload));
+      if (sequence.up()) {
+        outboxes_.at(frame.node).Add(*kept, batches[frame.node]);
+      } else if (std::find(held.begin(), held.end(), frame.node) == held.end()) {
+        held.push_back(frame.node);
+      }
+    }
     // Recorded before anything of this turn is acknowledged (a reply, a result to a peer).
     WriteDurable(router_.TakeDurable());
+    // What this turn handled of each peer's frames is in the journal now: acknowledged, in the
+    // same write as the turn's frames to it.
+    for (std::uint64_t node : std::exchange(acks_due_, {})) {
+      auto inbox = inboxes_.find(node);
+      if (inbox == inboxes_.end() || !inbox->second.delivered()) continue;
+      batches[node].push_back(
+          {ipc::FrameType::kIpcSequenceAck, ipc::EncodeSequenceAck(*inbox->second.delivered())});
+    }
+    // Before the replies: writing those may close a channel, whose turn (Close runs one) must
+    // not number frames after these and send them first (the peer would drop them as a gap).
+    for (auto& [node, batch] : batches) SendBatch(node, batch);
+    for (std::uint64_t node : held) Held(node);
     // Queue every reply first, then write once per channel: a batch of requests gets its
     // answers in one write, not one each.
     std::map<std::string, std::shared_ptr<Channel>> to_flush;
@@ -717,25 +739,6 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
         Close(job);
       }
     }
-    // The frames for one node leave in one write (a call's deferred ok and its reply, say),
-    // through its outbox: a large payload goes as a blast, and what follows waits for it.
-    std::map<std::uint64_t, std::vector<ipc::Frame>> batches;
-    for (auto& [node, list] : numbered) {
-      auto& outbox = outboxes_.at(node);
-      for (auto& payload : list) outbox.Add(*payload, batches[node]);
-    }
-    for (const auto& [node, list] : payloads) {
-      if (!sequenced_.at(node).up()) Held(node);
-    }
-    // What this turn handled of each peer's frames is in the journal now: acknowledged, in the
-    // same write as the turn's frames to it.
-    for (std::uint64_t node : std::exchange(acks_due_, {})) {
-      auto inbox = inboxes_.find(node);
-      if (inbox == inboxes_.end() || !inbox->second.delivered()) continue;
-      batches[node].push_back(
-          {ipc::FrameType::kIpcSequenceAck, ipc::EncodeSequenceAck(*inbox->second.delivered())});
-    }
-    for (auto& [node, batch] : batches) SendBatch(node, batch);
     for (std::uint64_t id : actions.cancelled_timers) schedule_.Cancel(id);
     const auto now = TimerSchedule::Clock::now();
     for (const auto& timer : actions.timers) schedule_.Add(timer.id, now + timer.after);
@@ -815,16 +818,12 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     return it->second;
   }
 
-  // The router's payloads for `node`, numbered and recorded in the journal (with the turn, before
-  // they leave); those that can leave now are appended to `now`.
-  void Number(std::uint64_t node, std::vector<std::string> payloads,
-              std::vector<SequencedOutbox::Payload>& now) {
-    auto& sequence = SequenceTo(node);
-    for (auto& payload : payloads) {
-      auto kept = sequence.Add(std::move(payload), now);
-      const SequenceTag tag = *ReadSequenceTrailer(*kept);  // before `kept` is moved from
-      router_.JournalSent(node, tag, std::move(kept));
-    }
+  // A payload of the router's for `node`, numbered and recorded in the journal (with the turn,
+  // before it leaves); returns it as it leaves.
+  SequencedOutbox::Payload Number(std::uint64_t node, std::string payload) {
+    auto added = SequenceTo(node).Add(std::move(payload));
+    router_.JournalSent(node, added.tag, added.payload);
+    return std::move(added.payload);
   }
 
   // Something waits for `node`'s link: ask the cluster for one now and then, give the node
@@ -918,10 +917,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     outbox.Reset();
     // The first frame of this agent's own to the node: "I started afresh" (an empty envelope),
     // numbered after those sent again from the journal, so that it comes after their answers.
-    if (announced_.insert(node).second) {
-      std::vector<SequencedOutbox::Payload> unused;
-      Number(node, {std::string()}, unused);
-    }
+    if (announced_.insert(node).second) Number(node, std::string());
     std::vector<SequencedOutbox::Payload> again;
     sequence.LinkUp(again);
     if (!again.empty()) {

@@ -22,6 +22,7 @@ using router::Holder;
 using router::JobState;
 using router::kMaxBatchBytes;
 using router::kRegionChunk;
+using router::kMaxEarlyResultBytes;
 using router::kRememberMoveMs;
 using router::kRootUid;
 using router::Link;
@@ -74,6 +75,22 @@ struct PortRouter::State {
   };
   std::map<std::string, MovedJob> moved_jobs;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
+  // Results for a ticket this node does not have, kept by job: a job moving here whose hand-off
+  // is not installed yet (its source forwards what its waiting receives got; a destination
+  // restarted after the commit gets them, sent again, before it learns the outcome). ImportJob
+  // hands them to the tickets it installs; the rest are released after kRememberMoveMs (or at
+  // once past kMaxEarlyResultBytes). In memory only: a second restart before the import loses
+  // them.
+  struct EarlyResults {
+    std::vector<Envelope> results;
+    std::uint64_t forget_timer = 0;
+  };
+  std::map<std::string, EarlyResults> early_results;
+  std::uint64_t early_result_bytes = 0;
+  // Keeps `e` for its job; false when it cannot (no job named, or over the bound).
+  bool KeepEarlyResult(Envelope& e);
+  // Releases what is kept for `job` (its timer fired).
+  void ForgetEarlyResults(const std::string& job);
   // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, and the
   // timer that sends what is still waiting when it fires. It is not cancelled when the results
   // leave early: a steady stream of calls arms one timer per kLazyResultMs, not one per call.

@@ -53,6 +53,8 @@ void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
       forwarded_tickets.erase(forward);
       return Post(to, std::move(e));
     }
+    // Before the ticket: its job's hand-off is on its way here (ImportJob takes it).
+    if (KeepEarlyResult(e)) return;
     // Its job is gone, or the node was given up on: release what the result carries.
     if (e.message) ReleaseTransit(*e.message);
     return;
@@ -88,6 +90,30 @@ void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
     case TicketKind::kRegionFetch:
       return OnRegionFetchResult(ticket, e);
   }
+}
+
+bool PortRouter::State::KeepEarlyResult(Envelope& e) {
+  if (e.job.empty() || e.kind == Remote::kLinkCompleted) return false;
+  const std::uint64_t cost = Cost(e);
+  if (early_result_bytes + cost > kMaxEarlyResultBytes) return false;
+  auto& kept = early_results[e.job];
+  if (kept.forget_timer == 0) {
+    kept.forget_timer =
+        NewTimer(TimerInfo{.kind = TimerKind::kForgetEarlyResults, .job = e.job}, kRememberMoveMs);
+  }
+  early_result_bytes += cost;
+  kept.results.push_back(std::move(e));
+  return true;
+}
+
+void PortRouter::State::ForgetEarlyResults(const std::string& job) {
+  auto it = early_results.find(job);
+  if (it == early_results.end()) return;
+  for (Envelope& e : it->second.results) {
+    early_result_bytes -= Cost(e);
+    if (e.message) ReleaseTransit(*e.message);
+  }
+  early_results.erase(it);
 }
 
 // A pre-operation of a send (a right it carries, moved or copied at its home) is done.

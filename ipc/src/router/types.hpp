@@ -246,10 +246,20 @@ struct Delivery {
   bool many = false;
 };
 
-enum class TimerKind { kWaiter, kBlockedSender, kOpWait, kForgetMove, kFlushResults };
+enum class TimerKind {
+  kWaiter,
+  kBlockedSender,
+  kOpWait,
+  kForgetMove,
+  kFlushResults,
+  kForgetEarlyResults
+};
 
 // How long a router forwards late answers for a job that moved away (ten minutes).
 constexpr std::uint32_t kRememberMoveMs = 10 * 60 * 1000;
+// Results kept for tickets a node does not have yet (State::early_results): at most this many
+// bytes of messages in all; past it they are released at once, as before.
+constexpr std::uint64_t kMaxEarlyResultBytes = std::uint64_t{64} << 20;
 // A receive_many answer stops growing past this many bytes (it still takes one message).
 constexpr std::size_t kMaxBatchBytes = 16u << 20;
 struct TimerInfo {

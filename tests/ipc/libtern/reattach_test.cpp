@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <tern/fd_control.hpp>
 #include <tern/ipc.hpp>
@@ -72,7 +73,10 @@ class JobSocketDouble {
   const std::string& path() const { return path_; }
 
   // Accepts one attach; answers `answer`, with `channel` (if valid) on its first byte.
-  ipc::AttachRequest Serve(const ipc::AttachAnswer& answer, int channel) {
+  // `meanwhile` runs after the attach request is read and before the answer (the job's
+  // re-attach is under way then).
+  ipc::AttachRequest Serve(const ipc::AttachAnswer& answer, int channel,
+                           const std::function<void()>& meanwhile = {}) {
     UniqueFd connection(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     EXPECT_TRUE(connection.valid());
     ipc::FrameDecoder decoder(ipc::kMaxAttachFrame);
@@ -82,6 +86,7 @@ class JobSocketDouble {
     EXPECT_EQ(frame->type, ipc::FrameType::kIpcAttach);
     auto request = ipc::DecodeAttachRequest(frame->payload);
     EXPECT_TRUE(request);
+    if (meanwhile) meanwhile();
     std::string bytes;
     ipc::AppendFrame(bytes, ipc::FrameType::kIpcAttached, ipc::EncodeAttachAnswer(answer));
     iovec iov{bytes.data(), bytes.size()};
@@ -255,6 +260,70 @@ TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
   EXPECT_EQ(*port, 42u);
   EXPECT_TRUE(channel.connected());
   EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kNameLookup), 0);
+}
+
+// A request a thread makes while the channel re-attaches (a moved job resumed under a
+// destination agent that was killed and restarted: every thread wakes at once) never reached
+// the dead agent. An agent that restored the job's state answers what it was handed, so such a
+// request must go to it, or the thread waits for good (the fault campaign's counter stopped
+// hearing its messages so, bench/README.md); to one that did not, it is "not sent", and
+// Request sends it again: it never ran, so it runs once.
+void RequestDuringReattach(const ipc::AttachAnswer& answer) {
+  JobSocketDouble job_socket;
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  const Channel channel = Channel::FromFd(pair[1]);
+  UniqueFd dying(pair[0]);
+  std::promise<std::uint32_t> asked;
+  std::thread first_agent([&] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto frame = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(frame);
+    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
+    ASSERT_TRUE(request);
+    asked.set_value(request->id);
+    dying.Reset();  // killed with the request unanswered
+  });
+  FakeAgent restarted;
+  // Its own handle on the channel: on the old code it never returns, and is left behind.
+  auto during_result = std::make_shared<std::promise<IpcResult<std::uint32_t>>>();
+  auto during = during_result->get_future();
+  auto attach = std::async(std::launch::async, [&] {
+    return job_socket.Serve(answer, restarted.TakeJobFd(), [&] {
+      // The reader re-attaches now (it holds the channel's writes): this thread files its
+      // request and waits to write it.
+      std::thread([channel, during_result] {
+        during_result->set_value(channel.port_allocate());
+      }).detach();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    });
+  });
+  auto pending = std::async(std::launch::async, [&] { return channel.port_allocate(); });
+  const std::uint32_t id = asked.get_future().get();
+  first_agent.join();
+  attach.get();
+  if (answer.restored) restarted.Reply(id, FakeAgent::Answer{.body = U32(42)});
+  auto first = pending.get();
+  EXPECT_EQ(first.has_value(), answer.restored);
+  ASSERT_EQ(during.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+      << "a request made during the re-attach waits for an answer that never comes";
+  auto second = during.get();
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_EQ(restarted.requests_with_op(ipc::JobOp::kPortAllocate), 1)
+      << "the new agent runs it once";
+  EXPECT_TRUE(channel.connected());
+}
+
+TEST(Reattach, ARequestMadeWhileReattachingToAnAgentThatRestoredTheJobGoesToIt) {
+  RequestDuringReattach({.ok = true, .restored = true});
+}
+
+TEST(Reattach, ARequestMadeWhileReattachingToAnAgentThatKeptTheRightsIsSentAgain) {
+  RequestDuringReattach({.ok = true, .kept = true});
 }
 
 TEST(Reattach, ARefusedAttachClosesTheChannelWithTheAgentsReason) {

@@ -68,9 +68,15 @@ class SequencedOutbox {
   SequencedOutbox(std::uint64_t epoch, std::size_t max_held_bytes,
                   const std::vector<std::pair<SequenceTag, Payload>>& unacked);
 
-  // Numbers `payload` and keeps it; when the link is up, appends it to `now`. Returns it as
-  // kept (trailer and all: what the journal keeps).
-  Payload Add(std::string payload, std::vector<Payload>& now);
+  // A payload as numbered: its tag, and the payload as kept (trailer and all: what leaves and
+  // what the journal keeps).
+  struct Added {
+    SequenceTag tag;
+    Payload payload;
+  };
+  // Numbers `payload` and keeps it until it is acknowledged. It leaves now if up(); if not, it
+  // is held, and LinkUp sends it.
+  Added Add(std::string payload);
   // The link went down (or the cluster would not take a frame): hold from now on.
   void LinkDown(Clock::time_point now);
   // The link is up: every payload not acknowledged goes out again, in order.
