@@ -468,8 +468,11 @@ void Channel::Impl::LostLocked(std::unique_lock<std::mutex>& lock, std::string r
       kept = attached->second.kept;
       generation_.fetch_add(1, std::memory_order_acq_rel);
     }
+    // mu_ before the writes are let go: a writer waiting with a request filed before the new
+    // generation finds it decided below (failed, or left to a restoring agent), never between
+    // (it sent it to the new agent, which ran it, and it was then failed as lost).
+    lock.lock();
   }
-  lock.lock();
   if (!fresh) return CloseLocked(reason + "; re-attaching failed: " + why);
   const std::uint64_t now = generation_.load(std::memory_order_acquire);
   for (auto& [id, slot] : slots_) {
