@@ -52,6 +52,25 @@ std::string U32(std::uint32_t v) {
   return writer.Take();
 }
 
+// The dying agent's thread: it says hello (its job socket at `socket_path`), reads the job's
+// first request, gives its id to `asked`, and is killed with it unanswered (closes `dying`).
+std::thread DieAfterTheFirstRequest(UniqueFd& dying, const std::string& socket_path,
+                                    std::promise<std::uint32_t>& asked) {
+  return std::thread([&dying, socket_path, &asked] {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, socket_path}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto frame = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(frame);
+    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
+    ASSERT_TRUE(request);
+    asked.set_value(request->id);
+    dying.Reset();
+  });
+}
+
 class JobSocketDouble {
  public:
   JobSocketDouble() {
@@ -233,19 +252,7 @@ TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
   const Channel channel = Channel::FromFd(pair[1]);
   UniqueFd dying(pair[0]);
   std::promise<std::uint32_t> asked;
-  std::thread first_agent([&] {
-    std::string hello;
-    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
-                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
-    WriteAll(dying.get(), hello);
-    ipc::FrameDecoder decoder;
-    auto frame = ReadFrame(dying.get(), decoder);
-    ASSERT_TRUE(frame);
-    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
-    ASSERT_TRUE(request);
-    asked.set_value(request->id);
-    dying.Reset();
-  });
+  std::thread first_agent = DieAfterTheFirstRequest(dying, job_socket.path(), asked);
   FakeAgent restarted;
   auto attach = std::async(std::launch::async, [&] {
     return job_socket.Serve({.ok = true, .restored = true}, restarted.TakeJobFd());
@@ -275,19 +282,7 @@ void RequestDuringReattach(const ipc::AttachAnswer& answer) {
   const Channel channel = Channel::FromFd(pair[1]);
   UniqueFd dying(pair[0]);
   std::promise<std::uint32_t> asked;
-  std::thread first_agent([&] {
-    std::string hello;
-    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
-                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
-    WriteAll(dying.get(), hello);
-    ipc::FrameDecoder decoder;
-    auto frame = ReadFrame(dying.get(), decoder);
-    ASSERT_TRUE(frame);
-    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
-    ASSERT_TRUE(request);
-    asked.set_value(request->id);
-    dying.Reset();  // killed with the request unanswered
-  });
+  std::thread first_agent = DieAfterTheFirstRequest(dying, job_socket.path(), asked);
   FakeAgent restarted;
   // Its own handle on the channel: on the old code it never returns, and is left behind.
   auto during_result = std::make_shared<std::promise<IpcResult<std::uint32_t>>>();
