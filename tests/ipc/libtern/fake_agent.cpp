@@ -55,7 +55,7 @@ FakeAgent::~FakeAgent() {
   }
   for (int fd : direct_ends_) ::close(fd);
   for (Outgoing& outgoing : out_) {
-    if (outgoing.fd >= 0) ::close(outgoing.fd);
+    if (outgoing.owns_fd) ::close(outgoing.fd);
   }
 }
 
@@ -107,13 +107,19 @@ void FakeAgent::Send(std::uint32_t request_id, const Answer& answer) {
   Outgoing outgoing;
   outgoing.frame = ipc::EncodeFrame(ipc::FrameType::kIpcReply,
                                     ipc::EncodeJobReply(request_id, answer.status, answer.body));
-  if (answer.fd >= 0) {
-    outgoing.fd = ::fcntl(answer.fd, F_DUPFD_CLOEXEC, 0);
-    if (outgoing.fd < 0) throw std::runtime_error("FakeAgent: dup of an answer's fd failed");
-  }
+  outgoing.fd = answer.fd;  // borrowed while this call lasts
   std::lock_guard lock(write_mu_);
   out_.push_back(std::move(outgoing));
   Flush();
+  // Still queued with its fd unsent: the caller may close its fd once this returns, so the queue
+  // takes a duplicate. Only then: a test that counts its fds sees none left open by a reply that
+  // went at once.
+  if (!out_.empty() && out_.back().fd >= 0 && !out_.back().owns_fd) {
+    Outgoing& last = out_.back();
+    last.fd = ::fcntl(last.fd, F_DUPFD_CLOEXEC, 0);
+    if (last.fd < 0) throw std::runtime_error("FakeAgent: dup of an answer's fd failed");
+    last.owns_fd = true;
+  }
 }
 
 void FakeAgent::Flush() {
@@ -138,12 +144,14 @@ void FakeAgent::Flush() {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;  // Serve waits for room
     if (n <= 0) {  // closed: the job is gone, and so is everything for it
       for (Outgoing& dropped : out_) {
-        if (dropped.fd >= 0) ::close(dropped.fd);
+        if (dropped.owns_fd) ::close(dropped.fd);
       }
       out_.clear();
       return;
     }
-    if (next.fd >= 0) ::close(std::exchange(next.fd, -1));  // the job has it now
+    if (next.owns_fd) ::close(next.fd);  // the job has it now
+    next.fd = -1;
+    next.owns_fd = false;
     next.offset += static_cast<std::size_t>(n);
     if (next.offset == next.frame.size()) out_.pop_front();
   }

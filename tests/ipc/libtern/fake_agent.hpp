@@ -116,15 +116,18 @@ class FakeAgent {
   void Deliver(std::uint64_t port);  // mu_ held
   void Expire();                     // mu_ held
   std::uint32_t NewName(Right right);
-  // Queues the answer's frame (and a duplicate of its fd) and sends what the socket takes now.
+  // Queues the answer's frame and sends what the socket takes now (a duplicate of its fd is
+  // queued only if the fd could not go at once).
   void Send(std::uint32_t request_id, const Answer& answer);
   // Sends queued frames until the socket would block (write_mu_ held).
   void Flush();
 
-  // A frame on its way to the job; `fd` (owned) rides on its first byte.
+  // A frame on its way to the job; `fd` rides on its first byte (a duplicate the queue owns
+  // once Send has returned with it unsent).
   struct Outgoing {
     std::string frame;
     int fd = -1;
+    bool owns_fd = false;
     std::size_t offset = 0;
   };
 
