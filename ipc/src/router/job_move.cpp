@@ -261,17 +261,11 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
   }
   // Results that came before the hand-off (State::early_results) go to their tickets now; one
   // for no ticket of the job's is released.
-  if (auto early = s.early_results.find(job_name); early != s.early_results.end()) {
-    std::vector<Envelope> results = std::move(early->second.results);
-    s.CancelTimer(early->second.forget_timer);
-    s.early_results.erase(early);
-    for (Envelope& e : results) {
-      s.early_result_bytes -= Cost(e);
-      if (s.tickets.contains(e.ticket)) {
-        s.HandleResult(e, e.origin);
-      } else if (e.message) {
-        s.ReleaseTransit(*e.message);
-      }
+  for (Envelope& e : s.TakeEarlyResults(job_name)) {
+    if (s.tickets.contains(e.ticket)) {
+      s.HandleResult(e, e.origin);
+    } else if (e.message) {
+      s.ReleaseTransit(*e.message);
     }
   }
   for (auto& [text, id] : registered) {

@@ -21,8 +21,8 @@ using router::Envelope;
 using router::Holder;
 using router::JobState;
 using router::kMaxBatchBytes;
-using router::kRegionChunk;
 using router::kMaxEarlyResultBytes;
+using router::kRegionChunk;
 using router::kRememberMoveMs;
 using router::kRootUid;
 using router::Link;
@@ -89,6 +89,9 @@ struct PortRouter::State {
   std::uint64_t early_result_bytes = 0;
   // Keeps `e` for its job; false when it cannot (no job named, or over the bound).
   bool KeepEarlyResult(Envelope& e);
+  // Removes what is kept for `job` (its timer cancelled, its bytes no longer counted) and
+  // returns it.
+  std::vector<Envelope> TakeEarlyResults(const std::string& job);
   // Releases what is kept for `job` (its timer fired).
   void ForgetEarlyResults(const std::string& job);
   // Results that wait for the next frame to their node (kEnqueueLazyResult), encoded, and the

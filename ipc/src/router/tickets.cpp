@@ -106,14 +106,20 @@ bool PortRouter::State::KeepEarlyResult(Envelope& e) {
   return true;
 }
 
-void PortRouter::State::ForgetEarlyResults(const std::string& job) {
+std::vector<Envelope> PortRouter::State::TakeEarlyResults(const std::string& job) {
   auto it = early_results.find(job);
-  if (it == early_results.end()) return;
-  for (Envelope& e : it->second.results) {
-    early_result_bytes -= Cost(e);
+  if (it == early_results.end()) return {};
+  std::vector<Envelope> results = std::move(it->second.results);
+  CancelTimer(it->second.forget_timer);  // none left when it is the timer that fired
+  early_results.erase(it);
+  for (const Envelope& e : results) early_result_bytes -= Cost(e);
+  return results;
+}
+
+void PortRouter::State::ForgetEarlyResults(const std::string& job) {
+  for (Envelope& e : TakeEarlyResults(job)) {
     if (e.message) ReleaseTransit(*e.message);
   }
-  early_results.erase(it);
 }
 
 // A pre-operation of a send (a right it carries, moved or copied at its home) is done.

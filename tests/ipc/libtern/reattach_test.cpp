@@ -7,10 +7,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <stdexcept>
 #include <tern/fd_control.hpp>
 #include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
@@ -50,25 +52,6 @@ std::string U32(std::uint32_t v) {
   ipc::WireWriter writer;
   writer.U32(v);
   return writer.Take();
-}
-
-// The dying agent's thread: it says hello (its job socket at `socket_path`), reads the job's
-// first request, gives its id to `asked`, and is killed with it unanswered (closes `dying`).
-std::thread DieAfterTheFirstRequest(UniqueFd& dying, const std::string& socket_path,
-                                    std::promise<std::uint32_t>& asked) {
-  return std::thread([&dying, socket_path, &asked] {
-    std::string hello;
-    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
-                     ipc::EncodeChannelHello({"job.1", kSecret, socket_path}));
-    WriteAll(dying.get(), hello);
-    ipc::FrameDecoder decoder;
-    auto frame = ReadFrame(dying.get(), decoder);
-    ASSERT_TRUE(frame);
-    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
-    ASSERT_TRUE(request);
-    asked.set_value(request->id);
-    dying.Reset();
-  });
 }
 
 class JobSocketDouble {
@@ -122,6 +105,45 @@ class JobSocketDouble {
  private:
   std::string dir_, path_;
   UniqueFd listener_;
+};
+
+// A job's channel whose agent says hello, takes the job's first request, gives its id to
+// `asked`, and is killed with it unanswered (on its own thread, `first_agent`: join it once
+// `asked` is set), and the agent restarted in its place, not attached yet.
+struct AgentKilledWithARequest {
+  AgentKilledWithARequest() : AgentKilledWithARequest(SocketPair()) {}
+
+  JobSocketDouble job_socket;
+  UniqueFd dying;
+  const Channel channel;
+  std::promise<std::uint32_t> asked;
+  std::thread first_agent;
+  FakeAgent restarted;
+
+ private:
+  static std::array<int, 2> SocketPair() {
+    std::array<int, 2> pair{};
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair.data()) != 0) {
+      throw std::runtime_error(std::string("socketpair: ") + std::strerror(errno));
+    }
+    return pair;
+  }
+  explicit AgentKilledWithARequest(std::array<int, 2> pair)
+      : dying(pair[0]), channel(Channel::FromFd(pair[1])), first_agent([this] { Die(); }) {}
+
+  void Die() {
+    std::string hello;
+    ipc::AppendFrame(hello, ipc::FrameType::kIpcHello,
+                     ipc::EncodeChannelHello({"job.1", kSecret, job_socket.path()}));
+    WriteAll(dying.get(), hello);
+    ipc::FrameDecoder decoder;
+    auto frame = ReadFrame(dying.get(), decoder);
+    ASSERT_TRUE(frame);
+    auto request = ipc::DecodeJobRequest(std::make_shared<const std::string>(frame->payload));
+    ASSERT_TRUE(request);
+    asked.set_value(request->id);
+    dying.Reset();
+  }
 };
 
 TEST(Reattach, AChannelWhoseAgentDiedReattachesFailsWhatWasInFlightAndKeepsItsLookups) {
@@ -246,19 +268,16 @@ TEST(Reattach, AnAgentThatKeptTheJobsRightsFailsWhatWasInFlightAndLooksNothingUp
 // hand-off when the job re-attaches: what the job asked before is answered on the new channel,
 // and nothing is looked up again (its names stand).
 TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
-  JobSocketDouble job_socket;
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  const Channel channel = Channel::FromFd(pair[1]);
-  UniqueFd dying(pair[0]);
-  std::promise<std::uint32_t> asked;
-  std::thread first_agent = DieAfterTheFirstRequest(dying, job_socket.path(), asked);
-  FakeAgent restarted;
+  AgentKilledWithARequest killed;
+  JobSocketDouble& job_socket = killed.job_socket;
+  const Channel& channel = killed.channel;
+  std::thread& first_agent = killed.first_agent;
+  FakeAgent& restarted = killed.restarted;
   auto attach = std::async(std::launch::async, [&] {
     return job_socket.Serve({.ok = true, .restored = true}, restarted.TakeJobFd());
   });
   auto pending = std::async(std::launch::async, [&] { return channel.port_allocate(); });
-  const std::uint32_t id = asked.get_future().get();
+  const std::uint32_t id = killed.asked.get_future().get();
   first_agent.join();
   attach.get();
   restarted.Reply(id, FakeAgent::Answer{.body = U32(42)});
@@ -276,14 +295,11 @@ TEST(Reattach, AnAgentThatRestoredTheJobsStateAnswersWhatWasInFlight) {
 // hearing its messages so, bench/README.md); to one that did not, it is "not sent", and
 // Request sends it again: it never ran, so it runs once.
 void RequestDuringReattach(const ipc::AttachAnswer& answer) {
-  JobSocketDouble job_socket;
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  const Channel channel = Channel::FromFd(pair[1]);
-  UniqueFd dying(pair[0]);
-  std::promise<std::uint32_t> asked;
-  std::thread first_agent = DieAfterTheFirstRequest(dying, job_socket.path(), asked);
-  FakeAgent restarted;
+  AgentKilledWithARequest killed;
+  JobSocketDouble& job_socket = killed.job_socket;
+  const Channel& channel = killed.channel;
+  std::thread& first_agent = killed.first_agent;
+  FakeAgent& restarted = killed.restarted;
   // Its own handle on the channel: on the old code it never returns, and is left behind.
   auto during_result = std::make_shared<std::promise<IpcResult<std::uint32_t>>>();
   auto during = during_result->get_future();
@@ -298,7 +314,7 @@ void RequestDuringReattach(const ipc::AttachAnswer& answer) {
     });
   });
   auto pending = std::async(std::launch::async, [&] { return channel.port_allocate(); });
-  const std::uint32_t id = asked.get_future().get();
+  const std::uint32_t id = killed.asked.get_future().get();
   first_agent.join();
   attach.get();
   if (answer.restored) restarted.Reply(id, FakeAgent::Answer{.body = U32(42)});
