@@ -1517,6 +1517,79 @@ TEST(PortRouterDurable, ARestoredHomeKeepsPortsQueuesNamesCountsAndGivesTheJobIt
   EXPECT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "gone")).status, JobStatus::kDeadName);
 }
 
+// A source agent killed after the hand-off took the job's rights out but before the move's
+// commit record was written: the move aborts and the job resumes there, so its rights must come
+// back with the restart (the fault campaign's "source killed at committing" lost them all).
+TEST(PortRouterDurable, AnExportNotSettledBeforeARestartGivesTheJobItsRightsBack) {
+  Net net(2);
+  net.KeepDurable(1);
+  net.Attach(1, "server");
+  net.Attach(2, "client");
+  const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
+  const std::uint32_t send = MakeSend(net, "server", port);
+  ASSERT_EQ(Register(net, "server", "svc", send), "");
+  const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "before")).status, JobStatus::kOk);
+  const std::size_t rights_before = net.routers[1]->RightCount("server");
+  ASSERT_GE(rights_before, 2u);
+
+  auto exported = net.routers[1]->ExportJob("server", 2);
+  ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+  net.Pump();
+  EXPECT_EQ(net.routers[1]->RightCount("server"), 0u) << "out of the router at once";
+
+  const auto restored = net.Restart(1);
+  EXPECT_EQ(restored.jobs, std::vector<std::string>{"server"});
+  net.routers[1]->JobAttached("server");
+  EXPECT_EQ(net.routers[1]->RightCount("server"), rights_before);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "before");
+  net.Attach(2, "late");
+  EXPECT_EQ(Lookup(net, "late", "svc").status, JobStatus::kOk) << "its registered name too";
+}
+
+// The commit record is written: the export settles and leaves the journal. A restart between
+// the two restores the rights, and the source, whose record says the job moved, forgets them
+// without releasing anything: the destination holds them.
+TEST(PortRouterDurable, ASettledOrForgottenExportReleasesNothingTheDestinationHolds) {
+  for (const bool settle_first : {true, false}) {
+    SCOPED_TRACE(settle_first ? "settled, then restarted" : "restarted, then forgotten");
+    Net net(2);
+    net.KeepDurable(1);
+    net.Attach(1, "server");
+    net.Attach(2, "client");
+    const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
+    const std::uint32_t send = MakeSend(net, "server", port);
+    ASSERT_EQ(Register(net, "server", "svc", send), "");
+    const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+
+    auto exported = net.routers[1]->ExportJob("server", 2);
+    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+    if (settle_first) net.routers[1]->SettleExport("server");
+    net.Pump();
+    const auto restored = net.Restart(1);
+    if (settle_first) {
+      EXPECT_TRUE(restored.jobs.empty());
+    } else {
+      EXPECT_EQ(restored.jobs, std::vector<std::string>{"server"});
+      net.routers[1]->ForgetMovedJob("server");
+      net.Pump();
+    }
+    // The source's copy ends: nothing of the job is left there to release.
+    net.routers[1]->JobGone("server");
+    net.Pump();
+    EXPECT_EQ(net.routers[1]->RightCount("server"), 0u);
+    net.routers[2]->JobAttached("server");
+    auto imported = net.routers[2]->ImportJob("server", exported.state);
+    ASSERT_TRUE(imported) << imported.error().message;
+    net.job_node["server"] = 2;
+    net.Pump();
+    ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "moved")).status, JobStatus::kOk);
+    EXPECT_EQ(ReadMessage(Receive(net, "server", port)).items.at(0).bytes(), "moved");
+    // And a second restart restores no table for it.
+    EXPECT_TRUE(net.Restart(1).jobs.empty());
+  }
+}
+
 TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverCrashes) {
   Net net(1);
   net.KeepDurable(1);

@@ -172,6 +172,8 @@ Expected<void> Agent::Start() {
                           int init_pid) { return ipc_->HandOff(job, to, init_pid); },
        .take_over = [this](const std::string& job,
                            std::string_view state) { return ipc_->TakeOver(job, state); },
+       .settle_hand_off = [this](const std::string& job) { ipc_->SettleHandOff(job); },
+       .forget_moved = [this](const std::string& job) { ipc_->ForgetMovedJob(job); },
        .direct_sockets = [this](const std::string& job) { return ipc_->DirectSockets(job); },
        .suspend_direct = [this](const std::string& job) { ipc_->SuspendDirect(job); },
        .resume_direct = [this](const std::string& job) { ipc_->ResumeDirect(job); }});

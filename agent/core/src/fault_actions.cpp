@@ -83,6 +83,7 @@ void PerformFault(const FaultHit& hit, const std::string& state_dir,
     ::kill(::getpid(), SIGKILL);
     return;
   }
+  if (hit.plan.action == FaultAction::kLoseMessages) return;  // the hook's owner drops them
   if (hit.plan.action == FaultAction::kCutLinks) {
     if (auto cut = ApplyLinkCut(); !cut) {
       spdlog::error("fault: cannot cut the links: {}", cut.error().message);

@@ -2,7 +2,8 @@
 // <state_dir>/fault-hits.log and synced (bench/faults reads which phase it hit there, and a
 // killed agent keeps no memory), then the action: SIGKILL to the agent itself, or a link cut
 // (link_cut.hpp) or degrade (link_degrade.hpp; its rate cap is on the interface that holds
-// `link_address`, the node's cluster address) lifted after the plan's time on `io`.
+// `link_address`, the node's cluster address) lifted after the plan's time on `io`. A lose
+// fault's messages are dropped by the hook's owner (FaultHook::Loses); here it is only recorded.
 //
 // Thread-safety: call from the io thread that runs `io`.
 #pragma once

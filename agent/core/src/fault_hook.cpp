@@ -20,8 +20,15 @@ Expected<FaultAction> ActionFrom(std::string_view text) {
   if (text == "kill") return FaultAction::kKillAgent;
   if (text == "cut") return FaultAction::kCutLinks;
   if (text == "degrade") return FaultAction::kDegradeLinks;
-  return Fail("action must be \"kill\", \"cut\" or \"degrade\", not \"" + std::string(text) + "\"");
+  if (text == "lose") return FaultAction::kLoseMessages;
+  return Fail("action must be \"kill\", \"cut\", \"degrade\" or \"lose\", not \"" +
+              std::string(text) + "\"");
 }
+
+// The migration requests an agent sends its peer (migrate::Request), by the names the driver
+// gives them.
+const std::set<std::string, std::less<>> kLosableMessages = {"prepare", "restore", "commit",
+                                                             "abort",   "outcome", "ipc_state"};
 
 }  // namespace
 
@@ -33,6 +40,8 @@ std::string_view ToString(FaultAction action) {
       return "cut";
     case FaultAction::kDegradeLinks:
       return "degrade";
+    case FaultAction::kLoseMessages:
+      return "lose";
   }
   return "unknown";
 }
@@ -43,8 +52,8 @@ std::string_view ToString(MoveSide side) {
 
 Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   if (!body.is_object()) return Fail("a fault is a JSON object");
-  static const std::set<std::string> kFields = {"side",   "phase",    "action",    "cut_ms",
-                                                "for_ms", "loss_pct", "rate_kbit", "job"};
+  static const std::set<std::string> kFields = {
+      "side", "phase", "action", "cut_ms", "for_ms", "loss_pct", "rate_kbit", "job", "message"};
   static const std::set<std::string> kNumbers = {"cut_ms", "for_ms", "loss_pct", "rate_kbit"};
   for (const auto& [key, value] : body.items()) {
     if (!kFields.contains(key)) return Fail("unknown field \"" + key + "\" in the fault");
@@ -74,12 +83,17 @@ Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   } else if (body.contains("cut_ms")) {
     return Fail("cut_ms is for action \"cut\" only");
   }
-  if (plan.action == FaultAction::kDegradeLinks) {
+  if (plan.action == FaultAction::kDegradeLinks || plan.action == FaultAction::kLoseMessages) {
     const long for_ms = body.value("for_ms", 0L);
     if (for_ms < 1 || for_ms > kMaxLastsMs) {
-      return Fail("a degrade needs for_ms between 1 and " + std::to_string(kMaxLastsMs));
+      return Fail("a " + std::string(ToString(plan.action)) + " needs for_ms between 1 and " +
+                  std::to_string(kMaxLastsMs));
     }
     plan.lasts_for = std::chrono::milliseconds(for_ms);
+  } else if (body.contains("for_ms")) {
+    return Fail("for_ms is for actions \"degrade\" and \"lose\" only");
+  }
+  if (plan.action == FaultAction::kDegradeLinks) {
     const long loss = body.value("loss_pct", 0L);
     const long rate = body.value("rate_kbit", 0L);
     if (loss < 0 || loss > 100) return Fail("loss_pct must be 0 to 100");
@@ -91,11 +105,19 @@ Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
     plan.loss_pct = static_cast<int>(loss);
     plan.rate_kbit = static_cast<int>(rate);
   } else {
-    for (const char* field : {"for_ms", "loss_pct", "rate_kbit"}) {
+    for (const char* field : {"loss_pct", "rate_kbit"}) {
       if (body.contains(field)) {
         return Fail(std::string(field) + " is for action \"degrade\" only");
       }
     }
+  }
+  if (plan.action == FaultAction::kLoseMessages) {
+    plan.message = body.value("message", "");
+    if (!kLosableMessages.contains(plan.message)) {
+      return Fail("a lose needs message: prepare, restore, commit, abort, outcome or ipc_state");
+    }
+  } else if (body.contains("message")) {
+    return Fail("message is for action \"lose\" only");
   }
   return plan;
 }
@@ -107,6 +129,10 @@ nlohmann::json FaultPlan::ToJson() const {
     out["for_ms"] = lasts_for.count();
     if (loss_pct != 0) out["loss_pct"] = loss_pct;
     if (rate_kbit != 0) out["rate_kbit"] = rate_kbit;
+  }
+  if (action == FaultAction::kLoseMessages) {
+    out["for_ms"] = lasts_for.count();
+    out["message"] = message;
   }
   if (!job.empty()) out["job"] = job;
   return out;
@@ -172,6 +198,18 @@ std::optional<FaultHit> FaultHook::OnPhase(MoveSide side, std::string_view phase
   last_hit_ = hit;
   Changed();
   return hit;
+}
+
+void FaultHook::StartLosing(const FaultPlan& plan, std::chrono::steady_clock::time_point now) {
+  if (plan.action != FaultAction::kLoseMessages) return;
+  std::erase_if(losing_, [&](const auto& entry) { return entry.first == plan.message; });
+  losing_.emplace_back(plan.message, now + plan.lasts_for);
+}
+
+bool FaultHook::Loses(std::string_view message, std::chrono::steady_clock::time_point now) const {
+  return std::any_of(losing_.begin(), losing_.end(), [&](const auto& entry) {
+    return entry.first == message && now < entry.second;
+  });
 }
 
 nlohmann::json FaultHook::StatusJson() const {

@@ -14,8 +14,12 @@
 // What a fired fault does is the adapter's business (FaultAction): kill the agent with SIGKILL
 // at once (the record of the hit is written and synced first, since the agent's memory goes
 // with it), cut the agent's links to every peer for a while (as a pulled cable would, both
-// directions, peers see the silence), or degrade them for a while (a share of the packets lost
-// and/or the node's sending rate capped: a bad cable, link_degrade.hpp).
+// directions, peers see the silence), degrade them for a while (a share of the packets lost
+// and/or the node's sending rate capped: a bad cable, link_degrade.hpp), or lose every one of
+// this agent's migration requests of one kind for a while (the commit, say: sent into a network
+// that drops it while the links stay up, so the peer hears of the move only by asking; the one
+// way to reach the phases that come from such a question, which a cut cannot: a cut drops the
+// question too, and TCP delivers the held requests when it ends).
 //
 // Plain class without I/O: Parse, Arm and OnPhase take and return values; the adapter writes the
 // hit and acts on it.
@@ -30,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <tern/expected.hpp>
+#include <utility>
 #include <vector>
 
 namespace tern::agent {
@@ -38,6 +43,7 @@ enum class FaultAction {
   kKillAgent,     // SIGKILL to the agent itself, as `kill -9` of ternd
   kCutLinks,      // drop every packet in and out (but loopback) for `lasts_for`
   kDegradeLinks,  // lose `loss_pct` of them and/or send at `rate_kbit` for `lasts_for`
+  kLoseMessages,  // drop this agent's migration requests of kind `message` for `lasts_for`
 };
 std::string_view ToString(FaultAction action);
 
@@ -52,11 +58,15 @@ struct FaultPlan {
   int loss_pct = 0;                        // kDegradeLinks: 0 (none) or 1..100
   int rate_kbit = 0;                       // kDegradeLinks: 0 (uncapped) or 8..10,000,000
   std::string job;                         // only moves of this job; empty: any
+  std::string message;  // kLoseMessages: "prepare", "restore", "commit", "abort", "outcome",
+                        // "ipc_state" (migrate::RequestKindName)
 
   // {"side": "source", "phase": "dumping", "action": "kill", "job": "node1.3"}
   // {"side": "destination", "phase": "restoring", "action": "cut", "cut_ms": 3000}
   // {"side": "source", "phase": "transferring", "action": "degrade", "for_ms": 3000,
   //  "loss_pct": 10, "rate_kbit": 20000}
+  // {"side": "source", "phase": "committing", "action": "lose", "message": "commit",
+  //  "for_ms": 30000}
   // Unknown fields, sides, actions, durations outside 1..60000 ms, a degrade that changes
   // nothing, and fields of another action are refused with the reason.
   static Expected<FaultPlan> FromJson(const nlohmann::json& body);
@@ -94,6 +104,11 @@ class FaultHook {
   void Restore(std::vector<FaultPlan> plans);
   const std::optional<FaultHit>& last_hit() const { return last_hit_; }
 
+  // A kLoseMessages fault that fired at `now`: its kind of request is lost until its time is up.
+  void StartLosing(const FaultPlan& plan, std::chrono::steady_clock::time_point now);
+  // Whether this agent's next migration request of kind `message` is to be dropped unsent.
+  bool Loses(std::string_view message, std::chrono::steady_clock::time_point now) const;
+
   // A move of `job` (migration `migration`) entered `phase` on this agent's `side`. Returns the
   // hit when the armed fault matches, and disarms it.
   std::optional<FaultHit> OnPhase(MoveSide side, std::string_view phase, std::string_view job,
@@ -110,6 +125,7 @@ class FaultHook {
   std::vector<FaultPlan> armed_;
   OnChange on_change_;
   std::optional<FaultHit> last_hit_;
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> losing_;
 };
 
 }  // namespace tern::agent

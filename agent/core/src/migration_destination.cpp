@@ -269,6 +269,7 @@ void MigrationDriver::ExecuteIncoming(const std::shared_ptr<Incoming>& incoming,
 void MigrationDriver::AskSource(const std::shared_ptr<Incoming>& incoming,
                                 migrate::Request request) {
   // No answer is no decision: a source that cannot be reached now is asked again later.
+  if (LostByFault(request, incoming->id)) return;
   const auto node = cluster_.AliveNodeByName(incoming->source);
   if (!node) return;
   auto wire = migrate::Encode(request);

@@ -92,8 +92,17 @@ void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std:
   if (faults_ == nullptr) return;
   const auto side = source ? MoveSide::kSource : MoveSide::kDestination;
   if (auto hit = faults_->OnPhase(side, phase, job, migration)) {
+    faults_->StartLosing(hit->plan, Clock::now());
     PerformFault(*hit, config_.state_dir, config_.cluster_advertise, io_);
   }
+}
+
+bool MigrationDriver::LostByFault(const migrate::Request& request, std::string_view id) {
+  if (faults_ == nullptr) return false;
+  const std::string_view kind = RequestKind(request);
+  if (!faults_->Loses(kind, Clock::now())) return false;
+  spdlog::warn("fault: migration {}: the {} request is lost", id, kind);
+  return true;
 }
 
 void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
@@ -148,6 +157,12 @@ void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
         Execute(migration, migration->machine.OnPersistFailed(Now()), answer);
         return;
       }
+      // The commit record holds the job's IPC state now: the rights the hand-off took out
+      // leave this agent's journal too (until here a restart gave them back to the job).
+      if (const auto* source = std::get_if<migrate::SourceRecord>(&persist->record);
+          source && source->stage == migrate::SourceStage::kCommitted && ipc_.settle_hand_off) {
+        ipc_.settle_hand_off(source->job_id);
+      }
     } else if (auto* forget = std::get_if<migrate::ForgetAction>(&action)) {
       store_.Forget(forget->id);
     } else if (std::holds_alternative<migrate::ResumeJobAction>(action)) {
@@ -195,6 +210,7 @@ void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
 
 void MigrationDriver::SendToDestination(const std::shared_ptr<Outgoing>& migration,
                                         migrate::Request request) {
+  if (LostByFault(request, migration->machine.plan().id)) return;
   std::chrono::milliseconds timeout = std::chrono::seconds(10);
   if (std::holds_alternative<migrate::PrepareRequest>(request)) {
     timeout = std::chrono::seconds(30);
@@ -575,6 +591,12 @@ void MigrationDriver::RecoverOutgoing() {
   for (const auto& record : store_.LoadAll()) {
     const auto* source = std::get_if<migrate::SourceRecord>(&record);
     if (!source) continue;
+    // A restart between the hand-off and its settling restored the job's rights here; the
+    // commit record says they are the destination's: out without releasing them, before the
+    // recovery kills the copy left here (whose end would release them).
+    if (source->stage == migrate::SourceStage::kCommitted && ipc_.forget_moved) {
+      ipc_.forget_moved(source->job_id);
+    }
     auto [machine, actions] = migrate::SourceMachine::Recover(*source, SourceTimings(), Now());
     auto migration = std::make_shared<Outgoing>(std::move(machine));
     migration->recovered = true;

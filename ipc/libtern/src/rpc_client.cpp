@@ -48,6 +48,13 @@ using libtern::RpcHeader;
 // A call repeats its request after this many re-attaches at most (each one a restarted agent).
 constexpr int kMaxReattachRepeats = 8;
 
+// A call through the agents without a reply asks again after this long, then after twice as
+// long each time, up to the second bound: a few small messages for a call that runs long, and
+// well within the server's default keep_replies_for (60 s), so that a repeat finds the kept
+// reply of a request answered into a lost reply right.
+constexpr auto kFirstRepeatAfter = std::chrono::seconds(2);
+constexpr auto kMaxRepeatAfter = std::chrono::seconds(16);
+
 // After a refused direct_open a name's calls go through the agents for this long.
 constexpr auto kRefusedFor = std::chrono::seconds(1);
 
@@ -274,17 +281,35 @@ IpcResult<Message> Exchange(const Channel& channel, Channel::Impl& impl, ClientS
     }
     bool first = true;
     int reattaches = 0;
+    // A call (not a send_receive, whose receiver may not check for duplicates) asks again now
+    // and then while no reply comes: the reply right it gave may be gone with the server's
+    // agent (killed while the server held it, or before the server's reply reached it: a
+    // send-once right is not in the agent's journal), and nothing would ever answer. The server
+    // answers a repeat of an answered request from its kept reply, and a repeat of a running
+    // one not at all, so a repeat never runs the handler twice; a stale reply is skipped.
+    const bool may_repeat = !shape.message;
+    auto repeat_after = kFirstRepeatAfter;
+    auto next_repeat = Clock::now() + repeat_after;
+    bool repeated = false;
     for (;;) {
+      const auto now = Clock::now();
       Timeout left = kForever;
       if (deadline != Clock::time_point::max()) {
-        left = std::chrono::duration_cast<Timeout>(deadline - Clock::now());
+        left = std::chrono::duration_cast<Timeout>(deadline - now);
         if (left.count() <= 0) break;
+      }
+      const bool repeating = may_repeat && next_repeat < deadline;
+      if (repeating) {
+        left = std::min(
+            left, std::max(Timeout(1), std::chrono::duration_cast<Timeout>(next_repeat - now)));
       }
       // The request and the wait for its reply in one round trip to the agent; later waits
       // (after a stale reply) receive only.
       const std::uint64_t reattached = impl.reattached();
-      auto reply = first
-                       ? channel.send_receive(*request, state.reply_port, left, shape.policy,
+      const bool sending = first;
+      auto reply = sending
+                       ? channel.send_receive(*request, state.reply_port, left,
+                                              repeated ? FullPolicy::kFail : shape.policy,
                                               shape.message ? shape.send_timeout : options.timeout)
                        : channel.receive(state.reply_port, left);
       if (!reply && reply.status() != JobStatus::kTimedOut && impl.reattached() != reattached &&
@@ -298,11 +323,23 @@ IpcResult<Message> Exchange(const Channel& channel, Channel::Impl& impl, ClientS
         first = true;
         continue;
       }
-      if (first && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
+      if (sending && !reply && reply.status() == JobStatus::kQueueFull && repeated) {
+        // A repeat that finds the server's queue full: the request is in it or being served.
+        first = false;
+        continue;
+      }
+      if (sending && !reply && reply.status() != JobStatus::kTimedOut) return reply.error();
       first = false;
       if (!reply) {
-        if (reply.status() == JobStatus::kTimedOut) break;
-        return reply.error();
+        if (reply.status() != JobStatus::kTimedOut) return reply.error();
+        // Woken by the repeat's time (or a little early, or at the deadline: the loop's top).
+        if (repeating && Clock::now() + std::chrono::milliseconds(2) >= next_repeat) {
+          first = true;
+          repeated = true;
+          repeat_after = std::min(repeat_after * 2, kMaxRepeatAfter);
+          next_repeat = Clock::now() + repeat_after;
+        }
+        continue;
       }
       auto got = libtern::DecodeRpcHeader(*reply);
       // A late reply to an earlier call that timed out: not ours, drop it.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -603,7 +604,7 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
     // Accepts still waiting are answered now, so that the answers travel with the job.
     direct_->Leaving(job);
     // What the job has not read: first what waits in its socket, then what we did not write.
-    std::string to_job = TakeUnread(job_end->get());
+    std::string to_job = PeekUnread(job_end->get());
     for (const auto& chunk : channel->out) to_job.append(chunk.data().substr(chunk.offset));
     channel->out.clear();
     const std::string from_job = channel->decoder.TakeBuffered();
@@ -637,18 +638,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
   }
 
   // Everything queued in the job's end that it has not read yet (it is frozen: nothing more
-  // arrives but what we write, and we write nothing now).
-  static std::string TakeUnread(int job_end) {
-    std::string bytes;
-    char buffer[65536];
+  // arrives but what we write, and we write nothing now). Read without taking it: if this agent
+  // dies before the move's commit record is written, the job resumes here and reads it itself.
+  static std::string PeekUnread(int job_end) {
+    int queued = 0;
+    if (::ioctl(job_end, FIONREAD, &queued) != 0 || queued <= 0) return {};
+    std::string bytes(static_cast<std::size_t>(queued), '\0');
     for (;;) {
-      const ssize_t got = ::recv(job_end, buffer, sizeof buffer, MSG_DONTWAIT);
-      if (got > 0) {
-        bytes.append(buffer, static_cast<std::size_t>(got));
-        continue;
-      }
+      const ssize_t got = ::recv(job_end, bytes.data(), bytes.size(), MSG_PEEK | MSG_DONTWAIT);
       if (got < 0 && errno == EINTR) continue;
-      return bytes;  // EAGAIN: all taken
+      bytes.resize(got > 0 ? static_cast<std::size_t>(got) : 0);
+      return bytes;
     }
   }
 
@@ -1142,6 +1142,17 @@ class IpcService::Impl : public std::enable_shared_from_this<IpcService::Impl> {
 ipc::PortRouter::Export IpcService::HandOff(const std::string& job, std::uint64_t to_node,
                                             int init_pid) {
   return impl_->HandOff(job, to_node, init_pid);
+}
+
+void IpcService::SettleHandOff(const std::string& job) {
+  impl_->router_.SettleExport(job);
+  impl_->Run();
+}
+
+void IpcService::ForgetMovedJob(const std::string& job) {
+  impl_->router_.ForgetMovedJob(job);
+  impl_->restored_jobs_.erase(job);
+  impl_->Run();
 }
 
 Expected<void> IpcService::TakeOver(const std::string& job, std::string_view state) {

@@ -233,14 +233,28 @@ std::string PortRouter::State::EncodeSnapshot() const {
     }
     out.U8(link->broken ? 1 : 0);
   }
-  out.U32(static_cast<std::uint32_t>(names.size()));
-  for (const auto& [text, entry] : names) {
+  // Exported jobs not settled yet are written as if still here (UnsettledExport). Merged
+  // copies only while there are some: this runs after every turn.
+  std::map<std::string, std::pair<ObjectId, std::string>> merged_names;
+  std::map<std::string, const JobState*> merged_jobs;
+  const bool unsettled = !unsettled_exports.empty();
+  if (unsettled) {
+    merged_names = names;
+    for (const auto& [name, job] : jobs) merged_jobs[name] = &job;
+    for (const auto& [name, kept] : unsettled_exports) {
+      merged_jobs.emplace(name, &kept.table);
+      for (const auto& [text, port] : kept.registered)
+        merged_names.emplace(text, std::pair{port, name});
+    }
+  }
+  const auto& all_names = unsettled ? merged_names : names;
+  out.U32(static_cast<std::uint32_t>(all_names.size()));
+  for (const auto& [text, entry] : all_names) {
     out.Bytes(text);
     WriteId(out, entry.first);
     out.Bytes(entry.second);
   }
-  out.U32(static_cast<std::uint32_t>(jobs.size()));
-  for (const auto& [name, job] : jobs) {
+  const auto write_job = [&out](const std::string& name, const JobState& job) {
     out.Bytes(name);
     out.U8(job.uid ? 1 : 0);
     out.U32(job.uid.value_or(0));
@@ -251,6 +265,13 @@ std::string PortRouter::State::EncodeSnapshot() const {
     for (const auto& [handle, entry] : job.names) {
       if (Kept(entry)) router::WriteTableEntry(out, handle, entry);
     }
+  };
+  if (unsettled) {
+    out.U32(static_cast<std::uint32_t>(merged_jobs.size()));
+    for (const auto& [name, job] : merged_jobs) write_job(name, *job);
+  } else {
+    out.U32(static_cast<std::uint32_t>(jobs.size()));
+    for (const auto& [name, job] : jobs) write_job(name, job);
   }
   return out.Take();
 }

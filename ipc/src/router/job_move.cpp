@@ -131,6 +131,16 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
     WriteId(out, s.names.at(text).first);
   }
 
+  if (s.durable) {
+    State::UnsettledExport kept;
+    kept.table.uid = job.uid;
+    kept.table.next_name = job.next_name;
+    kept.table.names = job.names;
+    for (const std::string& text : registered) {
+      kept.registered.emplace_back(text, s.names.at(text).first);
+    }
+    s.unsettled_exports[job_name] = std::move(kept);
+  }
   // The job is gone from here without releasing anything: its rights travel.
   for (const auto& [handle, op] : job.ops) s.CancelTimer(op.wait_timer);
   for (std::uint64_t id : waiting) {
@@ -141,6 +151,19 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
   s.jobs.erase(job_it);
   s.RememberMove(job_name, to);
   return {ExportOutcome::kExported, out.Take()};
+}
+
+void PortRouter::SettleExport(const std::string& job) { state_->unsettled_exports.erase(job); }
+
+void PortRouter::ForgetMovedJob(const std::string& job_name) {
+  auto& s = *state_;
+  s.unsettled_exports.erase(job_name);
+  auto job_it = s.jobs.find(job_name);
+  if (job_it == s.jobs.end()) return;
+  for (const auto& [handle, op] : job_it->second.ops) s.CancelTimer(op.wait_timer);
+  std::erase_if(s.tickets, [&](const auto& entry) { return entry.second.job == job_name; });
+  std::erase_if(s.names, [&](const auto& entry) { return entry.second.second == job_name; });
+  s.jobs.erase(job_it);
 }
 
 Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_view state) {
@@ -248,6 +271,7 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
   if (auto attached = s.jobs.find(job_name); attached != s.jobs.end()) {
     job.uid = attached->second.uid;  // the destination agent knows the job's user
   }
+  s.unsettled_exports.erase(job_name);  // it came back: its table is here again
   JobState& installed = s.jobs[job_name] = std::move(job);
   for (auto& [handle, op] : installed.ops) {
     if (op.waiting_request && op.wait_ms != kWaitForever) {

@@ -74,6 +74,15 @@ struct PortRouter::State {
     std::uint64_t forget_timer = 0;
   };
   std::map<std::string, MovedJob> moved_jobs;
+  // Jobs exported whose move is not settled yet (SettleExport): the journal's snapshot still
+  // holds their capability table and the names they registered, as before the export, so that
+  // an agent killed before the move's commit record was written restores them and the job,
+  // resumed here, gets its rights back. Only while the state is durable.
+  struct UnsettledExport {
+    JobState table;  // uid, next_name, names
+    std::vector<std::pair<std::string, ObjectId>> registered;
+  };
+  std::map<std::string, UnsettledExport> unsettled_exports;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
   // Results for a ticket this node does not have, kept by job: a job moving here whose hand-off
   // is not installed yet (its source forwards what its waiting receives got; a destination

@@ -93,6 +93,25 @@ TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
        "wrong type"},
       {{{"side", "source"}, {"phase", "x"}, {"action", "cut"}, {"cut_ms", 100}, {"loss_pct", 5}},
        "for action \"degrade\" only"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "lose"}, {"message", "commit"}},
+       "for_ms between"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "lose"}, {"for_ms", 100}},
+       "a lose needs message"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "lose"},
+        {"for_ms", 100},
+        {"message", "everything"}},
+       "a lose needs message"},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"message", "commit"}},
+       "for action \"lose\" only"},
+      {{{"side", "source"},
+        {"phase", "x"},
+        {"action", "lose"},
+        {"for_ms", 100},
+        {"message", "commit"},
+        {"loss_pct", 5}},
+       "for action \"degrade\" only"},
   };
   for (const auto& [body, reason] : cases) {
     auto plan = FaultPlan::FromJson(body);
@@ -108,6 +127,34 @@ TEST(FaultHookTest, PlanRoundTripsThroughJson) {
   const json degrade = {{"side", "destination"}, {"phase", "restoring"}, {"action", "degrade"},
                         {"for_ms", 3000},        {"loss_pct", 10},       {"rate_kbit", 20000}};
   EXPECT_EQ(Plan(degrade).ToJson(), degrade);
+  const json lose = {{"side", "source"},
+                     {"phase", "committing"},
+                     {"action", "lose"},
+                     {"for_ms", 30000},
+                     {"message", "commit"}};
+  EXPECT_EQ(Plan(lose).ToJson(), lose);
+}
+
+TEST(FaultHookTest, ALoseFaultDropsItsKindOfRequestUntilItsTimeIsUp) {
+  using std::chrono::milliseconds;
+  FaultHook hook(true);
+  ASSERT_TRUE(hook.Arm(Plan({{"side", "source"},
+                             {"phase", "committing"},
+                             {"action", "lose"},
+                             {"for_ms", 2000},
+                             {"message", "commit"}})));
+  const auto t0 = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  EXPECT_FALSE(hook.Loses("commit", t0)) << "nothing is lost before the fault fires";
+  auto hit = hook.OnPhase(MoveSide::kSource, "committing", "node1.2", "m1");
+  ASSERT_TRUE(hit);
+  hook.StartLosing(hit->plan, t0);
+  EXPECT_TRUE(hook.Loses("commit", t0));
+  EXPECT_TRUE(hook.Loses("commit", t0 + milliseconds(1999)));
+  EXPECT_FALSE(hook.Loses("outcome", t0 + milliseconds(10))) << "only its own kind";
+  EXPECT_FALSE(hook.Loses("commit", t0 + milliseconds(2000))) << "over when its time is up";
+  FaultPlan kill = Plan({{"side", "source"}, {"phase", "committing"}, {"action", "kill"}});
+  hook.StartLosing(kill, t0);
+  EXPECT_FALSE(hook.Loses("commit", t0 + milliseconds(2000))) << "another action loses nothing";
 }
 
 TEST(FaultHookTest, ADegradeFiresWithItsLossRateAndDuration) {

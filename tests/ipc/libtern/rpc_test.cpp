@@ -126,6 +126,42 @@ TEST_F(RpcFixture, RepeatWhileRunningIsNotRunAgain) {
   EXPECT_EQ(server.handled(), 1u);
 }
 
+TEST_F(RpcFixture, ACallWhoseReplyIsLostIsAnsweredFromTheKeptReplyWithoutATimeout) {
+  // The reply right died with the server's agent (a send-once right is not journalled): the
+  // call, which waits for good, must ask again by itself, and the handler must not run twice.
+  std::atomic<int> replies_dropped{0};
+  agent.set_drop([&](const Message& m) {
+    return m.id == libtern::kRpcReplyId && replies_dropped.fetch_add(1) == 0;
+  });
+  RpcServer server(channel, port, Echo, {.threads = 1, .ack = RpcAck::kImplicit});
+  auto reply = channel.call(send_right, "lost");
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ(*reply, "echo:lost");
+  EXPECT_EQ(server.handled(), 1u);
+  EXPECT_EQ(agent.sent_with_id(libtern::kRpcRequestId), 2);
+}
+
+TEST_F(RpcFixture, ALongCallAsksAgainWhileItRunsAndRunsOnce) {
+  RpcServer server(channel, port,
+                   [](const RpcRequest& request) {
+                     if (request.bytes() == "long") {
+                       std::this_thread::sleep_for(std::chrono::milliseconds(2600));
+                     }
+                     return Echo(request);
+                   },
+                   {.threads = 2, .ack = RpcAck::kImplicit});
+  auto reply = channel.call(send_right, "long");
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ(*reply, "echo:long");
+  EXPECT_EQ(server.handled(), 1u);
+  EXPECT_EQ(agent.sent_with_id(libtern::kRpcRequestId), 2) << "one repeat, after 2 s";
+  // The next call skips the reply its repeat may have left behind.
+  auto next = channel.call(send_right, "next", {.timeout = Timeout(2000)});
+  ASSERT_TRUE(next) << next.error().ToString();
+  EXPECT_EQ(*next, "echo:next");
+  EXPECT_EQ(server.handled(), 2u);
+}
+
 TEST_F(RpcFixture, CallTimesOutWithoutAServer) {
   auto reply = channel.call(send_right, "anyone?", {.timeout = Timeout(50), .attempts = 2});
   ASSERT_FALSE(reply);

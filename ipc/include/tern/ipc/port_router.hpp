@@ -189,6 +189,15 @@ class PortRouter {
     std::string state;  // kExported: for ImportJob; else why not
   };
   Export ExportJob(const std::string& job, std::uint64_t to);
+  // Until its move is settled, an exported job's table and registered names stay in the
+  // durable state as they were (not in the router): a restart before the move's commit record
+  // is durable gives them back, and the job, resumed here, re-attaches to them. The source
+  // settles once its commit record is written.
+  void SettleExport(const std::string& job);
+  // A restarted source whose commit record says `job` moved: takes the job's table and names
+  // (restored from an unsettled export) out of the router without releasing anything (the
+  // destination holds the rights), and settles the export.
+  void ForgetMovedJob(const std::string& job);
   // Installs an exported job (attached already or not) and tells every node that it lives
   // here now. A malformed state is an error and changes nothing.
   Expected<void> ImportJob(const std::string& job, std::string_view state);

@@ -92,6 +92,11 @@ class MigrationDriver {
     std::function<ipc::PortRouter::Export(const std::string& job, std::uint64_t to, int init_pid)>
         hand_off;
     std::function<Expected<void>(const std::string& job, std::string_view state)> take_over;
+    // The source's commit record is durable: the hand-off's rights leave the journal
+    // (IpcService::SettleHandOff). A restarted source with a commit record: the job's rights,
+    // restored from an unsettled hand-off, leave without release (IpcService::ForgetMovedJob).
+    std::function<void(const std::string& job)> settle_hand_off;
+    std::function<void(const std::string& job)> forget_moved;
     // The job's direct call connections (docs/ipc.md "Direct calls"): their sockets as /proc
     // shows them; shut them all down and refuse new ones while the job moves; allow them again
     // when a move fails and the job stays.
@@ -127,6 +132,9 @@ class MigrationDriver {
   // A move of `job` entered `phase` on this side: fires an armed fault that matches.
   void FaultPoint(bool source, std::string_view phase, const std::string& job,
                   const std::string& migration);
+  // A lose fault in force drops `request` of move `id` unsent (logged): as a network that loses
+  // it, the caller then delivers nothing and the machine's own timers act.
+  bool LostByFault(const migrate::Request& request, std::string_view id);
 
   // Destination: performs a DestinationMachine's actions, in order. A reply goes to the
   // source's call it answers (Incoming::waiting).

@@ -102,6 +102,12 @@ class IpcService {
   ipc::PortRouter::Export HandOff(const std::string& job, std::uint64_t to_node, int init_pid);
   // Destination side, after OpenChannel and before the job resumes.
   Expected<void> TakeOver(const std::string& job, std::string_view state);
+  // The source's commit record for `job`'s move is durable: the rights HandOff took out leave
+  // this agent's journal too (until then a restart gives them back to the job here).
+  void SettleHandOff(const std::string& job);
+  // A restarted source whose commit record says `job` moved: its rights, restored from a
+  // hand-off not settled before the restart, leave this agent without being released.
+  void ForgetMovedJob(const std::string& job);
   // The job's end of the channel this agent made for it, as /proc shows it
   // ("socket:[INODE]"), or "" when it has none (a job re-adopted after a restart).
   std::string ChannelSocket(const std::string& job) const;
