@@ -23,6 +23,8 @@ using balancer::Gossip;
 using balancer::LoadVector;
 using balancer::NodeState;
 using balancer::SharedGossipEntry;
+// A window in flight is 48 bytes an entry (SharedGossipEntry::checked sits in padding).
+static_assert(sizeof(SharedGossipEntry) <= 48);
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
@@ -192,6 +194,7 @@ class Sim {
       due_.push_back(kNever);
       next_balance_.push_back(phase(rng_) * balance_s);
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
+      rngs_.push_back(node.rng.get());
       nodes_.push_back(std::move(node));
     }
   }
@@ -246,10 +249,15 @@ class Sim {
       });
       if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
         for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
+          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans;
+          // and the sample the Balancer reads, taken before the step's deliveries ended (out of
+          // cache since: 1.6 KB, Prune's misses).
           const std::size_t n = arrivals.size();
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
-          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
+          if (k + kAhead / 2 < n) {
+            nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
+            PrefetchSample(samples_[k + kAhead / 2]);
+          }
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
           Submit(arrivals[k], now, samples_[k]);
         }
@@ -306,12 +314,12 @@ class Sim {
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
 
-  // What node `i`'s Balancer decides on: itself, exactly, and `sample`, the freshest part of
-  // its gossip view (Samples). Returns a buffer reused by the next call.
-  const std::vector<NodeState>& View(std::uint32_t i, const std::vector<NodeState>& sample) {
+  // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its gossip
+  // view, `sample` (TakeSamples), whose first element TakeSamples left for the node itself: it
+  // is written here, in place (the sample is read once), instead of copying the sample behind
+  // it (17 NodeStates per placement and decision, on the one thread that runs them).
+  const std::vector<NodeState>& View(std::uint32_t i, std::vector<NodeState>& sample) {
     const Node& node = nodes_[i];
-    std::vector<NodeState>& view = view_buffer_;
-    view.clear();
     NodeState self;
     self.id = node.id;
     self.self = true;
@@ -320,14 +328,22 @@ class Sim {
     self.demand = node.demand();
     self.mem_limit_bytes = node.spec.mem_limit_bytes;
     self.mem_used_bytes = node.mem_used;
-    view.push_back(self);
-    view.insert(view.end(), sample.begin(), sample.end());
-    return view;
+    sample.front() = std::move(self);
+    return sample;
   }
 
-  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k), with
-  // hints in stages some nodes ahead (Gossip::Prefetch*), so that their misses overlap. Called by
-  // the worker whose part of the nodes they are in (a Gossip is used by one thread at a time).
+  // A hint: the lines of a sample (TakeSamples), which the Balancer reads.
+  static void PrefetchSample(const std::vector<NodeState>& sample) {
+    const auto* first = reinterpret_cast<const char*>(sample.data());
+    for (std::size_t byte = 0; byte < sample.size() * sizeof(NodeState); byte += 64) {
+      __builtin_prefetch(first + byte);
+    }
+  }
+
+  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k) after a
+  // first element left for the node itself (View), with hints in stages some nodes ahead
+  // (Gossip::Prefetch*), so that their misses overlap. Called by the worker whose part of the nodes
+  // they are in (a Gossip is used by one thread at a time).
   template <typename NodeAt, typename SampleAt>
   void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
     auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
@@ -338,6 +354,7 @@ class Sim {
       if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
       std::vector<NodeState>& sample = sample_at(k);
       sample.clear();
+      sample.emplace_back();  // the node itself, written by View() when its Balancer runs
       gossip(k)->VisitFreshest(
           now, options_.sample,
           [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
@@ -418,7 +435,7 @@ class Sim {
     for (auto& part : parts_) part.entries.clear();
   }
 
-  void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
+  void Submit(const JobSpec& spec, Millis now, std::vector<NodeState>& sample) {
     std::uint32_t target = spec.origin;
     if (spec.explicit_node) {
       // Placed by the user: every policy starts it where it was submitted.
@@ -620,18 +637,24 @@ class Sim {
     for (std::size_t i = begin; i < end; ++i) {
       if (next_gossip_[i] <= t) due.push_back(static_cast<std::uint32_t>(i));
     }
-    // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
-    auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
+    // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap. The Gossip
+    // and the generator through the packed pointers, not the Node's: no hint waits for a line
+    // another hint loads (the Node's is loaded alongside, for the tick itself).
+    auto gossip = [&](std::size_t k) { return gossips_[due[k]]; };
     for (std::size_t k = 0; k < due.size(); ++k) {
-      if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
-      if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
+      if (k + kAhead < due.size()) {
+        const auto* node = reinterpret_cast<const char*>(&nodes_[due[k + kAhead]]);
+        for (std::size_t byte = 0; byte < sizeof(Node); byte += 64) __builtin_prefetch(node + byte);
+        __builtin_prefetch(node + sizeof(Node) - 1);
+        gossip(k + kAhead)->Prefetch();
+      }
       if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
       // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
       // them.)
       if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
       // The generator, which draws the peer and the loss: its position, then its next word.
-      if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
-      if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
+      if (k + kAhead < due.size()) PrefetchPosition(*rngs_[due[k + kAhead]]);
+      if (k + kAhead / 2 < due.size()) PrefetchNextWord(*rngs_[due[k + kAhead / 2]]);
       Node& node = nodes_[due[k]];
       GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
       next_gossip_[due[k]] += interval;
@@ -694,7 +717,7 @@ class Sim {
   void BalanceDue(double t) {
     balance_due_.clear();
     balance_samples_.clear();
-    for (const auto& part : parts_) {
+    for (auto& part : parts_) {
       for (std::size_t k = 0; k < part.balance_due.size(); ++k) {
         balance_due_.push_back(part.balance_due[k]);
         balance_samples_.push_back(&part.samples[k]);
@@ -712,6 +735,7 @@ class Sim {
         const Node& node = nodes_[balance_due_[k + kAhead / 2]];
         node.balancer->Prefetch();
         __builtin_prefetch(node.jobs.data());
+        PrefetchSample(*balance_samples_[k + kAhead / 2]);
       }
       if (k + kAhead / 4 < n) {
         const Node& node = nodes_[balance_due_[k + kAhead / 4]];
@@ -725,7 +749,7 @@ class Sim {
     }
   }
 
-  void Balance(std::uint32_t i, double t, const std::vector<NodeState>& sample) {
+  void Balance(std::uint32_t i, double t, std::vector<NodeState>& sample) {
     const Millis now = ToMillis(t);
     Node& node = nodes_[i];
     std::vector<balancer::LocalJob> local;
@@ -827,6 +851,7 @@ class Sim {
   std::size_t step_ = 0;       // the current step: times_[step_]
   // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
   std::vector<Gossip*> gossips_;
+  std::vector<std::mt19937_64*> rngs_;  // nodes_[i].rng.get(), packed: the ticks' hints
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
@@ -834,9 +859,8 @@ class Sim {
   Workers workers_;
   std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
-  std::vector<const std::vector<NodeState>*> balance_samples_;  // their samples
-  std::vector<NodeState> view_buffer_;
-  std::vector<std::vector<NodeState>> samples_;  // the placements' samples, by arrival
+  std::vector<std::vector<NodeState>*> balance_samples_;  // their samples
+  std::vector<std::vector<NodeState>> samples_;           // the placements' samples, by arrival
   // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
   std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
   mutable std::vector<std::uint32_t> fill_;
