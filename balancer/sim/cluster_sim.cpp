@@ -198,7 +198,6 @@ class Sim {
       due_.push_back(kNever);
       next_balance_.push_back(phase(rng_) * balance_s);
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
-      rngs_.push_back(node.rng.get());
       nodes_.push_back(std::move(node));
     }
   }
@@ -253,15 +252,10 @@ class Sim {
       });
       if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
         for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans;
-          // and the sample the Balancer reads, taken before the step's deliveries ended (out of
-          // cache since: 1.6 KB, Prune's misses).
+          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
           const std::size_t n = arrivals.size();
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
-          if (k + kAhead / 2 < n) {
-            nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
-            PrefetchSample(samples_[k + kAhead / 2]);
-          }
+          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
           Submit(arrivals[k], now, samples_[k]);
         }
@@ -334,14 +328,6 @@ class Sim {
     self.mem_used_bytes = node.mem_used;
     sample.front() = std::move(self);
     return sample;
-  }
-
-  // A hint: the lines of a sample (TakeSamples), which the Balancer reads.
-  static void PrefetchSample(const std::vector<NodeState>& sample) {
-    const auto* first = reinterpret_cast<const char*>(sample.data());
-    for (std::size_t byte = 0; byte < sample.size() * sizeof(NodeState); byte += 64) {
-      __builtin_prefetch(first + byte);
-    }
   }
 
   // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k) after a
@@ -641,24 +627,18 @@ class Sim {
     for (std::size_t i = begin; i < end; ++i) {
       if (next_gossip_[i] <= t) due.push_back(static_cast<std::uint32_t>(i));
     }
-    // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap. The Gossip
-    // and the generator through the packed pointers, not the Node's: no hint waits for a line
-    // another hint loads (the Node's is loaded alongside, for the tick itself).
-    auto gossip = [&](std::size_t k) { return gossips_[due[k]]; };
+    // Hints, in stages some agents ahead (Gossip::Prefetch): their misses overlap.
+    auto gossip = [&](std::size_t k) { return nodes_[due[k]].gossip.get(); };
     for (std::size_t k = 0; k < due.size(); ++k) {
-      if (k + kAhead < due.size()) {
-        const auto* node = reinterpret_cast<const char*>(&nodes_[due[k + kAhead]]);
-        for (std::size_t byte = 0; byte < sizeof(Node); byte += 64) __builtin_prefetch(node + byte);
-        __builtin_prefetch(node + sizeof(Node) - 1);
-        gossip(k + kAhead)->Prefetch();
-      }
+      if (k + 2 * kAhead < due.size()) __builtin_prefetch(&nodes_[due[k + 2 * kAhead]].gossip);
+      if (k + kAhead < due.size()) gossip(k + kAhead)->Prefetch();
       if (k + 3 * kAhead / 4 < due.size()) gossip(k + 3 * kAhead / 4)->PrefetchTick(now);
       // (Not PrefetchLoads(): a window carries its vectors' pointers, and nothing here reads
       // them.)
       if (k + kAhead / 2 < due.size()) gossip(k + kAhead / 2)->PrefetchTickSlots();
       // The generator, which draws the peer and the loss: its position, then its next word.
-      if (k + kAhead < due.size()) PrefetchPosition(*rngs_[due[k + kAhead]]);
-      if (k + kAhead / 2 < due.size()) PrefetchNextWord(*rngs_[due[k + kAhead / 2]]);
+      if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
+      if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
       Node& node = nodes_[due[k]];
       GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
       next_gossip_[due[k]] += interval;
@@ -746,7 +726,6 @@ class Sim {
         const Node& node = nodes_[balance_due_[k + kAhead / 2]];
         node.balancer->Prefetch();
         __builtin_prefetch(node.jobs.data());
-        PrefetchSample(*balance_samples_[k + kAhead / 2]);
       }
       if (k + kAhead / 4 < n) {
         const Node& node = nodes_[balance_due_[k + kAhead / 4]];
@@ -862,7 +841,6 @@ class Sim {
   std::size_t step_ = 0;       // the current step: times_[step_]
   // nodes_[i].gossip.get(), packed: deliveries and samples reach a Gossip without a Node's line.
   std::vector<Gossip*> gossips_;
-  std::vector<std::mt19937_64*> rngs_;  // nodes_[i].rng.get(), packed: the ticks' hints
   std::vector<Job> jobs_;
   std::vector<std::uint32_t> free_;
   std::vector<Flight> flights_;
