@@ -257,7 +257,12 @@ class Sim {
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
           if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
-          Submit(arrivals[k], now, samples_[k]);
+          if (SamplesAtUse()) {
+            auto origin = [&](std::size_t j) { return arrivals[j].origin; };
+            SampleHints(k, n, origin);
+            TakeSample(origin(k), sample_, now);
+          }
+          Submit(arrivals[k], now, SamplesAtUse() ? sample_ : samples_[k]);
         }
       } else {
         for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
@@ -311,6 +316,14 @@ class Sim {
            policy_ == Policy::kAgeOnly;
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
+  // With one thread, a placement's or decision's gossip sample is taken just before its
+  // Balancer reads it, into one buffer (sample_) that stays in cache, instead of in the passes
+  // over the nodes into a buffer per placement and decision: 1.6 KB each, written there and read
+  // back cold here (a cache miss per line, twice). The same sample: nothing touches gossip in
+  // between (placements run after the first pass; a step's decisions run before the next
+  // step's deliveries when there is one thread, and read the view as the second pass left it,
+  // at that step's time). With node threads the passes take them in parallel, as before.
+  bool SamplesAtUse() const { return workers_.size() == 1; }
 
   // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its gossip
   // view, `sample` (TakeSamples), whose first element TakeSamples left for the node itself: it
@@ -336,20 +349,27 @@ class Sim {
   // they are in (a Gossip is used by one thread at a time).
   template <typename NodeAt, typename SampleAt>
   void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
-    auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
     for (std::size_t k = 0; k < n; ++k) {
-      if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
-      if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-      if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
-      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
-      std::vector<NodeState>& sample = sample_at(k);
-      sample.clear();
-      sample.emplace_back();  // the node itself, written by View() when its Balancer runs
-      gossip(k)->VisitFreshest(
-          now, options_.sample,
-          [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
-          FirstLine);
+      SampleHints(k, n, node_at);
+      TakeSample(node_at(k), sample_at(k), now);
     }
+  }
+  // The hints for the sample of node_at(k) of n (TakeSamples): the Gossips of the next ones.
+  template <typename NodeAt>
+  void SampleHints(std::size_t k, std::size_t n, NodeAt node_at) const {
+    auto gossip = [&](std::size_t j) { return gossips_[node_at(j)]; };
+    if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+    if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+    if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+    if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
+  }
+  void TakeSample(std::uint32_t node, std::vector<NodeState>& sample, Millis now) const {
+    sample.clear();
+    sample.emplace_back();  // the node itself, written by View() when its Balancer runs
+    gossips_[node]->VisitFreshest(
+        now, options_.sample,
+        [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
+        FirstLine);
   }
 
   // Chunks of consecutive nodes the first pass of a step deals out to the workers as they come
@@ -417,7 +437,7 @@ class Sim {
       }
       const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
       TakeSamples(
-          arrival_begin_[c + 1] - arrival_begin_[c],
+          SamplesAtUse() ? 0 : arrival_begin_[c + 1] - arrival_begin_[c],
           [&](std::size_t k) { return arrivals[placed[k]].origin; },
           [&](std::size_t k) -> std::vector<NodeState>& { return samples_[placed[k]]; }, now);
     });
@@ -543,9 +563,9 @@ class Sim {
           next_balance_[i] += balance_s;
         }
       }
-      if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
+      if (!SamplesAtUse() && mine.samples.size() < due.size()) mine.samples.resize(due.size());
       TakeSamples(
-          due.size(), [&](std::size_t k) { return due[k]; },
+          SamplesAtUse() ? 0 : due.size(), [&](std::size_t k) { return due[k]; },
           [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
     });
     for (auto& part : parts_) {
@@ -711,7 +731,7 @@ class Sim {
     for (auto& part : parts_) {
       for (std::size_t k = 0; k < part.balance_due.size(); ++k) {
         balance_due_.push_back(part.balance_due[k]);
-        balance_samples_.push_back(&part.samples[k]);
+        balance_samples_.push_back(SamplesAtUse() ? &sample_ : &part.samples[k]);
       }
     }
     for (std::size_t k = 0; k < balance_due_.size(); ++k) {
@@ -734,6 +754,10 @@ class Sim {
           __builtin_prefetch(&jobs_[job]);
           __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
         }
+      }
+      if (SamplesAtUse()) {
+        SampleHints(k, n, [&](std::size_t j) { return balance_due_[j]; });
+        TakeSample(balance_due_[k], sample_, ToMillis(t));
       }
       Balance(balance_due_[k], t, *balance_samples_[k]);
     }
@@ -850,6 +874,7 @@ class Sim {
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
   std::vector<std::vector<NodeState>*> balance_samples_;  // their samples
   std::vector<std::vector<NodeState>> samples_;           // the placements' samples, by arrival
+  std::vector<NodeState> sample_;                         // SamplesAtUse()'s
   // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
   std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
   mutable std::vector<std::uint32_t> fill_;
