@@ -23,6 +23,8 @@ using balancer::Gossip;
 using balancer::LoadVector;
 using balancer::NodeState;
 using balancer::SharedGossipEntry;
+// A window in flight is 48 bytes an entry (SharedGossipEntry::checked sits in padding).
+static_assert(sizeof(SharedGossipEntry) <= 48);
 using Millis = std::chrono::milliseconds;
 
 constexpr std::size_t kMessageOverheadBytes = 40;  // frame header and {"entries":[]}
@@ -91,7 +93,11 @@ struct Part {
   std::vector<std::uint32_t> due;  // the nodes that tick this step
   std::vector<balancer::SharedGossipSend> sends;
   std::vector<Message> messages;
-  std::vector<SharedGossipEntry> entries;  // the windows sent this step, delivered the next
+  // The windows sent this step, delivered the next: entries[0, used). Not cleared between
+  // steps but written over (clearing read the ~1.5 MB of a step's windows once more, a cache
+  // miss per line, to destroy shared_ptrs that own nothing: a delivery moves their vectors out).
+  std::vector<SharedGossipEntry> entries;
+  std::size_t used = 0;
   std::uint64_t bytes = 0;
   std::vector<Finished> finished;                         // this step's, in node order
   std::vector<std::uint32_t> finishing;                   // the nodes where they finish
@@ -251,7 +257,12 @@ class Sim {
           if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
           if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
           if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
-          Submit(arrivals[k], now, samples_[k]);
+          if (SamplesAtUse()) {
+            auto origin = [&](std::size_t j) { return arrivals[j].origin; };
+            SampleHints(k, n, origin);
+            TakeSample(origin(k), sample_, now);
+          }
+          Submit(arrivals[k], now, SamplesAtUse() ? sample_ : samples_[k]);
         }
       } else {
         for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
@@ -305,13 +316,21 @@ class Sim {
            policy_ == Policy::kAgeOnly;
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
+  // With one thread, a placement's or decision's gossip sample is taken just before its
+  // Balancer reads it, into one buffer (sample_) that stays in cache, instead of in the passes
+  // over the nodes into a buffer per placement and decision: 1.6 KB each, written there and read
+  // back cold here (a cache miss per line, twice). The same sample: nothing touches gossip in
+  // between (placements run after the first pass; a step's decisions run before the next
+  // step's deliveries when there is one thread, and read the view as the second pass left it,
+  // at that step's time). With node threads the passes take them in parallel, as before.
+  bool SamplesAtUse() const { return workers_.size() == 1; }
 
-  // What node `i`'s Balancer decides on: itself, exactly, and `sample`, the freshest part of
-  // its gossip view (Samples). Returns a buffer reused by the next call.
-  const std::vector<NodeState>& View(std::uint32_t i, const std::vector<NodeState>& sample) {
+  // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its gossip
+  // view, `sample` (TakeSamples), whose first element TakeSamples left for the node itself: it
+  // is written here, in place (the sample is read once), instead of copying the sample behind
+  // it (17 NodeStates per placement and decision, on the one thread that runs them).
+  const std::vector<NodeState>& View(std::uint32_t i, std::vector<NodeState>& sample) {
     const Node& node = nodes_[i];
-    std::vector<NodeState>& view = view_buffer_;
-    view.clear();
     NodeState self;
     self.id = node.id;
     self.self = true;
@@ -320,29 +339,37 @@ class Sim {
     self.demand = node.demand();
     self.mem_limit_bytes = node.spec.mem_limit_bytes;
     self.mem_used_bytes = node.mem_used;
-    view.push_back(self);
-    view.insert(view.end(), sample.begin(), sample.end());
-    return view;
+    sample.front() = std::move(self);
+    return sample;
   }
 
-  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k), with
-  // hints in stages some nodes ahead (Gossip::Prefetch*), so that their misses overlap. Called by
-  // the worker whose part of the nodes they are in (a Gossip is used by one thread at a time).
+  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k) after a
+  // first element left for the node itself (View), with hints in stages some nodes ahead
+  // (Gossip::Prefetch*), so that their misses overlap. Called by the worker whose part of the nodes
+  // they are in (a Gossip is used by one thread at a time).
   template <typename NodeAt, typename SampleAt>
   void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
-    auto gossip = [&](std::size_t k) { return gossips_[node_at(k)]; };
     for (std::size_t k = 0; k < n; ++k) {
-      if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
-      if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
-      if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
-      if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
-      std::vector<NodeState>& sample = sample_at(k);
-      sample.clear();
-      gossip(k)->VisitFreshest(
-          now, options_.sample,
-          [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
-          FirstLine);
+      SampleHints(k, n, node_at);
+      TakeSample(node_at(k), sample_at(k), now);
     }
+  }
+  // The hints for the sample of node_at(k) of n (TakeSamples): the Gossips of the next ones.
+  template <typename NodeAt>
+  void SampleHints(std::size_t k, std::size_t n, NodeAt node_at) const {
+    auto gossip = [&](std::size_t j) { return gossips_[node_at(j)]; };
+    if (k + kAhead < n) gossip(k + kAhead)->Prefetch();
+    if (k + 3 * kAhead / 4 < n) gossip(k + 3 * kAhead / 4)->PrefetchTick(Millis::min());
+    if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
+    if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
+  }
+  void TakeSample(std::uint32_t node, std::vector<NodeState>& sample, Millis now) const {
+    sample.clear();
+    sample.emplace_back();  // the node itself, written by View() when its Balancer runs
+    gossips_[node]->VisitFreshest(
+        now, options_.sample,
+        [&](const LoadVector& load, Millis age) { sample.push_back(SimNodeState(load, age)); },
+        FirstLine);
   }
 
   // Chunks of consecutive nodes the first pass of a step deals out to the workers as they come
@@ -410,15 +437,15 @@ class Sim {
       }
       const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
       TakeSamples(
-          arrival_begin_[c + 1] - arrival_begin_[c],
+          SamplesAtUse() ? 0 : arrival_begin_[c + 1] - arrival_begin_[c],
           [&](std::size_t k) { return arrivals[placed[k]].origin; },
           [&](std::size_t k) -> std::vector<NodeState>& { return samples_[placed[k]]; }, now);
     });
     inbox_.clear();
-    for (auto& part : parts_) part.entries.clear();
+    for (auto& part : parts_) part.used = 0;
   }
 
-  void Submit(const JobSpec& spec, Millis now, const std::vector<NodeState>& sample) {
+  void Submit(const JobSpec& spec, Millis now, std::vector<NodeState>& sample) {
     std::uint32_t target = spec.origin;
     if (spec.explicit_node) {
       // Placed by the user: every policy starts it where it was submitted.
@@ -536,9 +563,9 @@ class Sim {
           next_balance_[i] += balance_s;
         }
       }
-      if (mine.samples.size() < due.size()) mine.samples.resize(due.size());
+      if (!SamplesAtUse() && mine.samples.size() < due.size()) mine.samples.resize(due.size());
       TakeSamples(
-          due.size(), [&](std::size_t k) { return due[k]; },
+          SamplesAtUse() ? 0 : due.size(), [&](std::size_t k) { return due[k]; },
           [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
     });
     for (auto& part : parts_) {
@@ -684,9 +711,16 @@ class Sim {
       for (const auto& entry : send.entries) part.bytes += EstimateEntryBytes(entry.jobs_running);
       if (lost(*node.rng)) continue;
       part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
-                                      static_cast<std::uint32_t>(part.entries.size()),
+                                      static_cast<std::uint32_t>(part.used),
                                       static_cast<std::uint32_t>(send.entries.size())});
-      part.entries.insert(part.entries.end(), send.entries.begin(), send.entries.end());
+      for (const auto& entry : send.entries) {
+        if (part.used < part.entries.size()) {
+          part.entries[part.used] = entry;
+        } else {
+          part.entries.push_back(entry);
+        }
+        ++part.used;
+      }
     }
   }
 
@@ -694,10 +728,10 @@ class Sim {
   void BalanceDue(double t) {
     balance_due_.clear();
     balance_samples_.clear();
-    for (const auto& part : parts_) {
+    for (auto& part : parts_) {
       for (std::size_t k = 0; k < part.balance_due.size(); ++k) {
         balance_due_.push_back(part.balance_due[k]);
-        balance_samples_.push_back(&part.samples[k]);
+        balance_samples_.push_back(SamplesAtUse() ? &sample_ : &part.samples[k]);
       }
     }
     for (std::size_t k = 0; k < balance_due_.size(); ++k) {
@@ -721,11 +755,15 @@ class Sim {
           __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
         }
       }
+      if (SamplesAtUse()) {
+        SampleHints(k, n, [&](std::size_t j) { return balance_due_[j]; });
+        TakeSample(balance_due_[k], sample_, ToMillis(t));
+      }
       Balance(balance_due_[k], t, *balance_samples_[k]);
     }
   }
 
-  void Balance(std::uint32_t i, double t, const std::vector<NodeState>& sample) {
+  void Balance(std::uint32_t i, double t, std::vector<NodeState>& sample) {
     const Millis now = ToMillis(t);
     Node& node = nodes_[i];
     std::vector<balancer::LocalJob> local;
@@ -834,9 +872,9 @@ class Sim {
   Workers workers_;
   std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
   std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
-  std::vector<const std::vector<NodeState>*> balance_samples_;  // their samples
-  std::vector<NodeState> view_buffer_;
-  std::vector<std::vector<NodeState>> samples_;  // the placements' samples, by arrival
+  std::vector<std::vector<NodeState>*> balance_samples_;  // their samples
+  std::vector<std::vector<NodeState>> samples_;           // the placements' samples, by arrival
+  std::vector<NodeState> sample_;                         // SamplesAtUse()'s
   // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
   std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
   mutable std::vector<std::uint32_t> fill_;

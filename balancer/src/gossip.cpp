@@ -52,6 +52,7 @@ std::string Gossip::SetLocal(LoadVector self, Millis now) {
   const auto jobs_running = self.jobs_running;
   self_ = Make(std::make_shared<const LoadVector>(std::move(self)), options_.self_id, seq,
                jobs_running, now, false, Millis{0}, Millis{0});
+  self_checked_ = why.empty();
   return why;
 }
 
@@ -61,6 +62,7 @@ std::string Gossip::SetLocalShared(SharedLoad self, Millis now) {
   const auto jobs_running = self->jobs_running;
   self_ =
       Make(std::move(self), options_.self_id, seq, jobs_running, now, false, Millis{0}, Millis{0});
+  self_checked_ = why.empty();
   return why;
 }
 
@@ -157,6 +159,12 @@ bool Gossip::Spreading(std::uint32_t slot) const {
   const Entry& entry = slots_[slot];
   return entry.dead &&
          std::find(dead_news_.begin(), dead_news_.end(), entry.id) != dead_news_.end();
+}
+
+bool Gossip::Stalest(Millis time, std::uint64_t id) const {
+  const std::size_t held = slots_.size() - holes_.size();
+  return options_.view_max != 0 && held >= options_.view_max && dead_held_ == 0 && top_all_ &&
+         top_.size() == held && Older(time, id, top_.back());
 }
 
 bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
@@ -265,6 +273,7 @@ std::vector<std::string> Gossip::OnReceive(std::uint64_t from,
                              entry.load.seq,
                              entry.age,
                              entry.dead,
+                             false,
                              entry.load.jobs_running};
     Merge(from, shared, now, rejected);
   }
@@ -302,8 +311,9 @@ std::vector<std::string> Gossip::OnReceiveShared(std::uint64_t from,
       continue;
     }
     // The sender's own vector is new; the others passed Implausible() when they entered the
-    // sender's Gossip (only checked vectors are stored): check each vector once.
-    if (incoming.node_id == from) {
+    // sender's Gossip (only checked vectors are stored): check each vector once. The sender's
+    // own was checked where it entered too when `checked` (the same check, not repeated).
+    if (incoming.node_id == from && !incoming.checked) {
       if (auto why = Implausible(*incoming.load); !why.empty()) {
         rejected.push_back("entry about node " + std::to_string(incoming.node_id) + " from node " +
                            std::to_string(from) + ": " + why);
@@ -333,6 +343,7 @@ void Gossip::Merge(std::uint64_t from, SharedGossipEntry& incoming, Millis now,
   if (incoming.age > options_.max_age) return;  // expired on the way: nothing to learn
   const Millis when = now - incoming.age;       // sampled, or for a notice, seen dead
   auto slot = Find(id);
+  if (!slot && !incoming.dead && Stalest(when, id)) return;  // MakeRoom() would drop it
   if (!slot || Expired(slots_[*slot], now)) {  // an expired entry awaiting the sweep is gone
     Store(id,
           Make(std::move(incoming.load), id, seq, incoming.jobs_running, when, incoming.dead, when,
@@ -423,9 +434,9 @@ void Gossip::Expire(Millis now) {
 }
 
 SharedGossipEntry Gossip::ToWire(const Entry& entry, Millis now) const {
-  return SharedGossipEntry{entry.load, entry.id,
-                           entry.seq,  std::max(Millis{0}, now - entry.key()),
-                           entry.dead, entry.jobs_running};
+  return SharedGossipEntry{
+      entry.load, entry.id, entry.seq,         std::max(Millis{0}, now - entry.key()),
+      entry.dead, false,    entry.jobs_running};
 }
 
 std::vector<GossipSend> Gossip::Tick(Millis now, const std::vector<std::uint64_t>& candidates,
@@ -489,7 +500,10 @@ void Gossip::TickShared(Millis now, const std::vector<std::uint64_t>& candidates
     auto& window = sends[p].entries;
     window.clear();
     window.reserve(options_.window);
-    if (self_) window.push_back(ToWire(*self_, now));
+    if (self_) {
+      window.push_back(ToWire(*self_, now));
+      window.back().checked = self_checked_;
+    }
     for (const auto& [since, slot] : news) {
       if (window.size() >= options_.window) break;
       if (slots_[slot].id != to) window.push_back(ToWire(slots_[slot], now));

@@ -227,6 +227,31 @@ TEST(GossipTest, OwnEntryComingBackIsIgnoredSilently) {
   EXPECT_EQ(gossip.Get(1, Millis(10))->load.demand, 0.5);
 }
 
+// A sender's own vector that its SetLocal found plausible goes out marked checked (receivers
+// skip reading it again); the others' entries never are; a later implausible one is not.
+TEST(GossipTest, SharedWindowsMarkOnlyAPlausibleOwnVectorChecked) {
+  Gossip relay(Options(2)), receiver(Options(1));
+  relay.OnReceive(3, {{Vector(3, 4, 0.5), Millis(200)}}, Millis(1000));
+  EXPECT_EQ(relay.SetLocal(Vector(2, 7, 0.25), Millis(1000)), "");
+  std::mt19937_64 rng(5);
+  auto windows = relay.TickShared(Millis(1500), {1}, rng);
+  ASSERT_EQ(windows.size(), 1u);
+  ASSERT_EQ(windows[0].entries.size(), 2u);
+  EXPECT_EQ(windows[0].entries[0].node_id, 2u);
+  EXPECT_TRUE(windows[0].entries[0].checked);
+  EXPECT_FALSE(windows[0].entries[1].checked);
+  EXPECT_TRUE(receiver.OnReceiveShared(2, windows[0].entries, Millis(1600)).empty());
+  EXPECT_EQ(receiver.Get(2, Millis(1600))->load.demand, 0.25);
+  LoadVector bad = Vector(2, 8);
+  bad.demand = -1;
+  EXPECT_NE(relay.SetLocal(bad, Millis(2000)), "");
+  windows = relay.TickShared(Millis(2500), {1}, rng);
+  ASSERT_FALSE(windows[0].entries.empty());
+  EXPECT_FALSE(windows[0].entries[0].checked);
+  EXPECT_EQ(receiver.OnReceiveShared(2, windows[0].entries, Millis(2600)).size(), 1u);
+  EXPECT_EQ(receiver.Get(2, Millis(2600))->load.seq, 7u);  // the implausible seq 8 was dropped
+}
+
 // tern-sim's path: windows handed over as shared vectors must teach what the same windows as
 // values teach, and an implausible own vector is still dropped (and reported by SetLocal).
 TEST(GossipTest, SharedWindowsMergeLikeValueWindows) {
@@ -242,6 +267,8 @@ TEST(GossipTest, SharedWindowsMergeLikeValueWindows) {
   ASSERT_EQ(values.size(), 1u);
   ASSERT_EQ(windows.size(), 1u);
   ASSERT_EQ(windows[0].entries.size(), values[0].entries.size());
+  EXPECT_EQ(windows[0].entries[0].node_id, 2u);  // the relay's own entry comes first,
+  EXPECT_FALSE(windows[0].entries[0].checked);   // not vouched for: receivers check it
   const auto value_rejected = by_value.OnReceive(2, values[0].entries, Millis(1600));
   const auto shared_rejected = shared.OnReceiveShared(2, windows[0].entries, Millis(1600));
   EXPECT_EQ(shared_rejected, value_rejected);
