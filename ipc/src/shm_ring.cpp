@@ -101,7 +101,8 @@ ShmRing::ShmRing(Header* header, std::byte* data, std::size_t capacity)
       data_(data),
       capacity_(capacity),
       written_(header->head.load()),
-      read_(header->tail.load()) {}
+      read_(header->tail.load()),
+      taken_(read_) {}
 
 std::optional<ShmRing> ShmRing::Create(std::span<std::byte> block, std::size_t capacity) {
   static_assert(sizeof(Header) <= kHeaderBytes);
@@ -176,17 +177,26 @@ bool ShmRing::WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout)
 
 std::size_t ShmRing::Available() const {
   if (header_->revoked.load(std::memory_order_relaxed)) return 0;
-  const std::uint64_t published = header_->head.load(std::memory_order_acquire) - read_;
-  return std::min<std::uint64_t>(published, capacity_);  // a head from nowhere: garbage, in bounds
+  const std::uint64_t published = header_->head.load(std::memory_order_acquire) - taken_;
+  // A head from nowhere: garbage, in bounds.
+  return std::min<std::uint64_t>(published, capacity_ - (taken_ - read_));
 }
 
 std::span<const std::byte> ShmRing::Readable() const {
-  const std::size_t at = read_ & (capacity_ - 1);
+  const std::size_t at = taken_ & (capacity_ - 1);
   return {data_ + at, std::min(Available(), capacity_ - at)};
 }
 
+void ShmRing::Take(std::size_t bytes) { taken_ += std::min(bytes, Available()); }
+
 bool ShmRing::Release(std::size_t bytes) {
-  read_ += std::min(bytes, Available());
+  std::uint64_t held = 0;
+  if (!header_->revoked.load(std::memory_order_relaxed)) {
+    held =
+        std::min<std::uint64_t>(header_->head.load(std::memory_order_acquire) - read_, capacity_);
+  }
+  read_ += std::min<std::uint64_t>(bytes, held);
+  if (taken_ < read_) taken_ = read_;
   header_->tail.store(read_);
   const std::uint32_t waiting = header_->writer_waiting.exchange(0);
   if (waiting == 0) return false;

@@ -20,7 +20,8 @@
 //  - Write copies into the ring as much as fits and returns how much; nothing is visible to the
 //    consumer until Publish (so a frame written in several pieces, or many frames, wake it once:
 //    the batching). Readable is the longest contiguous run the consumer may read; Release gives
-//    bytes back. Bytes come out exactly as they went in, in order.
+//    bytes back; Take keeps bytes it read in the ring (views into it), past Readable, until it
+//    releases them, oldest first. Bytes come out exactly as they went in, in order.
 //  - Wake-ups: a side about to sleep sets its `waiting` word, then checks again, then waits on
 //    its futex; the other side, after it published or released, wakes it only if that word is
 //    set (both orders sequentially consistent, so a wake is never missed and a side that is
@@ -83,10 +84,13 @@ class ShmRing {
   // can be written already or the ring is revoked: do not sleep then.
   bool ArmForSpace(std::size_t bytes);
 
-  // Consumer.
+  // Consumer. Bytes it has read may stay in the ring, taken (Take: a reader that hands them
+  // out in place), until it releases them; Readable and Available start past what it took.
   std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
-  std::size_t Available() const;                // all published bytes not yet released
-  // Gives bytes back (at most Available()), and wakes a producer asleep on the futex
+  std::size_t Available() const;                // all published bytes not yet taken
+  void Take(std::size_t bytes);                 // at most Available(); not yet given back
+  // Gives back the oldest `bytes` (taken or not; at most what was published and not released:
+  // those not taken yet are taken too), and wakes a producer asleep on the futex
   // (WaitForSpace). True if the producer sleeps in poll() (ArmForSpace): ring it, once.
   bool Release(std::size_t bytes);
   // Sleeps until something is published (with `mark` or more: see Publish), the ring is
@@ -114,6 +118,7 @@ class ShmRing {
   std::size_t capacity_;
   std::uint64_t written_;  // the producer's head, ahead of the published one until Publish
   std::uint64_t read_;     // the consumer's tail
+  std::uint64_t taken_;    // the consumer's: read_ plus what it took and still holds
 };
 
 }  // namespace tern::ipc
