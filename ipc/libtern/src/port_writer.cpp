@@ -152,6 +152,8 @@ class PortWriter::Direct {
   // connection is broken.
   bool WriteToRing(std::span<const std::string_view> pieces) {
     ipc::ShmRing& ring = rings->frames();
+    // Back to the ring's start while the reader keeps up, so that its used lines stay cached.
+    (void)ring.Rewind(libtern::StreamRings::kHotFrames);
     for (std::string_view piece : pieces) {
       while (!piece.empty()) {
         piece.remove_prefix(ring.Write(std::as_bytes(std::span<const char>(piece))));

@@ -30,23 +30,21 @@ struct StreamInbox::RingLoans {
   int fd = -1;                         // the bell's socket, while `open`
   bool open = true;
   bool bell_failed = false;
-  std::uint64_t taken = 0;     // ring 0's bytes taken since the rings were offered
-  std::uint64_t released = 0;  // ... and given back to the writer
   struct Loan {
-    std::uint64_t start = 0;
+    std::uint64_t start = 0;  // its position in ring 0 (ShmRing::taken_at)
     bool out = true;
   };
   std::deque<Loan> loans;  // frames read in place, oldest first
 
   // Gives back everything taken before the oldest loan still out.
   void GiveBack() {
+    if (!open) return;
+    ipc::ShmRing& ring = rings->frames();
     while (!loans.empty() && !loans.front().out) loans.pop_front();
-    const std::uint64_t until = loans.empty() ? taken : loans.front().start;
-    if (!open || until == released) return;
-    const bool rang = rings->frames().Release(until - released);
-    released = until;
+    const std::uint64_t until = loans.empty() ? ring.taken_at() : loans.front().start;
+    if (until <= ring.released_at()) return;
     // The writer sleeps in poll() until the ring has room.
-    if (rang && !RingBell(fd)) bell_failed = true;
+    if (ring.Release(until - ring.released_at()) && !RingBell(fd)) bell_failed = true;
   }
   void Returned(std::uint64_t start) {
     for (Loan& loan : loans) {
@@ -108,10 +106,10 @@ bool StreamInbox::TakeFromRing() {
     frame.payload = std::string_view(at + ipc::kFrameHeaderSize, header.length);
     frame.shared = true;
     frame.in_ring = true;
-    frame.owner = std::shared_ptr<const std::string>(
-        std::make_shared<FrameLoan>(loans_, loans_->taken), &kInRing);
-    loans_->loans.push_back({loans_->taken, true});
-    loans_->taken += total;
+    const std::uint64_t start = ring.taken_at();
+    frame.owner =
+        std::shared_ptr<const std::string>(std::make_shared<FrameLoan>(loans_, start), &kInRing);
+    loans_->loans.push_back({start, true});
     ring.Take(total);
   }
 }
@@ -209,7 +207,6 @@ StreamInbox::Received StreamInbox::Receive() {
       n += k;
     }
     used_ += n;
-    loans_->taken += n;
     loans_->GiveBack();
     if (loans_->bell_failed) {
       Break();

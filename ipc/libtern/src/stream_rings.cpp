@@ -45,7 +45,7 @@ Expected<std::pair<std::unique_ptr<StreamRings>, UniqueFd>> StreamRings::Create(
   (void)::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
   void* block = ::mmap(nullptr, kBlockBytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
   if (block == MAP_FAILED) return Fail(Errno("mmap"));
-  auto frames = ipc::ShmRing::Create(Part(block, kFramesAt, kAcksAt), kFrameRingUsed);
+  auto frames = ipc::ShmRing::Create(Part(block, kFramesAt, kAcksAt), kFrameRing);
   auto acks = ipc::ShmRing::Create(Part(block, kAcksAt, kBlockBytes - kAcksAt), kAckRing);
   if (!frames || !acks) {
     ::munmap(block, kBlockBytes);

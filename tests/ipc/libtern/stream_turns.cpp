@@ -69,7 +69,9 @@ std::uint64_t Drain(PortReader& reader, MessageView& message, std::size_t size) 
   std::uint64_t handed = 0;
   for (std::uint64_t turn = 0; turn < options.turns; ++turn) {
     for (std::uint32_t i = 0; i < options.limit; ++i) {
-      if (!writer.write(data)) Die("write");
+      if (auto written = writer.write(data); !written) {
+        Die("write: " + written.error().ToString());
+      }
     }
     handed += Drain(reader, message, options.size);
   }

@@ -5,8 +5,10 @@
 // into a socket, one ring per direction.
 //
 // Layout of the shared block (BytesFor(capacity) bytes, `capacity` a power of two):
-//   line 0   magic, capacity, `revoked`                       (written once, then by Revoke)
-//   line 1   `head`: bytes the producer has published, ever    (the producer writes it)
+//   line 0   magic, capacity, `revoked`, `features`           (written once, then by Revoke)
+//   line 1   `head`: bytes the producer has published, ever,   (the producer writes it)
+//            and its last Rewind's skip
+
 //   line 2   `tail`: bytes the consumer has released, ever     (the consumer writes it)
 //   line 3   `data` futex word, `reader_waiting`, `wake_at`    (the consumer sleeps here)
 //   line 4   `space` futex word and `writer_waiting`           (the producer sleeps here)
@@ -76,6 +78,13 @@ class ShmRing {
   // messages handed out); a consumer asleep for a higher mark is neither woken nor rung.
   bool Publish(std::uint64_t mark = UINT64_MAX);
   std::size_t Space() const;  // bytes Write would take now
+  // Keeps the ring's used part small: when the producer is `from` bytes or more into the ring
+  // and the consumer holds nothing (all published and released), the rest of the ring is
+  // skipped and the next Write starts at its beginning; the consumer jumps over the skip
+  // (Readable, Available) and gives it back with its next Release. A ring cycles through all
+  // its lines otherwise, each store meeting a line long out of the cache. False (nothing done)
+  // when it cannot, or when the consumer is an older one that does not follow skips.
+  bool Rewind(std::size_t from);
   // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
   // or `timeout` passes. True if the space is there.
   bool WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout);
@@ -89,6 +98,10 @@ class ShmRing {
   std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
   std::size_t Available() const;                // all published bytes not yet taken
   void Take(std::size_t bytes);                 // at most Available(); not yet given back
+  // Positions since the ring's start: through what the consumer took (after a skip it met),
+  // and through what it released.
+  std::uint64_t taken_at() const { return taken_; }
+  std::uint64_t released_at() const { return read_; }
   // Gives back the oldest `bytes` (taken or not; at most what was published and not released:
   // those not taken yet are taken too), and wakes a producer asleep on the futex
   // (WaitForSpace). True if the producer sleeps in poll() (ArmForSpace): ring it, once.
@@ -118,7 +131,8 @@ class ShmRing {
   std::size_t capacity_;
   std::uint64_t written_;  // the producer's head, ahead of the published one until Publish
   std::uint64_t read_;     // the consumer's tail
-  std::uint64_t taken_;    // the consumer's: read_ plus what it took and still holds
+  // The consumer's: read_ plus what it took and still holds (and skips it met: Available).
+  mutable std::uint64_t taken_;
 };
 
 }  // namespace tern::ipc
