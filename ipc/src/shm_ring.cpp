@@ -17,7 +17,12 @@ struct ShmRing::Header {
   alignas(kLine) std::uint64_t magic;
   std::uint64_t capacity;
   std::atomic<std::uint32_t> revoked;
+  // What the creator's consumer follows (kSkips). Zero in a block an older libtern made.
+  std::atomic<std::uint32_t> features;
   alignas(kLine) std::atomic<std::uint64_t> head;
+  // The producer's last Rewind: `skip_length` bytes from position `skip_at` carry nothing.
+  std::atomic<std::uint64_t> skip_at;
+  std::atomic<std::uint64_t> skip_length;
   alignas(kLine) std::atomic<std::uint64_t> tail;
   alignas(kLine) std::atomic<std::uint32_t> data;
   std::atomic<std::uint32_t> reader_waiting;
@@ -51,6 +56,8 @@ void FutexWake(std::atomic<std::uint32_t>& word, int count) {
 
 // What a `waiting` word holds: who sleeps, and so how Publish / Release wake it (a side armed
 // for poll() is rung by the caller, on its doorbell; one on the futex is woken there).
+constexpr std::uint32_t kSkips = 1;  // features: the consumer jumps over a Rewind
+
 constexpr std::uint32_t kOnFutex = 1;
 constexpr std::uint32_t kPolls = 2;
 
@@ -101,7 +108,8 @@ ShmRing::ShmRing(Header* header, std::byte* data, std::size_t capacity)
       data_(data),
       capacity_(capacity),
       written_(header->head.load()),
-      read_(header->tail.load()) {}
+      read_(header->tail.load()),
+      taken_(read_) {}
 
 std::optional<ShmRing> ShmRing::Create(std::span<std::byte> block, std::size_t capacity) {
   static_assert(sizeof(Header) <= kHeaderBytes);
@@ -113,7 +121,10 @@ std::optional<ShmRing> ShmRing::Create(std::span<std::byte> block, std::size_t c
   header->magic = kMagic;
   header->capacity = capacity;
   header->revoked.store(0);
+  header->features.store(kSkips);
   header->head.store(0);
+  header->skip_at.store(0);
+  header->skip_length.store(0);
   header->tail.store(0);
   header->data.store(0);
   header->reader_waiting.store(0);
@@ -174,19 +185,54 @@ bool ShmRing::WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout)
                [&] { return Space() >= want; });
 }
 
+bool ShmRing::Rewind(std::size_t from) {
+  const std::size_t at = written_ & (capacity_ - 1);
+  if (at == 0 || at < from || (header_->features.load(std::memory_order_relaxed) & kSkips) == 0) {
+    return false;
+  }
+  // Only with nothing unpublished and nothing held by the consumer: it has taken everything,
+  // so the skip is the next thing it meets.
+  if (header_->head.load(std::memory_order_relaxed) != written_ ||
+      header_->tail.load(std::memory_order_acquire) != written_) {
+    return false;
+  }
+  // Visible with the next Publish (its store of head orders these before it).
+  header_->skip_length.store(capacity_ - at, std::memory_order_relaxed);
+  header_->skip_at.store(written_, std::memory_order_relaxed);
+  written_ += capacity_ - at;
+  return true;
+}
+
 std::size_t ShmRing::Available() const {
   if (header_->revoked.load(std::memory_order_relaxed)) return 0;
-  const std::uint64_t published = header_->head.load(std::memory_order_acquire) - read_;
-  return std::min<std::uint64_t>(published, capacity_);  // a head from nowhere: garbage, in bounds
+  const std::uint64_t head = header_->head.load(std::memory_order_acquire);
+  // The producer rewound here: those bytes are taken at once (given back with the next
+  // Release). A length past what was published is garbage: not followed.
+  if (head != taken_ && header_->skip_at.load(std::memory_order_relaxed) == taken_) {
+    const std::uint64_t skip = header_->skip_length.load(std::memory_order_relaxed);
+    if (skip <= head - taken_ && skip <= capacity_ - (taken_ - read_)) taken_ += skip;
+  }
+  const std::uint64_t published = head - taken_;
+  // A head from nowhere: garbage, in bounds.
+  return std::min<std::uint64_t>(published, capacity_ - (taken_ - read_));
 }
 
 std::span<const std::byte> ShmRing::Readable() const {
-  const std::size_t at = read_ & (capacity_ - 1);
-  return {data_ + at, std::min(Available(), capacity_ - at)};
+  const std::size_t available = Available();  // first: it follows a skip
+  const std::size_t at = taken_ & (capacity_ - 1);
+  return {data_ + at, std::min(available, capacity_ - at)};
 }
 
+void ShmRing::Take(std::size_t bytes) { taken_ += std::min(bytes, Available()); }
+
 bool ShmRing::Release(std::size_t bytes) {
-  read_ += std::min(bytes, Available());
+  std::uint64_t held = 0;
+  if (!header_->revoked.load(std::memory_order_relaxed)) {
+    held =
+        std::min<std::uint64_t>(header_->head.load(std::memory_order_acquire) - read_, capacity_);
+  }
+  read_ += std::min<std::uint64_t>(bytes, held);
+  if (taken_ < read_) taken_ = read_;
   header_->tail.store(read_);
   const std::uint32_t waiting = header_->writer_waiting.exchange(0);
   if (waiting == 0) return false;

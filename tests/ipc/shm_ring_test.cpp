@@ -2,6 +2,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -75,6 +76,68 @@ TEST(ShmRing, BytesComeOutInOrderAcrossTheWrap) {
   EXPECT_EQ(consumer->Readable().size(), 1096u) << "a run stops at the end of the data";
   EXPECT_EQ(consumer->Available(), 2000u);
   EXPECT_EQ(ReadAll(*consumer), second);
+}
+
+// A consumer may keep bytes it read in the ring (Take: views handed out in place): they stay
+// held until released, oldest first, and Readable goes on past them.
+TEST(ShmRing, TakenBytesStayHeldUntilReleased) {
+  SharedBlock block(ShmRing::BytesFor(4096));
+  auto producer = ShmRing::Create(block.side(0), 4096);
+  auto consumer = ShmRing::Attach(block.side(1));
+  ASSERT_TRUE(producer && consumer);
+  const auto bytes = Pattern(3000, 4);
+  ASSERT_EQ(producer->Write(bytes), 3000u);
+  producer->Publish();
+  consumer->Take(1000);
+  EXPECT_EQ(consumer->Available(), 2000u) << "past what it took";
+  EXPECT_EQ(consumer->Readable()[0], bytes[1000]);
+  EXPECT_EQ(consumer->taken_at(), 1000u);
+  EXPECT_EQ(producer->Space(), 4096u - 3000u) << "taken is not given back";
+  consumer->Take(2000);
+  EXPECT_EQ(consumer->Available(), 0u);
+  consumer->Release(1000);
+  EXPECT_EQ(producer->Space(), 4096u - 2000u);
+  EXPECT_EQ(consumer->released_at(), 1000u);
+  consumer->Release(5000);
+  EXPECT_EQ(producer->Space(), 4096u) << "at most what was published";
+}
+
+// Rewind: a producer far enough into the ring, with nothing held by the consumer, starts again
+// at its beginning; the consumer jumps over the rest and gives it back with its next Release.
+TEST(ShmRing, ARewindStartsAgainAtTheRingsBeginningAndTheConsumerFollowsIt) {
+  SharedBlock block(ShmRing::BytesFor(8192));
+  auto consumer = ShmRing::Create(block.side(0), 8192);
+  auto producer = ShmRing::Attach(block.side(1));
+  ASSERT_TRUE(producer && consumer);
+  EXPECT_FALSE(producer->Rewind(1000)) << "at the ring's start already";
+  const auto first = Pattern(3000, 5);
+  ASSERT_EQ(producer->Write(first), 3000u);
+  EXPECT_FALSE(producer->Rewind(1000)) << "unpublished bytes";
+  producer->Publish();
+  EXPECT_FALSE(producer->Rewind(1000)) << "the consumer has not released them";
+  EXPECT_EQ(ReadAll(*consumer), first);
+  EXPECT_FALSE(producer->Rewind(4000)) << "not that far into the ring";
+  ASSERT_TRUE(producer->Rewind(1000));
+  EXPECT_EQ(producer->Space(), 3000u) << "the skip is the consumer's until it gives it back";
+  const auto second = Pattern(2500, 6);
+  ASSERT_EQ(producer->Write(second), 2500u);
+  EXPECT_EQ(consumer->Available(), 0u) << "nothing visible before Publish, the skip neither";
+  producer->Publish();
+  EXPECT_EQ(consumer->Available(), 2500u);
+  const auto run = consumer->Readable();
+  ASSERT_EQ(run.size(), 2500u) << "the bytes at the ring's start, in one run";
+  EXPECT_TRUE(std::equal(run.begin(), run.end(), second.begin()));
+  EXPECT_EQ(run.data(), block.side(0).data() + ShmRing::kHeaderBytes);
+  consumer->Take(2500);
+  consumer->Release(consumer->taken_at() - consumer->released_at());
+  EXPECT_EQ(producer->Space(), 8192u) << "the skip and the bytes given back";
+  // An older consumer (a block whose header does not say it follows skips) is never skipped.
+  std::memset(block.side(0).data() + 20, 0, 4);  // `features`, after magic, capacity, revoked
+  const auto third = Pattern(4000, 7);
+  ASSERT_EQ(producer->Write(third), 4000u);
+  producer->Publish();
+  EXPECT_EQ(ReadAll(*consumer), third);
+  EXPECT_FALSE(producer->Rewind(1000));
 }
 
 TEST(ShmRing, NothingIsVisibleBeforePublishAndAFullRingTakesNoMore) {

@@ -101,6 +101,8 @@ int PollMs(Clock::time_point until) {
 }  // namespace
 
 std::string_view MessageView::bytes() const {
+  // A stream's message: one data item (PortReader hands most out so).
+  if (items.size() == 1 && IsData(items.front().kind)) return items.front().bytes;
   for (const ItemView& item : items) {
     if (IsData(item.kind)) return item.bytes;
   }
@@ -141,6 +143,10 @@ class PortReader::State {
   }
 
   IpcResult<void> Next(MessageView& out, Timeout timeout);
+  // The common case of Next, inline: the next message of a direct frame being handed out, of
+  // one data item, neither the frame's last nor one whose hand-out an ack may read (those, and
+  // everything else, through Next). False when it did not hand one out.
+  bool HandOutFromRun(MessageView& out);
   std::size_t buffered() const { return ready_.size() + in_runs_; }
   std::uint64_t handed_direct() const { return handed_direct_; }
   std::uint64_t handed_shared() const { return handed_shared_; }
@@ -215,6 +221,37 @@ class PortReader::State {
   libtern::SpinWait spin_;  // before sleeping for a ring's frames
 };
 
+inline bool PortReader::State::HandOutFromRun(MessageView& out) {
+  if (ready_.empty()) return false;
+  Held& run = ready_.front();
+  // HandOut tells the table of every 64th (an ack reads it) and of the run's last.
+  if (run.run <= 1 || run.sequence % 64 == 0 || out.items.size() != 1) return false;
+  const std::string_view messages = run.message;
+  // As TakeStreamMessageFast reads it (the run was checked whole when it was taken).
+  if (messages.size() < libtern::kOneItemHead ||
+      tern::LoadBigEndian<std::uint32_t>(messages.data() + 4) != 1) {
+    return false;
+  }
+  const auto length = tern::LoadBigEndian<std::uint32_t>(messages.data() + 9);
+  if (length > messages.size() - libtern::kOneItemHead) return false;
+  out.destination = port_;
+  out.reply = 0;
+  out.reply_disposition = Disposition::kNone;
+  out.id = tern::LoadBigEndian<std::uint32_t>(messages.data());
+  ItemView& item = out.items.front();
+  item.kind = static_cast<ItemKind>(messages[8]);
+  item.bytes = messages.substr(libtern::kOneItemHead, length);
+  item.name = 0;
+  item.disposition = Disposition::kNone;
+  run.message = messages.substr(libtern::kOneItemHead + length);
+  ++run.sequence;
+  --run.run;
+  --in_runs_;
+  ++handed_direct_;
+  handed_shared_ += run.shared ? 1 : 0;
+  return true;
+}
+
 IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
   if (!options_.direct) {
     // The agent path alone: one blocking receive_many when the buffer is empty, as before
@@ -233,6 +270,9 @@ IpcResult<void> PortReader::State::Next(MessageView& out, Timeout timeout) {
   // The clock is read only when the reader must wait: most calls of a busy stream hand out a
   // message taken already, and a clock read costs as much as the rest of such a call here.
   if (HandOut(out)) return {};
+  // The caller's last view is no longer valid: its frame goes back before a wait (one read in
+  // place holds ring 0's room, which the writer may be waiting for).
+  current_.reset();
   const Clock::time_point deadline = DeadlineAfter(timeout);
   for (;;) {
     if (auto waited = Wait(deadline); !waited) return waited;
@@ -554,6 +594,13 @@ bool PortReader::State::ServeConnection(Connection& connection) {
         Release(std::move(held));
         continue;
       }
+      if (frame->in_ring) {
+        // Kept until its gap fills: out of ring 0, which it would hold (and all after it).
+        auto copy = std::make_shared<const std::string>(frame->payload);
+        frame->payload = *copy;
+        frame->owner = std::move(copy);
+        frame->in_ring = false;
+      }
       auto parsed = libtern::ParseStreamFrame(frame->payload);
       if (!parsed) return false;
       for (std::size_t i = 0; i < parsed->messages.size(); ++i) {
@@ -623,6 +670,7 @@ PortReader::PortReader(Channel channel, std::uint32_t port, Options options)
 PortReader::~PortReader() = default;
 
 IpcResult<void> PortReader::next(MessageView& out, Timeout timeout) {
+  if (state_->HandOutFromRun(out)) return {};
   return state_->Next(out, timeout);
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 
 #include "send_all.hpp"
 
@@ -14,6 +15,59 @@ namespace tern::libtern {
 
 namespace {
 constexpr std::size_t kPoolSize = 4;
+// What the owner of a frame read in place points at: the frame's bytes are in ring 0, not in a
+// string (no one reads a direct frame through its owner; it only keeps the bytes there).
+const std::string kInRing;
+}  // namespace
+
+// Ring 0's bytes the reader took, in ring order: copied out (given back at once) or lent to the
+// views of frames read in place (given back when the frame's last owner goes). Only the oldest
+// bytes can go back (the ring is FIFO), so a frame still held keeps those after it. The owners
+// live in the PortReader's thread, as the inbox does; once the inbox is gone (or broken) a
+// returned loan gives nothing back: the rings are revoked.
+struct StreamInbox::RingLoans {
+  std::shared_ptr<StreamRings> rings;  // the mapping, while a view lives
+  int fd = -1;                         // the bell's socket, while `open`
+  bool open = true;
+  bool bell_failed = false;
+  struct Loan {
+    std::uint64_t start = 0;  // its position in ring 0 (ShmRing::taken_at)
+    bool out = true;
+  };
+  std::deque<Loan> loans;  // frames read in place, oldest first
+
+  // Gives back everything taken before the oldest loan still out.
+  void GiveBack() {
+    if (!open) return;
+    ipc::ShmRing& ring = rings->frames();
+    while (!loans.empty() && !loans.front().out) loans.pop_front();
+    const std::uint64_t until = loans.empty() ? ring.taken_at() : loans.front().start;
+    if (until <= ring.released_at()) return;
+    // The writer sleeps in poll() until the ring has room.
+    if (ring.Release(until - ring.released_at()) && !RingBell(fd)) bell_failed = true;
+  }
+  void Returned(std::uint64_t start) {
+    for (Loan& loan : loans) {
+      if (loan.start == start) {
+        loan.out = false;
+        break;
+      }
+    }
+    GiveBack();
+  }
+};
+
+namespace {
+// The owner of one frame read in place: gives it back when the last copy of it goes.
+struct FrameLoan {
+  FrameLoan(std::shared_ptr<StreamInbox::RingLoans> of, std::uint64_t at)
+      : loans(std::move(of)), start(at) {}
+  ~FrameLoan();
+  FrameLoan(const FrameLoan&) = delete;
+  FrameLoan& operator=(const FrameLoan&) = delete;
+  std::shared_ptr<StreamInbox::RingLoans> loans;
+  std::uint64_t start;
+};
 }  // namespace
 
 StreamInbox::StreamInbox(UniqueFd fd) : fd_(std::move(fd)) {
@@ -28,14 +82,46 @@ StreamInbox::StreamInbox(UniqueFd fd) : fd_(std::move(fd)) {
 StreamInbox::~StreamInbox() {
   // A writer busy in the rings sees the end there at once, before the socket's end of file.
   if (rings_) rings_->Revoke();
+  if (loans_) loans_->open = false;
+}
+
+namespace {
+FrameLoan::~FrameLoan() { loans->Returned(start); }
+}  // namespace
+
+bool StreamInbox::TakeFromRing() {
+  if (rings_->Revoked()) return false;
+  ipc::ShmRing& ring = rings_->frames();
+  for (;;) {
+    const std::span<const std::byte> readable = ring.Readable();
+    if (readable.size() < ipc::kFrameHeaderSize) return true;
+    const char* at = reinterpret_cast<const char*>(readable.data());
+    const ipc::FrameHeader header = ipc::ReadFrameHeader(at);
+    if (header.length > kMaxPayload) return false;
+    const std::size_t total = ipc::kFrameHeaderSize + header.length;
+    // Across the ring's end, or not whole yet: copied (Receive).
+    if (total > readable.size()) return true;
+    Frame& frame = in_place_.emplace_back();
+    frame.type = header.type;
+    frame.payload = std::string_view(at + ipc::kFrameHeaderSize, header.length);
+    frame.shared = true;
+    frame.in_ring = true;
+    const std::uint64_t start = ring.taken_at();
+    frame.owner =
+        std::shared_ptr<const std::string>(std::make_shared<FrameLoan>(loans_, start), &kInRing);
+    loans_->loans.push_back({start, true});
+    ring.Take(total);
+  }
 }
 
 std::shared_ptr<std::string> StreamInbox::Buffer(std::size_t size) {
   std::unique_ptr<std::string> bytes;
   Pool& pool = *pool_;
-  // The smallest that holds `size`: large ones stay for large frames.
+  // The smallest that holds `size`: large ones stay for large frames. Of equal ones the last
+  // returned, whose lines are likeliest still cached (the oldest first cycled a stream of small
+  // frames through all four, 1 MiB, as large as this machine's L2 cache).
   std::size_t best = pool.size();
-  for (std::size_t i = 0; i < pool.size(); ++i) {
+  for (std::size_t i = pool.size(); i-- > 0;) {
     if (pool[i]->size() >= size && (best == pool.size() || pool[i]->size() < pool[best]->size())) {
       best = i;
     }
@@ -77,6 +163,11 @@ std::size_t StreamInbox::Needed() const {
 
 StreamInbox::Received StreamInbox::Receive() {
   if (broken_) return Received::kBroken;
+  // Whole frames in place, while nothing is half-copied into the buffer (which comes first).
+  if (taken_ && (!buffer_ || used_ == parsed_) && !TakeFromRing()) {
+    Break();
+    return Received::kBroken;
+  }
   if (!buffer_) {
     buffer_ = Buffer(kBufferBytes);
     used_ = parsed_ = 0;
@@ -104,12 +195,20 @@ StreamInbox::Received StreamInbox::Receive() {
       Break();
       return Received::kBroken;
     }
-    bool rang = false;
-    const std::size_t n =
-        StreamRings::CopyOut(rings_->frames(), buffer_->data() + used_, room, rang);
+    // At most two runs: up to the end of the ring, then from its start.
+    ipc::ShmRing& ring = rings_->frames();
+    std::size_t n = 0;
+    for (int run = 0; run < 2 && n < room; ++run) {
+      const std::span<const std::byte> readable = ring.Readable();
+      const std::size_t k = std::min(readable.size(), room - n);
+      if (k == 0) break;
+      std::memcpy(buffer_->data() + used_ + n, readable.data(), k);
+      ring.Take(k);
+      n += k;
+    }
     used_ += n;
-    // The writer sleeps until the ring has room: ring its bell.
-    if (rang && !RingBell(fd_.get())) {
+    loans_->GiveBack();
+    if (loans_->bell_failed) {
       Break();
       return Received::kBroken;
     }
@@ -130,6 +229,15 @@ StreamInbox::Received StreamInbox::Receive() {
 }
 
 std::optional<StreamInbox::Frame> StreamInbox::Next() {
+  // Frames read in place lie before anything copied into the buffer since (Receive).
+  if (in_place_next_ < in_place_.size()) {
+    Frame frame = std::move(in_place_[in_place_next_++]);
+    if (in_place_next_ == in_place_.size()) {
+      in_place_.clear();
+      in_place_next_ = 0;
+    }
+    return frame;
+  }
   // Frames that came before an end of file are taken all the same.
   if (!buffer_) return std::nullopt;
   const std::size_t partial = used_ - parsed_;
@@ -180,6 +288,9 @@ bool StreamInbox::Welcome(std::string_view welcome, bool rings) {
         return false;
       }
       rings_ = std::move(shared);
+      loans_ = std::make_shared<RingLoans>();
+      loans_->rings = rings_;
+      loans_->fd = fd_.get();
       return true;
     }
     // No memfd (limits, an old kernel): the socket alone, as across nodes.
@@ -214,6 +325,7 @@ bool StreamInbox::TakeBells() {
 void StreamInbox::Break() {
   broken_ = true;
   if (rings_) rings_->Revoke();
+  if (loans_) loans_->open = false;
 }
 
 }  // namespace tern::libtern

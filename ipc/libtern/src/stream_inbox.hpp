@@ -6,9 +6,12 @@
 //
 // On one node the connection may have shared memory under it (stream_rings.hpp, docs/ipc.md
 // "Shared memory on one node"): the reader offers rings with its welcome (Welcome), and once the
-// writer's first bell comes on the socket (it took them) frames come out of ring 0 instead,
-// copied into the same buffers, the socket carries only bells and its end of file, and acks go
-// into ring 1 (on the socket when that ring is full).
+// writer's first bell comes on the socket (it took them) frames come out of ring 0 instead, the
+// socket carries only bells and its end of file, and acks go into ring 1 (on the socket when
+// that ring is full). A frame that lies whole in ring 0 is handed out in place: its view points
+// into the ring, whose bytes go back to the writer when the last view of it goes (in ring
+// order: a frame still held keeps the ones after it too); one across the ring's end, or not
+// yet whole (a large one being written), is copied into the buffers as from the socket.
 //
 // Thread-safety: none; one owner (the PortReader's thread), which also releases the views.
 #pragma once
@@ -30,9 +33,11 @@ class StreamInbox {
  public:
   struct Frame {
     ipc::FrameType type{};
-    std::string_view payload;                  // inside *owner
-    std::shared_ptr<const std::string> owner;  // keeps the buffer (and its place in the pool)
-    bool shared = false;                       // it came through the rings
+    std::string_view payload;  // inside *owner
+    // Keeps the buffer (and its place in the pool), or the frame's place in ring 0.
+    std::shared_ptr<const std::string> owner;
+    bool shared = false;   // it came through the rings
+    bool in_ring = false;  // ... and lies in ring 0: whoever keeps it long copies it
   };
 
   // Takes `fd`; turns on TCP keepalive (5 s idle, 1 s interval, 3 probes) where it applies.
@@ -75,6 +80,10 @@ class StreamInbox {
   bool broken() const { return broken_; }
 
   static constexpr std::size_t kBufferBytes = 256 * 1024;
+
+  // What ring 0 lends out: the frames read in place, their views' owners, and what goes back to
+  // the writer when (stream_inbox.cpp).
+  struct RingLoans;
   static constexpr std::size_t kMaxPayload = (256u << 20) + (1u << 20);
 
  private:
@@ -85,10 +94,15 @@ class StreamInbox {
 
   // The break: the rings revoked for the writer too, then nothing more.
   void Break();
+  // Ring 0's frames read in place (above), and its bytes copied out; false on the break.
+  bool TakeFromRing();
 
   UniqueFd fd_;
-  std::unique_ptr<StreamRings> rings_;  // offered with the welcome
-  bool taken_ = false;                  // the writer's first bell came
+  std::shared_ptr<StreamRings> rings_;  // offered with the welcome (views in ring 0 keep it)
+  std::shared_ptr<RingLoans> loans_;
+  std::vector<Frame> in_place_;  // frames read in place, not yet returned by Next()
+  std::size_t in_place_next_ = 0;
+  bool taken_ = false;  // the writer's first bell came
   std::shared_ptr<Pool> pool_ = std::make_shared<Pool>();
   std::shared_ptr<std::string> buffer_;  // where bytes arrive
   std::size_t used_ = 0;                 // bytes received into buffer_

@@ -36,7 +36,14 @@ inline constexpr auto kDirectStreamBell = static_cast<ipc::FrameType>(44);
 
 class StreamRings {
  public:
-  static constexpr std::size_t kFrameRing = 4u << 20;  // ring 0: DirectStream frames
+  // Ring 0, for the DirectStream frames. Its writer keeps its used part small (Rewind at
+  // kHotFrames, when the reader holds nothing): 4 MiB were walked every 52 frames of 1000
+  // messages of 64 B, each store meeting a line long gone from the cache (the writer's copy
+  // into the ring was 13% of its time); a small ring would do the same but cut large messages
+  // into pieces (1 MiB at 0.6x a Unix socket's MB/s with a 256 KiB ring: bench/README.md,
+  // eleventh session).
+  static constexpr std::size_t kFrameRing = 4u << 20;
+  static constexpr std::size_t kHotFrames = 256u << 10;
   static constexpr std::size_t kAckRing = 256u << 10;  // ring 1: DirectStreamAcks
 
   // The reader's side: a fresh memfd with both rings; the fd is to be passed to the writer

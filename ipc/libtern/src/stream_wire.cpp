@@ -1,5 +1,6 @@
 #include "stream_wire.hpp"
 
+#include <algorithm>
 #include <tern/big_endian.hpp>
 #include <tern/ipc/frame.hpp>
 
@@ -73,27 +74,36 @@ std::string StreamFrameBytes::Joined() const {
 }
 
 void StreamFrame::Start(std::string buffer, std::uint64_t writer, std::uint64_t first) {
+  // The fixed part, then in place at the buffer's start (its length stays: room).
+  std::string head;
+  head.reserve(ipc::kFrameHeaderSize + kStreamFrameFixed);
+  ipc::AppendFrameHeader(head, kDirectStream, 0);  // length set by Finish
+  tern::AppendBigEndian(head, writer);
+  tern::AppendBigEndian(head, first);
+  tern::AppendBigEndian(head, std::uint32_t{0});  // count set by Finish
   out_ = ipc::WireWriter(/*share_data=*/true);
   out_.out() = std::move(buffer);
-  out_.out().clear();
-  ipc::AppendFrameHeader(out_.out(), kDirectStream, 0);  // length set by Finish
-  out_.U64(writer);
-  out_.U64(first);
-  out_.U32(0);  // count set by Finish
+  if (out_.out().size() < head.size()) out_.out().resize(head.size());
+  std::memcpy(out_.out().data(), head.data(), head.size());
+  used_ = head.size();
+  shared_bytes_ = 0;
   first_ = first;
   count_ = 0;
 }
 
+void StreamFrame::Grow(std::size_t n) {
+  std::string& out = out_.out();
+  out.resize(std::max(out.size(), used_ + n));
+  // The rest of what the string holds is room too (zero-filled once, then reused with it).
+  out.resize(out.capacity());
+}
+
 void StreamFrame::Add(std::uint32_t id, std::string_view bytes) {
-  out_.U32(id);
-  out_.U32(1);
-  out_.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-  out_.U32(static_cast<std::uint32_t>(bytes.size()));
-  out_.out().append(bytes);
-  ++count_;
+  AddOne(id, ItemKind::kBytes, bytes);
 }
 
 void StreamFrame::Add(std::uint32_t id, const std::vector<Item>& items) {
+  Settle();
   out_.U32(id);
   out_.U32(static_cast<std::uint32_t>(items.size()));
   for (const Item& item : items) {
@@ -104,14 +114,18 @@ void StreamFrame::Add(std::uint32_t id, const std::vector<Item>& items) {
       out_.Bytes(item.bytes());
     }
   }
+  Resume();
   ++count_;
 }
 
 StreamFrameBytes StreamFrame::Finish() {
+  Settle();
   std::string& out = out_.out();
   StoreU32(out.data(), static_cast<std::uint32_t>(out_.size() - ipc::kFrameHeaderSize));
   StoreU32(out.data() + ipc::kFrameHeaderSize + 16, count_);
   count_ = 0;
+  used_ = 0;
+  shared_bytes_ = 0;
   StreamFrameBytes frame{std::move(out), std::move(out_.shared())};
   out_ = ipc::WireWriter(/*share_data=*/true);
   return frame;

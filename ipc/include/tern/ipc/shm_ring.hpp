@@ -5,8 +5,10 @@
 // into a socket, one ring per direction.
 //
 // Layout of the shared block (BytesFor(capacity) bytes, `capacity` a power of two):
-//   line 0   magic, capacity, `revoked`                       (written once, then by Revoke)
-//   line 1   `head`: bytes the producer has published, ever    (the producer writes it)
+//   line 0   magic, capacity, `revoked`, `features`           (written once, then by Revoke)
+//   line 1   `head`: bytes the producer has published, ever,   (the producer writes it)
+//            and its last Rewind's skip
+
 //   line 2   `tail`: bytes the consumer has released, ever     (the consumer writes it)
 //   line 3   `data` futex word, `reader_waiting`, `wake_at`    (the consumer sleeps here)
 //   line 4   `space` futex word and `writer_waiting`           (the producer sleeps here)
@@ -20,7 +22,8 @@
 //  - Write copies into the ring as much as fits and returns how much; nothing is visible to the
 //    consumer until Publish (so a frame written in several pieces, or many frames, wake it once:
 //    the batching). Readable is the longest contiguous run the consumer may read; Release gives
-//    bytes back. Bytes come out exactly as they went in, in order.
+//    bytes back; Take keeps bytes it read in the ring (views into it), past Readable, until it
+//    releases them, oldest first. Bytes come out exactly as they went in, in order.
 //  - Wake-ups: a side about to sleep sets its `waiting` word, then checks again, then waits on
 //    its futex; the other side, after it published or released, wakes it only if that word is
 //    set (both orders sequentially consistent, so a wake is never missed and a side that is
@@ -75,6 +78,13 @@ class ShmRing {
   // messages handed out); a consumer asleep for a higher mark is neither woken nor rung.
   bool Publish(std::uint64_t mark = UINT64_MAX);
   std::size_t Space() const;  // bytes Write would take now
+  // Keeps the ring's used part small: when the producer is `from` bytes or more into the ring
+  // and the consumer holds nothing (all published and released), the rest of the ring is
+  // skipped and the next Write starts at its beginning; the consumer jumps over the skip
+  // (Readable, Available) and gives it back with its next Release. A ring cycles through all
+  // its lines otherwise, each store meeting a line long out of the cache. False (nothing done)
+  // when it cannot, or when the consumer is an older one that does not follow skips.
+  bool Rewind(std::size_t from);
   // Sleeps until at least `bytes` (at most the capacity) can be written, the ring is revoked,
   // or `timeout` passes. True if the space is there.
   bool WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout);
@@ -83,10 +93,17 @@ class ShmRing {
   // can be written already or the ring is revoked: do not sleep then.
   bool ArmForSpace(std::size_t bytes);
 
-  // Consumer.
+  // Consumer. Bytes it has read may stay in the ring, taken (Take: a reader that hands them
+  // out in place), until it releases them; Readable and Available start past what it took.
   std::span<const std::byte> Readable() const;  // contiguous published bytes, maybe not all
-  std::size_t Available() const;                // all published bytes not yet released
-  // Gives bytes back (at most Available()), and wakes a producer asleep on the futex
+  std::size_t Available() const;                // all published bytes not yet taken
+  void Take(std::size_t bytes);                 // at most Available(); not yet given back
+  // Positions since the ring's start: through what the consumer took (after a skip it met),
+  // and through what it released.
+  std::uint64_t taken_at() const { return taken_; }
+  std::uint64_t released_at() const { return read_; }
+  // Gives back the oldest `bytes` (taken or not; at most what was published and not released:
+  // those not taken yet are taken too), and wakes a producer asleep on the futex
   // (WaitForSpace). True if the producer sleeps in poll() (ArmForSpace): ring it, once.
   bool Release(std::size_t bytes);
   // Sleeps until something is published (with `mark` or more: see Publish), the ring is
@@ -114,6 +131,8 @@ class ShmRing {
   std::size_t capacity_;
   std::uint64_t written_;  // the producer's head, ahead of the published one until Publish
   std::uint64_t read_;     // the consumer's tail
+  // The consumer's: read_ plus what it took and still holds (and skips it met: Available).
+  mutable std::uint64_t taken_;
 };
 
 }  // namespace tern::ipc

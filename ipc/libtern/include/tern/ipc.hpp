@@ -317,6 +317,8 @@ class PortWriter {
                   const Message* message);
   // The direct path (port_writer.cpp).
   IpcResult<void> WriteDirect(std::uint32_t id, std::string_view bytes, const Message* message);
+  // write(message) past its fast path (a small data message on a direct stream).
+  IpcResult<void> WriteGeneral(const Message& message);
   IpcResult<void> SendFrame();
   void TryDirect();
   IpcResult<void> FallBack();
