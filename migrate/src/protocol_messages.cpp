@@ -1,6 +1,10 @@
 #include "tern/migrate/protocol_messages.hpp"
 
+#include <array>
 #include <type_traits>
+#include <utility>
+
+#include "tern/migrate/request_names.hpp"
 
 namespace tern::migrate {
 
@@ -42,6 +46,15 @@ constexpr std::string_view TypeName() {
 }
 
 }  // namespace
+
+std::span<const std::string_view> RequestNames() {
+  static constexpr auto kNames = []<std::size_t... I>(std::index_sequence<I...>) {
+    return std::array<std::string_view, sizeof...(I)>{
+        TypeName<std::variant_alternative_t<I, Request>>()...};
+  }
+  (std::make_index_sequence<std::variant_size_v<Request>>{});
+  return kNames;
+}
 
 std::string_view NameOf(const Message& message) {
   return std::visit([](const auto& m) { return TypeName<std::decay_t<decltype(m)>>(); }, message);

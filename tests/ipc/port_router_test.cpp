@@ -1449,17 +1449,32 @@ TEST(PortRouterReattach, AReattachedJobHoldsNothingAndLooksNamesUpAgainUnderThei
   EXPECT_EQ(net.Call("client", JobOp::kPortStatus, U32(taken)).status, JobStatus::kOk);
 }
 
+// The durable-home tests' set-up: node 1 keeps its state, its job "server" holds a port (queue
+// limit 8) with a send right registered as "svc", and "client" on node 2 looked it up (`to`).
+struct DurableService {
+  DurableService() : net(2) {
+    net.KeepDurable(1);
+    net.Attach(1, "server");
+    net.Attach(2, "client");
+    port = Allocate(net, "server", /*limit=*/8);
+    send = MakeSend(net, "server", port);
+    EXPECT_EQ(Register(net, "server", "svc", send), "");
+    to = ReadU32(Lookup(net, "client", "svc").body);
+  }
+  Net net;
+  std::uint32_t port = 0;
+  std::uint32_t send = 0;
+  std::uint32_t to = 0;
+};
+
 // docs/ipc.md "Port homes that survive their agent": node 1's router is killed and a new one
 // restored from the files the old one wrote, as a restarted agent restores it.
 TEST(PortRouterDurable, ARestoredHomeKeepsPortsQueuesNamesCountsAndGivesTheJobItsRightsBack) {
-  Net net(2);
-  net.KeepDurable(1);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
-  const std::uint32_t send = MakeSend(net, "server", port);
-  ASSERT_EQ(Register(net, "server", "svc", send), "");
-  const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+  DurableService service;
+  Net& net = service.net;
+  const std::uint32_t port = service.port;
+  const std::uint32_t send = service.send;
+  const std::uint32_t to = service.to;
   for (const char* text : {"m1", "m2", "m3"}) {
     ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, text)).status, JobStatus::kOk);
   }
@@ -1521,14 +1536,10 @@ TEST(PortRouterDurable, ARestoredHomeKeepsPortsQueuesNamesCountsAndGivesTheJobIt
 // commit record was written: the move aborts and the job resumes there, so its rights must come
 // back with the restart (the fault campaign's "source killed at committing" lost them all).
 TEST(PortRouterDurable, AnExportNotSettledBeforeARestartGivesTheJobItsRightsBack) {
-  Net net(2);
-  net.KeepDurable(1);
-  net.Attach(1, "server");
-  net.Attach(2, "client");
-  const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
-  const std::uint32_t send = MakeSend(net, "server", port);
-  ASSERT_EQ(Register(net, "server", "svc", send), "");
-  const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+  DurableService service;
+  Net& net = service.net;
+  const std::uint32_t port = service.port;
+  const std::uint32_t to = service.to;
   ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "before")).status, JobStatus::kOk);
   const std::size_t rights_before = net.routers[1]->RightCount("server");
   ASSERT_GE(rights_before, 2u);
@@ -1553,14 +1564,10 @@ TEST(PortRouterDurable, AnExportNotSettledBeforeARestartGivesTheJobItsRightsBack
 TEST(PortRouterDurable, ASettledOrForgottenExportReleasesNothingTheDestinationHolds) {
   for (const bool settle_first : {true, false}) {
     SCOPED_TRACE(settle_first ? "settled, then restarted" : "restarted, then forgotten");
-    Net net(2);
-    net.KeepDurable(1);
-    net.Attach(1, "server");
-    net.Attach(2, "client");
-    const std::uint32_t port = Allocate(net, "server", /*limit=*/8);
-    const std::uint32_t send = MakeSend(net, "server", port);
-    ASSERT_EQ(Register(net, "server", "svc", send), "");
-    const std::uint32_t to = ReadU32(Lookup(net, "client", "svc").body);
+    DurableService service;
+    Net& net = service.net;
+    const std::uint32_t port = service.port;
+    const std::uint32_t to = service.to;
 
     auto exported = net.routers[1]->ExportJob("server", 2);
     ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <tern/migrate/request_names.hpp>
 
 namespace tern::agent {
 namespace {
@@ -24,11 +25,6 @@ Expected<FaultAction> ActionFrom(std::string_view text) {
   return Fail("action must be \"kill\", \"cut\", \"degrade\" or \"lose\", not \"" +
               std::string(text) + "\"");
 }
-
-// The migration requests an agent sends its peer (migrate::Request), by the names the driver
-// gives them.
-const std::set<std::string, std::less<>> kLosableMessages = {"prepare", "restore", "commit",
-                                                             "abort",   "outcome", "ipc_state"};
 
 }  // namespace
 
@@ -113,8 +109,11 @@ Expected<FaultPlan> FaultPlan::FromJson(const nlohmann::json& body) {
   }
   if (plan.action == FaultAction::kLoseMessages) {
     plan.message = body.value("message", "");
-    if (!kLosableMessages.contains(plan.message)) {
-      return Fail("a lose needs message: prepare, restore, commit, abort, outcome or ipc_state");
+    const auto names = migrate::RequestNames();
+    if (std::find(names.begin(), names.end(), plan.message) == names.end()) {
+      std::string known;
+      for (std::string_view name : names) known += (known.empty() ? "" : ", ") + std::string(name);
+      return Fail("a lose needs message: one of " + known);
     }
   } else if (body.contains("message")) {
     return Fail("message is for action \"lose\" only");

@@ -58,14 +58,13 @@ struct FaultPlan {
   int loss_pct = 0;                        // kDegradeLinks: 0 (none) or 1..100
   int rate_kbit = 0;                       // kDegradeLinks: 0 (uncapped) or 8..10,000,000
   std::string job;                         // only moves of this job; empty: any
-  std::string message;  // kLoseMessages: "prepare", "restore", "commit", "abort", "outcome",
-                        // "ipc_state" (migrate::RequestKindName)
+  std::string message;  // kLoseMessages: a request's name, "CommitRequest"... (RequestNames)
 
   // {"side": "source", "phase": "dumping", "action": "kill", "job": "node1.3"}
   // {"side": "destination", "phase": "restoring", "action": "cut", "cut_ms": 3000}
   // {"side": "source", "phase": "transferring", "action": "degrade", "for_ms": 3000,
   //  "loss_pct": 10, "rate_kbit": 20000}
-  // {"side": "source", "phase": "committing", "action": "lose", "message": "commit",
+  // {"side": "source", "phase": "committing", "action": "lose", "message": "CommitRequest",
   //  "for_ms": 30000}
   // Unknown fields, sides, actions, durations outside 1..60000 ms, a degrade that changes
   // nothing, and fields of another action are refused with the reason.

@@ -96,21 +96,6 @@ std::optional<migrate::Reply> AsReply(const migrate::Message& message) {
       message);
 }
 
-std::string_view RequestKind(const migrate::Request& request) {
-  using namespace migrate;
-  return std::visit(
-      [](const auto& value) -> std::string_view {
-        using T = std::decay_t<decltype(value)>;
-        if constexpr (std::is_same_v<T, PrepareRequest>) return "prepare";
-        if constexpr (std::is_same_v<T, RestoreRequest>) return "restore";
-        if constexpr (std::is_same_v<T, CommitRequest>) return "commit";
-        if constexpr (std::is_same_v<T, AbortRequest>) return "abort";
-        if constexpr (std::is_same_v<T, OutcomeQuery>) return "outcome";
-        return "ipc_state";
-      },
-      request);
-}
-
 // The source machine's patience, as the driver had it before the machine: a prepare answered
 // within 30 s, a restore (images sent, CRIU run) within 120 s, a dump caught holding a file
 // lock tried kLockRetries times 30 ms apart, the commit sent 10 times a second apart (each

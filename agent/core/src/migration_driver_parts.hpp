@@ -95,8 +95,6 @@ bool IsTransientCriuError(const std::string& message);
 double MillisSince(Clock::time_point start);
 std::optional<migrate::Request> AsRequest(const migrate::Message& message);
 std::optional<migrate::Reply> AsReply(const migrate::Message& message);
-// "prepare", "restore", "commit", "abort", "outcome", "ipc_state": as a lose fault names them.
-std::string_view RequestKind(const migrate::Request& request);
 migrate::SourceOptions SourceTimings();
 std::string HostOf(const std::string& host_port);
 std::uint64_t PagesBytes(const std::string& dir);

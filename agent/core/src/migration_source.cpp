@@ -99,7 +99,7 @@ void MigrationDriver::FaultPoint(bool source, std::string_view phase, const std:
 
 bool MigrationDriver::LostByFault(const migrate::Request& request, std::string_view id) {
   if (faults_ == nullptr) return false;
-  const std::string_view kind = RequestKind(request);
+  const std::string_view kind = migrate::NameOf(migrate::ToMessage(request));
   if (!faults_->Loses(kind, Clock::now())) return false;
   spdlog::warn("fault: migration {}: the {} request is lost", id, kind);
   return true;

@@ -93,7 +93,7 @@ TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
        "wrong type"},
       {{{"side", "source"}, {"phase", "x"}, {"action", "cut"}, {"cut_ms", 100}, {"loss_pct", 5}},
        "for action \"degrade\" only"},
-      {{{"side", "source"}, {"phase", "x"}, {"action", "lose"}, {"message", "commit"}},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "lose"}, {"message", "CommitRequest"}},
        "for_ms between"},
       {{{"side", "source"}, {"phase", "x"}, {"action", "lose"}, {"for_ms", 100}},
        "a lose needs message"},
@@ -103,13 +103,13 @@ TEST(FaultHookTest, BadPlansAreRefusedWithTheReason) {
         {"for_ms", 100},
         {"message", "everything"}},
        "a lose needs message"},
-      {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"message", "commit"}},
+      {{{"side", "source"}, {"phase", "x"}, {"action", "kill"}, {"message", "CommitRequest"}},
        "for action \"lose\" only"},
       {{{"side", "source"},
         {"phase", "x"},
         {"action", "lose"},
         {"for_ms", 100},
-        {"message", "commit"},
+        {"message", "CommitRequest"},
         {"loss_pct", 5}},
        "for action \"degrade\" only"},
   };
@@ -131,7 +131,7 @@ TEST(FaultHookTest, PlanRoundTripsThroughJson) {
                      {"phase", "committing"},
                      {"action", "lose"},
                      {"for_ms", 30000},
-                     {"message", "commit"}};
+                     {"message", "CommitRequest"}};
   EXPECT_EQ(Plan(lose).ToJson(), lose);
 }
 
@@ -142,19 +142,20 @@ TEST(FaultHookTest, ALoseFaultDropsItsKindOfRequestUntilItsTimeIsUp) {
                              {"phase", "committing"},
                              {"action", "lose"},
                              {"for_ms", 2000},
-                             {"message", "commit"}})));
+                             {"message", "CommitRequest"}})));
   const auto t0 = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
-  EXPECT_FALSE(hook.Loses("commit", t0)) << "nothing is lost before the fault fires";
+  EXPECT_FALSE(hook.Loses("CommitRequest", t0)) << "nothing is lost before the fault fires";
   auto hit = hook.OnPhase(MoveSide::kSource, "committing", "node1.2", "m1");
   ASSERT_TRUE(hit);
   hook.StartLosing(hit->plan, t0);
-  EXPECT_TRUE(hook.Loses("commit", t0));
-  EXPECT_TRUE(hook.Loses("commit", t0 + milliseconds(1999)));
-  EXPECT_FALSE(hook.Loses("outcome", t0 + milliseconds(10))) << "only its own kind";
-  EXPECT_FALSE(hook.Loses("commit", t0 + milliseconds(2000))) << "over when its time is up";
+  EXPECT_TRUE(hook.Loses("CommitRequest", t0));
+  EXPECT_TRUE(hook.Loses("CommitRequest", t0 + milliseconds(1999)));
+  EXPECT_FALSE(hook.Loses("OutcomeQuery", t0 + milliseconds(10))) << "only its own kind";
+  EXPECT_FALSE(hook.Loses("CommitRequest", t0 + milliseconds(2000))) << "over when its time is up";
   FaultPlan kill = Plan({{"side", "source"}, {"phase", "committing"}, {"action", "kill"}});
   hook.StartLosing(kill, t0);
-  EXPECT_FALSE(hook.Loses("commit", t0 + milliseconds(2000))) << "another action loses nothing";
+  EXPECT_FALSE(hook.Loses("CommitRequest", t0 + milliseconds(2000)))
+      << "another action loses nothing";
 }
 
 TEST(FaultHookTest, ADegradeFiresWithItsLossRateAndDuration) {
