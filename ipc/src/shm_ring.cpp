@@ -1,4 +1,5 @@
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -23,6 +24,9 @@ struct ShmRing::Header {
   // The producer's last Rewind: `skip_length` bytes from position `skip_at` carry nothing.
   std::atomic<std::uint64_t> skip_at;
   std::atomic<std::uint64_t> skip_length;
+  // The CPU the producer last published from, plus one (Publish); zero in a block an older
+  // libtern made, or before the first Publish.
+  std::atomic<std::uint32_t> producer_cpu;
   alignas(kLine) std::atomic<std::uint64_t> tail;
   alignas(kLine) std::atomic<std::uint32_t> data;
   std::atomic<std::uint32_t> reader_waiting;
@@ -166,6 +170,10 @@ std::size_t ShmRing::Write(std::span<const std::byte> bytes) {
 bool ShmRing::Publish(std::uint64_t mark) {
   if (header_->head.load(std::memory_order_relaxed) == written_) return false;
   header_->head.store(written_);
+  // A hint for the consumer (producer_cpu()); the line is the one `head` just took.
+  if (const int cpu = ::sched_getcpu(); cpu >= 0) {
+    header_->producer_cpu.store(static_cast<std::uint32_t>(cpu) + 1, std::memory_order_relaxed);
+  }
   if (header_->reader_waiting.load() == 0) return false;
   // Armed for a later mark: it sleeps on (the bytes are there for when it looks).
   if (mark < header_->wake_at.load()) return false;
@@ -177,6 +185,12 @@ bool ShmRing::Publish(std::uint64_t mark) {
   header_->data.fetch_add(1);
   FutexWake(header_->data, 1);
   return false;
+}
+
+std::optional<unsigned> ShmRing::producer_cpu() const {
+  const std::uint32_t cpu = header_->producer_cpu.load(std::memory_order_relaxed);
+  if (cpu == 0) return std::nullopt;
+  return cpu - 1;
 }
 
 bool ShmRing::WaitForSpace(std::size_t bytes, std::chrono::milliseconds timeout) {

@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -76,6 +78,40 @@ TEST(ShmRing, BytesComeOutInOrderAcrossTheWrap) {
   EXPECT_EQ(consumer->Readable().size(), 1096u) << "a run stops at the end of the data";
   EXPECT_EQ(consumer->Available(), 2000u);
   EXPECT_EQ(ReadAll(*consumer), second);
+}
+
+// The consumer learns which CPU the producer last published from (a writer sizes its frames by
+// it): nothing before the first Publish, as in a block an older libtern made; then the CPU the
+// publishing thread ran on, followed as that thread moves.
+TEST(ShmRing, APublishSaysWhichCpuTheProducerRanOn) {
+  SharedBlock block(ShmRing::BytesFor(4096));
+  auto producer = ShmRing::Create(block.side(0), 4096);
+  auto consumer = ShmRing::Attach(block.side(1));
+  ASSERT_TRUE(producer && consumer);
+  EXPECT_FALSE(consumer->producer_cpu()) << "nothing published yet";
+
+  cpu_set_t allowed;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof allowed, &allowed), 0);
+  std::vector<unsigned> cpus;
+  for (unsigned cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &allowed)) cpus.push_back(cpu);
+  }
+  ASSERT_FALSE(cpus.empty());
+  if (cpus.size() > 2) cpus.resize(2);
+  // On a thread of its own, pinned to each CPU in turn, so the test's own affinity stays.
+  std::thread publisher([&] {
+    for (const unsigned cpu : cpus) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      ASSERT_EQ(::pthread_setaffinity_np(::pthread_self(), sizeof one, &one), 0);
+      ASSERT_EQ(producer->Write(Pattern(10, cpu)), 10u);
+      producer->Publish();
+      EXPECT_EQ(consumer->producer_cpu(), cpu);
+      ReadAll(*consumer);
+    }
+  });
+  publisher.join();
 }
 
 // A consumer may keep bytes it read in the ring (Take: views handed out in place): they stay

@@ -10,6 +10,7 @@
 // socket carrying only bells and the break. StreamSender keeps the protocol state; this file
 // does the I/O.
 #include <poll.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -61,10 +62,11 @@ class PortWriter::Direct {
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
   // several are on their way (the credits change only as acks are taken, when a frame goes).
-  // Through shared memory the whole window: on a loaded machine the two jobs take turns on one
-  // CPU (the bells' wake-ups are synchronous), and a turn moves at most one frame each way, so
-  // a frame of half the window cost twice the context switches (bench/README.md, tenth
-  // session).
+  // Through shared memory it depends on where the reader runs (RingFrameMessages): the whole
+  // window while the two jobs take turns on one CPU (a turn moves at most one frame each way, so
+  // a frame of half the window cost twice the context switches: bench/README.md, tenth
+  // session), half of it while they run at once on two (the writer fills a frame while the
+  // reader hands out the last: 1.5x the messages a second on an idle machine, twelfth session).
   std::size_t frame_most = 1;
   // ... and its bytes: train_bytes, or through shared memory at least kRingFrameBytes (a
   // window of 1000 small messages, 77 KB at 64 B, is one frame; two fit the reader's buffer).
@@ -213,8 +215,10 @@ class PortWriter::Direct {
   // Starts `frame` with the message numbered last (out of line: once a frame).
   [[gnu::noinline]] void StartFrame(const Options& options) {
     frame.Start(Buffer(), sender.writer(), sender.last());
-    frame_most = std::clamp<std::size_t>(rings ? credits : credits / 4, 1,
-                                         std::max<std::size_t>(1, options.train_messages));
+    const std::size_t most =
+        rings ? libtern::RingFrameMessages(credits, rings->acks().producer_cpu(), ::sched_getcpu())
+              : credits / 4;
+    frame_most = std::clamp<std::size_t>(most, 1, std::max<std::size_t>(1, options.train_messages));
     frame_bytes = rings ? std::max(options.train_bytes, kRingFrameBytes) : options.train_bytes;
   }
 

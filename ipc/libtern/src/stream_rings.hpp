@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <tern/expected.hpp>
 #include <tern/ipc/frame.hpp>
@@ -157,6 +158,19 @@ bool SpinBriefly(Ready ready) {
     ::sched_yield();
   } while (std::chrono::steady_clock::now() < until);
   return ready();
+}
+
+// How many messages a writer puts in a frame through shared memory, for a window of `credits`:
+// half the window while its reader runs on another CPU than the writer (the reader's last ack
+// was published from `reader_cpu`, the writer is on `writer_cpu`), so that the writer fills
+// the next frame while the reader hands out the last one; the whole window otherwise (the two
+// take turns on one CPU, where each frame costs a turn of both: or the reader has not said).
+// docs/ipc.md "Frames sized by where the reader runs".
+inline std::size_t RingFrameMessages(std::uint32_t credits, std::optional<unsigned> reader_cpu,
+                                     int writer_cpu) {
+  const bool apart =
+      reader_cpu && writer_cpu >= 0 && *reader_cpu != static_cast<unsigned>(writer_cpu);
+  return std::max<std::size_t>(1, apart ? credits / 2 : credits);
 }
 
 // Writes `bytes` to the Unix socket `fd` with `pass` attached (SCM_RIGHTS); 0 or the errno.

@@ -325,6 +325,17 @@ TEST(StreamRings, TheMemfdPassedWithTheWelcomeMapsTheSameRingsOnTheOtherSide) {
   EXPECT_FALSE(libtern::StreamRings::WriteWhole((*writer)->frames(), "x"));
 }
 
+// Frames through shared memory are half the window only while the reader runs on another CPU
+// than the writer (both at once: the writer fills one while the reader hands out the last); the
+// whole window while they share one CPU or the reader has not said where it runs.
+TEST(StreamRings, FramesAreHalfTheWindowOnlyWhileTheReaderRunsOnAnotherCpu) {
+  EXPECT_EQ(libtern::RingFrameMessages(1000, std::nullopt, 0), 1000u) << "an older reader";
+  EXPECT_EQ(libtern::RingFrameMessages(1000, 0u, 0), 1000u) << "one CPU: they take turns";
+  EXPECT_EQ(libtern::RingFrameMessages(1000, 1u, 0), 500u) << "two CPUs at once";
+  EXPECT_EQ(libtern::RingFrameMessages(1000, 1u, -1), 1000u) << "the writer's CPU unknown";
+  EXPECT_EQ(libtern::RingFrameMessages(1, 1u, 0), 1u) << "never an empty frame";
+}
+
 // A memfd that is not the rings' layout (another size, unsealed) is refused.
 TEST(StreamRings, AMemfdOfAnotherShapeIsRefused) {
   UniqueFd other(::memfd_create("not-rings", MFD_CLOEXEC));

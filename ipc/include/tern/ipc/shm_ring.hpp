@@ -7,7 +7,7 @@
 // Layout of the shared block (BytesFor(capacity) bytes, `capacity` a power of two):
 //   line 0   magic, capacity, `revoked`, `features`           (written once, then by Revoke)
 //   line 1   `head`: bytes the producer has published, ever,   (the producer writes it)
-//            and its last Rewind's skip
+//            and its last Rewind's skip, and the CPU it last published from (a hint)
 
 //   line 2   `tail`: bytes the consumer has released, ever     (the consumer writes it)
 //   line 3   `data` futex word, `reader_waiting`, `wake_at`    (the consumer sleeps here)
@@ -92,6 +92,12 @@ class ShmRing {
   // Release returns true): says it sleeps, then checks again. False (nothing said) if `bytes`
   // can be written already or the ring is revoked: do not sleep then.
   bool ArmForSpace(std::size_t bytes);
+
+  // The CPU the producer last published from (Publish), as sched_getcpu() said then; nullopt
+  // before its first Publish or when the producer is an older one that does not say. A hint,
+  // stale as soon as read: whether the two sides run at once on two CPUs or take turns on one
+  // (PortWriter sizes its frames by it: docs/ipc.md "Frames sized by where the reader runs").
+  std::optional<unsigned> producer_cpu() const;
 
   // Consumer. Bytes it has read may stay in the ring, taken (Take: a reader that hands them
   // out in place), until it releases them; Readable and Available start past what it took.
