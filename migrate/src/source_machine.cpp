@@ -115,6 +115,7 @@ MachineActions SourceMachine::Committed(Millis now) {
   MachineActions actions;
   // The commit point: durable before the copy dies, so that a restart never resumes it.
   actions.push_back(PersistAction{Record(SourceStage::kCommitted)});
+  actions.push_back(SettleIpcAction{plan_.job_id});
   actions.push_back(KillJobAction{plan_.id});
   Enter(SourcePhase::kCommitting);
   commit_attempt_ = 0;
@@ -133,6 +134,8 @@ std::pair<SourceMachine, MachineActions> SourceMachine::Recover(const SourceReco
       break;
     case SourceStage::kCommitted:
       machine.ipc_state_ = record.ipc_state;
+      // A restart between the commit record and SettleIpcAction restored the job's rights here.
+      actions.push_back(ForgetMovedIpcAction{record.job_id});
       // A copy left frozen by the crash must not outlive the commit (the adapter kills only a
       // process it identifies as the job's).
       actions.push_back(KillJobAction{record.id});

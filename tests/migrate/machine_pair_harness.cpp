@@ -366,6 +366,10 @@ class World {
     });
   }
   void Do(Side, InstallIpcStateAction& a) { ipc_installed_ = a.state; }
+  // The IPC journal is the agent's (PortRouterDurable tests it): here the order is what counts,
+  // which machines_test checks.
+  void Do(Side, SettleIpcAction&) { Log("S settles the IPC hand-off"); }
+  void Do(Side, ForgetMovedIpcAction&) { Log("S forgets the moved job's IPC"); }
   void Do(Side side, ReportAction& a) {
     Log(std::string(side == Side::kSource ? "S" : "D") + " reports " +
         std::string(ToString(a.kind)) + ": " + a.message);

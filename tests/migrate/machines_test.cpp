@@ -50,6 +50,11 @@ TEST(SourceMachineTest, TheCommitPointPersistsBeforeItKills) {
   const auto actions = source.OnHandOff({HandOffOutcome::kExported, "IPC"}, Millis{10});
   ASSERT_LT(IndexOf<PersistAction>(actions), IndexOf<KillJobAction>(actions));
   ASSERT_LT(IndexOf<KillJobAction>(actions), IndexOf<SendAction>(actions));
+  // The hand-off's rights leave the journal only once the commit record holds them.
+  ASSERT_EQ(Count<SettleIpcAction>(actions), 1);
+  EXPECT_EQ(IndexOf<SettleIpcAction>(actions), IndexOf<PersistAction>(actions) + 1);
+  EXPECT_EQ(std::get<SettleIpcAction>(actions[IndexOf<SettleIpcAction>(actions)]).job_id,
+            "job-1.1");
   const auto& record = std::get<SourceRecord>(std::get<PersistAction>(actions[0]).record);
   EXPECT_EQ(record.stage, SourceStage::kCommitted);
   EXPECT_EQ(record.ipc_state, "IPC");
@@ -123,6 +128,10 @@ TEST(SourceMachineTest, ARestartResumesAFrozenMoveAndRepeatsACommittedOne) {
   EXPECT_EQ(committed.phase(), SourcePhase::kCommitting);
   EXPECT_EQ(Count<ResumeJobAction>(commit), 0);
   EXPECT_EQ(Count<KillJobAction>(commit), 1);
+  // Rights an unsettled hand-off left in the journal go without release, before the kill.
+  ASSERT_EQ(Count<ForgetMovedIpcAction>(commit), 1);
+  EXPECT_LT(IndexOf<ForgetMovedIpcAction>(commit), IndexOf<KillJobAction>(commit));
+  EXPECT_EQ(Count<ForgetMovedIpcAction>(resume), 0) << "a frozen record: the job resumes here";
   ASSERT_EQ(Count<SendAction>(commit), 1);
   const auto& sent = std::get<SendAction>(commit[IndexOf<SendAction>(commit)]).message;
   EXPECT_EQ(std::get<CommitRequest>(sent).ipc_state, "IPC");

@@ -157,12 +157,10 @@ void MigrationDriver::Execute(const std::shared_ptr<Outgoing>& migration,
         Execute(migration, migration->machine.OnPersistFailed(Now()), answer);
         return;
       }
-      // The commit record holds the job's IPC state now: the rights the hand-off took out
-      // leave this agent's journal too (until here a restart gave them back to the job).
-      if (const auto* source = std::get_if<migrate::SourceRecord>(&persist->record);
-          source && source->stage == migrate::SourceStage::kCommitted && ipc_.settle_hand_off) {
-        ipc_.settle_hand_off(source->job_id);
-      }
+    } else if (const auto* settle = std::get_if<migrate::SettleIpcAction>(&action)) {
+      if (ipc_.settle_hand_off) ipc_.settle_hand_off(settle->job_id);
+    } else if (const auto* forget_moved = std::get_if<migrate::ForgetMovedIpcAction>(&action)) {
+      if (ipc_.forget_moved) ipc_.forget_moved(forget_moved->job_id);
     } else if (auto* forget = std::get_if<migrate::ForgetAction>(&action)) {
       store_.Forget(forget->id);
     } else if (std::holds_alternative<migrate::ResumeJobAction>(action)) {
@@ -591,12 +589,6 @@ void MigrationDriver::RecoverOutgoing() {
   for (const auto& record : store_.LoadAll()) {
     const auto* source = std::get_if<migrate::SourceRecord>(&record);
     if (!source) continue;
-    // A restart between the hand-off and its settling restored the job's rights here; the
-    // commit record says they are the destination's: out without releasing them, before the
-    // recovery kills the copy left here (whose end would release them).
-    if (source->stage == migrate::SourceStage::kCommitted && ipc_.forget_moved) {
-      ipc_.forget_moved(source->job_id);
-    }
     auto [machine, actions] = migrate::SourceMachine::Recover(*source, SourceTimings(), Now());
     auto migration = std::make_shared<Outgoing>(std::move(machine));
     migration->recovered = true;

@@ -67,6 +67,18 @@ struct InstallIpcStateAction {
   std::string id;
   std::string state;
 };
+// Source, right after the commit record: the job's rights the hand-off took out leave this
+// agent's IPC journal too. Until then a restart gives them back to the job here, so that a move
+// that ends before its commit record resumes the job with its rights (docs/migration.md).
+struct SettleIpcAction {
+  std::string job_id;
+};
+// Source restarted with a commit record: the rights an unsettled hand-off left in the journal
+// (restored with it) are the destination's now: out of this agent without releasing them,
+// before the copy left here is killed (whose end would release them).
+struct ForgetMovedIpcAction {
+  std::string job_id;
+};
 
 enum class ReportKind {
   kMoved,  // the job runs at the destination
@@ -92,10 +104,10 @@ struct ArmTimerAction {
   Millis at{0};
 };
 
-using MachineAction =
-    std::variant<SendAction, RunStepAction, CancelStepAction, PersistAction, ForgetAction,
-                 ResumeJobAction, KillJobAction, DiscardCopyAction, HandOffIpcAction,
-                 InstallIpcStateAction, ReportAction, ArmTimerAction>;
+using MachineAction = std::variant<SendAction, RunStepAction, CancelStepAction, PersistAction,
+                                   ForgetAction, ResumeJobAction, KillJobAction, DiscardCopyAction,
+                                   HandOffIpcAction, InstallIpcStateAction, SettleIpcAction,
+                                   ForgetMovedIpcAction, ReportAction, ArmTimerAction>;
 using MachineActions = std::vector<MachineAction>;
 
 }  // namespace tern::migrate
