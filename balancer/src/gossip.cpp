@@ -161,18 +161,21 @@ bool Gossip::Spreading(std::uint32_t slot) const {
          std::find(dead_news_.begin(), dead_news_.end(), entry.id) != dead_news_.end();
 }
 
-bool Gossip::Stalest(Millis time, std::uint64_t id) const {
+bool Gossip::FullOfLiveTop() const {
   const std::size_t held = slots_.size() - holes_.size();
   return options_.view_max != 0 && held >= options_.view_max && dead_held_ == 0 && top_all_ &&
-         top_.size() == held && Older(time, id, top_.back());
+         top_.size() == held;
+}
+
+bool Gossip::Stalest(Millis time, std::uint64_t id) const {
+  return FullOfLiveTop() && Older(time, id, top_.back());
 }
 
 bool Gossip::MakeRoom(std::uint64_t id, const Entry& entry) {
   if (options_.view_max == 0 || slots_.size() - holes_.size() < options_.view_max) return true;
   const bool news = entry.dead;
-  if (!news && dead_held_ == 0 && top_all_ && top_.size() == slots_.size() - holes_.size()) {
-    // Every entry held is live and in top_ (view_max is at most about top_'s capacity): the
-    // stalest is its last, with no scan. The same victim as the scan below.
+  if (!news && FullOfLiveTop()) {
+    // The stalest is top_'s last, with no scan: the same victim as the scan below.
     const Top& last = top_.back();
     if (Older(entry.key(), id, last)) return false;
     Remove(last.slot);

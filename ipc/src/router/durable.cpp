@@ -25,6 +25,7 @@
 // the turn's other records (the last one per peer stands); [u8 5][u64 node][u64 epoch][u64 seq]
 // [payload] a numbered frame sent to that peer (the payload as on the wire); [u8 6][u64 node]
 // [u64 epoch][u64 seq] that peer acknowledged every frame of that epoch up to seq.
+#include <algorithm>
 #include <tern/ipc/state_journal.hpp>
 
 #include "state.hpp"
@@ -233,27 +234,33 @@ std::string PortRouter::State::EncodeSnapshot() const {
     }
     out.U8(link->broken ? 1 : 0);
   }
-  // Exported jobs not settled yet are written as if still here (UnsettledExport). Merged
-  // copies only while there are some: this runs after every turn.
-  std::map<std::string, std::pair<ObjectId, std::string>> merged_names;
-  std::map<std::string, const JobState*> merged_jobs;
-  const bool unsettled = !unsettled_exports.empty();
-  if (unsettled) {
-    merged_names = names;
-    for (const auto& [name, job] : jobs) merged_jobs[name] = &job;
-    for (const auto& [name, kept] : unsettled_exports) {
-      merged_jobs.emplace(name, &kept.table);
-      for (const auto& [text, port] : kept.registered)
-        merged_names.emplace(text, std::pair{port, name});
+  // Exported jobs not settled yet are written as if still here (UnsettledExport), after the
+  // router's own; a name or job the router has (again) is its own. No copies: this runs after
+  // every turn, and while nothing is unsettled both lists stay empty.
+  struct KeptName {
+    const std::string* text;
+    ObjectId port;
+    const std::string* job;
+  };
+  std::vector<KeptName> kept_names;
+  std::vector<std::pair<const std::string*, const JobState*>> kept_jobs;
+  for (const auto& [name, kept] : unsettled_exports) {
+    if (!jobs.contains(name)) kept_jobs.emplace_back(&name, &kept.table);
+    for (const auto& [text, port] : kept.registered) {
+      const bool written =
+          names.contains(text) || std::any_of(kept_names.begin(), kept_names.end(),
+                                              [&](const KeptName& k) { return *k.text == text; });
+      if (!written) kept_names.push_back({&text, port, &name});
     }
   }
-  const auto& all_names = unsettled ? merged_names : names;
-  out.U32(static_cast<std::uint32_t>(all_names.size()));
-  for (const auto& [text, entry] : all_names) {
+  const auto write_name = [&out](const std::string& text, ObjectId port, const std::string& job) {
     out.Bytes(text);
-    WriteId(out, entry.first);
-    out.Bytes(entry.second);
-  }
+    WriteId(out, port);
+    out.Bytes(job);
+  };
+  out.U32(static_cast<std::uint32_t>(names.size() + kept_names.size()));
+  for (const auto& [text, entry] : names) write_name(text, entry.first, entry.second);
+  for (const KeptName& kept : kept_names) write_name(*kept.text, kept.port, *kept.job);
   const auto write_job = [&out](const std::string& name, const JobState& job) {
     out.Bytes(name);
     out.U8(job.uid ? 1 : 0);
@@ -266,13 +273,9 @@ std::string PortRouter::State::EncodeSnapshot() const {
       if (Kept(entry)) router::WriteTableEntry(out, handle, entry);
     }
   };
-  if (unsettled) {
-    out.U32(static_cast<std::uint32_t>(merged_jobs.size()));
-    for (const auto& [name, job] : merged_jobs) write_job(name, *job);
-  } else {
-    out.U32(static_cast<std::uint32_t>(jobs.size()));
-    for (const auto& [name, job] : jobs) write_job(name, job);
-  }
+  out.U32(static_cast<std::uint32_t>(jobs.size() + kept_jobs.size()));
+  for (const auto& [name, job] : jobs) write_job(name, job);
+  for (const auto& [name, job] : kept_jobs) write_job(*name, *job);
   return out.Take();
 }
 

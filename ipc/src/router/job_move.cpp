@@ -121,25 +121,23 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
     out.U32(ticket.name);
     out.U8(ticket.many ? 1 : 0);
   }
-  std::vector<std::string> registered;
+  std::vector<std::pair<std::string, ObjectId>> registered;
   for (const auto& [text, entry] : s.names) {
-    if (entry.second == job_name) registered.push_back(text);
+    if (entry.second == job_name) registered.emplace_back(text, entry.first);
   }
   out.U32(static_cast<std::uint32_t>(registered.size()));
-  for (const std::string& text : registered) {
+  for (const auto& [text, port] : registered) {
     out.Bytes(text);
-    WriteId(out, s.names.at(text).first);
+    WriteId(out, port);
   }
 
+  for (const auto& [text, port] : registered) s.names.erase(text);
   if (s.durable) {
-    State::UnsettledExport kept;
+    State::UnsettledExport& kept = s.unsettled_exports[job_name] = {};
     kept.table.uid = job.uid;
     kept.table.next_name = job.next_name;
     kept.table.names = job.names;
-    for (const std::string& text : registered) {
-      kept.registered.emplace_back(text, s.names.at(text).first);
-    }
-    s.unsettled_exports[job_name] = std::move(kept);
+    kept.registered = std::move(registered);
   }
   // The job is gone from here without releasing anything: its rights travel.
   for (const auto& [handle, op] : job.ops) s.CancelTimer(op.wait_timer);
@@ -147,7 +145,6 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
     s.tickets.erase(id);
     s.forwarded_tickets[id] = to;
   }
-  for (const std::string& text : registered) s.names.erase(text);
   s.jobs.erase(job_it);
   s.RememberMove(job_name, to);
   return {ExportOutcome::kExported, out.Take()};

@@ -336,8 +336,11 @@ class alignas(64) Gossip {
   // view_max: makes room for a new entry about `id` (evicts the stalest), or returns false
   // when the entry is to be dropped.
   bool MakeRoom(std::uint64_t id, const Entry& entry);
+  // Whether the view is full (view_max) of live entries, all in top_ (view_max is at most about
+  // top_'s capacity): the stalest is then top_.back(), found without a scan (MakeRoom, Stalest).
+  bool FullOfLiveTop() const;
   // Whether a live entry about `id` (not held) sampled at `time` is one MakeRoom() drops on its
-  // fast path: the view is full of live entries, all in top_, and it is older than the stalest.
+  // fast path: FullOfLiveTop() and it is older than the stalest.
   // Merge() then skips building the entry (at 10,000 nodes in tern-sim, ~45% of those received).
   bool Stalest(Millis time, std::uint64_t id) const;
   bool Spreading(std::uint32_t slot) const;
