@@ -246,11 +246,12 @@ std::string PortRouter::State::EncodeSnapshot() const {
   std::vector<std::pair<const std::string*, const JobState*>> kept_jobs;
   for (const auto& [name, kept] : unsettled_exports) {
     if (!jobs.contains(name)) kept_jobs.emplace_back(&name, &kept.table);
-    for (const auto& [text, port] : kept.registered) {
+    for (const auto& entry : kept.registered) {
+      const std::string& text = entry.first;
       const bool written =
           names.contains(text) || std::any_of(kept_names.begin(), kept_names.end(),
                                               [&](const KeptName& k) { return *k.text == text; });
-      if (!written) kept_names.push_back({&text, port, &name});
+      if (!written) kept_names.push_back({&text, entry.second, &name});
     }
   }
   const auto write_name = [&out](const std::string& text, ObjectId port, const std::string& job) {
