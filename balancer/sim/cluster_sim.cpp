@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 
@@ -92,17 +93,27 @@ struct Part {
   LoadPool pool;
   std::vector<std::uint32_t> due;  // the nodes that tick this step
   std::vector<balancer::SharedGossipSend> sends;
-  std::vector<Message> messages;
   // The windows sent this step, delivered the next: entries[0, used). Not cleared between
   // steps but written over (clearing read the ~1.5 MB of a step's windows once more, a cache
   // miss per line, to destroy shared_ptrs that own nothing: a delivery moves their vectors out).
   std::vector<SharedGossipEntry> entries;
   std::size_t used = 0;
+  std::vector<std::uint32_t> finishing;  // the nodes where this step's jobs finish (Progress)
+  // What a placement or decision of this thread's reads (the gossip sample taken just before it,
+  // in cache) and the list of the node's jobs it gives its Balancer.
+  std::vector<balancer::NodeState> sample;
+  std::vector<balancer::LocalJob> local;
+};
+
+// What a chunk of consecutive nodes gives the step, gathered in chunk order (so in node order,
+// whatever thread ran which chunk): its nodes' migrations (FirstPass); the jobs that finished,
+// the windows sent and their bytes, the nodes due to balance (StepNodes).
+struct ChunkOut {
+  std::vector<Flight> moves;
+  std::vector<Finished> finished;
+  std::vector<Message> messages;
   std::uint64_t bytes = 0;
-  std::vector<Finished> finished;                         // this step's, in node order
-  std::vector<std::uint32_t> finishing;                   // the nodes where they finish
-  std::vector<std::uint32_t> balance_due;                 // its nodes that balance this step
-  std::vector<std::vector<balancer::NodeState>> samples;  // theirs, in the same order
+  std::vector<std::uint32_t> balance_due;
 };
 
 Millis ToMillis(double seconds) { return Millis(std::llround(seconds * 1000)); }
@@ -168,7 +179,6 @@ class Sim {
       const auto retain = 2 * Gossip(g).RetainsFor() + options.gossip_interval;
       for (unsigned part = 0; part < workers_.size(); ++part) parts_.emplace_back(retain);
     }
-    samples_.resize(1);  // an empty sample for the policies that use none
     const auto& specs = workload_.nodes();
     const bool gossip = UsesGossip();
     std::uniform_real_distribution<double> phase(0, 1);
@@ -200,6 +210,7 @@ class Sim {
       node.rng = std::make_unique<std::mt19937_64>(options.workload.seed * 1000003 + i);
       nodes_.push_back(std::move(node));
     }
+    chunk_out_.resize(Chunks());
   }
 
   // The nodes whose whole view the report reads (SampleViews: 20 a minute, drawn from rng_ once
@@ -231,52 +242,38 @@ class Sim {
     const double step = options_.step_s;
     std::vector<JobSpec> arrivals;
     // A step in two passes over the nodes on the workers, each touching a node's gossip once:
-    // (1) the windows sent last step arrive and the placements' gossip samples are taken, while
-    // the calling thread first runs the last step's decisions (they read their samples, taken
-    // before, and change jobs, never gossip); (2) the jobs run, the due nodes tick and the due
-    // decisions' samples are taken. Placements and decisions run in order on the calling thread.
-    bool balance_pending = false;
-    double last_t = 0;
+    // (1) the nodes due at the last step decide, the windows sent during the last step arrive and
+    // the step's jobs are placed (FirstPass); (2) the jobs run, the due nodes tick and those due
+    // to balance are listed (StepNodes). A pass changes only the nodes of the chunk it works on;
+    // what a decision or placement does to another node (a job on its way there) is applied
+    // after the pass, in node and arrival order, so the run is the same for any number of
+    // threads: a step's decisions and placements are simultaneous, as on a real cluster, where
+    // a node hears of a job sent to it only when the request arrives.
     // The steps' times, as the loop has always summed them (a node's jobs run lazily, between
     // steps: Sync), and the time after the last.
     for (double t = 0; t < end; t += step) times_.push_back(t);
     times_.push_back(times_.empty() ? step : times_.back() + step);
+    double last_t = 0;
     for (step_ = 0; step_ + 1 < times_.size(); ++step_) {
       const double t = times_[step_];
       const Millis now = ToMillis(t);
       arrivals.clear();
       workload_.Arrivals(t, t + step, arrivals);  // its own generator: independent of the state
-      DeliverAndSample(now, arrivals, [&] {
-        if (balance_pending) BalanceDue(last_t);
-        balance_pending = false;
-      });
-      if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
-        for (std::size_t k = 0; k < arrivals.size(); ++k) {
-          // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
-          const std::size_t n = arrivals.size();
-          if (k + kAhead < n) __builtin_prefetch(&nodes_[arrivals[k + kAhead].origin].balancer);
-          if (k + kAhead / 2 < n) nodes_[arrivals[k + kAhead / 2].origin].balancer->Prefetch();
-          if (k + kAhead / 4 < n) nodes_[arrivals[k + kAhead / 4].origin].balancer->PrefetchPlans();
-          if (SamplesAtUse()) {
-            auto origin = [&](std::size_t j) { return arrivals[j].origin; };
-            SampleHints(k, n, origin);
-            TakeSample(origin(k), sample_, now);
-          }
-          Submit(arrivals[k], now, SamplesAtUse() ? sample_ : samples_[k]);
-        }
-      } else {
-        for (const auto& spec : arrivals) Submit(spec, now, samples_.front());
+      FirstPass(now, Places() ? std::span<const JobSpec>(arrivals) : std::span<const JobSpec>(),
+                last_t);
+      if (!Places()) {
+        for (const auto& spec : arrivals) StartHere(spec);
       }
-      Land(t + step);
       StepNodes(t, step, now);
       if (UsesGossip() && t >= next_view_sample_) {
         SampleViews(now);
         next_view_sample_ += 60;
       }
-      balance_pending = true;
       last_t = t;
     }
-    if (balance_pending) BalanceDue(last_t);
+    // The last step's decisions (the windows in flight: nobody reads a view any more).
+    outbox_.clear();
+    FirstPass(ToMillis(last_t), {}, last_t);
     SimResult result;
     result.policy = policy_;
     result.nodes = nodes_.size();
@@ -316,17 +313,10 @@ class Sim {
            policy_ == Policy::kAgeOnly;
   }
   bool Migrates() const { return policy_ == Policy::kTern || policy_ == Policy::kAgeOnly; }
-  // With one thread, a placement's or decision's gossip sample is taken just before its
-  // Balancer reads it, into one buffer (sample_) that stays in cache, instead of in the passes
-  // over the nodes into a buffer per placement and decision: 1.6 KB each, written there and read
-  // back cold here (a cache miss per line, twice). The same sample: nothing touches gossip in
-  // between (placements run after the first pass; a step's decisions run before the next
-  // step's deliveries when there is one thread, and read the view as the second pass left it,
-  // at that step's time). With node threads the passes take them in parallel, as before.
-  bool SamplesAtUse() const { return workers_.size() == 1; }
+  bool Places() const { return policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern; }
 
   // What node `i`'s Balancer decides on: itself, exactly, and the freshest part of its gossip
-  // view, `sample` (TakeSamples), whose first element TakeSamples left for the node itself: it
+  // view, `sample` (TakeSample), whose first element TakeSample left for the node itself: it
   // is written here, in place (the sample is read once), instead of copying the sample behind
   // it (17 NodeStates per placement and decision, on the one thread that runs them).
   const std::vector<NodeState>& View(std::uint32_t i, std::vector<NodeState>& sample) {
@@ -343,18 +333,8 @@ class Sim {
     return sample;
   }
 
-  // The freshest part of the gossip views of nodes node_at(k), k < n, into sample_at(k) after a
-  // first element left for the node itself (View), with hints in stages some nodes ahead
-  // (Gossip::Prefetch*), so that their misses overlap. Called by the worker whose part of the nodes
-  // they are in (a Gossip is used by one thread at a time).
-  template <typename NodeAt, typename SampleAt>
-  void TakeSamples(std::size_t n, NodeAt node_at, SampleAt sample_at, Millis now) {
-    for (std::size_t k = 0; k < n; ++k) {
-      SampleHints(k, n, node_at);
-      TakeSample(node_at(k), sample_at(k), now);
-    }
-  }
-  // The hints for the sample of node_at(k) of n (TakeSamples): the Gossips of the next ones.
+  // Hints for the gossip sample of node_at(k) of n: the Gossips of the next ones, in stages, so
+  // that their misses overlap.
   template <typename NodeAt>
   void SampleHints(std::size_t k, std::size_t n, NodeAt node_at) const {
     auto gossip = [&](std::size_t j) { return gossips_[node_at(j)]; };
@@ -363,6 +343,9 @@ class Sim {
     if (k + kAhead / 2 < n) gossip(k + kAhead / 2)->PrefetchTickSlots();
     if (k + kAhead / 4 < n) gossip(k + kAhead / 4)->PrefetchLoads(FirstLine);
   }
+  // The freshest part of node's gossip view into `sample`, after a first element left for the
+  // node itself (View). Only from the thread that has the node's chunk (a Gossip is used by one
+  // thread at a time).
   void TakeSample(std::uint32_t node, std::vector<NodeState>& sample, Millis now) const {
     sample.clear();
     sample.emplace_back();  // the node itself, written by View() when its Balancer runs
@@ -372,13 +355,18 @@ class Sim {
         FirstLine);
   }
 
-  // Chunks of consecutive nodes the first pass of a step deals out to the workers as they come
-  // free (one per worker would leave a worker idle while the calling thread runs decisions).
+  // Chunks of consecutive nodes the passes of a step deal out to the workers as they come free
+  // (one per worker would leave workers idle: the chunks' work varies).
   std::size_t Chunks() const {
     return workers_.size() == 1 ? 1 : std::min<std::size_t>(16 * workers_.size(), nodes_.size());
   }
   std::size_t ChunkOf(std::uint32_t node, std::size_t chunks) const {
     return static_cast<std::size_t>(static_cast<std::uint64_t>(node) * chunks / nodes_.size());
+  }
+  // The first node of chunk c (ChunkOf's inverse): chunk c is [ChunkBegin(c), ChunkBegin(c + 1)).
+  std::size_t ChunkBegin(std::size_t c, std::size_t chunks) const {
+    return static_cast<std::size_t>((static_cast<std::uint64_t>(c) * nodes_.size() + chunks - 1) /
+                                    chunks);
   }
   // order: the k < n by chunk of node_at(k), in their order within a chunk; chunk c's are
   // order[begin[c], begin[c + 1]).
@@ -395,91 +383,190 @@ class Sim {
     }
   }
 
-  // The first pass of a step: the windows sent during the last step arrive (one step of delay;
-  // a node's in the order they were sent), then the gossip samples of the placements of
-  // `arrivals` are taken, by chunks of the nodes on the workers; first() runs on the calling
-  // thread before it joins them (it must not touch gossip).
-  template <typename First>
-  void DeliverAndSample(Millis now, const std::vector<JobSpec>& arrivals, First&& first) {
+  // The first pass of a step, by chunks of consecutive nodes on the workers. For each node of a
+  // chunk, in this order: its decision of the last step (at `decide_t`, if StepNodes listed it),
+  // the windows sent to it during the last step (one step of delay; in the order they were sent),
+  // then the placements of the jobs submitted on it (`arrivals`, in their order). Each placement
+  // and decision reads a gossip sample taken just before (its thread's buffer, in cache). Then
+  // the moves and remote starts, which reach other nodes, are applied: moves in node order,
+  // then starts in arrival order, whatever the chunks.
+  void FirstPass(Millis now, std::span<const JobSpec> arrivals, double decide_t) {
     inbox_.swap(outbox_);
-    const bool place = policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern;
-    const std::size_t placements = place ? arrivals.size() : 0;
-    if (samples_.size() < placements) samples_.resize(placements);
     const std::size_t chunks = Chunks();
     Bucket(
         chunks, inbox_.size(), [&](std::size_t k) { return inbox_[k].to; }, message_order_,
         message_begin_);
     Bucket(
-        chunks, placements, [&](std::size_t k) { return arrivals[k].origin; }, arrival_order_,
+        chunks, arrivals.size(), [&](std::size_t k) { return arrivals[k].origin; }, arrival_order_,
         arrival_begin_);
+    Bucket(
+        chunks, balance_due_.size(), [&](std::size_t k) { return balance_due_[k]; },
+        decision_order_, decision_begin_);
+    // The new jobs' slots and numbers, in arrival order, before the chunks fill them in.
+    new_jobs_.resize(arrivals.size());
+    for (auto& index : new_jobs_) index = NewJob();
+    const std::uint64_t first_number = next_job_id_;
+    next_job_id_ += arrivals.size();
+    starts_.assign(arrivals.size(), std::nullopt);
+    workers_.RunChunks(chunks, [&](unsigned part, std::size_t c) {
+      Part& mine = parts_[part];
+      DecideChunk(std::span(decision_order_)
+                      .subspan(decision_begin_[c], decision_begin_[c + 1] - decision_begin_[c]),
+                  decide_t, mine, chunk_out_[c].moves);
+      DeliverChunk(std::span(message_order_)
+                       .subspan(message_begin_[c], message_begin_[c + 1] - message_begin_[c]),
+                   now);
+      PlaceChunk(arrivals,
+                 std::span(arrival_order_)
+                     .subspan(arrival_begin_[c], arrival_begin_[c + 1] - arrival_begin_[c]),
+                 first_number, now, mine);
+    });
+    inbox_.clear();
+    for (auto& part : parts_) part.used = 0;
+    balance_due_.clear();
+    for (std::size_t c = 0; c < chunks; ++c) {
+      for (const auto& move : chunk_out_[c].moves) Dispatch(move);
+      chunk_out_[c].moves.clear();
+    }
+    for (const auto& start : starts_) {
+      if (start) Dispatch(*start);
+    }
+    started_ += arrivals.size();
+  }
+
+  // The decisions of the nodes balance_due_[order[k]], in that order, with the costs of moving
+  // from each; their migrations go to `moves`.
+  void DecideChunk(std::span<const std::uint32_t> order, double t, Part& mine,
+                   std::vector<Flight>& moves) {
+    const std::size_t n = order.size();
+    auto node_at = [&](std::size_t k) { return balance_due_[order[k]]; };
+    const Millis now = ToMillis(t);
+    for (std::size_t k = 0; k < n; ++k) {
+      // Hints, in stages some nodes ahead: the Node, then its Balancer and job list, then the
+      // plans and the jobs, and the gossip its sample reads.
+      if (k + kAhead < n) {
+        const auto* node = reinterpret_cast<const char*>(&nodes_[node_at(k + kAhead)]);
+        for (std::size_t byte = 0; byte < sizeof(Node); byte += 64) __builtin_prefetch(node + byte);
+      }
+      if (k + kAhead / 2 < n) {
+        const Node& node = nodes_[node_at(k + kAhead / 2)];
+        node.balancer->Prefetch();
+        __builtin_prefetch(node.jobs.data());
+      }
+      if (k + kAhead / 4 < n) {
+        const Node& node = nodes_[node_at(k + kAhead / 4)];
+        node.balancer->PrefetchPlans();
+        for (const auto job : node.jobs) {
+          __builtin_prefetch(&jobs_[job]);
+          __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
+        }
+      }
+      SampleHints(k, n, node_at);
+      TakeSample(node_at(k), mine.sample, now);
+      Balance(node_at(k), t, mine, moves);
+    }
+  }
+
+  // The windows inbox_[order[k]], in that order, to their receivers.
+  void DeliverChunk(std::span<const std::uint32_t> order, Millis now) {
+    const std::size_t n = order.size();
     auto entries = [&](const Message& message) {
       return std::span<SharedGossipEntry>(parts_[message.part].entries)
           .subspan(message.begin, message.count);
     };
-    workers_.RunChunks(chunks, first, [&](std::size_t c) {
-      const std::uint32_t* order = message_order_.data() + message_begin_[c];
-      const std::size_t n = message_begin_[c + 1] - message_begin_[c];
-      auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
-      for (std::size_t k = 0; k < n; ++k) {
-        // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
-        // of the window; each receiver is cold in cache, and their misses overlap.
-        if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
-        if (k + kAhead / 2 < n) {
-          const auto& next = message(k + kAhead / 2);
-          gossips_[next.to]->PrefetchWindow(entries(next), next.from);
-        }
-        if (k + kAhead / 4 < n) {
-          const auto& next = message(k + kAhead / 4);
-          gossips_[next.to]->PrefetchSlots(entries(next));
-        }
-        auto& m = message(k);
-        gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
+    auto message = [&](std::size_t k) -> Message& { return inbox_[order[k]]; };
+    for (std::size_t k = 0; k < n; ++k) {
+      // Hints, in stages some messages ahead: the receiver's Gossip, then the slots
+      // of the window; each receiver is cold in cache, and their misses overlap.
+      if (k + kAhead < n) gossips_[message(k + kAhead).to]->Prefetch();
+      if (k + kAhead / 2 < n) {
+        const auto& next = message(k + kAhead / 2);
+        gossips_[next.to]->PrefetchWindow(entries(next), next.from);
       }
-      const std::uint32_t* placed = arrival_order_.data() + arrival_begin_[c];
-      TakeSamples(
-          SamplesAtUse() ? 0 : arrival_begin_[c + 1] - arrival_begin_[c],
-          [&](std::size_t k) { return arrivals[placed[k]].origin; },
-          [&](std::size_t k) -> std::vector<NodeState>& { return samples_[placed[k]]; }, now);
-    });
-    inbox_.clear();
-    for (auto& part : parts_) part.used = 0;
+      if (k + kAhead / 4 < n) {
+        const auto& next = message(k + kAhead / 4);
+        gossips_[next.to]->PrefetchSlots(entries(next));
+      }
+      auto& m = message(k);
+      gossips_[m.to]->OnReceiveShared(m.from, entries(m), now);
+    }
   }
 
-  void Submit(const JobSpec& spec, Millis now, std::vector<NodeState>& sample) {
+  // The placements of arrivals[order[k]], in that order, each by its origin's Balancer; a start
+  // on another node goes to starts_.
+  void PlaceChunk(std::span<const JobSpec> arrivals, std::span<const std::uint32_t> order,
+                  std::uint64_t first_number, Millis now, Part& mine) {
+    const std::size_t n = order.size();
+    auto origin = [&](std::size_t k) { return arrivals[order[k]].origin; };
+    for (std::size_t k = 0; k < n; ++k) {
+      // Hints, in stages some placements ahead: the origin's Node, its Balancer, its plans.
+      if (k + kAhead < n) __builtin_prefetch(&nodes_[origin(k + kAhead)].balancer);
+      if (k + kAhead / 2 < n) nodes_[origin(k + kAhead / 2)].balancer->Prefetch();
+      if (k + kAhead / 4 < n) nodes_[origin(k + kAhead / 4)].balancer->PrefetchPlans();
+      SampleHints(k, n, origin);
+      const auto a = order[k];
+      const JobSpec& spec = arrivals[a];
+      std::uint32_t target = spec.origin;
+      if (!spec.explicit_node) {  // else placed by the user: started where it was submitted
+        TakeSample(spec.origin, mine.sample, now);
+        auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, mine.sample), now);
+        if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
+      }
+      starts_[a] = Start(spec, new_jobs_[a], first_number + a, target);
+    }
+  }
+
+  // The policies that do not place (none, random, age-only): arrival `spec` starts where it was
+  // submitted or, for random, on a random node; after the first pass, in arrival order.
+  void StartHere(const JobSpec& spec) {
     std::uint32_t target = spec.origin;
-    if (spec.explicit_node) {
-      // Placed by the user: every policy starts it where it was submitted.
-    } else if (policy_ == Policy::kRandom) {
+    if (policy_ == Policy::kRandom && !spec.explicit_node) {
       target = static_cast<std::uint32_t>(rng_() % nodes_.size());
-    } else if (policy_ == Policy::kLeastLoaded || policy_ == Policy::kTern) {
-      auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, sample), now);
-      if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
     }
-    std::uint32_t index;
+    if (auto start = Start(spec, NewJob(), next_job_id_++, target)) Dispatch(*start);
+    ++started_;
+  }
+
+  std::uint32_t NewJob() {
     if (!free_.empty()) {
-      index = free_.back();
+      const auto index = free_.back();
       free_.pop_back();
-    } else {
-      index = static_cast<std::uint32_t>(jobs_.size());
-      jobs_.emplace_back();
+      return index;
     }
+    jobs_.emplace_back();
+    return static_cast<std::uint32_t>(jobs_.size() - 1);
+  }
+
+  // Job `index`, numbered `number`, runs arrival `spec` on `target`. Where it was submitted, it
+  // runs now; elsewhere it starts after the forwarded submit (`tern submit` to another node's
+  // agent), remote_start_s later: the flight returned, which the caller dispatches (it reaches
+  // another node). Changes only the job and the origin node.
+  std::optional<Flight> Start(const JobSpec& spec, std::uint32_t index, std::uint64_t number,
+                              std::uint32_t target) {
     Job& job = jobs_[index];
     job.spec = spec;
     job.remaining = spec.work_s;
     job.moves = 0;
-    job.id = "j" + std::to_string(next_job_id_++);
-    ++started_;
-    if (target == spec.origin || options_.remote_start_s <= 0) {
+    job.id = "j" + std::to_string(number);
+    if (target == spec.origin) {
       job.ready = spec.arrival_s;
       AddTo(index, target);
-      return;
+      return std::nullopt;
     }
-    // Started on another node: the forwarded submit (`tern submit` to another node's agent)
-    // takes remote_start_s before the job runs there; the target counts it meanwhile.
-    ++remote_starts_;
-    ++nodes_[target].incoming;
-    flights_.push_back(
-        Flight{spec.arrival_s + options_.remote_start_s, index, spec.origin, target, true});
+    return Flight{spec.arrival_s + std::max(0.0, options_.remote_start_s), index, spec.origin,
+                  target, true};
+  }
+
+  // A job on its way to another node (a move or a remote start): the target counts it until it
+  // lands (Land).
+  void Dispatch(const Flight& flight) {
+    ++nodes_[flight.to].incoming;
+    flights_.push_back(flight);
+    if (!flight.placed) {
+      ++migrations_;
+    } else if (options_.remote_start_s > 0) {
+      ++remote_starts_;
+    }
   }
 
   // Between the steps of the current one and the next Progress (placements, landings,
@@ -540,22 +627,37 @@ class Sim {
     due_[i] = due;
   }
 
-  // The second pass of a step, on the workers by parts of consecutive nodes: the nodes in which
-  // a job finishes run their jobs (Progress), the nodes whose gossip interval is due tick, and
-  // the gossip samples of the decisions due are taken. Then, in node order, so that the run is the
-  // same for any number of workers: the jobs that finished are counted (floating-point sums), the
-  // windows join the outbox, the nodes that balance are listed.
+  // The second pass of a step, by chunks of consecutive nodes on the workers: the jobs whose
+  // flight ends during the step land (Land), the nodes in which a job finishes run their jobs
+  // (Progress), the nodes whose gossip interval is due tick, and those due to balance are listed
+  // (they decide in the next FirstPass). Then, in node order, so that the run is the same for
+  // any number of workers: the sources of the moves that ended hear of it, the jobs that
+  // finished are counted (floating-point sums), the windows join the outbox, the nodes that
+  // balance join balance_due_.
   void StepNodes(double t, double step, Millis now) {
-    const std::size_t parts = workers_.size();
+    const std::size_t chunks = Chunks();
+    // The flights that end during this step, in the order they were dispatched.
+    landing_.clear();
+    std::erase_if(flights_, [&](const Flight& flight) {
+      if (flight.arrive >= t + step) return false;
+      landing_.push_back(flight);
+      return true;
+    });
+    Bucket(
+        chunks, landing_.size(), [&](std::size_t k) { return landing_[k].to; }, landing_order_,
+        landing_begin_);
     // Every node's Balancer has the same interval: not read from each (a cache miss).
     const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
-    workers_.Run([&](unsigned part) {
-      const std::size_t begin = nodes_.size() * part / parts;
-      const std::size_t end = nodes_.size() * (part + 1) / parts;
+    workers_.RunChunks(chunks, [&](unsigned part, std::size_t c) {
+      const std::size_t begin = ChunkBegin(c, chunks);
+      const std::size_t end = ChunkBegin(c + 1, chunks);
       Part& mine = parts_[part];
-      Progress(begin, end, step_, step, mine.finished, mine.finishing);
-      if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine);
-      auto& due = mine.balance_due;
+      ChunkOut& out = chunk_out_[c];
+      Land(std::span(landing_order_)
+               .subspan(landing_begin_[c], landing_begin_[c + 1] - landing_begin_[c]));
+      Progress(begin, end, step_, step, out.finished, mine.finishing);
+      if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine, out);
+      auto& due = out.balance_due;
       due.clear();
       for (std::size_t i = begin; i < end; ++i) {
         if (next_balance_[i] <= t) {
@@ -563,13 +665,16 @@ class Sim {
           next_balance_[i] += balance_s;
         }
       }
-      if (!SamplesAtUse() && mine.samples.size() < due.size()) mine.samples.resize(due.size());
-      TakeSamples(
-          SamplesAtUse() ? 0 : due.size(), [&](std::size_t k) { return due[k]; },
-          [&](std::size_t k) -> std::vector<NodeState>& { return mine.samples[k]; }, now);
     });
-    for (auto& part : parts_) {
-      for (const auto& [index, finish] : part.finished) {
+    for (const auto& flight : landing_) {
+      if (flight.placed) continue;
+      --nodes_[flight.from].outgoing;
+      nodes_[flight.from].balancer->OnMigrationEnded(jobs_[flight.job].id, true,
+                                                     ToMillis(flight.arrive));
+    }
+    for (std::size_t c = 0; c < chunks; ++c) {
+      ChunkOut& out = chunk_out_[c];
+      for (const auto& [index, finish] : out.finished) {
         const Job& job = jobs_[index];
         const double response = finish - job.spec.arrival_s;
         response_sum_ += response;
@@ -586,10 +691,27 @@ class Sim {
         }
         free_.push_back(index);
       }
-      gossip_bytes_ += part.bytes;
-      part.bytes = 0;
-      outbox_.insert(outbox_.end(), part.messages.begin(), part.messages.end());
-      part.messages.clear();
+      gossip_bytes_ += out.bytes;
+      out.bytes = 0;
+      outbox_.insert(outbox_.end(), out.messages.begin(), out.messages.end());
+      out.messages.clear();
+      balance_due_.insert(balance_due_.end(), out.balance_due.begin(), out.balance_due.end());
+    }
+  }
+
+  // The flights landing_[order[k]] land, in that order, on their targets (all in one chunk): the
+  // job runs there from the flight's end; a moved job's target hears of it (its source, after
+  // the pass: StepNodes).
+  void Land(std::span<const std::uint32_t> order) {
+    for (const auto k : order) {
+      const Flight& flight = landing_[k];
+      Job& job = jobs_[flight.job];
+      job.ready = flight.arrive;
+      AddTo(flight.job, flight.to);
+      --nodes_[flight.to].incoming;
+      if (flight.placed) continue;
+      ++job.moves;
+      nodes_[flight.to].balancer->OnJobArrived(job.id, ToMillis(flight.arrive));
     }
   }
 
@@ -640,7 +762,7 @@ class Sim {
 
   // The nodes of [begin, end) whose gossip interval is due tick; their windows go to `mine`.
   void GossipTicks(std::size_t begin, std::size_t end, double t, Millis now, unsigned part,
-                   Part& mine) {
+                   Part& mine, ChunkOut& out) {
     const double interval = static_cast<double>(options_.gossip_interval.count()) / 1000;
     auto& due = mine.due;
     due.clear();
@@ -660,12 +782,12 @@ class Sim {
       if (k + kAhead < due.size()) PrefetchPosition(*nodes_[due[k + kAhead]].rng);
       if (k + kAhead / 2 < due.size()) PrefetchNextWord(*nodes_[due[k + kAhead / 2]].rng);
       Node& node = nodes_[due[k]];
-      GossipTick(node, now, static_cast<std::uint32_t>(part), mine);
+      GossipTick(node, now, static_cast<std::uint32_t>(part), mine, out);
       next_gossip_[due[k]] += interval;
     }
   }
 
-  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part) {
+  void GossipTick(Node& node, Millis now, std::uint32_t index, Part& part, ChunkOut& out) {
     if (node.seq > 0 && node.published_demand == node.demand() &&
         node.published_jobs == node.jobs.size() && node.published_mem == node.mem_used) {
       // The same figures as last time: the same sample, younger (receivers refresh its age).
@@ -673,7 +795,7 @@ class Sim {
     } else {
       Publish(node, now, part.pool);
     }
-    Send(node, now, index, part);
+    Send(node, now, index, part, out);
   }
 
   void Publish(Node& node, Millis now, LoadPool& pool) {
@@ -703,16 +825,17 @@ class Sim {
     node.published = std::move(vector);
   }
 
-  void Send(Node& node, Millis now, std::uint32_t index, Part& part) {
+  // The node's windows: their bytes and messages to `out`, their entries to `part`'s buffer.
+  void Send(Node& node, Millis now, std::uint32_t index, Part& part, ChunkOut& out) {
     std::bernoulli_distribution lost(options_.gossip_loss);
     node.gossip->TickShared(now, ids_, *node.rng, part.sends);
     for (const auto& send : part.sends) {
-      part.bytes += kMessageOverheadBytes;
-      for (const auto& entry : send.entries) part.bytes += EstimateEntryBytes(entry.jobs_running);
+      out.bytes += kMessageOverheadBytes;
+      for (const auto& entry : send.entries) out.bytes += EstimateEntryBytes(entry.jobs_running);
       if (lost(*node.rng)) continue;
-      part.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
-                                      static_cast<std::uint32_t>(part.used),
-                                      static_cast<std::uint32_t>(send.entries.size())});
+      out.messages.push_back(Message{static_cast<std::uint32_t>(send.to - 1), index, node.id,
+                                     static_cast<std::uint32_t>(part.used),
+                                     static_cast<std::uint32_t>(send.entries.size())});
       for (const auto& entry : send.entries) {
         if (part.used < part.entries.size()) {
           part.entries[part.used] = entry;
@@ -724,50 +847,13 @@ class Sim {
     }
   }
 
-  // The decisions of the nodes StepNodes() listed, in node order, with the samples it took.
-  void BalanceDue(double t) {
-    balance_due_.clear();
-    balance_samples_.clear();
-    for (auto& part : parts_) {
-      for (std::size_t k = 0; k < part.balance_due.size(); ++k) {
-        balance_due_.push_back(part.balance_due[k]);
-        balance_samples_.push_back(SamplesAtUse() ? &sample_ : &part.samples[k]);
-      }
-    }
-    for (std::size_t k = 0; k < balance_due_.size(); ++k) {
-      // Hints, in stages some nodes ahead: the Node, then its Balancer and job list, then the
-      // plans and the jobs.
-      const std::size_t n = balance_due_.size();
-      if (k + kAhead < n) {
-        const auto* node = reinterpret_cast<const char*>(&nodes_[balance_due_[k + kAhead]]);
-        for (std::size_t byte = 0; byte < sizeof(Node); byte += 64) __builtin_prefetch(node + byte);
-      }
-      if (k + kAhead / 2 < n) {
-        const Node& node = nodes_[balance_due_[k + kAhead / 2]];
-        node.balancer->Prefetch();
-        __builtin_prefetch(node.jobs.data());
-      }
-      if (k + kAhead / 4 < n) {
-        const Node& node = nodes_[balance_due_[k + kAhead / 4]];
-        node.balancer->PrefetchPlans();
-        for (const auto job : node.jobs) {
-          __builtin_prefetch(&jobs_[job]);
-          __builtin_prefetch(reinterpret_cast<const char*>(&jobs_[job]) + 64);
-        }
-      }
-      if (SamplesAtUse()) {
-        SampleHints(k, n, [&](std::size_t j) { return balance_due_[j]; });
-        TakeSample(balance_due_[k], sample_, ToMillis(t));
-      }
-      Balance(balance_due_[k], t, *balance_samples_[k]);
-    }
-  }
-
-  void Balance(std::uint32_t i, double t, std::vector<NodeState>& sample) {
+  // Node i's Balancer decides on its jobs and mine.sample (taken for it); the jobs it moves leave
+  // now, their flights go to `moves` (they reach other nodes: FirstPass dispatches them).
+  void Balance(std::uint32_t i, double t, Part& mine, std::vector<Flight>& moves) {
     const Millis now = ToMillis(t);
     Node& node = nodes_[i];
-    std::vector<balancer::LocalJob> local;
-    local.reserve(node.jobs.size());
+    auto& local = mine.local;
+    local.clear();
     const double rate =
         node.spec.speed * std::min(1.0, node.spec.cores / static_cast<double>(node.jobs.size()));
     for (auto index : node.jobs) {
@@ -781,7 +867,7 @@ class Sim {
       local.push_back(std::move(l));
     }
     balancer::MigrationCosts costs{node.spec.link_bytes_per_s, options_.freeze_s, 1};
-    auto decisions = node.balancer->Decide(View(i, sample), local, costs, node.outgoing, now);
+    auto decisions = node.balancer->Decide(View(i, mine.sample), local, costs, node.outgoing, now);
     for (const auto& move : decisions.migrate) {
       auto it = std::find_if(node.jobs.begin(), node.jobs.end(),
                              [&](std::uint32_t j) { return jobs_[j].id == move.job; });
@@ -791,33 +877,9 @@ class Sim {
       RemoveFrom(job, i);
       const double link = std::min(node.spec.link_bytes_per_s, nodes_[to].spec.link_bytes_per_s);
       const double cost = static_cast<double>(jobs_[job].spec.rss_bytes) / link + options_.freeze_s;
-      flights_.push_back(Flight{t + cost, job, i, to});
+      moves.push_back(Flight{t + cost, job, i, to});
       ++node.outgoing;
-      ++nodes_[to].incoming;
       node.balancer->OnMigrationStarted(move.job, move.to, now);
-      ++migrations_;
-    }
-  }
-
-  void Land(double until) {
-    for (std::size_t k = 0; k < flights_.size();) {
-      const Flight flight = flights_[k];
-      if (flight.arrive >= until) {
-        ++k;
-        continue;
-      }
-      flights_[k] = flights_.back();
-      flights_.pop_back();
-      Job& job = jobs_[flight.job];
-      job.ready = flight.arrive;
-      AddTo(flight.job, flight.to);
-      --nodes_[flight.to].incoming;
-      if (flight.placed) continue;
-      ++job.moves;
-      --nodes_[flight.from].outgoing;
-      const Millis at = ToMillis(flight.arrive);
-      nodes_[flight.from].balancer->OnMigrationEnded(job.id, true, at);
-      nodes_[flight.to].balancer->OnJobArrived(job.id, at);
     }
   }
 
@@ -870,13 +932,20 @@ class Sim {
   std::vector<Flight> flights_;
   std::vector<Message> inbox_, outbox_;
   Workers workers_;
-  std::deque<Part> parts_;                  // one per worker (a deque: a Part does not copy)
-  std::vector<std::uint32_t> balance_due_;  // the nodes that balance this step, in order
-  std::vector<std::vector<NodeState>*> balance_samples_;  // their samples
-  std::vector<std::vector<NodeState>> samples_;           // the placements' samples, by arrival
-  std::vector<NodeState> sample_;                         // SamplesAtUse()'s
-  // DeliverAndSample's chunks (Bucket): the messages and arrivals of each.
+  std::deque<Part> parts_;  // one per worker (a deque: a Part does not copy)
+  // The nodes that balanced at the last step, in order (StepNodes lists them, FirstPass runs
+  // their decisions).
+  std::vector<std::uint32_t> balance_due_;
+  // FirstPass's chunks (Bucket): the messages, arrivals and decisions of each; the moves each
+  // decided; the new jobs' slots and the starts on other nodes, by arrival.
   std::vector<std::uint32_t> message_order_, message_begin_, arrival_order_, arrival_begin_;
+  std::vector<std::uint32_t> decision_order_, decision_begin_;
+  std::vector<ChunkOut> chunk_out_;  // Chunks() of them
+  std::vector<std::uint32_t> new_jobs_;
+  // StepNodes's: the flights that end during the step, and their chunks (Bucket).
+  std::vector<Flight> landing_;
+  std::vector<std::uint32_t> landing_order_, landing_begin_;
+  std::vector<std::optional<Flight>> starts_;
   mutable std::vector<std::uint32_t> fill_;
   std::uint64_t next_job_id_ = 1;
   std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;

@@ -1,11 +1,11 @@
 // Workers: a fixed set of threads that run one job split in parts, for the phases of a tern-sim
 // step whose nodes are independent (delivering gossip, gossip ticks, the jobs' progress, the
-// gossip samples of placements and decisions). Run(job) calls job(part)
-// for every part in [0, size()) — part 0 on the calling thread — and returns when all are done.
+// placements and decisions). Run(job) calls job(part) for every part in [0, size()) — part 0 on
+// the calling thread — and returns when all are done.
 //
-// RunChunks(chunks, first, job) runs first() on the calling thread, then job(chunk) once for
-// every chunk in [0, chunks), each on whichever thread claims it first (the calling thread joins
-// once first() returns): work the calling thread does alone overlaps with the chunks.
+// RunChunks(chunks, job) calls job(part, chunk) once for every chunk in [0, chunks), each on
+// whichever thread claims it first (`part` says which: a thread's own buffers), so that chunks of
+// uneven cost keep every thread busy.
 //
 // Contract: a job must not call Run. With size() 1 no thread is started and Run is a plain call.
 //
@@ -60,14 +60,13 @@ class Workers {
     job_ = nullptr;
   }
 
-  template <typename First, typename Job>
-  void RunChunks(std::size_t chunks, First&& first, Job&& job) {
+  template <typename Job>
+  void RunChunks(std::size_t chunks, Job&& job) {
     std::atomic<std::size_t> next{0};
     Run([&](unsigned part) {
-      if (part == 0) first();
       for (auto chunk = next.fetch_add(1, std::memory_order_relaxed); chunk < chunks;
            chunk = next.fetch_add(1, std::memory_order_relaxed)) {
-        job(chunk);
+        job(part, chunk);
       }
     });
   }

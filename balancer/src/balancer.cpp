@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -80,6 +81,16 @@ class ByNode {
   std::vector<std::pair<std::uint64_t, T>> values_;
 };
 
+// The ids of `view`'s nodes, packed, in its order: Prune and PlannedLoads search them for every
+// plan (a few plans, tens of nodes), where the NodeStates lie ~100 bytes apart. The calling
+// thread's buffer, valid until its next call.
+std::span<const std::uint64_t> PackedIds(const std::vector<NodeState>& view) {
+  thread_local std::vector<std::uint64_t> ids;
+  ids.clear();
+  for (const auto& node : view) ids.push_back(node.id);
+  return ids;
+}
+
 }  // namespace
 
 struct Balancer::Candidate {
@@ -101,13 +112,16 @@ void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
   // The view is a bounded sample (tens of nodes) and this runs at every placement: a linear
   // search, no hash table to allocate.
   const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
-  std::erase_if(planned_, [&](const Planned& plan) {
-    if (plan.in_flight) return false;
-    if (now - plan.at > forget_after) return true;
-    auto found = std::find_if(view.begin(), view.end(),
-                              [&](const NodeState& node) { return node.id == plan.node; });
-    return found != view.end() && now - found->age > plan.at;
-  });
+  if (!planned_.empty()) {
+    const auto ids = PackedIds(view);
+    std::erase_if(planned_, [&](const Planned& plan) {
+      if (plan.in_flight) return false;
+      if (now - plan.at > forget_after) return true;
+      const auto found = std::find(ids.begin(), ids.end(), plan.node);
+      return found != ids.end() &&
+             now - view[static_cast<std::size_t>(found - ids.begin())].age > plan.at;
+    });
+  }
   // The maps are walked only when their oldest entry may have expired (tern-sim: each walk is a
   // cache miss per entry, at every placement and decision of thousands of balancers).
   auto expire = [&](std::map<std::string, Millis>& times, Millis& oldest, Millis keep) {
@@ -127,10 +141,11 @@ std::vector<Balancer::PlannedLoad> Balancer::PlannedLoads(const std::vector<Node
                                                           Millis now) const {
   // One walk over the plans for the whole view (it is tens of nodes, the plans a few).
   std::vector<PlannedLoad> sums(view.size());
+  if (planned_.empty()) return sums;
+  const auto ids = PackedIds(view);
   for (const auto& plan : planned_) {
-    for (std::size_t k = 0; k < view.size(); ++k) {
-      const NodeState& node = view[k];
-      if (plan.node == node.id && (plan.in_flight || now - node.age <= plan.at)) {
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      if (ids[k] == plan.node && (plan.in_flight || now - view[k].age <= plan.at)) {
         sums[k].demand += plan.demand;
         sums[k].rss_bytes += plan.rss_bytes;
       }
