@@ -112,14 +112,20 @@ void Balancer::Prune(const std::vector<NodeState>& view, Millis now) {
   // The view is a bounded sample (tens of nodes) and this runs at every placement: a linear
   // search, no hash table to allocate.
   const Millis forget_after = std::max(Millis(60000), 10 * options_.interval);
-  if (!planned_.empty()) {
+  if (!planned_.empty() || !placed_.empty()) {
     const auto ids = PackedIds(view);
+    // Whether information about `node` sampled after `at` is in the view.
+    auto shown = [&](std::uint64_t node, Millis at) {
+      const auto found = std::find(ids.begin(), ids.end(), node);
+      return found != ids.end() &&
+             now - view[static_cast<std::size_t>(found - ids.begin())].age > at;
+    };
     std::erase_if(planned_, [&](const Planned& plan) {
       if (plan.in_flight) return false;
-      if (now - plan.at > forget_after) return true;
-      const auto found = std::find(ids.begin(), ids.end(), plan.node);
-      return found != ids.end() &&
-             now - view[static_cast<std::size_t>(found - ids.begin())].age > plan.at;
+      return now - plan.at > forget_after || shown(plan.node, plan.at);
+    });
+    std::erase_if(placed_, [&](const PlacedPlan& plan) {
+      return now - plan.at > forget_after || shown(plan.node, plan.at);
     });
   }
   // The maps are walked only when their oldest entry may have expired (tern-sim: each walk is a
@@ -141,8 +147,13 @@ std::vector<Balancer::PlannedLoad> Balancer::PlannedLoads(const std::vector<Node
                                                           Millis now) const {
   // One walk over the plans for the whole view (it is tens of nodes, the plans a few).
   std::vector<PlannedLoad> sums(view.size());
-  if (planned_.empty()) return sums;
+  if (planned_.empty() && placed_.empty()) return sums;
   const auto ids = PackedIds(view);
+  for (const auto& plan : placed_) {
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      if (ids[k] == plan.node && now - view[k].age <= plan.at) sums[k].demand += kPlacedDemand;
+    }
+  }
   for (const auto& plan : planned_) {
     for (std::size_t k = 0; k < ids.size(); ++k) {
       if (ids[k] == plan.node && (plan.in_flight || now - view[k].age <= plan.at)) {
@@ -200,7 +211,7 @@ Placement Balancer::Place(const std::vector<NodeState>& view, Millis now) {
   const bool free_here =
       self && options_.place_local_when_free && demand(*self) + 1 <= Capacity(*self);
   if (free_here) best = self;
-  Plan(Planned{"", best->id, 1.0, 0, now, false, false});
+  placed_.push_back(PlacedPlan{best->id, now});
   if (!options_.reasons) return Placement{best->id, best->name, ""};
   std::string reason = Name(*best) + " demand " + Fixed(demand(*best)) + " of " +
                        Fixed(Capacity(*best)) + " CPU, least loaded of " + std::to_string(fresh) +
