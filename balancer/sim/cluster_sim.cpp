@@ -243,12 +243,14 @@ class Sim {
     std::vector<JobSpec> arrivals;
     // A step in two passes over the nodes on the workers, each touching a node's gossip once:
     // (1) the nodes due at the last step decide, the windows sent during the last step arrive and
-    // the step's jobs are placed (FirstPass); (2) the jobs run, the due nodes tick and those due
-    // to balance are listed (StepNodes). A pass changes only the nodes of the chunk it works on;
-    // what a decision or placement does to another node (a job on its way there) is applied
-    // after the pass, in node and arrival order, so the run is the same for any number of
-    // threads: a step's decisions and placements are simultaneous, as on a real cluster, where
-    // a node hears of a job sent to it only when the request arrives.
+    // the step's jobs are placed (FirstPass); (2) the jobs whose flight ends land, the jobs run,
+    // the due nodes tick and those due to balance are listed (StepNodes). A pass changes only
+    // the nodes of the chunk it works on; what a decision or placement does to another node (a
+    // job on its way there) is applied after the pass, in node and arrival order, so the run is
+    // the same for any number of threads: a step's decisions and placements are simultaneous,
+    // as on a real cluster, where a node hears of a job sent to it only when the request
+    // arrives (docs/balancer.md, "Threads").
+    //
     // The steps' times, as the loop has always summed them (a node's jobs run lazily, between
     // steps: Sync), and the time after the last.
     for (double t = 0; t < end; t += step) times_.push_back(t);

@@ -5,7 +5,8 @@
 // Model (docs/balancer.md, "Simulator"): jobs are CPU-bound and share a node's cores equally
 // (processor sharing; a job runs at speed x min(1, cores / jobs)); a migrating job stops at the
 // source and runs again at the destination after rss / link rate + freeze; gossip messages are
-// lost with probability `loss` and arrive one step late.
+// lost with probability `loss` and arrive one step late; a step's placements and decisions are
+// simultaneous (each node sees the jobs others sent it during a step from the next one on).
 //
 // Thread-safety: one run per object, from one thread (which uses `node_threads` workers).
 #pragma once
@@ -47,10 +48,9 @@ struct SimOptions {
   // the forwarded submit (measured on a local cluster: docs/balancer.md, "Simulator").
   double remote_start_s = 0.05;
   balancer::BalancerOptions balancer;  // the agent's defaults unless told otherwise
-  // Threads one run splits the phases of a step whose nodes are independent over (gossip
-  // delivery and ticks, the jobs' progress, the gossip samples placements and decisions read),
-  // by parts of the nodes; the results do not depend on it. Placements and decisions themselves
-  // run on one, in order.
+  // Threads one run splits each step over, by chunks of consecutive nodes (gossip delivery and
+  // ticks, placements and decisions, landings, the jobs' progress); the results do not depend
+  // on it.
   unsigned node_threads = 1;
 };
 
