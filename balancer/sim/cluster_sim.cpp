@@ -81,9 +81,14 @@ struct Message {
 };
 
 // A job that finished during a step: its index, when.
+// A job that finished during a step: its index, when, and what the report counts of it (read
+// while the job is in cache, so that the serial count after the pass reads no job).
 struct Finished {
   std::uint32_t job = 0;
   double at = 0;
+  double arrival_s = 0;
+  double work_s = 0;
+  bool moved = false;
 };
 
 // What one worker's gossip ticks and job steps use and produce; buffers kept for their capacity, so
@@ -560,9 +565,10 @@ class Sim {
   }
 
   // A job on its way to another node (a move or a remote start): the target counts it until it
-  // lands (Land).
+  // lands (Land), from the next StepNodes on (nothing reads the count before: its own chunk
+  // counts it there, instead of a cache miss on the target's Node here, on one thread).
   void Dispatch(const Flight& flight) {
-    ++nodes_[flight.to].incoming;
+    arriving_.push_back(flight.to);
     flights_.push_back(flight);
     if (!flight.placed) {
       ++migrations_;
@@ -648,6 +654,9 @@ class Sim {
     Bucket(
         chunks, landing_.size(), [&](std::size_t k) { return landing_[k].to; }, landing_order_,
         landing_begin_);
+    Bucket(
+        chunks, arriving_.size(), [&](std::size_t k) { return arriving_[k]; }, arriving_order_,
+        arriving_begin_);
     // Every node's Balancer has the same interval: not read from each (a cache miss).
     const double balance_s = static_cast<double>(options_.balancer.interval.count()) / 1000;
     workers_.RunChunks(chunks, [&](unsigned part, std::size_t c) {
@@ -655,6 +664,9 @@ class Sim {
       const std::size_t end = ChunkBegin(c + 1, chunks);
       Part& mine = parts_[part];
       ChunkOut& out = chunk_out_[c];
+      for (auto k = arriving_begin_[c]; k < arriving_begin_[c + 1]; ++k) {
+        ++nodes_[arriving_[arriving_order_[k]]].incoming;
+      }
       Land(std::span(landing_order_)
                .subspan(landing_begin_[c], landing_begin_[c + 1] - landing_begin_[c]));
       Progress(begin, end, step_, step, out.finished, mine.finishing);
@@ -668,6 +680,7 @@ class Sim {
         }
       }
     });
+    arriving_.clear();
     for (const auto& flight : landing_) {
       if (flight.placed) continue;
       --nodes_[flight.from].outgoing;
@@ -676,22 +689,21 @@ class Sim {
     }
     for (std::size_t c = 0; c < chunks; ++c) {
       ChunkOut& out = chunk_out_[c];
-      for (const auto& [index, finish] : out.finished) {
-        const Job& job = jobs_[index];
-        const double response = finish - job.spec.arrival_s;
+      for (const auto& job : out.finished) {
+        const double response = job.at - job.arrival_s;
         response_sum_ += response;
-        slowdown_sum_ += response / job.spec.work_s;
+        slowdown_sum_ += response / job.work_s;
         ++done_;
-        work_done_ += job.spec.work_s;
-        if (job.spec.work_s > 10) {
-          long_sum_ += response / job.spec.work_s;
+        work_done_ += job.work_s;
+        if (job.work_s > 10) {
+          long_sum_ += response / job.work_s;
           ++long_done_;
         }
-        if (job.moves > 0) {
-          moved_sum_ += response / job.spec.work_s;
+        if (job.moved) {
+          moved_sum_ += response / job.work_s;
           ++moved_done_;
         }
-        free_.push_back(index);
+        free_.push_back(job.job);
       }
       gossip_bytes_ += out.bytes;
       out.bytes = 0;
@@ -752,7 +764,8 @@ class Sim {
           ++j;
           continue;
         }
-        finished.push_back(Finished{node.jobs[j], t + step + job.remaining / rate});
+        finished.push_back(Finished{node.jobs[j], t + step + job.remaining / rate,
+                                    job.spec.arrival_s, job.spec.work_s, job.moves > 0});
         node.mem_used -= job.spec.rss_bytes;
         node.jobs[j] = node.jobs.back();
         node.jobs.pop_back();
@@ -944,9 +957,11 @@ class Sim {
   std::vector<std::uint32_t> decision_order_, decision_begin_;
   std::vector<ChunkOut> chunk_out_;  // Chunks() of them
   std::vector<std::uint32_t> new_jobs_;
-  // StepNodes's: the flights that end during the step, and their chunks (Bucket).
+  // StepNodes's: the flights that end during the step, and their chunks (Bucket); the targets
+  // of the flights dispatched since the last StepNodes (Dispatch), and their chunks.
   std::vector<Flight> landing_;
   std::vector<std::uint32_t> landing_order_, landing_begin_;
+  std::vector<std::uint32_t> arriving_, arriving_order_, arriving_begin_;
   std::vector<std::optional<Flight>> starts_;
   mutable std::vector<std::uint32_t> fill_;
   std::uint64_t next_job_id_ = 1;
