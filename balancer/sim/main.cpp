@@ -41,9 +41,11 @@ int main(int argc, char** argv) {
                  "comma-separated: none, random, least-loaded, tern, age-only");
   app.add_option("--threads", threads, "policies simulated at once (each on its own thread)")
       ->check(CLI::Range(1, 64));
-  app.add_option("--node-threads", options.node_threads,
-                 "threads each run splits its gossip and jobs over (same results for any number)")
-      ->check(CLI::Range(1, 64));
+  auto* node_threads = app.add_option("--node-threads", options.node_threads,
+                                      "threads each run splits its nodes over (same results for "
+                                      "any number; default: the CPUs "
+                                      "left over by --threads, e.g. all of them for one policy)")
+                           ->check(CLI::Range(1, 64));
   app.add_option("--csv", csv, "also write the results as CSV to this file");
   app.add_option("--gossip-ms", gossip_ms, "gossip interval")->check(CLI::Range(100, 60000));
   app.add_option("--window", options.gossip_window, "gossip entries per message")
@@ -90,6 +92,13 @@ int main(int argc, char** argv) {
       return 2;
     }
     chosen.push_back(policy);
+  }
+
+  if (node_threads->count() == 0) {
+    // The CPUs the policies run at once leave free share out to each run.
+    const auto at_once = std::max<std::size_t>(1, std::min<std::size_t>(threads, chosen.size()));
+    options.node_threads = static_cast<unsigned>(
+        std::max<std::size_t>(1, std::max(1u, std::thread::hardware_concurrency()) / at_once));
   }
 
   std::vector<SimResult> results;
