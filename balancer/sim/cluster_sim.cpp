@@ -390,6 +390,13 @@ class Sim {
     }
   }
 
+  // Chunk c's part of what Bucket() sorted.
+  static std::span<const std::uint32_t> OfChunk(const std::vector<std::uint32_t>& order,
+                                                const std::vector<std::uint32_t>& begin,
+                                                std::size_t c) {
+    return std::span(order).subspan(begin[c], begin[c + 1] - begin[c]);
+  }
+
   // The first pass of a step, by chunks of consecutive nodes on the workers. For each node of a
   // chunk, in this order: its decision of the last step (at `decide_t`, if StepNodes listed it),
   // the windows sent to it during the last step (one step of delay; in the order they were sent),
@@ -417,16 +424,10 @@ class Sim {
     starts_.assign(arrivals.size(), std::nullopt);
     workers_.RunChunks(chunks, [&](unsigned part, std::size_t c) {
       Part& mine = parts_[part];
-      DecideChunk(std::span(decision_order_)
-                      .subspan(decision_begin_[c], decision_begin_[c + 1] - decision_begin_[c]),
-                  decide_t, mine, chunk_out_[c].moves);
-      DeliverChunk(std::span(message_order_)
-                       .subspan(message_begin_[c], message_begin_[c + 1] - message_begin_[c]),
-                   now);
-      PlaceChunk(arrivals,
-                 std::span(arrival_order_)
-                     .subspan(arrival_begin_[c], arrival_begin_[c + 1] - arrival_begin_[c]),
-                 first_number, now, mine);
+      DecideChunk(OfChunk(decision_order_, decision_begin_, c), decide_t, mine,
+                  chunk_out_[c].moves);
+      DeliverChunk(OfChunk(message_order_, message_begin_, c), now);
+      PlaceChunk(arrivals, OfChunk(arrival_order_, arrival_begin_, c), first_number, now, mine);
     });
     inbox_.clear();
     for (auto& part : parts_) part.used = 0;
@@ -664,11 +665,10 @@ class Sim {
       const std::size_t end = ChunkBegin(c + 1, chunks);
       Part& mine = parts_[part];
       ChunkOut& out = chunk_out_[c];
-      for (auto k = arriving_begin_[c]; k < arriving_begin_[c + 1]; ++k) {
-        ++nodes_[arriving_[arriving_order_[k]]].incoming;
+      for (const auto k : OfChunk(arriving_order_, arriving_begin_, c)) {
+        ++nodes_[arriving_[k]].incoming;
       }
-      Land(std::span(landing_order_)
-               .subspan(landing_begin_[c], landing_begin_[c + 1] - landing_begin_[c]));
+      Land(OfChunk(landing_order_, landing_begin_, c));
       Progress(begin, end, step_, step, out.finished, mine.finishing);
       if (UsesGossip()) GossipTicks(begin, end, t, now, part, mine, out);
       auto& due = out.balance_due;
