@@ -48,6 +48,34 @@ TEST(BalancerTest, PlacesOnTheLeastLoadedFreshNodeAndCountsItsOwnPlacements) {
   EXPECT_NE(balancer.Place(view, Millis(5000)).node, 1u);
 }
 
+TEST(BalancerTest, APlacementCountsUntilInformationSampledAfterItArrivesEvenWhileOutOfView) {
+  Balancer balancer({});
+  auto at = [](NodeState node, Millis age) {
+    node.age = age;
+    return node;
+  };
+  const NodeState self = Node(1, 1, 5, true);
+  // t=1 s: node2 (sampled at 1 s) is the least loaded.
+  auto placed = balancer.Place({self, at(Node(2, 1, 0), Millis(0))}, Millis(1000));
+  ASSERT_EQ(placed.node, 2u);
+  EXPECT_TRUE(Contains(placed.reason, "node2 demand 0.0 of 1.0 CPU")) << placed.reason;
+  // t=2 s, the same sample (1 s old): the first placement counts against node2.
+  placed = balancer.Place({self, at(Node(2, 1, 0), Millis(1000))}, Millis(2000));
+  ASSERT_EQ(placed.node, 2u);
+  EXPECT_TRUE(Contains(placed.reason, "node2 demand 1.0 of 1.0 CPU")) << placed.reason;
+  // t=3 s, node2 out of the sample: node3 gets the job, node2's placements are kept.
+  placed = balancer.Place({self, at(Node(3, 1, 3), Millis(0))}, Millis(3000));
+  ASSERT_EQ(placed.node, 3u);
+  // t=4 s, node2 back with its sample of 1 s: both of its placements still count.
+  placed = balancer.Place({self, at(Node(2, 1, 0), Millis(3000))}, Millis(4000));
+  ASSERT_EQ(placed.node, 2u);
+  EXPECT_TRUE(Contains(placed.reason, "node2 demand 2.0 of 1.0 CPU")) << placed.reason;
+  // t=5 s, node2 sampled after them (and with the jobs in its own figure): they count no more.
+  placed = balancer.Place({self, at(Node(2, 1, 3), Millis(0))}, Millis(5000));
+  ASSERT_EQ(placed.node, 2u);
+  EXPECT_TRUE(Contains(placed.reason, "node2 demand 3.0 of 1.0 CPU")) << placed.reason;
+}
+
 TEST(BalancerTest, PlacesLocallyOnTiesAndSkipsDrainingDeadAndStaleNodes) {
   Balancer balancer({});
   auto stale = Node(5, 4, 0);
