@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <utility>
 
 #include "load_pool.hpp"
 #include "tern/balancer/balancer.hpp"
@@ -91,9 +92,13 @@ struct Finished {
   bool moved = false;
 };
 
+// A cache line: what one thread writes at every turn (a vector's end, a count) lies apart from
+// what another writes, or both would wait for the line to move between their cores.
+constexpr std::size_t kLine = 64;
+
 // What one worker's gossip ticks and job steps use and produce; buffers kept for their capacity, so
 // that a step allocates nothing (and no thread frees what another allocated).
-struct Part {
+struct alignas(kLine) Part {
   explicit Part(Millis retain) : pool(retain) {}
   LoadPool pool;
   std::vector<std::uint32_t> due;  // the nodes that tick this step
@@ -111,10 +116,12 @@ struct Part {
 };
 
 // What a chunk of consecutive nodes gives the step, gathered in chunk order (so in node order,
-// whatever thread ran which chunk): its nodes' migrations (FirstPass); the jobs that finished,
-// the windows sent and their bytes, the nodes due to balance (StepNodes).
-struct ChunkOut {
+// whatever thread ran which chunk): its nodes' migrations and remote starts (FirstPass; a start
+// with the index of its arrival); the jobs that finished, the windows sent and their bytes, the
+// nodes due to balance (StepNodes).
+struct alignas(kLine) ChunkOut {
   std::vector<Flight> moves;
+  std::vector<std::pair<std::uint32_t, Flight>> starts;
   std::vector<Finished> finished;
   std::vector<Message> messages;
   std::uint64_t bytes = 0;
@@ -421,13 +428,14 @@ class Sim {
     for (auto& index : new_jobs_) index = NewJob();
     const std::uint64_t first_number = next_job_id_;
     next_job_id_ += arrivals.size();
-    starts_.assign(arrivals.size(), std::nullopt);
+    starts_.assign(arrivals.size(), std::nullopt);  // filled in after the pass: see ChunkOut
     workers_.RunChunks(chunks, [&](unsigned part, std::size_t c) {
       Part& mine = parts_[part];
       DecideChunk(OfChunk(decision_order_, decision_begin_, c), decide_t, mine,
                   chunk_out_[c].moves);
       DeliverChunk(OfChunk(message_order_, message_begin_, c), now);
-      PlaceChunk(arrivals, OfChunk(arrival_order_, arrival_begin_, c), first_number, now, mine);
+      PlaceChunk(arrivals, OfChunk(arrival_order_, arrival_begin_, c), first_number, now, mine,
+                 chunk_out_[c].starts);
     });
     inbox_.clear();
     for (auto& part : parts_) part.used = 0;
@@ -435,6 +443,8 @@ class Sim {
     for (std::size_t c = 0; c < chunks; ++c) {
       for (const auto& move : chunk_out_[c].moves) Dispatch(move);
       chunk_out_[c].moves.clear();
+      for (const auto& [a, start] : chunk_out_[c].starts) starts_[a] = start;
+      chunk_out_[c].starts.clear();
     }
     for (const auto& start : starts_) {
       if (start) Dispatch(*start);
@@ -501,9 +511,10 @@ class Sim {
   }
 
   // The placements of arrivals[order[k]], in that order, each by its origin's Balancer; a start
-  // on another node goes to starts_.
+  // on another node goes to `starts`, with the arrival's index.
   void PlaceChunk(std::span<const JobSpec> arrivals, std::span<const std::uint32_t> order,
-                  std::uint64_t first_number, Millis now, Part& mine) {
+                  std::uint64_t first_number, Millis now, Part& mine,
+                  std::vector<std::pair<std::uint32_t, Flight>>& starts) {
     const std::size_t n = order.size();
     auto origin = [&](std::size_t k) { return arrivals[order[k]].origin; };
     for (std::size_t k = 0; k < n; ++k) {
@@ -520,7 +531,9 @@ class Sim {
         auto placed = nodes_[spec.origin].balancer->Place(View(spec.origin, mine.sample), now);
         if (placed.node != 0) target = static_cast<std::uint32_t>(placed.node - 1);
       }
-      starts_[a] = Start(spec, new_jobs_[a], first_number + a, target);
+      if (auto start = Start(spec, new_jobs_[a], first_number + a, target)) {
+        starts.emplace_back(a, *start);
+      }
     }
   }
 
