@@ -38,12 +38,17 @@ class TableReader {
     }
   }
 
+  // A whole number of milliseconds in [1, 30 days]: larger would overflow a deadline in the
+  // clocks' nanoseconds. Integers only (value_exact): toml++'s value<int64_t>() casts a float
+  // such as 5e40 to an integer first, which is undefined behaviour (found by the config fuzzer).
   void Millis(const char* section, const char* key, std::chrono::milliseconds& out) {
+    constexpr std::int64_t kMaxMillis = std::int64_t{30} * 24 * 3600 * 1000;
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
-    auto value = node->value<int64_t>();
-    if (!value || *value <= 0) {
-      Complain(section, key, "must be a positive whole number of milliseconds");
+    auto value = node->value_exact<int64_t>();
+    if (!value || *value <= 0 || *value > kMaxMillis) {
+      Complain(section, key,
+               "must be a whole number of milliseconds from 1 to 2592000000 (30 days)");
       return;
     }
     out = std::chrono::milliseconds(*value);
@@ -89,7 +94,7 @@ class TableReader {
   void Count(const char* section, const char* key, std::size_t& out, std::int64_t max) {
     const toml::node* node = Find(section, key);
     if (node == nullptr) return;
-    auto value = node->value<int64_t>();
+    auto value = node->value_exact<int64_t>();  // integers only: see Millis
     if (!value || *value <= 0 || *value > max) {
       const std::string what = "must be a whole number from 1 to " + std::to_string(max);
       Complain(section, key, what.c_str());
