@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <tern/jobs/job_file.hpp>
 #include <tern/jobs/job_supervisor.hpp>
+#include <tern/json_integer.hpp>
 #include <tuple>
 
 #include "balancer_service.hpp"
@@ -358,10 +359,18 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
     json unreachable = json::array();
     for (auto& event : PeerListings(answers, "events", unreachable))
       all.push_back(std::move(event));
-    // Times are RFC 3339 UTC with milliseconds: text order is time order.
-    auto key = [](const json& event) {
-      return std::make_tuple(event.value("time", ""), event.value("node", ""),
-                             event.value("seq", std::uint64_t{0}));
+    // Times are RFC 3339 UTC with milliseconds: text order is time order. A peer's event is
+    // hostile input: a field of the wrong type sorts as empty (value() would throw inside the
+    // sort, and cast a float seq such as 1e300 to an integer, undefined behaviour).
+    auto text = [](const json& event, const char* field) {
+      const auto it = event.find(field);
+      return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    auto key = [&](const json& event) {
+      const auto seq = event.find("seq");
+      return std::make_tuple(
+          text(event, "time"), text(event, "node"),
+          seq == event.end() ? std::uint64_t{0} : JsonInteger<std::uint64_t>(*seq).value_or(0));
     };
     std::stable_sort(all.begin(), all.end(),
                      [&](const json& a, const json& b) { return key(a) < key(b); });

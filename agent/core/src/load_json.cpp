@@ -1,6 +1,7 @@
 #include "tern/agent/load_json.hpp"
 
 #include "tern/agent/node_identity.hpp"
+#include "tern/json_integer.hpp"
 
 namespace tern::agent {
 
@@ -51,20 +52,22 @@ Expected<balancer::LoadVector> LoadFromJson(const json& in) {
     load.node_name = in.at("node_name").get<std::string>();
     load.address = in.value("address", "");
     load.api_address = in.value("api_address", "");
-    load.seq = in.at("seq").get<std::uint64_t>();
-    load.sampled_at_ms = in.value("sampled_at_ms", std::int64_t{0});
+    // Integers through JsonIntegerAt: a peer's float out of range (seq 1e300) would be undefined
+    // behaviour in nlohmann's get<integer>(), and 0.9 would silently become 0.
+    load.seq = JsonIntegerAt<std::uint64_t>(in, "seq");
+    load.sampled_at_ms = JsonIntegerAt<std::int64_t>(in, "sampled_at_ms", 0);
     load.load1 = in.value("load1", 0.0);
-    load.runnable = in.value("runnable", 0);
-    load.cpus = in.value("cpus", 0);
+    load.runnable = JsonIntegerAt<int>(in, "runnable", 0);
+    load.cpus = JsonIntegerAt<int>(in, "cpus", 0);
     load.cpu_mhz = in.value("cpu_mhz", 0.0);
-    load.mem_total_bytes = in.value("mem_total_bytes", std::uint64_t{0});
-    load.mem_free_bytes = in.value("mem_free_bytes", std::uint64_t{0});
-    load.jobs_running = in.value("jobs_running", 0);
+    load.mem_total_bytes = JsonIntegerAt<std::uint64_t>(in, "mem_total_bytes", 0);
+    load.mem_free_bytes = JsonIntegerAt<std::uint64_t>(in, "mem_free_bytes", 0);
+    load.jobs_running = JsonIntegerAt<int>(in, "jobs_running", 0);
     for (const auto& job : in.value("jobs", json::array())) {
       balancer::JobLoad entry;
       entry.job_id = job.value("job_id", "");
       entry.cpu_share = job.value("cpu_share", 0.0);
-      entry.rss_bytes = job.value("rss_bytes", std::uint64_t{0});
+      entry.rss_bytes = JsonIntegerAt<std::uint64_t>(job, "rss_bytes", 0);
       entry.io_bytes_per_s = job.value("io_bytes_per_s", 0.0);
       entry.runnable = job.value("runnable", 0.0);
       entry.age_s = job.value("age_s", 0.0);
@@ -77,8 +80,8 @@ Expected<balancer::LoadVector> LoadFromJson(const json& in) {
     load.capacity = in.value("capacity", 0.0);
     load.speed = in.value("speed", 1.0);
     load.demand = in.value("demand", 0.0);
-    load.mem_limit_bytes = in.value("mem_limit_bytes", std::uint64_t{0});
-    load.mem_used_bytes = in.value("mem_used_bytes", std::uint64_t{0});
+    load.mem_limit_bytes = JsonIntegerAt<std::uint64_t>(in, "mem_limit_bytes", 0);
+    load.mem_used_bytes = JsonIntegerAt<std::uint64_t>(in, "mem_used_bytes", 0);
     load.link_bytes_per_s = in.value("link_bytes_per_s", 0.0);
     load.draining = in.value("draining", false);
     return load;
@@ -124,13 +127,13 @@ Expected<ParsedGossip> GossipFromJson(std::string_view payload) {
     out.load = std::move(*load);
     const auto age = entry.find("age_ms");
     const auto dead = entry.find("dead");
-    if (age == entry.end() || !age->is_number_integer() || age->get<std::int64_t>() < 0 ||
-        (dead != entry.end() && !dead->is_boolean())) {
+    const auto age_ms = age == entry.end() ? std::nullopt : JsonInteger<std::int64_t>(*age);
+    if (!age_ms || *age_ms < 0 || (dead != entry.end() && !dead->is_boolean())) {
       parsed.rejected.push_back("gossip entry about " + out.load.node_name +
                                 ": bad age_ms or dead");
       continue;
     }
-    out.age = std::chrono::milliseconds(age->get<std::int64_t>());
+    out.age = std::chrono::milliseconds(*age_ms);
     out.dead = dead != entry.end() && dead->get<bool>();
     parsed.entries.push_back(std::move(out));
   }

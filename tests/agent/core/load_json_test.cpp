@@ -73,5 +73,28 @@ TEST(GossipJsonTest, MalformedBodiesFailAndMalformedEntriesAreDroppedAndNamed) {
   EXPECT_EQ(parsed->rejected.size(), 4u);
 }
 
+TEST(GossipJsonTest, IntegersOutOfRangeOrWithAFractionAreRefusedNotCast) {
+  // A float where an integer belongs: cast by nlohmann's get<integer>(), 1e300 is undefined
+  // behaviour (UBSan) and 0.9 would become 0. Each entry names its field; the good one stays.
+  const auto parsed = GossipFromJson(
+      R"({"entries":[{"load":{"node_id":"0a","node_name":"a","seq":1e300},"age_ms":0},)"
+      R"({"load":{"node_id":"0a","node_name":"a","seq":1,"cpus":1e300},"age_ms":0},)"
+      R"({"load":{"node_id":"0a","node_name":"a","seq":1,"runnable":0.9},"age_ms":0},)"
+      R"({"load":{"node_id":"0a","node_name":"a","seq":1,"mem_used_bytes":-1},"age_ms":0},)"
+      R"({"load":{"node_id":"0a","node_name":"a","seq":1,"jobs":[{"rss_bytes":5e40}]},)"
+      R"("age_ms":0},)"
+      R"({"load":{"node_id":"0a","node_name":"a","seq":1},"age_ms":1e300},)"
+      R"({"load":{"node_id":"0b","node_name":"ok","seq":2,"cpus":4},"age_ms":3}]})");
+  ASSERT_TRUE(parsed);
+  ASSERT_EQ(parsed->entries.size(), 1u);
+  EXPECT_EQ(parsed->entries[0].load.node_name, "ok");
+  EXPECT_EQ(parsed->entries[0].load.cpus, 4);
+  ASSERT_EQ(parsed->rejected.size(), 6u);
+  const char* fields[] = {"seq", "cpus", "runnable", "mem_used_bytes", "rss_bytes", "age_ms"};
+  for (std::size_t k = 0; k < 6; ++k) {
+    EXPECT_NE(parsed->rejected[k].find(fields[k]), std::string::npos) << parsed->rejected[k];
+  }
+}
+
 }  // namespace
 }  // namespace tern::agent
