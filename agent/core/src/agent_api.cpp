@@ -95,8 +95,9 @@ bool MaySee(const ApiCaller& caller, const jobs::JobRecord& record) {
 jobs::JobRecord OwnerOf(const json& listed) {
   jobs::JobRecord owner;
   const auto uid = listed.find("uid");
-  owner.uid =
-      uid != listed.end() && uid->is_number_unsigned() ? uid->get<uid_t>() : static_cast<uid_t>(-1);
+  // Only a uid that fits: get<uid_t>() would wrap 4294968296 to 1000, another user's.
+  owner.uid = (uid != listed.end() ? JsonInteger<uid_t>(*uid) : std::nullopt)
+                  .value_or(static_cast<uid_t>(-1));
   owner.user = listed.value("user", "");
   return owner;
 }
