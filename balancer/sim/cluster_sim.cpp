@@ -81,7 +81,6 @@ struct Message {
   std::uint32_t count = 0;
 };
 
-// A job that finished during a step: its index, when.
 // A job that finished during a step: its index, when, and what the report counts of it (read
 // while the job is in cache, so that the serial count after the pass reads no job).
 struct Finished {

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "tern/cli/event_follow.hpp"
+#include "tern/json_text.hpp"
 
 namespace tern::cli {
 namespace {
@@ -23,10 +24,7 @@ namespace {
 using nlohmann::json;
 constexpr std::size_t kMigrationLines = 8;
 
-std::string S(const json& object, const char* key) {
-  const auto found = object.find(key);
-  return found != object.end() && found->is_string() ? found->get<std::string>() : "";
-}
+std::string S(const json& object, const char* key) { return JsonText(object, key); }
 
 double D(const json& object, const char* key) {
   const auto found = object.find(key);

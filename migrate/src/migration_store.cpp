@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 #include <tern/json_integer.hpp>
+#include <tern/json_text.hpp>
 
 #include "tern/migrate/protocol_codec.hpp"
 
@@ -73,10 +74,7 @@ Expected<MigrationRecord> DecodeRecord(std::string_view bytes) {
   if (newline == std::string_view::npos) return Fail("migration record cut short");
   const json head = json::parse(bytes.substr(0, newline), nullptr, false);
   if (!head.is_object()) return Fail("migration record is not a JSON object");
-  auto text = [&](const char* key) -> std::string {
-    const auto found = head.find(key);
-    return found != head.end() && found->is_string() ? found->get<std::string>() : "";
-  };
+  auto text = [&](const char* key) { return JsonText(head, key); };
   const std::string id = text("id");
   if (!IsMigrationId(id)) return Fail("migration record names no migration id");
   const std::string mode_text = text("mode");

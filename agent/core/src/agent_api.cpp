@@ -14,6 +14,7 @@
 #include <tern/jobs/job_file.hpp>
 #include <tern/jobs/job_supervisor.hpp>
 #include <tern/json_integer.hpp>
+#include <tern/json_text.hpp>
 #include <tuple>
 
 #include "balancer_service.hpp"
@@ -94,10 +95,8 @@ bool MaySee(const ApiCaller& caller, const jobs::JobRecord& record) {
 // Whose a job listed as JSON (jobs::ToJson) is, for MaySee.
 jobs::JobRecord OwnerOf(const json& listed) {
   jobs::JobRecord owner;
-  const auto uid = listed.find("uid");
   // Only a uid that fits: get<uid_t>() would wrap 4294968296 to 1000, another user's.
-  owner.uid = (uid != listed.end() ? JsonInteger<uid_t>(*uid) : std::nullopt)
-                  .value_or(static_cast<uid_t>(-1));
+  owner.uid = JsonIntegerOr<uid_t>(listed, "uid", static_cast<uid_t>(-1));
   owner.user = listed.value("user", "");
   return owner;
 }
@@ -363,15 +362,9 @@ void AgentApi::RecentEvents(const ApiCall& call, ApiDone done) {
     // Times are RFC 3339 UTC with milliseconds: text order is time order. A peer's event is
     // hostile input: a field of the wrong type sorts as empty (value() would throw inside the
     // sort, and cast a float seq such as 1e300 to an integer, undefined behaviour).
-    auto text = [](const json& event, const char* field) {
-      const auto it = event.find(field);
-      return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
-    };
-    auto key = [&](const json& event) {
-      const auto seq = event.find("seq");
-      return std::make_tuple(
-          text(event, "time"), text(event, "node"),
-          seq == event.end() ? std::uint64_t{0} : JsonInteger<std::uint64_t>(*seq).value_or(0));
+    auto key = [](const json& event) {
+      return std::make_tuple(JsonText(event, "time"), JsonText(event, "node"),
+                             JsonIntegerOr<std::uint64_t>(event, "seq", 0));
     };
     std::stable_sort(all.begin(), all.end(),
                      [&](const json& a, const json& b) { return key(a) < key(b); });
@@ -405,12 +398,9 @@ void AgentApi::ListMigrations(const ApiCall& call, ApiDone done) {
       all.push_back(std::move(migration));
     }
     // RFC 3339 UTC times sort as text; a record without a start (null) goes last.
-    auto started = [](const json& m) {
-      const auto it = m.find("started_at");
-      return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
-    };
-    std::stable_sort(all.begin(), all.end(),
-                     [&](const json& a, const json& b) { return started(a) > started(b); });
+    std::stable_sort(all.begin(), all.end(), [](const json& a, const json& b) {
+      return JsonText(a, "started_at") > JsonText(b, "started_at");
+    });
     if (all.size() > limit) all.resize(limit);
     done(JsonResult(200, json{{"migrations", all}, {"unreachable", unreachable}}.dump()));
   });

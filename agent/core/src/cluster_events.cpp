@@ -6,6 +6,8 @@
 
 #include "tern/agent/cluster.hpp"
 #include "tern/agent/event_bus.hpp"
+#include "tern/json_integer.hpp"
+#include "tern/json_text.hpp"
 
 namespace tern::agent {
 
@@ -14,14 +16,8 @@ using nlohmann::json;
 namespace {
 
 // Peer data: a field of the wrong type reads as absent rather than throwing.
-std::uint64_t Seq(const json& object, const char* key) {
-  const auto found = object.find(key);
-  return found != object.end() && found->is_number_unsigned() ? found->get<std::uint64_t>() : 0;
-}
-
-std::string Text(const json& object, const char* key) {
-  const auto found = object.find(key);
-  return found != object.end() && found->is_string() ? found->get<std::string>() : "";
+std::uint64_t Seq(const json& object, const char* key = "seq") {
+  return JsonIntegerOr<std::uint64_t>(object, key, 0);
 }
 
 }  // namespace
@@ -30,13 +26,12 @@ ClusterEventFeed::ClusterEventFeed(boost::asio::io_context& io, Cluster& cluster
     : io_(io), cluster_(cluster), events_(events), self_(cluster.self().name), timer_(io) {
   // This node's log is the bus's own ring: seed it, then follow it.
   for (auto& event : events_.Recent(0, "", kKeep)) {
-    Add(self_,
-        {Seq(event, "seq"), Text(event, "type"), event.dump(), EventBus::OwnerInEvent(event)});
+    Add(self_, {Seq(event), JsonText(event, "type"), event.dump(), EventBus::OwnerInEvent(event)});
   }
   // The bus may outlive this feed (the agent tears down in reverse order of members).
   events_.Listen([this, alive = alive_](const json& event, const std::string& data) {
     if (!*alive) return;
-    Add(self_, {Seq(event, "seq"), Text(event, "type"), data, EventBus::OwnerInEvent(event)});
+    Add(self_, {Seq(event), JsonText(event, "type"), data, EventBus::OwnerInEvent(event)});
   });
 }
 
@@ -147,10 +142,10 @@ void ClusterEventFeed::OnAnswer(const std::string& node, unsigned status, const 
     if (answer.contains("last_seq") && reader.cursor.Of(node) > last) reader.cursor.seq[node] = 0;
   }
   for (const auto& event : answer["events"]) {
-    if (!event.is_object() || Text(event, "node") != node) continue;
-    const std::uint64_t seq = Seq(event, "seq");
+    if (!event.is_object() || JsonText(event, "node") != node) continue;
+    const std::uint64_t seq = Seq(event);
     if (seq <= log.have) continue;
-    Add(node, {seq, Text(event, "type"), event.dump(), EventBus::OwnerInEvent(event)});
+    Add(node, {seq, JsonText(event, "type"), event.dump(), EventBus::OwnerInEvent(event)});
   }
 }
 

@@ -47,8 +47,9 @@ class TableReader {
     if (node == nullptr) return;
     auto value = node->value_exact<int64_t>();
     if (!value || *value <= 0 || *value > kMaxMillis) {
-      Complain(section, key,
-               "must be a whole number of milliseconds from 1 to 2592000000 (30 days)");
+      const std::string what = "must be a whole number of milliseconds from 1 to " +
+                               std::to_string(kMaxMillis) + " (30 days)";
+      Complain(section, key, what.c_str());
       return;
     }
     out = std::chrono::milliseconds(*value);

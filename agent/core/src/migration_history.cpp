@@ -2,16 +2,13 @@
 
 #include <algorithm>
 
+#include "tern/json_text.hpp"
+
 namespace tern::agent {
 
 using nlohmann::json;
 
 namespace {
-
-std::string Text(const json& event, const char* key) {
-  const auto found = event.find(key);
-  return found != event.end() && found->is_string() ? found->get<std::string>() : "";
-}
 
 double Number(const json& event, const char* key) {
   const auto found = event.find(key);
@@ -40,27 +37,27 @@ json* MigrationHistory::Find(const std::string& id) {
 
 void MigrationHistory::OnEvent(const json& event) {
   if (!event.is_object()) return;
-  const std::string type = Text(event, "type");
-  if (type == "balancer" && Text(event, "action") == "migrate") {
-    balancer_moves_[Text(event, "job")] = {Text(event, "to"), Text(event, "kind"),
-                                           Text(event, "reason")};
+  const std::string type = JsonText(event, "type");
+  if (type == "balancer" && JsonText(event, "action") == "migrate") {
+    balancer_moves_[JsonText(event, "job")] = {JsonText(event, "to"), JsonText(event, "kind"),
+                                               JsonText(event, "reason")};
     return;
   }
   if (type != "migration") return;
-  const std::string what = Text(event, "event");
-  const std::string id = Text(event, "id");
+  const std::string what = JsonText(event, "event");
+  const std::string id = JsonText(event, "id");
   if (id.empty()) return;
   if (what == "started") {
-    const std::string job = Text(event, "job");
+    const std::string job = JsonText(event, "job");
     json record = {{"id", id},
                    {"job", job},
-                   {"from", Text(event, "from")},
-                   {"to", Text(event, "to")},
-                   {"mode", Text(event, "mode")},
+                   {"from", JsonText(event, "from")},
+                   {"to", JsonText(event, "to")},
+                   {"mode", JsonText(event, "mode")},
                    {"kind", "manual"},
                    {"reason", "asked for by a user (tern migrate or the dashboard)"},
                    {"outcome", "running"},
-                   {"started_at", Text(event, "time")},
+                   {"started_at", JsonText(event, "time")},
                    {"ended_at", nullptr},
                    {"freeze_ms", nullptr},
                    {"total_ms", nullptr},
@@ -69,7 +66,7 @@ void MigrationHistory::OnEvent(const json& event) {
                    {"error", ""}};
     // The balancer announces a move just before it asks for it.
     if (auto why = balancer_moves_.find(job);
-        why != balancer_moves_.end() && why->second.to == Text(event, "to")) {
+        why != balancer_moves_.end() && why->second.to == JsonText(event, "to")) {
       record["kind"] = why->second.kind;
       record["reason"] = why->second.reason;
       balancer_moves_.erase(why);
@@ -82,10 +79,10 @@ void MigrationHistory::OnEvent(const json& event) {
   json* record = Find(id);
   if (record == nullptr) {  // started before the history began (or fell off): keep what we know
     records_.push_back({{"id", id},
-                        {"job", Text(event, "job")},
-                        {"from", Text(event, "from")},
-                        {"to", Text(event, "to")},
-                        {"mode", Text(event, "mode")},
+                        {"job", JsonText(event, "job")},
+                        {"from", JsonText(event, "from")},
+                        {"to", JsonText(event, "to")},
+                        {"mode", JsonText(event, "mode")},
                         {"kind", "unknown"},
                         {"reason", ""},
                         {"started_at", nullptr},
@@ -95,11 +92,11 @@ void MigrationHistory::OnEvent(const json& event) {
     if (records_.size() > kKeep) records_.pop_front();
     record = &records_.back();
   }
-  (*record)["ended_at"] = Text(event, "time");
-  const std::string mode = Text(*record, "mode");
+  (*record)["ended_at"] = JsonText(event, "time");
+  const std::string mode = JsonText(*record, "mode");
   if (what == "failed") {
     (*record)["outcome"] = "failed";
-    (*record)["error"] = Text(event, "error");
+    (*record)["error"] = JsonText(event, "error");
     ++outcomes_[{"failed", mode}];
     return;
   }

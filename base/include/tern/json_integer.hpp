@@ -28,6 +28,15 @@ std::optional<T> JsonInteger(const nlohmann::json& value) {
   return std::nullopt;
 }
 
+// object[key] as a T; `fallback` when the key is absent, not an integer T holds, or object is no
+// object (peer data where a bad field reads as absent rather than failing the whole).
+template <typename T>
+T JsonIntegerOr(const nlohmann::json& object, const char* key, T fallback) {
+  if (!object.is_object()) return fallback;
+  const auto found = object.find(key);
+  return found == object.end() ? fallback : JsonInteger<T>(*found).value_or(fallback);
+}
+
 // object[key] as a T; `fallback` when the key is absent (or, without one, throws
 // std::invalid_argument); throws std::invalid_argument when it is not an integer T can hold.
 template <typename T>

@@ -5,6 +5,15 @@
 namespace tern::agent {
 namespace {
 
+// Each of `texts` is refused, and the error names `named`.
+void ExpectRefusedNaming(std::initializer_list<const char*> texts, const std::string& named) {
+  for (const char* text : texts) {
+    auto config = ParseConfig(text, "t.toml");
+    ASSERT_FALSE(config) << text;
+    EXPECT_NE(config.error().message.find(named), std::string::npos) << config.error().message;
+  }
+}
+
 TEST(ConfigTest, EmptyDocumentGivesDocumentedDefaults) {
   auto config = ParseConfig("", "test.toml");
   ASSERT_TRUE(config) << config.error().message;
@@ -112,14 +121,10 @@ memory_high = 0.8
 }
 
 TEST(ConfigTest, BalancerKeysOutOfRangeNameTheKey) {
-  for (const char* text : {"[balancer]\nenabled = 1\n", "[balancer]\nmemory_high = 1.5\n",
-                           "[balancer]\nmax_outgoing = -1\n", "[balancer]\nimbalance = nan\n",
-                           "[balancer]\ninterval_ms = 0\n"}) {
-    auto config = ParseConfig(text, "t.toml");
-    ASSERT_FALSE(config) << text;
-    EXPECT_NE(config.error().message.find("[balancer]"), std::string::npos)
-        << config.error().message;
-  }
+  ExpectRefusedNaming({"[balancer]\nenabled = 1\n", "[balancer]\nmemory_high = 1.5\n",
+                       "[balancer]\nmax_outgoing = -1\n", "[balancer]\nimbalance = nan\n",
+                       "[balancer]\ninterval_ms = 0\n"},
+                      "[balancer]");
 }
 
 TEST(ConfigTest, CgroupThatClimbsOutIsRefused) {
@@ -154,21 +159,12 @@ TEST(ConfigTest, WrongTypeNamesFileSectionAndKey) {
 TEST(ConfigTest, MillisecondsAndCountsAreWholeNumbersInRange) {
   // The config fuzzer's input: a float far beyond any integer (undefined behaviour in the cast
   // toml++'s value<int64_t>() makes) is refused with the key, like any wrong value.
-  for (const char* text :
-       {"[cluster]\nheartbeat_ms = 5e040\n", "[cluster]\nheartbeat_ms = 1000.0\n",
-        "[cluster]\nheartbeat_ms = 9223372036854775807\n", "[cluster]\nheartbeat_ms = 0\n",
-        "[balancer]\ninterval_ms = -3000\n"}) {
-    auto config = ParseConfig(text, "t.toml");
-    ASSERT_FALSE(config) << text;
-    EXPECT_NE(config.error().message.find("whole number of milliseconds"), std::string::npos)
-        << config.error().message;
-  }
-  for (const char* text : {"[cluster]\nmax_links = 1e30\n", "[cluster]\nmax_links = 8.0\n"}) {
-    auto config = ParseConfig(text, "t.toml");
-    ASSERT_FALSE(config) << text;
-    EXPECT_NE(config.error().message.find("max_links"), std::string::npos)
-        << config.error().message;
-  }
+  ExpectRefusedNaming({"[cluster]\nheartbeat_ms = 5e040\n", "[cluster]\nheartbeat_ms = 1000.0\n",
+                       "[cluster]\nheartbeat_ms = 9223372036854775807\n",
+                       "[cluster]\nheartbeat_ms = 0\n", "[balancer]\ninterval_ms = -3000\n"},
+                      "whole number of milliseconds");
+  ExpectRefusedNaming({"[cluster]\nmax_links = 1e30\n", "[cluster]\nmax_links = 8.0\n"},
+                      "max_links");
   auto longest = ParseConfig("[cluster]\nlink_idle_ms = 2592000000\n", "t.toml");
   ASSERT_TRUE(longest) << longest.error().message;
   EXPECT_EQ(longest->link_idle.count(), 2592000000);

@@ -141,14 +141,14 @@ class Balancer {
     for (std::size_t byte = 0; byte < sizeof(*this); byte += 64) __builtin_prefetch(first + byte);
   }
   void PrefetchPlans() const {
-    const auto* plans = reinterpret_cast<const char*>(planned_.data());
-    for (std::size_t byte = 0; byte < planned_.size() * sizeof(Planned); byte += 64) {
-      __builtin_prefetch(plans + byte);
-    }
-    const auto* placed = reinterpret_cast<const char*>(placed_.data());
-    for (std::size_t byte = 0; byte < placed_.size() * sizeof(PlacedPlan); byte += 64) {
-      __builtin_prefetch(placed + byte);
-    }
+    auto lines = [](const auto& plans) {
+      const auto* first = reinterpret_cast<const char*>(plans.data());
+      for (std::size_t byte = 0; byte < plans.size() * sizeof(plans[0]); byte += 64) {
+        __builtin_prefetch(first + byte);
+      }
+    };
+    lines(planned_);
+    lines(placed_);
     if (!arrived_.empty()) __builtin_prefetch(&*arrived_.begin());
     if (!failed_.empty()) __builtin_prefetch(&*failed_.begin());
   }
