@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "channel_impl.hpp"
+#include "direct_send.hpp"
 
 namespace tern {
 
@@ -58,6 +59,7 @@ IpcResult<std::uint32_t> Channel::make_send(std::uint32_t receive_name) const {
 }
 
 IpcResult<void> Channel::deallocate(std::uint32_t name) const {
+  libtern::RightLeaves(*impl_, name);
   return EmptyReply(impl_->Request(JobOp::kDeallocate, NameBody(name)));
 }
 
@@ -95,6 +97,10 @@ IpcResult<void> Channel::request_notification(std::uint32_t name, NotificationKi
 
 IpcResult<void> Channel::send(const Message& message, FullPolicy policy, Timeout timeout,
                               std::uint32_t notify_port) const {
+  if (auto direct = libtern::SendDirect(impl_, message, policy, timeout, notify_port)) {
+    return std::move(*direct);
+  }
+  libtern::BeforeAgentSendOf(*impl_, message);
   // EncodeSendRequest's layout; large data items are written from where they are.
   WireWriter writer(/*share_data=*/true);
   writer.WriteMessage(message);
@@ -143,7 +149,10 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
                                    Timeout timeout, std::size_t* accepted) const {
   if (accepted) *accepted = 0;
   if (messages.empty()) return {};
-  for (const Message& message : messages) libtern::NoteAgentSend(*impl_, message.destination);
+  for (const Message& message : messages) {
+    libtern::BeforeAgentSendOf(*impl_, message);
+    libtern::NoteAgentSend(*impl_, message.destination);
+  }
   if (FitsTrains(messages)) return SendTrains(messages, policy, timeout, accepted);
   std::vector<std::string> bodies;
   bodies.reserve(messages.size());
@@ -274,6 +283,7 @@ IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::u
 IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t port,
                                          Timeout receive_timeout, FullPolicy policy,
                                          Timeout send_timeout) const {
+  libtern::BeforeAgentSendOf(*impl_, message);
   if (auto direct = libtern::SendReceiveDirect(*this, impl_, message, port, receive_timeout, policy,
                                                send_timeout)) {
     return std::move(*direct);

@@ -16,12 +16,12 @@
 #include <algorithm>
 #include <boost/container/small_vector.hpp>
 #include <chrono>
-#include <random>
 #include <tern/ipc.hpp>
 #include <tern/ipc/job_wire.hpp>
 
 #include "channel_impl.hpp"
 #include "direct_connection.hpp"
+#include "direct_send.hpp"
 #include "send_all.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
@@ -42,20 +42,11 @@ constexpr std::size_t kMaxUnreceivedBytes = 32u << 20;
 // Frame buffers kept for reuse (a large message's frame is not allocated anew each time).
 constexpr std::size_t kSpareFrames = 8;
 
-std::uint64_t NewWriterId() {
-  static std::atomic<std::uint64_t> counter{0};
-  std::random_device random;
-  std::uint64_t id = (static_cast<std::uint64_t>(random()) << 32) ^ random();
-  id ^= static_cast<std::uint64_t>(::getpid()) << 16;
-  id += counter.fetch_add(1);
-  return id == 0 ? 1 : id;
-}
-
 }  // namespace
 
 class PortWriter::Direct {
  public:
-  libtern::StreamSender sender{NewWriterId()};
+  libtern::StreamSender sender{libtern::NewStreamWriterId()};
   std::optional<std::uint32_t> opening;  // a posted direct_open
   Clock::time_point open_after{};
   std::optional<libtern::DirectConnection> connection;
@@ -367,6 +358,7 @@ IpcResult<void> PortWriter::Ship() {
     std::vector<std::string_view> pieces{header};
     for (std::string_view piece : libtern::Pieces(*train_)) pieces.push_back(piece);
     libtern::NoteAgentSend(*channel_.impl_, port_);
+    libtern::BeforeAgentSend(*channel_.impl_, port_);
     auto request = channel_.impl_->Post(ipc::JobOp::kSendBatch, pieces);
     train_->out().clear();
     train_->shared().clear();

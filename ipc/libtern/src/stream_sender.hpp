@@ -26,6 +26,10 @@
 
 namespace tern::libtern {
 
+// A writer id for a new stream: random, unlikely to meet another process's or stream's (the
+// reader keeps its table by writer id, across everyone who writes to its port).
+std::uint64_t NewStreamWriterId();
+
 class StreamSender {
  public:
   struct Frame {
@@ -42,6 +46,10 @@ class StreamSender {
   std::uint64_t last() const { return last_; }
   // A new message's sequence.
   std::uint64_t Number() { return ++last_; }
+  // Gives back the sequence Number() just gave (its message never went anywhere: refused).
+  void Unnumber() {
+    if (last_ != 0) --last_;
+  }
   bool numbered() const { return numbered_; }
   bool direct() const { return direct_; }
 
@@ -72,7 +80,7 @@ class StreamSender {
   std::size_t unreceived_frames() const { return unreceived_.size(); }
 
  private:
-  const std::uint64_t writer_;
+  std::uint64_t writer_;
   std::uint64_t last_ = 0;
   bool numbered_ = false;
   bool direct_ = false;
