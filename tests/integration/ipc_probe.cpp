@@ -460,6 +460,23 @@ int DirectStreamWriter(const Channel& channel, const std::string& name, std::uin
   return flushed && writer.accepted() == count ? 0 : 1;
 }
 
+// Plain sends direct (docs/ipc.md "Plain sends direct"). plain-writer NAME COUNT PAUSE_US: COUNT
+// messages (id i, bytes "i") each with Channel::send (kWait), PAUSE_US between them; to a
+// PortReader they go over a connection. Prints how many were sent.
+int PlainWriter(const Channel& channel, const std::string& name, std::uint32_t count,
+                long pause_us) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto sent = channel.send(tern::BytesMessage(to, std::to_string(i), i),
+                             tern::ipc::FullPolicy::kWait, tern::kForever);
+    if (!sent) return Fail("send " + std::to_string(i) + ": " + sent.error().ToString());
+    if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+  }
+  std::printf("sent %u: ok\n", count);
+  return 0;
+}
+
 // dstream-reader NAME COUNT: reads with a PortReader, every message checked to be the next in
 // order (none lost, none twice), then nothing more. plain-reader NAME COUNT: the same with
 // Channel::receive, which never opts in: every message must be exactly as written (one bytes
@@ -804,14 +821,17 @@ int main(int argc, char** argv) {
   if (mode == "direct-revoked") code = DirectRevoked(channel, name);
   if (mode == "direct-smuggler") code = DirectSmuggler(channel, name);
   if (mode == "direct-fence") code = DirectFence(name);
-  const bool counted =
-      mode == "dstream-writer" || mode == "dstream-reader" || mode == "plain-reader";
+  const bool counted = mode == "dstream-writer" || mode == "dstream-reader" ||
+                       mode == "plain-reader" || mode == "plain-writer";
   const std::uint32_t count =
       counted && argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000;
   if (mode == "dstream-writer") {
     code =
         DirectStreamWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0,
                            argc > 6 ? std::stol(argv[5]) : -1, argc > 6 ? std::stol(argv[6]) : 0);
+  }
+  if (mode == "plain-writer") {
+    code = PlainWriter(channel, name, count, argc > 4 ? std::stol(argv[4]) : 0);
   }
   if (mode == "dstream-reader") code = DirectStreamReader(channel, name, count, false);
   if (mode == "plain-reader") code = DirectStreamReader(channel, name, count, true);
