@@ -1,6 +1,7 @@
 // tern-bench-ipc-tern: the tern path of bench/ipc, two tern jobs talking through libtern.
 //
-//   tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME]
+//   tern-bench-ipc-tern {server,client} {pingpong,stream,send,sendrecv,sendrecv-agents}
+//   [--name NAME]
 //   [--size S]
 //       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
 //       [--direct 0|1]
@@ -31,6 +32,9 @@
 //         then the end marker and a receive() of its answer on a port of its own: the
 //         clock covers delivery of every message. Messages up to 64 KiB carry one bytes item,
 //         larger ones one out-of-line item (the agents share its buffer instead of copying).
+//       send: the stream's messages each with one Channel::send (kWait) instead of a PortWriter
+//         (to the stream server: plain sends go direct to a PortReader, docs/ipc.md "Plain sends
+//         direct"), then the end marker and its confirmation.
 // Exit status: 0 done, 1 failed, 3 tern IPC is not available here (the reason on stderr).
 #include <algorithm>
 #include <atomic>
@@ -52,7 +56,8 @@ const char* const kProgram = "tern-bench-ipc-tern";
 namespace {
 
 constexpr std::string_view kUsage =
-    "tern-bench-ipc-tern {server,client} {pingpong,stream,sendrecv,sendrecv-agents} [--name NAME] "
+    "tern-bench-ipc-tern {server,client} {pingpong,stream,send,sendrecv,sendrecv-agents} "
+    "[--name NAME] "
     "[--size S] [--count N] "
     "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B] [--direct 0|1]";
 constexpr std::uint32_t kDataId = 1;
@@ -134,8 +139,9 @@ void PlainEchoServer(const Channel& channel, std::uint32_t port) {
 
 int Server(const Options& options) {
   const Channel channel;
-  const std::uint32_t port =
-      Check(channel.port_allocate(options.op == "stream" ? options.queue : 0), "port_allocate");
+  const std::uint32_t port = Check(
+      channel.port_allocate(options.op == "stream" || options.op == "send" ? options.queue : 0),
+      "port_allocate");
   Check(channel.name_register(options.name, port), "name_register");
   if (options.op == "pingpong" || options.op == "sendrecv") {
     PingPongServer(channel, port);
@@ -190,6 +196,21 @@ int Client(const Options& options) {
                            : MessageBuilder(port).id(kDataId).out_of_line(payload).build();
   const Message end = MessageBuilder(port).id(kEndId).reply(confirmations).build();
   Clock::duration elapsed{};
+  if (options.op == "send") {
+    // One Channel::send a message (docs/ipc.md "Plain sends direct"): the warmup makes the
+    // connection, as a raw socket is connected before.
+    for (const std::uint64_t n : {options.warmup, options.count}) {
+      const auto start = Clock::now();
+      for (std::uint64_t i = 0; i < n; ++i) {
+        Check(channel.send(data, FullPolicy::kWait, kForever), "send");
+      }
+      Check(channel.send(end, FullPolicy::kWait, kForever), "send the end marker");
+      Check(channel.receive(confirmations, kStepTimeout), "receive the confirmation");
+      elapsed = Clock::now() - start;
+    }
+    ReportStream(options, "tern", elapsed);
+    return 0;
+  }
   // One PortWriter for the warmup and the measured batch: the warmup also warms its path (the
   // direct connection, once the reader welcomed it), as a raw socket is connected before.
   PortWriter::Options writer_options;

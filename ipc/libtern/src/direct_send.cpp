@@ -205,7 +205,9 @@ class Stream {
 
   // The keeper's turn: the acks that came; a broken connection's resend.
   void Keep(Channel::Impl& impl) {
-    if (!connection_) return;
+    // A connection still waiting for its welcome is the sender's (the keeper would take the
+    // welcome for an ack).
+    if (!connection_ || !sender_.direct()) return;
     if (reattached_ != impl.reattached() || !TakeAcks()) FallBack(impl);
   }
 

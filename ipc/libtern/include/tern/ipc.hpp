@@ -184,7 +184,10 @@ class Channel {
   IpcResult<void> request_notification(std::uint32_t name, NotificationKind kind,
                                        std::uint32_t notify_port) const;
 
-  // Messages. `timeout` applies to FullPolicy::kWait; `notify_port` to kNotify.
+  // Messages. `timeout` applies to FullPolicy::kWait; `notify_port` to kNotify. A data-only
+  // message (no rights, no reply right; kFail or kWait) to a port a PortReader reads goes over a
+  // connection between the two jobs once the reader welcomed it (docs/ipc.md "Plain sends
+  // direct"): in the same order, with the same queue limit, nothing lost when it breaks.
   IpcResult<void> send(const Message& message, FullPolicy policy = FullPolicy::kFail,
                        Timeout timeout = Timeout(0), std::uint32_t notify_port = 0) const;
   // The next message on a receive right. `destination` of the result is `port`; `reply` is this
