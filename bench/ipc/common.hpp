@@ -58,8 +58,9 @@ inline Options ParseOptions(int argc, char** argv, std::string_view usage) {
   options.mode = argv[1];
   options.op = argv[2];
   if (options.op != "pingpong" && options.op != "stream" && options.op != "sendrecv" &&
-      options.op != "sendrecv-agents" && options.op != "move") {
-    Die("the operation is pingpong, stream, sendrecv, sendrecv-agents or move, not " + options.op);
+      options.op != "sendrecv-agents" && options.op != "move" && options.op != "send") {
+    Die("the operation is pingpong, stream, send, sendrecv, sendrecv-agents or move, not " +
+        options.op);
   }
   for (int i = 3; i < argc; ++i) {
     const std::string_view flag = argv[i];

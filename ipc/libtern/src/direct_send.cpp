@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "direct_connection.hpp"
+#include "random_id.hpp"
 #include "send_all.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
@@ -199,7 +200,7 @@ class Stream {
   void Quiesce(Channel::Impl& impl) {
     if (!sender_.numbered()) return;
     FallBack(impl);
-    sender_ = StreamSender(NewStreamWriterId());
+    sender_ = StreamSender(NewRandomId());
     sync_due_ = false;
   }
 
@@ -421,7 +422,7 @@ class Stream {
 
   const std::weak_ptr<Channel::Impl> impl_;
   const std::uint32_t name_;
-  StreamSender sender_{NewStreamWriterId()};
+  StreamSender sender_{NewRandomId()};
   std::optional<std::uint32_t> opening_;  // a posted direct_open
   Clock::time_point open_after_{};
   std::optional<DirectConnection> connection_;

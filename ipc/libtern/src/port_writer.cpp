@@ -22,6 +22,7 @@
 #include "channel_impl.hpp"
 #include "direct_connection.hpp"
 #include "direct_send.hpp"
+#include "random_id.hpp"
 #include "send_all.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
@@ -46,7 +47,7 @@ constexpr std::size_t kSpareFrames = 8;
 
 class PortWriter::Direct {
  public:
-  libtern::StreamSender sender{libtern::NewStreamWriterId()};
+  libtern::StreamSender sender{libtern::NewRandomId()};
   std::optional<std::uint32_t> opening;  // a posted direct_open
   Clock::time_point open_after{};
   std::optional<libtern::DirectConnection> connection;

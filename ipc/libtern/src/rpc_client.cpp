@@ -27,12 +27,12 @@
 
 #include <chrono>
 #include <optional>
-#include <random>
 #include <unordered_map>
 
 #include "channel_impl.hpp"
 #include "direct_connection.hpp"
 #include "direct_wire.hpp"
+#include "random_id.hpp"
 #include "rpc_format.hpp"
 
 namespace tern {
@@ -58,17 +58,6 @@ constexpr auto kMaxRepeatAfter = std::chrono::seconds(16);
 // After a refused direct_open a name's calls go through the agents for this long.
 constexpr auto kRefusedFor = std::chrono::seconds(1);
 
-std::uint64_t NewClientId() {
-  static std::atomic<std::uint64_t> counter{0};
-  std::random_device random;
-  // Random bits keep ids of different jobs apart; pid and a counter keep this job's threads
-  // apart even if random_device were weak.
-  std::uint64_t id = (static_cast<std::uint64_t>(random()) << 32) ^ random();
-  id ^= static_cast<std::uint64_t>(::getpid()) << 16;
-  id += counter.fetch_add(1);
-  return id == 0 ? 1 : id;
-}
-
 // One send name's direct path for this thread.
 struct DirectPort {
   std::optional<DirectConnection> connection;
@@ -80,7 +69,7 @@ struct DirectPort {
 struct ClientState {
   std::weak_ptr<Channel::Impl> impl;
   std::uint32_t reply_port = 0;
-  std::uint64_t client = NewClientId();
+  std::uint64_t client = libtern::NewRandomId();
   std::uint64_t reattached = 0;  // the channel's count when reply_port was allocated
   std::uint64_t next_sequence = 1;
   std::unordered_map<std::uint32_t, DirectPort> direct;  // by send name

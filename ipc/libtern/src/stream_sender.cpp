@@ -1,22 +1,9 @@
 #include "stream_sender.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <random>
 #include <utility>
 
 namespace tern::libtern {
-
-std::uint64_t NewStreamWriterId() {
-  static std::atomic<std::uint64_t> counter{0};
-  std::random_device random;
-  std::uint64_t id = (static_cast<std::uint64_t>(random()) << 32) ^ random();
-  id ^= static_cast<std::uint64_t>(::getpid()) << 16;
-  id += counter.fetch_add(1);
-  return id == 0 ? 1 : id;
-}
 
 std::uint64_t StreamSender::Welcomed(std::uint32_t credits) {
   numbered_ = true;

@@ -26,10 +26,6 @@
 
 namespace tern::libtern {
 
-// A writer id for a new stream: random, unlikely to meet another process's or stream's (the
-// reader keeps its table by writer id, across everyone who writes to its port).
-std::uint64_t NewStreamWriterId();
-
 class StreamSender {
  public:
   struct Frame {

@@ -21,18 +21,7 @@ namespace {
 
 using testing::Eventually;
 
-// A port with room for any test's backlog (the fake agent fails a kWait send to a full queue at
-// once); the direct window is that limit too.
-struct DirectSendFixture : testing::PortFixture {
-  void SetUp() override {
-    auto allocated = channel.port_allocate(65536);
-    ASSERT_TRUE(allocated);
-    port = *allocated;
-    auto made = channel.make_send(port);
-    ASSERT_TRUE(made);
-    send_right = *made;
-  }
-
+struct DirectSendFixture : testing::LargeQueuePortFixture {
   // Opts the reader in (its first wait) and sends until a message went direct: the stream's
   // connection is welcomed and its sync is in. Returns the messages sent, ids from `first`.
   std::uint32_t SendUntilDirect(PortReader& reader, std::uint32_t first) {

@@ -67,4 +67,17 @@ struct PortFixture : ::testing::Test {
   }
 };
 
+// The same with a port of room for any test's backlog (the fake agent fails a kWait send to a full
+// queue at once); a direct stream's window is that limit too.
+struct LargeQueuePortFixture : PortFixture {
+  void SetUp() override {
+    auto allocated = channel.port_allocate(65536);
+    ASSERT_TRUE(allocated);
+    port = *allocated;
+    auto made = channel.make_send(port);
+    ASSERT_TRUE(made);
+    send_right = *made;
+  }
+};
+
 }  // namespace tern::testing

@@ -344,18 +344,8 @@ TEST(StreamRings, AMemfdOfAnotherShapeIsRefused) {
   EXPECT_FALSE(libtern::StreamRings::Attach(std::move(other)));
 }
 
-// The fake agent fails a train at once on a full queue (it does not model kWait): a port with
-// room for any test's backlog. The writers' credits are that limit too.
-struct StreamFixture : testing::PortFixture {
-  void SetUp() override {
-    auto allocated = channel.port_allocate(65536);
-    ASSERT_TRUE(allocated);
-    port = *allocated;
-    auto made = channel.make_send(port);
-    ASSERT_TRUE(made);
-    send_right = *made;
-  }
-};
+// The fake agent fails a train at once on a full queue (it does not model kWait).
+using StreamFixture = testing::LargeQueuePortFixture;
 
 // A writer on another thread streams numbered messages while every connection is broken again
 // and again (as revocation and moves do): the reader sees each exactly once, in order, and
