@@ -274,7 +274,6 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
       auto notify = reader.U32();
       auto count = reader.U32();
       if (!count) return Err(JobStatus::kBadRequest, "malformed train");
-      (void)timeout;
       (void)notify;
       std::uint32_t accepted = 0;
       JobStatus status = JobStatus::kOk;
@@ -284,6 +283,7 @@ std::optional<FakeAgent::Answer> FakeAgent::Model(const ipc::JobRequest& request
         ipc::SendRequest send;
         send.message = std::move(*message);
         send.policy = static_cast<ipc::FullPolicy>(*policy);
+        send.timeout_ms = *timeout;
         status = Enqueue(send);
         if (status == JobStatus::kOk) ++accepted;
       }
@@ -431,7 +431,12 @@ JobStatus FakeAgent::Enqueue(const ipc::SendRequest& request) {
   const std::uint64_t port_id = dest->second.object;
   if (!ports_.contains(port_id)) return JobStatus::kDeadName;
   Port& port = ports_[port_id];
-  if (port.queue.size() >= port.limit) {
+  // A wait without end is taken over the limit: the agent would hold it until the receiver made
+  // room and then take it, and nothing here can hold a request (a slow receiver under ASan left a
+  // full queue refusing a PortWriter's resends, which ended its stream: a flaky StreamFixture).
+  const bool waits_forever =
+      request.policy == ipc::FullPolicy::kWait && request.timeout_ms == ipc::kWaitForever;
+  if (port.queue.size() >= port.limit && !waits_forever) {
     return request.policy == ipc::FullPolicy::kWait ? JobStatus::kTimedOut : JobStatus::kQueueFull;
   }
   if (message.destination_disposition == ipc::Disposition::kMoveSendOnce) {

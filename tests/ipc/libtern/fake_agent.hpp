@@ -12,10 +12,12 @@
 // asked is `unavailable`. The fake keeps a duplicate of each server end so that
 // BreakDirectConnections() can shut every connection down, as the agents' revocation does.
 //
-// Limits: one job only; a send to a full queue with FullPolicy::kWait fails with kTimedOut at
-// once (a train stops there too); link operations exist only through `script`; a client that
-// closes its direct end is seen by the server (end of file), a server that closes its end is
-// not seen by the client (the fake's duplicate keeps it open) until BreakDirectConnections().
+// Limits: one job only; a send to a full queue with FullPolicy::kWait and a timeout fails with
+// kTimedOut at once (a train stops there too), and one that waits without end is taken over the
+// limit (the agent would take it once there is room); link operations exist only through `script`;
+// a client that closes its direct end is seen by the server (end of file), a server that closes its
+// end is not seen by the client (the fake's duplicate keeps it open) until
+// BreakDirectConnections().
 //
 // Its writes to the job never block, as the agent's do not (IpcService queues a job's replies):
 // what the job's socket does not take now waits in a queue, sent as the socket drains. A fake
