@@ -1741,6 +1741,46 @@ TEST_F(ClusterTest, IpcASameNodeStreamLosesNothingWhileItsJobsMoveAwayAndBack) {
   EXPECT_GT(shared, 2000) << "the rings were not taken; " << reader_out;
 }
 
+// docs/ipc.md "Plain sends direct" on one node: plain sends between two jobs on node2 go through
+// the shared-memory rings under their Unix socket pair; the reader moves to node3 and back, then
+// the sender to node1 (holding its end: dumped as external, restored closed). Every sequence
+// arrives once and in order, most direct, thousands through shared memory.
+TEST_F(ClusterTest, IpcSameNodePlainSendsGoThroughSharedMemoryAndLoseNothingThroughMoves) {
+  constexpr int kMessages = 30000;
+  const auto stream =
+      StartStream("itshmsend", kMessages, "node2", "node2", {"500"}, "plain-writer");
+  ASSERT_TRUE(stream);
+  const std::string& reader = stream->reader;
+  const std::string& writer = stream->writer;
+  auto away = Tern("node1", {"migrate", reader, "node3"});
+  ASSERT_EQ(away.exit_code, 0) << away.Describe();
+  auto back = Tern("node1", {"migrate", reader, "node2"});
+  ASSERT_EQ(back.exit_code, 0) << back.Describe();
+  // A phase side by side again, long enough for thousands through the rings (each move starts
+  // within a second of the last, which left ~1,900 of them in a first run).
+  std::this_thread::sleep_for(3s);
+  auto moved_writer = Tern("node1", {"migrate", writer, "node1"});
+  ASSERT_EQ(moved_writer.exit_code, 0) << moved_writer.Describe();
+  auto during = Status("node1", writer);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the sender finished before its move: give it more messages";
+  const auto writer_out = FinishedOutput(writer);
+  EXPECT_NE(writer_out.find("sent " + std::to_string(kMessages) + ": ok"), std::string::npos)
+      << writer_out;
+  const auto reader_out = FinishedOutput(reader);
+  EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
+            std::string::npos)
+      << reader_out;
+  std::cout << "sender: " << writer_out << "reader: " << reader_out;
+  const int direct = NumberBefore(reader_out, " direct");
+  ASSERT_GE(direct, 0) << reader_out;
+  EXPECT_GT(direct, kMessages / 2) << reader_out;
+  const int shared = NumberBefore(reader_out, " of them through shared memory");
+  ASSERT_GE(shared, 0) << reader_out;
+  EXPECT_GT(shared, 2000) << "the rings were not taken; " << reader_out;
+}
+
 // A receiver that never reads with a PortReader (plain receive) never opts in: a PortWriter's
 // messages reach it through the agents exactly as written, none over a connection.
 TEST_F(ClusterTest, IpcAPlainReceiverGetsAStreamsMessagesUnchanged) {

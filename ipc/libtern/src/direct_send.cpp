@@ -23,6 +23,7 @@
 #include "direct_connection.hpp"
 #include "random_id.hpp"
 #include "send_all.hpp"
+#include "stream_path.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
 #include "stream_wire.hpp"
@@ -96,11 +97,11 @@ class Stream {
 
   std::optional<IpcResult<void>> Send(Channel::Impl& impl, const Message& message,
                                       FullPolicy policy, Timeout timeout) {
-    if (connection_ && reattached_ != impl.reattached()) FallBack(impl);
-    if (!sender_.direct()) {
+    if (path_.connection && path_.reattached != impl.reattached()) FallBack(impl);
+    if (!path_.sender.direct()) {
       TryConnect(impl);
-      if (!sender_.direct()) {
-        if (!sender_.numbered()) return std::nullopt;
+      if (!path_.sender.direct()) {
+        if (!path_.sender.numbered()) return std::nullopt;
         return SendNumberedThroughAgents(impl, message, policy, timeout, 0);
       }
     }
@@ -110,7 +111,7 @@ class Stream {
       FallBack(impl);
       return SendNumberedThroughAgents(impl, message, policy, timeout, 0);
     };
-    const std::uint64_t next = sender_.last() + 1;
+    const std::uint64_t next = path_.sender.last() + 1;
     if (++sends_since_acks_ >= kAcksEvery || !Fits(next)) {
       sends_since_acks_ = 0;
       if (!TakeAcks()) return broken();
@@ -126,48 +127,93 @@ class Stream {
         return IpcError{JobStatus::kQueueFull,
                         "the receiver has the port's queue limit of messages it has not taken"};
       }
-      auto frame = connection_->Read(deadline);
-      if (!frame) return broken();
-      if (!*frame) {
+      const Waited waited = AwaitAckUntil(deadline, path_.sender.HandedFor(next));
+      if (waited == Waited::kBroken) return broken();
+      if (waited == Waited::kTimedOut) {
         return IpcError{JobStatus::kTimedOut,
                         "the receiver did not take messages to make room in time"};
       }
-      if (!TakeAck(**frame)) return broken();
     }
     // The socket's buffer must take the frame without blocking a send that may not wait: with
     // many frames unreceived, look first (a reader that takes nothing fills it before the window
-    // when the port's limit is large).
-    if (sender_.unreceived_frames() >= kLookForRoomAbove ||
-        sender_.unreceived_bytes() >= kLookForRoomBytes) {
-      if (!Writable(deadline)) {
-        return policy != FullPolicy::kWait
-                   ? IpcError{JobStatus::kQueueFull,
-                              "the connection to the receiver is full (it takes nothing)"}
-                   : IpcError{JobStatus::kTimedOut,
-                              "the receiver did not take messages to make room in time"};
-      }
+    // when the port's limit is large). Through shared memory the ring says it.
+    if (!path_.rings && (path_.sender.unreceived_frames() >= kLookForRoomAbove ||
+                         path_.sender.unreceived_bytes() >= kLookForRoomBytes)) {
+      if (!Writable(deadline)) return Full(policy);
     }
-    const std::uint64_t sequence = sender_.Number();
     StreamFrame frame;
-    frame.Start(SpareBuffer(), sender_.writer(), sequence);
+    frame.Start(path_.Buffer(), path_.sender.writer(), next);
     frame.Add(message.id, message.items);
     StreamFrameBytes bytes = frame.Finish();
+    if (path_.rings && policy != FullPolicy::kWait) {
+      // A frame the ring cannot take now (the reader is behind) would wait for it; one larger
+      // than half the ring goes in pieces, waiting, as it would into a socket.
+      const ipc::ShmRing& ring = path_.rings->frames();
+      if (bytes.size() <= ring.capacity() / 2 && ring.Space() < bytes.size()) {
+        if (path_.spare.size() < StreamPath::kSpareFrames)
+          path_.spare.push_back(std::move(bytes.out));
+        return Full(policy);
+      }
+    }
+    const std::uint64_t sequence = path_.sender.Number();
     boost::container::small_vector<std::string_view, 4> pieces;
     ipc::ForEachPiece(
         bytes.out, bytes.shared, [&](std::string_view piece) { pieces.push_back(piece); },
         [&](const ipc::SharedSpan& span) { pieces.push_back(span.bytes); });
-    const bool written = SendAll(connection_->fd(), {pieces.data(), pieces.size()}) == 0;
-    sender_.Sent({sequence, 1, std::move(bytes)});
+    const bool written = path_.rings
+                             ? path_.WriteToRing({pieces.data(), pieces.size()})
+                             : SendAll(path_.connection->fd(), {pieces.data(), pieces.size()}) == 0;
+    path_.sender.Sent({sequence, 1, std::move(bytes)});
     // A write that failed: the message is among the frames resent through the agents.
     if (!written) FallBack(impl);
     return IpcResult<void>{};
+  }
+
+  static IpcError Full(FullPolicy policy) {
+    return policy != FullPolicy::kWait
+               ? IpcError{JobStatus::kQueueFull,
+                          "the connection to the receiver is full (it takes nothing)"}
+               : IpcError{JobStatus::kTimedOut,
+                          "the receiver did not take messages to make room in time"};
+  }
+
+  enum class Waited { kAck, kTimedOut, kBroken };
+  // Waits until `deadline` for an ack. `handed`: through shared memory, what the reader must
+  // have handed out for the ack to wake the wait (AwaitAck).
+  Waited AwaitAckUntil(Clock::time_point deadline, std::uint64_t handed) {
+    const std::uint64_t before = path_.sender.received_count();
+    const Waited waited = [&] {
+      if (!path_.rings) {
+        auto frame = path_.connection->Read(deadline);
+        if (!frame) return Waited::kBroken;
+        if (!*frame) return Waited::kTimedOut;
+        return path_.TakeAck(**frame) ? Waited::kAck : Waited::kBroken;
+      }
+      if (deadline == Clock::time_point::max()) {
+        return path_.AwaitAck(handed) ? Waited::kAck : Waited::kBroken;
+      }
+      for (;;) {
+        const std::uint64_t acks = path_.acks_taken;
+        if (!path_.TakeAcks()) return Waited::kBroken;
+        if (path_.acks_taken != acks) return Waited::kAck;
+        const auto now = Clock::now();
+        if (now >= deadline) return Waited::kTimedOut;
+        (void)path_.rings->acks().WaitForData(
+            std::min<std::chrono::milliseconds>(
+                StreamPath::kLookEvery,
+                std::chrono::ceil<std::chrono::milliseconds>(deadline - now)),
+            handed);
+      }
+    }();
+    received_total.fetch_add(path_.sender.received_count() - before, std::memory_order_relaxed);
+    return waited;
   }
 
   // Whether the socket takes more (or is broken: the write then says so), waiting until
   // `deadline` at most.
   bool Writable(Clock::time_point deadline) {
     for (;;) {
-      pollfd socket{connection_->fd(), POLLOUT, 0};
+      pollfd socket{path_.connection->fd(), POLLOUT, 0};
       const auto left =
           deadline == Clock::time_point::max()
               ? -1
@@ -187,7 +233,7 @@ class Stream {
   std::optional<IpcResult<void>> SendIneligible(Channel::Impl& impl, const Message& message,
                                                 FullPolicy policy, Timeout timeout,
                                                 std::uint32_t notify_port) {
-    if (!sender_.numbered()) return std::nullopt;
+    if (!path_.sender.numbered()) return std::nullopt;
     return SendNumberedThroughAgents(impl, message, policy, timeout, notify_port);
   }
 
@@ -198,9 +244,9 @@ class Stream {
   // message: nothing sent direct later overtakes it. No wait for the reader: it may be this
   // very thread.
   void Quiesce(Channel::Impl& impl) {
-    if (!sender_.numbered()) return;
+    if (!path_.sender.numbered()) return;
     FallBack(impl);
-    sender_ = StreamSender(NewRandomId());
+    path_.sender = StreamSender(NewRandomId());
     sync_due_ = false;
   }
 
@@ -208,36 +254,35 @@ class Stream {
   void Keep(Channel::Impl& impl) {
     // A connection still waiting for its welcome is the sender's (the keeper would take the
     // welcome for an ack).
-    if (!connection_ || !sender_.direct()) return;
-    if (reattached_ != impl.reattached() || !TakeAcks()) FallBack(impl);
+    if (!path_.connection || !path_.sender.direct()) return;
+    if (path_.reattached != impl.reattached() || !TakeAcks()) FallBack(impl);
   }
 
   // At exit: waits until `deadline` for the reader to have every frame, then sends what it
   // still lacks through the agents (waiting for room until `deadline` at most).
   void Flush(Channel::Impl& impl, Clock::time_point deadline) {
-    while (connection_ && !sender_.all_received()) {
-      auto frame = connection_->Read(deadline);
-      if (!frame || !*frame || !TakeAck(**frame)) break;
+    while (path_.connection && !path_.sender.all_received()) {
+      if (AwaitAckUntil(deadline, 0) != Waited::kAck) break;
     }
-    if (!sender_.all_received()) {
+    if (!path_.sender.all_received()) {
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       FallBack(impl, static_cast<std::uint32_t>(std::max<std::int64_t>(left.count(), 1)));
     }
   }
 
-  bool unreceived() const { return !sender_.all_received(); }
-  bool connected() const { return connection_.has_value(); }
+  bool unreceived() const { return !path_.sender.all_received(); }
+  bool connected() const { return path_.connection.has_value(); }
 
  private:
   bool Fits(std::uint64_t last) const {
-    return sender_.MaySend(last) && sender_.unreceived_bytes() <= kMaxUnreceivedBytes;
+    return path_.sender.MaySend(last) && path_.sender.unreceived_bytes() <= kMaxUnreceivedBytes;
   }
 
   // Asks for a connection, takes the answer and the reader's welcome, each when it has come:
   // never waits for them.
   void TryConnect(Channel::Impl& impl) {
-    if (!connection_) {
+    if (!path_.connection) {
       if (!opening_) {
         if (Clock::now() < open_after_) return;
         ipc::WireWriter body;
@@ -258,38 +303,38 @@ class Stream {
         open_after_ = Clock::now() + kRefusedFor;  // a plain receiver, a moving one
         return;
       }
-      connection_.emplace(std::move((*answer)->fd));
-      reattached_ = impl.reattached();
+      path_.connection.emplace(std::move((*answer)->fd));
+      path_.reattached = impl.reattached();
     }
-    const bool open = static_cast<bool>(connection_->ReadAvailable());
-    auto frame = connection_->Next();
+    const bool open = static_cast<bool>(path_.connection->ReadAvailable());
+    auto frame = path_.connection->Next();
     if (!frame) {
       if (!open) {
-        connection_.reset();
+        path_.Drop();
         open_after_ = Clock::now();
       }
       return;
     }
     auto welcome = frame->type == kDirectStreamAck ? ParseStreamAck(frame->payload) : std::nullopt;
     if (!welcome || welcome->writer != 0) {
-      connection_.reset();
+      path_.Drop();
       open_after_ = Clock::now() + kRefusedFor;
       return;
     }
-    // The reader offers shared memory with its welcome; a message a frame goes on the socket
-    // (the reader reads the socket until the writer rings from the rings).
-    (void)connection_->TakePassedFd();
+    // On one node the reader offers shared memory with its welcome: the frames go through it.
+    path_.credits = welcome->credits;
+    path_.TakeRings(path_.connection->TakePassedFd());
     // Sequences start at 1 and a sync carries one: the first sync takes 1 for itself.
-    if (sender_.last() == 0) (void)sender_.Number();
-    const std::uint64_t sync = sender_.Welcomed(welcome->credits);
+    if (path_.sender.last() == 0) (void)path_.sender.Number();
+    const std::uint64_t sync = path_.sender.Welcomed(welcome->credits);
     // Everything before went through the agents: the sync, behind it, tells the reader where
     // this writer's numbering stands; until it comes the reader holds the direct messages.
     if (SendSync(impl, sync)) {
       sync_due_ = false;
     } else {
       // The port died or the agent went away: through the agents, asking again later.
-      (void)sender_.Broke();
-      connection_.reset();
+      (void)path_.sender.Broke();
+      path_.Drop();
       open_after_ = Clock::now() + kRefusedFor;
     }
   }
@@ -302,10 +347,10 @@ class Stream {
                                             FullPolicy policy, Timeout timeout,
                                             std::uint32_t notify_port) {
     if (sync_due_) {
-      if (auto synced = SendSync(impl, sender_.last()); !synced) return synced;
+      if (auto synced = SendSync(impl, path_.sender.last()); !synced) return synced;
       sync_due_ = false;
     }
-    const std::uint64_t sequence = sender_.Number();
+    const std::uint64_t sequence = path_.sender.Number();
     ipc::WireWriter writer(/*share_data=*/true);
     writer.WriteMessageHeader({.destination = message.destination,
                                .destination_disposition = message.destination_disposition,
@@ -314,7 +359,7 @@ class Stream {
                                .id = message.id,
                                .item_count = static_cast<std::uint32_t>(message.items.size() + 1)});
     writer.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-    writer.Bytes(EncodeStreamHeader({sender_.writer(), sequence}));
+    writer.Bytes(EncodeStreamHeader({path_.sender.writer(), sequence}));
     writer.WriteItems(message.items);
     writer.U8(static_cast<std::uint8_t>(policy));
     writer.U32(TimeoutMs(timeout));
@@ -324,7 +369,7 @@ class Stream {
     if (sent.status() == JobStatus::kUnavailable) {
       sync_due_ = true;
     } else {
-      sender_.Unnumber();
+      path_.sender.Unnumber();
     }
     return sent.error();
   }
@@ -335,7 +380,7 @@ class Stream {
     Message message;
     message.destination = name_;
     message.id = kStreamSyncId;
-    message.items.push_back(Item::Bytes(EncodeStreamHeader({sender_.writer(), sequence})));
+    message.items.push_back(Item::Bytes(EncodeStreamHeader({path_.sender.writer(), sequence})));
     ipc::SendRequest request;
     request.message = std::move(message);
     request.policy = FullPolicy::kWait;
@@ -347,37 +392,19 @@ class Stream {
 
   // Takes the acks that came, without waiting; false when the connection is broken.
   bool TakeAcks() {
-    if (!connection_) return false;
-    const bool open = static_cast<bool>(connection_->ReadAvailable());
-    while (auto frame = connection_->Next()) {
-      if (!TakeAck(*frame)) return false;
-    }
+    const std::uint64_t before = path_.sender.received_count();
+    const bool open = path_.TakeAcks();
+    received_total.fetch_add(path_.sender.received_count() - before, std::memory_order_relaxed);
     return open;
-  }
-
-  bool TakeAck(const ipc::Frame& frame) {
-    if (frame.type == kDirectStreamBell) return true;
-    if (frame.type != kDirectStreamAck) return false;
-    auto ack = ParseStreamAck(frame.payload);
-    if (!ack) return false;
-    if (ack->writer == 0) return true;  // a welcome again
-    const std::uint64_t before = sender_.received_count();
-    std::vector<std::string> freed;
-    if (!sender_.Acked(*ack, freed)) return false;
-    received_total.fetch_add(sender_.received_count() - before, std::memory_order_relaxed);
-    for (std::string& buffer : freed) {
-      if (spare_.size() < 4) spare_.push_back(std::move(buffer));
-    }
-    return true;
   }
 
   // The connection is gone (or given up): what the reader may not have goes through the agents,
   // numbered, before anything newer; a later send asks for a new connection.
   void FallBack(Channel::Impl& impl, std::uint32_t wait_ms = ipc::kWaitForever) {
-    if (connection_) (void)TakeAcks();  // spares frames the resend
-    connection_.reset();
+    if (path_.connection && path_.sender.direct()) (void)TakeAcks();  // spares frames the resend
+    path_.Drop();
     open_after_ = Clock::now();
-    std::deque<StreamSender::Frame> frames = sender_.Broke();
+    std::deque<StreamSender::Frame> frames = path_.sender.Broke();
     ipc::WireWriter train;
     std::uint32_t count = 0;
     const auto ship = [&]() -> bool {
@@ -402,7 +429,7 @@ class Stream {
                                   .id = view->messages[i].id,
                                   .item_count = static_cast<std::uint32_t>(items.size() + 1)});
         train.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-        train.Bytes(EncodeStreamHeader({sender_.writer(), view->first + i}));
+        train.Bytes(EncodeStreamHeader({path_.sender.writer(), view->first + i}));
         for (const ItemView& item : items) {
           train.U8(static_cast<std::uint8_t>(item.kind));
           train.Bytes(item.bytes);
@@ -413,23 +440,13 @@ class Stream {
     (void)ship();
   }
 
-  std::string SpareBuffer() {
-    if (spare_.empty()) return {};
-    std::string buffer = std::move(spare_.back());
-    spare_.pop_back();
-    return buffer;
-  }
-
   const std::weak_ptr<Channel::Impl> impl_;
   const std::uint32_t name_;
-  StreamSender sender_{NewRandomId()};
+  StreamPath path_;                       // the sender, its connection and on one node its rings
   std::optional<std::uint32_t> opening_;  // a posted direct_open
   Clock::time_point open_after_{};
-  std::optional<DirectConnection> connection_;
-  std::uint64_t reattached_ = 0;
   int sends_since_acks_ = 0;
   bool sync_due_ = false;  // a numbered message through the agents may or may not have gone
-  std::vector<std::string> spare_;
 };
 
 // Every stream of the process, and the keeper thread.

@@ -9,7 +9,6 @@
 // through the shared-memory rings the reader offered with its welcome (stream_rings.hpp), the
 // socket carrying only bells and the break. StreamSender keeps the protocol state; this file
 // does the I/O.
-#include <poll.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -24,6 +23,7 @@
 #include "direct_send.hpp"
 #include "random_id.hpp"
 #include "send_all.hpp"
+#include "stream_path.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
 #include "stream_wire.hpp"
@@ -40,17 +40,13 @@ constexpr auto kRefusedFor = std::chrono::seconds(1);
 // The bytes of frames kept for the reader at most, whatever the credits (a socket buffer's
 // worth of large messages, not the queue limit's).
 constexpr std::size_t kMaxUnreceivedBytes = 32u << 20;
-// Frame buffers kept for reuse (a large message's frame is not allocated anew each time).
-constexpr std::size_t kSpareFrames = 8;
 
 }  // namespace
 
-class PortWriter::Direct {
+class PortWriter::Direct : public libtern::StreamPath {
  public:
-  libtern::StreamSender sender{libtern::NewRandomId()};
   std::optional<std::uint32_t> opening;  // a posted direct_open
   Clock::time_point open_after{};
-  std::optional<libtern::DirectConnection> connection;
   libtern::StreamFrame frame;  // the frame being gathered
   // The messages `frame` holds at most, set when it starts: a quarter of the window, so that
   // several are on their way (the credits change only as acks are taken, when a frame goes).
@@ -64,145 +60,7 @@ class PortWriter::Direct {
   // window of 1000 small messages, 77 KB at 64 B, is one frame; two fit the reader's buffer).
   std::size_t frame_bytes = 0;
   static constexpr std::size_t kRingFrameBytes = 128u << 10;
-  std::uint32_t credits = 0;
-  // Channel::Impl::reattached() when the connection was made: a restarted agent does not know
-  // the connections its predecessor made (it could not shut them down before a move, so the
-  // job could not move); they are dropped, and made again through it.
-  std::uint64_t reattached = 0;
-  std::vector<std::string> spare;
   bool switching = false;  // a switch of paths is under way: no other
-  // On one node, the shared memory the reader offered with its welcome (stream_rings.hpp):
-  // frames go into ring 0, acks come from ring 1; the socket carries the writer's bells and
-  // the end (the writer sleeps for acks on ring 1's futex, which the reader's Publish wakes).
-  std::unique_ptr<libtern::StreamRings> rings;
-  ipc::FrameDecoder ring_acks;
-  libtern::SpinWait spin;  // before sleeping for acks
-  std::uint64_t acks_taken = 0;
-  // With rings, the socket is read after a sleep and at every kSocketEvery-th frame only: it
-  // holds nothing but bells and its end, and a receive per frame cost a running writer 13% of
-  // its time at 64 B. A break still shows in the rings (the reader revokes them) or there.
-  static constexpr int kSocketEvery = 16;
-  // A writer asleep for acks looks at its socket this often.
-  static constexpr std::chrono::milliseconds kLookEvery{10};
-  int unchecked = 0;
-
-  // Takes the acks that came, without waiting; false when the connection is broken. `socket`:
-  // read the socket too (with rings, it is read every kSocketEvery-th call anyway).
-  bool TakeAcks(bool socket = true) {
-    if (!connection) return false;
-    bool open = true;
-    if (!rings || socket || ++unchecked >= kSocketEvery) {
-      unchecked = 0;
-      open = static_cast<bool>(connection->ReadAvailable());
-      while (auto frame = connection->Next()) {
-        if (!TakeAck(*frame)) return false;
-      }
-    }
-    if (rings && open) {
-      if (rings->Revoked()) return false;
-      bool rang = false;
-      for (;;) {
-        const std::span<char> space = ring_acks.Prepare();
-        const std::size_t n =
-            libtern::StreamRings::CopyOut(rings->acks(), space.data(), space.size(), rang);
-        if (n == 0) break;
-        if (!ring_acks.Commit(n)) return false;
-        while (auto frame = ring_acks.Next()) {
-          if (!TakeAck(*frame)) return false;
-        }
-      }
-    }
-    return open;
-  }
-
-  // Waits for the next ack; false when the connection is broken. `handed`: through shared
-  // memory, an ack of fewer messages handed out does not wake it from a sleep (it could not go
-  // on: the reader rings it once, when it can).
-  bool AwaitAck(std::uint64_t handed = 0) {
-    if (!connection) return false;
-    if (!rings) {
-      auto frame = connection->Read(Clock::time_point::max());
-      if (!frame || !*frame) return false;
-      return TakeAck(**frame);
-    }
-    bool look = false;  // at the socket too
-    for (;;) {
-      const std::uint64_t before = acks_taken;
-      if (!TakeAcks(look)) return false;
-      if (acks_taken != before) return true;
-      look = false;
-      if (spin([&] { return rings->acks().Available() != 0 || rings->Revoked(); })) {
-        continue;
-      }
-      // Asleep on the ack ring's futex until the reader publishes an ack of `handed` (its
-      // Publish wakes it: no bell, no receive after), the rings are revoked, or kLookEvery
-      // passes, when it looks at the socket for its end (the reader's job frozen for a move
-      // revokes nothing: the agent's shutdown of the socket says it).
-      look = !rings->acks().WaitForData(kLookEvery, handed);
-    }
-  }
-
-  // Writes all of `pieces` into ring 0, waiting for room, and publishes them; false when the
-  // connection is broken.
-  bool WriteToRing(std::span<const std::string_view> pieces) {
-    ipc::ShmRing& ring = rings->frames();
-    // Back to the ring's start while the reader keeps up, so that its used lines stay cached.
-    (void)ring.Rewind(libtern::StreamRings::kHotFrames);
-    for (std::string_view piece : pieces) {
-      while (!piece.empty()) {
-        piece.remove_prefix(ring.Write(std::as_bytes(std::span<const char>(piece))));
-        if (piece.empty()) break;
-        // Full: what is in goes out, then wait for the reader to make room (a quarter of the
-        // ring at most, so that it goes on while the reader copies).
-        if (!Publish()) return false;
-        const std::size_t want = std::min(piece.size(), ring.capacity() / 4);
-        for (;;) {
-          if (rings->Revoked()) return false;
-          if (ring.Space() >= want) break;
-          if (libtern::SpinBriefly([&] { return ring.Space() >= want || rings->Revoked(); })) {
-            continue;
-          }
-          if (ring.ArmForSpace(want)) {
-            Sleep();
-            // The socket woke it: a bell, an ack, or its end.
-            if (!TakeAcks()) {
-              ring.DisarmForSpace();
-              return false;
-            }
-          }
-          ring.DisarmForSpace();
-        }
-      }
-    }
-    return Publish();
-  }
-
-  bool Publish() {
-    if (rings->frames().Publish()) return libtern::RingBell(connection->fd());
-    return !rings->Revoked();
-  }
-
-  // Waits in poll() for the socket: a bell or the end.
-  void Sleep() {
-    pollfd socket{connection->fd(), POLLIN, 0};
-    (void)::poll(&socket, 1, -1);
-  }
-
-  bool TakeAck(const ipc::Frame& frame) {
-    if (frame.type == libtern::kDirectStreamBell) return true;  // look at the rings again
-    if (frame.type != libtern::kDirectStreamAck) return false;
-    ++acks_taken;
-    auto ack = libtern::ParseStreamAck(frame.payload);
-    if (!ack) return false;
-    if (ack->writer == 0) return true;  // a welcome again: nothing new
-    std::vector<std::string> freed;
-    if (!sender.Acked(*ack, freed)) return false;  // acknowledges what was never sent
-    if (ack->credits != 0) credits = ack->credits;
-    for (std::string& buffer : freed) {
-      if (spare.size() < kSpareFrames) spare.push_back(std::move(buffer));
-    }
-    return true;
-  }
 
   // Starts `frame` with the message numbered last (out of line: once a frame).
   [[gnu::noinline]] void StartFrame(const Options& options) {
@@ -222,13 +80,6 @@ class PortWriter::Direct {
     if (frame.empty()) StartFrame(options);
     frame.AddOne(id, kind, bytes);
     return frame.count() >= frame_most || frame.size() >= frame_bytes;
-  }
-
-  std::string Buffer() {
-    if (spare.empty()) return {};
-    std::string buffer = std::move(spare.back());
-    spare.pop_back();
-    return buffer;
   }
 };
 
@@ -457,13 +308,7 @@ void PortWriter::TryDirect() {
   // Everything so far went through the agents (Ship just sent the last of it): the sync tells
   // the reader where this writer's numbering stands, then the connection carries the rest.
   // On one node the welcome brings shared memory: taken, and said with the first bell.
-  if (UniqueFd memfd = d.connection->TakePassedFd(); memfd.valid()) {
-    if (auto rings = libtern::StreamRings::Attach(std::move(memfd));
-        rings && libtern::RingBell(d.connection->fd())) {
-      d.rings = std::move(*rings);
-      d.ring_acks = ipc::FrameDecoder();
-    }
-  }
+  d.TakeRings(d.connection->TakePassedFd());
   d.switching = true;
   d.credits = welcome->credits;
   const std::uint64_t sync = d.sender.Welcomed(welcome->credits);
@@ -526,9 +371,7 @@ IpcResult<void> PortWriter::FallBack() {
   Direct& d = *direct_;
   // The acks that came before the break spare their frames the resend.
   if (d.connection) (void)d.TakeAcks();
-  if (d.rings) d.rings->Revoke();  // a reader still in them sees the end at once
-  d.rings.reset();
-  d.connection.reset();
+  d.Drop();
   std::deque<libtern::StreamSender::Frame> frames = d.sender.Broke();
   if (!d.frame.empty()) {
     const std::uint64_t first = d.frame.first();
@@ -567,7 +410,8 @@ IpcResult<void> PortWriter::FallBack() {
   auto shipped = Ship();
   d.switching = false;
   for (auto& frame : frames) {
-    if (d.spare.size() < kSpareFrames) d.spare.push_back(std::move(frame.bytes.out));
+    if (d.spare.size() < libtern::StreamPath::kSpareFrames)
+      d.spare.push_back(std::move(frame.bytes.out));
   }
   return shipped;
 }
