@@ -1632,6 +1632,29 @@ TEST_F(ClusterTest, IpcSendReceiveGoesDirectAndLosesNothingWhileTheReceiverMoves
   EXPECT_GT(direct, kMessages / 2) << server_out;
 }
 
+// After a stream's last move: the writer was still running at it, then ends with `writer_done`
+// in its output; the reader read every sequence once and in order, most of them direct. Returns
+// the reader's output.
+std::string ExpectTheStreamWhole(const std::string& writer, const std::string& reader, int messages,
+                                 const std::string& writer_done) {
+  auto during = Status("node1", writer);
+  EXPECT_TRUE(during);
+  if (during) {
+    EXPECT_EQ(during->value("state", ""), "running")
+        << "the writer finished before the last move: give it more messages";
+  }
+  const auto writer_out = FinishedOutput(writer);
+  EXPECT_NE(writer_out.find(writer_done), std::string::npos) << writer_out;
+  const auto reader_out = FinishedOutput(reader);
+  EXPECT_NE(reader_out.find("read " + std::to_string(messages) + " in order, each once"),
+            std::string::npos)
+      << reader_out;
+  std::cout << "writer: " << writer_out << "reader: " << reader_out;
+  const int direct = NumberBefore(reader_out, " direct");
+  EXPECT_GT(direct, messages / 2) << reader_out;
+  return reader_out;
+}
+
 // A stream of kMessages from node3 to a reader on node2 (writer_mode: the probe's writer), the
 // reader moved to node1 and the writer to node2 while it flows, then the reader to node3: every
 // connection breaks at each move (the agents shut it down). The reader checks that every
@@ -1649,20 +1672,7 @@ void ExpectAStreamThroughMovesAcrossNodes(const std::string& name, const std::st
   ASSERT_EQ(moved_writer.exit_code, 0) << moved_writer.Describe();
   auto second = Tern("node1", {"migrate", reader, "node3"});
   ASSERT_EQ(second.exit_code, 0) << second.Describe();
-  auto during = Status("node1", writer);
-  ASSERT_TRUE(during);
-  EXPECT_EQ(during->value("state", ""), "running")
-      << "the writer finished before the last move: give it more messages";
-  const auto writer_out = FinishedOutput(writer);
-  EXPECT_NE(writer_out.find(writer_done), std::string::npos) << writer_out;
-  const auto reader_out = FinishedOutput(reader);
-  EXPECT_NE(reader_out.find("read " + std::to_string(messages) + " in order, each once"),
-            std::string::npos)
-      << reader_out;
-  std::cout << "writer: " << writer_out << "reader: " << reader_out;
-  const int direct = NumberBefore(reader_out, " direct");
-  ASSERT_GE(direct, 0) << reader_out;
-  EXPECT_GT(direct, messages / 2) << reader_out;
+  (void)ExpectTheStreamWhole(writer, reader, messages, writer_done);
 }
 
 // docs/ipc.md "Direct streams": a PortWriter streams to a PortReader on another node over a
@@ -1761,21 +1771,8 @@ TEST_F(ClusterTest, IpcSameNodePlainSendsGoThroughSharedMemoryAndLoseNothingThro
   std::this_thread::sleep_for(3s);
   auto moved_writer = Tern("node1", {"migrate", writer, "node1"});
   ASSERT_EQ(moved_writer.exit_code, 0) << moved_writer.Describe();
-  auto during = Status("node1", writer);
-  ASSERT_TRUE(during);
-  EXPECT_EQ(during->value("state", ""), "running")
-      << "the sender finished before its move: give it more messages";
-  const auto writer_out = FinishedOutput(writer);
-  EXPECT_NE(writer_out.find("sent " + std::to_string(kMessages) + ": ok"), std::string::npos)
-      << writer_out;
-  const auto reader_out = FinishedOutput(reader);
-  EXPECT_NE(reader_out.find("read " + std::to_string(kMessages) + " in order, each once"),
-            std::string::npos)
-      << reader_out;
-  std::cout << "sender: " << writer_out << "reader: " << reader_out;
-  const int direct = NumberBefore(reader_out, " direct");
-  ASSERT_GE(direct, 0) << reader_out;
-  EXPECT_GT(direct, kMessages / 2) << reader_out;
+  const std::string reader_out =
+      ExpectTheStreamWhole(writer, reader, kMessages, "sent " + std::to_string(kMessages) + ": ok");
   const int shared = NumberBefore(reader_out, " of them through shared memory");
   ASSERT_GE(shared, 0) << reader_out;
   EXPECT_GT(shared, 2000) << "the rings were not taken; " << reader_out;
