@@ -3,7 +3,7 @@
 //
 //   tern-bench-ipc-move server move --name NAME [--size S] [--queue Q] [--count CAP]
 //   tern-bench-ipc-move client move --name NAME [--size S] [--count CAP] [--seconds T]
-//       [--window W] [--train-bytes B] [--label L] [--direct 0|1]
+//       [--window W] [--train-bytes B] [--label L] [--direct 0|1] [--plain 0|1]
 //
 // Both ends run as tern jobs; bench/ipc/run moves the server (the reader) while the client
 // writes. The server registers NAME on a port of queue limit --queue and reads with a
@@ -16,7 +16,9 @@
 // the reader (the stall a move costs the stream), measured on the node's monotonic clock, which
 // a job moved within one machine keeps. With --direct 1 (the default) both ends ask for a
 // direct stream (docs/ipc.md "Direct streams"), which falls back to the agents while the reader
-// moves and comes back after; --direct 0 keeps the stream on the agents.
+// moves and comes back after; --direct 0 keeps the stream on the agents. With --plain 1 the
+// client sends each message with Channel::send (kWait) instead of a PortWriter (docs/ipc.md
+// "Plain sends direct"): the move_send_4k row.
 //
 // Exit status: 0 done (whatever the account says: the driver judges it), 1 failed, 3 tern IPC
 // is not available here.
@@ -127,7 +129,7 @@ int Server(const Options& options) {
   }
 }
 
-int Client(const Options& options, double seconds) {
+int Client(const Options& options, double seconds, bool plain) {
   const Channel channel;
   const std::uint32_t port = Lookup(channel, options.name);
   const std::uint32_t inbox = Check(channel.port_allocate(), "port_allocate");
@@ -140,7 +142,15 @@ int Client(const Options& options, double seconds) {
   const auto stop =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   std::uint64_t written = 0;
-  {
+  if (plain) {
+    // One Channel::send a message (docs/ipc.md "Plain sends direct"), each waiting for room.
+    while (written < options.count && (written % 64 != 0 || Clock::now() < stop)) {
+      std::memcpy(payload.data(), &written, sizeof written);
+      Check(channel.send(BytesMessage(port, payload, kDataId), FullPolicy::kWait, kForever),
+            "send");
+      ++written;
+    }
+  } else {
     PortWriter writer(channel, port, writer_options);
     // The clock is read once per 64 messages: a call per message would cost 64 B streams.
     while (written < options.count && (written % 64 != 0 || Clock::now() < stop)) {
@@ -169,8 +179,9 @@ int Client(const Options& options, double seconds) {
 }
 
 int Main(int argc, char** argv) {
-  // --seconds is this program's own; the rest are the bench's common options.
+  // --seconds and --plain are this program's own; the rest are the bench's common options.
   double seconds = 8;
+  bool plain = false;
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::string_view(argv[i]) == "--seconds" && i + 1 < argc) {
@@ -178,12 +189,16 @@ int Main(int argc, char** argv) {
       if (!(seconds > 0 && seconds <= 600)) Die("--seconds is between 0 and 600");
       continue;
     }
+    if (std::string_view(argv[i]) == "--plain" && i + 1 < argc) {
+      plain = std::string_view(argv[++i]) == "1";
+      continue;
+    }
     rest.push_back(argv[i]);
   }
   Options options = ParseOptions(static_cast<int>(rest.size()), rest.data(), kUsage);
   if (options.op != "move") Die("the operation is move; usage: " + std::string(kUsage));
   if (options.mode == "server") return Server(options);
-  if (options.mode == "client") return Client(options, seconds);
+  if (options.mode == "client") return Client(options, seconds, plain);
   Die("unknown mode " + options.mode + "; usage: " + std::string(kUsage));
 }
 
