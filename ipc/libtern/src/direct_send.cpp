@@ -417,25 +417,10 @@ class Stream {
       // Refused (the port died) or the agent gone: the rest would be refused as well.
       return answer && !answer->refusal;
     };
-    std::vector<ItemView> items;
     for (const StreamSender::Frame& frame : frames) {
-      const std::string whole = frame.bytes.Joined();  // rare: the connection broke
-      auto view = ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
-      if (!view) continue;  // written here: cannot happen
-      for (std::size_t i = 0; i < view->messages.size(); ++i) {
-        items.clear();
-        if (!ReadStreamItems(view->messages[i].body, items)) continue;
-        train.WriteMessageHeader({.destination = name_,
-                                  .id = view->messages[i].id,
-                                  .item_count = static_cast<std::uint32_t>(items.size() + 1)});
-        train.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-        train.Bytes(EncodeStreamHeader({path_.sender.writer(), view->first + i}));
-        for (const ItemView& item : items) {
-          train.U8(static_cast<std::uint8_t>(item.kind));
-          train.Bytes(item.bytes);
-        }
-        if (++count >= kResendTrainMessages && !ship()) return;
-      }
+      const bool all = WriteResend(frame, path_.sender.writer(), name_, train,
+                                   [&] { return ++count < kResendTrainMessages || ship(); });
+      if (!all) return;
     }
     (void)ship();
   }

@@ -383,28 +383,16 @@ IpcResult<void> PortWriter::FallBack() {
   // What the reader may not have goes through the agents, numbered, before anything newer
   // (and before any sync: TryDirect waits until the resend is out).
   d.switching = true;
-  std::vector<ItemView> items;
+  // Small items are copied; a large one leaves at once (Added), while the frame's copy lives.
+  IpcResult<void> added;
   for (const auto& frame : frames) {
-    const std::string whole = frame.bytes.Joined();  // a rare copy: the connection broke
-    auto view = libtern::ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
-    if (!view) continue;  // written by this writer: cannot happen
-    for (std::size_t i = 0; i < view->messages.size(); ++i) {
-      items.clear();
-      if (!libtern::ReadStreamItems(view->messages[i].body, items)) continue;
-      train_->WriteMessageHeader({.destination = port_,
-                                  .id = view->messages[i].id,
-                                  .item_count = static_cast<std::uint32_t>(items.size() + 1)});
-      train_->U8(static_cast<std::uint8_t>(ItemKind::kBytes));
-      train_->Bytes(libtern::EncodeStreamHeader({d.sender.writer(), view->first + i}));
-      for (const ItemView& item : items) {
-        train_->U8(static_cast<std::uint8_t>(item.kind));
-        // Small ones are copied; a large one leaves at once (Added), while `whole` lives.
-        train_->Borrowed(item.bytes);
-      }
-      if (auto added = Added(); !added) {
-        d.switching = false;
-        return added;
-      }
+    const bool all = libtern::WriteResend(frame, d.sender.writer(), port_, *train_, [&] {
+      added = Added();
+      return static_cast<bool>(added);
+    });
+    if (!all) {
+      d.switching = false;
+      return added;
     }
   }
   auto shipped = Ship();

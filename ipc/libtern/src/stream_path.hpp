@@ -15,7 +15,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tern/ipc.hpp>
 #include <tern/ipc/frame.hpp>
+#include <tern/ipc/job_wire.hpp>
 #include <tern/unique_fd.hpp>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include "random_id.hpp"
 #include "stream_rings.hpp"
 #include "stream_sender.hpp"
+#include "stream_wire.hpp"
 
 namespace tern::libtern {
 
@@ -74,5 +77,34 @@ class StreamPath {
   // Waits in poll() for the socket: a bell or the end.
   void Sleep();
 };
+
+// After a break: writes each message of `frame` (a DirectStream frame of `writer`'s, kept until
+// the reader had it) into `train` as a numbered message to `port` through the agents (the stream
+// header first, then its items), calling `added()` after each; stops when it returns false (then
+// false). Large items are Borrowed from the frame's copy, which lives until `added()` returns:
+// a data-sharing train must leave (or copy them) by then.
+template <typename Added>
+bool WriteResend(const StreamSender::Frame& frame, std::uint64_t writer, std::uint32_t port,
+                 ipc::WireWriter& train, Added&& added) {
+  const std::string whole = frame.bytes.Joined();  // a rare copy: the connection broke
+  auto view = ParseStreamFrame(std::string_view(whole).substr(ipc::kFrameHeaderSize));
+  if (!view) return true;  // written by this writer: cannot happen
+  std::vector<ItemView> items;
+  for (std::size_t i = 0; i < view->messages.size(); ++i) {
+    items.clear();
+    if (!ReadStreamItems(view->messages[i].body, items)) continue;
+    train.WriteMessageHeader({.destination = port,
+                              .id = view->messages[i].id,
+                              .item_count = static_cast<std::uint32_t>(items.size() + 1)});
+    train.U8(static_cast<std::uint8_t>(ItemKind::kBytes));
+    train.Bytes(EncodeStreamHeader({writer, view->first + i}));
+    for (const ItemView& item : items) {
+      train.U8(static_cast<std::uint8_t>(item.kind));
+      train.Borrowed(item.bytes);
+    }
+    if (!added()) return false;
+  }
+  return true;
+}
 
 }  // namespace tern::libtern

@@ -179,12 +179,7 @@ TEST_F(DirectSendFixture, AMessageCarryingARightKeepsItsPlaceAmongDirectOnes) {
 
 // A full window refuses a kFail send as a full queue does, and what was accepted arrives.
 TEST_F(DirectSendFixture, AFullWindowRefusesAFailingSendAndLosesNothing) {
-  auto small = channel.port_allocate(8);
-  ASSERT_TRUE(small);
-  port = *small;
-  auto made = channel.make_send(port);
-  ASSERT_TRUE(made);
-  send_right = *made;
+  ASSERT_NO_FATAL_FAILURE(UsePort(8));
   PortReader reader(channel, port, {.direct = true});
   const std::uint32_t first = SendUntilDirect(reader, 0);
   std::uint32_t id = first;
@@ -212,14 +207,7 @@ TEST_F(DirectSendFixture, AReceiverThatNeverOptedInGetsThePlainMessages) {
   for (std::uint32_t i = 0; i < 50; ++i) {
     ASSERT_TRUE(channel.send(BytesMessage(send_right, "p" + std::to_string(i), i)));
   }
-  for (std::uint32_t i = 0; i < 50; ++i) {
-    auto message = channel.receive(port, Timeout(2000));
-    ASSERT_TRUE(message) << message.error().ToString();
-    EXPECT_EQ(message->id, i);
-    ASSERT_EQ(message->items.size(), 1u);
-    EXPECT_EQ(FirstBytes(*message), "p" + std::to_string(i));
-  }
-  EXPECT_EQ(channel.receive(port, Timeout(0)).status(), JobStatus::kTimedOut);
+  ExpectPlainMessages(50, "p");
 }
 
 }  // namespace

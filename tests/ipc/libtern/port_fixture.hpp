@@ -57,27 +57,37 @@ struct PortFixture : ::testing::Test {
   std::uint32_t port = 0;
   std::uint32_t send_right = 0;
 
-  void SetUp() override {
-    auto allocated = channel.port_allocate();
+  void SetUp() override { UsePort(0); }
+
+  // A new port of `queue_limit` (0: the default) and a send right to it, as `port` and
+  // `send_right`.
+  void UsePort(std::uint32_t queue_limit) {
+    auto allocated = channel.port_allocate(queue_limit);
     ASSERT_TRUE(allocated);
     port = *allocated;
     auto made = channel.make_send(port);
     ASSERT_TRUE(made);
     send_right = *made;
+  }
+
+  // Receives `count` messages with Channel::receive, each exactly as sent: id i, one bytes item
+  // `prefix` + i (no stream header, no sync); then nothing more.
+  void ExpectPlainMessages(std::uint32_t count, const std::string& prefix) {
+    for (std::uint32_t i = 0; i < count; ++i) {
+      auto message = channel.receive(port, Timeout(2000));
+      ASSERT_TRUE(message) << message.error().ToString();
+      EXPECT_EQ(message->id, i);
+      ASSERT_EQ(message->items.size(), 1u);
+      EXPECT_EQ(FirstBytes(*message), prefix + std::to_string(i));
+    }
+    EXPECT_EQ(channel.receive(port, Timeout(0)).status(), JobStatus::kTimedOut);
   }
 };
 
 // The same with a port of room for any test's backlog (the fake agent fails a kWait send to a full
 // queue at once); a direct stream's window is that limit too.
 struct LargeQueuePortFixture : PortFixture {
-  void SetUp() override {
-    auto allocated = channel.port_allocate(65536);
-    ASSERT_TRUE(allocated);
-    port = *allocated;
-    auto made = channel.make_send(port);
-    ASSERT_TRUE(made);
-    send_right = *made;
-  }
+  void SetUp() override { UsePort(65536); }
 };
 
 }  // namespace tern::testing
