@@ -217,10 +217,9 @@ void MigrationDriver::KillSourceCopy(const std::shared_ptr<Outgoing>& migration)
   // (it read the committed record), and a job that is not marked with this move is not ours.
   auto job = supervisor_.Get(plan.job_id);
   if (!job || job->migrating_id != plan.id) return;
-  if (auto released = supervisor_.Release(job->id, !migration->shared_dir && !migration->recovered);
-      !released) {
-    spdlog::error("migration {}: {}", plan.id, released.error().message);
-  }
+  // Killed before its record goes: an agent killed in between restarts, finds the record and
+  // the committed move, and discards the copy itself. The other order left a frozen copy that
+  // no record named, running again as a second copy of the job once thawed.
   // Through a pidfd of the very process that was frozen: a pid reused since is never signalled.
   std::optional<jobs::ProcessIdentity> identity = migration->identity;
   if (job->pid_start_ticks != 0) {
@@ -230,6 +229,10 @@ void MigrationDriver::KillSourceCopy(const std::shared_ptr<Outgoing>& migration)
   if (!pidfd.valid() || !jobs::SignalPidfd(pidfd.get(), SIGKILL)) {
     spdlog::warn("migration {}: the frozen copy of job {} (pid {}) is gone already", plan.id,
                  job->id, job->pid);
+  }
+  if (auto released = supervisor_.Release(job->id, !migration->shared_dir && !migration->recovered);
+      !released) {
+    spdlog::error("migration {}: {}", plan.id, released.error().message);
   }
   if (!job->net_address.empty()) {
     // The address lives at the destination now: this node's half of it goes.
