@@ -19,6 +19,7 @@
 #include "direct_connection.hpp"
 #include "direct_wire.hpp"
 #include "rpc_format.hpp"
+#include "tsan_annotations.hpp"
 
 namespace tern {
 
@@ -372,6 +373,7 @@ void RpcServer::State::ServeDirect(const std::stop_token& stop) {
     const int ready = ::epoll_wait(epoll_.get(), &event, 1, PollMs(options_.stop_poll));
     if (ready <= 0) continue;
     auto* connection = static_cast<DirectConnection*>(event.data.ptr);
+    libtern::TakeOver(connection);
     if (!ServeConnection(*connection)) {
       CloseConnection(connection);
       continue;
@@ -380,6 +382,7 @@ void RpcServer::State::ServeDirect(const std::stop_token& stop) {
     epoll_event again{};
     again.events = connection_events();
     again.data.ptr = connection;
+    libtern::HandOff(connection);  // the thread woken for it next serves it
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, connection->fd(), &again) != 0) {
       CloseConnection(connection);
     }
