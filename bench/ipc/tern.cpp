@@ -1,7 +1,7 @@
 // tern-bench-ipc-tern: the tern path of bench/ipc, two tern jobs talking through libtern.
 //
-//   tern-bench-ipc-tern {server,client} {pingpong,stream,send,sendrecv,sendrecv-agents}
-//   [--name NAME]
+//   tern-bench-ipc-tern {server,client}
+//   {pingpong,stream,send,sendrecv,sendrecv-agents,link,link-agents} [--name NAME]
 //   [--size S]
 //       [--count N] [--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B]
 //       [--direct 0|1]
@@ -22,10 +22,16 @@
 //         too, and takes it over the direct connection when it can);
 //       sendrecv-agents: a plain receiver (send_receive of each reply with the next receive,
 //         as MIG servers do), which takes no direct traffic: every message crosses the agents;
+//       link, link-agents: receives a link end from the client on its port, then echoes each
+//         link message on the link (link_receive, wait; link_send, wait) until "bye";
 //   client: name_lookup(NAME) (retried until the server has registered it), then
 //       pingpong: call(port, 64 bytes) --warmup + --count times, each timed;
 //       sendrecv, sendrecv-agents: send_receive of a --size message with a make-send-once
 //         reply right to a port of its own, on which it receives the echo; each timed;
+//       link, link-agents: link_create, one end sent to the server, then per round trip a
+//         link_send of a --size message and a link_receive of the echo, both waited for; link
+//         goes direct (docs/ipc.md "Link operations direct"), link-agents sets
+//         TERN_IPC_DIRECT_LINKS=0 in both jobs: every operation is decided at the link's home;
 //       stream: a PortWriter (trains of messages, up to 8 on their way at once, or frames on
 //         the direct connection to the reader; a full queue or window holds the sender back,
 //         nothing is dropped; one writer for the warmup and the measured batch), flushed,
@@ -38,6 +44,7 @@
 // Exit status: 0 done, 1 failed, 3 tern IPC is not available here (the reason on stderr).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -56,7 +63,8 @@ const char* const kProgram = "tern-bench-ipc-tern";
 namespace {
 
 constexpr std::string_view kUsage =
-    "tern-bench-ipc-tern {server,client} {pingpong,stream,send,sendrecv,sendrecv-agents} "
+    "tern-bench-ipc-tern {server,client} "
+    "{pingpong,stream,send,sendrecv,sendrecv-agents,link,link-agents} "
     "[--name NAME] "
     "[--size S] [--count N] "
     "[--warmup W] [--queue Q] [--label L] [--window W] [--train-bytes B] [--direct 0|1]";
@@ -137,7 +145,29 @@ void PlainEchoServer(const Channel& channel, std::uint32_t port) {
   Die("no \"bye\" from the client within 10 minutes");
 }
 
+bool IsLink(const Options& options) { return options.op == "link" || options.op == "link-agents"; }
+
+// The link's end comes in a message on `port`; each link message goes back on the link.
+void LinkEchoServer(const Channel& channel, std::uint32_t port) {
+  const Message handoff = Check(channel.receive(port, kStepTimeout), "receive the link end");
+  std::uint32_t end = 0;
+  for (const Item& item : handoff.items) {
+    if (item.kind == ItemKind::kLinkEnd) end = item.name;
+  }
+  if (end == 0) Die("the client's message carried no link end");
+  for (;;) {
+    const OpResult got =
+        Check(channel.wait(Check(channel.link_receive(end), "link_receive"), kStepTimeout),
+              "wait for a link message");
+    Message echo = BytesMessage(0, std::string(FirstBytes(got.message)), got.message.id);
+    Check(channel.wait(Check(channel.link_send(end, echo), "link_send"), kStepTimeout),
+          "wait for the echo's match");
+    if (FirstBytes(got.message) == "bye") return;
+  }
+}
+
 int Server(const Options& options) {
+  if (options.op == "link-agents") ::setenv("TERN_IPC_DIRECT_LINKS", "0", 1);
   const Channel channel;
   const std::uint32_t port = Check(
       channel.port_allocate(options.op == "stream" || options.op == "send" ? options.queue : 0),
@@ -147,6 +177,8 @@ int Server(const Options& options) {
     PingPongServer(channel, port);
   } else if (options.op == "sendrecv-agents") {
     PlainEchoServer(channel, port);
+  } else if (IsLink(options)) {
+    LinkEchoServer(channel, port);
   } else {
     StreamServer(channel, options, port);
   }
@@ -155,6 +187,7 @@ int Server(const Options& options) {
 }
 
 int Client(const Options& options) {
+  if (options.op == "link-agents") ::setenv("TERN_IPC_DIRECT_LINKS", "0", 1);
   const Channel channel;
   const std::uint32_t port = Lookup(channel, options.name);
   const std::string payload(options.size, 'x');
@@ -187,6 +220,29 @@ int Client(const Options& options) {
     }
     (void)channel.send_receive(MessageBuilder(port).id(kDataId).bytes("bye").reply(inbox).build(),
                                inbox, std::chrono::seconds(5));
+    ReportPingPong(options, "tern", std::move(samples));
+    return 0;
+  }
+  if (IsLink(options)) {
+    const LinkEnds ends = Check(channel.link_create(), "link_create");
+    Check(channel.send(MessageBuilder(port).id(kDataId).link_end(ends.second).build()),
+          "send the link end");
+    const Message request = BytesMessage(0, payload, kDataId);
+    std::vector<double> samples;
+    samples.reserve(options.count);
+    for (std::uint64_t i = 0; i < options.warmup + options.count; ++i) {
+      const auto start = Clock::now();
+      const OpHandle sent = Check(channel.link_send(ends.first, request), "link_send");
+      const OpHandle echo = Check(channel.link_receive(ends.first), "link_receive");
+      Check(channel.wait(sent, kStepTimeout), "wait for the match");
+      const OpResult got = Check(channel.wait(echo, kStepTimeout), "wait for the echo");
+      if (FirstBytes(got.message).size() != options.size) Die("an echo of the wrong size came");
+      if (i >= options.warmup) samples.push_back(Micros(Clock::now() - start));
+    }
+    Check(channel.wait(Check(channel.link_send(ends.first, BytesMessage(0, "bye")), "link_send"),
+                       kStepTimeout),
+          "wait for bye's match");
+    (void)channel.wait(Check(channel.link_receive(ends.first), "link_receive"), kStepTimeout);
     ReportPingPong(options, "tern", std::move(samples));
     return 0;
   }

@@ -338,4 +338,28 @@ std::optional<PortRouter::ReceiverView> PortRouter::ReceiverOf(ObjectId port) co
   return ReceiverView{it->second.holder.node, it->second.holder.job};
 }
 
+std::optional<ObjectId> PortRouter::LinkEndOf(const std::string& job, std::uint32_t name) const {
+  return RightTarget(state_->jobs, job, name, RightType::kLinkEnd);
+}
+
+std::optional<ObjectId> PortRouter::LinkPeerOf(const std::string& job, std::uint32_t name) const {
+  const auto end = LinkEndOf(job, name);
+  if (!end) return std::nullopt;
+  if (end->home == state_->self) {
+    auto it = state_->links.find(end->serial);
+    if (it == state_->links.end()) return std::nullopt;
+    return it->second->ends[0] == *end ? it->second->ends[1] : it->second->ends[0];
+  }
+  return ObjectId{end->home, end->serial ^ 1};
+}
+
+std::optional<PortRouter::LinkHolderView> PortRouter::LinkHolderOf(ObjectId end) const {
+  if (end.home != state_->self) return std::nullopt;
+  auto it = state_->links.find(end.serial);
+  if (it == state_->links.end() || it->second->broken) return std::nullopt;
+  const Link& link = *it->second;
+  const int i = link.ends[0] == end ? 0 : 1;
+  return LinkHolderView{link.holder[i].node, link.holder[i].job, link.ends[1 - i]};
+}
+
 }  // namespace tern::ipc

@@ -1492,6 +1492,65 @@ TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
   EXPECT_NE(out.find("receive on any link: 2 of 2"), std::string::npos) << out;
 }
 
+// docs/ipc.md "Link operations direct": a link between a job on node2 and one on node3. The
+// sender's offers go on a connection and the receiver's libtern matches them; the receiver moves
+// twice and the sender once, and every tenth offer is cancelled right after its send. Each number
+// is received once and in order or its cancel succeeded, never both, none is lost; most came
+// direct.
+TEST_F(ClusterTest, IpcLinkMessagesGoDirectAndAreTakenOnceThroughMovesAndCancels) {
+  constexpr long long kMessages = 12000;
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto receiver = Submit("node1", {probe, "link-receiver", "itlinkdirect"}, "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", receiver).value_or("").find("inbox itlinkdirect ready") !=
+               std::string::npos;
+      },
+      30s))
+      << JobLogs("node1", receiver).value_or("(no logs)");
+  const auto sender = Submit(
+      "node1", {probe, "link-sender", "itlinkdirect", std::to_string(kMessages), "1000"}, "node3");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", receiver).value_or("").find("link end taken") != std::string::npos;
+      },
+      30s))
+      << JobLogs("node1", sender).value_or("(no logs)");
+  std::this_thread::sleep_for(1s);  // the link has gone direct
+  auto first = Tern("node1", {"migrate", receiver, "node1"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  auto moved_sender = Tern("node1", {"migrate", sender, "node2"});
+  ASSERT_EQ(moved_sender.exit_code, 0) << moved_sender.Describe();
+  auto second = Tern("node1", {"migrate", receiver, "node3"});
+  ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  auto during = Status("node1", sender);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the sender finished before the last move: this test proved less than it says";
+  const auto sender_out = FinishedOutput(sender);
+  const auto receiver_out = FinishedOutput(receiver);
+  std::cout << "sender: " << sender_out << "receiver: " << receiver_out;
+  long long sent = -1, cancelled = -1, cancelled_sum = -1;
+  ASSERT_EQ(std::sscanf(sender_out.c_str(), "link sent %lld, cancelled %lld (sum %lld)", &sent,
+                        &cancelled, &cancelled_sum),
+            3)
+      << sender_out;
+  const auto at = receiver_out.find("link received ");
+  ASSERT_NE(at, std::string::npos) << receiver_out;
+  long long received = -1, sum = -1, direct = -1;
+  ASSERT_EQ(std::sscanf(receiver_out.c_str() + at,
+                        "link received %lld (sum %lld) in order, each once; %lld direct", &received,
+                        &sum, &direct),
+            3)
+      << receiver_out;
+  EXPECT_EQ(sent, kMessages);
+  EXPECT_GT(cancelled, 0) << "no cancel succeeded: the cancels proved nothing";
+  EXPECT_EQ(received + cancelled, kMessages) << "lost or duplicated link messages";
+  EXPECT_EQ(sum + cancelled_sum, kMessages * (kMessages + 1) / 2)
+      << "a number both received and cancelled, or neither";
+  EXPECT_GT(direct, kMessages / 4) << "the link messages did not go direct";
+}
+
 TEST_F(ClusterTest, IpcChannelFollowsAMovedJobBeforeItUsesIpc) {
   const std::string bin = kBinDir + "/";
   // The job moves before it uses IPC: its channel is re-attached to node2's agent.

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <set>
 #include <string>
 #include <tern/ipc.hpp>
@@ -518,6 +519,94 @@ int DirectStreamReader(const Channel& channel, const std::string& name, std::uin
   return 0;
 }
 
+// link-receiver NAME: takes a link end sent to its inbox NAME, then receives on it until the
+// sender's last message (id 2): every number (id 1, bytes "i") once and in increasing order.
+// Prints how many it received, their sum, and how many of them came on a direct connection.
+int LinkReceiver(const Channel& channel, const std::string& name) {
+  const std::uint32_t inbox = ReadyInbox(channel, name, 16);
+  if (inbox == 0) return Fail("setup");
+  auto handoff = channel.receive(inbox, 60s);
+  if (!handoff) return Fail("no link end came: " + handoff.error().ToString());
+  std::uint32_t end = 0;
+  for (const auto& item : handoff->items) {
+    if (item.kind == tern::ipc::ItemKind::kLinkEnd) end = item.name;
+  }
+  if (end == 0) return Fail("the handoff carried no link end");
+  std::printf("link end taken\n");
+  std::fflush(stdout);
+  std::uint64_t received = 0;
+  std::uint64_t sum = 0;
+  std::uint64_t last = 0;
+  for (;;) {
+    auto handle = channel.link_receive(end);
+    if (!handle) return Fail("link_receive: " + handle.error().ToString());
+    auto got = channel.wait(*handle, 120s);
+    if (!got) return Fail("wait after " + std::to_string(last) + ": " + got.error().ToString());
+    if (got->message.id == 2) break;
+    const std::uint64_t number = std::stoull(std::string(tern::FirstBytes(got->message)));
+    if (number <= last) {
+      return Fail("link message " + std::to_string(number) + " after " + std::to_string(last));
+    }
+    last = number;
+    ++received;
+    sum += number;
+  }
+  std::printf("link received %llu (sum %llu) in order, each once; %llu direct\n",
+              static_cast<unsigned long long>(received), static_cast<unsigned long long>(sum),
+              static_cast<unsigned long long>(tern::direct_link_matches()));
+  return 0;
+}
+
+// link-sender NAME COUNT PAUSE_US: makes a link, sends one end to NAME, and link_sends 1..COUNT
+// on the other, at most four waiting at once, PAUSE_US apart; every tenth is cancelled right
+// after its send (a cancel either succeeds, and that number never arrives, or finds it matched).
+// Then a last message (id 2). Prints the count and sum of the cancelled ones.
+int LinkSender(const Channel& channel, const std::string& name, std::uint32_t count,
+               long pause_us) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  auto ends = channel.link_create();
+  if (!ends) return Fail("link_create: " + ends.error().ToString());
+  auto handoff = channel.send(tern::MessageBuilder(to).id(1).link_end(ends->second).build());
+  if (!handoff) return Fail("handoff: " + handoff.error().ToString());
+  std::deque<tern::OpHandle> waiting;
+  const auto wait_oldest = [&]() -> bool {
+    auto done = channel.wait(waiting.front(), 120s);
+    waiting.pop_front();
+    return static_cast<bool>(done);
+  };
+  std::uint64_t cancelled = 0;
+  std::uint64_t cancelled_sum = 0;
+  for (std::uint32_t i = 1; i <= count; ++i) {
+    auto handle = channel.link_send(ends->first, tern::BytesMessage(0, std::to_string(i), 1));
+    if (!handle) return Fail("link_send " + std::to_string(i) + ": " + handle.error().ToString());
+    if (i % 10 == 0) {
+      auto cancel = channel.cancel(*handle);
+      if (cancel) {
+        ++cancelled;
+        cancelled_sum += i;
+      } else if (cancel.error().status != tern::ipc::JobStatus::kAlreadyMatched) {
+        return Fail("cancel " + std::to_string(i) + ": " + cancel.error().ToString());
+      } else if (auto done = channel.wait(*handle, 120s); !done) {
+        return Fail("wait for matched " + std::to_string(i) + ": " + done.error().ToString());
+      }
+    } else {
+      waiting.push_back(*handle);
+      if (waiting.size() >= 4 && !wait_oldest()) return Fail("wait near " + std::to_string(i));
+    }
+    if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+  }
+  while (!waiting.empty()) {
+    if (!wait_oldest()) return Fail("wait at the end");
+  }
+  auto last = channel.link_send(ends->first, tern::BytesMessage(0, "end", 2));
+  if (!last || !channel.wait(*last, 120s)) return Fail("the last message");
+  std::printf("link sent %u, cancelled %llu (sum %llu)\n", count,
+              static_cast<unsigned long long>(cancelled),
+              static_cast<unsigned long long>(cancelled_sum));
+  return 0;
+}
+
 // A receive right sent to a job on another node; messages then reach that job.
 int MoveReceive(const Channel& channel, const std::string& name) {
   auto port = channel.port_allocate();
@@ -797,6 +886,12 @@ int main(int argc, char** argv) {
   if (mode == "queue") code = Queue(channel);
   if (mode == "watcher") code = Watcher(channel, name);
   if (mode == "linkcancel") code = LinkCancel(channel);
+  if (mode == "link-receiver") code = LinkReceiver(channel, name);
+  if (mode == "link-sender") {
+    code =
+        LinkSender(channel, name, argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000,
+                   argc > 4 ? std::stol(argv[4]) : 0);
+  }
   if (mode == "region-shared") code = RegionOwner(channel, name, true);
   if (mode == "region-copied") code = RegionOwner(channel, name, false);
   if (mode == "region-peer") code = RegionPeer(channel, name);

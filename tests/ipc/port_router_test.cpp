@@ -1675,5 +1675,367 @@ TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverC
   EXPECT_TRUE(nothing->jobs.empty());
 }
 
+// ---- docs/ipc.md "Link operations direct": the home's side. A link homed on node 1, whose end
+// `s` "sender" (node 1) holds and whose end `r` "receiver" (node 2) holds: offers on s are the
+// direction that goes direct.
+struct DirectLink {
+  explicit DirectLink(bool durable = false) : net(2) {
+    if (durable) net.KeepDurable(1);
+    net.Attach(1, "sender");
+    net.Attach(2, "receiver");
+    auto created = net.Call("sender", JobOp::kLinkCreate, "");
+    EXPECT_EQ(created.status, JobStatus::kOk);
+    s = ReadU32(created.body);
+    const auto other = ReadU32(created.body, 4);
+    const auto inbox = Allocate(net, "receiver");
+    Register(net, "receiver", "inbox", MakeSend(net, "receiver", inbox));
+    const auto to = ReadU32(Lookup(net, "sender", "inbox").body);
+    EXPECT_EQ(net.Call("sender", JobOp::kSend,
+                       SendBody(to, "end", {Item::Port(other, Disposition::kMoveLinkEnd)}))
+                  .status,
+              JobStatus::kOk);
+    r = ReadMessage(Receive(net, "receiver", inbox)).items.at(1).name;
+  }
+  // link_direct_begin on `end`: the epoch, or 0 when refused (`why` says why).
+  std::uint64_t Begin(const std::string& job, std::uint32_t end, std::string* why = nullptr) {
+    auto reply = net.Call(job, JobOp::kLinkDirectBegin, U32(end));
+    if (reply.status != JobStatus::kOk) {
+      EXPECT_EQ(reply.status, JobStatus::kUnavailable) << reply.body;
+      if (why) *why = reply.body;
+      return 0;
+    }
+    WireReader in(reply.body);
+    const auto epoch = in.U64();
+    EXPECT_TRUE(epoch && *epoch != 0);
+    return epoch.value_or(0);
+  }
+  JobReply Settle(const std::string& job, std::uint32_t end, std::uint64_t epoch,
+                  std::uint32_t matched_through, std::vector<std::uint32_t> cancelled = {}) {
+    WireWriter w;
+    w.U32(end);
+    w.U64(epoch);
+    w.U32(matched_through);
+    w.U32(static_cast<std::uint32_t>(cancelled.size()));
+    for (std::uint32_t seq : cancelled) w.U32(seq);
+    return net.Call(job, JobOp::kLinkSettle, w.Take());
+  }
+  // An offer on `end`; tagged when `epoch` is not 0. The op's handle.
+  std::uint32_t Offer(const std::string& job, std::uint32_t end, std::string bytes,
+                      std::uint64_t epoch = 0, std::uint32_t seq = 0) {
+    if (epoch == 0) return ReadU32(net.Call(job, JobOp::kLinkSend, LinkSendBody(end, bytes)).body);
+    WireWriter w;
+    w.U32(end);
+    w.U64(epoch);
+    w.U32(seq);
+    Message m;
+    m.items.push_back(Item::Bytes(std::move(bytes)));
+    w.WriteMessage(m);
+    auto reply = net.Call(job, JobOp::kLinkSendTagged, w.Take());
+    EXPECT_EQ(reply.status, JobStatus::kOk) << reply.body;
+    return ReadU32(reply.body);
+  }
+  std::uint32_t PostReceive(const std::string& job, std::uint32_t end) {
+    return ReadU32(net.Call(job, JobOp::kLinkReceive, U32(end)).body);
+  }
+  // The op's outcome if it is done (a wait of 0 ms; kTimedOut: not done yet).
+  JobReply Outcome(const std::string& job, std::uint32_t handle) {
+    return net.Call(job, JobOp::kOpWait, Body({handle, 0}));
+  }
+  // What a done receive got: its bytes, or "kick:EPOCH" for the home's "direct now" answer.
+  std::string Received(const std::string& job, std::uint32_t handle) {
+    auto reply = Outcome(job, handle);
+    if (reply.status != JobStatus::kOk) return "status " + std::to_string(int(reply.status));
+    WireReader in(reply.body);
+    auto result = in.ReadOpResult();
+    EXPECT_TRUE(result && result->is_receive);
+    if (!result || result->message.items.size() != 1) return "malformed";
+    const std::string_view bytes = result->message.items[0].bytes();
+    if (result->message.id != kLinkDirectNowId) return std::string(bytes);
+    EXPECT_EQ(bytes.size(), 8u);
+    std::uint64_t epoch = 0;
+    for (std::size_t k = 0; k < bytes.size(); ++k) {
+      epoch |= std::uint64_t{static_cast<unsigned char>(bytes[k])} << (8 * k);
+    }
+    return "kick:" + std::to_string(epoch);
+  }
+  std::string Kick(std::uint64_t epoch) { return "kick:" + std::to_string(epoch); }
+
+  Net net;
+  std::uint32_t s = 0;
+  std::uint32_t r = 0;
+};
+
+TEST(PortRouterLinkDirect, ABeginIsRefusedWhileAnOfferWaitsAtTheHomeAndGrantedWhenIdle) {
+  DirectLink link;
+  std::string why;
+  EXPECT_EQ(link.net.Call("receiver", JobOp::kLinkDirectBegin, U32(link.s)).status,
+            JobStatus::kInvalidName)
+      << "the receiver does not hold s";
+  const auto queued = link.Offer("sender", link.s, "queued");
+  EXPECT_EQ(link.Begin("sender", link.s, &why), 0u);
+  EXPECT_NE(why.find("wait at the link's home"), std::string::npos) << why;
+  // Taken: the direction is idle.
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "queued");
+  EXPECT_EQ(link.Outcome("sender", queued).status, JobStatus::kOk);
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  EXPECT_EQ(link.Begin("sender", link.s, &why), 0u) << "direct already";
+  // The other direction is its own: the receiver may begin on r.
+  const auto back = link.Begin("receiver", link.r);
+  EXPECT_NE(back, 0u);
+  EXPECT_NE(back, epoch);
+}
+
+TEST(PortRouterLinkDirect, ABeginIsRefusedWhileThePeerEndTravelsInAMessage) {
+  DirectLink link;
+  const auto inbox = Allocate(link.net, "receiver");
+  const auto self = MakeSend(link.net, "receiver", inbox);
+  ASSERT_EQ(link.net
+                .Call("receiver", JobOp::kSend,
+                      SendBody(self, "r", {Item::Port(link.r, Disposition::kMoveLinkEnd)}))
+                .status,
+            JobStatus::kOk);
+  std::string why;
+  EXPECT_EQ(link.Begin("sender", link.s, &why), 0u);
+  EXPECT_NE(why.find("in a message"), std::string::npos) << why;
+  ASSERT_EQ(ReadMessage(Receive(link.net, "receiver", inbox)).items.size(), 2u);
+  EXPECT_NE(link.Begin("sender", link.s), 0u) << "held by a job again";
+}
+
+TEST(PortRouterLinkDirect, ReceivesPostedBeforeAndAfterTheBeginAreKickedWithTheEpoch) {
+  DirectLink link;
+  const auto before = link.PostReceive("receiver", link.r);
+  EXPECT_EQ(link.Outcome("receiver", before).status, JobStatus::kTimedOut);
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  EXPECT_EQ(link.Received("receiver", before), link.Kick(epoch));
+  const auto after = link.PostReceive("receiver", link.r);
+  EXPECT_EQ(link.Received("receiver", after), link.Kick(epoch));
+  // A receive on any end is kicked the same, and withdrawn from the other ends it was posted on
+  // (the receiver's own second link): an offer there goes to the next receive, once.
+  auto created = link.net.Call("receiver", JobOp::kLinkCreate, "");
+  ASSERT_EQ(created.status, JobStatus::kOk);
+  const auto any = link.PostReceive("receiver", 0);
+  EXPECT_EQ(link.Received("receiver", any), link.Kick(epoch));
+  const auto offer = link.Offer("receiver", ReadU32(created.body), "elsewhere");
+  const auto next = link.PostReceive("receiver", ReadU32(created.body, 4));
+  EXPECT_EQ(link.Received("receiver", next), "elsewhere");
+  EXPECT_EQ(link.Outcome("receiver", offer).status, JobStatus::kOk);
+  const auto nothing = link.PostReceive("receiver", ReadU32(created.body, 4));
+  EXPECT_EQ(link.Outcome("receiver", nothing).status, JobStatus::kTimedOut);
+  // The other direction is not direct: the sender's receive on s waits for an offer on r.
+  const auto other = link.PostReceive("sender", link.s);
+  EXPECT_EQ(link.Outcome("sender", other).status, JobStatus::kTimedOut);
+  link.Offer("receiver", link.r, "back");
+  EXPECT_EQ(link.Received("sender", other), "back");
+}
+
+// The receiver matched seqs 1 and 3 on the connection and cancelled 2; the sender re-offered
+// 1..5 through the agents after the break, between untagged sends. Each offer once: 1 and 3 are
+// not delivered again, 2 is cancelled, and u0, 4, 5, u6 are delivered in order.
+TEST(PortRouterLinkDirect, TheSettleJudgesHeldOffersAndReleasesTheRestInOrder) {
+  DirectLink link;
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  std::vector<std::uint32_t> ops;
+  ops.push_back(link.Offer("sender", link.s, "u0"));
+  for (std::uint32_t seq = 1; seq <= 5; ++seq) {
+    ops.push_back(link.Offer("sender", link.s, "t" + std::to_string(seq), epoch, seq));
+  }
+  ops.push_back(link.Offer("sender", link.s, "u6"));
+  // Held: nothing completes, and a receive is kicked rather than matched.
+  for (auto op : ops) EXPECT_EQ(link.Outcome("sender", op).status, JobStatus::kTimedOut);
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), link.Kick(epoch));
+
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch, 3, {2}).status, JobStatus::kOk);
+  EXPECT_EQ(link.Outcome("sender", ops[1]).status, JobStatus::kOk) << "1 was matched";
+  EXPECT_EQ(link.Outcome("sender", ops[2]).status, JobStatus::kCancelled) << "2 was cancelled";
+  EXPECT_EQ(link.Outcome("sender", ops[3]).status, JobStatus::kOk) << "3 was matched";
+  for (std::size_t k : {0, 4, 5, 6}) {
+    EXPECT_EQ(link.Outcome("sender", ops[k]).status, JobStatus::kTimedOut) << "queued: " << k;
+  }
+  for (const char* expected : {"u0", "t4", "t5", "u6"}) {
+    EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), expected);
+  }
+  for (std::size_t k : {0, 4, 5, 6}) {
+    EXPECT_EQ(link.Outcome("sender", ops[k]).status, JobStatus::kOk) << "taken: " << k;
+  }
+  const auto more = link.PostReceive("receiver", link.r);
+  EXPECT_EQ(link.Outcome("receiver", more).status, JobStatus::kTimedOut) << "nothing twice";
+  // The direction is the home's again, and idle: it may go direct again, with a new epoch.
+  link.Offer("sender", link.s, "after");
+  EXPECT_EQ(link.Received("receiver", more), "after");
+  const auto again = link.Begin("sender", link.s);
+  EXPECT_NE(again, 0u);
+  EXPECT_NE(again, epoch);
+}
+
+TEST(PortRouterLinkDirect, ATaggedOfferAfterItsSettleIsJudgedByTheSettle) {
+  DirectLink link;
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch, 2, {1}).status, JobStatus::kOk);
+  const auto cancelled = link.Offer("sender", link.s, "t1", epoch, 1);
+  const auto matched = link.Offer("sender", link.s, "t2", epoch, 2);
+  const auto open = link.Offer("sender", link.s, "t3", epoch, 3);
+  const auto unknown = link.Offer("sender", link.s, "other epoch", epoch + 1, 1);
+  EXPECT_EQ(link.Outcome("sender", cancelled).status, JobStatus::kCancelled);
+  EXPECT_EQ(link.Outcome("sender", matched).status, JobStatus::kOk);
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "t3");
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "other epoch");
+  EXPECT_EQ(link.Outcome("sender", open).status, JobStatus::kOk);
+  EXPECT_EQ(link.Outcome("sender", unknown).status, JobStatus::kOk);
+  const auto nothing = link.PostReceive("receiver", link.r);
+  EXPECT_EQ(link.Outcome("receiver", nothing).status, JobStatus::kTimedOut);
+  // Bad tagged sends.
+  EXPECT_EQ(link.net.Call("sender", JobOp::kLinkSendTagged, Body({link.s, 0, 0, 1})).status,
+            JobStatus::kBadRequest)
+      << "epoch 0";
+}
+
+// A cancel of a held offer waits: only the settle tells whether the receiver matched it.
+TEST(PortRouterLinkDirect, ACancelOfAHeldOfferIsAnsweredAtTheSettleTrueToWhatHappened) {
+  DirectLink link;
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  const auto taken = link.Offer("sender", link.s, "t1", epoch, 1);
+  const auto open = link.Offer("sender", link.s, "t2", epoch, 2);
+  const auto untagged = link.Offer("sender", link.s, "u");
+  const auto kept = link.Offer("sender", link.s, "kept");
+  const auto waiting = link.net.Ask("sender", JobOp::kOpWait, Body({open, kWaitForever}));
+  std::vector<std::uint32_t> cancels;
+  for (auto op : {taken, open, untagged}) {
+    cancels.push_back(link.net.Ask("sender", JobOp::kOpCancel, U32(op)));
+    EXPECT_FALSE(link.net.Answer("sender", cancels.back())) << "waits for the settle";
+  }
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch, 1).status, JobStatus::kOk);
+  auto answer = link.net.Answer("sender", cancels[0]);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, JobStatus::kAlreadyMatched) << "the receiver took t1";
+  EXPECT_EQ(link.Outcome("sender", taken).status, JobStatus::kOk);
+  for (std::size_t k : {1, 2}) {
+    answer = link.net.Answer("sender", cancels[k]);
+    ASSERT_TRUE(answer) << k;
+    EXPECT_EQ(answer->status, JobStatus::kOk) << k;
+  }
+  auto woken = link.net.Answer("sender", waiting);
+  ASSERT_TRUE(woken);
+  EXPECT_EQ(woken->status, JobStatus::kCancelled);
+  EXPECT_EQ(link.Outcome("sender", untagged).status, JobStatus::kInvalidName) << "gone";
+  // Neither cancelled offer is delivered; the one after them is.
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "kept");
+  EXPECT_EQ(link.Outcome("sender", kept).status, JobStatus::kOk);
+  const auto nothing = link.PostReceive("receiver", link.r);
+  EXPECT_EQ(link.Outcome("receiver", nothing).status, JobStatus::kTimedOut);
+}
+
+TEST(PortRouterLinkDirect, AStaleOrRepeatedSettleChangesNothing) {
+  DirectLink link;
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  const auto held = link.Offer("sender", link.s, "held");
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch + 1, 5).status, JobStatus::kOk);
+  EXPECT_EQ(link.Outcome("sender", held).status, JobStatus::kTimedOut) << "still held";
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), link.Kick(epoch));
+  // Malformed or not the receiver's: refused, and nothing changes either.
+  EXPECT_EQ(link.Settle("sender", 999, epoch, 0).status, JobStatus::kInvalidName);
+  EXPECT_EQ(link.net.Call("receiver", JobOp::kLinkSettle, Body({link.r, 0, 0, 0, 1000})).status,
+            JobStatus::kBadRequest)
+      << "a count the body does not hold";
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), link.Kick(epoch));
+
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch, 0).status, JobStatus::kOk);
+  const auto next = link.Offer("sender", link.s, "next");
+  // Repeated: the direction is the home's and stays so; the queued offers stay queued.
+  ASSERT_EQ(link.Settle("receiver", link.r, epoch, 0).status, JobStatus::kOk);
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "held");
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "next");
+  EXPECT_EQ(link.Outcome("sender", held).status, JobStatus::kOk);
+  EXPECT_EQ(link.Outcome("sender", next).status, JobStatus::kOk);
+}
+
+TEST(PortRouterLinkDirect, ABreakCompletesHeldOffersBrokenAndAnswersTheirCancels) {
+  DirectLink link;
+  const auto epoch = link.Begin("sender", link.s);
+  ASSERT_NE(epoch, 0u);
+  const auto tagged = link.Offer("sender", link.s, "t1", epoch, 1);
+  const auto untagged = link.Offer("sender", link.s, "u");
+  const auto cancel = link.net.Ask("sender", JobOp::kOpCancel, U32(untagged));
+  EXPECT_FALSE(link.net.Answer("sender", cancel));
+  ASSERT_EQ(link.net.Call("receiver", JobOp::kDeallocate, U32(link.r)).status, JobStatus::kOk);
+  EXPECT_EQ(link.Outcome("sender", tagged).status, JobStatus::kLinkBroken);
+  auto answer = link.net.Answer("sender", cancel);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, JobStatus::kAlreadyMatched);
+  EXPECT_EQ(link.Outcome("sender", untagged).status, JobStatus::kLinkBroken);
+  std::string why;
+  EXPECT_EQ(link.Begin("sender", link.s, &why), 0u);
+  EXPECT_NE(why.find("broken"), std::string::npos) << why;
+  // A receive on the broken link is not kicked: the mode went back to the home's.
+  EXPECT_EQ(link.Received("sender", link.PostReceive("sender", link.s)),
+            "status " + std::to_string(int(JobStatus::kLinkBroken)));
+}
+
+// The link's home (node 1) restarts: each direction's mode, epoch and last settle come back (the
+// held offers do not: no queued link operation is in the snapshot).
+TEST(PortRouterLinkDirect, ModeEpochAndLastSettleSurviveTheHomesRestart) {
+  DirectLink link(/*durable=*/true);
+  const auto settled = link.Begin("sender", link.s);
+  ASSERT_NE(settled, 0u);
+  ASSERT_EQ(link.Settle("receiver", link.r, settled, 2, {1}).status, JobStatus::kOk);
+  const auto direct = link.Begin("receiver", link.r);  // offers on r: direct across the restart
+  ASSERT_NE(direct, 0u);
+
+  link.net.Restart(1);
+  link.net.routers[1]->JobAttached("sender");
+  EXPECT_EQ(link.Received("sender", link.PostReceive("sender", link.s)), link.Kick(direct));
+  const auto cancelled = link.Offer("sender", link.s, "t1", settled, 1);
+  const auto matched = link.Offer("sender", link.s, "t2", settled, 2);
+  link.Offer("sender", link.s, "t3", settled, 3);
+  EXPECT_EQ(link.Outcome("sender", cancelled).status, JobStatus::kCancelled);
+  EXPECT_EQ(link.Outcome("sender", matched).status, JobStatus::kOk);
+  EXPECT_EQ(link.Received("receiver", link.PostReceive("receiver", link.r)), "t3");
+  ASSERT_EQ(link.Settle("sender", link.s, direct, 0).status, JobStatus::kOk);
+  const auto home = link.PostReceive("sender", link.s);
+  EXPECT_EQ(link.Outcome("sender", home).status, JobStatus::kTimedOut) << "the home's again";
+
+  // The snapshot the restored router starts its journal with holds the settle of `settled`
+  // ([u8 1][u64 epoch][u32 2][u32 1][u32 1]); one claiming 2^21 cancelled seqs is refused, and
+  // a version 1 snapshot (no directions) of a node without links is still read.
+  const auto first_record = [](const std::string& journal) {
+    const std::size_t size = ReadU32(journal, kJournalMagic.size());
+    return journal.substr(kJournalMagic.size() + 8, size);
+  };
+  std::string snapshot = first_record(link.net.files[1].journal);
+  WireWriter settle;
+  settle.U8(1);
+  settle.U64(settled);
+  settle.U32(2);
+  settle.U32(1);
+  const std::size_t at = snapshot.find(settle.out());
+  ASSERT_NE(at, std::string::npos);
+  const auto restore = [&](const std::string& record) {
+    std::string file(kJournalMagic);
+    AppendStateRecord(file, record);
+    MemoryRegions store;
+    PortRouter router(1, store);
+    return router.RestoreDurable(file);
+  };
+  EXPECT_TRUE(restore(snapshot));
+  snapshot.replace(at + settle.out().size() - 4, 4, U32(1u << 21));
+  EXPECT_FALSE(restore(snapshot));
+
+  Net plain(1);
+  plain.KeepDurable(1);
+  plain.Attach(1, "job");
+  Allocate(plain, "job");
+  std::string old = first_record(plain.files[1].journal);
+  ASSERT_EQ(old[1], '\x02') << "version 2 now";
+  old[1] = '\x01';
+  auto restored = restore(old);
+  ASSERT_TRUE(restored) << restored.error().message;
+  EXPECT_EQ(restored->ports, 1u);
+}
+
 }  // namespace
 }  // namespace tern::ipc

@@ -7,6 +7,7 @@
 
 #include "channel_impl.hpp"
 #include "direct_send.hpp"
+#include "link_direct.hpp"
 
 namespace tern {
 
@@ -60,6 +61,7 @@ IpcResult<std::uint32_t> Channel::make_send(std::uint32_t receive_name) const {
 
 IpcResult<void> Channel::deallocate(std::uint32_t name) const {
   libtern::RightLeaves(*impl_, name);
+  libtern::LinkEndLeaves(*impl_, name);
   return EmptyReply(impl_->Request(JobOp::kDeallocate, NameBody(name)));
 }
 
@@ -97,6 +99,7 @@ IpcResult<void> Channel::request_notification(std::uint32_t name, NotificationKi
 
 IpcResult<void> Channel::send(const Message& message, FullPolicy policy, Timeout timeout,
                               std::uint32_t notify_port) const {
+  libtern::LinkEndsLeaveIn(*impl_, message);
   if (auto direct = libtern::SendDirect(impl_, message, policy, timeout, notify_port)) {
     return std::move(*direct);
   }
@@ -150,6 +153,7 @@ IpcResult<void> Channel::send_many(const std::vector<Message>& messages, FullPol
   if (accepted) *accepted = 0;
   if (messages.empty()) return {};
   for (const Message& message : messages) {
+    libtern::LinkEndsLeaveIn(*impl_, message);
     libtern::BeforeAgentSendOf(*impl_, message);
     libtern::NoteAgentSend(*impl_, message.destination);
   }
@@ -283,6 +287,7 @@ IpcResult<std::vector<Message>> Channel::receive_many(std::uint32_t port, std::u
 IpcResult<Message> Channel::send_receive(const Message& message, std::uint32_t port,
                                          Timeout receive_timeout, FullPolicy policy,
                                          Timeout send_timeout) const {
+  libtern::LinkEndsLeaveIn(*impl_, message);
   libtern::BeforeAgentSendOf(*impl_, message);
   if (auto direct = libtern::SendReceiveDirect(*this, impl_, message, port, receive_timeout, policy,
                                                send_timeout)) {
@@ -332,42 +337,23 @@ IpcResult<LinkEnds> Channel::link_create() const {
 }
 
 IpcResult<OpHandle> Channel::link_send(std::uint32_t end, const Message& message) const {
-  WireWriter writer(/*share_data=*/true);
-  writer.U32(end);
-  writer.WriteMessage(message);
-  return NameReply(impl_->Request(JobOp::kLinkSend, libtern::Pieces(writer)), JobOp::kLinkSend);
+  return libtern::LinkSend(impl_, end, message);
 }
 
 IpcResult<OpHandle> Channel::link_receive(std::uint32_t end) const {
-  return NameReply(impl_->Request(JobOp::kLinkReceive, NameBody(end)), JobOp::kLinkReceive);
+  return libtern::LinkReceive(impl_, end);
 }
 
 IpcResult<OpResult> Channel::wait(OpHandle handle, Timeout timeout) const {
-  WireWriter writer;
-  writer.U32(handle);
-  writer.U32(libtern::TimeoutMs(timeout));
-  auto reply = impl_->Request(JobOp::kOpWait, writer.Take());
-  if (!reply) return reply.error();
-  WireReader reader(reply->body());
-  auto result = reader.ReadOpResult();
-  if (!result) return Malformed(JobOp::kOpWait);
-  return std::move(*result);
+  return libtern::LinkWait(impl_, handle, timeout);
 }
 
 IpcResult<std::optional<OpResult>> Channel::poll(OpHandle handle) const {
-  auto reply = impl_->Request(JobOp::kOpPoll, NameBody(handle));
-  if (!reply) return reply.error();
-  WireReader reader(reply->body());
-  auto done = reader.U8();
-  if (!done) return Malformed(JobOp::kOpPoll);
-  if (*done == 0) return std::optional<OpResult>();
-  auto result = reader.ReadOpResult();
-  if (!result) return Malformed(JobOp::kOpPoll);
-  return std::optional<OpResult>(std::move(*result));
+  return libtern::LinkPoll(impl_, handle);
 }
 
 IpcResult<void> Channel::cancel(OpHandle handle) const {
-  return EmptyReply(impl_->Request(JobOp::kOpCancel, NameBody(handle)));
+  return libtern::LinkCancel(impl_, handle);
 }
 
 IpcResult<std::uint32_t> Channel::region_create(std::uint64_t size) const {

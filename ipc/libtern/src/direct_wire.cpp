@@ -5,10 +5,10 @@
 namespace tern::libtern {
 
 namespace {
-
 constexpr std::size_t kItemHeaderSize = 5;  // [u8 kind][u32 length]
+}  // namespace
 
-std::size_t ItemsSize(std::span<const Item> items) {
+std::size_t DataItemsSize(std::span<const Item> items) {
   std::size_t size = 0;
   for (const Item& item : items) size += kItemHeaderSize + item.bytes().size();
   return size;
@@ -16,13 +16,13 @@ std::size_t ItemsSize(std::span<const Item> items) {
 
 // The frame header needs the payload's length before the items: it is counted, not measured
 // after writing, so that large items never pass through a temporary buffer.
-void WriteFrame(ipc::WireWriter& out, ipc::FrameType type, std::size_t fixed,
-                std::span<const Item> items) {
-  const std::size_t length = fixed + 4 + ItemsSize(items);
+void WriteDataFrameHeader(ipc::WireWriter& out, ipc::FrameType type, std::size_t fixed,
+                          std::span<const Item> items) {
+  const std::size_t length = fixed + 4 + DataItemsSize(items);
   ipc::AppendFrameHeader(out.out(), type, static_cast<std::uint32_t>(length));
 }
 
-void WriteItemsOf(ipc::WireWriter& out, std::span<const Item> items) {
+void WriteDataItems(ipc::WireWriter& out, std::span<const Item> items) {
   out.U32(static_cast<std::uint32_t>(items.size()));
   for (const Item& item : items) {
     out.U8(static_cast<std::uint8_t>(item.kind));
@@ -30,8 +30,8 @@ void WriteItemsOf(ipc::WireWriter& out, std::span<const Item> items) {
   }
 }
 
-Expected<std::vector<Item>> ReadItems(ipc::WireReader& reader,
-                                      const std::shared_ptr<const std::string>& payload) {
+Expected<std::vector<Item>> ReadDataItems(ipc::WireReader& reader,
+                                          const std::shared_ptr<const std::string>& payload) {
   auto count = reader.U32();
   if (!count) return Fail("direct frame cut short");
   if (*count > reader.remaining() / kItemHeaderSize) {
@@ -54,8 +54,6 @@ Expected<std::vector<Item>> ReadItems(ipc::WireReader& reader,
   return items;
 }
 
-}  // namespace
-
 bool IsDataOnly(std::span<const Item> items) {
   for (const Item& item : items) {
     if (item.kind != ItemKind::kBytes && item.kind != ItemKind::kOutOfLine) return false;
@@ -67,22 +65,22 @@ void WriteDirectCall(ipc::WireWriter& out, DirectCallKind kind, std::uint64_t cl
                      std::uint64_t sequence, std::span<const Item> items,
                      std::uint32_t message_id) {
   const bool with_id = kind == DirectCallKind::kMessage;
-  WriteFrame(out, ipc::FrameType::kDirectCall, 1 + 8 + 8 + (with_id ? 4 : 0), items);
+  WriteDataFrameHeader(out, ipc::FrameType::kDirectCall, 1 + 8 + 8 + (with_id ? 4 : 0), items);
   out.U8(static_cast<std::uint8_t>(kind));
   out.U64(client);
   out.U64(sequence);
   if (with_id) out.U32(message_id);
-  WriteItemsOf(out, items);
+  WriteDataItems(out, items);
 }
 
 void WriteDirectAnswer(ipc::WireWriter& out, DirectOutcome outcome, std::uint8_t flags,
                        std::uint64_t client, std::uint64_t sequence, std::span<const Item> items) {
-  WriteFrame(out, ipc::FrameType::kDirectAnswer, 1 + 1 + 8 + 8, items);
+  WriteDataFrameHeader(out, ipc::FrameType::kDirectAnswer, 1 + 1 + 8 + 8, items);
   out.U8(static_cast<std::uint8_t>(outcome));
   out.U8(flags);
   out.U64(client);
   out.U64(sequence);
-  WriteItemsOf(out, items);
+  WriteDataItems(out, items);
 }
 
 Expected<DirectCall> ParseDirectCall(std::shared_ptr<const std::string> payload) {
@@ -102,7 +100,7 @@ Expected<DirectCall> ParseDirectCall(std::shared_ptr<const std::string> payload)
     if (!id) return Fail("DirectCall cut short");
     message_id = *id;
   }
-  auto items = ReadItems(reader, payload);
+  auto items = ReadDataItems(reader, payload);
   if (!items) return Fail(items.error().message);
   if (*kind == static_cast<std::uint8_t>(DirectCallKind::kAck) && !items->empty()) {
     return Fail("a DirectCall ack carries no items");
@@ -121,7 +119,7 @@ Expected<DirectAnswer> ParseDirectAnswer(std::shared_ptr<const std::string> payl
   if (*outcome > static_cast<std::uint8_t>(DirectOutcome::kCallThroughAgents)) {
     return Fail("DirectAnswer of unknown outcome " + std::to_string(*outcome));
   }
-  auto items = ReadItems(reader, payload);
+  auto items = ReadDataItems(reader, payload);
   if (!items) return Fail(items.error().message);
   return DirectAnswer{static_cast<DirectOutcome>(*outcome), *flags, *client, *sequence,
                       std::move(*items)};

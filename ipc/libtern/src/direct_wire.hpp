@@ -57,6 +57,17 @@ struct DirectAnswer {
 // Whether every item is data (bytes, out-of-line): only those travel on a direct connection.
 bool IsDataOnly(std::span<const Item> items);
 
+// The pieces of a frame that ends in data items, for the other direct frames (link_wire.hpp):
+// the size of `items` as [u32 count][items] writes them less the count; the frame header of a
+// payload of `fixed` bytes and then those items; the items ([u32 count][items]); and the items
+// read back (views into `payload`; anything but data, or bytes after them, is an error).
+std::size_t DataItemsSize(std::span<const Item> items);
+void WriteDataFrameHeader(ipc::WireWriter& out, ipc::FrameType type, std::size_t fixed,
+                          std::span<const Item> items);
+void WriteDataItems(ipc::WireWriter& out, std::span<const Item> items);
+Expected<std::vector<Item>> ReadDataItems(ipc::WireReader& reader,
+                                          const std::shared_ptr<const std::string>& payload);
+
 // Appends the whole frame to `out` (a data-sharing writer, empty or holding earlier frames).
 // `items` must be data only; `message_id` is written for kMessage only.
 void WriteDirectCall(ipc::WireWriter& out, DirectCallKind kind, std::uint64_t client,

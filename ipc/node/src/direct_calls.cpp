@@ -180,8 +180,11 @@ void DirectCalls::OnDirectRequest(const std::string& job, std::uint32_t request,
   if (op == ipc::JobOp::kDirectAccept) {
     const auto timeout = in.U32();
     if (!timeout || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
-    const auto port = router_.ReceiveRightPort(job, *name);
-    if (!port) return answer(ipc::JobStatus::kInvalidName, "not a receive right");
+    // A link end: its holder takes the offers sent on the peer end on connections keyed by it
+    // (docs/ipc.md "Link operations direct").
+    auto port = router_.ReceiveRightPort(job, *name);
+    if (!port) port = router_.LinkEndOf(job, *name);
+    if (!port) return answer(ipc::JobStatus::kInvalidName, "not a receive right or a link end");
     if (!acceptor_.is_open()) {
       return answer(ipc::JobStatus::kUnavailable, "this agent has no direct call listener");
     }
@@ -189,23 +192,26 @@ void DirectCalls::OnDirectRequest(const std::string& job, std::uint32_t request,
     return;
   }
   if (!name || !in.AtEnd()) return answer(ipc::JobStatus::kBadRequest, "malformed body");
-  const auto port = router_.SendRightTarget(job, *name);
-  if (!port) return answer(ipc::JobStatus::kInvalidName, "not a send right");
+  // A link end: a connection to the holder of its peer, which accepts on that end.
+  auto port = router_.SendRightTarget(job, *name);
+  if (!port) port = router_.LinkPeerOf(job, *name);
+  if (!port) return answer(ipc::JobStatus::kInvalidName, "not a send right or a link end");
   if (broker_.Suspended(job)) return answer(ipc::JobStatus::kUnavailable, "the job is moving");
   const std::uint64_t ask = broker_.StartAsk(job, request, *name, *port, now);
   OnAsk(self_, ipc::DirectAsk{ask, self_, *port});
 }
 
-// An ask for a connection to `ask.port`, from this node's job or another agent (`from`):
-// granted if the receive right is here and accepts, passed on to where the port's home says
-// the right is, or refused.
+// An ask for a connection to `ask.port` (a port, or a link end), from this node's job or another
+// agent (`from`): granted if the receive right (the end) is here and accepts, passed on to where
+// the home says it is, or refused.
 void DirectCalls::OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
   const auto refuse = [&](const std::string& why, bool dead = false) {
     if (ask.origin == self_) return broker_.AskRefused(ask.ask, why, dead);
     SendDirect(ask.origin, ipc::DirectRefuse{ask.ask, why});
   };
   if (auto acceptor = broker_.Acceptor(ask.port);
-      acceptor && router_.ReceiveRightPort(acceptor->first, acceptor->second) == ask.port) {
+      acceptor && (router_.ReceiveRightPort(acceptor->first, acceptor->second) == ask.port ||
+                   router_.LinkEndOf(acceptor->first, acceptor->second) == ask.port)) {
     auto token = broker_.Grant(ask.port, ipc::DirectBroker::Clock::now());
     if (!token) return refuse(token.error().message);
     if (ask.origin == self_) return Pair(ask.ask, *token);
@@ -213,6 +219,7 @@ void DirectCalls::OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
     return;
   }
   if (ask.port.home == self_) {
+    if (const auto end = router_.LinkHolderOf(ask.port)) return PassToLinkEnd(from, ask, *end);
     const auto receiver = router_.ReceiverOf(ask.port);
     if (!receiver) return refuse("the port is dead", true);
     if (receiver->node == self_) return refuse("the port's receiver never asked for direct calls");
@@ -226,6 +233,26 @@ void DirectCalls::OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
     return;
   }
   refuse("the port's receive right is not on this node");
+}
+
+// An ask for a link end homed here goes to the node of the job that holds the end. The asker's
+// node named the end as its own end's pair partner (PortRouter::LinkPeerOf); that holds only
+// when the two are this link's ends, which only this node can tell.
+void DirectCalls::PassToLinkEnd(std::uint64_t from, const ipc::DirectAsk& ask,
+                                const ipc::PortRouter::LinkHolderView& end) {
+  const auto refuse = [&](const std::string& why) {
+    if (ask.origin == self_) return broker_.AskRefused(ask.ask, why);
+    SendDirect(ask.origin, ipc::DirectRefuse{ask.ask, why});
+  };
+  if (end.peer.serial != (ask.port.serial ^ 1)) {
+    return refuse("the link was made before direct connections on links");
+  }
+  if (end.node == 0) return refuse("the link end is in a message");
+  // The holder's own node found no accept for it: it never asked (or it is moving).
+  if (end.node == self_ || end.node == from) {
+    return refuse("the link end's holder never asked for direct connections");
+  }
+  if (!SendDirect(end.node, ask)) return refuse("the link end holder's node cannot be reached");
 }
 
 bool DirectCalls::SendDirect(std::uint64_t node, const ipc::DirectFrame& frame) {
@@ -340,8 +367,12 @@ void DirectCalls::Pair(std::uint64_t ask, const ipc::DirectToken& token) {
 void DirectCalls::CheckDirectRights(const std::string& job) {
   broker_.CheckRights(job, [&](ipc::DirectBroker::Role role, std::uint32_t name,
                                ipc::ObjectId port) {
-    return (role == ipc::DirectBroker::Role::kClient ? router_.SendRightTarget(job, name)
-                                                     : router_.ReceiveRightPort(job, name)) == port;
+    // A link end's connection rests on the end: the sender's on its end (whose peer is the
+    // key), the receiver's on the end it accepts on.
+    if (role == ipc::DirectBroker::Role::kClient) {
+      return router_.SendRightTarget(job, name) == port || router_.LinkPeerOf(job, name) == port;
+    }
+    return router_.ReceiveRightPort(job, name) == port || router_.LinkEndOf(job, name) == port;
   });
   RunDirect();
 }

@@ -8,8 +8,9 @@
 // an end whose right is gone by shutting it down through the copy it keeps of every end.
 //
 // What it needs from IpcService, given at construction and nothing more:
-//  - `router`: read-only, for the rights a job's names are (SendRightTarget, ReceiveRightPort)
-//    and where a port's receive right is (ReceiverOf);
+//  - `router`: read-only, for the rights a job's names are (SendRightTarget, ReceiveRightPort;
+//    LinkEndOf, LinkPeerOf for link ends) and where a port's receive right or a link end is
+//    (ReceiverOf, LinkHolderOf);
 //  - `send`: a frame to another node's agent;
 //  - `reply`: an answer to a job's request, queued on the job's channel and flushed, with the
 //    connection's fd sent alongside (SCM_RIGHTS) when it carries one; dropped (the fd closed)
@@ -105,6 +106,8 @@ class DirectCalls : public std::enable_shared_from_this<DirectCalls> {
   void OnDirectRequest(const std::string& job, std::uint32_t request, ipc::JobOp op,
                        std::string_view body);
   void OnAsk(std::uint64_t from, const ipc::DirectAsk& ask);
+  void PassToLinkEnd(std::uint64_t from, const ipc::DirectAsk& ask,
+                     const ipc::PortRouter::LinkHolderView& end);
   bool SendDirect(std::uint64_t node, const ipc::DirectFrame& frame);
   void Connect(const ipc::DirectGrant& grant, const std::string& host);
   void Pair(std::uint64_t ask, const ipc::DirectToken& token);

@@ -32,6 +32,10 @@ void PortRouter::State::Dispatch(Envelope& e, std::uint64_t from) {
       return HomeSetLinkHolder(e);
     case Remote::kBreakLinkEnd:
       return HomeBreakLinkEnd(e);
+    case Remote::kLinkDirectBegin:
+      return HomeLinkDirectBegin(e);
+    case Remote::kLinkSettle:
+      return HomeLinkSettle(e);
     case Remote::kRegionFetch:
       return HomeRegionFetch(e);
     case Remote::kJobMoved:

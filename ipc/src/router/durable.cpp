@@ -6,7 +6,7 @@
 //
 // Records (big-endian, WireWriter's encoding; an id is [u64 home][u64 serial]):
 // [u8 3][snapshot], where a snapshot is
-//   [u8 version = 1][u64 node][u64 next_serial]
+//   [u8 version = 2 (1 is read too)][u64 node][u64 next_serial]
 //   [u32 n] n x port: [u64 serial][u8 state][u64 node][bytes job][u32 limit][u64 send_refs]
 //                     [u32 k] k x [id notify][u32 name]            dead-name requests
 //                     [u8 has][id notify][u32 name]                no-senders request
@@ -14,6 +14,10 @@
 //                     [u32 k] k x [id notify][u32 name]            send-possible requests
 //   [u32 n] n x link: [id end 0][id end 1] 2 x ([u8 state][u64 node][bytes job][u8 released])
 //                     [u8 broken]
+//                     2 x direction (version 2 on; offers sent on end 0, then on end 1):
+//                       [u8 mode: 0 home, 1 direct][u64 epoch (0 when home)]
+//                       [u8 has settle][u64 epoch][u32 matched_through]
+//                       [u32 k] k x [u32 cancelled seq]                the last settle
 //   [u32 n] n x name: [bytes text][id port][bytes registrant]
 //   [u32 n] n x job:  [bytes job][u8 has uid][u32 uid][u32 names from]
 //                     [u32 k] k x [u32 name][u8 type][id][u32 refs]
@@ -34,7 +38,12 @@ namespace tern::ipc {
 
 namespace {
 
-constexpr std::uint8_t kSnapshotVersion = 1;
+// Version 2 added each link direction's mode and last settle (docs/ipc.md "Link operations
+// direct"); a version 1 snapshot is still read (every direction at home, no settle).
+constexpr std::uint8_t kSnapshotVersion = 2;
+constexpr std::uint8_t kSnapshotVersionBeforeDirectLinks = 1;
+// The most cancelled seqs a settle in a snapshot may list: a file saying more is a junk file's.
+constexpr std::uint32_t kMaxSettleCancelled = 1'000'000;
 constexpr std::uint8_t kPush = 1;
 constexpr std::uint8_t kPop = 2;
 constexpr std::uint8_t kSnapshot = 3;
@@ -78,6 +87,45 @@ std::optional<Holder> ReadHolder(WireReader& in) {
     return Holder::Receiving(*node, std::move(*job));
   }
   return Holder::InTransit();
+}
+
+// One direction of a link: how it is matched, and the last settle of its direct epochs.
+void WriteDirection(WireWriter& out, const Link& link, int d) {
+  out.U8(static_cast<std::uint8_t>(link.mode[d]));
+  out.U64(link.epoch[d]);
+  const auto& settle = link.last_settle[d];
+  out.U8(settle ? 1 : 0);
+  out.U64(settle ? settle->epoch : 0);
+  out.U32(settle ? settle->matched_through : 0);
+  out.U32(settle ? static_cast<std::uint32_t>(settle->cancelled.size()) : 0);
+  if (settle) {
+    for (std::uint32_t seq : settle->cancelled) out.U32(seq);
+  }
+}
+
+// False for a direction no router writes: an unknown mode, a direct one without an epoch (or a
+// home one with one), a settle of epoch 0, a cancelled list over the bound or past the record.
+bool ReadDirection(WireReader& in, Link& link, int d) {
+  auto mode = in.U8();
+  auto epoch = in.U64();
+  auto has_settle = in.U8();
+  auto settle_epoch = in.U64();
+  auto matched_through = in.U32();
+  auto count = in.U32();
+  if (!count || *mode > static_cast<std::uint8_t>(LinkMode::kDirect) || *has_settle > 1 ||
+      *count > kMaxSettleCancelled || *count > in.remaining() / 4) {
+    return false;
+  }
+  link.mode[d] = static_cast<LinkMode>(*mode);
+  if ((link.mode[d] == LinkMode::kDirect) != (*epoch != 0)) return false;
+  link.epoch[d] = *epoch;
+  if (*has_settle == 0) return *settle_epoch == 0 && *matched_through == 0 && *count == 0;
+  if (*settle_epoch == 0) return false;
+  LinkSettle settle{.epoch = *settle_epoch, .matched_through = *matched_through};
+  for (std::uint32_t k = 0; k < *count; ++k) settle.cancelled.insert(*in.U32());
+  if (settle.cancelled.size() != *count) return false;  // each seq once, as written
+  link.last_settle[d] = std::move(settle);
+  return true;
 }
 
 // A journal record's pieces: its header and its payload, kept apart so that a large message
@@ -233,6 +281,7 @@ std::string PortRouter::State::EncodeSnapshot() const {
       out.U8(link->released[i] ? 1 : 0);
     }
     out.U8(link->broken ? 1 : 0);
+    for (int d = 0; d < 2; ++d) WriteDirection(out, *link, d);
   }
   // Exported jobs not settled yet are written as if still here (UnsettledExport), after the
   // router's own; a name or job the router has (again) is its own. No copies: this runs after
@@ -338,7 +387,10 @@ Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
   auto version = in.U8();
   auto node = in.U64();
   auto next_serial = in.U64();
-  if (!next_serial || *version != kSnapshotVersion) return malformed("header");
+  if (!next_serial ||
+      (*version != kSnapshotVersion && *version != kSnapshotVersionBeforeDirectLinks)) {
+    return malformed("header");
+  }
   if (*node != self) {
     return Fail("IPC snapshot: it is node " + std::to_string(*node) + "'s, not this node's (" +
                 std::to_string(self) + ")");
@@ -410,6 +462,11 @@ Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
     auto broken = in.U8();
     if (!broken) return malformed("link");
     link->broken = *broken != 0;
+    if (*version != kSnapshotVersionBeforeDirectLinks) {
+      for (int d = 0; d < 2; ++d) {
+        if (!ReadDirection(in, *link, d)) return malformed("link direction");
+      }
+    }
     parsed.links[link->ends[0].serial] = link;
     parsed.links[link->ends[1].serial] = link;
   }

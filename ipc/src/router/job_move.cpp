@@ -40,6 +40,9 @@ void PortRouter::State::JobMovedHere(const std::string& job, std::uint64_t node)
           if (op.job == job) op.node = node;
         }
       }
+      for (HeldOffer& held : link->held[i]) {
+        if (held.op.job == job) held.op.node = node;
+      }
     }
   }
 }

@@ -47,6 +47,12 @@ void PortRouter::State::HandleJob(const std::string& job_name, JobState& job,
       return OnLinkSend(job_name, job, request, in);
     case JobOp::kLinkReceive:
       return OnLinkReceive(job_name, job, request, in);
+    case JobOp::kLinkDirectBegin:
+      return OnLinkDirectBegin(job_name, job, request, in);
+    case JobOp::kLinkSettle:
+      return OnLinkSettle(job_name, job, request, in);
+    case JobOp::kLinkSendTagged:
+      return OnLinkSendTagged(job_name, job, request, in);
     case JobOp::kOpWait:
     case JobOp::kOpPoll:
       return OnOpWaitOrPoll(job_name, job, request, in);

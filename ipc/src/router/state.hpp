@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <random>
 #include <tern/ipc/port_router.hpp>
 
 #include "types.hpp"
@@ -18,6 +19,7 @@ using router::DeadNameRequest;
 using router::Delivery;
 using router::Entry;
 using router::Envelope;
+using router::HeldOffer;
 using router::Holder;
 using router::JobState;
 using router::kMaxBatchBytes;
@@ -26,7 +28,9 @@ using router::kRegionChunk;
 using router::kRememberMoveMs;
 using router::kRootUid;
 using router::Link;
+using router::LinkMode;
 using router::LinkOp;
+using router::LinkSettle;
 using router::NameSearch;
 using router::OpState;
 using router::OwnerRank;
@@ -128,6 +132,9 @@ struct PortRouter::State {
   // rewrite of the journal.
   std::map<std::uint64_t, std::deque<Restored::Unacked>> unacked_sent;
 
+  // The epochs of links' direct directions (NewEpoch), seeded once from `random`.
+  std::mt19937_64 epochs;
+
   // Tickets start at a point `random` draws: a moving job takes its waiting tickets along, and
   // they must not collide with the new node's own.
   State(std::uint64_t node, RegionStore& regions_store, IpcLimits ipc_limits,
@@ -135,6 +142,7 @@ struct PortRouter::State {
       : self(node), store(regions_store), limits(ipc_limits) {
     // 2^62 values apart from wrapping; 0 means "no ticket".
     next_ticket = (random() >> 2) | 1;
+    epochs.seed(random());
   }
 
   // ---- quota.cpp
@@ -175,6 +183,7 @@ struct PortRouter::State {
   void OnStatusResult(Ticket& ticket, Envelope& e);
   void OnNotifyResult(Ticket& ticket, Envelope& e);
   void OnLinkCancelResult(Ticket& ticket, Envelope& e, JobState* job);
+  void OnLinkDirectResult(Ticket& ticket, Envelope& e);
   void OnNameRegisterResult(Ticket& ticket, Envelope& e, JobState* job);
   void OnNameRegisterCheckResult(Ticket& ticket, Envelope& e, JobState* job);
   void OnNameLookupDeltaResult(Ticket& ticket, Envelope& e, JobState* job);
@@ -267,7 +276,15 @@ struct PortRouter::State {
   void Complete(const LinkOp& op, ObjectId end, JobStatus status,
                 std::optional<TransitMessage> message);
   void HomeLinkPost(const Envelope& e);
+  // An offer in direction d of `link` (sent on ends[d]) and a receive on ends[k], at the home.
+  void HomeLinkOffer(Link& link, int d, LinkOp op);
+  void HomeLinkReceive(Link& link, int k, LinkOp op);
+  // An offer the home matches: taken by the oldest receive on the peer end, or queued.
+  void MatchOffer(Link& link, int d, LinkOp op);
   void HomeLinkCancel(const Envelope& e);
+  void HomeLinkDirectBegin(const Envelope& e);
+  void HomeLinkSettle(const Envelope& e);
+  std::uint64_t NewEpoch();
   void HomeBreakLinkEnd(const Envelope& e);
   void HomeSetLinkHolder(const Envelope& e);
   void LinkCompleted(const Envelope& e);
@@ -277,6 +294,15 @@ struct PortRouter::State {
                     WireReader& in);
   void OnLinkSend(const std::string& job_name, JobState& job, ipc::JobRequest& request,
                   WireReader& in);
+  void OnLinkSendTagged(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                        WireReader& in);
+  // kLinkSend and kLinkSendTagged after their own fields (epoch 0: untagged).
+  void PostLinkSend(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    std::uint32_t name, std::uint64_t epoch, std::uint32_t seq, WireReader& in);
+  void OnLinkDirectBegin(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                         WireReader& in);
+  void OnLinkSettle(const std::string& job_name, JobState& job, ipc::JobRequest& request,
+                    WireReader& in);
   void OnLinkReceive(const std::string& job_name, JobState& job, ipc::JobRequest& request,
                      WireReader& in);
   void OnOpWaitOrPoll(const std::string& job_name, JobState& job, ipc::JobRequest& request,

@@ -89,6 +89,9 @@ void PortRouter::State::HandleResult(Envelope& e, std::uint64_t from) {
       return OnNameQueryResult(ticket, e, job);
     case TicketKind::kRegionFetch:
       return OnRegionFetchResult(ticket, e);
+    case TicketKind::kLinkDirectBegin:
+    case TicketKind::kLinkSettle:
+      return OnLinkDirectResult(ticket, e);
   }
 }
 
@@ -202,6 +205,14 @@ void PortRouter::State::OnLinkCancelResult(Ticket& ticket, Envelope& e, JobState
   }
   job->ops.erase(op);
   Reply(ticket.job, ticket.request, JobStatus::kOk);
+}
+
+// The home's answer to a link_direct_begin ({u64 epoch}) or a link_settle ({}).
+void PortRouter::State::OnLinkDirectResult(Ticket& ticket, Envelope& e) {
+  if (e.status != JobStatus::kOk) return Error(ticket.job, ticket.request, e.status, e.text);
+  WireWriter out;
+  if (ticket.kind == TicketKind::kLinkDirectBegin) out.U64(static_cast<std::uint64_t>(e.delta));
+  Reply(ticket.job, ticket.request, JobStatus::kOk, out.out());
 }
 
 // The send right the name will stand for is made at the port's home.

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <tern/ipc/job_wire.hpp>
 #include <tern/ipc/port_router.hpp>
@@ -103,8 +104,37 @@ struct LinkOp {
   std::string job;
   std::uint32_t handle = 0;
   std::optional<TransitMessage> message;  // a send's
+  // A tagged send's (link_send_tagged): the epoch and sequence number it had on the direct
+  // connection. Epoch 0: untagged.
+  std::uint64_t epoch = 0;
+  std::uint32_t seq = 0;
 };
 
+// Who matches the offers of one direction of a link (docs/ipc.md "Link operations direct"):
+// the home (kHome), or the receiver's libtern on a direct connection (kDirect), while the home
+// holds every offer of that direction it gets.
+enum class LinkMode : std::uint8_t { kHome = 0, kDirect = 1 };
+
+// A receiver's settle of an epoch: every seq up to `matched_through` that is not in
+// `cancelled` was matched on the connection; those in `cancelled` were cancelled there.
+struct LinkSettle {
+  std::uint64_t epoch = 0;
+  std::uint32_t matched_through = 0;
+  std::set<std::uint32_t> cancelled;
+  bool operator==(const LinkSettle&) const = default;
+};
+
+// An offer the home holds while its direction is direct, and the cancels of it that wait for
+// the settle (or the break) to be answered: until then the home cannot tell whether the
+// receiver matched it.
+struct HeldOffer {
+  LinkOp op;
+  std::vector<Envelope> cancels;
+};
+
+// A link's two directions are indexed by the sender's end: direction d is "offers sent on
+// ends[d], taken by receives on ends[1 - d]", whose offers wait in sends[d] and receives in
+// receives[1 - d].
 struct Link {
   ObjectId ends[2];
   Holder holder[2];
@@ -112,6 +142,13 @@ struct Link {
   std::deque<LinkOp> sends[2];
   std::deque<LinkOp> receives[2];
   bool broken = false;
+  // By direction. While kDirect, `epoch` is the one the home drew at the begin and `held` the
+  // offers that reached it meanwhile, in order (not matchable). `last_settle` judges tagged
+  // offers that come after their epoch's settle.
+  LinkMode mode[2] = {LinkMode::kHome, LinkMode::kHome};
+  std::uint64_t epoch[2] = {0, 0};
+  std::deque<HeldOffer> held[2];
+  std::optional<LinkSettle> last_settle[2];
 };
 
 struct Region {
@@ -188,6 +225,8 @@ enum class TicketKind {
   kNameQuery,
   kNameRegisterCheck,
   kRegionFetch,
+  kLinkDirectBegin,
+  kLinkSettle,
 };
 
 // A name looked up, or checked before it is registered, across the nodes: the answers due and

@@ -25,7 +25,7 @@ enum class Remote : std::uint8_t {
   kDestroyPort = 5,     // object=port
   kNotifyRequest = 6,   // object=port, object2=notify port, a=kind, c=name in asker's table
   kPortStatus = 7,      // object=port -> kPortStatusResult a=queued b=limit c=send refs
-  kLinkPost = 8,        // object=end, a=1 receive, b=op handle, message for a send
+  kLinkPost = 8,        // object=end, a=1 receive, b=op handle, message for a send (below)
   kLinkCancel = 9,      // object=end, b=op handle -> kLinkCancelResult
   kSetLinkHolder = 10,  // object=end, a=1 in transit
   kBreakLinkEnd = 11,   // object=end
@@ -36,6 +36,13 @@ enum class Remote : std::uint8_t {
   kJobMoved = 14,   // job: it lives on the sending node now (holders, waiters, link ops)
   kEnqueueBatch =
       15,  // batch (a train run), a/b/c/object2 as kEnqueue -> kEnqueueResult a=accepted
+  // Link operations direct (docs/ipc.md "Link operations direct"), at the link's home. A
+  // kLinkPost of a tagged send (link_send_tagged) has delta=its epoch (never 0), c=its seq.
+  // object=the sender's end -> kLinkDirectBeginResult delta=the epoch (kUnavailable, text=why)
+  kLinkDirectBegin = 16,
+  // object=the receiver's end, delta=epoch, c=matched through, text=the cancelled seqs, each a
+  // big-endian u32 -> kLinkSettleResult
+  kLinkSettle = 17,
   // Results, sent back to the asking node.
   kEnqueueResult = 64,
   kReceiveResult = 65,
@@ -46,6 +53,8 @@ enum class Remote : std::uint8_t {
   kLinkCancelResult = 70,
   kRegionFetchResult = 71,
   kNameQueryResult = 72,
+  kLinkDirectBeginResult = 73,
+  kLinkSettleResult = 74,
 };
 
 // kEnqueue's `delta` holds how the home treats the message (flags).

@@ -67,6 +67,10 @@ constexpr std::uint32_t kDeadNameNotification = 0x7e000001;
 constexpr std::uint32_t kNoSendersNotification = 0x7e000002;
 constexpr std::uint32_t kPortDestroyedNotification = 0x7e000003;
 constexpr std::uint32_t kSendPossibleNotification = 0x7e000004;
+// A link receive answered by the home: this direction is direct with the epoch in its one
+// bytes item (8 bytes, little-endian); libtern's, never a job's (docs/ipc.md "Link operations
+// direct").
+constexpr std::uint32_t kLinkDirectNowId = 0x7e030001;
 
 constexpr std::uint32_t kWaitForever = 0xffffffff;
 constexpr std::uint32_t kDefaultQueueLimit = 64;

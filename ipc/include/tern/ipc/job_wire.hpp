@@ -66,6 +66,16 @@ enum class JobOp : std::uint16_t {
   // an end of a Unix socket pair when both jobs are on one node.
   kDirectOpen = 23,    // {u32 send name} -> {} + the client's end
   kDirectAccept = 24,  // {u32 receive name, u32 timeout_ms} -> {} + a server end
+  // Link operations direct (docs/ipc.md "Link operations direct"). The sender asks the link's
+  // home to let the receiver's libtern match this end's offers: {u32 end} -> {u64 epoch};
+  // kUnavailable (and why) unless the direction is idle at the home.
+  kLinkDirectBegin = 25,
+  // The receiver hands the direction back to the home: {u32 end (the receiver's), u64 epoch,
+  // u32 matched_through, u32 count, u32 cancelled seq x count} -> {}.
+  kLinkSettle = 26,
+  // kLinkSend of an offer first made on a direct connection:
+  // {u32 end, u64 epoch, u32 seq, Message body} -> {u32 op handle}.
+  kLinkSendTagged = 27,
 };
 
 // The fixed part of a message in WireWriter::WriteMessage's layout, before its items:

@@ -213,8 +213,9 @@ class PortRouter {
   // added; the caller makes it durable before it carries out the actions of the same turn, so
   // that nothing is acknowledged (a send's answer, a receive's message) before it is recorded.
   // Not kept: operations in flight (tickets, waiting receives, blocked senders, link
-  // operations, a job's pending sends: their requests die with the agent and say so), the
-  // forwarding of moved jobs, and regions (their memory is the agent's).
+  // operations queued or held at a link's home, a job's pending sends: their requests die with
+  // the agent and say so), the forwarding of moved jobs, and regions (their memory is the
+  // agent's). Each link direction's mode, epoch and last settle are kept.
   struct DurableWrite {
     // Pieces to append to the journal file, in order (large messages are not copied into one
     // buffer); with `rewrite_journal`, the whole file (written aside and renamed over it: the
@@ -287,6 +288,22 @@ class PortRouter {
     std::string job;
   };
   std::optional<ReceiverView> ReceiverOf(ObjectId port) const;
+  // Link ends as the keys of direct connections (docs/ipc.md "Link operations direct"): the
+  // receiver accepts on its own end, the sender asks for its end's peer.
+  // The link end `name` of `job`.
+  std::optional<ObjectId> LinkEndOf(const std::string& job, std::uint32_t name) const;
+  // The peer of the link end `name` of `job`. Exact when the link is homed here; elsewhere the
+  // end's pair partner (a link's ends are made as the pair of serials 2k, 2k+1, so each is the
+  // other's serial ^ 1), which only the link's home can confirm: LinkHolderOf's `peer`.
+  std::optional<ObjectId> LinkPeerOf(const std::string& job, std::uint32_t name) const;
+  // For a link end homed here whose link is not broken: who holds it (node 0: it travels in a
+  // message) and its peer end.
+  struct LinkHolderView {
+    std::uint64_t node = 0;
+    std::string job;
+    ObjectId peer;
+  };
+  std::optional<LinkHolderView> LinkHolderOf(ObjectId end) const;
 
  private:
   struct State;

@@ -481,4 +481,8 @@ class RpcServer {
   std::vector<std::jthread> threads_;
 };
 
+// How many link messages this process's receives took from a direct connection (docs/ipc.md
+// "Link operations direct") rather than through the agents: for tests and benchmarks.
+std::uint64_t direct_link_matches();
+
 }  // namespace tern
