@@ -414,7 +414,10 @@ void Channel::Impl::ReadAndDispatch(std::unique_lock<std::mutex>& lock, bool blo
 void Channel::Impl::Dispatch(ipc::Frame frame) {
   if (frame.type == ipc::FrameType::kIpcHello) {
     // How to find the agent again; a malformed one is ignored (the channel cannot re-attach).
-    if (auto hello = ipc::DecodeChannelHello(frame.payload)) hello_ = std::move(*hello);
+    if (auto hello = ipc::DecodeChannelHello(frame.payload)) {
+      hello_ = std::move(*hello);
+      hellos_.fetch_add(1, std::memory_order_acq_rel);
+    }
     return;
   }
   if (frame.type != ipc::FrameType::kIpcReply) return;  // nothing else is meant for a job

@@ -96,6 +96,10 @@ class Channel::Impl {
   // How many times the channel was re-attached: a caller that saw it change during a request
   // knows its request's answer was lost with the old agent.
   std::uint64_t reattached() const { return reattached_.load(std::memory_order_acquire); }
+  // How many hellos the channel has read: each agent the job ran under (a move's destination
+  // sends its own), so a change says the job may be under another agent now, which knows
+  // nothing of what the job asked of the last one (link_direct.cpp: its direct accepts).
+  std::uint64_t hellos() const { return hellos_.load(std::memory_order_acquire); }
   // name_lookup found `text` as `name`: looked up again after a re-attach.
   void NoteLookup(std::uint32_t name, std::string text);
 
@@ -168,6 +172,7 @@ class Channel::Impl {
   std::mutex write_mu_;
   std::atomic<std::uint64_t> generation_{0};  // changed under write_mu_ and mu_
   std::atomic<std::uint64_t> reattached_{0};
+  std::atomic<std::uint64_t> hellos_{0};
   std::atomic<bool> lookups_due_{false};  // redo or being redone
 
   std::mutex mu_;

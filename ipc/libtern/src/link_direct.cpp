@@ -6,9 +6,12 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <map>
@@ -45,9 +48,31 @@ constexpr auto kSetUpWait = 3s;     // a kicked receiver waits this long for its
 constexpr auto kFirstRetry = 10ms;  // a refused begin or open is tried again after this,
 constexpr auto kLastRetry = 1s;     // doubling up to this
 constexpr auto kKeepEvery = 10ms;
+constexpr auto kDrainFor = 1s;     // how long new offers wait here for a refused begin
+constexpr auto kBeginEvery = 1ms;  // and how often the begin is asked again meanwhile
 constexpr std::size_t kSettledKept = 8;
 
 std::atomic<std::uint64_t> matches_direct{0};
+
+// TERN_IPC_LINK_TRACE=1: each change of a link end's state on stderr (why a link stays on the
+// agents).
+void Trace(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void Trace(const char* format, ...) {
+  static const bool on = [] {
+    const char* value = std::getenv("TERN_IPC_LINK_TRACE");
+    return value != nullptr && std::string_view(value) == "1";
+  }();
+  if (!on) return;
+  va_list args;
+  va_start(args, format);
+  std::string line = "tern link: ";
+  char buffer[512];
+  std::vsnprintf(buffer, sizeof buffer, format, args);
+  va_end(args);
+  line += buffer;
+  line += '\n';
+  (void)::write(2, line.data(), line.size());
+}
 
 IpcError Malformed(JobOp op) {
   return IpcError{JobStatus::kBadRequest,
@@ -144,8 +169,13 @@ struct Offer {
 
 // One end this job sends on.
 struct Sender {
-  enum class State { kPlain, kDirect };
+  // kDraining: the connection is there and the home refused the begin (earlier offers of this
+  // direction wait there); new offers are numbered and kept here until a begin succeeds, or go
+  // through the agents after kDrainFor.
+  enum class State { kPlain, kDraining, kDirect };
   State state = State::kPlain;
+  Clock::time_point drain_until{};
+  Clock::time_point next_begin{};
   std::optional<DirectConnection> connection;
   std::uint64_t epoch = 0;
   std::uint32_t next_seq = 1;
@@ -167,9 +197,10 @@ struct Receiver {
   std::vector<std::uint32_t> cancelled;
   std::deque<std::pair<std::uint32_t, Message>> inbox;
   std::size_t inbox_bytes = 0;
-  std::deque<OpHandle> waiting;  // receives queued here, oldest first
-  bool accepting = false;        // direct_accept posted since the last settle
-  bool refused = false;          // the agent takes no direct links on this end
+  std::deque<OpHandle> waiting;       // receives queued here, oldest first
+  bool accepting = false;             // direct_accept posted since the last settle,
+  std::uint64_t accepting_under = 0;  // to the agent of this hello count (a move forgets it)
+  bool refused = false;               // the agent takes no direct links on this end
   std::deque<std::uint64_t> settled;
 };
 
@@ -211,6 +242,7 @@ class ChannelLinks {
 
   // The sender's side.
   void TryDirect(Channel::Impl& impl, std::uint32_t end, Sender& sender);
+  void Begin(Channel::Impl& impl, std::uint32_t end, Sender& sender);
   void WriteWaiting(Channel::Impl& impl, std::uint32_t end, Sender& sender);
   void PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& sender);
   void BreakSender(Channel::Impl& impl, std::uint32_t end, Sender& sender);
@@ -242,27 +274,46 @@ class ChannelLinks {
 // ---- sender -------------------------------------------------------------------------------
 
 void ChannelLinks::TryDirect(Channel::Impl& impl, std::uint32_t end, Sender& sender) {
-  const auto later = [&] {
-    sender.retry_at = Clock::now() + sender.backoff;
-    sender.backoff = std::min<Clock::duration>(sender.backoff * 2, kLastRetry);
-  };
   if (!sender.connection) {
     auto fd = DirectOpen(impl, end);
-    if (!fd) return later();
+    if (!fd) Trace("end %u: direct_open refused: %s", end, fd.error().ToString().c_str());
+    if (!fd) {
+      sender.retry_at = Clock::now() + sender.backoff;
+      sender.backoff = std::min<Clock::duration>(sender.backoff * 2, kLastRetry);
+      return;
+    }
     sender.connection.emplace(std::move(*fd));
   }
+  sender.state = Sender::State::kDraining;
+  sender.drain_until = Clock::now() + kDrainFor;
+  sender.next_begin = Clock::now();
+  sender.next_seq = 1;
+  Begin(impl, end, sender);
+}
+
+// One begin of a draining sender: direct from now on, or ask again later, or give up (the kept
+// offers then go through the agents).
+void ChannelLinks::Begin(Channel::Impl& impl, std::uint32_t end, Sender& sender) {
+  if (sender.state != Sender::State::kDraining || Clock::now() < sender.next_begin) return;
   auto epoch = AgentBegin(impl, end);
+  if (!epoch) Trace("end %u: begin refused: %s", end, epoch.error().ToString().c_str());
+  if (epoch) Trace("end %u: direct, epoch %llx", end, static_cast<unsigned long long>(*epoch));
   if (!epoch) {
     if (epoch.error().status == JobStatus::kBadRequest) agent_knows_ = false;
-    return later();
+    if (!agent_knows_ || Clock::now() >= sender.drain_until) {
+      sender.backoff = std::min<Clock::duration>(sender.backoff * 2, kLastRetry);
+      return BreakSender(impl, end, sender);
+    }
+    sender.next_begin = Clock::now() + kBeginEvery;
+    return;
   }
   WireWriter hello;
   WriteLinkHello(hello, *epoch);
   sender.state = Sender::State::kDirect;
   sender.epoch = *epoch;
-  sender.next_seq = 1;
   sender.backoff = kFirstRetry;
-  if (!sender.connection->Write(hello)) BreakSender(impl, end, sender);
+  if (!sender.connection->Write(hello)) return BreakSender(impl, end, sender);
+  WriteWaiting(impl, end, sender);
 }
 
 // Offers waiting for the window go out while it has room (in seq order).
@@ -285,6 +336,7 @@ void ChannelLinks::WriteWaiting(Channel::Impl& impl, std::uint32_t end, Sender& 
 }
 
 void ChannelLinks::PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& sender) {
+  if (sender.state == Sender::State::kDraining) return Begin(impl, end, sender);
   if (!sender.connection) return;
   if (auto read = sender.connection->ReadAvailable(); !read) return BreakSender(impl, end, sender);
   while (auto frame = sender.connection->Next()) {
@@ -314,6 +366,9 @@ void ChannelLinks::PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& se
 
 // Every unanswered offer goes again through the agents, tagged, in order; the connection ends.
 void ChannelLinks::BreakSender(Channel::Impl& impl, std::uint32_t end, Sender& sender) {
+  Trace("end %u: sender breaks (%s), %zu unanswered", end,
+        sender.connection ? sender.connection->broken_reason().c_str() : "no connection",
+        sender.unanswered.size());
   EndConnection(sender.connection);
   const bool was_direct = sender.state == Sender::State::kDirect;
   sender.state = Sender::State::kPlain;
@@ -344,13 +399,23 @@ void ChannelLinks::BreakSender(Channel::Impl& impl, std::uint32_t end, Sender& s
 
 void ChannelLinks::RegisterAccept(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
   receiver.accepting = true;
+  receiver.accepting_under = impl.hellos();
   auto fd = DirectAccept(impl, end, Timeout(0));
+  Trace("end %u: accepting: %s", end,
+        fd ? "a connection was queued" : fd.error().ToString().c_str());
   if (fd) {
     EndConnection(receiver.connection);
     receiver.connection.emplace(std::move(*fd));
     return;
   }
-  if (fd.error().status != JobStatus::kTimedOut) receiver.refused = true;
+  const JobStatus status = fd.error().status;
+  // An agent without direct links on ends says the name is no receive right; "unavailable"
+  // (moving, no listener just now) is asked again at the next receive.
+  if (status == JobStatus::kInvalidName || status == JobStatus::kBadRequest) {
+    receiver.refused = true;
+  } else if (status != JobStatus::kTimedOut) {
+    receiver.accepting = false;
+  }
 }
 
 void ChannelLinks::PumpReceiver(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
@@ -444,6 +509,9 @@ void ChannelLinks::SettleOnce(Channel::Impl& impl, std::uint32_t end, Receiver& 
 // The connection ends: the epoch is settled, unmatched offers dropped (the sender offers them
 // again), and the receives waiting here are posted at the home.
 void ChannelLinks::BreakReceiver(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
+  Trace("end %u: receiver breaks (%s), matched through %u", end,
+        receiver.connection ? receiver.connection->broken_reason().c_str() : "no connection",
+        receiver.matched_through);
   EndConnection(receiver.connection);
   if (receiver.state == Receiver::State::kDirect) SettleOnce(impl, end, receiver, receiver.epoch);
   receiver.state = Receiver::State::kHome;
@@ -468,6 +536,7 @@ void ChannelLinks::BreakReceiver(Channel::Impl& impl, std::uint32_t end, Receive
 }
 
 bool ChannelLinks::Kicked(Channel::Impl& impl, std::uint32_t end, std::uint64_t epoch) {
+  Trace("end %u: kicked for epoch %llx", end, static_cast<unsigned long long>(epoch));
   Receiver& receiver = receivers_[end];
   const bool settled =
       std::find(receiver.settled.begin(), receiver.settled.end(), epoch) != receiver.settled.end();
@@ -540,12 +609,15 @@ IpcResult<OpHandle> ChannelLinks::Send(Channel::Impl& impl, std::uint32_t end,
   Lock lock(mu);
   Sender& sender = senders_[end];
   const bool eligible = IsDataOnly(message.items) && message.ByteSize() <= ipc::kMaxMessageBytes;
-  if (eligible && agent_knows_ && sender.agent_sends.empty() &&
-      sender.state == Sender::State::kPlain && Clock::now() >= sender.retry_at) {
+  // The home grants the begin only when no earlier offer of this direction waits there, so an
+  // offer on the connection never overtakes one through the agents.
+  if (eligible && agent_knows_ && sender.state == Sender::State::kPlain &&
+      Clock::now() >= sender.retry_at) {
     TryDirect(impl, end, sender);
   }
+  Begin(impl, end, sender);
   const OpHandle handle = NewHandle();
-  if (eligible && sender.state == Sender::State::kDirect && sender.agent_sends.empty()) {
+  if (eligible && sender.state != Sender::State::kPlain) {
     const std::uint32_t seq = sender.next_seq++;
     ops_[handle] = Op{.is_receive = false, .end = end, .where = Op::Where::kConnection, .seq = seq};
     sender.unanswered[seq] = Offer{handle, message, false};
@@ -573,7 +645,9 @@ IpcResult<OpHandle> ChannelLinks::Receive(Channel::Impl& impl, std::uint32_t end
   const OpHandle handle = NewHandle();
   if (end != 0 && !any_receives_ && agent_knows_) {
     Receiver& receiver = receivers_[end];
-    if (!receiver.accepting && !receiver.refused) RegisterAccept(impl, end, receiver);
+    if ((!receiver.accepting || receiver.accepting_under != impl.hellos()) && !receiver.refused) {
+      RegisterAccept(impl, end, receiver);
+    }
     PumpReceiver(impl, end, receiver);
     if (receiver.state == Receiver::State::kDirect) {
       ops_[handle] = Op{.is_receive = true, .end = end, .where = Op::Where::kConnection};
@@ -624,10 +698,14 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     if (Clock::now() >= deadline) {
       return IpcError{JobStatus::kTimedOut, "the operation is not done"};
     }
+    // A draining sender asks for its begin again each kBeginEvery.
+    const bool draining =
+        !it->second.is_receive && senders_[it->second.end].state == Sender::State::kDraining;
     lock.unlock();
     pollfd watch{fd, POLLIN, 0};
     // Bounded, so that an op another thread moves to the agents is seen.
-    const auto wait_ms = std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), 100);
+    const auto wait_ms =
+        std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), draining ? 1 : 100);
     if (fd >= 0) {
       (void)::poll(&watch, 1, static_cast<int>(wait_ms));
     } else {
@@ -747,6 +825,10 @@ void ChannelLinks::EndLeaves(Channel::Impl& impl, std::uint32_t end) {
 
 void ChannelLinks::Keep(Channel::Impl& impl) {
   for (auto& [end, sender] : senders_) {
+    if (sender.state == Sender::State::kDraining) {
+      Begin(impl, end, sender);
+      continue;
+    }
     if (!sender.connection || sender.state != Sender::State::kDirect) continue;
     pollfd watch{sender.connection->fd(), POLLIN | POLLRDHUP, 0};
     if (::poll(&watch, 1, 0) > 0) PumpSender(impl, end, sender);

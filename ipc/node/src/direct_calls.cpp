@@ -206,6 +206,8 @@ void DirectCalls::OnDirectRequest(const std::string& job, std::uint32_t request,
 // the home says it is, or refused.
 void DirectCalls::OnAsk(std::uint64_t from, const ipc::DirectAsk& ask) {
   const auto refuse = [&](const std::string& why, bool dead = false) {
+    spdlog::debug("IPC: direct connection to {:x}/{} refused here: {}", ask.port.home,
+                  ask.port.serial, why);
     if (ask.origin == self_) return broker_.AskRefused(ask.ask, why, dead);
     SendDirect(ask.origin, ipc::DirectRefuse{ask.ask, why});
   };

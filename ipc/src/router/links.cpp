@@ -51,6 +51,15 @@ void PortRouter::State::Complete(const LinkOp& op, ObjectId end, JobStatus statu
   SendResult(op.node, std::move(result));
 }
 
+namespace {
+// The holder of end `k` posted from `e.origin`: that is where it runs now. A job that moved
+// tells every node it has a link to (kJobMoved), which need not include this home, and the
+// direct connections of a link are asked for at the end holder's node.
+void NoteHolderNode(Link& link, int k, const Envelope& e) {
+  if (link.holder[k].receiving() && link.holder[k].job == e.job) link.holder[k].node = e.origin;
+}
+}  // namespace
+
 void PortRouter::State::HomeLinkPost(const Envelope& e) {
   LinkOp op{e.origin, e.job, e.b, e.message};
   if (e.a == 0 && e.delta != 0) {  // a tagged send
@@ -61,6 +70,7 @@ void PortRouter::State::HomeLinkPost(const Envelope& e) {
   if (it == links.end()) return Complete(op, e.object, JobStatus::kLinkBroken, std::nullopt);
   Link& link = *it->second;
   const int k = EndIndex(link, e.object);
+  NoteHolderNode(link, k, e);
   if (e.a == 0) return HomeLinkOffer(link, k, std::move(op));
   HomeLinkReceive(link, k, std::move(op));
 }
@@ -175,6 +185,7 @@ void PortRouter::State::HomeLinkDirectBegin(const Envelope& e) {
   Link& link = *it->second;
   const int d = EndIndex(link, e.object);
   const int r = 1 - d;
+  NoteHolderNode(link, d, e);
   if (link.mode[d] == LinkMode::kDirect) return refuse("this end's offers are direct already");
   if (!link.sends[d].empty() || !link.held[d].empty()) {
     return refuse("offers on this end wait at the link's home");
@@ -205,6 +216,7 @@ void PortRouter::State::HomeLinkSettle(const Envelope& e) {
   if (it == links.end()) return answer(JobStatus::kOk);
   Link& link = *it->second;
   const int d = 1 - EndIndex(link, e.object);  // the direction whose offers the receiver took
+  NoteHolderNode(link, 1 - d, e);
   if (link.mode[d] != LinkMode::kDirect || link.epoch[d] != epoch) return answer(JobStatus::kOk);
   LinkSettle settle{.epoch = epoch, .matched_through = e.c};
   for (WireReader seqs(e.text); !seqs.AtEnd();) settle.cancelled.insert(*seqs.U32());
