@@ -26,7 +26,8 @@ using Clock = std::chrono::steady_clock;
 // [--name NAME] [--queue Q] [--label L]`.
 struct Options {
   std::string mode;  // unix-server, tcp-client, ..., server, client
-  std::string op;    // pingpong or stream (tern also: sendrecv, sendrecv-agents, move)
+  std::string op;    // pingpong or stream (tern also: sendrecv, sendrecv-agents, link, link-agents,
+                     // move)
   std::size_t size = 64;
   std::uint64_t count = 10000;
   std::uint64_t warmup = 0;  // 0: count / 10 (at most 10000)
@@ -58,8 +59,10 @@ inline Options ParseOptions(int argc, char** argv, std::string_view usage) {
   options.mode = argv[1];
   options.op = argv[2];
   if (options.op != "pingpong" && options.op != "stream" && options.op != "sendrecv" &&
-      options.op != "sendrecv-agents" && options.op != "move" && options.op != "send") {
-    Die("the operation is pingpong, stream, send, sendrecv, sendrecv-agents or move, not " +
+      options.op != "sendrecv-agents" && options.op != "move" && options.op != "send" &&
+      options.op != "link" && options.op != "link-agents") {
+    Die("the operation is pingpong, stream, send, sendrecv, sendrecv-agents, link, link-agents "
+        "or move, not " +
         options.op);
   }
   for (int i = 3; i < argc; ++i) {

@@ -79,6 +79,22 @@ IpcError Malformed(JobOp op) {
                   "malformed reply to op " + std::to_string(static_cast<unsigned>(op))};
 }
 
+IpcError NoSuchOp(OpHandle handle) {
+  return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
+}
+
+// Waits up to `ms` for `fd` to be readable (a moment, without one), the lock released meanwhile.
+void WaitReadable(std::unique_lock<std::mutex>& lock, int fd, std::int64_t ms) {
+  lock.unlock();
+  if (fd >= 0) {
+    pollfd watch{fd, POLLIN, 0};
+    (void)::poll(&watch, 1, static_cast<int>(ms));
+  } else {
+    std::this_thread::sleep_for(1ms);
+  }
+  lock.lock();
+}
+
 IpcResult<OpHandle> HandleReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
   if (!reply) return reply.error();
   WireReader reader(reply->body());
@@ -668,7 +684,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
   for (;;) {
     auto it = ops_.find(handle);
     if (it == ops_.end()) {
-      return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
+      return NoSuchOp(handle);
     }
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
@@ -701,17 +717,10 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     // A draining sender asks for its begin again each kBeginEvery.
     const bool draining =
         !it->second.is_receive && senders_[it->second.end].state == Sender::State::kDraining;
-    lock.unlock();
-    pollfd watch{fd, POLLIN, 0};
     // Bounded, so that an op another thread moves to the agents is seen.
-    const auto wait_ms =
-        std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), draining ? 1 : 100);
-    if (fd >= 0) {
-      (void)::poll(&watch, 1, static_cast<int>(wait_ms));
-    } else {
-      std::this_thread::sleep_for(1ms);
-    }
-    lock.lock();
+    WaitReadable(
+        lock, fd,
+        std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), draining ? 1 : 100));
   }
 }
 
@@ -720,7 +729,7 @@ IpcResult<std::optional<OpResult>> ChannelLinks::Poll(Channel::Impl& impl, OpHan
   for (int turn = 0; turn < 4; ++turn) {
     auto it = ops_.find(handle);
     if (it == ops_.end()) {
-      return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
+      return NoSuchOp(handle);
     }
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
@@ -752,7 +761,7 @@ IpcResult<void> ChannelLinks::Cancel(Channel::Impl& impl, OpHandle handle) {
   for (;;) {
     auto it = ops_.find(handle);
     if (it == ops_.end()) {
-      return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
+      return NoSuchOp(handle);
     }
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
@@ -800,14 +809,7 @@ IpcResult<void> ChannelLinks::Cancel(Channel::Impl& impl, OpHandle handle) {
     const int fd = Pump(impl, op);
     it = ops_.find(handle);
     if (it == ops_.end() || it->second.where != Op::Where::kConnection) continue;
-    lock.unlock();
-    pollfd watch{fd, POLLIN, 0};
-    if (fd >= 0) {
-      (void)::poll(&watch, 1, 100);
-    } else {
-      std::this_thread::sleep_for(1ms);
-    }
-    lock.lock();
+    WaitReadable(lock, fd, 100);
   }
 }
 
