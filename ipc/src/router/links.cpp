@@ -37,6 +37,13 @@ Envelope CancelResult(JobStatus status) {
   return Envelope{.kind = Remote::kLinkCancelResult, .status = status};
 }
 
+// The holder of end `k` posted from `e.origin`: that is where it runs now. A job that moved
+// tells every node it has a link to (kJobMoved), which need not include this home, and the
+// direct connections of a link are asked for at the end holder's node.
+void NoteHolderNode(Link& link, int k, const Envelope& e) {
+  if (link.holder[k].receiving() && link.holder[k].job == e.job) link.holder[k].node = e.origin;
+}
+
 }  // namespace
 
 void PortRouter::State::Complete(const LinkOp& op, ObjectId end, JobStatus status,
@@ -50,15 +57,6 @@ void PortRouter::State::Complete(const LinkOp& op, ObjectId end, JobStatus statu
   result.job = op.job;
   SendResult(op.node, std::move(result));
 }
-
-namespace {
-// The holder of end `k` posted from `e.origin`: that is where it runs now. A job that moved
-// tells every node it has a link to (kJobMoved), which need not include this home, and the
-// direct connections of a link are asked for at the end holder's node.
-void NoteHolderNode(Link& link, int k, const Envelope& e) {
-  if (link.holder[k].receiving() && link.holder[k].job == e.job) link.holder[k].node = e.origin;
-}
-}  // namespace
 
 void PortRouter::State::HomeLinkPost(const Envelope& e) {
   LinkOp op{e.origin, e.job, e.b, e.message};
