@@ -199,6 +199,7 @@ struct Sender {
   std::size_t written_offers = 0;
   std::size_t written_bytes = 0;
   std::set<OpHandle> agent_sends;  // this end's sends waiting in the agents
+  bool unread = true;              // bytes may have come since a read last drained the socket
   Clock::time_point retry_at{};
   Clock::duration backoff = kFirstRetry;
 };
@@ -214,6 +215,7 @@ struct Receiver {
   std::deque<std::pair<std::uint32_t, Message>> inbox;
   std::size_t inbox_bytes = 0;
   std::deque<OpHandle> waiting;       // receives queued here, oldest first
+  bool unread = true;                 // as Sender::unread
   bool accepting = false;             // direct_accept posted since the last settle,
   std::uint64_t accepting_under = 0;  // to the agent of this hello count (a move forgets it)
   bool refused = false;               // the agent takes no direct links on this end
@@ -275,8 +277,9 @@ class ChannelLinks {
 
   // An agent's answer for an op in the agents: done, or moved (a kick).
   void AgentAnswered(Channel::Impl& impl, OpHandle handle, Op& op, IpcResult<OpResult> result);
-  // Reads the connection an op waits on; returns its fd to wait on, -1 when there is none.
-  int Pump(Channel::Impl& impl, Op& op);
+  // Reads the connection an op waits on (`look`: read even if the last read drained it: a wait
+  // saw it readable, or the caller polls); returns its fd to wait on, -1 when there is none.
+  int Pump(Channel::Impl& impl, Op& op, bool look);
 
   std::weak_ptr<Channel::Impl> impl_;
   std::map<OpHandle, Op> ops_;
@@ -299,6 +302,7 @@ void ChannelLinks::TryDirect(Channel::Impl& impl, std::uint32_t end, Sender& sen
       return;
     }
     sender.connection.emplace(std::move(*fd));
+    sender.unread = true;
   }
   sender.state = Sender::State::kDraining;
   sender.drain_until = Clock::now() + kDrainFor;
@@ -354,7 +358,13 @@ void ChannelLinks::WriteWaiting(Channel::Impl& impl, std::uint32_t end, Sender& 
 void ChannelLinks::PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& sender) {
   if (sender.state == Sender::State::kDraining) return Begin(impl, end, sender);
   if (!sender.connection) return;
-  if (auto read = sender.connection->ReadAvailable(); !read) return BreakSender(impl, end, sender);
+  // Read only when a wait saw the socket readable, or nobody looked since a read drained it: a
+  // link exchange is a few syscalls, and a read that finds nothing is one of them.
+  if (sender.unread) {
+    if (auto read = sender.connection->ReadAvailable(); !read)
+      return BreakSender(impl, end, sender);
+    sender.unread = false;
+  }
   while (auto frame = sender.connection->Next()) {
     auto parsed = ParseLinkFrame(std::move(*frame));
     if (!parsed || (parsed->type != kLinkMatched && parsed->type != kLinkCancelled)) {
@@ -422,6 +432,7 @@ void ChannelLinks::RegisterAccept(Channel::Impl& impl, std::uint32_t end, Receiv
   if (fd) {
     EndConnection(receiver.connection);
     receiver.connection.emplace(std::move(*fd));
+    receiver.unread = true;
     return;
   }
   const JobStatus status = fd.error().status;
@@ -438,8 +449,11 @@ void ChannelLinks::PumpReceiver(Channel::Impl& impl, std::uint32_t end, Receiver
   if (!receiver.connection) return;
   // A full inbox leaves the socket unread: the sender's window stops it.
   if (receiver.inbox.size() < kInboxOffers && receiver.inbox_bytes < kInboxBytes) {
-    if (auto read = receiver.connection->ReadAvailable(); !read) {
-      return BreakReceiver(impl, end, receiver);
+    if (receiver.unread) {
+      if (auto read = receiver.connection->ReadAvailable(); !read) {
+        return BreakReceiver(impl, end, receiver);
+      }
+      receiver.unread = false;
     }
   }
   while (auto frame = receiver.connection->Next()) {
@@ -567,6 +581,7 @@ bool ChannelLinks::Kicked(Channel::Impl& impl, std::uint32_t end, std::uint64_t 
     if (!receiver.connection) {
       if (auto fd = DirectAccept(impl, end, kSetUpWait))
         receiver.connection.emplace(std::move(*fd));
+      receiver.unread = true;
     }
     while (receiver.connection && receiver.state != Receiver::State::kDirect &&
            Clock::now() < deadline) {
@@ -574,6 +589,7 @@ bool ChannelLinks::Kicked(Channel::Impl& impl, std::uint32_t end, std::uint64_t 
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       (void)::poll(&watch, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 1)));
+      receiver.unread = true;
       PumpReceiver(impl, end, receiver);
     }
   }
@@ -609,13 +625,15 @@ void ChannelLinks::AgentAnswered(Channel::Impl& impl, OpHandle handle, Op& op,
   op.agent = *again;
 }
 
-int ChannelLinks::Pump(Channel::Impl& impl, Op& op) {
+int ChannelLinks::Pump(Channel::Impl& impl, Op& op, bool look) {
   if (op.is_receive) {
     Receiver& receiver = receivers_[op.end];
+    receiver.unread |= look;
     PumpReceiver(impl, op.end, receiver);
     return receiver.connection ? receiver.connection->fd() : -1;
   }
   Sender& sender = senders_[op.end];
+  sender.unread |= look;
   PumpSender(impl, op.end, sender);
   return sender.connection ? sender.connection->fd() : -1;
 }
@@ -681,6 +699,7 @@ IpcResult<OpHandle> ChannelLinks::Receive(Channel::Impl& impl, std::uint32_t end
 IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Timeout timeout) {
   const auto deadline = timeout == kForever ? Clock::time_point::max() : Clock::now() + timeout;
   Lock lock(mu);
+  bool waited = false;  // on the op's connection, since the last read
   for (;;) {
     auto it = ops_.find(handle);
     if (it == ops_.end()) {
@@ -708,7 +727,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
       AgentAnswered(impl, handle, it->second, std::move(result));
       continue;
     }
-    const int fd = Pump(impl, op);
+    const int fd = Pump(impl, op, std::exchange(waited, false));
     it = ops_.find(handle);
     if (it == ops_.end() || it->second.where != Op::Where::kConnection) continue;
     if (Clock::now() >= deadline) {
@@ -721,6 +740,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     WaitReadable(
         lock, fd,
         std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), draining ? 1 : 100));
+    waited = true;
   }
 }
 
@@ -739,7 +759,7 @@ IpcResult<std::optional<OpResult>> ChannelLinks::Poll(Channel::Impl& impl, OpHan
       return std::optional<OpResult>(std::move(*outcome));
     }
     if (op.where == Op::Where::kConnection) {
-      (void)Pump(impl, op);
+      (void)Pump(impl, op, true);
       it = ops_.find(handle);
       if (it != ops_.end() && it->second.where == Op::Where::kConnection) {
         return std::optional<OpResult>();
@@ -806,7 +826,7 @@ IpcResult<void> ChannelLinks::Cancel(Channel::Impl& impl, OpHandle handle) {
       if (!sender.connection->Write(frame)) BreakSender(impl, op.end, sender);
       continue;
     }
-    const int fd = Pump(impl, op);
+    const int fd = Pump(impl, op, true);
     it = ops_.find(handle);
     if (it == ops_.end() || it->second.where != Op::Where::kConnection) continue;
     WaitReadable(lock, fd, 100);
@@ -833,12 +853,18 @@ void ChannelLinks::Keep(Channel::Impl& impl) {
     }
     if (!sender.connection || sender.state != Sender::State::kDirect) continue;
     pollfd watch{sender.connection->fd(), POLLIN | POLLRDHUP, 0};
-    if (::poll(&watch, 1, 0) > 0) PumpSender(impl, end, sender);
+    if (::poll(&watch, 1, 0) > 0) {
+      sender.unread = true;
+      PumpSender(impl, end, sender);
+    }
   }
   for (auto& [end, receiver] : receivers_) {
     if (!receiver.connection || receiver.state != Receiver::State::kDirect) continue;
     pollfd watch{receiver.connection->fd(), POLLIN | POLLRDHUP, 0};
-    if (::poll(&watch, 1, 0) > 0) PumpReceiver(impl, end, receiver);
+    if (::poll(&watch, 1, 0) > 0) {
+      receiver.unread = true;
+      PumpReceiver(impl, end, receiver);
+    }
   }
 }
 
