@@ -702,9 +702,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
   bool waited = false;  // on the op's connection, since the last read
   for (;;) {
     auto it = ops_.find(handle);
-    if (it == ops_.end()) {
-      return NoSuchOp(handle);
-    }
+    if (it == ops_.end()) return NoSuchOp(handle);
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
       auto outcome = std::move(*op.outcome);
@@ -748,9 +746,7 @@ IpcResult<std::optional<OpResult>> ChannelLinks::Poll(Channel::Impl& impl, OpHan
   Lock lock(mu);
   for (int turn = 0; turn < 4; ++turn) {
     auto it = ops_.find(handle);
-    if (it == ops_.end()) {
-      return NoSuchOp(handle);
-    }
+    if (it == ops_.end()) return NoSuchOp(handle);
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
       auto outcome = std::move(*op.outcome);
@@ -780,9 +776,7 @@ IpcResult<void> ChannelLinks::Cancel(Channel::Impl& impl, OpHandle handle) {
   Lock lock(mu);
   for (;;) {
     auto it = ops_.find(handle);
-    if (it == ops_.end()) {
-      return NoSuchOp(handle);
-    }
+    if (it == ops_.end()) return NoSuchOp(handle);
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
       if (op.cancelled) {
