@@ -193,6 +193,11 @@ class Channel::Impl {
 
 namespace libtern {
 IpcError Unavailable(std::string message);
+// The common shapes of requests and replies (channel_ops.cpp): an error for a reply that does
+// not decode; a reply that is exactly one u32 (a name, an operation's handle); a body that is one.
+IpcError Malformed(ipc::JobOp op);
+IpcResult<std::uint32_t> NameReply(IpcResult<Channel::Impl::Reply> reply, ipc::JobOp op);
+std::string NameBody(std::uint32_t name);
 std::uint32_t TimeoutMs(Timeout timeout);
 
 // A train (JobOp::kSendBatch) of `count` messages laid out as WireWriter::WriteMessage writes

@@ -11,35 +11,41 @@
 
 namespace tern {
 
-namespace {
+namespace libtern {
 
-using ipc::JobOp;
-using ipc::WireReader;
-using ipc::WireWriter;
-
-IpcError Malformed(JobOp op) {
+IpcError Malformed(ipc::JobOp op) {
   return IpcError{JobStatus::kBadRequest, "malformed reply from the agent to op " +
                                               std::to_string(static_cast<unsigned>(op))};
 }
 
-// Decodes a reply that is exactly one u32 name.
-IpcResult<std::uint32_t> NameReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
+IpcResult<std::uint32_t> NameReply(IpcResult<Channel::Impl::Reply> reply, ipc::JobOp op) {
   if (!reply) return reply.error();
-  WireReader reader(reply->body());
+  ipc::WireReader reader(reply->body());
   auto name = reader.U32();
   if (!name) return Malformed(op);
   return *name;
 }
 
+std::string NameBody(std::uint32_t name) {
+  ipc::WireWriter writer;
+  writer.U32(name);
+  return writer.Take();
+}
+
+}  // namespace libtern
+
+namespace {
+
+using ipc::JobOp;
+using ipc::WireReader;
+using ipc::WireWriter;
+using libtern::Malformed;
+using libtern::NameBody;
+using libtern::NameReply;
+
 IpcResult<void> EmptyReply(IpcResult<Channel::Impl::Reply> reply) {
   if (!reply) return reply.error();
   return {};
-}
-
-std::string NameBody(std::uint32_t name) {
-  WireWriter writer;
-  writer.U32(name);
-  return writer.Take();
 }
 
 std::string StringBody(std::string_view text) {

@@ -74,11 +74,6 @@ void Trace(const char* format, ...) {
   (void)::write(2, line.data(), line.size());
 }
 
-IpcError Malformed(JobOp op) {
-  return IpcError{JobStatus::kBadRequest,
-                  "malformed reply to op " + std::to_string(static_cast<unsigned>(op))};
-}
-
 IpcError NoSuchOp(OpHandle handle) {
   return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
 }
@@ -93,20 +88,6 @@ void WaitReadable(std::unique_lock<std::mutex>& lock, int fd, std::int64_t ms) {
     std::this_thread::sleep_for(1ms);
   }
   lock.lock();
-}
-
-IpcResult<OpHandle> HandleReply(IpcResult<Channel::Impl::Reply> reply, JobOp op) {
-  if (!reply) return reply.error();
-  WireReader reader(reply->body());
-  auto handle = reader.U32();
-  if (!handle) return Malformed(op);
-  return *handle;
-}
-
-std::string NameBody(std::uint32_t name) {
-  WireWriter writer;
-  writer.U32(name);
-  return writer.Take();
 }
 
 // ---- the agent's operations -------------------------------------------------------------
@@ -141,7 +122,7 @@ IpcResult<OpHandle> AgentLinkSendTagged(Channel::Impl& impl, std::uint32_t end, 
   writer.U64(epoch);
   writer.U32(seq);
   writer.WriteMessage(message);
-  return HandleReply(impl.Request(JobOp::kLinkSendTagged, Pieces(writer)), JobOp::kLinkSendTagged);
+  return NameReply(impl.Request(JobOp::kLinkSendTagged, Pieces(writer)), JobOp::kLinkSendTagged);
 }
 
 // The epoch of a home's "direct now" answer to a receive, if `result` is one.
@@ -247,6 +228,12 @@ class ChannelLinks {
       handle = kLinkHandleBit | (next_handle_++ & ~kLinkHandleBit);
     } while (ops_.contains(handle) || handle == kLinkHandleBit);
     return handle;
+  }
+  // A done operation's outcome, handed out once: the handle is forgotten.
+  IpcResult<OpResult> TakeOutcome(std::map<OpHandle, Op>::iterator it) {
+    auto outcome = std::move(*it->second.outcome);
+    ops_.erase(it);
+    return outcome;
   }
   void Done(OpHandle handle, Op& op, IpcResult<OpResult> outcome) {
     op.where = Op::Where::kDone;
@@ -704,11 +691,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     auto it = ops_.find(handle);
     if (it == ops_.end()) return NoSuchOp(handle);
     Op& op = it->second;
-    if (op.where == Op::Where::kDone) {
-      auto outcome = std::move(*op.outcome);
-      ops_.erase(it);
-      return outcome;
-    }
+    if (op.where == Op::Where::kDone) return TakeOutcome(it);
     const auto left = std::chrono::duration_cast<Timeout>(deadline - Clock::now());
     if (op.where == Op::Where::kAgent) {
       const OpHandle agent = op.agent;
@@ -749,8 +732,7 @@ IpcResult<std::optional<OpResult>> ChannelLinks::Poll(Channel::Impl& impl, OpHan
     if (it == ops_.end()) return NoSuchOp(handle);
     Op& op = it->second;
     if (op.where == Op::Where::kDone) {
-      auto outcome = std::move(*op.outcome);
-      ops_.erase(it);
+      auto outcome = TakeOutcome(it);
       if (!outcome) return outcome.error();
       return std::optional<OpResult>(std::move(*outcome));
     }
@@ -989,11 +971,11 @@ IpcResult<OpHandle> AgentLinkSend(Channel::Impl& impl, std::uint32_t end, const 
   WireWriter writer(/*share_data=*/true);
   writer.U32(end);
   writer.WriteMessage(message);
-  return HandleReply(impl.Request(JobOp::kLinkSend, Pieces(writer)), JobOp::kLinkSend);
+  return NameReply(impl.Request(JobOp::kLinkSend, Pieces(writer)), JobOp::kLinkSend);
 }
 
 IpcResult<OpHandle> AgentLinkReceive(Channel::Impl& impl, std::uint32_t end) {
-  return HandleReply(impl.Request(JobOp::kLinkReceive, NameBody(end)), JobOp::kLinkReceive);
+  return NameReply(impl.Request(JobOp::kLinkReceive, NameBody(end)), JobOp::kLinkReceive);
 }
 
 IpcResult<OpResult> AgentWait(Channel::Impl& impl, OpHandle handle, Timeout timeout) {
