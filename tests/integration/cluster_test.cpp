@@ -1551,6 +1551,60 @@ TEST_F(ClusterTest, IpcLinkMessagesGoDirectAndAreTakenOnceThroughMovesAndCancels
   EXPECT_GT(direct, kMessages / 4) << "the link messages did not go direct";
 }
 
+// Both directions of a link direct at once (docs/ipc.md "Answers that ride the reply"): each
+// side answers the offers it took with its own next offer. Through moves of both jobs, every
+// send is taken once and every echo is its own.
+TEST_F(ClusterTest, IpcLinkExchangesInBothDirectionsSurviveMovesOfBothJobs) {
+  constexpr long long kExchanges = 6000;
+  const std::string probe = kBinDir + "/tern-ipc-probe";
+  const auto echo = Submit("node1", {probe, "link-echo", "itlinkecho"}, "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", echo).value_or("").find("inbox itlinkecho ready") !=
+               std::string::npos;
+      },
+      30s))
+      << JobLogs("node1", echo).value_or("(no logs)");
+  const auto client = Submit(
+      "node1", {probe, "link-echo-client", "itlinkecho", std::to_string(kExchanges), "1000"},
+      "node3");
+  ASSERT_TRUE(WaitFor(
+      [&] { return JobLogs("node1", echo).value_or("").find("link end taken") != std::string::npos; },
+      30s))
+      << JobLogs("node1", client).value_or("(no logs)");
+  std::this_thread::sleep_for(1s);  // both directions have gone direct
+  auto first = Tern("node1", {"migrate", echo, "node1"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  auto moved_client = Tern("node1", {"migrate", client, "node2"});
+  ASSERT_EQ(moved_client.exit_code, 0) << moved_client.Describe();
+  auto second = Tern("node1", {"migrate", echo, "node3"});
+  ASSERT_EQ(second.exit_code, 0) << second.Describe();
+  auto during = Status("node1", client);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the client finished before the last move: this test proved less than it says";
+  const auto client_out = FinishedOutput(client);
+  const auto echo_out = FinishedOutput(echo);
+  std::cout << "client: " << client_out << "echo: " << echo_out;
+  long long exchanged = -1, client_direct = -1, echoed = -1, echo_direct = -1;
+  const auto at = client_out.find("exchanged ");
+  ASSERT_NE(at, std::string::npos) << client_out;
+  ASSERT_EQ(std::sscanf(client_out.c_str() + at, "exchanged %lld, each echo its own; %lld direct",
+                        &exchanged, &client_direct),
+            2)
+      << client_out;
+  const auto echo_at = echo_out.find("echoed ");
+  ASSERT_NE(echo_at, std::string::npos) << echo_out;
+  ASSERT_EQ(std::sscanf(echo_out.c_str() + echo_at, "echoed %lld in order, each once; %lld direct",
+                        &echoed, &echo_direct),
+            2)
+      << echo_out;
+  EXPECT_EQ(exchanged, kExchanges);
+  EXPECT_EQ(echoed, kExchanges) << "link messages lost or taken twice";
+  EXPECT_GT(client_direct, kExchanges / 4) << "the echoes did not go direct";
+  EXPECT_GT(echo_direct, kExchanges / 4) << "the client's messages did not go direct";
+}
+
 TEST_F(ClusterTest, IpcChannelFollowsAMovedJobBeforeItUsesIpc) {
   const std::string bin = kBinDir + "/";
   // The job moves before it uses IPC: its channel is re-attached to node2's agent.

@@ -607,6 +607,80 @@ int LinkSender(const Channel& channel, const std::string& name, std::uint32_t co
   return 0;
 }
 
+// link-echo NAME: takes a link end sent to its inbox NAME and sends back on the link every
+// message it receives there, until the client's last one (id 2). Checks that the numbers come
+// in order, each once; prints how many, and how many it matched directly.
+int LinkEcho(const Channel& channel, const std::string& name) {
+  const std::uint32_t inbox = ReadyInbox(channel, name, 16);
+  if (inbox == 0) return Fail("setup");
+  auto handoff = channel.receive(inbox, 60s);
+  if (!handoff) return Fail("no link end came: " + handoff.error().ToString());
+  std::uint32_t end = 0;
+  for (const auto& item : handoff->items) {
+    if (item.kind == tern::ipc::ItemKind::kLinkEnd) end = item.name;
+  }
+  if (end == 0) return Fail("the handoff carried no link end");
+  std::printf("link end taken\n");
+  std::fflush(stdout);
+  std::uint64_t last = 0;
+  for (;;) {
+    auto handle = channel.link_receive(end);
+    if (!handle) return Fail("link_receive: " + handle.error().ToString());
+    auto got = channel.wait(*handle, 120s);
+    if (!got) return Fail("wait after " + std::to_string(last) + ": " + got.error().ToString());
+    if (got->message.id == 2) break;
+    const std::string bytes(tern::FirstBytes(got->message));
+    const std::uint64_t number = std::stoull(bytes);
+    if (number != last + 1) {
+      return Fail("link message " + std::to_string(number) + " after " + std::to_string(last));
+    }
+    last = number;
+    auto echo = channel.link_send(end, tern::BytesMessage(0, bytes, 1));
+    if (!echo) return Fail("echo " + bytes + ": " + echo.error().ToString());
+    if (auto done = channel.wait(*echo, 120s); !done) {
+      return Fail("echo " + bytes + " not taken: " + done.error().ToString());
+    }
+  }
+  std::printf("echoed %llu in order, each once; %llu direct\n",
+              static_cast<unsigned long long>(last),
+              static_cast<unsigned long long>(tern::direct_link_matches()));
+  return 0;
+}
+
+// link-echo-client NAME COUNT PAUSE_US: makes a link, sends one end to NAME, then COUNT times
+// link_sends the number i and link_receives its echo, both waited for, PAUSE_US apart: each echo
+// must be i. Then a last message (id 2). Prints the count and its direct matches.
+int LinkEchoClient(const Channel& channel, const std::string& name, std::uint32_t count,
+                   long pause_us) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) return Fail("lookup");
+  auto ends = channel.link_create();
+  if (!ends) return Fail("link_create: " + ends.error().ToString());
+  auto handoff = channel.send(tern::MessageBuilder(to).id(1).link_end(ends->second).build());
+  if (!handoff) return Fail("handoff: " + handoff.error().ToString());
+  for (std::uint32_t i = 1; i <= count; ++i) {
+    const std::string number = std::to_string(i);
+    auto sent = channel.link_send(ends->first, tern::BytesMessage(0, number, 1));
+    if (!sent) return Fail("link_send " + number + ": " + sent.error().ToString());
+    auto echo = channel.link_receive(ends->first);
+    if (!echo) return Fail("link_receive " + number + ": " + echo.error().ToString());
+    if (auto done = channel.wait(*sent, 120s); !done) {
+      return Fail("send " + number + " not taken: " + done.error().ToString());
+    }
+    auto got = channel.wait(*echo, 120s);
+    if (!got) return Fail("no echo of " + number + ": " + got.error().ToString());
+    if (tern::FirstBytes(got->message) != number) {
+      return Fail("the echo of " + number + " was " + std::string(tern::FirstBytes(got->message)));
+    }
+    if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+  }
+  auto last = channel.link_send(ends->first, tern::BytesMessage(0, "end", 2));
+  if (!last || !channel.wait(*last, 120s)) return Fail("the last message");
+  std::printf("exchanged %u, each echo its own; %llu direct\n", count,
+              static_cast<unsigned long long>(tern::direct_link_matches()));
+  return 0;
+}
+
 // A receive right sent to a job on another node; messages then reach that job.
 int MoveReceive(const Channel& channel, const std::string& name) {
   auto port = channel.port_allocate();
@@ -891,6 +965,12 @@ int main(int argc, char** argv) {
     code =
         LinkSender(channel, name, argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000,
                    argc > 4 ? std::stol(argv[4]) : 0);
+  }
+  if (mode == "link-echo") code = LinkEcho(channel, name);
+  if (mode == "link-echo-client") {
+    code = LinkEchoClient(channel, name,
+                          argc > 3 ? static_cast<std::uint32_t>(std::stoul(argv[3])) : 1000,
+                          argc > 4 ? std::stol(argv[4]) : 0);
   }
   if (mode == "region-shared") code = RegionOwner(channel, name, true);
   if (mode == "region-copied") code = RegionOwner(channel, name, false);

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "channel_impl.hpp"
+#include "link_direct.hpp"
 #include "send_all.hpp"
 
 namespace tern {
@@ -89,7 +90,10 @@ Channel::Impl::Impl(UniqueFd fd)
 Channel::Impl::Impl(std::string reason)
     : id_(next_channel_id.fetch_add(1)), closed_reason_(std::move(reason)) {}
 
-Channel::Impl::~Impl() = default;
+// What this channel's link receivers took and have not answered yet is answered first (a process
+// that takes its last link message and closes its channel or exits must not leave its sender
+// told "broken" for a message it took).
+Channel::Impl::~Impl() { libtern::LinkChannelCloses(*this); }
 
 bool Channel::Impl::connected() {
   std::lock_guard lock(mu_);

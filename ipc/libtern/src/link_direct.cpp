@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -51,6 +52,9 @@ constexpr auto kKeepEvery = 10ms;
 constexpr auto kDrainFor = 1s;     // how long new offers wait here for a refused begin
 constexpr auto kBeginEvery = 1ms;  // and how often the begin is asked again meanwhile
 constexpr std::size_t kSettledKept = 8;
+// Matches a receiver owes its sender at most before it writes them on their own (they wait for
+// the receiver's next offer on the end, LinkMatchedBack, or for its thread to wait).
+constexpr std::size_t kOwedMost = 64;
 
 std::atomic<std::uint64_t> matches_direct{0};
 
@@ -78,16 +82,34 @@ IpcError NoSuchOp(OpHandle handle) {
   return IpcError{JobStatus::kInvalidName, "no link operation " + std::to_string(handle)};
 }
 
-// Waits up to `ms` for `fd` to be readable (a moment, without one), the lock released meanwhile.
-void WaitReadable(std::unique_lock<std::mutex>& lock, int fd, std::int64_t ms) {
+// The connections an operation waits on: its own, and for a send the other direction's (its
+// answers may ride there, LinkMatchedBack); -1 where there is none. Bit i of a mask is fds[i].
+using WaitFds = std::array<int, 2>;
+
+// Waits up to `ms` for one of `fds` to be readable (a moment, without any), the lock released
+// meanwhile; returns the mask of those readable.
+unsigned WaitReadable(std::unique_lock<std::mutex>& lock, const WaitFds& fds, std::int64_t ms) {
+  std::array<pollfd, 2> watch{};
+  std::array<unsigned, 2> bit{};
+  nfds_t count = 0;
+  for (unsigned i = 0; i < fds.size(); ++i) {
+    if (fds[i] < 0) continue;
+    watch[count] = pollfd{fds[i], POLLIN, 0};
+    bit[count++] = 1u << i;
+  }
   lock.unlock();
-  if (fd >= 0) {
-    pollfd watch{fd, POLLIN, 0};
-    (void)::poll(&watch, 1, static_cast<int>(ms));
+  unsigned ready = 0;
+  if (count > 0) {
+    if (::poll(watch.data(), count, static_cast<int>(ms)) > 0) {
+      for (nfds_t i = 0; i < count; ++i) {
+        if (watch[i].revents != 0) ready |= bit[i];
+      }
+    }
   } else {
     std::this_thread::sleep_for(1ms);
   }
   lock.lock();
+  return ready;
 }
 
 // ---- the agent's operations -------------------------------------------------------------
@@ -193,6 +215,9 @@ struct Receiver {
   std::uint64_t epoch = 0;  // kDirect
   std::uint32_t matched_through = 0;
   std::vector<std::uint32_t> cancelled;
+  // Offers matched here whose sender has not been told (seqs, oldest first): they ride this
+  // job's next offer on the end (LinkMatchedBack), or go as LinkMatched before a wait.
+  std::vector<std::uint32_t> owed;
   std::deque<std::pair<std::uint32_t, Message>> inbox;
   std::size_t inbox_bytes = 0;
   std::deque<OpHandle> waiting;       // receives queued here, oldest first
@@ -217,6 +242,9 @@ class ChannelLinks {
   void EndLeaves(Channel::Impl& impl, std::uint32_t end);
   // The keeper's turn (mu held): reads what came on each connection, carries out breaks.
   void Keep(Channel::Impl& impl);
+  // The channel closes or the process exits (mu held): what the receivers owe is written where
+  // it can be, without the agent; the rest is dropped (the settle would have said it).
+  void FlushOwedQuietly();
   std::shared_ptr<Channel::Impl> impl() const { return impl_.lock(); }
 
  private:
@@ -250,12 +278,21 @@ class ChannelLinks {
   void Begin(Channel::Impl& impl, std::uint32_t end, Sender& sender);
   void WriteWaiting(Channel::Impl& impl, std::uint32_t end, Sender& sender);
   void PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& sender);
+  // The answer to the written offer `seq`: its send is done. False when no written offer has it.
+  bool Answered(std::uint32_t end, Sender& sender, bool matched, std::uint32_t seq);
   void BreakSender(Channel::Impl& impl, std::uint32_t end, Sender& sender);
 
   // The receiver's side.
   void RegisterAccept(Channel::Impl& impl, std::uint32_t end, Receiver& receiver);
   void PumpReceiver(Channel::Impl& impl, std::uint32_t end, Receiver& receiver);
   void MatchInbox(Channel::Impl& impl, std::uint32_t end, Receiver& receiver);
+  // Whether this job's answers to offers on `end` can wait for its own next offer there (it
+  // sends on the end directly, to the job that sends to it).
+  bool AnswersRide(std::uint32_t end) const;
+  // Writes what the receiver owes as LinkMatched, on its own connection.
+  void FlushOwed(Channel::Impl& impl, std::uint32_t end, Receiver& receiver);
+  // Before this process's thread waits (or the keeper's turn): every receiver's debts.
+  void FlushAllOwed(Channel::Impl& impl);
   void BreakReceiver(Channel::Impl& impl, std::uint32_t end, Receiver& receiver);
   // A kick for `epoch` on `end`: true if the receive now waits here, false if it is to be posted
   // at the home again (the epoch was settled instead).
@@ -264,9 +301,9 @@ class ChannelLinks {
 
   // An agent's answer for an op in the agents: done, or moved (a kick).
   void AgentAnswered(Channel::Impl& impl, OpHandle handle, Op& op, IpcResult<OpResult> result);
-  // Reads the connection an op waits on (`look`: read even if the last read drained it: a wait
-  // saw it readable, or the caller polls); returns its fd to wait on, -1 when there is none.
-  int Pump(Channel::Impl& impl, Op& op, bool look);
+  // Reads the connections an op waits on (`look`, a mask of WaitFds: read even if the last read
+  // drained it: a wait saw it readable, or the caller polls); returns the fds to wait on.
+  WaitFds Pump(Channel::Impl& impl, Op& op, unsigned look);
 
   std::weak_ptr<Channel::Impl> impl_;
   std::map<OpHandle, Op> ops_;
@@ -334,6 +371,15 @@ void ChannelLinks::WriteWaiting(Channel::Impl& impl, std::uint32_t end, Sender& 
       return;
     }
     WireWriter frame(/*share_data=*/true);
+    // What this job's receiver owes the other side's sender goes ahead of the offer, in the
+    // same write (the other side's receiver hands it to its sender).
+    if (auto receiver = receivers_.find(end);
+        receiver != receivers_.end() && receiver->second.state == Receiver::State::kDirect) {
+      for (const std::uint32_t taken : receiver->second.owed) {
+        WriteLinkMatchedBack(frame, receiver->second.epoch, taken);
+      }
+      receiver->second.owed.clear();
+    }
     WriteLinkOffer(frame, seq, offer.message);
     offer.written = true;
     ++sender.written_offers;
@@ -357,24 +403,29 @@ void ChannelLinks::PumpSender(Channel::Impl& impl, std::uint32_t end, Sender& se
     if (!parsed || (parsed->type != kLinkMatched && parsed->type != kLinkCancelled)) {
       return BreakSender(impl, end, sender);
     }
-    auto offer = sender.unanswered.find(parsed->seq);
-    if (offer == sender.unanswered.end() || !offer->second.written) {
+    if (!Answered(end, sender, parsed->type == kLinkMatched, parsed->seq)) {
       return BreakSender(impl, end, sender);  // an answer to nothing asked: the peer is wrong
-    }
-    const OpHandle handle = offer->second.handle;
-    --sender.written_offers;
-    sender.written_bytes -= offer->second.message.ByteSize();
-    sender.unanswered.erase(offer);
-    auto op = ops_.find(handle);
-    if (op == ops_.end()) continue;
-    if (parsed->type == kLinkMatched) {
-      Done(handle, op->second, OpResult{false, end, {}});
-    } else {
-      op->second.cancelled = true;
-      Done(handle, op->second, IpcError{JobStatus::kCancelled, "the operation was cancelled"});
     }
   }
   WriteWaiting(impl, end, sender);
+}
+
+bool ChannelLinks::Answered(std::uint32_t end, Sender& sender, bool matched, std::uint32_t seq) {
+  auto offer = sender.unanswered.find(seq);
+  if (offer == sender.unanswered.end() || !offer->second.written) return false;
+  const OpHandle handle = offer->second.handle;
+  --sender.written_offers;
+  sender.written_bytes -= offer->second.message.ByteSize();
+  sender.unanswered.erase(offer);
+  auto op = ops_.find(handle);
+  if (op == ops_.end()) return true;
+  if (matched) {
+    Done(handle, op->second, OpResult{false, end, {}});
+  } else {
+    op->second.cancelled = true;
+    Done(handle, op->second, IpcError{JobStatus::kCancelled, "the operation was cancelled"});
+  }
+  return true;
 }
 
 // Every unanswered offer goes again through the agents, tagged, in order; the connection ends.
@@ -468,6 +519,19 @@ void ChannelLinks::PumpReceiver(Channel::Impl& impl, std::uint32_t end, Receiver
       parsed->message.destination = end;
       receiver.inbox_bytes += parsed->message.ByteSize();
       receiver.inbox.emplace_back(parsed->seq, std::move(parsed->message));
+    } else if (parsed->type == kLinkMatchedBack) {
+      // An answer to this job's own offers on the end, riding the other side's offer. Of
+      // another epoch (this sender broke since): the settle answers it instead.
+      auto sender = senders_.find(end);
+      if (sender == senders_.end() || sender->second.state != Sender::State::kDirect ||
+          sender->second.epoch != parsed->epoch) {
+        continue;
+      }
+      if (!Answered(end, sender->second, true, parsed->seq)) {
+        BreakSender(impl, end, sender->second);
+        continue;
+      }
+      WriteWaiting(impl, end, sender->second);
     } else if (parsed->type == kLinkCancel) {
       auto offer = std::find_if(receiver.inbox.begin(), receiver.inbox.end(),
                                 [&](const auto& held) { return held.first == parsed->seq; });
@@ -487,8 +551,8 @@ void ChannelLinks::PumpReceiver(Channel::Impl& impl, std::uint32_t end, Receiver
   MatchInbox(impl, end, receiver);
 }
 
-// The oldest offers go to the oldest waiting receives; each Matched is written before the
-// receive can return.
+// The oldest offers go to the oldest waiting receives. Their Matched are owed: at once unless
+// this job's next offer on the end can carry them (AnswersRide).
 void ChannelLinks::MatchInbox(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
   while (!receiver.waiting.empty() && !receiver.inbox.empty() && receiver.connection) {
     const OpHandle handle = receiver.waiting.front();
@@ -501,10 +565,35 @@ void ChannelLinks::MatchInbox(Channel::Impl& impl, std::uint32_t end, Receiver& 
     receiver.matched_through = seq;
     matches_direct.fetch_add(1, std::memory_order_relaxed);
     Done(handle, op->second, OpResult{true, end, std::move(message)});
-    WireWriter answer;
-    WriteLinkSeq(answer, kLinkMatched, seq);
-    // A lost Matched is no loss: the settle after the break says the offer was taken.
-    if (!receiver.connection->Write(answer)) return BreakReceiver(impl, end, receiver);
+    receiver.owed.push_back(seq);
+  }
+  if (!receiver.owed.empty() && (!AnswersRide(end) || receiver.owed.size() >= kOwedMost)) {
+    FlushOwed(impl, end, receiver);
+  }
+}
+
+bool ChannelLinks::AnswersRide(std::uint32_t end) const {
+  auto sender = senders_.find(end);
+  return sender != senders_.end() && sender->second.state == Sender::State::kDirect &&
+         sender->second.connection.has_value();
+}
+
+void ChannelLinks::FlushOwed(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
+  if (receiver.owed.empty()) return;
+  if (!receiver.connection || receiver.state != Receiver::State::kDirect) {
+    receiver.owed.clear();  // the settle says they were taken
+    return;
+  }
+  WireWriter answers;
+  for (const std::uint32_t seq : receiver.owed) WriteLinkSeq(answers, kLinkMatched, seq);
+  receiver.owed.clear();
+  // A lost Matched is no loss: the settle after the break says the offer was taken.
+  if (!receiver.connection->Write(answers)) BreakReceiver(impl, end, receiver);
+}
+
+void ChannelLinks::FlushAllOwed(Channel::Impl& impl) {
+  for (auto& [end, receiver] : receivers_) {
+    if (!receiver.owed.empty()) FlushOwed(impl, end, receiver);
   }
 }
 
@@ -535,6 +624,7 @@ void ChannelLinks::BreakReceiver(Channel::Impl& impl, std::uint32_t end, Receive
   receiver.inbox.clear();
   receiver.inbox_bytes = 0;
   receiver.cancelled.clear();
+  receiver.owed.clear();  // the settle said matched through them
   receiver.matched_through = 0;
   receiver.accepting = false;  // a moved job is known to no broker: ask again
   auto waiting = std::move(receiver.waiting);
@@ -612,17 +702,26 @@ void ChannelLinks::AgentAnswered(Channel::Impl& impl, OpHandle handle, Op& op,
   op.agent = *again;
 }
 
-int ChannelLinks::Pump(Channel::Impl& impl, Op& op, bool look) {
+WaitFds ChannelLinks::Pump(Channel::Impl& impl, Op& op, unsigned look) {
+  WaitFds fds{-1, -1};
   if (op.is_receive) {
     Receiver& receiver = receivers_[op.end];
-    receiver.unread |= look;
+    receiver.unread |= (look & 1u) != 0;
     PumpReceiver(impl, op.end, receiver);
-    return receiver.connection ? receiver.connection->fd() : -1;
+    if (receiver.connection) fds[0] = receiver.connection->fd();
+    return fds;
   }
   Sender& sender = senders_[op.end];
-  sender.unread |= look;
+  sender.unread |= (look & 1u) != 0;
   PumpSender(impl, op.end, sender);
-  return sender.connection ? sender.connection->fd() : -1;
+  if (sender.connection) fds[0] = sender.connection->fd();
+  if (auto receiver = receivers_.find(op.end);
+      receiver != receivers_.end() && receiver->second.state == Receiver::State::kDirect) {
+    receiver->second.unread |= (look & 2u) != 0;
+    PumpReceiver(impl, op.end, receiver->second);
+    if (receiver->second.connection) fds[1] = receiver->second.connection->fd();
+  }
+  return fds;
 }
 
 IpcResult<OpHandle> ChannelLinks::Send(Channel::Impl& impl, std::uint32_t end,
@@ -686,7 +785,7 @@ IpcResult<OpHandle> ChannelLinks::Receive(Channel::Impl& impl, std::uint32_t end
 IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Timeout timeout) {
   const auto deadline = timeout == kForever ? Clock::time_point::max() : Clock::now() + timeout;
   Lock lock(mu);
-  bool waited = false;  // on the op's connection, since the last read
+  unsigned waited = 0;  // the op's connections a wait saw readable, since the last read
   for (;;) {
     auto it = ops_.find(handle);
     if (it == ops_.end()) return NoSuchOp(handle);
@@ -695,6 +794,7 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     const auto left = std::chrono::duration_cast<Timeout>(deadline - Clock::now());
     if (op.where == Op::Where::kAgent) {
       const OpHandle agent = op.agent;
+      FlushAllOwed(impl);
       lock.unlock();
       auto result =
           AgentWait(impl, agent,
@@ -708,9 +808,10 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
       AgentAnswered(impl, handle, it->second, std::move(result));
       continue;
     }
-    const int fd = Pump(impl, op, std::exchange(waited, false));
+    const WaitFds fds = Pump(impl, op, std::exchange(waited, 0u));
     it = ops_.find(handle);
     if (it == ops_.end() || it->second.where != Op::Where::kConnection) continue;
+    FlushAllOwed(impl);  // this thread is about to wait: nothing it owes may wait with it
     if (Clock::now() >= deadline) {
       return IpcError{JobStatus::kTimedOut, "the operation is not done"};
     }
@@ -718,10 +819,9 @@ IpcResult<OpResult> ChannelLinks::Wait(Channel::Impl& impl, OpHandle handle, Tim
     const bool draining =
         !it->second.is_receive && senders_[it->second.end].state == Sender::State::kDraining;
     // Bounded, so that an op another thread moves to the agents is seen.
-    WaitReadable(
-        lock, fd,
+    waited = WaitReadable(
+        lock, fds,
         std::min<std::int64_t>(std::max<std::int64_t>(left.count(), 0), draining ? 1 : 100));
-    waited = true;
   }
 }
 
@@ -737,9 +837,10 @@ IpcResult<std::optional<OpResult>> ChannelLinks::Poll(Channel::Impl& impl, OpHan
       return std::optional<OpResult>(std::move(*outcome));
     }
     if (op.where == Op::Where::kConnection) {
-      (void)Pump(impl, op, true);
+      (void)Pump(impl, op, 3u);
       it = ops_.find(handle);
       if (it != ops_.end() && it->second.where == Op::Where::kConnection) {
+        FlushAllOwed(impl);  // the caller is waiting for something
         return std::optional<OpResult>();
       }
       continue;
@@ -802,10 +903,11 @@ IpcResult<void> ChannelLinks::Cancel(Channel::Impl& impl, OpHandle handle) {
       if (!sender.connection->Write(frame)) BreakSender(impl, op.end, sender);
       continue;
     }
-    const int fd = Pump(impl, op, true);
+    const WaitFds fds = Pump(impl, op, 3u);
     it = ops_.find(handle);
     if (it == ops_.end() || it->second.where != Op::Where::kConnection) continue;
-    WaitReadable(lock, fd, 100);
+    FlushAllOwed(impl);
+    (void)WaitReadable(lock, fds, 100);
   }
 }
 
@@ -842,6 +944,20 @@ void ChannelLinks::Keep(Channel::Impl& impl) {
       PumpReceiver(impl, end, receiver);
     }
   }
+  // A process that took an offer and went on with other work answers it from here.
+  FlushAllOwed(impl);
+}
+
+void ChannelLinks::FlushOwedQuietly() {
+  for (auto& [end, receiver] : receivers_) {
+    if (receiver.owed.empty()) continue;
+    if (receiver.connection && receiver.state == Receiver::State::kDirect) {
+      WireWriter answers;
+      for (const std::uint32_t seq : receiver.owed) WriteLinkSeq(answers, kLinkMatched, seq);
+      (void)receiver.connection->Write(answers);
+    }
+    receiver.owed.clear();
+  }
 }
 
 // ---- the process's channels, and the keeper ------------------------------------------------
@@ -865,6 +981,7 @@ class Registry {
       if (!keeper_started_) {
         keeper_started_ = true;
         std::thread([this] { Keeper(); }).detach();
+        (void)std::atexit([] { Registry::Get().AtExit(); });
       }
     }
     return links;
@@ -896,6 +1013,29 @@ class Registry {
     }
   }
 
+  // A process that exits with its channels open answers what it took (a channel in use by
+  // another thread just now is left as it is).
+  void AtExit() {
+    std::vector<std::shared_ptr<ChannelLinks>> all;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [id, links] : links_) all.push_back(links);
+    }
+    for (auto& links : all) {
+      std::unique_lock lock(links->mu, std::try_to_lock);
+      if (lock.owns_lock()) links->FlushOwedQuietly();
+    }
+  }
+
+ public:
+  void ChannelCloses(std::uint64_t channel) {
+    auto links = Find(channel);
+    if (!links) return;
+    std::lock_guard lock(links->mu);
+    links->FlushOwedQuietly();
+  }
+
+ private:
   std::mutex mu_;
   std::map<std::uint64_t, std::shared_ptr<ChannelLinks>> links_;
   bool keeper_started_ = false;
@@ -963,6 +1103,10 @@ IpcResult<void> LinkCancel(const std::shared_ptr<Channel::Impl>& impl, OpHandle 
 
 void LinkEndLeavesSlow(Channel::Impl& impl, std::uint32_t name) {
   if (auto links = Registry::Get().Find(impl.id())) links->EndLeaves(impl, name);
+}
+
+void LinkChannelCloses(Channel::Impl& impl) {
+  if (direct_links_made.load(std::memory_order_relaxed)) Registry::Get().ChannelCloses(impl.id());
 }
 
 std::uint64_t DirectLinkMatches() { return matches_direct.load(std::memory_order_relaxed); }

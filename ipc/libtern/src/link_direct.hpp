@@ -26,7 +26,9 @@
 // (direct_accept, no wait) at its first receive; a receive posted at the home that comes back
 // "direct now" (the home's kick, message id ipc::kLinkDirectNowId with the epoch) makes it take
 // the connection, read its Hello(epoch) and queue the receive here instead. Offers that arrive
-// go to the oldest waiting receive, with Matched(seq) written before the receive returns; those
+// go to the oldest waiting receive; its Matched(seq) is owed until this job's next offer on the
+// end carries it (MatchedBack, in the same write), or this job's thread waits, or 64 are owed,
+// or the keeper's next turn, or the channel closes (or the process exits); those
 // no receive waits for stay queued (at most kInboxOffers / kInboxBytes; past that the socket is
 // left unread and the sender waits). At a break it settles the epoch (matched through N, the
 // cancelled seqs), drops the offers it had not matched (the sender offers them again) and posts
@@ -89,6 +91,10 @@ inline void LinkEndsLeaveIn(Channel::Impl& impl, const Message& message) {
     }
   }
 }
+
+// The channel closes: what its link receivers owe their senders (matches not yet told) is
+// written now, without waiting and without the agent.
+void LinkChannelCloses(Channel::Impl& impl);
 
 // Link offers this process's receivers matched on a connection (tests, benchmarks).
 std::uint64_t DirectLinkMatches();

@@ -24,6 +24,12 @@ void WriteLinkSeq(ipc::WireWriter& out, ipc::FrameType type, std::uint32_t seq) 
   out.U32(seq);
 }
 
+void WriteLinkMatchedBack(ipc::WireWriter& out, std::uint64_t epoch, std::uint32_t seq) {
+  ipc::AppendFrameHeader(out.out(), kLinkMatchedBack, 8 + 4);
+  out.U64(epoch);
+  out.U32(seq);
+}
+
 Expected<LinkFrame> ParseLinkFrame(ipc::Frame frame) {
   auto payload = std::make_shared<const std::string>(std::move(frame.payload));
   ipc::WireReader reader(*payload, payload);
@@ -33,6 +39,14 @@ Expected<LinkFrame> ParseLinkFrame(ipc::Frame frame) {
     auto epoch = reader.U64();
     if (!epoch || !reader.AtEnd()) return Fail("malformed LinkHello");
     parsed.epoch = *epoch;
+    return parsed;
+  }
+  if (frame.type == kLinkMatchedBack) {
+    auto epoch = reader.U64();
+    auto seq = reader.U32();
+    if (!epoch || !seq || *seq == 0 || !reader.AtEnd()) return Fail("malformed LinkMatchedBack");
+    parsed.epoch = *epoch;
+    parsed.seq = *seq;
     return parsed;
   }
   if (frame.type != kLinkOffer && frame.type != kLinkMatched && frame.type != kLinkCancel &&

@@ -31,8 +31,9 @@ TEST(LinkWire, EveryFrameReadsBackAsWritten) {
   WriteLinkSeq(out, kLinkMatched, 7);
   WriteLinkSeq(out, kLinkCancel, 8);
   WriteLinkSeq(out, kLinkCancelled, 8);
+  WriteLinkMatchedBack(out, 0x0102030405060708ULL, 9);
   auto frames = Frames(out);
-  ASSERT_EQ(frames.size(), 5u);
+  ASSERT_EQ(frames.size(), 6u);
   auto hello = ParseLinkFrame(frames[0]);
   ASSERT_TRUE(hello) << hello.error().message;
   EXPECT_EQ(hello->epoch, 0x1122334455667788ULL);
@@ -51,6 +52,11 @@ TEST(LinkWire, EveryFrameReadsBackAsWritten) {
     EXPECT_EQ(seq->type, frames[i].type);
     EXPECT_EQ(seq->seq, i == 2 ? 7u : 8u);
   }
+  auto back = ParseLinkFrame(frames[5]);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->type, kLinkMatchedBack);
+  EXPECT_EQ(back->epoch, 0x0102030405060708ULL);
+  EXPECT_EQ(back->seq, 9u);
 }
 
 TEST(LinkWire, MalformedFramesAreErrors) {
@@ -61,6 +67,9 @@ TEST(LinkWire, MalformedFramesAreErrors) {
   EXPECT_FALSE(parse(kLinkHello, std::string(9, '\1')));    // a byte after the epoch
   EXPECT_FALSE(parse(kLinkMatched, std::string(4, '\0')));  // sequence 0
   EXPECT_FALSE(parse(kLinkMatched, std::string(5, '\1')));
+  EXPECT_FALSE(parse(kLinkMatchedBack, std::string(4, '\1')));   // no epoch
+  EXPECT_FALSE(parse(kLinkMatchedBack, std::string(12, '\0')));  // sequence 0
+  EXPECT_FALSE(parse(kLinkMatchedBack, std::string(13, '\1')));
   EXPECT_FALSE(parse(static_cast<ipc::FrameType>(40), std::string(4, '\1')));  // a call's type
   // An offer whose item count claims more than it holds, and one carrying a port right.
   ipc::WireWriter bad;
