@@ -1492,6 +1492,41 @@ TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
   EXPECT_NE(out.find("receive on any link: 2 of 2"), std::string::npos) << out;
 }
 
+// The two link tests' jobs (tern-ipc-probe with `taker` and `maker` arguments): the taker of the
+// link end on node2, the maker on node3; once the end is taken and the link had a second to go
+// direct, the taker moves to node1, the maker to node2, the taker to node3, and the maker must
+// still run then (else the moves proved nothing).
+void LinkPairMovedThrice(std::vector<std::string> taker_args, std::vector<std::string> maker_args,
+                         std::string& taker, std::string& maker) {
+  const std::string inbox = taker_args.at(1);
+  taker_args.insert(taker_args.begin(), kBinDir + "/tern-ipc-probe");
+  maker_args.insert(maker_args.begin(), kBinDir + "/tern-ipc-probe");
+  taker = Submit("node1", taker_args, "node2");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", taker).value_or("").find("inbox " + inbox + " ready") !=
+               std::string::npos;
+      },
+      30s))
+      << JobLogs("node1", taker).value_or("(no logs)");
+  maker = Submit("node1", maker_args, "node3");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return JobLogs("node1", taker).value_or("").find("link end taken") != std::string::npos;
+      },
+      30s))
+      << JobLogs("node1", maker).value_or("(no logs)");
+  std::this_thread::sleep_for(1s);  // the link has gone direct
+  for (const auto& [job, node] : {std::pair{taker, "node1"}, {maker, "node2"}, {taker, "node3"}}) {
+    auto moved = Tern("node1", {"migrate", job, node});
+    ASSERT_EQ(moved.exit_code, 0) << moved.Describe();
+  }
+  auto during = Status("node1", maker);
+  ASSERT_TRUE(during);
+  EXPECT_EQ(during->value("state", ""), "running")
+      << "the link's maker finished before the last move: this test proved less than it says";
+}
+
 // docs/ipc.md "Link operations direct": a link between a job on node2 and one on node3. The
 // sender's offers go on a connection and the receiver's libtern matches them; the receiver moves
 // twice and the sender once, and every tenth offer is cancelled right after its send. Each number
@@ -1499,34 +1534,10 @@ TEST_F(ClusterTest, IpcLinkCancelFailsOnceMatched) {
 // direct.
 TEST_F(ClusterTest, IpcLinkMessagesGoDirectAndAreTakenOnceThroughMovesAndCancels) {
   constexpr long long kMessages = 12000;
-  const std::string probe = kBinDir + "/tern-ipc-probe";
-  const auto receiver = Submit("node1", {probe, "link-receiver", "itlinkdirect"}, "node2");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return JobLogs("node1", receiver).value_or("").find("inbox itlinkdirect ready") !=
-               std::string::npos;
-      },
-      30s))
-      << JobLogs("node1", receiver).value_or("(no logs)");
-  const auto sender = Submit(
-      "node1", {probe, "link-sender", "itlinkdirect", std::to_string(kMessages), "1000"}, "node3");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return JobLogs("node1", receiver).value_or("").find("link end taken") != std::string::npos;
-      },
-      30s))
-      << JobLogs("node1", sender).value_or("(no logs)");
-  std::this_thread::sleep_for(1s);  // the link has gone direct
-  auto first = Tern("node1", {"migrate", receiver, "node1"});
-  ASSERT_EQ(first.exit_code, 0) << first.Describe();
-  auto moved_sender = Tern("node1", {"migrate", sender, "node2"});
-  ASSERT_EQ(moved_sender.exit_code, 0) << moved_sender.Describe();
-  auto second = Tern("node1", {"migrate", receiver, "node3"});
-  ASSERT_EQ(second.exit_code, 0) << second.Describe();
-  auto during = Status("node1", sender);
-  ASSERT_TRUE(during);
-  EXPECT_EQ(during->value("state", ""), "running")
-      << "the sender finished before the last move: this test proved less than it says";
+  std::string receiver, sender;
+  ASSERT_NO_FATAL_FAILURE(LinkPairMovedThrice(
+      {"link-receiver", "itlinkdirect"},
+      {"link-sender", "itlinkdirect", std::to_string(kMessages), "1000"}, receiver, sender));
   const auto sender_out = FinishedOutput(sender);
   const auto receiver_out = FinishedOutput(receiver);
   std::cout << "sender: " << sender_out << "receiver: " << receiver_out;
@@ -1556,33 +1567,10 @@ TEST_F(ClusterTest, IpcLinkMessagesGoDirectAndAreTakenOnceThroughMovesAndCancels
 // send is taken once and every echo is its own.
 TEST_F(ClusterTest, IpcLinkExchangesInBothDirectionsSurviveMovesOfBothJobs) {
   constexpr long long kExchanges = 6000;
-  const std::string probe = kBinDir + "/tern-ipc-probe";
-  const auto echo = Submit("node1", {probe, "link-echo", "itlinkecho"}, "node2");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return JobLogs("node1", echo).value_or("").find("inbox itlinkecho ready") !=
-               std::string::npos;
-      },
-      30s))
-      << JobLogs("node1", echo).value_or("(no logs)");
-  const auto client = Submit(
-      "node1", {probe, "link-echo-client", "itlinkecho", std::to_string(kExchanges), "1000"},
-      "node3");
-  ASSERT_TRUE(WaitFor(
-      [&] { return JobLogs("node1", echo).value_or("").find("link end taken") != std::string::npos; },
-      30s))
-      << JobLogs("node1", client).value_or("(no logs)");
-  std::this_thread::sleep_for(1s);  // both directions have gone direct
-  auto first = Tern("node1", {"migrate", echo, "node1"});
-  ASSERT_EQ(first.exit_code, 0) << first.Describe();
-  auto moved_client = Tern("node1", {"migrate", client, "node2"});
-  ASSERT_EQ(moved_client.exit_code, 0) << moved_client.Describe();
-  auto second = Tern("node1", {"migrate", echo, "node3"});
-  ASSERT_EQ(second.exit_code, 0) << second.Describe();
-  auto during = Status("node1", client);
-  ASSERT_TRUE(during);
-  EXPECT_EQ(during->value("state", ""), "running")
-      << "the client finished before the last move: this test proved less than it says";
+  std::string echo, client;
+  ASSERT_NO_FATAL_FAILURE(LinkPairMovedThrice(
+      {"link-echo", "itlinkecho"},
+      {"link-echo-client", "itlinkecho", std::to_string(kExchanges), "1000"}, echo, client));
   const auto client_out = FinishedOutput(client);
   const auto echo_out = FinishedOutput(echo);
   std::cout << "client: " << client_out << "echo: " << echo_out;

@@ -519,21 +519,58 @@ int DirectStreamReader(const Channel& channel, const std::string& name, std::uin
   return 0;
 }
 
-// link-receiver NAME: takes a link end sent to its inbox NAME, then receives on it until the
-// sender's last message (id 2): every number (id 1, bytes "i") once and in increasing order.
-// Prints how many it received, their sum, and how many of them came on a direct connection.
-int LinkReceiver(const Channel& channel, const std::string& name) {
+// The link end a link-sender or link-echo-client sends to the inbox NAME (made ready first),
+// or 0 after saying why. Prints "link end taken" once it holds it.
+std::uint32_t TakeLinkEnd(const Channel& channel, const std::string& name) {
   const std::uint32_t inbox = ReadyInbox(channel, name, 16);
-  if (inbox == 0) return Fail("setup");
+  if (inbox == 0) {
+    Fail("setup");
+    return 0;
+  }
   auto handoff = channel.receive(inbox, 60s);
-  if (!handoff) return Fail("no link end came: " + handoff.error().ToString());
+  if (!handoff) {
+    Fail("no link end came: " + handoff.error().ToString());
+    return 0;
+  }
   std::uint32_t end = 0;
   for (const auto& item : handoff->items) {
     if (item.kind == tern::ipc::ItemKind::kLinkEnd) end = item.name;
   }
-  if (end == 0) return Fail("the handoff carried no link end");
+  if (end == 0) {
+    Fail("the handoff carried no link end");
+    return 0;
+  }
   std::printf("link end taken\n");
   std::fflush(stdout);
+  return end;
+}
+
+// Makes a link and sends one end to NAME; returns the end kept, or 0 after saying why.
+std::uint32_t HandLinkEnd(const Channel& channel, const std::string& name) {
+  const auto to = LookupRetrying(channel, name);
+  if (to == 0) {
+    Fail("lookup");
+    return 0;
+  }
+  auto ends = channel.link_create();
+  if (!ends) {
+    Fail("link_create: " + ends.error().ToString());
+    return 0;
+  }
+  auto handoff = channel.send(tern::MessageBuilder(to).id(1).link_end(ends->second).build());
+  if (!handoff) {
+    Fail("handoff: " + handoff.error().ToString());
+    return 0;
+  }
+  return ends->first;
+}
+
+// link-receiver NAME: takes a link end sent to its inbox NAME, then receives on it until the
+// sender's last message (id 2): every number (id 1, bytes "i") once and in increasing order.
+// Prints how many it received, their sum, and how many of them came on a direct connection.
+int LinkReceiver(const Channel& channel, const std::string& name) {
+  const std::uint32_t end = TakeLinkEnd(channel, name);
+  if (end == 0) return 1;
   std::uint64_t received = 0;
   std::uint64_t sum = 0;
   std::uint64_t last = 0;
@@ -563,12 +600,8 @@ int LinkReceiver(const Channel& channel, const std::string& name) {
 // Then a last message (id 2). Prints the count and sum of the cancelled ones.
 int LinkSender(const Channel& channel, const std::string& name, std::uint32_t count,
                long pause_us) {
-  const auto to = LookupRetrying(channel, name);
-  if (to == 0) return Fail("lookup");
-  auto ends = channel.link_create();
-  if (!ends) return Fail("link_create: " + ends.error().ToString());
-  auto handoff = channel.send(tern::MessageBuilder(to).id(1).link_end(ends->second).build());
-  if (!handoff) return Fail("handoff: " + handoff.error().ToString());
+  const std::uint32_t end = HandLinkEnd(channel, name);
+  if (end == 0) return 1;
   std::deque<tern::OpHandle> waiting;
   const auto wait_oldest = [&]() -> bool {
     auto done = channel.wait(waiting.front(), 120s);
@@ -578,7 +611,7 @@ int LinkSender(const Channel& channel, const std::string& name, std::uint32_t co
   std::uint64_t cancelled = 0;
   std::uint64_t cancelled_sum = 0;
   for (std::uint32_t i = 1; i <= count; ++i) {
-    auto handle = channel.link_send(ends->first, tern::BytesMessage(0, std::to_string(i), 1));
+    auto handle = channel.link_send(end, tern::BytesMessage(0, std::to_string(i), 1));
     if (!handle) return Fail("link_send " + std::to_string(i) + ": " + handle.error().ToString());
     if (i % 10 == 0) {
       auto cancel = channel.cancel(*handle);
@@ -599,7 +632,7 @@ int LinkSender(const Channel& channel, const std::string& name, std::uint32_t co
   while (!waiting.empty()) {
     if (!wait_oldest()) return Fail("wait at the end");
   }
-  auto last = channel.link_send(ends->first, tern::BytesMessage(0, "end", 2));
+  auto last = channel.link_send(end, tern::BytesMessage(0, "end", 2));
   if (!last || !channel.wait(*last, 120s)) return Fail("the last message");
   std::printf("link sent %u, cancelled %llu (sum %llu)\n", count,
               static_cast<unsigned long long>(cancelled),
@@ -611,17 +644,8 @@ int LinkSender(const Channel& channel, const std::string& name, std::uint32_t co
 // message it receives there, until the client's last one (id 2). Checks that the numbers come
 // in order, each once; prints how many, and how many it matched directly.
 int LinkEcho(const Channel& channel, const std::string& name) {
-  const std::uint32_t inbox = ReadyInbox(channel, name, 16);
-  if (inbox == 0) return Fail("setup");
-  auto handoff = channel.receive(inbox, 60s);
-  if (!handoff) return Fail("no link end came: " + handoff.error().ToString());
-  std::uint32_t end = 0;
-  for (const auto& item : handoff->items) {
-    if (item.kind == tern::ipc::ItemKind::kLinkEnd) end = item.name;
-  }
-  if (end == 0) return Fail("the handoff carried no link end");
-  std::printf("link end taken\n");
-  std::fflush(stdout);
+  const std::uint32_t end = TakeLinkEnd(channel, name);
+  if (end == 0) return 1;
   std::uint64_t last = 0;
   for (;;) {
     auto handle = channel.link_receive(end);
@@ -652,17 +676,13 @@ int LinkEcho(const Channel& channel, const std::string& name) {
 // must be i. Then a last message (id 2). Prints the count and its direct matches.
 int LinkEchoClient(const Channel& channel, const std::string& name, std::uint32_t count,
                    long pause_us) {
-  const auto to = LookupRetrying(channel, name);
-  if (to == 0) return Fail("lookup");
-  auto ends = channel.link_create();
-  if (!ends) return Fail("link_create: " + ends.error().ToString());
-  auto handoff = channel.send(tern::MessageBuilder(to).id(1).link_end(ends->second).build());
-  if (!handoff) return Fail("handoff: " + handoff.error().ToString());
+  const std::uint32_t end = HandLinkEnd(channel, name);
+  if (end == 0) return 1;
   for (std::uint32_t i = 1; i <= count; ++i) {
     const std::string number = std::to_string(i);
-    auto sent = channel.link_send(ends->first, tern::BytesMessage(0, number, 1));
+    auto sent = channel.link_send(end, tern::BytesMessage(0, number, 1));
     if (!sent) return Fail("link_send " + number + ": " + sent.error().ToString());
-    auto echo = channel.link_receive(ends->first);
+    auto echo = channel.link_receive(end);
     if (!echo) return Fail("link_receive " + number + ": " + echo.error().ToString());
     if (auto done = channel.wait(*sent, 120s); !done) {
       return Fail("send " + number + " not taken: " + done.error().ToString());
@@ -674,7 +694,7 @@ int LinkEchoClient(const Channel& channel, const std::string& name, std::uint32_
     }
     if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
   }
-  auto last = channel.link_send(ends->first, tern::BytesMessage(0, "end", 2));
+  auto last = channel.link_send(end, tern::BytesMessage(0, "end", 2));
   if (!last || !channel.wait(*last, 120s)) return Fail("the last message");
   std::printf("exchanged %u, each echo its own; %llu direct\n", count,
               static_cast<unsigned long long>(tern::direct_link_matches()));
