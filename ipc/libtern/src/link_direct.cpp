@@ -991,25 +991,27 @@ class Registry {
   [[noreturn]] void Keeper() {
     for (;;) {
       std::this_thread::sleep_for(kKeepEvery);
-      std::vector<std::shared_ptr<ChannelLinks>> all;
+      std::vector<std::pair<std::shared_ptr<ChannelLinks>, std::shared_ptr<Channel::Impl>>> all;
       {
         std::lock_guard lock(mu_);
         for (auto it = links_.begin(); it != links_.end();) {
-          if (!it->second->impl()) {
+          auto impl = it->second->impl();
+          if (!impl) {
             it = links_.erase(it);
             continue;
           }
-          all.push_back(it->second);
+          all.emplace_back(it->second, std::move(impl));
           ++it;
         }
       }
-      for (auto& links : all) {
-        auto impl = links->impl();
-        if (!impl) continue;
+      for (auto& [links, impl] : all) {
         // A channel in use is looked at by its callers: the keeper does not wait for them.
         std::unique_lock lock(links->mu, std::try_to_lock);
         if (lock.owns_lock()) links->Keep(*impl);
       }
+      // The channels are let go here, with no lock held: the last owner of one runs its
+      // destructor, which answers what its receivers owe (ChannelCloses takes both locks).
+      all.clear();
     }
   }
 
