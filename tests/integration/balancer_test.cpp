@@ -277,10 +277,20 @@ TEST_F(BalancerClusterTest, PinAndUnpinFollowTheJobAndOnlyItsOwnerOrRootMayPin) 
 
 TEST_F(BalancerClusterTest, APinAskedForDuringAMoveIsRefusedOrKeptNeverLost) {
   // 160 MB of written memory, so that the move takes long enough for pins to land inside it.
-  const auto id =
-      Submit("node1", {"--node", "node2"},
-             {"python3", "-c", "import time; b = bytes(range(256)) * 625000; time.sleep(600)"});
+  const auto id = Submit(
+      "node1", {"--node", "node2"},
+      {"python3", "-c",
+       "import time; b = bytes(range(256)) * 625000; print('ready', flush=True); time.sleep(600)"});
   ASSERT_FALSE(id.empty());
+  // Moved only once it has started: Python holds its locale directory open while it starts
+  // up, and the pre-flight refuses a job holding a directory outside its own (a CI run's move
+  // was refused so, "fd 4 ... /usr/lib/locale/C.utf8/LC_MESSAGES: not a regular file").
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Tern("node1", {"logs", id}).out.find("ready") != std::string::npos;
+      },
+      30s))
+      << Tern("node1", {"logs", id, "--stderr"}).Describe();
   auto moving = std::async(std::launch::async, [&] {
     return Tern("node1", {"migrate", id, "node3"}, 180s);
   });
