@@ -578,17 +578,21 @@ bool ChannelLinks::AnswersRide(std::uint32_t end) const {
          sender->second.connection.has_value();
 }
 
-void ChannelLinks::FlushOwed(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
-  if (receiver.owed.empty()) return;
-  if (!receiver.connection || receiver.state != Receiver::State::kDirect) {
-    receiver.owed.clear();  // the settle says they were taken
-    return;
+// Writes what `receiver` owes as LinkMatched on its own connection, in one write, and owes
+// nothing after; false when the write failed. Without a direct connection nothing is written:
+// the settle says they were taken, and so does a lost Matched.
+bool WriteOwed(Receiver& receiver) {
+  auto owed = std::exchange(receiver.owed, {});
+  if (owed.empty() || !receiver.connection || receiver.state != Receiver::State::kDirect) {
+    return true;
   }
   WireWriter answers;
-  for (const std::uint32_t seq : receiver.owed) WriteLinkSeq(answers, kLinkMatched, seq);
-  receiver.owed.clear();
-  // A lost Matched is no loss: the settle after the break says the offer was taken.
-  if (!receiver.connection->Write(answers)) BreakReceiver(impl, end, receiver);
+  for (const std::uint32_t seq : owed) WriteLinkSeq(answers, kLinkMatched, seq);
+  return static_cast<bool>(receiver.connection->Write(answers));
+}
+
+void ChannelLinks::FlushOwed(Channel::Impl& impl, std::uint32_t end, Receiver& receiver) {
+  if (!WriteOwed(receiver)) BreakReceiver(impl, end, receiver);
 }
 
 void ChannelLinks::FlushAllOwed(Channel::Impl& impl) {
@@ -949,15 +953,7 @@ void ChannelLinks::Keep(Channel::Impl& impl) {
 }
 
 void ChannelLinks::FlushOwedQuietly() {
-  for (auto& [end, receiver] : receivers_) {
-    if (receiver.owed.empty()) continue;
-    if (receiver.connection && receiver.state == Receiver::State::kDirect) {
-      WireWriter answers;
-      for (const std::uint32_t seq : receiver.owed) WriteLinkSeq(answers, kLinkMatched, seq);
-      (void)receiver.connection->Write(answers);
-    }
-    receiver.owed.clear();
-  }
+  for (auto& [end, receiver] : receivers_) (void)WriteOwed(receiver);
 }
 
 // ---- the process's channels, and the keeper ------------------------------------------------
@@ -970,6 +966,14 @@ class Registry {
     std::lock_guard lock(mu_);
     auto found = links_.find(channel);
     return found == links_.end() ? nullptr : found->second;
+  }
+
+  // The channel closes: what its receivers owe is written now.
+  void ChannelCloses(std::uint64_t channel) {
+    auto links = Find(channel);
+    if (!links) return;
+    std::lock_guard lock(links->mu);
+    links->FlushOwedQuietly();
   }
 
   std::shared_ptr<ChannelLinks> FindOrMake(const std::shared_ptr<Channel::Impl>& impl) {
@@ -1029,15 +1033,6 @@ class Registry {
     }
   }
 
- public:
-  void ChannelCloses(std::uint64_t channel) {
-    auto links = Find(channel);
-    if (!links) return;
-    std::lock_guard lock(links->mu);
-    links->FlushOwedQuietly();
-  }
-
- private:
   std::mutex mu_;
   std::map<std::uint64_t, std::shared_ptr<ChannelLinks>> links_;
   bool keeper_started_ = false;
