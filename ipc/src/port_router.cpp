@@ -53,6 +53,7 @@ std::uint64_t PortRouter::QueuedBytesOf(std::uint64_t node, const std::string& j
 }
 
 void PortRouter::JobGone(const std::string& job) {
+  state_->restored_moves.erase(job);
   auto it = state_->jobs.find(job);
   if (it == state_->jobs.end()) return;
   JobState gone = std::move(it->second);

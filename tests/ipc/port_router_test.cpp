@@ -141,10 +141,18 @@ class Net {
   }
   // `node`'s router is killed (dropped, with all it held in memory) and a new one is restored
   // from the journal the old one wrote; its peers see the node go and come back.
-  PortRouter::Restored Restart(std::uint64_t node) {
+  // `peers_hold`: the peers hold their operations there for the new agent, as agents do since
+  // "Sends that wait for their home" (the link broke: NodeUnreachable; the new agent's first
+  // frame: PeerRestarted), instead of failing them as for a node given up (NodeDown).
+  PortRouter::Restored Restart(std::uint64_t node, bool peers_hold = false) {
     routers[node] = std::make_unique<PortRouter>(node, *stores[node]);
     for (auto& [other, router] : routers) {
-      if (other != node) router->NodeDown(node);
+      if (other == node) continue;
+      if (peers_hold) {
+        router->NodeUnreachable(node);
+      } else {
+        router->NodeDown(node);
+      }
     }
     auto restored = routers[node]->RestoreDurable(files[node].journal);
     EXPECT_TRUE(restored) << (restored ? "" : restored.error().message);
@@ -155,6 +163,12 @@ class Net {
       routers[node]->NodeUp(other);
     }
     Pump();
+    if (peers_hold) {
+      for (auto& [other, router] : routers) {
+        if (other != node) router->PeerRestarted(node, {});
+      }
+      Pump();
+    }
     return restored ? *restored : PortRouter::Restored{};
   }
   void FireTimers() {
@@ -1597,6 +1611,86 @@ TEST(PortRouterDurable, ASettledOrForgottenExportReleasesNothingTheDestinationHo
   }
 }
 
+// The fault campaign's trial 4 (docs/migration.md): the source's agent is killed after its
+// commit record and before the destination answered, and restarts from its journal. The moved
+// job's receive that waited at a port homed on the source died with the old agent. Wherever the
+// destination installs the hand-off, before or after it hears of the restart, the receive fails
+// there with kUnavailable (nothing was taken) and the job receives again, instead of waiting
+// for good while the port queues its messages.
+TEST(PortRouterDurable, AMovedJobsReceiveThatWaitedAtItsRestartedSourceFailsAtTheDestination) {
+  for (const bool installed_first : {false, true}) {
+    SCOPED_TRACE(installed_first ? "hand-off installed, then the source restarted"
+                                 : "the source restarted, then the hand-off installed");
+    DurableService service;
+    Net& net = service.net;
+    const std::uint32_t port = service.port;
+    const std::uint32_t to = service.to;
+    const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+    EXPECT_FALSE(net.Answer("server", waiting));
+    auto exported = net.routers[1]->ExportJob("server", 2);
+    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+    net.routers[1]->JobGone("server");
+    net.Pump();
+    const auto install = [&] {
+      net.routers[2]->JobAttached("server");
+      auto imported = net.routers[2]->ImportJob("server", exported.state);
+      ASSERT_TRUE(imported) << imported.error().message;
+      net.job_node["server"] = 2;
+      net.Pump();
+    };
+    if (installed_first) install();
+    net.Restart(1, /*peers_hold=*/true);
+    net.routers[1]->ForgetMovedJob("server");  // its commit record says the job moved
+    net.Pump();
+    if (!installed_first) install();
+
+    auto failed = net.Answer("server", waiting);
+    ASSERT_TRUE(failed) << "the receive waits for good";
+    EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
+    EXPECT_FALSE(net.Answer("server", waiting)) << "answered once";
+    ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "after")).status, JobStatus::kOk);
+    auto after = Receive(net, "server", port);
+    ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
+    EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+  }
+}
+
+// The same kill, with the job's receive waiting at a third node's port: the home answers the
+// source (it has not heard of the move), whose restarted agent sends the answer on to where the
+// job went, as the old one would have (the forwarding is in the journal until the move settles).
+TEST(PortRouterDurable, AnAnswerForAMovedJobReachingItsRestartedSourceGoesOnToTheDestination) {
+  Net net(3);
+  net.KeepDurable(1);
+  net.Attach(3, "server");
+  net.Attach(2, "client");
+  const auto port = Allocate(net, "server");
+  Register(net, "server", "far", MakeSend(net, "server", port));
+  const auto to = ReadU32(Lookup(net, "client", "far").body);
+  net.Move("server", 1);
+  const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
+  EXPECT_FALSE(net.Answer("server", waiting));
+  auto exported = net.routers[1]->ExportJob("server", 2);
+  ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+  net.routers[1]->JobGone("server");
+  net.Pump();
+  // Node 3 answers the receive it held for node 1 when node 1's link breaks; the answer reaches
+  // node 1's new agent.
+  net.Restart(1, /*peers_hold=*/true);
+  net.routers[1]->ForgetMovedJob("server");
+  net.Pump();
+  net.routers[2]->JobAttached("server");
+  ASSERT_TRUE(net.routers[2]->ImportJob("server", exported.state));
+  net.job_node["server"] = 2;
+  net.Pump();
+  auto failed = net.Answer("server", waiting);
+  ASSERT_TRUE(failed) << "the receive waits for good";
+  EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "after")).status, JobStatus::kOk);
+  auto after = Receive(net, "server", port);
+  ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
+  EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+}
+
 TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverCrashes) {
   Net net(1);
   net.KeepDurable(1);
@@ -2001,7 +2095,7 @@ TEST(PortRouterLinkDirect, ModeEpochAndLastSettleSurviveTheHomesRestart) {
 
   // The snapshot the restored router starts its journal with holds the settle of `settled`
   // ([u8 1][u64 epoch][u32 2][u32 1][u32 1]); one claiming 2^21 cancelled seqs is refused, and
-  // a version 1 snapshot (no directions) of a node without links is still read.
+  // version 1 and 2 snapshots (no directions, no moves) of a node without links are still read.
   const auto first_record = [](const std::string& journal) {
     const std::size_t size = ReadU32(journal, kJournalMagic.size());
     return journal.substr(kJournalMagic.size() + 8, size);
@@ -2030,11 +2124,15 @@ TEST(PortRouterLinkDirect, ModeEpochAndLastSettleSurviveTheHomesRestart) {
   plain.Attach(1, "job");
   Allocate(plain, "job");
   std::string old = first_record(plain.files[1].journal);
-  ASSERT_EQ(old[1], '\x02') << "version 2 now";
-  old[1] = '\x01';
-  auto restored = restore(old);
-  ASSERT_TRUE(restored) << restored.error().message;
-  EXPECT_EQ(restored->ports, 1u);
+  ASSERT_EQ(old[1], '\x03') << "version 3 now";
+  ASSERT_EQ(old.substr(old.size() - 4), U32(0)) << "no moves, last";
+  old.resize(old.size() - 4);  // versions 1 and 2 end before the moves
+  for (const char version : {'\x02', '\x01'}) {
+    old[1] = version;
+    auto restored = restore(old);
+    ASSERT_TRUE(restored) << restored.error().message;
+    EXPECT_EQ(restored->ports, 1u);
+  }
 }
 
 }  // namespace

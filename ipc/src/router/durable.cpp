@@ -6,7 +6,7 @@
 //
 // Records (big-endian, WireWriter's encoding; an id is [u64 home][u64 serial]):
 // [u8 3][snapshot], where a snapshot is
-//   [u8 version = 2 (1 is read too)][u64 node][u64 next_serial]
+//   [u8 version = 3 (1 and 2 are read too)][u64 node][u64 next_serial]
 //   [u32 n] n x port: [u64 serial][u8 state][u64 node][bytes job][u32 limit][u64 send_refs]
 //                     [u32 k] k x [id notify][u32 name]            dead-name requests
 //                     [u8 has][id notify][u32 name]                no-senders request
@@ -21,6 +21,8 @@
 //   [u32 n] n x name: [bytes text][id port][bytes registrant]
 //   [u32 n] n x job:  [bytes job][u8 has uid][u32 uid][u32 names from]
 //                     [u32 k] k x [u32 name][u8 type][id][u32 refs]
+//   [u32 n] n x move (version 3 on; an export not settled, or restored and not yet forgotten):
+//                     [bytes job][u64 to][u32 k] k x [u64 ticket][u64 home]   waiting receives
 // [u8 1][envelope] a message (or a train's run) pushed at a queue's back,
 // the envelope as between nodes (kEnqueue or kEnqueueBatch; object: the port; origin and job:
 // the sender charged for it, empty for a notification); [u8 2][u64 serial][u32 count] that
@@ -39,9 +41,13 @@ namespace tern::ipc {
 namespace {
 
 // Version 2 added each link direction's mode and last settle (docs/ipc.md "Link operations
-// direct"); a version 1 snapshot is still read (every direction at home, no settle).
-constexpr std::uint8_t kSnapshotVersion = 2;
+// direct"); a version 1 snapshot is still read (every direction at home, no settle). Version 3
+// added the moves not settled (State::restored_moves); an older one restores none.
+constexpr std::uint8_t kSnapshotVersion = 3;
+constexpr std::uint8_t kSnapshotVersionBeforeMoves = 2;
 constexpr std::uint8_t kSnapshotVersionBeforeDirectLinks = 1;
+// The most waiting receives a move in a snapshot may list: a file saying more is a junk file's.
+constexpr std::uint32_t kMaxMovedReceives = 1'000'000;
 // The most cancelled seqs a settle in a snapshot may list: a file saying more is a junk file's.
 constexpr std::uint32_t kMaxSettleCancelled = 1'000'000;
 constexpr std::uint8_t kPush = 1;
@@ -326,6 +332,21 @@ std::string PortRouter::State::EncodeSnapshot() const {
   out.U32(static_cast<std::uint32_t>(jobs.size() + kept_jobs.size()));
   for (const auto& [name, job] : jobs) write_job(name, job);
   for (const auto& [name, job] : kept_jobs) write_job(*name, *job);
+  std::vector<std::pair<const std::string*, const MovedReceives*>> moves;
+  for (const auto& [name, kept] : unsettled_exports) moves.emplace_back(&name, &kept.moved);
+  for (const auto& [name, moved] : restored_moves) {
+    if (!unsettled_exports.contains(name)) moves.emplace_back(&name, &moved);
+  }
+  out.U32(static_cast<std::uint32_t>(moves.size()));
+  for (const auto& [name, moved] : moves) {
+    out.Bytes(*name);
+    out.U64(moved->to);
+    out.U32(static_cast<std::uint32_t>(moved->receives.size()));
+    for (const auto& [ticket, home] : moved->receives) {
+      out.U64(ticket);
+      out.U64(home);
+    }
+  }
   return out.Take();
 }
 
@@ -377,6 +398,7 @@ struct Snapshot {
   std::map<std::uint64_t, std::shared_ptr<Link>> links;
   std::map<std::string, std::pair<ObjectId, std::string>> names;
   std::map<std::string, JobState> jobs;
+  std::map<std::string, MovedReceives> moves;
 };
 
 Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
@@ -387,8 +409,8 @@ Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
   auto version = in.U8();
   auto node = in.U64();
   auto next_serial = in.U64();
-  if (!next_serial ||
-      (*version != kSnapshotVersion && *version != kSnapshotVersionBeforeDirectLinks)) {
+  if (!next_serial || (*version != kSnapshotVersion && *version != kSnapshotVersionBeforeMoves &&
+                       *version != kSnapshotVersionBeforeDirectLinks)) {
     return malformed("header");
   }
   if (*node != self) {
@@ -503,6 +525,27 @@ Expected<Snapshot> ParseSnapshot(std::string_view record, std::uint64_t self) {
     if (!job.names.empty()) job.next_name = std::max(job.next_name, job.names.rbegin()->first + 1);
     if (job.next_name == 0) job.next_name = 1;
     parsed.jobs[std::move(*name)] = std::move(job);
+  }
+  if (*version == kSnapshotVersion) {
+    count = in.U32();
+    if (!count) return malformed("move count");
+    for (std::uint32_t i = 0; i < *count; ++i) {
+      auto name = in.Bytes();
+      auto to = in.U64();
+      auto receives = in.U32();
+      if (!receives || !name || *to == 0 || *to == self || *receives > kMaxMovedReceives ||
+          parsed.moves.contains(*name)) {
+        return malformed("move");
+      }
+      MovedReceives moved{.to = *to};
+      for (std::uint32_t k = 0; k < *receives; ++k) {
+        auto ticket = in.U64();
+        auto home = in.U64();
+        if (!home || *ticket == 0) return malformed("move's receive");
+        moved.receives.emplace_back(*ticket, *home);
+      }
+      parsed.moves[std::move(*name)] = std::move(moved);
+    }
   }
   if (!in.AtEnd()) return malformed("end (bytes left over)");
   parsed.next_serial = *next_serial;
@@ -624,6 +667,14 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
   s.links = std::move(last->links);
   s.names = std::move(last->names);
   s.jobs = std::move(last->jobs);
+  // Answers to a moved job's receives waiting at other homes go on to where it went, as the
+  // old agent would have sent them (what waited here died with it: ForgetMovedJob).
+  for (const auto& [job, moved] : last->moves) {
+    for (const auto& [ticket, home] : moved.receives) {
+      if (home != s.self) s.forwarded_tickets[ticket] = moved.to;
+    }
+  }
+  s.restored_moves = std::move(last->moves);
   s.peer_delivered = std::move(delivered);
   for (auto& [node, list] : sent) {
     if (list.empty()) continue;

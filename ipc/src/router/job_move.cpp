@@ -141,7 +141,10 @@ PortRouter::Export PortRouter::ExportJob(const std::string& job_name, std::uint6
     kept.table.next_name = job.next_name;
     kept.table.names = job.names;
     kept.registered = std::move(registered);
+    kept.moved.to = to;
+    for (std::uint64_t id : waiting) kept.moved.receives.emplace_back(id, s.tickets.at(id).node);
   }
+  s.restored_moves.erase(job_name);  // this export's record stands
   // The job is gone from here without releasing anything: its rights travel.
   for (const auto& [handle, op] : job.ops) s.CancelTimer(op.wait_timer);
   for (std::uint64_t id : waiting) {
@@ -158,12 +161,29 @@ void PortRouter::SettleExport(const std::string& job) { state_->unsettled_export
 void PortRouter::ForgetMovedJob(const std::string& job_name) {
   auto& s = *state_;
   s.unsettled_exports.erase(job_name);
+  if (auto moved = s.restored_moves.find(job_name); moved != s.restored_moves.end()) {
+    const MovedReceives away = std::move(moved->second);
+    s.restored_moves.erase(moved);
+    s.RememberMove(job_name, away.to);
+    for (const auto& [ticket, home] : away.receives) {
+      if (home != s.self) continue;  // forwarded since the restore
+      // Its waiter died with the old agent, which had taken nothing for it (a message handed
+      // to it was forwarded and is in the journal, sent again ahead of this).
+      s.Post(away.to, Envelope{.kind = Remote::kReceiveResult,
+                               .ticket = ticket,
+                               .job = job_name,
+                               .status = JobStatus::kUnavailable,
+                               .text = "the agent of the port's node restarted while the "
+                                       "receive waited there (nothing was taken)"});
+    }
+  }
   auto job_it = s.jobs.find(job_name);
-  if (job_it == s.jobs.end()) return;
+  if (job_it == s.jobs.end()) return s.Drain();
   for (const auto& [handle, op] : job_it->second.ops) s.CancelTimer(op.wait_timer);
   std::erase_if(s.tickets, [&](const auto& entry) { return entry.second.job == job_name; });
   std::erase_if(s.names, [&](const auto& entry) { return entry.second.second == job_name; });
   s.jobs.erase(job_it);
+  s.Drain();
 }
 
 Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_view state) {
@@ -272,6 +292,7 @@ Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_vi
     job.uid = attached->second.uid;  // the destination agent knows the job's user
   }
   s.unsettled_exports.erase(job_name);  // it came back: its table is here again
+  s.restored_moves.erase(job_name);
   JobState& installed = s.jobs[job_name] = std::move(job);
   for (auto& [handle, op] : installed.ops) {
     if (op.waiting_request && op.wait_ms != kWaitForever) {

@@ -31,6 +31,7 @@ using router::Link;
 using router::LinkMode;
 using router::LinkOp;
 using router::LinkSettle;
+using router::MovedReceives;
 using router::NameSearch;
 using router::OpState;
 using router::OwnerRank;
@@ -85,8 +86,15 @@ struct PortRouter::State {
   struct UnsettledExport {
     JobState table;  // uid, next_name, names
     std::vector<std::pair<std::string, ObjectId>> registered;
+    MovedReceives moved;
   };
   std::map<std::string, UnsettledExport> unsettled_exports;
+  // Restored from the journal (an export not settled when the agent died): the answers to its
+  // receives waiting at other homes are forwarded from the restore on (forwarded_tickets); when
+  // the move turns out committed (PortRouter::ForgetMovedJob), those that waited at this node's
+  // ports, whose waiters died with the old agent, fail where the job went. Written in each
+  // snapshot until then (a second restart), dropped when the job is exported, imported or gone.
+  std::map<std::string, MovedReceives> restored_moves;
   std::map<std::uint64_t, std::uint64_t> forwarded_tickets;
   // Results for a ticket this node does not have, kept by job: a job moving here whose hand-off
   // is not installed yet (its source forwards what its waiting receives got; a destination

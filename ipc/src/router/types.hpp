@@ -271,6 +271,14 @@ struct Ticket {
   std::uint64_t offset = 0;  // kRegionFetch: of the chunk asked for
 };
 
+// A job exported to node `to` and its receives that were waiting then: (ticket, the port's home).
+// What the exporting agent keeps of the move, and a restarted one restores from its journal
+// (durable.cpp) until the move settles.
+struct MovedReceives {
+  std::uint64_t to = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> receives;
+};
+
 // A region's copy to another node travels in chunks of this size, each asked for in turn: no
 // side ever holds more than one chunk of it outside the region's memory.
 constexpr std::uint64_t kRegionChunk = 4u << 20;

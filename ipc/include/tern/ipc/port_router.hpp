@@ -196,7 +196,9 @@ class PortRouter {
   void SettleExport(const std::string& job);
   // A restarted source whose commit record says `job` moved: takes the job's table and names
   // (restored from an unsettled export) out of the router without releasing anything (the
-  // destination holds the rights), and settles the export.
+  // destination holds the rights), and settles the export. The job's receives that waited at
+  // this node's ports when it left died with the old agent: they fail where the job went
+  // (kUnavailable; the answers to those at other homes are forwarded there since the restore).
   void ForgetMovedJob(const std::string& job);
   // Installs an exported job (attached already or not) and tells every node that it lives
   // here now. A malformed state is an error and changes nothing.
