@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "load_pool.hpp"
+#include "pooled_sim.hpp"
 #include "tern/balancer/balancer.hpp"
 #include "tern/balancer/gossip.hpp"
 #include "workers.hpp"
@@ -1002,13 +1003,15 @@ std::string ToString(Policy policy) {
       return "tern";
     case Policy::kAgeOnly:
       return "age-only";
+    case Policy::kIdeal:
+      return "ideal";
   }
   return "?";
 }
 
 bool ParsePolicy(const std::string& name, Policy& policy) {
-  for (auto p :
-       {Policy::kNone, Policy::kRandom, Policy::kLeastLoaded, Policy::kTern, Policy::kAgeOnly}) {
+  for (auto p : {Policy::kNone, Policy::kRandom, Policy::kLeastLoaded, Policy::kTern,
+                 Policy::kAgeOnly, Policy::kIdeal}) {
     if (ToString(p) == name) {
       policy = p;
       return true;
@@ -1024,6 +1027,7 @@ std::size_t EstimateEntryBytes(int jobs) {
 }
 
 SimResult RunSim(const SimOptions& options, Policy policy) {
+  if (policy == Policy::kIdeal) return RunPooled(options);
   Sim sim(options, policy);
   return sim.Run();
 }

@@ -27,6 +27,7 @@ enum class Policy {
   kLeastLoaded,  // Balancer::Place on the gossip view, never move
   kTern,         // Balancer::Place and Balancer::Decide
   kAgeOnly,      // run where submitted, then Balancer::Decide (the lifetime-based rule alone)
+  kIdeal,        // the cluster as one machine, every core shared by every job (pooled_sim.hpp)
 };
 std::string ToString(Policy policy);
 bool ParsePolicy(const std::string& name, Policy& policy);
