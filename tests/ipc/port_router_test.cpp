@@ -1611,6 +1611,50 @@ TEST(PortRouterDurable, ASettledOrForgottenExportReleasesNothingTheDestinationHo
   }
 }
 
+// A move whose source is killed after its commit record: `job`, on node `from`, waits in a
+// receive on `port` forever, and is exported to node `to` (its copy on `from` ends). The
+// receive's request and the hand-off.
+struct ExportedWhileReceiving {
+  std::uint32_t waiting = 0;
+  std::string state;
+};
+ExportedWhileReceiving ExportWhileReceiving(Net& net, const std::string& job, std::uint32_t port,
+                                            std::uint64_t to) {
+  const std::uint64_t from = net.job_node[job];
+  ExportedWhileReceiving out;
+  out.waiting = net.Ask(job, JobOp::kReceive, Body({port, kWaitForever}));
+  EXPECT_FALSE(net.Answer(job, out.waiting));
+  auto exported = net.routers[from]->ExportJob(job, to);
+  EXPECT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
+  out.state = std::move(exported.state);
+  net.routers[from]->JobGone(job);
+  net.Pump();
+  return out;
+}
+
+void InstallHandOff(Net& net, const std::string& job, std::uint64_t to, const std::string& state) {
+  net.routers[to]->JobAttached(job);
+  auto imported = net.routers[to]->ImportJob(job, state);
+  ASSERT_TRUE(imported) << imported.error().message;
+  net.job_node[job] = to;
+  net.Pump();
+}
+
+// `job`'s receive `waiting` failed kUnavailable, once, and it receives on `port` what `sender`
+// sends next on `right`.
+void ExpectFailedThenReceivesAgain(Net& net, const std::string& job, std::uint32_t waiting,
+                                   std::uint32_t port, const std::string& sender,
+                                   std::uint32_t right) {
+  auto failed = net.Answer(job, waiting);
+  ASSERT_TRUE(failed) << "the receive waits for good";
+  EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
+  EXPECT_FALSE(net.Answer(job, waiting)) << "answered once";
+  ASSERT_EQ(net.Call(sender, JobOp::kSend, SendBody(right, "after")).status, JobStatus::kOk);
+  auto after = Receive(net, job, port);
+  ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
+  EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+}
+
 // The fault campaign's trial 4 (docs/migration.md): the source's agent is killed after its
 // commit record and before the destination answered, and restarts from its journal. The moved
 // job's receive that waited at a port homed on the source died with the old agent. Wherever the
@@ -1623,35 +1667,13 @@ TEST(PortRouterDurable, AMovedJobsReceiveThatWaitedAtItsRestartedSourceFailsAtTh
                                  : "the source restarted, then the hand-off installed");
     DurableService service;
     Net& net = service.net;
-    const std::uint32_t port = service.port;
-    const std::uint32_t to = service.to;
-    const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
-    EXPECT_FALSE(net.Answer("server", waiting));
-    auto exported = net.routers[1]->ExportJob("server", 2);
-    ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
-    net.routers[1]->JobGone("server");
-    net.Pump();
-    const auto install = [&] {
-      net.routers[2]->JobAttached("server");
-      auto imported = net.routers[2]->ImportJob("server", exported.state);
-      ASSERT_TRUE(imported) << imported.error().message;
-      net.job_node["server"] = 2;
-      net.Pump();
-    };
-    if (installed_first) install();
+    const auto move = ExportWhileReceiving(net, "server", service.port, 2);
+    if (installed_first) InstallHandOff(net, "server", 2, move.state);
     net.Restart(1, /*peers_hold=*/true);
     net.routers[1]->ForgetMovedJob("server");  // its commit record says the job moved
     net.Pump();
-    if (!installed_first) install();
-
-    auto failed = net.Answer("server", waiting);
-    ASSERT_TRUE(failed) << "the receive waits for good";
-    EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
-    EXPECT_FALSE(net.Answer("server", waiting)) << "answered once";
-    ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "after")).status, JobStatus::kOk);
-    auto after = Receive(net, "server", port);
-    ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
-    EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+    if (!installed_first) InstallHandOff(net, "server", 2, move.state);
+    ExpectFailedThenReceivesAgain(net, "server", move.waiting, service.port, "client", service.to);
   }
 }
 
@@ -1667,28 +1689,14 @@ TEST(PortRouterDurable, AnAnswerForAMovedJobReachingItsRestartedSourceGoesOnToTh
   Register(net, "server", "far", MakeSend(net, "server", port));
   const auto to = ReadU32(Lookup(net, "client", "far").body);
   net.Move("server", 1);
-  const auto waiting = net.Ask("server", JobOp::kReceive, Body({port, kWaitForever}));
-  EXPECT_FALSE(net.Answer("server", waiting));
-  auto exported = net.routers[1]->ExportJob("server", 2);
-  ASSERT_EQ(exported.outcome, PortRouter::ExportOutcome::kExported) << exported.state;
-  net.routers[1]->JobGone("server");
-  net.Pump();
+  const auto move = ExportWhileReceiving(net, "server", port, 2);
   // Node 3 answers the receive it held for node 1 when node 1's link breaks; the answer reaches
   // node 1's new agent.
   net.Restart(1, /*peers_hold=*/true);
   net.routers[1]->ForgetMovedJob("server");
   net.Pump();
-  net.routers[2]->JobAttached("server");
-  ASSERT_TRUE(net.routers[2]->ImportJob("server", exported.state));
-  net.job_node["server"] = 2;
-  net.Pump();
-  auto failed = net.Answer("server", waiting);
-  ASSERT_TRUE(failed) << "the receive waits for good";
-  EXPECT_EQ(failed->status, JobStatus::kUnavailable) << failed->body;
-  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(to, "after")).status, JobStatus::kOk);
-  auto after = Receive(net, "server", port);
-  ASSERT_EQ(after.status, JobStatus::kOk) << after.body;
-  EXPECT_EQ(ReadMessage(after).items.at(0).bytes(), "after");
+  InstallHandOff(net, "server", 2, move.state);
+  ExpectFailedThenReceivesAgain(net, "server", move.waiting, port, "client", to);
 }
 
 TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverCrashes) {
