@@ -63,7 +63,9 @@ void SequencedOutbox::LinkDown(Clock::time_point now) {
   if (!up_) return;
   up_ = false;
   down_since_ = now;
-  probed_at_.reset();
+  // The last probe's time stays: a link up for a while is asked for again at once, one that
+  // breaks as soon as it is up (a peer that still holds its link to this agent's killed
+  // predecessor closes each new one) once a probe interval, not in a loop of dials.
 }
 
 void SequencedOutbox::LinkUp(std::vector<Payload>& now) {

@@ -76,6 +76,26 @@ TEST(SequencedOutbox, IsFullPastItsBoundUntilAcknowledged) {
   EXPECT_FALSE(out.full());
 }
 
+// A link that a probe brought up and that breaks at once (a peer still holding its link to
+// this agent's killed predecessor closes each new one: the fault campaign saw a dial every ~2 ms
+// for 50 ms) is asked for again after the probe interval, not at once; one that was up for a
+// while is asked for at once.
+TEST(SequencedOutbox, ALinkThatBreaksAsSoonAsItIsUpIsProbedOncePerInterval) {
+  SequencedOutbox out(5, 1 << 20);
+  Payloads now;
+  const auto t0 = Clock::now();
+  Add(out, "m", now);
+  EXPECT_TRUE(out.ProbeDue(t0));
+  out.LinkUp(now);
+  out.LinkDown(t0 + std::chrono::milliseconds(2));
+  EXPECT_FALSE(out.ProbeDue(t0 + std::chrono::milliseconds(2)));
+  EXPECT_TRUE(out.ProbeDue(t0 + SequencedOutbox::kProbeEvery));
+  out.LinkUp(now);
+  const auto later = t0 + 10 * SequencedOutbox::kProbeEvery;
+  out.LinkDown(later);
+  EXPECT_TRUE(out.ProbeDue(later)) << "up for long: asked for again at once";
+}
+
 TEST(SequencedOutbox, ProbesOncePerIntervalAndGivesUpOnlyAfterTheLimitWithoutALink) {
   SequencedOutbox out(5, 1 << 20);
   Payloads now;

@@ -84,8 +84,8 @@ class SequencedOutbox {
   // The receiver has handled everything up to `tag.seq` of `tag.epoch`; another epoch's
   // acknowledgement (from before a give-up) is ignored.
   void Acked(SequenceTag tag);
-  // Whether to ask the cluster for a link now (held payloads, down, none asked for lately);
-  // true marks it asked.
+  // Whether to ask the cluster for a link now (held payloads, down, none asked for in the last
+  // kProbeEvery, whether or not a link came up meanwhile); true marks it asked.
   bool ProbeDue(Clock::time_point now);
   // Down with something held for kGiveUpAfter.
   bool GiveUpDue(Clock::time_point now) const;
