@@ -1,5 +1,6 @@
-// Integration tests of the balancer's user side on a real 3-node local cluster: drain and
-// undrain, pin, placement off a draining node, `tern events` and `[balancer] enabled = false`.
+// Integration tests of the balancer's user side on a real 3-node local cluster: busy jobs that
+// spread by themselves, drain and undrain, pin, placement off a draining node, `tern events` and
+// `[balancer] enabled = false`.
 //
 // The suite brings up its own cluster (`deploy/tern-cluster up 3 --force --cpus-per-node 1`,
 // named by TERN_IT_CLUSTER like cluster_test.cpp's: each node its own cgroup with one CPU, so
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -369,6 +371,58 @@ double Demand(const std::string& via, const std::string& node) {
     if (n.value("name", "") == node) return n.value("demand", -1.0);
   }
   return -1;
+}
+
+// The check, as a user tries it: six busy jobs submitted on node1 (each node capped to
+// one CPU). The balancer spreads them by itself, by live migration: within about a minute every
+// node runs some, no job moves more than twice (not then, nor in the 20 s after: no bouncing),
+// and `tern events` says why each move was made, in words and numbers.
+TEST_F(BalancerClusterTest, BusyJobsSubmittedOnOneNodeSpreadOverEveryNodeByThemselves) {
+  std::vector<std::string> jobs;
+  for (int i = 0; i < 6; ++i) {
+    jobs.push_back(Submit("node1", {"--node", "node1"}, {"sh", "-c", "while :; do :; done"}));
+    ASSERT_FALSE(jobs.back().empty());
+  }
+  const auto cancel_all = [&] {
+    for (const auto& id : jobs) Tern("node1", {"cancel", id});
+  };
+  const auto start = std::chrono::steady_clock::now();
+  std::map<std::string, int> per_node;
+  const auto count = [&] {
+    per_node.clear();
+    for (const auto& id : jobs) ++per_node[NodeOf("node2", id)];
+  };
+  const bool spread = WaitFor(
+      [&] {
+        count();
+        return per_node["node1"] > 0 && per_node["node2"] > 0 && per_node["node3"] > 0;
+      },
+      90s);
+  const auto took =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start);
+  std::cerr << "the six jobs reached every node in " << took.count() << " s\n";
+  if (!spread) {
+    std::string where;
+    for (const auto& [node, n] : per_node) where += " " + node + ": " + std::to_string(n);
+    cancel_all();
+    FAIL() << "not spread after 90 s:" << where << "\n" << Dump(BalancerEvents("node1"));
+  }
+  std::this_thread::sleep_for(20s);  // would a job bounce?
+  const auto events = BalancerEvents("node3");
+  for (const auto& id : jobs) {
+    auto st = Status("node1", id);
+    ASSERT_TRUE(st) << "status of " << id;
+    EXPECT_EQ(st->value("state", ""), "running") << st->dump();
+    const std::size_t moves = (*st)["migrations"].size();
+    EXPECT_LE(moves, 2u) << id << " moved " << moves << " times: " << st->dump();
+    if (moves == 0) continue;
+    auto move = FindEvent(events, "migrate", id);
+    ASSERT_TRUE(move) << "no event says why " << id << " moved:\n" << Dump(events);
+    const std::string reason = move->value("reason", "");
+    EXPECT_NE(reason.find("demand"), std::string::npos) << move->dump();
+    EXPECT_NE(reason.find("job age"), std::string::npos) << move->dump();
+  }
+  cancel_all();
 }
 
 TEST_F(BalancerClusterTest, SubmitWithoutNodeGoesToALessLoadedNode) {
