@@ -1699,6 +1699,36 @@ TEST(PortRouterDurable, AnAnswerForAMovedJobReachingItsRestartedSourceGoesOnToTh
   ExpectFailedThenReceivesAgain(net, "server", move.waiting, port, "client", to);
 }
 
+// The fault campaign's stuck call (docs/migration.md, "Open"): a message the moved job's
+// waiting receive took after the export reaches the destination before it installs the
+// hand-off, and the destination's agent is killed then (at fetching_ipc_state). The result it
+// kept for the job is in its journal: the restarted agent installs the hand-off and the receive
+// gets the message, instead of waiting for good.
+TEST(PortRouterDurable, AResultKeptForAHandOffSurvivesTheDestinationsRestart) {
+  DurableService service;
+  Net& net = service.net;
+  net.KeepDurable(2);
+  const auto move = ExportWhileReceiving(net, "server", service.port, 2);
+  // Taken by the receive at node 1 and forwarded to node 2, which has no ticket for it yet.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(service.to, "early")).status, JobStatus::kOk);
+  net.Restart(2, /*peers_hold=*/true);
+  InstallHandOff(net, "server", 2, move.state);
+  auto got = net.Answer("server", move.waiting);
+  ASSERT_TRUE(got) << "the receive waits for good";
+  ASSERT_EQ(got->status, JobStatus::kOk) << got->body;
+  EXPECT_EQ(ReadMessage(*got).items.at(0).bytes(), "early");
+  EXPECT_FALSE(net.Answer("server", move.waiting)) << "answered once";
+  // Taken, it is gone from the journal: the next restart keeps nothing for the job.
+  ASSERT_EQ(net.Call("client", JobOp::kSend, SendBody(service.to, "next")).status, JobStatus::kOk);
+  EXPECT_EQ(ReadMessage(Receive(net, "server", service.port)).items.at(0).bytes(), "next");
+  const auto again = net.Ask("server", JobOp::kReceive, Body({service.port, kWaitForever}));
+  net.Restart(2, /*peers_hold=*/true);
+  net.routers[2]->JobAttached("server");
+  net.Pump();
+  auto after = net.Answer("server", again);
+  EXPECT_TRUE(!after || after->status != JobStatus::kOk) << "a result delivered twice";
+}
+
 TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverCrashes) {
   Net net(1);
   net.KeepDurable(1);
@@ -1757,10 +1787,18 @@ TEST(PortRouterDurable, ATornLastRecordIsDroppedAndMalformedFilesAreErrorsNeverC
     }
   }
   std::string junk(kJournalMagic);
-  AppendStateRecord(junk, "\x07junk");
+  AppendStateRecord(junk, "\x09junk");
   auto unknown = restore(junk);
   ASSERT_FALSE(unknown);
   EXPECT_NE(unknown.error().message.find("unknown kind"), std::string::npos);
+  for (const char* bad : {"\x07junk", "\x08junk"}) {  // an early result, its release
+    std::string file = journal.substr(0, first_end);
+    AppendStateRecord(file, bad);
+    auto refused = restore(file);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_NE(refused.error().message.find("malformed"), std::string::npos)
+        << refused.error().message;
+  }
   std::string short_message = journal.substr(0, first_end);
   AppendStateRecord(short_message, std::string("\x01", 1) + "xyz");
   EXPECT_FALSE(restore(short_message));

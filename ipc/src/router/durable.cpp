@@ -30,7 +30,10 @@
 // sequenced frame from that peer handled (docs/ipc.md "Sends that wait for their home"), after
 // the turn's other records (the last one per peer stands); [u8 5][u64 node][u64 epoch][u64 seq]
 // [payload] a numbered frame sent to that peer (the payload as on the wire); [u8 6][u64 node]
-// [u64 epoch][u64 seq] that peer acknowledged every frame of that epoch up to seq.
+// [u64 epoch][u64 seq] that peer acknowledged every frame of that epoch up to seq; [u8 7]
+// [envelope] a result kept for a job whose hand-off is not installed yet (State::early_results;
+// the envelope as between nodes, its job named); [u8 8][bytes job] that job's kept results were
+// taken or released.
 #include <algorithm>
 #include <tern/ipc/state_journal.hpp>
 
@@ -56,6 +59,8 @@ constexpr std::uint8_t kSnapshot = 3;
 constexpr std::uint8_t kPeerDelivered = 4;
 constexpr std::uint8_t kSent = 5;
 constexpr std::uint8_t kAcked = 6;
+constexpr std::uint8_t kEarlyResult = 7;
+constexpr std::uint8_t kEarlyResultsGone = 8;
 // The journal is rewritten from the queues once it is this large and twice what that rewrite
 // wrote last: appending stays the common case, and the file stays within a few times the
 // bytes queued.
@@ -231,6 +236,19 @@ void PortRouter::State::JournalPop(std::uint64_t serial, std::uint32_t count) {
   AddRecord(journal, out.Take());
 }
 
+void PortRouter::State::JournalEarlyResult(const Envelope& e) {
+  if (!durable) return;
+  AddRecord(journal, std::string(1, static_cast<char>(kEarlyResult)) + router::EncodeEnvelope(e));
+}
+
+void PortRouter::State::JournalEarlyResultsGone(const std::string& job) {
+  if (!durable) return;
+  WireWriter out;
+  out.U8(kEarlyResultsGone);
+  out.Bytes(job);
+  AddRecord(journal, out.Take());
+}
+
 std::vector<std::string> PortRouter::State::QueuesJournal() const {
   std::vector<std::string> pieces{std::string(kJournalMagic)};
   AddRecord(pieces, std::string(1, static_cast<char>(kSnapshot)) + EncodeSnapshot());
@@ -244,6 +262,12 @@ std::vector<std::string> PortRouter::State::QueuesJournal() const {
   }
   for (const auto& [node, list] : unacked_sent) {
     for (const auto& sent : list) AddRecord(pieces, SentPayload(node, sent.tag, *sent.payload));
+  }
+  for (const auto& [job, kept] : early_results) {
+    for (const Envelope& e : kept.results) {
+      AddRecord(pieces,
+                std::string(1, static_cast<char>(kEarlyResult)) + router::EncodeEnvelope(e));
+    }
   }
   return pieces;
 }
@@ -570,6 +594,7 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
   std::map<std::uint64_t, std::deque<QueuedEntry>> queues;
   std::map<std::uint64_t, SequenceTag> delivered;
   std::map<std::uint64_t, std::deque<Restored::Unacked>> sent;
+  std::map<std::string, std::vector<Envelope>> early;
   for (std::string_view record : journal->records) {
     if (record.empty()) return Fail("IPC journal: an empty record");
     const auto kind = static_cast<std::uint8_t>(record.front());
@@ -610,6 +635,21 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
         return Fail("IPC journal: a malformed record of a peer's frames handled");
       }
       delivered[*node] = SequenceTag{*epoch, *seq};
+      continue;
+    }
+    if (kind == kEarlyResult) {
+      auto envelope = router::DecodeEnvelope(std::make_shared<const std::string>(record));
+      if (!envelope || envelope->job.empty()) {
+        return Fail("IPC journal: a malformed early result");
+      }
+      early[envelope->job].push_back(std::move(*envelope));
+      continue;
+    }
+    if (kind == kEarlyResultsGone) {
+      WireReader gone(record);
+      auto job = gone.Bytes();
+      if (!job || !gone.AtEnd()) return Fail("IPC journal: a malformed record of early results");
+      early.erase(*job);
       continue;
     }
     if (kind == kSent || kind == kAcked) {
@@ -675,6 +715,18 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
     }
   }
   s.restored_moves = std::move(last->moves);
+  // Results kept for hand-offs not installed yet, as the old agent kept them (it acknowledged
+  // the frames that brought them), forgotten as late as before.
+  for (auto& [job, results] : early) {
+    for (Envelope& e : results) {
+      if (s.early_result_bytes + Cost(e) > kMaxEarlyResultBytes) break;
+      s.early_result_bytes += Cost(e);
+      s.early_results[job].results.push_back(std::move(e));
+    }
+    auto& kept = s.early_results[job];
+    kept.forget_timer =
+        s.NewTimer(TimerInfo{.kind = TimerKind::kForgetEarlyResults, .job = job}, kRememberMoveMs);
+  }
   s.peer_delivered = std::move(delivered);
   for (auto& [node, list] : sent) {
     if (list.empty()) continue;

@@ -100,8 +100,8 @@ struct PortRouter::State {
   // is not installed yet (its source forwards what its waiting receives got; a destination
   // restarted after the commit gets them, sent again, before it learns the outcome). ImportJob
   // hands them to the tickets it installs; the rest are released after kRememberMoveMs (or at
-  // once past kMaxEarlyResultBytes). In memory only: a second restart before the import loses
-  // them.
+  // once past kMaxEarlyResultBytes). In the journal while durable (since 2026-12-07): a
+  // destination killed before the import keeps them.
   struct EarlyResults {
     std::vector<Envelope> results;
     std::uint64_t forget_timer = 0;
@@ -349,6 +349,10 @@ struct PortRouter::State {
   // messages off its front), recorded while durable.
   void JournalPush(ObjectId port, const Queued& item, const Sender& sender);
   void JournalPop(std::uint64_t serial, std::uint32_t count);
+  // An early result kept for its job (KeepEarlyResult), and all of a job's taken or released:
+  // a destination killed before it installs the hand-off keeps what the source forwarded.
+  void JournalEarlyResult(const Envelope& e);
+  void JournalEarlyResultsGone(const std::string& job);
   std::string EncodeSnapshot() const;
   // The whole journal file for the queues as they are now.
   std::vector<std::string> QueuesJournal() const;

@@ -105,6 +105,7 @@ bool PortRouter::State::KeepEarlyResult(Envelope& e) {
         NewTimer(TimerInfo{.kind = TimerKind::kForgetEarlyResults, .job = e.job}, kRememberMoveMs);
   }
   early_result_bytes += cost;
+  JournalEarlyResult(e);
   kept.results.push_back(std::move(e));
   return true;
 }
@@ -115,6 +116,7 @@ std::vector<Envelope> PortRouter::State::TakeEarlyResults(const std::string& job
   std::vector<Envelope> results = std::move(it->second.results);
   CancelTimer(it->second.forget_timer);  // none left when it is the timer that fired
   early_results.erase(it);
+  JournalEarlyResultsGone(job);
   for (const Envelope& e : results) early_result_bytes -= Cost(e);
   return results;
 }
