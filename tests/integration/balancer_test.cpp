@@ -423,6 +423,18 @@ TEST_F(BalancerClusterTest, BusyJobsSubmittedOnOneNodeSpreadOverEveryNodeByThems
     EXPECT_NE(reason.find("job age"), std::string::npos) << move->dump();
   }
   cancel_all();
+  // The tests after this one place jobs by the nodes' demand: every node sheds this load first
+  // (as node1 sees it, a gossip interval or two late).
+  for (const auto& node : kNodes) {
+    double demand = 0;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          demand = Demand("node1", node);
+          return demand >= 0 && demand < 0.5;
+        },
+        30s))
+        << node << "'s demand stays at " << demand << " after the jobs were cancelled";
+  }
 }
 
 TEST_F(BalancerClusterTest, SubmitWithoutNodeGoesToALessLoadedNode) {
