@@ -12,6 +12,7 @@
 #include <span>
 #include <utility>
 
+#include "finished_jobs.hpp"
 #include "load_pool.hpp"
 #include "pooled_sim.hpp"
 #include "tern/balancer/balancer.hpp"
@@ -291,20 +292,12 @@ class Sim {
     SimResult result;
     result.policy = policy_;
     result.nodes = nodes_.size();
-    result.jobs_done = done_;
     result.jobs_started = started_;
-    if (done_ > 0) {
-      result.mean_slowdown = slowdown_sum_ / static_cast<double>(done_);
-      result.mean_response_s = response_sum_ / static_cast<double>(done_);
-    }
-    if (long_done_ > 0) result.mean_slowdown_long = long_sum_ / static_cast<double>(long_done_);
-    if (moved_done_ > 0) result.mean_slowdown_moved = moved_sum_ / static_cast<double>(moved_done_);
-    result.jobs_moved = moved_done_;
     result.remote_starts_per_job =
         started_ > 0 ? static_cast<double>(remote_starts_) / static_cast<double>(started_) : 0;
     double capacity = 0;
     for (const auto& node : nodes_) capacity += node.spec.capacity();
-    result.utilisation = work_done_ / (capacity * end);
+    finished_.Report(result, capacity, end);
     if (started_ > 0) {
       result.migrations_per_job = static_cast<double>(migrations_) / static_cast<double>(started_);
     }
@@ -703,19 +696,7 @@ class Sim {
     for (std::size_t c = 0; c < chunks; ++c) {
       ChunkOut& out = chunk_out_[c];
       for (const auto& job : out.finished) {
-        const double response = job.at - job.arrival_s;
-        response_sum_ += response;
-        slowdown_sum_ += response / job.work_s;
-        ++done_;
-        work_done_ += job.work_s;
-        if (job.work_s > 10) {
-          long_sum_ += response / job.work_s;
-          ++long_done_;
-        }
-        if (job.moved) {
-          moved_sum_ += response / job.work_s;
-          ++moved_done_;
-        }
+        finished_.Add(job.arrival_s, job.at, job.work_s, job.moved);
         free_.push_back(job.job);
       }
       gossip_bytes_ += out.bytes;
@@ -978,10 +959,8 @@ class Sim {
   std::vector<std::optional<Flight>> starts_;
   mutable std::vector<std::uint32_t> fill_;
   std::uint64_t next_job_id_ = 1;
-  std::uint64_t started_ = 0, done_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
-  double work_done_ = 0;
-  double slowdown_sum_ = 0, response_sum_ = 0, long_sum_ = 0, moved_sum_ = 0;
-  std::uint64_t long_done_ = 0, moved_done_ = 0;
+  std::uint64_t started_ = 0, migrations_ = 0, gossip_bytes_ = 0, remote_starts_ = 0;
+  FinishedJobs finished_;
   double next_view_sample_ = 60;
   double view_age_sum_ = 0;
   std::uint64_t view_entries_ = 0, view_samples_ = 0;

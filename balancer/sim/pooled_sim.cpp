@@ -5,6 +5,8 @@
 #include <queue>
 #include <vector>
 
+#include "finished_jobs.hpp"
+
 namespace tern::sim {
 
 namespace {
@@ -38,8 +40,7 @@ SimResult RunPooled(const SimOptions& options) {
   SimResult result;
   result.policy = Policy::kIdeal;
   result.nodes = workload.nodes().size();
-  double slowdown_sum = 0, response_sum = 0, long_sum = 0, work_done = 0;
-  std::uint64_t long_done = 0;
+  FinishedJobs finished;
   std::priority_queue<Running, std::vector<Running>, std::greater<>> pool;
   double service = 0;  // what each job in the pool has received since the pool began
   double now = 0;
@@ -55,22 +56,14 @@ SimResult RunPooled(const SimOptions& options) {
       }
       service = next.done_at_service;
       now = ends;
-      const double response = now - next.arrival_s;
-      response_sum += response;
-      slowdown_sum += response / next.work_s;
-      work_done += next.work_s;
-      if (next.work_s > 10) {
-        long_sum += response / next.work_s;
-        ++long_done;
-      }
-      ++result.jobs_done;
+      finished.Add(next.arrival_s, now, next.work_s, /*moved=*/false);
       pool.pop();
     }
     now = until;
   };
 
   // Arrivals drawn in the other runs' steps: the same jobs as theirs.
-  const double end = options.workload.nodes > 0 ? options.hours * 3600.0 : 0;
+  const double end = options.hours * 3600;
   std::vector<JobSpec> arrivals;
   for (double t = 0; t < end; t += options.step_s) {
     arrivals.clear();
@@ -84,12 +77,7 @@ SimResult RunPooled(const SimOptions& options) {
   }
   run_until(end);  // jobs still running at the end are not counted, as in the other runs
 
-  if (result.jobs_done > 0) {
-    result.mean_slowdown = slowdown_sum / static_cast<double>(result.jobs_done);
-    result.mean_response_s = response_sum / static_cast<double>(result.jobs_done);
-  }
-  if (long_done > 0) result.mean_slowdown_long = long_sum / static_cast<double>(long_done);
-  if (capacity > 0 && end > 0) result.utilisation = work_done / (capacity * end);
+  finished.Report(result, capacity, end);
   return result;
 }
 

@@ -169,6 +169,10 @@ std::string TagRecord(std::uint8_t kind, std::uint64_t node, SequenceTag tag) {
   return out.Take();
 }
 
+std::string EarlyResultPayload(const Envelope& e) {
+  return std::string(1, static_cast<char>(kEarlyResult)) + router::EncodeEnvelope(e);
+}
+
 std::string PeerDeliveredPayload(std::uint64_t node, SequenceTag tag) {
   return TagRecord(kPeerDelivered, node, tag);
 }
@@ -237,8 +241,7 @@ void PortRouter::State::JournalPop(std::uint64_t serial, std::uint32_t count) {
 }
 
 void PortRouter::State::JournalEarlyResult(const Envelope& e) {
-  if (!durable) return;
-  AddRecord(journal, std::string(1, static_cast<char>(kEarlyResult)) + router::EncodeEnvelope(e));
+  if (durable) AddRecord(journal, EarlyResultPayload(e));
 }
 
 void PortRouter::State::JournalEarlyResultsGone(const std::string& job) {
@@ -264,10 +267,7 @@ std::vector<std::string> PortRouter::State::QueuesJournal() const {
     for (const auto& sent : list) AddRecord(pieces, SentPayload(node, sent.tag, *sent.payload));
   }
   for (const auto& [job, kept] : early_results) {
-    for (const Envelope& e : kept.results) {
-      AddRecord(pieces,
-                std::string(1, static_cast<char>(kEarlyResult)) + router::EncodeEnvelope(e));
-    }
+    for (const Envelope& e : kept.results) AddRecord(pieces, EarlyResultPayload(e));
   }
   return pieces;
 }
@@ -716,16 +716,12 @@ Expected<PortRouter::Restored> PortRouter::RestoreDurable(std::string_view journ
   }
   s.restored_moves = std::move(last->moves);
   // Results kept for hand-offs not installed yet, as the old agent kept them (it acknowledged
-  // the frames that brought them), forgotten as late as before.
+  // the frames that brought them): kept again the same way (not journalled twice: the state is
+  // not durable until the restore is done).
   for (auto& [job, results] : early) {
     for (Envelope& e : results) {
-      if (s.early_result_bytes + Cost(e) > kMaxEarlyResultBytes) break;
-      s.early_result_bytes += Cost(e);
-      s.early_results[job].results.push_back(std::move(e));
+      if (!s.KeepEarlyResult(e) && e.message) s.ReleaseTransit(*e.message);
     }
-    auto& kept = s.early_results[job];
-    kept.forget_timer =
-        s.NewTimer(TimerInfo{.kind = TimerKind::kForgetEarlyResults, .job = job}, kRememberMoveMs);
   }
   s.peer_delivered = std::move(delivered);
   for (auto& [node, list] : sent) {

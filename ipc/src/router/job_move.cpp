@@ -178,12 +178,11 @@ void PortRouter::ForgetMovedJob(const std::string& job_name) {
     }
   }
   auto job_it = s.jobs.find(job_name);
-  if (job_it == s.jobs.end()) return s.Drain();
+  if (job_it == s.jobs.end()) return;
   for (const auto& [handle, op] : job_it->second.ops) s.CancelTimer(op.wait_timer);
   std::erase_if(s.tickets, [&](const auto& entry) { return entry.second.job == job_name; });
   std::erase_if(s.names, [&](const auto& entry) { return entry.second.second == job_name; });
   s.jobs.erase(job_it);
-  s.Drain();
 }
 
 Expected<void> PortRouter::ImportJob(const std::string& job_name, std::string_view state) {
